@@ -1,0 +1,76 @@
+/* util.c — whole-file reading, path joining, clocks. */
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+enum cal_status cal_read_file(const char *path, size_t max_bytes, char **ret,
+			      size_t *ret_len, struct cal_error *err)
+{
+	*ret = NULL;
+	if (ret_len)
+		*ret_len = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cal_error_set(err, errno == ENOENT ? CAL_ERR_NOTFOUND : CAL_ERR_IO,
+				     "%s: %s", path, strerror(errno));
+	struct stat sb;
+	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+		close(fd);
+		return cal_error_set(err, CAL_ERR_IO, "%s: not a regular file", path);
+	}
+	if ((uint64_t)sb.st_size > max_bytes) {
+		close(fd);
+		return cal_error_set(err, CAL_ERR_RANGE, "%s: %lld bytes exceeds the limit of %zu",
+				     path, (long long)sb.st_size, max_bytes);
+	}
+	size_t n = (size_t)sb.st_size;
+	char *buf = malloc(n + 1);
+	if (!buf) {
+		close(fd);
+		return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", path);
+	}
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = read(fd, buf + got, n - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			int e = errno;
+			free(buf);
+			close(fd);
+			return cal_error_set(err, CAL_ERR_IO, "%s: read failed: %s", path,
+					     r == 0 ? "short read" : strerror(e));
+		}
+		got += (size_t)r;
+	}
+	close(fd);
+	buf[n] = '\0';
+	*ret = buf;
+	if (ret_len)
+		*ret_len = n;
+	return CAL_OK;
+}
+
+char *cal_path_join(const char *dir, const char *name)
+{
+	char *s = NULL;
+	size_t dl = strlen(dir);
+	const char *sep = (dl > 0 && dir[dl - 1] == '/') ? "" : "/";
+	if (asprintf(&s, "%s%s%s", dir, sep, name) < 0)
+		return NULL;
+	return s;
+}
+
+double cal_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}

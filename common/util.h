@@ -1,0 +1,39 @@
+/*
+ * util.h — small helpers with no policy: overflow-checked arithmetic,
+ * whole-file reading, string duplication.
+ */
+#ifndef CAL_UTIL_H
+#define CAL_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+/* a*b into *ret; returns 0, or -1 on overflow. */
+static inline int cal_mul_u64(uint64_t a, uint64_t b, uint64_t *ret)
+{
+	return __builtin_mul_overflow(a, b, ret) ? -1 : 0;
+}
+
+static inline int cal_add_u64(uint64_t a, uint64_t b, uint64_t *ret)
+{
+	return __builtin_add_overflow(a, b, ret) ? -1 : 0;
+}
+
+#define CAL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * Reads a whole regular file of at most max_bytes into a NUL-terminated heap
+ * buffer (*ret, owned by the caller; *ret_len excludes the NUL).
+ */
+enum cal_status cal_read_file(const char *path, size_t max_bytes, char **ret,
+			      size_t *ret_len, struct cal_error *err);
+
+/* Joins a directory and a file name ("dir/name"); NULL on allocation failure. */
+char *cal_path_join(const char *dir, const char *name);
+
+/* Monotonic time in seconds. */
+double cal_now(void);
+
+#endif

@@ -1,0 +1,85 @@
+/*
+ * main.c — the `calibd` binary: dispatches to one subcommand per
+ * commands.def entry.  Each handler owns its own option parsing.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+struct cal_cmd {
+	const char *name;
+	const char *desc;
+	int (*fn)(int argc, char **argv);
+};
+
+static const struct cal_cmd commands[] = {
+#define CAL_CMD(name, desc) {#name, desc, cal_cmd_##name},
+#include "commands.def"
+#undef CAL_CMD
+};
+
+int cal_exit_from_status(enum cal_status st)
+{
+	switch (st) {
+	case CAL_OK: return CAL_EXIT_OK;
+	case CAL_ERR_FORMAT:
+	case CAL_ERR_INVALID:
+	case CAL_ERR_UNSUPPORTED:
+	case CAL_ERR_NOTFOUND:
+	case CAL_ERR_EXISTS:
+	case CAL_ERR_RANGE:
+	case CAL_ERR_NUMERIC: return CAL_EXIT_BAD_INPUT;
+	case CAL_ERR_NOSPACE: return CAL_EXIT_NOSPACE;
+	case CAL_ERR_DEVICE: return CAL_EXIT_DEVICE;
+	case CAL_ERR_INTERRUPTED: return CAL_EXIT_INTERRUPTED;
+	default: return CAL_EXIT_FAILURE;
+	}
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out, "usage: calibd COMMAND [ARGS...]\n\ncommands:\n");
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].desc);
+	fprintf(out, "\n`calibd COMMAND --help` describes one command.\n");
+}
+
+int cal_cmd_version(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	printf("calibd %s\n", CAL_VERSION);
+#ifdef CAL_HAVE_CUDA
+	printf("back ends: cpu cuda\n");
+#else
+	printf("back ends: cpu\n");
+#endif
+#ifdef CAL_HAVE_NCCL
+	printf("nccl: yes\n");
+#else
+	printf("nccl: no\n");
+#endif
+	return CAL_EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return CAL_EXIT_USAGE;
+	}
+	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+		usage(stdout);
+		return CAL_EXIT_OK;
+	}
+	if (!strcmp(argv[1], "--version"))
+		return cal_cmd_version(0, NULL);
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (!strcmp(argv[1], commands[i].name))
+			return commands[i].fn(argc - 1, argv + 1);
+	}
+	fprintf(stderr, "calibd: unknown command '%s'\n", argv[1]);
+	usage(stderr);
+	return CAL_EXIT_USAGE;
+}

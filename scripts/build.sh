@@ -1,0 +1,13 @@
+#!/bin/sh
+# build.sh DIR [meson options...] — configures DIR once (reconfigures when it
+# exists) and builds it.  Puts the CUDA toolkit on PATH when it is installed
+# in the usual place, so -Dcuda=auto finds nvcc.
+set -eu
+dir=$1; shift
+[ -d /usr/local/cuda/bin ] && PATH="$PATH:/usr/local/cuda/bin" && export PATH
+if [ -f "$dir/build.ninja" ]; then
+	meson configure "$dir" "$@" >/dev/null
+else
+	meson setup "$dir" "$@" >/dev/null
+fi
+ninja -C "$dir" >/dev/null || ninja -C "$dir"

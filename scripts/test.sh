@@ -1,0 +1,35 @@
+#!/bin/sh
+# test.sh — the whole test suite, from a fresh Debian 12 machine:
+# installs what is missing, then builds and tests
+#   1. the CPU-only build            (unit and api suites)
+#   2. the CUDA build, when nvcc is  (all suites; gpu/multigpu skip without a GPU)
+#      present
+#   3. an ASan+UBSan build           (unit suite)
+#   4. the libFuzzer targets         (a short run of each)
+# Exits non-zero on the first failure.
+set -eu
+cd "$(dirname "$0")/.."
+sh scripts/deps.sh
+jobs=$(nproc)
+
+echo "== 1. CPU-only build"
+sh scripts/build.sh build/cpu -Dcuda=disabled
+meson test -C build/cpu --num-processes "$jobs" --print-errorlogs --suite unit --suite api
+
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+	echo "== 2. CUDA build"
+	sh scripts/build.sh build/cuda -Dcuda=enabled
+	meson test -C build/cuda --num-processes "$jobs" --print-errorlogs
+else
+	echo "== 2. CUDA build: SKIPPED (no nvcc on this machine)"
+fi
+
+echo "== 3. ASan + UBSan build"
+sh scripts/build.sh build/asan -Dcuda=disabled -Db_sanitize=address,undefined -Db_lundef=false
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	meson test -C build/asan --num-processes "$jobs" --print-errorlogs --suite unit
+
+echo "== 4. fuzz targets (short runs; docs/fuzzing.md for long ones)"
+CC=clang sh scripts/build.sh build/fuzz -Dcuda=disabled -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false
+sh scripts/fuzz.sh build/fuzz 20
+echo "== all test stages passed"
