@@ -28,6 +28,12 @@ echo "== 3. ASan + UBSan build"
 sh scripts/build.sh build/asan -Dcuda=disabled -Db_sanitize=address,undefined -Db_lundef=false
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	meson test -C build/asan --num-processes "$jobs" --print-errorlogs --suite unit
+# Criterion runs each test in a child whose sanitizer report does not change
+# the verdict: read the log instead.
+if grep -nE 'ERROR: (Leak|Address)Sanitizer|runtime error:' build/asan/meson-logs/testlog.txt; then
+	echo "sanitizer reports in the unit suite (see build/asan/meson-logs/testlog.txt)"
+	exit 1
+fi
 
 echo "== 4. fuzz targets (short runs; docs/fuzzing.md for long ones)"
 CC=clang sh scripts/build.sh build/fuzz -Dcuda=disabled -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false

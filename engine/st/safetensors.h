@@ -13,6 +13,16 @@
  *
  * Ownership: the checkpoint owns every file mapping and every
  * struct cal_st_tensor; pointers stay valid until cal_checkpoint_free().
+ *
+ * Stricter than the reference validator, on purpose: the header must start
+ * with '{', duplicate keys are refused, a tensor entry may hold only dtype,
+ * shape and data_offsets, names are 1..CAL_ST_MAX_NAME bytes, at most
+ * CAL_ST_MAX_DIMS dimensions.  Like the reference, `"__metadata__": null`
+ * means no metadata and the header's key order need not follow the data.
+ * Only the dtypes of common/dtype.h are known (no F4, F6_*, *FNUZ, C64).
+ *
+ * A file truncated by someone else while it is mapped raises SIGBUS on
+ * access; checkpoints are expected to be immutable while a job reads them.
  */
 #ifndef CAL_SAFETENSORS_H
 #define CAL_SAFETENSORS_H
@@ -25,6 +35,11 @@
 
 #define CAL_ST_MAX_DIMS 8
 #define CAL_ST_MAX_HEADER (100u * 1000u * 1000u)
+/* Longest tensor name accepted (bytes of UTF-8, excluding the NUL). */
+#define CAL_ST_MAX_NAME 1024
+/* Largest model.safetensors.index.json read. */
+#define CAL_ST_MAX_INDEX (100u * 1000u * 1000u)
+#define CAL_ST_INDEX_NAME "model.safetensors.index.json"
 
 struct cal_st_tensor {
 	const char *name;          /* tensor name, NUL-terminated */
@@ -62,6 +77,9 @@ const struct cal_st_tensor *cal_st_file_tensor(const struct cal_st_file *f, size
 const struct cal_st_tensor *cal_st_file_find(const struct cal_st_file *f, const char *name);
 /* Value of a `__metadata__` key, or NULL. */
 const char *cal_st_file_metadata(const struct cal_st_file *f, const char *key);
+/* Size of the whole file image and its header length N (for inspect). */
+uint64_t cal_st_file_size(const struct cal_st_file *f);
+uint64_t cal_st_file_header_len(const struct cal_st_file *f);
 void cal_st_file_free(struct cal_st_file *f);
 
 /* A whole checkpoint (one file or an index plus shards). */

@@ -20,6 +20,18 @@
  *   cal_st_writer_free()            removes the temporary dir when not
  *                                   committed (on every failure path)
  *
+ * Any error (bad argument, misuse, I/O, no space) kills the writer: the
+ * temporary directory is removed at once and every later call except free()
+ * fails with CAL_ERR_INVALID.  Not thread-safe: serialize calls.  Tensor data
+ * starts 8-byte aligned in each file (header padded with spaces); tensors
+ * follow each other in declared order without padding.  Before publishing,
+ * commit() reads every shard back through the validator (safetensors.h).
+ *
+ * Testing: the environment variable CALIBD_TEST_FREE_BYTES (decimal bytes),
+ * when set, replaces the free-space figure statvfs() reports, so the
+ * CAL_ERR_NOSPACE path can be tested without filling a disk.  Only the
+ * writer reads it.
+ *
  * Shard names follow transformers: `model.safetensors` for one shard,
  * `model-00001-of-00003.safetensors` otherwise; each header carries
  * `__metadata__ {"format":"pt"}`; the index has metadata.total_size (sum of
@@ -44,18 +56,34 @@ struct cal_st_writer_opts {
 	uint64_t reserve_bytes;
 };
 
+/*
+ * Starts a checkpoint to be published at final_dir.  opts may be NULL.
+ * Errors: CAL_ERR_EXISTS (final_dir exists), CAL_ERR_NOTFOUND (its parent
+ * does not), CAL_ERR_IO, CAL_ERR_NOMEM.  *ret is freed with
+ * cal_st_writer_free().
+ */
 enum cal_status cal_st_writer_open(const char *final_dir,
 				   const struct cal_st_writer_opts *opts,
 				   struct cal_st_writer **ret, struct cal_error *err);
+/* Declares one tensor (before begin()).  name: 1..CAL_ST_MAX_NAME bytes of
+ * UTF-8, not "__metadata__", unique; 0 <= ndim <= CAL_ST_MAX_DIMS; dims >= 0.
+ * Errors: CAL_ERR_INVALID, CAL_ERR_NOMEM. */
 enum cal_status cal_st_writer_declare(struct cal_st_writer *w, const char *name,
 				      enum cal_dtype dtype, int ndim,
 				      const int64_t *shape, struct cal_error *err);
+/* Fixes the layout, checks free space, creates the shards and writes their
+ * headers.  Errors: CAL_ERR_NOSPACE (names the directory, bytes needed and
+ * available), CAL_ERR_RANGE (a header over CAL_ST_MAX_HEADER), CAL_ERR_IO. */
 enum cal_status cal_st_writer_begin(struct cal_st_writer *w, struct cal_error *err);
-/* nbytes must equal the declared size. */
+/* Writes a declared tensor's bytes (after begin(); once per tensor; any
+ * order).  nbytes must equal the declared size.  data is only read.
+ * Errors: CAL_ERR_INVALID, CAL_ERR_IO, CAL_ERR_NOSPACE. */
 enum cal_status cal_st_writer_put(struct cal_st_writer *w, const char *name,
 				  const void *data, uint64_t nbytes,
 				  struct cal_error *err);
-/* Writes `name` (no '/') into the output directory. */
+/* Writes `name` (a plain file name) into the output directory, before or
+ * after begin().  Errors: CAL_ERR_INVALID, CAL_ERR_EXISTS (same name twice,
+ * or a shard/index name), CAL_ERR_IO. */
 enum cal_status cal_st_writer_add_file(struct cal_st_writer *w, const char *name,
 				       const void *data, size_t len,
 				       struct cal_error *err);
@@ -63,7 +91,13 @@ enum cal_status cal_st_writer_add_file(struct cal_st_writer *w, const char *name
 const char *cal_st_writer_tmp_dir(const struct cal_st_writer *w);
 /* Total bytes of tensor data written so far (for progress). */
 uint64_t cal_st_writer_bytes_written(const struct cal_st_writer *w);
+/* Publishes (see above).  Errors: CAL_ERR_INVALID (a tensor never put),
+ * CAL_ERR_EXISTS (final_dir appeared meanwhile), CAL_ERR_IO,
+ * CAL_ERR_INTERNAL (own output failed validation).  After an error nothing
+ * is left on disk; CAL_ERR_IO from the final fsync of the parent is the only
+ * error after which the output is in place. */
 enum cal_status cal_st_writer_commit(struct cal_st_writer *w, struct cal_error *err);
+/* Removes the temporary directory unless committed; NULL is a no-op. */
 void cal_st_writer_free(struct cal_st_writer *w);
 
 #endif

@@ -1,0 +1,734 @@
+/*
+ * st_writer.c — streaming, crash-safe safetensors checkpoint writer.
+ *
+ * Every tensor is declared before the first byte is written, so the shard
+ * layout, every header and the index are fixed at begin(): the disk-space
+ * check covers the whole output, and put() writes each tensor with pwrite()
+ * at its final offset, in whatever order the tensors are produced.  All
+ * output goes into a temporary sibling directory; commit() fsyncs, runs each
+ * shard back through the validator, and publishes with one rename (never
+ * replacing an existing target).  Any error kills the writer and removes the
+ * temporary directory at once, so a failure never leaves partial output.
+ */
+#include "st_writer.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "safetensors.h"
+#include "st_internal.h"
+
+enum wstate { W_DECLARE, W_BEGUN, W_COMMITTED, W_DEAD };
+
+struct wtensor {
+	char *name;
+	enum cal_dtype dtype;
+	int ndim;
+	int64_t shape[CAL_ST_MAX_DIMS];
+	uint64_t nbytes;
+	size_t shard;
+	uint64_t off;   /* absolute offset in the shard file */
+	int put;
+};
+
+struct wshard {
+	char *fname;    /* plain name */
+	int fd;
+	size_t first, count;   /* tensors [first, first+count) in declared order */
+	uint64_t data_bytes;
+	char *header;   /* 8-byte length + padded JSON, built at begin() */
+	size_t header_len;
+};
+
+struct cal_st_writer {
+	char *final_dir;
+	char *parent;
+	char *tmp_dir;
+	struct cal_st_writer_opts opts;
+	enum wstate state;
+	int published;  /* renamed to final_dir */
+	int tmp_gone;   /* temporary directory removed */
+	struct wtensor *t;
+	size_t nt, cap;
+	size_t *hash;   /* open addressing: tensor index + 1, 0 = empty */
+	size_t hcap;
+	struct wshard *sh;
+	size_t nsh;
+	char *index;    /* index JSON when nsh > 1 */
+	uint64_t written;
+};
+
+/* ---- name lookup -------------------------------------------------------- */
+
+static uint64_t hash_str(const char *s)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
+static size_t *hash_slot(const struct cal_st_writer *w, const char *name)
+{
+	size_t m = w->hcap - 1;
+	for (size_t i = hash_str(name) & m;; i = (i + 1) & m) {
+		size_t v = w->hash[i];
+		if (v == 0 || strcmp(w->t[v - 1].name, name) == 0)
+			return &w->hash[i];
+	}
+}
+
+static int hash_grow(struct cal_st_writer *w)
+{
+	size_t ncap = w->hcap ? w->hcap * 2 : 64;
+	size_t *nh = calloc(ncap, sizeof(*nh));
+	if (!nh)
+		return -1;
+	free(w->hash);
+	w->hash = nh;
+	w->hcap = ncap;
+	for (size_t i = 0; i < w->nt; i++)
+		*hash_slot(w, w->t[i].name) = i + 1;
+	return 0;
+}
+
+static struct wtensor *find_tensor(const struct cal_st_writer *w, const char *name)
+{
+	if (!w->hcap)
+		return NULL;
+	size_t v = *hash_slot(w, name);
+	return v ? &w->t[v - 1] : NULL;
+}
+
+/* ---- failure: remove everything ---------------------------------------- */
+
+static void close_shards(struct cal_st_writer *w)
+{
+	for (size_t i = 0; i < w->nsh; i++) {
+		if (w->sh[i].fd >= 0)
+			close(w->sh[i].fd);
+		w->sh[i].fd = -1;
+	}
+}
+
+/* Removes the temporary directory and the plain files in it. */
+static void remove_tmp(struct cal_st_writer *w)
+{
+	close_shards(w);
+	if (!w->tmp_dir || w->published || w->tmp_gone)
+		return;
+	w->tmp_gone = 1;
+	DIR *d = opendir(w->tmp_dir);
+	if (d) {
+		struct dirent *de;
+		while ((de = readdir(d)))
+			if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+				unlinkat(dirfd(d), de->d_name, 0);
+		closedir(d);
+	}
+	rmdir(w->tmp_dir);
+}
+
+/* Kills the writer: removes its output and passes st through. */
+static enum cal_status die(struct cal_st_writer *w, enum cal_status st)
+{
+	remove_tmp(w);
+	if (!w->published)
+		w->state = W_DEAD;
+	return st;
+}
+
+static enum cal_status check_state(struct cal_st_writer *w, enum wstate want, const char *what,
+				   struct cal_error *err)
+{
+	if (w->state == want)
+		return CAL_OK;
+	static const char *const names[] = {"before begin()", "after begin()", "after commit()",
+					    "after an earlier error"};
+	return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: %s called %s", w->final_dir, what,
+				    names[w->state]));
+}
+
+/* ---- I/O helpers -------------------------------------------------------- */
+
+static enum cal_status io_error(struct cal_st_writer *w, int e, const char *what, const char *file,
+				struct cal_error *err)
+{
+	return cal_error_set(err, e == ENOSPC || e == EDQUOT ? CAL_ERR_NOSPACE : CAL_ERR_IO,
+			     "%s/%s: %s failed: %s", w->final_dir, file, what, strerror(e));
+}
+
+static int pwrite_all(int fd, const void *buf, uint64_t n, uint64_t off)
+{
+	const char *p = buf;
+	while (n > 0) {
+		size_t chunk = n > (1u << 30) ? (1u << 30) : (size_t)n;
+		ssize_t r = pwrite(fd, p, chunk, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -1;
+		if (r == 0) {
+			errno = EIO;
+			return -1;
+		}
+		p += r;
+		off += (uint64_t)r;
+		n -= (uint64_t)r;
+	}
+	return 0;
+}
+
+static int fsync_path(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int r = fsync(fd);
+	int e = errno;
+	close(fd);
+	errno = e;
+	return r;
+}
+
+/* Creates `name` in the temporary directory (never replacing a file). */
+static int create_in_tmp(struct cal_st_writer *w, const char *name)
+{
+	char *path = cal_path_join(w->tmp_dir, name);
+	if (!path) {
+		errno = ENOMEM;
+		return -1;
+	}
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	int e = errno;
+	free(path);
+	errno = e;
+	return fd;
+}
+
+/* Writes a small whole file into the temporary directory and fsyncs it. */
+static enum cal_status write_small(struct cal_st_writer *w, const char *name, const void *data,
+				   size_t len, struct cal_error *err)
+{
+	int fd = create_in_tmp(w, name);
+	if (fd < 0)
+		return errno == EEXIST ? cal_error_set(err, CAL_ERR_EXISTS,
+						       "%s/%s: written twice", w->final_dir, name)
+				       : io_error(w, errno, "create", name, err);
+	if (pwrite_all(fd, data, len, 0) < 0 || fsync(fd) < 0) {
+		int e = errno;
+		close(fd);
+		return io_error(w, e, "write", name, err);
+	}
+	if (close(fd) < 0)
+		return io_error(w, errno, "close", name, err);
+	return CAL_OK;
+}
+
+/* ---- public API --------------------------------------------------------- */
+
+enum cal_status cal_st_writer_open(const char *final_dir,
+				   const struct cal_st_writer_opts *opts,
+				   struct cal_st_writer **ret, struct cal_error *err)
+{
+	enum cal_status st;
+	char *tmp = NULL, *tmpl = NULL;
+	struct cal_st_writer *w = calloc(1, sizeof(*w));
+	*ret = NULL;
+	if (!w || !(w->final_dir = strdup(final_dir)) || !(tmp = strdup(final_dir)))
+		goto nomem;
+	w->state = W_DECLARE;
+	if (opts)
+		w->opts = *opts;
+	if (!w->opts.max_shard_bytes)
+		w->opts.max_shard_bytes = CAL_ST_DEFAULT_SHARD_BYTES;
+
+	size_t n = strlen(w->final_dir);
+	while (n > 1 && w->final_dir[n - 1] == '/')
+		w->final_dir[--n] = '\0';
+	strcpy(tmp, w->final_dir);
+	const char *base = basename(tmp);
+	if (n == 0 || strcmp(base, "/") == 0 || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
+		st = cal_error_set(err, CAL_ERR_INVALID, "'%s': not a usable output directory name",
+				   final_dir);
+		goto fail;
+	}
+	struct stat sb;
+	if (lstat(w->final_dir, &sb) == 0) {
+		st = cal_error_set(err, CAL_ERR_EXISTS, "%s: already exists; refusing to overwrite it",
+				   w->final_dir);
+		goto fail;
+	}
+	if (errno != ENOENT) {
+		st = cal_error_set(err, CAL_ERR_IO, "%s: %s", w->final_dir, strerror(errno));
+		goto fail;
+	}
+	char *slash = strrchr(w->final_dir, '/');
+	if (!slash)
+		w->parent = strdup(".");
+	else if (slash == w->final_dir)
+		w->parent = strdup("/");
+	else
+		w->parent = strndup(w->final_dir, (size_t)(slash - w->final_dir));
+	if (!w->parent || asprintf(&tmpl, "%s/.%s.tmp-XXXXXX", w->parent, base) < 0) {
+		tmpl = NULL;
+		goto nomem;
+	}
+	if (!mkdtemp(tmpl)) {
+		st = cal_error_set(err, errno == ENOENT ? CAL_ERR_NOTFOUND : CAL_ERR_IO,
+				   "%s: cannot create a temporary directory in %s: %s", w->final_dir,
+				   w->parent, strerror(errno));
+		goto fail;
+	}
+	w->tmp_dir = tmpl;
+	tmpl = NULL;
+	chmod(w->tmp_dir, 0755);
+	free(tmp);
+	*ret = w;
+	return CAL_OK;
+nomem:
+	st = cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", final_dir);
+fail:
+	free(tmp);
+	free(tmpl);
+	cal_st_writer_free(w);
+	return st;
+}
+
+enum cal_status cal_st_writer_declare(struct cal_st_writer *w, const char *name,
+				      enum cal_dtype dtype, int ndim,
+				      const int64_t *shape, struct cal_error *err)
+{
+	enum cal_status st = check_state(w, W_DECLARE, "declare()", err);
+	if (st < 0)
+		return st;
+	size_t nlen = strlen(name);
+	json_t *probe = json_string(name); /* NULL when not valid UTF-8 */
+	int utf8_ok = probe != NULL;
+	json_decref(probe);
+	if (nlen == 0 || nlen > CAL_ST_MAX_NAME || !utf8_ok || strcmp(name, "__metadata__") == 0)
+		return die(w, cal_error_set(err, CAL_ERR_INVALID,
+					    "%s: tensor '%.64s': name must be 1..%d bytes of UTF-8 and not __metadata__",
+					    w->final_dir, name, CAL_ST_MAX_NAME));
+	if ((unsigned)dtype >= CAL_DTYPE_COUNT || ndim < 0 || ndim > CAL_ST_MAX_DIMS)
+		return die(w, cal_error_set(err, CAL_ERR_INVALID,
+					    "%s: tensor '%s': bad dtype (%d) or rank (%d)",
+					    w->final_dir, name, (int)dtype, ndim));
+	struct wtensor t = {.dtype = dtype, .ndim = ndim};
+	uint64_t numel = 1;
+	for (int i = 0; i < ndim; i++) {
+		if (shape[i] < 0 || cal_mul_u64(numel, (uint64_t)shape[i], &numel) < 0)
+			return die(w, cal_error_set(err, CAL_ERR_INVALID,
+						    "%s: tensor '%s': dimension %d (%" PRId64 ") is negative or the size overflows",
+						    w->final_dir, name, i, shape[i]));
+		t.shape[i] = shape[i];
+	}
+	if (cal_mul_u64(numel, cal_dtype_size(dtype), &t.nbytes) < 0 || t.nbytes > INT64_MAX / 2)
+		return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: tensor '%s': byte size overflows",
+					    w->final_dir, name));
+	if (find_tensor(w, name))
+		return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: tensor '%s' declared twice",
+					    w->final_dir, name));
+	if (w->nt == w->cap) {
+		size_t ncap = w->cap ? w->cap * 2 : 64;
+		struct wtensor *nt = realloc(w->t, ncap * sizeof(*nt));
+		if (!nt)
+			goto nomem;
+		w->t = nt;
+		w->cap = ncap;
+	}
+	if ((w->nt + 1) * 2 > w->hcap && hash_grow(w) < 0)
+		goto nomem;
+	if (!(t.name = strdup(name)))
+		goto nomem;
+	w->t[w->nt++] = t;
+	*hash_slot(w, name) = w->nt;
+	return CAL_OK;
+nomem:
+	return die(w, cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", w->final_dir));
+}
+
+/* Cuts the declared tensors into shards (transformers' rule: a shard closes
+ * when the next tensor would push it past the limit; an oversized tensor
+ * gets a shard of its own). */
+static enum cal_status plan_shards(struct cal_st_writer *w, struct cal_error *err)
+{
+	w->sh = calloc(w->nt ? w->nt : 1, sizeof(*w->sh));
+	if (!w->sh)
+		return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", w->final_dir);
+	w->nsh = 1;
+	w->sh[0].fd = -1;
+	for (size_t i = 0; i < w->nt; i++) {
+		struct wshard *s = &w->sh[w->nsh - 1];
+		if (s->count > 0 && s->data_bytes + w->t[i].nbytes > w->opts.max_shard_bytes) {
+			s = &w->sh[w->nsh++];
+			s->fd = -1;
+			s->first = i;
+		}
+		w->t[i].shard = w->nsh - 1;
+		w->t[i].off = s->data_bytes; /* relative for now */
+		s->data_bytes += w->t[i].nbytes;
+		s->count++;
+	}
+	for (size_t k = 0; k < w->nsh; k++) {
+		char *name = NULL;
+		int r = w->nsh == 1 ? asprintf(&name, "model.safetensors")
+				    : asprintf(&name, "model-%05zu-of-%05zu.safetensors", k + 1, w->nsh);
+		if (r < 0)
+			return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", w->final_dir);
+		w->sh[k].fname = name;
+	}
+	return CAL_OK;
+}
+
+/* Builds the 8-byte length plus the space-padded JSON header of shard k. */
+static enum cal_status build_header(struct cal_st_writer *w, size_t k, struct cal_error *err)
+{
+	struct wshard *s = &w->sh[k];
+	enum cal_status st = CAL_OK;
+	char *text = NULL;
+	json_t *root = json_object(), *meta = json_object();
+	if (!root || !meta || json_object_set_new(meta, "format", json_string("pt")) < 0 ||
+	    json_object_set(root, "__metadata__", meta) < 0)
+		goto nomem;
+	for (size_t i = s->first; i < s->first + s->count; i++) {
+		const struct wtensor *t = &w->t[i];
+		json_t *e = json_object(), *shape = json_array();
+		json_t *offs = json_pack("[II]", (json_int_t)t->off, (json_int_t)(t->off + t->nbytes));
+		int bad = !e || !shape || !offs;
+		for (int d = 0; !bad && d < t->ndim; d++)
+			bad = json_array_append_new(shape, json_integer(t->shape[d])) < 0;
+		if (!bad)
+			bad = json_object_set_new(e, "dtype", json_string(cal_dtype_name(t->dtype))) < 0 ||
+			      json_object_set(e, "shape", shape) < 0 ||
+			      json_object_set(e, "data_offsets", offs) < 0 ||
+			      json_object_set(root, t->name, e) < 0;
+		json_decref(e);
+		json_decref(shape);
+		json_decref(offs);
+		if (bad)
+			goto nomem;
+	}
+	text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	if (!text)
+		goto nomem;
+	size_t n = strlen(text);
+	size_t total = (8 + n + 7) & ~(size_t)7; /* data starts 8-aligned */
+	uint64_t hlen = total - 8;
+	if (hlen > CAL_ST_MAX_HEADER) {
+		st = cal_error_set(err, CAL_ERR_RANGE,
+				   "%s/%s: header of %" PRIu64 " bytes exceeds the %u-byte limit "
+				   "(lower max_shard_bytes)",
+				   w->final_dir, s->fname, hlen, CAL_ST_MAX_HEADER);
+		goto out;
+	}
+	s->header = malloc(total);
+	if (!s->header)
+		goto nomem;
+	for (int b = 0; b < 8; b++)
+		s->header[b] = (char)(hlen >> (8 * b));
+	memcpy(s->header + 8, text, n);
+	memset(s->header + 8 + n, ' ', total - 8 - n);
+	s->header_len = total;
+	for (size_t i = s->first; i < s->first + s->count; i++)
+		w->t[i].off += total;
+	goto out;
+nomem:
+	st = cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory building a header", w->final_dir);
+out:
+	free(text);
+	json_decref(meta);
+	json_decref(root);
+	return st;
+}
+
+static enum cal_status build_index(struct cal_st_writer *w, uint64_t total, struct cal_error *err)
+{
+	json_t *wm = json_object();
+	json_t *root = json_pack("{s:{s:I},s:o}", "metadata", "total_size", (json_int_t)total,
+				 "weight_map", wm);
+	int bad = !root;
+	for (size_t i = 0; !bad && i < w->nt; i++)
+		bad = json_object_set_new(wm, w->t[i].name,
+					  json_string(w->sh[w->t[i].shard].fname)) < 0;
+	char *text = bad ? NULL : json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+	json_decref(root);
+	if (!text || asprintf(&w->index, "%s\n", text) < 0) {
+		w->index = NULL;
+		free(text);
+		return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory building the index",
+				     w->final_dir);
+	}
+	free(text);
+	return CAL_OK;
+}
+
+/* Free bytes where the output goes; CALIBD_TEST_FREE_BYTES overrides. */
+static enum cal_status free_bytes(struct cal_st_writer *w, uint64_t *ret, struct cal_error *err)
+{
+	const char *sim = getenv("CALIBD_TEST_FREE_BYTES");
+	if (sim && *sim) {
+		char *end;
+		errno = 0;
+		unsigned long long v = strtoull(sim, &end, 10);
+		if (errno || *end)
+			return cal_error_set(err, CAL_ERR_INVALID,
+					     "CALIBD_TEST_FREE_BYTES='%s' is not a byte count", sim);
+		*ret = v;
+		return CAL_OK;
+	}
+	struct statvfs sv;
+	if (statvfs(w->tmp_dir, &sv) < 0)
+		return cal_error_set(err, CAL_ERR_IO, "%s: statvfs failed: %s", w->parent,
+				     strerror(errno));
+	if (cal_mul_u64(sv.f_bavail, sv.f_frsize, ret) < 0)
+		*ret = UINT64_MAX;
+	return CAL_OK;
+}
+
+enum cal_status cal_st_writer_begin(struct cal_st_writer *w, struct cal_error *err)
+{
+	enum cal_status st = check_state(w, W_DECLARE, "begin()", err);
+	if (st < 0)
+		return st;
+	CAL_TRY(plan_shards(w, err));
+	uint64_t need = 0, tensor_bytes = 0, avail = 0;
+	for (size_t k = 0; k < w->nsh; k++) {
+		CAL_TRY(build_header(w, k, err));
+		if (cal_add_u64(need, w->sh[k].header_len + w->sh[k].data_bytes, &need) < 0 ||
+		    cal_add_u64(tensor_bytes, w->sh[k].data_bytes, &tensor_bytes) < 0) {
+			st = cal_error_set(err, CAL_ERR_RANGE, "%s: output size overflows", w->final_dir);
+			goto fail;
+		}
+	}
+	if (w->nsh > 1)
+		CAL_TRY(build_index(w, tensor_bytes, err));
+	if (w->index)
+		need += strlen(w->index);
+	if (cal_add_u64(need, w->opts.reserve_bytes, &need) < 0)
+		need = UINT64_MAX;
+	CAL_TRY(free_bytes(w, &avail, err));
+	if (need > avail) {
+		st = cal_error_set(err, CAL_ERR_NOSPACE,
+				   "%s: not enough disk space for %s: %" PRIu64 " bytes needed, %" PRIu64
+				   " available",
+				   w->parent, w->final_dir, need, avail);
+		goto fail;
+	}
+	for (size_t k = 0; k < w->nsh; k++) {
+		struct wshard *s = &w->sh[k];
+		uint64_t size = s->header_len + s->data_bytes;
+		s->fd = create_in_tmp(w, s->fname);
+		if (s->fd < 0) {
+			st = io_error(w, errno, "create", s->fname, err);
+			goto fail;
+		}
+		if (size > 0 && fallocate(s->fd, 0, 0, (off_t)size) < 0) {
+			if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
+				st = io_error(w, errno, "fallocate", s->fname, err);
+				goto fail;
+			}
+			if (ftruncate(s->fd, (off_t)size) < 0) {
+				st = io_error(w, errno, "ftruncate", s->fname, err);
+				goto fail;
+			}
+		}
+		if (pwrite_all(s->fd, s->header, s->header_len, 0) < 0) {
+			st = io_error(w, errno, "write", s->fname, err);
+			goto fail;
+		}
+		free(s->header);
+		s->header = NULL;
+	}
+	w->state = W_BEGUN;
+	return CAL_OK;
+fail:
+	return die(w, st);
+}
+
+enum cal_status cal_st_writer_put(struct cal_st_writer *w, const char *name,
+				  const void *data, uint64_t nbytes,
+				  struct cal_error *err)
+{
+	enum cal_status st = check_state(w, W_BEGUN, "put()", err);
+	if (st < 0)
+		return st;
+	struct wtensor *t = find_tensor(w, name);
+	if (!t)
+		return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: tensor '%s' was never declared",
+					    w->final_dir, name));
+	if (t->put)
+		return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: tensor '%s' written twice",
+					    w->final_dir, name));
+	if (nbytes != t->nbytes) {
+		char sb[CAL_ST_MAX_DIMS * 22 + 4];
+		return die(w, cal_error_set(err, CAL_ERR_INVALID,
+					    "%s: tensor '%s': got %" PRIu64 " bytes but shape %s x %s is %" PRIu64,
+					    w->final_dir, name, nbytes,
+					    cal_st_shape_str(t->shape, t->ndim, sb, sizeof(sb)),
+					    cal_dtype_name(t->dtype), t->nbytes));
+	}
+	struct wshard *s = &w->sh[t->shard];
+	if (pwrite_all(s->fd, data, nbytes, t->off) < 0)
+		return die(w, io_error(w, errno, "write", s->fname, err));
+	t->put = 1;
+	w->written += nbytes;
+	return CAL_OK;
+}
+
+enum cal_status cal_st_writer_add_file(struct cal_st_writer *w, const char *name,
+				       const void *data, size_t len,
+				       struct cal_error *err)
+{
+	if (w->state != W_DECLARE && w->state != W_BEGUN)
+		return check_state(w, W_BEGUN, "add_file()", err);
+	if (!name[0] || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+	    strlen(name) > 255)
+		return die(w, cal_error_set(err, CAL_ERR_INVALID,
+					    "%s: '%.64s' is not a plain file name", w->final_dir, name));
+	size_t n = strlen(name);
+	if (strcmp(name, CAL_ST_INDEX_NAME) == 0 || (n >= 12 && strcmp(name + n - 12, ".safetensors") == 0))
+		return die(w, cal_error_set(err, CAL_ERR_INVALID,
+					    "%s: '%s' is a name the writer keeps for its own files",
+					    w->final_dir, name));
+	enum cal_status st = write_small(w, name, data, len, err);
+	return st < 0 ? die(w, st) : CAL_OK;
+}
+
+const char *cal_st_writer_tmp_dir(const struct cal_st_writer *w)
+{
+	return w->tmp_dir;
+}
+
+uint64_t cal_st_writer_bytes_written(const struct cal_st_writer *w)
+{
+	return w->written;
+}
+
+/* Reads shard k back through the validator and checks it holds what was
+ * declared. */
+static enum cal_status verify_shard(struct cal_st_writer *w, size_t k, struct cal_error *err)
+{
+	struct wshard *s = &w->sh[k];
+	char *path = cal_path_join(w->tmp_dir, s->fname);
+	if (!path)
+		return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", w->final_dir);
+	struct cal_st_file *f = NULL;
+	struct cal_error verr = {0};
+	enum cal_status st = cal_st_file_open(path, &f, &verr);
+	if (st == CAL_OK && cal_st_file_count(f) != s->count)
+		st = cal_error_set(&verr, CAL_ERR_FORMAT, "%zu tensors instead of %zu",
+				   cal_st_file_count(f), s->count);
+	for (size_t i = s->first; st == CAL_OK && i < s->first + s->count; i++) {
+		const struct cal_st_tensor *t = cal_st_file_find(f, w->t[i].name);
+		if (!t || t->nbytes != w->t[i].nbytes || t->dtype != w->t[i].dtype)
+			st = cal_error_set(&verr, CAL_ERR_FORMAT, "tensor '%s' differs from its declaration",
+					   w->t[i].name);
+	}
+	if (st < 0)
+		st = cal_error_set(err, CAL_ERR_INTERNAL, "%s/%s: own output fails validation: %s",
+				   w->final_dir, s->fname, cal_error_msg(&verr));
+	cal_error_clear(&verr);
+	cal_st_file_free(f);
+	free(path);
+	return st;
+}
+
+enum cal_status cal_st_writer_commit(struct cal_st_writer *w, struct cal_error *err)
+{
+	enum cal_status st = check_state(w, W_BEGUN, "commit()", err);
+	if (st < 0)
+		return st;
+	size_t missing = 0;
+	const char *first = NULL;
+	for (size_t i = 0; i < w->nt; i++)
+		if (!w->t[i].put && missing++ == 0)
+			first = w->t[i].name;
+	if (missing) {
+		st = cal_error_set(err, CAL_ERR_INVALID,
+				   "%s: %zu declared tensor(s) never written, the first is '%s'",
+				   w->final_dir, missing, first);
+		goto fail;
+	}
+	if (w->index)
+		CAL_TRY(write_small(w, CAL_ST_INDEX_NAME, w->index, strlen(w->index), err));
+	for (size_t k = 0; k < w->nsh; k++) {
+		struct wshard *s = &w->sh[k];
+		int r = fsync(s->fd);
+		int e = errno;
+		if (close(s->fd) < 0 && r == 0) {
+			r = -1;
+			e = errno;
+		}
+		s->fd = -1;
+		if (r < 0) {
+			st = io_error(w, e, "fsync", s->fname, err);
+			goto fail;
+		}
+	}
+	for (size_t k = 0; k < w->nsh; k++)
+		CAL_TRY(verify_shard(w, k, err));
+	if (fsync_path(w->tmp_dir) < 0) {
+		st = cal_error_set(err, CAL_ERR_IO, "%s: fsync failed: %s", w->tmp_dir, strerror(errno));
+		goto fail;
+	}
+	if (renameat2(AT_FDCWD, w->tmp_dir, AT_FDCWD, w->final_dir, RENAME_NOREPLACE) < 0) {
+		int e = errno;
+		if (e == EINVAL || e == ENOSYS) { /* file system without NOREPLACE */
+			struct stat sb;
+			if (lstat(w->final_dir, &sb) == 0)
+				e = EEXIST;
+			else if (rename(w->tmp_dir, w->final_dir) == 0)
+				e = 0;
+			else
+				e = errno;
+		}
+		if (e) {
+			st = cal_error_set(err, e == EEXIST || e == ENOTEMPTY ? CAL_ERR_EXISTS : CAL_ERR_IO,
+					   "%s: cannot publish: %s", w->final_dir,
+					   e == EEXIST ? "it appeared while writing; refusing to overwrite it"
+						       : strerror(e));
+			goto fail;
+		}
+	}
+	w->state = W_COMMITTED;
+	w->published = 1;
+	if (fsync_path(w->parent) < 0)
+		return cal_error_set(err, CAL_ERR_IO, "%s: published, but fsync of %s failed: %s",
+				     w->final_dir, w->parent, strerror(errno));
+	return CAL_OK;
+fail:
+	return die(w, st);
+}
+
+void cal_st_writer_free(struct cal_st_writer *w)
+{
+	if (!w)
+		return;
+	remove_tmp(w);
+	for (size_t i = 0; i < w->nt; i++)
+		free(w->t[i].name);
+	for (size_t k = 0; k < w->nsh; k++) {
+		free(w->sh[k].fname);
+		free(w->sh[k].header);
+	}
+	free(w->sh);
+	free(w->t);
+	free(w->hash);
+	free(w->index);
+	free(w->tmp_dir);
+	free(w->parent);
+	free(w->final_dir);
+	free(w);
+}
