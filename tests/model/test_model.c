@@ -1,0 +1,329 @@
+/*
+ * test_model.c — config.json parsing into struct cal_model_desc, for every
+ * architecture: defaults, explicit head_dim, layer kinds, both RoPE key
+ * generations, VLM nesting, refusals.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+#include "engine/model/model.h"
+
+static struct cal_model_desc *parse_ok(const char *json)
+{
+	struct cal_model_desc *d = NULL;
+	struct cal_error err = {0};
+	enum cal_status st = cal_model_desc_parse("test", json, strlen(json), &d, &err);
+	cr_assert_eq(st, CAL_OK, "parse failed: %s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	return d;
+}
+
+/* Parses and expects failure with `code`; the message must contain `needle`. */
+static void parse_fails(const char *json, enum cal_status code, const char *needle)
+{
+	struct cal_model_desc *d = NULL;
+	struct cal_error err = {0};
+	enum cal_status st = cal_model_desc_parse("test", json, strlen(json), &d, &err);
+	cr_assert_eq(st, code, "expected %s, got %s (%s)", cal_status_str(code),
+		     cal_status_str(st), cal_error_msg(&err));
+	cr_assert_null(d);
+	cr_assert(strstr(cal_error_msg(&err), needle), "message '%s' lacks '%s'",
+		  cal_error_msg(&err), needle);
+	cal_error_clear(&err);
+}
+
+#define NEAR(a, b) cr_assert(fabs((a) - (b)) < 1e-9 * fmax(1.0, fabs(b)), "%g != %g", \
+			     (double)(a), (double)(b))
+
+Test(model, qwen3_moe_hub_config)
+{
+	/* Qwen3-30B-A3B: head_dim (128) != hidden/heads (64) */
+	struct cal_model_desc *d = parse_ok(
+		"{\"architectures\":[\"Qwen3MoeForCausalLM\"],\"model_type\":\"qwen3_moe\","
+		"\"hidden_size\":2048,\"num_hidden_layers\":48,\"num_attention_heads\":32,"
+		"\"num_key_value_heads\":4,\"head_dim\":128,\"num_experts\":128,"
+		"\"num_experts_per_tok\":8,\"moe_intermediate_size\":768,\"norm_topk_prob\":true,"
+		"\"rope_theta\":1000000.0,\"rope_scaling\":null,\"torch_dtype\":\"bfloat16\","
+		"\"sliding_window\":null,\"use_sliding_window\":false,\"mlp_only_layers\":[],"
+		"\"decoder_sparse_step\":1}");
+	cr_assert_eq(d->arch->id, CAL_ARCH_QWEN3_MOE);
+	cr_assert_str_eq(d->architecture, "Qwen3MoeForCausalLM");
+	cr_assert_str_eq(d->dtype, "bfloat16");
+	cr_assert_eq(d->head_dim, 128);
+	cr_assert_eq(d->vocab_size, 151936); /* class default */
+	cr_assert_eq(d->num_experts, 128);
+	cr_assert_eq(d->top_k, 8);
+	cr_assert_eq(d->norm_topk_prob, 1);
+	cr_assert_eq(d->n_moe_layers, 48);
+	cr_assert_eq(d->qk_norm, CAL_QK_NORM_HEAD);
+	cr_assert_eq(d->norm, CAL_NORM_RMS);
+	NEAR(d->rms_norm_eps, 1e-6);
+	cr_assert_eq(d->rope.type, CAL_ROPE_DEFAULT);
+	NEAR(d->rope.theta, 1e6);
+	cr_assert_eq(d->rope.rotary_dim, 128);
+	NEAR(d->attn_scaling, 1.0 / sqrt(128.0));
+	cr_assert_eq(d->qkv_bias, 0);
+	cr_assert_eq(d->sliding_window, 0);
+	cr_assert_eq(d->n_sliding_layers, 0);
+	cal_model_desc_free(d);
+}
+
+Test(model, qwen3_moe_sparse_step_and_mlp_only)
+{
+	struct cal_model_desc *d = parse_ok(
+		"{\"model_type\":\"qwen3_moe\",\"hidden_size\":64,\"num_hidden_layers\":6,"
+		"\"num_attention_heads\":4,\"num_key_value_heads\":2,\"decoder_sparse_step\":2,"
+		"\"mlp_only_layers\":[3],\"intermediate_size\":96}");
+	/* MoE iff L not in [3] and (L+1) % 2 == 0: layers 1 and 5 */
+	const enum cal_ffn want[6] = {CAL_FFN_DENSE, CAL_FFN_MOE, CAL_FFN_DENSE,
+				      CAL_FFN_DENSE, CAL_FFN_DENSE, CAL_FFN_MOE};
+	for (int L = 0; L < 6; L++)
+		cr_assert_eq(d->layers[L].ffn, want[L], "layer %d", L);
+	cr_assert_eq(d->n_moe_layers, 2);
+	cr_assert_eq(d->head_dim, 16); /* no head_dim key: H / nh */
+	cr_assert_eq(d->norm_topk_prob, 0); /* class default false */
+	cal_model_desc_free(d);
+	parse_fails("{\"model_type\":\"qwen3_moe\",\"num_hidden_layers\":4,\"mlp_only_layers\":[4]}",
+		    CAL_ERR_RANGE, "mlp_only_layers");
+}
+
+Test(model, qwen2_moe_defaults)
+{
+	struct cal_model_desc *d = parse_ok(
+		"{\"model_type\":\"qwen2_moe\",\"hidden_size\":2048,\"num_attention_heads\":16,"
+		"\"num_key_value_heads\":16,\"num_experts\":60,\"num_experts_per_tok\":4}");
+	cr_assert_eq(d->qkv_bias, 1); /* qkv_bias absent -> true */
+	cr_assert_eq(d->o_bias, 0);
+	cr_assert_eq(d->shared, CAL_SHARED_GATED);
+	cr_assert_eq(d->shared_intermediate_size, 5632);
+	cr_assert_eq(d->moe_intermediate_size, 1408);
+	cr_assert_eq(d->norm_topk_prob, 0);
+	cal_model_desc_free(d);
+}
+
+Test(model, mixtral_defaults)
+{
+	struct cal_model_desc *d = parse_ok(
+		"{\"model_type\":\"mixtral\",\"hidden_size\":4096,\"intermediate_size\":14336,"
+		"\"num_local_experts\":8,\"num_experts_per_tok\":2,\"sliding_window\":null}");
+	NEAR(d->rope.theta, 1e6);
+	cr_assert_eq(d->num_experts, 8);
+	cr_assert_eq(d->moe_intermediate_size, 14336);
+	cr_assert_eq(d->norm_topk_prob, 1); /* always renormalised */
+	NEAR(d->rms_norm_eps, 1e-5);
+	cr_assert_eq(d->n_sliding_layers, 0);
+	cr_assert_str_eq(d->arch->moe_block, "block_sparse_moe");
+	cr_assert_str_eq(d->arch->expert_proj[0], "w1");
+	cr_assert_str_eq(d->arch->expert_proj[1], "w3");
+	cr_assert_str_eq(d->arch->expert_proj[2], "w2");
+	cal_model_desc_free(d);
+	/* a sliding_window makes every layer sliding */
+	d = parse_ok("{\"model_type\":\"mixtral\",\"num_hidden_layers\":2,\"sliding_window\":4096}");
+	cr_assert_eq(d->n_sliding_layers, 2);
+	cr_assert_eq(d->sliding_window, 4096);
+	cal_model_desc_free(d);
+}
+
+Test(model, olmoe_kv_heads_default_and_full_qk_norm)
+{
+	struct cal_model_desc *d = parse_ok(
+		"{\"model_type\":\"olmoe\",\"hidden_size\":2048,\"num_attention_heads\":16,"
+		"\"num_key_value_heads\":null,\"intermediate_size\":1024,\"clip_qkv\":8.0}");
+	cr_assert_eq(d->num_kv_heads, 16);
+	cr_assert_eq(d->qk_norm, CAL_QK_NORM_FULL);
+	cr_assert_eq(d->moe_intermediate_size, 1024);
+	NEAR(d->clip_qkv, 8.0);
+	cr_assert_eq(d->num_experts, 64);
+	cal_model_desc_free(d);
+}
+
+Test(model, qwen3_next_hybrid_and_both_rope_forms)
+{
+	const char *legacy =
+		"{\"model_type\":\"qwen3_next\",\"num_hidden_layers\":8,\"hidden_size\":2048,"
+		"\"head_dim\":256,\"rope_theta\":10000000,\"partial_rotary_factor\":0.25}";
+	const char *v5 =
+		"{\"model_type\":\"qwen3_next\",\"num_hidden_layers\":8,\"hidden_size\":2048,"
+		"\"head_dim\":256,\"rope_parameters\":{\"rope_type\":\"default\","
+		"\"rope_theta\":10000000,\"partial_rotary_factor\":0.25}}";
+	struct cal_model_desc *a = parse_ok(legacy), *b = parse_ok(v5);
+	cr_assert(!memcmp(&a->rope, &b->rope, sizeof(a->rope)), "legacy and v5 RoPE differ");
+	cr_assert_eq(a->rope.rotary_dim, 64);
+	NEAR(a->rope.theta, 1e7);
+	for (int L = 0; L < 8; L++)
+		cr_assert_eq(a->layers[L].mixer, (L + 1) % 4 ? CAL_MIXER_LINEAR : CAL_MIXER_FULL);
+	cr_assert_eq(a->n_linear_layers, 6);
+	cr_assert_eq(a->norm, CAL_NORM_RMS_1P);
+	cr_assert_eq(a->attn, CAL_ATTN_GATED_GQA);
+	cr_assert_eq(a->gdn, CAL_GDN_FUSED);
+	cr_assert_eq(a->linear_num_value_heads, 32);
+	cr_assert_eq(a->norm_topk_prob, 1);
+	cal_model_desc_free(a);
+	cal_model_desc_free(b);
+	/* partial_rotary_factor default 0.25 when absent */
+	a = parse_ok("{\"model_type\":\"qwen3_next\",\"num_hidden_layers\":4}");
+	cr_assert_eq(a->rope.rotary_dim, 64);
+	cal_model_desc_free(a);
+}
+
+Test(model, qwen3_5_moe_vlm_nesting)
+{
+	struct cal_model_desc *d = parse_ok(
+		"{\"architectures\":[\"Qwen3_5MoeForConditionalGeneration\"],"
+		"\"model_type\":\"qwen3_5_moe\",\"tie_word_embeddings\":false,"
+		"\"text_config\":{\"model_type\":\"qwen3_5_moe_text\",\"hidden_size\":2048,"
+		"\"num_hidden_layers\":4,\"tie_word_embeddings\":true,\"dtype\":\"bfloat16\","
+		"\"layer_types\":[\"linear_attention\",\"linear_attention\",\"linear_attention\","
+		"\"full_attention\"],\"rope_parameters\":{\"rope_type\":\"default\","
+		"\"rope_theta\":10000000,\"partial_rotary_factor\":0.25,\"mrope_interleaved\":true,"
+		"\"mrope_section\":[11,11,10]}},\"vision_config\":{\"depth\":27}}");
+	cr_assert_eq(d->arch->id, CAL_ARCH_QWEN3_5_MOE);
+	cr_assert(d->is_vlm);
+	cr_assert_str_eq(d->prefix, "model.language_model.");
+	cr_assert_eq(d->tie_word_embeddings, 0); /* top level wins */
+	cr_assert_eq(d->hidden_size, 2048);
+	cr_assert_eq(d->num_layers, 4);
+	cr_assert_eq(d->n_full_layers, 1);
+	cr_assert_eq(d->n_linear_layers, 3);
+	cr_assert_eq(d->num_experts, 256);
+	cr_assert_eq(d->norm_topk_prob, 1);
+	cr_assert_eq(d->gdn, CAL_GDN_SPLIT);
+	cr_assert(d->rope.has_mrope && d->rope.mrope_interleaved);
+	cr_assert_eq(d->rope.mrope_section[2], 10);
+	cr_assert_str_eq(d->dtype, "bfloat16");
+	cal_model_desc_free(d);
+	parse_fails("{\"model_type\":\"qwen3_5_moe\",\"text_config\":{\"model_type\":\"llama\"}}",
+		    CAL_ERR_UNSUPPORTED, "llama");
+}
+
+Test(model, deepseek_v3_mla_yarn)
+{
+	struct cal_model_desc *d = parse_ok(
+		"{\"model_type\":\"deepseek_v3\",\"max_position_embeddings\":163840,"
+		"\"rope_scaling\":{\"type\":\"yarn\",\"factor\":40,"
+		"\"original_max_position_embeddings\":4096,\"beta_fast\":32,\"beta_slow\":1,"
+		"\"mscale\":1.0,\"mscale_all_dim\":1.0},\"quantization_config\":{"
+		"\"quant_method\":\"fp8\",\"fmt\":\"e4m3\",\"weight_block_size\":[128,128],"
+		"\"activation_scheme\":\"dynamic\"}}");
+	cr_assert_eq(d->attn, CAL_ATTN_MLA);
+	cr_assert_eq(d->q_lora_rank, 1536);
+	cr_assert_eq(d->num_layers, 61);
+	cr_assert_eq(d->n_dense_layers, 3);
+	cr_assert_eq(d->layers[2].ffn, CAL_FFN_DENSE);
+	cr_assert_eq(d->layers[3].ffn, CAL_FFN_MOE);
+	cr_assert_eq(d->rope.type, CAL_ROPE_YARN);
+	cr_assert_eq(d->rope.rotary_dim, 64);
+	cr_assert(d->rope.interleave);
+	NEAR(d->rope.attention_factor, 1.0);
+	double m = 0.1 * log(40.0) + 1.0;
+	NEAR(d->attn_scaling, m * m / sqrt(192.0));
+	cr_assert_eq(d->shared, CAL_SHARED_UNGATED);
+	cr_assert_eq(d->shared_intermediate_size, 2048);
+	NEAR(d->routed_scaling_factor, 2.5);
+	cr_assert_eq(d->n_group, 8);
+	cr_assert_eq(d->src_quant, CAL_SRC_QUANT_FP8_BLOCK);
+	cr_assert_eq(d->quant_block[1], 128);
+	cal_model_desc_free(d);
+	/* q_lora_rank: null means a plain q_proj */
+	d = parse_ok("{\"model_type\":\"deepseek_v3\",\"q_lora_rank\":null,\"num_hidden_layers\":4}");
+	cr_assert_eq(d->q_lora_rank, 0);
+	cal_model_desc_free(d);
+}
+
+Test(model, gpt_oss_defaults)
+{
+	struct cal_model_desc *d = parse_ok(
+		"{\"model_type\":\"gpt_oss\",\"num_hidden_layers\":4,\"num_local_experts\":32,"
+		"\"experts_per_token\":4,\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":32.0,"
+		"\"beta_fast\":32.0,\"beta_slow\":1.0,\"truncate\":false,"
+		"\"original_max_position_embeddings\":4096},\"quantization_config\":{"
+		"\"quant_method\":\"mxfp4\",\"modules_to_not_convert\":[\"model.layers.*.self_attn\","
+		"\"lm_head\"]}}");
+	NEAR(d->rope.theta, 150000.0);
+	NEAR(d->rope.attention_factor, 0.1 * log(32.0) + 1.0);
+	cr_assert_eq(d->rope.truncate, 0);
+	cr_assert_eq(d->top_k, 4);
+	cr_assert_eq(d->sliding_window, 128);
+	for (int L = 0; L < 4; L++)
+		cr_assert_eq(d->layers[L].mixer, L % 2 ? CAL_MIXER_FULL : CAL_MIXER_SLIDING);
+	cr_assert(d->qkv_bias && d->o_bias && d->has_sinks);
+	cr_assert_eq(d->norm, CAL_NORM_RMS_F32W);
+	cr_assert_eq(d->router, CAL_ROUTER_TOPK_SOFTMAX);
+	cr_assert_eq(d->act, CAL_ACT_SWIGLU_OAI);
+	NEAR(d->swiglu_limit, 7.0);
+	cr_assert_eq(d->src_quant, CAL_SRC_QUANT_MXFP4);
+	cr_assert_eq(d->n_not_convert, 2);
+	cr_assert_str_eq(d->not_convert[1], "lm_head");
+	cal_model_desc_free(d);
+}
+
+Test(model, dense_models)
+{
+	struct cal_model_desc *d = parse_ok(
+		"{\"model_type\":\"llama\",\"hidden_size\":2048,\"num_attention_heads\":32,"
+		"\"num_key_value_heads\":8,\"num_hidden_layers\":16,\"tie_word_embeddings\":true,"
+		"\"rope_theta\":500000.0,\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":32.0,"
+		"\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"
+		"\"original_max_position_embeddings\":8192}}");
+	cr_assert_eq(d->num_experts, 0);
+	cr_assert_eq(d->n_dense_layers, 16);
+	cr_assert_eq(d->rope.type, CAL_ROPE_LLAMA3);
+	NEAR(d->rope.high_freq_factor, 4.0);
+	cr_assert_eq(d->rope.original_max_pos, 8192);
+	cr_assert(d->tie_word_embeddings);
+	cr_assert_eq(d->router, CAL_ROUTER_NONE);
+	cal_model_desc_free(d);
+	d = parse_ok("{\"model_type\":\"qwen2\",\"num_hidden_layers\":4,\"use_sliding_window\":true,"
+		     "\"sliding_window\":4096,\"max_window_layers\":2}");
+	cr_assert(d->qkv_bias && !d->o_bias);
+	cr_assert_eq(d->layers[1].mixer, CAL_MIXER_FULL);
+	cr_assert_eq(d->layers[2].mixer, CAL_MIXER_SLIDING);
+	cal_model_desc_free(d);
+	d = parse_ok("{\"model_type\":\"qwen3\",\"dtype\":\"bfloat16\","
+		     "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":1000000}}");
+	cr_assert_eq(d->head_dim, 128);
+	NEAR(d->rope.theta, 1e6);
+	cr_assert_eq(d->qk_norm, CAL_QK_NORM_HEAD);
+	cal_model_desc_free(d);
+}
+
+Test(model, refusals_name_the_offender)
+{
+	parse_fails("{\"model_type\":\"bert\"}", CAL_ERR_UNSUPPORTED, "'bert'");
+	parse_fails("{\"hidden_size\":8}", CAL_ERR_FORMAT, "model_type");
+	parse_fails("{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"gptq\"}}",
+		    CAL_ERR_UNSUPPORTED, "gptq");
+	parse_fails("{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"mxfp4\"}}",
+		    CAL_ERR_UNSUPPORTED, "mxfp4");
+	parse_fails("{\"model_type\":\"qwen3_moe\",\"hidden_size\":\"big\"}", CAL_ERR_FORMAT,
+		    "hidden_size");
+	parse_fails("{\"model_type\":\"qwen3_moe\",\"num_hidden_layers\":0}", CAL_ERR_RANGE,
+		    "num_hidden_layers");
+	parse_fails("{\"model_type\":\"qwen3_moe\",\"num_attention_heads\":6,"
+		    "\"num_key_value_heads\":4}", CAL_ERR_FORMAT, "num_key_value_heads");
+	parse_fails("{\"model_type\":\"qwen3_moe\",\"rope_scaling\":{\"rope_type\":\"longrope\"}}",
+		    CAL_ERR_UNSUPPORTED, "longrope");
+	parse_fails("{\"model_type\":\"llama\",\"num_hidden_layers\":2,\"layer_types\":[\"full_attention\"]}",
+		    CAL_ERR_FORMAT, "layer_types");
+	parse_fails("{\"model_type\":\"llama\",\"num_hidden_layers\":1,"
+		    "\"layer_types\":[\"linear_attention\"]}", CAL_ERR_UNSUPPORTED, "linear_attention");
+	parse_fails("{\"model_type\":\"qwen3_moe\",\"num_experts\":4,\"num_experts_per_tok\":5}",
+		    CAL_ERR_RANGE, "num_experts_per_tok");
+	parse_fails("not json", CAL_ERR_FORMAT, "test");
+	parse_fails("{\"model_type\":\"qwen3_moe\",\"model_type\":\"llama\"}", CAL_ERR_FORMAT,
+		    "duplicate");
+}
+
+Test(model, table_and_names)
+{
+	for (int a = 0; a < CAL_ARCH_COUNT; a++) {
+		const struct cal_arch_info *i = cal_arch_get((enum cal_arch)a);
+		cr_assert_eq((int)i->id, a);
+		cr_assert_eq(cal_arch_find(i->model_type), i);
+		cr_assert_str_eq(cal_arch_name((enum cal_arch)a), i->model_type);
+	}
+	cr_assert_null(cal_arch_find("bert"));
+	cr_assert_str_eq(cal_expert_layout_name(CAL_LAYOUT_FUSED_OAI), "fused-oai");
+	cr_assert_str_eq(cal_mixer_name(CAL_MIXER_LINEAR), "linear");
+}
