@@ -1,0 +1,72 @@
+/*
+ * cmd_recipes.c — `calibd recipes [--recipes-dir DIR] [--json]`: lists the
+ * built-in recipes (general/, huggingface/, models/ of the recipe tree) with
+ * their descriptions.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cli.h"
+#include "engine/recipe/recipe.h"
+
+static void recipes_usage(FILE *o)
+{
+	fprintf(o, "usage: calibd recipes [--recipes-dir DIR] [--json]\n"
+		   "Lists the built-in recipes (tree: --recipes-dir, else $" CAL_RECIPES_ENV
+		   ", else the installed one).\n");
+}
+
+int cal_cmd_recipes(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"recipes-dir", required_argument, NULL, 'd'},
+		{"json", no_argument, NULL, 'j'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *dir = NULL;
+	int json = 0, c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "d:jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'd': dir = optarg; break;
+		case 'j': json = 1; break;
+		case 'h': recipes_usage(stdout); return CAL_EXIT_OK;
+		default: recipes_usage(stderr); return CAL_EXIT_USAGE;
+		}
+	}
+	if (optind != argc) {
+		recipes_usage(stderr);
+		return CAL_EXIT_USAGE;
+	}
+	if (!dir)
+		dir = cal_recipe_builtin_dir();
+	struct cal_error err = {0};
+	struct cal_recipe_info *list = NULL;
+	size_t n = 0;
+	enum cal_status st = cal_recipe_list(dir, &list, &n, &err);
+	if (st < 0) {
+		fprintf(stderr, "calibd recipes: %s\n", cal_error_msg(&err));
+		cal_error_clear(&err);
+		return cal_exit_from_status(st);
+	}
+	if (json) {
+		json_t *a = json_array();
+		for (size_t i = 0; i < n; i++)
+			json_array_append_new(a, json_pack("{s:s, s:s}", "name", list[i].name,
+							   "description", list[i].description));
+		char *s = json_dumps(a, JSON_INDENT(1));
+		if (s)
+			printf("%s\n", s);
+		free(s);
+		json_decref(a);
+	} else {
+		printf("built-in recipes (%s):\n", dir);
+		for (size_t i = 0; i < n; i++)
+			printf("  %-44s %s\n", list[i].name, list[i].description);
+	}
+	cal_recipe_list_free(list, n);
+	return CAL_EXIT_OK;
+}

@@ -1,0 +1,1734 @@
+/*
+ * recipe_load.c — finding recipe files, resolving `imports:` / `$import`,
+ * and validating the result into struct cal_recipe (MODELOPT.md §3.1-3.3).
+ *
+ * Import resolution works on located YAML trees (ytree.h): every imported
+ * file is parsed, its own imports resolved, and its value copied where it is
+ * referenced, so nodes keep the file:line:col they were written at and
+ * errors point into the snippet that holds the mistake.
+ */
+#include "recipe.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/util.h"
+#include "ytree.h"
+
+#ifndef CAL_RECIPES_DIR
+#define CAL_RECIPES_DIR "recipes"
+#endif
+#ifndef CAL_RECIPES_INSTALL_DIR
+#define CAL_RECIPES_INSTALL_DIR "/usr/local/share/calibd/recipes"
+#endif
+
+/* What a tree (or a place in it) is, for typed $import in lists. */
+enum ytype {
+	YT_OTHER,
+	YT_RECIPE,     /* a recipe file: metadata + quantize */
+	YT_QCONFIG,    /* QuantizeConfig */
+	YT_CFG_LIST,   /* QuantizerCfgListConfig = list[QuantizerCfgEntry] */
+	YT_CFG_ENTRY,  /* QuantizerCfgEntry */
+	YT_CFG,        /* an entry's cfg: attribute mapping or a list of them */
+	YT_ATTR,       /* QuantizerAttributeConfig */
+};
+
+static const struct {
+	const char *path;
+	enum ytype t;
+} schemas[] = {
+	{"modelopt.torch.quantization.config.QuantizerAttributeConfig", YT_ATTR},
+	{"modelopt.torch.quantization.config.QuantizerCfgEntry", YT_CFG_ENTRY},
+	{"modelopt.torch.quantization.config.QuantizerCfgListConfig", YT_CFG_LIST},
+	{"modelopt.torch.quantization.config.QuantizeConfig", YT_QCONFIG},
+};
+
+static const char *ytype_name(enum ytype t)
+{
+	switch (t) {
+	case YT_ATTR: return "QuantizerAttributeConfig";
+	case YT_CFG_ENTRY: return "QuantizerCfgEntry";
+	case YT_CFG_LIST: return "QuantizerCfgListConfig";
+	case YT_QCONFIG: return "QuantizeConfig";
+	case YT_RECIPE: return "recipe";
+	case YT_CFG: return "cfg";
+	default: return "untyped";
+	}
+}
+
+/* A loaded file kept alive for the nodes that point at its name. */
+struct lfile {
+	char *path;
+	struct lfile *next;
+};
+
+struct loader {
+	const char *builtin;
+	int no_fs;
+	size_t nodes_left;
+	int files_read;
+	const char *stack[CAL_RECIPE_MAX_IMPORT_DEPTH + 2]; /* realpaths being loaded */
+	int depth;
+	struct lfile *files;
+	struct cal_error *err;
+};
+
+/* An import table: local name -> resolved snippet. */
+struct imp {
+	char *name;
+	struct cal_ynode *val;
+	enum ytype type;
+	char *path;
+};
+
+struct imptab {
+	struct imp *v;
+	size_t n;
+};
+
+static void imptab_clear(struct imptab *t)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		free(t->v[i].name);
+		free(t->v[i].path);
+		cal_ynode_free(t->v[i].val);
+	}
+	free(t->v);
+	t->v = NULL;
+	t->n = 0;
+}
+
+static enum cal_status nomem(struct loader *L)
+{
+	return cal_error_set(L->err, CAL_ERR_NOMEM, "recipe: out of memory");
+}
+
+__attribute__((format(printf, 4, 5))) static enum cal_status
+at_err(struct cal_error *err, enum cal_status st, const struct cal_ynode *n, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *msg = NULL;
+	if (vasprintf(&msg, fmt, ap) < 0)
+		msg = NULL;
+	va_end(ap);
+	if (!msg)
+		return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+	if (n && n->file)
+		st = cal_error_set(err, st, "%s:%d:%d: %s", n->file, n->line, n->col, msg);
+	else
+		st = cal_error_set(err, st, "%s", msg);
+	free(msg);
+	return st;
+}
+
+static const char *intern_file(struct loader *L, const char *path)
+{
+	struct lfile *f = calloc(1, sizeof(*f));
+	if (!f || !(f->path = strdup(path))) {
+		free(f);
+		return NULL;
+	}
+	f->next = L->files;
+	L->files = f;
+	return f->path;
+}
+
+static void files_free(struct lfile *f)
+{
+	while (f) {
+		struct lfile *n = f->next;
+		free(f->path);
+		free(f);
+		f = n;
+	}
+}
+
+static int is_file(const char *p)
+{
+	struct stat sb;
+	return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+static int is_dir(const char *p)
+{
+	struct stat sb;
+	return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static int has_yaml_suffix(const char *p)
+{
+	size_t n = strlen(p);
+	return (n > 4 && !strcmp(p + n - 4, ".yml")) || (n > 5 && !strcmp(p + n - 5, ".yaml"));
+}
+
+static char *cat3(const char *a, const char *b, const char *c)
+{
+	char *s = NULL;
+	if (asprintf(&s, "%s%s%s", a, b, c) < 0)
+		return NULL;
+	return s;
+}
+
+/* ---- import resolution -------------------------------------------------- */
+
+static enum cal_status load_tree(struct loader *L, const char *path, enum ytype root,
+				 int is_import, struct cal_ynode **ret, enum ytype *ret_type);
+
+/* `$import` names: a string or a list of strings. */
+static enum cal_status import_names(struct loader *L, const struct cal_ynode *v,
+				    const struct cal_ynode ***ret, size_t *n)
+{
+	if (v->kind == CAL_Y_STR) {
+		*ret = malloc(sizeof(**ret));
+		if (!*ret)
+			return nomem(L);
+		(*ret)[0] = v;
+		*n = 1;
+		return CAL_OK;
+	}
+	if (v->kind != CAL_Y_SEQ || v->n == 0)
+		return at_err(L->err, CAL_ERR_FORMAT, v,
+			      "$import: expected an import name or a list of names, got a %s",
+			      cal_ykind_name(v->kind));
+	*ret = malloc(v->n * sizeof(**ret));
+	if (!*ret)
+		return nomem(L);
+	for (size_t i = 0; i < v->n; i++) {
+		if (v->items[i]->kind != CAL_Y_STR) {
+			free(*ret);
+			*ret = NULL;
+			return at_err(L->err, CAL_ERR_FORMAT, v->items[i],
+				      "$import: import names must be strings");
+		}
+		(*ret)[i] = v->items[i];
+	}
+	*n = v->n;
+	return CAL_OK;
+}
+
+static const struct imp *imp_find(const struct imptab *t, const char *name)
+{
+	for (size_t i = 0; i < t->n; i++)
+		if (!strcmp(t->v[i].name, name))
+			return &t->v[i];
+	return NULL;
+}
+
+static enum ytype child_type(enum ytype t, const char *key)
+{
+	switch (t) {
+	case YT_RECIPE: return key && !strcmp(key, "quantize") ? YT_QCONFIG : YT_OTHER;
+	case YT_QCONFIG: return key && !strcmp(key, "quant_cfg") ? YT_CFG_LIST : YT_OTHER;
+	case YT_CFG_LIST: return YT_CFG_ENTRY;
+	case YT_CFG_ENTRY: return key && !strcmp(key, "cfg") ? YT_CFG : YT_OTHER;
+	case YT_CFG: return YT_ATTR; /* items of a cfg list */
+	default: return YT_OTHER;
+	}
+}
+
+/* Sets key -> val in MAP m (replacing in place, as dict.update does). */
+static int map_set(struct cal_ynode *m, struct cal_ynode *key, struct cal_ynode *val)
+{
+	for (size_t i = 0; i < m->n; i++) {
+		struct cal_ynode *k = m->items[2 * i];
+		if (k->kind == key->kind &&
+		    ((k->kind == CAL_Y_STR && !strcmp(k->str, key->str)) ||
+		     (k->kind == CAL_Y_INT && k->i == key->i) ||
+		     (k->kind == CAL_Y_BOOL && k->i == key->i) || k->kind == CAL_Y_NULL)) {
+			cal_ynode_free(key);
+			cal_ynode_free(m->items[2 * i + 1]);
+			m->items[2 * i + 1] = val;
+			return 0;
+		}
+	}
+	return cal_ynode_append(m, key, val);
+}
+
+static enum cal_status copy_node(struct loader *L, const struct cal_ynode *n,
+				 struct cal_ynode **ret)
+{
+	*ret = cal_ynode_copy(n, &L->nodes_left);
+	if (*ret)
+		return CAL_OK;
+	if (L->nodes_left == 0)
+		return at_err(L->err, CAL_ERR_RANGE, n,
+			      "recipe grows past %d YAML nodes through imports",
+			      CAL_RECIPE_MAX_NODES);
+	return nomem(L);
+}
+
+static enum cal_status resolve(struct loader *L, const struct cal_ynode *n, enum ytype t,
+			       const struct imptab *tab, struct cal_ynode **ret)
+{
+	enum cal_status st = CAL_OK;
+	struct cal_ynode *out = NULL, *k = NULL, *v = NULL;
+	const struct cal_ynode **names = NULL;
+	size_t nn = 0;
+	*ret = NULL;
+	if (n->kind != CAL_Y_MAP && n->kind != CAL_Y_SEQ)
+		return copy_node(L, n, ret);
+	if (L->nodes_left == 0)
+		return at_err(L->err, CAL_ERR_RANGE, n, "recipe grows past %d YAML nodes",
+			      CAL_RECIPE_MAX_NODES);
+	L->nodes_left--;
+	out = cal_ynode_new(n->kind, n);
+	if (!out)
+		return nomem(L);
+	out->exmy = n->exmy;
+	if (n->kind == CAL_Y_MAP) {
+		enum ytype mt = t == YT_CFG ? YT_ATTR : t;
+		long ii = cal_ymap_find(n, "$import");
+		if (ii >= 0) {
+			CAL_TRY(import_names(L, n->items[2 * ii + 1], &names, &nn));
+			for (size_t j = 0; j < nn; j++) {
+				const struct imp *im = imp_find(tab, names[j]->str);
+				if (!im) {
+					st = at_err(L->err, CAL_ERR_FORMAT, names[j],
+						    "$import: '%s' is not declared under imports:",
+						    names[j]->str);
+					goto fail;
+				}
+				if (im->val->kind != CAL_Y_MAP) {
+					st = at_err(L->err, CAL_ERR_FORMAT, names[j],
+						    "$import '%s' in a mapping needs a mapping snippet, "
+						    "but %s holds a %s",
+						    names[j]->str, im->path, cal_ykind_name(im->val->kind));
+					goto fail;
+				}
+				for (size_t p = 0; p < im->val->n; p++) {
+					CAL_TRY(copy_node(L, im->val->items[2 * p], &k));
+					CAL_TRY(copy_node(L, im->val->items[2 * p + 1], &v));
+					if (map_set(out, k, v) < 0) {
+						st = nomem(L);
+						goto fail;
+					}
+					k = v = NULL;
+				}
+			}
+		}
+		for (size_t p = 0; p < n->n; p++) {
+			if ((long)p == ii)
+				continue;
+			const struct cal_ynode *key = n->items[2 * p];
+			CAL_TRY(copy_node(L, key, &k));
+			CAL_TRY(resolve(L, n->items[2 * p + 1],
+					child_type(mt, key->kind == CAL_Y_STR ? key->str : NULL), tab,
+					&v));
+			if (map_set(out, k, v) < 0) {
+				st = nomem(L);
+				goto fail;
+			}
+			k = v = NULL;
+		}
+	} else {
+		enum ytype et = child_type(t, NULL);
+		for (size_t i = 0; i < n->n; i++) {
+			const struct cal_ynode *it = n->items[i];
+			if (it->kind == CAL_Y_MAP && it->n == 1 && cal_ymap_find(it, "$import") == 0) {
+				if (t != YT_CFG_LIST && t != YT_CFG) {
+					st = at_err(L->err, CAL_ERR_FORMAT, it,
+						    "$import inside a list is only allowed in quant_cfg "
+						    "lists and cfg lists");
+					goto fail;
+				}
+				free(names);
+				names = NULL;
+				CAL_TRY(import_names(L, it->items[1], &names, &nn));
+				for (size_t j = 0; j < nn; j++) {
+					const struct imp *im = imp_find(tab, names[j]->str);
+					if (!im) {
+						st = at_err(L->err, CAL_ERR_FORMAT, names[j],
+							    "$import: '%s' is not declared under imports:",
+							    names[j]->str);
+						goto fail;
+					}
+					int splice = im->type == t && t == YT_CFG_LIST;
+					int append = im->type == et;
+					if (splice && im->val->kind == CAL_Y_SEQ) {
+						for (size_t q = 0; q < im->val->n; q++) {
+							CAL_TRY(copy_node(L, im->val->items[q], &v));
+							if (cal_ynode_append(out, v, NULL) < 0) {
+								st = nomem(L);
+								goto fail;
+							}
+							v = NULL;
+						}
+					} else if (append && im->val->kind == CAL_Y_MAP) {
+						CAL_TRY(copy_node(L, im->val, &v));
+						if (cal_ynode_append(out, v, NULL) < 0) {
+							st = nomem(L);
+							goto fail;
+						}
+						v = NULL;
+					} else {
+						st = at_err(L->err, CAL_ERR_FORMAT, names[j],
+							    "$import '%s' (%s, schema %s) cannot be spliced "
+							    "into or appended to a list of %s",
+							    names[j]->str, im->path, ytype_name(im->type),
+							    ytype_name(et));
+						goto fail;
+					}
+				}
+				continue;
+			}
+			CAL_TRY(resolve(L, it, et, tab, &v));
+			if (cal_ynode_append(out, v, NULL) < 0) {
+				st = nomem(L);
+				goto fail;
+			}
+			v = NULL;
+		}
+	}
+	free(names);
+	*ret = out;
+	return CAL_OK;
+fail:
+	free(names);
+	cal_ynode_free(k);
+	cal_ynode_free(v);
+	cal_ynode_free(out);
+	return st < 0 ? st : CAL_ERR_FORMAT;
+}
+
+/* modelopt _resolve_config_path: filesystem (cwd) first, then built-in. */
+static enum cal_status find_import(struct loader *L, const struct cal_ynode *at,
+				   const char *p, char **ret)
+{
+	char *cand[4] = {0};
+	int nc = 0;
+	int abs = p[0] == '/';
+	if (has_yaml_suffix(p)) {
+		if (!L->no_fs || abs)
+			cand[nc++] = strdup(p);
+		if (!abs)
+			cand[nc++] = cat3(L->builtin, "/", p);
+	} else {
+		if (!L->no_fs || abs) {
+			cand[nc++] = cat3(p, ".yml", "");
+			cand[nc++] = cat3(p, ".yaml", "");
+		}
+		if (!abs) {
+			cand[nc++] = cat3(L->builtin, "/", p);
+			if (cand[nc - 1]) {
+				char *b = cand[nc - 1];
+				cand[nc - 1] = cat3(b, ".yml", "");
+				cand[nc++] = cat3(b, ".yaml", "");
+				free(b);
+			}
+		}
+	}
+	*ret = NULL;
+	for (int i = 0; i < nc; i++) {
+		if (!cand[i]) {
+			for (int j = 0; j < nc; j++)
+				free(cand[j]);
+			return nomem(L);
+		}
+	}
+	for (int i = 0; i < nc && !*ret; i++) {
+		if (is_file(cand[i])) {
+			*ret = cand[i];
+			cand[i] = NULL;
+		}
+	}
+	for (int i = 0; i < nc; i++)
+		free(cand[i]);
+	if (!*ret)
+		return at_err(L->err, CAL_ERR_NOTFOUND, at,
+			      "import '%s' not found (looked for %s%s in the current directory "
+			      "and in %s)",
+			      p, p, has_yaml_suffix(p) ? "" : ".yml/.yaml", L->builtin);
+	return CAL_OK;
+}
+
+static enum ytype schema_type(const char *s)
+{
+	for (size_t i = 0; i < CAL_ARRAY_LEN(schemas); i++)
+		if (!strcmp(s, schemas[i].path))
+			return schemas[i].t;
+	return YT_OTHER;
+}
+
+/* Reads the file's imports: mapping into a table (each snippet resolved). */
+static enum cal_status load_imports(struct loader *L, const struct cal_ynode *imports,
+				    struct imptab *tab)
+{
+	enum cal_status st = CAL_OK;
+	if (!imports || imports->kind == CAL_Y_NULL)
+		return CAL_OK;
+	if (imports->kind != CAL_Y_MAP)
+		return at_err(L->err, CAL_ERR_FORMAT, imports,
+			      "imports: expected a mapping of name: path, got a %s",
+			      cal_ykind_name(imports->kind));
+	tab->v = calloc(imports->n ? imports->n : 1, sizeof(*tab->v));
+	if (!tab->v)
+		return nomem(L);
+	for (size_t i = 0; i < imports->n; i++) {
+		const struct cal_ynode *k = imports->items[2 * i], *v = imports->items[2 * i + 1];
+		if (k->kind != CAL_Y_STR || v->kind != CAL_Y_STR || !*v->str)
+			return at_err(L->err, CAL_ERR_FORMAT, v,
+				      "imports: each entry must be name: path (strings)");
+		struct imp *im = &tab->v[tab->n];
+		char *path = NULL;
+		CAL_TRY(find_import(L, v, v->str, &path));
+		im->path = path;
+		im->name = strdup(k->str);
+		tab->n++;
+		if (!im->name)
+			return nomem(L);
+		st = load_tree(L, path, YT_OTHER, 1, &im->val, &im->type);
+		if (st < 0)
+			return cal_error_wrap(L->err, st, "%s:%d:%d: imports.%s", v->file, v->line,
+					      v->col, k->str);
+	}
+	return CAL_OK;
+fail:
+	return st;
+}
+
+/*
+ * Loads one file: parse, combine documents, resolve its imports.  `root` is
+ * the type of the whole file when it is not an import (imports take their
+ * type from the "# modelopt-schema:" comment, which they must have).
+ */
+static enum cal_status load_tree(struct loader *L, const char *path, enum ytype root,
+				 int is_import, struct cal_ynode **ret, enum ytype *ret_type)
+{
+	enum cal_status st = CAL_OK;
+	char *text = NULL, *real = NULL;
+	size_t len = 0;
+	struct cal_ydocs docs = {0};
+	struct cal_ynode *data = NULL, *merged = NULL;
+	const struct cal_ynode *imports = NULL;
+	struct imptab tab = {0};
+	*ret = NULL;
+
+	if (++L->files_read > CAL_RECIPE_MAX_FILES) {
+		st = cal_error_set(L->err, CAL_ERR_RANGE, "%s: more than %d recipe files read "
+				   "(imports)", path, CAL_RECIPE_MAX_FILES);
+		goto out;
+	}
+	real = realpath(path, NULL);
+	if (!real) {
+		st = cal_error_set(L->err, errno == ENOENT ? CAL_ERR_NOTFOUND : CAL_ERR_IO,
+				   "%s: %s", path, strerror(errno));
+		goto out;
+	}
+	for (int i = 0; i < L->depth; i++) {
+		if (!strcmp(L->stack[i], real)) {
+			st = cal_error_set(L->err, CAL_ERR_FORMAT, "%s: import cycle (%s imports it "
+					   "again)", path, L->stack[L->depth - 1]);
+			goto out;
+		}
+	}
+	if (L->depth > CAL_RECIPE_MAX_IMPORT_DEPTH) {
+		st = cal_error_set(L->err, CAL_ERR_RANGE, "%s: imports nested deeper than %d",
+				   path, CAL_RECIPE_MAX_IMPORT_DEPTH);
+		goto out;
+	}
+	const char *fname = intern_file(L, path);
+	if (!fname) {
+		st = nomem(L);
+		goto out;
+	}
+	CAL_TRY(cal_read_file(path, CAL_YTREE_MAX_BYTES, &text, &len, L->err));
+	CAL_TRY(cal_ytree_parse(fname, text, len, &L->nodes_left, &docs, L->err));
+
+	enum ytype type = root;
+	if (is_import) {
+		if (!docs.schema) {
+			st = cal_error_set(L->err, CAL_ERR_FORMAT,
+					   "%s: an imported file needs a '# modelopt-schema: "
+					   "modelopt.<type>' comment before its first line of YAML",
+					   fname);
+			goto out;
+		}
+		if (strncmp(docs.schema, "modelopt.", 9)) {
+			st = cal_error_set(L->err, CAL_ERR_FORMAT,
+					   "%s: modelopt-schema '%s' must start with 'modelopt.'", fname,
+					   docs.schema);
+			goto out;
+		}
+		type = schema_type(docs.schema);
+	}
+
+	if (docs.n == 0) {
+		st = cal_error_set(L->err, CAL_ERR_FORMAT, "%s: no YAML document", fname);
+		goto out;
+	}
+	if (docs.n == 1) {
+		data = docs.doc[0];
+		docs.doc[0] = NULL;
+		if (data->kind == CAL_Y_MAP)
+			imports = cal_ymap_get(data, "imports");
+	} else {
+		struct cal_ynode *d0 = docs.doc[0], *d1 = docs.doc[1];
+		if (d0->kind != CAL_Y_MAP) {
+			st = at_err(L->err, CAL_ERR_FORMAT, d0, "with two documents the first must "
+				    "be a mapping (imports:), got a %s", cal_ykind_name(d0->kind));
+			goto out;
+		}
+		if (d1->kind == CAL_Y_MAP) {
+			/* {**doc1, **doc2} */
+			merged = cal_ynode_new(CAL_Y_MAP, d0);
+			if (!merged) {
+				st = nomem(L);
+				goto out;
+			}
+			for (int d = 0; d < 2; d++) {
+				struct cal_ynode *src = docs.doc[d];
+				for (size_t p = 0; p < src->n; p++) {
+					if (map_set(merged, src->items[2 * p], src->items[2 * p + 1]) < 0) {
+						st = nomem(L);
+						goto out;
+					}
+					src->items[2 * p] = src->items[2 * p + 1] = NULL;
+				}
+				src->n = 0;
+			}
+			data = merged;
+			merged = NULL;
+			imports = cal_ymap_get(data, "imports");
+		} else if (d1->kind == CAL_Y_SEQ) {
+			data = d1;
+			docs.doc[1] = NULL;
+			imports = cal_ymap_get(d0, "imports");
+		} else {
+			st = at_err(L->err, CAL_ERR_FORMAT, d1, "the second document must be a "
+				    "mapping or a list, got a %s", cal_ykind_name(d1->kind));
+			goto out;
+		}
+	}
+	if (is_import) {
+		int ok = 1;
+		if ((type == YT_ATTR || type == YT_CFG_ENTRY || type == YT_QCONFIG) &&
+		    data->kind != CAL_Y_MAP)
+			ok = 0;
+		if (type == YT_CFG_LIST && data->kind != CAL_Y_SEQ)
+			ok = 0;
+		if (!ok) {
+			st = at_err(L->err, CAL_ERR_FORMAT, data, "schema %s needs a %s, the file "
+				    "holds a %s", ytype_name(type),
+				    type == YT_CFG_LIST ? "list" : "mapping",
+				    cal_ykind_name(data->kind));
+			goto out;
+		}
+	}
+
+	L->stack[L->depth++] = real;
+	st = load_imports(L, imports, &tab);
+	if (st >= 0 && data->kind == CAL_Y_MAP) {
+		long ii = cal_ymap_find(data, "imports");
+		if (ii >= 0) {
+			/* drop the imports pair */
+			cal_ynode_free(data->items[2 * ii]);
+			cal_ynode_free(data->items[2 * ii + 1]);
+			memmove(&data->items[2 * ii], &data->items[2 * ii + 2],
+				(data->n - (size_t)ii - 1) * 2 * sizeof(*data->items));
+			data->n--;
+		}
+	}
+	if (st >= 0)
+		st = resolve(L, data, type, &tab, ret);
+	L->depth--;
+	if (ret_type)
+		*ret_type = type;
+out:
+fail:
+	imptab_clear(&tab);
+	cal_ynode_free(data);
+	cal_ynode_free(merged);
+	cal_ydocs_clear(&docs);
+	free(text);
+	free(real);
+	return st;
+}
+
+/* ---- schema validation -------------------------------------------------- */
+
+struct vctx {
+	struct cal_error *err;
+};
+
+static enum cal_status unknown_key(struct cal_error *err, const struct cal_ynode *k,
+				   const char *path, const char *accepted)
+{
+	if (k->kind != CAL_Y_STR)
+		return at_err(err, CAL_ERR_FORMAT, k, "%s: keys must be strings", path);
+	return at_err(err, CAL_ERR_FORMAT, k, "%s%s%s: unknown key (accepted: %s)", path,
+		      *path ? "." : "", k->str, accepted);
+}
+
+static enum cal_status want(struct cal_error *err, const struct cal_ynode *v, const char *path,
+			    const char *what)
+{
+	return at_err(err, CAL_ERR_FORMAT, v, "%s: expected %s, got a %s", path, what,
+		      cal_ykind_name(v->kind));
+}
+
+static enum cal_status get_bool(struct cal_error *err, const struct cal_ynode *v,
+				const char *path, int *ret)
+{
+	if (v->kind != CAL_Y_BOOL)
+		return want(err, v, path, "true or false");
+	*ret = (int)v->i;
+	return CAL_OK;
+}
+
+static enum cal_status get_num(struct cal_error *err, const struct cal_ynode *v,
+			       const char *path, double *ret)
+{
+	if (v->kind == CAL_Y_INT)
+		*ret = (double)v->i;
+	else if (v->kind == CAL_Y_FLOAT)
+		*ret = v->f;
+	else
+		return want(err, v, path, "a number");
+	return CAL_OK;
+}
+
+static enum cal_status get_str(struct cal_error *err, const struct cal_ynode *v,
+			       const char *path, char **ret)
+{
+	if (v->kind != CAL_Y_STR)
+		return want(err, v, path, "a string");
+	free(*ret);
+	*ret = strdup(v->str);
+	return *ret ? CAL_OK : cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+}
+
+static int fp_allowed(int64_t e, int64_t m)
+{
+	static const int ok[][2] = {{4, 3}, {5, 2}, {2, 1}, {1, 2}, {0, 3}, {3, 0}, {3, 2}, {2, 3}};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(ok); i++)
+		if (ok[i][0] == e && ok[i][1] == m)
+			return 1;
+	return 0;
+}
+
+/* num_bits / scale_bits: an int, or (E, M) from "ExMy" or a two-int list. */
+static enum cal_status get_bits(struct cal_error *err, const struct cal_ynode *v,
+				const char *path, int scale, int *bits, int *e, int *m)
+{
+	if (v->kind == CAL_Y_INT) {
+		if (v->i < 1 || v->i > 64)
+			return at_err(err, CAL_ERR_FORMAT, v, "%s: %lld bits is out of range 1..64",
+				      path, (long long)v->i);
+		*bits = (int)v->i;
+		*e = *m = -1;
+		return CAL_OK;
+	}
+	if (v->kind == CAL_Y_SEQ && v->n == 2 && v->items[0]->kind == CAL_Y_INT &&
+	    v->items[1]->kind == CAL_Y_INT) {
+		int64_t x = v->items[0]->i, y = v->items[1]->i;
+		if (!fp_allowed(x, y) && !(scale && x == 8 && y == 0))
+			return at_err(err, CAL_ERR_FORMAT, v,
+				      "%s: (%lld, %lld) is not a floating-point format modelopt "
+				      "accepts (E4M3, E5M2, E2M1, E1M2, E0M3, E3M0, E3M2, E2M3%s)",
+				      path, (long long)x, (long long)y, scale ? ", E8M0" : "");
+		*bits = 0;
+		*e = (int)x;
+		*m = (int)y;
+		return CAL_OK;
+	}
+	return want(err, v, path, "an integer bit count or an ExMy format such as e4m3");
+}
+
+static void qattr_defaults(struct cal_qattr *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->enable = 1;
+	a->num_bits = 8;
+	a->fp_e = a->fp_m = -1;
+	a->scale_fp_e = a->scale_fp_m = -1;
+	a->fake_quant = 1;
+	a->pass_through_bwd = 1;
+}
+
+static void qattr_clear(struct cal_qattr *a)
+{
+	if (!a)
+		return;
+	free(a->calibrator);
+	free(a->trt_high_precision_dtype);
+	free(a->backend);
+}
+
+static enum cal_status fill_string_defaults(struct cal_error *err, struct cal_qattr *a)
+{
+	if (!a->calibrator && !(a->calibrator = strdup("max")))
+		return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+	if (!a->trt_high_precision_dtype && !(a->trt_high_precision_dtype = strdup("Float")))
+		return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+	return CAL_OK;
+}
+
+static char *subpath(const char *path, const char *key)
+{
+	return cat3(path, ".", key);
+}
+
+static enum cal_status conv_block_sizes(struct cal_error *err, const struct cal_ynode *b,
+					const char *path, struct cal_qattr *a)
+{
+	enum cal_status st = CAL_OK;
+	char *p = NULL;
+	if (b->kind == CAL_Y_NULL)
+		return CAL_OK;
+	if (b->kind != CAL_Y_MAP)
+		return want(err, b, path, "a mapping (axis: size, type, scale_bits, ...)");
+	a->has_block = 1;
+	for (size_t i = 0; i < b->n; i++) {
+		const struct cal_ynode *k = b->items[2 * i], *v = b->items[2 * i + 1];
+		free(p);
+		p = NULL;
+		if (k->kind == CAL_Y_INT) {
+			if (asprintf(&p, "%s[%lld]", path, (long long)k->i) < 0)
+				return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+			if (a->n_block >= 8) {
+				st = at_err(err, CAL_ERR_FORMAT, k, "%s: too many block axes", path);
+				goto fail;
+			}
+			if (v->kind == CAL_Y_NULL) {
+				a->block_size[a->n_block] = 0;
+			} else if (v->kind == CAL_Y_INT && v->i > 0 && v->i <= (1 << 20)) {
+				a->block_size[a->n_block] = v->i;
+			} else {
+				st = at_err(err, CAL_ERR_FORMAT, v, "%s: block size must be a positive "
+					    "integer (or null)", p);
+				goto fail;
+			}
+			a->block_axis[a->n_block++] = k->i;
+			continue;
+		}
+		if (k->kind != CAL_Y_STR) {
+			st = at_err(err, CAL_ERR_FORMAT, k, "%s: keys are axes (integers) or "
+				    "type/scale_bits/scale_block_sizes/four_over_six", path);
+			goto fail;
+		}
+		p = subpath(path, k->str);
+		if (!p)
+			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+		if (!strcmp(k->str, "type")) {
+			if (v->kind != CAL_Y_STR || (strcmp(v->str, "static") && strcmp(v->str, "dynamic"))) {
+				st = at_err(err, CAL_ERR_FORMAT, v, "%s: expected 'static' or 'dynamic'", p);
+				goto fail;
+			}
+			a->block_dynamic = !strcmp(v->str, "dynamic");
+		} else if (!strcmp(k->str, "scale_bits")) {
+			a->has_scale_bits = 1;
+			CAL_TRY(get_bits(err, v, p, 1, &a->scale_num_bits, &a->scale_fp_e, &a->scale_fp_m));
+		} else if (!strcmp(k->str, "scale_block_sizes")) {
+			if (v->kind != CAL_Y_MAP && v->kind != CAL_Y_NULL) {
+				st = want(err, v, p, "a mapping");
+				goto fail;
+			}
+			a->has_scale_block_sizes = v->kind == CAL_Y_MAP;
+		} else if (!strcmp(k->str, "four_over_six")) {
+			CAL_TRY(get_bool(err, v, p, &a->four_over_six));
+		} else {
+			st = unknown_key(err, k, path, "integer axes, type, scale_bits, "
+					 "scale_block_sizes, four_over_six");
+			goto fail;
+		}
+	}
+	if (a->block_dynamic && a->n_block != 1) {
+		st = at_err(err, CAL_ERR_FORMAT, b, "%s: dynamic block quantization needs exactly "
+			    "one block axis, %d given", path, a->n_block);
+		goto fail;
+	}
+fail:
+	free(p);
+	return st;
+}
+
+static const char attr_keys[] =
+	"enable, num_bits, axis, block_sizes, type, fake_quant, unsigned, narrow_range, "
+	"learn_amax, calibrator, bias, rotate, pass_through_bwd, trt_high_precision_dtype, "
+	"backend, backend_extra_args, use_constant_amax, constant_amax, effective_bits";
+
+/* One QuantizerAttributeConfig mapping into *a (defaults first). */
+static enum cal_status conv_attr(struct cal_error *err, const struct cal_ynode *m,
+				 const char *path, struct cal_qattr *a)
+{
+	enum cal_status st = CAL_OK;
+	char *p = NULL;
+	qattr_defaults(a);
+	if (m->kind != CAL_Y_MAP)
+		return want(err, m, path, "a mapping of quantizer attributes");
+	for (size_t i = 0; i < m->n; i++) {
+		const struct cal_ynode *k = m->items[2 * i], *v = m->items[2 * i + 1];
+		if (k->kind != CAL_Y_STR) {
+			st = unknown_key(err, k, path, attr_keys);
+			goto fail;
+		}
+		free(p);
+		if (!(p = subpath(path, k->str))) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+			goto fail;
+		}
+		const char *key = k->str;
+		if (!strcmp(key, "enable")) {
+			CAL_TRY(get_bool(err, v, p, &a->enable));
+		} else if (!strcmp(key, "num_bits")) {
+			CAL_TRY(get_bits(err, v, p, 0, &a->num_bits, &a->fp_e, &a->fp_m));
+		} else if (!strcmp(key, "axis")) {
+			a->n_axis = 0;
+			if (v->kind == CAL_Y_INT) {
+				a->axis[a->n_axis++] = v->i;
+			} else if (v->kind == CAL_Y_SEQ && v->n <= 8) {
+				for (size_t j = 0; j < v->n; j++) {
+					if (v->items[j]->kind != CAL_Y_INT) {
+						st = want(err, v->items[j], p, "an integer axis");
+						goto fail;
+					}
+					a->axis[a->n_axis++] = v->items[j]->i;
+				}
+			} else if (v->kind != CAL_Y_NULL) {
+				st = want(err, v, p, "null, an integer or a list of integers");
+				goto fail;
+			}
+		} else if (!strcmp(key, "block_sizes")) {
+			CAL_TRY(conv_block_sizes(err, v, p, a));
+		} else if (!strcmp(key, "type")) {
+			if (v->kind != CAL_Y_STR || (strcmp(v->str, "static") && strcmp(v->str, "dynamic"))) {
+				st = at_err(err, CAL_ERR_FORMAT, v, "%s: expected 'static' or 'dynamic'", p);
+				goto fail;
+			}
+			a->dynamic = !strcmp(v->str, "dynamic");
+		} else if (!strcmp(key, "fake_quant")) {
+			CAL_TRY(get_bool(err, v, p, &a->fake_quant));
+		} else if (!strcmp(key, "unsigned")) {
+			CAL_TRY(get_bool(err, v, p, &a->is_unsigned));
+		} else if (!strcmp(key, "narrow_range")) {
+			CAL_TRY(get_bool(err, v, p, &a->narrow_range));
+		} else if (!strcmp(key, "learn_amax")) {
+			CAL_TRY(get_bool(err, v, p, &a->learn_amax));
+		} else if (!strcmp(key, "pass_through_bwd")) {
+			CAL_TRY(get_bool(err, v, p, &a->pass_through_bwd));
+		} else if (!strcmp(key, "use_constant_amax")) {
+			CAL_TRY(get_bool(err, v, p, &a->use_constant_amax));
+		} else if (!strcmp(key, "calibrator")) {
+			CAL_TRY(get_str(err, v, p, &a->calibrator));
+		} else if (!strcmp(key, "trt_high_precision_dtype")) {
+			CAL_TRY(get_str(err, v, p, &a->trt_high_precision_dtype));
+		} else if (!strcmp(key, "backend")) {
+			if (v->kind != CAL_Y_NULL)
+				CAL_TRY(get_str(err, v, p, &a->backend));
+		} else if (!strcmp(key, "backend_extra_args")) {
+			if (v->kind != CAL_Y_NULL && v->kind != CAL_Y_MAP) {
+				st = want(err, v, p, "a mapping or null");
+				goto fail;
+			}
+		} else if (!strcmp(key, "bias")) {
+			if (v->kind != CAL_Y_NULL && v->kind != CAL_Y_MAP) {
+				st = want(err, v, p, "a mapping or null");
+				goto fail;
+			}
+			a->has_bias = v->kind == CAL_Y_MAP;
+		} else if (!strcmp(key, "rotate")) {
+			if (v->kind == CAL_Y_MAP) {
+				a->rotate = 1;
+			} else {
+				CAL_TRY(get_bool(err, v, p, &a->rotate));
+			}
+		} else if (!strcmp(key, "constant_amax")) {
+			if (v->kind != CAL_Y_NULL) {
+				CAL_TRY(get_num(err, v, p, &a->constant_amax));
+				if (!(a->constant_amax > 0) || isinf(a->constant_amax)) {
+					st = at_err(err, CAL_ERR_FORMAT, v, "%s: must be a positive "
+						    "finite number", p);
+					goto fail;
+				}
+				a->has_constant_amax = 1;
+			}
+		} else if (!strcmp(key, "effective_bits")) {
+			if (v->kind != CAL_Y_NULL) {
+				CAL_TRY(get_num(err, v, p, &a->effective_bits));
+				a->has_effective_bits = 1;
+			}
+		} else {
+			st = unknown_key(err, k, path, attr_keys);
+			goto fail;
+		}
+	}
+	if (a->has_block && a->n_axis) {
+		st = at_err(err, CAL_ERR_FORMAT, m, "%s: axis and block_sizes cannot both be set", path);
+		goto fail;
+	}
+	if (a->use_constant_amax && a->has_constant_amax) {
+		st = at_err(err, CAL_ERR_FORMAT, m, "%s: use_constant_amax and constant_amax are "
+			    "exclusive", path);
+		goto fail;
+	}
+	if (a->fp_e >= 0 && !((a->fp_e == 4 && a->fp_m == 3) || (a->fp_e == 2 && a->fp_m == 1)) &&
+	    !(a->has_block && a->block_dynamic)) {
+		st = at_err(err, CAL_ERR_FORMAT, m, "%s: E%dM%d is only accepted with dynamic block "
+			    "quantization (block_sizes.type: dynamic)", path, a->fp_e, a->fp_m);
+		goto fail;
+	}
+	CAL_TRY(fill_string_defaults(err, a));
+fail:
+	free(p);
+	return st;
+}
+
+static const char entry_keys[] = "quantizer_name, parent_class, cfg, enable";
+
+static enum cal_status conv_entry(struct cal_error *err, const struct cal_ynode *m,
+				  const char *path, struct cal_qentry *e)
+{
+	enum cal_status st = CAL_OK;
+	char *p = NULL;
+	const struct cal_ynode *cfg = NULL, *en = NULL, *name = NULL;
+	size_t len = 0, cap = 0;
+	e->enable = 1;
+	if (asprintf(&e->where, "%s:%d:%d", m->file ? m->file : "?", m->line, m->col) < 0) {
+		e->where = NULL;
+		return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+	}
+	if (m->kind != CAL_Y_MAP)
+		return want(err, m, path, "a mapping (quantizer_name, cfg, enable)");
+	for (size_t i = 0; i < m->n; i++) {
+		const struct cal_ynode *k = m->items[2 * i], *v = m->items[2 * i + 1];
+		if (k->kind != CAL_Y_STR)
+			return unknown_key(err, k, path, entry_keys);
+		free(p);
+		if (!(p = subpath(path, k->str)))
+			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+		if (!strcmp(k->str, "quantizer_name")) {
+			name = v;
+			CAL_TRY(get_str(err, v, p, &e->quantizer_name));
+			if (!*e->quantizer_name) {
+				st = at_err(err, CAL_ERR_FORMAT, v, "%s: empty pattern", p);
+				goto fail;
+			}
+		} else if (!strcmp(k->str, "parent_class")) {
+			if (v->kind != CAL_Y_NULL)
+				CAL_TRY(get_str(err, v, p, &e->parent_class));
+		} else if (!strcmp(k->str, "cfg")) {
+			cfg = v;
+		} else if (!strcmp(k->str, "enable")) {
+			en = v;
+			CAL_TRY(get_bool(err, v, p, &e->enable));
+		} else {
+			st = unknown_key(err, k, path, entry_keys);
+			goto fail;
+		}
+	}
+	if (!name) {
+		st = at_err(err, CAL_ERR_FORMAT, m, "%s: quantizer_name is required", path);
+		goto fail;
+	}
+	if (cfg && cfg->kind == CAL_Y_NULL)
+		cfg = NULL;
+	if (!cfg && !en) {
+		st = at_err(err, CAL_ERR_FORMAT, m, "%s: an entry needs 'cfg' or 'enable'", path);
+		goto fail;
+	}
+	free(p);
+	p = subpath(path, "cfg");
+	if (!p) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+		goto fail;
+	}
+	if (cfg) {
+		if (cfg->kind != CAL_Y_MAP && cfg->kind != CAL_Y_SEQ) {
+			st = want(err, cfg, p, "a mapping of attributes or a list of them");
+			goto fail;
+		}
+		if (cfg->n == 0) {
+			if (e->enable) {
+				st = at_err(err, CAL_ERR_FORMAT, cfg, "%s: an empty cfg needs "
+					    "'enable: false'", p);
+				goto fail;
+			}
+		} else {
+			size_t n = cfg->kind == CAL_Y_MAP ? 1 : cfg->n;
+			e->cfg = calloc(n, sizeof(*e->cfg));
+			if (!e->cfg) {
+				st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+				goto fail;
+			}
+			e->has_cfg = 1;
+			if (cfg->kind == CAL_Y_MAP) {
+				e->n_cfg = 1;
+				CAL_TRY(conv_attr(err, cfg, p, &e->cfg[0]));
+			} else {
+				for (size_t i = 0; i < n; i++) {
+					char *pi = NULL;
+					if (asprintf(&pi, "%s[%zu]", p, i) < 0) {
+						st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+						goto fail;
+					}
+					e->n_cfg = i + 1;
+					st = conv_attr(err, cfg->items[i], pi, &e->cfg[i]);
+					free(pi);
+					if (st < 0)
+						goto fail;
+				}
+			}
+			for (size_t i = 0; i < e->n_cfg; i++)
+				e->cfg[i].enable = e->enable;
+		}
+	}
+	/* canonical text: 'pattern'[ parent_class=X][ cfg={...}] enable=B */
+	char *buf = NULL;
+	int bad = cal_ybuf_puts(&buf, &len, &cap, "'") < 0 ||
+		  cal_ybuf_puts(&buf, &len, &cap, e->quantizer_name) < 0 ||
+		  cal_ybuf_puts(&buf, &len, &cap, "'") < 0;
+	if (!bad && e->parent_class)
+		bad = cal_ybuf_puts(&buf, &len, &cap, " parent_class=") < 0 ||
+		      cal_ybuf_puts(&buf, &len, &cap, e->parent_class) < 0;
+	if (!bad && e->has_cfg)
+		bad = cal_ybuf_puts(&buf, &len, &cap, " cfg=") < 0 ||
+		      cal_ynode_render(cfg, &buf, &len, &cap) < 0;
+	if (!bad)
+		bad = cal_ybuf_puts(&buf, &len, &cap, e->enable ? " enable=true" : " enable=false") < 0;
+	if (bad) {
+		free(buf);
+		st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+		goto fail;
+	}
+	e->text = buf;
+fail:
+	free(p);
+	return st;
+}
+
+static void algo_defaults(struct cal_algorithm *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->method = CAL_CALIB_MAX;
+	a->distributed_sync = 1;
+	a->layerwise_save_every = 1;
+	a->layerwise_calib_mutates_weights = 1;
+	a->step_size = 0.1;
+	a->start_multiplier = 0.25;
+	a->stop_multiplier = 4.0;
+}
+
+static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm *a,
+				     const char *name)
+{
+	free(a->name);
+	a->name = strdup(name);
+	if (!a->name)
+		return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+	if (!strcmp(name, "max"))
+		a->method = CAL_CALIB_MAX;
+	else if (!strcmp(name, "mse"))
+		a->method = CAL_CALIB_MSE;
+	else if (!strcmp(name, "none"))
+		a->method = CAL_CALIB_NONE;
+	else
+		a->method = CAL_CALIB_OTHER;
+	return CAL_OK;
+}
+
+static enum cal_status conv_layerwise(struct cal_error *err, const struct cal_ynode *v,
+				      const char *path, struct cal_algorithm *a)
+{
+	enum cal_status st = CAL_OK;
+	char *p = NULL;
+	if (v->kind == CAL_Y_BOOL) {
+		a->layerwise = (int)v->i;
+		return CAL_OK;
+	}
+	if (v->kind == CAL_Y_NULL)
+		return CAL_OK;
+	if (v->kind != CAL_Y_MAP)
+		return want(err, v, path, "a mapping (enable, ...)");
+	for (size_t i = 0; i < v->n; i++) {
+		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
+		if (k->kind != CAL_Y_STR)
+			return unknown_key(err, k, path, "enable");
+		free(p);
+		if (!(p = subpath(path, k->str)))
+			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+		if (!strcmp(k->str, "enable")) {
+			CAL_TRY(get_bool(err, x, p, &a->layerwise));
+		} else if (!strcmp(k->str, "get_qdq_activations_from_prev_layer")) {
+			CAL_TRY(get_bool(err, x, p, &a->layerwise_qdq_from_prev));
+		} else if (!strcmp(k->str, "calib_mutates_weights")) {
+			CAL_TRY(get_bool(err, x, p, &a->layerwise_calib_mutates_weights));
+		} else if (!strcmp(k->str, "checkpoint_dir")) {
+			if (x->kind != CAL_Y_NULL)
+				CAL_TRY(get_str(err, x, p, &a->layerwise_checkpoint_dir));
+		} else if (!strcmp(k->str, "save_every")) {
+			if (x->kind != CAL_Y_INT || x->i < 1) {
+				st = want(err, x, p, "a positive integer");
+				goto fail;
+			}
+			a->layerwise_save_every = x->i;
+		} else {
+			st = unknown_key(err, k, path, "enable, get_qdq_activations_from_prev_layer, "
+					 "checkpoint_dir, save_every, calib_mutates_weights");
+			goto fail;
+		}
+	}
+	if (a->layerwise_checkpoint_dir && !a->layerwise) {
+		st = at_err(err, CAL_ERR_FORMAT, v, "%s: checkpoint_dir requires enable: true", path);
+		goto fail;
+	}
+fail:
+	free(p);
+	return st;
+}
+
+static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_ynode *v,
+				      const char *path, struct cal_algorithm *a)
+{
+	enum cal_status st = CAL_OK;
+	char *p = NULL;
+	if (!v)
+		return set_algo_name(err, a, "max");
+	if (v->kind == CAL_Y_NULL)
+		return set_algo_name(err, a, "none");
+	if (v->kind == CAL_Y_STR)
+		return set_algo_name(err, a, v->str);
+	if (v->kind == CAL_Y_SEQ)
+		return set_algo_name(err, a, "list");
+	if (v->kind != CAL_Y_MAP)
+		return want(err, v, path, "a method name, a mapping with 'method', or null");
+	const struct cal_ynode *meth = cal_ymap_get(v, "method");
+	if (meth && meth->kind != CAL_Y_STR)
+		return want(err, meth, "quantize.algorithm.method", "a string");
+	CAL_TRY(set_algo_name(err, a, meth ? meth->str : "max"));
+	if (a->method == CAL_CALIB_OTHER || a->method == CAL_CALIB_NONE)
+		return CAL_OK; /* fields of algorithms calibd does not run are not checked */
+	int mse = a->method == CAL_CALIB_MSE;
+	for (size_t i = 0; i < v->n; i++) {
+		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
+		if (k->kind != CAL_Y_STR)
+			return unknown_key(err, k, path, "method");
+		free(p);
+		if (!(p = subpath(path, k->str)))
+			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+		const char *key = k->str;
+		double d = 0;
+		if (!strcmp(key, "method")) {
+			continue;
+		} else if (!strcmp(key, "distributed_sync")) {
+			CAL_TRY(get_bool(err, x, p, &a->distributed_sync));
+		} else if (!strcmp(key, "sync_expert_weight_amax")) {
+			CAL_TRY(get_bool(err, x, p, &a->sync_expert_weight_amax));
+		} else if (!strcmp(key, "skip_forward_without_activation_calib")) {
+			CAL_TRY(get_bool(err, x, p, &a->skip_forward_without_activation_calib));
+		} else if (!strcmp(key, "shared_states")) {
+			continue;
+		} else if (!strcmp(key, "moe_calib_experts_ratio")) {
+			if (x->kind == CAL_Y_NULL)
+				continue;
+			CAL_TRY(get_num(err, x, p, &d));
+			if (!(d > 0 && d <= 1)) {
+				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 1]", p);
+				goto fail;
+			}
+			a->has_moe_calib_experts_ratio = 1;
+			a->moe_calib_experts_ratio = d;
+		} else if (!strcmp(key, "layerwise")) {
+			CAL_TRY(conv_layerwise(err, x, p, a));
+		} else if (mse && !strcmp(key, "step_size")) {
+			CAL_TRY(get_num(err, x, p, &a->step_size));
+		} else if (mse && !strcmp(key, "start_multiplier")) {
+			CAL_TRY(get_num(err, x, p, &a->start_multiplier));
+		} else if (mse && !strcmp(key, "stop_multiplier")) {
+			CAL_TRY(get_num(err, x, p, &a->stop_multiplier));
+		} else if (mse && !strcmp(key, "fp8_scale_sweep")) {
+			CAL_TRY(get_bool(err, x, p, &a->fp8_scale_sweep));
+		} else {
+			st = unknown_key(err, k, path,
+					 mse ? "method, distributed_sync, sync_expert_weight_amax, "
+					       "skip_forward_without_activation_calib, shared_states, "
+					       "moe_calib_experts_ratio, layerwise, step_size, "
+					       "start_multiplier, stop_multiplier, fp8_scale_sweep"
+					     : "method, distributed_sync, sync_expert_weight_amax, "
+					       "skip_forward_without_activation_calib, shared_states, "
+					       "moe_calib_experts_ratio, layerwise");
+			goto fail;
+		}
+	}
+	if (mse && !(a->step_size > 0 && a->start_multiplier > 0 &&
+		     a->stop_multiplier >= a->start_multiplier)) {
+		st = at_err(err, CAL_ERR_FORMAT, v, "%s: mse needs step_size > 0 and "
+			    "0 < start_multiplier <= stop_multiplier", path);
+		goto fail;
+	}
+fail:
+	free(p);
+	return st;
+}
+
+static enum cal_status conv_quantize(struct cal_error *err, const struct cal_ynode *q,
+				     struct cal_recipe *r)
+{
+	enum cal_status st = CAL_OK;
+	const struct cal_ynode *list = NULL, *algo = NULL;
+	if (q->kind != CAL_Y_MAP)
+		return want(err, q, "quantize", "a mapping (algorithm, quant_cfg)");
+	for (size_t i = 0; i < q->n; i++) {
+		const struct cal_ynode *k = q->items[2 * i], *v = q->items[2 * i + 1];
+		if (k->kind == CAL_Y_STR && !strcmp(k->str, "quant_cfg"))
+			list = v;
+		else if (k->kind == CAL_Y_STR && !strcmp(k->str, "algorithm"))
+			algo = v;
+		else if (k->kind == CAL_Y_STR && !strcmp(k->str, "effective_bits")) {
+			if (v->kind != CAL_Y_NULL) {
+				CAL_TRY(get_num(err, v, "quantize.effective_bits", &r->effective_bits));
+				r->has_effective_bits = 1;
+			}
+		} else
+			return unknown_key(err, k, "quantize", "algorithm, quant_cfg, effective_bits");
+	}
+	CAL_TRY(conv_algorithm(err, algo, "quantize.algorithm", &r->algo));
+	if (list && list->kind != CAL_Y_NULL) {
+		if (list->kind != CAL_Y_SEQ)
+			return want(err, list, "quantize.quant_cfg", "a list of entries");
+		if (list->n > CAL_RECIPE_MAX_ENTRIES)
+			return at_err(err, CAL_ERR_RANGE, list, "quantize.quant_cfg: %zu entries "
+				      "(limit %d)", list->n, CAL_RECIPE_MAX_ENTRIES);
+		r->entries = calloc(list->n ? list->n : 1, sizeof(*r->entries));
+		if (!r->entries)
+			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+		for (size_t i = 0; i < list->n; i++) {
+			char *p = NULL;
+			if (asprintf(&p, "quantize.quant_cfg[%zu]", i) < 0)
+				return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+			r->n_entries = i + 1;
+			st = conv_entry(err, list->items[i], p, &r->entries[i]);
+			free(p);
+			if (st < 0)
+				return st;
+		}
+	}
+fail:
+	return st;
+}
+
+static const char *const recipe_types[] = {"ptq", "auto_quantize", "speculative_eagle",
+					   "speculative_dflash", "speculative_medusa"};
+
+static enum cal_status conv_metadata(struct cal_error *err, const struct cal_ynode *m,
+				     struct cal_recipe *r)
+{
+	enum cal_status st = CAL_OK;
+	const struct cal_ynode *rt = NULL;
+	if (m->kind != CAL_Y_MAP)
+		return want(err, m, "metadata", "a mapping (recipe_type, description)");
+	for (size_t i = 0; i < m->n; i++) {
+		const struct cal_ynode *k = m->items[2 * i], *v = m->items[2 * i + 1];
+		if (k->kind == CAL_Y_STR && !strcmp(k->str, "recipe_type")) {
+			rt = v;
+			CAL_TRY(get_str(err, v, "metadata.recipe_type", &r->recipe_type));
+		} else if (k->kind == CAL_Y_STR && !strcmp(k->str, "description")) {
+			if (v->kind != CAL_Y_NULL)
+				CAL_TRY(get_str(err, v, "metadata.description", &r->description));
+		} else {
+			return unknown_key(err, k, "metadata", "recipe_type, description");
+		}
+	}
+	if (!rt)
+		return at_err(err, CAL_ERR_FORMAT, m, "metadata.recipe_type is required");
+	int known = 0;
+	for (size_t i = 0; i < CAL_ARRAY_LEN(recipe_types); i++)
+		known |= !strcmp(r->recipe_type, recipe_types[i]);
+	if (!known)
+		return at_err(err, CAL_ERR_FORMAT, rt, "metadata.recipe_type: '%s' is not one of "
+			      "ptq, auto_quantize, speculative_eagle, speculative_dflash, "
+			      "speculative_medusa", r->recipe_type);
+	if (strcmp(r->recipe_type, "ptq"))
+		return at_err(err, CAL_ERR_UNSUPPORTED, rt, "metadata.recipe_type: '%s' recipes "
+			      "are not run by calibd (ptq only)", r->recipe_type);
+fail:
+	return st;
+}
+
+static enum cal_status conv_recipe(struct cal_error *err, const struct cal_ynode *root,
+				   const char *file, struct cal_recipe *r)
+{
+	enum cal_status st = CAL_OK;
+	const struct cal_ynode *meta = NULL, *quant = NULL;
+	if (root->kind != CAL_Y_MAP)
+		return at_err(err, CAL_ERR_FORMAT, root, "a recipe is a mapping with metadata and "
+			      "quantize, got a %s", cal_ykind_name(root->kind));
+	for (size_t i = 0; i < root->n; i++) {
+		const struct cal_ynode *k = root->items[2 * i];
+		if (k->kind == CAL_Y_STR && !strcmp(k->str, "metadata"))
+			meta = root->items[2 * i + 1];
+		else if (k->kind == CAL_Y_STR && !strcmp(k->str, "quantize"))
+			quant = root->items[2 * i + 1];
+		else
+			return unknown_key(err, k, "", "metadata, quantize, imports");
+	}
+	if (!meta)
+		return cal_error_set(err, CAL_ERR_FORMAT, "%s: not a recipe: metadata.recipe_type "
+				     "is missing", file);
+	CAL_TRY(conv_metadata(err, meta, r));
+	if (!quant)
+		return cal_error_set(err, CAL_ERR_FORMAT, "%s: a ptq recipe needs a top-level "
+				     "'quantize' key", file);
+	CAL_TRY(conv_quantize(err, quant, r));
+fail:
+	return st;
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+void cal_recipe_free(struct cal_recipe *r)
+{
+	if (!r)
+		return;
+	for (size_t i = 0; i < r->n_entries; i++) {
+		struct cal_qentry *e = &r->entries[i];
+		free(e->quantizer_name);
+		free(e->parent_class);
+		for (size_t j = 0; j < e->n_cfg; j++)
+			qattr_clear(&e->cfg[j]);
+		free(e->cfg);
+		free(e->where);
+		free(e->text);
+	}
+	free(r->entries);
+	free(r->source);
+	free(r->recipe_type);
+	free(r->description);
+	free(r->algo.name);
+	free(r->algo.layerwise_checkpoint_dir);
+	free(r);
+}
+
+const struct cal_qattr *cal_qattr_default(void)
+{
+	static const struct cal_qattr d = {
+		.enable = 1, .num_bits = 8, .fp_e = -1, .fp_m = -1, .scale_fp_e = -1,
+		.scale_fp_m = -1, .fake_quant = 1, .pass_through_bwd = 1,
+		.calibrator = (char *)"max", .trt_high_precision_dtype = (char *)"Float",
+	};
+	return &d;
+}
+
+const char *cal_recipe_builtin_dir(void)
+{
+	const char *e = getenv(CAL_RECIPES_ENV);
+	if (e && *e)
+		return e;
+	if (is_dir(CAL_RECIPES_DIR))
+		return CAL_RECIPES_DIR;
+	return CAL_RECIPES_INSTALL_DIR;
+}
+
+static void loader_init(struct loader *L, const struct cal_recipe_opts *o, struct cal_error *err)
+{
+	memset(L, 0, sizeof(*L));
+	L->builtin = o && o->builtin_dir ? o->builtin_dir : cal_recipe_builtin_dir();
+	L->no_fs = o ? o->no_filesystem : 0;
+	L->nodes_left = CAL_RECIPE_MAX_NODES;
+	L->err = err;
+}
+
+static struct cal_recipe *recipe_new(const char *source)
+{
+	struct cal_recipe *r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	algo_defaults(&r->algo);
+	r->source = strdup(source);
+	r->description = strdup("");
+	if (!r->source || !r->description) {
+		cal_recipe_free(r);
+		return NULL;
+	}
+	return r;
+}
+
+static enum cal_status load_file_recipe(struct loader *L, const char *path, struct cal_recipe **ret)
+{
+	enum cal_status st;
+	struct cal_ynode *tree = NULL;
+	struct cal_recipe *r = recipe_new(path);
+	if (!r)
+		return nomem(L);
+	CAL_TRY(load_tree(L, path, YT_RECIPE, 0, &tree, NULL));
+	CAL_TRY(conv_recipe(L->err, tree, path, r));
+	cal_ynode_free(tree);
+	*ret = r;
+	return CAL_OK;
+fail:
+	cal_ynode_free(tree);
+	cal_recipe_free(r);
+	return st;
+}
+
+static char *dir_member(const char *dir, const char *base)
+{
+	const char *suf[] = {".yml", ".yaml"};
+	for (int i = 0; i < 2; i++) {
+		char *p = NULL;
+		if (asprintf(&p, "%s/%s%s", dir, base, suf[i]) < 0)
+			return NULL;
+		if (is_file(p))
+			return p;
+		free(p);
+	}
+	return NULL;
+}
+
+static enum cal_status load_dir_recipe(struct loader *L, const char *dir, struct cal_recipe **ret)
+{
+	enum cal_status st = CAL_OK;
+	struct cal_ynode *meta = NULL, *quant = NULL;
+	char *mp = dir_member(dir, "metadata"), *qp = dir_member(dir, "quantize");
+	struct cal_recipe *r = recipe_new(dir);
+	if (!r) {
+		st = nomem(L);
+		goto fail;
+	}
+	if (!mp || !qp) {
+		st = cal_error_set(L->err, CAL_ERR_FORMAT, "%s: a recipe directory needs "
+				   "metadata.yaml and quantize.yaml", dir);
+		goto fail;
+	}
+	CAL_TRY(load_tree(L, mp, YT_OTHER, 0, &meta, NULL));
+	CAL_TRY(conv_metadata(L->err, meta, r));
+	CAL_TRY(load_tree(L, qp, YT_QCONFIG, 0, &quant, NULL));
+	CAL_TRY(conv_quantize(L->err, quant, r));
+	*ret = r;
+	r = NULL;
+fail:
+	cal_ynode_free(meta);
+	cal_ynode_free(quant);
+	cal_recipe_free(r);
+	free(mp);
+	free(qp);
+	return st;
+}
+
+enum cal_status cal_recipe_load(const char *name, const struct cal_recipe_opts *opts,
+				struct cal_recipe **ret, struct cal_error *err)
+{
+	struct loader L;
+	enum cal_status st = CAL_OK;
+	char *cand[6] = {0};
+	int nc = 0;
+	*ret = NULL;
+	if (!name || !*name)
+		return cal_error_set(err, CAL_ERR_INVALID, "recipe: empty recipe name");
+	loader_init(&L, opts, err);
+	int abs = name[0] == '/';
+	int suf = has_yaml_suffix(name);
+	/* modelopt load_recipe: built-in first, then the filesystem */
+	for (int fs = 0; fs < 2; fs++) {
+		if (fs == 0 && abs)
+			continue;
+		if (fs == 1 && L.no_fs && !abs)
+			continue;
+		char *base = fs ? strdup(name) : cat3(L.builtin, "/", name);
+		if (!base)
+			goto nomem;
+		cand[nc++] = base;
+		if (!suf) {
+			if (!(cand[nc++] = cat3(base, ".yml", "")) ||
+			    !(cand[nc++] = cat3(base, ".yaml", "")))
+				goto nomem;
+		}
+	}
+	for (int i = 0; i < nc; i++) {
+		if (is_file(cand[i])) {
+			st = load_file_recipe(&L, cand[i], ret);
+			goto out;
+		}
+		if (is_dir(cand[i])) {
+			st = load_dir_recipe(&L, cand[i], ret);
+			goto out;
+		}
+	}
+	st = cal_error_set(err, CAL_ERR_NOTFOUND, "recipe '%s' not found (looked in the built-in "
+			   "recipes %s%s, then the filesystem%s)", name, L.builtin,
+			   suf ? "" : " with .yml/.yaml suffixes", L.no_fs ? " (disabled)" : "");
+	goto out;
+nomem:
+	st = nomem(&L);
+out:
+	for (int i = 0; i < nc; i++)
+		free(cand[i]);
+	files_free(L.files);
+	return st;
+}
+
+enum cal_status cal_recipe_parse(const char *display, const char *text, size_t len,
+				 const struct cal_recipe_opts *opts, struct cal_recipe **ret,
+				 struct cal_error *err)
+{
+	struct loader L;
+	enum cal_status st = CAL_OK;
+	struct cal_ydocs docs = {0};
+	struct cal_ynode *data = NULL, *tree = NULL;
+	struct imptab tab = {0};
+	struct cal_recipe *r = NULL;
+	*ret = NULL;
+	loader_init(&L, opts, err);
+	const char *fname = intern_file(&L, display ? display : "<inline>");
+	if (!fname || !(r = recipe_new(fname))) {
+		st = nomem(&L);
+		goto fail;
+	}
+	CAL_TRY(cal_ytree_parse(fname, text, len, &L.nodes_left, &docs, err));
+	if (docs.n != 1) {
+		st = cal_error_set(err, CAL_ERR_FORMAT, "%s: a recipe is one YAML document (%zu "
+				   "found)", fname, docs.n);
+		goto fail;
+	}
+	data = docs.doc[0];
+	docs.doc[0] = NULL;
+	if (data->kind == CAL_Y_MAP) {
+		CAL_TRY(load_imports(&L, cal_ymap_get(data, "imports"), &tab));
+		long ii = cal_ymap_find(data, "imports");
+		if (ii >= 0) {
+			cal_ynode_free(data->items[2 * ii]);
+			cal_ynode_free(data->items[2 * ii + 1]);
+			memmove(&data->items[2 * ii], &data->items[2 * ii + 2],
+				(data->n - (size_t)ii - 1) * 2 * sizeof(*data->items));
+			data->n--;
+		}
+	}
+	CAL_TRY(resolve(&L, data, YT_RECIPE, &tab, &tree));
+	CAL_TRY(conv_recipe(err, tree, fname, r));
+	*ret = r;
+	r = NULL;
+fail:
+	cal_recipe_free(r);
+	imptab_clear(&tab);
+	cal_ynode_free(data);
+	cal_ynode_free(tree);
+	cal_ydocs_clear(&docs);
+	files_free(L.files);
+	return st;
+}
+
+/* ---- listing ------------------------------------------------------------ */
+
+struct listing {
+	struct cal_recipe_info *v;
+	size_t n, cap;
+};
+
+static int info_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct cal_recipe_info *)a)->name,
+		      ((const struct cal_recipe_info *)b)->name);
+}
+
+static enum cal_status walk(const char *root, const char *rel, struct listing *out, int depth,
+			    struct cal_error *err)
+{
+	if (depth > 8)
+		return CAL_OK;
+	char *dir = rel[0] ? cat3(root, "/", rel) : strdup(root);
+	if (!dir)
+		return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+	DIR *d = opendir(dir);
+	if (!d) {
+		free(dir);
+		return CAL_OK;
+	}
+	enum cal_status st = CAL_OK;
+	struct dirent *de;
+	while ((de = readdir(d)) && st >= 0) {
+		if (de->d_name[0] == '.')
+			continue;
+		char *r = rel[0] ? cat3(rel, "/", de->d_name) : strdup(de->d_name);
+		char *full = r ? cat3(root, "/", r) : NULL;
+		if (!r || !full) {
+			free(r);
+			free(full);
+			st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+			break;
+		}
+		if (is_dir(full)) {
+			st = walk(root, r, out, depth + 1, err);
+		} else if (has_yaml_suffix(de->d_name)) {
+			struct cal_recipe_opts o = {.builtin_dir = root, .no_filesystem = 1};
+			struct cal_recipe *rec = NULL;
+			struct cal_error e2 = {0};
+			char *name = strndup(r, strlen(r) - (r[strlen(r) - 4] == '.' ? 4 : 5));
+			enum cal_status ls = name ? cal_recipe_load(name, &o, &rec, &e2) : CAL_ERR_NOMEM;
+			if (out->n == out->cap) {
+				size_t nc = out->cap ? out->cap * 2 : 32;
+				struct cal_recipe_info *nv = realloc(out->v, nc * sizeof(*nv));
+				if (!nv) {
+					free(name);
+					cal_recipe_free(rec);
+					cal_error_clear(&e2);
+					free(r);
+					free(full);
+					st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+					break;
+				}
+				out->v = nv;
+				out->cap = nc;
+			}
+			char *desc = NULL;
+			if (ls >= 0)
+				desc = strdup(rec->description);
+			else if (asprintf(&desc, "(error: %s)", cal_error_msg(&e2)) < 0)
+				desc = NULL;
+			if (name && desc) {
+				out->v[out->n].name = name;
+				out->v[out->n].description = desc;
+				out->n++;
+			} else {
+				free(name);
+				free(desc);
+				st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+			}
+			cal_recipe_free(rec);
+			cal_error_clear(&e2);
+		}
+		free(r);
+		free(full);
+	}
+	closedir(d);
+	free(dir);
+	return st;
+}
+
+enum cal_status cal_recipe_list(const char *dir, struct cal_recipe_info **ret, size_t *n,
+				struct cal_error *err)
+{
+	struct listing out = {0};
+	static const char *const tops[] = {"general", "huggingface", "models"};
+	*ret = NULL;
+	*n = 0;
+	if (!is_dir(dir))
+		return cal_error_set(err, CAL_ERR_NOTFOUND, "%s: recipe directory not found", dir);
+	for (size_t i = 0; i < CAL_ARRAY_LEN(tops); i++) {
+		enum cal_status st = walk(dir, tops[i], &out, 0, err);
+		if (st < 0) {
+			cal_recipe_list_free(out.v, out.n);
+			return st;
+		}
+	}
+	if (out.n)
+		qsort(out.v, out.n, sizeof(*out.v), info_cmp);
+	*ret = out.v;
+	*n = out.n;
+	return CAL_OK;
+}
+
+void cal_recipe_list_free(struct cal_recipe_info *list, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(list[i].name);
+		free(list[i].description);
+	}
+	free(list);
+}

@@ -1,0 +1,612 @@
+/*
+ * test_recipe.c — recipe loading, imports, validation errors, fnmatch, and
+ * the plan (enumeration + matching) for small model descriptions.
+ *
+ * modelopt's own recipes are read from the shared fixtures folder (path
+ * from meson, CAL_MODELOPT_RECIPES); those tests skip when it is absent.
+ * calibd's tree is CAL_TEST_RECIPES_DIR.  Nothing here is random.
+ */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "engine/model/model.h"
+#include "engine/recipe/plan.h"
+#include "engine/recipe/recipe.h"
+
+static int have_modelopt(void)
+{
+	struct stat sb;
+	return stat(CAL_MODELOPT_RECIPES "/general/ptq", &sb) == 0;
+}
+
+static struct cal_recipe *load_ok(const char *dir, const char *name)
+{
+	struct cal_recipe_opts o = {.builtin_dir = dir, .no_filesystem = 1};
+	struct cal_recipe *r = NULL;
+	struct cal_error err = {0};
+	enum cal_status st = cal_recipe_load(name, &o, &r, &err);
+	cr_assert(st == CAL_OK, "%s: %s", name, cal_error_msg(&err));
+	cal_error_clear(&err);
+	return r;
+}
+
+/* Parses inline YAML as a recipe; returns status and the message. */
+static enum cal_status parse_msg(const char *yaml, char **msg, struct cal_recipe **ret)
+{
+	struct cal_recipe_opts o = {.builtin_dir = CAL_TEST_RECIPES_DIR, .no_filesystem = 1};
+	struct cal_recipe *r = NULL;
+	struct cal_error err = {0};
+	enum cal_status st = cal_recipe_parse("t.yaml", yaml, strlen(yaml), &o, &r, &err);
+	*msg = strdup(cal_error_msg(&err));
+	cal_error_clear(&err);
+	if (ret)
+		*ret = r;
+	else
+		cal_recipe_free(r);
+	return st;
+}
+
+static void expect_error(const char *yaml, enum cal_status want, const char *needle)
+{
+	char *msg = NULL;
+	enum cal_status st = parse_msg(yaml, &msg, NULL);
+	cr_assert(st == want, "status %s, want %s (%s)", cal_status_str(st), cal_status_str(want),
+		  msg);
+	cr_assert(strstr(msg, needle), "message '%s' lacks '%s'", msg, needle);
+	free(msg);
+}
+
+/* ---- fnmatch ------------------------------------------------------------ */
+
+Test(fnmatch, python_semantics)
+{
+	cr_assert(cal_fnmatch("*", "a.b.c"));
+	cr_assert(cal_fnmatch("*.experts.*weight_quantizer",
+			      "model.layers.3.mlp.experts.gate_up_proj_weight_quantizer"));
+	cr_assert(!cal_fnmatch("*.experts.*weight_quantizer",
+			       "model.layers.3.mlp.experts.gate_up_proj_weight_quantizers.7"));
+	cr_assert(cal_fnmatch("*[kv]_bmm_quantizer", "model.layers.0.self_attn.k_bmm_quantizer"));
+	cr_assert(!cal_fnmatch("*[kv]_bmm_quantizer", "model.layers.0.self_attn.q_bmm_quantizer"));
+	cr_assert(cal_fnmatch("*[!q]_bmm*", "x.v_bmm_quantizer"));
+	cr_assert(!cal_fnmatch("*[!q]_bmm*", "x.q_bmm_quantizer"));
+	cr_assert(cal_fnmatch("a?c", "a.c"));
+	cr_assert(cal_fnmatch("a[", "a["));             /* unclosed: literal */
+	cr_assert(cal_fnmatch("[a-c]x", "bx"));
+	cr_assert(!cal_fnmatch("[c-a]x", "bx"));       /* reversed range: empty */
+	cr_assert(cal_fnmatch("[^a]", "^"));           /* '^' is not a negation */
+	cr_assert(!cal_fnmatch("A*", "a"));            /* case-sensitive */
+	cr_assert(cal_fnmatch("a\\b", "a\\b"));        /* no escapes */
+	cr_assert(cal_fnmatch("mtp.*", "mtp.layers.0.x"));
+	cr_assert(!cal_fnmatch("mtp.*", "model.mtp.x"));
+	cr_assert(cal_fnmatch("*mlp.gate.*", "model.layers.0.mlp.gate.weight_quantizer"));
+	cr_assert(!cal_fnmatch("*mlp.gate.*", "model.layers.0.mlp.gate_proj.weight_quantizer"));
+}
+
+/* ---- golden entry lists (reasoned from MODELOPT.md §3.4) ------------------ */
+
+#define NVFP4 "{num_bits: (2, 1), block_sizes: {-1: 16, type: 'dynamic', scale_bits: (4, 3)}, effective_bits: 4.5}"
+#define FP8 "{num_bits: (4, 3), axis: null}"
+
+static const char *const default_disabled[] = {
+	"'*block_sparse_moe.gate*' enable=false", "'*linear_attn.conv1d*' enable=false",
+	"'*linear_attn.in_proj_a*' enable=false", "'*linear_attn.in_proj_b*' enable=false",
+	"'*lm_head*' enable=false", "'*mixer.conv1d*' enable=false",
+	"'*mlp.gate.*' enable=false", "'*mlp.shared_expert_gate.*' enable=false",
+	"'*output_layer*' enable=false", "'*proj_out.*' enable=false",
+	"'*router*' enable=false", "'mtp.*' enable=false", "'output.*' enable=false",
+	"'*embed_vision*' enable=false", "'*vision_tower*' enable=false",
+	"'*visual*' enable=false", "'*vision_model*' enable=false",
+	"'*multi_modal_projector*' enable=false",
+	"'*' parent_class=nn.BatchNorm1d enable=false",
+	"'*' parent_class=nn.BatchNorm2d enable=false",
+	"'*' parent_class=nn.BatchNorm3d enable=false",
+	"'*' parent_class=nn.LeakyReLU enable=false",
+	"'*' parent_class=nn.Embedding enable=false",
+};
+
+static void check_entries(const struct cal_recipe *r, const char *const *head, size_t nh)
+{
+	size_t nd = CAL_ARRAY_LEN(default_disabled);
+	cr_assert_eq(r->n_entries, nh + nd, "%s: %zu entries, want %zu", r->source, r->n_entries,
+		     nh + nd);
+	for (size_t i = 0; i < r->n_entries; i++) {
+		const char *want = i < nh ? head[i] : default_disabled[i - nh];
+		cr_assert_str_eq(r->entries[i].text, want, "%s entry %zu", r->source, i);
+	}
+}
+
+static const char *const experts_only_head[] = {
+	"'*' enable=false",
+	"'*.experts.*weight_quantizer' cfg=" NVFP4 " enable=true",
+	"'*.experts.*input_quantizer' cfg=" NVFP4 " enable=true",
+	"'*block_sparse_moe*weight_quantizer' cfg=" NVFP4 " enable=true",
+	"'*block_sparse_moe*input_quantizer' cfg=" NVFP4 " enable=true",
+	"'*[kv]_bmm_quantizer' cfg=" FP8 " enable=true",
+};
+static const char *const nvfp4_default_head[] = {
+	"'*' enable=false",
+	"'*weight_quantizer' cfg=" NVFP4 " enable=true",
+	"'*input_quantizer' cfg=" NVFP4 " enable=true",
+	"'*[kv]_bmm_quantizer' cfg=" FP8 " enable=true",
+};
+static const char *const fp8_default_head[] = {
+	"'*' enable=false",
+	"'*weight_quantizer' cfg=" FP8 " enable=true",
+	"'*input_quantizer' cfg=" FP8 " enable=true",
+	"'*[kv]_bmm_quantizer' cfg=" FP8 " enable=true",
+};
+
+static void golden_in(const char *dir)
+{
+	struct cal_recipe *r = load_ok(dir, "general/ptq/nvfp4_experts_only-kv_fp8");
+	check_entries(r, experts_only_head, CAL_ARRAY_LEN(experts_only_head));
+	cr_assert_eq(r->algo.method, CAL_CALIB_MAX);
+	cr_assert_eq(r->algo.layerwise, 0);
+	cr_assert_str_eq(r->recipe_type, "ptq");
+	cal_recipe_free(r);
+	r = load_ok(dir, "general/ptq/nvfp4_default-kv_fp8");
+	check_entries(r, nvfp4_default_head, CAL_ARRAY_LEN(nvfp4_default_head));
+	cal_recipe_free(r);
+	r = load_ok(dir, "general/ptq/fp8_default-kv_fp8.yaml");
+	check_entries(r, fp8_default_head, CAL_ARRAY_LEN(fp8_default_head));
+	cal_recipe_free(r);
+}
+
+Test(recipe, modelopt_fixture_golden)
+{
+	if (!have_modelopt()) {
+		cr_skip_test("modelopt recipes not found at %s", CAL_MODELOPT_RECIPES);
+		return;
+	}
+	golden_in(CAL_MODELOPT_RECIPES);
+	struct cal_recipe *r = load_ok(CAL_MODELOPT_RECIPES, "general/ptq/nvfp4_experts_only-kv_fp8_layerwise");
+	check_entries(r, experts_only_head, CAL_ARRAY_LEN(experts_only_head));
+	cr_assert_eq(r->algo.layerwise, 1);
+	cal_recipe_free(r);
+}
+
+/* Every modelopt general/ptq recipe loads unchanged. */
+Test(recipe, modelopt_fixture_all_load)
+{
+	if (!have_modelopt()) {
+		cr_skip_test("modelopt recipes not found");
+		return;
+	}
+	struct cal_recipe_info *list = NULL;
+	size_t n = 0;
+	struct cal_error err = {0};
+	cr_assert_eq(cal_recipe_list(CAL_MODELOPT_RECIPES, &list, &n, &err), CAL_OK);
+	cr_assert(n >= 4);
+	for (size_t i = 0; i < n; i++) {
+		cr_assert(strncmp(list[i].description, "(error", 6), "%s: %s", list[i].name,
+			  list[i].description);
+		cal_recipe_free(load_ok(CAL_MODELOPT_RECIPES, list[i].name));
+	}
+	cal_recipe_list_free(list, n);
+}
+
+/* calibd's own tree resolves the shared recipes to the same entry lists. */
+Test(recipe, builtin_golden)
+{
+	golden_in(CAL_TEST_RECIPES_DIR);
+}
+
+Test(recipe, builtin_all_load)
+{
+	static const char *const want[] = {
+		"general/ptq/nvfp4_default-kv_fp8", "general/ptq/nvfp4_experts_only-kv_fp8",
+		"general/ptq/nvfp4_experts_only-kv_fp8_cast", "general/ptq/nvfp4_mlp_only-kv_fp8",
+		"general/ptq/nvfp4_omlp_only-kv_fp8", "general/ptq/nvfp4_weight_only-kv_fp16",
+		"general/ptq/fp8_default-kv_fp8", "general/ptq/fp8_default-kv_fp8_cast",
+		"general/ptq/mxfp8", "general/ptq/int4_blockwise_weight_only",
+		"general/ptq/nvfp4_experts_only_mse-kv_fp8_cast",
+	};
+	struct cal_recipe_info *list = NULL;
+	size_t n = 0;
+	struct cal_error err = {0};
+	cr_assert_eq(cal_recipe_list(CAL_TEST_RECIPES_DIR, &list, &n, &err), CAL_OK);
+	for (size_t i = 0; i < CAL_ARRAY_LEN(want); i++) {
+		size_t j = 0;
+		while (j < n && strcmp(list[j].name, want[i]))
+			j++;
+		cr_assert(j < n, "%s missing", want[i]);
+		cr_assert(*list[j].description && list[j].description[0] != '(', "%s: %s", want[i],
+			  list[j].description);
+	}
+	cal_recipe_list_free(list, n);
+	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/mxfp8");
+	cr_assert_eq(r->algo.method, CAL_CALIB_NONE);
+	cal_recipe_free(r);
+	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_experts_only_mse-kv_fp8_cast");
+	cr_assert_eq(r->algo.method, CAL_CALIB_MSE);
+	cr_assert_eq(r->algo.fp8_scale_sweep, 1);
+	cal_recipe_free(r);
+}
+
+/* ---- loader behaviours and errors --------------------------------------- */
+
+Test(recipe, inline_override_and_imports)
+{
+	char *msg = NULL;
+	struct cal_recipe *r = NULL;
+	const char *y =
+		"imports:\n"
+		"  fp8: configs/numerics/fp8\n"
+		"  kv: configs/ptq/units/kv_fp8_cast\n"
+		"metadata: {recipe_type: ptq, description: d}\n"
+		"quantize:\n"
+		"  algorithm: {method: max, moe_calib_experts_ratio: 0.5,\n"
+		"              sync_expert_weight_amax: true}\n"
+		"  quant_cfg:\n"
+		"    - quantizer_name: '*weight_quantizer'\n"
+		"      cfg: {$import: fp8, num_bits: e2m1, use_constant_amax: true}\n"
+		"    - $import: kv\n"
+		"    - quantizer_name: '*x'\n"
+		"      cfg: {num_bits: 4, block_sizes: {-1: 128, type: static}}\n"
+		"      enable: false\n";
+	cr_assert_eq(parse_msg(y, &msg, &r), CAL_OK, "%s", msg);
+	free(msg);
+	cr_assert_eq(r->n_entries, 3);
+	cr_assert_str_eq(r->entries[0].text, "'*weight_quantizer' cfg={num_bits: (2, 1), axis: null, "
+			 "use_constant_amax: true} enable=true");
+	cr_assert_str_eq(r->entries[1].text, "'*[kv]_bmm_quantizer' cfg={num_bits: (4, 3), axis: null, "
+			 "use_constant_amax: true} enable=true");
+	cr_assert_eq(r->entries[2].cfg[0].enable, 0);
+	cr_assert_eq(r->entries[2].cfg[0].block_size[0], 128);
+	cr_assert_eq(r->algo.has_moe_calib_experts_ratio, 1);
+	cr_assert_eq(r->algo.sync_expert_weight_amax, 1);
+	cal_recipe_free(r);
+}
+
+Test(recipe, errors_point_at_file_line_col)
+{
+	expect_error("metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n    - quantizer_name: '*'\n"
+		     "      enabel: false\n",
+		     CAL_ERR_FORMAT, "t.yaml:5:7: quantize.quant_cfg[0].enabel: unknown key");
+	expect_error("metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n    - quantizer_name: '*'\n",
+		     CAL_ERR_FORMAT, "t.yaml:4:7: quantize.quant_cfg[0]: an entry needs 'cfg' or 'enable'");
+	expect_error("metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n"
+		     "    - {quantizer_name: '*', cfg: {num_bits: e9m9}}\n",
+		     CAL_ERR_FORMAT, "quantize.quant_cfg[0].cfg.num_bits: (9, 9) is not");
+	expect_error("metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n"
+		     "    - {quantizer_name: '*', cfg: {}}\n",
+		     CAL_ERR_FORMAT, "an empty cfg needs 'enable: false'");
+	expect_error("metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n"
+		     "    - {quantizer_name: '*', enable: 'no'}\n",
+		     CAL_ERR_FORMAT, "t.yaml:4:37: quantize.quant_cfg[0].enable: expected true or false");
+	expect_error("metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n"
+		     "    - {quantizer_name: '*', cfg: {axis: 0, block_sizes: {-1: 16}}}\n",
+		     CAL_ERR_FORMAT, "axis and block_sizes cannot both be set");
+	expect_error("metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg: [\n", CAL_ERR_FORMAT,
+		     "t.yaml:4:1:");
+	expect_error("metadata: {recipe_type: ptq}\nquantize: {quant_cfg: [], algorithm: {method: max, foo: 1}}\n",
+		     CAL_ERR_FORMAT, "quantize.algorithm.foo: unknown key");
+	expect_error("metadata: {recipe_type: speculative_eagle}\n", CAL_ERR_UNSUPPORTED,
+		     "ptq only");
+	expect_error("metadata: {recipe_type: ptq}\n", CAL_ERR_FORMAT, "needs a top-level 'quantize'");
+	expect_error("quantize: {}\n", CAL_ERR_FORMAT, "metadata.recipe_type is missing");
+	expect_error("metadata: {recipe_type: ptq}\nmetadata: {recipe_type: ptq}\n", CAL_ERR_FORMAT,
+		     "duplicate key");
+	expect_error("metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n    - $import: nope\n",
+		     CAL_ERR_FORMAT, "'nope' is not declared under imports");
+	expect_error("imports: {x: configs/does/not/exist}\nmetadata: {recipe_type: ptq}\nquantize: {}\n",
+		     CAL_ERR_NOTFOUND, "import 'configs/does/not/exist' not found");
+	expect_error("imports: {n: configs/numerics/nvfp4}\nmetadata: {recipe_type: ptq}\n"
+		     "quantize:\n  quant_cfg:\n    - $import: n\n",
+		     CAL_ERR_FORMAT, "cannot be spliced into or appended to a list of QuantizerCfgEntry");
+	expect_error("x: !!python/object foo\n", CAL_ERR_FORMAT, "t.yaml:1:4: YAML tags");
+}
+
+Test(recipe, limits_and_billion_laughs)
+{
+	const char *laughs =
+		"a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n"
+		"b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+		"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+		"f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n"
+		"h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	expect_error(laughs, CAL_ERR_FORMAT, "t.yaml:1:4: YAML anchors");
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+	cr_assert(ms < 10, "billion laughs took %.2f ms", ms);
+	expect_error("a: *x\n", CAL_ERR_FORMAT, "YAML aliases");
+	/* nesting 65 deep */
+	char deep[200];
+	size_t k = 0;
+	for (int i = 0; i < 65; i++)
+		deep[k++] = '[';
+	for (int i = 0; i < 65; i++)
+		deep[k++] = ']';
+	deep[k] = 0;
+	expect_error(deep, CAL_ERR_RANGE, "nesting deeper than 64");
+	/* > 1 MiB */
+	size_t big = (1u << 20) + 10;
+	char *s = malloc(big + 1);
+	memset(s, '#', big);
+	s[big] = 0;
+	expect_error(s, CAL_ERR_RANGE, "exceeds the recipe limit");
+	free(s);
+}
+
+Test(recipe, import_cycle_and_name_resolution)
+{
+	char dir[] = "/tmp/cal_recipe_test_XXXXXX";
+	cr_assert(mkdtemp(dir));
+	char *a = cal_path_join(dir, "a.yaml"), *b = cal_path_join(dir, "b.yaml");
+	FILE *f = fopen(a, "w");
+	fprintf(f, "# modelopt-schema: modelopt.torch.quantization.config.QuantizerCfgListConfig\n"
+		   "imports: {b: %s/b}\n---\n- $import: b\n", dir);
+	fclose(f);
+	f = fopen(b, "w");
+	fprintf(f, "# modelopt-schema: modelopt.torch.quantization.config.QuantizerCfgListConfig\n"
+		   "imports: {a: %s/a}\n---\n- $import: a\n", dir);
+	fclose(f);
+	char *y = NULL;
+	cr_assert(asprintf(&y, "imports: {a: %s/a}\nmetadata: {recipe_type: ptq}\n"
+			       "quantize: {quant_cfg: [{$import: a}]}\n", dir) > 0);
+	expect_error(y, CAL_ERR_FORMAT, "import cycle");
+	free(y);
+	/* a filesystem recipe is found when not built-in; built-in wins otherwise */
+	char *r = cal_path_join(dir, "r.yaml");
+	f = fopen(r, "w");
+	fprintf(f, "metadata: {recipe_type: ptq, description: mine}\nquantize: {quant_cfg: []}\n");
+	fclose(f);
+	struct cal_recipe_opts o = {.builtin_dir = CAL_TEST_RECIPES_DIR};
+	struct cal_recipe *rec = NULL;
+	struct cal_error err = {0};
+	char *noext = NULL;
+	cr_assert(asprintf(&noext, "%s/r", dir) > 0);
+	cr_assert_eq(cal_recipe_load(noext, &o, &rec, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_str_eq(rec->description, "mine");
+	cal_recipe_free(rec);
+	cr_assert_eq(cal_recipe_load("general/ptq/nope", &o, &rec, &err), CAL_ERR_NOTFOUND);
+	cr_assert(strstr(cal_error_msg(&err), "not found"));
+	cal_error_clear(&err);
+	unlink(a);
+	unlink(b);
+	unlink(r);
+	rmdir(dir);
+	free(a);
+	free(b);
+	free(r);
+	free(noext);
+}
+
+/* ---- plans -------------------------------------------------------------- */
+
+static struct cal_model_desc *model(const char *json)
+{
+	struct cal_model_desc *d = NULL;
+	struct cal_error err = {0};
+	cr_assert_eq(cal_model_desc_parse("config.json", json, strlen(json), &d, &err), CAL_OK,
+		     "%s", cal_error_msg(&err));
+	return d;
+}
+
+static const char qwen3_moe[] =
+	"{\"architectures\":[\"Qwen3MoeForCausalLM\"],\"model_type\":\"qwen3_moe\","
+	"\"hidden_size\":64,\"intermediate_size\":128,\"moe_intermediate_size\":32,"
+	"\"num_hidden_layers\":3,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+	"\"head_dim\":16,\"num_experts\":4,\"num_experts_per_tok\":2,\"vocab_size\":256,"
+	"\"mlp_only_layers\":[0]}";
+static const char mixtral[] =
+	"{\"model_type\":\"mixtral\",\"hidden_size\":64,\"intermediate_size\":32,"
+	"\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+	"\"num_local_experts\":4,\"num_experts_per_tok\":2,\"vocab_size\":256}";
+static const char deepseek[] =
+	"{\"model_type\":\"deepseek_v3\",\"hidden_size\":64,\"intermediate_size\":128,"
+	"\"moe_intermediate_size\":32,\"num_hidden_layers\":3,\"num_attention_heads\":4,"
+	"\"num_key_value_heads\":4,\"n_routed_experts\":4,\"num_experts_per_tok\":2,"
+	"\"n_shared_experts\":1,\"first_k_dense_replace\":1,\"q_lora_rank\":32,"
+	"\"kv_lora_rank\":32,\"qk_nope_head_dim\":16,\"qk_rope_head_dim\":16,\"v_head_dim\":16,"
+	"\"n_group\":1,\"topk_group\":1,\"vocab_size\":256}";
+static const char qwen3_next[] =
+	"{\"model_type\":\"qwen3_next\",\"hidden_size\":64,\"intermediate_size\":128,"
+	"\"moe_intermediate_size\":32,\"shared_expert_intermediate_size\":32,"
+	"\"num_hidden_layers\":4,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+	"\"head_dim\":16,\"num_experts\":4,\"num_experts_per_tok\":2,\"vocab_size\":256,"
+	"\"linear_num_key_heads\":2,\"linear_num_value_heads\":4,\"linear_key_head_dim\":16,"
+	"\"linear_value_head_dim\":16,\"linear_conv_kernel_dim\":4,\"full_attention_interval\":4}";
+
+static struct cal_plan *plan_of(struct cal_model_desc *d, struct cal_recipe *r)
+{
+	struct cal_plan *p = NULL;
+	struct cal_error err = {0};
+	enum cal_status st = cal_plan_build(d, r, &p, &err);
+	cr_assert_eq(st, CAL_OK, "%s", cal_error_msg(&err));
+	return p;
+}
+
+/* Every enabled quantizer is a routed-expert or k/v quantizer and every
+ * routed-expert weight/input quantizer is enabled. */
+static void check_experts_only(const struct cal_plan *p, int kv)
+{
+	size_t experts = 0;
+	for (size_t i = 0; i < p->n_q; i++) {
+		const struct cal_plan_q *q = &p->q[i];
+		const struct cal_plan_module *m = &p->modules[q->module];
+		int is_exp = m->kind == CAL_MOD_EXPERTS_GATE_UP || m->kind == CAL_MOD_EXPERTS_DOWN;
+		int is_kv = q->role == CAL_QROLE_K_BMM || q->role == CAL_QROLE_V_BMM;
+		if (is_exp) {
+			experts++;
+			cr_assert(q->spec.enabled && q->spec.fmt == CAL_QFMT_NVFP4, "%s", q->name);
+			cr_assert(strstr(q->name, ".mlp.experts."), "%s", q->name);
+		} else if (is_kv && kv) {
+			cr_assert(q->spec.enabled && q->spec.fmt == CAL_QFMT_FP8, "%s", q->name);
+		} else {
+			cr_assert(!q->spec.enabled, "%s must stay unquantized", q->name);
+		}
+	}
+	cr_assert(experts > 0);
+}
+
+Test(plan, qwen3_moe_experts_only)
+{
+	struct cal_model_desc *d = model(qwen3_moe);
+	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_experts_only-kv_fp8");
+	struct cal_plan *p = plan_of(d, r);
+	check_experts_only(p, 1);
+	const struct cal_plan_q *q =
+		cal_plan_find(p, "model.layers.1.mlp.experts.gate_up_proj_weight_quantizers.3");
+	cr_assert(q && q->spec.enabled && q->spec.block == 16 && q->spec.calibrate);
+	cr_assert_eq(q->expert, 3);
+	q = cal_plan_find(p, "model.layers.2.mlp.experts.down_proj_input_quantizer");
+	cr_assert(q && q->spec.enabled);
+	q = cal_plan_find(p, "model.layers.0.mlp.gate_proj.weight_quantizer"); /* dense layer 0 */
+	cr_assert(q && !q->spec.enabled);
+	cr_assert_null(cal_plan_find(p, "model.layers.1.mlp.gate.weight_quantizer")); /* TopKRouter */
+	q = cal_plan_find(p, "model.layers.1.self_attn.k_bmm_quantizer");
+	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_FP8);
+	cr_assert_eq(p->sum.kv_fmt, CAL_QFMT_FP8);
+	char *t = cal_plan_text(p, "x");
+	cr_assert(strstr(t, "layer 0          mlp BF16 | attention BF16 | KV FP8"), "%s", t);
+	cr_assert(strstr(t, "layers 1-2       experts 4x(gate,up,down) NVFP4 W4A4 | attention BF16 | "
+			    "router BF16 | KV FP8"), "%s", t);
+	free(t);
+	char *js = cal_plan_json(p, "x");
+	json_error_t je;
+	json_t *j = json_loads(js, 0, &je);
+	cr_assert(j, "%s", je.text);
+	cr_assert_eq(json_array_size(json_object_get(j, "quantizers")), p->n_q);
+	json_t *q0 = json_array_get(json_object_get(j, "quantizers"), 0);
+	cr_assert_str_eq(json_string_value(json_object_get(q0, "name")),
+			 "model.embed_tokens.input_quantizer");
+	json_decref(j);
+	free(js);
+	cal_plan_free(p);
+	/* cast variant: same selection, KV without calibration */
+	cal_recipe_free(r);
+	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_experts_only-kv_fp8_cast");
+	p = plan_of(d, r);
+	check_experts_only(p, 1);
+	cr_assert(p->sum.kv_cast);
+	q = cal_plan_find(p, "model.layers.1.self_attn.v_bmm_quantizer");
+	cr_assert(q->spec.use_constant_amax && !q->spec.calibrate);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+}
+
+Test(plan, experts_only_other_archs)
+{
+	const char *cfgs[] = {mixtral, deepseek, qwen3_next};
+	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_experts_only-kv_fp8");
+	for (size_t i = 0; i < CAL_ARRAY_LEN(cfgs); i++) {
+		struct cal_model_desc *d = model(cfgs[i]);
+		struct cal_plan *p = plan_of(d, r);
+		check_experts_only(p, 1);
+		cal_plan_free(p);
+		cal_model_desc_free(d);
+	}
+	if (have_modelopt()) {
+		struct cal_recipe *m = load_ok(CAL_MODELOPT_RECIPES, "general/ptq/nvfp4_experts_only-kv_fp8");
+		struct cal_model_desc *d = model(mixtral);
+		struct cal_plan *p = plan_of(d, m);
+		check_experts_only(p, 1);
+		cal_plan_free(p);
+		cal_model_desc_free(d);
+		cal_recipe_free(m);
+	}
+	cal_recipe_free(r);
+}
+
+Test(plan, defaults_keep_routers_heads_and_gdn_small_projections)
+{
+	struct cal_model_desc *d = model(qwen3_next);
+	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_fp8");
+	struct cal_plan *p = plan_of(d, r);
+	static const char *const off[] = {
+		"lm_head.weight_quantizer", "model.embed_tokens.weight_quantizer",
+		"model.layers.0.linear_attn.in_proj_ba.weight_quantizer",
+		"model.layers.0.linear_attn.conv1d.weight_quantizer",
+		"model.layers.0.mlp.shared_expert_gate.weight_quantizer",
+	};
+	static const char *const on[] = {
+		"model.layers.0.linear_attn.in_proj_qkvz.weight_quantizer",
+		"model.layers.0.linear_attn.out_proj.input_quantizer",
+		"model.layers.0.mlp.shared_expert.down_proj.weight_quantizer",
+		"model.layers.3.self_attn.q_proj.weight_quantizer",
+		"model.layers.3.self_attn.k_bmm_quantizer",
+		"model.layers.3.mlp.experts.gate_up_proj_weight_quantizers.0",
+	};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(off); i++) {
+		const struct cal_plan_q *q = cal_plan_find(p, off[i]);
+		cr_assert(q && !q->spec.enabled, "%s", off[i]);
+	}
+	for (size_t i = 0; i < CAL_ARRAY_LEN(on); i++) {
+		const struct cal_plan_q *q = cal_plan_find(p, on[i]);
+		cr_assert(q && q->spec.enabled, "%s", on[i]);
+	}
+	cr_assert(p->sum.bits_per_param < 16 && p->sum.bytes_after < p->sum.bytes_before,
+		  "%.2f bits, %llu -> %llu bytes", p->sum.bits_per_param,
+		  (unsigned long long)p->sum.bytes_before, (unsigned long long)p->sum.bytes_after);
+	char *t = cal_plan_text(p, "nvfp4_default-kv_fp8");
+	cr_log_info("%s", t);
+	cr_assert(strstr(t, "layers 0-2       experts 4x(gate,up,down) NVFP4 W4A4 | shared expert "
+			    "gate,up,down NVFP4 W4A4, shared_expert_gate BF16 | linear-attention "
+			    "in_proj_qkvz,out_proj NVFP4 W4A4, in_proj_ba,conv1d BF16 | router BF16\n"), "%s", t);
+	cr_assert(strstr(t, "layer 3 "), "%s", t);
+	free(t);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+}
+
+static void plan_fails(const char *cfg, const char *yaml, enum cal_status want, const char *needle)
+{
+	struct cal_model_desc *d = model(cfg);
+	char *msg = NULL;
+	struct cal_recipe *r = NULL;
+	cr_assert_eq(parse_msg(yaml, &msg, &r), CAL_OK, "%s", msg);
+	free(msg);
+	struct cal_plan *p = NULL;
+	struct cal_error err = {0};
+	enum cal_status st = cal_plan_build(d, r, &p, &err);
+	cr_assert_eq(st, want, "%s: %s", cal_status_str(st), cal_error_msg(&err));
+	cr_assert(strstr(cal_error_msg(&err), needle), "'%s' lacks '%s'", cal_error_msg(&err), needle);
+	cal_error_clear(&err);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+}
+
+#define HEAD "imports: {nvfp4: configs/numerics/nvfp4}\nmetadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n    - {quantizer_name: '*', enable: false}\n"
+
+Test(plan, refusals)
+{
+	/* gate and up of one expert differently (legacy alias names) */
+	plan_fails(qwen3_moe, HEAD "    - {quantizer_name: '*experts.*.gate_proj.weight_quantizer', cfg: {$import: nvfp4}}\n",
+		   CAL_ERR_INVALID, "gate and up projections of an expert are one fused weight");
+	plan_fails(mixtral, HEAD "    - {quantizer_name: '*block_sparse_moe.experts.*.w1.*', cfg: {$import: nvfp4}}\n",
+		   CAL_ERR_INVALID, "model.layers.0.block_sparse_moe.experts.0.w1.");
+	/* one expert's shared input */
+	plan_fails(qwen3_moe, HEAD "    - {quantizer_name: '*.experts.*weight_quantizer', cfg: {$import: nvfp4}}\n"
+				   "    - {quantizer_name: '*experts.2.*input_quantizer', cfg: {$import: nvfp4}}\n",
+		   CAL_ERR_INVALID, "share one input quantizer");
+	/* formats calibd does not implement */
+	plan_fails(qwen3_moe, HEAD "    - {quantizer_name: '*o_proj.weight_quantizer', cfg: {num_bits: 8, axis: null}}\n",
+		   CAL_ERR_UNSUPPORTED, "8-bit integer quantization is not implemented");
+	plan_fails(qwen3_moe, HEAD "    - {quantizer_name: '*o_proj.weight_quantizer', cfg: {num_bits: 8, axis: null}}\n",
+		   CAL_ERR_UNSUPPORTED, "calibd implements NVFP4 W4A4");
+	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {quant_cfg: []}\n",
+		   CAL_ERR_UNSUPPORTED, "modelopt's default is 8-bit integer");
+	plan_fails(qwen3_moe, HEAD "    - {quantizer_name: '*output_quantizer', cfg: {$import: nvfp4}}\n",
+		   CAL_ERR_UNSUPPORTED, "output quantizers");
+	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: awq_lite, quant_cfg: []}\n",
+		   CAL_ERR_UNSUPPORTED, "algorithm 'awq_lite' is not implemented");
+	/* block size vs input dim: moe_intermediate 40 is not a multiple of 16 */
+	plan_fails("{\"model_type\":\"qwen3_moe\",\"hidden_size\":64,\"moe_intermediate_size\":40,"
+		   "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+		   "\"head_dim\":16,\"num_experts\":2,\"num_experts_per_tok\":1,\"vocab_size\":64}",
+		   HEAD "    - {quantizer_name: '*.experts.*weight_quantizer', cfg: {$import: nvfp4}}\n",
+		   CAL_ERR_INVALID, "model.layers.0.mlp.experts (experts): input dimension 40 is not a "
+		   "multiple of the NVFP4 block size 16");
+}
