@@ -269,10 +269,10 @@ Test(catalog, roles_of_special_tensors, .init = setup, .fini = teardown)
 	free(dir);
 }
 
-/* Hand-computed (V=320, H=64, nh=4, nkv=2, hd=16, I=24, dense I=96):
+/* Hand-computed (V=320, H=64, nh=4, nkv=2, hd=16, I=48, dense I=96):
  *   embed = lm_head = 320*64 = 20480; final norm 64
  *   GQA attention q,o 64*64, k,v 32*64 = 12288; 2 norms 128
- *   expert 3*24*64 = 4608; router E*64; dense MLP 3*96*64 = 18432 */
+ *   expert 3*48*64 = 9216; router E*64; dense MLP 3*96*64 = 18432 */
 Test(catalog, parameter_counts, .init = setup, .fini = teardown)
 {
 	static const struct {
@@ -280,15 +280,15 @@ Test(catalog, parameter_counts, .init = setup, .fini = teardown)
 		uint64_t total, active, routed, ignored;
 	} want[] = {
 		/* qwen3_moe, 3 layers (1 dense), E=8, k=2, q/k norm [16]:
-		 * 40960+64 + 3*(12288+32+128) + 2*(512+8*4608) + 18432 */
-		{"qwen3_moe", 171552, 171552 - 73728 + 2 * 2 * 4608, 2 * 8 * 4608, 0},
+		 * 40960+64 + 3*(12288+32+128) + 2*(512+8*9216) + 18432 */
+		{"qwen3_moe", 245280, 245280 - 147456 + 2 * 2 * 9216, 2 * 8 * 9216, 0},
 		/* qwen2_moe, 2 layers, E=4, qkv bias 128, shared 3*48*64 + gate 64:
-		 * 41024 + 2*(12288+128+128 + 256+4*4608 + 9216+64) */
-		{"qwen2_moe", 122048, 122048 - 36864 + 2 * 2 * 4608, 2 * 4 * 4608, 0},
+		 * 41024 + 2*(12288+128+128 + 256+4*9216 + 9216+64) */
+		{"qwen2_moe", 158912, 158912 - 73728 + 2 * 2 * 9216, 2 * 4 * 9216, 0},
 		/* deepseek_v3, 3 layers (layer 0 dense), MLA 18512 + norms 128,
-		 * MoE: router 512 + corr 8 + 8 experts + shared 4608; MTP 64 ignored:
-		 * 41024 + 3*18640 + 18432 + 2*(520+36864+4608) */
-		{"deepseek_v3", 199360, 199360 - 73728 + 2 * 2 * 4608, 2 * 8 * 4608, 64},
+		 * MoE: router 512 + corr 8 + 8 experts + shared 9216; MTP 64 ignored:
+		 * 41024 + 3*18640 + 18432 + 2*(520+73728+9216) */
+		{"deepseek_v3", 282304, 282304 - 147456 + 2 * 2 * 9216, 2 * 8 * 9216, 64},
 		/* llama, tied: 20480+64 + 2*(12288+128+18432) */
 		{"llama", 82240, 82240, 0, 0},
 	};
@@ -359,9 +359,9 @@ Test(catalog, mismatches_named, .init = setup, .fini = teardown)
 					      "model.layers.0.mlp.gate.weight is [8,64], expected [9,64]",
 					      NULL});
 	/* a different expert width: mis-shaped, named with both shapes */
-	expect_mismatch(dir, "\"moe_intermediate_size\": 24", "\"moe_intermediate_size\": 32",
+	expect_mismatch(dir, "\"moe_intermediate_size\": 48", "\"moe_intermediate_size\": 32",
 			(const char *const[]){"mis-shaped",
-					      "model.layers.0.mlp.experts.0.down_proj.weight is [64,24], expected [64,32]",
+					      "model.layers.0.mlp.experts.0.down_proj.weight is [64,48], expected [64,32]",
 					      NULL});
 	/* layer 0 declared dense: its experts are unexpected, its MLP missing */
 	expect_mismatch(dir, "\"mlp_only_layers\": [\n    1\n  ]", "\"mlp_only_layers\": [0, 1]",
