@@ -1,0 +1,59 @@
+/*
+ * amax.c — observer: running per-tensor max|x| over a stream of batches
+ * (bf16 or f32), with a non-finite report.  Reference and CPU back end.
+ */
+#include "kernels/internal.h"
+
+struct amax_ctx {
+	const struct cal_amax_args *a;
+	uint32_t max_bits[CAL_CPU_SLOTS_MAX];
+	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
+};
+
+static void amax_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct amax_ctx *c = p;
+	const struct cal_amax_args *a = c->a;
+	uint32_t m = 0;
+	struct cal_nf_part nf = {0, CAL_NONFINITE_NONE};
+
+	for (uint64_t i = begin; i < end; i++)
+		cal_obs_elem(cal_abs_bits(a->dtype, a->x, i), a->index_base + i, &m, &nf);
+	c->max_bits[slot] = m;
+	c->nf[slot] = nf;
+}
+
+enum cal_status cal_check_amax(const struct cal_amax_args *a, struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_obs_dtype(a->dtype, err)) < 0 ||
+	    (st = cal_check_shape(1, a->n, 1, err)) < 0 ||
+	    (st = cal_check_ptr(a->amax, "amax", err)) < 0 ||
+	    (st = cal_check_ptr(a->nonfinite, "nonfinite", err)) < 0)
+		return st;
+	if (a->n && (st = cal_check_ptr(a->x, "x", err)) < 0)
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_cpu_amax(struct cal_backend *be, const struct cal_amax_args *a,
+			     struct cal_error *err)
+{
+	struct amax_ctx c;
+	unsigned k = cal_cpu_slots(be, a->n, 1u << 18);
+	enum cal_status st;
+
+	c.a = a;
+	for (unsigned i = 0; i < k; i++) {
+		c.max_bits[i] = 0;
+		c.nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
+	}
+	st = cal_cpu_parallel(be, a->n, 1u << 18, amax_range, &c, err);
+	if (st < 0)
+		return st;
+	for (unsigned i = 0; i < k; i++) {
+		cal_amax_fold(a->amax, c.max_bits[i]);
+		cal_nf_fold(a->nonfinite, &c.nf[i]);
+	}
+	return CAL_OK;
+}

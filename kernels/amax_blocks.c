@@ -1,0 +1,64 @@
+/*
+ * amax_blocks.c — observer: running max|x| per block of 16/32/64/128
+ * consecutive elements along the last dim (static NVFP4 per-block amax,
+ * INT4 block amax), with a non-finite report.  Reference and CPU back end;
+ * items are blocks (a block never crosses a row since cols % block == 0).
+ */
+#include "kernels/internal.h"
+
+struct blocks_ctx {
+	const struct cal_amax_blocks_args *a;
+	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
+};
+
+static void blocks_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct blocks_ctx *c = p;
+	const struct cal_amax_blocks_args *a = c->a;
+	struct cal_nf_part nf = {0, CAL_NONFINITE_NONE};
+
+	for (uint64_t b = begin; b < end; b++) {
+		uint32_t m = 0;
+		for (uint64_t i = b * a->block; i < (b + 1) * a->block; i++)
+			cal_obs_elem(cal_abs_bits(a->dtype, a->x, i), a->index_base + i, &m, &nf);
+		cal_amax_fold(&a->amax[b], m);
+	}
+	c->nf[slot] = nf;
+}
+
+enum cal_status cal_check_amax_blocks(const struct cal_amax_blocks_args *a,
+				      struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_obs_dtype(a->dtype, err)) < 0)
+		return st;
+	if (a->block != 16 && a->block != 32 && a->block != 64 && a->block != 128)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "argument 'block' = %u is not 16, 32, 64 or 128", a->block);
+	if ((st = cal_check_shape(a->rows, a->cols, a->block, err)) < 0 ||
+	    (st = cal_check_ptr(a->nonfinite, "nonfinite", err)) < 0)
+		return st;
+	if (a->rows && a->cols && ((st = cal_check_ptr(a->x, "x", err)) < 0 ||
+				   (st = cal_check_ptr(a->amax, "amax", err)) < 0))
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_cpu_amax_blocks(struct cal_backend *be, const struct cal_amax_blocks_args *a,
+				    struct cal_error *err)
+{
+	struct blocks_ctx c;
+	uint64_t nb = a->rows * a->cols / a->block, min = (1u << 18) / a->block;
+	unsigned k = cal_cpu_slots(be, nb, min);
+	enum cal_status st;
+
+	c.a = a;
+	for (unsigned i = 0; i < k; i++)
+		c.nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
+	st = cal_cpu_parallel(be, nb, min, blocks_range, &c, err);
+	if (st < 0)
+		return st;
+	for (unsigned i = 0; i < k; i++)
+		cal_nf_fold(a->nonfinite, &c.nf[i]);
+	return CAL_OK;
+}

@@ -1,0 +1,74 @@
+/*
+ * amax_rows.c — observer: running max|x| over a gathered subset of rows
+ * (the tokens routed to an expert), with a non-finite report.
+ * Reference and CPU back end; items are index entries.
+ */
+#include "kernels/internal.h"
+
+struct rows_ctx {
+	const struct cal_amax_rows_args *a;
+	uint32_t max_bits[CAL_CPU_SLOTS_MAX];
+	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
+};
+
+static void rows_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct rows_ctx *c = p;
+	const struct cal_amax_rows_args *a = c->a;
+	uint32_t m = 0;
+	struct cal_nf_part nf = {0, CAL_NONFINITE_NONE};
+
+	for (uint64_t k = begin; k < end; k++) {
+		uint64_t r = a->index[k];
+		if (r >= a->rows)
+			continue;
+		for (uint64_t j = 0; j < a->cols; j++) {
+			uint64_t i = r * a->cols + j;
+			cal_obs_elem(cal_abs_bits(a->dtype, a->x, i), a->index_base + i, &m, &nf);
+		}
+	}
+	c->max_bits[slot] = m;
+	c->nf[slot] = nf;
+}
+
+enum cal_status cal_check_amax_rows(const struct cal_amax_rows_args *a, struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_obs_dtype(a->dtype, err)) < 0 ||
+	    (st = cal_check_shape(a->rows, a->cols, 1, err)) < 0 ||
+	    (st = cal_check_ptr(a->amax, "amax", err)) < 0 ||
+	    (st = cal_check_ptr(a->nonfinite, "nonfinite", err)) < 0)
+		return st;
+	if (a->rows > UINT32_MAX)
+		return cal_error_set(err, CAL_ERR_RANGE, "argument 'rows' = %llu exceeds 2^32-1",
+				     (unsigned long long)a->rows);
+	if (a->n_index && ((st = cal_check_ptr(a->index, "index", err)) < 0 ||
+			   (st = cal_check_ptr(a->x, "x", err)) < 0))
+		return st;
+	if (a->n_index > CAL_MAX_ELEMS)
+		return cal_error_set(err, CAL_ERR_RANGE, "argument 'n_index' is too large");
+	return CAL_OK;
+}
+
+enum cal_status cal_cpu_amax_rows(struct cal_backend *be, const struct cal_amax_rows_args *a,
+				  struct cal_error *err)
+{
+	struct rows_ctx c;
+	uint64_t min = a->cols ? (1u << 18) / a->cols + 1 : 1u << 18;
+	unsigned k = cal_cpu_slots(be, a->n_index, min);
+	enum cal_status st;
+
+	c.a = a;
+	for (unsigned i = 0; i < k; i++) {
+		c.max_bits[i] = 0;
+		c.nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
+	}
+	st = cal_cpu_parallel(be, a->n_index, min, rows_range, &c, err);
+	if (st < 0)
+		return st;
+	for (unsigned i = 0; i < k; i++) {
+		cal_amax_fold(a->amax, c.max_bits[i]);
+		cal_nf_fold(a->nonfinite, &c.nf[i]);
+	}
+	return CAL_OK;
+}

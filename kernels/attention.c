@@ -1,0 +1,144 @@
+/*
+ * attention.c — causal (optionally sliding-window, left-pad-masked) GQA
+ * attention over packed sequences.  Per query row and head: scores
+ * s_j = fl32(q.k_j) * scale for the visible keys (dot in channel order),
+ * m = max, e_j = exp(s_j - m), l = sum e_j (key order), p_j = bf16(e_j / l),
+ * out = bf16(sum_j p_j v_j) (key order).  Only one row of scores exists at
+ * a time.  Reference and CPU back end; items are (row, head) pairs.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/internal.h"
+
+struct attn_ctx {
+	const struct cal_attention_args *a;
+	float *scratch;   /* per slot: max_len + 2 * hd floats */
+	uint64_t per_slot;
+};
+
+static inline float ld(const uint16_t *p, uint64_t i)
+{
+	return cal_nf_float((uint32_t)p[i] << 16);
+}
+
+/* Sequence of row i (cu_seqlens strictly covers [0, t)). */
+static uint32_t seq_of(const uint32_t *cu, uint32_t n_seq, uint64_t i)
+{
+	uint32_t lo = 0, hi = n_seq; /* cu[lo] <= i < cu[hi] */
+	while (hi - lo > 1) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (cu[mid] <= i)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct attn_ctx *c = p;
+	const struct cal_attention_args *a = c->a;
+	const uint32_t hd = a->hd, group = a->nh / a->nkv;
+	float *sc = c->scratch + (uint64_t)slot * c->per_slot;
+	float *qf = sc + (c->per_slot - 2 * (uint64_t)hd), *acc = qf + hd;
+
+	for (uint64_t it = begin; it < end; it++) {
+		uint64_t i = it / a->nh;
+		uint32_t h = (uint32_t)(it % a->nh), kvh = h / group;
+		uint32_t s = seq_of(a->cu_seqlens, a->n_seq, i);
+		uint64_t lo = a->cu_seqlens[s] + (a->key_start ? a->key_start[s] : 0);
+		uint16_t *o = a->out + (i * a->nh + h) * hd;
+		if (a->window && i + 1 > (uint64_t)a->window && i + 1 - a->window > lo)
+			lo = i + 1 - a->window;
+		if (lo > i) {
+			memset(o, 0, hd * sizeof(uint16_t));
+			continue;
+		}
+		const uint16_t *q = a->q + (i * a->nh + h) * hd;
+		for (uint32_t d = 0; d < hd; d++)
+			qf[d] = ld(q, d);
+		float m = -INFINITY;
+		for (uint64_t j = lo; j <= i; j++) {
+			const uint16_t *k = a->k + (j * a->nkv + kvh) * hd;
+			float dot = 0.0f;
+			for (uint32_t d = 0; d < hd; d++)
+				dot += qf[d] * ld(k, d);
+			float sv = dot * a->scale;
+			sc[j - lo] = sv;
+			m = sv > m ? sv : m;
+		}
+		float l = 0.0f;
+		for (uint64_t j = lo; j <= i; j++) {
+			sc[j - lo] = expf(sc[j - lo] - m);
+			l += sc[j - lo];
+		}
+		for (uint32_t d = 0; d < hd; d++)
+			acc[d] = 0.0f;
+		for (uint64_t j = lo; j <= i; j++) {
+			float pj = cal_nf_float((uint32_t)cal_nf_f32_to_bf16(sc[j - lo] / l) << 16);
+			const uint16_t *v = a->v + (j * a->nkv + kvh) * hd;
+			for (uint32_t d = 0; d < hd; d++)
+				acc[d] += pj * ld(v, d);
+		}
+		for (uint32_t d = 0; d < hd; d++)
+			o[d] = cal_nf_f32_to_bf16(acc[d]);
+	}
+}
+
+enum cal_status cal_check_attention(const struct cal_attention_args *a, struct cal_error *err)
+{
+	enum cal_status st;
+	if (a->nh == 0 || a->nkv == 0 || a->hd == 0 || a->nh % a->nkv)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "arguments nh = %u, nkv = %u, hd = %u: need nh %% nkv == 0, all > 0",
+				     a->nh, a->nkv, a->hd);
+	if ((st = cal_check_shape(a->t, (uint64_t)a->nh * a->hd, 1, err)) < 0)
+		return st;
+	if (a->t > UINT32_MAX)
+		return cal_error_set(err, CAL_ERR_RANGE, "argument 't' = %llu exceeds 2^32-1",
+				     (unsigned long long)a->t);
+	if (a->t == 0)
+		return CAL_OK;
+	if (a->n_seq == 0)
+		return cal_error_set(err, CAL_ERR_INVALID, "argument 'n_seq' is 0");
+	if (!(a->scale > 0.0f) || !isfinite(a->scale))
+		return cal_error_set(err, CAL_ERR_INVALID, "argument 'scale' must be finite and > 0");
+	if ((st = cal_check_ptr(a->q, "q", err)) < 0 || (st = cal_check_ptr(a->k, "k", err)) < 0 ||
+	    (st = cal_check_ptr(a->v, "v", err)) < 0 || (st = cal_check_ptr(a->out, "out", err)) < 0 ||
+	    (st = cal_check_ptr(a->cu_seqlens, "cu_seqlens", err)) < 0)
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_cpu_attention(struct cal_backend *be, const struct cal_attention_args *a,
+				  struct cal_error *err)
+{
+	struct attn_ctx c = {a, NULL, 0};
+	uint64_t max_len = 0, items = a->t * a->nh;
+	enum cal_status st;
+	if (a->t == 0)
+		return CAL_OK;
+	if (a->cu_seqlens[0] != 0 || a->cu_seqlens[a->n_seq] != a->t)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "cu_seqlens: first must be 0 and last (%u) must equal t = %llu",
+				     a->cu_seqlens[a->n_seq], (unsigned long long)a->t);
+	for (uint32_t s = 0; s < a->n_seq; s++) {
+		if (a->cu_seqlens[s + 1] <= a->cu_seqlens[s])
+			return cal_error_set(err, CAL_ERR_INVALID,
+					     "cu_seqlens[%u..%u] = %u, %u: empty or decreasing sequence",
+					     s, s + 1, a->cu_seqlens[s], a->cu_seqlens[s + 1]);
+		uint64_t len = a->cu_seqlens[s + 1] - a->cu_seqlens[s];
+		max_len = len > max_len ? len : max_len;
+	}
+	c.per_slot = max_len + 2 * (uint64_t)a->hd;
+	unsigned slots = cal_cpu_slots(be, items, 1);
+	c.scratch = malloc((size_t)slots * c.per_slot * sizeof(float));
+	if (!c.scratch)
+		return cal_error_set(err, CAL_ERR_NOMEM, "attention: out of memory");
+	st = cal_cpu_parallel(be, items, 1, attn_range, &c, err);
+	free(c.scratch);
+	return st;
+}

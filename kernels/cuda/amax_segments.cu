@@ -1,0 +1,75 @@
+/*
+ * amax_segments.cu — running max|x| per segment of rows (tokens sorted by
+ * expert).  Each warp takes a contiguous chunk of rows, keeps one running
+ * max for the segment it is in and flushes it with one atomicMax when the
+ * segment changes, so consecutive rows of one expert cost no atomics.
+ */
+#include "common.cuh"
+
+template <bool BF16>
+__global__ void __launch_bounds__(CAL_CUDA_THREADS)
+seg_kernel(const void *x, uint64_t rows, uint64_t cols, const uint32_t *offsets, uint32_t n_seg,
+	   uint64_t base, float *amax, struct cal_nonfinite *nf)
+{
+	cal_obs s;
+	cal_obs_init(s);
+	uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+	uint64_t warps = ((uint64_t)gridDim.x * blockDim.x) >> 5;
+	unsigned lane = threadIdx.x & 31;
+	uint64_t r0 = __ldg(offsets), r1 = __ldg(offsets + n_seg);
+	if (r1 > rows)
+		r1 = rows;
+	if (r0 < r1) {
+		uint64_t total = r1 - r0, chunk = (total + warps - 1) / warps;
+		uint64_t begin = r0 + warp * chunk, end = begin + chunk;
+		if (end > r1)
+			end = r1;
+		uint32_t cur = 0;
+		bool have = false;
+		for (uint64_t r = begin; r < end; r++) {
+			uint32_t seg = cal_segment_of(offsets, n_seg, (uint32_t)r);
+			if (have && seg != cur) {
+				uint32_t m = __reduce_max_sync(CAL_FULL_MASK, s.max_bits);
+				if (lane == 0)
+					atomicMax((int *)&amax[cur], (int)m);
+				s.max_bits = 0;
+			}
+			cur = seg;
+			have = true;
+			cal_obs_scan<BF16>(x, r * cols, cols, base, lane, 32, s);
+		}
+		if (have) {
+			uint32_t m = __reduce_max_sync(CAL_FULL_MASK, s.max_bits);
+			if (lane == 0)
+				atomicMax((int *)&amax[cur], (int)m);
+		}
+	}
+	cal_obs_flush_nonfinite(s, nf);
+}
+
+extern "C" enum cal_status cal_cuda_amax_segments(struct cal_backend *be,
+						  const struct cal_amax_segments_args *a,
+						  struct cal_error *err)
+{
+	cudaStream_t s;
+	enum cal_status st;
+	if (a->rows == 0 || a->cols == 0)
+		return CAL_OK;
+	if ((st = cal_cuda_enter(be, &s, err)) < 0)
+		return st;
+	/* about one warp per 4 rows, more rows per warp when rows are short */
+	uint64_t warps = a->rows / 4 + 1;
+	if (a->cols < 1024)
+		warps = a->rows * a->cols / 4096 + 1;
+	unsigned grid = cal_cuda_grid(be, warps * 32);
+	if (a->dtype == CAL_DTYPE_BF16)
+		seg_kernel<true><<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->rows, a->cols, a->offsets,
+								a->n_seg, a->index_base, a->amax,
+								a->nonfinite);
+	else
+		seg_kernel<false><<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->rows, a->cols, a->offsets,
+								 a->n_seg, a->index_base, a->amax,
+								 a->nonfinite);
+	CAL_CUDA_LAUNCHED();
+	return CAL_OK;
+}

@@ -1,0 +1,158 @@
+/*
+ * backend.cu — the CUDA back end: lazy device selection (only when a CUDA
+ * back end is created or devices are counted, never in a constructor), one
+ * non-blocking stream per back end, memory functions, the op table, and the
+ * mapping of every CUDA error to CAL_ERR_DEVICE with CUDA's own message.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.cuh"
+
+extern "C" {
+
+const struct cal_ops cal_cuda_ops = {
+#define CAL_OP(name, NAME, desc) cal_cuda_##name,
+#include "kernels/ops.def"
+#undef CAL_OP
+};
+
+enum cal_status cal_cuda_fail(struct cal_error *err, cudaError_t e, const char *what,
+			      const char *file, int line)
+{
+	(void)cudaGetLastError(); /* clear a non-sticky error so the back end stays usable */
+	return cal_error_set(err, CAL_ERR_DEVICE, "CUDA error %s (%s) in %s at %s:%d",
+			     cudaGetErrorName(e), cudaGetErrorString(e), what, file, line);
+}
+
+enum cal_status cal_cuda_device_count(int *ret, struct cal_error *err)
+{
+	int n = 0;
+	cudaError_t e = cudaGetDeviceCount(&n);
+	*ret = 0;
+	if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) {
+		(void)cudaGetLastError();
+		return CAL_OK; /* no GPU here: not an error */
+	}
+	CAL_CUDA_TRY(e);
+	*ret = n;
+	return CAL_OK;
+}
+
+enum cal_status cal_cuda_enter(struct cal_backend *be, cudaStream_t *ret, struct cal_error *err)
+{
+	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
+	*ret = ((struct cal_cuda_impl *)be->impl)->stream;
+	return CAL_OK;
+}
+
+enum cal_status cal_cuda_backend_init(struct cal_backend *be, struct cal_error *err)
+{
+	struct cal_cuda_impl *im;
+	struct cudaDeviceProp prop;
+	int n = 0;
+	enum cal_status st = cal_cuda_device_count(&n, err);
+	if (st < 0)
+		return st;
+	if (be->cuda_device < 0 || be->cuda_device >= n)
+		return cal_error_set(err, CAL_ERR_DEVICE,
+				     "back end 'cuda': device %d does not exist (%d device%s found)",
+				     be->cuda_device, n, n == 1 ? "" : "s");
+	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
+	CAL_CUDA_TRY(cudaGetDeviceProperties(&prop, be->cuda_device));
+	im = (struct cal_cuda_impl *)calloc(1, sizeof(*im));
+	if (!im)
+		return cal_error_set(err, CAL_ERR_NOMEM, "back end 'cuda': out of memory");
+	im->sms = prop.multiProcessorCount;
+	snprintf(im->desc, sizeof(im->desc), "%s, sm_%d%d, %d SMs, %.1f GiB", prop.name,
+		 prop.major, prop.minor, prop.multiProcessorCount,
+		 (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+	be->impl = im;
+	CAL_CUDA_TRY(cudaStreamCreateWithFlags(&im->stream, cudaStreamNonBlocking));
+	return CAL_OK;
+}
+
+void cal_cuda_backend_fini(struct cal_backend *be)
+{
+	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
+	if (!im)
+		return;
+	if (im->stream) {
+		(void)cudaSetDevice(be->cuda_device);
+		(void)cudaStreamSynchronize(im->stream);
+		cal_cuda_gemm_fini(be);
+		(void)cudaStreamDestroy(im->stream);
+		(void)cudaGetLastError();
+	}
+	free(im);
+	be->impl = NULL;
+}
+
+const char *cal_cuda_describe(struct cal_backend *be)
+{
+	return ((struct cal_cuda_impl *)be->impl)->desc;
+}
+
+enum cal_status cal_cuda_alloc(struct cal_backend *be, size_t bytes, void **ret,
+			       struct cal_error *err)
+{
+	cudaError_t e;
+	*ret = NULL;
+	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
+	e = cudaMalloc(ret, bytes);
+	if (e != cudaSuccess) {
+		*ret = NULL;
+		(void)cudaGetLastError();
+		return cal_error_set(err, e == cudaErrorMemoryAllocation ? CAL_ERR_NOMEM : CAL_ERR_DEVICE,
+				     "cudaMalloc of %zu bytes on device %d: %s", bytes,
+				     be->cuda_device, cudaGetErrorString(e));
+	}
+	return CAL_OK;
+}
+
+void cal_cuda_dealloc(struct cal_backend *be, void *p)
+{
+	(void)cudaSetDevice(be->cuda_device);
+	(void)cudaFree(p);
+	(void)cudaGetLastError();
+}
+
+enum cal_status cal_cuda_memcpy(struct cal_backend *be, void *dst, const void *src, size_t n,
+				enum cal_cuda_copy_kind kind, struct cal_error *err)
+{
+	cudaStream_t s;
+	enum cal_status st = cal_cuda_enter(be, &s, err);
+	cudaMemcpyKind k = kind == CAL_CUDA_H2D ? cudaMemcpyHostToDevice
+			 : kind == CAL_CUDA_D2H ? cudaMemcpyDeviceToHost
+						: cudaMemcpyDeviceToDevice;
+	if (st < 0)
+		return st;
+	CAL_CUDA_TRY(cudaMemcpyAsync(dst, src, n, k, s));
+	CAL_CUDA_TRY(cudaStreamSynchronize(s));
+	return CAL_OK;
+}
+
+enum cal_status cal_cuda_memset(struct cal_backend *be, void *dst, int byte, size_t n,
+				struct cal_error *err)
+{
+	cudaStream_t s;
+	enum cal_status st = cal_cuda_enter(be, &s, err);
+	if (st < 0)
+		return st;
+	CAL_CUDA_TRY(cudaMemsetAsync(dst, byte, n, s));
+	CAL_CUDA_TRY(cudaStreamSynchronize(s));
+	return CAL_OK;
+}
+
+enum cal_status cal_cuda_sync(struct cal_backend *be, struct cal_error *err)
+{
+	cudaStream_t s;
+	enum cal_status st = cal_cuda_enter(be, &s, err);
+	if (st < 0)
+		return st;
+	CAL_CUDA_TRY(cudaStreamSynchronize(s));
+	return CAL_OK;
+}
+
+} /* extern "C" */

@@ -1,0 +1,44 @@
+/*
+ * gather_rows.cu — out[i, :] = src[index[i] / div, :].  One warp per output
+ * row (grid-stride over rows), lanes copy 2-byte elements; rows whose index
+ * is out of range are zero-filled (the CPU back end refuses them; callers
+ * validate ids before upload).
+ */
+#include "fwd_common.cuh"
+
+__global__ void __launch_bounds__(CAL_CUDA_THREADS)
+gather_kernel(const uint16_t *src, uint64_t src_rows, uint64_t cols, const uint32_t *index,
+	      uint64_t n, uint32_t div, uint16_t *out)
+{
+	uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+	uint64_t warps = ((uint64_t)gridDim.x * blockDim.x) >> 5;
+	unsigned lane = threadIdx.x & 31;
+	for (uint64_t i = warp; i < n; i += warps) {
+		uint64_t r = index[i] / div;
+		uint16_t *o = out + i * cols;
+		if (r >= src_rows) {
+			for (uint64_t j = lane; j < cols; j += 32)
+				o[j] = 0;
+			continue;
+		}
+		const uint16_t *p = src + r * cols;
+		for (uint64_t j = lane; j < cols; j += 32)
+			o[j] = p[j];
+	}
+}
+
+extern "C" enum cal_status cal_cuda_gather_rows(struct cal_backend *be,
+						const struct cal_gather_rows_args *a,
+						struct cal_error *err)
+{
+	cudaStream_t s;
+	enum cal_status st;
+	if (a->n == 0 || a->cols == 0)
+		return CAL_OK;
+	if ((st = cal_cuda_enter(be, &s, err)) < 0)
+		return st;
+	gather_kernel<<<cal_fwd_grid(be, a->n * 32), CAL_CUDA_THREADS, 0, s>>>(
+		a->src, a->src_rows, a->cols, a->index, a->n, a->div > 1 ? a->div : 1, a->out);
+	CAL_CUDA_LAUNCHED();
+	return CAL_OK;
+}

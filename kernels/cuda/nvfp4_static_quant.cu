@@ -1,0 +1,14 @@
+/*
+ * nvfp4_static_quant.cu — static NVFP4 weight quantizer (MODELOPT.md §1.9);
+ * kernel in nvfp4_common.cuh, numerics in kernels/numfmt.h.
+ */
+#include "nvfp4_common.cuh"
+
+extern "C" enum cal_status cal_cuda_nvfp4_static_quant(struct cal_backend *be,
+						       const struct cal_nvfp4_static_quant_args *a,
+						       struct cal_error *err)
+{
+	float s2 = cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div);
+	return nvfp4_launch<true>(be, a->w, a->rows * a->cols, s2, a->block_amax, a->global_amax,
+				  a->norm_max, a->div, a->packed, a->scales, err);
+}

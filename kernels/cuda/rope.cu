@@ -1,0 +1,39 @@
+/*
+ * rope.cu — rotary embedding in place; one thread per (row, head, pair j)
+ * in a grid-stride loop.  cos/sin use the accurate cosf/sinf.
+ */
+#include "fwd_common.cuh"
+
+__global__ void __launch_bounds__(CAL_CUDA_THREADS)
+rope_kernel(uint16_t *x, uint64_t rows, uint32_t heads, uint32_t hd, uint32_t half,
+	    const uint32_t *pos, const float *inv_freq, float factor)
+{
+	uint64_t total = rows * heads * half;
+	for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+	     i += (uint64_t)gridDim.x * blockDim.x) {
+		uint32_t j = (uint32_t)(i % half);
+		uint64_t rh = i / half, r = rh / heads;
+		float ang = __fmul_rn((float)pos[r], inv_freq[j]);
+		float c = cal_rbf(__fmul_rn(cosf(ang), factor)), sn = cal_rbf(__fmul_rn(sinf(ang), factor));
+		uint16_t *p = x + rh * hd;
+		float x1 = cal_bf2f(p[j]), x2 = cal_bf2f(p[j + half]);
+		p[j] = cal_f2bf(cal_rbf(__fmul_rn(x1, c)) - cal_rbf(__fmul_rn(x2, sn)));
+		p[j + half] = cal_f2bf(cal_rbf(__fmul_rn(x2, c)) + cal_rbf(__fmul_rn(x1, sn)));
+	}
+}
+
+extern "C" enum cal_status cal_cuda_rope(struct cal_backend *be, const struct cal_rope_args *a,
+					 struct cal_error *err)
+{
+	cudaStream_t s;
+	enum cal_status st;
+	uint32_t half = a->rotary_dim / 2;
+	if (a->rows == 0 || half == 0 || a->heads == 0)
+		return CAL_OK;
+	if ((st = cal_cuda_enter(be, &s, err)) < 0)
+		return st;
+	rope_kernel<<<cal_fwd_grid(be, a->rows * a->heads * half), CAL_CUDA_THREADS, 0, s>>>(
+		a->x, a->rows, a->heads, a->head_dim, half, a->pos, a->inv_freq, a->factor);
+	CAL_CUDA_LAUNCHED();
+	return CAL_OK;
+}

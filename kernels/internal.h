@@ -1,0 +1,80 @@
+/*
+ * internal.h — helpers shared by the C op files kernels/<op>.c: argument
+ * checks, element loads, and the partial results CPU threads fold together.
+ * Not for use outside kernels/.
+ */
+#ifndef CAL_KERNELS_INTERNAL_H
+#define CAL_KERNELS_INTERNAL_H
+
+#include <stdint.h>
+
+#include "common/dtype.h"
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "kernels/numfmt.h"
+#include "kernels/ops.h"
+
+#define CAL_CPU_SLOTS_MAX 256u
+/* Largest element count an op accepts (2^48): keeps every index product
+ * below 2^63 and every byte count inside size_t. */
+#define CAL_MAX_ELEMS (UINT64_C(1) << 48)
+
+/* Per-thread non-finite partial. */
+struct cal_nf_part {
+	uint64_t count, first;
+};
+
+/* Argument checks; each names the op field on failure. */
+enum cal_status cal_check_ptr(const void *p, const char *field, struct cal_error *err);
+enum cal_status cal_check_obs_dtype(enum cal_dtype dt, struct cal_error *err);
+enum cal_status cal_check_out_dtype(enum cal_dtype dt, struct cal_error *err);
+/* rows*cols <= CAL_MAX_ELEMS and cols % multiple == 0 (multiple may be 1). */
+enum cal_status cal_check_shape(uint64_t rows, uint64_t cols, uint64_t multiple,
+				struct cal_error *err);
+
+/* fp32 bits of element i (bf16 widened), sign cleared. */
+static inline uint32_t cal_abs_bits(enum cal_dtype dt, const void *x, uint64_t i)
+{
+	if (dt == CAL_DTYPE_BF16)
+		return ((uint32_t)((const uint16_t *)x)[i] << 16) & 0x7fffffffu;
+	return cal_nf_bits(((const float *)x)[i]) & 0x7fffffffu;
+}
+
+/* Folds one element's |x| bits into a running max / non-finite partial. */
+static inline void cal_obs_elem(uint32_t abits, uint64_t index, uint32_t *max_bits,
+				struct cal_nf_part *nf)
+{
+	if (abits >= 0x7f800000u) {
+		nf->count++;
+		if (index < nf->first)
+			nf->first = index;
+	} else if (abits > *max_bits) {
+		*max_bits = abits;
+	}
+}
+
+/* amax = max(amax, value of bits), compared as signed int bits as the CUDA
+ * atomicMax does (identical for amax >= 0). */
+static inline void cal_amax_fold(float *amax, uint32_t bits)
+{
+	if ((int32_t)bits > (int32_t)cal_nf_bits(*amax))
+		*amax = cal_nf_float(bits);
+}
+
+static inline void cal_nf_fold(struct cal_nonfinite *nf, const struct cal_nf_part *p)
+{
+	nf->count += p->count;
+	if (p->first < nf->first)
+		nf->first = p->first;
+}
+
+/* Stores v as F32 or BF16 at out[i]. */
+static inline void cal_store_out(enum cal_dtype dt, void *out, uint64_t i, float v)
+{
+	if (dt == CAL_DTYPE_BF16)
+		((uint16_t *)out)[i] = cal_nf_f32_to_bf16(v);
+	else
+		((float *)out)[i] = v;
+}
+
+#endif

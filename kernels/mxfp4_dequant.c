@@ -1,0 +1,39 @@
+/*
+ * mxfp4_dequant.c — MXFP4 dequantize: out = fl32(e2m1 * 2^(e8m0 - 127)),
+ * low nibble = even element.  Reference and CPU back end; items are 32-blocks.
+ */
+#include "kernels/internal.h"
+
+static void mxfp4_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct cal_mxfp4_dequant_args *a = p;
+	(void)slot;
+	for (uint64_t b = begin; b < end; b++) {
+		float s = cal_e8m0_decode(a->scales[b]);
+		for (int k = 0; k < 32; k++) {
+			unsigned code = (a->packed[b * 16 + k / 2] >> (4 * (k & 1))) & 0xfu;
+			cal_store_out(a->out_dtype, a->out, b * 32 + k,
+				      cal_fmul(cal_e2m1_decode(code), s));
+		}
+	}
+}
+
+enum cal_status cal_check_mxfp4_dequant(const struct cal_mxfp4_dequant_args *a,
+					struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(a->rows, a->cols, 32, err)) < 0 ||
+	    (st = cal_check_out_dtype(a->out_dtype, err)) < 0)
+		return st;
+	if (a->rows && a->cols && ((st = cal_check_ptr(a->packed, "packed", err)) < 0 ||
+				   (st = cal_check_ptr(a->scales, "scales", err)) < 0 ||
+				   (st = cal_check_ptr(a->out, "out", err)) < 0))
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_cpu_mxfp4_dequant(struct cal_backend *be,
+				      const struct cal_mxfp4_dequant_args *a, struct cal_error *err)
+{
+	return cal_cpu_parallel(be, a->rows * a->cols / 32, 1u << 13, mxfp4_dq_range, (void *)a, err);
+}

@@ -1,0 +1,45 @@
+/*
+ * mxfp4_quant.c — MXFP4 weight quantizer (MODELOPT.md §1.8): per 32-block
+ * e = ceil(max(log2(amax/6), -127)), scale byte e + 127, values x / 2^e with
+ * MXFP4's own E2M1 rounding (ties down, exact zeros carry the sign bit),
+ * even element in the low nibble.  Reference and CPU back end; items are
+ * 32-blocks (16 packed bytes each).
+ */
+#include "kernels/internal.h"
+
+static void mxfp4_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct cal_mxfp4_quant_args *a = p;
+	(void)slot;
+	for (uint64_t b = begin; b < end; b++) {
+		float x[32];
+		for (int k = 0; k < 32; k++)
+			x[k] = cal_nf_bf16_to_f32(a->w[b * 32 + k]);
+		uint8_t e = cal_mxfp4_block_scale(cal_block_absmax(x, 32), a->div);
+		float mul = e == 0xff ? cal_nf_float(0x7fc00000u) : cal_pow2f(127 - (int)e);
+		for (int j = 0; j < 16; j++) {
+			unsigned lo = cal_e2m1_encode_mxfp4(cal_fmul(x[2 * j], mul));
+			unsigned hi = cal_e2m1_encode_mxfp4(cal_fmul(x[2 * j + 1], mul));
+			a->packed[b * 16 + j] = (uint8_t)(lo | hi << 4);
+		}
+		a->scales[b] = e;
+	}
+}
+
+enum cal_status cal_check_mxfp4_quant(const struct cal_mxfp4_quant_args *a, struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(a->rows, a->cols, 32, err)) < 0)
+		return st;
+	if (a->rows && a->cols && ((st = cal_check_ptr(a->w, "w", err)) < 0 ||
+				   (st = cal_check_ptr(a->packed, "packed", err)) < 0 ||
+				   (st = cal_check_ptr(a->scales, "scales", err)) < 0))
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_cpu_mxfp4_quant(struct cal_backend *be, const struct cal_mxfp4_quant_args *a,
+				    struct cal_error *err)
+{
+	return cal_cpu_parallel(be, a->rows * a->cols / 32, 1u << 13, mxfp4_range, (void *)a, err);
+}

@@ -1,0 +1,42 @@
+/*
+ * mxfp8_quant.c — MXFP8 weight quantizer (MODELOPT.md §1.8): per 32-block
+ * e = clamp(ceil(log2(amax/448)), -127, 127) (log2 exact from the bits),
+ * scale byte e + 127, values e4m3(clamp(x * 2^-e, -448, 448)).
+ * Reference and CPU back end; items are 32-blocks.
+ */
+#include "kernels/internal.h"
+
+static void mxfp8_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct cal_mxfp8_quant_args *a = p;
+	(void)slot;
+	for (uint64_t b = begin; b < end; b++) {
+		float x[32];
+		for (int k = 0; k < 32; k++)
+			x[k] = cal_nf_bf16_to_f32(a->w[b * 32 + k]);
+		uint8_t e = cal_mxfp8_block_scale(cal_block_absmax(x, 32), a->div);
+		float mul = e == 0xff ? cal_nf_float(0x7fc00000u) : cal_pow2f(127 - (int)e);
+		for (int k = 0; k < 32; k++)
+			a->q[b * 32 + k] = cal_e4m3_encode(cal_clamp_nan(cal_fmul(x[k], mul),
+									 -448.0f, 448.0f));
+		a->scales[b] = e;
+	}
+}
+
+enum cal_status cal_check_mxfp8_quant(const struct cal_mxfp8_quant_args *a, struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(a->rows, a->cols, 32, err)) < 0)
+		return st;
+	if (a->rows && a->cols && ((st = cal_check_ptr(a->w, "w", err)) < 0 ||
+				   (st = cal_check_ptr(a->q, "q", err)) < 0 ||
+				   (st = cal_check_ptr(a->scales, "scales", err)) < 0))
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_cpu_mxfp8_quant(struct cal_backend *be, const struct cal_mxfp8_quant_args *a,
+				    struct cal_error *err)
+{
+	return cal_cpu_parallel(be, a->rows * a->cols / 32, 1u << 13, mxfp8_range, (void *)a, err);
+}

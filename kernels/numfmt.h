@@ -1,0 +1,498 @@
+/*
+ * numfmt.h — scalar number formats of the quantizers, shared by the C
+ * reference (kernels/<op>.c) and the CUDA kernels (kernels/cuda/<op>.cu):
+ * bf16, float8 E4M3 (e4m3fn), FP4 E2M1 (NVFP4 and MXFP4 rounding), E8M0,
+ * the per-tensor scale formulas of docs/numerics.md and MODELOPT.md §1.
+ *
+ * Every function is `static inline` (plus __host__ __device__ under nvcc), so
+ * one definition serves both back ends.  All fp32 arithmetic goes through
+ * cal_fmul/cal_fdiv/cal_fsub/cal_fadd, which are one IEEE operation with
+ * round-to-nearest-even on both the host and the device: nvcc would
+ * otherwise contract a*b+c into an FMA and the back ends would disagree.
+ * The host side relies on -std=c11 (no FP contraction) and SSE arithmetic,
+ * and canonicalises NaN results as the GPU does (cal_nan_canon).
+ */
+#ifndef CAL_NUMFMT_H
+#define CAL_NUMFMT_H
+
+#include <stdint.h>
+#ifndef __CUDACC__
+#include <string.h>
+#endif
+
+#ifdef __CUDACC__
+#define CAL_HD static inline __host__ __device__
+#else
+#define CAL_HD static inline
+#endif
+
+/* How "amax / constant" is evaluated (MODELOPT.md §1.3). */
+enum cal_div_mode {
+	/* fl32(amax * fl32(1/c)): what PyTorch does for a CUDA tensor divided
+	 * by a Python float — the standard GPU calibration run. Default. */
+	CAL_DIV_RECIP = 0,
+	/* fl32(amax / c): true IEEE division, as on a CPU-resident tensor. */
+	CAL_DIV_EXACT = 1,
+};
+
+/* ---- bit casts and single-rounding fp32 arithmetic ------------------- */
+
+CAL_HD uint32_t cal_nf_bits(float f)
+{
+#ifdef __CUDA_ARCH__
+	return __float_as_uint(f);
+#else
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	return u;
+#endif
+}
+
+CAL_HD float cal_nf_float(uint32_t u)
+{
+#ifdef __CUDA_ARCH__
+	return __uint_as_float(u);
+#else
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+#endif
+}
+
+/* NaN produced by arithmetic is the canonical positive NaN 0x7FFFFFFF on
+ * NVIDIA GPUs, but the negative "indefinite" 0xFFC00000 on x86: the host
+ * versions below return the GPU's, so NaN-derived bytes agree. */
+CAL_HD float cal_nan_canon(float r)
+{
+	return r != r ? cal_nf_float(0x7fffffffu) : r;
+}
+
+CAL_HD float cal_fmul(float a, float b)
+{
+#ifdef __CUDA_ARCH__
+	return __fmul_rn(a, b);
+#else
+	return cal_nan_canon(a * b);
+#endif
+}
+
+CAL_HD float cal_fdiv(float a, float b)
+{
+#ifdef __CUDA_ARCH__
+	return __fdiv_rn(a, b);
+#else
+	return cal_nan_canon(a / b);
+#endif
+}
+
+CAL_HD float cal_fadd(float a, float b)
+{
+#ifdef __CUDA_ARCH__
+	return __fadd_rn(a, b);
+#else
+	return cal_nan_canon(a + b);
+#endif
+}
+
+CAL_HD float cal_fsub(float a, float b)
+{
+#ifdef __CUDA_ARCH__
+	return __fsub_rn(a, b);
+#else
+	return cal_nan_canon(a - b);
+#endif
+}
+
+/* Round to nearest integer, ties to even (|v| < 2^22 expected). */
+CAL_HD float cal_rint(float v)
+{
+#ifdef __CUDA_ARCH__
+	return rintf(v);
+#else
+	return __builtin_rintf(v);
+#endif
+}
+
+/* ---- bf16 ------------------------------------------------------------ */
+
+CAL_HD float cal_nf_bf16_to_f32(uint16_t h)
+{
+	return cal_nf_float((uint32_t)h << 16);
+}
+
+/* RNE, NaN kept quiet (as PyTorch's .to(torch.bfloat16)). */
+CAL_HD uint16_t cal_nf_f32_to_bf16(float f)
+{
+	uint32_t u = cal_nf_bits(f);
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)((u >> 16) | 0x40u);
+	u += 0x7fffu + ((u >> 16) & 1u);
+	return (uint16_t)(u >> 16);
+}
+
+/* ---- float8 E4M3 (e4m3fn: bias 7, no inf, 0x7F/0xFF = NaN, max 448) ----- */
+
+/*
+ * fp32 -> e4m3fn byte, round-to-nearest-even, NON-saturating (§1.2):
+ * |x| in (448, 464] -> 448, |x| > 464, ±inf, NaN -> NaN (0x7F | sign).
+ */
+CAL_HD uint8_t cal_e4m3_encode(float x)
+{
+	uint32_t u = cal_nf_bits(x);
+	uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+	uint32_t a = u & 0x7fffffffu;
+	if (a >= 0x7f800000u) /* inf or NaN */
+		return (uint8_t)(sign | 0x7f);
+	if (a < 0x3c800000u) { /* |x| < 2^-6: subnormal grid, step 2^-9 */
+		float q = cal_rint(cal_fmul(cal_nf_float(a), 512.0f)); /* exact scale */
+		return (uint8_t)(sign | (uint8_t)q); /* q == 8 is the smallest normal */
+	}
+	/* keep 3 mantissa bits, round the 20 dropped bits to nearest even */
+	a += 0x7ffffu + ((a >> 20) & 1u);
+	int e = (int)(a >> 23) - 127 + 7;
+	uint32_t m = (a >> 20) & 7u;
+	if (e > 15 || (e == 15 && m == 7))
+		return (uint8_t)(sign | 0x7f);
+	return (uint8_t)(sign | (uint32_t)e << 3 | m);
+}
+
+/* e4m3fn byte -> fp32 (exact). */
+CAL_HD float cal_e4m3_decode(uint8_t c)
+{
+	uint32_t sign = (uint32_t)(c & 0x80) << 24;
+	uint32_t e = (c >> 3) & 15u, m = c & 7u;
+	if ((c & 0x7f) == 0x7f)
+		return cal_nf_float(sign | 0x7fc00000u);
+	if (e == 0) /* m * 2^-9 */
+		return cal_nf_float(sign | cal_nf_bits(cal_fmul((float)m, 0.001953125f)));
+	return cal_nf_float(sign | (e - 7u + 127u) << 23 | m << 20);
+}
+
+/* ---- FP4 E2M1 ---------------------------------------------------------- */
+
+/* Magnitude of the 3 low bits of an E2M1 code. */
+CAL_HD float cal_e2m1_magnitude(unsigned code)
+{
+	/* 0, 0.5, 1, 1.5, 2, 3, 4, 6 */
+	unsigned c = code & 7u;
+	if (c < 4)
+		return (float)c * 0.5f;
+	return (float)(1u << (((c - 4u) >> 1) + 1u)) * ((c & 1u) ? 1.5f : 1.0f);
+}
+
+/* Signed value of an E2M1 code (bit 3 = sign). */
+CAL_HD float cal_e2m1_decode(unsigned code)
+{
+	float v = cal_e2m1_magnitude(code);
+	return (code & 8u) ? -v : v;
+}
+
+/*
+ * NVFP4 rounding (§1.2): idx = number of bounds {0.25,0.75,1.25,1.75,2.5,3.5,5}
+ * below |q| (written as !(b >= |q|), so NaN counts as above every bound: 7,
+ * as torch.searchsorted's lower-bound loop gives), +1 when |q| is exactly
+ * 0.75, 1.75 or 3.5 (ties to even), saturating at 6; sign bit iff q < 0, so a
+ * negative value rounding to zero is 0x8.
+ */
+CAL_HD unsigned cal_e2m1_encode_nvfp4(float q)
+{
+	float a = cal_nf_float(cal_nf_bits(q) & 0x7fffffffu);
+	unsigned idx = (unsigned)!(0.25f >= a) + (unsigned)!(0.75f >= a) +
+		       (unsigned)!(1.25f >= a) + (unsigned)!(1.75f >= a) +
+		       (unsigned)!(2.5f >= a) + (unsigned)!(3.5f >= a) + (unsigned)!(5.0f >= a);
+	if (a == 0.75f || a == 1.75f || a == 3.5f)
+		idx++;
+	return idx | (q < 0.0f ? 8u : 0u);
+}
+
+/*
+ * MXFP4 rounding (§1.8): idx = number of bounds strictly below |q| (ties go
+ * down), sign bit set unless q > 0 (torch.sign: exact zeros get 0x8).
+ */
+CAL_HD unsigned cal_e2m1_encode_mxfp4(float q)
+{
+	float a = cal_nf_float(cal_nf_bits(q) & 0x7fffffffu);
+	unsigned idx = (unsigned)(0.25f < a) + (unsigned)(0.75f < a) + (unsigned)(1.25f < a) +
+		       (unsigned)(1.75f < a) + (unsigned)(2.5f < a) + (unsigned)(3.5f < a) +
+		       (unsigned)(5.0f < a);
+	return idx | (q > 0.0f ? 0u : 8u);
+}
+
+/* ---- E8M0 and powers of two -------------------------------------------- */
+
+/* 2^e as fp32 for e in [-149, 127] (exact, subnormals included). */
+CAL_HD float cal_pow2f(int e)
+{
+	if (e >= -126)
+		return cal_nf_float((uint32_t)(e + 127) << 23);
+	return cal_nf_float(1u << (e + 149));
+}
+
+/* E8M0 byte -> fp32: 2^(b-127); 0xFF is NaN. */
+CAL_HD float cal_e8m0_decode(uint8_t b)
+{
+	if (b == 0xff)
+		return cal_nf_float(0x7fc00000u);
+	return cal_pow2f((int)b - 127);
+}
+
+/*
+ * ceil(log2(y)) computed exactly from the bits of y > 0 finite (an exact power
+ * of two gives its exponent, anything above it the next integer).  y == 0
+ * gives -1000 (stands for -inf), +inf 1000.  Not defined for y < 0 or NaN.
+ */
+CAL_HD int cal_ceil_log2(float y)
+{
+	uint32_t u = cal_nf_bits(y) & 0x7fffffffu;
+	if (u == 0)
+		return -1000;
+	if (u >= 0x7f800000u)
+		return 1000;
+	int e;
+	uint32_t m;
+	if (u < 0x00800000u) { /* subnormal: value = u * 2^-149 */
+		e = -149;
+		m = u;
+		while (m >= 2u) {
+			if (m & 1u) { /* not a power of two */
+				while (m >= 2u) {
+					m >>= 1;
+					e++;
+				}
+				return e + 1;
+			}
+			m >>= 1;
+			e++;
+		}
+		return e;
+	}
+	e = (int)(u >> 23) - 127;
+	m = u & 0x7fffffu;
+	return m ? e + 1 : e;
+}
+
+/* ---- per-tensor scales (host and device) ------------------------------- */
+
+/* amax / c under the chosen semantics (§1.3). */
+CAL_HD float cal_scale_div(float amax, float c, enum cal_div_mode mode)
+{
+	if (mode == CAL_DIV_EXACT)
+		return cal_fdiv(amax, c);
+	return cal_fmul(amax, cal_fdiv(1.0f, c));
+}
+
+/* NVFP4 weight_scale_2 = amax_w / (6*448) (§1.4.2). */
+CAL_HD float cal_nvfp4_scale2(float amax_w, enum cal_div_mode mode)
+{
+	return cal_scale_div(amax_w, 2688.0f, mode);
+}
+
+/* Static NVFP4 (§1.9): weight_scale_2 = g / (6*m), m = 448 (or 256 for 4/6). */
+CAL_HD float cal_nvfp4_static_scale2(float global_amax, float norm_max, enum cal_div_mode mode)
+{
+	return cal_scale_div(global_amax, cal_fmul(6.0f, norm_max), mode);
+}
+
+/* FP8 weight_scale = amax_w / 448 (§1.6), and KV k_scale/v_scale (§1.7). */
+CAL_HD float cal_fp8_scale(float amax, enum cal_div_mode mode)
+{
+	return cal_scale_div(amax, 448.0f, mode);
+}
+
+/* FP8 input_scale (§1.6): export_amax() maps 0 and NaN to 448 first. */
+CAL_HD float cal_fp8_input_scale(float amax, enum cal_div_mode mode)
+{
+	if (amax == 0.0f || amax != amax)
+		amax = 448.0f;
+	return cal_scale_div(amax, 448.0f, mode);
+}
+
+/* ---- per-block scale formulas ----------------------------------------- */
+
+/* Clamp that lets NaN through (torch.clamp semantics). */
+CAL_HD float cal_clamp_nan(float s, float lo, float hi)
+{
+	s = s < lo ? lo : s;
+	return s > hi ? hi : s;
+}
+
+/* NVFP4 dynamic block scale byte from the block amax a and D = fl32(6*S2). */
+CAL_HD uint8_t cal_nvfp4_block_scale(float a, float d)
+{
+	float s = cal_fdiv(a, d);
+	if (s == 0.0f)
+		s = 1.0f;
+	return cal_e4m3_encode(cal_clamp_nan(s, 0.001953125f, 448.0f));
+}
+
+/* NVFP4 static block scale byte (§1.9) from the block amax, the global amax
+ * g and the normalisation max m (448, or 256 for four-over-six). */
+CAL_HD uint8_t cal_nvfp4_static_block_scale(float amax_b, float g, float m,
+					    enum cal_div_mode mode)
+{
+	float t1 = cal_scale_div(amax_b, 6.0f, mode);
+	if (t1 == 0.0f)
+		t1 = 1.0f;
+	float t2 = cal_fmul(t1, m);
+	float t3 = cal_scale_div(g, 6.0f, mode);
+	float s = cal_fdiv(t2, t3);
+	return cal_e4m3_encode(cal_clamp_nan(s, 0.001953125f, 448.0f));
+}
+
+/* MXFP8 E8M0 scale byte (§1.8): e = clamp(ceil(log2(amax/448)), -127, 127). */
+CAL_HD uint8_t cal_mxfp8_block_scale(float amax_b, enum cal_div_mode mode)
+{
+	if (amax_b != amax_b)
+		return 0xff;
+	int e = cal_ceil_log2(cal_scale_div(amax_b, 448.0f, mode));
+	e = e < -127 ? -127 : (e > 127 ? 127 : e);
+	return (uint8_t)(e + 127);
+}
+
+/* MXFP4 E8M0 scale byte (§1.8): e = ceil(max(log2(amax/6), -127)). */
+CAL_HD uint8_t cal_mxfp4_block_scale(float amax_b, enum cal_div_mode mode)
+{
+	if (amax_b != amax_b)
+		return 0xff;
+	int e = cal_ceil_log2(cal_scale_div(amax_b, 6.0f, mode));
+	e = e < -127 ? -127 : (e > 127 ? 127 : e);
+	return (uint8_t)(e + 127);
+}
+
+/* INT4 per-block scale (§1.10): export_amax()/7, with 0/NaN amax -> 7. */
+CAL_HD float cal_int4_block_scale(float amax_b, enum cal_div_mode mode)
+{
+	if (amax_b == 0.0f || amax_b != amax_b)
+		amax_b = 7.0f;
+	return cal_scale_div(amax_b, 7.0f, mode);
+}
+
+/* INT4 nibble of the quotient q = fl32(x / scale): clamp(rint(q), -8, 7). */
+CAL_HD unsigned cal_int4_from_quotient(float q)
+{
+	q = cal_rint(q);
+	q = q < -8.0f ? -8.0f : (q > 7.0f ? 7.0f : q); /* NaN -> stays NaN */
+	int v = q == q ? (int)q : 0;
+	return (unsigned)v & 0xfu;
+}
+
+/* INT4 value: clamp(round_half_even(x / scale), -8, 7) as a 4-bit nibble. */
+CAL_HD unsigned cal_int4_encode(float x, float scale)
+{
+	return cal_int4_from_quotient(cal_fdiv(x, scale));
+}
+
+/* Signed value of an INT4 nibble. */
+CAL_HD float cal_int4_decode(unsigned nib)
+{
+	int v = (int)(nib & 0xfu);
+	return (float)(v >= 8 ? v - 16 : v);
+}
+
+/* ---- block helpers shared by quantizers -------------------------------- */
+
+#ifdef __CUDA_ARCH__
+#define CAL_UNROLL _Pragma("unroll")
+#else
+#define CAL_UNROLL
+#endif
+
+/* max|x[k]| of n values (inputs are finite or NaN-free weights; NaN is
+ * ignored by the comparison). */
+CAL_HD float cal_block_absmax(const float *x, int n)
+{
+	float m = 0.0f;
+	for (int k = 0; k < n; k++) {
+		float a = cal_nf_float(cal_nf_bits(x[k]) & 0x7fffffffu);
+		m = a > m ? a : m;
+	}
+	return m;
+}
+
+/* NVFP4 values of one 16-block: divisor t = fl32(e4m3(scale) * S2); nibble k
+ * of the result is element k (stored little-endian: even element in the low
+ * nibble of each byte). */
+CAL_HD uint64_t cal_nvfp4_pack16(const float *x, float t)
+{
+	uint64_t r = 0;
+	CAL_UNROLL
+	for (int k = 0; k < 16; k++)
+		r |= (uint64_t)cal_e2m1_encode_nvfp4(cal_fdiv(x[k], t)) << (4 * k);
+	return r;
+}
+
+/*
+ * MSE FP8-scale sweep of one static-NVFP4 16-block (§1.9): tries
+ * amax_c = fl32(g * fl32(v/448)) for the 126 finite positive E4M3 values v in
+ * ascending order; loss = sum_k fl32((x_k - fq(x_k))^2) accumulated in fp32 in
+ * element order, fq = E2M1 value * T; returns the first amax_c of minimal
+ * loss.  Candidates whose scale byte equals the previous one's give the same
+ * loss and are skipped (the byte is monotone in amax_c).
+ */
+CAL_HD float cal_nvfp4_mse_block(const float *x, float g, float m, float s2,
+				 enum cal_div_mode mode)
+{
+	float best = 0.0f, best_loss = 0.0f;
+	int have = 0, last = -1;
+	for (unsigned v = 1; v <= 126; v++) {
+		float cand = cal_fmul(g, cal_fdiv(cal_e4m3_decode((uint8_t)v), 448.0f));
+		uint8_t e = cal_nvfp4_static_block_scale(cand, g, m, mode);
+		if ((int)e == last)
+			continue;
+		last = e;
+		float t = cal_fmul(cal_e4m3_decode(e), s2);
+		float loss = 0.0f;
+		CAL_UNROLL
+		for (int k = 0; k < 16; k++) {
+			unsigned code = cal_e2m1_encode_nvfp4(cal_fdiv(x[k], t));
+			float d = cal_fsub(x[k], cal_fmul(cal_e2m1_decode(code), t));
+			loss = cal_fadd(loss, cal_fmul(d, d));
+		}
+		if (!have || loss < best_loss) {
+			best = cand;
+			best_loss = loss;
+			have = 1;
+		}
+	}
+	return best;
+}
+
+/* Segment of row r for the segmented observer: the largest s < n_seg with
+ * offsets[s] <= r (binary search; the caller checked offsets[0] <= r <
+ * offsets[n_seg]).  Deterministic, and memory-safe, for any offsets. */
+CAL_HD uint32_t cal_segment_of(const uint32_t *offsets, uint32_t n_seg, uint32_t r)
+{
+	uint32_t lo = 0, hi = n_seg;
+	while (hi - lo > 1) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (offsets[mid] <= r)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* ---- one-element helpers shared by quantizers -------------------------- */
+
+/* FP8 weight element (§1.6).  CAL_DIV_RECIP (CUDA): x / bf16(S) with the
+ * quotient rounded to bf16, then e4m3; CAL_DIV_EXACT (CPU): x / S, bf16, e4m3. */
+CAL_HD uint8_t cal_fp8_from_quotient(float q)
+{
+	return cal_e4m3_encode(cal_nf_bf16_to_f32(cal_nf_f32_to_bf16(q)));
+}
+
+CAL_HD uint8_t cal_fp8_weight_encode(float x, float divisor)
+{
+	return cal_fp8_from_quotient(cal_fdiv(x, divisor));
+}
+
+/* The divisor cal_fp8_weight_encode needs for a given weight_scale S. */
+CAL_HD float cal_fp8_weight_divisor(float s, enum cal_div_mode mode)
+{
+	if (mode == CAL_DIV_EXACT)
+		return s;
+	return cal_nf_bf16_to_f32(cal_nf_f32_to_bf16(s));
+}
+
+#endif

@@ -1,0 +1,61 @@
+/*
+ * nvfp4_static_quant.c — static NVFP4 weight quantizer (MODELOPT.md §1.9):
+ * block scale E = e4m3(clamp(fl32(t2/t3))) from the calibrated block amax
+ * (t1 = amax_b/6, 0 -> 1; t2 = t1*m; t3 = g/6), values as dynamic NVFP4 with
+ * S2 = g/(6m).  Reference and CPU back end; items are 16-blocks.
+ */
+#include "kernels/internal.h"
+
+struct st_ctx {
+	const struct cal_nvfp4_static_quant_args *a;
+	float s2;
+};
+
+static void st_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct st_ctx *c = p;
+	const struct cal_nvfp4_static_quant_args *a = c->a;
+	(void)slot;
+
+	for (uint64_t b = begin; b < end; b++) {
+		float x[16];
+		for (int k = 0; k < 16; k++)
+			x[k] = cal_nf_bf16_to_f32(a->w[b * 16 + k]);
+		uint8_t e = cal_nvfp4_static_block_scale(a->block_amax[b], a->global_amax,
+							 a->norm_max, a->div);
+		float t = cal_fmul(cal_e4m3_decode(e), c->s2);
+		uint64_t packed = cal_nvfp4_pack16(x, t);
+		for (int j = 0; j < 8; j++)
+			a->packed[b * 8 + j] = (uint8_t)(packed >> (8 * j));
+		a->scales[b] = e;
+	}
+}
+
+enum cal_status cal_check_nvfp4_static_quant(const struct cal_nvfp4_static_quant_args *a,
+					     struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(a->rows, a->cols, 16, err)) < 0)
+		return st;
+	if (!(a->global_amax > 0.0f) || a->global_amax > 3.4e38f)
+		return cal_error_set(err, CAL_ERR_NUMERIC,
+				     "argument 'global_amax' = %g is not finite and > 0",
+				     (double)a->global_amax);
+	if (a->norm_max != 448.0f && a->norm_max != 256.0f)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "argument 'norm_max' = %g is not 448 or 256", (double)a->norm_max);
+	if (a->rows && a->cols && ((st = cal_check_ptr(a->w, "w", err)) < 0 ||
+				   (st = cal_check_ptr(a->block_amax, "block_amax", err)) < 0 ||
+				   (st = cal_check_ptr(a->packed, "packed", err)) < 0 ||
+				   (st = cal_check_ptr(a->scales, "scales", err)) < 0))
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_cpu_nvfp4_static_quant(struct cal_backend *be,
+					   const struct cal_nvfp4_static_quant_args *a,
+					   struct cal_error *err)
+{
+	struct st_ctx c = {a, cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div)};
+	return cal_cpu_parallel(be, a->rows * a->cols / 16, 1u << 14, st_range, &c, err);
+}

@@ -1,0 +1,441 @@
+/*
+ * ops.h — the op table: argument structs of every op in ops.def, the per
+ * back-end vtable struct cal_ops, and the dispatchers cal_op_<name>().
+ *
+ * Calling convention: fill a struct cal_<name>_args with pointers into the
+ * back end's memory (see backend.h) and sizes, call
+ *     enum cal_status cal_op_<name>(be, &args, err);
+ * The dispatcher validates the arguments (CAL_ERR_INVALID / CAL_ERR_RANGE
+ * with a message naming the field) and runs the back end's implementation.
+ * Results are byte-identical on every back end.  Weights are bf16 (raw
+ * uint16_t bits), observers also take f32.  Matrices are row-major
+ * [rows, cols]; blocks run along cols (the input / K dimension).  All sizes
+ * are elements unless named *_bytes.
+ *
+ * Running statistics (amax, struct cal_nonfinite) are read-modify-write: the
+ * caller initialises them once (amax 0, cal_nonfinite {0, CAL_NONFINITE_NONE})
+ * and every call folds its batch in by max (exact, order independent).
+ * Non-finite inputs (NaN, ±inf) never enter an amax: they are counted, and the
+ * smallest flat element index (plus index_base) is kept, so the caller can
+ * say where they came from.
+ */
+#ifndef CAL_KERNELS_OPS_H
+#define CAL_KERNELS_OPS_H
+
+#include <stdint.h>
+
+#include "common/dtype.h"
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "kernels/numfmt.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CAL_NONFINITE_NONE UINT64_MAX
+
+/* Non-finite report of an observer; lives in back-end memory. */
+struct cal_nonfinite {
+	uint64_t count; /* number of NaN/inf elements seen */
+	uint64_t first; /* smallest index_base + flat index, or CAL_NONFINITE_NONE */
+};
+
+/* ---- observers --------------------------------------------------------- */
+
+/* amax[0] = max(amax[0], max|x[i]|) over finite x[i], i < n. */
+struct cal_amax_args {
+	enum cal_dtype dtype;   /* CAL_DTYPE_BF16 or CAL_DTYPE_F32 */
+	const void *x;
+	uint64_t n;             /* may be 0 (nothing happens) */
+	uint64_t index_base;    /* added to reported indices */
+	float *amax;            /* [1], in/out */
+	struct cal_nonfinite *nonfinite; /* [1], in/out */
+};
+
+/* amax[0] over the rows x[index[k], :], k < n_index (routed tokens).
+ * Indices >= rows are skipped (the caller's routing guarantees range). */
+struct cal_amax_rows_args {
+	enum cal_dtype dtype;
+	const void *x;
+	uint64_t rows, cols;    /* rows < 2^32 */
+	const uint32_t *index;  /* [n_index] */
+	uint64_t n_index;
+	uint64_t index_base;
+	float *amax;
+	struct cal_nonfinite *nonfinite;
+};
+
+/* amax[s] over rows offsets[s] .. offsets[s+1]-1 of x (rows sorted by expert).
+ * offsets is non-decreasing with offsets[n_seg] <= rows; rows outside
+ * [offsets[0], offsets[n_seg]) are not read. */
+struct cal_amax_segments_args {
+	enum cal_dtype dtype;
+	const void *x;
+	uint64_t rows, cols;    /* rows < 2^32 */
+	const uint32_t *offsets; /* [n_seg + 1] */
+	uint32_t n_seg;         /* >= 1 */
+	uint64_t index_base;
+	float *amax;            /* [n_seg] */
+	struct cal_nonfinite *nonfinite;
+};
+
+/* amax[r*(cols/block) + b] = max(that, max|x[r, b*block .. +block)|). */
+struct cal_amax_blocks_args {
+	enum cal_dtype dtype;
+	const void *x;
+	uint64_t rows, cols;    /* cols % block == 0 */
+	uint32_t block;         /* 16, 32, 64 or 128 */
+	uint64_t index_base;
+	float *amax;            /* [rows * cols / block] */
+	struct cal_nonfinite *nonfinite;
+};
+
+/* ---- weight quantizers (input bf16 [rows, cols]) ------------------------ */
+
+/* NVFP4 dynamic (§1.4.2): scale2 = cal_nvfp4_scale2(amax_w, mode). */
+struct cal_nvfp4_quant_args {
+	const uint16_t *w;
+	uint64_t rows, cols;    /* cols % 16 == 0 */
+	float scale2;           /* weight_scale_2 */
+	uint8_t *packed;        /* [rows, cols/2]  weight (U8) */
+	uint8_t *scales;        /* [rows, cols/16] weight_scale (F8_E4M3) */
+};
+
+/* NVFP4 static (§1.9): block scales from the calibrated per-block amax and
+ * the global amax; values as NVFP4 dynamic with
+ * scale2 = cal_nvfp4_static_scale2(global_amax, norm_max, div). */
+struct cal_nvfp4_static_quant_args {
+	const uint16_t *w;
+	uint64_t rows, cols;    /* cols % 16 == 0 */
+	const float *block_amax; /* [rows, cols/16] */
+	float global_amax;      /* > 0, finite */
+	float norm_max;         /* 448, or 256 for four-over-six */
+	enum cal_div_mode div;
+	uint8_t *packed;
+	uint8_t *scales;
+};
+
+/* MSE FP8-scale sweep (§1.9): for every 16-block the candidate
+ * amax_c = fl32(global_amax * fl32(v/448)) (v: the 126 finite positive E4M3
+ * values, ascending) whose static-NVFP4 fake-quant minimises
+ * sum((x - fq(x))^2) (fp32, element order; first minimum wins). */
+struct cal_nvfp4_mse_sweep_args {
+	const uint16_t *w;
+	uint64_t rows, cols;    /* cols % 16 == 0 */
+	float global_amax;
+	float norm_max;
+	enum cal_div_mode div;
+	float *block_amax;      /* [rows, cols/16] out */
+};
+
+/* FP8 E4M3 per-tensor (§1.6): scale = weight_scale (cal_fp8_scale);
+ * div selects the CUDA (bf16(scale)) or CPU (scale) divisor. */
+struct cal_fp8_quant_args {
+	const uint16_t *w;
+	uint64_t n;
+	float scale;
+	enum cal_div_mode div;
+	uint8_t *q;             /* [n] F8_E4M3 */
+};
+
+/* MXFP8 (§1.8), block 32. */
+struct cal_mxfp8_quant_args {
+	const uint16_t *w;
+	uint64_t rows, cols;    /* cols % 32 == 0 */
+	enum cal_div_mode div;
+	uint8_t *q;             /* [rows, cols] F8_E4M3 */
+	uint8_t *scales;        /* [rows, cols/32] E8M0 (U8) */
+};
+
+/* MXFP4 (§1.8), block 32. */
+struct cal_mxfp4_quant_args {
+	const uint16_t *w;
+	uint64_t rows, cols;    /* cols % 32 == 0 */
+	enum cal_div_mode div;
+	uint8_t *packed;        /* [rows, cols/2] */
+	uint8_t *scales;        /* [rows, cols/32] E8M0 */
+};
+
+/* INT4 per-block (§1.10), block 128 along cols, packed along rows:
+ * packed[i, k] = q[2i, k] | q[2i+1, k] << 4. */
+struct cal_int4_quant_args {
+	const uint16_t *w;
+	uint64_t rows, cols;    /* rows % 2 == 0, cols % 128 == 0 */
+	const float *block_amax; /* [rows, cols/128] (amax_blocks, block 128) */
+	enum cal_div_mode div;
+	uint8_t *packed;        /* [rows/2, cols] */
+	float *scales;          /* [rows, cols/128] weight_scale (F32) */
+};
+
+/* ---- dequantize (fake-quant); out is F32 or BF16 ------------------------ */
+
+/* out = fl32(fl32(e2m1 * e4m3(scale)) * scale2). */
+struct cal_nvfp4_dequant_args {
+	const uint8_t *packed, *scales;
+	uint64_t rows, cols;    /* cols % 16 == 0 */
+	float scale2;
+	enum cal_dtype out_dtype;
+	void *out;              /* [rows, cols] */
+};
+
+/* out = fl32(e4m3 * scale). */
+struct cal_fp8_dequant_args {
+	const uint8_t *q;
+	uint64_t n;
+	float scale;
+	enum cal_dtype out_dtype;
+	void *out;
+};
+
+/* out = fl32(e4m3 * 2^(e8m0-127)). */
+struct cal_mxfp8_dequant_args {
+	const uint8_t *q, *scales;
+	uint64_t rows, cols;    /* cols % 32 == 0 */
+	enum cal_dtype out_dtype;
+	void *out;
+};
+
+/* out = fl32(e2m1 * 2^(e8m0-127)). */
+struct cal_mxfp4_dequant_args {
+	const uint8_t *packed, *scales;
+	uint64_t rows, cols;    /* cols % 32 == 0 */
+	enum cal_dtype out_dtype;
+	void *out;
+};
+
+/* out = fl32(int4 * scale). */
+struct cal_int4_dequant_args {
+	const uint8_t *packed;
+	const float *scales;    /* [rows, cols/128] */
+	uint64_t rows, cols;    /* rows % 2 == 0, cols % 128 == 0 */
+	enum cal_dtype out_dtype;
+	void *out;
+};
+
+/* ---- forward pass (calibration engine) ----------------------------------
+ * Activations are bf16 [rows, cols] row-major.  These ops follow the rounding
+ * points of Hugging Face transformers (ARCHITECTURES.md §1.2-§1.6): every
+ * op's fp32 intermediate is rounded to bf16 where HF's bf16 tensors are.
+ * The 1-thread reference and the threaded CPU back end are byte-identical
+ * (each output element is computed in a fixed order, independent of the
+ * thread split).  The CUDA versions compute the same formulas but with
+ * cuBLAS / a different summation order, so they agree with the reference
+ * only to within bf16 rounding: tests compare them with a tolerance. */
+
+/* y[m, n] = bf16( sum_k x[m, k] * w[n, k] (+ bias[n]) ), fp32 accumulation
+ * (nn.Linear: y = x W^T + b).  Grouped (n_groups > 1, experts): rows
+ * offsets[g] .. offsets[g+1]-1 of x and y use weight w + g*w_stride and
+ * bias + g*bias_stride; rows outside [offsets[0], offsets[n_groups]) are not
+ * written. */
+struct cal_gemm_args {
+	const uint16_t *x;       /* [m, k] */
+	const uint16_t *w;       /* [n, k] (per group) */
+	const uint16_t *bias;    /* [n] or NULL */
+	uint16_t *y;             /* [m, n] */
+	uint64_t m, n, k;
+	uint32_t n_groups;       /* 0 or 1: one plain GEMM */
+	const uint32_t *offsets; /* [n_groups + 1], non-decreasing, <= m (n_groups > 1) */
+	uint64_t w_stride, bias_stride; /* elements between group weights / biases */
+};
+
+/* out[i, :] = src[index[i] / div, :] (div 0 or 1: index[i]).  Embedding
+ * lookup (src = table) and the gather of tokens sorted by expert
+ * (index = sorted pair, div = slots per token).  index[i] / div must be
+ * < src_rows (the CPU checks and reports the first bad one). */
+struct cal_gather_rows_args {
+	const uint16_t *src;     /* [src_rows, cols] bf16 */
+	uint64_t src_rows, cols;
+	const uint32_t *index;   /* [n] */
+	uint64_t n;
+	uint32_t div;
+	uint16_t *out;           /* [n, cols] */
+};
+
+/* RMSNorm variants (ARCHITECTURES.md §1.3); n = x * rsqrt(mean(x^2) + eps)
+ * in fp32 over each row. */
+enum cal_rms_kind {
+	CAL_RMS_PLAIN = 0,       /* y = bf16(w * bf16(n)), w bf16 */
+	CAL_RMS_F32W = 1,        /* y = bf16(w_f32 * n), w f32 */
+	CAL_RMS_1P = 2,          /* y = bf16(n * (1 + w_f32)), w bf16 or f32 */
+};
+
+/* y = rmsnorm(x) row by row; y may equal x.  Per-head q/k norm is the same
+ * op over rows = tokens * heads, cols = head_dim. */
+struct cal_rmsnorm_args {
+	enum cal_rms_kind kind;
+	const uint16_t *x;       /* [rows, cols] */
+	uint16_t *y;
+	uint64_t rows, cols;
+	const void *w;           /* [cols] */
+	enum cal_dtype w_dtype;  /* BF16 or F32 (F32W: F32) */
+	float eps;
+};
+
+/* Rotary embedding in place, NeoX rotate-half on the first rotary_dim
+ * channels of each head (the rest pass through).  For channel j < r/2,
+ * angle = fl32(pos * inv_freq[j]); c = bf16(fl32(cos(angle) * factor)),
+ * s likewise; x'[j] = bf16(bf16(x[j] c) - bf16(x[j+r/2] s)),
+ * x'[j+r/2] = bf16(bf16(x[j+r/2] c) + bf16(x[j] s)) (HF applies it in bf16). */
+struct cal_rope_args {
+	uint16_t *x;             /* [rows, heads, head_dim] */
+	uint64_t rows;
+	uint32_t heads, head_dim, rotary_dim; /* rotary_dim even, <= head_dim */
+	const uint32_t *pos;     /* [rows] position of each row */
+	const float *inv_freq;   /* [rotary_dim / 2] */
+	float factor;            /* attention factor multiplying cos and sin (1 unless yarn) */
+};
+
+/* Causal attention over packed sequences: sequence s is rows
+ * cu_seqlens[s] .. cu_seqlens[s+1]-1; query row i of it sees key rows j of
+ * the same sequence with j <= i, j > i - window (window 0: no limit) and
+ * j >= cu_seqlens[s] + key_start[s] (left padding masked; key_start NULL:
+ * 0).  GQA: query head h uses kv head h / (nh / nkv).  Scores fp32
+ * (q.k * scale), softmax fp32, P rounded to bf16, out = bf16(sum P v) with
+ * fp32 accumulation.  A query with no visible key outputs zeros (PyTorch
+ * SDPA's fully-masked rows).  No [S, S] matrix is ever stored. */
+struct cal_attention_args {
+	const uint16_t *q;       /* [t, nh, hd] */
+	const uint16_t *k, *v;   /* [t, nkv, hd] */
+	uint16_t *out;           /* [t, nh, hd] */
+	uint64_t t;
+	uint32_t nh, nkv, hd;    /* nh % nkv == 0 */
+	const uint32_t *cu_seqlens; /* [n_seq + 1], cu_seqlens[0] == 0, [n_seq] == t */
+	uint32_t n_seq;
+	const uint32_t *key_start; /* [n_seq] or NULL */
+	uint32_t window;
+	float scale;
+};
+
+/* MoE router (qwen/mixtral/olmoe, §3 step 4): p = softmax(fp32(logits)) over
+ * e experts; idx = the k_total largest p (ties: lower expert index first,
+ * as torch.topk), descending; weight = the first k of them, divided by their
+ * fp32 sum when renorm.  Slots k .. k_total-1 carry extra experts for
+ * statistics only (moe_calib_experts_ratio) and have no weight. */
+struct cal_router_args {
+	const uint16_t *logits;  /* [t, e] bf16 */
+	uint64_t t;
+	uint32_t e, k, k_total;  /* 1 <= k <= k_total <= e */
+	int renorm;
+	uint32_t *idx;           /* [t, k_total] */
+	float *weight;           /* [t, k] */
+};
+
+/* Sorts the (token, slot) pairs p = t*k_total + s by expert id idx[p]
+ * (stable: equal experts keep pair order): sorted_pair[i] = the pair at
+ * sorted position i, pair_pos[p] = its position, offsets[e] = first
+ * position of expert e, offsets[n_experts] = n_pairs. */
+struct cal_moe_sort_args {
+	const uint32_t *idx;     /* [n_pairs], each < n_experts */
+	uint64_t n_pairs;        /* < 2^32 */
+	uint32_t n_experts;
+	uint32_t *offsets;       /* [n_experts + 1] */
+	uint32_t *sorted_pair;   /* [n_pairs] */
+	uint32_t *pair_pos;      /* [n_pairs] */
+};
+
+/* How weighted expert outputs are summed (§1.6). */
+enum cal_combine_mode {
+	/* HF eager experts (what modelopt forces): each weighted output
+	 * bf16(w * y) is added to a bf16 accumulator in ascending expert order. */
+	CAL_COMBINE_EAGER = 0,
+	/* HF grouped_mm: fp32 sum over slots in slot order, one cast to bf16. */
+	CAL_COMBINE_F32 = 1,
+};
+
+/* out[t, :] = combination over slots s < k of weight[t, s] * y[pair_pos[t*k_total+s], :]. */
+struct cal_moe_combine_args {
+	const uint16_t *y;       /* [rows, h] expert outputs in sorted order */
+	uint64_t rows;
+	const uint32_t *pair_pos; /* [t * k_total] */
+	const uint32_t *idx;     /* [t * k_total] (expert order for EAGER) */
+	const float *weight;     /* [t, k] */
+	uint64_t t, h;
+	uint32_t k, k_total;
+	enum cal_combine_mode mode;
+	uint16_t *out;           /* [t, h] */
+};
+
+/* Element-wise steps of the decoder, bf16 in and out (computed in fp32,
+ * rounded once per HF op). */
+enum cal_ewise_mode {
+	CAL_EWISE_ADD = 0,       /* out = bf16(a + b) (residual add) */
+	CAL_EWISE_SWIGLU = 1,    /* out = bf16(bf16(silu(a)) * b) */
+	CAL_EWISE_GATE_ADD = 2,  /* out = bf16(a + bf16(bf16(sigmoid(g[r])) * b)) (shared expert) */
+	CAL_EWISE_CLAMP = 3,     /* out = min(max(a, -clamp), clamp) (olmoe clip_qkv) */
+};
+
+/* Row r, column j: a[r*lda + j], b[r*ldb + j], g[r*ldg], out[r*ldo + j];
+ * a row stride of 0 means cols.  out may alias a. */
+struct cal_ewise_args {
+	enum cal_ewise_mode mode;
+	const uint16_t *a, *b, *g; /* b: ADD, SWIGLU, GATE_ADD; g: GATE_ADD */
+	uint16_t *out;
+	uint64_t rows, cols;
+	uint64_t lda, ldb, ldg, ldo;
+	float clamp;
+};
+
+/* ---- the table ---------------------------------------------------------- */
+
+enum cal_op_id {
+#define CAL_OP(name, NAME, desc) CAL_OPID_##NAME,
+#include "kernels/ops.def"
+#undef CAL_OP
+	CAL_OP_COUNT
+};
+
+/* Keeps the tables that are not generated from ops.def honest (the tests'
+ * case lists, docs/numerics.md): update them when this fails. */
+#define CAL_OP_COUNT_EXPECTED 25
+
+struct cal_ops {
+#define CAL_OP(name, NAME, desc)                                               \
+	enum cal_status (*name)(struct cal_backend *be,                        \
+				const struct cal_##name##_args *a, struct cal_error *err);
+#include "kernels/ops.def"
+#undef CAL_OP
+};
+
+/* Name ("nvfp4_quant") and description of an op; NULL if out of range. */
+const char *cal_op_name(enum cal_op_id id);
+const char *cal_op_desc(enum cal_op_id id);
+
+/* Dispatchers and argument checks (a check is also run by the dispatcher). */
+#define CAL_OP(name, NAME, desc)                                               \
+	enum cal_status cal_op_##name(struct cal_backend *be,                  \
+				      const struct cal_##name##_args *a,       \
+				      struct cal_error *err);                  \
+	enum cal_status cal_check_##name(const struct cal_##name##_args *a,    \
+					 struct cal_error *err);
+#include "kernels/ops.def"
+#undef CAL_OP
+
+/* Back-end implementations (cal_cpu_* in kernels/<op>.c, cal_cuda_* in
+ * kernels/cuda/<op>.cu); called through the table, after the check. */
+#define CAL_OP(name, NAME, desc)                                               \
+	enum cal_status cal_cpu_##name(struct cal_backend *be,                 \
+				       const struct cal_##name##_args *a,      \
+				       struct cal_error *err);                 \
+	enum cal_status cal_cuda_##name(struct cal_backend *be,                \
+					const struct cal_##name##_args *a,     \
+					struct cal_error *err);
+#include "kernels/ops.def"
+#undef CAL_OP
+
+/* Writes {0, CAL_NONFINITE_NONE} into a cal_nonfinite in back-end memory. */
+enum cal_status cal_nonfinite_reset(struct cal_backend *be, struct cal_nonfinite *nf,
+				    struct cal_error *err);
+
+/* ---- export-side scalars (host) ----------------------------------------- */
+
+/* NVFP4 input_scale = amax/2688 (§1.5).  amax must be finite and > 0 (modelopt
+ * asserts scale > 0 at export): else CAL_ERR_NUMERIC. */
+enum cal_status cal_nvfp4_input_scale(float amax, enum cal_div_mode mode, float *ret,
+				      struct cal_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,404 @@
+/*
+ * fwdcases.c — back-end comparison cases of the forward-pass ops (see
+ * fwdcases.h).  Shapes derive from (rows, units) so the unit suite's shape
+ * list covers edge cases (1 row, odd k, tails of the 2x4 GEMM kernel).
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fwdcases.h"
+
+struct fbuf {
+	void *a, *b;
+	size_t n;
+};
+
+struct fctx {
+	struct opcase_env *env;
+	const char *op;
+	uint64_t rows, units, seed;
+	struct fbuf bufs[12];
+	int nbufs;
+	int failed;
+	int exact; /* both back ends are CPU */
+};
+
+static uint64_t rng(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static float unit(uint64_t *s) /* [-1, 1) */
+{
+	return (float)((int64_t)(rng(s) >> 11) - (INT64_C(1) << 52)) / (float)(INT64_C(1) << 52);
+}
+
+static void ffail(struct fctx *c, const char *msg)
+{
+	if (!c->failed)
+		fprintf(stderr, "MISMATCH op %s shape [%" PRIu64 " x %" PRIu64 " units] seed %" PRIu64
+			" (%s vs %s): %s\n", c->op, c->rows, c->units, c->seed, c->env->a->name,
+			c->env->b->name, msg);
+	c->failed = 1;
+}
+
+static struct fbuf *fnew(struct fctx *c, size_t n, const void *host)
+{
+	struct fbuf *p = &c->bufs[c->nbufs++];
+	struct cal_error err = {0};
+	void *h = calloc(1, n ? n : 1);
+	if (!h)
+		abort();
+	if (host)
+		memcpy(h, host, n);
+	p->n = n;
+	p->a = p->b = NULL;
+	if (cal_backend_alloc(c->env->a, n ? n : 1, &p->a, &err) < 0 ||
+	    cal_backend_upload(c->env->a, p->a, h, n, &err) < 0 ||
+	    cal_backend_alloc(c->env->b, n ? n : 1, &p->b, &err) < 0 ||
+	    cal_backend_upload(c->env->b, p->b, h, n, &err) < 0)
+		ffail(c, cal_error_msg(&err));
+	cal_error_clear(&err);
+	free(h);
+	return p;
+}
+
+static void fdown(struct fctx *c, struct fbuf *p, void **ha, void **hb)
+{
+	struct cal_error err = {0};
+	*ha = calloc(1, p->n ? p->n : 1);
+	*hb = calloc(1, p->n ? p->n : 1);
+	if (!*ha || !*hb)
+		abort();
+	if (!c->failed && (cal_backend_download(c->env->a, *ha, p->a, p->n, &err) < 0 ||
+			   cal_backend_download(c->env->b, *hb, p->b, p->n, &err) < 0))
+		ffail(c, cal_error_msg(&err));
+	cal_error_clear(&err);
+}
+
+/* Compares bf16 (f32 = 0) or f32 outputs: exactly between CPU back ends,
+ * else |x - y| <= atol + rtol |x| for all but `allow` elements. */
+static void fcheck(struct fctx *c, struct fbuf *p, int f32, float rtol, float atol,
+		   uint64_t allow, const char *what)
+{
+	void *ha, *hb;
+	char msg[256];
+	fdown(c, p, &ha, &hb);
+	if (c->failed)
+		goto out;
+	if (c->exact || rtol < 0) {
+		for (size_t i = 0; i < p->n; i++)
+			if (((unsigned char *)ha)[i] != ((unsigned char *)hb)[i]) {
+				snprintf(msg, sizeof(msg), "%s: byte %zu of %zu differs", what, i, p->n);
+				ffail(c, msg);
+				goto out;
+			}
+		goto out;
+	}
+	uint64_t n = p->n / (f32 ? 4 : 2), bad = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		float x = f32 ? ((float *)ha)[i] : cal_nf_float((uint32_t)((uint16_t *)ha)[i] << 16);
+		float y = f32 ? ((float *)hb)[i] : cal_nf_float((uint32_t)((uint16_t *)hb)[i] << 16);
+		if (!(fabsf(x - y) <= atol + rtol * fabsf(x)) && ++bad > allow) {
+			snprintf(msg, sizeof(msg), "%s: element %" PRIu64 ": %g vs %g", what, i,
+				 (double)x, (double)y);
+			ffail(c, msg);
+			goto out;
+		}
+	}
+out:
+	free(ha);
+	free(hb);
+}
+
+static int fdone(struct fctx *c)
+{
+	for (int i = 0; i < c->nbufs; i++) {
+		cal_backend_dealloc(c->env->a, c->bufs[i].a);
+		cal_backend_dealloc(c->env->b, c->bufs[i].b);
+	}
+	return c->failed ? -1 : 0;
+}
+
+#define FRUN(c, opname, aa, ab)                                                \
+	do {                                                                   \
+		struct cal_error e_ = {0};                                     \
+		if (!(c)->failed &&                                            \
+		    (cal_op_##opname((c)->env->a, &(aa), &e_) < 0 ||           \
+		     cal_backend_sync((c)->env->a, &e_) < 0 ||                 \
+		     cal_op_##opname((c)->env->b, &(ab), &e_) < 0 ||           \
+		     cal_backend_sync((c)->env->b, &e_) < 0))                  \
+			ffail((c), cal_error_msg(&e_));                        \
+		cal_error_clear(&e_);                                          \
+	} while (0)
+
+static void fctx_init(struct fctx *c, struct opcase_env *env, const char *op, uint64_t rows,
+		      uint64_t units, uint64_t seed)
+{
+	memset(c, 0, sizeof(*c));
+	c->env = env;
+	c->op = op;
+	c->rows = rows;
+	c->units = units;
+	c->seed = seed;
+	c->exact = env->a->kind == CAL_BACKEND_CPU && env->b->kind == CAL_BACKEND_CPU;
+}
+
+static uint16_t *bf_rand(uint64_t n, float scale, uint64_t *s)
+{
+	uint16_t *p = malloc((n ? n : 1) * 2);
+	if (!p)
+		abort();
+	for (uint64_t i = 0; i < n; i++)
+		p[i] = cal_nf_f32_to_bf16(unit(s) * scale);
+	return p;
+}
+
+int fwdcase_gemm(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, m = rows, n = units * 3 + 1, k = units * 5 + 3;
+	uint32_t G = rows >= 4 ? 3 : 1;
+	int with_bias = (seed & 1) != 0;
+	fctx_init(&c, env, "gemm", rows, units, seed);
+	uint16_t *x = bf_rand(m * k, 1.0f, &s), *w = bf_rand(G * n * k, 0.5f, &s);
+	uint16_t *bias = bf_rand(G * n, 0.25f, &s);
+	uint32_t off[4] = {0, (uint32_t)(m / 3), (uint32_t)(m / 3), (uint32_t)m};
+	struct fbuf *bx = fnew(&c, m * k * 2, x), *bw = fnew(&c, G * n * k * 2, w);
+	struct fbuf *bb = fnew(&c, G * n * 2, bias), *by = fnew(&c, m * n * 2, NULL);
+	struct fbuf *bo = fnew(&c, sizeof(off), off);
+	struct cal_gemm_args aa = {.x = bx->a, .w = bw->a, .bias = with_bias ? bb->a : NULL,
+				   .y = by->a, .m = m, .n = n, .k = k, .n_groups = G,
+				   .offsets = G > 1 ? bo->a : NULL, .w_stride = n * k,
+				   .bias_stride = n};
+	struct cal_gemm_args ab = aa;
+	ab.x = bx->b;
+	ab.w = bw->b;
+	ab.bias = with_bias ? bb->b : NULL;
+	ab.y = by->b;
+	ab.offsets = G > 1 ? bo->b : NULL;
+	FRUN(&c, gemm, aa, ab);
+	fcheck(&c, by, 0, 1.0f / 64, 1e-2f, 0, "y");
+	free(x);
+	free(w);
+	free(bias);
+	return fdone(&c);
+}
+
+int fwdcase_gather_rows(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, src_rows = units + 2, cols = units * 2 + 1, n = rows;
+	fctx_init(&c, env, "gather_rows", rows, units, seed);
+	uint16_t *src = bf_rand(src_rows * cols, 1.0f, &s);
+	uint32_t *idx = malloc(n * 4);
+	for (uint64_t i = 0; i < n; i++)
+		idx[i] = (uint32_t)(rng(&s) % (src_rows * 2));
+	struct fbuf *bs = fnew(&c, src_rows * cols * 2, src), *bi = fnew(&c, n * 4, idx);
+	struct fbuf *bo = fnew(&c, n * cols * 2, NULL);
+	struct cal_gather_rows_args aa = {bs->a, src_rows, cols, bi->a, n, 2, bo->a};
+	struct cal_gather_rows_args ab = {bs->b, src_rows, cols, bi->b, n, 2, bo->b};
+	FRUN(&c, gather_rows, aa, ab);
+	fcheck(&c, bo, 0, -1, 0, 0, "out");
+	free(src);
+	free(idx);
+	return fdone(&c);
+}
+
+int fwdcase_rmsnorm(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, cols = units * 4 + 1;
+	enum cal_rms_kind kind = (enum cal_rms_kind)(seed % 3);
+	int f32 = kind != CAL_RMS_PLAIN;
+	fctx_init(&c, env, "rmsnorm", rows, units, seed);
+	uint16_t *x = bf_rand(rows * cols, 3.0f, &s);
+	float *wf = malloc(cols * 4);
+	uint16_t *wb = malloc(cols * 2);
+	for (uint64_t j = 0; j < cols; j++) {
+		wf[j] = 1.0f + 0.1f * unit(&s);
+		wb[j] = cal_nf_f32_to_bf16(wf[j]);
+	}
+	struct fbuf *bx = fnew(&c, rows * cols * 2, x), *by = fnew(&c, rows * cols * 2, NULL);
+	struct fbuf *bw = f32 ? fnew(&c, cols * 4, wf) : fnew(&c, cols * 2, wb);
+	struct cal_rmsnorm_args aa = {kind, bx->a, by->a, rows, cols, bw->a,
+				      f32 ? CAL_DTYPE_F32 : CAL_DTYPE_BF16, 1e-6f};
+	struct cal_rmsnorm_args ab = aa;
+	ab.x = bx->b;
+	ab.y = by->b;
+	ab.w = bw->b;
+	FRUN(&c, rmsnorm, aa, ab);
+	fcheck(&c, by, 0, 1.0f / 64, 1e-3f, 0, "y");
+	free(x);
+	free(wf);
+	free(wb);
+	return fdone(&c);
+}
+
+int fwdcase_rope(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed;
+	uint32_t heads = 2, hd = (uint32_t)(units % 8) * 2 + 4, rd = seed & 1 ? hd : hd / 2;
+	rd &= ~1u;
+	fctx_init(&c, env, "rope", rows, units, seed);
+	uint16_t *x = bf_rand(rows * heads * hd, 2.0f, &s);
+	uint32_t *pos = malloc(rows * 4);
+	float *inv = malloc((rd / 2 + 1) * 4);
+	for (uint64_t r = 0; r < rows; r++)
+		pos[r] = (uint32_t)(rng(&s) % 4096);
+	for (uint32_t j = 0; j < rd / 2; j++)
+		inv[j] = 1.0f / powf(10000.0f, (float)(2 * j) / (float)rd);
+	struct fbuf *bx = fnew(&c, rows * heads * hd * 2, x), *bp = fnew(&c, rows * 4, pos);
+	struct fbuf *bi = fnew(&c, (rd / 2 + 1) * 4, inv);
+	struct cal_rope_args aa = {bx->a, rows, heads, hd, rd, bp->a, bi->a, 1.0f};
+	struct cal_rope_args ab = {bx->b, rows, heads, hd, rd, bp->b, bi->b, 1.0f};
+	FRUN(&c, rope, aa, ab);
+	fcheck(&c, bx, 0, 1.0f / 32, 2e-2f, rows * heads * hd / 50, "x");
+	free(x);
+	free(pos);
+	free(inv);
+	return fdone(&c);
+}
+
+int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, t = rows;
+	uint32_t nkv = 2, nh = 4, hd = (uint32_t)(units % 5) * 8 + 8;
+	uint32_t cu[4], ks[3], n_seq = t >= 3 ? 3 : 1;
+	fctx_init(&c, env, "attention", rows, units, seed);
+	cu[0] = 0;
+	if (n_seq == 3) {
+		cu[1] = (uint32_t)(t / 3);
+		cu[2] = (uint32_t)(2 * t / 3);
+		cu[3] = (uint32_t)t;
+		if (cu[1] == 0 || cu[1] == cu[2]) {
+			n_seq = 1;
+			cu[1] = (uint32_t)t;
+		}
+	} else {
+		cu[1] = (uint32_t)t;
+	}
+	for (uint32_t i = 0; i < n_seq; i++)
+		ks[i] = (seed & 2) ? (cu[i + 1] - cu[i]) / 3 : 0;
+	uint16_t *q = bf_rand(t * nh * hd, 2.0f, &s), *k = bf_rand(t * nkv * hd, 2.0f, &s);
+	uint16_t *v = bf_rand(t * nkv * hd, 1.0f, &s);
+	struct fbuf *bq = fnew(&c, t * nh * hd * 2, q), *bk = fnew(&c, t * nkv * hd * 2, k);
+	struct fbuf *bv = fnew(&c, t * nkv * hd * 2, v), *bo = fnew(&c, t * nh * hd * 2, NULL);
+	struct fbuf *bc = fnew(&c, sizeof(cu), cu), *bs = fnew(&c, sizeof(ks), ks);
+	struct cal_attention_args aa = {bq->a, bk->a, bv->a, bo->a, t, nh, nkv, hd, bc->a, n_seq,
+					(seed & 2) ? bs->a : NULL, (seed & 4) ? 3u : 0u,
+					1.0f / sqrtf((float)hd)};
+	struct cal_attention_args ab = {bq->b, bk->b, bv->b, bo->b, t, nh, nkv, hd, bc->b, n_seq,
+					(seed & 2) ? bs->b : NULL, (seed & 4) ? 3u : 0u,
+					1.0f / sqrtf((float)hd)};
+	FRUN(&c, attention, aa, ab);
+	fcheck(&c, bo, 0, 1.0f / 32, 1e-2f, 0, "out");
+	free(q);
+	free(k);
+	free(v);
+	return fdone(&c);
+}
+
+int fwdcase_router(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed;
+	uint32_t e = (uint32_t)units + 3, kt = e >= 4 ? 3 : 2, k = 2;
+	fctx_init(&c, env, "router", rows, units, seed);
+	uint16_t *l = bf_rand(rows * e, 4.0f, &s);
+	struct fbuf *bl = fnew(&c, rows * e * 2, l), *bi = fnew(&c, rows * kt * 4, NULL);
+	struct fbuf *bw = fnew(&c, rows * k * 4, NULL);
+	struct cal_router_args aa = {bl->a, rows, e, k, kt, (int)(seed & 1), bi->a, bw->a};
+	struct cal_router_args ab = {bl->b, rows, e, k, kt, (int)(seed & 1), bi->b, bw->b};
+	FRUN(&c, router, aa, ab);
+	fcheck(&c, bi, 1, -1, 0, 0, "idx");
+	fcheck(&c, bw, 1, 1e-5f, 1e-7f, 0, "weight");
+	free(l);
+	return fdone(&c);
+}
+
+int fwdcase_moe_sort(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, n = rows * 3;
+	uint32_t e = (uint32_t)units + 1;
+	fctx_init(&c, env, "moe_sort", rows, units, seed);
+	uint32_t *idx = malloc(n * 4);
+	for (uint64_t i = 0; i < n; i++)
+		idx[i] = (uint32_t)(rng(&s) % e);
+	struct fbuf *bi = fnew(&c, n * 4, idx), *bo = fnew(&c, (e + 1) * 4, NULL);
+	struct fbuf *bs = fnew(&c, n * 4, NULL), *bp = fnew(&c, n * 4, NULL);
+	struct cal_moe_sort_args aa = {bi->a, n, e, bo->a, bs->a, bp->a};
+	struct cal_moe_sort_args ab = {bi->b, n, e, bo->b, bs->b, bp->b};
+	FRUN(&c, moe_sort, aa, ab);
+	fcheck(&c, bo, 1, -1, 0, 0, "offsets");
+	fcheck(&c, bs, 1, -1, 0, 0, "sorted_pair");
+	fcheck(&c, bp, 1, -1, 0, 0, "pair_pos");
+	free(idx);
+	return fdone(&c);
+}
+
+int fwdcase_moe_combine(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, t = rows, h = units * 2 + 1;
+	uint32_t k = 2, kt = 3, e = 5;
+	uint64_t np = t * kt;
+	fctx_init(&c, env, "moe_combine", rows, units, seed);
+	uint16_t *y = bf_rand(np * h, 2.0f, &s);
+	uint32_t *pp = malloc(np * 4), *idx = malloc(np * 4);
+	float *w = malloc(t * k * 4);
+	for (uint64_t p = 0; p < np; p++) {
+		pp[p] = (uint32_t)((p * 7 + 3) % np);
+		idx[p] = (uint32_t)(rng(&s) % e);
+	}
+	for (uint64_t i = 0; i < t * k; i++)
+		w[i] = (unit(&s) + 1.0f) * 0.5f;
+	struct fbuf *by = fnew(&c, np * h * 2, y), *bp = fnew(&c, np * 4, pp);
+	struct fbuf *bi = fnew(&c, np * 4, idx), *bw = fnew(&c, t * k * 4, w);
+	struct fbuf *bo = fnew(&c, t * h * 2, NULL);
+	enum cal_combine_mode mode = (enum cal_combine_mode)(seed & 1);
+	struct cal_moe_combine_args aa = {by->a, np, bp->a, bi->a, bw->a, t, h, k, kt, mode, bo->a};
+	struct cal_moe_combine_args ab = {by->b, np, bp->b, bi->b, bw->b, t, h, k, kt, mode, bo->b};
+	FRUN(&c, moe_combine, aa, ab);
+	fcheck(&c, bo, 0, 1.0f / 64, 1e-3f, 0, "out");
+	free(y);
+	free(pp);
+	free(idx);
+	free(w);
+	return fdone(&c);
+}
+
+int fwdcase_ewise(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, cols = units + 1;
+	enum cal_ewise_mode mode = (enum cal_ewise_mode)(seed % 4);
+	fctx_init(&c, env, "ewise", rows, units, seed);
+	uint16_t *a = bf_rand(rows * cols * 2, 6.0f, &s), *b = bf_rand(rows * cols * 2, 2.0f, &s);
+	struct fbuf *ba = fnew(&c, rows * cols * 4, a), *bb = fnew(&c, rows * cols * 4, b);
+	struct fbuf *bo = fnew(&c, rows * cols * 2, NULL);
+	uint64_t lda = mode == CAL_EWISE_SWIGLU ? 2 * cols : cols;
+	struct cal_ewise_args aa = {mode, ba->a, bb->a, bb->a, bo->a, rows, cols, lda, lda, 2 * cols,
+				    cols, 1.5f};
+	struct cal_ewise_args ab = aa;
+	ab.a = ba->b;
+	ab.b = bb->b;
+	ab.g = bb->b;
+	ab.out = bo->b;
+	if (mode == CAL_EWISE_SWIGLU)
+		ab.b = (const uint16_t *)bb->b + cols, aa.b = (const uint16_t *)bb->a + cols;
+	FRUN(&c, ewise, aa, ab);
+	fcheck(&c, bo, 0, 1.0f / 64, 1e-3f, 0, "out");
+	free(a);
+	free(b);
+	return fdone(&c);
+}

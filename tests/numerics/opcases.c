@@ -1,0 +1,629 @@
+/*
+ * opcases.c — one back-end comparison case per op (see opcases.h).
+ * Inputs come from a splitmix64 stream seeded by the caller (printed on
+ * failure); weights span many binades with zero blocks, tiny blocks and
+ * exact ties mixed in; observers optionally get NaN/inf.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "opcases.h"
+#include "fwdcases.h"
+
+#define GUARD 64
+#define GUARD_BYTE 0xA5
+#define FILL_BYTE 0x5A
+
+struct pair {
+	void *a, *b;       /* what the op sees (base + misalignment) */
+	void *base_a, *base_b;
+	size_t n; /* payload bytes (guard follows) */
+};
+
+struct ctx {
+	struct opcase_env *env;
+	const char *op;
+	uint64_t rows, units, seed;
+	struct pair bufs[8];
+	int nbufs;
+	int failed;
+};
+
+static uint64_t rng(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static float rng_unit(uint64_t *s) /* [-1, 1) */
+{
+	return (float)((int64_t)(rng(s) >> 11) - (INT64_C(1) << 52)) / (float)(INT64_C(1) << 52);
+}
+
+/* bf16 weights: per-16-block magnitude 2^[-12, 6], some zero blocks, tiny
+ * blocks, exact small grid values (ties) and negative tiny values. */
+static void fill_weights(uint16_t *w, uint64_t n, uint64_t *s)
+{
+	for (uint64_t i = 0; i < n; i += 16) {
+		uint64_t kind = rng(s) % 16;
+		float scale = ldexpf(1.0f, (int)(rng(s) % 19) - 12);
+		for (uint64_t k = i; k < i + 16 && k < n; k++) {
+			float v;
+			if (kind == 0)
+				v = 0.0f;
+			else if (kind == 1)
+				v = rng_unit(s) * 1e-30f;
+			else if (kind == 2)
+				v = (float)((int)(rng(s) % 25) - 12) * 0.25f * scale;
+			else
+				v = rng_unit(s) * scale;
+			w[k] = cal_nf_f32_to_bf16(v);
+		}
+	}
+}
+
+static void fill_obs(enum cal_dtype dt, void *x, uint64_t n, uint64_t *s, int specials)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		float v = rng_unit(s) * ldexpf(1.0f, (int)(rng(s) % 30) - 15);
+		if (specials && rng(s) % 997 == 0)
+			v = (rng(s) & 1) ? NAN : ((rng(s) & 1) ? INFINITY : -INFINITY);
+		if (dt == CAL_DTYPE_BF16)
+			((uint16_t *)x)[i] = cal_nf_f32_to_bf16(v);
+		else
+			((float *)x)[i] = v;
+	}
+}
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p) {
+		fprintf(stderr, "out of memory (%zu bytes)\n", n);
+		exit(1);
+	}
+	return p;
+}
+
+static void fail(struct ctx *c, const char *fmt, const char *detail)
+{
+	if (!c->failed)
+		fprintf(stderr, "MISMATCH op %s shape [%" PRIu64 " x %" PRIu64 " units] seed %" PRIu64
+			" (%s vs %s): ",
+			c->op, c->rows, c->units, c->seed, c->env->a->name, c->env->b->name);
+	fprintf(stderr, fmt, detail);
+	fprintf(stderr, "\n");
+	c->failed = 1;
+}
+
+/* Allocates a buffer on both back ends; host (may be NULL: FILL_BYTE) is
+ * uploaded to both, followed by GUARD guard bytes. */
+static struct pair *pair_new_at(struct ctx *c, size_t n, const void *host, unsigned off)
+{
+	struct pair *p = &c->bufs[c->nbufs++];
+	struct cal_error err = {0};
+	unsigned char *h = xmalloc(n + GUARD);
+	if (host)
+		memcpy(h, host, n);
+	else
+		memset(h, FILL_BYTE, n);
+	memset(h + n, GUARD_BYTE, GUARD);
+	p->n = n;
+	p->a = p->b = p->base_a = p->base_b = NULL;
+	if (cal_backend_alloc(c->env->a, n + GUARD + off, &p->base_a, &err) < 0 ||
+	    cal_backend_alloc(c->env->b, n + GUARD + off, &p->base_b, &err) < 0) {
+		fail(c, "allocation: %s", cal_error_msg(&err));
+	} else {
+		p->a = (char *)p->base_a + off;
+		p->b = (char *)p->base_b + off;
+		if (cal_backend_upload(c->env->a, p->a, h, n + GUARD, &err) < 0 ||
+		    cal_backend_upload(c->env->b, p->b, h, n + GUARD, &err) < 0)
+			fail(c, "upload: %s", cal_error_msg(&err));
+	}
+	cal_error_clear(&err);
+	free(h);
+	return p;
+}
+
+/* Data buffers: misaligned by env->misalign bytes when asked (exercises the
+ * scalar paths of vectorised kernels). */
+static struct pair *pair_new(struct ctx *c, size_t n, const void *host)
+{
+	return pair_new_at(c, n, host, c->env->misalign);
+}
+
+/* Running statistics: always aligned (64-bit atomics). */
+static struct pair *pair_new_stat(struct ctx *c, size_t n, const void *host)
+{
+	return pair_new_at(c, n, host, 0);
+}
+
+/* Downloads both copies and compares payload and guards. */
+static void pair_check(struct ctx *c, struct pair *p, const char *what)
+{
+	struct cal_error err = {0};
+	unsigned char *ha = xmalloc(p->n + GUARD), *hb = xmalloc(p->n + GUARD);
+	char msg[256];
+	if (c->failed)
+		goto out;
+	if (cal_backend_download(c->env->a, ha, p->a, p->n + GUARD, &err) < 0 ||
+	    cal_backend_download(c->env->b, hb, p->b, p->n + GUARD, &err) < 0) {
+		fail(c, "download: %s", cal_error_msg(&err));
+		goto out;
+	}
+	for (size_t i = 0; i < GUARD; i++) {
+		if (ha[p->n + i] != GUARD_BYTE || hb[p->n + i] != GUARD_BYTE) {
+			snprintf(msg, sizeof(msg), "%s: guard byte %zu overwritten (%02x / %02x)",
+				 what, i, ha[p->n + i], hb[p->n + i]);
+			fail(c, "%s", msg);
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < p->n; i++) {
+		if (ha[i] != hb[i]) {
+			snprintf(msg, sizeof(msg), "%s: byte %zu of %zu differs: %02x vs %02x",
+				 what, i, p->n, ha[i], hb[i]);
+			fail(c, "%s", msg);
+			goto out;
+		}
+	}
+out:
+	cal_error_clear(&err);
+	free(ha);
+	free(hb);
+}
+
+static void ctx_free(struct ctx *c)
+{
+	for (int i = 0; i < c->nbufs; i++) {
+		cal_backend_dealloc(c->env->a, c->bufs[i].base_a);
+		cal_backend_dealloc(c->env->b, c->bufs[i].base_b);
+	}
+}
+
+/* Runs the op on A and B with argument structs differing only in pointers. */
+#define RUN_BOTH(c, opname, args_a, args_b)                                    \
+	do {                                                                   \
+		struct cal_error e_ = {0};                                     \
+		if (!(c)->failed &&                                            \
+		    (cal_op_##opname((c)->env->a, &(args_a), &e_) < 0 ||       \
+		     cal_backend_sync((c)->env->a, &e_) < 0 ||                 \
+		     cal_op_##opname((c)->env->b, &(args_b), &e_) < 0 ||       \
+		     cal_backend_sync((c)->env->b, &e_) < 0))                  \
+			fail((c), "op failed: %s", cal_error_msg(&e_));        \
+		cal_error_clear(&e_);                                          \
+	} while (0)
+
+#define CTX(name) struct ctx c = {env, #name, rows, units, seed, {{0}}, 0, 0}; uint64_t s = seed
+
+static int finish(struct ctx *c)
+{
+	ctx_free(c);
+	return c->failed ? -1 : 0;
+}
+
+static const struct cal_nonfinite nf_init = {0, CAL_NONFINITE_NONE};
+
+/* ---- observers ----------------------------------------------------------- */
+
+static int case_amax(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(amax);
+	enum cal_dtype dt = seed & 1 ? CAL_DTYPE_F32 : CAL_DTYPE_BF16;
+	uint64_t n = rows * units;
+	size_t es = cal_dtype_size(dt);
+	void *x = xmalloc(n * es);
+	float am0 = 0.0f;
+	fill_obs(dt, x, n, &s, env->specials);
+	struct pair *px = pair_new(&c, n * es, x), *pa = pair_new_stat(&c, 4, &am0),
+		    *pn = pair_new_stat(&c, sizeof(nf_init), &nf_init);
+	/* two batches into the same running statistics */
+	for (int batch = 0; batch < 2; batch++) {
+		uint64_t half = n / 2, off = batch ? half : 0, len = batch ? n - half : half;
+		struct cal_amax_args A = {dt, (char *)px->a + off * es, len, off, pa->a, pn->a};
+		struct cal_amax_args B = {dt, (char *)px->b + off * es, len, off, pa->b, pn->b};
+		RUN_BOTH(&c, amax, A, B);
+	}
+	pair_check(&c, pa, "amax");
+	pair_check(&c, pn, "nonfinite");
+	free(x);
+	return finish(&c);
+}
+
+static int case_amax_rows(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(amax_rows);
+	enum cal_dtype dt = seed & 1 ? CAL_DTYPE_F32 : CAL_DTYPE_BF16;
+	uint64_t n = rows * units, nidx = rows / 2 + 1;
+	size_t es = cal_dtype_size(dt);
+	void *x = xmalloc(n * es);
+	uint32_t *idx = xmalloc(nidx * 4);
+	float am0 = 0.0f;
+	fill_obs(dt, x, n, &s, env->specials);
+	for (uint64_t k = 0; k < nidx; k++)
+		idx[k] = (uint32_t)(rng(&s) % (rows + (k == 0))); /* one may be out of range */
+	struct pair *px = pair_new(&c, n * es, x), *pi = pair_new(&c, nidx * 4, idx),
+		    *pa = pair_new_stat(&c, 4, &am0), *pn = pair_new_stat(&c, sizeof(nf_init), &nf_init);
+	struct cal_amax_rows_args A = {dt, px->a, rows, units, pi->a, nidx, 7, pa->a, pn->a};
+	struct cal_amax_rows_args B = {dt, px->b, rows, units, pi->b, nidx, 7, pa->b, pn->b};
+	RUN_BOTH(&c, amax_rows, A, B);
+	pair_check(&c, pa, "amax");
+	pair_check(&c, pn, "nonfinite");
+	free(x);
+	free(idx);
+	return finish(&c);
+}
+
+static int case_amax_segments(struct opcase_env *env, uint64_t rows, uint64_t units,
+			      uint64_t seed)
+{
+	CTX(amax_segments);
+	enum cal_dtype dt = seed & 1 ? CAL_DTYPE_F32 : CAL_DTYPE_BF16;
+	uint64_t n = rows * units;
+	uint32_t nseg = (uint32_t)(rng(&s) % 70) + 1;
+	size_t es = cal_dtype_size(dt);
+	void *x = xmalloc(n * es);
+	uint32_t *off = xmalloc((nseg + 1) * 4);
+	float *am0 = xmalloc(nseg * 4);
+	fill_obs(dt, x, n, &s, env->specials);
+	/* non-decreasing offsets with empty segments, starting >= 0 */
+	off[0] = (uint32_t)(rng(&s) % 2 ? 0 : rng(&s) % (rows + 1));
+	for (uint32_t i = 1; i <= nseg; i++) {
+		uint64_t left = rows - off[i - 1];
+		off[i] = off[i - 1] + (uint32_t)(left && rng(&s) % 3 ? rng(&s) % (left / 2 + 2) % (left + 1) : 0);
+	}
+	for (uint32_t i = 0; i < nseg; i++)
+		am0[i] = (float)(i % 3) * 0.125f;
+	struct pair *px = pair_new(&c, n * es, x), *po = pair_new(&c, (nseg + 1) * 4, off),
+		    *pa = pair_new(&c, nseg * 4, am0), *pn = pair_new_stat(&c, sizeof(nf_init), &nf_init);
+	struct cal_amax_segments_args A = {dt, px->a, rows, units, po->a, nseg, 0, pa->a, pn->a};
+	struct cal_amax_segments_args B = {dt, px->b, rows, units, po->b, nseg, 0, pa->b, pn->b};
+	RUN_BOTH(&c, amax_segments, A, B);
+	pair_check(&c, pa, "amax");
+	pair_check(&c, pn, "nonfinite");
+	free(x);
+	free(off);
+	free(am0);
+	return finish(&c);
+}
+
+static int case_amax_blocks(struct opcase_env *env, uint64_t rows, uint64_t units,
+			    uint64_t seed)
+{
+	CTX(amax_blocks);
+	static const uint32_t blocks[] = {16, 32, 64, 128};
+	enum cal_dtype dt = seed & 1 ? CAL_DTYPE_F32 : CAL_DTYPE_BF16;
+	uint32_t bs = blocks[(seed >> 1) % 4];
+	uint64_t cols = units * bs, n = rows * cols, nb = n / bs;
+	size_t es = cal_dtype_size(dt);
+	void *x = xmalloc(n * es);
+	float *am0 = xmalloc(nb * 4);
+	fill_obs(dt, x, n, &s, env->specials);
+	for (uint64_t i = 0; i < nb; i++)
+		am0[i] = i % 5 ? 0.0f : 0.5f;
+	struct pair *px = pair_new(&c, n * es, x), *pa = pair_new(&c, nb * 4, am0),
+		    *pn = pair_new_stat(&c, sizeof(nf_init), &nf_init);
+	struct cal_amax_blocks_args A = {dt, px->a, rows, cols, bs, 0, pa->a, pn->a};
+	struct cal_amax_blocks_args B = {dt, px->b, rows, cols, bs, 0, pa->b, pn->b};
+	RUN_BOTH(&c, amax_blocks, A, B);
+	pair_check(&c, pa, "amax");
+	pair_check(&c, pn, "nonfinite");
+	free(x);
+	free(am0);
+	return finish(&c);
+}
+
+/* ---- quantizers ---------------------------------------------------------- */
+
+static uint16_t *weights(uint64_t n, uint64_t *s)
+{
+	uint16_t *w = xmalloc(n * 2);
+	fill_weights(w, n, s);
+	return w;
+}
+
+static float weights_amax(const uint16_t *w, uint64_t n)
+{
+	float m = 0.0f;
+	for (uint64_t i = 0; i < n; i++) {
+		float a = fabsf(cal_nf_bf16_to_f32(w[i]));
+		m = a > m ? a : m;
+	}
+	return m;
+}
+
+static float *block_amax(const uint16_t *w, uint64_t n, uint64_t bs, uint64_t *s)
+{
+	float *a = xmalloc(n / bs * 4);
+	for (uint64_t b = 0; b < n / bs; b++) {
+		a[b] = 0.0f;
+		for (uint64_t k = b * bs; k < (b + 1) * bs; k++) {
+			float v = fabsf(cal_nf_bf16_to_f32(w[k]));
+			a[b] = v > a[b] ? v : a[b];
+		}
+		if (rng(s) % 8 == 0) /* sometimes a calibrated amax != the weight's */
+			a[b] = cal_fmul(a[b], 0.75f);
+	}
+	return a;
+}
+
+static int case_nvfp4_quant(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(nvfp4_quant);
+	uint64_t cols = units * 16, n = rows * cols;
+	uint16_t *w = weights(n, &s);
+	float s2 = cal_nvfp4_scale2(weights_amax(w, n), seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP);
+	if (seed % 7 == 3)
+		s2 = cal_fmul(s2, 0.25f); /* stale scale: block scales clamp at 448 */
+	struct pair *pw = pair_new(&c, n * 2, w), *pp = pair_new(&c, n / 2, NULL),
+		    *ps = pair_new(&c, n / 16, NULL);
+	struct cal_nvfp4_quant_args A = {pw->a, rows, cols, s2, pp->a, ps->a};
+	struct cal_nvfp4_quant_args B = {pw->b, rows, cols, s2, pp->b, ps->b};
+	RUN_BOTH(&c, nvfp4_quant, A, B);
+	pair_check(&c, pp, "packed");
+	pair_check(&c, ps, "scales");
+	free(w);
+	return finish(&c);
+}
+
+static int case_nvfp4_static_quant(struct opcase_env *env, uint64_t rows, uint64_t units,
+				   uint64_t seed)
+{
+	CTX(nvfp4_static_quant);
+	uint64_t cols = units * 16, n = rows * cols;
+	uint16_t *w = weights(n, &s);
+	float *ba = block_amax(w, n, 16, &s);
+	float g = weights_amax(w, n);
+	float m = seed % 3 == 0 ? 256.0f : 448.0f;
+	enum cal_div_mode div = seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP;
+	if (!(g > 0.0f))
+		g = 1.0f;
+	struct pair *pw = pair_new(&c, n * 2, w), *pb = pair_new(&c, n / 16 * 4, ba),
+		    *pp = pair_new(&c, n / 2, NULL), *ps = pair_new(&c, n / 16, NULL);
+	struct cal_nvfp4_static_quant_args A = {pw->a, rows, cols, pb->a, g, m, div, pp->a, ps->a};
+	struct cal_nvfp4_static_quant_args B = {pw->b, rows, cols, pb->b, g, m, div, pp->b, ps->b};
+	RUN_BOTH(&c, nvfp4_static_quant, A, B);
+	pair_check(&c, pp, "packed");
+	pair_check(&c, ps, "scales");
+	free(w);
+	free(ba);
+	return finish(&c);
+}
+
+static int case_nvfp4_mse_sweep(struct opcase_env *env, uint64_t rows, uint64_t units,
+				uint64_t seed)
+{
+	CTX(nvfp4_mse_sweep);
+	uint64_t cols = units * 16, n = rows * cols;
+	uint16_t *w = weights(n, &s);
+	float g = weights_amax(w, n);
+	enum cal_div_mode div = seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP;
+	if (!(g > 0.0f))
+		g = 1.0f;
+	struct pair *pw = pair_new(&c, n * 2, w), *pb = pair_new(&c, n / 16 * 4, NULL);
+	struct cal_nvfp4_mse_sweep_args A = {pw->a, rows, cols, g, 448.0f, div, pb->a};
+	struct cal_nvfp4_mse_sweep_args B = {pw->b, rows, cols, g, 448.0f, div, pb->b};
+	RUN_BOTH(&c, nvfp4_mse_sweep, A, B);
+	pair_check(&c, pb, "block_amax");
+	free(w);
+	return finish(&c);
+}
+
+static int case_fp8_quant(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(fp8_quant);
+	uint64_t n = rows * units;
+	uint16_t *w = weights(n, &s);
+	enum cal_div_mode div = seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP;
+	float sc = cal_fp8_scale(weights_amax(w, n), div);
+	if (seed % 5 == 2)
+		sc = cal_fmul(sc, 0.5f); /* overflowing values -> NaN codes */
+	struct pair *pw = pair_new(&c, n * 2, w), *pq = pair_new(&c, n, NULL);
+	struct cal_fp8_quant_args A = {pw->a, n, sc, div, pq->a};
+	struct cal_fp8_quant_args B = {pw->b, n, sc, div, pq->b};
+	RUN_BOTH(&c, fp8_quant, A, B);
+	pair_check(&c, pq, "q");
+	free(w);
+	return finish(&c);
+}
+
+static int case_mxfp8_quant(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(mxfp8_quant);
+	uint64_t cols = units * 32, n = rows * cols;
+	uint16_t *w = weights(n, &s);
+	enum cal_div_mode div = seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP;
+	struct pair *pw = pair_new(&c, n * 2, w), *pq = pair_new(&c, n, NULL),
+		    *ps = pair_new(&c, n / 32, NULL);
+	struct cal_mxfp8_quant_args A = {pw->a, rows, cols, div, pq->a, ps->a};
+	struct cal_mxfp8_quant_args B = {pw->b, rows, cols, div, pq->b, ps->b};
+	RUN_BOTH(&c, mxfp8_quant, A, B);
+	pair_check(&c, pq, "q");
+	pair_check(&c, ps, "scales");
+	free(w);
+	return finish(&c);
+}
+
+static int case_mxfp4_quant(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(mxfp4_quant);
+	uint64_t cols = units * 32, n = rows * cols;
+	uint16_t *w = weights(n, &s);
+	enum cal_div_mode div = seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP;
+	struct pair *pw = pair_new(&c, n * 2, w), *pq = pair_new(&c, n / 2, NULL),
+		    *ps = pair_new(&c, n / 32, NULL);
+	struct cal_mxfp4_quant_args A = {pw->a, rows, cols, div, pq->a, ps->a};
+	struct cal_mxfp4_quant_args B = {pw->b, rows, cols, div, pq->b, ps->b};
+	RUN_BOTH(&c, mxfp4_quant, A, B);
+	pair_check(&c, pq, "packed");
+	pair_check(&c, ps, "scales");
+	free(w);
+	return finish(&c);
+}
+
+static int case_int4_quant(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(int4_quant);
+	uint64_t r2 = rows * 2, cols = units * 128, n = r2 * cols;
+	uint16_t *w = weights(n, &s);
+	float *ba = block_amax(w, n, 128, &s);
+	enum cal_div_mode div = seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP;
+	struct pair *pw = pair_new(&c, n * 2, w), *pb = pair_new(&c, n / 128 * 4, ba),
+		    *pp = pair_new(&c, n / 2, NULL), *ps = pair_new(&c, n / 128 * 4, NULL);
+	struct cal_int4_quant_args A = {pw->a, r2, cols, pb->a, div, pp->a, ps->a};
+	struct cal_int4_quant_args B = {pw->b, r2, cols, pb->b, div, pp->b, ps->b};
+	RUN_BOTH(&c, int4_quant, A, B);
+	pair_check(&c, pp, "packed");
+	pair_check(&c, ps, "scales");
+	free(w);
+	free(ba);
+	return finish(&c);
+}
+
+/* ---- dequantizers: random codes and scales -------------------------------- */
+
+static uint8_t *rand_bytes(uint64_t n, uint64_t *s)
+{
+	uint8_t *b = xmalloc(n ? n : 1);
+	for (uint64_t i = 0; i < n; i++)
+		b[i] = (uint8_t)rng(s);
+	return b;
+}
+
+#define OUT_DT(seed) ((seed) & 1 ? CAL_DTYPE_BF16 : CAL_DTYPE_F32)
+
+static int case_nvfp4_dequant(struct opcase_env *env, uint64_t rows, uint64_t units,
+			      uint64_t seed)
+{
+	CTX(nvfp4_dequant);
+	uint64_t cols = units * 16, n = rows * cols;
+	enum cal_dtype dt = OUT_DT(seed);
+	uint8_t *q = rand_bytes(n / 2, &s), *sc = rand_bytes(n / 16, &s);
+	float s2 = ldexpf(1.0f + rng_unit(&s) * 0.5f, -10);
+	struct pair *pq = pair_new(&c, n / 2, q), *ps = pair_new(&c, n / 16, sc),
+		    *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
+	struct cal_nvfp4_dequant_args A = {pq->a, ps->a, rows, cols, s2, dt, po->a};
+	struct cal_nvfp4_dequant_args B = {pq->b, ps->b, rows, cols, s2, dt, po->b};
+	RUN_BOTH(&c, nvfp4_dequant, A, B);
+	pair_check(&c, po, "out");
+	free(q);
+	free(sc);
+	return finish(&c);
+}
+
+static int case_fp8_dequant(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(fp8_dequant);
+	uint64_t n = rows * units;
+	enum cal_dtype dt = OUT_DT(seed);
+	uint8_t *q = rand_bytes(n, &s);
+	float sc = ldexpf(1.0f + rng_unit(&s) * 0.5f, -8);
+	struct pair *pq = pair_new(&c, n, q), *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
+	struct cal_fp8_dequant_args A = {pq->a, n, sc, dt, po->a};
+	struct cal_fp8_dequant_args B = {pq->b, n, sc, dt, po->b};
+	RUN_BOTH(&c, fp8_dequant, A, B);
+	pair_check(&c, po, "out");
+	free(q);
+	return finish(&c);
+}
+
+static int case_mxfp8_dequant(struct opcase_env *env, uint64_t rows, uint64_t units,
+			      uint64_t seed)
+{
+	CTX(mxfp8_dequant);
+	uint64_t cols = units * 32, n = rows * cols;
+	enum cal_dtype dt = OUT_DT(seed);
+	uint8_t *q = rand_bytes(n, &s), *sc = rand_bytes(n / 32, &s);
+	struct pair *pq = pair_new(&c, n, q), *ps = pair_new(&c, n / 32, sc),
+		    *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
+	struct cal_mxfp8_dequant_args A = {pq->a, ps->a, rows, cols, dt, po->a};
+	struct cal_mxfp8_dequant_args B = {pq->b, ps->b, rows, cols, dt, po->b};
+	RUN_BOTH(&c, mxfp8_dequant, A, B);
+	pair_check(&c, po, "out");
+	free(q);
+	free(sc);
+	return finish(&c);
+}
+
+static int case_mxfp4_dequant(struct opcase_env *env, uint64_t rows, uint64_t units,
+			      uint64_t seed)
+{
+	CTX(mxfp4_dequant);
+	uint64_t cols = units * 32, n = rows * cols;
+	enum cal_dtype dt = OUT_DT(seed);
+	uint8_t *q = rand_bytes(n / 2, &s), *sc = rand_bytes(n / 32, &s);
+	struct pair *pq = pair_new(&c, n / 2, q), *ps = pair_new(&c, n / 32, sc),
+		    *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
+	struct cal_mxfp4_dequant_args A = {pq->a, ps->a, rows, cols, dt, po->a};
+	struct cal_mxfp4_dequant_args B = {pq->b, ps->b, rows, cols, dt, po->b};
+	RUN_BOTH(&c, mxfp4_dequant, A, B);
+	pair_check(&c, po, "out");
+	free(q);
+	free(sc);
+	return finish(&c);
+}
+
+static int case_int4_dequant(struct opcase_env *env, uint64_t rows, uint64_t units,
+			     uint64_t seed)
+{
+	CTX(int4_dequant);
+	uint64_t r2 = rows * 2, cols = units * 128, n = r2 * cols;
+	enum cal_dtype dt = OUT_DT(seed);
+	uint8_t *q = rand_bytes(n / 2, &s);
+	float *sc = xmalloc(n / 128 * 4);
+	for (uint64_t i = 0; i < n / 128; i++)
+		sc[i] = ldexpf(1.0f + rng_unit(&s) * 0.5f, (int)(rng(&s) % 20) - 12);
+	struct pair *pq = pair_new(&c, n / 2, q), *ps = pair_new(&c, n / 128 * 4, sc),
+		    *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
+	struct cal_int4_dequant_args A = {pq->a, ps->a, r2, cols, dt, po->a};
+	struct cal_int4_dequant_args B = {pq->b, ps->b, r2, cols, dt, po->b};
+	RUN_BOTH(&c, int4_dequant, A, B);
+	pair_check(&c, po, "out");
+	free(q);
+	free(sc);
+	return finish(&c);
+}
+
+const opcase_fn opcase_table[CAL_OP_COUNT] = {
+	[CAL_OPID_AMAX] = case_amax,
+	[CAL_OPID_AMAX_ROWS] = case_amax_rows,
+	[CAL_OPID_AMAX_SEGMENTS] = case_amax_segments,
+	[CAL_OPID_AMAX_BLOCKS] = case_amax_blocks,
+	[CAL_OPID_NVFP4_QUANT] = case_nvfp4_quant,
+	[CAL_OPID_NVFP4_STATIC_QUANT] = case_nvfp4_static_quant,
+	[CAL_OPID_NVFP4_MSE_SWEEP] = case_nvfp4_mse_sweep,
+	[CAL_OPID_FP8_QUANT] = case_fp8_quant,
+	[CAL_OPID_MXFP8_QUANT] = case_mxfp8_quant,
+	[CAL_OPID_MXFP4_QUANT] = case_mxfp4_quant,
+	[CAL_OPID_INT4_QUANT] = case_int4_quant,
+	[CAL_OPID_NVFP4_DEQUANT] = case_nvfp4_dequant,
+	[CAL_OPID_FP8_DEQUANT] = case_fp8_dequant,
+	[CAL_OPID_MXFP8_DEQUANT] = case_mxfp8_dequant,
+	[CAL_OPID_MXFP4_DEQUANT] = case_mxfp4_dequant,
+	[CAL_OPID_INT4_DEQUANT] = case_int4_dequant,
+	[CAL_OPID_GEMM] = fwdcase_gemm,
+	[CAL_OPID_GATHER_ROWS] = fwdcase_gather_rows,
+	[CAL_OPID_RMSNORM] = fwdcase_rmsnorm,
+	[CAL_OPID_ROPE] = fwdcase_rope,
+	[CAL_OPID_ATTENTION] = fwdcase_attention,
+	[CAL_OPID_ROUTER] = fwdcase_router,
+	[CAL_OPID_MOE_SORT] = fwdcase_moe_sort,
+	[CAL_OPID_MOE_COMBINE] = fwdcase_moe_combine,
+	[CAL_OPID_EWISE] = fwdcase_ewise,
+};
+
+int opcase_run(struct opcase_env *env, enum cal_op_id id, uint64_t rows, uint64_t units,
+	       uint64_t seed)
+{
+	if ((unsigned)id >= CAL_OP_COUNT || !opcase_table[id]) {
+		fprintf(stderr, "op %s has no back-end comparison case\n",
+			cal_op_name(id) ? cal_op_name(id) : "?");
+		return -1;
+	}
+	return opcase_table[id](env, rows, units, seed);
+}

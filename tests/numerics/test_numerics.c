@@ -1,0 +1,377 @@
+/*
+ * test_numerics.c — unit tests of kernels/ on the CPU: every golden vector
+ * of MODELOPT.md §1 byte for byte, edge cases, observers, argument errors,
+ * and the reference (1 thread) against the multi-threaded CPU back end for
+ * every op of ops.def on random shapes (seeds printed on failure).
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/fp.h"
+#include "goldens.h"
+#include "kernels/ops.h"
+#include "opcases.h"
+
+static struct cal_backend *cpu(unsigned threads, uint64_t min_items)
+{
+	struct cal_backend *be = NULL;
+	struct cal_backend_opts o = {threads, min_items, 0};
+	struct cal_error err = {0};
+	cr_assert_eq(cal_backend_init(CAL_BACKEND_CPU, &o, &be, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	return be;
+}
+
+/* ---- §1.2 conversions ---------------------------------------------------- */
+
+Test(numfmt, e4m3_examples)
+{
+	static const struct { float x; uint8_t code; } t[] = {
+		{1.0625f, 0x38}, {1.1875f, 0x3A}, {17.0f, 0x58}, {19.0f, 0x5A}, {240.0f, 0x77},
+		{432.0f, 0x7E}, {448.0f, 0x7E}, {449.0f, 0x7E}, {464.0f, 0x7E}, {464.5f, 0x7F},
+		{470.0f, 0x7F}, {0x1p-10f, 0x00}, {0x1.8p-9f, 0x02}, {0x1.4p-8f, 0x02},
+		{-0.0f, 0x80}, {0.0f, 0x00}, {-1.0f, 0xB8}, {INFINITY, 0x7F}, {-INFINITY, 0xFF},
+		{0x1p-6f, 0x08}, {0x1p-9f, 0x01}, {-448.0f, 0xFE},
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		cr_expect_eq(cal_e4m3_encode(t[i].x), t[i].code, "e4m3(%a) = %02x, want %02x",
+			     (double)t[i].x, cal_e4m3_encode(t[i].x), t[i].code);
+	cr_expect_eq(cal_e4m3_encode(NAN) & 0x7f, 0x7f);
+	/* every finite code round-trips */
+	for (unsigned c = 0; c < 256; c++) {
+		if ((c & 0x7f) == 0x7f)
+			continue;
+		cr_expect_eq(cal_e4m3_encode(cal_e4m3_decode((uint8_t)c)), c, "code %02x", c);
+	}
+	cr_expect_eq(cal_e4m3_decode(0x7E), 448.0f);
+	cr_expect_eq(cal_e4m3_decode(0x01), 0x1p-9f);
+	cr_expect(isnan(cal_e4m3_decode(0xFF)));
+}
+
+Test(numfmt, e2m1_nvfp4_table)
+{
+	static const struct { float x; unsigned code; } t[] = {
+		{0, 0}, {-0.0f, 0}, {0.1f, 0}, {0.25f, 0}, {0.26f, 1}, {0.5f, 1}, {0.75f, 2},
+		{1.0f, 2}, {1.25f, 2}, {1.5f, 3}, {1.75f, 4}, {2.0f, 4}, {2.5f, 4}, {3.0f, 5},
+		{3.5f, 6}, {4.0f, 6}, {5.0f, 6}, {5.5f, 7}, {6.0f, 7}, {7.0f, 7}, {100.0f, 7},
+		{-0.1f, 8}, {-0.25f, 8}, {-0.75f, 10}, {-5.0f, 14}, {-7.0f, 15},
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		cr_expect_eq(cal_e2m1_encode_nvfp4(t[i].x), t[i].code, "e2m1(%g) = %u, want %u",
+			     (double)t[i].x, cal_e2m1_encode_nvfp4(t[i].x), t[i].code);
+	for (unsigned c = 0; c < 16; c++)
+		if (c != 8)
+			cr_expect_eq(cal_e2m1_encode_nvfp4(cal_e2m1_decode(c)), c);
+}
+
+Test(numfmt, e2m1_mxfp4_rounding)
+{
+	cr_expect_eq(cal_e2m1_encode_mxfp4(0.0f), 8u);   /* exact zero carries the sign bit */
+	cr_expect_eq(cal_e2m1_encode_mxfp4(-0.0f), 8u);
+	cr_expect_eq(cal_e2m1_encode_mxfp4(0.25f), 0u);  /* positive: no sign bit */
+	cr_expect_eq(cal_e2m1_encode_mxfp4(-0.25f), 8u);
+	cr_expect_eq(cal_e2m1_encode_mxfp4(0.26f), 1u);
+	cr_expect_eq(cal_e2m1_encode_mxfp4(0.75f), 1u);  /* tie goes down */
+	cr_expect_eq(cal_e2m1_encode_mxfp4(1.75f), 3u);
+	cr_expect_eq(cal_e2m1_encode_mxfp4(3.5f), 5u);
+	cr_expect_eq(cal_e2m1_encode_mxfp4(-3.6f), 14u);
+	cr_expect_eq(cal_e2m1_encode_mxfp4(9.0f), 7u);
+}
+
+Test(numfmt, e8m0_and_ceil_log2)
+{
+	cr_expect_eq(cal_ceil_log2(1.0f), 0);
+	cr_expect_eq(cal_ceil_log2(1.0000001f), 1);
+	cr_expect_eq(cal_ceil_log2(0.75f), 0);
+	cr_expect_eq(cal_ceil_log2(0.5f), -1);
+	cr_expect_eq(cal_ceil_log2(0x1p-149f), -149);
+	cr_expect_eq(cal_ceil_log2(0x3p-149f), -147);
+	cr_expect_eq(cal_e8m0_decode(127), 1.0f);
+	cr_expect_eq(cal_e8m0_decode(0), 0x1p-127f);
+	cr_expect_eq(cal_mxfp8_block_scale(448.0f, CAL_DIV_EXACT), 127);
+	cr_expect_eq(cal_mxfp8_block_scale(449.0f, CAL_DIV_EXACT), 128);
+	cr_expect_eq(cal_mxfp8_block_scale(0.0f, CAL_DIV_RECIP), 0);
+	cr_expect_eq(cal_mxfp4_block_scale(6.0f, CAL_DIV_EXACT), 127);
+	cr_expect_eq(cal_mxfp4_block_scale(0.0f, CAL_DIV_EXACT), 0);
+}
+
+/* ---- §1.3 division semantics --------------------------------------------- */
+
+Test(numfmt, division_table)
+{
+	static const struct { float amax; uint32_t r2688, e2688, r448, e448; } t[] = {
+		{3.875f, 0x3abcf3cf, 0x3abcf3cf, 0x3c0db6dc, 0x3c0db6db},
+		{0.25390625f, 0x38c61862, 0x38c61862, 0x3a14924a, 0x3a149249},
+		{8.25f, 0x3b492493, 0x3b492492, 0x3c96db6e, 0x3c96db6e},
+		{21.0f, 0x3c000000, 0x3c000000, 0x3d400001, 0x3d400000},
+		{123.0f, 0x3d3b6db7, 0x3d3b6db7, 0x3e8c924a, 0x3e8c9249},
+		{2688.0f, 0x3f800000, 0x3f800000, 0x40c00001, 0x40c00000},
+		{448.0f, 0x3e2aaaab, 0x3e2aaaab, 0x3f800000, 0x3f800000},
+		{1.0f, 0x39c30c31, 0x39c30c31, 0x3b124925, 0x3b124925},
+	};
+	cr_expect_eq(cal_f32_bits(cal_fdiv(1.0f, 2688.0f)), 0x39C30C31u);
+	cr_expect_eq(cal_f32_bits(cal_fdiv(1.0f, 448.0f)), 0x3B124925u);
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		float a = t[i].amax;
+		cr_expect_eq(cal_f32_bits(cal_nvfp4_scale2(a, CAL_DIV_RECIP)), t[i].r2688, "%g", (double)a);
+		cr_expect_eq(cal_f32_bits(cal_nvfp4_scale2(a, CAL_DIV_EXACT)), t[i].e2688, "%g", (double)a);
+		cr_expect_eq(cal_f32_bits(cal_fp8_scale(a, CAL_DIV_RECIP)), t[i].r448, "%g", (double)a);
+		cr_expect_eq(cal_f32_bits(cal_fp8_scale(a, CAL_DIV_EXACT)), t[i].e448, "%g", (double)a);
+		cr_expect_eq(cal_f32_bits(cal_fp8_input_scale(a, CAL_DIV_RECIP)), t[i].r448);
+	}
+}
+
+Test(numfmt, input_scales)
+{
+	float s = 0;
+	struct cal_error err = {0};
+	cr_expect_eq(cal_fp8_input_scale(0.0f, CAL_DIV_RECIP), 1.0f);
+	cr_expect_eq(cal_fp8_input_scale(NAN, CAL_DIV_RECIP), 1.0f);
+	cr_expect_eq(cal_fp8_input_scale(0.0f, CAL_DIV_EXACT), 1.0f);
+	cr_expect_eq(cal_nvfp4_input_scale(2688.0f, CAL_DIV_RECIP, &s, &err), CAL_OK);
+	cr_expect_eq(s, 1.0f); /* constant_amax 2688 pins input_scale to 1 */
+	cr_expect_eq(cal_nvfp4_input_scale(0.0f, CAL_DIV_RECIP, &s, &err), CAL_ERR_NUMERIC);
+	cr_expect(strstr(cal_error_msg(&err), "amax") != NULL);
+	cal_error_clear(&err);
+	cr_expect_eq(cal_nvfp4_input_scale(NAN, CAL_DIV_RECIP, &s, NULL), CAL_ERR_NUMERIC);
+	/* kv: no clamp to >= 1 */
+	cr_expect_eq(cal_f32_bits(cal_fp8_scale(21.0f, CAL_DIV_RECIP)), 0x3d400001u);
+}
+
+/* ---- §1.4.4 and §1.6 goldens through the op table ------------------------ */
+
+static void run_golden(unsigned threads)
+{
+	struct cal_backend *be = cpu(threads, 1);
+	struct golden_result r;
+	struct cal_error err = {0};
+	cr_assert_eq(golden_run(be, &r, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_expect_eq(golden_check(&r, be->name), 0, "golden mismatches (stderr)");
+	cal_backend_free(be);
+}
+
+Test(golden, nvfp4_fp8_reference) { run_golden(1); }
+Test(golden, nvfp4_fp8_threaded) { run_golden(4); }
+
+Test(golden, input_bytes_match_formula)
+{
+	uint16_t w[4 * 32];
+	golden_input(w);
+	for (int r = 0; r < 4; r++) {
+		char hex[129];
+		for (int c = 0; c < 32; c++)
+			snprintf(hex + 4 * c, 5, "%02x%02x", w[r * 32 + c] & 0xff, w[r * 32 + c] >> 8);
+		cr_expect_str_eq(hex, golden_input_hex[r], "row %d", r);
+	}
+}
+
+/* ---- edge cases ---------------------------------------------------------- */
+
+static void nvfp4_one_block(const float *x, float s2, uint8_t *ret_scale, uint8_t ret_packed[8])
+{
+	struct cal_backend *be = cpu(1, 0);
+	uint16_t w[16];
+	struct cal_error err = {0};
+	for (int k = 0; k < 16; k++)
+		w[k] = cal_f32_to_bf16(x[k]);
+	struct cal_nvfp4_quant_args a = {w, 1, 16, s2, ret_packed, ret_scale};
+	cr_assert_eq(cal_op_nvfp4_quant(be, &a, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cal_backend_free(be);
+}
+
+Test(edge, nvfp4_blocks)
+{
+	float zero[16] = {0}, tiny[16] = {0}, big[16] = {0};
+	uint8_t sc, p[8];
+	nvfp4_one_block(zero, 0.001f, &sc, p);
+	cr_expect_eq(sc, 0x38);              /* all-zero block: scale 1.0 */
+	for (int j = 0; j < 8; j++)
+		cr_expect_eq(p[j], 0);
+	tiny[3] = 1e-30f;
+	tiny[4] = -1e-30f;
+	nvfp4_one_block(tiny, 0.001f, &sc, p);
+	cr_expect_eq(sc, 0x01);              /* clamped to 2^-9, never 0 */
+	cr_expect_eq(p[2], 0x08);            /* element 4 = -tiny: negative zero, low nibble */
+	cr_expect_eq(p[1], 0x00);            /* element 3 = +tiny: zero */
+	big[0] = 100.0f;
+	nvfp4_one_block(big, 0.001f, &sc, p);
+	cr_expect_eq(sc, 0x7E);              /* > 448 clamps to 448, never NaN */
+	nvfp4_one_block(zero, 0.0f, &sc, p); /* all-zero tensor: S2 = 0 -> NaN scale */
+	cr_expect_eq(sc, 0x7F);
+}
+
+Test(edge, fp8_and_mx_and_int4)
+{
+	struct cal_backend *be = cpu(1, 0);
+	struct cal_error err = {0};
+	uint16_t w[256];
+	uint8_t q[256], sc[8], pk[128];
+	float amax[2] = {0, 0}, ssc[2];
+	for (int i = 0; i < 256; i++)
+		w[i] = cal_f32_to_bf16(i < 32 ? (float)(i - 16) * 28.0f : (float)((i % 17) - 8));
+	/* MXFP8: amax 448 -> e = 0, values unchanged */
+	struct cal_mxfp8_quant_args m8 = {w, 1, 32, CAL_DIV_RECIP, q, sc};
+	cr_assert_eq(cal_op_mxfp8_quant(be, &m8, &err), CAL_OK);
+	cr_expect_eq(sc[0], 127);
+	cr_expect_eq(q[0], cal_e4m3_encode(-448.0f));
+	cr_expect_eq(q[17], cal_e4m3_encode(28.0f));
+	/* MXFP4: amax 448 -> e = ceil(log2(74.67)) = 7; -448/128 = -3.5 -> tie down to 3 */
+	struct cal_mxfp4_quant_args m4 = {w, 1, 32, CAL_DIV_EXACT, pk, sc};
+	cr_assert_eq(cal_op_mxfp4_quant(be, &m4, &err), CAL_OK);
+	cr_expect_eq(sc[0], 127 + 7);
+	cr_expect_eq(pk[0] & 0xf, 0x8 | 5);  /* -3.5 -> -3 (code 5) */
+	cr_expect_eq(pk[8] & 0xf, 0x8);      /* exact zero (element 16) -> 0x8 */
+	/* INT4: block amax 8 -> scale 8/7; row 0 = -8..8 pattern */
+	for (int i = 0; i < 256; i++)
+		w[i] = cal_f32_to_bf16((float)((i % 17) - 8));
+	amax[0] = 8.0f;
+	amax[1] = 0.0f;                      /* zero amax -> scale 1 */
+	struct cal_int4_quant_args i4 = {w, 2, 128, amax, CAL_DIV_EXACT, pk, ssc};
+	cr_assert_eq(cal_op_int4_quant(be, &i4, &err), CAL_OK);
+	cr_expect_eq(ssc[0], 8.0f / 7.0f);
+	cr_expect_eq(ssc[1], 1.0f);
+	/* element (0,0) = -8 -> rint(-7) = -7 = 0x9; (1,0) = w[128] = (128%17)-8 = 1 */
+	cr_expect_eq(pk[0], 0x9 | (1 << 4));
+	cal_backend_free(be);
+}
+
+/* ---- observers ------------------------------------------------------------ */
+
+Test(observer, amax_stream_and_nonfinite)
+{
+	struct cal_backend *be = cpu(3, 1);
+	struct cal_error err = {0};
+	float x[100], amax = 0.0f;
+	struct cal_nonfinite nf = {0, CAL_NONFINITE_NONE};
+	for (int i = 0; i < 100; i++)
+		x[i] = (float)(i % 10) - 4.5f;
+	x[37] = NAN;
+	x[80] = -INFINITY;
+	struct cal_amax_args a = {CAL_DTYPE_F32, x, 50, 1000, &amax, &nf};
+	cr_assert_eq(cal_op_amax(be, &a, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_expect_eq(amax, 4.5f);
+	cr_expect_eq(nf.count, 1);
+	cr_expect_eq(nf.first, 1037);
+	x[90] = -9.0f;
+	a.x = x + 50;
+	a.index_base = 1050;
+	cr_assert_eq(cal_op_amax(be, &a, &err), CAL_OK);
+	cr_expect_eq(amax, 9.0f);
+	cr_expect_eq(nf.count, 2);
+	cr_expect_eq(nf.first, 1037);
+	cal_backend_free(be);
+}
+
+Test(observer, rows_segments_blocks)
+{
+	struct cal_backend *be = cpu(2, 1);
+	struct cal_error err = {0};
+	uint16_t x[6 * 32];
+	for (int i = 0; i < 6 * 32; i++)
+		x[i] = cal_f32_to_bf16((float)(i / 32 + 1) * (i % 2 ? -1.0f : 1.0f));
+	x[5 * 32 + 3] = 0x7fc0; /* NaN in row 5 */
+	float am = 0.0f, seg[3] = {0, 0, 0}, blk[12] = {0};
+	struct cal_nonfinite nf = {0, CAL_NONFINITE_NONE};
+	uint32_t idx[3] = {0, 2, 9}; /* 9 is out of range: skipped */
+	struct cal_amax_rows_args r = {CAL_DTYPE_BF16, x, 6, 32, idx, 3, 0, &am, &nf};
+	cr_assert_eq(cal_op_amax_rows(be, &r, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_expect_eq(am, 3.0f);
+	cr_expect_eq(nf.count, 0);
+	uint32_t off[4] = {0, 2, 2, 6}; /* segment 1 empty */
+	struct cal_amax_segments_args sg = {CAL_DTYPE_BF16, x, 6, 32, off, 3, 0, seg, &nf};
+	cr_assert_eq(cal_op_amax_segments(be, &sg, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_expect_eq(seg[0], 2.0f);
+	cr_expect_eq(seg[1], 0.0f);
+	cr_expect_eq(seg[2], 6.0f);
+	cr_expect_eq(nf.count, 1);
+	cr_expect_eq(nf.first, 5 * 32 + 3);
+	struct cal_amax_blocks_args bl = {CAL_DTYPE_BF16, x, 6, 32, 16, 0, blk, &nf};
+	cr_assert_eq(cal_op_amax_blocks(be, &bl, &err), CAL_OK, "%s", cal_error_msg(&err));
+	for (int b = 0; b < 12; b++)
+		cr_expect_eq(blk[b], (float)(b / 2 + 1), "block %d", b);
+	cr_expect_eq(nf.count, 2);
+	cal_backend_free(be);
+}
+
+/* ---- argument errors ------------------------------------------------------ */
+
+Test(args, errors_name_the_field)
+{
+	struct cal_backend *be = cpu(1, 0);
+	struct cal_error err = {0};
+	uint16_t w[32] = {0};
+	uint8_t p[16], s[2];
+	struct cal_nvfp4_quant_args a = {w, 1, 24, 1.0f, p, s};
+	cr_expect_eq(cal_op_nvfp4_quant(be, &a, &err), CAL_ERR_INVALID);
+	cr_expect(strstr(cal_error_msg(&err), "'cols'") != NULL, "%s", cal_error_msg(&err));
+	cr_expect(strstr(cal_error_msg(&err), "nvfp4_quant") != NULL, "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	a.cols = 32;
+	a.packed = NULL;
+	cr_expect_eq(cal_op_nvfp4_quant(be, &a, &err), CAL_ERR_INVALID);
+	cr_expect(strstr(cal_error_msg(&err), "'packed'") != NULL, "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	float amax = 0;
+	struct cal_amax_args o = {CAL_DTYPE_F16, w, 4, 0, &amax, NULL};
+	cr_expect_eq(cal_op_amax(be, &o, &err), CAL_ERR_UNSUPPORTED);
+	cal_error_clear(&err);
+	o.dtype = CAL_DTYPE_BF16;
+	cr_expect_eq(cal_op_amax(be, &o, &err), CAL_ERR_INVALID); /* nonfinite is required */
+	cal_error_clear(&err);
+	struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, w, 1, 32, 8, 0, &amax, NULL};
+	cr_expect_eq(cal_op_amax_blocks(be, &b, &err), CAL_ERR_INVALID);
+	cr_expect(strstr(cal_error_msg(&err), "'block'") != NULL);
+	cal_error_clear(&err);
+	struct cal_amax_args huge = {CAL_DTYPE_BF16, w, UINT64_C(1) << 50, 0, &amax,
+				     (struct cal_nonfinite *)s};
+	cr_expect_eq(cal_op_amax(be, &huge, &err), CAL_ERR_RANGE);
+	cal_error_clear(&err);
+	cal_backend_free(be);
+}
+
+Test(backend, cuda_selection)
+{
+	struct cal_backend *be = NULL;
+	enum cal_backend_kind k;
+	cr_expect_eq(cal_backend_kind_from_name("cuda", &k), 0);
+	cr_expect_eq(k, CAL_BACKEND_CUDA);
+	cr_expect_eq(cal_backend_kind_from_name("tpu", &k), -1);
+	if (!cal_backend_cuda_built()) {
+		struct cal_error err = {0};
+		cr_expect_eq(cal_backend_init(CAL_BACKEND_CUDA, NULL, &be, &err), CAL_ERR_UNSUPPORTED);
+		cr_expect_null(be);
+		cr_expect_eq(cal_backend_cuda_available(), 0);
+		cal_error_clear(&err);
+	}
+	cal_backend_free(NULL);
+}
+
+/* ---- reference vs multi-threaded CPU, every op ----------------------------- */
+
+Test(ops, every_op_has_a_case)
+{
+	for (int i = 0; i < CAL_OP_COUNT; i++)
+		cr_expect_not_null(opcase_table[i], "op %s has no back-end comparison case",
+				   cal_op_name((enum cal_op_id)i));
+	cr_expect_eq(CAL_OP_COUNT, CAL_OP_COUNT_EXPECTED);
+}
+
+Test(ops, reference_vs_threaded_cpu, .timeout = 120)
+{
+	static const uint64_t shapes[][2] = {{1, 1}, {1, 7}, {3, 2}, {2, 3}, {7, 5}, {13, 17},
+					     {64, 4}, {31, 8}, {5, 64}};
+	struct opcase_env env = {cpu(1, 0), cpu(5, 1), 1, 0};
+	uint64_t seed = 20260801;
+	int bad = 0;
+	for (int op = 0; op < CAL_OP_COUNT; op++)
+		for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++, seed++) {
+			env.misalign = i % 3 == 2 ? 4 : 0;
+			bad |= opcase_run(&env, (enum cal_op_id)op, shapes[i][0], shapes[i][1], seed);
+		}
+	cr_expect_eq(bad, 0, "mismatches (see stderr; seeds printed)");
+	cal_backend_free(env.a);
+	cal_backend_free(env.b);
+}
