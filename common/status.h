@@ -31,7 +31,8 @@ enum cal_status {
 	CAL_ERR_INTERNAL = -13,   /* a bug in calibd */
 };
 
-/* Stable lower-case name of a status ("ok", "format", ...). Never NULL. */
+/* Short human-readable phrase for a status ("ok", "malformed input", ...).
+ * Never NULL.  Machine-readable codes live with the API (api/errors.def). */
 const char *cal_status_str(enum cal_status s);
 
 struct cal_error {

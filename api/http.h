@@ -1,0 +1,86 @@
+/*
+ * http.h — the HTTP server (libmicrohttpd, one thread per connection under
+ * global, per-IP and inactivity limits) and the dispatcher every route goes
+ * through: route lookup, auth, body limits, error replies, request counters.
+ * Handlers live one file per resource (jobs.c, system.c) and are listed once
+ * in routes.c.
+ */
+#ifndef CAL_API_HTTP_H
+#define CAL_API_HTTP_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "api/errors.h"
+#include "daemon/daemon.h"
+
+#define CAL_ROUTE_MUTATING 1u /* needs a token whenever tokens are configured */
+#define CAL_ROUTE_BODY 2u     /* takes a JSON body */
+#define CAL_ROUTE_PUBLIC 4u   /* probes: never needs a token */
+
+struct cal_http_req;
+typedef enum MHD_Result (*cal_route_fn)(struct cal_http_req *r);
+
+struct cal_route {
+	const char *method;
+	const char *pattern; /* "/v1/jobs/{id}": a {name} matches one segment */
+	cal_route_fn fn;
+	unsigned flags;
+};
+
+/* the route table (routes.c) */
+extern const struct cal_route cal_routes[];
+extern const size_t cal_n_routes;
+
+#define CAL_PATH_PARAM_MAX 128
+
+struct cal_http_req {
+	struct MHD_Connection *conn;
+	struct cal_daemon *d;
+	struct cal_config *cfg;   /* reference held for the request */
+	const char *method, *url;
+	int route;                /* index into cal_routes, -1 when none */
+	char param[CAL_PATH_PARAM_MAX]; /* the {..} segment, decoded */
+	char *body;
+	size_t body_len, body_cap;
+	int body_too_large;
+	int started;
+	unsigned status;          /* HTTP status sent (for the counters) */
+};
+
+/* Sends body (reference stolen) as JSON with the given status. */
+enum MHD_Result cal_http_json(struct cal_http_req *r, unsigned status, json_t *body);
+/* Same, adding one header (name/value may be NULL). */
+enum MHD_Result cal_http_json_h(struct cal_http_req *r, unsigned status, json_t *body, const char *hname,
+				const char *hvalue);
+/* Sends the error body for p (and clears p). */
+enum MHD_Result cal_http_problem(struct cal_http_req *r, struct cal_api_problem *p);
+/* Sends error e with a printf message (NULL: the default) naming field. */
+enum MHD_Result cal_http_error(struct cal_http_req *r, enum cal_api_err e, const char *field, const char *fmt,
+			       ...) __attribute__((format(printf, 4, 5)));
+/* Sends a prepared response and records its status. */
+enum MHD_Result cal_http_send(struct cal_http_req *r, unsigned status, struct MHD_Response *resp);
+
+/* Appends the HTTP request counters in Prometheus format to f. */
+void cal_http_render_metrics(FILE *f);
+
+struct cal_http;
+
+/* Starts listening on cfg's address/port.  *ret owned by the caller
+ * (cal_http_stop).  The bound port is in cal_http_port(). */
+enum cal_status cal_http_start(struct cal_daemon *d, const struct cal_config *cfg, struct cal_http **ret,
+			       struct cal_error *err);
+unsigned cal_http_port(const struct cal_http *h);
+/* Stops accepting new connections (requests in progress continue). */
+void cal_http_quiesce(struct cal_http *h);
+/* Stops the server and frees h.  NULL is a no-op. */
+void cal_http_stop(struct cal_http *h);
+
+/* Matches method+path against the table: the route index, -1 when no
+ * pattern matches, -2 when a pattern matches but not the method.  The
+ * {..} segment is copied to param (size CAL_PATH_PARAM_MAX). */
+int cal_route_match(const char *method, const char *path, char *param);
+
+#endif

@@ -1,0 +1,501 @@
+/*
+ * jobspec.c — JSON body limits and job submission validation.
+ */
+#include "jobspec.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/sha256.h"
+#include "daemon/fsutil.h"
+
+static int depth_ok(const json_t *v, int depth)
+{
+	if (depth > CAL_JSON_MAX_DEPTH)
+		return 0;
+	if (json_is_object(v)) {
+		const char *k;
+		json_t *x;
+		json_object_foreach((json_t *)v, k, x)
+			if (!depth_ok(x, depth + 1))
+				return 0;
+	} else if (json_is_array(v)) {
+		size_t i;
+		json_t *x;
+		json_array_foreach(v, i, x)
+			if (!depth_ok(x, depth + 1))
+				return 0;
+	}
+	return 1;
+}
+
+/* Cheap pre-scan: bracket depth outside strings, so a deeply nested body is
+ * refused before jansson builds it. */
+static int prescan_depth_ok(const char *buf, size_t len)
+{
+	int depth = 0, in_str = 0, esc = 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = buf[i];
+		if (in_str) {
+			if (esc)
+				esc = 0;
+			else if (c == '\\')
+				esc = 1;
+			else if (c == '"')
+				in_str = 0;
+		} else if (c == '"') {
+			in_str = 1;
+		} else if (c == '{' || c == '[') {
+			if (++depth > CAL_JSON_MAX_DEPTH)
+				return 0;
+		} else if (c == '}' || c == ']') {
+			depth--;
+		}
+	}
+	return 1;
+}
+
+enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
+				     struct cal_api_problem *prob)
+{
+	*ret = NULL;
+	if (!prescan_depth_ok(buf, len))
+		return cal_api_problem_set(prob, CAL_API_ERR_JSON_TOO_DEEP, NULL, NULL);
+	json_error_t je;
+	json_t *v = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+	if (!v)
+		return cal_api_problem_set(prob, CAL_API_ERR_BAD_JSON, NULL,
+					   "line %d column %d: %s", je.line, je.column, je.text);
+	if (!json_is_object(v)) {
+		json_decref(v);
+		return cal_api_problem_set(prob, CAL_API_ERR_BAD_JSON, NULL, "the body must be a JSON object");
+	}
+	if (!depth_ok(v, 1)) {
+		json_decref(v);
+		return cal_api_problem_set(prob, CAL_API_ERR_JSON_TOO_DEEP, NULL, NULL);
+	}
+	*ret = v;
+	return CAL_API_OK;
+}
+
+int cal_json_fingerprint(const json_t *v, char out[65])
+{
+	char *s = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+	if (!s)
+		return -1;
+	uint8_t d[CAL_SHA256_LEN];
+	cal_sha256(s, strlen(s), d);
+	cal_sha256_hex(d, out);
+	free(s);
+	return 0;
+}
+
+/* ---- field helpers --------------------------------------------------- */
+
+static enum cal_api_err check_keys(const json_t *obj, const char *const *allowed, const char *prefix,
+				   struct cal_api_problem *prob)
+{
+	const char *k;
+	json_t *v;
+	json_object_foreach((json_t *)obj, k, v) {
+		int ok = 0;
+		for (const char *const *a = allowed; *a; a++)
+			ok |= !strcmp(*a, k);
+		if (!ok) {
+			char *f = NULL;
+			if (asprintf(&f, "%s%s", prefix, k) < 0)
+				f = NULL;
+			cal_api_problem_set(prob, CAL_API_ERR_UNKNOWN_FIELD, f, "unknown field '%s%s'", prefix, k);
+			free(f);
+			return CAL_API_ERR_UNKNOWN_FIELD;
+		}
+	}
+	return CAL_API_OK;
+}
+
+static enum cal_api_err get_int(const json_t *obj, const char *key, const char *field, long long lo,
+				long long hi, long long def, long long *ret, struct cal_api_problem *prob)
+{
+	json_t *v = json_object_get(obj, key);
+	if (!v || json_is_null(v)) {
+		*ret = def;
+		return CAL_API_OK;
+	}
+	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
+					   "%s must be an integer in [%lld, %lld]", field, lo, hi);
+	*ret = json_integer_value(v);
+	return CAL_API_OK;
+}
+
+static int plain_name(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > max || s[0] == '.')
+		return 0;
+	for (const char *p = s; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '_' || *p == '-' || *p == '.' || *p == ':'))
+			return 0;
+	return 1;
+}
+
+/* Maps a cal_path_confine failure to the API error for field. */
+static enum cal_api_err path_problem(enum cal_status st, const char *field, const char *path,
+				     struct cal_error *e, struct cal_api_problem *prob)
+{
+	enum cal_api_err ae;
+	switch (st) {
+	case CAL_ERR_NOTFOUND: ae = CAL_API_ERR_PATH_NOT_FOUND; break;
+	case CAL_ERR_EXISTS: ae = CAL_API_ERR_OUTPUT_EXISTS; break;
+	case CAL_ERR_RANGE: ae = CAL_API_ERR_PATH_OUTSIDE_ROOTS; break;
+	default: ae = CAL_API_ERR_INVALID_FIELD; break;
+	}
+	/* the client's own path is echoed (it is valid UTF-8: it came from JSON) */
+	cal_api_problem_set(prob, ae, field, "%s '%s': %s", field, path, cal_error_msg(e));
+	cal_error_clear(e);
+	return ae;
+}
+
+static enum cal_api_err get_path(const json_t *v, const char *field, char *const *roots, size_t nroots,
+				 int must_exist, char **ret, struct cal_api_problem *prob)
+{
+	*ret = NULL;
+	if (!v || json_is_null(v))
+		return cal_api_problem_set(prob, CAL_API_ERR_MISSING_FIELD, field, "%s is required", field);
+	if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > CAL_SPEC_MAX_PATH)
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
+					   "%s must be an absolute path of 1 to %d bytes", field, CAL_SPEC_MAX_PATH);
+	const char *s = json_string_value(v);
+	if (strlen(s) != json_string_length(v))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field, "%s contains a NUL byte", field);
+	struct cal_error e = {0};
+	enum cal_status st = cal_path_confine(s, roots, nroots, must_exist, ret, &e);
+	if (st)
+		return path_problem(st, field, s, &e, prob);
+	return CAL_API_OK;
+}
+
+/* ---- the submission --------------------------------------------------- */
+
+static enum cal_api_err validate_calibration(const json_t *c, const struct cal_jobspec_env *env,
+					     json_t *out, struct cal_api_problem *prob)
+{
+	static const char *const keys[] = {"datasets", "tokens", "samples", "seq_len", "seed", NULL};
+	enum cal_api_err ae;
+	if (!c || json_is_null(c))
+		return cal_api_problem_set(prob, CAL_API_ERR_MISSING_FIELD, "calibration", "calibration is required");
+	if (!json_is_object(c))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "calibration", "calibration must be an object");
+	if ((ae = check_keys(c, keys, "calibration.", prob)))
+		return ae;
+	long long samples, seq_len, seed;
+	if ((ae = get_int(c, "samples", "calibration.samples", 1, 1000000, 512, &samples, prob)) ||
+	    (ae = get_int(c, "seq_len", "calibration.seq_len", 1, 1048576, 512, &seq_len, prob)) ||
+	    (ae = get_int(c, "seed", "calibration.seed", 0, INT64_MAX, 0, &seed, prob)))
+		return ae;
+	if (samples * seq_len > (1LL << 34))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "calibration.samples",
+					   "samples x seq_len = %lld tokens exceeds 2^34", samples * seq_len);
+	json_t *ds = json_object_get(c, "datasets");
+	json_t *tok = json_object_get(c, "tokens");
+	if (ds && json_is_null(ds))
+		ds = NULL;
+	if (tok && json_is_null(tok))
+		tok = NULL;
+	if (!!ds == !!tok)
+		return cal_api_problem_set(prob, ds ? CAL_API_ERR_INVALID_FIELD : CAL_API_ERR_MISSING_FIELD,
+					   "calibration.datasets",
+					   "give exactly one of calibration.datasets and calibration.tokens");
+	json_t *cal = json_object();
+	json_object_set_new(out, "calibration", cal);
+	if (ds) {
+		if (!json_is_array(ds) || json_array_size(ds) == 0 || json_array_size(ds) > CAL_SPEC_MAX_DATASETS)
+			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "calibration.datasets",
+						   "calibration.datasets must be a list of 1 to %d entries",
+						   CAL_SPEC_MAX_DATASETS);
+		json_t *list = json_array();
+		json_object_set_new(cal, "datasets", list);
+		size_t i;
+		json_t *d;
+		json_array_foreach(ds, i, d) {
+			char field[64];
+			snprintf(field, sizeof(field), "calibration.datasets[%zu]", i);
+			json_t *path = d;
+			long long n = 0;
+			if (json_is_object(d)) {
+				static const char *const dkeys[] = {"path", "samples", NULL};
+				char prefix[80];
+				snprintf(prefix, sizeof(prefix), "%s.", field);
+				if ((ae = check_keys(d, dkeys, prefix, prob)))
+					return ae;
+				path = json_object_get(d, "path");
+				char sf[96];
+				snprintf(sf, sizeof(sf), "%s.samples", field);
+				if ((ae = get_int(d, "samples", sf, 1, 1000000, 0, &n, prob)))
+					return ae;
+			} else if (!json_is_string(d)) {
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
+							   "%s must be a path or {\"path\", \"samples\"}", field);
+			}
+			char *real = NULL;
+			if ((ae = get_path(path, field, env->data_roots, env->n_data_roots, 1, &real, prob)))
+				return ae;
+			struct stat sb;
+			if (stat(real, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+				free(real);
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
+							   "%s '%s' is not a regular file", field, json_string_value(path));
+			}
+			json_t *e = json_pack("{s:s}", "path", real);
+			free(real);
+			if (!e)
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field, "%s is not UTF-8", field);
+			if (n)
+				json_object_set_new(e, "samples", json_integer(n));
+			json_array_append_new(list, e);
+		}
+	} else {
+		char *real = NULL;
+		if ((ae = get_path(tok, "calibration.tokens", env->data_roots, env->n_data_roots, 1, &real, prob)))
+			return ae;
+		struct stat sb;
+		int reg = stat(real, &sb) == 0 && S_ISREG(sb.st_mode);
+		json_t *s = reg ? json_string(real) : NULL;
+		free(real);
+		if (!s)
+			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "calibration.tokens",
+						   "calibration.tokens must name a regular file");
+		json_object_set_new(cal, "tokens", s);
+	}
+	json_object_set_new(cal, "samples", json_integer(samples));
+	json_object_set_new(cal, "seq_len", json_integer(seq_len));
+	json_object_set_new(cal, "seed", json_integer(seed));
+	return CAL_API_OK;
+}
+
+static enum cal_api_err validate_recipe(const json_t *req, const struct cal_jobspec_env *env, json_t *out,
+					struct cal_api_problem *prob)
+{
+	json_t *r = json_object_get(req, "recipe");
+	if (!r || json_is_null(r))
+		return cal_api_problem_set(prob, CAL_API_ERR_MISSING_FIELD, "recipe",
+					   "recipe is required: a recipe name or {\"yaml\": \"...\"}");
+	if (json_is_object(r)) {
+		static const char *const keys[] = {"yaml", NULL};
+		enum cal_api_err ae = check_keys(r, keys, "recipe.", prob);
+		if (ae)
+			return ae;
+		json_t *y = json_object_get(r, "yaml");
+		if (!json_is_string(y) || json_string_length(y) == 0 || json_string_length(y) > CAL_RECIPE_YAML_MAX ||
+		    strlen(json_string_value(y)) != json_string_length(y))
+			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "recipe.yaml",
+						   "recipe.yaml must be a non-empty string of at most %d bytes",
+						   CAL_RECIPE_YAML_MAX);
+		json_object_set(out, "recipe_yaml", y);
+		return CAL_API_OK;
+	}
+	if (!json_is_string(r) || !plain_name(json_string_value(r), 128))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "recipe",
+					   "recipe must be a name of 1 to 128 characters [A-Za-z0-9._:-] or {\"yaml\": ...}");
+	const char *name = json_string_value(r);
+	if (env->recipes_dir) {
+		int found = 0;
+		static const char *const exts[] = {".yaml", ".yml"};
+		for (size_t i = 0; i < 2 && !found; i++) {
+			char *p = NULL;
+			if (asprintf(&p, "%s/%s%s", env->recipes_dir, name, exts[i]) >= 0) {
+				found = access(p, R_OK) == 0;
+				free(p);
+			}
+		}
+		if (!found)
+			return cal_api_problem_set(prob, CAL_API_ERR_UNKNOWN_RECIPE, "recipe",
+						   "recipe '%s' is not a known recipe", name);
+	}
+	json_object_set(out, "recipe", r);
+	return CAL_API_OK;
+}
+
+static enum cal_api_err validate_devices(const json_t *req, const struct cal_jobspec_env *env, json_t *out,
+					 struct cal_api_problem *prob)
+{
+	json_t *d = json_object_get(req, "devices");
+	if (!d || json_is_null(d)) {
+		json_object_set_new(out, "devices", env->n_devices ? json_integer(1) : json_string("cpu"));
+		return CAL_API_OK;
+	}
+	if (json_is_string(d)) {
+		if (strcmp(json_string_value(d), "cpu"))
+			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
+						   "devices must be \"cpu\", a GPU count or a list of GPU ids");
+		json_object_set(out, "devices", d);
+		return CAL_API_OK;
+	}
+	if (json_is_integer(d)) {
+		json_int_t n = json_integer_value(d);
+		if (n < 1 || n > 64)
+			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
+						   "devices: a GPU count must be in [1, 64]");
+		if ((size_t)n > env->n_devices)
+			return cal_api_problem_set(prob, CAL_API_ERR_DEVICES_UNAVAILABLE, "devices",
+						   "devices: %lld GPUs requested, %zu configured", (long long)n,
+						   env->n_devices);
+		json_object_set(out, "devices", d);
+		return CAL_API_OK;
+	}
+	if (!json_is_array(d) || json_array_size(d) == 0 || json_array_size(d) > 64)
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
+					   "devices must be \"cpu\", a GPU count or a list of 1 to 64 GPU ids");
+	size_t i, j;
+	json_t *x, *y;
+	json_array_foreach(d, i, x) {
+		if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > 1023)
+			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
+						   "devices[%zu] must be a GPU id in [0, 1023]", i);
+		json_array_foreach(d, j, y)
+			if (j < i && json_integer_value(y) == json_integer_value(x))
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
+							   "devices: GPU %lld listed twice",
+							   (long long)json_integer_value(x));
+		int known = 0;
+		for (size_t k = 0; k < env->n_devices; k++)
+			known |= env->devices[k] == json_integer_value(x);
+		if (!known)
+			return cal_api_problem_set(prob, CAL_API_ERR_DEVICES_UNAVAILABLE, "devices",
+						   "devices: GPU %lld is not configured", (long long)json_integer_value(x));
+	}
+	json_object_set(out, "devices", d);
+	return CAL_API_OK;
+}
+
+static enum cal_api_err validate_options(const json_t *req, json_t *out, struct cal_api_problem *prob)
+{
+	static const char *const keys[] = {"per_expert_input_amax", "moe_calib_experts_ratio", NULL};
+	json_t *o = json_object_get(req, "options");
+	int amax = 0;
+	double ratio = 0;
+	if (o && !json_is_null(o)) {
+		if (!json_is_object(o))
+			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options", "options must be an object");
+		enum cal_api_err ae = check_keys(o, keys, "options.", prob);
+		if (ae)
+			return ae;
+		json_t *a = json_object_get(o, "per_expert_input_amax");
+		if (a && !json_is_boolean(a))
+			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options.per_expert_input_amax",
+						   "options.per_expert_input_amax must be true or false");
+		amax = a && json_is_true(a);
+		json_t *r = json_object_get(o, "moe_calib_experts_ratio");
+		if (r) {
+			if (!json_is_number(r) || !(json_number_value(r) >= 0 && json_number_value(r) <= 1))
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD,
+							   "options.moe_calib_experts_ratio",
+							   "options.moe_calib_experts_ratio must be a number in [0, 1]");
+			ratio = json_number_value(r);
+		}
+	}
+	json_object_set_new(out, "options", json_pack("{s:b, s:f}", "per_expert_input_amax", amax,
+						      "moe_calib_experts_ratio", ratio));
+	return CAL_API_OK;
+}
+
+enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspec_env *env,
+				      json_t **ret_spec, struct cal_api_problem *prob)
+{
+	static const char *const keys[] = {"name", "model", "recipe", "calibration", "output", "devices",
+					   "priority", "options", "timeout_s", NULL};
+	enum cal_api_err ae;
+	char *model = NULL, *output = NULL;
+	*ret_spec = NULL;
+	json_t *out = json_object();
+	if (!out)
+		return cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+	if (!json_is_object(req)) {
+		ae = cal_api_problem_set(prob, CAL_API_ERR_BAD_JSON, NULL, "the body must be a JSON object");
+		goto fail;
+	}
+	if ((ae = check_keys(req, keys, "", prob)))
+		goto fail;
+	json_t *name = json_object_get(req, "name");
+	if (name && !json_is_null(name)) {
+		if (!json_is_string(name) || !plain_name(json_string_value(name), 128)) {
+			ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "name",
+						 "name must be 1 to 128 characters [A-Za-z0-9._:-], not starting with '.'");
+			goto fail;
+		}
+		json_object_set(out, "name", name);
+	}
+	long long prio;
+	if ((ae = get_int(req, "priority", "priority", -100, 100, 0, &prio, prob)))
+		goto fail;
+	json_t *to = json_object_get(req, "timeout_s");
+	if (to && !json_is_null(to)) {
+		if (!json_is_number(to) || !(json_number_value(to) > 0 && json_number_value(to) <= 1e8)) {
+			ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "timeout_s",
+						 "timeout_s must be a number in (0, 1e8]");
+			goto fail;
+		}
+		json_object_set_new(out, "timeout_s", json_real(json_number_value(to)));
+	}
+	/* cheap checks first, the file system last */
+	if ((ae = validate_recipe(req, env, out, prob)) || (ae = validate_devices(req, env, out, prob)) ||
+	    (ae = validate_options(req, out, prob)))
+		goto fail;
+	if ((ae = get_path(json_object_get(req, "model"), "model", env->model_roots, env->n_model_roots, 1,
+			   &model, prob)))
+		goto fail;
+	struct stat sb;
+	if (stat(model, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
+		ae = cal_api_problem_set(prob, CAL_API_ERR_NOT_A_MODEL, "model", "model '%s' is not a directory",
+					 json_string_value(json_object_get(req, "model")));
+		goto fail;
+	}
+	char *cfg = NULL;
+	if (asprintf(&cfg, "%s/config.json", model) < 0) {
+		ae = cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+		goto fail;
+	}
+	int has_cfg = stat(cfg, &sb) == 0 && S_ISREG(sb.st_mode);
+	free(cfg);
+	if (!has_cfg) {
+		ae = cal_api_problem_set(prob, CAL_API_ERR_NOT_A_MODEL, "model", "model '%s' has no config.json",
+					 json_string_value(json_object_get(req, "model")));
+		goto fail;
+	}
+	if ((ae = validate_calibration(json_object_get(req, "calibration"), env, out, prob)))
+		goto fail;
+	if ((ae = get_path(json_object_get(req, "output"), "output", env->output_roots, env->n_output_roots, 0,
+			   &output, prob)))
+		goto fail;
+	if (cal_path_under(output, model) || cal_path_under(model, output)) {
+		ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "output",
+					 "output must not overlap the model directory");
+		goto fail;
+	}
+	json_t *ms = json_string(model), *os = json_string(output);
+	if (!ms || !os) {
+		json_decref(ms);
+		json_decref(os);
+		ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, ms ? "output" : "model",
+					 "the resolved path is not valid UTF-8");
+		goto fail;
+	}
+	json_object_set_new(out, "model", ms);
+	json_object_set_new(out, "output", os);
+	json_object_set_new(out, "priority", json_integer(prio));
+	free(model);
+	free(output);
+	*ret_spec = out;
+	return CAL_API_OK;
+fail:
+	free(model);
+	free(output);
+	json_decref(out);
+	return ae;
+}

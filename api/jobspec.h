@@ -1,0 +1,55 @@
+/*
+ * jobspec.h — request bodies: bounded JSON parsing and the validation of a
+ * job submission (POST /v1/jobs) into the canonical job spec the worker
+ * reads.  No global state; safe to call from any HTTP thread.
+ */
+#ifndef CAL_JOBSPEC_H
+#define CAL_JOBSPEC_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "errors.h"
+
+#define CAL_JSON_MAX_DEPTH 32
+#define CAL_SPEC_MAX_PATH 4095
+#define CAL_RECIPE_YAML_MAX (256 * 1024)
+#define CAL_SPEC_MAX_DATASETS 64
+
+/* Where client paths may point and which devices exist (from the config). */
+struct cal_jobspec_env {
+	char *const *model_roots, *const *data_roots, *const *output_roots;
+	size_t n_model_roots, n_data_roots, n_output_roots;
+	const char *recipes_dir; /* NULL: any well-formed recipe name */
+	const int *devices;
+	size_t n_devices;
+};
+
+/*
+ * Parses a request body: one JSON object, duplicate keys rejected, nesting
+ * at most CAL_JSON_MAX_DEPTH.  len must already be bounded by the caller.
+ * *ret (new reference) on success; BAD_JSON / JSON_TOO_DEEP otherwise.
+ */
+enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
+				     struct cal_api_problem *prob);
+
+/* SHA-256 (hex) of the canonical form of v (sorted keys, compact): the
+ * Idempotency-Key fingerprint.  Returns 0, or -1 when v cannot be dumped. */
+int cal_json_fingerprint(const json_t *v, char out[65]);
+
+/*
+ * Validates a submission against env: types, ranges, unknown fields, paths
+ * confined to their roots (realpath), the model directory holding
+ * config.json, the output absent and not overlapping the model, the recipe
+ * known.  On success *ret_spec (new reference) is the canonical spec:
+ *   {"name", "model", "recipe" | "recipe_yaml", "calibration": {"datasets":
+ *    [{"path","samples"}], "tokens", "samples", "seq_len", "seed"},
+ *    "output", "devices": "cpu" | N | [ids], "priority", "options": {...},
+ *    "timeout_s"}
+ * with resolved paths and defaults filled in.  On failure prob names the
+ * field (dotted path) and the reason.
+ */
+enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspec_env *env,
+				      json_t **ret_spec, struct cal_api_problem *prob);
+
+#endif

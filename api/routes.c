@@ -1,0 +1,34 @@
+/*
+ * routes.c — every HTTP route, once.  The OpenAPI document (openapi.yaml)
+ * lists the same set; tests/api/test_openapi.c checks that they agree.
+ * Recipes and planning (GET /v1/recipes, GET /v1/recipes/{name},
+ * POST /v1/plan) join when engine/recipe provides them.
+ */
+#include "http.h"
+
+enum MHD_Result cal_route_jobs_create(struct cal_http_req *r);
+enum MHD_Result cal_route_jobs_list(struct cal_http_req *r);
+enum MHD_Result cal_route_job_get(struct cal_http_req *r);
+enum MHD_Result cal_route_job_cancel(struct cal_http_req *r);
+enum MHD_Result cal_route_job_events(struct cal_http_req *r);
+enum MHD_Result cal_route_job_log(struct cal_http_req *r);
+enum MHD_Result cal_route_job_report(struct cal_http_req *r);
+enum MHD_Result cal_route_devices(struct cal_http_req *r);
+enum MHD_Result cal_route_livez(struct cal_http_req *r);
+enum MHD_Result cal_route_readyz(struct cal_http_req *r);
+enum MHD_Result cal_route_metrics(struct cal_http_req *r);
+
+const struct cal_route cal_routes[] = {
+	{"POST", "/v1/jobs", cal_route_jobs_create, CAL_ROUTE_MUTATING | CAL_ROUTE_BODY},
+	{"GET", "/v1/jobs", cal_route_jobs_list, 0},
+	{"GET", "/v1/jobs/{id}", cal_route_job_get, 0},
+	{"DELETE", "/v1/jobs/{id}", cal_route_job_cancel, CAL_ROUTE_MUTATING},
+	{"GET", "/v1/jobs/{id}/events", cal_route_job_events, 0},
+	{"GET", "/v1/jobs/{id}/log", cal_route_job_log, 0},
+	{"GET", "/v1/jobs/{id}/report", cal_route_job_report, 0},
+	{"GET", "/v1/devices", cal_route_devices, 0},
+	{"GET", "/livez", cal_route_livez, CAL_ROUTE_PUBLIC},
+	{"GET", "/readyz", cal_route_readyz, CAL_ROUTE_PUBLIC},
+	{"GET", "/metrics", cal_route_metrics, 0},
+};
+const size_t cal_n_routes = sizeof(cal_routes) / sizeof(cal_routes[0]);

@@ -1,0 +1,246 @@
+/*
+ * cmd_calibrate.c — `calibd calibrate`: runs the calibration engine
+ * (engine/calib.h) on a checkpoint with a recipe and a token file, and
+ * writes the statistics JSON (the amax every enabled quantizer gets, the
+ * per-expert amax and token counts of every MoE layer).  A progress line
+ * per layer on stderr (a bar when stderr is a terminal).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "engine/calib.h"
+#include "engine/model/model.h"
+#include "engine/recipe/plan.h"
+#include "engine/recipe/recipe.h"
+
+static void calibrate_usage(FILE *o)
+{
+	fprintf(o,
+		"usage: calibd calibrate --model DIR --recipe NAME|FILE --calib-tokens FILE\n"
+		"         [--device cpu|cuda[:i]] [--stats-out FILE] [--pad-like-modelopt]\n"
+		"         [--pad-id N] [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
+		"         [--max-gpu-mem BYTES] [--micro-batch TOKENS] [--threads N]\n"
+		"         [--combine eager|f32] [--recipes-dir DIR] [--quiet]\n"
+		"Runs the model's forward pass over the calibration tokens (JSONL lines\n"
+		"{\"input_ids\": [...]} or one {\"input_ids\": [[...], ...]}) and records what\n"
+		"the recipe's quantizers need.  Writes the statistics JSON to --stats-out\n"
+		"(default: stdout).  docs/calibration.md explains the options.\n");
+}
+
+static int parse_u64(const char *s, uint64_t *ret)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 0);
+	if (errno || end == s || *s == '-')
+		return -1;
+	/* K/M/G suffixes for memory sizes */
+	if (*end == 'K' || *end == 'k')
+		v <<= 10, end++;
+	else if (*end == 'M' || *end == 'm')
+		v <<= 20, end++;
+	else if (*end == 'G' || *end == 'g')
+		v <<= 30, end++;
+	if (*end)
+		return -1;
+	*ret = v;
+	return 0;
+}
+
+struct progress {
+	int tty, quiet;
+};
+
+static void on_progress(void *ctx, int32_t layer, int32_t n_layers, double tps)
+{
+	struct progress *p = ctx;
+	if (p->quiet)
+		return;
+	if (p->tty) {
+		int w = 30, fill = (int)((int64_t)(layer + 1) * w / (n_layers ? n_layers : 1));
+		fprintf(stderr, "\r[%.*s%*s] layer %d/%d  %.0f tok/s", fill,
+			"##############################", w - fill, "", layer + 1, n_layers, tps);
+		if (layer + 1 == n_layers)
+			fputc('\n', stderr);
+	} else {
+		fprintf(stderr, "calibrate: layer %d/%d done, %.0f tokens/s\n", layer + 1, n_layers,
+			tps);
+	}
+	fflush(stderr);
+}
+
+int cal_cmd_calibrate(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{"model", required_argument, NULL, 'm'},
+		{"recipe", required_argument, NULL, 'r'},
+		{"calib-tokens", required_argument, NULL, 't'},
+		{"device", required_argument, NULL, 'D'},
+		{"stats-out", required_argument, NULL, 'o'},
+		{"pad-like-modelopt", no_argument, NULL, 'p'},
+		{"pad-id", required_argument, NULL, 'P'},
+		{"per-expert-input-amax", no_argument, NULL, 'e'},
+		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
+		{"max-gpu-mem", required_argument, NULL, 'M'},
+		{"micro-batch", required_argument, NULL, 'b'},
+		{"threads", required_argument, NULL, 'T'},
+		{"combine", required_argument, NULL, 'c'},
+		{"recipes-dir", required_argument, NULL, 'd'},
+		{"quiet", no_argument, NULL, 'q'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *model = NULL, *recipe = NULL, *tokens = NULL, *out_path = NULL, *rdir = NULL;
+	const char *device = "cpu";
+	struct cal_calib_opts o = {.pad_id = -1, .combine = CAL_COMBINE_EAGER};
+	struct progress pr = {isatty(2), 0};
+	int ratio_given = 0, c;
+	uint64_t v;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'm': model = optarg; break;
+		case 'r': recipe = optarg; break;
+		case 't': tokens = optarg; break;
+		case 'D': device = optarg; break;
+		case 'o': out_path = optarg; break;
+		case 'p': o.pad_like_modelopt = 1; break;
+		case 'e': o.per_expert_input_amax = 1; break;
+		case 'd': rdir = optarg; break;
+		case 'q': pr.quiet = 1; break;
+		case 'P':
+			if (parse_u64(optarg, &v) < 0 || v > INT64_MAX) {
+				fprintf(stderr, "calibd calibrate: bad --pad-id '%s'\n", optarg);
+				return CAL_EXIT_USAGE;
+			}
+			o.pad_id = (int64_t)v;
+			break;
+		case 'R': {
+			char *end;
+			o.moe_calib_experts_ratio = strtod(optarg, &end);
+			if (*end || !(o.moe_calib_experts_ratio > 0 && o.moe_calib_experts_ratio <= 1)) {
+				fprintf(stderr, "calibd calibrate: --moe-calib-experts-ratio '%s' not in (0, 1]\n",
+					optarg);
+				return CAL_EXIT_USAGE;
+			}
+			ratio_given = 1;
+			break;
+		}
+		case 'M':
+		case 'b':
+		case 'T':
+			if (parse_u64(optarg, &v) < 0 || (c == 'T' && v > 256)) {
+				fprintf(stderr, "calibd calibrate: bad value '%s' for --%s\n", optarg,
+					c == 'M' ? "max-gpu-mem" : c == 'b' ? "micro-batch" : "threads");
+				return CAL_EXIT_USAGE;
+			}
+			if (c == 'M')
+				o.max_mem = v;
+			else if (c == 'b')
+				o.micro_batch_tokens = v;
+			else
+				o.cpu_threads = (unsigned)v;
+			break;
+		case 'c':
+			if (!strcmp(optarg, "eager"))
+				o.combine = CAL_COMBINE_EAGER;
+			else if (!strcmp(optarg, "f32"))
+				o.combine = CAL_COMBINE_F32;
+			else {
+				fprintf(stderr, "calibd calibrate: --combine is eager or f32\n");
+				return CAL_EXIT_USAGE;
+			}
+			break;
+		case 'h': calibrate_usage(stdout); return CAL_EXIT_OK;
+		default: calibrate_usage(stderr); return CAL_EXIT_USAGE;
+		}
+	}
+	if (!model || !recipe || !tokens || optind != argc) {
+		calibrate_usage(stderr);
+		return CAL_EXIT_USAGE;
+	}
+	if (!strcmp(device, "cpu")) {
+		o.backend = CAL_BACKEND_CPU;
+	} else if (!strncmp(device, "cuda", 4) && (device[4] == 0 || device[4] == ':')) {
+		o.backend = CAL_BACKEND_CUDA;
+		if (device[4] == ':') {
+			char *end;
+			long dev = strtol(device + 5, &end, 10);
+			if (end == device + 5 || dev < 0 || (*end && *end != ',')) {
+				fprintf(stderr, "calibd calibrate: bad --device '%s'\n", device);
+				return CAL_EXIT_USAGE;
+			}
+			if (*end == ',')
+				fprintf(stderr, "calibd calibrate: several GPUs are not used yet; "
+						"running on cuda:%ld\n", dev);
+			o.cuda_device = (int)dev;
+		}
+	} else {
+		fprintf(stderr, "calibd calibrate: --device is cpu or cuda[:i]\n");
+		return CAL_EXIT_USAGE;
+	}
+
+	struct cal_error err = {0};
+	struct cal_model_desc *d = NULL;
+	struct cal_recipe *r = NULL;
+	struct cal_plan *p = NULL;
+	struct cal_calib_tokens *tk = NULL;
+	struct cal_calib *cal = NULL;
+	struct cal_recipe_opts ro = {.builtin_dir = rdir};
+	char *json = NULL;
+	enum cal_status st = cal_model_desc_load(model, &d, &err);
+	if (st >= 0)
+		st = cal_recipe_load(recipe, &ro, &r, &err);
+	if (st >= 0)
+		st = cal_plan_build(d, r, &p, &err);
+	if (st >= 0)
+		st = cal_calib_tokens_load(tokens, (uint64_t)d->vocab_size, &tk, &err);
+	if (st >= 0) {
+		if (!ratio_given && r->algo.has_moe_calib_experts_ratio)
+			o.moe_calib_experts_ratio = r->algo.moe_calib_experts_ratio;
+		o.progress = on_progress;
+		o.ctx = &pr;
+		st = cal_calib_open(model, p, &o, &cal, &err);
+	}
+	if (st >= 0) {
+		if (!pr.quiet)
+			fprintf(stderr, "calibrate: %s, %zu sequences, %zu tokens, %lld layers, %s\n",
+				d->model_type, tk->n, tk->n_tokens, (long long)d->num_layers, device);
+		st = cal_calib_run(cal, tk, &err);
+	}
+	if (st >= 0) {
+		json = cal_calib_stats_json(cal);
+		if (!json)
+			st = cal_error_set(&err, CAL_ERR_NOMEM, "statistics JSON: out of memory");
+	}
+	if (st >= 0) {
+		FILE *f = out_path ? fopen(out_path, "w") : stdout;
+		if (!f) {
+			st = cal_error_set(&err, CAL_ERR_IO, "%s: %s", out_path, strerror(errno));
+		} else {
+			int bad = fputs(json, f) < 0 || fputc('\n', f) < 0;
+			if (out_path)
+				bad |= fclose(f) != 0;
+			else
+				bad |= fflush(f) != 0;
+			if (bad)
+				st = cal_error_set(&err, CAL_ERR_IO, "%s: write failed: %s",
+						   out_path ? out_path : "stdout", strerror(errno));
+		}
+	}
+	if (st < 0)
+		fprintf(stderr, "calibd calibrate: %s\n", cal_error_msg(&err));
+	free(json);
+	cal_calib_free(cal);
+	cal_calib_tokens_free(tk);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+	cal_error_clear(&err);
+	return cal_exit_from_status(st);
+}

@@ -1,0 +1,544 @@
+/*
+ * config.c — YAML configuration (libyaml event API: no aliases, bounded
+ * depth and size) and command-line flags, validated into struct cal_config.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#include "api/sha256.h"
+#include "common/util.h"
+#include "fsutil.h"
+
+#define CONFIG_MAX_BYTES (1024 * 1024)
+#define CONFIG_MAX_LIST 256
+#define TOKEN_FILE_MAX (64 * 1024)
+
+enum key_type { K_STR, K_INT, K_BOOL, K_DOUBLE, K_STRLIST, K_DEVICES, K_LOGFMT };
+
+struct key {
+	const char *name;   /* YAML key */
+	const char *flag;   /* command-line flag (without --) */
+	enum key_type type;
+	size_t off;         /* field offset */
+	size_t count_off;   /* for lists: the count field */
+	double lo, hi;      /* numeric range */
+};
+
+#define F(f) offsetof(struct cal_config, f)
+static const struct key keys[] = {
+	{"listen", "listen", K_STR, F(listen), 0, 0, 0},
+	{"port", "port", K_INT, F(port), 0, 0, 65535},
+	{"port_file", "port-file", K_STR, F(port_file), 0, 0, 0},
+	{"state_dir", "state-dir", K_STR, F(state_dir), 0, 0, 0},
+	{"model_roots", "model-root", K_STRLIST, F(model_roots), F(n_model_roots), 0, 0},
+	{"data_roots", "data-root", K_STRLIST, F(data_roots), F(n_data_roots), 0, 0},
+	{"output_roots", "output-root", K_STRLIST, F(output_roots), F(n_output_roots), 0, 0},
+	{"recipes_dir", "recipes-dir", K_STR, F(recipes_dir), 0, 0, 0},
+	{"devices", "devices", K_DEVICES, F(devices), F(n_devices), 0, 0},
+	{"max_concurrent_jobs", "max-jobs", K_INT, F(max_concurrent_jobs), 0, 1, 1024},
+	{"max_queue", "max-queue", K_INT, F(max_queue), 0, 1, 1000000},
+	{"progress_timeout_s", "progress-timeout", K_DOUBLE, F(progress_timeout_s), 0, 0.1, 1e7},
+	{"kill_grace_s", "kill-grace", K_DOUBLE, F(kill_grace_s), 0, 0, 3600},
+	{"shutdown_grace_s", "shutdown-grace", K_DOUBLE, F(shutdown_grace_s), 0, 0, 3600},
+	{"job_timeout_s", "job-timeout", K_DOUBLE, F(job_timeout_s), 0, 0, 1e8},
+	{"resume_on_restart", "resume-on-restart", K_BOOL, F(resume_on_restart), 0, 0, 0},
+	{"worker_command", "worker-command", K_STRLIST, F(worker_command), F(n_worker_command), 0, 0},
+	{"token_file", "token-file", K_STR, F(token_file), 0, 0, 0},
+	{"auth_read", "auth-read", K_BOOL, F(auth_read), 0, 0, 0},
+	{"log_format", "log-format", K_LOGFMT, F(log_json), 0, 0, 0},
+	{"max_connections", "max-connections", K_INT, F(max_connections), 0, 1, 65536},
+	{"per_ip_connections", "per-ip-connections", K_INT, F(per_ip_connections), 0, 1, 65536},
+	{"connection_timeout_s", "connection-timeout", K_INT, F(connection_timeout_s), 0, 1, 86400},
+	{"retry_after_s", "retry-after", K_DOUBLE, F(retry_after_s), 0, 0, 86400},
+};
+#undef F
+
+static const struct key *key_by_name(const char *name, int flag)
+{
+	for (size_t i = 0; i < CAL_ARRAY_LEN(keys); i++)
+		if (!strcmp(flag ? keys[i].flag : keys[i].name, name))
+			return &keys[i];
+	return NULL;
+}
+
+static void strlist_free(char **l, size_t n)
+{
+	for (size_t i = 0; l && i < n; i++)
+		free(l[i]);
+	free(l);
+}
+
+enum cal_status cal_config_parse_devices(const char *s, int *out, size_t *n, struct cal_error *err)
+{
+	*n = 0;
+	if (!strcmp(s, "auto")) {
+		*n = cal_devices_discover(out, CAL_MAX_DEVICES);
+		return CAL_OK;
+	}
+	if (!strcmp(s, "none") || !*s)
+		return CAL_OK;
+	const char *p = s;
+	while (*p) {
+		char *end;
+		errno = 0;
+		long v = strtol(p, &end, 10);
+		if (end == p || errno || v < 0 || v > 1023)
+			return cal_error_set(err, CAL_ERR_INVALID, "devices: '%s' is not a list of GPU ordinals, 'auto' or 'none'", s);
+		if (*n >= CAL_MAX_DEVICES)
+			return cal_error_set(err, CAL_ERR_RANGE, "devices: more than %d", CAL_MAX_DEVICES);
+		for (size_t i = 0; i < *n; i++)
+			if (out[i] == (int)v)
+				return cal_error_set(err, CAL_ERR_INVALID, "devices: %ld listed twice", v);
+		out[(*n)++] = (int)v;
+		p = end;
+		if (*p == ',')
+			p++;
+		else if (*p)
+			return cal_error_set(err, CAL_ERR_INVALID, "devices: '%s' is not a list of GPU ordinals", s);
+	}
+	return CAL_OK;
+}
+
+size_t cal_devices_discover(int *out, size_t max)
+{
+	DIR *d = opendir("/proc/driver/nvidia/gpus");
+	if (!d)
+		return 0;
+	size_t n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) && n < max)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	for (size_t i = 0; i < n; i++)
+		out[i] = (int)i;
+	return n;
+}
+
+/* Sets one scalar value (from YAML or a flag).  `append` adds to a list
+ * instead of replacing it (YAML list items, repeated flags). */
+static enum cal_status set_value(struct cal_config *c, const struct key *k, const char *v,
+				 int append, struct cal_error *err)
+{
+	char *base = (char *)c;
+	char *end;
+	switch (k->type) {
+	case K_STR: {
+		char **f = (char **)(base + k->off);
+		free(*f);
+		*f = strdup(v);
+		return *f ? CAL_OK : cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	}
+	case K_INT: {
+		errno = 0;
+		long x = strtol(v, &end, 10);
+		if (!*v || *end || errno || x < (long)k->lo || x > (long)k->hi)
+			return cal_error_set(err, CAL_ERR_INVALID, "%s: '%s' is not an integer in [%g, %g]",
+					     k->name, v, k->lo, k->hi);
+		*(int *)(base + k->off) = (int)x;
+		return CAL_OK;
+	}
+	case K_DOUBLE: {
+		errno = 0;
+		double x = strtod(v, &end);
+		if (!*v || *end || errno || !(x >= k->lo && x <= k->hi))
+			return cal_error_set(err, CAL_ERR_INVALID, "%s: '%s' is not a number in [%g, %g]",
+					     k->name, v, k->lo, k->hi);
+		*(double *)(base + k->off) = x;
+		return CAL_OK;
+	}
+	case K_BOOL:
+		if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1"))
+			*(int *)(base + k->off) = 1;
+		else if (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "0"))
+			*(int *)(base + k->off) = 0;
+		else
+			return cal_error_set(err, CAL_ERR_INVALID, "%s: '%s' is not true or false", k->name, v);
+		return CAL_OK;
+	case K_LOGFMT:
+		if (strcmp(v, "text") && strcmp(v, "json"))
+			return cal_error_set(err, CAL_ERR_INVALID, "log_format: '%s' is not text or json", v);
+		c->log_json = !strcmp(v, "json");
+		return CAL_OK;
+	case K_DEVICES: {
+		if (!append) {
+			size_t n;
+			enum cal_status st = cal_config_parse_devices(v, c->devices, &n, err);
+			c->n_devices = n;
+			return st;
+		}
+		int tmp[CAL_MAX_DEVICES];
+		size_t n;
+		enum cal_status st = cal_config_parse_devices(v, tmp, &n, err);
+		if (st)
+			return st;
+		for (size_t i = 0; i < n; i++) {
+			if (c->n_devices >= CAL_MAX_DEVICES)
+				return cal_error_set(err, CAL_ERR_RANGE, "devices: more than %d", CAL_MAX_DEVICES);
+			c->devices[c->n_devices++] = tmp[i];
+		}
+		return CAL_OK;
+	}
+	case K_STRLIST: {
+		char ***l = (char ***)(base + k->off);
+		size_t *n = (size_t *)(base + k->count_off);
+		if (!append) {
+			strlist_free(*l, *n);
+			*l = NULL;
+			*n = 0;
+		}
+		if (*n >= CONFIG_MAX_LIST)
+			return cal_error_set(err, CAL_ERR_RANGE, "%s: more than %d entries", k->name, CONFIG_MAX_LIST);
+		char **nl = realloc(*l, (*n + 1) * sizeof(char *));
+		if (!nl)
+			return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		*l = nl;
+		nl[*n] = strdup(v);
+		if (!nl[*n])
+			return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		(*n)++;
+		return CAL_OK;
+	}
+	}
+	return CAL_ERR_INTERNAL;
+}
+
+static enum cal_status parse_yaml(struct cal_config *c, const char *path, struct cal_error *err)
+{
+	char *text = NULL;
+	size_t len = 0;
+	enum cal_status st = cal_read_file(path, CONFIG_MAX_BYTES, &text, &len, err);
+	if (st)
+		return cal_error_wrap(err, st, "config");
+	yaml_parser_t p;
+	yaml_event_t ev;
+	int have_ev = 0;
+	if (!yaml_parser_initialize(&p)) {
+		free(text);
+		return cal_error_set(err, CAL_ERR_NOMEM, "config: out of memory");
+	}
+	yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+	/* states: 0 before the root mapping, 1 expecting a key, 2 expecting a
+	 * value, 3 inside a list value, 4 after the root mapping */
+	int state = 0;
+	const struct key *cur = NULL;
+	char *curname = NULL;
+	for (;;) {
+		if (!yaml_parser_parse(&p, &ev)) {
+			st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: %s", path,
+					   p.problem_mark.line + 1, p.problem ? p.problem : "YAML error");
+			goto fail;
+		}
+		have_ev = 1;
+		size_t line = ev.start_mark.line + 1;
+		if (ev.type == YAML_STREAM_END_EVENT)
+			break;
+		if (ev.type == YAML_ALIAS_EVENT ||
+		    (ev.type == YAML_SCALAR_EVENT && ev.data.scalar.anchor) ||
+		    (ev.type == YAML_MAPPING_START_EVENT && ev.data.mapping_start.anchor) ||
+		    (ev.type == YAML_SEQUENCE_START_EVENT && ev.data.sequence_start.anchor)) {
+			st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: anchors and aliases are not allowed", path, line);
+			goto fail;
+		}
+		switch (ev.type) {
+		case YAML_STREAM_START_EVENT:
+		case YAML_DOCUMENT_START_EVENT:
+		case YAML_DOCUMENT_END_EVENT:
+			break;
+		case YAML_MAPPING_START_EVENT:
+			if (state != 0) {
+				st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: %s: nested mappings are not allowed",
+						   path, line, curname ? curname : "config");
+				goto fail;
+			}
+			state = 1;
+			break;
+		case YAML_MAPPING_END_EVENT:
+			state = 4;
+			break;
+		case YAML_SEQUENCE_START_EVENT:
+			if (state != 2 || (cur->type != K_STRLIST && cur->type != K_DEVICES)) {
+				st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: %s: a list is not allowed here",
+						   path, line, curname ? curname : "config");
+				goto fail;
+			}
+			if (cur->type == K_STRLIST) {
+				/* a list in the file replaces the default: start empty */
+				char ***l = (char ***)((char *)c + cur->off);
+				size_t *n = (size_t *)((char *)c + cur->count_off);
+				strlist_free(*l, *n);
+				*l = NULL;
+				*n = 0;
+			} else {
+				c->n_devices = 0;
+			}
+			state = 3;
+			break;
+		case YAML_SEQUENCE_END_EVENT:
+			state = 1;
+			break;
+		case YAML_SCALAR_EVENT: {
+			const char *v = (const char *)ev.data.scalar.value;
+			if (state == 0) {
+				/* an empty document is a scalar (null): defaults only */
+				if (*v) {
+					st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: the configuration must be a mapping", path, line);
+					goto fail;
+				}
+				state = 4;
+			} else if (state == 1) {
+				cur = key_by_name(v, 0);
+				if (!cur) {
+					st = cal_error_set(err, CAL_ERR_INVALID, "%s:%zu: unknown key '%s'", path, line, v);
+					goto fail;
+				}
+				free(curname);
+				curname = strdup(v);
+				state = 2;
+			} else if (state == 2) {
+				CAL_TRY(set_value(c, cur, v, 0, err));
+				state = 1;
+			} else if (state == 3) {
+				CAL_TRY(set_value(c, cur, v, 1, err));
+			} else {
+				st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: unexpected value", path, line);
+				goto fail;
+			}
+			break;
+		}
+		default:
+			break;
+		}
+		yaml_event_delete(&ev);
+		have_ev = 0;
+	}
+fail:
+	if (st < 0 && err && err->msg && !strstr(err->msg, path))
+		cal_error_wrap(err, st, "%s", path);
+	if (have_ev)
+		yaml_event_delete(&ev);
+	yaml_parser_delete(&p);
+	free(curname);
+	free(text);
+	return st;
+}
+
+static enum cal_status load_tokens(struct cal_config *c, struct cal_error *err)
+{
+	char *text = NULL;
+	enum cal_status st = cal_read_file(c->token_file, TOKEN_FILE_MAX, &text, NULL, err);
+	if (st)
+		return cal_error_wrap(err, st, "token_file");
+	size_t cap = 0;
+	for (char *line = text, *next; line && *line; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		size_t l = strlen(line);
+		while (l > 0 && (line[l - 1] == '\r' || line[l - 1] == ' ' || line[l - 1] == '\t'))
+			line[--l] = '\0';
+		while (*line == ' ' || *line == '\t')
+			line++, l--;
+		if (l == 0 || line[0] == '#')
+			continue;
+		if (c->n_tokens == cap) {
+			cap = cap ? 2 * cap : 4;
+			void *nt = realloc(c->tokens, cap * sizeof(*c->tokens));
+			if (!nt) {
+				st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+				break;
+			}
+			c->tokens = nt;
+		}
+		cal_sha256(line, l, c->tokens[c->n_tokens++]);
+	}
+	/* the plain tokens do not outlive this function */
+	explicit_bzero(text, strlen(text));
+	free(text);
+	if (!st && c->n_tokens == 0)
+		st = cal_error_set(err, CAL_ERR_INVALID, "token_file %s: no token in it", c->token_file);
+	return st;
+}
+
+static enum cal_status resolve_roots(char **roots, size_t n, const char *what, struct cal_error *err)
+{
+	for (size_t i = 0; i < n; i++) {
+		char *r = realpath(roots[i], NULL);
+		if (!r)
+			return cal_error_set(err, CAL_ERR_NOTFOUND, "%s: %s: %s", what, roots[i], strerror(errno));
+		free(roots[i]);
+		roots[i] = r;
+	}
+	return CAL_OK;
+}
+
+static int is_loopback(const char *addr)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (inet_pton(AF_INET, addr, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (inet_pton(AF_INET6, addr, &a6) == 1)
+		return IN6_IS_ADDR_LOOPBACK(&a6);
+	return 0;
+}
+
+static enum cal_status validate(struct cal_config *c, int check_only, struct cal_error *err)
+{
+	enum cal_status st = CAL_OK;
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (inet_pton(AF_INET, c->listen, &a4) != 1 && inet_pton(AF_INET6, c->listen, &a6) != 1)
+		return cal_error_set(err, CAL_ERR_INVALID, "listen: '%s' is not an IPv4 or IPv6 address", c->listen);
+	c->loopback = is_loopback(c->listen);
+	if (c->token_file)
+		CAL_TRY(load_tokens(c, err));
+	if (!c->loopback && c->n_tokens == 0)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "listen: refusing the non-loopback address %s without token_file", c->listen);
+	if (c->state_dir[0] != '/')
+		return cal_error_set(err, CAL_ERR_INVALID, "state_dir: '%s' must be an absolute path", c->state_dir);
+	if (!check_only) {
+		CAL_TRY(cal_mkdir_p(c->state_dir, err));
+		char *r = realpath(c->state_dir, NULL);
+		if (!r)
+			return cal_error_set(err, CAL_ERR_IO, "state_dir: %s: %s", c->state_dir, strerror(errno));
+		free(c->state_dir);
+		c->state_dir = r;
+	}
+	CAL_TRY(resolve_roots(c->model_roots, c->n_model_roots, "model_roots", err));
+	CAL_TRY(resolve_roots(c->data_roots, c->n_data_roots, "data_roots", err));
+	CAL_TRY(resolve_roots(c->output_roots, c->n_output_roots, "output_roots", err));
+	if (c->recipes_dir && access(c->recipes_dir, R_OK | X_OK) < 0)
+		return cal_error_set(err, CAL_ERR_NOTFOUND, "recipes_dir: %s: %s", c->recipes_dir, strerror(errno));
+	if (c->n_worker_command == 0) {
+		char *self = realpath("/proc/self/exe", NULL);
+		if (!self)
+			return cal_error_set(err, CAL_ERR_IO, "cannot resolve /proc/self/exe: %s", strerror(errno));
+		c->worker_command = calloc(2, sizeof(char *));
+		if (!c->worker_command) {
+			free(self);
+			return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		}
+		c->worker_command[0] = self;
+		c->worker_command[1] = strdup("worker");
+		c->n_worker_command = 2;
+		if (!c->worker_command[1])
+			return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	} else if (c->worker_command[0][0] != '/') {
+		return cal_error_set(err, CAL_ERR_INVALID, "worker_command: '%s' must be an absolute path",
+				     c->worker_command[0]);
+	}
+fail:
+	return st;
+}
+
+enum cal_status cal_config_load(const char *path, int argc, char **argv, int check_only,
+				struct cal_config **ret, struct cal_error *err)
+{
+	enum cal_status st = CAL_OK;
+	*ret = NULL;
+	struct cal_config *c = calloc(1, sizeof(*c));
+	if (!c)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	c->refs = 1;
+	c->listen = strdup("127.0.0.1");
+	c->port = 8080;
+	c->state_dir = strdup("/var/lib/calibd");
+	c->n_devices = cal_devices_discover(c->devices, CAL_MAX_DEVICES);
+	c->max_concurrent_jobs = 1;
+	c->max_queue = 64;
+	c->progress_timeout_s = 600;
+	c->kill_grace_s = 10;
+	c->shutdown_grace_s = 20;
+	c->max_connections = 512;
+	c->per_ip_connections = 32;
+	c->connection_timeout_s = 30;
+	c->retry_after_s = 30;
+	if (!c->listen || !c->state_dir) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	if (path) {
+		c->config_path = realpath(path, NULL);
+		if (!c->config_path) {
+			st = cal_error_set(err, CAL_ERR_NOTFOUND, "config %s: %s", path, strerror(errno));
+			goto fail;
+		}
+		CAL_TRY(parse_yaml(c, c->config_path, err));
+	}
+	/* flags: a list flag given once replaces the file's list; repeated, appends */
+	const struct key *seen[CAL_ARRAY_LEN(keys)] = {0};
+	size_t nseen = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		if (strncmp(a, "--", 2)) {
+			st = cal_error_set(err, CAL_ERR_INVALID, "unexpected argument '%s'", a);
+			goto fail;
+		}
+		const struct key *k = key_by_name(a + 2, 1);
+		if (!k) {
+			st = cal_error_set(err, CAL_ERR_INVALID, "unknown option '%s'", a);
+			goto fail;
+		}
+		const char *v;
+		if (k->type == K_BOOL) {
+			v = "true";
+		} else {
+			if (i + 1 >= argc) {
+				st = cal_error_set(err, CAL_ERR_INVALID, "option '%s' needs a value", a);
+				goto fail;
+			}
+			v = argv[++i];
+		}
+		int again = 0;
+		for (size_t j = 0; j < nseen; j++)
+			again |= seen[j] == k;
+		if (!again)
+			seen[nseen++] = k;
+		CAL_TRY(set_value(c, k, v, again, err));
+	}
+	CAL_TRY(validate(c, check_only, err));
+	*ret = c;
+	return CAL_OK;
+fail:
+	cal_config_unref(c);
+	return st;
+}
+
+struct cal_config *cal_config_ref(struct cal_config *c)
+{
+	if (c)
+		__atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+	return c;
+}
+
+void cal_config_unref(struct cal_config *c)
+{
+	if (!c || __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
+		return;
+	free(c->config_path);
+	free(c->listen);
+	free(c->port_file);
+	free(c->state_dir);
+	strlist_free(c->model_roots, c->n_model_roots);
+	strlist_free(c->data_roots, c->n_data_roots);
+	strlist_free(c->output_roots, c->n_output_roots);
+	free(c->recipes_dir);
+	strlist_free(c->worker_command, c->n_worker_command);
+	free(c->token_file);
+	if (c->tokens)
+		explicit_bzero(c->tokens, c->n_tokens * sizeof(*c->tokens));
+	free(c->tokens);
+	free(c);
+}

@@ -1,0 +1,135 @@
+/*
+ * worker_main.c — `calibd worker JOB_DIR`: runs one job for the supervisor.
+ * Reads JOB_DIR/spec.json, runs the engine (worker.c), streams progress as
+ * JSON lines on the fd named by $CALIBD_PROGRESS_FD (3 under the
+ * supervisor; stdout otherwise), writes JOB_DIR/report.json on success, and
+ * ends with {"event":"result"} or {"event":"error"} plus the exit code of
+ * cli.h.  SIGTERM asks the engine to stop at its next safe point.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "client.h"
+#include "common/util.h"
+#include "fsutil.h"
+#include "worker.h"
+
+static volatile int cancel_flag;
+
+static void on_term(int sig)
+{
+	(void)sig;
+	cancel_flag = 1;
+}
+
+static void emit(void *ctx, const char *json)
+{
+	int fd = *(int *)ctx;
+	size_t n = strlen(json);
+	char *line = malloc(n + 2);
+	if (!line)
+		return;
+	memcpy(line, json, n);
+	line[n] = '\n';
+	size_t off = 0;
+	while (off < n + 1) {
+		ssize_t w = write(fd, line + off, n + 1 - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		off += (size_t)w;
+	}
+	free(line);
+}
+
+static void emit_json(int fd, json_t *v)
+{
+	char *s = json_dumps(v, JSON_COMPACT);
+	if (s)
+		emit(&fd, s);
+	free(s);
+	json_decref(v);
+}
+
+#ifndef CAL_HAVE_QUANTIZE
+enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn progress, void *ctx,
+				      volatile const int *cancel, char **ret_report, struct cal_error *err)
+{
+	(void)spec;
+	(void)progress;
+	(void)ctx;
+	(void)cancel;
+	*ret_report = NULL;
+	return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+			     "this calibd build has no quantization engine yet (engine/quantize.c is not "
+			     "built: have_quantize is false in daemon/meson.build)");
+}
+#endif
+
+int cal_cmd_worker(int argc, char **argv)
+{
+	if (argc != 2 || argv[1][0] == '-') {
+		fprintf(stderr, "usage: calibd worker JOB_DIR\n"
+				"Runs one job of the daemon (started by `calibd serve`, not by hand).\n");
+		return argc == 2 && !strcmp(argv[1], "--help") ? CAL_EXIT_OK : CAL_EXIT_USAGE;
+	}
+	const char *dir = argv[1];
+	int fd = STDOUT_FILENO;
+	const char *pfd = getenv("CALIBD_PROGRESS_FD");
+	if (pfd && *pfd) {
+		int v = atoi(pfd);
+		if (v > 2 && fcntl(v, F_GETFD) >= 0)
+			fd = v;
+	}
+	struct sigaction sa = {.sa_handler = on_term};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+
+	struct cal_error err = {0};
+	char *path = cal_path_join(dir, "spec.json"), *text = NULL, *report = NULL;
+	json_t *doc = NULL;
+	enum cal_status st = path ? cal_read_file(path, 4 << 20, &text, NULL, &err)
+				  : cal_error_set(&err, CAL_ERR_NOMEM, "out of memory");
+	if (!st) {
+		json_error_t je;
+		doc = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+		if (!json_is_object(json_object_get(doc, "spec")))
+			st = cal_error_set(&err, CAL_ERR_FORMAT, "%s: not a job spec", path);
+	}
+	if (!st) {
+		fprintf(stderr, "calibd worker: job %s\n", json_string_value(json_object_get(doc, "id")));
+		st = cal_worker_run_engine(json_object_get(doc, "spec"), emit, &fd, &cancel_flag, &report, &err);
+	}
+	if (!st && report) {
+		json_t *rj = json_loads(report, 0, NULL);
+		if (cal_write_atomic(dir, "report.json", report, strlen(report), &err) == CAL_OK)
+			emit_json(fd, json_pack("{s:s, s:o}", "event", "result", "report", rj ? rj : json_object()));
+		else
+			st = err.code;
+	}
+	int rc = CAL_EXIT_OK;
+	if (st) {
+		if (cancel_flag && st == CAL_ERR_INTERRUPTED)
+			fprintf(stderr, "calibd worker: cancelled\n");
+		fprintf(stderr, "calibd worker: %s\n", cal_error_msg(&err));
+		emit_json(fd, json_pack("{s:s, s:s, s:s}", "event", "error", "code", cal_status_code(st), "message",
+					cal_error_msg(&err)));
+		rc = cal_exit_from_status(st);
+		if (rc == CAL_EXIT_OK)
+			rc = CAL_EXIT_FAILURE;
+	}
+	cal_error_clear(&err);
+	json_decref(doc);
+	free(report);
+	free(text);
+	free(path);
+	return rc;
+}

@@ -1,0 +1,66 @@
+/*
+ * harness.h — the api suite's test harness: a temp tree (roots, state dir,
+ * token file), the real `calibd serve` on 127.0.0.1 with an ephemeral port
+ * and the fake worker, requests through the daemon's own HTTP client, and
+ * table-driven steps (name, request, expected status and error code).
+ * Paths of the binaries come from $CALIBD and $FAKE_WORKER (meson sets them).
+ */
+#ifndef CAL_TEST_HARNESS_H
+#define CAL_TEST_HARNESS_H
+
+#include <jansson.h>
+#include <sys/types.h>
+
+#include "daemon/client.h"
+
+#define HD_TOKEN "s3cret-token-for-tests"
+
+struct hd {
+	char root[128];
+	char state[192], models[192], data[192], out[192], port_file[192], tokfile[192], log[192];
+	char port[16];
+	pid_t pid;
+	const char *token;      /* sent as a bearer token when set */
+	char last_id[32];
+};
+
+/* Creates the temp tree: models/m (config.json), models/nocfg, data/d.jsonl,
+ * out/, out/exists/, state/, tokens. */
+void hd_setup(struct hd *h);
+/* Starts the daemon with the default flags plus extra (NULL-terminated);
+ * waits for the port file.  Returns 0, or the exit status when it died. */
+int hd_start(struct hd *h, const char *const *extra);
+/* Sends sig to the daemon and waits for it (SIGKILL: no grace).  Returns
+ * the wait status. */
+int hd_stop(struct hd *h, int sig);
+/* Stops the daemon if running and removes the tree. */
+void hd_cleanup(struct hd *h);
+
+/* One request; returns the HTTP status, or -1 when unreachable. */
+int hd_req(struct hd *h, const char *method, const char *path, const char *headers, const char *body,
+	   struct cal_client_resp *r);
+/* Submission body for a job named `name` writing out/<out>. */
+char *hd_spec(struct hd *h, const char *name, const char *out);
+/* Submits; returns the job id (static buffer h->last_id) or NULL. */
+const char *hd_submit(struct hd *h, const char *name, const char *out, const char *key);
+/* GET the job; new reference or NULL. */
+json_t *hd_job(struct hd *h, const char *id);
+/* Polls until the job is in `state` (or any final state when state is
+ * NULL), at most timeout_s.  Returns the job (new reference) or NULL. */
+json_t *hd_wait(struct hd *h, const char *id, const char *state, double timeout_s);
+/* Runs `calibd ARGS...` against this daemon; returns its exit code. */
+int hd_cli(struct hd *h, const char *const *args);
+
+struct step {
+	const char *name;
+	const char *method, *path;  /* "{id}" in path: the last created job */
+	const char *headers;        /* extra header lines, or NULL */
+	const char *body;           /* "{root}" in body: the temp tree */
+	int status;                 /* expected HTTP status */
+	const char *code;           /* expected error code, or NULL */
+};
+
+/* Runs the steps in order; a mismatch fails the test naming the step. */
+void hd_steps(struct hd *h, const struct step *s, size_t n);
+
+#endif

