@@ -63,12 +63,12 @@ static void on_progress(void *ctx, int32_t layer, int32_t n_layers, double tps)
 		return;
 	if (p->tty) {
 		int w = 30, fill = (int)((int64_t)(layer + 1) * w / (n_layers ? n_layers : 1));
-		fprintf(stderr, "\r[%.*s%*s] layer %d/%d  %.0f tok/s", fill,
+		fprintf(stderr, "\r[%.*s%*s] layer %d/%d  %.0f token-layers/s", fill,
 			"##############################", w - fill, "", layer + 1, n_layers, tps);
 		if (layer + 1 == n_layers)
 			fputc('\n', stderr);
 	} else {
-		fprintf(stderr, "calibrate: layer %d/%d done, %.0f tokens/s\n", layer + 1, n_layers,
+		fprintf(stderr, "calibrate: layer %d/%d done, %.0f token-layers/s\n", layer + 1, n_layers,
 			tps);
 	}
 	fflush(stderr);

@@ -7,7 +7,9 @@
  * and there is no pool to leak or to fork with).  With 1 thread it *is* the
  * reference.  CUDA-specific work lives in kernels/cuda/backend.cu.
  */
+#include <dlfcn.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +73,80 @@ const struct cal_ops cal_cpu_ops = {
 #include "kernels/ops.def"
 #undef CAL_OP
 
+/* ---- the CUDA module (dlopen) --------------------------------------------- */
+
+#ifdef CAL_KERNELS_CUDA
+static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
+static const struct cal_cuda_module *cuda_mod;
+static char cuda_why[1024]; /* why the module could not be loaded */
+
+static int cuda_try(const char *path)
+{
+	void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (!h) {
+		const char *e = dlerror();
+		/* keep the first reason that is not "no such file" */
+		if (!cuda_why[0] || strstr(cuda_why, "No such file"))
+			snprintf(cuda_why, sizeof(cuda_why), "%s", e ? e : path);
+		return -1;
+	}
+	cal_cuda_module_get_fn get = (cal_cuda_module_get_fn)dlsym(h, CAL_CUDA_MODULE_SYMBOL);
+	const struct cal_cuda_module *m = get ? get() : NULL;
+	if (!m || m->abi != CAL_CUDA_MODULE_ABI || m->op_count != CAL_OP_COUNT ||
+	    m->ops_size != sizeof(struct cal_ops)) {
+		snprintf(cuda_why, sizeof(cuda_why), "%s is from another calibd build", path);
+		dlclose(h);
+		return -1;
+	}
+	cuda_mod = m; /* the handle stays open for the life of the process */
+	return 0;
+}
+
+/* Looks for libcalibd-cuda.so: $CALIBD_CUDA_MODULE, the build tree, next to
+ * the executable, ../lib/calibd/ from it, the install directory. */
+static void cuda_load(void)
+{
+	const char *env = getenv("CALIBD_CUDA_MODULE");
+	if (env && *env) {
+		cuda_try(env);
+		return;
+	}
+	if (cuda_try(CAL_CUDA_MODULE_BUILD) == 0)
+		return;
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n > 0) {
+		exe[n] = '\0';
+		char *slash = strrchr(exe, '/');
+		if (slash) {
+			*slash = '\0';
+			static const char *const rel[] = {
+				"/libcalibd-cuda.so",
+				"/../lib/calibd/libcalibd-cuda.so",
+			};
+			for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+				char path[PATH_MAX + 64];
+				snprintf(path, sizeof(path), "%s%s", exe, rel[i]);
+				if (cuda_try(path) == 0)
+					return;
+			}
+		}
+	}
+	cuda_try(CAL_CUDA_MODULE_INSTALL);
+}
+
+/* The loaded module, or NULL with the reason in err (CAL_ERR_UNSUPPORTED). */
+static const struct cal_cuda_module *cuda_module(struct cal_error *err)
+{
+	pthread_once(&cuda_once, cuda_load);
+	if (!cuda_mod)
+		cal_error_set(err, CAL_ERR_UNSUPPORTED,
+			      "the CUDA back end (libcalibd-cuda.so) could not be loaded: %s",
+			      cuda_why[0] ? cuda_why : "not found");
+	return cuda_mod;
+}
+#endif
+
 /* ---- back ends ----------------------------------------------------------- */
 
 int cal_backend_kind_from_name(const char *name, enum cal_backend_kind *ret)
@@ -97,7 +173,10 @@ enum cal_status cal_backend_cuda_device_count(int *ret, struct cal_error *err)
 {
 	*ret = 0;
 #ifdef CAL_KERNELS_CUDA
-	return cal_cuda_device_count(ret, err);
+	const struct cal_cuda_module *m = cuda_module(err);
+	if (!m)
+		return CAL_ERR_UNSUPPORTED;
+	return m->device_count(ret, err);
 #else
 	(void)err;
 	return CAL_OK;
@@ -143,8 +222,12 @@ enum cal_status cal_backend_init(enum cal_backend_kind kind, const struct cal_ba
 	case CAL_BACKEND_CUDA:
 		be->name = "cuda";
 #ifdef CAL_KERNELS_CUDA
-		be->ops = &cal_cuda_ops;
-		st = cal_cuda_backend_init(be, err);
+		if (!cuda_module(err)) {
+			st = CAL_ERR_UNSUPPORTED;
+			goto fail;
+		}
+		be->ops = cuda_mod->ops;
+		st = cuda_mod->backend_init(be, err);
 		if (st < 0)
 			goto fail;
 		break;
@@ -169,8 +252,8 @@ void cal_backend_free(struct cal_backend *be)
 	if (!be)
 		return;
 #ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		cal_cuda_backend_fini(be);
+	if (be->kind == CAL_BACKEND_CUDA && be->ops == (cuda_mod ? cuda_mod->ops : NULL))
+		cuda_mod->backend_fini(be);
 #endif
 	free(be);
 }
@@ -179,7 +262,7 @@ const char *cal_backend_describe(struct cal_backend *be)
 {
 #ifdef CAL_KERNELS_CUDA
 	if (be->kind == CAL_BACKEND_CUDA)
-		return cal_cuda_describe(be);
+		return cuda_mod->describe(be);
 #endif
 	return be->cpu_threads == 1 ? "cpu, 1 thread (reference)" : "cpu, multi-threaded";
 }
@@ -192,7 +275,7 @@ enum cal_status cal_backend_alloc(struct cal_backend *be, size_t bytes, void **r
 		return cal_error_set(err, CAL_ERR_INVALID, "alloc: zero bytes");
 #ifdef CAL_KERNELS_CUDA
 	if (be->kind == CAL_BACKEND_CUDA)
-		return cal_cuda_alloc(be, bytes, ret, err);
+		return cuda_mod->alloc(be, bytes, ret, err);
 #endif
 	int rc = posix_memalign(ret, 256, bytes);
 	if (rc) {
@@ -209,7 +292,7 @@ void cal_backend_dealloc(struct cal_backend *be, void *p)
 		return;
 #ifdef CAL_KERNELS_CUDA
 	if (be->kind == CAL_BACKEND_CUDA) {
-		cal_cuda_dealloc(be, p);
+		cuda_mod->dealloc(be, p);
 		return;
 	}
 #endif
@@ -223,7 +306,7 @@ enum cal_status cal_backend_upload(struct cal_backend *be, void *dst, const void
 		return CAL_OK;
 #ifdef CAL_KERNELS_CUDA
 	if (be->kind == CAL_BACKEND_CUDA)
-		return cal_cuda_memcpy(be, dst, src, n, CAL_CUDA_H2D, err);
+		return cuda_mod->memcpy(be, dst, src, n, CAL_CUDA_H2D, err);
 #endif
 	(void)err;
 	memmove(dst, src, n);
@@ -237,7 +320,7 @@ enum cal_status cal_backend_download(struct cal_backend *be, void *dst, const vo
 		return CAL_OK;
 #ifdef CAL_KERNELS_CUDA
 	if (be->kind == CAL_BACKEND_CUDA)
-		return cal_cuda_memcpy(be, dst, src, n, CAL_CUDA_D2H, err);
+		return cuda_mod->memcpy(be, dst, src, n, CAL_CUDA_D2H, err);
 #endif
 	(void)err;
 	memmove(dst, src, n);
@@ -251,7 +334,7 @@ enum cal_status cal_backend_copy(struct cal_backend *be, void *dst, const void *
 		return CAL_OK;
 #ifdef CAL_KERNELS_CUDA
 	if (be->kind == CAL_BACKEND_CUDA)
-		return cal_cuda_memcpy(be, dst, src, n, CAL_CUDA_D2D, err);
+		return cuda_mod->memcpy(be, dst, src, n, CAL_CUDA_D2D, err);
 #endif
 	(void)err;
 	memmove(dst, src, n);
@@ -265,7 +348,7 @@ enum cal_status cal_backend_memset(struct cal_backend *be, void *dst, int byte, 
 		return CAL_OK;
 #ifdef CAL_KERNELS_CUDA
 	if (be->kind == CAL_BACKEND_CUDA)
-		return cal_cuda_memset(be, dst, byte, n, err);
+		return cuda_mod->memset(be, dst, byte, n, err);
 #endif
 	(void)err;
 	memset(dst, byte, n);
@@ -276,7 +359,7 @@ enum cal_status cal_backend_sync(struct cal_backend *be, struct cal_error *err)
 {
 #ifdef CAL_KERNELS_CUDA
 	if (be->kind == CAL_BACKEND_CUDA)
-		return cal_cuda_sync(be, err);
+		return cuda_mod->sync(be, err);
 #endif
 	(void)be;
 	(void)err;

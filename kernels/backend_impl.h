@@ -22,7 +22,41 @@ enum cal_cuda_copy_kind {
 
 extern const struct cal_ops cal_cpu_ops;
 
+/*
+ * The CUDA back end is a separate shared module (libcalibd-cuda.so) that
+ * backend.c loads with dlopen() the first time CUDA is asked for, so that
+ * nothing that only runs the CPU back end — the daemon's supervisor above
+ * all — links or initialises CUDA.  The module exports one symbol,
+ * cal_cuda_module_get(), returning this table.  abi, op_count and
+ * ops_size guard against a module from another build.
+ */
+#define CAL_CUDA_MODULE_ABI 1u
+#define CAL_CUDA_MODULE_SYMBOL "cal_cuda_module_get"
+
+struct cal_cuda_module {
+	unsigned abi;
+	unsigned op_count;
+	size_t ops_size;
+	const struct cal_ops *ops;
+	enum cal_status (*device_count)(int *ret, struct cal_error *err);
+	enum cal_status (*backend_init)(struct cal_backend *be, struct cal_error *err);
+	void (*backend_fini)(struct cal_backend *be);
+	const char *(*describe)(struct cal_backend *be);
+	enum cal_status (*alloc)(struct cal_backend *be, size_t bytes, void **ret,
+				 struct cal_error *err);
+	void (*dealloc)(struct cal_backend *be, void *p);
+	enum cal_status (*memcpy)(struct cal_backend *be, void *dst, const void *src, size_t n,
+				  enum cal_cuda_copy_kind kind, struct cal_error *err);
+	enum cal_status (*memset)(struct cal_backend *be, void *dst, int byte, size_t n,
+				  struct cal_error *err);
+	enum cal_status (*sync)(struct cal_backend *be, struct cal_error *err);
+};
+
+typedef const struct cal_cuda_module *(*cal_cuda_module_get_fn)(void);
+
 #ifdef CAL_KERNELS_CUDA
+/* Inside the module (kernels/cuda/): */
+const struct cal_cuda_module *cal_cuda_module_get(void);
 extern const struct cal_ops cal_cuda_ops;
 enum cal_status cal_cuda_device_count(int *ret, struct cal_error *err);
 /* Selects the device, creates the stream; sets be->impl. */

@@ -42,6 +42,7 @@ enum cal_status cal_cuda_device_count(int *ret, struct cal_error *err)
 
 enum cal_status cal_cuda_enter(struct cal_backend *be, cudaStream_t *ret, struct cal_error *err)
 {
+	*ret = NULL;
 	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
 	*ret = ((struct cal_cuda_impl *)be->impl)->stream;
 	return CAL_OK;

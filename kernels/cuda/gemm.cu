@@ -91,7 +91,7 @@ extern "C" enum cal_status cal_cuda_gemm(struct cal_backend *be, const struct ca
 					 struct cal_error *err)
 {
 	cudaStream_t s;
-	cublasHandle_t h;
+	cublasHandle_t h = NULL;
 	enum cal_status st;
 	if (a->m == 0 || a->n == 0)
 		return CAL_OK;

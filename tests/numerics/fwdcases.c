@@ -163,7 +163,8 @@ static uint16_t *bf_rand(uint64_t n, float scale, uint64_t *s)
 int fwdcase_gemm(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
 {
 	struct fctx c;
-	uint64_t s = seed, m = rows, n = units * 3 + 1, k = units * 5 + 3;
+	uint64_t s = seed, m = rows < 300 ? rows : 300 + rows % 7;
+	uint64_t n = (units % 97) * 3 + 1, k = (units % 61) * 5 + 3;
 	uint32_t G = rows >= 4 ? 3 : 1;
 	int with_bias = (seed & 1) != 0;
 	fctx_init(&c, env, "gemm", rows, units, seed);
@@ -194,7 +195,7 @@ int fwdcase_gemm(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t
 int fwdcase_gather_rows(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
 {
 	struct fctx c;
-	uint64_t s = seed, src_rows = units + 2, cols = units * 2 + 1, n = rows;
+	uint64_t s = seed, src_rows = units % 1000 + 2, cols = (units % 1000) * 2 + 1, n = rows;
 	fctx_init(&c, env, "gather_rows", rows, units, seed);
 	uint16_t *src = bf_rand(src_rows * cols, 1.0f, &s);
 	uint32_t *idx = malloc(n * 4);
@@ -214,7 +215,7 @@ int fwdcase_gather_rows(struct opcase_env *env, uint64_t rows, uint64_t units, u
 int fwdcase_rmsnorm(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
 {
 	struct fctx c;
-	uint64_t s = seed, cols = units * 4 + 1;
+	uint64_t s = seed, cols = (units % 1000) * 4 + 1;
 	enum cal_rms_kind kind = (enum cal_rms_kind)(seed % 3);
 	int f32 = kind != CAL_RMS_PLAIN;
 	fctx_init(&c, env, "rmsnorm", rows, units, seed);
@@ -272,6 +273,8 @@ int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uin
 	struct fctx c;
 	uint64_t s = seed, t = rows;
 	uint32_t nkv = 2, nh = 4, hd = (uint32_t)(units % 5) * 8 + 8;
+	if (t > 2048)
+		t = 2048 + t % 5; /* attention is quadratic on the CPU side */
 	uint32_t cu[4], ks[3], n_seq = t >= 3 ? 3 : 1;
 	fctx_init(&c, env, "attention", rows, units, seed);
 	cu[0] = 0;
@@ -311,7 +314,7 @@ int fwdcase_router(struct opcase_env *env, uint64_t rows, uint64_t units, uint64
 {
 	struct fctx c;
 	uint64_t s = seed;
-	uint32_t e = (uint32_t)units + 3, kt = e >= 4 ? 3 : 2, k = 2;
+	uint32_t e = (uint32_t)(units % 200) + 3, kt = e >= 4 ? 3 : 2, k = 2;
 	fctx_init(&c, env, "router", rows, units, seed);
 	uint16_t *l = bf_rand(rows * e, 4.0f, &s);
 	struct fbuf *bl = fnew(&c, rows * e * 2, l), *bi = fnew(&c, rows * kt * 4, NULL);
@@ -329,7 +332,7 @@ int fwdcase_moe_sort(struct opcase_env *env, uint64_t rows, uint64_t units, uint
 {
 	struct fctx c;
 	uint64_t s = seed, n = rows * 3;
-	uint32_t e = (uint32_t)units + 1;
+	uint32_t e = (uint32_t)(units % 300) + 1;
 	fctx_init(&c, env, "moe_sort", rows, units, seed);
 	uint32_t *idx = malloc(n * 4);
 	for (uint64_t i = 0; i < n; i++)
@@ -349,7 +352,7 @@ int fwdcase_moe_sort(struct opcase_env *env, uint64_t rows, uint64_t units, uint
 int fwdcase_moe_combine(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
 {
 	struct fctx c;
-	uint64_t s = seed, t = rows, h = units * 2 + 1;
+	uint64_t s = seed, t = rows, h = (units % 500) * 2 + 1;
 	uint32_t k = 2, kt = 3, e = 5;
 	uint64_t np = t * kt;
 	fctx_init(&c, env, "moe_combine", rows, units, seed);
@@ -380,7 +383,7 @@ int fwdcase_moe_combine(struct opcase_env *env, uint64_t rows, uint64_t units, u
 int fwdcase_ewise(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
 {
 	struct fctx c;
-	uint64_t s = seed, cols = units + 1;
+	uint64_t s = seed, cols = units % 1000 + 1;
 	enum cal_ewise_mode mode = (enum cal_ewise_mode)(seed % 4);
 	fctx_init(&c, env, "ewise", rows, units, seed);
 	uint16_t *a = bf_rand(rows * cols * 2, 6.0f, &s), *b = bf_rand(rows * cols * 2, 2.0f, &s);

@@ -1,0 +1,174 @@
+/*
+ * calib.h — the calibration engine: the model's own forward pass, layer by
+ * layer, with observers (DESIGN.md "The engine's data flow", MODELOPT.md §2).
+ *
+ * A calibration run embeds every calibration token, then for each decoder
+ * layer in order brings that layer's weights into the canonical in-memory
+ * layout (routed experts as W13 [E, 2I, H] gate rows then up rows, and
+ * W2 [E, H, I], whatever the on-disk layout), runs all tokens through it in
+ * micro-batches of whole sequences, and records, for every quantizer the
+ * plan enables:
+ *   - input quantizers: running max|x| of the module's input (q/k/v share
+ *     one input, recorded once);
+ *   - k_bmm / v_bmm: max|K| after k_proj (+bias), k_norm and RoPE, and
+ *     max|V| after v_proj (+bias), before any GQA repeat;
+ *   - routed experts: per expert the max|x| of the rows routed to it (gate_up
+ *     and down_proj inputs) and the token count; the shared fused-experts
+ *     input quantizer gets the layer maximum, as modelopt;
+ *   - weight quantizers: max|W| from the weights (never from routing).
+ * After the layer the statistics of that layer are final and the
+ * on_layer callback runs (export quantizes and writes the layer while the
+ * next one computes).  A NaN or Inf in any observed activation fails the
+ * run with CAL_ERR_NUMERIC naming the layer and module.
+ *
+ * Sequences are packed without padding (positions and attention restart per
+ * sequence).  opts.pad_like_modelopt reproduces modelopt's batches instead:
+ * every sequence left-padded with the EOS id to the longest one, positions
+ * 0..S-1 over the padded row, pads masked as attention keys (a pad query
+ * sees nothing and outputs zeros, as SDPA's fully-masked rows) but flowing
+ * through every linear, router and expert and counted in every amax
+ * (docs/calibration.md).
+ *
+ * Ownership: cal_calib_open() returns an engine that owns the checkpoint
+ * mapping, the model description, the back end and every buffer; the
+ * plan and tokens passed in are borrowed and must outlive it.
+ */
+#ifndef CAL_CALIB_H
+#define CAL_CALIB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "engine/model/catalog.h"
+#include "engine/model/model.h"
+#include "engine/recipe/plan.h"
+#include "kernels/backend.h"
+#include "kernels/ops.h"
+
+/* Calibration token sequences: sequence i is ids[off[i] .. off[i+1]). */
+struct cal_calib_tokens {
+	size_t n;
+	size_t *off;           /* n + 1 */
+	uint32_t *ids;
+	size_t n_tokens;
+};
+
+/* Bounds on client-controlled token files. */
+#define CAL_CALIB_MAX_SEQS ((size_t)1 << 24)
+#define CAL_CALIB_MAX_SEQ_LEN ((size_t)1 << 20)
+#define CAL_CALIB_MAX_TOKENS ((size_t)1 << 31)
+#define CAL_CALIB_MAX_TOKEN_FILE ((size_t)4 << 30)
+
+/*
+ * Reads a token file: JSONL lines {"input_ids": [...]} or one JSON object
+ * {"input_ids": [[...], ...]}.  Every id must be < vocab (vocab 0: no
+ * check); empty sequences are refused.  *ret is owned by the caller
+ * (cal_calib_tokens_free).  Errors: CAL_ERR_NOTFOUND / CAL_ERR_IO,
+ * CAL_ERR_FORMAT (line or sequence named), CAL_ERR_RANGE (bounds above).
+ */
+enum cal_status cal_calib_tokens_load(const char *path, uint64_t vocab,
+				      struct cal_calib_tokens **ret, struct cal_error *err);
+/* Same from memory (`name` for messages). */
+enum cal_status cal_calib_tokens_parse(const char *name, const char *text, size_t len,
+				       uint64_t vocab, struct cal_calib_tokens **ret,
+				       struct cal_error *err);
+void cal_calib_tokens_free(struct cal_calib_tokens *t);
+
+struct cal_calib;
+
+/* Called when layer `layer` is done; its statistics are final.  Returning
+ * an error stops the run (the error is passed through). */
+typedef enum cal_status (*cal_calib_layer_fn)(void *ctx, const struct cal_calib *c,
+					      int32_t layer, struct cal_error *err);
+
+/* Tests and parity: the residual stream after layer `layer` for every
+ * token, bf16 [n_tokens, hidden] in packed (or padded) token order, host
+ * memory valid during the call.  With opts.hidden_feedback the callback may
+ * overwrite it and the next layer starts from what it wrote (parity tests
+ * feed the reference's hidden states: "teacher forcing", so each layer is
+ * compared from the same input). */
+typedef enum cal_status (*cal_calib_hidden_fn)(void *ctx, int32_t layer, uint16_t *hidden,
+					       uint64_t n_tokens, uint64_t hidden_size,
+					       struct cal_error *err);
+
+/* Progress: layer done (0-based) of n_layers, and the throughput so far in
+ * token-layers per second (tokens x layers done / elapsed seconds). */
+typedef void (*cal_calib_progress_fn)(void *ctx, int32_t layer, int32_t n_layers,
+				      double tokens_per_s);
+
+struct cal_calib_opts {
+	enum cal_backend_kind backend;     /* CPU (default) or CUDA */
+	int cuda_device;
+	unsigned cpu_threads;              /* 0: all online CPUs */
+	uint64_t max_mem;                  /* cap on engine buffers of the back end, bytes
+					    * (0: none); sizes micro-batches */
+	uint64_t micro_batch_tokens;       /* 0: from max_mem, else a default */
+	int pad_like_modelopt;
+	int64_t pad_id;                    /* < 0: EOS of generation_config.json / config.json */
+	int per_expert_input_amax;         /* keep per-expert input amax (JSON) */
+	double moe_calib_experts_ratio;    /* 0: off; (0, 1]: route to max(k, round(r E)) */
+	enum cal_combine_mode combine;     /* default CAL_COMBINE_EAGER (modelopt forces eager) */
+	cal_calib_layer_fn on_layer;
+	cal_calib_hidden_fn on_hidden;
+	int hidden_feedback;               /* on_hidden's writes are the next layer's input */
+	cal_calib_progress_fn progress;
+	void *ctx;                         /* passed to the callbacks */
+};
+
+/*
+ * Opens the checkpoint in model_dir for calibration with `plan` (which must
+ * have been built for the same model description; its model is used).
+ * Refuses, naming the feature, architectures / layer kinds the engine does
+ * not run yet (CAL_ERR_UNSUPPORTED: Gated DeltaNet, MLA, gated attention,
+ * non-softmax routers, GPT-OSS experts, quantized source checkpoints).
+ * *ret is owned by the caller (cal_calib_free).
+ */
+enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *plan,
+			       const struct cal_calib_opts *opts, struct cal_calib **ret,
+			       struct cal_error *err);
+
+/* Runs the whole calibration over `tokens` (ids checked against the vocab).
+ * Errors: CAL_ERR_NUMERIC (non-finite activation: layer and module named),
+ * CAL_ERR_NOMEM / CAL_ERR_DEVICE, or a callback's error. */
+enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens *tokens,
+			      struct cal_error *err);
+
+void cal_calib_free(struct cal_calib *c);
+
+/* ---- statistics (valid for layers already finished) -------------------- */
+
+/* The amax export uses for plan quantizer `q` (index into plan->q):
+ * 1 and *ret when known (calibrated, from weights, or a constant), 0 when
+ * the quantizer is disabled, needs no amax, or saw no data. */
+int cal_calib_q_amax(const struct cal_calib *c, size_t q, float *ret);
+
+/* Per-expert statistics of MoE layer `layer` (NULL for dense layers):
+ * arrays of num_experts entries owned by the engine. gu/down amax are
+ * negative for experts that received no token. */
+struct cal_calib_moe_stats {
+	int64_t n_experts;
+	const uint64_t *tokens;        /* (token, slot) pairs routed to each expert */
+	const float *gate_up_amax;     /* max|x| of the rows routed to e */
+	const float *down_amax;        /* max|act| of those rows */
+};
+const struct cal_calib_moe_stats *cal_calib_moe(const struct cal_calib *c, int32_t layer);
+
+/* Number of tokens the run processed (pads included with pad_like_modelopt). */
+uint64_t cal_calib_tokens_processed(const struct cal_calib *c);
+
+/* Model description and catalog of the opened checkpoint. */
+const struct cal_model_desc *cal_calib_model(const struct cal_calib *c);
+
+/*
+ * The statistics as JSON text (heap, owned by the caller; NULL on
+ * allocation failure): "quantizers" (every enabled quantizer with the amax
+ * export will use), "input_amax" / "tokens_seen" / "kv_amax" keyed like
+ * tools/hf_reference.py (fused experts per expert as
+ * "<...>.experts.<e>.gate_up_proj" / ".down_proj"), "moe" per MoE layer
+ * (per-expert amax and token counts; with per_expert_input_amax the filled
+ * experts are listed), and the run's settings.
+ */
+char *cal_calib_stats_json(const struct cal_calib *c);
+
+#endif

@@ -1,0 +1,1038 @@
+/*
+ * calib.c — the calibration engine's run loop (see engine/calib.h):
+ * opening the checkpoint, laying the tokens out (packed, or left-padded like
+ * modelopt), micro-batches, layer streaming, the observers' per-layer
+ * read-back with non-finite checks, weight amax, the mapping from observed
+ * tensors to the plan's quantizers, and the statistics JSON.
+ *
+ * Layer streaming: one layer's weights are resident at a time.  On the CPU
+ * back end they are read straight from the mmap when already bf16 in the
+ * canonical layout (fused experts, every dense linear) and copied only
+ * where the layout needs it (per-expert and Mixtral experts into W13/W2,
+ * gate|up stacking); on CUDA the staged layer is uploaded into one device
+ * allocation per layer.  The hidden states of all calibration tokens stay
+ * in back-end memory between layers.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/fp.h"
+#include "common/util.h"
+#include "engine/calib/calib_internal.h"
+
+#define DEFAULT_MB_TOKENS 4096u
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static enum cal_status be_alloc(struct cal_calib *c, size_t bytes, void *ret,
+				struct cal_error *err)
+{
+	void **r = ret;
+	return cal_backend_alloc(c->be, bytes ? bytes : 1, r, err);
+}
+
+static void be_free(struct cal_calib *c, void *p)
+{
+	cal_backend_dealloc(c->be, p);
+}
+
+/* EOS id: generation_config.json, then config.json (text_config too);
+ * a list gives its first entry. */
+static enum cal_status find_eos(const char *dir, int64_t *ret, struct cal_error *err)
+{
+	static const char *const files[] = {"generation_config.json", "config.json"};
+	for (size_t f = 0; f < CAL_ARRAY_LEN(files); f++) {
+		char *path = cal_path_join(dir, files[f]);
+		json_t *j;
+		if (!path)
+			return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		j = json_load_file(path, 0, NULL);
+		free(path);
+		if (!j)
+			continue;
+		const json_t *v = json_object_get(j, "eos_token_id");
+		if (!v && json_is_object(json_object_get(j, "text_config")))
+			v = json_object_get(json_object_get(j, "text_config"), "eos_token_id");
+		if (json_is_array(v))
+			v = json_array_get(v, 0);
+		if (json_is_integer(v) && json_integer_value(v) >= 0) {
+			*ret = json_integer_value(v);
+			json_decref(j);
+			return CAL_OK;
+		}
+		json_decref(j);
+	}
+	return cal_error_set(err, CAL_ERR_NOTFOUND,
+			     "%s: no eos_token_id in generation_config.json or config.json "
+			     "(needed to pad like modelopt; give a pad id)", dir);
+}
+
+/* ---- open ----------------------------------------------------------------- */
+
+static enum cal_status check_supported(const struct cal_model_desc *d, struct cal_error *err)
+{
+	if (d->src_quant != CAL_SRC_QUANT_NONE)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "%s: quantized source checkpoints (%s) are not run by the "
+				     "calibration engine yet", d->model_type, cal_src_quant_name(d->src_quant));
+	if (d->attn != CAL_ATTN_GQA || d->has_sinks)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "%s: %s attention%s is not run by the calibration engine yet",
+				     d->model_type, cal_attn_kind_name(d->attn),
+				     d->has_sinks ? " with sinks" : "");
+	if (d->n_linear_layers)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "%s: Gated DeltaNet layers are not run by the calibration engine yet",
+				     d->model_type);
+	if (d->num_experts > 0 && d->n_moe_layers > 0) {
+		if (d->router != CAL_ROUTER_SOFTMAX_TOPK)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+					     "%s: router '%s' is not run by the calibration engine yet",
+					     d->model_type, cal_router_kind_name(d->router));
+		if (d->act != CAL_ACT_SWIGLU)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+					     "%s: this expert activation is not run by the calibration "
+					     "engine yet", d->model_type);
+		if (d->top_k < 1 || d->top_k > 64 || d->top_k > d->num_experts)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+					     "%s: top_k %lld not in [1, min(64, experts)]", d->model_type,
+					     (long long)d->top_k);
+	}
+	if (d->shared == CAL_SHARED_UNGATED && d->n_shared_experts > 1)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: several shared experts",
+				     d->model_type);
+	if (d->rope.interleave)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "%s: interleaved RoPE is not run by the calibration engine yet",
+				     d->model_type);
+	return CAL_OK;
+}
+
+enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *plan,
+			       const struct cal_calib_opts *opts, struct cal_calib **ret,
+			       struct cal_error *err)
+{
+	struct cal_calib *c = calloc(1, sizeof(*c));
+	enum cal_status st = CAL_OK;
+	const struct cal_model_desc *d = plan->model;
+
+	*ret = NULL;
+	if (!c)
+		return cal_error_set(err, CAL_ERR_NOMEM, "calibration engine: out of memory");
+	if (opts)
+		c->o = *opts;
+	c->plan = plan;
+	c->d = d;
+	CAL_TRY(check_supported(d, err));
+	if (c->o.moe_calib_experts_ratio < 0 || c->o.moe_calib_experts_ratio > 1 ||
+	    c->o.moe_calib_experts_ratio != c->o.moe_calib_experts_ratio) {
+		st = cal_error_set(err, CAL_ERR_INVALID, "moe_calib_experts_ratio %g not in (0, 1]",
+				   c->o.moe_calib_experts_ratio);
+		goto fail;
+	}
+	CAL_TRY(cal_checkpoint_open(model_dir, &c->ck, err));
+	CAL_TRY(cal_catalog_build(d, c->ck, &c->cat, err));
+	struct cal_backend_opts bo = {.cpu_threads = c->o.cpu_threads,
+				      .cuda_device = c->o.cuda_device};
+	CAL_TRY(cal_backend_init(c->o.backend, &bo, &c->be, err));
+	CAL_TRY(cal_backend_init(CAL_BACKEND_CPU, &bo, &c->host, err));
+	c->on_device = c->o.backend != CAL_BACKEND_CPU;
+
+	c->H = d->hidden_size;
+	c->nh = d->num_heads;
+	c->nkv = d->num_kv_heads;
+	c->hd = d->head_dim;
+	c->Id = d->intermediate_size;
+	c->E = d->n_moe_layers ? d->num_experts : 0;
+	c->k = d->n_moe_layers ? d->top_k : 0;
+	c->I = d->moe_intermediate_size;
+	c->Is = d->shared != CAL_SHARED_NONE ? d->shared_intermediate_size : 0;
+	c->kk = c->k;
+	if (c->E && c->o.moe_calib_experts_ratio > 0) {
+		int64_t r = (int64_t)llround(c->o.moe_calib_experts_ratio * (double)c->E);
+		c->kk = r > c->k ? r : c->k;
+		if (c->kk > c->E)
+			c->kk = c->E;
+	}
+	c->rd = d->rope.rotary_dim;
+	if (c->rd < 0 || c->rd > c->hd || c->rd % 2) {
+		st = cal_error_set(err, CAL_ERR_FORMAT, "rotary dim %lld does not fit head_dim %lld",
+				   (long long)c->rd, (long long)c->hd);
+		goto fail;
+	}
+	c->inv_freq = calloc((size_t)c->rd / 2 + 1, sizeof(float));
+	if (!c->inv_freq) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	CAL_TRY(cal_rope_inv_freq(d, c->inv_freq, c->rd, err));
+	if (c->o.pad_like_modelopt && c->o.pad_id < 0)
+		CAL_TRY(find_eos(model_dir, &c->o.pad_id, err));
+	if (c->o.pad_like_modelopt && (uint64_t)c->o.pad_id >= (uint64_t)d->vocab_size) {
+		st = cal_error_set(err, CAL_ERR_RANGE, "pad id %lld is outside the vocabulary (%lld)",
+				   (long long)c->o.pad_id, (long long)d->vocab_size);
+		goto fail;
+	}
+	c->n_slots = S_FIXED + 2 * (uint64_t)c->E;
+	c->l_amax = malloc((size_t)d->num_layers * S_FIXED * sizeof(float));
+	c->moe = calloc((size_t)d->num_layers, sizeof(*c->moe));
+	c->q_amax = calloc(plan->n_q + 1, sizeof(float));
+	c->q_has = calloc(plan->n_q + 1, 1);
+	if (!c->l_amax || !c->moe || !c->q_amax || !c->q_has) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	for (int64_t i = 0; i < d->num_layers * S_FIXED; i++)
+		c->l_amax[i] = -1.0f;
+	c->lmhead_amax = -1.0f;
+	for (int64_t L = 0; L < d->num_layers; L++) {
+		if (d->layers[L].ffn != CAL_FFN_MOE)
+			continue;
+		struct cal_moe_host *m = &c->moe[L];
+		m->tokens = calloc((size_t)c->E, sizeof(uint64_t));
+		m->gu = malloc((size_t)c->E * sizeof(float));
+		m->down = malloc((size_t)c->E * sizeof(float));
+		if (!m->tokens || !m->gu || !m->down) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		for (int64_t e = 0; e < c->E; e++)
+			m->gu[e] = m->down[e] = -1.0f;
+		m->pub = (struct cal_calib_moe_stats){c->E, m->tokens, m->gu, m->down};
+	}
+	*ret = c;
+	return CAL_OK;
+fail:
+	cal_calib_free(c);
+	return st;
+}
+
+static void free_run(struct cal_calib *c)
+{
+	void *bufs[] = {c->hidden, c->pos, c->meta, c->d_inv_freq, c->h, c->q, c->kb, c->vb,
+			c->att, c->tmp, c->gu, c->act, c->logits, c->xg, c->yo, c->sgu, c->sact,
+			c->sy, c->sgl, c->idx, c->offsets, c->sorted, c->ppos, c->rw, c->obs_amax,
+			c->obs_nf};
+	if (!c->be)
+		return;
+	for (size_t i = 0; i < CAL_ARRAY_LEN(bufs); i++)
+		be_free(c, bufs[i]);
+	c->hidden = NULL;
+	c->pos = c->meta = NULL;
+	c->d_inv_freq = NULL;
+	c->h = c->q = c->kb = c->vb = c->att = c->tmp = c->gu = c->act = c->logits = NULL;
+	c->xg = c->yo = c->sgu = c->sact = c->sy = c->sgl = NULL;
+	c->idx = c->offsets = c->sorted = c->ppos = NULL;
+	c->rw = c->obs_amax = NULL;
+	c->obs_nf = NULL;
+	free(c->h_offsets);
+	c->h_offsets = NULL;
+	free(c->mbs);
+	c->mbs = NULL;
+}
+
+void cal_calib_free(struct cal_calib *c)
+{
+	if (!c)
+		return;
+	free_run(c);
+	if (c->moe && c->d)
+		for (int64_t L = 0; L < c->d->num_layers; L++) {
+			free(c->moe[L].tokens);
+			free(c->moe[L].gu);
+			free(c->moe[L].down);
+		}
+	free(c->moe);
+	free(c->l_amax);
+	free(c->q_amax);
+	free(c->q_has);
+	free(c->inv_freq);
+	cal_backend_free(c->be);
+	cal_backend_free(c->host);
+	cal_catalog_free(c->cat);
+	cal_checkpoint_free(c->ck);
+	free(c);
+}
+
+/* ---- token layout and buffers --------------------------------------------- */
+
+/* Bytes of scratch per micro-batch token (all buffers scale with tokens). */
+static uint64_t per_token_bytes(const struct cal_calib *c)
+{
+	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd, kk = c->kk;
+	uint64_t b = 2 * (H + qd + 2 * kd + qd + H);
+	uint64_t dense = 2 * (3 * (uint64_t)c->Id);
+	uint64_t moe = c->E ? 2 * ((uint64_t)c->E + kk * (H + 3 * (uint64_t)c->I + H) +
+				   3 * (uint64_t)c->Is + H + 1) +
+				      4 * (3 * kk + (uint64_t)c->k)
+			    : 0;
+	return b + (dense > moe ? dense : moe);
+}
+
+static enum cal_status layout_tokens(struct cal_calib *c, const struct cal_calib_tokens *tk,
+				     uint32_t **ret_ids, uint32_t **ret_pos, uint32_t **ret_meta,
+				     uint64_t *ret_meta_n, struct cal_error *err)
+{
+	size_t n = tk->n, smax = 0;
+	uint64_t total = 0;
+	uint32_t *ids = NULL, *pos = NULL, *meta = NULL;
+	enum cal_status st = CAL_OK;
+	for (size_t i = 0; i < n; i++) {
+		size_t len = tk->off[i + 1] - tk->off[i];
+		smax = len > smax ? len : smax;
+	}
+	if (c->o.pad_like_modelopt) {
+		if (cal_mul_u64(n, smax, &total) < 0 || total > CAL_CALIB_MAX_TOKENS)
+			return cal_error_set(err, CAL_ERR_RANGE, "padded calibration set too large");
+	} else {
+		total = tk->n_tokens;
+	}
+	ids = malloc(total * sizeof(uint32_t));
+	pos = malloc(total * sizeof(uint32_t));
+	/* micro-batches: whole sequences up to mb_tokens */
+	c->mbs = calloc(n, sizeof(*c->mbs));
+	meta = malloc((2 * n + n) * sizeof(uint32_t) + 4);
+	if (!ids || !pos || !c->mbs || !meta) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory laying out %llu tokens",
+				   (unsigned long long)total);
+		goto fail;
+	}
+	uint64_t t = 0, mo = 0;
+	struct cal_mb *mb = NULL;
+	uint32_t *ks_tmp = malloc(n * sizeof(uint32_t) + 4);
+	if (!ks_tmp) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	c->n_mb = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t len = tk->off[i + 1] - tk->off[i];
+		size_t rows = c->o.pad_like_modelopt ? smax : len, pad = rows - len;
+		if (!mb || mb->n_tok + rows > c->mb_tokens) {
+			/* close the previous one: append key_start after cu */
+			if (mb) {
+				memcpy(meta + mo, ks_tmp, mb->n_seq * sizeof(uint32_t));
+				mo += mb->n_seq;
+			}
+			mb = &c->mbs[c->n_mb++];
+			mb->tok0 = t;
+			mb->n_tok = 0;
+			mb->n_seq = 0;
+			mb->meta_off = mo;
+			meta[mo++] = 0;
+		}
+		for (size_t j = 0; j < rows; j++) {
+			ids[t + j] = j < pad ? (uint32_t)c->o.pad_id : tk->ids[tk->off[i] + j - pad];
+			pos[t + j] = (uint32_t)j;
+		}
+		ks_tmp[mb->n_seq] = (uint32_t)pad;
+		mb->n_seq++;
+		mb->n_tok += rows;
+		meta[mo++] = (uint32_t)mb->n_tok;
+		t += rows;
+	}
+	memcpy(meta + mo, ks_tmp, mb->n_seq * sizeof(uint32_t));
+	mo += mb->n_seq;
+	free(ks_tmp);
+	c->n_tok = total;
+	*ret_ids = ids;
+	*ret_pos = pos;
+	*ret_meta = meta;
+	*ret_meta_n = mo;
+	return CAL_OK;
+fail:
+	free(ids);
+	free(pos);
+	free(meta);
+	return st;
+}
+
+static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
+{
+	uint64_t T = c->mb_tokens, H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd;
+	uint64_t kk = c->kk, P = T * kk, I = c->I, Is = c->Is, Id = c->Id, E = c->E;
+	enum cal_status st = CAL_OK;
+	uint64_t gu_n = 2 * Id * T, act_n = Id * T;
+	if (E) {
+		gu_n = gu_n > 2 * I * P ? gu_n : 2 * I * P;
+		act_n = act_n > I * P ? act_n : I * P;
+	}
+	CAL_TRY(be_alloc(c, T * H * 2, &c->h, err));
+	CAL_TRY(be_alloc(c, T * qd * 2, &c->q, err));
+	CAL_TRY(be_alloc(c, T * kd * 2, &c->kb, err));
+	CAL_TRY(be_alloc(c, T * kd * 2, &c->vb, err));
+	CAL_TRY(be_alloc(c, T * qd * 2, &c->att, err));
+	CAL_TRY(be_alloc(c, T * H * 2, &c->tmp, err));
+	CAL_TRY(be_alloc(c, gu_n * 2, &c->gu, err));
+	CAL_TRY(be_alloc(c, act_n * 2, &c->act, err));
+	if (E) {
+		CAL_TRY(be_alloc(c, T * E * 2, &c->logits, err));
+		CAL_TRY(be_alloc(c, P * H * 2, &c->xg, err));
+		CAL_TRY(be_alloc(c, P * H * 2, &c->yo, err));
+		CAL_TRY(be_alloc(c, P * 4, &c->idx, err));
+		CAL_TRY(be_alloc(c, (E + 1) * 4, &c->offsets, err));
+		CAL_TRY(be_alloc(c, P * 4, &c->sorted, err));
+		CAL_TRY(be_alloc(c, P * 4, &c->ppos, err));
+		CAL_TRY(be_alloc(c, T * (uint64_t)c->k * 4, &c->rw, err));
+		c->h_offsets = malloc((E + 1) * 4);
+		if (!c->h_offsets)
+			return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		if (Is) {
+			CAL_TRY(be_alloc(c, T * 2 * Is * 2, &c->sgu, err));
+			CAL_TRY(be_alloc(c, T * Is * 2, &c->sact, err));
+			CAL_TRY(be_alloc(c, T * H * 2, &c->sy, err));
+			CAL_TRY(be_alloc(c, T * 2, &c->sgl, err));
+		}
+	}
+	CAL_TRY(be_alloc(c, c->n_slots * sizeof(float), &c->obs_amax, err));
+	CAL_TRY(be_alloc(c, c->n_slots * sizeof(struct cal_nonfinite), &c->obs_nf, err));
+fail:
+	return st;
+}
+
+static enum cal_status reset_obs(struct cal_calib *c, struct cal_error *err)
+{
+	enum cal_status st = cal_backend_memset(c->be, c->obs_amax, 0, c->n_slots * sizeof(float), err);
+	if (st < 0)
+		return st;
+	/* {count 0, first all-ones} */
+	struct cal_nonfinite *nf = malloc(c->n_slots * sizeof(*nf));
+	if (!nf)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	for (uint64_t i = 0; i < c->n_slots; i++)
+		nf[i] = (struct cal_nonfinite){0, CAL_NONFINITE_NONE};
+	st = cal_backend_upload(c->be, c->obs_nf, nf, c->n_slots * sizeof(*nf), err);
+	free(nf);
+	return st;
+}
+
+/* ---- per-layer read-back ---------------------------------------------------- */
+
+static const char *slot_module(int s)
+{
+	switch (s) {
+	case S_QKV: return "self_attn.q_proj/k_proj/v_proj (input)";
+	case S_O: return "self_attn.o_proj (input)";
+	case S_K: return "self_attn (K after k_proj/k_norm/RoPE)";
+	case S_V: return "self_attn (V after v_proj)";
+	case S_MLP_GU: return "mlp.gate_proj/up_proj (input)";
+	case S_MLP_DOWN: return "mlp.down_proj (input)";
+	case S_MOE_IN: return "mlp (router and shared expert input)";
+	case S_SH_DOWN: return "mlp.shared_expert.down_proj (input)";
+	case S_OUT: return "residual stream (layer output)";
+	case S_LMHEAD: return "lm_head (input)";
+	default: return "?";
+	}
+}
+
+static enum cal_status read_back(struct cal_calib *c, int32_t L, struct cal_error *err)
+{
+	uint64_t n = c->n_slots, E = (uint64_t)c->E;
+	float *am = malloc(n * sizeof(float));
+	struct cal_nonfinite *nf = malloc(n * sizeof(*nf));
+	enum cal_status st = CAL_OK;
+	const char *P = c->d->prefix;
+	if (!am || !nf) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	CAL_TRY(cal_backend_download(c->be, am, c->obs_amax, n * sizeof(float), err));
+	CAL_TRY(cal_backend_download(c->be, nf, c->obs_nf, n * sizeof(*nf), err));
+	for (uint64_t s = 0; s < n; s++) {
+		if (!nf[s].count)
+			continue;
+		if (s == S_LMHEAD) {
+			st = cal_error_set(err, CAL_ERR_NUMERIC,
+					   "final norm (lm_head input): %llu non-finite values (first at "
+					   "token %llu)", (unsigned long long)nf[s].count,
+					   (unsigned long long)(nf[s].first / (uint64_t)c->H));
+		} else if (s < S_FIXED) {
+			uint64_t cols = (s == S_O) ? (uint64_t)(c->nh * c->hd)
+				      : (s == S_K || s == S_V) ? (uint64_t)(c->nkv * c->hd)
+				      : s == S_MLP_DOWN ? (uint64_t)c->Id
+				      : s == S_SH_DOWN ? (uint64_t)c->Is : (uint64_t)c->H;
+			st = cal_error_set(err, CAL_ERR_NUMERIC,
+					   "layer %d, module %slayers.%d.%s: %llu non-finite values "
+					   "(NaN/Inf), first at token %llu", L, P, L, slot_module((int)s),
+					   (unsigned long long)nf[s].count,
+					   (unsigned long long)(nf[s].first / (cols ? cols : 1)));
+		} else {
+			int down = s >= S_FIXED + E;
+			st = cal_error_set(err, CAL_ERR_NUMERIC,
+					   "layer %d, module %slayers.%d.mlp.experts (%s input of the "
+					   "routed experts): %llu non-finite values (NaN/Inf)", L, P, L,
+					   down ? "down_proj" : "gate_up_proj",
+					   (unsigned long long)nf[s].count);
+		}
+		goto fail;
+	}
+	if (L < 0) {
+		c->lmhead_amax = am[S_LMHEAD];
+		goto fail;
+	}
+	for (int s = 0; s < S_FIXED; s++)
+		c->l_amax[(uint64_t)L * S_FIXED + s] = am[s];
+	if (c->d->layers[L].ffn == CAL_FFN_MOE) {
+		struct cal_moe_host *m = &c->moe[L];
+		for (uint64_t e = 0; e < E; e++) {
+			m->gu[e] = m->tokens[e] ? am[S_FIXED + e] : -1.0f;
+			m->down[e] = m->tokens[e] ? am[S_FIXED + E + e] : -1.0f;
+		}
+	}
+fail:
+	free(am);
+	free(nf);
+	return st;
+}
+
+/* ---- weights: amax and upload ---------------------------------------------- */
+
+static float host_amax(struct cal_calib *c, const uint16_t *w, uint64_t n)
+{
+	float a = 0.0f;
+	struct cal_nonfinite nf = {0, CAL_NONFINITE_NONE};
+	struct cal_amax_args args = {CAL_DTYPE_BF16, w, n, 0, &a, &nf};
+	if (cal_op_amax(c->host, &args, NULL) < 0)
+		return NAN;
+	return nf.count ? NAN : a;
+}
+
+/* Weight quantizers of layer L (and lm_head when L < 0): amax from weights. */
+static enum cal_status weight_amax(struct cal_calib *c, int32_t L, const struct cal_layer_host *lh,
+				   struct cal_error *err)
+{
+	const struct cal_plan *p = c->plan;
+	const struct cal_layer_w *w = &lh->w;
+	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd;
+	for (size_t mi = 0; mi < p->n_modules; mi++) {
+		const struct cal_plan_module *m = &p->modules[mi];
+		if (m->layer != L || m->wq < 0)
+			continue;
+		for (int64_t e = 0; e < m->count; e++) {
+			size_t qi = (size_t)m->wq + (size_t)e;
+			const struct cal_qspec *sp = &p->q[qi].spec;
+			const uint16_t *src = NULL;
+			uint64_t n = 0;
+			if (!sp->enabled || !sp->calibrate)
+				continue;
+			if (sp->has_constant_amax) {
+				c->q_amax[qi] = (float)sp->constant_amax;
+				c->q_has[qi] = 1;
+				continue;
+			}
+			const char *pr = m->proj;
+			switch (m->kind) {
+			case CAL_MOD_ATTN_PROJ:
+				if (!strcmp(pr, "q_proj"))
+					src = w->wq, n = qd * H;
+				else if (!strcmp(pr, "k_proj"))
+					src = w->wk, n = kd * H;
+				else if (!strcmp(pr, "v_proj"))
+					src = w->wv, n = kd * H;
+				else if (!strcmp(pr, "o_proj"))
+					src = w->wo, n = H * qd;
+				break;
+			case CAL_MOD_MLP_PROJ:
+				if (!strcmp(pr, "gate_proj"))
+					src = w->w13, n = lh->n_w13 / 2;
+				else if (!strcmp(pr, "up_proj"))
+					src = w->w13 + lh->n_w13 / 2, n = lh->n_w13 / 2;
+				else if (!strcmp(pr, "down_proj"))
+					src = w->w2, n = lh->n_w2;
+				break;
+			case CAL_MOD_SHARED_PROJ:
+				if (!strcmp(pr, "gate_proj"))
+					src = w->s13, n = lh->n_s13 / 2;
+				else if (!strcmp(pr, "up_proj"))
+					src = w->s13 + lh->n_s13 / 2, n = lh->n_s13 / 2;
+				else if (!strcmp(pr, "down_proj"))
+					src = w->s2, n = lh->n_s2;
+				break;
+			case CAL_MOD_SHARED_GATE:
+				src = w->sgate, n = H;
+				break;
+			case CAL_MOD_EXPERTS_GATE_UP:
+				src = w->e13 + (uint64_t)e * 2 * c->I * H, n = 2 * (uint64_t)c->I * H;
+				break;
+			case CAL_MOD_EXPERTS_DOWN:
+				src = w->e2 + (uint64_t)e * H * c->I, n = H * (uint64_t)c->I;
+				break;
+			default:
+				break;
+			}
+			if (!src)
+				continue;
+			float a = host_amax(c, src, n);
+			if (!(a == a))
+				return cal_error_set(err, CAL_ERR_NUMERIC,
+						     "weight of %s%s%lld has non-finite values", m->name,
+						     m->count > 1 ? " expert " : "",
+						     (long long)(m->count > 1 ? e : 0));
+			c->q_amax[qi] = a;
+			c->q_has[qi] = 1;
+		}
+	}
+	return CAL_OK;
+}
+
+static void lm_head_weight_amax(struct cal_calib *c)
+{
+	const struct cal_plan *p = c->plan;
+	for (size_t mi = 0; mi < p->n_modules; mi++) {
+		const struct cal_plan_module *m = &p->modules[mi];
+		if (m->kind != CAL_MOD_LM_HEAD || m->wq < 0)
+			continue;
+		const struct cal_qspec *sp = &p->q[m->wq].spec;
+		if (!sp->enabled || !sp->calibrate)
+			continue;
+		const struct cal_st_tensor *t = cal_catalog_find(c->cat, CAL_ROLE_LM_HEAD,
+								 CAL_PART_WEIGHT, -1, -1);
+		if (!t)
+			t = cal_catalog_find(c->cat, CAL_ROLE_EMBED, CAL_PART_WEIGHT, -1, -1);
+		if (sp->has_constant_amax) {
+			c->q_amax[m->wq] = (float)sp->constant_amax;
+			c->q_has[m->wq] = 1;
+		} else if (t && t->dtype == CAL_DTYPE_BF16) {
+			c->q_amax[m->wq] = host_amax(c, t->data, t->numel);
+			c->q_has[m->wq] = c->q_amax[m->wq] == c->q_amax[m->wq];
+		}
+	}
+}
+
+/* Copies the staged layer to the back end (CUDA); on the CPU back end the
+ * staged host pointers are used as they are. */
+static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct cal_layer_host *lh,
+				    struct cal_layer_w *dw, void **ret_arena, struct cal_error *err)
+{
+	const struct cal_layer_w *w = &lh->w;
+	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd;
+	uint64_t nqn = c->d->qk_norm == CAL_QK_NORM_HEAD ? (uint64_t)c->hd : qd;
+	uint64_t nkn = c->d->qk_norm == CAL_QK_NORM_HEAD ? (uint64_t)c->hd : kd;
+	struct {
+		const void **dst;
+		const void *src;
+		uint64_t bytes;
+	} it[] = {
+		{(const void **)&dw->in_norm, w->in_norm, H * (w->in_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
+		{(const void **)&dw->post_norm, w->post_norm,
+		 H * (w->post_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
+		{(const void **)&dw->q_norm, w->q_norm, nqn * (w->q_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
+		{(const void **)&dw->k_norm, w->k_norm, nkn * (w->k_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
+		{(const void **)&dw->wq, w->wq, qd * H * 2},
+		{(const void **)&dw->wk, w->wk, kd * H * 2},
+		{(const void **)&dw->wv, w->wv, kd * H * 2},
+		{(const void **)&dw->wo, w->wo, H * qd * 2},
+		{(const void **)&dw->bq, w->bq, qd * 2},
+		{(const void **)&dw->bk, w->bk, kd * 2},
+		{(const void **)&dw->bv, w->bv, kd * 2},
+		{(const void **)&dw->bo, w->bo, H * 2},
+		{(const void **)&dw->w13, w->w13, lh->n_w13 * 2},
+		{(const void **)&dw->w2, w->w2, lh->n_w2 * 2},
+		{(const void **)&dw->router, w->router, (uint64_t)c->E * H * 2},
+		{(const void **)&dw->e13, w->e13, lh->n_e13 * 2},
+		{(const void **)&dw->e2, w->e2, lh->n_e2 * 2},
+		{(const void **)&dw->s13, w->s13, lh->n_s13 * 2},
+		{(const void **)&dw->s2, w->s2, lh->n_s2 * 2},
+		{(const void **)&dw->sgate, w->sgate, H * 2},
+	};
+	uint64_t total = 0;
+	enum cal_status st;
+	char *arena = NULL;
+	*dw = *w;
+	*ret_arena = NULL;
+	if (!c->on_device)
+		return CAL_OK;
+	for (size_t i = 0; i < CAL_ARRAY_LEN(it); i++)
+		if (it[i].src)
+			total += (it[i].bytes + 255) & ~(uint64_t)255;
+	st = be_alloc(c, total, &arena, err);
+	if (st < 0)
+		return cal_error_wrap(err, st, "layer %d: weights (%llu bytes)", L,
+				      (unsigned long long)total);
+	uint64_t off = 0;
+	for (size_t i = 0; i < CAL_ARRAY_LEN(it); i++) {
+		if (!it[i].src) {
+			*it[i].dst = NULL;
+			continue;
+		}
+		st = cal_backend_upload(c->be, arena + off, it[i].src, it[i].bytes, err);
+		if (st < 0) {
+			be_free(c, arena);
+			return st;
+		}
+		*it[i].dst = arena + off;
+		off += (it[i].bytes + 255) & ~(uint64_t)255;
+	}
+	*ret_arena = arena;
+	return CAL_OK;
+}
+
+/* ---- the run ---------------------------------------------------------------- */
+
+/* The amax of plan quantizers that come from the forward pass of layer L. */
+static void map_layer_stats(struct cal_calib *c, int32_t L)
+{
+	const struct cal_plan *p = c->plan;
+	const float *la = L >= 0 ? c->l_amax + (uint64_t)L * S_FIXED : NULL;
+	for (size_t mi = 0; mi < p->n_modules; mi++) {
+		const struct cal_plan_module *m = &p->modules[mi];
+		if (m->layer != L)
+			continue;
+		long qs[3] = {m->iq, m->kb, m->vb};
+		for (int r = 0; r < 3; r++) {
+			if (qs[r] < 0)
+				continue;
+			size_t qi = (size_t)qs[r];
+			const struct cal_qspec *sp = &p->q[qi].spec;
+			float a = -1.0f;
+			if (!sp->enabled || !sp->calibrate || sp->use_constant_amax)
+				continue;
+			if (sp->has_constant_amax) {
+				c->q_amax[qi] = (float)sp->constant_amax;
+				c->q_has[qi] = 1;
+				continue;
+			}
+			if (r == 1)
+				a = la ? la[S_K] : -1.0f;
+			else if (r == 2)
+				a = la ? la[S_V] : -1.0f;
+			else if (m->kind == CAL_MOD_ATTN_PROJ)
+				a = la ? la[strcmp(m->proj, "o_proj") ? S_QKV : S_O] : -1.0f;
+			else if (m->kind == CAL_MOD_MLP_PROJ)
+				a = la[strcmp(m->proj, "down_proj") ? S_MLP_GU : S_MLP_DOWN];
+			else if (m->kind == CAL_MOD_SHARED_PROJ)
+				a = la[strcmp(m->proj, "down_proj") ? S_MOE_IN : S_SH_DOWN];
+			else if (m->kind == CAL_MOD_SHARED_GATE || m->kind == CAL_MOD_ROUTER)
+				a = la[S_MOE_IN];
+			else if (m->kind == CAL_MOD_EXPERTS_GATE_UP || m->kind == CAL_MOD_EXPERTS_DOWN) {
+				const struct cal_moe_host *mh = &c->moe[L];
+				const float *v = m->kind == CAL_MOD_EXPERTS_DOWN ? mh->down : mh->gu;
+				for (int64_t e = 0; mh->tokens && e < c->E; e++)
+					a = v[e] > a ? v[e] : a;
+			} else if (m->kind == CAL_MOD_LM_HEAD)
+				a = c->lmhead_amax;
+			if (a >= 0) {
+				c->q_amax[qi] = a;
+				c->q_has[qi] = 1;
+			}
+		}
+	}
+}
+
+static enum cal_status final_norm(struct cal_calib *c, struct cal_error *err)
+{
+	const struct cal_st_tensor *t = cal_catalog_find(c->cat, CAL_ROLE_FINAL_NORM,
+							 CAL_PART_WEIGHT, -1, -1);
+	enum cal_status st = CAL_OK;
+	void *w = NULL;
+	if (!t || t->numel != (uint64_t)c->H ||
+	    (t->dtype != CAL_DTYPE_BF16 && t->dtype != CAL_DTYPE_F32))
+		return CAL_OK; /* nothing to observe */
+	CAL_TRY(reset_obs(c, err));
+	CAL_TRY(be_alloc(c, t->nbytes, &w, err));
+	CAL_TRY(cal_backend_upload(c->be, w, t->data, t->nbytes, err));
+	for (size_t i = 0; i < c->n_mb; i++) {
+		const struct cal_mb *mb = &c->mbs[i];
+		enum cal_rms_kind kind = c->d->norm == CAL_NORM_RMS_F32W ? CAL_RMS_F32W
+				       : c->d->norm == CAL_NORM_RMS_1P ? CAL_RMS_1P : CAL_RMS_PLAIN;
+		struct cal_rmsnorm_args a = {kind, c->hidden + mb->tok0 * (uint64_t)c->H, c->h,
+					     mb->n_tok, (uint64_t)c->H, w, t->dtype,
+					     (float)c->d->rms_norm_eps};
+		struct cal_amax_args o = {CAL_DTYPE_BF16, c->h, mb->n_tok * (uint64_t)c->H,
+					  mb->tok0 * (uint64_t)c->H, c->obs_amax + S_LMHEAD,
+					  c->obs_nf + S_LMHEAD};
+		CAL_TRY(cal_op_rmsnorm(c->be, &a, err));
+		CAL_TRY(cal_op_amax(c->be, &o, err));
+	}
+	CAL_TRY(read_back(c, -1, err));
+	map_layer_stats(c, -1);
+fail:
+	be_free(c, w);
+	return st;
+}
+
+enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens *tokens,
+			      struct cal_error *err)
+{
+	const struct cal_model_desc *d = c->d;
+	uint32_t *ids = NULL, *pos = NULL, *meta = NULL, *d_ids = NULL;
+	uint64_t meta_n = 0;
+	uint16_t *hbuf = NULL;
+	enum cal_status st = CAL_OK;
+	double t0 = cal_now();
+
+	for (size_t i = 0; i < tokens->n_tokens; i++)
+		if (tokens->ids[i] >= (uint64_t)d->vocab_size)
+			return cal_error_set(err, CAL_ERR_RANGE,
+					     "calibration token %zu: id %u is outside the vocabulary (%lld)",
+					     i, tokens->ids[i], (long long)d->vocab_size);
+	free_run(c);
+	c->mb_tokens = c->o.micro_batch_tokens;
+	if (!c->mb_tokens) {
+		c->mb_tokens = DEFAULT_MB_TOKENS;
+		if (c->o.max_mem) {
+			uint64_t per = per_token_bytes(c) + 2 * (uint64_t)c->H;
+			uint64_t fixed = 2 * (uint64_t)c->H * tokens->n_tokens;
+			uint64_t avail = c->o.max_mem > fixed ? (c->o.max_mem - fixed) / 2 : 0;
+			c->mb_tokens = avail / per;
+			if (c->mb_tokens < 16)
+				return cal_error_set(err, CAL_ERR_NOMEM,
+						     "--max-gpu-mem %llu bytes leaves room for fewer than "
+						     "16 tokens per micro-batch", (unsigned long long)c->o.max_mem);
+		}
+	}
+	CAL_TRY(layout_tokens(c, tokens, &ids, &pos, &meta, &meta_n, err));
+	CAL_TRY(alloc_run(c, err));
+	CAL_TRY(be_alloc(c, c->n_tok * (uint64_t)c->H * 2, &c->hidden, err));
+	CAL_TRY(be_alloc(c, c->n_tok * 4, &c->pos, err));
+	CAL_TRY(be_alloc(c, meta_n * 4, &c->meta, err));
+	CAL_TRY(be_alloc(c, ((uint64_t)c->rd / 2 + 1) * 4, &c->d_inv_freq, err));
+	CAL_TRY(be_alloc(c, c->n_tok * 4, &d_ids, err));
+	CAL_TRY(cal_backend_upload(c->be, c->pos, pos, c->n_tok * 4, err));
+	CAL_TRY(cal_backend_upload(c->be, c->meta, meta, meta_n * 4, err));
+	CAL_TRY(cal_backend_upload(c->be, c->d_inv_freq, c->inv_freq, ((uint64_t)c->rd / 2 + 1) * 4,
+				   err));
+	CAL_TRY(cal_backend_upload(c->be, d_ids, ids, c->n_tok * 4, err));
+
+	/* embedding (the table stays in the mapping on the CPU) */
+	{
+		const uint16_t *tab = NULL;
+		void *dtab = NULL;
+		uint64_t n = (uint64_t)d->vocab_size * (uint64_t)c->H;
+		const struct cal_st_tensor *t = cal_catalog_find(c->cat, CAL_ROLE_EMBED, CAL_PART_WEIGHT,
+								 -1, -1);
+		if (!t || t->numel != n || t->dtype != CAL_DTYPE_BF16) {
+			st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
+					   "embed_tokens: a bf16 [%lld, %lld] tensor is expected",
+					   (long long)d->vocab_size, (long long)c->H);
+			goto fail;
+		}
+		tab = t->data;
+		if (c->on_device) {
+			CAL_TRY(be_alloc(c, t->nbytes, &dtab, err));
+			st = cal_backend_upload(c->be, dtab, tab, t->nbytes, err);
+			tab = dtab;
+		}
+		if (st >= 0) {
+			struct cal_gather_rows_args g = {tab, (uint64_t)d->vocab_size, (uint64_t)c->H,
+							 d_ids, c->n_tok, 1, c->hidden};
+			st = cal_op_gather_rows(c->be, &g, err);
+		}
+		be_free(c, dtab);
+		if (st < 0)
+			goto fail;
+	}
+	if (c->o.on_hidden && c->on_device) {
+		hbuf = malloc(c->n_tok * (uint64_t)c->H * 2);
+		if (!hbuf) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+	}
+
+	for (int32_t L = 0; L < d->num_layers; L++) {
+		struct cal_layer_host lh;
+		struct cal_layer_w dw;
+		void *arena = NULL;
+		CAL_TRY(cal_layer_stage(c, L, &lh, err));
+		st = weight_amax(c, L, &lh, err);
+		if (st >= 0)
+			st = upload_layer(c, L, &lh, &dw, &arena, err);
+		if (st >= 0)
+			st = reset_obs(c, err);
+		for (size_t i = 0; i < c->n_mb && st >= 0; i++)
+			st = cal_layer_forward(c, L, &dw, &c->mbs[i], err);
+		if (st >= 0)
+			st = cal_backend_sync(c->be, err);
+		be_free(c, arena);
+		cal_layer_host_free(&lh);
+		if (st < 0)
+			goto fail;
+		CAL_TRY(read_back(c, L, err));
+		map_layer_stats(c, L);
+		c->done_layers = L + 1;
+		if (c->o.on_hidden) {
+			uint16_t *hv = c->hidden;
+			if (c->on_device) {
+				CAL_TRY(cal_backend_download(c->be, hbuf, c->hidden,
+							     c->n_tok * (uint64_t)c->H * 2, err));
+				hv = hbuf;
+			}
+			CAL_TRY(c->o.on_hidden(c->o.ctx, L, hv, c->n_tok, (uint64_t)c->H, err));
+			if (c->on_device && c->o.hidden_feedback)
+				CAL_TRY(cal_backend_upload(c->be, c->hidden, hbuf,
+							   c->n_tok * (uint64_t)c->H * 2, err));
+		}
+		if (c->o.on_layer)
+			CAL_TRY(c->o.on_layer(c->o.ctx, c, L, err));
+		if (c->o.progress) {
+			double dt = cal_now() - t0;
+			c->o.progress(c->o.ctx, L, (int32_t)d->num_layers,
+				      dt > 0 ? (double)c->n_tok * (L + 1) / dt : 0);
+		}
+	}
+	CAL_TRY(final_norm(c, err));
+	lm_head_weight_amax(c);
+fail:
+	be_free(c, d_ids);
+	free(hbuf);
+	free(ids);
+	free(pos);
+	free(meta);
+	return st;
+}
+
+/* ---- queries ------------------------------------------------------------------ */
+
+int cal_calib_q_amax(const struct cal_calib *c, size_t q, float *ret)
+{
+	if (q >= c->plan->n_q || !c->q_has[q])
+		return 0;
+	*ret = c->q_amax[q];
+	return 1;
+}
+
+const struct cal_calib_moe_stats *cal_calib_moe(const struct cal_calib *c, int32_t layer)
+{
+	if (layer < 0 || layer >= c->d->num_layers || !c->moe[layer].tokens)
+		return NULL;
+	return &c->moe[layer].pub;
+}
+
+uint64_t cal_calib_tokens_processed(const struct cal_calib *c)
+{
+	return c->n_tok;
+}
+
+const struct cal_model_desc *cal_calib_model(const struct cal_calib *c)
+{
+	return c->d;
+}
+
+/* ---- JSON -------------------------------------------------------------------- */
+
+static void put_amax(json_t *o, const char *key, float a)
+{
+	if (a >= 0)
+		json_object_set_new(o, key, json_real(a));
+}
+
+char *cal_calib_stats_json(const struct cal_calib *c)
+{
+	const struct cal_model_desc *d = c->d;
+	json_t *j = json_object(), *qs = json_object(), *in = json_object(), *seen = json_object();
+	json_t *kv = json_object(), *moe = json_object();
+	char name[512];
+	char *out = NULL;
+	if (!j || !qs || !in || !seen || !kv || !moe)
+		goto done;
+	for (int32_t L = 0; L < c->done_layers; L++) {
+		const float *la = c->l_amax + (uint64_t)L * S_FIXED;
+		const char *P = d->prefix;
+#define K(fmt, ...) (snprintf(name, sizeof(name), "%slayers.%d." fmt, P, L, ##__VA_ARGS__), name)
+		put_amax(in, K("self_attn.q_proj"), la[S_QKV]);
+		put_amax(in, K("self_attn.k_proj"), la[S_QKV]);
+		put_amax(in, K("self_attn.v_proj"), la[S_QKV]);
+		put_amax(in, K("self_attn.o_proj"), la[S_O]);
+		json_object_set_new(kv, K("self_attn"), json_pack("{s:f, s:f}", "k_amax",
+								   (double)la[S_K], "v_amax",
+								   (double)la[S_V]));
+		if (d->layers[L].ffn == CAL_FFN_DENSE) {
+			put_amax(in, K("mlp.gate_proj"), la[S_MLP_GU]);
+			put_amax(in, K("mlp.up_proj"), la[S_MLP_GU]);
+			put_amax(in, K("mlp.down_proj"), la[S_MLP_DOWN]);
+			continue;
+		}
+		const struct cal_moe_host *m = &c->moe[L];
+		put_amax(in, K("mlp.%s", d->arch->router_name ? d->arch->router_name : "gate"),
+			 la[S_MOE_IN]);
+		if (c->Is) {
+			put_amax(in, K("mlp.%s.gate_proj", d->arch->shared_name), la[S_MOE_IN]);
+			put_amax(in, K("mlp.%s.up_proj", d->arch->shared_name), la[S_MOE_IN]);
+			put_amax(in, K("mlp.%s.down_proj", d->arch->shared_name), la[S_SH_DOWN]);
+			if (d->shared == CAL_SHARED_GATED)
+				put_amax(in, K("mlp.shared_expert_gate"), la[S_MOE_IN]);
+		}
+		json_t *tok = json_array(), *gu = json_array(), *dn = json_array();
+		json_t *filled = json_array();
+		float gmax = -1, dmax = -1;
+		for (int64_t e = 0; e < c->E; e++) {
+			gmax = m->gu[e] > gmax ? m->gu[e] : gmax;
+			dmax = m->down[e] > dmax ? m->down[e] : dmax;
+		}
+		for (int64_t e = 0; e < c->E; e++) {
+			json_array_append_new(tok, json_integer((json_int_t)m->tokens[e]));
+			json_array_append_new(gu, m->tokens[e] ? json_real(m->gu[e]) : json_null());
+			json_array_append_new(dn, m->tokens[e] ? json_real(m->down[e]) : json_null());
+			if (!m->tokens[e])
+				json_array_append_new(filled, json_integer(e));
+			if (m->tokens[e]) {
+				put_amax(in, K("mlp.experts.%lld.gate_up_proj", (long long)e), m->gu[e]);
+				json_object_set_new(seen, name, json_integer((json_int_t)m->tokens[e]));
+				put_amax(in, K("mlp.experts.%lld.down_proj", (long long)e), m->down[e]);
+				json_object_set_new(seen, name, json_integer((json_int_t)m->tokens[e]));
+			}
+		}
+		json_t *ml = json_pack("{s:o, s:o, s:o, s:f, s:f}", "tokens", tok,
+				       "gate_up_input_amax", gu, "down_input_amax", dn,
+				       "gate_up_input_amax_layer", (double)gmax,
+				       "down_input_amax_layer", (double)dmax);
+		if (c->o.per_expert_input_amax) {
+			/* experts that saw no token take the layer maximum (reported) */
+			json_t *gu2 = json_array(), *dn2 = json_array();
+			for (int64_t e = 0; e < c->E; e++) {
+				json_array_append_new(gu2, json_real(m->tokens[e] ? m->gu[e] : gmax));
+				json_array_append_new(dn2, json_real(m->tokens[e] ? m->down[e] : dmax));
+			}
+			json_object_set_new(ml, "per_expert_gate_up_input_amax", gu2);
+			json_object_set_new(ml, "per_expert_down_input_amax", dn2);
+			json_object_set_new(ml, "filled_from_layer_max", filled);
+		} else {
+			json_object_set_new(ml, "experts_without_tokens", filled);
+		}
+		json_object_set_new(moe, K("mlp.experts"), ml);
+#undef K
+	}
+	put_amax(in, "lm_head", c->lmhead_amax);
+	for (size_t i = 0; i < c->plan->n_q; i++) {
+		const struct cal_plan_q *q = &c->plan->q[i];
+		if (!q->spec.enabled)
+			continue;
+		json_t *e = json_pack("{s:s, s:s}", "role", cal_qrole_name(q->role), "format",
+				      cal_qfmt_name(q->spec.fmt));
+		if (c->q_has[i])
+			json_object_set_new(e, "amax", json_real(c->q_amax[i]));
+		else
+			json_object_set_new(e, "amax", json_null());
+		if (q->spec.use_constant_amax)
+			json_object_set_new(e, "constant", json_true());
+		json_object_set_new(qs, q->name, e);
+	}
+	json_object_set_new(j, "model_type", json_string(d->model_type));
+	json_object_set_new(j, "layers_done", json_integer(c->done_layers));
+	json_object_set_new(j, "tokens", json_integer((json_int_t)c->n_tok));
+	json_object_set_new(j, "pad_like_modelopt", json_boolean(c->o.pad_like_modelopt));
+	json_object_set_new(j, "per_expert_input_amax", json_boolean(c->o.per_expert_input_amax));
+	json_object_set_new(j, "moe_calib_experts_ratio", json_real(c->o.moe_calib_experts_ratio));
+	json_object_set_new(j, "experts_per_token_observed", json_integer(c->kk));
+	json_object_set_new(j, "combine", json_string(c->o.combine == CAL_COMBINE_F32 ? "f32"
+										       : "eager"));
+	json_object_set_new(j, "quantizers", qs);
+	json_object_set_new(j, "input_amax", in);
+	json_object_set_new(j, "tokens_seen", seen);
+	json_object_set_new(j, "kv_amax", kv);
+	json_object_set_new(j, "moe", moe);
+	qs = in = seen = kv = moe = NULL;
+	out = json_dumps(j, JSON_INDENT(1) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+done:
+	json_decref(qs);
+	json_decref(in);
+	json_decref(seen);
+	json_decref(kv);
+	json_decref(moe);
+	json_decref(j);
+	return out;
+}

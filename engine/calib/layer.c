@@ -1,0 +1,514 @@
+/*
+ * layer.c — one decoder layer of the calibration forward pass: which steps
+ * it is made of (table-driven from the model description), its weights in
+ * the canonical layout (routed experts W13 [E, 2I, H] gate rows then up
+ * rows and W2 [E, H, I] for every on-disk layout; dense gate|up stacked the
+ * same way), and the steps themselves as op-table calls with the
+ * observers in between.  Rounding follows HF (ARCHITECTURES.md §1.2-§1.6).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/fp.h"
+#include "common/util.h"
+#include "engine/calib/calib_internal.h"
+
+/* ---- the steps of a layer ------------------------------------------------- */
+
+enum cal_status cal_layer_steps(const struct cal_calib *c, int32_t L, enum cal_step *steps,
+				int *n_steps, struct cal_error *err)
+{
+	const struct cal_model_desc *d = c->d;
+	const struct cal_layer_desc *ld = &d->layers[L];
+	int n = 0;
+	if (ld->mixer == CAL_MIXER_LINEAR)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "layer %d: Gated DeltaNet (linear attention) is not run by the "
+				     "calibration engine yet", L);
+	if (d->attn != CAL_ATTN_GQA)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "layer %d: %s attention is not run by the calibration engine yet",
+				     L, cal_attn_kind_name(d->attn));
+	steps[n++] = STEP_ATTN_GQA;
+	steps[n++] = ld->ffn == CAL_FFN_MOE ? STEP_MOE : STEP_MLP_DENSE;
+	*n_steps = n;
+	return CAL_OK;
+}
+
+/* ---- RoPE frequencies ------------------------------------------------------- */
+
+enum cal_status cal_rope_inv_freq(const struct cal_model_desc *d, float *inv, int64_t rd,
+				  struct cal_error *err)
+{
+	const struct cal_rope *r = &d->rope;
+	float base = (float)r->theta;
+	for (int64_t i = 0; i < rd / 2; i++) {
+		float e = (float)(2 * i) / (float)rd;
+		inv[i] = 1.0f / powf(base, e);
+	}
+	switch (r->type) {
+	case CAL_ROPE_DEFAULT:
+		return CAL_OK;
+	case CAL_ROPE_LLAMA3: {
+		/* HF _compute_llama3_parameters, fp32 tensors with Python-float scalars */
+		float factor = (float)r->factor, lo = (float)r->low_freq_factor;
+		float hi = (float)r->high_freq_factor, old = (float)r->original_max_pos;
+		float lo_wl = old / lo, hi_wl = old / hi;
+		for (int64_t i = 0; i < rd / 2; i++) {
+			float f = inv[i];
+			float wl = (float)(2.0 * M_PI) / f;
+			float fl = wl > lo_wl ? f / factor : f;
+			float smooth = (old / wl - lo) / (hi - lo);
+			float sm = (1.0f - smooth) * fl / factor + smooth * fl;
+			int medium = !(wl < hi_wl) && !(wl > lo_wl);
+			inv[i] = medium ? sm : fl;
+		}
+		return CAL_OK;
+	}
+	case CAL_ROPE_LINEAR:
+		for (int64_t i = 0; i < rd / 2; i++)
+			inv[i] = inv[i] / (float)r->factor;
+		return CAL_OK;
+	default:
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "RoPE type '%s' is not run by the calibration engine yet",
+				     cal_rope_type_name(r->type));
+	}
+}
+
+/* ---- weights: host staging in the canonical layout ------------------------ */
+
+static void *own(struct cal_layer_host *lh, size_t bytes)
+{
+	void *p;
+	if (lh->n_owned >= (int)CAL_ARRAY_LEN(lh->owned))
+		return NULL;
+	p = malloc(bytes ? bytes : 1);
+	if (p)
+		lh->owned[lh->n_owned++] = p;
+	return p;
+}
+
+void cal_layer_host_free(struct cal_layer_host *lh)
+{
+	for (int i = 0; i < lh->n_owned; i++)
+		free(lh->owned[i]);
+	memset(lh, 0, sizeof(*lh));
+}
+
+/* Element i of t as fp32. */
+static float elem(const struct cal_st_tensor *t, uint64_t i)
+{
+	switch (t->dtype) {
+	case CAL_DTYPE_BF16:
+		return cal_bf16_to_f32(((const uint16_t *)t->data)[i]);
+	case CAL_DTYPE_F16:
+		return cal_f16_to_f32(((const uint16_t *)t->data)[i]);
+	case CAL_DTYPE_F32:
+		return ((const float *)t->data)[i];
+	default:
+		return NAN;
+	}
+}
+
+static int float_dtype(enum cal_dtype dt)
+{
+	return dt == CAL_DTYPE_BF16 || dt == CAL_DTYPE_F16 || dt == CAL_DTYPE_F32;
+}
+
+/* A model tensor as bf16: the mapping itself when it is bf16, else a
+ * converted copy.  NULL *ret when absent and optional. */
+static enum cal_status tensor_bf16(struct cal_calib *c, struct cal_layer_host *lh, enum cal_role role,
+				   enum cal_part part, int32_t L, int optional, uint64_t numel,
+				   const uint16_t **ret, struct cal_error *err)
+{
+	const struct cal_st_tensor *t = cal_catalog_find(c->cat, role, part, L, -1);
+	*ret = NULL;
+	if (!t) {
+		if (optional)
+			return CAL_OK;
+		return cal_error_set(err, CAL_ERR_FORMAT, "layer %d: tensor %s.%s is missing", L,
+				     cal_role_name(role), cal_part_name(part));
+	}
+	if (t->numel != numel)
+		return cal_error_set(err, CAL_ERR_FORMAT, "tensor %s: %llu elements, expected %llu",
+				     t->name, (unsigned long long)t->numel, (unsigned long long)numel);
+	if (!float_dtype(t->dtype))
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "tensor %s: dtype %s is not supported",
+				     t->name, cal_dtype_name(t->dtype));
+	if (t->dtype == CAL_DTYPE_BF16) {
+		*ret = t->data;
+		return CAL_OK;
+	}
+	uint16_t *p = own(lh, numel * 2);
+	if (!p)
+		return cal_error_set(err, CAL_ERR_NOMEM, "tensor %s: out of memory", t->name);
+	for (uint64_t i = 0; i < numel; i++)
+		p[i] = cal_f32_to_bf16(elem(t, i));
+	*ret = p;
+	return CAL_OK;
+}
+
+/* A norm weight: bf16 or f32 kept as stored, f16 widened to f32. */
+static enum cal_status tensor_norm(struct cal_calib *c, struct cal_layer_host *lh, enum cal_role role,
+				   int32_t L, int optional, uint64_t numel, const void **ret,
+				   enum cal_dtype *ret_dt, struct cal_error *err)
+{
+	const struct cal_st_tensor *t = cal_catalog_find(c->cat, role, CAL_PART_WEIGHT, L, -1);
+	*ret = NULL;
+	*ret_dt = CAL_DTYPE_BF16;
+	if (!t)
+		return optional ? CAL_OK
+				: cal_error_set(err, CAL_ERR_FORMAT, "layer %d: %s weight is missing", L,
+						cal_role_name(role));
+	if (t->numel != numel || !float_dtype(t->dtype))
+		return cal_error_set(err, CAL_ERR_FORMAT, "tensor %s: %llu elements of %s, expected %llu",
+				     t->name, (unsigned long long)t->numel, cal_dtype_name(t->dtype),
+				     (unsigned long long)numel);
+	if (t->dtype != CAL_DTYPE_F16) {
+		*ret = t->data;
+		*ret_dt = t->dtype;
+		return CAL_OK;
+	}
+	float *p = own(lh, numel * 4);
+	if (!p)
+		return cal_error_set(err, CAL_ERR_NOMEM, "tensor %s: out of memory", t->name);
+	for (uint64_t i = 0; i < numel; i++)
+		p[i] = elem(t, i);
+	*ret = p;
+	*ret_dt = CAL_DTYPE_F32;
+	return CAL_OK;
+}
+
+/* Copies expert projection (L, e, proj) as bf16 [out, in] into dst. */
+static enum cal_status expert_copy(struct cal_calib *c, int32_t L, int32_t e, enum cal_proj proj,
+				   uint16_t *dst, int64_t out, int64_t in, struct cal_error *err)
+{
+	struct cal_expert_slice s;
+	enum cal_status st = cal_catalog_expert(c->cat, L, e, proj, &s, err);
+	if (st < 0)
+		return st;
+	if (s.out != out || s.in != in || s.scales || !float_dtype(s.t->dtype))
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "layer %d expert %d: tensor %s ([%lld, %lld] %s) cannot be used "
+				     "(expected bf16/f16/f32 [%lld, %lld])", L, e, s.t->name,
+				     (long long)s.out, (long long)s.in, cal_dtype_name(s.t->dtype),
+				     (long long)out, (long long)in);
+	if (s.t->dtype == CAL_DTYPE_BF16 && s.istride == 1 && s.out_stride == 1 &&
+	    s.ostride == in) {
+		memcpy(dst, (const uint16_t *)s.t->data + cal_expert_slice_index(&s, 0, 0),
+		       (size_t)(out * in) * 2);
+		return CAL_OK;
+	}
+	for (int64_t o = 0; o < out; o++)
+		for (int64_t i = 0; i < in; i++) {
+			uint64_t k = cal_expert_slice_index(&s, o, i);
+			dst[o * in + i] = s.t->dtype == CAL_DTYPE_BF16 ? ((const uint16_t *)s.t->data)[k]
+								       : cal_f32_to_bf16(elem(s.t, k));
+		}
+	return CAL_OK;
+}
+
+/* Stacks two [rows, cols] matrices (gate then up) into one [2 rows, cols]. */
+static enum cal_status stack2(struct cal_layer_host *lh, const uint16_t *a, const uint16_t *b,
+			      uint64_t n, const uint16_t **ret, struct cal_error *err)
+{
+	uint16_t *p = own(lh, n * 4);
+	if (!p)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory stacking gate and up");
+	memcpy(p, a, n * 2);
+	memcpy(p + n, b, n * 2);
+	*ret = p;
+	return CAL_OK;
+}
+
+enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
+				struct cal_error *err)
+{
+	const struct cal_model_desc *d = c->d;
+	const struct cal_layer_desc *ld = &d->layers[L];
+	struct cal_layer_w *w = &lh->w;
+	enum cal_status st = CAL_OK;
+	uint64_t H = (uint64_t)c->H, qd = (uint64_t)(c->nh * c->hd), kd = (uint64_t)(c->nkv * c->hd);
+	const uint16_t *g = NULL, *u = NULL;
+
+	memset(lh, 0, sizeof(*lh));
+	CAL_TRY(tensor_norm(c, lh, CAL_ROLE_INPUT_NORM, L, 0, H, &w->in_norm, &w->in_norm_dt, err));
+	CAL_TRY(tensor_norm(c, lh, CAL_ROLE_POST_ATTN_NORM, L, 0, H, &w->post_norm, &w->post_norm_dt,
+			    err));
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_Q_PROJ, CAL_PART_WEIGHT, L, 0, qd * H, &w->wq, err));
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_K_PROJ, CAL_PART_WEIGHT, L, 0, kd * H, &w->wk, err));
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_V_PROJ, CAL_PART_WEIGHT, L, 0, kd * H, &w->wv, err));
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_O_PROJ, CAL_PART_WEIGHT, L, 0, H * qd, &w->wo, err));
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_Q_PROJ, CAL_PART_BIAS, L, !d->qkv_bias, qd, &w->bq, err));
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_K_PROJ, CAL_PART_BIAS, L, !d->qkv_bias, kd, &w->bk, err));
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_V_PROJ, CAL_PART_BIAS, L, !d->qkv_bias, kd, &w->bv, err));
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_O_PROJ, CAL_PART_BIAS, L, !d->o_bias, H, &w->bo, err));
+	if (d->qk_norm != CAL_QK_NORM_NONE) {
+		uint64_t nq = d->qk_norm == CAL_QK_NORM_HEAD ? (uint64_t)c->hd : qd;
+		uint64_t nk = d->qk_norm == CAL_QK_NORM_HEAD ? (uint64_t)c->hd : kd;
+		CAL_TRY(tensor_norm(c, lh, CAL_ROLE_Q_NORM, L, 0, nq, &w->q_norm, &w->q_norm_dt, err));
+		CAL_TRY(tensor_norm(c, lh, CAL_ROLE_K_NORM, L, 0, nk, &w->k_norm, &w->k_norm_dt, err));
+	}
+	if (ld->ffn == CAL_FFN_DENSE) {
+		uint64_t I = (uint64_t)c->Id;
+		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_MLP_GATE, CAL_PART_WEIGHT, L, 0, I * H, &g, err));
+		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_MLP_UP, CAL_PART_WEIGHT, L, 0, I * H, &u, err));
+		CAL_TRY(stack2(lh, g, u, I * H, &w->w13, err));
+		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_MLP_DOWN, CAL_PART_WEIGHT, L, 0, H * I, &w->w2, err));
+		lh->n_w13 = 2 * I * H;
+		lh->n_w2 = H * I;
+		return CAL_OK;
+	}
+	uint64_t E = (uint64_t)c->E, I = (uint64_t)c->I;
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_ROUTER, CAL_PART_WEIGHT, L, 0, E * H, &w->router, err));
+	enum cal_expert_layout lay = cal_catalog_layout(c->cat, L);
+	const struct cal_st_tensor *fgu = cal_catalog_find(c->cat, CAL_ROLE_EXPERTS_GATE_UP,
+							   CAL_PART_WEIGHT, L, -1);
+	const struct cal_st_tensor *fdn = cal_catalog_find(c->cat, CAL_ROLE_EXPERTS_DOWN,
+							   CAL_PART_WEIGHT, L, -1);
+	lh->n_e13 = E * 2 * I * H;
+	lh->n_e2 = E * H * I;
+	if (lay == CAL_LAYOUT_FUSED && fgu && fgu->dtype == CAL_DTYPE_BF16 && fgu->numel == lh->n_e13) {
+		w->e13 = fgu->data; /* already [E, 2I, H] gate|up */
+	} else {
+		uint16_t *p = own(lh, lh->n_e13 * 2);
+		if (!p)
+			return cal_error_set(err, CAL_ERR_NOMEM, "layer %d: out of memory for W13", L);
+		for (uint64_t e = 0; e < E; e++) {
+			CAL_TRY(expert_copy(c, L, (int32_t)e, CAL_PROJ_GATE, p + e * 2 * I * H, (int64_t)I,
+					    (int64_t)H, err));
+			CAL_TRY(expert_copy(c, L, (int32_t)e, CAL_PROJ_UP, p + e * 2 * I * H + I * H,
+					    (int64_t)I, (int64_t)H, err));
+		}
+		w->e13 = p;
+	}
+	if (lay == CAL_LAYOUT_FUSED && fdn && fdn->dtype == CAL_DTYPE_BF16 && fdn->numel == lh->n_e2) {
+		w->e2 = fdn->data;
+	} else {
+		uint16_t *p = own(lh, lh->n_e2 * 2);
+		if (!p)
+			return cal_error_set(err, CAL_ERR_NOMEM, "layer %d: out of memory for W2", L);
+		for (uint64_t e = 0; e < E; e++)
+			CAL_TRY(expert_copy(c, L, (int32_t)e, CAL_PROJ_DOWN, p + e * H * I, (int64_t)H,
+					    (int64_t)I, err));
+		w->e2 = p;
+	}
+	if (d->shared != CAL_SHARED_NONE) {
+		uint64_t S = (uint64_t)c->Is;
+		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_SHARED_GATE, CAL_PART_WEIGHT, L, 0, S * H, &g, err));
+		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_SHARED_UP, CAL_PART_WEIGHT, L, 0, S * H, &u, err));
+		CAL_TRY(stack2(lh, g, u, S * H, &w->s13, err));
+		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_SHARED_DOWN, CAL_PART_WEIGHT, L, 0, H * S, &w->s2,
+				    err));
+		lh->n_s13 = 2 * S * H;
+		lh->n_s2 = H * S;
+		if (d->shared == CAL_SHARED_GATED)
+			CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_SHARED_EXPERT_GATE, CAL_PART_WEIGHT, L, 0, H,
+					    &w->sgate, err));
+	}
+fail:
+	return st;
+}
+
+/* ---- the forward steps ------------------------------------------------------ */
+
+static enum cal_status observe(struct cal_calib *c, const uint16_t *x, uint64_t rows,
+			       uint64_t cols, uint64_t row0, int slot, struct cal_error *err)
+{
+	struct cal_amax_args a = {CAL_DTYPE_BF16, x, rows * cols, row0 * cols, c->obs_amax + slot,
+				  c->obs_nf + slot};
+	return cal_op_amax(c->be, &a, err);
+}
+
+static enum cal_status gemm(struct cal_calib *c, const uint16_t *x, const uint16_t *w,
+			    const uint16_t *b, uint16_t *y, uint64_t m, uint64_t n, uint64_t k,
+			    struct cal_error *err)
+{
+	struct cal_gemm_args a = {.x = x, .w = w, .bias = b, .y = y, .m = m, .n = n, .k = k};
+	return cal_op_gemm(c->be, &a, err);
+}
+
+static enum cal_status rmsnorm(struct cal_calib *c, const uint16_t *x, uint16_t *y, uint64_t rows,
+			       uint64_t cols, const void *w, enum cal_dtype wdt,
+			       struct cal_error *err)
+{
+	enum cal_rms_kind kind = CAL_RMS_PLAIN;
+	if (c->d->norm == CAL_NORM_RMS_F32W)
+		kind = CAL_RMS_F32W;
+	else if (c->d->norm == CAL_NORM_RMS_1P)
+		kind = CAL_RMS_1P;
+	struct cal_rmsnorm_args a = {kind, x, y, rows, cols, w, wdt, (float)c->d->rms_norm_eps};
+	return cal_op_rmsnorm(c->be, &a, err);
+}
+
+static enum cal_status ewise(struct cal_calib *c, enum cal_ewise_mode mode, const uint16_t *a,
+			     const uint16_t *b, const uint16_t *g, uint16_t *out, uint64_t rows,
+			     uint64_t cols, uint64_t lda, uint64_t ldb, float clamp,
+			     struct cal_error *err)
+{
+	struct cal_ewise_args e = {mode, a, b, g, out, rows, cols, lda, ldb, 1, 0, clamp};
+	return cal_op_ewise(c->be, &e, err);
+}
+
+static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				 const struct cal_mb *mb, uint16_t *x, struct cal_error *err)
+{
+	const struct cal_model_desc *d = c->d;
+	uint64_t T = mb->n_tok, H = (uint64_t)c->H;
+	uint64_t qd = (uint64_t)(c->nh * c->hd), kd = (uint64_t)(c->nkv * c->hd);
+	enum cal_status st = CAL_OK;
+
+	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->in_norm, w->in_norm_dt, err));
+	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_QKV, err));
+	CAL_TRY(gemm(c, c->h, w->wq, w->bq, c->q, T, qd, H, err));
+	CAL_TRY(gemm(c, c->h, w->wk, w->bk, c->kb, T, kd, H, err));
+	CAL_TRY(gemm(c, c->h, w->wv, w->bv, c->vb, T, kd, H, err));
+	if (d->clip_qkv > 0) {
+		float cl = (float)d->clip_qkv;
+		CAL_TRY(ewise(c, CAL_EWISE_CLAMP, c->q, NULL, NULL, c->q, T, qd, 0, 0, cl, err));
+		CAL_TRY(ewise(c, CAL_EWISE_CLAMP, c->kb, NULL, NULL, c->kb, T, kd, 0, 0, cl, err));
+		CAL_TRY(ewise(c, CAL_EWISE_CLAMP, c->vb, NULL, NULL, c->vb, T, kd, 0, 0, cl, err));
+	}
+	if (d->qk_norm == CAL_QK_NORM_HEAD) {
+		CAL_TRY(rmsnorm(c, c->q, c->q, T * (uint64_t)c->nh, (uint64_t)c->hd, w->q_norm,
+				w->q_norm_dt, err));
+		CAL_TRY(rmsnorm(c, c->kb, c->kb, T * (uint64_t)c->nkv, (uint64_t)c->hd, w->k_norm,
+				w->k_norm_dt, err));
+	} else if (d->qk_norm == CAL_QK_NORM_FULL) {
+		CAL_TRY(rmsnorm(c, c->q, c->q, T, qd, w->q_norm, w->q_norm_dt, err));
+		CAL_TRY(rmsnorm(c, c->kb, c->kb, T, kd, w->k_norm, w->k_norm_dt, err));
+	}
+	if (c->rd > 0) {
+		struct cal_rope_args rq = {c->q, T, (uint32_t)c->nh, (uint32_t)c->hd, (uint32_t)c->rd,
+					   c->pos + mb->tok0, c->d_inv_freq,
+					   (float)d->rope.attention_factor};
+		struct cal_rope_args rk = rq;
+		rk.x = c->kb;
+		rk.heads = (uint32_t)c->nkv;
+		CAL_TRY(cal_op_rope(c->be, &rq, err));
+		CAL_TRY(cal_op_rope(c->be, &rk, err));
+	}
+	CAL_TRY(observe(c, c->kb, T, kd, mb->tok0, S_K, err));
+	CAL_TRY(observe(c, c->vb, T, kd, mb->tok0, S_V, err));
+	uint32_t window = d->layers[L].mixer == CAL_MIXER_SLIDING ? (uint32_t)d->sliding_window : 0;
+	struct cal_attention_args at = {
+		c->q, c->kb, c->vb, c->att, T, (uint32_t)c->nh, (uint32_t)c->nkv, (uint32_t)c->hd,
+		c->meta + mb->meta_off, mb->n_seq,
+		c->o.pad_like_modelopt ? c->meta + mb->meta_off + mb->n_seq + 1 : NULL, window,
+		(float)d->attn_scaling};
+	CAL_TRY(cal_op_attention(c->be, &at, err));
+	CAL_TRY(observe(c, c->att, T, qd, mb->tok0, S_O, err));
+	CAL_TRY(gemm(c, c->att, w->wo, w->bo, c->tmp, T, H, qd, err));
+	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
+fail:
+	return st;
+}
+
+static enum cal_status step_dense(struct cal_calib *c, const struct cal_layer_w *w,
+				  const struct cal_mb *mb, uint16_t *x, struct cal_error *err)
+{
+	uint64_t T = mb->n_tok, H = (uint64_t)c->H, I = (uint64_t)c->Id;
+	enum cal_status st = CAL_OK;
+	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
+	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_MLP_GU, err));
+	CAL_TRY(gemm(c, c->h, w->w13, NULL, c->gu, T, 2 * I, H, err));
+	CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->gu, c->gu + I, NULL, c->act, T, I, 2 * I, 2 * I, 0,
+		      err));
+	CAL_TRY(observe(c, c->act, T, I, mb->tok0, S_MLP_DOWN, err));
+	CAL_TRY(gemm(c, c->act, w->w2, NULL, c->tmp, T, H, I, err));
+	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
+fail:
+	return st;
+}
+
+static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				const struct cal_mb *mb, uint16_t *x, struct cal_error *err)
+{
+	const struct cal_model_desc *d = c->d;
+	uint64_t T = mb->n_tok, H = (uint64_t)c->H, I = (uint64_t)c->I, E = (uint64_t)c->E;
+	uint64_t kk = (uint64_t)c->kk, P = T * kk;
+	enum cal_status st = CAL_OK;
+	struct cal_moe_host *mh = &c->moe[L];
+
+	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
+	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_MOE_IN, err));
+	CAL_TRY(gemm(c, c->h, w->router, NULL, c->logits, T, E, H, err));
+	struct cal_router_args ra = {c->logits, T, (uint32_t)E, (uint32_t)c->k, (uint32_t)kk,
+				     d->norm_topk_prob, c->idx, c->rw};
+	CAL_TRY(cal_op_router(c->be, &ra, err));
+	struct cal_moe_sort_args sa = {c->idx, P, (uint32_t)E, c->offsets, c->sorted, c->ppos};
+	CAL_TRY(cal_op_moe_sort(c->be, &sa, err));
+	struct cal_gather_rows_args ga = {c->h, T, H, c->sorted, P, (uint32_t)kk, c->xg};
+	CAL_TRY(cal_op_gather_rows(c->be, &ga, err));
+	struct cal_amax_segments_args sg = {CAL_DTYPE_BF16, c->xg, P, H, c->offsets, (uint32_t)E,
+					    mb->tok0 * kk * H, c->obs_amax + S_FIXED,
+					    c->obs_nf + S_FIXED};
+	CAL_TRY(cal_op_amax_segments(c->be, &sg, err));
+	struct cal_gemm_args g1 = {.x = c->xg, .w = w->e13, .y = c->gu, .m = P, .n = 2 * I, .k = H,
+				   .n_groups = (uint32_t)E, .offsets = c->offsets,
+				   .w_stride = 2 * I * H};
+	CAL_TRY(cal_op_gemm(c->be, &g1, err));
+	CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->gu, c->gu + I, NULL, c->act, P, I, 2 * I, 2 * I, 0,
+		      err));
+	struct cal_amax_segments_args sd = {CAL_DTYPE_BF16, c->act, P, I, c->offsets, (uint32_t)E,
+					    mb->tok0 * kk * I, c->obs_amax + S_FIXED + E,
+					    c->obs_nf + S_FIXED + E};
+	CAL_TRY(cal_op_amax_segments(c->be, &sd, err));
+	struct cal_gemm_args g2 = {.x = c->act, .w = w->e2, .y = c->yo, .m = P, .n = H, .k = I,
+				   .n_groups = (uint32_t)E, .offsets = c->offsets,
+				   .w_stride = H * I};
+	CAL_TRY(cal_op_gemm(c->be, &g2, err));
+	struct cal_moe_combine_args ca = {c->yo, P, c->ppos, c->idx, c->rw, T, H, (uint32_t)c->k,
+					  (uint32_t)kk, c->o.combine, c->tmp};
+	CAL_TRY(cal_op_moe_combine(c->be, &ca, err));
+	if (w->s13) {
+		uint64_t S = (uint64_t)c->Is;
+		CAL_TRY(gemm(c, c->h, w->s13, NULL, c->sgu, T, 2 * S, H, err));
+		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->sgu, c->sgu + S, NULL, c->sact, T, S, 2 * S,
+			      2 * S, 0, err));
+		CAL_TRY(observe(c, c->sact, T, S, mb->tok0, S_SH_DOWN, err));
+		CAL_TRY(gemm(c, c->sact, w->s2, NULL, c->sy, T, H, S, err));
+		if (w->sgate) {
+			CAL_TRY(gemm(c, c->h, w->sgate, NULL, c->sgl, T, 1, H, err));
+			CAL_TRY(ewise(c, CAL_EWISE_GATE_ADD, c->tmp, c->sy, c->sgl, c->tmp, T, H, 0, 0, 0,
+				      err));
+		} else {
+			CAL_TRY(ewise(c, CAL_EWISE_ADD, c->tmp, c->sy, NULL, c->tmp, T, H, 0, 0, 0, err));
+		}
+	}
+	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
+	/* token counts per expert */
+	CAL_TRY(cal_backend_download(c->be, c->h_offsets, c->offsets, ((size_t)E + 1) * 4, err));
+	for (uint64_t e = 0; e < E; e++)
+		mh->tokens[e] += c->h_offsets[e + 1] - c->h_offsets[e];
+fail:
+	return st;
+}
+
+enum cal_status cal_layer_forward(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				  const struct cal_mb *mb, struct cal_error *err)
+{
+	enum cal_step steps[CAL_MAX_STEPS];
+	int n = 0;
+	enum cal_status st = cal_layer_steps(c, L, steps, &n, err);
+	uint16_t *x = c->hidden + mb->tok0 * (uint64_t)c->H;
+	for (int i = 0; i < n && st >= 0; i++) {
+		switch (steps[i]) {
+		case STEP_ATTN_GQA:
+			st = step_attn(c, L, w, mb, x, err);
+			break;
+		case STEP_MLP_DENSE:
+			st = step_dense(c, w, mb, x, err);
+			break;
+		case STEP_MOE:
+			st = step_moe(c, L, w, mb, x, err);
+			break;
+		}
+	}
+	if (st >= 0)
+		st = observe(c, x, mb->n_tok, (uint64_t)c->H, mb->tok0, S_OUT, err);
+	return st;
+}

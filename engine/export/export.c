@@ -1,0 +1,1243 @@
+/*
+ * export.c — the streaming exporter (export.h): the output tensor plan,
+ * sibling unification, per-layer quantization through the op table, and
+ * the whole-job helper cal_export_run().  Config files and the report are
+ * in export_files.c.
+ */
+#include "export_internal.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/fp.h"
+#include "common/util.h"
+#include "kernels/ops.h"
+
+#define CAL_TRY_RET(expr)                                                      \
+	do {                                                                   \
+		enum cal_status st_ = (expr);                                  \
+		if (st_ < 0)                                                   \
+			return st_;                                            \
+	} while (0)
+
+#define GROW(arr, n, cap)                                                      \
+	((n) < (cap) ? 0 : grow_array((void **)&(arr), &(cap), sizeof(*(arr))))
+
+static int grow_array(void **arr, size_t *cap, size_t elem)
+{
+	size_t nc = *cap ? *cap * 2 : 64;
+	void *na = realloc(*arr, nc * elem);
+	if (!na)
+		return -1;
+	*arr = na;
+	*cap = nc;
+	return 0;
+}
+
+static enum cal_status nomem(struct cal_error *err)
+{
+	return cal_error_set(err, CAL_ERR_NOMEM, "export: out of memory");
+}
+
+/* ---- names ----------------------------------------------------------------- */
+
+static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xprintf(const char *fmt, ...)
+{
+	char *s = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	int r = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	return r < 0 ? NULL : s;
+}
+
+/* Layer index of "<prefix>layers.<L>." in name, else -1. */
+static int64_t name_layer(const char *name, const char *prefix)
+{
+	size_t pl = strlen(prefix);
+	if (strncmp(name, prefix, pl) || strncmp(name + pl, "layers.", 7))
+		return -1;
+	const char *s = name + pl + 7;
+	int64_t v = 0;
+	if (*s < '0' || *s > '9')
+		return -1;
+	while (*s >= '0' && *s <= '9' && v < (1 << 30))
+		v = v * 10 + (*s++ - '0');
+	return *s == '.' ? v : -1;
+}
+
+/* Replaces `from` by `to` at the first occurrence after position `at`. */
+static char *replace_at(const char *s, size_t at, const char *from, const char *to)
+{
+	const char *p = strstr(s + at, from);
+	if (!p)
+		return strdup(s);
+	return xprintf("%.*s%s%s", (int)(p - s), s, to, p + strlen(from));
+}
+
+/*
+ * Output (hub) name of a name in plan naming (d->prefix, "mlp." MoE block):
+ * the checkpoint's prefix, and the architecture's MoE block name in MoE
+ * layers.
+ */
+static char *hub_name(const struct cal_exporter *ex, const char *plan_name)
+{
+	const char *dp = ex->d->prefix;
+	char *a;
+	if (strcmp(dp, ex->cprefix) && !strncmp(plan_name, dp, strlen(dp)))
+		a = xprintf("%s%s", ex->cprefix, plan_name + strlen(dp));
+	else
+		a = strdup(plan_name);
+	if (!a)
+		return NULL;
+	const char *blk = ex->d->arch->moe_block;
+	int64_t L = name_layer(a, ex->cprefix);
+	if (blk && strcmp(blk, "mlp") && L >= 0 && L < ex->d->num_layers &&
+	    ex->d->layers[L].ffn == CAL_FFN_MOE) {
+		char *from = xprintf(".layers.%lld.mlp", (long long)L);
+		char *to = xprintf(".layers.%lld.%s", (long long)L, blk);
+		char *b = NULL;
+		if (from && to) {
+			const char *p = strstr(a, from);
+			size_t fl = strlen(from);
+			if (p && (p[fl] == '.' || p[fl] == 0 || p[fl] == '*'))
+				b = replace_at(a, 0, from, to);
+			else
+				b = strdup(a);
+		}
+		free(from);
+		free(to);
+		free(a);
+		a = b;
+	}
+	return a;
+}
+
+/* Plan name of a checkpoint name (inverse of hub_name). */
+static char *plan_name(const struct cal_exporter *ex, const char *src)
+{
+	const char *dp = ex->d->prefix, *cp = ex->cprefix;
+	char *a;
+	if (strcmp(dp, cp) && !strncmp(src, cp, strlen(cp)))
+		a = xprintf("%s%s", dp, src + strlen(cp));
+	else
+		a = strdup(src);
+	if (!a)
+		return NULL;
+	const char *blk = ex->d->arch->moe_block;
+	int64_t L = name_layer(a, dp);
+	if (blk && strcmp(blk, "mlp") && L >= 0) {
+		char *from = xprintf(".layers.%lld.%s.", (long long)L, blk);
+		char *to = xprintf(".layers.%lld.mlp.", (long long)L);
+		char *b = from && to ? replace_at(a, 0, from, to) : NULL;
+		free(from);
+		free(to);
+		free(a);
+		a = b;
+	}
+	return a;
+}
+
+/* ---- the output plan -------------------------------------------------------- */
+
+static const struct cal_plan_q *enabled_q(const struct cal_plan *p, long i)
+{
+	return i >= 0 && p->q[i].spec.enabled ? &p->q[i] : NULL;
+}
+
+/* Sibling group of a plan module (MODELOPT.md §2.6): linears that read the
+ * same input tensor.  0: none. */
+static int sibling_group(const struct cal_plan_module *m)
+{
+	const char *p = m->proj ? m->proj : "";
+	switch (m->kind) {
+	case CAL_MOD_ATTN_PROJ:
+		if (!strcmp(p, "q_proj") || !strcmp(p, "k_proj") || !strcmp(p, "v_proj") ||
+		    !strcmp(p, "q_a_proj") || !strcmp(p, "kv_a_proj_with_mqa"))
+			return 1;
+		return 0;
+	case CAL_MOD_LINATTN_PROJ:
+		return !strncmp(p, "in_proj", 7) ? 2 : 0;
+	case CAL_MOD_MLP_PROJ:
+		return !strcmp(p, "gate_proj") || !strcmp(p, "up_proj") ? 3 : 0;
+	case CAL_MOD_SHARED_PROJ:
+		return !strcmp(p, "gate_proj") || !strcmp(p, "up_proj") ? 4 : 0;
+	case CAL_MOD_SHARED_GATE:
+		return 4;
+	default:
+		return 0;
+	}
+}
+
+/* Checks that the exporter can write quantizer q's format for a weight of
+ * [out, in] in `dtype`. */
+static enum cal_status check_fmt(struct cal_exporter *ex, const struct xlin *x,
+				 struct cal_error *err)
+{
+	const struct cal_qspec *s = &x->wq->spec;
+	if (x->dtype != CAL_DTYPE_BF16)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: quantizing %s weights is not "
+				     "implemented (bf16 only)", x->name, cal_dtype_name(x->dtype));
+	int blk = s->fmt == CAL_QFMT_NVFP4 || s->fmt == CAL_QFMT_NVFP4_STATIC ? 16 :
+		  s->fmt == CAL_QFMT_MXFP8 || s->fmt == CAL_QFMT_MXFP4 ? 32 :
+		  s->fmt == CAL_QFMT_INT4_BLOCK ? 128 : 0;
+	if (s->fmt == CAL_QFMT_INT4_BLOCK && s->block != 128)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: INT4 block size %d is not "
+				     "implemented by the exporter (128 only; quantizer %s)",
+				     x->name, s->block, x->wq->name);
+	if (blk && x->in % blk)
+		return cal_error_set(err, CAL_ERR_INVALID, "%s: input dimension %lld is not a "
+				     "multiple of %d (quantizer %s)", x->name, (long long)x->in,
+				     blk, x->wq->name);
+	if (s->fmt == CAL_QFMT_INT4_BLOCK && x->out % 2)
+		return cal_error_set(err, CAL_ERR_INVALID, "%s: INT4 needs an even output "
+				     "dimension, got %lld", x->name, (long long)x->out);
+	if (s->fmt == CAL_QFMT_NVFP4_STATIC && ex->plan->recipe->algo.method == CAL_CALIB_MSE &&
+	    !ex->plan->recipe->algo.fp8_scale_sweep)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: the MSE multiplier search "
+				     "(algorithm mse without fp8_scale_sweep) is not implemented",
+				     x->wq->name);
+	if (s->fmt != CAL_QFMT_NVFP4_STATIC && ex->plan->recipe->algo.method == CAL_CALIB_MSE)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: MSE calibration of %s weights "
+				     "is not implemented (static NVFP4 only)", x->wq->name,
+				     cal_qfmt_name(s->fmt));
+	return CAL_OK;
+}
+
+static enum cal_status add_lin(struct cal_exporter *ex, struct xlin *x, struct cal_error *err)
+{
+	if (x->wq) {
+		x->fmt = x->wq->spec.fmt;
+		enum cal_status st = check_fmt(ex, x, err);
+		if (st < 0) {
+			free(x->name);
+			return st;
+		}
+	}
+	if (GROW(ex->lin, ex->n_lin, ex->cap_lin) < 0) {
+		free(x->name);
+		return nomem(err);
+	}
+	ex->lin[ex->n_lin++] = *x;
+	return CAL_OK;
+}
+
+static enum cal_status add_copy(struct cal_exporter *ex, char *name,
+				const struct cal_st_tensor *t, int32_t layer,
+				struct cal_error *err)
+{
+	if (!name)
+		return nomem(err);
+	if (GROW(ex->cp, ex->n_cp, ex->cap_cp) < 0) {
+		free(name);
+		return nomem(err);
+	}
+	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer};
+	return CAL_OK;
+}
+
+static enum cal_status add_modcfg(struct cal_exporter *ex, const char *plan_mod, int quantized,
+				  enum cal_qfmt wf, int input_on, int block,
+				  struct cal_error *err)
+{
+	char *name = hub_name(ex, plan_mod);
+	if (!name)
+		return nomem(err);
+	for (size_t i = 0; i < ex->n_mc; i++) {
+		if (!strcmp(ex->mc[i].name, name)) { /* experts: gate_up and down */
+			if (!ex->mc[i].quantized && quantized) {
+				free(ex->mc[i].name);
+				ex->n_mc--;
+				memmove(&ex->mc[i], &ex->mc[i + 1], (ex->n_mc - i) * sizeof(*ex->mc));
+				break;
+			}
+			free(name);
+			return CAL_OK;
+		}
+	}
+	if (GROW(ex->mc, ex->n_mc, ex->cap_mc) < 0) {
+		free(name);
+		return nomem(err);
+	}
+	struct xmodcfg *c = &ex->mc[ex->n_mc++];
+	memset(c, 0, sizeof(*c));
+	c->name = name;
+	c->quantized = quantized;
+	if (quantized) {
+		const char *a = cal_export_algo(wf, input_on, block, &c->group_size, &c->awq_keys);
+		if (!(c->algo = strdup(a)))
+			return nomem(err);
+	}
+	return CAL_OK;
+}
+
+/* Source weight entries: non-expert linears, copies, ignored tensors. */
+static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen,
+				    struct cal_error *err)
+{
+	const struct cal_plan *p = ex->plan;
+	size_t n = cal_catalog_count(ex->cat);
+	for (size_t i = 0; i < n; i++) {
+		const struct cal_cat_entry *e = cal_catalog_entry(ex->cat, i);
+		const char *tn = e->t->name;
+		if (e->role == CAL_ROLE_IGNORED) {
+			CAL_TRY_RET(add_copy(ex, strdup(tn), e->t, -1, err));
+			size_t l = strlen(tn);
+			if (e->t->ndim == 2 && l > 7 && !strcmp(tn + l - 7, ".weight")) {
+				char **nm = realloc(ex->ignored_mods,
+						    (ex->n_ignored_mods + 1) * sizeof(char *));
+				if (!nm)
+					return nomem(err);
+				ex->ignored_mods = nm;
+				if (!(nm[ex->n_ignored_mods] = strndup(tn, l - 7)))
+					return nomem(err);
+				ex->n_ignored_mods++;
+			}
+			continue;
+		}
+		if (cal_role_is_routed_expert(e->role))
+			continue;
+		char *pn = plan_name(ex, tn);
+		if (!pn)
+			return nomem(err);
+		if (e->part == CAL_PART_WEIGHT && cal_role_is_linear(e->role) && e->t->ndim == 2) {
+			size_t l = strlen(pn);
+			const struct cal_plan_q *wq = NULL;
+			if (l > 7 && !strcmp(pn + l - 7, ".weight")) {
+				char *qn = xprintf("%.*s.weight_quantizer", (int)(l - 7), pn);
+				if (!qn) {
+					free(pn);
+					return nomem(err);
+				}
+				wq = cal_plan_find(p, qn);
+				free(qn);
+			}
+			if (wq) {
+				seen[wq->module] = 1;
+				const struct cal_plan_module *m = &p->modules[wq->module];
+				if (wq->spec.enabled) {
+					struct xlin x = {0};
+					x.name = hub_name(ex, m->name);
+					if (!x.name) {
+						free(pn);
+						return nomem(err);
+					}
+					x.layer = m->layer;
+					x.mod = (long)wq->module;
+					x.expert = -1;
+					x.w = e->t;
+					x.out = e->t->shape[0];
+					x.in = e->t->shape[1];
+					x.dtype = e->t->dtype;
+					x.wq = wq;
+					x.iq = enabled_q(p, m->iq);
+					x.group = sibling_group(m);
+					free(pn);
+					CAL_TRY_RET(add_lin(ex, &x, err));
+					continue;
+				}
+			}
+		}
+		char *hn = hub_name(ex, pn);
+		free(pn);
+		CAL_TRY_RET(add_copy(ex, hn, e->t, e->layer, err));
+	}
+	return CAL_OK;
+}
+
+/* Routed experts: always per expert under hub names. */
+static enum cal_status plan_experts(struct cal_exporter *ex, struct cal_error *err)
+{
+	const struct cal_plan *p = ex->plan;
+	const struct cal_model_desc *d = ex->d;
+	for (int32_t L = 0; L < (int32_t)d->num_layers; L++) {
+		if (d->layers[L].ffn != CAL_FFN_MOE)
+			continue;
+		enum cal_expert_layout lay = cal_catalog_layout(ex->cat, L);
+		if (lay == CAL_LAYOUT_MXFP4)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "layer %d: exporting from MXFP4 "
+					     "source experts is not implemented", (int)L);
+		const struct cal_plan_module *mgu = NULL, *mdn = NULL;
+		for (size_t m = 0; m < p->n_modules; m++) {
+			if (p->modules[m].layer != L)
+				continue;
+			if (p->modules[m].kind == CAL_MOD_EXPERTS_GATE_UP)
+				mgu = &p->modules[m];
+			else if (p->modules[m].kind == CAL_MOD_EXPERTS_DOWN)
+				mdn = &p->modules[m];
+		}
+		if (!mgu || !mdn)
+			return cal_error_set(err, CAL_ERR_INTERNAL, "layer %d: the plan has no experts",
+					     (int)L);
+		for (int64_t e = 0; e < d->num_experts; e++) {
+			for (int k = 0; k < 3; k++) {
+				const struct cal_plan_module *m = k == 2 ? mdn : mgu;
+				struct xlin x = {0};
+				CAL_TRY_RET(cal_catalog_expert(ex->cat, L, (int32_t)e, (enum cal_proj)k,
+							       &x.sl, err));
+				x.name = xprintf("%slayers.%d.%s.experts.%lld.%s", ex->cprefix, (int)L,
+						 d->arch->moe_block, (long long)e,
+						 d->arch->expert_proj[k]);
+				if (!x.name)
+					return nomem(err);
+				x.layer = L;
+				x.mod = (long)(m - p->modules);
+				x.expert = e;
+				x.proj = (enum cal_proj)k;
+				x.out = x.sl.out;
+				x.in = x.sl.in;
+				x.dtype = x.sl.t->dtype;
+				x.wq = enabled_q(p, m->wq + e);
+				x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
+				CAL_TRY_RET(add_lin(ex, &x, err));
+			}
+		}
+	}
+	return CAL_OK;
+}
+
+/* KV-cache scales and the per-module config list (plan order). */
+static enum cal_status plan_modules(struct cal_exporter *ex, const unsigned char *seen,
+				    struct cal_error *err)
+{
+	const struct cal_plan *p = ex->plan;
+	for (size_t i = 0; i < p->n_modules; i++) {
+		const struct cal_plan_module *m = &p->modules[i];
+		if (m->kind == CAL_MOD_ATTN) {
+			const struct cal_plan_q *k = enabled_q(p, m->kb), *v = enabled_q(p, m->vb);
+			if ((k && !k->spec.use_constant_amax) || (v && !v->spec.use_constant_amax)) {
+				if (GROW(ex->kv, ex->n_kv, ex->cap_kv) < 0)
+					return nomem(err);
+				char *an = hub_name(ex, m->name);
+				if (!an)
+					return nomem(err);
+				ex->kv[ex->n_kv++] = (struct xkv){an, m->layer,
+					k && !k->spec.use_constant_amax ? k : NULL,
+					v && !v->spec.use_constant_amax ? v : NULL};
+			}
+			continue;
+		}
+		if (m->kind == CAL_MOD_ROUTER) {
+			CAL_TRY_RET(add_modcfg(ex, m->name, 0, CAL_QFMT_NONE, 0, 0, err));
+			continue;
+		}
+		if (m->wq < 0)
+			continue;
+		const struct cal_plan_q *wq = NULL;
+		int64_t n = m->count > 1 ? m->count : 1;
+		for (int64_t e = 0; e < n && !wq; e++)
+			wq = enabled_q(p, m->wq + e);
+		if (wq && m->kind != CAL_MOD_EXPERTS_GATE_UP && m->kind != CAL_MOD_EXPERTS_DOWN &&
+		    !seen[m - p->modules])
+			return cal_error_set(err, CAL_ERR_FORMAT, "%s: the recipe quantizes it (%s) but "
+					     "the checkpoint has no weight %s.weight%s", m->name,
+					     wq->name, m->name,
+					     m->kind == CAL_MOD_LM_HEAD && ex->d->tie_word_embeddings ?
+					     " (tied to the embedding)" : "");
+		const struct cal_plan_q *iq = enabled_q(p, m->iq);
+		CAL_TRY_RET(add_modcfg(ex, m->name, wq != NULL, wq ? wq->spec.fmt : CAL_QFMT_NONE,
+				       iq != NULL, wq ? wq->spec.block : 0, err));
+	}
+	return CAL_OK;
+}
+
+/* ---- declarations ----------------------------------------------------------- */
+
+static enum cal_status decl(struct cal_exporter *ex, const char *name, const char *suffix,
+			    enum cal_dtype dt, int ndim, int64_t d0, int64_t d1,
+			    struct cal_error *err)
+{
+	int64_t shape[2] = {d0, d1};
+	char *full = suffix ? xprintf("%s.%s", name, suffix) : strdup(name);
+	if (!full)
+		return nomem(err);
+	enum cal_status st = cal_st_writer_declare(ex->w, full, dt, ndim, shape, err);
+	free(full);
+	uint64_t n = cal_dtype_size(dt);
+	for (int i = 0; i < ndim; i++)
+		n *= (uint64_t)shape[i];
+	ex->bytes_total += n;
+	return st;
+}
+
+static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct cal_error *err)
+{
+	int64_t o = x->out, i = x->in;
+	const char *nm = x->name;
+	x->has_input_scale = 0;
+	switch (x->fmt) {
+	case CAL_QFMT_NONE:
+		CAL_TRY_RET(decl(ex, nm, "weight", x->dtype, 2, o, i, err));
+		break;
+	case CAL_QFMT_NVFP4:
+	case CAL_QFMT_NVFP4_STATIC:
+		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_U8, 2, o, i / 2, err));
+		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_F8_E4M3, 2, o, i / 16, err));
+		CAL_TRY_RET(decl(ex, nm, "weight_scale_2", CAL_DTYPE_F32, 0, 0, 0, err));
+		x->has_input_scale = x->iq != NULL;
+		break;
+	case CAL_QFMT_FP8:
+		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_F8_E4M3, 2, o, i, err));
+		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_F32, 0, 0, 0, err));
+		x->has_input_scale = x->iq != NULL;
+		break;
+	case CAL_QFMT_MXFP8:
+		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_F8_E4M3, 2, o, i, err));
+		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_U8, 2, o, i / 32, err));
+		break;
+	case CAL_QFMT_MXFP4:
+		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_U8, 2, o, i / 2, err));
+		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_U8, 2, o, i / 32, err));
+		break;
+	case CAL_QFMT_INT4_BLOCK:
+		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_U8, 2, o / 2, i, err));
+		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_F32, 2, o, i / 128, err));
+		break;
+	}
+	if (x->has_input_scale)
+		CAL_TRY_RET(decl(ex, nm, "input_scale", CAL_DTYPE_F32, 0, 0, 0, err));
+	if (x->expert >= 0 && x->sl.bias)
+		CAL_TRY_RET(decl(ex, nm, "bias", x->sl.bias->dtype, 1, o, 0, err));
+	return CAL_OK;
+}
+
+static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *err)
+{
+	/* layer by layer, the model-level tensors (layer -1) last */
+	for (int32_t pass = 0; pass <= (int32_t)ex->d->num_layers; pass++) {
+		int32_t L = pass < ex->d->num_layers ? pass : -1;
+		for (size_t i = 0; i < ex->n_lin; i++)
+			if (ex->lin[i].layer == L)
+				CAL_TRY_RET(decl_lin(ex, &ex->lin[i], err));
+		for (size_t i = 0; i < ex->n_kv; i++) {
+			if (ex->kv[i].layer != L)
+				continue;
+			if (ex->kv[i].k)
+				CAL_TRY_RET(decl(ex, ex->kv[i].attn, "k_proj.k_scale", CAL_DTYPE_F32, 0,
+						 0, 0, err));
+			if (ex->kv[i].v)
+				CAL_TRY_RET(decl(ex, ex->kv[i].attn, "v_proj.v_scale", CAL_DTYPE_F32, 0,
+						 0, 0, err));
+		}
+		for (size_t i = 0; i < ex->n_cp; i++) {
+			const struct xcopy *c = &ex->cp[i];
+			if (c->layer != L)
+				continue;
+			enum cal_status st = cal_st_writer_declare(ex->w, c->name, c->t->dtype,
+								   c->t->ndim, c->t->shape, err);
+			if (st < 0)
+				return cal_error_wrap(err, st, "declaring %s", c->name);
+			ex->bytes_total += c->t->nbytes;
+		}
+	}
+	return CAL_OK;
+}
+
+/* Bytes of the source side files (for the disk-space reserve). */
+static uint64_t side_bytes(const char *dir)
+{
+	uint64_t t = 0;
+	const char *extra[] = {"config.json", NULL};
+	for (int k = 0; k < 2; k++) {
+		const char *const *list = k ? extra : cal_export_copy_files;
+		for (size_t i = 0; list[i]; i++) {
+			char *p = cal_path_join(dir, list[i]);
+			FILE *f = p ? fopen(p, "rb") : NULL;
+			if (f && !fseek(f, 0, SEEK_END)) {
+				long sz = ftell(f);
+				t += sz > 0 ? (uint64_t)sz : 0;
+			}
+			if (f)
+				fclose(f);
+			free(p);
+		}
+	}
+	return t;
+}
+
+enum cal_status cal_exporter_open(const struct cal_model_desc *d,
+				  const struct cal_checkpoint *ck,
+				  const struct cal_catalog *cat, const struct cal_plan *plan,
+				  struct cal_backend *be, const struct cal_export_opts *opts,
+				  struct cal_exporter **ret, struct cal_error *err)
+{
+	enum cal_status st;
+	unsigned char *seen = NULL;
+	struct cal_exporter *ex = calloc(1, sizeof(*ex));
+	if (!ex)
+		return nomem(err);
+	double t0 = cal_now();
+	ex->d = d;
+	ex->ck = ck;
+	ex->cat = cat;
+	ex->plan = plan;
+	ex->be = be;
+	ex->opts = *opts;
+	ex->sqnr_min = INFINITY;
+	if (!opts->model_dir || !opts->out_dir) {
+		st = cal_error_set(err, CAL_ERR_INVALID, "export: model_dir and out_dir are required");
+		goto fail;
+	}
+	ex->model_dir = strdup(opts->model_dir);
+	ex->out_dir = strdup(opts->out_dir);
+	ex->recipe_name = strdup(opts->recipe_name ? opts->recipe_name :
+				 plan->recipe->source ? plan->recipe->source : "?");
+	ex->weights = json_array();
+	ex->fallbacks = json_array();
+	ex->phases = json_object();
+	ex->layer_done = calloc((size_t)d->num_layers + 1, 1);
+	seen = calloc(plan->n_modules + 1, 1);
+	if (!ex->model_dir || !ex->out_dir || !ex->recipe_name || !ex->weights ||
+	    !ex->fallbacks || !ex->phases || !ex->layer_done || !seen) {
+		st = nomem(err);
+		goto fail;
+	}
+	ex->opts.model_dir = ex->model_dir;
+	ex->opts.out_dir = ex->out_dir;
+	ex->opts.recipe_name = ex->recipe_name;
+	ex->cprefix = cal_catalog_prefix(cat);
+	ex->mse_sweep = plan->recipe->algo.method == CAL_CALIB_MSE &&
+			plan->recipe->algo.fp8_scale_sweep;
+	if (d->src_quant != CAL_SRC_QUANT_NONE) {
+		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized "
+				   "source checkpoint is not implemented", opts->model_dir,
+				   cal_src_quant_name(d->src_quant));
+		goto fail;
+	}
+	CAL_TRY(plan_catalog(ex, seen, err));
+	CAL_TRY(plan_experts(ex, err));
+	CAL_TRY(plan_modules(ex, seen, err));
+
+	struct cal_st_writer_opts wo = {opts->max_shard_bytes, 0};
+	wo.reserve_bytes = side_bytes(opts->model_dir) + (1u << 20) + 512 * (uint64_t)ex->n_lin;
+	CAL_TRY(cal_st_writer_open(opts->out_dir, &wo, &ex->w, err));
+	CAL_TRY(declare_all(ex, err));
+	CAL_TRY(cal_st_writer_begin(ex->w, err));
+	json_object_set_new(ex->phases, "export_plan", json_real(cal_now() - t0));
+	free(seen);
+	*ret = ex;
+	return CAL_OK;
+fail:
+	free(seen);
+	cal_exporter_free(ex);
+	return st;
+}
+
+void cal_exporter_free(struct cal_exporter *ex)
+{
+	if (!ex)
+		return;
+	cal_st_writer_free(ex->w);
+	for (size_t i = 0; i < ex->n_lin; i++)
+		free(ex->lin[i].name);
+	for (size_t i = 0; i < ex->n_cp; i++)
+		free(ex->cp[i].name);
+	for (size_t i = 0; i < ex->n_kv; i++)
+		free(ex->kv[i].attn);
+	for (size_t i = 0; i < ex->n_mc; i++) {
+		free(ex->mc[i].name);
+		free(ex->mc[i].algo);
+	}
+	for (size_t i = 0; i < ex->n_ignored_mods; i++)
+		free(ex->ignored_mods[i]);
+	for (int i = 0; i < 4; i++)
+		free(ex->hbuf[i]);
+	for (int i = 0; i < 6; i++)
+		cal_backend_dealloc(ex->be, ex->dbuf[i]);
+	free(ex->ignored_mods);
+	free(ex->lin);
+	free(ex->cp);
+	free(ex->kv);
+	free(ex->mc);
+	free(ex->layer_done);
+	free(ex->model_dir);
+	free(ex->out_dir);
+	free(ex->recipe_name);
+	json_decref(ex->weights);
+	json_decref(ex->fallbacks);
+	json_decref(ex->phases);
+	free(ex);
+}
+
+uint64_t cal_exporter_bytes_written(const struct cal_exporter *ex)
+{
+	return ex->w ? cal_st_writer_bytes_written(ex->w) : 0;
+}
+
+uint64_t cal_exporter_bytes_total(const struct cal_exporter *ex)
+{
+	return ex->bytes_total;
+}
+
+void cal_exporter_add_phase(struct cal_exporter *ex, const char *name, double seconds)
+{
+	json_t *old = json_object_get(ex->phases, name);
+	double v = old ? json_number_value(old) : 0.0;
+	json_object_set_new(ex->phases, name, json_real(v + seconds));
+}
+
+/* ---- per-layer quantization ------------------------------------------------- */
+
+static void *hneed(struct cal_exporter *ex, int k, size_t n)
+{
+	if (n > ex->hcap[k]) {
+		void *p = realloc(ex->hbuf[k], n);
+		if (!p)
+			return NULL;
+		ex->hbuf[k] = p;
+		ex->hcap[k] = n;
+	}
+	return ex->hbuf[k];
+}
+
+static enum cal_status dneed(struct cal_exporter *ex, int k, size_t n, void **ret,
+			     struct cal_error *err)
+{
+	if (n == 0)
+		n = 1;
+	if (n > ex->dcap[k]) {
+		cal_backend_dealloc(ex->be, ex->dbuf[k]);
+		ex->dbuf[k] = NULL;
+		ex->dcap[k] = 0;
+		CAL_TRY_RET(cal_backend_alloc(ex->be, n, &ex->dbuf[k], err));
+		ex->dcap[k] = n;
+	}
+	*ret = ex->dbuf[k];
+	return CAL_OK;
+}
+
+/* Copies x's weight [out, in] (source dtype) into dst. */
+static void gather(const struct xlin *x, void *dst)
+{
+	size_t es = cal_dtype_size(x->dtype);
+	if (x->expert < 0) {
+		memcpy(dst, x->w->data, (size_t)(x->out * x->in) * es);
+		return;
+	}
+	const unsigned char *src = x->sl.t->data;
+	unsigned char *o8 = dst;
+	for (int64_t o = 0; o < x->out; o++) {
+		if (x->sl.istride == 1) {
+			memcpy(o8 + (size_t)(o * x->in) * es,
+			       src + cal_expert_slice_index(&x->sl, o, 0) * es, (size_t)x->in * es);
+			continue;
+		}
+		for (int64_t i = 0; i < x->in; i++)
+			memcpy(o8 + (size_t)(o * x->in + i) * es,
+			       src + cal_expert_slice_index(&x->sl, o, i) * es, es);
+	}
+}
+
+static enum cal_status put(struct cal_exporter *ex, const char *name, const char *suffix,
+			   const void *data, uint64_t n, struct cal_error *err)
+{
+	char *full = xprintf("%s.%s", name, suffix);
+	if (!full)
+		return nomem(err);
+	enum cal_status st = cal_st_writer_put(ex->w, full, data, n, err);
+	free(full);
+	return st;
+}
+
+static enum cal_status check_scale(const char *name, const char *what, float v,
+				   struct cal_error *err)
+{
+	if (!isfinite(v) || v <= 0.0f)
+		return cal_error_set(err, CAL_ERR_NUMERIC, "%s.%s would be %g (must be finite and "
+				     "> 0)", name, what, (double)v);
+	return CAL_OK;
+}
+
+/* amax of a bf16 matrix; non-finite elements are an error. */
+static enum cal_status weight_amax(const struct xlin *x, const uint16_t *w, float *ret,
+				   struct cal_error *err)
+{
+	float m = 0.0f;
+	uint64_t n = (uint64_t)(x->out * x->in);
+	for (uint64_t k = 0; k < n; k++) {
+		float v = fabsf(cal_bf16_to_f32(w[k]));
+		if (!isfinite(v))
+			return cal_error_set(err, CAL_ERR_NUMERIC, "%s.weight: element %llu is not "
+					     "finite", x->name, (unsigned long long)k);
+		m = v > m ? v : m;
+	}
+	*ret = m;
+	return CAL_OK;
+}
+
+static void add_fallback(struct cal_exporter *ex, const char *q, const char *why, float v)
+{
+	json_t *o = json_pack("{s:s, s:s, s:f}", "quantizer", q, "reason", why, "amax", (double)v);
+	if (o)
+		json_array_append_new(ex->fallbacks, o);
+}
+
+/* Input amax of x (see export.h / MODELOPT.md §2.4.4 for experts). */
+static enum cal_status input_amax(struct cal_exporter *ex, const struct xlin *x,
+				  const struct cal_stats *stats, float *ret, int *ret_const,
+				  struct cal_error *err)
+{
+	const struct cal_plan_q *iq = x->iq;
+	*ret_const = 0;
+	if (iq->spec.has_constant_amax) {
+		*ret = (float)iq->spec.constant_amax;
+		*ret_const = 1;
+		return CAL_OK;
+	}
+	float a = 0.0f;
+	int have = cal_stats_get(stats, iq->name, &a) && a > 0.0f;
+	if (x->expert < 0) {
+		if (!have)
+			return cal_error_set(err, CAL_ERR_INVALID, "statistics have no amax for input "
+					     "quantizer %s (%s)", iq->name,
+					     cal_stats_get(stats, iq->name, &a) ? "it is 0" : "missing");
+		*ret = a;
+		return CAL_OK;
+	}
+	if (ex->opts.per_expert_input_amax) {
+		char *pn = xprintf("%ss.%lld", iq->name, (long long)x->expert);
+		if (!pn)
+			return nomem(err);
+		float pe = 0.0f;
+		int ok = cal_stats_get(stats, pn, &pe) && pe > 0.0f;
+		if (!ok) {
+			/* max over the layer's experts that have one (§2.4.4) */
+			float mx = 0.0f;
+			for (int64_t e = 0; e < ex->d->num_experts; e++) {
+				char *qn = xprintf("%ss.%lld", iq->name, (long long)e);
+				float v;
+				if (qn && cal_stats_get(stats, qn, &v) && v > mx)
+					mx = v;
+				free(qn);
+			}
+			pe = mx > 0.0f ? mx : have ? a : 0.5f;
+			if (x->proj != CAL_PROJ_UP) /* gate and up share one quantizer */
+				add_fallback(ex, pn, mx > 0.0f ? "no amax: max over the layer's experts" :
+					     have ? "no amax: the shared input amax" :
+					     "no amax in the layer: constant 0.5", pe);
+		}
+		free(pn);
+		*ret = pe;
+		return CAL_OK;
+	}
+	if (!have) {
+		a = 0.5f;
+		if (x->expert == 0 && x->proj != CAL_PROJ_UP)
+			add_fallback(ex, iq->name, "no amax (the layer's experts saw no token): "
+				     "constant 0.5", a);
+	}
+	*ret = a;
+	return CAL_OK;
+}
+
+static double sqnr_db(const uint16_t *w, const float *y, uint64_t n, int *ret_inf)
+{
+	double sig = 0.0, noise = 0.0;
+	for (uint64_t k = 0; k < n; k++) {
+		double x = cal_bf16_to_f32(w[k]), d = x - (double)y[k];
+		sig += x * x;
+		noise += d * d;
+	}
+	*ret_inf = noise == 0.0 || sig == 0.0;
+	return *ret_inf ? 0.0 : 10.0 * log10(sig / noise);
+}
+
+/* Quantizes one gathered bf16 weight (host buffer 0) and writes its tensors. */
+static enum cal_status quantize_lin(struct cal_exporter *ex, struct xlin *x,
+				    struct cal_error *err)
+{
+	struct cal_backend *be = ex->be;
+	enum cal_div_mode div = ex->opts.div;
+	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in, n = o * i;
+	const uint16_t *hw = ex->hbuf[0];
+	void *dw = NULL, *dq = NULL, *ds = NULL, *dba = NULL, *dy = NULL, *dnf = NULL;
+	uint64_t qbytes = 0, sbytes = 0;
+	float scale = 0.0f;
+	CAL_TRY_RET(dneed(ex, 0, n * 2, &dw, err));
+	CAL_TRY_RET(dneed(ex, 4, n * 4, &dy, err));
+	CAL_TRY_RET(cal_backend_upload(be, dw, hw, n * 2, err));
+	switch (x->fmt) {
+	case CAL_QFMT_NVFP4:
+	case CAL_QFMT_NVFP4_STATIC: {
+		qbytes = n / 2;
+		sbytes = n / 16;
+		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
+		CAL_TRY_RET(dneed(ex, 2, sbytes, &ds, err));
+		if (x->fmt == CAL_QFMT_NVFP4) {
+			scale = cal_nvfp4_scale2(x->wamax, div);
+			CAL_TRY_RET(check_scale(x->name, "weight_scale_2", scale, err));
+			struct cal_nvfp4_quant_args a = {dw, o, i, scale, dq, ds};
+			CAL_TRY_RET(cal_op_nvfp4_quant(be, &a, err));
+		} else {
+			scale = cal_nvfp4_static_scale2(x->wamax, 448.0f, div);
+			CAL_TRY_RET(check_scale(x->name, "weight_scale_2", scale, err));
+			CAL_TRY_RET(dneed(ex, 3, n / 16 * 4, &dba, err));
+			if (ex->mse_sweep) {
+				struct cal_nvfp4_mse_sweep_args a = {dw, o, i, x->wamax, 448.0f, div,
+								     dba};
+				CAL_TRY_RET(cal_op_nvfp4_mse_sweep(be, &a, err));
+			} else {
+				CAL_TRY_RET(dneed(ex, 5, sizeof(struct cal_nonfinite), &dnf, err));
+				CAL_TRY_RET(cal_backend_memset(be, dba, 0, n / 16 * 4, err));
+				CAL_TRY_RET(cal_nonfinite_reset(be, dnf, err));
+				struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, dw, o, i, 16, 0, dba, dnf};
+				CAL_TRY_RET(cal_op_amax_blocks(be, &b, err));
+			}
+			struct cal_nvfp4_static_quant_args a = {dw, o, i, dba, x->wamax, 448.0f, div,
+								dq, ds};
+			CAL_TRY_RET(cal_op_nvfp4_static_quant(be, &a, err));
+		}
+		struct cal_nvfp4_dequant_args dq_a = {dq, ds, o, i, scale, CAL_DTYPE_F32, dy};
+		CAL_TRY_RET(cal_op_nvfp4_dequant(be, &dq_a, err));
+		break;
+	}
+	case CAL_QFMT_FP8: {
+		qbytes = n;
+		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
+		scale = cal_fp8_scale(x->wamax, div);
+		CAL_TRY_RET(check_scale(x->name, "weight_scale", scale, err));
+		struct cal_fp8_quant_args a = {dw, n, scale, div, dq};
+		CAL_TRY_RET(cal_op_fp8_quant(be, &a, err));
+		struct cal_fp8_dequant_args d = {dq, n, scale, CAL_DTYPE_F32, dy};
+		CAL_TRY_RET(cal_op_fp8_dequant(be, &d, err));
+		break;
+	}
+	case CAL_QFMT_MXFP8: {
+		qbytes = n;
+		sbytes = n / 32;
+		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
+		CAL_TRY_RET(dneed(ex, 2, sbytes, &ds, err));
+		struct cal_mxfp8_quant_args a = {dw, o, i, div, dq, ds};
+		CAL_TRY_RET(cal_op_mxfp8_quant(be, &a, err));
+		struct cal_mxfp8_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy};
+		CAL_TRY_RET(cal_op_mxfp8_dequant(be, &d, err));
+		break;
+	}
+	case CAL_QFMT_MXFP4: {
+		qbytes = n / 2;
+		sbytes = n / 32;
+		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
+		CAL_TRY_RET(dneed(ex, 2, sbytes, &ds, err));
+		struct cal_mxfp4_quant_args a = {dw, o, i, div, dq, ds};
+		CAL_TRY_RET(cal_op_mxfp4_quant(be, &a, err));
+		struct cal_mxfp4_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy};
+		CAL_TRY_RET(cal_op_mxfp4_dequant(be, &d, err));
+		break;
+	}
+	case CAL_QFMT_INT4_BLOCK: {
+		qbytes = n / 2;
+		sbytes = n / 128 * 4;
+		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
+		CAL_TRY_RET(dneed(ex, 2, sbytes, &ds, err));
+		CAL_TRY_RET(dneed(ex, 3, sbytes, &dba, err));
+		CAL_TRY_RET(dneed(ex, 5, sizeof(struct cal_nonfinite), &dnf, err));
+		CAL_TRY_RET(cal_backend_memset(be, dba, 0, sbytes, err));
+		CAL_TRY_RET(cal_nonfinite_reset(be, dnf, err));
+		struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, dw, o, i, 128, 0, dba, dnf};
+		CAL_TRY_RET(cal_op_amax_blocks(be, &b, err));
+		struct cal_int4_quant_args a = {dw, o, i, dba, div, dq, ds};
+		CAL_TRY_RET(cal_op_int4_quant(be, &a, err));
+		struct cal_int4_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy};
+		CAL_TRY_RET(cal_op_int4_dequant(be, &d, err));
+		break;
+	}
+	case CAL_QFMT_NONE:
+		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: not quantized", x->name);
+	}
+	unsigned char *hq = hneed(ex, 1, qbytes), *hs = hneed(ex, 2, sbytes ? sbytes : 1);
+	float *hy = hneed(ex, 3, n * 4);
+	if (!hq || !hs || !hy)
+		return nomem(err);
+	CAL_TRY_RET(cal_backend_download(be, hq, dq, qbytes, err));
+	if (sbytes)
+		CAL_TRY_RET(cal_backend_download(be, hs, ds, sbytes, err));
+	CAL_TRY_RET(cal_backend_download(be, hy, dy, n * 4, err));
+	CAL_TRY_RET(put(ex, x->name, "weight", hq, qbytes, err));
+	if (sbytes)
+		CAL_TRY_RET(put(ex, x->name, "weight_scale", hs, sbytes, err));
+	if (x->fmt == CAL_QFMT_NVFP4 || x->fmt == CAL_QFMT_NVFP4_STATIC) {
+		for (uint64_t k = 0; k < sbytes; k++)
+			if ((hs[k] & 0x7f) == 0x7f || (hs[k] & 0x7f) == 0)
+				return cal_error_set(err, CAL_ERR_NUMERIC, "%s.weight_scale: block %llu "
+						     "scale byte 0x%02x is %s", x->name,
+						     (unsigned long long)k, hs[k],
+						     (hs[k] & 0x7f) ? "NaN" : "zero");
+		CAL_TRY_RET(put(ex, x->name, "weight_scale_2", &scale, 4, err));
+	} else if (x->fmt == CAL_QFMT_FP8) {
+		CAL_TRY_RET(put(ex, x->name, "weight_scale", &scale, 4, err));
+	}
+	int inf = 0;
+	double db = sqnr_db(hw, hy, n, &inf);
+	json_t *wr = json_pack("{s:s, s:i, s:s, s:f}", "name", x->name, "layer", (int)x->layer,
+			       "format", cal_qfmt_name(x->fmt), "amax", (double)x->wamax);
+	if (!wr)
+		return nomem(err);
+	json_object_set_new(wr, "sqnr_db", inf ? json_null() : json_real(db));
+	json_array_append_new(ex->weights, wr);
+	if (!inf) {
+		ex->sqnr_min = db < ex->sqnr_min ? db : ex->sqnr_min;
+		ex->sqnr_sum += db;
+		ex->sqnr_n++;
+	}
+	return CAL_OK;
+}
+
+static enum cal_status write_bias(struct cal_exporter *ex, const struct xlin *x,
+				  struct cal_error *err)
+{
+	const struct cal_st_tensor *b = x->sl.bias;
+	size_t es = cal_dtype_size(b->dtype);
+	unsigned char *h = hneed(ex, 1, (size_t)x->out * es);
+	if (!h)
+		return nomem(err);
+	const unsigned char *src = b->data;
+	for (int64_t o = 0; o < x->out; o++) {
+		uint64_t idx = (uint64_t)x->sl.expert_index * (uint64_t)b->shape[1] +
+			       (uint64_t)(x->sl.out_start + o * x->sl.out_stride);
+		memcpy(h + (size_t)o * es, src + idx * es, es);
+	}
+	return put(ex, x->name, "bias", h, (uint64_t)x->out * es, err);
+}
+
+static int in_group(const struct xlin *x, int32_t L, int g)
+{
+	return x->layer == L && x->expert < 0 && x->group == g && x->fmt != CAL_QFMT_NONE;
+}
+
+/* Sibling unification (§2.6) of the non-expert groups of layer L. */
+static void unify_groups(struct cal_exporter *ex, int32_t L)
+{
+	for (int g = 1; g <= 4; g++) {
+		int count = 0, nvfp4 = 1;
+		float wm = 0.0f, im = 0.0f;
+		for (size_t i = 0; i < ex->n_lin; i++) {
+			const struct xlin *x = &ex->lin[i];
+			if (!in_group(x, L, g))
+				continue;
+			count++;
+			if (x->fmt != CAL_QFMT_NVFP4 && x->fmt != CAL_QFMT_NVFP4_STATIC)
+				nvfp4 = 0;
+			wm = x->wamax > wm ? x->wamax : wm;
+			if (x->has_input_scale)
+				im = x->iamax > im ? x->iamax : im;
+		}
+		if (count < 2 || !nvfp4)
+			continue;
+		for (size_t i = 0; i < ex->n_lin; i++) {
+			struct xlin *x = &ex->lin[i];
+			if (!in_group(x, L, g))
+				continue;
+			x->wamax = wm;
+			if (x->has_input_scale && !x->iq->spec.has_constant_amax)
+				x->iamax = im;
+		}
+	}
+}
+
+enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
+				   const struct cal_stats *stats, struct cal_error *err)
+{
+	enum cal_status st = CAL_OK;
+	if (ex->dead || ex->published)
+		return cal_error_set(err, CAL_ERR_INVALID, "export: the exporter is %s",
+				     ex->dead ? "dead after an earlier error" : "finished");
+	if (L < 0 || L >= ex->d->num_layers || ex->layer_done[L])
+		return cal_error_set(err, CAL_ERR_INVALID, "export: layer %d %s", (int)L,
+				     L < 0 || L >= ex->d->num_layers ? "out of range" :
+				     "already exported");
+	double t0 = cal_now();
+	/* weight amax (exact, from the weights) */
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+			continue;
+		void *h = hneed(ex, 0, (size_t)(x->out * x->in) * 2);
+		if (!h) {
+			st = nomem(err);
+			goto fail;
+		}
+		gather(x, h);
+		CAL_TRY(weight_amax(x, h, &x->wamax, err));
+	}
+	/* fused-experts semantics: gate and up of an expert share one quantizer */
+	for (size_t i = 0; i + 1 < ex->n_lin; i++) {
+		struct xlin *g = &ex->lin[i], *u = &ex->lin[i + 1];
+		if (g->layer == L && g->expert >= 0 && g->proj == CAL_PROJ_GATE &&
+		    u->expert == g->expert && u->proj == CAL_PROJ_UP && g->fmt != CAL_QFMT_NONE) {
+			float m = g->wamax > u->wamax ? g->wamax : u->wamax;
+			g->wamax = u->wamax = m;
+		}
+	}
+	/* input amax */
+	int cst[1];
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->layer == L && x->has_input_scale)
+			CAL_TRY(input_amax(ex, x, stats, &x->iamax, cst, err));
+	}
+	unify_groups(ex, L);
+	/* quantize and write */
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->layer != L)
+			continue;
+		void *h = hneed(ex, 0, (size_t)(x->out * x->in) * cal_dtype_size(x->dtype));
+		if (!h) {
+			st = nomem(err);
+			goto fail;
+		}
+		gather(x, h);
+		if (x->fmt == CAL_QFMT_NONE) {
+			CAL_TRY(put(ex, x->name, "weight", h,
+				    (uint64_t)(x->out * x->in) * cal_dtype_size(x->dtype), err));
+		} else {
+			CAL_TRY(quantize_lin(ex, x, err));
+			if (x->has_input_scale) {
+				enum cal_div_mode m = x->iq->spec.has_constant_amax ? CAL_DIV_EXACT :
+						      ex->opts.div;
+				float s;
+				if (x->fmt != CAL_QFMT_FP8)
+					CAL_TRY(cal_nvfp4_input_scale(x->iamax, m, &s, err));
+				else
+					s = cal_fp8_input_scale(x->iamax, m);
+				CAL_TRY(check_scale(x->name, "input_scale", s, err));
+				CAL_TRY(put(ex, x->name, "input_scale", &s, 4, err));
+			}
+		}
+		if (x->expert >= 0 && x->sl.bias)
+			CAL_TRY(write_bias(ex, x, err));
+	}
+	/* KV cache */
+	for (size_t i = 0; i < ex->n_kv; i++) {
+		const struct xkv *k = &ex->kv[i];
+		if (k->layer != L)
+			continue;
+		for (int v = 0; v < 2; v++) {
+			const struct cal_plan_q *q = v ? k->v : k->k;
+			float a;
+			if (!q)
+				continue;
+			if (!cal_stats_get(stats, q->name, &a) || !(a > 0.0f)) {
+				st = cal_error_set(err, CAL_ERR_INVALID, "statistics have no positive "
+						   "amax for KV quantizer %s", q->name);
+				goto fail;
+			}
+			float s = cal_fp8_scale(a, ex->opts.div);
+			const char *suf = v ? "v_proj.v_scale" : "k_proj.k_scale";
+			CAL_TRY(check_scale(k->attn, suf, s, err));
+			CAL_TRY(put(ex, k->attn, suf, &s, 4, err));
+		}
+	}
+	for (size_t i = 0; i < ex->n_cp; i++) {
+		const struct xcopy *c = &ex->cp[i];
+		if (c->layer == L)
+			CAL_TRY(cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err));
+	}
+	ex->layer_done[L] = 1;
+	ex->t_layers += cal_now() - t0;
+	return CAL_OK;
+fail:
+	ex->dead = 1;
+	return cal_error_wrap(err, st, "export of layer %d", (int)L);
+}
+
+enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_stats *stats,
+				    char **ret_report, struct cal_error *err)
+{
+	enum cal_status st = CAL_OK;
+	if (ex->dead || ex->published)
+		return cal_error_set(err, CAL_ERR_INVALID, "export: the exporter is %s",
+				     ex->dead ? "dead after an earlier error" : "finished");
+	double t0 = cal_now();
+	for (int64_t L = 0; L < ex->d->num_layers; L++) {
+		if (!ex->layer_done[L]) {
+			st = cal_error_set(err, CAL_ERR_INVALID, "export: layer %lld was never "
+					   "exported", (long long)L);
+			goto fail;
+		}
+	}
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->layer != -1)
+			continue;
+		void *h = hneed(ex, 0, (size_t)(x->out * x->in) * cal_dtype_size(x->dtype));
+		if (!h) {
+			st = nomem(err);
+			goto fail;
+		}
+		gather(x, h);
+		if (x->fmt == CAL_QFMT_NONE) {
+			CAL_TRY(put(ex, x->name, "weight", h,
+				    (uint64_t)(x->out * x->in) * cal_dtype_size(x->dtype), err));
+			continue;
+		}
+		CAL_TRY(weight_amax(x, h, &x->wamax, err));
+		int c;
+		if (x->has_input_scale)
+			CAL_TRY(input_amax(ex, x, stats, &x->iamax, &c, err));
+		CAL_TRY(quantize_lin(ex, x, err));
+		if (x->has_input_scale) {
+			enum cal_div_mode m = x->iq->spec.has_constant_amax ? CAL_DIV_EXACT : ex->opts.div;
+			float s;
+			if (x->fmt != CAL_QFMT_FP8)
+				CAL_TRY(cal_nvfp4_input_scale(x->iamax, m, &s, err));
+			else
+				s = cal_fp8_input_scale(x->iamax, m);
+			CAL_TRY(check_scale(x->name, "input_scale", s, err));
+			CAL_TRY(put(ex, x->name, "input_scale", &s, 4, err));
+		}
+	}
+	for (size_t i = 0; i < ex->n_cp; i++) {
+		const struct xcopy *c = &ex->cp[i];
+		if (c->layer == -1)
+			CAL_TRY(cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err));
+	}
+	cal_exporter_add_phase(ex, "export_layers", ex->t_layers);
+	cal_exporter_add_phase(ex, "export_finish", cal_now() - t0);
+	CAL_TRY(cal_export_side_files(ex, stats, ret_report, err));
+	CAL_TRY(cal_st_writer_commit(ex->w, err));
+	ex->published = 1;
+	return CAL_OK;
+fail:
+	ex->dead = 1;
+	return st;
+}
+
+/* ---- whole job from a statistics table --------------------------------------- */
+
+enum cal_status cal_export_run(const char *recipe, const struct cal_stats *stats,
+			       struct cal_backend *be, const struct cal_export_opts *opts,
+			       char **ret_report, struct cal_error *err)
+{
+	enum cal_status st;
+	struct cal_model_desc *d = NULL;
+	struct cal_checkpoint *ck = NULL;
+	struct cal_catalog *cat = NULL;
+	struct cal_recipe *r = NULL;
+	struct cal_plan *p = NULL;
+	struct cal_exporter *ex = NULL;
+	struct cal_export_opts o = *opts;
+	if (!o.recipe_name)
+		o.recipe_name = recipe;
+	CAL_TRY(cal_model_desc_load(opts->model_dir, &d, err));
+	CAL_TRY(cal_checkpoint_open(opts->model_dir, &ck, err));
+	CAL_TRY(cal_catalog_build(d, ck, &cat, err));
+	CAL_TRY(cal_recipe_load(recipe, NULL, &r, err));
+	CAL_TRY(cal_plan_build(d, r, &p, err));
+	CAL_TRY(cal_exporter_open(d, ck, cat, p, be, &o, &ex, err));
+	for (int32_t L = 0; L < (int32_t)d->num_layers; L++)
+		CAL_TRY(cal_exporter_layer(ex, L, stats, err));
+	CAL_TRY(cal_exporter_finish(ex, stats, ret_report, err));
+fail:
+	cal_exporter_free(ex);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+	cal_catalog_free(cat);
+	cal_checkpoint_free(ck);
+	cal_model_desc_free(d);
+	return st;
+}

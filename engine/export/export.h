@@ -1,0 +1,144 @@
+/*
+ * export.h — writes a modelopt-compatible ("unified HF") quantized
+ * checkpoint (MODELOPT.md §1, §2.6, §4; docs/export.md), layer by layer.
+ *
+ * cal_exporter_open() derives the complete output tensor list (names,
+ * dtypes, shapes) from the model description, the tensor catalog and the
+ * quantization plan, declares it to the crash-safe writer (engine/st) and
+ * checks the free disk space before the first byte.  The calibration engine
+ * then calls cal_exporter_layer(L, stats) as soon as layer L's statistics
+ * are final: the layer's weights are quantized through the op table of the
+ * given back end and handed to the writer.  cal_exporter_finish() writes the
+ * model-level tensors, config.json (with quantization_config),
+ * hf_quant_config.json, generation_config.json, the tokenizer and chat
+ * template files of the source, calibd_report.json, and publishes the
+ * directory atomically.  Nothing ever appears under out_dir unless finish
+ * succeeded; an existing out_dir is never touched.
+ *
+ * Output naming: tensors keep their source names, except routed experts,
+ * which are always written per expert under the architecture's hub names
+ * (<prefix>layers.L.<mlp|block_sparse_moe>.experts.E.<gate_proj|up_proj|
+ * down_proj or w1|w3|w2>), whatever the source layout, and MoE routers that
+ * follow the hub block name.  Statistics come through struct cal_stats
+ * (stats.h): the amax of every enabled input / KV quantizer by its modelopt
+ * name; weight amax is taken from the weights.
+ *
+ * Ownership: the exporter references the description, checkpoint, catalog,
+ * plan and back end (all must outlive it) and owns everything else.
+ */
+#ifndef CAL_EXPORT_H
+#define CAL_EXPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "engine/export/stats.h"
+#include "engine/model/catalog.h"
+#include "engine/model/model.h"
+#include "engine/recipe/plan.h"
+#include "engine/st/safetensors.h"
+#include "kernels/backend.h"
+#include "kernels/numfmt.h"
+
+struct cal_export_opts {
+	const char *model_dir;      /* source directory (side files); required */
+	const char *out_dir;        /* final directory; must not exist */
+	const char *recipe_name;    /* for the report and messages */
+	/* amax / constant semantics (MODELOPT.md §1.3): CAL_DIV_RECIP (default,
+	 * modelopt's GPU run) or CAL_DIV_EXACT (modelopt on CPU). */
+	enum cal_div_mode div;
+	uint64_t max_shard_bytes;   /* 0: 10 GB like modelopt */
+	/* fused-expert input amax per expert (stats names
+	 * "...experts.<proj>_input_quantizers.<e>") instead of the shared one */
+	int per_expert_input_amax;
+};
+
+struct cal_exporter;
+
+/*
+ * Plans the output and opens the writer.  Errors: CAL_ERR_EXISTS (out_dir
+ * exists), CAL_ERR_NOSPACE (not enough free space for everything),
+ * CAL_ERR_UNSUPPORTED (a format or source the exporter cannot write, named),
+ * CAL_ERR_FORMAT (a planned weight missing from the checkpoint),
+ * CAL_ERR_IO, CAL_ERR_NOMEM.
+ */
+enum cal_status cal_exporter_open(const struct cal_model_desc *d,
+				  const struct cal_checkpoint *ck,
+				  const struct cal_catalog *cat, const struct cal_plan *plan,
+				  struct cal_backend *be, const struct cal_export_opts *opts,
+				  struct cal_exporter **ret, struct cal_error *err);
+
+/*
+ * Quantizes and writes every tensor of decoder layer `layer` (once per
+ * layer, any order).  Errors: CAL_ERR_INVALID (layer out of range or done
+ * twice; an enabled input / KV quantizer without amax in stats, named),
+ * CAL_ERR_NUMERIC (a scale that would be zero, NaN or inf, naming the
+ * tensor), CAL_ERR_UNSUPPORTED, CAL_ERR_DEVICE, CAL_ERR_IO, CAL_ERR_NOSPACE.
+ * After an error the exporter is dead: only free() is allowed.
+ */
+enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t layer,
+				   const struct cal_stats *stats, struct cal_error *err);
+
+/* Wall-clock seconds to add to the report under phase `name` (e.g.
+ * "calibrate"); the exporter times its own phases itself. */
+void cal_exporter_add_phase(struct cal_exporter *ex, const char *name, double seconds);
+
+/* Bytes of tensor data written so far, and in total (progress). */
+uint64_t cal_exporter_bytes_written(const struct cal_exporter *ex);
+uint64_t cal_exporter_bytes_total(const struct cal_exporter *ex);
+
+/*
+ * Writes the model-level tensors and every side file, then publishes.
+ * Every layer must have been exported.  On success *ret_report (if not
+ * NULL) receives calibd_report.json's text (caller frees).  Errors as
+ * above plus CAL_ERR_INVALID (a layer not exported).
+ */
+enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_stats *stats,
+				    char **ret_report, struct cal_error *err);
+
+/* Removes the temporary directory unless published; NULL is a no-op. */
+void cal_exporter_free(struct cal_exporter *ex);
+
+/*
+ * Whole export from a finished statistics table: opens model_dir (config,
+ * checkpoint, catalog), loads the recipe, builds the plan, exports every
+ * layer and finishes.  `recipe` is a built-in name or a path.
+ */
+enum cal_status cal_export_run(const char *recipe, const struct cal_stats *stats,
+			       struct cal_backend *be, const struct cal_export_opts *opts,
+			       char **ret_report, struct cal_error *err);
+
+/*
+ * modelopt's exclude_modules summarisation (MODELOPT.md §4.3,
+ * quant_utils._prefix_wildcard_summarize_exclude_modules), exactly: for
+ * each unquantized name in order, the first dot-boundary candidate
+ * ["p*"] or ["p", "p.*"] (then [name]) none of whose elements is a prefix
+ * wildcard of a quantized name; a candidate already fully in the result adds
+ * nothing; a pair is emitted as "p.*" only.  *ret is the sorted result
+ * (strcmp order = Python's for ASCII/UTF-8), *ret_n its length; free with
+ * cal_exclude_free().  Errors: CAL_ERR_NOMEM.
+ */
+enum cal_status cal_exclude_summarize(const char *const *unquantized, size_t n_unq,
+				      const char *const *quantized, size_t n_q, char ***ret,
+				      size_t *ret_n, struct cal_error *err);
+void cal_exclude_free(char **list, size_t n);
+
+/*
+ * Verifies an exported checkpoint the way a loader reads it (verify.c):
+ * tensor names, dtypes and shapes per format, every expected scale present,
+ * finite and positive, gate/up weight_scale_2 equal per expert, every
+ * quantized expert projection with an input_scale (W4A4 / FP8),
+ * hf_quant_config.json and config.json consistent with each other and with
+ * the tensors.  With source_dir, every quantized weight is dequantized (op
+ * table of `be`) and its SQNR against the source reported.  *ret_report
+ * (caller frees) is a JSON object {"ok":bool,"violations":[...],
+ * "weights":[{"name","format","sqnr_db"}...],...}.  Returns CAL_OK when the
+ * checkpoint is valid, CAL_ERR_FORMAT when violations were found (the first
+ * is in err, naming the tensor), other errors when it could not be read.
+ */
+enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
+				  struct cal_backend *be, char **ret_report,
+				  struct cal_error *err);
+
+#endif

@@ -1,0 +1,115 @@
+/*
+ * export_internal.h — the exporter's private structures, shared by
+ * export.c (tensor plan, per-layer quantization), export_files.c (config
+ * files, report) and verify.c (format helpers).
+ */
+#ifndef CAL_EXPORT_INTERNAL_H
+#define CAL_EXPORT_INTERNAL_H
+
+#include <jansson.h>
+
+#include "engine/export/export.h"
+#include "engine/st/st_writer.h"
+
+/* One output Linear (a weight [out, in] and its scales). */
+struct xlin {
+	char *name;                     /* output module name */
+	int32_t layer;                  /* -1: model-level */
+	long mod;                       /* plan module, -1 none */
+	int64_t expert;                 /* routed expert index, else -1 */
+	enum cal_proj proj;
+	const struct cal_st_tensor *w;  /* non-expert: the source weight */
+	struct cal_expert_slice sl;     /* routed expert: where it lives */
+	int64_t out, in;
+	enum cal_dtype dtype;           /* source dtype */
+	const struct cal_plan_q *wq;    /* enabled weight quantizer or NULL */
+	const struct cal_plan_q *iq;    /* enabled input quantizer or NULL */
+	enum cal_qfmt fmt;              /* CAL_QFMT_NONE: written unquantized */
+	int group;                      /* sibling group within the layer, 0 none */
+	float wamax, iamax;
+	int has_input_scale;            /* an input_scale tensor is written */
+};
+
+/* A tensor copied byte for byte (maybe renamed). */
+struct xcopy {
+	char *name;
+	const struct cal_st_tensor *t;
+	int32_t layer;
+};
+
+/* KV-cache scales of one attention module. */
+struct xkv {
+	char *attn;                     /* output attention module name */
+	int32_t layer;
+	const struct cal_plan_q *k, *v;
+};
+
+/* Per-module quantization config of hf_quant_config (plan order). */
+struct xmodcfg {
+	char *name;                     /* output (hub) module name */
+	int quantized;
+	char *algo;                     /* quant_algo string, NULL when not quantized */
+	int group_size;                 /* 0: none */
+	int awq_keys;                   /* has_zero_point/pre_quant_scale keys */
+};
+
+struct cal_exporter {
+	const struct cal_model_desc *d;
+	const struct cal_checkpoint *ck;
+	const struct cal_catalog *cat;
+	const struct cal_plan *plan;
+	struct cal_backend *be;
+	struct cal_export_opts opts;
+	char *model_dir, *out_dir, *recipe_name;
+	const char *cprefix;            /* catalog (checkpoint) prefix */
+	int mse_sweep;                  /* static NVFP4 weights get the MSE FP8 sweep */
+
+	struct xlin *lin;
+	size_t n_lin, cap_lin;
+	struct xcopy *cp;
+	size_t n_cp, cap_cp;
+	struct xkv *kv;
+	size_t n_kv, cap_kv;
+	struct xmodcfg *mc;
+	size_t n_mc, cap_mc;
+	char **ignored_mods;            /* unquantized names from ignored tensors */
+	size_t n_ignored_mods;
+
+	struct cal_st_writer *w;
+	uint64_t bytes_total;
+	unsigned char *layer_done;      /* num_layers flags */
+	int dead, published;
+
+	/* scratch: host and back-end buffers */
+	void *hbuf[4];
+	size_t hcap[4];
+	void *dbuf[6];
+	size_t dcap[6];
+
+	/* report */
+	json_t *weights;                /* array of {name, layer, format, amax, sqnr_db} */
+	json_t *fallbacks;              /* array */
+	json_t *phases;                 /* object name -> seconds */
+	double t_layers;
+	double sqnr_min, sqnr_sum;
+	size_t sqnr_n;
+};
+
+/* "NVFP4", "W4A16_NVFP4", ... for a module's weight/input formats; sets
+ * *group_size (0 none) and *awq (W4A16_AWQ keys). */
+const char *cal_export_algo(enum cal_qfmt w, int input_on, int block, int *group_size,
+			    int *awq);
+
+/* Builds hf_quant_config.json's object (new reference) and sets
+ * *ret_exclude to its exclude list (borrowed from the object) or NULL. */
+enum cal_status cal_export_hf_quant_config(struct cal_exporter *ex, json_t **ret,
+					   struct cal_error *err);
+/* quantization_config of config.json from the hf_quant_config object. */
+json_t *cal_export_hf_to_config(json_t *hfq);
+/* Writes every side file (configs, tokenizer, report) into the writer. */
+enum cal_status cal_export_side_files(struct cal_exporter *ex, const struct cal_stats *stats,
+				      char **ret_report, struct cal_error *err);
+/* Source side files copied verbatim when present. */
+extern const char *const cal_export_copy_files[];
+
+#endif

@@ -1,0 +1,334 @@
+/*
+ * stats.c — the quantizer-name -> amax table (stats.h): an insertion-ordered
+ * array indexed by an open-addressing hash, and the stats JSON reader/writer.
+ */
+#include "stats.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+
+struct stat_entry {
+	char *name;
+	float amax;
+};
+
+struct tok_layer {
+	int32_t layer;
+	int64_t n;
+	uint64_t *tokens;
+};
+
+struct cal_stats {
+	struct stat_entry *v;
+	size_t n, cap;
+	size_t *slot;       /* hash slots: index+1 into v, 0 = empty */
+	size_t n_slot;      /* power of two */
+	struct tok_layer *tl;
+	size_t n_tl;
+	struct cal_stats_calib calib;
+};
+
+static uint64_t hash_str(const char *s)
+{
+	uint64_t h = 1469598103934665603ull; /* FNV-1a */
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
+static size_t *find_slot(const struct cal_stats *s, const char *name)
+{
+	size_t mask = s->n_slot - 1, i = (size_t)hash_str(name) & mask;
+	for (;;) {
+		size_t *sl = &s->slot[i];
+		if (!*sl || !strcmp(s->v[*sl - 1].name, name))
+			return sl;
+		i = (i + 1) & mask;
+	}
+}
+
+static int rehash(struct cal_stats *s, size_t n_slot)
+{
+	size_t *ns = calloc(n_slot, sizeof(*ns));
+	if (!ns)
+		return -1;
+	free(s->slot);
+	s->slot = ns;
+	s->n_slot = n_slot;
+	for (size_t k = 0; k < s->n; k++)
+		*find_slot(s, s->v[k].name) = k + 1;
+	return 0;
+}
+
+enum cal_status cal_stats_init(struct cal_stats **ret, struct cal_error *err)
+{
+	struct cal_stats *s = calloc(1, sizeof(*s));
+	if (!s || rehash(s, 64) < 0) {
+		free(s);
+		return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
+	}
+	*ret = s;
+	return CAL_OK;
+}
+
+void cal_stats_free(struct cal_stats *s)
+{
+	if (!s)
+		return;
+	for (size_t k = 0; k < s->n; k++)
+		free(s->v[k].name);
+	for (size_t k = 0; k < s->n_tl; k++)
+		free(s->tl[k].tokens);
+	free(s->tl);
+	free(s->v);
+	free(s->slot);
+	free(s);
+}
+
+enum cal_status cal_stats_set(struct cal_stats *s, const char *name, float amax,
+			      struct cal_error *err)
+{
+	if (!name || !*name)
+		return cal_error_set(err, CAL_ERR_INVALID, "stats: empty quantizer name");
+	if (!isfinite(amax) || amax < 0.0f)
+		return cal_error_set(err, CAL_ERR_NUMERIC, "stats: amax of %s is %g (must be "
+				     "finite and >= 0)", name, (double)amax);
+	size_t *sl = find_slot(s, name);
+	if (*sl) {
+		s->v[*sl - 1].amax = amax;
+		return CAL_OK;
+	}
+	if (s->n == s->cap) {
+		size_t nc = s->cap ? s->cap * 2 : 64;
+		struct stat_entry *nv = realloc(s->v, nc * sizeof(*nv));
+		if (!nv)
+			return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
+		s->v = nv;
+		s->cap = nc;
+	}
+	char *dup = strdup(name);
+	if (!dup)
+		return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
+	s->v[s->n].name = dup;
+	s->v[s->n].amax = amax;
+	*sl = ++s->n;
+	if (s->n * 2 > s->n_slot && rehash(s, s->n_slot * 2) < 0) {
+		/* the table still works at a higher load factor (< 1) */
+		if (s->n + 1 >= s->n_slot)
+			return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
+	}
+	return CAL_OK;
+}
+
+int cal_stats_get(const struct cal_stats *s, const char *name, float *ret)
+{
+	size_t *sl = find_slot(s, name);
+	if (!*sl)
+		return 0;
+	*ret = s->v[*sl - 1].amax;
+	return 1;
+}
+
+size_t cal_stats_count(const struct cal_stats *s)
+{
+	return s->n;
+}
+
+enum cal_status cal_stats_set_expert_tokens(struct cal_stats *s, int32_t layer,
+					    int64_t n_experts, const uint64_t *tokens,
+					    struct cal_error *err)
+{
+	if (layer < 0 || n_experts <= 0 || n_experts > 1 << 20)
+		return cal_error_set(err, CAL_ERR_INVALID, "stats: bad expert token counts for "
+				     "layer %d (%lld experts)", (int)layer, (long long)n_experts);
+	uint64_t *copy = malloc((size_t)n_experts * sizeof(*copy));
+	if (!copy)
+		return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
+	memcpy(copy, tokens, (size_t)n_experts * sizeof(*copy));
+	for (size_t k = 0; k < s->n_tl; k++) {
+		if (s->tl[k].layer == layer) {
+			free(s->tl[k].tokens);
+			s->tl[k].tokens = copy;
+			s->tl[k].n = n_experts;
+			return CAL_OK;
+		}
+	}
+	struct tok_layer *nt = realloc(s->tl, (s->n_tl + 1) * sizeof(*nt));
+	if (!nt) {
+		free(copy);
+		return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
+	}
+	s->tl = nt;
+	s->tl[s->n_tl++] = (struct tok_layer){layer, n_experts, copy};
+	return CAL_OK;
+}
+
+const uint64_t *cal_stats_expert_tokens(const struct cal_stats *s, int32_t layer,
+					int64_t *ret_n)
+{
+	for (size_t k = 0; k < s->n_tl; k++) {
+		if (s->tl[k].layer == layer) {
+			*ret_n = s->tl[k].n;
+			return s->tl[k].tokens;
+		}
+	}
+	*ret_n = 0;
+	return NULL;
+}
+
+void cal_stats_set_calib(struct cal_stats *s, const struct cal_stats_calib *c)
+{
+	s->calib = *c;
+}
+
+const struct cal_stats_calib *cal_stats_calib(const struct cal_stats *s)
+{
+	return &s->calib;
+}
+
+/* ---- JSON ---------------------------------------------------------------- */
+
+static enum cal_status load_amax(struct cal_stats *s, json_t *obj, const char *path,
+				 struct cal_error *err)
+{
+	const char *k;
+	json_t *v;
+	json_object_foreach(obj, k, v) {
+		if (json_is_object(v))
+			v = json_object_get(v, "amax");
+		if (!json_is_number(v))
+			return cal_error_set(err, CAL_ERR_FORMAT, "%s: amax.%s: expected a number",
+					     path, k);
+		enum cal_status st = cal_stats_set(s, k, (float)json_number_value(v), err);
+		if (st < 0)
+			return cal_error_wrap(err, st, "%s", path);
+	}
+	return CAL_OK;
+}
+
+static enum cal_status load_tokens(struct cal_stats *s, const char *key, json_t *arr,
+				   const char *path, struct cal_error *err)
+{
+	char *end = NULL;
+	long layer = strtol(key, &end, 10);
+	if (!*key || *end || layer < 0 || layer > 1 << 20)
+		return cal_error_set(err, CAL_ERR_FORMAT, "%s: expert_tokens.%s: the key must be a "
+				     "layer index", path, key);
+	if (!json_is_array(arr) || !json_array_size(arr) || json_array_size(arr) > 1 << 20)
+		return cal_error_set(err, CAL_ERR_FORMAT, "%s: expert_tokens.%s: expected a "
+				     "non-empty array of counts", path, key);
+	size_t n = json_array_size(arr);
+	uint64_t *t = malloc(n * sizeof(*t));
+	if (!t)
+		return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
+	for (size_t i = 0; i < n; i++) {
+		json_t *x = json_array_get(arr, i);
+		if (!json_is_integer(x) || json_integer_value(x) < 0) {
+			free(t);
+			return cal_error_set(err, CAL_ERR_FORMAT, "%s: expert_tokens.%s[%zu]: "
+					     "expected a count >= 0", path, key, i);
+		}
+		t[i] = (uint64_t)json_integer_value(x);
+	}
+	enum cal_status st = cal_stats_set_expert_tokens(s, (int32_t)layer, (int64_t)n, t, err);
+	free(t);
+	return st;
+}
+
+enum cal_status cal_stats_load(const char *path, struct cal_stats **ret, struct cal_error *err)
+{
+	enum cal_status st;
+	char *text = NULL;
+	size_t len = 0;
+	json_t *root = NULL;
+	struct cal_stats *s = NULL;
+	CAL_TRY(cal_read_file(path, CAL_STATS_MAX_FILE, &text, &len, err));
+	json_error_t je;
+	root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+	if (!root || !json_is_object(root)) {
+		st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%d:%d: %s", path, je.line, je.column,
+				   root ? "expected a JSON object" : je.text);
+		goto fail;
+	}
+	CAL_TRY(cal_stats_init(&s, err));
+	json_t *amax = json_object_get(root, "amax");
+	if (!amax)
+		amax = json_object_get(root, "quantizers");
+	if (!json_is_object(amax)) {
+		st = cal_error_set(err, CAL_ERR_FORMAT, "%s: expected an object \"amax\" "
+				   "(quantizer name -> amax)", path);
+		goto fail;
+	}
+	CAL_TRY(load_amax(s, amax, path, err));
+	json_t *tok = json_object_get(root, "expert_tokens");
+	if (tok) {
+		if (!json_is_object(tok)) {
+			st = cal_error_set(err, CAL_ERR_FORMAT, "%s: expert_tokens: expected an "
+					   "object (layer -> counts)", path);
+			goto fail;
+		}
+		const char *k;
+		json_t *v;
+		json_object_foreach(tok, k, v)
+			CAL_TRY(load_tokens(s, k, v, path, err));
+	}
+	json_t *cal = json_object_get(root, "calibration");
+	if (json_is_object(cal)) {
+		json_t *x;
+		if (json_is_integer(x = json_object_get(cal, "samples")))
+			s->calib.samples = json_integer_value(x);
+		if (json_is_integer(x = json_object_get(cal, "seq_len")))
+			s->calib.seq_len = json_integer_value(x);
+		if (json_is_integer(x = json_object_get(cal, "tokens")) && json_integer_value(x) >= 0)
+			s->calib.tokens = (uint64_t)json_integer_value(x);
+	}
+	*ret = s;
+	s = NULL;
+	st = CAL_OK;
+fail:
+	cal_stats_free(s);
+	json_decref(root);
+	free(text);
+	return st;
+}
+
+char *cal_stats_json(const struct cal_stats *s)
+{
+	json_t *root = json_object(), *am = json_object(), *tok = json_object(),
+	       *cal = json_object();
+	char *out = NULL;
+	if (!root || !am || !tok || !cal)
+		goto done;
+	json_object_set_new(root, "format", json_string("calibd-stats"));
+	json_object_set_new(root, "version", json_integer(1));
+	json_object_set_new(cal, "samples", json_integer(s->calib.samples));
+	json_object_set_new(cal, "seq_len", json_integer(s->calib.seq_len));
+	json_object_set_new(cal, "tokens", json_integer((json_int_t)s->calib.tokens));
+	for (size_t k = 0; k < s->n; k++)
+		json_object_set_new(am, s->v[k].name, json_real(s->v[k].amax));
+	for (size_t k = 0; k < s->n_tl; k++) {
+		json_t *a = json_array();
+		char key[24];
+		if (!a)
+			goto done;
+		for (int64_t e = 0; e < s->tl[k].n; e++)
+			json_array_append_new(a, json_integer((json_int_t)s->tl[k].tokens[e]));
+		snprintf(key, sizeof(key), "%d", (int)s->tl[k].layer);
+		json_object_set_new(tok, key, a);
+	}
+	json_object_set(root, "calibration", cal);
+	json_object_set(root, "amax", am);
+	json_object_set(root, "expert_tokens", tok);
+	out = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+done:
+	json_decref(cal);
+	json_decref(am);
+	json_decref(tok);
+	json_decref(root);
+	return out;
+}

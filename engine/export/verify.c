@@ -1,0 +1,598 @@
+/*
+ * verify.c — `calibd verify`: checks an exported checkpoint as a loader
+ * (vLLM / SGLang / TensorRT-LLM, MODELOPT.md §4.9) would read it, and with
+ * the source checkpoint reports the SQNR of every quantized weight
+ * (export.h cal_export_verify).
+ */
+#include "export_internal.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/fp.h"
+#include "common/util.h"
+#include "engine/recipe/recipe.h"
+#include "kernels/ops.h"
+
+struct vctx {
+	json_t *viol;
+	json_t *weights;
+	struct cal_error first;
+	const struct cal_checkpoint *ck;
+};
+
+static void violation(struct vctx *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void violation(struct vctx *v, const char *fmt, ...)
+{
+	char *s = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	int r = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	if (r < 0)
+		return;
+	if (!v->first.msg)
+		cal_error_set(&v->first, CAL_ERR_FORMAT, "%s", s);
+	json_array_append_new(v->viol, json_string(s));
+	free(s);
+}
+
+static const struct cal_st_tensor *tget(struct vctx *v, const char *mod, const char *suf)
+{
+	char name[CAL_ST_MAX_NAME + 64];
+	if ((size_t)snprintf(name, sizeof(name), "%s.%s", mod, suf) >= sizeof(name))
+		return NULL;
+	return cal_checkpoint_find(v->ck, name);
+}
+
+static int shape_is(const struct cal_st_tensor *t, enum cal_dtype dt, int ndim, int64_t a,
+		    int64_t b)
+{
+	if (!t || t->dtype != dt || t->ndim != ndim)
+		return 0;
+	return (ndim < 1 || t->shape[0] == a) && (ndim < 2 || t->shape[1] == b);
+}
+
+static float f32_at(const struct cal_st_tensor *t, uint64_t i)
+{
+	float f;
+	memcpy(&f, (const char *)t->data + 4 * i, 4);
+	return f;
+}
+
+/* A scalar F32 scale: present, [], finite, > 0. */
+static int check_scalar(struct vctx *v, const char *mod, const char *suf, int required)
+{
+	const struct cal_st_tensor *t = tget(v, mod, suf);
+	if (!t) {
+		if (required)
+			violation(v, "%s.%s: missing", mod, suf);
+		return 0;
+	}
+	if (!shape_is(t, CAL_DTYPE_F32, 0, 0, 0)) {
+		violation(v, "%s.%s: expected F32 [], found %s with %d dims", mod, suf,
+			  cal_dtype_name(t->dtype), t->ndim);
+		return 0;
+	}
+	float f = f32_at(t, 0);
+	if (!isfinite(f) || f <= 0.0f) {
+		violation(v, "%s.%s: %g is not finite and positive", mod, suf, (double)f);
+		return 0;
+	}
+	return 1;
+}
+
+static int excluded(json_t *patterns, const char *mod)
+{
+	size_t i;
+	json_t *p;
+	json_array_foreach(patterns, i, p) {
+		const char *s = json_string_value(p);
+		if (s && (!strcmp(s, mod) || cal_fnmatch(s, mod)))
+			return 1;
+	}
+	return 0;
+}
+
+/* quantized_layers entry of mod (or of its experts container). */
+static json_t *mixed_cfg(json_t *ql, const char *mod)
+{
+	json_t *c = json_object_get(ql, mod);
+	if (c)
+		return c;
+	const char *e = strstr(mod, ".experts.");
+	if (!e)
+		return NULL;
+	char *cont = strndup(mod, (size_t)(e - mod) + 8);
+	if (!cont)
+		return NULL;
+	c = json_object_get(ql, cont);
+	free(cont);
+	return c;
+}
+
+enum vfmt { VF_NONE, VF_NVFP4, VF_W4A16_NVFP4, VF_FP8, VF_MXFP8, VF_MXFP4, VF_INT4, VF_OTHER };
+
+static enum vfmt vfmt_of(const char *algo)
+{
+	if (!algo)
+		return VF_NONE;
+	if (!strcmp(algo, "NVFP4"))
+		return VF_NVFP4;
+	if (!strcmp(algo, "W4A16_NVFP4"))
+		return VF_W4A16_NVFP4;
+	if (!strcmp(algo, "FP8"))
+		return VF_FP8;
+	if (!strcmp(algo, "MXFP8"))
+		return VF_MXFP8;
+	if (!strcmp(algo, "mxfp4") || !strcmp(algo, "MXFP4"))
+		return VF_MXFP4;
+	if (!strcmp(algo, "W4A16_AWQ"))
+		return VF_INT4;
+	return VF_OTHER;
+}
+
+static const char *vfmt_name(enum vfmt f)
+{
+	static const char *const n[] = {"none", "nvfp4", "w4a16_nvfp4", "fp8", "mxfp8", "mxfp4",
+					"int4_block", "other"};
+	return n[f];
+}
+
+/* Checks one quantized module; returns its logical input dim (0 on error). */
+static int64_t check_module(struct vctx *v, const char *mod, enum vfmt f, int group)
+{
+	const struct cal_st_tensor *w = tget(v, mod, "weight"), *s = tget(v, mod, "weight_scale");
+	if (!w || w->ndim != 2) {
+		violation(v, "%s.weight: missing or not 2-D", mod);
+		return 0;
+	}
+	if (!s) {
+		violation(v, "%s.weight_scale: missing", mod);
+		return 0;
+	}
+	int64_t o = w->shape[0], in = 0;
+	switch (f) {
+	case VF_NVFP4:
+	case VF_W4A16_NVFP4: {
+		in = w->shape[1] * 2;
+		int g = group ? group : 16;
+		if (w->dtype != CAL_DTYPE_U8 || !shape_is(s, CAL_DTYPE_F8_E4M3, 2, o, in / g)) {
+			violation(v, "%s: NVFP4 expects weight U8 [N, K/2] and weight_scale F8_E4M3 "
+				  "[N, K/%d]; found %s and %s [%lld, %lld]", mod, g,
+				  cal_dtype_name(w->dtype), cal_dtype_name(s->dtype),
+				  (long long)s->shape[0], (long long)(s->ndim > 1 ? s->shape[1] : -1));
+			return 0;
+		}
+		const uint8_t *b = s->data;
+		for (uint64_t k = 0; k < s->numel; k++) {
+			if ((b[k] & 0x7f) == 0x7f || (b[k] & 0x7f) == 0 || (b[k] & 0x80)) {
+				violation(v, "%s.weight_scale: block %llu has scale byte 0x%02x (not "
+					  "finite and positive)", mod, (unsigned long long)k, b[k]);
+				return 0;
+			}
+		}
+		if (!check_scalar(v, mod, "weight_scale_2", 1))
+			return 0;
+		if (f == VF_NVFP4 && !check_scalar(v, mod, "input_scale", 1))
+			return 0;
+		return in;
+	}
+	case VF_FP8:
+		in = w->shape[1];
+		if (w->dtype != CAL_DTYPE_F8_E4M3) {
+			violation(v, "%s.weight: FP8 expects F8_E4M3, found %s", mod,
+				  cal_dtype_name(w->dtype));
+			return 0;
+		}
+		if (!check_scalar(v, mod, "weight_scale", 1) || !check_scalar(v, mod, "input_scale", 1))
+			return 0;
+		return in;
+	case VF_MXFP8:
+	case VF_MXFP4: {
+		in = f == VF_MXFP8 ? w->shape[1] : w->shape[1] * 2;
+		enum cal_dtype wd = f == VF_MXFP8 ? CAL_DTYPE_F8_E4M3 : CAL_DTYPE_U8;
+		if (w->dtype != wd || !shape_is(s, CAL_DTYPE_U8, 2, o, in / 32)) {
+			violation(v, "%s: %s expects weight %s and weight_scale U8 [N, K/32]", mod,
+				  vfmt_name(f), cal_dtype_name(wd));
+			return 0;
+		}
+		const uint8_t *b = s->data;
+		for (uint64_t k = 0; k < s->numel; k++) {
+			if (b[k] == 0xff) {
+				violation(v, "%s.weight_scale: block %llu is NaN (0xFF)", mod,
+					  (unsigned long long)k);
+				return 0;
+			}
+		}
+		return in;
+	}
+	case VF_INT4: {
+		in = w->shape[1];
+		int g = group ? group : 128;
+		if (w->dtype != CAL_DTYPE_U8 || !shape_is(s, CAL_DTYPE_F32, 2, o * 2, in / g)) {
+			violation(v, "%s: W4A16_AWQ expects weight U8 [N/2, K] and weight_scale F32 "
+				  "[N, K/%d]", mod, g);
+			return 0;
+		}
+		for (uint64_t k = 0; k < s->numel; k++) {
+			float x = f32_at(s, k);
+			if (!isfinite(x) || x <= 0.0f) {
+				violation(v, "%s.weight_scale: element %llu is %g", mod,
+					  (unsigned long long)k, (double)x);
+				return 0;
+			}
+		}
+		return in;
+	}
+	default:
+		violation(v, "%s: quant_algo not checked by calibd verify", mod);
+		return 0;
+	}
+}
+
+/* ---- SQNR against the source ------------------------------------------------- */
+
+struct vsrc {
+	struct cal_model_desc *d;
+	struct cal_checkpoint *ck;
+	struct cal_catalog *cat;
+};
+
+static void vsrc_free(struct vsrc *s)
+{
+	cal_catalog_free(s->cat);
+	cal_checkpoint_free(s->ck);
+	cal_model_desc_free(s->d);
+}
+
+/* Source weight of output module mod as bf16 [o, in] into *ret (malloc). */
+static int source_weight(const struct vsrc *s, const char *mod, int64_t o, int64_t in,
+			 uint16_t **ret)
+{
+	const char *pre = cal_catalog_prefix(s->cat);
+	const char *e = strstr(mod, ".experts.");
+	*ret = NULL;
+	if (e && !strncmp(mod, pre, strlen(pre)) && !strncmp(mod + strlen(pre), "layers.", 7)) {
+		int L = atoi(mod + strlen(pre) + 7);
+		char *end = NULL;
+		long ex = strtol(e + 9, &end, 10);
+		if (!end || *end != '.')
+			return -1;
+		int proj = -1;
+		for (int k = 0; k < 3; k++)
+			if (!strcmp(end + 1, s->d->arch->expert_proj[k]))
+				proj = k;
+		struct cal_expert_slice sl;
+		if (proj < 0 || cal_catalog_expert(s->cat, L, (int32_t)ex, (enum cal_proj)proj, &sl,
+						   NULL) < 0 || sl.out != o || sl.in != in ||
+		    sl.t->dtype != CAL_DTYPE_BF16)
+			return -1;
+		uint16_t *w = malloc((size_t)(o * in) * 2);
+		if (!w)
+			return -1;
+		const uint16_t *src = sl.t->data;
+		for (int64_t r = 0; r < o; r++)
+			for (int64_t c = 0; c < in; c++)
+				w[r * in + c] = src[cal_expert_slice_index(&sl, r, c)];
+		*ret = w;
+		return 0;
+	}
+	char name[CAL_ST_MAX_NAME + 16];
+	snprintf(name, sizeof(name), "%s.weight", mod);
+	const struct cal_st_tensor *t = cal_checkpoint_find(s->ck, name);
+	const char *bp = strstr(name, ".block_sparse_moe.");
+	if (!t && bp) { /* hub MoE block name; the source may use ".mlp." */
+		char alt[CAL_ST_MAX_NAME + 16];
+		snprintf(alt, sizeof(alt), "%.*s.mlp.%s", (int)(bp - name), name, bp + 18);
+		t = cal_checkpoint_find(s->ck, alt);
+	}
+	if (!t || t->dtype != CAL_DTYPE_BF16 || t->ndim != 2 || t->shape[0] != o ||
+	    t->shape[1] != in)
+		return -1;
+	uint16_t *w = malloc((size_t)t->nbytes);
+	if (!w)
+		return -1;
+	memcpy(w, t->data, t->nbytes);
+	*ret = w;
+	return 0;
+}
+
+static enum cal_status up(struct cal_backend *be, const struct cal_st_tensor *t, void **ret,
+			  struct cal_error *err)
+{
+	enum cal_status st = cal_backend_alloc(be, t->nbytes ? t->nbytes : 1, ret, err);
+	if (st >= 0 && t->nbytes)
+		st = cal_backend_upload(be, *ret, t->data, t->nbytes, err);
+	return st;
+}
+
+/* Dequantizes mod (format f, [o, in]) into host f32 y. */
+static enum cal_status dequant(struct vctx *v, struct cal_backend *be, const char *mod,
+			       enum vfmt f, int64_t o, int64_t in, float *y, struct cal_error *err)
+{
+	enum cal_status st;
+	const struct cal_st_tensor *w = tget(v, mod, "weight"), *s = tget(v, mod, "weight_scale"),
+				   *s2 = tget(v, mod, "weight_scale_2");
+	void *dw = NULL, *ds = NULL, *dy = NULL;
+	uint64_t n = (uint64_t)(o * in);
+	CAL_TRY(up(be, w, &dw, err));
+	CAL_TRY(up(be, s, &ds, err));
+	CAL_TRY(cal_backend_alloc(be, n * 4, &dy, err));
+	switch (f) {
+	case VF_NVFP4:
+	case VF_W4A16_NVFP4: {
+		struct cal_nvfp4_dequant_args a = {dw, ds, (uint64_t)o, (uint64_t)in, f32_at(s2, 0),
+						   CAL_DTYPE_F32, dy};
+		CAL_TRY(cal_op_nvfp4_dequant(be, &a, err));
+		break;
+	}
+	case VF_FP8: {
+		struct cal_fp8_dequant_args a = {dw, n, f32_at(s, 0), CAL_DTYPE_F32, dy};
+		CAL_TRY(cal_op_fp8_dequant(be, &a, err));
+		break;
+	}
+	case VF_MXFP8: {
+		struct cal_mxfp8_dequant_args a = {dw, ds, (uint64_t)o, (uint64_t)in, CAL_DTYPE_F32, dy};
+		CAL_TRY(cal_op_mxfp8_dequant(be, &a, err));
+		break;
+	}
+	case VF_MXFP4: {
+		struct cal_mxfp4_dequant_args a = {dw, ds, (uint64_t)o, (uint64_t)in, CAL_DTYPE_F32, dy};
+		CAL_TRY(cal_op_mxfp4_dequant(be, &a, err));
+		break;
+	}
+	case VF_INT4: {
+		struct cal_int4_dequant_args a = {dw, ds, (uint64_t)o, (uint64_t)in, CAL_DTYPE_F32, dy};
+		CAL_TRY(cal_op_int4_dequant(be, &a, err));
+		break;
+	}
+	default:
+		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: no dequantizer", mod);
+		goto fail;
+	}
+	CAL_TRY(cal_backend_download(be, y, dy, n * 4, err));
+fail:
+	cal_backend_dealloc(be, dw);
+	cal_backend_dealloc(be, ds);
+	cal_backend_dealloc(be, dy);
+	return st;
+}
+
+/* ---- main ------------------------------------------------------------------ */
+
+static json_t *load_json(const char *dir, const char *name, struct vctx *v)
+{
+	char *p = cal_path_join(dir, name), *text = NULL;
+	size_t len;
+	json_t *j = NULL;
+	struct cal_error e = {0};
+	if (p && cal_read_file(p, 256u << 20, &text, &len, &e) >= 0) {
+		json_error_t je;
+		j = json_loadb(text, len, 0, &je);
+		if (!j)
+			violation(v, "%s: not JSON (%s)", name, je.text);
+	} else {
+		violation(v, "%s: %s", name, cal_error_msg(&e));
+	}
+	cal_error_clear(&e);
+	free(text);
+	free(p);
+	return j;
+}
+
+static int is_sibling(const char *mod, const char **ret_other_suffix, size_t *ret_cut)
+{
+	static const char *const pairs[][2] = {{"gate_proj", "up_proj"}, {"w1", "w3"}};
+	size_t l = strlen(mod);
+	for (size_t k = 0; k < 2; k++) {
+		size_t pl = strlen(pairs[k][0]);
+		if (l > pl + 1 && mod[l - pl - 1] == '.' && !strcmp(mod + l - pl, pairs[k][0])) {
+			*ret_other_suffix = pairs[k][1];
+			*ret_cut = l - pl;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
+				  struct cal_backend *be, char **ret_report,
+				  struct cal_error *err)
+{
+	enum cal_status st;
+	struct vctx v = {0};
+	struct cal_checkpoint *ck = NULL;
+	struct vsrc src = {0};
+	json_t *hfq = NULL, *cfg = NULL, *rep = NULL;
+	size_t n_quant = 0;
+	v.viol = json_array();
+	v.weights = json_array();
+	if (!v.viol || !v.weights) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "verify: out of memory");
+		goto fail;
+	}
+	CAL_TRY(cal_checkpoint_open(out_dir, &ck, err));
+	v.ck = ck;
+	if (source_dir) {
+		CAL_TRY(cal_model_desc_load(source_dir, &src.d, err));
+		CAL_TRY(cal_checkpoint_open(source_dir, &src.ck, err));
+		CAL_TRY(cal_catalog_build(src.d, src.ck, &src.cat, err));
+	}
+	hfq = load_json(out_dir, "hf_quant_config.json", &v);
+	cfg = load_json(out_dir, "config.json", &v);
+	json_t *q = json_object_get(hfq, "quantization");
+	json_t *qc = json_object_get(cfg, "quantization_config");
+	const char *algo = json_string_value(json_object_get(q, "quant_algo"));
+	const char *kv = json_string_value(json_object_get(q, "kv_cache_quant_algo"));
+	int mixed = algo && !strcmp(algo, "MIXED_PRECISION");
+	json_t *exm = json_object_get(q, "exclude_modules");
+	json_t *ql = json_object_get(q, "quantized_layers");
+	int group = (int)json_integer_value(json_object_get(q, "group_size"));
+	if (hfq) {
+		if (!json_is_object(json_object_get(hfq, "producer")))
+			violation(&v, "hf_quant_config.json: producer missing");
+		if (!json_is_object(q))
+			violation(&v, "hf_quant_config.json: quantization missing");
+		else if (!json_object_get(q, "kv_cache_quant_algo"))
+			violation(&v, "hf_quant_config.json: quantization.kv_cache_quant_algo missing "
+				  "(vLLM requires the key)");
+		if (algo && !mixed && !json_is_array(exm))
+			violation(&v, "hf_quant_config.json: exclude_modules missing");
+		if ((vfmt_of(algo) == VF_NVFP4 || vfmt_of(algo) == VF_W4A16_NVFP4) && group != 16)
+			violation(&v, "hf_quant_config.json: group_size %d, NVFP4 needs 16", group);
+		if (mixed && !json_is_object(ql))
+			violation(&v, "hf_quant_config.json: MIXED_PRECISION without quantized_layers");
+	}
+	if (cfg) {
+		if (!json_is_object(qc)) {
+			violation(&v, "config.json: quantization_config missing");
+		} else {
+			const char *m = json_string_value(json_object_get(qc, "quant_method"));
+			if (!m || strcmp(m, "modelopt"))
+				violation(&v, "config.json: quantization_config.quant_method is not "
+					  "\"modelopt\"");
+			const char *a2 = json_string_value(json_object_get(qc, "quant_algo"));
+			if ((algo || a2) && (!algo || !a2 || strcmp(algo, a2)))
+				violation(&v, "config.json: quant_algo %s differs from "
+					  "hf_quant_config.json's %s", a2 ? a2 : "null",
+					  algo ? algo : "null");
+			json_t *ign = json_object_get(qc, "ignore");
+			if (!mixed && algo && !json_equal(ign, exm))
+				violation(&v, "config.json: quantization_config.ignore differs from "
+					  "exclude_modules");
+			if (!!kv != !!json_object_get(qc, "kv_cache_scheme"))
+				violation(&v, "config.json: kv_cache_scheme %s but kv_cache_quant_algo "
+					  "is %s", json_object_get(qc, "kv_cache_scheme") ? "present" :
+					  "absent", kv ? kv : "null");
+		}
+	}
+	/* tensors */
+	size_t nt = cal_checkpoint_count(ck), nk = 0, nv = 0;
+	for (size_t i = 0; i < nt; i++) {
+		const struct cal_st_tensor *t = cal_checkpoint_tensor(ck, i);
+		size_t l = strlen(t->name);
+		if (l > 15 && !strcmp(t->name + l - 15, ".k_proj.k_scale")) {
+			nk++;
+			char *mod = strndup(t->name, l - 8);
+			if (mod)
+				check_scalar(&v, mod, "k_scale", 1);
+			free(mod);
+			continue;
+		}
+		if (l > 15 && !strcmp(t->name + l - 15, ".v_proj.v_scale")) {
+			nv++;
+			char *mod = strndup(t->name, l - 8);
+			if (mod)
+				check_scalar(&v, mod, "v_scale", 1);
+			free(mod);
+			continue;
+		}
+		if (l <= 7 || strcmp(t->name + l - 7, ".weight") || t->ndim != 2)
+			continue;
+		char *mod = strndup(t->name, l - 7);
+		if (!mod) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "verify: out of memory");
+			goto fail;
+		}
+		int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3;
+		enum vfmt f = VF_NONE;
+		int g = group;
+		if (mixed) {
+			json_t *c = mixed_cfg(ql, mod);
+			f = c ? vfmt_of(json_string_value(json_object_get(c, "quant_algo"))) : VF_NONE;
+			g = (int)json_integer_value(json_object_get(c, "group_size"));
+		} else if (algo && !excluded(exm, mod)) {
+			f = vfmt_of(algo);
+		}
+		if (f == VF_NONE) {
+			if (qdt)
+				violation(&v, "%s.weight: %s, but the config does not quantize %s",
+					  mod, cal_dtype_name(t->dtype), mod);
+			free(mod);
+			continue;
+		}
+		if (!qdt) {
+			violation(&v, "%s.weight: %s, but the config quantizes %s (%s)", mod,
+				  cal_dtype_name(t->dtype), mod, vfmt_name(f));
+			free(mod);
+			continue;
+		}
+		n_quant++;
+		int64_t in = check_module(&v, mod, f, g);
+		const char *other;
+		size_t cut;
+		if ((f == VF_NVFP4 || f == VF_W4A16_NVFP4) && strstr(mod, ".experts.") &&
+		    is_sibling(mod, &other, &cut)) {
+			char *sib = NULL;
+			if (asprintf(&sib, "%.*s%s", (int)cut, mod, other) > 0) {
+				const struct cal_st_tensor *a = tget(&v, mod, "weight_scale_2"),
+							   *b = tget(&v, sib, "weight_scale_2");
+				if (a && b && b->nbytes == 4 && a->nbytes == 4 &&
+				    memcmp(a->data, b->data, 4))
+					violation(&v, "%s.weight_scale_2 (%g) differs from %s's (%g)", mod,
+						  (double)f32_at(a, 0), sib, (double)f32_at(b, 0));
+				free(sib);
+			}
+		}
+		if (in > 0 && source_dir) {
+			int64_t o = f == VF_INT4 ? t->shape[0] * 2 : t->shape[0];
+			uint16_t *w = NULL;
+			float *y = malloc((size_t)(o * in) * 4);
+			if (!y || source_weight(&src, mod, o, in, &w) < 0) {
+				violation(&v, "%s: no matching bf16 [%lld, %lld] weight in the source",
+					  mod, (long long)o, (long long)in);
+			} else {
+				st = dequant(&v, be, mod, f, o, in, y, err);
+				if (st < 0) {
+					free(w);
+					free(y);
+					free(mod);
+					goto fail;
+				}
+				double sig = 0, noise = 0;
+				for (int64_t k = 0; k < o * in; k++) {
+					double x = cal_bf16_to_f32(w[k]), dd = x - (double)y[k];
+					sig += x * x;
+					noise += dd * dd;
+				}
+				json_t *wr = json_pack("{s:s, s:s}", "name", mod, "format", vfmt_name(f));
+				json_object_set_new(wr, "sqnr_db", noise > 0 && sig > 0 ?
+						    json_real(10.0 * log10(sig / noise)) : json_null());
+				json_array_append_new(v.weights, wr);
+			}
+			free(w);
+			free(y);
+		}
+		free(mod);
+	}
+	if (kv && (nk != nv))
+		violation(&v, "KV cache: %zu k_scale but %zu v_scale tensors", nk, nv);
+	if (!kv && (nk || nv))
+		violation(&v, "KV cache: %zu k_scale / %zu v_scale tensors but kv_cache_quant_algo "
+			  "is null", nk, nv);
+	rep = json_pack("{s:b, s:I, s:I, s:O, s:O}", "ok", json_array_size(v.viol) == 0,
+			"tensors", (json_int_t)nt, "quantized_modules", (json_int_t)n_quant,
+			"violations", v.viol, "weights", v.weights);
+	if (ret_report)
+		*ret_report = rep ? json_dumps(rep, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
+	if (json_array_size(v.viol)) {
+		st = cal_error_set(err, CAL_ERR_FORMAT, "%s: %s%s", out_dir, cal_error_msg(&v.first),
+				   json_array_size(v.viol) > 1 ? " (and more violations)" : "");
+	} else {
+		st = CAL_OK;
+	}
+fail:
+	cal_error_clear(&v.first);
+	json_decref(rep);
+	json_decref(hfq);
+	json_decref(cfg);
+	json_decref(v.viol);
+	json_decref(v.weights);
+	vsrc_free(&src);
+	cal_checkpoint_free(ck);
+	return st;
+}

@@ -1,0 +1,309 @@
+/*
+ * test_fwd_ops.c — the forward-pass ops' C reference against naive
+ * formulas written out here in double precision (small cases, printed
+ * seeds): GEMM (plain, bias, grouped), RMSNorm variants, RoPE, attention
+ * (causal, GQA, window, left-pad mask), router (softmax, top-k ties to the
+ * lower index, renorm), stable sort, combine (eager and f32), element-wise
+ * modes, row gather.  Reference vs threaded byte identity is in
+ * tests/numerics (fwdcases.c).
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/fp.h"
+#include "kernels/ops.h"
+
+static struct cal_backend *ref(void)
+{
+	struct cal_backend *be = NULL;
+	struct cal_backend_opts o = {.cpu_threads = 1};
+	cr_assert_eq(cal_backend_init(CAL_BACKEND_CPU, &o, &be, NULL), CAL_OK);
+	return be;
+}
+
+static uint64_t rng(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static float unitf(uint64_t *s)
+{
+	return (float)((double)(rng(s) >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+}
+
+static void fill(uint16_t *p, size_t n, float scale, uint64_t *s)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] = cal_f32_to_bf16(unitf(s) * scale);
+}
+
+static double f(uint16_t h)
+{
+	return cal_bf16_to_f32(h);
+}
+
+/* |got - want| within one bf16 ulp of want (plus a tiny absolute floor). */
+static void near_bf16(uint16_t got, double want, const char *what, size_t i, uint64_t seed)
+{
+	double tol = fabs(want) * (1.0 / 128) + 1e-6;
+	cr_expect(fabs(f(got) - want) <= tol, "%s[%zu] = %g, expected %g (seed %llu)", what, i, f(got),
+		  want, (unsigned long long)seed);
+}
+
+Test(fwd_ops, gemm_plain_bias_grouped)
+{
+	struct cal_backend *be = ref();
+	uint64_t seed = 11, s = seed;
+	enum { M = 9, N = 7, K = 37, G = 3 };
+	uint16_t x[M * K], w[G * N * K], b[G * N], y[M * N];
+	uint32_t off[G + 1] = {0, 2, 2, M};
+	fill(x, M * K, 2, &s);
+	fill(w, G * N * K, 1, &s);
+	fill(b, G * N, 1, &s);
+	struct cal_gemm_args a = {.x = x, .w = w, .bias = b, .y = y, .m = M, .n = N, .k = K};
+	cr_assert_eq(cal_op_gemm(be, &a, NULL), CAL_OK);
+	for (int m = 0; m < M; m++)
+		for (int n = 0; n < N; n++) {
+			double acc = f(b[n]);
+			for (int k = 0; k < K; k++)
+				acc += f(x[m * K + k]) * f(w[n * K + k]);
+			near_bf16(y[m * N + n], acc, "y", (size_t)(m * N + n), seed);
+		}
+	struct cal_gemm_args g = {.x = x, .w = w, .y = y, .m = M, .n = N, .k = K, .n_groups = G,
+				  .offsets = off, .w_stride = N * K};
+	cr_assert_eq(cal_op_gemm(be, &g, NULL), CAL_OK);
+	for (int m = 0; m < M; m++) {
+		int grp = m < 2 ? 0 : 2;
+		for (int n = 0; n < N; n++) {
+			double acc = 0;
+			for (int k = 0; k < K; k++)
+				acc += f(x[m * K + k]) * f(w[(grp * N + n) * K + k]);
+			near_bf16(y[m * N + n], acc, "grouped y", (size_t)(m * N + n), seed);
+		}
+	}
+	cal_backend_free(be);
+}
+
+Test(fwd_ops, rmsnorm_variants)
+{
+	struct cal_backend *be = ref();
+	uint64_t seed = 12, s = seed;
+	enum { R = 3, C = 40 };
+	uint16_t x[R * C], y[R * C], wb[C];
+	float wf[C];
+	fill(x, R * C, 4, &s);
+	for (int j = 0; j < C; j++) {
+		wf[j] = 1.0f + 0.2f * unitf(&s);
+		wb[j] = cal_f32_to_bf16(wf[j]);
+	}
+	for (int kind = 0; kind < 3; kind++) {
+		struct cal_rmsnorm_args a = {(enum cal_rms_kind)kind, x, y, R, C,
+					     kind == 0 ? (const void *)wb : (const void *)wf,
+					     kind == 0 ? CAL_DTYPE_BF16 : CAL_DTYPE_F32, 1e-5f};
+		cr_assert_eq(cal_op_rmsnorm(be, &a, NULL), CAL_OK);
+		for (int r = 0; r < R; r++) {
+			double ss = 0;
+			for (int j = 0; j < C; j++)
+				ss += f(x[r * C + j]) * f(x[r * C + j]);
+			double inv = 1 / sqrt(ss / C + 1e-5);
+			for (int j = 0; j < C; j++) {
+				double n = f(x[r * C + j]) * inv;
+				double want = kind == 0 ? f(wb[j]) * cal_round_bf16((float)n)
+					    : kind == 1 ? wf[j] * n : n * (1 + wf[j]);
+				near_bf16(y[r * C + j], want, "rms", (size_t)(r * C + j), seed);
+			}
+		}
+	}
+	cal_backend_free(be);
+}
+
+Test(fwd_ops, rope_partial_neox)
+{
+	struct cal_backend *be = ref();
+	uint64_t seed = 13, s = seed;
+	enum { T = 4, NH = 2, HD = 8, RD = 4 };
+	uint16_t x[T * NH * HD], x0[T * NH * HD];
+	uint32_t pos[T] = {0, 1, 7, 300};
+	float inv[RD / 2] = {1.0f, 0.01f};
+	fill(x, T * NH * HD, 2, &s);
+	memcpy(x0, x, sizeof(x));
+	struct cal_rope_args a = {x, T, NH, HD, RD, pos, inv, 1.0f};
+	cr_assert_eq(cal_op_rope(be, &a, NULL), CAL_OK);
+	for (int t = 0; t < T; t++)
+		for (int h = 0; h < NH; h++) {
+			const uint16_t *i0 = x0 + (t * NH + h) * HD, *o = x + (t * NH + h) * HD;
+			for (int j = 0; j < RD / 2; j++) {
+				double c = cal_round_bf16(cosf((float)pos[t] * inv[j]));
+				double sn = cal_round_bf16(sinf((float)pos[t] * inv[j]));
+				near_bf16(o[j], f(i0[j]) * c - f(i0[j + RD / 2]) * sn, "rope", (size_t)j, seed);
+				near_bf16(o[j + RD / 2], f(i0[j + RD / 2]) * c + f(i0[j]) * sn, "rope",
+					  (size_t)j, seed);
+			}
+			for (int j = RD; j < HD; j++)
+				cr_expect_eq(o[j], i0[j], "pass-through channel %d changed", j);
+		}
+	cal_backend_free(be);
+}
+
+Test(fwd_ops, attention_causal_gqa_window_pad)
+{
+	struct cal_backend *be = ref();
+	uint64_t seed = 14, s = seed;
+	enum { T = 11, NH = 4, NKV = 2, HD = 8 };
+	uint16_t q[T * NH * HD], k[T * NKV * HD], v[T * NKV * HD], o[T * NH * HD];
+	uint32_t cu[3] = {0, 5, T}, ks[2] = {2, 0};
+	fill(q, sizeof(q) / 2, 2, &s);
+	fill(k, sizeof(k) / 2, 2, &s);
+	fill(v, sizeof(v) / 2, 1, &s);
+	for (int variant = 0; variant < 2; variant++) {
+		uint32_t window = variant ? 3 : 0;
+		const uint32_t *kst = variant ? NULL : ks;
+		struct cal_attention_args a = {q, k, v, o, T, NH, NKV, HD, cu, 2, kst, window,
+					       1.0f / sqrtf(HD)};
+		cr_assert_eq(cal_op_attention(be, &a, NULL), CAL_OK);
+		for (int i = 0; i < T; i++) {
+			int sq = i >= 5, lo = sq ? 5 : 0;
+			if (kst)
+				lo += (int)kst[sq];
+			if (window && i - (int)window + 1 > lo)
+				lo = i - (int)window + 1;
+			for (int h = 0; h < NH; h++) {
+				int g = h / (NH / NKV);
+				double sc[T], m = -INFINITY, l = 0;
+				for (int j = lo; j <= i; j++) {
+					double d = 0;
+					for (int c = 0; c < HD; c++)
+						d += f(q[(i * NH + h) * HD + c]) * f(k[(j * NKV + g) * HD + c]);
+					sc[j] = d / sqrt(HD);
+					m = fmax(m, sc[j]);
+				}
+				for (int j = lo; j <= i; j++)
+					l += exp(sc[j] - m);
+				for (int c = 0; c < HD; c++) {
+					double acc = 0;
+					for (int j = lo; j <= i; j++)
+						acc += cal_round_bf16((float)(exp(sc[j] - m) / l)) *
+						       f(v[(j * NKV + g) * HD + c]);
+					uint16_t got = o[(i * NH + h) * HD + c];
+					if (lo > i)
+						cr_expect_eq(got, 0, "fully masked row %d not zero", i);
+					else
+						cr_expect(fabs(f(got) - acc) <= fabs(acc) / 64 + 2e-3,
+							  "attn[%d,%d,%d] = %g, expected %g (variant %d, seed %llu)",
+							  i, h, c, f(got), acc, variant,
+							  (unsigned long long)seed);
+				}
+			}
+		}
+	}
+	cal_backend_free(be);
+}
+
+Test(fwd_ops, router_ties_renorm_and_extra_slots)
+{
+	struct cal_backend *be = ref();
+	enum { E = 6 };
+	/* token 0: experts 1 and 4 tie for first, 2 and 5 tie for third */
+	float lg[2][E] = {{0.5f, 2.0f, 1.0f, -1.0f, 2.0f, 1.0f}, {3.0f, -2.0f, 0.0f, 0.0f, 1.0f, 2.5f}};
+	uint16_t l[2 * E];
+	uint32_t idx[2 * 3];
+	float w[2 * 2];
+	for (int i = 0; i < 2 * E; i++)
+		l[i] = cal_f32_to_bf16(lg[i / E][i % E]);
+	struct cal_router_args a = {l, 2, E, 2, 3, 1, idx, w};
+	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
+	cr_expect_eq(idx[0], 1u);
+	cr_expect_eq(idx[1], 4u);
+	cr_expect_eq(idx[2], 2u);
+	cr_expect_eq(idx[3], 0u);
+	cr_expect_eq(idx[4], 5u);
+	cr_expect_eq(idx[5], 4u);
+	cr_expect(fabsf(w[0] - 0.5f) < 1e-6f && fabsf(w[1] - 0.5f) < 1e-6f);
+	double e0 = exp(3.0), e5 = exp(2.5);
+	cr_expect(fabs(w[2] - e0 / (e0 + e5)) < 1e-6, "renormalised weight %g", (double)w[2]);
+	a.renorm = 0;
+	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
+	double sum = 0;
+	for (int i = 0; i < E; i++)
+		sum += exp(lg[1][i] - 3.0);
+	cr_expect(fabs(w[2] - 1.0 / sum) < 1e-6, "softmax prob %g", (double)w[2]);
+	cal_backend_free(be);
+}
+
+Test(fwd_ops, sort_is_stable_and_combine_orders)
+{
+	struct cal_backend *be = ref();
+	enum { T = 3, KT = 2, P = T * KT, E = 4, H = 2 };
+	uint32_t idx[P] = {2, 0, 0, 2, 3, 2}, off[E + 1], sp[P], pp[P];
+	struct cal_moe_sort_args s = {idx, P, E, off, sp, pp};
+	cr_assert_eq(cal_op_moe_sort(be, &s, NULL), CAL_OK);
+	uint32_t want_off[E + 1] = {0, 2, 2, 5, 6}, want_sp[P] = {1, 2, 0, 3, 5, 4};
+	cr_expect(memcmp(off, want_off, sizeof(off)) == 0);
+	cr_expect(memcmp(sp, want_sp, sizeof(sp)) == 0);
+	for (uint32_t i = 0; i < P; i++)
+		cr_expect_eq(pp[sp[i]], i);
+	/* combine: y rows in sorted order, values chosen so bf16 rounding shows */
+	uint16_t y[P * H], out[T * H];
+	float yv[P] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+	for (int i = 0; i < P * H; i++)
+		y[i] = cal_f32_to_bf16(yv[i / H]);
+	float w[T * KT] = {0.5f, 0.5f, 1.0039f, 0.0039f, 1.0f, 1.0f};
+	struct cal_moe_combine_args c = {y, P, pp, idx, w, T, H, KT, KT, CAL_COMBINE_F32, out};
+	cr_assert_eq(cal_op_moe_combine(be, &c, NULL), CAL_OK);
+	/* token 1: 1.0039 (expert 0) + 0.0039 (expert 2): fp32 sum, one rounding */
+	cr_expect_eq(out[2], cal_f32_to_bf16(1.0039f + 0.0039f));
+	cr_expect_eq(f(out[2]), 1.0078125);
+	c.mode = CAL_COMBINE_EAGER;
+	cr_assert_eq(cal_op_moe_combine(be, &c, NULL), CAL_OK);
+	/* eager: bf16(1.0039) = 1, then bf16(1 + bf16(0.0039)) = 1 */
+	cr_expect_eq(f(out[2]), 1.0, "eager sums in bf16, got %g", f(out[2]));
+	cal_backend_free(be);
+}
+
+Test(fwd_ops, ewise_modes_and_gather)
+{
+	struct cal_backend *be = ref();
+	uint16_t a[4], b[4], g[2], o[4];
+	float av[4] = {1.0f, -2.0f, 3.5f, 0.25f}, bv[4] = {0.5f, 4.0f, -1.0f, 2.0f};
+	for (int i = 0; i < 4; i++) {
+		a[i] = cal_f32_to_bf16(av[i]);
+		b[i] = cal_f32_to_bf16(bv[i]);
+	}
+	g[0] = cal_f32_to_bf16(0.0f);
+	g[1] = cal_f32_to_bf16(-1.0f);
+	struct cal_ewise_args e = {CAL_EWISE_ADD, a, b, NULL, o, 2, 2, 0, 0, 0, 0, 0};
+	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
+	for (int i = 0; i < 4; i++)
+		cr_expect_eq(f(o[i]), (double)cal_round_bf16(av[i] + bv[i]));
+	e.mode = CAL_EWISE_SWIGLU;
+	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
+	for (int i = 0; i < 4; i++) {
+		float si = cal_round_bf16(av[i] / (1.0f + expf(-av[i])));
+		cr_expect_eq(o[i], cal_f32_to_bf16(si * bv[i]));
+	}
+	e.mode = CAL_EWISE_GATE_ADD;
+	e.g = g;
+	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
+	cr_expect_eq(f(o[0]), (double)cal_round_bf16(1.0f + 0.25f));
+	e.mode = CAL_EWISE_CLAMP;
+	e.clamp = 1.5f;
+	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
+	cr_expect_eq(f(o[1]), -1.5);
+	cr_expect_eq(f(o[2]), 1.5);
+	uint32_t ix[3] = {5, 0, 7};
+	uint16_t src[4 * 2] = {1, 2, 3, 4, 5, 6, 7, 8}, dst[3 * 2];
+	struct cal_gather_rows_args gr = {src, 4, 2, ix, 3, 2, dst};
+	cr_assert_eq(cal_op_gather_rows(be, &gr, NULL), CAL_OK);
+	cr_expect(dst[0] == 5 && dst[1] == 6 && dst[2] == 1 && dst[5] == 8);
+	ix[1] = 9;
+	struct cal_error err = {0};
+	cr_expect_eq(cal_op_gather_rows(be, &gr, &err), CAL_ERR_RANGE);
+	cr_expect(strstr(cal_error_msg(&err), "index[1]"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cal_backend_free(be);
+}

@@ -1,0 +1,771 @@
+/*
+ * test_export.c — suite 'unit' tests of engine/export: exclude_modules
+ * summarisation against hand-derived lists, every MoE fixture architecture
+ * and expert layout exported with four recipes (experts-only NVFP4, default
+ * NVFP4, FP8, W4A16) from synthetic statistics, each output verified and its
+ * quantized tensors compared byte for byte with a deliberately simple
+ * re-implementation of MODELOPT.md §1 written here (no kernels/ code), a
+ * kill -9 in the middle of an export, and a full disk.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <jansson.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/fp.h"
+#include "common/util.h"
+#include "engine/export/export.h"
+#include "engine/st/st_writer.h"
+#include "fixture.h"
+
+#define SEED 20260521ull
+
+static char *tmpdir(void)
+{
+	char t[] = "/tmp/calibd-export-XXXXXX";
+	char *d = mkdtemp(t);
+	cr_assert(d);
+	return strdup(d);
+}
+
+static void rm_rf(const char *p)
+{
+	char *cmd = NULL;
+	cr_assert(asprintf(&cmd, "rm -rf '%s'", p) > 0);
+	cr_assert_eq(system(cmd), 0);
+	free(cmd);
+}
+
+/* ---- exclude_modules ---------------------------------------------------- */
+
+static void check_exclude(const char *const *unq, size_t nu, const char *const *q, size_t nq,
+			  const char *const *want, size_t nw)
+{
+	char **got = NULL;
+	size_t n = 0;
+	struct cal_error err = {0};
+	cr_assert_eq(cal_exclude_summarize(unq, nu, q, nq, &got, &n, &err), CAL_OK);
+	cr_assert_eq(n, nw, "got %zu names, want %zu", n, nw);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_str_eq(got[i], want[i], "item %zu", i);
+	cal_exclude_free(got, n);
+}
+
+Test(exclude, doc_example)
+{
+	/* MODELOPT.md §4.3: Qwen3-MoE, 2 layers, experts-only */
+	const char *unq[] = {
+		"model.embed_tokens",
+		"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
+		"model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.o_proj",
+		"model.layers.0.mlp.gate",
+		"model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj",
+		"model.layers.1.self_attn.v_proj", "model.layers.1.self_attn.o_proj",
+		"model.layers.1.mlp.gate", "lm_head"};
+	const char *q[] = {"model.layers.0.mlp.experts", "model.layers.1.mlp.experts"};
+	const char *want[] = {"lm_head", "model.embed_tokens", "model.layers.0.mlp.gate",
+			      "model.layers.0.self_attn*", "model.layers.1.mlp.gate",
+			      "model.layers.1.self_attn*"};
+	check_exclude(unq, 12, q, 2, want, 6);
+}
+
+Test(exclude, hand_derived)
+{
+	/* golden fact §7: layer8 alone */
+	const char *u1[] = {"layer8"};
+	const char *q1[] = {"layer1", "layer2"};
+	const char *w1[] = {"layer8"};
+	check_exclude(u1, 1, q1, 2, w1, 1);
+	/* "a.b*" is negative (a.bc quantized) -> the pair "a.b", "a.b.*" -> "a.b.*";
+	 * then a.b itself: "a*" "a" "a.*" "a.b*" negative, pair ["a.b","a.b.*"]:
+	 * "a.b" not in the result (only "a.b.*" is) -> added again as "a.b.*" */
+	const char *u2[] = {"a.b.c", "a.b"};
+	const char *q2[] = {"a.bc"};
+	const char *w2[] = {"a.b", "a.b.*"};
+	/* a.b: candidates at dots: "a*" neg; ["a","a.*"] neg ("a.*" prefix of
+	 * a.bc); final [name] = ["a.b"] not negative -> "a.b" */
+	check_exclude(u2, 2, q2, 1, w2, 2);
+	/* nothing quantized: everything collapses to the first component */
+	const char *u3[] = {"model.x.y", "model.z", "lm_head"};
+	const char *w3[] = {"lm_head", "model*"};
+	check_exclude(u3, 3, NULL, 0, w3, 2);
+	/* an unquantized name equal to a quantized prefix can only be itself */
+	const char *u4[] = {"m.experts.gate", "m.experts"};
+	const char *q4[] = {"m.experts.0"};
+	const char *w4[] = {"m.experts", "m.experts.gate"};
+	check_exclude(u4, 2, q4, 1, w4, 2);
+}
+
+/* ---- fixtures ------------------------------------------------------------ */
+
+static uint64_t splitmix(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static uint64_t name_seed(const char *s)
+{
+	uint64_t h = SEED;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
+static char *make_model(const char *root, const char *arch, const char *layout)
+{
+	struct cal_fixture_opts fo = {.arch = arch, .seed = SEED};
+	if (strcmp(layout, "default"))
+		cr_assert_eq(cal_fixture_layout_parse(layout, &fo.layout), 0);
+	char *dir = NULL;
+	cr_assert(asprintf(&dir, "%s/src-%s-%s", root, arch, layout) > 0);
+	struct cal_error err = {0};
+	cr_assert_eq(cal_fixture_write(&fo, dir, &err), CAL_OK, "%s", cal_error_msg(&err));
+	return dir;
+}
+
+/* ---- synthetic statistics ------------------------------------------------ */
+
+/* A deterministic amax per quantizer name, in [0.5, 10.5). */
+static float synth_amax(const char *name)
+{
+	uint64_t s = name_seed(name);
+	return 0.5f + (float)(splitmix(&s) % 1000) / 100.0f;
+}
+
+static struct cal_stats *synth_stats(const struct cal_plan *p)
+{
+	struct cal_stats *s = NULL;
+	cr_assert_eq(cal_stats_init(&s, NULL), CAL_OK);
+	for (size_t i = 0; i < p->n_q; i++) {
+		const struct cal_plan_q *q = &p->q[i];
+		if (q->spec.enabled && q->spec.calibrate && q->role != CAL_QROLE_WEIGHT)
+			cr_assert_eq(cal_stats_set(s, q->name, synth_amax(q->name), NULL), CAL_OK);
+	}
+	for (int32_t L = 0; L < (int32_t)p->model->num_layers; L++) {
+		if (p->model->layers[L].ffn != CAL_FFN_MOE)
+			continue;
+		uint64_t t[256] = {0};
+		for (int64_t e = 0; e < p->model->num_experts; e++)
+			t[e] = e == 1 ? 0 : (uint64_t)(10 + e * 3);
+		cr_assert_eq(cal_stats_set_expert_tokens(s, L, p->model->num_experts, t, NULL), CAL_OK);
+	}
+	struct cal_stats_calib c = {4, 16, 64};
+	cal_stats_set_calib(s, &c);
+	return s;
+}
+
+/* ---- the independent reference (MODELOPT.md §1, CUDA semantics) --------- */
+
+static float e4m3_value(int c)
+{
+	int e = (c >> 3) & 15, m = c & 7;
+	return e ? ldexpf(1.0f + (float)m / 8.0f, e - 7) : ldexpf((float)m / 8.0f, -6);
+}
+
+static uint8_t ref_e4m3(float x)
+{
+	uint8_t sign = signbit(x) ? 0x80 : 0;
+	double a = fabs((double)x);
+	if (isnan(x) || a > 464.0)
+		return sign | 0x7f;
+	if (a >= 448.0)
+		return sign | 0x7e;
+	int best = 0;
+	double bd = INFINITY;
+	for (int c = 0; c < 127; c++) {
+		double dd = fabs(a - (double)e4m3_value(c));
+		if (dd < bd || (dd == bd && !(c & 1))) {
+			bd = dd;
+			best = c;
+		}
+	}
+	return sign | (uint8_t)best;
+}
+
+static unsigned ref_e2m1(float q)
+{
+	static const float bounds[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+	float a = fabsf(q);
+	unsigned idx = 0;
+	for (int k = 0; k < 7; k++)
+		idx += bounds[k] < a;
+	if (a == 0.75f || a == 1.75f || a == 3.5f)
+		idx++;
+	return idx | (q < 0.0f ? 8u : 0u);
+}
+
+static float bf(uint16_t h)
+{
+	return cal_bf16_to_f32(h);
+}
+
+static void ref_nvfp4(const uint16_t *w, int64_t o, int64_t in, float amax, uint8_t *packed,
+		      uint8_t *scales, float *s2)
+{
+	float S2 = amax * (1.0f / 2688.0f);
+	float D = 6.0f * S2;
+	*s2 = S2;
+	for (int64_t r = 0; r < o; r++) {
+		for (int64_t b = 0; b < in / 16; b++) {
+			const uint16_t *x = w + r * in + b * 16;
+			float a = 0;
+			for (int k = 0; k < 16; k++)
+				a = fmaxf(a, fabsf(bf(x[k])));
+			float s = a / D;
+			if (s == 0.0f)
+				s = 1.0f;
+			s = fminf(fmaxf(s, 0.001953125f), 448.0f);
+			uint8_t E = ref_e4m3(s);
+			scales[r * (in / 16) + b] = E;
+			float T = e4m3_value(E) * S2;
+			for (int k = 0; k < 16; k += 2) {
+				unsigned lo = ref_e2m1(bf(x[k]) / T), hi = ref_e2m1(bf(x[k + 1]) / T);
+				packed[(r * in + b * 16 + k) / 2] = (uint8_t)(lo | hi << 4);
+			}
+		}
+	}
+}
+
+static void ref_fp8(const uint16_t *w, uint64_t n, float amax, uint8_t *q, float *scale)
+{
+	float S = amax * (1.0f / 448.0f);
+	float dv = cal_round_bf16(S);
+	*scale = S;
+	for (uint64_t k = 0; k < n; k++)
+		q[k] = ref_e4m3(cal_round_bf16(bf(w[k]) / dv));
+}
+
+/* ---- comparing an export with the reference ----------------------------- */
+
+struct ctx {
+	const struct cal_model_desc *d;
+	const struct cal_catalog *cat;
+	const struct cal_checkpoint *out;
+	const struct cal_stats *stats;
+	const char *label;
+};
+
+static const struct cal_st_tensor *oget(const struct ctx *c, const char *mod, const char *suf)
+{
+	char name[1200];
+	snprintf(name, sizeof(name), "%s.%s", mod, suf);
+	return cal_checkpoint_find(c->out, name);
+}
+
+/* Source weight of an output module (bf16 [o, in], malloc), via the catalog. */
+static uint16_t *src_weight(const struct ctx *c, const char *mod, int64_t *o, int64_t *in)
+{
+	const char *pre = cal_catalog_prefix(c->cat);
+	const char *e = strstr(mod, ".experts.");
+	if (e) {
+		int L = atoi(mod + strlen(pre) + 7);
+		char *end;
+		long ex = strtol(e + 9, &end, 10);
+		int proj = -1;
+		for (int k = 0; k < 3; k++)
+			if (!strcmp(end + 1, c->d->arch->expert_proj[k]))
+				proj = k;
+		cr_assert(proj >= 0, "%s", mod);
+		struct cal_expert_slice sl;
+		cr_assert_eq(cal_catalog_expert(c->cat, L, (int32_t)ex, (enum cal_proj)proj, &sl,
+						NULL), CAL_OK);
+		uint16_t *w = malloc((size_t)(sl.out * sl.in) * 2);
+		const uint16_t *s = sl.t->data;
+		for (int64_t r = 0; r < sl.out; r++)
+			for (int64_t k = 0; k < sl.in; k++)
+				w[r * sl.in + k] = s[cal_expert_slice_index(&sl, r, k)];
+		*o = sl.out;
+		*in = sl.in;
+		return w;
+	}
+	char name[1200];
+	snprintf(name, sizeof(name), "%s.weight", mod);
+	const struct cal_checkpoint *ck = NULL;
+	(void)ck;
+	const struct cal_st_tensor *t = NULL;
+	for (size_t i = 0; i < cal_catalog_count(c->cat) && !t; i++)
+		if (!strcmp(cal_catalog_entry(c->cat, i)->t->name, name))
+			t = cal_catalog_entry(c->cat, i)->t;
+	cr_assert(t, "%s: no source weight", name);
+	*o = t->shape[0];
+	*in = t->shape[1];
+	uint16_t *w = malloc(t->nbytes);
+	memcpy(w, t->data, t->nbytes);
+	return w;
+}
+
+static float amax_bf16(const uint16_t *w, uint64_t n)
+{
+	float m = 0;
+	for (uint64_t k = 0; k < n; k++)
+		m = fmaxf(m, fabsf(bf(w[k])));
+	return m;
+}
+
+/* Members of mod's sibling group (MODELOPT.md §2.6) as output module names;
+ * experts: gate+up of the same expert.  Returns the count. */
+static int siblings(const struct ctx *c, const char *mod, char out[4][1200])
+{
+	static const char *const groups[][4] = {
+		{"q_proj", "k_proj", "v_proj", NULL},
+		{"q_a_proj", "kv_a_proj_with_mqa", NULL, NULL},
+		{"gate_proj", "up_proj", NULL, NULL},
+		{"w1", "w3", NULL, NULL},
+		{"in_proj_qkvz", "in_proj_ba", NULL, NULL},
+		{"in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a"},
+	};
+	const char *dot = strrchr(mod, '.');
+	for (size_t g = 0; g < sizeof(groups) / sizeof(groups[0]); g++) {
+		for (int k = 0; k < 4 && groups[g][k]; k++) {
+			if (strcmp(dot + 1, groups[g][k]))
+				continue;
+			int n = 0;
+			for (int j = 0; j < 4 && groups[g][j]; j++) {
+				snprintf(out[n], 1200, "%.*s.%s", (int)(dot - mod), mod, groups[g][j]);
+				const struct cal_st_tensor *t = oget(c, out[n], "weight");
+				if (t && (t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3))
+					n++;
+			}
+			/* MLA without q_lora: q_proj joins kv_a */
+			return n;
+		}
+	}
+	snprintf(out[0], 1200, "%s", mod);
+	return 1;
+}
+
+/* Input quantizer name (plan naming) of an output module. */
+static void input_qname(const struct ctx *c, const char *mod, char *buf, size_t len)
+{
+	const char *e = strstr(mod, ".experts.");
+	if (e) {
+		const char *end = strchr(e + 9, '.') + 1;
+		int down = !strcmp(end, c->d->arch->expert_proj[2]);
+		const char *pre = cal_catalog_prefix(c->cat);
+		int L = atoi(mod + strlen(pre) + 7);
+		snprintf(buf, len, "%slayers.%d.mlp.experts.%s_input_quantizer", c->d->prefix, L,
+			 down ? "down_proj" : "gate_up_proj");
+		return;
+	}
+	snprintf(buf, len, "%s.input_quantizer", mod);
+}
+
+static int check_module(const struct ctx *c, const char *mod, int nvfp4)
+{
+	int64_t o, in;
+	uint16_t *w = src_weight(c, mod, &o, &in);
+	char sib[4][1200];
+	int ns = siblings(c, mod, sib);
+	float wamax = 0, iamax = 0;
+	int has_in = oget(c, mod, "input_scale") != NULL;
+	for (int k = 0; k < ns; k++) {
+		int64_t o2, i2;
+		uint16_t *w2 = src_weight(c, sib[k], &o2, &i2);
+		int unify = nvfp4 || strstr(mod, ".experts.");
+		if (unify || !strcmp(sib[k], mod))
+			wamax = fmaxf(wamax, amax_bf16(w2, (uint64_t)(o2 * i2)));
+		char qn[5000];
+		float a;
+		input_qname(c, sib[k], qn, sizeof(qn));
+		if ((nvfp4 || !strcmp(sib[k], mod)) && cal_stats_get(c->stats, qn, &a))
+			iamax = fmaxf(iamax, a);
+		free(w2);
+	}
+	uint64_t n = (uint64_t)(o * in);
+	const struct cal_st_tensor *tw = oget(c, mod, "weight"), *ts = oget(c, mod, "weight_scale");
+	cr_assert(tw && ts, "%s: %s tensors missing", c->label, mod);
+	if (nvfp4) {
+		uint8_t *pk = malloc(n / 2), *sc = malloc(n / 16);
+		float s2;
+		ref_nvfp4(w, o, in, wamax, pk, sc, &s2);
+		cr_assert_eq(tw->nbytes, n / 2);
+		cr_assert(!memcmp(tw->data, pk, n / 2), "%s: %s.weight differs", c->label, mod);
+		cr_assert(!memcmp(ts->data, sc, n / 16), "%s: %s.weight_scale differs", c->label, mod);
+		const struct cal_st_tensor *t2 = oget(c, mod, "weight_scale_2");
+		cr_assert(t2 && !memcmp(t2->data, &s2, 4), "%s: %s.weight_scale_2 differs", c->label,
+			  mod);
+		if (has_in) {
+			float is = iamax * (1.0f / 2688.0f);
+			cr_assert(!memcmp(oget(c, mod, "input_scale")->data, &is, 4),
+				  "%s: %s.input_scale differs", c->label, mod);
+		}
+		free(pk);
+		free(sc);
+	} else {
+		uint8_t *q = malloc(n);
+		float s;
+		ref_fp8(w, n, wamax, q, &s);
+		cr_assert(!memcmp(tw->data, q, n), "%s: %s.weight differs", c->label, mod);
+		cr_assert(!memcmp(ts->data, &s, 4), "%s: %s.weight_scale differs", c->label, mod);
+		cr_assert(has_in, "%s: %s.input_scale missing", c->label, mod);
+		float is = iamax * (1.0f / 448.0f);
+		cr_assert(!memcmp(oget(c, mod, "input_scale")->data, &is, 4),
+			  "%s: %s.input_scale differs", c->label, mod);
+		free(q);
+	}
+	free(w);
+	return 1;
+}
+
+struct recipe_case {
+	const char *name;
+	int nvfp4;          /* else FP8 */
+	int w4a16;
+	int experts_only;
+	int kv;             /* calibrated FP8 KV scales expected */
+};
+
+static const struct recipe_case RECIPES[] = {
+	{"general/ptq/nvfp4_experts_only-kv_fp8", 1, 0, 1, 1},
+	{"general/ptq/nvfp4_default-kv_fp8", 1, 0, 0, 1},
+	{"general/ptq/fp8_default-kv_fp8", 0, 0, 0, 1},
+	{"general/ptq/nvfp4_weight_only-kv_fp16", 1, 1, 0, 0},
+};
+
+static void export_and_check(const char *root, const char *src, const char *label,
+			     const struct recipe_case *rc)
+{
+	struct cal_error err = {0};
+	struct cal_model_desc *d = NULL;
+	struct cal_checkpoint *ck = NULL, *out = NULL;
+	struct cal_catalog *cat = NULL;
+	struct cal_recipe *r = NULL;
+	struct cal_plan *p = NULL;
+	struct cal_backend *be = NULL;
+	cr_assert_eq(cal_model_desc_load(src, &d, &err), CAL_OK);
+	cr_assert_eq(cal_checkpoint_open(src, &ck, &err), CAL_OK);
+	cr_assert_eq(cal_catalog_build(d, ck, &cat, &err), CAL_OK);
+	cr_assert_eq(cal_recipe_load(rc->name, NULL, &r, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_eq(cal_plan_build(d, r, &p, &err), CAL_OK, "%s: %s", label, cal_error_msg(&err));
+	struct cal_backend_opts bo = {.cpu_threads = 1};
+	cr_assert_eq(cal_backend_init(CAL_BACKEND_CPU, &bo, &be, &err), CAL_OK);
+	struct cal_stats *stats = synth_stats(p);
+	char *dst = NULL, *report = NULL, *vrep = NULL;
+	cr_assert(asprintf(&dst, "%s/out-%s", root, label) > 0);
+	struct cal_export_opts eo = {.model_dir = src, .out_dir = dst, .recipe_name = rc->name};
+	enum cal_status st = cal_export_run(rc->name, stats, be, &eo, &report, &err);
+	cr_assert_eq(st, CAL_OK, "%s: %s", label, cal_error_msg(&err));
+	st = cal_export_verify(dst, src, be, &vrep, &err);
+	cr_assert_eq(st, CAL_OK, "%s: verify: %s", label, cal_error_msg(&err));
+	/* byte comparison of every quantized module */
+	cr_assert_eq(cal_checkpoint_open(dst, &out, &err), CAL_OK);
+	struct ctx c = {d, cat, out, stats, label};
+	size_t nq = 0, nexp = 0;
+	for (size_t i = 0; i < cal_checkpoint_count(out); i++) {
+		const struct cal_st_tensor *t = cal_checkpoint_tensor(out, i);
+		size_t l = strlen(t->name);
+		if (l < 8 || strcmp(t->name + l - 7, ".weight") ||
+		    (t->dtype != CAL_DTYPE_U8 && t->dtype != CAL_DTYPE_F8_E4M3))
+			continue;
+		char *mod = strndup(t->name, l - 7);
+		nq += (size_t)check_module(&c, mod, rc->nvfp4);
+		if (strstr(mod, ".experts.")) {
+			nexp++;
+			cr_assert_eq(oget(&c, mod, "input_scale") != NULL, !rc->w4a16,
+				     "%s: %s input_scale", label, mod);
+		} else {
+			cr_assert(!rc->experts_only, "%s: %s quantized by experts-only", label, mod);
+		}
+		free(mod);
+	}
+	cr_assert_eq(nexp, (size_t)(d->n_moe_layers * d->num_experts * 3), "%s: %zu experts",
+		     label, nexp);
+	/* KV scales */
+	size_t nk = 0;
+	for (size_t i = 0; i < cal_checkpoint_count(out); i++)
+		nk += strstr(cal_checkpoint_tensor(out, i)->name, ".k_proj.k_scale") != NULL;
+	cr_assert_eq(nk, rc->kv ? (size_t)(d->n_full_layers + d->n_sliding_layers) : 0,
+		     "%s: %zu k_scale", label, nk);
+	/* hf_quant_config: algo and exclude list */
+	char *hp = cal_path_join(dst, "hf_quant_config.json");
+	json_t *hq = json_load_file(hp, 0, NULL);
+	cr_assert(hq, "%s: hf_quant_config.json", label);
+	json_t *q = json_object_get(hq, "quantization");
+	cr_assert_str_eq(json_string_value(json_object_get(q, "quant_algo")),
+			 rc->w4a16 ? "W4A16_NVFP4" : rc->nvfp4 ? "NVFP4" : "FP8", "%s", label);
+	json_t *ex = json_object_get(q, "exclude_modules");
+	cr_assert(json_is_array(ex));
+	int has_lm = 0;
+	size_t k;
+	json_t *v;
+	json_array_foreach(ex, k, v) {
+		has_lm |= !strcmp(json_string_value(v), "lm_head");
+		/* no pattern may match a quantized module */
+		for (size_t i = 0; i < cal_checkpoint_count(out); i++) {
+			const char *tn = cal_checkpoint_tensor(out, i)->name;
+			size_t l = strlen(tn);
+			if (l > 13 && !strcmp(tn + l - 13, ".weight_scale")) {
+				char *mod = strndup(tn, l - 13);
+				cr_assert(!cal_fnmatch(json_string_value(v), mod) &&
+					  strcmp(json_string_value(v), mod),
+					  "%s: %s excludes quantized %s", label, json_string_value(v), mod);
+				free(mod);
+			}
+		}
+	}
+	cr_assert(has_lm, "%s: lm_head not excluded", label);
+	json_decref(hq);
+	free(hp);
+	cr_assert(nq > 0);
+	free(vrep);
+	free(report);
+	free(dst);
+	cal_checkpoint_free(out);
+	cal_stats_free(stats);
+	cal_backend_free(be);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+	cal_catalog_free(cat);
+	cal_checkpoint_free(ck);
+	cal_model_desc_free(d);
+}
+
+struct arch_case {
+	const char *arch, *layout;
+};
+
+static const struct arch_case ARCHS[] = {
+	{"qwen3_moe", "per-expert"}, {"qwen3_moe", "fused"},
+	{"qwen2_moe", "per-expert"}, {"qwen2_moe", "fused"},
+	{"mixtral", "mixtral"}, {"mixtral", "fused"},
+	{"olmoe", "per-expert"}, {"olmoe", "fused"},
+	{"qwen3_next", "per-expert"}, {"qwen3_next", "fused"},
+	{"qwen3_5_moe", "fused"}, {"qwen3_5_moe", "per-expert"},
+	{"qwen3_5_moe_text", "fused"}, {"qwen3_5_moe_text", "per-expert"},
+	{"deepseek_v3", "per-expert"}, {"deepseek_v3", "fused"},
+	{"gpt_oss", "default"},
+};
+
+Test(export, every_arch_layout_recipe, .timeout = 600)
+{
+	printf("seed %llu\n", (unsigned long long)SEED);
+	char *root = tmpdir();
+	for (size_t a = 0; a < sizeof(ARCHS) / sizeof(ARCHS[0]); a++) {
+		char *src = make_model(root, ARCHS[a].arch, ARCHS[a].layout);
+		for (size_t r = 0; r < sizeof(RECIPES) / sizeof(RECIPES[0]); r++) {
+			char label[256];
+			snprintf(label, sizeof(label), "%s-%s-%zu", ARCHS[a].arch, ARCHS[a].layout, r);
+			export_and_check(root, src, label, &RECIPES[r]);
+		}
+		free(src);
+	}
+	rm_rf(root);
+	free(root);
+}
+
+/* ---- failure paths ------------------------------------------------------- */
+
+struct job {
+	struct cal_model_desc *d;
+	struct cal_checkpoint *ck;
+	struct cal_catalog *cat;
+	struct cal_recipe *r;
+	struct cal_plan *p;
+	struct cal_backend *be;
+	struct cal_stats *stats;
+};
+
+static void job_open(struct job *j, const char *src, const char *recipe)
+{
+	memset(j, 0, sizeof(*j));
+	cr_assert_eq(cal_model_desc_load(src, &j->d, NULL), CAL_OK);
+	cr_assert_eq(cal_checkpoint_open(src, &j->ck, NULL), CAL_OK);
+	struct cal_error e0 = {0};
+	cr_assert_eq(cal_catalog_build(j->d, j->ck, &j->cat, &e0), CAL_OK, "%s", cal_error_msg(&e0));
+	cr_assert_eq(cal_recipe_load(recipe, NULL, &j->r, NULL), CAL_OK);
+	cr_assert_eq(cal_plan_build(j->d, j->r, &j->p, NULL), CAL_OK);
+	cr_assert_eq(cal_backend_init(CAL_BACKEND_CPU, NULL, &j->be, NULL), CAL_OK);
+	j->stats = synth_stats(j->p);
+}
+
+static void job_close(struct job *j)
+{
+	cal_stats_free(j->stats);
+	cal_backend_free(j->be);
+	cal_plan_free(j->p);
+	cal_recipe_free(j->r);
+	cal_catalog_free(j->cat);
+	cal_checkpoint_free(j->ck);
+	cal_model_desc_free(j->d);
+}
+
+static int exists(const char *p)
+{
+	struct stat sb;
+	return stat(p, &sb) == 0;
+}
+
+Test(export, killed_midway_publishes_nothing)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen3_moe", "per-expert");
+	char *dst = NULL;
+	cr_assert(asprintf(&dst, "%s/out-killed", root) > 0);
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		struct job j;
+		job_open(&j, src, "general/ptq/nvfp4_experts_only-kv_fp8");
+		struct cal_export_opts eo = {.model_dir = src, .out_dir = dst};
+		struct cal_exporter *ex = NULL;
+		if (cal_exporter_open(j.d, j.ck, j.cat, j.p, j.be, &eo, &ex, NULL) < 0 ||
+		    cal_exporter_layer(ex, 0, j.stats, NULL) < 0)
+			_exit(2);
+		char ok = 1;
+		if (write(fds[1], &ok, 1) != 1)
+			_exit(3);
+		pause(); /* killed here, in the middle of the export */
+		_exit(4);
+	}
+	close(fds[1]);
+	char b = 0;
+	cr_assert_eq(read(fds[0], &b, 1), 1, "the child failed before layer 0 was written");
+	cr_assert_eq(kill(pid, SIGKILL), 0);
+	int ws;
+	cr_assert_eq(waitpid(pid, &ws, 0), pid);
+	cr_assert(WIFSIGNALED(ws));
+	cr_assert(!exists(dst), "a killed export left %s", dst);
+	/* an export to the same place still works afterwards */
+	struct job j;
+	job_open(&j, src, "general/ptq/nvfp4_experts_only-kv_fp8");
+	struct cal_export_opts eo = {.model_dir = src, .out_dir = dst};
+	struct cal_error err = {0};
+	cr_assert_eq(cal_export_run("general/ptq/nvfp4_experts_only-kv_fp8", j.stats, j.be, &eo,
+				    NULL, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_eq(cal_export_verify(dst, NULL, j.be, NULL, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	/* and an existing output is never overwritten */
+	cr_assert_eq(cal_export_run("general/ptq/nvfp4_experts_only-kv_fp8", j.stats, j.be, &eo,
+				    NULL, &err), CAL_ERR_EXISTS);
+	cal_error_clear(&err);
+	job_close(&j);
+	close(fds[0]);
+	rm_rf(root);
+	free(dst);
+	free(src);
+	free(root);
+}
+
+static size_t count_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	size_t n = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d)))
+		n += e->d_name[0] != '.' || (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."));
+	if (d)
+		closedir(d);
+	return n;
+}
+
+Test(export, disk_full_leaves_nothing)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "mixtral", "mixtral");
+	char *dst = NULL;
+	cr_assert(asprintf(&dst, "%s/out-full", root) > 0);
+	size_t before = count_entries(root);
+	struct job j;
+	job_open(&j, src, "general/ptq/nvfp4_experts_only-kv_fp8");
+	struct cal_export_opts eo = {.model_dir = src, .out_dir = dst};
+	struct cal_error err = {0};
+	setenv("CALIBD_TEST_FREE_BYTES", "4096", 1);
+	enum cal_status st = cal_export_run("general/ptq/nvfp4_experts_only-kv_fp8", j.stats, j.be,
+					    &eo, NULL, &err);
+	unsetenv("CALIBD_TEST_FREE_BYTES");
+	cr_assert_eq(st, CAL_ERR_NOSPACE, "%s", cal_error_msg(&err));
+	cr_assert(!exists(dst));
+	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
+	cal_error_clear(&err);
+	job_close(&j);
+	rm_rf(root);
+	free(dst);
+	free(src);
+	free(root);
+}
+
+/* Overwrites the 4 bytes of scalar tensor `name` in dir/model.safetensors. */
+static void poke_scalar(const char *dir, const char *name, float v)
+{
+	char *p = cal_path_join(dir, "model.safetensors");
+	FILE *f = fopen(p, "r+b");
+	cr_assert(f);
+	uint64_t hl;
+	cr_assert_eq(fread(&hl, 8, 1, f), 1);
+	char *h = malloc(hl + 1);
+	cr_assert_eq(fread(h, 1, hl, f), hl);
+	h[hl] = 0;
+	json_t *j = json_loads(h, 0, NULL);
+	json_t *off = json_object_get(json_object_get(j, name), "data_offsets");
+	cr_assert(off, "%s not in the file", name);
+	long at = (long)(8 + hl + json_integer_value(json_array_get(off, 0)));
+	cr_assert_eq(fseek(f, at, SEEK_SET), 0);
+	cr_assert_eq(fwrite(&v, 4, 1, f), 1);
+	fclose(f);
+	json_decref(j);
+	free(h);
+	free(p);
+}
+
+Test(verify, catches_violations)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen3_moe", "fused");
+	char *dst = NULL;
+	cr_assert(asprintf(&dst, "%s/out", root) > 0);
+	struct job j;
+	job_open(&j, src, "general/ptq/nvfp4_experts_only-kv_fp8");
+	struct cal_export_opts eo = {.model_dir = src, .out_dir = dst};
+	struct cal_error err = {0};
+	char *rep = NULL;
+	cr_assert_eq(cal_export_run("general/ptq/nvfp4_experts_only-kv_fp8", j.stats, j.be, &eo,
+				    &rep, &err), CAL_OK, "%s", cal_error_msg(&err));
+	/* the report names experts without tokens and SQNR per weight */
+	json_t *r = json_loads(rep, 0, NULL);
+	cr_assert(r);
+	json_t *ex0 = json_array_get(json_object_get(r, "experts"), 0);
+	cr_assert_eq(json_integer_value(json_array_get(json_object_get(ex0, "experts_without_tokens"),
+						       0)), 1);
+	cr_assert_eq(json_array_size(json_object_get(json_object_get(r, "weight_sqnr"), "weights")),
+		     (size_t)(j.d->n_moe_layers * j.d->num_experts * 3));
+	json_decref(r);
+	free(rep);
+	cr_assert_eq(chmod(dst, 0755), 0);
+	/* gate/up weight_scale_2 must agree */
+	struct cal_checkpoint *oc = NULL;
+	cr_assert_eq(cal_checkpoint_open(dst, &oc, NULL), CAL_OK);
+	float orig;
+	memcpy(&orig, cal_checkpoint_find(oc, "model.layers.0.mlp.experts.3.up_proj.weight_scale_2")
+		      ->data, 4);
+	cal_checkpoint_free(oc);
+	poke_scalar(dst, "model.layers.0.mlp.experts.3.up_proj.weight_scale_2", 0.25f);
+	cr_assert_eq(cal_export_verify(dst, src, j.be, NULL, &err), CAL_ERR_FORMAT);
+	cr_assert(strstr(cal_error_msg(&err), "experts.3."), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	/* a zero input_scale */
+	poke_scalar(dst, "model.layers.0.mlp.experts.3.up_proj.weight_scale_2", orig);
+	cr_assert_eq(cal_export_verify(dst, src, j.be, NULL, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	poke_scalar(dst, "model.layers.2.mlp.experts.5.down_proj.input_scale", 0.0f);
+	cr_assert_eq(cal_export_verify(dst, NULL, j.be, NULL, &err), CAL_ERR_FORMAT);
+	cr_assert(strstr(cal_error_msg(&err), "experts.5.down_proj.input_scale"), "%s",
+		  cal_error_msg(&err));
+	cal_error_clear(&err);
+	job_close(&j);
+	rm_rf(root);
+	free(dst);
+	free(src);
+	free(root);
+}
