@@ -495,4 +495,138 @@ CAL_HD float cal_fp8_weight_divisor(float s, enum cal_div_mode mode)
 	return cal_nf_bf16_to_f32(cal_nf_f32_to_bf16(s));
 }
 
+/* ---- exact fast forms of the NVFP4 and FP8 weight encoders -------------- */
+
+/*
+ * NVFP4 by thresholds.  For a block divisor T the E2M1 code of x is
+ * code(x) = cal_e2m1_encode_nvfp4(fl32(x / T)).  Whenever T is +0, positive,
+ * +inf or NaN, fl32(y / T) is monotone non-decreasing in y over [0, +inf]
+ * (correctly rounded division), so for each level k = 1..7 the predicate
+ * (code(y) & 7) >= k is false up to some largest y and true above it, and
+ * the sign bit of code(-y) likewise.  cal_nvfp4_threshold(T, k) returns that
+ * largest y (found with the reference itself, so no rounding argument is
+ * needed), -inf when the predicate holds everywhere; k = 0 returns minus the
+ * largest y whose code(-y) has no sign bit.  Then, for every x, NaN included,
+ *   code(x) = sum_k !(|x| <= thr[k-1]) + (x < thr[7] ? 8 : 0)
+ * with thr[k-1] = threshold(T, k), thr[7] = threshold(T, 0)
+ * (cal_nvfp4_encode_thr, which finds the sum by binary search: the
+ * predicates are nested, so thr[0..6] ascend).  Not for T with the sign bit set (-0, negative):
+ * callers test cal_nvfp4_thr_ok(S2) first.  tests/numerics checks the
+ * identity on all 65536 bf16 inputs for every scale byte and a set of S2.
+ */
+CAL_HD unsigned cal_nvfp4_level(uint32_t ybits, float t, int k)
+{
+	if (k == 0) /* sign bit of code(-y) */
+		return cal_e2m1_encode_nvfp4(cal_fdiv(cal_nf_float(ybits | 0x80000000u), t)) >> 3;
+	return (cal_e2m1_encode_nvfp4(cal_fdiv(cal_nf_float(ybits), t)) & 7u) >= (unsigned)k;
+}
+
+CAL_HD float cal_nvfp4_threshold(float t, int k)
+{
+	/* first guess: y = fl32(b_k * T) (b_0 stands for T * 2^-150) */
+	float b = k == 0 ? 0.0f : (k == 1 ? 0.25f : k == 2 ? 0.75f : k == 3 ? 1.25f :
+				   k == 4 ? 1.75f : k == 5 ? 2.5f : k == 6 ? 3.5f : 5.0f);
+	float g = k == 0 ? cal_fmul(cal_fmul(t, 0x1p-75f), 0x1p-75f) : cal_fmul(b, t);
+	uint32_t u = cal_nf_bits(g);
+	const uint32_t inf = 0x7f800000u;
+	if (u > inf) /* NaN guess (T NaN): start at 0 */
+		u = 0;
+	/* walk a few ulps to the last y with the level false ... */
+	int steps = 0;
+	if (cal_nvfp4_level(u, t, k)) {
+		while (steps++ < 8 && u > 0 && cal_nvfp4_level(u - 1, t, k))
+			u--;
+		if (steps <= 8) {
+			if (u == 0)
+				return cal_nf_float(0xff800000u); /* true everywhere */
+			u--;
+			goto done;
+		}
+	} else {
+		while (steps++ < 8 && u < inf && !cal_nvfp4_level(u + 1, t, k))
+			u++;
+		if (steps <= 8)
+			goto done;
+	}
+	/* ... or bisect: lo is false (or -1), hi is true (or inf + 1) */
+	{
+		int64_t lo = -1, hi = (int64_t)inf + 1;
+		while (hi - lo > 1) {
+			int64_t mid = lo + (hi - lo) / 2;
+			if (cal_nvfp4_level((uint32_t)mid, t, k))
+				hi = mid;
+			else
+				lo = mid;
+		}
+		if (lo < 0)
+			return cal_nf_float(0xff800000u);
+		u = (uint32_t)lo;
+	}
+done:
+	return k == 0 ? cal_nf_float(u | 0x80000000u) : cal_nf_float(u);
+}
+
+/* Whether every T = fl32(e4m3 * S2) of a call with this S2 suits the
+ * thresholds: S2 is NaN or has its sign bit clear. */
+CAL_HD int cal_nvfp4_thr_ok(float s2)
+{
+	return s2 != s2 || (cal_nf_bits(s2) >> 31) == 0;
+}
+
+/* The NVFP4 code of x from the eight thresholds of its block divisor. */
+CAL_HD unsigned cal_nvfp4_encode_thr(float x, const float *thr)
+{
+	float a = cal_nf_float(cal_nf_bits(x) & 0x7fffffffu);
+	/* thr[0..6] ascend (nested predicates), so count by binary search */
+	unsigned b2 = !(a <= thr[3]);
+	unsigned b1 = !(a <= (b2 ? thr[5] : thr[1]));
+	unsigned b0 = !(a <= (b2 ? (b1 ? thr[6] : thr[4]) : (b1 ? thr[2] : thr[0])));
+	return b2 << 2 | b1 << 1 | b0 | (x < thr[7] ? 8u : 0u);
+}
+
+/*
+ * FP8 by table.  For a divisor 0 < D < inf, the e4m3 byte of a finite bf16
+ * x is (sign of x) | mag(|x|), mag(h) = cal_fp8_weight_encode(h, D) & 0x7f,
+ * because division, bf16 and e4m3 rounding are all sign-symmetric and the
+ * sign of x / D is that of x (-0 included).  mag is monotone in the bf16
+ * magnitude bits h (0..0x7f7f), the NaN code 0x7f coming last, so it is 0 up
+ * to some lo and 0x7f from some hi on: a table of mag over [lo, hi] (about
+ * 20 binades x 128 entries) gives every finite x; inf and NaN inputs take
+ * the reference.  cal_fp8_lut_range finds lo and hi by bisection; it
+ * returns 0 when D is not positive finite.
+ */
+CAL_HD unsigned cal_fp8_mag(uint32_t h, float divisor)
+{
+	return cal_fp8_weight_encode(cal_nf_bf16_to_f32((uint16_t)h), divisor) & 0x7fu;
+}
+
+CAL_HD int cal_fp8_lut_range(float divisor, uint32_t *ret_lo, uint32_t *ret_hi)
+{
+	if (!(divisor > 0.0f && divisor < cal_nf_float(0x7f800000u)))
+		return 0;
+	/* lo: the last h with mag 0 (mag(0) = 0) */
+	uint32_t a = 0, b = 0x7f80; /* mag(a) == 0, b: past the end or mag(b) != 0 */
+	while (b - a > 1) {
+		uint32_t mid = a + (b - a) / 2;
+		if (cal_fp8_mag(mid, divisor) == 0)
+			a = mid;
+		else
+			b = mid;
+	}
+	*ret_lo = a;
+	/* hi: the first h with mag 0x7f, or 0x7f7f if none */
+	uint32_t c = a, d = 0x7f7f;
+	if (cal_fp8_mag(d, divisor) == 0x7fu) {
+		while (d - c > 1) {
+			uint32_t mid = c + (d - c) / 2;
+			if (cal_fp8_mag(mid, divisor) == 0x7fu)
+				d = mid;
+			else
+				c = mid;
+		}
+	}
+	*ret_hi = d;
+	return 1;
+}
+
 #endif

@@ -98,6 +98,64 @@ Test(numfmt, e8m0_and_ceil_log2)
 	cr_expect_eq(cal_mxfp4_block_scale(0.0f, CAL_DIV_EXACT), 0);
 }
 
+/* ---- the CUDA quantizers' division-free forms (kernels/numfmt.h) ---------- */
+
+/* NVFP4 by thresholds == fl32(x / T) + E2M1, for all 65536 bf16 x, every
+ * scale byte, and S2 from normal to subnormal, huge, +0 and NaN. */
+Test(numfmt, nvfp4_thresholds_exhaustive, .timeout = 60)
+{
+	static const float s2s[] = {0.0014415922f, 1.0f, 1e-40f, 3e35f, 0.0f, 0x1.6p-20f};
+	for (size_t i = 0; i <= sizeof(s2s) / sizeof(s2s[0]); i++) {
+		float s2 = i < sizeof(s2s) / sizeof(s2s[0]) ? s2s[i] : cal_bits_f32(0x7fc00000u);
+		cr_assert(cal_nvfp4_thr_ok(s2));
+		for (unsigned e = 0; e < 128; e++) {
+			float t = cal_fmul(cal_e4m3_decode((uint8_t)e), s2), thr[8];
+			for (int k = 0; k < 8; k++)
+				thr[k] = cal_nvfp4_threshold(t, k == 7 ? 0 : k + 1);
+			for (uint32_t h = 0; h < 65536; h++) {
+				float x = cal_nf_bf16_to_f32((uint16_t)h);
+				unsigned r = cal_e2m1_encode_nvfp4(cal_fdiv(x, t));
+				unsigned f = cal_nvfp4_encode_thr(x, thr);
+				if (r != f)
+					cr_assert_fail("s2 %a e %u x 0x%04x: reference %u, thresholds %u",
+						       (double)s2, e, h, r, f);
+			}
+		}
+	}
+	cr_expect(!cal_nvfp4_thr_ok(-1.0f));
+	cr_expect(!cal_nvfp4_thr_ok(-0.0f));
+}
+
+/* FP8 by table == the reference for all finite bf16 x and a set of divisors. */
+Test(numfmt, fp8_table_exhaustive)
+{
+	static const float ds[] = {0.0086495f, 1.0f, 1e-40f, 0x1p-133f, 3.0e38f, 0x1p-126f, 17.0f};
+	static uint8_t lut[65536];
+	for (size_t i = 0; i < sizeof(ds) / sizeof(ds[0]); i++) {
+		float d = cal_nf_bf16_to_f32(cal_nf_f32_to_bf16(ds[i]));
+		uint32_t lo, hi;
+		cr_assert(cal_fp8_lut_range(d, &lo, &hi), "%a", (double)d);
+		cr_assert(lo <= hi && hi - lo < 4096, "%a: [%u, %u]", (double)d, lo, hi);
+		for (uint32_t h = lo; h <= hi; h++)
+			lut[h - lo] = (uint8_t)cal_fp8_mag(h, d);
+		for (uint32_t raw = 0; raw < 65536; raw++) {
+			uint32_t h = raw & 0x7fffu;
+			if (h >= 0x7f80u)
+				continue; /* inf/NaN take the reference in the kernel */
+			uint32_t c = h < lo ? lo : (h > hi ? hi : h);
+			unsigned f = lut[c - lo] | ((raw >> 8) & 0x80u);
+			unsigned r = cal_fp8_weight_encode(cal_nf_bf16_to_f32((uint16_t)raw), d);
+			if (r != f)
+				cr_assert_fail("d %a x 0x%04x: reference 0x%02x, table 0x%02x",
+					       (double)d, raw, r, f);
+		}
+	}
+	uint32_t lo, hi;
+	cr_expect(!cal_fp8_lut_range(0.0f, &lo, &hi));
+	cr_expect(!cal_fp8_lut_range(-1.0f, &lo, &hi));
+	cr_expect(!cal_fp8_lut_range(cal_bits_f32(0x7f800000u), &lo, &hi));
+}
+
 /* ---- §1.3 division semantics --------------------------------------------- */
 
 Test(numfmt, division_table)
