@@ -1,9 +1,17 @@
 /*
- * cmd_bench.c — `calibd bench numerics`: throughput of the weight quantizers
- * (NVFP4, FP8) and the observers on one back end, next to the memory copy
- * bandwidth of that back end (cudaMemcpy device-to-device on CUDA, memcpy
- * on the CPU).  A benchmark, not a test: it prints numbers and judges none.
+ * cmd_bench.c — benchmarks; they print numbers and judge none.
+ *
+ * `calibd bench numerics`: throughput of the weight quantizers (NVFP4, FP8)
+ * and the observers on one back end, next to the memory copy bandwidth of
+ * that back end (cudaMemcpy device-to-device on CUDA, memcpy on the CPU).
  * GB/s counts bytes read plus bytes written, for the copy as for the ops.
+ *
+ * `calibd bench calibrate`: the calibration engine end to end on a
+ * checkpoint (e.g. the synthetic Qwen3-30B-A3B-shaped one that
+ * tests/bench/moe_baseline.py writes) with a recipe (default: experts-only
+ * NVFP4): calibration tokens/s, the time of each phase (a second run with
+ * phase syncs), peak back-end memory, micro-batching and where the hidden
+ * states lived.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -13,6 +21,10 @@
 #include "cli.h"
 #include "common/fp.h"
 #include "common/util.h"
+#include "engine/calib.h"
+#include "engine/model/model.h"
+#include "engine/recipe/plan.h"
+#include "engine/recipe/recipe.h"
 #include "kernels/ops.h"
 
 struct bench {
@@ -26,6 +38,7 @@ static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: calibd bench numerics [--device cpu|cuda] [--mib N] [--iters N] [--threads N]\n"
+		"       calibd bench calibrate --model DIR [options] (calibd bench calibrate --help)\n"
 		"  GB/s of the NVFP4 and FP8 weight quantizers and of the observers on one back\n"
 		"  end, next to its copy bandwidth (read + write bytes).  Defaults: the CUDA\n"
 		"  back end when a GPU is present, 512 MiB of bf16 input (64 MiB on cpu).\n");
@@ -202,6 +215,274 @@ fail:
 	return cal_exit_from_status(st);
 }
 
+/* ---- bench calibrate ------------------------------------------------------- */
+
+static void calib_usage(FILE *out)
+{
+	fprintf(out,
+		"usage: calibd bench calibrate --model DIR [--tokens FILE | --seqs N --seq-len N]\n"
+		"         [--device cpu|cuda[:i]] [--recipe NAME|FILE] [--recipes-dir DIR]\n"
+		"         [--max-gpu-mem BYTES] [--micro-batch TOKENS] [--threads N]\n"
+		"         [--repeat N] [--no-profile] [--json FILE]\n"
+		"  Calibrates DIR (e.g. the synthetic Qwen3-30B-A3B-shaped checkpoint of\n"
+		"  tests/bench/moe_baseline.py) and prints calibration tokens/s (best of\n"
+		"  --repeat runs), the time of each phase (one more run that syncs at phase\n"
+		"  boundaries), peak back-end memory and the micro-batching.  Tokens: the\n"
+		"  file (JSONL input_ids), else --seqs random sequences of --seq-len ids\n"
+		"  (seed 0; defaults 512 x 512).  Recipe default:\n"
+		"  general/ptq/nvfp4_experts_only-kv_fp8.\n");
+}
+
+static int parse_size(const char *s, uint64_t *ret)
+{
+	char *end;
+	unsigned long long v = strtoull(s, &end, 0);
+	if (end == s || *s == '-')
+		return -1;
+	if (*end == 'K' || *end == 'k')
+		v <<= 10, end++;
+	else if (*end == 'M' || *end == 'm')
+		v <<= 20, end++;
+	else if (*end == 'G' || *end == 'g')
+		v <<= 30, end++;
+	if (*end)
+		return -1;
+	*ret = v;
+	return 0;
+}
+
+/* n sequences of len random ids (splitmix64, seed 0) as a token set. */
+static enum cal_status random_tokens(uint64_t n, uint64_t len, uint64_t vocab,
+				     struct cal_calib_tokens **ret, struct cal_error *err)
+{
+	uint64_t cap = n * (len * 8 + 32) + 64, s = 0;
+	char *text = malloc(cap), *p = text;
+	enum cal_status st;
+	if (!text)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory for %llu tokens",
+				     (unsigned long long)(n * len));
+	for (uint64_t i = 0; i < n; i++) {
+		p += sprintf(p, "{\"input_ids\":[");
+		for (uint64_t j = 0; j < len; j++) {
+			uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+			z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+			z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+			z ^= z >> 31;
+			p += sprintf(p, "%s%llu", j ? "," : "", (unsigned long long)(z % vocab));
+		}
+		p += sprintf(p, "]}\n");
+	}
+	st = cal_calib_tokens_parse("random tokens", text, (size_t)(p - text), vocab, ret, err);
+	free(text);
+	return st;
+}
+
+static void print_perf(const char *what, const struct cal_calib_perf *p, uint64_t n_tok)
+{
+	printf("%s: %.3f s, %.0f tokens/s (%.0f tokens/s without embedding)\n", what, p->total_s,
+	       (double)n_tok / p->total_s,
+	       p->total_s > p->embed_s ? (double)n_tok / (p->total_s - p->embed_s) : 0.0);
+}
+
+static int bench_calibrate(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{"model", required_argument, NULL, 'm'},     {"tokens", required_argument, NULL, 't'},
+		{"seqs", required_argument, NULL, 'n'},      {"seq-len", required_argument, NULL, 'l'},
+		{"device", required_argument, NULL, 'D'},    {"recipe", required_argument, NULL, 'r'},
+		{"recipes-dir", required_argument, NULL, 'R'},
+		{"max-gpu-mem", required_argument, NULL, 'M'},
+		{"micro-batch", required_argument, NULL, 'b'},
+		{"threads", required_argument, NULL, 'T'},   {"repeat", required_argument, NULL, 'k'},
+		{"no-profile", no_argument, NULL, 'P'},      {"json", required_argument, NULL, 'j'},
+		{"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+	};
+	const char *model = NULL, *tokens = NULL, *device = NULL, *json_path = NULL;
+	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *rdir = NULL;
+	uint64_t seqs = 512, seq_len = 512, max_mem = 0, mb = 0;
+	unsigned threads = 0;
+	int repeat = 1, profile = 1, c;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		uint64_t v = 0;
+		switch (c) {
+		case 'm': model = optarg; break;
+		case 't': tokens = optarg; break;
+		case 'D': device = optarg; break;
+		case 'r': recipe = optarg; break;
+		case 'R': rdir = optarg; break;
+		case 'j': json_path = optarg; break;
+		case 'P': profile = 0; break;
+		case 'n': case 'l': case 'M': case 'b': case 'T': case 'k':
+			if (parse_size(optarg, &v) < 0 ||
+			    ((c == 'n' || c == 'l' || c == 'k') && (v < 1 || v > ((uint64_t)1 << 24)))) {
+				fprintf(stderr, "calibd bench calibrate: bad value '%s'\n", optarg);
+				return CAL_EXIT_USAGE;
+			}
+			if (c == 'n')
+				seqs = v;
+			else if (c == 'l')
+				seq_len = v;
+			else if (c == 'M')
+				max_mem = v;
+			else if (c == 'b')
+				mb = v;
+			else if (c == 'T')
+				threads = (unsigned)v;
+			else
+				repeat = (int)v;
+			break;
+		case 'h': calib_usage(stdout); return CAL_EXIT_OK;
+		default: calib_usage(stderr); return CAL_EXIT_USAGE;
+		}
+	}
+	if (!model || optind != argc) {
+		calib_usage(stderr);
+		return CAL_EXIT_USAGE;
+	}
+	if (seqs * seq_len > CAL_CALIB_MAX_TOKENS) {
+		fprintf(stderr, "calibd bench calibrate: --seqs x --seq-len exceeds %llu tokens\n",
+			(unsigned long long)CAL_CALIB_MAX_TOKENS);
+		return CAL_EXIT_USAGE;
+	}
+	struct cal_calib_opts o = {.cpu_threads = threads, .max_mem = max_mem,
+				   .micro_batch_tokens = mb};
+	if (!device)
+		o.backend = cal_backend_cuda_available() ? CAL_BACKEND_CUDA : CAL_BACKEND_CPU;
+	else if (!strcmp(device, "cpu"))
+		o.backend = CAL_BACKEND_CPU;
+	else if (!strncmp(device, "cuda", 4) && (!device[4] || device[4] == ':')) {
+		o.backend = CAL_BACKEND_CUDA;
+		o.cuda_device = device[4] ? atoi(device + 5) : 0;
+	} else {
+		fprintf(stderr, "calibd bench calibrate: --device is cpu or cuda[:i]\n");
+		return CAL_EXIT_USAGE;
+	}
+
+	struct cal_error err = {0};
+	struct cal_model_desc *d = NULL;
+	struct cal_recipe *r = NULL;
+	struct cal_plan *p = NULL;
+	struct cal_calib_tokens *tk = NULL;
+	struct cal_calib *cal = NULL;
+	struct cal_recipe_opts ro = {.builtin_dir = rdir};
+	struct cal_calib_perf best, prof;
+	double t_open = 0;
+	enum cal_status st = cal_model_desc_load(model, &d, &err);
+	memset(&best, 0, sizeof(best));
+	memset(&prof, 0, sizeof(prof));
+	if (st >= 0)
+		st = cal_recipe_load(recipe, &ro, &r, &err);
+	if (st >= 0)
+		st = cal_plan_build(d, r, &p, &err);
+	if (st >= 0)
+		st = tokens ? cal_calib_tokens_load(tokens, (uint64_t)d->vocab_size, &tk, &err)
+			    : random_tokens(seqs, seq_len, (uint64_t)d->vocab_size, &tk, &err);
+	if (st < 0)
+		goto done;
+	printf("model: %s (%s), %lld layers, hidden %lld, %lld experts x %lld (top-%lld), "
+	       "%lld/%lld heads x %lld\n", model, d->model_type, (long long)d->num_layers,
+	       (long long)d->hidden_size, (long long)d->num_experts,
+	       (long long)d->moe_intermediate_size, (long long)d->top_k, (long long)d->num_heads,
+	       (long long)d->num_kv_heads, (long long)d->head_dim);
+	printf("tokens: %zu sequences, %zu tokens; recipe %s\n", tk->n, tk->n_tokens, recipe);
+	for (int i = 0; i < repeat + profile && st >= 0; i++) {
+		struct cal_calib_perf pf;
+		int prof_run = i == repeat;
+		double t0 = cal_now();
+		o.profile = prof_run;
+		cal_calib_free(cal);
+		cal = NULL;
+		st = cal_calib_open(model, p, &o, &cal, &err);
+		if (st < 0)
+			break;
+		t_open = cal_now() - t0;
+		if (i == 0)
+			printf("device: %s (%s); checkpoint opened in %.3f s\n",
+			       o.backend == CAL_BACKEND_CUDA ? "cuda" : "cpu",
+			       cal_calib_backend_describe(cal), t_open);
+		st = cal_calib_run(cal, tk, &err);
+		if (st < 0)
+			break;
+		cal_calib_perf(cal, &pf);
+		char what[64];
+		snprintf(what, sizeof(what), prof_run ? "run %d (profiled)" : "run %d", i + 1);
+		print_perf(what, &pf, cal_calib_tokens_processed(cal));
+		if (prof_run)
+			prof = pf;
+		else if (!best.total_s || pf.total_s < best.total_s)
+			best = pf;
+	}
+	if (st < 0)
+		goto done;
+	uint64_t n_tok = cal_calib_tokens_processed(cal);
+	printf("\ncalibration: %.0f tokens/s (best of %d; %llu tokens x %lld layers in %.3f s)\n",
+	       (double)n_tok / best.total_s, repeat, (unsigned long long)n_tok,
+	       (long long)d->num_layers, best.total_s);
+	printf("memory: peak %.2f GiB of back-end memory (budget %.2f GiB%s); weights %.2f GiB "
+	       "in all, %.2f GiB the largest layer; %s\n",
+	       (double)best.peak_mem / 1073741824.0, (double)best.mem_budget / 1073741824.0,
+	       max_mem ? ", --max-gpu-mem" : "", (double)best.model_weight_bytes / 1073741824.0,
+	       (double)best.max_layer_bytes / 1073741824.0,
+	       best.streamed ? "weights streamed through two arenas" : "weights used from the mapping");
+	printf("micro-batches: %zu per layer of up to %llu tokens; hidden states in %s\n", best.n_mb,
+	       (unsigned long long)best.mb_tokens,
+	       best.hidden_on_host ? "pinned host memory" : "back-end memory");
+	printf("staging: %.3f s of host staging, %.3f s not hidden behind compute\n", best.stage_s,
+	       best.stage_wait_s);
+	if (profile) {
+		const struct {
+			const char *name;
+			double s;
+		} ph[] = {
+			{"embedding", prof.embed_s},   {"upload wait", prof.upload_s},
+			{"attention", prof.attn_s},    {"router+sort+gather", prof.router_s},
+			{"experts", prof.experts_s},   {"dense mlp", prof.dense_s},
+			{"observers", prof.observers_s}, {"read-back", prof.readback_s},
+			{"hidden i/o", prof.hidden_io_s}, {"other", prof.other_s},
+		};
+		printf("\nphases (profiled run, %.3f s with syncs):\n", prof.total_s);
+		for (size_t i = 0; i < CAL_ARRAY_LEN(ph); i++)
+			printf("  %-20s %8.3f s %5.1f%%\n", ph[i].name, ph[i].s,
+			       100.0 * ph[i].s / (prof.total_s > 0 ? prof.total_s : 1));
+	}
+	if (json_path) {
+		FILE *f = fopen(json_path, "w");
+		if (!f) {
+			st = cal_error_set(&err, CAL_ERR_IO, "%s: cannot write", json_path);
+			goto done;
+		}
+		fprintf(f,
+			"{\"tokens\": %llu, \"layers\": %lld, \"seconds\": %.6f, \"tokens_per_s\": %.1f, "
+			"\"peak_mem\": %llu, \"mem_budget\": %llu, \"weights\": %llu, "
+			"\"mb_tokens\": %llu, \"n_mb\": %zu, \"hidden_on_host\": %d, "
+			"\"stage_s\": %.6f, \"stage_wait_s\": %.6f, \"phases\": {\"embed\": %.6f, "
+			"\"upload\": %.6f, \"attention\": %.6f, \"router\": %.6f, \"experts\": %.6f, "
+			"\"dense\": %.6f, \"observers\": %.6f, \"readback\": %.6f, "
+			"\"hidden_io\": %.6f, \"other\": %.6f, \"total\": %.6f}}\n",
+			(unsigned long long)n_tok, (long long)d->num_layers, best.total_s,
+			(double)n_tok / best.total_s, (unsigned long long)best.peak_mem,
+			(unsigned long long)best.mem_budget, (unsigned long long)best.model_weight_bytes,
+			(unsigned long long)best.mb_tokens, best.n_mb, best.hidden_on_host,
+			best.stage_s, best.stage_wait_s, prof.embed_s, prof.upload_s, prof.attn_s,
+			prof.router_s, prof.experts_s, prof.dense_s, prof.observers_s, prof.readback_s,
+			prof.hidden_io_s, prof.other_s, prof.total_s);
+		if (fclose(f) != 0)
+			st = cal_error_set(&err, CAL_ERR_IO, "%s: write failed", json_path);
+	}
+done:
+	if (st < 0)
+		fprintf(stderr, "calibd bench calibrate: %s\n", cal_error_msg(&err));
+	cal_calib_free(cal);
+	cal_calib_tokens_free(tk);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+	cal_error_clear(&err);
+	return cal_exit_from_status(st);
+}
+
 int cal_cmd_bench(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -214,6 +495,8 @@ int cal_cmd_bench(int argc, char **argv)
 	long long mib = 0;
 	unsigned threads = 0;
 
+	if (argc > 1 && !strcmp(argv[1], "calibrate"))
+		return bench_calibrate(argc - 1, argv + 1);
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {

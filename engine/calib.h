@@ -3,7 +3,9 @@
  * layer, with observers (DESIGN.md "The engine's data flow", MODELOPT.md §2).
  *
  * A calibration run embeds every calibration token, then for each decoder
- * layer in order brings that layer's weights into the canonical in-memory
+ * layer in order (the next layer's weights uploading while the current one
+ * computes, docs/calibration.md "Memory and streaming") brings that layer's
+ * weights into the canonical in-memory
  * layout (routed experts as W13 [E, 2I, H] gate rows then up rows, and
  * W2 [E, H, I], whatever the on-disk layout), runs all tokens through it in
  * micro-batches of whole sequences, and records, for every quantizer the
@@ -102,8 +104,10 @@ struct cal_calib_opts {
 	int cuda_device;
 	unsigned cpu_threads;              /* 0: all online CPUs */
 	uint64_t max_mem;                  /* cap on engine buffers of the back end, bytes
-					    * (0: none); sizes micro-batches */
-	uint64_t micro_batch_tokens;       /* 0: from max_mem, else a default */
+					    * (0: none); enforced, sizes micro-batches, and
+					    * on the CPU makes the weights stream like on a GPU */
+	uint64_t micro_batch_tokens;       /* 0: from the free device memory and max_mem
+					    * (CPU without max_mem: 4096) */
 	int pad_like_modelopt;
 	int64_t pad_id;                    /* < 0: EOS of generation_config.json / config.json */
 	int per_expert_input_amax;         /* keep per-expert input amax (JSON) */
@@ -114,14 +118,16 @@ struct cal_calib_opts {
 	int hidden_feedback;               /* on_hidden's writes are the next layer's input */
 	cal_calib_progress_fn progress;
 	void *ctx;                         /* passed to the callbacks */
+	int profile;                       /* sync at phase boundaries to time each phase
+					    * (cal_calib_perf; slows the run a little) */
 };
 
 /*
  * Opens the checkpoint in model_dir for calibration with `plan` (which must
  * have been built for the same model description; its model is used).
  * Refuses, naming the feature, architectures / layer kinds the engine does
- * not run yet (CAL_ERR_UNSUPPORTED: Gated DeltaNet, MLA, gated attention,
- * non-softmax routers, GPT-OSS experts, quantized source checkpoints).
+ * not run yet (CAL_ERR_UNSUPPORTED: MLA, non-softmax routers, GPT-OSS
+ * experts, quantized source checkpoints).
  * *ret is owned by the caller (cal_calib_free).
  */
 enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *plan,
@@ -154,8 +160,31 @@ struct cal_calib_moe_stats {
 };
 const struct cal_calib_moe_stats *cal_calib_moe(const struct cal_calib *c, int32_t layer);
 
+/* Where the time and memory of the last cal_calib_run() went.  The
+ * per-phase times are measured with opts.profile only (else 0). */
+struct cal_calib_perf {
+	double total_s;          /* the whole cal_calib_run() */
+	double embed_s;          /* token layout, upload and embedding */
+	double stage_s;          /* host staging of weights (parallel to compute) */
+	double stage_wait_s;     /* compute waiting for the staging (not hidden) */
+	double upload_s, attn_s, router_s, experts_s, dense_s, observers_s, readback_s,
+	       hidden_io_s, other_s; /* opts.profile */
+	uint64_t peak_mem;       /* most back-end memory held at once, bytes */
+	uint64_t mem_budget;     /* what micro-batches were sized for, bytes */
+	uint64_t max_layer_bytes;  /* largest layer's weights (arena size) */
+	uint64_t model_weight_bytes; /* all decoder layers' weights */
+	uint64_t mb_tokens;      /* micro-batch size, tokens */
+	size_t n_mb;             /* micro-batches per layer */
+	int hidden_on_host;      /* hidden states kept in pinned host memory */
+	int streamed;            /* weights copied layer by layer into two arenas */
+};
+void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *ret);
+
 /* Number of tokens the run processed (pads included with pad_like_modelopt). */
 uint64_t cal_calib_tokens_processed(const struct cal_calib *c);
+
+/* One line describing the back end the engine runs on (owned by c). */
+const char *cal_calib_backend_describe(const struct cal_calib *c);
 
 /* Model description and catalog of the opened checkpoint. */
 const struct cal_model_desc *cal_calib_model(const struct cal_calib *c);

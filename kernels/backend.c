@@ -147,6 +147,108 @@ static const struct cal_cuda_module *cuda_module(struct cal_error *err)
 }
 #endif
 
+/* ---- memory accounting ------------------------------------------------------ */
+
+/* Every live cal_backend_alloc block with its size (few blocks: a linear
+ * list), the bytes held, the peak and the cap.  A mutex because uploads
+ * and allocations may come from a staging thread. */
+struct mem_block {
+	void *p;
+	size_t n;
+};
+
+struct mem_track {
+	pthread_mutex_t mu;
+	uint64_t cur, peak, limit;
+	struct mem_block *v;
+	size_t n, cap;
+};
+
+/* Reserves `bytes` against the cap; 0 or -1 when the cap would be passed. */
+static int mem_reserve(struct cal_backend *be, size_t bytes)
+{
+	struct mem_track *m = be->mem;
+	int ok = 1;
+	pthread_mutex_lock(&m->mu);
+	if (m->limit && m->cur + bytes > m->limit)
+		ok = 0;
+	else
+		m->cur += bytes;
+	if (m->cur > m->peak)
+		m->peak = m->cur;
+	pthread_mutex_unlock(&m->mu);
+	return ok ? 0 : -1;
+}
+
+static void mem_unreserve(struct cal_backend *be, size_t bytes)
+{
+	struct mem_track *m = be->mem;
+	pthread_mutex_lock(&m->mu);
+	m->cur -= bytes;
+	pthread_mutex_unlock(&m->mu);
+}
+
+/* Records a block; -1 when the list cannot grow. */
+static int mem_add(struct cal_backend *be, void *p, size_t bytes)
+{
+	struct mem_track *m = be->mem;
+	int rc = 0;
+	pthread_mutex_lock(&m->mu);
+	if (m->n == m->cap) {
+		size_t cap = m->cap ? 2 * m->cap : 64;
+		struct mem_block *v = realloc(m->v, cap * sizeof(*v));
+		if (!v)
+			rc = -1;
+		else
+			m->v = v, m->cap = cap;
+	}
+	if (rc == 0)
+		m->v[m->n++] = (struct mem_block){p, bytes};
+	pthread_mutex_unlock(&m->mu);
+	return rc;
+}
+
+/* Forgets a block and releases its bytes. */
+static void mem_remove(struct cal_backend *be, void *p)
+{
+	struct mem_track *m = be->mem;
+	pthread_mutex_lock(&m->mu);
+	for (size_t i = m->n; i-- > 0;) {
+		if (m->v[i].p == p) {
+			m->cur -= m->v[i].n;
+			m->v[i] = m->v[--m->n];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&m->mu);
+}
+
+void cal_backend_mem_stats(struct cal_backend *be, struct cal_backend_mem *ret)
+{
+	struct mem_track *m = be->mem;
+	pthread_mutex_lock(&m->mu);
+	ret->current = m->cur;
+	ret->peak = m->peak;
+	ret->limit = m->limit;
+	pthread_mutex_unlock(&m->mu);
+}
+
+void cal_backend_mem_reset_peak(struct cal_backend *be)
+{
+	struct mem_track *m = be->mem;
+	pthread_mutex_lock(&m->mu);
+	m->peak = m->cur;
+	pthread_mutex_unlock(&m->mu);
+}
+
+void cal_backend_set_mem_limit(struct cal_backend *be, uint64_t bytes)
+{
+	struct mem_track *m = be->mem;
+	pthread_mutex_lock(&m->mu);
+	m->limit = bytes;
+	pthread_mutex_unlock(&m->mu);
+}
+
 /* ---- back ends ----------------------------------------------------------- */
 
 int cal_backend_kind_from_name(const char *name, enum cal_backend_kind *ret)
@@ -213,6 +315,13 @@ enum cal_status cal_backend_init(enum cal_backend_kind kind, const struct cal_ba
 	}
 	if (be->cpu_threads > CAL_CPU_MAX_THREADS)
 		be->cpu_threads = CAL_CPU_MAX_THREADS;
+	struct mem_track *mt = calloc(1, sizeof(*mt));
+	if (!mt || pthread_mutex_init(&mt->mu, NULL) != 0) {
+		free(mt);
+		free(be);
+		return cal_error_set(err, CAL_ERR_NOMEM, "back end: out of memory");
+	}
+	be->mem = mt;
 
 	switch (kind) {
 	case CAL_BACKEND_CPU:
@@ -255,6 +364,12 @@ void cal_backend_free(struct cal_backend *be)
 	if (be->kind == CAL_BACKEND_CUDA && be->ops == (cuda_mod ? cuda_mod->ops : NULL))
 		cuda_mod->backend_fini(be);
 #endif
+	struct mem_track *m = be->mem;
+	if (m) {
+		pthread_mutex_destroy(&m->mu);
+		free(m->v);
+		free(m);
+	}
 	free(be);
 }
 
@@ -267,29 +382,63 @@ const char *cal_backend_describe(struct cal_backend *be)
 	return be->cpu_threads == 1 ? "cpu, 1 thread (reference)" : "cpu, multi-threaded";
 }
 
+/* Frees a block that could not be recorded. */
+static void mem_add_failed(struct cal_backend *be, void *p)
+{
+#ifdef CAL_KERNELS_CUDA
+	if (be->kind == CAL_BACKEND_CUDA) {
+		cuda_mod->dealloc(be, p);
+		return;
+	}
+#endif
+	(void)be;
+	free(p);
+}
+
 enum cal_status cal_backend_alloc(struct cal_backend *be, size_t bytes, void **ret,
 				  struct cal_error *err)
 {
+	enum cal_status st = CAL_OK;
 	*ret = NULL;
 	if (bytes == 0)
 		return cal_error_set(err, CAL_ERR_INVALID, "alloc: zero bytes");
+	if (mem_reserve(be, bytes) < 0) {
+		struct cal_backend_mem ms;
+		cal_backend_mem_stats(be, &ms);
+		return cal_error_set(err, CAL_ERR_NOMEM,
+				     "alloc: %zu bytes on %s would exceed the memory cap of %llu bytes "
+				     "(%llu held)", bytes, be->name, (unsigned long long)ms.limit,
+				     (unsigned long long)ms.current);
+	}
 #ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->alloc(be, bytes, ret, err);
+	if (be->kind == CAL_BACKEND_CUDA) {
+		st = cuda_mod->alloc(be, bytes, ret, err);
+		goto done;
+	}
 #endif
 	int rc = posix_memalign(ret, 256, bytes);
 	if (rc) {
 		*ret = NULL;
-		return cal_error_set(err, CAL_ERR_NOMEM, "alloc: %zu bytes of host memory: %s",
-				     bytes, strerror(rc));
+		st = cal_error_set(err, CAL_ERR_NOMEM, "alloc: %zu bytes of host memory: %s",
+				   bytes, strerror(rc));
 	}
-	return CAL_OK;
+	goto done; /* keeps the label used in builds without CUDA */
+done:
+	if (st >= 0 && mem_add(be, *ret, bytes) < 0) {
+		mem_add_failed(be, *ret);
+		*ret = NULL;
+		st = cal_error_set(err, CAL_ERR_NOMEM, "alloc: out of memory");
+	}
+	if (st < 0)
+		mem_unreserve(be, bytes);
+	return st;
 }
 
 void cal_backend_dealloc(struct cal_backend *be, void *p)
 {
 	if (!p)
 		return;
+	mem_remove(be, p);
 #ifdef CAL_KERNELS_CUDA
 	if (be->kind == CAL_BACKEND_CUDA) {
 		cuda_mod->dealloc(be, p);
@@ -363,6 +512,116 @@ enum cal_status cal_backend_sync(struct cal_backend *be, struct cal_error *err)
 #endif
 	(void)be;
 	(void)err;
+	return CAL_OK;
+}
+
+enum cal_status cal_backend_host_alloc(struct cal_backend *be, size_t bytes, void **ret,
+				       struct cal_error *err)
+{
+	*ret = NULL;
+	if (bytes == 0)
+		return cal_error_set(err, CAL_ERR_INVALID, "host alloc: zero bytes");
+#ifdef CAL_KERNELS_CUDA
+	if (be->kind == CAL_BACKEND_CUDA)
+		return cuda_mod->host_alloc(be, bytes, ret, err);
+#endif
+	int rc = posix_memalign(ret, 256, bytes);
+	if (rc) {
+		*ret = NULL;
+		return cal_error_set(err, CAL_ERR_NOMEM, "host alloc: %zu bytes: %s", bytes,
+				     strerror(rc));
+	}
+	return CAL_OK;
+}
+
+void cal_backend_host_free(struct cal_backend *be, void *p)
+{
+	if (!p)
+		return;
+#ifdef CAL_KERNELS_CUDA
+	if (be->kind == CAL_BACKEND_CUDA) {
+		cuda_mod->host_free(be, p);
+		return;
+	}
+#endif
+	free(p);
+}
+
+enum cal_status cal_backend_mem_info(struct cal_backend *be, uint64_t *ret_free,
+				     uint64_t *ret_total, struct cal_error *err)
+{
+#ifdef CAL_KERNELS_CUDA
+	if (be->kind == CAL_BACKEND_CUDA)
+		return cuda_mod->mem_info(be, ret_free, ret_total, err);
+#endif
+	long pg = sysconf(_SC_PAGESIZE), av = sysconf(_SC_AVPHYS_PAGES), tot = sysconf(_SC_PHYS_PAGES);
+	(void)err;
+	*ret_free = pg > 0 && av > 0 ? (uint64_t)pg * (uint64_t)av : 0;
+	*ret_total = pg > 0 && tot > 0 ? (uint64_t)pg * (uint64_t)tot : 0;
+	return CAL_OK;
+}
+
+enum cal_status cal_backend_upload_async(struct cal_backend *be, void *dst, const void *src,
+					 size_t n, struct cal_error *err)
+{
+	if (n == 0)
+		return CAL_OK;
+#ifdef CAL_KERNELS_CUDA
+	if (be->kind == CAL_BACKEND_CUDA)
+		return cuda_mod->upload_async(be, dst, src, n, err);
+#endif
+	(void)err;
+	memmove(dst, src, n);
+	return CAL_OK;
+}
+
+enum cal_status cal_backend_upload_wait(struct cal_backend *be, struct cal_error *err)
+{
+#ifdef CAL_KERNELS_CUDA
+	if (be->kind == CAL_BACKEND_CUDA)
+		return cuda_mod->upload_wait(be, err);
+#endif
+	(void)be;
+	(void)err;
+	return CAL_OK;
+}
+
+enum cal_status cal_backend_upload_sync(struct cal_backend *be, struct cal_error *err)
+{
+#ifdef CAL_KERNELS_CUDA
+	if (be->kind == CAL_BACKEND_CUDA)
+		return cuda_mod->upload_sync(be, err);
+#endif
+	(void)be;
+	(void)err;
+	return CAL_OK;
+}
+
+enum cal_status cal_backend_upload_mark(struct cal_backend *be, unsigned slot,
+					struct cal_error *err)
+{
+	if (slot >= CAL_BACKEND_UPLOAD_MARKS)
+		return cal_error_set(err, CAL_ERR_INVALID, "upload mark %u >= %d", slot,
+				     CAL_BACKEND_UPLOAD_MARKS);
+#ifdef CAL_KERNELS_CUDA
+	if (be->kind == CAL_BACKEND_CUDA)
+		return cuda_mod->upload_mark(be, slot, err);
+#endif
+	(void)be;
+	return CAL_OK;
+}
+
+enum cal_status cal_backend_upload_mark_sync(struct cal_backend *be, unsigned slot,
+					     struct cal_error *err)
+{
+	if (slot >= CAL_BACKEND_UPLOAD_MARKS)
+		return cal_error_set(err, CAL_ERR_INVALID, "upload mark %u >= %d", slot,
+				     CAL_BACKEND_UPLOAD_MARKS);
+#ifdef CAL_KERNELS_CUDA
+	if (be->kind == CAL_BACKEND_CUDA)
+		return cuda_mod->upload_mark_sync(be, slot, err);
+#endif
+	(void)be;
 	return CAL_OK;
 }
 

@@ -50,6 +50,7 @@ struct cal_backend {
 	uint64_t cpu_min_items;
 	int cuda_device;
 	void *impl;                 /* cuda: stream and device properties */
+	void *mem;                  /* allocation accounting (backend.c) */
 };
 
 /* Parses "cpu" / "cuda"; returns 0, or -1 for anything else. */
@@ -100,6 +101,61 @@ enum cal_status cal_backend_memset(struct cal_backend *be, void *dst, int byte, 
 				   struct cal_error *err);
 /* Waits until queued ops finished; reports asynchronous device errors. */
 enum cal_status cal_backend_sync(struct cal_backend *be, struct cal_error *err);
+
+/* --- memory accounting, staging and overlapped uploads ------------------ */
+
+/*
+ * Page-locked host memory for staging uploads (cudaHostAlloc on CUDA, so
+ * that cal_backend_upload_async from it runs at full bus speed without
+ * blocking the caller; 256-byte aligned malloc on the CPU).  Not counted in
+ * the back end's memory statistics.  Freed with cal_backend_host_free (NULL:
+ * no-op).  Errors: CAL_ERR_NOMEM, CAL_ERR_DEVICE.
+ */
+enum cal_status cal_backend_host_alloc(struct cal_backend *be, size_t bytes, void **ret,
+				       struct cal_error *err);
+void cal_backend_host_free(struct cal_backend *be, void *p);
+
+/* Free and total memory of the back end's device (cudaMemGetInfo); on the
+ * CPU the available and total physical memory. */
+enum cal_status cal_backend_mem_info(struct cal_backend *be, uint64_t *ret_free,
+				     uint64_t *ret_total, struct cal_error *err);
+
+/* Bytes currently held through cal_backend_alloc, the most held at once
+ * since the back end was created (or the last reset), and the cap. */
+struct cal_backend_mem {
+	uint64_t current, peak, limit;
+};
+void cal_backend_mem_stats(struct cal_backend *be, struct cal_backend_mem *ret);
+void cal_backend_mem_reset_peak(struct cal_backend *be);
+/* Caps cal_backend_alloc: an allocation that would take the bytes held
+ * above `bytes` fails with CAL_ERR_NOMEM naming the cap (0: no cap).  On the
+ * CPU this emulates a GPU smaller than the model. */
+void cal_backend_set_mem_limit(struct cal_backend *be, uint64_t bytes);
+
+/*
+ * host -> back end on the back end's copy stream, asynchronous: returns
+ * before the copy is done.  src must stay unchanged until
+ * cal_backend_upload_sync() returned (best from cal_backend_host_alloc;
+ * other host memory makes the copy synchronous).  The CPU back end copies at
+ * once.  cal_backend_upload_wait() makes every op queued after it wait for
+ * the uploads queued before it, without blocking the caller;
+ * cal_backend_upload_sync() blocks until they are done.  Uploads may be
+ * queued from another thread than the one running ops.
+ */
+enum cal_status cal_backend_upload_async(struct cal_backend *be, void *dst, const void *src,
+					 size_t n, struct cal_error *err);
+enum cal_status cal_backend_upload_wait(struct cal_backend *be, struct cal_error *err);
+enum cal_status cal_backend_upload_sync(struct cal_backend *be, struct cal_error *err);
+/* Staging rings: cal_backend_upload_mark() remembers the copy stream's
+ * position under `slot` (< CAL_BACKEND_UPLOAD_MARKS);
+ * cal_backend_upload_mark_sync() blocks until the uploads queued before
+ * that mark are done, so the host buffer they read can be refilled while
+ * later uploads still run.  No-ops on the CPU. */
+#define CAL_BACKEND_UPLOAD_MARKS 8
+enum cal_status cal_backend_upload_mark(struct cal_backend *be, unsigned slot,
+					struct cal_error *err);
+enum cal_status cal_backend_upload_mark_sync(struct cal_backend *be, unsigned slot,
+					     struct cal_error *err);
 
 /* --- CPU back end internals shared by kernels/<op>.c ------------------- */
 

@@ -30,7 +30,7 @@ extern const struct cal_ops cal_cpu_ops;
  * cal_cuda_module_get(), returning this table.  abi, op_count and
  * ops_size guard against a module from another build.
  */
-#define CAL_CUDA_MODULE_ABI 1u
+#define CAL_CUDA_MODULE_ABI 2u
 #define CAL_CUDA_MODULE_SYMBOL "cal_cuda_module_get"
 
 struct cal_cuda_module {
@@ -50,6 +50,18 @@ struct cal_cuda_module {
 	enum cal_status (*memset)(struct cal_backend *be, void *dst, int byte, size_t n,
 				  struct cal_error *err);
 	enum cal_status (*sync)(struct cal_backend *be, struct cal_error *err);
+	enum cal_status (*host_alloc)(struct cal_backend *be, size_t bytes, void **ret,
+				      struct cal_error *err);
+	void (*host_free)(struct cal_backend *be, void *p);
+	enum cal_status (*mem_info)(struct cal_backend *be, uint64_t *ret_free, uint64_t *ret_total,
+				    struct cal_error *err);
+	enum cal_status (*upload_async)(struct cal_backend *be, void *dst, const void *src, size_t n,
+					struct cal_error *err);
+	enum cal_status (*upload_wait)(struct cal_backend *be, struct cal_error *err);
+	enum cal_status (*upload_sync)(struct cal_backend *be, struct cal_error *err);
+	enum cal_status (*upload_mark)(struct cal_backend *be, unsigned slot, struct cal_error *err);
+	enum cal_status (*upload_mark_sync)(struct cal_backend *be, unsigned slot,
+					    struct cal_error *err);
 };
 
 typedef const struct cal_cuda_module *(*cal_cuda_module_get_fn)(void);
@@ -71,6 +83,18 @@ enum cal_status cal_cuda_memcpy(struct cal_backend *be, void *dst, const void *s
 enum cal_status cal_cuda_memset(struct cal_backend *be, void *dst, int byte, size_t n,
 				struct cal_error *err);
 enum cal_status cal_cuda_sync(struct cal_backend *be, struct cal_error *err);
+enum cal_status cal_cuda_host_alloc(struct cal_backend *be, size_t bytes, void **ret,
+				    struct cal_error *err);
+void cal_cuda_host_free(struct cal_backend *be, void *p);
+enum cal_status cal_cuda_mem_info(struct cal_backend *be, uint64_t *ret_free, uint64_t *ret_total,
+				  struct cal_error *err);
+enum cal_status cal_cuda_upload_async(struct cal_backend *be, void *dst, const void *src, size_t n,
+				      struct cal_error *err);
+enum cal_status cal_cuda_upload_wait(struct cal_backend *be, struct cal_error *err);
+enum cal_status cal_cuda_upload_sync(struct cal_backend *be, struct cal_error *err);
+enum cal_status cal_cuda_upload_mark(struct cal_backend *be, unsigned slot, struct cal_error *err);
+enum cal_status cal_cuda_upload_mark_sync(struct cal_backend *be, unsigned slot,
+					  struct cal_error *err);
 #endif
 
 #ifdef __cplusplus

@@ -1,6 +1,7 @@
 /*
  * ewise.c — element-wise decoder steps on bf16 (residual add, SwiGLU,
- * sigmoid-gated add of the shared expert, clamp), each computed in fp32 and
+ * sigmoid-gated add of the shared expert, clamp, sigmoid gate of the gated
+ * attention output), each computed in fp32 and
  * rounded to bf16 where HF's bf16 ops round.  silu(u) = u / (1 + exp(-u)),
  * sigmoid(u) = 1 / (1 + exp(-u)).  Reference and CPU back end; items are
  * rows.
@@ -48,7 +49,10 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			case CAL_EWISE_GATE_ADD:
 				v = u + bf(gate * ld(y, j));
 				break;
-			default:
+			case CAL_EWISE_SIGMOID_MUL:
+				v = u * bf(1.0f / (1.0f + expf(-ld(y, j))));
+				break;
+			default: /* CAL_EWISE_CLAMP */
 				v = u > a->clamp ? a->clamp : (u < -a->clamp ? -a->clamp : u);
 				break;
 			}
@@ -60,7 +64,7 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 enum cal_status cal_check_ewise(const struct cal_ewise_args *a, struct cal_error *err)
 {
 	enum cal_status st;
-	if ((unsigned)a->mode > CAL_EWISE_CLAMP)
+	if ((unsigned)a->mode > CAL_EWISE_SIGMOID_MUL)
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'mode' = %d is unknown",
 				     (int)a->mode);
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)

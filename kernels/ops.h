@@ -237,6 +237,10 @@ struct cal_gemm_args {
 	uint32_t n_groups;       /* 0 or 1: one plain GEMM */
 	const uint32_t *offsets; /* [n_groups + 1], non-decreasing, <= m (n_groups > 1) */
 	uint64_t w_stride, bias_stride; /* elements between group weights / biases */
+	/* Optional host (not back-end) copy of offsets, equal to it: the CUDA
+	 * back end then issues the per-group GEMMs without reading offsets back
+	 * (no stream sync).  Ignored by the CPU back end. */
+	const uint32_t *host_offsets;
 };
 
 /* out[i, :] = src[index[i] / div, :] (div 0 or 1: index[i]).  Embedding
@@ -363,17 +367,70 @@ enum cal_ewise_mode {
 	CAL_EWISE_SWIGLU = 1,    /* out = bf16(bf16(silu(a)) * b) */
 	CAL_EWISE_GATE_ADD = 2,  /* out = bf16(a + bf16(bf16(sigmoid(g[r])) * b)) (shared expert) */
 	CAL_EWISE_CLAMP = 3,     /* out = min(max(a, -clamp), clamp) (olmoe clip_qkv) */
+	CAL_EWISE_SIGMOID_MUL = 4, /* out = bf16(a * bf16(sigmoid(b))) (gated attention output) */
 };
 
 /* Row r, column j: a[r*lda + j], b[r*ldb + j], g[r*ldg], out[r*ldo + j];
  * a row stride of 0 means cols.  out may alias a. */
 struct cal_ewise_args {
 	enum cal_ewise_mode mode;
-	const uint16_t *a, *b, *g; /* b: ADD, SWIGLU, GATE_ADD; g: GATE_ADD */
+	const uint16_t *a, *b, *g; /* b: ADD, SWIGLU, GATE_ADD, SIGMOID_MUL; g: GATE_ADD */
 	uint16_t *out;
 	uint64_t rows, cols;
 	uint64_t lda, ldb, ldg, ldo;
 	float clamp;
+};
+
+/* ---- Gated DeltaNet (ARCHITECTURES.md §10) -------------------------------- */
+
+#define CAL_GDN_CONV_MAX_KERNEL 64u
+#define CAL_GDN_MAX_HEAD_DIM 256u
+#define CAL_GDN_CHUNK 64u        /* tokens per chunk of the chunked algorithm */
+
+/* Causal depthwise conv1d + SiLU over packed sequences (sequence s is rows
+ * cu_seqlens[s] .. cu_seqlens[s+1]-1; rows before its start count as 0):
+ * y[t, c] = bf16(silu(bf16(sum_{j<kernel} w[c, j] * x[t - kernel + 1 + j, c]))),
+ * fp32 sum in j order. */
+struct cal_gdn_conv_args {
+	const uint16_t *x;       /* [t, channels] */
+	const uint16_t *w;       /* [channels, kernel] (conv1d.weight [C, 1, K]) */
+	uint16_t *y;             /* [t, channels], must not alias x */
+	uint64_t t;
+	uint32_t channels, kernel; /* 1 <= kernel <= CAL_GDN_CONV_MAX_KERNEL */
+	const uint32_t *cu_seqlens; /* [n_seq + 1], 0 .. t, no empty sequence */
+	uint32_t n_seq;
+};
+
+/* The Gated DeltaNet output norm (ARCHITECTURES.md §10.8), row by row:
+ * n = x * rsqrt(mean(x^2) + eps) in fp32 (as rmsnorm),
+ * y = bf16(bf16(w * bf16(n)) * silu(z)), silu(u) = u / (1 + exp(-u)) in fp32.
+ * Rows are (token, value head) pairs, cols = head_v_dim; w is shared. */
+struct cal_rmsnorm_gated_args {
+	const uint16_t *x;       /* [rows, cols] */
+	const uint16_t *z;       /* [rows, cols] the gate (in_proj_z output) */
+	uint16_t *y;             /* [rows, cols], may equal x */
+	uint64_t rows, cols;
+	const uint16_t *w;       /* [cols] bf16 */
+	float eps;
+};
+
+/* Gated delta rule over packed sequences, state reset per sequence
+ * (kernels/gated_delta.c states the formulas): gates from b, a, a_log,
+ * dt_bias; q/k of key head h / (nv / nk) L2-normalised (q also scaled by
+ * dk^-0.5); out = bf16(S^T q) per token and value head.  The CPU back end
+ * runs the token-by-token recurrence (chunked = 0, the reference) or the
+ * chunked algorithm (chunked = 1); CUDA always runs the chunked one.  Both
+ * keep the state in fp32 and agree to fp32 rounding. */
+struct cal_gated_delta_args {
+	const uint16_t *qkv;     /* [t, 2*nk*dk + nv*dv]: q | k | v, head-major (conv output) */
+	const uint16_t *b, *a;   /* [t, nv] in_proj_b / in_proj_a outputs */
+	const float *a_log, *dt_bias; /* [nv] */
+	uint16_t *out;           /* [t, nv*dv] */
+	uint64_t t;
+	uint32_t nk, nv, dk, dv; /* nv % nk == 0; dk, dv <= CAL_GDN_MAX_HEAD_DIM */
+	const uint32_t *cu_seqlens; /* [n_seq + 1] */
+	uint32_t n_seq;
+	int chunked;             /* CPU: 0 token by token, 1 chunked (CAL_GDN_CHUNK) */
 };
 
 /* ---- the table ---------------------------------------------------------- */
@@ -387,7 +444,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 25
+#define CAL_OP_COUNT_EXPECTED 28
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

@@ -5,16 +5,26 @@
  * read-back with non-finite checks, weight amax, the mapping from observed
  * tensors to the plan's quantizers, and the statistics JSON.
  *
- * Layer streaming: one layer's weights are resident at a time.  On the CPU
- * back end they are read straight from the mmap when already bf16 in the
- * canonical layout (fused experts, every dense linear) and copied only
- * where the layout needs it (per-expert and Mixtral experts into W13/W2,
- * gate|up stacking); on CUDA the staged layer is uploaded into one device
- * allocation per layer.  The hidden states of all calibration tokens stay
- * in back-end memory between layers.
+ * Layer streaming: two weight arenas in back-end memory.  While layer L
+ * computes on one, a staging thread brings layer L+1 into the canonical
+ * layout (from the mmap, copying only where the layout needs it), takes
+ * the weight amax, and copies it into the other through a ring of pinned
+ * host buffers with asynchronous uploads on the back end's copy stream;
+ * the compute stream waits for those uploads only when layer L+1 starts.
+ * Peak memory is therefore two layers' weights, the hidden states and one
+ * micro-batch's activations.  On the CPU back end without a memory cap the
+ * weights are used straight from the mapping (no arenas).
+ *
+ * Memory plan: the budget is the free device memory (less a reserve for
+ * cuBLAS and the allocator) capped by opts.max_mem, which is also enforced
+ * on every back-end allocation.  The hidden states of all calibration tokens
+ * stay in back-end memory when they fit next to the arenas and a useful
+ * micro-batch, else in pinned host memory, moved per micro-batch.
+ * Micro-batches of whole sequences take what is left.
  */
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +34,13 @@
 #include "engine/calib/calib_internal.h"
 
 #define DEFAULT_MB_TOKENS 4096u
+#define RING_SLOT_BYTES ((uint64_t)32 << 20)
+#define COPY_CHUNK ((uint64_t)64 << 10)
+
+static uint64_t al256(uint64_t b)
+{
+	return (b + 255) & ~(uint64_t)255;
+}
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -78,15 +95,16 @@ static enum cal_status check_supported(const struct cal_model_desc *d, struct ca
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: quantized source checkpoints (%s) are not run by the "
 				     "calibration engine yet", d->model_type, cal_src_quant_name(d->src_quant));
-	if (d->attn != CAL_ATTN_GQA || d->has_sinks)
+	if ((d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA) || d->has_sinks)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: %s attention%s is not run by the calibration engine yet",
 				     d->model_type, cal_attn_kind_name(d->attn),
 				     d->has_sinks ? " with sinks" : "");
-	if (d->n_linear_layers)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "%s: Gated DeltaNet layers are not run by the calibration engine yet",
-				     d->model_type);
+	if (d->n_linear_layers) {
+		enum cal_status st = cal_gdn_check(d, err); /* Gated DeltaNet: gdn.c */
+		if (st < 0)
+			return st;
+	}
 	if (d->num_experts > 0 && d->n_moe_layers > 0) {
 		if (d->router != CAL_ROUTER_SOFTMAX_TOPK)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
@@ -213,13 +231,14 @@ fail:
 static void free_run(struct cal_calib *c)
 {
 	void *bufs[] = {c->hidden, c->pos, c->meta, c->d_inv_freq, c->h, c->q, c->kb, c->vb,
-			c->att, c->tmp, c->gu, c->act, c->logits, c->xg, c->yo, c->sgu, c->sact,
+			c->att, c->tmp, c->gu, c->act, c->logits, c->xg, c->sgu, c->sact,
 			c->sy, c->sgl, c->idx, c->offsets, c->sorted, c->ppos, c->rw, c->obs_amax,
-			c->obs_nf};
+			c->obs_nf, c->arena[0], c->arena[1], c->xmb, c->w_amax, c->w_nf, c->w_off};
 	if (!c->be)
 		return;
 	for (size_t i = 0; i < CAL_ARRAY_LEN(bufs); i++)
 		be_free(c, bufs[i]);
+	cal_gdn_free(c);
 	c->hidden = NULL;
 	c->pos = c->meta = NULL;
 	c->d_inv_freq = NULL;
@@ -228,6 +247,19 @@ static void free_run(struct cal_calib *c)
 	c->idx = c->offsets = c->sorted = c->ppos = NULL;
 	c->rw = c->obs_amax = NULL;
 	c->obs_nf = NULL;
+	c->arena[0] = c->arena[1] = NULL;
+	c->xmb = NULL;
+	c->w_amax = NULL;
+	c->w_nf = NULL;
+	c->w_off = NULL;
+	for (int i = 0; i < CAL_RING_SLOTS; i++) {
+		cal_backend_host_free(c->be, c->ring[i]);
+		c->ring[i] = NULL;
+		c->ring_used[i] = 0;
+	}
+	c->ring_next = 0;
+	cal_backend_host_free(c->be, c->hidden_host);
+	c->hidden_host = NULL;
 	free(c->h_offsets);
 	c->h_offsets = NULL;
 	free(c->mbs);
@@ -265,11 +297,13 @@ static uint64_t per_token_bytes(const struct cal_calib *c)
 	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd, kk = c->kk;
 	uint64_t b = 2 * (H + qd + 2 * kd + qd + H);
 	uint64_t dense = 2 * (3 * (uint64_t)c->Id);
-	uint64_t moe = c->E ? 2 * ((uint64_t)c->E + kk * (H + 3 * (uint64_t)c->I + H) +
+	/* expert outputs reuse the gathered inputs (c->yo = c->xg) */
+	uint64_t moe = c->E ? 2 * ((uint64_t)c->E + kk * (H + 3 * (uint64_t)c->I) +
 				   3 * (uint64_t)c->Is + H + 1) +
 				      4 * (3 * kk + (uint64_t)c->k)
 			    : 0;
-	return b + (dense > moe ? dense : moe);
+	return b + (dense > moe ? dense : moe) + (c->hidden_on_host ? 2 * H : 0) +
+	       cal_gdn_token_bytes(c);
 }
 
 static enum cal_status layout_tokens(struct cal_calib *c, const struct cal_calib_tokens *tk,
@@ -371,7 +405,7 @@ static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 	if (E) {
 		CAL_TRY(be_alloc(c, T * E * 2, &c->logits, err));
 		CAL_TRY(be_alloc(c, P * H * 2, &c->xg, err));
-		CAL_TRY(be_alloc(c, P * H * 2, &c->yo, err));
+		c->yo = c->xg;
 		CAL_TRY(be_alloc(c, P * 4, &c->idx, err));
 		CAL_TRY(be_alloc(c, (E + 1) * 4, &c->offsets, err));
 		CAL_TRY(be_alloc(c, P * 4, &c->sorted, err));
@@ -389,6 +423,37 @@ static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 	}
 	CAL_TRY(be_alloc(c, c->n_slots * sizeof(float), &c->obs_amax, err));
 	CAL_TRY(be_alloc(c, c->n_slots * sizeof(struct cal_nonfinite), &c->obs_nf, err));
+	CAL_TRY(cal_gdn_alloc(c, err)); /* gated attention / Gated DeltaNet scratch */
+	if (c->hidden_on_host)
+		CAL_TRY(be_alloc(c, T * H * 2, &c->xmb, err));
+	if (E && c->on_device) {
+		/* expert weight amax on the device: rows of expert e of W13 / W2 */
+		uint32_t *off = malloc(2 * (E + 1) * 4);
+		if (!off)
+			return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		for (uint64_t e = 0; e <= E; e++) {
+			off[e] = (uint32_t)(e * 2 * I);
+			off[E + 1 + e] = (uint32_t)(e * H);
+		}
+		st = be_alloc(c, 2 * E * 4, &c->w_amax, err);
+		if (st >= 0)
+			st = be_alloc(c, 2 * sizeof(struct cal_nonfinite), &c->w_nf, err);
+		if (st >= 0)
+			st = be_alloc(c, 2 * (E + 1) * 4, &c->w_off, err);
+		if (st >= 0)
+			st = cal_backend_upload(c->be, c->w_off, off, 2 * (E + 1) * 4, err);
+		free(off);
+		if (st < 0)
+			return st;
+	}
+	for (int i = 0; i < 2 && c->stream_weights; i++) {
+		if (!c->arena_bytes[i])
+			continue; /* a one-layer model */
+		st = be_alloc(c, c->arena_bytes[i], &c->arena[i], err);
+		if (st < 0)
+			return cal_error_wrap(err, st, "layer weights arena %d (%llu bytes)", i,
+					      (unsigned long long)c->arena_bytes[i]);
+	}
 fail:
 	return st;
 }
@@ -405,6 +470,10 @@ static enum cal_status reset_obs(struct cal_calib *c, struct cal_error *err)
 	for (uint64_t i = 0; i < c->n_slots; i++)
 		nf[i] = (struct cal_nonfinite){0, CAL_NONFINITE_NONE};
 	st = cal_backend_upload(c->be, c->obs_nf, nf, c->n_slots * sizeof(*nf), err);
+	if (st >= 0 && c->w_nf)
+		st = cal_backend_upload(c->be, c->w_nf, nf, 2 * sizeof(*nf), err);
+	if (st >= 0 && c->w_amax)
+		st = cal_backend_memset(c->be, c->w_amax, 0, 2 * (size_t)c->E * sizeof(float), err);
 	free(nf);
 	return st;
 }
@@ -450,13 +519,19 @@ static enum cal_status read_back(struct cal_calib *c, int32_t L, struct cal_erro
 					   "token %llu)", (unsigned long long)nf[s].count,
 					   (unsigned long long)(nf[s].first / (uint64_t)c->H));
 		} else if (s < S_FIXED) {
-			uint64_t cols = (s == S_O) ? (uint64_t)(c->nh * c->hd)
+			int lin = c->d->layers[L].mixer == CAL_MIXER_LINEAR;
+			struct cal_gdn_dims g;
+			cal_gdn_dims(c->d, &g);
+			uint64_t cols = (s == S_O) ? (lin ? g.vd : (uint64_t)(c->nh * c->hd))
 				      : (s == S_K || s == S_V) ? (uint64_t)(c->nkv * c->hd)
 				      : s == S_MLP_DOWN ? (uint64_t)c->Id
 				      : s == S_SH_DOWN ? (uint64_t)c->Is : (uint64_t)c->H;
+			const char *mod = !lin ? slot_module((int)s)
+					: s == S_QKV ? "linear_attn.in_proj_* (input)"
+					: s == S_O ? "linear_attn.out_proj (input)" : slot_module((int)s);
 			st = cal_error_set(err, CAL_ERR_NUMERIC,
 					   "layer %d, module %slayers.%d.%s: %llu non-finite values "
-					   "(NaN/Inf), first at token %llu", L, P, L, slot_module((int)s),
+					   "(NaN/Inf), first at token %llu", L, P, L, mod,
 					   (unsigned long long)nf[s].count,
 					   (unsigned long long)(nf[s].first / (cols ? cols : 1)));
 		} else {
@@ -502,7 +577,7 @@ static float host_amax(struct cal_calib *c, const uint16_t *w, uint64_t n)
 
 /* Weight quantizers of layer L (and lm_head when L < 0): amax from weights. */
 static enum cal_status weight_amax(struct cal_calib *c, int32_t L, const struct cal_layer_host *lh,
-				   struct cal_error *err)
+				   int skip_experts, struct cal_error *err)
 {
 	const struct cal_plan *p = c->plan;
 	const struct cal_layer_w *w = &lh->w;
@@ -511,6 +586,9 @@ static enum cal_status weight_amax(struct cal_calib *c, int32_t L, const struct 
 		const struct cal_plan_module *m = &p->modules[mi];
 		if (m->layer != L || m->wq < 0)
 			continue;
+		if (skip_experts &&
+		    (m->kind == CAL_MOD_EXPERTS_GATE_UP || m->kind == CAL_MOD_EXPERTS_DOWN))
+			continue; /* on the device: expert_wamax_enqueue */
 		for (int64_t e = 0; e < m->count; e++) {
 			size_t qi = (size_t)m->wq + (size_t)e;
 			const struct cal_qspec *sp = &p->q[qi].spec;
@@ -526,8 +604,8 @@ static enum cal_status weight_amax(struct cal_calib *c, int32_t L, const struct 
 			const char *pr = m->proj;
 			switch (m->kind) {
 			case CAL_MOD_ATTN_PROJ:
-				if (!strcmp(pr, "q_proj"))
-					src = w->wq, n = qd * H;
+				if (!strcmp(pr, "q_proj")) /* gated: query and gate rows */
+					src = w->wq, n = qd * H * (c->d->attn == CAL_ATTN_GATED_GQA ? 2 : 1);
 				else if (!strcmp(pr, "k_proj"))
 					src = w->wk, n = kd * H;
 				else if (!strcmp(pr, "v_proj"))
@@ -553,6 +631,9 @@ static enum cal_status weight_amax(struct cal_calib *c, int32_t L, const struct 
 				break;
 			case CAL_MOD_SHARED_GATE:
 				src = w->sgate, n = H;
+				break;
+			case CAL_MOD_LINATTN_PROJ:
+				cal_gdn_weight(c, w, pr, &src, &n);
 				break;
 			case CAL_MOD_EXPERTS_GATE_UP:
 				src = w->e13 + (uint64_t)e * 2 * c->I * H, n = 2 * (uint64_t)c->I * H;
@@ -602,15 +683,108 @@ static void lm_head_weight_amax(struct cal_calib *c)
 	}
 }
 
-/* Copies the staged layer to the back end (CUDA); on the CPU back end the
- * staged host pointers are used as they are. */
+/* Upper bound of one layer's weights in an arena (norm weights counted as
+ * f32, biases as present). */
+static uint64_t layer_bytes_bound(const struct cal_calib *c, int32_t L)
+{
+	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd;
+	uint64_t b = 2 * al256(4 * H) + al256(4 * qd) + al256(4 * kd) + al256(2 * qd * H) +
+		     2 * al256(2 * kd * H) + al256(2 * H * qd) + al256(2 * qd) + 2 * al256(2 * kd) +
+		     al256(2 * H);
+	if (c->d->attn == CAL_ATTN_GATED_GQA)
+		b += al256(2 * qd * H) + al256(2 * qd);
+	if (c->d->layers[L].mixer == CAL_MIXER_LINEAR) {
+		struct cal_gdn_dims g;
+		cal_gdn_dims(c->d, &g);
+		b += al256(2 * (g.cd + g.vd + 2 * g.nv) * H) + al256(2 * g.cd * g.kern) +
+		     al256(2 * g.dv) + al256(2 * H * g.vd) + 2 * al256(4 * g.nv);
+	}
+	if (c->d->layers[L].ffn == CAL_FFN_MOE) {
+		uint64_t E = c->E, I = c->I, S = c->Is;
+		b += al256(2 * E * H) + al256(4 * E * I * H) + al256(2 * E * H * I);
+		if (S)
+			b += al256(4 * S * H) + al256(2 * H * S) + al256(2 * H);
+	} else {
+		b += al256(4 * (uint64_t)c->Id * H) + al256(2 * H * (uint64_t)c->Id);
+	}
+	return b;
+}
+
+/* A parallel gather-copy: dst[0 .. n) = bytes base .. base + n of the
+ * concatenation of nseg pieces of `piece` bytes at src[0..nseg). */
+struct par_copy {
+	char *dst;
+	const char *const *src;
+	uint64_t piece, base, n;
+};
+
+static void par_copy_range(void *p, uint64_t b, uint64_t e, unsigned slot)
+{
+	const struct par_copy *pc = p;
+	uint64_t lo = b * COPY_CHUNK, hi = e * COPY_CHUNK < pc->n ? e * COPY_CHUNK : pc->n;
+	(void)slot;
+	while (lo < hi) {
+		uint64_t at = pc->base + lo, sg = at / pc->piece, o = at % pc->piece;
+		uint64_t take = pc->piece - o < hi - lo ? pc->piece - o : hi - lo;
+		memcpy(pc->dst + lo, pc->src[sg] + o, take);
+		lo += take;
+	}
+}
+
+/* On the host back end's threads (reading the mapping is the slow part:
+ * page faults and cache misses parallelise). */
+static enum cal_status par_copy(struct cal_calib *c, void *dst, const char *const *src,
+				uint64_t piece, uint64_t base, uint64_t n, struct cal_error *err)
+{
+	struct par_copy pc = {dst, src, piece, base, n};
+	return cal_cpu_parallel(c->host, (n + COPY_CHUNK - 1) / COPY_CHUNK, 16, par_copy_range, &pc,
+				err);
+}
+
+/* host -> back end: nseg pieces of `piece` bytes, concatenated at dst.  On
+ * a device through the pinned ring with asynchronous uploads (a slot is
+ * refilled once its previous upload is done), a parallel copy on the CPU. */
+static enum cal_status copy_in_segs(struct cal_calib *c, char *dst, const char *const *src,
+				    uint64_t nseg, uint64_t piece, struct cal_error *err)
+{
+	enum cal_status st = CAL_OK;
+	uint64_t n = nseg * piece;
+	if (!c->on_device)
+		return par_copy(c, dst, src, piece, 0, n, err);
+	for (uint64_t done = 0; done < n;) {
+		uint64_t win = n - done < c->ring_bytes ? n - done : c->ring_bytes;
+		unsigned s = c->ring_next;
+		c->ring_next = (s + 1) % CAL_RING_SLOTS;
+		if (c->ring_used[s])
+			CAL_TRY(cal_backend_upload_mark_sync(c->be, s, err));
+		CAL_TRY(par_copy(c, c->ring[s], src, piece, done, win, err));
+		CAL_TRY(cal_backend_upload_async(c->be, dst + done, c->ring[s], win, err));
+		CAL_TRY(cal_backend_upload_mark(c->be, s, err));
+		c->ring_used[s] = 1;
+		done += win;
+	}
+fail:
+	return st;
+}
+
+static enum cal_status copy_in(struct cal_calib *c, char *dst, const char *src, uint64_t n,
+			       struct cal_error *err)
+{
+	return copy_in_segs(c, dst, &src, 1, n, err);
+}
+
+/* Copies the staged layer into arena `slot` (weights streamed); without
+ * streaming (CPU, no cap) the staged host pointers are used as they are. */
 static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct cal_layer_host *lh,
-				    struct cal_layer_w *dw, void **ret_arena, struct cal_error *err)
+				    struct cal_layer_w *dw, int slot, struct cal_error *err)
 {
 	const struct cal_layer_w *w = &lh->w;
 	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd;
 	uint64_t nqn = c->d->qk_norm == CAL_QK_NORM_HEAD ? (uint64_t)c->hd : qd;
 	uint64_t nkn = c->d->qk_norm == CAL_QK_NORM_HEAD ? (uint64_t)c->hd : kd;
+	uint64_t qo = qd * (c->d->attn == CAL_ATTN_GATED_GQA ? 2 : 1); /* gated: + gate rows */
+	struct cal_gdn_dims g;
+	cal_gdn_dims(c->d, &g);
 	struct {
 		const void **dst;
 		const void *src;
@@ -621,11 +795,11 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		 H * (w->post_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
 		{(const void **)&dw->q_norm, w->q_norm, nqn * (w->q_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
 		{(const void **)&dw->k_norm, w->k_norm, nkn * (w->k_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
-		{(const void **)&dw->wq, w->wq, qd * H * 2},
+		{(const void **)&dw->wq, w->wq, qo * H * 2},
 		{(const void **)&dw->wk, w->wk, kd * H * 2},
 		{(const void **)&dw->wv, w->wv, kd * H * 2},
 		{(const void **)&dw->wo, w->wo, H * qd * 2},
-		{(const void **)&dw->bq, w->bq, qd * 2},
+		{(const void **)&dw->bq, w->bq, qo * 2},
 		{(const void **)&dw->bk, w->bk, kd * 2},
 		{(const void **)&dw->bv, w->bv, kd * 2},
 		{(const void **)&dw->bo, w->bo, H * 2},
@@ -637,37 +811,161 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		{(const void **)&dw->s13, w->s13, lh->n_s13 * 2},
 		{(const void **)&dw->s2, w->s2, lh->n_s2 * 2},
 		{(const void **)&dw->sgate, w->sgate, H * 2},
+		/* Gated DeltaNet (gdn.c) */
+		{(const void **)&dw->lqkv, w->lqkv, g.cd * H * 2},
+		{(const void **)&dw->lz, w->lz, g.vd * H * 2},
+		{(const void **)&dw->lb, w->lb, g.nv * H * 2},
+		{(const void **)&dw->la, w->la, g.nv * H * 2},
+		{(const void **)&dw->lconv, w->lconv, g.cd * g.kern * 2},
+		{(const void **)&dw->lnorm, w->lnorm, g.dv * 2},
+		{(const void **)&dw->lout, w->lout, H * g.vd * 2},
+		{(const void **)&dw->a_log, w->a_log, g.nv * 4},
+		{(const void **)&dw->dt_bias, w->dt_bias, g.nv * 4},
 	};
-	uint64_t total = 0;
+	uint64_t total = 0, off = 0;
 	enum cal_status st;
-	char *arena = NULL;
 	*dw = *w;
-	*ret_arena = NULL;
-	if (!c->on_device)
+	if (!c->stream_weights)
 		return CAL_OK;
 	for (size_t i = 0; i < CAL_ARRAY_LEN(it); i++)
-		if (it[i].src)
-			total += (it[i].bytes + 255) & ~(uint64_t)255;
-	st = be_alloc(c, total, &arena, err);
-	if (st < 0)
-		return cal_error_wrap(err, st, "layer %d: weights (%llu bytes)", L,
-				      (unsigned long long)total);
-	uint64_t off = 0;
+		if (it[i].src || (it[i].dst == (const void **)&dw->e13 && lh->e13_seg) ||
+		    (it[i].dst == (const void **)&dw->e2 && lh->e2_seg))
+			total += al256(it[i].bytes);
+	if (total > c->arena_bytes[slot]) {
+		/* a layer kind the bound does not know: grow this arena */
+		be_free(c, c->arena[slot]);
+		c->arena[slot] = NULL;
+		c->arena_bytes[slot] = 0;
+		st = be_alloc(c, total, &c->arena[slot], err);
+		if (st < 0)
+			return cal_error_wrap(err, st, "layer %d: weights (%llu bytes)", L,
+					      (unsigned long long)total);
+		c->arena_bytes[slot] = total;
+	}
+	char *arena = c->arena[slot];
 	for (size_t i = 0; i < CAL_ARRAY_LEN(it); i++) {
+		const uint16_t **seg = it[i].dst == (const void **)&dw->e13 ? lh->e13_seg
+				     : it[i].dst == (const void **)&dw->e2 ? lh->e2_seg : NULL;
+		if (seg && lh->n_e13) {
+			/* experts left in the mapping: one copy per expert matrix */
+			uint64_t n = it[i].dst == (const void **)&dw->e13 ? 2 * (uint64_t)c->E
+									   : (uint64_t)c->E;
+			st = copy_in_segs(c, arena + off, (const char *const *)seg, n, it[i].bytes / n,
+					  err);
+			if (st < 0)
+				return cal_error_wrap(err, st, "layer %d: expert weights upload", L);
+			*it[i].dst = arena + off;
+			off += al256(it[i].bytes);
+			continue;
+		}
 		if (!it[i].src) {
 			*it[i].dst = NULL;
 			continue;
 		}
-		st = cal_backend_upload(c->be, arena + off, it[i].src, it[i].bytes, err);
-		if (st < 0) {
-			be_free(c, arena);
-			return st;
-		}
+		st = copy_in(c, arena + off, it[i].src, it[i].bytes, err);
+		if (st < 0)
+			return cal_error_wrap(err, st, "layer %d: weights upload", L);
 		*it[i].dst = arena + off;
-		off += (it[i].bytes + 255) & ~(uint64_t)255;
+		off += al256(it[i].bytes);
 	}
-	*ret_arena = arena;
 	return CAL_OK;
+}
+
+/* Stages layer L into arena `slot`: canonical layout, weight amax, copy. */
+static enum cal_status stage_layer(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
+				   struct cal_layer_w *dw, int slot, struct cal_error *err)
+{
+	double t0 = cal_now();
+	enum cal_status st = cal_layer_stage(c, L, lh, err);
+	if (st >= 0)
+		st = weight_amax(c, L, lh, c->on_device, err);
+	if (st >= 0)
+		st = upload_layer(c, L, lh, dw, slot, err);
+	c->stage_s += cal_now() - t0;
+	return st;
+}
+
+struct stage_job {
+	struct cal_calib *c;
+	int32_t L;
+	struct cal_layer_host *lh;
+	struct cal_layer_w *dw;
+	int slot;
+	enum cal_status st;
+	struct cal_error err;
+};
+
+static void *stage_main(void *p)
+{
+	struct stage_job *j = p;
+	j->st = stage_layer(j->c, j->L, j->lh, j->dw, j->slot, &j->err);
+	return NULL;
+}
+
+/* Expert weight amax of layer L on the device (amax_segments over the
+ * experts' rows of W13 and W2), read back by expert_wamax_finish. */
+static enum cal_status expert_wamax_enqueue(struct cal_calib *c, int32_t L,
+					    const struct cal_layer_w *w, struct cal_error *err)
+{
+	uint64_t E = c->E, H = c->H, I = c->I;
+	enum cal_status st = CAL_OK;
+	if (!c->w_amax || c->d->layers[L].ffn != CAL_FFN_MOE)
+		return CAL_OK;
+	cal_prof(c, PH_OBS);
+	struct cal_amax_segments_args a = {CAL_DTYPE_BF16, w->e13, E * 2 * I, H, c->w_off,
+					   (uint32_t)E, 0, c->w_amax, c->w_nf};
+	struct cal_amax_segments_args b = {CAL_DTYPE_BF16, w->e2, E * H, I, c->w_off + E + 1,
+					   (uint32_t)E, 0, c->w_amax + E, c->w_nf + 1};
+	CAL_TRY(cal_op_amax_segments(c->be, &a, err));
+	CAL_TRY(cal_op_amax_segments(c->be, &b, err));
+	cal_prof(c, PH_OTHER);
+fail:
+	return st;
+}
+
+static enum cal_status expert_wamax_finish(struct cal_calib *c, int32_t L, struct cal_error *err)
+{
+	const struct cal_plan *p = c->plan;
+	uint64_t E = c->E;
+	struct cal_nonfinite nf[2];
+	enum cal_status st = CAL_OK;
+	float *am = NULL;
+	if (!c->w_amax || c->d->layers[L].ffn != CAL_FFN_MOE)
+		return CAL_OK;
+	am = malloc(2 * E * sizeof(float));
+	if (!am)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	CAL_TRY(cal_backend_download(c->be, am, c->w_amax, 2 * E * sizeof(float), err));
+	CAL_TRY(cal_backend_download(c->be, nf, c->w_nf, sizeof(nf), err));
+	for (int i = 0; i < 2; i++)
+		if (nf[i].count) {
+			st = cal_error_set(err, CAL_ERR_NUMERIC,
+					   "layer %d: the %s weights of the routed experts have %llu "
+					   "non-finite values", L, i ? "down_proj" : "gate_up_proj",
+					   (unsigned long long)nf[i].count);
+			goto fail;
+		}
+	for (size_t mi = 0; mi < p->n_modules; mi++) {
+		const struct cal_plan_module *m = &p->modules[mi];
+		if (m->layer != L || m->wq < 0 ||
+		    (m->kind != CAL_MOD_EXPERTS_GATE_UP && m->kind != CAL_MOD_EXPERTS_DOWN))
+			continue;
+		for (int64_t e = 0; e < m->count && (uint64_t)e < E; e++) {
+			size_t qi = (size_t)m->wq + (size_t)e;
+			const struct cal_qspec *sp = &p->q[qi].spec;
+			if (!sp->enabled || !sp->calibrate)
+				continue;
+			if (sp->has_constant_amax) {
+				c->q_amax[qi] = (float)sp->constant_amax;
+			} else {
+				c->q_amax[qi] = am[(m->kind == CAL_MOD_EXPERTS_DOWN ? E : 0) + (uint64_t)e];
+			}
+			c->q_has[qi] = 1;
+		}
+	}
+fail:
+	free(am);
+	return st;
 }
 
 /* ---- the run ---------------------------------------------------------------- */
@@ -701,6 +999,8 @@ static void map_layer_stats(struct cal_calib *c, int32_t L)
 				a = la ? la[S_V] : -1.0f;
 			else if (m->kind == CAL_MOD_ATTN_PROJ)
 				a = la ? la[strcmp(m->proj, "o_proj") ? S_QKV : S_O] : -1.0f;
+			else if (m->kind == CAL_MOD_LINATTN_PROJ) /* in_proj_*: the norm output */
+				a = la ? la[strcmp(m->proj, "out_proj") ? S_QKV : S_O] : -1.0f;
 			else if (m->kind == CAL_MOD_MLP_PROJ)
 				a = la[strcmp(m->proj, "down_proj") ? S_MLP_GU : S_MLP_DOWN];
 			else if (m->kind == CAL_MOD_SHARED_PROJ)
@@ -722,6 +1022,52 @@ static void map_layer_stats(struct cal_calib *c, int32_t L)
 	}
 }
 
+/* ---- hidden states, profiling ------------------------------------------------ */
+
+uint16_t *cal_mb_x(const struct cal_calib *c, const struct cal_mb *mb)
+{
+	return c->hidden_on_host ? c->xmb : c->hidden + mb->tok0 * (uint64_t)c->H;
+}
+
+/* Brings micro-batch mb's hidden states to the device (hidden on host). */
+static enum cal_status mb_load(struct cal_calib *c, const struct cal_mb *mb, struct cal_error *err)
+{
+	enum cal_status st;
+	int ph = c->prof_phase;
+	if (!c->hidden_on_host)
+		return CAL_OK;
+	cal_prof(c, PH_HIDDEN_IO);
+	st = cal_backend_upload(c->be, c->xmb, c->hidden_host + mb->tok0 * (uint64_t)c->H,
+				mb->n_tok * (uint64_t)c->H * 2, err);
+	cal_prof(c, ph);
+	return st;
+}
+
+static enum cal_status mb_store(struct cal_calib *c, const struct cal_mb *mb, struct cal_error *err)
+{
+	enum cal_status st;
+	int ph = c->prof_phase;
+	if (!c->hidden_on_host)
+		return CAL_OK;
+	cal_prof(c, PH_HIDDEN_IO);
+	st = cal_backend_download(c->be, c->hidden_host + mb->tok0 * (uint64_t)c->H, c->xmb,
+				  mb->n_tok * (uint64_t)c->H * 2, err);
+	cal_prof(c, ph);
+	return st;
+}
+
+void cal_prof(struct cal_calib *c, int phase)
+{
+	if (c->o.profile) {
+		double now;
+		(void)cal_backend_sync(c->be, NULL); /* errors surface at the next checked sync */
+		now = cal_now();
+		c->ph[c->prof_phase] += now - c->prof_t;
+		c->prof_t = now;
+	}
+	c->prof_phase = phase;
+}
+
 static enum cal_status final_norm(struct cal_calib *c, struct cal_error *err)
 {
 	const struct cal_st_tensor *t = cal_catalog_find(c->cat, CAL_ROLE_FINAL_NORM,
@@ -738,9 +1084,9 @@ static enum cal_status final_norm(struct cal_calib *c, struct cal_error *err)
 		const struct cal_mb *mb = &c->mbs[i];
 		enum cal_rms_kind kind = c->d->norm == CAL_NORM_RMS_F32W ? CAL_RMS_F32W
 				       : c->d->norm == CAL_NORM_RMS_1P ? CAL_RMS_1P : CAL_RMS_PLAIN;
-		struct cal_rmsnorm_args a = {kind, c->hidden + mb->tok0 * (uint64_t)c->H, c->h,
-					     mb->n_tok, (uint64_t)c->H, w, t->dtype,
-					     (float)c->d->rms_norm_eps};
+		CAL_TRY(mb_load(c, mb, err));
+		struct cal_rmsnorm_args a = {kind, cal_mb_x(c, mb), c->h, mb->n_tok, (uint64_t)c->H, w,
+					     t->dtype, (float)c->d->rms_norm_eps};
 		struct cal_amax_args o = {CAL_DTYPE_BF16, c->h, mb->n_tok * (uint64_t)c->H,
 					  mb->tok0 * (uint64_t)c->H, c->obs_amax + S_LMHEAD,
 					  c->obs_nf + S_LMHEAD};
@@ -754,115 +1100,290 @@ fail:
 	return st;
 }
 
+/* ---- memory plan ---------------------------------------------------------------- */
+
+/*
+ * Decides where things live and how large micro-batches are: budget = free
+ * device memory less a reserve (cuBLAS workspace, allocator slack), capped
+ * by opts.max_mem (0: no cap; on the CPU without a cap nothing is planned:
+ * weights stay in the mapping, micro-batches of opts.micro_batch_tokens or
+ * 4096).  Fixed: two layer arenas, token positions / ids, metadata,
+ * observers.  The hidden states stay in back-end memory when they leave
+ * room for a micro-batch of min(n_tok, max(16384, longest sequence))
+ * tokens, else in pinned host memory.
+ */
+static enum cal_status plan_memory(struct cal_calib *c, const struct cal_calib_tokens *tk,
+				   uint64_t *ret_budget, struct cal_error *err)
+{
+	uint64_t H = c->H, smax = 0, n_tok, budget = UINT64_MAX;
+	enum cal_status st = CAL_OK;
+	for (size_t i = 0; i < tk->n; i++) {
+		uint64_t len = tk->off[i + 1] - tk->off[i];
+		smax = len > smax ? len : smax;
+	}
+	n_tok = c->o.pad_like_modelopt ? (uint64_t)tk->n * smax : tk->n_tokens;
+	c->stream_weights = c->on_device || c->o.max_mem;
+	c->hidden_on_host = 0;
+	c->max_layer_bytes = c->model_weight_bytes = 0;
+	c->arena_bytes[0] = c->arena_bytes[1] = 0;
+	for (int32_t L = 0; L < c->d->num_layers; L++) {
+		uint64_t b = layer_bytes_bound(c, L);
+		c->max_layer_bytes = b > c->max_layer_bytes ? b : c->max_layer_bytes;
+		c->model_weight_bytes += b;
+		/* layer L lives in arena L % 2 */
+		if (b > c->arena_bytes[L & 1])
+			c->arena_bytes[L & 1] = b;
+	}
+	if (c->on_device) {
+		uint64_t fr = 0, tot = 0;
+		CAL_TRY(cal_backend_mem_info(c->be, &fr, &tot, err));
+		uint64_t reserve = ((uint64_t)512 << 20) + fr / 50;
+		budget = fr > reserve ? fr - reserve : 0;
+	}
+	if (c->o.max_mem && c->o.max_mem < budget)
+		budget = c->o.max_mem;
+	cal_backend_set_mem_limit(c->be, c->o.max_mem);
+	*ret_budget = budget;
+	uint64_t hard = (uint64_t)INT32_MAX / (uint64_t)(c->kk > 0 ? c->kk : 1);
+	if (!c->on_device && !c->o.max_mem) {
+		c->mb_tokens = c->o.micro_batch_tokens ? c->o.micro_batch_tokens : DEFAULT_MB_TOKENS;
+	} else {
+		uint64_t fixed = 8 * n_tok + 12 * (uint64_t)tk->n + 4096 + 4 * (uint64_t)c->rd +
+				 c->n_slots * (4 + sizeof(struct cal_nonfinite)) +
+				 16 * ((uint64_t)c->E + 1) + 64 * 256 + (uint64_t)(64 << 10);
+		if (c->stream_weights)
+			fixed += c->arena_bytes[0] + c->arena_bytes[1];
+		if (fixed >= budget)
+			return cal_error_set(err, CAL_ERR_NOMEM,
+					     "memory budget of %llu bytes (%s) cannot hold two layers' "
+					     "weights (%llu + %llu bytes) and the token metadata",
+					     (unsigned long long)budget,
+					     c->o.max_mem == budget ? "--max-gpu-mem" : "free device memory",
+					     (unsigned long long)c->arena_bytes[0],
+					     (unsigned long long)c->arena_bytes[1]);
+		uint64_t avail = budget - fixed, hid = n_tok * H * 2, per = per_token_bytes(c);
+		uint64_t want = n_tok < 16384 ? n_tok : 16384;
+		want = want > smax ? want : smax;
+		if (avail < hid || (avail - hid) / per < want) {
+			c->hidden_on_host = 1;
+			per = per_token_bytes(c);
+		} else {
+			avail -= hid;
+		}
+		c->mb_tokens = avail / per;
+		if (c->o.micro_batch_tokens && c->o.micro_batch_tokens < c->mb_tokens)
+			c->mb_tokens = c->o.micro_batch_tokens;
+		if (c->mb_tokens < smax && (!c->o.micro_batch_tokens || avail / per < smax))
+			return cal_error_set(err, CAL_ERR_NOMEM,
+					     "memory budget of %llu bytes (%s) leaves room for %llu "
+					     "tokens per micro-batch; the longest calibration sequence "
+					     "has %llu (micro-batches hold whole sequences)",
+					     (unsigned long long)budget,
+					     c->o.max_mem == budget ? "--max-gpu-mem" : "free device memory",
+					     (unsigned long long)(avail / per), (unsigned long long)smax);
+	}
+	/* a sequence is never split: a micro-batch holds at least the longest */
+	if (c->mb_tokens < smax)
+		c->mb_tokens = smax;
+	if (c->mb_tokens > n_tok)
+		c->mb_tokens = n_tok;
+	if (c->mb_tokens > hard)
+		c->mb_tokens = hard;
+	if (c->mb_tokens < smax)
+		return cal_error_set(err, CAL_ERR_RANGE,
+				     "calibration sequence of %llu tokens exceeds the largest micro-batch "
+				     "(%llu tokens)", (unsigned long long)smax,
+				     (unsigned long long)c->mb_tokens);
+fail:
+	return st;
+}
+
+/* ---- embedding ---------------------------------------------------------------- */
+
+/* hidden = embed_tokens[ids]: on the device when the table fits next to the
+ * hidden states, else gathered on the host (into the pinned hidden states,
+ * or chunk by chunk through the staging ring). */
+static enum cal_status embed(struct cal_calib *c, const uint32_t *ids, struct cal_error *err)
+{
+	const struct cal_model_desc *d = c->d;
+	uint64_t H = c->H, n = (uint64_t)d->vocab_size * H;
+	const struct cal_st_tensor *t = cal_catalog_find(c->cat, CAL_ROLE_EMBED, CAL_PART_WEIGHT,
+							 -1, -1);
+	enum cal_status st = CAL_OK;
+	void *dtab = NULL;
+	uint32_t *d_ids = NULL;
+	if (!t || t->numel != n || t->dtype != CAL_DTYPE_BF16)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "embed_tokens: a bf16 [%lld, %lld] tensor is expected",
+				     (long long)d->vocab_size, (long long)H);
+	if (!c->on_device && !c->hidden_on_host) {
+		struct cal_gather_rows_args g = {t->data, (uint64_t)d->vocab_size, H, ids, c->n_tok,
+						 1, c->hidden};
+		return cal_op_gather_rows(c->be, &g, err);
+	}
+	if (c->on_device && !c->hidden_on_host) {
+		struct cal_error e2 = {0};
+		if (be_alloc(c, t->nbytes, &dtab, &e2) >= 0 && be_alloc(c, c->n_tok * 4, &d_ids, &e2) >= 0) {
+			/* through the pinned ring: several times faster than from the mapping */
+			CAL_TRY(copy_in(c, dtab, t->data, t->nbytes, err));
+			CAL_TRY(cal_backend_upload_wait(c->be, err));
+			CAL_TRY(cal_backend_upload(c->be, d_ids, ids, c->n_tok * 4, err));
+			struct cal_gather_rows_args g = {dtab, (uint64_t)d->vocab_size, H, d_ids,
+							 c->n_tok, 1, c->hidden};
+			CAL_TRY(cal_op_gather_rows(c->be, &g, err));
+			CAL_TRY(cal_backend_sync(c->be, err));
+			goto fail;
+		}
+		cal_error_clear(&e2); /* no room for the table: gather on the host */
+	}
+	if (c->on_device)
+		CAL_TRY(cal_backend_upload_sync(c->be, err)); /* the ring is free */
+	uint64_t rows = c->hidden_on_host ? c->n_tok : c->ring_bytes / (H * 2);
+	if (rows == 0)
+		rows = 1;
+	for (uint64_t r0 = 0; r0 < c->n_tok; r0 += rows) {
+		uint64_t nr = c->n_tok - r0 < rows ? c->n_tok - r0 : rows;
+		uint16_t *dst = c->hidden_on_host ? c->hidden_host + r0 * H : c->ring[0];
+		struct cal_gather_rows_args g = {t->data, (uint64_t)d->vocab_size, H, ids + r0, nr, 1,
+						 dst};
+		CAL_TRY(cal_op_gather_rows(c->host, &g, err));
+		if (!c->hidden_on_host)
+			CAL_TRY(cal_backend_upload(c->be, c->hidden + r0 * H, dst, nr * H * 2, err));
+	}
+fail:
+	be_free(c, dtab);
+	be_free(c, d_ids);
+	return st;
+}
+
+/* ---- the run loop ---------------------------------------------------------------- */
+
 enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens *tokens,
 			      struct cal_error *err)
 {
 	const struct cal_model_desc *d = c->d;
-	uint32_t *ids = NULL, *pos = NULL, *meta = NULL, *d_ids = NULL;
-	uint64_t meta_n = 0;
+	uint32_t *ids = NULL, *pos = NULL, *meta = NULL;
+	uint64_t meta_n = 0, budget = 0;
 	uint16_t *hbuf = NULL;
 	enum cal_status st = CAL_OK;
 	double t0 = cal_now();
+	struct cal_layer_host lh[2];
+	struct cal_layer_w dw[2];
+	struct stage_job job;
+	pthread_t tid;
+	int job_running = 0;
 
+	memset(lh, 0, sizeof(lh));
+	memset(dw, 0, sizeof(dw));
+	memset(&job, 0, sizeof(job));
 	for (size_t i = 0; i < tokens->n_tokens; i++)
 		if (tokens->ids[i] >= (uint64_t)d->vocab_size)
 			return cal_error_set(err, CAL_ERR_RANGE,
 					     "calibration token %zu: id %u is outside the vocabulary (%lld)",
 					     i, tokens->ids[i], (long long)d->vocab_size);
 	free_run(c);
-	c->mb_tokens = c->o.micro_batch_tokens;
-	if (!c->mb_tokens) {
-		c->mb_tokens = DEFAULT_MB_TOKENS;
-		if (c->o.max_mem) {
-			uint64_t per = per_token_bytes(c) + 2 * (uint64_t)c->H;
-			uint64_t fixed = 2 * (uint64_t)c->H * tokens->n_tokens;
-			uint64_t avail = c->o.max_mem > fixed ? (c->o.max_mem - fixed) / 2 : 0;
-			c->mb_tokens = avail / per;
-			if (c->mb_tokens < 16)
-				return cal_error_set(err, CAL_ERR_NOMEM,
-						     "--max-gpu-mem %llu bytes leaves room for fewer than "
-						     "16 tokens per micro-batch", (unsigned long long)c->o.max_mem);
-		}
-	}
+	cal_backend_mem_reset_peak(c->be);
+	memset(c->ph, 0, sizeof(c->ph));
+	c->stage_s = c->stage_wait_s = c->total_s = 0;
+	c->prof_phase = PH_EMBED;
+	c->prof_t = t0;
+	c->done_layers = 0;
+	for (int32_t L = 0; L < d->num_layers; L++)
+		if (c->moe[L].tokens)
+			memset(c->moe[L].tokens, 0, (size_t)c->E * sizeof(uint64_t));
+
+	CAL_TRY(plan_memory(c, tokens, &budget, err));
+	c->mem_budget = budget;
 	CAL_TRY(layout_tokens(c, tokens, &ids, &pos, &meta, &meta_n, err));
-	CAL_TRY(alloc_run(c, err));
-	CAL_TRY(be_alloc(c, c->n_tok * (uint64_t)c->H * 2, &c->hidden, err));
+	if (c->hidden_on_host)
+		CAL_TRY(cal_backend_host_alloc(c->be, c->n_tok * (uint64_t)c->H * 2,
+					       (void **)&c->hidden_host, err));
+	else
+		CAL_TRY(be_alloc(c, c->n_tok * (uint64_t)c->H * 2, &c->hidden, err));
 	CAL_TRY(be_alloc(c, c->n_tok * 4, &c->pos, err));
 	CAL_TRY(be_alloc(c, meta_n * 4, &c->meta, err));
 	CAL_TRY(be_alloc(c, ((uint64_t)c->rd / 2 + 1) * 4, &c->d_inv_freq, err));
-	CAL_TRY(be_alloc(c, c->n_tok * 4, &d_ids, err));
 	CAL_TRY(cal_backend_upload(c->be, c->pos, pos, c->n_tok * 4, err));
 	CAL_TRY(cal_backend_upload(c->be, c->meta, meta, meta_n * 4, err));
 	CAL_TRY(cal_backend_upload(c->be, c->d_inv_freq, c->inv_freq, ((uint64_t)c->rd / 2 + 1) * 4,
 				   err));
-	CAL_TRY(cal_backend_upload(c->be, d_ids, ids, c->n_tok * 4, err));
-
-	/* embedding (the table stays in the mapping on the CPU) */
-	{
-		const uint16_t *tab = NULL;
-		void *dtab = NULL;
-		uint64_t n = (uint64_t)d->vocab_size * (uint64_t)c->H;
-		const struct cal_st_tensor *t = cal_catalog_find(c->cat, CAL_ROLE_EMBED, CAL_PART_WEIGHT,
-								 -1, -1);
-		if (!t || t->numel != n || t->dtype != CAL_DTYPE_BF16) {
-			st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
-					   "embed_tokens: a bf16 [%lld, %lld] tensor is expected",
-					   (long long)d->vocab_size, (long long)c->H);
-			goto fail;
-		}
-		tab = t->data;
-		if (c->on_device) {
-			CAL_TRY(be_alloc(c, t->nbytes, &dtab, err));
-			st = cal_backend_upload(c->be, dtab, tab, t->nbytes, err);
-			tab = dtab;
-		}
-		if (st >= 0) {
-			struct cal_gather_rows_args g = {tab, (uint64_t)d->vocab_size, (uint64_t)c->H,
-							 d_ids, c->n_tok, 1, c->hidden};
-			st = cal_op_gather_rows(c->be, &g, err);
-		}
-		be_free(c, dtab);
-		if (st < 0)
-			goto fail;
+	if (c->on_device) {
+		c->ring_bytes = RING_SLOT_BYTES;
+		for (int i = 0; i < CAL_RING_SLOTS; i++)
+			CAL_TRY(cal_backend_host_alloc(c->be, c->ring_bytes, &c->ring[i], err));
 	}
-	if (c->o.on_hidden && c->on_device) {
+	CAL_TRY(embed(c, ids, err));
+	CAL_TRY(alloc_run(c, err));
+	if (c->o.on_hidden && c->on_device && !c->hidden_on_host) {
 		hbuf = malloc(c->n_tok * (uint64_t)c->H * 2);
 		if (!hbuf) {
 			st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 			goto fail;
 		}
 	}
+	c->ph[PH_EMBED] += cal_now() - c->prof_t;
+	c->prof_t = cal_now();
+	c->prof_phase = PH_OTHER;
 
+	/* layer 0 is staged here; each next one by a thread while this one computes */
+	if (d->num_layers > 0)
+		CAL_TRY(stage_layer(c, 0, &lh[0], &dw[0], 0, err));
 	for (int32_t L = 0; L < d->num_layers; L++) {
-		struct cal_layer_host lh;
-		struct cal_layer_w dw;
-		void *arena = NULL;
-		CAL_TRY(cal_layer_stage(c, L, &lh, err));
-		st = weight_amax(c, L, &lh, err);
-		if (st >= 0)
-			st = upload_layer(c, L, &lh, &dw, &arena, err);
-		if (st >= 0)
-			st = reset_obs(c, err);
-		for (size_t i = 0; i < c->n_mb && st >= 0; i++)
-			st = cal_layer_forward(c, L, &dw, &c->mbs[i], err);
-		if (st >= 0)
-			st = cal_backend_sync(c->be, err);
-		be_free(c, arena);
-		cal_layer_host_free(&lh);
-		if (st < 0)
-			goto fail;
+		int sl = L & 1;
+		if (job_running) {
+			double tw = cal_now();
+			pthread_join(tid, NULL);
+			job_running = 0;
+			c->stage_wait_s += cal_now() - tw;
+			if (job.st < 0) {
+				st = cal_error_set(err, job.st, "%s", cal_error_msg(&job.err));
+				cal_error_clear(&job.err);
+				goto fail;
+			}
+		}
+		cal_prof(c, PH_UPLOAD);
+		CAL_TRY(cal_backend_upload_wait(c->be, err));
+		if (c->o.profile)
+			CAL_TRY(cal_backend_upload_sync(c->be, err));
+		cal_prof(c, PH_OTHER);
+		if (L + 1 < d->num_layers) {
+			/* arena sl ^ 1 held layer L - 1, which is done */
+			job = (struct stage_job){c, L + 1, &lh[sl ^ 1], &dw[sl ^ 1], sl ^ 1, CAL_OK, {0}};
+			if (pthread_create(&tid, NULL, stage_main, &job) == 0) {
+				job_running = 1;
+			} else {
+				stage_main(&job); /* no thread: stage it here, later */
+				if (job.st < 0) {
+					st = cal_error_set(err, job.st, "%s", cal_error_msg(&job.err));
+					cal_error_clear(&job.err);
+					goto fail;
+				}
+			}
+		}
+		CAL_TRY(reset_obs(c, err));
+		CAL_TRY(expert_wamax_enqueue(c, L, &dw[sl], err));
+		for (size_t i = 0; i < c->n_mb; i++) {
+			CAL_TRY(mb_load(c, &c->mbs[i], err));
+			CAL_TRY(cal_layer_forward(c, L, &dw[sl], &c->mbs[i], err));
+			CAL_TRY(mb_store(c, &c->mbs[i], err));
+		}
+		cal_prof(c, PH_READBACK);
+		CAL_TRY(cal_backend_sync(c->be, err));
 		CAL_TRY(read_back(c, L, err));
+		CAL_TRY(expert_wamax_finish(c, L, err));
 		map_layer_stats(c, L);
+		cal_prof(c, PH_OTHER);
+		cal_layer_host_free(&lh[sl]);
 		c->done_layers = L + 1;
 		if (c->o.on_hidden) {
-			uint16_t *hv = c->hidden;
-			if (c->on_device) {
+			uint16_t *hv = c->hidden_on_host ? c->hidden_host : c->hidden;
+			if (c->on_device && !c->hidden_on_host) {
 				CAL_TRY(cal_backend_download(c->be, hbuf, c->hidden,
 							     c->n_tok * (uint64_t)c->H * 2, err));
 				hv = hbuf;
 			}
 			CAL_TRY(c->o.on_hidden(c->o.ctx, L, hv, c->n_tok, (uint64_t)c->H, err));
-			if (c->on_device && c->o.hidden_feedback)
+			if (c->on_device && !c->hidden_on_host && c->o.hidden_feedback)
 				CAL_TRY(cal_backend_upload(c->be, c->hidden, hbuf,
 							   c->n_tok * (uint64_t)c->H * 2, err));
 		}
@@ -876,13 +1397,51 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 	}
 	CAL_TRY(final_norm(c, err));
 	lm_head_weight_amax(c);
+	cal_prof(c, PH_OTHER);
 fail:
-	be_free(c, d_ids);
+	if (job_running) {
+		pthread_join(tid, NULL);
+		cal_error_clear(&job.err);
+	}
+	if (st < 0 && c->be)
+		(void)cal_backend_upload_sync(c->be, NULL); /* no upload may outlive its buffers */
+	cal_layer_host_free(&lh[0]);
+	cal_layer_host_free(&lh[1]);
 	free(hbuf);
 	free(ids);
 	free(pos);
 	free(meta);
+	c->total_s = cal_now() - t0;
 	return st;
+}
+
+void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *r)
+{
+	struct cal_backend_mem ms = {0, 0, 0};
+	memset(r, 0, sizeof(*r));
+	if (c->be)
+		cal_backend_mem_stats(c->be, &ms);
+	r->total_s = c->total_s;
+	r->embed_s = c->ph[PH_EMBED];
+	r->stage_s = c->stage_s;
+	r->stage_wait_s = c->stage_wait_s;
+	r->upload_s = c->ph[PH_UPLOAD];
+	r->attn_s = c->ph[PH_ATTN];
+	r->router_s = c->ph[PH_ROUTER];
+	r->experts_s = c->ph[PH_EXPERTS];
+	r->dense_s = c->ph[PH_DENSE];
+	r->observers_s = c->ph[PH_OBS];
+	r->readback_s = c->ph[PH_READBACK];
+	r->hidden_io_s = c->ph[PH_HIDDEN_IO];
+	r->other_s = c->ph[PH_OTHER];
+	r->peak_mem = ms.peak;
+	r->mem_budget = c->mem_budget;
+	r->max_layer_bytes = c->max_layer_bytes;
+	r->model_weight_bytes = c->model_weight_bytes;
+	r->mb_tokens = c->mb_tokens;
+	r->n_mb = c->n_mb;
+	r->hidden_on_host = c->hidden_on_host;
+	r->streamed = c->stream_weights;
 }
 
 /* ---- queries ------------------------------------------------------------------ */
@@ -905,6 +1464,11 @@ const struct cal_calib_moe_stats *cal_calib_moe(const struct cal_calib *c, int32
 uint64_t cal_calib_tokens_processed(const struct cal_calib *c)
 {
 	return c->n_tok;
+}
+
+const char *cal_calib_backend_describe(const struct cal_calib *c)
+{
+	return cal_backend_describe(c->be);
 }
 
 const struct cal_model_desc *cal_calib_model(const struct cal_calib *c)
@@ -933,13 +1497,23 @@ char *cal_calib_stats_json(const struct cal_calib *c)
 		const float *la = c->l_amax + (uint64_t)L * S_FIXED;
 		const char *P = d->prefix;
 #define K(fmt, ...) (snprintf(name, sizeof(name), "%slayers.%d." fmt, P, L, ##__VA_ARGS__), name)
-		put_amax(in, K("self_attn.q_proj"), la[S_QKV]);
-		put_amax(in, K("self_attn.k_proj"), la[S_QKV]);
-		put_amax(in, K("self_attn.v_proj"), la[S_QKV]);
-		put_amax(in, K("self_attn.o_proj"), la[S_O]);
-		json_object_set_new(kv, K("self_attn"), json_pack("{s:f, s:f}", "k_amax",
-								   (double)la[S_K], "v_amax",
-								   (double)la[S_V]));
+		if (d->layers[L].mixer == CAL_MIXER_LINEAR) {
+			/* Gated DeltaNet: every in_proj sees the norm output; no KV */
+			static const char *const fused[] = {"in_proj_qkvz", "in_proj_ba", NULL};
+			static const char *const split[] = {"in_proj_qkv", "in_proj_z", "in_proj_b",
+							    "in_proj_a", NULL};
+			for (const char *const *pp = d->gdn == CAL_GDN_FUSED ? fused : split; *pp; pp++)
+				put_amax(in, K("linear_attn.%s", *pp), la[S_QKV]);
+			put_amax(in, K("linear_attn.out_proj"), la[S_O]);
+		} else {
+			put_amax(in, K("self_attn.q_proj"), la[S_QKV]);
+			put_amax(in, K("self_attn.k_proj"), la[S_QKV]);
+			put_amax(in, K("self_attn.v_proj"), la[S_QKV]);
+			put_amax(in, K("self_attn.o_proj"), la[S_O]);
+			json_object_set_new(kv, K("self_attn"),
+					    json_pack("{s:f, s:f}", "k_amax", (double)la[S_K], "v_amax",
+						      (double)la[S_V]));
+		}
 		if (d->layers[L].ffn == CAL_FFN_DENSE) {
 			put_amax(in, K("mlp.gate_proj"), la[S_MLP_GU]);
 			put_amax(in, K("mlp.up_proj"), la[S_MLP_GU]);

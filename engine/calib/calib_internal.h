@@ -15,8 +15,8 @@
 
 /* Observer slots of one layer (amax + non-finite report each). */
 enum {
-	S_QKV,        /* input of q/k/v_proj (input_layernorm output) */
-	S_O,          /* input of o_proj */
+	S_QKV,        /* input of q/k/v_proj (input_layernorm output); GDN: of in_proj_* */
+	S_O,          /* input of o_proj (gated attention: after the gate); GDN: of out_proj */
 	S_K,          /* K after k_proj/k_norm/RoPE */
 	S_V,          /* V after v_proj */
 	S_MLP_GU,     /* dense MLP gate/up input */
@@ -34,9 +34,29 @@ enum cal_step {
 	STEP_ATTN_GQA,    /* input norm, q/k/v, q/k norm, RoPE, attention, o_proj, residual */
 	STEP_MLP_DENSE,   /* post norm, gate|up GEMM, SwiGLU, down, residual */
 	STEP_MOE,         /* post norm, router, sorted grouped experts, shared expert, residual */
+	STEP_GDN,         /* input norm, in_proj_*, conv, gated delta rule, gated norm, out_proj,
+			   * residual (engine/calib/gdn.c) */
 };
 
 #define CAL_MAX_STEPS 4
+
+/* Phases of a run, timed with opts.profile (calib.c: cal_prof). */
+enum cal_phase {
+	PH_OTHER,
+	PH_EMBED,
+	PH_UPLOAD,     /* waiting for the layer's weights to arrive */
+	PH_ATTN,       /* attention step (norm, q/k/v, RoPE, attention, o_proj) */
+	PH_ROUTER,     /* MoE: norm, router, sort, gather */
+	PH_EXPERTS,    /* MoE: grouped expert GEMMs, SwiGLU, combine, shared expert */
+	PH_DENSE,      /* dense MLP */
+	PH_OBS,        /* observers (amax of activations and of expert weights) */
+	PH_READBACK,   /* per-layer statistics read-back and checks */
+	PH_HIDDEN_IO,  /* hidden states moved between pinned host memory and the device */
+	PH_COUNT
+};
+
+/* Pinned staging ring for weight uploads. */
+#define CAL_RING_SLOTS 4
 
 /* One layer's weights (back-end pointers; bf16 unless noted). */
 struct cal_layer_w {
@@ -47,6 +67,16 @@ struct cal_layer_w {
 	const uint16_t *router;              /* [E, H] */
 	const uint16_t *e13, *e2;            /* [E, 2I, H], [E, H, I] */
 	const uint16_t *s13, *s2, *sgate;    /* shared: [2Is, H], [H, Is], [1, H] */
+	/* gated attention (CAL_ATTN_GATED_GQA): wq holds [2 nh hd, H], the query
+	 * rows of every head first, then the gate rows (de-interleaved at load);
+	 * bq likewise */
+	/* Gated DeltaNet (linear layers), the Qwen3.5 split layout for both
+	 * checkpoint layouts (Qwen3-Next's grouped rows permuted at load) */
+	const uint16_t *lqkv, *lz, *lb, *la;  /* [conv_dim, H], [nv dv, H], [nv, H], [nv, H] */
+	const uint16_t *lconv;               /* [conv_dim, K] */
+	const uint16_t *lnorm;               /* [dv] */
+	const uint16_t *lout;                /* [H, nv dv] */
+	const float *a_log, *dt_bias;        /* [nv] (bf16-rounded, as HF loads them) */
 };
 
 /* Host staging of one layer: canonical host pointers plus the buffers it
@@ -57,6 +87,11 @@ struct cal_layer_host {
 	int n_owned;
 	/* sizes (elements) of each pointer above, for the upload */
 	uint64_t n_e13, n_e2, n_w13, n_w2, n_s13, n_s2;
+	/* Per-expert checkpoints staged for a device: the routed experts stay
+	 * in the mapping, w.e13 / w.e2 are NULL and the upload copies expert
+	 * by expert (no host W13/W2).  e13_seg[2e] / [2e+1]: gate / up rows of
+	 * expert e ([I, H] each), e2_seg[e]: its down rows ([H, I]). */
+	const uint16_t **e13_seg, **e2_seg;
 };
 
 /* Per micro-batch metadata. */
@@ -97,11 +132,34 @@ struct cal_calib {
 	float *d_inv_freq;
 	/* scratch (back end) */
 	uint16_t *h, *q, *kb, *vb, *att, *tmp, *gu, *act, *logits, *xg, *yo, *sgu, *sact, *sy, *sgl;
+	/* gated attention / Gated DeltaNet scratch (gdn.c; NULL when unused) */
+	uint16_t *agate, *lqkv, *lconv, *lz, *lba, *lo;
 	uint32_t *idx, *offsets, *sorted, *ppos;
 	float *rw;
 	float *obs_amax;                 /* [n_slots] back end */
 	struct cal_nonfinite *obs_nf;    /* [n_slots] back end */
 	uint32_t *h_offsets;             /* [E + 1] host copy */
+
+	/* streaming (calib.c) */
+	int stream_weights;              /* layer weights copied into back-end arenas */
+	void *arena[2];                  /* back end: weights of even / odd layers */
+	uint64_t arena_bytes[2];
+	void *ring[CAL_RING_SLOTS];      /* pinned host staging slots (on device) */
+	uint64_t ring_bytes;
+	unsigned ring_next;
+	uint8_t ring_used[CAL_RING_SLOTS];
+	int hidden_on_host;              /* hidden states in pinned host memory */
+	uint16_t *hidden_host;           /* [n_tok, H] pinned (hidden_on_host) */
+	uint16_t *xmb;                   /* [mb_tokens, H] back end (hidden_on_host) */
+	float *w_amax;                   /* [2E] back end: expert weight amax (device path) */
+	struct cal_nonfinite *w_nf;      /* [2] back end */
+	uint32_t *w_off;                 /* [2 (E + 1)] back end: expert row offsets */
+
+	/* profile */
+	int prof_phase;
+	double prof_t, ph[PH_COUNT];
+	double stage_s, stage_wait_s, total_s;
+	uint64_t max_layer_bytes, model_weight_bytes, mem_budget;
 
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
@@ -120,6 +178,41 @@ enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer
 void cal_layer_host_free(struct cal_layer_host *lh);
 enum cal_status cal_layer_forward(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 				  const struct cal_mb *mb, struct cal_error *err);
+/* A layer tensor as bf16 (the mapping when already bf16, else a converted
+ * copy owned by lh); numel is checked.  Missing: CAL_ERR_FORMAT. */
+enum cal_status cal_layer_tensor(struct cal_calib *c, struct cal_layer_host *lh,
+				 enum cal_role role, enum cal_part part, int32_t L, uint64_t numel,
+				 const uint16_t **ret, struct cal_error *err);
+/* A buffer owned by lh (freed with it); NULL when out of memory. */
+void *cal_layer_own(struct cal_layer_host *lh, size_t bytes);
+
+/* gdn.c: Gated DeltaNet layers and the gated-attention scratch */
+struct cal_gdn_dims {
+	uint64_t nk, nv, dk, dv, kern, cd, vd; /* cd = conv_dim = 2 nk dk + nv dv, vd = nv dv */
+};
+void cal_gdn_dims(const struct cal_model_desc *d, struct cal_gdn_dims *ret);
+/* Checks the model's GDN / gated-attention settings against what the engine runs. */
+enum cal_status cal_gdn_check(const struct cal_model_desc *d, struct cal_error *err);
+/* Scratch bytes per micro-batch token, allocation and release (back end). */
+uint64_t cal_gdn_token_bytes(const struct cal_calib *c);
+enum cal_status cal_gdn_alloc(struct cal_calib *c, struct cal_error *err);
+void cal_gdn_free(struct cal_calib *c);
+/* Stages the linear_attn weights of layer L into lh (canonical layout). */
+enum cal_status cal_gdn_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
+			      struct cal_error *err);
+/* Host source of weight quantizer `proj` ("in_proj_qkvz", "out_proj", ...)
+ * of a staged linear layer: *ret and *ret_n (elements), or NULL. */
+void cal_gdn_weight(const struct cal_calib *c, const struct cal_layer_w *w, const char *proj,
+		    const uint16_t **ret, uint64_t *ret_n);
+enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+			     const struct cal_mb *mb, uint16_t *x, struct cal_error *err);
+
+/* The hidden states of micro-batch mb in back-end memory (the resident
+ * buffer, or the micro-batch buffer filled from pinned host memory). */
+uint16_t *cal_mb_x(const struct cal_calib *c, const struct cal_mb *mb);
+/* Profiling: the time since the last call goes to the current phase, then
+ * `phase` is current (syncs the back end only with opts.profile). */
+void cal_prof(struct cal_calib *c, int phase);
 /* RoPE frequencies of the model (fp32, as HF computes them). */
 enum cal_status cal_rope_inv_freq(const struct cal_model_desc *d, float *inv, int64_t rd,
 				  struct cal_error *err);

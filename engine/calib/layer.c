@@ -5,6 +5,9 @@
  * rows and W2 [E, H, I] for every on-disk layout; dense gate|up stacked the
  * same way), and the steps themselves as op-table calls with the
  * observers in between.  Rounding follows HF (ARCHITECTURES.md §1.2-§1.6).
+ * Gated DeltaNet layers are in gdn.c; the gated attention of Qwen3-Next /
+ * Qwen3.5 (§6: q_proj rows interleave query and output gate per head,
+ * de-interleaved at load; o_proj input after the sigmoid gate) is here.
  */
 #include <math.h>
 #include <stdio.h>
@@ -23,15 +26,19 @@ enum cal_status cal_layer_steps(const struct cal_calib *c, int32_t L, enum cal_s
 	const struct cal_model_desc *d = c->d;
 	const struct cal_layer_desc *ld = &d->layers[L];
 	int n = 0;
-	if (ld->mixer == CAL_MIXER_LINEAR)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "layer %d: Gated DeltaNet (linear attention) is not run by the "
-				     "calibration engine yet", L);
-	if (d->attn != CAL_ATTN_GQA)
+	if (ld->mixer == CAL_MIXER_LINEAR) {
+		if (d->gdn == CAL_GDN_NONE)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+					     "layer %d: linear attention without a Gated DeltaNet "
+					     "layout", L);
+		steps[n++] = STEP_GDN;
+	} else if (d->attn == CAL_ATTN_GQA || d->attn == CAL_ATTN_GATED_GQA) {
+		steps[n++] = STEP_ATTN_GQA;
+	} else {
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "layer %d: %s attention is not run by the calibration engine yet",
 				     L, cal_attn_kind_name(d->attn));
-	steps[n++] = STEP_ATTN_GQA;
+	}
 	steps[n++] = ld->ffn == CAL_FFN_MOE ? STEP_MOE : STEP_MLP_DENSE;
 	*n_steps = n;
 	return CAL_OK;
@@ -182,6 +189,36 @@ static enum cal_status tensor_norm(struct cal_calib *c, struct cal_layer_host *l
 	return CAL_OK;
 }
 
+enum cal_status cal_layer_tensor(struct cal_calib *c, struct cal_layer_host *lh,
+				 enum cal_role role, enum cal_part part, int32_t L, uint64_t numel,
+				 const uint16_t **ret, struct cal_error *err)
+{
+	return tensor_bf16(c, lh, role, part, L, 0, numel, ret, err);
+}
+
+void *cal_layer_own(struct cal_layer_host *lh, size_t bytes)
+{
+	return own(lh, bytes);
+}
+
+/* Gated attention: q_proj's rows (and bias) [nh][2 hd] = per head hd query
+ * rows then hd gate rows, into [query rows of all heads | gate rows of all
+ * heads] (a copy owned by lh); `cols` is H for the weight, 1 for the bias. */
+static enum cal_status deinterleave_q(struct cal_layer_host *lh, const uint16_t *src,
+				      uint64_t nh, uint64_t hd, uint64_t cols,
+				      const uint16_t **ret, struct cal_error *err)
+{
+	uint16_t *p = own(lh, 2 * nh * hd * cols * 2);
+	if (!p)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory for the gated q_proj");
+	for (uint64_t n = 0; n < nh; n++) {
+		memcpy(p + n * hd * cols, src + 2 * n * hd * cols, hd * cols * 2);
+		memcpy(p + (nh + n) * hd * cols, src + (2 * n + 1) * hd * cols, hd * cols * 2);
+	}
+	*ret = p;
+	return CAL_OK;
+}
+
 /* Copies expert projection (L, e, proj) as bf16 [out, in] into dst. */
 static enum cal_status expert_copy(struct cal_calib *c, int32_t L, int32_t e, enum cal_proj proj,
 				   uint16_t *dst, int64_t out, int64_t in, struct cal_error *err)
@@ -211,6 +248,45 @@ static enum cal_status expert_copy(struct cal_calib *c, int32_t L, int32_t e, en
 	return CAL_OK;
 }
 
+/* The mapping's bf16 [out, in] of expert projection (L, e, proj) when it is
+ * contiguous there, else NULL. */
+static const uint16_t *expert_direct(struct cal_calib *c, int32_t L, int32_t e, enum cal_proj proj,
+				     int64_t out, int64_t in)
+{
+	struct cal_expert_slice s;
+	if (cal_catalog_expert(c->cat, L, e, proj, &s, NULL) < 0)
+		return NULL;
+	if (s.out != out || s.in != in || s.scales || s.t->dtype != CAL_DTYPE_BF16 ||
+	    s.istride != 1 || s.out_stride != 1 || s.ostride != in)
+		return NULL;
+	return (const uint16_t *)s.t->data + cal_expert_slice_index(&s, 0, 0);
+}
+
+/* On a device, per-expert layouts stay in the mapping (lh->e13_seg,
+ * lh->e2_seg) when every expert is contiguous bf16; returns 1 then. */
+static int experts_direct(struct cal_calib *c, int32_t L, struct cal_layer_host *lh)
+{
+	uint64_t E = (uint64_t)c->E;
+	int64_t I = c->I, H = c->H;
+	const uint16_t **g = NULL, **d = NULL;
+	if (!c->on_device)
+		return 0;
+	g = own(lh, 2 * E * sizeof(*g));
+	d = own(lh, E * sizeof(*d));
+	if (!g || !d)
+		return 0;
+	for (uint64_t e = 0; e < E; e++) {
+		g[2 * e] = expert_direct(c, L, (int32_t)e, CAL_PROJ_GATE, I, H);
+		g[2 * e + 1] = expert_direct(c, L, (int32_t)e, CAL_PROJ_UP, I, H);
+		d[e] = expert_direct(c, L, (int32_t)e, CAL_PROJ_DOWN, H, I);
+		if (!g[2 * e] || !g[2 * e + 1] || !d[e])
+			return 0;
+	}
+	lh->e13_seg = g;
+	lh->e2_seg = d;
+	return 1;
+}
+
 /* Stacks two [rows, cols] matrices (gate then up) into one [2 rows, cols]. */
 static enum cal_status stack2(struct cal_layer_host *lh, const uint16_t *a, const uint16_t *b,
 			      uint64_t n, const uint16_t **ret, struct cal_error *err)
@@ -238,11 +314,22 @@ enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer
 	CAL_TRY(tensor_norm(c, lh, CAL_ROLE_INPUT_NORM, L, 0, H, &w->in_norm, &w->in_norm_dt, err));
 	CAL_TRY(tensor_norm(c, lh, CAL_ROLE_POST_ATTN_NORM, L, 0, H, &w->post_norm, &w->post_norm_dt,
 			    err));
-	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_Q_PROJ, CAL_PART_WEIGHT, L, 0, qd * H, &w->wq, err));
+	if (ld->mixer == CAL_MIXER_LINEAR) {
+		CAL_TRY(cal_gdn_stage(c, L, lh, err));
+		goto ffn;
+	}
+	int gated = d->attn == CAL_ATTN_GATED_GQA;
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_Q_PROJ, CAL_PART_WEIGHT, L, 0, (gated ? 2 : 1) * qd * H,
+			    &w->wq, err));
+	if (gated)
+		CAL_TRY(deinterleave_q(lh, w->wq, (uint64_t)c->nh, (uint64_t)c->hd, H, &w->wq, err));
 	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_K_PROJ, CAL_PART_WEIGHT, L, 0, kd * H, &w->wk, err));
 	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_V_PROJ, CAL_PART_WEIGHT, L, 0, kd * H, &w->wv, err));
 	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_O_PROJ, CAL_PART_WEIGHT, L, 0, H * qd, &w->wo, err));
-	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_Q_PROJ, CAL_PART_BIAS, L, !d->qkv_bias, qd, &w->bq, err));
+	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_Q_PROJ, CAL_PART_BIAS, L, !d->qkv_bias,
+			    (gated ? 2 : 1) * qd, &w->bq, err));
+	if (gated && w->bq)
+		CAL_TRY(deinterleave_q(lh, w->bq, (uint64_t)c->nh, (uint64_t)c->hd, 1, &w->bq, err));
 	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_K_PROJ, CAL_PART_BIAS, L, !d->qkv_bias, kd, &w->bk, err));
 	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_V_PROJ, CAL_PART_BIAS, L, !d->qkv_bias, kd, &w->bv, err));
 	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_O_PROJ, CAL_PART_BIAS, L, !d->o_bias, H, &w->bo, err));
@@ -252,6 +339,7 @@ enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer
 		CAL_TRY(tensor_norm(c, lh, CAL_ROLE_Q_NORM, L, 0, nq, &w->q_norm, &w->q_norm_dt, err));
 		CAL_TRY(tensor_norm(c, lh, CAL_ROLE_K_NORM, L, 0, nk, &w->k_norm, &w->k_norm_dt, err));
 	}
+ffn:
 	if (ld->ffn == CAL_FFN_DENSE) {
 		uint64_t I = (uint64_t)c->Id;
 		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_MLP_GATE, CAL_PART_WEIGHT, L, 0, I * H, &g, err));
@@ -273,6 +361,8 @@ enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer
 	lh->n_e2 = E * H * I;
 	if (lay == CAL_LAYOUT_FUSED && fgu && fgu->dtype == CAL_DTYPE_BF16 && fgu->numel == lh->n_e13) {
 		w->e13 = fgu->data; /* already [E, 2I, H] gate|up */
+	} else if (lay != CAL_LAYOUT_FUSED && experts_direct(c, L, lh)) {
+		w->e13 = w->e2 = NULL; /* copied expert by expert by the upload */
 	} else {
 		uint16_t *p = own(lh, lh->n_e13 * 2);
 		if (!p)
@@ -287,6 +377,8 @@ enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer
 	}
 	if (lay == CAL_LAYOUT_FUSED && fdn && fdn->dtype == CAL_DTYPE_BF16 && fdn->numel == lh->n_e2) {
 		w->e2 = fdn->data;
+	} else if (lh->e2_seg) {
+		w->e2 = NULL;
 	} else {
 		uint16_t *p = own(lh, lh->n_e2 * 2);
 		if (!p)
@@ -320,7 +412,11 @@ static enum cal_status observe(struct cal_calib *c, const uint16_t *x, uint64_t 
 {
 	struct cal_amax_args a = {CAL_DTYPE_BF16, x, rows * cols, row0 * cols, c->obs_amax + slot,
 				  c->obs_nf + slot};
-	return cal_op_amax(c->be, &a, err);
+	int ph = c->prof_phase;
+	cal_prof(c, PH_OBS);
+	enum cal_status st = cal_op_amax(c->be, &a, err);
+	cal_prof(c, ph);
+	return st;
 }
 
 static enum cal_status gemm(struct cal_calib *c, const uint16_t *x, const uint16_t *w,
@@ -361,9 +457,13 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 	uint64_t qd = (uint64_t)(c->nh * c->hd), kd = (uint64_t)(c->nkv * c->hd);
 	enum cal_status st = CAL_OK;
 
+	cal_prof(c, PH_ATTN);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->in_norm, w->in_norm_dt, err));
 	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_QKV, err));
 	CAL_TRY(gemm(c, c->h, w->wq, w->bq, c->q, T, qd, H, err));
+	if (d->attn == CAL_ATTN_GATED_GQA) /* the gate rows follow the query rows */
+		CAL_TRY(gemm(c, c->h, w->wq + qd * H, w->bq ? w->bq + qd : NULL, c->agate, T, qd, H,
+			     err));
 	CAL_TRY(gemm(c, c->h, w->wk, w->bk, c->kb, T, kd, H, err));
 	CAL_TRY(gemm(c, c->h, w->wv, w->bv, c->vb, T, kd, H, err));
 	if (d->clip_qkv > 0) {
@@ -400,6 +500,9 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 		c->o.pad_like_modelopt ? c->meta + mb->meta_off + mb->n_seq + 1 : NULL, window,
 		(float)d->attn_scaling};
 	CAL_TRY(cal_op_attention(c->be, &at, err));
+	if (d->attn == CAL_ATTN_GATED_GQA) /* o_proj sees attention * sigmoid(gate) */
+		CAL_TRY(ewise(c, CAL_EWISE_SIGMOID_MUL, c->att, c->agate, NULL, c->att, T, qd, 0, 0, 0,
+			      err));
 	CAL_TRY(observe(c, c->att, T, qd, mb->tok0, S_O, err));
 	CAL_TRY(gemm(c, c->att, w->wo, w->bo, c->tmp, T, H, qd, err));
 	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
@@ -412,6 +515,7 @@ static enum cal_status step_dense(struct cal_calib *c, const struct cal_layer_w 
 {
 	uint64_t T = mb->n_tok, H = (uint64_t)c->H, I = (uint64_t)c->Id;
 	enum cal_status st = CAL_OK;
+	cal_prof(c, PH_DENSE);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
 	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_MLP_GU, err));
 	CAL_TRY(gemm(c, c->h, w->w13, NULL, c->gu, T, 2 * I, H, err));
@@ -433,6 +537,7 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	enum cal_status st = CAL_OK;
 	struct cal_moe_host *mh = &c->moe[L];
 
+	cal_prof(c, PH_ROUTER);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
 	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_MOE_IN, err));
 	CAL_TRY(gemm(c, c->h, w->router, NULL, c->logits, T, E, H, err));
@@ -441,25 +546,35 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	CAL_TRY(cal_op_router(c->be, &ra, err));
 	struct cal_moe_sort_args sa = {c->idx, P, (uint32_t)E, c->offsets, c->sorted, c->ppos};
 	CAL_TRY(cal_op_moe_sort(c->be, &sa, err));
+	/* the expert offsets on the host once per micro-batch: the grouped GEMMs
+	 * are then issued without further syncs, and give the token counts */
+	CAL_TRY(cal_backend_download(c->be, c->h_offsets, c->offsets, ((size_t)E + 1) * 4, err));
+	for (uint64_t e = 0; e < E; e++)
+		mh->tokens[e] += c->h_offsets[e + 1] - c->h_offsets[e];
 	struct cal_gather_rows_args ga = {c->h, T, H, c->sorted, P, (uint32_t)kk, c->xg};
 	CAL_TRY(cal_op_gather_rows(c->be, &ga, err));
 	struct cal_amax_segments_args sg = {CAL_DTYPE_BF16, c->xg, P, H, c->offsets, (uint32_t)E,
 					    mb->tok0 * kk * H, c->obs_amax + S_FIXED,
 					    c->obs_nf + S_FIXED};
+	cal_prof(c, PH_OBS);
 	CAL_TRY(cal_op_amax_segments(c->be, &sg, err));
+	cal_prof(c, PH_EXPERTS);
 	struct cal_gemm_args g1 = {.x = c->xg, .w = w->e13, .y = c->gu, .m = P, .n = 2 * I, .k = H,
 				   .n_groups = (uint32_t)E, .offsets = c->offsets,
-				   .w_stride = 2 * I * H};
+				   .w_stride = 2 * I * H, .host_offsets = c->h_offsets};
 	CAL_TRY(cal_op_gemm(c->be, &g1, err));
 	CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->gu, c->gu + I, NULL, c->act, P, I, 2 * I, 2 * I, 0,
 		      err));
 	struct cal_amax_segments_args sd = {CAL_DTYPE_BF16, c->act, P, I, c->offsets, (uint32_t)E,
 					    mb->tok0 * kk * I, c->obs_amax + S_FIXED + E,
 					    c->obs_nf + S_FIXED + E};
+	cal_prof(c, PH_OBS);
 	CAL_TRY(cal_op_amax_segments(c->be, &sd, err));
+	cal_prof(c, PH_EXPERTS);
+	/* c->yo is c->xg: the gathered inputs are dead once W13 ran */
 	struct cal_gemm_args g2 = {.x = c->act, .w = w->e2, .y = c->yo, .m = P, .n = H, .k = I,
 				   .n_groups = (uint32_t)E, .offsets = c->offsets,
-				   .w_stride = H * I};
+				   .w_stride = H * I, .host_offsets = c->h_offsets};
 	CAL_TRY(cal_op_gemm(c->be, &g2, err));
 	struct cal_moe_combine_args ca = {c->yo, P, c->ppos, c->idx, c->rw, T, H, (uint32_t)c->k,
 					  (uint32_t)kk, c->o.combine, c->tmp};
@@ -480,10 +595,6 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 		}
 	}
 	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
-	/* token counts per expert */
-	CAL_TRY(cal_backend_download(c->be, c->h_offsets, c->offsets, ((size_t)E + 1) * 4, err));
-	for (uint64_t e = 0; e < E; e++)
-		mh->tokens[e] += c->h_offsets[e + 1] - c->h_offsets[e];
 fail:
 	return st;
 }
@@ -494,7 +605,7 @@ enum cal_status cal_layer_forward(struct cal_calib *c, int32_t L, const struct c
 	enum cal_step steps[CAL_MAX_STEPS];
 	int n = 0;
 	enum cal_status st = cal_layer_steps(c, L, steps, &n, err);
-	uint16_t *x = c->hidden + mb->tok0 * (uint64_t)c->H;
+	uint16_t *x = cal_mb_x(c, mb);
 	for (int i = 0; i < n && st >= 0; i++) {
 		switch (steps[i]) {
 		case STEP_ATTN_GQA:
@@ -505,6 +616,9 @@ enum cal_status cal_layer_forward(struct cal_calib *c, int32_t L, const struct c
 			break;
 		case STEP_MOE:
 			st = step_moe(c, L, w, mb, x, err);
+			break;
+		case STEP_GDN:
+			st = cal_gdn_step(c, L, w, mb, x, err);
 			break;
 		}
 	}

@@ -1,14 +1,26 @@
 /*
  * attention.cu — causal GQA attention over packed sequences without an
- * [S, S] matrix: one warp per (query row, head), 4 warps per block.
- * Pass 1 walks the visible keys in chunks of 32 (one key per lane, full
- * dot product against q held in shared memory) keeping the running max m
- * and normaliser l (online rescaling); pass 2 recomputes the scores,
- * forms p = bf16(exp(s - m) / l) and accumulates p v with lanes over the
- * channels (hd <= 512, so at most 16 channels per lane).  Rows without a
+ * [S, S] matrix.
+ *
+ * Tensor-core path (head_dim 16, 32, 64 or 128, 16-byte aligned tensors):
+ * flash attention on mma.sync m16n8k16 (bf16 in, fp32 accumulate).  One
+ * block of 4 warps per (64-query tile, head); each warp owns 16 query rows.
+ * Q is loaded once into registers, K and V tiles of 64 keys are staged in
+ * shared memory with cp.async (rows padded by 8 elements: conflict-free
+ * ldmatrix), S = Q K^T in fp32, scaled, masked (same sequence, causal,
+ * left padding via key_start, sliding window), online softmax in fp32
+ * (running max and normaliser per row), P = bf16(exp(s - m)) as the A
+ * operand of P V (as flash attention / PyTorch SDPA do), O rescaled as the
+ * maximum grows and divided by the normaliser at the end.  Tiles may span
+ * sequences: each row carries its own first visible key.  Rows without a
  * visible key write zeros.
+ *
+ * Fallback (other head dims, unaligned pointers): one warp per (query row,
+ * head), 4 warps per block, two passes (max / normaliser, then p v) with
+ * p = bf16(exp(s - m) / l), lanes over the channels (hd <= 512).
  */
 #include <math.h>
+#include <stdlib.h>
 
 #include "fwd_common.cuh"
 
@@ -111,6 +123,242 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 	}
 }
 
+
+/* ---- tensor-core flash attention --------------------------------------- */
+
+#define FA_BQ 64
+#define FA_BK 64
+#define FA_THREADS 128
+
+__device__ __forceinline__ uint64_t fa_row_lo(const uint32_t *cu, uint32_t n_seq,
+					       const uint32_t *key_start, uint32_t window, uint64_t i)
+{
+	uint32_t s = at_seq_of(cu, n_seq, i);
+	uint64_t lo = (uint64_t)cu[s] + (key_start ? key_start[s] : 0);
+	if (window && i + 1 > window && i + 1 - window > lo)
+		lo = i + 1 - window;
+	return lo;
+}
+
+__device__ __forceinline__ void fa_cp16(void *smem, const void *gmem, bool ok)
+{
+	uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem);
+	int n = ok ? 16 : 0;
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
+}
+
+__device__ __forceinline__ void fa_ldm4(uint32_t *r, const void *smem)
+{
+	uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(sa));
+}
+
+__device__ __forceinline__ void fa_ldm4t(uint32_t *r, const void *smem)
+{
+	uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(sa));
+}
+
+__device__ __forceinline__ void fa_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1)
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+		     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two floats as bf16x2 (round to nearest even), the first in the low half. */
+__device__ __forceinline__ uint32_t fa_pack(float x, float y)
+{
+	return (uint32_t)cal_f2bf(x) | (uint32_t)cal_f2bf(y) << 16;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(FA_THREADS)
+fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out, uint64_t t,
+	  uint32_t nh, uint32_t nkv, const uint32_t *cu, uint32_t n_seq,
+	  const uint32_t *key_start, uint32_t window, float scale)
+{
+	constexpr int LD = HD + 8;      /* padded smem row (elements) */
+	constexpr int CH = HD / 8;      /* 16-byte chunks per row */
+	extern __shared__ __align__(16) uint16_t fa_sm[];
+	uint16_t *sq = fa_sm, *sk = fa_sm + FA_BQ * LD, *sv = sk + FA_BK * LD;
+	__shared__ unsigned long long kmin_s;
+
+	const uint32_t h = blockIdx.x % nh;
+	const uint64_t q0 = (uint64_t)(blockIdx.x / nh) * FA_BQ;
+	const uint32_t kvh = h / (nh / nkv);
+	const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+	const uint64_t row0 = q0 + w * 16 + (lane >> 2), row1 = row0 + 8;
+	const uint64_t qstride = (uint64_t)nh * HD, kstride = (uint64_t)nkv * HD;
+
+	if (tid == 0)
+		kmin_s = ~0ull;
+	/* Q tile -> smem (rows past t are zero) */
+	for (int c = tid; c < FA_BQ * CH; c += FA_THREADS) {
+		int r = c / CH, ch = c % CH;
+		uint64_t i = q0 + r;
+		bool ok = i < t;
+		fa_cp16(sq + r * LD + ch * 8, ok ? q + i * qstride + (uint64_t)h * HD + ch * 8 : q, ok);
+	}
+	asm volatile("cp.async.commit_group;\n" ::);
+	/* first visible key of each of this thread's rows (> row: sees nothing) */
+	uint64_t lo0 = row0 < t ? fa_row_lo(cu, n_seq, key_start, window, row0) : ~0ull;
+	uint64_t lo1 = row1 < t ? fa_row_lo(cu, n_seq, key_start, window, row1) : ~0ull;
+	__syncthreads();
+	if ((lane & 3) == 0) {
+		if (row0 < t && lo0 <= row0)
+			atomicMin(&kmin_s, (unsigned long long)lo0);
+		if (row1 < t && lo1 <= row1)
+			atomicMin(&kmin_s, (unsigned long long)lo1);
+	}
+	asm volatile("cp.async.wait_all;\n" ::);
+	__syncthreads();
+	const uint64_t kstart = kmin_s;
+	const uint64_t kend = q0 + FA_BQ - 1 < t - 1 ? q0 + FA_BQ - 1 : t - 1;
+
+	uint32_t qf[HD / 16][4];
+#pragma unroll
+	for (int kk = 0; kk < HD / 16; kk++)
+		fa_ldm4(qf[kk], sq + (w * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+
+	float oacc[HD / 8][4];
+#pragma unroll
+	for (int d = 0; d < HD / 8; d++)
+		oacc[d][0] = oacc[d][1] = oacc[d][2] = oacc[d][3] = 0.0f;
+	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+	for (uint64_t j0 = kstart; kstart != ~0ull && j0 <= kend; j0 += FA_BK) {
+		__syncthreads(); /* the previous tile is consumed */
+		for (int c = tid; c < FA_BK * CH; c += FA_THREADS) {
+			int r = c / CH, ch = c % CH;
+			uint64_t j = j0 + r;
+			bool ok = j < t;
+			uint64_t off = j * kstride + (uint64_t)kvh * HD + ch * 8;
+			fa_cp16(sk + r * LD + ch * 8, ok ? k + off : k, ok);
+			fa_cp16(sv + r * LD + ch * 8, ok ? v + off : v, ok);
+		}
+		asm volatile("cp.async.commit_group;\n" ::);
+		asm volatile("cp.async.wait_all;\n" ::);
+		__syncthreads();
+
+		/* S = Q K^T for 16 rows x 64 keys per warp */
+		float sacc[FA_BK / 8][4];
+#pragma unroll
+		for (int nt = 0; nt < FA_BK / 8; nt++)
+			sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < HD / 16; kk++) {
+#pragma unroll
+			for (int np = 0; np < FA_BK / 16; np++) {
+				uint32_t b[4];
+				fa_ldm4(b, sk + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 +
+						   ((lane >> 3) & 1) * 8);
+				fa_mma(sacc[2 * np], qf[kk], b[0], b[1]);
+				fa_mma(sacc[2 * np + 1], qf[kk], b[2], b[3]);
+			}
+		}
+		/* scale, mask, running max */
+		float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+		for (int nt = 0; nt < FA_BK / 8; nt++) {
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				uint64_t j = j0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+				uint64_t row = e < 2 ? row0 : row1, lo = e < 2 ? lo0 : lo1;
+				bool vis = j >= lo && j <= row && row < t;
+				float sv_ = vis ? __fmul_rn(sacc[nt][e], scale) : -INFINITY;
+				sacc[nt][e] = sv_;
+				if (e < 2)
+					mx0 = fmaxf(mx0, sv_);
+				else
+					mx1 = fmaxf(mx1, sv_);
+			}
+		}
+		mx0 = fmaxf(mx0, __shfl_xor_sync(CAL_FULL_MASK, mx0, 1));
+		mx0 = fmaxf(mx0, __shfl_xor_sync(CAL_FULL_MASK, mx0, 2));
+		mx1 = fmaxf(mx1, __shfl_xor_sync(CAL_FULL_MASK, mx1, 1));
+		mx1 = fmaxf(mx1, __shfl_xor_sync(CAL_FULL_MASK, mx1, 2));
+		float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+		float ref0 = mn0 == -INFINITY ? 0.0f : mn0, ref1 = mn1 == -INFINITY ? 0.0f : mn1;
+		float al0 = m0 == -INFINITY ? 0.0f : expf(m0 - ref0);
+		float al1 = m1 == -INFINITY ? 0.0f : expf(m1 - ref1);
+		m0 = mn0;
+		m1 = mn1;
+		float ps0 = 0.0f, ps1 = 0.0f;
+		uint32_t pf[FA_BK / 8][2];
+#pragma unroll
+		for (int nt = 0; nt < FA_BK / 8; nt++) {
+			float p0 = expf(sacc[nt][0] - ref0), p1 = expf(sacc[nt][1] - ref0);
+			float p2 = expf(sacc[nt][2] - ref1), p3 = expf(sacc[nt][3] - ref1);
+			ps0 += p0 + p1;
+			ps1 += p2 + p3;
+			pf[nt][0] = fa_pack(p0, p1);
+			pf[nt][1] = fa_pack(p2, p3);
+		}
+		l0 = l0 * al0 + ps0;
+		l1 = l1 * al1 + ps1;
+#pragma unroll
+		for (int d = 0; d < HD / 8; d++) {
+			oacc[d][0] *= al0;
+			oacc[d][1] *= al0;
+			oacc[d][2] *= al1;
+			oacc[d][3] *= al1;
+		}
+		/* O += P V */
+#pragma unroll
+		for (int kc = 0; kc < FA_BK / 16; kc++) {
+			uint32_t a[4] = {pf[2 * kc][0], pf[2 * kc][1], pf[2 * kc + 1][0], pf[2 * kc + 1][1]};
+#pragma unroll
+			for (int dp = 0; dp < HD / 16; dp++) {
+				uint32_t b[4];
+				fa_ldm4t(b, sv + (kc * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + dp * 16 +
+						    (lane >> 4) * 8);
+				fa_mma(oacc[2 * dp], a, b[0], b[1]);
+				fa_mma(oacc[2 * dp + 1], a, b[2], b[3]);
+			}
+		}
+	}
+	l0 += __shfl_xor_sync(CAL_FULL_MASK, l0, 1);
+	l0 += __shfl_xor_sync(CAL_FULL_MASK, l0, 2);
+	l1 += __shfl_xor_sync(CAL_FULL_MASK, l1, 1);
+	l1 += __shfl_xor_sync(CAL_FULL_MASK, l1, 2);
+	float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+#pragma unroll
+	for (int d = 0; d < HD / 8; d++) {
+		uint32_t col = d * 8 + 2 * (lane & 3);
+		if (row0 < t)
+			*reinterpret_cast<uint32_t *>(out + row0 * qstride + (uint64_t)h * HD + col) =
+				fa_pack(oacc[d][0] * inv0, oacc[d][1] * inv0);
+		if (row1 < t)
+			*reinterpret_cast<uint32_t *>(out + row1 * qstride + (uint64_t)h * HD + col) =
+				fa_pack(oacc[d][2] * inv1, oacc[d][3] * inv1);
+	}
+}
+
+template <int HD>
+static enum cal_status fa_launch(const struct cal_attention_args *a, cudaStream_t s,
+				 struct cal_error *err)
+{
+	size_t shm = (size_t)(FA_BQ + 2 * FA_BK) * (HD + 8) * sizeof(uint16_t);
+	uint64_t blocks = (a->t + FA_BQ - 1) / FA_BQ * a->nh;
+	if (blocks > INT32_MAX)
+		return cal_error_set(err, CAL_ERR_RANGE, "attention: %llu rows x %u heads is too large",
+				     (unsigned long long)a->t, a->nh);
+	if (shm > 48 * 1024)
+		CAL_CUDA_TRY(cudaFuncSetAttribute(fa_kernel<HD>,
+						  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
+	fa_kernel<HD><<<(unsigned)blocks, FA_THREADS, shm, s>>>(a->q, a->k, a->v, a->out, a->t, a->nh,
+							      a->nkv, a->cu_seqlens, a->n_seq,
+							      a->key_start, a->window, a->scale);
+	CAL_CUDA_LAUNCHED();
+	return CAL_OK;
+}
+
 extern "C" enum cal_status cal_cuda_attention(struct cal_backend *be,
 					      const struct cal_attention_args *a,
 					      struct cal_error *err)
@@ -124,6 +372,16 @@ extern "C" enum cal_status cal_cuda_attention(struct cal_backend *be,
 				     "attention: head_dim %u > %d on CUDA", a->hd, AT_MAX_HD);
 	if ((st = cal_cuda_enter(be, &s, err)) < 0)
 		return st;
+	if (cal_aligned(a->q, 16) && cal_aligned(a->k, 16) && cal_aligned(a->v, 16) &&
+	    cal_aligned(a->out, 16) && getenv("CALIBD_ATTN_SIMPLE") == NULL) {
+		switch (a->hd) {
+		case 16: return fa_launch<16>(a, s, err);
+		case 32: return fa_launch<32>(a, s, err);
+		case 64: return fa_launch<64>(a, s, err);
+		case 128: return fa_launch<128>(a, s, err);
+		default: break;
+		}
+	}
 	const struct cal_cuda_impl *im = (const struct cal_cuda_impl *)be->impl;
 	uint64_t blocks = (a->t * a->nh + AT_WARPS - 1) / AT_WARPS;
 	if (blocks > (uint64_t)im->sms * 64)

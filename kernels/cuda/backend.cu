@@ -71,6 +71,10 @@ enum cal_status cal_cuda_backend_init(struct cal_backend *be, struct cal_error *
 		 (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
 	be->impl = im;
 	CAL_CUDA_TRY(cudaStreamCreateWithFlags(&im->stream, cudaStreamNonBlocking));
+	CAL_CUDA_TRY(cudaStreamCreateWithFlags(&im->copy, cudaStreamNonBlocking));
+	CAL_CUDA_TRY(cudaEventCreateWithFlags(&im->copy_ev, cudaEventDisableTiming));
+	for (int i = 0; i < CAL_BACKEND_UPLOAD_MARKS; i++)
+		CAL_CUDA_TRY(cudaEventCreateWithFlags(&im->marks[i], cudaEventDisableTiming));
 	return CAL_OK;
 }
 
@@ -86,6 +90,17 @@ void cal_cuda_backend_fini(struct cal_backend *be)
 		(void)cudaStreamDestroy(im->stream);
 		(void)cudaGetLastError();
 	}
+	if (im->copy) {
+		(void)cudaSetDevice(be->cuda_device);
+		(void)cudaStreamSynchronize(im->copy);
+		(void)cudaStreamDestroy(im->copy);
+	}
+	if (im->copy_ev)
+		(void)cudaEventDestroy(im->copy_ev);
+	for (int i = 0; i < CAL_BACKEND_UPLOAD_MARKS; i++)
+		if (im->marks[i])
+			(void)cudaEventDestroy(im->marks[i]);
+	(void)cudaGetLastError();
 	free(im);
 	be->impl = NULL;
 }
@@ -153,6 +168,85 @@ enum cal_status cal_cuda_sync(struct cal_backend *be, struct cal_error *err)
 	if (st < 0)
 		return st;
 	CAL_CUDA_TRY(cudaStreamSynchronize(s));
+	return CAL_OK;
+}
+
+enum cal_status cal_cuda_host_alloc(struct cal_backend *be, size_t bytes, void **ret,
+				    struct cal_error *err)
+{
+	cudaError_t e;
+	*ret = NULL;
+	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
+	e = cudaHostAlloc(ret, bytes, cudaHostAllocPortable);
+	if (e != cudaSuccess) {
+		*ret = NULL;
+		(void)cudaGetLastError();
+		return cal_error_set(err, e == cudaErrorMemoryAllocation ? CAL_ERR_NOMEM : CAL_ERR_DEVICE,
+				     "cudaHostAlloc of %zu bytes of pinned host memory: %s", bytes,
+				     cudaGetErrorString(e));
+	}
+	return CAL_OK;
+}
+
+void cal_cuda_host_free(struct cal_backend *be, void *p)
+{
+	(void)be;
+	(void)cudaFreeHost(p);
+	(void)cudaGetLastError();
+}
+
+enum cal_status cal_cuda_mem_info(struct cal_backend *be, uint64_t *ret_free, uint64_t *ret_total,
+				  struct cal_error *err)
+{
+	size_t f = 0, t = 0;
+	*ret_free = *ret_total = 0;
+	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
+	CAL_CUDA_TRY(cudaMemGetInfo(&f, &t));
+	*ret_free = f;
+	*ret_total = t;
+	return CAL_OK;
+}
+
+enum cal_status cal_cuda_upload_async(struct cal_backend *be, void *dst, const void *src, size_t n,
+				      struct cal_error *err)
+{
+	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
+	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
+	CAL_CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, im->copy));
+	return CAL_OK;
+}
+
+enum cal_status cal_cuda_upload_wait(struct cal_backend *be, struct cal_error *err)
+{
+	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
+	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
+	CAL_CUDA_TRY(cudaEventRecord(im->copy_ev, im->copy));
+	CAL_CUDA_TRY(cudaStreamWaitEvent(im->stream, im->copy_ev, 0));
+	return CAL_OK;
+}
+
+enum cal_status cal_cuda_upload_sync(struct cal_backend *be, struct cal_error *err)
+{
+	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
+	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
+	CAL_CUDA_TRY(cudaStreamSynchronize(im->copy));
+	return CAL_OK;
+}
+
+enum cal_status cal_cuda_upload_mark(struct cal_backend *be, unsigned slot, struct cal_error *err)
+{
+	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
+	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
+	CAL_CUDA_TRY(cudaEventRecord(im->marks[slot], im->copy));
+	return CAL_OK;
+}
+
+enum cal_status cal_cuda_upload_mark_sync(struct cal_backend *be, unsigned slot,
+					  struct cal_error *err)
+{
+	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
+	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
+	CAL_CUDA_TRY(cudaEventSynchronize(im->marks[slot]));
 	return CAL_OK;
 }
 

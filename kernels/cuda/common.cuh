@@ -28,6 +28,9 @@ extern "C" {
 
 struct cal_cuda_impl {
 	cudaStream_t stream;
+	cudaStream_t copy;    /* uploads overlapping the stream's work (cal_backend_upload_async) */
+	cudaEvent_t copy_ev;  /* recorded on copy, waited on by stream (cal_backend_upload_wait) */
+	cudaEvent_t marks[CAL_BACKEND_UPLOAD_MARKS]; /* cal_backend_upload_mark */
 	int sms;
 	char desc[384];
 	void *blas; /* cublasHandle_t, created by the first gemm (cuda/gemm.cu) */

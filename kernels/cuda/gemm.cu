@@ -3,8 +3,9 @@
  * inputs and output, CUBLAS_COMPUTE_32F, reduced-precision reductions
  * disallowed).  A bias is broadcast into y first and added by the GEMM with
  * beta = 1, so acc + bias is rounded once, as torch's addmm does.  Grouped
- * GEMMs download the offsets (one stream sync) and run one GEMM per
- * non-empty group.  The cuBLAS handle is created on first use and kept in
+ * GEMMs run one GEMM per non-empty group, with the caller's host copy of
+ * the offsets when given (no sync), else after downloading them (one
+ * stream sync).  The cuBLAS handle is created on first use and kept in
  * the back end (struct cal_cuda_impl::blas), destroyed by
  * cal_cuda_gemm_fini() when the back end is freed.
  */
@@ -99,26 +100,32 @@ extern "C" enum cal_status cal_cuda_gemm(struct cal_backend *be, const struct ca
 		return st;
 	if (a->n_groups <= 1)
 		return gemm_one(be, h, s, a, 0, a->m, a->w, a->bias, err);
-	uint32_t *off = (uint32_t *)malloc(((size_t)a->n_groups + 1) * sizeof(uint32_t));
-	if (!off)
-		return cal_error_set(err, CAL_ERR_NOMEM, "gemm: out of memory");
-	cudaError_t e = cudaMemcpyAsync(off, a->offsets, ((size_t)a->n_groups + 1) * sizeof(uint32_t),
-					cudaMemcpyDeviceToHost, s);
-	if (e == cudaSuccess)
-		e = cudaStreamSynchronize(s);
-	if (e != cudaSuccess) {
-		free(off);
-		return cal_cuda_fail(err, e, "gemm offsets download", __FILE__, __LINE__);
+	uint32_t *off = NULL;
+	const uint32_t *ho = a->host_offsets;
+	if (!ho) {
+		off = (uint32_t *)malloc(((size_t)a->n_groups + 1) * sizeof(uint32_t));
+		if (!off)
+			return cal_error_set(err, CAL_ERR_NOMEM, "gemm: out of memory");
+		cudaError_t e = cudaMemcpyAsync(off, a->offsets,
+						((size_t)a->n_groups + 1) * sizeof(uint32_t),
+						cudaMemcpyDeviceToHost, s);
+		if (e == cudaSuccess)
+			e = cudaStreamSynchronize(s);
+		if (e != cudaSuccess) {
+			free(off);
+			return cal_cuda_fail(err, e, "gemm offsets download", __FILE__, __LINE__);
+		}
+		ho = off;
 	}
 	st = CAL_OK;
 	for (uint32_t g = 0; g < a->n_groups && st >= 0; g++) {
-		if (off[g] > off[g + 1] || off[g + 1] > a->m) {
+		if (ho[g] > ho[g + 1] || ho[g + 1] > a->m) {
 			st = cal_error_set(err, CAL_ERR_INVALID,
 					   "offsets[%u..%u] = %u, %u: decreasing or beyond m", g, g + 1,
-					   off[g], off[g + 1]);
+					   ho[g], ho[g + 1]);
 			break;
 		}
-		st = gemm_one(be, h, s, a, off[g], off[g + 1], a->w + (uint64_t)g * a->w_stride,
+		st = gemm_one(be, h, s, a, ho[g], ho[g + 1], a->w + (uint64_t)g * a->w_stride,
 			      a->bias ? a->bias + (uint64_t)g * a->bias_stride : NULL, err);
 	}
 	free(off);

@@ -22,6 +22,14 @@ __attribute__((visibility("default"))) const struct cal_cuda_module *cal_cuda_mo
 		cal_cuda_memcpy,
 		cal_cuda_memset,
 		cal_cuda_sync,
+		cal_cuda_host_alloc,
+		cal_cuda_host_free,
+		cal_cuda_mem_info,
+		cal_cuda_upload_async,
+		cal_cuda_upload_wait,
+		cal_cuda_upload_sync,
+		cal_cuda_upload_mark,
+		cal_cuda_upload_mark_sync,
 	};
 	return &m;
 }

@@ -190,7 +190,9 @@ static void arch_case(const char *arch, enum cal_fixture_layout lay)
 	cr_assert_not_null(js);
 	json_t *j = json_loads(js, 0, NULL);
 	cr_assert_not_null(j, "stats JSON does not parse");
-	cr_expect(json_object_size(json_object_get(j, "kv_amax")) == (size_t)e.d->num_layers);
+	/* KV statistics for the attention layers only (not Gated DeltaNet ones) */
+	cr_expect(json_object_size(json_object_get(j, "kv_amax")) ==
+		  (size_t)(e.d->num_layers - e.d->n_linear_layers));
 	cr_expect(json_object_size(json_object_get(j, "input_amax")) > 0);
 	json_decref(j);
 	free(js);
@@ -207,6 +209,51 @@ Test(calib, olmoe) { arch_case("olmoe", CAL_FIXTURE_LAYOUT_DEFAULT); }
 Test(calib, llama) { arch_case("llama", CAL_FIXTURE_LAYOUT_DEFAULT); }
 Test(calib, qwen2) { arch_case("qwen2", CAL_FIXTURE_LAYOUT_DEFAULT); }
 Test(calib, qwen3) { arch_case("qwen3", CAL_FIXTURE_LAYOUT_DEFAULT); }
+Test(calib, qwen3_5_moe_vlm) { arch_case("qwen3_5_moe", CAL_FIXTURE_LAYOUT_DEFAULT); }
+Test(calib, qwen3_5_moe_text) { arch_case("qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT); }
+Test(calib, qwen3_next) { arch_case("qwen3_next", CAL_FIXTURE_LAYOUT_DEFAULT); }
+Test(calib, qwen3_next_fused) { arch_case("qwen3_next", CAL_FIXTURE_LAYOUT_FUSED); }
+
+/* Gated DeltaNet with modelopt's padding: HF zeroes the pad rows of the GDN
+ * input, so the linear_attn statistics (and the real tokens' hidden states)
+ * are those of the packed run. */
+Test(calib, gdn_pads_are_masked)
+{
+	struct env e = {0};
+	struct cal_error err = {0};
+	struct cal_calib_opts o = {.cpu_threads = 2};
+	make_model(&e, "qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT);
+	make_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
+	make_tokens(&e, 4, 3, 21, SEED + 5);
+	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
+	char *js = cal_calib_stats_json(e.c);
+	json_t *packed = json_loads(js, 0, NULL);
+	free(js);
+	o.pad_like_modelopt = 1;
+	o.pad_id = 0;
+	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
+	js = cal_calib_stats_json(e.c);
+	json_t *padded = json_loads(js, 0, NULL);
+	free(js);
+	cr_assert(packed && padded);
+	json_t *a = json_object_get(packed, "input_amax"), *b = json_object_get(padded, "input_amax");
+	const char *k;
+	json_t *v;
+	int n = 0;
+	json_object_foreach(a, k, v) {
+		if (!strstr(k, "linear_attn"))
+			continue;
+		n++;
+		cr_expect(json_number_value(json_object_get(b, k)) == json_number_value(v),
+			  "%s: packed %g, padded %g", k, json_number_value(v),
+			  json_number_value(json_object_get(b, k)));
+	}
+	cr_expect_eq(n, 3 * 5, "linear_attn entries: %d", n);
+	json_decref(packed);
+	json_decref(padded);
+	cal_error_clear(&err);
+	env_free(&e);
+}
 
 /* 1 thread (the reference) and 3 threads give the same bytes. */
 Test(calib, threads_do_not_change_results)
@@ -390,7 +437,7 @@ Test(calib, unsupported_architectures_are_refused)
 	struct env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {0};
-	make_model(&e, "qwen3_next", CAL_FIXTURE_LAYOUT_DEFAULT);
+	make_model(&e, "deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT); /* MLA */
 	make_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
 	cr_expect_eq(cal_calib_open(e.model, e.p, &o, &e.c, &err), CAL_ERR_UNSUPPORTED);
 	cr_expect_null(e.c);

@@ -273,6 +273,9 @@ int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uin
 	struct fctx c;
 	uint64_t s = seed, t = rows;
 	uint32_t nkv = 2, nh = 4, hd = (uint32_t)(units % 5) * 8 + 8;
+	/* the tensor-core path of CUDA takes head_dim 16/32/64/128 */
+	if (units % 4 == 0)
+		hd = units % 8 == 0 ? 128 : 64;
 	if (t > 2048)
 		t = 2048 + t % 5; /* attention is quadratic on the CPU side */
 	uint32_t cu[4], ks[3], n_seq = t >= 3 ? 3 : 1;
@@ -384,7 +387,7 @@ int fwdcase_ewise(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_
 {
 	struct fctx c;
 	uint64_t s = seed, cols = units % 1000 + 1;
-	enum cal_ewise_mode mode = (enum cal_ewise_mode)(seed % 4);
+	enum cal_ewise_mode mode = (enum cal_ewise_mode)(seed % 5);
 	fctx_init(&c, env, "ewise", rows, units, seed);
 	uint16_t *a = bf_rand(rows * cols * 2, 6.0f, &s), *b = bf_rand(rows * cols * 2, 2.0f, &s);
 	struct fbuf *ba = fnew(&c, rows * cols * 4, a), *bb = fnew(&c, rows * cols * 4, b);
@@ -403,5 +406,129 @@ int fwdcase_ewise(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_
 	fcheck(&c, bo, 0, 1.0f / 64, 1e-3f, 0, "out");
 	free(a);
 	free(b);
+	return fdone(&c);
+}
+
+/* Packed sequences over t rows: 1 to 3 sequences (seed picks), with a
+ * length that is not a multiple of the GDN chunk when t allows. */
+static uint32_t split_seqs(uint64_t t, uint64_t seed, uint32_t cu[4])
+{
+	uint32_t n = t >= 3 ? (uint32_t)(seed % 3) + 1 : 1;
+	cu[0] = 0;
+	for (uint32_t i = 1; i < n; i++)
+		cu[i] = (uint32_t)(t * i / n + (i == 1 && t > 200 ? 7 : 0));
+	cu[n] = (uint32_t)t;
+	for (uint32_t i = 1; i <= n; i++)
+		if (cu[i] <= cu[i - 1]) {
+			cu[1] = (uint32_t)t;
+			return 1;
+		}
+	return n;
+}
+
+int fwdcase_rmsnorm_gated(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, cols = (units % 300) + 1;
+	fctx_init(&c, env, "rmsnorm_gated", rows, units, seed);
+	uint16_t *x = bf_rand(rows * cols, 3.0f, &s), *z = bf_rand(rows * cols, 4.0f, &s);
+	uint16_t *w = bf_rand(cols, 1.0f, &s);
+	for (uint64_t j = 0; j < cols; j++)
+		w[j] = cal_nf_f32_to_bf16(1.0f + 0.1f * cal_nf_float((uint32_t)w[j] << 16));
+	struct fbuf *bx = fnew(&c, rows * cols * 2, x), *bz = fnew(&c, rows * cols * 2, z);
+	struct fbuf *bw = fnew(&c, cols * 2, w), *by = fnew(&c, rows * cols * 2, NULL);
+	struct cal_rmsnorm_gated_args aa = {bx->a, bz->a, by->a, rows, cols, bw->a, 1e-6f};
+	struct cal_rmsnorm_gated_args ab = {bx->b, bz->b, by->b, rows, cols, bw->b, 1e-6f};
+	FRUN(&c, rmsnorm_gated, aa, ab);
+	fcheck(&c, by, 0, 1.0f / 64, 1e-3f, 0, "y");
+	free(x);
+	free(z);
+	free(w);
+	return fdone(&c);
+}
+
+int fwdcase_gdn_conv(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, t = rows, ch = (units % 200) * 3 + 1;
+	uint32_t kernel = (uint32_t)(units % 5) + 1, cu[4];
+	fctx_init(&c, env, "gdn_conv", rows, units, seed);
+	uint32_t n_seq = split_seqs(t, seed, cu);
+	uint16_t *x = bf_rand(t * ch, 3.0f, &s), *w = bf_rand(ch * kernel, 0.7f, &s);
+	struct fbuf *bx = fnew(&c, t * ch * 2, x), *bw = fnew(&c, ch * kernel * 2, w);
+	struct fbuf *by = fnew(&c, t * ch * 2, NULL), *bc = fnew(&c, sizeof(cu), cu);
+	struct cal_gdn_conv_args aa = {bx->a, bw->a, by->a, t, (uint32_t)ch, kernel, bc->a, n_seq};
+	struct cal_gdn_conv_args ab = {bx->b, bw->b, by->b, t, (uint32_t)ch, kernel, bc->b, n_seq};
+	FRUN(&c, gdn_conv, aa, ab);
+	fcheck(&c, by, 0, 1.0f / 64, 1e-3f, 0, "y");
+	free(x);
+	free(w);
+	return fdone(&c);
+}
+
+/* Inputs of the gated delta rule: conv output qkv, b, a, a_log, dt_bias. */
+struct gd_in {
+	uint16_t *qkv, *b, *a;
+	float *alog, *dt;
+};
+
+static void gd_in_make(struct gd_in *in, uint64_t t, uint32_t nk, uint32_t nv, uint32_t dk,
+		       uint32_t dv, uint64_t *s)
+{
+	uint64_t cd = 2 * (uint64_t)nk * dk + (uint64_t)nv * dv;
+	in->qkv = bf_rand(t * cd, 2.0f, s);
+	in->b = bf_rand(t * nv, 3.0f, s);
+	in->a = bf_rand(t * nv, 3.0f, s);
+	in->alog = malloc(nv * 4);
+	in->dt = malloc(nv * 4);
+	if (!in->alog || !in->dt)
+		abort();
+	for (uint32_t h = 0; h < nv; h++) {
+		/* A in [0.01, 16] as HF's init: decays from ~1 to fast */
+		in->alog[h] = logf(0.01f + 8.0f * (unit(s) + 1.0f));
+		in->dt[h] = 1.0f + 0.5f * unit(s);
+	}
+}
+
+static void gd_in_free(struct gd_in *in)
+{
+	free(in->qkv);
+	free(in->b);
+	free(in->a);
+	free(in->alog);
+	free(in->dt);
+}
+
+int fwdcase_gated_delta(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, t = rows;
+	uint32_t nk = (uint32_t)(units % 2) + 1, nv = nk * ((uint32_t)(units / 2 % 2) + 1);
+	/* dv 40: two CUDA column slices, the second partial */
+	uint32_t dk = (uint32_t)(units % 3) * 8 + 8, dv = (uint32_t)(units % 4) * 12 + 4, cu[4];
+	struct gd_in in;
+	if (t > 4096)
+		t = 4096 + t % 7;
+	if (t >= 4096) { /* the long case at the real head dims (CUDA: 4 slices, ~140 KB smem) */
+		nk = 1;
+		nv = 2;
+		dk = dv = 128;
+	}
+	fctx_init(&c, env, "gated_delta", rows, units, seed);
+	uint32_t n_seq = split_seqs(t, seed, cu);
+	uint64_t cd = 2 * (uint64_t)nk * dk + (uint64_t)nv * dv;
+	gd_in_make(&in, t, nk, nv, dk, dv, &s);
+	struct fbuf *bq = fnew(&c, t * cd * 2, in.qkv), *bb = fnew(&c, t * nv * 2, in.b);
+	struct fbuf *ba = fnew(&c, t * nv * 2, in.a), *bl = fnew(&c, nv * 4, in.alog);
+	struct fbuf *bd = fnew(&c, nv * 4, in.dt), *bc = fnew(&c, sizeof(cu), cu);
+	struct fbuf *bo = fnew(&c, t * nv * dv * 2, NULL);
+	int chunked = (int)(seed & 1);
+	struct cal_gated_delta_args aa = {bq->a, bb->a, ba->a, bl->a, bd->a, bo->a, t, nk, nv,
+					  dk, dv, bc->a, n_seq, chunked};
+	struct cal_gated_delta_args ab = {bq->b, bb->b, ba->b, bl->b, bd->b, bo->b, t, nk, nv,
+					  dk, dv, bc->b, n_seq, chunked};
+	FRUN(&c, gated_delta, aa, ab);
+	fcheck(&c, bo, 0, 1.0f / 64, 2e-3f, 0, "out");
+	gd_in_free(&in);
 	return fdone(&c);
 }

@@ -615,6 +615,9 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_MOE_SORT] = fwdcase_moe_sort,
 	[CAL_OPID_MOE_COMBINE] = fwdcase_moe_combine,
 	[CAL_OPID_EWISE] = fwdcase_ewise,
+	[CAL_OPID_RMSNORM_GATED] = fwdcase_rmsnorm_gated,
+	[CAL_OPID_GDN_CONV] = fwdcase_gdn_conv,
+	[CAL_OPID_GATED_DELTA] = fwdcase_gated_delta,
 };
 
 int opcase_run(struct opcase_env *env, enum cal_op_id id, uint64_t rows, uint64_t units,
