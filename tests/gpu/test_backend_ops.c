@@ -8,7 +8,8 @@
  * A plain main (no Criterion): Criterion forks per test, and the process
  * must not fork after CUDA is initialised.  Exits 77 (meson: SKIP) when no
  * CUDA device is present; seeds are printed so any failure can be rerun:
- *   test_backend_ops [--seed N] [--quick]
+ *   test_backend_ops [--seed N] [--quick] [--op NAME[,NAME...]]
+ * (--op limits step 3 to those ops, e.g. --op gated_delta,gdn_conv).
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -31,14 +32,18 @@ int main(int argc, char **argv)
 	struct cal_backend *cpu = NULL, *cuda = NULL;
 	uint64_t seed = 1234567;
 	int quick = 0, ndev = 0, bad = 0;
+	const char *only = NULL;
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--seed") && i + 1 < argc)
 			seed = strtoull(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--quick"))
 			quick = 1;
+		else if (!strcmp(argv[i], "--op") && i + 1 < argc)
+			only = argv[++i];
 		else {
-			fprintf(stderr, "usage: %s [--seed N] [--quick]\n", argv[0]);
+			fprintf(stderr, "usage: %s [--seed N] [--quick] [--op NAME[,NAME...]]\n",
+				argv[0]);
 			return 2;
 		}
 	}
@@ -85,6 +90,15 @@ int main(int argc, char **argv)
 	for (int op = 0; op < CAL_OP_COUNT; op++) {
 		int op_bad = 0;
 		double t0 = cal_now();
+		if (only) {
+			const char *nm = cal_op_name((enum cal_op_id)op), *p = only;
+			size_t l = strlen(nm);
+			int hit = 0;
+			for (; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+				hit |= !strncmp(p, nm, l) && (p[l] == ',' || p[l] == 0);
+			if (!hit)
+				continue;
+		}
 		for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
 			for (unsigned mis = 0; mis <= 4; mis += 4, s++) {
 				env.misalign = mis;

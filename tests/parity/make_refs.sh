@@ -6,6 +6,7 @@
 # the reference (shared/tools/hf_reference.py) and case.json.
 #
 #   sh tests/parity/make_refs.sh BUILD_DIR OUT_DIR [HF_REFERENCE_PY]
+#   (ONLY="case1 case2" limits it to those cases)
 #
 # Then copy OUT_DIR/<case>/ into tests/parity/<case>/ (tokens.jsonl,
 # stats.json, hidden.safetensors, case.json) and run
@@ -26,9 +27,13 @@ mkdir -p "$OUT"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT INT TERM
 
-# case arch layout (layout "default" = the release layout)
-while read -r case arch layout; do
+# case arch layout [seq_len] (layout "default" = the release layout; seq_len
+# defaults to $SEQ: the Gated DeltaNet cases use 80 so that HF's chunked
+# delta rule (chunks of 64) crosses a chunk boundary)
+while read -r case arch layout seqlen; do
 	[ -n "$case" ] || continue
+	case " ${ONLY:-$case} " in *" $case "*) ;; *) continue ;; esac
+	slen=${seqlen:-$SEQ}
 	echo "== $case ($arch, $layout)"
 	rm -rf "$TMP/$case" "$OUT/$case"
 	if [ "$layout" = default ]; then
@@ -37,7 +42,7 @@ while read -r case arch layout; do
 		"$FIX" --arch "$arch" --layout "$layout" --seed "$SEED" "$TMP/$case"
 	fi
 	mkdir -p "$OUT/$case"
-	python3 - "$TMP/$case/config.json" "$OUT/$case/tokens.jsonl" "$NSEQ" "$SEQ" "$SEED" <<'PY'
+	python3 - "$TMP/$case/config.json" "$OUT/$case/tokens.jsonl" "$NSEQ" "$slen" "$SEED" <<'PY'
 import json, random, sys
 cfg = json.load(open(sys.argv[1]))
 vocab = cfg.get("vocab_size") or cfg["text_config"]["vocab_size"]
@@ -49,7 +54,7 @@ with open(sys.argv[2], "w") as f:
 PY
 	python3 "$HFREF" "$TMP/$case" "$OUT/$case/tokens.jsonl" "$OUT/$case"
 	printf '{"arch": "%s", "layout": "%s", "seed": %s, "sequences": %s, "seq_len": %s}\n' \
-		"$arch" "$layout" "$SEED" "$NSEQ" "$SEQ" > "$OUT/$case/case.json"
+		"$arch" "$layout" "$SEED" "$NSEQ" "$slen" > "$OUT/$case/case.json"
 done <<'CASES'
 qwen3_moe_per_expert qwen3_moe per-expert
 qwen3_moe_fused qwen3_moe fused
@@ -59,5 +64,8 @@ olmoe olmoe per-expert
 llama llama default
 qwen2 qwen2 default
 qwen3 qwen3 default
+qwen3_5_moe qwen3_5_moe fused 80
+qwen3_5_moe_text qwen3_5_moe_text fused 80
+qwen3_next qwen3_next per-expert 80
 CASES
 echo "references in $OUT; copy each case folder into tests/parity/"

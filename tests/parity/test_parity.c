@@ -52,6 +52,10 @@ static const struct pcase cases[] = {
 	{"llama", "llama", NULL},
 	{"qwen2", "qwen2", NULL},
 	{"qwen3", "qwen3", NULL},
+	/* Gated DeltaNet + gated attention (layers 0-2 linear, 3 full) */
+	{"qwen3_5_moe", "qwen3_5_moe", "fused"},           /* VLM: model.language_model. */
+	{"qwen3_5_moe_text", "qwen3_5_moe_text", "fused"}, /* text-only re-export, model. */
+	{"qwen3_next", "qwen3_next", "per-expert"},        /* in_proj_qkvz / in_proj_ba */
 };
 
 #define HIDDEN_TOL 2e-2
