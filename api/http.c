@@ -162,20 +162,30 @@ static int param_char_ok(char c)
 	       c == '-' || c == '.';
 }
 
-/* Does path match pattern?  Copies the {..} segment into param. */
-static int pattern_match(const char *pattern, const char *path, char *param)
+/* Does path match pattern?  Copies the {..} segment into param; with
+ * multi, the parameter may span '/'-separated segments. */
+static int pattern_match(const char *pattern, const char *path, int multi, char *param)
 {
 	const char *p = pattern, *s = path;
 	while (*p && *s) {
 		if (*p == '{') {
 			const char *close = strchr(p, '}');
 			size_t n = 0;
-			while (s[n] && s[n] != '/') {
-				if (!param_char_ok(s[n]))
+			for (;;) {
+				size_t seg = 0;
+				while (s[n + seg] && s[n + seg] != '/') {
+					if (!param_char_ok(s[n + seg]))
+						return 0;
+					seg++;
+				}
+				if (seg == 0 || s[n] == '.')
 					return 0;
-				n++;
+				n += seg;
+				if (!multi || s[n] != '/')
+					break;
+				n++; /* the '/' between segments */
 			}
-			if (n == 0 || n >= CAL_PATH_PARAM_MAX || s[0] == '.')
+			if (n >= CAL_PATH_PARAM_MAX)
 				return 0;
 			memcpy(param, s, n);
 			param[n] = '\0';
@@ -196,7 +206,7 @@ int cal_route_match(const char *method, const char *path, char *param)
 	int path_seen = 0;
 	char tmp[CAL_PATH_PARAM_MAX];
 	for (size_t i = 0; i < cal_n_routes; i++) {
-		if (!pattern_match(cal_routes[i].pattern, path, tmp))
+		if (!pattern_match(cal_routes[i].pattern, path, !!(cal_routes[i].flags & CAL_ROUTE_PARAM_PATH), tmp))
 			continue;
 		path_seen = 1;
 		if (!strcmp(cal_routes[i].method, method)) {
@@ -212,7 +222,7 @@ static void allowed_methods(const char *path, char *out, size_t cap)
 	char tmp[CAL_PATH_PARAM_MAX];
 	out[0] = '\0';
 	for (size_t i = 0; i < cal_n_routes; i++) {
-		if (pattern_match(cal_routes[i].pattern, path, tmp)) {
+		if (pattern_match(cal_routes[i].pattern, path, !!(cal_routes[i].flags & CAL_ROUTE_PARAM_PATH), tmp)) {
 			size_t l = strlen(out);
 			snprintf(out + l, cap - l, "%s%s", l ? ", " : "", cal_routes[i].method);
 		}
@@ -226,6 +236,7 @@ static void allowed_methods(const char *path, char *out, size_t cap)
 static int auth_check(struct cal_http_req *r)
 {
 	const struct cal_route *rt = &cal_routes[r->route];
+	snprintf(r->client, sizeof(r->client), "anonymous");
 	if (r->cfg->n_tokens == 0 || (rt->flags & CAL_ROUTE_PUBLIC))
 		return 0;
 	if (!(rt->flags & CAL_ROUTE_MUTATING) && !r->cfg->auth_read)
@@ -248,7 +259,21 @@ static int auth_check(struct cal_http_req *r)
 	int ok = 0;
 	for (size_t i = 0; i < r->cfg->n_tokens; i++)
 		ok |= cal_digest_equal(dg, r->cfg->tokens[i]);
-	return ok ? 0 : 2;
+	if (!ok)
+		return 2;
+	/* the client's identity (Idempotency-Key scope) is a hash of the
+	 * token's digest under a domain prefix, truncated: stable across
+	 * reloads and restarts, never the token nor its plain digest */
+	struct cal_sha256 ctx;
+	uint8_t id[CAL_SHA256_LEN];
+	char hex[2 * CAL_SHA256_LEN + 1];
+	cal_sha256_init(&ctx);
+	cal_sha256_update(&ctx, "calibd-client-id\n", 17);
+	cal_sha256_update(&ctx, dg, sizeof(dg));
+	cal_sha256_final(&ctx, id);
+	cal_sha256_hex(id, hex);
+	snprintf(r->client, sizeof(r->client), "%.32s", hex);
+	return 0;
 }
 
 /* ---- the access handler ---- */

@@ -19,6 +19,8 @@
 #define CAL_ROUTE_MUTATING 1u /* needs a token whenever tokens are configured */
 #define CAL_ROUTE_BODY 2u     /* takes a JSON body */
 #define CAL_ROUTE_PUBLIC 4u   /* probes: never needs a token */
+#define CAL_ROUTE_PARAM_PATH 8u /* the {..} parameter may span several segments
+				 * ("general/ptq/x"; %2F arrives decoded) */
 
 struct cal_http_req;
 typedef enum MHD_Result (*cal_route_fn)(struct cal_http_req *r);
@@ -34,7 +36,9 @@ struct cal_route {
 extern const struct cal_route cal_routes[];
 extern const size_t cal_n_routes;
 
-#define CAL_PATH_PARAM_MAX 128
+#define CAL_PATH_PARAM_MAX 256
+/* client identity: 32 hex digits of a hash of the bearer token, or "anonymous" */
+#define CAL_CLIENT_ID_MAX 33
 
 struct cal_http_req {
 	struct MHD_Connection *conn;
@@ -43,6 +47,7 @@ struct cal_http_req {
 	const char *method, *url;
 	int route;                /* index into cal_routes, -1 when none */
 	char param[CAL_PATH_PARAM_MAX]; /* the {..} segment, decoded */
+	char client[CAL_CLIENT_ID_MAX]; /* who is asking (Idempotency-Key scope) */
 	char *body;
 	size_t body_len, body_cap;
 	int body_too_large;
@@ -80,7 +85,9 @@ void cal_http_stop(struct cal_http *h);
 
 /* Matches method+path against the table: the route index, -1 when no
  * pattern matches, -2 when a pattern matches but not the method.  The
- * {..} segment is copied to param (size CAL_PATH_PARAM_MAX). */
+ * {..} segment (segments, for CAL_ROUTE_PARAM_PATH routes: each one
+ * non-empty and not starting with '.') is copied to param (size
+ * CAL_PATH_PARAM_MAX). */
 int cal_route_match(const char *method, const char *path, char *param);
 
 #endif

@@ -2,8 +2,10 @@
  * jobs.c — the /v1/jobs resource: submit (with Idempotency-Key), list,
  * get, cancel, the Server-Sent Events stream, the log and the report.
  * Handlers validate and hand over to the daemon's job table; the only disk
- * work on an HTTP thread is the submission's own fsyncs (a 202 means
- * durable) and streaming a job's log/report from a file descriptor.
+ * work on an HTTP thread is reading the recipe and config.json a
+ * submission names (api/recipes.c: small, bounded), the submission's own
+ * fsyncs (a 202 means durable) and streaming a job's log/report from a
+ * file descriptor.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,7 +18,9 @@
 
 #include "api/http.h"
 #include "api/jobspec.h"
+#include "api/recipes.h"
 #include "common/util.h"
+#include "daemon/fsutil.h"
 #include "daemon/log.h"
 
 enum MHD_Result cal_route_jobs_create(struct cal_http_req *r);
@@ -50,6 +54,31 @@ static int idem_key(const char *h, char *out, size_t cap)
 	return 0;
 }
 
+/* Free space: below min_free_percent on the state directory's or the
+ * output's file system, a new job is refused with 507 before anything is
+ * written (a job that would run out of disk midway fails late and costly). */
+static enum cal_api_err space_check(const struct cal_config *c, const json_t *spec, struct cal_api_problem *prob)
+{
+	if (c->min_free_percent <= 0)
+		return CAL_API_OK;
+	double pct;
+	if (cal_free_percent(c->state_dir, &pct) == 0 && pct < c->min_free_percent)
+		return cal_api_problem_set(prob, CAL_API_ERR_STORAGE_FULL, NULL,
+					   "the state directory's file system has %.1f%% free, below the %.1f%% "
+					   "reserve (min_free_percent)", pct, c->min_free_percent);
+	char *parent = strdup(json_string_value(json_object_get(spec, "output")));
+	char *slash = parent ? strrchr(parent, '/') : NULL;
+	if (slash && slash != parent)
+		*slash = '\0';
+	int low = slash && cal_free_percent(parent, &pct) == 0 && pct < c->min_free_percent;
+	free(parent);
+	if (low)
+		return cal_api_problem_set(prob, CAL_API_ERR_STORAGE_FULL, "output",
+					   "the output's file system has %.1f%% free, below the %.1f%% reserve "
+					   "(min_free_percent)", pct, c->min_free_percent);
+	return CAL_API_OK;
+}
+
 static enum MHD_Result job_reply(struct cal_http_req *r, unsigned status, json_t *job)
 {
 	const char *url = json_string_value(json_object_get(job, "url"));
@@ -78,7 +107,7 @@ enum MHD_Result cal_route_jobs_create(struct cal_http_req *r)
 	}
 	/* a replay must not fail validation (its output exists by now) */
 	if (kh) {
-		enum cal_submit s = cal_daemon_idem_lookup(r->d, key, fp, &job);
+		enum cal_submit s = cal_daemon_idem_lookup(r->d, r->client, key, fp, &job);
 		if (s == CAL_SUBMIT_REPLAY) {
 			json_decref(req);
 			return job_reply(r, 200, job);
@@ -96,13 +125,15 @@ enum MHD_Result cal_route_jobs_create(struct cal_http_req *r)
 		.output_roots = c->output_roots, .n_output_roots = c->n_output_roots,
 		.recipes_dir = c->recipes_dir, .devices = c->devices, .n_devices = c->n_devices,
 	};
-	if (cal_jobspec_validate(req, &env, &spec, &prob)) {
+	if (cal_jobspec_validate(req, &env, &spec, &prob) ||
+	    cal_api_job_check(r, spec, cal_api_recipe_field(req), &prob) || space_check(c, spec, &prob)) {
+		json_decref(spec);
 		json_decref(req);
 		return cal_http_problem(r, &prob);
 	}
 	json_decref(req);
 	struct cal_error err = {0};
-	enum cal_submit s = cal_daemon_submit(r->d, spec, kh ? key : NULL, fp, &job, &err);
+	enum cal_submit s = cal_daemon_submit(r->d, spec, r->client, kh ? key : NULL, fp, &job, &err);
 	json_decref(spec);
 	enum MHD_Result ret;
 	switch (s) {

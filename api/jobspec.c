@@ -279,45 +279,73 @@ static enum cal_api_err validate_calibration(const json_t *c, const struct cal_j
 	return CAL_API_OK;
 }
 
-static enum cal_api_err validate_recipe(const json_t *req, const struct cal_jobspec_env *env, json_t *out,
-					struct cal_api_problem *prob)
+/* A recipe name: '/'-separated segments of [A-Za-z0-9._-], none empty or
+ * starting with '.', at most CAL_RECIPE_NAME_MAX bytes ("general/ptq/fp8_default-kv_fp8"). */
+int cal_recipe_name_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > CAL_RECIPE_NAME_MAX)
+		return 0;
+	int seg_start = 1;
+	for (const char *p = s; *p; p++) {
+		if (*p == '/') {
+			if (seg_start)
+				return 0;
+			seg_start = 1;
+			continue;
+		}
+		if (seg_start && *p == '.')
+			return 0;
+		seg_start = 0;
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '_' || *p == '-' || *p == '.'))
+			return 0;
+	}
+	return !seg_start;
+}
+
+static enum cal_api_err inline_yaml(const json_t *y, const char *field, json_t *out, struct cal_api_problem *prob)
+{
+	if (!json_is_string(y) || json_string_length(y) == 0 || json_string_length(y) > CAL_RECIPE_YAML_MAX ||
+	    strlen(json_string_value(y)) != json_string_length(y))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
+					   "%s must be a non-empty string of at most %d bytes without NUL", field,
+					   CAL_RECIPE_YAML_MAX);
+	json_object_set(out, "recipe_yaml", (json_t *)y);
+	return CAL_API_OK;
+}
+
+/* "recipe": NAME | {"yaml": TEXT}, or "recipe_yaml": TEXT (exactly one).
+ * Syntax only: api/recipes.c loads the recipe. */
+enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_api_problem *prob)
 {
 	json_t *r = json_object_get(req, "recipe");
-	if (!r || json_is_null(r))
+	json_t *ry = json_object_get(req, "recipe_yaml");
+	if (r && json_is_null(r))
+		r = NULL;
+	if (ry && json_is_null(ry))
+		ry = NULL;
+	if (r && ry)
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "recipe_yaml",
+					   "give one of recipe and recipe_yaml, not both");
+	if (ry)
+		return inline_yaml(ry, "recipe_yaml", out, prob);
+	if (!r)
 		return cal_api_problem_set(prob, CAL_API_ERR_MISSING_FIELD, "recipe",
-					   "recipe is required: a recipe name or {\"yaml\": \"...\"}");
+					   "recipe is required: a recipe name, {\"yaml\": \"...\"} or recipe_yaml");
 	if (json_is_object(r)) {
 		static const char *const keys[] = {"yaml", NULL};
 		enum cal_api_err ae = check_keys(r, keys, "recipe.", prob);
 		if (ae)
 			return ae;
-		json_t *y = json_object_get(r, "yaml");
-		if (!json_is_string(y) || json_string_length(y) == 0 || json_string_length(y) > CAL_RECIPE_YAML_MAX ||
-		    strlen(json_string_value(y)) != json_string_length(y))
-			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "recipe.yaml",
-						   "recipe.yaml must be a non-empty string of at most %d bytes",
-						   CAL_RECIPE_YAML_MAX);
-		json_object_set(out, "recipe_yaml", y);
-		return CAL_API_OK;
+		return inline_yaml(json_object_get(r, "yaml"), "recipe.yaml", out, prob);
 	}
-	if (!json_is_string(r) || !plain_name(json_string_value(r), 128))
+	if (!json_is_string(r) || strlen(json_string_value(r)) != json_string_length(r) ||
+	    !cal_recipe_name_ok(json_string_value(r)))
 		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "recipe",
-					   "recipe must be a name of 1 to 128 characters [A-Za-z0-9._:-] or {\"yaml\": ...}");
-	const char *name = json_string_value(r);
-	if (env->recipes_dir) {
-		int found = 0;
-		static const char *const exts[] = {".yaml", ".yml"};
-		for (size_t i = 0; i < 2 && !found; i++) {
-			char *p = NULL;
-			if (asprintf(&p, "%s/%s%s", env->recipes_dir, name, exts[i]) >= 0) {
-				found = access(p, R_OK) == 0;
-				free(p);
-			}
-		}
-		if (!found)
-			return cal_api_problem_set(prob, CAL_API_ERR_UNKNOWN_RECIPE, "recipe",
-						   "recipe '%s' is not a known recipe", name);
-	}
+					   "recipe must be a name of 1 to %d characters: '/'-separated segments of "
+					   "[A-Za-z0-9._-] not starting with '.' (e.g. general/ptq/fp8_default-kv_fp8), "
+					   "or {\"yaml\": ...}", CAL_RECIPE_NAME_MAX);
 	json_object_set(out, "recipe", r);
 	return CAL_API_OK;
 }
@@ -405,11 +433,44 @@ static enum cal_api_err validate_options(const json_t *req, json_t *out, struct 
 	return CAL_API_OK;
 }
 
+enum cal_api_err cal_jobspec_model(const json_t *req, const struct cal_jobspec_env *env, char **ret_real,
+				   struct cal_api_problem *prob)
+{
+	char *model = NULL;
+	enum cal_api_err ae = get_path(json_object_get(req, "model"), "model", env->model_roots,
+				       env->n_model_roots, 1, &model, prob);
+	if (ae)
+		return ae;
+	struct stat sb;
+	if (stat(model, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
+		ae = cal_api_problem_set(prob, CAL_API_ERR_NOT_A_MODEL, "model", "model '%s' is not a directory",
+					 json_string_value(json_object_get(req, "model")));
+		goto fail;
+	}
+	char *cfg = NULL;
+	if (asprintf(&cfg, "%s/config.json", model) < 0) {
+		ae = cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+		goto fail;
+	}
+	int has_cfg = stat(cfg, &sb) == 0 && S_ISREG(sb.st_mode);
+	free(cfg);
+	if (!has_cfg) {
+		ae = cal_api_problem_set(prob, CAL_API_ERR_NOT_A_MODEL, "model", "model '%s' has no config.json",
+					 json_string_value(json_object_get(req, "model")));
+		goto fail;
+	}
+	*ret_real = model;
+	return CAL_API_OK;
+fail:
+	free(model);
+	return ae;
+}
+
 enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspec_env *env,
 				      json_t **ret_spec, struct cal_api_problem *prob)
 {
-	static const char *const keys[] = {"name", "model", "recipe", "calibration", "output", "devices",
-					   "priority", "options", "timeout_s", NULL};
+	static const char *const keys[] = {"name", "model", "recipe", "recipe_yaml", "calibration", "output",
+					   "devices", "priority", "options", "timeout_s", NULL};
 	enum cal_api_err ae;
 	char *model = NULL, *output = NULL;
 	*ret_spec = NULL;
@@ -444,30 +505,11 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 		json_object_set_new(out, "timeout_s", json_real(json_number_value(to)));
 	}
 	/* cheap checks first, the file system last */
-	if ((ae = validate_recipe(req, env, out, prob)) || (ae = validate_devices(req, env, out, prob)) ||
+	if ((ae = cal_jobspec_recipe(req, out, prob)) || (ae = validate_devices(req, env, out, prob)) ||
 	    (ae = validate_options(req, out, prob)))
 		goto fail;
-	if ((ae = get_path(json_object_get(req, "model"), "model", env->model_roots, env->n_model_roots, 1,
-			   &model, prob)))
+	if ((ae = cal_jobspec_model(req, env, &model, prob)))
 		goto fail;
-	struct stat sb;
-	if (stat(model, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
-		ae = cal_api_problem_set(prob, CAL_API_ERR_NOT_A_MODEL, "model", "model '%s' is not a directory",
-					 json_string_value(json_object_get(req, "model")));
-		goto fail;
-	}
-	char *cfg = NULL;
-	if (asprintf(&cfg, "%s/config.json", model) < 0) {
-		ae = cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
-		goto fail;
-	}
-	int has_cfg = stat(cfg, &sb) == 0 && S_ISREG(sb.st_mode);
-	free(cfg);
-	if (!has_cfg) {
-		ae = cal_api_problem_set(prob, CAL_API_ERR_NOT_A_MODEL, "model", "model '%s' has no config.json",
-					 json_string_value(json_object_get(req, "model")));
-		goto fail;
-	}
 	if ((ae = validate_calibration(json_object_get(req, "calibration"), env, out, prob)))
 		goto fail;
 	if ((ae = get_path(json_object_get(req, "output"), "output", env->output_roots, env->n_output_roots, 0,

@@ -15,12 +15,13 @@
 #define CAL_SPEC_MAX_PATH 4095
 #define CAL_RECIPE_YAML_MAX (256 * 1024)
 #define CAL_SPEC_MAX_DATASETS 64
+#define CAL_RECIPE_NAME_MAX 200
 
 /* Where client paths may point and which devices exist (from the config). */
 struct cal_jobspec_env {
 	char *const *model_roots, *const *data_roots, *const *output_roots;
 	size_t n_model_roots, n_data_roots, n_output_roots;
-	const char *recipes_dir; /* NULL: any well-formed recipe name */
+	const char *recipes_dir; /* unused here: api/recipes.c resolves recipe names */
 	const int *devices;
 	size_t n_devices;
 };
@@ -37,11 +38,28 @@ enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
  * Idempotency-Key fingerprint.  Returns 0, or -1 when v cannot be dumped. */
 int cal_json_fingerprint(const json_t *v, char out[65]);
 
+/* 1 when s is a well-formed recipe name: '/'-separated segments of
+ * [A-Za-z0-9._-], none empty or starting with '.', 1..CAL_RECIPE_NAME_MAX. */
+int cal_recipe_name_ok(const char *s);
+
+/*
+ * The recipe fields of a request: "recipe" (a name, or {"yaml": TEXT}) or
+ * "recipe_yaml" (TEXT), exactly one.  Checks their syntax only and copies
+ * them to out as "recipe" (name) or "recipe_yaml" (text).
+ */
+enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_api_problem *prob);
+
+/* The request's "model": an absolute path resolving (realpath) inside the
+ * model roots to a directory with a config.json.  *ret_real is the
+ * resolved path (heap, caller frees). */
+enum cal_api_err cal_jobspec_model(const json_t *req, const struct cal_jobspec_env *env, char **ret_real,
+				   struct cal_api_problem *prob);
+
 /*
  * Validates a submission against env: types, ranges, unknown fields, paths
  * confined to their roots (realpath), the model directory holding
  * config.json, the output absent and not overlapping the model, the recipe
- * known.  On success *ret_spec (new reference) is the canonical spec:
+ * well-formed (loading it and the model is api/recipes.c's job).  On success *ret_spec (new reference) is the canonical spec:
  *   {"name", "model", "recipe" | "recipe_yaml", "calibration": {"datasets":
  *    [{"path","samples"}], "tokens", "samples", "seq_len", "seed"},
  *    "output", "devices": "cpu" | N | [ids], "priority", "options": {...},

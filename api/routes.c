@@ -1,8 +1,6 @@
 /*
  * routes.c — every HTTP route, once.  The OpenAPI document (openapi.yaml)
- * lists the same set; tests/api/test_openapi.c checks that they agree.
- * Recipes and planning (GET /v1/recipes, GET /v1/recipes/{name},
- * POST /v1/plan) join when engine/recipe provides them.
+ * lists the same set; tests/api/test_units.c checks that they agree.
  */
 #include "http.h"
 
@@ -13,6 +11,9 @@ enum MHD_Result cal_route_job_cancel(struct cal_http_req *r);
 enum MHD_Result cal_route_job_events(struct cal_http_req *r);
 enum MHD_Result cal_route_job_log(struct cal_http_req *r);
 enum MHD_Result cal_route_job_report(struct cal_http_req *r);
+enum MHD_Result cal_route_recipes_list(struct cal_http_req *r);
+enum MHD_Result cal_route_recipe_get(struct cal_http_req *r);
+enum MHD_Result cal_route_plan(struct cal_http_req *r);
 enum MHD_Result cal_route_devices(struct cal_http_req *r);
 enum MHD_Result cal_route_livez(struct cal_http_req *r);
 enum MHD_Result cal_route_readyz(struct cal_http_req *r);
@@ -26,6 +27,9 @@ const struct cal_route cal_routes[] = {
 	{"GET", "/v1/jobs/{id}/events", cal_route_job_events, 0},
 	{"GET", "/v1/jobs/{id}/log", cal_route_job_log, 0},
 	{"GET", "/v1/jobs/{id}/report", cal_route_job_report, 0},
+	{"GET", "/v1/recipes", cal_route_recipes_list, 0},
+	{"GET", "/v1/recipes/{name}", cal_route_recipe_get, CAL_ROUTE_PARAM_PATH},
+	{"POST", "/v1/plan", cal_route_plan, CAL_ROUTE_BODY},
 	{"GET", "/v1/devices", cal_route_devices, 0},
 	{"GET", "/livez", cal_route_livez, CAL_ROUTE_PUBLIC},
 	{"GET", "/readyz", cal_route_readyz, CAL_ROUTE_PUBLIC},

@@ -26,11 +26,12 @@ enum MHD_Result cal_route_readyz(struct cal_http_req *r)
 	int ready = r->d->ready && !r->d->stopping;
 	const char *why = !r->d->ready ? "starting" : r->d->stopping ? "stopping" : "ok";
 	size_t queued = r->d->n_state[CAL_JOB_QUEUED], running = r->d->n_state[CAL_JOB_RUNNING];
-	size_t corrupt = r->d->corrupt_jobs;
+	size_t corrupt = r->d->corrupt_jobs, fallbacks = r->d->state_fallbacks;
 	pthread_mutex_unlock(&r->d->mu);
 	return cal_http_json(r, ready ? 200 : 503,
-			     json_pack("{s:s, s:I, s:I, s:I}", "status", why, "queued", (json_int_t)queued, "running",
-				       (json_int_t)running, "skipped_job_dirs", (json_int_t)corrupt));
+			     json_pack("{s:s, s:I, s:I, s:I, s:I}", "status", why, "queued", (json_int_t)queued, "running",
+				       (json_int_t)running, "skipped_job_dirs", (json_int_t)corrupt,
+				       "state_fallbacks", (json_int_t)fallbacks));
 }
 
 enum MHD_Result cal_route_devices(struct cal_http_req *r)

@@ -60,6 +60,9 @@ static const struct key keys[] = {
 	{"per_ip_connections", "per-ip-connections", K_INT, F(per_ip_connections), 0, 1, 65536},
 	{"connection_timeout_s", "connection-timeout", K_INT, F(connection_timeout_s), 0, 1, 86400},
 	{"retry_after_s", "retry-after", K_DOUBLE, F(retry_after_s), 0, 0, 86400},
+	{"idempotency_ttl_s", "idempotency-ttl", K_DOUBLE, F(idempotency_ttl_s), 0, 1, 1e9},
+	{"job_retention_s", "job-retention", K_DOUBLE, F(job_retention_s), 0, 0, 1e10},
+	{"min_free_percent", "min-free-percent", K_DOUBLE, F(min_free_percent), 0, 0, 100},
 };
 #undef F
 
@@ -419,8 +422,16 @@ static enum cal_status validate(struct cal_config *c, int check_only, struct cal
 	CAL_TRY(resolve_roots(c->model_roots, c->n_model_roots, "model_roots", err));
 	CAL_TRY(resolve_roots(c->data_roots, c->n_data_roots, "data_roots", err));
 	CAL_TRY(resolve_roots(c->output_roots, c->n_output_roots, "output_roots", err));
-	if (c->recipes_dir && access(c->recipes_dir, R_OK | X_OK) < 0)
-		return cal_error_set(err, CAL_ERR_NOTFOUND, "recipes_dir: %s: %s", c->recipes_dir, strerror(errno));
+	if (c->recipes_dir) {
+		char *r = realpath(c->recipes_dir, NULL);
+		if (!r || access(r, R_OK | X_OK) < 0) {
+			st = cal_error_set(err, CAL_ERR_NOTFOUND, "recipes_dir: %s: %s", c->recipes_dir, strerror(errno));
+			free(r);
+			return st;
+		}
+		free(c->recipes_dir);
+		c->recipes_dir = r;
+	}
 	if (c->n_worker_command == 0) {
 		char *self = realpath("/proc/self/exe", NULL);
 		if (!self)
@@ -465,6 +476,9 @@ enum cal_status cal_config_load(const char *path, int argc, char **argv, int che
 	c->per_ip_connections = 32;
 	c->connection_timeout_s = 30;
 	c->retry_after_s = 30;
+	c->idempotency_ttl_s = 86400;
+	c->job_retention_s = 7 * 86400;
+	c->min_free_percent = 10;
 	if (!c->listen || !c->state_dir) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 		goto fail;

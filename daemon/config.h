@@ -24,7 +24,7 @@ struct cal_config {
 	char *state_dir;            /* realpath after load */
 	char **model_roots, **data_roots, **output_roots; /* realpaths */
 	size_t n_model_roots, n_data_roots, n_output_roots;
-	char *recipes_dir;          /* known recipe names: <dir>/<name>.yaml; NULL: any name */
+	char *recipes_dir;          /* recipe tree names resolve in (realpath); NULL: the built-in one */
 	int devices[CAL_MAX_DEVICES]; /* GPU ordinals the scheduler may hand out */
 	size_t n_devices;
 	int max_concurrent_jobs;
@@ -43,6 +43,9 @@ struct cal_config {
 	int log_json;
 	int max_connections, per_ip_connections, connection_timeout_s;
 	double retry_after_s;       /* Retry-After on 503 */
+	double idempotency_ttl_s;   /* an Idempotency-Key is honoured this long after its job's creation */
+	double job_retention_s;     /* finished jobs (and their directories) are removed after this; 0: never */
+	double min_free_percent;    /* new jobs get 507 below this much free space; 0: no check */
 	int loopback;               /* listen is a loopback address */
 };
 

@@ -41,6 +41,7 @@ struct cal_job {
 	char *dir;                 /* state_dir/jobs/<id> */
 	json_t *spec;              /* canonical spec (jobspec.h); immutable */
 	char *idem_key;            /* Idempotency-Key, or NULL */
+	char *idem_client;         /* the client that sent it ("anonymous" without auth) */
 	char fingerprint[65];      /* SHA-256 of the request body (canonical) */
 	int priority;
 	uint64_t seq;              /* submission order */
@@ -88,13 +89,16 @@ struct cal_daemon {
 	struct cal_job **jobs;     /* sorted by id */
 	size_t n_jobs, cap_jobs;
 	size_t n_state[CAL_JOB_NSTATES];
-	char **pending_keys;       /* Idempotency-Keys whose submission is in flight */
+	char **pending_keys;       /* "client\nkey" of submissions in flight */
 	size_t n_pending;
 	uint64_t next_seq;
 	int wake_fd;               /* eventfd: wakes the supervisor loop */
 	int stopping;              /* SIGTERM seen: no new jobs, no new starts */
 	int ready;                 /* jobs loaded, HTTP up */
 	size_t corrupt_jobs;       /* job directories skipped at load */
+	size_t state_fallbacks;    /* jobs loaded from state.json.prev */
+	size_t plans_active;       /* recipe/plan builds on HTTP threads (bounded) */
+	double next_gc_mono;       /* next retention sweep (supervisor thread) */
 	double started_mono;
 	struct cal_metrics metrics;
 };
@@ -133,8 +137,11 @@ enum cal_status cal_job_persist(struct cal_daemon *d, struct cal_job *j, struct 
 /*
  * Loads every job under state_dir/jobs (call before any thread starts).
  * Queued jobs stay queued; running ones become failed "daemon_restarted"
- * or queued again with resume_on_restart.  A directory that cannot be read
- * is logged and skipped (counted in corrupt_jobs).
+ * or queued again with resume_on_restart.  A state.json that cannot be
+ * read falls back to state.json.prev (the previous generation; logged,
+ * counted in state_fallbacks); a directory whose spec.json, or both state
+ * generations, cannot be read is logged and skipped (counted in
+ * corrupt_jobs).  Leftovers of an interrupted removal (.gc-*) are removed.
  */
 enum cal_status cal_jobs_load(struct cal_daemon *d, struct cal_error *err);
 
@@ -151,21 +158,31 @@ enum cal_submit {
 };
 
 /*
- * Looks up an Idempotency-Key before validation: CAL_SUBMIT_REPLAY (the
- * job's JSON in *ret_job), CAL_SUBMIT_MISMATCH, CAL_SUBMIT_IN_FLIGHT, or
- * CAL_SUBMIT_CREATED meaning "not seen".  Takes mu.
+ * Looks up client's Idempotency-Key before validation: CAL_SUBMIT_REPLAY
+ * (the job's JSON in *ret_job), CAL_SUBMIT_MISMATCH, CAL_SUBMIT_IN_FLIGHT,
+ * or CAL_SUBMIT_CREATED meaning "not seen".  Keys are scoped per client
+ * and honoured for idempotency_ttl_s after their job was created; an
+ * expired key is "not seen".  Takes mu.
  */
-enum cal_submit cal_daemon_idem_lookup(struct cal_daemon *d, const char *key, const char *fp,
-				       json_t **ret_job);
+enum cal_submit cal_daemon_idem_lookup(struct cal_daemon *d, const char *client, const char *key,
+				       const char *fp, json_t **ret_job);
 
 /*
- * Creates a job from a validated spec: reserves the key, checks the queue
- * bound, writes spec.json and state.json durably (outside mu), inserts the
- * job and wakes the scheduler.  *ret_job is the job's JSON on CREATED and
- * REPLAY.  Takes mu itself.
+ * Creates a job from a validated spec: reserves client's key, checks the
+ * queue bound, writes spec.json and state.json durably (outside mu),
+ * inserts the job and wakes the scheduler.  *ret_job is the job's JSON on
+ * CREATED and REPLAY.  Takes mu itself.
  */
-enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char *key, const char *fp,
-				  json_t **ret_job, struct cal_error *err);
+enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char *client, const char *key,
+				  const char *fp, json_t **ret_job, struct cal_error *err);
+
+/*
+ * Retention: removes finished jobs whose finished_at is older than
+ * job_retention_s (and whose Idempotency-Key, if any, has expired) from the
+ * table and from disk (renamed to jobs/.gc-<id>, then deleted).  Call from
+ * the supervisor thread, without mu.  Returns how many were removed.
+ */
+size_t cal_jobs_gc(struct cal_daemon *d);
 
 enum cal_cancel { CAL_CANCEL_OK, CAL_CANCEL_NOT_FOUND, CAL_CANCEL_FINISHED };
 

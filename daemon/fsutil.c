@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -33,11 +35,11 @@ enum cal_status cal_fsync_dir(const char *path, struct cal_error *err)
 	return CAL_OK;
 }
 
-enum cal_status cal_write_atomic(const char *dir, const char *name, const void *data,
-				 size_t n, struct cal_error *err)
+static enum cal_status write_atomic(const char *dir, const char *name, const char *prev, const void *data,
+				    size_t n, struct cal_error *err)
 {
 	enum cal_status st = CAL_OK;
-	char *tmp = NULL, *dst = NULL;
+	char *tmp = NULL, *dst = NULL, *old = NULL;
 	int fd = -1;
 	if (asprintf(&tmp, "%s/.%s.tmp", dir, name) < 0) {
 		tmp = NULL;
@@ -78,6 +80,23 @@ enum cal_status cal_write_atomic(const char *dir, const char *name, const void *
 		goto fail;
 	}
 	fd = -1;
+	if (prev) {
+		/* keep the current generation as `prev` by a second link: `name`
+		 * exists at every moment, and a crash leaves at worst no prev */
+		old = cal_path_join(dir, prev);
+		if (!old) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		if (unlink(old) < 0 && errno != ENOENT) {
+			st = cal_error_set(err, io_status(errno), "unlink %s: %s", old, strerror(errno));
+			goto fail;
+		}
+		if (link(dst, old) < 0 && errno != ENOENT) {
+			st = cal_error_set(err, io_status(errno), "link %s: %s", old, strerror(errno));
+			goto fail;
+		}
+	}
 	if (rename(tmp, dst) < 0) {
 		st = cal_error_set(err, io_status(errno), "rename %s: %s", dst, strerror(errno));
 		goto fail;
@@ -85,6 +104,7 @@ enum cal_status cal_write_atomic(const char *dir, const char *name, const void *
 	st = cal_fsync_dir(dir, err);
 	free(tmp);
 	free(dst);
+	free(old);
 	return st;
 fail:
 	if (fd >= 0)
@@ -93,7 +113,50 @@ fail:
 		unlink(tmp);
 	free(tmp);
 	free(dst);
+	free(old);
 	return st;
+}
+
+enum cal_status cal_write_atomic(const char *dir, const char *name, const void *data,
+				 size_t n, struct cal_error *err)
+{
+	return write_atomic(dir, name, NULL, data, n, err);
+}
+
+enum cal_status cal_write_atomic_keep(const char *dir, const char *name, const char *prev, const void *data,
+				      size_t n, struct cal_error *err)
+{
+	return write_atomic(dir, name, prev, data, n, err);
+}
+
+int cal_free_percent(const char *path, double *ret)
+{
+	struct statvfs sv;
+	if (statvfs(path, &sv) < 0)
+		return -1;
+	if (sv.f_blocks == 0) {
+		*ret = 100;
+		return 0;
+	}
+	*ret = 100.0 * (double)sv.f_bavail / (double)sv.f_blocks;
+	return 0;
+}
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)ftw;
+	if (flag == FTW_DP)
+		return rmdir(p) < 0 && errno != ENOENT ? -1 : 0;
+	return unlink(p) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+enum cal_status cal_rmtree(const char *path, struct cal_error *err)
+{
+	/* FTW_PHYS: symbolic links are removed, never followed */
+	if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
+		return cal_error_set(err, io_status(errno), "remove %s: %s", path, strerror(errno));
+	return CAL_OK;
 }
 
 enum cal_status cal_mkdir_durable(const char *path, int excl, struct cal_error *err)

@@ -18,6 +18,20 @@
 enum cal_status cal_write_atomic(const char *dir, const char *name, const void *data,
 				 size_t n, struct cal_error *err);
 
+/* Same, keeping the replaced content as dir/prev (a hard link made just
+ * before the rename; no prev when name did not exist).  At every moment
+ * dir/name holds a complete generation. */
+enum cal_status cal_write_atomic_keep(const char *dir, const char *name, const char *prev, const void *data,
+				      size_t n, struct cal_error *err);
+
+/* Free space of the file system holding path, in percent of its size
+ * (blocks available to unprivileged users).  Returns 0, or -1 (errno). */
+int cal_free_percent(const char *path, double *ret);
+
+/* Removes path and everything beneath it (links are removed, never
+ * followed; other file systems are not entered).  A missing path is OK. */
+enum cal_status cal_rmtree(const char *path, struct cal_error *err);
+
 /* Creates directory path (mode 0750, EEXIST is an error when excl) and
  * fsyncs its parent so the new entry is durable. */
 enum cal_status cal_mkdir_durable(const char *path, int excl, struct cal_error *err);

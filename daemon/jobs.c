@@ -3,7 +3,8 @@
  * durable state files, reload after a restart, cancellation, and the JSON
  * the API shows.  Layout of one job on disk:
  *   <state_dir>/jobs/<id>/spec.json   written once, before the 202
- *   <state_dir>/jobs/<id>/state.json  rewritten atomically on each transition
+ *   <state_dir>/jobs/<id>/state.json  rewritten atomically on each transition;
+ *                                     state.json.prev keeps the generation before
  *   <state_dir>/jobs/<id>/log, report.json, result.json  (the worker's)
  */
 #include "daemon.h"
@@ -71,6 +72,7 @@ static void job_free(struct cal_job *j)
 	free(j->dir);
 	json_decref(j->spec);
 	free(j->idem_key);
+	free(j->idem_client);
 	json_decref(j->progress);
 	json_decref(j->result);
 	free(j->error_code);
@@ -273,7 +275,7 @@ enum cal_status cal_job_persist(struct cal_daemon *d, struct cal_job *j, struct 
 	if (!text)
 		st = cal_error_set(err, CAL_ERR_NOMEM, "state.json: out of memory");
 	else
-		st = cal_write_atomic(j->dir, "state.json", text, strlen(text), err);
+		st = cal_write_atomic_keep(j->dir, "state.json", "state.json.prev", text, strlen(text), err);
 	free(text);
 	pthread_mutex_unlock(&j->persist_mu);
 	if (st) {
@@ -287,27 +289,42 @@ enum cal_status cal_job_persist(struct cal_daemon *d, struct cal_job *j, struct 
 
 /* ---- submission ------------------------------------------------------ */
 
-static struct cal_job *find_by_key(struct cal_daemon *d, const char *key)
+/* The live job holding client's key (linear: keys are checked once per
+ * POST; 10^4 jobs cost microseconds).  A key expires idempotency_ttl_s
+ * after its job was created. */
+static struct cal_job *find_by_key(struct cal_daemon *d, const char *client, const char *key)
 {
-	/* linear: keys are checked once per POST; 10^4 jobs cost microseconds */
-	for (size_t i = 0; i < d->n_jobs; i++)
-		if (d->jobs[i]->idem_key && !strcmp(d->jobs[i]->idem_key, key))
-			return d->jobs[i];
+	double oldest = wall_now() - d->cfg->idempotency_ttl_s;
+	for (size_t i = 0; i < d->n_jobs; i++) {
+		struct cal_job *j = d->jobs[i];
+		if (j->idem_key && !strcmp(j->idem_key, key) && j->idem_client && !strcmp(j->idem_client, client) &&
+		    j->created_at > oldest)
+			return j;
+	}
 	return NULL;
 }
 
-static int key_pending(struct cal_daemon *d, const char *key)
+/* "client\nkey": the in-flight reservation of one client's key. */
+static char *scoped_key(const char *client, const char *key)
+{
+	char *s = NULL;
+	if (asprintf(&s, "%s\n%s", client, key) < 0)
+		return NULL;
+	return s;
+}
+
+static int key_pending(struct cal_daemon *d, const char *scoped)
 {
 	for (size_t i = 0; i < d->n_pending; i++)
-		if (!strcmp(d->pending_keys[i], key))
+		if (!strcmp(d->pending_keys[i], scoped))
 			return 1;
 	return 0;
 }
 
-static void unpend(struct cal_daemon *d, const char *key)
+static void unpend(struct cal_daemon *d, const char *scoped)
 {
 	for (size_t i = 0; i < d->n_pending; i++) {
-		if (!strcmp(d->pending_keys[i], key)) {
+		if (!strcmp(d->pending_keys[i], scoped)) {
 			free(d->pending_keys[i]);
 			d->pending_keys[i] = d->pending_keys[--d->n_pending];
 			return;
@@ -315,22 +332,24 @@ static void unpend(struct cal_daemon *d, const char *key)
 	}
 }
 
-enum cal_submit cal_daemon_idem_lookup(struct cal_daemon *d, const char *key, const char *fp,
-				       json_t **ret_job)
+enum cal_submit cal_daemon_idem_lookup(struct cal_daemon *d, const char *client, const char *key,
+				       const char *fp, json_t **ret_job)
 {
 	*ret_job = NULL;
+	char *sk = scoped_key(client, key);
 	pthread_mutex_lock(&d->mu);
 	enum cal_submit r = CAL_SUBMIT_CREATED;
-	struct cal_job *j = find_by_key(d, key);
+	struct cal_job *j = find_by_key(d, client, key);
 	if (j && strcmp(j->fingerprint, fp)) {
 		r = CAL_SUBMIT_MISMATCH;
 	} else if (j) {
 		r = CAL_SUBMIT_REPLAY;
 		*ret_job = cal_job_json(j);
-	} else if (key_pending(d, key)) {
+	} else if (sk && key_pending(d, sk)) {
 		r = CAL_SUBMIT_IN_FLIGHT;
 	}
 	pthread_mutex_unlock(&d->mu);
+	free(sk);
 	return r;
 }
 
@@ -359,16 +378,19 @@ static void new_id(char out[CAL_JOB_ID_MAX])
 	snprintf(out, CAL_JOB_ID_MAX, "j%012llx%02x%02x%02x", ms, rnd[0], rnd[1], rnd[2]);
 }
 
-enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char *key, const char *fp,
-				  json_t **ret_job, struct cal_error *err)
+enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char *client, const char *key,
+				  const char *fp, json_t **ret_job, struct cal_error *err)
 {
 	*ret_job = NULL;
 	enum cal_submit r = CAL_SUBMIT_CREATED;
 	struct cal_job *j = job_alloc();
-	char *jobs_dir = NULL, *text = NULL;
+	char *jobs_dir = NULL, *text = NULL, *sk = NULL;
 	json_t *doc = NULL;
 	int reserved = 0;
-	if (!j) {
+	if (!client)
+		client = "anonymous";
+	if (!j || (key && !(sk = scoped_key(client, key)))) {
+		job_free(j);
 		cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 		return CAL_SUBMIT_IO;
 	}
@@ -380,12 +402,12 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 	pthread_mutex_lock(&d->mu);
 	if (d->stopping) {
 		r = CAL_SUBMIT_SHUTTING_DOWN;
-	} else if (key && find_by_key(d, key)) {
-		struct cal_job *o = find_by_key(d, key);
+	} else if (key && find_by_key(d, client, key)) {
+		struct cal_job *o = find_by_key(d, client, key);
 		r = strcmp(o->fingerprint, fp) ? CAL_SUBMIT_MISMATCH : CAL_SUBMIT_REPLAY;
 		if (r == CAL_SUBMIT_REPLAY)
 			*ret_job = cal_job_json(o);
-	} else if (key && key_pending(d, key)) {
+	} else if (key && key_pending(d, sk)) {
 		r = CAL_SUBMIT_IN_FLIGHT;
 	} else if (d->n_state[CAL_JOB_QUEUED] + d->n_pending >= (size_t)d->cfg->max_queue) {
 		r = CAL_SUBMIT_QUEUE_FULL;
@@ -401,7 +423,7 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 			char **pk = realloc(d->pending_keys, (d->n_pending + 1) * sizeof(char *));
 			if (pk) {
 				d->pending_keys = pk;
-				pk[d->n_pending] = strdup(key);
+				pk[d->n_pending] = strdup(sk);
 				if (pk[d->n_pending]) {
 					d->n_pending++;
 					reserved = 1;
@@ -414,15 +436,16 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 	pthread_mutex_unlock(&d->mu);
 	if (r != CAL_SUBMIT_CREATED)
 		goto done;
-	if (!jobs_dir || (key && !(j->idem_key = strdup(key))) || !(j->dir = cal_path_join(jobs_dir, j->id))) {
+	if (!jobs_dir || (key && (!(j->idem_key = strdup(key)) || !(j->idem_client = strdup(client)))) ||
+	    !(j->dir = cal_path_join(jobs_dir, j->id))) {
 		cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 		r = CAL_SUBMIT_IO;
 		goto done;
 	}
 	/* durable before the 202: dir, spec.json, state.json, each fsync'd */
-	doc = json_pack("{s:i, s:s, s:O, s:s?, s:s, s:I, s:f}", "format", 1, "id", j->id, "spec", spec,
-			"idempotency_key", key, "fingerprint", fp, "seq", (json_int_t)j->seq, "created_at",
-			j->created_at);
+	doc = json_pack("{s:i, s:s, s:O, s:s?, s:s?, s:s, s:I, s:f}", "format", 1, "id", j->id, "spec", spec,
+			"idempotency_key", key, "idempotency_client", key ? client : NULL, "fingerprint", fp,
+			"seq", (json_int_t)j->seq, "created_at", j->created_at);
 	text = doc ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 	enum cal_status st = CAL_OK;
 	if (!text)
@@ -463,9 +486,10 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 done:
 	if (reserved) {
 		pthread_mutex_lock(&d->mu);
-		unpend(d, key);
+		unpend(d, sk);
 		pthread_mutex_unlock(&d->mu);
 	}
+	free(sk);
 	json_decref(doc);
 	free(text);
 	free(jobs_dir);
@@ -495,14 +519,14 @@ enum cal_cancel cal_daemon_cancel(struct cal_daemon *d, const char *id, json_t *
 	} else {
 		j->cancel_requested = 1;
 	}
-	pthread_mutex_unlock(&d->mu);
-	if (persist)
-		cal_job_persist(d, j, NULL);
-	else
-		cal_daemon_wake(d);
-	pthread_mutex_lock(&d->mu);
+	/* the job as this request left it: a running one is still "running"
+	 * (202) even when its worker stops before the reply is sent */
 	*ret_job = cal_job_json(j);
 	pthread_mutex_unlock(&d->mu);
+	if (persist)
+		cal_job_persist(d, j, NULL); /* finished just now: retention (>= 1 s) cannot free it yet */
+	else
+		cal_daemon_wake(d);
 	cal_log(CAL_LOG_INFO, "job_cancel", "job", id, NULL);
 	return CAL_CANCEL_OK;
 }
@@ -517,16 +541,68 @@ static int state_from_name(const char *s)
 	return -1;
 }
 
+/* Reads dir/name (a state.json generation) into j.  CAL_ERR_NOTFOUND when
+ * absent, CAL_ERR_FORMAT when it is not a state document. */
+static enum cal_status read_state(struct cal_job *j, const char *name, struct cal_error *err)
+{
+	char *text = NULL;
+	char *p = cal_path_join(j->dir, name);
+	if (!p)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	enum cal_status st = cal_read_file(p, STATE_MAX_BYTES, &text, NULL, err);
+	free(p);
+	if (st)
+		return st;
+	json_error_t je;
+	json_t *doc = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+	free(text);
+	int s = state_from_name(json_string_value(json_object_get(doc, "state")));
+	json_t *devs = json_object_get(doc, "devices");
+	json_t *e = json_object_get(doc, "error");
+	if (!json_is_object(doc) || s < 0 || (devs && !json_is_array(devs)) ||
+	    (e && !json_is_null(e) && !json_is_object(e))) {
+		st = cal_error_set(err, CAL_ERR_FORMAT, "%s: malformed%s%s", name, doc ? "" : ": ",
+				   doc ? "" : je.text);
+		json_decref(doc);
+		return st;
+	}
+	j->state = (enum cal_job_state)s;
+	j->started_at = json_number_value(json_object_get(doc, "started_at"));
+	j->finished_at = json_number_value(json_object_get(doc, "finished_at"));
+	json_decref(j->progress);
+	json_decref(j->result);
+	j->progress = j->result = NULL;
+	json_t *pr = json_object_get(doc, "progress");
+	if (json_is_object(pr))
+		j->progress = json_incref(pr);
+	json_t *rs = json_object_get(doc, "result");
+	if (json_is_object(rs))
+		j->result = json_incref(rs);
+	cal_job_set_error(j, NULL, NULL);
+	if (json_is_object(e))
+		cal_job_set_error(j, json_string_value(json_object_get(e, "code")),
+				  json_string_value(json_object_get(e, "message")));
+	j->n_devices = 0;
+	size_t i;
+	json_t *x;
+	json_array_foreach(devs, i, x)
+		if (j->n_devices < CAL_MAX_DEVICES)
+			j->devices[j->n_devices++] = (int)json_integer_value(x);
+	json_decref(doc);
+	return CAL_OK;
+}
+
 static enum cal_status load_one(struct cal_daemon *d, const char *jobs_dir, const char *name,
-				int *ret_repersist, struct cal_job **ret, struct cal_error *err)
+				int *ret_repersist, int *ret_fallback, struct cal_job **ret, struct cal_error *err)
 {
 	enum cal_status st = CAL_OK;
 	char *text = NULL;
-	json_t *spec_doc = NULL, *state_doc = NULL;
+	json_t *spec_doc = NULL;
 	json_error_t je;
 	struct cal_job *j = job_alloc();
 	*ret = NULL;
 	*ret_repersist = 0;
+	*ret_fallback = 0;
 	if (!j)
 		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 	if (strlen(name) >= CAL_JOB_ID_MAX) {
@@ -560,7 +636,8 @@ static enum cal_status load_one(struct cal_daemon *d, const char *jobs_dir, cons
 	snprintf(j->fingerprint, sizeof(j->fingerprint), "%s",
 		 json_string_value(json_object_get(spec_doc, "fingerprint")));
 	const char *key = json_string_value(json_object_get(spec_doc, "idempotency_key"));
-	if (key && !(j->idem_key = strdup(key))) {
+	const char *client = json_string_value(json_object_get(spec_doc, "idempotency_client"));
+	if (key && (!(j->idem_key = strdup(key)) || !(j->idem_client = strdup(client ? client : "anonymous")))) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 		goto fail;
 	}
@@ -568,48 +645,38 @@ static enum cal_status load_one(struct cal_daemon *d, const char *jobs_dir, cons
 	j->created_at = json_number_value(json_object_get(spec_doc, "created_at"));
 	job_device_request(j);
 
-	p = cal_path_join(j->dir, "state.json");
-	if (!p) {
-		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	st = read_state(j, "state.json", err);
+	if (st == CAL_ERR_NOMEM)
 		goto fail;
-	}
-	st = cal_read_file(p, STATE_MAX_BYTES, &text, NULL, err);
-	free(p);
-	if (st == CAL_ERR_NOTFOUND) {
-		/* crashed between spec.json and state.json: never acknowledged,
-		 * but a retry with the same key should find it: keep it queued */
-		cal_error_clear(err);
-		st = CAL_OK;
-		j->state = CAL_JOB_QUEUED;
-		*ret_repersist = 1;
-	} else if (st) {
-		goto fail;
-	} else {
-		state_doc = json_loads(text, JSON_REJECT_DUPLICATES, &je);
-		int s = state_from_name(json_string_value(json_object_get(state_doc, "state")));
-		if (!state_doc || s < 0) {
-			st = cal_error_set(err, CAL_ERR_FORMAT, "state.json: malformed");
-			goto fail;
+	if (st) {
+		/* a missing or damaged state.json: the previous generation */
+		struct cal_error pe = {0};
+		enum cal_status ps = read_state(j, "state.json.prev", &pe);
+		if (ps == CAL_OK) {
+			cal_log(CAL_LOG_WARN, "state_fallback", "job", j->id, "error", cal_error_msg(err), "using",
+				"state.json.prev", NULL);
+			cal_error_clear(err);
+			st = CAL_OK;
+			*ret_fallback = 1;
+			*ret_repersist = 1;
+		} else if (st == CAL_ERR_NOTFOUND && ps == CAL_ERR_NOTFOUND) {
+			/* crashed between spec.json and state.json: never acknowledged,
+			 * but a retry with the same key should find it: keep it queued */
+			cal_error_clear(err);
+			st = CAL_OK;
+			j->state = CAL_JOB_QUEUED;
+			*ret_repersist = 1;
+		} else {
+			char *m1 = strdup(cal_error_msg(err)), *m2 = strdup(cal_error_msg(&pe));
+			cal_error_clear(err);
+			st = cal_error_set(err, CAL_ERR_FORMAT, "no sound state generation: %s; %s",
+					   m1 ? m1 : "state.json", m2 ? m2 : "state.json.prev");
+			free(m1);
+			free(m2);
 		}
-		j->state = (enum cal_job_state)s;
-		j->started_at = json_number_value(json_object_get(state_doc, "started_at"));
-		j->finished_at = json_number_value(json_object_get(state_doc, "finished_at"));
-		json_t *pr = json_object_get(state_doc, "progress");
-		if (json_is_object(pr))
-			j->progress = json_incref(pr);
-		json_t *rs = json_object_get(state_doc, "result");
-		if (json_is_object(rs))
-			j->result = json_incref(rs);
-		json_t *e = json_object_get(state_doc, "error");
-		if (json_is_object(e))
-			cal_job_set_error(j, json_string_value(json_object_get(e, "code")),
-					  json_string_value(json_object_get(e, "message")));
-		json_t *devs = json_object_get(state_doc, "devices");
-		size_t i;
-		json_t *x;
-		json_array_foreach(devs, i, x)
-			if (j->n_devices < CAL_MAX_DEVICES)
-				j->devices[j->n_devices++] = (int)json_integer_value(x);
+		cal_error_clear(&pe);
+		if (st)
+			goto fail;
 	}
 	if (j->state == CAL_JOB_RUNNING) {
 		/* its worker died with the previous daemon (PR_SET_PDEATHSIG) */
@@ -632,7 +699,6 @@ static enum cal_status load_one(struct cal_daemon *d, const char *jobs_dir, cons
 fail:
 	free(text);
 	json_decref(spec_doc);
-	json_decref(state_doc);
 	job_free(j);
 	return st;
 }
@@ -657,12 +723,20 @@ enum cal_status cal_jobs_load(struct cal_daemon *d, struct cal_error *err)
 	struct cal_job **redo = NULL;
 	size_t n_redo = 0;
 	while ((e = readdir(dir))) {
+		if (!strncmp(e->d_name, ".gc-", 4)) {
+			/* a removal the previous daemon did not finish */
+			char *p = cal_path_join(jobs_dir, e->d_name);
+			if (p)
+				cal_rmtree(p, NULL);
+			free(p);
+			continue;
+		}
 		if (e->d_name[0] == '.')
 			continue;
 		struct cal_error le = {0};
 		struct cal_job *j = NULL;
-		int repersist = 0;
-		enum cal_status ls = load_one(d, jobs_dir, e->d_name, &repersist, &j, &le);
+		int repersist = 0, fallback = 0;
+		enum cal_status ls = load_one(d, jobs_dir, e->d_name, &repersist, &fallback, &j, &le);
 		if (ls) {
 			d->corrupt_jobs++;
 			cal_log(CAL_LOG_ERROR, "job_load_failed", "job_dir", e->d_name, "error", cal_error_msg(&le),
@@ -677,6 +751,7 @@ enum cal_status cal_jobs_load(struct cal_daemon *d, struct cal_error *err)
 		}
 		if (j->seq >= d->next_seq)
 			d->next_seq = j->seq + 1;
+		d->state_fallbacks += (size_t)fallback;
 		if (repersist) {
 			struct cal_job **nr = realloc(redo, (n_redo + 1) * sizeof(*nr));
 			if (nr) {
@@ -699,4 +774,65 @@ enum cal_status cal_jobs_load(struct cal_daemon *d, struct cal_error *err)
 	snprintf(bad, sizeof(bad), "%zu", d->corrupt_jobs);
 	cal_log(CAL_LOG_INFO, "jobs_loaded", "jobs", buf, "skipped", bad, NULL);
 	return st;
+}
+
+/* ---- retention -------------------------------------------------------- */
+
+/* Removes j (finished, already out of the table) from disk: renamed to
+ * jobs/.gc-<id> first, so a crash halfway leaves no half-job to load. */
+static void job_remove_dir(const struct cal_job *j, const char *jobs_dir)
+{
+	char *gc = NULL;
+	struct cal_error err = {0};
+	if (asprintf(&gc, "%s/.gc-%s", jobs_dir, j->id) < 0)
+		return;
+	if (rename(j->dir, gc) < 0) {
+		cal_log(CAL_LOG_ERROR, "job_remove_failed", "job", j->id, "error", strerror(errno), NULL);
+	} else {
+		cal_fsync_dir(jobs_dir, NULL);
+		if (cal_rmtree(gc, &err))
+			cal_log(CAL_LOG_ERROR, "job_remove_failed", "job", j->id, "error", cal_error_msg(&err), NULL);
+	}
+	cal_error_clear(&err);
+	free(gc);
+}
+
+size_t cal_jobs_gc(struct cal_daemon *d)
+{
+	struct cal_job **dead = NULL;
+	size_t n_dead = 0;
+	char *jobs_dir = NULL;
+	pthread_mutex_lock(&d->mu);
+	double keep = d->cfg->job_retention_s, ttl = d->cfg->idempotency_ttl_s, now = wall_now();
+	if (keep > 0)
+		jobs_dir = cal_path_join(d->cfg->state_dir, "jobs");
+	for (size_t i = 0; jobs_dir && i < d->n_jobs;) {
+		struct cal_job *j = d->jobs[i];
+		int expired = j->state >= CAL_JOB_SUCCEEDED && j->pid == 0 && j->finished_at > 0 &&
+			      now - j->finished_at > (keep > 1 ? keep : 1) &&
+			      (!j->idem_key || now - j->created_at > ttl);
+		struct cal_job **nd = expired ? realloc(dead, (n_dead + 1) * sizeof(*nd)) : NULL;
+		if (!nd) {
+			i++;
+			continue;
+		}
+		dead = nd;
+		dead[n_dead++] = j;
+		memmove(d->jobs + i, d->jobs + i + 1, (d->n_jobs - i - 1) * sizeof(*d->jobs));
+		d->n_jobs--;
+		d->n_state[j->state]--;
+	}
+	if (n_dead)
+		pthread_cond_broadcast(&d->changed); /* event streams of removed jobs end */
+	pthread_mutex_unlock(&d->mu);
+	for (size_t i = 0; i < n_dead; i++) {
+		/* no other thread can reach the job now: HTTP handlers look jobs up
+		 * by id under mu and copy what they need before releasing it */
+		job_remove_dir(dead[i], jobs_dir);
+		cal_log(CAL_LOG_INFO, "job_removed", "job", dead[i]->id, "reason", "retention", NULL);
+		job_free(dead[i]);
+	}
+	free(dead);
+	free(jobs_dir);
+	return n_dead;
 }

@@ -83,6 +83,8 @@ void cal_metrics_render_jobs(struct cal_daemon *d, FILE *f)
 		(unsigned long long)d->metrics.state_write_errors);
 	fprintf(f, "# HELP calibd_corrupt_jobs Job directories skipped at start.\n"
 		   "# TYPE calibd_corrupt_jobs gauge\ncalibd_corrupt_jobs %zu\n", d->corrupt_jobs);
+	fprintf(f, "# HELP calibd_state_fallbacks Jobs loaded from state.json.prev at start.\n"
+		   "# TYPE calibd_state_fallbacks gauge\ncalibd_state_fallbacks %zu\n", d->state_fallbacks);
 	fprintf(f, "# HELP calibd_uptime_seconds Seconds since the daemon started.\n"
 		   "# TYPE calibd_uptime_seconds gauge\ncalibd_uptime_seconds %.0f\n", cal_now() - d->started_mono);
 	pthread_mutex_unlock(&d->mu);

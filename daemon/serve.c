@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "api/http.h"
@@ -98,7 +99,12 @@ static int lock_state_dir(const char *dir, struct cal_error *err)
 		cal_error_set(err, CAL_ERR_IO, "state_dir %s: %s", dir, strerror(errno));
 		return -1;
 	}
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+	/* a predecessor killed a moment ago may leave a worker that has not
+	 * reached execve() yet holding the lock (fork shares it): wait 2 s */
+	int locked = -1;
+	for (int i = 0; i < 40 && (locked = flock(fd, LOCK_EX | LOCK_NB)) < 0 && errno == EWOULDBLOCK; i++)
+		nanosleep(&(struct timespec){0, 50 * 1000 * 1000}, NULL);
+	if (locked < 0) {
 		cal_error_set(err, CAL_ERR_EXISTS, "state_dir %s is in use by another calibd", dir);
 		close(fd);
 		return -1;

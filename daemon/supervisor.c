@@ -5,7 +5,8 @@
  * locking beyond the job table's mutex.  A worker is `calibd worker
  * JOB_DIR` (or worker_command) in its own process group, with
  * PR_SET_PDEATHSIG so that it dies with the daemon, fd 3 a pipe for JSON
- * progress lines, stdout/stderr appended to JOB_DIR/log.
+ * progress lines, stdout/stderr appended to JOB_DIR/log.  The loop also
+ * removes finished jobs past their retention (cal_jobs_gc, once a second).
  */
 #include "daemon.h"
 
@@ -623,6 +624,11 @@ void cal_supervisor_run(struct cal_daemon *d, int sigfd, const struct cal_superv
 		check_deadlines(d, stopping && cal_now() >= stop_deadline);
 		if (!stopping)
 			schedule(d);
+		if (!stopping && cal_now() >= d->next_gc_mono) {
+			/* retention: at most once a second (a scan of the table) */
+			cal_jobs_gc(d);
+			d->next_gc_mono = cal_now() + 1;
+		}
 		if (wd_usec) {
 			double now = cal_now();
 			if (now >= wd_next) {

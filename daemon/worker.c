@@ -1,13 +1,14 @@
 /*
  * worker.c — the worker's one call into the engine: canonical job spec →
- * struct cal_quantize_opts → cal_quantize_run().  Built only when the
- * engine provides engine/quantize.c (have_quantize in daemon/meson.build).
+ * struct cal_quantize_opts → cal_quantize_run().
  */
 #include "worker.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/quantize.h"
 
@@ -32,6 +33,16 @@ enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn
 				fprintf(f, ":%lld", (long long)n);
 		}
 		fclose(f);
+	}
+	/* the recipe (a name, or inline imports) resolves in the tree the daemon
+	 * validated it against: that tree is the built-in one, and the working
+	 * directory (which the recipe loader searches first) too; every path of
+	 * the spec is absolute */
+	const char *rdir = json_string_value(json_object_get(spec, "recipes_dir"));
+	if (rdir && (setenv("CALIBD_RECIPES_DIR", rdir, 1) < 0 || chdir(rdir) < 0)) {
+		enum cal_status st = cal_error_set(err, CAL_ERR_NOTFOUND, "recipes_dir %s: %s", rdir, strerror(errno));
+		free(calib);
+		return st;
 	}
 	const json_t *dev = json_object_get(spec, "devices");
 	struct cal_quantize_opts o = {

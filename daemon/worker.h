@@ -1,7 +1,7 @@
 /*
- * worker.h — the seam between `calibd worker` (worker_main.c, always
- * built) and the engine's cal_quantize_run() (worker.c, built only when the
- * engine provides it: `have_quantize` in daemon/meson.build).
+ * worker.h — the seam between `calibd worker` (worker_main.c: the job
+ * directory, the progress pipe, signals) and the engine's
+ * cal_quantize_run() (worker.c).
  */
 #ifndef CAL_WORKER_H
 #define CAL_WORKER_H

@@ -58,20 +58,6 @@ static void emit_json(int fd, json_t *v)
 	json_decref(v);
 }
 
-#ifndef CAL_HAVE_QUANTIZE
-enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn progress, void *ctx,
-				      volatile const int *cancel, char **ret_report, struct cal_error *err)
-{
-	(void)spec;
-	(void)progress;
-	(void)ctx;
-	(void)cancel;
-	*ret_report = NULL;
-	return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-			     "this calibd build has no quantization engine yet (engine/quantize.c is not "
-			     "built: have_quantize is false in daemon/meson.build)");
-}
-#endif
 
 int cal_cmd_worker(int argc, char **argv)
 {
@@ -80,7 +66,12 @@ int cal_cmd_worker(int argc, char **argv)
 				"Runs one job of the daemon (started by `calibd serve`, not by hand).\n");
 		return argc == 2 && !strcmp(argv[1], "--help") ? CAL_EXIT_OK : CAL_EXIT_USAGE;
 	}
-	const char *dir = argv[1];
+	/* absolute: the engine runs in the recipe tree (worker.c) */
+	char *dir = realpath(argv[1], NULL);
+	if (!dir) {
+		fprintf(stderr, "calibd worker: %s: %s\n", argv[1], strerror(errno));
+		return CAL_EXIT_BAD_INPUT;
+	}
 	int fd = STDOUT_FILENO;
 	const char *pfd = getenv("CALIBD_PROGRESS_FD");
 	if (pfd && *pfd) {
@@ -131,5 +122,6 @@ int cal_cmd_worker(int argc, char **argv)
 	free(report);
 	free(text);
 	free(path);
+	free(dir);
 	return rc;
 }

@@ -4,6 +4,8 @@
 #include "harness.h"
 
 #include <criterion/criterion.h>
+
+#include "fixture.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -53,14 +55,30 @@ void hd_setup(struct hd *h)
 	mkdir(h->models, 0755);
 	mkdir(h->data, 0755);
 	mkdir(h->out, 0755);
+	/* a real (tiny) checkpoint: submissions load its config.json and plan it */
 	snprintf(p, sizeof(p), "%s/m", h->models);
+	struct cal_fixture_opts fo = {.arch = "qwen3_moe", .seed = 1};
+	struct cal_error err = {0};
+	cr_assert_eq(cal_fixture_write(&fo, p, &err), CAL_OK, "fixture: %s", cal_error_msg(&err));
+	snprintf(p, sizeof(p), "%s/unsupported", h->models);
 	mkdir(p, 0755);
-	snprintf(p, sizeof(p), "%s/m/config.json", h->models);
-	write_file(p, "{\"model_type\":\"fake\"}");
+	snprintf(p, sizeof(p), "%s/unsupported/config.json", h->models);
+	write_file(p, "{\"model_type\":\"not_a_real_arch\",\"num_hidden_layers\":2}");
 	snprintf(p, sizeof(p), "%s/nocfg", h->models);
 	mkdir(p, 0755);
 	snprintf(p, sizeof(p), "%s/d.jsonl", h->data);
 	write_file(p, "{\"text\":\"hello\"}\n");
+	/* 4 sequences of 16 token ids (the fixture's vocabulary is 320) */
+	snprintf(p, sizeof(p), "%s/tokens.jsonl", h->data);
+	FILE *tf = fopen(p, "w");
+	cr_assert(tf);
+	for (int s = 0; s < 4; s++) {
+		fputs("{\"input_ids\":[", tf);
+		for (int i = 0; i < 16; i++)
+			fprintf(tf, "%s%d", i ? "," : "", (s * 37 + i * 11) % 256 + 1);
+		fputs("]}\n", tf);
+	}
+	fclose(tf);
 	snprintf(p, sizeof(p), "%s/exists", h->out);
 	mkdir(p, 0755);
 	write_file(h->tokfile, "# tokens\n" HD_TOKEN "\nsecond-token\n");
@@ -70,17 +88,30 @@ void hd_setup(struct hd *h)
 
 int hd_start(struct hd *h, const char *const *extra)
 {
-	const char *calibd = getenv("CALIBD"), *fake = getenv("FAKE_WORKER");
-	cr_assert(calibd && fake, "CALIBD and FAKE_WORKER must be set (meson test sets them)");
+	const char *calibd = getenv("CALIBD"), *fake = getenv("FAKE_WORKER"), *src = getenv("SRCDIR");
+	cr_assert(calibd && fake && src, "CALIBD, FAKE_WORKER and SRCDIR must be set (meson test sets them)");
+	char recipes[512];
+	snprintf(recipes, sizeof(recipes), "%s/recipes", src);
 	unlink(h->port_file);
 	const char *argv[64] = {calibd, "serve", "--listen", "127.0.0.1", "--port", "0", "--port-file", h->port_file,
 				"--state-dir", h->state, "--model-root", h->models, "--data-root", h->data,
 				"--output-root", h->out, "--worker-command", fake, "--devices", "none",
 				"--progress-timeout", "5", "--kill-grace", "1", "--shutdown-grace", "1",
-				"--max-jobs", "2"};
+				"--max-jobs", "2", "--recipes-dir", recipes, "--min-free-percent", "0"};
 	size_t n = 0;
 	while (argv[n])
 		n++;
+	if (h->real_worker) {
+		/* drop "--worker-command FAKE": the default is `calibd worker` */
+		for (size_t i = 0; i + 1 < n; i++) {
+			if (!strcmp(argv[i], "--worker-command")) {
+				memmove(&argv[i], &argv[i + 2], (n - i - 2) * sizeof(*argv));
+				n -= 2;
+				argv[n] = NULL;
+				break;
+			}
+		}
+	}
 	for (size_t i = 0; extra && extra[i] && n < 62; i++)
 		argv[n++] = extra[i];
 	argv[n] = NULL;
@@ -158,7 +189,7 @@ char *hd_spec(struct hd *h, const char *name, const char *out)
 {
 	char *s = NULL;
 	if (asprintf(&s,
-		     "{\"name\":\"%s\",\"model\":\"%s/m\",\"recipe\":\"nvfp4\",\"calibration\":{\"datasets\":"
+		     "{\"name\":\"%s\",\"model\":\"%s/m\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"datasets\":"
 		     "[\"%s/d.jsonl\"],\"samples\":4,\"seq_len\":16},\"output\":\"%s/%s\",\"devices\":\"cpu\"}",
 		     name, h->models, h->data, h->out, out) < 0)
 		return NULL;

@@ -14,6 +14,7 @@
 #include "daemon/client.h"
 
 #define HD_TOKEN "s3cret-token-for-tests"
+#define HD_RECIPE "general/ptq/nvfp4_experts_only-kv_fp8"
 
 struct hd {
 	char root[128];
@@ -21,13 +22,17 @@ struct hd {
 	char port[16];
 	pid_t pid;
 	const char *token;      /* sent as a bearer token when set */
+	int real_worker;        /* run jobs with `calibd worker` instead of the fake */
 	char last_id[32];
 };
 
-/* Creates the temp tree: models/m (config.json), models/nocfg, data/d.jsonl,
- * out/, out/exists/, state/, tokens. */
+/* Creates the temp tree: models/m (the tiny qwen3_moe fixture, seed 1),
+ * models/nocfg (no config.json), models/unsupported (unknown model_type),
+ * data/d.jsonl, data/tokens.jsonl (4 x 16 ids), out/, out/exists/, state/,
+ * tokens. */
 void hd_setup(struct hd *h);
-/* Starts the daemon with the default flags plus extra (NULL-terminated);
+/* Starts the daemon (recipes_dir: $SRCDIR/recipes) with the default flags
+ * plus extra (NULL-terminated);
  * waits for the port file.  Returns 0, or the exit status when it died. */
 int hd_start(struct hd *h, const char *const *extra);
 /* Sends sig to the daemon and waits for it (SIGKILL: no grace).  Returns

@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,6 +34,8 @@ TestSuite(api, .init = setup, .fini = teardown, .timeout = 60);
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 #define JSON "Content-Type: application/json\r\n"
+/* a minimal valid recipe in YAML flow style, as a JSON string body */
+#define INLINE_BODY "metadata: {recipe_type: ptq}\\nquantize: {algorithm: max, quant_cfg: [{quantizer_name: '*', enable: false}]}"
 
 static int pid_alive(pid_t p)
 {
@@ -165,12 +170,43 @@ Test(api, validation_errors)
 		{"output dot-dot", "POST", "/v1/jobs", JSON,
 		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
 		 "\"output\":\"{root}/out/..\"}", 400, "invalid_field"},
+		{"unknown recipe", "POST", "/v1/jobs", JSON,
+		 "{\"recipe\":\"general/ptq/nope\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
+		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "unknown_recipe"},
+		{"recipe name escaping the tree", "POST", "/v1/jobs", JSON,
+		 "{\"recipe\":\"general/../../etc/x\",\"model\":\"{root}/models/m\"}", 400, "invalid_field"},
+		{"recipe and recipe_yaml", "POST", "/v1/jobs", JSON,
+		 "{\"recipe\":\"r\",\"recipe_yaml\":\"a: 1\",\"model\":\"{root}/models/m\"}", 400, "invalid_field"},
+		{"inline recipe not YAML", "POST", "/v1/jobs", JSON,
+		 "{\"recipe\":{\"yaml\":\"quantize: [\"},\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
+		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "invalid_recipe"},
+		{"inline recipe schema error", "POST", "/v1/jobs", JSON,
+		 "{\"recipe_yaml\":\"quant_cfg: []\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
+		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "invalid_recipe"},
+		{"inline import outside the tree", "POST", "/v1/jobs", JSON,
+		 "{\"recipe_yaml\":\"imports:\\n  x: /etc/passwd\\n" INLINE_BODY "\",\"model\":\"{root}/models/m\","
+		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422,
+		 "invalid_recipe"},
+		{"inline import climbing out", "POST", "/v1/jobs", JSON,
+		 "{\"recipe_yaml\":\"imports: {x: ../../../etc/passwd}\\n" INLINE_BODY "\",\"model\":\"{root}/models/m\","
+		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422,
+		 "invalid_recipe"},
+		{"recipe not applicable (MXFP8 block 32 vs expert dim 48)", "POST", "/v1/jobs", JSON,
+		 "{\"recipe\":\"general/ptq/mxfp8\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
+		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "invalid_recipe"},
+		{"unsupported architecture", "POST", "/v1/jobs", JSON,
+		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/unsupported\",\"calibration\":{\"tokens\":"
+		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "unsupported_model"},
 		{"valid (inline recipe)", "POST", "/v1/jobs", JSON,
-		 "{\"name\":\"fake-ok\",\"recipe\":{\"yaml\":\"quant_cfg: []\"},\"model\":\"{root}/models/m\","
+		 "{\"name\":\"fake-ok\",\"recipe\":{\"yaml\":\"" INLINE_BODY "\"},\"model\":\"{root}/models/m\","
 		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/new\"}", 202, NULL},
+		{"valid (recipe_yaml with an import in the tree)", "POST", "/v1/jobs", JSON,
+		 "{\"name\":\"fake-ok\",\"recipe_yaml\":\"imports: {nvfp4: configs/numerics/nvfp4}\\n" INLINE_BODY
+		 "\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
+		 "\"output\":\"{root}/out/new2\"}", 202, NULL},
 		{"same output while active", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
-		 "\"output\":\"{root}/out/new\"}", 409, NULL},
+		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
+		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/new\"}", 409, "output_in_use"},
 	};
 	hd_steps(&H, steps, N(steps));
 	/* 413 from Content-Length alone, before any body is read */
@@ -327,7 +363,8 @@ Test(api, cancel_running_and_queued)
 	cr_expect_eq(hd_req(&H, "DELETE", path, NULL, NULL, &r), 200, "a queued job is cancelled at once");
 	cal_client_resp_free(&r);
 	snprintf(path, sizeof(path), "/v1/jobs/%s", run);
-	cr_expect_eq(hd_req(&H, "DELETE", path, NULL, NULL, &r), 202, "a running job is asked to stop");
+	int st = hd_req(&H, "DELETE", path, NULL, NULL, &r);
+	cr_expect_eq(st, 202, "a running job is asked to stop: %d %s", st, st > 0 ? r.body : "");
 	cal_client_resp_free(&r);
 	j = hd_wait(&H, run, "cancelled", 5);
 	cr_assert(j, "the running job ends cancelled");
@@ -565,4 +602,330 @@ Test(api, client_exit_codes)
 	hd_stop(&H, SIGTERM);
 	cr_expect_eq(hd_cli(&H, (const char *const[]){"status", "jx", NULL}), CAL_EXIT_UNREACHABLE,
 		     "daemon down → 7");
+}
+
+/* ---- recipes and plans ----------------------------------------------- */
+
+static json_t *get_json(const char *method, const char *path, const char *hdrs, const char *body, int want)
+{
+	struct cal_client_resp r;
+	int st = hd_req(&H, method, path, hdrs, body, &r);
+	cr_assert_eq(st, want, "%s %s → %d, expected %d: %s", method, path, st, want, st > 0 ? r.body : "");
+	json_t *j = json_loads(r.body, 0, NULL);
+	cal_client_resp_free(&r);
+	cr_assert(j, "%s %s: not JSON", method, path);
+	return j;
+}
+
+Test(api, recipes_and_plan)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	json_t *l = get_json("GET", "/v1/recipes", NULL, NULL, 200);
+	json_t *list = json_object_get(l, "recipes");
+	int found = 0;
+	for (size_t i = 0; i < json_array_size(list); i++)
+		found |= !strcmp(json_string_value(json_object_get(json_array_get(list, i), "name")), HD_RECIPE);
+	cr_expect(found, "GET /v1/recipes lists %s", HD_RECIPE);
+	json_decref(l);
+	json_t *rc = get_json("GET", "/v1/recipes/" HD_RECIPE, NULL, NULL, 200);
+	cr_expect_str_eq(json_string_value(json_object_get(rc, "name")), HD_RECIPE);
+	cr_expect_gt(json_array_size(json_object_get(rc, "entries")), 3, "entries after imports");
+	cr_expect(strstr(json_string_value(json_object_get(rc, "yaml")), "imports:"), "the recipe file");
+	cr_expect_str_eq(json_string_value(json_object_get(json_object_get(rc, "algorithm"), "method")), "max");
+	json_decref(rc);
+	rc = get_json("GET", "/v1/recipes/general%2Fptq%2Ffp8_default-kv_fp8", NULL, NULL, 200);
+	cr_expect_str_eq(json_string_value(json_object_get(rc, "name")), "general/ptq/fp8_default-kv_fp8");
+	json_decref(rc);
+
+	char body[1024];
+	snprintf(body, sizeof(body), "{\"model\":\"%s/m\",\"recipe\":\"%s\"}", H.models, HD_RECIPE);
+	json_t *plan = get_json("POST", "/v1/plan", JSON, body, 200);
+	json_t *sum = json_object_get(plan, "summary");
+	cr_expect_gt(json_integer_value(json_object_get(sum, "enabled")), 0);
+	cr_expect_lt(json_integer_value(json_object_get(sum, "bytes_after")),
+		     json_integer_value(json_object_get(sum, "bytes_before")));
+	cr_expect_str_eq(json_string_value(json_object_get(sum, "kv_cache")), "fp8");
+	cr_expect_gt(json_array_size(json_object_get(plan, "quantizers")), 0);
+	cr_expect(!json_object_get(json_object_get(plan, "recipe"), "source"), "no server path in the reply");
+	json_decref(plan);
+	plan = get_json("POST", "/v1/plan?detail=summary", JSON, body, 200);
+	cr_expect(!json_object_get(plan, "quantizers"), "detail=summary drops the quantizer list");
+	cr_expect(json_object_get(plan, "summary"));
+	json_decref(plan);
+	snprintf(body, sizeof(body), "{\"model\":\"%s/m\",\"recipe_yaml\":\"" INLINE_BODY "\"}", H.models);
+	plan = get_json("POST", "/v1/plan", JSON, body, 200);
+	cr_expect_eq(json_integer_value(json_object_get(json_object_get(plan, "summary"), "enabled")), 0,
+		     "an inline recipe disabling everything");
+	json_decref(plan);
+
+	const struct step steps[] = {
+		{"unknown recipe", "GET", "/v1/recipes/general/ptq/nope", NULL, NULL, 404, "recipe_not_found"},
+		{"dot segment", "GET", "/v1/recipes/general/../x", NULL, NULL, 404, "route_not_found"},
+		{"not a recipe file", "GET", "/v1/recipes/configs/numerics/nvfp4", NULL, NULL, 422, "invalid_recipe"},
+		{"recipes: wrong method", "POST", "/v1/recipes", JSON, "{}", 405, "method_not_allowed"},
+		{"plan: empty", "POST", "/v1/plan", JSON, "", 400, "bad_json"},
+		{"plan: unknown field", "POST", "/v1/plan", JSON, "{\"modle\":1}", 400, "unknown_field"},
+		{"plan: no recipe", "POST", "/v1/plan", JSON, "{\"model\":\"{root}/models/m\"}", 400, "missing_field"},
+		{"plan: no model", "POST", "/v1/plan", JSON, "{\"recipe\":\"" HD_RECIPE "\"}", 400, "missing_field"},
+		{"plan: model outside roots", "POST", "/v1/plan", JSON,
+		 "{\"model\":\"/etc\",\"recipe\":\"" HD_RECIPE "\"}", 403, "path_outside_roots"},
+		{"plan: no config.json", "POST", "/v1/plan", JSON,
+		 "{\"model\":\"{root}/models/nocfg\",\"recipe\":\"" HD_RECIPE "\"}", 422, "not_a_model"},
+		{"plan: unsupported", "POST", "/v1/plan", JSON,
+		 "{\"model\":\"{root}/models/unsupported\",\"recipe\":\"" HD_RECIPE "\"}", 422, "unsupported_model"},
+		{"plan: unknown recipe", "POST", "/v1/plan", JSON,
+		 "{\"model\":\"{root}/models/m\",\"recipe\":\"nope\"}", 422, "unknown_recipe"},
+		{"plan: not applicable", "POST", "/v1/plan", JSON,
+		 "{\"model\":\"{root}/models/m\",\"recipe\":\"general/ptq/int4_blockwise_weight_only\"}", 422,
+		 "invalid_recipe"},
+		{"plan: bad inline", "POST", "/v1/plan", JSON,
+		 "{\"model\":\"{root}/models/m\",\"recipe\":{\"yaml\":\"metadata: [\"}}", 422, "invalid_recipe"},
+		{"plan: bad detail", "POST", "/v1/plan?detail=all", JSON,
+		 "{\"model\":\"{root}/models/m\",\"recipe\":\"" HD_RECIPE "\"}", 400, "bad_query"},
+	};
+	hd_steps(&H, steps, N(steps));
+	/* errors name the field and carry no path of the recipe tree */
+	struct cal_client_resp r;
+	snprintf(body, sizeof(body), "{\"model\":\"%s/m\",\"recipe\":\"general/ptq/mxfp8\"}", H.models);
+	cr_assert_eq(hd_req(&H, "POST", "/v1/plan", JSON, body, &r), 422);
+	json_t *e = json_object_get(json_loads(r.body, 0, NULL), "error");
+	cr_expect_str_eq(json_string_value(json_object_get(e, "field")), "recipe");
+	cr_expect(strstr(json_string_value(json_object_get(e, "message")), "not a multiple"), "%s", r.body);
+	cr_expect(!strstr(r.body, getenv("SRCDIR")), "no recipe tree path: %s", r.body);
+	cal_client_resp_free(&r);
+}
+
+/* ---- idempotency scope and expiry ------------------------------------ */
+
+static int post_with(const char *token, const char *key, const char *out, char *ret_id)
+{
+	char *body = hd_spec(&H, "fake-ok", out);
+	char hdr[512];
+	snprintf(hdr, sizeof(hdr), JSON "Idempotency-Key: \"%s\"\r\n%s%s%s", key, token ? "Authorization: Bearer " : "",
+		 token ? token : "", token ? "\r\n" : "");
+	struct cal_client_resp r;
+	int st = hd_req(&H, "POST", "/v1/jobs", hdr, body, &r);
+	free(body);
+	if (st > 0) {
+		json_t *j = json_loads(r.body, 0, NULL);
+		snprintf(ret_id, 32, "%s", json_string_value(json_object_get(j, "id")) ?
+			 json_string_value(json_object_get(j, "id")) : "");
+		json_decref(j);
+		cal_client_resp_free(&r);
+	}
+	return st;
+}
+
+Test(api, idempotency_per_client)
+{
+	const char *const extra[] = {"--token-file", H.tokfile, NULL};
+	cr_assert_eq(hd_start(&H, extra), 0);
+	char a[32], a2[32], b[32], b2[32];
+	cr_assert_eq(post_with(HD_TOKEN, "shared-key", "pa", a), 202);
+	cr_expect_eq(post_with(HD_TOKEN, "shared-key", "pa", a2), 200, "replay by the same client");
+	cr_expect_str_eq(a2, a);
+	cr_expect_eq(post_with(HD_TOKEN, "shared-key", "pa-other", a2), 422, "other body, same client");
+	cr_expect_eq(post_with("second-token", "shared-key", "pb", b), 202, "another client's key space");
+	cr_expect_str_neq(b, a);
+	cr_expect_eq(post_with("second-token", "shared-key", "pb", b2), 200);
+	cr_expect_str_eq(b2, b);
+	/* scopes survive a restart (spec.json keeps the client id, not the token) */
+	hd_stop(&H, SIGTERM);
+	cr_assert_eq(hd_start(&H, extra), 0);
+	cr_expect_eq(post_with("second-token", "shared-key", "pb", b2), 200);
+	cr_expect_str_eq(b2, b);
+	cr_expect_eq(post_with(HD_TOKEN, "shared-key", "pb", a2), 422, "A's key still bound to A's body");
+	char path[256], *spec = NULL;
+	snprintf(path, sizeof(path), "%s/jobs/%s/spec.json", H.state, a);
+	FILE *f = fopen(path, "r");
+	cr_assert(f);
+	char buf[8192];
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	spec = buf;
+	cr_expect(strstr(spec, "\"idempotency_client\""), "client id persisted");
+	cr_expect(!strstr(spec, HD_TOKEN), "the token is never stored");
+}
+
+Test(api, idempotency_expiry)
+{
+	const char *const extra[] = {"--idempotency-ttl", "1", NULL};
+	cr_assert_eq(hd_start(&H, extra), 0);
+	char a[32], b[32];
+	cr_assert_eq(post_with(NULL, "ttl-key", "e1", a), 202);
+	cr_expect_eq(post_with(NULL, "ttl-key", "e2", b), 422, "within the TTL: mismatch");
+	nap(1.2);
+	cr_expect_eq(post_with(NULL, "ttl-key", "e2", b), 202, "after the TTL the key is free again");
+	cr_expect_str_neq(a, b);
+}
+
+/* ---- state generations, retention, free space ------------------------ */
+
+static void clobber(const char *state_dir, const char *id, const char *file, const char *text)
+{
+	char p[512];
+	snprintf(p, sizeof(p), "%s/jobs/%s/%s", state_dir, id, file);
+	FILE *f = fopen(p, "w");
+	cr_assert(f, "%s", p);
+	fputs(text, f);
+	fclose(f);
+}
+
+Test(api, corrupt_state_falls_back_to_previous_generation)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	char one[32], two[32];
+	cr_assert(hd_submit(&H, "fake-ok", "s1", NULL));
+	snprintf(one, sizeof(one), "%s", H.last_id);
+	cr_assert(hd_submit(&H, "fake-ok", "s2", NULL));
+	snprintf(two, sizeof(two), "%s", H.last_id);
+	json_t *j = hd_wait(&H, one, "succeeded", 10);
+	cr_assert(j);
+	json_decref(j);
+	j = hd_wait(&H, two, "succeeded", 10);
+	cr_assert(j);
+	json_decref(j);
+	hd_stop(&H, SIGTERM);
+	/* one: state.json torn; state.json.prev (the "running" generation) is sound */
+	clobber(H.state, one, "state.json", "{\"format\":1,\"state\":\"succ");
+	/* two: both generations damaged */
+	clobber(H.state, two, "state.json", "\x01\x02 not json");
+	clobber(H.state, two, "state.json.prev", "{\"state\":\"bogus\"}");
+	cr_assert_eq(hd_start(&H, NULL), 0, "a damaged state file never stops the daemon");
+	j = hd_job(&H, one);
+	cr_assert(j, "loaded from state.json.prev");
+	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "failed",
+			 "the previous generation was running: the job ended with the old daemon");
+	cr_expect_str_eq(err_code(j), "daemon_restarted");
+	json_decref(j);
+	cr_expect_null(hd_job(&H, two), "both generations bad: reported and skipped");
+	struct cal_client_resp r;
+	cr_assert_eq(hd_req(&H, "GET", "/readyz", NULL, NULL, &r), 200);
+	cr_expect(strstr(r.body, "\"skipped_job_dirs\":1"), "%s", r.body);
+	cr_expect(strstr(r.body, "\"state_fallbacks\":1"), "%s", r.body);
+	cal_client_resp_free(&r);
+	hd_stop(&H, SIGTERM);
+	FILE *f = fopen(H.log, "r");
+	char line[4096];
+	int fb = 0, skipped = 0;
+	while (f && fgets(line, sizeof(line), f)) {
+		fb |= strstr(line, "state_fallback") != NULL;
+		skipped |= strstr(line, "job_load_failed") && strstr(line, two);
+	}
+	if (f)
+		fclose(f);
+	cr_expect(fb, "the fallback is logged");
+	cr_expect(skipped, "the skipped job is logged");
+}
+
+Test(api, retention_removes_finished_jobs)
+{
+	const char *const extra[] = {"--job-retention", "1", NULL};
+	cr_assert_eq(hd_start(&H, extra), 0);
+	char plain[32], keyed[32];
+	cr_assert(hd_submit(&H, "fake-ok", "t1", NULL));
+	snprintf(plain, sizeof(plain), "%s", H.last_id);
+	cr_assert(hd_submit(&H, "fake-ok", "t2", "live-key"));
+	snprintf(keyed, sizeof(keyed), "%s", H.last_id);
+	json_t *j = hd_wait(&H, plain, "succeeded", 10);
+	cr_assert(j);
+	json_decref(j);
+	j = hd_wait(&H, keyed, "succeeded", 10);
+	cr_assert(j);
+	json_decref(j);
+	char dir[256];
+	snprintf(dir, sizeof(dir), "%s/jobs/%s", H.state, plain);
+	int gone = 0;
+	for (int i = 0; i < 80 && !gone; i++, nap(0.05)) {
+		json_t *x = hd_job(&H, plain);
+		gone = !x;
+		json_decref(x);
+	}
+	cr_expect(gone, "a finished job is removed after job_retention_s");
+	struct stat sb;
+	cr_expect_neq(stat(dir, &sb), 0, "and its directory with it");
+	j = hd_job(&H, keyed);
+	cr_expect(j, "a job whose Idempotency-Key is still live is kept");
+	json_decref(j);
+}
+
+Test(api, low_disk_space_refuses_new_jobs)
+{
+	const char *const extra[] = {"--min-free-percent", "100", NULL};
+	cr_assert_eq(hd_start(&H, extra), 0);
+	char *body = hd_spec(&H, "fake-ok", "d1");
+	const struct step steps[] = {
+		{"below the reserve", "POST", "/v1/jobs", JSON, body, 507, "storage_full"},
+	};
+	hd_steps(&H, steps, N(steps));
+	hd_stop(&H, SIGTERM);
+	struct statvfs sv;
+	cr_assert_eq(statvfs(H.state, &sv), 0);
+	double pct = 100.0 * (double)sv.f_bavail / (double)sv.f_blocks;
+	char reserve[32];
+	snprintf(reserve, sizeof(reserve), "%.3f", pct / 2);
+	const char *const half[] = {"--min-free-percent", reserve, NULL};
+	cr_assert_eq(hd_start(&H, half), 0);
+	const struct step ok[] = {
+		{"above the reserve", "POST", "/v1/jobs", JSON, body, 202, NULL},
+	};
+	hd_steps(&H, ok, N(ok));
+	free(body);
+}
+
+/* ---- a real job ------------------------------------------------------ */
+
+Test(api, real_job_end_to_end)
+{
+	/* `calibd worker` runs the engine on the CPU: the tiny qwen3_moe
+	 * fixture, 4 x 16 calibration tokens, NVFP4 experts + FP8 KV */
+	H.real_worker = 1;
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	char body[1024];
+	snprintf(body, sizeof(body),
+		 "{\"name\":\"real\",\"model\":\"%s/m\",\"recipe\":\"%s\",\"calibration\":{\"tokens\":"
+		 "\"%s/tokens.jsonl\",\"samples\":4,\"seq_len\":16},\"output\":\"%s/q\",\"devices\":\"cpu\"}",
+		 H.models, HD_RECIPE, H.data, H.out);
+	json_t *job = get_json("POST", "/v1/jobs", JSON, body, 202);
+	char id[32], path[96];
+	snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(job, "id")));
+	json_decref(job);
+	snprintf(path, sizeof(path), "/v1/jobs/%s/events", id);
+	struct cal_client_resp r;
+	cr_assert_eq(hd_req(&H, "GET", path, NULL, NULL, &r), 200);
+	cr_expect(strstr(r.body, "event: state\n"), "state events");
+	cr_expect(strstr(r.body, "\"state\":\"succeeded\""), "the stream ends with success: %.2000s", r.body);
+	cal_client_resp_free(&r);
+	json_t *j = hd_wait(&H, id, NULL, 30);
+	cr_assert(j);
+	cr_assert_str_eq(json_string_value(json_object_get(j, "state")), "succeeded");
+	json_t *res = json_object_get(j, "result");
+	cr_expect_str_eq(json_string_value(json_object_get(res, "quant_algo")), "NVFP4");
+	cr_expect_str_eq(json_string_value(json_object_get(res, "kv_cache_quant_algo")), "FP8");
+	json_t *pr = json_object_get(j, "progress");
+	cr_expect_eq(json_integer_value(json_object_get(pr, "layers")), 3);
+	cr_expect_eq(json_integer_value(json_object_get(pr, "tokens_done")),
+		     json_integer_value(json_object_get(pr, "tokens_total")));
+	json_decref(j);
+	char out[256], cfg[300];
+	snprintf(out, sizeof(out), "%s/q", H.out);
+	snprintf(cfg, sizeof(cfg), "%s/hf_quant_config.json", out);
+	struct stat sb;
+	cr_expect_eq(stat(cfg, &sb), 0, "the checkpoint is published at %s", out);
+	snprintf(path, sizeof(path), "/v1/jobs/%s/report", id);
+	json_t *rep = get_json("GET", path, NULL, NULL, 200);
+	cr_expect(json_object_get(rep, "weight_sqnr_min_db"), "the quality report");
+	json_decref(rep);
+	/* a loader's view of the output */
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open("/dev/null", O_WRONLY);
+		dup2(fd, 1);
+		execl(getenv("CALIBD"), "calibd", "verify", out, (char *)NULL);
+		_exit(127);
+	}
+	int st = 0;
+	waitpid(pid, &st, 0);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "calibd verify %s: status %d", out, st);
 }

@@ -15,6 +15,7 @@
 
 #include "api/errors.h"
 #include "api/http.h"
+#include "api/jobspec.h"
 #include "api/sha256.h"
 #include "daemon/config.h"
 #include "daemon/fsutil.h"
@@ -94,6 +95,54 @@ Test(units, route_match)
 	cr_expect_eq(cal_route_match("GET", "/v1/jobs/..", p), -1);
 	cr_expect_eq(cal_route_match("GET", "/v1/jobs/%2e", p), -1);
 	cr_expect_eq(cal_route_match("GET", "/v1/jobs/", p), -1);
+	/* a multi-segment parameter (recipe names) */
+	cr_expect_geq(cal_route_match("GET", "/v1/recipes/general/ptq/fp8_default-kv_fp8", p), 0);
+	cr_expect_str_eq(p, "general/ptq/fp8_default-kv_fp8");
+	cr_expect_eq(cal_route_match("GET", "/v1/recipes/general/../x", p), -1);
+	cr_expect_eq(cal_route_match("GET", "/v1/recipes/general//x", p), -1);
+	cr_expect_eq(cal_route_match("GET", "/v1/recipes/general/", p), -1);
+	cr_expect_eq(cal_route_match("GET", "/v1/recipes/.hidden", p), -1);
+	cr_expect_geq(cal_route_match("GET", "/v1/recipes", p), 0);
+}
+
+Test(units, recipe_names)
+{
+	cr_expect(cal_recipe_name_ok("general/ptq/nvfp4_default-kv_fp8"));
+	cr_expect(cal_recipe_name_ok("mine.v2"));
+	cr_expect(!cal_recipe_name_ok(""));
+	cr_expect(!cal_recipe_name_ok("/etc/passwd"));
+	cr_expect(!cal_recipe_name_ok("a/../b"));
+	cr_expect(!cal_recipe_name_ok("a//b"));
+	cr_expect(!cal_recipe_name_ok("a/"));
+	cr_expect(!cal_recipe_name_ok(".hidden"));
+	cr_expect(!cal_recipe_name_ok("a b"));
+	char longname[CAL_RECIPE_NAME_MAX + 2];
+	memset(longname, 'a', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	cr_expect(!cal_recipe_name_ok(longname));
+}
+
+Test(units, state_write_keeps_previous_generation)
+{
+	char dir[] = "/tmp/calibd-gen-XXXXXX";
+	cr_assert(mkdtemp(dir));
+	char p[128], buf[64];
+	cr_assert_eq(cal_write_atomic_keep(dir, "s", "s.prev", "one", 3, NULL), CAL_OK);
+	snprintf(p, sizeof(p), "%s/s.prev", dir);
+	cr_expect_neq(access(p, F_OK), 0, "no prev after the first write");
+	cr_assert_eq(cal_write_atomic_keep(dir, "s", "s.prev", "two", 3, NULL), CAL_OK);
+	cr_assert_eq(cal_write_atomic_keep(dir, "s", "s.prev", "three", 5, NULL), CAL_OK);
+	FILE *f = fopen(p, "r");
+	cr_assert(f);
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	cr_expect_str_eq(buf, "two", "prev holds the generation before the current one");
+	double pct = -1;
+	cr_expect_eq(cal_free_percent(dir, &pct), 0);
+	cr_expect(pct >= 0 && pct <= 100, "free %.1f%%", pct);
+	cr_expect_eq(cal_rmtree(dir, NULL), CAL_OK);
+	cr_expect_neq(access(dir, F_OK), 0, "removed");
 }
 
 Test(units, path_confinement)

@@ -1,0 +1,475 @@
+/*
+ * recipes.c — the /v1/recipes and /v1/plan resources, and the real recipe
+ * and model checks of a job submission (recipes.h).
+ *
+ * Recipe names resolve in the daemon's recipe tree only (recipes_dir, else
+ * the built-in tree; never the daemon's working directory), and the
+ * imports of an inline recipe must be relative paths inside that tree, so
+ * a client cannot make the daemon read other files.  Loading a recipe,
+ * parsing config.json and building a plan are CPU-only, take milliseconds
+ * and are bounded (file sizes and node counts by engine/recipe, plan size
+ * by CAL_API_PLAN_MAX_QUANTIZERS, concurrency by CAL_API_PLAN_SLOTS), so
+ * they run on the HTTP thread that asked: no GPU, no tensor data, no
+ * worker.  Error messages have the recipe tree's path removed.
+ */
+#include "api/recipes.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <yaml.h>
+
+#include "api/jobspec.h"
+#include "common/util.h"
+#include "engine/model/model.h"
+#include "engine/recipe/plan.h"
+#include "engine/recipe/recipe.h"
+
+enum MHD_Result cal_route_recipes_list(struct cal_http_req *r);
+enum MHD_Result cal_route_recipe_get(struct cal_http_req *r);
+enum MHD_Result cal_route_plan(struct cal_http_req *r);
+
+#define RECIPE_TEXT_MAX (1024 * 1024)
+#define IMPORT_WALK_MAX 4096
+#define INLINE_DOCS_MAX 8
+
+/* ---- helpers ---------------------------------------------------------- */
+
+/* The recipe tree of this configuration (realpath when it resolves;
+ * heap, caller frees). */
+static char *tree_dir(const struct cal_config *c)
+{
+	const char *d = c->recipes_dir ? c->recipes_dir : cal_recipe_builtin_dir();
+	char *real = realpath(d, NULL);
+	return real ? real : strdup(d);
+}
+
+/* msg with every "dir/" removed (heap; NULL on allocation failure). */
+static char *scrub(const char *msg, const char *dir)
+{
+	size_t dl = strlen(dir);
+	char *out = malloc(strlen(msg) + 1), *o = out;
+	if (!out)
+		return NULL;
+	for (const char *m = msg; *m;) {
+		if (dl && !strncmp(m, dir, dl) && m[dl] == '/') {
+			m += dl + 1;
+			continue;
+		}
+		*o++ = *m++;
+	}
+	*o = '\0';
+	return out;
+}
+
+/* Sets prob from an engine error: "<what>: <message without the tree>". */
+static enum cal_api_err from_error(struct cal_api_problem *prob, enum cal_api_err ae, const char *field,
+				   const char *what, struct cal_error *e, const char *dir)
+{
+	char *m = scrub(cal_error_msg(e), dir ? dir : "");
+	cal_api_problem_set(prob, ae, field, "%s%s%s", what ? what : "", what ? ": " : "", m ? m : cal_error_msg(e));
+	free(m);
+	cal_error_clear(e);
+	return ae;
+}
+
+/* Takes one of the CAL_API_PLAN_SLOTS (waits up to CAL_API_PLAN_WAIT_S). */
+static int slot_take(struct cal_daemon *d)
+{
+	struct timespec dl;
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	dl.tv_sec += CAL_API_PLAN_WAIT_S;
+	pthread_mutex_lock(&d->mu);
+	while (d->plans_active >= CAL_API_PLAN_SLOTS) {
+		if (pthread_cond_timedwait(&d->changed, &d->mu, &dl) == ETIMEDOUT) {
+			pthread_mutex_unlock(&d->mu);
+			return -1;
+		}
+	}
+	d->plans_active++;
+	pthread_mutex_unlock(&d->mu);
+	return 0;
+}
+
+static void slot_give(struct cal_daemon *d)
+{
+	pthread_mutex_lock(&d->mu);
+	d->plans_active--;
+	pthread_cond_broadcast(&d->changed);
+	pthread_mutex_unlock(&d->mu);
+}
+
+/* An import of an inline recipe: relative, without "..": inside the tree. */
+static int import_path_ok(const char *p)
+{
+	if (!*p || p[0] == '/')
+		return 0;
+	for (const char *s = p; *s;) {
+		size_t n = strcspn(s, "/");
+		if (n == 2 && s[0] == '.' && s[1] == '.')
+			return 0;
+		s += n;
+		if (*s == '/')
+			s++;
+	}
+	return 1;
+}
+
+/* Every scalar value under n (an `imports:` value) must be import_path_ok.
+ * Returns the offending scalar, or NULL. */
+static const char *bad_import(yaml_document_t *doc, yaml_node_t *n, int depth, size_t *budget)
+{
+	if (!n || depth > 8 || (*budget)-- == 0)
+		return n ? "(imports nested too deeply)" : NULL;
+	if (n->type == YAML_SCALAR_NODE) {
+		const char *v = (const char *)n->data.scalar.value;
+		return import_path_ok(v) ? NULL : v;
+	}
+	if (n->type == YAML_SEQUENCE_NODE) {
+		for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+			const char *b = bad_import(doc, yaml_document_get_node(doc, *it), depth + 1, budget);
+			if (b)
+				return b;
+		}
+	} else if (n->type == YAML_MAPPING_NODE) {
+		for (yaml_node_pair_t *pp = n->data.mapping.pairs.start; pp < n->data.mapping.pairs.top; pp++) {
+			const char *b = bad_import(doc, yaml_document_get_node(doc, pp->value), depth + 1, budget);
+			if (b)
+				return b;
+		}
+	}
+	return NULL;
+}
+
+/* Refuses an inline recipe whose top-level `imports:` name a path outside
+ * the recipe tree.  YAML errors are left to the recipe loader, which
+ * reports them with line and column. */
+static enum cal_api_err inline_imports_ok(const char *text, const char *field, struct cal_api_problem *prob)
+{
+	yaml_parser_t p;
+	enum cal_api_err ae = CAL_API_OK;
+	size_t budget = IMPORT_WALK_MAX;
+	if (!yaml_parser_initialize(&p))
+		return cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+	yaml_parser_set_input_string(&p, (const unsigned char *)text, strlen(text));
+	for (int i = 0; i < INLINE_DOCS_MAX && !ae; i++) {
+		yaml_document_t doc;
+		if (!yaml_parser_load(&p, &doc))
+			break;
+		yaml_node_t *root = yaml_document_get_root_node(&doc);
+		if (!root) {
+			yaml_document_delete(&doc);
+			break;
+		}
+		if (root->type == YAML_MAPPING_NODE) {
+			for (yaml_node_pair_t *pp = root->data.mapping.pairs.start;
+			     pp < root->data.mapping.pairs.top && !ae; pp++) {
+				yaml_node_t *k = yaml_document_get_node(&doc, pp->key);
+				if (!k || k->type != YAML_SCALAR_NODE || strcmp((const char *)k->data.scalar.value, "imports"))
+					continue;
+				const char *bad = bad_import(&doc, yaml_document_get_node(&doc, pp->value), 0, &budget);
+				if (bad)
+					ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_RECIPE, field,
+								 "%s: import '%.200s' must be a relative path inside the "
+								 "recipe tree (no leading '/', no '..')", field, bad);
+			}
+		}
+		yaml_document_delete(&doc);
+	}
+	yaml_parser_delete(&p);
+	return ae;
+}
+
+/* Loads the recipe `name` or the inline `yaml` from the tree `dir`. */
+static enum cal_api_err recipe_load(const char *dir, const char *name, const char *yaml, const char *field,
+				    struct cal_recipe **ret, struct cal_api_problem *prob)
+{
+	struct cal_recipe_opts o = {.builtin_dir = dir, .no_filesystem = 1};
+	struct cal_error e = {0};
+	enum cal_status st;
+	*ret = NULL;
+	if (yaml) {
+		enum cal_api_err ae = inline_imports_ok(yaml, field, prob);
+		if (ae)
+			return ae;
+		st = cal_recipe_parse("<inline>", yaml, strlen(yaml), &o, ret, &e);
+	} else {
+		st = cal_recipe_load(name, &o, ret, &e);
+	}
+	if (st >= 0)
+		return CAL_API_OK;
+	if (st == CAL_ERR_NOMEM || st == CAL_ERR_IO)
+		return from_error(prob, CAL_API_ERR_INTERNAL, NULL, "recipe", &e, dir);
+	if (st == CAL_ERR_NOTFOUND && !yaml) {
+		cal_error_clear(&e);
+		return cal_api_problem_set(prob, CAL_API_ERR_UNKNOWN_RECIPE, field,
+					   "recipe '%s' is not a known recipe (GET /v1/recipes lists them)", name);
+	}
+	return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field, field, &e, dir);
+}
+
+/* Parses dir/config.json and bounds the plan it would need. */
+static enum cal_api_err model_load(const char *dir, struct cal_model_desc **ret, struct cal_api_problem *prob)
+{
+	struct cal_error e = {0};
+	enum cal_status st = cal_model_desc_load(dir, ret, &e);
+	if (st < 0) {
+		enum cal_api_err ae = st == CAL_ERR_UNSUPPORTED ? CAL_API_ERR_UNSUPPORTED_MODEL :
+				      st == CAL_ERR_NOMEM ? CAL_API_ERR_INTERNAL : CAL_API_ERR_NOT_A_MODEL;
+		return from_error(prob, ae, ae == CAL_API_ERR_INTERNAL ? NULL : "model", "model", &e, NULL);
+	}
+	const struct cal_model_desc *m = *ret;
+	long long est = (long long)m->num_layers * ((long long)m->num_experts * 4 + 32) + 16;
+	if (est > CAL_API_PLAN_MAX_QUANTIZERS) {
+		cal_model_desc_free(*ret);
+		*ret = NULL;
+		return cal_api_problem_set(prob, CAL_API_ERR_UNSUPPORTED_MODEL, "model",
+					   "model: %lld layers x %lld experts is too large to plan over the API "
+					   "(limit %ld quantizers); use `calibd plan`", (long long)m->num_layers,
+					   (long long)m->num_experts, (long)CAL_API_PLAN_MAX_QUANTIZERS);
+	}
+	return CAL_API_OK;
+}
+
+static enum cal_api_err plan_build(const struct cal_model_desc *m, const struct cal_recipe *rc, const char *field,
+				   const char *dir, struct cal_plan **ret, struct cal_api_problem *prob)
+{
+	struct cal_error e = {0};
+	enum cal_status st = cal_plan_build(m, rc, ret, &e);
+	if (st >= 0)
+		return CAL_API_OK;
+	if (st == CAL_ERR_NOMEM)
+		return from_error(prob, CAL_API_ERR_INTERNAL, NULL, "plan", &e, dir);
+	return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field, "the recipe does not apply to this model", &e,
+			  dir);
+}
+
+const char *cal_api_recipe_field(const json_t *req)
+{
+	const json_t *ry = json_object_get(req, "recipe_yaml");
+	if (ry && !json_is_null(ry))
+		return "recipe_yaml";
+	return json_is_object(json_object_get(req, "recipe")) ? "recipe.yaml" : "recipe";
+}
+
+/* ---- job submissions -------------------------------------------------- */
+
+enum cal_api_err cal_api_job_check(struct cal_http_req *r, json_t *spec, const char *recipe_field,
+				   struct cal_api_problem *prob)
+{
+	const char *name = json_string_value(json_object_get(spec, "recipe"));
+	const char *yaml = json_string_value(json_object_get(spec, "recipe_yaml"));
+	const char *model = json_string_value(json_object_get(spec, "model"));
+	struct cal_recipe *rc = NULL;
+	struct cal_model_desc *m = NULL;
+	struct cal_plan *plan = NULL;
+	char *dir = tree_dir(r->cfg);
+	enum cal_api_err ae;
+	if (!dir)
+		return cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+	if (slot_take(r->d) < 0) {
+		free(dir);
+		return cal_api_problem_set(prob, CAL_API_ERR_BUSY, NULL, NULL);
+	}
+	if (!(ae = recipe_load(dir, name, yaml, recipe_field, &rc, prob)) && !(ae = model_load(model, &m, prob)))
+		ae = plan_build(m, rc, recipe_field, dir, &plan, prob);
+	slot_give(r->d);
+	if (!ae && json_object_set_new(spec, "recipes_dir", json_string(dir)) < 0)
+		ae = cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "recipes_dir is not UTF-8");
+	cal_plan_free(plan);
+	cal_model_desc_free(m);
+	cal_recipe_free(rc);
+	free(dir);
+	return ae;
+}
+
+/* ---- GET /v1/recipes -------------------------------------------------- */
+
+enum MHD_Result cal_route_recipes_list(struct cal_http_req *r)
+{
+	char *dir = tree_dir(r->cfg);
+	struct cal_recipe_info *list = NULL;
+	size_t n = 0;
+	struct cal_error e = {0};
+	struct cal_api_problem prob = {0};
+	if (!dir)
+		return cal_http_error(r, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+	if (slot_take(r->d) < 0) {
+		free(dir);
+		return cal_http_error(r, CAL_API_ERR_BUSY, NULL, NULL);
+	}
+	enum cal_status st = cal_recipe_list(dir, &list, &n, &e);
+	slot_give(r->d);
+	if (st < 0) {
+		from_error(&prob, CAL_API_ERR_INTERNAL, NULL, "recipes", &e, dir);
+		free(dir);
+		return cal_http_problem(r, &prob);
+	}
+	free(dir);
+	json_t *a = json_array();
+	for (size_t i = 0; i < n; i++) {
+		char *url = NULL;
+		if (asprintf(&url, "/v1/recipes/%s", list[i].name) < 0)
+			url = NULL;
+		json_array_append_new(a, json_pack("{s:s, s:s, s:s?}", "name", list[i].name, "description",
+						   list[i].description, "url", url));
+		free(url);
+	}
+	cal_recipe_list_free(list, n);
+	return cal_http_json(r, 200, json_pack("{s:o}", "recipes", a));
+}
+
+/* ---- GET /v1/recipes/{name} ------------------------------------------- */
+
+/* The recipe file's text when it is one regular file inside dir. */
+static json_t *recipe_text(const char *source, const char *dir)
+{
+	char *real = realpath(source, NULL), *text = NULL;
+	struct stat sb;
+	json_t *v = json_null();
+	size_t dl = strlen(dir);
+	if (real && !strncmp(real, dir, dl) && real[dl] == '/' && stat(real, &sb) == 0 && S_ISREG(sb.st_mode) &&
+	    cal_read_file(real, RECIPE_TEXT_MAX, &text, NULL, NULL) == CAL_OK) {
+		json_t *s = json_string(text);
+		if (s) {
+			json_decref(v);
+			v = s;
+		}
+	}
+	free(text);
+	free(real);
+	return v;
+}
+
+static json_t *algorithm_json(const struct cal_algorithm *a)
+{
+	return json_pack("{s:s, s:b, s:o}", "method", a->name ? a->name : "none", "layerwise", a->layerwise,
+			 "moe_calib_experts_ratio",
+			 a->has_moe_calib_experts_ratio ? json_real(a->moe_calib_experts_ratio) : json_null());
+}
+
+enum MHD_Result cal_route_recipe_get(struct cal_http_req *r)
+{
+	struct cal_api_problem prob = {0};
+	struct cal_recipe *rc = NULL;
+	if (!cal_recipe_name_ok(r->param))
+		return cal_http_error(r, CAL_API_ERR_RECIPE_NOT_FOUND, "name", "no recipe '%s'", r->param);
+	char *dir = tree_dir(r->cfg);
+	if (!dir)
+		return cal_http_error(r, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+	if (slot_take(r->d) < 0) {
+		free(dir);
+		return cal_http_error(r, CAL_API_ERR_BUSY, NULL, NULL);
+	}
+	enum cal_api_err ae = recipe_load(dir, r->param, NULL, "name", &rc, &prob);
+	slot_give(r->d);
+	if (ae) {
+		free(dir);
+		if (ae == CAL_API_ERR_UNKNOWN_RECIPE) {
+			cal_api_problem_clear(&prob);
+			return cal_http_error(r, CAL_API_ERR_RECIPE_NOT_FOUND, "name", "no recipe '%s'", r->param);
+		}
+		return cal_http_problem(r, &prob);
+	}
+	json_t *entries = json_array();
+	for (size_t i = 0; i < rc->n_entries; i++)
+		json_array_append_new(entries, json_string(rc->entries[i].text ? rc->entries[i].text : ""));
+	char *url = NULL;
+	if (asprintf(&url, "/v1/recipes/%s", r->param) < 0)
+		url = NULL;
+	json_t *o = json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:s?}", "name", r->param, "description",
+			      rc->description ? rc->description : "", "recipe_type",
+			      rc->recipe_type ? rc->recipe_type : "ptq", "algorithm", algorithm_json(&rc->algo),
+			      "entries", entries, "yaml", recipe_text(rc->source, dir), "url", url);
+	free(url);
+	free(dir);
+	cal_recipe_free(rc);
+	return cal_http_json(r, 200, o);
+}
+
+/* ---- POST /v1/plan ---------------------------------------------------- */
+
+enum MHD_Result cal_route_plan(struct cal_http_req *r)
+{
+	static const char *const keys[] = {"model", "recipe", "recipe_yaml", NULL};
+	struct cal_api_problem prob = {0};
+	json_t *req = NULL, *rf = NULL, *out = NULL;
+	char *model = NULL, *dir = NULL, *text = NULL;
+	struct cal_recipe *rc = NULL;
+	struct cal_model_desc *m = NULL;
+	struct cal_plan *plan = NULL;
+	enum cal_api_err ae = CAL_API_OK;
+	int have_slot = 0;
+	const char *detail = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "detail");
+	if (detail && strcmp(detail, "full") && strcmp(detail, "summary"))
+		return cal_http_error(r, CAL_API_ERR_BAD_QUERY, "detail", "detail must be full or summary");
+	if (!r->body || r->body_len == 0)
+		return cal_http_error(r, CAL_API_ERR_BAD_JSON, NULL, "the request body is empty");
+	if (cal_json_parse_body(r->body, r->body_len, &req, &prob))
+		return cal_http_problem(r, &prob);
+	const char *k;
+	json_t *v;
+	json_object_foreach(req, k, v) {
+		int ok = 0;
+		for (const char *const *a = keys; *a; a++)
+			ok |= !strcmp(*a, k);
+		if (!ok) {
+			ae = cal_api_problem_set(&prob, CAL_API_ERR_UNKNOWN_FIELD, k, "unknown field '%s'", k);
+			goto out;
+		}
+	}
+	const struct cal_config *c = r->cfg;
+	struct cal_jobspec_env env = {
+		.model_roots = c->model_roots, .n_model_roots = c->n_model_roots,
+	};
+	const char *field = cal_api_recipe_field(req);
+	if (!(rf = json_object())) {
+		ae = cal_api_problem_set(&prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+		goto out;
+	}
+	if ((ae = cal_jobspec_recipe(req, rf, &prob)) || (ae = cal_jobspec_model(req, &env, &model, &prob)))
+		goto out;
+	if (!(dir = tree_dir(c))) {
+		ae = cal_api_problem_set(&prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+		goto out;
+	}
+	if (slot_take(r->d) < 0) {
+		ae = cal_api_problem_set(&prob, CAL_API_ERR_BUSY, NULL, NULL);
+		goto out;
+	}
+	have_slot = 1;
+	const char *name = json_string_value(json_object_get(rf, "recipe"));
+	if ((ae = recipe_load(dir, name, json_string_value(json_object_get(rf, "recipe_yaml")), field, &rc, &prob)) ||
+	    (ae = model_load(model, &m, &prob)) || (ae = plan_build(m, rc, field, dir, &plan, &prob)))
+		goto out;
+	text = cal_plan_json(plan, name ? name : "<inline>");
+	out = text ? json_loads(text, 0, NULL) : NULL;
+	if (!out) {
+		ae = cal_api_problem_set(&prob, CAL_API_ERR_INTERNAL, NULL, "plan: cannot encode");
+		goto out;
+	}
+	/* the recipe's file name in the tree is the daemon's business */
+	json_object_del(json_object_get(out, "recipe"), "source");
+	if (detail && !strcmp(detail, "summary"))
+		json_object_del(out, "quantizers");
+out:
+	if (have_slot)
+		slot_give(r->d);
+	cal_plan_free(plan);
+	cal_model_desc_free(m);
+	cal_recipe_free(rc);
+	free(text);
+	free(dir);
+	free(model);
+	json_decref(rf);
+	json_decref(req);
+	if (ae) {
+		json_decref(out);
+		return cal_http_problem(r, &prob);
+	}
+	return cal_http_json(r, 200, out);
+}
