@@ -437,14 +437,15 @@ static int bench_calibrate(int argc, char **argv)
 			double s;
 		} ph[] = {
 			{"embedding", prof.embed_s},   {"upload wait", prof.upload_s},
-			{"attention", prof.attn_s},    {"router+sort+gather", prof.router_s},
+			{"attention", prof.attn_s},    {"linear attention (GDN)", prof.linattn_s},
+			{"router+sort+gather", prof.router_s},
 			{"experts", prof.experts_s},   {"dense mlp", prof.dense_s},
 			{"observers", prof.observers_s}, {"read-back", prof.readback_s},
 			{"hidden i/o", prof.hidden_io_s}, {"other", prof.other_s},
 		};
 		printf("\nphases (profiled run, %.3f s with syncs):\n", prof.total_s);
 		for (size_t i = 0; i < CAL_ARRAY_LEN(ph); i++)
-			printf("  %-20s %8.3f s %5.1f%%\n", ph[i].name, ph[i].s,
+			printf("  %-24s %8.3f s %5.1f%%\n", ph[i].name, ph[i].s,
 			       100.0 * ph[i].s / (prof.total_s > 0 ? prof.total_s : 1));
 	}
 	if (json_path) {
@@ -458,14 +459,14 @@ static int bench_calibrate(int argc, char **argv)
 			"\"peak_mem\": %llu, \"mem_budget\": %llu, \"weights\": %llu, "
 			"\"mb_tokens\": %llu, \"n_mb\": %zu, \"hidden_on_host\": %d, "
 			"\"stage_s\": %.6f, \"stage_wait_s\": %.6f, \"phases\": {\"embed\": %.6f, "
-			"\"upload\": %.6f, \"attention\": %.6f, \"router\": %.6f, \"experts\": %.6f, "
+			"\"upload\": %.6f, \"attention\": %.6f, \"linear_attention\": %.6f, \"router\": %.6f, \"experts\": %.6f, "
 			"\"dense\": %.6f, \"observers\": %.6f, \"readback\": %.6f, "
 			"\"hidden_io\": %.6f, \"other\": %.6f, \"total\": %.6f}}\n",
 			(unsigned long long)n_tok, (long long)d->num_layers, best.total_s,
 			(double)n_tok / best.total_s, (unsigned long long)best.peak_mem,
 			(unsigned long long)best.mem_budget, (unsigned long long)best.model_weight_bytes,
 			(unsigned long long)best.mb_tokens, best.n_mb, best.hidden_on_host,
-			best.stage_s, best.stage_wait_s, prof.embed_s, prof.upload_s, prof.attn_s,
+			best.stage_s, best.stage_wait_s, prof.embed_s, prof.upload_s, prof.attn_s, prof.linattn_s,
 			prof.router_s, prof.experts_s, prof.dense_s, prof.observers_s, prof.readback_s,
 			prof.hidden_io_s, prof.other_s, prof.total_s);
 		if (fclose(f) != 0)

@@ -1,7 +1,8 @@
 /*
  * cmd_calibrate.c — `calibd calibrate`: runs the calibration engine
- * (engine/calib.h) on a checkpoint with a recipe and a token file, and
- * writes the statistics JSON (the amax every enabled quantizer gets, the
+ * (engine/calib.h) on a checkpoint with a recipe and calibration data (a
+ * token file, or datasets through the model's tokenizer: the token source
+ * `calibd quantize` uses, engine/quantize.h), and writes the statistics JSON (the amax every enabled quantizer gets, the
  * per-expert amax and token counts of every MoE layer).  A progress line
  * per layer on stderr (a bar when stderr is a terminal).
  */
@@ -12,23 +13,30 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "cli.h"
 #include "engine/calib.h"
 #include "engine/model/model.h"
+#include "engine/quantize.h"
 #include "engine/recipe/plan.h"
 #include "engine/recipe/recipe.h"
 
 static void calibrate_usage(FILE *o)
 {
 	fprintf(o,
-		"usage: calibd calibrate --model DIR --recipe NAME|FILE --calib-tokens FILE\n"
+		"usage: calibd calibrate --model DIR --recipe NAME|FILE\n"
+		"         (--calib-tokens FILE | --calib FILE[:N],... [--samples N] [--seq-len S]\n"
+		"          [--seed K])\n"
 		"         [--device cpu|cuda[:i]] [--stats-out FILE] [--pad-like-modelopt]\n"
 		"         [--pad-id N] [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
 		"         [--max-gpu-mem BYTES] [--micro-batch TOKENS] [--threads N]\n"
 		"         [--combine eager|f32] [--recipes-dir DIR] [--quiet]\n"
 		"Runs the model's forward pass over the calibration tokens (JSONL lines\n"
-		"{\"input_ids\": [...]} or one {\"input_ids\": [[...], ...]}) and records what\n"
-		"the recipe's quantizers need.  Writes the statistics JSON to --stats-out\n"
+		"{\"input_ids\": [...]} or one {\"input_ids\": [[...], ...]}), or over datasets\n"
+		"tokenized with the model's tokenizer.json (JSONL text/messages/input_ids or\n"
+		"text files; --samples 512 and --seq-len 512 by default, --seed K > 0 samples\n"
+		"in a seeded order), and records what the recipe's quantizers need.  Writes the statistics JSON to --stats-out\n"
 		"(default: stdout).  docs/calibration.md explains the options.\n");
 }
 
@@ -74,12 +82,33 @@ static void on_progress(void *ctx, int32_t layer, int32_t n_layers, double tps)
 	fflush(stderr);
 }
 
+/* The engine's statistics JSON plus "calibration" {samples, seq_len, tokens}
+ * (what `calibd export --stats` puts in its report). */
+static char *stats_with_calibration(const struct cal_calib *cal, const struct cal_token_info *ti)
+{
+	char *text = cal_calib_stats_json(cal), *out = NULL;
+	json_t *j = text ? json_loads(text, 0, NULL) : NULL;
+	free(text);
+	if (!j)
+		return NULL;
+	json_object_set_new(j, "calibration", json_pack("{s:I, s:I, s:I}", "samples",
+		(json_int_t)ti->samples, "seq_len", (json_int_t)ti->seq_len, "tokens",
+		(json_int_t)ti->tokens));
+	out = json_dumps(j, JSON_INDENT(1) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+	json_decref(j);
+	return out;
+}
+
 int cal_cmd_calibrate(int argc, char **argv)
 {
 	static const struct option lo[] = {
 		{"model", required_argument, NULL, 'm'},
 		{"recipe", required_argument, NULL, 'r'},
 		{"calib-tokens", required_argument, NULL, 't'},
+		{"calib", required_argument, NULL, 'C'},
+		{"samples", required_argument, NULL, 'n'},
+		{"seq-len", required_argument, NULL, 'S'},
+		{"seed", required_argument, NULL, 's'},
 		{"device", required_argument, NULL, 'D'},
 		{"stats-out", required_argument, NULL, 'o'},
 		{"pad-like-modelopt", no_argument, NULL, 'p'},
@@ -96,6 +125,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 		{NULL, 0, NULL, 0},
 	};
 	const char *model = NULL, *recipe = NULL, *tokens = NULL, *out_path = NULL, *rdir = NULL;
+	struct cal_token_source src = {0};
 	const char *device = "cpu";
 	struct cal_calib_opts o = {.pad_id = -1, .combine = CAL_COMBINE_EAGER};
 	struct progress pr = {isatty(2), 0};
@@ -107,6 +137,23 @@ int cal_cmd_calibrate(int argc, char **argv)
 		case 'm': model = optarg; break;
 		case 'r': recipe = optarg; break;
 		case 't': tokens = optarg; break;
+		case 'C': src.calib = optarg; break;
+		case 'n':
+		case 'S':
+		case 's':
+			if (parse_u64(optarg, &v) < 0 || (c == 'n' && (v < 1 || v > CAL_CALIB_MAX_SEQS)) ||
+			    (c == 'S' && (v < 1 || v > CAL_CALIB_MAX_SEQ_LEN))) {
+				fprintf(stderr, "calibd calibrate: bad value '%s' for --%s\n", optarg,
+					c == 'n' ? "samples" : c == 'S' ? "seq-len" : "seed");
+				return CAL_EXIT_USAGE;
+			}
+			if (c == 'n')
+				src.samples = (size_t)v;
+			else if (c == 'S')
+				src.seq_len = (size_t)v;
+			else
+				src.seed = v;
+			break;
 		case 'D': device = optarg; break;
 		case 'o': out_path = optarg; break;
 		case 'p': o.pad_like_modelopt = 1; break;
@@ -160,10 +207,13 @@ int cal_cmd_calibrate(int argc, char **argv)
 		default: calibrate_usage(stderr); return CAL_EXIT_USAGE;
 		}
 	}
-	if (!model || !recipe || !tokens || optind != argc) {
+	if (!model || !recipe || !tokens == !src.calib || optind != argc) {
+		if (tokens && src.calib)
+			fprintf(stderr, "calibd calibrate: --calib and --calib-tokens exclude each other\n");
 		calibrate_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
+	src.tokens = tokens;
 	if (!strcmp(device, "cpu")) {
 		o.backend = CAL_BACKEND_CPU;
 	} else if (!strncmp(device, "cuda", 4) && (device[4] == 0 || device[4] == ':')) {
@@ -192,6 +242,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 	struct cal_calib_tokens *tk = NULL;
 	struct cal_calib *cal = NULL;
 	struct cal_recipe_opts ro = {.builtin_dir = rdir};
+	struct cal_token_info ti = {0};
 	char *json = NULL;
 	enum cal_status st = cal_model_desc_load(model, &d, &err);
 	if (st >= 0)
@@ -199,7 +250,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 	if (st >= 0)
 		st = cal_plan_build(d, r, &p, &err);
 	if (st >= 0)
-		st = cal_calib_tokens_load(tokens, (uint64_t)d->vocab_size, &tk, &err);
+		st = cal_quantize_tokens_load(model, (uint64_t)d->vocab_size, &src, &tk, &ti, &err);
 	if (st >= 0) {
 		if (!ratio_given && r->algo.has_moe_calib_experts_ratio)
 			o.moe_calib_experts_ratio = r->algo.moe_calib_experts_ratio;
@@ -214,7 +265,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 		st = cal_calib_run(cal, tk, &err);
 	}
 	if (st >= 0) {
-		json = cal_calib_stats_json(cal);
+		json = stats_with_calibration(cal, &ti);
 		if (!json)
 			st = cal_error_set(&err, CAL_ERR_NOMEM, "statistics JSON: out of memory");
 	}

@@ -169,6 +169,7 @@ struct cal_calib_perf {
 	double stage_wait_s;     /* compute waiting for the staging (not hidden) */
 	double upload_s, attn_s, router_s, experts_s, dense_s, observers_s, readback_s,
 	       hidden_io_s, other_s; /* opts.profile */
+	double linattn_s;        /* opts.profile: Gated DeltaNet layers' token mixer */
 	uint64_t peak_mem;       /* most back-end memory held at once, bytes */
 	uint64_t mem_budget;     /* what micro-batches were sized for, bytes */
 	uint64_t max_layer_bytes;  /* largest layer's weights (arena size) */

@@ -1427,6 +1427,7 @@ void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *r)
 	r->stage_wait_s = c->stage_wait_s;
 	r->upload_s = c->ph[PH_UPLOAD];
 	r->attn_s = c->ph[PH_ATTN];
+	r->linattn_s = c->ph[PH_LINATTN];
 	r->router_s = c->ph[PH_ROUTER];
 	r->experts_s = c->ph[PH_EXPERTS];
 	r->dense_s = c->ph[PH_DENSE];

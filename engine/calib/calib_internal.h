@@ -46,6 +46,7 @@ enum cal_phase {
 	PH_EMBED,
 	PH_UPLOAD,     /* waiting for the layer's weights to arrive */
 	PH_ATTN,       /* attention step (norm, q/k/v, RoPE, attention, o_proj) */
+	PH_LINATTN,    /* Gated DeltaNet step (norm, projections, conv, delta rule, out_proj) */
 	PH_ROUTER,     /* MoE: norm, router, sort, gather */
 	PH_EXPERTS,    /* MoE: grouped expert GEMMs, SwiGLU, combine, shared expert */
 	PH_DENSE,      /* dense MLP */

@@ -294,7 +294,7 @@ enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_la
 	const uint32_t *cu = c->meta + mb->meta_off;
 	(void)L;
 	cal_gdn_dims(d, &g);
-	cal_prof(c, PH_ATTN); /* the token mixer's phase */
+	cal_prof(c, PH_LINATTN); /* the linear-attention token mixer */
 
 	struct cal_rmsnorm_args rn = {d->norm == CAL_NORM_RMS_1P ? CAL_RMS_1P
 				      : d->norm == CAL_NORM_RMS_F32W ? CAL_RMS_F32W : CAL_RMS_PLAIN,

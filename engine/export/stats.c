@@ -201,6 +201,10 @@ static enum cal_status load_amax(struct cal_stats *s, json_t *obj, const char *p
 	json_object_foreach(obj, k, v) {
 		if (json_is_object(v))
 			v = json_object_get(v, "amax");
+		/* `calibd calibrate` writes null for a quantizer without an amax
+		 * (a constant KV cast, or no data): the exporter names it if needed */
+		if (json_is_null(v))
+			continue;
 		if (!json_is_number(v))
 			return cal_error_set(err, CAL_ERR_FORMAT, "%s: amax.%s: expected a number",
 					     path, k);
@@ -237,6 +241,72 @@ static enum cal_status load_tokens(struct cal_stats *s, const char *key, json_t 
 	}
 	enum cal_status st = cal_stats_set_expert_tokens(s, (int32_t)layer, (int64_t)n, t, err);
 	free(t);
+	return st;
+}
+
+/*
+ * The "moe" section of `calibd calibrate --stats-out` (engine/calib.h):
+ * "<prefix>layers.L.mlp.experts" -> {"tokens": [...], "gate_up_input_amax":
+ * [...], "down_input_amax": [...]} (null for experts without tokens).  Fills
+ * the token counts of layers "expert_tokens" did not give and the per-expert
+ * input amax ("<key>.<proj>_input_quantizers.<e>") "amax" did not give.
+ */
+static enum cal_status load_moe(struct cal_stats *s, json_t *moe, const char *path,
+				struct cal_error *err)
+{
+	enum cal_status st = CAL_OK;
+	static const char *const arr[2] = {"gate_up_input_amax", "down_input_amax"};
+	static const char *const proj[2] = {"gate_up_proj", "down_proj"};
+	const char *k;
+	json_t *v;
+	char *name = NULL;
+	if (!json_is_object(moe))
+		return cal_error_set(err, CAL_ERR_FORMAT, "%s: moe: expected an object", path);
+	json_object_foreach(moe, k, v) {
+		const char *p = strstr(k, "layers.");
+		char *end = NULL;
+		long layer = p ? strtol(p + 7, &end, 10) : -1;
+		if (!p || end == p + 7 || *end != '.' || layer < 0 || layer > 1 << 20 ||
+		    !json_is_object(v))
+			return cal_error_set(err, CAL_ERR_FORMAT, "%s: moe.%s: expected "
+					     "\"<prefix>layers.<L>.mlp.experts\" -> object", path, k);
+		int64_t n = 0;
+		json_t *tok = json_object_get(v, "tokens");
+		if (tok && !cal_stats_expert_tokens(s, (int32_t)layer, &n)) {
+			char key[24];
+			snprintf(key, sizeof(key), "%ld", layer);
+			CAL_TRY(load_tokens(s, key, tok, path, err));
+		}
+		for (int a = 0; a < 2; a++) {
+			json_t *am = json_object_get(v, arr[a]), *x;
+			size_t e;
+			if (am && !json_is_array(am))
+				return cal_error_set(err, CAL_ERR_FORMAT, "%s: moe.%s.%s: expected an "
+						     "array", path, k, arr[a]);
+			json_array_foreach(am, e, x) {
+				float have;
+				if (json_is_null(x))
+					continue;
+				if (!json_is_number(x))
+					return cal_error_set(err, CAL_ERR_FORMAT, "%s: moe.%s.%s[%zu]: "
+							     "expected a number or null", path, k,
+							     arr[a], e);
+				free(name);
+				if (asprintf(&name, "%s.%s_input_quantizers.%zu", k, proj[a], e) < 0) {
+					name = NULL;
+					st = cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
+					goto fail;
+				}
+				if (!cal_stats_get(s, name, &have) &&
+				    (st = cal_stats_set(s, name, (float)json_number_value(x), err)) < 0) {
+					cal_error_wrap(err, st, "%s", path);
+					goto fail;
+				}
+			}
+		}
+	}
+fail:
+	free(name);
 	return st;
 }
 
@@ -277,6 +347,9 @@ enum cal_status cal_stats_load(const char *path, struct cal_stats **ret, struct 
 		json_object_foreach(tok, k, v)
 			CAL_TRY(load_tokens(s, k, v, path, err));
 	}
+	json_t *moe = json_object_get(root, "moe");
+	if (moe)
+		CAL_TRY(load_moe(s, moe, path, err));
 	json_t *cal = json_object_get(root, "calibration");
 	if (json_is_object(cal)) {
 		json_t *x;

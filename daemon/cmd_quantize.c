@@ -1,0 +1,349 @@
+/*
+ * cmd_quantize.c — `calibd quantize`: one quantization job in the
+ * foreground (engine/quantize.h: calibration and export in one streaming
+ * pass), for scripts and Kubernetes Jobs.  Progress on stderr (a bar on a
+ * terminal, one line per layer otherwise), optionally JSON lines on a file
+ * descriptor; SIGINT / SIGTERM stop it gracefully after the current layer
+ * (nothing published, exit 6).  docs/quantize.md.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "cli.h"
+#include "engine/quantize.h"
+
+static void quantize_usage(FILE *o)
+{
+	fprintf(o,
+		"usage: calibd quantize --model DIR --recipe NAME|FILE\n"
+		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
+		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
+		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
+		"         [--progress-fd N] [--json] [--quiet]\n"
+		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
+		"checkpoint into DIR (which must not exist; published atomically when done).\n"
+		"--calib takes JSONL ({\"text\"}, {\"messages\"}, {\"input_ids\"}) or text files,\n"
+		"tokenized with the model's tokenizer.json (--samples 512, --seq-len 512 by\n"
+		"default; --seed K > 0 samples records in a seeded order).  --device defaults to\n"
+		"cuda when a GPU is present, else cpu.  --progress-fd N writes progress as JSON\n"
+		"lines on descriptor N; --json prints the report as JSON.  SIGINT/SIGTERM stop\n"
+		"after the current layer with nothing published.  docs/quantize.md.\n"
+		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
+		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
+}
+
+/* ---- signals -------------------------------------------------------------- */
+
+static volatile int quantize_cancel;
+
+static void on_signal(int sig)
+{
+	static const char msg[] = "\ncalibd quantize: stopping after the current layer "
+				  "(nothing will be published; again to abort at once)\n";
+	if (quantize_cancel) {
+		signal(sig, SIG_DFL);
+		raise(sig);
+		return;
+	}
+	quantize_cancel = 1;
+	ssize_t w = write(2, msg, sizeof(msg) - 1);
+	(void)w;
+}
+
+/* ---- progress ------------------------------------------------------------- */
+
+struct prog {
+	int tty, quiet, fd;
+	int bar_open;      /* a \r line is on the terminal */
+};
+
+static void human_bytes(char *buf, size_t n, double b)
+{
+	static const char *const u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	int i = 0;
+	while (b >= 1024.0 && i < 4)
+		b /= 1024.0, i++;
+	snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+static void human_secs(char *buf, size_t n, double s)
+{
+	if (s < 0)
+		snprintf(buf, n, "?");
+	else if (s < 60)
+		snprintf(buf, n, "%.0fs", s);
+	else if (s < 3600)
+		snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+	else
+		snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+}
+
+static void write_all(int fd, const char *s, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, s, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return; /* a closed progress pipe does not stop the job */
+		s += w;
+		n -= (size_t)w;
+	}
+}
+
+static void on_progress(void *ctx, const char *line)
+{
+	struct prog *p = ctx;
+	if (p->fd >= 0) {
+		write_all(p->fd, line, strlen(line));
+		write_all(p->fd, "\n", 1);
+	}
+	if (p->quiet)
+		return;
+	json_t *j = json_loads(line, 0, NULL);
+	if (!j)
+		return;
+	const char *phase = json_string_value(json_object_get(j, "phase"));
+	int layer = (int)json_integer_value(json_object_get(j, "layer"));
+	int layers = (int)json_integer_value(json_object_get(j, "layers"));
+	double tps = json_number_value(json_object_get(j, "tokens_per_s"));
+	json_t *eta_j = json_object_get(j, "eta_s");
+	double eta = json_is_number(eta_j) ? json_number_value(eta_j) : -1;
+	char bytes[32], etas[32];
+	human_bytes(bytes, sizeof(bytes),
+		    (double)json_integer_value(json_object_get(j, "bytes_written")));
+	human_secs(etas, sizeof(etas), eta);
+	if (!phase)
+		phase = "?";
+	if (strcmp(phase, "calibrate") || layer < 0) {
+		/* a phase starts */
+		if (p->bar_open)
+			fputc('\n', stderr);
+		p->bar_open = 0;
+		if (strcmp(phase, "done"))
+			fprintf(stderr, "quantize: %s%s\n", phase,
+				!strcmp(phase, "calibrate") ? " (and export, layer by layer)" : "");
+	} else if (p->tty) {
+		int w = 30, fill = layers ? (int)((int64_t)(layer + 1) * w / layers) : w;
+		fprintf(stderr, "\r%s [%.*s%*s] layer %d/%d  %.0f tok-layers/s  %s written  "
+			"ETA %s   ", phase, fill, "##############################", w - fill, "",
+			layer + 1, layers, tps, bytes, etas);
+		p->bar_open = 1;
+	} else {
+		fprintf(stderr, "quantize: %s layer %d/%d done, %.0f token-layers/s, %s written, "
+			"eta %s\n", phase, layer + 1, layers, tps, bytes, etas);
+	}
+	fflush(stderr);
+	json_decref(j);
+}
+
+/* ---- report ----------------------------------------------------------------- */
+
+static void print_summary(const char *report)
+{
+	json_t *r = json_loads(report, 0, NULL);
+	if (!r) {
+		printf("%s\n", report);
+		return;
+	}
+	const char *k;
+	json_t *v;
+	char bytes[32];
+	size_t i;
+	human_bytes(bytes, sizeof(bytes), (double)json_integer_value(json_object_get(r, "bytes")));
+	json_t *qa = json_object_get(r, "quant_algo"), *kv = json_object_get(r, "kv_cache_quant_algo");
+	json_t *cal = json_object_get(r, "calibration");
+	printf("quantized %s -> %s\n", json_string_value(json_object_get(r, "source")),
+	       json_string_value(json_object_get(r, "output")));
+	printf("  recipe      %s (quant_algo %s, kv_cache %s), device %s\n",
+	       json_string_value(json_object_get(r, "recipe")),
+	       json_is_string(qa) ? json_string_value(qa) : "none",
+	       json_is_string(kv) ? json_string_value(kv) : "none",
+	       json_string_value(json_object_get(r, "device")));
+	printf("  calibration %lld samples, %lld tokens (seq_len %lld)",
+	       (long long)json_integer_value(json_object_get(cal, "samples")),
+	       (long long)json_integer_value(json_object_get(cal, "tokens")),
+	       (long long)json_integer_value(json_object_get(cal, "seq_len")));
+	if (json_integer_value(json_object_get(cal, "shortfall")))
+		printf(", %lld fewer samples than asked for (the data ran out)",
+		       (long long)json_integer_value(json_object_get(cal, "shortfall")));
+	printf("\n  output      %zu files, %s, %lld quantized weights\n",
+	       json_array_size(json_object_get(r, "files")), bytes,
+	       (long long)json_integer_value(json_object_get(r, "quantized_weights")));
+	json_t *mn = json_object_get(r, "weight_sqnr_min_db"), *me = json_object_get(r, "weight_sqnr_mean_db");
+	if (json_is_number(mn) && json_is_number(me))
+		printf("  weight SQNR min %.2f dB, mean %.2f dB\n", json_number_value(mn),
+		       json_number_value(me));
+	json_t *ewt = json_object_get(r, "experts_without_tokens");
+	printf("  experts without tokens: %lld",
+	       (long long)json_integer_value(json_object_get(r, "experts_without_tokens_total")));
+	json_array_foreach(ewt, i, v) {
+		size_t e;
+		json_t *x;
+		printf("%s layer %lld:", i ? ";" : " (", (long long)json_integer_value(json_object_get(v, "layer")));
+		json_array_foreach(json_object_get(v, "experts"), e, x)
+			printf(" %lld", (long long)json_integer_value(x));
+	}
+	printf("%s\n", json_array_size(ewt) ? ")" : "");
+	printf("  time        ");
+	int first = 1;
+	json_object_foreach(json_object_get(r, "phases_s"), k, v) {
+		printf("%s%s %.2fs", first ? "" : ", ", k, json_number_value(v));
+		first = 0;
+	}
+	printf("; wall %.2fs\n", json_number_value(json_object_get(r, "wall_s")));
+	json_decref(r);
+}
+
+/* ---- the command ------------------------------------------------------------- */
+
+static int parse_count(const char *opt, const char *s, long max, int *ret)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < 1 || v > max) {
+		fprintf(stderr, "calibd quantize: %s '%s' is not an integer in 1..%ld\n", opt, s, max);
+		return -1;
+	}
+	*ret = (int)v;
+	return 0;
+}
+
+int cal_cmd_quantize(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{"model", required_argument, NULL, 'm'},
+		{"recipe", required_argument, NULL, 'r'},
+		{"calib", required_argument, NULL, 'c'},
+		{"calib-tokens", required_argument, NULL, 't'},
+		{"out", required_argument, NULL, 'o'},
+		{"samples", required_argument, NULL, 'n'},
+		{"seq-len", required_argument, NULL, 'S'},
+		{"seed", required_argument, NULL, 's'},
+		{"device", required_argument, NULL, 'D'},
+		{"per-expert-input-amax", no_argument, NULL, 'e'},
+		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
+		{"progress-fd", required_argument, NULL, 'P'},
+		{"json", no_argument, NULL, 'j'},
+		{"quiet", no_argument, NULL, 'q'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct cal_quantize_opts o = {.cancel = &quantize_cancel};
+	struct prog pr = {.tty = isatty(2), .fd = -1};
+	int json = 0, c, fd;
+	char *end;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'm': o.model_dir = optarg; break;
+		case 'r': o.recipe = optarg; break;
+		case 'c': o.calib = optarg; break;
+		case 't': o.calib_tokens = optarg; break;
+		case 'o': o.out_dir = optarg; break;
+		case 'D': o.device = optarg; break;
+		case 'e': o.per_expert_input_amax = 1; break;
+		case 'j': json = 1; break;
+		case 'q': pr.quiet = 1; break;
+		case 'n':
+			if (parse_count("--samples", optarg, 1L << 24, &o.samples) < 0)
+				return CAL_EXIT_USAGE;
+			break;
+		case 'S':
+			if (parse_count("--seq-len", optarg, 1L << 20, &o.seq_len) < 0)
+				return CAL_EXIT_USAGE;
+			break;
+		case 's':
+			errno = 0;
+			o.seed = strtoull(optarg, &end, 10);
+			if (errno || end == optarg || *end || *optarg == '-') {
+				fprintf(stderr, "calibd quantize: --seed '%s' is not an integer >= 0\n",
+					optarg);
+				return CAL_EXIT_USAGE;
+			}
+			break;
+		case 'R':
+			o.moe_calib_experts_ratio = strtod(optarg, &end);
+			if (end == optarg || *end ||
+			    !(o.moe_calib_experts_ratio > 0 && o.moe_calib_experts_ratio <= 1)) {
+				fprintf(stderr, "calibd quantize: --moe-calib-experts-ratio '%s' not in "
+					"(0, 1]\n", optarg);
+				return CAL_EXIT_USAGE;
+			}
+			break;
+		case 'P':
+			errno = 0;
+			fd = (int)strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || fd < 0 || fcntl(fd, F_GETFD) < 0) {
+				fprintf(stderr, "calibd quantize: --progress-fd '%s' is not an open "
+					"descriptor\n", optarg);
+				return CAL_EXIT_USAGE;
+			}
+			pr.fd = fd;
+			break;
+		case 'h': quantize_usage(stdout); return CAL_EXIT_OK;
+		default: quantize_usage(stderr); return CAL_EXIT_USAGE;
+		}
+	}
+	if (!o.model_dir || !o.recipe || !o.out_dir || !o.calib == !o.calib_tokens ||
+	    optind != argc) {
+		if (o.calib && o.calib_tokens)
+			fprintf(stderr, "calibd quantize: --calib and --calib-tokens exclude each other\n");
+		quantize_usage(stderr);
+		return CAL_EXIT_USAGE;
+	}
+	if (o.device && strcmp(o.device, "cpu") && strcmp(o.device, "auto") &&
+	    strncmp(o.device, "cuda", 4)) {
+		fprintf(stderr, "calibd quantize: --device is cpu, cuda or cuda:INDEX\n");
+		return CAL_EXIT_USAGE;
+	}
+
+	struct sigaction sa = {.sa_handler = on_signal};
+	struct sigaction old_int, old_term;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, &old_int);
+	sigaction(SIGTERM, &sa, &old_term);
+	if (pr.fd >= 0)
+		signal(SIGPIPE, SIG_IGN);
+
+	struct cal_error err = {0};
+	char *report = NULL;
+	enum cal_status st = cal_quantize_run(&o, on_progress, &pr, &report, &err);
+	if (pr.bar_open)
+		fputc('\n', stderr);
+	sigaction(SIGINT, &old_int, NULL);
+	sigaction(SIGTERM, &old_term, NULL);
+	if (st < 0) {
+		fprintf(stderr, "calibd quantize: %s\n", cal_error_msg(&err));
+		if (pr.fd >= 0) {
+			json_t *e = json_pack("{s:s, s:s, s:s}", "event", "error", "code",
+					      cal_status_str(st), "message", cal_error_msg(&err));
+			char *s = e ? json_dumps(e, JSON_COMPACT) : NULL;
+			if (s) {
+				write_all(pr.fd, s, strlen(s));
+				write_all(pr.fd, "\n", 1);
+			}
+			free(s);
+			json_decref(e);
+		}
+	} else if (report) {
+		if (json)
+			printf("%s\n", report);
+		else
+			print_summary(report);
+		fflush(stdout);
+	}
+	free(report);
+	cal_error_clear(&err);
+	return cal_exit_from_status(st);
+}

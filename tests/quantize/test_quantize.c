@@ -1,0 +1,566 @@
+/*
+ * test_quantize.c — suite 'unit' tests of `calibd quantize` (engine/quantize.h,
+ * daemon/cmd_quantize.c) on the CPU back end: every MoE architecture the
+ * calibration engine runs (qwen3_moe per-expert and fused, mixtral and its
+ * fused layout, qwen2_moe, olmoe, and the Gated DeltaNet qwen3_next and
+ * qwen3_5_moe) and two dense ones (llama, qwen3), each with the
+ * experts-only NVFP4, default NVFP4, FP8 and W4A16 recipes, fed a JSONL text
+ * dataset through the fixture's tokenizer; every output passes
+ * `calibd verify --source` and every routed expert projection carries an
+ * input_scale where the format has one.  Also: a token file with the MoE
+ * options and the progress lines, an inline recipe through the C API,
+ * cancellation from a progress callback (nothing published; SIGTERM is in
+ * test_quantize_signal.c), an existing output (exit 3 before any compute), a full disk (exit 4, nothing left), `calibd calibrate --calib`
+ * and `calibd export --stats` of its output, and bad command lines.
+ *
+ * Runs the calibd binary named by $CALIBD (meson sets it).  Fixture seed 7.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "engine/model/model.h"
+#include "engine/quantize.h"
+#include "engine/st/safetensors.h"
+#include "fixture.h"
+
+#define SEED 7u
+
+/* Strings a test allocates, freed at its end (one test per process). */
+static char *tracked[256];
+static size_t n_tracked;
+
+static char *track(char *p)
+{
+	cr_assert(p && n_tracked < sizeof(tracked) / sizeof(tracked[0]));
+	tracked[n_tracked++] = p;
+	return p;
+}
+
+static void free_tracked(void)
+{
+	while (n_tracked)
+		free(tracked[--n_tracked]);
+}
+
+static const char *calibd(void)
+{
+	const char *p = getenv("CALIBD");
+	cr_assert(p && *p, "$CALIBD (the calibd binary) is not set");
+	return p;
+}
+
+static char *tmpdir(void)
+{
+	char t[] = "/tmp/calibd-quantize-XXXXXX";
+	char *d = mkdtemp(t);
+	cr_assert(d);
+	return track(strdup(d));
+}
+
+/* Removes the test's directory and frees what it tracked. */
+static void rm_rf(const char *p)
+{
+	char *cmd = NULL;
+	cr_assert(asprintf(&cmd, "rm -rf '%s'", p) > 0);
+	cr_assert_eq(system(cmd), 0);
+	free(cmd);
+	free_tracked();
+}
+
+static int exists(const char *p)
+{
+	struct stat sb;
+	return stat(p, &sb) == 0;
+}
+
+static size_t count_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	size_t n = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d)))
+		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+	if (d)
+		closedir(d);
+	return n;
+}
+
+static char *path2(const char *dir, const char *name)
+{
+	return track(cal_path_join(dir, name));
+}
+
+static char *make_model(const char *root, const char *arch, const char *layout)
+{
+	char *dir = NULL;
+	cr_assert(asprintf(&dir, "%s/%s-%s", root, arch, layout) > 0);
+	track(dir);
+	struct cal_fixture_opts o = {.arch = arch, .seed = SEED};
+	if (strcmp(layout, "default"))
+		cr_assert_eq(cal_fixture_layout_parse(layout, &o.layout), 0);
+	struct cal_error err = {0};
+	cr_assert_eq(cal_fixture_write(&o, dir, &err), CAL_OK, "%s", cal_error_msg(&err));
+	return dir;
+}
+
+/* A small JSONL text dataset ({"text": ...} records). */
+static char *make_data(const char *root)
+{
+	static const char *const lines[] = {
+		"the quick brown fox jumps over the lazy dog, then there is nothing here",
+		"in the beginning there were tokens, and the tokens were many and short",
+		"another record: where the router sends each token is what we measure",
+		"numbers 12345 67890, punctuation !?;: and whitespace\\tand\\nnewlines",
+		"short",
+		"the rain in spain stays mainly in the plain, or so the rhyme goes on",
+		"calibration data should look like what the model will see in use",
+		"one more line of text to make eight records in all, the end",
+	};
+	char *p = path2(root, "data.jsonl");
+	FILE *f = fopen(p, "w");
+	cr_assert(f);
+	for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
+		fprintf(f, "{\"text\": \"%s\"}\n", lines[i]);
+	cr_assert_eq(fclose(f), 0);
+	return p;
+}
+
+/* A token file: n sequences of len ids (< 256), fixed pattern. */
+static char *make_tokens(const char *root, const char *name, int n, int len)
+{
+	char *p = path2(root, name);
+	FILE *f = fopen(p, "w");
+	cr_assert(f);
+	uint64_t s = SEED;
+	for (int i = 0; i < n; i++) {
+		fputs("{\"input_ids\": [", f);
+		for (int k = 0; k < len; k++) {
+			s = s * 6364136223846793005ull + 1442695040888963407ull;
+			fprintf(f, "%s%u", k ? "," : "", (unsigned)(s >> 33) % 256u);
+		}
+		fputs("]}\n", f);
+	}
+	cr_assert_eq(fclose(f), 0);
+	return p;
+}
+
+/* Runs `calibd ARGS` through the shell; returns the exit code.  stdout and
+ * stderr go to files when the paths are given (else /dev/null). */
+static int run(const char *out, const char *errf, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int run(const char *out, const char *errf, const char *fmt, ...)
+{
+	char *args = NULL, *cmd = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	cr_assert(vasprintf(&args, fmt, ap) > 0);
+	va_end(ap);
+	cr_assert(asprintf(&cmd, "'%s' %s >%s 2>%s", calibd(), args, out ? out : "/dev/null",
+			   errf ? errf : "/dev/null") > 0);
+	int ws = system(cmd);
+	free(cmd);
+	free(args);
+	cr_assert(WIFEXITED(ws), "calibd did not exit normally");
+	return WEXITSTATUS(ws);
+}
+
+static char *slurp(const char *path)
+{
+	char *t = NULL;
+	size_t n;
+	cr_assert_eq(cal_read_file(path, 64u << 20, &t, &n, NULL), CAL_OK, "%s", path);
+	return track(t);
+}
+
+/* ---- every architecture x recipe ----------------------------------------- */
+
+struct recipe_case {
+	const char *name;
+	const char *quant_algo;
+	int expert_input_scale;     /* every routed expert projection has one */
+	int experts_only;
+};
+
+static const struct recipe_case RECIPES[] = {
+	{"general/ptq/nvfp4_experts_only-kv_fp8", "NVFP4", 1, 1},
+	{"general/ptq/nvfp4_default-kv_fp8", "NVFP4", 1, 0},
+	{"general/ptq/fp8_default-kv_fp8", "FP8", 1, 0},
+	{"general/ptq/nvfp4_weight_only-kv_fp16", "W4A16_NVFP4", 0, 0},
+};
+
+static void check_output(const char *src, const char *dst, const char *label,
+			 const struct recipe_case *rc, const char *report_path)
+{
+	struct cal_error err = {0};
+	struct cal_model_desc *d = NULL;
+	struct cal_checkpoint *ck = NULL;
+	cr_assert_eq(cal_model_desc_load(src, &d, &err), CAL_OK);
+	cr_assert_eq(cal_checkpoint_open(dst, &ck, &err), CAL_OK, "%s: %s", label,
+		     cal_error_msg(&err));
+	size_t n_in = 0, n_other_q = 0;
+	for (size_t i = 0; i < cal_checkpoint_count(ck); i++) {
+		const char *n = cal_checkpoint_tensor(ck, i)->name;
+		size_t l = strlen(n);
+		if (strstr(n, ".experts.") && l > 12 && !strcmp(n + l - 12, ".input_scale"))
+			n_in++;
+		else if (!strstr(n, ".experts.") && l > 13 && !strcmp(n + l - 13, ".weight_scale"))
+			n_other_q++;
+	}
+	uint64_t want = rc->expert_input_scale ? (uint64_t)d->n_moe_layers *
+						 (uint64_t)d->num_experts * 3 : 0;
+	cr_assert_eq(n_in, want, "%s: %zu expert input_scale tensors, want %llu", label, n_in,
+		     (unsigned long long)want);
+	if (rc->experts_only)
+		cr_assert_eq(n_other_q, 0, "%s: experts-only quantized %zu other weights", label,
+			     n_other_q);
+	else
+		cr_assert(n_other_q > 0, "%s: nothing but experts quantized", label);
+	/* the summary */
+	json_error_t je;
+	json_t *r = json_load_file(report_path, 0, &je);
+	cr_assert(r, "%s: report: %s", label, je.text);
+	json_t *qa = json_object_get(r, "quant_algo");
+	if (d->n_moe_layers || !rc->experts_only)
+		cr_assert_str_eq(json_string_value(qa), rc->quant_algo, "%s", label);
+	cr_assert_str_eq(json_string_value(json_object_get(r, "output")), dst);
+	cr_assert(json_integer_value(json_object_get(r, "bytes")) > 0);
+	cr_assert(json_array_size(json_object_get(r, "files")) >= 3);
+	cr_assert(json_is_integer(json_object_get(r, "experts_without_tokens_total")));
+	json_t *ph = json_object_get(r, "phases_s");
+	cr_assert(json_is_number(json_object_get(ph, "calibrate")), "%s: phases", label);
+	cr_assert(json_is_number(json_object_get(ph, "export_layers")), "%s: phases", label);
+	cr_assert_eq(json_integer_value(json_object_get(json_object_get(r, "calibration"), "samples")),
+		     8, "%s", label);
+	json_decref(r);
+	cal_checkpoint_free(ck);
+	cal_model_desc_free(d);
+}
+
+static void arch_case(const char *arch, const char *layout)
+{
+	printf("fixture seed %u\n", SEED);
+	char *root = tmpdir();
+	char *src = make_model(root, arch, layout);
+	char *data = make_data(root);
+	for (size_t k = 0; k < sizeof(RECIPES) / sizeof(RECIPES[0]); k++) {
+		char *dst = NULL, *rep = NULL, *errf = NULL, label[128];
+		snprintf(label, sizeof(label), "%s-%s-%zu", arch, layout, k);
+		cr_assert(asprintf(&dst, "%s/out-%zu", root, k) > 0);
+		cr_assert(asprintf(&rep, "%s/report-%zu.json", root, k) > 0);
+		cr_assert(asprintf(&errf, "%s/stderr-%zu", root, k) > 0);
+		int rc = run(rep, errf, "quantize --model %s --recipe %s --calib %s --samples 8 "
+			     "--seq-len 48 --device cpu --out %s --json", src, RECIPES[k].name, data,
+			     dst);
+		if (rc) {
+			char *e = slurp(errf);
+			cr_assert_fail("%s: calibd quantize exited %d: %s", label, rc, e);
+		}
+		rc = run(NULL, errf, "verify %s --source %s", dst, src);
+		if (rc) {
+			char *e = slurp(errf);
+			cr_assert_fail("%s: calibd verify exited %d: %s", label, rc, e);
+		}
+		check_output(src, dst, label, &RECIPES[k], rep);
+		free(dst);
+		free(rep);
+		free(errf);
+	}
+	rm_rf(root);
+}
+
+Test(quantize, qwen3_moe_per_expert, .timeout = 120) { arch_case("qwen3_moe", "per-expert"); }
+Test(quantize, qwen3_moe_fused, .timeout = 120) { arch_case("qwen3_moe", "fused"); }
+Test(quantize, mixtral, .timeout = 120) { arch_case("mixtral", "mixtral"); }
+Test(quantize, mixtral_fused, .timeout = 120) { arch_case("mixtral", "fused"); }
+Test(quantize, qwen2_moe, .timeout = 120) { arch_case("qwen2_moe", "per-expert"); }
+Test(quantize, olmoe, .timeout = 120) { arch_case("olmoe", "per-expert"); }
+Test(quantize, qwen3_next, .timeout = 120) { arch_case("qwen3_next", "per-expert"); }
+Test(quantize, qwen3_5_moe, .timeout = 120) { arch_case("qwen3_5_moe", "fused"); }
+Test(quantize, llama_dense, .timeout = 120) { arch_case("llama", "default"); }
+Test(quantize, qwen3_dense, .timeout = 120) { arch_case("qwen3", "default"); }
+
+/* ---- token file, MoE options, progress lines ------------------------------ */
+
+Test(quantize, token_file_options_progress, .timeout = 120)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen3_moe", "fused");
+	char *tok = make_tokens(root, "tok.jsonl", 6, 40);
+	char *dst = path2(root, "out"), *rep = path2(root, "rep.json"), *prog = path2(root, "prog");
+	char *errf = path2(root, "stderr");
+	/* --progress-fd 3 >prog: 3 is opened by the shell for calibd */
+	char *args = NULL;
+	cr_assert(asprintf(&args, "quantize --model %s --recipe general/ptq/nvfp4_experts_only-kv_fp8 "
+			   "--calib-tokens %s --samples 4 --seq-len 32 --per-expert-input-amax "
+			   "--moe-calib-experts-ratio 1 --out %s --json --progress-fd 3 3>%s", src, tok,
+			   dst, prog) > 0);
+	track(args);
+	int rc = run(rep, errf, "%s", args);
+	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(errf));
+	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
+	json_t *r = json_load_file(rep, 0, NULL);
+	cr_assert(r);
+	/* every expert saw tokens (ratio 1 routes each token to all of them) */
+	cr_assert_eq(json_integer_value(json_object_get(r, "experts_without_tokens_total")), 0);
+	json_t *cal = json_object_get(r, "calibration");
+	cr_assert_eq(json_integer_value(json_object_get(cal, "samples")), 4);
+	cr_assert_eq(json_integer_value(json_object_get(cal, "tokens")), 4 * 32);
+	json_decref(r);
+	/* the exporter's report took the options */
+	r = json_load_file(path2(dst, "calibd_report.json"), 0, NULL);
+	cr_assert(r);
+	cr_assert(json_is_true(json_object_get(json_object_get(r, "resolved"),
+					       "per_expert_input_amax")));
+	json_t *ex = json_object_get(r, "experts");
+	cr_assert_eq(json_array_size(ex), 2, "two MoE layers");
+	cr_assert(json_is_array(json_object_get(json_array_get(ex, 0), "tokens")));
+	cr_assert_eq(json_array_size(json_object_get(r, "fallbacks")), 0);
+	json_decref(r);
+	/* progress: JSON lines, one per layer in order, all keys */
+	FILE *f = fopen(prog, "r");
+	cr_assert(f);
+	char line[4096];
+	int next_layer = 0, finish = 0;
+	while (fgets(line, sizeof(line), f)) {
+		json_t *j = json_loads(line, 0, NULL);
+		cr_assert(j, "progress line is not JSON: %s", line);
+		static const char *const keys[] = {"phase", "layer", "layers", "tokens_done",
+						   "tokens_total", "tokens_per_s", "bytes_written"};
+		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+			cr_assert(json_object_get(j, keys[k]), "progress without %s: %s", keys[k], line);
+		const char *ph = json_string_value(json_object_get(j, "phase"));
+		int L = (int)json_integer_value(json_object_get(j, "layer"));
+		if (!strcmp(ph, "calibrate") && L >= 0) {
+			cr_assert_eq(L, next_layer, "layer %d after %d", L, next_layer - 1);
+			cr_assert(json_is_number(json_object_get(j, "eta_s")));
+			cr_assert(json_integer_value(json_object_get(j, "bytes_written")) > 0);
+			next_layer++;
+		}
+		finish |= !strcmp(ph, "finish");
+		json_decref(j);
+	}
+	fclose(f);
+	cr_assert_eq(next_layer, 3, "progress for %d of 3 layers", next_layer);
+	cr_assert(finish);
+	rm_rf(root);
+}
+
+/* ---- C API: inline recipe, cancel from a progress callback ----------------- */
+
+static const char INLINE_RECIPE[] =
+	"imports:\n"
+	"  base_disable_all: configs/ptq/units/base_disable_all\n"
+	"  experts_nvfp4: configs/ptq/units/experts_nvfp4\n"
+	"metadata:\n"
+	"  recipe_type: ptq\n"
+	"  description: inline experts-only test recipe\n"
+	"quantize:\n"
+	"  algorithm: max\n"
+	"  quant_cfg:\n"
+	"    - $import: base_disable_all\n"
+	"    - $import: experts_nvfp4\n";
+
+static void count_progress(void *ctx, const char *json)
+{
+	(void)json;
+	(*(int *)ctx)++;
+}
+
+Test(quantize, api_inline_recipe, .timeout = 60)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "olmoe", "fused");
+	char *data = make_data(root);
+	char *dst = path2(root, "out");
+	struct cal_quantize_opts o = {.model_dir = src, .recipe_yaml = INLINE_RECIPE, .calib = data,
+				      .samples = 8, .seq_len = 32, .seed = 3, .out_dir = dst,
+				      .device = "cpu"};
+	struct cal_error err = {0};
+	char *report = NULL;
+	int n = 0;
+	cr_assert_eq(cal_quantize_run(&o, count_progress, &n, &report, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	cr_assert(n >= 2 + 2, "%d progress lines", n);
+	json_t *r = json_loads(report, 0, NULL);
+	cr_assert(r, "report: %s", report);
+	cr_assert_str_eq(json_string_value(json_object_get(r, "quant_algo")), "NVFP4");
+	cr_assert_str_eq(json_string_value(json_object_get(r, "recipe")), "<inline recipe>");
+	json_decref(r);
+	free(report);
+	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
+	/* the same output again: refused, untouched */
+	cr_assert_eq(cal_quantize_run(&o, NULL, NULL, &report, &err), CAL_ERR_EXISTS);
+	cr_assert_null(report);
+	cal_error_clear(&err);
+	rm_rf(root);
+}
+
+struct cancel_ctx {
+	volatile int flag;
+	int after_layer;
+};
+
+static void cancel_after(void *ctx, const char *json)
+{
+	struct cancel_ctx *c = ctx;
+	json_t *j = json_loads(json, 0, NULL);
+	if (!strcmp(json_string_value(json_object_get(j, "phase")), "calibrate") &&
+	    json_integer_value(json_object_get(j, "layer")) == c->after_layer)
+		c->flag = 1;
+	json_decref(j);
+}
+
+Test(quantize, cancel_from_progress_publishes_nothing, .timeout = 60)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "mixtral", "mixtral");
+	char *tok = make_tokens(root, "tok.jsonl", 4, 24);
+	char *dst = path2(root, "out");
+	size_t before = count_entries(root);
+	struct cancel_ctx cc = {0, 0};
+	struct cal_quantize_opts o = {.model_dir = src, .recipe = "general/ptq/nvfp4_default-kv_fp8",
+				      .calib_tokens = tok, .out_dir = dst, .device = "cpu",
+				      .cancel = &cc.flag};
+	struct cal_error err = {0};
+	char *report = NULL;
+	enum cal_status st = cal_quantize_run(&o, cancel_after, &cc, &report, &err);
+	cr_assert_eq(st, CAL_ERR_INTERRUPTED, "%d: %s", st, cal_error_msg(&err));
+	cr_assert(strstr(cal_error_msg(&err), "after 1 of 2 layers"), "%s", cal_error_msg(&err));
+	cr_assert_null(report);
+	cr_assert(!exists(dst), "a cancelled job published %s", dst);
+	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
+	cal_error_clear(&err);
+	/* a run that is not cancelled publishes */
+	cc = (struct cancel_ctx){0, -5};
+	cr_assert_eq(cal_quantize_run(&o, cancel_after, &cc, &report, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	free(report);
+	rm_rf(root);
+}
+
+/* ---- the command: existing output, full disk, usage -------------------------- */
+
+Test(quantize, existing_output_refused_before_compute, .timeout = 60)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen2_moe", "per-expert");
+	char *data = make_data(root);
+	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
+	cr_assert_eq(mkdir(dst, 0755), 0);
+	char *marker = path2(dst, "keep");
+	FILE *f = fopen(marker, "w");
+	cr_assert(f);
+	fclose(f);
+	int rc = run(NULL, errf, "quantize --model %s --recipe general/ptq/fp8_default-kv_fp8 "
+		     "--calib %s --out %s --device cpu", src, data, dst);
+	char *e = slurp(errf);
+	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	cr_assert(strstr(e, "already exists"), "%s", e);
+	cr_assert(!strstr(e, "quantize: load") && !strstr(e, "layer"), "work was done: %s", e);
+	cr_assert(exists(marker));
+	cr_assert_eq(count_entries(dst), 1);
+	rm_rf(root);
+}
+
+Test(quantize, disk_full_exits_4_leaves_nothing, .timeout = 60)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "olmoe", "per-expert");
+	char *data = make_data(root);
+	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
+	size_t before = count_entries(root);
+	setenv("CALIBD_TEST_FREE_BYTES", "4096", 1);
+	int rc = run(NULL, errf, "quantize --model %s --recipe general/ptq/nvfp4_default-kv_fp8 "
+		     "--calib %s --out %s --device cpu", src, data, dst);
+	unsetenv("CALIBD_TEST_FREE_BYTES");
+	char *e = slurp(errf);
+	cr_assert_eq(rc, 4, "exit %d: %s", rc, e);
+	cr_assert(!exists(dst));
+	cr_assert_eq(count_entries(root), before + 1 /* stderr */, "something was left behind");
+	cr_assert(!strstr(e, "layer"), "calibration ran before the space check: %s", e);
+	rm_rf(root);
+}
+
+Test(quantize, bad_input_and_usage)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen3_moe", "per-expert");
+	char *data = make_data(root);
+	char *dst = path2(root, "out");
+	const char *R = "general/ptq/fp8_default-kv_fp8";
+	/* usage (2) */
+	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s", src, R, data), 2);
+	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s --calib-tokens %s "
+			 "--out %s", src, R, data, data, dst), 2);
+	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s --out %s "
+			 "--samples 0", src, R, data, dst), 2);
+	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s --out %s "
+			 "--device tpu", src, R, data, dst), 2);
+	/* bad input (3): model, recipe, data */
+	cr_assert_eq(run(NULL, NULL, "quantize --model %s/nope --recipe %s --calib %s --out %s",
+			 root, R, data, dst), 3);
+	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe no/such/recipe --calib %s "
+			 "--out %s", src, data, dst), 3);
+	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s/none.jsonl "
+			 "--out %s", src, R, root, dst), 3);
+	cr_assert(!exists(dst));
+	rm_rf(root);
+}
+
+/* ---- calibrate --calib, and export from its statistics ---------------------- */
+
+Test(quantize, calibrate_datasets_then_export, .timeout = 60)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen3_moe", "fused");
+	char *data = make_data(root);
+	char *stats = path2(root, "stats.json"), *dst = path2(root, "out");
+	char *errf = path2(root, "stderr");
+	const char *R = "general/ptq/nvfp4_experts_only-kv_fp8_cast";
+	int rc = run(NULL, errf, "calibrate --model %s --recipe %s --calib %s:6 --seq-len 32 "
+		     "--seed 5 --stats-out %s --quiet", src, R, data, stats);
+	cr_assert_eq(rc, 0, "calibrate exit %d: %s", rc, slurp(errf));
+	json_t *s = json_load_file(stats, 0, NULL);
+	cr_assert(s);
+	json_t *cal = json_object_get(s, "calibration");
+	cr_assert_eq(json_integer_value(json_object_get(cal, "samples")), 6);
+	cr_assert_eq(json_integer_value(json_object_get(cal, "seq_len")), 32);
+	json_decref(s);
+	/* a cast KV recipe leaves null amax in the file; the moe section feeds
+	 * the report's token counts and the per-expert input amax */
+	rc = run(NULL, errf, "export --model %s --recipe %s --stats %s --out %s "
+		 "--per-expert-input-amax", src, R, stats, dst);
+	cr_assert_eq(rc, 0, "export exit %d: %s", rc, slurp(errf));
+	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
+	json_t *r = json_load_file(path2(dst, "calibd_report.json"), 0, NULL);
+	cr_assert(r);
+	cal = json_object_get(r, "calibration");
+	cr_assert_eq(json_integer_value(json_object_get(cal, "samples")), 6);
+	size_t i;
+	json_t *x;
+	json_array_foreach(json_object_get(r, "experts"), i, x) {
+		json_t *t = json_object_get(x, "tokens");
+		cr_assert(json_is_array(t), "layer %zu: no token counts in the report", i);
+		cr_assert_eq(json_array_size(t), 8);
+	}
+	/* every expert saw tokens or was reported as a fallback, never silently */
+	size_t n_without = 0;
+	json_array_foreach(json_object_get(r, "experts"), i, x)
+		n_without += json_array_size(json_object_get(x, "experts_without_tokens"));
+	cr_assert_eq(json_array_size(json_object_get(r, "fallbacks")), n_without);
+	json_decref(r);
+	/* calibrate refuses both sources at once */
+	cr_assert_eq(run(NULL, NULL, "calibrate --model %s --recipe %s --calib %s --calib-tokens %s",
+			 src, R, data, data), 2);
+	rm_rf(root);
+}
