@@ -56,20 +56,22 @@ static void env_init(struct env *e, size_t n_seq, size_t min_len, size_t max_len
 		     CAL_OK, "%s", cal_error_msg(&err));
 	cr_assert_eq(cal_plan_build(e->d, e->r, &e->p, &err), CAL_OK, "%s", cal_error_msg(&err));
 
-	size_t cap = 64 + n_seq * (max_len * 8 + 40);
-	char *text = malloc(cap), *p = text;
+	char *text = NULL;
+	size_t text_len = 0;
+	FILE *f = open_memstream(&text, &text_len);
+	cr_assert_not_null(f);
 	uint64_t s = SEED;
-	cr_assert_not_null(text);
 	for (size_t i = 0; i < n_seq; i++) {
 		size_t len = min_len + rng(&s) % (max_len - min_len + 1);
-		p += sprintf(p, "{\"input_ids\": [");
+		fputs("{\"input_ids\": [", f);
 		for (size_t j = 0; j < len; j++)
-			p += sprintf(p, "%s%u", j ? "," : "",
-				     (unsigned)(rng(&s) % (uint64_t)e->d->vocab_size));
-		p += sprintf(p, "]}\n");
+			fprintf(f, "%s%u", j ? "," : "",
+				(unsigned)(rng(&s) % (uint64_t)e->d->vocab_size));
+		fputs("]}\n", f);
 	}
-	cr_assert_eq(cal_calib_tokens_parse("test", text, (size_t)(p - text),
-					    (uint64_t)e->d->vocab_size, &e->tk, &err),
+	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(cal_calib_tokens_parse("test", text, text_len, (uint64_t)e->d->vocab_size,
+					    &e->tk, &err),
 		     CAL_OK, "%s", cal_error_msg(&err));
 	free(text);
 }

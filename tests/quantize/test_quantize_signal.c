@@ -115,7 +115,7 @@ Test(quantize, sigterm_after_first_layer_exits_6, .timeout = 60)
 	char *root = tmpdir();
 	char *src = make_model(root, "qwen3_moe", "per-expert");
 	/* enough tokens that the remaining layers take a few hundred ms */
-	char *tok = make_tokens(root, "tok.jsonl", 32, 256);
+	char *tok = make_tokens(root, "tok.jsonl", 64, 256);
 	char *dst = path2(root, "out");
 	size_t before = count_entries(root);
 	int fds[2];
