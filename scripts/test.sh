@@ -38,4 +38,9 @@ fi
 echo "== 4. fuzz targets (short runs; docs/fuzzing.md for long ones)"
 CC=clang sh scripts/build.sh build/fuzz -Dcuda=disabled -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false
 sh scripts/fuzz.sh build/fuzz 20
+fuzz_targets=$(find build/fuzz/tests/fuzz -maxdepth 1 -type f -name 'fuzz_*' -perm -u+x | wc -l)
 echo "== all test stages passed"
+builds="build/cpu build/asan"
+[ -d build/cuda ] && builds="build/cpu build/cuda build/asan"
+# shellcheck disable=SC2086
+FUZZ_TARGETS=$fuzz_targets python3 scripts/test-summary.py $builds

@@ -121,7 +121,11 @@ struct cal_recipe {
 
 struct cal_recipe_opts {
 	const char *builtin_dir;  /* NULL: cal_recipe_builtin_dir() */
-	int no_filesystem;        /* resolve names in the built-in tree only */
+	/* Resolve names and imports in the built-in tree only, and confine them
+	 * to it: absolute paths, paths whose ".."s climb out of the tree and
+	 * files that resolve outside it (symlinks followed) are refused with
+	 * CAL_ERR_INVALID.  The daemon's mode. */
+	int no_filesystem;
 };
 
 /*
@@ -133,7 +137,9 @@ struct cal_recipe_opts {
  * Errors: CAL_ERR_NOTFOUND (no such recipe: the message lists the places
  * tried), CAL_ERR_FORMAT (YAML/schema error at file:line:col with the key),
  * CAL_ERR_UNSUPPORTED (recipe_type other than ptq), CAL_ERR_RANGE (limits),
- * CAL_ERR_IO, CAL_ERR_NOMEM.
+ * CAL_ERR_INVALID (no_filesystem: the name or an import leaves the tree;
+ * an import's message names it and its file:line:col), CAL_ERR_IO,
+ * CAL_ERR_NOMEM.
  */
 enum cal_status cal_recipe_load(const char *name, const struct cal_recipe_opts *opts,
 				struct cal_recipe **ret, struct cal_error *err);

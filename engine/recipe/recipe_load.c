@@ -72,6 +72,7 @@ struct lfile {
 struct loader {
 	const char *builtin;
 	int no_fs;
+	char *builtin_real;  /* no_fs: realpath of builtin, computed on first use */
 	size_t nodes_left;
 	int files_read;
 	const char *stack[CAL_RECIPE_MAX_IMPORT_DEPTH + 2]; /* realpaths being loaded */
@@ -175,6 +176,52 @@ static char *cat3(const char *a, const char *b, const char *c)
 	if (asprintf(&s, "%s%s%s", a, b, c) < 0)
 		return NULL;
 	return s;
+}
+
+/* ---- confinement (no_filesystem) ---------------------------------------- */
+
+/* 1 when the relative path p, with "." and ".." folded lexically, stays
+ * inside the directory it is taken from; 0 for absolute paths. */
+static int rel_path_inside(const char *p)
+{
+	long depth = 0;
+	if (p[0] == '/')
+		return 0;
+	for (const char *s = p; *s;) {
+		size_t n = strcspn(s, "/");
+		if (n == 2 && s[0] == '.' && s[1] == '.') {
+			if (--depth < 0)
+				return 0;
+		} else if (n && !(n == 1 && s[0] == '.')) {
+			depth++;
+		}
+		s += n;
+		if (*s == '/')
+			s++;
+	}
+	return 1;
+}
+
+/*
+ * No-filesystem mode: sets *ret_inside to 1 when `real` (a realpath) lies in
+ * the recipe tree, symlinks of the tree itself resolved.  Errors: CAL_ERR_IO
+ * / CAL_ERR_NOTFOUND when the tree does not resolve, CAL_ERR_NOMEM.
+ */
+static enum cal_status real_inside(struct loader *L, const char *real, int *ret_inside)
+{
+	if (!L->builtin_real) {
+		L->builtin_real = realpath(L->builtin, NULL);
+		if (!L->builtin_real)
+			return cal_error_set(L->err, errno == ENOENT ? CAL_ERR_NOTFOUND :
+					     errno == ENOMEM ? CAL_ERR_NOMEM : CAL_ERR_IO,
+					     "recipe tree %s: %s", L->builtin, strerror(errno));
+	}
+	const char *root = L->builtin_real;
+	size_t n = strlen(root);
+	if (n == 1) /* "/" */
+		n = 0;
+	*ret_inside = !strncmp(real, root, n) && (real[n] == '/' || real[n] == '\0');
+	return CAL_OK;
 }
 
 /* ---- import resolution -------------------------------------------------- */
@@ -405,6 +452,12 @@ static enum cal_status find_import(struct loader *L, const struct cal_ynode *at,
 	char *cand[4] = {0};
 	int nc = 0;
 	int abs = p[0] == '/';
+	*ret = NULL;
+	if (L->no_fs && !rel_path_inside(p))
+		return at_err(L->err, CAL_ERR_INVALID, at,
+			      "import '%s' %s: only files of the recipe tree %s can be imported",
+			      p, abs ? "is an absolute path" : "leaves the recipe tree through '..'",
+			      L->builtin);
 	if (has_yaml_suffix(p)) {
 		if (!L->no_fs || abs)
 			cand[nc++] = strdup(p);
@@ -425,7 +478,6 @@ static enum cal_status find_import(struct loader *L, const struct cal_ynode *at,
 			}
 		}
 	}
-	*ret = NULL;
 	for (int i = 0; i < nc; i++) {
 		if (!cand[i]) {
 			for (int j = 0; j < nc; j++)
@@ -443,9 +495,28 @@ static enum cal_status find_import(struct loader *L, const struct cal_ynode *at,
 		free(cand[i]);
 	if (!*ret)
 		return at_err(L->err, CAL_ERR_NOTFOUND, at,
-			      "import '%s' not found (looked for %s%s in the current directory "
-			      "and in %s)",
-			      p, p, has_yaml_suffix(p) ? "" : ".yml/.yaml", L->builtin);
+			      "import '%s' not found (looked for %s%s in %s%s)",
+			      p, p, has_yaml_suffix(p) ? "" : ".yml/.yaml",
+			      L->no_fs ? "" : "the current directory and in ", L->builtin);
+	if (L->no_fs) {
+		/* a symlink in the tree may lead out of it */
+		enum cal_status st;
+		int inside = 0;
+		char *real = realpath(*ret, NULL);
+		if (!real)
+			st = at_err(L->err, errno == ENOMEM ? CAL_ERR_NOMEM : CAL_ERR_IO, at,
+				    "import '%s': %s: %s", p, *ret, strerror(errno));
+		else if ((st = real_inside(L, real, &inside)) >= 0 && !inside)
+			st = at_err(L->err, CAL_ERR_INVALID, at,
+				    "import '%s': %s leads outside the recipe tree (symbolic "
+				    "link): only files of the tree can be imported", p, *ret);
+		free(real);
+		if (st < 0) {
+			free(*ret);
+			*ret = NULL;
+			return st;
+		}
+	}
 	return CAL_OK;
 }
 
@@ -522,6 +593,16 @@ static enum cal_status load_tree(struct loader *L, const char *path, enum ytype 
 				   "%s: %s", path, strerror(errno));
 		goto out;
 	}
+	if (L->no_fs) {
+		int inside = 0;
+		CAL_TRY(real_inside(L, real, &inside));
+		if (!inside) {
+			st = cal_error_set(L->err, CAL_ERR_INVALID, "%s: leads outside the recipe "
+					   "tree %s (symbolic link): only its files can be loaded",
+					   path, L->builtin);
+			goto out;
+		}
+	}
 	for (int i = 0; i < L->depth; i++) {
 		if (!strcmp(L->stack[i], real)) {
 			st = cal_error_set(L->err, CAL_ERR_FORMAT, "%s: import cycle (%s imports it "
@@ -539,7 +620,7 @@ static enum cal_status load_tree(struct loader *L, const char *path, enum ytype 
 		st = nomem(L);
 		goto out;
 	}
-	CAL_TRY(cal_read_file(path, CAL_YTREE_MAX_BYTES, &text, &len, L->err));
+	CAL_TRY(cal_read_file(real, CAL_YTREE_MAX_BYTES, &text, &len, L->err));
 	CAL_TRY(cal_ytree_parse(fname, text, len, &L->nodes_left, &docs, L->err));
 
 	enum ytype type = root;
@@ -999,8 +1080,10 @@ static enum cal_status conv_entry(struct cal_error *err, const struct cal_ynode 
 		return want(err, m, path, "a mapping (quantizer_name, cfg, enable)");
 	for (size_t i = 0; i < m->n; i++) {
 		const struct cal_ynode *k = m->items[2 * i], *v = m->items[2 * i + 1];
-		if (k->kind != CAL_Y_STR)
-			return unknown_key(err, k, path, entry_keys);
+		if (k->kind != CAL_Y_STR) {
+			st = unknown_key(err, k, path, entry_keys);
+			goto fail;
+		}
 		free(p);
 		if (!(p = subpath(path, k->str)))
 			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
@@ -1149,8 +1232,10 @@ static enum cal_status conv_layerwise(struct cal_error *err, const struct cal_yn
 		return want(err, v, path, "a mapping (enable, ...)");
 	for (size_t i = 0; i < v->n; i++) {
 		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
-		if (k->kind != CAL_Y_STR)
-			return unknown_key(err, k, path, "enable");
+		if (k->kind != CAL_Y_STR) {
+			st = unknown_key(err, k, path, "enable");
+			goto fail;
+		}
 		free(p);
 		if (!(p = subpath(path, k->str)))
 			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
@@ -1208,8 +1293,10 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 	int mse = a->method == CAL_CALIB_MSE;
 	for (size_t i = 0; i < v->n; i++) {
 		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
-		if (k->kind != CAL_Y_STR)
-			return unknown_key(err, k, path, "method");
+		if (k->kind != CAL_Y_STR) {
+			st = unknown_key(err, k, path, "method");
+			goto fail;
+		}
 		free(p);
 		if (!(p = subpath(path, k->str)))
 			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
@@ -1525,6 +1612,13 @@ enum cal_status cal_recipe_load(const char *name, const struct cal_recipe_opts *
 	loader_init(&L, opts, err);
 	int abs = name[0] == '/';
 	int suf = has_yaml_suffix(name);
+	if (L.no_fs && !rel_path_inside(name)) {
+		st = cal_error_set(err, CAL_ERR_INVALID, "recipe '%s' %s: only recipes of the "
+				   "recipe tree %s can be loaded", name,
+				   abs ? "is an absolute path" : "leaves the recipe tree through '..'",
+				   L.builtin);
+		goto out;
+	}
 	/* modelopt load_recipe: built-in first, then the filesystem */
 	for (int fs = 0; fs < 2; fs++) {
 		if (fs == 0 && abs)
@@ -1561,6 +1655,7 @@ out:
 	for (int i = 0; i < nc; i++)
 		free(cand[i]);
 	files_free(L.files);
+	free(L.builtin_real);
 	return st;
 }
 
@@ -1611,6 +1706,7 @@ fail:
 	cal_ynode_free(tree);
 	cal_ydocs_clear(&docs);
 	files_free(L.files);
+	free(L.builtin_real);
 	return st;
 }
 

@@ -8,6 +8,7 @@
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,13 +38,14 @@ static struct cal_recipe *load_ok(const char *dir, const char *name)
 	return r;
 }
 
-/* Parses inline YAML as a recipe; returns status and the message. */
-static enum cal_status parse_msg(const char *yaml, char **msg, struct cal_recipe **ret)
+/* Parses inline YAML as a recipe with options o; returns status and the
+ * message. */
+static enum cal_status parse_opts(const struct cal_recipe_opts *o, const char *yaml, char **msg,
+				  struct cal_recipe **ret)
 {
-	struct cal_recipe_opts o = {.builtin_dir = CAL_TEST_RECIPES_DIR, .no_filesystem = 1};
 	struct cal_recipe *r = NULL;
 	struct cal_error err = {0};
-	enum cal_status st = cal_recipe_parse("t.yaml", yaml, strlen(yaml), &o, &r, &err);
+	enum cal_status st = cal_recipe_parse("t.yaml", yaml, strlen(yaml), o, &r, &err);
 	*msg = strdup(cal_error_msg(&err));
 	cal_error_clear(&err);
 	if (ret)
@@ -51,6 +53,13 @@ static enum cal_status parse_msg(const char *yaml, char **msg, struct cal_recipe
 	else
 		cal_recipe_free(r);
 	return st;
+}
+
+/* Same in the daemon's mode: the source recipe tree, no filesystem. */
+static enum cal_status parse_msg(const char *yaml, char **msg, struct cal_recipe **ret)
+{
+	struct cal_recipe_opts o = {.builtin_dir = CAL_TEST_RECIPES_DIR, .no_filesystem = 1};
+	return parse_opts(&o, yaml, msg, ret);
 }
 
 static void expect_error(const char *yaml, enum cal_status want, const char *needle)
@@ -302,6 +311,16 @@ Test(recipe, errors_point_at_file_line_col)
 		     "quantize:\n  quant_cfg:\n    - $import: n\n",
 		     CAL_ERR_FORMAT, "cannot be spliced into or appended to a list of QuantizerCfgEntry");
 	expect_error("x: !!python/object foo\n", CAL_ERR_FORMAT, "t.yaml:1:4: YAML tags");
+	/* a non-string key after a string one (fuzz_recipe found a leak here) */
+	expect_error("metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n"
+		     "    - {quantizer_name: '*', .NAN: 1}\n",
+		     CAL_ERR_FORMAT, "quantize.quant_cfg[0]: keys must be strings");
+	expect_error("metadata: {recipe_type: ptq}\nquantize: {quant_cfg: [], algorithm: "
+		     "{method: max, layerwise: {enable: true, 1: 2}}}\n",
+		     CAL_ERR_FORMAT, "layerwise: keys must be strings");
+	expect_error("metadata: {recipe_type: ptq}\nquantize: {quant_cfg: [], algorithm: "
+		     "{method: max, distributed_sync: true, 1: 2}}\n",
+		     CAL_ERR_FORMAT, "quantize.algorithm: keys must be strings");
 }
 
 Test(recipe, limits_and_billion_laughs)
@@ -350,10 +369,14 @@ Test(recipe, import_cycle_and_name_resolution)
 	fprintf(f, "# modelopt-schema: modelopt.torch.quantization.config.QuantizerCfgListConfig\n"
 		   "imports: {a: %s/a}\n---\n- $import: a\n", dir);
 	fclose(f);
-	char *y = NULL;
+	char *y = NULL, *msg = NULL;
 	cr_assert(asprintf(&y, "imports: {a: %s/a}\nmetadata: {recipe_type: ptq}\n"
 			       "quantize: {quant_cfg: [{$import: a}]}\n", dir) > 0);
-	expect_error(y, CAL_ERR_FORMAT, "import cycle");
+	/* absolute imports: filesystem mode only */
+	struct cal_recipe_opts fso = {.builtin_dir = CAL_TEST_RECIPES_DIR};
+	cr_assert_eq(parse_opts(&fso, y, &msg, NULL), CAL_ERR_FORMAT, "%s", msg);
+	cr_assert(strstr(msg, "import cycle"), "%s", msg);
+	free(msg);
 	free(y);
 	/* a filesystem recipe is found when not built-in; built-in wins otherwise */
 	char *r = cal_path_join(dir, "r.yaml");
@@ -379,6 +402,158 @@ Test(recipe, import_cycle_and_name_resolution)
 	free(b);
 	free(r);
 	free(noext);
+}
+
+/* Writes text to dir/rel (parents must exist). */
+static void put(const char *dir, const char *rel, const char *text)
+{
+	char *p = cal_path_join(dir, rel);
+	FILE *f = fopen(p, "w");
+	cr_assert(f, "%s", p);
+	fputs(text, f);
+	fclose(f);
+	free(p);
+}
+
+/* Expects inline `yaml` (no_filesystem, tree `tree`) to fail with status
+ * want and a message holding every needle (NULL-terminated). */
+static void expect_refused(const char *tree, const char *yaml, enum cal_status want, ...)
+{
+	struct cal_recipe_opts o = {.builtin_dir = tree, .no_filesystem = 1};
+	char *msg = NULL;
+	enum cal_status st = parse_opts(&o, yaml, &msg, NULL);
+	cr_assert_eq(st, want, "status %s, want %s (%s)\n%s", cal_status_str(st),
+		     cal_status_str(want), msg, yaml);
+	va_list ap;
+	va_start(ap, want);
+	for (const char *n; (n = va_arg(ap, const char *));)
+		cr_assert(strstr(msg, n), "message '%s' lacks '%s'", msg, n);
+	va_end(ap);
+	free(msg);
+}
+
+static const char snippet[] =
+	"# modelopt-schema: modelopt.torch.quantization.config.QuantizerCfgListConfig\n"
+	"- {quantizer_name: '*', enable: false}\n";
+
+Test(recipe, no_filesystem_confines_to_tree)
+{
+	char top[] = "/tmp/cal_recipe_tree_XXXXXX";
+	cr_assert(mkdtemp(top));
+	char *tree = cal_path_join(top, "tree"), *cfgs = cal_path_join(tree, "configs"),
+	     *gen = cal_path_join(tree, "general");
+	cr_assert(mkdir(tree, 0755) == 0 && mkdir(cfgs, 0755) == 0 && mkdir(gen, 0755) == 0);
+	put(top, "outside.yaml", snippet);
+	put(top, "outside_recipe.yaml", "metadata: {recipe_type: ptq}\nquantize: {quant_cfg: []}\n");
+	put(cfgs, "ok.yaml", snippet);
+	put(cfgs, "nested.yaml",
+	    "# modelopt-schema: modelopt.torch.quantization.config.QuantizerCfgListConfig\n"
+	    "imports: {o: ../../outside}\n---\n- $import: o\n");
+	put(gen, "r.yaml", "imports: {ok: configs/ok}\nmetadata: {recipe_type: ptq}\n"
+			   "quantize: {quant_cfg: [{$import: ok}]}\n");
+	/* symlinks inside the tree: a file and a directory leading out of it */
+	char *evil = cal_path_join(cfgs, "evil.yaml"), *lnk = cal_path_join(tree, "lnk"),
+	     *evil_r = cal_path_join(gen, "evil.yaml"), *inner = cal_path_join(cfgs, "inner.yaml");
+	cr_assert(symlink("../../outside.yaml", evil) == 0);
+	cr_assert(symlink(top, lnk) == 0);
+	cr_assert(symlink("../../outside_recipe.yaml", evil_r) == 0);
+	cr_assert(symlink("ok.yaml", inner) == 0); /* stays inside: fine */
+
+	const char *body = "metadata: {recipe_type: ptq}\nquantize: {quant_cfg: [{$import: x}]}\n";
+	char *y = NULL;
+	/* absolute import */
+	cr_assert(asprintf(&y, "imports: {x: %s/outside}\n%s", top, body) > 0);
+	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:1:14: ", "import '", "/outside'",
+		       "absolute path", NULL);
+	free(y);
+	/* ".." out of the tree, directly or after descending */
+	cr_assert(asprintf(&y, "imports: {x: ../outside}\n%s", body) > 0);
+	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:1:14: ", "import '../outside'",
+		       "leaves the recipe tree", NULL);
+	free(y);
+	cr_assert(asprintf(&y, "imports:\n  x: configs/../../outside.yaml\n%s", body) > 0);
+	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:2:6: ",
+		       "import 'configs/../../outside.yaml'", NULL);
+	free(y);
+	/* a symlinked file, a path through a symlinked directory */
+	cr_assert(asprintf(&y, "imports: {x: configs/evil}\n%s", body) > 0);
+	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:1:14: ", "import 'configs/evil'",
+		       "configs/evil.yaml leads outside the recipe tree", NULL);
+	free(y);
+	cr_assert(asprintf(&y, "imports: {x: lnk/outside}\n%s", body) > 0);
+	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:1:14: ", "import 'lnk/outside'",
+		       "outside the recipe tree", NULL);
+	free(y);
+	/* an import inside an imported file points at that file */
+	cr_assert(asprintf(&y, "imports: {x: configs/nested}\n%s", body) > 0);
+	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:1:14: imports.x: ",
+		       "configs/nested.yaml:2:14: import '../../outside'", NULL);
+	free(y);
+	/* inside the tree: plain, with a ".." that stays inside, via an inner link */
+	const char *fine[] = {"configs/ok", "configs/../configs/ok.yaml", "./configs/inner"};
+	struct cal_recipe_opts o = {.builtin_dir = tree, .no_filesystem = 1};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(fine); i++) {
+		char *msg = NULL;
+		struct cal_recipe *r = NULL;
+		cr_assert(asprintf(&y, "imports: {x: %s}\n%s", fine[i], body) > 0);
+		cr_assert_eq(parse_opts(&o, y, &msg, &r), CAL_OK, "%s: %s", fine[i], msg);
+		cr_assert_eq(r->n_entries, 1);
+		cal_recipe_free(r);
+		free(msg);
+		free(y);
+	}
+	/* recipe names */
+	struct cal_recipe *r = NULL;
+	struct cal_error err = {0};
+	char *abs = cal_path_join(top, "outside_recipe.yaml");
+	cr_assert_eq(cal_recipe_load(abs, &o, &r, &err), CAL_ERR_INVALID, "%s", cal_error_msg(&err));
+	cr_assert(strstr(cal_error_msg(&err), "absolute path"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cr_assert_eq(cal_recipe_load("../outside_recipe", &o, &r, &err), CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "leaves the recipe tree"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cr_assert_eq(cal_recipe_load("general/evil", &o, &r, &err), CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "general/evil.yaml: leads outside the recipe tree"),
+		  "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cr_assert_eq(cal_recipe_load("general/r", &o, &r, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cal_recipe_free(r);
+	/* the filesystem mode still takes absolute paths */
+	struct cal_recipe_opts fso = {.builtin_dir = tree};
+	cr_assert_eq(cal_recipe_load(abs, &fso, &r, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cal_recipe_free(r);
+	/* the listing shows the escaping recipe as an error, the others load */
+	struct cal_recipe_info *list = NULL;
+	size_t n = 0;
+	cr_assert_eq(cal_recipe_list(tree, &list, &n, &err), CAL_OK);
+	cr_assert_eq(n, 2);
+	cr_assert_str_eq(list[0].name, "general/evil");
+	cr_assert(strstr(list[0].description, "outside the recipe tree"), "%s", list[0].description);
+	cr_assert_str_eq(list[1].name, "general/r");
+	cal_recipe_list_free(list, n);
+
+	const char *rm[] = {evil, lnk, evil_r, inner};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(rm); i++)
+		unlink(rm[i]);
+	char *files[] = {cal_path_join(cfgs, "ok.yaml"), cal_path_join(cfgs, "nested.yaml"),
+			 cal_path_join(gen, "r.yaml"), cal_path_join(top, "outside.yaml"),
+			 cal_path_join(top, "outside_recipe.yaml")};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(files); i++) {
+		unlink(files[i]);
+		free(files[i]);
+	}
+	rmdir(cfgs);
+	rmdir(gen);
+	rmdir(tree);
+	rmdir(top);
+	free(evil);
+	free(lnk);
+	free(evil_r);
+	free(inner);
+	free(abs);
+	free(cfgs);
+	free(gen);
+	free(tree);
 }
 
 /* ---- plans -------------------------------------------------------------- */
