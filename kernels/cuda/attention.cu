@@ -2,10 +2,13 @@
  * attention.cu — causal GQA attention over packed sequences without an
  * [S, S] matrix.
  *
- * Tensor-core path (head_dim 16, 32, 64 or 128, 16-byte aligned tensors):
- * flash attention on mma.sync m16n8k16 (bf16 in, fp32 accumulate).  One
- * block of 4 warps per (64-query tile, head); each warp owns 16 query rows.
- * Q is loaded once into registers, K and V tiles of 64 keys are staged in
+ * Tensor-core path (head_dim 16, 32, 64, 128 or 256, 16-byte aligned
+ * tensors): flash attention on mma.sync m16n8k16 (bf16 in, fp32 accumulate).
+ * One block of 4 warps per (64-query tile, head); each warp owns 16 query
+ * rows.  Up to head_dim 128 Q is loaded once into registers; at 256 (Qwen3.5
+ * / Qwen3-Next full attention) the fp32 O accumulator alone takes 128
+ * registers per thread, so Q stays in shared memory and its fragments are
+ * re-read with ldmatrix for every key tile.  K and V tiles of 64 keys are staged in
  * shared memory with cp.async (rows padded by 8 elements: conflict-free
  * ldmatrix), S = Q K^T in fp32, scaled, masked (same sequence, causal,
  * left padding via key_start, sliding window), online softmax in fp32
@@ -128,6 +131,8 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 
 #define FA_BQ 64
 #define FA_BK 64
+/* key tile: 32 keys at head_dim 256 keep S and P within the register budget */
+#define FA_BKT(hd) ((hd) > 128 ? 32 : FA_BK)
 #define FA_THREADS 128
 
 __device__ __forceinline__ uint64_t fa_row_lo(const uint32_t *cu, uint32_t n_seq,
@@ -186,7 +191,7 @@ fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out
 	constexpr int LD = HD + 8;      /* padded smem row (elements) */
 	constexpr int CH = HD / 8;      /* 16-byte chunks per row */
 	extern __shared__ __align__(16) uint16_t fa_sm[];
-	uint16_t *sq = fa_sm, *sk = fa_sm + FA_BQ * LD, *sv = sk + FA_BK * LD;
+	uint16_t *sq = fa_sm, *sk = fa_sm + FA_BQ * LD, *sv = sk + FA_BKT(HD) * LD;
 	__shared__ unsigned long long kmin_s;
 
 	const uint32_t h = blockIdx.x % nh;
@@ -221,10 +226,16 @@ fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out
 	const uint64_t kstart = kmin_s;
 	const uint64_t kend = q0 + FA_BQ - 1 < t - 1 ? q0 + FA_BQ - 1 : t - 1;
 
-	uint32_t qf[HD / 16][4];
+	/* Q fragments held in registers for the whole key loop (HD <= 128) */
+	constexpr bool QREG = HD <= 128;
+	constexpr int QF = QREG ? HD / 16 : 1;
+	uint32_t qf[QF][4];
+	const uint16_t *qsm = sq + (w * 16 + (lane & 15)) * LD + (lane >> 4) * 8;
+	if (QREG) {
 #pragma unroll
-	for (int kk = 0; kk < HD / 16; kk++)
-		fa_ldm4(qf[kk], sq + (w * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+		for (int kk = 0; kk < QF; kk++)
+			fa_ldm4(qf[kk], qsm + kk * 16);
+	}
 
 	float oacc[HD / 8][4];
 #pragma unroll
@@ -232,9 +243,9 @@ fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out
 		oacc[d][0] = oacc[d][1] = oacc[d][2] = oacc[d][3] = 0.0f;
 	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
-	for (uint64_t j0 = kstart; kstart != ~0ull && j0 <= kend; j0 += FA_BK) {
+	for (uint64_t j0 = kstart; kstart != ~0ull && j0 <= kend; j0 += FA_BKT(HD)) {
 		__syncthreads(); /* the previous tile is consumed */
-		for (int c = tid; c < FA_BK * CH; c += FA_THREADS) {
+		for (int c = tid; c < FA_BKT(HD) * CH; c += FA_THREADS) {
 			int r = c / CH, ch = c % CH;
 			uint64_t j = j0 + r;
 			bool ok = j < t;
@@ -247,25 +258,29 @@ fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out
 		__syncthreads();
 
 		/* S = Q K^T for 16 rows x 64 keys per warp */
-		float sacc[FA_BK / 8][4];
+		float sacc[FA_BKT(HD) / 8][4];
 #pragma unroll
-		for (int nt = 0; nt < FA_BK / 8; nt++)
+		for (int nt = 0; nt < FA_BKT(HD) / 8; nt++)
 			sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.0f;
 #pragma unroll
 		for (int kk = 0; kk < HD / 16; kk++) {
+			uint32_t qt[4];
+			if (!QREG)
+				fa_ldm4(qt, qsm + kk * 16);
+			const uint32_t *qa = QREG ? qf[QREG ? kk : 0] : qt;
 #pragma unroll
-			for (int np = 0; np < FA_BK / 16; np++) {
+			for (int np = 0; np < FA_BKT(HD) / 16; np++) {
 				uint32_t b[4];
 				fa_ldm4(b, sk + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 +
 						   ((lane >> 3) & 1) * 8);
-				fa_mma(sacc[2 * np], qf[kk], b[0], b[1]);
-				fa_mma(sacc[2 * np + 1], qf[kk], b[2], b[3]);
+				fa_mma(sacc[2 * np], qa, b[0], b[1]);
+				fa_mma(sacc[2 * np + 1], qa, b[2], b[3]);
 			}
 		}
 		/* scale, mask, running max */
 		float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-		for (int nt = 0; nt < FA_BK / 8; nt++) {
+		for (int nt = 0; nt < FA_BKT(HD) / 8; nt++) {
 #pragma unroll
 			for (int e = 0; e < 4; e++) {
 				uint64_t j = j0 + nt * 8 + 2 * (lane & 3) + (e & 1);
@@ -290,9 +305,9 @@ fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out
 		m0 = mn0;
 		m1 = mn1;
 		float ps0 = 0.0f, ps1 = 0.0f;
-		uint32_t pf[FA_BK / 8][2];
+		uint32_t pf[FA_BKT(HD) / 8][2];
 #pragma unroll
-		for (int nt = 0; nt < FA_BK / 8; nt++) {
+		for (int nt = 0; nt < FA_BKT(HD) / 8; nt++) {
 			float p0 = expf(sacc[nt][0] - ref0), p1 = expf(sacc[nt][1] - ref0);
 			float p2 = expf(sacc[nt][2] - ref1), p3 = expf(sacc[nt][3] - ref1);
 			ps0 += p0 + p1;
@@ -311,7 +326,7 @@ fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out
 		}
 		/* O += P V */
 #pragma unroll
-		for (int kc = 0; kc < FA_BK / 16; kc++) {
+		for (int kc = 0; kc < FA_BKT(HD) / 16; kc++) {
 			uint32_t a[4] = {pf[2 * kc][0], pf[2 * kc][1], pf[2 * kc + 1][0], pf[2 * kc + 1][1]};
 #pragma unroll
 			for (int dp = 0; dp < HD / 16; dp++) {
@@ -344,7 +359,7 @@ template <int HD>
 static enum cal_status fa_launch(const struct cal_attention_args *a, cudaStream_t s,
 				 struct cal_error *err)
 {
-	size_t shm = (size_t)(FA_BQ + 2 * FA_BK) * (HD + 8) * sizeof(uint16_t);
+	size_t shm = (size_t)(FA_BQ + 2 * FA_BKT(HD)) * (HD + 8) * sizeof(uint16_t);
 	uint64_t blocks = (a->t + FA_BQ - 1) / FA_BQ * a->nh;
 	if (blocks > INT32_MAX)
 		return cal_error_set(err, CAL_ERR_RANGE, "attention: %llu rows x %u heads is too large",
@@ -379,6 +394,7 @@ extern "C" enum cal_status cal_cuda_attention(struct cal_backend *be,
 		case 32: return fa_launch<32>(a, s, err);
 		case 64: return fa_launch<64>(a, s, err);
 		case 128: return fa_launch<128>(a, s, err);
+		case 256: return fa_launch<256>(a, s, err);
 		default: break;
 		}
 	}

@@ -4,18 +4,24 @@
  * tokens per chunk, WY / UT-transform form, fp32 state).
  *
  * Launch: one block of 256 threads per (sequence, value head, slice of
- * GD_DVB value columns).  The columns of the state S (dk x dv) evolve
+ * dvb value columns).  The columns of the state S (dk x dv) evolve
  * independently, so a block owns S[:, slice] and walks its sequence chunk
  * by chunk; the per-chunk quantities that depend only on k, beta and g
- * (A, the triangular solve of Kc) are recomputed by each slice.  Per chunk,
+ * (A, the triangular solve of Kc, P) are recomputed by each slice.  The
+ * slice is as wide as the shared memory allows (all of dv = 128 at dk = 128
+ * on Hopper: ~216 KB, so that per-chunk work is done once per (sequence,
+ * head, chunk)), narrowed to 64 or GD_DVB = 32 columns where it does not fit
+ * or where the grid would leave SMs idle.  Every output element is computed
+ * in the same order whatever the slice width.  Per chunk,
  * all in dynamic shared memory (row strides padded by one float):
  *   Q, K, Kc [C][dk], U [C][DVB], S [dk][DVB], A [C][C], gamma/beta/e^gamma.
  * Steps: load + L2 norm + gates and cumsum; Kc, U, A; forward substitution
  * (one thread per column, sequential over the 64 rows); Vn = U - Kc S;
  * P = lower(Q K^T * decay) into A; O = e^gamma Q S + P Vn (written as
  * bf16); S = e^{gamma_last} S + (K e^{gamma_last - gamma})^T Vn.
- * Shared memory for dk = 128: ~140 KB (opt-in above 48 KB); larger dk that
- * do not fit the device's per-block limit are refused with CAL_ERR_UNSUPPORTED.
+ * Shared memory for dk = 128: ~140 KB at 32 columns, ~216 KB at 128 (opt-in
+ * above 48 KB); larger dk that do not fit the device's per-block limit even
+ * at 32 columns are refused with CAL_ERR_UNSUPPORTED.
  */
 #include <math.h>
 
@@ -56,7 +62,7 @@ gd_kernel(const uint16_t *qkv, const uint16_t *bb, const uint16_t *aa, const flo
 	const uint32_t h = (uint32_t)(item % d.nv), s = (uint32_t)(item / d.nv);
 	if (s >= n_seq)
 		return;
-	const uint32_t kh = h / d.r, j0 = slice * GD_DVB;
+	const uint32_t kh = h / d.r, j0 = slice * dvb;
 	const uint32_t w = dvb < d.dv - j0 ? dvb : d.dv - j0; /* columns of this slice */
 	const uint64_t r0 = cu[s], r1 = cu[s + 1];
 	const uint64_t qoff = (uint64_t)kh * dk, koff = (uint64_t)d.nk * dk + (uint64_t)kh * dk;
@@ -238,13 +244,27 @@ extern "C" enum cal_status cal_cuda_gated_delta(struct cal_backend *be,
 	d.nv = a->nv;
 	d.dk = a->dk;
 	d.dv = a->dv;
-	d.dvb = a->dv < GD_DVB ? a->dv : GD_DVB;
-	d.slices = (a->dv + GD_DVB - 1) / GD_DVB;
 	d.r = a->nv / a->nk;
 	d.cd = 2 * (uint64_t)a->nk * a->dk + (uint64_t)a->nv * a->dv;
-	size_t bytes = (size_t)gd_smem_floats(d.dk, d.dvb) * sizeof(float);
 	CAL_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
 					    be->cuda_device));
+	/* widest slice (all of dv, 64, then GD_DVB columns) that fits in shared
+	 * memory and still gives every SM a block */
+	const struct cal_cuda_impl *im = (const struct cal_cuda_impl *)be->impl;
+	const uint32_t widths[3] = {a->dv, 64, GD_DVB};
+	d.dvb = a->dv < GD_DVB ? a->dv : GD_DVB;
+	for (int i = 0; i < 3; i++) {
+		uint32_t wb = widths[i];
+		uint64_t nb = (uint64_t)a->n_seq * a->nv * ((a->dv + wb - 1) / wb);
+		if (wb > a->dv || wb < GD_DVB ||
+		    gd_smem_floats(d.dk, wb) * sizeof(float) > (uint64_t)optin ||
+		    nb < (uint64_t)im->sms)
+			continue;
+		d.dvb = wb;
+		break;
+	}
+	d.slices = (a->dv + d.dvb - 1) / d.dvb;
+	size_t bytes = (size_t)gd_smem_floats(d.dk, d.dvb) * sizeof(float);
 	if (bytes > (size_t)optin)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "gated_delta: key head dim %u needs %zu bytes of shared memory "

@@ -273,9 +273,10 @@ int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uin
 	struct fctx c;
 	uint64_t s = seed, t = rows;
 	uint32_t nkv = 2, nh = 4, hd = (uint32_t)(units % 5) * 8 + 8;
-	/* the tensor-core path of CUDA takes head_dim 16/32/64/128 */
+	/* the tensor-core path of CUDA takes head_dim 16/32/64/128/256 (256:
+	 * Qwen3.5 / Qwen3-Next full attention, its own key tile width) */
 	if (units % 4 == 0)
-		hd = units % 8 == 0 ? 128 : 64;
+		hd = units % 8 != 0 ? 64 : units % 32 == 0 && units % 64 != 0 ? 256 : 128;
 	if (t > 2048)
 		t = 2048 + t % 5; /* attention is quadratic on the CPU side */
 	uint32_t cu[4], ks[3], n_seq = t >= 3 ? 3 : 1;

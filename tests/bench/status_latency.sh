@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench/status_latency.sh [BUILD_DIR] — latency of GET /v1/jobs/{id} while a
+# tests/bench/status_latency.sh [BUILD_DIR] — latency of GET /v1/jobs/{id} while a
 # job runs: starts `calibd serve` on 127.0.0.1 (temp state dir), submits a
 # job, waits until it runs, then drives the status route with wrk (latency
 # distribution) and prints p50 / p99.  A benchmark, not a test: it needs wrk
@@ -13,7 +13,7 @@
 #                every 100 ms, no CPU load)
 #   DURATION=10 CONNECTIONS=64 THREADS=2   wrk's -d, -c, -t
 set -eu
-build=${1:-build/h-d2}
+build=${1:-build/cpu}
 WORKER=${WORKER:-real}
 SAMPLES=${SAMPLES:-128}
 DURATION=${DURATION:-10}
