@@ -448,46 +448,38 @@ void cal_backend_dealloc(struct cal_backend *be, void *p)
 	free(p);
 }
 
-enum cal_status cal_backend_upload(struct cal_backend *be, void *dst, const void *src, size_t n,
-				   struct cal_error *err)
+/* The three synchronous copies differ only in direction. */
+static enum cal_status backend_memcpy(struct cal_backend *be, void *dst, const void *src, size_t n,
+				      enum cal_cuda_copy_kind kind, struct cal_error *err)
 {
 	if (n == 0)
 		return CAL_OK;
 #ifdef CAL_KERNELS_CUDA
 	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->memcpy(be, dst, src, n, CAL_CUDA_H2D, err);
+		return cuda_mod->memcpy(be, dst, src, n, kind, err);
 #endif
+	(void)kind;
 	(void)err;
 	memmove(dst, src, n);
 	return CAL_OK;
+}
+
+enum cal_status cal_backend_upload(struct cal_backend *be, void *dst, const void *src, size_t n,
+				   struct cal_error *err)
+{
+	return backend_memcpy(be, dst, src, n, CAL_CUDA_H2D, err);
 }
 
 enum cal_status cal_backend_download(struct cal_backend *be, void *dst, const void *src, size_t n,
 				     struct cal_error *err)
 {
-	if (n == 0)
-		return CAL_OK;
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->memcpy(be, dst, src, n, CAL_CUDA_D2H, err);
-#endif
-	(void)err;
-	memmove(dst, src, n);
-	return CAL_OK;
+	return backend_memcpy(be, dst, src, n, CAL_CUDA_D2H, err);
 }
 
 enum cal_status cal_backend_copy(struct cal_backend *be, void *dst, const void *src, size_t n,
 				 struct cal_error *err)
 {
-	if (n == 0)
-		return CAL_OK;
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->memcpy(be, dst, src, n, CAL_CUDA_D2D, err);
-#endif
-	(void)err;
-	memmove(dst, src, n);
-	return CAL_OK;
+	return backend_memcpy(be, dst, src, n, CAL_CUDA_D2D, err);
 }
 
 enum cal_status cal_backend_memset(struct cal_backend *be, void *dst, int byte, size_t n,

@@ -1,0 +1,126 @@
+/*
+ * qtest.h — helpers shared by the `calibd quantize` tests (test_quantize.c,
+ * test_quantize_signal.c): tracked allocations, a temp root, fixtures and
+ * token files made with fixture seed SEED, and the $CALIBD binary.  Each
+ * test process includes it once; every function is static and may go
+ * unused in one of them.
+ */
+#ifndef CAL_TESTS_QTEST_H
+#define CAL_TESTS_QTEST_H
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/util.h"
+#include "fixture.h"
+
+#define SEED 7u
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+
+/* Strings a test allocates, freed at its end (one test per process). */
+static char *tracked[256];
+static size_t n_tracked;
+
+static char *track(char *p)
+{
+	cr_assert(p && n_tracked < sizeof(tracked) / sizeof(tracked[0]));
+	tracked[n_tracked++] = p;
+	return p;
+}
+
+static void free_tracked(void)
+{
+	while (n_tracked)
+		free(tracked[--n_tracked]);
+}
+
+static const char *calibd(void)
+{
+	const char *p = getenv("CALIBD");
+	cr_assert(p && *p, "$CALIBD (the calibd binary) is not set");
+	return p;
+}
+
+static char *tmpdir(void)
+{
+	char t[] = "/tmp/calibd-quantize-XXXXXX";
+	char *d = mkdtemp(t);
+	cr_assert(d);
+	return track(strdup(d));
+}
+
+/* Removes the test's directory and frees what it tracked. */
+static void rm_rf(const char *p)
+{
+	char *cmd = NULL;
+	cr_assert(asprintf(&cmd, "rm -rf '%s'", p) > 0);
+	cr_assert_eq(system(cmd), 0);
+	free(cmd);
+	free_tracked();
+}
+
+static int exists(const char *p)
+{
+	struct stat sb;
+	return stat(p, &sb) == 0;
+}
+
+static size_t count_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	size_t n = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d)))
+		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+	if (d)
+		closedir(d);
+	return n;
+}
+
+static char *path2(const char *dir, const char *name)
+{
+	return track(cal_path_join(dir, name));
+}
+
+static char *make_model(const char *root, const char *arch, const char *layout)
+{
+	char *dir = NULL;
+	cr_assert(asprintf(&dir, "%s/%s-%s", root, arch, layout) > 0);
+	track(dir);
+	struct cal_fixture_opts o = {.arch = arch, .seed = SEED};
+	if (strcmp(layout, "default"))
+		cr_assert_eq(cal_fixture_layout_parse(layout, &o.layout), 0);
+	struct cal_error err = {0};
+	cr_assert_eq(cal_fixture_write(&o, dir, &err), CAL_OK, "%s", cal_error_msg(&err));
+	return dir;
+}
+
+/* A token file: n sequences of len ids (< 256), fixed pattern. */
+static char *make_tokens(const char *root, const char *name, int n, int len)
+{
+	char *p = path2(root, name);
+	FILE *f = fopen(p, "w");
+	cr_assert(f);
+	uint64_t s = SEED;
+	for (int i = 0; i < n; i++) {
+		fputs("{\"input_ids\": [", f);
+		for (int k = 0; k < len; k++) {
+			s = s * 6364136223846793005ull + 1442695040888963407ull;
+			fprintf(f, "%s%u", k ? "," : "", (unsigned)(s >> 33) % 256u);
+		}
+		fputs("]}\n", f);
+	}
+	cr_assert_eq(fclose(f), 0);
+	return p;
+}
+
+#pragma GCC diagnostic pop
+
+#endif
