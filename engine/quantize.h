@@ -35,6 +35,7 @@ struct cal_quantize_opts {
 	const char *device;         /* "cpu", "cuda", "cuda:0,1"; NULL = auto */
 	int per_expert_input_amax;  /* bool */
 	double moe_calib_experts_ratio; /* 0: off */
+	uint64_t max_shard_bytes;   /* output shards; 0: 10 GB (modelopt's "10GB") */
 	volatile const int *cancel; /* set non-zero to request a graceful stop */
 };
 
