@@ -20,6 +20,8 @@ enum cal_exit {
 
 /* Maps an error status to the exit code scripts see. */
 int cal_exit_from_status(enum cal_status st);
+/* `calibd bench quantize` (bench_quantize.c). */
+int cal_bench_quantize(int argc, char **argv);
 
 #define CAL_CMD(name, desc) int cal_cmd_##name(int argc, char **argv);
 #include "commands.def"

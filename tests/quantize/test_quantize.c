@@ -481,6 +481,30 @@ Test(quantize, sharded_output_same_bytes, .timeout = 120)
 	rm_rf(root);
 }
 
+/* `calibd bench quantize` runs end to end on the CPU and prints its lines. */
+Test(quantize, bench_quantize_smoke, .timeout = 120)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen3_moe", "fused");
+	char *tok = make_tokens(root, "tok.jsonl", 4, 32);
+	char *outf = path2(root, "stdout"), *errf = path2(root, "stderr");
+	char *js = path2(root, "bench.json");
+	int rc = run(outf, errf, "bench quantize --model %s --tokens %s --device cpu "
+		     "--out-parent %s --write-bytes 1MB --json %s", src, tok, root, js);
+	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(errf));
+	char *o = slurp(outf);
+	static const char *const want[] = {"disk read:", "disk write:", "floor:", "phases (s):",
+					   "overlap:", "peak memory:", "end to end:"};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+		cr_assert(strstr(o, want[i]), "no '%s' in: %s", want[i], o);
+	json_t *j = json_load_file(js, 0, NULL);
+	cr_assert(j);
+	cr_assert_gt(json_number_value(json_object_get(j, "wall_s")), 0.0);
+	json_decref(j);
+	cr_assert(!exists(path2(root, "calibd-bench-out")), "the output was not removed");
+	rm_rf(root);
+}
+
 Test(quantize, bad_input_and_usage)
 {
 	char *root = tmpdir();
