@@ -61,7 +61,7 @@ struct xmodcfg {
 
 /* ---- the export pipeline (pipeline.c) ---- */
 
-#define XQUEUE 2                        /* layers queued + the one in work */
+#define XQUEUE 8                        /* layers queued + the one in work */
 #define XSLOTS 4                        /* output ring slots */
 #define XDBUF 8                         /* back-end scratch buffers */
 
@@ -95,6 +95,7 @@ struct xpipe {
 	unsigned next_fill;
 	uint64_t slot_bytes, stage_bytes;
 	void *stage[2];                 /* pinned staging for uploads */
+	struct cal_backend *cpu;        /* threads for gathering the source */
 	uint64_t written;               /* tensor bytes written (atomic) */
 	int32_t fail_layer;             /* test fault injection: layer + 2, 0 off */
 	double t_quant, t_write, t_wait, t_drain;

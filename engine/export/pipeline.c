@@ -4,10 +4,12 @@
  * Three threads take part:
  *   the caller (the calibration engine's on_layer, or cal_export_run) turns
  *     the statistics of layer L into input and KV scales, then queues L and
- *     goes back to calibrating layer L+1; it waits only when one layer is
- *     already queued behind the one being quantized (backpressure);
+ *     goes back to calibrating layer L+1; it waits only when XQUEUE - 1
+ *     layers already wait behind the one being quantized (a queued layer
+ *     costs no memory: its weights are read when its turn comes);
  *   the quantize thread gathers the layer's source weights (reading the
- *     source) into two pinned staging buffers, uploads them asynchronously,
+ *     source, on up to 8 helper threads) into two pinned staging buffers,
+ *     uploads each block asynchronously while the next is gathered,
  *     takes every weight amax, quantizes every linear of the layer (all
  *     experts) and computes the SQNR sums on the back end, and downloads
  *     only the output bytes into a ring of pinned slots;
@@ -16,7 +18,7 @@
  * The model-level tensors (layer -1) run the same stage on the caller's
  * thread in cal_exporter_finish(), after both threads have been joined.
  *
- * Host memory is bounded by 2 staging buffers (max(32 MiB, the largest
+ * Host memory is bounded by 2 staging buffers (max(64 MiB, the largest
  * quantized source weight) each) plus XSLOTS ring slots (max(64 MiB, the
  * largest output item) each); back-end memory by one layer's quantized
  * weights, their outputs and SQNR sums, and one weight's scratch.
@@ -44,7 +46,7 @@
 #include "common/util.h"
 #include "kernels/ops.h"
 
-#define STAGE_MIN (32ull << 20)
+#define STAGE_MIN (64ull << 20)
 #define SLOT_MIN (64ull << 20)
 
 enum { SLOT_FREE, SLOT_FILLING, SLOT_FULL };
@@ -417,6 +419,62 @@ static enum cal_status write_bias(struct cal_exporter *ex, const struct xlin *x,
 	return slot_item(ex, x->name, "bias", h, (uint64_t)x->out * es, err);
 }
 
+/* One staging block: the quantized linears [first, last) of ex->lin. */
+struct gather_job {
+	const struct cal_exporter *ex;
+	size_t *idx;                    /* indices into ex->lin */
+	unsigned char *dst;             /* staging block */
+	uint64_t base;                  /* woff of the block's first linear */
+};
+
+static void gather_range(void *ctx, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct gather_job *g = ctx;
+	(void)slot;
+	for (uint64_t k = begin; k < end; k++) {
+		const struct xlin *x = &g->ex->lin[g->idx[k]];
+		gather(x, g->dst + (x->woff - g->base));
+	}
+}
+
+/* Uploads every quantized weight of layer L to dW (at x->woff). */
+static enum cal_status upload_layer(struct cal_exporter *ex, int32_t L, unsigned char *dW,
+				    struct cal_error *err)
+{
+	struct xpipe *p = &ex->pipe;
+	struct cal_backend *be = ex->be;
+	size_t *idx = hneed(ex, 3, ex->n_lin * sizeof(size_t));
+	if (!idx)
+		return nomem(err);
+	unsigned turn = 0;
+	size_t i = 0;
+	while (i < ex->n_lin) {
+		size_t n = 0;
+		uint64_t base = 0, end = 0;
+		for (; i < ex->n_lin; i++) {
+			const struct xlin *x = &ex->lin[i];
+			if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+				continue;
+			uint64_t e = x->woff + (uint64_t)x->out * (uint64_t)x->in * 2;
+			if (n && e - base > p->stage_bytes)
+				break;
+			if (!n)
+				base = x->woff;
+			idx[n++] = i;
+			end = e;
+		}
+		if (!n)
+			break;
+		CAL_TRY_RET(cal_backend_upload_mark_sync(be, turn, err));
+		struct gather_job g = {ex, idx, p->stage[turn], base};
+		CAL_TRY_RET(cal_cpu_parallel(p->cpu, n, 1, gather_range, &g, err));
+		CAL_TRY_RET(cal_backend_upload_async(be, dW + base, p->stage[turn], end - base, err));
+		CAL_TRY_RET(cal_backend_upload_mark(be, turn, err));
+		turn ^= 1;
+	}
+	return CAL_OK;
+}
+
 /* Places every quantized x of layer L in the layer buffers (offsets in
  * x->woff / x->ooff / x->soff); returns the totals. */
 static size_t layout(struct cal_exporter *ex, int32_t L, uint64_t *w, uint64_t *o,
@@ -461,20 +519,10 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		CAL_TRY_RET(dneed(ex, D_AMAX, nq * 4, (void **)&dA, err));
 		CAL_TRY_RET(dneed(ex, D_NF, nq * sizeof(struct cal_nonfinite), (void **)&dNF, err));
 		CAL_TRY_RET(dneed(ex, D_SUMS, nsums * 8, (void **)&dS, err));
-		/* the layer's weights: gather (reads the source) into two staging
-		 * buffers in turn, uploads overlapped with the next gather */
-		unsigned turn = 0;
-		for (size_t i = 0; i < ex->n_lin; i++) {
-			struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE)
-				continue;
-			uint64_t n = (uint64_t)x->out * (uint64_t)x->in * 2;
-			CAL_TRY_RET(cal_backend_upload_mark_sync(be, turn, err));
-			gather(x, p->stage[turn]);
-			CAL_TRY_RET(cal_backend_upload_async(be, dW + x->woff, p->stage[turn], n, err));
-			CAL_TRY_RET(cal_backend_upload_mark(be, turn, err));
-			turn ^= 1;
-		}
+		/* the layer's weights: gathered (reading the source) by several
+		 * threads into two staging buffers in turn, each uploaded as one
+		 * block while the next one is gathered */
+		CAL_TRY_RET(upload_layer(ex, L, dW, err));
 		CAL_TRY_RET(cal_backend_upload_wait(be, err));
 		/* every weight amax (exact, non-finite elements are an error) */
 		struct cal_nonfinite *hnf = hneed(ex, 0, nq * sizeof(*hnf));
@@ -688,7 +736,10 @@ static enum cal_status pipe_buffers(struct cal_exporter *ex, struct cal_error *e
 		slot = wn + 64 > slot ? wn + 64 : slot;
 	}
 	p->slot_bytes = (slot + 255) & ~255ull;
-	p->stage_bytes = stage;
+	p->stage_bytes = (stage + 255) & ~255ull;
+	/* threads for the gather (the source read): 8 at most */
+	struct cal_backend_opts co = {.cpu_threads = 8};
+	CAL_TRY_RET(cal_backend_init(CAL_BACKEND_CPU, &co, &p->cpu, err));
 	for (int k = 0; k < 2; k++)
 		CAL_TRY_RET(cal_backend_host_alloc(ex->be, stage, &p->stage[k], err));
 	return CAL_OK;
@@ -733,7 +784,7 @@ enum cal_status cal_export_pipe_push(struct cal_exporter *ex, int32_t L, struct 
 	}
 	double t0 = cal_now();
 	pthread_mutex_lock(&p->mu);
-	/* at most one layer waits behind the one being quantized */
+	/* at most XQUEUE - 1 layers wait behind the one being quantized */
 	while (p->q_n >= XQUEUE - 1 && p->st >= 0 && !p->abort)
 		pthread_cond_wait(&p->cv, &p->mu);
 	int ok = p->st >= 0 && !p->abort;
@@ -805,6 +856,7 @@ void cal_export_pipe_free(struct cal_exporter *ex)
 	}
 	for (int k = 0; k < 2; k++)
 		cal_backend_host_free(ex->be, p->stage[k]);
+	cal_backend_free(p->cpu);
 	cal_error_clear(&p->err);
 	pthread_cond_destroy(&p->cv);
 	pthread_mutex_destroy(&p->mu);
