@@ -39,12 +39,13 @@ static void bq_usage(FILE *out)
 	fprintf(out,
 		"usage: calibd bench quantize --model DIR --tokens FILE [--out-parent DIR]\n"
 		"         [--recipe NAME|FILE] [--device cpu|cuda[:i]] [--write-bytes SIZE]\n"
-		"         [--max-shard-size SIZE] [--keep] [--json FILE]\n"
+		"         [--max-shard-size SIZE] [--warm] [--keep] [--json FILE]\n"
 		"  Runs the full quantize job on DIR (e.g. tests/bench/moe_baseline.py's\n"
 		"  checkpoint) with the token file and prints the disk read/write bandwidth,\n"
 		"  the bf16 GEMM peak, the floor (max of source read, output write, expert\n"
 		"  GEMMs), each phase and the export overlap, peak GPU and host memory, and\n"
-		"  end-to-end seconds / floor.  Recipe default:\n"
+		"  end-to-end seconds / floor.  The job starts from a cold page cache unless\n"
+		"  --warm (the source as the measurements left it: cached).  Recipe default:\n"
 		"  general/ptq/nvfp4_experts_only-kv_fp8.  The output goes to\n"
 		"  OUT_PARENT/calibd-bench-out (removed unless --keep).\n");
 }
@@ -259,12 +260,13 @@ int cal_bench_quantize(int argc, char **argv)
 		{"write-bytes", required_argument, NULL, 'w'},
 		{"max-shard-size", required_argument, NULL, 'z'},
 		{"keep", no_argument, NULL, 'k'},           {"json", required_argument, NULL, 'j'},
+		{"warm", no_argument, NULL, 'W'},
 		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
 	};
 	const char *model = NULL, *tokens = NULL, *parent = "/tmp", *json_path = NULL;
 	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *device = NULL;
 	uint64_t wbytes = 2ull << 30, shard = 0;
-	int keep = 0, c, rc = CAL_EXIT_OK;
+	int keep = 0, warm = 0, c, rc = CAL_EXIT_OK;
 	struct cal_error err = {0};
 	enum cal_status st = CAL_OK;
 	struct cal_model_desc *d = NULL;
@@ -281,6 +283,7 @@ int cal_bench_quantize(int argc, char **argv)
 		case 'r': recipe = optarg; break;
 		case 'D': device = optarg; break;
 		case 'k': keep = 1; break;
+		case 'W': warm = 1; break;
 		case 'j': json_path = optarg; break;
 		case 'w': case 'z':
 			if (cal_st_parse_size(optarg, c == 'w' ? &wbytes : &shard) < 0) {
@@ -328,7 +331,8 @@ int cal_bench_quantize(int argc, char **argv)
 	sm.gpu_base = sm.gpu_peak;
 	sm.gpu_peak = 0;
 	sm.anon_peak = 0;
-	evict(model);
+	if (!warm)
+		evict(model);
 	struct cal_quantize_opts qo = {
 		.model_dir = model, .recipe = recipe, .calib_tokens = tokens, .out_dir = out,
 		.device = device, .max_shard_bytes = shard,
@@ -368,13 +372,30 @@ int cal_bench_quantize(int argc, char **argv)
 	printf("floor: %.2f s = max(read %.2f GB at %.2f GB/s = %.2f s, write %.2f GB = %.2f s, "
 	       "expert GEMMs %.1f TFLOP = %.2f s)\n", floor_s, (double)src_bytes / 1e9,
 	       read_bw / 1e9, f_read, (double)out_bytes / 1e9, f_write, flops / 1e12, f_gemm);
+	printf("job: %s page cache\n", warm ? "warm" : "cold");
 	printf("phases (s): load %.2f, tokenize %.2f, calibrate %.2f (%.0f tokens/s), "
 	       "export: quantize stage %.2f, writer %.2f, calibration waited %.2f, drain after "
 	       "the last layer %.2f, model-level + publish %.2f\n",
 	       phase(rep, "load"), phase(rep, "tokenize"), p_cal, p_cal > 0 ? tokens_n / p_cal : 0.0,
 	       p_q, p_w, p_wait, p_drain, p_fin);
+	printf("finish (model-level tensors, side files, fsync, rename): %.2f s\n",
+	       phase(rep, "finish"));
 	printf("overlap: %.0f%% of the export stage ran behind the calibration\n",
 	       hidden < 0 ? 0.0 : 100.0 * hidden);
+	char *rp = cal_path_join(out, "calibd_report.json");
+	json_t *full = rp ? json_load_file(rp, 0, NULL) : NULL;
+	json_t *pl = json_object_get(full, "pipeline");
+	free(rp);
+	if (pl)
+		printf("export pipeline memory: host staging %.0f MiB + ring %.0f MiB (pinned), "
+		       "back-end peak %.2f GB (%s)\n",
+		       (double)json_integer_value(json_object_get(pl, "host_staging_bytes")) / 1048576.0,
+		       (double)json_integer_value(json_object_get(pl, "host_ring_bytes")) / 1048576.0,
+		       (double)json_integer_value(json_object_get(pl, "backend_peak_bytes")) / 1e9,
+		       json_string_value(json_object_get(pl, "backend")));
+	if (pl)
+		json_object_set(rep, "pipeline", pl);
+	json_decref(full);
 	printf("peak memory: GPU %.2f GB used above the %.2f GB before the job (device-wide, "
 	       "sampled), host %.2f GB anonymous resident (sampled)\n",
 	       (double)sm.gpu_peak > (double)sm.gpu_base ? (double)(sm.gpu_peak - sm.gpu_base) / 1e9

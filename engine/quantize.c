@@ -606,7 +606,10 @@ enum cal_status cal_quantize_run(const struct cal_quantize_opts *opts,
 	cal_exporter_add_phase(j.ex, "tokenize",
 			       json_number_value(json_object_get(phases, "tokenize")));
 	cal_exporter_add_phase(j.ex, "calibrate", run_s - j.t_export);
+	t = cal_now();
 	CAL_TRY(cal_exporter_finish(j.ex, j.stats, &export_report, err));
+	/* model-level tensors, side files, fsync and rename (docs/quantize.md) */
+	phase_add(phases, "finish", cal_now() - t);
 	emit(&j, "done", -1);
 	if (ret_report_json) {
 		*ret_report_json = summary(opts, d, eo.recipe_name, device, &ti, export_report,

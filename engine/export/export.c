@@ -871,6 +871,8 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 	/* every layer written: the threads end */
 	CAL_TRY(cal_export_pipe_drain(ex, err));
 	double t0 = cal_now();
+	if (!ex->pipe.static_queued) /* no layer was ever queued */
+		CAL_TRY(cal_export_stage_layer(ex, CAL_XSTATIC, err));
 	st = prep_layer(ex, -1, stats, err);
 	if (st >= 0)
 		st = cal_export_stage_layer(ex, -1, err);

@@ -64,6 +64,8 @@ struct xmodcfg {
 #define XQUEUE 8                        /* layers queued + the one in work */
 #define XSLOTS 4                        /* output ring slots */
 #define XDBUF 8                         /* back-end scratch buffers */
+#define CAL_XSTATIC (-2)                /* stage "layer": model-level tensors
+					   that need no statistics */
 
 /* One tensor for the writer thread. */
 struct xitem {
@@ -88,6 +90,7 @@ struct xpipe {
 	int32_t queue[XQUEUE];
 	size_t q_head, q_n;
 	int closing, abort, q_done;
+	int static_queued;              /* the CAL_XSTATIC job was queued */
 	enum cal_status st;             /* first error of any thread */
 	struct cal_error err;
 	struct xslot slot[XSLOTS];
@@ -168,7 +171,9 @@ enum cal_status cal_export_check_scale(const char *name, const char *what, float
  * (starting the threads the first time); check returns a stage's error;
  * drain waits for every queued layer to be written and joins the threads;
  * stage_layer quantizes and writes one layer on the calling thread (the
- * quantize thread's work; layer -1 from finish); free stops everything. */
+ * quantize thread's work; CAL_XSTATIC: the model-level tensors without
+ * statistics; -1: the quantized model-level linears, from finish); free
+ * stops everything. */
 enum cal_status cal_export_pipe_init(struct cal_exporter *ex, struct cal_error *err);
 enum cal_status cal_export_pipe_push(struct cal_exporter *ex, int32_t L, struct cal_error *err);
 enum cal_status cal_export_pipe_check(struct cal_exporter *ex, struct cal_error *err);

@@ -15,8 +15,11 @@
  *     only the output bytes into a ring of pinned slots;
  *   the writer thread turns full slots into safetensors through the
  *     crash-safe writer (engine/st), in the order they were filled.
- * The model-level tensors (layer -1) run the same stage on the caller's
- * thread in cal_exporter_finish(), after both threads have been joined.
+ * The model-level tensors that need no statistics (copies such as the
+ * embedding, unquantized lm_head) are the first job of the quantize thread
+ * (CAL_XSTATIC), so their read and write overlap the calibration too; the
+ * quantized model-level linears (layer -1) run the same stage on the
+ * caller's thread in cal_exporter_finish(), after the threads were joined.
  *
  * Host memory is bounded by 2 staging buffers (max(64 MiB, the largest
  * quantized source weight) each) plus XSLOTS ring slots (max(64 MiB, the
@@ -589,7 +592,8 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 	/* the output bytes, into the ring */
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
-		if (x->layer != L)
+		if (L >= 0 ? x->layer != L :
+		    x->layer != -1 || (L == CAL_XSTATIC) != (x->fmt == CAL_QFMT_NONE))
 			continue;
 		size_t es = cal_dtype_size(x->dtype);
 		uint64_t wn = (uint64_t)x->out * (uint64_t)x->in * es;
@@ -640,7 +644,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 	}
 	for (size_t i = 0; i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];
-		if (c->layer == L)
+		if (L >= 0 ? c->layer == L : L == CAL_XSTATIC && c->layer == -1)
 			CAL_TRY_RET(slot_item(ex, c->name, NULL, c->t->data, c->t->nbytes, err));
 	}
 	return slot_submit(ex, err);
@@ -667,7 +671,10 @@ static void *quantize_main(void *arg)
 		enum cal_status st = cal_export_stage_layer(ex, L, &err);
 		p->t_quant += cal_now() - t0;
 		if (st < 0) {
-			cal_error_wrap(&err, st, "export of layer %d", (int)L);
+			if (L >= 0)
+				cal_error_wrap(&err, st, "export of layer %d", (int)L);
+			else
+				cal_error_wrap(&err, st, "export of the model-level tensors");
 			pipe_fail(p, st, &err);
 			break;
 		}
@@ -781,6 +788,13 @@ enum cal_status cal_export_pipe_push(struct cal_exporter *ex, int32_t L, struct 
 			return cal_error_set(err, CAL_ERR_NOMEM, "export: cannot start the quantize "
 					     "thread");
 		p->q_started = 1;
+		/* the model-level tensors that need no statistics go first */
+		pthread_mutex_lock(&p->mu);
+		p->queue[(p->q_head + p->q_n) % XQUEUE] = CAL_XSTATIC;
+		p->q_n++;
+		p->static_queued = 1;
+		pthread_cond_broadcast(&p->cv);
+		pthread_mutex_unlock(&p->mu);
 	}
 	double t0 = cal_now();
 	pthread_mutex_lock(&p->mu);

@@ -620,6 +620,9 @@ enum cal_status cal_st_writer_put(struct cal_st_writer *w, const char *name,
 		return die(w, io_error(w, ENOSPC, "write", s->fname, err));
 	if (pwrite_all(s->fd, data, nbytes, t->off) < 0)
 		return die(w, io_error(w, errno, "write", s->fname, err));
+	/* start the write-back now (without waiting for it), so that the disk
+	 * works while the job goes on and commit()'s fsync has little left */
+	(void)sync_file_range(s->fd, (off_t)t->off, (off_t)nbytes, SYNC_FILE_RANGE_WRITE);
 	t->put = 1;
 	w->written += nbytes;
 	return CAL_OK;

@@ -2,7 +2,9 @@
  * test_quantize_cuda.c — gpu suite: `calibd quantize --device cuda` (the
  * export pipeline on the CUDA back end: pinned staging and ring, quantize
  * and SQNR on the GPU, the writer thread) writes the same bytes as
- * `--device cpu` for every tensor, one file and sharded.  A plain main (no
+ * `--device cpu` for every tensor that does not come from activations
+ * (input_scale, k_scale, v_scale: counted and printed), one file and
+ * sharded.  A plain main (no
  * Criterion, no fork after CUDA); exits 77 (meson: SKIP) without a GPU.
  */
 #include <stdio.h>
@@ -27,7 +29,17 @@ static int run(const char *fmt, const char *a, const char *b, const char *c, con
 	return WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
 }
 
-/* Every tensor of a equals b's, byte for byte; returns the failures. */
+/* input_scale, k_scale, v_scale come from the calibration's activations,
+ * whose CPU and CUDA forward passes are not bit-identical through the
+ * layers; everything else is the exporter's and must match. */
+static int from_activations(const char *name)
+{
+	size_t l = strlen(name);
+	return (l > 12 && !strcmp(name + l - 12, ".input_scale")) ||
+	       (l > 8 && (!strcmp(name + l - 8, ".k_scale") || !strcmp(name + l - 8, ".v_scale")));
+}
+
+/* Every weight tensor of a equals b's, byte for byte; returns the failures. */
 static int same(const char *a_dir, const char *b_dir, const char *label)
 {
 	struct cal_error err = {0};
@@ -44,18 +56,25 @@ static int same(const char *a_dir, const char *b_dir, const char *label)
 			cal_checkpoint_count(b));
 		bad++;
 	}
+	size_t act = 0, act_diff = 0;
 	for (size_t i = 0; i < cal_checkpoint_count(a); i++) {
 		const struct cal_st_tensor *ta = cal_checkpoint_tensor(a, i);
 		const struct cal_st_tensor *tb = cal_checkpoint_find(b, ta->name);
-		if (!tb || tb->nbytes != ta->nbytes || memcmp(ta->data, tb->data, ta->nbytes)) {
-			if (bad++ < 10)
-				fprintf(stderr, "FAIL %s: %s differs between cpu and cuda\n", label,
-					ta->name);
+		int differs = !tb || tb->nbytes != ta->nbytes ||
+			      memcmp(ta->data, tb->data, ta->nbytes);
+		if (from_activations(ta->name)) {
+			act++;
+			act_diff += differs;
+			continue;
 		}
+		if (differs && bad++ < 10)
+			fprintf(stderr, "FAIL %s: %s differs between cpu and cuda\n", label, ta->name);
 	}
 	cal_checkpoint_free(a);
 	cal_checkpoint_free(b);
-	printf("%s: %s\n", label, bad ? "FAIL" : "same bytes on cpu and cuda");
+	printf("%s: %s; scales from activations: %zu of %zu differ (calibration, not export)\n",
+	       label, bad ? "FAIL" : "every weight tensor has the same bytes on cpu and cuda",
+	       act_diff, act);
 	return bad != 0;
 }
 
