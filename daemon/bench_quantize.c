@@ -39,13 +39,14 @@ static void bq_usage(FILE *out)
 	fprintf(out,
 		"usage: calibd bench quantize --model DIR --tokens FILE [--out-parent DIR]\n"
 		"         [--recipe NAME|FILE] [--device cpu|cuda[:i]] [--write-bytes SIZE]\n"
-		"         [--max-shard-size SIZE] [--warm] [--keep] [--json FILE]\n"
+		"         [--max-shard-size SIZE] [--warm] [--no-disk] [--keep] [--json FILE]\n"
 		"  Runs the full quantize job on DIR (e.g. tests/bench/moe_baseline.py's\n"
 		"  checkpoint) with the token file and prints the disk read/write bandwidth,\n"
 		"  the bf16 GEMM peak, the floor (max of source read, output write, expert\n"
 		"  GEMMs), each phase and the export overlap, peak GPU and host memory, and\n"
 		"  end-to-end seconds / floor.  The job starts from a cold page cache unless\n"
-		"  --warm (the source as the measurements left it: cached).  Recipe default:\n"
+		"  --warm (the source as the measurements left it: cached); --no-disk skips\n"
+		"  the disk measurements (the floor is then the GEMMs alone).  Recipe default:\n"
 		"  general/ptq/nvfp4_experts_only-kv_fp8.  The output goes to\n"
 		"  OUT_PARENT/calibd-bench-out (removed unless --keep).\n");
 }
@@ -260,13 +261,13 @@ int cal_bench_quantize(int argc, char **argv)
 		{"write-bytes", required_argument, NULL, 'w'},
 		{"max-shard-size", required_argument, NULL, 'z'},
 		{"keep", no_argument, NULL, 'k'},           {"json", required_argument, NULL, 'j'},
-		{"warm", no_argument, NULL, 'W'},
+		{"warm", no_argument, NULL, 'W'},          {"no-disk", no_argument, NULL, 'N'},
 		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
 	};
 	const char *model = NULL, *tokens = NULL, *parent = "/tmp", *json_path = NULL;
 	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *device = NULL;
 	uint64_t wbytes = 2ull << 30, shard = 0;
-	int keep = 0, warm = 0, c, rc = CAL_EXIT_OK;
+	int keep = 0, warm = 0, disk = 1, c, rc = CAL_EXIT_OK;
 	struct cal_error err = {0};
 	enum cal_status st = CAL_OK;
 	struct cal_model_desc *d = NULL;
@@ -284,6 +285,7 @@ int cal_bench_quantize(int argc, char **argv)
 		case 'D': device = optarg; break;
 		case 'k': keep = 1; break;
 		case 'W': warm = 1; break;
+		case 'N': disk = 0; break;
 		case 'j': json_path = optarg; break;
 		case 'w': case 'z':
 			if (cal_st_parse_size(optarg, c == 'w' ? &wbytes : &shard) < 0) {
@@ -312,16 +314,20 @@ int cal_bench_quantize(int argc, char **argv)
 
 	/* the machine */
 	uint64_t src_bytes = 0;
-	double t_read = read_all(model, &src_bytes);
-	double t_write = write_scratch(parent, wbytes);
+	double t_read = disk ? read_all(model, &src_bytes) : 0.0;
+	double t_write = disk ? write_scratch(parent, wbytes) : 0.0;
 	double read_bw = t_read > 0 ? (double)src_bytes / t_read : 0.0;
 	double write_bw = t_write > 0 ? (double)wbytes / t_write : 0.0;
 	double peak = be ? gemm_peak(be) : 0.0;
 	printf("machine: %s\n", be ? cal_backend_describe(be) : "cpu");
-	printf("disk read:  %.2f GB in %.2f s = %.2f GB/s (source, cold page cache)\n",
-	       (double)src_bytes / 1e9, t_read, read_bw / 1e9);
-	printf("disk write: %.2f GB in %.2f s = %.2f GB/s (fsync'ed, in %s)\n", (double)wbytes / 1e9,
-	       t_write, write_bw / 1e9, parent);
+	if (!disk) {
+		printf("disk: not measured (--no-disk)\n");
+	} else {
+		printf("disk read:  %.2f GB in %.2f s = %.2f GB/s (source, cold page cache)\n",
+		       (double)src_bytes / 1e9, t_read, read_bw / 1e9);
+		printf("disk write: %.2f GB in %.2f s = %.2f GB/s (fsync'ed, in %s)\n",
+		       (double)wbytes / 1e9, t_write, write_bw / 1e9, parent);
+	}
 	printf("bf16 GEMM peak: %.0f TFLOP/s (8192^3)\n", peak);
 
 	/* the job, from a cold page cache */
