@@ -343,20 +343,18 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 		CAL_TRY_RET(cal_op_fp8_dequant(be, &d, err));
 		break;
 	}
-	case CAL_QFMT_MXFP8: {
-		struct cal_mxfp8_quant_args a = {dw, o, i, div, dq, ds};
-		CAL_TRY_RET(cal_op_mxfp8_quant(be, &a, err));
-		struct cal_mxfp8_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_mxfp8_dequant(be, &d, err));
-		break;
+	/* MXFP8 and MXFP4 take the same arguments */
+#define MX_CASE(NAME, name)                                                            \
+	case CAL_QFMT_##NAME: {                                                        \
+		struct cal_##name##_quant_args a = {dw, o, i, div, dq, ds};             \
+		CAL_TRY_RET(cal_op_##name##_quant(be, &a, err));                        \
+		struct cal_##name##_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy}; \
+		CAL_TRY_RET(cal_op_##name##_dequant(be, &d, err));                      \
+		break;                                                                 \
 	}
-	case CAL_QFMT_MXFP4: {
-		struct cal_mxfp4_quant_args a = {dw, o, i, div, dq, ds};
-		CAL_TRY_RET(cal_op_mxfp4_quant(be, &a, err));
-		struct cal_mxfp4_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_mxfp4_dequant(be, &d, err));
-		break;
-	}
+	MX_CASE(MXFP8, mxfp8)
+	MX_CASE(MXFP4, mxfp4)
+#undef MX_CASE
 	case CAL_QFMT_INT4_BLOCK: {
 		uint64_t sb = n / 128 * 4;
 		CAL_TRY_RET(dneed(ex, D_BA, sb, &dba, err));
