@@ -737,6 +737,8 @@ static enum cal_status pipe_buffers(struct cal_exporter *ex, struct cal_error *e
 			out_sizes(x, &q, &s);
 			stage = wn > stage ? wn : stage;
 			wn = q + s;
+		} else if (x->expert < 0) {
+			continue; /* written straight from the source mapping */
 		}
 		slot = wn + 64 > slot ? wn + 64 : slot;
 	}
