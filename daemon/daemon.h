@@ -91,6 +91,8 @@ struct cal_daemon {
 	size_t n_state[CAL_JOB_NSTATES];
 	char **pending_keys;       /* "client\nkey" of submissions in flight */
 	size_t n_pending;
+	size_t n_reserved;         /* queue slots held by submissions between the
+				    * bound check and the insert (their fsyncs) */
 	uint64_t next_seq;
 	int wake_fd;               /* eventfd: wakes the supervisor loop */
 	int stopping;              /* SIGTERM seen: no new jobs, no new starts */
@@ -168,9 +170,10 @@ enum cal_submit cal_daemon_idem_lookup(struct cal_daemon *d, const char *client,
 				       const char *fp, json_t **ret_job);
 
 /*
- * Creates a job from a validated spec: reserves client's key, checks the
- * queue bound, writes spec.json and state.json durably (outside mu),
- * inserts the job and wakes the scheduler.  *ret_job is the job's JSON on
+ * Creates a job from a validated spec: reserves client's key and a queue
+ * slot (atomically with the bound check, so concurrent submissions never
+ * queue more than max_queue), writes spec.json and state.json durably
+ * (outside mu), inserts the job, releases the slot and wakes the scheduler.  *ret_job is the job's JSON on
  * CREATED and REPLAY.  Takes mu itself.
  */
 enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char *client, const char *key,

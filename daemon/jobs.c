@@ -386,7 +386,7 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 	struct cal_job *j = job_alloc();
 	char *jobs_dir = NULL, *text = NULL, *sk = NULL;
 	json_t *doc = NULL;
-	int reserved = 0;
+	int reserved = 0, slot = 0;
 	if (!client)
 		client = "anonymous";
 	if (!j || (key && !(sk = scoped_key(client, key)))) {
@@ -409,7 +409,7 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 			*ret_job = cal_job_json(o);
 	} else if (key && key_pending(d, sk)) {
 		r = CAL_SUBMIT_IN_FLIGHT;
-	} else if (d->n_state[CAL_JOB_QUEUED] + d->n_pending >= (size_t)d->cfg->max_queue) {
+	} else if (d->n_state[CAL_JOB_QUEUED] + d->n_reserved >= (size_t)d->cfg->max_queue) {
 		r = CAL_SUBMIT_QUEUE_FULL;
 	} else if (output_in_use(d, json_string_value(json_object_get(spec, "output")))) {
 		r = CAL_SUBMIT_OUTPUT_IN_USE;
@@ -418,6 +418,8 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 			new_id(j->id);
 		} while (cal_jobs_find(d, j->id));
 		j->seq = d->next_seq++;
+		d->n_reserved++; /* the slot is ours until the insert or the failure */
+		slot = 1;
 		jobs_dir = cal_path_join(d->cfg->state_dir, "jobs");
 		if (key) {
 			char **pk = realloc(d->pending_keys, (d->n_pending + 1) * sizeof(char *));
@@ -473,6 +475,8 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 		goto done;
 	}
 	pthread_mutex_lock(&d->mu);
+	d->n_reserved--; /* the slot becomes the queued job (same critical section) */
+	slot = 0;
 	if (jobs_insert(d, j) < 0) {
 		r = CAL_SUBMIT_IO;
 		cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
@@ -484,9 +488,12 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 	pthread_mutex_unlock(&d->mu);
 	cal_daemon_wake(d);
 done:
-	if (reserved) {
+	if (reserved || slot) {
 		pthread_mutex_lock(&d->mu);
-		unpend(d, sk);
+		if (reserved)
+			unpend(d, sk);
+		if (slot)
+			d->n_reserved--;
 		pthread_mutex_unlock(&d->mu);
 	}
 	free(sk);

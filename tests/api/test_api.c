@@ -4,6 +4,7 @@
  * state dir and the fake worker (fake_worker.c).
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -714,6 +715,61 @@ static int post_with(const char *token, const char *key, const char *out, char *
 		cal_client_resp_free(&r);
 	}
 	return st;
+}
+
+/* 250 concurrent submissions without an Idempotency-Key against max_queue
+ * 64: the bound check and the insert are separated by the submission's
+ * fsyncs, so every submission reserves its slot atomically with the check */
+#define RACE_SUBMITS 250
+#define RACE_QUEUE 64
+
+struct race_arg {
+	int i, status;
+};
+
+static void *race_submit(void *p)
+{
+	struct race_arg *a = p;
+	char out[32];
+	snprintf(out, sizeof(out), "race%d", a->i);
+	char *body = hd_spec(&H, "fake-ok", out);
+	struct cal_client_resp r;
+	a->status = hd_req(&H, "POST", "/v1/jobs", JSON, body, &r);
+	if (a->status > 0)
+		cal_client_resp_free(&r);
+	free(body);
+	return NULL;
+}
+
+Test(api, queue_bound_holds_under_concurrency, .timeout = 120)
+{
+	const char *const extra[] = {"--max-jobs", "1", "--max-queue", "64", "--per-ip-connections", "512", NULL};
+	cr_assert_eq(hd_start(&H, extra), 0);
+	/* the one running job holds the only slot: every other job stays queued */
+	cr_assert(hd_submit(&H, "fake-slow-600", "race-run", NULL));
+	json_t *j = hd_wait(&H, H.last_id, "running", 5);
+	cr_assert(j);
+	json_decref(j);
+	static struct race_arg args[RACE_SUBMITS];
+	static pthread_t th[RACE_SUBMITS];
+	for (int i = 0; i < RACE_SUBMITS; i++) {
+		args[i] = (struct race_arg){.i = i};
+		cr_assert_eq(pthread_create(&th[i], NULL, race_submit, &args[i]), 0);
+	}
+	int accepted = 0, full = 0;
+	for (int i = 0; i < RACE_SUBMITS; i++) {
+		pthread_join(th[i], NULL);
+		accepted += args[i].status == 202;
+		full += args[i].status == 503;
+	}
+	json_t *list = get_json("GET", "/v1/jobs?state=queued&limit=1000", NULL, NULL, 200);
+	size_t queued = json_array_size(json_object_get(list, "jobs"));
+	json_decref(list);
+	cr_log_info("%d concurrent submits, max_queue %d: %d accepted, %d refused 503, %zu queued", RACE_SUBMITS,
+		    RACE_QUEUE, accepted, full, queued);
+	cr_expect_leq(queued, RACE_QUEUE, "%zu jobs queued with max_queue %d", queued, RACE_QUEUE);
+	cr_expect_leq(accepted, RACE_QUEUE, "%d submissions accepted with max_queue %d", accepted, RACE_QUEUE);
+	cr_expect_eq(accepted, (int)queued, "every accepted job is queued");
 }
 
 Test(api, idempotency_per_client)
