@@ -4,6 +4,7 @@
  * state dir and the fake worker (fake_worker.c).
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -52,6 +53,61 @@ static void nap(double s)
 static const char *err_code(json_t *job)
 {
 	return json_string_value(json_object_get(json_object_get(job, "error"), "code"));
+}
+
+/* Entries of dir whose name starts with prefix, and the bytes of the files
+ * directly in them (a partial checkpoint a worker left behind). */
+static int leftovers(const char *dir, const char *prefix, long long *ret_bytes)
+{
+	int n = 0;
+	long long bytes = 0;
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (strncmp(e->d_name, prefix, strlen(prefix)))
+			continue;
+		n++;
+		char sub[512];
+		snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name);
+		DIR *s = opendir(sub);
+		struct dirent *f;
+		while (s && (f = readdir(s))) {
+			char p[1024];
+			struct stat sb;
+			snprintf(p, sizeof(p), "%s/%s", sub, f->d_name);
+			if (f->d_name[0] != '.' && stat(p, &sb) == 0)
+				bytes += sb.st_size;
+		}
+		if (s)
+			closedir(s);
+	}
+	if (d)
+		closedir(d);
+	if (ret_bytes)
+		*ret_bytes = bytes;
+	return n;
+}
+
+/* No temporary output of the job writing out/<name> is left. */
+static void expect_no_temp(const char *name, const char *why)
+{
+	char prefix[128];
+	long long bytes = 0;
+	snprintf(prefix, sizeof(prefix), ".%s.tmp-", name);
+	int n = leftovers(H.out, prefix, &bytes);
+	cr_log_info("%s: %d temporary dirs, %lld bytes left in the output root", why, n, bytes);
+	cr_expect_eq(n, 0, "%s: %d temporary dir(s) of out/%s left (%lld bytes)", why, n, name, bytes);
+}
+
+static pid_t worker_pid(const char *id)
+{
+	pid_t wpid = 0;
+	for (int i = 0; i < 50 && !wpid; i++, nap(0.05)) {
+		json_t *j = hd_job(&H, id);
+		wpid = (pid_t)json_integer_value(json_object_get(j, "worker_pid"));
+		json_decref(j);
+	}
+	return wpid;
 }
 
 Test(api, submit_get_list_and_finish)
@@ -392,18 +448,22 @@ Test(api, worker_failures)
 	cr_assert(j);
 	cr_expect_str_eq(err_code(j), "format", "the worker's own error code");
 	json_decref(j);
+	expect_no_temp("f1", "worker failure");
 	j = hd_wait(&H, crash, "failed", 5);
 	cr_assert(j);
 	cr_expect_str_eq(err_code(j), "worker_crashed");
 	json_decref(j);
+	expect_no_temp("f2", "worker crash (SIGSEGV)");
 	j = hd_wait(&H, hang, "failed", 6);
 	cr_assert(j);
 	cr_expect_str_eq(err_code(j), "progress_timeout");
 	json_decref(j);
+	expect_no_temp("f3", "progress timeout");
 	j = hd_wait(&H, stubborn, "failed", 6);
 	cr_assert(j, "a worker ignoring SIGTERM is killed");
 	cr_expect_str_eq(err_code(j), "progress_timeout");
 	json_decref(j);
+	expect_no_temp("f4", "progress timeout past the kill grace (SIGKILL)");
 	/* kill -9 of a worker */
 	cr_assert(hd_submit(&H, "fake-slow-200", "f5", NULL));
 	snprintf(killed, sizeof(killed), "%s", H.last_id);
@@ -423,9 +483,110 @@ Test(api, worker_failures)
 	cr_expect_str_eq(err_code(j), "worker_crashed");
 	cr_expect(strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")), "signal 9"));
 	json_decref(j);
+	expect_no_temp("f5", "kill -9 of the worker");
 	struct cal_client_resp r;
 	cr_expect_eq(hd_req(&H, "GET", "/readyz", NULL, NULL, &r), 200, "the daemon keeps serving");
 	cal_client_resp_free(&r);
+}
+
+Test(api, drain_past_kill_grace_leaves_no_temp)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	cr_assert(hd_submit(&H, "fake-ignore-term", "d1", NULL));
+	json_t *j = hd_wait(&H, H.last_id, "running", 5);
+	cr_assert(j);
+	json_decref(j);
+	char prefix[64];
+	snprintf(prefix, sizeof(prefix), ".d1.tmp-%s-", H.last_id);
+	for (int i = 0; i < 40 && !leftovers(H.out, prefix, NULL); i++)
+		nap(0.05);
+	cr_assert_eq(leftovers(H.out, prefix, NULL), 1, "the worker is writing its output");
+	int st = hd_stop(&H, SIGTERM); /* grace 1 s, SIGTERM ignored, SIGKILL after 1 s */
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "clean exit");
+	expect_no_temp("d1", "drain past the kill grace");
+}
+
+Test(api, restart_removes_own_temps_only)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	cr_assert(hd_submit(&H, "fake-hang", "t1", NULL));
+	char id[32];
+	snprintf(id, sizeof(id), "%s", H.last_id);
+	json_t *j = hd_wait(&H, id, "running", 5);
+	cr_assert(j);
+	json_decref(j);
+	cr_assert(worker_pid(id) > 0);
+	/* others' temporary directories: another name, and this name without our job id */
+	const char *foreign[] = {".x.tmp-abc", ".t1.tmp-abcdef", ".t1.tmp-j0000000000000000000-abcdef"};
+	for (size_t i = 0; i < N(foreign); i++) {
+		char p[512];
+		snprintf(p, sizeof(p), "%s/%s", H.out, foreign[i]);
+		cr_assert_eq(mkdir(p, 0755), 0);
+		strcat(p, "/model.safetensors");
+		FILE *f = fopen(p, "w");
+		fputs("partial", f);
+		fclose(f);
+	}
+	long long bytes = 0;
+	char prefix[64];
+	snprintf(prefix, sizeof(prefix), ".t1.tmp-%s-", id);
+	for (int i = 0; i < 40 && !leftovers(H.out, prefix, NULL); i++)
+		nap(0.05);
+	cr_assert_eq(leftovers(H.out, prefix, &bytes), 1, "the worker is writing its output");
+	hd_stop(&H, SIGKILL);
+	cr_log_info("kill -9 of the daemon: %lld bytes in the job's temporary dir", bytes);
+	cr_assert_eq(hd_start(&H, NULL), 0, "restart");
+	j = hd_job(&H, id);
+	cr_expect_str_eq(err_code(j), "daemon_restarted");
+	json_decref(j);
+	cr_expect_eq(leftovers(H.out, prefix, &bytes), 0, "kill -9 of the daemon, then restart: the job's "
+		     "temporary dir is left (%lld bytes)", bytes);
+	for (size_t i = 0; i < N(foreign); i++)
+		cr_expect_eq(leftovers(H.out, foreign[i], NULL), 1, "%s is not ours: left alone", foreign[i]);
+}
+
+/* The daemon is killed after the worker renamed its output into place but
+ * before the job was recorded as finished. */
+static void publish_then_daemon_killed(int resume)
+{
+	const char *const extra[] = {resume ? "--resume-on-restart" : NULL, NULL};
+	cr_assert_eq(hd_start(&H, extra), 0);
+	cr_assert(hd_submit(&H, "fake-publish-hang", "p1", NULL));
+	char id[32], out[256];
+	snprintf(id, sizeof(id), "%s", H.last_id);
+	snprintf(out, sizeof(out), "%s/p1", H.out);
+	struct stat sb;
+	for (int i = 0; i < 100 && stat(out, &sb); i++)
+		nap(0.05);
+	cr_assert_eq(stat(out, &sb), 0, "published");
+	hd_stop(&H, SIGKILL);
+	cr_assert_eq(hd_start(&H, extra), 0);
+	json_t *j = hd_wait(&H, id, NULL, 5);
+	cr_assert(j);
+	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "succeeded", "%s",
+			 err_code(j) ? err_code(j) : "");
+	json_decref(j);
+}
+
+Test(api, publish_survives_daemon_kill)
+{
+	publish_then_daemon_killed(0);
+}
+
+Test(api, publish_survives_daemon_kill_with_resume)
+{
+	publish_then_daemon_killed(1);
+}
+
+Test(api, failure_after_publish_is_success)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	cr_assert(hd_submit(&H, "fake-publish-fail", "p2", NULL));
+	json_t *j = hd_wait(&H, H.last_id, NULL, 5);
+	cr_assert(j);
+	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "succeeded", "%s",
+			 err_code(j) ? err_code(j) : "");
+	json_decref(j);
 }
 
 Test(api, restart_recovery)
@@ -851,9 +1012,11 @@ Test(api, corrupt_state_falls_back_to_previous_generation)
 	cr_assert_eq(hd_start(&H, NULL), 0, "a damaged state file never stops the daemon");
 	j = hd_job(&H, one);
 	cr_assert(j, "loaded from state.json.prev");
-	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "failed",
-			 "the previous generation was running: the job ended with the old daemon");
-	cr_expect_str_eq(err_code(j), "daemon_restarted");
+	/* the previous generation was running, and the job's publish marker
+	 * shows its output published: the record follows the disk */
+	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "succeeded",
+			 "running in state.json.prev, published per publish.json");
+	cr_expect_null(err_code(j));
 	json_decref(j);
 	cr_expect_null(hd_job(&H, two), "both generations bad: reported and skipped");
 	struct cal_client_resp r;
