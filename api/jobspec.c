@@ -197,15 +197,27 @@ static enum cal_api_err output_names_fit(const char *real, struct cal_api_proble
 	size_t tmp_name = base + CAL_ST_TMP_NAME_EXTRA;
 	size_t longest = parent + 1 + tmp_name + 1 + CAL_ST_FILE_NAME_MAX;
 	if (tmp_name > NAME_MAX)
-		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "output",
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "output",
 					   "output: the last path component is %zu bytes, at most %d are allowed (its "
 					   "temporary name while the job runs adds %d bytes and must fit NAME_MAX %d)",
 					   base, NAME_MAX - CAL_ST_TMP_NAME_EXTRA, CAL_ST_TMP_NAME_EXTRA, NAME_MAX);
 	if (longest >= PATH_MAX)
-		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "output",
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "output",
 					   "output: the resolved path is %zu bytes, at most %d are allowed (the files "
 					   "written in its temporary directory must fit PATH_MAX %d)", strlen(real),
 					   PATH_MAX - 2 - CAL_ST_TMP_NAME_EXTRA - CAL_ST_FILE_NAME_MAX, PATH_MAX);
+	return CAL_API_OK;
+}
+
+/* The worker opens files of the model directory that the submit does not
+ * (the index, shards, tokenizer files): their paths must fit PATH_MAX too. */
+static enum cal_api_err model_names_fit(const char *real, struct cal_api_problem *prob)
+{
+	if (strlen(real) + 1 + CAL_ST_FILE_NAME_MAX >= PATH_MAX)
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "model",
+					   "model: the resolved path is %zu bytes, at most %d are allowed (the files "
+					   "the job reads in it must fit PATH_MAX %d)", strlen(real),
+					   PATH_MAX - 2 - CAL_ST_FILE_NAME_MAX, PATH_MAX);
 	return CAL_API_OK;
 }
 
@@ -536,7 +548,7 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 	if ((ae = cal_jobspec_recipe(req, out, prob)) || (ae = validate_devices(req, env, out, prob)) ||
 	    (ae = validate_options(req, out, prob)))
 		goto fail;
-	if ((ae = cal_jobspec_model(req, env, &model, prob)))
+	if ((ae = cal_jobspec_model(req, env, &model, prob)) || (ae = model_names_fit(model, prob)))
 		goto fail;
 	if ((ae = validate_calibration(json_object_get(req, "calibration"), env, out, prob)))
 		goto fail;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,61 +30,177 @@ const char *cal_confine_strerror(int e)
 			  : strerror(e);
 }
 
-/* The O_NOFOLLOW walk: every directory component opened on its own, no
- * symbolic link followed, no "..". */
-static int walk_beneath(int rootfd, const char *rel, int flags, mode_t mode)
+/* Length of the root path under which path lies lexically, or 0. */
+static size_t under(const char *path, const char *root)
 {
-	char *copy = strdup(rel);
-	if (!copy) {
-		errno = ENOMEM;
-		return -1;
+	size_t rl = strlen(root);
+	while (rl > 1 && root[rl - 1] == '/')
+		rl--;
+	if (rl == 1 && root[0] == '/')
+		return 1;
+	return !strncmp(path, root, rl) && (path[rl] == '\0' || path[rl] == '/') ? rl : 0;
+}
+
+#define WALK_MAX_LINKS 40
+
+/* Opens the directory root/dirs (dirs: components joined by '/', no link
+ * among them) as an O_PATH descriptor. */
+static int reopen_dir(int rootfd, const char *dirs)
+{
+	return *dirs ? openat(rootfd, dirs, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+		     : openat(rootfd, ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+}
+
+/*
+ * The resolution done by hand: one component at a time from rootfd, each
+ * opened with O_NOFOLLOW; a symbolic link is read and its target resolved
+ * the same way (a relative target from the link's directory, an absolute
+ * one only when it lies lexically under root, from rootfd); ".." never
+ * climbs above rootfd.  A component replaced by a link between the look
+ * and the open fails (O_NOFOLLOW), it is never followed unchecked.
+ */
+static int walk_beneath(int rootfd, const char *root, const char *rel, int flags, mode_t mode)
+{
+	size_t cap = strlen(rel) + PATH_MAX + 2;
+	char *todo = malloc(cap), *done = malloc(cap), *target = malloc(PATH_MAX + 1);
+	int cur = -1, fd = -1, links = 0, e = 0;
+	if (!todo || !done || !target) {
+		e = ENOMEM;
+		goto out;
 	}
-	int cur = dup(rootfd), fd = -1;
-	char *save = NULL, *next = NULL;
-	char *comp = strtok_r(copy, "/", &save);
-	while (cur >= 0) {
-		while (comp && !strcmp(comp, "."))
-			comp = strtok_r(NULL, "/", &save);
-		if (!comp) { /* rel named the root itself (or ended in '/') */
-			fd = openat(cur, ".", flags | O_CLOEXEC, mode);
+	snprintf(todo, cap, "%s", rel);
+	done[0] = '\0';
+	cur = reopen_dir(rootfd, "");
+	if (cur < 0) {
+		e = errno;
+		goto out;
+	}
+	for (;;) {
+		char *p = todo;
+		while (*p == '/')
+			p++;
+		size_t n = strcspn(p, "/");
+		char comp[NAME_MAX + 1];
+		if (n > NAME_MAX) {
+			e = ENAMETOOLONG;
 			break;
+		}
+		memcpy(comp, p, n);
+		comp[n] = '\0';
+		const char *rest = p + n;
+		while (*rest == '/')
+			rest++;
+		int last = !*rest;
+		if (!n || !strcmp(comp, ".")) {
+			if (last) {
+				fd = openat(cur, ".", flags | O_CLOEXEC, mode);
+				e = errno;
+				break;
+			}
+			memmove(todo, rest, strlen(rest) + 1);
+			continue;
 		}
 		if (!strcmp(comp, "..")) {
-			errno = EXDEV;
-			break;
-		}
-		next = strtok_r(NULL, "/", &save);
-		while (next && !strcmp(next, "."))
-			next = strtok_r(NULL, "/", &save);
-		if (!next) {
-			fd = openat(cur, comp, flags | O_NOFOLLOW | O_CLOEXEC, mode);
-			if (fd < 0 && errno == ELOOP)
-				errno = EXDEV;
-			break;
+			char *slash = strrchr(done, '/');
+			if (!*done) {
+				e = EXDEV; /* above the root */
+				break;
+			}
+			if (slash)
+				*slash = '\0';
+			else
+				done[0] = '\0';
+			close(cur);
+			if ((cur = reopen_dir(rootfd, done)) < 0) {
+				e = errno;
+				break;
+			}
+			memmove(todo, rest, strlen(rest) + 1);
+			if (!*todo) {
+				fd = openat(cur, ".", flags | O_CLOEXEC, mode);
+				e = errno;
+				break;
+			}
+			continue;
 		}
 		struct stat sb;
-		if (fstatat(cur, comp, &sb, AT_SYMLINK_NOFOLLOW) < 0)
+		if (fstatat(cur, comp, &sb, AT_SYMLINK_NOFOLLOW) < 0) {
+			e = errno;
+			if (e == ENOENT && last && (flags & O_CREAT)) {
+				fd = openat(cur, comp, flags | O_NOFOLLOW | O_CLOEXEC, mode);
+				e = fd < 0 && errno == ELOOP ? EXDEV : errno;
+			}
 			break;
+		}
 		if (S_ISLNK(sb.st_mode)) {
-			errno = EXDEV;
+			if ((last && (flags & O_NOFOLLOW)) || ++links > WALK_MAX_LINKS) {
+				e = ELOOP;
+				break;
+			}
+			ssize_t tl = readlinkat(cur, comp, target, PATH_MAX);
+			if (tl < 0 || tl >= PATH_MAX) {
+				e = tl < 0 ? errno : ENAMETOOLONG;
+				break;
+			}
+			target[tl] = '\0';
+			const char *from = target;
+			if (target[0] == '/') {
+				size_t rl = under(target, root);
+				if (!rl) {
+					e = EXDEV;
+					break;
+				}
+				from = target + rl;
+				done[0] = '\0';
+				close(cur);
+				if ((cur = reopen_dir(rootfd, "")) < 0) {
+					e = errno;
+					break;
+				}
+			}
+			/* the link's target takes its place in what is left to do */
+			char *next = malloc(cap);
+			if (!next || strlen(from) + 1 + strlen(rest) + 1 > cap) {
+				free(next);
+				e = next ? ENAMETOOLONG : ENOMEM;
+				break;
+			}
+			snprintf(next, cap, "%s%s%s", from, *rest ? "/" : "", rest);
+			free(todo);
+			todo = next;
+			continue;
+		}
+		if (last) {
+			fd = openat(cur, comp, flags | O_NOFOLLOW | O_CLOEXEC, mode);
+			e = fd < 0 && errno == ELOOP ? EXDEV : errno; /* became a link meanwhile */
 			break;
 		}
 		int nfd = openat(cur, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (nfd < 0)
+		if (nfd < 0) {
+			e = errno;
 			break;
+		}
 		close(cur);
 		cur = nfd;
-		comp = next;
+		size_t dl = strlen(done);
+		if (dl + 1 + n + 1 > cap) {
+			e = ENAMETOOLONG;
+			break;
+		}
+		snprintf(done + dl, cap - dl, "%s%s", dl ? "/" : "", comp);
+		memmove(todo, rest, strlen(rest) + 1);
 	}
-	int e = errno;
+out:
 	if (cur >= 0)
 		close(cur);
-	free(copy);
-	errno = e;
+	free(todo);
+	free(done);
+	free(target);
+	errno = fd >= 0 ? 0 : e;
 	return fd;
 }
 
-int cal_open_beneath(int rootfd, const char *rel, int flags, mode_t mode, int walk)
+int cal_open_beneath(int rootfd, const char *root, const char *rel, int flags, mode_t mode, int walk)
 {
 	if (!walk) {
 		struct open_how how = {
@@ -99,22 +216,14 @@ int cal_open_beneath(int rootfd, const char *rel, int flags, mode_t mode, int wa
 			if (errno != EAGAIN && errno != EINTR)
 				break;
 		}
-		if (errno != ENOSYS)
+		/* EXDEV includes an absolute link, which openat2 never follows
+		 * beneath a root: the walk follows it when it stays under root */
+		if (errno != ENOSYS && errno != EXDEV)
 			return -1;
 	}
-	return walk_beneath(rootfd, rel, flags, mode);
+	return walk_beneath(rootfd, root, rel, flags, mode);
 }
 
-/* Length of the root path under which path lies lexically, or 0. */
-static size_t under(const char *path, const char *root)
-{
-	size_t rl = strlen(root);
-	while (rl > 1 && root[rl - 1] == '/')
-		rl--;
-	if (rl == 1 && root[0] == '/')
-		return 1;
-	return !strncmp(path, root, rl) && (path[rl] == '\0' || path[rl] == '/') ? rl : 0;
-}
 
 int cal_open_confined(const char *path, int flags, mode_t mode)
 {
@@ -156,7 +265,7 @@ int cal_open_confined(const char *path, int flags, mode_t mode)
 		const char *rel = path + best;
 		while (*rel == '/')
 			rel++;
-		fd = cal_open_beneath(rootfd, rel, flags, mode, 0);
+		fd = cal_open_beneath(rootfd, c->roots[bi], rel, flags, mode, 0);
 		e = errno;
 		close(rootfd);
 		if (fd >= 0 || e != EXDEV)

@@ -10,9 +10,12 @@
  * symbolic link or ".." that leads out of that root fails with EXDEV;
  * links that stay beneath it (a Hugging Face cache snapshot whose files
  * link to ../../blobs/) keep working.  A path under no root fails with
- * EXDEV too.  On kernels without openat2 (before 5.6) every component is
- * opened with O_NOFOLLOW from the root instead: stricter, no symbolic link
- * is followed at all (ELOOP), and ".." is refused (EXDEV).
+ * EXDEV too.  openat2 refuses every absolute link; those, and everything on
+ * kernels without openat2 (before 5.6), go through a resolution by hand:
+ * one component at a time with O_NOFOLLOW, each link read and its target
+ * resolved the same way, an absolute target only when it lies under the
+ * same root, ".." never above it.  So a link is followed exactly when its
+ * target stays beneath the root, either way.
  *
  * The confinement belongs to the calling thread: the worker sets it once
  * for its job, the API around the recipe and config.json reads of one
@@ -47,12 +50,12 @@ const struct cal_confine *cal_confine_get(void);
 int cal_open_confined(const char *path, int flags, mode_t mode);
 
 /*
- * open(2) of rel beneath the directory rootfd: openat2(RESOLVE_BENEATH |
- * RESOLVE_NO_MAGICLINKS), or with walk (and when the kernel has no
- * openat2) the component-by-component O_NOFOLLOW walk described above.
- * Exposed for tests of both ways.
+ * open(2) of rel beneath the directory rootfd (whose resolved path is
+ * root): openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS), then the walk
+ * described above for absolute links or without openat2; with walk, the
+ * walk alone.  Exposed for tests of both ways.
  */
-int cal_open_beneath(int rootfd, const char *rel, int flags, mode_t mode, int walk);
+int cal_open_beneath(int rootfd, const char *root, const char *rel, int flags, mode_t mode, int walk);
 
 /* strerror(e), with EXDEV said the way confinement means it. */
 const char *cal_confine_strerror(int e);

@@ -76,3 +76,20 @@ double cal_now(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+
+char *cal_str_scrub_dir(const char *msg, const char *dir)
+{
+	size_t dl = strlen(dir);
+	char *out = malloc(strlen(msg) + 1), *o = out;
+	if (!out)
+		return NULL;
+	for (const char *m = msg; *m;) {
+		if (dl && !strncmp(m, dir, dl) && m[dl] == '/') {
+			m += dl + 1;
+			continue;
+		}
+		*o++ = *m++;
+	}
+	*o = '\0';
+	return out;
+}

@@ -236,7 +236,9 @@ json_t *cal_job_json(const struct cal_job *j)
 		json_object_set_new(o, "error", json_null());
 	if (j->state == CAL_JOB_RUNNING && j->pid > 0)
 		json_object_set_new(o, "worker_pid", json_integer(j->pid));
-	json_object_set_new(o, "spec", json_deep_copy(j->spec));
+	json_t *spec = json_deep_copy(j->spec);
+	json_object_del(spec, "recipes_dir"); /* where the tree lives is the daemon's business */
+	json_object_set_new(o, "spec", spec);
 	char url[64];
 	snprintf(url, sizeof(url), "/v1/jobs/%s", j->id);
 	json_object_set_new(o, "url", json_string(url));

@@ -193,8 +193,12 @@ int cal_cmd_worker(int argc, char **argv)
 		if (cancel_flag && st == CAL_ERR_INTERRUPTED)
 			fprintf(stderr, "calibd worker: cancelled\n");
 		fprintf(stderr, "calibd worker: %s\n", cal_error_msg(&err));
+		/* the API shows the message: without the recipe tree's path */
+		const char *rdir = json_string_value(json_object_get(json_object_get(doc, "spec"), "recipes_dir"));
+		char *msg = cal_str_scrub_dir(cal_error_msg(&err), rdir ? rdir : "");
 		emit_json(fd, json_pack("{s:s, s:s, s:s}", "event", "error", "code", cal_status_code(st), "message",
-					cal_error_msg(&err)));
+					msg ? msg : cal_error_msg(&err)));
+		free(msg);
 		rc = cal_exit_from_status(st);
 		if (rc == CAL_EXIT_OK)
 			rc = CAL_EXIT_FAILURE;

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/util.h"
 #include "daemon/cli.h"
 #include "harness.h"
 
@@ -1091,6 +1092,255 @@ Test(api, low_disk_space_refuses_new_jobs)
 	};
 	hd_steps(&H, ok, N(ok));
 	free(body);
+}
+
+/* ---- names that become longer later ----------------------------------- */
+
+/* Posts a submission writing `output`; expects status (and field "output"
+ * on a 422). */
+static void submit_output(const char *output, int status, const char *why)
+{
+	char *body = NULL;
+	cr_assert(asprintf(&body,
+			   "{\"name\":\"fake-ok\",\"model\":\"%s/m\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":"
+			   "{\"tokens\":\"%s/tokens.jsonl\"},\"output\":\"%s\",\"devices\":\"cpu\"}",
+			   H.models, H.data, output) > 0);
+	struct cal_client_resp r;
+	int st = hd_req(&H, "POST", "/v1/jobs", JSON, body, &r);
+	cr_expect_eq(st, status, "%s: %d %s", why, st, st > 0 ? r.body : "");
+	if (st == 422) {
+		json_t *j = json_loads(r.body, 0, NULL);
+		const char *f = json_string_value(json_object_get(json_object_get(j, "error"), "field"));
+		cr_expect(f && !strcmp(f, "output"), "%s: the error names the field: %s", why, r.body);
+		json_decref(j);
+	}
+	if (st > 0)
+		cal_client_resp_free(&r);
+	free(body);
+}
+
+/* Creates directories under base until the path is `len` bytes long. */
+static void deep_dir(const char *base, size_t len, char *out)
+{
+	char name[201];
+	strcpy(out, base);
+	while (strlen(out) < len) {
+		size_t room = len - strlen(out) - 1;
+		memset(name, 'd', sizeof(name));
+		name[room > 200 ? 200 : room] = '\0';
+		strcat(out, "/");
+		strcat(out, name);
+		cr_assert_eq(mkdir(out, 0755), 0, "%zu", strlen(out));
+	}
+}
+
+/* An output whose temporary name (".NAME.tmp-<job id>-XXXXXX") would not
+ * fit NAME_MAX, or whose files would not fit PATH_MAX, is refused at
+ * submit instead of failing later with "File name too long". */
+Test(api, output_names_fit_the_file_system)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	char name[300], out[600];
+	int max = 255 - (1 + 5 + 31 + 1 + 6); /* CAL_ST_TMP_NAME_EXTRA */
+	memset(name, 'n', sizeof(name));
+	name[244] = '\0';
+	snprintf(out, sizeof(out), "%s/%s", H.out, name);
+	submit_output(out, 422, "a 244-byte name");
+	name[max + 1] = '\0';
+	snprintf(out, sizeof(out), "%s/%s", H.out, name);
+	submit_output(out, 422, "one byte over");
+	name[max] = '\0';
+	snprintf(out, sizeof(out), "%s/%s", H.out, name);
+	submit_output(out, 202, "the longest name that fits");
+	/* a deep parent: the output's name is short, the path is not;
+	 * parent + "/.q.tmp-<id>-XXXXXX/" + a shard name: past 4095 bytes */
+	char deep[4200];
+	deep_dir(H.out, 3990, deep);
+	char *longp = NULL;
+	cr_assert(asprintf(&longp, "%s/q", deep) > 0);
+	submit_output(longp, 422, "a path whose temporary files exceed PATH_MAX");
+	free(longp);
+	/* a model whose config.json fits PATH_MAX, its index and shards not */
+	deep_dir(H.models, 4070, deep);
+	char cfg[4300], src[300];
+	snprintf(cfg, sizeof(cfg), "%s/config.json", deep);
+	snprintf(src, sizeof(src), "%s/m/config.json", H.models);
+	cr_assert_eq(link(src, cfg), 0);
+	char *body = NULL;
+	cr_assert(asprintf(&body,
+			   "{\"model\":\"%s\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"tokens\":"
+			   "\"%s/tokens.jsonl\"},\"output\":\"%s/deep-model-out\",\"devices\":\"cpu\"}",
+			   deep, H.data, H.out) > 0);
+	struct cal_client_resp r;
+	int st = hd_req(&H, "POST", "/v1/jobs", JSON, body, &r);
+	cr_expect_eq(st, 422, "a model path too long for its shard names: %d %.300s", st, st > 0 ? r.body : "");
+	if (st > 0) {
+		cr_expect(strstr(r.body, "\"field\":\"model\"") && strstr(r.body, "path_too_long"), "%.300s", r.body);
+		cal_client_resp_free(&r);
+	}
+	free(body);
+}
+
+/* ---- paths checked when they are used -------------------------------- */
+
+static void put_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	cr_assert(f, "%s", path);
+	fputs(text, f);
+	fclose(f);
+}
+
+/* A config.json that links out of the model roots: refused, and no byte of
+ * the file it points to reaches the reply; links that stay beneath the
+ * roots keep working. */
+Test(api, config_json_link_out_of_roots)
+{
+	char p[512], q[512];
+	snprintf(p, sizeof(p), "%s/secret.json", H.root);
+	put_file(p, "TOPSECRET-7f3a9 {\"model_type\": \"qwen3_moe\"}");
+	snprintf(p, sizeof(p), "%s/leak", H.models);
+	mkdir(p, 0755);
+	snprintf(p, sizeof(p), "%s/leak/config.json", H.models);
+	cr_assert_eq(symlink("../../secret.json", p), 0);
+	snprintf(p, sizeof(p), "%s/inside", H.models);
+	mkdir(p, 0755);
+	snprintf(p, sizeof(p), "%s/inside/config.json", H.models);
+	snprintf(q, sizeof(q), "%s/m/config.json", H.models);
+	cr_assert_eq(symlink(q, p), 0);
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	char body[1024];
+	const char *paths[] = {"/v1/plan", "/v1/jobs"};
+	for (size_t i = 0; i < N(paths); i++) {
+		snprintf(body, sizeof(body),
+			 "{\"model\":\"%s/leak\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"tokens\":"
+			 "\"%s/tokens.jsonl\"},\"output\":\"%s/leak-out\",\"devices\":\"cpu\"}",
+			 H.models, H.data, H.out);
+		if (i == 0)
+			snprintf(body, sizeof(body), "{\"model\":\"%s/leak\",\"recipe\":\"" HD_RECIPE "\"}", H.models);
+		struct cal_client_resp r;
+		int st = hd_req(&H, "POST", paths[i], JSON, body, &r);
+		cr_expect_eq(st, 422, "%s: %d %s", paths[i], st, st > 0 ? r.body : "");
+		if (st > 0) {
+			cr_expect(!strstr(r.body, "TOPSECRET"), "%s echoes the outside file: %s", paths[i], r.body);
+			cr_expect(strstr(r.body, "outside"), "%s says why: %s", paths[i], r.body);
+			cal_client_resp_free(&r);
+		}
+	}
+	snprintf(body, sizeof(body), "{\"model\":\"%s/inside\",\"recipe\":\"" HD_RECIPE "\"}", H.models);
+	json_decref(get_json("POST", "/v1/plan", JSON, body, 200));
+}
+
+/* Runs `calibd worker DIR` on a spec written here (the canonical form the
+ * daemon writes) and returns its exit code; its progress lines go to
+ * DIR/out.jsonl. */
+static int run_worker(const char *dir, const char *model, const char *output)
+{
+	char p[512], recipes[512];
+	snprintf(recipes, sizeof(recipes), "%s/recipes", getenv("SRCDIR"));
+	char *rreal = realpath(recipes, NULL);
+	cr_assert(rreal);
+	mkdir(dir, 0755);
+	json_t *spec = json_pack("{s:s, s:s, s:s, s:{s:s, s:i, s:i, s:i}, s:s, s:s, s:{s:b, s:f}}", "model", model,
+				 "recipe", HD_RECIPE, "recipes_dir", rreal, "calibration", "tokens",
+				 "", "samples", 4, "seq_len", 16, "seed", 0, "output", output, "devices", "cpu",
+				 "options", "per_expert_input_amax", 0, "moe_calib_experts_ratio", 0.0);
+	snprintf(p, sizeof(p), "%s/tokens.jsonl", H.data);
+	json_object_set_new(json_object_get(spec, "calibration"), "tokens", json_string(p));
+	json_t *doc = json_pack("{s:i, s:s, s:o, s:[s, s, s, s]}", "format", 1, "id", "jtest0000000000000001", "spec",
+				spec, "roots", H.models, H.data, H.out, rreal);
+	snprintf(p, sizeof(p), "%s/spec.json", dir);
+	cr_assert_eq(json_dump_file(doc, p, 0), 0);
+	json_decref(doc);
+	free(rreal);
+	pid_t pid = fork();
+	if (pid == 0) {
+		snprintf(p, sizeof(p), "%s/out.jsonl", dir);
+		int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		unsetenv("CALIBD_PROGRESS_FD");
+		execl(getenv("CALIBD"), "calibd", "worker", dir, (char *)NULL);
+		_exit(127);
+	}
+	int st = 0;
+	waitpid(pid, &st, 0);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int file_has(const char *path, const char *needle)
+{
+	char *text = NULL;
+	struct cal_error e = {0};
+	int yes = cal_read_file(path, 1 << 20, &text, NULL, &e) == CAL_OK && strstr(text, needle);
+	cal_error_clear(&e);
+	free(text);
+	return yes;
+}
+
+/* A checkpoint whose weights link out of the model roots is not read; one
+ * whose files link beneath them (a Hugging Face cache snapshot) is. */
+Test(api, worker_refuses_weights_outside_roots, .timeout = 120)
+{
+	const char *files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+			       "model.safetensors"};
+	char outside[256], evil[256], snap[256], p[512], q[512], job[256], out[256];
+	snprintf(outside, sizeof(outside), "%s/outside", H.root);
+	snprintf(evil, sizeof(evil), "%s/evil", H.models);
+	snprintf(snap, sizeof(snap), "%s/snap", H.models);
+	mkdir(outside, 0755);
+	mkdir(evil, 0755);
+	mkdir(snap, 0755);
+	for (size_t i = 0; i < N(files); i++) {
+		snprintf(q, sizeof(q), "%s/m/%s", H.models, files[i]);
+		snprintf(p, sizeof(p), "%s/%s", snap, files[i]);
+		cr_assert_eq(symlink(q, p), 0, "%s", p); /* beneath the model root */
+		snprintf(p, sizeof(p), "%s/%s", evil, files[i]);
+		if (strcmp(files[i], "model.safetensors")) {
+			cr_assert_eq(symlink(q, p), 0, "%s", p);
+			continue;
+		}
+		char o[512];
+		snprintf(o, sizeof(o), "%s/model.safetensors", outside);
+		cr_assert_eq(link(q, o), 0, "%s", o); /* the same bytes, outside the roots */
+		cr_assert_eq(symlink(o, p), 0, "%s", p);
+	}
+	snprintf(job, sizeof(job), "%s/job-evil", H.root);
+	snprintf(out, sizeof(out), "%s/evil-out", H.out);
+	int rc = run_worker(job, evil, out);
+	snprintf(p, sizeof(p), "%s/out.jsonl", job);
+	cr_expect_neq(rc, 0, "weights outside the model roots are refused");
+	cr_expect(file_has(p, "outside the allowed directories"), "the error says why (%s)", p);
+	struct stat sb;
+	cr_expect_neq(stat(out, &sb), 0, "nothing published");
+	cr_expect_eq(leftovers(H.out, ".evil-out.tmp-", NULL), 0, "nothing left behind");
+	snprintf(job, sizeof(job), "%s/job-snap", H.root);
+	snprintf(out, sizeof(out), "%s/snap-out", H.out);
+	rc = run_worker(job, snap, out);
+	cr_expect_eq(rc, 0, "links beneath the model root work (log %s/out.jsonl)", job);
+	cr_expect_eq(stat(out, &sb), 0, "published");
+}
+
+/* The output's parent is replaced by a symbolic link after the submit
+ * checked it: the worker refuses, nothing is published outside the roots. */
+Test(api, worker_refuses_output_parent_swapped_for_link, .timeout = 120)
+{
+	char sub[256], outside[256], job[256], out[300], p[512];
+	snprintf(sub, sizeof(sub), "%s/sub", H.out);
+	snprintf(outside, sizeof(outside), "%s/elsewhere", H.root);
+	mkdir(outside, 0755);
+	cr_assert_eq(symlink(outside, sub), 0); /* out/sub was a directory at submit */
+	snprintf(job, sizeof(job), "%s/job-swap", H.root);
+	snprintf(out, sizeof(out), "%s/q", sub);
+	snprintf(p, sizeof(p), "%s/m", H.models);
+	int rc = run_worker(job, p, out);
+	snprintf(p, sizeof(p), "%s/out.jsonl", job);
+	cr_expect_neq(rc, 0, "refused");
+	cr_expect(file_has(p, "outside the allowed directories"), "the error says why (%s)", p);
+	snprintf(p, sizeof(p), "%s/q", outside);
+	struct stat sb;
+	cr_expect_neq(stat(p, &sb), 0, "nothing published outside the roots");
+	cr_expect_eq(leftovers(outside, ".q.tmp-", NULL), 0, "nothing written outside the roots");
 }
 
 /* ---- a real job ------------------------------------------------------ */
