@@ -137,6 +137,7 @@ Test(api, submit_get_list_and_finish)
 	json_t *j = hd_wait(&H, id, "succeeded", 10);
 	cr_assert(j, "the fake-ok job did not succeed");
 	cr_expect(json_is_object(json_object_get(j, "result")), "result recorded");
+	cr_expect(!json_object_get(json_object_get(j, "spec"), "recipes_dir"), "the recipe tree's path is not shown");
 	cr_expect_eq(json_integer_value(json_object_get(json_object_get(j, "progress"), "layers")), 3);
 	json_decref(j);
 	const struct step after[] = {
@@ -1318,6 +1319,28 @@ Test(api, worker_refuses_weights_outside_roots, .timeout = 120)
 	snprintf(out, sizeof(out), "%s/snap-out", H.out);
 	rc = run_worker(job, snap, out);
 	cr_expect_eq(rc, 0, "links beneath the model root work (log %s/out.jsonl)", job);
+	cr_expect_eq(stat(out, &sb), 0, "published");
+}
+
+/* The report cannot be saved after the publish (a full state directory):
+ * the job still succeeds, its checkpoint is out. */
+Test(api, worker_failure_after_publish_still_succeeds, .timeout = 120)
+{
+	char job[256], out[256], p[512];
+	snprintf(job, sizeof(job), "%s/job-full", H.root);
+	mkdir(job, 0755);
+	/* report.json's temporary file cannot be created: the write fails */
+	snprintf(p, sizeof(p), "%s/.report.json.tmp", job);
+	cr_assert_eq(mkdir(p, 0755), 0);
+	snprintf(out, sizeof(out), "%s/full-out", H.out);
+	snprintf(p, sizeof(p), "%s/m", H.models);
+	int rc = run_worker(job, p, out);
+	cr_expect_eq(rc, 0, "published, then the report failed: still a success (log %s/out.jsonl)", job);
+	snprintf(p, sizeof(p), "%s/out.jsonl", job);
+	cr_expect(file_has(p, "\"event\":\"result\""), "the result is reported (%s)", p);
+	snprintf(p, sizeof(p), "%s/publish.json", job);
+	cr_expect(file_has(p, "\"published\""), "the publish is recorded (%s)", p);
+	struct stat sb;
 	cr_expect_eq(stat(out, &sb), 0, "published");
 }
 
