@@ -86,6 +86,16 @@ def fingerprint_dir(out_dir):
     return {"hf_quant_config": hqc, "tensors": dict(sorted(tensors.items()))}
 
 
+def write_fingerprint(fp, f):
+    """JSON with one line per tensor (small, readable diffs)."""
+    tensors = fp["tensors"]
+    head = {k: v for k, v in fp.items() if k != "tensors"}
+    f.write(json.dumps(head, indent=1, sort_keys=True)[:-2] + ',\n "tensors": {\n')
+    f.write(",\n".join("  %s: %s" % (json.dumps(k), json.dumps(v, separators=(",", ":")))
+                       for k, v in tensors.items()))
+    f.write("\n }\n}\n")
+
+
 def checkpoint_names(model_dir):
     names = []
     for fn in sorted(os.listdir(model_dir)):
@@ -217,8 +227,7 @@ def main():
                       **fp}
                 os.makedirs(os.path.join(args.out, case), exist_ok=True)
                 with open(os.path.join(args.out, case, base + ".json"), "w") as f:
-                    json.dump(fp, f, indent=1)
-                    f.write("\n")
+                    write_fingerprint(fp, f)
     for c, r, e in failed:
         print("modelopt failed: %s %s: %s" % (c, r, e), file=sys.stderr)
     return 1 if failed else 0
