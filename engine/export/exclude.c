@@ -102,6 +102,27 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Moves the set's strings into a new array sorted in strcmp order (the
+ * set is left empty); 0 ok, -1 no memory (the set unchanged). */
+static int ss_take_sorted(struct strset *S, char ***ret, size_t *ret_n)
+{
+	char **out = calloc(S->n ? S->n : 1, sizeof(char *));
+	size_t n = 0;
+	if (!out)
+		return -1;
+	for (size_t i = 0; i < S->n_slot; i++) {
+		if (S->slot[i]) {
+			out[n++] = S->slot[i];
+			S->slot[i] = NULL;
+		}
+	}
+	S->n = 0;
+	qsort(out, n, sizeof(char *), cmp_str);
+	*ret = out;
+	*ret_n = n;
+	return 0;
+}
+
 void cal_exclude_free(char **list, size_t n)
 {
 	if (!list)
@@ -116,8 +137,6 @@ enum cal_status cal_exclude_summarize(const char *const *unquantized, size_t n_u
 				      size_t *ret_n, struct cal_error *err)
 {
 	struct strset neg = {0}, res = {0};
-	char **out = NULL;
-	size_t n_out = 0;
 	if (ss_grow(&neg) < 0 || ss_grow(&res) < 0)
 		goto nomem;
 	/* negative set: every quantized name and all its prefixes + '*' */
@@ -181,20 +200,10 @@ enum cal_status cal_exclude_summarize(const char *const *unquantized, size_t n_u
 		if (r < 0)
 			goto nomem;
 	}
-	out = calloc(res.n ? res.n : 1, sizeof(char *));
-	if (!out)
+	if (ss_take_sorted(&res, ret, ret_n) < 0)
 		goto nomem;
-	for (size_t i = 0; i < res.n_slot; i++) {
-		if (res.slot[i]) {
-			out[n_out++] = res.slot[i];
-			res.slot[i] = NULL;
-		}
-	}
-	qsort(out, n_out, sizeof(char *), cmp_str);
 	ss_free(&neg);
 	ss_free(&res);
-	*ret = out;
-	*ret_n = n_out;
 	return CAL_OK;
 nomem:
 	ss_free(&neg);
@@ -235,8 +244,6 @@ enum cal_status cal_mtp_prefixes(const char *const *names, size_t n, int64_t num
 				 struct cal_error *err)
 {
 	struct strset S = {0};
-	char **out = NULL;
-	size_t n_out = 0;
 	int any = 0;
 	char buf[64];
 	if (ss_grow(&S) < 0)
@@ -272,19 +279,9 @@ enum cal_status cal_mtp_prefixes(const char *const *names, size_t n, int64_t num
 		if (ss_add(&S, buf, (size_t)l, 0) < 0)
 			goto nomem;
 	}
-	out = calloc(S.n ? S.n : 1, sizeof(char *));
-	if (!out)
+	if (ss_take_sorted(&S, ret, ret_n) < 0)
 		goto nomem;
-	for (size_t i = 0; i < S.n_slot; i++) {
-		if (S.slot[i]) {
-			out[n_out++] = S.slot[i];
-			S.slot[i] = NULL;
-		}
-	}
-	qsort(out, n_out, sizeof(char *), cmp_str);
 	ss_free(&S);
-	*ret = out;
-	*ret_n = n_out;
 	return CAL_OK;
 nomem:
 	ss_free(&S);

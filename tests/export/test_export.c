@@ -45,6 +45,15 @@ static void rm_rf(const char *p)
 
 /* ---- exclude_modules ---------------------------------------------------- */
 
+/* got (freed here) must be exactly want */
+static void expect_names(char **got, size_t n, const char *const *want, size_t nw)
+{
+	cr_assert_eq(n, nw, "got %zu names, want %zu", n, nw);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_str_eq(got[i], want[i], "item %zu", i);
+	cal_exclude_free(got, n);
+}
+
 static void check_exclude(const char *const *unq, size_t nu, const char *const *q, size_t nq,
 			  const char *const *want, size_t nw)
 {
@@ -52,10 +61,7 @@ static void check_exclude(const char *const *unq, size_t nu, const char *const *
 	size_t n = 0;
 	struct cal_error err = {0};
 	cr_assert_eq(cal_exclude_summarize(unq, nu, q, nq, &got, &n, &err), CAL_OK);
-	cr_assert_eq(n, nw, "got %zu names, want %zu", n, nw);
-	for (size_t i = 0; i < n; i++)
-		cr_assert_str_eq(got[i], want[i], "item %zu", i);
-	cal_exclude_free(got, n);
+	expect_names(got, n, want, nw);
 }
 
 Test(exclude, doc_example)
@@ -110,10 +116,7 @@ static void check_mtp(const char *const *names, size_t n, int64_t layers, int64_
 	size_t ng = 0;
 	struct cal_error err = {0};
 	cr_assert_eq(cal_mtp_prefixes(names, n, layers, nextn, &got, &ng, &err), CAL_OK);
-	cr_assert_eq(ng, nw, "got %zu prefixes, want %zu", ng, nw);
-	for (size_t i = 0; i < ng; i++)
-		cr_assert_str_eq(got[i], want[i], "item %zu", i);
-	cal_exclude_free(got, ng);
+	expect_names(got, ng, want, nw);
 }
 
 Test(exclude, mtp_prefixes_as_hf_ptq)
