@@ -147,7 +147,12 @@ def run_modelopt(model_dir, tokens, recipe_name, out_dir):
     torch.manual_seed(1234)
     config = transformers.AutoConfig.from_pretrained(model_dir)
     cls = getattr(transformers, config.architectures[0])
-    model = cls.from_pretrained(model_dir, dtype="auto", device_map="cpu")
+    kwargs = {}
+    qc = getattr(config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    if method == "mxfp4":  # hf_ptq loads MXFP4 checkpoints dequantized
+        kwargs["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
+    model = cls.from_pretrained(model_dir, dtype="auto", device_map="cpu", **kwargs)
     model.eval()
 
     recipe = load_recipe(recipe_name)
