@@ -394,7 +394,7 @@ static enum cal_status find_any(struct reader *r, json_t *o, const char *const *
 	enum cal_status st = CAL_OK;
 	*which = NULL;
 	json_t *first = NULL;
-	for (size_t i = 0; keys[i] && i < 3; i++) {
+	for (size_t i = 0; i < 3 && keys[i]; i++) {
 		json_t *v = o ? json_object_get(o, keys[i]) : NULL;
 		if (!v || json_is_null(v))
 			continue;
