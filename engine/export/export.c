@@ -287,7 +287,9 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 		if (e->role == CAL_ROLE_IGNORED) {
 			CAL_TRY_RET(add_copy(ex, strdup(tn), e->t, -1, err));
 			size_t l = strlen(tn);
-			if (e->t->ndim == 2 && l > 7 && !strcmp(tn + l - 7, ".weight")) {
+			/* MTP layers are excluded by prefix (cal_mtp_prefixes) */
+			if (e->t->ndim == 2 &&
+			    !cal_is_mtp_tensor(tn, ex->d->num_layers, ex->d->num_nextn_predict_layers) && l > 7 && !strcmp(tn + l - 7, ".weight")) {
 				char **nm = realloc(ex->ignored_mods,
 						    (ex->n_ignored_mods + 1) * sizeof(char *));
 				if (!nm)

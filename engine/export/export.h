@@ -129,6 +129,23 @@ enum cal_status cal_exclude_summarize(const char *const *unquantized, size_t n_u
 void cal_exclude_free(char **list, size_t n);
 
 /*
+ * MTP (multi-token-prediction) layers as hf_ptq detects them (docs/export.md
+ * "MTP layers"): a checkpoint tensor is an MTP tensor when its name contains
+ * "mtp" or it lies in an inlined MTP layer model.layers.<i>.* with
+ * num_layers <= i < num_layers + n_nextn (config num_nextn_predict_layers).
+ * MTP tensors are copied unquantized and left out of the summary above;
+ * instead "<prefix>*" is appended to exclude_modules for every prefix of
+ * cal_mtp_prefixes(): of each separately stored MTP tensor its first name
+ * component (unless "model") and its first "...layers.<digits>" prefix, plus
+ * every inlined layer "model.layers.<i>" when any MTP tensor exists.  *ret
+ * is sorted (free with cal_exclude_free()).  Errors: CAL_ERR_NOMEM.
+ */
+int cal_is_mtp_tensor(const char *name, int64_t num_layers, int64_t n_nextn);
+enum cal_status cal_mtp_prefixes(const char *const *names, size_t n, int64_t num_layers,
+				 int64_t n_nextn, char ***ret, size_t *ret_n,
+				 struct cal_error *err);
+
+/*
  * Verifies an exported checkpoint the way a loader reads it (verify.c):
  * tensor names, dtypes and shapes per format, every expected scale present,
  * finite and positive, gate/up weight_scale_2 equal per expert, every
