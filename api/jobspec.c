@@ -121,11 +121,11 @@ static enum cal_api_err check_keys(const json_t *obj, const char *const *allowed
 static enum cal_api_err get_int(const json_t *obj, const char *key, const char *field, long long lo,
 				long long hi, long long def, long long *ret, struct cal_api_problem *prob)
 {
+	/* *ret is set on every path: callers may read it after an error */
+	*ret = def;
 	json_t *v = json_object_get(obj, key);
-	if (!v || json_is_null(v)) {
-		*ret = def;
+	if (!v || json_is_null(v))
 		return CAL_API_OK;
-	}
 	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
 		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
 					   "%s must be an integer in [%lld, %lld]", field, lo, hi);
