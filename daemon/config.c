@@ -454,6 +454,50 @@ fail:
 	return st;
 }
 
+/* Command-line flags onto c.  A list flag given once replaces the file's
+ * list; repeated, it appends. */
+static enum cal_status apply_flags(struct cal_config *c, int argc, char **argv, struct cal_error *err)
+{
+	enum cal_status st = CAL_OK;
+	const struct key *seen[CAL_ARRAY_LEN(keys)] = {0};
+	size_t nseen = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		if (strncmp(a, "--", 2))
+			return cal_error_set(err, CAL_ERR_INVALID, "unexpected argument '%s'", a);
+		const struct key *k = key_by_name(a + 2, 1);
+		if (!k)
+			return cal_error_set(err, CAL_ERR_INVALID, "unknown option '%s'", a);
+		const char *v;
+		if (k->type == K_BOOL) {
+			v = "true";
+		} else {
+			if (i + 1 >= argc)
+				return cal_error_set(err, CAL_ERR_INVALID, "option '%s' needs a value", a);
+			v = argv[++i];
+		}
+		int again = 0;
+		for (size_t j = 0; j < nseen; j++)
+			again |= seen[j] == k;
+		if (!again)
+			seen[nseen++] = k;
+		if ((st = set_value(c, k, v, again, err)))
+			return st;
+	}
+	return CAL_OK;
+}
+
+enum cal_status cal_config_check_flags(int argc, char **argv, struct cal_error *err)
+{
+	struct cal_config *c = calloc(1, sizeof(*c));
+	if (!c)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	c->refs = 1;
+	enum cal_status st = apply_flags(c, argc, argv, err);
+	cal_config_unref(c);
+	return st;
+}
+
 enum cal_status cal_config_load(const char *path, int argc, char **argv, int check_only,
 				struct cal_config **ret, struct cal_error *err)
 {
@@ -491,37 +535,7 @@ enum cal_status cal_config_load(const char *path, int argc, char **argv, int che
 		}
 		CAL_TRY(parse_yaml(c, c->config_path, err));
 	}
-	/* flags: a list flag given once replaces the file's list; repeated, appends */
-	const struct key *seen[CAL_ARRAY_LEN(keys)] = {0};
-	size_t nseen = 0;
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i];
-		if (strncmp(a, "--", 2)) {
-			st = cal_error_set(err, CAL_ERR_INVALID, "unexpected argument '%s'", a);
-			goto fail;
-		}
-		const struct key *k = key_by_name(a + 2, 1);
-		if (!k) {
-			st = cal_error_set(err, CAL_ERR_INVALID, "unknown option '%s'", a);
-			goto fail;
-		}
-		const char *v;
-		if (k->type == K_BOOL) {
-			v = "true";
-		} else {
-			if (i + 1 >= argc) {
-				st = cal_error_set(err, CAL_ERR_INVALID, "option '%s' needs a value", a);
-				goto fail;
-			}
-			v = argv[++i];
-		}
-		int again = 0;
-		for (size_t j = 0; j < nseen; j++)
-			again |= seen[j] == k;
-		if (!again)
-			seen[nseen++] = k;
-		CAL_TRY(set_value(c, k, v, again, err));
-	}
+	CAL_TRY(apply_flags(c, argc, argv, err));
 	CAL_TRY(validate(c, check_only, err));
 	*ret = c;
 	return CAL_OK;

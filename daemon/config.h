@@ -49,6 +49,10 @@ struct cal_config {
 	int loopback;               /* listen is a loopback address */
 };
 
+/* Checks the flags alone (names, values' syntax and ranges): a failure is
+ * a usage error (exit 2), before any file is read. */
+enum cal_status cal_config_check_flags(int argc, char **argv, struct cal_error *err);
+
 /*
  * Builds a configuration from the YAML file `path` (NULL: defaults only),
  * then the flags in argv[0..argc) (`--state-dir DIR`, ..., see docs/api.md),

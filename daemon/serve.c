@@ -137,7 +137,15 @@ int cal_cmd_serve(int argc, char **argv)
 	json_object_seed(0);
 	struct cal_error err = {0};
 	struct cal_config *cfg = NULL;
-	enum cal_status st = cal_config_load(config, nflags, flags, check, &cfg, &err);
+	enum cal_status st = cal_config_check_flags(nflags, flags, &err);
+	if (st) {
+		fprintf(stderr, "calibd serve: %s\n", cal_error_msg(&err));
+		serve_usage(stderr);
+		cal_error_clear(&err);
+		free(flags);
+		return st == CAL_ERR_NOMEM ? CAL_EXIT_FAILURE : CAL_EXIT_USAGE;
+	}
+	st = cal_config_load(config, nflags, flags, check, &cfg, &err);
 	if (st) {
 		fprintf(stderr, "calibd serve: %s\n", cal_error_msg(&err));
 		cal_error_clear(&err);

@@ -4,6 +4,9 @@
  * state dir and the fake worker (fake_worker.c).
  */
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -602,6 +605,113 @@ Test(api, client_exit_codes)
 	hd_stop(&H, SIGTERM);
 	cr_expect_eq(hd_cli(&H, (const char *const[]){"status", "jx", NULL}), CAL_EXIT_UNREACHABLE,
 		     "daemon down → 7");
+}
+
+/* A one-request-at-a-time HTTP server on loopback, in a child: appends each
+ * request line to `log` and answers 503 for paths ending in /j503, else 200
+ * with a finished job.  Returns its pid; *port is its port. */
+static pid_t fake_http(const char *log, int *port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t al = sizeof(a);
+	cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(fd, 8) == 0);
+	getsockname(fd, (struct sockaddr *)&a, &al);
+	*port = ntohs(a.sin_port);
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid > 0) {
+		close(fd);
+		return pid;
+	}
+	for (;;) {
+		int c = accept(fd, NULL, NULL);
+		if (c < 0)
+			_exit(0);
+		char req[8192];
+		size_t n = 0;
+		while (n < sizeof(req) - 1) {
+			ssize_t r = read(c, req + n, sizeof(req) - 1 - n);
+			if (r <= 0)
+				break;
+			n += (size_t)r;
+			req[n] = '\0';
+			if (strstr(req, "\r\n\r\n"))
+				break;
+		}
+		req[n] = '\0';
+		size_t ll = strcspn(req, "\r\n");
+		FILE *f = fopen(log, "a");
+		if (f) {
+			fprintf(f, "%.*s\n", (int)ll, req);
+			fclose(f);
+		}
+		int bad = ll > 14 && !memcmp(req + ll - 14, "/j503 HTTP/1.1", 14);
+		const char *body = bad ? "{\"error\":{\"code\":\"internal\"}}" : "{\"id\":\"jok\",\"state\":\"succeeded\"}";
+		dprintf(c, "HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+			bad ? "503 Service Unavailable" : "200 OK", strlen(body), body);
+		close(c);
+	}
+}
+
+/* Runs calibd with args and, when proxy is set, http_proxy=proxy. */
+static int run_cli(const char *proxy, const char *const *args)
+{
+	const char *argv[16] = {getenv("CALIBD")};
+	size_t n = 1;
+	for (size_t i = 0; args[i] && n < 15; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open("/dev/null", O_WRONLY);
+		dup2(fd, 1);
+		unsetenv("http_proxy");
+		unsetenv("HTTP_PROXY");
+		unsetenv("no_proxy");
+		unsetenv("NO_PROXY");
+		if (proxy)
+			setenv("http_proxy", proxy, 1);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	int st;
+	waitpid(pid, &st, 0);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The client commands (libcurl): a path prefix in --url, as behind an
+ * ingress; http_proxy; 5xx and an unreachable daemon exit 7; a URL of
+ * another scheme is a usage error. */
+Test(api, client_url_prefix_and_proxy)
+{
+	char log[256], url[128], proxy[64];
+	snprintf(log, sizeof(log), "%s/requests.log", H.root);
+	int port;
+	pid_t srv = fake_http(log, &port);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/calibd/", port);
+	cr_expect_eq(run_cli(NULL, (const char *const[]){"status", "--url", url, "jok", NULL}), 0);
+	cr_expect_eq(run_cli(NULL, (const char *const[]){"wait", "--url", url, "--interval", "0.1", "jok", NULL}), 0);
+	cr_expect_eq(run_cli(NULL, (const char *const[]){"status", "--url", url, "j503", NULL}), CAL_EXIT_UNREACHABLE,
+		     "5xx → 7");
+	snprintf(proxy, sizeof(proxy), "http://127.0.0.1:%d", port);
+	cr_expect_eq(run_cli(proxy, (const char *const[]){"status", "--url", "http://calibd.invalid:9/pre", "jok", NULL}),
+		     0, "through http_proxy");
+	cr_expect_eq(run_cli(NULL, (const char *const[]){"status", "--url", "ftp://127.0.0.1/", "jok", NULL}),
+		     CAL_EXIT_USAGE);
+	kill(srv, SIGKILL);
+	waitpid(srv, NULL, 0);
+	cr_expect_eq(run_cli(NULL, (const char *const[]){"status", "--url", url, "jok", NULL}), CAL_EXIT_UNREACHABLE,
+		     "nothing listening → 7");
+	FILE *f = fopen(log, "r");
+	cr_assert(f);
+	char text[4096];
+	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	text[n] = '\0';
+	fclose(f);
+	cr_expect(strstr(text, "GET /calibd/v1/jobs/jok HTTP/1.1\n"), "prefix not kept: %s", text);
+	cr_expect(strstr(text, "GET /calibd/v1/jobs/j503 HTTP/1.1\n"), "%s", text);
+	cr_expect(strstr(text, "GET http://calibd.invalid:9/pre/v1/jobs/jok HTTP/1.1\n"), "proxy not used: %s", text);
 }
 
 /* ---- recipes and plans ----------------------------------------------- */

@@ -632,6 +632,33 @@ Test(units, dockerfile)
 	free(ign);
 }
 
+/* Exit codes are the same everywhere: a bad flag is a usage error (2) in
+ * every subcommand, serve included, and so is an unknown command. */
+Test(units, usage_error_is_2_everywhere)
+{
+	static const char *const cmds[] = {
+#define CAL_CMD(name, desc) #name,
+#include "daemon/commands.def"
+#undef CAL_CMD
+	};
+	const char *calibd = getenv("CALIBD");
+	cr_assert(calibd);
+	char cmd[1024];
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(*cmds); i++) {
+		snprintf(cmd, sizeof(cmd), "'%s' %s --no-such-flag </dev/null >/dev/null 2>&1", calibd, cmds[i]);
+		int st = system(cmd);
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 2, "calibd %s --no-such-flag: exit %d, expected 2", cmds[i],
+			  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	}
+	static const char *const more[] = {"serve --port notaport", "serve --config", "nosuchcommand", "status --url"};
+	for (size_t i = 0; i < sizeof(more) / sizeof(*more); i++) {
+		snprintf(cmd, sizeof(cmd), "'%s' %s </dev/null >/dev/null 2>&1", calibd, more[i]);
+		int st = system(cmd);
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 2, "calibd %s: exit %d, expected 2", more[i],
+			  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	}
+}
+
 /* RELIABILITY B10 / D2: no MHD_PostProcessor, and the calibd binary (the
  * supervisor) links no CUDA/NCCL library nor symbol: the CUDA back end is
  * the dlopen()ed module libcalibd-cuda.so (kernels/meson.build). */
