@@ -205,8 +205,9 @@ int cal_cmd_serve(int argc, char **argv)
 		free(dup1);
 		free(dup2);
 	}
-	cal_log(CAL_LOG_INFO, "listening", "address", cfg->listen, "port", port, "state_dir", cfg->state_dir,
-		"auth", cfg->n_tokens ? "bearer" : "none", NULL);
+	cal_logj(CAL_LOG_INFO, "listening",
+		 json_pack("{s:s, s:i, s:s, s:s}", "address", cfg->listen, "port", (int)cal_http_port(ctx.http),
+			   "state_dir", cfg->state_dir, "auth", cfg->n_tokens ? "bearer" : "none"));
 	cal_notify("READY=1\nSTATUS=serving");
 	struct cal_supervisor_hooks hooks = {reload, stop_accepting, &ctx};
 	cal_supervisor_run(&d, sigfd, &hooks);

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -714,6 +715,70 @@ Test(api, client_url_prefix_and_proxy)
 	cr_expect(strstr(text, "GET http://calibd.invalid:9/pre/v1/jobs/jok HTTP/1.1\n"), "proxy not used: %s", text);
 }
 
+/* The line of the daemon's JSON log with event `event` (and, when route is
+ * set, that route), new reference or NULL. */
+static json_t *log_line(const char *event, const char *route)
+{
+	FILE *f = fopen(H.log, "r");
+	cr_assert(f);
+	char line[8192];
+	json_t *found = NULL;
+	while (!found && fgets(line, sizeof(line), f)) {
+		json_t *j = json_loads(line, 0, NULL);
+		const char *e = json_string_value(json_object_get(j, "event"));
+		const char *rt = json_string_value(json_object_get(j, "route"));
+		if (e && !strcmp(e, event) && (!route || (rt && !strcmp(rt, route))))
+			found = json_incref(j);
+		json_decref(j);
+	}
+	fclose(f);
+	return found;
+}
+
+/* Metrics an operator expects (a tokens counter, process start time, build
+ * info, a latency histogram per route) and JSON logs whose numbers are
+ * numbers, with one access line per request. */
+Test(api, metrics_and_logs)
+{
+	cr_assert_eq(hd_start(&H, (const char *const[]){"--log-format", "json", NULL}), 0);
+	cr_assert(hd_submit(&H, "fake-ok", "m1", NULL));
+	json_t *j = hd_wait(&H, H.last_id, "succeeded", 20);
+	cr_assert(j);
+	json_decref(j);
+	struct cal_client_resp r;
+	cr_assert_eq(hd_req(&H, "GET", "/metrics", NULL, NULL, &r), 200);
+	cr_expect(!strstr(r.body, "calibd_tokens_per_second"), "a precomputed rate gauge");
+	static const char tk[] = "\ncalibd_calibration_tokens_total ", st[] = "\nprocess_start_time_seconds ";
+	const char *t = strstr(r.body, tk);
+	cr_expect(t && strtoull(t + strlen(tk), NULL, 10) == 300, "tokens counter (3 layers x 100): %s", r.body);
+	const char *ps = strstr(r.body, st);
+	double now = (double)time(NULL);
+	cr_expect(ps && fabs(strtod(ps + strlen(st), NULL) - now) < 120, "process_start_time_seconds");
+	cr_expect(strstr(r.body, "\ncalibd_build_info{version=\"" CAL_VERSION "\",cuda=\""), "build info");
+	cr_expect(strstr(r.body, "\ncalibd_http_request_duration_seconds_bucket{method=\"POST\",route=\"/v1/jobs\","
+				 "le=\"+Inf\"} 1\n"), "latency histogram: %s", r.body);
+	cr_expect(strstr(r.body, "\ncalibd_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/jobs/{id}\"} "),
+		  "per route");
+	cal_client_resp_free(&r);
+	nap(0.2);
+	json_t *a = log_line("http_request", "/v1/jobs");
+	cr_assert(a, "no access log line for POST /v1/jobs (%s)", H.log);
+	cr_expect_str_eq(json_string_value(json_object_get(a, "method")), "POST");
+	cr_expect(json_is_integer(json_object_get(a, "status")) && json_integer_value(json_object_get(a, "status")) == 202);
+	cr_expect(json_is_number(json_object_get(a, "duration_ms")));
+	cr_expect_str_eq(json_string_value(json_object_get(a, "client")), "127.0.0.1");
+	json_decref(a);
+	json_t *l = log_line("listening", NULL);
+	cr_expect(l && json_is_integer(json_object_get(l, "port")), "port logged as a number");
+	json_decref(l);
+	l = log_line("job_started", NULL);
+	cr_expect(l && json_is_integer(json_object_get(l, "pid")), "pid logged as a number");
+	json_decref(l);
+	l = log_line("job_finished", NULL);
+	cr_expect(l && json_is_number(json_object_get(l, "duration_s")));
+	json_decref(l);
+}
+
 /* ---- recipes and plans ----------------------------------------------- */
 
 static json_t *get_json(const char *method, const char *path, const char *hdrs, const char *body, int want)
@@ -1038,4 +1103,12 @@ Test(api, real_job_end_to_end)
 	int st = 0;
 	waitpid(pid, &st, 0);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "calibd verify %s: status %d", out, st);
+	/* the job log says what the job did, not one line */
+	snprintf(path, sizeof(path), "/v1/jobs/%s/log", id);
+	cr_assert_eq(hd_req(&H, "GET", path, NULL, NULL, &r), 200);
+	cr_expect(strstr(r.body, " job_start ") && strstr(r.body, " model="), "job log: %s", r.body);
+	cr_expect(strstr(r.body, " phase phase=calibrate "), "job log: %s", r.body);
+	cr_expect(strstr(r.body, " layer_done ") && strstr(r.body, " tokens_per_s="), "job log: %s", r.body);
+	cr_expect(strstr(r.body, " job_done ") && strstr(r.body, " bytes="), "job log: %s", r.body);
+	cal_client_resp_free(&r);
 }
