@@ -792,6 +792,52 @@ static json_t *get_json(const char *method, const char *path, const char *hdrs, 
 	return j;
 }
 
+/* Jobs name calibration data by catalog name, "cnn_dailymail:4" as hf_ptq
+ * users do; unknown names are refused naming the known ones. */
+Test(api, dataset_catalog)
+{
+	char cat[300], out_of_roots[300];
+	snprintf(cat, sizeof(cat), "cnn_dailymail=%s/d.jsonl", H.data);
+	snprintf(out_of_roots, sizeof(out_of_roots), "elsewhere=%s/m/config.json", H.models);
+	cr_assert_eq(hd_start(&H, (const char *const[]){"--dataset", cat, "--dataset", out_of_roots, NULL}), 0);
+	char body[1024];
+	snprintf(body, sizeof(body),
+		 "{\"name\":\"fake-ok\",\"model\":\"%s/m\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"datasets\":"
+		 "[\"cnn_dailymail:4\"],\"seq_len\":16},\"output\":\"%s/cat\",\"devices\":\"cpu\"}",
+		 H.models, H.out);
+	json_t *job = get_json("POST", "/v1/jobs", JSON, body, 202);
+	json_t *d0 = json_array_get(json_object_get(json_object_get(json_object_get(job, "spec"), "calibration"),
+						   "datasets"), 0);
+	char want[300];
+	snprintf(want, sizeof(want), "%s/d.jsonl", H.data);
+	char *real = realpath(want, NULL);
+	cr_expect(d0 && real && !strcmp(json_string_value(json_object_get(d0, "path")), real), "spec: %s",
+		  d0 ? json_string_value(json_object_get(d0, "path")) : "(no datasets)");
+	cr_expect_eq(json_integer_value(json_object_get(d0, "samples")), 4);
+	free(real);
+	json_decref(job);
+	snprintf(body, sizeof(body),
+		 "{\"name\":\"fake-ok\",\"model\":\"%s/m\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"datasets\":"
+		 "[\"wikitext:4\"]},\"output\":\"%s/cat2\",\"devices\":\"cpu\"}",
+		 H.models, H.out);
+	job = get_json("POST", "/v1/jobs", JSON, body, 400);
+	const char *msg = json_string_value(json_object_get(json_object_get(job, "error"), "message"));
+	cr_expect(msg && strstr(msg, "no dataset 'wikitext'") && strstr(msg, "cnn_dailymail") &&
+			  strstr(msg, "elsewhere"), "%s", msg ? msg : "(no message)");
+	cr_expect_str_eq(json_string_value(json_object_get(json_object_get(job, "error"), "field")),
+			 "calibration.datasets[0]");
+	json_decref(job);
+	/* the catalog does not widen the data roots */
+	snprintf(body, sizeof(body),
+		 "{\"name\":\"fake-ok\",\"model\":\"%s/m\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"datasets\":"
+		 "[\"elsewhere\"]},\"output\":\"%s/cat3\",\"devices\":\"cpu\"}",
+		 H.models, H.out);
+	job = get_json("POST", "/v1/jobs", JSON, body, 403);
+	cr_expect_str_eq(json_string_value(json_object_get(json_object_get(job, "error"), "code")),
+			 "path_outside_roots");
+	json_decref(job);
+}
+
 Test(api, recipes_and_plan)
 {
 	cr_assert_eq(hd_start(&H, NULL), 0);

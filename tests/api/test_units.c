@@ -220,6 +220,68 @@ Test(units, config_errors_name_the_key)
 	cal_error_clear(&err);
 }
 
+/* The dataset catalog: a `datasets:` map in the file, --dataset NAME=PATH
+ * flags, names and paths checked; the CLI's expansion of --calib lists. */
+Test(units, dataset_catalog)
+{
+	struct cal_error err = {0};
+	char path[] = "/tmp/calibd-cat-XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	const char *yaml = "port: 9000\ndatasets:\n  cnn_dailymail: /data/cnn.jsonl\n  pile-10k: /data/pile.jsonl\n"
+			   "max_queue: 3\n";
+	cr_assert_eq(write(fd, yaml, strlen(yaml)), (ssize_t)strlen(yaml));
+	close(fd);
+	struct cal_config *c = NULL;
+	cr_assert_eq(cal_config_load(path, 0, NULL, 1, &c, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_eq(c->n_datasets, 2);
+	cr_expect_eq(c->max_queue, 3, "keys after the map are read");
+	const char *p = NULL;
+	long n = -1;
+	char msg[512];
+	cr_expect_eq(cal_dataset_resolve(c->datasets, c->n_datasets, "cnn_dailymail:256", &p, &n, msg, sizeof(msg)), 0);
+	cr_expect_str_eq(p, "/data/cnn.jsonl");
+	cr_expect_eq(n, 256);
+	cr_expect_eq(cal_dataset_resolve(c->datasets, c->n_datasets, "pile-10k", &p, &n, msg, sizeof(msg)), 0);
+	cr_expect_eq(n, 0);
+	cr_expect_eq(cal_dataset_resolve(c->datasets, c->n_datasets, "cnn", &p, &n, msg, sizeof(msg)), -1,
+		     "a prefix is not a name");
+	cr_expect(strstr(msg, "no dataset 'cnn'") && strstr(msg, "known: cnn_dailymail, pile-10k"), "%s", msg);
+	cr_expect_eq(cal_dataset_resolve(c->datasets, c->n_datasets, "cnn_dailymail:0", &p, &n, msg, sizeof(msg)), -1);
+	cr_expect_eq(cal_dataset_resolve(NULL, 0, "x", &p, &n, msg, sizeof(msg)), -1);
+	cr_expect(strstr(msg, "empty"), "%s", msg);
+	cal_config_unref(c);
+
+	/* the CLI: names replaced, files and paths kept, unknown names refused */
+	char *out = NULL;
+	cr_assert_eq(cal_config_expand_calib("cnn_dailymail:8,/x/y.jsonl:2,pile-10k", path, &out, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	cr_expect_str_eq(out, "/data/cnn.jsonl:8,/x/y.jsonl:2,/data/pile.jsonl");
+	free(out);
+	cr_expect_eq(cal_config_expand_calib("wikitext:8", path, &out, &err), CAL_ERR_NOTFOUND);
+	cr_expect(strstr(cal_error_msg(&err), "wikitext") && strstr(cal_error_msg(&err), "cnn_dailymail"), "%s",
+		  cal_error_msg(&err));
+	cal_error_clear(&err);
+	unsetenv("CALIBD_DATASETS_FILE");
+	cr_assert_eq(cal_config_expand_calib("wikitext:8", NULL, &out, &err), CAL_OK, "no catalog: unchanged");
+	cr_expect_str_eq(out, "wikitext:8");
+	free(out);
+	unlink(path);
+
+	const char *flags[] = {"--dataset", "a=/d/a.jsonl", "--dataset", "b=/d/b.jsonl"};
+	cr_expect_eq(load_cfg("datasets: {x: /d/x}\n", flags, 4, &err), CAL_OK, "%s", cal_error_msg(&err));
+	static const char *const bad[] = {"datasets: {'a b': /x}\n", "datasets: {a: relative/x}\n",
+					  "datasets: {a: /x, a: /y}\n", "datasets: [/x]\n", "datasets: {a: {b: /x}}\n"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		cr_expect_neq(load_cfg(bad[i], NULL, 0, &err), CAL_OK, "%s", bad[i]);
+		cr_expect(strstr(cal_error_msg(&err), "datasets"), "%s: %s", bad[i], cal_error_msg(&err));
+		cal_error_clear(&err);
+	}
+	const char *badflag[] = {"--dataset", "noequals"};
+	cr_expect_neq(cal_config_check_flags(2, (char **)badflag, &err), CAL_OK, "a usage error");
+	cal_error_clear(&err);
+}
+
 /* ---- YAML helpers (document API; test inputs are our own files) ---- */
 
 static yaml_node_t *ynode(yaml_document_t *d, yaml_node_t *n, const char *path)
