@@ -241,16 +241,10 @@ int cal_cmd_calibrate(int argc, char **argv)
 	}
 
 	struct cal_error err = {0};
-	char *calib = NULL;
-	if (src.calib) {
-		enum cal_status xs = cal_config_expand_calib(src.calib, dsfile, &calib, &err);
-		if (xs) {
-			fprintf(stderr, "calibd calibrate: %s\n", cal_error_msg(&err));
-			cal_error_clear(&err);
-			return cal_exit_from_status(xs);
-		}
-		src.calib = calib;
-	}
+	char *calib;
+	enum cal_status xs = cal_config_calib_arg("calibrate", &src.calib, dsfile, &calib);
+	if (xs)
+		return cal_exit_from_status(xs);
 	struct cal_model_desc *d = NULL;
 	struct cal_recipe *r = NULL;
 	struct cal_plan *p = NULL;

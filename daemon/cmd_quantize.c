@@ -314,17 +314,10 @@ int cal_cmd_quantize(int argc, char **argv)
 		return CAL_EXIT_USAGE;
 	}
 
-	struct cal_error err = {0};
-	char *calib = NULL;
-	if (o.calib) {
-		enum cal_status xs = cal_config_expand_calib(o.calib, datasets_file, &calib, &err);
-		if (xs) {
-			fprintf(stderr, "calibd quantize: %s\n", cal_error_msg(&err));
-			cal_error_clear(&err);
-			return cal_exit_from_status(xs);
-		}
-		o.calib = calib;
-	}
+	char *calib;
+	enum cal_status xs = cal_config_calib_arg("quantize", &o.calib, datasets_file, &calib);
+	if (xs)
+		return cal_exit_from_status(xs);
 
 	struct sigaction sa = {.sa_handler = on_signal};
 	struct sigaction old_int, old_term;
@@ -334,6 +327,7 @@ int cal_cmd_quantize(int argc, char **argv)
 	if (pr.fd >= 0)
 		signal(SIGPIPE, SIG_IGN);
 
+	struct cal_error err = {0};
 	char *report = NULL;
 	enum cal_status st = cal_quantize_run(&o, on_progress, &pr, &report, &err);
 	if (pr.bar_open)

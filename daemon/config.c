@@ -438,6 +438,21 @@ fail:
 	return st;
 }
 
+enum cal_status cal_config_calib_arg(const char *cmd, const char **calib, const char *datasets_file, char **owned)
+{
+	*owned = NULL;
+	if (!*calib)
+		return CAL_OK;
+	struct cal_error err = {0};
+	enum cal_status st = cal_config_expand_calib(*calib, datasets_file, owned, &err);
+	if (st)
+		fprintf(stderr, "calibd %s: %s\n", cmd, cal_error_msg(&err));
+	else
+		*calib = *owned;
+	cal_error_clear(&err);
+	return st;
+}
+
 enum cal_status cal_config_read_datasets(const char *path, char ***ret, size_t *n, struct cal_error *err)
 {
 	*ret = NULL;

@@ -64,6 +64,10 @@ enum cal_status cal_config_read_datasets(const char *path, char ***ret, size_t *
 enum cal_status cal_config_expand_calib(const char *calib, const char *datasets_file, char **ret,
 				       struct cal_error *err);
 
+/* The CLI's use of it: *calib (when set) becomes the expanded list, owned
+ * by *owned (free it); an error is printed as "calibd CMD: ...". */
+enum cal_status cal_config_calib_arg(const char *cmd, const char **calib, const char *datasets_file, char **owned);
+
 /* Checks the flags alone (names, values' syntax and ranges): a failure is
  * a usage error (exit 2), before any file is read. */
 enum cal_status cal_config_check_flags(int argc, char **argv, struct cal_error *err);

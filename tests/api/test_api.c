@@ -663,22 +663,7 @@ static int run_cli(const char *proxy, const char *const *args)
 	for (size_t i = 0; args[i] && n < 15; i++)
 		argv[n++] = args[i];
 	argv[n] = NULL;
-	pid_t pid = fork();
-	if (pid == 0) {
-		int fd = open("/dev/null", O_WRONLY);
-		dup2(fd, 1);
-		unsetenv("http_proxy");
-		unsetenv("HTTP_PROXY");
-		unsetenv("no_proxy");
-		unsetenv("NO_PROXY");
-		if (proxy)
-			setenv("http_proxy", proxy, 1);
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	int st;
-	waitpid(pid, &st, 0);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	return hd_exec(argv, proxy);
 }
 
 /* The client commands (libcurl): a path prefix in --url, as behind an
@@ -792,6 +777,18 @@ static json_t *get_json(const char *method, const char *path, const char *hdrs, 
 	return j;
 }
 
+/* Submits a job whose only calibration dataset is `entry`, expecting HTTP
+ * status want; returns the reply. */
+static json_t *submit_dataset(const char *entry, const char *out, int want)
+{
+	char body[1024];
+	snprintf(body, sizeof(body),
+		 "{\"name\":\"fake-ok\",\"model\":\"%s/m\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"datasets\":"
+		 "[\"%s\"],\"seq_len\":16},\"output\":\"%s/%s\",\"devices\":\"cpu\"}",
+		 H.models, entry, H.out, out);
+	return get_json("POST", "/v1/jobs", JSON, body, want);
+}
+
 /* Jobs name calibration data by catalog name, "cnn_dailymail:4" as hf_ptq
  * users do; unknown names are refused naming the known ones. */
 Test(api, dataset_catalog)
@@ -800,12 +797,7 @@ Test(api, dataset_catalog)
 	snprintf(cat, sizeof(cat), "cnn_dailymail=%s/d.jsonl", H.data);
 	snprintf(out_of_roots, sizeof(out_of_roots), "elsewhere=%s/m/config.json", H.models);
 	cr_assert_eq(hd_start(&H, (const char *const[]){"--dataset", cat, "--dataset", out_of_roots, NULL}), 0);
-	char body[1024];
-	snprintf(body, sizeof(body),
-		 "{\"name\":\"fake-ok\",\"model\":\"%s/m\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"datasets\":"
-		 "[\"cnn_dailymail:4\"],\"seq_len\":16},\"output\":\"%s/cat\",\"devices\":\"cpu\"}",
-		 H.models, H.out);
-	json_t *job = get_json("POST", "/v1/jobs", JSON, body, 202);
+	json_t *job = submit_dataset("cnn_dailymail:4", "cat", 202);
 	json_t *d0 = json_array_get(json_object_get(json_object_get(json_object_get(job, "spec"), "calibration"),
 						   "datasets"), 0);
 	char want[300];
@@ -816,11 +808,7 @@ Test(api, dataset_catalog)
 	cr_expect_eq(json_integer_value(json_object_get(d0, "samples")), 4);
 	free(real);
 	json_decref(job);
-	snprintf(body, sizeof(body),
-		 "{\"name\":\"fake-ok\",\"model\":\"%s/m\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"datasets\":"
-		 "[\"wikitext:4\"]},\"output\":\"%s/cat2\",\"devices\":\"cpu\"}",
-		 H.models, H.out);
-	job = get_json("POST", "/v1/jobs", JSON, body, 400);
+	job = submit_dataset("wikitext:4", "cat2", 400);
 	const char *msg = json_string_value(json_object_get(json_object_get(job, "error"), "message"));
 	cr_expect(msg && strstr(msg, "no dataset 'wikitext'") && strstr(msg, "cnn_dailymail") &&
 			  strstr(msg, "elsewhere"), "%s", msg ? msg : "(no message)");
@@ -828,11 +816,7 @@ Test(api, dataset_catalog)
 			 "calibration.datasets[0]");
 	json_decref(job);
 	/* the catalog does not widen the data roots */
-	snprintf(body, sizeof(body),
-		 "{\"name\":\"fake-ok\",\"model\":\"%s/m\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"datasets\":"
-		 "[\"elsewhere\"]},\"output\":\"%s/cat3\",\"devices\":\"cpu\"}",
-		 H.models, H.out);
-	job = get_json("POST", "/v1/jobs", JSON, body, 403);
+	job = submit_dataset("elsewhere", "cat3", 403);
 	cr_expect_str_eq(json_string_value(json_object_get(json_object_get(job, "error"), "code")),
 			 "path_outside_roots");
 	json_decref(job);
