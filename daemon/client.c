@@ -24,58 +24,42 @@ static void curl_init(void)
 }
 
 /* What the callbacks fill: the header block of the last response (a
- * proxy's CONNECT reply or a 100 Continue comes first) and the body. */
+ * proxy's CONNECT reply or a 100 Continue comes first: only the lines after
+ * the last status line count) and the body, in memory streams. */
 struct sink {
+	FILE *hf, *bf;
 	char *hdr, *body;
-	size_t hlen, hcap, blen, bcap;
+	size_t hlen, blen;
+	long hstart;      /* offset of the last response's first header line */
+	size_t received;  /* body bytes */
 	int too_big;
 };
-
-static int append(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
-{
-	if (*len + n + 1 > *cap) {
-		size_t nc = *cap ? *cap : 4096;
-		while (nc < *len + n + 1)
-			nc *= 2;
-		char *nb = realloc(*buf, nc);
-		if (!nb)
-			return -1;
-		*buf = nb;
-		*cap = nc;
-	}
-	memcpy(*buf + *len, p, n);
-	*len += n;
-	(*buf)[*len] = '\0';
-	return 0;
-}
 
 static size_t on_header(char *p, size_t size, size_t n, void *arg)
 {
 	struct sink *s = arg;
 	size_t len = size * n;
 	if (len >= 5 && !strncmp(p, "HTTP/", 5)) {
-		/* a new response: only the last one's headers count */
-		free(s->hdr);
-		s->hdr = NULL;
-		s->hlen = s->hcap = 0;
-		return len;
+		s->hstart = ftell(s->hf);
+		return s->hstart < 0 ? 0 : len;
 	}
 	if (len <= 2 && (p[0] == '\r' || p[0] == '\n'))
 		return len;
-	if (s->hlen + len > CAL_CLIENT_MAX_HEADERS)
+	if ((unsigned long)ftell(s->hf) + len > CAL_CLIENT_MAX_HEADERS)
 		return 0;
-	return append(&s->hdr, &s->hlen, &s->hcap, p, len) ? 0 : len;
+	return fwrite(p, 1, len, s->hf);
 }
 
 static size_t on_body(char *p, size_t size, size_t n, void *arg)
 {
 	struct sink *s = arg;
 	size_t len = size * n;
-	if (s->blen + len > CAL_CLIENT_MAX_RESPONSE) {
+	if (s->received + len > CAL_CLIENT_MAX_RESPONSE) {
 		s->too_big = 1;
 		return 0;
 	}
-	return append(&s->body, &s->blen, &s->bcap, p, len) ? 0 : len;
+	s->received += len;
+	return fwrite(p, 1, len, s->bf);
 }
 
 char *cal_client_header(const struct cal_client_resp *r, const char *name)
@@ -111,7 +95,9 @@ enum cal_status cal_client_fetch(const char *base_url, const struct cal_client_o
 	size_t bl = strlen(base_url);
 	while (bl > 0 && base_url[bl - 1] == '/')
 		bl--;
-	if (!c || asprintf(&url, "%.*s%s", (int)bl, base_url, path) < 0) {
+	sink.hf = open_memstream(&sink.hdr, &sink.hlen);
+	sink.bf = open_memstream(&sink.body, &sink.blen);
+	if (!c || !sink.hf || !sink.bf || asprintf(&url, "%.*s%s", (int)bl, base_url, path) < 0) {
 		url = NULL;
 		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 		goto out;
@@ -190,16 +176,27 @@ enum cal_status cal_client_fetch(const char *base_url, const struct cal_client_o
 	}
 	long code = 0;
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+	int bad = fclose(sink.hf) != 0;
+	bad |= fclose(sink.bf) != 0;
+	sink.hf = sink.bf = NULL;
+	if (bad || !sink.hdr || !sink.body) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto out;
+	}
 	ret->status = (int)code;
-	ret->headers = sink.hdr ? sink.hdr : strdup("");
-	ret->body = sink.body ? sink.body : strdup("");
+	ret->headers = strdup(sink.hdr + sink.hstart);
+	ret->body = sink.body;
 	ret->len = sink.blen;
-	sink.hdr = sink.body = NULL;
-	if (!ret->headers || !ret->body)
+	sink.body = NULL;
+	if (!ret->headers)
 		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 out:
 	if (st)
 		cal_client_resp_free(ret);
+	if (sink.hf)
+		fclose(sink.hf);
+	if (sink.bf)
+		fclose(sink.bf);
 	curl_slist_free_all(hl);
 	if (c)
 		curl_easy_cleanup(c);
