@@ -414,7 +414,7 @@ enum cal_status cal_config_expand_calib(const char *calib, const char *datasets_
 		if (nl > 0 && strspn(e, CAL_DATASET_NAME_CHARS) == nl && access(e, F_OK) != 0) {
 			if (cal_dataset_resolve(cat, ncat, e, &path, &n, msg, sizeof(msg))) {
 				fclose(f);
-				st = cal_error_set(err, CAL_ERR_NOTFOUND, "--calib %s (catalog %s)", msg, datasets_file);
+				st = cal_error_set(err, CAL_ERR_NOTFOUND, "--calib: %s (catalog %s)", msg, datasets_file);
 				goto fail;
 			}
 			fprintf(f, "%s%s", first ? "" : ",", path);

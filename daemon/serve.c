@@ -44,7 +44,7 @@ static void serve_usage(FILE *f)
 		   "  --recipes-dir DIR  --devices auto|none|0,1,..  --max-jobs N  --max-queue N\n"
 		   "  --progress-timeout S  --kill-grace S  --shutdown-grace S  --job-timeout S\n"
 		   "  --resume-on-restart  --worker-command PATH (repeat for arguments)\n"
-		   "  --token-file FILE  --auth-read  --log-format text|json\n"
+		   "  --token-file FILE  --auth-read  --log-format text|json  --dataset NAME=PATH (repeatable)\n"
 		   "  --max-connections N  --per-ip-connections N  --connection-timeout S  --retry-after S\n"
 		   "--check validates the configuration and exits (0 valid, 3 invalid).\n");
 }
