@@ -4,6 +4,7 @@
 #include "jobspec.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 
 #include "api/sha256.h"
 #include "daemon/fsutil.h"
+#include "engine/st/st_writer.h"
 
 static int depth_ok(const json_t *v, int depth)
 {
@@ -178,6 +180,44 @@ static enum cal_api_err get_path(const json_t *v, const char *field, char *const
 	enum cal_status st = cal_path_confine(s, roots, nroots, must_exist, ret, &e);
 	if (st)
 		return path_problem(st, field, s, &e, prob);
+	return CAL_API_OK;
+}
+
+/*
+ * The names the output becomes while the job runs must fit the file system's
+ * limits, or the job would be accepted and fail hours later with "File name
+ * too long": the temporary sibling `.NAME.tmp-<job id>-XXXXXX` (st_writer.h)
+ * within NAME_MAX, and the longest path the writer creates in it (or in the
+ * published directory) within PATH_MAX.  real is the resolved output.
+ */
+static enum cal_api_err output_names_fit(const char *real, struct cal_api_problem *prob)
+{
+	const char *slash = strrchr(real, '/');
+	size_t base = strlen(slash + 1), parent = (size_t)(slash - real);
+	size_t tmp_name = base + CAL_ST_TMP_NAME_EXTRA;
+	size_t longest = parent + 1 + tmp_name + 1 + CAL_ST_FILE_NAME_MAX;
+	if (tmp_name > NAME_MAX)
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "output",
+					   "output: the last path component is %zu bytes, at most %d are allowed (its "
+					   "temporary name while the job runs adds %d bytes and must fit NAME_MAX %d)",
+					   base, NAME_MAX - CAL_ST_TMP_NAME_EXTRA, CAL_ST_TMP_NAME_EXTRA, NAME_MAX);
+	if (longest >= PATH_MAX)
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "output",
+					   "output: the resolved path is %zu bytes, at most %d are allowed (the files "
+					   "written in its temporary directory must fit PATH_MAX %d)", strlen(real),
+					   PATH_MAX - 2 - CAL_ST_TMP_NAME_EXTRA - CAL_ST_FILE_NAME_MAX, PATH_MAX);
+	return CAL_API_OK;
+}
+
+/* The worker opens files of the model directory that the submit does not
+ * (the index, shards, tokenizer files): their paths must fit PATH_MAX too. */
+static enum cal_api_err model_names_fit(const char *real, struct cal_api_problem *prob)
+{
+	if (strlen(real) + 1 + CAL_ST_FILE_NAME_MAX >= PATH_MAX)
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "model",
+					   "model: the resolved path is %zu bytes, at most %d are allowed (the files "
+					   "the job reads in it must fit PATH_MAX %d)", strlen(real),
+					   PATH_MAX - 2 - CAL_ST_FILE_NAME_MAX, PATH_MAX);
 	return CAL_API_OK;
 }
 
@@ -557,12 +597,13 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 	if ((ae = cal_jobspec_recipe(req, out, prob)) || (ae = validate_devices(req, env, out, prob)) ||
 	    (ae = validate_options(req, out, prob)))
 		goto fail;
-	if ((ae = cal_jobspec_model(req, env, &model, prob)))
+	if ((ae = cal_jobspec_model(req, env, &model, prob)) || (ae = model_names_fit(model, prob)))
 		goto fail;
 	if ((ae = validate_calibration(json_object_get(req, "calibration"), env, out, prob)))
 		goto fail;
 	if ((ae = get_path(json_object_get(req, "output"), "output", env->output_roots, env->n_output_roots, 0,
-			   &output, prob)))
+			   &output, prob)) ||
+	    (ae = output_names_fit(output, prob)))
 		goto fail;
 	if (cal_path_under(output, model) || cal_path_under(model, output)) {
 		ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "output",

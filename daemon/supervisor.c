@@ -65,6 +65,13 @@ static int spawn_worker(struct cal_daemon *d, struct cal_config *cfg, struct cal
 		e_dir = NULL;
 		goto out;
 	}
+	/* a marker of an earlier run (resume_on_restart) must not speak for this one */
+	int mfd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (mfd >= 0) {
+		if (unlinkat(mfd, CAL_JOB_PUBLISH_FILE, 0) == 0)
+			fsync(mfd);
+		close(mfd);
+	}
 	argv = calloc(cfg->n_worker_command + 2, sizeof(char *));
 	while (environ[nenv])
 		nenv++;
@@ -402,7 +409,7 @@ static void read_pipe(struct cal_daemon *d, struct cal_job *j)
 
 /* ---- the end of a worker --------------------------------------------- */
 
-static void load_result_file(struct cal_job *j)
+void cal_job_load_report(struct cal_job *j)
 {
 	if (j->result)
 		return;
@@ -423,6 +430,12 @@ static void worker_ended(struct cal_daemon *d, struct cal_job *j, int status)
 	if (j->pipe_fd >= 0)
 		read_pipe(d, j); /* the last lines before the exit */
 	kill(-j->pid, SIGKILL); /* anything the worker left in its group */
+	/* a worker that died after its publish (killed in the finish phase, a
+	 * full state dir after the rename): the checkpoint is out, the job
+	 * succeeded; the record must say what the disk holds */
+	int published = cal_job_published(j);
+	/* what a worker killed mid-write left, gone before the job shows final */
+	cal_job_remove_temps(j);
 	char msg[160];
 	pthread_mutex_lock(&d->mu);
 	struct cal_config *cfg = d->cfg;
@@ -450,7 +463,7 @@ static void worker_ended(struct cal_daemon *d, struct cal_job *j, int status)
 		if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
 			to = CAL_JOB_SUCCEEDED;
 			cal_job_set_error(j, NULL, NULL);
-			load_result_file(j);
+			cal_job_load_report(j);
 		} else if (WIFEXITED(status)) {
 			if (!j->error_code) {
 				snprintf(msg, sizeof(msg), "the worker exited with status %d (see the job log)",
@@ -464,6 +477,11 @@ static void worker_ended(struct cal_daemon *d, struct cal_job *j, int status)
 			d->metrics.worker_crashes++;
 		}
 		break;
+	}
+	if (published && to != CAL_JOB_SUCCEEDED) {
+		to = CAL_JOB_SUCCEEDED;
+		cal_job_set_error(j, NULL, NULL);
+		cal_job_load_report(j);
 	}
 	j->pid = 0;
 	if (to == CAL_JOB_QUEUED) {

@@ -612,7 +612,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
 
-	struct cal_st_writer_opts wo = {opts->max_shard_bytes, 0};
+	struct cal_st_writer_opts wo = {.max_shard_bytes = opts->max_shard_bytes, .publish = opts->publish};
 	wo.reserve_bytes = side_bytes(opts->model_dir) + (1u << 20) + 512 * (uint64_t)ex->n_lin;
 	CAL_TRY(cal_st_writer_open(opts->out_dir, &wo, &ex->w, err));
 	CAL_TRY(declare_all(ex, err));

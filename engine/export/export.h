@@ -41,6 +41,8 @@
 #include "kernels/backend.h"
 #include "kernels/numfmt.h"
 
+struct cal_st_publish;
+
 struct cal_export_opts {
 	const char *model_dir;      /* source directory (side files); required */
 	const char *out_dir;        /* final directory; must not exist */
@@ -52,6 +54,8 @@ struct cal_export_opts {
 	/* fused-expert input amax per expert (stats names
 	 * "...experts.<proj>_input_quantizers.<e>") instead of the shared one */
 	int per_expert_input_amax;
+	/* temporary name tag and publish hooks (st_writer.h), or NULL */
+	const struct cal_st_publish *publish;
 };
 
 struct cal_exporter;
