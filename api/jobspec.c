@@ -123,11 +123,11 @@ static enum cal_api_err check_keys(const json_t *obj, const char *const *allowed
 static enum cal_api_err get_int(const json_t *obj, const char *key, const char *field, long long lo,
 				long long hi, long long def, long long *ret, struct cal_api_problem *prob)
 {
+	/* *ret is set on every path: callers may read it after an error */
+	*ret = def;
 	json_t *v = json_object_get(obj, key);
-	if (!v || json_is_null(v)) {
-		*ret = def;
+	if (!v || json_is_null(v))
 		return CAL_API_OK;
-	}
 	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
 		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
 					   "%s must be an integer in [%lld, %lld]", field, lo, hi);
@@ -281,10 +281,26 @@ static enum cal_api_err validate_calibration(const json_t *c, const struct cal_j
 					return ae;
 			} else if (!json_is_string(d)) {
 				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
-							   "%s must be a path or {\"path\", \"samples\"}", field);
+							   "%s must be a path, a catalog dataset or {\"path\", \"samples\"}",
+							   field);
+			}
+			json_t *named = NULL;
+			if (json_is_string(d) && json_string_value(d)[0] != '/') {
+				/* a name of the catalog, "cnn_dailymail:256" */
+				const char *cp;
+				long cn;
+				char msg[512];
+				if (cal_dataset_resolve(env->datasets, env->n_datasets, json_string_value(d), &cp, &cn, msg,
+							sizeof(msg)))
+					return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field, "%s: %s", field,
+								   msg);
+				path = named = json_string(cp);
+				n = cn;
 			}
 			char *real = NULL;
-			if ((ae = get_path(path, field, env->data_roots, env->n_data_roots, 1, &real, prob)))
+			ae = get_path(path, field, env->data_roots, env->n_data_roots, 1, &real, prob);
+			json_decref(named);
+			if (ae)
 				return ae;
 			struct stat sb;
 			if (stat(real, &sb) < 0 || !S_ISREG(sb.st_mode)) {
@@ -317,6 +333,39 @@ static enum cal_api_err validate_calibration(const json_t *c, const struct cal_j
 	json_object_set_new(cal, "seq_len", json_integer(seq_len));
 	json_object_set_new(cal, "seed", json_integer(seed));
 	return CAL_API_OK;
+}
+
+int cal_dataset_resolve(char *const *catalog, size_t n, const char *ref, const char **ret_path, long *ret_samples,
+			char *msg, size_t msg_len)
+{
+	*ret_path = NULL;
+	*ret_samples = 0;
+	size_t nl = strcspn(ref, ":");
+	if (ref[nl] == ':') {
+		char *end;
+		errno = 0;
+		long v = strtol(ref + nl + 1, &end, 10);
+		if (errno || end == ref + nl + 1 || *end || v < 1 || v > 1000000) {
+			snprintf(msg, msg_len, "'%.200s': the sample count after ':' must be an integer in [1, 1000000]",
+				 ref);
+			return -1;
+		}
+		*ret_samples = v;
+	}
+	for (size_t i = 0; nl > 0 && i < n; i++) {
+		if (!strncmp(catalog[i], ref, nl) && catalog[i][nl] == '=') {
+			*ret_path = catalog[i] + nl + 1;
+			return 0;
+		}
+	}
+	int w = snprintf(msg, msg_len, "no dataset '%.*s' in the catalog (%s", (int)(nl < 100 ? nl : 100), ref,
+			 n ? "known:" : "which is empty: the configuration's datasets: names them");
+	for (size_t i = 0; i < n && w > 0 && (size_t)w < msg_len; i++)
+		w += snprintf(msg + w, msg_len - (size_t)w, "%s %.*s", i ? "," : "", (int)strcspn(catalog[i], "="),
+			      catalog[i]);
+	if (w > 0 && (size_t)w < msg_len)
+		snprintf(msg + w, msg_len - (size_t)w, ")");
+	return -1;
 }
 
 /* A recipe name: '/'-separated segments of [A-Za-z0-9._-], none empty or

@@ -89,6 +89,8 @@ struct cal_metrics {
 	double duration_sum;
 	uint64_t duration_count;
 	uint64_t bytes_written;    /* from finished jobs' last progress */
+	uint64_t tokens;           /* tokens_done of finished jobs' last progress */
+	double started_wall;       /* epoch seconds of the start (set at the first render) */
 	uint64_t worker_crashes, progress_timeouts, state_write_errors;
 };
 

@@ -869,11 +869,8 @@ enum cal_status cal_jobs_load(struct cal_daemon *d, struct cal_error *err)
 		cal_job_persist(d, redo[i], NULL);
 	}
 	free(redo);
-	char buf[64];
-	snprintf(buf, sizeof(buf), "%zu", d->n_jobs);
-	char bad[32];
-	snprintf(bad, sizeof(bad), "%zu", d->corrupt_jobs);
-	cal_log(CAL_LOG_INFO, "jobs_loaded", "jobs", buf, "skipped", bad, NULL);
+	cal_logj(CAL_LOG_INFO, "jobs_loaded",
+		 json_pack("{s:I, s:I}", "jobs", (json_int_t)d->n_jobs, "skipped", (json_int_t)d->corrupt_jobs));
 	return st;
 }
 

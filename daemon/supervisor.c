@@ -291,10 +291,8 @@ static void schedule(struct cal_daemon *d)
 			cal_job_set_state(d, j, CAL_JOB_FAILED);
 		}
 		pthread_mutex_unlock(&d->mu);
-		char pidbuf[24];
-		snprintf(pidbuf, sizeof(pidbuf), "%d", (int)pid);
 		if (rc == 0)
-			cal_log(CAL_LOG_INFO, "job_started", "job", j->id, "pid", pidbuf, NULL);
+			cal_logj(CAL_LOG_INFO, "job_started", json_pack("{s:s, s:i}", "job", j->id, "pid", (int)pid));
 		else
 			cal_log(CAL_LOG_ERROR, "job_failed", "job", j->id, "reason", why, NULL);
 		free(why);
@@ -500,9 +498,11 @@ static void worker_ended(struct cal_daemon *d, struct cal_job *j, int status)
 	}
 	const char *code = j->error_code;
 	char *code_copy = code ? strdup(code) : NULL;
+	double ran = j->started_at > 0 && j->finished_at >= j->started_at ? j->finished_at - j->started_at : 0;
 	pthread_mutex_unlock(&d->mu);
-	cal_log(to == CAL_JOB_SUCCEEDED ? CAL_LOG_INFO : CAL_LOG_WARN, "job_finished", "job", j->id, "state",
-		cal_job_state_names[to], "reason", code_copy, NULL);
+	cal_logj(to == CAL_JOB_SUCCEEDED ? CAL_LOG_INFO : CAL_LOG_WARN, "job_finished",
+		 json_pack("{s:s, s:s, s:s?, s:f}", "job", j->id, "state", cal_job_state_names[to], "reason", code_copy,
+			   "duration_s", ran));
 	free(code_copy);
 	finish_persist(d, j);
 }

@@ -29,6 +29,7 @@
 #include "daemon.h"
 #include "engine/st/st_writer.h"
 #include "fsutil.h"
+#include "log.h"
 #include "worker.h"
 
 static volatile int cancel_flag;
@@ -39,9 +40,44 @@ static void on_term(int sig)
 	cancel_flag = 1;
 }
 
+/* The job log (stderr, JOB_DIR/log under the supervisor) says what the job
+ * does: a line when a phase starts and for every layer done, with the
+ * throughput and the bytes written so far. */
+struct wlog {
+	char phase[32];
+	json_int_t layer;
+	double t0;
+};
+static struct wlog wlog = {.layer = -2};
+
+static void log_progress(const char *json)
+{
+	json_t *p = json_loads(json, 0, NULL);
+	const char *phase = json_string_value(json_object_get(p, "phase"));
+	json_t *layer = json_object_get(p, "layer");
+	if (!phase || (!strcmp(phase, wlog.phase) && json_integer_value(layer) == wlog.layer)) {
+		json_decref(p);
+		return;
+	}
+	int new_phase = strcmp(phase, wlog.phase) != 0;
+	snprintf(wlog.phase, sizeof(wlog.phase), "%s", phase);
+	wlog.layer = json_integer_value(layer);
+	json_t *f = json_pack("{s:s, s:f}", "phase", phase, "elapsed_s", cal_now() - wlog.t0);
+	static const char *const keys[] = {"layer", "layers", "tokens_done", "tokens_total", "tokens_per_s",
+					   "bytes_written", "eta_s"};
+	for (size_t i = 0; f && i < CAL_ARRAY_LEN(keys); i++) {
+		json_t *v = json_object_get(p, keys[i]);
+		if (json_is_number(v))
+			json_object_set(f, keys[i], v);
+	}
+	cal_logj(CAL_LOG_INFO, new_phase ? "phase" : "layer_done", f);
+	json_decref(p);
+}
+
 static void emit(void *ctx, const char *json)
 {
 	int fd = *(int *)ctx;
+	log_progress(json);
 	size_t n = strlen(json);
 	char *line = malloc(n + 2);
 	if (!line)
@@ -170,7 +206,15 @@ int cal_cmd_worker(int argc, char **argv)
 	}
 	if (!st) {
 		pub.tmp_tag = json_string_value(json_object_get(doc, "id"));
-		fprintf(stderr, "calibd worker: job %s\n", pub.tmp_tag);
+		wlog.t0 = cal_now();
+		json_t *spec = json_object_get(doc, "spec"), *cal = json_object_get(spec, "calibration");
+		json_t *f = json_pack("{s:s?, s:s?, s:s?, s:s?, s:O?, s:O?, s:O?}", "job", pub.tmp_tag, "model",
+				      json_string_value(json_object_get(spec, "model")), "recipe",
+				      json_string_value(json_object_get(spec, "recipe")), "output",
+				      json_string_value(json_object_get(spec, "output")), "samples",
+				      json_object_get(cal, "samples"), "seq_len", json_object_get(cal, "seq_len"), "devices",
+				      json_object_get(spec, "devices"));
+		cal_logj(CAL_LOG_INFO, "job_start", f);
 		st = cal_worker_run_engine(json_object_get(doc, "spec"), emit, &fd, &cancel_flag, &pub, &report, &err);
 	}
 	if (st && pc.published) {
@@ -186,16 +230,26 @@ int cal_cmd_worker(int argc, char **argv)
 			fprintf(stderr, "calibd worker: published, but the report is not saved: %s\n",
 				cal_error_msg(&rerr));
 		cal_error_clear(&rerr);
+		json_t *c = json_object_get(rj, "calibration"), *files = json_object_get(rj, "files");
+		cal_logj(CAL_LOG_INFO, "job_done",
+			 json_pack("{s:O?, s:O?, s:O?, s:O?, s:o?, s:O?, s:O?}", "wall_s", json_object_get(rj, "wall_s"),
+				   "layers", json_object_get(rj, "layers"), "tokens", json_object_get(c, "tokens"), "bytes",
+				   json_object_get(rj, "bytes"), "files",
+				   files ? json_integer((json_int_t)json_array_size(files)) : NULL, "phases_s",
+				   json_object_get(rj, "phases_s"), "weight_sqnr_min_db",
+				   json_object_get(rj, "weight_sqnr_min_db")));
 		emit_json(fd, json_pack("{s:s, s:o}", "event", "result", "report", rj ? rj : json_object()));
 	}
 	int rc = CAL_EXIT_OK;
 	if (st) {
-		if (cancel_flag && st == CAL_ERR_INTERRUPTED)
-			fprintf(stderr, "calibd worker: cancelled\n");
-		fprintf(stderr, "calibd worker: %s\n", cal_error_msg(&err));
 		/* the API shows the message: without the recipe tree's path */
 		const char *rdir = json_string_value(json_object_get(json_object_get(doc, "spec"), "recipes_dir"));
 		char *msg = cal_str_scrub_dir(cal_error_msg(&err), rdir ? rdir : "");
+		cal_logj(CAL_LOG_ERROR, "job_failed",
+			 json_pack("{s:s, s:s, s:b, s:f, s:s}", "code", cal_status_code(st), "phase",
+				   wlog.phase[0] ? wlog.phase : "start", "cancelled", cancel_flag && st == CAL_ERR_INTERRUPTED,
+				   "elapsed_s", wlog.t0 > 0 ? cal_now() - wlog.t0 : 0.0, "message",
+				   msg ? msg : cal_error_msg(&err)));
 		emit_json(fd, json_pack("{s:s, s:s, s:s}", "event", "error", "code", cal_status_code(st), "message",
 					msg ? msg : cal_error_msg(&err)));
 		free(msg);

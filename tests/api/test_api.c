@@ -4,8 +4,12 @@
  * state dir and the fake worker (fake_worker.c).
  */
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <math.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -768,6 +772,162 @@ Test(api, client_exit_codes)
 		     "daemon down → 7");
 }
 
+/* A one-request-at-a-time HTTP server on loopback, in a child: appends each
+ * request line to `log` and answers 503 for paths ending in /j503, else 200
+ * with a finished job.  Returns its pid; *port is its port. */
+static pid_t fake_http(const char *log, int *port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t al = sizeof(a);
+	cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(fd, 8) == 0);
+	getsockname(fd, (struct sockaddr *)&a, &al);
+	*port = ntohs(a.sin_port);
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid > 0) {
+		close(fd);
+		return pid;
+	}
+	for (;;) {
+		int c = accept(fd, NULL, NULL);
+		if (c < 0)
+			_exit(0);
+		char req[8192];
+		size_t n = 0;
+		while (n < sizeof(req) - 1) {
+			ssize_t r = read(c, req + n, sizeof(req) - 1 - n);
+			if (r <= 0)
+				break;
+			n += (size_t)r;
+			req[n] = '\0';
+			if (strstr(req, "\r\n\r\n"))
+				break;
+		}
+		req[n] = '\0';
+		size_t ll = strcspn(req, "\r\n");
+		FILE *f = fopen(log, "a");
+		if (f) {
+			fprintf(f, "%.*s\n", (int)ll, req);
+			fclose(f);
+		}
+		int bad = ll > 14 && !memcmp(req + ll - 14, "/j503 HTTP/1.1", 14);
+		const char *body = bad ? "{\"error\":{\"code\":\"internal\"}}" : "{\"id\":\"jok\",\"state\":\"succeeded\"}";
+		dprintf(c, "HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+			bad ? "503 Service Unavailable" : "200 OK", strlen(body), body);
+		close(c);
+	}
+}
+
+/* Runs calibd with args and, when proxy is set, http_proxy=proxy. */
+static int run_cli(const char *proxy, const char *const *args)
+{
+	const char *argv[16] = {getenv("CALIBD")};
+	size_t n = 1;
+	for (size_t i = 0; args[i] && n < 15; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	return hd_exec(argv, proxy);
+}
+
+/* The client commands (libcurl): a path prefix in --url, as behind an
+ * ingress; http_proxy; 5xx and an unreachable daemon exit 7; a URL of
+ * another scheme is a usage error. */
+Test(api, client_url_prefix_and_proxy)
+{
+	char log[256], url[128], proxy[64];
+	snprintf(log, sizeof(log), "%s/requests.log", H.root);
+	int port;
+	pid_t srv = fake_http(log, &port);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/calibd/", port);
+	cr_expect_eq(run_cli(NULL, (const char *const[]){"status", "--url", url, "jok", NULL}), 0);
+	cr_expect_eq(run_cli(NULL, (const char *const[]){"wait", "--url", url, "--interval", "0.1", "jok", NULL}), 0);
+	cr_expect_eq(run_cli(NULL, (const char *const[]){"status", "--url", url, "j503", NULL}), CAL_EXIT_UNREACHABLE,
+		     "5xx → 7");
+	snprintf(proxy, sizeof(proxy), "http://127.0.0.1:%d", port);
+	cr_expect_eq(run_cli(proxy, (const char *const[]){"status", "--url", "http://calibd.invalid:9/pre", "jok", NULL}),
+		     0, "through http_proxy");
+	cr_expect_eq(run_cli(NULL, (const char *const[]){"status", "--url", "ftp://127.0.0.1/", "jok", NULL}),
+		     CAL_EXIT_USAGE);
+	kill(srv, SIGKILL);
+	waitpid(srv, NULL, 0);
+	cr_expect_eq(run_cli(NULL, (const char *const[]){"status", "--url", url, "jok", NULL}), CAL_EXIT_UNREACHABLE,
+		     "nothing listening → 7");
+	FILE *f = fopen(log, "r");
+	cr_assert(f);
+	char text[4096];
+	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	text[n] = '\0';
+	fclose(f);
+	cr_expect(strstr(text, "GET /calibd/v1/jobs/jok HTTP/1.1\n"), "prefix not kept: %s", text);
+	cr_expect(strstr(text, "GET /calibd/v1/jobs/j503 HTTP/1.1\n"), "%s", text);
+	cr_expect(strstr(text, "GET http://calibd.invalid:9/pre/v1/jobs/jok HTTP/1.1\n"), "proxy not used: %s", text);
+}
+
+/* The line of the daemon's JSON log with event `event` (and, when route is
+ * set, that route), new reference or NULL. */
+static json_t *log_line(const char *event, const char *route)
+{
+	FILE *f = fopen(H.log, "r");
+	cr_assert(f);
+	char line[8192];
+	json_t *found = NULL;
+	while (!found && fgets(line, sizeof(line), f)) {
+		json_t *j = json_loads(line, 0, NULL);
+		const char *e = json_string_value(json_object_get(j, "event"));
+		const char *rt = json_string_value(json_object_get(j, "route"));
+		if (e && !strcmp(e, event) && (!route || (rt && !strcmp(rt, route))))
+			found = json_incref(j);
+		json_decref(j);
+	}
+	fclose(f);
+	return found;
+}
+
+/* Metrics an operator expects (a tokens counter, process start time, build
+ * info, a latency histogram per route) and JSON logs whose numbers are
+ * numbers, with one access line per request. */
+Test(api, metrics_and_logs)
+{
+	cr_assert_eq(hd_start(&H, (const char *const[]){"--log-format", "json", NULL}), 0);
+	cr_assert(hd_submit(&H, "fake-ok", "m1", NULL));
+	json_t *j = hd_wait(&H, H.last_id, "succeeded", 20);
+	cr_assert(j);
+	json_decref(j);
+	struct cal_client_resp r;
+	cr_assert_eq(hd_req(&H, "GET", "/metrics", NULL, NULL, &r), 200);
+	cr_expect(!strstr(r.body, "calibd_tokens_per_second"), "a precomputed rate gauge");
+	static const char tk[] = "\ncalibd_calibration_tokens_total ", st[] = "\nprocess_start_time_seconds ";
+	const char *t = strstr(r.body, tk);
+	cr_expect(t && strtoull(t + strlen(tk), NULL, 10) == 300, "tokens counter (3 layers x 100): %s", r.body);
+	const char *ps = strstr(r.body, st);
+	double now = (double)time(NULL);
+	cr_expect(ps && fabs(strtod(ps + strlen(st), NULL) - now) < 120, "process_start_time_seconds");
+	cr_expect(strstr(r.body, "\ncalibd_build_info{version=\"" CAL_VERSION "\",cuda=\""), "build info");
+	cr_expect(strstr(r.body, "\ncalibd_http_request_duration_seconds_bucket{method=\"POST\",route=\"/v1/jobs\","
+				 "le=\"+Inf\"} 1\n"), "latency histogram: %s", r.body);
+	cr_expect(strstr(r.body, "\ncalibd_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/jobs/{id}\"} "),
+		  "per route");
+	cal_client_resp_free(&r);
+	nap(0.2);
+	json_t *a = log_line("http_request", "/v1/jobs");
+	cr_assert(a, "no access log line for POST /v1/jobs (%s)", H.log);
+	cr_expect_str_eq(json_string_value(json_object_get(a, "method")), "POST");
+	cr_expect(json_is_integer(json_object_get(a, "status")) && json_integer_value(json_object_get(a, "status")) == 202);
+	cr_expect(json_is_number(json_object_get(a, "duration_ms")));
+	cr_expect_str_eq(json_string_value(json_object_get(a, "client")), "127.0.0.1");
+	json_decref(a);
+	json_t *l = log_line("listening", NULL);
+	cr_expect(l && json_is_integer(json_object_get(l, "port")), "port logged as a number");
+	json_decref(l);
+	l = log_line("job_started", NULL);
+	cr_expect(l && json_is_integer(json_object_get(l, "pid")), "pid logged as a number");
+	json_decref(l);
+	l = log_line("job_finished", NULL);
+	cr_expect(l && json_is_number(json_object_get(l, "duration_s")));
+	json_decref(l);
+}
+
 /* ---- recipes and plans ----------------------------------------------- */
 
 static json_t *get_json(const char *method, const char *path, const char *hdrs, const char *body, int want)
@@ -779,6 +939,51 @@ static json_t *get_json(const char *method, const char *path, const char *hdrs, 
 	cal_client_resp_free(&r);
 	cr_assert(j, "%s %s: not JSON", method, path);
 	return j;
+}
+
+/* Submits a job whose only calibration dataset is `entry`, expecting HTTP
+ * status want; returns the reply. */
+static json_t *submit_dataset(const char *entry, const char *out, int want)
+{
+	char body[1024];
+	snprintf(body, sizeof(body),
+		 "{\"name\":\"fake-ok\",\"model\":\"%s/m\",\"recipe\":\"" HD_RECIPE "\",\"calibration\":{\"datasets\":"
+		 "[\"%s\"],\"seq_len\":16},\"output\":\"%s/%s\",\"devices\":\"cpu\"}",
+		 H.models, entry, H.out, out);
+	return get_json("POST", "/v1/jobs", JSON, body, want);
+}
+
+/* Jobs name calibration data by catalog name, "cnn_dailymail:4" as hf_ptq
+ * users do; unknown names are refused naming the known ones. */
+Test(api, dataset_catalog)
+{
+	char cat[300], out_of_roots[300];
+	snprintf(cat, sizeof(cat), "cnn_dailymail=%s/d.jsonl", H.data);
+	snprintf(out_of_roots, sizeof(out_of_roots), "elsewhere=%s/m/config.json", H.models);
+	cr_assert_eq(hd_start(&H, (const char *const[]){"--dataset", cat, "--dataset", out_of_roots, NULL}), 0);
+	json_t *job = submit_dataset("cnn_dailymail:4", "cat", 202);
+	json_t *d0 = json_array_get(json_object_get(json_object_get(json_object_get(job, "spec"), "calibration"),
+						   "datasets"), 0);
+	char want[300];
+	snprintf(want, sizeof(want), "%s/d.jsonl", H.data);
+	char *real = realpath(want, NULL);
+	cr_expect(d0 && real && !strcmp(json_string_value(json_object_get(d0, "path")), real), "spec: %s",
+		  d0 ? json_string_value(json_object_get(d0, "path")) : "(no datasets)");
+	cr_expect_eq(json_integer_value(json_object_get(d0, "samples")), 4);
+	free(real);
+	json_decref(job);
+	job = submit_dataset("wikitext:4", "cat2", 400);
+	const char *msg = json_string_value(json_object_get(json_object_get(job, "error"), "message"));
+	cr_expect(msg && strstr(msg, "no dataset 'wikitext'") && strstr(msg, "cnn_dailymail") &&
+			  strstr(msg, "elsewhere"), "%s", msg ? msg : "(no message)");
+	cr_expect_str_eq(json_string_value(json_object_get(json_object_get(job, "error"), "field")),
+			 "calibration.datasets[0]");
+	json_decref(job);
+	/* the catalog does not widen the data roots */
+	job = submit_dataset("elsewhere", "cat3", 403);
+	cr_expect_str_eq(json_string_value(json_object_get(json_object_get(job, "error"), "code")),
+			 "path_outside_roots");
+	json_decref(job);
 }
 
 Test(api, recipes_and_plan)
@@ -852,10 +1057,11 @@ Test(api, recipes_and_plan)
 	struct cal_client_resp r;
 	snprintf(body, sizeof(body), "{\"model\":\"%s/m\",\"recipe\":\"general/ptq/mxfp8\"}", H.models);
 	cr_assert_eq(hd_req(&H, "POST", "/v1/plan", JSON, body, &r), 422);
-	json_t *e = json_object_get(json_loads(r.body, 0, NULL), "error");
+	json_t *doc = json_loads(r.body, 0, NULL), *e = json_object_get(doc, "error");
 	cr_expect_str_eq(json_string_value(json_object_get(e, "field")), "recipe");
 	cr_expect(strstr(json_string_value(json_object_get(e, "message")), "not a multiple"), "%s", r.body);
 	cr_expect(!strstr(r.body, getenv("SRCDIR")), "no recipe tree path: %s", r.body);
+	json_decref(doc);
 	cal_client_resp_free(&r);
 }
 
@@ -1420,4 +1626,12 @@ Test(api, real_job_end_to_end)
 	int st = 0;
 	waitpid(pid, &st, 0);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "calibd verify %s: status %d", out, st);
+	/* the job log says what the job did, not one line */
+	snprintf(path, sizeof(path), "/v1/jobs/%s/log", id);
+	cr_assert_eq(hd_req(&H, "GET", path, NULL, NULL, &r), 200);
+	cr_expect(strstr(r.body, " job_start ") && strstr(r.body, " model="), "job log: %s", r.body);
+	cr_expect(strstr(r.body, " phase phase=calibrate "), "job log: %s", r.body);
+	cr_expect(strstr(r.body, " layer_done ") && strstr(r.body, " tokens_per_s="), "job log: %s", r.body);
+	cr_expect(strstr(r.body, " job_done ") && strstr(r.body, " bytes="), "job log: %s", r.body);
+	cal_client_resp_free(&r);
 }
