@@ -28,33 +28,35 @@ static void on_term(int sig)
 	cancel_flag = 1;
 }
 
-static void emit(void *ctx, const char *json)
+/* One JSON line on fd. */
+static void emit_line(int fd, const json_t *v)
 {
-	int fd = *(int *)ctx;
-	size_t n = strlen(json);
-	char *line = malloc(n + 2);
-	if (!line)
+	char *s = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	if (!s)
 		return;
-	memcpy(line, json, n);
-	line[n] = '\n';
+	size_t n = strlen(s);
+	s[n] = '\n'; /* json_dumps' NUL: the line is written with its length */
 	size_t off = 0;
 	while (off < n + 1) {
-		ssize_t w = write(fd, line + off, n + 1 - off);
+		ssize_t w = write(fd, s + off, n + 1 - off);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
 			break;
 		off += (size_t)w;
 	}
-	free(line);
+	free(s);
+}
+
+static void emit(void *ctx, const json_t *event)
+{
+	emit_line(*(int *)ctx, event);
 }
 
 static void emit_json(int fd, json_t *v)
 {
-	char *s = json_dumps(v, JSON_COMPACT);
-	if (s)
-		emit(&fd, s);
-	free(s);
+	if (v)
+		emit_line(fd, v);
 	json_decref(v);
 }
 
@@ -66,7 +68,6 @@ int cal_cmd_worker(int argc, char **argv)
 				"Runs one job of the daemon (started by `calibd serve`, not by hand).\n");
 		return argc == 2 && !strcmp(argv[1], "--help") ? CAL_EXIT_OK : CAL_EXIT_USAGE;
 	}
-	/* absolute: the engine runs in the recipe tree (worker.c) */
 	char *dir = realpath(argv[1], NULL);
 	if (!dir) {
 		fprintf(stderr, "calibd worker: %s: %s\n", argv[1], strerror(errno));
@@ -85,8 +86,8 @@ int cal_cmd_worker(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 
 	struct cal_error err = {0};
-	char *path = cal_path_join(dir, "spec.json"), *text = NULL, *report = NULL;
-	json_t *doc = NULL;
+	char *path = cal_path_join(dir, "spec.json"), *text = NULL, *report_text = NULL;
+	json_t *doc = NULL, *report = NULL;
 	enum cal_status st = path ? cal_read_file(path, 4 << 20, &text, NULL, &err)
 				  : cal_error_set(&err, CAL_ERR_NOMEM, "out of memory");
 	if (!st) {
@@ -100,9 +101,11 @@ int cal_cmd_worker(int argc, char **argv)
 		st = cal_worker_run_engine(json_object_get(doc, "spec"), emit, &fd, &cancel_flag, &report, &err);
 	}
 	if (!st && report) {
-		json_t *rj = json_loads(report, 0, NULL);
-		if (cal_write_atomic(dir, "report.json", report, strlen(report), &err) == CAL_OK)
-			emit_json(fd, json_pack("{s:s, s:o}", "event", "result", "report", rj ? rj : json_object()));
+		report_text = json_dumps(report, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+		if (!report_text)
+			st = cal_error_set(&err, CAL_ERR_NOMEM, "report: out of memory");
+		else if (cal_write_atomic(dir, "report.json", report_text, strlen(report_text), &err) == CAL_OK)
+			emit_json(fd, json_pack("{s:s, s:O}", "event", "result", "report", report));
 		else
 			st = err.code;
 	}
@@ -119,7 +122,8 @@ int cal_cmd_worker(int argc, char **argv)
 	}
 	cal_error_clear(&err);
 	json_decref(doc);
-	free(report);
+	json_decref(report);
+	free(report_text);
 	free(text);
 	free(path);
 	free(dir);
