@@ -211,13 +211,13 @@ static enum cal_api_err recipe_load(const char *dir, const char *name, const cha
 
 /*
  * Opens the job of `o` (recipe resolved in the tree `dir`) without a back
- * end and asks the engine whether it runs it (`ops`, 0: no question), as
- * the worker would; maps a refusal onto prob: unknown_recipe /
+ * end, as the worker would (flags: CAL_JOB_OPEN_FOR(stages) asks the engine
+ * whether it runs them); maps a refusal onto prob: unknown_recipe /
  * invalid_recipe (field), not_a_model / unsupported_model ("model"),
  * internal.
  */
-static enum cal_api_err job_open(struct cal_job_opts *o, const char *dir, unsigned flags, unsigned ops,
-				 const char *field, struct cal_job **ret, struct cal_api_problem *prob)
+static enum cal_api_err job_open(struct cal_job_opts *o, const char *dir, unsigned flags, const char *field,
+				 struct cal_job **ret, struct cal_api_problem *prob)
 {
 	struct cal_error e = {0};
 	enum cal_job_part part = CAL_JOB_PART_OPTIONS;
@@ -229,11 +229,6 @@ static enum cal_api_err job_open(struct cal_job_opts *o, const char *dir, unsign
 	if (o->recipe_yaml && (ae = inline_imports_ok(o->recipe_yaml, field, prob)))
 		return ae;
 	enum cal_status st = cal_job_open(o, flags | CAL_JOB_OPEN_NO_BACKEND, ret, &part, &e);
-	if (st >= 0 && ops && (st = cal_job_check(*ret, ops, &e)) < 0) {
-		cal_job_close(*ret);
-		*ret = NULL;
-		return from_error(prob, CAL_API_ERR_UNSUPPORTED_MODEL, "model", "model", &e, dir);
-	}
 	if (st >= 0)
 		return CAL_API_OK;
 	if (part == CAL_JOB_PART_RECIPE)
@@ -248,6 +243,8 @@ static enum cal_api_err job_open(struct cal_job_opts *o, const char *dir, unsign
 	case CAL_JOB_PART_PLAN:
 		return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field,
 				  "the recipe does not apply to this model", &e, dir);
+	case CAL_JOB_PART_ENGINE: /* described, but not run by the engine */
+		return from_error(prob, CAL_API_ERR_UNSUPPORTED_MODEL, "model", "model", &e, NULL);
 	default: /* the checkpoint: its safetensors headers and tensors */
 		return from_error(prob, CAL_API_ERR_NOT_A_MODEL, "model", "model", &e, NULL);
 	}
@@ -288,7 +285,7 @@ enum cal_api_err cal_api_job_check(struct cal_http_req *r, json_t *spec, const c
 		free(dir);
 		return cal_api_problem_set(prob, CAL_API_ERR_BUSY, NULL, NULL);
 	}
-	ae = job_open(&jj.opts, dir, 0, CAL_JOB_QUANTIZE, recipe_field, &job, prob);
+	ae = job_open(&jj.opts, dir, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), recipe_field, &job, prob);
 	slot_give(r->d);
 	cal_job_close(job);
 	free(dir);
@@ -455,7 +452,7 @@ enum MHD_Result cal_route_plan(struct cal_http_req *r)
 		.recipe_yaml = json_string_value(json_object_get(rf, "recipe_yaml")),
 		.recipe_display = "<inline>",
 	};
-	if ((ae = job_open(&jo, dir, CAL_JOB_OPEN_NO_CHECKPOINT, 0, field, &job, &prob)))
+	if ((ae = job_open(&jo, dir, CAL_JOB_OPEN_NO_CHECKPOINT, field, &job, &prob)))
 		goto out;
 	text = cal_plan_json(cal_job_plan(job), cal_job_recipe_name(job));
 	out = text ? json_loads(text, 0, NULL) : NULL;

@@ -227,9 +227,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 	enum cal_status st = cal_job_datasets_parse(calib, &ds, &o.n_datasets, &err);
 	o.datasets = ds;
 	if (st >= 0)
-		st = cal_job_open(&o, 0, &job, NULL, &err);
-	if (st >= 0)
-		st = cal_job_check(job, CAL_JOB_CALIBRATE, &err);
+		st = cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_CALIBRATE), &job, NULL, &err);
 	if (st >= 0)
 		st = cal_job_tokens(job, &tk, &ti, &err);
 	if (st >= 0) {

@@ -97,9 +97,7 @@ int cal_cmd_export(int argc, char **argv)
 	struct cal_job *job = NULL;
 	enum cal_status st = cal_stats_load(stats, &s, &err);
 	if (st >= 0)
-		st = cal_job_open(&jo, 0, &job, NULL, &err);
-	if (st >= 0)
-		st = cal_job_check(job, CAL_JOB_EXPORT, &err);
+		st = cal_job_open(&jo, CAL_JOB_OPEN_FOR(CAL_JOB_EXPORT), &job, NULL, &err);
 	if (st >= 0)
 		st = cal_job_export(job, s, out, NULL, &err);
 	if (st < 0)

@@ -326,7 +326,7 @@ int cal_cmd_quantize(int argc, char **argv)
 	json_t *report = NULL;
 	struct cal_job *job = NULL;
 	if (st >= 0)
-		st = cal_job_open(&jo, 0, &job, NULL, &err);
+		st = cal_job_open(&jo, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), &job, NULL, &err);
 	if (st >= 0)
 		st = cal_quantize_run(job, &o, on_progress, &pr, &report, &err);
 	cal_job_close(job);

@@ -17,7 +17,7 @@ enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn
 	*ret_report = NULL;
 	enum cal_status st = cal_jobspec_job_opts(spec, &jj, err);
 	if (st >= 0)
-		st = cal_job_open(&jj.opts, 0, &job, NULL, err);
+		st = cal_job_open(&jj.opts, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), &job, NULL, err);
 	if (st >= 0) {
 		struct cal_quantize_opts o = {
 			.out_dir = json_string_value(json_object_get(spec, "output")),

@@ -117,6 +117,9 @@ enum cal_status cal_job_open(const struct cal_job_opts *opts, unsigned flags, st
 	part = CAL_JOB_PART_PLAN;
 	CAL_TRY(cal_plan_build(j->d, j->recipe, &j->plan, err));
 
+	part = CAL_JOB_PART_ENGINE;
+	CAL_TRY(cal_job_check(j, (flags >> 4) & CAL_JOB_QUANTIZE, err));
+
 	part = CAL_JOB_PART_CHECKPOINT;
 	if (!(flags & CAL_JOB_OPEN_NO_CHECKPOINT)) {
 		CAL_TRY(cal_checkpoint_open(opts->model_dir, &j->ck, err));

@@ -93,9 +93,17 @@ struct cal_job_opts {
 	uint64_t max_quantizers;
 };
 
+/* What the engine can run of a job (an OR of these): cal_job_check(). */
+#define CAL_JOB_CALIBRATE 1u
+#define CAL_JOB_EXPORT 2u
+#define CAL_JOB_QUANTIZE (CAL_JOB_CALIBRATE | CAL_JOB_EXPORT)
+
 /* cal_job_open() flags */
 #define CAL_JOB_OPEN_NO_BACKEND 1u    /* validation: no back end (never a GPU) */
 #define CAL_JOB_OPEN_NO_CHECKPOINT 2u /* and no checkpoint or catalog (plans only) */
+/* Refuse at open, before the checkpoint is read, what the engine cannot run
+ * of these stages (cal_job_check; CAL_JOB_PART_ENGINE). */
+#define CAL_JOB_OPEN_FOR(ops) ((unsigned)(ops) << 4)
 
 /* What a failed cal_job_open() was building (the API maps it to a field). */
 enum cal_job_part {
@@ -103,6 +111,7 @@ enum cal_job_part {
 	CAL_JOB_PART_RECIPE,      /* loading the recipe */
 	CAL_JOB_PART_MODEL,       /* config.json, the plan-size bound */
 	CAL_JOB_PART_PLAN,        /* the recipe applied to the model */
+	CAL_JOB_PART_ENGINE,      /* what the engine runs (CAL_JOB_OPEN_FOR) */
 	CAL_JOB_PART_CHECKPOINT,  /* safetensors headers, the catalog */
 	CAL_JOB_PART_DEVICE,      /* the back end */
 };
@@ -117,18 +126,14 @@ struct cal_job;
  * CAL_ERR_RANGE (max_quantizers), cal_plan_build's, the checkpoint's and
  * catalog's (CAL_ERR_NOTFOUND / CAL_ERR_FORMAT), the back end's
  * (CAL_ERR_DEVICE, CAL_ERR_UNSUPPORTED without CUDA).  An architecture the
- * engine describes but cannot run opens: cal_job_check() says so.
+ * engine describes but cannot run opens, unless CAL_JOB_OPEN_FOR(stages)
+ * asks for them: then cal_job_check()'s refusal (CAL_JOB_PART_ENGINE).
  */
 enum cal_status cal_job_open(const struct cal_job_opts *opts, unsigned flags, struct cal_job **ret,
 			     enum cal_job_part *ret_part, struct cal_error *err);
 
 /* Frees the job; NULL is a no-op. */
 void cal_job_close(struct cal_job *j);
-
-/* What the engine can run of this job (an OR of these). */
-#define CAL_JOB_CALIBRATE 1u
-#define CAL_JOB_EXPORT 2u
-#define CAL_JOB_QUANTIZE (CAL_JOB_CALIBRATE | CAL_JOB_EXPORT)
 
 /*
  * The capability query: CAL_OK when the engine runs every stage in `ops`,
