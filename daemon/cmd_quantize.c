@@ -325,6 +325,8 @@ int cal_cmd_quantize(int argc, char **argv)
 
 	json_t *report = NULL;
 	struct cal_job *job = NULL;
+	if (st >= 0) /* an existing output: refused before any work */
+		st = cal_quantize_check_output(o.out_dir, &err);
 	if (st >= 0)
 		st = cal_job_open(&jo, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), &job, NULL, &err);
 	if (st >= 0)

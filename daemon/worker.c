@@ -15,16 +15,17 @@ enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn
 	struct cal_jobspec_job jj;
 	struct cal_job *job = NULL;
 	*ret_report = NULL;
+	struct cal_quantize_opts o = {
+		.out_dir = json_string_value(json_object_get(spec, "output")),
+		.cancel = cancel,
+	};
 	enum cal_status st = cal_jobspec_job_opts(spec, &jj, err);
 	if (st >= 0)
+		st = cal_quantize_check_output(o.out_dir, err);
+	if (st >= 0)
 		st = cal_job_open(&jj.opts, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), &job, NULL, err);
-	if (st >= 0) {
-		struct cal_quantize_opts o = {
-			.out_dir = json_string_value(json_object_get(spec, "output")),
-			.cancel = cancel,
-		};
+	if (st >= 0)
 		st = cal_quantize_run(job, &o, progress, ctx, ret_report, err);
-	}
 	cal_job_close(job);
 	return st;
 }

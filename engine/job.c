@@ -60,23 +60,27 @@ static uint64_t plan_estimate(const struct cal_model_desc *d)
 	return (uint64_t)d->num_layers * ((uint64_t)d->num_experts * 4 + 32) + 16;
 }
 
+enum cal_backend_kind cal_job_backend_kind(const struct cal_devices *devices, int *ret_ordinal)
+{
+	*ret_ordinal = 0;
+	switch (devices->kind) {
+	case CAL_DEVICE_AUTO:
+		return cal_backend_cuda_available() ? CAL_BACKEND_CUDA : CAL_BACKEND_CPU;
+	case CAL_DEVICE_CUDA:
+		/* several GPUs: the engine runs on the first one for now */
+		*ret_ordinal = devices->n ? devices->ids[0] : 0;
+		return CAL_BACKEND_CUDA;
+	case CAL_DEVICE_CPU:
+		break;
+	}
+	return CAL_BACKEND_CPU;
+}
+
 enum cal_status cal_job_backend_open(const struct cal_devices *devices, unsigned cpu_threads,
 				     struct cal_backend **ret, struct cal_error *err)
 {
 	struct cal_backend_opts bo = {.cpu_threads = cpu_threads};
-	enum cal_backend_kind kind = CAL_BACKEND_CPU;
-	switch (devices->kind) {
-	case CAL_DEVICE_AUTO:
-		kind = cal_backend_cuda_available() ? CAL_BACKEND_CUDA : CAL_BACKEND_CPU;
-		break;
-	case CAL_DEVICE_CPU:
-		break;
-	case CAL_DEVICE_CUDA:
-		kind = CAL_BACKEND_CUDA;
-		/* several GPUs: the engine runs on the first one for now */
-		bo.cuda_device = devices->n ? devices->ids[0] : 0;
-		break;
-	}
+	enum cal_backend_kind kind = cal_job_backend_kind(devices, &bo.cuda_device);
 	return cal_backend_init(kind, &bo, ret, err);
 }
 

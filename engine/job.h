@@ -168,6 +168,9 @@ double cal_job_open_seconds(const struct cal_job *j);
  */
 enum cal_status cal_job_backend_open(const struct cal_devices *devices, unsigned cpu_threads,
 				     struct cal_backend **ret, struct cal_error *err);
+/* The back-end kind and CUDA ordinal cal_job_backend_open() uses for
+ * `devices` (AUTO asks the CUDA runtime whether a GPU is present). */
+enum cal_backend_kind cal_job_backend_kind(const struct cal_devices *devices, int *ret_ordinal);
 
 /* ---- calibration tokens --------------------------------------------------- */
 

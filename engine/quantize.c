@@ -275,6 +275,17 @@ static void phase_add(json_t *phases, const char *name, double seconds)
 			    json_real((old ? json_number_value(old) : 0.0) + seconds));
 }
 
+enum cal_status cal_quantize_check_output(const char *out_dir, struct cal_error *err)
+{
+	struct stat sb;
+	if (!out_dir || !*out_dir)
+		return cal_error_set(err, CAL_ERR_INVALID, "quantize: an output directory is required");
+	if (!lstat(out_dir, &sb))
+		return cal_error_set(err, CAL_ERR_EXISTS, "output %s already exists (it is never "
+				     "overwritten)", out_dir);
+	return CAL_OK;
+}
+
 enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_opts *opts,
 				 cal_progress_fn progress, void *progress_ctx,
 				 json_t **ret_report, struct cal_error *err)
@@ -288,7 +299,6 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	struct cal_token_info ti = {0};
 	struct job j = {.o = opts, .progress = progress, .pctx = progress_ctx,
 			.per_expert_input_amax = jo->per_expert_input_amax};
-	struct stat sb;
 
 	if (ret_report)
 		*ret_report = NULL;
@@ -297,17 +307,9 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 		st = cal_error_set(err, CAL_ERR_NOMEM, "quantize: out of memory");
 		goto fail;
 	}
-	if (!opts->out_dir || !*opts->out_dir) {
-		st = cal_error_set(err, CAL_ERR_INVALID, "quantize: an output directory is required");
-		goto fail;
-	}
 	/* the cheapest refusals first: an existing output, what the engine
 	 * cannot run, a job opened without its checkpoint or back end */
-	if (!lstat(opts->out_dir, &sb)) {
-		st = cal_error_set(err, CAL_ERR_EXISTS, "output %s already exists (it is never "
-				   "overwritten)", opts->out_dir);
-		goto fail;
-	}
+	CAL_TRY(cal_quantize_check_output(opts->out_dir, err));
 	CAL_TRY(cal_job_check(job, CAL_JOB_QUANTIZE, err));
 	if (!cal_job_checkpoint(job) || !cal_job_backend(job)) {
 		st = cal_error_set(err, CAL_ERR_INVALID, "quantize: the job was opened without its "

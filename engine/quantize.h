@@ -51,6 +51,11 @@ typedef void (*cal_progress_fn)(void *ctx, const json_t *event);
  * CAL_ERR_DEVICE, CAL_ERR_NUMERIC, CAL_ERR_INTERRUPTED (cancelled: nothing
  * published), CAL_ERR_IO, CAL_ERR_NOMEM.
  */
+/* The first thing cal_quantize_run() checks, for runners to check before
+ * they open the job: CAL_ERR_EXISTS when out_dir exists (it is never
+ * overwritten), CAL_ERR_INVALID when it is empty. */
+enum cal_status cal_quantize_check_output(const char *out_dir, struct cal_error *err);
+
 enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_opts *opts,
 				 cal_progress_fn progress, void *progress_ctx,
 				 json_t **ret_report, struct cal_error *err);
