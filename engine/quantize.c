@@ -10,10 +10,7 @@
 #include "engine/quantize.h"
 
 #include <dirent.h>
-#include <errno.h>
 #include <jansson.h>
-#include <limits.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,14 +19,7 @@
 #include "common/util.h"
 #include "engine/calib.h"
 #include "engine/export/export.h"
-#include "engine/model/catalog.h"
-#include "engine/model/model.h"
-#include "engine/recipe/plan.h"
-#include "engine/recipe/recipe.h"
-#include "engine/st/safetensors.h"
-#include "engine/tokenizer/dataset.h"
-#include "engine/tokenizer/tokenizer.h"
-#include "kernels/backend.h"
+#include "engine/job.h"
 
 /* ---- the job ------------------------------------------------------------- */
 

@@ -129,11 +129,11 @@ enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal
 	return CAL_OK;
 }
 
-/* Opens the engine on src's checkpoint, catalog and back end: borrowed
- * when given, else opened here (and freed by cal_calib_free). */
-static enum cal_status calib_open(const struct cal_calib_src *src, const struct cal_plan *plan,
-				  const struct cal_calib_opts *opts, struct cal_calib **ret,
-				  struct cal_error *err)
+/* The checkpoint, catalog and back end of src are borrowed when given,
+ * else opened here (and freed by cal_calib_free). */
+enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct cal_plan *plan,
+				   const struct cal_calib_opts *opts, struct cal_calib **ret,
+				   struct cal_error *err)
 {
 	struct cal_calib *c = calloc(1, sizeof(*c));
 	enum cal_status st = CAL_OK;
@@ -247,14 +247,7 @@ enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *pla
 			       struct cal_error *err)
 {
 	struct cal_calib_src src = {.model_dir = model_dir};
-	return calib_open(&src, plan, opts, ret, err);
-}
-
-enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct cal_plan *plan,
-				   const struct cal_calib_opts *opts, struct cal_calib **ret,
-				   struct cal_error *err)
-{
-	return calib_open(src, plan, opts, ret, err);
+	return cal_calib_open_src(&src, plan, opts, ret, err);
 }
 
 static void free_run(struct cal_calib *c)
