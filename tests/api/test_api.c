@@ -694,10 +694,11 @@ Test(api, recipes_and_plan)
 	struct cal_client_resp r;
 	snprintf(body, sizeof(body), "{\"model\":\"%s/m\",\"recipe\":\"general/ptq/mxfp8\"}", H.models);
 	cr_assert_eq(hd_req(&H, "POST", "/v1/plan", JSON, body, &r), 422);
-	json_t *e = json_object_get(json_loads(r.body, 0, NULL), "error");
+	json_t *doc = json_loads(r.body, 0, NULL), *e = json_object_get(doc, "error");
 	cr_expect_str_eq(json_string_value(json_object_get(e, "field")), "recipe");
 	cr_expect(strstr(json_string_value(json_object_get(e, "message")), "not a multiple"), "%s", r.body);
 	cr_expect(!strstr(r.body, getenv("SRCDIR")), "no recipe tree path: %s", r.body);
+	json_decref(doc);
 	cal_client_resp_free(&r);
 }
 

@@ -21,7 +21,7 @@
 
 /* ---- device strings ------------------------------------------------------- */
 
-Test(devices, parses_the_forms)
+Test(job, devices_parses_the_forms)
 {
 	struct cal_devices d;
 	char buf[64];
@@ -50,7 +50,7 @@ Test(devices, parses_the_forms)
 	cr_assert_str_eq(cal_devices_format(&d, buf, 5), "cuda");
 }
 
-Test(devices, refuses_bad_strings_naming_them)
+Test(job, devices_refuses_bad_strings_naming_them)
 {
 	static const char *const bad[] = {
 		"gpu", "CPU", "cuda:", "cuda:x", "cuda:0,", "cuda:,0", "cuda:0,0", "cuda:1024",
@@ -85,7 +85,7 @@ static struct cal_job_opts cpu_opts(const char *model)
 	return o;
 }
 
-Test(job, open_levels_and_accessors, .timeout = 60)
+Test(job, open_levels_and_accessors)
 {
 	char *root = tmpdir();
 	char *model = make_model(root, "qwen3_moe", "default");
@@ -150,7 +150,7 @@ static void open_fails(const struct cal_job_opts *o, unsigned flags, enum cal_st
 	cal_error_clear(&err);
 }
 
-Test(job, failed_open_names_the_part, .timeout = 60)
+Test(job, failed_open_names_the_part)
 {
 	char *root = tmpdir();
 	char *model = make_model(root, "olmoe", "default");
@@ -188,7 +188,7 @@ Test(job, failed_open_names_the_part, .timeout = 60)
 
 /* ---- the capability query ------------------------------------------------ */
 
-Test(job, capability_of_every_fixture, .timeout = 120)
+Test(job, capability_of_every_fixture)
 {
 	char *root = tmpdir();
 	for (size_t i = 0; i < cal_fixture_arch_count(); i++) {
@@ -226,7 +226,7 @@ Test(job, capability_of_every_fixture, .timeout = 120)
 
 /* A Gated DeltaNet model whose conv kernel is past the engine's limit: the
  * engine describes it (config.json is valid) but does not run it. */
-Test(job, capability_refuses_beyond_the_limits, .timeout = 60)
+Test(job, capability_refuses_beyond_the_limits)
 {
 	char *root = tmpdir();
 	char *model = make_model(root, "qwen3_next", "default");
@@ -254,7 +254,7 @@ Test(job, capability_refuses_beyond_the_limits, .timeout = 60)
 
 /* ---- the stages borrow from the job ------------------------------------ */
 
-Test(job, calibration_borrows_the_same_engine, .timeout = 60)
+Test(job, calibration_borrows_the_same_engine)
 {
 	char *root = tmpdir();
 	char *model = make_model(root, "qwen3_moe", "default");
@@ -310,7 +310,7 @@ Test(job, calibration_borrows_the_same_engine, .timeout = 60)
 	rm_rf(root);
 }
 
-Test(job, export_and_verify_through_the_job, .timeout = 60)
+Test(job, export_and_verify_through_the_job)
 {
 	char *root = tmpdir();
 	char *model = make_model(root, "mixtral", "default");
