@@ -245,6 +245,9 @@ static enum cal_api_err job_open(struct cal_job_opts *o, const char *dir, unsign
 				  "the recipe does not apply to this model", &e, dir);
 	case CAL_JOB_PART_ENGINE: /* described, but not run by the engine */
 		return from_error(prob, CAL_API_ERR_UNSUPPORTED_MODEL, "model", "model", &e, NULL);
+	case CAL_JOB_PART_EXPORT: /* the exporter cannot write this recipe for this model */
+		return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field,
+				  "the recipe cannot be exported for this model", &e, dir);
 	default: /* the checkpoint: its safetensors headers and tensors */
 		return from_error(prob, CAL_API_ERR_NOT_A_MODEL, "model", "model", &e, NULL);
 	}

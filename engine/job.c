@@ -53,6 +53,22 @@ static enum cal_status check_opts(const struct cal_job_opts *o, struct cal_error
 	return CAL_OK;
 }
 
+/* The exporter's checks of every planned output tensor against the
+ * checkpoint (formats, dtypes, shapes), without a writer or back end. */
+static enum cal_status export_check(const struct cal_job *j, struct cal_error *err)
+{
+	struct cal_exporter *ex = NULL;
+	struct cal_export_opts eo = {
+		.model_dir = j->o.model_dir,
+		.recipe_name = cal_job_recipe_name(j),
+		.div = j->o.div,
+		.max_shard_bytes = j->o.max_shard_bytes,
+		.per_expert_input_amax = j->o.per_expert_input_amax,
+		.check_only = 1,
+	};
+	return cal_exporter_open(j->d, j->ck, j->cat, j->plan, NULL, &eo, &ex, err);
+}
+
 /* The plan-size estimate the API bounds (quantizers per layer: four per
  * expert plus the attention and dense ones). */
 static uint64_t plan_estimate(const struct cal_model_desc *d)
@@ -128,6 +144,10 @@ enum cal_status cal_job_open(const struct cal_job_opts *opts, unsigned flags, st
 	if (!(flags & CAL_JOB_OPEN_NO_CHECKPOINT)) {
 		CAL_TRY(cal_checkpoint_open(opts->model_dir, &j->ck, err));
 		CAL_TRY(cal_catalog_build(j->d, j->ck, &j->cat, err));
+		/* the exporter's checks need the checkpoint's tensors */
+		part = CAL_JOB_PART_EXPORT;
+		if ((flags >> 4) & CAL_JOB_EXPORT)
+			CAL_TRY(export_check(j, err));
 	}
 
 	part = CAL_JOB_PART_DEVICE;
@@ -173,11 +193,13 @@ enum cal_status cal_job_check(const struct cal_job *j, unsigned ops, struct cal_
 		if (st < 0)
 			return st;
 	}
-	if ((ops & CAL_JOB_EXPORT) && d->src_quant != CAL_SRC_QUANT_NONE)
+	if (!(ops & CAL_JOB_EXPORT))
+		return CAL_OK;
+	if (d->src_quant != CAL_SRC_QUANT_NONE)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized "
 				     "source checkpoint is not implemented", d->model_type,
 				     cal_src_quant_name(d->src_quant));
-	return CAL_OK;
+	return j->ck ? export_check(j, err) : CAL_OK;
 }
 
 /* ---- accessors ----------------------------------------------------------------- */

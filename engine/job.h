@@ -113,6 +113,8 @@ enum cal_job_part {
 	CAL_JOB_PART_PLAN,        /* the recipe applied to the model */
 	CAL_JOB_PART_ENGINE,      /* what the engine runs (CAL_JOB_OPEN_FOR) */
 	CAL_JOB_PART_CHECKPOINT,  /* safetensors headers, the catalog */
+	CAL_JOB_PART_EXPORT,      /* the exporter's checks of the planned output
+				   * (CAL_JOB_OPEN_FOR(CAL_JOB_EXPORT)) */
 	CAL_JOB_PART_DEVICE,      /* the back end */
 };
 
@@ -127,7 +129,9 @@ struct cal_job;
  * catalog's (CAL_ERR_NOTFOUND / CAL_ERR_FORMAT), the back end's
  * (CAL_ERR_DEVICE, CAL_ERR_UNSUPPORTED without CUDA).  An architecture the
  * engine describes but cannot run opens, unless CAL_JOB_OPEN_FOR(stages)
- * asks for them: then cal_job_check()'s refusal (CAL_JOB_PART_ENGINE).
+ * asks for them: then cal_job_check()'s refusal (CAL_JOB_PART_ENGINE from
+ * the description, before the checkpoint is read; CAL_JOB_PART_EXPORT from
+ * the exporter's checks after it).
  */
 enum cal_status cal_job_open(const struct cal_job_opts *opts, unsigned flags, struct cal_job **ret,
 			     enum cal_job_part *ret_part, struct cal_error *err);
@@ -137,9 +141,12 @@ void cal_job_close(struct cal_job *j);
 
 /*
  * The capability query: CAL_OK when the engine runs every stage in `ops`,
- * else CAL_ERR_UNSUPPORTED (or CAL_ERR_FORMAT) with the reason in err,
- * naming the model type and the feature ("deepseek_v3: mla attention is
- * not run by the calibration engine yet").  Reads the description only.
+ * else CAL_ERR_UNSUPPORTED (or CAL_ERR_FORMAT / CAL_ERR_INVALID) with the
+ * reason in err, naming the model type and the feature ("deepseek_v3: mla
+ * attention is not run by the calibration engine yet").  Calibration: the
+ * description only.  Export: the description, and when the job has its
+ * checkpoint, every planned output tensor as the exporter would write it
+ * (weight dtypes, formats, block sizes, algorithms), without writing.
  */
 enum cal_status cal_job_check(const struct cal_job *j, unsigned ops, struct cal_error *err);
 

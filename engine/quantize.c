@@ -300,7 +300,7 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	/* the cheapest refusals first: an existing output, what the engine
 	 * cannot run, a job opened without its checkpoint or back end */
 	CAL_TRY(cal_quantize_check_output(opts->out_dir, err));
-	CAL_TRY(cal_job_check(job, CAL_JOB_QUANTIZE, err));
+	CAL_TRY(cal_job_check(job, CAL_JOB_CALIBRATE, err)); /* the exporter checks itself */
 	if (!cal_job_checkpoint(job) || !cal_job_backend(job)) {
 		st = cal_error_set(err, CAL_ERR_INVALID, "quantize: the job was opened without its "
 				   "checkpoint or back end");

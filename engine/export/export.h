@@ -52,6 +52,10 @@ struct cal_export_opts {
 	/* fused-expert input amax per expert (stats names
 	 * "...experts.<proj>_input_quantizers.<e>") instead of the shared one */
 	int per_expert_input_amax;
+	/* the job's capability query (engine/job.h): plan every output tensor
+	 * and run every check, then return CAL_OK with *ret NULL: no writer,
+	 * nothing on disk, no back end needed (be may be NULL; out_dir too) */
+	int check_only;
 };
 
 struct cal_exporter;

@@ -999,4 +999,37 @@ Test(api, unsupported_architecture_refused_at_submit)
 		cal_error_clear(&err);
 	}
 	cr_expect(refused >= 1, "the out-of-limits model was refused");
+
+	/* what only the exporter knows (its plan of every output tensor): an MSE
+	 * weight search without fp8_scale_sweep is not implemented */
+	static const char yaml[] =
+		"imports:\n"
+		"  base_disable_all: configs/ptq/units/base_disable_all\n"
+		"  nvfp4: configs/numerics/nvfp4\n"
+		"  nvfp4_static: configs/numerics/nvfp4_static\n"
+		"metadata: {recipe_type: ptq, description: mse without the scale sweep}\n"
+		"quantize:\n"
+		"  algorithm: {method: mse, fp8_scale_sweep: false}\n"
+		"  quant_cfg:\n"
+		"    - $import: base_disable_all\n"
+		"    - quantizer_name: '*.experts.*weight_quantizer'\n"
+		"      cfg: {$import: nvfp4_static}\n"
+		"    - quantizer_name: '*.experts.*input_quantizer'\n"
+		"      cfg: {$import: nvfp4}\n";
+	snprintf(model, sizeof(model), "%s/m", H.models);
+	snprintf(body, sizeof(body), "%s/tokens.jsonl", H.data);
+	char out[256];
+	snprintf(out, sizeof(out), "%s/mse", H.out);
+	json_t *req = json_pack("{s:s, s:s, s:{s:s}, s:s, s:s}", "model", model, "recipe_yaml", yaml,
+				"calibration", "tokens", body, "output", out, "devices", "cpu");
+	char *text = json_dumps(req, JSON_COMPACT);
+	json_t *doc = get_json("POST", "/v1/jobs", JSON, text, 422);
+	json_t *e = json_object_get(doc, "error");
+	cr_expect_str_eq(json_string_value(json_object_get(e, "code")), "invalid_recipe");
+	cr_expect_str_eq(json_string_value(json_object_get(e, "field")), "recipe_yaml");
+	cr_expect(strstr(json_string_value(json_object_get(e, "message")), "fp8_scale_sweep"), "%s",
+		  json_string_value(json_object_get(e, "message")));
+	json_decref(doc);
+	free(text);
+	json_decref(req);
 }

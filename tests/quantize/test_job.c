@@ -252,6 +252,51 @@ Test(job, capability_refuses_beyond_the_limits)
 	rm_rf(root);
 }
 
+/* What only the exporter knows, from the planned output tensors: an MSE
+ * weight search without fp8_scale_sweep is not implemented. */
+static const char MSE_NO_SWEEP[] =
+	"imports:\n"
+	"  base_disable_all: configs/ptq/units/base_disable_all\n"
+	"  nvfp4: configs/numerics/nvfp4\n"
+	"  nvfp4_static: configs/numerics/nvfp4_static\n"
+	"metadata: {recipe_type: ptq, description: mse without the scale sweep}\n"
+	"quantize:\n"
+	"  algorithm: {method: mse, fp8_scale_sweep: false}\n"
+	"  quant_cfg:\n"
+	"    - $import: base_disable_all\n"
+	"    - quantizer_name: '*.experts.*weight_quantizer'\n"
+	"      cfg: {$import: nvfp4_static}\n"
+	"    - quantizer_name: '*.experts.*input_quantizer'\n"
+	"      cfg: {$import: nvfp4}\n";
+
+Test(job, capability_asks_the_exporter)
+{
+	char *root = tmpdir();
+	char *model = make_model(root, "qwen3_moe", "default");
+	struct cal_job_opts o = cpu_opts(model);
+	o.recipe = NULL;
+	o.recipe_yaml = MSE_NO_SWEEP;
+	struct cal_error err = {0};
+	struct cal_job *j = NULL;
+	/* a plan alone cannot tell */
+	cr_assert_eq(cal_job_open(&o, CAL_JOB_OPEN_NO_CHECKPOINT, &j, NULL, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	cr_assert_eq(cal_job_check(j, CAL_JOB_QUANTIZE, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cal_job_close(j);
+	/* with the checkpoint, the exporter plans every output tensor */
+	cr_assert_eq(cal_job_open(&o, CAL_JOB_OPEN_NO_BACKEND, &j, NULL, &err), CAL_OK);
+	cr_assert_eq(cal_job_check(j, CAL_JOB_CALIBRATE, &err), CAL_OK);
+	cr_assert_eq(cal_job_check(j, CAL_JOB_EXPORT, &err), CAL_ERR_UNSUPPORTED);
+	cr_assert(strstr(cal_error_msg(&err), "fp8_scale_sweep"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cal_job_close(j);
+	open_fails(&o, CAL_JOB_OPEN_NO_BACKEND | CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), CAL_ERR_UNSUPPORTED,
+		   CAL_JOB_PART_EXPORT, "fp8_scale_sweep");
+	/* nothing was written anywhere */
+	cr_assert_eq(count_entries(root), 1);
+	rm_rf(root);
+}
+
 /* ---- the stages borrow from the job ------------------------------------ */
 
 Test(job, calibration_borrows_the_same_engine)
