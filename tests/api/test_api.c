@@ -19,6 +19,7 @@
 #include "engine/job.h"
 #include "fixture.h"
 #include "harness.h"
+#include "test_recipes.h"
 
 static struct hd H;
 
@@ -1002,26 +1003,13 @@ Test(api, unsupported_architecture_refused_at_submit)
 
 	/* what only the exporter knows (its plan of every output tensor): an MSE
 	 * weight search without fp8_scale_sweep is not implemented */
-	static const char yaml[] =
-		"imports:\n"
-		"  base_disable_all: configs/ptq/units/base_disable_all\n"
-		"  nvfp4: configs/numerics/nvfp4\n"
-		"  nvfp4_static: configs/numerics/nvfp4_static\n"
-		"metadata: {recipe_type: ptq, description: mse without the scale sweep}\n"
-		"quantize:\n"
-		"  algorithm: {method: mse, fp8_scale_sweep: false}\n"
-		"  quant_cfg:\n"
-		"    - $import: base_disable_all\n"
-		"    - quantizer_name: '*.experts.*weight_quantizer'\n"
-		"      cfg: {$import: nvfp4_static}\n"
-		"    - quantizer_name: '*.experts.*input_quantizer'\n"
-		"      cfg: {$import: nvfp4}\n";
 	snprintf(model, sizeof(model), "%s/m", H.models);
 	snprintf(body, sizeof(body), "%s/tokens.jsonl", H.data);
 	char out[256];
 	snprintf(out, sizeof(out), "%s/mse", H.out);
-	json_t *req = json_pack("{s:s, s:s, s:{s:s}, s:s, s:s}", "model", model, "recipe_yaml", yaml,
-				"calibration", "tokens", body, "output", out, "devices", "cpu");
+	json_t *req = json_pack("{s:s, s:s, s:{s:s}, s:s, s:s}", "model", model, "recipe_yaml",
+				CAL_TEST_RECIPE_MSE_NO_SWEEP, "calibration", "tokens", body, "output", out,
+				"devices", "cpu");
 	char *text = json_dumps(req, JSON_COMPACT);
 	json_t *doc = get_json("POST", "/v1/jobs", JSON, text, 422);
 	json_t *e = json_object_get(doc, "error");

@@ -18,6 +18,7 @@
 #include "common/util.h"
 #include "engine/job.h"
 #include "qtest.h"
+#include "test_recipes.h"
 
 /* ---- device strings ------------------------------------------------------- */
 
@@ -254,28 +255,13 @@ Test(job, capability_refuses_beyond_the_limits)
 
 /* What only the exporter knows, from the planned output tensors: an MSE
  * weight search without fp8_scale_sweep is not implemented. */
-static const char MSE_NO_SWEEP[] =
-	"imports:\n"
-	"  base_disable_all: configs/ptq/units/base_disable_all\n"
-	"  nvfp4: configs/numerics/nvfp4\n"
-	"  nvfp4_static: configs/numerics/nvfp4_static\n"
-	"metadata: {recipe_type: ptq, description: mse without the scale sweep}\n"
-	"quantize:\n"
-	"  algorithm: {method: mse, fp8_scale_sweep: false}\n"
-	"  quant_cfg:\n"
-	"    - $import: base_disable_all\n"
-	"    - quantizer_name: '*.experts.*weight_quantizer'\n"
-	"      cfg: {$import: nvfp4_static}\n"
-	"    - quantizer_name: '*.experts.*input_quantizer'\n"
-	"      cfg: {$import: nvfp4}\n";
-
 Test(job, capability_asks_the_exporter)
 {
 	char *root = tmpdir();
 	char *model = make_model(root, "qwen3_moe", "default");
 	struct cal_job_opts o = cpu_opts(model);
 	o.recipe = NULL;
-	o.recipe_yaml = MSE_NO_SWEEP;
+	o.recipe_yaml = CAL_TEST_RECIPE_MSE_NO_SWEEP;
 	struct cal_error err = {0};
 	struct cal_job *j = NULL;
 	/* a plan alone cannot tell */
