@@ -239,7 +239,7 @@ static int auth_check(struct cal_http_req *r)
 	snprintf(r->client, sizeof(r->client), "anonymous");
 	if (r->cfg->n_tokens == 0 || (rt->flags & CAL_ROUTE_PUBLIC))
 		return 0;
-	if (!(rt->flags & CAL_ROUTE_MUTATING) && !r->cfg->auth_read)
+	if (!(rt->flags & CAL_ROUTE_TOKEN) && !r->cfg->auth_read)
 		return 0;
 	const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
 	if (!h)

@@ -16,7 +16,8 @@
 #include "api/errors.h"
 #include "daemon/daemon.h"
 
-#define CAL_ROUTE_MUTATING 1u /* needs a token whenever tokens are configured */
+#define CAL_ROUTE_TOKEN 1u    /* needs a token whenever tokens are configured:
+			       * routes that change state or do work */
 #define CAL_ROUTE_BODY 2u     /* takes a JSON body */
 #define CAL_ROUTE_PUBLIC 4u   /* probes: never needs a token */
 #define CAL_ROUTE_PARAM_PATH 8u /* the {..} parameter may span several segments

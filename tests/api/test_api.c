@@ -272,6 +272,11 @@ Test(api, auth)
 		{"token in query ignored", "POST", "/v1/jobs?access_token=" HD_TOKEN, JSON, ok, 401, "unauthorized"},
 		{"cancel without token", "DELETE", "/v1/jobs/x", NULL, NULL, 401, "unauthorized"},
 		{"read without token", "GET", "/v1/jobs", NULL, NULL, 200, NULL},
+		{"recipes without token", "GET", "/v1/recipes", NULL, NULL, 200, NULL},
+		{"plan (work) without token", "POST", "/v1/plan", JSON,
+		 "{\"model\":\"{root}/models/m\",\"recipe\":\"" HD_RECIPE "\"}", 401, "unauthorized"},
+		{"plan with token", "POST", "/v1/plan", JSON "Authorization: Bearer " HD_TOKEN "\r\n",
+		 "{\"model\":\"{root}/models/m\",\"recipe\":\"" HD_RECIPE "\"}", 200, NULL},
 		{"right token", "POST", "/v1/jobs", JSON "Authorization: Bearer " HD_TOKEN "\r\n", ok, 202, NULL},
 	};
 	hd_steps(&H, steps, N(steps));
@@ -928,4 +933,66 @@ Test(api, real_job_end_to_end)
 	int st = 0;
 	waitpid(pid, &st, 0);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "calibd verify %s: status %d", out, st);
+}
+
+/* Input is bounded before it is parsed, on every route that takes a body:
+ * 130,000 nested '[' in a recipe took a minute of CPU (libyaml's document
+ * loader scans ahead quadratically) before the bounded event reader
+ * refused it; a mapping of 20,000 keys took seconds (key lookups).  JSON
+ * bodies are refused on depth and value count before jansson runs. */
+Test(api, input_bounded_before_parsing)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	size_t n = 130000;
+	char *body = malloc(n + 1024);
+	cr_assert(body);
+	const char *routes[] = {"/v1/plan", "/v1/jobs"};
+	for (size_t ri = 0; ri < N(routes); ri++) {
+		int k = snprintf(body, 256, "{\"model\":\"%s/m\",\"recipe_yaml\":\"", H.models);
+		memset(body + k, '[', n);
+		snprintf(body + k + n, 1000, "\",\"name\":\"x\",\"output\":\"%s/x\",\"calibration\":{\"tokens\":"
+			 "\"%s/tokens.jsonl\"}}", H.out, H.data);
+		if (!strcmp(routes[ri], "/v1/plan"))
+			snprintf(body + k + n, 8, "\"}");
+		struct timespec t0, t1;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		struct cal_client_resp r;
+		cr_assert_eq(hd_req(&H, "POST", routes[ri], JSON, body, &r), 422, "%s: %s", routes[ri], r.body);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		cr_expect(strstr(r.body, "nesting deeper than 64"), "%s", r.body);
+		cal_client_resp_free(&r);
+		double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+		cr_expect(s < 2, "%s: 130,000 nested '[' took %.2f s", routes[ri], s);
+	}
+	/* 20,000 keys in one mapping */
+	size_t k = (size_t)snprintf(body, 256, "{\"model\":\"%s/m\",\"recipe_yaml\":\"{", H.models);
+	body = realloc(body, 20000 * 16 + 256);
+	cr_assert(body);
+	for (int i = 0; i < 20000; i++)
+		k += (size_t)sprintf(body + k, "%sa%d: b", i ? "," : "", i);
+	sprintf(body + k, "}\"}");
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	struct cal_client_resp r;
+	cr_assert_eq(hd_req(&H, "POST", "/v1/plan", JSON, body, &r), 422, "%s", r.body);
+	cal_client_resp_free(&r);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	cr_expect(s < 2, "20,000 mapping keys took %.2f s", s);
+	/* JSON: 200,001 values, and 100 levels */
+	body = realloc(body, 400100);
+	cr_assert(body);
+	k = (size_t)sprintf(body, "{\"model\":[");
+	for (int i = 0; i < 200000; i++)
+		body[k++] = '1', body[k++] = ',';
+	sprintf(body + k, "1]}");
+	const struct step steps[] = {
+		{"200,001 values (plan)", "POST", "/v1/plan", JSON, body, 400, "json_too_large"},
+		{"200,001 values (jobs)", "POST", "/v1/jobs", JSON, body, 400, "json_too_large"},
+		{"100 levels", "POST", "/v1/plan", JSON,
+		 "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+		 400, "json_too_deep"},
+	};
+	hd_steps(&H, steps, N(steps));
+	free(body);
 }
