@@ -31,8 +31,8 @@ const struct cal_route cal_routes[] = {
 	{"GET", "/v1/recipes/{name}", cal_route_recipe_get, CAL_ROUTE_PARAM_PATH},
 	{"POST", "/v1/plan", cal_route_plan, CAL_ROUTE_TOKEN | CAL_ROUTE_BODY}, /* a dry run is work */
 	{"GET", "/v1/devices", cal_route_devices, 0},
-	{"GET", "/livez", cal_route_livez, CAL_ROUTE_PUBLIC},
-	{"GET", "/readyz", cal_route_readyz, CAL_ROUTE_PUBLIC},
-	{"GET", "/metrics", cal_route_metrics, 0},
+	{"GET", "/livez", cal_route_livez, CAL_ROUTE_PUBLIC | CAL_ROUTE_ADMIN},
+	{"GET", "/readyz", cal_route_readyz, CAL_ROUTE_PUBLIC | CAL_ROUTE_ADMIN},
+	{"GET", "/metrics", cal_route_metrics, CAL_ROUTE_ADMIN},
 };
 const size_t cal_n_routes = sizeof(cal_routes) / sizeof(cal_routes[0]);
