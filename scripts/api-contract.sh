@@ -10,12 +10,12 @@
 # Settings: scripts/api-contract.toml.  The tools are installed from PyPI into BUILD_DIR/contract-venv at the
 # versions of scripts/api-contract-requirements.txt.  BUILD_DIR (default
 # build/cpu) must hold a built daemon.  Bounds: CONTRACT_EXAMPLES requests
-# per operation (default 40) and CONTRACT_MAX_TIME seconds (default 150).
+# per operation (default 40) and CONTRACT_MAX_TIME seconds (default 120).
 set -eu
 cd "$(dirname "$0")/.."
 build=${1:-build/cpu}
 examples=${CONTRACT_EXAMPLES:-40}
-max_time=${CONTRACT_MAX_TIME:-150}
+max_time=${CONTRACT_MAX_TIME:-120}
 calibd=$(cd "$build" && pwd)/daemon/calibd
 fake=$(cd "$build" && pwd)/tests/api/fake_worker
 [ -x "$calibd" ] && [ -x "$fake" ] || { echo "api-contract: build $build first" >&2; exit 1; }
