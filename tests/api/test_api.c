@@ -68,6 +68,8 @@ Test(api, submit_get_list_and_finish)
 		{"list by state", "GET", "/v1/jobs?state=queued,running,succeeded&limit=5", NULL, NULL, 200, NULL},
 		{"bad state filter", "GET", "/v1/jobs?state=bogus", NULL, NULL, 400, "bad_query"},
 		{"bad limit", "GET", "/v1/jobs?limit=0", NULL, NULL, 400, "bad_query"},
+		{"empty cursor", "GET", "/v1/jobs?cursor=", NULL, NULL, 400, "bad_query"},
+		{"cursor not a job id", "GET", "/v1/jobs?cursor=a%2Fb", NULL, NULL, 400, "bad_query"},
 		{"unknown job", "GET", "/v1/jobs/j000000", NULL, NULL, 404, "job_not_found"},
 		{"unknown route", "GET", "/v2/nothing", NULL, NULL, 404, "route_not_found"},
 		{"wrong method", "PUT", "/v1/jobs", NULL, NULL, 405, "method_not_allowed"},
