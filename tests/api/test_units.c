@@ -251,17 +251,25 @@ static const char *yscalar(yaml_document_t *d, yaml_node_t *root, const char *pa
 	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
-Test(units, openapi_lists_exactly_the_routes)
+/* Loads api/openapi.yaml into d (yaml_document_delete when done). */
+static void openapi_load(yaml_document_t *d)
 {
 	char path[512];
 	snprintf(path, sizeof(path), "%s/api/openapi.yaml", srcdir());
 	FILE *f = fopen(path, "rb");
 	cr_assert(f, "%s", path);
 	yaml_parser_t p;
-	yaml_document_t d;
 	yaml_parser_initialize(&p);
 	yaml_parser_set_input_file(&p, f);
-	cr_assert(yaml_parser_load(&p, &d), "openapi.yaml: %s", p.problem);
+	cr_assert(yaml_parser_load(&p, d), "openapi.yaml: %s", p.problem);
+	yaml_parser_delete(&p);
+	fclose(f);
+}
+
+Test(units, openapi_lists_exactly_the_routes)
+{
+	yaml_document_t d;
+	openapi_load(&d);
 	yaml_node_t *paths = ynode(&d, yaml_document_get_root_node(&d), "paths");
 	cr_assert(paths && paths->type == YAML_MAPPING_NODE);
 	size_t documented = 0;
@@ -287,8 +295,6 @@ Test(units, openapi_lists_exactly_the_routes)
 	cr_expect_eq(documented, cal_n_routes, "the route table has %zu routes, openapi.yaml documents %zu",
 		     cal_n_routes, documented);
 	yaml_document_delete(&d);
-	yaml_parser_delete(&p);
-	fclose(f);
 }
 
 static const char *yval(yaml_document_t *d, yaml_node_pair_t *p, int key)
@@ -357,15 +363,8 @@ static void schemas_under(yaml_document_t *d, yaml_node_t *n, const char *where)
  * lists it. */
 Test(units, openapi_matches_the_daemon)
 {
-	char path[512];
-	snprintf(path, sizeof(path), "%s/api/openapi.yaml", srcdir());
-	FILE *f = fopen(path, "rb");
-	cr_assert(f, "%s", path);
-	yaml_parser_t p;
 	yaml_document_t d;
-	yaml_parser_initialize(&p);
-	yaml_parser_set_input_file(&p, f);
-	cr_assert(yaml_parser_load(&p, &d), "openapi.yaml: %s", p.problem);
+	openapi_load(&d);
 	yaml_node_t *root = yaml_document_get_root_node(&d);
 	yaml_node_t *schemas = ynode(&d, root, "components.schemas");
 	cr_assert(schemas && schemas->type == YAML_MAPPING_NODE);
@@ -405,8 +404,6 @@ Test(units, openapi_matches_the_daemon)
 			cr_expect(ynode(&d, root, key), "openapi.yaml lacks %s", key);
 	}
 	yaml_document_delete(&d);
-	yaml_parser_delete(&p);
-	fclose(f);
 }
 
 struct kdoc {
