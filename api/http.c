@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "api/sha256.h"
+#include "common/util.h"
 #include "daemon/log.h"
 
 #define CAL_HTTP_MHD_MEMORY (256 * 1024) /* MHD's per-connection memory pool */
@@ -63,12 +64,6 @@ struct cal_http {
 	char *timeout_reply;       /* the raw HTTP 408 the watchdog writes */
 };
 
-static double mono_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- request counters (by route and status) ---- */
 
@@ -80,12 +75,26 @@ struct counter {
 static pthread_mutex_t counters_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct counter counters[64][STATUS_SLOTS]; /* route index + 1 (0: unmatched) */
 
-static void count(int route, unsigned status)
+/* request latency (seconds, headers in to response queued) per route */
+static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+#define LATENCY_BUCKETS (sizeof(latency_bounds) / sizeof(*latency_bounds))
+static struct {
+	unsigned long long buckets[LATENCY_BUCKETS + 1], count;
+	double sum;
+} latency[64];
+
+static void count(int route, unsigned status, double seconds)
 {
 	size_t r = (size_t)(route + 1);
 	if (r >= 64)
 		return;
+	size_t b = 0;
+	while (b < LATENCY_BUCKETS && seconds > latency_bounds[b])
+		b++;
 	pthread_mutex_lock(&counters_mu);
+	latency[r].buckets[b]++;
+	latency[r].count++;
+	latency[r].sum += seconds;
 	for (size_t i = 0; i < STATUS_SLOTS; i++) {
 		if (counters[r][i].status == status || counters[r][i].status == 0) {
 			counters[r][i].status = status;
@@ -132,6 +141,29 @@ void cal_http_render_metrics(FILE *f)
 			if (not_allowed[r][m])
 				fprintf(f, "calibd_http_requests_total{method=\"%s\",route=\"%s\",code=\"405\"} %llu\n",
 					std_methods[m], cal_routes[r].pattern, not_allowed[r][m]);
+	fprintf(f, "# HELP calibd_http_request_duration_seconds Time from a request's headers to its response, "
+		   "by route.\n# TYPE calibd_http_request_duration_seconds histogram\n");
+	for (size_t r = 0; r <= cal_n_routes && r < 64; r++) {
+		if (!latency[r].count)
+			continue;
+		const char *m = r ? cal_routes[r - 1].method : "";
+		const char *p = r ? cal_routes[r - 1].pattern : "unmatched";
+		unsigned long long cum = 0;
+		for (size_t b = 0; b <= LATENCY_BUCKETS; b++) {
+			cum += latency[r].buckets[b];
+			char le[24];
+			if (b < LATENCY_BUCKETS)
+				snprintf(le, sizeof(le), "%g", latency_bounds[b]);
+			else
+				snprintf(le, sizeof(le), "+Inf");
+			fprintf(f, "calibd_http_request_duration_seconds_bucket{method=\"%s\",route=\"%s\",le=\"%s\"} %llu\n",
+				m, p, le, cum);
+		}
+		fprintf(f, "calibd_http_request_duration_seconds_sum{method=\"%s\",route=\"%s\"} %.6f\n", m, p,
+			latency[r].sum);
+		fprintf(f, "calibd_http_request_duration_seconds_count{method=\"%s\",route=\"%s\"} %llu\n", m, p,
+			latency[r].count);
+	}
 	pthread_mutex_unlock(&counters_mu);
 }
 
@@ -377,7 +409,7 @@ static void track_set(struct cal_http *h, void *track, int receiving, int replie
 		return;
 	pthread_mutex_lock(&h->mu);
 	if (restart)
-		t->start = mono_now();
+		t->start = cal_now();
 	if (receiving >= 0)
 		t->receiving = receiving;
 	if (replied >= 0)
@@ -395,7 +427,7 @@ static void notify_connection(void *cls, struct MHD_Connection *conn, void **soc
 		if (!ci || !(t = calloc(1, sizeof(*t))))
 			return; /* untracked: only the inactivity timeout applies */
 		t->fd = ci->connect_fd;
-		t->start = mono_now();
+		t->start = cal_now();
 		t->receiving = 1;
 		pthread_mutex_lock(&h->mu);
 		t->next = h->conns;
@@ -432,7 +464,7 @@ static void *watchdog_main(void *arg)
 			pthread_mutex_unlock(&h->mu);
 			break;
 		}
-		double now = mono_now();
+		double now = cal_now();
 		for (struct conn_track *t = h->conns; t; t = t->next) {
 			if (!t->receiving || t->expired || now - t->start < limit)
 				continue;
@@ -451,7 +483,7 @@ static void *watchdog_main(void *arg)
 		pthread_cond_timedwait(&h->cv, &h->mu, &until);
 		pthread_mutex_unlock(&h->mu);
 		while (expired--)
-			count(-1, 408);
+			count(-1, 408, limit);
 	}
 	return NULL;
 }
@@ -535,6 +567,7 @@ static enum MHD_Result first_call(struct cal_http *h, struct cal_http_req *r, st
 	r->cfg = cal_daemon_config(h->d);
 	r->method = method;
 	r->url = url;
+	r->t0 = cal_now();
 	r->route = -1;
 	if (raw_nul(r, url, version))
 		return cal_http_error(r, CAL_API_ERR_BAD_REQUEST, NULL, "the request target contains a NUL byte");
@@ -628,6 +661,37 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
 	return cal_routes[r->route].fn(r);
 }
 
+/* One line per request: method, route (the pattern, not the path: no
+ * client bytes), status, duration, client address.  Probes and scrapes
+ * that succeed are debug lines. */
+static void access_log(struct MHD_Connection *conn, const struct cal_http_req *r, double dt)
+{
+	const char *route = r->route >= 0 ? cal_routes[r->route].pattern : "unmatched";
+	int quiet = r->status < 400 && r->route >= 0 && !strcmp(cal_routes[r->route].method, "GET") &&
+		    (!strcmp(route, "/livez") || !strcmp(route, "/readyz") || !strcmp(route, "/metrics"));
+	enum cal_log_level lvl = quiet ? CAL_LOG_DEBUG : CAL_LOG_INFO;
+	if (!cal_log_enabled(lvl))
+		return;
+	char addr[INET6_ADDRSTRLEN] = "?";
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+	if (sa && sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, addr, sizeof(addr));
+	else if (sa && sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, addr, sizeof(addr));
+	char method[16];
+	snprintf(method, sizeof(method), "%s", r->route >= 0 ? cal_routes[r->route].method : "?");
+	if (r->route < 0 && r->method) {
+		/* an unknown method is echoed only when it is a plain token */
+		size_t n = strspn(r->method, "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+		if (n > 0 && n < sizeof(method) && !r->method[n])
+			snprintf(method, sizeof(method), "%s", r->method);
+	}
+	cal_logj(lvl, "http_request",
+		 json_pack("{s:s, s:s, s:i, s:f, s:s}", "method", method, "route", route, "status", (int)r->status,
+			   "duration_ms", dt * 1000, "client", addr));
+}
+
 static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
@@ -638,10 +702,14 @@ static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 	track_set(h, track_of(conn), 1, 0, 1);
 	if (!r)
 		return;
-	if (r->status == 405)
-		count_not_allowed(r->not_allowed_route, r->method);
-	else if (r->status)
-		count(r->route, r->status);
+	if (r->status) {
+		double dt = cal_now() - r->t0;
+		if (r->status == 405)
+			count_not_allowed(r->not_allowed_route, r->method);
+		else
+			count(r->route, r->status, dt);
+		access_log(conn, r, dt);
+	}
 	cal_config_unref(r->cfg);
 	free(r->body);
 	free(r);
