@@ -3,8 +3,10 @@
  * attention over packed sequences.  Per query row and head: scores
  * s_j = fl32(q.k_j) * scale for the visible keys (dot in channel order),
  * m = max, e_j = exp(s_j - m), l = sum e_j (key order), p_j = bf16(e_j / l),
- * out = bf16(sum_j p_j v_j) (key order).  Only one row of scores exists at
- * a time.  Reference and CPU back end; items are (row, head) pairs.
+ * out = bf16(sum_j p_j v_j) (key order).  With sinks (gpt_oss) the head's
+ * sink logit s joins the max and the denominator: m = max(m, s),
+ * l += exp(s - m) after the keys; it has no value row (docs/gpt_oss.md).
+ * Only one row of scores exists at a time.  Reference and CPU back end; items are (row, head) pairs.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -74,6 +76,13 @@ static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		for (uint64_t j = lo; j <= i; j++) {
 			sc[j - lo] = expf(sc[j - lo] - m);
 			l += sc[j - lo];
+		}
+		if (a->sinks) {
+			float sk = a->sinks[h], mn = sk > m ? sk : m;
+			float f = expf(m - mn);
+			for (uint64_t j = lo; j <= i; j++)
+				sc[j - lo] *= f;
+			l = l * f + expf(sk - mn);
 		}
 		for (uint32_t d = 0; d < hd; d++)
 			acc[d] = 0.0f;

@@ -54,7 +54,7 @@ __device__ __forceinline__ float at_dot(const float *q, const uint16_t *k, uint3
 __global__ void __launch_bounds__(AT_WARPS * 32)
 attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out, uint64_t t,
 	    uint32_t nh, uint32_t nkv, uint32_t hd, const uint32_t *cu, uint32_t n_seq,
-	    const uint32_t *key_start, uint32_t window, float scale)
+	    const uint32_t *key_start, uint32_t window, float scale, const float *sinks)
 {
 	__shared__ float qs[AT_WARPS][AT_MAX_HD];
 	unsigned lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
@@ -91,6 +91,11 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 			for (int off = 16; off > 0; off >>= 1)
 				e += __shfl_xor_sync(CAL_FULL_MASK, e, off);
 			l = (m == -INFINITY ? 0.0f : l * expf(m - mn)) + e;
+			m = mn;
+		}
+		if (sinks) { /* gpt_oss: the head's sink joins max and denominator */
+			float sk = sinks[h], mn = fmaxf(m, sk);
+			l = l * expf(m - mn) + expf(sk - mn);
 			m = mn;
 		}
 		float acc[AT_MAX_HD / 32];
@@ -186,7 +191,7 @@ template <int HD>
 __global__ void __launch_bounds__(FA_THREADS)
 fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out, uint64_t t,
 	  uint32_t nh, uint32_t nkv, const uint32_t *cu, uint32_t n_seq,
-	  const uint32_t *key_start, uint32_t window, float scale)
+	  const uint32_t *key_start, uint32_t window, float scale, const float *sinks)
 {
 	constexpr int LD = HD + 8;      /* padded smem row (elements) */
 	constexpr int CH = HD / 8;      /* 16-byte chunks per row */
@@ -342,7 +347,15 @@ fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out
 	l0 += __shfl_xor_sync(CAL_FULL_MASK, l0, 2);
 	l1 += __shfl_xor_sync(CAL_FULL_MASK, l1, 1);
 	l1 += __shfl_xor_sync(CAL_FULL_MASK, l1, 2);
-	float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+	float sc0 = 1.0f, sc1 = 1.0f;
+	if (sinks) { /* gpt_oss: the head's sink joins max and denominator */
+		float sk = sinks[h], mn0 = fmaxf(m0, sk), mn1 = fmaxf(m1, sk);
+		sc0 = m0 == -INFINITY ? 0.0f : expf(m0 - mn0);
+		sc1 = m1 == -INFINITY ? 0.0f : expf(m1 - mn1);
+		l0 = l0 * sc0 + expf(sk - mn0);
+		l1 = l1 * sc1 + expf(sk - mn1);
+	}
+	float inv0 = l0 > 0.0f ? sc0 / l0 : 0.0f, inv1 = l1 > 0.0f ? sc1 / l1 : 0.0f;
 #pragma unroll
 	for (int d = 0; d < HD / 8; d++) {
 		uint32_t col = d * 8 + 2 * (lane & 3);
@@ -369,7 +382,8 @@ static enum cal_status fa_launch(const struct cal_attention_args *a, cudaStream_
 						  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
 	fa_kernel<HD><<<(unsigned)blocks, FA_THREADS, shm, s>>>(a->q, a->k, a->v, a->out, a->t, a->nh,
 							      a->nkv, a->cu_seqlens, a->n_seq,
-							      a->key_start, a->window, a->scale);
+							      a->key_start, a->window, a->scale,
+							      a->sinks);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }
@@ -405,7 +419,7 @@ extern "C" enum cal_status cal_cuda_attention(struct cal_backend *be,
 	attn_kernel<<<(unsigned)blocks, AT_WARPS * 32, 0, s>>>(a->q, a->k, a->v, a->out, a->t, a->nh,
 							       a->nkv, a->hd, a->cu_seqlens,
 							       a->n_seq, a->key_start, a->window,
-							       a->scale);
+							       a->scale, a->sinks);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }
