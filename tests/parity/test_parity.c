@@ -56,6 +56,9 @@ static const struct pcase cases[] = {
 	{"qwen3_5_moe", "qwen3_5_moe", "fused"},           /* VLM: model.language_model. */
 	{"qwen3_5_moe_text", "qwen3_5_moe_text", "fused"}, /* text-only re-export, model. */
 	{"qwen3_next", "qwen3_next", "per-expert"},        /* in_proj_qkvz / in_proj_ba */
+	/* sinks, sliding window 128 (160-token rows), biases, clamped SwiGLU */
+	{"gpt_oss", "gpt_oss", NULL},                      /* bf16 [E, H, 2I] interleaved */
+	{"gpt_oss_mxfp4", "gpt_oss", "mxfp4"},             /* MXFP4 source experts */
 };
 
 #define HIDDEN_TOL 2e-2
