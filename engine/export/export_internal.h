@@ -28,6 +28,14 @@ struct xlin {
 	int group;                      /* sibling group within the layer, 0 none */
 	float wamax, iamax;
 	int has_input_scale;            /* an input_scale tensor is written */
+	/* gpt_oss (export_bmm in export.c, docs/gpt_oss.md): every expert of one
+	 * projection as modelopt's single 3-D BMM weight.  Here [E * bmm_rows,
+	 * in] (out = E * bmm_rows, rows in the checkpoint's order, gate/up
+	 * interleaved); written [E, in, bmm_rows] under "<name>", its scales
+	 * under "<name>_weight_scale" etc.  sl: expert 0's slice (tensor,
+	 * MXFP4 scales). */
+	int bmm;
+	int64_t bmm_rows;
 };
 
 /* A tensor copied byte for byte (maybe renamed). */
