@@ -822,12 +822,13 @@ static enum cal_status dneed(struct cal_exporter *ex, int k, size_t n, void **re
 /* Copies x's weight [out, in] (source dtype) into dst. */
 /* gpt_oss BMM experts as bf16 [E * rows, in]: MXFP4 blocks decoded as HF
  * does (low nibble = even column, E2M1 * 2^(scale - 127), rounded to bf16),
- * or the bf16 [E, in, rows] parameter transposed per expert. */
-static void gather_bmm(const struct xlin *x, uint16_t *dst)
+ * or the bf16 [E, in, rows] parameter transposed per expert.  sl: expert
+ * 0's slice of the projection. */
+void cal_export_bmm_source(const struct cal_expert_slice *sl, uint64_t E, uint64_t R, uint64_t C,
+			   uint16_t *dst)
 {
-	uint64_t R = (uint64_t)x->bmm_rows, C = (uint64_t)x->in, E = (uint64_t)x->out / R;
-	if (x->sl.scales) {
-		const uint8_t *pk = x->sl.t->data, *sc = x->sl.scales->data;
+	if (sl->scales) {
+		const uint8_t *pk = sl->t->data, *sc = sl->scales->data;
 		for (uint64_t b = 0; b < E * R * C / 32; b++) {
 			float s = cal_e8m0_decode(sc[b]);
 			for (unsigned k = 0; k < 32; k++) {
@@ -837,18 +838,27 @@ static void gather_bmm(const struct xlin *x, uint16_t *dst)
 		}
 		return;
 	}
-	const uint16_t *src = x->sl.t->data;
+	cal_export_bmm_transpose(dst, sl->t->data, E, C, R, 2);
+}
+
+void cal_export_bmm_transpose(void *dst, const void *src, uint64_t E, uint64_t R, uint64_t cols,
+			      uint64_t es)
+{
+	const unsigned char *s = src;
+	unsigned char *d = dst;
 	for (uint64_t e = 0; e < E; e++)
 		for (uint64_t r = 0; r < R; r++)
-			for (uint64_t c = 0; c < C; c++)
-				dst[(e * R + r) * C + c] = src[(e * C + c) * R + r];
+			for (uint64_t j = 0; j < cols; j++)
+				memcpy(d + ((e * cols + j) * R + r) * es, s + ((e * R + r) * cols + j) * es,
+				       es);
 }
 
 static void gather(const struct xlin *x, void *dst)
 {
 	size_t es = cal_dtype_size(x->dtype);
 	if (x->bmm) {
-		gather_bmm(x, dst);
+		uint64_t R = (uint64_t)x->bmm_rows;
+		cal_export_bmm_source(&x->sl, (uint64_t)x->out / R, R, (uint64_t)x->in, dst);
 		return;
 	}
 	if (x->expert < 0) {
@@ -900,12 +910,7 @@ static enum cal_status put_lin(struct cal_exporter *ex, const struct xlin *x, co
 	if (matrix) {
 		uint64_t R = (uint64_t)x->bmm_rows, E = (uint64_t)x->out / R;
 		uint64_t es = x->fmt == CAL_QFMT_NONE ? 2 : 1, cols = n / ((uint64_t)x->out * es);
-		const unsigned char *src = data;
-		for (uint64_t e = 0; e < E; e++)
-			for (uint64_t r = 0; r < R; r++)
-				for (uint64_t j = 0; j < cols; j++)
-					memcpy(t + ((e * cols + j) * R + r) * es,
-					       src + ((e * R + r) * cols + j) * es, es);
+		cal_export_bmm_transpose(t, data, E, R, cols, es);
 	}
 	st = cal_st_writer_put(ex->w, full, matrix ? t : data, n, err);
 	free(t);

@@ -117,6 +117,15 @@ json_t *cal_export_hf_to_config(json_t *hfq);
 /* Writes every side file (configs, tokenizer, report) into the writer. */
 enum cal_status cal_export_side_files(struct cal_exporter *ex, const struct cal_stats *stats,
 				      char **ret_report, struct cal_error *err);
+/* gpt_oss BMM experts (export.c): the source of one projection as bf16
+ * [E * R, C] (sl: expert 0's slice; MXFP4 decoded as HF does), and the
+ * per-expert transpose [E, R, cols] -> [E, cols, R] of es-byte elements
+ * (its own inverse with R and cols swapped). */
+void cal_export_bmm_source(const struct cal_expert_slice *sl, uint64_t E, uint64_t R, uint64_t C,
+			   uint16_t *dst);
+void cal_export_bmm_transpose(void *dst, const void *src, uint64_t E, uint64_t R, uint64_t cols,
+			      uint64_t es);
+
 /* Source side files copied verbatim when present. */
 extern const char *const cal_export_copy_files[];
 
