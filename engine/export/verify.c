@@ -427,11 +427,11 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 				  struct cal_error *err)
 {
 	const char *name = t->name;
-	int nv = f == VF_NVFP4;
+	int nv = f == VF_NVFP4 || f == VF_W4A16_NVFP4;
 	uint64_t E = (uint64_t)t->shape[0], R = (uint64_t)t->shape[2];
 	uint64_t C = (uint64_t)t->shape[1] * (nv ? 2 : 1);
 	const struct cal_st_tensor *ws = bget(v, name, "weight_scale");
-	if (f != VF_NVFP4 && f != VF_FP8) {
+	if (!nv && f != VF_FP8) {
 		violation(v, "%s: GPT-OSS experts in %s are not checked (NVFP4 and FP8 only)", name,
 			  vfmt_name(f));
 		return CAL_OK;
@@ -461,7 +461,7 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 	} else if (!bmm_scalar(v, name, "weight_scale")) {
 		return CAL_OK;
 	}
-	if (!bmm_scalar(v, name, "input_scale") || !src->ck)
+	if ((f != VF_W4A16_NVFP4 && !bmm_scalar(v, name, "input_scale")) || !src->ck)
 		return CAL_OK;
 	/* SQNR: back to [E R, C] rows, dequantized on the back end */
 	uint64_t n = E * R * C, qb = nv ? n / 2 : n, sbytes = nv ? n / 16 : 0;
