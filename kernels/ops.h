@@ -137,6 +137,10 @@ struct cal_fp8_quant_args {
 	float scale;
 	enum cal_div_mode div;
 	uint8_t *q;             /* [n] F8_E4M3 */
+	/* 1: q = e4m3(fl32(x / scale)), one rounding, whatever div: modelopt's
+	 * stacked 3-D expert weights (gpt_oss), whose scale tensor promotes the
+	 * quotient to fp32 (docs/gpt_oss.md) */
+	int single_round;
 };
 
 /* MXFP8 (§1.8), block 32. */

@@ -1098,7 +1098,20 @@ static enum cal_status final_norm(struct cal_calib *c, struct cal_error *err)
 		return CAL_OK; /* nothing to observe */
 	CAL_TRY(reset_obs(c, err));
 	CAL_TRY(be_alloc(c, t->nbytes, &w, err));
-	CAL_TRY(cal_backend_upload(c->be, w, t->data, t->nbytes, err));
+	if (t->dtype == CAL_DTYPE_F32 && c->d->norm == CAL_NORM_RMS_F32W) {
+		float *r = malloc(t->nbytes); /* gpt_oss: bf16 values, as transformers loads them */
+		if (!r) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		cal_oai_norm_weight(t->data, t->numel, r);
+		st = cal_backend_upload(c->be, w, r, t->nbytes, err);
+		free(r);
+		if (st < 0)
+			goto fail;
+	} else {
+		CAL_TRY(cal_backend_upload(c->be, w, t->data, t->nbytes, err));
+	}
 	for (size_t i = 0; i < c->n_mb; i++) {
 		const struct cal_mb *mb = &c->mbs[i];
 		enum cal_rms_kind kind = c->d->norm == CAL_NORM_RMS_F32W ? CAL_RMS_F32W

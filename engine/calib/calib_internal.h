@@ -220,6 +220,10 @@ enum cal_status cal_oai_check(const struct cal_model_desc *d, struct cal_error *
  * source, the experts decoded into w.e13 / w.e2 (canonical layout). */
 enum cal_status cal_oai_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
 			      struct cal_error *err);
+/* fp32 norm weights as transformers 5 runs them: loaded in the model's
+ * bf16 (so rounded to bf16), the product with the fp32 normalised input
+ * then taken in fp32 and rounded once (CAL_RMS_F32W). */
+void cal_oai_norm_weight(const float *w, uint64_t n, float *ret);
 /* YaRN inverse frequencies (HF's yarn init, truncate honoured). */
 void cal_rope_yarn(const struct cal_rope *r, float *inv, int64_t rd);
 

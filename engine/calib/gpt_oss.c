@@ -138,6 +138,12 @@ fail:
 	return st;
 }
 
+void cal_oai_norm_weight(const float *w, uint64_t n, float *ret)
+{
+	for (uint64_t i = 0; i < n; i++)
+		ret[i] = cal_bf16_to_f32(cal_f32_to_bf16(w[i]));
+}
+
 /* HF's yarn init (modeling_rope_utils): the correction range in double,
  * the ramp and the blend of the interpolated and extrapolated frequencies
  * in fp32. */

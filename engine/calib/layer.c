@@ -177,6 +177,16 @@ static enum cal_status tensor_norm(struct cal_calib *c, struct cal_layer_host *l
 		return cal_error_set(err, CAL_ERR_FORMAT, "tensor %s: %llu elements of %s, expected %llu",
 				     t->name, (unsigned long long)t->numel, cal_dtype_name(t->dtype),
 				     (unsigned long long)numel);
+	if (t->dtype == CAL_DTYPE_F32 && c->d->norm == CAL_NORM_RMS_F32W) {
+		/* gpt_oss: transformers loads the fp32 weights in the model's bf16 */
+		float *p = own(lh, numel * 4);
+		if (!p)
+			return cal_error_set(err, CAL_ERR_NOMEM, "tensor %s: out of memory", t->name);
+		cal_oai_norm_weight(t->data, numel, p);
+		*ret = p;
+		*ret_dt = CAL_DTYPE_F32;
+		return CAL_OK;
+	}
 	if (t->dtype != CAL_DTYPE_F16) {
 		*ret = t->data;
 		*ret_dt = t->dtype;

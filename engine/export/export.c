@@ -236,7 +236,7 @@ static enum cal_status add_copy(struct cal_exporter *ex, char *name,
 		free(name);
 		return nomem(err);
 	}
-	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer};
+	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer, 0};
 	return CAL_OK;
 }
 
@@ -345,8 +345,34 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 		char *hn = hub_name(ex, pn);
 		free(pn);
 		CAL_TRY_RET(add_copy(ex, hn, e->t, e->layer, err));
+		/* gpt_oss: transformers runs the fp32 norm weights in the model's bf16
+		 * and modelopt saves them so (docs/gpt_oss.md) */
+		ex->cp[ex->n_cp - 1].to_bf16 = ex->d->norm == CAL_NORM_RMS_F32W &&
+					       e->t->dtype == CAL_DTYPE_F32 &&
+					       (e->role == CAL_ROLE_INPUT_NORM ||
+						e->role == CAL_ROLE_POST_ATTN_NORM ||
+						e->role == CAL_ROLE_FINAL_NORM);
 	}
 	return CAL_OK;
+}
+
+/* Writes copy c (converted to bf16 when asked). */
+static enum cal_status put_copy(struct cal_exporter *ex, const struct xcopy *c,
+				struct cal_error *err)
+{
+	if (!c->to_bf16)
+		return cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err);
+	uint16_t *b = malloc(c->t->numel * 2 + 1);
+	if (!b)
+		return nomem(err);
+	for (uint64_t i = 0; i < c->t->numel; i++) {
+		float v;
+		memcpy(&v, (const char *)c->t->data + i * 4, 4);
+		b[i] = cal_f32_to_bf16(v);
+	}
+	enum cal_status st = cal_st_writer_put(ex->w, c->name, b, c->t->numel * 2, err);
+	free(b);
+	return st;
 }
 
 /* gpt_oss experts (docs/gpt_oss.md): modelopt 0.47 quantizes GptOssExperts'
@@ -634,11 +660,12 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 			const struct xcopy *c = &ex->cp[i];
 			if (c->layer != L)
 				continue;
-			enum cal_status st = cal_st_writer_declare(ex->w, c->name, c->t->dtype,
+			enum cal_status st = cal_st_writer_declare(ex->w, c->name,
+								   c->to_bf16 ? CAL_DTYPE_BF16 : c->t->dtype,
 								   c->t->ndim, c->t->shape, err);
 			if (st < 0)
 				return cal_error_wrap(err, st, "declaring %s", c->name);
-			ex->bytes_total += c->t->nbytes;
+			ex->bytes_total += c->to_bf16 ? c->t->numel * 2 : c->t->nbytes;
 		}
 	}
 	return CAL_OK;
@@ -1075,7 +1102,8 @@ static enum cal_status quantize_lin(struct cal_exporter *ex, struct xlin *x,
 		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
 		scale = cal_fp8_scale(x->wamax, div);
 		CAL_TRY_RET(check_scale(x->name, "weight_scale", scale, err));
-		struct cal_fp8_quant_args a = {dw, n, scale, div, dq};
+		/* gpt_oss BMM weights: one rounding (modelopt's 3-D FP8 path) */
+		struct cal_fp8_quant_args a = {dw, n, scale, div, dq, x->bmm};
 		CAL_TRY_RET(cal_op_fp8_quant(be, &a, err));
 		struct cal_fp8_dequant_args d = {dq, n, scale, CAL_DTYPE_F32, dy};
 		CAL_TRY_RET(cal_op_fp8_dequant(be, &d, err));
@@ -1310,7 +1338,7 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 	for (size_t i = 0; i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];
 		if (c->layer == L)
-			CAL_TRY(cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err));
+			CAL_TRY(put_copy(ex, c, err));
 	}
 	ex->layer_done[L] = 1;
 	ex->t_layers += cal_now() - t0;
@@ -1369,7 +1397,7 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 	for (size_t i = 0; i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];
 		if (c->layer == -1)
-			CAL_TRY(cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err));
+			CAL_TRY(put_copy(ex, c, err));
 	}
 	cal_exporter_add_phase(ex, "export_layers", ex->t_layers);
 	cal_exporter_add_phase(ex, "export_finish", cal_now() - t0);

@@ -43,6 +43,7 @@ struct xcopy {
 	char *name;
 	const struct cal_st_tensor *t;
 	int32_t layer;
+	int to_bf16;                    /* F32 written as bf16 (gpt_oss norms, as modelopt) */
 };
 
 /* KV-cache scales of one attention module. */
