@@ -9,7 +9,8 @@
 #   (ONLY="case1 case2" limits it to those cases)
 #
 # Then copy OUT_DIR/<case>/ into tests/parity/<case>/ (tokens.jsonl,
-# stats.json, hidden.safetensors, case.json) and run
+# stats.json, hidden.safetensors, case.json; MXFP4 cases also
+# dequant.safetensors) and run
 #   meson test -C BUILD_DIR --suite unit parity   (and --suite gpu parity_cuda)
 # Keep the case list in sync with test_parity.c.
 set -eu
@@ -59,6 +60,9 @@ PY
 			"$OUT/$case/tokens.jsonl" "$OUT/$case" ;;
 	*) python3 "$HFREF" "$TMP/$case" "$OUT/$case/tokens.jsonl" "$OUT/$case" ;;
 	esac
+	if [ "$layout" = mxfp4 ]; then # transformers' own dequantization of the experts
+		python3 "$(dirname "$0")/mxfp4_dequant_ref.py" "$TMP/$case" "$OUT/$case"
+	fi
 	printf '{"arch": "%s", "layout": "%s", "seed": %s, "sequences": %s, "seq_len": %s}\n' \
 		"$arch" "$layout" "$SEED" "$NSEQ" "$slen" > "$OUT/$case/case.json"
 done <<'CASES'
