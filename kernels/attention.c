@@ -4,7 +4,7 @@
  * s_j = fl32(q.k_j) * scale for the visible keys (dot in channel order),
  * m = max, e_j = exp(s_j - m), l = sum e_j (key order), p_j = bf16(e_j / l),
  * out = bf16(sum_j p_j v_j) (key order).  With sinks (gpt_oss) the head's
- * sink logit s joins the max and the denominator: m = max(m, s),
+ * sink logit s joins the max and the denominator: m = max(m, s), and
  * l += exp(s - m) after the keys; it has no value row (docs/gpt_oss.md).
  * Only one row of scores exists at a time.  Reference and CPU back end; items are (row, head) pairs.
  */
@@ -73,17 +73,14 @@ static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			m = sv > m ? sv : m;
 		}
 		float l = 0.0f;
+		if (a->sinks && a->sinks[h] > m)
+			m = a->sinks[h];
 		for (uint64_t j = lo; j <= i; j++) {
 			sc[j - lo] = expf(sc[j - lo] - m);
 			l += sc[j - lo];
 		}
-		if (a->sinks) {
-			float sk = a->sinks[h], mn = sk > m ? sk : m;
-			float f = expf(m - mn);
-			for (uint64_t j = lo; j <= i; j++)
-				sc[j - lo] *= f;
-			l = l * f + expf(sk - mn);
-		}
+		if (a->sinks)
+			l += expf(a->sinks[h] - m);
 		for (uint32_t d = 0; d < hd; d++)
 			acc[d] = 0.0f;
 		for (uint64_t j = lo; j <= i; j++) {
