@@ -40,12 +40,20 @@ static void violation(struct vctx *v, const char *fmt, ...)
 	free(s);
 }
 
-static const struct cal_st_tensor *tget(struct vctx *v, const char *mod, const char *suf)
+/* Tensor "<mod><sep><suf>" of the output (sep '.', or '_' for gpt_oss BMM
+ * experts' scales). */
+static const struct cal_st_tensor *tget_sep(struct vctx *v, const char *mod, char sep,
+					    const char *suf)
 {
 	char name[CAL_ST_MAX_NAME + 64];
-	if ((size_t)snprintf(name, sizeof(name), "%s.%s", mod, suf) >= sizeof(name))
+	if ((size_t)snprintf(name, sizeof(name), "%s%c%s", mod, sep, suf) >= sizeof(name))
 		return NULL;
 	return cal_checkpoint_find(v->ck, name);
+}
+
+static const struct cal_st_tensor *tget(struct vctx *v, const char *mod, const char *suf)
+{
+	return tget_sep(v, mod, '.', suf);
 }
 
 static int shape_is(const struct cal_st_tensor *t, enum cal_dtype dt, int ndim, int64_t a,
@@ -63,26 +71,32 @@ static float f32_at(const struct cal_st_tensor *t, uint64_t i)
 	return f;
 }
 
-/* A scalar F32 scale: present, [], finite, > 0. */
-static int check_scalar(struct vctx *v, const char *mod, const char *suf, int required)
+/* A scalar F32 scale "<mod><sep><suf>": present, [], finite, > 0. */
+static int check_scalar_sep(struct vctx *v, const char *mod, char sep, const char *suf,
+			    int required)
 {
-	const struct cal_st_tensor *t = tget(v, mod, suf);
+	const struct cal_st_tensor *t = tget_sep(v, mod, sep, suf);
 	if (!t) {
 		if (required)
-			violation(v, "%s.%s: missing", mod, suf);
+			violation(v, "%s%c%s: missing", mod, sep, suf);
 		return 0;
 	}
 	if (!shape_is(t, CAL_DTYPE_F32, 0, 0, 0)) {
-		violation(v, "%s.%s: expected F32 [], found %s with %d dims", mod, suf,
+		violation(v, "%s%c%s: expected F32 [], found %s with %d dims", mod, sep, suf,
 			  cal_dtype_name(t->dtype), t->ndim);
 		return 0;
 	}
 	float f = f32_at(t, 0);
 	if (!isfinite(f) || f <= 0.0f) {
-		violation(v, "%s.%s: %g is not finite and positive", mod, suf, (double)f);
+		violation(v, "%s%c%s: %g is not finite and positive", mod, sep, suf, (double)f);
 		return 0;
 	}
 	return 1;
+}
+
+static int check_scalar(struct vctx *v, const char *mod, const char *suf, int required)
+{
+	return check_scalar_sep(v, mod, '.', suf, required);
 }
 
 static int excluded(json_t *patterns, const char *mod)
@@ -362,6 +376,22 @@ fail:
 	return st;
 }
 
+/* Adds {name, format, sqnr_db} of the dequantized y against source w. */
+static void report_sqnr(struct vctx *v, const char *name, enum vfmt f, const uint16_t *w,
+			const float *y, uint64_t n)
+{
+	double sig = 0, noise = 0;
+	for (uint64_t k = 0; k < n; k++) {
+		double x = cal_bf16_to_f32(w[k]), dd = x - (double)y[k];
+		sig += x * x;
+		noise += dd * dd;
+	}
+	json_t *wr = json_pack("{s:s, s:s}", "name", name, "format", vfmt_name(f));
+	json_object_set_new(wr, "sqnr_db", noise > 0 && sig > 0 ?
+			    json_real(10.0 * log10(sig / noise)) : json_null());
+	json_array_append_new(v->weights, wr);
+}
+
 /* ---- gpt_oss BMM experts (docs/gpt_oss.md) ----------------------------------- */
 
 /* "<...>.experts.gate_up_proj" / ".down_proj" with 3 dims: 1, else 0. */
@@ -375,29 +405,6 @@ static int is_bmm(const struct cal_st_tensor *t)
 			return 1;
 	}
 	return 0;
-}
-
-static const struct cal_st_tensor *bget(struct vctx *v, const char *name, const char *suf)
-{
-	char full[CAL_ST_MAX_NAME + 64];
-	if ((size_t)snprintf(full, sizeof(full), "%s_%s", name, suf) >= sizeof(full))
-		return NULL;
-	return cal_checkpoint_find(v->ck, full);
-}
-
-static int bmm_scalar(struct vctx *v, const char *name, const char *suf)
-{
-	const struct cal_st_tensor *t = bget(v, name, suf);
-	if (!t || t->dtype != CAL_DTYPE_F32 || t->numel != 1) {
-		violation(v, "%s_%s: %s", name, suf, t ? "not one F32 value" : "missing");
-		return 0;
-	}
-	float x = f32_at(t, 0);
-	if (!isfinite(x) || x <= 0) {
-		violation(v, "%s_%s is %g (must be finite and > 0)", name, suf, (double)x);
-		return 0;
-	}
-	return 1;
 }
 
 /* Source experts of BMM tensor `name` ([E, C, R] on output) as bf16 [E R, C]. */
@@ -430,7 +437,7 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 	int nv = f == VF_NVFP4 || f == VF_W4A16_NVFP4;
 	uint64_t E = (uint64_t)t->shape[0], R = (uint64_t)t->shape[2];
 	uint64_t C = (uint64_t)t->shape[1] * (nv ? 2 : 1);
-	const struct cal_st_tensor *ws = bget(v, name, "weight_scale");
+	const struct cal_st_tensor *ws = tget_sep(v, name, '_', "weight_scale");
 	if (!nv && f != VF_FP8) {
 		violation(v, "%s: GPT-OSS experts in %s are not checked (NVFP4 and FP8 only)", name,
 			  vfmt_name(f));
@@ -456,12 +463,12 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 					  (unsigned long long)k, sb[k]);
 				return CAL_OK;
 			}
-		if (!bmm_scalar(v, name, "weight_scale_2"))
+		if (!check_scalar_sep(v, name, '_', "weight_scale_2", 1))
 			return CAL_OK;
-	} else if (!bmm_scalar(v, name, "weight_scale")) {
+	} else if (!check_scalar_sep(v, name, '_', "weight_scale", 1)) {
 		return CAL_OK;
 	}
-	if ((f != VF_W4A16_NVFP4 && !bmm_scalar(v, name, "input_scale")) || !src->ck)
+	if ((f != VF_W4A16_NVFP4 && !check_scalar_sep(v, name, '_', "input_scale", 1)) || !src->ck)
 		return CAL_OK;
 	/* SQNR: back to [E R, C] rows, dequantized on the back end */
 	uint64_t n = E * R * C, qb = nv ? n / 2 : n, sbytes = nv ? n / 16 : 0;
@@ -488,7 +495,7 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 	if (nv) {
 		CAL_TRY(cal_backend_upload(be, ds, sc, sbytes, err));
 		struct cal_nvfp4_dequant_args a = {dq, ds, E * R, C,
-						   f32_at(bget(v, name, "weight_scale_2"), 0),
+						   f32_at(tget_sep(v, name, '_', "weight_scale_2"), 0),
 						   CAL_DTYPE_F32, dy};
 		CAL_TRY(cal_op_nvfp4_dequant(be, &a, err));
 	} else {
@@ -496,16 +503,7 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 		CAL_TRY(cal_op_fp8_dequant(be, &a, err));
 	}
 	CAL_TRY(cal_backend_download(be, y, dy, n * 4, err));
-	double sig = 0, noise = 0;
-	for (uint64_t k = 0; k < n; k++) {
-		double x = cal_bf16_to_f32(w[k]), dd = x - (double)y[k];
-		sig += x * x;
-		noise += dd * dd;
-	}
-	json_t *wr = json_pack("{s:s, s:s}", "name", name, "format", vfmt_name(f));
-	json_object_set_new(wr, "sqnr_db", noise > 0 && sig > 0 ?
-			    json_real(10.0 * log10(sig / noise)) : json_null());
-	json_array_append_new(v->weights, wr);
+	report_sqnr(v, name, f, w, y, n);
 fail:
 	cal_backend_dealloc(be, dq);
 	cal_backend_dealloc(be, ds);
@@ -732,16 +730,7 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 					free(mod);
 					goto fail;
 				}
-				double sig = 0, noise = 0;
-				for (int64_t k = 0; k < o * in; k++) {
-					double x = cal_bf16_to_f32(w[k]), dd = x - (double)y[k];
-					sig += x * x;
-					noise += dd * dd;
-				}
-				json_t *wr = json_pack("{s:s, s:s}", "name", mod, "format", vfmt_name(f));
-				json_object_set_new(wr, "sqnr_db", noise > 0 && sig > 0 ?
-						    json_real(10.0 * log10(sig / noise)) : json_null());
-				json_array_append_new(v.weights, wr);
+				report_sqnr(&v, mod, f, w, y, (uint64_t)(o * in));
 			}
 			free(w);
 			free(y);
