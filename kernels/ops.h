@@ -320,6 +320,11 @@ struct cal_attention_args {
 	 * memory) joining each row's softmax denominator (no value row); NULL:
 	 * none.  docs/gpt_oss.md */
 	const float *sinks;
+	/* transformers' eager attention in bf16 (gpt_oss, which has no SDPA
+	 * path): each score rounded to bf16 after q.k and again after the
+	 * scaling, and score - max (sink included) rounded to bf16 before the
+	 * exponential; 0: fp32 scores (SDPA) */
+	int eager_bf16;
 };
 
 /* MoE router (qwen/mixtral/olmoe, §3 step 4): p = softmax(fp32(logits)) over

@@ -520,7 +520,9 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 		c->q, c->kb, c->vb, c->att, T, (uint32_t)c->nh, (uint32_t)c->nkv, (uint32_t)c->hd,
 		c->meta + mb->meta_off, mb->n_seq,
 		c->o.pad_like_modelopt ? c->meta + mb->meta_off + mb->n_seq + 1 : NULL, window,
-		(float)d->attn_scaling, w->sinks};
+		(float)d->attn_scaling, w->sinks,
+		/* gpt_oss runs transformers' eager attention only (docs/gpt_oss.md) */
+		d->has_sinks};
 	CAL_TRY(cal_op_attention(c->be, &at, err));
 	if (d->attn == CAL_ATTN_GATED_GQA) /* o_proj sees attention * sigmoid(gate) */
 		CAL_TRY(ewise(c, CAL_EWISE_SIGMOID_MUL, c->att, c->agate, NULL, c->att, T, qd, 0, 0, 0,

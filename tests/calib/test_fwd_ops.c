@@ -164,7 +164,7 @@ Test(fwd_ops, attention_causal_gqa_window_pad)
 		uint32_t window = variant ? 3 : 0;
 		const uint32_t *kst = variant ? NULL : ks;
 		struct cal_attention_args a = {q, k, v, o, T, NH, NKV, HD, cu, 2, kst, window,
-					       1.0f / sqrtf(HD), NULL};
+					       1.0f / sqrtf(HD), NULL, 0};
 		cr_assert_eq(cal_op_attention(be, &a, NULL), CAL_OK);
 		for (int i = 0; i < T; i++) {
 			int sq = i >= 5, lo = sq ? 5 : 0;
@@ -247,30 +247,40 @@ Test(fwd_ops, attention_sinks)
 	fill(q, sizeof(q) / 2, 2, &s);
 	fill(k, sizeof(k) / 2, 2, &s);
 	fill(v, sizeof(v) / 2, 1, &s);
-	struct cal_attention_args a = {q, k, v, o, T, NH, NKV, HD, cu, 1, NULL, 4,
-				       1.0f / sqrtf(HD), sinks};
-	cr_assert_eq(cal_op_attention(be, &a, NULL), CAL_OK);
-	for (int i = 0; i < T; i++) {
-		int lo = i - 3 > 0 ? i - 3 : 0;
-		for (int h = 0; h < NH; h++) {
-			double sc[T], m = sinks[h], l = 0;
-			for (int j = lo; j <= i; j++) {
-				double d = 0;
-				for (int c = 0; c < HD; c++)
-					d += f(q[(i * NH + h) * HD + c]) * f(k[j * HD + c]);
-				sc[j] = d / sqrt(HD);
-				m = fmax(m, sc[j]);
-			}
-			for (int j = lo; j <= i; j++)
-				l += exp(sc[j] - m);
-			l += exp(sinks[h] - m);
-			for (int c = 0; c < HD; c++) {
-				double acc = 0;
+	for (int eager = 0; eager < 2; eager++) {
+		struct cal_attention_args a = {q, k, v, o, T, NH, NKV, HD, cu, 1, NULL, 4,
+					       1.0f / sqrtf(HD), sinks, eager};
+		cr_assert_eq(cal_op_attention(be, &a, NULL), CAL_OK);
+		for (int i = 0; i < T; i++) {
+			int lo = i - 3 > 0 ? i - 3 : 0;
+			for (int h = 0; h < NH; h++) {
+				double sc[T], m = sinks[h], l = 0;
+				for (int j = lo; j <= i; j++) {
+					double d = 0;
+					for (int c = 0; c < HD; c++)
+						d += f(q[(i * NH + h) * HD + c]) * f(k[j * HD + c]);
+					sc[j] = d / sqrt(HD);
+					if (eager) /* transformers' eager bf16 scores */
+						sc[j] = cal_round_bf16(cal_round_bf16((float)d) *
+								       (1.0f / sqrtf(HD)));
+					m = fmax(m, sc[j]);
+				}
+				double dsk = eager ? cal_round_bf16((float)(sinks[h] - m)) : sinks[h] - m;
 				for (int j = lo; j <= i; j++)
-					acc += cal_round_bf16((float)(exp(sc[j] - m) / l)) * f(v[j * HD + c]);
-				double got = f(o[(i * NH + h) * HD + c]);
-				cr_expect(fabs(got - acc) <= fabs(acc) / 64 + 2e-3,
-					  "attn[%d,%d,%d] = %g, expected %g", i, h, c, got, acc);
+					l += exp(eager ? cal_round_bf16((float)(sc[j] - m)) : sc[j] - m);
+				l += exp(dsk);
+				for (int c = 0; c < HD; c++) {
+					double acc = 0;
+					for (int j = lo; j <= i; j++) {
+						double e = exp(eager ? cal_round_bf16((float)(sc[j] - m))
+								     : sc[j] - m);
+						acc += cal_round_bf16((float)(e / l)) * f(v[j * HD + c]);
+					}
+					double got = f(o[(i * NH + h) * HD + c]);
+					cr_expect(fabs(got - acc) <= fabs(acc) / 64 + 2e-3,
+						  "attn[%d,%d,%d] = %g, expected %g (eager %d)", i, h, c,
+						  got, acc, eager);
+				}
 			}
 		}
 	}

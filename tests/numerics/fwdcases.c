@@ -306,10 +306,10 @@ int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uin
 	int sinks = (seed & 8) != 0;
 	struct cal_attention_args aa = {bq->a, bk->a, bv->a, bo->a, t, nh, nkv, hd, bc->a, n_seq,
 					(seed & 2) ? bs->a : NULL, (seed & 4) ? 3u : 0u,
-					1.0f / sqrtf((float)hd), sinks ? bsk->a : NULL};
+					1.0f / sqrtf((float)hd), sinks ? bsk->a : NULL, sinks && (seed & 16)};
 	struct cal_attention_args ab = {bq->b, bk->b, bv->b, bo->b, t, nh, nkv, hd, bc->b, n_seq,
 					(seed & 2) ? bs->b : NULL, (seed & 4) ? 3u : 0u,
-					1.0f / sqrtf((float)hd), sinks ? bsk->b : NULL};
+					1.0f / sqrtf((float)hd), sinks ? bsk->b : NULL, sinks && (seed & 16)};
 	FRUN(&c, attention, aa, ab);
 	fcheck(&c, bo, 0, 1.0f / 32, 1e-2f, 0, "out");
 	free(q);
