@@ -2,8 +2,9 @@
  * gpt_oss.c — the GPT-OSS parts of the calibration engine (docs/gpt_oss.md):
  * what of a gpt_oss description the engine runs, the layer tensors that
  * only GPT-OSS has (attention sinks, router bias, expert biases) staged in
- * the canonical layout, the MXFP4 source experts decoded per layer as the
- * pipeline stages it, and the YaRN inverse frequencies.
+ * the canonical layout, the experts (MXFP4 decoded, or the bf16 [E, in,
+ * out] parameters transposed) per layer as the pipeline stages it, the
+ * norm weights as transformers runs them, and the YaRN inverse frequencies.
  *
  * Canonical layout: the checkpoint interleaves gate and up along the 2I
  * output rows (gate at even rows, up at odd rows, in both the bf16
@@ -102,6 +103,53 @@ static enum cal_status decode_mxfp4(struct cal_calib *c, struct cal_layer_host *
 	return CAL_OK;
 }
 
+/* bf16 [E, C, R] (transformers' parameter, input x output) -> [E, R, C]
+ * rows (gate_up: gate rows, then up rows), per expert on the host back
+ * end's threads, in 64-column blocks. */
+struct oai_tr {
+	const uint16_t *src;
+	uint16_t *dst;
+	uint64_t R, C;
+	int gate_up;
+};
+
+static void oai_tr_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct oai_tr *t = p;
+	uint64_t R = t->R, C = t->C, half = R / 2;
+	(void)slot;
+	for (uint64_t e = begin; e < end; e++) {
+		const uint16_t *s = t->src + e * C * R;
+		uint16_t *d = t->dst + e * R * C;
+		for (uint64_t c0 = 0; c0 < C; c0 += 64) {
+			uint64_t c1 = c0 + 64 < C ? c0 + 64 : C;
+			for (uint64_t r = 0; r < R; r++) {
+				uint64_t row = t->gate_up ? (r % 2 ? half + r / 2 : r / 2) : r;
+				for (uint64_t c = c0; c < c1; c++)
+					d[row * C + c] = s[c * R + r];
+			}
+		}
+	}
+}
+
+static enum cal_status transpose_bf16(struct cal_calib *c, struct cal_layer_host *lh, int32_t L,
+				      enum cal_role role, uint64_t R, uint64_t C, int gate_up,
+				      const uint16_t **ret, struct cal_error *err)
+{
+	const struct cal_st_tensor *t = cal_catalog_find(c->cat, role, CAL_PART_WEIGHT, L, -1);
+	uint64_t E = (uint64_t)c->E;
+	if (!t || t->dtype != CAL_DTYPE_BF16 || t->numel != E * R * C)
+		return CAL_OK; /* another dtype: the generic copy (layer.c) converts it */
+	uint16_t *out = cal_layer_own(lh, E * R * C * 2);
+	if (!out)
+		return cal_error_set(err, CAL_ERR_NOMEM, "layer %d: out of memory for %s", L, t->name);
+	struct oai_tr tr = {t->data, out, R, C, gate_up};
+	enum cal_status st = cal_cpu_parallel(c->host, E, 1, oai_tr_range, &tr, err);
+	if (st >= 0)
+		*ret = out;
+	return st;
+}
+
 enum cal_status cal_oai_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
 			      struct cal_error *err)
 {
@@ -133,6 +181,9 @@ enum cal_status cal_oai_stage(struct cal_calib *c, int32_t L, struct cal_layer_h
 	if (cal_catalog_layout(c->cat, L) == CAL_LAYOUT_MXFP4) {
 		CAL_TRY(decode_mxfp4(c, lh, L, CAL_ROLE_EXPERTS_GATE_UP, 2 * I, H, 1, &w->e13, err));
 		CAL_TRY(decode_mxfp4(c, lh, L, CAL_ROLE_EXPERTS_DOWN, H, I, 0, &w->e2, err));
+	} else if (cal_catalog_layout(c->cat, L) == CAL_LAYOUT_FUSED_OAI) {
+		CAL_TRY(transpose_bf16(c, lh, L, CAL_ROLE_EXPERTS_GATE_UP, 2 * I, H, 1, &w->e13, err));
+		CAL_TRY(transpose_bf16(c, lh, L, CAL_ROLE_EXPERTS_DOWN, H, I, 0, &w->e2, err));
 	}
 fail:
 	return st;
