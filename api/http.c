@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "api/sha256.h"
+#include "common/util.h"
 #include "daemon/log.h"
 
 struct cal_http {
@@ -33,12 +34,26 @@ struct counter {
 static pthread_mutex_t counters_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct counter counters[64][STATUS_SLOTS]; /* route index + 1 (0: unmatched) */
 
-static void count(int route, unsigned status)
+/* request latency (seconds, headers in to response queued) per route */
+static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+#define LATENCY_BUCKETS (sizeof(latency_bounds) / sizeof(*latency_bounds))
+static struct {
+	unsigned long long buckets[LATENCY_BUCKETS + 1], count;
+	double sum;
+} latency[64];
+
+static void count(int route, unsigned status, double seconds)
 {
 	size_t r = (size_t)(route + 1);
 	if (r >= 64)
 		return;
+	size_t b = 0;
+	while (b < LATENCY_BUCKETS && seconds > latency_bounds[b])
+		b++;
 	pthread_mutex_lock(&counters_mu);
+	latency[r].buckets[b]++;
+	latency[r].count++;
+	latency[r].sum += seconds;
 	for (size_t i = 0; i < STATUS_SLOTS; i++) {
 		if (counters[r][i].status == status || counters[r][i].status == 0) {
 			counters[r][i].status = status;
@@ -61,6 +76,29 @@ void cal_http_render_metrics(FILE *f)
 			fprintf(f, "calibd_http_requests_total{method=\"%s\",route=\"%s\",code=\"%u\"} %llu\n", m, p,
 				counters[r][i].status, counters[r][i].n);
 		}
+	}
+	fprintf(f, "# HELP calibd_http_request_duration_seconds Time from a request's headers to its response, "
+		   "by route.\n# TYPE calibd_http_request_duration_seconds histogram\n");
+	for (size_t r = 0; r <= cal_n_routes && r < 64; r++) {
+		if (!latency[r].count)
+			continue;
+		const char *m = r ? cal_routes[r - 1].method : "";
+		const char *p = r ? cal_routes[r - 1].pattern : "unmatched";
+		unsigned long long cum = 0;
+		for (size_t b = 0; b <= LATENCY_BUCKETS; b++) {
+			cum += latency[r].buckets[b];
+			char le[24];
+			if (b < LATENCY_BUCKETS)
+				snprintf(le, sizeof(le), "%g", latency_bounds[b]);
+			else
+				snprintf(le, sizeof(le), "+Inf");
+			fprintf(f, "calibd_http_request_duration_seconds_bucket{method=\"%s\",route=\"%s\",le=\"%s\"} %llu\n",
+				m, p, le, cum);
+		}
+		fprintf(f, "calibd_http_request_duration_seconds_sum{method=\"%s\",route=\"%s\"} %.6f\n", m, p,
+			latency[r].sum);
+		fprintf(f, "calibd_http_request_duration_seconds_count{method=\"%s\",route=\"%s\"} %llu\n", m, p,
+			latency[r].count);
 	}
 	pthread_mutex_unlock(&counters_mu);
 }
@@ -295,6 +333,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
 		r->cfg = cal_daemon_config(h->d);
 		r->method = method;
 		r->url = url;
+		r->t0 = cal_now();
 		r->route = cal_route_match(method, url, r->param);
 		if (r->route == -1)
 			return cal_http_error(r, CAL_API_ERR_ROUTE_NOT_FOUND, NULL, "no route for %s", "this path");
@@ -354,6 +393,37 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
 	return cal_routes[r->route].fn(r);
 }
 
+/* One line per request: method, route (the pattern, not the path: no
+ * client bytes), status, duration, client address.  Probes and scrapes
+ * that succeed are debug lines. */
+static void access_log(struct MHD_Connection *conn, const struct cal_http_req *r, double dt)
+{
+	const char *route = r->route >= 0 ? cal_routes[r->route].pattern : "unmatched";
+	int quiet = r->status < 400 && r->route >= 0 && !strcmp(cal_routes[r->route].method, "GET") &&
+		    (!strcmp(route, "/livez") || !strcmp(route, "/readyz") || !strcmp(route, "/metrics"));
+	enum cal_log_level lvl = quiet ? CAL_LOG_DEBUG : CAL_LOG_INFO;
+	if (!cal_log_enabled(lvl))
+		return;
+	char addr[INET6_ADDRSTRLEN] = "?";
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+	if (sa && sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, addr, sizeof(addr));
+	else if (sa && sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, addr, sizeof(addr));
+	char method[16];
+	snprintf(method, sizeof(method), "%s", r->route >= 0 ? cal_routes[r->route].method : "?");
+	if (r->route < 0 && r->method) {
+		/* an unknown method is echoed only when it is a plain token */
+		size_t n = strspn(r->method, "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+		if (n > 0 && n < sizeof(method) && !r->method[n])
+			snprintf(method, sizeof(method), "%s", r->method);
+	}
+	cal_logj(lvl, "http_request",
+		 json_pack("{s:s, s:s, s:i, s:f, s:s}", "method", method, "route", route, "status", (int)r->status,
+			   "duration_ms", dt * 1000, "client", addr));
+}
+
 static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
@@ -363,8 +433,11 @@ static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 	(void)toe;
 	if (!r)
 		return;
-	if (r->status)
-		count(r->route, r->status);
+	if (r->status) {
+		double dt = cal_now() - r->t0;
+		count(r->route, r->status, dt);
+		access_log(conn, r, dt);
+	}
 	cal_config_unref(r->cfg);
 	free(r->body);
 	free(r);

@@ -53,6 +53,7 @@ struct cal_http_req {
 	int body_too_large;
 	int started;
 	unsigned status;          /* HTTP status sent (for the counters) */
+	double t0;                /* cal_now() when the request began */
 };
 
 /* Sends body (reference stolen) as JSON with the given status. */
@@ -68,7 +69,8 @@ enum MHD_Result cal_http_error(struct cal_http_req *r, enum cal_api_err e, const
 /* Sends a prepared response and records its status. */
 enum MHD_Result cal_http_send(struct cal_http_req *r, unsigned status, struct MHD_Response *resp);
 
-/* Appends the HTTP request counters in Prometheus format to f. */
+/* Appends the HTTP request counters and the latency histogram per route
+ * in Prometheus format to f. */
 void cal_http_render_metrics(FILE *f);
 
 struct cal_http;

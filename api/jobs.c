@@ -124,6 +124,7 @@ enum MHD_Result cal_route_jobs_create(struct cal_http_req *r)
 		.data_roots = c->data_roots, .n_data_roots = c->n_data_roots,
 		.output_roots = c->output_roots, .n_output_roots = c->n_output_roots,
 		.recipes_dir = c->recipes_dir, .devices = c->devices, .n_devices = c->n_devices,
+		.datasets = c->datasets, .n_datasets = c->n_datasets,
 	};
 	if (cal_jobspec_validate(req, &env, &spec, &prob) ||
 	    cal_api_job_check(r, spec, cal_api_recipe_field(req), &prob) || space_check(c, spec, &prob)) {

@@ -4,6 +4,7 @@
 #include "jobspec.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 
 #include "api/sha256.h"
 #include "daemon/fsutil.h"
+#include "engine/st/st_writer.h"
 
 static int depth_ok(const json_t *v, int depth)
 {
@@ -121,11 +123,11 @@ static enum cal_api_err check_keys(const json_t *obj, const char *const *allowed
 static enum cal_api_err get_int(const json_t *obj, const char *key, const char *field, long long lo,
 				long long hi, long long def, long long *ret, struct cal_api_problem *prob)
 {
+	/* *ret is set on every path: callers may read it after an error */
+	*ret = def;
 	json_t *v = json_object_get(obj, key);
-	if (!v || json_is_null(v)) {
-		*ret = def;
+	if (!v || json_is_null(v))
 		return CAL_API_OK;
-	}
 	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
 		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
 					   "%s must be an integer in [%lld, %lld]", field, lo, hi);
@@ -178,6 +180,44 @@ static enum cal_api_err get_path(const json_t *v, const char *field, char *const
 	enum cal_status st = cal_path_confine(s, roots, nroots, must_exist, ret, &e);
 	if (st)
 		return path_problem(st, field, s, &e, prob);
+	return CAL_API_OK;
+}
+
+/*
+ * The names the output becomes while the job runs must fit the file system's
+ * limits, or the job would be accepted and fail hours later with "File name
+ * too long": the temporary sibling `.NAME.tmp-<job id>-XXXXXX` (st_writer.h)
+ * within NAME_MAX, and the longest path the writer creates in it (or in the
+ * published directory) within PATH_MAX.  real is the resolved output.
+ */
+static enum cal_api_err output_names_fit(const char *real, struct cal_api_problem *prob)
+{
+	const char *slash = strrchr(real, '/');
+	size_t base = strlen(slash + 1), parent = (size_t)(slash - real);
+	size_t tmp_name = base + CAL_ST_TMP_NAME_EXTRA;
+	size_t longest = parent + 1 + tmp_name + 1 + CAL_ST_FILE_NAME_MAX;
+	if (tmp_name > NAME_MAX)
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "output",
+					   "output: the last path component is %zu bytes, at most %d are allowed (its "
+					   "temporary name while the job runs adds %d bytes and must fit NAME_MAX %d)",
+					   base, NAME_MAX - CAL_ST_TMP_NAME_EXTRA, CAL_ST_TMP_NAME_EXTRA, NAME_MAX);
+	if (longest >= PATH_MAX)
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "output",
+					   "output: the resolved path is %zu bytes, at most %d are allowed (the files "
+					   "written in its temporary directory must fit PATH_MAX %d)", strlen(real),
+					   PATH_MAX - 2 - CAL_ST_TMP_NAME_EXTRA - CAL_ST_FILE_NAME_MAX, PATH_MAX);
+	return CAL_API_OK;
+}
+
+/* The worker opens files of the model directory that the submit does not
+ * (the index, shards, tokenizer files): their paths must fit PATH_MAX too. */
+static enum cal_api_err model_names_fit(const char *real, struct cal_api_problem *prob)
+{
+	if (strlen(real) + 1 + CAL_ST_FILE_NAME_MAX >= PATH_MAX)
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "model",
+					   "model: the resolved path is %zu bytes, at most %d are allowed (the files "
+					   "the job reads in it must fit PATH_MAX %d)", strlen(real),
+					   PATH_MAX - 2 - CAL_ST_FILE_NAME_MAX, PATH_MAX);
 	return CAL_API_OK;
 }
 
@@ -241,10 +281,26 @@ static enum cal_api_err validate_calibration(const json_t *c, const struct cal_j
 					return ae;
 			} else if (!json_is_string(d)) {
 				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
-							   "%s must be a path or {\"path\", \"samples\"}", field);
+							   "%s must be a path, a catalog dataset or {\"path\", \"samples\"}",
+							   field);
+			}
+			json_t *named = NULL;
+			if (json_is_string(d) && json_string_value(d)[0] != '/') {
+				/* a name of the catalog, "cnn_dailymail:256" */
+				const char *cp;
+				long cn;
+				char msg[512];
+				if (cal_dataset_resolve(env->datasets, env->n_datasets, json_string_value(d), &cp, &cn, msg,
+							sizeof(msg)))
+					return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field, "%s: %s", field,
+								   msg);
+				path = named = json_string(cp);
+				n = cn;
 			}
 			char *real = NULL;
-			if ((ae = get_path(path, field, env->data_roots, env->n_data_roots, 1, &real, prob)))
+			ae = get_path(path, field, env->data_roots, env->n_data_roots, 1, &real, prob);
+			json_decref(named);
+			if (ae)
 				return ae;
 			struct stat sb;
 			if (stat(real, &sb) < 0 || !S_ISREG(sb.st_mode)) {
@@ -277,6 +333,39 @@ static enum cal_api_err validate_calibration(const json_t *c, const struct cal_j
 	json_object_set_new(cal, "seq_len", json_integer(seq_len));
 	json_object_set_new(cal, "seed", json_integer(seed));
 	return CAL_API_OK;
+}
+
+int cal_dataset_resolve(char *const *catalog, size_t n, const char *ref, const char **ret_path, long *ret_samples,
+			char *msg, size_t msg_len)
+{
+	*ret_path = NULL;
+	*ret_samples = 0;
+	size_t nl = strcspn(ref, ":");
+	if (ref[nl] == ':') {
+		char *end;
+		errno = 0;
+		long v = strtol(ref + nl + 1, &end, 10);
+		if (errno || end == ref + nl + 1 || *end || v < 1 || v > 1000000) {
+			snprintf(msg, msg_len, "'%.200s': the sample count after ':' must be an integer in [1, 1000000]",
+				 ref);
+			return -1;
+		}
+		*ret_samples = v;
+	}
+	for (size_t i = 0; nl > 0 && i < n; i++) {
+		if (!strncmp(catalog[i], ref, nl) && catalog[i][nl] == '=') {
+			*ret_path = catalog[i] + nl + 1;
+			return 0;
+		}
+	}
+	int w = snprintf(msg, msg_len, "no dataset '%.*s' in the catalog (%s", (int)(nl < 100 ? nl : 100), ref,
+			 n ? "known:" : "which is empty: the configuration's datasets: names them");
+	for (size_t i = 0; i < n && w > 0 && (size_t)w < msg_len; i++)
+		w += snprintf(msg + w, msg_len - (size_t)w, "%s %.*s", i ? "," : "", (int)strcspn(catalog[i], "="),
+			      catalog[i]);
+	if (w > 0 && (size_t)w < msg_len)
+		snprintf(msg + w, msg_len - (size_t)w, ")");
+	return -1;
 }
 
 /* A recipe name: '/'-separated segments of [A-Za-z0-9._-], none empty or
@@ -508,12 +597,13 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 	if ((ae = cal_jobspec_recipe(req, out, prob)) || (ae = validate_devices(req, env, out, prob)) ||
 	    (ae = validate_options(req, out, prob)))
 		goto fail;
-	if ((ae = cal_jobspec_model(req, env, &model, prob)))
+	if ((ae = cal_jobspec_model(req, env, &model, prob)) || (ae = model_names_fit(model, prob)))
 		goto fail;
 	if ((ae = validate_calibration(json_object_get(req, "calibration"), env, out, prob)))
 		goto fail;
 	if ((ae = get_path(json_object_get(req, "output"), "output", env->output_roots, env->n_output_roots, 0,
-			   &output, prob)))
+			   &output, prob)) ||
+	    (ae = output_names_fit(output, prob)))
 		goto fail;
 	if (cal_path_under(output, model) || cal_path_under(model, output)) {
 		ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "output",

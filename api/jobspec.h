@@ -17,6 +17,20 @@
 #define CAL_SPEC_MAX_DATASETS 64
 #define CAL_RECIPE_NAME_MAX 200
 
+/* The dataset catalog: names such as cnn_dailymail mapped to files, so
+ * that a job can say "cnn_dailymail:256" as it would "/data/cnn.jsonl:256".
+ * Entries are "NAME=PATH" strings (the configuration's `datasets:`). */
+#define CAL_DATASET_NAME_MAX 64
+#define CAL_DATASET_NAME_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+/*
+ * Resolves a catalog reference "NAME" or "NAME:N" (N samples, 1..1000000):
+ * *ret_path points into catalog, *ret_samples is N or 0.  Returns 0, or -1
+ * with a message in msg naming the reference and every known name.
+ */
+int cal_dataset_resolve(char *const *catalog, size_t n, const char *ref, const char **ret_path, long *ret_samples,
+			char *msg, size_t msg_len);
+
 /* Where client paths may point and which devices exist (from the config). */
 struct cal_jobspec_env {
 	char *const *model_roots, *const *data_roots, *const *output_roots;
@@ -24,6 +38,8 @@ struct cal_jobspec_env {
 	const char *recipes_dir; /* unused here: api/recipes.c resolves recipe names */
 	const int *devices;
 	size_t n_devices;
+	char *const *datasets;   /* the catalog, "NAME=PATH" */
+	size_t n_datasets;
 };
 
 /*

@@ -10,7 +10,10 @@
  * and are bounded (file sizes and node counts by engine/recipe, plan size
  * by CAL_API_PLAN_MAX_QUANTIZERS, concurrency by CAL_API_PLAN_SLOTS), so
  * they run on the HTTP thread that asked: no GPU, no tensor data, no
- * worker.  Error messages have the recipe tree's path removed.
+ * worker.  Error messages have the recipe tree's path removed.  The reads
+ * are confined (common/confine.h): recipe files beneath the recipe tree,
+ * config.json beneath the model roots, so a link leading out of them is
+ * refused and no byte of an outside file reaches an error message.
  */
 #include "api/recipes.h"
 
@@ -24,6 +27,7 @@
 #include <yaml.h>
 
 #include "api/jobspec.h"
+#include "common/confine.h"
 #include "common/util.h"
 #include "engine/model/model.h"
 #include "engine/recipe/plan.h"
@@ -48,29 +52,11 @@ static char *tree_dir(const struct cal_config *c)
 	return real ? real : strdup(d);
 }
 
-/* msg with every "dir/" removed (heap; NULL on allocation failure). */
-static char *scrub(const char *msg, const char *dir)
-{
-	size_t dl = strlen(dir);
-	char *out = malloc(strlen(msg) + 1), *o = out;
-	if (!out)
-		return NULL;
-	for (const char *m = msg; *m;) {
-		if (dl && !strncmp(m, dir, dl) && m[dl] == '/') {
-			m += dl + 1;
-			continue;
-		}
-		*o++ = *m++;
-	}
-	*o = '\0';
-	return out;
-}
-
 /* Sets prob from an engine error: "<what>: <message without the tree>". */
 static enum cal_api_err from_error(struct cal_api_problem *prob, enum cal_api_err ae, const char *field,
 				   const char *what, struct cal_error *e, const char *dir)
 {
-	char *m = scrub(cal_error_msg(e), dir ? dir : "");
+	char *m = cal_str_scrub_dir(cal_error_msg(e), dir ? dir : "");
 	cal_api_problem_set(prob, ae, field, "%s%s%s", what ? what : "", what ? ": " : "", m ? m : cal_error_msg(e));
 	free(m);
 	cal_error_clear(e);
@@ -196,10 +182,15 @@ static enum cal_api_err recipe_load(const char *dir, const char *name, const cha
 		enum cal_api_err ae = inline_imports_ok(yaml, field, prob);
 		if (ae)
 			return ae;
-		st = cal_recipe_parse("<inline>", yaml, strlen(yaml), &o, ret, &e);
-	} else {
-		st = cal_recipe_load(name, &o, ret, &e);
 	}
+	const char *const roots[] = {dir};
+	struct cal_confine conf = {roots, 1};
+	cal_confine_set(&conf);
+	if (yaml)
+		st = cal_recipe_parse("<inline>", yaml, strlen(yaml), &o, ret, &e);
+	else
+		st = cal_recipe_load(name, &o, ret, &e);
+	cal_confine_set(NULL);
 	if (st >= 0)
 		return CAL_API_OK;
 	if (st == CAL_ERR_NOMEM || st == CAL_ERR_IO)
@@ -212,11 +203,16 @@ static enum cal_api_err recipe_load(const char *dir, const char *name, const cha
 	return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field, field, &e, dir);
 }
 
-/* Parses dir/config.json and bounds the plan it would need. */
-static enum cal_api_err model_load(const char *dir, struct cal_model_desc **ret, struct cal_api_problem *prob)
+/* Parses dir/config.json (read beneath c's model roots) and bounds the
+ * plan it would need. */
+static enum cal_api_err model_load(const struct cal_config *c, const char *dir, struct cal_model_desc **ret,
+				   struct cal_api_problem *prob)
 {
 	struct cal_error e = {0};
+	struct cal_confine conf = {(const char *const *)c->model_roots, c->n_model_roots};
+	cal_confine_set(&conf);
 	enum cal_status st = cal_model_desc_load(dir, ret, &e);
+	cal_confine_set(NULL);
 	if (st < 0) {
 		enum cal_api_err ae = st == CAL_ERR_UNSUPPORTED ? CAL_API_ERR_UNSUPPORTED_MODEL :
 				      st == CAL_ERR_NOMEM ? CAL_API_ERR_INTERNAL : CAL_API_ERR_NOT_A_MODEL;
@@ -275,7 +271,7 @@ enum cal_api_err cal_api_job_check(struct cal_http_req *r, json_t *spec, const c
 		free(dir);
 		return cal_api_problem_set(prob, CAL_API_ERR_BUSY, NULL, NULL);
 	}
-	if (!(ae = recipe_load(dir, name, yaml, recipe_field, &rc, prob)) && !(ae = model_load(model, &m, prob)))
+	if (!(ae = recipe_load(dir, name, yaml, recipe_field, &rc, prob)) && !(ae = model_load(r->cfg, model, &m, prob)))
 		ae = plan_build(m, rc, recipe_field, dir, &plan, prob);
 	slot_give(r->d);
 	if (!ae && json_object_set_new(spec, "recipes_dir", json_string(dir)) < 0)
@@ -444,7 +440,7 @@ enum MHD_Result cal_route_plan(struct cal_http_req *r)
 	have_slot = 1;
 	const char *name = json_string_value(json_object_get(rf, "recipe"));
 	if ((ae = recipe_load(dir, name, json_string_value(json_object_get(rf, "recipe_yaml")), field, &rc, &prob)) ||
-	    (ae = model_load(model, &m, &prob)) || (ae = plan_build(m, rc, field, dir, &plan, &prob)))
+	    (ae = model_load(c, model, &m, &prob)) || (ae = plan_build(m, rc, field, dir, &plan, &prob)))
 		goto out;
 	text = cal_plan_json(plan, name ? name : "<inline>");
 	out = text ? json_loads(text, 0, NULL) : NULL;

@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "config.h"
 #include "engine/calib.h"
 #include "engine/model/model.h"
 #include "engine/quantize.h"
@@ -31,13 +32,15 @@ static void calibrate_usage(FILE *o)
 		"         [--device cpu|cuda[:i]] [--stats-out FILE] [--pad-like-modelopt]\n"
 		"         [--pad-id N] [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
 		"         [--max-gpu-mem BYTES] [--micro-batch TOKENS] [--threads N]\n"
-		"         [--combine eager|f32] [--recipes-dir DIR] [--quiet]\n"
+		"         [--combine eager|f32] [--recipes-dir DIR] [--datasets-file FILE] [--quiet]\n"
 		"Runs the model's forward pass over the calibration tokens (JSONL lines\n"
 		"{\"input_ids\": [...]} or one {\"input_ids\": [[...], ...]}), or over datasets\n"
 		"tokenized with the model's tokenizer.json (JSONL text/messages/input_ids or\n"
 		"text files; --samples 512 and --seq-len 512 by default, --seed K > 0 samples\n"
 		"in a seeded order), and records what the recipe's quantizers need.  Writes the statistics JSON to --stats-out\n"
-		"(default: stdout).  docs/calibration.md explains the options.\n");
+		"(default: stdout).  A --calib entry NAME[:N] names a dataset of the catalog of\n"
+		"--datasets-file or $CALIBD_DATASETS_FILE (the `datasets:` map of a calibd.yaml).\n"
+		"docs/calibration.md explains the options.\n");
 }
 
 static int parse_u64(const char *s, uint64_t *ret)
@@ -121,10 +124,11 @@ int cal_cmd_calibrate(int argc, char **argv)
 		{"combine", required_argument, NULL, 'c'},
 		{"recipes-dir", required_argument, NULL, 'd'},
 		{"quiet", no_argument, NULL, 'q'},
+		{"datasets-file", required_argument, NULL, 'F'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *model = NULL, *recipe = NULL, *tokens = NULL, *out_path = NULL, *rdir = NULL;
+	const char *model = NULL, *recipe = NULL, *tokens = NULL, *out_path = NULL, *rdir = NULL, *dsfile = NULL;
 	struct cal_token_source src = {0};
 	const char *device = "cpu";
 	struct cal_calib_opts o = {.pad_id = -1, .combine = CAL_COMBINE_EAGER};
@@ -138,6 +142,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 		case 'r': recipe = optarg; break;
 		case 't': tokens = optarg; break;
 		case 'C': src.calib = optarg; break;
+		case 'F': dsfile = optarg; break;
 		case 'n':
 		case 'S':
 		case 's':
@@ -236,6 +241,10 @@ int cal_cmd_calibrate(int argc, char **argv)
 	}
 
 	struct cal_error err = {0};
+	char *calib;
+	enum cal_status xs = cal_config_calib_arg("calibrate", &src.calib, dsfile, &calib);
+	if (xs)
+		return cal_exit_from_status(xs);
 	struct cal_model_desc *d = NULL;
 	struct cal_recipe *r = NULL;
 	struct cal_plan *p = NULL;
@@ -292,6 +301,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 	cal_plan_free(p);
 	cal_recipe_free(r);
 	cal_model_desc_free(d);
+	free(calib);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }

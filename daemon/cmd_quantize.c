@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "config.h"
 #include "engine/quantize.h"
 
 static void quantize_usage(FILE *o)
@@ -28,12 +29,14 @@ static void quantize_usage(FILE *o)
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
-		"         [--progress-fd N] [--json] [--quiet]\n"
+		"         [--progress-fd N] [--json] [--quiet] [--datasets-file FILE]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
 		"--calib takes JSONL ({\"text\"}, {\"messages\"}, {\"input_ids\"}) or text files,\n"
 		"tokenized with the model's tokenizer.json (--samples 512, --seq-len 512 by\n"
-		"default; --seed K > 0 samples records in a seeded order).  --device defaults to\n"
+		"default; --seed K > 0 samples records in a seeded order).  An entry NAME[:N]\n"
+		"names a dataset of the catalog of --datasets-file or $CALIBD_DATASETS_FILE\n"
+		"(the `datasets:` map of a calibd.yaml, docs/api.md).  --device defaults to\n"
 		"cuda when a GPU is present, else cpu.  --progress-fd N writes progress as JSON\n"
 		"lines on descriptor N; --json prints the report as JSON.  SIGINT/SIGTERM stop\n"
 		"after the current layer with nothing published.  docs/quantize.md.\n"
@@ -236,10 +239,12 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
+		{"datasets-file", required_argument, NULL, 'F'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	struct cal_quantize_opts o = {.cancel = &quantize_cancel};
+	const char *datasets_file = NULL;
 	struct prog pr = {.tty = isatty(2), .fd = -1};
 	int json = 0, c, fd;
 	char *end;
@@ -255,6 +260,7 @@ int cal_cmd_quantize(int argc, char **argv)
 		case 'e': o.per_expert_input_amax = 1; break;
 		case 'j': json = 1; break;
 		case 'q': pr.quiet = 1; break;
+		case 'F': datasets_file = optarg; break;
 		case 'n':
 			if (parse_count("--samples", optarg, 1L << 24, &o.samples) < 0)
 				return CAL_EXIT_USAGE;
@@ -308,6 +314,11 @@ int cal_cmd_quantize(int argc, char **argv)
 		return CAL_EXIT_USAGE;
 	}
 
+	char *calib;
+	enum cal_status xs = cal_config_calib_arg("quantize", &o.calib, datasets_file, &calib);
+	if (xs)
+		return cal_exit_from_status(xs);
+
 	struct sigaction sa = {.sa_handler = on_signal};
 	struct sigaction old_int, old_term;
 	sigemptyset(&sa.sa_mask);
@@ -344,6 +355,7 @@ int cal_cmd_quantize(int argc, char **argv)
 		fflush(stdout);
 	}
 	free(report);
+	free(calib);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }

@@ -47,7 +47,30 @@ struct cal_config {
 	double job_retention_s;     /* finished jobs (and their directories) are removed after this; 0: never */
 	double min_free_percent;    /* new jobs get 507 below this much free space; 0: no check */
 	int loopback;               /* listen is a loopback address */
+	char **datasets;            /* the dataset catalog: "NAME=PATH" (absolute; api/jobspec.h) */
+	size_t n_datasets;
 };
+
+/* The dataset catalog (`datasets:`) of a YAML file in the configuration's
+ * format (any other key of the configuration may be there too; none needs
+ * to): the CLI's --datasets-file.  *ret: "NAME=PATH" strings (heap). */
+enum cal_status cal_config_read_datasets(const char *path, char ***ret, size_t *n, struct cal_error *err);
+
+/* A --calib list ("FILE[:N],...") with its catalog references ("NAME[:N]":
+ * [A-Za-z0-9_-] names that are no file here) replaced by the catalog's
+ * paths.  The catalog comes from datasets_file, else $CALIBD_DATASETS_FILE;
+ * with neither, the list is copied unchanged.  An unknown name is
+ * CAL_ERR_NOTFOUND, naming the names the catalog knows. */
+enum cal_status cal_config_expand_calib(const char *calib, const char *datasets_file, char **ret,
+				       struct cal_error *err);
+
+/* The CLI's use of it: *calib (when set) becomes the expanded list, owned
+ * by *owned (free it); an error is printed as "calibd CMD: ...". */
+enum cal_status cal_config_calib_arg(const char *cmd, const char **calib, const char *datasets_file, char **owned);
+
+/* Checks the flags alone (names, values' syntax and ranges): a failure is
+ * a usage error (exit 2), before any file is read. */
+enum cal_status cal_config_check_flags(int argc, char **argv, struct cal_error *err);
 
 /*
  * Builds a configuration from the YAML file `path` (NULL: defaults only),

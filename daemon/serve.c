@@ -44,7 +44,7 @@ static void serve_usage(FILE *f)
 		   "  --recipes-dir DIR  --devices auto|none|0,1,..  --max-jobs N  --max-queue N\n"
 		   "  --progress-timeout S  --kill-grace S  --shutdown-grace S  --job-timeout S\n"
 		   "  --resume-on-restart  --worker-command PATH (repeat for arguments)\n"
-		   "  --token-file FILE  --auth-read  --log-format text|json\n"
+		   "  --token-file FILE  --auth-read  --log-format text|json  --dataset NAME=PATH (repeatable)\n"
 		   "  --max-connections N  --per-ip-connections N  --connection-timeout S  --retry-after S\n"
 		   "--check validates the configuration and exits (0 valid, 3 invalid).\n");
 }
@@ -137,7 +137,15 @@ int cal_cmd_serve(int argc, char **argv)
 	json_object_seed(0);
 	struct cal_error err = {0};
 	struct cal_config *cfg = NULL;
-	enum cal_status st = cal_config_load(config, nflags, flags, check, &cfg, &err);
+	enum cal_status st = cal_config_check_flags(nflags, flags, &err);
+	if (st) {
+		fprintf(stderr, "calibd serve: %s\n", cal_error_msg(&err));
+		serve_usage(stderr);
+		cal_error_clear(&err);
+		free(flags);
+		return st == CAL_ERR_NOMEM ? CAL_EXIT_FAILURE : CAL_EXIT_USAGE;
+	}
+	st = cal_config_load(config, nflags, flags, check, &cfg, &err);
 	if (st) {
 		fprintf(stderr, "calibd serve: %s\n", cal_error_msg(&err));
 		cal_error_clear(&err);
@@ -197,8 +205,9 @@ int cal_cmd_serve(int argc, char **argv)
 		free(dup1);
 		free(dup2);
 	}
-	cal_log(CAL_LOG_INFO, "listening", "address", cfg->listen, "port", port, "state_dir", cfg->state_dir,
-		"auth", cfg->n_tokens ? "bearer" : "none", NULL);
+	cal_logj(CAL_LOG_INFO, "listening",
+		 json_pack("{s:s, s:i, s:s, s:s}", "address", cfg->listen, "port", (int)cal_http_port(ctx.http),
+			   "state_dir", cfg->state_dir, "auth", cfg->n_tokens ? "bearer" : "none"));
 	cal_notify("READY=1\nSTATUS=serving");
 	struct cal_supervisor_hooks hooks = {reload, stop_accepting, &ctx};
 	cal_supervisor_run(&d, sigfd, &hooks);

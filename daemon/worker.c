@@ -13,7 +13,8 @@
 #include "engine/quantize.h"
 
 enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn progress, void *ctx,
-				      volatile const int *cancel, char **ret_report, struct cal_error *err)
+				      volatile const int *cancel, const struct cal_st_publish *publish,
+				      char **ret_report, struct cal_error *err)
 {
 	const json_t *cal = json_object_get(spec, "calibration");
 	const json_t *opts_j = json_object_get(spec, "options");
@@ -40,7 +41,8 @@ enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn
 	 * the spec is absolute */
 	const char *rdir = json_string_value(json_object_get(spec, "recipes_dir"));
 	if (rdir && (setenv("CALIBD_RECIPES_DIR", rdir, 1) < 0 || chdir(rdir) < 0)) {
-		enum cal_status st = cal_error_set(err, CAL_ERR_NOTFOUND, "recipes_dir %s: %s", rdir, strerror(errno));
+		/* the tree's path is the daemon's business (docs/api.md) */
+		enum cal_status st = cal_error_set(err, CAL_ERR_NOTFOUND, "the recipe tree: %s", strerror(errno));
 		free(calib);
 		return st;
 	}
@@ -60,6 +62,7 @@ enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn
 		.per_expert_input_amax = json_is_true(json_object_get(opts_j, "per_expert_input_amax")),
 		.moe_calib_experts_ratio = json_number_value(json_object_get(opts_j, "moe_calib_experts_ratio")),
 		.cancel = cancel,
+		.publish = publish,
 	};
 	enum cal_status st = cal_quantize_run(&o, progress, ctx, ret_report, err);
 	free(calib);

@@ -542,6 +542,7 @@ enum cal_status cal_quantize_run(const struct cal_quantize_opts *opts,
 		.out_dir = opts->out_dir,
 		.recipe_name = opts->recipe_yaml ? "<inline recipe>" : opts->recipe,
 		.per_expert_input_amax = opts->per_expert_input_amax,
+		.publish = opts->publish,
 	};
 	CAL_TRY(cal_exporter_open(d, ck, cat, p, be, &eo, &j.ex, err));
 	phase_add(phases, "load", cal_now() - t);

@@ -22,6 +22,8 @@
 #include "common/status.h"
 #include "engine/calib.h"
 
+struct cal_st_publish;
+
 struct cal_quantize_opts {
 	const char *model_dir;      /* source checkpoint */
 	const char *recipe;         /* built-in name, or a path to a YAML file */
@@ -36,6 +38,8 @@ struct cal_quantize_opts {
 	int per_expert_input_amax;  /* bool */
 	double moe_calib_experts_ratio; /* 0: off */
 	volatile const int *cancel; /* set non-zero to request a graceful stop */
+	/* temporary name tag and publish hooks of the output (st_writer.h), or NULL */
+	const struct cal_st_publish *publish;
 };
 
 /* Progress as it happens; `json` is one JSON object (no newline), e.g.

@@ -287,7 +287,9 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 		if (e->role == CAL_ROLE_IGNORED) {
 			CAL_TRY_RET(add_copy(ex, strdup(tn), e->t, -1, err));
 			size_t l = strlen(tn);
-			if (e->t->ndim == 2 && l > 7 && !strcmp(tn + l - 7, ".weight")) {
+			/* MTP layers are excluded by prefix (cal_mtp_prefixes) */
+			if (e->t->ndim == 2 &&
+			    !cal_is_mtp_tensor(tn, ex->d->num_layers, ex->d->num_nextn_predict_layers) && l > 7 && !strcmp(tn + l - 7, ".weight")) {
 				char **nm = realloc(ex->ignored_mods,
 						    (ex->n_ignored_mods + 1) * sizeof(char *));
 				if (!nm)
@@ -748,7 +750,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
 
-	struct cal_st_writer_opts wo = {opts->max_shard_bytes, 0};
+	struct cal_st_writer_opts wo = {.max_shard_bytes = opts->max_shard_bytes, .publish = opts->publish};
 	wo.reserve_bytes = side_bytes(opts->model_dir) + (1u << 20) + 512 * (uint64_t)ex->n_lin;
 	CAL_TRY(cal_st_writer_open(opts->out_dir, &wo, &ex->w, err));
 	CAL_TRY(declare_all(ex, err));

@@ -160,12 +160,15 @@ struct cal_arch_info {
 	int64_t def_head_dim;              /* 0: hidden / heads */
 	int64_t def_max_pos;
 	double def_rope_theta, def_eps, def_partial_rotary;
-	int64_t def_experts, def_topk, def_moe_intermediate, def_shared_intermediate;
 	int def_norm_topk_prob;
 	int def_attn_bias;                 /* q/k/v bias when the key is absent */
 	int def_tie;                       /* tie_word_embeddings default */
-	const char *experts_key;           /* "num_experts" / "num_local_experts" /
-					    * "n_routed_experts" */
+	/* Names config.json may use for one key: the hub's spelling first,
+	 * then the others transformers accepts through the config class's
+	 * attribute_map (docs/config_compat.md).  NULL-terminated. */
+	const char *experts_keys[3];       /* routed expert count */
+	const char *topk_keys[3];          /* experts per token */
+	const char *mtp_keys[3];           /* inlined MTP layers (num_nextn_predict_layers) */
 	const char *expert_i_key;          /* "moe_intermediate_size" or
 					    * "intermediate_size" (mixtral, olmoe, gpt_oss) */
 	int64_t def_max_window_layers;     /* CAL_MIXER_RULE_QWEN_WINDOW */
@@ -297,6 +300,9 @@ struct cal_model_desc {
 	double swiglu_limit, swiglu_alpha; /* gpt_oss: 7.0 / 1.702 */
 	enum cal_shared_kind shared;
 	int64_t n_shared_experts;       /* deepseek count; 1 for qwen gated; 0 none */
+	/* MTP layers stored inline after the decoder layers
+	 * (model.layers.{num_layers ...}), num_nextn_predict_layers; 0 none */
+	int64_t num_nextn_predict_layers;
 	int64_t shared_intermediate_size; /* total (deepseek: moe_I * n_shared) */
 
 	/* source quantization */

@@ -266,10 +266,21 @@ int hd_cli(struct hd *h, const char *const *args)
 	for (size_t i = 1; args[i] && n < 30; i++)
 		argv[n++] = args[i];
 	argv[n] = NULL;
+	return hd_exec(argv, NULL);
+}
+
+int hd_exec(const char *const *argv, const char *http_proxy)
+{
 	pid_t pid = fork();
 	if (pid == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		dup2(fd, 1);
+		static const char *const proxy_vars[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+							 "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"};
+		for (size_t i = 0; i < sizeof(proxy_vars) / sizeof(*proxy_vars); i++)
+			unsetenv(proxy_vars[i]);
+		if (http_proxy)
+			setenv("http_proxy", http_proxy, 1);
 		execv(argv[0], (char *const *)argv);
 		_exit(127);
 	}

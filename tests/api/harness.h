@@ -55,6 +55,9 @@ json_t *hd_job(struct hd *h, const char *id);
 json_t *hd_wait(struct hd *h, const char *id, const char *state, double timeout_s);
 /* Runs `calibd ARGS...` against this daemon; returns its exit code. */
 int hd_cli(struct hd *h, const char *const *args);
+/* Runs argv (NULL-terminated) with stdout to /dev/null, no proxy variables
+ * but http_proxy when set; returns its exit code. */
+int hd_exec(const char *const *argv, const char *http_proxy);
 
 struct step {
 	const char *name;
