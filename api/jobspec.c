@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "api/sha256.h"
+#include "common/device.h"
 #include "daemon/fsutil.h"
 #include "engine/st/st_writer.h"
 
@@ -439,6 +440,9 @@ enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_a
 	return CAL_API_OK;
 }
 
+static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_jobspec_env *env, json_t *out,
+					      struct cal_api_problem *prob);
+
 static enum cal_api_err validate_devices(const json_t *req, const struct cal_jobspec_env *env, json_t *out,
 					 struct cal_api_problem *prob)
 {
@@ -447,13 +451,42 @@ static enum cal_api_err validate_devices(const json_t *req, const struct cal_job
 		json_object_set_new(out, "devices", env->n_devices ? json_integer(1) : json_string("cpu"));
 		return CAL_API_OK;
 	}
+	json_t *parsed = NULL;
 	if (json_is_string(d)) {
-		if (strcmp(json_string_value(d), "cpu"))
-			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
-						   "devices must be \"cpu\", a GPU count or a list of GPU ids");
-		json_object_set(out, "devices", d);
-		return CAL_API_OK;
+		/* a device string, as on the command line: "cpu", "cuda" (one GPU)
+		 * or "cuda:0,1" (those GPUs) */
+		struct cal_devices dv;
+		struct cal_error e = {0};
+		if (cal_devices_parse(json_string_value(d), &dv, &e) < 0 || dv.kind == CAL_DEVICE_AUTO) {
+			cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
+					    "devices must be \"cpu\", \"cuda\", \"cuda:I,J,...\", a GPU "
+					    "count or a list of GPU ids%s%s", e.msg ? ": " : "",
+					    e.msg ? e.msg : "");
+			cal_error_clear(&e);
+			return CAL_API_ERR_INVALID_FIELD;
+		}
+		if (dv.kind == CAL_DEVICE_CPU) {
+			json_object_set_new(out, "devices", json_string("cpu"));
+			return CAL_API_OK;
+		}
+		if (!strchr(json_string_value(d), ':')) {
+			d = parsed = json_integer(1);
+		} else {
+			d = parsed = json_array();
+			for (size_t i = 0; i < dv.n; i++)
+				json_array_append_new(parsed, json_integer(dv.ids[i]));
+		}
+		enum cal_api_err ae = validate_devices_json(d, env, out, prob);
+		json_decref(parsed);
+		return ae;
 	}
+	return validate_devices_json(d, env, out, prob);
+}
+
+/* devices as a GPU count or a list of ids */
+static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_jobspec_env *env, json_t *out,
+					      struct cal_api_problem *prob)
+{
 	if (json_is_integer(d)) {
 		json_int_t n = json_integer_value(d);
 		if (n < 1 || n > 64)
@@ -463,7 +496,7 @@ static enum cal_api_err validate_devices(const json_t *req, const struct cal_job
 			return cal_api_problem_set(prob, CAL_API_ERR_DEVICES_UNAVAILABLE, "devices",
 						   "devices: %lld GPUs requested, %zu configured", (long long)n,
 						   env->n_devices);
-		json_object_set(out, "devices", d);
+		json_object_set(out, "devices", (json_t *)d);
 		return CAL_API_OK;
 	}
 	if (!json_is_array(d) || json_array_size(d) == 0 || json_array_size(d) > 64)
@@ -487,7 +520,7 @@ static enum cal_api_err validate_devices(const json_t *req, const struct cal_job
 			return cal_api_problem_set(prob, CAL_API_ERR_DEVICES_UNAVAILABLE, "devices",
 						   "devices: GPU %lld is not configured", (long long)json_integer_value(x));
 	}
-	json_object_set(out, "devices", d);
+	json_object_set(out, "devices", (json_t *)d);
 	return CAL_API_OK;
 }
 
@@ -630,4 +663,67 @@ fail:
 	free(output);
 	json_decref(out);
 	return ae;
+}
+
+/* ---- the spec as engine options ------------------------------------------ */
+
+enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job *ret,
+				     struct cal_error *err)
+{
+	const json_t *cal = json_object_get(spec, "calibration");
+	const json_t *opts = json_object_get(spec, "options");
+	const json_t *ds = json_object_get(cal, "datasets");
+	const json_t *dev = json_object_get(spec, "devices");
+	struct cal_job_opts *o = &ret->opts;
+	size_t i, n_gpus = 0;
+	json_t *x;
+	memset(ret, 0, sizeof(*ret));
+	o->model_dir = json_string_value(json_object_get(spec, "model"));
+	o->recipe = json_string_value(json_object_get(spec, "recipe"));
+	o->recipe_yaml = json_string_value(json_object_get(spec, "recipe_yaml"));
+	/* the tree the daemon validated the recipe against, confined to it */
+	o->recipe_opts.builtin_dir = json_string_value(json_object_get(spec, "recipes_dir"));
+	o->recipe_opts.no_filesystem = 1;
+	if (!o->model_dir || !o->recipe_opts.builtin_dir || !json_is_object(cal))
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: model, recipes_dir and "
+				     "calibration are required");
+	if (json_array_size(ds) > CAL_SPEC_MAX_DATASETS)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: more than %d datasets",
+				     CAL_SPEC_MAX_DATASETS);
+	json_array_foreach(ds, i, x) {
+		json_int_t n = json_integer_value(json_object_get(x, "samples"));
+		ret->datasets[i].path = json_string_value(json_object_get(x, "path"));
+		ret->datasets[i].samples = n > 0 ? (size_t)n : 0;
+		if (!ret->datasets[i].path)
+			return cal_error_set(err, CAL_ERR_FORMAT, "job spec: calibration.datasets[%zu] "
+					     "has no path", i);
+	}
+	o->datasets = ret->datasets;
+	o->n_datasets = json_array_size(ds);
+	o->tokens = json_string_value(json_object_get(cal, "tokens"));
+	json_int_t samples = json_integer_value(json_object_get(cal, "samples"));
+	json_int_t seq_len = json_integer_value(json_object_get(cal, "seq_len"));
+	json_int_t seed = json_integer_value(json_object_get(cal, "seed"));
+	if (samples < 0 || seq_len < 0 || seed < 0)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: negative calibration count");
+	o->samples = (size_t)samples;
+	o->seq_len = (size_t)seq_len;
+	o->seed = (uint64_t)seed;
+	o->per_expert_input_amax = json_is_true(json_object_get(opts, "per_expert_input_amax"));
+	o->moe_calib_experts_ratio = json_number_value(json_object_get(opts, "moe_calib_experts_ratio"));
+	if (json_is_integer(dev))
+		n_gpus = (size_t)json_integer_value(dev);
+	else if (json_is_array(dev))
+		n_gpus = json_array_size(dev);
+	else if (!json_is_string(dev) || strcmp(json_string_value(dev), "cpu"))
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: devices must be \"cpu\", a "
+				     "count or a list");
+	if (n_gpus > CAL_DEVICES_MAX)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: more than %d devices",
+				     CAL_DEVICES_MAX);
+	o->devices.kind = n_gpus ? CAL_DEVICE_CUDA : CAL_DEVICE_CPU;
+	o->devices.n = n_gpus;
+	for (i = 0; i < n_gpus; i++)
+		o->devices.ids[i] = (int)i;
+	return CAL_OK;
 }

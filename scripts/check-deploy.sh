@@ -7,13 +7,15 @@
 # The semantic checks (roots mounted, no Job in the base, tolerations,
 # recipe names) and those of the systemd unit (systemd-analyze verify and
 # security) are the api suite's units/kubernetes_* and units/systemd_unit.
-# A tool that is missing fails the check, unless CALIBD_DEPLOY_SKIP_MISSING=1.
+# kubectl (or kustomize) is not in Debian 12's archive: where neither is
+# installed the rendering is skipped, visibly, unless CALIBD_DEPLOY_STRICT=1
+# makes that a failure.  The validator comes from PyPI and must install.
 set -eu
 cd "$(dirname "$0")/.."
 out=build/deploy-check
 mkdir -p "$out"
 missing() {
-	if [ "${CALIBD_DEPLOY_SKIP_MISSING:-0}" = 1 ]; then
+	if [ "${CALIBD_DEPLOY_STRICT:-0}" != 1 ]; then
 		echo "check-deploy: SKIPPED: $1" >&2
 		return 0
 	fi
@@ -25,7 +27,7 @@ validator=$(command -v kubernetes-validate || true)
 if [ -z "$validator" ]; then
 	[ -x build/deploy-venv/bin/kubernetes-validate ] ||
 		{ python3 -m venv build/deploy-venv && build/deploy-venv/bin/pip install -q kubernetes-validate; } ||
-		missing "cannot install kubernetes-validate (PyPI)"
+		{ echo "check-deploy: cannot install kubernetes-validate (PyPI)" >&2; exit 1; }
 	validator=build/deploy-venv/bin/kubernetes-validate
 fi
 

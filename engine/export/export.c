@@ -704,6 +704,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	enum cal_status st;
 	unsigned char *seen = NULL;
 	struct cal_exporter *ex = calloc(1, sizeof(*ex));
+	*ret = NULL;
 	if (!ex)
 		return nomem(err);
 	double t0 = cal_now();
@@ -714,12 +715,12 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	ex->be = be;
 	ex->opts = *opts;
 	ex->sqnr_min = INFINITY;
-	if (!opts->model_dir || !opts->out_dir) {
+	if (!opts->model_dir || (!opts->out_dir && !opts->check_only)) {
 		st = cal_error_set(err, CAL_ERR_INVALID, "export: model_dir and out_dir are required");
 		goto fail;
 	}
 	ex->model_dir = strdup(opts->model_dir);
-	ex->out_dir = strdup(opts->out_dir);
+	ex->out_dir = strdup(opts->out_dir ? opts->out_dir : "");
 	ex->recipe_name = strdup(opts->recipe_name ? opts->recipe_name :
 				 plan->recipe->source ? plan->recipe->source : "?");
 	ex->weights = json_array();
@@ -749,6 +750,8 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
+	if (opts->check_only)
+		goto fail; /* st == CAL_OK: planned and checked, nothing opened */
 
 	struct cal_st_writer_opts wo = {.max_shard_bytes = opts->max_shard_bytes, .publish = opts->publish};
 	wo.reserve_bytes = side_bytes(opts->model_dir) + (1u << 20) + 512 * (uint64_t)ex->n_lin;

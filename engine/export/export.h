@@ -56,6 +56,10 @@ struct cal_export_opts {
 	int per_expert_input_amax;
 	/* temporary name tag and publish hooks (st_writer.h), or NULL */
 	const struct cal_st_publish *publish;
+	/* the job's capability query (engine/job.h): plan every output tensor
+	 * and run every check, then return CAL_OK with *ret NULL: no writer,
+	 * nothing on disk, no back end needed (be may be NULL; out_dir too) */
+	int check_only;
 };
 
 struct cal_exporter;

@@ -23,7 +23,10 @@
 
 #include "common/util.h"
 #include "daemon/cli.h"
+#include "engine/job.h"
+#include "fixture.h"
 #include "harness.h"
+#include "test_recipes.h"
 
 static struct hd H;
 
@@ -200,6 +203,10 @@ Test(api, validation_errors)
 		{"bad priority", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"priority\":1000}", 400, "invalid_field"},
 		{"gpus not configured", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"devices\":2}", 422,
 		 "devices_unavailable"},
+		{"gpus not configured (device string)", "POST", "/v1/jobs", JSON,
+		 "{\"recipe\":\"r\",\"devices\":\"cuda:0,1\"}", 422, "devices_unavailable"},
+		{"bad device string", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"devices\":\"gpu:0\"}", 400,
+		 "invalid_field"},
 		{"bad option", "POST", "/v1/jobs", JSON,
 		 "{\"recipe\":\"r\",\"options\":{\"moe_calib_experts_ratio\":2}}", 400, "invalid_field"},
 		{"missing model", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\"}", 400, "missing_field"},
@@ -1634,4 +1641,88 @@ Test(api, real_job_end_to_end)
 	cr_expect(strstr(r.body, " layer_done ") && strstr(r.body, " tokens_per_s="), "job log: %s", r.body);
 	cr_expect(strstr(r.body, " job_done ") && strstr(r.body, " bytes="), "job log: %s", r.body);
 	cal_client_resp_free(&r);
+}
+
+/* A model the engine describes but does not run is refused at submit with
+ * the engine's own reason (422 unsupported_model), never in the worker:
+ * a Gated DeltaNet model past the engine's conv-kernel limit, and the
+ * fixtures of every architecture, each compared with what the engine's
+ * capability query says (deepseek_v3 and gpt_oss are refused today). */
+Test(api, unsupported_architecture_refused_at_submit)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	char model[256], recipes[512], body[1536];
+	snprintf(recipes, sizeof(recipes), "%s/recipes", getenv("SRCDIR"));
+	int refused = 0;
+	for (size_t i = 0; i <= cal_fixture_arch_count(); i++) {
+		const char *arch = i < cal_fixture_arch_count() ? cal_fixture_arch_name(i) : "qwen3_next";
+		struct cal_fixture_opts fo = {.arch = arch, .seed = 1};
+		struct cal_error err = {0};
+		snprintf(model, sizeof(model), "%s/arch-%zu", H.models, i);
+		cr_assert_eq(cal_fixture_write(&fo, model, &err), CAL_OK, "%s: %s", arch, cal_error_msg(&err));
+		if (i == cal_fixture_arch_count()) {
+			/* beyond the limits: linear_conv_kernel_dim 100 (the engine runs 1..64) */
+			char cfg[300];
+			snprintf(cfg, sizeof(cfg), "%s/config.json", model);
+			json_t *c = json_load_file(cfg, 0, NULL);
+			cr_assert(c);
+			json_object_set_new(c, "linear_conv_kernel_dim", json_integer(100));
+			cr_assert_eq(json_dump_file(c, cfg, 0), 0);
+			json_decref(c);
+		}
+		/* what the engine says */
+		struct cal_job_opts o = {.model_dir = model, .recipe = "general/ptq/fp8_default-kv_fp8",
+					 .recipe_opts = {.builtin_dir = recipes, .no_filesystem = 1}};
+		struct cal_job *job = NULL;
+		enum cal_status st = cal_job_open(&o, CAL_JOB_OPEN_NO_BACKEND | CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE),
+						  &job, NULL, &err);
+		cal_job_close(job);
+		cr_assert(st == CAL_OK || st == CAL_ERR_UNSUPPORTED || st == CAL_ERR_FORMAT, "%s: %s", arch,
+			  cal_error_msg(&err));
+		/* what the API says */
+		snprintf(body, sizeof(body),
+			 "{\"model\":\"%s\",\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"calibration\":"
+			 "{\"tokens\":\"%s/tokens.jsonl\"},\"output\":\"%s/arch-%zu\",\"devices\":\"cpu\"}",
+			 model, H.data, H.out, i);
+		struct cal_client_resp r;
+		int code = hd_req(&H, "POST", "/v1/jobs", JSON, body, &r);
+		json_t *doc = json_loads(r.body, 0, NULL), *e = json_object_get(doc, "error");
+		if (st == CAL_OK) {
+			cr_expect_eq(code, 202, "%s: the engine runs it, the API says %d: %s", arch, code, r.body);
+		} else {
+			refused++;
+			cr_expect_eq(code, 422, "%s: %d %s", arch, code, r.body);
+			cr_expect_str_eq(json_string_value(json_object_get(e, "code")), "unsupported_model", "%s", arch);
+			cr_expect_str_eq(json_string_value(json_object_get(e, "field")), "model", "%s", arch);
+			const char *msg = json_string_value(json_object_get(e, "message"));
+			cr_expect(msg && strstr(msg, cal_error_msg(&err)), "%s: the engine's reason '%s' not in '%s'",
+				  arch, cal_error_msg(&err), msg);
+			if (i == cal_fixture_arch_count())
+				cr_expect(msg && strstr(msg, "linear_conv_kernel_dim 100"), "%s", msg);
+		}
+		json_decref(doc);
+		cal_client_resp_free(&r);
+		cal_error_clear(&err);
+	}
+	cr_expect(refused >= 1, "the out-of-limits model was refused");
+
+	/* what only the exporter knows (its plan of every output tensor): an MSE
+	 * weight search without fp8_scale_sweep is not implemented */
+	snprintf(model, sizeof(model), "%s/m", H.models);
+	snprintf(body, sizeof(body), "%s/tokens.jsonl", H.data);
+	char out[256];
+	snprintf(out, sizeof(out), "%s/mse", H.out);
+	json_t *req = json_pack("{s:s, s:s, s:{s:s}, s:s, s:s}", "model", model, "recipe_yaml",
+				CAL_TEST_RECIPE_MSE_NO_SWEEP, "calibration", "tokens", body, "output", out,
+				"devices", "cpu");
+	char *text = json_dumps(req, JSON_COMPACT);
+	json_t *doc = get_json("POST", "/v1/jobs", JSON, text, 422);
+	json_t *e = json_object_get(doc, "error");
+	cr_expect_str_eq(json_string_value(json_object_get(e, "code")), "invalid_recipe");
+	cr_expect_str_eq(json_string_value(json_object_get(e, "field")), "recipe_yaml");
+	cr_expect(strstr(json_string_value(json_object_get(e, "message")), "fp8_scale_sweep"), "%s",
+		  json_string_value(json_object_get(e, "message")));
+	json_decref(doc);
+	free(text);
+	json_decref(req);
 }

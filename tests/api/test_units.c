@@ -2,7 +2,9 @@
  * test_units.c — api-suite checks that need no running daemon: SHA-256 and
  * the constant-time compare, the error table, path confinement, the
  * configuration loader, the route table against api/openapi.yaml, the
- * Kubernetes manifests and the systemd unit.
+ * Kubernetes manifests and the systemd unit; a job's devices given as a
+ * device string, and the spec as the engine's job options (what the worker
+ * runs and the API validates).
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -175,6 +177,104 @@ Test(units, path_confinement)
 	rmdir(prefix);
 	rmdir(in);
 	rmdir(root);
+}
+
+/* A submission's devices as a device string (common/device.h) and the
+ * canonical spec as the engine's options (cal_jobspec_job_opts). */
+Test(units, job_devices_and_engine_options)
+{
+	char root[] = "/tmp/calibd-spec-XXXXXX", p[256];
+	cr_assert(mkdtemp(root));
+	char models[128], data[128], out[128];
+	snprintf(models, sizeof(models), "%s/models", root);
+	snprintf(data, sizeof(data), "%s/data", root);
+	snprintf(out, sizeof(out), "%s/out", root);
+	mkdir(models, 0755);
+	mkdir(data, 0755);
+	mkdir(out, 0755);
+	snprintf(p, sizeof(p), "%s/m", models);
+	mkdir(p, 0755);
+	snprintf(p, sizeof(p), "%s/m/config.json", models);
+	FILE *f = fopen(p, "w");
+	cr_assert(f);
+	fputs("{}", f);
+	fclose(f);
+	snprintf(p, sizeof(p), "%s/d.jsonl", data);
+	f = fopen(p, "w");
+	cr_assert(f);
+	fputs("{\"text\":\"x\"}\n", f);
+	fclose(f);
+	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
+	static const int gpus[] = {0, 1, 2, 3};
+	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
+				      .output_roots = orr, .n_output_roots = 1, .devices = gpus, .n_devices = 4};
+	static const struct {
+		const char *devices;
+		enum cal_api_err ae;
+		const char *want;   /* the spec's devices, compact JSON */
+		size_t n_gpus;
+	} cases[] = {
+		{"\"cpu\"", CAL_API_OK, "\"cpu\"", 0},
+		{"\"cuda\"", CAL_API_OK, "1", 1},
+		{"\"cuda:3,1\"", CAL_API_OK, "[3,1]", 2},
+		{"[2]", CAL_API_OK, "[2]", 1},
+		{"\"cuda:7\"", CAL_API_ERR_DEVICES_UNAVAILABLE, NULL, 0},
+		{"\"cuda:1,1\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+		{"\"gpu\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+		{"\"auto\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+		{"\"cuda:\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char body[1024];
+		snprintf(body, sizeof(body),
+			 "{\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"model\":\"%s/m\",\"calibration\":"
+			 "{\"datasets\":[\"%s/d.jsonl\",{\"path\":\"%s/d.jsonl\",\"samples\":3}],\"seq_len\":64},"
+			 "\"output\":\"%s/o\",\"devices\":%s,\"options\":{\"per_expert_input_amax\":true}}",
+			 models, data, data, out, cases[i].devices);
+		json_t *req = json_loads(body, 0, NULL), *spec = NULL;
+		cr_assert(req, "%s", body);
+		struct cal_api_problem prob = {0};
+		enum cal_api_err ae = cal_jobspec_validate(req, &env, &spec, &prob);
+		cr_expect_eq(ae, cases[i].ae, "devices %s: %d", cases[i].devices, ae);
+		if (ae) {
+			cr_expect_str_eq(prob.field, "devices", "devices %s", cases[i].devices);
+			cal_api_problem_clear(&prob);
+			json_decref(req);
+			continue;
+		}
+		char *d = json_dumps(json_object_get(spec, "devices"), JSON_COMPACT | JSON_ENCODE_ANY);
+		cr_expect_str_eq(d, cases[i].want, "devices %s", cases[i].devices);
+		free(d);
+		/* the spec as the engine's options: without recipes_dir it is refused */
+		struct cal_jobspec_job jj;
+		struct cal_error err = {0};
+		cr_expect_eq(cal_jobspec_job_opts(spec, &jj, &err), CAL_ERR_FORMAT);
+		cal_error_clear(&err);
+		json_object_set_new(spec, "recipes_dir", json_string("/recipes"));
+		cr_assert_eq(cal_jobspec_job_opts(spec, &jj, &err), CAL_OK, "%s", cal_error_msg(&err));
+		cr_expect_str_eq(jj.opts.recipe, "general/ptq/fp8_default-kv_fp8");
+		cr_expect_null(jj.opts.recipe_yaml);
+		cr_expect_str_eq(jj.opts.recipe_opts.builtin_dir, "/recipes");
+		cr_expect(jj.opts.recipe_opts.no_filesystem);
+		cr_expect_eq(jj.opts.n_datasets, 2);
+		cr_expect_eq(jj.opts.datasets[0].samples, 0);
+		cr_expect_eq(jj.opts.datasets[1].samples, 3);
+		cr_expect(strstr(jj.opts.datasets[1].path, "/data/d.jsonl"));
+		cr_expect_null(jj.opts.tokens);
+		cr_expect_eq(jj.opts.samples, 512);
+		cr_expect_eq(jj.opts.seq_len, 64);
+		cr_expect(jj.opts.per_expert_input_amax);
+		/* the worker sees its GPUs as 0..n-1 (CUDA_VISIBLE_DEVICES) */
+		cr_expect_eq(jj.opts.devices.kind, cases[i].n_gpus ? CAL_DEVICE_CUDA : CAL_DEVICE_CPU);
+		cr_expect_eq(jj.opts.devices.n, cases[i].n_gpus);
+		for (size_t k = 0; k < cases[i].n_gpus; k++)
+			cr_expect_eq(jj.opts.devices.ids[k], (int)k);
+		json_decref(spec);
+		json_decref(req);
+	}
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	cr_assert_eq(system(cmd), 0);
 }
 
 static enum cal_status load_cfg(const char *yaml, const char **flags, int nflags, struct cal_error *err)
