@@ -695,6 +695,17 @@ static uint64_t side_bytes(const char *dir)
 	return t;
 }
 
+enum cal_status cal_export_check_source(const struct cal_model_desc *d, struct cal_error *err)
+{
+	/* gpt_oss MXFP4 experts are decoded by plan_bmm / cal_export_bmm_source */
+	if (d->src_quant == CAL_SRC_QUANT_NONE ||
+	    (d->src_quant == CAL_SRC_QUANT_MXFP4 && d->act == CAL_ACT_SWIGLU_OAI))
+		return CAL_OK;
+	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized source "
+			     "checkpoint is not implemented", d->model_type,
+			     cal_src_quant_name(d->src_quant));
+}
+
 enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 				  const struct cal_checkpoint *ck,
 				  const struct cal_catalog *cat, const struct cal_plan *plan,
@@ -739,14 +750,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	ex->cprefix = cal_catalog_prefix(cat);
 	ex->mse_sweep = plan->recipe->algo.method == CAL_CALIB_MSE &&
 			plan->recipe->algo.fp8_scale_sweep;
-	/* gpt_oss MXFP4 experts are decoded by plan_bmm / gather_bmm */
-	if (d->src_quant != CAL_SRC_QUANT_NONE &&
-	    !(d->src_quant == CAL_SRC_QUANT_MXFP4 && d->act == CAL_ACT_SWIGLU_OAI)) {
-		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized "
-				   "source checkpoint is not implemented", opts->model_dir,
-				   cal_src_quant_name(d->src_quant));
-		goto fail;
-	}
+	CAL_TRY(cal_export_check_source(d, err));
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
