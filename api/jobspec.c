@@ -14,61 +14,19 @@
 
 #include "api/sha256.h"
 #include "common/device.h"
+#include "common/jsonscan.h"
 #include "daemon/fsutil.h"
 #include "engine/st/st_writer.h"
-
-static int depth_ok(const json_t *v, int depth)
-{
-	if (depth > CAL_JSON_MAX_DEPTH)
-		return 0;
-	if (json_is_object(v)) {
-		const char *k;
-		json_t *x;
-		json_object_foreach((json_t *)v, k, x)
-			if (!depth_ok(x, depth + 1))
-				return 0;
-	} else if (json_is_array(v)) {
-		size_t i;
-		json_t *x;
-		json_array_foreach(v, i, x)
-			if (!depth_ok(x, depth + 1))
-				return 0;
-	}
-	return 1;
-}
-
-/* Cheap pre-scan: bracket depth outside strings, so a deeply nested body is
- * refused before jansson builds it. */
-static int prescan_depth_ok(const char *buf, size_t len)
-{
-	int depth = 0, in_str = 0, esc = 0;
-	for (size_t i = 0; i < len; i++) {
-		char c = buf[i];
-		if (in_str) {
-			if (esc)
-				esc = 0;
-			else if (c == '\\')
-				esc = 1;
-			else if (c == '"')
-				in_str = 0;
-		} else if (c == '"') {
-			in_str = 1;
-		} else if (c == '{' || c == '[') {
-			if (++depth > CAL_JSON_MAX_DEPTH)
-				return 0;
-		} else if (c == '}' || c == ']') {
-			depth--;
-		}
-	}
-	return 1;
-}
 
 enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
 				     struct cal_api_problem *prob)
 {
 	*ret = NULL;
-	if (!prescan_depth_ok(buf, len))
-		return cal_api_problem_set(prob, CAL_API_ERR_JSON_TOO_DEEP, NULL, NULL);
+	static const struct cal_json_limits lim = {CAL_JSON_MAX_DEPTH, CAL_JSON_MAX_VALUES};
+	int why = 0;
+	if (cal_json_prescan("body", buf, len, &lim, &why, NULL))
+		return cal_api_problem_set(prob, why == 1 ? CAL_API_ERR_JSON_TOO_DEEP : CAL_API_ERR_JSON_TOO_LARGE,
+					   NULL, NULL);
 	json_error_t je;
 	json_t *v = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
 	if (!v)
@@ -77,10 +35,6 @@ enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
 	if (!json_is_object(v)) {
 		json_decref(v);
 		return cal_api_problem_set(prob, CAL_API_ERR_BAD_JSON, NULL, "the body must be a JSON object");
-	}
-	if (!depth_ok(v, 1)) {
-		json_decref(v);
-		return cal_api_problem_set(prob, CAL_API_ERR_JSON_TOO_DEEP, NULL, NULL);
 	}
 	*ret = v;
 	return CAL_API_OK;

@@ -14,6 +14,7 @@
 #include "errors.h"
 
 #define CAL_JSON_MAX_DEPTH 32
+#define CAL_JSON_MAX_VALUES 100000
 #define CAL_SPEC_MAX_PATH 4095
 #define CAL_RECIPE_YAML_MAX (256 * 1024)
 #define CAL_SPEC_MAX_DATASETS 64
@@ -46,8 +47,10 @@ struct cal_jobspec_env {
 
 /*
  * Parses a request body: one JSON object, duplicate keys rejected, nesting
- * at most CAL_JSON_MAX_DEPTH.  len must already be bounded by the caller.
- * *ret (new reference) on success; BAD_JSON / JSON_TOO_DEEP otherwise.
+ * at most CAL_JSON_MAX_DEPTH and at most CAL_JSON_MAX_VALUES values, both
+ * checked before jansson parses (common/jsonscan.h).  len must already be
+ * bounded by the caller.  *ret (new reference) on success; BAD_JSON /
+ * JSON_TOO_DEEP / JSON_TOO_LARGE otherwise.
  */
 enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
 				     struct cal_api_problem *prob);

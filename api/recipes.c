@@ -24,7 +24,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <yaml.h>
 
 #include "api/jobspec.h"
 #include "common/confine.h"
@@ -33,14 +32,13 @@
 #include "engine/model/model.h"
 #include "engine/recipe/plan.h"
 #include "engine/recipe/recipe.h"
+#include "engine/recipe/ytree.h"
 
 enum MHD_Result cal_route_recipes_list(struct cal_http_req *r);
 enum MHD_Result cal_route_recipe_get(struct cal_http_req *r);
 enum MHD_Result cal_route_plan(struct cal_http_req *r);
 
 #define RECIPE_TEXT_MAX (1024 * 1024)
-#define IMPORT_WALK_MAX 4096
-#define INLINE_DOCS_MAX 8
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -108,66 +106,48 @@ static int import_path_ok(const char *p)
 
 /* Every scalar value under n (an `imports:` value) must be import_path_ok.
  * Returns the offending scalar, or NULL. */
-static const char *bad_import(yaml_document_t *doc, yaml_node_t *n, int depth, size_t *budget)
+static const char *bad_import(const struct cal_ynode *n, int depth)
 {
-	if (!n || depth > 8 || (*budget)-- == 0)
-		return n ? "(imports nested too deeply)" : NULL;
-	if (n->type == YAML_SCALAR_NODE) {
-		const char *v = (const char *)n->data.scalar.value;
-		return import_path_ok(v) ? NULL : v;
-	}
-	if (n->type == YAML_SEQUENCE_NODE) {
-		for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
-			const char *b = bad_import(doc, yaml_document_get_node(doc, *it), depth + 1, budget);
+	if (depth > 8)
+		return "(imports nested too deeply)";
+	if (n->kind == CAL_Y_SEQ || n->kind == CAL_Y_MAP) {
+		size_t step = n->kind == CAL_Y_MAP ? 2 : 1;
+		for (size_t i = step - 1; i < n->n * step; i += step) {
+			const char *b = bad_import(n->items[i], depth + 1);
 			if (b)
 				return b;
 		}
-	} else if (n->type == YAML_MAPPING_NODE) {
-		for (yaml_node_pair_t *pp = n->data.mapping.pairs.start; pp < n->data.mapping.pairs.top; pp++) {
-			const char *b = bad_import(doc, yaml_document_get_node(doc, pp->value), depth + 1, budget);
-			if (b)
-				return b;
-		}
+		return NULL;
 	}
-	return NULL;
+	return n->str && !import_path_ok(n->str) ? n->str : NULL;
 }
 
 /* Refuses an inline recipe whose top-level `imports:` name a path outside
- * the recipe tree.  YAML errors are left to the recipe loader, which
- * reports them with line and column. */
+ * the recipe tree.  The text is read by the recipe loader's own bounded
+ * reader (engine/recipe/ytree.h: size, depth and node limits enforced
+ * while libyaml's events arrive, so hostile nesting costs microseconds);
+ * YAML errors are left to the recipe loader, which reports them with line
+ * and column. */
 static enum cal_api_err inline_imports_ok(const char *text, const char *field, struct cal_api_problem *prob)
 {
-	yaml_parser_t p;
-	enum cal_api_err ae = CAL_API_OK;
-	size_t budget = IMPORT_WALK_MAX;
-	if (!yaml_parser_initialize(&p))
+	struct cal_ydocs docs;
+	struct cal_error e = {0};
+	enum cal_status st = cal_ytree_parse("<inline>", text, strlen(text), NULL, &docs, &e);
+	cal_error_clear(&e);
+	if (st == CAL_ERR_NOMEM)
 		return cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
-	yaml_parser_set_input_string(&p, (const unsigned char *)text, strlen(text));
-	for (int i = 0; i < INLINE_DOCS_MAX && !ae; i++) {
-		yaml_document_t doc;
-		if (!yaml_parser_load(&p, &doc))
-			break;
-		yaml_node_t *root = yaml_document_get_root_node(&doc);
-		if (!root) {
-			yaml_document_delete(&doc);
-			break;
-		}
-		if (root->type == YAML_MAPPING_NODE) {
-			for (yaml_node_pair_t *pp = root->data.mapping.pairs.start;
-			     pp < root->data.mapping.pairs.top && !ae; pp++) {
-				yaml_node_t *k = yaml_document_get_node(&doc, pp->key);
-				if (!k || k->type != YAML_SCALAR_NODE || strcmp((const char *)k->data.scalar.value, "imports"))
-					continue;
-				const char *bad = bad_import(&doc, yaml_document_get_node(&doc, pp->value), 0, &budget);
-				if (bad)
-					ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_RECIPE, field,
-								 "%s: import '%.200s' must be a relative path inside the "
-								 "recipe tree (no leading '/', no '..')", field, bad);
-			}
-		}
-		yaml_document_delete(&doc);
+	if (st)
+		return CAL_API_OK;
+	enum cal_api_err ae = CAL_API_OK;
+	for (size_t i = 0; i < docs.n && !ae; i++) {
+		const struct cal_ynode *imports = cal_ymap_get(docs.doc[i], "imports");
+		const char *bad = imports ? bad_import(imports, 0) : NULL;
+		if (bad)
+			ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_RECIPE, field,
+						 "%s: import '%.200s' must be a relative path inside the "
+						 "recipe tree (no leading '/', no '..')", field, bad);
 	}
-	yaml_parser_delete(&p);
+	cal_ydocs_clear(&docs);
 	return ae;
 }
 

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/jsonscan.h"
 #include "common/util.h"
 
 #define PX_MODEL "model."
@@ -1104,6 +1105,9 @@ enum cal_status cal_model_desc_parse(const char *name, const char *json, size_t 
 	if (len > CAL_MODEL_MAX_CONFIG_BYTES)
 		return cal_error_set(err, CAL_ERR_RANGE, "%s: %zu bytes exceeds the limit of %u",
 				     r.name, len, CAL_MODEL_MAX_CONFIG_BYTES);
+	static const struct cal_json_limits lim = {CAL_MODEL_MAX_CONFIG_DEPTH, CAL_MODEL_MAX_CONFIG_VALUES};
+	if (cal_json_prescan(r.name, json, len, &lim, NULL, err))
+		return CAL_ERR_RANGE;
 	json_error_t je;
 	json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
 	if (!root)

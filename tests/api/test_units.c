@@ -414,17 +414,25 @@ static const char *yscalar(yaml_document_t *d, yaml_node_t *root, const char *pa
 	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
-Test(units, openapi_lists_exactly_the_routes)
+/* Loads api/openapi.yaml into d (yaml_document_delete when done). */
+static void openapi_load(yaml_document_t *d)
 {
 	char path[512];
 	snprintf(path, sizeof(path), "%s/api/openapi.yaml", srcdir());
 	FILE *f = fopen(path, "rb");
 	cr_assert(f, "%s", path);
 	yaml_parser_t p;
-	yaml_document_t d;
 	yaml_parser_initialize(&p);
 	yaml_parser_set_input_file(&p, f);
-	cr_assert(yaml_parser_load(&p, &d), "openapi.yaml: %s", p.problem);
+	cr_assert(yaml_parser_load(&p, d), "openapi.yaml: %s", p.problem);
+	yaml_parser_delete(&p);
+	fclose(f);
+}
+
+Test(units, openapi_lists_exactly_the_routes)
+{
+	yaml_document_t d;
+	openapi_load(&d);
 	yaml_node_t *paths = ynode(&d, yaml_document_get_root_node(&d), "paths");
 	cr_assert(paths && paths->type == YAML_MAPPING_NODE);
 	size_t documented = 0;
@@ -450,8 +458,115 @@ Test(units, openapi_lists_exactly_the_routes)
 	cr_expect_eq(documented, cal_n_routes, "the route table has %zu routes, openapi.yaml documents %zu",
 		     cal_n_routes, documented);
 	yaml_document_delete(&d);
-	yaml_parser_delete(&p);
-	fclose(f);
+}
+
+static const char *yval(yaml_document_t *d, yaml_node_pair_t *p, int key)
+{
+	yaml_node_t *n = yaml_document_get_node(d, key ? p->key : p->value);
+	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+/* Every key of a schema object is a schema keyword (an unquoted
+ * "description: a, b" in a flow mapping makes "b" a key). */
+static void schema_keys_ok(yaml_document_t *d, yaml_node_t *n, const char *where)
+{
+	static const char *const kw[] = {"type", "properties", "items", "required", "description", "oneOf", "anyOf",
+					 "allOf", "not", "enum", "format", "pattern", "minLength", "maxLength",
+					 "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems",
+					 "maxItems", "uniqueItems", "additionalProperties", "nullable", "default",
+					 "example", "$ref", "title", NULL};
+	if (!n || n->type != YAML_MAPPING_NODE)
+		return;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		const char *k = yval(d, p, 1);
+		int ok = 0;
+		for (const char *const *w = kw; *w && k; w++)
+			ok |= !strcmp(*w, k);
+		cr_expect(ok, "openapi.yaml %s: '%s' is not a schema keyword", where, k ? k : "(non-scalar)");
+		yaml_node_t *v = yaml_document_get_node(d, p->value);
+		if (!k || !v)
+			continue;
+		if (!strcmp(k, "properties") && v->type == YAML_MAPPING_NODE) {
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++)
+				schema_keys_ok(d, yaml_document_get_node(d, q->value), where);
+		} else if (!strcmp(k, "items") || !strcmp(k, "additionalProperties") || !strcmp(k, "not")) {
+			schema_keys_ok(d, v, where);
+		} else if ((!strcmp(k, "oneOf") || !strcmp(k, "anyOf") || !strcmp(k, "allOf")) &&
+			   v->type == YAML_SEQUENCE_NODE) {
+			for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++)
+				schema_keys_ok(d, yaml_document_get_node(d, *it), where);
+		}
+	}
+}
+
+/* Checks every "schema:" value under n. */
+static void schemas_under(yaml_document_t *d, yaml_node_t *n, const char *where)
+{
+	if (!n)
+		return;
+	if (n->type == YAML_SEQUENCE_NODE)
+		for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++)
+			schemas_under(d, yaml_document_get_node(d, *it), where);
+	if (n->type != YAML_MAPPING_NODE)
+		return;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		const char *k = yval(d, p, 1);
+		yaml_node_t *v = yaml_document_get_node(d, p->value);
+		if (k && !strcmp(k, "schema"))
+			schema_keys_ok(d, v, where);
+		else
+			schemas_under(d, v, k ? k : where);
+	}
+}
+
+/* The spec says what the daemon does: schemas are well-formed, each
+ * operation's security matches the route's auth class (token routes:
+ * bearer only; read routes: the empty requirement too, as they are open
+ * without auth_read; probes: none), and every route that can answer 401
+ * lists it. */
+Test(units, openapi_matches_the_daemon)
+{
+	yaml_document_t d;
+	openapi_load(&d);
+	yaml_node_t *root = yaml_document_get_root_node(&d);
+	yaml_node_t *schemas = ynode(&d, root, "components.schemas");
+	cr_assert(schemas && schemas->type == YAML_MAPPING_NODE);
+	for (yaml_node_pair_t *pp = schemas->data.mapping.pairs.start; pp < schemas->data.mapping.pairs.top; pp++)
+		schema_keys_ok(&d, yaml_document_get_node(&d, pp->value), yval(&d, pp, 1));
+	schemas_under(&d, ynode(&d, root, "paths"), "paths");
+	yaml_node_t *global = ynode(&d, root, "security");
+	for (size_t r = 0; r < cal_n_routes; r++) {
+		char key[128], m[16];
+		size_t i = 0;
+		for (; cal_routes[r].method[i] && i < 15; i++)
+			m[i] = (char)(cal_routes[r].method[i] + 32);
+		m[i] = '\0';
+		snprintf(key, sizeof(key), "paths.%s.%s", cal_routes[r].pattern, m);
+		yaml_node_t *op = ynode(&d, root, key);
+		cr_assert(op, "openapi.yaml lacks %s", key);
+		yaml_node_t *sec = ynode(&d, op, "security");
+		if (!sec)
+			sec = global;
+		cr_assert(sec && sec->type == YAML_SEQUENCE_NODE, "%s: security", key);
+		int anonymous = 0, bearer = 0;
+		for (yaml_node_item_t *it = sec->data.sequence.items.start; it < sec->data.sequence.items.top; it++) {
+			yaml_node_t *req = yaml_document_get_node(&d, *it);
+			if (req->type == YAML_MAPPING_NODE && req->data.mapping.pairs.start == req->data.mapping.pairs.top)
+				anonymous = 1;
+			else if (ynode(&d, req, "bearer"))
+				bearer = 1;
+		}
+		unsigned fl = cal_routes[r].flags;
+		const char *want = (fl & CAL_ROUTE_PUBLIC) ? "no security" :
+				   (fl & CAL_ROUTE_TOKEN) ? "bearer only" : "bearer or anonymous";
+		int ok = (fl & CAL_ROUTE_PUBLIC) ? !anonymous && !bearer :
+			 (fl & CAL_ROUTE_TOKEN) ? bearer && !anonymous : bearer && anonymous;
+		cr_expect(ok, "%s: security should be %s", key, want);
+		snprintf(key + strlen(key), sizeof(key) - strlen(key), ".responses.401");
+		if (!(fl & CAL_ROUTE_PUBLIC))
+			cr_expect(ynode(&d, root, key), "openapi.yaml lacks %s", key);
+	}
+	yaml_document_delete(&d);
 }
 
 struct kdoc {
