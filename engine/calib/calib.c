@@ -91,11 +91,17 @@ static enum cal_status find_eos(const char *dir, int64_t *ret, struct cal_error 
 
 enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal_error *err)
 {
-	if (d->src_quant != CAL_SRC_QUANT_NONE)
+	int oai = d->arch->id == CAL_ARCH_GPT_OSS;
+	if (oai) {
+		enum cal_status st = cal_oai_check(d, err); /* GPT-OSS: gpt_oss.c */
+		if (st < 0)
+			return st;
+	} else if (d->src_quant != CAL_SRC_QUANT_NONE) {
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: quantized source checkpoints (%s) are not run by the "
 				     "calibration engine yet", d->model_type, cal_src_quant_name(d->src_quant));
-	if ((d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA) || d->has_sinks)
+	}
+	if ((d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA) || (d->has_sinks && !oai))
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: %s attention%s is not run by the calibration engine yet",
 				     d->model_type, cal_attn_kind_name(d->attn),
@@ -106,11 +112,11 @@ enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal
 			return st;
 	}
 	if (d->num_experts > 0 && d->n_moe_layers > 0) {
-		if (d->router != CAL_ROUTER_SOFTMAX_TOPK)
+		if (d->router != CAL_ROUTER_SOFTMAX_TOPK && !oai)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					     "%s: router '%s' is not run by the calibration engine yet",
 					     d->model_type, cal_router_kind_name(d->router));
-		if (d->act != CAL_ACT_SWIGLU)
+		if (d->act != CAL_ACT_SWIGLU && !oai)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					     "%s: this expert activation is not run by the calibration "
 					     "engine yet", d->model_type);
@@ -724,6 +730,9 @@ static uint64_t layer_bytes_bound(const struct cal_calib *c, int32_t L)
 	if (c->d->layers[L].ffn == CAL_FFN_MOE) {
 		uint64_t E = c->E, I = c->I, S = c->Is;
 		b += al256(2 * E * H) + al256(4 * E * I * H) + al256(2 * E * H * I);
+		if (c->d->act == CAL_ACT_SWIGLU_OAI) /* router and expert biases, sinks */
+			b += al256(2 * E) + al256(4 * E * I) + al256(2 * E * H) +
+			     al256(4 * (uint64_t)c->nh);
 		if (S)
 			b += al256(4 * S * H) + al256(2 * H * S) + al256(2 * H);
 	} else {
@@ -843,6 +852,11 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		{(const void **)&dw->lout, w->lout, H * g.vd * 2},
 		{(const void **)&dw->a_log, w->a_log, g.nv * 4},
 		{(const void **)&dw->dt_bias, w->dt_bias, g.nv * 4},
+		/* gpt_oss (gpt_oss.c) */
+		{(const void **)&dw->sinks, w->sinks, (uint64_t)c->nh * 4},
+		{(const void **)&dw->router_b, w->router_b, (uint64_t)c->E * 2},
+		{(const void **)&dw->eb13, w->eb13, (uint64_t)c->E * 2 * (uint64_t)c->I * 2},
+		{(const void **)&dw->eb2, w->eb2, (uint64_t)c->E * H * 2},
 	};
 	uint64_t total = 0, off = 0;
 	enum cal_status st;
@@ -1029,6 +1043,11 @@ static void map_layer_stats(struct cal_calib *c, int32_t L)
 				a = la[strcmp(m->proj, "down_proj") ? S_MOE_IN : S_SH_DOWN];
 			else if (m->kind == CAL_MOD_SHARED_GATE || m->kind == CAL_MOD_ROUTER)
 				a = la[S_MOE_IN];
+			else if (m->kind == CAL_MOD_EXPERTS_GATE_UP &&
+				 c->d->act == CAL_ACT_SWIGLU_OAI)
+				/* gpt_oss: modelopt's one gate_up input quantizer sees
+				 * every token before routing (docs/gpt_oss.md) */
+				a = la[S_MOE_IN];
 			else if (m->kind == CAL_MOD_EXPERTS_GATE_UP || m->kind == CAL_MOD_EXPERTS_DOWN) {
 				const struct cal_moe_host *mh = &c->moe[L];
 				const float *v = m->kind == CAL_MOD_EXPERTS_DOWN ? mh->down : mh->gu;
@@ -1101,7 +1120,20 @@ static enum cal_status final_norm(struct cal_calib *c, struct cal_error *err)
 		return CAL_OK; /* nothing to observe */
 	CAL_TRY(reset_obs(c, err));
 	CAL_TRY(be_alloc(c, t->nbytes, &w, err));
-	CAL_TRY(cal_backend_upload(c->be, w, t->data, t->nbytes, err));
+	if (t->dtype == CAL_DTYPE_F32 && c->d->norm == CAL_NORM_RMS_F32W) {
+		float *r = malloc(t->nbytes); /* gpt_oss: bf16 values, as transformers loads them */
+		if (!r) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		cal_oai_norm_weight(t->data, t->numel, r);
+		st = cal_backend_upload(c->be, w, r, t->nbytes, err);
+		free(r);
+		if (st < 0)
+			goto fail;
+	} else {
+		CAL_TRY(cal_backend_upload(c->be, w, t->data, t->nbytes, err));
+	}
 	for (size_t i = 0; i < c->n_mb; i++) {
 		const struct cal_mb *mb = &c->mbs[i];
 		enum cal_rms_kind kind = c->d->norm == CAL_NORM_RMS_F32W ? CAL_RMS_F32W

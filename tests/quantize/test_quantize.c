@@ -2,8 +2,8 @@
  * test_quantize.c — suite 'unit' tests of `calibd quantize` (engine/quantize.h,
  * daemon/cmd_quantize.c) on the CPU back end: every MoE architecture the
  * calibration engine runs (qwen3_moe per-expert and fused, mixtral and its
- * fused layout, qwen2_moe, olmoe, and the Gated DeltaNet qwen3_next and
- * qwen3_5_moe) and two dense ones (llama, qwen3), each with the
+ * fused layout, qwen2_moe, olmoe, the Gated DeltaNet qwen3_next and
+ * qwen3_5_moe, gpt_oss from bf16 and from MXFP4) and two dense ones (llama, qwen3), each with the
  * experts-only NVFP4, default NVFP4, FP8 and W4A16 recipes, fed a JSONL text
  * dataset through the fixture's tokenizer; every output passes
  * `calibd verify --source` and every routed expert projection carries an
@@ -115,11 +115,13 @@ static void check_output(const char *src, const char *dst, const char *label,
 		size_t l = strlen(n);
 		if (strstr(n, ".experts.") && l > 12 && !strcmp(n + l - 12, ".input_scale"))
 			n_in++;
+		else if (strstr(n, ".experts.") && l > 12 && !strcmp(n + l - 12, "_input_scale"))
+			n_in++; /* gpt_oss: one per projection (docs/gpt_oss.md) */
 		else if (!strstr(n, ".experts.") && l > 13 && !strcmp(n + l - 13, ".weight_scale"))
 			n_other_q++;
 	}
-	uint64_t want = rc->expert_input_scale ? (uint64_t)d->n_moe_layers *
-						 (uint64_t)d->num_experts * 3 : 0;
+	uint64_t per_layer = d->act == CAL_ACT_SWIGLU_OAI ? 2 : (uint64_t)d->num_experts * 3;
+	uint64_t want = rc->expert_input_scale ? (uint64_t)d->n_moe_layers * per_layer : 0;
 	cr_assert_eq(n_in, want, "%s: %zu expert input_scale tensors, want %llu", label, n_in,
 		     (unsigned long long)want);
 	if (rc->experts_only)
@@ -188,6 +190,8 @@ Test(quantize, qwen2_moe, .timeout = 120) { arch_case("qwen2_moe", "per-expert")
 Test(quantize, olmoe, .timeout = 120) { arch_case("olmoe", "per-expert"); }
 Test(quantize, qwen3_next, .timeout = 120) { arch_case("qwen3_next", "per-expert"); }
 Test(quantize, qwen3_5_moe, .timeout = 120) { arch_case("qwen3_5_moe", "fused"); }
+Test(quantize, gpt_oss, .timeout = 120) { arch_case("gpt_oss", "default"); }
+Test(quantize, gpt_oss_mxfp4, .timeout = 120) { arch_case("gpt_oss", "mxfp4"); }
 Test(quantize, llama_dense, .timeout = 120) { arch_case("llama", "default"); }
 Test(quantize, qwen3_dense, .timeout = 120) { arch_case("qwen3", "default"); }
 
