@@ -390,6 +390,34 @@ Test(quantize, existing_output_refused_before_compute, .timeout = 60)
 	rm_rf(root);
 }
 
+/* --qformat: hf_ptq's name runs its built-in recipe; a refused one exits 3
+ * naming the reason, before any work; with --recipe it is a usage error. */
+Test(quantize, qformat_maps_or_refuses, .timeout = 60)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen3_moe", "per-expert");
+	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
+	char *dst = path2(root, "out"), *errf = path2(root, "stderr"), *outf = path2(root, "stdout");
+	int rc = run(outf, errf, "quantize --model %s --qformat nvfp4 --calib-tokens %s --out %s "
+		     "--device cpu --json", src, tok, dst);
+	char *e = slurp(errf), *o = slurp(outf);
+	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
+	cr_assert(strstr(o, "general/ptq/nvfp4_default-kv_fp8_cast"), "%s", o);
+	char *dst2 = path2(root, "out2");
+	rc = run(NULL, errf, "quantize --model %s --qformat int4_awq --calib-tokens %s --out %s "
+		 "--device cpu", src, tok, dst2);
+	e = slurp(errf);
+	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	cr_assert(strstr(e, "qformat 'int4_awq' is refused: algorithm 'awq_lite'"), "%s", e);
+	cr_assert(!exists(dst2));
+	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
+		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);
+	e = slurp(errf);
+	cr_assert_eq(rc, 2, "exit %d: %s", rc, e);
+	cr_assert(strstr(e, "exclude each other"), "%s", e);
+	rm_rf(root);
+}
+
 Test(quantize, disk_full_exits_4_leaves_nothing, .timeout = 60)
 {
 	char *root = tmpdir();
