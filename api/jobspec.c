@@ -13,61 +13,21 @@
 #include <unistd.h>
 
 #include "api/sha256.h"
+#include "common/device.h"
+#include "common/jsonscan.h"
 #include "daemon/fsutil.h"
+#include "engine/recipe/qformat.h"
 #include "engine/st/st_writer.h"
-
-static int depth_ok(const json_t *v, int depth)
-{
-	if (depth > CAL_JSON_MAX_DEPTH)
-		return 0;
-	if (json_is_object(v)) {
-		const char *k;
-		json_t *x;
-		json_object_foreach((json_t *)v, k, x)
-			if (!depth_ok(x, depth + 1))
-				return 0;
-	} else if (json_is_array(v)) {
-		size_t i;
-		json_t *x;
-		json_array_foreach(v, i, x)
-			if (!depth_ok(x, depth + 1))
-				return 0;
-	}
-	return 1;
-}
-
-/* Cheap pre-scan: bracket depth outside strings, so a deeply nested body is
- * refused before jansson builds it. */
-static int prescan_depth_ok(const char *buf, size_t len)
-{
-	int depth = 0, in_str = 0, esc = 0;
-	for (size_t i = 0; i < len; i++) {
-		char c = buf[i];
-		if (in_str) {
-			if (esc)
-				esc = 0;
-			else if (c == '\\')
-				esc = 1;
-			else if (c == '"')
-				in_str = 0;
-		} else if (c == '"') {
-			in_str = 1;
-		} else if (c == '{' || c == '[') {
-			if (++depth > CAL_JSON_MAX_DEPTH)
-				return 0;
-		} else if (c == '}' || c == ']') {
-			depth--;
-		}
-	}
-	return 1;
-}
 
 enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
 				     struct cal_api_problem *prob)
 {
 	*ret = NULL;
-	if (!prescan_depth_ok(buf, len))
-		return cal_api_problem_set(prob, CAL_API_ERR_JSON_TOO_DEEP, NULL, NULL);
+	static const struct cal_json_limits lim = {CAL_JSON_MAX_DEPTH, CAL_JSON_MAX_VALUES};
+	int why = 0;
+	if (cal_json_prescan("body", buf, len, &lim, &why, NULL))
+		return cal_api_problem_set(prob, why == 1 ? CAL_API_ERR_JSON_TOO_DEEP : CAL_API_ERR_JSON_TOO_LARGE,
+					   NULL, NULL);
 	json_error_t je;
 	json_t *v = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
 	if (!v)
@@ -76,10 +36,6 @@ enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
 	if (!json_is_object(v)) {
 		json_decref(v);
 		return cal_api_problem_set(prob, CAL_API_ERR_BAD_JSON, NULL, "the body must be a JSON object");
-	}
-	if (!depth_ok(v, 1)) {
-		json_decref(v);
-		return cal_api_problem_set(prob, CAL_API_ERR_JSON_TOO_DEEP, NULL, NULL);
 	}
 	*ret = v;
 	return CAL_API_OK;
@@ -404,16 +360,46 @@ static enum cal_api_err inline_yaml(const json_t *y, const char *field, json_t *
 	return CAL_API_OK;
 }
 
-/* "recipe": NAME | {"yaml": TEXT}, or "recipe_yaml": TEXT (exactly one).
- * Syntax only: api/recipes.c loads the recipe. */
+/* "qformat": hf_ptq.py's --qformat name, mapped to its built-in recipe
+ * (engine/recipe/qformat.h): the spec keeps both. */
+static enum cal_api_err jobspec_qformat(const json_t *q, json_t *out, struct cal_api_problem *prob)
+{
+	if (!json_is_string(q) || strlen(json_string_value(q)) != json_string_length(q))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "qformat",
+					   "qformat must be a string (hf_ptq.py's --qformat name, e.g. nvfp4)");
+	const char *recipe = NULL;
+	struct cal_error err = {0};
+	enum cal_status st = cal_qformat_recipe(json_string_value(q), &recipe, &err);
+	if (st < 0) {
+		enum cal_api_err ae = cal_api_problem_set(
+			prob, st == CAL_ERR_UNSUPPORTED ? CAL_API_ERR_INVALID_RECIPE : CAL_API_ERR_INVALID_FIELD,
+			"qformat", "%s", cal_error_msg(&err));
+		cal_error_clear(&err);
+		return ae;
+	}
+	json_object_set(out, "qformat", (json_t *)q);
+	json_object_set_new(out, "recipe", json_string(recipe));
+	return CAL_API_OK;
+}
+
+/* "recipe": NAME | {"yaml": TEXT}, "recipe_yaml": TEXT, or "qformat": NAME
+ * (exactly one).  Syntax only: api/recipes.c loads the recipe. */
 enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_api_problem *prob)
 {
 	json_t *r = json_object_get(req, "recipe");
 	json_t *ry = json_object_get(req, "recipe_yaml");
+	json_t *q = json_object_get(req, "qformat");
 	if (r && json_is_null(r))
 		r = NULL;
 	if (ry && json_is_null(ry))
 		ry = NULL;
+	if (q && json_is_null(q))
+		q = NULL;
+	if (q && (r || ry))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "qformat",
+					   "give one of recipe, recipe_yaml and qformat, not several");
+	if (q)
+		return jobspec_qformat(q, out, prob);
 	if (r && ry)
 		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "recipe_yaml",
 					   "give one of recipe and recipe_yaml, not both");
@@ -421,7 +407,8 @@ enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_a
 		return inline_yaml(ry, "recipe_yaml", out, prob);
 	if (!r)
 		return cal_api_problem_set(prob, CAL_API_ERR_MISSING_FIELD, "recipe",
-					   "recipe is required: a recipe name, {\"yaml\": \"...\"} or recipe_yaml");
+					   "recipe is required: a recipe name, {\"yaml\": \"...\"}, recipe_yaml or "
+					   "qformat");
 	if (json_is_object(r)) {
 		static const char *const keys[] = {"yaml", NULL};
 		enum cal_api_err ae = check_keys(r, keys, "recipe.", prob);
@@ -439,6 +426,9 @@ enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_a
 	return CAL_API_OK;
 }
 
+static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_jobspec_env *env, json_t *out,
+					      struct cal_api_problem *prob);
+
 static enum cal_api_err validate_devices(const json_t *req, const struct cal_jobspec_env *env, json_t *out,
 					 struct cal_api_problem *prob)
 {
@@ -447,13 +437,42 @@ static enum cal_api_err validate_devices(const json_t *req, const struct cal_job
 		json_object_set_new(out, "devices", env->n_devices ? json_integer(1) : json_string("cpu"));
 		return CAL_API_OK;
 	}
+	json_t *parsed = NULL;
 	if (json_is_string(d)) {
-		if (strcmp(json_string_value(d), "cpu"))
-			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
-						   "devices must be \"cpu\", a GPU count or a list of GPU ids");
-		json_object_set(out, "devices", d);
-		return CAL_API_OK;
+		/* a device string, as on the command line: "cpu", "cuda" (one GPU)
+		 * or "cuda:0,1" (those GPUs) */
+		struct cal_devices dv;
+		struct cal_error e = {0};
+		if (cal_devices_parse(json_string_value(d), &dv, &e) < 0 || dv.kind == CAL_DEVICE_AUTO) {
+			cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
+					    "devices must be \"cpu\", \"cuda\", \"cuda:I,J,...\", a GPU "
+					    "count or a list of GPU ids%s%s", e.msg ? ": " : "",
+					    e.msg ? e.msg : "");
+			cal_error_clear(&e);
+			return CAL_API_ERR_INVALID_FIELD;
+		}
+		if (dv.kind == CAL_DEVICE_CPU) {
+			json_object_set_new(out, "devices", json_string("cpu"));
+			return CAL_API_OK;
+		}
+		if (!strchr(json_string_value(d), ':')) {
+			d = parsed = json_integer(1);
+		} else {
+			d = parsed = json_array();
+			for (size_t i = 0; i < dv.n; i++)
+				json_array_append_new(parsed, json_integer(dv.ids[i]));
+		}
+		enum cal_api_err ae = validate_devices_json(d, env, out, prob);
+		json_decref(parsed);
+		return ae;
 	}
+	return validate_devices_json(d, env, out, prob);
+}
+
+/* devices as a GPU count or a list of ids */
+static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_jobspec_env *env, json_t *out,
+					      struct cal_api_problem *prob)
+{
 	if (json_is_integer(d)) {
 		json_int_t n = json_integer_value(d);
 		if (n < 1 || n > 64)
@@ -463,7 +482,7 @@ static enum cal_api_err validate_devices(const json_t *req, const struct cal_job
 			return cal_api_problem_set(prob, CAL_API_ERR_DEVICES_UNAVAILABLE, "devices",
 						   "devices: %lld GPUs requested, %zu configured", (long long)n,
 						   env->n_devices);
-		json_object_set(out, "devices", d);
+		json_object_set(out, "devices", (json_t *)d);
 		return CAL_API_OK;
 	}
 	if (!json_is_array(d) || json_array_size(d) == 0 || json_array_size(d) > 64)
@@ -487,7 +506,7 @@ static enum cal_api_err validate_devices(const json_t *req, const struct cal_job
 			return cal_api_problem_set(prob, CAL_API_ERR_DEVICES_UNAVAILABLE, "devices",
 						   "devices: GPU %lld is not configured", (long long)json_integer_value(x));
 	}
-	json_object_set(out, "devices", d);
+	json_object_set(out, "devices", (json_t *)d);
 	return CAL_API_OK;
 }
 
@@ -558,7 +577,7 @@ fail:
 enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspec_env *env,
 				      json_t **ret_spec, struct cal_api_problem *prob)
 {
-	static const char *const keys[] = {"name", "model", "recipe", "recipe_yaml", "calibration", "output",
+	static const char *const keys[] = {"name", "model", "recipe", "recipe_yaml", "qformat", "calibration", "output",
 					   "devices", "priority", "options", "timeout_s", NULL};
 	enum cal_api_err ae;
 	char *model = NULL, *output = NULL;
@@ -630,4 +649,67 @@ fail:
 	free(output);
 	json_decref(out);
 	return ae;
+}
+
+/* ---- the spec as engine options ------------------------------------------ */
+
+enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job *ret,
+				     struct cal_error *err)
+{
+	const json_t *cal = json_object_get(spec, "calibration");
+	const json_t *opts = json_object_get(spec, "options");
+	const json_t *ds = json_object_get(cal, "datasets");
+	const json_t *dev = json_object_get(spec, "devices");
+	struct cal_job_opts *o = &ret->opts;
+	size_t i, n_gpus = 0;
+	json_t *x;
+	memset(ret, 0, sizeof(*ret));
+	o->model_dir = json_string_value(json_object_get(spec, "model"));
+	o->recipe = json_string_value(json_object_get(spec, "recipe"));
+	o->recipe_yaml = json_string_value(json_object_get(spec, "recipe_yaml"));
+	/* the tree the daemon validated the recipe against, confined to it */
+	o->recipe_opts.builtin_dir = json_string_value(json_object_get(spec, "recipes_dir"));
+	o->recipe_opts.no_filesystem = 1;
+	if (!o->model_dir || !o->recipe_opts.builtin_dir || !json_is_object(cal))
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: model, recipes_dir and "
+				     "calibration are required");
+	if (json_array_size(ds) > CAL_SPEC_MAX_DATASETS)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: more than %d datasets",
+				     CAL_SPEC_MAX_DATASETS);
+	json_array_foreach(ds, i, x) {
+		json_int_t n = json_integer_value(json_object_get(x, "samples"));
+		ret->datasets[i].path = json_string_value(json_object_get(x, "path"));
+		ret->datasets[i].samples = n > 0 ? (size_t)n : 0;
+		if (!ret->datasets[i].path)
+			return cal_error_set(err, CAL_ERR_FORMAT, "job spec: calibration.datasets[%zu] "
+					     "has no path", i);
+	}
+	o->datasets = ret->datasets;
+	o->n_datasets = json_array_size(ds);
+	o->tokens = json_string_value(json_object_get(cal, "tokens"));
+	json_int_t samples = json_integer_value(json_object_get(cal, "samples"));
+	json_int_t seq_len = json_integer_value(json_object_get(cal, "seq_len"));
+	json_int_t seed = json_integer_value(json_object_get(cal, "seed"));
+	if (samples < 0 || seq_len < 0 || seed < 0)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: negative calibration count");
+	o->samples = (size_t)samples;
+	o->seq_len = (size_t)seq_len;
+	o->seed = (uint64_t)seed;
+	o->per_expert_input_amax = json_is_true(json_object_get(opts, "per_expert_input_amax"));
+	o->moe_calib_experts_ratio = json_number_value(json_object_get(opts, "moe_calib_experts_ratio"));
+	if (json_is_integer(dev))
+		n_gpus = (size_t)json_integer_value(dev);
+	else if (json_is_array(dev))
+		n_gpus = json_array_size(dev);
+	else if (!json_is_string(dev) || strcmp(json_string_value(dev), "cpu"))
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: devices must be \"cpu\", a "
+				     "count or a list");
+	if (n_gpus > CAL_DEVICES_MAX)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: more than %d devices",
+				     CAL_DEVICES_MAX);
+	o->devices.kind = n_gpus ? CAL_DEVICE_CUDA : CAL_DEVICE_CPU;
+	o->devices.n = n_gpus;
+	for (i = 0; i < n_gpus; i++)
+		o->devices.ids[i] = (int)i;
+	return CAL_OK;
 }

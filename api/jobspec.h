@@ -9,9 +9,12 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "common/status.h"
+#include "engine/job.h"
 #include "errors.h"
 
 #define CAL_JSON_MAX_DEPTH 32
+#define CAL_JSON_MAX_VALUES 100000
 #define CAL_SPEC_MAX_PATH 4095
 #define CAL_RECIPE_YAML_MAX (256 * 1024)
 #define CAL_SPEC_MAX_DATASETS 64
@@ -44,8 +47,10 @@ struct cal_jobspec_env {
 
 /*
  * Parses a request body: one JSON object, duplicate keys rejected, nesting
- * at most CAL_JSON_MAX_DEPTH.  len must already be bounded by the caller.
- * *ret (new reference) on success; BAD_JSON / JSON_TOO_DEEP otherwise.
+ * at most CAL_JSON_MAX_DEPTH and at most CAL_JSON_MAX_VALUES values, both
+ * checked before jansson parses (common/jsonscan.h).  len must already be
+ * bounded by the caller.  *ret (new reference) on success; BAD_JSON /
+ * JSON_TOO_DEEP / JSON_TOO_LARGE otherwise.
  */
 enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
 				     struct cal_api_problem *prob);
@@ -85,5 +90,24 @@ enum cal_api_err cal_jobspec_model(const json_t *req, const struct cal_jobspec_e
  */
 enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspec_env *env,
 				      json_t **ret_spec, struct cal_api_problem *prob);
+
+/* The engine's options for a canonical spec (engine/job.h). */
+struct cal_jobspec_job {
+	struct cal_job_opts opts;
+	struct cal_job_dataset datasets[CAL_SPEC_MAX_DATASETS];
+};
+
+/*
+ * Fills ret from a canonical spec: the model, the recipe (name or inline
+ * YAML) resolved in spec.recipes_dir with the no-filesystem confinement,
+ * the calibration data, the options and the devices.  "cpu" runs on the
+ * CPU; a GPU count or list runs on CUDA ordinals 0..n-1, because the
+ * supervisor starts the worker with CUDA_VISIBLE_DEVICES set to the GPUs it
+ * assigned.  The strings point into spec (which must outlive ret's use).
+ * Used by the worker to run the job and by the API to validate it.
+ * Errors: CAL_ERR_FORMAT naming a field of a spec that is not canonical.
+ */
+enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job *ret,
+				     struct cal_error *err);
 
 #endif

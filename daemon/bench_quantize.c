@@ -29,6 +29,8 @@
 
 #include "cli.h"
 #include "common/util.h"
+#include "common/device.h"
+#include "engine/job.h"
 #include "engine/model/model.h"
 #include "engine/quantize.h"
 #include "engine/st/st_writer.h"
@@ -180,7 +182,7 @@ static double gemm_peak(struct cal_backend *be)
 	    cal_backend_memset(be, w, 0x3c, n * n * 2, &err) < 0)
 		goto out;
 	for (int it = 0; it < 6; it++) {
-		struct cal_gemm_args a = {x, w, NULL, y, n, n, n, 0, NULL, 0, 0, NULL};
+		struct cal_gemm_args a = {x, w, NULL, y, n, n, n, 0, NULL, 0, 0, NULL, 0};
 		double t0 = cal_now();
 		if (cal_op_gemm(be, &a, &err) < 0 || cal_backend_sync(be, &err) < 0)
 			goto out;
@@ -272,7 +274,8 @@ int cal_bench_quantize(int argc, char **argv)
 	enum cal_status st = CAL_OK;
 	struct cal_model_desc *d = NULL;
 	struct cal_backend *be = NULL;
-	char *out = NULL, *report = NULL;
+	char *out = NULL;
+	struct cal_devices devs;
 	json_t *rep = NULL;
 
 	optind = 1;
@@ -301,14 +304,17 @@ int cal_bench_quantize(int argc, char **argv)
 		bq_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
+	if (cal_devices_parse(device, &devs, &err) < 0) {
+		fprintf(stderr, "calibd bench quantize: --device: %s\n", cal_error_msg(&err));
+		cal_error_clear(&err);
+		return CAL_EXIT_USAGE;
+	}
 	if (asprintf(&out, "%s/calibd-bench-out", parent) < 0)
 		return CAL_EXIT_FAILURE;
 	CAL_TRY(cal_model_desc_load(model, &d, &err));
-	int cuda = device ? strncmp(device, "cpu", 3) != 0 : cal_backend_cuda_available();
-	if (cuda) {
-		struct cal_backend_opts bo = {0};
-		if (device && !strncmp(device, "cuda:", 5))
-			bo.cuda_device = atoi(device + 5);
+	if (devs.kind == CAL_DEVICE_CUDA ||
+	    (devs.kind == CAL_DEVICE_AUTO && cal_backend_cuda_available())) {
+		struct cal_backend_opts bo = {.cuda_device = devs.n ? devs.ids[0] : 0};
 		CAL_TRY(cal_backend_init(CAL_BACKEND_CUDA, &bo, &be, &err));
 	}
 
@@ -339,13 +345,19 @@ int cal_bench_quantize(int argc, char **argv)
 	sm.anon_peak = 0;
 	if (!warm)
 		evict(model);
-	struct cal_quantize_opts qo = {
-		.model_dir = model, .recipe = recipe, .calib_tokens = tokens, .out_dir = out,
-		.device = device, .max_shard_bytes = shard,
-	};
+	struct cal_job_opts jo = {.model_dir = model, .recipe = recipe, .tokens = tokens,
+				  .devices = devs, .max_shard_bytes = shard};
+	struct cal_quantize_opts qo = {.out_dir = out};
+	struct cal_job *job = NULL;
 	int have_thread = !pthread_create(&sm.th, NULL, sampler_main, &sm);
+	/* the job as `calibd quantize` runs it: opened (the "load" phase), run */
 	double t0 = cal_now();
-	st = cal_quantize_run(&qo, NULL, NULL, &report, &err);
+	st = cal_quantize_check_output(out, &err);
+	if (st >= 0)
+		st = cal_job_open(&jo, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), &job, NULL, &err);
+	if (st >= 0)
+		st = cal_quantize_run(job, &qo, NULL, NULL, &rep, &err);
+	cal_job_close(job);
 	double wall = cal_now() - t0;
 	if (have_thread) {
 		pthread_mutex_lock(&sm.mu);
@@ -356,7 +368,6 @@ int cal_bench_quantize(int argc, char **argv)
 	pthread_mutex_destroy(&sm.mu);
 	if (st < 0)
 		goto fail;
-	rep = json_loads(report, 0, NULL);
 	uint64_t out_bytes = dir_bytes(out);
 	json_t *cal = json_object_get(rep, "calibration");
 	double tokens_n = (double)json_integer_value(json_object_get(cal, "tokens"));
@@ -439,7 +450,6 @@ fail:
 		rc = cal_exit_from_status(st);
 	}
 	json_decref(rep);
-	free(report);
 	free(out);
 	cal_backend_free(be);
 	cal_model_desc_free(d);

@@ -1,7 +1,7 @@
 /*
  * cmd_quantize.c — `calibd quantize`: one quantization job in the
- * foreground (engine/quantize.h: calibration and export in one streaming
- * pass), for scripts and Kubernetes Jobs.  Progress on stderr (a bar on a
+ * foreground (engine/job.h opens the job, engine/quantize.h runs calibration
+ * and export in one streaming pass), for scripts and Kubernetes Jobs.  Progress on stderr (a bar on a
  * terminal, one line per layer otherwise), optionally JSON lines on a file
  * descriptor; SIGINT / SIGTERM stop it gracefully after the current layer
  * (nothing published, exit 6).  docs/quantize.md.
@@ -20,13 +20,15 @@
 
 #include "cli.h"
 #include "config.h"
+#include "engine/job.h"
 #include "engine/quantize.h"
 #include "engine/st/st_writer.h"
+#include "engine/recipe/qformat.h"
 
 static void quantize_usage(FILE *o)
 {
 	fprintf(o,
-		"usage: calibd quantize --model DIR --recipe NAME|FILE\n"
+		"usage: calibd quantize --model DIR (--recipe NAME|FILE | --qformat NAME)\n"
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
@@ -41,9 +43,11 @@ static void quantize_usage(FILE *o)
 		"(the `datasets:` map of a calibd.yaml, docs/api.md).  --device defaults to\n"
 		"cuda when a GPU is present, else cpu.  --progress-fd N writes progress as JSON\n"
 		"lines on descriptor N; --json prints the report as JSON.  SIGINT/SIGTERM stop\n"
-		"after the current layer with nothing published.  --max-shard-size (default\n"
-		"10GB, as modelopt) splits the weights into model-0000k-of-0000N.safetensors\n"
-		"plus model.safetensors.index.json; one model.safetensors when smaller.\n"
+		"after the current layer with nothing published.  --qformat takes modelopt\n"
+		"hf_ptq.py's --qformat names (`calibd recipes` lists them and their recipes;\n"
+		"docs/recipes.md).  --max-shard-size (default 10GB, as modelopt) splits the\n"
+		"weights into model-0000k-of-0000N.safetensors plus\n"
+		"model.safetensors.index.json; one model.safetensors when smaller.\n"
 		"docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
@@ -108,17 +112,23 @@ static void write_all(int fd, const char *s, size_t n)
 	}
 }
 
-static void on_progress(void *ctx, const char *line)
+/* One JSON line on fd (the progress descriptor). */
+static void write_json_line(int fd, const json_t *v)
+{
+	char *s = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	if (!s)
+		return;
+	write_all(fd, s, strlen(s));
+	write_all(fd, "\n", 1);
+	free(s);
+}
+
+static void on_progress(void *ctx, const json_t *j)
 {
 	struct prog *p = ctx;
-	if (p->fd >= 0) {
-		write_all(p->fd, line, strlen(line));
-		write_all(p->fd, "\n", 1);
-	}
+	if (p->fd >= 0)
+		write_json_line(p->fd, j);
 	if (p->quiet)
-		return;
-	json_t *j = json_loads(line, 0, NULL);
-	if (!j)
 		return;
 	const char *phase = json_string_value(json_object_get(j, "phase"));
 	int layer = (int)json_integer_value(json_object_get(j, "layer"));
@@ -151,18 +161,12 @@ static void on_progress(void *ctx, const char *line)
 			"eta %s\n", phase, layer + 1, layers, tps, bytes, etas);
 	}
 	fflush(stderr);
-	json_decref(j);
 }
 
 /* ---- report ----------------------------------------------------------------- */
 
-static void print_summary(const char *report)
+static void print_summary(const json_t *r)
 {
-	json_t *r = json_loads(report, 0, NULL);
-	if (!r) {
-		printf("%s\n", report);
-		return;
-	}
 	const char *k;
 	json_t *v;
 	char bytes[32];
@@ -209,7 +213,6 @@ static void print_summary(const char *report)
 		first = 0;
 	}
 	printf("; wall %.2fs\n", json_number_value(json_object_get(r, "wall_s")));
-	json_decref(r);
 }
 
 /* ---- the command ------------------------------------------------------------- */
@@ -232,6 +235,7 @@ int cal_cmd_quantize(int argc, char **argv)
 	static const struct option lo[] = {
 		{"model", required_argument, NULL, 'm'},
 		{"recipe", required_argument, NULL, 'r'},
+		{"qformat", required_argument, NULL, 'Q'},
 		{"calib", required_argument, NULL, 'c'},
 		{"calib-tokens", required_argument, NULL, 't'},
 		{"out", required_argument, NULL, 'o'},
@@ -250,34 +254,39 @@ int cal_cmd_quantize(int argc, char **argv)
 		{NULL, 0, NULL, 0},
 	};
 	struct cal_quantize_opts o = {.cancel = &quantize_cancel};
+	struct cal_job_opts jo = {0};
+	const char *calib = NULL, *device = NULL, *qformat = NULL;
 	const char *datasets_file = NULL;
 	struct prog pr = {.tty = isatty(2), .fd = -1};
-	int json = 0, c, fd;
+	int json = 0, c, fd, n;
 	char *end;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
-		case 'm': o.model_dir = optarg; break;
-		case 'r': o.recipe = optarg; break;
-		case 'c': o.calib = optarg; break;
-		case 't': o.calib_tokens = optarg; break;
+		case 'm': jo.model_dir = optarg; break;
+		case 'r': jo.recipe = optarg; break;
+		case 'Q': qformat = optarg; break;
+		case 'c': calib = optarg; break;
+		case 't': jo.tokens = optarg; break;
 		case 'o': o.out_dir = optarg; break;
-		case 'D': o.device = optarg; break;
-		case 'e': o.per_expert_input_amax = 1; break;
+		case 'D': device = optarg; break;
+		case 'e': jo.per_expert_input_amax = 1; break;
 		case 'j': json = 1; break;
 		case 'q': pr.quiet = 1; break;
 		case 'F': datasets_file = optarg; break;
 		case 'n':
-			if (parse_count("--samples", optarg, 1L << 24, &o.samples) < 0)
+			if (parse_count("--samples", optarg, 1L << 24, &n) < 0)
 				return CAL_EXIT_USAGE;
+			jo.samples = (size_t)n;
 			break;
 		case 'S':
-			if (parse_count("--seq-len", optarg, 1L << 20, &o.seq_len) < 0)
+			if (parse_count("--seq-len", optarg, 1L << 20, &n) < 0)
 				return CAL_EXIT_USAGE;
+			jo.seq_len = (size_t)n;
 			break;
 		case 's':
 			errno = 0;
-			o.seed = strtoull(optarg, &end, 10);
+			jo.seed = strtoull(optarg, &end, 10);
 			if (errno || end == optarg || *end || *optarg == '-') {
 				fprintf(stderr, "calibd quantize: --seed '%s' is not an integer >= 0\n",
 					optarg);
@@ -285,16 +294,16 @@ int cal_cmd_quantize(int argc, char **argv)
 			}
 			break;
 		case 'R':
-			o.moe_calib_experts_ratio = strtod(optarg, &end);
+			jo.moe_calib_experts_ratio = strtod(optarg, &end);
 			if (end == optarg || *end ||
-			    !(o.moe_calib_experts_ratio > 0 && o.moe_calib_experts_ratio <= 1)) {
+			    !(jo.moe_calib_experts_ratio > 0 && jo.moe_calib_experts_ratio <= 1)) {
 				fprintf(stderr, "calibd quantize: --moe-calib-experts-ratio '%s' not in "
 					"(0, 1]\n", optarg);
 				return CAL_EXIT_USAGE;
 			}
 			break;
 		case 'z':
-			if (cal_st_parse_size(optarg, &o.max_shard_bytes) < 0) {
+			if (cal_st_parse_size(optarg, &jo.max_shard_bytes) < 0) {
 				fprintf(stderr, "calibd quantize: --max-shard-size '%s' is not a size "
 					"(bytes, or a number with KB/MB/GB or KiB/MiB/GiB)\n", optarg);
 				return CAL_EXIT_USAGE;
@@ -314,23 +323,36 @@ int cal_cmd_quantize(int argc, char **argv)
 		default: quantize_usage(stderr); return CAL_EXIT_USAGE;
 		}
 	}
-	if (!o.model_dir || !o.recipe || !o.out_dir || !o.calib == !o.calib_tokens ||
+	if (!jo.model_dir || !jo.recipe == !qformat || !o.out_dir || !calib == !jo.tokens ||
 	    optind != argc) {
-		if (o.calib && o.calib_tokens)
+		if (calib && jo.tokens)
 			fprintf(stderr, "calibd quantize: --calib and --calib-tokens exclude each other\n");
+		if (jo.recipe && qformat)
+			fprintf(stderr, "calibd quantize: --recipe and --qformat exclude each other\n");
 		quantize_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
-	if (o.device && strcmp(o.device, "cpu") && strcmp(o.device, "auto") &&
-	    strncmp(o.device, "cuda", 4)) {
-		fprintf(stderr, "calibd quantize: --device is cpu, cuda or cuda:INDEX\n");
+	struct cal_error err = {0};
+	if (qformat) {
+		enum cal_status qs = cal_qformat_recipe(qformat, &jo.recipe, &err);
+		if (qs < 0) {
+			fprintf(stderr, "calibd quantize: --qformat: %s\n", cal_error_msg(&err));
+			cal_error_clear(&err);
+			return cal_exit_from_status(qs);
+		}
+	}
+	if (cal_devices_parse(device, &jo.devices, &err) < 0) {
+		fprintf(stderr, "calibd quantize: --device: %s\n", cal_error_msg(&err));
+		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
 	}
-
-	char *calib;
-	enum cal_status xs = cal_config_calib_arg("quantize", &o.calib, datasets_file, &calib);
+	char *calib_owned = NULL;
+	enum cal_status xs = cal_config_calib_arg("quantize", &calib, datasets_file, &calib_owned);
 	if (xs)
 		return cal_exit_from_status(xs);
+	struct cal_job_dataset *ds = NULL;
+	enum cal_status st = cal_job_datasets_parse(calib, &ds, &jo.n_datasets, &err);
+	jo.datasets = ds;
 
 	struct sigaction sa = {.sa_handler = on_signal};
 	struct sigaction old_int, old_term;
@@ -340,9 +362,16 @@ int cal_cmd_quantize(int argc, char **argv)
 	if (pr.fd >= 0)
 		signal(SIGPIPE, SIG_IGN);
 
-	struct cal_error err = {0};
-	char *report = NULL;
-	enum cal_status st = cal_quantize_run(&o, on_progress, &pr, &report, &err);
+	json_t *report = NULL;
+	struct cal_job *job = NULL;
+	if (st >= 0) /* an existing output: refused before any work */
+		st = cal_quantize_check_output(o.out_dir, &err);
+	if (st >= 0)
+		st = cal_job_open(&jo, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), &job, NULL, &err);
+	if (st >= 0)
+		st = cal_quantize_run(job, &o, on_progress, &pr, &report, &err);
+	cal_job_close(job);
+	cal_job_datasets_free(ds, jo.n_datasets);
 	if (pr.bar_open)
 		fputc('\n', stderr);
 	sigaction(SIGINT, &old_int, NULL);
@@ -352,23 +381,22 @@ int cal_cmd_quantize(int argc, char **argv)
 		if (pr.fd >= 0) {
 			json_t *e = json_pack("{s:s, s:s, s:s}", "event", "error", "code",
 					      cal_status_str(st), "message", cal_error_msg(&err));
-			char *s = e ? json_dumps(e, JSON_COMPACT) : NULL;
-			if (s) {
-				write_all(pr.fd, s, strlen(s));
-				write_all(pr.fd, "\n", 1);
-			}
-			free(s);
+			if (e)
+				write_json_line(pr.fd, e);
 			json_decref(e);
 		}
 	} else if (report) {
-		if (json)
-			printf("%s\n", report);
-		else
+		if (json) {
+			json_dumpf(report, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER |
+						   JSON_REAL_PRECISION(6));
+			putchar('\n');
+		} else {
 			print_summary(report);
+		}
 		fflush(stdout);
 	}
-	free(report);
-	free(calib);
+	json_decref(report);
+	free(calib_owned);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }

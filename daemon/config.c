@@ -42,6 +42,9 @@ static const struct key keys[] = {
 	{"listen", "listen", K_STR, F(listen), 0, 0, 0},
 	{"port", "port", K_INT, F(port), 0, 0, 65535},
 	{"port_file", "port-file", K_STR, F(port_file), 0, 0, 0},
+	{"admin_listen", "admin-listen", K_STR, F(admin_listen), 0, 0, 0},
+	{"admin_port", "admin-port", K_INT, F(admin_port), 0, -1, 65535},
+	{"admin_port_file", "admin-port-file", K_STR, F(admin_port_file), 0, 0, 0},
 	{"state_dir", "state-dir", K_STR, F(state_dir), 0, 0, 0},
 	{"model_roots", "model-root", K_STRLIST, F(model_roots), F(n_model_roots), 0, 0},
 	{"data_roots", "data-root", K_STRLIST, F(data_roots), F(n_data_roots), 0, 0},
@@ -62,6 +65,7 @@ static const struct key keys[] = {
 	{"max_connections", "max-connections", K_INT, F(max_connections), 0, 1, 65536},
 	{"per_ip_connections", "per-ip-connections", K_INT, F(per_ip_connections), 0, 1, 65536},
 	{"connection_timeout_s", "connection-timeout", K_INT, F(connection_timeout_s), 0, 1, 86400},
+	{"request_timeout_s", "request-timeout", K_DOUBLE, F(request_timeout_s), 0, 0.1, 86400},
 	{"retry_after_s", "retry-after", K_DOUBLE, F(retry_after_s), 0, 0, 86400},
 	{"idempotency_ttl_s", "idempotency-ttl", K_DOUBLE, F(idempotency_ttl_s), 0, 1, 1e9},
 	{"job_retention_s", "job-retention", K_DOUBLE, F(job_retention_s), 0, 0, 1e10},
@@ -540,6 +544,11 @@ static enum cal_status validate(struct cal_config *c, int check_only, struct cal
 	if (inet_pton(AF_INET, c->listen, &a4) != 1 && inet_pton(AF_INET6, c->listen, &a6) != 1)
 		return cal_error_set(err, CAL_ERR_INVALID, "listen: '%s' is not an IPv4 or IPv6 address", c->listen);
 	c->loopback = is_loopback(c->listen);
+	if (inet_pton(AF_INET, c->admin_listen, &a4) != 1 && inet_pton(AF_INET6, c->admin_listen, &a6) != 1)
+		return cal_error_set(err, CAL_ERR_INVALID, "admin_listen: '%s' is not an IPv4 or IPv6 address",
+				     c->admin_listen);
+	if (c->admin_port > 0 && c->admin_port == c->port && !strcmp(c->admin_listen, c->listen))
+		return cal_error_set(err, CAL_ERR_INVALID, "admin_port: %d is the API's port", c->admin_port);
 	if (c->token_file)
 		CAL_TRY(load_tokens(c, err));
 	if (!c->loopback && c->n_tokens == 0)
@@ -645,6 +654,8 @@ enum cal_status cal_config_load(const char *path, int argc, char **argv, int che
 	c->refs = 1;
 	c->listen = strdup("127.0.0.1");
 	c->port = 8080;
+	c->admin_listen = strdup("127.0.0.1");
+	c->admin_port = 8081;
 	c->state_dir = strdup("/var/lib/calibd");
 	c->n_devices = cal_devices_discover(c->devices, CAL_MAX_DEVICES);
 	c->max_concurrent_jobs = 1;
@@ -655,11 +666,12 @@ enum cal_status cal_config_load(const char *path, int argc, char **argv, int che
 	c->max_connections = 512;
 	c->per_ip_connections = 32;
 	c->connection_timeout_s = 30;
+	c->request_timeout_s = 30;
 	c->retry_after_s = 30;
 	c->idempotency_ttl_s = 86400;
 	c->job_retention_s = 7 * 86400;
 	c->min_free_percent = 10;
-	if (!c->listen || !c->state_dir) {
+	if (!c->listen || !c->admin_listen || !c->state_dir) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 		goto fail;
 	}
@@ -693,6 +705,8 @@ void cal_config_unref(struct cal_config *c)
 		return;
 	free(c->config_path);
 	free(c->listen);
+	free(c->admin_listen);
+	free(c->admin_port_file);
 	free(c->port_file);
 	free(c->state_dir);
 	strlist_free(c->model_roots, c->n_model_roots);

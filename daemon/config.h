@@ -21,6 +21,9 @@ struct cal_config {
 	char *listen;               /* bind address, IPv4 or IPv6 literal */
 	int port;                   /* 0: ephemeral */
 	char *port_file;            /* where the bound port is written, or NULL */
+	char *admin_listen;         /* the admin listener (/livez, /readyz, /metrics) */
+	int admin_port;             /* 0: ephemeral; -1: no admin listener */
+	char *admin_port_file;      /* where its bound port is written, or NULL */
 	char *state_dir;            /* realpath after load */
 	char **model_roots, **data_roots, **output_roots; /* realpaths */
 	size_t n_model_roots, n_data_roots, n_output_roots;
@@ -42,6 +45,7 @@ struct cal_config {
 	int auth_read;              /* tokens required on read routes too */
 	int log_json;
 	int max_connections, per_ip_connections, connection_timeout_s;
+	double request_timeout_s;   /* a request's headers and body must arrive within this */
 	double retry_after_s;       /* Retry-After on 503 */
 	double idempotency_ttl_s;   /* an Idempotency-Key is honoured this long after its job's creation */
 	double job_retention_s;     /* finished jobs (and their directories) are removed after this; 0: never */

@@ -50,15 +50,12 @@ struct wlog {
 };
 static struct wlog wlog = {.layer = -2};
 
-static void log_progress(const char *json)
+static void log_progress(const json_t *p)
 {
-	json_t *p = json_loads(json, 0, NULL);
 	const char *phase = json_string_value(json_object_get(p, "phase"));
 	json_t *layer = json_object_get(p, "layer");
-	if (!phase || (!strcmp(phase, wlog.phase) && json_integer_value(layer) == wlog.layer)) {
-		json_decref(p);
+	if (!phase || (!strcmp(phase, wlog.phase) && json_integer_value(layer) == wlog.layer))
 		return;
-	}
 	int new_phase = strcmp(phase, wlog.phase) != 0;
 	snprintf(wlog.phase, sizeof(wlog.phase), "%s", phase);
 	wlog.layer = json_integer_value(layer);
@@ -71,37 +68,38 @@ static void log_progress(const char *json)
 			json_object_set(f, keys[i], v);
 	}
 	cal_logj(CAL_LOG_INFO, new_phase ? "phase" : "layer_done", f);
-	json_decref(p);
 }
 
-static void emit(void *ctx, const char *json)
+/* One JSON line on fd. */
+static void emit_line(int fd, const json_t *v)
 {
-	int fd = *(int *)ctx;
-	log_progress(json);
-	size_t n = strlen(json);
-	char *line = malloc(n + 2);
-	if (!line)
+	char *s = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	if (!s)
 		return;
-	memcpy(line, json, n);
-	line[n] = '\n';
+	size_t n = strlen(s);
+	s[n] = '\n'; /* json_dumps' NUL: the line is written with its length */
 	size_t off = 0;
 	while (off < n + 1) {
-		ssize_t w = write(fd, line + off, n + 1 - off);
+		ssize_t w = write(fd, s + off, n + 1 - off);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
 			break;
 		off += (size_t)w;
 	}
-	free(line);
+	free(s);
+}
+
+static void emit(void *ctx, const json_t *event)
+{
+	log_progress(event);
+	emit_line(*(int *)ctx, event);
 }
 
 static void emit_json(int fd, json_t *v)
 {
-	char *s = json_dumps(v, JSON_COMPACT);
-	if (s)
-		emit(&fd, s);
-	free(s);
+	if (v)
+		emit_line(fd, v);
 	json_decref(v);
 }
 
@@ -169,7 +167,6 @@ int cal_cmd_worker(int argc, char **argv)
 				"Runs one job of the daemon (started by `calibd serve`, not by hand).\n");
 		return argc == 2 && !strcmp(argv[1], "--help") ? CAL_EXIT_OK : CAL_EXIT_USAGE;
 	}
-	/* absolute: the engine runs in the recipe tree (worker.c) */
 	char *dir = realpath(argv[1], NULL);
 	if (!dir) {
 		fprintf(stderr, "calibd worker: %s: %s\n", argv[1], strerror(errno));
@@ -188,8 +185,8 @@ int cal_cmd_worker(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 
 	struct cal_error err = {0};
-	char *path = cal_path_join(dir, "spec.json"), *text = NULL, *report = NULL;
-	json_t *doc = NULL;
+	char *path = cal_path_join(dir, "spec.json"), *text = NULL, *report_text = NULL;
+	json_t *doc = NULL, *report = NULL;
 	struct publish_ctx pc = {.dir = dir};
 	struct cal_st_publish pub = {.before = before_publish, .after = after_publish, .ctx = &pc};
 	struct cal_confine conf = {0};
@@ -224,9 +221,13 @@ int cal_cmd_worker(int argc, char **argv)
 		st = CAL_OK;
 	}
 	if (!st) {
-		json_t *rj = report ? json_loads(report, 0, NULL) : NULL;
+		json_t *rj = report;
 		struct cal_error rerr = {0};
-		if (report && cal_write_atomic(dir, "report.json", report, strlen(report), &rerr))
+		report_text = report ? json_dumps(report, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6))
+				     : NULL;
+		if (report && !report_text)
+			fprintf(stderr, "calibd worker: published, but the report is not saved: out of memory\n");
+		else if (report_text && cal_write_atomic(dir, "report.json", report_text, strlen(report_text), &rerr))
 			fprintf(stderr, "calibd worker: published, but the report is not saved: %s\n",
 				cal_error_msg(&rerr));
 		cal_error_clear(&rerr);
@@ -238,7 +239,7 @@ int cal_cmd_worker(int argc, char **argv)
 				   files ? json_integer((json_int_t)json_array_size(files)) : NULL, "phases_s",
 				   json_object_get(rj, "phases_s"), "weight_sqnr_min_db",
 				   json_object_get(rj, "weight_sqnr_min_db")));
-		emit_json(fd, json_pack("{s:s, s:o}", "event", "result", "report", rj ? rj : json_object()));
+		emit_json(fd, json_pack("{s:s, s:o}", "event", "result", "report", rj ? json_incref(rj) : json_object()));
 	}
 	int rc = CAL_EXIT_OK;
 	if (st) {
@@ -261,7 +262,8 @@ int cal_cmd_worker(int argc, char **argv)
 	free(roots);
 	cal_error_clear(&err);
 	json_decref(doc);
-	free(report);
+	json_decref(report);
+	free(report_text);
 	free(text);
 	free(path);
 	free(dir);

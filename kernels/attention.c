@@ -3,8 +3,12 @@
  * attention over packed sequences.  Per query row and head: scores
  * s_j = fl32(q.k_j) * scale for the visible keys (dot in channel order),
  * m = max, e_j = exp(s_j - m), l = sum e_j (key order), p_j = bf16(e_j / l),
- * out = bf16(sum_j p_j v_j) (key order).  Only one row of scores exists at
- * a time.  Reference and CPU back end; items are (row, head) pairs.
+ * out = bf16(sum_j p_j v_j) (key order).  With sinks (gpt_oss) the head's
+ * sink logit s joins the max and the denominator: m = max(m, s), and
+ * l += exp(s - m) after the keys; it has no value row (docs/gpt_oss.md).
+ * eager_bf16 (transformers' eager bf16 attention): s_j = bf16(bf16(q.k_j) *
+ * scale), e_j = exp(bf16(s_j - m)), the sink's term exp(bf16(s - m)).
+ * Only one row of scores exists at a time.  Reference and CPU back end; items are (row, head) pairs.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -21,6 +25,11 @@ struct attn_ctx {
 static inline float ld(const uint16_t *p, uint64_t i)
 {
 	return cal_nf_float((uint32_t)p[i] << 16);
+}
+
+static inline float bf(float v)
+{
+	return cal_nf_float((uint32_t)cal_nf_f32_to_bf16(v) << 16);
 }
 
 /* Sequence of row i (cu_seqlens strictly covers [0, t)). */
@@ -66,19 +75,26 @@ static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			float dot = 0.0f;
 			for (uint32_t d = 0; d < hd; d++)
 				dot += qf[d] * ld(k, d);
-			float sv = dot * a->scale;
+			float sv = a->eager_bf16 ? bf(bf(dot) * a->scale) : dot * a->scale;
 			sc[j - lo] = sv;
 			m = sv > m ? sv : m;
 		}
 		float l = 0.0f;
+		if (a->sinks && a->sinks[h] > m)
+			m = a->sinks[h];
 		for (uint64_t j = lo; j <= i; j++) {
-			sc[j - lo] = expf(sc[j - lo] - m);
+			float d = sc[j - lo] - m;
+			sc[j - lo] = expf(a->eager_bf16 ? bf(d) : d);
 			l += sc[j - lo];
+		}
+		if (a->sinks) {
+			float d = a->sinks[h] - m;
+			l += expf(a->eager_bf16 ? bf(d) : d);
 		}
 		for (uint32_t d = 0; d < hd; d++)
 			acc[d] = 0.0f;
 		for (uint64_t j = lo; j <= i; j++) {
-			float pj = cal_nf_float((uint32_t)cal_nf_f32_to_bf16(sc[j - lo] / l) << 16);
+			float pj = bf(sc[j - lo] / l);
 			const uint16_t *v = a->v + (j * a->nkv + kvh) * hd;
 			for (uint32_t d = 0; d < hd; d++)
 				acc[d] += pj * ld(v, d);

@@ -487,6 +487,12 @@ CAL_HD uint8_t cal_fp8_weight_encode(float x, float divisor)
 	return cal_fp8_from_quotient(cal_fdiv(x, divisor));
 }
 
+/* FP8 element of a stacked 3-D expert weight: e4m3(fl32(x / S)), one rounding. */
+CAL_HD uint8_t cal_fp8_weight_encode_single(float x, float s)
+{
+	return cal_e4m3_encode(cal_fdiv(x, s));
+}
+
 /* The divisor cal_fp8_weight_encode needs for a given weight_scale S. */
 CAL_HD float cal_fp8_weight_divisor(float s, enum cal_div_mode mode)
 {

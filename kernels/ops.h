@@ -137,6 +137,10 @@ struct cal_fp8_quant_args {
 	float scale;
 	enum cal_div_mode div;
 	uint8_t *q;             /* [n] F8_E4M3 */
+	/* 1: q = e4m3(fl32(x / scale)), one rounding, whatever div: modelopt's
+	 * stacked 3-D expert weights (gpt_oss), whose scale tensor promotes the
+	 * quotient to fp32 (docs/gpt_oss.md) */
+	int single_round;
 };
 
 /* MXFP8 (§1.8), block 32. */
@@ -259,6 +263,9 @@ struct cal_gemm_args {
 	 * back end then issues the per-group GEMMs without reading offsets back
 	 * (no stream sync).  Ignored by the CPU back end. */
 	const uint32_t *host_offsets;
+	/* bias added after the product is rounded: y = bf16(bf16(x W^T) + b),
+	 * as `x @ W + b` in two bf16 ops (gpt_oss experts); 0: rounded once */
+	int bias_after_round;
 };
 
 /* out[i, :] = src[index[i] / div, :] (div 0 or 1: index[i]).  Embedding
@@ -327,6 +334,15 @@ struct cal_attention_args {
 	const uint32_t *key_start; /* [n_seq] or NULL */
 	uint32_t window;
 	float scale;
+	/* gpt_oss: one learned logit per query head [nh] (fp32, back-end
+	 * memory) joining each row's softmax denominator (no value row); NULL:
+	 * none.  docs/gpt_oss.md */
+	const float *sinks;
+	/* transformers' eager attention in bf16 (gpt_oss, which has no SDPA
+	 * path): each score rounded to bf16 after q.k and again after the
+	 * scaling, and score - max (sink included) rounded to bf16 before the
+	 * exponential; 0: fp32 scores (SDPA) */
+	int eager_bf16;
 };
 
 /* MoE router (qwen/mixtral/olmoe, §3 step 4): p = softmax(fp32(logits)) over
@@ -334,6 +350,13 @@ struct cal_attention_args {
  * as torch.topk), descending; weight = the first k of them, divided by their
  * fp32 sum when renorm.  Slots k .. k_total-1 carry extra experts for
  * statistics only (moe_calib_experts_ratio) and have no weight. */
+enum cal_router_mode {
+	CAL_ROUTER_MODE_SOFTMAX_TOPK = 0, /* fp32 softmax over e, top-k, optional renorm */
+	/* gpt_oss: top-k of the bf16 logits, softmax over the k picked, each
+	 * weight rounded to bf16 (renorm ignored) */
+	CAL_ROUTER_MODE_TOPK_SOFTMAX = 1,
+};
+
 struct cal_router_args {
 	const uint16_t *logits;  /* [t, e] bf16 */
 	uint64_t t;
@@ -341,6 +364,7 @@ struct cal_router_args {
 	int renorm;
 	uint32_t *idx;           /* [t, k_total] */
 	float *weight;           /* [t, k] */
+	enum cal_router_mode mode;
 };
 
 /* Sorts the (token, slot) pairs p = t*k_total + s by expert id idx[p]
@@ -386,6 +410,11 @@ enum cal_ewise_mode {
 	CAL_EWISE_GATE_ADD = 2,  /* out = bf16(a + bf16(bf16(sigmoid(g[r])) * b)) (shared expert) */
 	CAL_EWISE_CLAMP = 3,     /* out = min(max(a, -clamp), clamp) (olmoe clip_qkv) */
 	CAL_EWISE_SIGMOID_MUL = 4, /* out = bf16(a * bf16(sigmoid(b))) (gated attention output) */
+	/* gpt_oss experts, a = gate, b = up, clamp = limit:
+	 * g = min(a, clamp), u = min(max(b, -clamp), clamp),
+	 * glu = bf16(g * bf16(sigmoid(bf16(g * alpha)))),
+	 * out = bf16(bf16(u + 1) * glu) */
+	CAL_EWISE_SWIGLU_OAI = 5,
 };
 
 /* Row r, column j: a[r*lda + j], b[r*ldb + j], g[r*ldg], out[r*ldo + j];
@@ -397,6 +426,7 @@ struct cal_ewise_args {
 	uint64_t rows, cols;
 	uint64_t lda, ldb, ldg, ldo;
 	float clamp;
+	float alpha;             /* SWIGLU_OAI */
 };
 
 /* ---- Gated DeltaNet (ARCHITECTURES.md §10) -------------------------------- */

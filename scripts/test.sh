@@ -2,6 +2,9 @@
 # test.sh — the whole test suite, from a fresh Debian 12 machine:
 # installs what is missing, then builds and tests
 #   1. the CPU-only build            (unit and api suites)
+#   1a. the API contract              (api/openapi.yaml validated, then checked with
+#                                     schemathesis against a live daemon:
+#                                     scripts/api-contract.sh; tools from PyPI)
 #   1b. release and plain builds     (compile only, -Werror: what packagers build)
 #   1c. deploy checks                (kustomize + schema validation of deploy/k8s,
 #                                     systemd-analyze verify/security of the unit)
@@ -18,6 +21,8 @@ jobs=$(nproc)
 echo "== 1. CPU-only build"
 sh scripts/build.sh build/cpu -Dcuda=disabled
 meson test -C build/cpu --num-processes "$jobs" --print-errorlogs --suite unit --suite api
+echo "== 1a. API contract: openapi-spec-validator + schemathesis against a live daemon"
+sh scripts/api-contract.sh build/cpu
 
 echo "== 1b. release and plain builds (compile only)"
 sh scripts/build.sh build/release -Dcuda=disabled -Dbuildtype=release

@@ -89,13 +89,19 @@ static enum cal_status find_eos(const char *dir, int64_t *ret, struct cal_error 
 
 /* ---- open ----------------------------------------------------------------- */
 
-static enum cal_status check_supported(const struct cal_model_desc *d, struct cal_error *err)
+enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal_error *err)
 {
-	if (d->src_quant != CAL_SRC_QUANT_NONE)
+	int oai = d->arch->id == CAL_ARCH_GPT_OSS;
+	if (oai) {
+		enum cal_status st = cal_oai_check(d, err); /* GPT-OSS: gpt_oss.c */
+		if (st < 0)
+			return st;
+	} else if (d->src_quant != CAL_SRC_QUANT_NONE) {
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: quantized source checkpoints (%s) are not run by the "
 				     "calibration engine yet", d->model_type, cal_src_quant_name(d->src_quant));
-	if ((d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA) || d->has_sinks)
+	}
+	if ((d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA) || (d->has_sinks && !oai))
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: %s attention%s is not run by the calibration engine yet",
 				     d->model_type, cal_attn_kind_name(d->attn),
@@ -106,11 +112,11 @@ static enum cal_status check_supported(const struct cal_model_desc *d, struct ca
 			return st;
 	}
 	if (d->num_experts > 0 && d->n_moe_layers > 0) {
-		if (d->router != CAL_ROUTER_SOFTMAX_TOPK)
+		if (d->router != CAL_ROUTER_SOFTMAX_TOPK && !oai)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					     "%s: router '%s' is not run by the calibration engine yet",
 					     d->model_type, cal_router_kind_name(d->router));
-		if (d->act != CAL_ACT_SWIGLU)
+		if (d->act != CAL_ACT_SWIGLU && !oai)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					     "%s: this expert activation is not run by the calibration "
 					     "engine yet", d->model_type);
@@ -129,13 +135,16 @@ static enum cal_status check_supported(const struct cal_model_desc *d, struct ca
 	return CAL_OK;
 }
 
-enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *plan,
-			       const struct cal_calib_opts *opts, struct cal_calib **ret,
-			       struct cal_error *err)
+/* The checkpoint, catalog and back end of src are borrowed when given,
+ * else opened here (and freed by cal_calib_free). */
+enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct cal_plan *plan,
+				   const struct cal_calib_opts *opts, struct cal_calib **ret,
+				   struct cal_error *err)
 {
 	struct cal_calib *c = calloc(1, sizeof(*c));
 	enum cal_status st = CAL_OK;
 	const struct cal_model_desc *d = plan->model;
+	const char *model_dir = src->model_dir;
 
 	*ret = NULL;
 	if (!c)
@@ -144,18 +153,29 @@ enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *pla
 		c->o = *opts;
 	c->plan = plan;
 	c->d = d;
-	CAL_TRY(check_supported(d, err));
+	CAL_TRY(cal_calib_check_model(d, err));
 	if (c->o.moe_calib_experts_ratio < 0 || c->o.moe_calib_experts_ratio > 1 ||
 	    c->o.moe_calib_experts_ratio != c->o.moe_calib_experts_ratio) {
 		st = cal_error_set(err, CAL_ERR_INVALID, "moe_calib_experts_ratio %g not in (0, 1]",
 				   c->o.moe_calib_experts_ratio);
 		goto fail;
 	}
-	CAL_TRY(cal_checkpoint_open(model_dir, &c->ck, err));
-	CAL_TRY(cal_catalog_build(d, c->ck, &c->cat, err));
+	if (!(c->ck = src->ck)) {
+		CAL_TRY(cal_checkpoint_open(model_dir, &c->own_ck, err));
+		c->ck = c->own_ck;
+	}
+	if (!(c->cat = src->cat)) {
+		CAL_TRY(cal_catalog_build(d, c->ck, &c->own_cat, err));
+		c->cat = c->own_cat;
+	}
 	struct cal_backend_opts bo = {.cpu_threads = c->o.cpu_threads,
 				      .cuda_device = c->o.cuda_device};
-	CAL_TRY(cal_backend_init(c->o.backend, &bo, &c->be, err));
+	if (!(c->be = src->be)) {
+		CAL_TRY(cal_backend_init(c->o.backend, &bo, &c->own_be, err));
+		c->be = c->own_be;
+	}
+	c->o.backend = c->be->kind;
+	c->o.cuda_device = c->be->cuda_device;
 	CAL_TRY(cal_backend_init(CAL_BACKEND_CPU, &bo, &c->host, err));
 	c->on_device = c->o.backend != CAL_BACKEND_CPU;
 
@@ -228,6 +248,14 @@ fail:
 	return st;
 }
 
+enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *plan,
+			       const struct cal_calib_opts *opts, struct cal_calib **ret,
+			       struct cal_error *err)
+{
+	struct cal_calib_src src = {.model_dir = model_dir};
+	return cal_calib_open_src(&src, plan, opts, ret, err);
+}
+
 static void free_run(struct cal_calib *c)
 {
 	void *bufs[] = {c->hidden, c->pos, c->meta, c->d_inv_freq, c->h, c->q, c->kb, c->vb,
@@ -282,10 +310,10 @@ void cal_calib_free(struct cal_calib *c)
 	free(c->q_amax);
 	free(c->q_has);
 	free(c->inv_freq);
-	cal_backend_free(c->be);
+	cal_backend_free(c->own_be);
 	cal_backend_free(c->host);
-	cal_catalog_free(c->cat);
-	cal_checkpoint_free(c->ck);
+	cal_catalog_free(c->own_cat);
+	cal_checkpoint_free(c->own_ck);
 	free(c);
 }
 
@@ -702,6 +730,9 @@ static uint64_t layer_bytes_bound(const struct cal_calib *c, int32_t L)
 	if (c->d->layers[L].ffn == CAL_FFN_MOE) {
 		uint64_t E = c->E, I = c->I, S = c->Is;
 		b += al256(2 * E * H) + al256(4 * E * I * H) + al256(2 * E * H * I);
+		if (c->d->act == CAL_ACT_SWIGLU_OAI) /* router and expert biases, sinks */
+			b += al256(2 * E) + al256(4 * E * I) + al256(2 * E * H) +
+			     al256(4 * (uint64_t)c->nh);
 		if (S)
 			b += al256(4 * S * H) + al256(2 * H * S) + al256(2 * H);
 	} else {
@@ -821,6 +852,11 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		{(const void **)&dw->lout, w->lout, H * g.vd * 2},
 		{(const void **)&dw->a_log, w->a_log, g.nv * 4},
 		{(const void **)&dw->dt_bias, w->dt_bias, g.nv * 4},
+		/* gpt_oss (gpt_oss.c) */
+		{(const void **)&dw->sinks, w->sinks, (uint64_t)c->nh * 4},
+		{(const void **)&dw->router_b, w->router_b, (uint64_t)c->E * 2},
+		{(const void **)&dw->eb13, w->eb13, (uint64_t)c->E * 2 * (uint64_t)c->I * 2},
+		{(const void **)&dw->eb2, w->eb2, (uint64_t)c->E * H * 2},
 	};
 	uint64_t total = 0, off = 0;
 	enum cal_status st;
@@ -1007,6 +1043,11 @@ static void map_layer_stats(struct cal_calib *c, int32_t L)
 				a = la[strcmp(m->proj, "down_proj") ? S_MOE_IN : S_SH_DOWN];
 			else if (m->kind == CAL_MOD_SHARED_GATE || m->kind == CAL_MOD_ROUTER)
 				a = la[S_MOE_IN];
+			else if (m->kind == CAL_MOD_EXPERTS_GATE_UP &&
+				 c->d->act == CAL_ACT_SWIGLU_OAI)
+				/* gpt_oss: modelopt's one gate_up input quantizer sees
+				 * every token before routing (docs/gpt_oss.md) */
+				a = la[S_MOE_IN];
 			else if (m->kind == CAL_MOD_EXPERTS_GATE_UP || m->kind == CAL_MOD_EXPERTS_DOWN) {
 				const struct cal_moe_host *mh = &c->moe[L];
 				const float *v = m->kind == CAL_MOD_EXPERTS_DOWN ? mh->down : mh->gu;
@@ -1079,7 +1120,20 @@ static enum cal_status final_norm(struct cal_calib *c, struct cal_error *err)
 		return CAL_OK; /* nothing to observe */
 	CAL_TRY(reset_obs(c, err));
 	CAL_TRY(be_alloc(c, t->nbytes, &w, err));
-	CAL_TRY(cal_backend_upload(c->be, w, t->data, t->nbytes, err));
+	if (t->dtype == CAL_DTYPE_F32 && c->d->norm == CAL_NORM_RMS_F32W) {
+		float *r = malloc(t->nbytes); /* gpt_oss: bf16 values, as transformers loads them */
+		if (!r) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		cal_oai_norm_weight(t->data, t->numel, r);
+		st = cal_backend_upload(c->be, w, r, t->nbytes, err);
+		free(r);
+		if (st < 0)
+			goto fail;
+	} else {
+		CAL_TRY(cal_backend_upload(c->be, w, t->data, t->nbytes, err));
+	}
 	for (size_t i = 0; i < c->n_mb; i++) {
 		const struct cal_mb *mb = &c->mbs[i];
 		enum cal_rms_kind kind = c->d->norm == CAL_NORM_RMS_F32W ? CAL_RMS_F32W
@@ -1485,13 +1539,13 @@ static void put_amax(json_t *o, const char *key, float a)
 		json_object_set_new(o, key, json_real(a));
 }
 
-char *cal_calib_stats_json(const struct cal_calib *c)
+json_t *cal_calib_stats(const struct cal_calib *c)
 {
 	const struct cal_model_desc *d = c->d;
 	json_t *j = json_object(), *qs = json_object(), *in = json_object(), *seen = json_object();
 	json_t *kv = json_object(), *moe = json_object();
 	char name[512];
-	char *out = NULL;
+	json_t *out = NULL;
 	if (!j || !qs || !in || !seen || !kv || !moe)
 		goto done;
 	for (int32_t L = 0; L < c->done_layers; L++) {
@@ -1601,13 +1655,28 @@ char *cal_calib_stats_json(const struct cal_calib *c)
 	json_object_set_new(j, "kv_amax", kv);
 	json_object_set_new(j, "moe", moe);
 	qs = in = seen = kv = moe = NULL;
-	out = json_dumps(j, JSON_INDENT(1) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+	out = j;
+	j = NULL;
 done:
 	json_decref(qs);
 	json_decref(in);
 	json_decref(seen);
 	json_decref(kv);
 	json_decref(moe);
+	json_decref(j);
+	return out;
+}
+
+char *cal_calib_stats_dump(const json_t *stats)
+{
+	return stats ? json_dumps(stats, JSON_INDENT(1) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9))
+		     : NULL;
+}
+
+char *cal_calib_stats_json(const struct cal_calib *c)
+{
+	json_t *j = cal_calib_stats(c);
+	char *out = cal_calib_stats_dump(j);
 	json_decref(j);
 	return out;
 }

@@ -78,6 +78,11 @@ struct cal_layer_w {
 	const uint16_t *lnorm;               /* [dv] */
 	const uint16_t *lout;                /* [H, nv dv] */
 	const float *a_log, *dt_bias;        /* [nv] (bf16-rounded, as HF loads them) */
+	/* gpt_oss (gpt_oss.c): attention sinks, router bias, expert biases in
+	 * the canonical order (per expert: I gate biases, then I up biases) */
+	const float *sinks;                  /* [nh] */
+	const uint16_t *router_b;            /* [E] */
+	const uint16_t *eb13, *eb2;          /* [E, 2I], [E, H] */
 };
 
 /* Host staging of one layer: canonical host pointers plus the buffers it
@@ -112,9 +117,12 @@ struct cal_calib {
 	struct cal_calib_opts o;
 	const struct cal_plan *plan;
 	const struct cal_model_desc *d;
-	struct cal_checkpoint *ck;
-	struct cal_catalog *cat;
+	const struct cal_checkpoint *ck; /* borrowed from the job, or own_* */
+	const struct cal_catalog *cat;
 	struct cal_backend *be, *host;  /* host: CPU back end for host-side work */
+	struct cal_checkpoint *own_ck;   /* what cal_calib_open() opened itself */
+	struct cal_catalog *own_cat;
+	struct cal_backend *own_be;
 	int on_device;                   /* be is not host memory */
 
 	/* model constants */
@@ -207,6 +215,20 @@ void cal_gdn_weight(const struct cal_calib *c, const struct cal_layer_w *w, cons
 		    const uint16_t **ret, uint64_t *ret_n);
 enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 			     const struct cal_mb *mb, uint16_t *x, struct cal_error *err);
+
+/* gpt_oss.c: GPT-OSS (docs/gpt_oss.md) */
+/* Checks what the engine runs of a gpt_oss description. */
+enum cal_status cal_oai_check(const struct cal_model_desc *d, struct cal_error *err);
+/* Stages layer L's sinks, router bias, expert biases and, from an MXFP4
+ * source, the experts decoded into w.e13 / w.e2 (canonical layout). */
+enum cal_status cal_oai_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
+			      struct cal_error *err);
+/* fp32 norm weights as transformers 5 runs them: loaded in the model's
+ * bf16 (so rounded to bf16), the product with the fp32 normalised input
+ * then taken in fp32 and rounded once (CAL_RMS_F32W). */
+void cal_oai_norm_weight(const float *w, uint64_t n, float *ret);
+/* YaRN inverse frequencies (HF's yarn init, truncate honoured). */
+void cal_rope_yarn(const struct cal_rope *r, float *inv, int64_t rd);
 
 /* The hidden states of micro-batch mb in back-end memory (the resident
  * buffer, or the micro-batch buffer filled from pinned host memory). */

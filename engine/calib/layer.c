@@ -78,6 +78,9 @@ enum cal_status cal_rope_inv_freq(const struct cal_model_desc *d, float *inv, in
 		for (int64_t i = 0; i < rd / 2; i++)
 			inv[i] = inv[i] / (float)r->factor;
 		return CAL_OK;
+	case CAL_ROPE_YARN:
+		cal_rope_yarn(r, inv, rd); /* gpt_oss.c */
+		return CAL_OK;
 	default:
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "RoPE type '%s' is not run by the calibration engine yet",
@@ -174,6 +177,16 @@ static enum cal_status tensor_norm(struct cal_calib *c, struct cal_layer_host *l
 		return cal_error_set(err, CAL_ERR_FORMAT, "tensor %s: %llu elements of %s, expected %llu",
 				     t->name, (unsigned long long)t->numel, cal_dtype_name(t->dtype),
 				     (unsigned long long)numel);
+	if (t->dtype == CAL_DTYPE_F32 && c->d->norm == CAL_NORM_RMS_F32W) {
+		/* gpt_oss: transformers loads the fp32 weights in the model's bf16 */
+		float *p = own(lh, numel * 4);
+		if (!p)
+			return cal_error_set(err, CAL_ERR_NOMEM, "tensor %s: out of memory", t->name);
+		cal_oai_norm_weight(t->data, numel, p);
+		*ret = p;
+		*ret_dt = CAL_DTYPE_F32;
+		return CAL_OK;
+	}
 	if (t->dtype != CAL_DTYPE_F16) {
 		*ret = t->data;
 		*ret_dt = t->dtype;
@@ -352,6 +365,8 @@ ffn:
 	}
 	uint64_t E = (uint64_t)c->E, I = (uint64_t)c->I;
 	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_ROUTER, CAL_PART_WEIGHT, L, 0, E * H, &w->router, err));
+	if (d->act == CAL_ACT_SWIGLU_OAI) /* sinks, biases, MXFP4 experts: gpt_oss.c */
+		CAL_TRY(cal_oai_stage(c, L, lh, err));
 	enum cal_expert_layout lay = cal_catalog_layout(c->cat, L);
 	const struct cal_st_tensor *fgu = cal_catalog_find(c->cat, CAL_ROLE_EXPERTS_GATE_UP,
 							   CAL_PART_WEIGHT, L, -1);
@@ -359,7 +374,10 @@ ffn:
 							   CAL_PART_WEIGHT, L, -1);
 	lh->n_e13 = E * 2 * I * H;
 	lh->n_e2 = E * H * I;
-	if (lay == CAL_LAYOUT_FUSED && fgu && fgu->dtype == CAL_DTYPE_BF16 && fgu->numel == lh->n_e13) {
+	if (w->e13) {
+		/* decoded from MXFP4 by cal_oai_stage */
+	} else if (lay == CAL_LAYOUT_FUSED && fgu && fgu->dtype == CAL_DTYPE_BF16 &&
+		   fgu->numel == lh->n_e13) {
 		w->e13 = fgu->data; /* already [E, 2I, H] gate|up */
 	} else if (lay != CAL_LAYOUT_FUSED && experts_direct(c, L, lh)) {
 		w->e13 = w->e2 = NULL; /* copied expert by expert by the upload */
@@ -375,7 +393,10 @@ ffn:
 		}
 		w->e13 = p;
 	}
-	if (lay == CAL_LAYOUT_FUSED && fdn && fdn->dtype == CAL_DTYPE_BF16 && fdn->numel == lh->n_e2) {
+	if (w->e2) {
+		/* decoded from MXFP4 by cal_oai_stage */
+	} else if (lay == CAL_LAYOUT_FUSED && fdn && fdn->dtype == CAL_DTYPE_BF16 &&
+		   fdn->numel == lh->n_e2) {
 		w->e2 = fdn->data;
 	} else if (lh->e2_seg) {
 		w->e2 = NULL;
@@ -445,7 +466,8 @@ static enum cal_status ewise(struct cal_calib *c, enum cal_ewise_mode mode, cons
 			     uint64_t cols, uint64_t lda, uint64_t ldb, float clamp,
 			     struct cal_error *err)
 {
-	struct cal_ewise_args e = {mode, a, b, g, out, rows, cols, lda, ldb, 1, 0, clamp};
+	struct cal_ewise_args e = {mode, a, b, g, out, rows, cols, lda, ldb, 1, 0, clamp,
+				   (float)c->d->swiglu_alpha};
 	return cal_op_ewise(c->be, &e, err);
 }
 
@@ -498,7 +520,9 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 		c->q, c->kb, c->vb, c->att, T, (uint32_t)c->nh, (uint32_t)c->nkv, (uint32_t)c->hd,
 		c->meta + mb->meta_off, mb->n_seq,
 		c->o.pad_like_modelopt ? c->meta + mb->meta_off + mb->n_seq + 1 : NULL, window,
-		(float)d->attn_scaling};
+		(float)d->attn_scaling, w->sinks,
+		/* gpt_oss runs transformers' eager attention only (docs/gpt_oss.md) */
+		d->has_sinks};
 	CAL_TRY(cal_op_attention(c->be, &at, err));
 	if (d->attn == CAL_ATTN_GATED_GQA) /* o_proj sees attention * sigmoid(gate) */
 		CAL_TRY(ewise(c, CAL_EWISE_SIGMOID_MUL, c->att, c->agate, NULL, c->att, T, qd, 0, 0, 0,
@@ -540,9 +564,11 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	cal_prof(c, PH_ROUTER);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
 	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_MOE_IN, err));
-	CAL_TRY(gemm(c, c->h, w->router, NULL, c->logits, T, E, H, err));
+	CAL_TRY(gemm(c, c->h, w->router, w->router_b, c->logits, T, E, H, err));
 	struct cal_router_args ra = {c->logits, T, (uint32_t)E, (uint32_t)c->k, (uint32_t)kk,
-				     d->norm_topk_prob, c->idx, c->rw};
+				     d->norm_topk_prob, c->idx, c->rw,
+				     d->router == CAL_ROUTER_TOPK_SOFTMAX ? CAL_ROUTER_MODE_TOPK_SOFTMAX
+									  : CAL_ROUTER_MODE_SOFTMAX_TOPK};
 	CAL_TRY(cal_op_router(c->be, &ra, err));
 	struct cal_moe_sort_args sa = {c->idx, P, (uint32_t)E, c->offsets, c->sorted, c->ppos};
 	CAL_TRY(cal_op_moe_sort(c->be, &sa, err));
@@ -559,12 +585,19 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	cal_prof(c, PH_OBS);
 	CAL_TRY(cal_op_amax_segments(c->be, &sg, err));
 	cal_prof(c, PH_EXPERTS);
-	struct cal_gemm_args g1 = {.x = c->xg, .w = w->e13, .y = c->gu, .m = P, .n = 2 * I, .k = H,
-				   .n_groups = (uint32_t)E, .offsets = c->offsets,
-				   .w_stride = 2 * I * H, .host_offsets = c->h_offsets};
+	/* gpt_oss: `x @ W + b`, the bias added after the product's rounding */
+	struct cal_gemm_args g1 = {.x = c->xg, .w = w->e13, .bias = w->eb13, .y = c->gu, .m = P,
+				   .n = 2 * I, .k = H, .n_groups = (uint32_t)E,
+				   .offsets = c->offsets, .w_stride = 2 * I * H,
+				   .bias_stride = 2 * I, .host_offsets = c->h_offsets,
+				   .bias_after_round = 1};
 	CAL_TRY(cal_op_gemm(c->be, &g1, err));
-	CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->gu, c->gu + I, NULL, c->act, P, I, 2 * I, 2 * I, 0,
-		      err));
+	if (d->act == CAL_ACT_SWIGLU_OAI)
+		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU_OAI, c->gu, c->gu + I, NULL, c->act, P, I, 2 * I,
+			      2 * I, (float)d->swiglu_limit, err));
+	else
+		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->gu, c->gu + I, NULL, c->act, P, I, 2 * I,
+			      2 * I, 0, err));
 	struct cal_amax_segments_args sd = {CAL_DTYPE_BF16, c->act, P, I, c->offsets, (uint32_t)E,
 					    mb->tok0 * kk * I, c->obs_amax + S_FIXED + E,
 					    c->obs_nf + S_FIXED + E};
@@ -572,9 +605,10 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	CAL_TRY(cal_op_amax_segments(c->be, &sd, err));
 	cal_prof(c, PH_EXPERTS);
 	/* c->yo is c->xg: the gathered inputs are dead once W13 ran */
-	struct cal_gemm_args g2 = {.x = c->act, .w = w->e2, .y = c->yo, .m = P, .n = H, .k = I,
-				   .n_groups = (uint32_t)E, .offsets = c->offsets,
-				   .w_stride = H * I, .host_offsets = c->h_offsets};
+	struct cal_gemm_args g2 = {.x = c->act, .w = w->e2, .bias = w->eb2, .y = c->yo, .m = P,
+				   .n = H, .k = I, .n_groups = (uint32_t)E, .offsets = c->offsets,
+				   .w_stride = H * I, .bias_stride = H,
+				   .host_offsets = c->h_offsets, .bias_after_round = 1};
 	CAL_TRY(cal_op_gemm(c->be, &g2, err));
 	struct cal_moe_combine_args ca = {c->yo, P, c->ppos, c->idx, c->rw, T, H, (uint32_t)c->k,
 					  (uint32_t)kk, c->o.combine, c->tmp};

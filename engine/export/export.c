@@ -229,7 +229,7 @@ static enum cal_status add_copy(struct cal_exporter *ex, char *name,
 		free(name);
 		return nomem(err);
 	}
-	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer};
+	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer, 0};
 	return CAL_OK;
 }
 
@@ -340,11 +340,75 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 		char *hn = hub_name(ex, pn);
 		free(pn);
 		CAL_TRY_RET(add_copy(ex, hn, e->t, e->layer, err));
+		/* gpt_oss: transformers runs the fp32 norm weights in the model's bf16
+		 * and modelopt saves them so (docs/gpt_oss.md) */
+		ex->cp[ex->n_cp - 1].to_bf16 = ex->d->norm == CAL_NORM_RMS_F32W &&
+					       e->t->dtype == CAL_DTYPE_F32 &&
+					       (e->role == CAL_ROLE_INPUT_NORM ||
+						e->role == CAL_ROLE_POST_ATTN_NORM ||
+						e->role == CAL_ROLE_FINAL_NORM);
 	}
 	return CAL_OK;
 }
 
-/* Routed experts: always per expert under hub names. */
+/* gpt_oss experts (docs/gpt_oss.md): modelopt 0.47 quantizes GptOssExperts'
+ * gate_up_proj [E, H, 2I] and down_proj [E, I, H] as one BMM weight each
+ * (one weight and one input quantizer per projection, not per expert) and
+ * writes them fused under the parameter names; the biases are copied. */
+static enum cal_status plan_bmm(struct cal_exporter *ex, int32_t L, const struct cal_plan_module *m,
+				struct cal_error *err)
+{
+	const struct cal_plan *p = ex->plan;
+	const struct cal_model_desc *d = ex->d;
+	int down = m->kind == CAL_MOD_EXPERTS_DOWN;
+	enum cal_role role = down ? CAL_ROLE_EXPERTS_DOWN : CAL_ROLE_EXPERTS_GATE_UP;
+	struct xlin x = {0};
+	CAL_TRY_RET(cal_catalog_expert(ex->cat, L, 0, down ? CAL_PROJ_DOWN : CAL_PROJ_GATE, &x.sl,
+				       err));
+	if (!x.sl.scales && x.sl.t->dtype != CAL_DTYPE_BF16)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: %s experts are not exported "
+				     "(bf16 or MXFP4 only)", x.sl.t->name, cal_dtype_name(x.sl.t->dtype));
+	x.name = xprintf("%slayers.%d.%s.experts.%s", ex->cprefix, (int)L, d->arch->moe_block,
+			 down ? "down_proj" : "gate_up_proj");
+	const struct cal_st_tensor *b = cal_catalog_find(ex->cat, role, CAL_PART_BIAS, L, -1);
+	char *bn = x.name ? xprintf("%s_bias", x.name) : NULL;
+	if (!bn || !b) {
+		free(x.name);
+		free(bn);
+		return bn ? cal_error_set(err, CAL_ERR_FORMAT, "layer %d: %s bias missing", (int)L,
+					  down ? "down_proj" : "gate_up_proj") : nomem(err);
+	}
+	CAL_TRY_RET(add_copy(ex, bn, b, L, err));
+	x.layer = L;
+	x.mod = (long)(m - p->modules);
+	x.expert = -1;
+	x.proj = down ? CAL_PROJ_DOWN : CAL_PROJ_GATE;
+	x.bmm = 1;
+	x.bmm_rows = down ? d->hidden_size : 2 * d->moe_intermediate_size;
+	x.out = d->num_experts * x.bmm_rows;
+	x.in = down ? d->moe_intermediate_size : d->hidden_size;
+	x.dtype = CAL_DTYPE_BF16; /* gathered (and decoded) as bf16 */
+	x.wq = enabled_q(p, m->wq);
+	for (int64_t e = 1; e < d->num_experts; e++)
+		if (!enabled_q(p, m->wq + e) != !x.wq ||
+		    (x.wq && p->q[m->wq + e].spec.fmt != x.wq->spec.fmt)) {
+			free(x.name);
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: the recipe treats the "
+					     "experts differently (modelopt has one quantizer for "
+					     "all of GPT-OSS's experts)", p->q[m->wq + e].name);
+		}
+	x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
+	if (x.wq && x.wq->spec.fmt != CAL_QFMT_NVFP4 && x.wq->spec.fmt != CAL_QFMT_NVFP4_STATIC &&
+	    x.wq->spec.fmt != CAL_QFMT_FP8) {
+		enum cal_qfmt f = x.wq->spec.fmt;
+		free(x.name);
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "layer %d: GPT-OSS experts in %s are "
+				     "not exported (NVFP4 and FP8 only)", (int)L, cal_qfmt_name(f));
+	}
+	return add_lin(ex, &x, err);
+}
+
+/* Routed experts: per expert under hub names (gpt_oss: plan_bmm). */
 static enum cal_status plan_experts(struct cal_exporter *ex, struct cal_error *err)
 {
 	const struct cal_plan *p = ex->plan;
@@ -352,10 +416,6 @@ static enum cal_status plan_experts(struct cal_exporter *ex, struct cal_error *e
 	for (int32_t L = 0; L < (int32_t)d->num_layers; L++) {
 		if (d->layers[L].ffn != CAL_FFN_MOE)
 			continue;
-		enum cal_expert_layout lay = cal_catalog_layout(ex->cat, L);
-		if (lay == CAL_LAYOUT_MXFP4)
-			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "layer %d: exporting from MXFP4 "
-					     "source experts is not implemented", (int)L);
 		const struct cal_plan_module *mgu = NULL, *mdn = NULL;
 		for (size_t m = 0; m < p->n_modules; m++) {
 			if (p->modules[m].layer != L)
@@ -368,6 +428,11 @@ static enum cal_status plan_experts(struct cal_exporter *ex, struct cal_error *e
 		if (!mgu || !mdn)
 			return cal_error_set(err, CAL_ERR_INTERNAL, "layer %d: the plan has no experts",
 					     (int)L);
+		if (d->act == CAL_ACT_SWIGLU_OAI) { /* gpt_oss: modelopt's BMM experts */
+			CAL_TRY_RET(plan_bmm(ex, L, mgu, err));
+			CAL_TRY_RET(plan_bmm(ex, L, mdn, err));
+			continue;
+		}
 		for (int64_t e = 0; e < d->num_experts; e++) {
 			for (int k = 0; k < 3; k++) {
 				const struct cal_plan_module *m = k == 2 ? mdn : mgu;
@@ -459,10 +524,59 @@ static enum cal_status decl(struct cal_exporter *ex, const char *name, const cha
 	return st;
 }
 
+/* gpt_oss BMM experts: "<name>" for the weight, "<name>_<suffix>" for the rest. */
+char *cal_export_bmm_name(const struct xlin *x, const char *suffix)
+{
+	return !strcmp(suffix, "weight") ? strdup(x->name) : xprintf("%s_%s", x->name, suffix);
+}
+
+/* Declares a BMM tensor [E, cols, rows] (cols 0: a scalar). */
+static enum cal_status decl_bmm(struct cal_exporter *ex, const struct xlin *x, const char *suffix,
+				enum cal_dtype dt, int64_t cols, struct cal_error *err)
+{
+	int64_t shape[3] = {x->out / x->bmm_rows, cols, x->bmm_rows};
+	char *full = cal_export_bmm_name(x, suffix);
+	if (!full)
+		return nomem(err);
+	enum cal_status st = cal_st_writer_declare(ex->w, full, dt, cols ? 3 : 0, shape, err);
+	free(full);
+	ex->bytes_total += cal_dtype_size(dt) * (cols ? (uint64_t)(x->out * cols) : 1);
+	return st;
+}
+
+static enum cal_status decl_bmm_lin(struct cal_exporter *ex, struct xlin *x, struct cal_error *err)
+{
+	int64_t i = x->in;
+	x->has_input_scale = 0;
+	switch (x->fmt) {
+	case CAL_QFMT_NONE:
+		return decl_bmm(ex, x, "weight", CAL_DTYPE_BF16, i, err);
+	case CAL_QFMT_NVFP4:
+	case CAL_QFMT_NVFP4_STATIC:
+		CAL_TRY_RET(decl_bmm(ex, x, "weight", CAL_DTYPE_U8, i / 2, err));
+		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", CAL_DTYPE_F8_E4M3, i / 16, err));
+		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale_2", CAL_DTYPE_F32, 0, err));
+		break;
+	case CAL_QFMT_FP8:
+		CAL_TRY_RET(decl_bmm(ex, x, "weight", CAL_DTYPE_F8_E4M3, i, err));
+		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", CAL_DTYPE_F32, 0, err));
+		break;
+	default:
+		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: format %s", x->name,
+				     cal_qfmt_name(x->fmt));
+	}
+	x->has_input_scale = x->iq != NULL;
+	if (x->has_input_scale)
+		CAL_TRY_RET(decl_bmm(ex, x, "input_scale", CAL_DTYPE_F32, 0, err));
+	return CAL_OK;
+}
+
 static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct cal_error *err)
 {
 	int64_t o = x->out, i = x->in;
 	const char *nm = x->name;
+	if (x->bmm)
+		return decl_bmm_lin(ex, x, err);
 	x->has_input_scale = 0;
 	switch (x->fmt) {
 	case CAL_QFMT_NONE:
@@ -522,11 +636,12 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 			const struct xcopy *c = &ex->cp[i];
 			if (c->layer != L)
 				continue;
-			enum cal_status st = cal_st_writer_declare(ex->w, c->name, c->t->dtype,
+			enum cal_status st = cal_st_writer_declare(ex->w, c->name,
+								   c->to_bf16 ? CAL_DTYPE_BF16 : c->t->dtype,
 								   c->t->ndim, c->t->shape, err);
 			if (st < 0)
 				return cal_error_wrap(err, st, "declaring %s", c->name);
-			ex->bytes_total += c->t->nbytes;
+			ex->bytes_total += c->to_bf16 ? c->t->numel * 2 : c->t->nbytes;
 		}
 	}
 	return CAL_OK;
@@ -554,6 +669,17 @@ static uint64_t side_bytes(const char *dir)
 	return t;
 }
 
+enum cal_status cal_export_check_source(const struct cal_model_desc *d, struct cal_error *err)
+{
+	/* gpt_oss MXFP4 experts are decoded by plan_bmm / cal_export_bmm_source */
+	if (d->src_quant == CAL_SRC_QUANT_NONE ||
+	    (d->src_quant == CAL_SRC_QUANT_MXFP4 && d->act == CAL_ACT_SWIGLU_OAI))
+		return CAL_OK;
+	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized source "
+			     "checkpoint is not implemented", d->model_type,
+			     cal_src_quant_name(d->src_quant));
+}
+
 enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 				  const struct cal_checkpoint *ck,
 				  const struct cal_catalog *cat, const struct cal_plan *plan,
@@ -563,6 +689,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	enum cal_status st;
 	unsigned char *seen = NULL;
 	struct cal_exporter *ex = calloc(1, sizeof(*ex));
+	*ret = NULL;
 	if (!ex)
 		return nomem(err);
 	double t0 = cal_now();
@@ -573,12 +700,12 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	ex->be = be;
 	ex->opts = *opts;
 	ex->sqnr_min = INFINITY;
-	if (!opts->model_dir || !opts->out_dir) {
+	if (!opts->model_dir || (!opts->out_dir && !opts->check_only)) {
 		st = cal_error_set(err, CAL_ERR_INVALID, "export: model_dir and out_dir are required");
 		goto fail;
 	}
 	ex->model_dir = strdup(opts->model_dir);
-	ex->out_dir = strdup(opts->out_dir);
+	ex->out_dir = strdup(opts->out_dir ? opts->out_dir : "");
 	ex->recipe_name = strdup(opts->recipe_name ? opts->recipe_name :
 				 plan->recipe->source ? plan->recipe->source : "?");
 	ex->weights = json_array();
@@ -597,16 +724,13 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	ex->cprefix = cal_catalog_prefix(cat);
 	ex->mse_sweep = plan->recipe->algo.method == CAL_CALIB_MSE &&
 			plan->recipe->algo.fp8_scale_sweep;
-	if (d->src_quant != CAL_SRC_QUANT_NONE) {
-		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized "
-				   "source checkpoint is not implemented", opts->model_dir,
-				   cal_src_quant_name(d->src_quant));
-		goto fail;
-	}
+	CAL_TRY(cal_export_check_source(d, err));
 	CAL_TRY(cal_export_pipe_init(ex, err));
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
+	if (opts->check_only)
+		goto fail; /* st == CAL_OK: planned and checked, nothing opened */
 
 	struct cal_st_writer_opts wo = {.max_shard_bytes = opts->max_shard_bytes, .publish = opts->publish};
 	wo.reserve_bytes = side_bytes(opts->model_dir) + (1u << 20) + 512 * (uint64_t)ex->n_lin;
@@ -678,6 +802,40 @@ void cal_exporter_add_phase(struct cal_exporter *ex, const char *name, double se
 }
 
 /* ---- per-layer statistics (the quantizing is in pipeline.c) ----------------- */
+
+/* gpt_oss BMM experts as bf16 [E * rows, in]: MXFP4 blocks decoded as HF
+ * does (low nibble = even column, E2M1 * 2^(scale - 127), rounded to bf16),
+ * or the bf16 [E, in, rows] parameter transposed per expert.  sl: expert
+ * 0's slice of the projection. */
+void cal_export_bmm_source(const struct cal_expert_slice *sl, uint64_t E, uint64_t R, uint64_t C,
+			   uint16_t *dst)
+{
+	if (sl->scales) {
+		const uint8_t *pk = sl->t->data, *sc = sl->scales->data;
+		for (uint64_t b = 0; b < E * R * C / 32; b++) {
+			float s = cal_e8m0_decode(sc[b]);
+			for (unsigned k = 0; k < 32; k++) {
+				unsigned code = (pk[b * 16 + k / 2] >> (4 * (k & 1))) & 0xfu;
+				dst[b * 32 + k] = cal_f32_to_bf16(cal_fmul(cal_e2m1_decode(code), s));
+			}
+		}
+		return;
+	}
+	cal_export_bmm_transpose(dst, sl->t->data, E, C, R, 2);
+}
+
+void cal_export_bmm_transpose(void *dst, const void *src, uint64_t E, uint64_t R, uint64_t cols,
+			      uint64_t es)
+{
+	const unsigned char *s = src;
+	unsigned char *d = dst;
+	for (uint64_t e = 0; e < E; e++)
+		for (uint64_t r = 0; r < R; r++)
+			for (uint64_t j = 0; j < cols; j++)
+				memcpy(d + ((e * cols + j) * R + r) * es, s + ((e * R + r) * cols + j) * es,
+				       es);
+}
+
 
 static void add_fallback(struct cal_exporter *ex, const char *q, const char *why, float v)
 {

@@ -56,9 +56,18 @@ struct cal_export_opts {
 	int per_expert_input_amax;
 	/* temporary name tag and publish hooks (st_writer.h), or NULL */
 	const struct cal_st_publish *publish;
+	/* the job's capability query (engine/job.h): plan every output tensor
+	 * and run every check, then return CAL_OK with *ret NULL: no writer,
+	 * nothing on disk, no back end needed (be may be NULL; out_dir too) */
+	int check_only;
 };
 
 struct cal_exporter;
+
+/* Whether the exporter reads d's source weights: bf16/f16/f32, and gpt_oss
+ * MXFP4 experts (docs/gpt_oss.md); else CAL_ERR_UNSUPPORTED naming the
+ * source format. */
+enum cal_status cal_export_check_source(const struct cal_model_desc *d, struct cal_error *err);
 
 /*
  * Plans the output and opens the writer.  Errors: CAL_ERR_EXISTS (out_dir

@@ -33,6 +33,14 @@ struct xlin {
 	float iscale;                   /* input_scale */
 	size_t qidx;                    /* pipeline: index among the layer's quantized */
 	uint64_t woff, ooff, soff;      /* pipeline: offsets in the layer buffers */
+	/* gpt_oss (export_bmm in export.c, docs/gpt_oss.md): every expert of one
+	 * projection as modelopt's single 3-D BMM weight.  Here [E * bmm_rows,
+	 * in] (out = E * bmm_rows, rows in the checkpoint's order, gate/up
+	 * interleaved); written [E, in, bmm_rows] under "<name>", its scales
+	 * under "<name>_weight_scale" etc.  sl: expert 0's slice (tensor,
+	 * MXFP4 scales). */
+	int bmm;
+	int64_t bmm_rows;
 };
 
 /* A tensor copied byte for byte (maybe renamed). */
@@ -40,6 +48,7 @@ struct xcopy {
 	char *name;
 	const struct cal_st_tensor *t;
 	int32_t layer;
+	int to_bf16;                    /* F32 written as bf16 (gpt_oss norms, as modelopt) */
 };
 
 /* KV-cache scales of one attention module. */
@@ -70,8 +79,9 @@ struct xmodcfg {
 /* One tensor for the writer thread. */
 struct xitem {
 	char *name;                     /* full tensor name (owned) */
-	const void *data;               /* in the slot, or the source mapping */
+	const void *data;               /* in the slot, the source mapping, or owned */
 	uint64_t n;
+	void *owned;                    /* freed once written (gpt_oss transposes) */
 };
 
 struct xslot {
@@ -99,6 +109,8 @@ struct xpipe {
 	uint64_t slot_bytes, stage_bytes;
 	void *stage[2];                 /* pinned staging for uploads */
 	struct cal_backend *cpu;        /* threads for gathering the source */
+	struct cal_backend *be;         /* the stage's own back end (kind and device
+					   of the exporter's), created at the first layer */
 	uint64_t written;               /* tensor bytes written (atomic) */
 	int32_t fail_layer;             /* test fault injection: layer + 2, 0 off */
 	double t_quant, t_write, t_wait, t_drain;
@@ -188,6 +200,17 @@ void cal_export_pipe_free(struct cal_exporter *ex);
 		if (st_ < 0)                                                   \
 			return st_;                                            \
 	} while (0)
+/* gpt_oss BMM experts (export.c): the source of one projection as bf16
+ * [E * R, C] (sl: expert 0's slice; MXFP4 decoded as HF does), and the
+ * per-expert transpose [E, R, cols] -> [E, cols, R] of es-byte elements
+ * (its own inverse with R and cols swapped). */
+void cal_export_bmm_source(const struct cal_expert_slice *sl, uint64_t E, uint64_t R, uint64_t C,
+			   uint16_t *dst);
+void cal_export_bmm_transpose(void *dst, const void *src, uint64_t E, uint64_t R, uint64_t cols,
+			      uint64_t es);
+/* gpt_oss BMM experts: "<name>" for the weight, "<name>_<suffix>" for the
+ * rest (caller frees). */
+char *cal_export_bmm_name(const struct xlin *x, const char *suffix);
 
 /* Source side files copied verbatim when present. */
 extern const char *const cal_export_copy_files[];

@@ -111,8 +111,10 @@ static enum cal_status write_slot(struct cal_exporter *ex, struct xslot *s,
 
 static void slot_clear(struct xslot *s)
 {
-	for (size_t i = 0; i < s->n_items; i++)
+	for (size_t i = 0; i < s->n_items; i++) {
 		free(s->items[i].name);
+		free(s->items[i].owned);
+	}
 	s->n_items = 0;
 	s->used = 0;
 }
@@ -162,7 +164,7 @@ static enum cal_status slot_reserve(struct cal_exporter *ex, uint64_t n, void **
 			return pipe_error(p, err) < 0 ? err->code :
 			       cal_error_set(err, CAL_ERR_INTERRUPTED, "export: stopped");
 		if (!s->buf)
-			CAL_TRY_RET(cal_backend_host_alloc(ex->be, p->slot_bytes, (void **)&s->buf,
+			CAL_TRY_RET(cal_backend_host_alloc(p->be, p->slot_bytes, (void **)&s->buf,
 							   err));
 		p->fill = (int)k;
 		p->next_fill = (k + 1) % XSLOTS;
@@ -175,30 +177,40 @@ static enum cal_status slot_reserve(struct cal_exporter *ex, uint64_t n, void **
 	return CAL_OK;
 }
 
-/* Adds tensor "name.suffix" (data: in the slot or external) to the slot
- * being filled, which must exist. */
+/* Adds tensor "name.suffix" (suffix NULL: "name"; data: in the slot, the
+ * source mapping, or `owned`, a malloc'd buffer the item frees once written,
+ * also on failure here) to the slot being filled. */
 static enum cal_status slot_item(struct cal_exporter *ex, const char *name, const char *suffix,
-				 const void *data, uint64_t n, struct cal_error *err)
+				 const void *data, uint64_t n, void *owned, struct cal_error *err)
 {
 	struct xpipe *p = &ex->pipe;
+	enum cal_status st = CAL_OK;
+	char *full = NULL;
 	if (p->fill < 0) {
 		void *dummy;
-		CAL_TRY_RET(slot_reserve(ex, 0, &dummy, err));
+		if ((st = slot_reserve(ex, 0, &dummy, err)) < 0)
+			goto fail;
 	}
 	struct xslot *s = &p->slot[p->fill];
 	if (s->n_items == s->cap_items) {
 		size_t nc = s->cap_items ? s->cap_items * 2 : 256;
 		struct xitem *ni = realloc(s->items, nc * sizeof(*ni));
-		if (!ni)
-			return nomem(err);
+		if (!ni) {
+			st = nomem(err);
+			goto fail;
+		}
 		s->items = ni;
 		s->cap_items = nc;
 	}
-	char *full = NULL;
-	if ((suffix ? asprintf(&full, "%s.%s", name, suffix) : asprintf(&full, "%s", name)) < 0)
-		return nomem(err);
-	s->items[s->n_items++] = (struct xitem){full, data, n};
+	if ((suffix ? asprintf(&full, "%s.%s", name, suffix) : asprintf(&full, "%s", name)) < 0) {
+		st = nomem(err);
+		goto fail;
+	}
+	s->items[s->n_items++] = (struct xitem){full, data, n, owned};
 	return CAL_OK;
+fail:
+	free(owned);
+	return st;
 }
 
 /* A small value copied into the slot. */
@@ -208,7 +220,44 @@ static enum cal_status slot_scalar(struct cal_exporter *ex, const char *name, co
 	void *d;
 	CAL_TRY_RET(slot_reserve(ex, 4, &d, err));
 	memcpy(d, &v, 4);
-	return slot_item(ex, name, suffix, d, 4, err);
+	return slot_item(ex, name, suffix, d, 4, NULL, err);
+}
+
+/* Tensor `suffix` of x (data in the slot or the source).  gpt_oss BMM
+ * experts (docs/gpt_oss.md): named "<name>" / "<name>_<suffix>", and the
+ * weight and block scales [E * rows, cols] go out as modelopt writes them,
+ * [E, cols, rows], from a transposed copy the item owns. */
+static enum cal_status lin_item(struct cal_exporter *ex, const struct xlin *x, const char *suffix,
+				const void *data, uint64_t n, struct cal_error *err)
+{
+	if (!x->bmm)
+		return slot_item(ex, x->name, suffix, data, n, NULL, err);
+	int matrix = !strcmp(suffix, "weight") ||
+		     (!strcmp(suffix, "weight_scale") && x->fmt != CAL_QFMT_FP8);
+	char *full = cal_export_bmm_name(x, suffix);
+	unsigned char *t = matrix ? malloc(n ? n : 1) : NULL;
+	if (!full || (matrix && !t)) {
+		free(full);
+		free(t);
+		return nomem(err);
+	}
+	if (matrix) {
+		uint64_t R = (uint64_t)x->bmm_rows, E = (uint64_t)x->out / R;
+		uint64_t es = x->fmt == CAL_QFMT_NONE ? 2 : 1, cols = n / ((uint64_t)x->out * es);
+		cal_export_bmm_transpose(t, data, E, R, cols, es);
+	}
+	enum cal_status st = slot_item(ex, full, NULL, matrix ? t : data, n, t, err);
+	free(full);
+	return st;
+}
+
+static enum cal_status lin_scalar(struct cal_exporter *ex, const struct xlin *x,
+				  const char *suffix, float v, struct cal_error *err)
+{
+	void *d;
+	CAL_TRY_RET(slot_reserve(ex, 4, &d, err));
+	memcpy(d, &v, 4);
+	return lin_item(ex, x, suffix, d, 4, err);
 }
 
 /* ---- source ------------------------------------------------------------------- */
@@ -217,6 +266,11 @@ static enum cal_status slot_scalar(struct cal_exporter *ex, const char *name, co
 static void gather(const struct xlin *x, void *dst)
 {
 	size_t es = cal_dtype_size(x->dtype);
+	if (x->bmm) {
+		uint64_t R = (uint64_t)x->bmm_rows;
+		cal_export_bmm_source(&x->sl, (uint64_t)x->out / R, R, (uint64_t)x->in, dst);
+		return;
+	}
 	if (x->expert < 0) {
 		memcpy(dst, x->w->data, (size_t)(x->out * x->in) * es);
 		return;
@@ -254,10 +308,10 @@ static enum cal_status dneed(struct cal_exporter *ex, int k, size_t n, void **re
 	if (n == 0)
 		n = 1;
 	if (n > ex->dcap[k]) {
-		cal_backend_dealloc(ex->be, ex->dbuf[k]);
+		cal_backend_dealloc(ex->pipe.be, ex->dbuf[k]);
 		ex->dbuf[k] = NULL;
 		ex->dcap[k] = 0;
-		CAL_TRY_RET(cal_backend_alloc(ex->be, n, &ex->dbuf[k], err));
+		CAL_TRY_RET(cal_backend_alloc(ex->pipe.be, n, &ex->dbuf[k], err));
 		ex->dcap[k] = n;
 	}
 	*ret = ex->dbuf[k];
@@ -297,7 +351,7 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 				    void *dq, void *ds, double *dsum, float *ret_scale,
 				    struct cal_error *err)
 {
-	struct cal_backend *be = ex->be;
+	struct cal_backend *be = ex->pipe.be;
 	enum cal_div_mode div = ex->opts.div;
 	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in, n = o * i;
 	void *dy = NULL, *dba = NULL, *dnf = NULL;
@@ -337,7 +391,8 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 	case CAL_QFMT_FP8: {
 		scale = cal_fp8_scale(x->wamax, div);
 		CAL_TRY_RET(cal_export_check_scale(x->name, "weight_scale", scale, err));
-		struct cal_fp8_quant_args a = {dw, n, scale, div, dq};
+		/* gpt_oss BMM weights: one rounding (modelopt's 3-D FP8 path) */
+		struct cal_fp8_quant_args a = {dw, n, scale, div, dq, x->bmm};
 		CAL_TRY_RET(cal_op_fp8_quant(be, &a, err));
 		struct cal_fp8_dequant_args d = {dq, n, scale, CAL_DTYPE_F32, dy};
 		CAL_TRY_RET(cal_op_fp8_dequant(be, &d, err));
@@ -417,7 +472,7 @@ static enum cal_status write_bias(struct cal_exporter *ex, const struct xlin *x,
 			       (uint64_t)(x->sl.out_start + o * x->sl.out_stride);
 		memcpy(h + (size_t)o * es, src + idx * es, es);
 	}
-	return slot_item(ex, x->name, "bias", h, (uint64_t)x->out * es, err);
+	return slot_item(ex, x->name, "bias", h, (uint64_t)x->out * es, NULL, err);
 }
 
 /* One staging block: the quantized linears [first, last) of ex->lin. */
@@ -443,7 +498,7 @@ static enum cal_status upload_layer(struct cal_exporter *ex, int32_t L, unsigned
 				    struct cal_error *err)
 {
 	struct xpipe *p = &ex->pipe;
-	struct cal_backend *be = ex->be;
+	struct cal_backend *be = ex->pipe.be;
 	size_t *idx = hneed(ex, 3, ex->n_lin * sizeof(size_t));
 	if (!idx)
 		return nomem(err);
@@ -503,7 +558,7 @@ static size_t layout(struct cal_exporter *ex, int32_t L, uint64_t *w, uint64_t *
 enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 				       struct cal_error *err)
 {
-	struct cal_backend *be = ex->be;
+	struct cal_backend *be = ex->pipe.be;
 	struct xpipe *p = &ex->pipe;
 	uint64_t wbytes, obytes, nsums;
 	unsigned char *dW = NULL, *dO = NULL;
@@ -596,37 +651,54 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		size_t es = cal_dtype_size(x->dtype);
 		uint64_t wn = (uint64_t)x->out * (uint64_t)x->in * es;
 		if (x->fmt == CAL_QFMT_NONE) {
-			if (x->expert < 0) {
-				CAL_TRY_RET(slot_item(ex, x->name, "weight", x->w->data, wn, err));
+			if (x->expert < 0 && !x->bmm) {
+				CAL_TRY_RET(slot_item(ex, x->name, "weight", x->w->data, wn, NULL, err));
+			} else if (x->bmm) { /* gathered outside the ring (large) */
+				void *h = malloc(wn ? wn : 1);
+				if (!h)
+					return nomem(err);
+				gather(x, h);
+				enum cal_status st = lin_item(ex, x, "weight", h, wn, err);
+				free(h);
+				CAL_TRY_RET(st);
 			} else {
 				void *h;
 				CAL_TRY_RET(slot_reserve(ex, wn, &h, err));
 				gather(x, h);
-				CAL_TRY_RET(slot_item(ex, x->name, "weight", h, wn, err));
+				CAL_TRY_RET(slot_item(ex, x->name, "weight", h, wn, NULL, err));
 			}
 		} else {
 			uint64_t q, s;
-			unsigned char *h;
+			unsigned char *h, *tmp = NULL;
 			out_sizes(x, &q, &s);
-			CAL_TRY_RET(slot_reserve(ex, q + s, (void **)&h, err));
-			CAL_TRY_RET(cal_backend_download(be, h, dO + x->ooff, q + s, err));
-			CAL_TRY_RET(slot_item(ex, x->name, "weight", h, q, err));
-			if (s)
-				CAL_TRY_RET(slot_item(ex, x->name, "weight_scale", h + q, s, err));
-			if (x->fmt == CAL_QFMT_NVFP4 || x->fmt == CAL_QFMT_NVFP4_STATIC) {
-				const unsigned char *hs = h + q;
-				for (uint64_t k = 0; k < s; k++)
-					if ((hs[k] & 0x7f) == 0x7f || (hs[k] & 0x7f) == 0)
-						return cal_error_set(err, CAL_ERR_NUMERIC, "%s.weight_scale: "
-								     "block %llu scale byte 0x%02x is %s",
-								     x->name, (unsigned long long)k, hs[k],
-								     (hs[k] & 0x7f) ? "NaN" : "zero");
-				CAL_TRY_RET(slot_scalar(ex, x->name, "weight_scale_2", x->scale, err));
-			} else if (x->fmt == CAL_QFMT_FP8) {
-				CAL_TRY_RET(slot_scalar(ex, x->name, "weight_scale", x->scale, err));
+			if (x->bmm) { /* transposed into copies: downloaded outside the ring */
+				if (!(tmp = h = malloc(q + s)))
+					return nomem(err);
+			} else {
+				CAL_TRY_RET(slot_reserve(ex, q + s, (void **)&h, err));
 			}
-			if (x->has_input_scale)
-				CAL_TRY_RET(slot_scalar(ex, x->name, "input_scale", x->iscale, err));
+			enum cal_status st = cal_backend_download(be, h, dO + x->ooff, q + s, err);
+			if (st >= 0)
+				st = lin_item(ex, x, "weight", h, q, err);
+			if (st >= 0 && s)
+				st = lin_item(ex, x, "weight_scale", h + q, s, err);
+			if (st >= 0 && (x->fmt == CAL_QFMT_NVFP4 || x->fmt == CAL_QFMT_NVFP4_STATIC)) {
+				const unsigned char *hs = h + q;
+				for (uint64_t k = 0; k < s && st >= 0; k++)
+					if ((hs[k] & 0x7f) == 0x7f || (hs[k] & 0x7f) == 0)
+						st = cal_error_set(err, CAL_ERR_NUMERIC, "%s.weight_scale: "
+								   "block %llu scale byte 0x%02x is %s",
+								   x->name, (unsigned long long)k, hs[k],
+								   (hs[k] & 0x7f) ? "NaN" : "zero");
+				if (st >= 0)
+					st = lin_scalar(ex, x, "weight_scale_2", x->scale, err);
+			} else if (st >= 0 && x->fmt == CAL_QFMT_FP8) {
+				st = lin_scalar(ex, x, "weight_scale", x->scale, err);
+			}
+			if (st >= 0 && x->has_input_scale)
+				st = lin_scalar(ex, x, "input_scale", x->iscale, err);
+			free(tmp);
+			CAL_TRY_RET(st);
 		}
 		if (x->expert >= 0 && x->sl.bias)
 			CAL_TRY_RET(write_bias(ex, x, err));
@@ -642,8 +714,21 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 	}
 	for (size_t i = 0; i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];
-		if (L >= 0 ? c->layer == L : L == CAL_XSTATIC && c->layer == -1)
-			CAL_TRY_RET(slot_item(ex, c->name, NULL, c->t->data, c->t->nbytes, err));
+		if (!(L >= 0 ? c->layer == L : L == CAL_XSTATIC && c->layer == -1))
+			continue;
+		if (!c->to_bf16) {
+			CAL_TRY_RET(slot_item(ex, c->name, NULL, c->t->data, c->t->nbytes, NULL, err));
+			continue;
+		}
+		/* F32 written as bf16 (gpt_oss norms, as modelopt saves them) */
+		uint16_t *b;
+		CAL_TRY_RET(slot_reserve(ex, c->t->numel * 2, (void **)&b, err));
+		for (uint64_t k = 0; k < c->t->numel; k++) {
+			float v;
+			memcpy(&v, (const char *)c->t->data + k * 4, 4);
+			b[k] = cal_f32_to_bf16(v);
+		}
+		CAL_TRY_RET(slot_item(ex, c->name, NULL, b, c->t->numel * 2, NULL, err));
 	}
 	return slot_submit(ex, err);
 }
@@ -727,7 +812,7 @@ static void *writer_main(void *arg)
 static enum cal_status pipe_buffers(struct cal_exporter *ex, struct cal_error *err)
 {
 	struct xpipe *p = &ex->pipe;
-	if (p->stage[0])
+	if (p->be)
 		return CAL_OK;
 	uint64_t stage = STAGE_MIN, slot = SLOT_MIN;
 	for (size_t i = 0; i < ex->n_lin; i++) {
@@ -740,15 +825,26 @@ static enum cal_status pipe_buffers(struct cal_exporter *ex, struct cal_error *e
 		} else if (x->expert < 0) {
 			continue; /* written straight from the source mapping */
 		}
+		if (x->bmm)
+			continue; /* gpt_oss: owned transposed copies, outside the ring */
 		slot = wn + 64 > slot ? wn + 64 : slot;
 	}
+	for (size_t i = 0; i < ex->n_cp; i++)
+		if (ex->cp[i].to_bf16 && ex->cp[i].t->numel * 2 + 64 > slot)
+			slot = ex->cp[i].t->numel * 2 + 64;
+	/* a back end of its own (same kind and device as the job's): the
+	 * calibration keeps using the job's stream, upload marks and memory
+	 * accounting on the other thread */
+	struct cal_backend_opts bo = {.cpu_threads = ex->be->cpu_threads,
+				      .cuda_device = ex->be->cuda_device};
+	CAL_TRY_RET(cal_backend_init(ex->be->kind, &bo, &p->be, err));
 	p->slot_bytes = (slot + 255) & ~255ull;
 	p->stage_bytes = (stage + 255) & ~255ull;
 	/* threads for the gather (the source read): 8 at most */
 	struct cal_backend_opts co = {.cpu_threads = 8};
 	CAL_TRY_RET(cal_backend_init(CAL_BACKEND_CPU, &co, &p->cpu, err));
 	for (int k = 0; k < 2; k++)
-		CAL_TRY_RET(cal_backend_host_alloc(ex->be, stage, &p->stage[k], err));
+		CAL_TRY_RET(cal_backend_host_alloc(p->be, stage, &p->stage[k], err));
 	return CAL_OK;
 }
 
@@ -866,17 +962,19 @@ void cal_export_pipe_free(struct cal_exporter *ex)
 	for (int k = 0; k < XSLOTS; k++) {
 		slot_clear(&p->slot[k]);
 		free(p->slot[k].items);
-		cal_backend_host_free(ex->be, p->slot[k].buf);
+		cal_backend_host_free(p->be, p->slot[k].buf);
 	}
 	for (int k = 0; k < 2; k++)
-		cal_backend_host_free(ex->be, p->stage[k]);
+		cal_backend_host_free(p->be, p->stage[k]);
 	cal_backend_free(p->cpu);
 	cal_error_clear(&p->err);
 	pthread_cond_destroy(&p->cv);
 	pthread_mutex_destroy(&p->mu);
 	p->inited = 0;
 	for (int k = 0; k < D_COUNT && k < XDBUF; k++) {
-		cal_backend_dealloc(ex->be, ex->dbuf[k]);
+		cal_backend_dealloc(p->be, ex->dbuf[k]);
 		ex->dbuf[k] = NULL;
 	}
+	cal_backend_free(p->be);
+	p->be = NULL;
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/jsonscan.h"
 #include "common/util.h"
 
 #define PX_MODEL "model."
@@ -1024,9 +1025,10 @@ static enum cal_status parse_desc(struct reader *r, json_t *root, struct cal_mod
 		case CAL_RENORM_IMPLICIT: d->norm_topk_prob = 1; break;
 		}
 		if (a->id == CAL_ARCH_GPT_OSS) {
+			/* transformers 5 reads both from the config (GptOssConfig
+			 * swiglu_limit / swiglu_alpha, defaults 7.0 / 1.702) */
 			CAL_TRY(get_num(r, cfg, "swiglu_limit", 7.0, &d->swiglu_limit));
-			d->swiglu_limit = 7.0; /* HF hard-codes it (§8) */
-			d->swiglu_alpha = 1.702;
+			CAL_TRY(get_num(r, cfg, "swiglu_alpha", 1.702, &d->swiglu_alpha));
 		}
 		if (a->router == CAL_ROUTER_SIGMOID_GROUP) {
 			CAL_TRY(get_num(r, cfg, "routed_scaling_factor", 2.5,
@@ -1103,6 +1105,9 @@ enum cal_status cal_model_desc_parse(const char *name, const char *json, size_t 
 	if (len > CAL_MODEL_MAX_CONFIG_BYTES)
 		return cal_error_set(err, CAL_ERR_RANGE, "%s: %zu bytes exceeds the limit of %u",
 				     r.name, len, CAL_MODEL_MAX_CONFIG_BYTES);
+	static const struct cal_json_limits lim = {CAL_MODEL_MAX_CONFIG_DEPTH, CAL_MODEL_MAX_CONFIG_VALUES};
+	if (cal_json_prescan(r.name, json, len, &lim, NULL, err))
+		return CAL_ERR_RANGE;
 	json_error_t je;
 	json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
 	if (!root)

@@ -27,6 +27,10 @@
 
 /* Largest config.json accepted (real ones are a few KiB). */
 #define CAL_MODEL_MAX_CONFIG_BYTES (4u * 1024u * 1024u)
+/* ... nested at most this deep, with at most this many JSON values (checked
+ * before parsing, common/jsonscan.h; real ones: depth < 6, < 10,000 values). */
+#define CAL_MODEL_MAX_CONFIG_DEPTH 32
+#define CAL_MODEL_MAX_CONFIG_VALUES 200000
 /* Bounds on client-controlled sizes, checked before anything is allocated. */
 #define CAL_MODEL_MAX_LAYERS 4096
 #define CAL_MODEL_MAX_EXPERTS 65536
@@ -322,7 +326,9 @@ struct cal_model_desc {
  * Errors: CAL_ERR_FORMAT (not JSON, wrong key type, inconsistent dims —
  * message names the key), CAL_ERR_UNSUPPORTED (unknown model_type, naming
  * it; unsupported quantization_config method or rope type), CAL_ERR_RANGE
- * (a dimension outside its bounds), CAL_ERR_NOMEM.
+ * (a dimension outside its bounds; the text larger, deeper or with more
+ * values than the CAL_MODEL_MAX_CONFIG_* limits, refused before parsing),
+ * CAL_ERR_NOMEM.
  * On success *ret is owned by the caller (cal_model_desc_free).
  */
 enum cal_status cal_model_desc_parse(const char *name, const char *json, size_t len,

@@ -4,6 +4,7 @@
  * state dir and the fake worker (fake_worker.c).
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <math.h>
@@ -23,7 +24,10 @@
 
 #include "common/util.h"
 #include "daemon/cli.h"
+#include "engine/job.h"
+#include "fixture.h"
 #include "harness.h"
+#include "test_recipes.h"
 
 static struct hd H;
 
@@ -128,6 +132,8 @@ Test(api, submit_get_list_and_finish)
 		{"list by state", "GET", "/v1/jobs?state=queued,running,succeeded&limit=5", NULL, NULL, 200, NULL},
 		{"bad state filter", "GET", "/v1/jobs?state=bogus", NULL, NULL, 400, "bad_query"},
 		{"bad limit", "GET", "/v1/jobs?limit=0", NULL, NULL, 400, "bad_query"},
+		{"empty cursor", "GET", "/v1/jobs?cursor=", NULL, NULL, 400, "bad_query"},
+		{"cursor not a job id", "GET", "/v1/jobs?cursor=a%2Fb", NULL, NULL, 400, "bad_query"},
 		{"unknown job", "GET", "/v1/jobs/j000000", NULL, NULL, 404, "job_not_found"},
 		{"unknown route", "GET", "/v2/nothing", NULL, NULL, 404, "route_not_found"},
 		{"wrong method", "PUT", "/v1/jobs", NULL, NULL, 405, "method_not_allowed"},
@@ -200,6 +206,10 @@ Test(api, validation_errors)
 		{"bad priority", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"priority\":1000}", 400, "invalid_field"},
 		{"gpus not configured", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"devices\":2}", 422,
 		 "devices_unavailable"},
+		{"gpus not configured (device string)", "POST", "/v1/jobs", JSON,
+		 "{\"recipe\":\"r\",\"devices\":\"cuda:0,1\"}", 422, "devices_unavailable"},
+		{"bad device string", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"devices\":\"gpu:0\"}", 400,
+		 "invalid_field"},
 		{"bad option", "POST", "/v1/jobs", JSON,
 		 "{\"recipe\":\"r\",\"options\":{\"moe_calib_experts_ratio\":2}}", 400, "invalid_field"},
 		{"missing model", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\"}", 400, "missing_field"},
@@ -260,8 +270,10 @@ Test(api, validation_errors)
 		{"unsupported architecture", "POST", "/v1/jobs", JSON,
 		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/unsupported\",\"calibration\":{\"tokens\":"
 		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "unsupported_model"},
+		/* still running when "same output while active" comes (a fake-ok
+		 * job could finish and publish first: output_exists) */
 		{"valid (inline recipe)", "POST", "/v1/jobs", JSON,
-		 "{\"name\":\"fake-ok\",\"recipe\":{\"yaml\":\"" INLINE_BODY "\"},\"model\":\"{root}/models/m\","
+		 "{\"name\":\"fake-slow\",\"recipe\":{\"yaml\":\"" INLINE_BODY "\"},\"model\":\"{root}/models/m\","
 		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/new\"}", 202, NULL},
 		{"valid (recipe_yaml with an import in the tree)", "POST", "/v1/jobs", JSON,
 		 "{\"name\":\"fake-ok\",\"recipe_yaml\":\"imports: {nvfp4: configs/numerics/nvfp4}\\n" INLINE_BODY
@@ -335,6 +347,11 @@ Test(api, auth)
 		{"token in query ignored", "POST", "/v1/jobs?access_token=" HD_TOKEN, JSON, ok, 401, "unauthorized"},
 		{"cancel without token", "DELETE", "/v1/jobs/x", NULL, NULL, 401, "unauthorized"},
 		{"read without token", "GET", "/v1/jobs", NULL, NULL, 200, NULL},
+		{"recipes without token", "GET", "/v1/recipes", NULL, NULL, 200, NULL},
+		{"plan (work) without token", "POST", "/v1/plan", JSON,
+		 "{\"model\":\"{root}/models/m\",\"recipe\":\"" HD_RECIPE "\"}", 401, "unauthorized"},
+		{"plan with token", "POST", "/v1/plan", JSON "Authorization: Bearer " HD_TOKEN "\r\n",
+		 "{\"model\":\"{root}/models/m\",\"recipe\":\"" HD_RECIPE "\"}", 200, NULL},
 		{"right token", "POST", "/v1/jobs", JSON "Authorization: Bearer " HD_TOKEN "\r\n", ok, 202, NULL},
 	};
 	hd_steps(&H, steps, N(steps));
@@ -1634,4 +1651,297 @@ Test(api, real_job_end_to_end)
 	cr_expect(strstr(r.body, " layer_done ") && strstr(r.body, " tokens_per_s="), "job log: %s", r.body);
 	cr_expect(strstr(r.body, " job_done ") && strstr(r.body, " bytes="), "job log: %s", r.body);
 	cal_client_resp_free(&r);
+}
+
+/* A model the engine describes but does not run is refused at submit with
+ * the engine's own reason (422 unsupported_model), never in the worker:
+ * a Gated DeltaNet model past the engine's conv-kernel limit, and the
+ * fixtures of every architecture, each compared with what the engine's
+ * capability query says (deepseek_v3 is refused today). */
+Test(api, unsupported_architecture_refused_at_submit)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	char model[256], recipes[512], body[1536];
+	snprintf(recipes, sizeof(recipes), "%s/recipes", getenv("SRCDIR"));
+	int refused = 0;
+	for (size_t i = 0; i <= cal_fixture_arch_count(); i++) {
+		const char *arch = i < cal_fixture_arch_count() ? cal_fixture_arch_name(i) : "qwen3_next";
+		struct cal_fixture_opts fo = {.arch = arch, .seed = 1};
+		struct cal_error err = {0};
+		snprintf(model, sizeof(model), "%s/arch-%zu", H.models, i);
+		cr_assert_eq(cal_fixture_write(&fo, model, &err), CAL_OK, "%s: %s", arch, cal_error_msg(&err));
+		if (i == cal_fixture_arch_count()) {
+			/* beyond the limits: linear_conv_kernel_dim 100 (the engine runs 1..64) */
+			char cfg[300];
+			snprintf(cfg, sizeof(cfg), "%s/config.json", model);
+			json_t *c = json_load_file(cfg, 0, NULL);
+			cr_assert(c);
+			json_object_set_new(c, "linear_conv_kernel_dim", json_integer(100));
+			cr_assert_eq(json_dump_file(c, cfg, 0), 0);
+			json_decref(c);
+		}
+		/* what the engine says */
+		struct cal_job_opts o = {.model_dir = model, .recipe = "general/ptq/fp8_default-kv_fp8",
+					 .recipe_opts = {.builtin_dir = recipes, .no_filesystem = 1}};
+		struct cal_job *job = NULL;
+		enum cal_status st = cal_job_open(&o, CAL_JOB_OPEN_NO_BACKEND | CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE),
+						  &job, NULL, &err);
+		cal_job_close(job);
+		cr_assert(st == CAL_OK || st == CAL_ERR_UNSUPPORTED || st == CAL_ERR_FORMAT, "%s: %s", arch,
+			  cal_error_msg(&err));
+		/* what the API says */
+		snprintf(body, sizeof(body),
+			 "{\"model\":\"%s\",\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"calibration\":"
+			 "{\"tokens\":\"%s/tokens.jsonl\"},\"output\":\"%s/arch-%zu\",\"devices\":\"cpu\"}",
+			 model, H.data, H.out, i);
+		struct cal_client_resp r;
+		int code = hd_req(&H, "POST", "/v1/jobs", JSON, body, &r);
+		json_t *doc = json_loads(r.body, 0, NULL), *e = json_object_get(doc, "error");
+		if (st == CAL_OK) {
+			cr_expect_eq(code, 202, "%s: the engine runs it, the API says %d: %s", arch, code, r.body);
+		} else {
+			refused++;
+			cr_expect_eq(code, 422, "%s: %d %s", arch, code, r.body);
+			cr_expect_str_eq(json_string_value(json_object_get(e, "code")), "unsupported_model", "%s", arch);
+			cr_expect_str_eq(json_string_value(json_object_get(e, "field")), "model", "%s", arch);
+			const char *msg = json_string_value(json_object_get(e, "message"));
+			cr_expect(msg && strstr(msg, cal_error_msg(&err)), "%s: the engine's reason '%s' not in '%s'",
+				  arch, cal_error_msg(&err), msg);
+			if (i == cal_fixture_arch_count())
+				cr_expect(msg && strstr(msg, "linear_conv_kernel_dim 100"), "%s", msg);
+		}
+		json_decref(doc);
+		cal_client_resp_free(&r);
+		cal_error_clear(&err);
+	}
+	cr_expect(refused >= 1, "the out-of-limits model was refused");
+
+	/* what only the exporter knows (its plan of every output tensor): an MSE
+	 * weight search without fp8_scale_sweep is not implemented */
+	snprintf(model, sizeof(model), "%s/m", H.models);
+	snprintf(body, sizeof(body), "%s/tokens.jsonl", H.data);
+	char out[256];
+	snprintf(out, sizeof(out), "%s/mse", H.out);
+	json_t *req = json_pack("{s:s, s:s, s:{s:s}, s:s, s:s}", "model", model, "recipe_yaml",
+				CAL_TEST_RECIPE_MSE_NO_SWEEP, "calibration", "tokens", body, "output", out,
+				"devices", "cpu");
+	char *text = json_dumps(req, JSON_COMPACT);
+	json_t *doc = get_json("POST", "/v1/jobs", JSON, text, 422);
+	json_t *e = json_object_get(doc, "error");
+	cr_expect_str_eq(json_string_value(json_object_get(e, "code")), "invalid_recipe");
+	cr_expect_str_eq(json_string_value(json_object_get(e, "field")), "recipe_yaml");
+	cr_expect(strstr(json_string_value(json_object_get(e, "message")), "fp8_scale_sweep"), "%s",
+		  json_string_value(json_object_get(e, "message")));
+	json_decref(doc);
+	free(text);
+	json_decref(req);
+}
+
+/* Input is bounded before it is parsed, on every route that takes a body:
+ * 130,000 nested '[' in a recipe took a minute of CPU (libyaml's document
+ * loader scans ahead quadratically) before the bounded event reader
+ * refused it; a mapping of 20,000 keys took seconds (key lookups).  JSON
+ * bodies are refused on depth and value count before jansson runs. */
+Test(api, input_bounded_before_parsing)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	size_t n = 130000;
+	char *body = malloc(n + 1024);
+	cr_assert(body);
+	const char *routes[] = {"/v1/plan", "/v1/jobs"};
+	for (size_t ri = 0; ri < N(routes); ri++) {
+		int k = snprintf(body, 256, "{\"model\":\"%s/m\",\"recipe_yaml\":\"", H.models);
+		memset(body + k, '[', n);
+		snprintf(body + k + n, 1000, "\",\"name\":\"x\",\"output\":\"%s/x\",\"calibration\":{\"tokens\":"
+			 "\"%s/tokens.jsonl\"}}", H.out, H.data);
+		if (!strcmp(routes[ri], "/v1/plan"))
+			snprintf(body + k + n, 8, "\"}");
+		struct timespec t0, t1;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		struct cal_client_resp r;
+		cr_assert_eq(hd_req(&H, "POST", routes[ri], JSON, body, &r), 422, "%s: %s", routes[ri], r.body);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		cr_expect(strstr(r.body, "nesting deeper than 64"), "%s", r.body);
+		cal_client_resp_free(&r);
+		double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+		cr_expect(s < 2, "%s: 130,000 nested '[' took %.2f s", routes[ri], s);
+	}
+	/* 20,000 keys in one mapping */
+	size_t k = (size_t)snprintf(body, 256, "{\"model\":\"%s/m\",\"recipe_yaml\":\"{", H.models);
+	body = realloc(body, 20000 * 16 + 256);
+	cr_assert(body);
+	for (int i = 0; i < 20000; i++)
+		k += (size_t)sprintf(body + k, "%sa%d: b", i ? "," : "", i);
+	sprintf(body + k, "}\"}");
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	struct cal_client_resp r;
+	cr_assert_eq(hd_req(&H, "POST", "/v1/plan", JSON, body, &r), 422, "%s", r.body);
+	cal_client_resp_free(&r);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	cr_expect(s < 2, "20,000 mapping keys took %.2f s", s);
+	/* JSON: 200,001 values, and 100 levels */
+	body = realloc(body, 400100);
+	cr_assert(body);
+	k = (size_t)sprintf(body, "{\"model\":[");
+	for (int i = 0; i < 200000; i++)
+		body[k++] = '1', body[k++] = ',';
+	sprintf(body + k, "1]}");
+	const struct step steps[] = {
+		{"200,001 values (plan)", "POST", "/v1/plan", JSON, body, 400, "json_too_large"},
+		{"200,001 values (jobs)", "POST", "/v1/jobs", JSON, body, 400, "json_too_large"},
+		{"100 levels", "POST", "/v1/plan", JSON,
+		 "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+		 400, "json_too_deep"},
+	};
+	hd_steps(&H, steps, N(steps));
+	free(body);
+}
+
+/* Sends a raw request to the API port; expects `status` with a JSON error
+ * body of `code`. */
+static void raw_expect(const char *what, const void *req, size_t len, int status, const char *code)
+{
+	static char resp[65536];
+	long n = hd_raw(H.port, req, len, resp, sizeof(resp), 10);
+	cr_assert_geq(n, 0, "%s: cannot connect", what);
+	cr_expect_eq(hd_raw_status(resp), status, "%s: want %d, got: %.300s", what, status, resp);
+	cr_expect(strcasestr(resp, "\r\nContent-Type: application/json\r\n"), "%s: not JSON: %.300s", what, resp);
+	char needle[64];
+	snprintf(needle, sizeof(needle), "\"code\":\"%s\"", code);
+	cr_expect(strstr(resp, needle), "%s: no %s in %.400s", what, needle, resp);
+}
+
+/* Malformed and oversized HTTP keeps the JSON error contract: nothing is
+ * dropped without an answer, nothing answered in libmicrohttpd's HTML, a
+ * NUL never shortens the path, and a 405 is counted under its route. */
+Test(api, http_edge_cases_keep_json_contract)
+{
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	/* a chunked body that grows past 1 MiB: 413 once it has arrived */
+	size_t chunk = 65536, total = 2u << 20;
+	char *req = malloc(total + total / chunk * 16 + 1024);
+	cr_assert(req);
+	size_t k = (size_t)sprintf(req, "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+				   "Transfer-Encoding: chunked\r\n\r\n");
+	for (size_t sent = 0; sent < total; sent += chunk) {
+		k += (size_t)sprintf(req + k, "%zx\r\n", chunk);
+		memset(req + k, ' ', chunk);
+		k += chunk;
+		k += (size_t)sprintf(req + k, "\r\n");
+	}
+	k += (size_t)sprintf(req + k, "0\r\n\r\n");
+	raw_expect("chunked 2 MiB", req, k, 413, "body_too_large");
+	/* headers of 40 KiB, a target of 10 KiB */
+	k = (size_t)sprintf(req, "GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ");
+	memset(req + k, 'a', 40000);
+	k += 40000;
+	k += (size_t)sprintf(req + k, "\r\n\r\n");
+	raw_expect("40 KiB header", req, k, 431, "headers_too_large");
+	k = (size_t)sprintf(req, "GET /livez?x=");
+	memset(req + k, 'a', 10000);
+	k += 10000;
+	k += (size_t)sprintf(req + k, " HTTP/1.1\r\nHost: x\r\n\r\n");
+	raw_expect("10 KiB target", req, k, 414, "uri_too_long");
+	free(req);
+	/* a NUL byte in the target, raw and escaped */
+	static const char nul[] = "GET /livez\0abc HTTP/1.1\r\nHost: x\r\n\r\n";
+	raw_expect("raw NUL", nul, sizeof(nul) - 1, 400, "bad_request");
+	static const char nulq[] = "GET /livez?a=b\0c HTTP/1.1\r\nHost: x\r\n\r\n";
+	raw_expect("raw NUL in the query", nulq, sizeof(nulq) - 1, 400, "bad_request");
+	static const char esc[] = "GET /livez%00abc HTTP/1.1\r\nHost: x\r\n\r\n";
+	raw_expect("%00", esc, sizeof(esc) - 1, 404, "route_not_found");
+	const struct step steps[] = {
+		{"application/jsonx", "POST", "/v1/plan", "Content-Type: application/jsonx\r\n", "{}", 415,
+		 "unsupported_media_type"},
+		{"application/json-seq", "POST", "/v1/jobs", "Content-Type: application/json-seq\r\n", "{}", 415,
+		 "unsupported_media_type"},
+		{"json with charset", "POST", "/v1/plan", "Content-Type: Application/JSON; charset=utf-8\r\n", "{}",
+		 400, "missing_field"},
+		{"405", "PUT", "/v1/jobs", NULL, NULL, 405, "method_not_allowed"},
+		{"%2F still decodes", "GET", "/v1/recipes/general%2Fptq%2F" "nvfp4_experts_only-kv_fp8", NULL, NULL,
+		 200, NULL},
+	};
+	hd_steps(&H, steps, N(steps));
+	struct cal_client_resp r;
+	cr_assert_eq(hd_req(&H, "GET", "/metrics", NULL, NULL, &r), 200);
+	cr_expect(strstr(r.body, "calibd_http_requests_total{method=\"PUT\",route=\"/v1/jobs\",code=\"405\"} 1"),
+		  "405 counted under its route: %s", r.body);
+	cr_expect(!strstr(r.body, "route=\"unmatched\",code=\"405\""), "405 counted as unmatched");
+	cal_client_resp_free(&r);
+}
+
+/* Slow clients: a request whose headers and body have not all arrived
+ * within request_timeout_s is answered 408 and closed, however steadily it
+ * trickles in (the inactivity timeout alone let one header line every few
+ * seconds hold a connection forever).  Probes and metrics stay reachable
+ * on the admin listener while every API slot of the address is taken. */
+Test(api, slow_clients_deadline_and_admin_listener)
+{
+	const char *const extra[] = {"--request-timeout", "2", "--per-ip-connections", "6", NULL};
+	cr_assert_eq(hd_start(&H, extra), 0);
+	cr_assert(H.admin_port[0], "the admin port file was not written");
+	enum { NSLOW = 6 };
+	int fds[NSLOW];
+	for (int i = 0; i < NSLOW; i++) {
+		fds[i] = hd_connect(H.port);
+		cr_assert_geq(fds[i], 0);
+		static const char start[] = "POST /v1/jobs HTTP/1.1\r\nHost: x\r\n";
+		cr_assert_eq(send(fds[i], start, sizeof(start) - 1, MSG_NOSIGNAL), (ssize_t)sizeof(start) - 1);
+	}
+	nap(0.3);
+	/* the address's API slots are all taken ... */
+	char resp[4096];
+	static const char livez[] = "GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+	long n = hd_raw(H.port, livez, sizeof(livez) - 1, resp, sizeof(resp), 1);
+	cr_expect(n <= 0 || hd_raw_status(resp) != 200, "the API port still had a slot: %s", resp);
+	/* ... the admin listener answers probes and metrics, nothing else */
+	n = hd_raw(H.admin_port, livez, sizeof(livez) - 1, resp, sizeof(resp), 5);
+	cr_expect_eq(hd_raw_status(resp), 200, "admin /livez: %s", resp);
+	static const char readyz[] = "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+	hd_raw(H.admin_port, readyz, sizeof(readyz) - 1, resp, sizeof(resp), 5);
+	cr_expect_eq(hd_raw_status(resp), 200, "admin /readyz: %s", resp);
+	static const char metrics[] = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+	hd_raw(H.admin_port, metrics, sizeof(metrics) - 1, resp, sizeof(resp), 5);
+	cr_expect_eq(hd_raw_status(resp), 200, "admin /metrics: %s", resp);
+	static const char jobs[] = "GET /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+	hd_raw(H.admin_port, jobs, sizeof(jobs) - 1, resp, sizeof(resp), 5);
+	cr_expect_eq(hd_raw_status(resp), 404, "admin /v1/jobs: %s", resp);
+	/* one header line every 0.4 s from each: all answered 408 and closed
+	 * after 2 s, well before the 30 s inactivity timeout */
+	int closed[NSLOW] = {0}, got408 = 0, nclosed = 0;
+	double t0 = 0;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	t0 = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+	double t = t0;
+	for (int round = 0; nclosed < NSLOW && t - t0 < 8; round++) {
+		nap(0.4);
+		for (int i = 0; i < NSLOW; i++) {
+			if (closed[i])
+				continue;
+			char line[32];
+			int l = snprintf(line, sizeof(line), "X-Slow-%d: a\r\n", round);
+			send(fds[i], line, (size_t)l, MSG_NOSIGNAL | MSG_DONTWAIT);
+			ssize_t r = recv(fds[i], resp, sizeof(resp) - 1, MSG_DONTWAIT);
+			if (r > 0) {
+				resp[r] = '\0';
+				got408 += hd_raw_status(resp) == 408 && strstr(resp, "\"code\":\"request_timeout\"");
+			}
+			if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+				closed[i] = 1;
+				nclosed++;
+			}
+		}
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		t = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+	}
+	for (int i = 0; i < NSLOW; i++)
+		close(fds[i]);
+	cr_expect_eq(nclosed, NSLOW, "%d of %d slow connections closed within 8 s", nclosed, NSLOW);
+	cr_expect_eq(got408, NSLOW, "%d of %d got a JSON 408", got408, NSLOW);
+	/* the slots are free again */
+	n = hd_raw(H.port, livez, sizeof(livez) - 1, resp, sizeof(resp), 5);
+	cr_expect_eq(hd_raw_status(resp), 200, "API /livez after the deadline: %s", resp);
 }

@@ -2,7 +2,9 @@
  * test_units.c — api-suite checks that need no running daemon: SHA-256 and
  * the constant-time compare, the error table, path confinement, the
  * configuration loader, the route table against api/openapi.yaml, the
- * Kubernetes manifests and the systemd unit.
+ * Kubernetes manifests and the systemd unit; a job's devices given as a
+ * device string, and the spec as the engine's job options (what the worker
+ * runs and the API validates).
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -123,6 +125,46 @@ Test(units, recipe_names)
 	cr_expect(!cal_recipe_name_ok(longname));
 }
 
+/* "qformat" in a job spec: mapped to its built-in recipe (both recorded),
+ * a refused one names its reason, an unknown one lists the names, and it
+ * excludes recipe / recipe_yaml. */
+Test(units, jobspec_qformat)
+{
+	static const struct {
+		const char *req;
+		enum cal_api_err ae;
+		const char *field, *needle;
+	} cases[] = {
+		{"{\"qformat\": \"nvfp4\"}", CAL_API_OK, NULL, NULL},
+		{"{\"qformat\": \"int4_awq\"}", CAL_API_ERR_INVALID_RECIPE, "qformat",
+		 "algorithm 'awq_lite' is not implemented"},
+		{"{\"qformat\": \"int8_sq\"}", CAL_API_ERR_INVALID_RECIPE, "qformat", "smoothquant"},
+		{"{\"qformat\": \"nvfp5\"}", CAL_API_ERR_INVALID_FIELD, "qformat", "nvfp4_mlp_only"},
+		{"{\"qformat\": 4}", CAL_API_ERR_INVALID_FIELD, "qformat", "string"},
+		{"{\"qformat\": \"fp8\", \"recipe\": \"general/ptq/fp8_default-kv_fp8\"}",
+		 CAL_API_ERR_INVALID_FIELD, "qformat", "not several"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		json_t *req = json_loads(cases[i].req, 0, NULL), *out = json_object();
+		struct cal_api_problem prob = {0};
+		enum cal_api_err ae = cal_jobspec_recipe(req, out, &prob);
+		cr_assert_eq(ae, cases[i].ae, "%s: %d %s", cases[i].req, ae,
+			     prob.message ? prob.message : "");
+		if (ae == CAL_API_OK) {
+			cr_assert_str_eq(json_string_value(json_object_get(out, "recipe")),
+					 "general/ptq/nvfp4_default-kv_fp8_cast");
+			cr_assert_str_eq(json_string_value(json_object_get(out, "qformat")), "nvfp4");
+		} else {
+			cr_assert_str_eq(prob.field, cases[i].field);
+			cr_assert(strstr(prob.message, cases[i].needle), "%s: %s", cases[i].req,
+				  prob.message);
+		}
+		cal_api_problem_clear(&prob);
+		json_decref(req);
+		json_decref(out);
+	}
+}
+
 Test(units, state_write_keeps_previous_generation)
 {
 	char dir[] = "/tmp/calibd-gen-XXXXXX";
@@ -175,6 +217,104 @@ Test(units, path_confinement)
 	rmdir(prefix);
 	rmdir(in);
 	rmdir(root);
+}
+
+/* A submission's devices as a device string (common/device.h) and the
+ * canonical spec as the engine's options (cal_jobspec_job_opts). */
+Test(units, job_devices_and_engine_options)
+{
+	char root[] = "/tmp/calibd-spec-XXXXXX", p[256];
+	cr_assert(mkdtemp(root));
+	char models[128], data[128], out[128];
+	snprintf(models, sizeof(models), "%s/models", root);
+	snprintf(data, sizeof(data), "%s/data", root);
+	snprintf(out, sizeof(out), "%s/out", root);
+	mkdir(models, 0755);
+	mkdir(data, 0755);
+	mkdir(out, 0755);
+	snprintf(p, sizeof(p), "%s/m", models);
+	mkdir(p, 0755);
+	snprintf(p, sizeof(p), "%s/m/config.json", models);
+	FILE *f = fopen(p, "w");
+	cr_assert(f);
+	fputs("{}", f);
+	fclose(f);
+	snprintf(p, sizeof(p), "%s/d.jsonl", data);
+	f = fopen(p, "w");
+	cr_assert(f);
+	fputs("{\"text\":\"x\"}\n", f);
+	fclose(f);
+	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
+	static const int gpus[] = {0, 1, 2, 3};
+	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
+				      .output_roots = orr, .n_output_roots = 1, .devices = gpus, .n_devices = 4};
+	static const struct {
+		const char *devices;
+		enum cal_api_err ae;
+		const char *want;   /* the spec's devices, compact JSON */
+		size_t n_gpus;
+	} cases[] = {
+		{"\"cpu\"", CAL_API_OK, "\"cpu\"", 0},
+		{"\"cuda\"", CAL_API_OK, "1", 1},
+		{"\"cuda:3,1\"", CAL_API_OK, "[3,1]", 2},
+		{"[2]", CAL_API_OK, "[2]", 1},
+		{"\"cuda:7\"", CAL_API_ERR_DEVICES_UNAVAILABLE, NULL, 0},
+		{"\"cuda:1,1\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+		{"\"gpu\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+		{"\"auto\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+		{"\"cuda:\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char body[1024];
+		snprintf(body, sizeof(body),
+			 "{\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"model\":\"%s/m\",\"calibration\":"
+			 "{\"datasets\":[\"%s/d.jsonl\",{\"path\":\"%s/d.jsonl\",\"samples\":3}],\"seq_len\":64},"
+			 "\"output\":\"%s/o\",\"devices\":%s,\"options\":{\"per_expert_input_amax\":true}}",
+			 models, data, data, out, cases[i].devices);
+		json_t *req = json_loads(body, 0, NULL), *spec = NULL;
+		cr_assert(req, "%s", body);
+		struct cal_api_problem prob = {0};
+		enum cal_api_err ae = cal_jobspec_validate(req, &env, &spec, &prob);
+		cr_expect_eq(ae, cases[i].ae, "devices %s: %d", cases[i].devices, ae);
+		if (ae) {
+			cr_expect_str_eq(prob.field, "devices", "devices %s", cases[i].devices);
+			cal_api_problem_clear(&prob);
+			json_decref(req);
+			continue;
+		}
+		char *d = json_dumps(json_object_get(spec, "devices"), JSON_COMPACT | JSON_ENCODE_ANY);
+		cr_expect_str_eq(d, cases[i].want, "devices %s", cases[i].devices);
+		free(d);
+		/* the spec as the engine's options: without recipes_dir it is refused */
+		struct cal_jobspec_job jj;
+		struct cal_error err = {0};
+		cr_expect_eq(cal_jobspec_job_opts(spec, &jj, &err), CAL_ERR_FORMAT);
+		cal_error_clear(&err);
+		json_object_set_new(spec, "recipes_dir", json_string("/recipes"));
+		cr_assert_eq(cal_jobspec_job_opts(spec, &jj, &err), CAL_OK, "%s", cal_error_msg(&err));
+		cr_expect_str_eq(jj.opts.recipe, "general/ptq/fp8_default-kv_fp8");
+		cr_expect_null(jj.opts.recipe_yaml);
+		cr_expect_str_eq(jj.opts.recipe_opts.builtin_dir, "/recipes");
+		cr_expect(jj.opts.recipe_opts.no_filesystem);
+		cr_expect_eq(jj.opts.n_datasets, 2);
+		cr_expect_eq(jj.opts.datasets[0].samples, 0);
+		cr_expect_eq(jj.opts.datasets[1].samples, 3);
+		cr_expect(strstr(jj.opts.datasets[1].path, "/data/d.jsonl"));
+		cr_expect_null(jj.opts.tokens);
+		cr_expect_eq(jj.opts.samples, 512);
+		cr_expect_eq(jj.opts.seq_len, 64);
+		cr_expect(jj.opts.per_expert_input_amax);
+		/* the worker sees its GPUs as 0..n-1 (CUDA_VISIBLE_DEVICES) */
+		cr_expect_eq(jj.opts.devices.kind, cases[i].n_gpus ? CAL_DEVICE_CUDA : CAL_DEVICE_CPU);
+		cr_expect_eq(jj.opts.devices.n, cases[i].n_gpus);
+		for (size_t k = 0; k < cases[i].n_gpus; k++)
+			cr_expect_eq(jj.opts.devices.ids[k], (int)k);
+		json_decref(spec);
+		json_decref(req);
+	}
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	cr_assert_eq(system(cmd), 0);
 }
 
 static enum cal_status load_cfg(const char *yaml, const char **flags, int nflags, struct cal_error *err)
@@ -314,17 +454,25 @@ static const char *yscalar(yaml_document_t *d, yaml_node_t *root, const char *pa
 	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
-Test(units, openapi_lists_exactly_the_routes)
+/* Loads api/openapi.yaml into d (yaml_document_delete when done). */
+static void openapi_load(yaml_document_t *d)
 {
 	char path[512];
 	snprintf(path, sizeof(path), "%s/api/openapi.yaml", srcdir());
 	FILE *f = fopen(path, "rb");
 	cr_assert(f, "%s", path);
 	yaml_parser_t p;
-	yaml_document_t d;
 	yaml_parser_initialize(&p);
 	yaml_parser_set_input_file(&p, f);
-	cr_assert(yaml_parser_load(&p, &d), "openapi.yaml: %s", p.problem);
+	cr_assert(yaml_parser_load(&p, d), "openapi.yaml: %s", p.problem);
+	yaml_parser_delete(&p);
+	fclose(f);
+}
+
+Test(units, openapi_lists_exactly_the_routes)
+{
+	yaml_document_t d;
+	openapi_load(&d);
 	yaml_node_t *paths = ynode(&d, yaml_document_get_root_node(&d), "paths");
 	cr_assert(paths && paths->type == YAML_MAPPING_NODE);
 	size_t documented = 0;
@@ -350,8 +498,115 @@ Test(units, openapi_lists_exactly_the_routes)
 	cr_expect_eq(documented, cal_n_routes, "the route table has %zu routes, openapi.yaml documents %zu",
 		     cal_n_routes, documented);
 	yaml_document_delete(&d);
-	yaml_parser_delete(&p);
-	fclose(f);
+}
+
+static const char *yval(yaml_document_t *d, yaml_node_pair_t *p, int key)
+{
+	yaml_node_t *n = yaml_document_get_node(d, key ? p->key : p->value);
+	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+/* Every key of a schema object is a schema keyword (an unquoted
+ * "description: a, b" in a flow mapping makes "b" a key). */
+static void schema_keys_ok(yaml_document_t *d, yaml_node_t *n, const char *where)
+{
+	static const char *const kw[] = {"type", "properties", "items", "required", "description", "oneOf", "anyOf",
+					 "allOf", "not", "enum", "format", "pattern", "minLength", "maxLength",
+					 "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems",
+					 "maxItems", "uniqueItems", "additionalProperties", "nullable", "default",
+					 "example", "$ref", "title", NULL};
+	if (!n || n->type != YAML_MAPPING_NODE)
+		return;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		const char *k = yval(d, p, 1);
+		int ok = 0;
+		for (const char *const *w = kw; *w && k; w++)
+			ok |= !strcmp(*w, k);
+		cr_expect(ok, "openapi.yaml %s: '%s' is not a schema keyword", where, k ? k : "(non-scalar)");
+		yaml_node_t *v = yaml_document_get_node(d, p->value);
+		if (!k || !v)
+			continue;
+		if (!strcmp(k, "properties") && v->type == YAML_MAPPING_NODE) {
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++)
+				schema_keys_ok(d, yaml_document_get_node(d, q->value), where);
+		} else if (!strcmp(k, "items") || !strcmp(k, "additionalProperties") || !strcmp(k, "not")) {
+			schema_keys_ok(d, v, where);
+		} else if ((!strcmp(k, "oneOf") || !strcmp(k, "anyOf") || !strcmp(k, "allOf")) &&
+			   v->type == YAML_SEQUENCE_NODE) {
+			for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++)
+				schema_keys_ok(d, yaml_document_get_node(d, *it), where);
+		}
+	}
+}
+
+/* Checks every "schema:" value under n. */
+static void schemas_under(yaml_document_t *d, yaml_node_t *n, const char *where)
+{
+	if (!n)
+		return;
+	if (n->type == YAML_SEQUENCE_NODE)
+		for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++)
+			schemas_under(d, yaml_document_get_node(d, *it), where);
+	if (n->type != YAML_MAPPING_NODE)
+		return;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		const char *k = yval(d, p, 1);
+		yaml_node_t *v = yaml_document_get_node(d, p->value);
+		if (k && !strcmp(k, "schema"))
+			schema_keys_ok(d, v, where);
+		else
+			schemas_under(d, v, k ? k : where);
+	}
+}
+
+/* The spec says what the daemon does: schemas are well-formed, each
+ * operation's security matches the route's auth class (token routes:
+ * bearer only; read routes: the empty requirement too, as they are open
+ * without auth_read; probes: none), and every route that can answer 401
+ * lists it. */
+Test(units, openapi_matches_the_daemon)
+{
+	yaml_document_t d;
+	openapi_load(&d);
+	yaml_node_t *root = yaml_document_get_root_node(&d);
+	yaml_node_t *schemas = ynode(&d, root, "components.schemas");
+	cr_assert(schemas && schemas->type == YAML_MAPPING_NODE);
+	for (yaml_node_pair_t *pp = schemas->data.mapping.pairs.start; pp < schemas->data.mapping.pairs.top; pp++)
+		schema_keys_ok(&d, yaml_document_get_node(&d, pp->value), yval(&d, pp, 1));
+	schemas_under(&d, ynode(&d, root, "paths"), "paths");
+	yaml_node_t *global = ynode(&d, root, "security");
+	for (size_t r = 0; r < cal_n_routes; r++) {
+		char key[128], m[16];
+		size_t i = 0;
+		for (; cal_routes[r].method[i] && i < 15; i++)
+			m[i] = (char)(cal_routes[r].method[i] + 32);
+		m[i] = '\0';
+		snprintf(key, sizeof(key), "paths.%s.%s", cal_routes[r].pattern, m);
+		yaml_node_t *op = ynode(&d, root, key);
+		cr_assert(op, "openapi.yaml lacks %s", key);
+		yaml_node_t *sec = ynode(&d, op, "security");
+		if (!sec)
+			sec = global;
+		cr_assert(sec && sec->type == YAML_SEQUENCE_NODE, "%s: security", key);
+		int anonymous = 0, bearer = 0;
+		for (yaml_node_item_t *it = sec->data.sequence.items.start; it < sec->data.sequence.items.top; it++) {
+			yaml_node_t *req = yaml_document_get_node(&d, *it);
+			if (req->type == YAML_MAPPING_NODE && req->data.mapping.pairs.start == req->data.mapping.pairs.top)
+				anonymous = 1;
+			else if (ynode(&d, req, "bearer"))
+				bearer = 1;
+		}
+		unsigned fl = cal_routes[r].flags;
+		const char *want = (fl & CAL_ROUTE_PUBLIC) ? "no security" :
+				   (fl & CAL_ROUTE_TOKEN) ? "bearer only" : "bearer or anonymous";
+		int ok = (fl & CAL_ROUTE_PUBLIC) ? !anonymous && !bearer :
+			 (fl & CAL_ROUTE_TOKEN) ? bearer && !anonymous : bearer && anonymous;
+		cr_expect(ok, "%s: security should be %s", key, want);
+		snprintf(key + strlen(key), sizeof(key) - strlen(key), ".responses.401");
+		if (!(fl & CAL_ROUTE_PUBLIC))
+			cr_expect(ynode(&d, root, key), "openapi.yaml lacks %s", key);
+	}
+	yaml_document_delete(&d);
 }
 
 struct kdoc {

@@ -164,7 +164,7 @@ Test(fwd_ops, attention_causal_gqa_window_pad)
 		uint32_t window = variant ? 3 : 0;
 		const uint32_t *kst = variant ? NULL : ks;
 		struct cal_attention_args a = {q, k, v, o, T, NH, NKV, HD, cu, 2, kst, window,
-					       1.0f / sqrtf(HD)};
+					       1.0f / sqrtf(HD), NULL, 0};
 		cr_assert_eq(cal_op_attention(be, &a, NULL), CAL_OK);
 		for (int i = 0; i < T; i++) {
 			int sq = i >= 5, lo = sq ? 5 : 0;
@@ -215,7 +215,7 @@ Test(fwd_ops, router_ties_renorm_and_extra_slots)
 	float w[2 * 2];
 	for (int i = 0; i < 2 * E; i++)
 		l[i] = cal_f32_to_bf16(lg[i / E][i % E]);
-	struct cal_router_args a = {l, 2, E, 2, 3, 1, idx, w};
+	struct cal_router_args a = {l, 2, E, 2, 3, 1, idx, w, CAL_ROUTER_MODE_SOFTMAX_TOPK};
 	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
 	cr_expect_eq(idx[0], 1u);
 	cr_expect_eq(idx[1], 4u);
@@ -232,6 +232,115 @@ Test(fwd_ops, router_ties_renorm_and_extra_slots)
 	for (int i = 0; i < E; i++)
 		sum += exp(lg[1][i] - 3.0);
 	cr_expect(fabs(w[2] - 1.0 / sum) < 1e-6, "softmax prob %g", (double)w[2]);
+	cal_backend_free(be);
+}
+
+/* gpt_oss: each head's sink joins the softmax denominator (no value row) */
+Test(fwd_ops, attention_sinks)
+{
+	struct cal_backend *be = ref();
+	uint64_t s = 21;
+	enum { T = 6, NH = 2, NKV = 1, HD = 8 };
+	uint16_t q[T * NH * HD], k[T * NKV * HD], v[T * NKV * HD], o[T * NH * HD];
+	uint32_t cu[2] = {0, T};
+	float sinks[NH] = {0.75f, -3.0f};
+	fill(q, sizeof(q) / 2, 2, &s);
+	fill(k, sizeof(k) / 2, 2, &s);
+	fill(v, sizeof(v) / 2, 1, &s);
+	for (int eager = 0; eager < 2; eager++) {
+		struct cal_attention_args a = {q, k, v, o, T, NH, NKV, HD, cu, 1, NULL, 4,
+					       1.0f / sqrtf(HD), sinks, eager};
+		cr_assert_eq(cal_op_attention(be, &a, NULL), CAL_OK);
+		for (int i = 0; i < T; i++) {
+			int lo = i - 3 > 0 ? i - 3 : 0;
+			for (int h = 0; h < NH; h++) {
+				double sc[T], m = sinks[h], l = 0;
+				for (int j = lo; j <= i; j++) {
+					double d = 0;
+					for (int c = 0; c < HD; c++)
+						d += f(q[(i * NH + h) * HD + c]) * f(k[j * HD + c]);
+					sc[j] = d / sqrt(HD);
+					if (eager) /* transformers' eager bf16 scores */
+						sc[j] = cal_round_bf16(cal_round_bf16((float)d) *
+								       (1.0f / sqrtf(HD)));
+					m = fmax(m, sc[j]);
+				}
+				double dsk = eager ? cal_round_bf16((float)(sinks[h] - m)) : sinks[h] - m;
+				for (int j = lo; j <= i; j++)
+					l += exp(eager ? cal_round_bf16((float)(sc[j] - m)) : sc[j] - m);
+				l += exp(dsk);
+				for (int c = 0; c < HD; c++) {
+					double acc = 0;
+					for (int j = lo; j <= i; j++) {
+						double e = exp(eager ? cal_round_bf16((float)(sc[j] - m))
+								     : sc[j] - m);
+						acc += cal_round_bf16((float)(e / l)) * f(v[j * HD + c]);
+					}
+					double got = f(o[(i * NH + h) * HD + c]);
+					cr_expect(fabs(got - acc) <= fabs(acc) / 64 + 2e-3,
+						  "attn[%d,%d,%d] = %g, expected %g (eager %d)", i, h, c,
+						  got, acc, eager);
+				}
+			}
+		}
+	}
+	cal_backend_free(be);
+}
+
+/* gpt_oss: top-k of the logits, then softmax over the k picked, bf16 weights */
+Test(fwd_ops, router_topk_then_softmax)
+{
+	struct cal_backend *be = ref();
+	enum { E = 5 };
+	float lg[E] = {0.5f, 2.0f, -1.0f, 2.0f, 1.25f};
+	uint16_t l[E];
+	uint32_t idx[3];
+	float w[2];
+	for (int i = 0; i < E; i++)
+		l[i] = cal_f32_to_bf16(lg[i]);
+	struct cal_router_args a = {l, 1, E, 2, 3, 0, idx, w, CAL_ROUTER_MODE_TOPK_SOFTMAX};
+	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
+	cr_expect(idx[0] == 1 && idx[1] == 3 && idx[2] == 4, "idx %u %u %u", idx[0], idx[1], idx[2]);
+	cr_expect_eq(w[0], 0.5f);
+	cr_expect_eq(w[1], 0.5f);
+	l[3] = cal_f32_to_bf16(1.0f);
+	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
+	cr_expect(idx[0] == 1 && idx[1] == 4, "idx %u %u", idx[0], idx[1]);
+	float e1 = expf(-0.75f), sum = 1.0f + e1;
+	cr_expect_eq(w[0], cal_round_bf16(1.0f / sum));
+	cr_expect_eq(w[1], cal_round_bf16(e1 / sum));
+	cal_backend_free(be);
+}
+
+/* gpt_oss clamped SwiGLU and the bias added after the GEMM's rounding */
+Test(fwd_ops, swiglu_oai_and_bias_after_round)
+{
+	struct cal_backend *be = ref();
+	float gv[4] = {9.0f, -2.0f, 0.3f, 6.5f}, uv[4] = {-8.0f, 7.5f, 0.1f, -0.4f};
+	uint16_t g[4], u[4], o[4];
+	for (int i = 0; i < 4; i++) {
+		g[i] = cal_f32_to_bf16(gv[i]);
+		u[i] = cal_f32_to_bf16(uv[i]);
+	}
+	struct cal_ewise_args e = {CAL_EWISE_SWIGLU_OAI, g, u, NULL, o, 1, 4, 0, 0, 0, 0, 7.0f,
+				   1.702f};
+	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
+	for (int i = 0; i < 4; i++) {
+		float gg = fminf(f(g[i]), 7.0f), uu = fmaxf(fminf(f(u[i]), 7.0f), -7.0f);
+		float sg = cal_round_bf16(1.0f / (1.0f + expf(-cal_round_bf16(gg * 1.702f))));
+		float glu = cal_round_bf16(gg * sg);
+		cr_expect_eq(o[i], cal_f32_to_bf16(cal_round_bf16(uu + 1.0f) * glu), "element %d", i);
+	}
+	/* 1 x 1 GEMM: 1.0 * 1.00390625 = 1.00390625 (a bf16 half-way: rounds to
+	 * 1.0); + 0.00390625: once rounded 1.0078125, twice 1.0 + 2^-8 -> 1.0 */
+	uint16_t x = cal_f32_to_bf16(1.0f), wv = 0x3f80 | 0, bias = cal_f32_to_bf16(0.00390625f), y;
+	uint16_t xw[2] = {x, x}, ww[2] = {wv, cal_f32_to_bf16(0.00390625f)};
+	struct cal_gemm_args ga = {.x = xw, .w = ww, .bias = &bias, .y = &y, .m = 1, .n = 1, .k = 2};
+	cr_assert_eq(cal_op_gemm(be, &ga, NULL), CAL_OK);
+	cr_expect_eq(f(y), 1.0078125, "one rounding: %g", f(y));
+	ga.bias_after_round = 1;
+	cr_assert_eq(cal_op_gemm(be, &ga, NULL), CAL_OK);
+	cr_expect_eq(f(y), 1.0, "two roundings: %g", f(y));
 	cal_backend_free(be);
 }
 
@@ -276,7 +385,7 @@ Test(fwd_ops, ewise_modes_and_gather)
 	}
 	g[0] = cal_f32_to_bf16(0.0f);
 	g[1] = cal_f32_to_bf16(-1.0f);
-	struct cal_ewise_args e = {CAL_EWISE_ADD, a, b, NULL, o, 2, 2, 0, 0, 0, 0, 0};
+	struct cal_ewise_args e = {CAL_EWISE_ADD, a, b, NULL, o, 2, 2, 0, 0, 0, 0, 0, 0};
 	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
 	for (int i = 0; i < 4; i++)
 		cr_expect_eq(f(o[i]), (double)cal_round_bf16(av[i] + bv[i]));

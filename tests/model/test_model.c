@@ -5,6 +5,8 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/model/model.h"
@@ -339,4 +341,29 @@ Test(model, table_and_names)
 	cr_assert_null(cal_arch_find("bert"));
 	cr_assert_str_eq(cal_expert_layout_name(CAL_LAYOUT_FUSED_OAI), "fused-oai");
 	cr_assert_str_eq(cal_mixer_name(CAL_MIXER_LINEAR), "linear");
+}
+
+/* Depth and value count are bounded before jansson parses (a deep text
+ * would cost jansson its recursion; a wide one, memory). */
+Test(model, config_bounded_before_parsing)
+{
+	char deep[300];
+	memset(deep, '[', 100);
+	deep[100] = '\0';
+	parse_fails(deep, CAL_ERR_RANGE, "nested deeper than 32 levels");
+	size_t n = 2 * CAL_MODEL_MAX_CONFIG_VALUES + 64;
+	char *wide = malloc(n + 64);
+	cr_assert(wide);
+	size_t k = (size_t)sprintf(wide, "{\"model_type\":\"qwen3_moe\",\"x\":[");
+	while (k < n)
+		k += (size_t)sprintf(wide + k, "1,");
+	sprintf(wide + k, "1]}");
+	parse_fails(wide, CAL_ERR_RANGE, "more than 200000 values");
+	free(wide);
+	/* brackets inside strings are not structure */
+	struct cal_model_desc *d = parse_ok("{\"model_type\":\"mixtral\",\"hidden_size\":4096,"
+					    "\"intermediate_size\":14336,\"num_local_experts\":8,"
+					    "\"num_experts_per_tok\":2,\"_name_or_path\":"
+					    "\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\\"[[[[\"}");
+	cal_model_desc_free(d);
 }

@@ -177,7 +177,7 @@ int fwdcase_gemm(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t
 	struct cal_gemm_args aa = {.x = bx->a, .w = bw->a, .bias = with_bias ? bb->a : NULL,
 				   .y = by->a, .m = m, .n = n, .k = k, .n_groups = G,
 				   .offsets = G > 1 ? bo->a : NULL, .w_stride = n * k,
-				   .bias_stride = n};
+				   .bias_stride = n, .bias_after_round = (seed & 2) != 0};
 	struct cal_gemm_args ab = aa;
 	ab.x = bx->b;
 	ab.w = bw->b;
@@ -300,12 +300,16 @@ int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uin
 	struct fbuf *bq = fnew(&c, t * nh * hd * 2, q), *bk = fnew(&c, t * nkv * hd * 2, k);
 	struct fbuf *bv = fnew(&c, t * nkv * hd * 2, v), *bo = fnew(&c, t * nh * hd * 2, NULL);
 	struct fbuf *bc = fnew(&c, sizeof(cu), cu), *bs = fnew(&c, sizeof(ks), ks);
+	/* gpt_oss sinks on every other seed (one per query head) */
+	float sk[4] = {unit(&s) * 3.0f, unit(&s) * 3.0f, 8.0f, -8.0f};
+	struct fbuf *bsk = fnew(&c, sizeof(sk), sk);
+	int sinks = (seed & 8) != 0;
 	struct cal_attention_args aa = {bq->a, bk->a, bv->a, bo->a, t, nh, nkv, hd, bc->a, n_seq,
 					(seed & 2) ? bs->a : NULL, (seed & 4) ? 3u : 0u,
-					1.0f / sqrtf((float)hd)};
+					1.0f / sqrtf((float)hd), sinks ? bsk->a : NULL, sinks && (seed & 16)};
 	struct cal_attention_args ab = {bq->b, bk->b, bv->b, bo->b, t, nh, nkv, hd, bc->b, n_seq,
 					(seed & 2) ? bs->b : NULL, (seed & 4) ? 3u : 0u,
-					1.0f / sqrtf((float)hd)};
+					1.0f / sqrtf((float)hd), sinks ? bsk->b : NULL, sinks && (seed & 16)};
 	FRUN(&c, attention, aa, ab);
 	fcheck(&c, bo, 0, 1.0f / 32, 1e-2f, 0, "out");
 	free(q);
@@ -323,8 +327,10 @@ int fwdcase_router(struct opcase_env *env, uint64_t rows, uint64_t units, uint64
 	uint16_t *l = bf_rand(rows * e, 4.0f, &s);
 	struct fbuf *bl = fnew(&c, rows * e * 2, l), *bi = fnew(&c, rows * kt * 4, NULL);
 	struct fbuf *bw = fnew(&c, rows * k * 4, NULL);
-	struct cal_router_args aa = {bl->a, rows, e, k, kt, (int)(seed & 1), bi->a, bw->a};
-	struct cal_router_args ab = {bl->b, rows, e, k, kt, (int)(seed & 1), bi->b, bw->b};
+	enum cal_router_mode mode = (seed & 2) ? CAL_ROUTER_MODE_TOPK_SOFTMAX
+					       : CAL_ROUTER_MODE_SOFTMAX_TOPK;
+	struct cal_router_args aa = {bl->a, rows, e, k, kt, (int)(seed & 1), bi->a, bw->a, mode};
+	struct cal_router_args ab = {bl->b, rows, e, k, kt, (int)(seed & 1), bi->b, bw->b, mode};
 	FRUN(&c, router, aa, ab);
 	fcheck(&c, bi, 1, -1, 0, 0, "idx");
 	fcheck(&c, bw, 1, 1e-5f, 1e-7f, 0, "weight");
@@ -388,20 +394,21 @@ int fwdcase_ewise(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_
 {
 	struct fctx c;
 	uint64_t s = seed, cols = units % 1000 + 1;
-	enum cal_ewise_mode mode = (enum cal_ewise_mode)(seed % 5);
+	enum cal_ewise_mode mode = (enum cal_ewise_mode)(seed % 6);
 	fctx_init(&c, env, "ewise", rows, units, seed);
 	uint16_t *a = bf_rand(rows * cols * 2, 6.0f, &s), *b = bf_rand(rows * cols * 2, 2.0f, &s);
 	struct fbuf *ba = fnew(&c, rows * cols * 4, a), *bb = fnew(&c, rows * cols * 4, b);
 	struct fbuf *bo = fnew(&c, rows * cols * 2, NULL);
-	uint64_t lda = mode == CAL_EWISE_SWIGLU ? 2 * cols : cols;
+	int glu = mode == CAL_EWISE_SWIGLU || mode == CAL_EWISE_SWIGLU_OAI;
+	uint64_t lda = glu ? 2 * cols : cols;
 	struct cal_ewise_args aa = {mode, ba->a, bb->a, bb->a, bo->a, rows, cols, lda, lda, 2 * cols,
-				    cols, 1.5f};
+				    cols, mode == CAL_EWISE_SWIGLU_OAI ? 7.0f : 1.5f, 1.702f};
 	struct cal_ewise_args ab = aa;
 	ab.a = ba->b;
 	ab.b = bb->b;
 	ab.g = bb->b;
 	ab.out = bo->b;
-	if (mode == CAL_EWISE_SWIGLU)
+	if (glu)
 		ab.b = (const uint16_t *)bb->b + cols, aa.b = (const uint16_t *)bb->a + cols;
 	FRUN(&c, ewise, aa, ab);
 	fcheck(&c, bo, 0, 1.0f / 64, 1e-3f, 0, "out");

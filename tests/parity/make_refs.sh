@@ -9,7 +9,8 @@
 #   (ONLY="case1 case2" limits it to those cases)
 #
 # Then copy OUT_DIR/<case>/ into tests/parity/<case>/ (tokens.jsonl,
-# stats.json, hidden.safetensors, case.json) and run
+# stats.json, hidden.safetensors, case.json; MXFP4 cases also
+# dequant.safetensors) and run
 #   meson test -C BUILD_DIR --suite unit parity   (and --suite gpu parity_cuda)
 # Keep the case list in sync with test_parity.c.
 set -eu
@@ -29,7 +30,8 @@ trap 'rm -rf "$TMP"' EXIT INT TERM
 
 # case arch layout [seq_len] (layout "default" = the release layout; seq_len
 # defaults to $SEQ: the Gated DeltaNet cases use 80 so that HF's chunked
-# delta rule (chunks of 64) crosses a chunk boundary)
+# delta rule (chunks of 64) crosses a chunk boundary; GPT-OSS uses 160 so
+# that its sliding layers (window 128) drop keys)
 while read -r case arch layout seqlen; do
 	[ -n "$case" ] || continue
 	case " ${ONLY:-$case} " in *" $case "*) ;; *) continue ;; esac
@@ -52,7 +54,15 @@ with open(sys.argv[2], "w") as f:
     for _ in range(n):
         f.write(json.dumps({"input_ids": [r.randrange(vocab) for _ in range(s)]}) + "\n")
 PY
-	python3 "$HFREF" "$TMP/$case" "$OUT/$case/tokens.jsonl" "$OUT/$case"
+	case "$arch" in
+	gpt_oss) # attention sinks and sliding windows: hf_reference_sinks.py says why
+		python3 "$(dirname "$0")/hf_reference_sinks.py" "$HFREF" "$TMP/$case" \
+			"$OUT/$case/tokens.jsonl" "$OUT/$case" ;;
+	*) python3 "$HFREF" "$TMP/$case" "$OUT/$case/tokens.jsonl" "$OUT/$case" ;;
+	esac
+	if [ "$layout" = mxfp4 ]; then # transformers' own dequantization of the experts
+		python3 "$(dirname "$0")/mxfp4_dequant_ref.py" "$TMP/$case" "$OUT/$case"
+	fi
 	printf '{"arch": "%s", "layout": "%s", "seed": %s, "sequences": %s, "seq_len": %s}\n' \
 		"$arch" "$layout" "$SEED" "$NSEQ" "$slen" > "$OUT/$case/case.json"
 done <<'CASES'
@@ -67,5 +77,7 @@ qwen3 qwen3 default
 qwen3_5_moe qwen3_5_moe fused 80
 qwen3_5_moe_text qwen3_5_moe_text fused 80
 qwen3_next qwen3_next per-expert 80
+gpt_oss gpt_oss default 160
+gpt_oss_mxfp4 gpt_oss mxfp4 160
 CASES
 echo "references in $OUT; copy each case folder into tests/parity/"

@@ -2,8 +2,8 @@
  * test_quantize.c — suite 'unit' tests of `calibd quantize` (engine/quantize.h,
  * daemon/cmd_quantize.c) on the CPU back end: every MoE architecture the
  * calibration engine runs (qwen3_moe per-expert and fused, mixtral and its
- * fused layout, qwen2_moe, olmoe, and the Gated DeltaNet qwen3_next and
- * qwen3_5_moe) and two dense ones (llama, qwen3), each with the
+ * fused layout, qwen2_moe, olmoe, the Gated DeltaNet qwen3_next and
+ * qwen3_5_moe, gpt_oss from bf16 and from MXFP4) and two dense ones (llama, qwen3), each with the
  * experts-only NVFP4, default NVFP4, FP8 and W4A16 recipes, fed a JSONL text
  * dataset through the fixture's tokenizer; every output passes
  * `calibd verify --source` and every routed expert projection carries an
@@ -87,11 +87,13 @@ static void check_output(const char *src, const char *dst, const char *label,
 		size_t l = strlen(n);
 		if (strstr(n, ".experts.") && l > 12 && !strcmp(n + l - 12, ".input_scale"))
 			n_in++;
+		else if (strstr(n, ".experts.") && l > 12 && !strcmp(n + l - 12, "_input_scale"))
+			n_in++; /* gpt_oss: one per projection (docs/gpt_oss.md) */
 		else if (!strstr(n, ".experts.") && l > 13 && !strcmp(n + l - 13, ".weight_scale"))
 			n_other_q++;
 	}
-	uint64_t want = rc->expert_input_scale ? (uint64_t)d->n_moe_layers *
-						 (uint64_t)d->num_experts * 3 : 0;
+	uint64_t per_layer = d->act == CAL_ACT_SWIGLU_OAI ? 2 : (uint64_t)d->num_experts * 3;
+	uint64_t want = rc->expert_input_scale ? (uint64_t)d->n_moe_layers * per_layer : 0;
 	cr_assert_eq(n_in, want, "%s: %zu expert input_scale tensors, want %llu", label, n_in,
 		     (unsigned long long)want);
 	if (rc->experts_only)
@@ -160,6 +162,8 @@ Test(quantize, qwen2_moe, .timeout = 120) { arch_case("qwen2_moe", "per-expert")
 Test(quantize, olmoe, .timeout = 120) { arch_case("olmoe", "per-expert"); }
 Test(quantize, qwen3_next, .timeout = 120) { arch_case("qwen3_next", "per-expert"); }
 Test(quantize, qwen3_5_moe, .timeout = 120) { arch_case("qwen3_5_moe", "fused"); }
+Test(quantize, gpt_oss, .timeout = 120) { arch_case("gpt_oss", "default"); }
+Test(quantize, gpt_oss_mxfp4, .timeout = 120) { arch_case("gpt_oss", "mxfp4"); }
 Test(quantize, llama_dense, .timeout = 120) { arch_case("llama", "default"); }
 Test(quantize, qwen3_dense, .timeout = 120) { arch_case("qwen3", "default"); }
 
@@ -252,10 +256,19 @@ static const char INLINE_RECIPE[] =
 	"    - $import: base_disable_all\n"
 	"    - $import: experts_nvfp4\n";
 
-static void count_progress(void *ctx, const char *json)
+static void count_progress(void *ctx, const json_t *event)
 {
-	(void)json;
+	(void)event;
 	(*(int *)ctx)++;
+}
+
+/* A job on the CPU (engine/job.h); the test frees it. */
+static struct cal_job *open_job(const struct cal_job_opts *jo)
+{
+	struct cal_job *job = NULL;
+	struct cal_error err = {0};
+	cr_assert_eq(cal_job_open(jo, 0, &job, NULL, &err), CAL_OK, "%s", cal_error_msg(&err));
+	return job;
 }
 
 Test(quantize, api_inline_recipe, .timeout = 60)
@@ -264,26 +277,29 @@ Test(quantize, api_inline_recipe, .timeout = 60)
 	char *src = make_model(root, "olmoe", "fused");
 	char *data = make_data(root);
 	char *dst = path2(root, "out");
-	struct cal_quantize_opts o = {.model_dir = src, .recipe_yaml = INLINE_RECIPE, .calib = data,
-				      .samples = 8, .seq_len = 32, .seed = 3, .out_dir = dst,
-				      .device = "cpu"};
+	struct cal_job_dataset ds = {data, 0};
+	struct cal_job_opts jo = {.model_dir = src, .recipe_yaml = INLINE_RECIPE, .datasets = &ds,
+				  .n_datasets = 1, .samples = 8, .seq_len = 32, .seed = 3,
+				  .devices = {.kind = CAL_DEVICE_CPU}};
+	struct cal_job *job = open_job(&jo);
+	struct cal_quantize_opts o = {.out_dir = dst};
 	struct cal_error err = {0};
-	char *report = NULL;
+	json_t *r = NULL;
 	int n = 0;
-	cr_assert_eq(cal_quantize_run(&o, count_progress, &n, &report, &err), CAL_OK, "%s",
+	cr_assert_eq(cal_quantize_run(job, &o, count_progress, &n, &r, &err), CAL_OK, "%s",
 		     cal_error_msg(&err));
 	cr_assert(n >= 2 + 2, "%d progress lines", n);
-	json_t *r = json_loads(report, 0, NULL);
-	cr_assert(r, "report: %s", report);
+	cr_assert(json_is_object(r));
 	cr_assert_str_eq(json_string_value(json_object_get(r, "quant_algo")), "NVFP4");
 	cr_assert_str_eq(json_string_value(json_object_get(r, "recipe")), "<inline recipe>");
+	cr_assert_str_eq(json_string_value(json_object_get(r, "device")), "cpu");
 	json_decref(r);
-	free(report);
 	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
 	/* the same output again: refused, untouched */
-	cr_assert_eq(cal_quantize_run(&o, NULL, NULL, &report, &err), CAL_ERR_EXISTS);
-	cr_assert_null(report);
+	cr_assert_eq(cal_quantize_run(job, &o, NULL, NULL, &r, &err), CAL_ERR_EXISTS);
+	cr_assert_null(r);
 	cal_error_clear(&err);
+	cal_job_close(job);
 	rm_rf(root);
 }
 
@@ -292,14 +308,12 @@ struct cancel_ctx {
 	int after_layer;
 };
 
-static void cancel_after(void *ctx, const char *json)
+static void cancel_after(void *ctx, const json_t *j)
 {
 	struct cancel_ctx *c = ctx;
-	json_t *j = json_loads(json, 0, NULL);
 	if (!strcmp(json_string_value(json_object_get(j, "phase")), "calibrate") &&
 	    json_integer_value(json_object_get(j, "layer")) == c->after_layer)
 		c->flag = 1;
-	json_decref(j);
 }
 
 Test(quantize, cancel_from_progress_publishes_nothing, .timeout = 60)
@@ -310,12 +324,13 @@ Test(quantize, cancel_from_progress_publishes_nothing, .timeout = 60)
 	char *dst = path2(root, "out");
 	size_t before = count_entries(root);
 	struct cancel_ctx cc = {0, 0};
-	struct cal_quantize_opts o = {.model_dir = src, .recipe = "general/ptq/nvfp4_default-kv_fp8",
-				      .calib_tokens = tok, .out_dir = dst, .device = "cpu",
-				      .cancel = &cc.flag};
+	struct cal_job_opts jo = {.model_dir = src, .recipe = "general/ptq/nvfp4_default-kv_fp8",
+				  .tokens = tok, .devices = {.kind = CAL_DEVICE_CPU}};
+	struct cal_job *job = open_job(&jo);
+	struct cal_quantize_opts o = {.out_dir = dst, .cancel = &cc.flag};
 	struct cal_error err = {0};
-	char *report = NULL;
-	enum cal_status st = cal_quantize_run(&o, cancel_after, &cc, &report, &err);
+	json_t *report = NULL;
+	enum cal_status st = cal_quantize_run(job, &o, cancel_after, &cc, &report, &err);
 	cr_assert_eq(st, CAL_ERR_INTERRUPTED, "%d: %s", st, cal_error_msg(&err));
 	cr_assert(strstr(cal_error_msg(&err), "after 1 of 2 layers"), "%s", cal_error_msg(&err));
 	cr_assert_null(report);
@@ -324,9 +339,10 @@ Test(quantize, cancel_from_progress_publishes_nothing, .timeout = 60)
 	cal_error_clear(&err);
 	/* a run that is not cancelled publishes */
 	cc = (struct cancel_ctx){0, -5};
-	cr_assert_eq(cal_quantize_run(&o, cancel_after, &cc, &report, &err), CAL_OK, "%s",
+	cr_assert_eq(cal_quantize_run(job, &o, cancel_after, &cc, &report, &err), CAL_OK, "%s",
 		     cal_error_msg(&err));
-	free(report);
+	json_decref(report);
+	cal_job_close(job);
 	rm_rf(root);
 }
 
@@ -351,6 +367,34 @@ Test(quantize, existing_output_refused_before_compute, .timeout = 60)
 	cr_assert(!strstr(e, "quantize: load") && !strstr(e, "layer"), "work was done: %s", e);
 	cr_assert(exists(marker));
 	cr_assert_eq(count_entries(dst), 1);
+	rm_rf(root);
+}
+
+/* --qformat: hf_ptq's name runs its built-in recipe; a refused one exits 3
+ * naming the reason, before any work; with --recipe it is a usage error. */
+Test(quantize, qformat_maps_or_refuses, .timeout = 60)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen3_moe", "per-expert");
+	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
+	char *dst = path2(root, "out"), *errf = path2(root, "stderr"), *outf = path2(root, "stdout");
+	int rc = run(outf, errf, "quantize --model %s --qformat nvfp4 --calib-tokens %s --out %s "
+		     "--device cpu --json", src, tok, dst);
+	char *e = slurp(errf), *o = slurp(outf);
+	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
+	cr_assert(strstr(o, "general/ptq/nvfp4_default-kv_fp8_cast"), "%s", o);
+	char *dst2 = path2(root, "out2");
+	rc = run(NULL, errf, "quantize --model %s --qformat int4_awq --calib-tokens %s --out %s "
+		 "--device cpu", src, tok, dst2);
+	e = slurp(errf);
+	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	cr_assert(strstr(e, "qformat 'int4_awq' is refused: algorithm 'awq_lite'"), "%s", e);
+	cr_assert(!exists(dst2));
+	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
+		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);
+	e = slurp(errf);
+	cr_assert_eq(rc, 2, "exit %d: %s", rc, e);
+	cr_assert(strstr(e, "exclude each other"), "%s", e);
 	rm_rf(root);
 }
 

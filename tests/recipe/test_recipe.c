@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "engine/recipe/ytree.h"
 #include "engine/model/model.h"
 #include "engine/recipe/plan.h"
 #include "engine/recipe/recipe.h"
@@ -354,6 +355,51 @@ Test(recipe, limits_and_billion_laughs)
 	s[big] = 0;
 	expect_error(s, CAL_ERR_RANGE, "exceeds the recipe limit");
 	free(s);
+}
+
+/* A recipe of one flow mapping of n keys; returns the best of three parse
+ * times in seconds (the parse fails on the unknown key a0). */
+/* Key comparisons made while reading (and refusing) a flow mapping of
+ * nkeys keys. */
+static unsigned long count_key_compares(size_t nkeys)
+{
+	size_t cap = nkeys * 16 + 64, k = 0;
+	char *y = malloc(cap);
+	cr_assert(y);
+	k += (size_t)snprintf(y + k, cap - k, "{");
+	for (size_t i = 0; i < nkeys; i++)
+		k += (size_t)snprintf(y + k, cap - k, "%sa%zu: b", i ? ", " : "", i);
+	snprintf(y + k, cap - k, "}");
+	unsigned long before = cal_ykeys_compares;
+	expect_error(y, CAL_ERR_FORMAT, "a0: unknown key");
+	free(y);
+	return cal_ykeys_compares - before;
+}
+
+/* Cost is linear in the input: mapping keys are looked up through a hash
+ * index, both when a file is read (duplicate keys) and when its tree is
+ * resolved (map_set).  When each key was compared with every earlier one,
+ * 8 times the keys cost about 40 times the time (20,000 keys: 1.2 s),
+ * and 64 times the comparisons. */
+Test(recipe, many_keys_cost_linear)
+{
+	/* counted, not timed (a loaded machine is no clock): 8 times the keys
+	 * must cost about 8 times the comparisons, not 64 */
+	unsigned long small = count_key_compares(2500), large = count_key_compares(20000);
+	cr_assert(small > 0 && large < 12 * small, "2,500 keys: %lu comparisons, 20,000 keys: %lu (x%.1f for 8x the keys)",
+		  small, large, (double)large / (double)small);
+	char *y = malloc(4096);
+	cr_assert(y);
+	size_t cap = 4096, k;
+	/* duplicates are still found past the small-map scan (16 keys) */
+	k = 0;
+	for (size_t i = 0; i < 100; i++)
+		k += (size_t)snprintf(y + k, cap - k, "k%zu: 1\n", i);
+	snprintf(y + k, cap - k, "k50: 2\n");
+	expect_error(y, CAL_ERR_FORMAT, "t.yaml:101:1: key 'k50': duplicate key (first at line 51)");
+	expect_error("{1: a, 2: b, 3: c, 4: d, 5: e, 6: f, 7: g, 8: h, 9: i, 10: j, 11: k, 12: l, 13: m, 14: n,"
+		     " 15: o, 16: p, 17: q, 0x11: r}", CAL_ERR_FORMAT, "duplicate key");
+	free(y);
 }
 
 Test(recipe, import_cycle_and_name_resolution)
