@@ -91,6 +91,23 @@ struct cal_amax_blocks_args {
 	struct cal_nonfinite *nonfinite;
 };
 
+/* GPTQ Hessian observer (docs/gptq.md): h[i, j] += s(i, j) with
+ * s(i, j) = sum over the selected rows r of x[r, i] * x[r, j], summed in fp32
+ * with one fused multiply-add per row in row order (index order when index
+ * is given), so every back end gives the same bytes; h is written whole
+ * (both triangles, equal).  Rows are all of x (index NULL) or the gathered
+ * rows x[index[k], :], k < n_index (the tokens routed to an expert); indices
+ * >= rows are skipped.  NaN results are the canonical NaN; the amax
+ * observers report where non-finite inputs came from. */
+struct cal_hessian_args {
+	enum cal_dtype dtype;   /* CAL_DTYPE_BF16 or CAL_DTYPE_F32 */
+	const void *x;
+	uint64_t rows, cols;    /* rows < 2^32; cols <= 65536 */
+	const uint32_t *index;  /* [n_index] or NULL */
+	uint64_t n_index;
+	float *h;               /* [cols, cols], in/out */
+};
+
 /* ---- weight quantizers (input bf16 [rows, cols]) ------------------------ */
 
 /* NVFP4 dynamic (§1.4.2): scale2 = cal_nvfp4_scale2(amax_w, mode). */
@@ -444,7 +461,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 28
+#define CAL_OP_COUNT_EXPECTED 29
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \
