@@ -10,7 +10,8 @@
  * definite.  Double precision; the Cholesky's columns and the inverse's
  * columns run on the CPU back end's threads.
  *
- * Update (float, as modelopt's): rows are independent, so each thread
+ * Update (float, as modelopt's; every operation rounded on its own, never
+ * contracted into a fused multiply-add, so compilers agree): rows are independent, so each thread
  * sweeps whole rows: per block of block_size columns, column i is rounded
  * to its 16-block's fixed NVFP4 grid, e = (w_i - q_i) / U[i][i] updates the
  * block's later columns by -e U[i][k]; after the block, the columns past it
@@ -146,16 +147,16 @@ static void upd_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			for (uint64_t i = b0; i < b1; i++) {
 				const float *ui = c->u + i * n;
 				q[i] = qdq(c, r, i, w[i]);
-				float ei = (w[i] - q[i]) / ui[i];
+				float ei = cal_fdiv(cal_fsub(w[i], q[i]), ui[i]);
 				e[i - b0] = ei;
 				for (uint64_t k = i + 1; k < b1; k++)
-					w[k] -= ei * ui[k];
+					w[k] = cal_fsub(w[k], cal_fmul(ei, ui[k]));
 			}
 			for (uint64_t k = b1; k < n; k++) {
 				float s = 0.0f;
 				for (uint64_t i = b0; i < b1; i++)
-					s += e[i - b0] * c->u[i * n + k];
-				w[k] -= s;
+					s = cal_fadd(s, cal_fmul(e[i - b0], c->u[i * n + k]));
+				w[k] = cal_fsub(w[k], s);
 			}
 		}
 		for (uint64_t k = 0; k < n; k++)

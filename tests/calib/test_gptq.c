@@ -331,15 +331,18 @@ static void diff_one(struct cal_backend *be, const char *path)
 	quant(be, &l, w1, am, g, p1, s1);
 	quant(be, &l, wmo, am, g, p2, s2);
 	cr_assert_eq(memcmp(s1, s2, rows * cols / 16), 0, "%s: weight_scale differs", path);
-	uint64_t diff = codes_differing(p1, p2, rows * cols);
+	uint64_t diff = codes_differing(p1, p2, rows * cols), wdiff = 0;
+	for (uint64_t i = 0; i < rows * cols; i++)
+		wdiff += w1[i] != wmo[i];
 	uint16_t *w0 = rtn(be, &l, am, g);
 	double m1 = out_mse(&l, w1), mmo = out_mse(&l, wmo), m0 = out_mse(&l, w0);
 	double pct = 100.0 * (double)diff / (double)(rows * cols);
 	printf("gptq diff %s: layer-output MSE calibd %.6e, modelopt %.6e (%+.2f%%), "
-	       "round-to-nearest %.6e; codes differing %.2f%% (%llu of %llu); rel err %.4e; "
-	       "fallback %d, dead columns %llu\n",
+	       "round-to-nearest %.6e; codes differing %.2f%% (%llu of %llu), updated bf16 "
+	       "weights differing %llu; rel err %.4e; fallback %d, dead columns %llu\n",
 	       strrchr(path, '/') + 1, m1, mmo, 100.0 * (m1 / mmo - 1.0), m0, pct,
-	       (unsigned long long)diff, (unsigned long long)(rows * cols), st.rel_err, st.fallback,
+	       (unsigned long long)diff, (unsigned long long)(rows * cols),
+	       (unsigned long long)wdiff, st.rel_err, st.fallback,
 	       (unsigned long long)st.dead_cols);
 	cr_assert(m1 <= mmo, "%s: calibd's GPTQ MSE %g is worse than modelopt's %g", path, m1, mmo);
 	cr_assert(m1 < m0);
