@@ -196,6 +196,7 @@ Test(hessian, matches_double_sum_and_gather)
 	a.cols = 70000;
 	cr_assert_eq(cal_op_hessian(be, &a, &err), CAL_ERR_RANGE);
 	cr_assert(strstr(cal_error_msg(&err), "cols"));
+	cal_error_clear(&err);
 	free(g), free(h), free(h1), free(h2);
 	lin_free(&l);
 	cal_backend_free(be);
@@ -258,6 +259,7 @@ Test(gptq, beats_rounding_on_grid_dead_columns)
 	cr_assert_eq(cal_gptq_nvfp4(be, l.w, l.rows, l.cols, h, l.tokens, &o, &q, w2, &st, &err),
 		     CAL_ERR_INVALID);
 	cr_assert(strstr(cal_error_msg(&err), "perc_damp"));
+	cal_error_clear(&err);
 	free(h), free(am), free(w0), free(w1), free(w2), free(back);
 	lin_free(&l);
 	cal_backend_free(be);
