@@ -1,12 +1,15 @@
 /*
- * test_gptq.c — suite unit: the `hessian` op against a naive double sum,
+ * test_algo.c — suite unit, the calibration algorithms on single linears.
+ * GPTQ: the `hessian` op against a naive double sum,
  * GPTQ (engine/gptq.h) on synthetic linears (better than plain rounding,
  * values on the NVFP4 grid, dead columns, the identity fallback, bad
  * arguments), and the differential test against real modelopt's GPTQ
- * (docs/gptq.md): the fingerprints in tests/modelopt/gptq/ (GPTQ_FP_DIR)
- * hold modelopt's updated weight for a generated linear; the block scales
- * must be byte-equal, the layer-output MSE on the calibration tokens no
- * worse than modelopt's; the share of differing codes is printed.
+ * (docs/gptq.md): the fingerprints in tests/modelopt/gptq/ hold modelopt's
+ * updated weight for a generated linear; the block scales must be
+ * byte-equal, the layer-output MSE on the calibration tokens no worse than
+ * modelopt's; the share of differing codes is printed.
+ * SmoothQuant (docs/smoothquant.md): against tests/modelopt/smoothquant/,
+ * every output byte-equal.  MODELOPT_ALGO_DIR names tests/modelopt.
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -18,6 +21,7 @@
 
 #include "api/sha256.h"
 #include "engine/gptq.h"
+#include "engine/smoothquant.h"
 #include "kernels/ops.h"
 
 static struct cal_backend *cpu(unsigned threads)
@@ -354,10 +358,13 @@ static void diff_one(struct cal_backend *be, const char *path)
 	json_decref(fp);
 }
 
-Test(gptq, modelopt_diff)
+/* Runs fn on every *.json under $MODELOPT_ALGO_DIR/sub; fails on none. */
+static void each_fingerprint(const char *sub, void (*fn)(struct cal_backend *, const char *))
 {
-	const char *dir = getenv("GPTQ_FP_DIR");
-	cr_assert(dir, "GPTQ_FP_DIR is not set");
+	const char *root = getenv("MODELOPT_ALGO_DIR");
+	cr_assert(root, "MODELOPT_ALGO_DIR is not set");
+	char dir[4096];
+	snprintf(dir, sizeof(dir), "%s/%s", root, sub);
 	DIR *d = opendir(dir);
 	cr_assert(d, "%s: cannot open", dir);
 	struct cal_backend *be = cpu(0);
@@ -367,12 +374,107 @@ Test(gptq, modelopt_diff)
 		size_t len = strlen(e->d_name);
 		if (len < 6 || strcmp(e->d_name + len - 5, ".json"))
 			continue;
-		char path[4096];
+		char path[8192];
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		diff_one(be, path);
+		fn(be, path);
 		n++;
 	}
 	closedir(d);
 	cal_backend_free(be);
 	cr_assert(n > 0, "%s: no fingerprint", dir);
+}
+
+Test(gptq, modelopt_diff)
+{
+	each_fingerprint("gptq", diff_one);
+}
+
+static void sq_one(struct cal_backend *be, const char *path)
+{
+	struct cal_error err = {0};
+	json_error_t je;
+	json_t *fp = json_load_file(path, 0, &je);
+	cr_assert(fp, "%s: %s", path, je.text);
+	json_t *gen = json_object_get(fp, "generator");
+	uint64_t rows = json_integer_value(json_object_get(gen, "rows"));
+	uint64_t cols = json_integer_value(json_object_get(gen, "cols"));
+	uint64_t tokens = json_integer_value(json_object_get(gen, "tokens"));
+	uint64_t seed = json_integer_value(json_object_get(gen, "seed"));
+	uint64_t dead = json_integer_value(json_object_get(gen, "dead_col"));
+	float alpha = (float)json_real_value(json_object_get(fp, "alpha"));
+	struct lin l;
+	char hx[65];
+	(void)be;
+	lin_gen(&l, rows, cols, tokens, seed, dead);
+	sha_hex(l.w, rows * cols * 2, hx);
+	cr_assert_str_eq(hx, json_string_value(json_object_get(fp, "w_orig_sha256")));
+	/* per-channel activation amax over the tokens */
+	float *act = calloc(cols, 4), *act_mo = malloc(cols * 4);
+	for (uint64_t t = 0; t < tokens; t++)
+		for (uint64_t c = 0; c < cols; c++) {
+			float v = fabsf(cal_nf_bf16_to_f32(l.x[t * cols + c]));
+			act[c] = v > act[c] ? v : act[c];
+		}
+	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "act_amax_f32_hex")), act_mo,
+			   cols * 4), 0);
+	cr_assert_eq(memcmp(act, act_mo, cols * 4), 0, "%s: activation amax differ", path);
+	struct cal_sq_out o = {malloc(cols * 2), malloc(rows * cols * 2), malloc(rows * 4), 0.0f};
+	cr_assert_eq(cal_smoothquant(l.w, rows, cols, act, alpha, &o, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	uint16_t *pqs = malloc(cols * 2), *wmo = malloc(rows * cols * 2);
+	float *wam = malloc(rows * 4);
+	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "pre_quant_scale_bf16_hex")), pqs,
+			   cols * 2), 0);
+	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_bf16_hex")), wmo,
+			   rows * cols * 2), 0);
+	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_amax_f32_hex")), wam,
+			   rows * 4), 0);
+	uint64_t dp = 0, dw = 0, da = 0;
+	for (uint64_t c = 0; c < cols; c++)
+		dp += pqs[c] != o.pre_quant_scale[c];
+	for (uint64_t i = 0; i < rows * cols; i++)
+		dw += wmo[i] != o.w[i];
+	for (uint64_t r = 0; r < rows; r++)
+		da += wam[r] != o.w_amax[r];
+	float in_mo = (float)json_real_value(json_object_get(fp, "input_amax_f32"));
+	printf("smoothquant diff %s (alpha %g): pre_quant_scale differing %llu of %llu, smoothed "
+	       "weights %llu of %llu, weight amax %llu of %llu, input amax %g vs modelopt %g\n",
+	       strrchr(path, '/') + 1, (double)alpha, (unsigned long long)dp,
+	       (unsigned long long)cols, (unsigned long long)dw, (unsigned long long)(rows * cols),
+	       (unsigned long long)da, (unsigned long long)rows, (double)o.in_amax, (double)in_mo);
+	cr_assert(dp == 0 && dw == 0 && da == 0 && o.in_amax == in_mo, "%s differs from modelopt",
+		  path);
+	free(act), free(act_mo), free(pqs), free(wmo), free(wam);
+	free(o.pre_quant_scale), free(o.w), free(o.w_amax);
+	lin_free(&l);
+	json_decref(fp);
+}
+
+Test(smoothquant, modelopt_diff)
+{
+	each_fingerprint("smoothquant", sq_one);
+}
+
+Test(smoothquant, bad_input_and_dead_channels)
+{
+	struct cal_error err = {0};
+	uint16_t w[2 * 4], pq[4], wo[8];
+	float am[2], act[4] = {1.0f, 0.0f, 2.0f, 0.5f};
+	for (int i = 0; i < 8; i++)
+		w[i] = cal_nf_f32_to_bf16(0.25f * (float)(i + 1));
+	struct cal_sq_out o = {pq, wo, am, 0.0f};
+	cr_assert_eq(cal_smoothquant(w, 2, 4, act, 1.5f, &o, &err), CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "alpha"));
+	cal_error_clear(&err);
+	act[1] = NAN;
+	cr_assert_eq(cal_smoothquant(w, 2, 4, act, 1.0f, &o, &err), CAL_ERR_NUMERIC);
+	cr_assert(strstr(cal_error_msg(&err), "channel 1"));
+	cal_error_clear(&err);
+	/* a channel that saw only zeros: its scale is not 1/0 but clamped (no
+	 * scale is <= 2^-31, so modelopt's mask does not apply): 1e4 */
+	act[1] = 0.0f;
+	cr_assert_eq(cal_smoothquant(w, 2, 4, act, 1.0f, &o, &err), CAL_OK);
+	cr_assert_eq(pq[1], cal_nf_f32_to_bf16(1e4f));
+	cr_assert_eq(pq[0], cal_nf_f32_to_bf16(1.0f));
+	cr_assert_eq(pq[2], cal_nf_f32_to_bf16(0.5f));
 }
