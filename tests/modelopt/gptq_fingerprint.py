@@ -49,7 +49,8 @@ def gen(seed, n):
 DEAD = 5
 
 
-def main():
+def common_args():
+    """Arguments shared by the single-linear fingerprint scripts."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--rows", type=int, default=64)
@@ -57,6 +58,37 @@ def main():
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=7)
+    return ap
+
+
+def make_linear(torch, args, dead):
+    """(model, w, x, loop): the generated bf16 linear (column `dead` zero
+    unless < 0), its tokens and the calibration loop over them in batches."""
+    R, C, T = args.rows, args.cols, args.tokens
+    w = torch.tensor(gen(args.seed, R * C), dtype=torch.float32).reshape(R, C) * 0.05
+    if dead >= 0:
+        w[:, dead] = 0.0
+    w = w.to(torch.bfloat16)
+    colscale = torch.tensor([4.0 if c % 11 == 0 else 1.0 for c in range(C)])
+    x = (torch.tensor(gen(args.seed + 1, T * C), dtype=torch.float32).reshape(T, C) * colscale)
+    x = x.to(torch.bfloat16)
+    model = torch.nn.Sequential(torch.nn.Linear(C, R, bias=False)).to(torch.bfloat16)
+    with torch.no_grad():
+        model[0].weight.copy_(w)
+
+    def loop(m):
+        for b in range(0, T, args.batch):
+            m(x[b:b + args.batch].unsqueeze(0))
+
+    return model, w, x, loop
+
+
+def sha_bf16(torch, t):
+    return hashlib.sha256(t.view(torch.int16).numpy().astype("<i2").tobytes()).hexdigest()
+
+
+def main():
+    ap = common_args()
     ap.add_argument("--perc-damp", type=float, default=0.01)
     ap.add_argument("--block-size", type=int, default=128)
     args = ap.parse_args()
@@ -91,16 +123,7 @@ def main():
     tq.static_blockwise_fp4_fake_quant = static_fp4_cpu
 
     R, C, T = args.rows, args.cols, args.tokens
-    w = torch.tensor(gen(args.seed, R * C), dtype=torch.float32).reshape(R, C) * 0.05
-    w[:, DEAD] = 0.0
-    w = w.to(torch.bfloat16)
-    colscale = torch.tensor([4.0 if c % 11 == 0 else 1.0 for c in range(C)])
-    x = (torch.tensor(gen(args.seed + 1, T * C), dtype=torch.float32).reshape(T, C) * colscale)
-    x = x.to(torch.bfloat16)
-
-    model = torch.nn.Sequential(torch.nn.Linear(C, R, bias=False)).to(torch.bfloat16)
-    with torch.no_grad():
-        model[0].weight.copy_(w)
+    model, w, x, loop = make_linear(torch, args, DEAD)
 
     fp4 = {"num_bits": (2, 1), "axis": None, "enable": True}
     cfg = {
@@ -112,10 +135,6 @@ def main():
         "algorithm": {"method": "gptq", "perc_damp": args.perc_damp,
                       "block_size": args.block_size, "layerwise": {"enable": False}},
     }
-
-    def loop(m):
-        for b in range(0, T, args.batch):
-            m(x[b:b + args.batch].unsqueeze(0))
 
     mtq.quantize(model, cfg, forward_loop=loop)
     lin = model[0]
@@ -140,8 +159,8 @@ def main():
                       "dead_col": DEAD, "w_scale": 0.05, "x_outlier_every": 11,
                       "x_outlier_scale": 4.0},
         "algorithm": {"perc_damp": args.perc_damp, "block_size": args.block_size},
-        "w_orig_sha256": hashlib.sha256(w.view(torch.int16).numpy().astype("<i2").tobytes()).hexdigest(),
-        "x_sha256": hashlib.sha256(x.view(torch.int16).numpy().astype("<i2").tobytes()).hexdigest(),
+        "w_orig_sha256": sha_bf16(torch, w),
+        "x_sha256": sha_bf16(torch, x),
         "weight_bf16_hex": wq_bytes.hex(),
         "weight_sha256": hashlib.sha256(wq_bytes).hexdigest(),
         "block_amax_hex": amax.numpy().astype("<f4").tobytes().hex(),

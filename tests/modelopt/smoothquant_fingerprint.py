@@ -11,24 +11,16 @@ input amax, as hex of their raw bytes.
 
     python smoothquant_fingerprint.py --out tests/modelopt/smoothquant/<name>.json [--alpha 1.0]
 """
-import argparse
-import hashlib
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gptq_fingerprint import DEAD, gen  # noqa: E402
+from gptq_fingerprint import DEAD, common_args, make_linear, sha_bf16  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--rows", type=int, default=64)
-    ap.add_argument("--cols", type=int, default=256)
-    ap.add_argument("--tokens", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=7)
+    ap = common_args()
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--dead", type=int, default=DEAD,
                     help="all-zero weight column, -1 for none (modelopt 0.47 raises "
@@ -40,16 +32,7 @@ def main():
     import modelopt.torch.quantization as mtq
 
     R, C, T = args.rows, args.cols, args.tokens
-    w = torch.tensor(gen(args.seed, R * C), dtype=torch.float32).reshape(R, C) * 0.05
-    if args.dead >= 0:
-        w[:, args.dead] = 0.0
-    w = w.to(torch.bfloat16)
-    colscale = torch.tensor([4.0 if c % 11 == 0 else 1.0 for c in range(C)])
-    x = (torch.tensor(gen(args.seed + 1, T * C), dtype=torch.float32).reshape(T, C) * colscale)
-    x = x.to(torch.bfloat16)
-    model = torch.nn.Sequential(torch.nn.Linear(C, R, bias=False)).to(torch.bfloat16)
-    with torch.no_grad():
-        model[0].weight.copy_(w)
+    model, w, x, loop = make_linear(torch, args, args.dead)
     cfg = {
         "quant_cfg": [
             {"quantizer_name": "*", "enable": False},
@@ -58,10 +41,6 @@ def main():
         ],
         "algorithm": {"method": "smoothquant", "alpha": args.alpha},
     }
-
-    def loop(m):
-        for b in range(0, T, args.batch):
-            m(x[b:b + args.batch].unsqueeze(0))
 
     mtq.quantize(model, cfg, forward_loop=loop)
     lin = model[0]
@@ -78,7 +57,7 @@ def main():
         "generator": {"rows": R, "cols": C, "tokens": T, "batch": args.batch, "seed": args.seed,
                       "dead_col": args.dead},
         "alpha": args.alpha,
-        "w_orig_sha256": hashlib.sha256(w.view(torch.int16).numpy().astype("<i2").tobytes()).hexdigest(),
+        "w_orig_sha256": sha_bf16(torch, w),
         "weight_bf16_hex": bf16hex(lin.weight),
         "pre_quant_scale_dtype": str(iq.pre_quant_scale.dtype),
         "pre_quant_scale_bf16_hex": bf16hex(iq.pre_quant_scale),
