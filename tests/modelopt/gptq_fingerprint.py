@@ -83,6 +83,13 @@ def make_linear(torch, args, dead):
     return model, w, x, loop
 
 
+def write_fingerprint(path, fp, line):
+    with open(path, "w") as f:
+        json.dump(fp, f, indent=1)
+        f.write("\n")
+    print(line, file=sys.stderr)
+
+
 def sha_bf16(torch, t):
     return hashlib.sha256(t.view(torch.int16).numpy().astype("<i2").tobytes()).hexdigest()
 
@@ -168,10 +175,7 @@ def main():
         "layer_output_mse": mse,
         "rel_err_f64": rel,
     }
-    with open(args.out, "w") as f:
-        json.dump(fp, f, indent=1)
-        f.write("\n")
-    print(f"modelopt gptq: layer-output MSE {mse:.6e}, rel err {rel:.4e}", file=sys.stderr)
+    write_fingerprint(args.out, fp, f"modelopt gptq: layer-output MSE {mse:.6e}, rel err {rel:.4e}")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ input amax, as hex of their raw bytes.
 
     python smoothquant_fingerprint.py --out tests/modelopt/smoothquant/<name>.json [--alpha 1.0]
 """
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gptq_fingerprint import DEAD, common_args, make_linear, sha_bf16  # noqa: E402
+from gptq_fingerprint import (DEAD, common_args, make_linear, sha_bf16,  # noqa: E402
+                              write_fingerprint)
 
 
 def main():
@@ -67,10 +67,8 @@ def main():
         "weight_amax_dtype": str(wq.amax.dtype),
         "weight_amax_f32_hex": hexof(wq.amax.float(), "<f4"),
     }
-    with open(args.out, "w") as f:
-        json.dump(fp, f, indent=1)
-        f.write("\n")
-    print(f"modelopt smoothquant alpha {args.alpha}: input amax {fp['input_amax_f32']}", file=sys.stderr)
+    write_fingerprint(args.out, fp, f"modelopt smoothquant alpha {args.alpha}: "
+                      f"input amax {fp['input_amax_f32']}")
 
 
 if __name__ == "__main__":
