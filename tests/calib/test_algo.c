@@ -9,7 +9,9 @@
  * byte-equal, the layer-output MSE on the calibration tokens no worse than
  * modelopt's; the share of differing codes is printed.
  * SmoothQuant (docs/smoothquant.md): against tests/modelopt/smoothquant/,
- * every output byte-equal.  MODELOPT_ALGO_DIR names tests/modelopt.
+ * every output byte-equal.  AWQ-lite (docs/awq.md): against
+ * tests/modelopt/awq/: the same alpha chosen, its outputs byte-equal, the
+ * search's losses printed beside modelopt's.  MODELOPT_ALGO_DIR names tests/modelopt.
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -20,6 +22,7 @@
 #include <string.h>
 
 #include "api/sha256.h"
+#include "engine/awq.h"
 #include "engine/gptq.h"
 #include "engine/smoothquant.h"
 #include "kernels/ops.h"
@@ -477,4 +480,97 @@ Test(smoothquant, bad_input_and_dead_channels)
 	cr_assert_eq(pq[1], cal_nf_f32_to_bf16(1e4f));
 	cr_assert_eq(pq[0], cal_nf_f32_to_bf16(1.0f));
 	cr_assert_eq(pq[2], cal_nf_f32_to_bf16(0.5f));
+}
+
+static void awq_one(struct cal_backend *be, const char *path)
+{
+	struct cal_error err = {0};
+	json_error_t je;
+	json_t *fp = json_load_file(path, 0, &je);
+	cr_assert(fp, "%s: %s", path, je.text);
+	json_t *gen = json_object_get(fp, "generator");
+	uint64_t rows = json_integer_value(json_object_get(gen, "rows"));
+	uint64_t cols = json_integer_value(json_object_get(gen, "cols"));
+	uint64_t tokens = json_integer_value(json_object_get(gen, "tokens"));
+	uint64_t batch = json_integer_value(json_object_get(gen, "batch"));
+	uint64_t seed = json_integer_value(json_object_get(gen, "seed"));
+	uint64_t dead = json_integer_value(json_object_get(gen, "dead_col"));
+	double step = json_real_value(json_object_get(fp, "alpha_step"));
+	struct lin l;
+	char hx[65];
+	lin_gen(&l, rows, cols, tokens, seed, dead);
+	sha_hex(l.w, rows * cols * 2, hx);
+	cr_assert_str_eq(hx, json_string_value(json_object_get(fp, "w_orig_sha256")));
+	uint64_t nb = rows * cols / 128;
+	double loss[CAL_AWQ_MAX_ALPHAS];
+	struct cal_awq_out o = {malloc(cols * 2), malloc(rows * cols * 2), malloc(nb * 4), loss, 0, 0};
+	cr_assert_eq(cal_awq_lite_int4(be, l.w, rows, cols, l.x, tokens, batch, step, &o, &err),
+		     CAL_OK, "%s", cal_error_msg(&err));
+	json_t *ml = json_object_get(fp, "loss");
+	cr_assert_eq(json_object_size(ml), o.n_alpha, "%s: %u alphas, modelopt searched %zu", path,
+		     o.n_alpha, json_object_size(ml));
+	const char *key;
+	json_t *val;
+	unsigned i = 0;
+	double worst = 0.0;
+	json_object_foreach(ml, key, val) {
+		double r = fabs(loss[i] / json_real_value(val) - 1.0);
+		worst = r > worst ? r : worst;
+		i++;
+	}
+	uint16_t *pqs = malloc(cols * 2), *wmo = malloc(rows * cols * 2);
+	float *am = malloc(nb * 4);
+	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "pre_quant_scale_bf16_hex")), pqs,
+			   cols * 2), 0);
+	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_bf16_hex")), wmo,
+			   rows * cols * 2), 0);
+	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_amax_f32_hex")), am, nb * 4),
+		     0);
+	uint64_t dp = 0, dw = 0, da = 0;
+	for (uint64_t c = 0; c < cols; c++)
+		dp += pqs[c] != o.pre_quant_scale[c];
+	for (uint64_t k = 0; k < rows * cols; k++)
+		dw += wmo[k] != o.w[k];
+	for (uint64_t b = 0; b < nb; b++)
+		da += am[b] != o.w_amax[b];
+	float best_mo = (float)json_real_value(json_object_get(fp, "best_alpha"));
+	printf("awq_lite diff %s: alpha %g (modelopt %g), search losses within %.2e of modelopt's; "
+	       "pre_quant_scale differing %llu of %llu, folded weights %llu of %llu, block amax "
+	       "%llu of %llu\n",
+	       strrchr(path, '/') + 1, (double)o.best_alpha, (double)best_mo, worst,
+	       (unsigned long long)dp, (unsigned long long)cols, (unsigned long long)dw,
+	       (unsigned long long)(rows * cols), (unsigned long long)da, (unsigned long long)nb);
+	cr_assert(o.best_alpha == best_mo && dp == 0 && dw == 0 && da == 0,
+		  "%s differs from modelopt", path);
+	free(pqs), free(wmo), free(am);
+	free(o.pre_quant_scale), free(o.w), free(o.w_amax);
+	lin_free(&l);
+	json_decref(fp);
+}
+
+Test(awq_lite, modelopt_diff)
+{
+	each_fingerprint("awq", awq_one);
+}
+
+Test(awq_lite, bad_input)
+{
+	struct cal_error err = {0};
+	struct cal_backend *be = cpu(1);
+	uint16_t w[2 * 128] = {0}, x[3 * 128] = {0}, pq[128], wo[256];
+	float am[2];
+	struct cal_awq_out o = {pq, wo, am, NULL, 0, 0};
+	cr_assert_eq(cal_awq_lite_int4(be, w, 2, 128, x, 3, 2, 0.0, &o, &err), CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "alpha_step"));
+	cal_error_clear(&err);
+	cr_assert_eq(cal_awq_lite_int4(be, w, 4, 64, x, 3, 2, 0.1, &o, &err), CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "128"));
+	cal_error_clear(&err);
+	/* all-zero weight and inputs: no NaN, every scale finite */
+	cr_assert_eq(cal_awq_lite_int4(be, w, 2, 128, x, 3, 2, 0.5, &o, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	cr_assert_eq(o.n_alpha, 3);
+	for (int k = 0; k < 128; k++)
+		cr_assert(isfinite(cal_nf_bf16_to_f32(pq[k])));
+	cal_backend_free(be);
 }

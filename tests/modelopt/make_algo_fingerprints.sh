@@ -22,3 +22,7 @@ S="$HERE/smoothquant_fingerprint.py"
 "$PY" "$S" --out "$HERE/smoothquant/int8_64x256_a1.json"
 "$PY" "$S" --alpha 0.5 --dead -1 --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 \
 	--out "$HERE/smoothquant/int8_32x512_a05.json"
+A="$HERE/awq_fingerprint.py"
+"$PY" "$A" --out "$HERE/awq/int4_64x256.json"
+"$PY" "$A" --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
+	--out "$HERE/awq/int4_32x512_s005.json"
