@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine/awq.h"
+#include "engine/calib/torch_pow.h"
 #include "kernels/numfmt.h"
 
 #define BLK 128
@@ -23,27 +24,13 @@ static inline uint16_t tobf(float f)
 	return cal_nf_f32_to_bf16(f);
 }
 
-/* x^e as torch's pow with a scalar exponent (exact special exponents). */
-static float tpow(float x, float e)
-{
-	if (e == 0.0f)
-		return 1.0f;
-	if (e == 1.0f)
-		return x;
-	if (e == 0.5f)
-		return sqrtf(x);
-	if (e == 2.0f)
-		return x * x;
-	return powf(x, e);
-}
-
 /* modelopt's get_scale: s = clamp(act^a / (ws^(1-a) + tiny), 1e-4, 1e4),
  * then s / sqrt(max s * min s). */
 static void awq_scale(const float *act, const float *ws, uint64_t cols, float a, float *s)
 {
 	float e = (float)(1.0 - (double)a), mx = 0.0f, mn = INFINITY;
 	for (uint64_t c = 0; c < cols; c++) {
-		float v = tpow(act[c], a) / (tpow(ws[c], e) + 1.17549435e-38f);
+		float v = cal_torch_pow(act[c], a) / (cal_torch_pow(ws[c], e) + 1.17549435e-38f);
 		v = v < 1e-4f ? 1e-4f : v > 1e4f ? 1e4f : v;
 		s[c] = v;
 		mx = v > mx ? v : mx;

@@ -9,22 +9,8 @@
 #include <stdlib.h>
 
 #include "engine/smoothquant.h"
+#include "engine/calib/torch_pow.h"
 #include "kernels/numfmt.h"
-
-/* x^e as torch's pow with a scalar exponent computes it (its special
- * exponents are exact operations). */
-static float tpow(float x, float e)
-{
-	if (e == 0.0f)
-		return 1.0f;
-	if (e == 1.0f)
-		return x;
-	if (e == 0.5f)
-		return sqrtf(x);
-	if (e == 2.0f)
-		return x * x;
-	return powf(x, e);
-}
 
 enum cal_status cal_smoothquant(const uint16_t *w, uint64_t rows, uint64_t cols,
 				const float *act_amax, float alpha, struct cal_sq_out *out,
@@ -56,8 +42,8 @@ enum cal_status cal_smoothquant(const uint16_t *w, uint64_t rows, uint64_t cols,
 			float v = fabsf(cal_nf_bf16_to_f32(w[r * cols + c]));
 			ws = v > ws ? v : ws;
 		}
-		float p = cal_nf_bf16_to_f32(cal_nf_f32_to_bf16(tpow(ws, 1.0f - alpha)));
-		s[c] = p / tpow(act_amax[c], alpha);
+		float p = cal_nf_bf16_to_f32(cal_nf_f32_to_bf16(cal_torch_pow(ws, 1.0f - alpha)));
+		s[c] = p / cal_torch_pow(act_amax[c], alpha);
 		smin = s[c] < smin ? s[c] : smin;
 	}
 	/* channels that never saw a non-zero input get 1 (only when some scale

@@ -293,28 +293,40 @@ static void sha_hex(const void *p, size_t n, char out[65])
 	cal_sha256_hex(d, out);
 }
 
-static void diff_one(struct cal_backend *be, const char *path)
+/* Opens a fingerprint and regenerates its linear (the weight's hash, and
+ * the tokens' where recorded, must match what modelopt was given); *batch
+ * is the calibration batch.  The caller frees with json_decref/lin_free. */
+static json_t *fp_open(const char *path, struct lin *l, uint64_t *batch)
 {
-	struct cal_error err = {0};
 	json_error_t je;
 	json_t *fp = json_load_file(path, 0, &je);
 	cr_assert(fp, "%s: %s", path, je.text);
-	json_t *gen = json_object_get(fp, "generator"), *alg = json_object_get(fp, "algorithm");
-	uint64_t rows = json_integer_value(json_object_get(gen, "rows"));
+	json_t *gen = json_object_get(fp, "generator");
 	uint64_t cols = json_integer_value(json_object_get(gen, "cols"));
 	uint64_t tokens = json_integer_value(json_object_get(gen, "tokens"));
-	uint64_t batch = json_integer_value(json_object_get(gen, "batch"));
-	uint64_t seed = json_integer_value(json_object_get(gen, "seed"));
-	uint64_t dead = json_integer_value(json_object_get(gen, "dead_col"));
-	struct lin l;
-	lin_gen(&l, rows, cols, tokens, seed, dead);
+	lin_gen(l, json_integer_value(json_object_get(gen, "rows")), cols, tokens,
+		json_integer_value(json_object_get(gen, "seed")),
+		json_integer_value(json_object_get(gen, "dead_col")));
+	*batch = json_integer_value(json_object_get(gen, "batch"));
 	char hx[65];
-	sha_hex(l.w, rows * cols * 2, hx);
+	sha_hex(l->w, l->rows * cols * 2, hx);
 	cr_assert_str_eq(hx, json_string_value(json_object_get(fp, "w_orig_sha256")),
 			 "%s: the generated weight differs from modelopt's input", path);
-	sha_hex(l.x, tokens * cols * 2, hx);
-	cr_assert_str_eq(hx, json_string_value(json_object_get(fp, "x_sha256")),
-			 "%s: the generated tokens differ from modelopt's", path);
+	const char *xs = json_string_value(json_object_get(fp, "x_sha256"));
+	if (xs) {
+		sha_hex(l->x, tokens * cols * 2, hx);
+		cr_assert_str_eq(hx, xs, "%s: the generated tokens differ from modelopt's", path);
+	}
+	return fp;
+}
+
+static void diff_one(struct cal_backend *be, const char *path)
+{
+	struct cal_error err = {0};
+	struct lin l;
+	uint64_t batch;
+	json_t *fp = fp_open(path, &l, &batch), *alg = json_object_get(fp, "algorithm");
+	uint64_t rows = l.rows, cols = l.cols, tokens = l.tokens;
 
 	/* the scales: block amax and global amax byte-equal */
 	float g, *am = lin_amax(be, &l, &g), *am_mo = malloc(rows * cols / 16 * 4);
@@ -392,25 +404,44 @@ Test(gptq, modelopt_diff)
 	each_fingerprint("gptq", diff_one);
 }
 
+/* Differing elements between calibd's smoothing / AWQ outputs and the
+ * fingerprint's pre_quant_scale_bf16_hex, weight_bf16_hex and
+ * weight_amax_f32_hex (n_amax values). */
+struct fold_diff {
+	uint64_t pqs, w, amax;
+};
+
+static struct fold_diff fold_compare(json_t *fp, uint64_t rows, uint64_t cols, uint64_t n_amax,
+				     const uint16_t *pqs, const uint16_t *w, const float *amax)
+{
+	uint16_t *p = malloc(cols * 2), *wm = malloc(rows * cols * 2);
+	float *am = malloc(n_amax * 4);
+	struct fold_diff d = {0, 0, 0};
+	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "pre_quant_scale_bf16_hex")), p,
+			   cols * 2), 0);
+	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_bf16_hex")), wm,
+			   rows * cols * 2), 0);
+	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_amax_f32_hex")), am,
+			   n_amax * 4), 0);
+	for (uint64_t c = 0; c < cols; c++)
+		d.pqs += p[c] != pqs[c];
+	for (uint64_t i = 0; i < rows * cols; i++)
+		d.w += wm[i] != w[i];
+	for (uint64_t b = 0; b < n_amax; b++)
+		d.amax += am[b] != amax[b];
+	free(p), free(wm), free(am);
+	return d;
+}
+
 static void sq_one(struct cal_backend *be, const char *path)
 {
 	struct cal_error err = {0};
-	json_error_t je;
-	json_t *fp = json_load_file(path, 0, &je);
-	cr_assert(fp, "%s: %s", path, je.text);
-	json_t *gen = json_object_get(fp, "generator");
-	uint64_t rows = json_integer_value(json_object_get(gen, "rows"));
-	uint64_t cols = json_integer_value(json_object_get(gen, "cols"));
-	uint64_t tokens = json_integer_value(json_object_get(gen, "tokens"));
-	uint64_t seed = json_integer_value(json_object_get(gen, "seed"));
-	uint64_t dead = json_integer_value(json_object_get(gen, "dead_col"));
-	float alpha = (float)json_real_value(json_object_get(fp, "alpha"));
 	struct lin l;
-	char hx[65];
+	uint64_t batch;
+	json_t *fp = fp_open(path, &l, &batch);
+	uint64_t rows = l.rows, cols = l.cols, tokens = l.tokens;
+	float alpha = (float)json_real_value(json_object_get(fp, "alpha"));
 	(void)be;
-	lin_gen(&l, rows, cols, tokens, seed, dead);
-	sha_hex(l.w, rows * cols * 2, hx);
-	cr_assert_str_eq(hx, json_string_value(json_object_get(fp, "w_orig_sha256")));
 	/* per-channel activation amax over the tokens */
 	float *act = calloc(cols, 4), *act_mo = malloc(cols * 4);
 	for (uint64_t t = 0; t < tokens; t++)
@@ -424,21 +455,8 @@ static void sq_one(struct cal_backend *be, const char *path)
 	struct cal_sq_out o = {malloc(cols * 2), malloc(rows * cols * 2), malloc(rows * 4), 0.0f};
 	cr_assert_eq(cal_smoothquant(l.w, rows, cols, act, alpha, &o, &err), CAL_OK, "%s",
 		     cal_error_msg(&err));
-	uint16_t *pqs = malloc(cols * 2), *wmo = malloc(rows * cols * 2);
-	float *wam = malloc(rows * 4);
-	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "pre_quant_scale_bf16_hex")), pqs,
-			   cols * 2), 0);
-	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_bf16_hex")), wmo,
-			   rows * cols * 2), 0);
-	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_amax_f32_hex")), wam,
-			   rows * 4), 0);
-	uint64_t dp = 0, dw = 0, da = 0;
-	for (uint64_t c = 0; c < cols; c++)
-		dp += pqs[c] != o.pre_quant_scale[c];
-	for (uint64_t i = 0; i < rows * cols; i++)
-		dw += wmo[i] != o.w[i];
-	for (uint64_t r = 0; r < rows; r++)
-		da += wam[r] != o.w_amax[r];
+	struct fold_diff d = fold_compare(fp, rows, cols, rows, o.pre_quant_scale, o.w, o.w_amax);
+	uint64_t dp = d.pqs, dw = d.w, da = d.amax;
 	float in_mo = (float)json_real_value(json_object_get(fp, "input_amax_f32"));
 	printf("smoothquant diff %s (alpha %g): pre_quant_scale differing %llu of %llu, smoothed "
 	       "weights %llu of %llu, weight amax %llu of %llu, input amax %g vs modelopt %g\n",
@@ -447,7 +465,7 @@ static void sq_one(struct cal_backend *be, const char *path)
 	       (unsigned long long)da, (unsigned long long)rows, (double)o.in_amax, (double)in_mo);
 	cr_assert(dp == 0 && dw == 0 && da == 0 && o.in_amax == in_mo, "%s differs from modelopt",
 		  path);
-	free(act), free(act_mo), free(pqs), free(wmo), free(wam);
+	free(act), free(act_mo);
 	free(o.pre_quant_scale), free(o.w), free(o.w_amax);
 	lin_free(&l);
 	json_decref(fp);
@@ -485,22 +503,11 @@ Test(smoothquant, bad_input_and_dead_channels)
 static void awq_one(struct cal_backend *be, const char *path)
 {
 	struct cal_error err = {0};
-	json_error_t je;
-	json_t *fp = json_load_file(path, 0, &je);
-	cr_assert(fp, "%s: %s", path, je.text);
-	json_t *gen = json_object_get(fp, "generator");
-	uint64_t rows = json_integer_value(json_object_get(gen, "rows"));
-	uint64_t cols = json_integer_value(json_object_get(gen, "cols"));
-	uint64_t tokens = json_integer_value(json_object_get(gen, "tokens"));
-	uint64_t batch = json_integer_value(json_object_get(gen, "batch"));
-	uint64_t seed = json_integer_value(json_object_get(gen, "seed"));
-	uint64_t dead = json_integer_value(json_object_get(gen, "dead_col"));
-	double step = json_real_value(json_object_get(fp, "alpha_step"));
 	struct lin l;
-	char hx[65];
-	lin_gen(&l, rows, cols, tokens, seed, dead);
-	sha_hex(l.w, rows * cols * 2, hx);
-	cr_assert_str_eq(hx, json_string_value(json_object_get(fp, "w_orig_sha256")));
+	uint64_t batch;
+	json_t *fp = fp_open(path, &l, &batch);
+	uint64_t rows = l.rows, cols = l.cols, tokens = l.tokens;
+	double step = json_real_value(json_object_get(fp, "alpha_step"));
 	uint64_t nb = rows * cols / 128;
 	double loss[CAL_AWQ_MAX_ALPHAS];
 	struct cal_awq_out o = {malloc(cols * 2), malloc(rows * cols * 2), malloc(nb * 4), loss, 0, 0};
@@ -518,21 +525,8 @@ static void awq_one(struct cal_backend *be, const char *path)
 		worst = r > worst ? r : worst;
 		i++;
 	}
-	uint16_t *pqs = malloc(cols * 2), *wmo = malloc(rows * cols * 2);
-	float *am = malloc(nb * 4);
-	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "pre_quant_scale_bf16_hex")), pqs,
-			   cols * 2), 0);
-	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_bf16_hex")), wmo,
-			   rows * cols * 2), 0);
-	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_amax_f32_hex")), am, nb * 4),
-		     0);
-	uint64_t dp = 0, dw = 0, da = 0;
-	for (uint64_t c = 0; c < cols; c++)
-		dp += pqs[c] != o.pre_quant_scale[c];
-	for (uint64_t k = 0; k < rows * cols; k++)
-		dw += wmo[k] != o.w[k];
-	for (uint64_t b = 0; b < nb; b++)
-		da += am[b] != o.w_amax[b];
+	struct fold_diff d = fold_compare(fp, rows, cols, nb, o.pre_quant_scale, o.w, o.w_amax);
+	uint64_t dp = d.pqs, dw = d.w, da = d.amax;
 	float best_mo = (float)json_real_value(json_object_get(fp, "best_alpha"));
 	printf("awq_lite diff %s: alpha %g (modelopt %g), search losses within %.2e of modelopt's; "
 	       "pre_quant_scale differing %llu of %llu, folded weights %llu of %llu, block amax "
@@ -542,7 +536,6 @@ static void awq_one(struct cal_backend *be, const char *path)
 	       (unsigned long long)(rows * cols), (unsigned long long)da, (unsigned long long)nb);
 	cr_assert(o.best_alpha == best_mo && dp == 0 && dw == 0 && da == 0,
 		  "%s differs from modelopt", path);
-	free(pqs), free(wmo), free(am);
 	free(o.pre_quant_scale), free(o.w), free(o.w_amax);
 	lin_free(&l);
 	json_decref(fp);
