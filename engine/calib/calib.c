@@ -91,11 +91,15 @@ static enum cal_status find_eos(const char *dir, int64_t *ret, struct cal_error 
 
 static enum cal_status check_supported(const struct cal_model_desc *d, struct cal_error *err)
 {
-	if (d->src_quant != CAL_SRC_QUANT_NONE)
+	if (d->src_quant != CAL_SRC_QUANT_NONE && d->src_quant != CAL_SRC_QUANT_FP8_BLOCK)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: quantized source checkpoints (%s) are not run by the "
 				     "calibration engine yet", d->model_type, cal_src_quant_name(d->src_quant));
-	if ((d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA) || d->has_sinks)
+	if (d->attn == CAL_ATTN_MLA) {
+		enum cal_status st = cal_mla_check(d, err); /* DeepSeek MLA: mla.c */
+		if (st < 0)
+			return st;
+	} else if ((d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA) || d->has_sinks)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: %s attention%s is not run by the calibration engine yet",
 				     d->model_type, cal_attn_kind_name(d->attn),
@@ -106,7 +110,7 @@ static enum cal_status check_supported(const struct cal_model_desc *d, struct ca
 			return st;
 	}
 	if (d->num_experts > 0 && d->n_moe_layers > 0) {
-		if (d->router != CAL_ROUTER_SOFTMAX_TOPK)
+		if (d->router != CAL_ROUTER_SOFTMAX_TOPK && d->router != CAL_ROUTER_SIGMOID_GROUP)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					     "%s: router '%s' is not run by the calibration engine yet",
 					     d->model_type, cal_router_kind_name(d->router));
@@ -119,13 +123,18 @@ static enum cal_status check_supported(const struct cal_model_desc *d, struct ca
 					     "%s: top_k %lld not in [1, min(64, experts)]", d->model_type,
 					     (long long)d->top_k);
 	}
-	if (d->shared == CAL_SHARED_UNGATED && d->n_shared_experts > 1)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: several shared experts",
-				     d->model_type);
-	if (d->rope.interleave)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "%s: interleaved RoPE is not run by the calibration engine yet",
-				     d->model_type);
+	if (d->router == CAL_ROUTER_SIGMOID_GROUP && d->n_moe_layers > 0) {
+		struct cal_router_group_args g = {.t = 0, .h = (uint64_t)d->hidden_size,
+						  .e = (uint32_t)d->num_experts, .k = (uint32_t)d->top_k,
+						  .k_total = (uint32_t)d->top_k,
+						  .n_group = (uint32_t)d->n_group,
+						  .topk_group = (uint32_t)d->topk_group,
+						  .scaling = (float)d->routed_scaling_factor};
+		enum cal_status st = cal_check_router_group(&g, err);
+		if (st < 0)
+			return cal_error_wrap(err, st, "%s: n_group / topk_group / num_experts_per_tok",
+					      d->model_type);
+	}
 	return CAL_OK;
 }
 
@@ -239,6 +248,7 @@ static void free_run(struct cal_calib *c)
 	for (size_t i = 0; i < CAL_ARRAY_LEN(bufs); i++)
 		be_free(c, bufs[i]);
 	cal_gdn_free(c);
+	cal_mla_free(c);
 	c->hidden = NULL;
 	c->pos = c->meta = NULL;
 	c->d_inv_freq = NULL;
@@ -294,8 +304,9 @@ void cal_calib_free(struct cal_calib *c)
 /* Bytes of scratch per micro-batch token (all buffers scale with tokens). */
 static uint64_t per_token_bytes(const struct cal_calib *c)
 {
-	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd, kk = c->kk;
-	uint64_t b = 2 * (H + qd + 2 * kd + qd + H);
+	int mla = c->d->attn == CAL_ATTN_MLA; /* own scratch: mla.c */
+	uint64_t H = c->H, qd = mla ? 0 : c->nh * c->hd, kd = mla ? 0 : c->nkv * c->hd, kk = c->kk;
+	uint64_t b = 2 * (H + qd + 2 * kd + qd + H) + cal_mla_token_bytes(c);
 	uint64_t dense = 2 * (3 * (uint64_t)c->Id);
 	/* expert outputs reuse the gathered inputs (c->yo = c->xg) */
 	uint64_t moe = c->E ? 2 * ((uint64_t)c->E + kk * (H + 3 * (uint64_t)c->I) +
@@ -386,7 +397,9 @@ fail:
 
 static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 {
-	uint64_t T = c->mb_tokens, H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd;
+	int mla = c->d->attn == CAL_ATTN_MLA; /* own scratch: mla.c */
+	uint64_t T = c->mb_tokens, H = c->H, qd = mla ? 0 : c->nh * c->hd;
+	uint64_t kd = mla ? 0 : c->nkv * c->hd;
 	uint64_t kk = c->kk, P = T * kk, I = c->I, Is = c->Is, Id = c->Id, E = c->E;
 	enum cal_status st = CAL_OK;
 	uint64_t gu_n = 2 * Id * T, act_n = Id * T;
@@ -424,6 +437,7 @@ static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 	CAL_TRY(be_alloc(c, c->n_slots * sizeof(float), &c->obs_amax, err));
 	CAL_TRY(be_alloc(c, c->n_slots * sizeof(struct cal_nonfinite), &c->obs_nf, err));
 	CAL_TRY(cal_gdn_alloc(c, err)); /* gated attention / Gated DeltaNet scratch */
+	CAL_TRY(cal_mla_alloc(c, err)); /* DeepSeek MLA and router scratch */
 	if (c->hidden_on_host)
 		CAL_TRY(be_alloc(c, T * H * 2, &c->xmb, err));
 	if (E && c->on_device) {
@@ -493,6 +507,8 @@ static const char *slot_module(int s)
 	case S_SH_DOWN: return "mlp.shared_expert.down_proj (input)";
 	case S_OUT: return "residual stream (layer output)";
 	case S_LMHEAD: return "lm_head (input)";
+	case S_QB: return "self_attn.q_b_proj (input)";
+	case S_KVB: return "self_attn.kv_b_proj (input)";
 	default: return "?";
 	}
 }
@@ -604,7 +620,9 @@ static enum cal_status weight_amax(struct cal_calib *c, int32_t L, const struct 
 			const char *pr = m->proj;
 			switch (m->kind) {
 			case CAL_MOD_ATTN_PROJ:
-				if (!strcmp(pr, "q_proj")) /* gated: query and gate rows */
+				if (c->d->attn == CAL_ATTN_MLA)
+					cal_mla_weight(c, lh, pr, &src, &n);
+				else if (!strcmp(pr, "q_proj")) /* gated: query and gate rows */
 					src = w->wq, n = qd * H * (c->d->attn == CAL_ATTN_GATED_GQA ? 2 : 1);
 				else if (!strcmp(pr, "k_proj"))
 					src = w->wk, n = kd * H;
@@ -693,6 +711,9 @@ static uint64_t layer_bytes_bound(const struct cal_calib *c, int32_t L)
 		     al256(2 * H);
 	if (c->d->attn == CAL_ATTN_GATED_GQA)
 		b += al256(2 * qd * H) + al256(2 * qd);
+	b += cal_mla_layer_bytes(c);
+	if (c->d->router == CAL_ROUTER_SIGMOID_GROUP && c->d->layers[L].ffn == CAL_FFN_MOE)
+		b += al256(4 * (uint64_t)c->E * H) + al256(4 * (uint64_t)c->E);
 	if (c->d->layers[L].mixer == CAL_MIXER_LINEAR) {
 		struct cal_gdn_dims g;
 		cal_gdn_dims(c->d, &g);
@@ -785,6 +806,9 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 	uint64_t qo = qd * (c->d->attn == CAL_ATTN_GATED_GQA ? 2 : 1); /* gated: + gate rows */
 	struct cal_gdn_dims g;
 	cal_gdn_dims(c->d, &g);
+	uint64_t ml_qr = (uint64_t)c->d->q_lora_rank, ml_kvr = (uint64_t)c->d->kv_lora_rank;
+	uint64_t ml_dr = (uint64_t)c->d->qk_rope_head_dim;
+	uint64_t ml_kvb = (uint64_t)c->nh * (uint64_t)(c->d->qk_nope_head_dim + c->d->v_head_dim);
 	struct {
 		const void **dst;
 		const void *src;
@@ -795,10 +819,10 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		 H * (w->post_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
 		{(const void **)&dw->q_norm, w->q_norm, nqn * (w->q_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
 		{(const void **)&dw->k_norm, w->k_norm, nkn * (w->k_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
-		{(const void **)&dw->wq, w->wq, qo * H * 2},
+		{(const void **)&dw->wq, w->wq, (lh->n_wq ? lh->n_wq : qo * H) * 2},
 		{(const void **)&dw->wk, w->wk, kd * H * 2},
 		{(const void **)&dw->wv, w->wv, kd * H * 2},
-		{(const void **)&dw->wo, w->wo, H * qd * 2},
+		{(const void **)&dw->wo, w->wo, (lh->n_wo ? lh->n_wo : H * qd) * 2},
 		{(const void **)&dw->bq, w->bq, qo * 2},
 		{(const void **)&dw->bk, w->bk, kd * 2},
 		{(const void **)&dw->bv, w->bv, kd * 2},
@@ -821,6 +845,15 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		{(const void **)&dw->lout, w->lout, H * g.vd * 2},
 		{(const void **)&dw->a_log, w->a_log, g.nv * 4},
 		{(const void **)&dw->dt_bias, w->dt_bias, g.nv * 4},
+		/* DeepSeek MLA (mla.c) and router */
+		{(const void **)&dw->wqa, w->wqa, ml_qr * H * 2},
+		{(const void **)&dw->wkva, w->wkva, (ml_kvr + ml_dr) * H * 2},
+		{(const void **)&dw->wkvb, w->wkvb, ml_kvb * ml_kvr * 2},
+		{(const void **)&dw->qa_norm, w->qa_norm, ml_qr * (w->qa_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
+		{(const void **)&dw->kva_norm, w->kva_norm,
+		 ml_kvr * (w->kva_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
+		{(const void **)&dw->router_f32, w->router_f32, (uint64_t)c->E * H * 4},
+		{(const void **)&dw->corr_bias, w->corr_bias, (uint64_t)c->E * 4},
 	};
 	uint64_t total = 0, off = 0;
 	enum cal_status st;
@@ -997,6 +1030,8 @@ static void map_layer_stats(struct cal_calib *c, int32_t L)
 				a = la ? la[S_K] : -1.0f;
 			else if (r == 2)
 				a = la ? la[S_V] : -1.0f;
+			else if (m->kind == CAL_MOD_ATTN_PROJ && c->d->attn == CAL_ATTN_MLA)
+				a = la ? la[cal_mla_input_slot(m->proj)] : -1.0f;
 			else if (m->kind == CAL_MOD_ATTN_PROJ)
 				a = la ? la[strcmp(m->proj, "o_proj") ? S_QKV : S_O] : -1.0f;
 			else if (m->kind == CAL_MOD_LINATTN_PROJ) /* in_proj_*: the norm output */
@@ -1507,9 +1542,18 @@ char *cal_calib_stats_json(const struct cal_calib *c)
 				put_amax(in, K("linear_attn.%s", *pp), la[S_QKV]);
 			put_amax(in, K("linear_attn.out_proj"), la[S_O]);
 		} else {
-			put_amax(in, K("self_attn.q_proj"), la[S_QKV]);
-			put_amax(in, K("self_attn.k_proj"), la[S_QKV]);
-			put_amax(in, K("self_attn.v_proj"), la[S_QKV]);
+			if (d->attn == CAL_ATTN_MLA) { /* mla.c */
+				static const char *const mla[] = {"q_a_proj", "q_b_proj",
+								  "kv_a_proj_with_mqa", "kv_b_proj", NULL};
+				static const char *const mla_v2[] = {"q_proj", "kv_a_proj_with_mqa",
+								     "kv_b_proj", NULL};
+				for (const char *const *pp = d->q_lora_rank ? mla : mla_v2; *pp; pp++)
+					put_amax(in, K("self_attn.%s", *pp), la[cal_mla_input_slot(*pp)]);
+			} else {
+				put_amax(in, K("self_attn.q_proj"), la[S_QKV]);
+				put_amax(in, K("self_attn.k_proj"), la[S_QKV]);
+				put_amax(in, K("self_attn.v_proj"), la[S_QKV]);
+			}
 			put_amax(in, K("self_attn.o_proj"), la[S_O]);
 			json_object_set_new(kv, K("self_attn"),
 					    json_pack("{s:f, s:f}", "k_amax", (double)la[S_K], "v_amax",

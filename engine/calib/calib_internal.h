@@ -25,6 +25,8 @@ enum {
 	S_SH_DOWN,    /* shared expert down input */
 	S_OUT,        /* the residual stream after the layer */
 	S_LMHEAD,     /* lm_head input (final norm output), after the last layer */
+	S_QB,         /* MLA: q_b_proj input (q_a_layernorm output) */
+	S_KVB,        /* MLA: kv_b_proj input (kv_a_layernorm output) */
 	S_FIXED,      /* experts follow: gate_up [E], then down [E] */
 };
 
@@ -36,6 +38,8 @@ enum cal_step {
 	STEP_MOE,         /* post norm, router, sorted grouped experts, shared expert, residual */
 	STEP_GDN,         /* input norm, in_proj_*, conv, gated delta rule, gated norm, out_proj,
 			   * residual (engine/calib/gdn.c) */
+	STEP_ATTN_MLA,    /* DeepSeek MLA: input norm, low-rank q and kv, interleaved RoPE,
+			   * attention, o_proj, residual (engine/calib/mla.c) */
 };
 
 #define CAL_MAX_STEPS 4
@@ -78,6 +82,17 @@ struct cal_layer_w {
 	const uint16_t *lnorm;               /* [dv] */
 	const uint16_t *lout;                /* [H, nv dv] */
 	const float *a_log, *dt_bias;        /* [nv] (bf16-rounded, as HF loads them) */
+	/* DeepSeek MLA (mla.c): wq is q_b_proj [nh qk, q_lora] (q_proj [nh qk, H]
+	 * without q_lora_rank), wo [H, nh dv] */
+	const uint16_t *wqa;                 /* q_a_proj [q_lora, H] */
+	const uint16_t *wkva;                /* kv_a_proj_with_mqa [kv_lora + dr, H] */
+	const uint16_t *wkvb;                /* kv_b_proj [nh (dn + dv), kv_lora] */
+	const void *qa_norm, *kva_norm;      /* [q_lora], [kv_lora] */
+	enum cal_dtype qa_norm_dt, kva_norm_dt;
+	/* DeepSeek router: weight and e_score_correction_bias in fp32 (HF keeps
+	 * both fp32) */
+	const float *router_f32;             /* [E, H] */
+	const float *corr_bias;              /* [E] */
 };
 
 /* Host staging of one layer: canonical host pointers plus the buffers it
@@ -88,6 +103,7 @@ struct cal_layer_host {
 	int n_owned;
 	/* sizes (elements) of each pointer above, for the upload */
 	uint64_t n_e13, n_e2, n_w13, n_w2, n_s13, n_s2;
+	uint64_t n_wq, n_wo;                 /* MLA: elements of wq / wo (0: GQA sizes) */
 	/* Per-expert checkpoints staged for a device: the routed experts stay
 	 * in the mapping, w.e13 / w.e2 are NULL and the upload copies expert
 	 * by expert (no host W13/W2).  e13_seg[2e] / [2e+1]: gate / up rows of
@@ -135,6 +151,9 @@ struct cal_calib {
 	uint16_t *h, *q, *kb, *vb, *att, *tmp, *gu, *act, *logits, *xg, *yo, *sgu, *sact, *sy, *sgl;
 	/* gated attention / Gated DeltaNet scratch (gdn.c; NULL when unused) */
 	uint16_t *agate, *lqkv, *lconv, *lz, *lba, *lo;
+	/* MLA scratch (mla.c; NULL when unused) */
+	uint16_t *mqa, *mq, *mckv, *mkpe, *mkvb, *mk, *mv, *matt;
+	float *rlogits;                  /* [mb_tokens, E] fp32 router scores (deepseek) */
 	uint32_t *idx, *offsets, *sorted, *ppos;
 	float *rw;
 	float *obs_amax;                 /* [n_slots] back end */
@@ -186,6 +205,31 @@ enum cal_status cal_layer_tensor(struct cal_calib *c, struct cal_layer_host *lh,
 				 const uint16_t **ret, struct cal_error *err);
 /* A buffer owned by lh (freed with it); NULL when out of memory. */
 void *cal_layer_own(struct cal_layer_host *lh, size_t bytes);
+
+/* mla.c: DeepSeek-V3 multi-head latent attention */
+enum cal_status cal_mla_check(const struct cal_model_desc *d, struct cal_error *err);
+uint64_t cal_mla_token_bytes(const struct cal_calib *c);
+uint64_t cal_mla_layer_bytes(const struct cal_calib *c);
+enum cal_status cal_mla_alloc(struct cal_calib *c, struct cal_error *err);
+void cal_mla_free(struct cal_calib *c);
+/* Stages the self_attn weights of layer L into lh. */
+enum cal_status cal_mla_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
+			      struct cal_error *err);
+/* Host source of MLA weight quantizer `proj` ("q_a_proj", ...), or NULL. */
+void cal_mla_weight(const struct cal_calib *c, const struct cal_layer_host *lh, const char *proj,
+		    const uint16_t **ret, uint64_t *ret_n);
+/* The observer slot of MLA projection `proj`'s input. */
+int cal_mla_input_slot(const char *proj);
+enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+			     const struct cal_mb *mb, uint16_t *x, struct cal_error *err);
+/* A norm weight of layer L as stored (f16 widened to f32); layer.c. */
+enum cal_status cal_layer_norm_tensor(struct cal_calib *c, struct cal_layer_host *lh,
+				      enum cal_role role, int32_t L, uint64_t numel,
+				      const void **ret, enum cal_dtype *ret_dt, struct cal_error *err);
+/* RMSNorm of the model's kind with weight w (layer.c). */
+enum cal_status cal_layer_rmsnorm(struct cal_calib *c, const uint16_t *x, uint16_t *y,
+				  uint64_t rows, uint64_t cols, const void *w, enum cal_dtype wdt,
+				  float eps, struct cal_error *err);
 
 /* gdn.c: Gated DeltaNet layers and the gated-attention scratch */
 struct cal_gdn_dims {

@@ -34,6 +34,8 @@ enum cal_status cal_layer_steps(const struct cal_calib *c, int32_t L, enum cal_s
 		steps[n++] = STEP_GDN;
 	} else if (d->attn == CAL_ATTN_GQA || d->attn == CAL_ATTN_GATED_GQA) {
 		steps[n++] = STEP_ATTN_GQA;
+	} else if (d->attn == CAL_ATTN_MLA) {
+		steps[n++] = STEP_ATTN_MLA;
 	} else {
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "layer %d: %s attention is not run by the calibration engine yet",
@@ -45,6 +47,34 @@ enum cal_status cal_layer_steps(const struct cal_calib *c, int32_t L, enum cal_s
 }
 
 /* ---- RoPE frequencies ------------------------------------------------------- */
+
+/* YaRN (ARCHITECTURES.md §1.5, docs/deepseek.md): the correction range in
+ * double as transformers computes it in Python, the blend in fp32. */
+static void yarn_inv_freq(const struct cal_rope *r, float *inv, int64_t rd)
+{
+	double dim = (double)rd, L0 = (double)r->original_max_pos, lb = log(r->theta);
+	double bf = r->beta_fast != 0 ? r->beta_fast : 32, bs = r->beta_slow != 0 ? r->beta_slow : 1;
+	double low = dim * log(L0 / (bf * 2 * M_PI)) / (2 * lb);
+	double high = dim * log(L0 / (bs * 2 * M_PI)) / (2 * lb);
+	if (r->truncate) {
+		low = floor(low);
+		high = ceil(high);
+	}
+	low = low > 0 ? low : 0;
+	high = high < dim - 1 ? high : dim - 1;
+	if (low == high)
+		high += 0.001;
+	float base = (float)r->theta, factor = (float)r->factor;
+	float flo = (float)low, span = (float)(high - low);
+	for (int64_t i = 0; i < rd / 2; i++) {
+		float pf = powf(base, (float)(2 * i) / (float)rd);
+		float extra = 1.0f / pf, inter = 1.0f / (factor * pf);
+		float ramp = ((float)i - flo) / span;
+		ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
+		float ef = 1.0f - ramp; /* extrapolation factor */
+		inv[i] = inter * (1.0f - ef) + extra * ef;
+	}
+}
 
 enum cal_status cal_rope_inv_freq(const struct cal_model_desc *d, float *inv, int64_t rd,
 				  struct cal_error *err)
@@ -77,6 +107,9 @@ enum cal_status cal_rope_inv_freq(const struct cal_model_desc *d, float *inv, in
 	case CAL_ROPE_LINEAR:
 		for (int64_t i = 0; i < rd / 2; i++)
 			inv[i] = inv[i] / (float)r->factor;
+		return CAL_OK;
+	case CAL_ROPE_YARN:
+		yarn_inv_freq(r, inv, rd);
 		return CAL_OK;
 	default:
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
@@ -125,6 +158,45 @@ static int float_dtype(enum cal_dtype dt)
 	return dt == CAL_DTYPE_BF16 || dt == CAL_DTYPE_F16 || dt == CAL_DTYPE_F32;
 }
 
+/* Block-scaled FP8 source weight t ([out, in] F8_E4M3) with its
+ * weight_scale_inv, decoded to bf16 into dst (out * in elements) on the
+ * host back end's threads, for this layer only (docs/deepseek.md). */
+static enum cal_status fp8_decode(struct cal_calib *c, const struct cal_st_tensor *t,
+				  const struct cal_st_tensor *si, uint16_t *dst, struct cal_error *err)
+{
+	const struct cal_model_desc *d = c->d;
+	uint64_t br = (uint64_t)d->quant_block[0], bc = (uint64_t)d->quant_block[1];
+	if (d->src_quant != CAL_SRC_QUANT_FP8_BLOCK || t->ndim != 2 || br == 0 || bc == 0)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "tensor %s: F8_E4M3 weights need quantization_config fp8 with a "
+				     "2-D weight_block_size", t->name);
+	uint64_t rows = (uint64_t)t->shape[0], cols = (uint64_t)t->shape[1];
+	uint64_t sr = (rows + br - 1) / br, sc = (cols + bc - 1) / bc;
+	if (!si || si->dtype != CAL_DTYPE_F32 || si->numel != sr * sc)
+		return cal_error_set(err, CAL_ERR_FORMAT,
+				     "tensor %s: weight_scale_inv %s (expected F32 [%llu, %llu], the "
+				     "ceil-div %llux%llu block grid)", t->name,
+				     si ? "has the wrong dtype or shape" : "is missing",
+				     (unsigned long long)sr, (unsigned long long)sc,
+				     (unsigned long long)br, (unsigned long long)bc);
+	struct cal_fp8_block_dequant_args a = {t->data, si->data, rows, cols, (uint32_t)br,
+					       (uint32_t)bc, dst};
+	enum cal_status st = cal_op_fp8_block_dequant(c->host, &a, err);
+	return st < 0 ? cal_error_wrap(err, st, "tensor %s", t->name) : CAL_OK;
+}
+
+/* fp8_decode into a copy owned by lh. */
+static enum cal_status fp8_source(struct cal_calib *c, struct cal_layer_host *lh,
+				  const struct cal_st_tensor *t, const struct cal_st_tensor *si,
+				  const uint16_t **ret, struct cal_error *err)
+{
+	uint16_t *p = own(lh, t->numel * 2);
+	if (!p)
+		return cal_error_set(err, CAL_ERR_NOMEM, "tensor %s: out of memory", t->name);
+	*ret = p;
+	return fp8_decode(c, t, si, p, err);
+}
+
 /* A model tensor as bf16: the mapping itself when it is bf16, else a
  * converted copy.  NULL *ret when absent and optional. */
 static enum cal_status tensor_bf16(struct cal_calib *c, struct cal_layer_host *lh, enum cal_role role,
@@ -142,6 +214,9 @@ static enum cal_status tensor_bf16(struct cal_calib *c, struct cal_layer_host *l
 	if (t->numel != numel)
 		return cal_error_set(err, CAL_ERR_FORMAT, "tensor %s: %llu elements, expected %llu",
 				     t->name, (unsigned long long)t->numel, (unsigned long long)numel);
+	if (t->dtype == CAL_DTYPE_F8_E4M3)
+		return fp8_source(c, lh, t, cal_catalog_find(c->cat, role, CAL_PART_SCALE_INV, L, -1),
+				  ret, err);
 	if (!float_dtype(t->dtype))
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "tensor %s: dtype %s is not supported",
 				     t->name, cal_dtype_name(t->dtype));
@@ -201,6 +276,41 @@ void *cal_layer_own(struct cal_layer_host *lh, size_t bytes)
 	return own(lh, bytes);
 }
 
+enum cal_status cal_layer_norm_tensor(struct cal_calib *c, struct cal_layer_host *lh,
+				      enum cal_role role, int32_t L, uint64_t numel,
+				      const void **ret, enum cal_dtype *ret_dt, struct cal_error *err)
+{
+	return tensor_norm(c, lh, role, L, 0, numel, ret, ret_dt, err);
+}
+
+/* A model tensor as fp32 (a copy owned by lh unless stored f32). */
+static enum cal_status tensor_f32(struct cal_calib *c, struct cal_layer_host *lh, enum cal_role role,
+				  enum cal_part part, int32_t L, int optional, uint64_t numel,
+				  const float **ret, struct cal_error *err)
+{
+	const struct cal_st_tensor *t = cal_catalog_find(c->cat, role, part, L, -1);
+	*ret = NULL;
+	if (!t)
+		return optional ? CAL_OK
+				: cal_error_set(err, CAL_ERR_FORMAT, "layer %d: tensor %s.%s is missing",
+						L, cal_role_name(role), cal_part_name(part));
+	if (t->numel != numel || !float_dtype(t->dtype))
+		return cal_error_set(err, CAL_ERR_FORMAT, "tensor %s: %llu elements of %s, expected %llu "
+				     "floats", t->name, (unsigned long long)t->numel,
+				     cal_dtype_name(t->dtype), (unsigned long long)numel);
+	if (t->dtype == CAL_DTYPE_F32) {
+		*ret = t->data;
+		return CAL_OK;
+	}
+	float *p = own(lh, numel * 4);
+	if (!p)
+		return cal_error_set(err, CAL_ERR_NOMEM, "tensor %s: out of memory", t->name);
+	for (uint64_t i = 0; i < numel; i++)
+		p[i] = elem(t, i);
+	*ret = p;
+	return CAL_OK;
+}
+
 /* Gated attention: q_proj's rows (and bias) [nh][2 hd] = per head hd query
  * rows then hd gate rows, into [query rows of all heads | gate rows of all
  * heads] (a copy owned by lh); `cols` is H for the weight, 1 for the bias. */
@@ -227,6 +337,13 @@ static enum cal_status expert_copy(struct cal_calib *c, int32_t L, int32_t e, en
 	enum cal_status st = cal_catalog_expert(c->cat, L, e, proj, &s, err);
 	if (st < 0)
 		return st;
+	if (s.t->dtype == CAL_DTYPE_F8_E4M3 && s.expert_index < 0 && s.out == out && s.in == in) {
+		/* per-expert FP8 source: decoded into a layer-lifetime copy */
+		static const enum cal_role roles[] = {CAL_ROLE_EXPERT_GATE, CAL_ROLE_EXPERT_UP,
+						      CAL_ROLE_EXPERT_DOWN};
+		return fp8_decode(c, s.t, cal_catalog_find(c->cat, roles[proj], CAL_PART_SCALE_INV, L, e),
+				  dst, err);
+	}
 	if (s.out != out || s.in != in || s.scales || !float_dtype(s.t->dtype))
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "layer %d expert %d: tensor %s ([%lld, %lld] %s) cannot be used "
@@ -318,6 +435,10 @@ enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer
 		CAL_TRY(cal_gdn_stage(c, L, lh, err));
 		goto ffn;
 	}
+	if (d->attn == CAL_ATTN_MLA) {
+		CAL_TRY(cal_mla_stage(c, L, lh, err));
+		goto ffn;
+	}
 	int gated = d->attn == CAL_ATTN_GATED_GQA;
 	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_Q_PROJ, CAL_PART_WEIGHT, L, 0, (gated ? 2 : 1) * qd * H,
 			    &w->wq, err));
@@ -351,7 +472,16 @@ ffn:
 		return CAL_OK;
 	}
 	uint64_t E = (uint64_t)c->E, I = (uint64_t)c->I;
-	CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_ROUTER, CAL_PART_WEIGHT, L, 0, E * H, &w->router, err));
+	if (d->router == CAL_ROUTER_SIGMOID_GROUP) {
+		/* DeepSeek: HF keeps the router weight and the correction bias fp32 */
+		CAL_TRY(tensor_f32(c, lh, CAL_ROLE_ROUTER, CAL_PART_WEIGHT, L, 0, E * H, &w->router_f32,
+				   err));
+		CAL_TRY(tensor_f32(c, lh, CAL_ROLE_ROUTER_CORR_BIAS, CAL_PART_PARAM, L,
+				   !d->arch->router_corr_bias, E, &w->corr_bias, err));
+	} else {
+		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_ROUTER, CAL_PART_WEIGHT, L, 0, E * H, &w->router,
+				    err));
+	}
 	enum cal_expert_layout lay = cal_catalog_layout(c->cat, L);
 	const struct cal_st_tensor *fgu = cal_catalog_find(c->cat, CAL_ROLE_EXPERTS_GATE_UP,
 							   CAL_PART_WEIGHT, L, -1);
@@ -427,17 +557,24 @@ static enum cal_status gemm(struct cal_calib *c, const uint16_t *x, const uint16
 	return cal_op_gemm(c->be, &a, err);
 }
 
-static enum cal_status rmsnorm(struct cal_calib *c, const uint16_t *x, uint16_t *y, uint64_t rows,
-			       uint64_t cols, const void *w, enum cal_dtype wdt,
-			       struct cal_error *err)
+enum cal_status cal_layer_rmsnorm(struct cal_calib *c, const uint16_t *x, uint16_t *y,
+				  uint64_t rows, uint64_t cols, const void *w, enum cal_dtype wdt,
+				  float eps, struct cal_error *err)
 {
 	enum cal_rms_kind kind = CAL_RMS_PLAIN;
 	if (c->d->norm == CAL_NORM_RMS_F32W)
 		kind = CAL_RMS_F32W;
 	else if (c->d->norm == CAL_NORM_RMS_1P)
 		kind = CAL_RMS_1P;
-	struct cal_rmsnorm_args a = {kind, x, y, rows, cols, w, wdt, (float)c->d->rms_norm_eps};
+	struct cal_rmsnorm_args a = {kind, x, y, rows, cols, w, wdt, eps};
 	return cal_op_rmsnorm(c->be, &a, err);
+}
+
+static enum cal_status rmsnorm(struct cal_calib *c, const uint16_t *x, uint16_t *y, uint64_t rows,
+			       uint64_t cols, const void *w, enum cal_dtype wdt,
+			       struct cal_error *err)
+{
+	return cal_layer_rmsnorm(c, x, y, rows, cols, w, wdt, (float)c->d->rms_norm_eps, err);
 }
 
 static enum cal_status ewise(struct cal_calib *c, enum cal_ewise_mode mode, const uint16_t *a,
@@ -484,7 +621,7 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 	if (c->rd > 0) {
 		struct cal_rope_args rq = {c->q, T, (uint32_t)c->nh, (uint32_t)c->hd, (uint32_t)c->rd,
 					   c->pos + mb->tok0, c->d_inv_freq,
-					   (float)d->rope.attention_factor};
+					   (float)d->rope.attention_factor, 0, d->rope.interleave};
 		struct cal_rope_args rk = rq;
 		rk.x = c->kb;
 		rk.heads = (uint32_t)c->nkv;
@@ -498,7 +635,7 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 		c->q, c->kb, c->vb, c->att, T, (uint32_t)c->nh, (uint32_t)c->nkv, (uint32_t)c->hd,
 		c->meta + mb->meta_off, mb->n_seq,
 		c->o.pad_like_modelopt ? c->meta + mb->meta_off + mb->n_seq + 1 : NULL, window,
-		(float)d->attn_scaling};
+		(float)d->attn_scaling, 0};
 	CAL_TRY(cal_op_attention(c->be, &at, err));
 	if (d->attn == CAL_ATTN_GATED_GQA) /* o_proj sees attention * sigmoid(gate) */
 		CAL_TRY(ewise(c, CAL_EWISE_SIGMOID_MUL, c->att, c->agate, NULL, c->att, T, qd, 0, 0, 0,
@@ -540,10 +677,19 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	cal_prof(c, PH_ROUTER);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
 	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_MOE_IN, err));
-	CAL_TRY(gemm(c, c->h, w->router, NULL, c->logits, T, E, H, err));
-	struct cal_router_args ra = {c->logits, T, (uint32_t)E, (uint32_t)c->k, (uint32_t)kk,
-				     d->norm_topk_prob, c->idx, c->rw};
-	CAL_TRY(cal_op_router(c->be, &ra, err));
+	if (d->router == CAL_ROUTER_SIGMOID_GROUP) {
+		/* DeepSeek: fp32 router GEMM, sigmoid, group-limited top-k */
+		struct cal_router_group_args rg = {
+			c->h, w->router_f32, w->corr_bias, c->rlogits, T, H, (uint32_t)E,
+			(uint32_t)c->k, (uint32_t)kk, (uint32_t)d->n_group, (uint32_t)d->topk_group,
+			d->norm_topk_prob, (float)d->routed_scaling_factor, c->idx, c->rw};
+		CAL_TRY(cal_op_router_group(c->be, &rg, err));
+	} else {
+		CAL_TRY(gemm(c, c->h, w->router, NULL, c->logits, T, E, H, err));
+		struct cal_router_args ra = {c->logits, T, (uint32_t)E, (uint32_t)c->k, (uint32_t)kk,
+					     d->norm_topk_prob, c->idx, c->rw};
+		CAL_TRY(cal_op_router(c->be, &ra, err));
+	}
 	struct cal_moe_sort_args sa = {c->idx, P, (uint32_t)E, c->offsets, c->sorted, c->ppos};
 	CAL_TRY(cal_op_moe_sort(c->be, &sa, err));
 	/* the expert offsets on the host once per micro-batch: the grouped GEMMs
@@ -619,6 +765,9 @@ enum cal_status cal_layer_forward(struct cal_calib *c, int32_t L, const struct c
 			break;
 		case STEP_GDN:
 			st = cal_gdn_step(c, L, w, mb, x, err);
+			break;
+		case STEP_ATTN_MLA:
+			st = cal_mla_step(c, L, w, mb, x, err);
 			break;
 		}
 	}

@@ -213,6 +213,7 @@ Test(calib, qwen3_5_moe_vlm) { arch_case("qwen3_5_moe", CAL_FIXTURE_LAYOUT_DEFAU
 Test(calib, qwen3_5_moe_text) { arch_case("qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT); }
 Test(calib, qwen3_next) { arch_case("qwen3_next", CAL_FIXTURE_LAYOUT_DEFAULT); }
 Test(calib, qwen3_next_fused) { arch_case("qwen3_next", CAL_FIXTURE_LAYOUT_FUSED); }
+Test(calib, deepseek_v3) { arch_case("deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT); } /* MLA */
 
 /* Gated DeltaNet with modelopt's padding: HF zeroes the pad rows of the GDN
  * input, so the linear_attn statistics (and the real tokens' hidden states)
@@ -437,9 +438,20 @@ Test(calib, unsupported_architectures_are_refused)
 	struct env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {0};
-	make_model(&e, "deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT); /* MLA */
+	char path[300];
+	make_model(&e, "deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT);
+	/* MLA with attention_bias: not run (no released checkpoint has it) */
+	snprintf(path, sizeof(path), "%s/config.json", e.model);
+	json_t *cfg = json_load_file(path, 0, NULL);
+	cr_assert_not_null(cfg);
+	json_object_set_new(cfg, "attention_bias", json_true());
+	cr_assert_eq(json_dump_file(cfg, path, 0), 0);
+	json_decref(cfg);
+	cal_model_desc_free(e.d);
+	cr_assert_eq(cal_model_desc_load(e.model, &e.d, &err), CAL_OK, "%s", cal_error_msg(&err));
 	make_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
 	cr_expect_eq(cal_calib_open(e.model, e.p, &o, &e.c, &err), CAL_ERR_UNSUPPORTED);
+	cr_expect(strstr(cal_error_msg(&err), "attention_bias"), "%s", cal_error_msg(&err));
 	cr_expect_null(e.c);
 	cal_error_clear(&err);
 	env_free(&e);

@@ -132,7 +132,7 @@ Test(fwd_ops, rope_partial_neox)
 	float inv[RD / 2] = {1.0f, 0.01f};
 	fill(x, T * NH * HD, 2, &s);
 	memcpy(x0, x, sizeof(x));
-	struct cal_rope_args a = {x, T, NH, HD, RD, pos, inv, 1.0f};
+	struct cal_rope_args a = {x, T, NH, HD, RD, pos, inv, 1.0f, 0, 0};
 	cr_assert_eq(cal_op_rope(be, &a, NULL), CAL_OK);
 	for (int t = 0; t < T; t++)
 		for (int h = 0; h < NH; h++) {
@@ -164,7 +164,7 @@ Test(fwd_ops, attention_causal_gqa_window_pad)
 		uint32_t window = variant ? 3 : 0;
 		const uint32_t *kst = variant ? NULL : ks;
 		struct cal_attention_args a = {q, k, v, o, T, NH, NKV, HD, cu, 2, kst, window,
-					       1.0f / sqrtf(HD)};
+					       1.0f / sqrtf(HD), 0};
 		cr_assert_eq(cal_op_attention(be, &a, NULL), CAL_OK);
 		for (int i = 0; i < T; i++) {
 			int sq = i >= 5, lo = sq ? 5 : 0;

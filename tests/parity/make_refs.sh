@@ -67,5 +67,6 @@ qwen3 qwen3 default
 qwen3_5_moe qwen3_5_moe fused 80
 qwen3_5_moe_text qwen3_5_moe_text fused 80
 qwen3_next qwen3_next per-expert 80
+deepseek_v3 deepseek_v3 per-expert
 CASES
 echo "references in $OUT; copy each case folder into tests/parity/"

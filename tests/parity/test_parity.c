@@ -56,6 +56,8 @@ static const struct pcase cases[] = {
 	{"qwen3_5_moe", "qwen3_5_moe", "fused"},           /* VLM: model.language_model. */
 	{"qwen3_5_moe_text", "qwen3_5_moe_text", "fused"}, /* text-only re-export, model. */
 	{"qwen3_next", "qwen3_next", "per-expert"},        /* in_proj_qkvz / in_proj_ba */
+	/* MLA, sigmoid group routing, YaRN interleaved RoPE; layer 0 dense */
+	{"deepseek_v3", "deepseek_v3", "per-expert"},
 };
 
 #define HIDDEN_TOL 2e-2
