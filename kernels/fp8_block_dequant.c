@@ -16,8 +16,8 @@ static void fp8b_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	for (uint64_t r = begin; r < end; r++) {
 		const float *s = a->scale_inv + (r / a->block_rows) * sc;
 		for (uint64_t c = 0; c < a->cols; c++)
-			a->out[r * a->cols + c] = cal_nf_f32_to_bf16(
-				cal_fmul(cal_e4m3_decode(a->q[r * a->cols + c]), s[c / a->block_cols]));
+			a->out[r * a->cols + c] =
+				cal_fp8_block_value(a->q[r * a->cols + c], s[c / a->block_cols]);
 	}
 }
 

@@ -165,23 +165,13 @@ static enum cal_status fp8_decode(struct cal_calib *c, const struct cal_st_tenso
 				  const struct cal_st_tensor *si, uint16_t *dst, struct cal_error *err)
 {
 	const struct cal_model_desc *d = c->d;
-	uint64_t br = (uint64_t)d->quant_block[0], bc = (uint64_t)d->quant_block[1];
-	if (d->src_quant != CAL_SRC_QUANT_FP8_BLOCK || t->ndim != 2 || br == 0 || bc == 0)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "tensor %s: F8_E4M3 weights need quantization_config fp8 with a "
-				     "2-D weight_block_size", t->name);
-	uint64_t rows = (uint64_t)t->shape[0], cols = (uint64_t)t->shape[1];
-	uint64_t sr = (rows + br - 1) / br, sc = (cols + bc - 1) / bc;
-	if (!si || si->dtype != CAL_DTYPE_F32 || si->numel != sr * sc)
-		return cal_error_set(err, CAL_ERR_FORMAT,
-				     "tensor %s: weight_scale_inv %s (expected F32 [%llu, %llu], the "
-				     "ceil-div %llux%llu block grid)", t->name,
-				     si ? "has the wrong dtype or shape" : "is missing",
-				     (unsigned long long)sr, (unsigned long long)sc,
-				     (unsigned long long)br, (unsigned long long)bc);
-	struct cal_fp8_block_dequant_args a = {t->data, si->data, rows, cols, (uint32_t)br,
-					       (uint32_t)bc, dst};
-	enum cal_status st = cal_op_fp8_block_dequant(c->host, &a, err);
+	enum cal_status st = cal_fp8_block_check(d, t, si, err);
+	if (st < 0)
+		return st;
+	struct cal_fp8_block_dequant_args a = {t->data, si->data, (uint64_t)t->shape[0],
+					       (uint64_t)t->shape[1], (uint32_t)d->quant_block[0],
+					       (uint32_t)d->quant_block[1], dst};
+	st = cal_op_fp8_block_dequant(c->host, &a, err);
 	return st < 0 ? cal_error_wrap(err, st, "tensor %s", t->name) : CAL_OK;
 }
 

@@ -299,8 +299,8 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 			}
 			continue;
 		}
-		if (cal_role_is_routed_expert(e->role))
-			continue;
+		if (cal_role_is_routed_expert(e->role) || e->part == CAL_PART_SCALE_INV)
+			continue; /* FP8 sources: scales are consumed by the decode */
 		char *pn = plan_name(ex, tn);
 		if (!pn)
 			return nomem(err);
@@ -316,10 +316,15 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 				wq = cal_plan_find(p, qn);
 				free(qn);
 			}
+			const struct cal_st_tensor *si = NULL;
+			if (e->t->dtype == CAL_DTYPE_F8_E4M3) {
+				si = cal_catalog_find(ex->cat, e->role, CAL_PART_SCALE_INV, e->layer, -1);
+				CAL_TRY_RET(cal_fp8_block_check(ex->d, e->t, si, err));
+			}
 			if (wq) {
 				seen[wq->module] = 1;
 				const struct cal_plan_module *m = &p->modules[wq->module];
-				if (wq->spec.enabled) {
+				if (wq->spec.enabled || si) {
 					struct xlin x = {0};
 					x.name = hub_name(ex, m->name);
 					if (!x.name) {
@@ -332,9 +337,10 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 					x.w = e->t;
 					x.out = e->t->shape[0];
 					x.in = e->t->shape[1];
-					x.dtype = e->t->dtype;
-					x.wq = wq;
-					x.iq = enabled_q(p, m->iq);
+					x.dtype = si ? CAL_DTYPE_BF16 : e->t->dtype;
+					x.si = si;
+					x.wq = wq->spec.enabled ? wq : NULL;
+					x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
 					x.group = sibling_group(m);
 					free(pn);
 					CAL_TRY_RET(add_lin(ex, &x, err));
@@ -391,6 +397,14 @@ static enum cal_status plan_experts(struct cal_exporter *ex, struct cal_error *e
 				x.out = x.sl.out;
 				x.in = x.sl.in;
 				x.dtype = x.sl.t->dtype;
+				if (x.dtype == CAL_DTYPE_F8_E4M3 && x.sl.expert_index < 0) {
+					static const enum cal_role roles[] = {
+						CAL_ROLE_EXPERT_GATE, CAL_ROLE_EXPERT_UP, CAL_ROLE_EXPERT_DOWN};
+					x.si = cal_catalog_find(ex->cat, roles[k], CAL_PART_SCALE_INV, L,
+								(int32_t)e);
+					CAL_TRY_RET(cal_fp8_block_check(ex->d, x.sl.t, x.si, err));
+					x.dtype = CAL_DTYPE_BF16;
+				}
 				x.wq = enabled_q(p, m->wq + e);
 				x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
 				CAL_TRY_RET(add_lin(ex, &x, err));
@@ -602,7 +616,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	ex->cprefix = cal_catalog_prefix(cat);
 	ex->mse_sweep = plan->recipe->algo.method == CAL_CALIB_MSE &&
 			plan->recipe->algo.fp8_scale_sweep;
-	if (d->src_quant != CAL_SRC_QUANT_NONE) {
+	if (d->src_quant != CAL_SRC_QUANT_NONE && d->src_quant != CAL_SRC_QUANT_FP8_BLOCK) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized "
 				   "source checkpoint is not implemented", opts->model_dir,
 				   cal_src_quant_name(d->src_quant));
@@ -711,9 +725,13 @@ static enum cal_status dneed(struct cal_exporter *ex, int k, size_t n, void **re
 }
 
 /* Copies x's weight [out, in] (source dtype) into dst. */
-static void gather(const struct xlin *x, void *dst)
+static void gather(const struct cal_exporter *ex, const struct xlin *x, void *dst)
 {
 	size_t es = cal_dtype_size(x->dtype);
+	if (x->si) { /* FP8 block source, checked when planned */
+		(void)cal_fp8_block_decode(ex->d, x->expert < 0 ? x->w : x->sl.t, x->si, dst, NULL);
+		return;
+	}
 	if (x->expert < 0) {
 		memcpy(dst, x->w->data, (size_t)(x->out * x->in) * es);
 		return;
@@ -1060,7 +1078,7 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 			st = nomem(err);
 			goto fail;
 		}
-		gather(x, h);
+		gather(ex, x, h);
 		CAL_TRY(weight_amax(x, h, &x->wamax, err));
 	}
 	/* fused-experts semantics: gate and up of an expert share one quantizer */
@@ -1090,7 +1108,7 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 			st = nomem(err);
 			goto fail;
 		}
-		gather(x, h);
+		gather(ex, x, h);
 		if (x->fmt == CAL_QFMT_NONE) {
 			CAL_TRY(put(ex, x->name, "weight", h,
 				    (uint64_t)(x->out * x->in) * cal_dtype_size(x->dtype), err));
@@ -1169,7 +1187,7 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 			st = nomem(err);
 			goto fail;
 		}
-		gather(x, h);
+		gather(ex, x, h);
 		if (x->fmt == CAL_QFMT_NONE) {
 			CAL_TRY(put(ex, x->name, "weight", h,
 				    (uint64_t)(x->out * x->in) * cal_dtype_size(x->dtype), err));

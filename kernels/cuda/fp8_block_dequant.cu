@@ -13,7 +13,7 @@ fp8b_kernel(const uint8_t *q, const float *scale_inv, uint64_t rows, uint64_t co
 	for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
 	     i += (uint64_t)gridDim.x * blockDim.x) {
 		uint64_t r = i / cols, c = i % cols;
-		out[i] = cal_f2bf(cal_fmul(cal_e4m3_decode(q[i]), scale_inv[(r / br) * sc + c / bc]));
+		out[i] = cal_fp8_block_value(q[i], scale_inv[(r / br) * sc + c / bc]);
 	}
 }
 

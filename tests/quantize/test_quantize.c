@@ -2,8 +2,9 @@
  * test_quantize.c — suite 'unit' tests of `calibd quantize` (engine/quantize.h,
  * daemon/cmd_quantize.c) on the CPU back end: every MoE architecture the
  * calibration engine runs (qwen3_moe per-expert and fused, mixtral and its
- * fused layout, qwen2_moe, olmoe, and the Gated DeltaNet qwen3_next and
- * qwen3_5_moe) and two dense ones (llama, qwen3), each with the
+ * fused layout, qwen2_moe, olmoe, the Gated DeltaNet qwen3_next and
+ * qwen3_5_moe, DeepSeek-V3 per-expert, fused, from FP8 block weights and
+ * V2-style without q_lora) and two dense ones (llama, qwen3), each with the
  * experts-only NVFP4, default NVFP4, FP8 and W4A16 recipes, fed a JSONL text
  * dataset through the fixture's tokenizer; every output passes
  * `calibd verify --source` and every routed expert projection carries an
@@ -188,6 +189,11 @@ Test(quantize, qwen2_moe, .timeout = 120) { arch_case("qwen2_moe", "per-expert")
 Test(quantize, olmoe, .timeout = 120) { arch_case("olmoe", "per-expert"); }
 Test(quantize, qwen3_next, .timeout = 120) { arch_case("qwen3_next", "per-expert"); }
 Test(quantize, qwen3_5_moe, .timeout = 120) { arch_case("qwen3_5_moe", "fused"); }
+Test(quantize, deepseek_v3, .timeout = 120) { arch_case("deepseek_v3", "per-expert"); }
+Test(quantize, deepseek_v3_fused, .timeout = 120) { arch_case("deepseek_v3", "fused"); }
+/* FP8 128x128-style block source weights (16x16 here: partial edge blocks) */
+Test(quantize, deepseek_v3_fp8_source, .timeout = 120) { arch_case("deepseek_v3", "fp8-block16"); }
+Test(quantize, deepseek_v2_q_proj, .timeout = 120) { arch_case("deepseek_v3", "q-lora-null"); }
 Test(quantize, llama_dense, .timeout = 120) { arch_case("llama", "default"); }
 Test(quantize, qwen3_dense, .timeout = 120) { arch_case("qwen3", "default"); }
 
