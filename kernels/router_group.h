@@ -11,10 +11,13 @@
 
 #include "kernels/numfmt.h"
 
-/* sigmoid in fp32, as torch computes it: 1 / (1 + exp(-x)). */
+/* sigmoid(x) = 1 / (1 + exp(-x)) evaluated in double and rounded once to
+ * fp32: within an ulp of torch's fp32 sigmoid, and the same bits on the
+ * host and the device (their fp32 expf may differ in the last bit, which
+ * would flip near-tied expert choices between back ends). */
 CAL_HD float cal_rg_sigmoid(float x)
 {
-	return 1.0f / (1.0f + expf(-x));
+	return (float)(1.0 / (1.0 + exp(-(double)x)));
 }
 
 /* The selection score of expert i: s + bias (fp32); NaN scores never win. */

@@ -440,7 +440,7 @@ static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 	CAL_TRY(cal_mla_alloc(c, err)); /* DeepSeek MLA and router scratch */
 	if (c->hidden_on_host)
 		CAL_TRY(be_alloc(c, T * H * 2, &c->xmb, err));
-	if (E && c->on_device) {
+	if (E && (c->on_device || c->fp8_dev)) {
 		/* expert weight amax on the device: rows of expert e of W13 / W2 */
 		uint32_t *off = malloc(2 * (E + 1) * 4);
 		if (!off)
@@ -723,6 +723,9 @@ static uint64_t layer_bytes_bound(const struct cal_calib *c, int32_t L)
 	if (c->d->layers[L].ffn == CAL_FFN_MOE) {
 		uint64_t E = c->E, I = c->I, S = c->Is;
 		b += al256(2 * E * H) + al256(4 * E * I * H) + al256(2 * E * H * I);
+		if (c->fp8_dev) /* FP8 codes and scale grids next to the decoded experts */
+			b += al256(3 * E * I * H) +
+			     al256(4 * E * (2 * cal_fp8_grid(c->d, I, H) + cal_fp8_grid(c->d, H, I)));
 		if (S)
 			b += al256(4 * S * H) + al256(2 * H * S) + al256(2 * H);
 	} else {
@@ -856,6 +859,8 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		{(const void **)&dw->corr_bias, w->corr_bias, (uint64_t)c->E * 4},
 	};
 	uint64_t total = 0, off = 0;
+	uint64_t E = (uint64_t)c->E, g13 = cal_fp8_grid(c->d, (uint64_t)c->I, H);
+	uint64_t g2 = cal_fp8_grid(c->d, H, (uint64_t)c->I);
 	enum cal_status st;
 	*dw = *w;
 	if (!c->stream_weights)
@@ -864,6 +869,9 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		if (it[i].src || (it[i].dst == (const void **)&dw->e13 && lh->e13_seg) ||
 		    (it[i].dst == (const void **)&dw->e2 && lh->e2_seg))
 			total += al256(it[i].bytes);
+	if (lh->q13_seg) /* decoded experts, their codes and scale grids */
+		total += al256(lh->n_e13 * 2) + al256(lh->n_e2 * 2) + al256(lh->n_e13) +
+			 al256(lh->n_e2) + al256(2 * E * g13 * 4) + al256(E * g2 * 4);
 	if (total > c->arena_bytes[slot]) {
 		/* a layer kind the bound does not know: grow this arena */
 		be_free(c, c->arena[slot]);
@@ -901,7 +909,55 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		*it[i].dst = arena + off;
 		off += al256(it[i].bytes);
 	}
+	if (lh->q13_seg) {
+		/* FP8 experts: room for the decoded W13 / W2, then codes and grids */
+		struct {
+			const void **dst;
+			const char *const *seg;
+			uint64_t n, piece;
+		} f[] = {
+			{(const void **)&dw->e13, NULL, 0, lh->n_e13 * 2},
+			{(const void **)&dw->e2, NULL, 0, lh->n_e2 * 2},
+			{(const void **)&dw->fq13, (const char *const *)lh->q13_seg, 2 * E,
+			 (uint64_t)c->I * H},
+			{(const void **)&dw->fq2, (const char *const *)lh->q2_seg, E, H * (uint64_t)c->I},
+			{(const void **)&dw->fs13, (const char *const *)lh->s13_seg, 2 * E, g13 * 4},
+			{(const void **)&dw->fs2, (const char *const *)lh->s2_seg, E, g2 * 4},
+		};
+		for (size_t i = 0; i < CAL_ARRAY_LEN(f); i++) {
+			if (f[i].seg) {
+				st = copy_in_segs(c, arena + off, f[i].seg, f[i].n, f[i].piece, err);
+				if (st < 0)
+					return cal_error_wrap(err, st, "layer %d: FP8 expert upload", L);
+			}
+			*f[i].dst = arena + off;
+			off += al256(f[i].seg ? f[i].n * f[i].piece : f[i].piece);
+		}
+	}
 	return CAL_OK;
+}
+
+/* FP8 block source experts of a streamed layer: decoded into W13 / W2 on
+ * the back end's compute stream, once the layer's uploads are done. */
+static enum cal_status fp8_experts_decode(struct cal_calib *c, const struct cal_layer_w *w,
+					  struct cal_error *err)
+{
+	uint64_t E = (uint64_t)c->E, I = (uint64_t)c->I, H = (uint64_t)c->H;
+	uint64_t g13 = cal_fp8_grid(c->d, I, H), g2 = cal_fp8_grid(c->d, H, I);
+	uint32_t br = (uint32_t)c->d->quant_block[0], bc = (uint32_t)c->d->quant_block[1];
+	enum cal_status st = CAL_OK;
+	if (!w->fq13)
+		return CAL_OK;
+	for (uint64_t m = 0; m < 3 * E && st >= 0; m++) {
+		int down = m >= 2 * E;
+		uint64_t j = down ? m - 2 * E : m;
+		struct cal_fp8_block_dequant_args a = {
+			down ? w->fq2 + j * H * I : w->fq13 + j * I * H,
+			down ? w->fs2 + j * g2 : w->fs13 + j * g13, down ? H : I, down ? I : H, br, bc,
+			(uint16_t *)(down ? w->e2 + j * H * I : w->e13 + j * I * H)};
+		st = cal_op_fp8_block_dequant(c->be, &a, err);
+	}
+	return st;
 }
 
 /* Stages layer L into arena `slot`: canonical layout, weight amax, copy. */
@@ -911,7 +967,7 @@ static enum cal_status stage_layer(struct cal_calib *c, int32_t L, struct cal_la
 	double t0 = cal_now();
 	enum cal_status st = cal_layer_stage(c, L, lh, err);
 	if (st >= 0)
-		st = weight_amax(c, L, lh, c->on_device, err);
+		st = weight_amax(c, L, lh, c->on_device || lh->q13_seg, err);
 	if (st >= 0)
 		st = upload_layer(c, L, lh, dw, slot, err);
 	c->stage_s += cal_now() - t0;
@@ -1158,6 +1214,8 @@ static enum cal_status plan_memory(struct cal_calib *c, const struct cal_calib_t
 	}
 	n_tok = c->o.pad_like_modelopt ? (uint64_t)tk->n * smax : tk->n_tokens;
 	c->stream_weights = c->on_device || c->o.max_mem;
+	/* FP8 block source experts travel as codes and are decoded where they run */
+	c->fp8_dev = c->stream_weights && c->d->src_quant == CAL_SRC_QUANT_FP8_BLOCK && c->E;
 	c->hidden_on_host = 0;
 	c->max_layer_bytes = c->model_weight_bytes = 0;
 	c->arena_bytes[0] = c->arena_bytes[1] = 0;
@@ -1396,6 +1454,7 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 			}
 		}
 		CAL_TRY(reset_obs(c, err));
+		CAL_TRY(fp8_experts_decode(c, &dw[sl], err));
 		CAL_TRY(expert_wamax_enqueue(c, L, &dw[sl], err));
 		for (size_t i = 0; i < c->n_mb; i++) {
 			CAL_TRY(mb_load(c, &c->mbs[i], err));

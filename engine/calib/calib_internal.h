@@ -93,6 +93,12 @@ struct cal_layer_w {
 	 * both fp32) */
 	const float *router_f32;             /* [E, H] */
 	const float *corr_bias;              /* [E] */
+	/* FP8 block source experts decoded on the back end (calib.c:
+	 * fp8_experts_decode into e13 / e2 when the layer starts): the E4M3
+	 * codes of every expert matrix in order (gate, up of expert 0, ...;
+	 * down of expert 0, ...) and their weight_scale_inv grids */
+	const uint8_t *fq13, *fq2;
+	const float *fs13, *fs2;
 };
 
 /* Host staging of one layer: canonical host pointers plus the buffers it
@@ -109,6 +115,10 @@ struct cal_layer_host {
 	 * by expert (no host W13/W2).  e13_seg[2e] / [2e+1]: gate / up rows of
 	 * expert e ([I, H] each), e2_seg[e]: its down rows ([H, I]). */
 	const uint16_t **e13_seg, **e2_seg;
+	/* FP8 block source experts left for the back end to decode (streamed
+	 * weights): codes and scale grids per expert matrix, as e13_seg / e2_seg */
+	const uint8_t **q13_seg, **q2_seg;
+	const float **s13_seg, **s2_seg;
 };
 
 /* Per micro-batch metadata. */
@@ -174,6 +184,7 @@ struct cal_calib {
 	float *w_amax;                   /* [2E] back end: expert weight amax (device path) */
 	struct cal_nonfinite *w_nf;      /* [2] back end */
 	uint32_t *w_off;                 /* [2 (E + 1)] back end: expert row offsets */
+	int fp8_dev;                     /* FP8 source experts decoded on the back end */
 
 	/* profile */
 	int prof_phase;
@@ -205,6 +216,9 @@ enum cal_status cal_layer_tensor(struct cal_calib *c, struct cal_layer_host *lh,
 				 const uint16_t **ret, struct cal_error *err);
 /* A buffer owned by lh (freed with it); NULL when out of memory. */
 void *cal_layer_own(struct cal_layer_host *lh, size_t bytes);
+
+/* Elements of the weight_scale_inv grid of an [out, in] FP8 weight. */
+uint64_t cal_fp8_grid(const struct cal_model_desc *d, uint64_t out, uint64_t in);
 
 /* mla.c: DeepSeek-V3 multi-head latent attention */
 enum cal_status cal_mla_check(const struct cal_model_desc *d, struct cal_error *err);

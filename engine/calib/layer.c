@@ -394,6 +394,54 @@ static int experts_direct(struct cal_calib *c, int32_t L, struct cal_layer_host 
 	return 1;
 }
 
+uint64_t cal_fp8_grid(const struct cal_model_desc *d, uint64_t out, uint64_t in)
+{
+	uint64_t br = (uint64_t)d->quant_block[0], bc = (uint64_t)d->quant_block[1];
+	return br && bc ? ((out + br - 1) / br) * ((in + bc - 1) / bc) : 0;
+}
+
+/* Streamed weights from an FP8 block source: per-expert codes and scale
+ * grids stay in the mapping (lh->q13_seg ...), uploaded as they are and
+ * decoded on the back end when the layer starts (docs/deepseek.md); returns
+ * 1 then, 0 when some expert is not a per-expert FP8 pair (the host path
+ * then decodes or reports it). */
+static int experts_fp8_deferred(struct cal_calib *c, int32_t L, struct cal_layer_host *lh)
+{
+	static const enum cal_role roles[] = {CAL_ROLE_EXPERT_GATE, CAL_ROLE_EXPERT_UP,
+					      CAL_ROLE_EXPERT_DOWN};
+	uint64_t E = (uint64_t)c->E;
+	const uint8_t **q13 = own(lh, 2 * E * sizeof(*q13)), **q2 = own(lh, E * sizeof(*q2));
+	const float **s13 = own(lh, 2 * E * sizeof(*s13)), **s2 = own(lh, E * sizeof(*s2));
+	if (!c->fp8_dev || !q13 || !q2 || !s13 || !s2)
+		return 0;
+	for (uint64_t e = 0; e < E; e++)
+		for (int k = 0; k < 3; k++) {
+			struct cal_expert_slice sl;
+			int64_t out = k == 2 ? c->H : c->I, in = k == 2 ? c->I : c->H;
+			if (cal_catalog_expert(c->cat, L, (int32_t)e, (enum cal_proj)k, &sl, NULL) < 0 ||
+			    sl.t->dtype != CAL_DTYPE_F8_E4M3 || sl.expert_index >= 0 || sl.out != out ||
+			    sl.in != in)
+				return 0;
+			const struct cal_st_tensor *si = cal_catalog_find(c->cat, roles[k],
+									  CAL_PART_SCALE_INV, L,
+									  (int32_t)e);
+			if (cal_fp8_block_check(c->d, sl.t, si, NULL) < 0)
+				return 0;
+			if (k == 2) {
+				q2[e] = sl.t->data;
+				s2[e] = si->data;
+			} else {
+				q13[2 * e + (uint64_t)k] = sl.t->data;
+				s13[2 * e + (uint64_t)k] = si->data;
+			}
+		}
+	lh->q13_seg = q13;
+	lh->q2_seg = q2;
+	lh->s13_seg = s13;
+	lh->s2_seg = s2;
+	return 1;
+}
+
 /* Stacks two [rows, cols] matrices (gate then up) into one [2 rows, cols]. */
 static enum cal_status stack2(struct cal_layer_host *lh, const uint16_t *a, const uint16_t *b,
 			      uint64_t n, const uint16_t **ret, struct cal_error *err)
@@ -483,6 +531,8 @@ ffn:
 		w->e13 = fgu->data; /* already [E, 2I, H] gate|up */
 	} else if (lay != CAL_LAYOUT_FUSED && experts_direct(c, L, lh)) {
 		w->e13 = w->e2 = NULL; /* copied expert by expert by the upload */
+	} else if (lay == CAL_LAYOUT_PER_EXPERT && experts_fp8_deferred(c, L, lh)) {
+		w->e13 = w->e2 = NULL; /* FP8: uploaded as codes, decoded by the back end */
 	} else {
 		uint16_t *p = own(lh, lh->n_e13 * 2);
 		if (!p)
@@ -497,7 +547,7 @@ ffn:
 	}
 	if (lay == CAL_LAYOUT_FUSED && fdn && fdn->dtype == CAL_DTYPE_BF16 && fdn->numel == lh->n_e2) {
 		w->e2 = fdn->data;
-	} else if (lh->e2_seg) {
+	} else if (lh->e2_seg || lh->q2_seg) {
 		w->e2 = NULL;
 	} else {
 		uint16_t *p = own(lh, lh->n_e2 * 2);

@@ -433,6 +433,39 @@ Test(calib, token_files_are_validated)
 	}
 }
 
+/* FP8 block source (docs/deepseek.md): streamed weights (a memory cap) carry
+ * the experts as E4M3 codes decoded by the back end when the layer starts;
+ * without streaming the host decodes them while staging.  Same statistics
+ * either way, and the same as the bf16 decode of the weights would give. */
+Test(calib, deepseek_v3_fp8_source_decoded_on_the_back_end)
+{
+	struct env e = {0};
+	struct cal_error err = {0};
+	struct cal_fixture_opts fo = {.arch = "deepseek_v3", .seed = 7, .fp8_block = 16};
+	snprintf(e.dir, sizeof(e.dir), "/tmp/calib-test-XXXXXX");
+	cr_assert_not_null(mkdtemp(e.dir));
+	snprintf(e.model, sizeof(e.model), "%s/model", e.dir);
+	cr_assert_eq(cal_fixture_write(&fo, e.model, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_eq(cal_model_desc_load(e.model, &e.d, &err), CAL_OK, "%s", cal_error_msg(&err));
+	make_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
+	make_tokens(&e, 5, 3, 19, SEED);
+	char *js[2];
+	for (int streamed = 0; streamed < 2; streamed++) {
+		struct cal_calib_opts o = {.cpu_threads = 2, .max_mem = streamed ? 64u << 20 : 0};
+		cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
+		check_complete(&e, (uint64_t)e.d->top_k);
+		js[streamed] = cal_calib_stats_json(e.c);
+		cr_assert_not_null(js[streamed]);
+	}
+	cr_expect_str_eq(js[0], js[1], "statistics differ between host and back-end FP8 decode");
+	free(js[0]);
+	free(js[1]);
+	cal_calib_free(e.c);
+	e.c = NULL;
+	cal_error_clear(&err);
+	env_free(&e);
+}
+
 Test(calib, unsupported_architectures_are_refused)
 {
 	struct env e = {0};

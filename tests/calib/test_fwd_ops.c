@@ -408,7 +408,7 @@ Test(fwd_ops, router_group_masks_groups_and_scales)
 	uint32_t idx[3];
 	struct cal_router_group_args a = {x, w, bias, logits, 1, 1, 4, 2, 3, 2, 1, 1, 2.5f, idx, wt};
 	cr_assert_eq(cal_op_router_group(be, &a, NULL), CAL_OK);
-	float s0 = 1.0f / (1.0f + expf(-2.0f)), s1 = 1.0f / (1.0f + expf(3.0f));
+	float s0 = (float)(1.0 / (1.0 + exp(-2.0))), s1 = (float)(1.0 / (1.0 + exp(3.0)));
 	/* group 0 wins (s0 + s1 + 0.9 > s2 + s3); by selection score expert 1
 	 * (s1 + 0.9) then 0; the extra slot from the masked group in index order;
 	 * the weights are the unbiased scores */
