@@ -240,6 +240,13 @@ enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_la
 enum cal_status cal_layer_norm_tensor(struct cal_calib *c, struct cal_layer_host *lh,
 				      enum cal_role role, int32_t L, uint64_t numel,
 				      const void **ret, enum cal_dtype *ret_dt, struct cal_error *err);
+/* Observer slot `slot` folds in max|x| of rows x cols (layer.c). */
+enum cal_status cal_layer_observe(struct cal_calib *c, const uint16_t *x, uint64_t rows,
+				  uint64_t cols, uint64_t row0, int slot, struct cal_error *err);
+/* y[m, n] = x[m, k] W^T (+ b) (layer.c). */
+enum cal_status cal_layer_gemm(struct cal_calib *c, const uint16_t *x, const uint16_t *w,
+			       const uint16_t *b, uint16_t *y, uint64_t m, uint64_t n, uint64_t k,
+			       struct cal_error *err);
 /* RMSNorm of the model's kind with weight w (layer.c). */
 enum cal_status cal_layer_rmsnorm(struct cal_calib *c, const uint16_t *x, uint16_t *y,
 				  uint64_t rows, uint64_t cols, const void *w, enum cal_dtype wdt,

@@ -223,6 +223,19 @@ static enum cal_status tensor_bf16(struct cal_calib *c, struct cal_layer_host *l
 	return CAL_OK;
 }
 
+/* A copy of t as fp32 owned by lh. */
+static enum cal_status widen_f32(struct cal_layer_host *lh, const struct cal_st_tensor *t,
+				 uint64_t numel, const float **ret, struct cal_error *err)
+{
+	float *p = own(lh, numel * 4);
+	if (!p)
+		return cal_error_set(err, CAL_ERR_NOMEM, "tensor %s: out of memory", t->name);
+	for (uint64_t i = 0; i < numel; i++)
+		p[i] = elem(t, i);
+	*ret = p;
+	return CAL_OK;
+}
+
 /* A norm weight: bf16 or f32 kept as stored, f16 widened to f32. */
 static enum cal_status tensor_norm(struct cal_calib *c, struct cal_layer_host *lh, enum cal_role role,
 				   int32_t L, int optional, uint64_t numel, const void **ret,
@@ -244,14 +257,8 @@ static enum cal_status tensor_norm(struct cal_calib *c, struct cal_layer_host *l
 		*ret_dt = t->dtype;
 		return CAL_OK;
 	}
-	float *p = own(lh, numel * 4);
-	if (!p)
-		return cal_error_set(err, CAL_ERR_NOMEM, "tensor %s: out of memory", t->name);
-	for (uint64_t i = 0; i < numel; i++)
-		p[i] = elem(t, i);
-	*ret = p;
 	*ret_dt = CAL_DTYPE_F32;
-	return CAL_OK;
+	return widen_f32(lh, t, numel, (const float **)ret, err);
 }
 
 enum cal_status cal_layer_tensor(struct cal_calib *c, struct cal_layer_host *lh,
@@ -292,13 +299,7 @@ static enum cal_status tensor_f32(struct cal_calib *c, struct cal_layer_host *lh
 		*ret = t->data;
 		return CAL_OK;
 	}
-	float *p = own(lh, numel * 4);
-	if (!p)
-		return cal_error_set(err, CAL_ERR_NOMEM, "tensor %s: out of memory", t->name);
-	for (uint64_t i = 0; i < numel; i++)
-		p[i] = elem(t, i);
-	*ret = p;
-	return CAL_OK;
+	return widen_f32(lh, t, numel, ret, err);
 }
 
 /* Gated attention: q_proj's rows (and bias) [nh][2 hd] = per head hd query
@@ -577,8 +578,8 @@ fail:
 
 /* ---- the forward steps ------------------------------------------------------ */
 
-static enum cal_status observe(struct cal_calib *c, const uint16_t *x, uint64_t rows,
-			       uint64_t cols, uint64_t row0, int slot, struct cal_error *err)
+enum cal_status cal_layer_observe(struct cal_calib *c, const uint16_t *x, uint64_t rows,
+				  uint64_t cols, uint64_t row0, int slot, struct cal_error *err)
 {
 	struct cal_amax_args a = {CAL_DTYPE_BF16, x, rows * cols, row0 * cols, c->obs_amax + slot,
 				  c->obs_nf + slot};
@@ -589,9 +590,9 @@ static enum cal_status observe(struct cal_calib *c, const uint16_t *x, uint64_t 
 	return st;
 }
 
-static enum cal_status gemm(struct cal_calib *c, const uint16_t *x, const uint16_t *w,
-			    const uint16_t *b, uint16_t *y, uint64_t m, uint64_t n, uint64_t k,
-			    struct cal_error *err)
+enum cal_status cal_layer_gemm(struct cal_calib *c, const uint16_t *x, const uint16_t *w,
+			       const uint16_t *b, uint16_t *y, uint64_t m, uint64_t n, uint64_t k,
+			       struct cal_error *err)
 {
 	struct cal_gemm_args a = {.x = x, .w = w, .bias = b, .y = y, .m = m, .n = n, .k = k};
 	return cal_op_gemm(c->be, &a, err);
@@ -636,13 +637,13 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 
 	cal_prof(c, PH_ATTN);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->in_norm, w->in_norm_dt, err));
-	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_QKV, err));
-	CAL_TRY(gemm(c, c->h, w->wq, w->bq, c->q, T, qd, H, err));
+	CAL_TRY(cal_layer_observe(c, c->h, T, H, mb->tok0, S_QKV, err));
+	CAL_TRY(cal_layer_gemm(c, c->h, w->wq, w->bq, c->q, T, qd, H, err));
 	if (d->attn == CAL_ATTN_GATED_GQA) /* the gate rows follow the query rows */
-		CAL_TRY(gemm(c, c->h, w->wq + qd * H, w->bq ? w->bq + qd : NULL, c->agate, T, qd, H,
+		CAL_TRY(cal_layer_gemm(c, c->h, w->wq + qd * H, w->bq ? w->bq + qd : NULL, c->agate, T, qd, H,
 			     err));
-	CAL_TRY(gemm(c, c->h, w->wk, w->bk, c->kb, T, kd, H, err));
-	CAL_TRY(gemm(c, c->h, w->wv, w->bv, c->vb, T, kd, H, err));
+	CAL_TRY(cal_layer_gemm(c, c->h, w->wk, w->bk, c->kb, T, kd, H, err));
+	CAL_TRY(cal_layer_gemm(c, c->h, w->wv, w->bv, c->vb, T, kd, H, err));
 	if (d->clip_qkv > 0) {
 		float cl = (float)d->clip_qkv;
 		CAL_TRY(ewise(c, CAL_EWISE_CLAMP, c->q, NULL, NULL, c->q, T, qd, 0, 0, cl, err));
@@ -668,8 +669,8 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 		CAL_TRY(cal_op_rope(c->be, &rq, err));
 		CAL_TRY(cal_op_rope(c->be, &rk, err));
 	}
-	CAL_TRY(observe(c, c->kb, T, kd, mb->tok0, S_K, err));
-	CAL_TRY(observe(c, c->vb, T, kd, mb->tok0, S_V, err));
+	CAL_TRY(cal_layer_observe(c, c->kb, T, kd, mb->tok0, S_K, err));
+	CAL_TRY(cal_layer_observe(c, c->vb, T, kd, mb->tok0, S_V, err));
 	uint32_t window = d->layers[L].mixer == CAL_MIXER_SLIDING ? (uint32_t)d->sliding_window : 0;
 	struct cal_attention_args at = {
 		c->q, c->kb, c->vb, c->att, T, (uint32_t)c->nh, (uint32_t)c->nkv, (uint32_t)c->hd,
@@ -680,8 +681,8 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 	if (d->attn == CAL_ATTN_GATED_GQA) /* o_proj sees attention * sigmoid(gate) */
 		CAL_TRY(ewise(c, CAL_EWISE_SIGMOID_MUL, c->att, c->agate, NULL, c->att, T, qd, 0, 0, 0,
 			      err));
-	CAL_TRY(observe(c, c->att, T, qd, mb->tok0, S_O, err));
-	CAL_TRY(gemm(c, c->att, w->wo, w->bo, c->tmp, T, H, qd, err));
+	CAL_TRY(cal_layer_observe(c, c->att, T, qd, mb->tok0, S_O, err));
+	CAL_TRY(cal_layer_gemm(c, c->att, w->wo, w->bo, c->tmp, T, H, qd, err));
 	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
 fail:
 	return st;
@@ -694,12 +695,12 @@ static enum cal_status step_dense(struct cal_calib *c, const struct cal_layer_w 
 	enum cal_status st = CAL_OK;
 	cal_prof(c, PH_DENSE);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
-	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_MLP_GU, err));
-	CAL_TRY(gemm(c, c->h, w->w13, NULL, c->gu, T, 2 * I, H, err));
+	CAL_TRY(cal_layer_observe(c, c->h, T, H, mb->tok0, S_MLP_GU, err));
+	CAL_TRY(cal_layer_gemm(c, c->h, w->w13, NULL, c->gu, T, 2 * I, H, err));
 	CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->gu, c->gu + I, NULL, c->act, T, I, 2 * I, 2 * I, 0,
 		      err));
-	CAL_TRY(observe(c, c->act, T, I, mb->tok0, S_MLP_DOWN, err));
-	CAL_TRY(gemm(c, c->act, w->w2, NULL, c->tmp, T, H, I, err));
+	CAL_TRY(cal_layer_observe(c, c->act, T, I, mb->tok0, S_MLP_DOWN, err));
+	CAL_TRY(cal_layer_gemm(c, c->act, w->w2, NULL, c->tmp, T, H, I, err));
 	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
 fail:
 	return st;
@@ -716,7 +717,7 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 
 	cal_prof(c, PH_ROUTER);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
-	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_MOE_IN, err));
+	CAL_TRY(cal_layer_observe(c, c->h, T, H, mb->tok0, S_MOE_IN, err));
 	if (d->router == CAL_ROUTER_SIGMOID_GROUP) {
 		/* DeepSeek: fp32 router GEMM, sigmoid, group-limited top-k */
 		struct cal_router_group_args rg = {
@@ -725,7 +726,7 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 			d->norm_topk_prob, (float)d->routed_scaling_factor, c->idx, c->rw};
 		CAL_TRY(cal_op_router_group(c->be, &rg, err));
 	} else {
-		CAL_TRY(gemm(c, c->h, w->router, NULL, c->logits, T, E, H, err));
+		CAL_TRY(cal_layer_gemm(c, c->h, w->router, NULL, c->logits, T, E, H, err));
 		struct cal_router_args ra = {c->logits, T, (uint32_t)E, (uint32_t)c->k, (uint32_t)kk,
 					     d->norm_topk_prob, c->idx, c->rw};
 		CAL_TRY(cal_op_router(c->be, &ra, err));
@@ -767,13 +768,13 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	CAL_TRY(cal_op_moe_combine(c->be, &ca, err));
 	if (w->s13) {
 		uint64_t S = (uint64_t)c->Is;
-		CAL_TRY(gemm(c, c->h, w->s13, NULL, c->sgu, T, 2 * S, H, err));
+		CAL_TRY(cal_layer_gemm(c, c->h, w->s13, NULL, c->sgu, T, 2 * S, H, err));
 		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->sgu, c->sgu + S, NULL, c->sact, T, S, 2 * S,
 			      2 * S, 0, err));
-		CAL_TRY(observe(c, c->sact, T, S, mb->tok0, S_SH_DOWN, err));
-		CAL_TRY(gemm(c, c->sact, w->s2, NULL, c->sy, T, H, S, err));
+		CAL_TRY(cal_layer_observe(c, c->sact, T, S, mb->tok0, S_SH_DOWN, err));
+		CAL_TRY(cal_layer_gemm(c, c->sact, w->s2, NULL, c->sy, T, H, S, err));
 		if (w->sgate) {
-			CAL_TRY(gemm(c, c->h, w->sgate, NULL, c->sgl, T, 1, H, err));
+			CAL_TRY(cal_layer_gemm(c, c->h, w->sgate, NULL, c->sgl, T, 1, H, err));
 			CAL_TRY(ewise(c, CAL_EWISE_GATE_ADD, c->tmp, c->sy, c->sgl, c->tmp, T, H, 0, 0, 0,
 				      err));
 		} else {
@@ -812,6 +813,6 @@ enum cal_status cal_layer_forward(struct cal_calib *c, int32_t L, const struct c
 		}
 	}
 	if (st >= 0)
-		st = observe(c, x, mb->n_tok, (uint64_t)c->H, mb->tok0, S_OUT, err);
+		st = cal_layer_observe(c, x, mb->n_tok, (uint64_t)c->H, mb->tok0, S_OUT, err);
 	return st;
 }

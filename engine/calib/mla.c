@@ -203,25 +203,6 @@ int cal_mla_input_slot(const char *proj)
 
 /* ---- the step ---------------------------------------------------------------- */
 
-static enum cal_status obs(struct cal_calib *c, const uint16_t *x, uint64_t rows, uint64_t cols,
-			   uint64_t row0, int slot, struct cal_error *err)
-{
-	struct cal_amax_args a = {CAL_DTYPE_BF16, x, rows * cols, row0 * cols, c->obs_amax + slot,
-				  c->obs_nf + slot};
-	int ph = c->prof_phase;
-	cal_prof(c, PH_OBS);
-	enum cal_status st = cal_op_amax(c->be, &a, err);
-	cal_prof(c, ph);
-	return st;
-}
-
-static enum cal_status mm(struct cal_calib *c, const uint16_t *x, const uint16_t *w, uint16_t *y,
-			  uint64_t m, uint64_t n, uint64_t k, struct cal_error *err)
-{
-	struct cal_gemm_args a = {.x = x, .w = w, .y = y, .m = m, .n = n, .k = k};
-	return cal_op_gemm(c->be, &a, err);
-}
-
 enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 			     const struct cal_mb *mb, uint16_t *x, struct cal_error *err)
 {
@@ -234,23 +215,23 @@ enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_la
 	cal_prof(c, PH_ATTN);
 	CAL_TRY(cal_layer_rmsnorm(c, x, c->h, T, m.H, w->in_norm, w->in_norm_dt,
 				  (float)d->rms_norm_eps, err));
-	CAL_TRY(obs(c, c->h, T, m.H, mb->tok0, S_QKV, err));
+	CAL_TRY(cal_layer_observe(c, c->h, T, m.H, mb->tok0, S_QKV, err));
 	if (m.qr) {
-		CAL_TRY(mm(c, c->h, w->wqa, c->mqa, T, m.qr, m.H, err));
+		CAL_TRY(cal_layer_gemm(c, c->h, w->wqa, NULL, c->mqa, T, m.qr, m.H, err));
 		CAL_TRY(cal_layer_rmsnorm(c, c->mqa, c->mqa, T, m.qr, w->qa_norm, w->qa_norm_dt,
 					  MLA_NORM_EPS, err));
-		CAL_TRY(obs(c, c->mqa, T, m.qr, mb->tok0, S_QB, err));
-		CAL_TRY(mm(c, c->mqa, w->wq, c->mq, T, m.nh * m.qk, m.qr, err));
+		CAL_TRY(cal_layer_observe(c, c->mqa, T, m.qr, mb->tok0, S_QB, err));
+		CAL_TRY(cal_layer_gemm(c, c->mqa, w->wq, NULL, c->mq, T, m.nh * m.qk, m.qr, err));
 	} else {
-		CAL_TRY(mm(c, c->h, w->wq, c->mq, T, m.nh * m.qk, m.H, err));
+		CAL_TRY(cal_layer_gemm(c, c->h, w->wq, NULL, c->mq, T, m.nh * m.qk, m.H, err));
 	}
 	/* kv_a_proj_with_mqa: latent rows, then the rope-key rows */
-	CAL_TRY(mm(c, c->h, w->wkva, c->mckv, T, m.kvr, m.H, err));
-	CAL_TRY(mm(c, c->h, w->wkva + m.kvr * m.H, c->mkpe, T, m.dr, m.H, err));
+	CAL_TRY(cal_layer_gemm(c, c->h, w->wkva, NULL, c->mckv, T, m.kvr, m.H, err));
+	CAL_TRY(cal_layer_gemm(c, c->h, w->wkva + m.kvr * m.H, NULL, c->mkpe, T, m.dr, m.H, err));
 	CAL_TRY(cal_layer_rmsnorm(c, c->mckv, c->mckv, T, m.kvr, w->kva_norm, w->kva_norm_dt,
 				  MLA_NORM_EPS, err));
-	CAL_TRY(obs(c, c->mckv, T, m.kvr, mb->tok0, S_KVB, err));
-	CAL_TRY(mm(c, c->mckv, w->wkvb, c->mkvb, T, m.nh * (m.dn + m.dv), m.kvr, err));
+	CAL_TRY(cal_layer_observe(c, c->mckv, T, m.kvr, mb->tok0, S_KVB, err));
+	CAL_TRY(cal_layer_gemm(c, c->mckv, w->wkvb, NULL, c->mkvb, T, m.nh * (m.dn + m.dv), m.kvr, err));
 	struct cal_rope_args rq = {c->mq, T, (uint32_t)m.nh, (uint32_t)m.qk, (uint32_t)m.dr,
 				   c->pos + mb->tok0, c->d_inv_freq, (float)d->rope.attention_factor,
 				   (uint32_t)m.dn, d->rope.interleave};
@@ -262,16 +243,16 @@ enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_la
 	struct cal_mla_kv_args kv = {c->mkvb, c->mkpe, c->mk, c->mv, T, (uint32_t)m.nh,
 				     (uint32_t)m.dn, (uint32_t)m.dr, (uint32_t)m.dv};
 	CAL_TRY(cal_op_mla_kv(c->be, &kv, err));
-	CAL_TRY(obs(c, c->mk, T, m.nh * m.qk, mb->tok0, S_K, err));
-	CAL_TRY(obs(c, c->mv, T, m.nh * m.dv, mb->tok0, S_V, err));
+	CAL_TRY(cal_layer_observe(c, c->mk, T, m.nh * m.qk, mb->tok0, S_K, err));
+	CAL_TRY(cal_layer_observe(c, c->mv, T, m.nh * m.dv, mb->tok0, S_V, err));
 	struct cal_attention_args at = {
 		c->mq, c->mk, c->mv, c->matt, T, (uint32_t)m.nh, (uint32_t)m.nh, (uint32_t)m.qk,
 		c->meta + mb->meta_off, mb->n_seq,
 		c->o.pad_like_modelopt ? c->meta + mb->meta_off + mb->n_seq + 1 : NULL, 0,
 		(float)d->attn_scaling, (uint32_t)m.dv};
 	CAL_TRY(cal_op_attention(c->be, &at, err));
-	CAL_TRY(obs(c, c->matt, T, m.nh * m.dv, mb->tok0, S_O, err));
-	CAL_TRY(mm(c, c->matt, w->wo, c->tmp, T, m.H, m.nh * m.dv, err));
+	CAL_TRY(cal_layer_observe(c, c->matt, T, m.nh * m.dv, mb->tok0, S_O, err));
+	CAL_TRY(cal_layer_gemm(c, c->matt, w->wo, NULL, c->tmp, T, m.H, m.nh * m.dv, err));
 	struct cal_ewise_args add = {CAL_EWISE_ADD, x, c->tmp, NULL, x, T, m.H, 0, 0, 1, 0, 0};
 	CAL_TRY(cal_op_ewise(c->be, &add, err));
 fail:
