@@ -236,7 +236,7 @@ static enum cal_status add_copy(struct cal_exporter *ex, char *name,
 		free(name);
 		return nomem(err);
 	}
-	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer};
+	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer, 0};
 	return CAL_OK;
 }
 
@@ -351,6 +351,10 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 		char *hn = hub_name(ex, pn);
 		free(pn);
 		CAL_TRY_RET(add_copy(ex, hn, e->t, e->layer, err));
+		/* DeepSeek: transformers keeps mlp.gate.weight in fp32 (as modelopt exports it) */
+		ex->cp[ex->n_cp - 1].to_f32 = ex->d->arch->router_corr_bias &&
+					      e->role == CAL_ROLE_ROUTER &&
+					      e->part == CAL_PART_WEIGHT && e->t->dtype != CAL_DTYPE_F32;
 	}
 	return CAL_OK;
 }
@@ -541,11 +545,12 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 			const struct xcopy *c = &ex->cp[i];
 			if (c->layer != L)
 				continue;
-			enum cal_status st = cal_st_writer_declare(ex->w, c->name, c->t->dtype,
+			enum cal_status st = cal_st_writer_declare(ex->w, c->name,
+								   c->to_f32 ? CAL_DTYPE_F32 : c->t->dtype,
 								   c->t->ndim, c->t->shape, err);
 			if (st < 0)
 				return cal_error_wrap(err, st, "declaring %s", c->name);
-			ex->bytes_total += c->t->nbytes;
+			ex->bytes_total += c->to_f32 ? c->t->numel * 4 : c->t->nbytes;
 		}
 	}
 	return CAL_OK;
@@ -748,6 +753,21 @@ static void gather(const struct cal_exporter *ex, const struct xlin *x, void *ds
 			memcpy(o8 + (size_t)(o * x->in + i) * es,
 			       src + cal_expert_slice_index(&x->sl, o, i) * es, es);
 	}
+}
+
+/* Writes a copied tensor: its bytes, or widened to F32 (xcopy.to_f32). */
+static enum cal_status put_copy(struct cal_exporter *ex, const struct xcopy *c,
+				struct cal_error *err)
+{
+	if (!c->to_f32)
+		return cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err);
+	float *h = hneed(ex, 0, (size_t)c->t->numel * 4);
+	if (!h)
+		return nomem(err);
+	for (uint64_t i = 0; i < c->t->numel; i++)
+		h[i] = c->t->dtype == CAL_DTYPE_BF16 ? cal_bf16_to_f32(((const uint16_t *)c->t->data)[i])
+						     : cal_f16_to_f32(((const uint16_t *)c->t->data)[i]);
+	return cal_st_writer_put(ex->w, c->name, h, c->t->numel * 4, err);
 }
 
 static enum cal_status put(struct cal_exporter *ex, const char *name, const char *suffix,
@@ -1153,7 +1173,7 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 	for (size_t i = 0; i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];
 		if (c->layer == L)
-			CAL_TRY(cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err));
+			CAL_TRY(put_copy(ex, c, err));
 	}
 	ex->layer_done[L] = 1;
 	ex->t_layers += cal_now() - t0;
@@ -1212,7 +1232,7 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 	for (size_t i = 0; i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];
 		if (c->layer == -1)
-			CAL_TRY(cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err));
+			CAL_TRY(put_copy(ex, c, err));
 	}
 	cal_exporter_add_phase(ex, "export_layers", ex->t_layers);
 	cal_exporter_add_phase(ex, "export_finish", cal_now() - t0);

@@ -37,6 +37,8 @@ struct xcopy {
 	char *name;
 	const struct cal_st_tensor *t;
 	int32_t layer;
+	int to_f32;                     /* written as F32 (DeepSeek's router weight, which
+					 * transformers keeps in fp32) */
 };
 
 /* KV-cache scales of one attention module. */
