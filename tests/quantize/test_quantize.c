@@ -189,11 +189,14 @@ Test(quantize, qwen2_moe, .timeout = 120) { arch_case("qwen2_moe", "per-expert")
 Test(quantize, olmoe, .timeout = 120) { arch_case("olmoe", "per-expert"); }
 Test(quantize, qwen3_next, .timeout = 120) { arch_case("qwen3_next", "per-expert"); }
 Test(quantize, qwen3_5_moe, .timeout = 120) { arch_case("qwen3_5_moe", "fused"); }
-Test(quantize, deepseek_v3, .timeout = 120) { arch_case("deepseek_v3", "per-expert"); }
-Test(quantize, deepseek_v3_fused, .timeout = 120) { arch_case("deepseek_v3", "fused"); }
-/* FP8 128x128-style block source weights (16x16 here: partial edge blocks) */
-Test(quantize, deepseek_v3_fp8_source, .timeout = 120) { arch_case("deepseek_v3", "fp8-block16"); }
-Test(quantize, deepseek_v2_q_proj, .timeout = 120) { arch_case("deepseek_v3", "q-lora-null"); }
+/* DeepSeek-V3: per-expert, fused, FP8 128x128-style block source weights
+ * (16x16 here: partial edge blocks), V2-style q_proj */
+Test(quantize, deepseek_v3, .timeout = 300)
+{
+	static const char *const layouts[] = {"per-expert", "fused", "fp8-block16", "q-lora-null"};
+	for (size_t i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++)
+		arch_case("deepseek_v3", layouts[i]);
+}
 Test(quantize, llama_dense, .timeout = 120) { arch_case("llama", "default"); }
 Test(quantize, qwen3_dense, .timeout = 120) { arch_case("qwen3", "default"); }
 
