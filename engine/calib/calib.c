@@ -592,12 +592,63 @@ static float host_amax(struct cal_calib *c, const uint16_t *w, uint64_t n)
 }
 
 /* Weight quantizers of layer L (and lm_head when L < 0): amax from weights. */
+/* The weight of quantizer e of plan module m in a staged layer (host or,
+ * with lh holding back-end pointers, device): *ret / *ret_n, NULL when the
+ * layer has none (or it is still to be decoded). */
+static void weight_src(const struct cal_calib *c, const struct cal_plan_module *m, int64_t e,
+		       const struct cal_layer_host *lh, const uint16_t **ret, uint64_t *ret_n)
+{
+	const struct cal_layer_w *w = &lh->w;
+	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd, I = (uint64_t)c->I;
+	const uint16_t *base = NULL;
+	uint64_t at = 0, n = 0;
+	const char *pr = m->proj;
+	switch (m->kind) {
+	case CAL_MOD_ATTN_PROJ:
+		if (c->d->attn == CAL_ATTN_MLA)
+			cal_mla_weight(c, lh, pr, &base, &n);
+		else if (!strcmp(pr, "q_proj")) /* gated: query and gate rows */
+			base = w->wq, n = qd * H * (c->d->attn == CAL_ATTN_GATED_GQA ? 2 : 1);
+		else if (!strcmp(pr, "k_proj"))
+			base = w->wk, n = kd * H;
+		else if (!strcmp(pr, "v_proj"))
+			base = w->wv, n = kd * H;
+		else if (!strcmp(pr, "o_proj"))
+			base = w->wo, n = H * qd;
+		break;
+	case CAL_MOD_MLP_PROJ:
+	case CAL_MOD_SHARED_PROJ: {
+		int sh = m->kind == CAL_MOD_SHARED_PROJ;
+		uint64_t n13 = sh ? lh->n_s13 : lh->n_w13;
+		if (!strcmp(pr, "gate_proj") || !strcmp(pr, "up_proj"))
+			base = sh ? w->s13 : w->w13, n = n13 / 2, at = strcmp(pr, "up_proj") ? 0 : n;
+		else if (!strcmp(pr, "down_proj"))
+			base = sh ? w->s2 : w->w2, n = sh ? lh->n_s2 : lh->n_w2;
+		break;
+	}
+	case CAL_MOD_SHARED_GATE:
+		base = w->sgate, n = H;
+		break;
+	case CAL_MOD_LINATTN_PROJ:
+		cal_gdn_weight(c, w, pr, &base, &n);
+		break;
+	case CAL_MOD_EXPERTS_GATE_UP:
+		base = w->e13, at = (uint64_t)e * 2 * I * H, n = 2 * I * H;
+		break;
+	case CAL_MOD_EXPERTS_DOWN:
+		base = w->e2, at = (uint64_t)e * H * I, n = H * I;
+		break;
+	default:
+		break;
+	}
+	*ret = base ? base + at : NULL;
+	*ret_n = n;
+}
+
 static enum cal_status weight_amax(struct cal_calib *c, int32_t L, const struct cal_layer_host *lh,
 				   int skip_experts, struct cal_error *err)
 {
 	const struct cal_plan *p = c->plan;
-	const struct cal_layer_w *w = &lh->w;
-	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd;
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		const struct cal_plan_module *m = &p->modules[mi];
 		if (m->layer != L || m->wq < 0)
@@ -617,53 +668,9 @@ static enum cal_status weight_amax(struct cal_calib *c, int32_t L, const struct 
 				c->q_has[qi] = 1;
 				continue;
 			}
-			const char *pr = m->proj;
-			switch (m->kind) {
-			case CAL_MOD_ATTN_PROJ:
-				if (c->d->attn == CAL_ATTN_MLA)
-					cal_mla_weight(c, lh, pr, &src, &n);
-				else if (!strcmp(pr, "q_proj")) /* gated: query and gate rows */
-					src = w->wq, n = qd * H * (c->d->attn == CAL_ATTN_GATED_GQA ? 2 : 1);
-				else if (!strcmp(pr, "k_proj"))
-					src = w->wk, n = kd * H;
-				else if (!strcmp(pr, "v_proj"))
-					src = w->wv, n = kd * H;
-				else if (!strcmp(pr, "o_proj"))
-					src = w->wo, n = H * qd;
-				break;
-			case CAL_MOD_MLP_PROJ:
-				if (!strcmp(pr, "gate_proj"))
-					src = w->w13, n = lh->n_w13 / 2;
-				else if (!strcmp(pr, "up_proj"))
-					src = w->w13 + lh->n_w13 / 2, n = lh->n_w13 / 2;
-				else if (!strcmp(pr, "down_proj"))
-					src = w->w2, n = lh->n_w2;
-				break;
-			case CAL_MOD_SHARED_PROJ:
-				if (!strcmp(pr, "gate_proj"))
-					src = w->s13, n = lh->n_s13 / 2;
-				else if (!strcmp(pr, "up_proj"))
-					src = w->s13 + lh->n_s13 / 2, n = lh->n_s13 / 2;
-				else if (!strcmp(pr, "down_proj"))
-					src = w->s2, n = lh->n_s2;
-				break;
-			case CAL_MOD_SHARED_GATE:
-				src = w->sgate, n = H;
-				break;
-			case CAL_MOD_LINATTN_PROJ:
-				cal_gdn_weight(c, w, pr, &src, &n);
-				break;
-			case CAL_MOD_EXPERTS_GATE_UP:
-				src = w->e13 + (uint64_t)e * 2 * c->I * H, n = 2 * (uint64_t)c->I * H;
-				break;
-			case CAL_MOD_EXPERTS_DOWN:
-				src = w->e2 + (uint64_t)e * H * c->I, n = H * (uint64_t)c->I;
-				break;
-			default:
-				break;
-			}
+			weight_src(c, m, e, lh, &src, &n);
 			if (!src)
-				continue;
+				continue; /* FP8 source decoded by the back end: fp8_wamax_enqueue */
 			float a = host_amax(c, src, n);
 			if (!(a == a))
 				return cal_error_set(err, CAL_ERR_NUMERIC,
