@@ -242,7 +242,8 @@ static void free_run(struct cal_calib *c)
 	void *bufs[] = {c->hidden, c->pos, c->meta, c->d_inv_freq, c->h, c->q, c->kb, c->vb,
 			c->att, c->tmp, c->gu, c->act, c->logits, c->xg, c->sgu, c->sact,
 			c->sy, c->sgl, c->idx, c->offsets, c->sorted, c->ppos, c->rw, c->obs_amax,
-			c->obs_nf, c->arena[0], c->arena[1], c->xmb, c->w_amax, c->w_nf, c->w_off};
+			c->obs_nf, c->arena[0], c->arena[1], c->xmb, c->w_amax, c->w_nf, c->w_off,
+			c->fp8_wamax, c->fp8_wnf};
 	if (!c->be)
 		return;
 	for (size_t i = 0; i < CAL_ARRAY_LEN(bufs); i++)
@@ -262,6 +263,10 @@ static void free_run(struct cal_calib *c)
 	c->w_amax = NULL;
 	c->w_nf = NULL;
 	c->w_off = NULL;
+	c->fp8_wamax = NULL;
+	c->fp8_wnf = NULL;
+	free(c->fp8_wpend);
+	c->fp8_wpend = NULL;
 	for (int i = 0; i < CAL_RING_SLOTS; i++) {
 		cal_backend_host_free(c->be, c->ring[i]);
 		c->ring[i] = NULL;
@@ -459,6 +464,17 @@ static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 		free(off);
 		if (st < 0)
 			return st;
+	}
+	if (c->fp8_dev) {
+		/* amax of FP8 weights decoded by the back end (fp8_wamax_enqueue) */
+		c->fp8_wpend = calloc(c->plan->n_q + 1, 1);
+		if (!c->fp8_wpend)
+			return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		CAL_TRY(be_alloc(c, (c->plan->n_q + 1) * sizeof(float), &c->fp8_wamax, err));
+		CAL_TRY(be_alloc(c, sizeof(struct cal_nonfinite), &c->fp8_wnf, err));
+		CAL_TRY(cal_backend_memset(c->be, c->fp8_wamax, 0, (c->plan->n_q + 1) * sizeof(float),
+					   err));
+		CAL_TRY(cal_nonfinite_reset(c->be, c->fp8_wnf, err));
 	}
 	for (int i = 0; i < 2 && c->stream_weights; i++) {
 		if (!c->arena_bytes[i])
@@ -738,6 +754,8 @@ static uint64_t layer_bytes_bound(const struct cal_calib *c, int32_t L)
 	} else {
 		b += al256(4 * (uint64_t)c->Id * H) + al256(2 * H * (uint64_t)c->Id);
 	}
+	if (c->fp8_dev) /* codes (half of bf16) and grids of the other FP8 linears */
+		b += b / 2 + (uint64_t)CAL_FP8_JOBS * 512;
 	return b;
 }
 
@@ -802,6 +820,16 @@ static enum cal_status copy_in(struct cal_calib *c, char *dst, const char *src, 
 			       struct cal_error *err)
 {
 	return copy_in_segs(c, dst, &src, 1, n, err);
+}
+
+/* Field dst of dw is an FP8 weight the back end decodes (lh->dfr). */
+static int deferred(const struct cal_layer_host *lh, const struct cal_layer_w *dw, const void **dst)
+{
+	size_t f = (size_t)((const char *)dst - (const char *)dw);
+	for (int k = 0; k < lh->n_dfr; k++)
+		if (lh->dfr[k].field == f)
+			return 1;
+	return 0;
 }
 
 /* Copies the staged layer into arena `slot` (weights streamed); without
@@ -874,8 +902,10 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		return CAL_OK;
 	for (size_t i = 0; i < CAL_ARRAY_LEN(it); i++)
 		if (it[i].src || (it[i].dst == (const void **)&dw->e13 && lh->e13_seg) ||
-		    (it[i].dst == (const void **)&dw->e2 && lh->e2_seg))
+		    (it[i].dst == (const void **)&dw->e2 && lh->e2_seg) || deferred(lh, dw, it[i].dst))
 			total += al256(it[i].bytes);
+	for (int k = 0; k < lh->n_dfr; k++)
+		total += al256(lh->dfr[k].t->nbytes) + al256(lh->dfr[k].si->nbytes);
 	if (lh->q13_seg) /* decoded experts, their codes and scale grids */
 		total += al256(lh->n_e13 * 2) + al256(lh->n_e2 * 2) + al256(lh->n_e13) +
 			 al256(lh->n_e2) + al256(2 * E * g13 * 4) + al256(E * g2 * 4);
@@ -908,6 +938,10 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		}
 		if (!it[i].src) {
 			*it[i].dst = NULL;
+			if (deferred(lh, dw, it[i].dst)) { /* decoded here from FP8 codes */
+				*it[i].dst = arena + off;
+				off += al256(it[i].bytes);
+			}
 			continue;
 		}
 		st = copy_in(c, arena + off, it[i].src, it[i].bytes, err);
@@ -915,6 +949,25 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 			return cal_error_wrap(err, st, "layer %d: weights upload", L);
 		*it[i].dst = arena + off;
 		off += al256(it[i].bytes);
+	}
+	dw->n_fjob = 0;
+	for (int k = 0; k < lh->n_dfr; k++) {
+		/* other FP8 linears: codes and grid, decoded into their field's slot */
+		const struct cal_st_tensor *t = lh->dfr[k].t, *si = lh->dfr[k].si;
+		struct cal_fp8_job *j = &dw->fjob[dw->n_fjob++];
+		j->out = *(uint16_t *const *)((const char *)dw + lh->dfr[k].field) + lh->dfr[k].at;
+		j->rows = (uint64_t)t->shape[0];
+		j->cols = (uint64_t)t->shape[1];
+		st = copy_in(c, arena + off, t->data, t->nbytes, err);
+		if (st >= 0) {
+			j->q = (const uint8_t *)(arena + off);
+			off += al256(t->nbytes);
+			st = copy_in(c, arena + off, si->data, si->nbytes, err);
+		}
+		if (st < 0)
+			return cal_error_wrap(err, st, "layer %d: FP8 weights upload (%s)", L, t->name);
+		j->s = (const float *)(arena + off);
+		off += al256(si->nbytes);
 	}
 	if (lh->q13_seg) {
 		/* FP8 experts: room for the decoded W13 / W2, then codes and grids */
@@ -944,8 +997,9 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 	return CAL_OK;
 }
 
-/* FP8 block source experts of a streamed layer: decoded into W13 / W2 on
- * the back end's compute stream, once the layer's uploads are done. */
+/* FP8 block source weights of a streamed layer: decoded into their slots
+ * (experts: W13 / W2) on the back end's compute stream, once the layer's
+ * uploads are done. */
 static enum cal_status fp8_experts_decode(struct cal_calib *c, const struct cal_layer_w *w,
 					  struct cal_error *err)
 {
@@ -953,8 +1007,13 @@ static enum cal_status fp8_experts_decode(struct cal_calib *c, const struct cal_
 	uint64_t g13 = cal_fp8_grid(c->d, I, H), g2 = cal_fp8_grid(c->d, H, I);
 	uint32_t br = (uint32_t)c->d->quant_block[0], bc = (uint32_t)c->d->quant_block[1];
 	enum cal_status st = CAL_OK;
+	for (int k = 0; k < w->n_fjob && st >= 0; k++) {
+		const struct cal_fp8_job *j = &w->fjob[k];
+		struct cal_fp8_block_dequant_args a = {j->q, j->s, j->rows, j->cols, br, bc, j->out};
+		st = cal_op_fp8_block_dequant(c->be, &a, err);
+	}
 	if (!w->fq13)
-		return CAL_OK;
+		return st;
 	for (uint64_t m = 0; m < 3 * E && st >= 0; m++) {
 		int down = m >= 2 * E;
 		uint64_t j = down ? m - 2 * E : m;
@@ -996,6 +1055,80 @@ static void *stage_main(void *p)
 	struct stage_job *j = p;
 	j->st = stage_layer(j->c, j->L, j->lh, j->dw, j->slot, &j->err);
 	return NULL;
+}
+
+/* Weight amax of the quantizers whose FP8 weights the back end decoded
+ * (not the routed experts: expert_wamax_enqueue), into c->fp8_wamax; read
+ * back by fp8_wamax_finish. */
+static enum cal_status fp8_wamax_enqueue(struct cal_calib *c, int32_t L,
+					 const struct cal_layer_host *lh,
+					 const struct cal_layer_w *dw, struct cal_error *err)
+{
+	const struct cal_plan *p = c->plan;
+	struct cal_layer_host dev;
+	enum cal_status st = CAL_OK;
+	if (!lh->n_dfr)
+		return CAL_OK;
+	memcpy(&dev, lh, sizeof(dev));
+	dev.w = *dw;
+	cal_prof(c, PH_OBS);
+	for (size_t mi = 0; mi < p->n_modules && st >= 0; mi++) {
+		const struct cal_plan_module *m = &p->modules[mi];
+		if (m->layer != L || m->wq < 0 || m->kind == CAL_MOD_EXPERTS_GATE_UP ||
+		    m->kind == CAL_MOD_EXPERTS_DOWN)
+			continue;
+		for (int64_t e = 0; e < m->count && st >= 0; e++) {
+			size_t qi = (size_t)m->wq + (size_t)e;
+			const struct cal_qspec *sp = &p->q[qi].spec;
+			const uint16_t *hs = NULL, *ds = NULL;
+			uint64_t n = 0;
+			if (!sp->enabled || !sp->calibrate || sp->has_constant_amax)
+				continue;
+			weight_src(c, m, e, lh, &hs, &n);
+			weight_src(c, m, e, &dev, &ds, &n);
+			if (hs || !ds)
+				continue; /* measured on the host while staging */
+			struct cal_amax_args a = {CAL_DTYPE_BF16, ds, n, 0, c->fp8_wamax + qi, c->fp8_wnf};
+			st = cal_op_amax(c->be, &a, err);
+			c->fp8_wpend[qi] = 1;
+		}
+	}
+	cal_prof(c, PH_OTHER);
+	return st;
+}
+
+static enum cal_status fp8_wamax_finish(struct cal_calib *c, struct cal_error *err)
+{
+	size_t n = c->plan->n_q;
+	struct cal_nonfinite nf;
+	enum cal_status st = CAL_OK;
+	float *am = NULL;
+	int any = 0;
+	for (size_t i = 0; i < n && c->fp8_wpend; i++)
+		any |= c->fp8_wpend[i];
+	if (!any)
+		return CAL_OK;
+	am = malloc(n * sizeof(float));
+	if (!am)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	CAL_TRY(cal_backend_download(c->be, am, c->fp8_wamax, n * sizeof(float), err));
+	CAL_TRY(cal_backend_download(c->be, &nf, c->fp8_wnf, sizeof(nf), err));
+	if (nf.count) {
+		st = cal_error_set(err, CAL_ERR_NUMERIC, "decoded FP8 weights have %llu non-finite "
+				   "values", (unsigned long long)nf.count);
+		goto fail;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (c->fp8_wpend[i]) {
+			c->q_amax[i] = am[i];
+			c->q_has[i] = 1;
+			c->fp8_wpend[i] = 0;
+		}
+	CAL_TRY(cal_backend_memset(c->be, c->fp8_wamax, 0, n * sizeof(float), err));
+	CAL_TRY(cal_nonfinite_reset(c->be, c->fp8_wnf, err));
+fail:
+	free(am);
+	return st;
 }
 
 /* Expert weight amax of layer L on the device (amax_segments over the
@@ -1462,6 +1595,7 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 		}
 		CAL_TRY(reset_obs(c, err));
 		CAL_TRY(fp8_experts_decode(c, &dw[sl], err));
+		CAL_TRY(fp8_wamax_enqueue(c, L, &lh[sl], &dw[sl], err));
 		CAL_TRY(expert_wamax_enqueue(c, L, &dw[sl], err));
 		for (size_t i = 0; i < c->n_mb; i++) {
 			CAL_TRY(mb_load(c, &c->mbs[i], err));
@@ -1472,6 +1606,7 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 		CAL_TRY(cal_backend_sync(c->be, err));
 		CAL_TRY(read_back(c, L, err));
 		CAL_TRY(expert_wamax_finish(c, L, err));
+		CAL_TRY(fp8_wamax_finish(c, err));
 		map_layer_stats(c, L);
 		cal_prof(c, PH_OTHER);
 		cal_layer_host_free(&lh[sl]);

@@ -63,6 +63,10 @@ enum cal_phase {
 /* Pinned staging ring for weight uploads. */
 #define CAL_RING_SLOTS 4
 
+/* Most FP8 linears of one layer outside the routed experts (MLA 5, dense or
+ * shared gate/up/down 3). */
+#define CAL_FP8_JOBS 12
+
 /* One layer's weights (back-end pointers; bf16 unless noted). */
 struct cal_layer_w {
 	const void *in_norm, *post_norm, *q_norm, *k_norm;
@@ -99,6 +103,14 @@ struct cal_layer_w {
 	 * down of expert 0, ...) and their weight_scale_inv grids */
 	const uint8_t *fq13, *fq2;
 	const float *fs13, *fs2;
+	/* the layer's other FP8 linears, decoded the same way */
+	struct cal_fp8_job {
+		const uint8_t *q;
+		const float *s;
+		uint16_t *out;
+		uint64_t rows, cols;
+	} fjob[CAL_FP8_JOBS];
+	int n_fjob;
 };
 
 /* Host staging of one layer: canonical host pointers plus the buffers it
@@ -119,6 +131,15 @@ struct cal_layer_host {
 	 * weights): codes and scale grids per expert matrix, as e13_seg / e2_seg */
 	const uint8_t **q13_seg, **q2_seg;
 	const float **s13_seg, **s2_seg;
+	/* FP8 linears left for the back end to decode into the slot of the
+	 * struct cal_layer_w field at byte offset `field` (NULL here), from
+	 * element `at` on */
+	struct {
+		size_t field;
+		uint64_t at;
+		const struct cal_st_tensor *t, *si;
+	} dfr[CAL_FP8_JOBS];
+	int n_dfr;
 };
 
 /* Per micro-batch metadata. */
@@ -184,7 +205,10 @@ struct cal_calib {
 	float *w_amax;                   /* [2E] back end: expert weight amax (device path) */
 	struct cal_nonfinite *w_nf;      /* [2] back end */
 	uint32_t *w_off;                 /* [2 (E + 1)] back end: expert row offsets */
-	int fp8_dev;                     /* FP8 source experts decoded on the back end */
+	int fp8_dev;                     /* FP8 source weights decoded on the back end */
+	float *fp8_wamax;                /* [plan->n_q] back end: amax of decoded FP8 weights */
+	struct cal_nonfinite *fp8_wnf;   /* [1] back end */
+	uint8_t *fp8_wpend;              /* [plan->n_q] host: quantizers measured there */
 
 	/* profile */
 	int prof_phase;

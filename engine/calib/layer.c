@@ -187,6 +187,35 @@ static enum cal_status fp8_source(struct cal_calib *c, struct cal_layer_host *lh
 	return fp8_decode(c, t, si, p, err);
 }
 
+/* Streamed weights (c->fp8_dev): FP8 weight t is uploaded as codes and
+ * decoded by the back end into the slot of field (a member of lh->w) from
+ * element `at` on; the field stays NULL here. */
+static enum cal_status fp8_defer(struct cal_calib *c, struct cal_layer_host *lh,
+				 const struct cal_st_tensor *t, const struct cal_st_tensor *si,
+				 const uint16_t **field, uint64_t at, struct cal_error *err)
+{
+	enum cal_status st = cal_fp8_block_check(c->d, t, si, err);
+	if (st < 0)
+		return st;
+	if (lh->n_dfr >= CAL_FP8_JOBS)
+		return cal_error_set(err, CAL_ERR_INTERNAL, "tensor %s: more than %d FP8 linears in "
+				     "one layer", t->name, CAL_FP8_JOBS);
+	lh->dfr[lh->n_dfr].field = (size_t)((const char *)field - (const char *)&lh->w);
+	lh->dfr[lh->n_dfr].at = at;
+	lh->dfr[lh->n_dfr].t = t;
+	lh->dfr[lh->n_dfr].si = si;
+	lh->n_dfr++;
+	*field = NULL;
+	return CAL_OK;
+}
+
+/* ret points into lh->w (a weight field, not a local). */
+static int is_field(const struct cal_layer_host *lh, const uint16_t **ret)
+{
+	const char *p = (const char *)ret, *w = (const char *)&lh->w;
+	return p >= w && p < w + sizeof(lh->w);
+}
+
 /* A model tensor as bf16: the mapping itself when it is bf16, else a
  * converted copy.  NULL *ret when absent and optional. */
 static enum cal_status tensor_bf16(struct cal_calib *c, struct cal_layer_host *lh, enum cal_role role,
@@ -204,9 +233,13 @@ static enum cal_status tensor_bf16(struct cal_calib *c, struct cal_layer_host *l
 	if (t->numel != numel)
 		return cal_error_set(err, CAL_ERR_FORMAT, "tensor %s: %llu elements, expected %llu",
 				     t->name, (unsigned long long)t->numel, (unsigned long long)numel);
-	if (t->dtype == CAL_DTYPE_F8_E4M3)
-		return fp8_source(c, lh, t, cal_catalog_find(c->cat, role, CAL_PART_SCALE_INV, L, -1),
-				  ret, err);
+	if (t->dtype == CAL_DTYPE_F8_E4M3) {
+		const struct cal_st_tensor *si = cal_catalog_find(c->cat, role, CAL_PART_SCALE_INV, L,
+								  -1);
+		if (c->fp8_dev && is_field(lh, ret))
+			return fp8_defer(c, lh, t, si, ret, 0, err);
+		return fp8_source(c, lh, t, si, ret, err);
+	}
 	if (!float_dtype(t->dtype))
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "tensor %s: dtype %s is not supported",
 				     t->name, cal_dtype_name(t->dtype));
@@ -456,6 +489,30 @@ static enum cal_status stack2(struct cal_layer_host *lh, const uint16_t *a, cons
 	return CAL_OK;
 }
 
+/* Gate and up weights ([n] elements each) stacked into *field ([2n]): both
+ * FP8 on streamed weights are left to the back end, else stacked here. */
+static enum cal_status gate_up(struct cal_calib *c, struct cal_layer_host *lh, int32_t L,
+			       enum cal_role rg, enum cal_role ru, uint64_t n, const uint16_t **field,
+			       struct cal_error *err)
+{
+	const struct cal_st_tensor *tg = cal_catalog_find(c->cat, rg, CAL_PART_WEIGHT, L, -1);
+	const struct cal_st_tensor *tu = cal_catalog_find(c->cat, ru, CAL_PART_WEIGHT, L, -1);
+	const uint16_t *g = NULL, *u = NULL;
+	enum cal_status st = CAL_OK;
+	if (c->fp8_dev && tg && tu && tg->dtype == CAL_DTYPE_F8_E4M3 &&
+	    tu->dtype == CAL_DTYPE_F8_E4M3 && tg->numel == n && tu->numel == n) {
+		CAL_TRY(fp8_defer(c, lh, tg, cal_catalog_find(c->cat, rg, CAL_PART_SCALE_INV, L, -1),
+				  field, 0, err));
+		return fp8_defer(c, lh, tu, cal_catalog_find(c->cat, ru, CAL_PART_SCALE_INV, L, -1),
+				 field, n, err);
+	}
+	CAL_TRY(tensor_bf16(c, lh, rg, CAL_PART_WEIGHT, L, 0, n, &g, err));
+	CAL_TRY(tensor_bf16(c, lh, ru, CAL_PART_WEIGHT, L, 0, n, &u, err));
+	return stack2(lh, g, u, n, field, err);
+fail:
+	return st;
+}
+
 enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
 				struct cal_error *err)
 {
@@ -464,7 +521,6 @@ enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer
 	struct cal_layer_w *w = &lh->w;
 	enum cal_status st = CAL_OK;
 	uint64_t H = (uint64_t)c->H, qd = (uint64_t)(c->nh * c->hd), kd = (uint64_t)(c->nkv * c->hd);
-	const uint16_t *g = NULL, *u = NULL;
 
 	memset(lh, 0, sizeof(*lh));
 	CAL_TRY(tensor_norm(c, lh, CAL_ROLE_INPUT_NORM, L, 0, H, &w->in_norm, &w->in_norm_dt, err));
@@ -502,9 +558,7 @@ enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer
 ffn:
 	if (ld->ffn == CAL_FFN_DENSE) {
 		uint64_t I = (uint64_t)c->Id;
-		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_MLP_GATE, CAL_PART_WEIGHT, L, 0, I * H, &g, err));
-		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_MLP_UP, CAL_PART_WEIGHT, L, 0, I * H, &u, err));
-		CAL_TRY(stack2(lh, g, u, I * H, &w->w13, err));
+		CAL_TRY(gate_up(c, lh, L, CAL_ROLE_MLP_GATE, CAL_ROLE_MLP_UP, I * H, &w->w13, err));
 		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_MLP_DOWN, CAL_PART_WEIGHT, L, 0, H * I, &w->w2, err));
 		lh->n_w13 = 2 * I * H;
 		lh->n_w2 = H * I;
@@ -561,9 +615,8 @@ ffn:
 	}
 	if (d->shared != CAL_SHARED_NONE) {
 		uint64_t S = (uint64_t)c->Is;
-		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_SHARED_GATE, CAL_PART_WEIGHT, L, 0, S * H, &g, err));
-		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_SHARED_UP, CAL_PART_WEIGHT, L, 0, S * H, &u, err));
-		CAL_TRY(stack2(lh, g, u, S * H, &w->s13, err));
+		CAL_TRY(gate_up(c, lh, L, CAL_ROLE_SHARED_GATE, CAL_ROLE_SHARED_UP, S * H, &w->s13,
+				err));
 		CAL_TRY(tensor_bf16(c, lh, CAL_ROLE_SHARED_DOWN, CAL_PART_WEIGHT, L, 0, H * S, &w->s2,
 				    err));
 		lh->n_s13 = 2 * S * H;
