@@ -34,6 +34,8 @@ enum MHD_Result cal_route_job_report(struct cal_http_req *r);
 #define LIST_MAX 1000
 #define LOG_TAIL_DEFAULT (1024 * 1024)
 #define LOG_TAIL_MAX (64 * 1024 * 1024)
+/* what a job id (and so a list cursor) is made of */
+#define CURSOR_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
 /* Idempotency-Key: a structured-field string ("..."); bare tokens are
  * accepted too.  1-255 printable ASCII characters. */
@@ -124,6 +126,7 @@ enum MHD_Result cal_route_jobs_create(struct cal_http_req *r)
 		.data_roots = c->data_roots, .n_data_roots = c->n_data_roots,
 		.output_roots = c->output_roots, .n_output_roots = c->n_output_roots,
 		.recipes_dir = c->recipes_dir, .devices = c->devices, .n_devices = c->n_devices,
+		.datasets = c->datasets, .n_datasets = c->n_datasets,
 	};
 	if (cal_jobspec_validate(req, &env, &spec, &prob) ||
 	    cal_api_job_check(r, spec, cal_api_recipe_field(req), &prob) || space_check(c, spec, &prob)) {
@@ -211,8 +214,9 @@ enum MHD_Result cal_route_jobs_list(struct cal_http_req *r)
 		if (!*lim || *end || errno || limit < 1 || limit > LIST_MAX)
 			return cal_http_error(r, CAL_API_ERR_BAD_QUERY, "limit", "limit must be in [1, %d]", LIST_MAX);
 	}
-	if (cur && (strlen(cur) >= CAL_JOB_ID_MAX || !*cur))
-		return cal_http_error(r, CAL_API_ERR_BAD_QUERY, "cursor", "cursor must be a job id");
+	if (cur && (strlen(cur) >= CAL_JOB_ID_MAX || !*cur || cur[strspn(cur, CURSOR_CHARS)]))
+		return cal_http_error(r, CAL_API_ERR_BAD_QUERY, "cursor",
+				      "cursor must be a job id (1 to %d characters [A-Za-z0-9_-])", CAL_JOB_ID_MAX - 1);
 	json_t *list = json_array();
 	json_t *next = json_null();
 	struct cal_daemon *d = r->d;

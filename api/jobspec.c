@@ -4,6 +4,7 @@
 #include "jobspec.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,60 +13,20 @@
 #include <unistd.h>
 
 #include "api/sha256.h"
+#include "common/device.h"
+#include "common/jsonscan.h"
 #include "daemon/fsutil.h"
-
-static int depth_ok(const json_t *v, int depth)
-{
-	if (depth > CAL_JSON_MAX_DEPTH)
-		return 0;
-	if (json_is_object(v)) {
-		const char *k;
-		json_t *x;
-		json_object_foreach((json_t *)v, k, x)
-			if (!depth_ok(x, depth + 1))
-				return 0;
-	} else if (json_is_array(v)) {
-		size_t i;
-		json_t *x;
-		json_array_foreach(v, i, x)
-			if (!depth_ok(x, depth + 1))
-				return 0;
-	}
-	return 1;
-}
-
-/* Cheap pre-scan: bracket depth outside strings, so a deeply nested body is
- * refused before jansson builds it. */
-static int prescan_depth_ok(const char *buf, size_t len)
-{
-	int depth = 0, in_str = 0, esc = 0;
-	for (size_t i = 0; i < len; i++) {
-		char c = buf[i];
-		if (in_str) {
-			if (esc)
-				esc = 0;
-			else if (c == '\\')
-				esc = 1;
-			else if (c == '"')
-				in_str = 0;
-		} else if (c == '"') {
-			in_str = 1;
-		} else if (c == '{' || c == '[') {
-			if (++depth > CAL_JSON_MAX_DEPTH)
-				return 0;
-		} else if (c == '}' || c == ']') {
-			depth--;
-		}
-	}
-	return 1;
-}
+#include "engine/st/st_writer.h"
 
 enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
 				     struct cal_api_problem *prob)
 {
 	*ret = NULL;
-	if (!prescan_depth_ok(buf, len))
-		return cal_api_problem_set(prob, CAL_API_ERR_JSON_TOO_DEEP, NULL, NULL);
+	static const struct cal_json_limits lim = {CAL_JSON_MAX_DEPTH, CAL_JSON_MAX_VALUES};
+	int why = 0;
+	if (cal_json_prescan("body", buf, len, &lim, &why, NULL))
+		return cal_api_problem_set(prob, why == 1 ? CAL_API_ERR_JSON_TOO_DEEP : CAL_API_ERR_JSON_TOO_LARGE,
+					   NULL, NULL);
 	json_error_t je;
 	json_t *v = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
 	if (!v)
@@ -74,10 +35,6 @@ enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
 	if (!json_is_object(v)) {
 		json_decref(v);
 		return cal_api_problem_set(prob, CAL_API_ERR_BAD_JSON, NULL, "the body must be a JSON object");
-	}
-	if (!depth_ok(v, 1)) {
-		json_decref(v);
-		return cal_api_problem_set(prob, CAL_API_ERR_JSON_TOO_DEEP, NULL, NULL);
 	}
 	*ret = v;
 	return CAL_API_OK;
@@ -121,11 +78,11 @@ static enum cal_api_err check_keys(const json_t *obj, const char *const *allowed
 static enum cal_api_err get_int(const json_t *obj, const char *key, const char *field, long long lo,
 				long long hi, long long def, long long *ret, struct cal_api_problem *prob)
 {
+	/* *ret is set on every path: callers may read it after an error */
+	*ret = def;
 	json_t *v = json_object_get(obj, key);
-	if (!v || json_is_null(v)) {
-		*ret = def;
+	if (!v || json_is_null(v))
 		return CAL_API_OK;
-	}
 	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
 		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
 					   "%s must be an integer in [%lld, %lld]", field, lo, hi);
@@ -178,6 +135,44 @@ static enum cal_api_err get_path(const json_t *v, const char *field, char *const
 	enum cal_status st = cal_path_confine(s, roots, nroots, must_exist, ret, &e);
 	if (st)
 		return path_problem(st, field, s, &e, prob);
+	return CAL_API_OK;
+}
+
+/*
+ * The names the output becomes while the job runs must fit the file system's
+ * limits, or the job would be accepted and fail hours later with "File name
+ * too long": the temporary sibling `.NAME.tmp-<job id>-XXXXXX` (st_writer.h)
+ * within NAME_MAX, and the longest path the writer creates in it (or in the
+ * published directory) within PATH_MAX.  real is the resolved output.
+ */
+static enum cal_api_err output_names_fit(const char *real, struct cal_api_problem *prob)
+{
+	const char *slash = strrchr(real, '/');
+	size_t base = strlen(slash + 1), parent = (size_t)(slash - real);
+	size_t tmp_name = base + CAL_ST_TMP_NAME_EXTRA;
+	size_t longest = parent + 1 + tmp_name + 1 + CAL_ST_FILE_NAME_MAX;
+	if (tmp_name > NAME_MAX)
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "output",
+					   "output: the last path component is %zu bytes, at most %d are allowed (its "
+					   "temporary name while the job runs adds %d bytes and must fit NAME_MAX %d)",
+					   base, NAME_MAX - CAL_ST_TMP_NAME_EXTRA, CAL_ST_TMP_NAME_EXTRA, NAME_MAX);
+	if (longest >= PATH_MAX)
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "output",
+					   "output: the resolved path is %zu bytes, at most %d are allowed (the files "
+					   "written in its temporary directory must fit PATH_MAX %d)", strlen(real),
+					   PATH_MAX - 2 - CAL_ST_TMP_NAME_EXTRA - CAL_ST_FILE_NAME_MAX, PATH_MAX);
+	return CAL_API_OK;
+}
+
+/* The worker opens files of the model directory that the submit does not
+ * (the index, shards, tokenizer files): their paths must fit PATH_MAX too. */
+static enum cal_api_err model_names_fit(const char *real, struct cal_api_problem *prob)
+{
+	if (strlen(real) + 1 + CAL_ST_FILE_NAME_MAX >= PATH_MAX)
+		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "model",
+					   "model: the resolved path is %zu bytes, at most %d are allowed (the files "
+					   "the job reads in it must fit PATH_MAX %d)", strlen(real),
+					   PATH_MAX - 2 - CAL_ST_FILE_NAME_MAX, PATH_MAX);
 	return CAL_API_OK;
 }
 
@@ -241,10 +236,26 @@ static enum cal_api_err validate_calibration(const json_t *c, const struct cal_j
 					return ae;
 			} else if (!json_is_string(d)) {
 				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
-							   "%s must be a path or {\"path\", \"samples\"}", field);
+							   "%s must be a path, a catalog dataset or {\"path\", \"samples\"}",
+							   field);
+			}
+			json_t *named = NULL;
+			if (json_is_string(d) && json_string_value(d)[0] != '/') {
+				/* a name of the catalog, "cnn_dailymail:256" */
+				const char *cp;
+				long cn;
+				char msg[512];
+				if (cal_dataset_resolve(env->datasets, env->n_datasets, json_string_value(d), &cp, &cn, msg,
+							sizeof(msg)))
+					return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field, "%s: %s", field,
+								   msg);
+				path = named = json_string(cp);
+				n = cn;
 			}
 			char *real = NULL;
-			if ((ae = get_path(path, field, env->data_roots, env->n_data_roots, 1, &real, prob)))
+			ae = get_path(path, field, env->data_roots, env->n_data_roots, 1, &real, prob);
+			json_decref(named);
+			if (ae)
 				return ae;
 			struct stat sb;
 			if (stat(real, &sb) < 0 || !S_ISREG(sb.st_mode)) {
@@ -277,6 +288,39 @@ static enum cal_api_err validate_calibration(const json_t *c, const struct cal_j
 	json_object_set_new(cal, "seq_len", json_integer(seq_len));
 	json_object_set_new(cal, "seed", json_integer(seed));
 	return CAL_API_OK;
+}
+
+int cal_dataset_resolve(char *const *catalog, size_t n, const char *ref, const char **ret_path, long *ret_samples,
+			char *msg, size_t msg_len)
+{
+	*ret_path = NULL;
+	*ret_samples = 0;
+	size_t nl = strcspn(ref, ":");
+	if (ref[nl] == ':') {
+		char *end;
+		errno = 0;
+		long v = strtol(ref + nl + 1, &end, 10);
+		if (errno || end == ref + nl + 1 || *end || v < 1 || v > 1000000) {
+			snprintf(msg, msg_len, "'%.200s': the sample count after ':' must be an integer in [1, 1000000]",
+				 ref);
+			return -1;
+		}
+		*ret_samples = v;
+	}
+	for (size_t i = 0; nl > 0 && i < n; i++) {
+		if (!strncmp(catalog[i], ref, nl) && catalog[i][nl] == '=') {
+			*ret_path = catalog[i] + nl + 1;
+			return 0;
+		}
+	}
+	int w = snprintf(msg, msg_len, "no dataset '%.*s' in the catalog (%s", (int)(nl < 100 ? nl : 100), ref,
+			 n ? "known:" : "which is empty: the configuration's datasets: names them");
+	for (size_t i = 0; i < n && w > 0 && (size_t)w < msg_len; i++)
+		w += snprintf(msg + w, msg_len - (size_t)w, "%s %.*s", i ? "," : "", (int)strcspn(catalog[i], "="),
+			      catalog[i]);
+	if (w > 0 && (size_t)w < msg_len)
+		snprintf(msg + w, msg_len - (size_t)w, ")");
+	return -1;
 }
 
 /* A recipe name: '/'-separated segments of [A-Za-z0-9._-], none empty or
@@ -350,6 +394,9 @@ enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_a
 	return CAL_API_OK;
 }
 
+static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_jobspec_env *env, json_t *out,
+					      struct cal_api_problem *prob);
+
 static enum cal_api_err validate_devices(const json_t *req, const struct cal_jobspec_env *env, json_t *out,
 					 struct cal_api_problem *prob)
 {
@@ -358,13 +405,42 @@ static enum cal_api_err validate_devices(const json_t *req, const struct cal_job
 		json_object_set_new(out, "devices", env->n_devices ? json_integer(1) : json_string("cpu"));
 		return CAL_API_OK;
 	}
+	json_t *parsed = NULL;
 	if (json_is_string(d)) {
-		if (strcmp(json_string_value(d), "cpu"))
-			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
-						   "devices must be \"cpu\", a GPU count or a list of GPU ids");
-		json_object_set(out, "devices", d);
-		return CAL_API_OK;
+		/* a device string, as on the command line: "cpu", "cuda" (one GPU)
+		 * or "cuda:0,1" (those GPUs) */
+		struct cal_devices dv;
+		struct cal_error e = {0};
+		if (cal_devices_parse(json_string_value(d), &dv, &e) < 0 || dv.kind == CAL_DEVICE_AUTO) {
+			cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "devices",
+					    "devices must be \"cpu\", \"cuda\", \"cuda:I,J,...\", a GPU "
+					    "count or a list of GPU ids%s%s", e.msg ? ": " : "",
+					    e.msg ? e.msg : "");
+			cal_error_clear(&e);
+			return CAL_API_ERR_INVALID_FIELD;
+		}
+		if (dv.kind == CAL_DEVICE_CPU) {
+			json_object_set_new(out, "devices", json_string("cpu"));
+			return CAL_API_OK;
+		}
+		if (!strchr(json_string_value(d), ':')) {
+			d = parsed = json_integer(1);
+		} else {
+			d = parsed = json_array();
+			for (size_t i = 0; i < dv.n; i++)
+				json_array_append_new(parsed, json_integer(dv.ids[i]));
+		}
+		enum cal_api_err ae = validate_devices_json(d, env, out, prob);
+		json_decref(parsed);
+		return ae;
 	}
+	return validate_devices_json(d, env, out, prob);
+}
+
+/* devices as a GPU count or a list of ids */
+static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_jobspec_env *env, json_t *out,
+					      struct cal_api_problem *prob)
+{
 	if (json_is_integer(d)) {
 		json_int_t n = json_integer_value(d);
 		if (n < 1 || n > 64)
@@ -374,7 +450,7 @@ static enum cal_api_err validate_devices(const json_t *req, const struct cal_job
 			return cal_api_problem_set(prob, CAL_API_ERR_DEVICES_UNAVAILABLE, "devices",
 						   "devices: %lld GPUs requested, %zu configured", (long long)n,
 						   env->n_devices);
-		json_object_set(out, "devices", d);
+		json_object_set(out, "devices", (json_t *)d);
 		return CAL_API_OK;
 	}
 	if (!json_is_array(d) || json_array_size(d) == 0 || json_array_size(d) > 64)
@@ -398,7 +474,7 @@ static enum cal_api_err validate_devices(const json_t *req, const struct cal_job
 			return cal_api_problem_set(prob, CAL_API_ERR_DEVICES_UNAVAILABLE, "devices",
 						   "devices: GPU %lld is not configured", (long long)json_integer_value(x));
 	}
-	json_object_set(out, "devices", d);
+	json_object_set(out, "devices", (json_t *)d);
 	return CAL_API_OK;
 }
 
@@ -508,12 +584,13 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 	if ((ae = cal_jobspec_recipe(req, out, prob)) || (ae = validate_devices(req, env, out, prob)) ||
 	    (ae = validate_options(req, out, prob)))
 		goto fail;
-	if ((ae = cal_jobspec_model(req, env, &model, prob)))
+	if ((ae = cal_jobspec_model(req, env, &model, prob)) || (ae = model_names_fit(model, prob)))
 		goto fail;
 	if ((ae = validate_calibration(json_object_get(req, "calibration"), env, out, prob)))
 		goto fail;
 	if ((ae = get_path(json_object_get(req, "output"), "output", env->output_roots, env->n_output_roots, 0,
-			   &output, prob)))
+			   &output, prob)) ||
+	    (ae = output_names_fit(output, prob)))
 		goto fail;
 	if (cal_path_under(output, model) || cal_path_under(model, output)) {
 		ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "output",
@@ -540,4 +617,67 @@ fail:
 	free(output);
 	json_decref(out);
 	return ae;
+}
+
+/* ---- the spec as engine options ------------------------------------------ */
+
+enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job *ret,
+				     struct cal_error *err)
+{
+	const json_t *cal = json_object_get(spec, "calibration");
+	const json_t *opts = json_object_get(spec, "options");
+	const json_t *ds = json_object_get(cal, "datasets");
+	const json_t *dev = json_object_get(spec, "devices");
+	struct cal_job_opts *o = &ret->opts;
+	size_t i, n_gpus = 0;
+	json_t *x;
+	memset(ret, 0, sizeof(*ret));
+	o->model_dir = json_string_value(json_object_get(spec, "model"));
+	o->recipe = json_string_value(json_object_get(spec, "recipe"));
+	o->recipe_yaml = json_string_value(json_object_get(spec, "recipe_yaml"));
+	/* the tree the daemon validated the recipe against, confined to it */
+	o->recipe_opts.builtin_dir = json_string_value(json_object_get(spec, "recipes_dir"));
+	o->recipe_opts.no_filesystem = 1;
+	if (!o->model_dir || !o->recipe_opts.builtin_dir || !json_is_object(cal))
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: model, recipes_dir and "
+				     "calibration are required");
+	if (json_array_size(ds) > CAL_SPEC_MAX_DATASETS)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: more than %d datasets",
+				     CAL_SPEC_MAX_DATASETS);
+	json_array_foreach(ds, i, x) {
+		json_int_t n = json_integer_value(json_object_get(x, "samples"));
+		ret->datasets[i].path = json_string_value(json_object_get(x, "path"));
+		ret->datasets[i].samples = n > 0 ? (size_t)n : 0;
+		if (!ret->datasets[i].path)
+			return cal_error_set(err, CAL_ERR_FORMAT, "job spec: calibration.datasets[%zu] "
+					     "has no path", i);
+	}
+	o->datasets = ret->datasets;
+	o->n_datasets = json_array_size(ds);
+	o->tokens = json_string_value(json_object_get(cal, "tokens"));
+	json_int_t samples = json_integer_value(json_object_get(cal, "samples"));
+	json_int_t seq_len = json_integer_value(json_object_get(cal, "seq_len"));
+	json_int_t seed = json_integer_value(json_object_get(cal, "seed"));
+	if (samples < 0 || seq_len < 0 || seed < 0)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: negative calibration count");
+	o->samples = (size_t)samples;
+	o->seq_len = (size_t)seq_len;
+	o->seed = (uint64_t)seed;
+	o->per_expert_input_amax = json_is_true(json_object_get(opts, "per_expert_input_amax"));
+	o->moe_calib_experts_ratio = json_number_value(json_object_get(opts, "moe_calib_experts_ratio"));
+	if (json_is_integer(dev))
+		n_gpus = (size_t)json_integer_value(dev);
+	else if (json_is_array(dev))
+		n_gpus = json_array_size(dev);
+	else if (!json_is_string(dev) || strcmp(json_string_value(dev), "cpu"))
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: devices must be \"cpu\", a "
+				     "count or a list");
+	if (n_gpus > CAL_DEVICES_MAX)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: more than %d devices",
+				     CAL_DEVICES_MAX);
+	o->devices.kind = n_gpus ? CAL_DEVICE_CUDA : CAL_DEVICE_CPU;
+	o->devices.n = n_gpus;
+	for (i = 0; i < n_gpus; i++)
+		o->devices.ids[i] = (int)i;
+	return CAL_OK;
 }

@@ -9,13 +9,30 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "common/status.h"
+#include "engine/job.h"
 #include "errors.h"
 
 #define CAL_JSON_MAX_DEPTH 32
+#define CAL_JSON_MAX_VALUES 100000
 #define CAL_SPEC_MAX_PATH 4095
 #define CAL_RECIPE_YAML_MAX (256 * 1024)
 #define CAL_SPEC_MAX_DATASETS 64
 #define CAL_RECIPE_NAME_MAX 200
+
+/* The dataset catalog: names such as cnn_dailymail mapped to files, so
+ * that a job can say "cnn_dailymail:256" as it would "/data/cnn.jsonl:256".
+ * Entries are "NAME=PATH" strings (the configuration's `datasets:`). */
+#define CAL_DATASET_NAME_MAX 64
+#define CAL_DATASET_NAME_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+/*
+ * Resolves a catalog reference "NAME" or "NAME:N" (N samples, 1..1000000):
+ * *ret_path points into catalog, *ret_samples is N or 0.  Returns 0, or -1
+ * with a message in msg naming the reference and every known name.
+ */
+int cal_dataset_resolve(char *const *catalog, size_t n, const char *ref, const char **ret_path, long *ret_samples,
+			char *msg, size_t msg_len);
 
 /* Where client paths may point and which devices exist (from the config). */
 struct cal_jobspec_env {
@@ -24,12 +41,16 @@ struct cal_jobspec_env {
 	const char *recipes_dir; /* unused here: api/recipes.c resolves recipe names */
 	const int *devices;
 	size_t n_devices;
+	char *const *datasets;   /* the catalog, "NAME=PATH" */
+	size_t n_datasets;
 };
 
 /*
  * Parses a request body: one JSON object, duplicate keys rejected, nesting
- * at most CAL_JSON_MAX_DEPTH.  len must already be bounded by the caller.
- * *ret (new reference) on success; BAD_JSON / JSON_TOO_DEEP otherwise.
+ * at most CAL_JSON_MAX_DEPTH and at most CAL_JSON_MAX_VALUES values, both
+ * checked before jansson parses (common/jsonscan.h).  len must already be
+ * bounded by the caller.  *ret (new reference) on success; BAD_JSON /
+ * JSON_TOO_DEEP / JSON_TOO_LARGE otherwise.
  */
 enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
 				     struct cal_api_problem *prob);
@@ -69,5 +90,24 @@ enum cal_api_err cal_jobspec_model(const json_t *req, const struct cal_jobspec_e
  */
 enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspec_env *env,
 				      json_t **ret_spec, struct cal_api_problem *prob);
+
+/* The engine's options for a canonical spec (engine/job.h). */
+struct cal_jobspec_job {
+	struct cal_job_opts opts;
+	struct cal_job_dataset datasets[CAL_SPEC_MAX_DATASETS];
+};
+
+/*
+ * Fills ret from a canonical spec: the model, the recipe (name or inline
+ * YAML) resolved in spec.recipes_dir with the no-filesystem confinement,
+ * the calibration data, the options and the devices.  "cpu" runs on the
+ * CPU; a GPU count or list runs on CUDA ordinals 0..n-1, because the
+ * supervisor starts the worker with CUDA_VISIBLE_DEVICES set to the GPUs it
+ * assigned.  The strings point into spec (which must outlive ret's use).
+ * Used by the worker to run the job and by the API to validate it.
+ * Errors: CAL_ERR_FORMAT naming a field of a spec that is not canonical.
+ */
+enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job *ret,
+				     struct cal_error *err);
 
 #endif

@@ -10,7 +10,10 @@
  * and are bounded (file sizes and node counts by engine/recipe, plan size
  * by CAL_API_PLAN_MAX_QUANTIZERS, concurrency by CAL_API_PLAN_SLOTS), so
  * they run on the HTTP thread that asked: no GPU, no tensor data, no
- * worker.  Error messages have the recipe tree's path removed.
+ * worker.  Error messages have the recipe tree's path removed.  The reads
+ * are confined (common/confine.h): recipe files beneath the recipe tree,
+ * config.json beneath the model roots, so a link leading out of them is
+ * refused and no byte of an outside file reaches an error message.
  */
 #include "api/recipes.h"
 
@@ -21,21 +24,21 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <yaml.h>
 
 #include "api/jobspec.h"
+#include "common/confine.h"
 #include "common/util.h"
+#include "engine/job.h"
 #include "engine/model/model.h"
 #include "engine/recipe/plan.h"
 #include "engine/recipe/recipe.h"
+#include "engine/recipe/ytree.h"
 
 enum MHD_Result cal_route_recipes_list(struct cal_http_req *r);
 enum MHD_Result cal_route_recipe_get(struct cal_http_req *r);
 enum MHD_Result cal_route_plan(struct cal_http_req *r);
 
 #define RECIPE_TEXT_MAX (1024 * 1024)
-#define IMPORT_WALK_MAX 4096
-#define INLINE_DOCS_MAX 8
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -48,29 +51,11 @@ static char *tree_dir(const struct cal_config *c)
 	return real ? real : strdup(d);
 }
 
-/* msg with every "dir/" removed (heap; NULL on allocation failure). */
-static char *scrub(const char *msg, const char *dir)
-{
-	size_t dl = strlen(dir);
-	char *out = malloc(strlen(msg) + 1), *o = out;
-	if (!out)
-		return NULL;
-	for (const char *m = msg; *m;) {
-		if (dl && !strncmp(m, dir, dl) && m[dl] == '/') {
-			m += dl + 1;
-			continue;
-		}
-		*o++ = *m++;
-	}
-	*o = '\0';
-	return out;
-}
-
 /* Sets prob from an engine error: "<what>: <message without the tree>". */
 static enum cal_api_err from_error(struct cal_api_problem *prob, enum cal_api_err ae, const char *field,
 				   const char *what, struct cal_error *e, const char *dir)
 {
-	char *m = scrub(cal_error_msg(e), dir ? dir : "");
+	char *m = cal_str_scrub_dir(cal_error_msg(e), dir ? dir : "");
 	cal_api_problem_set(prob, ae, field, "%s%s%s", what ? what : "", what ? ": " : "", m ? m : cal_error_msg(e));
 	free(m);
 	cal_error_clear(e);
@@ -121,131 +106,134 @@ static int import_path_ok(const char *p)
 
 /* Every scalar value under n (an `imports:` value) must be import_path_ok.
  * Returns the offending scalar, or NULL. */
-static const char *bad_import(yaml_document_t *doc, yaml_node_t *n, int depth, size_t *budget)
+static const char *bad_import(const struct cal_ynode *n, int depth)
 {
-	if (!n || depth > 8 || (*budget)-- == 0)
-		return n ? "(imports nested too deeply)" : NULL;
-	if (n->type == YAML_SCALAR_NODE) {
-		const char *v = (const char *)n->data.scalar.value;
-		return import_path_ok(v) ? NULL : v;
-	}
-	if (n->type == YAML_SEQUENCE_NODE) {
-		for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
-			const char *b = bad_import(doc, yaml_document_get_node(doc, *it), depth + 1, budget);
+	if (depth > 8)
+		return "(imports nested too deeply)";
+	if (n->kind == CAL_Y_SEQ || n->kind == CAL_Y_MAP) {
+		size_t step = n->kind == CAL_Y_MAP ? 2 : 1;
+		for (size_t i = step - 1; i < n->n * step; i += step) {
+			const char *b = bad_import(n->items[i], depth + 1);
 			if (b)
 				return b;
 		}
-	} else if (n->type == YAML_MAPPING_NODE) {
-		for (yaml_node_pair_t *pp = n->data.mapping.pairs.start; pp < n->data.mapping.pairs.top; pp++) {
-			const char *b = bad_import(doc, yaml_document_get_node(doc, pp->value), depth + 1, budget);
-			if (b)
-				return b;
-		}
+		return NULL;
 	}
-	return NULL;
+	return n->str && !import_path_ok(n->str) ? n->str : NULL;
 }
 
 /* Refuses an inline recipe whose top-level `imports:` name a path outside
- * the recipe tree.  YAML errors are left to the recipe loader, which
- * reports them with line and column. */
+ * the recipe tree.  The text is read by the recipe loader's own bounded
+ * reader (engine/recipe/ytree.h: size, depth and node limits enforced
+ * while libyaml's events arrive, so hostile nesting costs microseconds);
+ * YAML errors are left to the recipe loader, which reports them with line
+ * and column. */
 static enum cal_api_err inline_imports_ok(const char *text, const char *field, struct cal_api_problem *prob)
 {
-	yaml_parser_t p;
-	enum cal_api_err ae = CAL_API_OK;
-	size_t budget = IMPORT_WALK_MAX;
-	if (!yaml_parser_initialize(&p))
+	struct cal_ydocs docs;
+	struct cal_error e = {0};
+	enum cal_status st = cal_ytree_parse("<inline>", text, strlen(text), NULL, &docs, &e);
+	cal_error_clear(&e);
+	if (st == CAL_ERR_NOMEM)
 		return cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
-	yaml_parser_set_input_string(&p, (const unsigned char *)text, strlen(text));
-	for (int i = 0; i < INLINE_DOCS_MAX && !ae; i++) {
-		yaml_document_t doc;
-		if (!yaml_parser_load(&p, &doc))
-			break;
-		yaml_node_t *root = yaml_document_get_root_node(&doc);
-		if (!root) {
-			yaml_document_delete(&doc);
-			break;
-		}
-		if (root->type == YAML_MAPPING_NODE) {
-			for (yaml_node_pair_t *pp = root->data.mapping.pairs.start;
-			     pp < root->data.mapping.pairs.top && !ae; pp++) {
-				yaml_node_t *k = yaml_document_get_node(&doc, pp->key);
-				if (!k || k->type != YAML_SCALAR_NODE || strcmp((const char *)k->data.scalar.value, "imports"))
-					continue;
-				const char *bad = bad_import(&doc, yaml_document_get_node(&doc, pp->value), 0, &budget);
-				if (bad)
-					ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_RECIPE, field,
-								 "%s: import '%.200s' must be a relative path inside the "
-								 "recipe tree (no leading '/', no '..')", field, bad);
-			}
-		}
-		yaml_document_delete(&doc);
+	if (st)
+		return CAL_API_OK;
+	enum cal_api_err ae = CAL_API_OK;
+	for (size_t i = 0; i < docs.n && !ae; i++) {
+		const struct cal_ynode *imports = cal_ymap_get(docs.doc[i], "imports");
+		const char *bad = imports ? bad_import(imports, 0) : NULL;
+		if (bad)
+			ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_RECIPE, field,
+						 "%s: import '%.200s' must be a relative path inside the "
+						 "recipe tree (no leading '/', no '..')", field, bad);
 	}
-	yaml_parser_delete(&p);
+	cal_ydocs_clear(&docs);
 	return ae;
 }
 
-/* Loads the recipe `name` or the inline `yaml` from the tree `dir`. */
-static enum cal_api_err recipe_load(const char *dir, const char *name, const char *yaml, const char *field,
+/* A recipe that did not load (named `name`, or inline when yaml): prob. */
+static enum cal_api_err recipe_problem(enum cal_status st, struct cal_error *e, const char *name, int yaml,
+				       const char *field, const char *dir, struct cal_api_problem *prob)
+{
+	if (st == CAL_ERR_NOMEM || st == CAL_ERR_IO)
+		return from_error(prob, CAL_API_ERR_INTERNAL, NULL, "recipe", e, dir);
+	if (st == CAL_ERR_NOTFOUND && !yaml) {
+		cal_error_clear(e);
+		return cal_api_problem_set(prob, CAL_API_ERR_UNKNOWN_RECIPE, field,
+					   "recipe '%s' is not a known recipe (GET /v1/recipes lists them)", name);
+	}
+	return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field, field, e, dir);
+}
+
+/* Loads the recipe `name` from the tree `dir`, its files read beneath it. */
+static enum cal_api_err recipe_load(const char *dir, const char *name, const char *field,
 				    struct cal_recipe **ret, struct cal_api_problem *prob)
 {
 	struct cal_recipe_opts o = {.builtin_dir = dir, .no_filesystem = 1};
 	struct cal_error e = {0};
-	enum cal_status st;
+	const char *const roots[] = {dir};
+	struct cal_confine conf = {roots, 1};
+	cal_confine_set(&conf);
+	enum cal_status st = cal_recipe_load(name, &o, ret, &e);
+	cal_confine_set(NULL);
+	return st >= 0 ? CAL_API_OK : recipe_problem(st, &e, name, 0, field, dir, prob);
+}
+
+/*
+ * Opens the job of `o` (recipe resolved in the tree `dir`) without a back
+ * end, as the worker would (flags: CAL_JOB_OPEN_FOR(stages) asks the engine
+ * whether it runs them); maps a refusal onto prob: unknown_recipe /
+ * invalid_recipe (field), not_a_model / unsupported_model ("model"),
+ * internal.
+ */
+static enum cal_api_err job_open(const struct cal_config *c, struct cal_job_opts *o, const char *dir,
+				 unsigned flags, const char *field, struct cal_job **ret,
+				 struct cal_api_problem *prob)
+{
+	struct cal_error e = {0};
+	enum cal_job_part part = CAL_JOB_PART_OPTIONS;
+	enum cal_api_err ae;
 	*ret = NULL;
-	if (yaml) {
-		enum cal_api_err ae = inline_imports_ok(yaml, field, prob);
-		if (ae)
-			return ae;
-		st = cal_recipe_parse("<inline>", yaml, strlen(yaml), &o, ret, &e);
-	} else {
-		st = cal_recipe_load(name, &o, ret, &e);
-	}
+	o->recipe_opts.builtin_dir = dir;
+	o->recipe_opts.no_filesystem = 1;
+	o->max_quantizers = CAL_API_PLAN_MAX_QUANTIZERS;
+	if (o->recipe_yaml && (ae = inline_imports_ok(o->recipe_yaml, field, prob)))
+		return ae;
+	/* every file the job reads lies beneath the recipe tree or a model root
+	 * (common/confine.h): no byte of an outside file reaches an error */
+	const char **roots = calloc(c->n_model_roots + 1, sizeof(*roots));
+	if (!roots)
+		return cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+	roots[0] = dir;
+	for (size_t k = 0; k < c->n_model_roots; k++)
+		roots[k + 1] = c->model_roots[k];
+	struct cal_confine conf = {roots, c->n_model_roots + 1};
+	cal_confine_set(&conf);
+	enum cal_status st = cal_job_open(o, flags | CAL_JOB_OPEN_NO_BACKEND, ret, &part, &e);
+	cal_confine_set(NULL);
+	free(roots);
 	if (st >= 0)
 		return CAL_API_OK;
-	if (st == CAL_ERR_NOMEM || st == CAL_ERR_IO)
-		return from_error(prob, CAL_API_ERR_INTERNAL, NULL, "recipe", &e, dir);
-	if (st == CAL_ERR_NOTFOUND && !yaml) {
-		cal_error_clear(&e);
-		return cal_api_problem_set(prob, CAL_API_ERR_UNKNOWN_RECIPE, field,
-					   "recipe '%s' is not a known recipe (GET /v1/recipes lists them)", name);
+	if (part == CAL_JOB_PART_RECIPE)
+		return recipe_problem(st, &e, o->recipe, !!o->recipe_yaml, field, dir, prob);
+	if (st == CAL_ERR_NOMEM || part == CAL_JOB_PART_OPTIONS)
+		return from_error(prob, CAL_API_ERR_INTERNAL, NULL, "job", &e, dir);
+	switch (part) {
+	case CAL_JOB_PART_MODEL:
+		ae = st == CAL_ERR_UNSUPPORTED || st == CAL_ERR_RANGE ? CAL_API_ERR_UNSUPPORTED_MODEL
+								      : CAL_API_ERR_NOT_A_MODEL;
+		return from_error(prob, ae, "model", "model", &e, NULL);
+	case CAL_JOB_PART_PLAN:
+		return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field,
+				  "the recipe does not apply to this model", &e, dir);
+	case CAL_JOB_PART_ENGINE: /* described, but not run by the engine */
+		return from_error(prob, CAL_API_ERR_UNSUPPORTED_MODEL, "model", "model", &e, NULL);
+	case CAL_JOB_PART_EXPORT: /* the exporter cannot write this recipe for this model */
+		return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field,
+				  "the recipe cannot be exported for this model", &e, dir);
+	default: /* the checkpoint: its safetensors headers and tensors */
+		return from_error(prob, CAL_API_ERR_NOT_A_MODEL, "model", "model", &e, NULL);
 	}
-	return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field, field, &e, dir);
-}
-
-/* Parses dir/config.json and bounds the plan it would need. */
-static enum cal_api_err model_load(const char *dir, struct cal_model_desc **ret, struct cal_api_problem *prob)
-{
-	struct cal_error e = {0};
-	enum cal_status st = cal_model_desc_load(dir, ret, &e);
-	if (st < 0) {
-		enum cal_api_err ae = st == CAL_ERR_UNSUPPORTED ? CAL_API_ERR_UNSUPPORTED_MODEL :
-				      st == CAL_ERR_NOMEM ? CAL_API_ERR_INTERNAL : CAL_API_ERR_NOT_A_MODEL;
-		return from_error(prob, ae, ae == CAL_API_ERR_INTERNAL ? NULL : "model", "model", &e, NULL);
-	}
-	const struct cal_model_desc *m = *ret;
-	long long est = (long long)m->num_layers * ((long long)m->num_experts * 4 + 32) + 16;
-	if (est > CAL_API_PLAN_MAX_QUANTIZERS) {
-		cal_model_desc_free(*ret);
-		*ret = NULL;
-		return cal_api_problem_set(prob, CAL_API_ERR_UNSUPPORTED_MODEL, "model",
-					   "model: %lld layers x %lld experts is too large to plan over the API "
-					   "(limit %ld quantizers); use `calibd plan`", (long long)m->num_layers,
-					   (long long)m->num_experts, (long)CAL_API_PLAN_MAX_QUANTIZERS);
-	}
-	return CAL_API_OK;
-}
-
-static enum cal_api_err plan_build(const struct cal_model_desc *m, const struct cal_recipe *rc, const char *field,
-				   const char *dir, struct cal_plan **ret, struct cal_api_problem *prob)
-{
-	struct cal_error e = {0};
-	enum cal_status st = cal_plan_build(m, rc, ret, &e);
-	if (st >= 0)
-		return CAL_API_OK;
-	if (st == CAL_ERR_NOMEM)
-		return from_error(prob, CAL_API_ERR_INTERNAL, NULL, "plan", &e, dir);
-	return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field, "the recipe does not apply to this model", &e,
-			  dir);
 }
 
 const char *cal_api_recipe_field(const json_t *req)
@@ -261,28 +249,31 @@ const char *cal_api_recipe_field(const json_t *req)
 enum cal_api_err cal_api_job_check(struct cal_http_req *r, json_t *spec, const char *recipe_field,
 				   struct cal_api_problem *prob)
 {
-	const char *name = json_string_value(json_object_get(spec, "recipe"));
-	const char *yaml = json_string_value(json_object_get(spec, "recipe_yaml"));
-	const char *model = json_string_value(json_object_get(spec, "model"));
-	struct cal_recipe *rc = NULL;
-	struct cal_model_desc *m = NULL;
-	struct cal_plan *plan = NULL;
+	struct cal_jobspec_job jj;
+	struct cal_job *job = NULL;
+	struct cal_error e = {0};
 	char *dir = tree_dir(r->cfg);
 	enum cal_api_err ae;
 	if (!dir)
 		return cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+	/* the worker resolves the recipe in the same tree */
+	if (json_object_set_new(spec, "recipes_dir", json_string(dir)) < 0) {
+		free(dir);
+		return cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "recipes_dir is not UTF-8");
+	}
+	/* the worker's own options, from the same spec */
+	if (cal_jobspec_job_opts(spec, &jj, &e) < 0) {
+		ae = from_error(prob, CAL_API_ERR_INTERNAL, NULL, "job spec", &e, dir);
+		free(dir);
+		return ae;
+	}
 	if (slot_take(r->d) < 0) {
 		free(dir);
 		return cal_api_problem_set(prob, CAL_API_ERR_BUSY, NULL, NULL);
 	}
-	if (!(ae = recipe_load(dir, name, yaml, recipe_field, &rc, prob)) && !(ae = model_load(model, &m, prob)))
-		ae = plan_build(m, rc, recipe_field, dir, &plan, prob);
+	ae = job_open(r->cfg, &jj.opts, dir, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), recipe_field, &job, prob);
 	slot_give(r->d);
-	if (!ae && json_object_set_new(spec, "recipes_dir", json_string(dir)) < 0)
-		ae = cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "recipes_dir is not UTF-8");
-	cal_plan_free(plan);
-	cal_model_desc_free(m);
-	cal_recipe_free(rc);
+	cal_job_close(job);
 	free(dir);
 	return ae;
 }
@@ -365,7 +356,7 @@ enum MHD_Result cal_route_recipe_get(struct cal_http_req *r)
 		free(dir);
 		return cal_http_error(r, CAL_API_ERR_BUSY, NULL, NULL);
 	}
-	enum cal_api_err ae = recipe_load(dir, r->param, NULL, "name", &rc, &prob);
+	enum cal_api_err ae = recipe_load(dir, r->param, "name", &rc, &prob);
 	slot_give(r->d);
 	if (ae) {
 		free(dir);
@@ -399,9 +390,7 @@ enum MHD_Result cal_route_plan(struct cal_http_req *r)
 	struct cal_api_problem prob = {0};
 	json_t *req = NULL, *rf = NULL, *out = NULL;
 	char *model = NULL, *dir = NULL, *text = NULL;
-	struct cal_recipe *rc = NULL;
-	struct cal_model_desc *m = NULL;
-	struct cal_plan *plan = NULL;
+	struct cal_job *job = NULL;
 	enum cal_api_err ae = CAL_API_OK;
 	int have_slot = 0;
 	const char *detail = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "detail");
@@ -443,10 +432,15 @@ enum MHD_Result cal_route_plan(struct cal_http_req *r)
 	}
 	have_slot = 1;
 	const char *name = json_string_value(json_object_get(rf, "recipe"));
-	if ((ae = recipe_load(dir, name, json_string_value(json_object_get(rf, "recipe_yaml")), field, &rc, &prob)) ||
-	    (ae = model_load(model, &m, &prob)) || (ae = plan_build(m, rc, field, dir, &plan, &prob)))
+	struct cal_job_opts jo = {
+		.model_dir = model,
+		.recipe = name,
+		.recipe_yaml = json_string_value(json_object_get(rf, "recipe_yaml")),
+		.recipe_display = "<inline>",
+	};
+	if ((ae = job_open(c, &jo, dir, CAL_JOB_OPEN_NO_CHECKPOINT, field, &job, &prob)))
 		goto out;
-	text = cal_plan_json(plan, name ? name : "<inline>");
+	text = cal_plan_json(cal_job_plan(job), cal_job_recipe_name(job));
 	out = text ? json_loads(text, 0, NULL) : NULL;
 	if (!out) {
 		ae = cal_api_problem_set(&prob, CAL_API_ERR_INTERNAL, NULL, "plan: cannot encode");
@@ -459,9 +453,7 @@ enum MHD_Result cal_route_plan(struct cal_http_req *r)
 out:
 	if (have_slot)
 		slot_give(r->d);
-	cal_plan_free(plan);
-	cal_model_desc_free(m);
-	cal_recipe_free(rc);
+	cal_job_close(job);
 	free(text);
 	free(dir);
 	free(model);

@@ -1,6 +1,8 @@
 /* util.c — whole-file reading, path joining, clocks. */
 #include "util.h"
 
+#include "confine.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -16,10 +18,10 @@ enum cal_status cal_read_file(const char *path, size_t max_bytes, char **ret,
 	*ret = NULL;
 	if (ret_len)
 		*ret_len = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = cal_open_confined(path, O_RDONLY, 0);
 	if (fd < 0)
 		return cal_error_set(err, errno == ENOENT ? CAL_ERR_NOTFOUND : CAL_ERR_IO,
-				     "%s: %s", path, strerror(errno));
+				     "%s: %s", path, cal_confine_strerror(errno));
 	struct stat sb;
 	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
 		close(fd);
@@ -73,4 +75,21 @@ double cal_now(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+char *cal_str_scrub_dir(const char *msg, const char *dir)
+{
+	size_t dl = strlen(dir);
+	char *out = malloc(strlen(msg) + 1), *o = out;
+	if (!out)
+		return NULL;
+	for (const char *m = msg; *m;) {
+		if (dl && !strncmp(m, dir, dl) && m[dl] == '/') {
+			m += dl + 1;
+			continue;
+		}
+		*o++ = *m++;
+	}
+	*o = '\0';
+	return out;
 }

@@ -33,6 +33,10 @@ enum cal_status cal_read_file(const char *path, size_t max_bytes, char **ret,
 /* Joins a directory and a file name ("dir/name"); NULL on allocation failure. */
 char *cal_path_join(const char *dir, const char *name);
 
+/* msg with every "dir/" removed: error messages that must not show where
+ * a tree lives (heap, caller frees; NULL on allocation failure). */
+char *cal_str_scrub_dir(const char *msg, const char *dir);
+
 /* Monotonic time in seconds. */
 double cal_now(void);
 

@@ -1,246 +1,219 @@
 /*
- * client.c — a small blocking HTTP/1.1 client (Connection: close) and the
- * job-error → exit-code table.
+ * client.c — requests to the daemon through libcurl (HTTP and HTTPS,
+ * proxies from the environment, a URL path prefix) and the job-error →
+ * exit-code table.
  */
 #include "client.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
+#include <curl/curl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "common/util.h"
 
-static int wait_fd(int fd, short ev, double timeout_s)
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc = CURLE_FAILED_INIT;
+
+static void curl_init(void)
 {
-	struct pollfd p = {.fd = fd, .events = ev};
-	int r;
-	do
-		r = poll(&p, 1, (int)(timeout_s * 1000));
-	while (r < 0 && errno == EINTR);
-	return r;
+	curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-static int dial(const char *host, const char *port, double timeout_s, struct cal_error *err)
+/* What the callbacks fill: the header block of the last response (a
+ * proxy's CONNECT reply or a 100 Continue comes first: only the lines after
+ * the last status line count) and the body, in memory streams. */
+struct sink {
+	FILE *hf, *bf;
+	char *hdr, *body;
+	size_t hlen, blen;
+	long hstart;      /* offset of the last response's first header line */
+	size_t received;  /* body bytes */
+	int too_big;
+};
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-	int g = getaddrinfo(host, port, &hints, &res);
-	if (g) {
-		cal_error_set(err, CAL_ERR_IO, "%s:%s: %s", host, port, gai_strerror(g));
-		return -1;
+	struct sink *s = arg;
+	size_t len = size * n;
+	if (len >= 5 && !strncmp(p, "HTTP/", 5)) {
+		s->hstart = ftell(s->hf);
+		return s->hstart < 0 ? 0 : len;
 	}
-	int fd = -1, last = 0;
-	for (struct addrinfo *a = res; a; a = a->ai_next) {
-		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
-		if (fd < 0)
-			continue;
-		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
-			break;
-		if (errno == EINPROGRESS && wait_fd(fd, POLLOUT, timeout_s) > 0) {
-			int so = 0;
-			socklen_t sl = sizeof(so);
-			getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl);
-			if (so == 0)
-				break;
-			last = so;
-		} else {
-			last = errno ? errno : ETIMEDOUT;
-		}
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(res);
-	if (fd < 0)
-		cal_error_set(err, CAL_ERR_IO, "cannot connect to %s:%s: %s", host, port, strerror(last));
-	return fd;
+	if (len <= 2 && (p[0] == '\r' || p[0] == '\n'))
+		return len;
+	if ((unsigned long)ftell(s->hf) + len > CAL_CLIENT_MAX_HEADERS)
+		return 0;
+	return fwrite(p, 1, len, s->hf);
 }
 
-static enum cal_status send_all(int fd, const char *p, size_t n, double timeout_s, struct cal_error *err)
+static size_t on_body(char *p, size_t size, size_t n, void *arg)
 {
-	while (n > 0) {
-		if (wait_fd(fd, POLLOUT, timeout_s) <= 0)
-			return cal_error_set(err, CAL_ERR_IO, "send: timed out");
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w < 0 && (errno == EINTR || errno == EAGAIN))
-			continue;
-		if (w < 0)
-			return cal_error_set(err, CAL_ERR_IO, "send: %s", strerror(errno));
-		p += w;
-		n -= (size_t)w;
+	struct sink *s = arg;
+	size_t len = size * n;
+	if (s->received + len > CAL_CLIENT_MAX_RESPONSE) {
+		s->too_big = 1;
+		return 0;
 	}
-	return CAL_OK;
-}
-
-/* De-chunks body in place.  Returns the new length, or -1 when malformed
- * or incomplete. */
-static long dechunk(char *b, size_t n)
-{
-	size_t in = 0, out = 0;
-	for (;;) {
-		char *end;
-		if (in >= n)
-			return -1;
-		unsigned long sz = strtoul(b + in, &end, 16);
-		char *crlf = strstr(b + in, "\r\n");
-		if (!crlf || end == b + in)
-			return -1;
-		in = (size_t)(crlf - b) + 2;
-		if (sz == 0)
-			return (long)out;
-		if (sz > n - in)
-			return -1;
-		memmove(b + out, b + in, sz);
-		out += sz;
-		in += sz + 2;
-	}
+	s->received += len;
+	return fwrite(p, 1, len, s->bf);
 }
 
 char *cal_client_header(const struct cal_client_resp *r, const char *name)
 {
 	size_t nl = strlen(name);
 	for (const char *p = r->headers; p && *p;) {
-		const char *eol = strstr(p, "\r\n");
-		if (!eol)
-			eol = p + strlen(p);
-		if ((size_t)(eol - p) > nl && !strncasecmp(p, name, nl) && p[nl] == ':') {
+		size_t ll = strcspn(p, "\r\n");
+		const char *eol = p + ll;
+		if (ll > nl && !strncasecmp(p, name, nl) && p[nl] == ':') {
 			const char *v = p + nl + 1;
 			while (*v == ' ' || *v == '\t')
 				v++;
 			return strndup(v, (size_t)(eol - v));
 		}
-		p = *eol ? eol + 2 : eol;
+		p = eol + strspn(eol, "\r\n");
 	}
 	return NULL;
+}
+
+enum cal_status cal_client_fetch(const char *base_url, const struct cal_client_opts *o, const char *method,
+				 const char *path, const char *headers, const char *body, size_t body_len,
+				 struct cal_client_resp *ret, struct cal_error *err)
+{
+	memset(ret, 0, sizeof(*ret));
+	pthread_once(&curl_once, curl_init);
+	if (curl_init_rc != CURLE_OK)
+		return cal_error_set(err, CAL_ERR_INTERNAL, "libcurl: %s", curl_easy_strerror(curl_init_rc));
+	enum cal_status st = CAL_OK;
+	struct sink sink = {0};
+	struct curl_slist *hl = NULL;
+	char *url = NULL, errbuf[CURL_ERROR_SIZE] = "";
+	CURL *c = curl_easy_init();
+	size_t bl = strlen(base_url);
+	while (bl > 0 && base_url[bl - 1] == '/')
+		bl--;
+	sink.hf = open_memstream(&sink.hdr, &sink.hlen);
+	sink.bf = open_memstream(&sink.body, &sink.blen);
+	if (!c || !sink.hf || !sink.bf || asprintf(&url, "%.*s%s", (int)bl, base_url, path) < 0) {
+		url = NULL;
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	/* "Name: value\r\n" lines, and no Expect: 100-continue round trip */
+	for (const char *p = headers; p && *p;) {
+		size_t ll = strcspn(p, "\r\n");
+		if (ll) {
+			char *line = strndup(p, ll);
+			struct curl_slist *nl = line ? curl_slist_append(hl, line) : NULL;
+			if (line)
+				explicit_bzero(line, ll);
+			free(line);
+			if (!nl) {
+				st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+				goto out;
+			}
+			hl = nl;
+		}
+		p += ll + strspn(p + ll, "\r\n");
+	}
+	struct curl_slist *nl = curl_slist_append(hl, "Expect:");
+	if (nl && body)
+		nl = curl_slist_append(nl, "Content-Type: application/json");
+	if (!nl) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	hl = nl;
+	double t = o && o->timeout_s > 0 ? o->timeout_s : 30;
+	char ua[64];
+	snprintf(ua, sizeof(ua), "calibd/%s", CAL_VERSION);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+#if LIBCURL_VERSION_NUM >= 0x075500
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	/* the path as given: no dot-segment squashing (the API decides) */
+	curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(c, CURLOPT_USERAGENT, ua);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)(t * 1000));
+	/* at most t seconds without a byte, as long as the reply streams */
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(t < 1 ? 1 : t));
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, &sink);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+	if (o && o->cacert)
+		curl_easy_setopt(c, CURLOPT_CAINFO, o->cacert);
+	if (o && o->no_proxy)
+		curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+	if (body) {
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+	}
+	if (strcmp(method, body ? "POST" : "GET"))
+		curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+	CURLcode rc = curl_easy_perform(c);
+	if (rc != CURLE_OK) {
+		if (sink.too_big)
+			st = cal_error_set(err, CAL_ERR_RANGE, "response larger than %u bytes", CAL_CLIENT_MAX_RESPONSE);
+		else if (rc == CURLE_OUT_OF_MEMORY || rc == CURLE_WRITE_ERROR)
+			st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		else if (rc == CURLE_UNSUPPORTED_PROTOCOL || rc == CURLE_URL_MALFORMAT)
+			st = cal_error_set(err, CAL_ERR_INVALID, "%.*s: %s", (int)bl, base_url,
+					   *errbuf ? errbuf : curl_easy_strerror(rc));
+		else
+			st = cal_error_set(err, CAL_ERR_IO, "%.*s: %s", (int)bl, base_url,
+					   *errbuf ? errbuf : curl_easy_strerror(rc));
+		goto out;
+	}
+	long code = 0;
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+	int bad = fclose(sink.hf) != 0;
+	bad |= fclose(sink.bf) != 0;
+	sink.hf = sink.bf = NULL;
+	if (bad || !sink.hdr || !sink.body) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	ret->status = (int)code;
+	ret->headers = strdup(sink.hdr + sink.hstart);
+	ret->body = sink.body;
+	ret->len = sink.blen;
+	sink.body = NULL;
+	if (!ret->headers)
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+out:
+	if (st)
+		cal_client_resp_free(ret);
+	if (sink.hf)
+		fclose(sink.hf);
+	if (sink.bf)
+		fclose(sink.bf);
+	curl_slist_free_all(hl);
+	if (c)
+		curl_easy_cleanup(c);
+	free(url);
+	free(sink.hdr);
+	free(sink.body);
+	return st;
 }
 
 enum cal_status cal_client_request(const char *host, const char *port, const char *method, const char *path,
 				   const char *headers, const char *body, size_t body_len, double timeout_s,
 				   struct cal_client_resp *ret, struct cal_error *err)
 {
-	memset(ret, 0, sizeof(*ret));
-	enum cal_status st = CAL_OK;
-	char *req = NULL, *buf = NULL;
-	size_t len = 0, cap = 0;
-	int fd = dial(host, port, timeout_s, err);
-	if (fd < 0)
-		return CAL_ERR_IO;
-	size_t reqlen = 0;
-	FILE *f = open_memstream(&req, &reqlen);
-	if (!f) {
-		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	fprintf(f, "%s %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\nUser-Agent: calibd/%s\r\n%s",
-		method, path, host, port, CAL_VERSION, headers ? headers : "");
-	if (body)
-		fprintf(f, "Content-Type: application/json\r\nContent-Length: %zu\r\n", body_len);
-	fputs("\r\n", f);
-	if (fclose(f) != 0 || !req) {
-		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	CAL_TRY(send_all(fd, req, strlen(req), timeout_s, err));
-	if (body)
-		CAL_TRY(send_all(fd, body, body_len, timeout_s, err));
-	for (;;) {
-		if (len + 65536 + 1 > cap) {
-			if (cap >= CAL_CLIENT_MAX_RESPONSE) {
-				st = cal_error_set(err, CAL_ERR_RANGE, "response larger than %u bytes",
-						   CAL_CLIENT_MAX_RESPONSE);
-				goto out;
-			}
-			cap = cap ? 2 * cap : 65536 * 2;
-			char *nb = realloc(buf, cap);
-			if (!nb) {
-				st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
-				goto out;
-			}
-			buf = nb;
-		}
-		if (wait_fd(fd, POLLIN, timeout_s) <= 0) {
-			st = cal_error_set(err, CAL_ERR_IO, "no response from %s:%s within %.0f s", host, port, timeout_s);
-			goto out;
-		}
-		ssize_t r = recv(fd, buf + len, cap - len - 1, 0);
-		if (r < 0 && (errno == EINTR || errno == EAGAIN))
-			continue;
-		if (r < 0) {
-			st = cal_error_set(err, CAL_ERR_IO, "recv: %s", strerror(errno));
-			goto out;
-		}
-		if (r == 0)
-			break;
-		len += (size_t)r;
-		buf[len] = '\0';
-		/* stop early when Content-Length says we have it all */
-		char *hend = strstr(buf, "\r\n\r\n");
-		if (hend) {
-			struct cal_client_resp tmp = {.headers = buf};
-			*hend = '\0';
-			char *cl = cal_client_header(&tmp, "Content-Length");
-			*hend = '\r';
-			if (cl && len - (size_t)(hend + 4 - buf) >= strtoull(cl, NULL, 10)) {
-				free(cl);
-				break;
-			}
-			free(cl);
-		}
-	}
-	if (!buf || strncmp(buf, "HTTP/1.", 7) || len < 12) {
-		st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%s: not an HTTP response", host, port);
-		goto out;
-	}
-	buf[len] = '\0';
-	char *hend = strstr(buf, "\r\n\r\n");
-	if (!hend) {
-		st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%s: truncated HTTP response", host, port);
-		goto out;
-	}
-	*hend = '\0';
-	ret->status = atoi(buf + 9);
-	char *line_end = strstr(buf, "\r\n");
-	ret->headers = strdup(line_end ? line_end + 2 : "");
-	char *te = cal_client_header(ret, "Transfer-Encoding");
-	char *cl = cal_client_header(ret, "Content-Length");
-	char *b = hend + 4;
-	size_t blen = len - (size_t)(b - buf);
-	if (te && !strcasecmp(te, "chunked")) {
-		long l = dechunk(b, blen);
-		if (l < 0) {
-			free(te);
-			free(cl);
-			st = cal_error_set(err, CAL_ERR_IO, "%s:%s: incomplete chunked response", host, port);
-			goto out;
-		}
-		blen = (size_t)l;
-	} else if (cl && strtoull(cl, NULL, 10) < blen) {
-		blen = strtoull(cl, NULL, 10);
-	}
-	free(te);
-	free(cl);
-	ret->body = malloc(blen + 1);
-	if (!ret->body || !ret->headers) {
-		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	memcpy(ret->body, b, blen);
-	ret->body[blen] = '\0';
-	ret->len = blen;
-fail:
-out:
-	if (st)
-		cal_client_resp_free(ret);
-	close(fd);
-	free(req);
-	free(buf);
-	return st;
+	char base[300];
+	snprintf(base, sizeof(base), strchr(host, ':') ? "http://[%s]:%s" : "http://%s:%s", host, port);
+	struct cal_client_opts o = {.timeout_s = timeout_s, .no_proxy = 1};
+	return cal_client_fetch(base, &o, method, path, headers, body, body_len, ret, err);
 }
 
 void cal_client_resp_free(struct cal_client_resp *r)
@@ -252,38 +225,16 @@ void cal_client_resp_free(struct cal_client_resp *r)
 	memset(r, 0, sizeof(*r));
 }
 
-enum cal_status cal_client_parse_url(const char *url, char **ret_host, char **ret_port, struct cal_error *err)
+enum cal_status cal_client_check_url(const char *url, struct cal_error *err)
 {
-	*ret_host = *ret_port = NULL;
-	if (strncmp(url, "http://", 7))
-		return cal_error_set(err, CAL_ERR_INVALID, "url '%s' must start with http://", url);
-	const char *h = url + 7, *hend, *p;
-	if (*h == '[') {
-		hend = strchr(h, ']');
-		if (!hend)
-			return cal_error_set(err, CAL_ERR_INVALID, "url '%s': unterminated [", url);
-		h++;
-		p = hend + 1;
-	} else {
-		hend = h + strcspn(h, ":/");
-		p = hend;
-	}
-	const char *port = "80";
-	size_t plen = 2;
-	if (*p == ':') {
-		port = p + 1;
-		plen = strcspn(port, "/");
-	}
-	if (hend == h || plen == 0 || plen > 5)
-		return cal_error_set(err, CAL_ERR_INVALID, "url '%s' has no host or a bad port", url);
-	*ret_host = strndup(h, (size_t)(hend - h));
-	*ret_port = strndup(port, plen);
-	if (!*ret_host || !*ret_port) {
-		free(*ret_host);
-		free(*ret_port);
-		*ret_host = *ret_port = NULL;
-		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
-	}
+	const char *h = !strncmp(url, "http://", 7) ? url + 7 : !strncmp(url, "https://", 8) ? url + 8 : NULL;
+	if (!h)
+		return cal_error_set(err, CAL_ERR_INVALID, "url '%s' must start with http:// or https://", url);
+	if (!*h || *h == '/' || *h == ':')
+		return cal_error_set(err, CAL_ERR_INVALID, "url '%s' has no host", url);
+	if (strpbrk(url, "?# \t\r\n"))
+		return cal_error_set(err, CAL_ERR_INVALID, "url '%s': a query, fragment or space has no place here",
+				     url);
 	return CAL_OK;
 }
 

@@ -18,15 +18,13 @@
 #include "common/util.h"
 
 struct conn {
-	char *host, *port;
-	char *auth;      /* "Authorization: Bearer ...\r\n" or NULL */
-	double timeout_s;
+	const char *url;  /* base: scheme, host, port, path prefix */
+	char *auth;       /* "Authorization: Bearer ...\r\n" or NULL */
+	struct cal_client_opts o;
 };
 
 static void conn_free(struct conn *c)
 {
-	free(c->host);
-	free(c->port);
 	if (c->auth)
 		explicit_bzero(c->auth, strlen(c->auth));
 	free(c->auth);
@@ -35,8 +33,9 @@ static void conn_free(struct conn *c)
 static void client_usage(const char *cmd)
 {
 	fprintf(stderr,
-		"usage: calibd %s [--url http://HOST:PORT] [--token-file FILE] [--timeout S] %s\n"
-		"  --url defaults to $CALIBD_URL or http://127.0.0.1:8080; --token-file to $CALIBD_TOKEN_FILE\n",
+		"usage: calibd %s [--url URL] [--token-file FILE] [--cacert FILE] [--timeout S] %s\n"
+		"  --url http[s]://HOST[:PORT][/PREFIX] defaults to $CALIBD_URL or http://127.0.0.1:8080\n"
+		"  (http_proxy, https_proxy and no_proxy apply); --token-file to $CALIBD_TOKEN_FILE\n",
 		cmd,
 		!strcmp(cmd, "submit") ? "[--idempotency-key KEY] [--wait] [--interval S] SPEC.json|-" :
 		!strcmp(cmd, "wait")   ? "[--interval S] [--wait-timeout S] JOB_ID" :
@@ -49,7 +48,7 @@ static int parse_common(int argc, char **argv, struct conn *c, char **rest, int 
 {
 	const char *url = getenv("CALIBD_URL");
 	const char *tokf = getenv("CALIBD_TOKEN_FILE");
-	c->timeout_s = 30;
+	c->o.timeout_s = 30;
 	*nrest = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -60,15 +59,18 @@ static int parse_common(int argc, char **argv, struct conn *c, char **rest, int 
 			url = argv[++i];
 		else if (!strcmp(argv[i], "--token-file") && i + 1 < argc)
 			tokf = argv[++i];
+		else if (!strcmp(argv[i], "--cacert") && i + 1 < argc)
+			c->o.cacert = argv[++i];
 		else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
-			c->timeout_s = atof(argv[++i]);
+			c->o.timeout_s = atof(argv[++i]);
 		else
 			rest[(*nrest)++] = argv[i];
 	}
-	if (c->timeout_s <= 0)
-		c->timeout_s = 30;
+	if (c->o.timeout_s <= 0)
+		c->o.timeout_s = 30;
 	struct cal_error err = {0};
-	if (cal_client_parse_url(url ? url : "http://127.0.0.1:8080", &c->host, &c->port, &err)) {
+	c->url = url && *url ? url : "http://127.0.0.1:8080";
+	if (cal_client_check_url(c->url, &err)) {
 		fprintf(stderr, "calibd %s: %s\n", argv[0], cal_error_msg(&err));
 		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
@@ -107,14 +109,13 @@ static int call(const char *cmd, struct conn *c, const char *method, const char 
 	char *hdrs = NULL;
 	if (asprintf(&hdrs, "%s%s", c->auth ? c->auth : "", extra ? extra : "") < 0)
 		return CAL_EXIT_FAILURE;
-	enum cal_status st = cal_client_request(c->host, c->port, method, path, hdrs, body, blen, c->timeout_s, resp,
-						&err);
+	enum cal_status st = cal_client_fetch(c->url, &c->o, method, path, hdrs, body, blen, resp, &err);
 	explicit_bzero(hdrs, strlen(hdrs));
 	free(hdrs);
 	if (st) {
 		fprintf(stderr, "calibd %s: %s\n", cmd, cal_error_msg(&err));
 		cal_error_clear(&err);
-		return st == CAL_ERR_NOMEM ? CAL_EXIT_FAILURE : CAL_EXIT_UNREACHABLE;
+		return st == CAL_ERR_NOMEM ? CAL_EXIT_FAILURE : st == CAL_ERR_INVALID ? CAL_EXIT_USAGE : CAL_EXIT_UNREACHABLE;
 	}
 	if (resp->status < 200 || resp->status > 299) {
 		fprintf(stderr, "calibd %s: HTTP %d: %s\n", cmd, resp->status, resp->body);

@@ -22,6 +22,7 @@
 #include "common/fp.h"
 #include "common/util.h"
 #include "engine/calib.h"
+#include "engine/job.h"
 #include "engine/model/model.h"
 #include "engine/recipe/plan.h"
 #include "engine/recipe/recipe.h"
@@ -37,7 +38,7 @@ struct bench {
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"usage: calibd bench numerics [--device cpu|cuda] [--mib N] [--iters N] [--threads N]\n"
+		"usage: calibd bench numerics [--device cpu|cuda[:i]] [--mib N] [--iters N] [--threads N]\n"
 		"       calibd bench calibrate --model DIR [options] (calibd bench calibrate --help)\n"
 		"  GB/s of the NVFP4 and FP8 weight quantizers and of the observers on one back\n"
 		"  end, next to its copy bandwidth (read + write bytes).  Defaults: the CUDA\n"
@@ -114,10 +115,11 @@ static enum cal_status time_it(struct bench *b, bench_fn fn, double *ret, struct
 	return CAL_OK;
 }
 
-static int bench_numerics(enum cal_backend_kind kind, uint64_t mib, int iters, unsigned threads)
+static int bench_numerics(enum cal_backend_kind kind, int ordinal, uint64_t mib, int iters,
+			  unsigned threads)
 {
 	struct cal_error err = {0};
-	struct cal_backend_opts o = {threads, 0, 0};
+	struct cal_backend_opts o = {threads, 0, ordinal};
 	struct bench b;
 	enum cal_status st;
 	uint16_t *hw = NULL;
@@ -348,19 +350,16 @@ static int bench_calibrate(int argc, char **argv)
 	}
 	struct cal_calib_opts o = {.cpu_threads = threads, .max_mem = max_mem,
 				   .micro_batch_tokens = mb};
-	if (!device)
-		o.backend = cal_backend_cuda_available() ? CAL_BACKEND_CUDA : CAL_BACKEND_CPU;
-	else if (!strcmp(device, "cpu"))
-		o.backend = CAL_BACKEND_CPU;
-	else if (!strncmp(device, "cuda", 4) && (!device[4] || device[4] == ':')) {
-		o.backend = CAL_BACKEND_CUDA;
-		o.cuda_device = device[4] ? atoi(device + 5) : 0;
-	} else {
-		fprintf(stderr, "calibd bench calibrate: --device is cpu or cuda[:i]\n");
+	struct cal_error err = {0};
+	struct cal_devices devices;
+	if (cal_devices_parse(device, &devices, &err) < 0) {
+		fprintf(stderr, "calibd bench calibrate: --device: %s\n", cal_error_msg(&err));
+		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
 	}
+	/* the engine opens its own back end on every run: the open is measured */
+	o.backend = cal_job_backend_kind(&devices, &o.cuda_device);
 
-	struct cal_error err = {0};
 	struct cal_model_desc *d = NULL;
 	struct cal_recipe *r = NULL;
 	struct cal_plan *p = NULL;
@@ -491,8 +490,9 @@ int cal_cmd_bench(int argc, char **argv)
 		{"iters", required_argument, NULL, 'i'},  {"threads", required_argument, NULL, 't'},
 		{"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
 	};
-	enum cal_backend_kind kind;
-	int have_kind = 0, iters = 10, c;
+	struct cal_devices devices = {CAL_DEVICE_AUTO, 0, {0}};
+	struct cal_error err = {0};
+	int iters = 10, c, ordinal;
 	long long mib = 0;
 	unsigned threads = 0;
 
@@ -502,12 +502,11 @@ int cal_cmd_bench(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'd':
-			if (cal_backend_kind_from_name(optarg, &kind) < 0) {
-				fprintf(stderr, "calibd bench: --device '%s': expected cpu or cuda\n",
-					optarg);
+			if (cal_devices_parse(optarg, &devices, &err) < 0) {
+				fprintf(stderr, "calibd bench: --device: %s\n", cal_error_msg(&err));
+				cal_error_clear(&err);
 				return CAL_EXIT_USAGE;
 			}
-			have_kind = 1;
 			break;
 		case 'm':
 			mib = atoll(optarg);
@@ -538,9 +537,8 @@ int cal_cmd_bench(int argc, char **argv)
 		usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
-	if (!have_kind)
-		kind = cal_backend_cuda_available() ? CAL_BACKEND_CUDA : CAL_BACKEND_CPU;
+	enum cal_backend_kind kind = cal_job_backend_kind(&devices, &ordinal);
 	if (!mib)
 		mib = kind == CAL_BACKEND_CUDA ? 512 : 64;
-	return bench_numerics(kind, (uint64_t)mib, iters, threads);
+	return bench_numerics(kind, ordinal, (uint64_t)mib, iters, threads);
 }

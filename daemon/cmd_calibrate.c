@@ -1,10 +1,11 @@
 /*
- * cmd_calibrate.c — `calibd calibrate`: runs the calibration engine
- * (engine/calib.h) on a checkpoint with a recipe and calibration data (a
- * token file, or datasets through the model's tokenizer: the token source
- * `calibd quantize` uses, engine/quantize.h), and writes the statistics JSON (the amax every enabled quantizer gets, the
- * per-expert amax and token counts of every MoE layer).  A progress line
- * per layer on stderr (a bar when stderr is a terminal).
+ * cmd_calibrate.c — `calibd calibrate`: opens the job (engine/job.h: a
+ * checkpoint, a recipe and calibration data — a token file, or datasets
+ * through the model's tokenizer, as `calibd quantize`), runs the calibration
+ * engine (engine/calib.h) on it, and writes the statistics JSON (the amax
+ * every enabled quantizer gets, the per-expert amax and token counts of
+ * every MoE layer).  A progress line per layer on stderr (a bar when stderr
+ * is a terminal).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -16,11 +17,9 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "config.h"
 #include "engine/calib.h"
-#include "engine/model/model.h"
-#include "engine/quantize.h"
-#include "engine/recipe/plan.h"
-#include "engine/recipe/recipe.h"
+#include "engine/job.h"
 
 static void calibrate_usage(FILE *o)
 {
@@ -31,13 +30,15 @@ static void calibrate_usage(FILE *o)
 		"         [--device cpu|cuda[:i]] [--stats-out FILE] [--pad-like-modelopt]\n"
 		"         [--pad-id N] [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
 		"         [--max-gpu-mem BYTES] [--micro-batch TOKENS] [--threads N]\n"
-		"         [--combine eager|f32] [--recipes-dir DIR] [--quiet]\n"
+		"         [--combine eager|f32] [--recipes-dir DIR] [--datasets-file FILE] [--quiet]\n"
 		"Runs the model's forward pass over the calibration tokens (JSONL lines\n"
 		"{\"input_ids\": [...]} or one {\"input_ids\": [[...], ...]}), or over datasets\n"
 		"tokenized with the model's tokenizer.json (JSONL text/messages/input_ids or\n"
 		"text files; --samples 512 and --seq-len 512 by default, --seed K > 0 samples\n"
 		"in a seeded order), and records what the recipe's quantizers need.  Writes the statistics JSON to --stats-out\n"
-		"(default: stdout).  docs/calibration.md explains the options.\n");
+		"(default: stdout).  A --calib entry NAME[:N] names a dataset of the catalog of\n"
+		"--datasets-file or $CALIBD_DATASETS_FILE (the `datasets:` map of a calibd.yaml).\n"
+		"docs/calibration.md explains the options.\n");
 }
 
 static int parse_u64(const char *s, uint64_t *ret)
@@ -86,15 +87,13 @@ static void on_progress(void *ctx, int32_t layer, int32_t n_layers, double tps)
  * (what `calibd export --stats` puts in its report). */
 static char *stats_with_calibration(const struct cal_calib *cal, const struct cal_token_info *ti)
 {
-	char *text = cal_calib_stats_json(cal), *out = NULL;
-	json_t *j = text ? json_loads(text, 0, NULL) : NULL;
-	free(text);
+	json_t *j = cal_calib_stats(cal);
 	if (!j)
 		return NULL;
 	json_object_set_new(j, "calibration", json_pack("{s:I, s:I, s:I}", "samples",
 		(json_int_t)ti->samples, "seq_len", (json_int_t)ti->seq_len, "tokens",
 		(json_int_t)ti->tokens));
-	out = json_dumps(j, JSON_INDENT(1) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+	char *out = cal_calib_stats_dump(j);
 	json_decref(j);
 	return out;
 }
@@ -121,23 +120,24 @@ int cal_cmd_calibrate(int argc, char **argv)
 		{"combine", required_argument, NULL, 'c'},
 		{"recipes-dir", required_argument, NULL, 'd'},
 		{"quiet", no_argument, NULL, 'q'},
+		{"datasets-file", required_argument, NULL, 'F'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *model = NULL, *recipe = NULL, *tokens = NULL, *out_path = NULL, *rdir = NULL;
-	struct cal_token_source src = {0};
+	const char *out_path = NULL, *calib = NULL, *dsfile = NULL;
 	const char *device = "cpu";
-	struct cal_calib_opts o = {.pad_id = -1, .combine = CAL_COMBINE_EAGER};
+	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER};
 	struct progress pr = {isatty(2), 0};
-	int ratio_given = 0, c;
+	int c;
 	uint64_t v;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
-		case 'm': model = optarg; break;
-		case 'r': recipe = optarg; break;
-		case 't': tokens = optarg; break;
-		case 'C': src.calib = optarg; break;
+		case 'm': o.model_dir = optarg; break;
+		case 'r': o.recipe = optarg; break;
+		case 't': o.tokens = optarg; break;
+		case 'C': calib = optarg; break;
+		case 'F': dsfile = optarg; break;
 		case 'n':
 		case 'S':
 		case 's':
@@ -148,17 +148,17 @@ int cal_cmd_calibrate(int argc, char **argv)
 				return CAL_EXIT_USAGE;
 			}
 			if (c == 'n')
-				src.samples = (size_t)v;
+				o.samples = (size_t)v;
 			else if (c == 'S')
-				src.seq_len = (size_t)v;
+				o.seq_len = (size_t)v;
 			else
-				src.seed = v;
+				o.seed = v;
 			break;
 		case 'D': device = optarg; break;
 		case 'o': out_path = optarg; break;
 		case 'p': o.pad_like_modelopt = 1; break;
 		case 'e': o.per_expert_input_amax = 1; break;
-		case 'd': rdir = optarg; break;
+		case 'd': o.recipe_opts.builtin_dir = optarg; break;
 		case 'q': pr.quiet = 1; break;
 		case 'P':
 			if (parse_u64(optarg, &v) < 0 || v > INT64_MAX) {
@@ -166,6 +166,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 				return CAL_EXIT_USAGE;
 			}
 			o.pad_id = (int64_t)v;
+			o.has_pad_id = 1;
 			break;
 		case 'R': {
 			char *end;
@@ -175,7 +176,6 @@ int cal_cmd_calibrate(int argc, char **argv)
 					optarg);
 				return CAL_EXIT_USAGE;
 			}
-			ratio_given = 1;
 			break;
 		}
 		case 'M':
@@ -207,61 +207,47 @@ int cal_cmd_calibrate(int argc, char **argv)
 		default: calibrate_usage(stderr); return CAL_EXIT_USAGE;
 		}
 	}
-	if (!model || !recipe || !tokens == !src.calib || optind != argc) {
-		if (tokens && src.calib)
+	if (!o.model_dir || !o.recipe || !o.tokens == !calib || optind != argc) {
+		if (o.tokens && calib)
 			fprintf(stderr, "calibd calibrate: --calib and --calib-tokens exclude each other\n");
 		calibrate_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
-	src.tokens = tokens;
-	if (!strcmp(device, "cpu")) {
-		o.backend = CAL_BACKEND_CPU;
-	} else if (!strncmp(device, "cuda", 4) && (device[4] == 0 || device[4] == ':')) {
-		o.backend = CAL_BACKEND_CUDA;
-		if (device[4] == ':') {
-			char *end;
-			long dev = strtol(device + 5, &end, 10);
-			if (end == device + 5 || dev < 0 || (*end && *end != ',')) {
-				fprintf(stderr, "calibd calibrate: bad --device '%s'\n", device);
-				return CAL_EXIT_USAGE;
-			}
-			if (*end == ',')
-				fprintf(stderr, "calibd calibrate: several GPUs are not used yet; "
-						"running on cuda:%ld\n", dev);
-			o.cuda_device = (int)dev;
-		}
-	} else {
-		fprintf(stderr, "calibd calibrate: --device is cpu or cuda[:i]\n");
+	struct cal_error err = {0};
+	if (cal_devices_parse(device, &o.devices, &err) < 0) {
+		fprintf(stderr, "calibd calibrate: --device: %s\n", cal_error_msg(&err));
+		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
 	}
+	if (o.devices.n > 1)
+		fprintf(stderr, "calibd calibrate: several GPUs are not used yet; running on cuda:%d\n",
+			o.devices.ids[0]);
 
-	struct cal_error err = {0};
-	struct cal_model_desc *d = NULL;
-	struct cal_recipe *r = NULL;
-	struct cal_plan *p = NULL;
+	char *calib_owned = NULL;
+	enum cal_status xs = cal_config_calib_arg("calibrate", &calib, dsfile, &calib_owned);
+	if (xs)
+		return cal_exit_from_status(xs);
+	struct cal_job_dataset *ds = NULL;
+	struct cal_job *job = NULL;
 	struct cal_calib_tokens *tk = NULL;
 	struct cal_calib *cal = NULL;
-	struct cal_recipe_opts ro = {.builtin_dir = rdir};
 	struct cal_token_info ti = {0};
 	char *json = NULL;
-	enum cal_status st = cal_model_desc_load(model, &d, &err);
+	enum cal_status st = cal_job_datasets_parse(calib, &ds, &o.n_datasets, &err);
+	o.datasets = ds;
 	if (st >= 0)
-		st = cal_recipe_load(recipe, &ro, &r, &err);
+		st = cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_CALIBRATE), &job, NULL, &err);
 	if (st >= 0)
-		st = cal_plan_build(d, r, &p, &err);
-	if (st >= 0)
-		st = cal_quantize_tokens_load(model, (uint64_t)d->vocab_size, &src, &tk, &ti, &err);
+		st = cal_job_tokens(job, &tk, &ti, &err);
 	if (st >= 0) {
-		if (!ratio_given && r->algo.has_moe_calib_experts_ratio)
-			o.moe_calib_experts_ratio = r->algo.moe_calib_experts_ratio;
-		o.progress = on_progress;
-		o.ctx = &pr;
-		st = cal_calib_open(model, p, &o, &cal, &err);
+		struct cal_job_hooks hooks = {.progress = on_progress, .ctx = &pr};
+		st = cal_job_calib_open(job, &hooks, &cal, &err);
 	}
 	if (st >= 0) {
 		if (!pr.quiet)
 			fprintf(stderr, "calibrate: %s, %zu sequences, %zu tokens, %lld layers, %s\n",
-				d->model_type, tk->n, tk->n_tokens, (long long)d->num_layers, device);
+				cal_job_model(job)->model_type, tk->n, tk->n_tokens,
+				(long long)cal_job_model(job)->num_layers, cal_job_device(job));
 		st = cal_calib_run(cal, tk, &err);
 	}
 	if (st >= 0) {
@@ -289,9 +275,9 @@ int cal_cmd_calibrate(int argc, char **argv)
 	free(json);
 	cal_calib_free(cal);
 	cal_calib_tokens_free(tk);
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	cal_model_desc_free(d);
+	cal_job_close(job);
+	cal_job_datasets_free(ds, o.n_datasets);
+	free(calib_owned);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }

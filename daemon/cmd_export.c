@@ -2,7 +2,8 @@
  * cmd_export.c — `calibd export` (a modelopt-compatible checkpoint from a
  * model, a recipe and a stats JSON: re-exports and tests) and
  * `calibd verify` (checks an exported checkpoint as a loader would; with
- * --source, SQNR of every quantized weight).  docs/export.md.
+ * --source, SQNR of every quantized weight).  Both go through the engine's
+ * entry point (engine/job.h).  docs/export.md.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -10,8 +11,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "engine/export/export.h"
-#include "kernels/backend.h"
+#include "engine/job.h"
 
 #include <jansson.h>
 
@@ -26,18 +26,15 @@ static void export_usage(FILE *o)
 		   "Exit codes: 0 ok, 2 usage, 3 bad input, 4 no disk space, 5 device, 1 other.\n");
 }
 
-static enum cal_status open_backend(const char *dev, struct cal_backend **be,
-				    struct cal_error *err)
+/* --device (cpu, cuda, cuda:N; default cpu) into *ret; prints the error. */
+static int parse_device(const char *cmd, const char *dev, struct cal_devices *ret)
 {
-	enum cal_backend_kind k = CAL_BACKEND_CPU;
-	if (dev && strncmp(dev, "cuda", 4) && cal_backend_kind_from_name(dev, &k) < 0)
-		return cal_error_set(err, CAL_ERR_INVALID, "unknown device '%s' (cpu or cuda)", dev);
-	if (dev && !strncmp(dev, "cuda", 4))
-		k = CAL_BACKEND_CUDA;
-	struct cal_backend_opts bo = {0};
-	if (dev && !strncmp(dev, "cuda:", 5))
-		bo.cuda_device = atoi(dev + 5);
-	return cal_backend_init(k, &bo, be, err);
+	struct cal_error err = {0};
+	if (cal_devices_parse(dev ? dev : "cpu", ret, &err) >= 0)
+		return 0;
+	fprintf(stderr, "calibd %s: --device: %s\n", cmd, cal_error_msg(&err));
+	cal_error_clear(&err);
+	return -1;
 }
 
 int cal_cmd_export(int argc, char **argv)
@@ -54,55 +51,60 @@ int cal_cmd_export(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *model = NULL, *recipe = NULL, *stats = NULL, *out = NULL, *dev = NULL;
-	struct cal_export_opts eo = {0};
+	const char *stats = NULL, *out = NULL, *dev = NULL;
+	struct cal_job_opts jo = {0};
+	char *end;
 	int c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "m:r:s:o:D:v:pb:h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'm': model = optarg; break;
-		case 'r': recipe = optarg; break;
+		case 'm': jo.model_dir = optarg; break;
+		case 'r': jo.recipe = optarg; break;
 		case 's': stats = optarg; break;
 		case 'o': out = optarg; break;
 		case 'D': dev = optarg; break;
 		case 'v':
 			if (!strcmp(optarg, "exact"))
-				eo.div = CAL_DIV_EXACT;
+				jo.div = CAL_DIV_EXACT;
 			else if (!strcmp(optarg, "recip"))
-				eo.div = CAL_DIV_RECIP;
+				jo.div = CAL_DIV_RECIP;
 			else {
 				export_usage(stderr);
 				return CAL_EXIT_USAGE;
 			}
 			break;
-		case 'p': eo.per_expert_input_amax = 1; break;
-		case 'b': eo.max_shard_bytes = strtoull(optarg, NULL, 10); break;
+		case 'p': jo.per_expert_input_amax = 1; break;
+		case 'b':
+			jo.max_shard_bytes = strtoull(optarg, &end, 10);
+			if (end == optarg || *end || *optarg == '-') {
+				fprintf(stderr, "calibd export: --shard-bytes '%s' is not a byte count\n",
+					optarg);
+				return CAL_EXIT_USAGE;
+			}
+			break;
 		case 'h': export_usage(stdout); return CAL_EXIT_OK;
 		default: export_usage(stderr); return CAL_EXIT_USAGE;
 		}
 	}
-	if (!model || !recipe || !stats || !out || optind != argc) {
+	if (!jo.model_dir || !jo.recipe || !stats || !out || optind != argc) {
 		export_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
+	if (parse_device("export", dev, &jo.devices) < 0)
+		return CAL_EXIT_USAGE;
 	struct cal_error err = {0};
 	struct cal_stats *s = NULL;
-	struct cal_backend *be = NULL;
-	char *report = NULL;
-	eo.model_dir = model;
-	eo.out_dir = out;
-	eo.recipe_name = recipe;
+	struct cal_job *job = NULL;
 	enum cal_status st = cal_stats_load(stats, &s, &err);
 	if (st >= 0)
-		st = open_backend(dev, &be, &err);
+		st = cal_job_open(&jo, CAL_JOB_OPEN_FOR(CAL_JOB_EXPORT), &job, NULL, &err);
 	if (st >= 0)
-		st = cal_export_run(recipe, s, be, &eo, &report, &err);
+		st = cal_job_export(job, s, out, NULL, &err);
 	if (st < 0)
 		fprintf(stderr, "calibd export: %s\n", cal_error_msg(&err));
 	else
 		printf("exported %s\n", out);
-	free(report);
-	cal_backend_free(be);
+	cal_job_close(job);
 	cal_stats_free(s);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
@@ -144,33 +146,32 @@ int cal_cmd_verify(int argc, char **argv)
 		verify_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
+	struct cal_devices devices;
+	if (parse_device("verify", dev, &devices) < 0)
+		return CAL_EXIT_USAGE;
 	struct cal_error err = {0};
-	struct cal_backend *be = NULL;
-	char *report = NULL;
-	enum cal_status st = open_backend(dev, &be, &err);
-	if (st >= 0)
-		st = cal_export_verify(argv[optind], source, be, &report, &err);
-	if (json && report)
-		printf("%s\n", report);
+	json_t *report = NULL;
+	enum cal_status st = cal_job_verify(argv[optind], source, &devices, &report, &err);
+	if (json && report) {
+		json_dumpf(report, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+		putchar('\n');
+	}
 	if (st < 0)
 		fprintf(stderr, "calibd verify: %s\n", cal_error_msg(&err));
 	else if (!json)
 		printf("%s: ok\n", argv[optind]);
 	if (!json && report && source) {
-		json_t *r = json_loads(report, 0, NULL);
 		size_t i;
 		json_t *w;
-		json_array_foreach(json_object_get(r, "weights"), i, w) {
+		json_array_foreach(json_object_get(report, "weights"), i, w) {
 			json_t *db = json_object_get(w, "sqnr_db");
 			printf("sqnr %-70s %-12s %s%.2f dB\n",
 			       json_string_value(json_object_get(w, "name")),
 			       json_string_value(json_object_get(w, "format")),
 			       db && json_is_real(db) ? "" : "inf ", db ? json_number_value(db) : 0.0);
 		}
-		json_decref(r);
 	}
-	free(report);
-	cal_backend_free(be);
+	json_decref(report);
 	cal_error_clear(&err);
 	/* any violation, or an unreadable checkpoint, is bad input (3) */
 	return st < 0 && st != CAL_ERR_NOMEM && st != CAL_ERR_DEVICE ? CAL_EXIT_BAD_INPUT :

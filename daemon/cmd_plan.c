@@ -3,7 +3,8 @@
  * [--recipes-dir DIR]`: resolves a recipe against a model's config.json and
  * shows what would be quantized, layer range by layer range, with bytes
  * before and after; --json lists every quantizer with its resolved
- * attributes.  Reads config.json only: no tensor data, no GPU.
+ * attributes.  Reads config.json only: no tensor data, no GPU (the job of
+ * engine/job.h opened without checkpoint and back end).
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -11,9 +12,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "engine/model/model.h"
-#include "engine/recipe/plan.h"
-#include "engine/recipe/recipe.h"
+#include "engine/job.h"
 
 static void plan_usage(FILE *o)
 {
@@ -34,36 +33,30 @@ int cal_cmd_plan(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *model = NULL, *recipe = NULL, *rdir = NULL;
+	struct cal_job_opts o = {0};
 	int json = 0, c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "m:r:jd:h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'm': model = optarg; break;
-		case 'r': recipe = optarg; break;
+		case 'm': o.model_dir = optarg; break;
+		case 'r': o.recipe = optarg; break;
 		case 'j': json = 1; break;
-		case 'd': rdir = optarg; break;
+		case 'd': o.recipe_opts.builtin_dir = optarg; break;
 		case 'h': plan_usage(stdout); return CAL_EXIT_OK;
 		default: plan_usage(stderr); return CAL_EXIT_USAGE;
 		}
 	}
-	if (!model || !recipe || optind != argc) {
+	if (!o.model_dir || !o.recipe || optind != argc) {
 		plan_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
 	struct cal_error err = {0};
-	struct cal_model_desc *d = NULL;
-	struct cal_recipe *r = NULL;
-	struct cal_plan *p = NULL;
-	struct cal_recipe_opts ro = {.builtin_dir = rdir};
+	struct cal_job *job = NULL;
 	char *out = NULL;
-	enum cal_status st = cal_model_desc_load(model, &d, &err);
-	if (st >= 0)
-		st = cal_recipe_load(recipe, &ro, &r, &err);
-	if (st >= 0)
-		st = cal_plan_build(d, r, &p, &err);
+	enum cal_status st = cal_job_open(&o, CAL_JOB_OPEN_NO_CHECKPOINT, &job, NULL, &err);
 	if (st >= 0) {
-		out = json ? cal_plan_json(p, recipe) : cal_plan_text(p, recipe);
+		out = json ? cal_plan_json(cal_job_plan(job), o.recipe)
+			   : cal_plan_text(cal_job_plan(job), o.recipe);
 		if (!out)
 			st = cal_error_set(&err, CAL_ERR_NOMEM, "plan: out of memory");
 	}
@@ -72,9 +65,7 @@ int cal_cmd_plan(int argc, char **argv)
 	else
 		fputs(out, stdout), fputs(json ? "\n" : "", stdout);
 	free(out);
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	cal_model_desc_free(d);
+	cal_job_close(job);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }

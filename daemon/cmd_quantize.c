@@ -1,7 +1,7 @@
 /*
  * cmd_quantize.c — `calibd quantize`: one quantization job in the
- * foreground (engine/quantize.h: calibration and export in one streaming
- * pass), for scripts and Kubernetes Jobs.  Progress on stderr (a bar on a
+ * foreground (engine/job.h opens the job, engine/quantize.h runs calibration
+ * and export in one streaming pass), for scripts and Kubernetes Jobs.  Progress on stderr (a bar on a
  * terminal, one line per layer otherwise), optionally JSON lines on a file
  * descriptor; SIGINT / SIGTERM stop it gracefully after the current layer
  * (nothing published, exit 6).  docs/quantize.md.
@@ -19,6 +19,8 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "config.h"
+#include "engine/job.h"
 #include "engine/quantize.h"
 
 static void quantize_usage(FILE *o)
@@ -28,12 +30,14 @@ static void quantize_usage(FILE *o)
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
-		"         [--progress-fd N] [--json] [--quiet]\n"
+		"         [--progress-fd N] [--json] [--quiet] [--datasets-file FILE]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
 		"--calib takes JSONL ({\"text\"}, {\"messages\"}, {\"input_ids\"}) or text files,\n"
 		"tokenized with the model's tokenizer.json (--samples 512, --seq-len 512 by\n"
-		"default; --seed K > 0 samples records in a seeded order).  --device defaults to\n"
+		"default; --seed K > 0 samples records in a seeded order).  An entry NAME[:N]\n"
+		"names a dataset of the catalog of --datasets-file or $CALIBD_DATASETS_FILE\n"
+		"(the `datasets:` map of a calibd.yaml, docs/api.md).  --device defaults to\n"
 		"cuda when a GPU is present, else cpu.  --progress-fd N writes progress as JSON\n"
 		"lines on descriptor N; --json prints the report as JSON.  SIGINT/SIGTERM stop\n"
 		"after the current layer with nothing published.  docs/quantize.md.\n"
@@ -100,17 +104,23 @@ static void write_all(int fd, const char *s, size_t n)
 	}
 }
 
-static void on_progress(void *ctx, const char *line)
+/* One JSON line on fd (the progress descriptor). */
+static void write_json_line(int fd, const json_t *v)
+{
+	char *s = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	if (!s)
+		return;
+	write_all(fd, s, strlen(s));
+	write_all(fd, "\n", 1);
+	free(s);
+}
+
+static void on_progress(void *ctx, const json_t *j)
 {
 	struct prog *p = ctx;
-	if (p->fd >= 0) {
-		write_all(p->fd, line, strlen(line));
-		write_all(p->fd, "\n", 1);
-	}
+	if (p->fd >= 0)
+		write_json_line(p->fd, j);
 	if (p->quiet)
-		return;
-	json_t *j = json_loads(line, 0, NULL);
-	if (!j)
 		return;
 	const char *phase = json_string_value(json_object_get(j, "phase"));
 	int layer = (int)json_integer_value(json_object_get(j, "layer"));
@@ -143,18 +153,12 @@ static void on_progress(void *ctx, const char *line)
 			"eta %s\n", phase, layer + 1, layers, tps, bytes, etas);
 	}
 	fflush(stderr);
-	json_decref(j);
 }
 
 /* ---- report ----------------------------------------------------------------- */
 
-static void print_summary(const char *report)
+static void print_summary(const json_t *r)
 {
-	json_t *r = json_loads(report, 0, NULL);
-	if (!r) {
-		printf("%s\n", report);
-		return;
-	}
 	const char *k;
 	json_t *v;
 	char bytes[32];
@@ -201,7 +205,6 @@ static void print_summary(const char *report)
 		first = 0;
 	}
 	printf("; wall %.2fs\n", json_number_value(json_object_get(r, "wall_s")));
-	json_decref(r);
 }
 
 /* ---- the command ------------------------------------------------------------- */
@@ -236,36 +239,43 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
+		{"datasets-file", required_argument, NULL, 'F'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	struct cal_quantize_opts o = {.cancel = &quantize_cancel};
+	struct cal_job_opts jo = {0};
+	const char *calib = NULL, *device = NULL;
+	const char *datasets_file = NULL;
 	struct prog pr = {.tty = isatty(2), .fd = -1};
-	int json = 0, c, fd;
+	int json = 0, c, fd, n;
 	char *end;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
-		case 'm': o.model_dir = optarg; break;
-		case 'r': o.recipe = optarg; break;
-		case 'c': o.calib = optarg; break;
-		case 't': o.calib_tokens = optarg; break;
+		case 'm': jo.model_dir = optarg; break;
+		case 'r': jo.recipe = optarg; break;
+		case 'c': calib = optarg; break;
+		case 't': jo.tokens = optarg; break;
 		case 'o': o.out_dir = optarg; break;
-		case 'D': o.device = optarg; break;
-		case 'e': o.per_expert_input_amax = 1; break;
+		case 'D': device = optarg; break;
+		case 'e': jo.per_expert_input_amax = 1; break;
 		case 'j': json = 1; break;
 		case 'q': pr.quiet = 1; break;
+		case 'F': datasets_file = optarg; break;
 		case 'n':
-			if (parse_count("--samples", optarg, 1L << 24, &o.samples) < 0)
+			if (parse_count("--samples", optarg, 1L << 24, &n) < 0)
 				return CAL_EXIT_USAGE;
+			jo.samples = (size_t)n;
 			break;
 		case 'S':
-			if (parse_count("--seq-len", optarg, 1L << 20, &o.seq_len) < 0)
+			if (parse_count("--seq-len", optarg, 1L << 20, &n) < 0)
 				return CAL_EXIT_USAGE;
+			jo.seq_len = (size_t)n;
 			break;
 		case 's':
 			errno = 0;
-			o.seed = strtoull(optarg, &end, 10);
+			jo.seed = strtoull(optarg, &end, 10);
 			if (errno || end == optarg || *end || *optarg == '-') {
 				fprintf(stderr, "calibd quantize: --seed '%s' is not an integer >= 0\n",
 					optarg);
@@ -273,9 +283,9 @@ int cal_cmd_quantize(int argc, char **argv)
 			}
 			break;
 		case 'R':
-			o.moe_calib_experts_ratio = strtod(optarg, &end);
+			jo.moe_calib_experts_ratio = strtod(optarg, &end);
 			if (end == optarg || *end ||
-			    !(o.moe_calib_experts_ratio > 0 && o.moe_calib_experts_ratio <= 1)) {
+			    !(jo.moe_calib_experts_ratio > 0 && jo.moe_calib_experts_ratio <= 1)) {
 				fprintf(stderr, "calibd quantize: --moe-calib-experts-ratio '%s' not in "
 					"(0, 1]\n", optarg);
 				return CAL_EXIT_USAGE;
@@ -295,18 +305,25 @@ int cal_cmd_quantize(int argc, char **argv)
 		default: quantize_usage(stderr); return CAL_EXIT_USAGE;
 		}
 	}
-	if (!o.model_dir || !o.recipe || !o.out_dir || !o.calib == !o.calib_tokens ||
-	    optind != argc) {
-		if (o.calib && o.calib_tokens)
+	if (!jo.model_dir || !jo.recipe || !o.out_dir || !calib == !jo.tokens || optind != argc) {
+		if (calib && jo.tokens)
 			fprintf(stderr, "calibd quantize: --calib and --calib-tokens exclude each other\n");
 		quantize_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
-	if (o.device && strcmp(o.device, "cpu") && strcmp(o.device, "auto") &&
-	    strncmp(o.device, "cuda", 4)) {
-		fprintf(stderr, "calibd quantize: --device is cpu, cuda or cuda:INDEX\n");
+	struct cal_error err = {0};
+	if (cal_devices_parse(device, &jo.devices, &err) < 0) {
+		fprintf(stderr, "calibd quantize: --device: %s\n", cal_error_msg(&err));
+		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
 	}
+	char *calib_owned = NULL;
+	enum cal_status xs = cal_config_calib_arg("quantize", &calib, datasets_file, &calib_owned);
+	if (xs)
+		return cal_exit_from_status(xs);
+	struct cal_job_dataset *ds = NULL;
+	enum cal_status st = cal_job_datasets_parse(calib, &ds, &jo.n_datasets, &err);
+	jo.datasets = ds;
 
 	struct sigaction sa = {.sa_handler = on_signal};
 	struct sigaction old_int, old_term;
@@ -316,9 +333,16 @@ int cal_cmd_quantize(int argc, char **argv)
 	if (pr.fd >= 0)
 		signal(SIGPIPE, SIG_IGN);
 
-	struct cal_error err = {0};
-	char *report = NULL;
-	enum cal_status st = cal_quantize_run(&o, on_progress, &pr, &report, &err);
+	json_t *report = NULL;
+	struct cal_job *job = NULL;
+	if (st >= 0) /* an existing output: refused before any work */
+		st = cal_quantize_check_output(o.out_dir, &err);
+	if (st >= 0)
+		st = cal_job_open(&jo, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), &job, NULL, &err);
+	if (st >= 0)
+		st = cal_quantize_run(job, &o, on_progress, &pr, &report, &err);
+	cal_job_close(job);
+	cal_job_datasets_free(ds, jo.n_datasets);
 	if (pr.bar_open)
 		fputc('\n', stderr);
 	sigaction(SIGINT, &old_int, NULL);
@@ -328,22 +352,22 @@ int cal_cmd_quantize(int argc, char **argv)
 		if (pr.fd >= 0) {
 			json_t *e = json_pack("{s:s, s:s, s:s}", "event", "error", "code",
 					      cal_status_str(st), "message", cal_error_msg(&err));
-			char *s = e ? json_dumps(e, JSON_COMPACT) : NULL;
-			if (s) {
-				write_all(pr.fd, s, strlen(s));
-				write_all(pr.fd, "\n", 1);
-			}
-			free(s);
+			if (e)
+				write_json_line(pr.fd, e);
 			json_decref(e);
 		}
 	} else if (report) {
-		if (json)
-			printf("%s\n", report);
-		else
+		if (json) {
+			json_dumpf(report, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER |
+						   JSON_REAL_PRECISION(6));
+			putchar('\n');
+		} else {
 			print_summary(report);
+		}
 		fflush(stdout);
 	}
-	free(report);
+	json_decref(report);
+	free(calib_owned);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }

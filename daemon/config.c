@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "api/jobspec.h"
 #include "api/sha256.h"
 #include "common/util.h"
 #include "fsutil.h"
@@ -23,7 +24,9 @@
 #define CONFIG_MAX_LIST 256
 #define TOKEN_FILE_MAX (64 * 1024)
 
-enum key_type { K_STR, K_INT, K_BOOL, K_DOUBLE, K_STRLIST, K_DEVICES, K_LOGFMT };
+/* K_CATALOG: a mapping NAME: PATH in the file, --dataset NAME=PATH flags,
+ * kept as a list of "NAME=PATH" */
+enum key_type { K_STR, K_INT, K_BOOL, K_DOUBLE, K_STRLIST, K_DEVICES, K_LOGFMT, K_CATALOG };
 
 struct key {
 	const char *name;   /* YAML key */
@@ -39,6 +42,9 @@ static const struct key keys[] = {
 	{"listen", "listen", K_STR, F(listen), 0, 0, 0},
 	{"port", "port", K_INT, F(port), 0, 0, 65535},
 	{"port_file", "port-file", K_STR, F(port_file), 0, 0, 0},
+	{"admin_listen", "admin-listen", K_STR, F(admin_listen), 0, 0, 0},
+	{"admin_port", "admin-port", K_INT, F(admin_port), 0, -1, 65535},
+	{"admin_port_file", "admin-port-file", K_STR, F(admin_port_file), 0, 0, 0},
 	{"state_dir", "state-dir", K_STR, F(state_dir), 0, 0, 0},
 	{"model_roots", "model-root", K_STRLIST, F(model_roots), F(n_model_roots), 0, 0},
 	{"data_roots", "data-root", K_STRLIST, F(data_roots), F(n_data_roots), 0, 0},
@@ -59,10 +65,12 @@ static const struct key keys[] = {
 	{"max_connections", "max-connections", K_INT, F(max_connections), 0, 1, 65536},
 	{"per_ip_connections", "per-ip-connections", K_INT, F(per_ip_connections), 0, 1, 65536},
 	{"connection_timeout_s", "connection-timeout", K_INT, F(connection_timeout_s), 0, 1, 86400},
+	{"request_timeout_s", "request-timeout", K_DOUBLE, F(request_timeout_s), 0, 0.1, 86400},
 	{"retry_after_s", "retry-after", K_DOUBLE, F(retry_after_s), 0, 0, 86400},
 	{"idempotency_ttl_s", "idempotency-ttl", K_DOUBLE, F(idempotency_ttl_s), 0, 1, 1e9},
 	{"job_retention_s", "job-retention", K_DOUBLE, F(job_retention_s), 0, 0, 1e10},
 	{"min_free_percent", "min-free-percent", K_DOUBLE, F(min_free_percent), 0, 0, 100},
+	{"datasets", "dataset", K_CATALOG, F(datasets), F(n_datasets), 0, 0},
 };
 #undef F
 
@@ -192,6 +200,21 @@ static enum cal_status set_value(struct cal_config *c, const struct key *k, cons
 		}
 		return CAL_OK;
 	}
+	case K_CATALOG: {
+		const char *eq = strchr(v, '=');
+		size_t nl = eq ? (size_t)(eq - v) : 0;
+		if (!eq || nl == 0 || nl > CAL_DATASET_NAME_MAX || strspn(v, CAL_DATASET_NAME_CHARS) != nl)
+			return cal_error_set(err, CAL_ERR_INVALID,
+					     "datasets: '%s' is not NAME=PATH with a NAME of 1 to %d of [A-Za-z0-9_-]", v,
+					     CAL_DATASET_NAME_MAX);
+		if (eq[1] != '/')
+			return cal_error_set(err, CAL_ERR_INVALID, "datasets: %.*s: '%s' must be an absolute path",
+					     (int)nl, v, eq + 1);
+		for (size_t i = 0; append && i < c->n_datasets; i++)
+			if (!strncmp(c->datasets[i], v, nl + 1))
+				return cal_error_set(err, CAL_ERR_INVALID, "datasets: '%.*s' is named twice", (int)nl, v);
+	}
+	/* fall through */
 	case K_STRLIST: {
 		char ***l = (char ***)(base + k->off);
 		size_t *n = (size_t *)(base + k->count_off);
@@ -235,7 +258,7 @@ static enum cal_status parse_yaml(struct cal_config *c, const char *path, struct
 	 * value, 3 inside a list value, 4 after the root mapping */
 	int state = 0;
 	const struct key *cur = NULL;
-	char *curname = NULL;
+	char *curname = NULL, *catkey = NULL;
 	for (;;) {
 		if (!yaml_parser_parse(&p, &ev)) {
 			st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: %s", path,
@@ -259,6 +282,14 @@ static enum cal_status parse_yaml(struct cal_config *c, const char *path, struct
 		case YAML_DOCUMENT_END_EVENT:
 			break;
 		case YAML_MAPPING_START_EVENT:
+			if (state == 2 && cur->type == K_CATALOG) {
+				/* a catalog in the file replaces the default: start empty */
+				strlist_free(c->datasets, c->n_datasets);
+				c->datasets = NULL;
+				c->n_datasets = 0;
+				state = 5;
+				break;
+			}
 			if (state != 0) {
 				st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: %s: nested mappings are not allowed",
 						   path, line, curname ? curname : "config");
@@ -267,7 +298,7 @@ static enum cal_status parse_yaml(struct cal_config *c, const char *path, struct
 			state = 1;
 			break;
 		case YAML_MAPPING_END_EVENT:
-			state = 4;
+			state = state == 5 ? 1 : 4;
 			break;
 		case YAML_SEQUENCE_START_EVENT:
 			if (state != 2 || (cur->type != K_STRLIST && cur->type != K_DEVICES)) {
@@ -313,6 +344,25 @@ static enum cal_status parse_yaml(struct cal_config *c, const char *path, struct
 				state = 1;
 			} else if (state == 3) {
 				CAL_TRY(set_value(c, cur, v, 1, err));
+			} else if (state == 5) {
+				free(catkey);
+				catkey = strdup(v);
+				if (!catkey) {
+					st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+					goto fail;
+				}
+				state = 6;
+			} else if (state == 6) {
+				char *pair = NULL;
+				if (asprintf(&pair, "%s=%s", catkey, v) < 0) {
+					st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+					goto fail;
+				}
+				st = set_value(c, cur, pair, 1, err);
+				free(pair);
+				if (st)
+					goto fail;
+				state = 5;
 			} else {
 				st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: unexpected value", path, line);
 				goto fail;
@@ -332,7 +382,97 @@ fail:
 		yaml_event_delete(&ev);
 	yaml_parser_delete(&p);
 	free(curname);
+	free(catkey);
 	free(text);
+	return st;
+}
+
+enum cal_status cal_config_expand_calib(const char *calib, const char *datasets_file, char **ret,
+				       struct cal_error *err)
+{
+	*ret = NULL;
+	if (!datasets_file || !*datasets_file)
+		datasets_file = getenv("CALIBD_DATASETS_FILE");
+	if (!datasets_file || !*datasets_file) {
+		*ret = strdup(calib);
+		return *ret ? CAL_OK : cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	}
+	char **cat = NULL, *out = NULL, *list = strdup(calib);
+	size_t ncat = 0, olen = 0;
+	enum cal_status st = list ? cal_config_read_datasets(datasets_file, &cat, &ncat, err)
+				  : cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	if (st)
+		goto fail;
+	FILE *f = open_memstream(&out, &olen);
+	if (!f) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	int first = 1;
+	for (char *save = NULL, *e = strtok_r(list, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
+		size_t nl = strcspn(e, ":");
+		/* a NAME[:N] of [A-Za-z0-9_-] that is no file here is a catalog reference */
+		const char *path;
+		long n;
+		char msg[512];
+		if (nl > 0 && strspn(e, CAL_DATASET_NAME_CHARS) == nl && access(e, F_OK) != 0) {
+			if (cal_dataset_resolve(cat, ncat, e, &path, &n, msg, sizeof(msg))) {
+				fclose(f);
+				st = cal_error_set(err, CAL_ERR_NOTFOUND, "--calib: %s (catalog %s)", msg, datasets_file);
+				goto fail;
+			}
+			fprintf(f, "%s%s", first ? "" : ",", path);
+			if (n)
+				fprintf(f, ":%ld", n);
+		} else {
+			fprintf(f, "%s%s", first ? "" : ",", e);
+		}
+		first = 0;
+	}
+	if (fclose(f) != 0 || !out) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	*ret = out;
+	out = NULL;
+fail:
+	free(out);
+	free(list);
+	strlist_free(cat, ncat);
+	return st;
+}
+
+enum cal_status cal_config_calib_arg(const char *cmd, const char **calib, const char *datasets_file, char **owned)
+{
+	*owned = NULL;
+	if (!*calib)
+		return CAL_OK;
+	struct cal_error err = {0};
+	enum cal_status st = cal_config_expand_calib(*calib, datasets_file, owned, &err);
+	if (st)
+		fprintf(stderr, "calibd %s: %s\n", cmd, cal_error_msg(&err));
+	else
+		*calib = *owned;
+	cal_error_clear(&err);
+	return st;
+}
+
+enum cal_status cal_config_read_datasets(const char *path, char ***ret, size_t *n, struct cal_error *err)
+{
+	*ret = NULL;
+	*n = 0;
+	struct cal_config *c = calloc(1, sizeof(*c));
+	if (!c)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	c->refs = 1;
+	enum cal_status st = parse_yaml(c, path, err);
+	if (!st) {
+		*ret = c->datasets;
+		*n = c->n_datasets;
+		c->datasets = NULL;
+		c->n_datasets = 0;
+	}
+	cal_config_unref(c);
 	return st;
 }
 
@@ -404,6 +544,11 @@ static enum cal_status validate(struct cal_config *c, int check_only, struct cal
 	if (inet_pton(AF_INET, c->listen, &a4) != 1 && inet_pton(AF_INET6, c->listen, &a6) != 1)
 		return cal_error_set(err, CAL_ERR_INVALID, "listen: '%s' is not an IPv4 or IPv6 address", c->listen);
 	c->loopback = is_loopback(c->listen);
+	if (inet_pton(AF_INET, c->admin_listen, &a4) != 1 && inet_pton(AF_INET6, c->admin_listen, &a6) != 1)
+		return cal_error_set(err, CAL_ERR_INVALID, "admin_listen: '%s' is not an IPv4 or IPv6 address",
+				     c->admin_listen);
+	if (c->admin_port > 0 && c->admin_port == c->port && !strcmp(c->admin_listen, c->listen))
+		return cal_error_set(err, CAL_ERR_INVALID, "admin_port: %d is the API's port", c->admin_port);
 	if (c->token_file)
 		CAL_TRY(load_tokens(c, err));
 	if (!c->loopback && c->n_tokens == 0)
@@ -454,6 +599,50 @@ fail:
 	return st;
 }
 
+/* Command-line flags onto c.  A list flag given once replaces the file's
+ * list; repeated, it appends. */
+static enum cal_status apply_flags(struct cal_config *c, int argc, char **argv, struct cal_error *err)
+{
+	enum cal_status st = CAL_OK;
+	const struct key *seen[CAL_ARRAY_LEN(keys)] = {0};
+	size_t nseen = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		if (strncmp(a, "--", 2))
+			return cal_error_set(err, CAL_ERR_INVALID, "unexpected argument '%s'", a);
+		const struct key *k = key_by_name(a + 2, 1);
+		if (!k)
+			return cal_error_set(err, CAL_ERR_INVALID, "unknown option '%s'", a);
+		const char *v;
+		if (k->type == K_BOOL) {
+			v = "true";
+		} else {
+			if (i + 1 >= argc)
+				return cal_error_set(err, CAL_ERR_INVALID, "option '%s' needs a value", a);
+			v = argv[++i];
+		}
+		int again = 0;
+		for (size_t j = 0; j < nseen; j++)
+			again |= seen[j] == k;
+		if (!again)
+			seen[nseen++] = k;
+		if ((st = set_value(c, k, v, again, err)))
+			return st;
+	}
+	return CAL_OK;
+}
+
+enum cal_status cal_config_check_flags(int argc, char **argv, struct cal_error *err)
+{
+	struct cal_config *c = calloc(1, sizeof(*c));
+	if (!c)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	c->refs = 1;
+	enum cal_status st = apply_flags(c, argc, argv, err);
+	cal_config_unref(c);
+	return st;
+}
+
 enum cal_status cal_config_load(const char *path, int argc, char **argv, int check_only,
 				struct cal_config **ret, struct cal_error *err)
 {
@@ -465,6 +654,8 @@ enum cal_status cal_config_load(const char *path, int argc, char **argv, int che
 	c->refs = 1;
 	c->listen = strdup("127.0.0.1");
 	c->port = 8080;
+	c->admin_listen = strdup("127.0.0.1");
+	c->admin_port = 8081;
 	c->state_dir = strdup("/var/lib/calibd");
 	c->n_devices = cal_devices_discover(c->devices, CAL_MAX_DEVICES);
 	c->max_concurrent_jobs = 1;
@@ -475,11 +666,12 @@ enum cal_status cal_config_load(const char *path, int argc, char **argv, int che
 	c->max_connections = 512;
 	c->per_ip_connections = 32;
 	c->connection_timeout_s = 30;
+	c->request_timeout_s = 30;
 	c->retry_after_s = 30;
 	c->idempotency_ttl_s = 86400;
 	c->job_retention_s = 7 * 86400;
 	c->min_free_percent = 10;
-	if (!c->listen || !c->state_dir) {
+	if (!c->listen || !c->admin_listen || !c->state_dir) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 		goto fail;
 	}
@@ -491,37 +683,7 @@ enum cal_status cal_config_load(const char *path, int argc, char **argv, int che
 		}
 		CAL_TRY(parse_yaml(c, c->config_path, err));
 	}
-	/* flags: a list flag given once replaces the file's list; repeated, appends */
-	const struct key *seen[CAL_ARRAY_LEN(keys)] = {0};
-	size_t nseen = 0;
-	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i];
-		if (strncmp(a, "--", 2)) {
-			st = cal_error_set(err, CAL_ERR_INVALID, "unexpected argument '%s'", a);
-			goto fail;
-		}
-		const struct key *k = key_by_name(a + 2, 1);
-		if (!k) {
-			st = cal_error_set(err, CAL_ERR_INVALID, "unknown option '%s'", a);
-			goto fail;
-		}
-		const char *v;
-		if (k->type == K_BOOL) {
-			v = "true";
-		} else {
-			if (i + 1 >= argc) {
-				st = cal_error_set(err, CAL_ERR_INVALID, "option '%s' needs a value", a);
-				goto fail;
-			}
-			v = argv[++i];
-		}
-		int again = 0;
-		for (size_t j = 0; j < nseen; j++)
-			again |= seen[j] == k;
-		if (!again)
-			seen[nseen++] = k;
-		CAL_TRY(set_value(c, k, v, again, err));
-	}
+	CAL_TRY(apply_flags(c, argc, argv, err));
 	CAL_TRY(validate(c, check_only, err));
 	*ret = c;
 	return CAL_OK;
@@ -543,6 +705,8 @@ void cal_config_unref(struct cal_config *c)
 		return;
 	free(c->config_path);
 	free(c->listen);
+	free(c->admin_listen);
+	free(c->admin_port_file);
 	free(c->port_file);
 	free(c->state_dir);
 	strlist_free(c->model_roots, c->n_model_roots);
@@ -550,6 +714,7 @@ void cal_config_unref(struct cal_config *c)
 	strlist_free(c->output_roots, c->n_output_roots);
 	free(c->recipes_dir);
 	strlist_free(c->worker_command, c->n_worker_command);
+	strlist_free(c->datasets, c->n_datasets);
 	free(c->token_file);
 	if (c->tokens)
 		explicit_bzero(c->tokens, c->n_tokens * sizeof(*c->tokens));

@@ -21,6 +21,9 @@ struct cal_config {
 	char *listen;               /* bind address, IPv4 or IPv6 literal */
 	int port;                   /* 0: ephemeral */
 	char *port_file;            /* where the bound port is written, or NULL */
+	char *admin_listen;         /* the admin listener (/livez, /readyz, /metrics) */
+	int admin_port;             /* 0: ephemeral; -1: no admin listener */
+	char *admin_port_file;      /* where its bound port is written, or NULL */
 	char *state_dir;            /* realpath after load */
 	char **model_roots, **data_roots, **output_roots; /* realpaths */
 	size_t n_model_roots, n_data_roots, n_output_roots;
@@ -42,12 +45,36 @@ struct cal_config {
 	int auth_read;              /* tokens required on read routes too */
 	int log_json;
 	int max_connections, per_ip_connections, connection_timeout_s;
+	double request_timeout_s;   /* a request's headers and body must arrive within this */
 	double retry_after_s;       /* Retry-After on 503 */
 	double idempotency_ttl_s;   /* an Idempotency-Key is honoured this long after its job's creation */
 	double job_retention_s;     /* finished jobs (and their directories) are removed after this; 0: never */
 	double min_free_percent;    /* new jobs get 507 below this much free space; 0: no check */
 	int loopback;               /* listen is a loopback address */
+	char **datasets;            /* the dataset catalog: "NAME=PATH" (absolute; api/jobspec.h) */
+	size_t n_datasets;
 };
+
+/* The dataset catalog (`datasets:`) of a YAML file in the configuration's
+ * format (any other key of the configuration may be there too; none needs
+ * to): the CLI's --datasets-file.  *ret: "NAME=PATH" strings (heap). */
+enum cal_status cal_config_read_datasets(const char *path, char ***ret, size_t *n, struct cal_error *err);
+
+/* A --calib list ("FILE[:N],...") with its catalog references ("NAME[:N]":
+ * [A-Za-z0-9_-] names that are no file here) replaced by the catalog's
+ * paths.  The catalog comes from datasets_file, else $CALIBD_DATASETS_FILE;
+ * with neither, the list is copied unchanged.  An unknown name is
+ * CAL_ERR_NOTFOUND, naming the names the catalog knows. */
+enum cal_status cal_config_expand_calib(const char *calib, const char *datasets_file, char **ret,
+				       struct cal_error *err);
+
+/* The CLI's use of it: *calib (when set) becomes the expanded list, owned
+ * by *owned (free it); an error is printed as "calibd CMD: ...". */
+enum cal_status cal_config_calib_arg(const char *cmd, const char **calib, const char *datasets_file, char **owned);
+
+/* Checks the flags alone (names, values' syntax and ranges): a failure is
+ * a usage error (exit 2), before any file is read. */
+enum cal_status cal_config_check_flags(int argc, char **argv, struct cal_error *err);
 
 /*
  * Builds a configuration from the YAML file `path` (NULL: defaults only),

@@ -34,6 +34,16 @@ enum cal_job_kill {
 };
 
 #define CAL_JOB_ID_MAX 32
+
+/*
+ * JOB_DIR/publish.json, written (fsynced) by the worker around the rename
+ * that publishes the output: {"format":1, "state":"renaming", "tmp": TMP,
+ * "output": OUT} before it, {"state":"published", "output": OUT} after it.
+ * The supervisor deletes it before each start of a worker.  A job whose
+ * worker died is published when the marker says "published", or says
+ * "renaming" while TMP is gone and OUT exists (cal_job_published).
+ */
+#define CAL_JOB_PUBLISH_FILE "publish.json"
 #define CAL_DURATION_BUCKETS 10
 
 struct cal_job {
@@ -79,6 +89,8 @@ struct cal_metrics {
 	double duration_sum;
 	uint64_t duration_count;
 	uint64_t bytes_written;    /* from finished jobs' last progress */
+	uint64_t tokens;           /* tokens_done of finished jobs' last progress */
+	double started_wall;       /* epoch seconds of the start (set at the first render) */
 	uint64_t worker_crashes, progress_timeouts, state_write_errors;
 };
 
@@ -91,6 +103,8 @@ struct cal_daemon {
 	size_t n_state[CAL_JOB_NSTATES];
 	char **pending_keys;       /* "client\nkey" of submissions in flight */
 	size_t n_pending;
+	size_t n_reserved;         /* queue slots held by submissions between the
+				    * bound check and the insert (their fsyncs) */
 	uint64_t next_seq;
 	int wake_fd;               /* eventfd: wakes the supervisor loop */
 	int stopping;              /* SIGTERM seen: no new jobs, no new starts */
@@ -130,14 +144,29 @@ void cal_job_set_state(struct cal_daemon *d, struct cal_job *j, enum cal_job_sta
 /* Sets the failure reason (copies). */
 void cal_job_set_error(struct cal_job *j, const char *code, const char *msg);
 
+/* 1 when j's worker published the output (CAL_JOB_PUBLISH_FILE).  Reads
+ * the disk: call without mu. */
+int cal_job_published(const struct cal_job *j);
+
+/* Removes what a worker of j left in the output's parent: directories named
+ * `.NAME.tmp-<j's id>-XXXXXX` (st_writer.h), never anything else.  Call
+ * without mu, when no worker of j runs. */
+void cal_job_remove_temps(const struct cal_job *j);
+
+/* Loads JOB_DIR/report.json into j->result unless it has one.  Disk read:
+ * call without mu on a job no other thread changes (the supervisor's). */
+void cal_job_load_report(struct cal_job *j);
+
 /* Writes j's state.json durably.  Call WITHOUT mu held (it takes mu for a
  * snapshot, then writes outside it). */
 enum cal_status cal_job_persist(struct cal_daemon *d, struct cal_job *j, struct cal_error *err);
 
 /*
  * Loads every job under state_dir/jobs (call before any thread starts).
- * Queued jobs stay queued; running ones become failed "daemon_restarted"
- * or queued again with resume_on_restart.  A state.json that cannot be
+ * Queued jobs stay queued; running ones become succeeded when their worker
+ * had published the output (cal_job_published), else failed
+ * "daemon_restarted" or queued again with resume_on_restart; either way
+ * their temporary output is removed (cal_job_remove_temps).  A state.json that cannot be
  * read falls back to state.json.prev (the previous generation; logged,
  * counted in state_fallbacks); a directory whose spec.json, or both state
  * generations, cannot be read is logged and skipped (counted in
@@ -168,9 +197,10 @@ enum cal_submit cal_daemon_idem_lookup(struct cal_daemon *d, const char *client,
 				       const char *fp, json_t **ret_job);
 
 /*
- * Creates a job from a validated spec: reserves client's key, checks the
- * queue bound, writes spec.json and state.json durably (outside mu),
- * inserts the job and wakes the scheduler.  *ret_job is the job's JSON on
+ * Creates a job from a validated spec: reserves client's key and a queue
+ * slot (atomically with the bound check, so concurrent submissions never
+ * queue more than max_queue), writes spec.json and state.json durably
+ * (outside mu), inserts the job, releases the slot and wakes the scheduler.  *ret_job is the job's JSON on
  * CREATED and REPLAY.  Takes mu itself.
  */
 enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char *client, const char *key,

@@ -5,7 +5,7 @@
  *   <state_dir>/jobs/<id>/spec.json   written once, before the 202
  *   <state_dir>/jobs/<id>/state.json  rewritten atomically on each transition;
  *                                     state.json.prev keeps the generation before
- *   <state_dir>/jobs/<id>/log, report.json, result.json  (the worker's)
+ *   <state_dir>/jobs/<id>/log, report.json, publish.json  (the worker's)
  */
 #include "daemon.h"
 
@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -235,7 +236,9 @@ json_t *cal_job_json(const struct cal_job *j)
 		json_object_set_new(o, "error", json_null());
 	if (j->state == CAL_JOB_RUNNING && j->pid > 0)
 		json_object_set_new(o, "worker_pid", json_integer(j->pid));
-	json_object_set_new(o, "spec", json_deep_copy(j->spec));
+	json_t *spec = json_deep_copy(j->spec);
+	json_object_del(spec, "recipes_dir"); /* where the tree lives is the daemon's business */
+	json_object_set_new(o, "spec", spec);
 	char url[64];
 	snprintf(url, sizeof(url), "/v1/jobs/%s", j->id);
 	json_object_set_new(o, "url", json_string(url));
@@ -285,6 +288,70 @@ enum cal_status cal_job_persist(struct cal_daemon *d, struct cal_job *j, struct 
 		cal_log(CAL_LOG_ERROR, "state_write_failed", "job", j->id, "error", cal_error_msg(err), NULL);
 	}
 	return st;
+}
+
+/* ---- what a worker left on disk ------------------------------------- */
+
+int cal_job_published(const struct cal_job *j)
+{
+	char *p = cal_path_join(j->dir, CAL_JOB_PUBLISH_FILE), *text = NULL;
+	int yes = 0;
+	if (p && cal_read_file(p, 64 * 1024, &text, NULL, NULL) == CAL_OK) {
+		json_t *m = json_loads(text, JSON_REJECT_DUPLICATES, NULL);
+		const char *state = json_string_value(json_object_get(m, "state"));
+		const char *out = json_string_value(json_object_get(m, "output"));
+		const char *tmp = json_string_value(json_object_get(m, "tmp"));
+		const char *want = json_string_value(json_object_get(j->spec, "output"));
+		struct stat sb;
+		if (state && out && want && !strcmp(out, want)) {
+			if (!strcmp(state, "published"))
+				yes = 1;
+			else if (!strcmp(state, "renaming") && tmp)
+				/* killed between the marker and "published": the rename
+				 * happened when the temporary directory is gone and the
+				 * output is there */
+				yes = lstat(tmp, &sb) < 0 && errno == ENOENT && lstat(out, &sb) == 0 &&
+				      S_ISDIR(sb.st_mode);
+		}
+		json_decref(m);
+	}
+	free(text);
+	free(p);
+	return yes;
+}
+
+void cal_job_remove_temps(const struct cal_job *j)
+{
+	const char *out = json_string_value(json_object_get(j->spec, "output"));
+	const char *slash = out ? strrchr(out, '/') : NULL;
+	if (!slash || !slash[1])
+		return;
+	char *parent = slash == out ? strdup("/") : strndup(out, (size_t)(slash - out)), *prefix = NULL;
+	if (!parent || asprintf(&prefix, ".%s.tmp-%s-", slash + 1, j->id) < 0) {
+		free(parent);
+		return;
+	}
+	size_t plen = strlen(prefix);
+	DIR *dir = opendir(parent);
+	struct dirent *e;
+	while (dir && (e = readdir(dir))) {
+		/* exactly the writer's name for this job: prefix + 6 random characters */
+		if (strncmp(e->d_name, prefix, plen) || strlen(e->d_name) != plen + 6)
+			continue;
+		char *p = cal_path_join(parent, e->d_name);
+		struct cal_error err = {0};
+		if (p && cal_rmtree(p, &err) == CAL_OK)
+			cal_log(CAL_LOG_INFO, "temp_removed", "job", j->id, "path", p, NULL);
+		else if (p)
+			cal_log(CAL_LOG_ERROR, "temp_remove_failed", "job", j->id, "path", p, "error",
+				cal_error_msg(&err), NULL);
+		cal_error_clear(&err);
+		free(p);
+	}
+	if (dir)
+		closedir(dir);
+	free(prefix);
+	free(parent);
 }
 
 /* ---- submission ------------------------------------------------------ */
@@ -385,8 +452,8 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 	enum cal_submit r = CAL_SUBMIT_CREATED;
 	struct cal_job *j = job_alloc();
 	char *jobs_dir = NULL, *text = NULL, *sk = NULL;
-	json_t *doc = NULL;
-	int reserved = 0;
+	json_t *doc = NULL, *roots = json_array();
+	int reserved = 0, slot = 0;
 	if (!client)
 		client = "anonymous";
 	if (!j || (key && !(sk = scoped_key(client, key)))) {
@@ -400,6 +467,16 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 	j->created_at = wall_now();
 
 	pthread_mutex_lock(&d->mu);
+	/* the roots the worker confines its opens to (common/confine.h) */
+	const struct cal_config *c = d->cfg;
+	for (size_t i = 0; roots && i < c->n_model_roots + c->n_data_roots + c->n_output_roots; i++)
+		json_array_append_new(roots, json_string(i < c->n_model_roots ? c->model_roots[i] :
+							 i < c->n_model_roots + c->n_data_roots ?
+							 c->data_roots[i - c->n_model_roots] :
+							 c->output_roots[i - c->n_model_roots - c->n_data_roots]));
+	json_t *rdir = json_object_get(spec, "recipes_dir");
+	if (roots && json_is_string(rdir))
+		json_array_append(roots, rdir);
 	if (d->stopping) {
 		r = CAL_SUBMIT_SHUTTING_DOWN;
 	} else if (key && find_by_key(d, client, key)) {
@@ -409,7 +486,7 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 			*ret_job = cal_job_json(o);
 	} else if (key && key_pending(d, sk)) {
 		r = CAL_SUBMIT_IN_FLIGHT;
-	} else if (d->n_state[CAL_JOB_QUEUED] + d->n_pending >= (size_t)d->cfg->max_queue) {
+	} else if (d->n_state[CAL_JOB_QUEUED] + d->n_reserved >= (size_t)d->cfg->max_queue) {
 		r = CAL_SUBMIT_QUEUE_FULL;
 	} else if (output_in_use(d, json_string_value(json_object_get(spec, "output")))) {
 		r = CAL_SUBMIT_OUTPUT_IN_USE;
@@ -418,6 +495,8 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 			new_id(j->id);
 		} while (cal_jobs_find(d, j->id));
 		j->seq = d->next_seq++;
+		d->n_reserved++; /* the slot is ours until the insert or the failure */
+		slot = 1;
 		jobs_dir = cal_path_join(d->cfg->state_dir, "jobs");
 		if (key) {
 			char **pk = realloc(d->pending_keys, (d->n_pending + 1) * sizeof(char *));
@@ -443,9 +522,10 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 		goto done;
 	}
 	/* durable before the 202: dir, spec.json, state.json, each fsync'd */
-	doc = json_pack("{s:i, s:s, s:O, s:s?, s:s?, s:s, s:I, s:f}", "format", 1, "id", j->id, "spec", spec,
-			"idempotency_key", key, "idempotency_client", key ? client : NULL, "fingerprint", fp,
-			"seq", (json_int_t)j->seq, "created_at", j->created_at);
+	doc = roots ? json_pack("{s:i, s:s, s:O, s:s?, s:s?, s:s, s:I, s:f, s:O}", "format", 1, "id", j->id,
+				"spec", spec, "idempotency_key", key, "idempotency_client", key ? client : NULL,
+				"fingerprint", fp, "seq", (json_int_t)j->seq, "created_at", j->created_at, "roots",
+				roots) : NULL;
 	text = doc ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 	enum cal_status st = CAL_OK;
 	if (!text)
@@ -473,6 +553,8 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 		goto done;
 	}
 	pthread_mutex_lock(&d->mu);
+	d->n_reserved--; /* the slot becomes the queued job (same critical section) */
+	slot = 0;
 	if (jobs_insert(d, j) < 0) {
 		r = CAL_SUBMIT_IO;
 		cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
@@ -484,12 +566,16 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 	pthread_mutex_unlock(&d->mu);
 	cal_daemon_wake(d);
 done:
-	if (reserved) {
+	if (reserved || slot) {
 		pthread_mutex_lock(&d->mu);
-		unpend(d, sk);
+		if (reserved)
+			unpend(d, sk);
+		if (slot)
+			d->n_reserved--;
 		pthread_mutex_unlock(&d->mu);
 	}
 	free(sk);
+	json_decref(roots);
 	json_decref(doc);
 	free(text);
 	free(jobs_dir);
@@ -678,7 +764,20 @@ static enum cal_status load_one(struct cal_daemon *d, const char *jobs_dir, cons
 		if (st)
 			goto fail;
 	}
-	if (j->state == CAL_JOB_RUNNING) {
+	/* a worker may have run even for a job recorded queued: the daemon
+	 * persists "running" only after the spawn */
+	int ran = j->state == CAL_JOB_RUNNING || j->state == CAL_JOB_QUEUED;
+	if (ran && cal_job_published(j)) {
+		/* killed after the publish: the checkpoint is out */
+		*ret_repersist = 1;
+		j->n_devices = 0;
+		j->state = CAL_JOB_SUCCEEDED;
+		if (!j->started_at)
+			j->started_at = j->created_at;
+		j->finished_at = wall_now();
+		cal_job_set_error(j, NULL, NULL);
+		cal_job_load_report(j);
+	} else if (j->state == CAL_JOB_RUNNING) {
 		/* its worker died with the previous daemon (PR_SET_PDEATHSIG) */
 		*ret_repersist = 1;
 		j->n_devices = 0;
@@ -694,6 +793,8 @@ static enum cal_status load_one(struct cal_daemon *d, const char *jobs_dir, cons
 					  "the daemon restarted while the job was running");
 		}
 	}
+	if (ran)
+		cal_job_remove_temps(j);
 	*ret = j;
 	j = NULL;
 fail:
@@ -768,11 +869,8 @@ enum cal_status cal_jobs_load(struct cal_daemon *d, struct cal_error *err)
 		cal_job_persist(d, redo[i], NULL);
 	}
 	free(redo);
-	char buf[64];
-	snprintf(buf, sizeof(buf), "%zu", d->n_jobs);
-	char bad[32];
-	snprintf(bad, sizeof(bad), "%zu", d->corrupt_jobs);
-	cal_log(CAL_LOG_INFO, "jobs_loaded", "jobs", buf, "skipped", bad, NULL);
+	cal_logj(CAL_LOG_INFO, "jobs_loaded",
+		 json_pack("{s:I, s:I}", "jobs", (json_int_t)d->n_jobs, "skipped", (json_int_t)d->corrupt_jobs));
 	return st;
 }
 

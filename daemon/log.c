@@ -64,26 +64,44 @@ static void text_value(FILE *f, const char *s)
 	fputc('"', f);
 }
 
-void cal_log(enum cal_log_level lvl, const char *event, ...)
+/* Appends a JSON value to the text line: numbers, booleans and null bare,
+ * strings through text_value, anything else as compact JSON. */
+static void text_json(FILE *f, const json_t *v)
 {
-	if ((int)lvl < atomic_load(&log_min))
+	if (json_is_string(v)) {
+		text_value(f, json_string_value(v));
 		return;
+	}
+	char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(6));
+	fputs(s ? s : "null", f);
+	free(s);
+}
+
+int cal_log_enabled(enum cal_log_level lvl)
+{
+	return (int)lvl >= atomic_load(&log_min);
+}
+
+void cal_logj(enum cal_log_level lvl, const char *event, json_t *fields)
+{
+	if (!cal_log_enabled(lvl)) {
+		json_decref(fields);
+		return;
+	}
 	char ts[40];
 	timestamp(ts);
 	char *line = NULL;
 	size_t len = 0;
-	va_list ap;
-	va_start(ap, event);
+	const char *k;
+	json_t *v;
 	if (atomic_load(&log_json)) {
 		json_t *o = json_object();
 		json_object_set_new(o, "ts", json_string(ts));
 		json_object_set_new(o, "level", json_string(level_names[lvl]));
 		json_object_set_new(o, "event", json_string(event));
-		for (const char *k; (k = va_arg(ap, const char *));) {
-			const char *v = va_arg(ap, const char *);
-			json_object_set_new(o, k, v ? json_string(v) : json_null());
-		}
-		char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+		json_object_foreach(fields, k, v)
+			json_object_set(o, k, v);
+		char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(6));
 		json_decref(o);
 		if (s) {
 			len = strlen(s);
@@ -98,19 +116,43 @@ void cal_log(enum cal_log_level lvl, const char *event, ...)
 		FILE *f = open_memstream(&line, &len);
 		if (f) {
 			fprintf(f, "%s %s %s", ts, level_names[lvl], event);
-			for (const char *k; (k = va_arg(ap, const char *));) {
-				const char *v = va_arg(ap, const char *);
+			json_object_foreach(fields, k, v) {
 				fprintf(f, " %s=", k);
-				text_value(f, v);
+				text_json(f, v);
 			}
 			fputc('\n', f);
 			fclose(f);
 		}
 	}
-	va_end(ap);
+	json_decref(fields);
 	if (line) {
 		ssize_t r = write(STDERR_FILENO, line, len);
 		(void)r;
 	}
 	free(line);
+}
+
+void cal_log(enum cal_log_level lvl, const char *event, ...)
+{
+	if (!cal_log_enabled(lvl))
+		return;
+	json_t *o = json_object();
+	va_list ap;
+	va_start(ap, event);
+	for (const char *k; (k = va_arg(ap, const char *));) {
+		const char *v = va_arg(ap, const char *);
+		json_t *s = v ? json_string(v) : json_null();
+		if (v && !s) {
+			/* not UTF-8 (a path): kept, its other bytes as '?' */
+			char *c = strdup(v);
+			for (char *p = c; p && *p; p++)
+				if ((unsigned char)*p >= 0x80)
+					*p = '?';
+			s = json_string(c ? c : "?");
+			free(c);
+		}
+		json_object_set_new(o, k, s);
+	}
+	va_end(ap);
+	cal_logj(lvl, event, o);
 }

@@ -47,8 +47,10 @@ static void usage(FILE *out)
 
 int cal_cmd_version(int argc, char **argv)
 {
-	(void)argc;
-	(void)argv;
+	if (argc > 1) {
+		fprintf(stderr, "calibd version: unexpected argument '%s'\nusage: calibd version\n", argv[1]);
+		return CAL_EXIT_USAGE;
+	}
 	printf("calibd %s\n", CAL_VERSION);
 #ifdef CAL_HAVE_CUDA
 	printf("back ends: cpu cuda\n");

@@ -1,14 +1,24 @@
 /*
- * metrics.c — job metrics in the Prometheus text exposition format (the HTTP
- * request counters live with the router, api/http.c).
+ * metrics.c — job and process metrics in the Prometheus text exposition
+ * format (the HTTP request counters and latencies live with the router,
+ * api/http.c).  Throughput is a counter (calibd_calibration_tokens_total):
+ * rate() over it gives tokens per second over any window.
  */
 #include <stdio.h>
+#include <time.h>
 
 #include "common/util.h"
 #include "daemon.h"
 
 const double cal_duration_bounds[CAL_DURATION_BUCKETS] = {10, 30, 60, 300, 900, 1800, 3600, 7200,
 							  14400, 43200};
+
+/* A non-negative integer of the job's last progress line, else 0. */
+static uint64_t progress_count(const struct cal_job *j, const char *key)
+{
+	json_t *v = j->progress ? json_object_get(j->progress, key) : NULL;
+	return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+}
 
 void cal_metrics_job_done(struct cal_daemon *d, const struct cal_job *j)
 {
@@ -21,9 +31,8 @@ void cal_metrics_job_done(struct cal_daemon *d, const struct cal_job *j)
 	d->metrics.duration_buckets[b]++;
 	d->metrics.duration_sum += dur;
 	d->metrics.duration_count++;
-	json_t *bw = json_object_get(j->progress, "bytes_written");
-	if (json_is_integer(bw) && json_integer_value(bw) > 0)
-		d->metrics.bytes_written += (uint64_t)json_integer_value(bw);
+	d->metrics.bytes_written += progress_count(j, "bytes_written");
+	d->metrics.tokens += progress_count(j, "tokens_done");
 }
 
 void cal_metrics_render_jobs(struct cal_daemon *d, FILE *f)
@@ -54,21 +63,18 @@ void cal_metrics_render_jobs(struct cal_daemon *d, FILE *f)
 	fprintf(f, "calibd_job_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
 	fprintf(f, "calibd_job_duration_seconds_sum %g\ncalibd_job_duration_seconds_count %llu\n",
 		d->metrics.duration_sum, (unsigned long long)d->metrics.duration_count);
-	double tps = 0;
-	uint64_t running_bytes = 0;
+	uint64_t running_tokens = 0, running_bytes = 0;
 	for (size_t i = 0; i < d->n_jobs; i++) {
 		const struct cal_job *j = d->jobs[i];
-		if (j->state != CAL_JOB_RUNNING || !j->progress)
+		if (j->state != CAL_JOB_RUNNING)
 			continue;
-		json_t *t = json_object_get(j->progress, "tokens_per_s");
-		if (json_is_number(t))
-			tps += json_number_value(t);
-		json_t *bw = json_object_get(j->progress, "bytes_written");
-		if (json_is_integer(bw) && json_integer_value(bw) > 0)
-			running_bytes += (uint64_t)json_integer_value(bw);
+		running_tokens += progress_count(j, "tokens_done");
+		running_bytes += progress_count(j, "bytes_written");
 	}
-	fprintf(f, "# HELP calibd_tokens_per_second Calibration throughput of running jobs.\n"
-		   "# TYPE calibd_tokens_per_second gauge\ncalibd_tokens_per_second %g\n", tps);
+	fprintf(f, "# HELP calibd_calibration_tokens_total Calibration tokens processed (token x layer passes, "
+		   "as progress.tokens_done counts them) by finished and running jobs.\n"
+		   "# TYPE calibd_calibration_tokens_total counter\ncalibd_calibration_tokens_total %llu\n",
+		(unsigned long long)(d->metrics.tokens + running_tokens));
 	fprintf(f, "# HELP calibd_bytes_written_total Checkpoint bytes written by jobs.\n"
 		   "# TYPE calibd_bytes_written_total counter\ncalibd_bytes_written_total %llu\n",
 		(unsigned long long)(d->metrics.bytes_written + running_bytes));
@@ -87,5 +93,21 @@ void cal_metrics_render_jobs(struct cal_daemon *d, FILE *f)
 		   "# TYPE calibd_state_fallbacks gauge\ncalibd_state_fallbacks %zu\n", d->state_fallbacks);
 	fprintf(f, "# HELP calibd_uptime_seconds Seconds since the daemon started.\n"
 		   "# TYPE calibd_uptime_seconds gauge\ncalibd_uptime_seconds %.0f\n", cal_now() - d->started_mono);
+	if (d->metrics.started_wall <= 0) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		d->metrics.started_wall = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 - (cal_now() - d->started_mono);
+	}
+	fprintf(f, "# HELP process_start_time_seconds Start time of the process since the Unix epoch in seconds.\n"
+		   "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.3f\n",
+		d->metrics.started_wall);
+#ifdef CAL_HAVE_CUDA
+	const char *cuda = "yes";
+#else
+	const char *cuda = "no";
+#endif
+	fprintf(f, "# HELP calibd_build_info The build: version, CUDA back end.\n"
+		   "# TYPE calibd_build_info gauge\ncalibd_build_info{version=\"%s\",cuda=\"%s\"} 1\n",
+		CAL_VERSION, cuda);
 	pthread_mutex_unlock(&d->mu);
 }

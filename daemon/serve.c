@@ -32,7 +32,7 @@ struct serve_ctx {
 	const char *config_path;
 	int argc;
 	char **argv;
-	struct cal_http *http;
+	struct cal_http *http, *admin;
 };
 
 static void serve_usage(FILE *f)
@@ -40,11 +40,13 @@ static void serve_usage(FILE *f)
 	fprintf(f, "usage: calibd serve [--config FILE] [--check] [OPTIONS]\n\n"
 		   "Runs the daemon.  Every configuration key (docs/api.md) is also a flag:\n"
 		   "  --listen ADDR  --port N  --port-file FILE  --state-dir DIR\n"
+		   "  --admin-listen ADDR  --admin-port N (-1: none)  --admin-port-file FILE\n"
+		   "  --request-timeout S\n"
 		   "  --model-root DIR  --data-root DIR  --output-root DIR   (repeatable)\n"
 		   "  --recipes-dir DIR  --devices auto|none|0,1,..  --max-jobs N  --max-queue N\n"
 		   "  --progress-timeout S  --kill-grace S  --shutdown-grace S  --job-timeout S\n"
 		   "  --resume-on-restart  --worker-command PATH (repeat for arguments)\n"
-		   "  --token-file FILE  --auth-read  --log-format text|json\n"
+		   "  --token-file FILE  --auth-read  --log-format text|json  --dataset NAME=PATH (repeatable)\n"
 		   "  --max-connections N  --per-ip-connections N  --connection-timeout S  --retry-after S\n"
 		   "--check validates the configuration and exits (0 valid, 3 invalid).\n");
 }
@@ -67,14 +69,16 @@ static void reload(struct cal_daemon *d, void *ctx)
 		cal_config_unref(nc);
 		return;
 	}
-	int relisten = strcmp(old->listen, nc->listen) || old->port != nc->port;
+	int relisten = strcmp(old->listen, nc->listen) || old->port != nc->port ||
+		       strcmp(old->admin_listen, nc->admin_listen) || old->admin_port != nc->admin_port;
 	d->cfg = nc;
 	pthread_cond_broadcast(&d->changed);
 	pthread_mutex_unlock(&d->mu);
 	cal_config_unref(old);
 	cal_log_set_json(nc->log_json);
 	if (relisten)
-		cal_log(CAL_LOG_WARN, "reload_partial", "message", "listen and port apply at the next restart", NULL);
+		cal_log(CAL_LOG_WARN, "reload_partial", "message",
+			"listen, port, admin_listen and admin_port apply at the next restart", NULL);
 	cal_log(CAL_LOG_INFO, "reloaded", "config", nc->config_path, NULL);
 	cal_daemon_wake(d);
 }
@@ -112,6 +116,22 @@ static int lock_state_dir(const char *dir, struct cal_error *err)
 	return fd; /* held for the life of the process */
 }
 
+/* Writes "PORT\n" atomically to path (NULL: nothing). */
+static void write_port_file(const char *path, const char *port)
+{
+	if (!path)
+		return;
+	struct cal_error err = {0};
+	char *dup1 = strdup(path), *dup2 = strdup(path);
+	char line[24];
+	snprintf(line, sizeof(line), "%s\n", port);
+	if (!dup1 || !dup2 || cal_write_atomic(dirname(dup1), basename(dup2), line, strlen(line), &err))
+		cal_log(CAL_LOG_ERROR, "port_file_failed", "file", path, "error", cal_error_msg(&err), NULL);
+	cal_error_clear(&err);
+	free(dup1);
+	free(dup2);
+}
+
 int cal_cmd_serve(int argc, char **argv)
 {
 	const char *config = NULL;
@@ -137,7 +157,15 @@ int cal_cmd_serve(int argc, char **argv)
 	json_object_seed(0);
 	struct cal_error err = {0};
 	struct cal_config *cfg = NULL;
-	enum cal_status st = cal_config_load(config, nflags, flags, check, &cfg, &err);
+	enum cal_status st = cal_config_check_flags(nflags, flags, &err);
+	if (st) {
+		fprintf(stderr, "calibd serve: %s\n", cal_error_msg(&err));
+		serve_usage(stderr);
+		cal_error_clear(&err);
+		free(flags);
+		return st == CAL_ERR_NOMEM ? CAL_EXIT_FAILURE : CAL_EXIT_USAGE;
+	}
+	st = cal_config_load(config, nflags, flags, check, &cfg, &err);
 	if (st) {
 		fprintf(stderr, "calibd serve: %s\n", cal_error_msg(&err));
 		cal_error_clear(&err);
@@ -165,7 +193,7 @@ int cal_cmd_serve(int argc, char **argv)
 	int rc = CAL_EXIT_FAILURE;
 	struct cal_daemon d;
 	int inited = 0;
-	struct serve_ctx ctx = {config, nflags, flags, NULL};
+	struct serve_ctx ctx = {config, nflags, flags, NULL, NULL};
 	int lockfd = lock_state_dir(cfg->state_dir, &err);
 	if (sigfd < 0 || lockfd < 0) {
 		fprintf(stderr, "calibd serve: %s\n", lockfd < 0 ? cal_error_msg(&err) : "signalfd failed");
@@ -178,27 +206,25 @@ int cal_cmd_serve(int argc, char **argv)
 		goto out;
 	}
 	inited = 1;
-	if ((st = cal_jobs_load(&d, &err)) || (st = cal_http_start(&d, cfg, &ctx.http, &err))) {
+	if ((st = cal_jobs_load(&d, &err)) || (st = cal_http_start(&d, cfg, 0, &ctx.http, &err)) ||
+	    (cfg->admin_port >= 0 && (st = cal_http_start(&d, cfg, 1, &ctx.admin, &err)))) {
 		cal_log(CAL_LOG_ERROR, "start_failed", "error", cal_error_msg(&err), NULL);
 		goto out;
 	}
-	char port[16];
+	char port[16], admin_port[16];
 	snprintf(port, sizeof(port), "%u", cal_http_port(ctx.http));
+	snprintf(admin_port, sizeof(admin_port), "%u", ctx.admin ? cal_http_port(ctx.admin) : 0);
 	pthread_mutex_lock(&d.mu);
 	d.ready = 1;
 	pthread_mutex_unlock(&d.mu);
-	if (cfg->port_file) {
-		char *dup1 = strdup(cfg->port_file), *dup2 = strdup(cfg->port_file);
-		char line[24];
-		snprintf(line, sizeof(line), "%s\n", port);
-		if (!dup1 || !dup2 || cal_write_atomic(dirname(dup1), basename(dup2), line, strlen(line), &err))
-			cal_log(CAL_LOG_ERROR, "port_file_failed", "error", cal_error_msg(&err), NULL);
-		cal_error_clear(&err);
-		free(dup1);
-		free(dup2);
-	}
-	cal_log(CAL_LOG_INFO, "listening", "address", cfg->listen, "port", port, "state_dir", cfg->state_dir,
-		"auth", cfg->n_tokens ? "bearer" : "none", NULL);
+	if (ctx.admin) /* first: the API's port file is the usual sign of readiness */
+		write_port_file(cfg->admin_port_file, admin_port);
+	write_port_file(cfg->port_file, port);
+	cal_logj(CAL_LOG_INFO, "listening",
+		 json_pack("{s:s, s:i, s:s, s:i, s:s, s:s}", "address", cfg->listen, "port", (int)cal_http_port(ctx.http),
+			   "admin_address", ctx.admin ? cfg->admin_listen : "none", "admin_port",
+			   ctx.admin ? (int)cal_http_port(ctx.admin) : -1, "state_dir", cfg->state_dir, "auth",
+			   cfg->n_tokens ? "bearer" : "none"));
 	cal_notify("READY=1\nSTATUS=serving");
 	struct cal_supervisor_hooks hooks = {reload, stop_accepting, &ctx};
 	cal_supervisor_run(&d, sigfd, &hooks);
@@ -206,6 +232,7 @@ int cal_cmd_serve(int argc, char **argv)
 	cal_log(CAL_LOG_INFO, "stopped", NULL);
 out:
 	cal_http_stop(ctx.http);
+	cal_http_stop(ctx.admin);
 	if (inited)
 		cal_daemon_free(&d);
 	cal_error_clear(&err);

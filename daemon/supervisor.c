@@ -65,6 +65,13 @@ static int spawn_worker(struct cal_daemon *d, struct cal_config *cfg, struct cal
 		e_dir = NULL;
 		goto out;
 	}
+	/* a marker of an earlier run (resume_on_restart) must not speak for this one */
+	int mfd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (mfd >= 0) {
+		if (unlinkat(mfd, CAL_JOB_PUBLISH_FILE, 0) == 0)
+			fsync(mfd);
+		close(mfd);
+	}
 	argv = calloc(cfg->n_worker_command + 2, sizeof(char *));
 	while (environ[nenv])
 		nenv++;
@@ -284,10 +291,8 @@ static void schedule(struct cal_daemon *d)
 			cal_job_set_state(d, j, CAL_JOB_FAILED);
 		}
 		pthread_mutex_unlock(&d->mu);
-		char pidbuf[24];
-		snprintf(pidbuf, sizeof(pidbuf), "%d", (int)pid);
 		if (rc == 0)
-			cal_log(CAL_LOG_INFO, "job_started", "job", j->id, "pid", pidbuf, NULL);
+			cal_logj(CAL_LOG_INFO, "job_started", json_pack("{s:s, s:i}", "job", j->id, "pid", (int)pid));
 		else
 			cal_log(CAL_LOG_ERROR, "job_failed", "job", j->id, "reason", why, NULL);
 		free(why);
@@ -404,7 +409,7 @@ static void read_pipe(struct cal_daemon *d, struct cal_job *j)
 
 /* ---- the end of a worker --------------------------------------------- */
 
-static void load_result_file(struct cal_job *j)
+void cal_job_load_report(struct cal_job *j)
 {
 	if (j->result)
 		return;
@@ -425,6 +430,12 @@ static void worker_ended(struct cal_daemon *d, struct cal_job *j, int status)
 	if (j->pipe_fd >= 0)
 		read_pipe(d, j); /* the last lines before the exit */
 	kill(-j->pid, SIGKILL); /* anything the worker left in its group */
+	/* a worker that died after its publish (killed in the finish phase, a
+	 * full state dir after the rename): the checkpoint is out, the job
+	 * succeeded; the record must say what the disk holds */
+	int published = cal_job_published(j);
+	/* what a worker killed mid-write left, gone before the job shows final */
+	cal_job_remove_temps(j);
 	char msg[160];
 	pthread_mutex_lock(&d->mu);
 	struct cal_config *cfg = d->cfg;
@@ -452,7 +463,7 @@ static void worker_ended(struct cal_daemon *d, struct cal_job *j, int status)
 		if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
 			to = CAL_JOB_SUCCEEDED;
 			cal_job_set_error(j, NULL, NULL);
-			load_result_file(j);
+			cal_job_load_report(j);
 		} else if (WIFEXITED(status)) {
 			if (!j->error_code) {
 				snprintf(msg, sizeof(msg), "the worker exited with status %d (see the job log)",
@@ -466,6 +477,11 @@ static void worker_ended(struct cal_daemon *d, struct cal_job *j, int status)
 			d->metrics.worker_crashes++;
 		}
 		break;
+	}
+	if (published && to != CAL_JOB_SUCCEEDED) {
+		to = CAL_JOB_SUCCEEDED;
+		cal_job_set_error(j, NULL, NULL);
+		cal_job_load_report(j);
 	}
 	j->pid = 0;
 	if (to == CAL_JOB_QUEUED) {
@@ -482,9 +498,11 @@ static void worker_ended(struct cal_daemon *d, struct cal_job *j, int status)
 	}
 	const char *code = j->error_code;
 	char *code_copy = code ? strdup(code) : NULL;
+	double ran = j->started_at > 0 && j->finished_at >= j->started_at ? j->finished_at - j->started_at : 0;
 	pthread_mutex_unlock(&d->mu);
-	cal_log(to == CAL_JOB_SUCCEEDED ? CAL_LOG_INFO : CAL_LOG_WARN, "job_finished", "job", j->id, "state",
-		cal_job_state_names[to], "reason", code_copy, NULL);
+	cal_logj(to == CAL_JOB_SUCCEEDED ? CAL_LOG_INFO : CAL_LOG_WARN, "job_finished",
+		 json_pack("{s:s, s:s, s:s?, s:f}", "job", j->id, "state", cal_job_state_names[to], "reason", code_copy,
+			   "duration_s", ran));
 	free(code_copy);
 	finish_persist(d, j);
 }

@@ -32,14 +32,18 @@
  * (docs/calibration.md).
  *
  * Ownership: cal_calib_open() returns an engine that owns the checkpoint
- * mapping, the model description, the back end and every buffer; the
- * plan and tokens passed in are borrowed and must outlive it.
+ * mapping, the catalog, the back end and every buffer; the plan (and its
+ * model description) and tokens passed in are borrowed and must outlive it.
+ * cal_calib_open_src() borrows the checkpoint, catalog and back end of a
+ * job instead (engine/job.h, the way quantize and calibrate run).
  */
 #ifndef CAL_CALIB_H
 #define CAL_CALIB_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include <jansson.h>
 
 #include "common/status.h"
 #include "engine/model/catalog.h"
@@ -123,16 +127,39 @@ struct cal_calib_opts {
 };
 
 /*
+ * What the calibration engine runs: CAL_OK, or CAL_ERR_UNSUPPORTED (or
+ * CAL_ERR_FORMAT for inconsistent dimensions) naming the model type and
+ * the feature it does not run yet (GPT-OSS sinks and experts, MXFP4
+ * source checkpoints, MLA with attention_bias, ...).  Only the description is
+ * read: no file, no back end.  The job's capability query (engine/job.h
+ * cal_job_check) asks this.
+ */
+enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal_error *err);
+
+/*
  * Opens the checkpoint in model_dir for calibration with `plan` (which must
  * have been built for the same model description; its model is used).
- * Refuses, naming the feature, architectures / layer kinds the engine does
- * not run yet (CAL_ERR_UNSUPPORTED: MLA, non-softmax routers, GPT-OSS
- * experts, quantized source checkpoints).
- * *ret is owned by the caller (cal_calib_free).
+ * Refuses what cal_calib_check_model() refuses.  The engine opens its own
+ * checkpoint mapping, catalog and back end (opts->backend, cuda_device,
+ * cpu_threads).  *ret is owned by the caller (cal_calib_free).
  */
 enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *plan,
 			       const struct cal_calib_opts *opts, struct cal_calib **ret,
 			       struct cal_error *err);
+
+/* What cal_calib_open_src() borrows: each of ck, cat, be that is not NULL
+ * is used as it is (and must outlive the engine; opts->backend /
+ * cuda_device / cpu_threads are then ignored), the others are opened as by
+ * cal_calib_open(). */
+struct cal_calib_src {
+	const char *model_dir;             /* for generation_config.json (pad id) */
+	const struct cal_checkpoint *ck;
+	const struct cal_catalog *cat;
+	struct cal_backend *be;
+};
+enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct cal_plan *plan,
+				   const struct cal_calib_opts *opts, struct cal_calib **ret,
+				   struct cal_error *err);
 
 /* Runs the whole calibration over `tokens` (ids checked against the vocab).
  * Errors: CAL_ERR_NUMERIC (non-finite activation: layer and module named),
@@ -200,5 +227,10 @@ const struct cal_model_desc *cal_calib_model(const struct cal_calib *c);
  * experts are listed), and the run's settings.
  */
 char *cal_calib_stats_json(const struct cal_calib *c);
+
+/* The same as a JSON object (new reference; NULL on allocation failure),
+ * and the text cal_calib_stats_json() makes of it (heap, caller frees). */
+json_t *cal_calib_stats(const struct cal_calib *c);
+char *cal_calib_stats_dump(const json_t *stats);
 
 #endif

@@ -34,7 +34,7 @@ while [ $i -lt 32 ]; do
 done
 
 echo "== 2. calibd serve on 127.0.0.1"
-$calibd serve --listen 127.0.0.1 --port 0 --port-file "$W/port" --state-dir "$W/state" \
+$calibd serve --listen 127.0.0.1 --port 0 --port-file "$W/port" --admin-port 0 --state-dir "$W/state" \
 	--model-root "$W/models" --data-root "$W/data" --output-root "$W/outputs" \
 	--log-format text > "$W/daemon.log" 2>&1 &
 daemon=$!

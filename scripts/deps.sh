@@ -4,8 +4,8 @@
 # optional (the CPU back end always builds); it is not installed here.
 set -eu
 pkgs="build-essential meson ninja-build pkg-config libmicrohttpd-dev
-libjansson-dev libyaml-dev libcriterion-dev libpcre2-dev libutf8proc-dev
-clang libclang-rt-14-dev curl jq python3"
+libjansson-dev libyaml-dev libcriterion-dev libpcre2-dev libutf8proc-dev libcurl4-openssl-dev
+clang libclang-rt-14-dev curl jq python3 python3-venv"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||

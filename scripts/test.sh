@@ -2,6 +2,12 @@
 # test.sh — the whole test suite, from a fresh Debian 12 machine:
 # installs what is missing, then builds and tests
 #   1. the CPU-only build            (unit and api suites)
+#   1a. the API contract              (api/openapi.yaml validated, then checked with
+#                                     schemathesis against a live daemon:
+#                                     scripts/api-contract.sh; tools from PyPI)
+#   1b. release and plain builds     (compile only, -Werror: what packagers build)
+#   1c. deploy checks                (kustomize + schema validation of deploy/k8s,
+#                                     systemd-analyze verify/security of the unit)
 #   2. the CUDA build, when nvcc is  (all suites; gpu/multigpu skip without a GPU)
 #      present
 #   3. an ASan+UBSan build           (unit suite)
@@ -15,6 +21,15 @@ jobs=$(nproc)
 echo "== 1. CPU-only build"
 sh scripts/build.sh build/cpu -Dcuda=disabled
 meson test -C build/cpu --num-processes "$jobs" --print-errorlogs --suite unit --suite api
+echo "== 1a. API contract: openapi-spec-validator + schemathesis against a live daemon"
+sh scripts/api-contract.sh build/cpu
+
+echo "== 1b. release and plain builds (compile only)"
+sh scripts/build.sh build/release -Dcuda=disabled -Dbuildtype=release
+sh scripts/build.sh build/plain -Dcuda=disabled -Dbuildtype=plain
+
+echo "== 1c. deploy checks"
+sh scripts/check-deploy.sh
 
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
 	echo "== 2. CUDA build"

@@ -89,7 +89,7 @@ static enum cal_status find_eos(const char *dir, int64_t *ret, struct cal_error 
 
 /* ---- open ----------------------------------------------------------------- */
 
-static enum cal_status check_supported(const struct cal_model_desc *d, struct cal_error *err)
+enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal_error *err)
 {
 	if (d->src_quant != CAL_SRC_QUANT_NONE && d->src_quant != CAL_SRC_QUANT_FP8_BLOCK)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
@@ -138,13 +138,16 @@ static enum cal_status check_supported(const struct cal_model_desc *d, struct ca
 	return CAL_OK;
 }
 
-enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *plan,
-			       const struct cal_calib_opts *opts, struct cal_calib **ret,
-			       struct cal_error *err)
+/* The checkpoint, catalog and back end of src are borrowed when given,
+ * else opened here (and freed by cal_calib_free). */
+enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct cal_plan *plan,
+				   const struct cal_calib_opts *opts, struct cal_calib **ret,
+				   struct cal_error *err)
 {
 	struct cal_calib *c = calloc(1, sizeof(*c));
 	enum cal_status st = CAL_OK;
 	const struct cal_model_desc *d = plan->model;
+	const char *model_dir = src->model_dir;
 
 	*ret = NULL;
 	if (!c)
@@ -153,18 +156,29 @@ enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *pla
 		c->o = *opts;
 	c->plan = plan;
 	c->d = d;
-	CAL_TRY(check_supported(d, err));
+	CAL_TRY(cal_calib_check_model(d, err));
 	if (c->o.moe_calib_experts_ratio < 0 || c->o.moe_calib_experts_ratio > 1 ||
 	    c->o.moe_calib_experts_ratio != c->o.moe_calib_experts_ratio) {
 		st = cal_error_set(err, CAL_ERR_INVALID, "moe_calib_experts_ratio %g not in (0, 1]",
 				   c->o.moe_calib_experts_ratio);
 		goto fail;
 	}
-	CAL_TRY(cal_checkpoint_open(model_dir, &c->ck, err));
-	CAL_TRY(cal_catalog_build(d, c->ck, &c->cat, err));
+	if (!(c->ck = src->ck)) {
+		CAL_TRY(cal_checkpoint_open(model_dir, &c->own_ck, err));
+		c->ck = c->own_ck;
+	}
+	if (!(c->cat = src->cat)) {
+		CAL_TRY(cal_catalog_build(d, c->ck, &c->own_cat, err));
+		c->cat = c->own_cat;
+	}
 	struct cal_backend_opts bo = {.cpu_threads = c->o.cpu_threads,
 				      .cuda_device = c->o.cuda_device};
-	CAL_TRY(cal_backend_init(c->o.backend, &bo, &c->be, err));
+	if (!(c->be = src->be)) {
+		CAL_TRY(cal_backend_init(c->o.backend, &bo, &c->own_be, err));
+		c->be = c->own_be;
+	}
+	c->o.backend = c->be->kind;
+	c->o.cuda_device = c->be->cuda_device;
 	CAL_TRY(cal_backend_init(CAL_BACKEND_CPU, &bo, &c->host, err));
 	c->on_device = c->o.backend != CAL_BACKEND_CPU;
 
@@ -237,6 +251,14 @@ fail:
 	return st;
 }
 
+enum cal_status cal_calib_open(const char *model_dir, const struct cal_plan *plan,
+			       const struct cal_calib_opts *opts, struct cal_calib **ret,
+			       struct cal_error *err)
+{
+	struct cal_calib_src src = {.model_dir = model_dir};
+	return cal_calib_open_src(&src, plan, opts, ret, err);
+}
+
 static void free_run(struct cal_calib *c)
 {
 	void *bufs[] = {c->hidden, c->pos, c->meta, c->d_inv_freq, c->h, c->q, c->kb, c->vb,
@@ -297,10 +319,10 @@ void cal_calib_free(struct cal_calib *c)
 	free(c->q_amax);
 	free(c->q_has);
 	free(c->inv_freq);
-	cal_backend_free(c->be);
+	cal_backend_free(c->own_be);
 	cal_backend_free(c->host);
-	cal_catalog_free(c->cat);
-	cal_checkpoint_free(c->ck);
+	cal_catalog_free(c->own_cat);
+	cal_checkpoint_free(c->own_ck);
 	free(c);
 }
 
@@ -1721,13 +1743,13 @@ static void put_amax(json_t *o, const char *key, float a)
 		json_object_set_new(o, key, json_real(a));
 }
 
-char *cal_calib_stats_json(const struct cal_calib *c)
+json_t *cal_calib_stats(const struct cal_calib *c)
 {
 	const struct cal_model_desc *d = c->d;
 	json_t *j = json_object(), *qs = json_object(), *in = json_object(), *seen = json_object();
 	json_t *kv = json_object(), *moe = json_object();
 	char name[512];
-	char *out = NULL;
+	json_t *out = NULL;
 	if (!j || !qs || !in || !seen || !kv || !moe)
 		goto done;
 	for (int32_t L = 0; L < c->done_layers; L++) {
@@ -1846,13 +1868,28 @@ char *cal_calib_stats_json(const struct cal_calib *c)
 	json_object_set_new(j, "kv_amax", kv);
 	json_object_set_new(j, "moe", moe);
 	qs = in = seen = kv = moe = NULL;
-	out = json_dumps(j, JSON_INDENT(1) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+	out = j;
+	j = NULL;
 done:
 	json_decref(qs);
 	json_decref(in);
 	json_decref(seen);
 	json_decref(kv);
 	json_decref(moe);
+	json_decref(j);
+	return out;
+}
+
+char *cal_calib_stats_dump(const json_t *stats)
+{
+	return stats ? json_dumps(stats, JSON_INDENT(1) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9))
+		     : NULL;
+}
+
+char *cal_calib_stats_json(const struct cal_calib *c)
+{
+	json_t *j = cal_calib_stats(c);
+	char *out = cal_calib_stats_dump(j);
 	json_decref(j);
 	return out;
 }

@@ -159,9 +159,12 @@ struct cal_calib {
 	struct cal_calib_opts o;
 	const struct cal_plan *plan;
 	const struct cal_model_desc *d;
-	struct cal_checkpoint *ck;
-	struct cal_catalog *cat;
+	const struct cal_checkpoint *ck; /* borrowed from the job, or own_* */
+	const struct cal_catalog *cat;
 	struct cal_backend *be, *host;  /* host: CPU back end for host-side work */
+	struct cal_checkpoint *own_ck;   /* what cal_calib_open() opened itself */
+	struct cal_catalog *own_cat;
+	struct cal_backend *own_be;
 	int on_device;                   /* be is not host memory */
 
 	/* model constants */

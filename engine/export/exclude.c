@@ -102,6 +102,27 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Moves the set's strings into a new array sorted in strcmp order (the
+ * set is left empty); 0 ok, -1 no memory (the set unchanged). */
+static int ss_take_sorted(struct strset *S, char ***ret, size_t *ret_n)
+{
+	char **out = calloc(S->n ? S->n : 1, sizeof(char *));
+	size_t n = 0;
+	if (!out)
+		return -1;
+	for (size_t i = 0; i < S->n_slot; i++) {
+		if (S->slot[i]) {
+			out[n++] = S->slot[i];
+			S->slot[i] = NULL;
+		}
+	}
+	S->n = 0;
+	qsort(out, n, sizeof(char *), cmp_str);
+	*ret = out;
+	*ret_n = n;
+	return 0;
+}
+
 void cal_exclude_free(char **list, size_t n)
 {
 	if (!list)
@@ -116,8 +137,6 @@ enum cal_status cal_exclude_summarize(const char *const *unquantized, size_t n_u
 				      size_t *ret_n, struct cal_error *err)
 {
 	struct strset neg = {0}, res = {0};
-	char **out = NULL;
-	size_t n_out = 0;
 	if (ss_grow(&neg) < 0 || ss_grow(&res) < 0)
 		goto nomem;
 	/* negative set: every quantized name and all its prefixes + '*' */
@@ -181,23 +200,90 @@ enum cal_status cal_exclude_summarize(const char *const *unquantized, size_t n_u
 		if (r < 0)
 			goto nomem;
 	}
-	out = calloc(res.n ? res.n : 1, sizeof(char *));
-	if (!out)
+	if (ss_take_sorted(&res, ret, ret_n) < 0)
 		goto nomem;
-	for (size_t i = 0; i < res.n_slot; i++) {
-		if (res.slot[i]) {
-			out[n_out++] = res.slot[i];
-			res.slot[i] = NULL;
-		}
-	}
-	qsort(out, n_out, sizeof(char *), cmp_str);
 	ss_free(&neg);
 	ss_free(&res);
-	*ret = out;
-	*ret_n = n_out;
 	return CAL_OK;
 nomem:
 	ss_free(&neg);
 	ss_free(&res);
+	return cal_error_set(err, CAL_ERR_NOMEM, "exclude_modules: out of memory");
+}
+
+/* ---- MTP layers (docs/export.md "MTP layers") ------------------------------ */
+
+/* Index of the inlined MTP layer `name` lies in ("model.layers.<i>." with
+ * num_layers <= i < num_layers + n_nextn), or -1. */
+static int64_t inlined_mtp_layer(const char *name, int64_t num_layers, int64_t n_nextn)
+{
+	static const char px[] = "model.layers.";
+	if (n_nextn <= 0 || strncmp(name, px, sizeof(px) - 1))
+		return -1;
+	const char *p = name + sizeof(px) - 1;
+	if (*p < '0' || *p > '9')
+		return -1;
+	int64_t v = 0;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (v > (int64_t)1 << 40)
+			return -1;
+		v = v * 10 + (*p - '0');
+	}
+	if (*p != '.' || v < num_layers || v >= num_layers + n_nextn)
+		return -1;
+	return v;
+}
+
+int cal_is_mtp_tensor(const char *name, int64_t num_layers, int64_t n_nextn)
+{
+	return strstr(name, "mtp") != NULL || inlined_mtp_layer(name, num_layers, n_nextn) >= 0;
+}
+
+enum cal_status cal_mtp_prefixes(const char *const *names, size_t n, int64_t num_layers,
+				 int64_t n_nextn, char ***ret, size_t *ret_n,
+				 struct cal_error *err)
+{
+	struct strset S = {0};
+	int any = 0;
+	char buf[64];
+	if (ss_grow(&S) < 0)
+		goto nomem;
+	for (size_t i = 0; i < n; i++) {
+		const char *k = names[i];
+		if (!cal_is_mtp_tensor(k, num_layers, n_nextn))
+			continue;
+		any = 1;
+		if (inlined_mtp_layer(k, num_layers, n_nextn) >= 0)
+			continue;
+		/* a separately stored MTP tensor: its first name component (not
+		 * "model", which would cover the backbone), and the first
+		 * "<...>.layers.<digits>" prefix */
+		size_t c0 = strcspn(k, ".");
+		if (!(c0 == 5 && !strncmp(k, "model", 5)) && ss_add(&S, k, c0, 0) < 0)
+			goto nomem;
+		for (const char *p = k; (p = strstr(p, "layers.")) != NULL; p++) {
+			if (p != k && p[-1] != '.')
+				continue;
+			const char *d = p + 7;
+			size_t nd = strspn(d, "0123456789");
+			if (nd == 0 || (d[nd] != '.' && d[nd] != 0))
+				continue;
+			if (ss_add(&S, k, (size_t)(d + nd - k), 0) < 0)
+				goto nomem;
+			break;
+		}
+	}
+	/* the inlined layers count as soon as any MTP tensor exists */
+	for (int64_t L = num_layers; any && L < num_layers + n_nextn; L++) {
+		int l = snprintf(buf, sizeof(buf), "model.layers.%lld", (long long)L);
+		if (ss_add(&S, buf, (size_t)l, 0) < 0)
+			goto nomem;
+	}
+	if (ss_take_sorted(&S, ret, ret_n) < 0)
+		goto nomem;
+	ss_free(&S);
+	return CAL_OK;
+nomem:
+	ss_free(&S);
 	return cal_error_set(err, CAL_ERR_NOMEM, "exclude_modules: out of memory");
 }

@@ -287,7 +287,9 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 		if (e->role == CAL_ROLE_IGNORED) {
 			CAL_TRY_RET(add_copy(ex, strdup(tn), e->t, -1, err));
 			size_t l = strlen(tn);
-			if (e->t->ndim == 2 && l > 7 && !strcmp(tn + l - 7, ".weight")) {
+			/* MTP layers are excluded by prefix (cal_mtp_prefixes) */
+			if (e->t->ndim == 2 &&
+			    !cal_is_mtp_tensor(tn, ex->d->num_layers, ex->d->num_nextn_predict_layers) && l > 7 && !strcmp(tn + l - 7, ".weight")) {
 				char **nm = realloc(ex->ignored_mods,
 						    (ex->n_ignored_mods + 1) * sizeof(char *));
 				if (!nm)
@@ -587,6 +589,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	enum cal_status st;
 	unsigned char *seen = NULL;
 	struct cal_exporter *ex = calloc(1, sizeof(*ex));
+	*ret = NULL;
 	if (!ex)
 		return nomem(err);
 	double t0 = cal_now();
@@ -597,12 +600,12 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	ex->be = be;
 	ex->opts = *opts;
 	ex->sqnr_min = INFINITY;
-	if (!opts->model_dir || !opts->out_dir) {
+	if (!opts->model_dir || (!opts->out_dir && !opts->check_only)) {
 		st = cal_error_set(err, CAL_ERR_INVALID, "export: model_dir and out_dir are required");
 		goto fail;
 	}
 	ex->model_dir = strdup(opts->model_dir);
-	ex->out_dir = strdup(opts->out_dir);
+	ex->out_dir = strdup(opts->out_dir ? opts->out_dir : "");
 	ex->recipe_name = strdup(opts->recipe_name ? opts->recipe_name :
 				 plan->recipe->source ? plan->recipe->source : "?");
 	ex->weights = json_array();
@@ -630,8 +633,10 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
+	if (opts->check_only)
+		goto fail; /* st == CAL_OK: planned and checked, nothing opened */
 
-	struct cal_st_writer_opts wo = {opts->max_shard_bytes, 0};
+	struct cal_st_writer_opts wo = {.max_shard_bytes = opts->max_shard_bytes, .publish = opts->publish};
 	wo.reserve_bytes = side_bytes(opts->model_dir) + (1u << 20) + 512 * (uint64_t)ex->n_lin;
 	CAL_TRY(cal_st_writer_open(opts->out_dir, &wo, &ex->w, err));
 	CAL_TRY(declare_all(ex, err));

@@ -41,6 +41,8 @@
 #include "kernels/backend.h"
 #include "kernels/numfmt.h"
 
+struct cal_st_publish;
+
 struct cal_export_opts {
 	const char *model_dir;      /* source directory (side files); required */
 	const char *out_dir;        /* final directory; must not exist */
@@ -52,6 +54,12 @@ struct cal_export_opts {
 	/* fused-expert input amax per expert (stats names
 	 * "...experts.<proj>_input_quantizers.<e>") instead of the shared one */
 	int per_expert_input_amax;
+	/* temporary name tag and publish hooks (st_writer.h), or NULL */
+	const struct cal_st_publish *publish;
+	/* the job's capability query (engine/job.h): plan every output tensor
+	 * and run every check, then return CAL_OK with *ret NULL: no writer,
+	 * nothing on disk, no back end needed (be may be NULL; out_dir too) */
+	int check_only;
 };
 
 struct cal_exporter;
@@ -123,6 +131,23 @@ enum cal_status cal_exclude_summarize(const char *const *unquantized, size_t n_u
 				      const char *const *quantized, size_t n_q, char ***ret,
 				      size_t *ret_n, struct cal_error *err);
 void cal_exclude_free(char **list, size_t n);
+
+/*
+ * MTP (multi-token-prediction) layers as hf_ptq detects them (docs/export.md
+ * "MTP layers"): a checkpoint tensor is an MTP tensor when its name contains
+ * "mtp" or it lies in an inlined MTP layer model.layers.<i>.* with
+ * num_layers <= i < num_layers + n_nextn (config num_nextn_predict_layers).
+ * MTP tensors are copied unquantized and left out of the summary above;
+ * instead "<prefix>*" is appended to exclude_modules for every prefix of
+ * cal_mtp_prefixes(): of each separately stored MTP tensor its first name
+ * component (unless "model") and its first "...layers.<digits>" prefix, plus
+ * every inlined layer "model.layers.<i>" when any MTP tensor exists.  *ret
+ * is sorted (free with cal_exclude_free()).  Errors: CAL_ERR_NOMEM.
+ */
+int cal_is_mtp_tensor(const char *name, int64_t num_layers, int64_t n_nextn);
+enum cal_status cal_mtp_prefixes(const char *const *names, size_t n, int64_t num_layers,
+				 int64_t n_nextn, char ***ret, size_t *ret_n,
+				 struct cal_error *err);
 
 /*
  * Verifies an exported checkpoint the way a loader reads it (verify.c):

@@ -64,6 +64,41 @@ static json_t *layer_cfg(const struct xmodcfg *c)
 	return o;
 }
 
+/* modelopt appends "<prefix>*" for every MTP prefix hf_ptq found, after the
+ * sorted summary, unless already listed (docs/export.md "MTP layers"). */
+static enum cal_status add_mtp_exclusions(struct cal_exporter *ex, json_t *arr,
+					  struct cal_error *err)
+{
+	size_t n = cal_catalog_count(ex->cat), n_p = 0;
+	const char **names = calloc(n + 1, sizeof(char *));
+	char **pre = NULL;
+	if (!names)
+		return cal_error_set(err, CAL_ERR_NOMEM, "export: out of memory");
+	for (size_t i = 0; i < n; i++)
+		names[i] = cal_catalog_entry(ex->cat, i)->t->name;
+	enum cal_status st = cal_mtp_prefixes(names, n, ex->d->num_layers,
+					      ex->d->num_nextn_predict_layers, &pre, &n_p, err);
+	for (size_t i = 0; st >= 0 && i < n_p; i++) {
+		size_t l = strlen(pre[i]);
+		char *pat = malloc(l + 2);
+		int have = 0;
+		if (pat) {
+			memcpy(pat, pre[i], l);
+			memcpy(pat + l, "*", 2);
+		}
+		size_t j;
+		json_t *v;
+		json_array_foreach(arr, j, v)
+			have |= pat && !strcmp(json_string_value(v), pat);
+		if (!pat || (!have && json_array_append_new(arr, json_string(pat)) < 0))
+			st = cal_error_set(err, CAL_ERR_NOMEM, "export: out of memory");
+		free(pat);
+	}
+	cal_exclude_free(pre, n_p);
+	free(names);
+	return st;
+}
+
 enum cal_status cal_export_hf_quant_config(struct cal_exporter *ex, json_t **ret,
 					   struct cal_error *err)
 {
@@ -138,6 +173,9 @@ enum cal_status cal_export_hf_quant_config(struct cal_exporter *ex, json_t **ret
 		for (size_t i = 0; i < n_ex; i++)
 			json_array_append_new(arr, json_string(exl[i]));
 		json_object_set_new(quant, "exclude_modules", arr);
+		st = add_mtp_exclusions(ex, arr, err);
+		if (st < 0)
+			goto fail;
 	} else {
 		json_object_set_new(quant, "quant_algo", json_null());
 		json_object_set_new(quant, "kv_cache_quant_algo", kv);

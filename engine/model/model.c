@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/jsonscan.h"
 #include "common/util.h"
 
 #define PX_MODEL "model."
@@ -25,8 +26,9 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_vocab = 151936, .def_hidden = 2048, .def_intermediate = 6144,
 		.def_layers = 24, .def_heads = 32, .def_kv_heads = 4, .def_max_pos = 32768,
 		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 1.0,
-		.def_experts = 128, .def_topk = 8, .def_moe_intermediate = 768,
-		.experts_key = "num_experts", .expert_i_key = "moe_intermediate_size",
+		.experts_keys = {"num_experts", "num_local_experts"}, .topk_keys = {"num_experts_per_tok"},
+		.mtp_keys = {"num_nextn_predict_layers"},
+		.expert_i_key = "moe_intermediate_size",
 		.attn_bias_key = "attention_bias", .o_bias_follows = 1,
 		.norm = CAL_NORM_RMS, .qk_norm = CAL_QK_NORM_HEAD, .attn = CAL_ATTN_GQA,
 		.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_FLAG,
@@ -41,10 +43,11 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_vocab = 151936, .def_hidden = 2048, .def_intermediate = 5632,
 		.def_layers = 24, .def_heads = 16, .def_kv_heads = 16, .def_max_pos = 32768,
 		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 1.0,
-		.def_experts = 60, .def_topk = 4, .def_moe_intermediate = 1408,
-		.def_shared_intermediate = 5632, .def_attn_bias = 1,
+		.def_attn_bias = 1,
 		.def_max_window_layers = 28,
-		.experts_key = "num_experts", .expert_i_key = "moe_intermediate_size",
+		.experts_keys = {"num_experts"}, .topk_keys = {"num_experts_per_tok"},
+		.mtp_keys = {"num_nextn_predict_layers"},
+		.expert_i_key = "moe_intermediate_size",
 		.attn_bias_key = "qkv_bias",
 		.norm = CAL_NORM_RMS, .qk_norm = CAL_QK_NORM_NONE, .attn = CAL_ATTN_GQA,
 		.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_FLAG,
@@ -59,9 +62,10 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_vocab = 32000, .def_hidden = 4096, .def_intermediate = 14336,
 		.def_layers = 32, .def_heads = 32, .def_kv_heads = 8, .def_max_pos = 131072,
 		.def_rope_theta = 1e6, .def_eps = 1e-5, .def_partial_rotary = 1.0,
-		.def_experts = 8, .def_topk = 2, .def_moe_intermediate = 14336,
 		.def_norm_topk_prob = 1,
-		.experts_key = "num_local_experts", .expert_i_key = "intermediate_size",
+		.experts_keys = {"num_local_experts", "num_experts"}, .topk_keys = {"num_experts_per_tok"},
+		.mtp_keys = {"num_nextn_predict_layers"},
+		.expert_i_key = "intermediate_size",
 		.norm = CAL_NORM_RMS, .qk_norm = CAL_QK_NORM_NONE, .attn = CAL_ATTN_GQA,
 		.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_ALWAYS,
 		.act = CAL_ACT_SWIGLU, .shared = CAL_SHARED_NONE,
@@ -75,8 +79,9 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_vocab = 50304, .def_hidden = 2048, .def_intermediate = 2048,
 		.def_layers = 16, .def_heads = 16, .def_kv_heads = 0, .def_max_pos = 4096,
 		.def_rope_theta = 10000, .def_eps = 1e-5, .def_partial_rotary = 1.0,
-		.def_experts = 64, .def_topk = 8, .def_moe_intermediate = 2048,
-		.experts_key = "num_experts", .expert_i_key = "intermediate_size",
+		.experts_keys = {"num_experts", "num_local_experts"}, .topk_keys = {"num_experts_per_tok"},
+		.mtp_keys = {"num_nextn_predict_layers"},
+		.expert_i_key = "intermediate_size",
 		.attn_bias_key = "attention_bias", .o_bias_follows = 1,
 		.norm = CAL_NORM_RMS, .qk_norm = CAL_QK_NORM_FULL, .attn = CAL_ATTN_GQA,
 		.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_FLAG,
@@ -92,9 +97,10 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_layers = 48, .def_heads = 16, .def_kv_heads = 2, .def_head_dim = 256,
 		.def_max_pos = 32768,
 		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 0.25,
-		.def_experts = 512, .def_topk = 10, .def_moe_intermediate = 512,
-		.def_shared_intermediate = 512, .def_norm_topk_prob = 1,
-		.experts_key = "num_experts", .expert_i_key = "moe_intermediate_size",
+		.def_norm_topk_prob = 1,
+		.experts_keys = {"num_experts"}, .topk_keys = {"num_experts_per_tok"},
+		.mtp_keys = {"num_nextn_predict_layers"},
+		.expert_i_key = "moe_intermediate_size",
 		.attn_bias_key = "attention_bias", .o_bias_follows = 1,
 		.norm = CAL_NORM_RMS_1P, .qk_norm = CAL_QK_NORM_HEAD, .attn = CAL_ATTN_GATED_GQA,
 		.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_FLAG,
@@ -112,9 +118,10 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_layers = 40, .def_heads = 16, .def_kv_heads = 2, .def_head_dim = 256,
 		.def_max_pos = 262144,
 		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 0.25,
-		.def_experts = 256, .def_topk = 8, .def_moe_intermediate = 512,
-		.def_shared_intermediate = 512, .def_norm_topk_prob = 1,
-		.experts_key = "num_experts", .expert_i_key = "moe_intermediate_size",
+		.def_norm_topk_prob = 1,
+		.experts_keys = {"num_experts"}, .topk_keys = {"num_experts_per_tok"},
+		.mtp_keys = {"num_nextn_predict_layers"},
+		.expert_i_key = "moe_intermediate_size",
 		.attn_bias_key = "attention_bias", .o_bias_follows = 1,
 		.norm = CAL_NORM_RMS_1P, .qk_norm = CAL_QK_NORM_HEAD, .attn = CAL_ATTN_GATED_GQA,
 		.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_ALWAYS,
@@ -131,9 +138,10 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_layers = 40, .def_heads = 16, .def_kv_heads = 2, .def_head_dim = 256,
 		.def_max_pos = 262144,
 		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 0.25,
-		.def_experts = 256, .def_topk = 8, .def_moe_intermediate = 512,
-		.def_shared_intermediate = 512, .def_norm_topk_prob = 1,
-		.experts_key = "num_experts", .expert_i_key = "moe_intermediate_size",
+		.def_norm_topk_prob = 1,
+		.experts_keys = {"num_experts"}, .topk_keys = {"num_experts_per_tok"},
+		.mtp_keys = {"num_nextn_predict_layers"},
+		.expert_i_key = "moe_intermediate_size",
 		.attn_bias_key = "attention_bias", .o_bias_follows = 1,
 		.norm = CAL_NORM_RMS_1P, .qk_norm = CAL_QK_NORM_HEAD, .attn = CAL_ATTN_GATED_GQA,
 		.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_ALWAYS,
@@ -149,9 +157,10 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_vocab = 129280, .def_hidden = 7168, .def_intermediate = 18432,
 		.def_layers = 61, .def_heads = 128, .def_kv_heads = 128, .def_max_pos = 4096,
 		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 1.0,
-		.def_experts = 256, .def_topk = 8, .def_moe_intermediate = 2048,
 		.def_norm_topk_prob = 1,
-		.experts_key = "n_routed_experts", .expert_i_key = "moe_intermediate_size",
+		.experts_keys = {"n_routed_experts", "num_local_experts"}, .topk_keys = {"num_experts_per_tok"},
+		.mtp_keys = {"num_nextn_predict_layers", "num_mtp_layers"},
+		.expert_i_key = "moe_intermediate_size",
 		.attn_bias_key = "attention_bias", .o_bias_follows = 1,
 		.norm = CAL_NORM_RMS, .qk_norm = CAL_QK_NORM_NONE, .attn = CAL_ATTN_MLA,
 		.router = CAL_ROUTER_SIGMOID_GROUP, .router_corr_bias = 1,
@@ -168,9 +177,10 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_layers = 36, .def_heads = 64, .def_kv_heads = 8, .def_head_dim = 64,
 		.def_max_pos = 131072,
 		.def_rope_theta = 150000, .def_eps = 1e-5, .def_partial_rotary = 1.0,
-		.def_experts = 128, .def_topk = 4, .def_moe_intermediate = 2880,
 		.def_attn_bias = 1,
-		.experts_key = "num_local_experts", .expert_i_key = "intermediate_size",
+		.experts_keys = {"num_local_experts", "num_experts"}, .topk_keys = {"num_experts_per_tok", "experts_per_token"},
+		.mtp_keys = {"num_nextn_predict_layers"},
+		.expert_i_key = "intermediate_size",
 		.o_bias_follows = 1, .has_sinks = 1,
 		.norm = CAL_NORM_RMS_F32W, .qk_norm = CAL_QK_NORM_NONE, .attn = CAL_ATTN_GQA,
 		.router = CAL_ROUTER_TOPK_SOFTMAX, .router_bias = 1,
@@ -187,6 +197,7 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_layers = 32, .def_heads = 32, .def_kv_heads = 0, .def_max_pos = 2048,
 		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 1.0,
 		.attn_bias_key = "attention_bias", .o_bias_follows = 1,
+		.mtp_keys = {"num_nextn_predict_layers"},
 		.norm = CAL_NORM_RMS, .qk_norm = CAL_QK_NORM_NONE, .attn = CAL_ATTN_GQA,
 		.router = CAL_ROUTER_NONE, .renorm = CAL_RENORM_IMPLICIT, .act = CAL_ACT_SWIGLU,
 		.ffn_rule = CAL_FFN_RULE_DENSE, .mixer_rule = CAL_MIXER_RULE_FULL,
@@ -199,6 +210,7 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_layers = 32, .def_heads = 32, .def_kv_heads = 32, .def_max_pos = 32768,
 		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 1.0,
 		.def_attn_bias = 1, .def_max_window_layers = 28,
+		.mtp_keys = {"num_nextn_predict_layers"},
 		.norm = CAL_NORM_RMS, .qk_norm = CAL_QK_NORM_NONE, .attn = CAL_ATTN_GQA,
 		.router = CAL_ROUTER_NONE, .renorm = CAL_RENORM_IMPLICIT, .act = CAL_ACT_SWIGLU,
 		.ffn_rule = CAL_FFN_RULE_DENSE, .mixer_rule = CAL_MIXER_RULE_QWEN_WINDOW,
@@ -213,6 +225,7 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 1.0,
 		.def_max_window_layers = 28,
 		.attn_bias_key = "attention_bias", .o_bias_follows = 1,
+		.mtp_keys = {"num_nextn_predict_layers"},
 		.norm = CAL_NORM_RMS, .qk_norm = CAL_QK_NORM_HEAD, .attn = CAL_ATTN_GQA,
 		.router = CAL_ROUTER_NONE, .renorm = CAL_RENORM_IMPLICIT, .act = CAL_ACT_SWIGLU,
 		.ffn_rule = CAL_FFN_RULE_DENSE, .mixer_rule = CAL_MIXER_RULE_QWEN_WINDOW,
@@ -351,6 +364,70 @@ static int key_set(json_t *o, const char *key)
 	return v && !json_is_null(v);
 }
 
+/* Two spellings of one key that are both set must agree (numbers compare
+ * by value: 8 == 8.0); the error names both keys and values. */
+static enum cal_status check_same(struct reader *r, json_t *a, const char *an, json_t *b,
+				  const char *bn)
+{
+	if (!a || json_is_null(a) || !b || json_is_null(b))
+		return CAL_OK;
+	int same = json_is_number(a) && json_is_number(b)
+			   ? json_number_value(a) == json_number_value(b)
+			   : json_equal(a, b);
+	if (same)
+		return CAL_OK;
+	char *av = json_dumps(a, JSON_ENCODE_ANY | JSON_COMPACT);
+	char *bv = json_dumps(b, JSON_ENCODE_ANY | JSON_COMPACT);
+	enum cal_status st = cal_error_set(r->err, CAL_ERR_FORMAT,
+					   "%s: '%s' (%s) contradicts '%s' (%s)", r->name, an,
+					   av ? av : "?", bn, bv ? bv : "?");
+	free(av);
+	free(bv);
+	return st;
+}
+
+/* The first set spelling among `keys` (NULL-terminated) in `o`, after
+ * checking that every other set spelling agrees with it; *which gets its
+ * name (NULL: none set). */
+static enum cal_status find_any(struct reader *r, json_t *o, const char *const *keys,
+				const char **which)
+{
+	enum cal_status st = CAL_OK;
+	*which = NULL;
+	json_t *first = NULL;
+	for (size_t i = 0; i < 3 && keys[i]; i++) {
+		json_t *v = o ? json_object_get(o, keys[i]) : NULL;
+		if (!v || json_is_null(v))
+			continue;
+		if (!first) {
+			first = v;
+			*which = keys[i];
+		} else {
+			CAL_TRY(check_same(r, first, *which, v, keys[i]));
+		}
+	}
+fail:
+	return st;
+}
+
+/* A required integer spelled as any of `keys`: absent under every name is
+ * a CAL_ERR_FORMAT listing them (no class default: a wrong guess would
+ * go unnoticed). */
+static enum cal_status get_int_required(struct reader *r, json_t *o, const char *const *keys,
+					int64_t *ret)
+{
+	const char *k;
+	enum cal_status st = find_any(r, o, keys, &k);
+	if (st < 0)
+		return st;
+	if (!k)
+		return cal_error_set(r->err, CAL_ERR_FORMAT, "%s: required key '%s'%s%s%s%s is "
+				     "missing", r->name, keys[0], keys[1] ? " (or '" : "",
+				     keys[1] ? keys[1] : "", keys[1] ? "'" : "",
+				     keys[1] ? ")" : "");
+	return get_int(r, o, k, 0, ret);
+}
+
 static enum cal_status check_range(struct reader *r, const char *key, int64_t v,
 				   int64_t lo, int64_t hi)
 {
@@ -368,21 +445,13 @@ static double yarn_m(double s, double a)
 	return s <= 1.0 ? 1.0 : 0.1 * a * log(s) + 1.0;
 }
 
-static enum cal_status parse_rope(struct reader *r, json_t *cfg, struct cal_model_desc *d)
+/* Reads RoPE from the merged parameter object p (pkey names it in
+ * messages). */
+static enum cal_status parse_rope_params(struct reader *r, json_t *cfg, json_t *p,
+					 const char *pkey, struct cal_model_desc *d)
 {
 	enum cal_status st = CAL_OK;
 	struct cal_rope *rp = &d->rope;
-	json_t *p = json_object_get(cfg, "rope_parameters");
-	const char *pkey = "rope_parameters";
-	if (!p || json_is_null(p)) {
-		p = json_object_get(cfg, "rope_scaling");
-		pkey = "rope_scaling";
-	}
-	if (p && json_is_null(p))
-		p = NULL;
-	if (p && !json_is_object(p))
-		return bad_type(r, pkey, "an object or null");
-
 	const char *type = NULL;
 	CAL_TRY(get_str(r, p, "rope_type", &type));
 	if (!type)
@@ -470,6 +539,60 @@ static enum cal_status parse_rope(struct reader *r, json_t *cfg, struct cal_mode
 				     "partial_rotary_factor) must be even and >= 2",
 				     r->name, (long long)rp->rotary_dim);
 fail:
+	return st;
+}
+
+/* transformers 5 writes rope_parameters (rope_theta and
+ * partial_rotary_factor inside), 4.x rope_scaling ("type" or "rope_type")
+ * with rope_theta / partial_rotary_factor at the top level.  Any mix is
+ * read; a field given twice must agree (docs/config_compat.md). */
+static enum cal_status parse_rope(struct reader *r, json_t *cfg, struct cal_model_desc *d)
+{
+	enum cal_status st = CAL_OK;
+	json_t *obj[2] = {json_object_get(cfg, "rope_scaling"),
+			  json_object_get(cfg, "rope_parameters")};
+	static const char *const oname[2] = {"rope_scaling", "rope_parameters"};
+	json_t *p = NULL;
+	char an[96], bn[96];
+	for (int i = 0; i < 2; i++) {
+		if (obj[i] && json_is_null(obj[i]))
+			obj[i] = NULL;
+		if (obj[i] && !json_is_object(obj[i]))
+			return bad_type(r, oname[i], "an object or null");
+		if (!obj[i])
+			continue;
+		snprintf(an, sizeof(an), "%s.type", oname[i]);
+		snprintf(bn, sizeof(bn), "%s.rope_type", oname[i]);
+		CAL_TRY(check_same(r, json_object_get(obj[i], "type"), an,
+				   json_object_get(obj[i], "rope_type"), bn));
+	}
+	if (obj[0] && obj[1]) {
+		const char *k;
+		json_t *v;
+		json_object_foreach(obj[0], k, v) {
+			const char *kn = strcmp(k, "type") ? k : "rope_type";
+			json_t *w = json_object_get(obj[1], kn);
+			if ((!w || json_is_null(w)) && !strcmp(kn, "rope_type"))
+				w = json_object_get(obj[1], "type");
+			snprintf(an, sizeof(an), "rope_scaling.%s", k);
+			snprintf(bn, sizeof(bn), "rope_parameters.%s", kn);
+			CAL_TRY(check_same(r, v, an, w, bn));
+		}
+	}
+	p = obj[0] ? json_copy(obj[0]) : json_object();
+	if (!p || (obj[1] && json_object_update(p, obj[1]) < 0)) {
+		st = cal_error_set(r->err, CAL_ERR_NOMEM, "%s: out of memory", r->name);
+		goto fail;
+	}
+	const char *top[] = {"rope_theta", "partial_rotary_factor"};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(top); i++) {
+		snprintf(bn, sizeof(bn), "%s.%s", obj[1] ? oname[1] : oname[0], top[i]);
+		CAL_TRY(check_same(r, json_object_get(cfg, top[i]), top[i],
+				   json_object_get(p, top[i]), bn));
+	}
+	st = parse_rope_params(r, cfg, p, obj[1] ? oname[1] : oname[0], d);
+fail:
+	json_decref(p);
 	return st;
 }
 
@@ -745,14 +868,14 @@ static enum cal_status parse_desc(struct reader *r, json_t *root, struct cal_mod
 					     a->text_model_type);
 	}
 
-	const char *dt = NULL;
-	CAL_TRY(get_str(r, cfg, "dtype", &dt));
-	if (!dt)
-		CAL_TRY(get_str(r, cfg, "torch_dtype", &dt));
-	if (!dt)
-		CAL_TRY(get_str(r, root, "dtype", &dt));
-	if (!dt)
-		CAL_TRY(get_str(r, root, "torch_dtype", &dt));
+	/* transformers 5 writes "dtype", 4.x "torch_dtype" */
+	static const char *const dt_keys[] = {"dtype", "torch_dtype", NULL};
+	const char *dt = NULL, *dk = NULL;
+	CAL_TRY(find_any(r, cfg, dt_keys, &dk));
+	if (!dk && cfg != root)
+		CAL_TRY(find_any(r, root, dt_keys, &dk));
+	if (dk)
+		CAL_TRY(get_str(r, json_object_get(cfg, dk) ? cfg : root, dk, &dt));
 	if (dt && !(d->dtype = strdup(dt)))
 		goto nomem;
 
@@ -881,23 +1004,18 @@ static enum cal_status parse_desc(struct reader *r, json_t *root, struct cal_mod
 	d->routed_scaling_factor = 1.0;
 	d->n_group = d->topk_group = 1;
 	if (a->is_moe) {
-		CAL_TRY(get_int(r, cfg, a->experts_key, a->def_experts, &d->num_experts));
-		CAL_TRY(check_range(r, a->experts_key, d->num_experts,
+		const char *i_key[] = {a->expert_i_key, NULL};
+		CAL_TRY(get_int_required(r, cfg, a->experts_keys, &d->num_experts));
+		CAL_TRY(check_range(r, a->experts_keys[0], d->num_experts,
 				    a->ffn_rule == CAL_FFN_RULE_SPARSE_STEP ? 0 : 1,
 				    CAL_MODEL_MAX_EXPERTS));
-		int64_t k_def = a->def_topk;
-		if (a->id == CAL_ARCH_GPT_OSS)
-			CAL_TRY(get_int(r, cfg, "experts_per_token", k_def, &k_def));
-		CAL_TRY(get_int(r, cfg, "num_experts_per_tok", k_def, &d->top_k));
-		if (d->num_experts > 0)
-			CAL_TRY(check_range(r, "num_experts_per_tok", d->top_k, 1,
-					    d->num_experts));
-		if (!strcmp(a->expert_i_key, "intermediate_size"))
-			d->moe_intermediate_size = d->intermediate_size;
-		else
-			CAL_TRY(get_int(r, cfg, a->expert_i_key, a->def_moe_intermediate,
-					&d->moe_intermediate_size));
-		CAL_TRY(check_range(r, a->expert_i_key, d->moe_intermediate_size, 1, DIM_MAX));
+		if (d->num_experts > 0) {
+			CAL_TRY(get_int_required(r, cfg, a->topk_keys, &d->top_k));
+			CAL_TRY(check_range(r, a->topk_keys[0], d->top_k, 1, d->num_experts));
+			CAL_TRY(get_int_required(r, cfg, i_key, &d->moe_intermediate_size));
+			CAL_TRY(check_range(r, a->expert_i_key, d->moe_intermediate_size, 1,
+					    DIM_MAX));
+		}
 		switch (a->renorm) {
 		case CAL_RENORM_FLAG:
 			CAL_TRY(get_bool(r, cfg, "norm_topk_prob", a->def_norm_topk_prob,
@@ -928,9 +1046,8 @@ static enum cal_status parse_desc(struct reader *r, json_t *root, struct cal_mod
 		d->shared = a->shared;
 		if (a->shared == CAL_SHARED_GATED) {
 			d->n_shared_experts = 1;
-			CAL_TRY(get_int(r, cfg, "shared_expert_intermediate_size",
-					a->def_shared_intermediate,
-					&d->shared_intermediate_size));
+			static const char *const sk[] = {"shared_expert_intermediate_size", NULL};
+			CAL_TRY(get_int_required(r, cfg, sk, &d->shared_intermediate_size));
 			CAL_TRY(check_range(r, "shared_expert_intermediate_size",
 					    d->shared_intermediate_size, 0, DIM_MAX));
 		} else if (a->shared == CAL_SHARED_UNGATED) {
@@ -943,6 +1060,15 @@ static enum cal_status parse_desc(struct reader *r, json_t *root, struct cal_mod
 			d->shared = CAL_SHARED_NONE;
 			d->n_shared_experts = d->shared_intermediate_size = 0;
 		}
+	}
+	{
+		/* hf_ptq reads it from the top-level config */
+		const char *mk = NULL;
+		CAL_TRY(find_any(r, root, a->mtp_keys, &mk));
+		if (mk)
+			CAL_TRY(get_int(r, root, mk, 0, &d->num_nextn_predict_layers));
+		CAL_TRY(check_range(r, a->mtp_keys[0], d->num_nextn_predict_layers, 0,
+				    CAL_MODEL_MAX_LAYERS));
 	}
 	CAL_TRY(parse_layers(r, cfg, d));
 	if (d->n_sliding_layers == 0)
@@ -978,6 +1104,9 @@ enum cal_status cal_model_desc_parse(const char *name, const char *json, size_t 
 	if (len > CAL_MODEL_MAX_CONFIG_BYTES)
 		return cal_error_set(err, CAL_ERR_RANGE, "%s: %zu bytes exceeds the limit of %u",
 				     r.name, len, CAL_MODEL_MAX_CONFIG_BYTES);
+	static const struct cal_json_limits lim = {CAL_MODEL_MAX_CONFIG_DEPTH, CAL_MODEL_MAX_CONFIG_VALUES};
+	if (cal_json_prescan(r.name, json, len, &lim, NULL, err))
+		return CAL_ERR_RANGE;
 	json_error_t je;
 	json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
 	if (!root)

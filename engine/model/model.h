@@ -27,6 +27,10 @@
 
 /* Largest config.json accepted (real ones are a few KiB). */
 #define CAL_MODEL_MAX_CONFIG_BYTES (4u * 1024u * 1024u)
+/* ... nested at most this deep, with at most this many JSON values (checked
+ * before parsing, common/jsonscan.h; real ones: depth < 6, < 10,000 values). */
+#define CAL_MODEL_MAX_CONFIG_DEPTH 32
+#define CAL_MODEL_MAX_CONFIG_VALUES 200000
 /* Bounds on client-controlled sizes, checked before anything is allocated. */
 #define CAL_MODEL_MAX_LAYERS 4096
 #define CAL_MODEL_MAX_EXPERTS 65536
@@ -160,12 +164,15 @@ struct cal_arch_info {
 	int64_t def_head_dim;              /* 0: hidden / heads */
 	int64_t def_max_pos;
 	double def_rope_theta, def_eps, def_partial_rotary;
-	int64_t def_experts, def_topk, def_moe_intermediate, def_shared_intermediate;
 	int def_norm_topk_prob;
 	int def_attn_bias;                 /* q/k/v bias when the key is absent */
 	int def_tie;                       /* tie_word_embeddings default */
-	const char *experts_key;           /* "num_experts" / "num_local_experts" /
-					    * "n_routed_experts" */
+	/* Names config.json may use for one key: the hub's spelling first,
+	 * then the others transformers accepts through the config class's
+	 * attribute_map (docs/config_compat.md).  NULL-terminated. */
+	const char *experts_keys[3];       /* routed expert count */
+	const char *topk_keys[3];          /* experts per token */
+	const char *mtp_keys[3];           /* inlined MTP layers (num_nextn_predict_layers) */
 	const char *expert_i_key;          /* "moe_intermediate_size" or
 					    * "intermediate_size" (mixtral, olmoe, gpt_oss) */
 	int64_t def_max_window_layers;     /* CAL_MIXER_RULE_QWEN_WINDOW */
@@ -297,6 +304,9 @@ struct cal_model_desc {
 	double swiglu_limit, swiglu_alpha; /* gpt_oss: 7.0 / 1.702 */
 	enum cal_shared_kind shared;
 	int64_t n_shared_experts;       /* deepseek count; 1 for qwen gated; 0 none */
+	/* MTP layers stored inline after the decoder layers
+	 * (model.layers.{num_layers ...}), num_nextn_predict_layers; 0 none */
+	int64_t num_nextn_predict_layers;
 	int64_t shared_intermediate_size; /* total (deepseek: moe_I * n_shared) */
 
 	/* source quantization */
@@ -316,7 +326,9 @@ struct cal_model_desc {
  * Errors: CAL_ERR_FORMAT (not JSON, wrong key type, inconsistent dims —
  * message names the key), CAL_ERR_UNSUPPORTED (unknown model_type, naming
  * it; unsupported quantization_config method or rope type), CAL_ERR_RANGE
- * (a dimension outside its bounds), CAL_ERR_NOMEM.
+ * (a dimension outside its bounds; the text larger, deeper or with more
+ * values than the CAL_MODEL_MAX_CONFIG_* limits, refused before parsing),
+ * CAL_ERR_NOMEM.
  * On success *ret is owned by the caller (cal_model_desc_free).
  */
 enum cal_status cal_model_desc_parse(const char *name, const char *json, size_t len,

@@ -282,19 +282,18 @@ static enum ytype child_type(enum ytype t, const char *key)
 }
 
 /* Sets key -> val in MAP m (replacing in place, as dict.update does). */
-static int map_set(struct cal_ynode *m, struct cal_ynode *key, struct cal_ynode *val)
+/* m[key] = val (replacing an equal key's value; ownership of both taken
+ * on success); ix indexes m's keys.  0, or -1 (no memory). */
+static int map_set(struct cal_ynode *m, struct cal_ykeys *ix, struct cal_ynode *key, struct cal_ynode *val)
 {
-	for (size_t i = 0; i < m->n; i++) {
-		struct cal_ynode *k = m->items[2 * i];
-		if (k->kind == key->kind &&
-		    ((k->kind == CAL_Y_STR && !strcmp(k->str, key->str)) ||
-		     (k->kind == CAL_Y_INT && k->i == key->i) ||
-		     (k->kind == CAL_Y_BOOL && k->i == key->i) || k->kind == CAL_Y_NULL)) {
-			cal_ynode_free(key);
-			cal_ynode_free(m->items[2 * i + 1]);
-			m->items[2 * i + 1] = val;
-			return 0;
-		}
+	long i = cal_ykeys_find(ix, m, key);
+	if (i == -2)
+		return -1;
+	if (i >= 0) {
+		cal_ynode_free(key);
+		cal_ynode_free(m->items[2 * i + 1]);
+		m->items[2 * i + 1] = val;
+		return 0;
 	}
 	return cal_ynode_append(m, key, val);
 }
@@ -318,6 +317,7 @@ static enum cal_status resolve(struct loader *L, const struct cal_ynode *n, enum
 	enum cal_status st = CAL_OK;
 	struct cal_ynode *out = NULL, *k = NULL, *v = NULL;
 	const struct cal_ynode **names = NULL;
+	struct cal_ykeys keys = {0};
 	size_t nn = 0;
 	*ret = NULL;
 	if (n->kind != CAL_Y_MAP && n->kind != CAL_Y_SEQ)
@@ -353,7 +353,7 @@ static enum cal_status resolve(struct loader *L, const struct cal_ynode *n, enum
 				for (size_t p = 0; p < im->val->n; p++) {
 					CAL_TRY(copy_node(L, im->val->items[2 * p], &k));
 					CAL_TRY(copy_node(L, im->val->items[2 * p + 1], &v));
-					if (map_set(out, k, v) < 0) {
+					if (map_set(out, &keys, k, v) < 0) {
 						st = nomem(L);
 						goto fail;
 					}
@@ -369,7 +369,7 @@ static enum cal_status resolve(struct loader *L, const struct cal_ynode *n, enum
 			CAL_TRY(resolve(L, n->items[2 * p + 1],
 					child_type(mt, key->kind == CAL_Y_STR ? key->str : NULL), tab,
 					&v));
-			if (map_set(out, k, v) < 0) {
+			if (map_set(out, &keys, k, v) < 0) {
 				st = nomem(L);
 				goto fail;
 			}
@@ -435,10 +435,12 @@ static enum cal_status resolve(struct loader *L, const struct cal_ynode *n, enum
 		}
 	}
 	free(names);
+	cal_ykeys_free(&keys);
 	*ret = out;
 	return CAL_OK;
 fail:
 	free(names);
+	cal_ykeys_free(&keys);
 	cal_ynode_free(k);
 	cal_ynode_free(v);
 	cal_ynode_free(out);
@@ -580,6 +582,7 @@ static enum cal_status load_tree(struct loader *L, const char *path, enum ytype 
 	struct cal_ynode *data = NULL, *merged = NULL;
 	const struct cal_ynode *imports = NULL;
 	struct imptab tab = {0};
+	struct cal_ykeys mkeys = {0};
 	*ret = NULL;
 
 	if (++L->files_read > CAL_RECIPE_MAX_FILES) {
@@ -667,7 +670,7 @@ static enum cal_status load_tree(struct loader *L, const char *path, enum ytype 
 			for (int d = 0; d < 2; d++) {
 				struct cal_ynode *src = docs.doc[d];
 				for (size_t p = 0; p < src->n; p++) {
-					if (map_set(merged, src->items[2 * p], src->items[2 * p + 1]) < 0) {
+					if (map_set(merged, &mkeys, src->items[2 * p], src->items[2 * p + 1]) < 0) {
 						st = nomem(L);
 						goto out;
 					}
@@ -724,6 +727,7 @@ static enum cal_status load_tree(struct loader *L, const char *path, enum ytype 
 		*ret_type = type;
 out:
 fail:
+	cal_ykeys_free(&mkeys);
 	imptab_clear(&tab);
 	cal_ynode_free(data);
 	cal_ynode_free(merged);

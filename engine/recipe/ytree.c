@@ -297,6 +297,7 @@ static int float_word(const char *s, double *ret)
 struct frame {
 	struct cal_ynode *node;
 	struct cal_ynode *key; /* MAP: key waiting for its value */
+	struct cal_ykeys keys; /* MAP: its keys, for the duplicate check */
 };
 
 struct pstate {
@@ -330,6 +331,69 @@ static int keys_equal(const struct cal_ynode *a, const struct cal_ynode *b)
 	}
 }
 
+static size_t key_hash(const struct cal_ynode *n)
+{
+	uint64_t h = 1469598103934665603ull ^ (uint64_t)n->kind;
+	switch (n->kind) {
+	case CAL_Y_BOOL:
+	case CAL_Y_INT: h ^= (uint64_t)n->i; h *= 1099511628211ull; break;
+	case CAL_Y_FLOAT: {
+		double f = n->f == 0 ? 0 : n->f; /* -0.0 equals 0.0 */
+		uint64_t b;
+		memcpy(&b, &f, sizeof(b));
+		h ^= b;
+		h *= 1099511628211ull;
+		break;
+	}
+	case CAL_Y_STR:
+		for (const char *c = n->str; *c; c++) {
+			h ^= (unsigned char)*c;
+			h *= 1099511628211ull;
+		}
+		break;
+	default: break;
+	}
+	return (size_t)(h ^ (h >> 29));
+}
+
+long cal_ykeys_find(struct cal_ykeys *ix, const struct cal_ynode *m, const struct cal_ynode *key)
+{
+	if (m->n < 16) {
+		for (size_t i = 0; i < m->n; i++)
+			if (keys_equal(m->items[2 * i], key))
+				return (long)i;
+		return -1;
+	}
+	if (4 * m->n > 3 * ix->cap) {
+		size_t cap = ix->cap ? 2 * ix->cap : 64;
+		while (4 * m->n > 3 * cap)
+			cap *= 2;
+		size_t *ht = calloc(cap, sizeof(*ht));
+		if (!ht)
+			return -2;
+		free(ix->ht);
+		ix->ht = ht;
+		ix->cap = cap;
+		ix->indexed = 0;
+	}
+	for (; ix->indexed < m->n; ix->indexed++) {
+		size_t s = key_hash(m->items[2 * ix->indexed]) & (ix->cap - 1);
+		while (ix->ht[s])
+			s = (s + 1) & (ix->cap - 1);
+		ix->ht[s] = ix->indexed + 1;
+	}
+	for (size_t s = key_hash(key) & (ix->cap - 1); ix->ht[s]; s = (s + 1) & (ix->cap - 1))
+		if (keys_equal(m->items[2 * (ix->ht[s] - 1)], key))
+			return (long)(ix->ht[s] - 1);
+	return -1;
+}
+
+void cal_ykeys_free(struct cal_ykeys *ix)
+{
+	free(ix->ht);
+	memset(ix, 0, sizeof(*ix));
+}
+
 /* Attaches a new node to the innermost open collection (or makes it the
  * document root).  On failure the node is freed. */
 static enum cal_status attach(struct pstate *ps, struct cal_ynode *n, const yaml_mark_t *m)
@@ -351,18 +415,19 @@ static enum cal_status attach(struct pstate *ps, struct cal_ynode *n, const yaml
 			cal_ynode_free(n);
 			return perr(ps, m, CAL_ERR_FORMAT, "mapping keys must be scalars");
 		}
-		for (size_t i = 0; i < f->node->n; i++) {
-			const struct cal_ynode *k = f->node->items[2 * i];
-			if (keys_equal(k, n)) {
-				char msg[64];
-				snprintf(msg, sizeof(msg), "duplicate key (first at line %d)",
-					 k->line);
-				enum cal_status st = cal_error_set(
-					ps->err, CAL_ERR_FORMAT, "%s:%d:%d: key '%s': %s",
-					ps->file, n->line, n->col, n->str ? n->str : "", msg);
-				cal_ynode_free(n);
-				return st;
-			}
+		long ki = cal_ykeys_find(&f->keys, f->node, n);
+		if (ki == -2) {
+			cal_ynode_free(n);
+			return cal_error_set(ps->err, CAL_ERR_NOMEM, "%s: out of memory", ps->file);
+		}
+		if (ki >= 0) {
+			const struct cal_ynode *k = f->node->items[2 * ki];
+			char msg[64];
+			snprintf(msg, sizeof(msg), "duplicate key (first at line %d)", k->line);
+			enum cal_status st = cal_error_set(ps->err, CAL_ERR_FORMAT, "%s:%d:%d: key '%s': %s",
+							   ps->file, n->line, n->col, n->str ? n->str : "", msg);
+			cal_ynode_free(n);
+			return st;
 		}
 		f->key = n;
 		return CAL_OK;
@@ -640,14 +705,14 @@ enum cal_status cal_ytree_parse(const char *file, const char *text, size_t len,
 			}
 			CAL_TRY(new_node(&ps, &ev, is_map ? CAL_Y_MAP : CAL_Y_SEQ, &n));
 			CAL_TRY(attach(&ps, n, &ev.start_mark));
-			ps.stack[ps.depth].node = n;
-			ps.stack[ps.depth].key = NULL;
+			ps.stack[ps.depth] = (struct frame){.node = n};
 			ps.depth++;
 			break;
 		}
 		case YAML_SEQUENCE_END_EVENT:
 		case YAML_MAPPING_END_EVENT:
 			ps.depth--;
+			cal_ykeys_free(&ps.stack[ps.depth].keys);
 			break;
 		default:
 			break;
@@ -670,8 +735,10 @@ fail:
 		yaml_event_delete(&ev);
 	yaml_parser_delete(&parser);
 	/* the root owns every attached node; pending keys are not attached */
-	for (int i = 0; i < ps.depth; i++)
+	for (int i = 0; i < ps.depth; i++) {
 		cal_ynode_free(ps.stack[i].key);
+		cal_ykeys_free(&ps.stack[i].keys);
+	}
 	cal_ynode_free(ps.root);
 	cal_ydocs_clear(ret);
 	return st < 0 ? st : CAL_ERR_FORMAT;

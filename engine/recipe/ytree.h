@@ -88,6 +88,20 @@ const struct cal_ynode *cal_ymap_get(const struct cal_ynode *m, const char *key)
 /* Index of the pair with string key `key` in MAP `m`, or -1. */
 long cal_ymap_find(const struct cal_ynode *m, const char *key);
 
+/* An index of the keys of a mapping being built, so that looking every key
+ * up as it is added stays linear overall (small mappings are scanned).
+ * Zero-initialise; cal_ykeys_free() when done. */
+struct cal_ykeys {
+	size_t *ht;          /* open addressing: pair index + 1, 0 empty */
+	size_t cap, indexed; /* slots (a power of two); pairs indexed so far */
+};
+/* Index of the pair of MAP `m` whose key equals `key` (same kind and
+ * value), -1 when none, -2 when out of memory.  Pairs appended to `m` since
+ * the last call are indexed first; `m`'s keys may only be appended to
+ * between calls. */
+long cal_ykeys_find(struct cal_ykeys *ix, const struct cal_ynode *m, const struct cal_ynode *key);
+void cal_ykeys_free(struct cal_ykeys *ix);
+
 /* "null", "bool", "int", "float", "string", "list", "mapping". */
 const char *cal_ykind_name(enum cal_ykind k);
 

@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/confine.h"
 #include "common/util.h"
 #include "st_internal.h"
 
@@ -360,10 +361,10 @@ enum cal_status cal_st_file_open(const char *path, struct cal_st_file **ret,
 				 struct cal_error *err)
 {
 	*ret = NULL;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = cal_open_confined(path, O_RDONLY, 0);
 	if (fd < 0)
 		return cal_error_set(err, errno == ENOENT ? CAL_ERR_NOTFOUND : CAL_ERR_IO,
-				     "%s: cannot open: %s", path, strerror(errno));
+				     "%s: cannot open: %s", path, cal_confine_strerror(errno));
 	struct stat sb;
 	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
 		close(fd);

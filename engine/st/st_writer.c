@@ -22,9 +22,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/random.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "common/confine.h"
 #include "common/util.h"
 #include "safetensors.h"
 #include "st_internal.h"
@@ -54,7 +56,10 @@ struct wshard {
 struct cal_st_writer {
 	char *final_dir;
 	char *parent;
-	char *tmp_dir;
+	char *base;     /* final_dir's last component */
+	char *tmp_dir;  /* parent/tmp_name (messages, tmp_dir()) */
+	char *tmp_name;
+	int parent_fd, tmp_fd; /* every create, rename and removal is relative to these */
 	struct cal_st_writer_opts opts;
 	enum wstate state;
 	int published;  /* renamed to final_dir */
@@ -126,18 +131,21 @@ static void close_shards(struct cal_st_writer *w)
 static void remove_tmp(struct cal_st_writer *w)
 {
 	close_shards(w);
-	if (!w->tmp_dir || w->published || w->tmp_gone)
+	if (w->tmp_fd < 0 || w->published || w->tmp_gone)
 		return;
 	w->tmp_gone = 1;
-	DIR *d = opendir(w->tmp_dir);
+	int dfd = dup(w->tmp_fd);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
 	if (d) {
 		struct dirent *de;
 		while ((de = readdir(d)))
 			if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-				unlinkat(dirfd(d), de->d_name, 0);
+				unlinkat(w->tmp_fd, de->d_name, 0);
 		closedir(d);
+	} else if (dfd >= 0) {
+		close(dfd);
 	}
-	rmdir(w->tmp_dir);
+	unlinkat(w->parent_fd, w->tmp_name, AT_REMOVEDIR);
 }
 
 /* Kills the writer: removes its output and passes st through. */
@@ -190,31 +198,10 @@ static int pwrite_all(int fd, const void *buf, uint64_t n, uint64_t off)
 	return 0;
 }
 
-static int fsync_path(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int r = fsync(fd);
-	int e = errno;
-	close(fd);
-	errno = e;
-	return r;
-}
-
 /* Creates `name` in the temporary directory (never replacing a file). */
 static int create_in_tmp(struct cal_st_writer *w, const char *name)
 {
-	char *path = cal_path_join(w->tmp_dir, name);
-	if (!path) {
-		errno = ENOMEM;
-		return -1;
-	}
-	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	int e = errno;
-	free(path);
-	errno = e;
-	return fd;
+	return openat(w->tmp_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
 }
 
 /* Writes a small whole file into the temporary directory and fsyncs it. */
@@ -243,9 +230,11 @@ enum cal_status cal_st_writer_open(const char *final_dir,
 				   struct cal_st_writer **ret, struct cal_error *err)
 {
 	enum cal_status st;
-	char *tmp = NULL, *tmpl = NULL;
+	char *tmp = NULL;
 	struct cal_st_writer *w = calloc(1, sizeof(*w));
 	*ret = NULL;
+	if (w)
+		w->parent_fd = w->tmp_fd = -1;
 	if (!w || !(w->final_dir = strdup(final_dir)) || !(tmp = strdup(final_dir)))
 		goto nomem;
 	w->state = W_DECLARE;
@@ -264,8 +253,33 @@ enum cal_status cal_st_writer_open(const char *final_dir,
 				   final_dir);
 		goto fail;
 	}
+	char *slash = strrchr(w->final_dir, '/');
+	if (!slash)
+		w->parent = strdup(".");
+	else if (slash == w->final_dir)
+		w->parent = strdup("/");
+	else
+		w->parent = strndup(w->final_dir, (size_t)(slash - w->final_dir));
+	if (!w->parent || !(w->base = strdup(base)))
+		goto nomem;
+	const struct cal_st_publish *pub = w->opts.publish;
+	const char *tag = pub && pub->tmp_tag ? pub->tmp_tag : NULL;
+	if (tag && (!*tag || strlen(tag) > CAL_ST_TMP_TAG_MAX || strspn(tag, "abcdefghijklmnopqrstuvwxyz"
+		    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != strlen(tag))) {
+		st = cal_error_set(err, CAL_ERR_INVALID, "%s: temporary name tag '%s' is not 1 to %d "
+				   "characters [A-Za-z0-9_-]", w->final_dir, tag, CAL_ST_TMP_TAG_MAX);
+		goto fail;
+	}
+	/* the parent once, confined; everything after is relative to it */
+	w->parent_fd = cal_open_confined(w->parent, O_RDONLY | O_DIRECTORY, 0);
+	if (w->parent_fd < 0) {
+		int e = errno;
+		st = cal_error_set(err, e == ENOENT ? CAL_ERR_NOTFOUND : e == EXDEV ? CAL_ERR_RANGE : CAL_ERR_IO,
+				   "%s: parent directory: %s", w->final_dir, cal_confine_strerror(e));
+		goto fail;
+	}
 	struct stat sb;
-	if (lstat(w->final_dir, &sb) == 0) {
+	if (fstatat(w->parent_fd, w->base, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
 		st = cal_error_set(err, CAL_ERR_EXISTS, "%s: already exists; refusing to overwrite it",
 				   w->final_dir);
 		goto fail;
@@ -274,26 +288,43 @@ enum cal_status cal_st_writer_open(const char *final_dir,
 		st = cal_error_set(err, CAL_ERR_IO, "%s: %s", w->final_dir, strerror(errno));
 		goto fail;
 	}
-	char *slash = strrchr(w->final_dir, '/');
-	if (!slash)
-		w->parent = strdup(".");
-	else if (slash == w->final_dir)
-		w->parent = strdup("/");
-	else
-		w->parent = strndup(w->final_dir, (size_t)(slash - w->final_dir));
-	if (!w->parent || asprintf(&tmpl, "%s/.%s.tmp-XXXXXX", w->parent, base) < 0) {
-		tmpl = NULL;
-		goto nomem;
+	static const char alnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+	int made = -1, e = EEXIST;
+	for (int tries = 0; tries < 100 && made < 0 && e == EEXIST; tries++) {
+		unsigned char rnd[6];
+		char suffix[7];
+		if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+			for (size_t i = 0; i < sizeof(rnd); i++)
+				rnd[i] = (unsigned char)(rand() ^ (int)i);
+		for (size_t i = 0; i < sizeof(rnd); i++)
+			suffix[i] = alnum[rnd[i] % (sizeof(alnum) - 1)];
+		suffix[6] = '\0';
+		free(w->tmp_name);
+		if (asprintf(&w->tmp_name, ".%s.tmp-%s%s%s", base, tag ? tag : "", tag ? "-" : "", suffix) < 0) {
+			w->tmp_name = NULL;
+			goto nomem;
+		}
+		made = mkdirat(w->parent_fd, w->tmp_name, 0700);
+		e = errno;
 	}
-	if (!mkdtemp(tmpl)) {
-		st = cal_error_set(err, errno == ENOENT ? CAL_ERR_NOTFOUND : CAL_ERR_IO,
+	if (made < 0) {
+		st = cal_error_set(err, e == ENOENT ? CAL_ERR_NOTFOUND : CAL_ERR_IO,
 				   "%s: cannot create a temporary directory in %s: %s", w->final_dir,
-				   w->parent, strerror(errno));
+				   w->parent, strerror(e));
 		goto fail;
 	}
-	w->tmp_dir = tmpl;
-	tmpl = NULL;
-	chmod(w->tmp_dir, 0755);
+	w->tmp_fd = openat(w->parent_fd, w->tmp_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (w->tmp_fd < 0) {
+		st = cal_error_set(err, CAL_ERR_IO, "%s: cannot open its temporary directory: %s", w->final_dir,
+				   strerror(errno));
+		unlinkat(w->parent_fd, w->tmp_name, AT_REMOVEDIR);
+		goto fail;
+	}
+	if (asprintf(&w->tmp_dir, "%s/%s", w->parent, w->tmp_name) < 0) {
+		w->tmp_dir = NULL;
+		goto nomem;
+	}
+	fchmod(w->tmp_fd, 0755);
 	free(tmp);
 	*ret = w;
 	return CAL_OK;
@@ -301,7 +332,6 @@ nomem:
 	st = cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", final_dir);
 fail:
 	free(tmp);
-	free(tmpl);
 	cal_st_writer_free(w);
 	return st;
 }
@@ -489,7 +519,7 @@ static enum cal_status free_bytes(struct cal_st_writer *w, uint64_t *ret, struct
 		return CAL_OK;
 	}
 	struct statvfs sv;
-	if (statvfs(w->tmp_dir, &sv) < 0)
+	if (fstatvfs(w->tmp_fd, &sv) < 0)
 		return cal_error_set(err, CAL_ERR_IO, "%s: statvfs failed: %s", w->parent,
 				     strerror(errno));
 	if (cal_mul_u64(sv.f_bavail, sv.f_frsize, ret) < 0)
@@ -679,17 +709,20 @@ enum cal_status cal_st_writer_commit(struct cal_st_writer *w, struct cal_error *
 	}
 	for (size_t k = 0; k < w->nsh; k++)
 		CAL_TRY(verify_shard(w, k, err));
-	if (fsync_path(w->tmp_dir) < 0) {
+	if (fsync(w->tmp_fd) < 0) {
 		st = cal_error_set(err, CAL_ERR_IO, "%s: fsync failed: %s", w->tmp_dir, strerror(errno));
 		goto fail;
 	}
-	if (renameat2(AT_FDCWD, w->tmp_dir, AT_FDCWD, w->final_dir, RENAME_NOREPLACE) < 0) {
+	const struct cal_st_publish *pub = w->opts.publish;
+	if (pub && pub->before)
+		CAL_TRY(pub->before(pub->ctx, w->tmp_dir, w->final_dir, err));
+	if (renameat2(w->parent_fd, w->tmp_name, w->parent_fd, w->base, RENAME_NOREPLACE) < 0) {
 		int e = errno;
 		if (e == EINVAL || e == ENOSYS) { /* file system without NOREPLACE */
 			struct stat sb;
-			if (lstat(w->final_dir, &sb) == 0)
+			if (fstatat(w->parent_fd, w->base, &sb, AT_SYMLINK_NOFOLLOW) == 0)
 				e = EEXIST;
-			else if (rename(w->tmp_dir, w->final_dir) == 0)
+			else if (renameat(w->parent_fd, w->tmp_name, w->parent_fd, w->base) == 0)
 				e = 0;
 			else
 				e = errno;
@@ -704,9 +737,11 @@ enum cal_status cal_st_writer_commit(struct cal_st_writer *w, struct cal_error *
 	}
 	w->state = W_COMMITTED;
 	w->published = 1;
-	if (fsync_path(w->parent) < 0)
+	if (fsync(w->parent_fd) < 0)
 		return cal_error_set(err, CAL_ERR_IO, "%s: published, but fsync of %s failed: %s",
 				     w->final_dir, w->parent, strerror(errno));
+	if (pub && pub->after)
+		pub->after(pub->ctx, w->final_dir);
 	return CAL_OK;
 fail:
 	return die(w, st);
@@ -727,7 +762,13 @@ void cal_st_writer_free(struct cal_st_writer *w)
 	free(w->t);
 	free(w->hash);
 	free(w->index);
+	if (w->tmp_fd >= 0)
+		close(w->tmp_fd);
+	if (w->parent_fd >= 0)
+		close(w->parent_fd);
 	free(w->tmp_dir);
+	free(w->tmp_name);
+	free(w->base);
 	free(w->parent);
 	free(w->final_dir);
 	free(w);

@@ -2,8 +2,11 @@
  * st_writer.h — writes a sharded safetensors checkpoint, crash-safely.
  *
  * Life cycle:
- *   cal_st_writer_open(final_dir)   refuses an existing final_dir; creates a
- *                                   temporary sibling `.<name>.tmp-XXXXXX`
+ *   cal_st_writer_open(final_dir)   refuses an existing final_dir; opens its
+ *                                   parent (confined: common/confine.h) and
+ *                                   creates a temporary sibling
+ *                                   `.<name>.tmp-XXXXXX`, or
+ *                                   `.<name>.tmp-<tag>-XXXXXX` with a tag
  *   cal_st_writer_declare(...) xN   every tensor (name, dtype, shape), in the
  *                                   order they should appear
  *   cal_st_writer_begin()           cuts shards at max_shard_bytes, checks
@@ -15,10 +18,15 @@
  *   cal_st_writer_commit()          checks every declared tensor was written,
  *                                   writes model.safetensors.index.json when
  *                                   there is more than one shard, fsyncs all,
- *                                   renames the temporary dir to final_dir,
- *                                   fsyncs the parent
+ *                                   calls publish->before, renames the
+ *                                   temporary dir to final_dir, fsyncs the
+ *                                   parent, calls publish->after
  *   cal_st_writer_free()            removes the temporary dir when not
  *                                   committed (on every failure path)
+ *
+ * Every file is created relative to descriptors of the parent and the
+ * temporary directory, opened once: a parent replaced (by a symbolic link)
+ * after open() cannot redirect a later write or the rename.
  *
  * Any error (bad argument, misuse, I/O, no space) kills the writer: the
  * temporary directory is removed at once and every later call except free()
@@ -48,18 +56,44 @@
 
 #define CAL_ST_DEFAULT_SHARD_BYTES 10000000000ull /* modelopt's "10GB" */
 
+/* Longest tag in the temporary directory's name, and how many bytes the
+ * temporary name adds to the output's name at most (".", ".tmp-", the tag,
+ * "-", six random characters): callers check NAME_MAX up front with it. */
+#define CAL_ST_TMP_TAG_MAX 31
+#define CAL_ST_TMP_NAME_EXTRA (1 + 5 + CAL_ST_TMP_TAG_MAX + 1 + 6)
+/* Longest file name the writer (shards, index) and the exporter (side
+ * files) create in the output directory, rounded up: PATH_MAX checks. */
+#define CAL_ST_FILE_NAME_MAX 64
+
 struct cal_st_writer;
+
+/*
+ * How a caller follows the publish (all optional).  tmp_tag ([A-Za-z0-9_-],
+ * 1..CAL_ST_TMP_TAG_MAX bytes) goes into the temporary directory's name so
+ * that its owner can find and remove it after a crash.  before() runs after
+ * everything is fsynced and verified, just before the rename; an error from
+ * it aborts the publish (nothing published, the temporary dir removed).
+ * after() runs once the rename and the parent's fsync are done.
+ */
+struct cal_st_publish {
+	const char *tmp_tag;
+	enum cal_status (*before)(void *ctx, const char *tmp_dir, const char *final_dir, struct cal_error *err);
+	void (*after)(void *ctx, const char *final_dir);
+	void *ctx;
+};
 
 struct cal_st_writer_opts {
 	uint64_t max_shard_bytes; /* 0: CAL_ST_DEFAULT_SHARD_BYTES */
 	/* extra bytes to reserve in the disk-space check (side files) */
 	uint64_t reserve_bytes;
+	const struct cal_st_publish *publish; /* NULL: none (kept by reference) */
 };
 
 /*
  * Starts a checkpoint to be published at final_dir.  opts may be NULL.
  * Errors: CAL_ERR_EXISTS (final_dir exists), CAL_ERR_NOTFOUND (its parent
- * does not), CAL_ERR_IO, CAL_ERR_NOMEM.  *ret is freed with
+ * does not), CAL_ERR_RANGE (the parent resolves outside the confinement),
+ * CAL_ERR_INVALID (a bad tmp_tag), CAL_ERR_IO, CAL_ERR_NOMEM.  *ret is freed with
  * cal_st_writer_free().
  */
 enum cal_status cal_st_writer_open(const char *final_dir,

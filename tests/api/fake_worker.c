@@ -10,6 +10,15 @@
  *   fake-crash       one progress line, then SIGSEGV
  *   fake-hang        one progress line, then silence (SIGTERM ends it)
  *   fake-ignore-term one progress line, silence, SIGTERM ignored
+ *   fake-publish-hang   publishes (marker "renaming", rename), then silence
+ *                       (killed in the finish phase after the rename)
+ *   fake-publish-fail   publishes (both markers), then {"event":"error",
+ *                       "code":"nospace"}, exit 4
+ * Like the real worker, every behaviour first writes a partial output into
+ * `.NAME.tmp-<job id>-fake00/` beside the output, renames it to the output
+ * to publish (recording publish.json around the rename) and removes it
+ * itself when it fails or is stopped by SIGTERM; a crash or SIGKILL leaves
+ * it for the daemon to remove.
  */
 #include <jansson.h>
 #include <signal.h>
@@ -56,11 +65,68 @@ static void progress(int i, int n)
 	     i, n, i * 100, n * 100, i * 4096, n - i);
 }
 
+static char tmp_dir[4096];
+
+/* The partial output, named as st_writer.h names it for job `id`. */
+static void start_output(const char *output, const char *id)
+{
+	const char *slash = output ? strrchr(output, '/') : NULL;
+	if (!slash || !id)
+		return;
+	snprintf(tmp_dir, sizeof(tmp_dir), "%.*s/.%s.tmp-%s-fake00", (int)(slash - output), output, slash + 1, id);
+	mkdir(tmp_dir, 0755);
+	char p[4200];
+	snprintf(p, sizeof(p), "%s/model.safetensors", tmp_dir);
+	FILE *f = fopen(p, "w");
+	if (f) {
+		for (int i = 0; i < 4096; i++)
+			fputc('x', f);
+		fclose(f);
+	}
+}
+
+static void drop_output(void)
+{
+	char p[4200];
+	if (!tmp_dir[0])
+		return;
+	snprintf(p, sizeof(p), "%s/model.safetensors", tmp_dir);
+	unlink(p);
+	rmdir(tmp_dir);
+}
+
+static void marker(const char *dir, const char *state, const char *output)
+{
+	char p[4200];
+	snprintf(p, sizeof(p), "%s/publish.json", dir);
+	FILE *f = fopen(p, "w");
+	if (!f)
+		return;
+	json_t *m = json_pack("{s:i, s:s, s:s, s:s}", "format", 1, "state", state, "tmp", tmp_dir, "output", output);
+	json_dumpf(m, f, JSON_COMPACT);
+	json_decref(m);
+	fclose(f);
+}
+
+/* Publishes: marker, rename (a plain mkdir without a partial output). */
+static void publish(const char *dir, const char *output, int mark_done)
+{
+	if (!output)
+		return;
+	if (tmp_dir[0]) {
+		marker(dir, "renaming", output);
+		rename(tmp_dir, output);
+	} else {
+		mkdir(output, 0750);
+	}
+	if (mark_done)
+		marker(dir, "published", output);
+}
+
 static int succeed(const char *dir, const char *output)
 {
 	char path[4096];
-	if (output)
-		mkdir(output, 0750); /* "publishes" the checkpoint */
+	publish(dir, output, 1);
 	snprintf(path, sizeof(path), "%s/report.json", dir);
 	FILE *f = fopen(path, "w");
 	if (f) {
@@ -88,6 +154,7 @@ int main(int argc, char **argv)
 	if (!name)
 		name = "fake-ok";
 	const char *output = json_string_value(json_object_get(json_object_get(doc, "spec"), "output"));
+	start_output(output, json_string_value(json_object_get(doc, "id")));
 	fprintf(stderr, "fake worker: %s (CUDA_VISIBLE_DEVICES=%s)\n", name,
 		getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "(unset)");
 	struct sigaction sa = {.sa_handler = on_term};
@@ -107,6 +174,7 @@ int main(int argc, char **argv)
 			nap_ms(100);
 		}
 		if (term) {
+			drop_output();
 			line("{\"event\":\"error\",\"code\":\"interrupted\",\"message\":\"stopped by SIGTERM\"}");
 			rc = 6;
 		} else {
@@ -114,6 +182,7 @@ int main(int argc, char **argv)
 		}
 	} else if (!strcmp(name, "fake-fail")) {
 		progress(1, 3);
+		drop_output();
 		line("{\"event\":\"error\",\"code\":\"format\",\"message\":\"model.safetensors: bad header\"}");
 		rc = 3;
 	} else if (!strcmp(name, "fake-crash")) {
@@ -127,7 +196,19 @@ int main(int argc, char **argv)
 		progress(1, 3);
 		while (!term)
 			pause();
+		drop_output();
 		rc = 6;
+	} else if (!strcmp(name, "fake-publish-hang")) {
+		progress(1, 3);
+		publish(argv[1], output, 0);
+		while (!term)
+			pause();
+		rc = 6;
+	} else if (!strcmp(name, "fake-publish-fail")) {
+		progress(1, 3);
+		publish(argv[1], output, 1);
+		line("{\"event\":\"error\",\"code\":\"nospace\",\"message\":\"report.json: No space left on device\"}");
+		rc = 4;
 	} else {
 		fprintf(stderr, "fake worker: unknown behaviour %s\n", name);
 		rc = 2;

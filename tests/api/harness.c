@@ -9,6 +9,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +53,7 @@ void hd_setup(struct hd *h)
 	snprintf(h->out, sizeof(h->out), "%s/out", h->root);
 	snprintf(h->state, sizeof(h->state), "%s/state", h->root);
 	snprintf(h->port_file, sizeof(h->port_file), "%s/port", h->root);
+	snprintf(h->admin_port_file, sizeof(h->admin_port_file), "%s/admin_port", h->root);
 	snprintf(h->tokfile, sizeof(h->tokfile), "%s/tokens", h->root);
 	snprintf(h->log, sizeof(h->log), "%s/daemon.log", h->root);
 	mkdir(h->models, 0755);
@@ -93,11 +97,13 @@ int hd_start(struct hd *h, const char *const *extra)
 	char recipes[512];
 	snprintf(recipes, sizeof(recipes), "%s/recipes", src);
 	unlink(h->port_file);
+	unlink(h->admin_port_file);
 	const char *argv[64] = {calibd, "serve", "--listen", "127.0.0.1", "--port", "0", "--port-file", h->port_file,
 				"--state-dir", h->state, "--model-root", h->models, "--data-root", h->data,
 				"--output-root", h->out, "--worker-command", fake, "--devices", "none",
 				"--progress-timeout", "5", "--kill-grace", "1", "--shutdown-grace", "1",
-				"--max-jobs", "2", "--recipes-dir", recipes, "--min-free-percent", "0"};
+				"--max-jobs", "2", "--recipes-dir", recipes, "--min-free-percent", "0",
+				"--admin-port", "0", "--admin-port-file", h->admin_port_file};
 	size_t n = 0;
 	while (argv[n])
 		n++;
@@ -132,6 +138,13 @@ int hd_start(struct hd *h, const char *const *extra)
 		if (f) {
 			int ok = fscanf(f, "%15s", h->port) == 1;
 			fclose(f);
+			FILE *af = ok ? fopen(h->admin_port_file, "r") : NULL;
+			h->admin_port[0] = '\0';
+			if (af) {
+				if (fscanf(af, "%15s", h->admin_port) != 1)
+					h->admin_port[0] = '\0';
+				fclose(af);
+			}
 			if (ok)
 				return 0;
 		}
@@ -183,6 +196,52 @@ int hd_req(struct hd *h, const char *method, const char *path, const char *heade
 						body ? strlen(body) : 0, 20, r, &err);
 	cal_error_clear(&err);
 	return st ? -1 : r->status;
+}
+
+int hd_connect(const char *port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port))};
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
+long hd_raw(const char *port, const void *req, size_t len, char *resp, size_t cap, double timeout_s)
+{
+	int fd = hd_connect(port);
+	if (fd < 0)
+		return -1;
+	/* the server may answer and close before everything was sent */
+	for (size_t off = 0; off < len;) {
+		ssize_t n = send(fd, (const char *)req + off, len - off, MSG_NOSIGNAL);
+		if (n <= 0)
+			break;
+		off += (size_t)n;
+	}
+	size_t got = 0;
+	double t0 = now();
+	while (got + 1 < cap && now() - t0 < timeout_s) {
+		struct pollfd pf = {fd, POLLIN, 0};
+		if (poll(&pf, 1, 100) <= 0)
+			continue;
+		ssize_t n = recv(fd, resp + got, cap - 1 - got, 0);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	resp[got] = '\0';
+	close(fd);
+	return (long)got;
+}
+
+int hd_raw_status(const char *resp)
+{
+	int st = 0;
+	return sscanf(resp, "HTTP/1.%*c %d", &st) == 1 ? st : 0;
 }
 
 char *hd_spec(struct hd *h, const char *name, const char *out)
@@ -266,10 +325,21 @@ int hd_cli(struct hd *h, const char *const *args)
 	for (size_t i = 1; args[i] && n < 30; i++)
 		argv[n++] = args[i];
 	argv[n] = NULL;
+	return hd_exec(argv, NULL);
+}
+
+int hd_exec(const char *const *argv, const char *http_proxy)
+{
 	pid_t pid = fork();
 	if (pid == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		dup2(fd, 1);
+		static const char *const proxy_vars[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+							 "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"};
+		for (size_t i = 0; i < sizeof(proxy_vars) / sizeof(*proxy_vars); i++)
+			unsetenv(proxy_vars[i]);
+		if (http_proxy)
+			setenv("http_proxy", http_proxy, 1);
 		execv(argv[0], (char *const *)argv);
 		_exit(127);
 	}

@@ -19,7 +19,8 @@
 struct hd {
 	char root[128];
 	char state[192], models[192], data[192], out[192], port_file[192], tokfile[192], log[192];
-	char port[16];
+	char admin_port_file[192];
+	char port[16], admin_port[16]; /* the API's and the admin listener's */
 	pid_t pid;
 	const char *token;      /* sent as a bearer token when set */
 	int real_worker;        /* run jobs with `calibd worker` instead of the fake */
@@ -44,6 +45,15 @@ void hd_cleanup(struct hd *h);
 /* One request; returns the HTTP status, or -1 when unreachable. */
 int hd_req(struct hd *h, const char *method, const char *path, const char *headers, const char *body,
 	   struct cal_client_resp *r);
+/* Connects to 127.0.0.1:port (a string), or -1. */
+int hd_connect(const char *port);
+/* Sends len raw bytes to port and reads the answer until the server closes
+ * or timeout_s passes; returns the bytes read (NUL-terminated in resp, cap
+ * bytes at most), or -1 when it cannot connect. */
+long hd_raw(const char *port, const void *req, size_t len, char *resp, size_t cap, double timeout_s);
+/* The status of a raw HTTP response, or 0. */
+int hd_raw_status(const char *resp);
+
 /* Submission body for a job named `name` writing out/<out>. */
 char *hd_spec(struct hd *h, const char *name, const char *out);
 /* Submits; returns the job id (static buffer h->last_id) or NULL. */
@@ -55,6 +65,9 @@ json_t *hd_job(struct hd *h, const char *id);
 json_t *hd_wait(struct hd *h, const char *id, const char *state, double timeout_s);
 /* Runs `calibd ARGS...` against this daemon; returns its exit code. */
 int hd_cli(struct hd *h, const char *const *args);
+/* Runs argv (NULL-terminated) with stdout to /dev/null, no proxy variables
+ * but http_proxy when set; returns its exit code. */
+int hd_exec(const char *const *argv, const char *http_proxy);
 
 struct step {
 	const char *name;

@@ -2,9 +2,12 @@
  * test_units.c — api-suite checks that need no running daemon: SHA-256 and
  * the constant-time compare, the error table, path confinement, the
  * configuration loader, the route table against api/openapi.yaml, the
- * Kubernetes manifests and the systemd unit.
+ * Kubernetes manifests and the systemd unit; a job's devices given as a
+ * device string, and the spec as the engine's job options (what the worker
+ * runs and the API validates).
  */
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +179,104 @@ Test(units, path_confinement)
 	rmdir(root);
 }
 
+/* A submission's devices as a device string (common/device.h) and the
+ * canonical spec as the engine's options (cal_jobspec_job_opts). */
+Test(units, job_devices_and_engine_options)
+{
+	char root[] = "/tmp/calibd-spec-XXXXXX", p[256];
+	cr_assert(mkdtemp(root));
+	char models[128], data[128], out[128];
+	snprintf(models, sizeof(models), "%s/models", root);
+	snprintf(data, sizeof(data), "%s/data", root);
+	snprintf(out, sizeof(out), "%s/out", root);
+	mkdir(models, 0755);
+	mkdir(data, 0755);
+	mkdir(out, 0755);
+	snprintf(p, sizeof(p), "%s/m", models);
+	mkdir(p, 0755);
+	snprintf(p, sizeof(p), "%s/m/config.json", models);
+	FILE *f = fopen(p, "w");
+	cr_assert(f);
+	fputs("{}", f);
+	fclose(f);
+	snprintf(p, sizeof(p), "%s/d.jsonl", data);
+	f = fopen(p, "w");
+	cr_assert(f);
+	fputs("{\"text\":\"x\"}\n", f);
+	fclose(f);
+	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
+	static const int gpus[] = {0, 1, 2, 3};
+	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
+				      .output_roots = orr, .n_output_roots = 1, .devices = gpus, .n_devices = 4};
+	static const struct {
+		const char *devices;
+		enum cal_api_err ae;
+		const char *want;   /* the spec's devices, compact JSON */
+		size_t n_gpus;
+	} cases[] = {
+		{"\"cpu\"", CAL_API_OK, "\"cpu\"", 0},
+		{"\"cuda\"", CAL_API_OK, "1", 1},
+		{"\"cuda:3,1\"", CAL_API_OK, "[3,1]", 2},
+		{"[2]", CAL_API_OK, "[2]", 1},
+		{"\"cuda:7\"", CAL_API_ERR_DEVICES_UNAVAILABLE, NULL, 0},
+		{"\"cuda:1,1\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+		{"\"gpu\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+		{"\"auto\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+		{"\"cuda:\"", CAL_API_ERR_INVALID_FIELD, NULL, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char body[1024];
+		snprintf(body, sizeof(body),
+			 "{\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"model\":\"%s/m\",\"calibration\":"
+			 "{\"datasets\":[\"%s/d.jsonl\",{\"path\":\"%s/d.jsonl\",\"samples\":3}],\"seq_len\":64},"
+			 "\"output\":\"%s/o\",\"devices\":%s,\"options\":{\"per_expert_input_amax\":true}}",
+			 models, data, data, out, cases[i].devices);
+		json_t *req = json_loads(body, 0, NULL), *spec = NULL;
+		cr_assert(req, "%s", body);
+		struct cal_api_problem prob = {0};
+		enum cal_api_err ae = cal_jobspec_validate(req, &env, &spec, &prob);
+		cr_expect_eq(ae, cases[i].ae, "devices %s: %d", cases[i].devices, ae);
+		if (ae) {
+			cr_expect_str_eq(prob.field, "devices", "devices %s", cases[i].devices);
+			cal_api_problem_clear(&prob);
+			json_decref(req);
+			continue;
+		}
+		char *d = json_dumps(json_object_get(spec, "devices"), JSON_COMPACT | JSON_ENCODE_ANY);
+		cr_expect_str_eq(d, cases[i].want, "devices %s", cases[i].devices);
+		free(d);
+		/* the spec as the engine's options: without recipes_dir it is refused */
+		struct cal_jobspec_job jj;
+		struct cal_error err = {0};
+		cr_expect_eq(cal_jobspec_job_opts(spec, &jj, &err), CAL_ERR_FORMAT);
+		cal_error_clear(&err);
+		json_object_set_new(spec, "recipes_dir", json_string("/recipes"));
+		cr_assert_eq(cal_jobspec_job_opts(spec, &jj, &err), CAL_OK, "%s", cal_error_msg(&err));
+		cr_expect_str_eq(jj.opts.recipe, "general/ptq/fp8_default-kv_fp8");
+		cr_expect_null(jj.opts.recipe_yaml);
+		cr_expect_str_eq(jj.opts.recipe_opts.builtin_dir, "/recipes");
+		cr_expect(jj.opts.recipe_opts.no_filesystem);
+		cr_expect_eq(jj.opts.n_datasets, 2);
+		cr_expect_eq(jj.opts.datasets[0].samples, 0);
+		cr_expect_eq(jj.opts.datasets[1].samples, 3);
+		cr_expect(strstr(jj.opts.datasets[1].path, "/data/d.jsonl"));
+		cr_expect_null(jj.opts.tokens);
+		cr_expect_eq(jj.opts.samples, 512);
+		cr_expect_eq(jj.opts.seq_len, 64);
+		cr_expect(jj.opts.per_expert_input_amax);
+		/* the worker sees its GPUs as 0..n-1 (CUDA_VISIBLE_DEVICES) */
+		cr_expect_eq(jj.opts.devices.kind, cases[i].n_gpus ? CAL_DEVICE_CUDA : CAL_DEVICE_CPU);
+		cr_expect_eq(jj.opts.devices.n, cases[i].n_gpus);
+		for (size_t k = 0; k < cases[i].n_gpus; k++)
+			cr_expect_eq(jj.opts.devices.ids[k], (int)k);
+		json_decref(spec);
+		json_decref(req);
+	}
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	cr_assert_eq(system(cmd), 0);
+}
+
 static enum cal_status load_cfg(const char *yaml, const char **flags, int nflags, struct cal_error *err)
 {
 	char path[] = "/tmp/calibd-cfg-XXXXXX";
@@ -219,6 +320,68 @@ Test(units, config_errors_name_the_key)
 	cal_error_clear(&err);
 }
 
+/* The dataset catalog: a `datasets:` map in the file, --dataset NAME=PATH
+ * flags, names and paths checked; the CLI's expansion of --calib lists. */
+Test(units, dataset_catalog)
+{
+	struct cal_error err = {0};
+	char path[] = "/tmp/calibd-cat-XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	const char *yaml = "port: 9000\ndatasets:\n  cnn_dailymail: /data/cnn.jsonl\n  pile-10k: /data/pile.jsonl\n"
+			   "max_queue: 3\n";
+	cr_assert_eq(write(fd, yaml, strlen(yaml)), (ssize_t)strlen(yaml));
+	close(fd);
+	struct cal_config *c = NULL;
+	cr_assert_eq(cal_config_load(path, 0, NULL, 1, &c, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_eq(c->n_datasets, 2);
+	cr_expect_eq(c->max_queue, 3, "keys after the map are read");
+	const char *p = NULL;
+	long n = -1;
+	char msg[512];
+	cr_expect_eq(cal_dataset_resolve(c->datasets, c->n_datasets, "cnn_dailymail:256", &p, &n, msg, sizeof(msg)), 0);
+	cr_expect_str_eq(p, "/data/cnn.jsonl");
+	cr_expect_eq(n, 256);
+	cr_expect_eq(cal_dataset_resolve(c->datasets, c->n_datasets, "pile-10k", &p, &n, msg, sizeof(msg)), 0);
+	cr_expect_eq(n, 0);
+	cr_expect_eq(cal_dataset_resolve(c->datasets, c->n_datasets, "cnn", &p, &n, msg, sizeof(msg)), -1,
+		     "a prefix is not a name");
+	cr_expect(strstr(msg, "no dataset 'cnn'") && strstr(msg, "known: cnn_dailymail, pile-10k"), "%s", msg);
+	cr_expect_eq(cal_dataset_resolve(c->datasets, c->n_datasets, "cnn_dailymail:0", &p, &n, msg, sizeof(msg)), -1);
+	cr_expect_eq(cal_dataset_resolve(NULL, 0, "x", &p, &n, msg, sizeof(msg)), -1);
+	cr_expect(strstr(msg, "empty"), "%s", msg);
+	cal_config_unref(c);
+
+	/* the CLI: names replaced, files and paths kept, unknown names refused */
+	char *out = NULL;
+	cr_assert_eq(cal_config_expand_calib("cnn_dailymail:8,/x/y.jsonl:2,pile-10k", path, &out, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	cr_expect_str_eq(out, "/data/cnn.jsonl:8,/x/y.jsonl:2,/data/pile.jsonl");
+	free(out);
+	cr_expect_eq(cal_config_expand_calib("wikitext:8", path, &out, &err), CAL_ERR_NOTFOUND);
+	cr_expect(strstr(cal_error_msg(&err), "wikitext") && strstr(cal_error_msg(&err), "cnn_dailymail"), "%s",
+		  cal_error_msg(&err));
+	cal_error_clear(&err);
+	unsetenv("CALIBD_DATASETS_FILE");
+	cr_assert_eq(cal_config_expand_calib("wikitext:8", NULL, &out, &err), CAL_OK, "no catalog: unchanged");
+	cr_expect_str_eq(out, "wikitext:8");
+	free(out);
+	unlink(path);
+
+	const char *flags[] = {"--dataset", "a=/d/a.jsonl", "--dataset", "b=/d/b.jsonl"};
+	cr_expect_eq(load_cfg("datasets: {x: /d/x}\n", flags, 4, &err), CAL_OK, "%s", cal_error_msg(&err));
+	static const char *const bad[] = {"datasets: {'a b': /x}\n", "datasets: {a: relative/x}\n",
+					  "datasets: {a: /x, a: /y}\n", "datasets: [/x]\n", "datasets: {a: {b: /x}}\n"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		cr_expect_neq(load_cfg(bad[i], NULL, 0, &err), CAL_OK, "%s", bad[i]);
+		cr_expect(strstr(cal_error_msg(&err), "datasets"), "%s: %s", bad[i], cal_error_msg(&err));
+		cal_error_clear(&err);
+	}
+	const char *badflag[] = {"--dataset", "noequals"};
+	cr_expect_neq(cal_config_check_flags(2, (char **)badflag, &err), CAL_OK, "a usage error");
+	cal_error_clear(&err);
+}
+
 /* ---- YAML helpers (document API; test inputs are our own files) ---- */
 
 static yaml_node_t *ynode(yaml_document_t *d, yaml_node_t *n, const char *path)
@@ -251,17 +414,25 @@ static const char *yscalar(yaml_document_t *d, yaml_node_t *root, const char *pa
 	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
-Test(units, openapi_lists_exactly_the_routes)
+/* Loads api/openapi.yaml into d (yaml_document_delete when done). */
+static void openapi_load(yaml_document_t *d)
 {
 	char path[512];
 	snprintf(path, sizeof(path), "%s/api/openapi.yaml", srcdir());
 	FILE *f = fopen(path, "rb");
 	cr_assert(f, "%s", path);
 	yaml_parser_t p;
-	yaml_document_t d;
 	yaml_parser_initialize(&p);
 	yaml_parser_set_input_file(&p, f);
-	cr_assert(yaml_parser_load(&p, &d), "openapi.yaml: %s", p.problem);
+	cr_assert(yaml_parser_load(&p, d), "openapi.yaml: %s", p.problem);
+	yaml_parser_delete(&p);
+	fclose(f);
+}
+
+Test(units, openapi_lists_exactly_the_routes)
+{
+	yaml_document_t d;
+	openapi_load(&d);
 	yaml_node_t *paths = ynode(&d, yaml_document_get_root_node(&d), "paths");
 	cr_assert(paths && paths->type == YAML_MAPPING_NODE);
 	size_t documented = 0;
@@ -287,8 +458,115 @@ Test(units, openapi_lists_exactly_the_routes)
 	cr_expect_eq(documented, cal_n_routes, "the route table has %zu routes, openapi.yaml documents %zu",
 		     cal_n_routes, documented);
 	yaml_document_delete(&d);
-	yaml_parser_delete(&p);
-	fclose(f);
+}
+
+static const char *yval(yaml_document_t *d, yaml_node_pair_t *p, int key)
+{
+	yaml_node_t *n = yaml_document_get_node(d, key ? p->key : p->value);
+	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+/* Every key of a schema object is a schema keyword (an unquoted
+ * "description: a, b" in a flow mapping makes "b" a key). */
+static void schema_keys_ok(yaml_document_t *d, yaml_node_t *n, const char *where)
+{
+	static const char *const kw[] = {"type", "properties", "items", "required", "description", "oneOf", "anyOf",
+					 "allOf", "not", "enum", "format", "pattern", "minLength", "maxLength",
+					 "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems",
+					 "maxItems", "uniqueItems", "additionalProperties", "nullable", "default",
+					 "example", "$ref", "title", NULL};
+	if (!n || n->type != YAML_MAPPING_NODE)
+		return;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		const char *k = yval(d, p, 1);
+		int ok = 0;
+		for (const char *const *w = kw; *w && k; w++)
+			ok |= !strcmp(*w, k);
+		cr_expect(ok, "openapi.yaml %s: '%s' is not a schema keyword", where, k ? k : "(non-scalar)");
+		yaml_node_t *v = yaml_document_get_node(d, p->value);
+		if (!k || !v)
+			continue;
+		if (!strcmp(k, "properties") && v->type == YAML_MAPPING_NODE) {
+			for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++)
+				schema_keys_ok(d, yaml_document_get_node(d, q->value), where);
+		} else if (!strcmp(k, "items") || !strcmp(k, "additionalProperties") || !strcmp(k, "not")) {
+			schema_keys_ok(d, v, where);
+		} else if ((!strcmp(k, "oneOf") || !strcmp(k, "anyOf") || !strcmp(k, "allOf")) &&
+			   v->type == YAML_SEQUENCE_NODE) {
+			for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++)
+				schema_keys_ok(d, yaml_document_get_node(d, *it), where);
+		}
+	}
+}
+
+/* Checks every "schema:" value under n. */
+static void schemas_under(yaml_document_t *d, yaml_node_t *n, const char *where)
+{
+	if (!n)
+		return;
+	if (n->type == YAML_SEQUENCE_NODE)
+		for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++)
+			schemas_under(d, yaml_document_get_node(d, *it), where);
+	if (n->type != YAML_MAPPING_NODE)
+		return;
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		const char *k = yval(d, p, 1);
+		yaml_node_t *v = yaml_document_get_node(d, p->value);
+		if (k && !strcmp(k, "schema"))
+			schema_keys_ok(d, v, where);
+		else
+			schemas_under(d, v, k ? k : where);
+	}
+}
+
+/* The spec says what the daemon does: schemas are well-formed, each
+ * operation's security matches the route's auth class (token routes:
+ * bearer only; read routes: the empty requirement too, as they are open
+ * without auth_read; probes: none), and every route that can answer 401
+ * lists it. */
+Test(units, openapi_matches_the_daemon)
+{
+	yaml_document_t d;
+	openapi_load(&d);
+	yaml_node_t *root = yaml_document_get_root_node(&d);
+	yaml_node_t *schemas = ynode(&d, root, "components.schemas");
+	cr_assert(schemas && schemas->type == YAML_MAPPING_NODE);
+	for (yaml_node_pair_t *pp = schemas->data.mapping.pairs.start; pp < schemas->data.mapping.pairs.top; pp++)
+		schema_keys_ok(&d, yaml_document_get_node(&d, pp->value), yval(&d, pp, 1));
+	schemas_under(&d, ynode(&d, root, "paths"), "paths");
+	yaml_node_t *global = ynode(&d, root, "security");
+	for (size_t r = 0; r < cal_n_routes; r++) {
+		char key[128], m[16];
+		size_t i = 0;
+		for (; cal_routes[r].method[i] && i < 15; i++)
+			m[i] = (char)(cal_routes[r].method[i] + 32);
+		m[i] = '\0';
+		snprintf(key, sizeof(key), "paths.%s.%s", cal_routes[r].pattern, m);
+		yaml_node_t *op = ynode(&d, root, key);
+		cr_assert(op, "openapi.yaml lacks %s", key);
+		yaml_node_t *sec = ynode(&d, op, "security");
+		if (!sec)
+			sec = global;
+		cr_assert(sec && sec->type == YAML_SEQUENCE_NODE, "%s: security", key);
+		int anonymous = 0, bearer = 0;
+		for (yaml_node_item_t *it = sec->data.sequence.items.start; it < sec->data.sequence.items.top; it++) {
+			yaml_node_t *req = yaml_document_get_node(&d, *it);
+			if (req->type == YAML_MAPPING_NODE && req->data.mapping.pairs.start == req->data.mapping.pairs.top)
+				anonymous = 1;
+			else if (ynode(&d, req, "bearer"))
+				bearer = 1;
+		}
+		unsigned fl = cal_routes[r].flags;
+		const char *want = (fl & CAL_ROUTE_PUBLIC) ? "no security" :
+				   (fl & CAL_ROUTE_TOKEN) ? "bearer only" : "bearer or anonymous";
+		int ok = (fl & CAL_ROUTE_PUBLIC) ? !anonymous && !bearer :
+			 (fl & CAL_ROUTE_TOKEN) ? bearer && !anonymous : bearer && anonymous;
+		cr_expect(ok, "%s: security should be %s", key, want);
+		snprintf(key + strlen(key), sizeof(key) - strlen(key), ".responses.401");
+		if (!(fl & CAL_ROUTE_PUBLIC))
+			cr_expect(ynode(&d, root, key), "openapi.yaml lacks %s", key);
+	}
+	yaml_document_delete(&d);
 }
 
 struct kdoc {
@@ -321,25 +599,115 @@ static size_t load_docs(const char *file, struct kdoc *out, size_t max)
 	return n;
 }
 
-Test(units, kubernetes_manifests)
+/* Loads every document of the resources a kustomization lists (dir
+ * relative to the source tree); returns how many. */
+static size_t load_kustomization(const char *dir, struct kdoc *docs, size_t max)
 {
-	char base[512], file[600];
-	snprintf(base, sizeof(base), "%s/deploy/k8s/base", srcdir());
-	struct kdoc docs[32];
-	size_t n = 0;
+	char base[512], file[800];
+	snprintf(base, sizeof(base), "%s/deploy/k8s/%s", srcdir(), dir);
 	snprintf(file, sizeof(file), "%s/kustomization.yaml", base);
 	struct kdoc k;
 	cr_assert_eq(load_docs(file, &k, 1), 1);
 	yaml_node_t *res = ynode(&k.d, k.root, "resources");
-	cr_assert(res && res->type == YAML_SEQUENCE_NODE);
+	cr_assert(res && res->type == YAML_SEQUENCE_NODE, "%s: no resources", file);
+	size_t n = 0;
 	for (yaml_node_item_t *it = res->data.sequence.items.start; it < res->data.sequence.items.top; it++) {
 		const char *r = (const char *)yaml_document_get_node(&k.d, *it)->data.scalar.value;
 		snprintf(file, sizeof(file), "%s/%s", base, r);
-		cr_assert(access(file, R_OK) == 0, "kustomization lists %s, which is missing", r);
-		n += load_docs(file, docs + n, 32 - n);
+		cr_assert(access(file, R_OK) == 0, "%s lists %s, which is missing", dir, r);
+		n += load_docs(file, docs + n, max - n);
 	}
 	yaml_document_delete(&k.d);
-	int have_dep = 0, have_job = 0, pvc_models = 0, pvc_out = 0, secret = 0, svc = 0, cm = 0;
+	return n;
+}
+
+static void free_docs(struct kdoc *docs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		yaml_document_delete(&docs[i].d);
+}
+
+/* 1 when the pod spec at `spec` tolerates the nvidia.com/gpu taint. */
+static int tolerates_gpu(yaml_document_t *d, yaml_node_t *r, const char *spec)
+{
+	char q[160];
+	for (int i = 0; i < 8; i++) {
+		snprintf(q, sizeof(q), "%s.tolerations.%d.key", spec, i);
+		const char *k = yscalar(d, r, q);
+		if (k && !strcmp(k, "nvidia.com/gpu"))
+			return 1;
+	}
+	return 0;
+}
+
+/* 1 when a volumeMount of the pod's first container holds path. */
+static int mounted(yaml_document_t *d, yaml_node_t *r, const char *spec, const char *path)
+{
+	char q[160];
+	for (int i = 0; i < 32; i++) {
+		snprintf(q, sizeof(q), "%s.containers.0.volumeMounts.%d.mountPath", spec, i);
+		const char *m = yscalar(d, r, q);
+		if (!m)
+			return 0;
+		size_t n = strlen(m);
+		if (!strncmp(path, m, n) && (path[n] == '\0' || path[n] == '/'))
+			return 1;
+	}
+	return 0;
+}
+
+/* 1 when recipes/NAME.yaml exists. */
+static int recipe_exists(const char *name)
+{
+	char f[512];
+	snprintf(f, sizeof(f), "%s/recipes/%s.yaml", srcdir(), name);
+	return access(f, R_OK) == 0;
+}
+
+/* Every root the daemon's configuration names is mounted in its pod. */
+static void check_config_roots(const char *conf, yaml_document_t *dep, yaml_node_t *dr)
+{
+	yaml_parser_t p;
+	yaml_document_t c;
+	yaml_parser_initialize(&p);
+	yaml_parser_set_input_string(&p, (const unsigned char *)conf, strlen(conf));
+	cr_assert(yaml_parser_load(&p, &c), "calibd.yaml of the ConfigMap: %s", p.problem);
+	yaml_node_t *root = yaml_document_get_root_node(&c);
+	static const char *const lists[] = {"model_roots", "data_roots", "output_roots"};
+	int nroots = 0;
+	for (size_t l = 0; l < sizeof(lists) / sizeof(*lists); l++) {
+		yaml_node_t *seq = ynode(&c, root, lists[l]);
+		cr_assert(seq && seq->type == YAML_SEQUENCE_NODE, "config lacks %s", lists[l]);
+		for (yaml_node_item_t *it = seq->data.sequence.items.start; it < seq->data.sequence.items.top; it++) {
+			const char *v = (const char *)yaml_document_get_node(&c, *it)->data.scalar.value;
+			cr_expect(mounted(dep, dr, "spec.template.spec", v), "%s names %s, which no volume mounts",
+				  lists[l], v);
+			nroots++;
+		}
+	}
+	cr_expect_geq(nroots, 3);
+	static const char *const files[] = {"state_dir", "token_file"};
+	for (size_t i = 0; i < sizeof(files) / sizeof(*files); i++) {
+		const char *v = yscalar(&c, root, files[i]);
+		cr_expect(!v || mounted(dep, dr, "spec.template.spec", v), "%s %s is not mounted", files[i], v);
+	}
+	yaml_node_t *ds = ynode(&c, root, "datasets");
+	for (yaml_node_pair_t *q = ds ? ds->data.mapping.pairs.start : NULL; ds && q < ds->data.mapping.pairs.top; q++) {
+		const char *v = (const char *)yaml_document_get_node(&c, q->value)->data.scalar.value;
+		cr_expect(mounted(dep, dr, "spec.template.spec", v), "dataset %s is not mounted", v);
+	}
+	yaml_document_delete(&c);
+	yaml_parser_delete(&p);
+}
+
+Test(units, kubernetes_manifests)
+{
+	struct kdoc docs[32];
+	size_t n = load_kustomization("base", docs, 32);
+	int have_dep = 0, pvc_models = 0, pvc_out = 0, secret = 0, svc = 0, cm = 0;
+	const char *conf = NULL;
+	yaml_document_t *dep = NULL;
+	yaml_node_t *dr = NULL;
 	for (size_t i = 0; i < n; i++) {
 		yaml_document_t *d = &docs[i].d;
 		yaml_node_t *r = docs[i].root;
@@ -347,6 +715,8 @@ Test(units, kubernetes_manifests)
 		cr_assert(kind && yscalar(d, r, "apiVersion") && docs[i].name, "document %zu lacks kind/apiVersion/name", i);
 		if (!strcmp(kind, "Deployment")) {
 			have_dep = 1;
+			dep = d;
+			dr = r;
 			cr_expect_str_eq(yscalar(d, r, "spec.strategy.type"), "Recreate");
 			cr_expect_str_eq(yscalar(d, r, "spec.replicas"), "1");
 			const char *c0 = "spec.template.spec.containers.0";
@@ -363,10 +733,10 @@ Test(units, kubernetes_manifests)
 			for (yaml_node_pair_t *p = lim ? lim->data.mapping.pairs.start : NULL; lim && p < lim->data.mapping.pairs.top; p++)
 				gpu |= !strcmp((char *)yaml_document_get_node(d, p->key)->data.scalar.value, "nvidia.com/gpu");
 			cr_expect(gpu, "GPU limit");
+			cr_expect(tolerates_gpu(d, r, "spec.template.spec"), "the Deployment does not tolerate nvidia.com/gpu");
 		} else if (!strcmp(kind, "Job")) {
-			have_job = 1;
-			cr_expect_str_eq(yscalar(d, r, "spec.template.spec.containers.0.args.0"), "quantize");
-			cr_expect_str_eq(yscalar(d, r, "spec.template.spec.restartPolicy"), "Never");
+			/* applied with the daemon, a Job would share its ReadWriteOnce volume */
+			cr_expect_fail("the base holds Job %s: Jobs belong in overlays", docs[i].name);
 		} else if (!strcmp(kind, "PersistentVolumeClaim")) {
 			pvc_models |= !strcmp(docs[i].name, "calibd-models");
 			pvc_out |= !strcmp(docs[i].name, "calibd-outputs");
@@ -376,30 +746,127 @@ Test(units, kubernetes_manifests)
 			svc = 1;
 		} else if (!strcmp(kind, "ConfigMap")) {
 			cm = 1;
+			/* the key holds a '.', which ynode() reads as a step */
+			yaml_node_t *data = ynode(d, r, "data");
+			for (yaml_node_pair_t *p = data ? data->data.mapping.pairs.start : NULL;
+			     data && p < data->data.mapping.pairs.top; p++)
+				if (!strcmp((char *)yaml_document_get_node(d, p->key)->data.scalar.value, "calibd.yaml"))
+					conf = (const char *)yaml_document_get_node(d, p->value)->data.scalar.value;
 		}
 	}
-	cr_expect(have_dep && have_job && pvc_models && pvc_out && secret && svc && cm,
-		  "dep %d job %d pvc %d/%d secret %d svc %d cm %d", have_dep, have_job, pvc_models, pvc_out, secret, svc,
-		  cm);
-	for (size_t i = 0; i < n; i++)
-		yaml_document_delete(&docs[i].d);
+	cr_expect(have_dep && pvc_models && pvc_out && secret && svc && cm,
+		  "dep %d pvc %d/%d secret %d svc %d cm %d", have_dep, pvc_models, pvc_out, secret, svc, cm);
+	cr_assert(conf && dep, "the base has no calibd.yaml ConfigMap or no Deployment");
+	check_config_roots(conf, dep, dr);
+	free_docs(docs, n);
+}
+
+/* The Jobs of the overlays: one that runs `calibd quantize` on a GPU with
+ * a recipe that exists, one that submits to the daemon and waits. */
+Test(units, kubernetes_overlays)
+{
+	struct kdoc docs[8];
+	size_t n = load_kustomization("overlays/quantize-job", docs, 8);
+	cr_assert_eq(n, 1);
+	yaml_document_t *d = &docs[0].d;
+	yaml_node_t *r = docs[0].root;
+	cr_assert_str_eq(docs[0].kind, "Job");
+	cr_expect_str_eq(yscalar(d, r, "spec.template.spec.containers.0.args.0"), "quantize");
+	cr_expect_str_eq(yscalar(d, r, "spec.template.spec.restartPolicy"), "Never");
+	cr_expect(yscalar(d, r, "spec.ttlSecondsAfterFinished"), "quantize Job without ttlSecondsAfterFinished");
+	cr_expect(tolerates_gpu(d, r, "spec.template.spec"), "the quantize Job does not tolerate nvidia.com/gpu");
+	int recipes = 0;
+	char q[96];
+	for (int i = 1; i < 16; i++) {
+		snprintf(q, sizeof(q), "spec.template.spec.containers.0.args.%d", i);
+		const char *a = yscalar(d, r, q);
+		if (a && !strncmp(a, "--recipe=", 9)) {
+			cr_expect(recipe_exists(a + 9), "the quantize Job names recipe '%s', which recipes/ lacks", a + 9);
+			recipes++;
+		}
+		if (a && (!strncmp(a, "--model=", 8) || !strncmp(a, "--calib=", 8) || !strncmp(a, "--out=", 6))) {
+			const char *v = strchr(a, '=') + 1;
+			cr_expect(mounted(d, r, "spec.template.spec", v), "%s is not mounted", a);
+		}
+	}
+	cr_expect_eq(recipes, 1, "the quantize Job passes no --recipe");
+	free_docs(docs, n);
+
+	n = load_kustomization("overlays/submit-job", docs, 8);
+	cr_assert_eq(n, 1);
+	d = &docs[0].d;
+	r = docs[0].root;
+	cr_assert_str_eq(docs[0].kind, "Job");
+	cr_expect_str_eq(yscalar(d, r, "spec.template.spec.containers.0.args.0"), "submit");
+	cr_expect(yscalar(d, r, "spec.ttlSecondsAfterFinished"), "submit Job without ttlSecondsAfterFinished");
+	int wait = 0;
+	for (int i = 1; i < 16; i++) {
+		snprintf(q, sizeof(q), "spec.template.spec.containers.0.args.%d", i);
+		const char *a = yscalar(d, r, q);
+		wait |= a && !strcmp(a, "--wait");
+	}
+	cr_expect(wait, "the submit Job does not wait for the job");
+	free_docs(docs, n);
+	char spec[512];
+	snprintf(spec, sizeof(spec), "%s/deploy/k8s/overlays/submit-job/spec.json", srcdir());
+	json_t *j = json_load_file(spec, 0, NULL);
+	cr_assert(j, "%s is not JSON", spec);
+	const char *rn = json_string_value(json_object_get(j, "recipe"));
+	cr_expect(rn && recipe_exists(rn), "spec.json names recipe '%s', which recipes/ lacks", rn ? rn : "");
+	json_decref(j);
+}
+
+/* Paths of a unit's ReadOnlyPaths=/ReadWritePaths=/... lines that a fresh
+ * host lacks fail the start (226/NAMESPACE): each is optional ('-') or
+ * created by calibd.tmpfiles. */
+static void check_unit_paths(const char *unit, const char *tmpfiles)
+{
+	static const char *const keys[] = {"ReadOnlyPaths=", "ReadWritePaths=", "InaccessiblePaths=", "ExecPaths="};
+	for (const char *line = unit; *line; line += strcspn(line, "\n") + (line[strcspn(line, "\n")] != 0)) {
+		for (size_t k = 0; k < sizeof(keys) / sizeof(*keys); k++) {
+			size_t kl = strlen(keys[k]);
+			if (strncmp(line, keys[k], kl))
+				continue;
+			char buf[1024];
+			snprintf(buf, sizeof(buf), "%.*s", (int)strcspn(line + kl, "\n"), line + kl);
+			for (char *save = NULL, *w = strtok_r(buf, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
+				if (w[0] == '-' || (w[0] == '+' && w[1] == '-'))
+					continue;
+				char want[600];
+				snprintf(want, sizeof(want), "\nd %s ", w);
+				cr_expect(strstr(tmpfiles, want), "%s%s is neither optional ('-') nor created by tmpfiles", keys[k], w);
+			}
+		}
+	}
+}
+
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	cr_assert(f, "%s", path);
+	char *text = calloc(1, 16384);
+	cr_assert(text);
+	text[0] = '\n';
+	size_t n = fread(text + 1, 1, 16384 - 2, f);
+	text[n + 1] = '\0';
+	fclose(f);
+	return text;
 }
 
 Test(units, systemd_unit)
 {
-	char unit[512];
+	char unit[512], tmpf[512];
 	snprintf(unit, sizeof(unit), "%s/systemd/calibd.service", srcdir());
-	FILE *f = fopen(unit, "r");
-	cr_assert(f);
-	char text[8192];
-	size_t n = fread(text, 1, sizeof(text) - 1, f);
-	text[n] = '\0';
-	fclose(f);
+	snprintf(tmpf, sizeof(tmpf), "%s/systemd/calibd.tmpfiles", srcdir());
+	char *text = slurp(unit), *tmpfiles = slurp(tmpf);
 	cr_expect(strstr(text, "Type=notify"));
 	cr_expect(strstr(text, "WatchdogSec="));
 	cr_expect(strstr(text, "ExecReload=") && strstr(text, "--check"));
 	cr_expect(strstr(text, "DeviceAllow="));
 	cr_expect(!strstr(text, "PrivateDevices=yes"), "PrivateDevices hides the GPUs");
+	check_unit_paths(text, tmpfiles);
+	free(text);
+	free(tmpfiles);
 	if (access("/usr/bin/systemd-analyze", X_OK) != 0 && access("/bin/systemd-analyze", X_OK) != 0) {
 		cr_skip_test("systemd-analyze not installed: unit not verified");
 	}
@@ -411,6 +878,62 @@ Test(units, systemd_unit)
 		 "r=$?; rm -rf %s; exit $r", getenv("CALIBD"), unit, dir, dir, dir);
 	int st = system(cmd);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "systemd-analyze verify failed");
+	/* the hardening: exposure 5.5 before CapabilityBoundingSet=,
+	 * SystemCallFilter=, PrivateUsers=, ProtectProc=..., 1.6 after */
+	cr_assert(mkdtemp(strcpy(dir, "/tmp/calibd-unit-XXXXXX")));
+	snprintf(cmd, sizeof(cmd),
+		 "sed 's#/usr/bin/calibd#%s#g' '%s' > %s/calibd.service && "
+		 "systemd-analyze security --offline=true --threshold=25 %s/calibd.service >%s/out 2>&1; "
+		 "r=$?; grep -a 'Overall exposure' %s/out; rm -rf %s; exit $r",
+		 getenv("CALIBD"), unit, dir, dir, dir, dir, dir);
+	st = system(cmd);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "systemd-analyze security: exposure above 2.5");
+}
+
+/* The image: a health check, a release build that is not -Werror (CI
+ * builds release with -Werror instead), meson >= 1.0 (PyPI: the base
+ * image's is older), and a .dockerignore that keeps .git and build trees
+ * out of the context.  No Docker engine here: the build itself is not run. */
+Test(units, dockerfile)
+{
+	char p[512];
+	snprintf(p, sizeof(p), "%s/deploy/Dockerfile", srcdir());
+	char *df = slurp(p);
+	cr_expect(strstr(df, "\nHEALTHCHECK "), "the Dockerfile has no HEALTHCHECK");
+	cr_expect(strstr(df, "-Dbuildtype=release") && !strstr(df, "werror=true"));
+	cr_expect(strstr(df, "\"meson==") || strstr(df, "ubuntu24.04"), "the image's meson must be >= 1.0");
+	free(df);
+	snprintf(p, sizeof(p), "%s/.dockerignore", srcdir());
+	char *ign = slurp(p);
+	cr_expect(strstr(ign, "\n.git\n") && strstr(ign, "\nbuild/\n"), ".dockerignore lacks .git or build/");
+	free(ign);
+}
+
+/* Exit codes are the same everywhere: a bad flag is a usage error (2) in
+ * every subcommand, serve included, and so is an unknown command. */
+Test(units, usage_error_is_2_everywhere)
+{
+	static const char *const cmds[] = {
+#define CAL_CMD(name, desc) #name,
+#include "daemon/commands.def"
+#undef CAL_CMD
+	};
+	const char *calibd = getenv("CALIBD");
+	cr_assert(calibd);
+	char cmd[1024];
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(*cmds); i++) {
+		snprintf(cmd, sizeof(cmd), "'%s' %s --no-such-flag </dev/null >/dev/null 2>&1", calibd, cmds[i]);
+		int st = system(cmd);
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 2, "calibd %s --no-such-flag: exit %d, expected 2", cmds[i],
+			  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	}
+	static const char *const more[] = {"serve --port notaport", "serve --config", "nosuchcommand", "status --url"};
+	for (size_t i = 0; i < sizeof(more) / sizeof(*more); i++) {
+		snprintf(cmd, sizeof(cmd), "'%s' %s </dev/null >/dev/null 2>&1", calibd, more[i]);
+		int st = system(cmd);
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 2, "calibd %s: exit %d, expected 2", more[i],
+			  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	}
 }
 
 /* RELIABILITY B10 / D2: no MHD_PostProcessor, and the calibd binary (the

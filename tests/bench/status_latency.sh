@@ -46,7 +46,7 @@ if [ "$WORKER" = fake ]; then
 	name=fake-slow-400
 fi
 # shellcheck disable=SC2086
-"$calibd" serve --listen 127.0.0.1 --port 0 --port-file "$tmp/port" --state-dir "$tmp/state" \
+"$calibd" serve --listen 127.0.0.1 --port 0 --port-file "$tmp/port" --admin-port 0 --state-dir "$tmp/state" \
 	--model-root "$tmp/models" --data-root "$tmp/data" --output-root "$tmp/out" --devices none \
 	--min-free-percent 0 --max-connections 1024 --per-ip-connections 1024 $worker_flags \
 	2>"$tmp/daemon.log" &

@@ -45,6 +45,15 @@ static void rm_rf(const char *p)
 
 /* ---- exclude_modules ---------------------------------------------------- */
 
+/* got (freed here) must be exactly want */
+static void expect_names(char **got, size_t n, const char *const *want, size_t nw)
+{
+	cr_assert_eq(n, nw, "got %zu names, want %zu", n, nw);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_str_eq(got[i], want[i], "item %zu", i);
+	cal_exclude_free(got, n);
+}
+
 static void check_exclude(const char *const *unq, size_t nu, const char *const *q, size_t nq,
 			  const char *const *want, size_t nw)
 {
@@ -52,10 +61,7 @@ static void check_exclude(const char *const *unq, size_t nu, const char *const *
 	size_t n = 0;
 	struct cal_error err = {0};
 	cr_assert_eq(cal_exclude_summarize(unq, nu, q, nq, &got, &n, &err), CAL_OK);
-	cr_assert_eq(n, nw, "got %zu names, want %zu", n, nw);
-	for (size_t i = 0; i < n; i++)
-		cr_assert_str_eq(got[i], want[i], "item %zu", i);
-	cal_exclude_free(got, n);
+	expect_names(got, n, want, nw);
 }
 
 Test(exclude, doc_example)
@@ -101,6 +107,50 @@ Test(exclude, hand_derived)
 	const char *q4[] = {"m.experts.0"};
 	const char *w4[] = {"m.experts", "m.experts.gate"};
 	check_exclude(u4, 2, q4, 1, w4, 2);
+}
+
+static void check_mtp(const char *const *names, size_t n, int64_t layers, int64_t nextn,
+		      const char *const *want, size_t nw)
+{
+	char **got = NULL;
+	size_t ng = 0;
+	struct cal_error err = {0};
+	cr_assert_eq(cal_mtp_prefixes(names, n, layers, nextn, &got, &ng, &err), CAL_OK);
+	expect_names(got, ng, want, nw);
+}
+
+Test(exclude, mtp_prefixes_as_hf_ptq)
+{
+	/* Qwen3.5 / Qwen3-Next: a separately stored head */
+	const char *q35[] = {"model.language_model.layers.0.mlp.gate.weight", "mtp.fc.weight",
+			     "mtp.layers.0.self_attn.q_proj.weight", "mtp.norm.weight",
+			     "mtp.layers.0.mlp.experts.1.up_proj.weight"};
+	const char *w35[] = {"mtp", "mtp.layers.0"};
+	check_mtp(q35, 5, 40, 0, w35, 2);
+	/* only the head's fc: no layer prefix */
+	const char *fc[] = {"mtp.fc.weight"};
+	check_mtp(fc, 1, 4, 0, w35, 1);
+	/* DeepSeek-V3: layer 61 inlined; layers below stay, 62 is not MTP */
+	const char *ds[] = {"model.layers.60.mlp.gate.weight", "model.layers.61.enorm.weight",
+			    "model.layers.61.eh_proj.weight", "model.layers.62.x.weight"};
+	const char *wds[] = {"model.layers.61"};
+	check_mtp(ds, 4, 61, 1, wds, 1);
+	cr_assert(cal_is_mtp_tensor("model.layers.61.enorm.weight", 61, 1));
+	cr_assert(!cal_is_mtp_tensor("model.layers.61.enorm.weight", 61, 0));
+	cr_assert(!cal_is_mtp_tensor("model.layers.6.enorm.weight", 61, 1));
+	cr_assert(!cal_is_mtp_tensor("model.layers.610.x", 61, 1));
+	/* "mtp" anywhere in the name; "model" is never a prefix (it would cover
+	 * the backbone), its first layers.<i> is */
+	const char *sub[] = {"model.mtp_block.layers.3.w.weight"};
+	const char *wsub[] = {"model.mtp_block.layers.3"};
+	check_mtp(sub, 1, 4, 0, wsub, 1);
+	/* inlined layers all count once any MTP tensor exists */
+	const char *two[] = {"model.layers.4.x.weight"};
+	const char *wtwo[] = {"model.layers.4", "model.layers.5"};
+	check_mtp(two, 1, 4, 2, wtwo, 2);
+	/* nothing MTP: nothing */
+	const char *none[] = {"model.layers.0.self_attn.q_proj.weight"};
+	check_mtp(none, 1, 4, 1, NULL, 0);
 }
 
 /* ---- fixtures ------------------------------------------------------------ */

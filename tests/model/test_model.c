@@ -5,6 +5,8 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/model/model.h"
@@ -32,6 +34,11 @@ static void parse_fails(const char *json, enum cal_status code, const char *need
 		  cal_error_msg(&err), needle);
 	cal_error_clear(&err);
 }
+
+/* The keys every MoE config must state (no class default is assumed). */
+#define MOE_KEYS "\"num_experts\":8,\"num_experts_per_tok\":2,\"moe_intermediate_size\":64"
+#define NEXT_KEYS MOE_KEYS ",\"shared_expert_intermediate_size\":512"
+#define DS_KEYS "\"n_routed_experts\":256,\"num_experts_per_tok\":8,\"moe_intermediate_size\":2048"
 
 #define NEAR(a, b) cr_assert(fabs((a) - (b)) < 1e-9 * fmax(1.0, fabs(b)), "%g != %g", \
 			     (double)(a), (double)(b))
@@ -74,7 +81,7 @@ Test(model, qwen3_moe_sparse_step_and_mlp_only)
 	struct cal_model_desc *d = parse_ok(
 		"{\"model_type\":\"qwen3_moe\",\"hidden_size\":64,\"num_hidden_layers\":6,"
 		"\"num_attention_heads\":4,\"num_key_value_heads\":2,\"decoder_sparse_step\":2,"
-		"\"mlp_only_layers\":[3],\"intermediate_size\":96}");
+		"\"mlp_only_layers\":[3],\"intermediate_size\":96," MOE_KEYS "}");
 	/* MoE iff L not in [3] and (L+1) % 2 == 0: layers 1 and 5 */
 	const enum cal_ffn want[6] = {CAL_FFN_DENSE, CAL_FFN_MOE, CAL_FFN_DENSE,
 				      CAL_FFN_DENSE, CAL_FFN_DENSE, CAL_FFN_MOE};
@@ -84,7 +91,8 @@ Test(model, qwen3_moe_sparse_step_and_mlp_only)
 	cr_assert_eq(d->head_dim, 16); /* no head_dim key: H / nh */
 	cr_assert_eq(d->norm_topk_prob, 0); /* class default false */
 	cal_model_desc_free(d);
-	parse_fails("{\"model_type\":\"qwen3_moe\",\"num_hidden_layers\":4,\"mlp_only_layers\":[4]}",
+	parse_fails("{\"model_type\":\"qwen3_moe\",\"num_hidden_layers\":4,\"mlp_only_layers\":[4],"
+		    MOE_KEYS "}",
 		    CAL_ERR_RANGE, "mlp_only_layers");
 }
 
@@ -92,7 +100,8 @@ Test(model, qwen2_moe_defaults)
 {
 	struct cal_model_desc *d = parse_ok(
 		"{\"model_type\":\"qwen2_moe\",\"hidden_size\":2048,\"num_attention_heads\":16,"
-		"\"num_key_value_heads\":16,\"num_experts\":60,\"num_experts_per_tok\":4}");
+		"\"num_key_value_heads\":16,\"num_experts\":60,\"num_experts_per_tok\":4,"
+		"\"moe_intermediate_size\":1408,\"shared_expert_intermediate_size\":5632}");
 	cr_assert_eq(d->qkv_bias, 1); /* qkv_bias absent -> true */
 	cr_assert_eq(d->o_bias, 0);
 	cr_assert_eq(d->shared, CAL_SHARED_GATED);
@@ -119,7 +128,8 @@ Test(model, mixtral_defaults)
 	cr_assert_str_eq(d->arch->expert_proj[2], "w2");
 	cal_model_desc_free(d);
 	/* a sliding_window makes every layer sliding */
-	d = parse_ok("{\"model_type\":\"mixtral\",\"num_hidden_layers\":2,\"sliding_window\":4096}");
+	d = parse_ok("{\"model_type\":\"mixtral\",\"num_hidden_layers\":2,\"sliding_window\":4096,"
+		     "\"num_local_experts\":8,\"num_experts_per_tok\":2,\"intermediate_size\":64}");
 	cr_assert_eq(d->n_sliding_layers, 2);
 	cr_assert_eq(d->sliding_window, 4096);
 	cal_model_desc_free(d);
@@ -129,7 +139,8 @@ Test(model, olmoe_kv_heads_default_and_full_qk_norm)
 {
 	struct cal_model_desc *d = parse_ok(
 		"{\"model_type\":\"olmoe\",\"hidden_size\":2048,\"num_attention_heads\":16,"
-		"\"num_key_value_heads\":null,\"intermediate_size\":1024,\"clip_qkv\":8.0}");
+		"\"num_key_value_heads\":null,\"intermediate_size\":1024,\"clip_qkv\":8.0,"
+		"\"num_experts\":64,\"num_experts_per_tok\":8}");
 	cr_assert_eq(d->num_kv_heads, 16);
 	cr_assert_eq(d->qk_norm, CAL_QK_NORM_FULL);
 	cr_assert_eq(d->moe_intermediate_size, 1024);
@@ -142,11 +153,11 @@ Test(model, qwen3_next_hybrid_and_both_rope_forms)
 {
 	const char *legacy =
 		"{\"model_type\":\"qwen3_next\",\"num_hidden_layers\":8,\"hidden_size\":2048,"
-		"\"head_dim\":256,\"rope_theta\":10000000,\"partial_rotary_factor\":0.25}";
+		"\"head_dim\":256,\"rope_theta\":10000000,\"partial_rotary_factor\":0.25," NEXT_KEYS "}";
 	const char *v5 =
 		"{\"model_type\":\"qwen3_next\",\"num_hidden_layers\":8,\"hidden_size\":2048,"
 		"\"head_dim\":256,\"rope_parameters\":{\"rope_type\":\"default\","
-		"\"rope_theta\":10000000,\"partial_rotary_factor\":0.25}}";
+		"\"rope_theta\":10000000,\"partial_rotary_factor\":0.25}," NEXT_KEYS "}";
 	struct cal_model_desc *a = parse_ok(legacy), *b = parse_ok(v5);
 	cr_assert(!memcmp(&a->rope, &b->rope, sizeof(a->rope)), "legacy and v5 RoPE differ");
 	cr_assert_eq(a->rope.rotary_dim, 64);
@@ -162,7 +173,7 @@ Test(model, qwen3_next_hybrid_and_both_rope_forms)
 	cal_model_desc_free(a);
 	cal_model_desc_free(b);
 	/* partial_rotary_factor default 0.25 when absent */
-	a = parse_ok("{\"model_type\":\"qwen3_next\",\"num_hidden_layers\":4}");
+	a = parse_ok("{\"model_type\":\"qwen3_next\",\"num_hidden_layers\":4," NEXT_KEYS "}");
 	cr_assert_eq(a->rope.rotary_dim, 64);
 	cal_model_desc_free(a);
 }
@@ -174,6 +185,8 @@ Test(model, qwen3_5_moe_vlm_nesting)
 		"\"model_type\":\"qwen3_5_moe\",\"tie_word_embeddings\":false,"
 		"\"text_config\":{\"model_type\":\"qwen3_5_moe_text\",\"hidden_size\":2048,"
 		"\"num_hidden_layers\":4,\"tie_word_embeddings\":true,\"dtype\":\"bfloat16\","
+		"\"num_experts\":256,\"num_experts_per_tok\":8,\"moe_intermediate_size\":512,"
+		"\"shared_expert_intermediate_size\":512,"
 		"\"layer_types\":[\"linear_attention\",\"linear_attention\",\"linear_attention\","
 		"\"full_attention\"],\"rope_parameters\":{\"rope_type\":\"default\","
 		"\"rope_theta\":10000000,\"partial_rotary_factor\":0.25,\"mrope_interleaved\":true,"
@@ -200,7 +213,7 @@ Test(model, qwen3_5_moe_vlm_nesting)
 Test(model, deepseek_v3_mla_yarn)
 {
 	struct cal_model_desc *d = parse_ok(
-		"{\"model_type\":\"deepseek_v3\",\"max_position_embeddings\":163840,"
+		"{\"model_type\":\"deepseek_v3\",\"max_position_embeddings\":163840," DS_KEYS ","
 		"\"rope_scaling\":{\"type\":\"yarn\",\"factor\":40,"
 		"\"original_max_position_embeddings\":4096,\"beta_fast\":32,\"beta_slow\":1,"
 		"\"mscale\":1.0,\"mscale_all_dim\":1.0},\"quantization_config\":{"
@@ -226,7 +239,8 @@ Test(model, deepseek_v3_mla_yarn)
 	cr_assert_eq(d->quant_block[1], 128);
 	cal_model_desc_free(d);
 	/* q_lora_rank: null means a plain q_proj */
-	d = parse_ok("{\"model_type\":\"deepseek_v3\",\"q_lora_rank\":null,\"num_hidden_layers\":4}");
+	d = parse_ok("{\"model_type\":\"deepseek_v3\",\"q_lora_rank\":null,\"num_hidden_layers\":4,"
+		     DS_KEYS "}");
 	cr_assert_eq(d->q_lora_rank, 0);
 	cal_model_desc_free(d);
 }
@@ -235,6 +249,7 @@ Test(model, gpt_oss_defaults)
 {
 	struct cal_model_desc *d = parse_ok(
 		"{\"model_type\":\"gpt_oss\",\"num_hidden_layers\":4,\"num_local_experts\":32,"
+		"\"intermediate_size\":2880,"
 		"\"experts_per_token\":4,\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":32.0,"
 		"\"beta_fast\":32.0,\"beta_slow\":1.0,\"truncate\":false,"
 		"\"original_max_position_embeddings\":4096},\"quantization_config\":{"
@@ -292,9 +307,9 @@ Test(model, refusals_name_the_offender)
 {
 	parse_fails("{\"model_type\":\"bert\"}", CAL_ERR_UNSUPPORTED, "'bert'");
 	parse_fails("{\"hidden_size\":8}", CAL_ERR_FORMAT, "model_type");
-	parse_fails("{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"gptq\"}}",
+	parse_fails("{\"model_type\":\"qwen3_moe\"," MOE_KEYS ",\"quantization_config\":{\"quant_method\":\"gptq\"}}",
 		    CAL_ERR_UNSUPPORTED, "gptq");
-	parse_fails("{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"mxfp4\"}}",
+	parse_fails("{\"model_type\":\"qwen3_moe\"," MOE_KEYS ",\"quantization_config\":{\"quant_method\":\"mxfp4\"}}",
 		    CAL_ERR_UNSUPPORTED, "mxfp4");
 	parse_fails("{\"model_type\":\"qwen3_moe\",\"hidden_size\":\"big\"}", CAL_ERR_FORMAT,
 		    "hidden_size");
@@ -302,7 +317,7 @@ Test(model, refusals_name_the_offender)
 		    "num_hidden_layers");
 	parse_fails("{\"model_type\":\"qwen3_moe\",\"num_attention_heads\":6,"
 		    "\"num_key_value_heads\":4}", CAL_ERR_FORMAT, "num_key_value_heads");
-	parse_fails("{\"model_type\":\"qwen3_moe\",\"rope_scaling\":{\"rope_type\":\"longrope\"}}",
+	parse_fails("{\"model_type\":\"qwen3_moe\"," MOE_KEYS ",\"rope_scaling\":{\"rope_type\":\"longrope\"}}",
 		    CAL_ERR_UNSUPPORTED, "longrope");
 	parse_fails("{\"model_type\":\"llama\",\"num_hidden_layers\":2,\"layer_types\":[\"full_attention\"]}",
 		    CAL_ERR_FORMAT, "layer_types");
@@ -326,4 +341,29 @@ Test(model, table_and_names)
 	cr_assert_null(cal_arch_find("bert"));
 	cr_assert_str_eq(cal_expert_layout_name(CAL_LAYOUT_FUSED_OAI), "fused-oai");
 	cr_assert_str_eq(cal_mixer_name(CAL_MIXER_LINEAR), "linear");
+}
+
+/* Depth and value count are bounded before jansson parses (a deep text
+ * would cost jansson its recursion; a wide one, memory). */
+Test(model, config_bounded_before_parsing)
+{
+	char deep[300];
+	memset(deep, '[', 100);
+	deep[100] = '\0';
+	parse_fails(deep, CAL_ERR_RANGE, "nested deeper than 32 levels");
+	size_t n = 2 * CAL_MODEL_MAX_CONFIG_VALUES + 64;
+	char *wide = malloc(n + 64);
+	cr_assert(wide);
+	size_t k = (size_t)sprintf(wide, "{\"model_type\":\"qwen3_moe\",\"x\":[");
+	while (k < n)
+		k += (size_t)sprintf(wide + k, "1,");
+	sprintf(wide + k, "1]}");
+	parse_fails(wide, CAL_ERR_RANGE, "more than 200000 values");
+	free(wide);
+	/* brackets inside strings are not structure */
+	struct cal_model_desc *d = parse_ok("{\"model_type\":\"mixtral\",\"hidden_size\":4096,"
+					    "\"intermediate_size\":14336,\"num_local_experts\":8,"
+					    "\"num_experts_per_tok\":2,\"_name_or_path\":"
+					    "\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\\"[[[[\"}");
+	cal_model_desc_free(d);
 }

@@ -281,10 +281,19 @@ static const char INLINE_RECIPE[] =
 	"    - $import: base_disable_all\n"
 	"    - $import: experts_nvfp4\n";
 
-static void count_progress(void *ctx, const char *json)
+static void count_progress(void *ctx, const json_t *event)
 {
-	(void)json;
+	(void)event;
 	(*(int *)ctx)++;
+}
+
+/* A job on the CPU (engine/job.h); the test frees it. */
+static struct cal_job *open_job(const struct cal_job_opts *jo)
+{
+	struct cal_job *job = NULL;
+	struct cal_error err = {0};
+	cr_assert_eq(cal_job_open(jo, 0, &job, NULL, &err), CAL_OK, "%s", cal_error_msg(&err));
+	return job;
 }
 
 Test(quantize, api_inline_recipe, .timeout = 60)
@@ -293,26 +302,29 @@ Test(quantize, api_inline_recipe, .timeout = 60)
 	char *src = make_model(root, "olmoe", "fused");
 	char *data = make_data(root);
 	char *dst = path2(root, "out");
-	struct cal_quantize_opts o = {.model_dir = src, .recipe_yaml = INLINE_RECIPE, .calib = data,
-				      .samples = 8, .seq_len = 32, .seed = 3, .out_dir = dst,
-				      .device = "cpu"};
+	struct cal_job_dataset ds = {data, 0};
+	struct cal_job_opts jo = {.model_dir = src, .recipe_yaml = INLINE_RECIPE, .datasets = &ds,
+				  .n_datasets = 1, .samples = 8, .seq_len = 32, .seed = 3,
+				  .devices = {.kind = CAL_DEVICE_CPU}};
+	struct cal_job *job = open_job(&jo);
+	struct cal_quantize_opts o = {.out_dir = dst};
 	struct cal_error err = {0};
-	char *report = NULL;
+	json_t *r = NULL;
 	int n = 0;
-	cr_assert_eq(cal_quantize_run(&o, count_progress, &n, &report, &err), CAL_OK, "%s",
+	cr_assert_eq(cal_quantize_run(job, &o, count_progress, &n, &r, &err), CAL_OK, "%s",
 		     cal_error_msg(&err));
 	cr_assert(n >= 2 + 2, "%d progress lines", n);
-	json_t *r = json_loads(report, 0, NULL);
-	cr_assert(r, "report: %s", report);
+	cr_assert(json_is_object(r));
 	cr_assert_str_eq(json_string_value(json_object_get(r, "quant_algo")), "NVFP4");
 	cr_assert_str_eq(json_string_value(json_object_get(r, "recipe")), "<inline recipe>");
+	cr_assert_str_eq(json_string_value(json_object_get(r, "device")), "cpu");
 	json_decref(r);
-	free(report);
 	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
 	/* the same output again: refused, untouched */
-	cr_assert_eq(cal_quantize_run(&o, NULL, NULL, &report, &err), CAL_ERR_EXISTS);
-	cr_assert_null(report);
+	cr_assert_eq(cal_quantize_run(job, &o, NULL, NULL, &r, &err), CAL_ERR_EXISTS);
+	cr_assert_null(r);
 	cal_error_clear(&err);
+	cal_job_close(job);
 	rm_rf(root);
 }
 
@@ -321,14 +333,12 @@ struct cancel_ctx {
 	int after_layer;
 };
 
-static void cancel_after(void *ctx, const char *json)
+static void cancel_after(void *ctx, const json_t *j)
 {
 	struct cancel_ctx *c = ctx;
-	json_t *j = json_loads(json, 0, NULL);
 	if (!strcmp(json_string_value(json_object_get(j, "phase")), "calibrate") &&
 	    json_integer_value(json_object_get(j, "layer")) == c->after_layer)
 		c->flag = 1;
-	json_decref(j);
 }
 
 Test(quantize, cancel_from_progress_publishes_nothing, .timeout = 60)
@@ -339,12 +349,13 @@ Test(quantize, cancel_from_progress_publishes_nothing, .timeout = 60)
 	char *dst = path2(root, "out");
 	size_t before = count_entries(root);
 	struct cancel_ctx cc = {0, 0};
-	struct cal_quantize_opts o = {.model_dir = src, .recipe = "general/ptq/nvfp4_default-kv_fp8",
-				      .calib_tokens = tok, .out_dir = dst, .device = "cpu",
-				      .cancel = &cc.flag};
+	struct cal_job_opts jo = {.model_dir = src, .recipe = "general/ptq/nvfp4_default-kv_fp8",
+				  .tokens = tok, .devices = {.kind = CAL_DEVICE_CPU}};
+	struct cal_job *job = open_job(&jo);
+	struct cal_quantize_opts o = {.out_dir = dst, .cancel = &cc.flag};
 	struct cal_error err = {0};
-	char *report = NULL;
-	enum cal_status st = cal_quantize_run(&o, cancel_after, &cc, &report, &err);
+	json_t *report = NULL;
+	enum cal_status st = cal_quantize_run(job, &o, cancel_after, &cc, &report, &err);
 	cr_assert_eq(st, CAL_ERR_INTERRUPTED, "%d: %s", st, cal_error_msg(&err));
 	cr_assert(strstr(cal_error_msg(&err), "after 1 of 2 layers"), "%s", cal_error_msg(&err));
 	cr_assert_null(report);
@@ -353,9 +364,10 @@ Test(quantize, cancel_from_progress_publishes_nothing, .timeout = 60)
 	cal_error_clear(&err);
 	/* a run that is not cancelled publishes */
 	cc = (struct cancel_ctx){0, -5};
-	cr_assert_eq(cal_quantize_run(&o, cancel_after, &cc, &report, &err), CAL_OK, "%s",
+	cr_assert_eq(cal_quantize_run(job, &o, cancel_after, &cc, &report, &err), CAL_OK, "%s",
 		     cal_error_msg(&err));
-	free(report);
+	json_decref(report);
+	cal_job_close(job);
 	rm_rf(root);
 }
 

@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Runs real NVIDIA modelopt on the tiny fixtures and writes fingerprints.
+
+The flow is hf_ptq.py's --recipe flow (docs/modelopt_diff.md): load the
+checkpoint with the transformers class named in config.json, load the
+recipe, mtq.quantize() with a calibration forward loop over token ids,
+detect the checkpoint's MTP tensors as hf_ptq does (prefixes for
+exclude_modules, orphans re-attached through extra_state_dict), then
+export_hf_checkpoint().  Everything runs on the CPU, so modelopt divides
+exactly (calibd's --div exact).
+
+For every (case, recipe) of cases.txt the fingerprint file
+OUT/<case>/<recipe basename>.json holds: the versions used, the
+hf_quant_config.json modelopt wrote, and per output tensor its dtype, shape
+and the SHA-256 of its raw bytes, plus the values of the small float scale
+tensors (weight_scale_2, input_scale, k_scale, v_scale, per-tensor FP8
+weight_scale).
+
+    python modelopt_fingerprints.py --fixture-bin BUILD/tests/fixtures/calibd-fixture \
+        --parity-dir tests/parity --out tests/modelopt/fingerprints [--only a,b] \
+        [--keep DIR]
+
+Needs torch, transformers, safetensors and nvidia-modelopt (CPU is enough).
+"""
+import argparse
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+RECIPES_ALL = [
+    "general/ptq/nvfp4_experts_only-kv_fp8",
+    "general/ptq/nvfp4_default-kv_fp8",
+    "general/ptq/fp8_default-kv_fp8",
+]
+
+# Scale tensors whose values are stored besides the hash (float32, small).
+VALUE_SUFFIXES = (".weight_scale_2", ".input_scale", ".k_scale", ".v_scale", ".weight_scale")
+MAX_VALUES = 64
+
+
+def read_cases(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            case, arch, layout, recipes = line.split()
+            rows.append((case, arch, layout,
+                         RECIPES_ALL if recipes == "all" else recipes.split(",")))
+    return rows
+
+
+def st_tensors(path):
+    """(name, dtype, shape, raw bytes) of every tensor of one safetensors file,
+    read from the header directly (no torch)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        base = 8 + n
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            a, b = info["data_offsets"]
+            f.seek(base + a)
+            yield name, info["dtype"], info["shape"], f.read(b - a)
+
+
+def fingerprint_dir(out_dir):
+    tensors = {}
+    for fn in sorted(os.listdir(out_dir)):
+        if not fn.endswith(".safetensors"):
+            continue
+        for name, dtype, shape, raw in st_tensors(os.path.join(out_dir, fn)):
+            e = {"dtype": dtype, "shape": shape, "sha256": hashlib.sha256(raw).hexdigest()}
+            if (dtype == "F32" and name.endswith(VALUE_SUFFIXES)
+                    and len(raw) // 4 <= MAX_VALUES):
+                e["values"] = list(struct.unpack("<%df" % (len(raw) // 4), raw))
+            tensors[name] = e
+    with open(os.path.join(out_dir, "hf_quant_config.json")) as f:
+        hqc = json.load(f)
+    return {"hf_quant_config": hqc, "tensors": dict(sorted(tensors.items()))}
+
+
+def write_fingerprint(fp, f):
+    """JSON with one line per tensor (small, readable diffs)."""
+    tensors = fp["tensors"]
+    head = {k: v for k, v in fp.items() if k != "tensors"}
+    f.write(json.dumps(head, indent=1, sort_keys=True)[:-2] + ',\n "tensors": {\n')
+    f.write(",\n".join("  %s: %s" % (json.dumps(k), json.dumps(v, separators=(",", ":")))
+                       for k, v in tensors.items()))
+    f.write("\n }\n}\n")
+
+
+def checkpoint_names(model_dir):
+    names = []
+    for fn in sorted(os.listdir(model_dir)):
+        if fn.endswith(".safetensors"):
+            with open(os.path.join(model_dir, fn), "rb") as f:
+                n = struct.unpack("<Q", f.read(8))[0]
+                names += [k for k in json.loads(f.read(n)) if k != "__metadata__"]
+    return names
+
+
+def mtp_prefixes(names, config):
+    """hf_ptq's MTP detection (docs/modelopt_diff.md): tensors whose name
+    contains "mtp", or that lie in the inlined MTP layers
+    model.layers.[N, N + num_nextn_predict_layers); prefixes = the first name
+    component (unless "model") and the first "layers.<i>" prefix of the
+    non-inlined ones, plus the inlined layer prefixes."""
+    n_next = int(getattr(config, "num_nextn_predict_layers", 0) or 0)
+    inlined = []
+    if n_next:
+        nh = config.num_hidden_layers
+        inlined = ["model.layers.%d" % i for i in range(nh, nh + n_next)]
+    dotted = tuple(p + "." for p in inlined)
+    keys = [k for k in names if k.startswith(dotted) or "mtp" in k] if dotted else \
+        [k for k in names if "mtp" in k]
+    if not keys:
+        return [], []
+    prefixes = set(inlined)
+    for k in keys:
+        if dotted and k.startswith(dotted):
+            continue
+        parts = k.split(".")
+        if parts[0] != "model":
+            prefixes.add(parts[0])
+        for i in range(len(parts) - 1):
+            if parts[i] == "layers" and parts[i + 1].isdigit():
+                prefixes.add(".".join(parts[: i + 2]))
+                break
+    return sorted(prefixes), keys
+
+
+def run_modelopt(model_dir, tokens, recipe_name, out_dir):
+    import torch
+    import transformers
+    from safetensors import safe_open
+    import modelopt.torch.quantization as mtq
+    from modelopt.recipe import load_recipe
+    from modelopt.torch.export import export_hf_checkpoint
+
+    torch.manual_seed(1234)
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    cls = getattr(transformers, config.architectures[0])
+    kwargs = {}
+    qc = getattr(config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    if method == "mxfp4":  # hf_ptq loads MXFP4 checkpoints dequantized
+        kwargs["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
+    model = cls.from_pretrained(model_dir, dtype="auto", device_map="cpu", **kwargs)
+    model.eval()
+
+    recipe = load_recipe(recipe_name)
+    quant_cfg = recipe.quantize.model_dump()
+
+    def forward_loop(m):
+        with torch.no_grad():
+            for row in tokens:
+                m(input_ids=torch.tensor([row], dtype=torch.long))
+
+    model = mtq.quantize(model, quant_cfg, forward_loop=forward_loop)
+
+    prefixes, keys = mtp_prefixes(checkpoint_names(model_dir), config)
+    extra = {}
+    if keys:
+        state = model.state_dict()
+        loaded = {}
+        for fn in sorted(os.listdir(model_dir)):
+            if fn.endswith(".safetensors"):
+                with safe_open(os.path.join(model_dir, fn), framework="pt") as f:
+                    for k in f.keys():
+                        if k in keys:
+                            (loaded if k in state else extra)[k] = f.get_tensor(k)
+        if loaded:
+            model.load_state_dict(loaded, strict=False)
+        model._mtp_layer_prefixes = prefixes
+    export_hf_checkpoint(model, export_dir=out_dir, extra_state_dict=extra)
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fixture-bin", required=True)
+    ap.add_argument("--parity-dir", default=os.path.join(here, "..", "parity"))
+    ap.add_argument("--cases", default=os.path.join(here, "cases.txt"))
+    ap.add_argument("--out", default=os.path.join(here, "fingerprints"))
+    ap.add_argument("--only", default="")
+    ap.add_argument("--keep", default="", help="keep modelopt's exports under this folder")
+    args = ap.parse_args()
+
+    import modelopt
+    import torch
+    import transformers
+
+    only = set(filter(None, args.only.split(",")))
+    failed = []
+    for case, arch, layout, recipes in read_cases(args.cases):
+        if only and case not in only:
+            continue
+        with open(os.path.join(args.parity_dir, case, "case.json")) as f:
+            meta = json.load(f)
+        with open(os.path.join(args.parity_dir, case, "tokens.jsonl")) as f:
+            tokens = [json.loads(l)["input_ids"] for l in f if l.strip()]
+        with tempfile.TemporaryDirectory() as tmp:
+            fx = os.path.join(tmp, "fixture")
+            cmd = [args.fixture_bin, "--arch", arch, "--seed", str(meta["seed"])]
+            if layout != "default":
+                cmd += ["--layout", layout]
+            subprocess.run(cmd + [fx], check=True)
+            for r in recipes:
+                base = os.path.basename(r)
+                out = os.path.join(args.keep, case, base) if args.keep else \
+                    os.path.join(tmp, "out-" + base)
+                print("== %s %s" % (case, r), flush=True)
+                try:
+                    run_modelopt(fx, tokens, r, out)
+                except Exception as e:  # report and go on with the others
+                    print("FAILED %s %s: %r" % (case, r, e), flush=True)
+                    failed.append((case, r, repr(e)))
+                    continue
+                fp = fingerprint_dir(out)
+                fp = {"case": case, "recipe": r, "fixture": {"arch": arch, "layout": layout,
+                                                            "seed": meta["seed"]},
+                      "versions": {"modelopt": modelopt.__version__,
+                                   "transformers": transformers.__version__,
+                                   "torch": torch.__version__},
+                      **fp}
+                os.makedirs(os.path.join(args.out, case), exist_ok=True)
+                with open(os.path.join(args.out, case, base + ".json"), "w") as f:
+                    write_fingerprint(fp, f)
+    for c, r, e in failed:
+        print("modelopt failed: %s %s: %s" % (c, r, e), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+/*
+ * test_modelopt_diff.c — the differential test against real modelopt
+ * (docs/modelopt_diff.md), without torch: for every (case, recipe) of
+ * cases.txt, generates the tiny fixture, runs `calibd calibrate` on the
+ * parity case's tokens and `calibd export --div exact`, and compares the
+ * export with the committed modelopt fingerprint
+ * (fingerprints/<case>/<recipe>.json, written by modelopt_fingerprints.py):
+ *
+ *   - the same tensor names, dtypes and shapes;
+ *   - every tensor byte-equal (SHA-256), except the activation scales
+ *     (input_scale, k_scale, v_scale), which come from our own forward pass:
+ *     relative error median <= 1 %, worst <= 5 % per export (the parity
+ *     test's amax tolerances), the worst printed;
+ *   - hf_quant_config.json's "quantization" object equal (the producer
+ *     differs by design: "calibd" vs "modelopt").
+ *
+ *   test_modelopt_diff TESTS_MODELOPT_DIR PARITY_DIR   (env CALIBD = the binary)
+ *
+ * A table without any fingerprint is a SKIP (exit 77); a row without its
+ * fingerprint fails.
+ */
+#include <dirent.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "api/sha256.h"
+#include "common/util.h"
+#include "tests/fixtures/fixture.h"
+
+#define ACT_MEDIAN_TOL 0.01
+#define ACT_WORST_TOL 0.05
+#define MAX_RECIPES 8
+
+static const char *const recipes_all[] = {
+	"general/ptq/nvfp4_experts_only-kv_fp8",
+	"general/ptq/nvfp4_default-kv_fp8",
+	"general/ptq/fp8_default-kv_fp8",
+};
+
+struct row {
+	char case_name[64], arch[64], layout[32], recipes[512];
+};
+
+static int is_act_scale(const char *name)
+{
+	static const char *const suf[] = {".input_scale", ".k_scale", ".v_scale"};
+	size_t l = strlen(name);
+	for (size_t i = 0; i < CAL_ARRAY_LEN(suf); i++) {
+		size_t s = strlen(suf[i]);
+		if (l > s && !strcmp(name + l - s, suf[i]))
+			return 1;
+	}
+	return 0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* Adds every tensor of one safetensors file to `out` as
+ * name -> {dtype, shape, sha256, values (F32 only)}; 0 ok, -1 error. */
+static int read_st(const char *path, json_t *out)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return -1;
+	uint8_t hb[8];
+	int rc = -1;
+	char *hdr = NULL;
+	uint8_t *data = NULL;
+	json_t *h = NULL;
+	if (fread(hb, 1, 8, f) != 8)
+		goto out;
+	uint64_t n = 0;
+	for (int i = 7; i >= 0; i--)
+		n = n << 8 | hb[i];
+	if (n > (1u << 30) || !(hdr = malloc(n)) || fread(hdr, 1, n, f) != n)
+		goto out;
+	if (!(h = json_loadb(hdr, n, 0, NULL)))
+		goto out;
+	const char *k;
+	json_t *v;
+	json_object_foreach(h, k, v) {
+		if (!strcmp(k, "__metadata__"))
+			continue;
+		json_t *off = json_object_get(v, "data_offsets");
+		uint64_t a = (uint64_t)json_integer_value(json_array_get(off, 0));
+		uint64_t b = (uint64_t)json_integer_value(json_array_get(off, 1));
+		free(data);
+		data = malloc(b - a + 1);
+		if (!data || fseek(f, (long)(8 + n + a), SEEK_SET) ||
+		    fread(data, 1, b - a, f) != b - a)
+			goto out;
+		uint8_t d[CAL_SHA256_LEN];
+		char hex[65];
+		cal_sha256(data, b - a, d);
+		cal_sha256_hex(d, hex);
+		json_t *e = json_pack("{s:O, s:O, s:s}", "dtype", json_object_get(v, "dtype"),
+				      "shape", json_object_get(v, "shape"), "sha256", hex);
+		if (!strcmp(json_string_value(json_object_get(v, "dtype")), "F32") &&
+		    (b - a) / 4 <= 64) {
+			json_t *vals = json_array();
+			for (uint64_t i = 0; i < (b - a) / 4; i++) {
+				float x;
+				memcpy(&x, data + 4 * i, 4);
+				json_array_append_new(vals, json_real(x));
+			}
+			json_object_set_new(e, "values", vals);
+		}
+		json_object_set_new(out, k, e);
+	}
+	rc = 0;
+out:
+	json_decref(h);
+	free(hdr);
+	free(data);
+	fclose(f);
+	return rc;
+}
+
+static int run(const char *cmd)
+{
+	int r = system(cmd);
+	if (r != 0)
+		printf("    FAIL: `%s` exited %d\n", cmd, WIFEXITED(r) ? WEXITSTATUS(r) : -1);
+	return r == 0 ? 0 : -1;
+}
+
+/* Compares calibd's export `out` with the fingerprint fp; prints and returns
+ * the number of problems. */
+static int compare(const char *out, json_t *fp)
+{
+	int bad = 0;
+	json_t *mine = json_object();
+	char path[8192];
+	DIR *dh = opendir(out);
+	struct dirent *de;
+	int n_files = 0;
+	while (dh && (de = readdir(dh)) != NULL) {
+		size_t l = strlen(de->d_name);
+		if (l < 12 || strcmp(de->d_name + l - 12, ".safetensors"))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", out, de->d_name);
+		n_files++;
+		if (read_st(path, mine) < 0) {
+			printf("    FAIL: cannot read %s\n", path);
+			bad++;
+		}
+	}
+	if (dh)
+		closedir(dh);
+	if (!n_files) {
+		printf("    FAIL: no safetensors file in %s\n", out);
+		bad++;
+	}
+	json_t *ref = json_object_get(fp, "tensors");
+	size_t n_ref = json_object_size(ref), n_act = 0, n_eq = 0;
+	double *rel = calloc(n_ref + 1, sizeof(double)), worst = 0;
+	const char *worst_name = "-";
+	const char *k;
+	json_t *r;
+	json_object_foreach(ref, k, r) {
+		json_t *m = json_object_get(mine, k);
+		if (!m) {
+			if (bad++ < 20)
+				printf("    FAIL: %s: written by modelopt, not by calibd\n", k);
+			continue;
+		}
+		if (!json_equal(json_object_get(r, "dtype"), json_object_get(m, "dtype")) ||
+		    !json_equal(json_object_get(r, "shape"), json_object_get(m, "shape"))) {
+			if (bad++ < 20)
+				printf("    FAIL: %s: dtype/shape differ\n", k);
+			continue;
+		}
+		if (!strcmp(json_string_value(json_object_get(r, "sha256")),
+			    json_string_value(json_object_get(m, "sha256")))) {
+			n_eq++;
+			if (!is_act_scale(k))
+				continue;
+		}
+		json_t *rv = json_object_get(r, "values"), *mv = json_object_get(m, "values");
+		if (is_act_scale(k) && rv && mv && json_array_size(rv) == json_array_size(mv)) {
+			double e = 0;
+			for (size_t i = 0; i < json_array_size(rv); i++) {
+				double a = json_number_value(json_array_get(rv, i));
+				double b = json_number_value(json_array_get(mv, i));
+				double d = fabs(a - b) / fmax(fabs(a), 1e-30);
+				e = d > e ? d : e;
+			}
+			rel[n_act++] = e;
+			if (e > worst) {
+				worst = e;
+				worst_name = k;
+			}
+			continue;
+		}
+		if (bad++ < 20)
+			printf("    FAIL: %s: bytes differ from modelopt's\n", k);
+	}
+	json_object_foreach(mine, k, r) {
+		if (!json_object_get(ref, k) && bad++ < 20)
+			printf("    FAIL: %s: written by calibd, not by modelopt\n", k);
+	}
+	double median = 0;
+	if (n_act) {
+		qsort(rel, n_act, sizeof(double), cmp_double);
+		median = rel[n_act / 2];
+	}
+	printf("    tensors: %zu (%zu byte-equal); activation scales: %zu, median rel. "
+	       "error %.3e, worst %.3e (%s)\n", n_ref, n_eq, n_act, median, worst, worst_name);
+	if (median > ACT_MEDIAN_TOL || worst > ACT_WORST_TOL) {
+		printf("    FAIL: activation scales beyond tolerance (median %.0e, worst %.0e)\n",
+		       ACT_MEDIAN_TOL, ACT_WORST_TOL);
+		bad++;
+	}
+	free(rel);
+
+	snprintf(path, sizeof(path), "%s/hf_quant_config.json", out);
+	json_t *hq = json_load_file(path, 0, NULL);
+	json_t *want = json_object_get(json_object_get(fp, "hf_quant_config"), "quantization");
+	json_t *got = hq ? json_object_get(hq, "quantization") : NULL;
+	if (!got || !json_equal(want, got)) {
+		char *a = json_dumps(want, JSON_SORT_KEYS | JSON_COMPACT);
+		char *b = got ? json_dumps(got, JSON_SORT_KEYS | JSON_COMPACT) : NULL;
+		printf("    FAIL: hf_quant_config.json differs\n      modelopt: %s\n      calibd:   "
+		       "%s\n", a ? a : "?", b ? b : "(missing)");
+		free(a);
+		free(b);
+		bad++;
+	} else {
+		printf("    hf_quant_config.json: quantization equal\n");
+	}
+	json_decref(hq);
+	json_decref(mine);
+	return bad;
+}
+
+static int do_case(const char *dir, const char *parity, const char *calibd,
+		   const struct row *rw, const char *recipe, int *have_any)
+{
+	const char *base = strrchr(recipe, '/') ? strrchr(recipe, '/') + 1 : recipe;
+	char path[4096], cmd[16384];
+	snprintf(path, sizeof(path), "%s/fingerprints/%s/%s.json", dir, rw->case_name, base);
+	printf("== %s %s\n", rw->case_name, recipe);
+	json_t *fp = json_load_file(path, 0, NULL);
+	if (!fp) {
+		printf("    FAIL: no fingerprint %s (tests/modelopt/make_fingerprints.sh)\n", path);
+		return 1;
+	}
+	*have_any = 1;
+	char tmpl[] = "/tmp/calibd-mdiff-XXXXXX";
+	char *tmp = mkdtemp(tmpl);
+	int bad = 0;
+	if (!tmp) {
+		json_decref(fp);
+		printf("    FAIL: mkdtemp\n");
+		return 1;
+	}
+	char fx[4200], stats[4200], out[4200];
+	snprintf(fx, sizeof(fx), "%s/fixture", tmp);
+	snprintf(stats, sizeof(stats), "%s/stats.json", tmp);
+	snprintf(out, sizeof(out), "%s/out", tmp);
+	struct cal_fixture_opts fo = {.arch = rw->arch,
+				      .seed = (uint64_t)json_integer_value(json_object_get(
+					      json_object_get(fp, "fixture"), "seed"))};
+	struct cal_error err = {0};
+	if (strcmp(rw->layout, "default") && cal_fixture_layout_parse(rw->layout, &fo.layout) < 0) {
+		printf("    FAIL: unknown layout %s\n", rw->layout);
+		bad++;
+	} else if (cal_fixture_write(&fo, fx, &err) < 0) {
+		printf("    FAIL: fixture: %s\n", cal_error_msg(&err));
+		bad++;
+	} else {
+		snprintf(cmd, sizeof(cmd),
+			 "'%s' calibrate --model '%s' --recipe '%s' --calib-tokens "
+			 "'%s/%s/tokens.jsonl' --stats-out '%s' --quiet",
+			 calibd, fx, recipe, parity, rw->case_name, stats);
+		if (run(cmd) < 0) {
+			bad++;
+		} else {
+			snprintf(cmd, sizeof(cmd),
+				 "'%s' export --model '%s' --recipe '%s' --stats '%s' --out '%s' "
+				 "--div exact >/dev/null", calibd, fx, recipe, stats, out);
+			bad += run(cmd) < 0 ? 1 : compare(out, fp);
+		}
+	}
+	cal_error_clear(&err);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
+	if (system(cmd) != 0)
+		printf("    (could not remove %s)\n", tmp);
+	json_decref(fp);
+	return bad;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 3) {
+		fprintf(stderr, "usage: test_modelopt_diff TESTS_MODELOPT_DIR PARITY_DIR\n");
+		return 2;
+	}
+	const char *calibd = getenv("CALIBD");
+	if (!calibd) {
+		fprintf(stderr, "test_modelopt_diff: set CALIBD to the calibd binary\n");
+		return 2;
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/cases.txt", argv[1]);
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		perror(path);
+		return 1;
+	}
+	char line[1024];
+	int fails = 0, have_any = 0, n_runs = 0;
+	while (fgets(line, sizeof(line), f)) {
+		char *h = strchr(line, '#');
+		if (h)
+			*h = 0;
+		struct row rw;
+		if (sscanf(line, "%63s %63s %31s %511s", rw.case_name, rw.arch, rw.layout,
+			   rw.recipes) != 4)
+			continue;
+		if (!strcmp(rw.recipes, "all")) {
+			for (size_t i = 0; i < CAL_ARRAY_LEN(recipes_all); i++, n_runs++)
+				fails += do_case(argv[1], argv[2], calibd, &rw, recipes_all[i],
+						 &have_any) != 0;
+			continue;
+		}
+		for (char *save = NULL, *r = strtok_r(rw.recipes, ",", &save); r;
+		     r = strtok_r(NULL, ",", &save), n_runs++)
+			fails += do_case(argv[1], argv[2], calibd, &rw, r, &have_any) != 0;
+	}
+	fclose(f);
+	if (!have_any) {
+		printf("SKIP: no modelopt fingerprints under %s/fingerprints\n", argv[1]);
+		return 77;
+	}
+	printf("%d of %d exports differ from modelopt's\n", fails, n_runs);
+	return fails ? 1 : 0;
+}
