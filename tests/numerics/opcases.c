@@ -619,6 +619,9 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_RMSNORM_GATED] = fwdcase_rmsnorm_gated,
 	[CAL_OPID_GDN_CONV] = fwdcase_gdn_conv,
 	[CAL_OPID_GATED_DELTA] = fwdcase_gated_delta,
+	[CAL_OPID_MLA_KV] = fwdcase_mla_kv,
+	[CAL_OPID_ROUTER_GROUP] = fwdcase_router_group,
+	[CAL_OPID_FP8_BLOCK_DEQUANT] = fwdcase_fp8_block_dequant,
 };
 
 int opcase_run(struct opcase_env *env, enum cal_op_id id, uint64_t rows, uint64_t units,
