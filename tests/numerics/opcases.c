@@ -451,8 +451,9 @@ static int case_fp8_quant(struct opcase_env *env, uint64_t rows, uint64_t units,
 	if (seed % 5 == 2)
 		sc = cal_fmul(sc, 0.5f); /* overflowing values -> NaN codes */
 	struct pair *pw = pair_new(&c, n * 2, w), *pq = pair_new(&c, n, NULL);
-	struct cal_fp8_quant_args A = {pw->a, n, sc, div, pq->a};
-	struct cal_fp8_quant_args B = {pw->b, n, sc, div, pq->b};
+	int single = seed % 3 == 1; /* gpt_oss stacked experts: one rounding */
+	struct cal_fp8_quant_args A = {pw->a, n, sc, div, pq->a, single};
+	struct cal_fp8_quant_args B = {pw->b, n, sc, div, pq->b, single};
 	RUN_BOTH(&c, fp8_quant, A, B);
 	pair_check(&c, pq, "q");
 	free(w);
@@ -646,6 +647,9 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_RMSNORM_GATED] = fwdcase_rmsnorm_gated,
 	[CAL_OPID_GDN_CONV] = fwdcase_gdn_conv,
 	[CAL_OPID_GATED_DELTA] = fwdcase_gated_delta,
+	[CAL_OPID_MLA_KV] = fwdcase_mla_kv,
+	[CAL_OPID_ROUTER_GROUP] = fwdcase_router_group,
+	[CAL_OPID_FP8_BLOCK_DEQUANT] = fwdcase_fp8_block_dequant,
 };
 
 int opcase_run(struct opcase_env *env, enum cal_op_id id, uint64_t rows, uint64_t units,
