@@ -502,13 +502,12 @@ Test(smoothquant, bad_input_and_dead_channels)
 
 static void awq_one(struct cal_backend *be, const char *path)
 {
-	struct cal_error err = {0};
 	struct lin l;
 	uint64_t batch;
 	json_t *fp = fp_open(path, &l, &batch);
-	uint64_t rows = l.rows, cols = l.cols, tokens = l.tokens;
 	double step = json_real_value(json_object_get(fp, "alpha_step"));
-	uint64_t nb = rows * cols / 128;
+	uint64_t rows = l.rows, cols = l.cols, tokens = l.tokens, nb = rows * cols / 128;
+	struct cal_error err = {0};
 	double loss[CAL_AWQ_MAX_ALPHAS];
 	struct cal_awq_out o = {malloc(cols * 2), malloc(rows * cols * 2), malloc(nb * 4), loss, 0, 0};
 	cr_assert_eq(cal_awq_lite_int4(be, l.w, rows, cols, l.x, tokens, batch, step, &o, &err),
