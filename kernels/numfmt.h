@@ -168,6 +168,13 @@ CAL_HD float cal_e4m3_decode(uint8_t c)
 	return cal_nf_float(sign | (e - 7u + 127u) << 23 | m << 20);
 }
 
+/* Block-scaled FP8 source element (DeepSeek checkpoints, kernels
+ * fp8_block_dequant): bf16 bits of fl32(e4m3(q) * scale_inv). */
+CAL_HD uint16_t cal_fp8_block_value(uint8_t q, float scale_inv)
+{
+	return cal_nf_f32_to_bf16(cal_fmul(cal_e4m3_decode(q), scale_inv));
+}
+
 /* ---- FP4 E2M1 ---------------------------------------------------------- */
 
 /* Magnitude of the 3 low bits of an E2M1 code. */

@@ -91,6 +91,23 @@ struct cal_amax_blocks_args {
 	struct cal_nonfinite *nonfinite;
 };
 
+/* GPTQ Hessian observer (docs/gptq.md): h[i, j] += s(i, j) with
+ * s(i, j) = sum over the selected rows r of x[r, i] * x[r, j], summed in fp32
+ * with one fused multiply-add per row in row order (index order when index
+ * is given), so every back end gives the same bytes; h is written whole
+ * (both triangles, equal).  Rows are all of x (index NULL) or the gathered
+ * rows x[index[k], :], k < n_index (the tokens routed to an expert); indices
+ * >= rows are skipped.  NaN results are the canonical NaN; the amax
+ * observers report where non-finite inputs came from. */
+struct cal_hessian_args {
+	enum cal_dtype dtype;   /* CAL_DTYPE_BF16 or CAL_DTYPE_F32 */
+	const void *x;
+	uint64_t rows, cols;    /* rows < 2^32; cols <= 65536 */
+	const uint32_t *index;  /* [n_index] or NULL */
+	uint64_t n_index;
+	float *h;               /* [cols, cols], in/out */
+};
+
 /* ---- weight quantizers (input bf16 [rows, cols]) ------------------------ */
 
 /* NVFP4 dynamic (§1.4.2): scale2 = cal_nvfp4_scale2(amax_w, mode). */
@@ -301,6 +318,8 @@ struct cal_rmsnorm_args {
 	float eps;
 };
 
+#define CAL_ROPE_MAX_INTERLEAVED 1024u
+
 /* Rotary embedding in place, NeoX rotate-half on the first rotary_dim
  * channels of each head (the rest pass through).  For channel j < r/2,
  * angle = fl32(pos * inv_freq[j]); c = bf16(fl32(cos(angle) * factor)),
@@ -313,6 +332,13 @@ struct cal_rope_args {
 	const uint32_t *pos;     /* [rows] position of each row */
 	const float *inv_freq;   /* [rotary_dim / 2] */
 	float factor;            /* attention factor multiplying cos and sin (1 unless yarn) */
+	/* DeepSeek MLA (ARCHITECTURES.md §1.5, §7): the rotary channels start at
+	 * `offset` within each head (q: after the qk_nope channels); with
+	 * `interleave` pair j is (x[2j], x[2j+1]) and the result is stored
+	 * de-interleaved: x'[j] = bf16(bf16(x[2j] c) - bf16(x[2j+1] s)),
+	 * x'[j+r/2] = bf16(bf16(x[2j+1] c) + bf16(x[2j] s)) (r <= 1024). */
+	uint32_t offset;         /* offset + rotary_dim <= head_dim */
+	int interleave;
 };
 
 /* Causal attention over packed sequences: sequence s is rows
@@ -343,6 +369,9 @@ struct cal_attention_args {
 	 * scaling, and score - max (sink included) rounded to bf16 before the
 	 * exponential; 0: fp32 scores (SDPA) */
 	int eager_bf16;
+	/* Head dim of v and out when it differs from q/k's (DeepSeek MLA: q/k
+	 * 192, v 128): v is [t, nkv, vd], out [t, nh, vd]; 0 means hd. */
+	uint32_t vd;
 };
 
 /* MoE router (qwen/mixtral/olmoe, §3 step 4): p = softmax(fp32(logits)) over
@@ -481,6 +510,57 @@ struct cal_gated_delta_args {
 	int chunked;             /* CPU: 0 token by token, 1 chunked (CAL_GDN_CHUNK) */
 };
 
+/* ---- DeepSeek-V3 (ARCHITECTURES.md §7) ------------------------------------ */
+
+/* MLA keys and values per head from the kv_b_proj output and the shared
+ * (roped) rope key, copies only:
+ * k[t, n, :] = [kv[t, n, 0:dn] | kpe[t, 0:dr]], v[t, n, :] = kv[t, n, dn:dn+dv]. */
+struct cal_mla_kv_args {
+	const uint16_t *kv;      /* [t, nh, dn + dv] */
+	const uint16_t *kpe;     /* [t, dr] */
+	uint16_t *k;             /* [t, nh, dn + dr] */
+	uint16_t *v;             /* [t, nh, dv] */
+	uint64_t t;
+	uint32_t nh, dn, dr, dv;
+};
+
+/* DeepSeek router (noaux_tc, HF DeepseekV3TopkRouter): logits[t, i] =
+ * fl32 dot(x[t], w[i]) (fp32, k order; HF upcasts input and weight);
+ * s = sigmoid(logits); c = s + bias (selection only); group score = the sum
+ * of the two largest c of each of n_group consecutive groups; the topk_group
+ * best groups are kept (ties: lower index); idx = the k_total largest c of
+ * the kept experts (descending, ties: lower index; slots beyond the kept
+ * experts take masked ones in index order); weight[s] = s[idx[s]] for
+ * s < k, divided by (their fp32 sum + 1e-20) when renorm, then times
+ * scaling.  Slots k .. k_total-1 are for statistics only. */
+#define CAL_ROUTER_GROUP_MAX_GROUPS 64u
+struct cal_router_group_args {
+	const uint16_t *x;       /* [t, h] bf16 */
+	const float *w;          /* [e, h] fp32 */
+	const float *bias;       /* [e] e_score_correction_bias, or NULL (0) */
+	float *logits;           /* [t, e] out (scratch: the fp32 logits) */
+	uint64_t t, h;
+	uint32_t e, k, k_total;  /* 1 <= k <= k_total <= e */
+	uint32_t n_group, topk_group; /* e % n_group == 0, e / n_group >= 2 (or n_group 1),
+				       * 1 <= topk_group <= n_group <= 64,
+				       * k <= topk_group * e / n_group */
+	int renorm;
+	float scaling;           /* routed_scaling_factor */
+	uint32_t *idx;           /* [t, k_total] */
+	float *weight;           /* [t, k] */
+};
+
+/* Block-scaled FP8 source weights (DeepSeek-V3 checkpoints, quant_method
+ * fp8): out[r, c] = bf16(fl32(e4m3(q[r, c]) * scale_inv[r / br, c / bc]))
+ * with a ceil-div scale grid (partial edge blocks allowed). */
+struct cal_fp8_block_dequant_args {
+	const uint8_t *q;        /* [rows, cols] F8_E4M3 */
+	const float *scale_inv;  /* [ceil(rows / br), ceil(cols / bc)] */
+	uint64_t rows, cols;
+	uint32_t block_rows, block_cols; /* >= 1 (128, 128) */
+	uint16_t *out;           /* [rows, cols] bf16 */
+};
+
 /* ---- the table ---------------------------------------------------------- */
 
 enum cal_op_id {
@@ -492,7 +572,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 29
+#define CAL_OP_COUNT_EXPECTED 33
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

@@ -195,29 +195,3 @@ void cal_oai_norm_weight(const float *w, uint64_t n, float *ret)
 		ret[i] = cal_bf16_to_f32(cal_f32_to_bf16(w[i]));
 }
 
-/* HF's yarn init (modeling_rope_utils): the correction range in double,
- * the ramp and the blend of the interpolated and extrapolated frequencies
- * in fp32. */
-void cal_rope_yarn(const struct cal_rope *r, float *inv, int64_t rd)
-{
-	double base = r->theta, L0 = (double)r->original_max_pos;
-	double lo = rd * log(L0 / (r->beta_fast * 2 * M_PI)) / (2 * log(base));
-	double hi = rd * log(L0 / (r->beta_slow * 2 * M_PI)) / (2 * log(base));
-	if (r->truncate) {
-		lo = floor(lo);
-		hi = ceil(hi);
-	}
-	lo = lo > 0 ? lo : 0;
-	hi = hi < rd - 1 ? hi : (double)(rd - 1);
-	if (lo == hi)
-		hi += 0.001;
-	float flo = (float)lo, span = (float)(hi - lo), factor = (float)r->factor;
-	for (int64_t i = 0; i < rd / 2; i++) {
-		float pf = powf((float)base, (float)(2 * i) / (float)rd);
-		float extra = 1.0f / pf, inter = 1.0f / (factor * pf);
-		float ramp = ((float)i - flo) / span;
-		ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
-		float ef = 1.0f - ramp;
-		inv[i] = inter * (1.0f - ef) + extra * ef;
-	}
-}

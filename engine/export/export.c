@@ -229,7 +229,7 @@ static enum cal_status add_copy(struct cal_exporter *ex, char *name,
 		free(name);
 		return nomem(err);
 	}
-	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer, 0};
+	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer, 0, 0};
 	return CAL_OK;
 }
 
@@ -294,8 +294,8 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 			}
 			continue;
 		}
-		if (cal_role_is_routed_expert(e->role))
-			continue;
+		if (cal_role_is_routed_expert(e->role) || e->part == CAL_PART_SCALE_INV)
+			continue; /* FP8 sources: scales are consumed by the decode */
 		char *pn = plan_name(ex, tn);
 		if (!pn)
 			return nomem(err);
@@ -311,10 +311,15 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 				wq = cal_plan_find(p, qn);
 				free(qn);
 			}
+			const struct cal_st_tensor *si = NULL;
+			if (e->t->dtype == CAL_DTYPE_F8_E4M3) {
+				si = cal_catalog_find(ex->cat, e->role, CAL_PART_SCALE_INV, e->layer, -1);
+				CAL_TRY_RET(cal_fp8_block_check(ex->d, e->t, si, err));
+			}
 			if (wq) {
 				seen[wq->module] = 1;
 				const struct cal_plan_module *m = &p->modules[wq->module];
-				if (wq->spec.enabled) {
+				if (wq->spec.enabled || si) {
 					struct xlin x = {0};
 					x.name = hub_name(ex, m->name);
 					if (!x.name) {
@@ -327,9 +332,10 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 					x.w = e->t;
 					x.out = e->t->shape[0];
 					x.in = e->t->shape[1];
-					x.dtype = e->t->dtype;
-					x.wq = wq;
-					x.iq = enabled_q(p, m->iq);
+					x.dtype = si ? CAL_DTYPE_BF16 : e->t->dtype;
+					x.si = si;
+					x.wq = wq->spec.enabled ? wq : NULL;
+					x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
 					x.group = sibling_group(m);
 					free(pn);
 					CAL_TRY_RET(add_lin(ex, &x, err));
@@ -347,6 +353,10 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 					       (e->role == CAL_ROLE_INPUT_NORM ||
 						e->role == CAL_ROLE_POST_ATTN_NORM ||
 						e->role == CAL_ROLE_FINAL_NORM);
+		/* DeepSeek: transformers keeps mlp.gate.weight in fp32 (as modelopt exports it) */
+		ex->cp[ex->n_cp - 1].to_f32 = ex->d->arch->router_corr_bias &&
+					      e->role == CAL_ROLE_ROUTER &&
+					      e->part == CAL_PART_WEIGHT && e->t->dtype != CAL_DTYPE_F32;
 	}
 	return CAL_OK;
 }
@@ -451,6 +461,14 @@ static enum cal_status plan_experts(struct cal_exporter *ex, struct cal_error *e
 				x.out = x.sl.out;
 				x.in = x.sl.in;
 				x.dtype = x.sl.t->dtype;
+				if (x.dtype == CAL_DTYPE_F8_E4M3 && x.sl.expert_index < 0) {
+					static const enum cal_role roles[] = {
+						CAL_ROLE_EXPERT_GATE, CAL_ROLE_EXPERT_UP, CAL_ROLE_EXPERT_DOWN};
+					x.si = cal_catalog_find(ex->cat, roles[k], CAL_PART_SCALE_INV, L,
+								(int32_t)e);
+					CAL_TRY_RET(cal_fp8_block_check(ex->d, x.sl.t, x.si, err));
+					x.dtype = CAL_DTYPE_BF16;
+				}
 				x.wq = enabled_q(p, m->wq + e);
 				x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
 				CAL_TRY_RET(add_lin(ex, &x, err));
@@ -637,11 +655,12 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 			if (c->layer != L)
 				continue;
 			enum cal_status st = cal_st_writer_declare(ex->w, c->name,
-								   c->to_bf16 ? CAL_DTYPE_BF16 : c->t->dtype,
+								   c->to_bf16 ? CAL_DTYPE_BF16 :
+								   c->to_f32 ? CAL_DTYPE_F32 : c->t->dtype,
 								   c->t->ndim, c->t->shape, err);
 			if (st < 0)
 				return cal_error_wrap(err, st, "declaring %s", c->name);
-			ex->bytes_total += c->to_bf16 ? c->t->numel * 2 : c->t->nbytes;
+			ex->bytes_total += c->to_bf16 ? c->t->numel * 2 : c->to_f32 ? c->t->numel * 4 : c->t->nbytes;
 		}
 	}
 	return CAL_OK;
@@ -671,8 +690,9 @@ static uint64_t side_bytes(const char *dir)
 
 enum cal_status cal_export_check_source(const struct cal_model_desc *d, struct cal_error *err)
 {
-	/* gpt_oss MXFP4 experts are decoded by plan_bmm / cal_export_bmm_source */
-	if (d->src_quant == CAL_SRC_QUANT_NONE ||
+	/* gpt_oss MXFP4 experts are decoded by plan_bmm / cal_export_bmm_source,
+	 * FP8 block sources (DeepSeek) by gather (cal_fp8_block_decode) */
+	if (d->src_quant == CAL_SRC_QUANT_NONE || d->src_quant == CAL_SRC_QUANT_FP8_BLOCK ||
 	    (d->src_quant == CAL_SRC_QUANT_MXFP4 && d->act == CAL_ACT_SWIGLU_OAI))
 		return CAL_OK;
 	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized source "

@@ -22,7 +22,9 @@ struct xlin {
 	const struct cal_st_tensor *w;  /* non-expert: the source weight */
 	struct cal_expert_slice sl;     /* routed expert: where it lives */
 	int64_t out, in;
-	enum cal_dtype dtype;           /* source dtype */
+	enum cal_dtype dtype;           /* source dtype (bf16 for FP8 block sources) */
+	const struct cal_st_tensor *si; /* FP8 block source: weight_scale_inv (the
+					 * weight is decoded to bf16 when gathered) */
 	const struct cal_plan_q *wq;    /* enabled weight quantizer or NULL */
 	const struct cal_plan_q *iq;    /* enabled input quantizer or NULL */
 	enum cal_qfmt fmt;              /* CAL_QFMT_NONE: written unquantized */
@@ -49,6 +51,8 @@ struct xcopy {
 	const struct cal_st_tensor *t;
 	int32_t layer;
 	int to_bf16;                    /* F32 written as bf16 (gpt_oss norms, as modelopt) */
+	int to_f32;                     /* written as F32 (DeepSeek's router weight, which
+					 * transformers keeps in fp32) */
 };
 
 /* KV-cache scales of one attention module. */

@@ -263,9 +263,13 @@ static enum cal_status lin_scalar(struct cal_exporter *ex, const struct xlin *x,
 /* ---- source ------------------------------------------------------------------- */
 
 /* Copies x's weight [out, in] (source dtype) into dst. */
-static void gather(const struct xlin *x, void *dst)
+static void gather(const struct cal_exporter *ex, const struct xlin *x, void *dst)
 {
 	size_t es = cal_dtype_size(x->dtype);
+	if (x->si) { /* FP8 block source (DeepSeek), checked when planned */
+		(void)cal_fp8_block_decode(ex->d, x->expert < 0 ? x->w : x->sl.t, x->si, dst, NULL);
+		return;
+	}
 	if (x->bmm) {
 		uint64_t R = (uint64_t)x->bmm_rows;
 		cal_export_bmm_source(&x->sl, (uint64_t)x->out / R, R, (uint64_t)x->in, dst);
@@ -489,7 +493,7 @@ static void gather_range(void *ctx, uint64_t begin, uint64_t end, unsigned slot)
 	(void)slot;
 	for (uint64_t k = begin; k < end; k++) {
 		const struct xlin *x = &g->ex->lin[g->idx[k]];
-		gather(x, g->dst + (x->woff - g->base));
+		gather(g->ex, x, g->dst + (x->woff - g->base));
 	}
 }
 
@@ -651,20 +655,20 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		size_t es = cal_dtype_size(x->dtype);
 		uint64_t wn = (uint64_t)x->out * (uint64_t)x->in * es;
 		if (x->fmt == CAL_QFMT_NONE) {
-			if (x->expert < 0 && !x->bmm) {
+			if (x->expert < 0 && !x->bmm && !x->si) {
 				CAL_TRY_RET(slot_item(ex, x->name, "weight", x->w->data, wn, NULL, err));
 			} else if (x->bmm) { /* gathered outside the ring (large) */
 				void *h = malloc(wn ? wn : 1);
 				if (!h)
 					return nomem(err);
-				gather(x, h);
+				gather(ex, x, h);
 				enum cal_status st = lin_item(ex, x, "weight", h, wn, err);
 				free(h);
 				CAL_TRY_RET(st);
 			} else {
 				void *h;
 				CAL_TRY_RET(slot_reserve(ex, wn, &h, err));
-				gather(x, h);
+				gather(ex, x, h);
 				CAL_TRY_RET(slot_item(ex, x->name, "weight", h, wn, NULL, err));
 			}
 		} else {
@@ -716,6 +720,16 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		const struct xcopy *c = &ex->cp[i];
 		if (!(L >= 0 ? c->layer == L : L == CAL_XSTATIC && c->layer == -1))
 			continue;
+		if (c->to_f32) { /* widened to F32 (DeepSeek's router weight, as modelopt) */
+			float *f;
+			CAL_TRY_RET(slot_reserve(ex, c->t->numel * 4, (void **)&f, err));
+			const uint16_t *h = c->t->data;
+			for (uint64_t k = 0; k < c->t->numel; k++)
+				f[k] = c->t->dtype == CAL_DTYPE_BF16 ? cal_bf16_to_f32(h[k])
+								     : cal_f16_to_f32(h[k]);
+			CAL_TRY_RET(slot_item(ex, c->name, NULL, f, c->t->numel * 4, NULL, err));
+			continue;
+		}
 		if (!c->to_bf16) {
 			CAL_TRY_RET(slot_item(ex, c->name, NULL, c->t->data, c->t->nbytes, NULL, err));
 			continue;
@@ -822,16 +836,17 @@ static enum cal_status pipe_buffers(struct cal_exporter *ex, struct cal_error *e
 			out_sizes(x, &q, &s);
 			stage = wn > stage ? wn : stage;
 			wn = q + s;
-		} else if (x->expert < 0) {
+		} else if (x->expert < 0 && !x->si) {
 			continue; /* written straight from the source mapping */
 		}
 		if (x->bmm)
 			continue; /* gpt_oss: owned transposed copies, outside the ring */
 		slot = wn + 64 > slot ? wn + 64 : slot;
 	}
-	for (size_t i = 0; i < ex->n_cp; i++)
-		if (ex->cp[i].to_bf16 && ex->cp[i].t->numel * 2 + 64 > slot)
-			slot = ex->cp[i].t->numel * 2 + 64;
+	for (size_t i = 0; i < ex->n_cp; i++) {
+		uint64_t cn = ex->cp[i].t->numel * (ex->cp[i].to_f32 ? 4 : ex->cp[i].to_bf16 ? 2 : 0);
+		slot = cn + 64 > slot ? cn + 64 : slot;
+	}
 	/* a back end of its own (same kind and device as the job's): the
 	 * calibration keeps using the job's stream, upload marks and memory
 	 * accounting on the other thread */

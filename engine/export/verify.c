@@ -282,12 +282,28 @@ static int source_weight(const struct vsrc *s, const char *mod, int64_t o, int64
 				proj = k;
 		struct cal_expert_slice sl;
 		if (proj < 0 || cal_catalog_expert(s->cat, L, (int32_t)ex, (enum cal_proj)proj, &sl,
-						   NULL) < 0 || sl.out != o || sl.in != in ||
-		    sl.t->dtype != CAL_DTYPE_BF16)
+						   NULL) < 0 || sl.out != o || sl.in != in)
 			return -1;
 		uint16_t *w = malloc((size_t)(o * in) * 2);
 		if (!w)
 			return -1;
+		if (sl.t->dtype == CAL_DTYPE_F8_E4M3 && sl.expert_index < 0) { /* FP8 source */
+			static const enum cal_role roles[] = {CAL_ROLE_EXPERT_GATE, CAL_ROLE_EXPERT_UP,
+							      CAL_ROLE_EXPERT_DOWN};
+			const struct cal_st_tensor *si = cal_catalog_find(s->cat, roles[proj],
+									  CAL_PART_SCALE_INV, L,
+									  (int32_t)ex);
+			if (cal_fp8_block_decode(s->d, sl.t, si, w, NULL) < 0) {
+				free(w);
+				return -1;
+			}
+			*ret = w;
+			return 0;
+		}
+		if (sl.t->dtype != CAL_DTYPE_BF16) {
+			free(w);
+			return -1;
+		}
 		const uint16_t *src = sl.t->data;
 		for (int64_t r = 0; r < o; r++)
 			for (int64_t c = 0; c < in; c++)
@@ -304,13 +320,22 @@ static int source_weight(const struct vsrc *s, const char *mod, int64_t o, int64
 		snprintf(alt, sizeof(alt), "%.*s.mlp.%s", (int)(bp - name), name, bp + 18);
 		t = cal_checkpoint_find(s->ck, alt);
 	}
-	if (!t || t->dtype != CAL_DTYPE_BF16 || t->ndim != 2 || t->shape[0] != o ||
-	    t->shape[1] != in)
+	if (!t || t->ndim != 2 || t->shape[0] != o || t->shape[1] != in ||
+	    (t->dtype != CAL_DTYPE_BF16 && t->dtype != CAL_DTYPE_F8_E4M3))
 		return -1;
-	uint16_t *w = malloc((size_t)t->nbytes);
+	uint16_t *w = malloc((size_t)(o * in) * 2);
 	if (!w)
 		return -1;
-	memcpy(w, t->data, t->nbytes);
+	if (t->dtype == CAL_DTYPE_F8_E4M3) { /* FP8 block source: <name>_scale_inv */
+		char sn[CAL_ST_MAX_NAME + 32];
+		snprintf(sn, sizeof(sn), "%s_scale_inv", t->name);
+		if (cal_fp8_block_decode(s->d, t, cal_checkpoint_find(s->ck, sn), w, NULL) < 0) {
+			free(w);
+			return -1;
+		}
+	} else {
+		memcpy(w, t->data, t->nbytes);
+	}
 	*ret = w;
 	return 0;
 }

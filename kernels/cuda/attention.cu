@@ -18,13 +18,14 @@
  * sequences: each row carries its own first visible key.  Rows without a
  * visible key write zeros.
  *
- * Fallback (other head dims, unaligned pointers): one warp per (query row,
- * head), 4 warps per block, two passes (max / normaliser, then p v) with
- * p = bf16(exp(s - m) / l), lanes over the channels (hd <= 512).  It also
- * runs transformers' eager bf16 attention (eager_bf16, gpt_oss): scores
- * bf16(bf16(q.k) * scale), the max first, then exp(bf16(s - max)); three
- * passes over the keys.  Sinks (gpt_oss) join the max and the normaliser
- * in both kernels (kernels/attention.c).
+ * Fallback (other head dims, unaligned pointers, a v head dim other than
+ * q/k's as DeepSeek MLA has): one warp per (query row, head), 4 warps per
+ * block, two passes (max / normaliser, then p v) with p = bf16(exp(s - m) /
+ * l), lanes over the channels (hd, vd <= 512).  It also runs transformers'
+ * eager bf16 attention (eager_bf16, gpt_oss): scores bf16(bf16(q.k) *
+ * scale), the max first, then exp(bf16(s - max)); three passes over the
+ * keys.  Sinks (gpt_oss) join the max and the normaliser in both kernels
+ * (kernels/attention.c).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -65,7 +66,7 @@ __device__ __forceinline__ float at_score(const float *q, const uint16_t *k, uin
 
 __global__ void __launch_bounds__(AT_WARPS * 32)
 attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out, uint64_t t,
-	    uint32_t nh, uint32_t nkv, uint32_t hd, const uint32_t *cu, uint32_t n_seq,
+	    uint32_t nh, uint32_t nkv, uint32_t hd, uint32_t vd, const uint32_t *cu, uint32_t n_seq,
 	    const uint32_t *key_start, uint32_t window, float scale, const float *sinks, int eager)
 {
 	__shared__ float qs[AT_WARPS][AT_MAX_HD];
@@ -79,9 +80,9 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 		uint64_t lo = cu[s] + (key_start ? key_start[s] : 0);
 		if (window && i + 1 > window && i + 1 - window > lo)
 			lo = i + 1 - window;
-		uint16_t *o = out + (i * nh + h) * hd;
+		uint16_t *o = out + (i * nh + h) * vd;
 		if (lo > i) {
-			for (uint32_t c = lane; c < hd; c += 32)
+			for (uint32_t c = lane; c < vd; c += 32)
 				o[c] = 0;
 			continue;
 		}
@@ -150,11 +151,11 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 			uint32_t nk = (uint32_t)(i - j0 + 1 < 32 ? i - j0 + 1 : 32);
 			for (uint32_t tk = 0; tk < nk; tk++) {
 				float pt = __shfl_sync(CAL_FULL_MASK, p, tk);
-				const uint16_t *vr = v + ((j0 + tk) * nkv + kvh) * hd;
+				const uint16_t *vr = v + ((j0 + tk) * nkv + kvh) * vd;
 #pragma unroll
 				for (int c = 0; c < AT_MAX_HD / 32; c++) {
 					uint32_t ch = lane + 32u * c;
-					if (ch < hd)
+					if (ch < vd)
 						acc[c] = __fadd_rn(acc[c], __fmul_rn(pt, cal_bf2f(vr[ch])));
 				}
 			}
@@ -162,7 +163,7 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 #pragma unroll
 		for (int c = 0; c < AT_MAX_HD / 32; c++) {
 			uint32_t ch = lane + 32u * c;
-			if (ch < hd)
+			if (ch < vd)
 				o[ch] = cal_f2bf(acc[c]);
 		}
 		__syncwarp();
@@ -434,15 +435,17 @@ extern "C" enum cal_status cal_cuda_attention(struct cal_backend *be,
 	enum cal_status st;
 	if (a->t == 0)
 		return CAL_OK;
-	if (a->hd > AT_MAX_HD)
+	uint32_t vd = a->vd ? a->vd : a->hd;
+	if (a->hd > AT_MAX_HD || vd > AT_MAX_HD)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "attention: head_dim %u > %d on CUDA", a->hd, AT_MAX_HD);
+				     "attention: head_dim %u / v head dim %u > %d on CUDA", a->hd, vd,
+				     AT_MAX_HD);
 	if ((st = cal_cuda_enter(be, &s, err)) < 0)
 		return st;
 	/* eager bf16 scores (gpt_oss) need the final max before any
 	 * exponential: the two-pass kernel below, not the online flash one */
 	if (cal_aligned(a->q, 16) && cal_aligned(a->k, 16) && cal_aligned(a->v, 16) &&
-	    cal_aligned(a->out, 16) && !a->eager_bf16 && getenv("CALIBD_ATTN_SIMPLE") == NULL) {
+	    cal_aligned(a->out, 16) && !a->eager_bf16 && vd == a->hd && getenv("CALIBD_ATTN_SIMPLE") == NULL) {
 		switch (a->hd) {
 		case 16: return fa_launch<16>(a, s, err);
 		case 32: return fa_launch<32>(a, s, err);
@@ -457,7 +460,7 @@ extern "C" enum cal_status cal_cuda_attention(struct cal_backend *be,
 	if (blocks > (uint64_t)im->sms * 64)
 		blocks = (uint64_t)im->sms * 64;
 	attn_kernel<<<(unsigned)blocks, AT_WARPS * 32, 0, s>>>(a->q, a->k, a->v, a->out, a->t, a->nh,
-							       a->nkv, a->hd, a->cu_seqlens,
+							       a->nkv, a->hd, vd, a->cu_seqlens,
 							       a->n_seq, a->key_start, a->window,
 							       a->scale, a->sinks, a->eager_bf16);
 	CAL_CUDA_LAUNCHED();

@@ -1657,7 +1657,7 @@ Test(api, real_job_end_to_end)
  * the engine's own reason (422 unsupported_model), never in the worker:
  * a Gated DeltaNet model past the engine's conv-kernel limit, and the
  * fixtures of every architecture, each compared with what the engine's
- * capability query says (deepseek_v3 is refused today). */
+ * capability query says. */
 Test(api, unsupported_architecture_refused_at_submit)
 {
 	cr_assert_eq(hd_start(&H, NULL), 0);

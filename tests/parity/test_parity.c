@@ -62,6 +62,12 @@ static const struct pcase cases[] = {
 	/* sinks, sliding window 128 (160-token rows), biases, clamped SwiGLU */
 	{"gpt_oss", "gpt_oss", NULL},                      /* bf16 [E, H, 2I] interleaved */
 	{"gpt_oss_mxfp4", "gpt_oss", "mxfp4"},             /* MXFP4 source experts */
+	/* MLA, sigmoid group routing, YaRN interleaved RoPE; layer 0 dense */
+	{"deepseek_v3", "deepseek_v3", "per-expert"},
+	{"deepseek_v2_q_proj", "deepseek_v3", "per-expert"}, /* q_lora_rank null */
+	/* FP8 block source weights (16x16 blocks: kv_a_proj_with_mqa's 40 rows end
+	 * in a partial block); reference from transformers on their dequantization */
+	{"deepseek_v3_fp8", "deepseek_v3", "per-expert"},
 };
 
 #define HIDDEN_TOL 2e-2
@@ -341,6 +347,10 @@ static int run_case(const struct pcase *pc, const char *data, enum cal_backend_k
 	}
 	if (cj && json_is_integer(json_object_get(cj, "seed")))
 		fo.seed = (uint64_t)json_integer_value(json_object_get(cj, "seed"));
+	/* deepseek_v3 fixture variants */
+	fo.q_lora_null = cj && json_is_true(json_object_get(cj, "q_lora_null"));
+	if (cj && json_is_integer(json_object_get(cj, "fp8_block")))
+		fo.fp8_block = (int)json_integer_value(json_object_get(cj, "fp8_block"));
 	const char *lay = cj && json_is_string(json_object_get(cj, "layout"))
 				  ? json_string_value(json_object_get(cj, "layout")) : pc->layout;
 	if (lay && strcmp(lay, "default") && cal_fixture_layout_parse(lay, &fo.layout) < 0) {

@@ -3,7 +3,9 @@
  * daemon/cmd_quantize.c) on the CPU back end: every MoE architecture the
  * calibration engine runs (qwen3_moe per-expert and fused, mixtral and its
  * fused layout, qwen2_moe, olmoe, the Gated DeltaNet qwen3_next and
- * qwen3_5_moe, gpt_oss from bf16 and from MXFP4) and two dense ones (llama, qwen3), each with the
+ * qwen3_5_moe, gpt_oss from bf16 and from MXFP4, DeepSeek-V3 per-expert, fused,
+ * from FP8 block weights and V2-style without q_lora) and two dense ones
+ * (llama, qwen3), each with the
  * experts-only NVFP4, default NVFP4, FP8 and W4A16 recipes, fed a JSONL text
  * dataset through the fixture's tokenizer; every output passes
  * `calibd verify --source` and every routed expert projection carries an
@@ -164,6 +166,14 @@ Test(quantize, qwen3_next, .timeout = 120) { arch_case("qwen3_next", "per-expert
 Test(quantize, qwen3_5_moe, .timeout = 120) { arch_case("qwen3_5_moe", "fused"); }
 Test(quantize, gpt_oss, .timeout = 120) { arch_case("gpt_oss", "default"); }
 Test(quantize, gpt_oss_mxfp4, .timeout = 120) { arch_case("gpt_oss", "mxfp4"); }
+/* DeepSeek-V3: per-expert, fused, FP8 128x128-style block source weights
+ * (16x16 here: partial edge blocks), V2-style q_proj */
+Test(quantize, deepseek_v3, .timeout = 300)
+{
+	static const char *const layouts[] = {"per-expert", "fused", "fp8-block16", "q-lora-null"};
+	for (size_t i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++)
+		arch_case("deepseek_v3", layouts[i]);
+}
 Test(quantize, llama_dense, .timeout = 120) { arch_case("llama", "default"); }
 Test(quantize, qwen3_dense, .timeout = 120) { arch_case("qwen3", "default"); }
 
