@@ -89,15 +89,14 @@ enum cal_status cal_cpu_hessian(struct cal_backend *be, const struct cal_hessian
 						   : ((const float *)a->x)[r * a->cols + c];
 		n++;
 	}
-	enum cal_status st = CAL_OK;
-	if (n) {
-		if (n < want) /* compact the columns to stride n */
-			for (uint64_t c = 1; c < a->cols; c++)
-				for (uint64_t t = 0; t < n; t++)
-					xt[c * n + t] = xt[c * want + t];
-		struct hess_ctx c = {a, xt, n};
-		st = cal_cpu_parallel(be, (a->cols + 1) / 2, 1, hess_range, &c, err);
-	}
+	/* even with every index out of range (n == 0) the upper triangle is
+	 * written to both halves, as the CUDA kernel does */
+	if (n < want) /* compact the columns to stride n */
+		for (uint64_t c = 1; c < a->cols; c++)
+			for (uint64_t t = 0; t < n; t++)
+				xt[c * n + t] = xt[c * want + t];
+	struct hess_ctx c = {a, xt, n};
+	enum cal_status st = cal_cpu_parallel(be, (a->cols + 1) / 2, 1, hess_range, &c, err);
 	free(xt);
 	return st;
 }
