@@ -1048,6 +1048,8 @@ static void map_layer_stats(struct cal_calib *c, int32_t L)
 
 uint16_t *cal_mb_x(const struct cal_calib *c, const struct cal_mb *mb)
 {
+	if (c->x_override)
+		return c->x_override;
 	return c->hidden_on_host ? c->xmb : c->hidden + mb->tok0 * (uint64_t)c->H;
 }
 
@@ -1336,6 +1338,8 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 	}
 	CAL_TRY(embed(c, ids, err));
 	CAL_TRY(alloc_run(c, err));
+	if (c->ev)
+		CAL_TRY(cal_eval_begin(c, err));
 	if (c->o.on_hidden && c->on_device && !c->hidden_on_host) {
 		hbuf = malloc(c->n_tok * (uint64_t)c->H * 2);
 		if (!hbuf) {
@@ -1384,7 +1388,9 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 		}
 		CAL_TRY(reset_obs(c, err));
 		CAL_TRY(expert_wamax_enqueue(c, L, &dw[sl], err));
-		for (size_t i = 0; i < c->n_mb; i++) {
+		if (c->ev)
+			CAL_TRY(cal_eval_layer(c, L, &dw[sl], err));
+		for (size_t i = 0; !c->ev && i < c->n_mb; i++) {
 			CAL_TRY(mb_load(c, &c->mbs[i], err));
 			CAL_TRY(cal_layer_forward(c, L, &dw[sl], &c->mbs[i], err));
 			CAL_TRY(mb_store(c, &c->mbs[i], err));
@@ -1417,7 +1423,7 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 				      dt > 0 ? (double)c->n_tok * (L + 1) / dt : 0);
 		}
 	}
-	CAL_TRY(final_norm(c, err));
+	CAL_TRY(c->ev ? cal_eval_end(c, err) : final_norm(c, err));
 	lm_head_weight_amax(c);
 	cal_prof(c, PH_OTHER);
 fail:

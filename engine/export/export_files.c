@@ -335,6 +335,9 @@ static json_t *report(struct cal_exporter *ex, const struct cal_stats *stats, js
 	json_object_set_new(rep, "producer", json_pack("{s:s, s:s}", "name", "calibd", "version",
 							CAL_VERSION));
 	json_object_set_new(rep, "source", json_string(ex->model_dir));
+	char fp[17];
+	if (cal_checkpoint_fingerprint(ex->model_dir, ex->ck, fp, NULL) >= 0) /* for calibd eval */
+		json_object_set_new(rep, "source_fingerprint", json_string(fp));
 	json_object_set_new(rep, "model_type", json_string(ex->d->model_type));
 	json_t *rc = json_pack("{s:s, s:s, s:s, s:s, s:b}", "name", ex->recipe_name,
 			       "file", r->source ? r->source : "",
