@@ -16,6 +16,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "engine/eval.h"
 #include "engine/job.h"
 
 /* The recipe only sizes the engine's observers (nothing is calibrated). */
@@ -33,6 +34,7 @@ static void eval_usage(FILE *o)
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--out FILE] [--micro-batch TOKENS] [--max-gpu-mem BYTES] [--threads N]\n"
 		"         [--datasets-file FILE] [--quiet]\n"
+		"         [--logits-out FILE] [--logits-orig-out FILE]\n"
 		"Runs the source model SRC and the quantized checkpoint OUT (written by calibd\n"
 		"from SRC, checked) side by side, layer by layer, over held-out tokens, the\n"
 		"quantized one as a serving engine runs it.  Reports the KL divergence of the\n"
@@ -84,12 +86,15 @@ int cal_cmd_eval(int argc, char **argv)
 		{"threads", required_argument, NULL, 'T'},
 		{"datasets-file", required_argument, NULL, 'F'},
 		{"quiet", no_argument, NULL, 'q'},
+		{"logits-out", required_argument, NULL, 'L'},
+		{"logits-orig-out", required_argument, NULL, 'O'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *out_path = NULL, *data = NULL, *dsfile = NULL, *qdir = NULL, *device = "cpu";
 	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER, .recipe_yaml = eval_recipe,
 				 .recipe_display = "<eval>"};
+	struct cal_eval_opts eo = {0};
 	int c, quiet = 0;
 	uint64_t v;
 	optind = 1;
@@ -102,6 +107,8 @@ int cal_cmd_eval(int argc, char **argv)
 		case 'F': dsfile = optarg; break;
 		case 'D': device = optarg; break;
 		case 'o': out_path = optarg; break;
+		case 'L': eo.logits_out = optarg; break;
+		case 'O': eo.logits_orig_out = optarg; break;
 		case 'q': quiet = 1; break;
 		case 'n':
 		case 'S':
@@ -159,7 +166,7 @@ int cal_cmd_eval(int argc, char **argv)
 	if (st >= 0)
 		st = cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_CALIBRATE), &job, NULL, &err);
 	if (st >= 0)
-		st = cal_job_eval(job, qdir, &rep, &err);
+		st = cal_job_eval(job, qdir, &eo, &rep, &err);
 	if (st >= 0) {
 		if (!quiet)
 			summary(rep);

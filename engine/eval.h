@@ -35,8 +35,14 @@ enum cal_status cal_eval_check_source(const char *model_dir, const struct cal_ch
  * run (named), CAL_ERR_INVALID for an exported tensor that does not fit
  * the source.
  */
+struct cal_eval_opts {
+	/* tests: the quantized model's logits, bf16 [tokens, vocab] in data
+	 * order, raw little-endian, into this file (NULL: none) */
+	const char *logits_out;
+	const char *logits_orig_out;  /* the same of the original model */
+};
 enum cal_status cal_eval_run(struct cal_calib *c, const struct cal_checkpoint *quant,
-			     const struct cal_calib_tokens *tokens, json_t **ret,
-			     struct cal_error *err);
+			     const struct cal_calib_tokens *tokens, const struct cal_eval_opts *opts,
+			     json_t **ret, struct cal_error *err);
 
 #endif

@@ -543,8 +543,8 @@ enum cal_status cal_job_verify(const char *out_dir, const char *source_dir,
 	return st;
 }
 
-enum cal_status cal_job_eval(struct cal_job *j, const char *quant_dir, json_t **ret,
-			     struct cal_error *err)
+enum cal_status cal_job_eval(struct cal_job *j, const char *quant_dir,
+			     const struct cal_eval_opts *opts, json_t **ret, struct cal_error *err)
 {
 	struct cal_checkpoint *q = NULL;
 	struct cal_calib_tokens *tk = NULL;
@@ -558,7 +558,7 @@ enum cal_status cal_job_eval(struct cal_job *j, const char *quant_dir, json_t **
 	CAL_TRY(cal_checkpoint_open(quant_dir, &q, err));
 	CAL_TRY(cal_job_tokens(j, &tk, &ti, err));
 	CAL_TRY(cal_job_calib_open(j, &hooks, &cal, err));
-	CAL_TRY(cal_eval_run(cal, q, tk, ret, err));
+	CAL_TRY(cal_eval_run(cal, q, tk, opts, ret, err));
 	json_object_set_new(*ret, "data", json_pack("{s:I, s:I, s:I}", "samples",
 		(json_int_t)ti.samples, "seq_len", (json_int_t)ti.seq_len, "tokens",
 		(json_int_t)ti.tokens));

@@ -253,7 +253,8 @@ enum cal_status cal_job_verify(const char *out_dir, const char *source_dir,
  * recipe only sizes the engine's observers; what is quantized, and how,
  * is read from the exported checkpoint.
  */
-enum cal_status cal_job_eval(struct cal_job *j, const char *quant_dir, json_t **ret,
-			     struct cal_error *err);
+struct cal_eval_opts;
+enum cal_status cal_job_eval(struct cal_job *j, const char *quant_dir,
+			     const struct cal_eval_opts *opts, json_t **ret, struct cal_error *err);
 
 #endif

@@ -49,6 +49,7 @@ struct worst {
 struct cal_eval {
 	const struct cal_checkpoint *q;
 	const struct cal_calib_tokens *tk;
+	FILE *logits_out, *logits_orig_out;
 	float kv_default;                /* kv_cache_quant_algo FP8 without scales: 1.0, else 0 */
 	struct eq_site site[EQ_COUNT];
 	struct eq_site *exp_gu, *exp_dn; /* [E] */
@@ -713,6 +714,12 @@ enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err)
 		}
 		CAL_TRY(cal_backend_download(c->be, ev->ha, ev->logits_o, T * V * 2, err));
 		CAL_TRY(cal_backend_download(c->be, ev->hb, ev->logits_q, T * V * 2, err));
+		if ((ev->logits_out && fwrite(ev->hb, 2, T * V, ev->logits_out) != T * V) ||
+		    (ev->logits_orig_out &&
+		     fwrite(ev->ha, 2, T * V, ev->logits_orig_out) != T * V)) {
+			st = cal_error_set(err, CAL_ERR_IO, "eval: writing the logits failed");
+			goto fail;
+		}
 		for (uint64_t t = 0; t < T; t++) {
 			uint64_t g = mb->tok0 + t;
 			uint32_t nx = ev->next[g];
@@ -832,8 +839,8 @@ static float kv_default(const struct cal_checkpoint *q)
 }
 
 enum cal_status cal_eval_run(struct cal_calib *c, const struct cal_checkpoint *quant,
-			     const struct cal_calib_tokens *tokens, json_t **ret,
-			     struct cal_error *err)
+			     const struct cal_calib_tokens *tokens, const struct cal_eval_opts *opts,
+			     json_t **ret, struct cal_error *err)
 {
 	struct cal_eval ev;
 	enum cal_status st;
@@ -846,8 +853,20 @@ enum cal_status cal_eval_run(struct cal_calib *c, const struct cal_checkpoint *q
 	ev.tk = tokens;
 	ev.t0 = cal_now();
 	ev.kv_default = kv_default(quant);
+	if (opts && opts->logits_out && !(ev.logits_out = fopen(opts->logits_out, "wb")))
+		return cal_error_set(err, CAL_ERR_IO, "%s: cannot create", opts->logits_out);
+	if (opts && opts->logits_orig_out &&
+	    !(ev.logits_orig_out = fopen(opts->logits_orig_out, "wb"))) {
+		if (ev.logits_out)
+			fclose(ev.logits_out);
+		return cal_error_set(err, CAL_ERR_IO, "%s: cannot create", opts->logits_orig_out);
+	}
 	c->ev = &ev;
 	st = cal_calib_run(c, tokens, err);
+	if (ev.logits_out && fclose(ev.logits_out) && st >= 0)
+		st = cal_error_set(err, CAL_ERR_IO, "%s: write failed", opts->logits_out);
+	if (ev.logits_orig_out && fclose(ev.logits_orig_out) && st >= 0)
+		st = cal_error_set(err, CAL_ERR_IO, "%s: write failed", opts->logits_orig_out);
 	c->ev = NULL;
 	c->ev_quant = 0;
 	if (st >= 0) {
