@@ -277,6 +277,75 @@ Test(units, job_devices_and_engine_options)
 	cr_assert_eq(system(cmd), 0);
 }
 
+/* evaluate {dataset, samples}: canonical {path, samples}, errors name the field. */
+Test(units, job_evaluate)
+{
+	char root[] = "/tmp/calibd-spec-XXXXXX", p[256];
+	cr_assert(mkdtemp(root));
+	char models[128], data[128], out[128];
+	snprintf(models, sizeof(models), "%s/models", root);
+	snprintf(data, sizeof(data), "%s/data", root);
+	snprintf(out, sizeof(out), "%s/out", root);
+	mkdir(models, 0755);
+	mkdir(data, 0755);
+	mkdir(out, 0755);
+	snprintf(p, sizeof(p), "%s/m", models);
+	mkdir(p, 0755);
+	snprintf(p, sizeof(p), "%s/m/config.json", models);
+	FILE *f = fopen(p, "w");
+	cr_assert(f);
+	fputs("{}", f);
+	fclose(f);
+	snprintf(p, sizeof(p), "%s/d.jsonl", data);
+	f = fopen(p, "w");
+	cr_assert(f);
+	fputs("{\"text\":\"x\"}\n", f);
+	fclose(f);
+	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
+	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
+				      .output_roots = orr, .n_output_roots = 1};
+	static const struct {
+		const char *evaluate;
+		enum cal_api_err ae;
+		const char *field;
+		long long samples;
+	} cases[] = {
+		{"{\"dataset\":\"%s/d.jsonl\"}", CAL_API_OK, NULL, 128},
+		{"{\"dataset\":\"%s/d.jsonl\",\"samples\":16}", CAL_API_OK, NULL, 16},
+		{"{\"samples\":16}", CAL_API_ERR_MISSING_FIELD, "evaluate.dataset", 0},
+		{"{\"dataset\":\"%s/nope.jsonl\"}", CAL_API_ERR_PATH_NOT_FOUND, "evaluate.dataset", 0},
+		{"{\"dataset\":\"%s/d.jsonl\",\"samples\":0}", CAL_API_ERR_INVALID_FIELD, "evaluate.samples", 0},
+		{"{\"dataset\":\"%s/d.jsonl\",\"seq\":1}", CAL_API_ERR_UNKNOWN_FIELD, "evaluate.seq", 0},
+		{"\"%s/d.jsonl\"", CAL_API_ERR_INVALID_FIELD, "evaluate", 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char ev[256], body[1024];
+		snprintf(ev, sizeof(ev), cases[i].evaluate, data);
+		snprintf(body, sizeof(body),
+			 "{\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"model\":\"%s/m\",\"calibration\":"
+			 "{\"datasets\":[\"%s/d.jsonl\"]},\"output\":\"%s/o\",\"devices\":\"cpu\","
+			 "\"evaluate\":%s}", models, data, out, ev);
+		json_t *req = json_loads(body, 0, NULL), *spec = NULL;
+		cr_assert(req, "%s", body);
+		struct cal_api_problem prob = {0};
+		enum cal_api_err ae = cal_jobspec_validate(req, &env, &spec, &prob);
+		cr_expect_eq(ae, cases[i].ae, "%s: %d", ev, ae);
+		if (ae) {
+			cr_expect_str_eq(prob.field, cases[i].field, "%s", ev);
+		} else {
+			json_t *e = json_object_get(spec, "evaluate");
+			cr_expect(strstr(json_string_value(json_object_get(e, "path")), "/data/d.jsonl"));
+			cr_expect_eq(json_integer_value(json_object_get(e, "samples")), cases[i].samples);
+		}
+		cal_api_problem_clear(&prob);
+		json_decref(spec);
+		json_decref(req);
+	}
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	cr_assert_eq(system(cmd), 0);
+}
+
 static enum cal_status load_cfg(const char *yaml, const char **flags, int nflags, struct cal_error *err)
 {
 	char path[] = "/tmp/calibd-cfg-XXXXXX";
