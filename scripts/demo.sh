@@ -84,6 +84,9 @@ curl -sS "$api/v1/jobs/$id" | tee "$W/job-final.json" | jq '{id, state, error, r
 out=$(jq -r .result.output "$W/job-final.json")
 echo "== quality (evaluate: KL, top-1 agreement, perplexity on held-out data; docs/eval.md)"
 jq '.result.evaluation' "$W/job-final.json"
+echo "== GET /v1/jobs/$id/report.html (the report page: inline SVG plots)"
+curl -sSf "$api/v1/jobs/$id/report.html" -o "$W/report.html"
+echo "$W/report.html: $(wc -c < "$W/report.html") bytes, $(grep -c '<svg id="plot-' "$W/report.html") plots"
 echo "== calibd verify $out"
 $calibd verify "$out" --source "$W/models/qwen3-moe-tiny"
 echo "== $out/hf_quant_config.json"
