@@ -5,6 +5,8 @@
 #ifndef CAL_CLI_H
 #define CAL_CLI_H
 
+#include <stdint.h>
+
 #include "common/status.h"
 
 enum cal_exit {
@@ -20,6 +22,10 @@ enum cal_exit {
 
 /* Maps an error status to the exit code scripts see. */
 int cal_exit_from_status(enum cal_status st);
+
+/* An unsigned decimal / 0x number with an optional K, M or G suffix
+ * (memory sizes); 0, or -1 for anything else. */
+int cal_cli_parse_u64(const char *s, uint64_t *ret);
 
 #define CAL_CMD(name, desc) int cal_cmd_##name(int argc, char **argv);
 #include "commands.def"

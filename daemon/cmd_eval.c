@@ -43,17 +43,6 @@ static void eval_usage(FILE *o)
 		"(docs/eval.md).  --samples 128 and --seq-len 512 by default for --data.\n");
 }
 
-static int parse_u64(const char *s, uint64_t *ret)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 0);
-	if (errno || end == s || *s == '-' || *end)
-		return -1;
-	*ret = v;
-	return 0;
-}
-
 static void summary(const json_t *r)
 {
 	const json_t *kl = json_object_get(r, "kl"), *pp = json_object_get(r, "perplexity");
@@ -116,7 +105,7 @@ int cal_cmd_eval(int argc, char **argv)
 		case 'b':
 		case 'M':
 		case 'T':
-			if (parse_u64(optarg, &v) < 0 || (c == 'n' && (v < 1 || v > CAL_CALIB_MAX_SEQS)) ||
+			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'n' && (v < 1 || v > CAL_CALIB_MAX_SEQS)) ||
 			    (c == 'S' && (v < 1 || v > CAL_CALIB_MAX_SEQ_LEN)) || (c == 'T' && v > 256)) {
 				fprintf(stderr, "calibd eval: bad value '%s' for --%s\n", optarg,
 					c == 'n' ? "samples" : c == 'S' ? "seq-len" : c == 's' ? "seed"

@@ -325,7 +325,7 @@ static uint64_t per_token_bytes(const struct cal_calib *c)
 				      4 * (3 * kk + (uint64_t)c->k)
 			    : 0;
 	return b + (dense > moe ? dense : moe) + (c->hidden_on_host ? 2 * H : 0) +
-	       cal_gdn_token_bytes(c);
+	       cal_gdn_token_bytes(c) + (c->ev ? cal_eval_token_bytes(c) : 0);
 }
 
 static enum cal_status layout_tokens(struct cal_calib *c, const struct cal_calib_tokens *tk,
@@ -1177,6 +1177,9 @@ static enum cal_status plan_memory(struct cal_calib *c, const struct cal_calib_t
 				 16 * ((uint64_t)c->E + 1) + 64 * 256 + (uint64_t)(64 << 10);
 		if (c->stream_weights)
 			fixed += c->arena_bytes[0] + c->arena_bytes[1];
+		if (c->ev) /* the quantized model: its hidden states, one layer's weights, lm_head */
+			fixed += n_tok * H * 2 + c->max_layer_bytes +
+				 (uint64_t)c->d->vocab_size * H * 2 + 4 * H;
 		if (fixed >= budget)
 			return cal_error_set(err, CAL_ERR_NOMEM,
 					     "memory budget of %llu bytes (%s) cannot hold two layers' "

@@ -213,6 +213,9 @@ enum cal_status cal_layer_step_run(struct cal_calib *c, int32_t L, enum cal_step
 /* eval.c: the evaluation's parts of the run loop (calib.c calls them when
  * c->ev is set) */
 enum cal_status cal_eval_begin(struct cal_calib *c, struct cal_error *err);
+/* Back-end bytes per micro-batch token the evaluation adds (calib.c sizes
+ * micro-batches with it): teacher-forced copy, fake-quant scratch, logits. */
+uint64_t cal_eval_token_bytes(const struct cal_calib *c);
 enum cal_status cal_eval_layer(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 			       struct cal_error *err);
 enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err);

@@ -430,6 +430,19 @@ static uint64_t maxu(uint64_t a, uint64_t b)
 	return a > b ? a : b;
 }
 
+static uint64_t fq_per_token(const struct cal_calib *c)
+{
+	uint64_t H = (uint64_t)c->H, kk = maxu((uint64_t)c->kk, 1);
+	return kk * maxu(maxu(H, (uint64_t)(c->nh * c->hd)),
+			 maxu(maxu((uint64_t)c->Id, (uint64_t)c->I), (uint64_t)c->Is));
+}
+
+uint64_t cal_eval_token_bytes(const struct cal_calib *c)
+{
+	uint64_t fq = fq_per_token(c);
+	return 2 * (uint64_t)c->H + fq + fq / 16 + 4 * (uint64_t)c->d->vocab_size;
+}
+
 enum cal_status cal_eval_begin(struct cal_calib *c, struct cal_error *err)
 {
 	struct cal_eval *ev = c->ev;
@@ -441,8 +454,7 @@ enum cal_status cal_eval_begin(struct cal_calib *c, struct cal_error *err)
 				     "evaluation keeps both models' hidden states in device memory; "
 				     "%llu tokens do not fit: evaluate fewer samples",
 				     (unsigned long long)c->n_tok);
-	ev->fq_elems = T * kk * maxu(maxu(H, (uint64_t)(c->nh * c->hd)),
-				     maxu(maxu((uint64_t)c->Id, (uint64_t)c->I), (uint64_t)c->Is));
+	ev->fq_elems = T * fq_per_token(c);
 	CAL_TRY(cal_backend_alloc(c->be, c->n_tok * H * 2, (void **)&ev->xq, err));
 	CAL_TRY(cal_backend_copy(c->be, ev->xq, c->hidden, c->n_tok * H * 2, err));
 	CAL_TRY(cal_backend_alloc(c->be, T * H * 2, (void **)&ev->xtf, err));

@@ -188,6 +188,11 @@ Test(eval, report)
 	char *root = tmpdir(), *src = make_model(root, "qwen3_moe", "default");
 	char *q = quantize(root, src, "nvfp4_default-kv_fp8");
 	cr_assert_eq(eval(root, src, q, "r", ""), 0);
+	/* streamed like on a GPU (weights through arenas, 4 micro-batches): the same logits */
+	cr_assert_eq(eval(root, src, q, "s", "--max-gpu-mem 8M --micro-batch 64"), 0);
+	char cmd[4096];
+	snprintf(cmd, sizeof(cmd), "cmp -s '%s/r.q.bf16' '%s/s.q.bf16'", root, root);
+	cr_assert_eq(run(cmd), 0, "streamed evaluation differs");
 	json_t *rep = load_json(path2(q, "calibd_report.json"));
 	cr_assert(json_is_string(json_object_get(rep, "source_fingerprint")));
 	json_decref(rep);
