@@ -16,6 +16,7 @@
 #include "common/device.h"
 #include "common/jsonscan.h"
 #include "daemon/fsutil.h"
+#include "engine/recipe/qformat.h"
 #include "engine/st/st_writer.h"
 
 enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
@@ -405,16 +406,46 @@ static enum cal_api_err inline_yaml(const json_t *y, const char *field, json_t *
 	return CAL_API_OK;
 }
 
-/* "recipe": NAME | {"yaml": TEXT}, or "recipe_yaml": TEXT (exactly one).
- * Syntax only: api/recipes.c loads the recipe. */
+/* "qformat": hf_ptq.py's --qformat name, mapped to its built-in recipe
+ * (engine/recipe/qformat.h): the spec keeps both. */
+static enum cal_api_err jobspec_qformat(const json_t *q, json_t *out, struct cal_api_problem *prob)
+{
+	if (!json_is_string(q) || strlen(json_string_value(q)) != json_string_length(q))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "qformat",
+					   "qformat must be a string (hf_ptq.py's --qformat name, e.g. nvfp4)");
+	const char *recipe = NULL;
+	struct cal_error err = {0};
+	enum cal_status st = cal_qformat_recipe(json_string_value(q), &recipe, &err);
+	if (st < 0) {
+		enum cal_api_err ae = cal_api_problem_set(
+			prob, st == CAL_ERR_UNSUPPORTED ? CAL_API_ERR_INVALID_RECIPE : CAL_API_ERR_INVALID_FIELD,
+			"qformat", "%s", cal_error_msg(&err));
+		cal_error_clear(&err);
+		return ae;
+	}
+	json_object_set(out, "qformat", (json_t *)q);
+	json_object_set_new(out, "recipe", json_string(recipe));
+	return CAL_API_OK;
+}
+
+/* "recipe": NAME | {"yaml": TEXT}, "recipe_yaml": TEXT, or "qformat": NAME
+ * (exactly one).  Syntax only: api/recipes.c loads the recipe. */
 enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_api_problem *prob)
 {
 	json_t *r = json_object_get(req, "recipe");
 	json_t *ry = json_object_get(req, "recipe_yaml");
+	json_t *q = json_object_get(req, "qformat");
 	if (r && json_is_null(r))
 		r = NULL;
 	if (ry && json_is_null(ry))
 		ry = NULL;
+	if (q && json_is_null(q))
+		q = NULL;
+	if (q && (r || ry))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "qformat",
+					   "give one of recipe, recipe_yaml and qformat, not several");
+	if (q)
+		return jobspec_qformat(q, out, prob);
 	if (r && ry)
 		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "recipe_yaml",
 					   "give one of recipe and recipe_yaml, not both");
@@ -422,7 +453,8 @@ enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_a
 		return inline_yaml(ry, "recipe_yaml", out, prob);
 	if (!r)
 		return cal_api_problem_set(prob, CAL_API_ERR_MISSING_FIELD, "recipe",
-					   "recipe is required: a recipe name, {\"yaml\": \"...\"} or recipe_yaml");
+					   "recipe is required: a recipe name, {\"yaml\": \"...\"}, recipe_yaml or "
+					   "qformat");
 	if (json_is_object(r)) {
 		static const char *const keys[] = {"yaml", NULL};
 		enum cal_api_err ae = check_keys(r, keys, "recipe.", prob);
@@ -591,7 +623,7 @@ fail:
 enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspec_env *env,
 				      json_t **ret_spec, struct cal_api_problem *prob)
 {
-	static const char *const keys[] = {"name", "model", "recipe", "recipe_yaml", "calibration", "output",
+	static const char *const keys[] = {"name", "model", "recipe", "recipe_yaml", "qformat", "calibration", "output",
 					   "devices", "priority", "options", "timeout_s", "evaluate", NULL};
 	enum cal_api_err ae;
 	char *model = NULL, *output = NULL;

@@ -239,6 +239,9 @@ static enum cal_api_err job_open(const struct cal_config *c, struct cal_job_opts
 const char *cal_api_recipe_field(const json_t *req)
 {
 	const json_t *ry = json_object_get(req, "recipe_yaml");
+	const json_t *q = json_object_get(req, "qformat");
+	if (q && !json_is_null(q))
+		return "qformat";
 	if (ry && !json_is_null(ry))
 		return "recipe_yaml";
 	return json_is_object(json_object_get(req, "recipe")) ? "recipe.yaml" : "recipe";
@@ -386,7 +389,7 @@ enum MHD_Result cal_route_recipe_get(struct cal_http_req *r)
 
 enum MHD_Result cal_route_plan(struct cal_http_req *r)
 {
-	static const char *const keys[] = {"model", "recipe", "recipe_yaml", NULL};
+	static const char *const keys[] = {"model", "recipe", "recipe_yaml", "qformat", NULL};
 	struct cal_api_problem prob = {0};
 	json_t *req = NULL, *rf = NULL, *out = NULL;
 	char *model = NULL, *dir = NULL, *text = NULL;

@@ -22,11 +22,12 @@
 #include "config.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
+#include "engine/recipe/qformat.h"
 
 static void quantize_usage(FILE *o)
 {
 	fprintf(o,
-		"usage: calibd quantize --model DIR --recipe NAME|FILE\n"
+		"usage: calibd quantize --model DIR (--recipe NAME|FILE | --qformat NAME)\n"
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
@@ -40,7 +41,9 @@ static void quantize_usage(FILE *o)
 		"(the `datasets:` map of a calibd.yaml, docs/api.md).  --device defaults to\n"
 		"cuda when a GPU is present, else cpu.  --progress-fd N writes progress as JSON\n"
 		"lines on descriptor N; --json prints the report as JSON.  SIGINT/SIGTERM stop\n"
-		"after the current layer with nothing published.  docs/quantize.md.\n"
+		"after the current layer with nothing published.  --qformat takes modelopt\n"
+		"hf_ptq.py's --qformat names (`calibd recipes` lists them and their recipes;\n"
+		"docs/recipes.md).  docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
 }
@@ -227,6 +230,7 @@ int cal_cmd_quantize(int argc, char **argv)
 	static const struct option lo[] = {
 		{"model", required_argument, NULL, 'm'},
 		{"recipe", required_argument, NULL, 'r'},
+		{"qformat", required_argument, NULL, 'Q'},
 		{"calib", required_argument, NULL, 'c'},
 		{"calib-tokens", required_argument, NULL, 't'},
 		{"out", required_argument, NULL, 'o'},
@@ -245,7 +249,7 @@ int cal_cmd_quantize(int argc, char **argv)
 	};
 	struct cal_quantize_opts o = {.cancel = &quantize_cancel};
 	struct cal_job_opts jo = {0};
-	const char *calib = NULL, *device = NULL;
+	const char *calib = NULL, *device = NULL, *qformat = NULL;
 	const char *datasets_file = NULL;
 	struct prog pr = {.tty = isatty(2), .fd = -1};
 	int json = 0, c, fd, n;
@@ -255,6 +259,7 @@ int cal_cmd_quantize(int argc, char **argv)
 		switch (c) {
 		case 'm': jo.model_dir = optarg; break;
 		case 'r': jo.recipe = optarg; break;
+		case 'Q': qformat = optarg; break;
 		case 'c': calib = optarg; break;
 		case 't': jo.tokens = optarg; break;
 		case 'o': o.out_dir = optarg; break;
@@ -305,13 +310,24 @@ int cal_cmd_quantize(int argc, char **argv)
 		default: quantize_usage(stderr); return CAL_EXIT_USAGE;
 		}
 	}
-	if (!jo.model_dir || !jo.recipe || !o.out_dir || !calib == !jo.tokens || optind != argc) {
+	if (!jo.model_dir || !jo.recipe == !qformat || !o.out_dir || !calib == !jo.tokens ||
+	    optind != argc) {
 		if (calib && jo.tokens)
 			fprintf(stderr, "calibd quantize: --calib and --calib-tokens exclude each other\n");
+		if (jo.recipe && qformat)
+			fprintf(stderr, "calibd quantize: --recipe and --qformat exclude each other\n");
 		quantize_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
 	struct cal_error err = {0};
+	if (qformat) {
+		enum cal_status qs = cal_qformat_recipe(qformat, &jo.recipe, &err);
+		if (qs < 0) {
+			fprintf(stderr, "calibd quantize: --qformat: %s\n", cal_error_msg(&err));
+			cal_error_clear(&err);
+			return cal_exit_from_status(qs);
+		}
+	}
 	if (cal_devices_parse(device, &jo.devices, &err) < 0) {
 		fprintf(stderr, "calibd quantize: --device: %s\n", cal_error_msg(&err));
 		cal_error_clear(&err);

@@ -9,13 +9,17 @@
 #include <stdlib.h>
 
 #include "cli.h"
+#include "engine/recipe/qformat.h"
 #include "engine/recipe/recipe.h"
 
 static void recipes_usage(FILE *o)
 {
 	fprintf(o, "usage: calibd recipes [--recipes-dir DIR] [--json]\n"
 		   "Lists the built-in recipes (tree: --recipes-dir, else $" CAL_RECIPES_ENV
-		   ", else the installed one).\n");
+		   ", else the installed one), then modelopt hf_ptq.py's --qformat names\n"
+		   "(`calibd quantize --qformat`) with the recipe each runs or why it is refused.\n"
+		   "--json: {\"recipes\": [{name, description}], \"qformats\": [{name, recipe |\n"
+		   "refused}]}.\n");
 }
 
 int cal_cmd_recipes(int argc, char **argv)
@@ -52,20 +56,32 @@ int cal_cmd_recipes(int argc, char **argv)
 		cal_error_clear(&err);
 		return cal_exit_from_status(st);
 	}
+	size_t nq = 0;
+	const struct cal_qformat *q = cal_qformat_list(&nq);
 	if (json) {
-		json_t *a = json_array();
+		json_t *a = json_array(), *qa = json_array();
 		for (size_t i = 0; i < n; i++)
 			json_array_append_new(a, json_pack("{s:s, s:s}", "name", list[i].name,
 							   "description", list[i].description));
-		char *s = json_dumps(a, JSON_INDENT(1));
+		for (size_t i = 0; i < nq; i++)
+			json_array_append_new(qa, json_pack("{s:s, s:s}", "name", q[i].name,
+							    q[i].recipe ? "recipe" : "refused",
+							    q[i].recipe ? q[i].recipe : q[i].reason));
+		json_t *doc = json_pack("{s:o, s:o}", "recipes", a, "qformats", qa);
+		char *s = json_dumps(doc, JSON_INDENT(1));
 		if (s)
 			printf("%s\n", s);
 		free(s);
-		json_decref(a);
+		json_decref(doc);
 	} else {
 		printf("built-in recipes (%s):\n", dir);
 		for (size_t i = 0; i < n; i++)
 			printf("  %-44s %s\n", list[i].name, list[i].description);
+		printf("\nhf_ptq.py --qformat names (calibd quantize --qformat; KV cache: hf_ptq's "
+		       "default fp8_cast):\n");
+		for (size_t i = 0; i < nq; i++)
+			printf("  %-20s %s%s\n", q[i].name, q[i].recipe ? "" : "refused: ",
+			       q[i].recipe ? q[i].recipe : q[i].reason);
 	}
 	cal_recipe_list_free(list, n);
 	return CAL_EXIT_OK;

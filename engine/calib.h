@@ -129,8 +129,8 @@ struct cal_calib_opts {
 /*
  * What the calibration engine runs: CAL_OK, or CAL_ERR_UNSUPPORTED (or
  * CAL_ERR_FORMAT for inconsistent dimensions) naming the model type and
- * the feature it does not run yet (MLA, non-softmax routers, GPT-OSS
- * experts, quantized source checkpoints, ...).  Only the description is
+ * the feature it does not run yet (GPT-OSS sinks and experts, MXFP4
+ * source checkpoints, MLA with attention_bias, ...).  Only the description is
  * read: no file, no back end.  The job's capability query (engine/job.h
  * cal_job_check) asks this.
  */

@@ -196,10 +196,9 @@ enum cal_status cal_job_check(const struct cal_job *j, unsigned ops, struct cal_
 	}
 	if (!(ops & CAL_JOB_EXPORT))
 		return CAL_OK;
-	if (d->src_quant != CAL_SRC_QUANT_NONE)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized "
-				     "source checkpoint is not implemented", d->model_type,
-				     cal_src_quant_name(d->src_quant));
+	enum cal_status st = cal_export_check_source(d, err);
+	if (st < 0)
+		return st;
 	return j->ck ? export_check(j, err) : CAL_OK;
 }
 

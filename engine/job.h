@@ -142,8 +142,8 @@ void cal_job_close(struct cal_job *j);
 /*
  * The capability query: CAL_OK when the engine runs every stage in `ops`,
  * else CAL_ERR_UNSUPPORTED (or CAL_ERR_FORMAT / CAL_ERR_INVALID) with the
- * reason in err, naming the model type and the feature ("deepseek_v3: mla
- * attention is not run by the calibration engine yet").  Calibration: the
+ * reason in err, naming the model type and the feature ("gpt_oss: gqa
+ * attention with sinks is not run by the calibration engine yet").  Calibration: the
  * description only.  Export: the description, and when the job has its
  * checkpoint, every planned output tensor as the exporter would write it
  * (weight dtypes, formats, block sizes, algorithms), without writing.

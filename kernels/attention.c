@@ -3,8 +3,14 @@
  * attention over packed sequences.  Per query row and head: scores
  * s_j = fl32(q.k_j) * scale for the visible keys (dot in channel order),
  * m = max, e_j = exp(s_j - m), l = sum e_j (key order), p_j = bf16(e_j / l),
- * out = bf16(sum_j p_j v_j) (key order).  Only one row of scores exists at
- * a time.  Reference and CPU back end; items are (row, head) pairs.
+ * out = bf16(sum_j p_j v_j) (key order).  With sinks (gpt_oss) the head's
+ * sink logit s joins the max and the denominator: m = max(m, s), and
+ * l += exp(s - m) after the keys; it has no value row (docs/gpt_oss.md).
+ * eager_bf16 (transformers' eager bf16 attention): s_j = bf16(bf16(q.k_j) *
+ * scale), e_j = exp(bf16(s_j - m)), the sink's term exp(bf16(s - m)).
+ * Only one row of scores exists at a time.  v and out may have their own
+ * head dim vd (DeepSeek MLA).  Reference and CPU back end; items are (row,
+ * head) pairs.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -14,13 +20,18 @@
 
 struct attn_ctx {
 	const struct cal_attention_args *a;
-	float *scratch;   /* per slot: max_len + 2 * hd floats */
+	float *scratch;   /* per slot: max_len + hd + vd floats */
 	uint64_t per_slot;
 };
 
 static inline float ld(const uint16_t *p, uint64_t i)
 {
 	return cal_nf_float((uint32_t)p[i] << 16);
+}
+
+static inline float bf(float v)
+{
+	return cal_nf_float((uint32_t)cal_nf_f32_to_bf16(v) << 16);
 }
 
 /* Sequence of row i (cu_seqlens strictly covers [0, t)). */
@@ -41,20 +52,20 @@ static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
 	const struct attn_ctx *c = p;
 	const struct cal_attention_args *a = c->a;
-	const uint32_t hd = a->hd, group = a->nh / a->nkv;
+	const uint32_t hd = a->hd, vd = a->vd ? a->vd : a->hd, group = a->nh / a->nkv;
 	float *sc = c->scratch + (uint64_t)slot * c->per_slot;
-	float *qf = sc + (c->per_slot - 2 * (uint64_t)hd), *acc = qf + hd;
+	float *qf = sc + (c->per_slot - (uint64_t)hd - vd), *acc = qf + hd;
 
 	for (uint64_t it = begin; it < end; it++) {
 		uint64_t i = it / a->nh;
 		uint32_t h = (uint32_t)(it % a->nh), kvh = h / group;
 		uint32_t s = seq_of(a->cu_seqlens, a->n_seq, i);
 		uint64_t lo = a->cu_seqlens[s] + (a->key_start ? a->key_start[s] : 0);
-		uint16_t *o = a->out + (i * a->nh + h) * hd;
+		uint16_t *o = a->out + (i * a->nh + h) * vd;
 		if (a->window && i + 1 > (uint64_t)a->window && i + 1 - a->window > lo)
 			lo = i + 1 - a->window;
 		if (lo > i) {
-			memset(o, 0, hd * sizeof(uint16_t));
+			memset(o, 0, vd * sizeof(uint16_t));
 			continue;
 		}
 		const uint16_t *q = a->q + (i * a->nh + h) * hd;
@@ -66,24 +77,31 @@ static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			float dot = 0.0f;
 			for (uint32_t d = 0; d < hd; d++)
 				dot += qf[d] * ld(k, d);
-			float sv = dot * a->scale;
+			float sv = a->eager_bf16 ? bf(bf(dot) * a->scale) : dot * a->scale;
 			sc[j - lo] = sv;
 			m = sv > m ? sv : m;
 		}
 		float l = 0.0f;
+		if (a->sinks && a->sinks[h] > m)
+			m = a->sinks[h];
 		for (uint64_t j = lo; j <= i; j++) {
-			sc[j - lo] = expf(sc[j - lo] - m);
+			float d = sc[j - lo] - m;
+			sc[j - lo] = expf(a->eager_bf16 ? bf(d) : d);
 			l += sc[j - lo];
 		}
-		for (uint32_t d = 0; d < hd; d++)
+		if (a->sinks) {
+			float d = a->sinks[h] - m;
+			l += expf(a->eager_bf16 ? bf(d) : d);
+		}
+		for (uint32_t d = 0; d < vd; d++)
 			acc[d] = 0.0f;
 		for (uint64_t j = lo; j <= i; j++) {
-			float pj = cal_nf_float((uint32_t)cal_nf_f32_to_bf16(sc[j - lo] / l) << 16);
-			const uint16_t *v = a->v + (j * a->nkv + kvh) * hd;
-			for (uint32_t d = 0; d < hd; d++)
+			float pj = bf(sc[j - lo] / l);
+			const uint16_t *v = a->v + (j * a->nkv + kvh) * vd;
+			for (uint32_t d = 0; d < vd; d++)
 				acc[d] += pj * ld(v, d);
 		}
-		for (uint32_t d = 0; d < hd; d++)
+		for (uint32_t d = 0; d < vd; d++)
 			o[d] = cal_nf_f32_to_bf16(acc[d]);
 	}
 }
@@ -95,7 +113,8 @@ enum cal_status cal_check_attention(const struct cal_attention_args *a, struct c
 		return cal_error_set(err, CAL_ERR_INVALID,
 				     "arguments nh = %u, nkv = %u, hd = %u: need nh %% nkv == 0, all > 0",
 				     a->nh, a->nkv, a->hd);
-	if ((st = cal_check_shape(a->t, (uint64_t)a->nh * a->hd, 1, err)) < 0)
+	if ((st = cal_check_shape(a->t, (uint64_t)a->nh * a->hd, 1, err)) < 0 ||
+	    (st = cal_check_shape(a->t, (uint64_t)a->nh * (a->vd ? a->vd : a->hd), 1, err)) < 0)
 		return st;
 	if (a->t > UINT32_MAX)
 		return cal_error_set(err, CAL_ERR_RANGE, "argument 't' = %llu exceeds 2^32-1",
@@ -133,7 +152,7 @@ enum cal_status cal_cpu_attention(struct cal_backend *be, const struct cal_atten
 		uint64_t len = a->cu_seqlens[s + 1] - a->cu_seqlens[s];
 		max_len = len > max_len ? len : max_len;
 	}
-	c.per_slot = max_len + 2 * (uint64_t)a->hd;
+	c.per_slot = max_len + (uint64_t)a->hd + (a->vd ? a->vd : a->hd);
 	unsigned slots = cal_cpu_slots(be, items, 1);
 	c.scratch = malloc((size_t)slots * c.per_slot * sizeof(float));
 	if (!c.scratch)

@@ -1,7 +1,7 @@
 /*
  * ewise.c — element-wise decoder steps on bf16 (residual add, SwiGLU,
  * sigmoid-gated add of the shared expert, clamp, sigmoid gate of the gated
- * attention output), each computed in fp32 and
+ * attention output, gpt_oss's clamped SwiGLU), each computed in fp32 and
  * rounded to bf16 where HF's bf16 ops round.  silu(u) = u / (1 + exp(-u)),
  * sigmoid(u) = 1 / (1 + exp(-u)).  Reference and CPU back end; items are
  * rows.
@@ -23,6 +23,15 @@ static inline float ld(const uint16_t *p, uint64_t i)
 static inline float bf(float v)
 {
 	return cal_nf_float((uint32_t)cal_nf_f32_to_bf16(v) << 16);
+}
+
+/* gpt_oss clamped SwiGLU of one element (bf16 steps as HF's _apply_gate). */
+static inline float swiglu_oai(float g, float u, float lim, float alpha)
+{
+	g = g > lim ? lim : g;
+	u = u > lim ? lim : (u < -lim ? -lim : u);
+	float sg = bf(1.0f / (1.0f + expf(-bf(g * alpha))));
+	return bf(u + 1.0f) * bf(g * sg);
 }
 
 static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
@@ -52,6 +61,9 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			case CAL_EWISE_SIGMOID_MUL:
 				v = u * bf(1.0f / (1.0f + expf(-ld(y, j))));
 				break;
+			case CAL_EWISE_SWIGLU_OAI:
+				v = swiglu_oai(u, ld(y, j), a->clamp, a->alpha);
+				break;
 			default: /* CAL_EWISE_CLAMP */
 				v = u > a->clamp ? a->clamp : (u < -a->clamp ? -a->clamp : u);
 				break;
@@ -64,7 +76,7 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 enum cal_status cal_check_ewise(const struct cal_ewise_args *a, struct cal_error *err)
 {
 	enum cal_status st;
-	if ((unsigned)a->mode > CAL_EWISE_SIGMOID_MUL)
+	if ((unsigned)a->mode > CAL_EWISE_SWIGLU_OAI)
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'mode' = %d is unknown",
 				     (int)a->mode);
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
@@ -85,8 +97,10 @@ enum cal_status cal_check_ewise(const struct cal_ewise_args *a, struct cal_error
 		return st;
 	if (a->mode == CAL_EWISE_GATE_ADD && (st = cal_check_ptr(a->g, "g", err)) < 0)
 		return st;
-	if (a->mode == CAL_EWISE_CLAMP && !(a->clamp >= 0.0f))
+	if ((a->mode == CAL_EWISE_CLAMP || a->mode == CAL_EWISE_SWIGLU_OAI) && !(a->clamp >= 0.0f))
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'clamp' must be >= 0");
+	if (a->mode == CAL_EWISE_SWIGLU_OAI && !isfinite(a->alpha))
+		return cal_error_set(err, CAL_ERR_INVALID, "argument 'alpha' must be finite");
 	return CAL_OK;
 }
 

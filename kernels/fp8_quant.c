@@ -2,6 +2,7 @@
  * fp8_quant.c — FP8 E4M3 per-tensor weight quantizer (MODELOPT.md §1.6):
  *   CAL_DIV_RECIP (CUDA run): q = e4m3(bf16(fl32(x / bf16(S))))
  *   CAL_DIV_EXACT (CPU run):  q = e4m3(bf16(fl32(x / S)))
+ *   single_round (stacked 3-D expert weights, both runs): q = e4m3(fl32(x / S))
  * Reference and CPU back end; items are elements.
  */
 #include "kernels/internal.h"
@@ -15,6 +16,12 @@ static void fp8_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
 	const struct fp8_ctx *c = p;
 	(void)slot;
+	if (c->a->single_round) {
+		for (uint64_t i = begin; i < end; i++)
+			c->a->q[i] = cal_fp8_weight_encode_single(cal_nf_bf16_to_f32(c->a->w[i]),
+								  c->a->scale);
+		return;
+	}
 	for (uint64_t i = begin; i < end; i++)
 		c->a->q[i] = cal_fp8_weight_encode(cal_nf_bf16_to_f32(c->a->w[i]), c->divisor);
 }

@@ -6,7 +6,8 @@
  * Summation order (fixed, so every thread split gives the same bytes): for
  * each output element, four fp32 lanes accumulate x[k]*w[k] for k = l mod 4
  * over the first k - k%4 terms in increasing k, the lanes are added as
- * (l0 + l2) + (l1 + l3), the tail terms follow in order, then the bias.
+ * (l0 + l2) + (l1 + l3), the tail terms follow in order, then the bias
+ * (after a bf16 rounding of the sum with bias_after_round).
  * The CPU work is tiled: an item is a (group, 32-row tile, 64-column tile);
  * each item widens its x and W panels to fp32 once and runs a 2x4
  * register-blocked kernel on SSE-width vectors.
@@ -49,11 +50,13 @@ static void widen(float *dst, const uint16_t *src, uint64_t k, uint64_t kp)
 
 /* Finishes one element: lanes, tail, bias, rounding. */
 static inline uint16_t finish(v4f acc, const float *x, const float *w, uint64_t k4, uint64_t k,
-			      const uint16_t *bias, uint64_t col)
+			      const uint16_t *bias, uint64_t col, int bias_round)
 {
 	float s = lanes_sum(acc);
 	for (uint64_t i = k4; i < k; i++)
 		s += x[i] * w[i];
+	if (bias && bias_round)
+		s = cal_nf_float((uint32_t)cal_nf_f32_to_bf16(s) << 16);
 	if (bias)
 		s += cal_nf_float((uint32_t)bias[col] << 16);
 	return cal_nf_f32_to_bf16(s);
@@ -65,6 +68,7 @@ static void gemm_item_run(const struct cal_gemm_args *a, const struct gemm_item 
 	const uint64_t k = a->k, k4 = k & ~(uint64_t)3;
 	const uint16_t *w = a->w + (uint64_t)it->g * a->w_stride;
 	const uint16_t *bias = a->bias ? a->bias + (uint64_t)it->g * a->bias_stride : NULL;
+	const int br = a->bias_after_round;
 	uint64_t nr = it->r1 - it->r0, nc = it->c1 - it->c0;
 
 	for (uint64_t r = 0; r < nr; r++)
@@ -99,14 +103,14 @@ static void gemm_item_run(const struct cal_gemm_args *a, const struct gemm_item 
 			}
 			uint16_t *y0 = a->y + (it->r0 + r) * a->n + it->c0 + c, *y1 = y0 + a->n;
 			uint64_t col = it->c0 + c;
-			y0[0] = finish(a00, x0, w0, k4, k, bias, col);
-			y0[1] = finish(a01, x0, w1, k4, k, bias, col + 1);
-			y0[2] = finish(a02, x0, w2, k4, k, bias, col + 2);
-			y0[3] = finish(a03, x0, w3, k4, k, bias, col + 3);
-			y1[0] = finish(a10, x1, w0, k4, k, bias, col);
-			y1[1] = finish(a11, x1, w1, k4, k, bias, col + 1);
-			y1[2] = finish(a12, x1, w2, k4, k, bias, col + 2);
-			y1[3] = finish(a13, x1, w3, k4, k, bias, col + 3);
+			y0[0] = finish(a00, x0, w0, k4, k, bias, col, br);
+			y0[1] = finish(a01, x0, w1, k4, k, bias, col + 1, br);
+			y0[2] = finish(a02, x0, w2, k4, k, bias, col + 2, br);
+			y0[3] = finish(a03, x0, w3, k4, k, bias, col + 3, br);
+			y1[0] = finish(a10, x1, w0, k4, k, bias, col, br);
+			y1[1] = finish(a11, x1, w1, k4, k, bias, col + 1, br);
+			y1[2] = finish(a12, x1, w2, k4, k, bias, col + 2, br);
+			y1[3] = finish(a13, x1, w3, k4, k, bias, col + 3, br);
 		}
 		for (; c < nc; c++) {
 			const float *w0 = ws + c * kp;
@@ -120,8 +124,8 @@ static void gemm_item_run(const struct cal_gemm_args *a, const struct gemm_item 
 				a10 += p1 * q;
 			}
 			uint16_t *y0 = a->y + (it->r0 + r) * a->n + it->c0 + c;
-			y0[0] = finish(a00, x0, w0, k4, k, bias, it->c0 + c);
-			y0[a->n] = finish(a10, x1, w0, k4, k, bias, it->c0 + c);
+			y0[0] = finish(a00, x0, w0, k4, k, bias, it->c0 + c, br);
+			y0[a->n] = finish(a10, x1, w0, k4, k, bias, it->c0 + c, br);
 		}
 	}
 	for (; r < nr; r++) {
@@ -136,7 +140,7 @@ static void gemm_item_run(const struct cal_gemm_args *a, const struct gemm_item 
 				acc += p0 * q;
 			}
 			a->y[(it->r0 + r) * a->n + it->c0 + c] =
-				finish(acc, x0, w0, k4, k, bias, it->c0 + c);
+				finish(acc, x0, w0, k4, k, bias, it->c0 + c, br);
 		}
 	}
 }

@@ -168,6 +168,13 @@ CAL_HD float cal_e4m3_decode(uint8_t c)
 	return cal_nf_float(sign | (e - 7u + 127u) << 23 | m << 20);
 }
 
+/* Block-scaled FP8 source element (DeepSeek checkpoints, kernels
+ * fp8_block_dequant): bf16 bits of fl32(e4m3(q) * scale_inv). */
+CAL_HD uint16_t cal_fp8_block_value(uint8_t q, float scale_inv)
+{
+	return cal_nf_f32_to_bf16(cal_fmul(cal_e4m3_decode(q), scale_inv));
+}
+
 /* ---- FP4 E2M1 ---------------------------------------------------------- */
 
 /* Magnitude of the 3 low bits of an E2M1 code. */
@@ -485,6 +492,12 @@ CAL_HD uint8_t cal_fp8_from_quotient(float q)
 CAL_HD uint8_t cal_fp8_weight_encode(float x, float divisor)
 {
 	return cal_fp8_from_quotient(cal_fdiv(x, divisor));
+}
+
+/* FP8 element of a stacked 3-D expert weight: e4m3(fl32(x / S)), one rounding. */
+CAL_HD uint8_t cal_fp8_weight_encode_single(float x, float s)
+{
+	return cal_e4m3_encode(cal_fdiv(x, s));
 }
 
 /* The divisor cal_fp8_weight_encode needs for a given weight_scale S. */

@@ -91,6 +91,23 @@ struct cal_amax_blocks_args {
 	struct cal_nonfinite *nonfinite;
 };
 
+/* GPTQ Hessian observer (docs/gptq.md): h[i, j] += s(i, j) with
+ * s(i, j) = sum over the selected rows r of x[r, i] * x[r, j], summed in fp32
+ * with one fused multiply-add per row in row order (index order when index
+ * is given), so every back end gives the same bytes; h is written whole
+ * (both triangles, equal).  Rows are all of x (index NULL) or the gathered
+ * rows x[index[k], :], k < n_index (the tokens routed to an expert); indices
+ * >= rows are skipped.  NaN results are the canonical NaN; the amax
+ * observers report where non-finite inputs came from. */
+struct cal_hessian_args {
+	enum cal_dtype dtype;   /* CAL_DTYPE_BF16 or CAL_DTYPE_F32 */
+	const void *x;
+	uint64_t rows, cols;    /* rows < 2^32; cols <= 65536 */
+	const uint32_t *index;  /* [n_index] or NULL */
+	uint64_t n_index;
+	float *h;               /* [cols, cols], in/out */
+};
+
 /* ---- weight quantizers (input bf16 [rows, cols]) ------------------------ */
 
 /* NVFP4 dynamic (§1.4.2): scale2 = cal_nvfp4_scale2(amax_w, mode). */
@@ -137,6 +154,10 @@ struct cal_fp8_quant_args {
 	float scale;
 	enum cal_div_mode div;
 	uint8_t *q;             /* [n] F8_E4M3 */
+	/* 1: q = e4m3(fl32(x / scale)), one rounding, whatever div: modelopt's
+	 * stacked 3-D expert weights (gpt_oss), whose scale tensor promotes the
+	 * quotient to fp32 (docs/gpt_oss.md) */
+	int single_round;
 };
 
 /* MXFP8 (§1.8), block 32. */
@@ -241,6 +262,9 @@ struct cal_gemm_args {
 	 * back end then issues the per-group GEMMs without reading offsets back
 	 * (no stream sync).  Ignored by the CPU back end. */
 	const uint32_t *host_offsets;
+	/* bias added after the product is rounded: y = bf16(bf16(x W^T) + b),
+	 * as `x @ W + b` in two bf16 ops (gpt_oss experts); 0: rounded once */
+	int bias_after_round;
 };
 
 /* out[i, :] = src[index[i] / div, :] (div 0 or 1: index[i]).  Embedding
@@ -276,6 +300,8 @@ struct cal_rmsnorm_args {
 	float eps;
 };
 
+#define CAL_ROPE_MAX_INTERLEAVED 1024u
+
 /* Rotary embedding in place, NeoX rotate-half on the first rotary_dim
  * channels of each head (the rest pass through).  For channel j < r/2,
  * angle = fl32(pos * inv_freq[j]); c = bf16(fl32(cos(angle) * factor)),
@@ -288,6 +314,13 @@ struct cal_rope_args {
 	const uint32_t *pos;     /* [rows] position of each row */
 	const float *inv_freq;   /* [rotary_dim / 2] */
 	float factor;            /* attention factor multiplying cos and sin (1 unless yarn) */
+	/* DeepSeek MLA (ARCHITECTURES.md §1.5, §7): the rotary channels start at
+	 * `offset` within each head (q: after the qk_nope channels); with
+	 * `interleave` pair j is (x[2j], x[2j+1]) and the result is stored
+	 * de-interleaved: x'[j] = bf16(bf16(x[2j] c) - bf16(x[2j+1] s)),
+	 * x'[j+r/2] = bf16(bf16(x[2j+1] c) + bf16(x[2j] s)) (r <= 1024). */
+	uint32_t offset;         /* offset + rotary_dim <= head_dim */
+	int interleave;
 };
 
 /* Causal attention over packed sequences: sequence s is rows
@@ -309,6 +342,18 @@ struct cal_attention_args {
 	const uint32_t *key_start; /* [n_seq] or NULL */
 	uint32_t window;
 	float scale;
+	/* gpt_oss: one learned logit per query head [nh] (fp32, back-end
+	 * memory) joining each row's softmax denominator (no value row); NULL:
+	 * none.  docs/gpt_oss.md */
+	const float *sinks;
+	/* transformers' eager attention in bf16 (gpt_oss, which has no SDPA
+	 * path): each score rounded to bf16 after q.k and again after the
+	 * scaling, and score - max (sink included) rounded to bf16 before the
+	 * exponential; 0: fp32 scores (SDPA) */
+	int eager_bf16;
+	/* Head dim of v and out when it differs from q/k's (DeepSeek MLA: q/k
+	 * 192, v 128): v is [t, nkv, vd], out [t, nh, vd]; 0 means hd. */
+	uint32_t vd;
 };
 
 /* MoE router (qwen/mixtral/olmoe, §3 step 4): p = softmax(fp32(logits)) over
@@ -316,6 +361,13 @@ struct cal_attention_args {
  * as torch.topk), descending; weight = the first k of them, divided by their
  * fp32 sum when renorm.  Slots k .. k_total-1 carry extra experts for
  * statistics only (moe_calib_experts_ratio) and have no weight. */
+enum cal_router_mode {
+	CAL_ROUTER_MODE_SOFTMAX_TOPK = 0, /* fp32 softmax over e, top-k, optional renorm */
+	/* gpt_oss: top-k of the bf16 logits, softmax over the k picked, each
+	 * weight rounded to bf16 (renorm ignored) */
+	CAL_ROUTER_MODE_TOPK_SOFTMAX = 1,
+};
+
 struct cal_router_args {
 	const uint16_t *logits;  /* [t, e] bf16 */
 	uint64_t t;
@@ -323,6 +375,7 @@ struct cal_router_args {
 	int renorm;
 	uint32_t *idx;           /* [t, k_total] */
 	float *weight;           /* [t, k] */
+	enum cal_router_mode mode;
 };
 
 /* Sorts the (token, slot) pairs p = t*k_total + s by expert id idx[p]
@@ -368,6 +421,11 @@ enum cal_ewise_mode {
 	CAL_EWISE_GATE_ADD = 2,  /* out = bf16(a + bf16(bf16(sigmoid(g[r])) * b)) (shared expert) */
 	CAL_EWISE_CLAMP = 3,     /* out = min(max(a, -clamp), clamp) (olmoe clip_qkv) */
 	CAL_EWISE_SIGMOID_MUL = 4, /* out = bf16(a * bf16(sigmoid(b))) (gated attention output) */
+	/* gpt_oss experts, a = gate, b = up, clamp = limit:
+	 * g = min(a, clamp), u = min(max(b, -clamp), clamp),
+	 * glu = bf16(g * bf16(sigmoid(bf16(g * alpha)))),
+	 * out = bf16(bf16(u + 1) * glu) */
+	CAL_EWISE_SWIGLU_OAI = 5,
 };
 
 /* Row r, column j: a[r*lda + j], b[r*ldb + j], g[r*ldg], out[r*ldo + j];
@@ -379,6 +437,7 @@ struct cal_ewise_args {
 	uint64_t rows, cols;
 	uint64_t lda, ldb, ldg, ldo;
 	float clamp;
+	float alpha;             /* SWIGLU_OAI */
 };
 
 /* ---- Gated DeltaNet (ARCHITECTURES.md §10) -------------------------------- */
@@ -433,6 +492,57 @@ struct cal_gated_delta_args {
 	int chunked;             /* CPU: 0 token by token, 1 chunked (CAL_GDN_CHUNK) */
 };
 
+/* ---- DeepSeek-V3 (ARCHITECTURES.md §7) ------------------------------------ */
+
+/* MLA keys and values per head from the kv_b_proj output and the shared
+ * (roped) rope key, copies only:
+ * k[t, n, :] = [kv[t, n, 0:dn] | kpe[t, 0:dr]], v[t, n, :] = kv[t, n, dn:dn+dv]. */
+struct cal_mla_kv_args {
+	const uint16_t *kv;      /* [t, nh, dn + dv] */
+	const uint16_t *kpe;     /* [t, dr] */
+	uint16_t *k;             /* [t, nh, dn + dr] */
+	uint16_t *v;             /* [t, nh, dv] */
+	uint64_t t;
+	uint32_t nh, dn, dr, dv;
+};
+
+/* DeepSeek router (noaux_tc, HF DeepseekV3TopkRouter): logits[t, i] =
+ * fl32 dot(x[t], w[i]) (fp32, k order; HF upcasts input and weight);
+ * s = sigmoid(logits); c = s + bias (selection only); group score = the sum
+ * of the two largest c of each of n_group consecutive groups; the topk_group
+ * best groups are kept (ties: lower index); idx = the k_total largest c of
+ * the kept experts (descending, ties: lower index; slots beyond the kept
+ * experts take masked ones in index order); weight[s] = s[idx[s]] for
+ * s < k, divided by (their fp32 sum + 1e-20) when renorm, then times
+ * scaling.  Slots k .. k_total-1 are for statistics only. */
+#define CAL_ROUTER_GROUP_MAX_GROUPS 64u
+struct cal_router_group_args {
+	const uint16_t *x;       /* [t, h] bf16 */
+	const float *w;          /* [e, h] fp32 */
+	const float *bias;       /* [e] e_score_correction_bias, or NULL (0) */
+	float *logits;           /* [t, e] out (scratch: the fp32 logits) */
+	uint64_t t, h;
+	uint32_t e, k, k_total;  /* 1 <= k <= k_total <= e */
+	uint32_t n_group, topk_group; /* e % n_group == 0, e / n_group >= 2 (or n_group 1),
+				       * 1 <= topk_group <= n_group <= 64,
+				       * k <= topk_group * e / n_group */
+	int renorm;
+	float scaling;           /* routed_scaling_factor */
+	uint32_t *idx;           /* [t, k_total] */
+	float *weight;           /* [t, k] */
+};
+
+/* Block-scaled FP8 source weights (DeepSeek-V3 checkpoints, quant_method
+ * fp8): out[r, c] = bf16(fl32(e4m3(q[r, c]) * scale_inv[r / br, c / bc]))
+ * with a ceil-div scale grid (partial edge blocks allowed). */
+struct cal_fp8_block_dequant_args {
+	const uint8_t *q;        /* [rows, cols] F8_E4M3 */
+	const float *scale_inv;  /* [ceil(rows / br), ceil(cols / bc)] */
+	uint64_t rows, cols;
+	uint32_t block_rows, block_cols; /* >= 1 (128, 128) */
+	uint16_t *out;           /* [rows, cols] bf16 */
+};
+
 /* ---- the table ---------------------------------------------------------- */
 
 enum cal_op_id {
@@ -444,7 +554,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 28
+#define CAL_OP_COUNT_EXPECTED 32
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

@@ -19,7 +19,17 @@ sh scripts/deps.sh
 jobs=$(nproc)
 
 echo "== 1. CPU-only build"
-sh scripts/build.sh build/cpu -Dcuda=disabled
+# the recipe matrix runs modelopt's whole recipe tree here (from the
+# nvidia-modelopt wheel on PyPI); elsewhere the 4 recipes of ../shared
+mkdir -p build
+mo=$(sh scripts/modelopt-recipes.sh "$PWD/build/modelopt_recipes")
+if [ -n "$mo" ]; then
+	echo "recipe matrix: modelopt's recipe tree from nvidia-modelopt 0.47.0 ($mo)"
+	sh scripts/build.sh build/cpu -Dcuda=disabled -Dmodelopt_recipes="$mo"
+else
+	echo "recipe matrix: modelopt's recipe tree NOT available; the shared fixtures' recipes only"
+	sh scripts/build.sh build/cpu -Dcuda=disabled
+fi
 meson test -C build/cpu --num-processes "$jobs" --print-errorlogs --suite unit --suite api
 echo "== 1a. API contract: openapi-spec-validator + schemathesis against a live daemon"
 sh scripts/api-contract.sh build/cpu

@@ -91,11 +91,21 @@ static enum cal_status find_eos(const char *dir, int64_t *ret, struct cal_error 
 
 enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal_error *err)
 {
-	if (d->src_quant != CAL_SRC_QUANT_NONE)
+	int oai = d->arch->id == CAL_ARCH_GPT_OSS;
+	if (oai) {
+		enum cal_status st = cal_oai_check(d, err); /* GPT-OSS: gpt_oss.c */
+		if (st < 0)
+			return st;
+	} else if (d->src_quant != CAL_SRC_QUANT_NONE && d->src_quant != CAL_SRC_QUANT_FP8_BLOCK) {
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: quantized source checkpoints (%s) are not run by the "
 				     "calibration engine yet", d->model_type, cal_src_quant_name(d->src_quant));
-	if ((d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA) || d->has_sinks)
+	}
+	if (d->attn == CAL_ATTN_MLA) {
+		enum cal_status st = cal_mla_check(d, err); /* DeepSeek MLA: mla.c */
+		if (st < 0)
+			return st;
+	} else if ((d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA) || (d->has_sinks && !oai))
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: %s attention%s is not run by the calibration engine yet",
 				     d->model_type, cal_attn_kind_name(d->attn),
@@ -106,11 +116,11 @@ enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal
 			return st;
 	}
 	if (d->num_experts > 0 && d->n_moe_layers > 0) {
-		if (d->router != CAL_ROUTER_SOFTMAX_TOPK)
+		if (d->router != CAL_ROUTER_SOFTMAX_TOPK && d->router != CAL_ROUTER_SIGMOID_GROUP && !oai)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					     "%s: router '%s' is not run by the calibration engine yet",
 					     d->model_type, cal_router_kind_name(d->router));
-		if (d->act != CAL_ACT_SWIGLU)
+		if (d->act != CAL_ACT_SWIGLU && !oai)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					     "%s: this expert activation is not run by the calibration "
 					     "engine yet", d->model_type);
@@ -119,13 +129,18 @@ enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal
 					     "%s: top_k %lld not in [1, min(64, experts)]", d->model_type,
 					     (long long)d->top_k);
 	}
-	if (d->shared == CAL_SHARED_UNGATED && d->n_shared_experts > 1)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: several shared experts",
-				     d->model_type);
-	if (d->rope.interleave)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "%s: interleaved RoPE is not run by the calibration engine yet",
-				     d->model_type);
+	if (d->router == CAL_ROUTER_SIGMOID_GROUP && d->n_moe_layers > 0) {
+		struct cal_router_group_args g = {.t = 0, .h = (uint64_t)d->hidden_size,
+						  .e = (uint32_t)d->num_experts, .k = (uint32_t)d->top_k,
+						  .k_total = (uint32_t)d->top_k,
+						  .n_group = (uint32_t)d->n_group,
+						  .topk_group = (uint32_t)d->topk_group,
+						  .scaling = (float)d->routed_scaling_factor};
+		enum cal_status st = cal_check_router_group(&g, err);
+		if (st < 0)
+			return cal_error_wrap(err, st, "%s: n_group / topk_group / num_experts_per_tok",
+					      d->model_type);
+	}
 	return CAL_OK;
 }
 
@@ -255,12 +270,14 @@ static void free_run(struct cal_calib *c)
 	void *bufs[] = {c->hidden, c->pos, c->meta, c->d_inv_freq, c->h, c->q, c->kb, c->vb,
 			c->att, c->tmp, c->gu, c->act, c->logits, c->xg, c->sgu, c->sact,
 			c->sy, c->sgl, c->idx, c->offsets, c->sorted, c->ppos, c->rw, c->obs_amax,
-			c->obs_nf, c->arena[0], c->arena[1], c->xmb, c->w_amax, c->w_nf, c->w_off};
+			c->obs_nf, c->arena[0], c->arena[1], c->xmb, c->w_amax, c->w_nf, c->w_off,
+			c->fp8_wamax, c->fp8_wnf};
 	if (!c->be)
 		return;
 	for (size_t i = 0; i < CAL_ARRAY_LEN(bufs); i++)
 		be_free(c, bufs[i]);
 	cal_gdn_free(c);
+	cal_mla_free(c);
 	c->hidden = NULL;
 	c->pos = c->meta = NULL;
 	c->d_inv_freq = NULL;
@@ -274,6 +291,10 @@ static void free_run(struct cal_calib *c)
 	c->w_amax = NULL;
 	c->w_nf = NULL;
 	c->w_off = NULL;
+	c->fp8_wamax = NULL;
+	c->fp8_wnf = NULL;
+	free(c->fp8_wpend);
+	c->fp8_wpend = NULL;
 	for (int i = 0; i < CAL_RING_SLOTS; i++) {
 		cal_backend_host_free(c->be, c->ring[i]);
 		c->ring[i] = NULL;
@@ -316,8 +337,9 @@ void cal_calib_free(struct cal_calib *c)
 /* Bytes of scratch per micro-batch token (all buffers scale with tokens). */
 static uint64_t per_token_bytes(const struct cal_calib *c)
 {
-	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd, kk = c->kk;
-	uint64_t b = 2 * (H + qd + 2 * kd + qd + H);
+	int mla = c->d->attn == CAL_ATTN_MLA; /* own scratch: mla.c */
+	uint64_t H = c->H, qd = mla ? 0 : c->nh * c->hd, kd = mla ? 0 : c->nkv * c->hd, kk = c->kk;
+	uint64_t b = 2 * (H + qd + 2 * kd + qd + H) + cal_mla_token_bytes(c);
 	uint64_t dense = 2 * (3 * (uint64_t)c->Id);
 	/* expert outputs reuse the gathered inputs (c->yo = c->xg) */
 	uint64_t moe = c->E ? 2 * ((uint64_t)c->E + kk * (H + 3 * (uint64_t)c->I) +
@@ -408,7 +430,9 @@ fail:
 
 static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 {
-	uint64_t T = c->mb_tokens, H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd;
+	int mla = c->d->attn == CAL_ATTN_MLA; /* own scratch: mla.c */
+	uint64_t T = c->mb_tokens, H = c->H, qd = mla ? 0 : c->nh * c->hd;
+	uint64_t kd = mla ? 0 : c->nkv * c->hd;
 	uint64_t kk = c->kk, P = T * kk, I = c->I, Is = c->Is, Id = c->Id, E = c->E;
 	enum cal_status st = CAL_OK;
 	uint64_t gu_n = 2 * Id * T, act_n = Id * T;
@@ -446,9 +470,10 @@ static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 	CAL_TRY(be_alloc(c, c->n_slots * sizeof(float), &c->obs_amax, err));
 	CAL_TRY(be_alloc(c, c->n_slots * sizeof(struct cal_nonfinite), &c->obs_nf, err));
 	CAL_TRY(cal_gdn_alloc(c, err)); /* gated attention / Gated DeltaNet scratch */
+	CAL_TRY(cal_mla_alloc(c, err)); /* DeepSeek MLA and router scratch */
 	if (c->hidden_on_host)
 		CAL_TRY(be_alloc(c, T * H * 2, &c->xmb, err));
-	if (E && c->on_device) {
+	if (E && (c->on_device || c->fp8_dev)) {
 		/* expert weight amax on the device: rows of expert e of W13 / W2 */
 		uint32_t *off = malloc(2 * (E + 1) * 4);
 		if (!off)
@@ -467,6 +492,17 @@ static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 		free(off);
 		if (st < 0)
 			return st;
+	}
+	if (c->fp8_dev) {
+		/* amax of FP8 weights decoded by the back end (fp8_wamax_enqueue) */
+		c->fp8_wpend = calloc(c->plan->n_q + 1, 1);
+		if (!c->fp8_wpend)
+			return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		CAL_TRY(be_alloc(c, (c->plan->n_q + 1) * sizeof(float), &c->fp8_wamax, err));
+		CAL_TRY(be_alloc(c, sizeof(struct cal_nonfinite), &c->fp8_wnf, err));
+		CAL_TRY(cal_backend_memset(c->be, c->fp8_wamax, 0, (c->plan->n_q + 1) * sizeof(float),
+					   err));
+		CAL_TRY(cal_nonfinite_reset(c->be, c->fp8_wnf, err));
 	}
 	for (int i = 0; i < 2 && c->stream_weights; i++) {
 		if (!c->arena_bytes[i])
@@ -515,6 +551,8 @@ static const char *slot_module(int s)
 	case S_SH_DOWN: return "mlp.shared_expert.down_proj (input)";
 	case S_OUT: return "residual stream (layer output)";
 	case S_LMHEAD: return "lm_head (input)";
+	case S_QB: return "self_attn.q_b_proj (input)";
+	case S_KVB: return "self_attn.kv_b_proj (input)";
 	default: return "?";
 	}
 }
@@ -598,12 +636,63 @@ static float host_amax(struct cal_calib *c, const uint16_t *w, uint64_t n)
 }
 
 /* Weight quantizers of layer L (and lm_head when L < 0): amax from weights. */
+/* The weight of quantizer e of plan module m in a staged layer (host or,
+ * with lh holding back-end pointers, device): *ret / *ret_n, NULL when the
+ * layer has none (or it is still to be decoded). */
+static void weight_src(const struct cal_calib *c, const struct cal_plan_module *m, int64_t e,
+		       const struct cal_layer_host *lh, const uint16_t **ret, uint64_t *ret_n)
+{
+	const struct cal_layer_w *w = &lh->w;
+	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd, I = (uint64_t)c->I;
+	const uint16_t *base = NULL;
+	uint64_t at = 0, n = 0;
+	const char *pr = m->proj;
+	switch (m->kind) {
+	case CAL_MOD_ATTN_PROJ:
+		if (c->d->attn == CAL_ATTN_MLA)
+			cal_mla_weight(c, lh, pr, &base, &n);
+		else if (!strcmp(pr, "q_proj")) /* gated: query and gate rows */
+			base = w->wq, n = qd * H * (c->d->attn == CAL_ATTN_GATED_GQA ? 2 : 1);
+		else if (!strcmp(pr, "k_proj"))
+			base = w->wk, n = kd * H;
+		else if (!strcmp(pr, "v_proj"))
+			base = w->wv, n = kd * H;
+		else if (!strcmp(pr, "o_proj"))
+			base = w->wo, n = H * qd;
+		break;
+	case CAL_MOD_MLP_PROJ:
+	case CAL_MOD_SHARED_PROJ: {
+		int sh = m->kind == CAL_MOD_SHARED_PROJ;
+		uint64_t n13 = sh ? lh->n_s13 : lh->n_w13;
+		if (!strcmp(pr, "gate_proj") || !strcmp(pr, "up_proj"))
+			base = sh ? w->s13 : w->w13, n = n13 / 2, at = strcmp(pr, "up_proj") ? 0 : n;
+		else if (!strcmp(pr, "down_proj"))
+			base = sh ? w->s2 : w->w2, n = sh ? lh->n_s2 : lh->n_w2;
+		break;
+	}
+	case CAL_MOD_SHARED_GATE:
+		base = w->sgate, n = H;
+		break;
+	case CAL_MOD_LINATTN_PROJ:
+		cal_gdn_weight(c, w, pr, &base, &n);
+		break;
+	case CAL_MOD_EXPERTS_GATE_UP:
+		base = w->e13, at = (uint64_t)e * 2 * I * H, n = 2 * I * H;
+		break;
+	case CAL_MOD_EXPERTS_DOWN:
+		base = w->e2, at = (uint64_t)e * H * I, n = H * I;
+		break;
+	default:
+		break;
+	}
+	*ret = base ? base + at : NULL;
+	*ret_n = n;
+}
+
 static enum cal_status weight_amax(struct cal_calib *c, int32_t L, const struct cal_layer_host *lh,
 				   int skip_experts, struct cal_error *err)
 {
 	const struct cal_plan *p = c->plan;
-	const struct cal_layer_w *w = &lh->w;
-	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd;
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		const struct cal_plan_module *m = &p->modules[mi];
 		if (m->layer != L || m->wq < 0)
@@ -623,51 +712,9 @@ static enum cal_status weight_amax(struct cal_calib *c, int32_t L, const struct 
 				c->q_has[qi] = 1;
 				continue;
 			}
-			const char *pr = m->proj;
-			switch (m->kind) {
-			case CAL_MOD_ATTN_PROJ:
-				if (!strcmp(pr, "q_proj")) /* gated: query and gate rows */
-					src = w->wq, n = qd * H * (c->d->attn == CAL_ATTN_GATED_GQA ? 2 : 1);
-				else if (!strcmp(pr, "k_proj"))
-					src = w->wk, n = kd * H;
-				else if (!strcmp(pr, "v_proj"))
-					src = w->wv, n = kd * H;
-				else if (!strcmp(pr, "o_proj"))
-					src = w->wo, n = H * qd;
-				break;
-			case CAL_MOD_MLP_PROJ:
-				if (!strcmp(pr, "gate_proj"))
-					src = w->w13, n = lh->n_w13 / 2;
-				else if (!strcmp(pr, "up_proj"))
-					src = w->w13 + lh->n_w13 / 2, n = lh->n_w13 / 2;
-				else if (!strcmp(pr, "down_proj"))
-					src = w->w2, n = lh->n_w2;
-				break;
-			case CAL_MOD_SHARED_PROJ:
-				if (!strcmp(pr, "gate_proj"))
-					src = w->s13, n = lh->n_s13 / 2;
-				else if (!strcmp(pr, "up_proj"))
-					src = w->s13 + lh->n_s13 / 2, n = lh->n_s13 / 2;
-				else if (!strcmp(pr, "down_proj"))
-					src = w->s2, n = lh->n_s2;
-				break;
-			case CAL_MOD_SHARED_GATE:
-				src = w->sgate, n = H;
-				break;
-			case CAL_MOD_LINATTN_PROJ:
-				cal_gdn_weight(c, w, pr, &src, &n);
-				break;
-			case CAL_MOD_EXPERTS_GATE_UP:
-				src = w->e13 + (uint64_t)e * 2 * c->I * H, n = 2 * (uint64_t)c->I * H;
-				break;
-			case CAL_MOD_EXPERTS_DOWN:
-				src = w->e2 + (uint64_t)e * H * c->I, n = H * (uint64_t)c->I;
-				break;
-			default:
-				break;
-			}
+			weight_src(c, m, e, lh, &src, &n);
 			if (!src)
-				continue;
+				continue; /* FP8 source decoded by the back end: fp8_wamax_enqueue */
 			float a = host_amax(c, src, n);
 			if (!(a == a))
 				return cal_error_set(err, CAL_ERR_NUMERIC,
@@ -715,6 +762,9 @@ static uint64_t layer_bytes_bound(const struct cal_calib *c, int32_t L)
 		     al256(2 * H);
 	if (c->d->attn == CAL_ATTN_GATED_GQA)
 		b += al256(2 * qd * H) + al256(2 * qd);
+	b += cal_mla_layer_bytes(c);
+	if (c->d->router == CAL_ROUTER_SIGMOID_GROUP && c->d->layers[L].ffn == CAL_FFN_MOE)
+		b += al256(4 * (uint64_t)c->E * H) + al256(4 * (uint64_t)c->E);
 	if (c->d->layers[L].mixer == CAL_MIXER_LINEAR) {
 		struct cal_gdn_dims g;
 		cal_gdn_dims(c->d, &g);
@@ -724,11 +774,19 @@ static uint64_t layer_bytes_bound(const struct cal_calib *c, int32_t L)
 	if (c->d->layers[L].ffn == CAL_FFN_MOE) {
 		uint64_t E = c->E, I = c->I, S = c->Is;
 		b += al256(2 * E * H) + al256(4 * E * I * H) + al256(2 * E * H * I);
+		if (c->d->act == CAL_ACT_SWIGLU_OAI) /* router and expert biases, sinks */
+			b += al256(2 * E) + al256(4 * E * I) + al256(2 * E * H) +
+			     al256(4 * (uint64_t)c->nh);
+		if (c->fp8_dev) /* FP8 codes and scale grids next to the decoded experts */
+			b += al256(3 * E * I * H) +
+			     al256(4 * E * (2 * cal_fp8_grid(c->d, I, H) + cal_fp8_grid(c->d, H, I)));
 		if (S)
 			b += al256(4 * S * H) + al256(2 * H * S) + al256(2 * H);
 	} else {
 		b += al256(4 * (uint64_t)c->Id * H) + al256(2 * H * (uint64_t)c->Id);
 	}
+	if (c->fp8_dev) /* codes (half of bf16) and grids of the other FP8 linears */
+		b += b / 2 + (uint64_t)CAL_FP8_JOBS * 512;
 	return b;
 }
 
@@ -795,6 +853,16 @@ static enum cal_status copy_in(struct cal_calib *c, char *dst, const char *src, 
 	return copy_in_segs(c, dst, &src, 1, n, err);
 }
 
+/* Field dst of dw is an FP8 weight the back end decodes (lh->dfr). */
+static int deferred(const struct cal_layer_host *lh, const struct cal_layer_w *dw, const void **dst)
+{
+	size_t f = (size_t)((const char *)dst - (const char *)dw);
+	for (int k = 0; k < lh->n_dfr; k++)
+		if (lh->dfr[k].field == f)
+			return 1;
+	return 0;
+}
+
 /* Copies the staged layer into arena `slot` (weights streamed); without
  * streaming (CPU, no cap) the staged host pointers are used as they are. */
 static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct cal_layer_host *lh,
@@ -807,6 +875,9 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 	uint64_t qo = qd * (c->d->attn == CAL_ATTN_GATED_GQA ? 2 : 1); /* gated: + gate rows */
 	struct cal_gdn_dims g;
 	cal_gdn_dims(c->d, &g);
+	uint64_t ml_qr = (uint64_t)c->d->q_lora_rank, ml_kvr = (uint64_t)c->d->kv_lora_rank;
+	uint64_t ml_dr = (uint64_t)c->d->qk_rope_head_dim;
+	uint64_t ml_kvb = (uint64_t)c->nh * (uint64_t)(c->d->qk_nope_head_dim + c->d->v_head_dim);
 	struct {
 		const void **dst;
 		const void *src;
@@ -817,10 +888,10 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		 H * (w->post_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
 		{(const void **)&dw->q_norm, w->q_norm, nqn * (w->q_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
 		{(const void **)&dw->k_norm, w->k_norm, nkn * (w->k_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
-		{(const void **)&dw->wq, w->wq, qo * H * 2},
+		{(const void **)&dw->wq, w->wq, (lh->n_wq ? lh->n_wq : qo * H) * 2},
 		{(const void **)&dw->wk, w->wk, kd * H * 2},
 		{(const void **)&dw->wv, w->wv, kd * H * 2},
-		{(const void **)&dw->wo, w->wo, H * qd * 2},
+		{(const void **)&dw->wo, w->wo, (lh->n_wo ? lh->n_wo : H * qd) * 2},
 		{(const void **)&dw->bq, w->bq, qo * 2},
 		{(const void **)&dw->bk, w->bk, kd * 2},
 		{(const void **)&dw->bv, w->bv, kd * 2},
@@ -843,16 +914,37 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		{(const void **)&dw->lout, w->lout, H * g.vd * 2},
 		{(const void **)&dw->a_log, w->a_log, g.nv * 4},
 		{(const void **)&dw->dt_bias, w->dt_bias, g.nv * 4},
+		/* gpt_oss (gpt_oss.c) */
+		{(const void **)&dw->sinks, w->sinks, (uint64_t)c->nh * 4},
+		{(const void **)&dw->router_b, w->router_b, (uint64_t)c->E * 2},
+		{(const void **)&dw->eb13, w->eb13, (uint64_t)c->E * 2 * (uint64_t)c->I * 2},
+		{(const void **)&dw->eb2, w->eb2, (uint64_t)c->E * H * 2},
+		/* DeepSeek MLA (mla.c) and router */
+		{(const void **)&dw->wqa, w->wqa, ml_qr * H * 2},
+		{(const void **)&dw->wkva, w->wkva, (ml_kvr + ml_dr) * H * 2},
+		{(const void **)&dw->wkvb, w->wkvb, ml_kvb * ml_kvr * 2},
+		{(const void **)&dw->qa_norm, w->qa_norm, ml_qr * (w->qa_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
+		{(const void **)&dw->kva_norm, w->kva_norm,
+		 ml_kvr * (w->kva_norm_dt == CAL_DTYPE_F32 ? 4 : 2)},
+		{(const void **)&dw->router_f32, w->router_f32, (uint64_t)c->E * H * 4},
+		{(const void **)&dw->corr_bias, w->corr_bias, (uint64_t)c->E * 4},
 	};
 	uint64_t total = 0, off = 0;
+	uint64_t E = (uint64_t)c->E, g13 = cal_fp8_grid(c->d, (uint64_t)c->I, H);
+	uint64_t g2 = cal_fp8_grid(c->d, H, (uint64_t)c->I);
 	enum cal_status st;
 	*dw = *w;
 	if (!c->stream_weights)
 		return CAL_OK;
 	for (size_t i = 0; i < CAL_ARRAY_LEN(it); i++)
 		if (it[i].src || (it[i].dst == (const void **)&dw->e13 && lh->e13_seg) ||
-		    (it[i].dst == (const void **)&dw->e2 && lh->e2_seg))
+		    (it[i].dst == (const void **)&dw->e2 && lh->e2_seg) || deferred(lh, dw, it[i].dst))
 			total += al256(it[i].bytes);
+	for (int k = 0; k < lh->n_dfr; k++)
+		total += al256(lh->dfr[k].t->nbytes) + al256(lh->dfr[k].si->nbytes);
+	if (lh->q13_seg) /* decoded experts, their codes and scale grids */
+		total += al256(lh->n_e13 * 2) + al256(lh->n_e2 * 2) + al256(lh->n_e13) +
+			 al256(lh->n_e2) + al256(2 * E * g13 * 4) + al256(E * g2 * 4);
 	if (total > c->arena_bytes[slot]) {
 		/* a layer kind the bound does not know: grow this arena */
 		be_free(c, c->arena[slot]);
@@ -882,6 +974,10 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		}
 		if (!it[i].src) {
 			*it[i].dst = NULL;
+			if (deferred(lh, dw, it[i].dst)) { /* decoded here from FP8 codes */
+				*it[i].dst = arena + off;
+				off += al256(it[i].bytes);
+			}
 			continue;
 		}
 		st = copy_in(c, arena + off, it[i].src, it[i].bytes, err);
@@ -890,7 +986,80 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		*it[i].dst = arena + off;
 		off += al256(it[i].bytes);
 	}
+	dw->n_fjob = 0;
+	for (int k = 0; k < lh->n_dfr; k++) {
+		/* other FP8 linears: codes and grid, decoded into their field's slot */
+		const struct cal_st_tensor *t = lh->dfr[k].t, *si = lh->dfr[k].si;
+		struct cal_fp8_job *j = &dw->fjob[dw->n_fjob++];
+		j->out = *(uint16_t *const *)((const char *)dw + lh->dfr[k].field) + lh->dfr[k].at;
+		j->rows = (uint64_t)t->shape[0];
+		j->cols = (uint64_t)t->shape[1];
+		st = copy_in(c, arena + off, t->data, t->nbytes, err);
+		if (st >= 0) {
+			j->q = (const uint8_t *)(arena + off);
+			off += al256(t->nbytes);
+			st = copy_in(c, arena + off, si->data, si->nbytes, err);
+		}
+		if (st < 0)
+			return cal_error_wrap(err, st, "layer %d: FP8 weights upload (%s)", L, t->name);
+		j->s = (const float *)(arena + off);
+		off += al256(si->nbytes);
+	}
+	if (lh->q13_seg) {
+		/* FP8 experts: room for the decoded W13 / W2, then codes and grids */
+		struct {
+			const void **dst;
+			const char *const *seg;
+			uint64_t n, piece;
+		} f[] = {
+			{(const void **)&dw->e13, NULL, 0, lh->n_e13 * 2},
+			{(const void **)&dw->e2, NULL, 0, lh->n_e2 * 2},
+			{(const void **)&dw->fq13, (const char *const *)lh->q13_seg, 2 * E,
+			 (uint64_t)c->I * H},
+			{(const void **)&dw->fq2, (const char *const *)lh->q2_seg, E, H * (uint64_t)c->I},
+			{(const void **)&dw->fs13, (const char *const *)lh->s13_seg, 2 * E, g13 * 4},
+			{(const void **)&dw->fs2, (const char *const *)lh->s2_seg, E, g2 * 4},
+		};
+		for (size_t i = 0; i < CAL_ARRAY_LEN(f); i++) {
+			if (f[i].seg) {
+				st = copy_in_segs(c, arena + off, f[i].seg, f[i].n, f[i].piece, err);
+				if (st < 0)
+					return cal_error_wrap(err, st, "layer %d: FP8 expert upload", L);
+			}
+			*f[i].dst = arena + off;
+			off += al256(f[i].seg ? f[i].n * f[i].piece : f[i].piece);
+		}
+	}
 	return CAL_OK;
+}
+
+/* FP8 block source weights of a streamed layer: decoded into their slots
+ * (experts: W13 / W2) on the back end's compute stream, once the layer's
+ * uploads are done. */
+static enum cal_status fp8_experts_decode(struct cal_calib *c, const struct cal_layer_w *w,
+					  struct cal_error *err)
+{
+	uint64_t E = (uint64_t)c->E, I = (uint64_t)c->I, H = (uint64_t)c->H;
+	uint64_t g13 = cal_fp8_grid(c->d, I, H), g2 = cal_fp8_grid(c->d, H, I);
+	uint32_t br = (uint32_t)c->d->quant_block[0], bc = (uint32_t)c->d->quant_block[1];
+	enum cal_status st = CAL_OK;
+	for (int k = 0; k < w->n_fjob && st >= 0; k++) {
+		const struct cal_fp8_job *j = &w->fjob[k];
+		struct cal_fp8_block_dequant_args a = {j->q, j->s, j->rows, j->cols, br, bc, j->out};
+		st = cal_op_fp8_block_dequant(c->be, &a, err);
+	}
+	if (!w->fq13)
+		return st;
+	for (uint64_t m = 0; m < 3 * E && st >= 0; m++) {
+		int down = m >= 2 * E;
+		uint64_t j = down ? m - 2 * E : m;
+		struct cal_fp8_block_dequant_args a = {
+			down ? w->fq2 + j * H * I : w->fq13 + j * I * H,
+			down ? w->fs2 + j * g2 : w->fs13 + j * g13, down ? H : I, down ? I : H, br, bc,
+			(uint16_t *)(down ? w->e2 + j * H * I : w->e13 + j * I * H)};
+		st = cal_op_fp8_block_dequant(c->be, &a, err);
+	}
+	return st;
 }
 
 /* Stages layer L into arena `slot`: canonical layout, weight amax, copy. */
@@ -900,7 +1069,7 @@ static enum cal_status stage_layer(struct cal_calib *c, int32_t L, struct cal_la
 	double t0 = cal_now();
 	enum cal_status st = cal_layer_stage(c, L, lh, err);
 	if (st >= 0)
-		st = weight_amax(c, L, lh, c->on_device, err);
+		st = weight_amax(c, L, lh, c->on_device || lh->q13_seg, err);
 	if (st >= 0)
 		st = upload_layer(c, L, lh, dw, slot, err);
 	c->stage_s += cal_now() - t0;
@@ -922,6 +1091,80 @@ static void *stage_main(void *p)
 	struct stage_job *j = p;
 	j->st = stage_layer(j->c, j->L, j->lh, j->dw, j->slot, &j->err);
 	return NULL;
+}
+
+/* Weight amax of the quantizers whose FP8 weights the back end decoded
+ * (not the routed experts: expert_wamax_enqueue), into c->fp8_wamax; read
+ * back by fp8_wamax_finish. */
+static enum cal_status fp8_wamax_enqueue(struct cal_calib *c, int32_t L,
+					 const struct cal_layer_host *lh,
+					 const struct cal_layer_w *dw, struct cal_error *err)
+{
+	const struct cal_plan *p = c->plan;
+	struct cal_layer_host dev;
+	enum cal_status st = CAL_OK;
+	if (!lh->n_dfr)
+		return CAL_OK;
+	memcpy(&dev, lh, sizeof(dev));
+	dev.w = *dw;
+	cal_prof(c, PH_OBS);
+	for (size_t mi = 0; mi < p->n_modules && st >= 0; mi++) {
+		const struct cal_plan_module *m = &p->modules[mi];
+		if (m->layer != L || m->wq < 0 || m->kind == CAL_MOD_EXPERTS_GATE_UP ||
+		    m->kind == CAL_MOD_EXPERTS_DOWN)
+			continue;
+		for (int64_t e = 0; e < m->count && st >= 0; e++) {
+			size_t qi = (size_t)m->wq + (size_t)e;
+			const struct cal_qspec *sp = &p->q[qi].spec;
+			const uint16_t *hs = NULL, *ds = NULL;
+			uint64_t n = 0;
+			if (!sp->enabled || !sp->calibrate || sp->has_constant_amax)
+				continue;
+			weight_src(c, m, e, lh, &hs, &n);
+			weight_src(c, m, e, &dev, &ds, &n);
+			if (hs || !ds)
+				continue; /* measured on the host while staging */
+			struct cal_amax_args a = {CAL_DTYPE_BF16, ds, n, 0, c->fp8_wamax + qi, c->fp8_wnf};
+			st = cal_op_amax(c->be, &a, err);
+			c->fp8_wpend[qi] = 1;
+		}
+	}
+	cal_prof(c, PH_OTHER);
+	return st;
+}
+
+static enum cal_status fp8_wamax_finish(struct cal_calib *c, struct cal_error *err)
+{
+	size_t n = c->plan->n_q;
+	struct cal_nonfinite nf;
+	enum cal_status st = CAL_OK;
+	float *am = NULL;
+	int any = 0;
+	for (size_t i = 0; i < n && c->fp8_wpend; i++)
+		any |= c->fp8_wpend[i];
+	if (!any)
+		return CAL_OK;
+	am = malloc(n * sizeof(float));
+	if (!am)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	CAL_TRY(cal_backend_download(c->be, am, c->fp8_wamax, n * sizeof(float), err));
+	CAL_TRY(cal_backend_download(c->be, &nf, c->fp8_wnf, sizeof(nf), err));
+	if (nf.count) {
+		st = cal_error_set(err, CAL_ERR_NUMERIC, "decoded FP8 weights have %llu non-finite "
+				   "values", (unsigned long long)nf.count);
+		goto fail;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (c->fp8_wpend[i]) {
+			c->q_amax[i] = am[i];
+			c->q_has[i] = 1;
+			c->fp8_wpend[i] = 0;
+		}
+	CAL_TRY(cal_backend_memset(c->be, c->fp8_wamax, 0, n * sizeof(float), err));
+	CAL_TRY(cal_nonfinite_reset(c->be, c->fp8_wnf, err));
+fail:
+	free(am);
+	return st;
 }
 
 /* Expert weight amax of layer L on the device (amax_segments over the
@@ -1019,6 +1262,8 @@ static void map_layer_stats(struct cal_calib *c, int32_t L)
 				a = la ? la[S_K] : -1.0f;
 			else if (r == 2)
 				a = la ? la[S_V] : -1.0f;
+			else if (m->kind == CAL_MOD_ATTN_PROJ && c->d->attn == CAL_ATTN_MLA)
+				a = la ? la[cal_mla_input_slot(m->proj)] : -1.0f;
 			else if (m->kind == CAL_MOD_ATTN_PROJ)
 				a = la ? la[strcmp(m->proj, "o_proj") ? S_QKV : S_O] : -1.0f;
 			else if (m->kind == CAL_MOD_LINATTN_PROJ) /* in_proj_*: the norm output */
@@ -1028,6 +1273,11 @@ static void map_layer_stats(struct cal_calib *c, int32_t L)
 			else if (m->kind == CAL_MOD_SHARED_PROJ)
 				a = la[strcmp(m->proj, "down_proj") ? S_MOE_IN : S_SH_DOWN];
 			else if (m->kind == CAL_MOD_SHARED_GATE || m->kind == CAL_MOD_ROUTER)
+				a = la[S_MOE_IN];
+			else if (m->kind == CAL_MOD_EXPERTS_GATE_UP &&
+				 c->d->act == CAL_ACT_SWIGLU_OAI)
+				/* gpt_oss: modelopt's one gate_up input quantizer sees
+				 * every token before routing (docs/gpt_oss.md) */
 				a = la[S_MOE_IN];
 			else if (m->kind == CAL_MOD_EXPERTS_GATE_UP || m->kind == CAL_MOD_EXPERTS_DOWN) {
 				const struct cal_moe_host *mh = &c->moe[L];
@@ -1103,7 +1353,20 @@ static enum cal_status final_norm(struct cal_calib *c, struct cal_error *err)
 		return CAL_OK; /* nothing to observe */
 	CAL_TRY(reset_obs(c, err));
 	CAL_TRY(be_alloc(c, t->nbytes, &w, err));
-	CAL_TRY(cal_backend_upload(c->be, w, t->data, t->nbytes, err));
+	if (t->dtype == CAL_DTYPE_F32 && c->d->norm == CAL_NORM_RMS_F32W) {
+		float *r = malloc(t->nbytes); /* gpt_oss: bf16 values, as transformers loads them */
+		if (!r) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		cal_oai_norm_weight(t->data, t->numel, r);
+		st = cal_backend_upload(c->be, w, r, t->nbytes, err);
+		free(r);
+		if (st < 0)
+			goto fail;
+	} else {
+		CAL_TRY(cal_backend_upload(c->be, w, t->data, t->nbytes, err));
+	}
 	for (size_t i = 0; i < c->n_mb; i++) {
 		const struct cal_mb *mb = &c->mbs[i];
 		enum cal_rms_kind kind = c->d->norm == CAL_NORM_RMS_F32W ? CAL_RMS_F32W
@@ -1147,6 +1410,8 @@ static enum cal_status plan_memory(struct cal_calib *c, const struct cal_calib_t
 	}
 	n_tok = c->o.pad_like_modelopt ? (uint64_t)tk->n * smax : tk->n_tokens;
 	c->stream_weights = c->on_device || c->o.max_mem;
+	/* FP8 block source experts travel as codes and are decoded where they run */
+	c->fp8_dev = c->stream_weights && c->d->src_quant == CAL_SRC_QUANT_FP8_BLOCK && c->E;
 	c->hidden_on_host = 0;
 	c->max_layer_bytes = c->model_weight_bytes = 0;
 	c->arena_bytes[0] = c->arena_bytes[1] = 0;
@@ -1390,6 +1655,8 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 			}
 		}
 		CAL_TRY(reset_obs(c, err));
+		CAL_TRY(fp8_experts_decode(c, &dw[sl], err));
+		CAL_TRY(fp8_wamax_enqueue(c, L, &lh[sl], &dw[sl], err));
 		CAL_TRY(expert_wamax_enqueue(c, L, &dw[sl], err));
 		if (c->ev)
 			CAL_TRY(cal_eval_layer(c, L, &dw[sl], err));
@@ -1402,6 +1669,7 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 		CAL_TRY(cal_backend_sync(c->be, err));
 		CAL_TRY(read_back(c, L, err));
 		CAL_TRY(expert_wamax_finish(c, L, err));
+		CAL_TRY(fp8_wamax_finish(c, err));
 		map_layer_stats(c, L);
 		cal_prof(c, PH_OTHER);
 		cal_layer_host_free(&lh[sl]);
@@ -1538,9 +1806,18 @@ json_t *cal_calib_stats(const struct cal_calib *c)
 				put_amax(in, K("linear_attn.%s", *pp), la[S_QKV]);
 			put_amax(in, K("linear_attn.out_proj"), la[S_O]);
 		} else {
-			put_amax(in, K("self_attn.q_proj"), la[S_QKV]);
-			put_amax(in, K("self_attn.k_proj"), la[S_QKV]);
-			put_amax(in, K("self_attn.v_proj"), la[S_QKV]);
+			if (d->attn == CAL_ATTN_MLA) { /* mla.c */
+				static const char *const mla[] = {"q_a_proj", "q_b_proj",
+								  "kv_a_proj_with_mqa", "kv_b_proj", NULL};
+				static const char *const mla_v2[] = {"q_proj", "kv_a_proj_with_mqa",
+								     "kv_b_proj", NULL};
+				for (const char *const *pp = d->q_lora_rank ? mla : mla_v2; *pp; pp++)
+					put_amax(in, K("self_attn.%s", *pp), la[cal_mla_input_slot(*pp)]);
+			} else {
+				put_amax(in, K("self_attn.q_proj"), la[S_QKV]);
+				put_amax(in, K("self_attn.k_proj"), la[S_QKV]);
+				put_amax(in, K("self_attn.v_proj"), la[S_QKV]);
+			}
 			put_amax(in, K("self_attn.o_proj"), la[S_O]);
 			json_object_set_new(kv, K("self_attn"),
 					    json_pack("{s:f, s:f}", "k_amax", (double)la[S_K], "v_amax",

@@ -25,6 +25,8 @@ enum {
 	S_SH_DOWN,    /* shared expert down input */
 	S_OUT,        /* the residual stream after the layer */
 	S_LMHEAD,     /* lm_head input (final norm output), after the last layer */
+	S_QB,         /* MLA: q_b_proj input (q_a_layernorm output) */
+	S_KVB,        /* MLA: kv_b_proj input (kv_a_layernorm output) */
 	S_FIXED,      /* experts follow: gate_up [E], then down [E] */
 };
 
@@ -36,6 +38,8 @@ enum cal_step {
 	STEP_MOE,         /* post norm, router, sorted grouped experts, shared expert, residual */
 	STEP_GDN,         /* input norm, in_proj_*, conv, gated delta rule, gated norm, out_proj,
 			   * residual (engine/calib/gdn.c) */
+	STEP_ATTN_MLA,    /* DeepSeek MLA: input norm, low-rank q and kv, interleaved RoPE,
+			   * attention, o_proj, residual (engine/calib/mla.c) */
 };
 
 #define CAL_MAX_STEPS 4
@@ -76,6 +80,10 @@ enum cal_phase {
 /* Pinned staging ring for weight uploads. */
 #define CAL_RING_SLOTS 4
 
+/* Most FP8 linears of one layer outside the routed experts (MLA 5, dense or
+ * shared gate/up/down 3). */
+#define CAL_FP8_JOBS 12
+
 /* One layer's weights (back-end pointers; bf16 unless noted). */
 struct cal_layer_w {
 	const void *in_norm, *post_norm, *q_norm, *k_norm;
@@ -95,6 +103,36 @@ struct cal_layer_w {
 	const uint16_t *lnorm;               /* [dv] */
 	const uint16_t *lout;                /* [H, nv dv] */
 	const float *a_log, *dt_bias;        /* [nv] (bf16-rounded, as HF loads them) */
+	/* gpt_oss (gpt_oss.c): attention sinks, router bias, expert biases in
+	 * the canonical order (per expert: I gate biases, then I up biases) */
+	const float *sinks;                  /* [nh] */
+	const uint16_t *router_b;            /* [E] */
+	const uint16_t *eb13, *eb2;          /* [E, 2I], [E, H] */
+	/* DeepSeek MLA (mla.c): wq is q_b_proj [nh qk, q_lora] (q_proj [nh qk, H]
+	 * without q_lora_rank), wo [H, nh dv] */
+	const uint16_t *wqa;                 /* q_a_proj [q_lora, H] */
+	const uint16_t *wkva;                /* kv_a_proj_with_mqa [kv_lora + dr, H] */
+	const uint16_t *wkvb;                /* kv_b_proj [nh (dn + dv), kv_lora] */
+	const void *qa_norm, *kva_norm;      /* [q_lora], [kv_lora] */
+	enum cal_dtype qa_norm_dt, kva_norm_dt;
+	/* DeepSeek router: weight and e_score_correction_bias in fp32 (HF keeps
+	 * both fp32) */
+	const float *router_f32;             /* [E, H] */
+	const float *corr_bias;              /* [E] */
+	/* FP8 block source experts decoded on the back end (calib.c:
+	 * fp8_experts_decode into e13 / e2 when the layer starts): the E4M3
+	 * codes of every expert matrix in order (gate, up of expert 0, ...;
+	 * down of expert 0, ...) and their weight_scale_inv grids */
+	const uint8_t *fq13, *fq2;
+	const float *fs13, *fs2;
+	/* the layer's other FP8 linears, decoded the same way */
+	struct cal_fp8_job {
+		const uint8_t *q;
+		const float *s;
+		uint16_t *out;
+		uint64_t rows, cols;
+	} fjob[CAL_FP8_JOBS];
+	int n_fjob;
 };
 
 /* Host staging of one layer: canonical host pointers plus the buffers it
@@ -105,11 +143,25 @@ struct cal_layer_host {
 	int n_owned;
 	/* sizes (elements) of each pointer above, for the upload */
 	uint64_t n_e13, n_e2, n_w13, n_w2, n_s13, n_s2;
+	uint64_t n_wq, n_wo;                 /* MLA: elements of wq / wo (0: GQA sizes) */
 	/* Per-expert checkpoints staged for a device: the routed experts stay
 	 * in the mapping, w.e13 / w.e2 are NULL and the upload copies expert
 	 * by expert (no host W13/W2).  e13_seg[2e] / [2e+1]: gate / up rows of
 	 * expert e ([I, H] each), e2_seg[e]: its down rows ([H, I]). */
 	const uint16_t **e13_seg, **e2_seg;
+	/* FP8 block source experts left for the back end to decode (streamed
+	 * weights): codes and scale grids per expert matrix, as e13_seg / e2_seg */
+	const uint8_t **q13_seg, **q2_seg;
+	const float **s13_seg, **s2_seg;
+	/* FP8 linears left for the back end to decode into the slot of the
+	 * struct cal_layer_w field at byte offset `field` (NULL here), from
+	 * element `at` on */
+	struct {
+		size_t field;
+		uint64_t at;
+		const struct cal_st_tensor *t, *si;
+	} dfr[CAL_FP8_JOBS];
+	int n_dfr;
 };
 
 /* Per micro-batch metadata. */
@@ -155,6 +207,9 @@ struct cal_calib {
 	uint16_t *h, *q, *kb, *vb, *att, *tmp, *gu, *act, *logits, *xg, *yo, *sgu, *sact, *sy, *sgl;
 	/* gated attention / Gated DeltaNet scratch (gdn.c; NULL when unused) */
 	uint16_t *agate, *lqkv, *lconv, *lz, *lba, *lo;
+	/* MLA scratch (mla.c; NULL when unused) */
+	uint16_t *mqa, *mq, *mckv, *mkpe, *mkvb, *mk, *mv, *matt;
+	float *rlogits;                  /* [mb_tokens, E] fp32 router scores (deepseek) */
 	uint32_t *idx, *offsets, *sorted, *ppos;
 	float *rw;
 	float *obs_amax;                 /* [n_slots] back end */
@@ -175,6 +230,10 @@ struct cal_calib {
 	float *w_amax;                   /* [2E] back end: expert weight amax (device path) */
 	struct cal_nonfinite *w_nf;      /* [2] back end */
 	uint32_t *w_off;                 /* [2 (E + 1)] back end: expert row offsets */
+	int fp8_dev;                     /* FP8 source weights decoded on the back end */
+	float *fp8_wamax;                /* [plan->n_q] back end: amax of decoded FP8 weights */
+	struct cal_nonfinite *fp8_wnf;   /* [1] back end */
+	uint8_t *fp8_wpend;              /* [plan->n_q] host: quantizers measured there */
 
 	/* profile */
 	int prof_phase;
@@ -231,6 +290,41 @@ enum cal_status cal_layer_tensor(struct cal_calib *c, struct cal_layer_host *lh,
 /* A buffer owned by lh (freed with it); NULL when out of memory. */
 void *cal_layer_own(struct cal_layer_host *lh, size_t bytes);
 
+/* Elements of the weight_scale_inv grid of an [out, in] FP8 weight. */
+uint64_t cal_fp8_grid(const struct cal_model_desc *d, uint64_t out, uint64_t in);
+
+/* mla.c: DeepSeek-V3 multi-head latent attention */
+enum cal_status cal_mla_check(const struct cal_model_desc *d, struct cal_error *err);
+uint64_t cal_mla_token_bytes(const struct cal_calib *c);
+uint64_t cal_mla_layer_bytes(const struct cal_calib *c);
+enum cal_status cal_mla_alloc(struct cal_calib *c, struct cal_error *err);
+void cal_mla_free(struct cal_calib *c);
+/* Stages the self_attn weights of layer L into lh. */
+enum cal_status cal_mla_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
+			      struct cal_error *err);
+/* Host source of MLA weight quantizer `proj` ("q_a_proj", ...), or NULL. */
+void cal_mla_weight(const struct cal_calib *c, const struct cal_layer_host *lh, const char *proj,
+		    const uint16_t **ret, uint64_t *ret_n);
+/* The observer slot of MLA projection `proj`'s input. */
+int cal_mla_input_slot(const char *proj);
+enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+			     const struct cal_mb *mb, uint16_t *x, struct cal_error *err);
+/* A norm weight of layer L as stored (f16 widened to f32); layer.c. */
+enum cal_status cal_layer_norm_tensor(struct cal_calib *c, struct cal_layer_host *lh,
+				      enum cal_role role, int32_t L, uint64_t numel,
+				      const void **ret, enum cal_dtype *ret_dt, struct cal_error *err);
+/* Observer slot `slot` folds in max|x| of rows x cols (layer.c). */
+enum cal_status cal_layer_observe(struct cal_calib *c, const uint16_t *x, uint64_t rows,
+				  uint64_t cols, uint64_t row0, int slot, struct cal_error *err);
+/* y[m, n] = x[m, k] W^T (+ b) (layer.c). */
+enum cal_status cal_layer_gemm(struct cal_calib *c, const uint16_t *x, const uint16_t *w,
+			       const uint16_t *b, uint16_t *y, uint64_t m, uint64_t n, uint64_t k,
+			       struct cal_error *err);
+/* RMSNorm of the model's kind with weight w (layer.c). */
+enum cal_status cal_layer_rmsnorm(struct cal_calib *c, const uint16_t *x, uint16_t *y,
+				  uint64_t rows, uint64_t cols, const void *w, enum cal_dtype wdt,
+				  float eps, struct cal_error *err);
+
 /* gdn.c: Gated DeltaNet layers and the gated-attention scratch */
 struct cal_gdn_dims {
 	uint64_t nk, nv, dk, dv, kern, cd, vd; /* cd = conv_dim = 2 nk dk + nv dv, vd = nv dv */
@@ -251,6 +345,19 @@ void cal_gdn_weight(const struct cal_calib *c, const struct cal_layer_w *w, cons
 		    const uint16_t **ret, uint64_t *ret_n);
 enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 			     const struct cal_mb *mb, uint16_t *x, struct cal_error *err);
+
+/* gpt_oss.c: GPT-OSS (docs/gpt_oss.md) */
+/* Checks what the engine runs of a gpt_oss description. */
+enum cal_status cal_oai_check(const struct cal_model_desc *d, struct cal_error *err);
+/* Stages layer L's sinks, router bias, expert biases and, from an MXFP4
+ * source, the experts decoded into w.e13 / w.e2 (canonical layout). */
+enum cal_status cal_oai_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
+			      struct cal_error *err);
+/* fp32 norm weights as transformers 5 runs them: loaded in the model's
+ * bf16 (so rounded to bf16), the product with the fp32 normalised input
+ * then taken in fp32 and rounded once (CAL_RMS_F32W). */
+void cal_oai_norm_weight(const float *w, uint64_t n, float *ret);
+/* YaRN inverse frequencies (HF's yarn init, truncate honoured). */
 
 /* The hidden states of micro-batch mb in back-end memory (the resident
  * buffer, or the micro-batch buffer filled from pinned host memory). */

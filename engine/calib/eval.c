@@ -390,8 +390,9 @@ static enum cal_status fake_quant(struct cal_calib *c, const struct eq_site *s, 
 	if (s->fmt == AQ_FP8) {
 		/* the serving engine's FP8 quantizer saturates at +-448 scale */
 		struct cal_ewise_args cl = {CAL_EWISE_CLAMP, x, NULL, NULL, x, rows, cols, 0, 0, 0, 0,
-					    448.0f * s->scale};
-		struct cal_fp8_quant_args q = {x, n, s->scale, CAL_DIV_EXACT, ev->qbuf};
+					    448.0f * s->scale, 0};
+		/* one rounding of the fp32 quotient, as the serving engines' quantizer */
+		struct cal_fp8_quant_args q = {x, n, s->scale, CAL_DIV_EXACT, ev->qbuf, 1};
 		struct cal_fp8_dequant_args d = {ev->qbuf, n, s->scale, CAL_DTYPE_BF16, x};
 		CAL_TRY(cal_op_ewise(c->be, &cl, err));
 		CAL_TRY(cal_op_fp8_quant(c->be, &q, err));
@@ -495,6 +496,7 @@ static const char *step_name(enum cal_step s)
 	case STEP_MLP_DENSE: return "mlp";
 	case STEP_MOE: return "moe";
 	case STEP_GDN: return "linear_attention";
+	case STEP_ATTN_MLA: return "attention";
 	}
 	return "?";
 }
@@ -535,10 +537,18 @@ enum cal_status cal_eval_layer(struct cal_calib *c, int32_t L, const struct cal_
 	if (st < 0)
 		return st;
 	for (int i = 0; i < n_steps; i++)
-		if (steps[i] == STEP_GDN || c->d->attn == CAL_ATTN_GATED_GQA)
+		if (steps[i] == STEP_GDN || steps[i] == STEP_ATTN_MLA ||
+		    c->d->attn == CAL_ATTN_GATED_GQA)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					     "layer %d: %s layers are not evaluated yet", L,
-					     steps[i] == STEP_GDN ? "Gated DeltaNet" : "gated attention");
+					     steps[i] == STEP_GDN ? "Gated DeltaNet"
+					     : steps[i] == STEP_ATTN_MLA ? "MLA attention"
+					     : "gated attention");
+	if (c->d->arch->id == CAL_ARCH_GPT_OSS || c->d->src_quant != CAL_SRC_QUANT_NONE)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: %s are not evaluated yet",
+				     c->d->model_type, c->d->src_quant != CAL_SRC_QUANT_NONE
+				     ? "quantized source checkpoints" : "GPT-OSS experts (biases, clamped "
+				     "SwiGLU)");
 	if (c->d->layers[L].ffn == CAL_FFN_MOE) {
 		xerr = calloc(E + 1, sizeof(double));
 		xref = calloc(E + 1, sizeof(double));

@@ -320,7 +320,7 @@ enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_la
 	CAL_TRY(cal_op_rmsnorm_gated(c->be, &ng, err));
 	CAL_TRY(observe(c, c->lo, T, g.vd, mb->tok0, S_O, err));
 	CAL_TRY(gemm(c, c->lo, w->lout, c->tmp, T, H, g.vd, err));
-	struct cal_ewise_args add = {CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 1, 0, 0};
+	struct cal_ewise_args add = {CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 1, 0, 0, 0};
 	CAL_TRY(cal_op_ewise(c->be, &add, err));
 fail:
 	return st;

@@ -236,7 +236,7 @@ static enum cal_status add_copy(struct cal_exporter *ex, char *name,
 		free(name);
 		return nomem(err);
 	}
-	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer};
+	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer, 0, 0};
 	return CAL_OK;
 }
 
@@ -301,8 +301,8 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 			}
 			continue;
 		}
-		if (cal_role_is_routed_expert(e->role))
-			continue;
+		if (cal_role_is_routed_expert(e->role) || e->part == CAL_PART_SCALE_INV)
+			continue; /* FP8 sources: scales are consumed by the decode */
 		char *pn = plan_name(ex, tn);
 		if (!pn)
 			return nomem(err);
@@ -318,10 +318,15 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 				wq = cal_plan_find(p, qn);
 				free(qn);
 			}
+			const struct cal_st_tensor *si = NULL;
+			if (e->t->dtype == CAL_DTYPE_F8_E4M3) {
+				si = cal_catalog_find(ex->cat, e->role, CAL_PART_SCALE_INV, e->layer, -1);
+				CAL_TRY_RET(cal_fp8_block_check(ex->d, e->t, si, err));
+			}
 			if (wq) {
 				seen[wq->module] = 1;
 				const struct cal_plan_module *m = &p->modules[wq->module];
-				if (wq->spec.enabled) {
+				if (wq->spec.enabled || si) {
 					struct xlin x = {0};
 					x.name = hub_name(ex, m->name);
 					if (!x.name) {
@@ -334,9 +339,10 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 					x.w = e->t;
 					x.out = e->t->shape[0];
 					x.in = e->t->shape[1];
-					x.dtype = e->t->dtype;
-					x.wq = wq;
-					x.iq = enabled_q(p, m->iq);
+					x.dtype = si ? CAL_DTYPE_BF16 : e->t->dtype;
+					x.si = si;
+					x.wq = wq->spec.enabled ? wq : NULL;
+					x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
 					x.group = sibling_group(m);
 					free(pn);
 					CAL_TRY_RET(add_lin(ex, &x, err));
@@ -347,11 +353,110 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 		char *hn = hub_name(ex, pn);
 		free(pn);
 		CAL_TRY_RET(add_copy(ex, hn, e->t, e->layer, err));
+		/* gpt_oss: transformers runs the fp32 norm weights in the model's bf16
+		 * and modelopt saves them so (docs/gpt_oss.md) */
+		ex->cp[ex->n_cp - 1].to_bf16 = ex->d->norm == CAL_NORM_RMS_F32W &&
+					       e->t->dtype == CAL_DTYPE_F32 &&
+					       (e->role == CAL_ROLE_INPUT_NORM ||
+						e->role == CAL_ROLE_POST_ATTN_NORM ||
+						e->role == CAL_ROLE_FINAL_NORM);
+		/* DeepSeek: transformers keeps mlp.gate.weight in fp32 (as modelopt exports it) */
+		ex->cp[ex->n_cp - 1].to_f32 = ex->d->arch->router_corr_bias &&
+					      e->role == CAL_ROLE_ROUTER &&
+					      e->part == CAL_PART_WEIGHT && e->t->dtype != CAL_DTYPE_F32;
 	}
 	return CAL_OK;
 }
 
-/* Routed experts: always per expert under hub names. */
+static void *hneed(struct cal_exporter *ex, int k, size_t n);
+
+/* Writes copy c: its bytes, narrowed from F32 to bf16 (xcopy.to_bf16) or
+ * widened to F32 (xcopy.to_f32) when asked. */
+static enum cal_status put_copy(struct cal_exporter *ex, const struct xcopy *c,
+				struct cal_error *err)
+{
+	if (c->to_f32) {
+		float *h = hneed(ex, 0, (size_t)c->t->numel * 4);
+		if (!h)
+			return nomem(err);
+		for (uint64_t i = 0; i < c->t->numel; i++)
+			h[i] = c->t->dtype == CAL_DTYPE_BF16 ? cal_bf16_to_f32(((const uint16_t *)c->t->data)[i])
+							     : cal_f16_to_f32(((const uint16_t *)c->t->data)[i]);
+		return cal_st_writer_put(ex->w, c->name, h, c->t->numel * 4, err);
+	}
+	if (!c->to_bf16)
+		return cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err);
+	uint16_t *b = malloc(c->t->numel * 2 + 1);
+	if (!b)
+		return nomem(err);
+	for (uint64_t i = 0; i < c->t->numel; i++) {
+		float v;
+		memcpy(&v, (const char *)c->t->data + i * 4, 4);
+		b[i] = cal_f32_to_bf16(v);
+	}
+	enum cal_status st = cal_st_writer_put(ex->w, c->name, b, c->t->numel * 2, err);
+	free(b);
+	return st;
+}
+
+/* gpt_oss experts (docs/gpt_oss.md): modelopt 0.47 quantizes GptOssExperts'
+ * gate_up_proj [E, H, 2I] and down_proj [E, I, H] as one BMM weight each
+ * (one weight and one input quantizer per projection, not per expert) and
+ * writes them fused under the parameter names; the biases are copied. */
+static enum cal_status plan_bmm(struct cal_exporter *ex, int32_t L, const struct cal_plan_module *m,
+				struct cal_error *err)
+{
+	const struct cal_plan *p = ex->plan;
+	const struct cal_model_desc *d = ex->d;
+	int down = m->kind == CAL_MOD_EXPERTS_DOWN;
+	enum cal_role role = down ? CAL_ROLE_EXPERTS_DOWN : CAL_ROLE_EXPERTS_GATE_UP;
+	struct xlin x = {0};
+	CAL_TRY_RET(cal_catalog_expert(ex->cat, L, 0, down ? CAL_PROJ_DOWN : CAL_PROJ_GATE, &x.sl,
+				       err));
+	if (!x.sl.scales && x.sl.t->dtype != CAL_DTYPE_BF16)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: %s experts are not exported "
+				     "(bf16 or MXFP4 only)", x.sl.t->name, cal_dtype_name(x.sl.t->dtype));
+	x.name = xprintf("%slayers.%d.%s.experts.%s", ex->cprefix, (int)L, d->arch->moe_block,
+			 down ? "down_proj" : "gate_up_proj");
+	const struct cal_st_tensor *b = cal_catalog_find(ex->cat, role, CAL_PART_BIAS, L, -1);
+	char *bn = x.name ? xprintf("%s_bias", x.name) : NULL;
+	if (!bn || !b) {
+		free(x.name);
+		free(bn);
+		return bn ? cal_error_set(err, CAL_ERR_FORMAT, "layer %d: %s bias missing", (int)L,
+					  down ? "down_proj" : "gate_up_proj") : nomem(err);
+	}
+	CAL_TRY_RET(add_copy(ex, bn, b, L, err));
+	x.layer = L;
+	x.mod = (long)(m - p->modules);
+	x.expert = -1;
+	x.proj = down ? CAL_PROJ_DOWN : CAL_PROJ_GATE;
+	x.bmm = 1;
+	x.bmm_rows = down ? d->hidden_size : 2 * d->moe_intermediate_size;
+	x.out = d->num_experts * x.bmm_rows;
+	x.in = down ? d->moe_intermediate_size : d->hidden_size;
+	x.dtype = CAL_DTYPE_BF16; /* gathered (and decoded) as bf16 */
+	x.wq = enabled_q(p, m->wq);
+	for (int64_t e = 1; e < d->num_experts; e++)
+		if (!enabled_q(p, m->wq + e) != !x.wq ||
+		    (x.wq && p->q[m->wq + e].spec.fmt != x.wq->spec.fmt)) {
+			free(x.name);
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: the recipe treats the "
+					     "experts differently (modelopt has one quantizer for "
+					     "all of GPT-OSS's experts)", p->q[m->wq + e].name);
+		}
+	x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
+	if (x.wq && x.wq->spec.fmt != CAL_QFMT_NVFP4 && x.wq->spec.fmt != CAL_QFMT_NVFP4_STATIC &&
+	    x.wq->spec.fmt != CAL_QFMT_FP8) {
+		enum cal_qfmt f = x.wq->spec.fmt;
+		free(x.name);
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "layer %d: GPT-OSS experts in %s are "
+				     "not exported (NVFP4 and FP8 only)", (int)L, cal_qfmt_name(f));
+	}
+	return add_lin(ex, &x, err);
+}
+
+/* Routed experts: per expert under hub names (gpt_oss: plan_bmm). */
 static enum cal_status plan_experts(struct cal_exporter *ex, struct cal_error *err)
 {
 	const struct cal_plan *p = ex->plan;
@@ -359,10 +464,6 @@ static enum cal_status plan_experts(struct cal_exporter *ex, struct cal_error *e
 	for (int32_t L = 0; L < (int32_t)d->num_layers; L++) {
 		if (d->layers[L].ffn != CAL_FFN_MOE)
 			continue;
-		enum cal_expert_layout lay = cal_catalog_layout(ex->cat, L);
-		if (lay == CAL_LAYOUT_MXFP4)
-			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "layer %d: exporting from MXFP4 "
-					     "source experts is not implemented", (int)L);
 		const struct cal_plan_module *mgu = NULL, *mdn = NULL;
 		for (size_t m = 0; m < p->n_modules; m++) {
 			if (p->modules[m].layer != L)
@@ -375,6 +476,11 @@ static enum cal_status plan_experts(struct cal_exporter *ex, struct cal_error *e
 		if (!mgu || !mdn)
 			return cal_error_set(err, CAL_ERR_INTERNAL, "layer %d: the plan has no experts",
 					     (int)L);
+		if (d->act == CAL_ACT_SWIGLU_OAI) { /* gpt_oss: modelopt's BMM experts */
+			CAL_TRY_RET(plan_bmm(ex, L, mgu, err));
+			CAL_TRY_RET(plan_bmm(ex, L, mdn, err));
+			continue;
+		}
 		for (int64_t e = 0; e < d->num_experts; e++) {
 			for (int k = 0; k < 3; k++) {
 				const struct cal_plan_module *m = k == 2 ? mdn : mgu;
@@ -393,6 +499,14 @@ static enum cal_status plan_experts(struct cal_exporter *ex, struct cal_error *e
 				x.out = x.sl.out;
 				x.in = x.sl.in;
 				x.dtype = x.sl.t->dtype;
+				if (x.dtype == CAL_DTYPE_F8_E4M3 && x.sl.expert_index < 0) {
+					static const enum cal_role roles[] = {
+						CAL_ROLE_EXPERT_GATE, CAL_ROLE_EXPERT_UP, CAL_ROLE_EXPERT_DOWN};
+					x.si = cal_catalog_find(ex->cat, roles[k], CAL_PART_SCALE_INV, L,
+								(int32_t)e);
+					CAL_TRY_RET(cal_fp8_block_check(ex->d, x.sl.t, x.si, err));
+					x.dtype = CAL_DTYPE_BF16;
+				}
 				x.wq = enabled_q(p, m->wq + e);
 				x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
 				CAL_TRY_RET(add_lin(ex, &x, err));
@@ -466,10 +580,59 @@ static enum cal_status decl(struct cal_exporter *ex, const char *name, const cha
 	return st;
 }
 
+/* gpt_oss BMM experts: "<name>" for the weight, "<name>_<suffix>" for the rest. */
+static char *bmm_name(const struct xlin *x, const char *suffix)
+{
+	return !strcmp(suffix, "weight") ? strdup(x->name) : xprintf("%s_%s", x->name, suffix);
+}
+
+/* Declares a BMM tensor [E, cols, rows] (cols 0: a scalar). */
+static enum cal_status decl_bmm(struct cal_exporter *ex, const struct xlin *x, const char *suffix,
+				enum cal_dtype dt, int64_t cols, struct cal_error *err)
+{
+	int64_t shape[3] = {x->out / x->bmm_rows, cols, x->bmm_rows};
+	char *full = bmm_name(x, suffix);
+	if (!full)
+		return nomem(err);
+	enum cal_status st = cal_st_writer_declare(ex->w, full, dt, cols ? 3 : 0, shape, err);
+	free(full);
+	ex->bytes_total += cal_dtype_size(dt) * (cols ? (uint64_t)(x->out * cols) : 1);
+	return st;
+}
+
+static enum cal_status decl_bmm_lin(struct cal_exporter *ex, struct xlin *x, struct cal_error *err)
+{
+	int64_t i = x->in;
+	x->has_input_scale = 0;
+	switch (x->fmt) {
+	case CAL_QFMT_NONE:
+		return decl_bmm(ex, x, "weight", CAL_DTYPE_BF16, i, err);
+	case CAL_QFMT_NVFP4:
+	case CAL_QFMT_NVFP4_STATIC:
+		CAL_TRY_RET(decl_bmm(ex, x, "weight", CAL_DTYPE_U8, i / 2, err));
+		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", CAL_DTYPE_F8_E4M3, i / 16, err));
+		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale_2", CAL_DTYPE_F32, 0, err));
+		break;
+	case CAL_QFMT_FP8:
+		CAL_TRY_RET(decl_bmm(ex, x, "weight", CAL_DTYPE_F8_E4M3, i, err));
+		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", CAL_DTYPE_F32, 0, err));
+		break;
+	default:
+		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: format %s", x->name,
+				     cal_qfmt_name(x->fmt));
+	}
+	x->has_input_scale = x->iq != NULL;
+	if (x->has_input_scale)
+		CAL_TRY_RET(decl_bmm(ex, x, "input_scale", CAL_DTYPE_F32, 0, err));
+	return CAL_OK;
+}
+
 static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct cal_error *err)
 {
 	int64_t o = x->out, i = x->in;
 	const char *nm = x->name;
+	if (x->bmm)
+		return decl_bmm_lin(ex, x, err);
 	x->has_input_scale = 0;
 	switch (x->fmt) {
 	case CAL_QFMT_NONE:
@@ -529,11 +692,13 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 			const struct xcopy *c = &ex->cp[i];
 			if (c->layer != L)
 				continue;
-			enum cal_status st = cal_st_writer_declare(ex->w, c->name, c->t->dtype,
+			enum cal_status st = cal_st_writer_declare(ex->w, c->name,
+								   c->to_bf16 ? CAL_DTYPE_BF16 :
+								   c->to_f32 ? CAL_DTYPE_F32 : c->t->dtype,
 								   c->t->ndim, c->t->shape, err);
 			if (st < 0)
 				return cal_error_wrap(err, st, "declaring %s", c->name);
-			ex->bytes_total += c->t->nbytes;
+			ex->bytes_total += c->to_bf16 ? c->t->numel * 2 : c->to_f32 ? c->t->numel * 4 : c->t->nbytes;
 		}
 	}
 	return CAL_OK;
@@ -559,6 +724,18 @@ static uint64_t side_bytes(const char *dir)
 		}
 	}
 	return t;
+}
+
+enum cal_status cal_export_check_source(const struct cal_model_desc *d, struct cal_error *err)
+{
+	/* gpt_oss MXFP4 experts are decoded by plan_bmm / cal_export_bmm_source,
+	 * FP8 block sources (DeepSeek) by gather (cal_fp8_block_decode) */
+	if (d->src_quant == CAL_SRC_QUANT_NONE || d->src_quant == CAL_SRC_QUANT_FP8_BLOCK ||
+	    (d->src_quant == CAL_SRC_QUANT_MXFP4 && d->act == CAL_ACT_SWIGLU_OAI))
+		return CAL_OK;
+	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized source "
+			     "checkpoint is not implemented", d->model_type,
+			     cal_src_quant_name(d->src_quant));
 }
 
 enum cal_status cal_exporter_open(const struct cal_model_desc *d,
@@ -605,12 +782,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	ex->cprefix = cal_catalog_prefix(cat);
 	ex->mse_sweep = plan->recipe->algo.method == CAL_CALIB_MSE &&
 			plan->recipe->algo.fp8_scale_sweep;
-	if (d->src_quant != CAL_SRC_QUANT_NONE) {
-		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: exporting from a %s-quantized "
-				   "source checkpoint is not implemented", opts->model_dir,
-				   cal_src_quant_name(d->src_quant));
-		goto fail;
-	}
+	CAL_TRY(cal_export_check_source(d, err));
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
@@ -726,9 +898,51 @@ static enum cal_status dneed(struct cal_exporter *ex, int k, size_t n, void **re
 }
 
 /* Copies x's weight [out, in] (source dtype) into dst. */
-static void gather(const struct xlin *x, void *dst)
+/* gpt_oss BMM experts as bf16 [E * rows, in]: MXFP4 blocks decoded as HF
+ * does (low nibble = even column, E2M1 * 2^(scale - 127), rounded to bf16),
+ * or the bf16 [E, in, rows] parameter transposed per expert.  sl: expert
+ * 0's slice of the projection. */
+void cal_export_bmm_source(const struct cal_expert_slice *sl, uint64_t E, uint64_t R, uint64_t C,
+			   uint16_t *dst)
+{
+	if (sl->scales) {
+		const uint8_t *pk = sl->t->data, *sc = sl->scales->data;
+		for (uint64_t b = 0; b < E * R * C / 32; b++) {
+			float s = cal_e8m0_decode(sc[b]);
+			for (unsigned k = 0; k < 32; k++) {
+				unsigned code = (pk[b * 16 + k / 2] >> (4 * (k & 1))) & 0xfu;
+				dst[b * 32 + k] = cal_f32_to_bf16(cal_fmul(cal_e2m1_decode(code), s));
+			}
+		}
+		return;
+	}
+	cal_export_bmm_transpose(dst, sl->t->data, E, C, R, 2);
+}
+
+void cal_export_bmm_transpose(void *dst, const void *src, uint64_t E, uint64_t R, uint64_t cols,
+			      uint64_t es)
+{
+	const unsigned char *s = src;
+	unsigned char *d = dst;
+	for (uint64_t e = 0; e < E; e++)
+		for (uint64_t r = 0; r < R; r++)
+			for (uint64_t j = 0; j < cols; j++)
+				memcpy(d + ((e * cols + j) * R + r) * es, s + ((e * R + r) * cols + j) * es,
+				       es);
+}
+
+static void gather(const struct cal_exporter *ex, const struct xlin *x, void *dst)
 {
 	size_t es = cal_dtype_size(x->dtype);
+	if (x->si) { /* FP8 block source, checked when planned */
+		(void)cal_fp8_block_decode(ex->d, x->expert < 0 ? x->w : x->sl.t, x->si, dst, NULL);
+		return;
+	}
+	if (x->bmm) {
+		uint64_t R = (uint64_t)x->bmm_rows;
+		cal_export_bmm_source(&x->sl, (uint64_t)x->out / R, R, (uint64_t)x->in, dst);
+		return;
+	}
 	if (x->expert < 0) {
 		memcpy(dst, x->w->data, (size_t)(x->out * x->in) * es);
 		return;
@@ -754,6 +968,34 @@ static enum cal_status put(struct cal_exporter *ex, const char *name, const char
 	if (!full)
 		return nomem(err);
 	enum cal_status st = cal_st_writer_put(ex->w, full, data, n, err);
+	free(full);
+	return st;
+}
+
+/* Writes tensor `suffix` of x; a gpt_oss BMM weight or block scale [E * rows,
+ * cols] goes out as modelopt writes it, [E, cols, rows]. */
+static enum cal_status put_lin(struct cal_exporter *ex, const struct xlin *x, const char *suffix,
+			       const void *data, uint64_t n, struct cal_error *err)
+{
+	if (!x->bmm)
+		return put(ex, x->name, suffix, data, n, err);
+	int matrix = !strcmp(suffix, "weight") ||
+		     (!strcmp(suffix, "weight_scale") && x->fmt != CAL_QFMT_FP8);
+	char *full = bmm_name(x, suffix);
+	unsigned char *t = matrix ? malloc(n) : NULL;
+	enum cal_status st;
+	if (!full || (matrix && !t)) {
+		free(full);
+		free(t);
+		return nomem(err);
+	}
+	if (matrix) {
+		uint64_t R = (uint64_t)x->bmm_rows, E = (uint64_t)x->out / R;
+		uint64_t es = x->fmt == CAL_QFMT_NONE ? 2 : 1, cols = n / ((uint64_t)x->out * es);
+		cal_export_bmm_transpose(t, data, E, R, cols, es);
+	}
+	st = cal_st_writer_put(ex->w, full, matrix ? t : data, n, err);
+	free(t);
 	free(full);
 	return st;
 }
@@ -915,7 +1157,8 @@ static enum cal_status quantize_lin(struct cal_exporter *ex, struct xlin *x,
 		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
 		scale = cal_fp8_scale(x->wamax, div);
 		CAL_TRY_RET(check_scale(x->name, "weight_scale", scale, err));
-		struct cal_fp8_quant_args a = {dw, n, scale, div, dq};
+		/* gpt_oss BMM weights: one rounding (modelopt's 3-D FP8 path) */
+		struct cal_fp8_quant_args a = {dw, n, scale, div, dq, x->bmm};
 		CAL_TRY_RET(cal_op_fp8_quant(be, &a, err));
 		struct cal_fp8_dequant_args d = {dq, n, scale, CAL_DTYPE_F32, dy};
 		CAL_TRY_RET(cal_op_fp8_dequant(be, &d, err));
@@ -971,9 +1214,9 @@ static enum cal_status quantize_lin(struct cal_exporter *ex, struct xlin *x,
 	if (sbytes)
 		CAL_TRY_RET(cal_backend_download(be, hs, ds, sbytes, err));
 	CAL_TRY_RET(cal_backend_download(be, hy, dy, n * 4, err));
-	CAL_TRY_RET(put(ex, x->name, "weight", hq, qbytes, err));
+	CAL_TRY_RET(put_lin(ex, x, "weight", hq, qbytes, err));
 	if (sbytes)
-		CAL_TRY_RET(put(ex, x->name, "weight_scale", hs, sbytes, err));
+		CAL_TRY_RET(put_lin(ex, x, "weight_scale", hs, sbytes, err));
 	if (x->fmt == CAL_QFMT_NVFP4 || x->fmt == CAL_QFMT_NVFP4_STATIC) {
 		for (uint64_t k = 0; k < sbytes; k++)
 			if ((hs[k] & 0x7f) == 0x7f || (hs[k] & 0x7f) == 0)
@@ -981,9 +1224,9 @@ static enum cal_status quantize_lin(struct cal_exporter *ex, struct xlin *x,
 						     "scale byte 0x%02x is %s", x->name,
 						     (unsigned long long)k, hs[k],
 						     (hs[k] & 0x7f) ? "NaN" : "zero");
-		CAL_TRY_RET(put(ex, x->name, "weight_scale_2", &scale, 4, err));
+		CAL_TRY_RET(put_lin(ex, x, "weight_scale_2", &scale, 4, err));
 	} else if (x->fmt == CAL_QFMT_FP8) {
-		CAL_TRY_RET(put(ex, x->name, "weight_scale", &scale, 4, err));
+		CAL_TRY_RET(put_lin(ex, x, "weight_scale", &scale, 4, err));
 	}
 	int inf = 0;
 	double db = sqnr_db(hw, hy, n, &inf);
@@ -1075,7 +1318,7 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 			st = nomem(err);
 			goto fail;
 		}
-		gather(x, h);
+		gather(ex, x, h);
 		CAL_TRY(weight_amax(x, h, &x->wamax, err));
 	}
 	/* fused-experts semantics: gate and up of an expert share one quantizer */
@@ -1105,10 +1348,10 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 			st = nomem(err);
 			goto fail;
 		}
-		gather(x, h);
+		gather(ex, x, h);
 		if (x->fmt == CAL_QFMT_NONE) {
-			CAL_TRY(put(ex, x->name, "weight", h,
-				    (uint64_t)(x->out * x->in) * cal_dtype_size(x->dtype), err));
+			CAL_TRY(put_lin(ex, x, "weight", h,
+					(uint64_t)(x->out * x->in) * cal_dtype_size(x->dtype), err));
 		} else {
 			CAL_TRY(quantize_lin(ex, x, err));
 			if (x->has_input_scale) {
@@ -1120,7 +1363,7 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 				else
 					s = cal_fp8_input_scale(x->iamax, m);
 				CAL_TRY(check_scale(x->name, "input_scale", s, err));
-				CAL_TRY(put(ex, x->name, "input_scale", &s, 4, err));
+				CAL_TRY(put_lin(ex, x, "input_scale", &s, 4, err));
 			}
 		}
 		if (x->expert >= 0 && x->sl.bias)
@@ -1150,7 +1393,7 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 	for (size_t i = 0; i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];
 		if (c->layer == L)
-			CAL_TRY(cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err));
+			CAL_TRY(put_copy(ex, c, err));
 	}
 	ex->layer_done[L] = 1;
 	ex->t_layers += cal_now() - t0;
@@ -1184,10 +1427,10 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 			st = nomem(err);
 			goto fail;
 		}
-		gather(x, h);
+		gather(ex, x, h);
 		if (x->fmt == CAL_QFMT_NONE) {
-			CAL_TRY(put(ex, x->name, "weight", h,
-				    (uint64_t)(x->out * x->in) * cal_dtype_size(x->dtype), err));
+			CAL_TRY(put_lin(ex, x, "weight", h,
+					(uint64_t)(x->out * x->in) * cal_dtype_size(x->dtype), err));
 			continue;
 		}
 		CAL_TRY(weight_amax(x, h, &x->wamax, err));
@@ -1209,7 +1452,7 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 	for (size_t i = 0; i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];
 		if (c->layer == -1)
-			CAL_TRY(cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err));
+			CAL_TRY(put_copy(ex, c, err));
 	}
 	cal_exporter_add_phase(ex, "export_layers", ex->t_layers);
 	cal_exporter_add_phase(ex, "export_finish", cal_now() - t0);

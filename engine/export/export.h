@@ -64,6 +64,11 @@ struct cal_export_opts {
 
 struct cal_exporter;
 
+/* Whether the exporter reads d's source weights: bf16/f16/f32, and gpt_oss
+ * MXFP4 experts (docs/gpt_oss.md); else CAL_ERR_UNSUPPORTED naming the
+ * source format. */
+enum cal_status cal_export_check_source(const struct cal_model_desc *d, struct cal_error *err);
+
 /*
  * Plans the output and opens the writer.  Errors: CAL_ERR_EXISTS (out_dir
  * exists), CAL_ERR_NOSPACE (not enough free space for everything),

@@ -21,13 +21,23 @@ struct xlin {
 	const struct cal_st_tensor *w;  /* non-expert: the source weight */
 	struct cal_expert_slice sl;     /* routed expert: where it lives */
 	int64_t out, in;
-	enum cal_dtype dtype;           /* source dtype */
+	enum cal_dtype dtype;           /* source dtype (bf16 for FP8 block sources) */
+	const struct cal_st_tensor *si; /* FP8 block source: weight_scale_inv (the
+					 * weight is decoded to bf16 when gathered) */
 	const struct cal_plan_q *wq;    /* enabled weight quantizer or NULL */
 	const struct cal_plan_q *iq;    /* enabled input quantizer or NULL */
 	enum cal_qfmt fmt;              /* CAL_QFMT_NONE: written unquantized */
 	int group;                      /* sibling group within the layer, 0 none */
 	float wamax, iamax;
 	int has_input_scale;            /* an input_scale tensor is written */
+	/* gpt_oss (export_bmm in export.c, docs/gpt_oss.md): every expert of one
+	 * projection as modelopt's single 3-D BMM weight.  Here [E * bmm_rows,
+	 * in] (out = E * bmm_rows, rows in the checkpoint's order, gate/up
+	 * interleaved); written [E, in, bmm_rows] under "<name>", its scales
+	 * under "<name>_weight_scale" etc.  sl: expert 0's slice (tensor,
+	 * MXFP4 scales). */
+	int bmm;
+	int64_t bmm_rows;
 };
 
 /* A tensor copied byte for byte (maybe renamed). */
@@ -35,6 +45,9 @@ struct xcopy {
 	char *name;
 	const struct cal_st_tensor *t;
 	int32_t layer;
+	int to_bf16;                    /* F32 written as bf16 (gpt_oss norms, as modelopt) */
+	int to_f32;                     /* written as F32 (DeepSeek's router weight, which
+					 * transformers keeps in fp32) */
 };
 
 /* KV-cache scales of one attention module. */
@@ -110,6 +123,15 @@ json_t *cal_export_hf_to_config(json_t *hfq);
 /* Writes every side file (configs, tokenizer, report) into the writer. */
 enum cal_status cal_export_side_files(struct cal_exporter *ex, const struct cal_stats *stats,
 				      char **ret_report, struct cal_error *err);
+/* gpt_oss BMM experts (export.c): the source of one projection as bf16
+ * [E * R, C] (sl: expert 0's slice; MXFP4 decoded as HF does), and the
+ * per-expert transpose [E, R, cols] -> [E, cols, R] of es-byte elements
+ * (its own inverse with R and cols swapped). */
+void cal_export_bmm_source(const struct cal_expert_slice *sl, uint64_t E, uint64_t R, uint64_t C,
+			   uint16_t *dst);
+void cal_export_bmm_transpose(void *dst, const void *src, uint64_t E, uint64_t R, uint64_t cols,
+			      uint64_t es);
+
 /* Source side files copied verbatim when present. */
 extern const char *const cal_export_copy_files[];
 

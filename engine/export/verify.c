@@ -40,12 +40,20 @@ static void violation(struct vctx *v, const char *fmt, ...)
 	free(s);
 }
 
-static const struct cal_st_tensor *tget(struct vctx *v, const char *mod, const char *suf)
+/* Tensor "<mod><sep><suf>" of the output (sep '.', or '_' for gpt_oss BMM
+ * experts' scales). */
+static const struct cal_st_tensor *tget_sep(struct vctx *v, const char *mod, char sep,
+					    const char *suf)
 {
 	char name[CAL_ST_MAX_NAME + 64];
-	if ((size_t)snprintf(name, sizeof(name), "%s.%s", mod, suf) >= sizeof(name))
+	if ((size_t)snprintf(name, sizeof(name), "%s%c%s", mod, sep, suf) >= sizeof(name))
 		return NULL;
 	return cal_checkpoint_find(v->ck, name);
+}
+
+static const struct cal_st_tensor *tget(struct vctx *v, const char *mod, const char *suf)
+{
+	return tget_sep(v, mod, '.', suf);
 }
 
 static int shape_is(const struct cal_st_tensor *t, enum cal_dtype dt, int ndim, int64_t a,
@@ -63,26 +71,32 @@ static float f32_at(const struct cal_st_tensor *t, uint64_t i)
 	return f;
 }
 
-/* A scalar F32 scale: present, [], finite, > 0. */
-static int check_scalar(struct vctx *v, const char *mod, const char *suf, int required)
+/* A scalar F32 scale "<mod><sep><suf>": present, [], finite, > 0. */
+static int check_scalar_sep(struct vctx *v, const char *mod, char sep, const char *suf,
+			    int required)
 {
-	const struct cal_st_tensor *t = tget(v, mod, suf);
+	const struct cal_st_tensor *t = tget_sep(v, mod, sep, suf);
 	if (!t) {
 		if (required)
-			violation(v, "%s.%s: missing", mod, suf);
+			violation(v, "%s%c%s: missing", mod, sep, suf);
 		return 0;
 	}
 	if (!shape_is(t, CAL_DTYPE_F32, 0, 0, 0)) {
-		violation(v, "%s.%s: expected F32 [], found %s with %d dims", mod, suf,
+		violation(v, "%s%c%s: expected F32 [], found %s with %d dims", mod, sep, suf,
 			  cal_dtype_name(t->dtype), t->ndim);
 		return 0;
 	}
 	float f = f32_at(t, 0);
 	if (!isfinite(f) || f <= 0.0f) {
-		violation(v, "%s.%s: %g is not finite and positive", mod, suf, (double)f);
+		violation(v, "%s%c%s: %g is not finite and positive", mod, sep, suf, (double)f);
 		return 0;
 	}
 	return 1;
+}
+
+static int check_scalar(struct vctx *v, const char *mod, const char *suf, int required)
+{
+	return check_scalar_sep(v, mod, '.', suf, required);
 }
 
 static int excluded(json_t *patterns, const char *mod)
@@ -268,12 +282,28 @@ static int source_weight(const struct vsrc *s, const char *mod, int64_t o, int64
 				proj = k;
 		struct cal_expert_slice sl;
 		if (proj < 0 || cal_catalog_expert(s->cat, L, (int32_t)ex, (enum cal_proj)proj, &sl,
-						   NULL) < 0 || sl.out != o || sl.in != in ||
-		    sl.t->dtype != CAL_DTYPE_BF16)
+						   NULL) < 0 || sl.out != o || sl.in != in)
 			return -1;
 		uint16_t *w = malloc((size_t)(o * in) * 2);
 		if (!w)
 			return -1;
+		if (sl.t->dtype == CAL_DTYPE_F8_E4M3 && sl.expert_index < 0) { /* FP8 source */
+			static const enum cal_role roles[] = {CAL_ROLE_EXPERT_GATE, CAL_ROLE_EXPERT_UP,
+							      CAL_ROLE_EXPERT_DOWN};
+			const struct cal_st_tensor *si = cal_catalog_find(s->cat, roles[proj],
+									  CAL_PART_SCALE_INV, L,
+									  (int32_t)ex);
+			if (cal_fp8_block_decode(s->d, sl.t, si, w, NULL) < 0) {
+				free(w);
+				return -1;
+			}
+			*ret = w;
+			return 0;
+		}
+		if (sl.t->dtype != CAL_DTYPE_BF16) {
+			free(w);
+			return -1;
+		}
 		const uint16_t *src = sl.t->data;
 		for (int64_t r = 0; r < o; r++)
 			for (int64_t c = 0; c < in; c++)
@@ -290,13 +320,22 @@ static int source_weight(const struct vsrc *s, const char *mod, int64_t o, int64
 		snprintf(alt, sizeof(alt), "%.*s.mlp.%s", (int)(bp - name), name, bp + 18);
 		t = cal_checkpoint_find(s->ck, alt);
 	}
-	if (!t || t->dtype != CAL_DTYPE_BF16 || t->ndim != 2 || t->shape[0] != o ||
-	    t->shape[1] != in)
+	if (!t || t->ndim != 2 || t->shape[0] != o || t->shape[1] != in ||
+	    (t->dtype != CAL_DTYPE_BF16 && t->dtype != CAL_DTYPE_F8_E4M3))
 		return -1;
-	uint16_t *w = malloc((size_t)t->nbytes);
+	uint16_t *w = malloc((size_t)(o * in) * 2);
 	if (!w)
 		return -1;
-	memcpy(w, t->data, t->nbytes);
+	if (t->dtype == CAL_DTYPE_F8_E4M3) { /* FP8 block source: <name>_scale_inv */
+		char sn[CAL_ST_MAX_NAME + 32];
+		snprintf(sn, sizeof(sn), "%s_scale_inv", t->name);
+		if (cal_fp8_block_decode(s->d, t, cal_checkpoint_find(s->ck, sn), w, NULL) < 0) {
+			free(w);
+			return -1;
+		}
+	} else {
+		memcpy(w, t->data, t->nbytes);
+	}
 	*ret = w;
 	return 0;
 }
@@ -359,6 +398,145 @@ fail:
 	cal_backend_dealloc(be, dw);
 	cal_backend_dealloc(be, ds);
 	cal_backend_dealloc(be, dy);
+	return st;
+}
+
+/* Adds {name, format, sqnr_db} of the dequantized y against source w. */
+static void report_sqnr(struct vctx *v, const char *name, enum vfmt f, const uint16_t *w,
+			const float *y, uint64_t n)
+{
+	double sig = 0, noise = 0;
+	for (uint64_t k = 0; k < n; k++) {
+		double x = cal_bf16_to_f32(w[k]), dd = x - (double)y[k];
+		sig += x * x;
+		noise += dd * dd;
+	}
+	json_t *wr = json_pack("{s:s, s:s}", "name", name, "format", vfmt_name(f));
+	json_object_set_new(wr, "sqnr_db", noise > 0 && sig > 0 ?
+			    json_real(10.0 * log10(sig / noise)) : json_null());
+	json_array_append_new(v->weights, wr);
+}
+
+/* ---- gpt_oss BMM experts (docs/gpt_oss.md) ----------------------------------- */
+
+/* "<...>.experts.gate_up_proj" / ".down_proj" with 3 dims: 1, else 0. */
+static int is_bmm(const struct cal_st_tensor *t)
+{
+	static const char *const sfx[] = {".experts.gate_up_proj", ".experts.down_proj"};
+	size_t l = strlen(t->name);
+	for (size_t k = 0; k < 2; k++) {
+		size_t sl = strlen(sfx[k]);
+		if (t->ndim == 3 && l > sl && !strcmp(t->name + l - sl, sfx[k]))
+			return 1;
+	}
+	return 0;
+}
+
+/* Source experts of BMM tensor `name` ([E, C, R] on output) as bf16 [E R, C]. */
+static uint16_t *bmm_source(const struct vsrc *s, const char *name, uint64_t E, uint64_t R,
+			    uint64_t C)
+{
+	const char *pre = cal_catalog_prefix(s->cat);
+	struct cal_expert_slice sl;
+	if (strncmp(name, pre, strlen(pre)) || strncmp(name + strlen(pre), "layers.", 7))
+		return NULL;
+	int L = atoi(name + strlen(pre) + 7), down = strstr(name, ".down_proj") != NULL;
+	if (cal_catalog_expert(s->cat, L, 0, down ? CAL_PROJ_DOWN : CAL_PROJ_GATE, &sl, NULL) < 0 ||
+	    (uint64_t)s->d->num_experts != E || (uint64_t)sl.in != C ||
+	    (uint64_t)(down ? s->d->hidden_size : 2 * s->d->moe_intermediate_size) != R ||
+	    (!sl.scales && sl.t->dtype != CAL_DTYPE_BF16))
+		return NULL;
+	uint16_t *w = malloc(E * R * C * 2);
+	if (w)
+		cal_export_bmm_source(&sl, E, R, C, w);
+	return w;
+}
+
+/* Checks one BMM expert tensor of format f (NVFP4 or FP8), and its SQNR
+ * against the source when given. */
+static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t, enum vfmt f,
+				  const struct vsrc *src, struct cal_backend *be,
+				  struct cal_error *err)
+{
+	const char *name = t->name;
+	int nv = f == VF_NVFP4 || f == VF_W4A16_NVFP4;
+	uint64_t E = (uint64_t)t->shape[0], R = (uint64_t)t->shape[2];
+	uint64_t C = (uint64_t)t->shape[1] * (nv ? 2 : 1);
+	const struct cal_st_tensor *ws = tget_sep(v, name, '_', "weight_scale");
+	if (!nv && f != VF_FP8) {
+		violation(v, "%s: GPT-OSS experts in %s are not checked (NVFP4 and FP8 only)", name,
+			  vfmt_name(f));
+		return CAL_OK;
+	}
+	if (t->dtype != (nv ? CAL_DTYPE_U8 : CAL_DTYPE_F8_E4M3)) {
+		violation(v, "%s: %s, expected %s", name, cal_dtype_name(t->dtype), nv ? "U8" : "F8_E4M3");
+		return CAL_OK;
+	}
+	if (nv) {
+		if (!ws || ws->dtype != CAL_DTYPE_F8_E4M3 || ws->ndim != 3 ||
+		    (uint64_t)ws->shape[0] != E || (uint64_t)ws->shape[1] != C / 16 ||
+		    (uint64_t)ws->shape[2] != R) {
+			violation(v, "%s_weight_scale: expected F8_E4M3 [%llu, %llu, %llu]", name,
+				  (unsigned long long)E, (unsigned long long)(C / 16),
+				  (unsigned long long)R);
+			return CAL_OK;
+		}
+		const uint8_t *sb = ws->data;
+		for (uint64_t k = 0; k < ws->nbytes; k++)
+			if ((sb[k] & 0x7f) == 0x7f || (sb[k] & 0x7f) == 0) {
+				violation(v, "%s_weight_scale: block %llu has scale byte 0x%02x", name,
+					  (unsigned long long)k, sb[k]);
+				return CAL_OK;
+			}
+		if (!check_scalar_sep(v, name, '_', "weight_scale_2", 1))
+			return CAL_OK;
+	} else if (!check_scalar_sep(v, name, '_', "weight_scale", 1)) {
+		return CAL_OK;
+	}
+	if ((f != VF_W4A16_NVFP4 && !check_scalar_sep(v, name, '_', "input_scale", 1)) || !src->ck)
+		return CAL_OK;
+	/* SQNR: back to [E R, C] rows, dequantized on the back end */
+	uint64_t n = E * R * C, qb = nv ? n / 2 : n, sbytes = nv ? n / 16 : 0;
+	uint16_t *w = bmm_source(src, name, E, R, C);
+	unsigned char *q = malloc(qb), *sc = malloc(sbytes ? sbytes : 1);
+	float *y = malloc(n * 4);
+	void *dq = NULL, *ds = NULL, *dy = NULL;
+	enum cal_status st = CAL_OK;
+	if (!q || !sc || !y) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "verify: out of memory");
+		goto fail;
+	}
+	if (!w) {
+		violation(v, "%s: no matching bf16 or MXFP4 experts in the source", name);
+		goto fail;
+	}
+	cal_export_bmm_transpose(q, t->data, E, C / (nv ? 2 : 1), R, 1);
+	if (nv)
+		cal_export_bmm_transpose(sc, ws->data, E, C / 16, R, 1);
+	CAL_TRY(cal_backend_alloc(be, qb, &dq, err));
+	CAL_TRY(cal_backend_alloc(be, sbytes ? sbytes : 1, &ds, err));
+	CAL_TRY(cal_backend_alloc(be, n * 4, &dy, err));
+	CAL_TRY(cal_backend_upload(be, dq, q, qb, err));
+	if (nv) {
+		CAL_TRY(cal_backend_upload(be, ds, sc, sbytes, err));
+		struct cal_nvfp4_dequant_args a = {dq, ds, E * R, C,
+						   f32_at(tget_sep(v, name, '_', "weight_scale_2"), 0),
+						   CAL_DTYPE_F32, dy};
+		CAL_TRY(cal_op_nvfp4_dequant(be, &a, err));
+	} else {
+		struct cal_fp8_dequant_args a = {dq, n, f32_at(ws, 0), CAL_DTYPE_F32, dy};
+		CAL_TRY(cal_op_fp8_dequant(be, &a, err));
+	}
+	CAL_TRY(cal_backend_download(be, y, dy, n * 4, err));
+	report_sqnr(v, name, f, w, y, n);
+fail:
+	cal_backend_dealloc(be, dq);
+	cal_backend_dealloc(be, ds);
+	cal_backend_dealloc(be, dy);
+	free(w);
+	free(q);
+	free(sc);
+	free(y);
 	return st;
 }
 
@@ -491,6 +669,30 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 			free(mod);
 			continue;
 		}
+		if (is_bmm(t)) {
+			/* gpt_oss experts: the module of hf_quant_config is ".experts" */
+			char *mod = strndup(t->name, (size_t)(strrchr(t->name, '.') - t->name));
+			if (!mod) {
+				st = cal_error_set(err, CAL_ERR_NOMEM, "verify: out of memory");
+				goto fail;
+			}
+			json_t *c = mixed ? mixed_cfg(ql, mod) : NULL;
+			enum vfmt f = mixed ? (c ? vfmt_of(json_string_value(json_object_get(c,
+					"quant_algo"))) : VF_NONE)
+					    : algo && !excluded(exm, mod) ? vfmt_of(algo) : VF_NONE;
+			int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3;
+			free(mod);
+			if (f == VF_NONE || !qdt) {
+				if (qdt || f != VF_NONE)
+					violation(&v, "%s: %s, but the config %s it", t->name,
+						  cal_dtype_name(t->dtype), qdt ? "does not quantize" :
+						  "quantizes");
+				continue;
+			}
+			n_quant++;
+			CAL_TRY(verify_bmm(&v, t, f, &src, be, err));
+			continue;
+		}
 		if (l <= 7 || strcmp(t->name + l - 7, ".weight") || t->ndim != 2)
 			continue;
 		char *mod = strndup(t->name, l - 7);
@@ -553,16 +755,7 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 					free(mod);
 					goto fail;
 				}
-				double sig = 0, noise = 0;
-				for (int64_t k = 0; k < o * in; k++) {
-					double x = cal_bf16_to_f32(w[k]), dd = x - (double)y[k];
-					sig += x * x;
-					noise += dd * dd;
-				}
-				json_t *wr = json_pack("{s:s, s:s}", "name", mod, "format", vfmt_name(f));
-				json_object_set_new(wr, "sqnr_db", noise > 0 && sig > 0 ?
-						    json_real(10.0 * log10(sig / noise)) : json_null());
-				json_array_append_new(v.weights, wr);
+				report_sqnr(&v, mod, f, w, y, (uint64_t)(o * in));
 			}
 			free(w);
 			free(y);

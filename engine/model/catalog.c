@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "kernels/numfmt.h"
 
 #define REPORT_MAX 5
 
@@ -882,4 +883,45 @@ const char *cal_part_name(enum cal_part p)
 	static const char *const n[CAL_PART_COUNT] = {"weight", "bias", "scale_inv",
 						      "blocks", "scales", "param"};
 	return (unsigned)p < CAL_PART_COUNT ? n[p] : "unknown";
+}
+
+/* ---- FP8 block source weights ------------------------------------------------ */
+
+enum cal_status cal_fp8_block_check(const struct cal_model_desc *d, const struct cal_st_tensor *t,
+				    const struct cal_st_tensor *si, struct cal_error *err)
+{
+	int64_t br = d->quant_block[0], bc = d->quant_block[1];
+	if (d->src_quant != CAL_SRC_QUANT_FP8_BLOCK || t->dtype != CAL_DTYPE_F8_E4M3 ||
+	    t->ndim != 2 || br < 1 || bc < 1)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "tensor %s: F8_E4M3 weights need quantization_config fp8 with a "
+				     "2-D weight_block_size", t->name);
+	uint64_t sr = (uint64_t)((t->shape[0] + br - 1) / br);
+	uint64_t sc = (uint64_t)((t->shape[1] + bc - 1) / bc);
+	if (!si || si->dtype != CAL_DTYPE_F32 || si->numel != sr * sc)
+		return cal_error_set(err, CAL_ERR_FORMAT,
+				     "tensor %s: weight_scale_inv %s (expected F32 [%llu, %llu], the "
+				     "ceil-div %lldx%lld block grid)", t->name,
+				     si ? "has the wrong dtype or shape" : "is missing",
+				     (unsigned long long)sr, (unsigned long long)sc, (long long)br,
+				     (long long)bc);
+	return CAL_OK;
+}
+
+enum cal_status cal_fp8_block_decode(const struct cal_model_desc *d, const struct cal_st_tensor *t,
+				     const struct cal_st_tensor *si, uint16_t *dst,
+				     struct cal_error *err)
+{
+	enum cal_status st = cal_fp8_block_check(d, t, si, err);
+	if (st < 0)
+		return st;
+	uint64_t rows = (uint64_t)t->shape[0], cols = (uint64_t)t->shape[1];
+	uint64_t br = (uint64_t)d->quant_block[0], bc = (uint64_t)d->quant_block[1];
+	uint64_t sc = (cols + bc - 1) / bc;
+	const uint8_t *q = t->data;
+	const float *s = si->data;
+	for (uint64_t r = 0; r < rows; r++)
+		for (uint64_t c = 0; c < cols; c++)
+			dst[r * cols + c] = cal_fp8_block_value(q[r * cols + c], s[(r / br) * sc + c / bc]);
+	return CAL_OK;
 }

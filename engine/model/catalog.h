@@ -148,6 +148,20 @@ enum cal_status cal_catalog_expert(const struct cal_catalog *c, int32_t layer,
 				   int32_t expert, enum cal_proj proj,
 				   struct cal_expert_slice *ret, struct cal_error *err);
 
+/*
+ * FP8 block source weights (quantization_config quant_method fp8,
+ * docs/deepseek.md): t is F8_E4M3 [out, in], si its weight_scale_inv, F32
+ * on the ceil-div grid [ceil(out / b0), ceil(in / b1)] of
+ * d->quant_block.  cal_fp8_block_check validates the pair (errors name t);
+ * cal_fp8_block_decode also writes bf16(fl32(e4m3 * scale_inv)) into dst
+ * (out * in elements, the kernels' fp8_block_dequant formula).
+ */
+enum cal_status cal_fp8_block_check(const struct cal_model_desc *d, const struct cal_st_tensor *t,
+				    const struct cal_st_tensor *si, struct cal_error *err);
+enum cal_status cal_fp8_block_decode(const struct cal_model_desc *d, const struct cal_st_tensor *t,
+				     const struct cal_st_tensor *si, uint16_t *dst,
+				     struct cal_error *err);
+
 /* Element index of W[o][i] inside slice->t (see struct cal_expert_slice). */
 static inline uint64_t cal_expert_slice_index(const struct cal_expert_slice *s,
 					      int64_t o, int64_t i)

@@ -1025,9 +1025,10 @@ static enum cal_status parse_desc(struct reader *r, json_t *root, struct cal_mod
 		case CAL_RENORM_IMPLICIT: d->norm_topk_prob = 1; break;
 		}
 		if (a->id == CAL_ARCH_GPT_OSS) {
+			/* transformers 5 reads both from the config (GptOssConfig
+			 * swiglu_limit / swiglu_alpha, defaults 7.0 / 1.702) */
 			CAL_TRY(get_num(r, cfg, "swiglu_limit", 7.0, &d->swiglu_limit));
-			d->swiglu_limit = 7.0; /* HF hard-codes it (§8) */
-			d->swiglu_alpha = 1.702;
+			CAL_TRY(get_num(r, cfg, "swiglu_alpha", 1.702, &d->swiglu_alpha));
 		}
 		if (a->router == CAL_ROUTER_SIGMOID_GROUP) {
 			CAL_TRY(get_num(r, cfg, "routed_scaling_factor", 2.5,

@@ -356,11 +356,13 @@ static size_t key_hash(const struct cal_ynode *n)
 	return (size_t)(h ^ (h >> 29));
 }
 
+_Thread_local unsigned long cal_ykeys_compares;
+
 long cal_ykeys_find(struct cal_ykeys *ix, const struct cal_ynode *m, const struct cal_ynode *key)
 {
 	if (m->n < 16) {
 		for (size_t i = 0; i < m->n; i++)
-			if (keys_equal(m->items[2 * i], key))
+			if (cal_ykeys_compares++, keys_equal(m->items[2 * i], key))
 				return (long)i;
 		return -1;
 	}
@@ -383,7 +385,7 @@ long cal_ykeys_find(struct cal_ykeys *ix, const struct cal_ynode *m, const struc
 		ix->ht[s] = ix->indexed + 1;
 	}
 	for (size_t s = key_hash(key) & (ix->cap - 1); ix->ht[s]; s = (s + 1) & (ix->cap - 1))
-		if (keys_equal(m->items[2 * (ix->ht[s] - 1)], key))
+		if (cal_ykeys_compares++, keys_equal(m->items[2 * (ix->ht[s] - 1)], key))
 			return (long)(ix->ht[s] - 1);
 	return -1;
 }

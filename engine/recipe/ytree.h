@@ -100,6 +100,9 @@ struct cal_ykeys {
  * the last call are indexed first; `m`'s keys may only be appended to
  * between calls. */
 long cal_ykeys_find(struct cal_ykeys *ix, const struct cal_ynode *m, const struct cal_ynode *key);
+/* Key comparisons cal_ykeys_find() made on this thread (for tests: the cost
+ * of a lookup is counted, not timed). */
+extern _Thread_local unsigned long cal_ykeys_compares;
 void cal_ykeys_free(struct cal_ykeys *ix);
 
 /* "null", "bool", "int", "float", "string", "list", "mapping". */

@@ -18,9 +18,14 @@
  * sequences: each row carries its own first visible key.  Rows without a
  * visible key write zeros.
  *
- * Fallback (other head dims, unaligned pointers): one warp per (query row,
- * head), 4 warps per block, two passes (max / normaliser, then p v) with
- * p = bf16(exp(s - m) / l), lanes over the channels (hd <= 512).
+ * Fallback (other head dims, unaligned pointers, a v head dim other than
+ * q/k's as DeepSeek MLA has): one warp per (query row, head), 4 warps per
+ * block, two passes (max / normaliser, then p v) with p = bf16(exp(s - m) /
+ * l), lanes over the channels (hd, vd <= 512).  It also runs transformers'
+ * eager bf16 attention (eager_bf16, gpt_oss): scores bf16(bf16(q.k) *
+ * scale), the max first, then exp(bf16(s - max)); three passes over the
+ * keys.  Sinks (gpt_oss) join the max and the normaliser in both kernels
+ * (kernels/attention.c).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -51,10 +56,18 @@ __device__ __forceinline__ float at_dot(const float *q, const uint16_t *k, uint3
 	return d;
 }
 
+/* One score: fl32(q.k) * scale, or transformers' eager bf16 form (eager). */
+__device__ __forceinline__ float at_score(const float *q, const uint16_t *k, uint32_t hd,
+					  float scale, int eager)
+{
+	float d = at_dot(q, k, hd);
+	return eager ? cal_rbf(__fmul_rn(cal_rbf(d), scale)) : __fmul_rn(d, scale);
+}
+
 __global__ void __launch_bounds__(AT_WARPS * 32)
 attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out, uint64_t t,
-	    uint32_t nh, uint32_t nkv, uint32_t hd, const uint32_t *cu, uint32_t n_seq,
-	    const uint32_t *key_start, uint32_t window, float scale)
+	    uint32_t nh, uint32_t nkv, uint32_t hd, uint32_t vd, const uint32_t *cu, uint32_t n_seq,
+	    const uint32_t *key_start, uint32_t window, float scale, const float *sinks, int eager)
 {
 	__shared__ float qs[AT_WARPS][AT_MAX_HD];
 	unsigned lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
@@ -67,9 +80,9 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 		uint64_t lo = cu[s] + (key_start ? key_start[s] : 0);
 		if (window && i + 1 > window && i + 1 - window > lo)
 			lo = i + 1 - window;
-		uint16_t *o = out + (i * nh + h) * hd;
+		uint16_t *o = out + (i * nh + h) * vd;
 		if (lo > i) {
-			for (uint32_t c = lane; c < hd; c += 32)
+			for (uint32_t c = lane; c < vd; c += 32)
 				o[c] = 0;
 			continue;
 		}
@@ -78,20 +91,51 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 			qs[wi][c] = cal_bf2f(qr[c]);
 		__syncwarp();
 		float m = -INFINITY, l = 0.0f;
-		for (uint64_t j0 = lo; j0 <= i; j0 += 32) {
-			uint64_t j = j0 + lane;
-			float sv = -INFINITY;
-			if (j <= i)
-				sv = __fmul_rn(at_dot(qs[wi], k + (j * nkv + kvh) * hd, hd), scale);
-			float cm = sv;
-			for (int off = 16; off > 0; off >>= 1)
-				cm = fmaxf(cm, __shfl_xor_sync(CAL_FULL_MASK, cm, off));
-			float mn = fmaxf(m, cm);
-			float e = j <= i ? expf(sv - mn) : 0.0f;
-			for (int off = 16; off > 0; off >>= 1)
-				e += __shfl_xor_sync(CAL_FULL_MASK, e, off);
-			l = (m == -INFINITY ? 0.0f : l * expf(m - mn)) + e;
-			m = mn;
+		if (eager) {
+			/* transformers' eager bf16 softmax: the max first (sink
+			 * included), then exp(bf16(s - max)) summed */
+			for (uint64_t j0 = lo; j0 <= i; j0 += 32) {
+				uint64_t j = j0 + lane;
+				float sv = j <= i ? at_score(qs[wi], k + (j * nkv + kvh) * hd, hd, scale, 1)
+						  : -INFINITY;
+				for (int off = 16; off > 0; off >>= 1)
+					sv = fmaxf(sv, __shfl_xor_sync(CAL_FULL_MASK, sv, off));
+				m = fmaxf(m, sv);
+			}
+			if (sinks)
+				m = fmaxf(m, sinks[h]);
+			for (uint64_t j0 = lo; j0 <= i; j0 += 32) {
+				uint64_t j = j0 + lane;
+				float e = j <= i ? expf(cal_rbf(at_score(qs[wi], k + (j * nkv + kvh) * hd, hd,
+									 scale, 1) - m))
+						 : 0.0f;
+				for (int off = 16; off > 0; off >>= 1)
+					e += __shfl_xor_sync(CAL_FULL_MASK, e, off);
+				l += e;
+			}
+			if (sinks)
+				l += expf(cal_rbf(sinks[h] - m));
+		} else {
+			for (uint64_t j0 = lo; j0 <= i; j0 += 32) {
+				uint64_t j = j0 + lane;
+				float sv = -INFINITY;
+				if (j <= i)
+					sv = at_score(qs[wi], k + (j * nkv + kvh) * hd, hd, scale, 0);
+				float cm = sv;
+				for (int off = 16; off > 0; off >>= 1)
+					cm = fmaxf(cm, __shfl_xor_sync(CAL_FULL_MASK, cm, off));
+				float mn = fmaxf(m, cm);
+				float e = j <= i ? expf(sv - mn) : 0.0f;
+				for (int off = 16; off > 0; off >>= 1)
+					e += __shfl_xor_sync(CAL_FULL_MASK, e, off);
+				l = (m == -INFINITY ? 0.0f : l * expf(m - mn)) + e;
+				m = mn;
+			}
+			if (sinks) { /* gpt_oss: the head's sink joins max and denominator */
+				float sk = sinks[h], mn = fmaxf(m, sk);
+				l = l * expf(m - mn) + expf(sk - mn);
+				m = mn;
+			}
 		}
 		float acc[AT_MAX_HD / 32];
 #pragma unroll
@@ -101,17 +145,17 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 			uint64_t j = j0 + lane;
 			float p = 0.0f;
 			if (j <= i) {
-				float sv = __fmul_rn(at_dot(qs[wi], k + (j * nkv + kvh) * hd, hd), scale);
-				p = cal_rbf(expf(sv - m) / l);
+				float sv = at_score(qs[wi], k + (j * nkv + kvh) * hd, hd, scale, eager);
+				p = cal_rbf(expf(eager ? cal_rbf(sv - m) : sv - m) / l);
 			}
 			uint32_t nk = (uint32_t)(i - j0 + 1 < 32 ? i - j0 + 1 : 32);
 			for (uint32_t tk = 0; tk < nk; tk++) {
 				float pt = __shfl_sync(CAL_FULL_MASK, p, tk);
-				const uint16_t *vr = v + ((j0 + tk) * nkv + kvh) * hd;
+				const uint16_t *vr = v + ((j0 + tk) * nkv + kvh) * vd;
 #pragma unroll
 				for (int c = 0; c < AT_MAX_HD / 32; c++) {
 					uint32_t ch = lane + 32u * c;
-					if (ch < hd)
+					if (ch < vd)
 						acc[c] = __fadd_rn(acc[c], __fmul_rn(pt, cal_bf2f(vr[ch])));
 				}
 			}
@@ -119,7 +163,7 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 #pragma unroll
 		for (int c = 0; c < AT_MAX_HD / 32; c++) {
 			uint32_t ch = lane + 32u * c;
-			if (ch < hd)
+			if (ch < vd)
 				o[ch] = cal_f2bf(acc[c]);
 		}
 		__syncwarp();
@@ -186,7 +230,7 @@ template <int HD>
 __global__ void __launch_bounds__(FA_THREADS)
 fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out, uint64_t t,
 	  uint32_t nh, uint32_t nkv, const uint32_t *cu, uint32_t n_seq,
-	  const uint32_t *key_start, uint32_t window, float scale)
+	  const uint32_t *key_start, uint32_t window, float scale, const float *sinks)
 {
 	constexpr int LD = HD + 8;      /* padded smem row (elements) */
 	constexpr int CH = HD / 8;      /* 16-byte chunks per row */
@@ -342,7 +386,15 @@ fa_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out
 	l0 += __shfl_xor_sync(CAL_FULL_MASK, l0, 2);
 	l1 += __shfl_xor_sync(CAL_FULL_MASK, l1, 1);
 	l1 += __shfl_xor_sync(CAL_FULL_MASK, l1, 2);
-	float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+	float sc0 = 1.0f, sc1 = 1.0f;
+	if (sinks) { /* gpt_oss: the head's sink joins max and denominator */
+		float sk = sinks[h], mn0 = fmaxf(m0, sk), mn1 = fmaxf(m1, sk);
+		sc0 = m0 == -INFINITY ? 0.0f : expf(m0 - mn0);
+		sc1 = m1 == -INFINITY ? 0.0f : expf(m1 - mn1);
+		l0 = l0 * sc0 + expf(sk - mn0);
+		l1 = l1 * sc1 + expf(sk - mn1);
+	}
+	float inv0 = l0 > 0.0f ? sc0 / l0 : 0.0f, inv1 = l1 > 0.0f ? sc1 / l1 : 0.0f;
 #pragma unroll
 	for (int d = 0; d < HD / 8; d++) {
 		uint32_t col = d * 8 + 2 * (lane & 3);
@@ -369,7 +421,8 @@ static enum cal_status fa_launch(const struct cal_attention_args *a, cudaStream_
 						  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
 	fa_kernel<HD><<<(unsigned)blocks, FA_THREADS, shm, s>>>(a->q, a->k, a->v, a->out, a->t, a->nh,
 							      a->nkv, a->cu_seqlens, a->n_seq,
-							      a->key_start, a->window, a->scale);
+							      a->key_start, a->window, a->scale,
+							      a->sinks);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }
@@ -382,13 +435,17 @@ extern "C" enum cal_status cal_cuda_attention(struct cal_backend *be,
 	enum cal_status st;
 	if (a->t == 0)
 		return CAL_OK;
-	if (a->hd > AT_MAX_HD)
+	uint32_t vd = a->vd ? a->vd : a->hd;
+	if (a->hd > AT_MAX_HD || vd > AT_MAX_HD)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "attention: head_dim %u > %d on CUDA", a->hd, AT_MAX_HD);
+				     "attention: head_dim %u / v head dim %u > %d on CUDA", a->hd, vd,
+				     AT_MAX_HD);
 	if ((st = cal_cuda_enter(be, &s, err)) < 0)
 		return st;
+	/* eager bf16 scores (gpt_oss) need the final max before any
+	 * exponential: the two-pass kernel below, not the online flash one */
 	if (cal_aligned(a->q, 16) && cal_aligned(a->k, 16) && cal_aligned(a->v, 16) &&
-	    cal_aligned(a->out, 16) && getenv("CALIBD_ATTN_SIMPLE") == NULL) {
+	    cal_aligned(a->out, 16) && !a->eager_bf16 && vd == a->hd && getenv("CALIBD_ATTN_SIMPLE") == NULL) {
 		switch (a->hd) {
 		case 16: return fa_launch<16>(a, s, err);
 		case 32: return fa_launch<32>(a, s, err);
@@ -403,9 +460,9 @@ extern "C" enum cal_status cal_cuda_attention(struct cal_backend *be,
 	if (blocks > (uint64_t)im->sms * 64)
 		blocks = (uint64_t)im->sms * 64;
 	attn_kernel<<<(unsigned)blocks, AT_WARPS * 32, 0, s>>>(a->q, a->k, a->v, a->out, a->t, a->nh,
-							       a->nkv, a->hd, a->cu_seqlens,
+							       a->nkv, a->hd, vd, a->cu_seqlens,
 							       a->n_seq, a->key_start, a->window,
-							       a->scale);
+							       a->scale, a->sinks, a->eager_bf16);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }

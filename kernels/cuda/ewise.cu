@@ -1,14 +1,26 @@
 /*
  * ewise.cu — element-wise decoder steps (add, SwiGLU, gated add, clamp,
- * sigmoid gate);
+ * sigmoid gate, gpt_oss clamped SwiGLU);
  * one thread per 8 elements (16-byte loads and stores) when the shapes and
  * pointers allow, else one per element, in a grid-stride loop.
  */
 #include "fwd_common.cuh"
 
-__device__ __forceinline__ float ew_one(int mode, float u, const uint16_t *b, const uint16_t *g,
-				       uint64_t r, uint64_t j, uint64_t ldb, uint64_t ldg, float clamp)
+/* gpt_oss clamped SwiGLU (kernels/ewise.c: swiglu_oai) */
+__device__ __forceinline__ float ew_oai(float g, float u, float lim, float alpha)
 {
+	g = g > lim ? lim : g;
+	u = u > lim ? lim : (u < -lim ? -lim : u);
+	float sg = cal_rbf(1.0f / (1.0f + expf(-cal_rbf(__fmul_rn(g, alpha)))));
+	return __fmul_rn(cal_rbf(__fadd_rn(u, 1.0f)), cal_rbf(__fmul_rn(g, sg)));
+}
+
+__device__ __forceinline__ float ew_one(int mode, float u, const uint16_t *b, const uint16_t *g,
+				       uint64_t r, uint64_t j, uint64_t ldb, uint64_t ldg, float clamp,
+				       float alpha)
+{
+	if (mode == CAL_EWISE_SWIGLU_OAI)
+		return ew_oai(u, cal_bf2f(b[r * ldb + j]), clamp, alpha);
 	if (mode == CAL_EWISE_ADD)
 		return __fadd_rn(u, cal_bf2f(b[r * ldb + j]));
 	if (mode == CAL_EWISE_SWIGLU)
@@ -26,14 +38,14 @@ __device__ __forceinline__ float ew_one(int mode, float u, const uint16_t *b, co
 __global__ void __launch_bounds__(CAL_CUDA_THREADS)
 ew_kernel(int mode, const uint16_t *a, const uint16_t *b, const uint16_t *g, uint16_t *out,
 	  uint64_t rows, uint64_t cols, uint64_t lda, uint64_t ldb, uint64_t ldg, uint64_t ldo,
-	  float clamp)
+	  float clamp, float alpha)
 {
 	uint64_t total = rows * cols;
 	for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
 	     i += (uint64_t)gridDim.x * blockDim.x) {
 		uint64_t r = i / cols, j = i % cols;
 		float u = cal_bf2f(a[r * lda + j]);
-		out[r * ldo + j] = cal_f2bf(ew_one(mode, u, b, g, r, j, ldb, ldg, clamp));
+		out[r * ldo + j] = cal_f2bf(ew_one(mode, u, b, g, r, j, ldb, ldg, clamp, alpha));
 	}
 }
 
@@ -43,7 +55,7 @@ ew_kernel(int mode, const uint16_t *a, const uint16_t *b, const uint16_t *g, uin
 __global__ void __launch_bounds__(CAL_CUDA_THREADS)
 ew_kernel8(int mode, const uint16_t *a, const uint16_t *b, const uint16_t *g, uint16_t *out,
 	   uint64_t rows, uint64_t cols, uint64_t lda, uint64_t ldb, uint64_t ldg, uint64_t ldo,
-	   float clamp)
+	   float clamp, float alpha)
 {
 	uint32_t c8 = (uint32_t)(cols / 8);
 	uint64_t total = rows * c8;
@@ -66,6 +78,10 @@ ew_kernel8(int mode, const uint16_t *a, const uint16_t *b, const uint16_t *g, ui
 #pragma unroll
 				for (int e = 0; e < 8; e++)
 					v[e] = __fmul_rn(cal_rbf(u[e] / (1.0f + expf(-u[e]))), bv[e]);
+			} else if (mode == CAL_EWISE_SWIGLU_OAI) {
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					v[e] = ew_oai(u[e], bv[e], clamp, alpha);
 			} else if (mode == CAL_EWISE_SIGMOID_MUL) {
 #pragma unroll
 				for (int e = 0; e < 8; e++)
@@ -100,11 +116,11 @@ extern "C" enum cal_status cal_cuda_ewise(struct cal_backend *be, const struct c
 	if (vec)
 		ew_kernel8<<<cal_fwd_grid(be, a->rows * a->cols / 8), CAL_CUDA_THREADS, 0, s>>>(
 			(int)a->mode, a->a, a->b, a->g, a->out, a->rows, a->cols, lda, ldb, ldg, ldo,
-			a->clamp);
+			a->clamp, a->alpha);
 	else
 		ew_kernel<<<cal_fwd_grid(be, a->rows * a->cols), CAL_CUDA_THREADS, 0, s>>>(
 			(int)a->mode, a->a, a->b, a->g, a->out, a->rows, a->cols, lda, ldb, ldg, ldo,
-			a->clamp);
+			a->clamp, a->alpha);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }

@@ -11,7 +11,8 @@
  * 16-bit min/max), one shared byte load and its sign bit.  A vector holding
  * inf or NaN takes the reference per element.  The grid is one wave of
  * resident blocks, so each table is built once per block.  Otherwise the
- * division kernel below.
+ * division kernel below.  single_round (stacked 3-D expert weights):
+ * fp8_single_kernel, one IEEE division and one e4m3 rounding per element.
  */
 #include "common.cuh"
 
@@ -101,6 +102,14 @@ fp8_kernel(const uint16_t *w, uint64_t n, float divisor, float recip, uint8_t *q
 	}
 }
 
+__global__ void __launch_bounds__(CAL_CUDA_THREADS)
+fp8_single_kernel(const uint16_t *w, uint64_t n, float scale, uint8_t *q)
+{
+	for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+	     i += (uint64_t)gridDim.x * blockDim.x)
+		q[i] = cal_fp8_weight_encode_single(cal_nf_bf16_to_f32(w[i]), scale);
+}
+
 extern "C" enum cal_status cal_cuda_fp8_quant(struct cal_backend *be,
 					      const struct cal_fp8_quant_args *a,
 					      struct cal_error *err)
@@ -111,6 +120,12 @@ extern "C" enum cal_status cal_cuda_fp8_quant(struct cal_backend *be,
 		return CAL_OK;
 	if ((st = cal_cuda_enter(be, &s, err)) < 0)
 		return st;
+	if (a->single_round) {
+		fp8_single_kernel<<<cal_cuda_grid(be, a->n), CAL_CUDA_THREADS, 0, s>>>(a->w, a->n,
+										a->scale, a->q);
+		CAL_CUDA_LAUNCHED();
+		return CAL_OK;
+	}
 	float divisor = cal_fp8_weight_divisor(a->scale, a->div);
 	uint32_t lo, hi;
 	bool v = cal_aligned(a->w, 16) && cal_aligned(a->q, 8);

@@ -2,7 +2,9 @@
  * gemm.cu — y = bf16(x W^T (+ bias)) through cuBLAS (cublasGemmEx, bf16
  * inputs and output, CUBLAS_COMPUTE_32F, reduced-precision reductions
  * disallowed).  A bias is broadcast into y first and added by the GEMM with
- * beta = 1, so acc + bias is rounded once, as torch's addmm does.  Grouped
+ * beta = 1, so acc + bias is rounded once, as torch's addmm does (with
+ * bias_after_round the GEMM writes bf16(acc) and a second kernel adds the
+ * bias, y = bf16(y + b), as `x @ W + b` does in two bf16 ops).  Grouped
  * GEMMs run one GEMM per non-empty group, with the caller's host copy of
  * the offsets when given (no sync), else after downloading them (one
  * stream sync).  The cuBLAS handle is created on first use and kept in
@@ -61,6 +63,15 @@ extern "C" void cal_cuda_gemm_fini(struct cal_backend *be)
 	}
 }
 
+__global__ void __launch_bounds__(CAL_CUDA_THREADS)
+bias_add_kernel(uint16_t *y, const uint16_t *bias, uint64_t rows, uint64_t n)
+{
+	uint64_t total = rows * n;
+	for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+	     i += (uint64_t)gridDim.x * blockDim.x)
+		y[i] = cal_f2bf(__fadd_rn(cal_bf2f(y[i]), cal_bf2f(bias[i % n])));
+}
+
 /* One GEMM over rows [r0, r1) with weight w and bias b. */
 static enum cal_status gemm_one(struct cal_backend *be, cublasHandle_t h, cudaStream_t s,
 				const struct cal_gemm_args *a, uint64_t r0, uint64_t r1,
@@ -73,7 +84,7 @@ static enum cal_status gemm_one(struct cal_backend *be, cublasHandle_t h, cudaSt
 		return CAL_OK;
 	if (a->n > INT32_MAX || a->k > INT32_MAX || m > INT32_MAX)
 		return cal_error_set(err, CAL_ERR_RANGE, "gemm: dimension exceeds 2^31-1 for cuBLAS");
-	if (b) {
+	if (b && !a->bias_after_round) {
 		bias_fill_kernel<<<cal_fwd_grid(be, m * a->n), CAL_CUDA_THREADS, 0, s>>>(y, b, m, a->n);
 		CAL_CUDA_LAUNCHED();
 		beta = 1.0f;
@@ -85,6 +96,10 @@ static enum cal_status gemm_one(struct cal_backend *be, cublasHandle_t h, cudaSt
 					 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 	if (bs != CUBLAS_STATUS_SUCCESS)
 		return blas_fail(err, bs, "cublasGemmEx");
+	if (b && a->bias_after_round) {
+		bias_add_kernel<<<cal_fwd_grid(be, m * a->n), CAL_CUDA_THREADS, 0, s>>>(y, b, m, a->n);
+		CAL_CUDA_LAUNCHED();
+	}
 	return CAL_OK;
 }
 

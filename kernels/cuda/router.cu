@@ -2,7 +2,10 @@
  * router.cu — softmax(fp32) + top-k (+ renorm); one warp per token, the
  * probabilities of the token in shared memory (4 warps per block,
  * dynamic shared memory 4 * e floats, e <= 8192).  Each top-k round is a
- * warp arg-max with ties to the lower expert index.
+ * warp arg-max with ties to the lower expert index.  gpt_oss mode
+ * (CAL_ROUTER_MODE_TOPK_SOFTMAX): the arg-max rounds run on the logits and
+ * lane 0 takes the softmax over the k picked, each weight rounded to bf16
+ * (as kernels/router.c).
  */
 #include <math.h>
 
@@ -12,7 +15,7 @@
 
 __global__ void __launch_bounds__(RT_WARPS * 32)
 router_kernel(const uint16_t *logits, uint64_t t, uint32_t e, uint32_t k, uint32_t kt, int renorm,
-	      uint32_t *idx, float *weight)
+	      uint32_t *idx, float *weight, int topk_first)
 {
 	extern __shared__ float sh[];
 	unsigned lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
@@ -28,16 +31,18 @@ router_kernel(const uint16_t *logits, uint64_t t, uint32_t e, uint32_t k, uint32
 		}
 		for (int o = 16; o > 0; o >>= 1)
 			mx = fmaxf(mx, __shfl_xor_sync(CAL_FULL_MASK, mx, o));
-		float sum = 0.0f;
-		for (uint32_t i = lane; i < e; i += 32) {
-			float v = expf(prob[i] - mx);
-			prob[i] = v;
-			sum += v;
+		if (!topk_first) {
+			float sum = 0.0f;
+			for (uint32_t i = lane; i < e; i += 32) {
+				float v = expf(prob[i] - mx);
+				prob[i] = v;
+				sum += v;
+			}
+			for (int o = 16; o > 0; o >>= 1)
+				sum += __shfl_xor_sync(CAL_FULL_MASK, sum, o);
+			for (uint32_t i = lane; i < e; i += 32)
+				prob[i] = prob[i] / sum;
 		}
-		for (int o = 16; o > 0; o >>= 1)
-			sum += __shfl_xor_sync(CAL_FULL_MASK, sum, o);
-		for (uint32_t i = lane; i < e; i += 32)
-			prob[i] = prob[i] / sum;
 		__syncwarp();
 		float wsum = 0.0f;
 		for (uint32_t s = 0; s < kt; s++) {
@@ -68,7 +73,19 @@ router_kernel(const uint16_t *logits, uint64_t t, uint32_t e, uint32_t k, uint32
 				wsum += bv;
 			__syncwarp();
 		}
-		if (renorm && lane == 0) {
+		if (topk_first && lane == 0) {
+			/* softmax over the k picked logits (slot order), bf16 weights */
+			float m = weight[tok * k], ws = 0.0f;
+			for (uint32_t s = 1; s < k; s++)
+				m = fmaxf(m, weight[tok * k + s]);
+			for (uint32_t s = 0; s < k; s++) {
+				float v = expf(weight[tok * k + s] - m);
+				weight[tok * k + s] = v;
+				ws += v;
+			}
+			for (uint32_t s = 0; s < k; s++)
+				weight[tok * k + s] = cal_rbf(weight[tok * k + s] / ws);
+		} else if (renorm && lane == 0) {
 			/* sum in slot order, as the reference */
 			float ws = 0.0f;
 			for (uint32_t s = 0; s < k; s++)
@@ -102,7 +119,8 @@ extern "C" enum cal_status cal_cuda_router(struct cal_backend *be, const struct 
 		blocks = (uint64_t)im->sms * 32;
 	router_kernel<<<(unsigned)blocks, RT_WARPS * 32, shm, s>>>(a->logits, a->t, a->e, a->k,
 								    a->k_total, a->renorm, a->idx,
-								    a->weight);
+								    a->weight,
+								    a->mode == CAL_ROUTER_MODE_TOPK_SOFTMAX);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }

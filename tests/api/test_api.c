@@ -270,8 +270,10 @@ Test(api, validation_errors)
 		{"unsupported architecture", "POST", "/v1/jobs", JSON,
 		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/unsupported\",\"calibration\":{\"tokens\":"
 		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "unsupported_model"},
+		/* still running when "same output while active" comes (a fake-ok
+		 * job could finish and publish first: output_exists) */
 		{"valid (inline recipe)", "POST", "/v1/jobs", JSON,
-		 "{\"name\":\"fake-ok\",\"recipe\":{\"yaml\":\"" INLINE_BODY "\"},\"model\":\"{root}/models/m\","
+		 "{\"name\":\"fake-slow\",\"recipe\":{\"yaml\":\"" INLINE_BODY "\"},\"model\":\"{root}/models/m\","
 		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/new\"}", 202, NULL},
 		{"valid (recipe_yaml with an import in the tree)", "POST", "/v1/jobs", JSON,
 		 "{\"name\":\"fake-ok\",\"recipe_yaml\":\"imports: {nvfp4: configs/numerics/nvfp4}\\n" INLINE_BODY
@@ -1655,7 +1657,7 @@ Test(api, real_job_end_to_end)
  * the engine's own reason (422 unsupported_model), never in the worker:
  * a Gated DeltaNet model past the engine's conv-kernel limit, and the
  * fixtures of every architecture, each compared with what the engine's
- * capability query says (deepseek_v3 and gpt_oss are refused today). */
+ * capability query says. */
 Test(api, unsupported_architecture_refused_at_submit)
 {
 	cr_assert_eq(hd_start(&H, NULL), 0);

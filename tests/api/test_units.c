@@ -125,6 +125,46 @@ Test(units, recipe_names)
 	cr_expect(!cal_recipe_name_ok(longname));
 }
 
+/* "qformat" in a job spec: mapped to its built-in recipe (both recorded),
+ * a refused one names its reason, an unknown one lists the names, and it
+ * excludes recipe / recipe_yaml. */
+Test(units, jobspec_qformat)
+{
+	static const struct {
+		const char *req;
+		enum cal_api_err ae;
+		const char *field, *needle;
+	} cases[] = {
+		{"{\"qformat\": \"nvfp4\"}", CAL_API_OK, NULL, NULL},
+		{"{\"qformat\": \"int4_awq\"}", CAL_API_ERR_INVALID_RECIPE, "qformat",
+		 "algorithm 'awq_lite' is not implemented"},
+		{"{\"qformat\": \"int8_sq\"}", CAL_API_ERR_INVALID_RECIPE, "qformat", "smoothquant"},
+		{"{\"qformat\": \"nvfp5\"}", CAL_API_ERR_INVALID_FIELD, "qformat", "nvfp4_mlp_only"},
+		{"{\"qformat\": 4}", CAL_API_ERR_INVALID_FIELD, "qformat", "string"},
+		{"{\"qformat\": \"fp8\", \"recipe\": \"general/ptq/fp8_default-kv_fp8\"}",
+		 CAL_API_ERR_INVALID_FIELD, "qformat", "not several"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		json_t *req = json_loads(cases[i].req, 0, NULL), *out = json_object();
+		struct cal_api_problem prob = {0};
+		enum cal_api_err ae = cal_jobspec_recipe(req, out, &prob);
+		cr_assert_eq(ae, cases[i].ae, "%s: %d %s", cases[i].req, ae,
+			     prob.message ? prob.message : "");
+		if (ae == CAL_API_OK) {
+			cr_assert_str_eq(json_string_value(json_object_get(out, "recipe")),
+					 "general/ptq/nvfp4_default-kv_fp8_cast");
+			cr_assert_str_eq(json_string_value(json_object_get(out, "qformat")), "nvfp4");
+		} else {
+			cr_assert_str_eq(prob.field, cases[i].field);
+			cr_assert(strstr(prob.message, cases[i].needle), "%s: %s", cases[i].req,
+				  prob.message);
+		}
+		cal_api_problem_clear(&prob);
+		json_decref(req);
+		json_decref(out);
+	}
+}
+
 Test(units, state_write_keeps_previous_generation)
 {
 	char dir[] = "/tmp/calibd-gen-XXXXXX";

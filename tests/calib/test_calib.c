@@ -213,6 +213,7 @@ Test(calib, qwen3_5_moe_vlm) { arch_case("qwen3_5_moe", CAL_FIXTURE_LAYOUT_DEFAU
 Test(calib, qwen3_5_moe_text) { arch_case("qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT); }
 Test(calib, qwen3_next) { arch_case("qwen3_next", CAL_FIXTURE_LAYOUT_DEFAULT); }
 Test(calib, qwen3_next_fused) { arch_case("qwen3_next", CAL_FIXTURE_LAYOUT_FUSED); }
+Test(calib, deepseek_v3) { arch_case("deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT); } /* MLA */
 
 /* Gated DeltaNet with modelopt's padding: HF zeroes the pad rows of the GDN
  * input, so the linear_attn statistics (and the real tokens' hidden states)
@@ -432,14 +433,58 @@ Test(calib, token_files_are_validated)
 	}
 }
 
+/* FP8 block source (docs/deepseek.md): streamed weights (a memory cap) carry
+ * the experts as E4M3 codes decoded by the back end when the layer starts;
+ * without streaming the host decodes them while staging.  Same statistics
+ * either way, and the same as the bf16 decode of the weights would give. */
+Test(calib, deepseek_v3_fp8_source_decoded_on_the_back_end)
+{
+	struct env e = {0};
+	struct cal_error err = {0};
+	struct cal_fixture_opts fo = {.arch = "deepseek_v3", .seed = 7, .fp8_block = 16};
+	snprintf(e.dir, sizeof(e.dir), "/tmp/calib-test-XXXXXX");
+	cr_assert_not_null(mkdtemp(e.dir));
+	snprintf(e.model, sizeof(e.model), "%s/model", e.dir);
+	cr_assert_eq(cal_fixture_write(&fo, e.model, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_eq(cal_model_desc_load(e.model, &e.d, &err), CAL_OK, "%s", cal_error_msg(&err));
+	make_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
+	make_tokens(&e, 5, 3, 19, SEED);
+	char *js[2];
+	for (int streamed = 0; streamed < 2; streamed++) {
+		struct cal_calib_opts o = {.cpu_threads = 2, .max_mem = streamed ? 64u << 20 : 0};
+		cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
+		check_complete(&e, (uint64_t)e.d->top_k);
+		js[streamed] = cal_calib_stats_json(e.c);
+		cr_assert_not_null(js[streamed]);
+	}
+	cr_expect_str_eq(js[0], js[1], "statistics differ between host and back-end FP8 decode");
+	free(js[0]);
+	free(js[1]);
+	cal_calib_free(e.c);
+	e.c = NULL;
+	cal_error_clear(&err);
+	env_free(&e);
+}
+
 Test(calib, unsupported_architectures_are_refused)
 {
 	struct env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {0};
-	make_model(&e, "deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT); /* MLA */
+	char path[300];
+	make_model(&e, "deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT);
+	/* MLA with attention_bias: not run (no released checkpoint has it) */
+	snprintf(path, sizeof(path), "%s/config.json", e.model);
+	json_t *cfg = json_load_file(path, 0, NULL);
+	cr_assert_not_null(cfg);
+	json_object_set_new(cfg, "attention_bias", json_true());
+	cr_assert_eq(json_dump_file(cfg, path, 0), 0);
+	json_decref(cfg);
+	cal_model_desc_free(e.d);
+	cr_assert_eq(cal_model_desc_load(e.model, &e.d, &err), CAL_OK, "%s", cal_error_msg(&err));
 	make_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
 	cr_expect_eq(cal_calib_open(e.model, e.p, &o, &e.c, &err), CAL_ERR_UNSUPPORTED);
+	cr_expect(strstr(cal_error_msg(&err), "attention_bias"), "%s", cal_error_msg(&err));
 	cr_expect_null(e.c);
 	cal_error_clear(&err);
 	env_free(&e);

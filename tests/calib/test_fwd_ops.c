@@ -132,7 +132,7 @@ Test(fwd_ops, rope_partial_neox)
 	float inv[RD / 2] = {1.0f, 0.01f};
 	fill(x, T * NH * HD, 2, &s);
 	memcpy(x0, x, sizeof(x));
-	struct cal_rope_args a = {x, T, NH, HD, RD, pos, inv, 1.0f};
+	struct cal_rope_args a = {x, T, NH, HD, RD, pos, inv, 1.0f, 0, 0};
 	cr_assert_eq(cal_op_rope(be, &a, NULL), CAL_OK);
 	for (int t = 0; t < T; t++)
 		for (int h = 0; h < NH; h++) {
@@ -164,7 +164,7 @@ Test(fwd_ops, attention_causal_gqa_window_pad)
 		uint32_t window = variant ? 3 : 0;
 		const uint32_t *kst = variant ? NULL : ks;
 		struct cal_attention_args a = {q, k, v, o, T, NH, NKV, HD, cu, 2, kst, window,
-					       1.0f / sqrtf(HD)};
+					       1.0f / sqrtf(HD), NULL, 0, 0};
 		cr_assert_eq(cal_op_attention(be, &a, NULL), CAL_OK);
 		for (int i = 0; i < T; i++) {
 			int sq = i >= 5, lo = sq ? 5 : 0;
@@ -215,7 +215,7 @@ Test(fwd_ops, router_ties_renorm_and_extra_slots)
 	float w[2 * 2];
 	for (int i = 0; i < 2 * E; i++)
 		l[i] = cal_f32_to_bf16(lg[i / E][i % E]);
-	struct cal_router_args a = {l, 2, E, 2, 3, 1, idx, w};
+	struct cal_router_args a = {l, 2, E, 2, 3, 1, idx, w, CAL_ROUTER_MODE_SOFTMAX_TOPK};
 	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
 	cr_expect_eq(idx[0], 1u);
 	cr_expect_eq(idx[1], 4u);
@@ -232,6 +232,115 @@ Test(fwd_ops, router_ties_renorm_and_extra_slots)
 	for (int i = 0; i < E; i++)
 		sum += exp(lg[1][i] - 3.0);
 	cr_expect(fabs(w[2] - 1.0 / sum) < 1e-6, "softmax prob %g", (double)w[2]);
+	cal_backend_free(be);
+}
+
+/* gpt_oss: each head's sink joins the softmax denominator (no value row) */
+Test(fwd_ops, attention_sinks)
+{
+	struct cal_backend *be = ref();
+	uint64_t s = 21;
+	enum { T = 6, NH = 2, NKV = 1, HD = 8 };
+	uint16_t q[T * NH * HD], k[T * NKV * HD], v[T * NKV * HD], o[T * NH * HD];
+	uint32_t cu[2] = {0, T};
+	float sinks[NH] = {0.75f, -3.0f};
+	fill(q, sizeof(q) / 2, 2, &s);
+	fill(k, sizeof(k) / 2, 2, &s);
+	fill(v, sizeof(v) / 2, 1, &s);
+	for (int eager = 0; eager < 2; eager++) {
+		struct cal_attention_args a = {q, k, v, o, T, NH, NKV, HD, cu, 1, NULL, 4,
+					       1.0f / sqrtf(HD), sinks, eager, 0};
+		cr_assert_eq(cal_op_attention(be, &a, NULL), CAL_OK);
+		for (int i = 0; i < T; i++) {
+			int lo = i - 3 > 0 ? i - 3 : 0;
+			for (int h = 0; h < NH; h++) {
+				double sc[T], m = sinks[h], l = 0;
+				for (int j = lo; j <= i; j++) {
+					double d = 0;
+					for (int c = 0; c < HD; c++)
+						d += f(q[(i * NH + h) * HD + c]) * f(k[j * HD + c]);
+					sc[j] = d / sqrt(HD);
+					if (eager) /* transformers' eager bf16 scores */
+						sc[j] = cal_round_bf16(cal_round_bf16((float)d) *
+								       (1.0f / sqrtf(HD)));
+					m = fmax(m, sc[j]);
+				}
+				double dsk = eager ? cal_round_bf16((float)(sinks[h] - m)) : sinks[h] - m;
+				for (int j = lo; j <= i; j++)
+					l += exp(eager ? cal_round_bf16((float)(sc[j] - m)) : sc[j] - m);
+				l += exp(dsk);
+				for (int c = 0; c < HD; c++) {
+					double acc = 0;
+					for (int j = lo; j <= i; j++) {
+						double e = exp(eager ? cal_round_bf16((float)(sc[j] - m))
+								     : sc[j] - m);
+						acc += cal_round_bf16((float)(e / l)) * f(v[j * HD + c]);
+					}
+					double got = f(o[(i * NH + h) * HD + c]);
+					cr_expect(fabs(got - acc) <= fabs(acc) / 64 + 2e-3,
+						  "attn[%d,%d,%d] = %g, expected %g (eager %d)", i, h, c,
+						  got, acc, eager);
+				}
+			}
+		}
+	}
+	cal_backend_free(be);
+}
+
+/* gpt_oss: top-k of the logits, then softmax over the k picked, bf16 weights */
+Test(fwd_ops, router_topk_then_softmax)
+{
+	struct cal_backend *be = ref();
+	enum { E = 5 };
+	float lg[E] = {0.5f, 2.0f, -1.0f, 2.0f, 1.25f};
+	uint16_t l[E];
+	uint32_t idx[3];
+	float w[2];
+	for (int i = 0; i < E; i++)
+		l[i] = cal_f32_to_bf16(lg[i]);
+	struct cal_router_args a = {l, 1, E, 2, 3, 0, idx, w, CAL_ROUTER_MODE_TOPK_SOFTMAX};
+	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
+	cr_expect(idx[0] == 1 && idx[1] == 3 && idx[2] == 4, "idx %u %u %u", idx[0], idx[1], idx[2]);
+	cr_expect_eq(w[0], 0.5f);
+	cr_expect_eq(w[1], 0.5f);
+	l[3] = cal_f32_to_bf16(1.0f);
+	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
+	cr_expect(idx[0] == 1 && idx[1] == 4, "idx %u %u", idx[0], idx[1]);
+	float e1 = expf(-0.75f), sum = 1.0f + e1;
+	cr_expect_eq(w[0], cal_round_bf16(1.0f / sum));
+	cr_expect_eq(w[1], cal_round_bf16(e1 / sum));
+	cal_backend_free(be);
+}
+
+/* gpt_oss clamped SwiGLU and the bias added after the GEMM's rounding */
+Test(fwd_ops, swiglu_oai_and_bias_after_round)
+{
+	struct cal_backend *be = ref();
+	float gv[4] = {9.0f, -2.0f, 0.3f, 6.5f}, uv[4] = {-8.0f, 7.5f, 0.1f, -0.4f};
+	uint16_t g[4], u[4], o[4];
+	for (int i = 0; i < 4; i++) {
+		g[i] = cal_f32_to_bf16(gv[i]);
+		u[i] = cal_f32_to_bf16(uv[i]);
+	}
+	struct cal_ewise_args e = {CAL_EWISE_SWIGLU_OAI, g, u, NULL, o, 1, 4, 0, 0, 0, 0, 7.0f,
+				   1.702f};
+	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
+	for (int i = 0; i < 4; i++) {
+		float gg = fminf(f(g[i]), 7.0f), uu = fmaxf(fminf(f(u[i]), 7.0f), -7.0f);
+		float sg = cal_round_bf16(1.0f / (1.0f + expf(-cal_round_bf16(gg * 1.702f))));
+		float glu = cal_round_bf16(gg * sg);
+		cr_expect_eq(o[i], cal_f32_to_bf16(cal_round_bf16(uu + 1.0f) * glu), "element %d", i);
+	}
+	/* 1 x 1 GEMM: 1.0 * 1.00390625 = 1.00390625 (a bf16 half-way: rounds to
+	 * 1.0); + 0.00390625: once rounded 1.0078125, twice 1.0 + 2^-8 -> 1.0 */
+	uint16_t x = cal_f32_to_bf16(1.0f), wv = 0x3f80 | 0, bias = cal_f32_to_bf16(0.00390625f), y;
+	uint16_t xw[2] = {x, x}, ww[2] = {wv, cal_f32_to_bf16(0.00390625f)};
+	struct cal_gemm_args ga = {.x = xw, .w = ww, .bias = &bias, .y = &y, .m = 1, .n = 1, .k = 2};
+	cr_assert_eq(cal_op_gemm(be, &ga, NULL), CAL_OK);
+	cr_expect_eq(f(y), 1.0078125, "one rounding: %g", f(y));
+	ga.bias_after_round = 1;
+	cr_assert_eq(cal_op_gemm(be, &ga, NULL), CAL_OK);
+	cr_expect_eq(f(y), 1.0, "two roundings: %g", f(y));
 	cal_backend_free(be);
 }
 
@@ -276,7 +385,7 @@ Test(fwd_ops, ewise_modes_and_gather)
 	}
 	g[0] = cal_f32_to_bf16(0.0f);
 	g[1] = cal_f32_to_bf16(-1.0f);
-	struct cal_ewise_args e = {CAL_EWISE_ADD, a, b, NULL, o, 2, 2, 0, 0, 0, 0, 0};
+	struct cal_ewise_args e = {CAL_EWISE_ADD, a, b, NULL, o, 2, 2, 0, 0, 0, 0, 0, 0};
 	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
 	for (int i = 0; i < 4; i++)
 		cr_expect_eq(f(o[i]), (double)cal_round_bf16(av[i] + bv[i]));
@@ -305,5 +414,146 @@ Test(fwd_ops, ewise_modes_and_gather)
 	cr_expect_eq(cal_op_gather_rows(be, &gr, &err), CAL_ERR_RANGE);
 	cr_expect(strstr(cal_error_msg(&err), "index[1]"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
+	cal_backend_free(be);
+}
+
+/* ---- DeepSeek-V3 (docs/deepseek.md) --------------------------------------- */
+
+Test(fwd_ops, rope_interleaved_at_offset)
+{
+	struct cal_backend *be = ref();
+	uint64_t seed = 17, s = seed;
+	enum { T = 3, NH = 2, HD = 10, OFF = 4, RD = 6 };
+	uint16_t x[T * NH * HD], x0[T * NH * HD];
+	uint32_t pos[T] = {0, 5, 1000};
+	float inv[RD / 2] = {1.0f, 0.1f, 0.001f};
+	fill(x, T * NH * HD, 2, &s);
+	memcpy(x0, x, sizeof(x));
+	struct cal_rope_args a = {x, T, NH, HD, RD, pos, inv, 1.0f, OFF, 1};
+	cr_assert_eq(cal_op_rope(be, &a, NULL), CAL_OK);
+	for (int t = 0; t < T; t++)
+		for (int h = 0; h < NH; h++) {
+			const uint16_t *i0 = x0 + (t * NH + h) * HD, *o = x + (t * NH + h) * HD;
+			for (int j = 0; j < RD / 2; j++) {
+				double c = cal_round_bf16(cosf((float)pos[t] * inv[j]));
+				double sn = cal_round_bf16(sinf((float)pos[t] * inv[j]));
+				double a0 = f(i0[OFF + 2 * j]), a1 = f(i0[OFF + 2 * j + 1]);
+				/* pairs (2j, 2j+1) in, de-interleaved out; products rounded to bf16 */
+				double p00 = cal_round_bf16((float)(a0 * c)), p11 = cal_round_bf16((float)(a1 * sn));
+				double p10 = cal_round_bf16((float)(a1 * c)), p01 = cal_round_bf16((float)(a0 * sn));
+				near_bf16(o[OFF + j], p00 - p11, "rope", (size_t)j, seed);
+				near_bf16(o[OFF + j + RD / 2], p10 + p01, "rope", (size_t)j, seed);
+			}
+			for (int j = 0; j < HD; j++)
+				if (j < OFF || j >= OFF + RD)
+					cr_expect_eq(o[j], i0[j], "channel %d outside the rotary part changed", j);
+		}
+	struct cal_rope_args bad = a;
+	bad.offset = HD - RD + 1;
+	cr_expect_eq(cal_op_rope(be, &bad, NULL), CAL_ERR_INVALID);
+	cal_backend_free(be);
+}
+
+Test(fwd_ops, attention_own_v_head_dim)
+{
+	/* vd < hd: the same output as attention over v padded with zeros to hd */
+	struct cal_backend *be = ref();
+	uint64_t s = 23;
+	enum { T = 6, NH = 2, HD = 12, VD = 8 };
+	uint16_t q[T * NH * HD], k[T * NH * HD], v[T * NH * VD], vp[T * NH * HD];
+	uint16_t o[T * NH * VD], op[T * NH * HD];
+	uint32_t cu[3] = {0, 2, T};
+	fill(q, sizeof(q) / 2, 2, &s);
+	fill(k, sizeof(k) / 2, 2, &s);
+	fill(v, sizeof(v) / 2, 1, &s);
+	memset(vp, 0, sizeof(vp));
+	for (int r = 0; r < T * NH; r++)
+		memcpy(vp + r * HD, v + r * VD, VD * 2);
+	struct cal_attention_args a = {q, k, v, o, T, NH, NH, HD, cu, 2, NULL, 0, 0.3f, NULL, 0, VD};
+	struct cal_attention_args b = {q, k, vp, op, T, NH, NH, HD, cu, 2, NULL, 0, 0.3f, NULL, 0, 0};
+	cr_assert_eq(cal_op_attention(be, &a, NULL), CAL_OK);
+	cr_assert_eq(cal_op_attention(be, &b, NULL), CAL_OK);
+	for (int r = 0; r < T * NH; r++) {
+		cr_expect_eq(memcmp(o + r * VD, op + r * HD, VD * 2), 0, "row %d", r);
+		for (int c = VD; c < HD; c++)
+			cr_expect_eq(op[r * HD + c], 0);
+	}
+	cal_backend_free(be);
+}
+
+Test(fwd_ops, mla_kv_layout)
+{
+	struct cal_backend *be = ref();
+	enum { T = 2, NH = 3, DN = 2, DR = 2, DV = 3 };
+	uint16_t kv[T * NH * (DN + DV)], kpe[T * DR], k[T * NH * (DN + DR)], v[T * NH * DV];
+	for (int i = 0; i < T * NH * (DN + DV); i++)
+		kv[i] = (uint16_t)i;
+	for (int i = 0; i < T * DR; i++)
+		kpe[i] = (uint16_t)(1000 + i);
+	struct cal_mla_kv_args a = {kv, kpe, k, v, T, NH, DN, DR, DV};
+	cr_assert_eq(cal_op_mla_kv(be, &a, NULL), CAL_OK);
+	for (int t = 0; t < T; t++)
+		for (int n = 0; n < NH; n++) {
+			const uint16_t *src = kv + (t * NH + n) * (DN + DV);
+			for (int c = 0; c < DN; c++)
+				cr_expect_eq(k[(t * NH + n) * (DN + DR) + c], src[c]);
+			for (int c = 0; c < DR; c++) /* the one rope key of the token, every head */
+				cr_expect_eq(k[(t * NH + n) * (DN + DR) + DN + c], kpe[t * DR + c]);
+			for (int c = 0; c < DV; c++)
+				cr_expect_eq(v[(t * NH + n) * DV + c], src[DN + c]);
+		}
+	cal_backend_free(be);
+}
+
+Test(fwd_ops, router_group_masks_groups_and_scales)
+{
+	struct cal_backend *be = ref();
+	/* h = 1, x = 1: logits are the weights.  4 experts in 2 groups. */
+	uint16_t x[1] = {0x3f80};
+	float w[4] = {2.0f, -3.0f, 1.0f, 0.5f};
+	/* bias lifts expert 1 for selection: group 0 = {0, 1}, group 1 = {2, 3} */
+	float bias[4] = {0.0f, 0.9f, 0.0f, 0.0f};
+	float logits[4], wt[2];
+	uint32_t idx[3];
+	struct cal_router_group_args a = {x, w, bias, logits, 1, 1, 4, 2, 3, 2, 1, 1, 2.5f, idx, wt};
+	cr_assert_eq(cal_op_router_group(be, &a, NULL), CAL_OK);
+	float s0 = (float)(1.0 / (1.0 + exp(-2.0))), s1 = (float)(1.0 / (1.0 + exp(3.0)));
+	/* group 0 wins (s0 + s1 + 0.9 > s2 + s3); by selection score expert 1
+	 * (s1 + 0.9) then 0; the extra slot from the masked group in index order;
+	 * the weights are the unbiased scores */
+	cr_expect_eq(idx[0], 1u);
+	cr_expect_eq(idx[1], 0u);
+	cr_expect_eq(idx[2], 2u);
+	float sum = s1 + s0 + 1e-20f;
+	cr_expect(fabsf(wt[0] - s1 / sum * 2.5f) <= 1e-6f, "%g", (double)wt[0]);
+	cr_expect(fabsf(wt[1] - s0 / sum * 2.5f) <= 1e-6f, "%g", (double)wt[1]);
+	/* without the bias, group 1 wins: experts 2 then 3, weights unnormalised */
+	a.bias = NULL;
+	a.renorm = 0;
+	cr_assert_eq(cal_op_router_group(be, &a, NULL), CAL_OK);
+	cr_expect_eq(idx[0], 2u);
+	cr_expect_eq(idx[1], 3u);
+	cr_expect(fabsf(wt[0] - 2.5f / (1.0f + expf(-1.0f))) <= 1e-6f);
+	a.topk_group = 3; /* more groups than exist */
+	cr_expect_eq(cal_op_router_group(be, &a, NULL), CAL_ERR_INVALID);
+	cal_backend_free(be);
+}
+
+Test(fwd_ops, fp8_block_dequant_partial_blocks)
+{
+	struct cal_backend *be = ref();
+	enum { R = 5, C = 3, BR = 2, BC = 2 };
+	uint8_t q[R * C];
+	float sc[3 * 2] = {1.0f, 2.0f, 0.5f, 4.0f, 0.25f, 8.0f};
+	uint16_t out[R * C];
+	for (int i = 0; i < R * C; i++)
+		q[i] = (uint8_t)(0x30 + i); /* e4m3 values 1.0 .. */
+	struct cal_fp8_block_dequant_args a = {q, sc, R, C, BR, BC, out};
+	cr_assert_eq(cal_op_fp8_block_dequant(be, &a, NULL), CAL_OK);
+	for (int r = 0; r < R; r++)
+		for (int c = 0; c < C; c++) {
+			float want = cal_e4m3_decode(q[r * C + c]) * sc[(r / BR) * 2 + c / BC];
+			cr_expect_eq(out[r * C + c], cal_f32_to_bf16(want), "[%d, %d]", r, c);
+		}
 	cal_backend_free(be);
 }

@@ -467,6 +467,105 @@ static int check_module(const struct ctx *c, const char *mod, int nvfp4)
 	return 1;
 }
 
+/* GPT-OSS experts (docs/gpt_oss.md): one BMM tensor per projection,
+ * [E, cols, R] on disk for rows [E * R, C]; transposes back to rows. */
+static void *bmm_rows(const void *t, int64_t E, int64_t cols, int64_t R, size_t es)
+{
+	unsigned char *o = malloc((size_t)(E * cols * R) * es);
+	const unsigned char *s = t;
+	for (int64_t e = 0; e < E; e++)
+		for (int64_t j = 0; j < cols; j++)
+			for (int64_t r = 0; r < R; r++)
+				memcpy(o + ((e * R + r) * cols + j) * es, s + ((e * cols + j) * R + r) * es,
+				       es);
+	return o;
+}
+
+/* The source experts of projection `proj_name` in layer L as bf16 [E * R, C]:
+ * the bf16 [E, C, R] parameter, or MXFP4 blocks decoded with a table. */
+static uint16_t *bmm_src(const struct ctx *c, int L, int down, int64_t *R, int64_t *C)
+{
+	static const float lut[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -.5f, -1, -1.5f, -2, -3,
+				      -4, -6};
+	int64_t E = c->d->num_experts, H = c->d->hidden_size, I = c->d->moe_intermediate_size;
+	*R = down ? H : 2 * I;
+	*C = down ? I : H;
+	enum cal_role role = down ? CAL_ROLE_EXPERTS_DOWN : CAL_ROLE_EXPERTS_GATE_UP;
+	uint16_t *w = malloc((size_t)(E * *R * *C) * 2);
+	const struct cal_st_tensor *t = cal_catalog_find(c->cat, role, CAL_PART_WEIGHT, L, -1);
+	if (t) {
+		uint16_t *r = bmm_rows(t->data, E, *C, *R, 2); /* [E, C, R] -> [E * R, C] */
+		memcpy(w, r, (size_t)(E * *R * *C) * 2);
+		free(r);
+		return w;
+	}
+	const struct cal_st_tensor *b = cal_catalog_find(c->cat, role, CAL_PART_BLOCKS, L, -1);
+	const struct cal_st_tensor *sc = cal_catalog_find(c->cat, role, CAL_PART_SCALES, L, -1);
+	cr_assert(b && sc, "layer %d: no source experts", L);
+	const uint8_t *pk = b->data, *sv = sc->data;
+	for (int64_t k = 0; k < E * *R * *C; k++) {
+		unsigned code = (pk[k / 2] >> (4 * (k & 1))) & 15u;
+		w[k] = cal_f32_to_bf16(lut[code] * ldexpf(1.0f, (int)sv[k / 32] - 127));
+	}
+	return w;
+}
+
+static void check_bmm(const struct ctx *c, const struct cal_st_tensor *t, int nvfp4, int w4a16)
+{
+	const char *pre = cal_catalog_prefix(c->cat);
+	int L = atoi(t->name + strlen(pre) + 7), down = strstr(t->name, ".down_proj") != NULL;
+	int64_t R, C, E = c->d->num_experts;
+	uint16_t *w = bmm_src(c, L, down, &R, &C);
+	uint64_t n = (uint64_t)(E * R * C);
+	char nm[1200], qn[1300];
+	const struct cal_st_tensor *ts, *t2, *ti;
+	float iamax = 0;
+	snprintf(qn, sizeof(qn), "%slayers.%d.mlp.experts.%s_input_quantizer", c->d->prefix, L,
+		 down ? "down_proj" : "gate_up_proj");
+	cr_assert(w4a16 || cal_stats_get(c->stats, qn, &iamax), "%s: %s", c->label, qn);
+#define BT(suf) (snprintf(nm, sizeof(nm), "%s_%s", t->name, suf), cal_checkpoint_find(c->out, nm))
+	ts = BT("weight_scale");
+	t2 = BT("weight_scale_2");
+	ti = BT("input_scale");
+	cr_assert(ts, "%s: %s_weight_scale missing", c->label, t->name);
+	cr_assert_eq(ti != NULL, !w4a16, "%s: %s_input_scale", c->label, t->name);
+	float wamax = amax_bf16(w, n);
+	if (nvfp4) {
+		uint8_t *pk = malloc(n / 2), *sc = malloc(n / 16);
+		float s2;
+		ref_nvfp4(w, E * R, C, wamax, pk, sc, &s2);
+		cr_assert(t->ndim == 3 && t->shape[0] == E && t->shape[1] == C / 2 && t->shape[2] == R,
+			  "%s: %s shape", c->label, t->name);
+		uint8_t *got = bmm_rows(t->data, E, C / 2, R, 1), *gs = bmm_rows(ts->data, E, C / 16, R, 1);
+		cr_assert(!memcmp(got, pk, n / 2), "%s: %s differs", c->label, t->name);
+		cr_assert(!memcmp(gs, sc, n / 16), "%s: %s_weight_scale differs", c->label, t->name);
+		cr_assert(t2 && !memcmp(t2->data, &s2, 4), "%s: %s_weight_scale_2", c->label, t->name);
+		if (ti) {
+			float is = iamax * (1.0f / 2688.0f);
+			cr_assert(!memcmp(ti->data, &is, 4), "%s: %s_input_scale", c->label, t->name);
+		}
+		free(got);
+		free(gs);
+		free(pk);
+		free(sc);
+	} else {
+		uint8_t *q = malloc(n);
+		float s = wamax * (1.0f / 448.0f);
+		/* stacked 3-D weights: the quotient stays fp32, one rounding */
+		for (uint64_t k = 0; k < n; k++)
+			q[k] = ref_e4m3(bf(w[k]) / s);
+		uint8_t *got = bmm_rows(t->data, E, C, R, 1);
+		cr_assert(!memcmp(got, q, n), "%s: %s differs", c->label, t->name);
+		cr_assert(!memcmp(ts->data, &s, 4), "%s: %s_weight_scale differs", c->label, t->name);
+		float is = iamax * (1.0f / 448.0f);
+		cr_assert(ti && !memcmp(ti->data, &is, 4), "%s: %s_input_scale", c->label, t->name);
+		free(got);
+		free(q);
+	}
+#undef BT
+	free(w);
+}
+
 struct recipe_case {
 	const char *name;
 	int nvfp4;          /* else FP8 */
@@ -514,6 +613,14 @@ static void export_and_check(const char *root, const char *src, const char *labe
 	for (size_t i = 0; i < cal_checkpoint_count(out); i++) {
 		const struct cal_st_tensor *t = cal_checkpoint_tensor(out, i);
 		size_t l = strlen(t->name);
+		if (t->ndim == 3 && c.d->act == CAL_ACT_SWIGLU_OAI &&
+		    (!strcmp(t->name + l - 13, ".gate_up_proj") || !strcmp(t->name + l - 10, ".down_proj")) &&
+		    (t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3)) {
+			check_bmm(&c, t, rc->nvfp4, rc->w4a16); /* gpt_oss */
+			nq++;
+			nexp++;
+			continue;
+		}
 		if (l < 8 || strcmp(t->name + l - 7, ".weight") ||
 		    (t->dtype != CAL_DTYPE_U8 && t->dtype != CAL_DTYPE_F8_E4M3))
 			continue;
@@ -528,8 +635,9 @@ static void export_and_check(const char *root, const char *src, const char *labe
 		}
 		free(mod);
 	}
-	cr_assert_eq(nexp, (size_t)(d->n_moe_layers * d->num_experts * 3), "%s: %zu experts",
-		     label, nexp);
+	cr_assert_eq(nexp, (size_t)(d->n_moe_layers * (d->act == CAL_ACT_SWIGLU_OAI ? 2 :
+							d->num_experts * 3)),
+		     "%s: %zu experts", label, nexp);
 	/* KV scales */
 	size_t nk = 0;
 	for (size_t i = 0; i < cal_checkpoint_count(out); i++)
@@ -593,7 +701,7 @@ static const struct arch_case ARCHS[] = {
 	{"qwen3_5_moe", "fused"}, {"qwen3_5_moe", "per-expert"},
 	{"qwen3_5_moe_text", "fused"}, {"qwen3_5_moe_text", "per-expert"},
 	{"deepseek_v3", "per-expert"}, {"deepseek_v3", "fused"},
-	{"gpt_oss", "default"},
+	{"gpt_oss", "default"}, {"gpt_oss", "mxfp4"},
 };
 
 Test(export, every_arch_layout_recipe, .timeout = 600)

@@ -38,7 +38,8 @@ RECIPES_ALL = [
 ]
 
 # Scale tensors whose values are stored besides the hash (float32, small).
-VALUE_SUFFIXES = (".weight_scale_2", ".input_scale", ".k_scale", ".v_scale", ".weight_scale")
+VALUE_SUFFIXES = (".weight_scale_2", ".input_scale", ".k_scale", ".v_scale", ".weight_scale",
+                  "_weight_scale_2", "_input_scale", "_weight_scale")  # "_": gpt_oss BMM experts
 MAX_VALUES = 64
 
 

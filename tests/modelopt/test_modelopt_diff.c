@@ -49,7 +49,8 @@ struct row {
 
 static int is_act_scale(const char *name)
 {
-	static const char *const suf[] = {".input_scale", ".k_scale", ".v_scale"};
+	/* "_input_scale": gpt_oss's BMM experts (docs/gpt_oss.md) */
+	static const char *const suf[] = {".input_scale", "_input_scale", ".k_scale", ".v_scale"};
 	size_t l = strlen(name);
 	for (size_t i = 0; i < CAL_ARRAY_LEN(suf); i++) {
 		size_t s = strlen(suf[i]);

@@ -177,7 +177,7 @@ int fwdcase_gemm(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t
 	struct cal_gemm_args aa = {.x = bx->a, .w = bw->a, .bias = with_bias ? bb->a : NULL,
 				   .y = by->a, .m = m, .n = n, .k = k, .n_groups = G,
 				   .offsets = G > 1 ? bo->a : NULL, .w_stride = n * k,
-				   .bias_stride = n};
+				   .bias_stride = n, .bias_after_round = (seed & 2) != 0};
 	struct cal_gemm_args ab = aa;
 	ab.x = bx->b;
 	ab.w = bw->b;
@@ -248,6 +248,8 @@ int fwdcase_rope(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t
 	uint64_t s = seed;
 	uint32_t heads = 2, hd = (uint32_t)(units % 8) * 2 + 4, rd = seed & 1 ? hd : hd / 2;
 	rd &= ~1u;
+	/* DeepSeek MLA: interleaved pairs at an offset within the head */
+	uint32_t il = (seed & 2) != 0, off = il ? (hd - rd) / 2 : 0;
 	fctx_init(&c, env, "rope", rows, units, seed);
 	uint16_t *x = bf_rand(rows * heads * hd, 2.0f, &s);
 	uint32_t *pos = malloc(rows * 4);
@@ -258,8 +260,8 @@ int fwdcase_rope(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t
 		inv[j] = 1.0f / powf(10000.0f, (float)(2 * j) / (float)rd);
 	struct fbuf *bx = fnew(&c, rows * heads * hd * 2, x), *bp = fnew(&c, rows * 4, pos);
 	struct fbuf *bi = fnew(&c, (rd / 2 + 1) * 4, inv);
-	struct cal_rope_args aa = {bx->a, rows, heads, hd, rd, bp->a, bi->a, 1.0f};
-	struct cal_rope_args ab = {bx->b, rows, heads, hd, rd, bp->b, bi->b, 1.0f};
+	struct cal_rope_args aa = {bx->a, rows, heads, hd, rd, bp->a, bi->a, 1.0f, off, (int)il};
+	struct cal_rope_args ab = {bx->b, rows, heads, hd, rd, bp->b, bi->b, 1.0f, off, (int)il};
 	FRUN(&c, rope, aa, ab);
 	fcheck(&c, bx, 0, 1.0f / 32, 2e-2f, rows * heads * hd / 50, "x");
 	free(x);
@@ -277,6 +279,9 @@ int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uin
 	 * Qwen3.5 / Qwen3-Next full attention, its own key tile width) */
 	if (units % 4 == 0)
 		hd = units % 8 != 0 ? 64 : units % 32 == 0 && units % 64 != 0 ? 256 : 128;
+	/* DeepSeek MLA: v head dim other than q/k's (seed bit 5; never with
+	 * gpt_oss sinks, bit 3: no model has both) */
+	uint32_t vd = (seed & 32) ? hd / 2 + 8 : hd;
 	if (t > 2048)
 		t = 2048 + t % 5; /* attention is quadratic on the CPU side */
 	uint32_t cu[4], ks[3], n_seq = t >= 3 ? 3 : 1;
@@ -296,16 +301,20 @@ int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uin
 	for (uint32_t i = 0; i < n_seq; i++)
 		ks[i] = (seed & 2) ? (cu[i + 1] - cu[i]) / 3 : 0;
 	uint16_t *q = bf_rand(t * nh * hd, 2.0f, &s), *k = bf_rand(t * nkv * hd, 2.0f, &s);
-	uint16_t *v = bf_rand(t * nkv * hd, 1.0f, &s);
+	uint16_t *v = bf_rand(t * nkv * vd, 1.0f, &s);
 	struct fbuf *bq = fnew(&c, t * nh * hd * 2, q), *bk = fnew(&c, t * nkv * hd * 2, k);
-	struct fbuf *bv = fnew(&c, t * nkv * hd * 2, v), *bo = fnew(&c, t * nh * hd * 2, NULL);
+	struct fbuf *bv = fnew(&c, t * nkv * vd * 2, v), *bo = fnew(&c, t * nh * vd * 2, NULL);
 	struct fbuf *bc = fnew(&c, sizeof(cu), cu), *bs = fnew(&c, sizeof(ks), ks);
+	/* gpt_oss sinks on every other seed (one per query head) */
+	float sk[4] = {unit(&s) * 3.0f, unit(&s) * 3.0f, 8.0f, -8.0f};
+	struct fbuf *bsk = fnew(&c, sizeof(sk), sk);
+	int sinks = (seed & 8) != 0 && vd == hd;
 	struct cal_attention_args aa = {bq->a, bk->a, bv->a, bo->a, t, nh, nkv, hd, bc->a, n_seq,
 					(seed & 2) ? bs->a : NULL, (seed & 4) ? 3u : 0u,
-					1.0f / sqrtf((float)hd)};
+					1.0f / sqrtf((float)hd), sinks ? bsk->a : NULL, sinks && (seed & 16), vd};
 	struct cal_attention_args ab = {bq->b, bk->b, bv->b, bo->b, t, nh, nkv, hd, bc->b, n_seq,
 					(seed & 2) ? bs->b : NULL, (seed & 4) ? 3u : 0u,
-					1.0f / sqrtf((float)hd)};
+					1.0f / sqrtf((float)hd), sinks ? bsk->b : NULL, sinks && (seed & 16), vd};
 	FRUN(&c, attention, aa, ab);
 	fcheck(&c, bo, 0, 1.0f / 32, 1e-2f, 0, "out");
 	free(q);
@@ -323,8 +332,10 @@ int fwdcase_router(struct opcase_env *env, uint64_t rows, uint64_t units, uint64
 	uint16_t *l = bf_rand(rows * e, 4.0f, &s);
 	struct fbuf *bl = fnew(&c, rows * e * 2, l), *bi = fnew(&c, rows * kt * 4, NULL);
 	struct fbuf *bw = fnew(&c, rows * k * 4, NULL);
-	struct cal_router_args aa = {bl->a, rows, e, k, kt, (int)(seed & 1), bi->a, bw->a};
-	struct cal_router_args ab = {bl->b, rows, e, k, kt, (int)(seed & 1), bi->b, bw->b};
+	enum cal_router_mode mode = (seed & 2) ? CAL_ROUTER_MODE_TOPK_SOFTMAX
+					       : CAL_ROUTER_MODE_SOFTMAX_TOPK;
+	struct cal_router_args aa = {bl->a, rows, e, k, kt, (int)(seed & 1), bi->a, bw->a, mode};
+	struct cal_router_args ab = {bl->b, rows, e, k, kt, (int)(seed & 1), bi->b, bw->b, mode};
 	FRUN(&c, router, aa, ab);
 	fcheck(&c, bi, 1, -1, 0, 0, "idx");
 	fcheck(&c, bw, 1, 1e-5f, 1e-7f, 0, "weight");
@@ -388,20 +399,21 @@ int fwdcase_ewise(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_
 {
 	struct fctx c;
 	uint64_t s = seed, cols = units % 1000 + 1;
-	enum cal_ewise_mode mode = (enum cal_ewise_mode)(seed % 5);
+	enum cal_ewise_mode mode = (enum cal_ewise_mode)(seed % 6);
 	fctx_init(&c, env, "ewise", rows, units, seed);
 	uint16_t *a = bf_rand(rows * cols * 2, 6.0f, &s), *b = bf_rand(rows * cols * 2, 2.0f, &s);
 	struct fbuf *ba = fnew(&c, rows * cols * 4, a), *bb = fnew(&c, rows * cols * 4, b);
 	struct fbuf *bo = fnew(&c, rows * cols * 2, NULL);
-	uint64_t lda = mode == CAL_EWISE_SWIGLU ? 2 * cols : cols;
+	int glu = mode == CAL_EWISE_SWIGLU || mode == CAL_EWISE_SWIGLU_OAI;
+	uint64_t lda = glu ? 2 * cols : cols;
 	struct cal_ewise_args aa = {mode, ba->a, bb->a, bb->a, bo->a, rows, cols, lda, lda, 2 * cols,
-				    cols, 1.5f};
+				    cols, mode == CAL_EWISE_SWIGLU_OAI ? 7.0f : 1.5f, 1.702f};
 	struct cal_ewise_args ab = aa;
 	ab.a = ba->b;
 	ab.b = bb->b;
 	ab.g = bb->b;
 	ab.out = bo->b;
-	if (mode == CAL_EWISE_SWIGLU)
+	if (glu)
 		ab.b = (const uint16_t *)bb->b + cols, aa.b = (const uint16_t *)bb->a + cols;
 	FRUN(&c, ewise, aa, ab);
 	fcheck(&c, bo, 0, 1.0f / 64, 1e-3f, 0, "out");
@@ -531,5 +543,88 @@ int fwdcase_gated_delta(struct opcase_env *env, uint64_t rows, uint64_t units, u
 	FRUN(&c, gated_delta, aa, ab);
 	fcheck(&c, bo, 0, 1.0f / 64, 2e-3f, 0, "out");
 	gd_in_free(&in);
+	return fdone(&c);
+}
+
+/* ---- DeepSeek-V3 ops ------------------------------------------------------ */
+
+int fwdcase_mla_kv(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, t = rows < 1000 ? rows : 1000 + rows % 7;
+	uint32_t nh = (uint32_t)(units % 5) + 1, dn = (uint32_t)(units % 7) + 1, dr = 2 * (uint32_t)(seed % 3) + 2;
+	uint32_t dv = (uint32_t)(units % 11) + 1;
+	fctx_init(&c, env, "mla_kv", rows, units, seed);
+	uint16_t *kv = bf_rand(t * nh * (dn + dv), 1.0f, &s), *kpe = bf_rand(t * dr, 1.0f, &s);
+	struct fbuf *bkv = fnew(&c, t * nh * (dn + dv) * 2, kv), *bpe = fnew(&c, t * dr * 2, kpe);
+	struct fbuf *bk = fnew(&c, t * nh * (dn + dr) * 2, NULL), *bv = fnew(&c, t * nh * dv * 2, NULL);
+	struct cal_mla_kv_args aa = {bkv->a, bpe->a, bk->a, bv->a, t, nh, dn, dr, dv};
+	struct cal_mla_kv_args ab = {bkv->b, bpe->b, bk->b, bv->b, t, nh, dn, dr, dv};
+	FRUN(&c, mla_kv, aa, ab);
+	fcheck(&c, bk, 0, -1, 0, 0, "k"); /* copies: exact on every back end */
+	fcheck(&c, bv, 0, -1, 0, 0, "v");
+	free(kv);
+	free(kpe);
+	return fdone(&c);
+}
+
+int fwdcase_router_group(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, t = rows < 2000 ? rows : 2000 + rows % 7, h = (units % 67) * 3 + 1;
+	uint32_t ng = (uint32_t)(units % 4) + 1, gs = (uint32_t)(units % 9) + 2, e = ng * gs;
+	uint32_t tg = ng > 1 ? ng - 1 : 1, k = gs < 3 ? gs : 3, kt = k + (uint32_t)(seed & 1);
+	if (kt > e)
+		kt = e;
+	fctx_init(&c, env, "router_group", rows, units, seed);
+	uint16_t *x = bf_rand(t * h, 2.0f, &s);
+	float *w = malloc((size_t)e * h * 4), *bias = malloc((size_t)e * 4);
+	for (uint64_t i = 0; i < (uint64_t)e * h; i++)
+		w[i] = unit(&s) * 0.5f;
+	for (uint32_t i = 0; i < e; i++)
+		bias[i] = unit(&s) * 0.1f;
+	struct fbuf *bx = fnew(&c, t * h * 2, x), *bw = fnew(&c, (size_t)e * h * 4, w);
+	struct fbuf *bb = fnew(&c, (size_t)e * 4, bias), *bl = fnew(&c, t * e * 4, NULL);
+	struct fbuf *bi = fnew(&c, t * kt * 4, NULL), *bwt = fnew(&c, t * k * 4, NULL);
+	int with_bias = (seed & 2) != 0, renorm = (seed & 4) == 0;
+	struct cal_router_group_args aa = {bx->a, bw->a, with_bias ? bb->a : NULL, bl->a, t, h, e, k,
+					   kt, ng, tg, renorm, 2.5f, bi->a, bwt->a};
+	struct cal_router_group_args ab = {bx->b, bw->b, with_bias ? bb->b : NULL, bl->b, t, h, e, k,
+					   kt, ng, tg, renorm, 2.5f, bi->b, bwt->b};
+	FRUN(&c, router_group, aa, ab);
+	/* the logits are summed in the same order on both back ends */
+	fcheck(&c, bi, 1, -1, 0, 0, "idx");
+	fcheck(&c, bwt, 1, 1e-5f, 1e-7f, 0, "weight");
+	free(x);
+	free(w);
+	free(bias);
+	return fdone(&c);
+}
+
+int fwdcase_fp8_block_dequant(struct opcase_env *env, uint64_t rows, uint64_t units,
+			      uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed, r = rows < 3000 ? rows : 3000 + rows % 7, cols = units % 300 + 1;
+	uint32_t br = seed & 1 ? 128 : 7, bc = seed & 2 ? 128 : 5; /* partial edge blocks */
+	uint64_t nsr = (r + br - 1) / br, nsc = (cols + bc - 1) / bc;
+	fctx_init(&c, env, "fp8_block_dequant", rows, units, seed);
+	uint8_t *q = malloc(r * cols + 1);
+	float *sc = malloc(nsr * nsc * 4 + 4);
+	for (uint64_t i = 0; i < r * cols; i++) {
+		q[i] = (uint8_t)rng(&s);
+		if ((q[i] & 0x7f) == 0x7f)
+			q[i] ^= 1; /* no NaN codes */
+	}
+	for (uint64_t i = 0; i < nsr * nsc; i++)
+		sc[i] = fabsf(unit(&s)) * 1e-3f + 1e-6f;
+	struct fbuf *bq = fnew(&c, r * cols, q), *bs = fnew(&c, nsr * nsc * 4, sc);
+	struct fbuf *bo = fnew(&c, r * cols * 2, NULL);
+	struct cal_fp8_block_dequant_args aa = {bq->a, bs->a, r, cols, br, bc, bo->a};
+	struct cal_fp8_block_dequant_args ab = {bq->b, bs->b, r, cols, br, bc, bo->b};
+	FRUN(&c, fp8_block_dequant, aa, ab);
+	fcheck(&c, bo, 0, -1, 0, 0, "out"); /* one product, one rounding: exact */
+	free(q);
+	free(sc);
 	return fdone(&c);
 }

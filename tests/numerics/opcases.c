@@ -259,6 +259,33 @@ static int case_amax_rows(struct opcase_env *env, uint64_t rows, uint64_t units,
 	return finish(&c);
 }
 
+static int case_hessian(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(hessian);
+	enum cal_dtype dt = seed & 1 ? CAL_DTYPE_F32 : CAL_DTYPE_BF16;
+	uint64_t cols = units > 300 ? 300 : units; /* the output is cols^2 */
+	uint64_t n = rows * cols, nidx = seed & 2 ? rows / 2 + 1 : 0;
+	size_t es = cal_dtype_size(dt);
+	void *x = xmalloc(n * es);
+	uint32_t *idx = xmalloc(nidx * 4 + 4);
+	float *h0 = xmalloc(cols * cols * 4);
+	fill_obs(dt, x, n, &s, env->specials);
+	for (uint64_t k = 0; k < nidx; k++)
+		idx[k] = (uint32_t)(rng(&s) % (rows + (k == 0))); /* one may be out of range */
+	for (uint64_t k = 0; k < cols * cols; k++)
+		h0[k] = (float)(k % 5) * 0.25f;
+	struct pair *px = pair_new(&c, n * es, x), *pi = pair_new(&c, nidx * 4 + 4, idx),
+		    *ph = pair_new(&c, cols * cols * 4, h0);
+	struct cal_hessian_args A = {dt, px->a, rows, cols, nidx ? pi->a : NULL, nidx, ph->a};
+	struct cal_hessian_args B = {dt, px->b, rows, cols, nidx ? pi->b : NULL, nidx, ph->b};
+	RUN_BOTH(&c, hessian, A, B);
+	pair_check(&c, ph, "h");
+	free(x);
+	free(idx);
+	free(h0);
+	return finish(&c);
+}
+
 static int case_amax_segments(struct opcase_env *env, uint64_t rows, uint64_t units,
 			      uint64_t seed)
 {
@@ -424,8 +451,9 @@ static int case_fp8_quant(struct opcase_env *env, uint64_t rows, uint64_t units,
 	if (seed % 5 == 2)
 		sc = cal_fmul(sc, 0.5f); /* overflowing values -> NaN codes */
 	struct pair *pw = pair_new(&c, n * 2, w), *pq = pair_new(&c, n, NULL);
-	struct cal_fp8_quant_args A = {pw->a, n, sc, div, pq->a};
-	struct cal_fp8_quant_args B = {pw->b, n, sc, div, pq->b};
+	int single = seed % 3 == 1; /* gpt_oss stacked experts: one rounding */
+	struct cal_fp8_quant_args A = {pw->a, n, sc, div, pq->a, single};
+	struct cal_fp8_quant_args B = {pw->b, n, sc, div, pq->b, single};
 	RUN_BOTH(&c, fp8_quant, A, B);
 	pair_check(&c, pq, "q");
 	free(w);
@@ -594,6 +622,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_AMAX_ROWS] = case_amax_rows,
 	[CAL_OPID_AMAX_SEGMENTS] = case_amax_segments,
 	[CAL_OPID_AMAX_BLOCKS] = case_amax_blocks,
+	[CAL_OPID_HESSIAN] = case_hessian,
 	[CAL_OPID_NVFP4_QUANT] = case_nvfp4_quant,
 	[CAL_OPID_NVFP4_STATIC_QUANT] = case_nvfp4_static_quant,
 	[CAL_OPID_NVFP4_MSE_SWEEP] = case_nvfp4_mse_sweep,
@@ -618,6 +647,9 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_RMSNORM_GATED] = fwdcase_rmsnorm_gated,
 	[CAL_OPID_GDN_CONV] = fwdcase_gdn_conv,
 	[CAL_OPID_GATED_DELTA] = fwdcase_gated_delta,
+	[CAL_OPID_MLA_KV] = fwdcase_mla_kv,
+	[CAL_OPID_ROUTER_GROUP] = fwdcase_router_group,
+	[CAL_OPID_FP8_BLOCK_DEQUANT] = fwdcase_fp8_block_dequant,
 };
 
 int opcase_run(struct opcase_env *env, enum cal_op_id id, uint64_t rows, uint64_t units,

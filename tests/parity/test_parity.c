@@ -19,6 +19,9 @@
  * Each layer starts from the reference's hidden states of the layer before
  * (teacher forcing), so errors do not compound: a token whose top-k flips
  * on a near tie in one layer does not drag its sequence along in the next.
+ * MXFP4 cases also compare the experts decoded as the engine decodes them
+ * (mxfp4_dequant on the CPU) byte for byte with transformers' own
+ * dequantization (dequant.safetensors, tests/parity/mxfp4_dequant_ref.py).
  * Cases without reference data are reported as skipped; when no case has
  * data (or --device cuda finds no GPU) the program exits 77 (meson SKIP).
  * Plain C (no Criterion): one process, one summary.
@@ -56,6 +59,15 @@ static const struct pcase cases[] = {
 	{"qwen3_5_moe", "qwen3_5_moe", "fused"},           /* VLM: model.language_model. */
 	{"qwen3_5_moe_text", "qwen3_5_moe_text", "fused"}, /* text-only re-export, model. */
 	{"qwen3_next", "qwen3_next", "per-expert"},        /* in_proj_qkvz / in_proj_ba */
+	/* sinks, sliding window 128 (160-token rows), biases, clamped SwiGLU */
+	{"gpt_oss", "gpt_oss", NULL},                      /* bf16 [E, H, 2I] interleaved */
+	{"gpt_oss_mxfp4", "gpt_oss", "mxfp4"},             /* MXFP4 source experts */
+	/* MLA, sigmoid group routing, YaRN interleaved RoPE; layer 0 dense */
+	{"deepseek_v3", "deepseek_v3", "per-expert"},
+	{"deepseek_v2_q_proj", "deepseek_v3", "per-expert"}, /* q_lora_rank null */
+	/* FP8 block source weights (16x16 blocks: kv_a_proj_with_mqa's 40 rows end
+	 * in a partial block); reference from transformers on their dequantization */
+	{"deepseek_v3_fp8", "deepseek_v3", "per-expert"},
 };
 
 #define HIDDEN_TOL 2e-2
@@ -233,6 +245,72 @@ static int compare_stats(json_t *ours, json_t *ref)
 }
 
 /* 1 pass, 0 skipped (no reference), -1 fail. */
+/* MXFP4 source: every "<...>.experts.{gate_up,down}_proj" of dequant.safetensors
+ * (transformers' bf16 [E, C, R]) against the fixture's "_blocks" / "_scales"
+ * decoded on the CPU back end ([E * R, C]).  0 when equal. */
+static int check_mxfp4_decode(const char *dir, const char *model)
+{
+	struct cal_error err = {0};
+	struct cal_st_file *ref = NULL;
+	struct cal_checkpoint *ck = NULL;
+	struct cal_backend *cpu = NULL;
+	char *p = NULL;
+	int bad = 0;
+	size_t checked = 0;
+	if (asprintf(&p, "%s/dequant.safetensors", dir) < 0 || cal_st_file_open(p, &ref, &err) < 0 ||
+	    cal_checkpoint_open(model, &ck, &err) < 0 ||
+	    cal_backend_init(CAL_BACKEND_CPU, NULL, &cpu, &err) < 0) {
+		printf("    mxfp4 decode: %s\n", err.msg ? cal_error_msg(&err) : "out of memory");
+		bad = 1;
+		goto out;
+	}
+	for (size_t i = 0; i < cal_st_file_count(ref) && !bad; i++) {
+		const struct cal_st_tensor *r = cal_st_file_tensor(ref, i);
+		char bn[600], sn[600];
+		snprintf(bn, sizeof(bn), "%s_blocks", r->name);
+		snprintf(sn, sizeof(sn), "%s_scales", r->name);
+		const struct cal_st_tensor *b = cal_checkpoint_find(ck, bn), *sc = cal_checkpoint_find(ck, sn);
+		if (!b || !sc || r->ndim != 3 || r->dtype != CAL_DTYPE_BF16) {
+			printf("    mxfp4 decode: %s has no blocks/scales in the fixture\n", r->name);
+			bad = 1;
+			break;
+		}
+		uint64_t E = (uint64_t)r->shape[0], C = (uint64_t)r->shape[1], R = (uint64_t)r->shape[2];
+		uint16_t *out = malloc(E * R * C * 2);
+		struct cal_mxfp4_dequant_args a = {b->data, sc->data, E * R, C, CAL_DTYPE_BF16, out};
+		if (!out || cal_op_mxfp4_dequant(cpu, &a, &err) < 0) {
+			printf("    mxfp4 decode: %s\n", out ? cal_error_msg(&err) : "out of memory");
+			free(out);
+			bad = 1;
+			break;
+		}
+		const uint16_t *h = r->data;
+		uint64_t diff = 0;
+		for (uint64_t e = 0; e < E; e++)
+			for (uint64_t c = 0; c < C; c++)
+				for (uint64_t k = 0; k < R; k++)
+					diff += out[(e * R + k) * C + c] != h[(e * C + c) * R + k];
+		if (diff) {
+			printf("    mxfp4 decode: %s: %llu of %llu values differ from transformers'\n",
+			       r->name, (unsigned long long)diff, (unsigned long long)(E * R * C));
+			bad = 1;
+		}
+		checked++;
+		free(out);
+	}
+	if (!bad)
+		printf("    mxfp4 decode: %zu expert tensors equal to transformers' dequantization\n",
+		       checked);
+	bad |= checked == 0;
+out:
+	cal_backend_free(cpu);
+	cal_checkpoint_free(ck);
+	cal_st_file_free(ref);
+	cal_error_clear(&err);
+	free(p);
+	return bad;
+}
+
 static int run_case(const struct pcase *pc, const char *data, enum cal_backend_kind be)
 {
 	char *dir = NULL, *p_stats = NULL, *p_hidden = NULL, *p_tok = NULL;
@@ -269,6 +347,10 @@ static int run_case(const struct pcase *pc, const char *data, enum cal_backend_k
 	}
 	if (cj && json_is_integer(json_object_get(cj, "seed")))
 		fo.seed = (uint64_t)json_integer_value(json_object_get(cj, "seed"));
+	/* deepseek_v3 fixture variants */
+	fo.q_lora_null = cj && json_is_true(json_object_get(cj, "q_lora_null"));
+	if (cj && json_is_integer(json_object_get(cj, "fp8_block")))
+		fo.fp8_block = (int)json_integer_value(json_object_get(cj, "fp8_block"));
 	const char *lay = cj && json_is_string(json_object_get(cj, "layout"))
 				  ? json_string_value(json_object_get(cj, "layout")) : pc->layout;
 	if (lay && strcmp(lay, "default") && cal_fixture_layout_parse(lay, &fo.layout) < 0) {
@@ -310,6 +392,8 @@ static int run_case(const struct pcase *pc, const char *data, enum cal_backend_k
 		goto out;
 	}
 	int amax_bad = compare_stats(ours, ref);
+	if (lay && !strcmp(lay, "mxfp4"))
+		amax_bad |= check_mxfp4_decode(dir, model);
 	ret = (h.bad || amax_bad) ? -1 : 1;
 	printf("%s %s\n", ret > 0 ? "PASS" : "FAIL", pc->name);
 out:

@@ -95,7 +95,11 @@ static char *make_model(const char *root, const char *arch, const char *layout)
 	cr_assert(asprintf(&dir, "%s/%s-%s", root, arch, layout) > 0);
 	track(dir);
 	struct cal_fixture_opts o = {.arch = arch, .seed = SEED};
-	if (strcmp(layout, "default"))
+	if (!strcmp(layout, "fp8-block16")) /* deepseek_v3 variants */
+		o.fp8_block = 16;
+	else if (!strcmp(layout, "q-lora-null"))
+		o.q_lora_null = 1;
+	else if (strcmp(layout, "default"))
 		cr_assert_eq(cal_fixture_layout_parse(layout, &o.layout), 0);
 	struct cal_error err = {0};
 	cr_assert_eq(cal_fixture_write(&o, dir, &err), CAL_OK, "%s", cal_error_msg(&err));

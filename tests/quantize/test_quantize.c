@@ -2,8 +2,10 @@
  * test_quantize.c — suite 'unit' tests of `calibd quantize` (engine/quantize.h,
  * daemon/cmd_quantize.c) on the CPU back end: every MoE architecture the
  * calibration engine runs (qwen3_moe per-expert and fused, mixtral and its
- * fused layout, qwen2_moe, olmoe, and the Gated DeltaNet qwen3_next and
- * qwen3_5_moe) and two dense ones (llama, qwen3), each with the
+ * fused layout, qwen2_moe, olmoe, the Gated DeltaNet qwen3_next and
+ * qwen3_5_moe, gpt_oss from bf16 and from MXFP4, DeepSeek-V3 per-expert, fused,
+ * from FP8 block weights and V2-style without q_lora) and two dense ones
+ * (llama, qwen3), each with the
  * experts-only NVFP4, default NVFP4, FP8 and W4A16 recipes, fed a JSONL text
  * dataset through the fixture's tokenizer; every output passes
  * `calibd verify --source` and every routed expert projection carries an
@@ -115,11 +117,13 @@ static void check_output(const char *src, const char *dst, const char *label,
 		size_t l = strlen(n);
 		if (strstr(n, ".experts.") && l > 12 && !strcmp(n + l - 12, ".input_scale"))
 			n_in++;
+		else if (strstr(n, ".experts.") && l > 12 && !strcmp(n + l - 12, "_input_scale"))
+			n_in++; /* gpt_oss: one per projection (docs/gpt_oss.md) */
 		else if (!strstr(n, ".experts.") && l > 13 && !strcmp(n + l - 13, ".weight_scale"))
 			n_other_q++;
 	}
-	uint64_t want = rc->expert_input_scale ? (uint64_t)d->n_moe_layers *
-						 (uint64_t)d->num_experts * 3 : 0;
+	uint64_t per_layer = d->act == CAL_ACT_SWIGLU_OAI ? 2 : (uint64_t)d->num_experts * 3;
+	uint64_t want = rc->expert_input_scale ? (uint64_t)d->n_moe_layers * per_layer : 0;
 	cr_assert_eq(n_in, want, "%s: %zu expert input_scale tensors, want %llu", label, n_in,
 		     (unsigned long long)want);
 	if (rc->experts_only)
@@ -188,6 +192,16 @@ Test(quantize, qwen2_moe, .timeout = 120) { arch_case("qwen2_moe", "per-expert")
 Test(quantize, olmoe, .timeout = 120) { arch_case("olmoe", "per-expert"); }
 Test(quantize, qwen3_next, .timeout = 120) { arch_case("qwen3_next", "per-expert"); }
 Test(quantize, qwen3_5_moe, .timeout = 120) { arch_case("qwen3_5_moe", "fused"); }
+Test(quantize, gpt_oss, .timeout = 120) { arch_case("gpt_oss", "default"); }
+Test(quantize, gpt_oss_mxfp4, .timeout = 120) { arch_case("gpt_oss", "mxfp4"); }
+/* DeepSeek-V3: per-expert, fused, FP8 128x128-style block source weights
+ * (16x16 here: partial edge blocks), V2-style q_proj */
+Test(quantize, deepseek_v3, .timeout = 300)
+{
+	static const char *const layouts[] = {"per-expert", "fused", "fp8-block16", "q-lora-null"};
+	for (size_t i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++)
+		arch_case("deepseek_v3", layouts[i]);
+}
 Test(quantize, llama_dense, .timeout = 120) { arch_case("llama", "default"); }
 Test(quantize, qwen3_dense, .timeout = 120) { arch_case("qwen3", "default"); }
 
@@ -383,6 +397,34 @@ Test(quantize, existing_output_refused_before_compute, .timeout = 60)
 	cr_assert(!strstr(e, "quantize: load") && !strstr(e, "layer"), "work was done: %s", e);
 	cr_assert(exists(marker));
 	cr_assert_eq(count_entries(dst), 1);
+	rm_rf(root);
+}
+
+/* --qformat: hf_ptq's name runs its built-in recipe; a refused one exits 3
+ * naming the reason, before any work; with --recipe it is a usage error. */
+Test(quantize, qformat_maps_or_refuses, .timeout = 60)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen3_moe", "per-expert");
+	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
+	char *dst = path2(root, "out"), *errf = path2(root, "stderr"), *outf = path2(root, "stdout");
+	int rc = run(outf, errf, "quantize --model %s --qformat nvfp4 --calib-tokens %s --out %s "
+		     "--device cpu --json", src, tok, dst);
+	char *e = slurp(errf), *o = slurp(outf);
+	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
+	cr_assert(strstr(o, "general/ptq/nvfp4_default-kv_fp8_cast"), "%s", o);
+	char *dst2 = path2(root, "out2");
+	rc = run(NULL, errf, "quantize --model %s --qformat int4_awq --calib-tokens %s --out %s "
+		 "--device cpu", src, tok, dst2);
+	e = slurp(errf);
+	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	cr_assert(strstr(e, "qformat 'int4_awq' is refused: algorithm 'awq_lite'"), "%s", e);
+	cr_assert(!exists(dst2));
+	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
+		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);
+	e = slurp(errf);
+	cr_assert_eq(rc, 2, "exit %d: %s", rc, e);
+	cr_assert(strstr(e, "exclude each other"), "%s", e);
 	rm_rf(root);
 }
 

@@ -1,0 +1,48 @@
+/*
+ * awq.h — AWQ-lite for one linear with INT4 block weights (docs/awq.md),
+ * modelopt's `awq_lite`: a per-input-channel scale
+ * s = act^a / wscale^(1-a) (normalised) is searched over a = 0, step, .., 1
+ * by the calibration batches' output error with the weight quantized as
+ * W s and the input as x / s; the best scale is folded into the weight and
+ * exported as the input's pre_quant_scale.  Host memory, threaded on the
+ * CPU back end (one alpha per item).
+ */
+#ifndef CAL_ENGINE_AWQ_H
+#define CAL_ENGINE_AWQ_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+#include "kernels/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CAL_AWQ_MAX_ALPHAS 1024
+
+struct cal_awq_out {
+	uint16_t *pre_quant_scale; /* [cols] bf16 */
+	uint16_t *w;               /* [rows, cols] bf16: the folded weight */
+	float *w_amax;             /* [rows * cols / 128]: its block amax */
+	double *loss;              /* [CAL_AWQ_MAX_ALPHAS] or NULL: loss per alpha */
+	unsigned n_alpha;          /* alphas searched */
+	float best_alpha;
+};
+
+/*
+ * w: bf16 [rows, cols], cols % 128 == 0; x: bf16 [tokens, cols] the
+ * linear's calibration inputs, taken in batches of `batch` rows (modelopt's
+ * forward-loop steps: the statistics are per batch); alpha_step in (0, 1].
+ * Errors: CAL_ERR_INVALID, CAL_ERR_NOMEM.
+ */
+enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+				  uint64_t cols, const uint16_t *x, uint64_t tokens,
+				  uint64_t batch, double alpha_step, struct cal_awq_out *out,
+				  struct cal_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,224 @@
+/*
+ * awq.c — AWQ-lite for one INT4 linear (engine/awq.h, docs/awq.md).  Each
+ * step is in modelopt's dtypes: bf16 tensors round every element-wise
+ * result to bf16, fp32 tensors stay fp32, GEMM outputs are bf16 (summed in
+ * double here, rounded once), the INT4 fake quantizer works in fp32.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/awq.h"
+#include "engine/calib/torch_pow.h"
+#include "kernels/numfmt.h"
+
+#define BLK 128
+
+static inline float bf(uint16_t h)
+{
+	return cal_nf_bf16_to_f32(h);
+}
+
+static inline uint16_t tobf(float f)
+{
+	return cal_nf_f32_to_bf16(f);
+}
+
+/* modelopt's get_scale: s = clamp(act^a / (ws^(1-a) + tiny), 1e-4, 1e4),
+ * then s / sqrt(max s * min s). */
+static void awq_scale(const float *act, const float *ws, uint64_t cols, float a, float *s)
+{
+	float e = (float)(1.0 - (double)a), mx = 0.0f, mn = INFINITY;
+	for (uint64_t c = 0; c < cols; c++) {
+		float v = cal_torch_pow(act[c], a) / (cal_torch_pow(ws[c], e) + 1.17549435e-38f);
+		v = v < 1e-4f ? 1e-4f : v > 1e4f ? 1e4f : v;
+		s[c] = v;
+		mx = v > mx ? v : mx;
+		mn = v < mn ? v : mn;
+	}
+	float d = sqrtf(mx * mn);
+	for (uint64_t c = 0; c < cols; c++)
+		s[c] = s[c] / d;
+}
+
+/* INT4 (narrow range, +-7) fake quantization of one 128-block, in place
+ * (bf16 in and out, fp32 inside); returns the block amax. */
+static float int4_block(uint16_t *v)
+{
+	float amax = 0.0f;
+	for (int k = 0; k < BLK; k++) {
+		float a = fabsf(bf(v[k]));
+		amax = a > amax ? a : amax;
+	}
+	float sc = 7.0f / amax;
+	int zero = amax <= 1.0f / 16777216.0f;
+	for (int k = 0; k < BLK; k++) {
+		float q = zero ? 0.0f : cal_rint(bf(v[k]) * sc);
+		q = q < -7.0f ? -7.0f : q > 7.0f ? 7.0f : q;
+		v[k] = tobf(q / (zero ? 1.0f : sc));
+	}
+	return amax;
+}
+
+struct awq_ctx {
+	const uint16_t *w, *x;
+	uint64_t rows, cols, tokens, batch;
+	const float *act, *ws;
+	const float *alphas;
+	double *loss;
+	int nomem;
+};
+
+static uint16_t gemv_bf16(const uint16_t *xr, const uint16_t *wr, uint64_t n)
+{
+	double s = 0.0;
+	for (uint64_t c = 0; c < n; c++)
+		s += (double)bf(xr[c]) * (double)bf(wr[c]);
+	return tobf((float)s);
+}
+
+/* The search's loss for alphas [begin, end). */
+static void awq_alphas(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct awq_ctx *c = p;
+	uint64_t R = c->rows, C = c->cols;
+	float *s = malloc(C * sizeof(float));
+	uint16_t *pin = malloc(C * 2), *wq = malloc(R * C * 2), *xin = malloc(C * 2);
+	(void)slot;
+	if (!s || !pin || !wq || !xin) {
+		c->nomem = 1;
+		goto out;
+	}
+	for (uint64_t ai = begin; ai < end; ai++) {
+		awq_scale(c->act, c->ws, C, c->alphas[ai], s);
+		for (uint64_t k = 0; k < C; k++)
+			pin[k] = tobf(1.0f / s[k]);
+		for (uint64_t r = 0; r < R; r++)
+			for (uint64_t k = 0; k < C; k++)
+				wq[r * C + k] = tobf(bf(c->w[r * C + k]) * bf(tobf(s[k])));
+		for (uint64_t b = 0; b < R * C / BLK; b++)
+			int4_block(wq + b * BLK);
+		float total = 0.0f;
+		for (uint64_t t0 = 0; t0 < c->tokens; t0 += c->batch) {
+			uint64_t t1 = t0 + c->batch < c->tokens ? t0 + c->batch : c->tokens;
+			double sum = 0.0;
+			for (uint64_t t = t0; t < t1; t++) {
+				const uint16_t *xr = c->x + t * C;
+				for (uint64_t k = 0; k < C; k++)
+					xin[k] = tobf(bf(xr[k]) * bf(pin[k]));
+				for (uint64_t r = 0; r < R; r++) {
+					float yq = bf(gemv_bf16(xin, wq + r * C, C));
+					float y = bf(gemv_bf16(xr, c->w + r * C, C));
+					float d = bf(tobf(yq - y));
+					sum += (double)d * d;
+				}
+			}
+			total += (float)(sum / (double)((t1 - t0) * R));
+		}
+		c->loss[ai] = total;
+	}
+out:
+	free(s), free(pin), free(wq), free(xin);
+}
+
+enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+				  uint64_t cols, const uint16_t *x, uint64_t tokens,
+				  uint64_t batch, double alpha_step, struct cal_awq_out *out,
+				  struct cal_error *err)
+{
+	if (!w || !x || !out || !out->pre_quant_scale || !out->w || !out->w_amax)
+		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: a NULL argument");
+	if (!rows || !cols || cols % BLK)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "awq_lite: weight [%llu, %llu]: the input dim is not a "
+				     "multiple of the INT4 block (128)",
+				     (unsigned long long)rows, (unsigned long long)cols);
+	if (!tokens || !batch)
+		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: no calibration tokens");
+	if (!(alpha_step > 0.0 && alpha_step <= 1.0))
+		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: alpha_step = %g is not in (0, 1]",
+				     (double)alpha_step);
+	/* alphas as torch.arange(0, 1 + step, step) in fp32 gives them */
+	double st = alpha_step;
+	unsigned n = (unsigned)ceil((1.0 + st) / st);
+	if (n > CAL_AWQ_MAX_ALPHAS)
+		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: alpha_step = %g gives over %d alphas",
+				     (double)alpha_step, CAL_AWQ_MAX_ALPHAS);
+	float alphas[CAL_AWQ_MAX_ALPHAS];
+	double loss[CAL_AWQ_MAX_ALPHAS];
+	for (unsigned i = 0; i < n; i++)
+		alphas[i] = (float)((double)i * st);
+
+	float *act = calloc(cols, sizeof(float)), *ws = calloc(cols, sizeof(float));
+	float *s = malloc(cols * sizeof(float));
+	double *acc = malloc(cols * sizeof(double));
+	enum cal_status rc = CAL_OK;
+	if (!act || !ws || !s || !acc) {
+		rc = cal_error_set(err, CAL_ERR_NOMEM, "awq_lite: %llu channels", (unsigned long long)cols);
+		goto done;
+	}
+	/* act: mean over steps of the per-batch channel mean |x| (bf16) */
+	uint64_t steps = 0;
+	for (uint64_t t0 = 0; t0 < tokens; t0 += batch, steps++) {
+		uint64_t t1 = t0 + batch < tokens ? t0 + batch : tokens;
+		memset(acc, 0, cols * sizeof(double));
+		for (uint64_t t = t0; t < t1; t++)
+			for (uint64_t k = 0; k < cols; k++)
+				acc[k] += fabsf(bf(x[t * cols + k]));
+		for (uint64_t k = 0; k < cols; k++)
+			act[k] += bf(tobf((float)(acc[k] / (double)(t1 - t0))));
+	}
+	for (uint64_t k = 0; k < cols; k++)
+		act[k] = act[k] / (float)steps;
+	/* wscale: column mean (bf16) of |w| / (block amax + tiny) (bf16) */
+	memset(acc, 0, cols * sizeof(double));
+	for (uint64_t b = 0; b < rows * cols / BLK; b++) {
+		float amax = 0.0f;
+		for (int k = 0; k < BLK; k++) {
+			float a = fabsf(bf(w[b * BLK + k]));
+			amax = a > amax ? a : amax;
+		}
+		float den = bf(tobf(amax + 1.17549435e-38f));
+		for (int k = 0; k < BLK; k++)
+			acc[(b * BLK + k) % cols] += bf(tobf(fabsf(bf(w[b * BLK + k])) / den));
+	}
+	for (uint64_t k = 0; k < cols; k++)
+		ws[k] = bf(tobf((float)(acc[k] / (double)rows)));
+
+	struct awq_ctx c = {w, x, rows, cols, tokens, batch, act, ws, alphas, loss, 0};
+	if ((rc = cal_cpu_parallel(host, n, 1, awq_alphas, &c, err)) < 0)
+		goto done;
+	if (c.nomem) {
+		rc = cal_error_set(err, CAL_ERR_NOMEM, "awq_lite: search scratch for [%llu, %llu]",
+				   (unsigned long long)rows, (unsigned long long)cols);
+		goto done;
+	}
+	unsigned best = 0;
+	for (unsigned i = 1; i < n; i++)
+		if (loss[i] < loss[best])
+			best = i;
+	out->n_alpha = n;
+	out->best_alpha = alphas[best];
+	if (out->loss)
+		memcpy(out->loss, loss, n * sizeof(double));
+	/* fold: pre_quant_scale p = 1/s, W' = W * (1/p), block amax of W' */
+	awq_scale(act, ws, cols, alphas[best], s);
+	for (uint64_t k = 0; k < cols; k++) {
+		float pq = 1.0f / s[k];
+		out->pre_quant_scale[k] = tobf(pq);
+		s[k] = 1.0f / pq;
+	}
+	for (uint64_t i = 0; i < rows * cols; i++)
+		out->w[i] = tobf(bf(w[i]) * s[i % cols]);
+	for (uint64_t b = 0; b < rows * cols / BLK; b++) {
+		float amax = 0.0f;
+		for (int k = 0; k < BLK; k++) {
+			float a = fabsf(bf(out->w[b * BLK + k]));
+			amax = a > amax ? a : amax;
+		}
+		out->w_amax[b] = amax;
+	}
+done:
+	free(act), free(ws), free(s), free(acc);
+	return rc;
+}

@@ -1,0 +1,296 @@
+/*
+ * gptq.c — GPTQ for one linear (engine/gptq.h, docs/gptq.md).
+ *
+ * Inverse factor: modelopt takes U = upper Cholesky factor of H^-1 (after
+ * dead columns and damping) and falls back to the identity when a
+ * factorisation fails.  We get the same U with one factorisation: with P
+ * the reversal permutation and P H P = L L^T, H^-1 = (P L^-T P)(P L^-1 P)
+ * and P L^-1 P is upper triangular with a positive diagonal, so
+ * U[i][j] = L^-1[n-1-i][n-1-j].  It fails exactly when H is not positive
+ * definite.  Double precision; the Cholesky's columns and the inverse's
+ * columns run on the CPU back end's threads.
+ *
+ * Update (float, as modelopt's; every operation rounded on its own, never
+ * contracted into a fused multiply-add, so compilers agree): rows are independent, so each thread
+ * sweeps whole rows: per block of block_size columns, column i is rounded
+ * to its 16-block's fixed NVFP4 grid, e = (w_i - q_i) / U[i][i] updates the
+ * block's later columns by -e U[i][k]; after the block, the columns past it
+ * get -sum_i e_i U[i][k].
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/gptq.h"
+
+struct chol_ctx {
+	double *a;    /* [n, n] row-major; lower triangle becomes L */
+	uint64_t n, j;
+};
+
+/* L[i][j] for i in range (column j, after L[j][j] is set). */
+static void chol_col(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct chol_ctx *c = p;
+	const double *lj = c->a + c->j * c->n;
+	(void)slot;
+	for (uint64_t i = c->j + 1 + begin; i < c->j + 1 + end; i++) {
+		double *li = c->a + i * c->n, s = li[c->j];
+		for (uint64_t k = 0; k < c->j; k++)
+			s -= li[k] * lj[k];
+		li[c->j] = s / lj[c->j];
+	}
+}
+
+/* In place: lower Cholesky factor of a.  Returns 0, or -1 when a is not
+ * positive definite (a non-positive or non-finite pivot). */
+static int cholesky(struct cal_backend *host, double *a, uint64_t n, enum cal_status *st,
+		    struct cal_error *err)
+{
+	struct chol_ctx c = {a, n, 0};
+	for (uint64_t j = 0; j < n; j++) {
+		double *lj = a + j * n, d = lj[j];
+		for (uint64_t k = 0; k < j; k++)
+			d -= lj[k] * lj[k];
+		if (!(d > 0.0) || !isfinite(d))
+			return -1;
+		lj[j] = sqrt(d);
+		c.j = j;
+		if (j + 1 < n && (*st = cal_cpu_parallel(host, n - 1 - j, 64, chol_col, &c, err)) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+struct inv_ctx {
+	const double *l;
+	double *y;    /* [n][n]: column c of L^-1 stored as row c */
+	uint64_t n;
+};
+
+static void inv_cols(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct inv_ctx *c = p;
+	uint64_t n = c->n;
+	(void)slot;
+	for (uint64_t col = begin; col < end; col++) {
+		double *y = c->y + col * n;
+		memset(y, 0, n * sizeof(double));
+		y[col] = 1.0 / c->l[col * n + col];
+		for (uint64_t i = col + 1; i < n; i++) {
+			const double *li = c->l + i * n;
+			double s = 0.0;
+			for (uint64_t k = col; k < i; k++)
+				s += li[k] * y[k];
+			y[i] = -s / li[i];
+		}
+	}
+}
+
+struct upd_ctx {
+	const uint16_t *w;
+	uint16_t *w_out;
+	const float *u;     /* [n, n] upper factor */
+	const double *h;    /* [n, n] H (undamped) for the error statistic */
+	uint64_t rows, n;
+	uint32_t bs;
+	const struct cal_gptq_nvfp4 *q;
+	float sc, sinv;     /* the FP8 fake quantizer's scale and its reciprocal */
+	float *scratch;     /* per slot: 2 n + bs floats */
+	double *num, *den;  /* [rows] */
+};
+
+/* modelopt's static NVFP4 fake quantizer (docs/gptq.md): block scale
+ * e4m3(fl32(amax_b / 6) * c) / c with c = fl32(448 / fl32(g / 6)) (its FP8
+ * fake quantizer, reciprocal taken once), value rounded to the nearest
+ * E2M1 magnitude of |x| / scale (ties to even), a zero scale giving 0. */
+static float qdq(const struct upd_ctx *c, uint64_t r, uint64_t col, float x)
+{
+	float amax = c->q->block_amax[r * (c->n / 16) + col / 16];
+	float t1 = cal_scale_div(amax, 6.0f, c->q->div);
+	float v = cal_fmul(t1, c->sc);
+	v = v > 448.0f ? 448.0f : v;
+	float t = cal_fmul(cal_e4m3_decode(cal_e4m3_encode(v)), c->sinv);
+	if (t == 0.0f)
+		return 0.0f;
+	float m = cal_e2m1_magnitude(cal_e2m1_encode_nvfp4(cal_fdiv(fabsf(x), t)) & 7u);
+	float y = cal_fmul(m, t);
+	return x >= 0.0f ? y : -y;
+}
+
+/* h-weighted square v^T H v (f64). */
+static double hquad(const double *h, const float *v, uint64_t n)
+{
+	double s = 0.0;
+	for (uint64_t i = 0; i < n; i++) {
+		if (v[i] == 0.0f)
+			continue;
+		double t = 0.0;
+		for (uint64_t j = 0; j < n; j++)
+			t += h[i * n + j] * v[j];
+		s += t * v[i];
+	}
+	return s;
+}
+
+static void upd_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct upd_ctx *c = p;
+	uint64_t n = c->n;
+	float *w = c->scratch + (uint64_t)slot * (2 * n + c->bs), *q = w + n, *e = q + n;
+
+	for (uint64_t r = begin; r < end; r++) {
+		for (uint64_t k = 0; k < n; k++)
+			w[k] = cal_nf_bf16_to_f32(c->w[r * n + k]);
+		for (uint64_t b0 = 0; b0 < n; b0 += c->bs) {
+			uint64_t b1 = b0 + c->bs < n ? b0 + c->bs : n;
+			for (uint64_t i = b0; i < b1; i++) {
+				const float *ui = c->u + i * n;
+				q[i] = qdq(c, r, i, w[i]);
+				float ei = cal_fdiv(cal_fsub(w[i], q[i]), ui[i]);
+				e[i - b0] = ei;
+				for (uint64_t k = i + 1; k < b1; k++)
+					w[k] = cal_fsub(w[k], cal_fmul(ei, ui[k]));
+			}
+			for (uint64_t k = b1; k < n; k++) {
+				float s = 0.0f;
+				for (uint64_t i = b0; i < b1; i++)
+					s = cal_fadd(s, cal_fmul(e[i - b0], c->u[i * n + k]));
+				w[k] = cal_fsub(w[k], s);
+			}
+		}
+		for (uint64_t k = 0; k < n; k++)
+			c->w_out[r * n + k] = cal_nf_f32_to_bf16(q[k]);
+		/* the error statistic: dW = out - W, and W, H-weighted */
+		for (uint64_t k = 0; k < n; k++) {
+			float w0 = cal_nf_bf16_to_f32(c->w[r * n + k]);
+			w[k] = cal_nf_bf16_to_f32(c->w_out[r * n + k]) - w0;
+			q[k] = w0;
+		}
+		c->num[r] = hquad(c->h, w, n);
+		c->den[r] = hquad(c->h, q, n);
+	}
+}
+
+uint64_t cal_gptq_scratch_bytes(uint64_t rows, uint64_t cols)
+{
+	/* H, the factor / its inverse (f64), U (f32), per-thread rows, stats */
+	return cols * cols * (3 * sizeof(double) + sizeof(float)) +
+	       256 * (2 * cols + 65536) * sizeof(float) + rows * 16;
+}
+
+enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+			       uint64_t cols, const float *hsum, uint64_t n_samples,
+			       const struct cal_gptq_opts *o, const struct cal_gptq_nvfp4 *q,
+			       uint16_t *w_out, struct cal_gptq_stats *stats,
+			       struct cal_error *err)
+{
+	if (!w || !hsum || !o || !q || !q->block_amax || !w_out || !stats)
+		return cal_error_set(err, CAL_ERR_INVALID, "gptq: a NULL argument");
+	if (!rows || !cols || cols % 16)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "gptq: weight [%llu, %llu] is empty or its input dim is "
+				     "not a multiple of 16",
+				     (unsigned long long)rows, (unsigned long long)cols);
+	if (!n_samples)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "gptq: the Hessian saw no input rows (n_samples 0)");
+	if (!(o->perc_damp > 0.0 && o->perc_damp <= 1.0))
+		return cal_error_set(err, CAL_ERR_INVALID, "gptq: perc_damp = %g is not in (0, 1]",
+				     o->perc_damp);
+	if (!o->block_size || o->block_size % 16 || o->block_size > 65536)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "gptq: block_size = %u is not a positive multiple of the "
+				     "NVFP4 block (16)",
+				     o->block_size);
+	if (!(q->global_amax > 0.0f) || !isfinite(q->global_amax))
+		return cal_error_set(err, CAL_ERR_NUMERIC, "gptq: global_amax = %g is not finite and > 0",
+				     (double)q->global_amax);
+
+	uint64_t n = cols, bs = o->block_size < n ? o->block_size : n;
+	unsigned slots = cal_cpu_slots(host, rows, 1);
+	double *h = malloc(n * n * sizeof(double)), *a = malloc(n * n * sizeof(double));
+	double *y = malloc(n * n * sizeof(double)), *num = malloc(rows * 2 * sizeof(double));
+	float *u = malloc(n * n * sizeof(float));
+	float *scratch = malloc((uint64_t)slots * (2 * n + bs) * sizeof(float));
+	enum cal_status st = CAL_OK;
+	if (!h || !a || !y || !num || !u || !scratch) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: %llu bytes for a [%llu, %llu] linear",
+				   (unsigned long long)cal_gptq_scratch_bytes(rows, cols),
+				   (unsigned long long)rows, (unsigned long long)cols);
+		goto out;
+	}
+	memset(stats, 0, sizeof(*stats));
+
+	/* H = 2 hsum / n; dead columns (all-zero weight) get a unit diagonal */
+	double f = 2.0 / (double)n_samples;
+	for (uint64_t k = 0; k < n * n; k++)
+		h[k] = f * hsum[k];
+	memcpy(a, h, n * n * sizeof(double));
+	for (uint64_t col = 0; col < n; col++) {
+		int dead = 1;
+		for (uint64_t r = 0; r < rows && dead; r++)
+			dead = (w[r * n + col] & 0x7fffu) == 0;
+		if (!dead)
+			continue;
+		stats->dead_cols++;
+		for (uint64_t k = 0; k < n; k++)
+			a[col * n + k] = a[k * n + col] = 0.0;
+		a[col * n + col] = 1.0;
+	}
+	double tr = 0.0;
+	for (uint64_t k = 0; k < n; k++)
+		tr += a[k * n + k];
+	stats->damp = o->perc_damp * tr / (double)n;
+	for (uint64_t k = 0; k < n; k++)
+		a[k * n + k] += stats->damp;
+
+	/* reversed order: y := P a P, factor it, invert the factor */
+	for (uint64_t i = 0; i < n; i++)
+		for (uint64_t j = 0; j < n; j++)
+			y[i * n + j] = a[(n - 1 - i) * n + (n - 1 - j)];
+	int bad = cholesky(host, y, n, &st, err);
+	if (st < 0)
+		goto out;
+	if (!bad) {
+		struct inv_ctx ic = {y, a, n};
+		if ((st = cal_cpu_parallel(host, n, 8, inv_cols, &ic, err)) < 0)
+			goto out;
+		/* a row c = column c of L^-1: L^-1[r][c] = a[c n + r];
+		 * U[i][j] = L^-1[n-1-i][n-1-j] = a[(n-1-j) n + (n-1-i)] */
+		for (uint64_t i = 0; i < n; i++)
+			for (uint64_t j = 0; j < n; j++) {
+				double v = j >= i ? a[(n - 1 - j) * n + (n - 1 - i)] : 0.0;
+				u[i * n + j] = (float)v;
+				if (j == i && !(u[i * n + j] > 0.0f && isfinite(u[i * n + j])))
+					bad = 1;
+			}
+	}
+	if (bad) {
+		stats->fallback = 1;
+		memset(u, 0, n * n * sizeof(float));
+		for (uint64_t k = 0; k < n; k++)
+			u[k * n + k] = 1.0f;
+	}
+
+	float g6 = cal_scale_div(cal_fmul(q->global_amax, cal_fdiv(448.0f, q->norm_max)), 6.0f,
+				 q->div);
+	float sc = cal_fdiv(448.0f, g6);
+	struct upd_ctx c = {w, w_out, u, h, rows, n, (uint32_t)bs, q, sc, cal_fdiv(1.0f, sc),
+			    scratch, num, num + rows};
+	if ((st = cal_cpu_parallel(host, rows, 1, upd_rows, &c, err)) < 0)
+		goto out;
+	double sn = 0.0, sd = 0.0;
+	for (uint64_t r = 0; r < rows; r++)
+		sn += num[r], sd += num[rows + r];
+	double cnt = (double)rows * (double)n;
+	stats->rel_err = (sn / cnt) / (sd / cnt + 1e-6);
+out:
+	free(h);
+	free(a);
+	free(y);
+	free(num);
+	free(u);
+	free(scratch);
+	return st;
+}

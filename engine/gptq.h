@@ -1,0 +1,72 @@
+/*
+ * gptq.h — GPTQ weight update for one linear (docs/gptq.md), modelopt's
+ * `gptq` algorithm: Hessian H = 2/n sum x x^T of the linear's inputs (the
+ * `hessian` op accumulates the sum), dead columns, damping by perc_damp x
+ * mean diag, upper Cholesky factor of H^-1, and the column-block update
+ * that quantizes column by column with the weight format's fixed scales
+ * and spreads each column's rounding error over the columns not yet
+ * quantized.  Host memory, threaded on the CPU back end.
+ */
+#ifndef CAL_ENGINE_GPTQ_H
+#define CAL_ENGINE_GPTQ_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "kernels/numfmt.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* modelopt GPTQCalibConfig defaults: perc_damp 0.01, block_size 128. */
+#define CAL_GPTQ_PERC_DAMP 0.01
+#define CAL_GPTQ_BLOCK 128u
+
+struct cal_gptq_opts {
+	double perc_damp;     /* (0, 1] */
+	uint32_t block_size;  /* > 0, a multiple of the quantizer's block (16) */
+};
+
+/* The static NVFP4 weight quantizer of the layer: per-16-block amax and the
+ * global amax, both from the original weight (modelopt's max calibration
+ * runs before the update and fixes them). */
+struct cal_gptq_nvfp4 {
+	const float *block_amax; /* [rows, cols / 16] */
+	float global_amax;
+	float norm_max;          /* 448 (or 256 for the 4/6 variant) */
+	enum cal_div_mode div;
+};
+
+struct cal_gptq_stats {
+	int fallback;         /* H not positive definite after damping: identity
+			       * used (plain rounding with the fixed scales) */
+	uint64_t dead_cols;   /* all-zero weight columns */
+	double damp;          /* damping added to the diagonal */
+	double rel_err;       /* Hessian-weighted relative error, as modelopt
+			       * logs it: mean(dW H . dW) / (mean(W H . W) + 1e-6) */
+};
+
+/*
+ * GPTQ on one linear with the static NVFP4 weight format.  w: bf16
+ * [rows, cols]; hsum: [cols, cols] the `hessian` op's sum over n_samples
+ * input rows (H = 2 hsum / n_samples; n_samples > 0).  w_out (bf16, may not
+ * alias w) receives the updated weight, each value on the NVFP4 grid of its
+ * block; exporting it with nvfp4_static_quant and the same amaxes gives the
+ * codes.  Errors: CAL_ERR_INVALID (arguments), CAL_ERR_NOMEM.
+ */
+enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+			       uint64_t cols, const float *hsum, uint64_t n_samples,
+			       const struct cal_gptq_opts *o, const struct cal_gptq_nvfp4 *q,
+			       uint16_t *w_out, struct cal_gptq_stats *stats,
+			       struct cal_error *err);
+
+/* Bytes of host memory cal_gptq_nvfp4 allocates for a [rows, cols] linear. */
+uint64_t cal_gptq_scratch_bytes(uint64_t rows, uint64_t cols);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,65 @@
+/*
+ * qformat.c — hf_ptq.py's --qformat names and the built-in recipes they
+ * map to (qformat.h, docs/recipes.md "qformat names").
+ */
+#include "engine/recipe/qformat.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "common/util.h"
+
+/* hf_ptq.py's QUANT_CFG_CHOICES (modelopt 0.47), in its order.  The KV
+ * cache is hf_ptq's default --kv_cache_qformat, fp8_cast. */
+static const struct cal_qformat qformats[] = {
+	{"int8", NULL, "INT8 W8A8 (per-channel weights) is not implemented"},
+	{"int8_sq", NULL, "algorithm 'smoothquant' is not implemented (and INT8 export)"},
+	{"int8_wo", NULL, "INT8 weight-only (per-channel weights) is not implemented"},
+	{"fp8", "general/ptq/fp8_default-kv_fp8_cast", NULL},
+	{"int4_awq", NULL, "algorithm 'awq_lite' is not implemented"},
+	{"w4a8_awq", NULL,
+	 "algorithm 'awq_lite' and the W4A8 sequential (INT4 then FP8) weight format are not "
+	 "implemented"},
+	{"nvfp4", "general/ptq/nvfp4_default-kv_fp8_cast", NULL},
+	{"nvfp4_awq", NULL, "algorithm 'awq_lite' is not implemented"},
+	{"nvfp4_mse", NULL,
+	 "no built-in recipe yet for MSE-searched static NVFP4 weights on every linear layer "
+	 "(general/ptq/nvfp4_experts_only_mse-kv_fp8_cast covers the routed experts)"},
+	{"fp8_pb_wo", NULL, "FP8 2D blockwise (128x128) weights are not implemented"},
+	{"fp8_pc_pt", NULL,
+	 "FP8 per-channel weights with per-token dynamic inputs are not implemented"},
+	{"w4a8_nvfp4_fp8", NULL, "mixed NVFP4 weights with FP8 inputs are not implemented"},
+	{"w4a8_mxfp4_fp8", NULL, "mixed MXFP4 weights with FP8 inputs are not implemented"},
+	{"nvfp4_mlp_only", "general/ptq/nvfp4_mlp_only-kv_fp8_cast", NULL},
+	{"nvfp4_experts_only", "general/ptq/nvfp4_experts_only-kv_fp8_cast", NULL},
+	{"nvfp4_omlp_only", "general/ptq/nvfp4_omlp_only-kv_fp8_cast", NULL},
+	{"nvfp4_svdquant", NULL, "algorithm 'svdquant' is not implemented"},
+	{"mxfp8", "general/ptq/mxfp8-kv_fp8_cast", NULL},
+	{"nvfp4_local_hessian", NULL, "algorithm 'local_hessian' is not implemented"},
+};
+
+const struct cal_qformat *cal_qformat_list(size_t *n)
+{
+	*n = CAL_ARRAY_LEN(qformats);
+	return qformats;
+}
+
+enum cal_status cal_qformat_recipe(const char *name, const char **ret, struct cal_error *err)
+{
+	*ret = NULL;
+	for (size_t i = 0; i < CAL_ARRAY_LEN(qformats); i++) {
+		if (strcmp(qformats[i].name, name))
+			continue;
+		if (!qformats[i].recipe)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "qformat '%s' is refused: %s",
+					     name, qformats[i].reason);
+		*ret = qformats[i].recipe;
+		return CAL_OK;
+	}
+	char names[512] = "";
+	for (size_t i = 0; i < CAL_ARRAY_LEN(qformats); i++)
+		snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", i ? ", " : "",
+			 qformats[i].name);
+	return cal_error_set(err, CAL_ERR_NOTFOUND,
+			     "unknown qformat '%.64s' (hf_ptq.py's --qformat names: %s)", name, names);
+}

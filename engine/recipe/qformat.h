@@ -1,0 +1,33 @@
+/*
+ * qformat.h — modelopt hf_ptq.py's `--qformat` names (docs/recipes.md
+ * "qformat names").  Each name maps to the built-in recipe (recipes/
+ * general/ptq/) that runs what hf_ptq runs for it with its default
+ * `--kv_cache_qformat fp8_cast`, or is refused with the reason: a format
+ * whose algorithm or numerics calibd does not implement is never mapped to
+ * something else.
+ */
+#ifndef CAL_QFORMAT_H
+#define CAL_QFORMAT_H
+
+#include <stddef.h>
+
+#include "common/status.h"
+
+struct cal_qformat {
+	const char *name;    /* hf_ptq's --qformat value, e.g. "nvfp4" */
+	const char *recipe;  /* the built-in recipe, or NULL: refused */
+	const char *reason;  /* why it is refused (recipe NULL), else NULL */
+};
+
+/* The table, in hf_ptq's order: *n entries. */
+const struct cal_qformat *cal_qformat_list(size_t *n);
+
+/*
+ * The recipe of qformat `name` in *ret (a static string).  Errors:
+ * CAL_ERR_NOTFOUND (not an hf_ptq qformat; the message lists them),
+ * CAL_ERR_UNSUPPORTED (a qformat calibd refuses; the message names it and
+ * says why).
+ */
+enum cal_status cal_qformat_recipe(const char *name, const char **ret, struct cal_error *err);
+
+#endif

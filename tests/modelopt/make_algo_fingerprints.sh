@@ -1,0 +1,28 @@
+#!/bin/sh
+# make_algo_fingerprints.sh — regenerates the real-modelopt fingerprints of
+# the single-linear algorithm tests (docs/gptq.md, docs/smoothquant.md) on
+# the CPU, then `meson test -C BUILD calib_algorithms` checks calibd
+# against them.
+#
+#   sh tests/modelopt/make_algo_fingerprints.sh [PYTHON]
+#
+# PYTHON (default /opt/hfenv/bin/python) needs torch and nvidia-modelopt
+# 0.47 (modelopt imports `requests`: put a venv's site-packages that has it
+# on PYTHONPATH if PYTHON lacks it).
+set -eu
+PY=${1:-/opt/hfenv/bin/python}
+HERE=$(cd "$(dirname "$0")" && pwd)
+G="$HERE/gptq_fingerprint.py"
+S="$HERE/smoothquant_fingerprint.py"
+"$PY" "$G" --out "$HERE/gptq/nvfp4_64x256.json"
+"$PY" "$G" --tokens 96 --perc-damp 0.05 --block-size 64 --seed 21 \
+	--out "$HERE/gptq/nvfp4_64x256_rankdef_b64.json"
+"$PY" "$G" --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 \
+	--out "$HERE/gptq/nvfp4_32x512.json"
+"$PY" "$S" --out "$HERE/smoothquant/int8_64x256_a1.json"
+"$PY" "$S" --alpha 0.5 --dead -1 --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 \
+	--out "$HERE/smoothquant/int8_32x512_a05.json"
+A="$HERE/awq_fingerprint.py"
+"$PY" "$A" --out "$HERE/awq/int4_64x256.json"
+"$PY" "$A" --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
+	--out "$HERE/awq/int4_32x512_s005.json"
