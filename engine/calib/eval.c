@@ -99,15 +99,6 @@ static int is2d(const struct cal_st_tensor *t, enum cal_dtype dt, int64_t a, int
 	return t && t->dtype == dt && t->ndim == 2 && t->shape[0] == a && t->shape[1] == b;
 }
 
-static enum cal_status up(struct cal_backend *be, const struct cal_st_tensor *t, void **ret,
-			  struct cal_error *err)
-{
-	enum cal_status st = cal_backend_alloc(be, t->nbytes ? t->nbytes : 1, ret, err);
-	if (st >= 0 && t->nbytes)
-		st = cal_backend_upload(be, *ret, t->data, t->nbytes, err);
-	return st;
-}
-
 /* Module mod of the export as bf16 [rows, cols] into dst (back end), and
  * the site its input gets.  `src` (may be NULL): the source's bf16 weight,
  * which an unquantized exported weight must equal byte for byte. */
@@ -147,8 +138,8 @@ static enum cal_status load_weight(struct cal_calib *c, const char *mod, int64_t
 					     "%s: NVFP4 tensors do not fit the source's [%lld, %lld] "
 					     "weight: the quantized checkpoint was not made from this "
 					     "source", mod, (long long)rows, (long long)cols);
-		CAL_TRY(up(c->be, w, &dw, err));
-		CAL_TRY(up(c->be, s, &ds, err));
+		CAL_TRY(cal_backend_alloc_upload(c->be, w->data, w->nbytes, &dw, err));
+		CAL_TRY(cal_backend_alloc_upload(c->be, s->data, s->nbytes, &ds, err));
 		struct cal_nvfp4_dequant_args a = {dw, ds, (uint64_t)rows, (uint64_t)cols, scalar(s2),
 						   CAL_DTYPE_BF16, dst};
 		CAL_TRY(cal_op_nvfp4_dequant(c->be, &a, err));
@@ -162,7 +153,7 @@ static enum cal_status load_weight(struct cal_calib *c, const char *mod, int64_t
 					     "%s: FP8 tensors do not fit the source's [%lld, %lld] "
 					     "weight: the quantized checkpoint was not made from this "
 					     "source", mod, (long long)rows, (long long)cols);
-		CAL_TRY(up(c->be, w, &dw, err));
+		CAL_TRY(cal_backend_alloc_upload(c->be, w->data, w->nbytes, &dw, err));
 		struct cal_fp8_dequant_args a = {dw, n, scalar(s), CAL_DTYPE_BF16, dst};
 		CAL_TRY(cal_op_fp8_dequant(c->be, &a, err));
 		if (is) {
@@ -702,7 +693,7 @@ enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err)
 				   "bf16 or f32 [%llu] tensor", (unsigned long long)H);
 		goto fail;
 	}
-	CAL_TRY(up(c->be, nt, &nw, err));
+	CAL_TRY(cal_backend_alloc_upload(c->be, nt->data, nt->nbytes, &nw, err));
 	CAL_TRY(cal_backend_alloc(c->be, V * H * 2, &lw, err));
 	if (module_of(c, CAL_ROLE_LM_HEAD, -1, mod, sizeof(mod), &lt) == 0) {
 		CAL_TRY(load_weight(c, mod, (int64_t)V, (int64_t)H,

@@ -219,16 +219,15 @@ Test(units, path_confinement)
 	rmdir(root);
 }
 
-/* A submission's devices as a device string (common/device.h) and the
- * canonical spec as the engine's options (cal_jobspec_job_opts). */
-Test(units, job_devices_and_engine_options)
+/* A temp root with models/m/config.json, data/d.jsonl and out/ (each
+ * buffer 128 bytes). */
+static void spec_dirs(char *root, char *models, char *data, char *out)
 {
-	char root[] = "/tmp/calibd-spec-XXXXXX", p[256];
+	char p[256];
 	cr_assert(mkdtemp(root));
-	char models[128], data[128], out[128];
-	snprintf(models, sizeof(models), "%s/models", root);
-	snprintf(data, sizeof(data), "%s/data", root);
-	snprintf(out, sizeof(out), "%s/out", root);
+	snprintf(models, 128, "%s/models", root);
+	snprintf(data, 128, "%s/data", root);
+	snprintf(out, 128, "%s/out", root);
 	mkdir(models, 0755);
 	mkdir(data, 0755);
 	mkdir(out, 0755);
@@ -244,6 +243,14 @@ Test(units, job_devices_and_engine_options)
 	cr_assert(f);
 	fputs("{\"text\":\"x\"}\n", f);
 	fclose(f);
+}
+
+/* A submission's devices as a device string (common/device.h) and the
+ * canonical spec as the engine's options (cal_jobspec_job_opts). */
+Test(units, job_devices_and_engine_options)
+{
+	char root[] = "/tmp/calibd-spec-XXXXXX", models[128], data[128], out[128];
+	spec_dirs(root, models, data, out);
 	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
 	static const int gpus[] = {0, 1, 2, 3};
 	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
@@ -320,27 +327,8 @@ Test(units, job_devices_and_engine_options)
 /* evaluate {dataset, samples}: canonical {path, samples}, errors name the field. */
 Test(units, job_evaluate)
 {
-	char root[] = "/tmp/calibd-spec-XXXXXX", p[256];
-	cr_assert(mkdtemp(root));
-	char models[128], data[128], out[128];
-	snprintf(models, sizeof(models), "%s/models", root);
-	snprintf(data, sizeof(data), "%s/data", root);
-	snprintf(out, sizeof(out), "%s/out", root);
-	mkdir(models, 0755);
-	mkdir(data, 0755);
-	mkdir(out, 0755);
-	snprintf(p, sizeof(p), "%s/m", models);
-	mkdir(p, 0755);
-	snprintf(p, sizeof(p), "%s/m/config.json", models);
-	FILE *f = fopen(p, "w");
-	cr_assert(f);
-	fputs("{}", f);
-	fclose(f);
-	snprintf(p, sizeof(p), "%s/d.jsonl", data);
-	f = fopen(p, "w");
-	cr_assert(f);
-	fputs("{\"text\":\"x\"}\n", f);
-	fclose(f);
+	char root[] = "/tmp/calibd-spec-XXXXXX", models[128], data[128], out[128];
+	spec_dirs(root, models, data, out);
 	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
 	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
 				      .output_roots = orr, .n_output_roots = 1};
