@@ -56,7 +56,9 @@ int cal_cmd_report(int argc, char **argv)
 	json_error_t je;
 	enum cal_status st = path ? cal_read_file(path, 256u << 20, &text, &len, &err)
 				  : cal_error_set(&err, CAL_ERR_NOMEM, "out of memory");
-	if (st >= 0 && !json_is_object(rep = json_loadb(text, len, 0, &je)))
+	if (st >= 0)
+		rep = json_loadb(text, len, 0, &je); /* json_is_object() evaluates twice */
+	if (st >= 0 && !json_is_object(rep))
 		st = cal_error_set(&err, CAL_ERR_FORMAT, "%s:%d: %s", path, je.line, je.text);
 	if (st >= 0 && eval_path) {
 		json_t *ev = json_load_file(eval_path, 0, &je);
