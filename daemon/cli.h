@@ -22,6 +22,8 @@ enum cal_exit {
 
 /* Maps an error status to the exit code scripts see. */
 int cal_exit_from_status(enum cal_status st);
+/* `calibd bench quantize` (bench_quantize.c). */
+int cal_bench_quantize(int argc, char **argv);
 
 /* An unsigned decimal / 0x number with an optional K, M or G suffix
  * (memory sizes); 0, or -1 for anything else. */

@@ -40,6 +40,7 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: calibd bench numerics [--device cpu|cuda[:i]] [--mib N] [--iters N] [--threads N]\n"
 		"       calibd bench calibrate --model DIR [options] (calibd bench calibrate --help)\n"
+		"       calibd bench quantize --model DIR --tokens FILE [options] (--help)\n"
 		"  GB/s of the NVFP4 and FP8 weight quantizers and of the observers on one back\n"
 		"  end, next to its copy bandwidth (read + write bytes).  Defaults: the CUDA\n"
 		"  back end when a GPU is present, 512 MiB of bf16 input (64 MiB on cpu).\n");
@@ -480,6 +481,8 @@ int cal_cmd_bench(int argc, char **argv)
 
 	if (argc > 1 && !strcmp(argv[1], "calibrate"))
 		return bench_calibrate(argc - 1, argv + 1);
+	if (argc > 1 && !strcmp(argv[1], "quantize"))
+		return cal_bench_quantize(argc - 1, argv + 1);
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {

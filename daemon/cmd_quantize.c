@@ -22,6 +22,7 @@
 #include "config.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
+#include "engine/st/st_writer.h"
 #include "engine/recipe/qformat.h"
 
 static void quantize_usage(FILE *o)
@@ -31,7 +32,8 @@ static void quantize_usage(FILE *o)
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
-		"         [--progress-fd N] [--json] [--quiet] [--datasets-file FILE]\n"
+		"         [--max-shard-size SIZE] [--progress-fd N] [--json] [--quiet]\n"
+		"         [--datasets-file FILE]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
 		"--calib takes JSONL ({\"text\"}, {\"messages\"}, {\"input_ids\"}) or text files,\n"
@@ -43,7 +45,10 @@ static void quantize_usage(FILE *o)
 		"lines on descriptor N; --json prints the report as JSON.  SIGINT/SIGTERM stop\n"
 		"after the current layer with nothing published.  --qformat takes modelopt\n"
 		"hf_ptq.py's --qformat names (`calibd recipes` lists them and their recipes;\n"
-		"docs/recipes.md).  docs/quantize.md.\n"
+		"docs/recipes.md).  --max-shard-size (default 10GB, as modelopt) splits the\n"
+		"weights into model-0000k-of-0000N.safetensors plus\n"
+		"model.safetensors.index.json; one model.safetensors when smaller.\n"
+		"docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
 }
@@ -240,6 +245,7 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"device", required_argument, NULL, 'D'},
 		{"per-expert-input-amax", no_argument, NULL, 'e'},
 		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
+		{"max-shard-size", required_argument, NULL, 'z'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -293,6 +299,13 @@ int cal_cmd_quantize(int argc, char **argv)
 			    !(jo.moe_calib_experts_ratio > 0 && jo.moe_calib_experts_ratio <= 1)) {
 				fprintf(stderr, "calibd quantize: --moe-calib-experts-ratio '%s' not in "
 					"(0, 1]\n", optarg);
+				return CAL_EXIT_USAGE;
+			}
+			break;
+		case 'z':
+			if (cal_st_parse_size(optarg, &jo.max_shard_bytes) < 0) {
+				fprintf(stderr, "calibd quantize: --max-shard-size '%s' is not a size "
+					"(bytes, or a number with KB/MB/GB or KiB/MiB/GiB)\n", optarg);
 				return CAL_EXIT_USAGE;
 			}
 			break;

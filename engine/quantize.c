@@ -369,7 +369,10 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	cal_exporter_add_phase(j.ex, "tokenize",
 			       json_number_value(json_object_get(phases, "tokenize")));
 	cal_exporter_add_phase(j.ex, "calibrate", run_s - j.t_export);
+	double t_fin = cal_now();
 	CAL_TRY(cal_exporter_finish(j.ex, j.stats, &export_text, err));
+	/* model-level tensors, side files, fsync and rename (docs/quantize.md) */
+	phase_add(phases, "finish", cal_now() - t_fin);
 	emit(&j, "done", -1);
 	if (ret_report) {
 		/* the exporter's calibd_report.json, as written */

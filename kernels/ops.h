@@ -234,6 +234,24 @@ struct cal_int4_dequant_args {
 	void *out;
 };
 
+/* ---- export statistics ---------------------------------------------------- */
+
+/*
+ * The sums of a weight's SQNR (docs/export.md), one pair per row, so that
+ * the dequantized tensor never leaves the back end:
+ *   sums[2r] = sum_c x[r,c]^2,  sums[2r+1] = sum_c (x[r,c] - y[r,c])^2
+ * with x bf16 and y f32, in f64 and in one fixed order on every back end
+ * (byte-identical): 32 lanes, lane l adds the columns l, l+32, ... in turn,
+ * then the lanes fold as v[l] += v[l+k] for k = 16, 8, 4, 2, 1; no fused
+ * multiply-add.
+ */
+struct cal_sqnr_rows_args {
+	const uint16_t *x;      /* bf16 [rows, cols] */
+	const float *y;         /* f32 [rows, cols] */
+	uint64_t rows, cols;
+	double *sums;           /* [rows, 2], written */
+};
+
 /* ---- forward pass (calibration engine) ----------------------------------
  * Activations are bf16 [rows, cols] row-major.  These ops follow the rounding
  * points of Hugging Face transformers (ARCHITECTURES.md §1.2-§1.6): every
@@ -554,7 +572,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 32
+#define CAL_OP_COUNT_EXPECTED 33
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

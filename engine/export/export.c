@@ -16,13 +16,6 @@
 #include "common/util.h"
 #include "kernels/ops.h"
 
-#define CAL_TRY_RET(expr)                                                      \
-	do {                                                                   \
-		enum cal_status st_ = (expr);                                  \
-		if (st_ < 0)                                                   \
-			return st_;                                            \
-	} while (0)
-
 #define GROW(arr, n, cap)                                                      \
 	((n) < (cap) ? 0 : grow_array((void **)&(arr), &(cap), sizeof(*(arr))))
 
@@ -368,37 +361,6 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 	return CAL_OK;
 }
 
-static void *hneed(struct cal_exporter *ex, int k, size_t n);
-
-/* Writes copy c: its bytes, narrowed from F32 to bf16 (xcopy.to_bf16) or
- * widened to F32 (xcopy.to_f32) when asked. */
-static enum cal_status put_copy(struct cal_exporter *ex, const struct xcopy *c,
-				struct cal_error *err)
-{
-	if (c->to_f32) {
-		float *h = hneed(ex, 0, (size_t)c->t->numel * 4);
-		if (!h)
-			return nomem(err);
-		for (uint64_t i = 0; i < c->t->numel; i++)
-			h[i] = c->t->dtype == CAL_DTYPE_BF16 ? cal_bf16_to_f32(((const uint16_t *)c->t->data)[i])
-							     : cal_f16_to_f32(((const uint16_t *)c->t->data)[i]);
-		return cal_st_writer_put(ex->w, c->name, h, c->t->numel * 4, err);
-	}
-	if (!c->to_bf16)
-		return cal_st_writer_put(ex->w, c->name, c->t->data, c->t->nbytes, err);
-	uint16_t *b = malloc(c->t->numel * 2 + 1);
-	if (!b)
-		return nomem(err);
-	for (uint64_t i = 0; i < c->t->numel; i++) {
-		float v;
-		memcpy(&v, (const char *)c->t->data + i * 4, 4);
-		b[i] = cal_f32_to_bf16(v);
-	}
-	enum cal_status st = cal_st_writer_put(ex->w, c->name, b, c->t->numel * 2, err);
-	free(b);
-	return st;
-}
-
 /* gpt_oss experts (docs/gpt_oss.md): modelopt 0.47 quantizes GptOssExperts'
  * gate_up_proj [E, H, 2I] and down_proj [E, I, H] as one BMM weight each
  * (one weight and one input quantizer per projection, not per expert) and
@@ -533,7 +495,7 @@ static enum cal_status plan_modules(struct cal_exporter *ex, const unsigned char
 					return nomem(err);
 				ex->kv[ex->n_kv++] = (struct xkv){an, m->layer,
 					k && !k->spec.use_constant_amax ? k : NULL,
-					v && !v->spec.use_constant_amax ? v : NULL};
+					v && !v->spec.use_constant_amax ? v : NULL, 0.0f, 0.0f};
 			}
 			continue;
 		}
@@ -581,7 +543,7 @@ static enum cal_status decl(struct cal_exporter *ex, const char *name, const cha
 }
 
 /* gpt_oss BMM experts: "<name>" for the weight, "<name>_<suffix>" for the rest. */
-static char *bmm_name(const struct xlin *x, const char *suffix)
+char *cal_export_bmm_name(const struct xlin *x, const char *suffix)
 {
 	return !strcmp(suffix, "weight") ? strdup(x->name) : xprintf("%s_%s", x->name, suffix);
 }
@@ -591,7 +553,7 @@ static enum cal_status decl_bmm(struct cal_exporter *ex, const struct xlin *x, c
 				enum cal_dtype dt, int64_t cols, struct cal_error *err)
 {
 	int64_t shape[3] = {x->out / x->bmm_rows, cols, x->bmm_rows};
-	char *full = bmm_name(x, suffix);
+	char *full = cal_export_bmm_name(x, suffix);
 	if (!full)
 		return nomem(err);
 	enum cal_status st = cal_st_writer_declare(ex->w, full, dt, cols ? 3 : 0, shape, err);
@@ -783,6 +745,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	ex->mse_sweep = plan->recipe->algo.method == CAL_CALIB_MSE &&
 			plan->recipe->algo.fp8_scale_sweep;
 	CAL_TRY(cal_export_check_source(d, err));
+	CAL_TRY(cal_export_pipe_init(ex, err));
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
@@ -808,6 +771,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 {
 	if (!ex)
 		return;
+	cal_export_pipe_free(ex); /* joins the threads before the writer goes */
 	cal_st_writer_free(ex->w);
 	for (size_t i = 0; i < ex->n_lin; i++)
 		free(ex->lin[i].name);
@@ -823,7 +787,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 		free(ex->ignored_mods[i]);
 	for (int i = 0; i < 4; i++)
 		free(ex->hbuf[i]);
-	for (int i = 0; i < 6; i++)
+	for (int i = 0; i < XDBUF; i++)
 		cal_backend_dealloc(ex->be, ex->dbuf[i]);
 	free(ex->ignored_mods);
 	free(ex->lin);
@@ -843,7 +807,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 
 uint64_t cal_exporter_bytes_written(const struct cal_exporter *ex)
 {
-	return ex->w ? cal_st_writer_bytes_written(ex->w) : 0;
+	return cal_export_pipe_written(ex);
 }
 
 uint64_t cal_exporter_bytes_total(const struct cal_exporter *ex)
@@ -867,37 +831,8 @@ void cal_exporter_add_timeline(struct cal_exporter *ex, double t, int32_t layer,
 						      "tokens_per_s", tokens_per_s));
 }
 
-/* ---- per-layer quantization ------------------------------------------------- */
+/* ---- per-layer statistics (the quantizing is in pipeline.c) ----------------- */
 
-static void *hneed(struct cal_exporter *ex, int k, size_t n)
-{
-	if (n > ex->hcap[k]) {
-		void *p = realloc(ex->hbuf[k], n);
-		if (!p)
-			return NULL;
-		ex->hbuf[k] = p;
-		ex->hcap[k] = n;
-	}
-	return ex->hbuf[k];
-}
-
-static enum cal_status dneed(struct cal_exporter *ex, int k, size_t n, void **ret,
-			     struct cal_error *err)
-{
-	if (n == 0)
-		n = 1;
-	if (n > ex->dcap[k]) {
-		cal_backend_dealloc(ex->be, ex->dbuf[k]);
-		ex->dbuf[k] = NULL;
-		ex->dcap[k] = 0;
-		CAL_TRY_RET(cal_backend_alloc(ex->be, n, &ex->dbuf[k], err));
-		ex->dcap[k] = n;
-	}
-	*ret = ex->dbuf[k];
-	return CAL_OK;
-}
-
-/* Copies x's weight [out, in] (source dtype) into dst. */
 /* gpt_oss BMM experts as bf16 [E * rows, in]: MXFP4 blocks decoded as HF
  * does (low nibble = even column, E2M1 * 2^(scale - 127), rounded to bf16),
  * or the bf16 [E, in, rows] parameter transposed per expert.  sl: expert
@@ -931,100 +866,6 @@ void cal_export_bmm_transpose(void *dst, const void *src, uint64_t E, uint64_t R
 				       es);
 }
 
-static void gather(const struct cal_exporter *ex, const struct xlin *x, void *dst)
-{
-	size_t es = cal_dtype_size(x->dtype);
-	if (x->si) { /* FP8 block source, checked when planned */
-		(void)cal_fp8_block_decode(ex->d, x->expert < 0 ? x->w : x->sl.t, x->si, dst, NULL);
-		return;
-	}
-	if (x->bmm) {
-		uint64_t R = (uint64_t)x->bmm_rows;
-		cal_export_bmm_source(&x->sl, (uint64_t)x->out / R, R, (uint64_t)x->in, dst);
-		return;
-	}
-	if (x->expert < 0) {
-		memcpy(dst, x->w->data, (size_t)(x->out * x->in) * es);
-		return;
-	}
-	const unsigned char *src = x->sl.t->data;
-	unsigned char *o8 = dst;
-	for (int64_t o = 0; o < x->out; o++) {
-		if (x->sl.istride == 1) {
-			memcpy(o8 + (size_t)(o * x->in) * es,
-			       src + cal_expert_slice_index(&x->sl, o, 0) * es, (size_t)x->in * es);
-			continue;
-		}
-		for (int64_t i = 0; i < x->in; i++)
-			memcpy(o8 + (size_t)(o * x->in + i) * es,
-			       src + cal_expert_slice_index(&x->sl, o, i) * es, es);
-	}
-}
-
-static enum cal_status put(struct cal_exporter *ex, const char *name, const char *suffix,
-			   const void *data, uint64_t n, struct cal_error *err)
-{
-	char *full = xprintf("%s.%s", name, suffix);
-	if (!full)
-		return nomem(err);
-	enum cal_status st = cal_st_writer_put(ex->w, full, data, n, err);
-	free(full);
-	return st;
-}
-
-/* Writes tensor `suffix` of x; a gpt_oss BMM weight or block scale [E * rows,
- * cols] goes out as modelopt writes it, [E, cols, rows]. */
-static enum cal_status put_lin(struct cal_exporter *ex, const struct xlin *x, const char *suffix,
-			       const void *data, uint64_t n, struct cal_error *err)
-{
-	if (!x->bmm)
-		return put(ex, x->name, suffix, data, n, err);
-	int matrix = !strcmp(suffix, "weight") ||
-		     (!strcmp(suffix, "weight_scale") && x->fmt != CAL_QFMT_FP8);
-	char *full = bmm_name(x, suffix);
-	unsigned char *t = matrix ? malloc(n) : NULL;
-	enum cal_status st;
-	if (!full || (matrix && !t)) {
-		free(full);
-		free(t);
-		return nomem(err);
-	}
-	if (matrix) {
-		uint64_t R = (uint64_t)x->bmm_rows, E = (uint64_t)x->out / R;
-		uint64_t es = x->fmt == CAL_QFMT_NONE ? 2 : 1, cols = n / ((uint64_t)x->out * es);
-		cal_export_bmm_transpose(t, data, E, R, cols, es);
-	}
-	st = cal_st_writer_put(ex->w, full, matrix ? t : data, n, err);
-	free(t);
-	free(full);
-	return st;
-}
-
-static enum cal_status check_scale(const char *name, const char *what, float v,
-				   struct cal_error *err)
-{
-	if (!isfinite(v) || v <= 0.0f)
-		return cal_error_set(err, CAL_ERR_NUMERIC, "%s.%s would be %g (must be finite and "
-				     "> 0)", name, what, (double)v);
-	return CAL_OK;
-}
-
-/* amax of a bf16 matrix; non-finite elements are an error. */
-static enum cal_status weight_amax(const struct xlin *x, const uint16_t *w, float *ret,
-				   struct cal_error *err)
-{
-	float m = 0.0f;
-	uint64_t n = (uint64_t)(x->out * x->in);
-	for (uint64_t k = 0; k < n; k++) {
-		float v = fabsf(cal_bf16_to_f32(w[k]));
-		if (!isfinite(v))
-			return cal_error_set(err, CAL_ERR_NUMERIC, "%s.weight: element %llu is not "
-					     "finite", x->name, (unsigned long long)k);
-		m = v > m ? v : m;
-	}
-	*ret = m;
-	return CAL_OK;
-}
 
 static void add_fallback(struct cal_exporter *ex, const char *q, const char *why, float v)
 {
@@ -1091,183 +932,13 @@ static enum cal_status input_amax(struct cal_exporter *ex, const struct xlin *x,
 	return CAL_OK;
 }
 
-static double sqnr_db(const uint16_t *w, const float *y, uint64_t n, int *ret_inf)
-{
-	double sig = 0.0, noise = 0.0;
-	for (uint64_t k = 0; k < n; k++) {
-		double x = cal_bf16_to_f32(w[k]), d = x - (double)y[k];
-		sig += x * x;
-		noise += d * d;
-	}
-	*ret_inf = noise == 0.0 || sig == 0.0;
-	return *ret_inf ? 0.0 : 10.0 * log10(sig / noise);
-}
-
-/* Quantizes one gathered bf16 weight (host buffer 0) and writes its tensors. */
-static enum cal_status quantize_lin(struct cal_exporter *ex, struct xlin *x,
-				    struct cal_error *err)
-{
-	struct cal_backend *be = ex->be;
-	enum cal_div_mode div = ex->opts.div;
-	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in, n = o * i;
-	const uint16_t *hw = ex->hbuf[0];
-	void *dw = NULL, *dq = NULL, *ds = NULL, *dba = NULL, *dy = NULL, *dnf = NULL;
-	uint64_t qbytes = 0, sbytes = 0;
-	float scale = 0.0f;
-	CAL_TRY_RET(dneed(ex, 0, n * 2, &dw, err));
-	CAL_TRY_RET(dneed(ex, 4, n * 4, &dy, err));
-	CAL_TRY_RET(cal_backend_upload(be, dw, hw, n * 2, err));
-	switch (x->fmt) {
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC: {
-		qbytes = n / 2;
-		sbytes = n / 16;
-		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
-		CAL_TRY_RET(dneed(ex, 2, sbytes, &ds, err));
-		if (x->fmt == CAL_QFMT_NVFP4) {
-			scale = cal_nvfp4_scale2(x->wamax, div);
-			CAL_TRY_RET(check_scale(x->name, "weight_scale_2", scale, err));
-			struct cal_nvfp4_quant_args a = {dw, o, i, scale, dq, ds};
-			CAL_TRY_RET(cal_op_nvfp4_quant(be, &a, err));
-		} else {
-			scale = cal_nvfp4_static_scale2(x->wamax, 448.0f, div);
-			CAL_TRY_RET(check_scale(x->name, "weight_scale_2", scale, err));
-			CAL_TRY_RET(dneed(ex, 3, n / 16 * 4, &dba, err));
-			if (ex->mse_sweep) {
-				struct cal_nvfp4_mse_sweep_args a = {dw, o, i, x->wamax, 448.0f, div,
-								     dba};
-				CAL_TRY_RET(cal_op_nvfp4_mse_sweep(be, &a, err));
-			} else {
-				CAL_TRY_RET(dneed(ex, 5, sizeof(struct cal_nonfinite), &dnf, err));
-				CAL_TRY_RET(cal_backend_memset(be, dba, 0, n / 16 * 4, err));
-				CAL_TRY_RET(cal_nonfinite_reset(be, dnf, err));
-				struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, dw, o, i, 16, 0, dba, dnf};
-				CAL_TRY_RET(cal_op_amax_blocks(be, &b, err));
-			}
-			struct cal_nvfp4_static_quant_args a = {dw, o, i, dba, x->wamax, 448.0f, div,
-								dq, ds};
-			CAL_TRY_RET(cal_op_nvfp4_static_quant(be, &a, err));
-		}
-		struct cal_nvfp4_dequant_args dq_a = {dq, ds, o, i, scale, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_nvfp4_dequant(be, &dq_a, err));
-		break;
-	}
-	case CAL_QFMT_FP8: {
-		qbytes = n;
-		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
-		scale = cal_fp8_scale(x->wamax, div);
-		CAL_TRY_RET(check_scale(x->name, "weight_scale", scale, err));
-		/* gpt_oss BMM weights: one rounding (modelopt's 3-D FP8 path) */
-		struct cal_fp8_quant_args a = {dw, n, scale, div, dq, x->bmm};
-		CAL_TRY_RET(cal_op_fp8_quant(be, &a, err));
-		struct cal_fp8_dequant_args d = {dq, n, scale, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_fp8_dequant(be, &d, err));
-		break;
-	}
-	case CAL_QFMT_MXFP8: {
-		qbytes = n;
-		sbytes = n / 32;
-		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
-		CAL_TRY_RET(dneed(ex, 2, sbytes, &ds, err));
-		struct cal_mxfp8_quant_args a = {dw, o, i, div, dq, ds};
-		CAL_TRY_RET(cal_op_mxfp8_quant(be, &a, err));
-		struct cal_mxfp8_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_mxfp8_dequant(be, &d, err));
-		break;
-	}
-	case CAL_QFMT_MXFP4: {
-		qbytes = n / 2;
-		sbytes = n / 32;
-		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
-		CAL_TRY_RET(dneed(ex, 2, sbytes, &ds, err));
-		struct cal_mxfp4_quant_args a = {dw, o, i, div, dq, ds};
-		CAL_TRY_RET(cal_op_mxfp4_quant(be, &a, err));
-		struct cal_mxfp4_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_mxfp4_dequant(be, &d, err));
-		break;
-	}
-	case CAL_QFMT_INT4_BLOCK: {
-		qbytes = n / 2;
-		sbytes = n / 128 * 4;
-		CAL_TRY_RET(dneed(ex, 1, qbytes, &dq, err));
-		CAL_TRY_RET(dneed(ex, 2, sbytes, &ds, err));
-		CAL_TRY_RET(dneed(ex, 3, sbytes, &dba, err));
-		CAL_TRY_RET(dneed(ex, 5, sizeof(struct cal_nonfinite), &dnf, err));
-		CAL_TRY_RET(cal_backend_memset(be, dba, 0, sbytes, err));
-		CAL_TRY_RET(cal_nonfinite_reset(be, dnf, err));
-		struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, dw, o, i, 128, 0, dba, dnf};
-		CAL_TRY_RET(cal_op_amax_blocks(be, &b, err));
-		struct cal_int4_quant_args a = {dw, o, i, dba, div, dq, ds};
-		CAL_TRY_RET(cal_op_int4_quant(be, &a, err));
-		struct cal_int4_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_int4_dequant(be, &d, err));
-		break;
-	}
-	case CAL_QFMT_NONE:
-		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: not quantized", x->name);
-	}
-	unsigned char *hq = hneed(ex, 1, qbytes), *hs = hneed(ex, 2, sbytes ? sbytes : 1);
-	float *hy = hneed(ex, 3, n * 4);
-	if (!hq || !hs || !hy)
-		return nomem(err);
-	CAL_TRY_RET(cal_backend_download(be, hq, dq, qbytes, err));
-	if (sbytes)
-		CAL_TRY_RET(cal_backend_download(be, hs, ds, sbytes, err));
-	CAL_TRY_RET(cal_backend_download(be, hy, dy, n * 4, err));
-	CAL_TRY_RET(put_lin(ex, x, "weight", hq, qbytes, err));
-	if (sbytes)
-		CAL_TRY_RET(put_lin(ex, x, "weight_scale", hs, sbytes, err));
-	if (x->fmt == CAL_QFMT_NVFP4 || x->fmt == CAL_QFMT_NVFP4_STATIC) {
-		for (uint64_t k = 0; k < sbytes; k++)
-			if ((hs[k] & 0x7f) == 0x7f || (hs[k] & 0x7f) == 0)
-				return cal_error_set(err, CAL_ERR_NUMERIC, "%s.weight_scale: block %llu "
-						     "scale byte 0x%02x is %s", x->name,
-						     (unsigned long long)k, hs[k],
-						     (hs[k] & 0x7f) ? "NaN" : "zero");
-		CAL_TRY_RET(put_lin(ex, x, "weight_scale_2", &scale, 4, err));
-	} else if (x->fmt == CAL_QFMT_FP8) {
-		CAL_TRY_RET(put_lin(ex, x, "weight_scale", &scale, 4, err));
-	}
-	int inf = 0;
-	double db = sqnr_db(hw, hy, n, &inf);
-	json_t *wr = json_pack("{s:s, s:i, s:s, s:f}", "name", x->name, "layer", (int)x->layer,
-			       "format", cal_qfmt_name(x->fmt), "amax", (double)x->wamax);
-	if (!wr)
-		return nomem(err);
-	json_object_set_new(wr, "sqnr_db", inf ? json_null() : json_real(db));
-	json_array_append_new(ex->weights, wr);
-	if (!inf) {
-		ex->sqnr_min = db < ex->sqnr_min ? db : ex->sqnr_min;
-		ex->sqnr_sum += db;
-		ex->sqnr_n++;
-	}
-	return CAL_OK;
-}
-
-static enum cal_status write_bias(struct cal_exporter *ex, const struct xlin *x,
-				  struct cal_error *err)
-{
-	const struct cal_st_tensor *b = x->sl.bias;
-	size_t es = cal_dtype_size(b->dtype);
-	unsigned char *h = hneed(ex, 1, (size_t)x->out * es);
-	if (!h)
-		return nomem(err);
-	const unsigned char *src = b->data;
-	for (int64_t o = 0; o < x->out; o++) {
-		uint64_t idx = (uint64_t)x->sl.expert_index * (uint64_t)b->shape[1] +
-			       (uint64_t)(x->sl.out_start + o * x->sl.out_stride);
-		memcpy(h + (size_t)o * es, src + idx * es, es);
-	}
-	return put(ex, x->name, "bias", h, (uint64_t)x->out * es, err);
-}
-
 static int in_group(const struct xlin *x, int32_t L, int g)
 {
 	return x->layer == L && x->expert < 0 && x->group == g && x->fmt != CAL_QFMT_NONE;
 }
 
 /* Sibling unification (§2.6) of the non-expert groups of layer L. */
-static void unify_groups(struct cal_exporter *ex, int32_t L)
+void cal_export_unify_groups(struct cal_exporter *ex, int32_t L)
 {
 	for (int g = 1; g <= 4; g++) {
 		int count = 0, nvfp4 = 1;
@@ -1296,6 +967,57 @@ static void unify_groups(struct cal_exporter *ex, int32_t L)
 	}
 }
 
+/* The statistics of layer L (-1: model-level) turned into scales: input
+ * amax / input_scale of every linear, KV-cache scales.  Runs on the
+ * caller's thread (the statistics table belongs to it). */
+static enum cal_status prep_layer(struct cal_exporter *ex, int32_t L,
+				  const struct cal_stats *stats, struct cal_error *err)
+{
+	int cst;
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->layer != L || !x->has_input_scale)
+			continue;
+		CAL_TRY_RET(input_amax(ex, x, stats, &x->iamax, &cst, err));
+	}
+	/* sibling groups share one input amax (§2.6): unify before the scales;
+	 * the quantize stage unifies the weight amax the same way */
+	cal_export_unify_groups(ex, L);
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->layer != L || !x->has_input_scale)
+			continue;
+		enum cal_div_mode m = x->iq->spec.has_constant_amax ? CAL_DIV_EXACT : ex->opts.div;
+		if (x->fmt != CAL_QFMT_FP8)
+			CAL_TRY_RET(cal_nvfp4_input_scale(x->iamax, m, &x->iscale, err));
+		else
+			x->iscale = cal_fp8_input_scale(x->iamax, m);
+		CAL_TRY_RET(cal_export_check_scale(x->name, "input_scale", x->iscale, err));
+	}
+	for (size_t i = 0; i < ex->n_kv; i++) {
+		struct xkv *k = &ex->kv[i];
+		if (k->layer != L)
+			continue;
+		for (int v = 0; v < 2; v++) {
+			const struct cal_plan_q *q = v ? k->v : k->k;
+			float a;
+			if (!q)
+				continue;
+			if (!cal_stats_get(stats, q->name, &a) || !(a > 0.0f))
+				return cal_error_set(err, CAL_ERR_INVALID, "statistics have no positive "
+						     "amax for KV quantizer %s", q->name);
+			float sc = cal_fp8_scale(a, ex->opts.div);
+			CAL_TRY_RET(cal_export_check_scale(k->attn, v ? "v_proj.v_scale" :
+							   "k_proj.k_scale", sc, err));
+			if (v)
+				k->vscale = sc;
+			else
+				k->kscale = sc;
+		}
+	}
+	return CAL_OK;
+}
+
 enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 				   const struct cal_stats *stats, struct cal_error *err)
 {
@@ -1307,100 +1029,19 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 		return cal_error_set(err, CAL_ERR_INVALID, "export: layer %d %s", (int)L,
 				     L < 0 || L >= ex->d->num_layers ? "out of range" :
 				     "already exported");
-	double t0 = cal_now();
-	/* weight amax (exact, from the weights) */
-	for (size_t i = 0; i < ex->n_lin; i++) {
-		struct xlin *x = &ex->lin[i];
-		if (x->layer != L || x->fmt == CAL_QFMT_NONE)
-			continue;
-		void *h = hneed(ex, 0, (size_t)(x->out * x->in) * 2);
-		if (!h) {
-			st = nomem(err);
-			goto fail;
-		}
-		gather(ex, x, h);
-		CAL_TRY(weight_amax(x, h, &x->wamax, err));
+	/* an earlier layer's failure in the quantize or write stage */
+	CAL_TRY(cal_export_pipe_check(ex, err));
+	st = prep_layer(ex, L, stats, err);
+	if (st < 0) {
+		ex->dead = 1;
+		return cal_error_wrap(err, st, "export of layer %d", (int)L);
 	}
-	/* fused-experts semantics: gate and up of an expert share one quantizer */
-	for (size_t i = 0; i + 1 < ex->n_lin; i++) {
-		struct xlin *g = &ex->lin[i], *u = &ex->lin[i + 1];
-		if (g->layer == L && g->expert >= 0 && g->proj == CAL_PROJ_GATE &&
-		    u->expert == g->expert && u->proj == CAL_PROJ_UP && g->fmt != CAL_QFMT_NONE) {
-			float m = g->wamax > u->wamax ? g->wamax : u->wamax;
-			g->wamax = u->wamax = m;
-		}
-	}
-	/* input amax */
-	int cst[1];
-	for (size_t i = 0; i < ex->n_lin; i++) {
-		struct xlin *x = &ex->lin[i];
-		if (x->layer == L && x->has_input_scale)
-			CAL_TRY(input_amax(ex, x, stats, &x->iamax, cst, err));
-	}
-	unify_groups(ex, L);
-	/* quantize and write */
-	for (size_t i = 0; i < ex->n_lin; i++) {
-		struct xlin *x = &ex->lin[i];
-		if (x->layer != L)
-			continue;
-		void *h = hneed(ex, 0, (size_t)(x->out * x->in) * cal_dtype_size(x->dtype));
-		if (!h) {
-			st = nomem(err);
-			goto fail;
-		}
-		gather(ex, x, h);
-		if (x->fmt == CAL_QFMT_NONE) {
-			CAL_TRY(put_lin(ex, x, "weight", h,
-					(uint64_t)(x->out * x->in) * cal_dtype_size(x->dtype), err));
-		} else {
-			CAL_TRY(quantize_lin(ex, x, err));
-			if (x->has_input_scale) {
-				enum cal_div_mode m = x->iq->spec.has_constant_amax ? CAL_DIV_EXACT :
-						      ex->opts.div;
-				float s;
-				if (x->fmt != CAL_QFMT_FP8)
-					CAL_TRY(cal_nvfp4_input_scale(x->iamax, m, &s, err));
-				else
-					s = cal_fp8_input_scale(x->iamax, m);
-				CAL_TRY(check_scale(x->name, "input_scale", s, err));
-				CAL_TRY(put_lin(ex, x, "input_scale", &s, 4, err));
-			}
-		}
-		if (x->expert >= 0 && x->sl.bias)
-			CAL_TRY(write_bias(ex, x, err));
-	}
-	/* KV cache */
-	for (size_t i = 0; i < ex->n_kv; i++) {
-		const struct xkv *k = &ex->kv[i];
-		if (k->layer != L)
-			continue;
-		for (int v = 0; v < 2; v++) {
-			const struct cal_plan_q *q = v ? k->v : k->k;
-			float a;
-			if (!q)
-				continue;
-			if (!cal_stats_get(stats, q->name, &a) || !(a > 0.0f)) {
-				st = cal_error_set(err, CAL_ERR_INVALID, "statistics have no positive "
-						   "amax for KV quantizer %s", q->name);
-				goto fail;
-			}
-			float s = cal_fp8_scale(a, ex->opts.div);
-			const char *suf = v ? "v_proj.v_scale" : "k_proj.k_scale";
-			CAL_TRY(check_scale(k->attn, suf, s, err));
-			CAL_TRY(put(ex, k->attn, suf, &s, 4, err));
-		}
-	}
-	for (size_t i = 0; i < ex->n_cp; i++) {
-		const struct xcopy *c = &ex->cp[i];
-		if (c->layer == L)
-			CAL_TRY(put_copy(ex, c, err));
-	}
+	CAL_TRY(cal_export_pipe_push(ex, L, err));
 	ex->layer_done[L] = 1;
-	ex->t_layers += cal_now() - t0;
 	return CAL_OK;
 fail:
 	ex->dead = 1;
-	return cal_error_wrap(err, st, "export of layer %d", (int)L);
+	return st;
 }
 
 enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_stats *stats,
@@ -1410,7 +1051,6 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 	if (ex->dead || ex->published)
 		return cal_error_set(err, CAL_ERR_INVALID, "export: the exporter is %s",
 				     ex->dead ? "dead after an earlier error" : "finished");
-	double t0 = cal_now();
 	for (int64_t L = 0; L < ex->d->num_layers; L++) {
 		if (!ex->layer_done[L]) {
 			st = cal_error_set(err, CAL_ERR_INVALID, "export: layer %lld was never "
@@ -1418,43 +1058,21 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 			goto fail;
 		}
 	}
-	for (size_t i = 0; i < ex->n_lin; i++) {
-		struct xlin *x = &ex->lin[i];
-		if (x->layer != -1)
-			continue;
-		void *h = hneed(ex, 0, (size_t)(x->out * x->in) * cal_dtype_size(x->dtype));
-		if (!h) {
-			st = nomem(err);
-			goto fail;
-		}
-		gather(ex, x, h);
-		if (x->fmt == CAL_QFMT_NONE) {
-			CAL_TRY(put_lin(ex, x, "weight", h,
-					(uint64_t)(x->out * x->in) * cal_dtype_size(x->dtype), err));
-			continue;
-		}
-		CAL_TRY(weight_amax(x, h, &x->wamax, err));
-		int c;
-		if (x->has_input_scale)
-			CAL_TRY(input_amax(ex, x, stats, &x->iamax, &c, err));
-		CAL_TRY(quantize_lin(ex, x, err));
-		if (x->has_input_scale) {
-			enum cal_div_mode m = x->iq->spec.has_constant_amax ? CAL_DIV_EXACT : ex->opts.div;
-			float s;
-			if (x->fmt != CAL_QFMT_FP8)
-				CAL_TRY(cal_nvfp4_input_scale(x->iamax, m, &s, err));
-			else
-				s = cal_fp8_input_scale(x->iamax, m);
-			CAL_TRY(check_scale(x->name, "input_scale", s, err));
-			CAL_TRY(put(ex, x->name, "input_scale", &s, 4, err));
-		}
-	}
-	for (size_t i = 0; i < ex->n_cp; i++) {
-		const struct xcopy *c = &ex->cp[i];
-		if (c->layer == -1)
-			CAL_TRY(put_copy(ex, c, err));
-	}
-	cal_exporter_add_phase(ex, "export_layers", ex->t_layers);
+	/* every layer written: the threads end */
+	CAL_TRY(cal_export_pipe_drain(ex, err));
+	double t0 = cal_now();
+	if (!ex->pipe.static_queued) /* no layer was ever queued */
+		CAL_TRY(cal_export_stage_layer(ex, CAL_XSTATIC, err));
+	st = prep_layer(ex, -1, stats, err);
+	if (st >= 0)
+		st = cal_export_stage_layer(ex, -1, err);
+	if (st < 0)
+		goto fail;
+	const struct xpipe *p = &ex->pipe;
+	cal_exporter_add_phase(ex, "export_layers", p->t_quant);
+	cal_exporter_add_phase(ex, "export_write", p->t_write);
+	cal_exporter_add_phase(ex, "export_wait", p->t_wait);
+	cal_exporter_add_phase(ex, "export_drain", p->t_drain);
 	cal_exporter_add_phase(ex, "export_finish", cal_now() - t0);
 	CAL_TRY(cal_export_side_files(ex, stats, ret_report, err));
 	CAL_TRY(cal_st_writer_commit(ex->w, err));

@@ -389,6 +389,15 @@ static json_t *report(struct cal_exporter *ex, const struct cal_stats *stats, js
 	struct rusage ru;
 	long long rss = getrusage(RUSAGE_SELF, &ru) ? 0 : (long long)ru.ru_maxrss * 1024;
 	json_object_set_new(rep, "peak_rss_bytes", json_integer(rss));
+	/* the export pipeline's own memory (pipeline.c) */
+	struct cal_backend_mem bm = {0};
+	const struct cal_backend *pbe = ex->pipe.be ? ex->pipe.be : ex->be;
+	if (ex->pipe.be)
+		cal_backend_mem_stats(ex->pipe.be, &bm);
+	json_object_set_new(rep, "pipeline", json_pack("{s:I, s:I, s:I, s:s}",
+		"host_staging_bytes", (json_int_t)(2 * ex->pipe.stage_bytes),
+		"host_ring_bytes", (json_int_t)(XSLOTS * ex->pipe.slot_bytes),
+		"backend_peak_bytes", (json_int_t)bm.peak, "backend", pbe->name));
 	json_object_set_new(rep, "output", json_pack("{s:I, s:I}", "tensor_bytes",
 						      (json_int_t)ex->bytes_total, "tensors",
 						      (json_int_t)(ex->n_cp)));

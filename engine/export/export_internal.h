@@ -7,6 +7,7 @@
 #define CAL_EXPORT_INTERNAL_H
 
 #include <jansson.h>
+#include <pthread.h>
 
 #include "engine/export/export.h"
 #include "engine/st/st_writer.h"
@@ -30,6 +31,10 @@ struct xlin {
 	int group;                      /* sibling group within the layer, 0 none */
 	float wamax, iamax;
 	int has_input_scale;            /* an input_scale tensor is written */
+	float scale;                    /* weight_scale_2 (NVFP4) / weight_scale (FP8) */
+	float iscale;                   /* input_scale */
+	size_t qidx;                    /* pipeline: index among the layer's quantized */
+	uint64_t woff, ooff, soff;      /* pipeline: offsets in the layer buffers */
 	/* gpt_oss (export_bmm in export.c, docs/gpt_oss.md): every expert of one
 	 * projection as modelopt's single 3-D BMM weight.  Here [E * bmm_rows,
 	 * in] (out = E * bmm_rows, rows in the checkpoint's order, gate/up
@@ -55,6 +60,7 @@ struct xkv {
 	char *attn;                     /* output attention module name */
 	int32_t layer;
 	const struct cal_plan_q *k, *v;
+	float kscale, vscale;           /* from the statistics (cal_exporter_layer) */
 };
 
 /* Per-module quantization config of hf_quant_config (plan order). */
@@ -64,6 +70,54 @@ struct xmodcfg {
 	char *algo;                     /* quant_algo string, NULL when not quantized */
 	int group_size;                 /* 0: none */
 	int awq_keys;                   /* has_zero_point/pre_quant_scale keys */
+};
+
+/* ---- the export pipeline (pipeline.c) ---- */
+
+#define XQUEUE 8                        /* layers queued + the one in work */
+#define XSLOTS 4                        /* output ring slots */
+#define XDBUF 8                         /* back-end scratch buffers */
+#define CAL_XSTATIC (-2)                /* stage "layer": model-level tensors
+					   that need no statistics */
+
+/* One tensor for the writer thread. */
+struct xitem {
+	char *name;                     /* full tensor name (owned) */
+	const void *data;               /* in the slot, the source mapping, or owned */
+	uint64_t n;
+	void *owned;                    /* freed once written (gpt_oss transposes) */
+};
+
+struct xslot {
+	unsigned char *buf;             /* pinned, slot_bytes */
+	uint64_t used;
+	struct xitem *items;
+	size_t n_items, cap_items;
+	int state;                      /* free / filling / full (under mu) */
+};
+
+struct xpipe {
+	int inited, q_started, w_started;
+	pthread_t qt, wt;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;              /* every state change broadcasts */
+	int32_t queue[XQUEUE];
+	size_t q_head, q_n;
+	int closing, abort, q_done;
+	int static_queued;              /* the CAL_XSTATIC job was queued */
+	enum cal_status st;             /* first error of any thread */
+	struct cal_error err;
+	struct xslot slot[XSLOTS];
+	int fill;                       /* slot being filled by the quantize stage, -1 none */
+	unsigned next_fill;
+	uint64_t slot_bytes, stage_bytes;
+	void *stage[2];                 /* pinned staging for uploads */
+	struct cal_backend *cpu;        /* threads for gathering the source */
+	struct cal_backend *be;         /* the stage's own back end (kind and device
+					   of the exporter's), created at the first layer */
+	uint64_t written;               /* tensor bytes written (atomic) */
+	int32_t fail_layer;             /* test fault injection: layer + 2, 0 off */
+	double t_quant, t_write, t_wait, t_drain;
 };
 
 struct cal_exporter {
@@ -93,11 +147,12 @@ struct cal_exporter {
 	unsigned char *layer_done;      /* num_layers flags */
 	int dead, published;
 
-	/* scratch: host and back-end buffers */
+	/* scratch: host and back-end buffers (owned by the quantize stage) */
 	void *hbuf[4];
 	size_t hcap[4];
-	void *dbuf[6];
-	size_t dcap[6];
+	void *dbuf[XDBUF];
+	size_t dcap[XDBUF];
+	struct xpipe pipe;
 
 	/* report */
 	json_t *weights;                /* array of {name, layer, format, amax, sqnr_db} */
@@ -123,6 +178,33 @@ json_t *cal_export_hf_to_config(json_t *hfq);
 /* Writes every side file (configs, tokenizer, report) into the writer. */
 enum cal_status cal_export_side_files(struct cal_exporter *ex, const struct cal_stats *stats,
 				      char **ret_report, struct cal_error *err);
+/* Sibling unification (MODELOPT.md §2.6) of layer L's non-expert groups. */
+void cal_export_unify_groups(struct cal_exporter *ex, int32_t L);
+/* A scale that must be finite and > 0, else CAL_ERR_NUMERIC naming it. */
+enum cal_status cal_export_check_scale(const char *name, const char *what, float v,
+				       struct cal_error *err);
+
+/* The pipeline (pipeline.c): init at open; push queues a prepared layer
+ * (starting the threads the first time); check returns a stage's error;
+ * drain waits for every queued layer to be written and joins the threads;
+ * stage_layer quantizes and writes one layer on the calling thread (the
+ * quantize thread's work; CAL_XSTATIC: the model-level tensors without
+ * statistics; -1: the quantized model-level linears, from finish); free
+ * stops everything. */
+enum cal_status cal_export_pipe_init(struct cal_exporter *ex, struct cal_error *err);
+enum cal_status cal_export_pipe_push(struct cal_exporter *ex, int32_t L, struct cal_error *err);
+enum cal_status cal_export_pipe_check(struct cal_exporter *ex, struct cal_error *err);
+enum cal_status cal_export_pipe_drain(struct cal_exporter *ex, struct cal_error *err);
+enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L, struct cal_error *err);
+uint64_t cal_export_pipe_written(const struct cal_exporter *ex);
+void cal_export_pipe_free(struct cal_exporter *ex);
+
+#define CAL_TRY_RET(expr)                                                      \
+	do {                                                                   \
+		enum cal_status st_ = (expr);                                  \
+		if (st_ < 0)                                                   \
+			return st_;                                            \
+	} while (0)
 /* gpt_oss BMM experts (export.c): the source of one projection as bf16
  * [E * R, C] (sl: expert 0's slice; MXFP4 decoded as HF does), and the
  * per-expert transpose [E, R, cols] -> [E, cols, R] of es-byte elements
@@ -131,6 +213,9 @@ void cal_export_bmm_source(const struct cal_expert_slice *sl, uint64_t E, uint64
 			   uint16_t *dst);
 void cal_export_bmm_transpose(void *dst, const void *src, uint64_t E, uint64_t R, uint64_t cols,
 			      uint64_t es);
+/* gpt_oss BMM experts: "<name>" for the weight, "<name>_<suffix>" for the
+ * rest (caller frees). */
+char *cal_export_bmm_name(const struct xlin *x, const char *suffix);
 
 /* Source side files copied verbatim when present. */
 extern const char *const cal_export_copy_files[];

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/random.h>
 #include <sys/statvfs.h>
@@ -72,6 +73,7 @@ struct cal_st_writer {
 	size_t nsh;
 	char *index;    /* index JSON when nsh > 1 */
 	uint64_t written;
+	uint64_t write_limit; /* CALIBD_TEST_WRITE_LIMIT, 0: none */
 };
 
 /* ---- name lookup -------------------------------------------------------- */
@@ -114,6 +116,34 @@ static struct wtensor *find_tensor(const struct cal_st_writer *w, const char *na
 		return NULL;
 	size_t v = *hash_slot(w, name);
 	return v ? &w->t[v - 1] : NULL;
+}
+
+int cal_st_parse_size(const char *s, uint64_t *ret)
+{
+	static const struct {
+		const char *unit;
+		uint64_t mul;
+	} units[] = {
+		{"", 1}, {"kb", 1000ull}, {"mb", 1000000ull}, {"gb", 1000000000ull},
+		{"tb", 1000000000000ull}, {"kib", 1ull << 10}, {"mib", 1ull << 20},
+		{"gib", 1ull << 30}, {"tib", 1ull << 40},
+	};
+	char *end;
+	if (!s || *s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno)
+		return -1;
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcasecmp(end, units[i].unit))
+			continue;
+		if (!v || v > UINT64_MAX / units[i].mul)
+			return -1;
+		*ret = v * units[i].mul;
+		return 0;
+	}
+	return -1;
 }
 
 /* ---- failure: remove everything ---------------------------------------- */
@@ -242,6 +272,12 @@ enum cal_status cal_st_writer_open(const char *final_dir,
 		w->opts = *opts;
 	if (!w->opts.max_shard_bytes)
 		w->opts.max_shard_bytes = CAL_ST_DEFAULT_SHARD_BYTES;
+	const char *lim = getenv("CALIBD_TEST_WRITE_LIMIT");
+	if (lim && *lim && cal_st_parse_size(lim, &w->write_limit) < 0) {
+		st = cal_error_set(err, CAL_ERR_INVALID, "CALIBD_TEST_WRITE_LIMIT='%s' is not a "
+				   "byte count", lim);
+		goto fail;
+	}
 
 	size_t n = strlen(w->final_dir);
 	while (n > 1 && w->final_dir[n - 1] == '/')
@@ -610,8 +646,13 @@ enum cal_status cal_st_writer_put(struct cal_st_writer *w, const char *name,
 					    cal_dtype_name(t->dtype), t->nbytes));
 	}
 	struct wshard *s = &w->sh[t->shard];
+	if (w->write_limit && w->written + nbytes > w->write_limit)
+		return die(w, io_error(w, ENOSPC, "write", s->fname, err));
 	if (pwrite_all(s->fd, data, nbytes, t->off) < 0)
 		return die(w, io_error(w, errno, "write", s->fname, err));
+	/* start the write-back now (without waiting for it), so that the disk
+	 * works while the job goes on and commit()'s fsync has little left */
+	(void)sync_file_range(s->fd, (off_t)t->off, (off_t)nbytes, SYNC_FILE_RANGE_WRITE);
 	t->put = 1;
 	w->written += nbytes;
 	return CAL_OK;

@@ -37,8 +37,11 @@
  *
  * Testing: the environment variable CALIBD_TEST_FREE_BYTES (decimal bytes),
  * when set, replaces the free-space figure statvfs() reports, so the
- * CAL_ERR_NOSPACE path can be tested without filling a disk.  Only the
- * writer reads it.
+ * CAL_ERR_NOSPACE path can be tested without filling a disk;
+ * CALIBD_TEST_WRITE_LIMIT (decimal bytes) makes put() fail with ENOSPC
+ * ("disk full", naming the shard file) once that many tensor bytes were
+ * written, which is a disk filling up in the middle of a shard.  Only the
+ * writer reads them (at open).
  *
  * Shard names follow transformers: `model.safetensors` for one shard,
  * `model-00001-of-00003.safetensors` otherwise; each header carries
@@ -66,6 +69,14 @@
 #define CAL_ST_FILE_NAME_MAX 64
 
 struct cal_st_writer;
+
+/*
+ * Parses a shard size the way transformers / huggingface_hub do
+ * (parse_size_to_int): an integer number of bytes, or a number followed by
+ * KB/MB/GB/TB (powers of 1000) or KiB/MiB/GiB/TiB (powers of 1024), case
+ * insensitive ("10GB" = 10^10).  Returns 0, or -1 for anything else or 0.
+ */
+int cal_st_parse_size(const char *s, uint64_t *ret);
 
 /*
  * How a caller follows the publish (all optional).  tmp_tag ([A-Za-z0-9_-],

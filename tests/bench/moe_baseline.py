@@ -4,7 +4,8 @@ repository, can run it; tests/bench/run_calibrate_bench.sh runs it next to `cali
 SKIP_EXPORT=1 skips the PyTorch NVFP4 export step; GEN_ONLY=1 stops after writing the checkpoint
 and the tokens.)
 
-Generates the synthetic checkpoint (env D, default /tmp/q30; NL layers, default 8) unless it exists,
+Generates the synthetic checkpoint (env D, default /tmp/q30; NL layers, default 8; NE experts, default
+128) unless it exists,
 writes the calibration tokens it uses to $D.tokens.jsonl (NS sequences x SEQ tokens) so another tool
 can use the same ones, then calibrates and exports the way modelopt does it (transformers on the GPU,
 eager experts, F.linear hooks recording max|x|, NVFP4 experts-only export in PyTorch), timing each
@@ -13,11 +14,11 @@ import json, math, os, sys, time
 import torch, torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 from safetensors.torch import save_file
-NL = int(os.environ.get("NL", "8")); NS = int(os.environ.get("NS", "512")); SEQ = int(os.environ.get("SEQ", "512")); BS = int(os.environ.get("BS", "16"))
+NL = int(os.environ.get("NL", "8")); NE = int(os.environ.get("NE", "128")); NS = int(os.environ.get("NS", "512")); SEQ = int(os.environ.get("SEQ", "512")); BS = int(os.environ.get("BS", "16"))
 D = os.environ.get("D", "/tmp/q30"); res = {"layers": NL, "samples": NS, "seq": SEQ, "batch": BS}
 cfg = AutoConfig.for_model("qwen3_moe", vocab_size=151936, hidden_size=2048, intermediate_size=6144,
     moe_intermediate_size=768, num_hidden_layers=NL, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
-    num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, max_position_embeddings=4096, rope_theta=1e6,
+    num_experts=NE, num_experts_per_tok=8, norm_topk_prob=True, max_position_embeddings=4096, rope_theta=1e6,
     tie_word_embeddings=False)
 t = time.time()
 made = os.path.exists(os.path.join(D, "config.json"))
@@ -31,7 +32,8 @@ if not made:
   model.save_pretrained(D, max_shard_size="5GB")
   del model; torch.cuda.empty_cache(); res["make_s"] = time.time() - t
 res["bytes_on_disk_GB"] = sum(os.path.getsize(os.path.join(D, f)) for f in os.listdir(D) if f.endswith(".safetensors")) / 1e9
-os.system("sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null")
+if os.environ.get("KEEP_CACHE", "0") != "1":
+    os.system("sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null")
 ids = torch.randint(0, cfg.vocab_size, (NS, SEQ), generator=torch.Generator().manual_seed(0))
 with open(D.rstrip("/") + ".tokens.jsonl", "w") as f:
     for row in ids.tolist(): f.write(json.dumps({"input_ids": row}) + "\n")

@@ -20,7 +20,7 @@ static const char *refdir(void)
 	return p;
 }
 
-static int run(const char *cmd)
+static int sh_run(const char *cmd)
 {
 	int r = system(cmd);
 	return WIFEXITED(r) ? WEXITSTATUS(r) : -1;
@@ -105,7 +105,7 @@ static char *quantize(const char *root, const char *src, const char *recipe)
 	cr_assert(asprintf(&cmd, "'%s' quantize --model '%s' --recipe '%s/general/ptq/%s.yaml' "
 			   "--calib-tokens '%s/calib.jsonl' --out '%s' --device cpu --quiet >/dev/null",
 			   calibd(), src, getenv("CALIBD_RECIPES_DIR"), recipe, refdir(), out) > 0);
-	cr_assert_eq(run(cmd), 0, "%s", cmd);
+	cr_assert_eq(sh_run(cmd), 0, "%s", cmd);
 	free(cmd);
 	return out;
 }
@@ -119,7 +119,7 @@ static int eval(const char *root, const char *src, const char *q, const char *ta
 			   "'%s/held.jsonl' --out '%s/%s.json' --logits-out '%s/%s.q.bf16' "
 			   "--logits-orig-out '%s/%s.o.bf16' --quiet %s", calibd(), src, q, refdir(),
 			   root, tag, root, tag, root, tag, extra) > 0);
-	int r = run(cmd);
+	int r = sh_run(cmd);
 	free(cmd);
 	return r;
 }
@@ -192,7 +192,7 @@ Test(eval, report)
 	cr_assert_eq(eval(root, src, q, "s", "--max-gpu-mem 8M --micro-batch 64"), 0);
 	char cmd[4096];
 	snprintf(cmd, sizeof(cmd), "cmp -s '%s/r.q.bf16' '%s/s.q.bf16'", root, root);
-	cr_assert_eq(run(cmd), 0, "streamed evaluation differs");
+	cr_assert_eq(sh_run(cmd), 0, "streamed evaluation differs");
 	json_t *rep = load_json(path2(q, "calibd_report.json"));
 	cr_assert(json_is_string(json_object_get(rep, "source_fingerprint")));
 	json_decref(rep);
@@ -244,12 +244,12 @@ Test(eval, wrong_source)
 	cr_assert_eq(eval(root, other, q, "w", extra), 3);
 	char cmd[4096];
 	snprintf(cmd, sizeof(cmd), "grep -q 'was not made from.*fingerprint' '%s'", log);
-	cr_assert_eq(run(cmd), 0);
+	cr_assert_eq(sh_run(cmd), 0);
 	/* another architecture: the config */
 	char *llama = make_model(root, "mixtral", "default");
 	cr_assert_eq(eval(root, llama, q, "w2", extra), 3);
 	snprintf(cmd, sizeof(cmd), "grep -q 'was not made from.*config.json differs' '%s'", log);
-	cr_assert_eq(run(cmd), 0);
+	cr_assert_eq(sh_run(cmd), 0);
 	free(extra);
 	rm_rf(root);
 }

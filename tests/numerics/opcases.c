@@ -617,6 +617,28 @@ static int case_int4_dequant(struct opcase_env *env, uint64_t rows, uint64_t uni
 	return finish(&c);
 }
 
+/* ---- export statistics ----------------------------------------------------- */
+
+static int case_sqnr_rows(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(sqnr_rows);
+	uint64_t cols = units * 3, n = rows * cols;
+	uint16_t *x = xmalloc(n * 2);
+	float *y = xmalloc(n * 4);
+	fill_weights(x, n, &s);
+	for (uint64_t i = 0; i < n; i++)
+		y[i] = cal_nf_bf16_to_f32(x[i]) * (1.0f + rng_unit(&s) * 0.0625f);
+	struct pair *px = pair_new(&c, n * 2, x), *py = pair_new(&c, n * 4, y),
+		    *po = pair_new_stat(&c, rows * 16, NULL);
+	struct cal_sqnr_rows_args A = {px->a, py->a, rows, cols, po->a};
+	struct cal_sqnr_rows_args B = {px->b, py->b, rows, cols, po->b};
+	RUN_BOTH(&c, sqnr_rows, A, B);
+	pair_check(&c, po, "sums");
+	free(x);
+	free(y);
+	return finish(&c);
+}
+
 const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_AMAX] = case_amax,
 	[CAL_OPID_AMAX_ROWS] = case_amax_rows,
@@ -635,6 +657,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_MXFP8_DEQUANT] = case_mxfp8_dequant,
 	[CAL_OPID_MXFP4_DEQUANT] = case_mxfp4_dequant,
 	[CAL_OPID_INT4_DEQUANT] = case_int4_dequant,
+	[CAL_OPID_SQNR_ROWS] = case_sqnr_rows,
 	[CAL_OPID_GEMM] = fwdcase_gemm,
 	[CAL_OPID_GATHER_ROWS] = fwdcase_gather_rows,
 	[CAL_OPID_RMSNORM] = fwdcase_rmsnorm,

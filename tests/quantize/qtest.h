@@ -125,6 +125,34 @@ static char *make_tokens(const char *root, const char *name, int n, int len)
 	return p;
 }
 
+/* Runs `calibd ARGS` through the shell; returns the exit code.  stdout and
+ * stderr go to files when the paths are given (else /dev/null). */
+static int run(const char *out, const char *errf, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int run(const char *out, const char *errf, const char *fmt, ...)
+{
+	char *args = NULL, *cmd = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	cr_assert(vasprintf(&args, fmt, ap) > 0);
+	va_end(ap);
+	cr_assert(asprintf(&cmd, "'%s' %s >%s 2>%s", calibd(), args, out ? out : "/dev/null",
+			   errf ? errf : "/dev/null") > 0);
+	int ws = system(cmd);
+	free(cmd);
+	free(args);
+	cr_assert(WIFEXITED(ws), "calibd did not exit normally");
+	return WEXITSTATUS(ws);
+}
+
+static char *slurp(const char *path)
+{
+	char *t = NULL;
+	size_t n;
+	cr_assert_eq(cal_read_file(path, 64u << 20, &t, &n, NULL), CAL_OK, "%s", path);
+	return track(t);
+}
+
 #pragma GCC diagnostic pop
 
 #endif

@@ -1,0 +1,52 @@
+/*
+ * sqnr_rows.cu — per-row SQNR sums (ops.h): one warp per row, lane l adds
+ * the columns l, l+32, ... in f64 (no fused multiply-add), then the lanes
+ * fold with shuffles in the order of the C reference, so both back ends
+ * give the same bytes.
+ */
+#include "common.cuh"
+
+__global__ void __launch_bounds__(CAL_CUDA_THREADS)
+sqnr_rows_kernel(const uint16_t *x, const float *y, uint64_t rows, uint64_t cols, double *sums)
+{
+	unsigned lane = threadIdx.x & 31;
+	uint64_t warps = (uint64_t)gridDim.x * (blockDim.x / 32);
+	for (uint64_t r = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; r < rows;
+	     r += warps) {
+		const uint16_t *xr = x + r * cols;
+		const float *yr = y + r * cols;
+		double s = 0.0, e = 0.0;
+		for (uint64_t c = lane; c < cols; c += 32) {
+			double xv = (double)__uint_as_float((uint32_t)xr[c] << 16);
+			double d = __dsub_rn(xv, (double)yr[c]);
+			s = __dadd_rn(s, __dmul_rn(xv, xv));
+			e = __dadd_rn(e, __dmul_rn(d, d));
+		}
+		for (int k = 16; k >= 1; k /= 2) {
+			double so = __shfl_down_sync(0xffffffffu, s, k);
+			double eo = __shfl_down_sync(0xffffffffu, e, k);
+			s = __dadd_rn(s, so);
+			e = __dadd_rn(e, eo);
+		}
+		if (lane == 0) {
+			sums[2 * r] = s;
+			sums[2 * r + 1] = e;
+		}
+	}
+}
+
+extern "C" enum cal_status cal_cuda_sqnr_rows(struct cal_backend *be,
+					      const struct cal_sqnr_rows_args *a,
+					      struct cal_error *err)
+{
+	cudaStream_t s;
+	enum cal_status st;
+	if (a->rows == 0)
+		return CAL_OK;
+	if ((st = cal_cuda_enter(be, &s, err)) < 0)
+		return st;
+	unsigned grid = cal_cuda_grid(be, a->rows * 32);
+	sqnr_rows_kernel<<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->y, a->rows, a->cols, a->sums);
+	CAL_CUDA_LAUNCHED();
+	return CAL_OK;
+}
