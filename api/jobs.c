@@ -19,6 +19,7 @@
 #include "api/http.h"
 #include "api/jobspec.h"
 #include "api/recipes.h"
+#include "api/report_html.h"
 #include "common/util.h"
 #include "daemon/fsutil.h"
 #include "daemon/log.h"
@@ -30,6 +31,7 @@ enum MHD_Result cal_route_job_cancel(struct cal_http_req *r);
 enum MHD_Result cal_route_job_events(struct cal_http_req *r);
 enum MHD_Result cal_route_job_log(struct cal_http_req *r);
 enum MHD_Result cal_route_job_report(struct cal_http_req *r);
+enum MHD_Result cal_route_job_report_html(struct cal_http_req *r);
 
 #define LIST_MAX 1000
 #define LOG_TAIL_DEFAULT (1024 * 1024)
@@ -436,4 +438,48 @@ enum MHD_Result cal_route_job_log(struct cal_http_req *r)
 enum MHD_Result cal_route_job_report(struct cal_http_req *r)
 {
 	return job_file(r, "report.json", "application/json", 0);
+}
+
+/* The report page (api/report_html.c) of a succeeded job's output. */
+enum MHD_Result cal_route_job_report_html(struct cal_http_req *r)
+{
+	pthread_mutex_lock(&r->d->mu);
+	struct cal_job *j = cal_jobs_find(r->d, r->param);
+	const char *out = j && j->result ? json_string_value(json_object_get(j->result, "output")) : NULL;
+	char *path = out ? cal_path_join(out, "calibd_report.json") : NULL;
+	char *title = NULL;
+	if (j && asprintf(&title, "calibd job %s", r->param) < 0)
+		title = NULL;
+	pthread_mutex_unlock(&r->d->mu);
+	if (!j) {
+		free(path);
+		free(title);
+		return cal_http_error(r, CAL_API_ERR_JOB_NOT_FOUND, "id", "no job '%s'", r->param);
+	}
+	char *text = NULL, *html = NULL;
+	size_t len = 0;
+	json_t *rep = NULL;
+	if (path && cal_read_file(path, (size_t)LOG_TAIL_MAX, &text, &len, NULL) >= 0)
+		rep = json_loadb(text, len, 0, NULL);
+	free(path);
+	free(text);
+	if (!json_is_object(rep)) {
+		json_decref(rep);
+		free(title);
+		return cal_http_error(r, CAL_API_ERR_NOT_AVAILABLE, NULL,
+				      "job '%s' has no report of its output yet", r->param);
+	}
+	html = cal_report_html(rep, title ? title : "calibd job");
+	json_decref(rep);
+	free(title);
+	if (!html)
+		return MHD_NO;
+	struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(html), html,
+								    MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(html);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
+	return cal_http_send(r, 200, resp);
 }

@@ -179,6 +179,97 @@ static enum cal_api_err model_names_fit(const char *real, struct cal_api_problem
 
 /* ---- the submission --------------------------------------------------- */
 
+/* One dataset of a submission: a path, a catalog name ("cnn_dailymail:256")
+ * or {"path", "samples"}, as the canonical {"path": real path, "samples"?}. */
+static enum cal_api_err resolve_dataset(const json_t *d, const char *field,
+					const struct cal_jobspec_env *env, json_t **ret,
+					struct cal_api_problem *prob)
+{
+	enum cal_api_err ae;
+	const json_t *path = d;
+	long long n = 0;
+	*ret = NULL;
+	if (json_is_object(d)) {
+		static const char *const dkeys[] = {"path", "samples", NULL};
+		char prefix[80];
+		snprintf(prefix, sizeof(prefix), "%s.", field);
+		if ((ae = check_keys(d, dkeys, prefix, prob)))
+			return ae;
+		path = json_object_get(d, "path");
+		char sf[96];
+		snprintf(sf, sizeof(sf), "%s.samples", field);
+		if ((ae = get_int(d, "samples", sf, 1, 1000000, 0, &n, prob)))
+			return ae;
+	} else if (!json_is_string(d)) {
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
+					   "%s must be a path, a catalog dataset or {\"path\", \"samples\"}",
+					   field);
+	}
+	json_t *named = NULL;
+	if (json_is_string(d) && json_string_value(d)[0] != '/') {
+		/* a name of the catalog, "cnn_dailymail:256" */
+		const char *cp;
+		long cn;
+		char msg[512];
+		if (cal_dataset_resolve(env->datasets, env->n_datasets, json_string_value(d), &cp, &cn, msg,
+					sizeof(msg)))
+			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field, "%s: %s", field,
+						   msg);
+		path = named = json_string(cp);
+		n = cn;
+	}
+	char *real = NULL;
+	ae = get_path(path, field, env->data_roots, env->n_data_roots, 1, &real, prob);
+	json_decref(named);
+	if (ae)
+		return ae;
+	struct stat sb;
+	if (stat(real, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+		free(real);
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
+					   "%s '%s' is not a regular file", field, json_string_value(path));
+	}
+	json_t *e = json_pack("{s:s}", "path", real);
+	free(real);
+	if (!e)
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field, "%s is not UTF-8", field);
+	if (n)
+		json_object_set_new(e, "samples", json_integer(n));
+	*ret = e;
+	return CAL_API_OK;
+}
+
+/* evaluate: {dataset, samples}: `calibd eval` after the export
+ * (docs/eval.md), canonical {"path", "samples"}. */
+static enum cal_api_err validate_evaluate(const json_t *e, const struct cal_jobspec_env *env,
+					  json_t *out, struct cal_api_problem *prob)
+{
+	static const char *const keys[] = {"dataset", "samples", NULL};
+	enum cal_api_err ae;
+	long long samples;
+	json_t *entry = NULL;
+	if (!e || json_is_null(e))
+		return CAL_API_OK;
+	if (!json_is_object(e))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "evaluate",
+					   "evaluate must be an object {dataset, samples}");
+	if ((ae = check_keys(e, keys, "evaluate.", prob)) ||
+	    (ae = get_int(e, "samples", "evaluate.samples", 1, 100000, 128, &samples, prob)))
+		return ae;
+	const json_t *d = json_object_get(e, "dataset");
+	if (!d || json_is_null(d))
+		return cal_api_problem_set(prob, CAL_API_ERR_MISSING_FIELD, "evaluate.dataset",
+					   "evaluate.dataset is required");
+	if (json_is_object(d))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "evaluate.dataset",
+					   "evaluate.dataset must be a path or a catalog dataset");
+	if ((ae = resolve_dataset(d, "evaluate.dataset", env, &entry, prob)))
+		return ae;
+	json_object_set_new(entry, "samples", json_integer(samples));
+	json_object_set_new(out, "evaluate", entry);
+	return CAL_API_OK;
+}
+
 static enum cal_api_err validate_calibration(const json_t *c, const struct cal_jobspec_env *env,
 					     json_t *out, struct cal_api_problem *prob)
 {
@@ -221,55 +312,10 @@ static enum cal_api_err validate_calibration(const json_t *c, const struct cal_j
 		json_t *d;
 		json_array_foreach(ds, i, d) {
 			char field[64];
+			json_t *e = NULL;
 			snprintf(field, sizeof(field), "calibration.datasets[%zu]", i);
-			json_t *path = d;
-			long long n = 0;
-			if (json_is_object(d)) {
-				static const char *const dkeys[] = {"path", "samples", NULL};
-				char prefix[80];
-				snprintf(prefix, sizeof(prefix), "%s.", field);
-				if ((ae = check_keys(d, dkeys, prefix, prob)))
-					return ae;
-				path = json_object_get(d, "path");
-				char sf[96];
-				snprintf(sf, sizeof(sf), "%s.samples", field);
-				if ((ae = get_int(d, "samples", sf, 1, 1000000, 0, &n, prob)))
-					return ae;
-			} else if (!json_is_string(d)) {
-				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
-							   "%s must be a path, a catalog dataset or {\"path\", \"samples\"}",
-							   field);
-			}
-			json_t *named = NULL;
-			if (json_is_string(d) && json_string_value(d)[0] != '/') {
-				/* a name of the catalog, "cnn_dailymail:256" */
-				const char *cp;
-				long cn;
-				char msg[512];
-				if (cal_dataset_resolve(env->datasets, env->n_datasets, json_string_value(d), &cp, &cn, msg,
-							sizeof(msg)))
-					return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field, "%s: %s", field,
-								   msg);
-				path = named = json_string(cp);
-				n = cn;
-			}
-			char *real = NULL;
-			ae = get_path(path, field, env->data_roots, env->n_data_roots, 1, &real, prob);
-			json_decref(named);
-			if (ae)
+			if ((ae = resolve_dataset(d, field, env, &e, prob)))
 				return ae;
-			struct stat sb;
-			if (stat(real, &sb) < 0 || !S_ISREG(sb.st_mode)) {
-				free(real);
-				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
-							   "%s '%s' is not a regular file", field, json_string_value(path));
-			}
-			json_t *e = json_pack("{s:s}", "path", real);
-			free(real);
-			if (!e)
-				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field, "%s is not UTF-8", field);
-			if (n)
-				json_object_set_new(e, "samples", json_integer(n));
 			json_array_append_new(list, e);
 		}
 	} else {
@@ -578,7 +624,7 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 				      json_t **ret_spec, struct cal_api_problem *prob)
 {
 	static const char *const keys[] = {"name", "model", "recipe", "recipe_yaml", "qformat", "calibration", "output",
-					   "devices", "priority", "options", "timeout_s", NULL};
+					   "devices", "priority", "options", "timeout_s", "evaluate", NULL};
 	enum cal_api_err ae;
 	char *model = NULL, *output = NULL;
 	*ret_spec = NULL;
@@ -618,7 +664,8 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 		goto fail;
 	if ((ae = cal_jobspec_model(req, env, &model, prob)) || (ae = model_names_fit(model, prob)))
 		goto fail;
-	if ((ae = validate_calibration(json_object_get(req, "calibration"), env, out, prob)))
+	if ((ae = validate_calibration(json_object_get(req, "calibration"), env, out, prob)) ||
+	    (ae = validate_evaluate(json_object_get(req, "evaluate"), env, out, prob)))
 		goto fail;
 	if ((ae = get_path(json_object_get(req, "output"), "output", env->output_roots, env->n_output_roots, 0,
 			   &output, prob)) ||

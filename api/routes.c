@@ -11,6 +11,7 @@ enum MHD_Result cal_route_job_cancel(struct cal_http_req *r);
 enum MHD_Result cal_route_job_events(struct cal_http_req *r);
 enum MHD_Result cal_route_job_log(struct cal_http_req *r);
 enum MHD_Result cal_route_job_report(struct cal_http_req *r);
+enum MHD_Result cal_route_job_report_html(struct cal_http_req *r);
 enum MHD_Result cal_route_recipes_list(struct cal_http_req *r);
 enum MHD_Result cal_route_recipe_get(struct cal_http_req *r);
 enum MHD_Result cal_route_plan(struct cal_http_req *r);
@@ -27,6 +28,7 @@ const struct cal_route cal_routes[] = {
 	{"GET", "/v1/jobs/{id}/events", cal_route_job_events, 0},
 	{"GET", "/v1/jobs/{id}/log", cal_route_job_log, 0},
 	{"GET", "/v1/jobs/{id}/report", cal_route_job_report, 0},
+	{"GET", "/v1/jobs/{id}/report.html", cal_route_job_report_html, 0},
 	{"GET", "/v1/recipes", cal_route_recipes_list, 0},
 	{"GET", "/v1/recipes/{name}", cal_route_recipe_get, CAL_ROUTE_PARAM_PATH},
 	{"POST", "/v1/plan", cal_route_plan, CAL_ROUTE_TOKEN | CAL_ROUTE_BODY}, /* a dry run is work */

@@ -5,6 +5,8 @@
 #ifndef CAL_CLI_H
 #define CAL_CLI_H
 
+#include <stdint.h>
+
 #include "common/status.h"
 
 enum cal_exit {
@@ -22,6 +24,10 @@ enum cal_exit {
 int cal_exit_from_status(enum cal_status st);
 /* `calibd bench quantize` (bench_quantize.c). */
 int cal_bench_quantize(int argc, char **argv);
+
+/* An unsigned decimal / 0x number with an optional K, M or G suffix
+ * (memory sizes); 0, or -1 for anything else. */
+int cal_cli_parse_u64(const char *s, uint64_t *ret);
 
 #define CAL_CMD(name, desc) int cal_cmd_##name(int argc, char **argv);
 #include "commands.def"

@@ -236,24 +236,6 @@ static void calib_usage(FILE *out)
 		"  general/ptq/nvfp4_experts_only-kv_fp8.\n");
 }
 
-static int parse_size(const char *s, uint64_t *ret)
-{
-	char *end;
-	unsigned long long v = strtoull(s, &end, 0);
-	if (end == s || *s == '-')
-		return -1;
-	if (*end == 'K' || *end == 'k')
-		v <<= 10, end++;
-	else if (*end == 'M' || *end == 'm')
-		v <<= 20, end++;
-	else if (*end == 'G' || *end == 'g')
-		v <<= 30, end++;
-	if (*end)
-		return -1;
-	*ret = v;
-	return 0;
-}
-
 /* n sequences of len random ids (splitmix64, seed 0) as a token set. */
 static enum cal_status random_tokens(uint64_t n, uint64_t len, uint64_t vocab,
 				     struct cal_calib_tokens **ret, struct cal_error *err)
@@ -318,7 +300,7 @@ static int bench_calibrate(int argc, char **argv)
 		case 'j': json_path = optarg; break;
 		case 'P': profile = 0; break;
 		case 'n': case 'l': case 'M': case 'b': case 'T': case 'k':
-			if (parse_size(optarg, &v) < 0 ||
+			if (cal_cli_parse_u64(optarg, &v) < 0 ||
 			    ((c == 'n' || c == 'l' || c == 'k') && (v < 1 || v > ((uint64_t)1 << 24)))) {
 				fprintf(stderr, "calibd bench calibrate: bad value '%s'\n", optarg);
 				return CAL_EXIT_USAGE;

@@ -41,26 +41,6 @@ static void calibrate_usage(FILE *o)
 		"docs/calibration.md explains the options.\n");
 }
 
-static int parse_u64(const char *s, uint64_t *ret)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 0);
-	if (errno || end == s || *s == '-')
-		return -1;
-	/* K/M/G suffixes for memory sizes */
-	if (*end == 'K' || *end == 'k')
-		v <<= 10, end++;
-	else if (*end == 'M' || *end == 'm')
-		v <<= 20, end++;
-	else if (*end == 'G' || *end == 'g')
-		v <<= 30, end++;
-	if (*end)
-		return -1;
-	*ret = v;
-	return 0;
-}
-
 struct progress {
 	int tty, quiet;
 };
@@ -141,7 +121,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 		case 'n':
 		case 'S':
 		case 's':
-			if (parse_u64(optarg, &v) < 0 || (c == 'n' && (v < 1 || v > CAL_CALIB_MAX_SEQS)) ||
+			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'n' && (v < 1 || v > CAL_CALIB_MAX_SEQS)) ||
 			    (c == 'S' && (v < 1 || v > CAL_CALIB_MAX_SEQ_LEN))) {
 				fprintf(stderr, "calibd calibrate: bad value '%s' for --%s\n", optarg,
 					c == 'n' ? "samples" : c == 'S' ? "seq-len" : "seed");
@@ -161,7 +141,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 		case 'd': o.recipe_opts.builtin_dir = optarg; break;
 		case 'q': pr.quiet = 1; break;
 		case 'P':
-			if (parse_u64(optarg, &v) < 0 || v > INT64_MAX) {
+			if (cal_cli_parse_u64(optarg, &v) < 0 || v > INT64_MAX) {
 				fprintf(stderr, "calibd calibrate: bad --pad-id '%s'\n", optarg);
 				return CAL_EXIT_USAGE;
 			}
@@ -181,7 +161,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 		case 'M':
 		case 'b':
 		case 'T':
-			if (parse_u64(optarg, &v) < 0 || (c == 'T' && v > 256)) {
+			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'T' && v > 256)) {
 				fprintf(stderr, "calibd calibrate: bad value '%s' for --%s\n", optarg,
 					c == 'M' ? "max-gpu-mem" : c == 'b' ? "micro-batch" : "threads");
 				return CAL_EXIT_USAGE;

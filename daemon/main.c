@@ -2,7 +2,9 @@
  * main.c — the `calibd` binary: dispatches to one subcommand per
  * commands.def entry.  Each handler owns its own option parsing.
  */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -18,6 +20,26 @@ static const struct cal_cmd commands[] = {
 #include "commands.def"
 #undef CAL_CMD
 };
+
+int cal_cli_parse_u64(const char *s, uint64_t *ret)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 0);
+	if (errno || end == s || *s == '-')
+		return -1;
+	/* K/M/G suffixes for memory sizes */
+	if (*end == 'K' || *end == 'k')
+		v <<= 10, end++;
+	else if (*end == 'M' || *end == 'm')
+		v <<= 20, end++;
+	else if (*end == 'G' || *end == 'g')
+		v <<= 30, end++;
+	if (*end)
+		return -1;
+	*ret = v;
+	return 0;
+}
 
 int cal_exit_from_status(enum cal_status st)
 {

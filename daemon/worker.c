@@ -5,9 +5,88 @@
  */
 #include "worker.h"
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "api/jobspec.h"
+#include "common/util.h"
+#include "engine/eval.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
+#include "fsutil.h"
+
+/* The spec's evaluate {path, samples}: `calibd eval` of the published
+ * output on that dataset (docs/eval.md), in this worker.  The numbers go
+ * into the job's summary ("evaluation") and the whole report into
+ * OUT/calibd_report.json ("evaluation", rewritten atomically).  The output
+ * is already published: a failed evaluation is reported in the summary
+ * and does not fail the job. */
+static void evaluate(const json_t *spec, const struct cal_jobspec_job *jj, const char *out_dir,
+		     json_t *summary)
+{
+	const json_t *ev = json_object_get(spec, "evaluate");
+	struct cal_job_opts o = jj->opts;
+	struct cal_job_dataset ds = {json_string_value(json_object_get(ev, "path")),
+				     (size_t)json_integer_value(json_object_get(ev, "samples"))};
+	struct cal_job *job = NULL;
+	struct cal_error err = {0};
+	json_t *rep = NULL, *s = NULL;
+	char *path = NULL, *text = NULL;
+	size_t len = 0;
+	int overlap = 0;
+	for (size_t i = 0; i < jj->opts.n_datasets; i++)
+		overlap |= ds.path && !strcmp(ds.path, jj->opts.datasets[i].path);
+	o.datasets = &ds;
+	o.n_datasets = 1;
+	o.tokens = NULL;
+	o.samples = ds.samples;
+	o.seed = 0;
+	enum cal_status st = cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_CALIBRATE), &job, NULL, &err);
+	if (st >= 0)
+		st = cal_job_eval(job, out_dir, NULL, &rep, &err);
+	cal_job_close(job);
+	if (st < 0) {
+		json_object_set_new(summary, "evaluation",
+				    json_pack("{s:s}", "error", cal_error_msg(&err)));
+		cal_error_clear(&err);
+		return;
+	}
+	json_object_set_new(rep, "dataset", json_string(ds.path));
+	json_object_set_new(rep, "overlaps_calibration", json_boolean(overlap));
+	const json_t *kl = json_object_get(rep, "kl"), *pp = json_object_get(rep, "perplexity");
+	s = json_pack("{s:s, s:b, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O}",
+		"dataset", ds.path, "overlaps_calibration", overlap,
+		"tokens", json_object_get(json_object_get(rep, "data"), "tokens"),
+		"kl_mean", json_object_get(kl, "mean"), "kl_median", json_object_get(kl, "median"),
+		"kl_p99", json_object_get(kl, "p99"),
+		"top1_agreement", json_object_get(rep, "top1_agreement"),
+		"perplexity_original", json_object_get(pp, "original"),
+		"perplexity_quantized", json_object_get(pp, "quantized"),
+		"seconds", json_object_get(rep, "seconds"),
+		"report_file", json_string_value(json_object_get(summary, "report_file")) ?
+			json_object_get(summary, "report_file") : json_null());
+	if (s)
+		json_object_set_new(summary, "evaluation", s);
+	/* the exporter's report with the evaluation added */
+	path = cal_path_join(out_dir, "calibd_report.json");
+	if (path && cal_read_file(path, 256u << 20, &text, &len, &err) >= 0) {
+		json_t *r = json_loadb(text, len, 0, NULL);
+		char *o2 = NULL;
+		if (json_is_object(r)) {
+			json_object_set(r, "evaluation", rep);
+			o2 = json_dumps(r, JSON_INDENT(2));
+		}
+		if (!o2 || cal_write_atomic(out_dir, "calibd_report.json", o2, strlen(o2), &err) < 0)
+			json_object_set_new(s, "report_error", json_string(o2 ? cal_error_msg(&err)
+										: "out of memory"));
+		free(o2);
+		json_decref(r);
+	}
+	cal_error_clear(&err);
+	free(text);
+	free(path);
+	json_decref(rep);
+}
 
 enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn progress, void *ctx,
 				      volatile const int *cancel, const struct cal_st_publish *publish,
@@ -29,5 +108,7 @@ enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn
 	if (st >= 0)
 		st = cal_quantize_run(job, &o, progress, ctx, ret_report, err);
 	cal_job_close(job);
+	if (st >= 0 && *ret_report && json_is_object(json_object_get(spec, "evaluate")))
+		evaluate(spec, &jj, o.out_dir, *ret_report);
 	return st;
 }

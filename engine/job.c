@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "engine/eval.h"
 #include "engine/export/export.h"
 #include "engine/tokenizer/dataset.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -538,5 +539,31 @@ enum cal_status cal_job_verify(const char *out_dir, const char *source_dir,
 		report_json(text, ret_report);
 	}
 	cal_backend_free(be);
+	return st;
+}
+
+enum cal_status cal_job_eval(struct cal_job *j, const char *quant_dir,
+			     const struct cal_eval_opts *opts, json_t **ret, struct cal_error *err)
+{
+	struct cal_checkpoint *q = NULL;
+	struct cal_calib_tokens *tk = NULL;
+	struct cal_calib *cal = NULL;
+	struct cal_token_info ti = {0};
+	struct cal_job_hooks hooks = {0};
+	enum cal_status st;
+	*ret = NULL;
+	CAL_TRY(cal_eval_check_source(cal_job_options(j)->model_dir, cal_job_checkpoint(j),
+				      quant_dir, err));
+	CAL_TRY(cal_checkpoint_open(quant_dir, &q, err));
+	CAL_TRY(cal_job_tokens(j, &tk, &ti, err));
+	CAL_TRY(cal_job_calib_open(j, &hooks, &cal, err));
+	CAL_TRY(cal_eval_run(cal, q, tk, opts, ret, err));
+	json_object_set_new(*ret, "data", json_pack("{s:I, s:I, s:I}", "samples",
+		(json_int_t)ti.samples, "seq_len", (json_int_t)ti.seq_len, "tokens",
+		(json_int_t)ti.tokens));
+fail:
+	cal_calib_free(cal);
+	cal_calib_tokens_free(tk);
+	cal_checkpoint_free(q);
 	return st;
 }

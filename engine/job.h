@@ -242,4 +242,19 @@ enum cal_status cal_job_verify(const char *out_dir, const char *source_dir,
 			       const struct cal_devices *devices, json_t **ret_report,
 			       struct cal_error *err);
 
+/* ---- evaluation (engine/eval.h, docs/eval.md) --------------------------------- */
+
+/*
+ * `calibd eval`: checks that the exported checkpoint in quant_dir was made
+ * from the job's source, then runs the original and the quantized model
+ * side by side over the job's tokens (its datasets or token file, held-out
+ * data) on the job's back end.  *ret: the evaluation report (new
+ * reference) with "data" {samples, seq_len, tokens} added.  The job's
+ * recipe only sizes the engine's observers; what is quantized, and how,
+ * is read from the exported checkpoint.
+ */
+struct cal_eval_opts;
+enum cal_status cal_job_eval(struct cal_job *j, const char *quant_dir,
+			     const struct cal_eval_opts *opts, json_t **ret, struct cal_error *err);
+
 #endif

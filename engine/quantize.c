@@ -140,6 +140,7 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 	j->t_export += t1 - t0;
 	j->layers_done = layer + 1;
 	j->tps = t1 > j->t_run ? (double)j->n_tokens * j->layers_done / (t1 - j->t_run) : 0.0;
+	cal_exporter_add_timeline(j->ex, t1 - j->t_run, layer, j->tps);
 	emit(j, "calibrate", layer);
 	if (cancelled(j))
 		return interrupted(j, err);

@@ -476,6 +476,15 @@ enum cal_status cal_backend_download(struct cal_backend *be, void *dst, const vo
 	return backend_memcpy(be, dst, src, n, CAL_CUDA_D2H, err);
 }
 
+enum cal_status cal_backend_alloc_upload(struct cal_backend *be, const void *src, size_t n,
+					 void **ret, struct cal_error *err)
+{
+	enum cal_status st = cal_backend_alloc(be, n ? n : 1, ret, err);
+	if (st >= 0 && n)
+		st = cal_backend_upload(be, *ret, src, n, err);
+	return st;
+}
+
 enum cal_status cal_backend_copy(struct cal_backend *be, void *dst, const void *src, size_t n,
 				 struct cal_error *err)
 {

@@ -95,6 +95,9 @@ enum cal_status cal_backend_upload(struct cal_backend *be, void *dst, const void
 				   struct cal_error *err);
 enum cal_status cal_backend_download(struct cal_backend *be, void *dst, const void *src, size_t n,
 				     struct cal_error *err);
+/* A new buffer of n bytes (at least 1) holding a copy of host memory src. */
+enum cal_status cal_backend_alloc_upload(struct cal_backend *be, const void *src, size_t n,
+					 void **ret, struct cal_error *err);
 enum cal_status cal_backend_copy(struct cal_backend *be, void *dst, const void *src, size_t n,
 				 struct cal_error *err);
 enum cal_status cal_backend_memset(struct cal_backend *be, void *dst, int byte, size_t n,

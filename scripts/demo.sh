@@ -32,6 +32,12 @@ while [ $i -lt 32 ]; do
 	printf '{"text": "Sample %d: calibration data flows through every layer of the model, and each expert records the largest magnitude it sees. The quick brown fox jumps over the lazy dog %d times."}\n' $i $((i * 7)) >> "$W/data/calib.jsonl"
 	i=$((i + 1))
 done
+# held-out data for the evaluation (not the calibration text)
+i=0
+while [ $i -lt 8 ]; do
+	printf '{"text": "Held-out %d: a quantized model should predict the next token like the original one does; here the evaluation measures how far it drifts after %d layers."}\n' $i $((i + 3)) >> "$W/data/heldout.jsonl"
+	i=$((i + 1))
+done
 
 echo "== 2. calibd serve on 127.0.0.1"
 $calibd serve --listen 127.0.0.1 --port 0 --port-file "$W/port" --admin-port 0 --state-dir "$W/state" \
@@ -55,6 +61,7 @@ cat > "$W/job.json" <<JSON
   "model": "$W/models/qwen3-moe-tiny",
   "recipe": "general/ptq/nvfp4_experts_only-kv_fp8",
   "calibration": {"datasets": ["$W/data/calib.jsonl"], "samples": 32, "seq_len": 64},
+  "evaluate": {"dataset": "$W/data/heldout.jsonl", "samples": 8},
   "output": "$W/outputs/qwen3-moe-tiny-nvfp4"
 }
 JSON
@@ -75,6 +82,11 @@ echo "== 5. GET /v1/jobs/$id"
 curl -sS "$api/v1/jobs/$id" | tee "$W/job-final.json" | jq '{id, state, error, result}'
 [ "$(jq -r .state "$W/job-final.json")" = succeeded ] || { echo "job did not succeed"; exit 1; }
 out=$(jq -r .result.output "$W/job-final.json")
+echo "== quality (evaluate: KL, top-1 agreement, perplexity on held-out data; docs/eval.md)"
+jq '.result.evaluation' "$W/job-final.json"
+echo "== GET /v1/jobs/$id/report.html (the report page: inline SVG plots)"
+curl -sSf "$api/v1/jobs/$id/report.html" -o "$W/report.html"
+echo "$W/report.html: $(wc -c < "$W/report.html") bytes, $(grep -c '<svg id="plot-' "$W/report.html") plots"
 echo "== calibd verify $out"
 $calibd verify "$out" --source "$W/models/qwen3-moe-tiny"
 echo "== $out/hf_quant_config.json"

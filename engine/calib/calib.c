@@ -347,7 +347,7 @@ static uint64_t per_token_bytes(const struct cal_calib *c)
 				      4 * (3 * kk + (uint64_t)c->k)
 			    : 0;
 	return b + (dense > moe ? dense : moe) + (c->hidden_on_host ? 2 * H : 0) +
-	       cal_gdn_token_bytes(c);
+	       cal_gdn_token_bytes(c) + (c->ev ? cal_eval_token_bytes(c) : 0);
 }
 
 static enum cal_status layout_tokens(struct cal_calib *c, const struct cal_calib_tokens *tk,
@@ -1298,6 +1298,8 @@ static void map_layer_stats(struct cal_calib *c, int32_t L)
 
 uint16_t *cal_mb_x(const struct cal_calib *c, const struct cal_mb *mb)
 {
+	if (c->x_override)
+		return c->x_override;
 	return c->hidden_on_host ? c->xmb : c->hidden + mb->tok0 * (uint64_t)c->H;
 }
 
@@ -1440,6 +1442,9 @@ static enum cal_status plan_memory(struct cal_calib *c, const struct cal_calib_t
 				 16 * ((uint64_t)c->E + 1) + 64 * 256 + (uint64_t)(64 << 10);
 		if (c->stream_weights)
 			fixed += c->arena_bytes[0] + c->arena_bytes[1];
+		if (c->ev) /* the quantized model: its hidden states, one layer's weights, lm_head */
+			fixed += n_tok * H * 2 + c->max_layer_bytes +
+				 (uint64_t)c->d->vocab_size * H * 2 + 4 * H;
 		if (fixed >= budget)
 			return cal_error_set(err, CAL_ERR_NOMEM,
 					     "memory budget of %llu bytes (%s) cannot hold two layers' "
@@ -1601,6 +1606,8 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 	}
 	CAL_TRY(embed(c, ids, err));
 	CAL_TRY(alloc_run(c, err));
+	if (c->ev)
+		CAL_TRY(cal_eval_begin(c, err));
 	if (c->o.on_hidden && c->on_device && !c->hidden_on_host) {
 		hbuf = malloc(c->n_tok * (uint64_t)c->H * 2);
 		if (!hbuf) {
@@ -1651,7 +1658,9 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 		CAL_TRY(fp8_experts_decode(c, &dw[sl], err));
 		CAL_TRY(fp8_wamax_enqueue(c, L, &lh[sl], &dw[sl], err));
 		CAL_TRY(expert_wamax_enqueue(c, L, &dw[sl], err));
-		for (size_t i = 0; i < c->n_mb; i++) {
+		if (c->ev)
+			CAL_TRY(cal_eval_layer(c, L, &dw[sl], err));
+		for (size_t i = 0; !c->ev && i < c->n_mb; i++) {
 			CAL_TRY(mb_load(c, &c->mbs[i], err));
 			CAL_TRY(cal_layer_forward(c, L, &dw[sl], &c->mbs[i], err));
 			CAL_TRY(mb_store(c, &c->mbs[i], err));
@@ -1685,7 +1694,7 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 				      dt > 0 ? (double)c->n_tok * (L + 1) / dt : 0);
 		}
 	}
-	CAL_TRY(final_norm(c, err));
+	CAL_TRY(c->ev ? cal_eval_end(c, err) : final_norm(c, err));
 	lm_head_weight_amax(c);
 	cal_prof(c, PH_OTHER);
 fail:

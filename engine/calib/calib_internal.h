@@ -44,6 +44,23 @@ enum cal_step {
 
 #define CAL_MAX_STEPS 4
 
+/* Evaluation (eval.c): where the quantized forward fake-quantizes a
+ * module's input (docs/eval.md). */
+enum cal_eval_site {
+	EQ_QKV,       /* q/k/v_proj input */
+	EQ_O,         /* o_proj input */
+	EQ_K,         /* the K cache (after RoPE), k_scale */
+	EQ_V,         /* the V cache, v_scale */
+	EQ_MLP_GU,    /* dense gate/up input */
+	EQ_MLP_DOWN,  /* dense down input */
+	EQ_EXP_GU,    /* routed expert e: gate/up input */
+	EQ_EXP_DOWN,  /* routed expert e: down input */
+	EQ_SH_GU,     /* shared expert gate/up input */
+	EQ_SH_DOWN,   /* shared expert down input */
+	EQ_COUNT
+};
+struct cal_eval;
+
 /* Phases of a run, timed with opts.profile (calib.c: cal_prof). */
 enum cal_phase {
 	PH_OTHER,
@@ -224,6 +241,11 @@ struct cal_calib {
 	double stage_s, stage_wait_s, total_s;
 	uint64_t max_layer_bytes, model_weight_bytes, mem_budget;
 
+	/* evaluation (eval.c): set by cal_eval_run for the length of its run */
+	struct cal_eval *ev;
+	int ev_quant;                    /* the forward being run is the quantized one */
+	uint16_t *x_override;            /* cal_mb_x() returns this when set */
+
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
 	struct cal_moe_host *moe;        /* [num_layers] (tokens NULL for dense) */
@@ -241,6 +263,25 @@ enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer
 void cal_layer_host_free(struct cal_layer_host *lh);
 enum cal_status cal_layer_forward(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 				  const struct cal_mb *mb, struct cal_error *err);
+/* One step of layer L on the hidden states x of micro-batch mb (no S_OUT
+ * observer). */
+enum cal_status cal_layer_step_run(struct cal_calib *c, int32_t L, enum cal_step step,
+				   const struct cal_layer_w *w, const struct cal_mb *mb, uint16_t *x,
+				   struct cal_error *err);
+
+/* eval.c: the evaluation's parts of the run loop (calib.c calls them when
+ * c->ev is set) */
+enum cal_status cal_eval_begin(struct cal_calib *c, struct cal_error *err);
+/* Back-end bytes per micro-batch token the evaluation adds (calib.c sizes
+ * micro-batches with it): teacher-forced copy, fake-quant scratch, logits. */
+uint64_t cal_eval_token_bytes(const struct cal_calib *c);
+enum cal_status cal_eval_layer(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+			       struct cal_error *err);
+enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err);
+/* Fake-quantizes x [rows, cols] (back end) in place as the input of `site`
+ * of layer L (expert e for the routed-expert sites). */
+enum cal_status cal_eval_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
+			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
 /* A layer tensor as bf16 (the mapping when already bf16, else a converted
  * copy owned by lh); numel is checked.  Missing: CAL_ERR_FORMAT. */
 enum cal_status cal_layer_tensor(struct cal_calib *c, struct cal_layer_host *lh,

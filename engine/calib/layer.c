@@ -699,6 +699,16 @@ static enum cal_status ewise(struct cal_calib *c, enum cal_ewise_mode mode, cons
 	return cal_op_ewise(c->be, &e, err);
 }
 
+/* Evaluation (eval.c): the quantized forward fake-quantizes the input of a
+ * quantized module as the serving GEMM does; a no-op otherwise. */
+static enum cal_status actq(struct cal_calib *c, int32_t L, int site, int64_t expert, uint16_t *x,
+			    uint64_t rows, uint64_t cols, struct cal_error *err)
+{
+	if (!c->ev_quant)
+		return CAL_OK;
+	return cal_eval_actq(c, L, site, expert, x, rows, cols, err);
+}
+
 static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 				 const struct cal_mb *mb, uint16_t *x, struct cal_error *err)
 {
@@ -710,6 +720,7 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 	cal_prof(c, PH_ATTN);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->in_norm, w->in_norm_dt, err));
 	CAL_TRY(cal_layer_observe(c, c->h, T, H, mb->tok0, S_QKV, err));
+	CAL_TRY(actq(c, L, EQ_QKV, -1, c->h, T, H, err));
 	CAL_TRY(cal_layer_gemm(c, c->h, w->wq, w->bq, c->q, T, qd, H, err));
 	if (d->attn == CAL_ATTN_GATED_GQA) /* the gate rows follow the query rows */
 		CAL_TRY(cal_layer_gemm(c, c->h, w->wq + qd * H, w->bq ? w->bq + qd : NULL, c->agate, T, qd, H,
@@ -743,6 +754,8 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 	}
 	CAL_TRY(cal_layer_observe(c, c->kb, T, kd, mb->tok0, S_K, err));
 	CAL_TRY(cal_layer_observe(c, c->vb, T, kd, mb->tok0, S_V, err));
+	CAL_TRY(actq(c, L, EQ_K, -1, c->kb, T, kd, err));
+	CAL_TRY(actq(c, L, EQ_V, -1, c->vb, T, kd, err));
 	uint32_t window = d->layers[L].mixer == CAL_MIXER_SLIDING ? (uint32_t)d->sliding_window : 0;
 	struct cal_attention_args at = {
 		c->q, c->kb, c->vb, c->att, T, (uint32_t)c->nh, (uint32_t)c->nkv, (uint32_t)c->hd,
@@ -756,13 +769,14 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 		CAL_TRY(ewise(c, CAL_EWISE_SIGMOID_MUL, c->att, c->agate, NULL, c->att, T, qd, 0, 0, 0,
 			      err));
 	CAL_TRY(cal_layer_observe(c, c->att, T, qd, mb->tok0, S_O, err));
+	CAL_TRY(actq(c, L, EQ_O, -1, c->att, T, qd, err));
 	CAL_TRY(cal_layer_gemm(c, c->att, w->wo, w->bo, c->tmp, T, H, qd, err));
 	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
 fail:
 	return st;
 }
 
-static enum cal_status step_dense(struct cal_calib *c, const struct cal_layer_w *w,
+static enum cal_status step_dense(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 				  const struct cal_mb *mb, uint16_t *x, struct cal_error *err)
 {
 	uint64_t T = mb->n_tok, H = (uint64_t)c->H, I = (uint64_t)c->Id;
@@ -770,10 +784,12 @@ static enum cal_status step_dense(struct cal_calib *c, const struct cal_layer_w 
 	cal_prof(c, PH_DENSE);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
 	CAL_TRY(cal_layer_observe(c, c->h, T, H, mb->tok0, S_MLP_GU, err));
+	CAL_TRY(actq(c, L, EQ_MLP_GU, -1, c->h, T, H, err));
 	CAL_TRY(cal_layer_gemm(c, c->h, w->w13, NULL, c->gu, T, 2 * I, H, err));
 	CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->gu, c->gu + I, NULL, c->act, T, I, 2 * I, 2 * I, 0,
 		      err));
 	CAL_TRY(cal_layer_observe(c, c->act, T, I, mb->tok0, S_MLP_DOWN, err));
+	CAL_TRY(actq(c, L, EQ_MLP_DOWN, -1, c->act, T, I, err));
 	CAL_TRY(cal_layer_gemm(c, c->act, w->w2, NULL, c->tmp, T, H, I, err));
 	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
 fail:
@@ -821,6 +837,9 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 					    c->obs_nf + S_FIXED};
 	cal_prof(c, PH_OBS);
 	CAL_TRY(cal_op_amax_segments(c->be, &sg, err));
+	for (uint64_t e = 0; c->ev_quant && e < E; e++)
+		CAL_TRY(actq(c, L, EQ_EXP_GU, (int64_t)e, c->xg + (uint64_t)c->h_offsets[e] * H,
+			     c->h_offsets[e + 1] - c->h_offsets[e], H, err));
 	cal_prof(c, PH_EXPERTS);
 	/* gpt_oss: `x @ W + b`, the bias added after the product's rounding */
 	struct cal_gemm_args g1 = {.x = c->xg, .w = w->e13, .bias = w->eb13, .y = c->gu, .m = P,
@@ -840,6 +859,9 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 					    c->obs_nf + S_FIXED + E};
 	cal_prof(c, PH_OBS);
 	CAL_TRY(cal_op_amax_segments(c->be, &sd, err));
+	for (uint64_t e = 0; c->ev_quant && e < E; e++)
+		CAL_TRY(actq(c, L, EQ_EXP_DOWN, (int64_t)e, c->act + (uint64_t)c->h_offsets[e] * I,
+			     c->h_offsets[e + 1] - c->h_offsets[e], I, err));
 	cal_prof(c, PH_EXPERTS);
 	/* c->yo is c->xg: the gathered inputs are dead once W13 ran */
 	struct cal_gemm_args g2 = {.x = c->act, .w = w->e2, .bias = w->eb2, .y = c->yo, .m = P,
@@ -852,10 +874,17 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	CAL_TRY(cal_op_moe_combine(c->be, &ca, err));
 	if (w->s13) {
 		uint64_t S = (uint64_t)c->Is;
-		CAL_TRY(cal_layer_gemm(c, c->h, w->s13, NULL, c->sgu, T, 2 * S, H, err));
+		const uint16_t *sx = c->h;
+		if (c->ev_quant) { /* the shared expert's own quantized input; sy is free until s2 */
+			CAL_TRY(cal_backend_copy(c->be, c->sy, c->h, T * H * 2, err));
+			CAL_TRY(actq(c, L, EQ_SH_GU, -1, c->sy, T, H, err));
+			sx = c->sy;
+		}
+		CAL_TRY(cal_layer_gemm(c, sx, w->s13, NULL, c->sgu, T, 2 * S, H, err));
 		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->sgu, c->sgu + S, NULL, c->sact, T, S, 2 * S,
 			      2 * S, 0, err));
 		CAL_TRY(cal_layer_observe(c, c->sact, T, S, mb->tok0, S_SH_DOWN, err));
+		CAL_TRY(actq(c, L, EQ_SH_DOWN, -1, c->sact, T, S, err));
 		CAL_TRY(cal_layer_gemm(c, c->sact, w->s2, NULL, c->sy, T, H, S, err));
 		if (w->sgate) {
 			CAL_TRY(cal_layer_gemm(c, c->h, w->sgate, NULL, c->sgl, T, 1, H, err));
@@ -870,6 +899,25 @@ fail:
 	return st;
 }
 
+enum cal_status cal_layer_step_run(struct cal_calib *c, int32_t L, enum cal_step step,
+				   const struct cal_layer_w *w, const struct cal_mb *mb, uint16_t *x,
+				   struct cal_error *err)
+{
+	switch (step) {
+	case STEP_ATTN_GQA:
+		return step_attn(c, L, w, mb, x, err);
+	case STEP_MLP_DENSE:
+		return step_dense(c, L, w, mb, x, err);
+	case STEP_MOE:
+		return step_moe(c, L, w, mb, x, err);
+	case STEP_GDN:
+		return cal_gdn_step(c, L, w, mb, x, err);
+	case STEP_ATTN_MLA:
+		return cal_mla_step(c, L, w, mb, x, err);
+	}
+	return cal_error_set(err, CAL_ERR_INTERNAL, "layer %d: unknown step %d", L, (int)step);
+}
+
 enum cal_status cal_layer_forward(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 				  const struct cal_mb *mb, struct cal_error *err)
 {
@@ -877,25 +925,8 @@ enum cal_status cal_layer_forward(struct cal_calib *c, int32_t L, const struct c
 	int n = 0;
 	enum cal_status st = cal_layer_steps(c, L, steps, &n, err);
 	uint16_t *x = cal_mb_x(c, mb);
-	for (int i = 0; i < n && st >= 0; i++) {
-		switch (steps[i]) {
-		case STEP_ATTN_GQA:
-			st = step_attn(c, L, w, mb, x, err);
-			break;
-		case STEP_MLP_DENSE:
-			st = step_dense(c, w, mb, x, err);
-			break;
-		case STEP_MOE:
-			st = step_moe(c, L, w, mb, x, err);
-			break;
-		case STEP_GDN:
-			st = cal_gdn_step(c, L, w, mb, x, err);
-			break;
-		case STEP_ATTN_MLA:
-			st = cal_mla_step(c, L, w, mb, x, err);
-			break;
-		}
-	}
+	for (int i = 0; i < n && st >= 0; i++)
+		st = cal_layer_step_run(c, L, steps[i], w, mb, x, err);
 	if (st >= 0)
 		st = cal_layer_observe(c, x, mb->n_tok, (uint64_t)c->H, mb->tok0, S_OUT, err);
 	return st;

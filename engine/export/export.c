@@ -801,6 +801,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 	json_decref(ex->weights);
 	json_decref(ex->fallbacks);
 	json_decref(ex->phases);
+	json_decref(ex->timeline);
 	free(ex);
 }
 
@@ -819,6 +820,15 @@ void cal_exporter_add_phase(struct cal_exporter *ex, const char *name, double se
 	json_t *old = json_object_get(ex->phases, name);
 	double v = old ? json_number_value(old) : 0.0;
 	json_object_set_new(ex->phases, name, json_real(v + seconds));
+}
+
+void cal_exporter_add_timeline(struct cal_exporter *ex, double t, int32_t layer,
+			       double tokens_per_s)
+{
+	if (!ex->timeline)
+		ex->timeline = json_array();
+	json_array_append_new(ex->timeline, json_pack("{s:f, s:i, s:f}", "t", t, "layer", (int)layer,
+						      "tokens_per_s", tokens_per_s));
 }
 
 /* ---- per-layer statistics (the quantizing is in pipeline.c) ----------------- */

@@ -97,6 +97,13 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t layer,
  * "calibrate"); the exporter times its own phases itself. */
 void cal_exporter_add_phase(struct cal_exporter *ex, const char *name, double seconds);
 
+/* One point of the calibration's throughput for the report
+ * ("calibration_timeline": seconds since the forward pass started, the
+ * layer just done, token-layers per second so far; the report page plots
+ * it, docs/eval.md). */
+void cal_exporter_add_timeline(struct cal_exporter *ex, double t, int32_t layer,
+			       double tokens_per_s);
+
 /* Bytes of tensor data written so far, and in total (progress). */
 uint64_t cal_exporter_bytes_written(const struct cal_exporter *ex);
 uint64_t cal_exporter_bytes_total(const struct cal_exporter *ex);

@@ -335,6 +335,9 @@ static json_t *report(struct cal_exporter *ex, const struct cal_stats *stats, js
 	json_object_set_new(rep, "producer", json_pack("{s:s, s:s}", "name", "calibd", "version",
 							CAL_VERSION));
 	json_object_set_new(rep, "source", json_string(ex->model_dir));
+	char fp[17];
+	if (cal_checkpoint_fingerprint(ex->model_dir, ex->ck, fp, NULL) >= 0) /* for calibd eval */
+		json_object_set_new(rep, "source_fingerprint", json_string(fp));
 	json_object_set_new(rep, "model_type", json_string(ex->d->model_type));
 	json_t *rc = json_pack("{s:s, s:s, s:s, s:s, s:b}", "name", ex->recipe_name,
 			       "file", r->source ? r->source : "",
@@ -381,6 +384,8 @@ static json_t *report(struct cal_exporter *ex, const struct cal_stats *stats, js
 	json_object_set_new(rep, "experts", experts);
 	json_object_set(rep, "fallbacks", ex->fallbacks);
 	json_object_set(rep, "phases_s", ex->phases);
+	if (ex->timeline)
+		json_object_set(rep, "calibration_timeline", ex->timeline);
 	struct rusage ru;
 	long long rss = getrusage(RUSAGE_SELF, &ru) ? 0 : (long long)ru.ru_maxrss * 1024;
 	json_object_set_new(rep, "peak_rss_bytes", json_integer(rss));

@@ -158,6 +158,7 @@ struct cal_exporter {
 	json_t *weights;                /* array of {name, layer, format, amax, sqnr_db} */
 	json_t *fallbacks;              /* array */
 	json_t *phases;                 /* object name -> seconds */
+	json_t *timeline;               /* [{t, layer, tokens_per_s}] (NULL: none given) */
 	double t_layers;
 	double sqnr_min, sqnr_sum;
 	size_t sqnr_n;

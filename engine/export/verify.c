@@ -340,15 +340,6 @@ static int source_weight(const struct vsrc *s, const char *mod, int64_t o, int64
 	return 0;
 }
 
-static enum cal_status up(struct cal_backend *be, const struct cal_st_tensor *t, void **ret,
-			  struct cal_error *err)
-{
-	enum cal_status st = cal_backend_alloc(be, t->nbytes ? t->nbytes : 1, ret, err);
-	if (st >= 0 && t->nbytes)
-		st = cal_backend_upload(be, *ret, t->data, t->nbytes, err);
-	return st;
-}
-
 /* Dequantizes mod (format f, [o, in]) into host f32 y. */
 static enum cal_status dequant(struct vctx *v, struct cal_backend *be, const char *mod,
 			       enum vfmt f, int64_t o, int64_t in, float *y, struct cal_error *err)
@@ -358,8 +349,8 @@ static enum cal_status dequant(struct vctx *v, struct cal_backend *be, const cha
 				   *s2 = tget(v, mod, "weight_scale_2");
 	void *dw = NULL, *ds = NULL, *dy = NULL;
 	uint64_t n = (uint64_t)(o * in);
-	CAL_TRY(up(be, w, &dw, err));
-	CAL_TRY(up(be, s, &ds, err));
+	CAL_TRY(cal_backend_alloc_upload(be, w->data, w->nbytes, &dw, err));
+	CAL_TRY(cal_backend_alloc_upload(be, s->data, s->nbytes, &ds, err));
 	CAL_TRY(cal_backend_alloc(be, n * 4, &dy, err));
 	switch (f) {
 	case VF_NVFP4:

@@ -107,4 +107,12 @@ size_t cal_checkpoint_file_count(const struct cal_checkpoint *ck);
 const char *cal_checkpoint_dir(const struct cal_checkpoint *ck);
 void cal_checkpoint_free(struct cal_checkpoint *ck);
 
+/* 64-bit fingerprint of a source checkpoint as hex (17 bytes with the NUL):
+ * model_dir's config.json bytes, every tensor's name, dtype and shape, and
+ * 64 bytes from the start, middle and end of its data; recorded at export
+ * (calibd_report.json "source_fingerprint") and checked by `calibd eval`
+ * (docs/eval.md). */
+enum cal_status cal_checkpoint_fingerprint(const char *model_dir, const struct cal_checkpoint *ck,
+					   char out[17], struct cal_error *err);
+
 #endif

@@ -324,3 +324,45 @@ void cal_checkpoint_free(struct cal_checkpoint *ck)
 	free(ck->dir);
 	free(ck);
 }
+
+/* ---- fingerprint (docs/eval.md) ---------------------------------------------- */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+	const unsigned char *b = p;
+	for (size_t i = 0; i < n; i++) {
+		h ^= b[i];
+		h *= 1099511628211ull;
+	}
+	return h;
+}
+
+enum cal_status cal_checkpoint_fingerprint(const char *model_dir, const struct cal_checkpoint *ck,
+				       char out[17], struct cal_error *err)
+{
+	char *path = cal_path_join(model_dir, "config.json"), *text = NULL;
+	size_t len = 0;
+	uint64_t h = 14695981039346656037ull;
+	enum cal_status st;
+	if (!path)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	st = cal_read_file(path, 64u << 20, &text, &len, err);
+	free(path);
+	if (st < 0)
+		return st;
+	h = fnv(h, text, len);
+	free(text);
+	for (size_t i = 0; i < cal_checkpoint_count(ck); i++) {
+		const struct cal_st_tensor *t = cal_checkpoint_tensor(ck, i);
+		int32_t dt = (int32_t)t->dtype;
+		h = fnv(h, t->name, strlen(t->name) + 1);
+		h = fnv(h, &dt, sizeof(dt));
+		h = fnv(h, t->shape, (size_t)t->ndim * sizeof(t->shape[0]));
+		uint64_t k = t->nbytes < 64 ? t->nbytes : 64;
+		h = fnv(h, t->data, k);
+		h = fnv(h, (const char *)t->data + (t->nbytes - k) / 2, k);
+		h = fnv(h, (const char *)t->data + t->nbytes - k, k);
+	}
+	snprintf(out, 17, "%016llx", (unsigned long long)h);
+	return CAL_OK;
+}

@@ -219,16 +219,15 @@ Test(units, path_confinement)
 	rmdir(root);
 }
 
-/* A submission's devices as a device string (common/device.h) and the
- * canonical spec as the engine's options (cal_jobspec_job_opts). */
-Test(units, job_devices_and_engine_options)
+/* A temp root with models/m/config.json, data/d.jsonl and out/ (each
+ * buffer 128 bytes). */
+static void spec_dirs(char *root, char *models, char *data, char *out)
 {
-	char root[] = "/tmp/calibd-spec-XXXXXX", p[256];
+	char p[256];
 	cr_assert(mkdtemp(root));
-	char models[128], data[128], out[128];
-	snprintf(models, sizeof(models), "%s/models", root);
-	snprintf(data, sizeof(data), "%s/data", root);
-	snprintf(out, sizeof(out), "%s/out", root);
+	snprintf(models, 128, "%s/models", root);
+	snprintf(data, 128, "%s/data", root);
+	snprintf(out, 128, "%s/out", root);
 	mkdir(models, 0755);
 	mkdir(data, 0755);
 	mkdir(out, 0755);
@@ -244,6 +243,14 @@ Test(units, job_devices_and_engine_options)
 	cr_assert(f);
 	fputs("{\"text\":\"x\"}\n", f);
 	fclose(f);
+}
+
+/* A submission's devices as a device string (common/device.h) and the
+ * canonical spec as the engine's options (cal_jobspec_job_opts). */
+Test(units, job_devices_and_engine_options)
+{
+	char root[] = "/tmp/calibd-spec-XXXXXX", models[128], data[128], out[128];
+	spec_dirs(root, models, data, out);
 	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
 	static const int gpus[] = {0, 1, 2, 3};
 	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
@@ -309,6 +316,56 @@ Test(units, job_devices_and_engine_options)
 		cr_expect_eq(jj.opts.devices.n, cases[i].n_gpus);
 		for (size_t k = 0; k < cases[i].n_gpus; k++)
 			cr_expect_eq(jj.opts.devices.ids[k], (int)k);
+		json_decref(spec);
+		json_decref(req);
+	}
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	cr_assert_eq(system(cmd), 0);
+}
+
+/* evaluate {dataset, samples}: canonical {path, samples}, errors name the field. */
+Test(units, job_evaluate)
+{
+	char root[] = "/tmp/calibd-spec-XXXXXX", models[128], data[128], out[128];
+	spec_dirs(root, models, data, out);
+	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
+	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
+				      .output_roots = orr, .n_output_roots = 1};
+	static const struct {
+		const char *evaluate;
+		enum cal_api_err ae;
+		const char *field;
+		long long samples;
+	} cases[] = {
+		{"{\"dataset\":\"%s/d.jsonl\"}", CAL_API_OK, NULL, 128},
+		{"{\"dataset\":\"%s/d.jsonl\",\"samples\":16}", CAL_API_OK, NULL, 16},
+		{"{\"samples\":16}", CAL_API_ERR_MISSING_FIELD, "evaluate.dataset", 0},
+		{"{\"dataset\":\"%s/nope.jsonl\"}", CAL_API_ERR_PATH_NOT_FOUND, "evaluate.dataset", 0},
+		{"{\"dataset\":\"%s/d.jsonl\",\"samples\":0}", CAL_API_ERR_INVALID_FIELD, "evaluate.samples", 0},
+		{"{\"dataset\":\"%s/d.jsonl\",\"seq\":1}", CAL_API_ERR_UNKNOWN_FIELD, "evaluate.seq", 0},
+		{"\"%s/d.jsonl\"", CAL_API_ERR_INVALID_FIELD, "evaluate", 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char ev[256], body[1024];
+		snprintf(ev, sizeof(ev), cases[i].evaluate, data);
+		snprintf(body, sizeof(body),
+			 "{\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"model\":\"%s/m\",\"calibration\":"
+			 "{\"datasets\":[\"%s/d.jsonl\"]},\"output\":\"%s/o\",\"devices\":\"cpu\","
+			 "\"evaluate\":%s}", models, data, out, ev);
+		json_t *req = json_loads(body, 0, NULL), *spec = NULL;
+		cr_assert(req, "%s", body);
+		struct cal_api_problem prob = {0};
+		enum cal_api_err ae = cal_jobspec_validate(req, &env, &spec, &prob);
+		cr_expect_eq(ae, cases[i].ae, "%s: %d", ev, ae);
+		if (ae) {
+			cr_expect_str_eq(prob.field, cases[i].field, "%s", ev);
+		} else {
+			json_t *e = json_object_get(spec, "evaluate");
+			cr_expect(strstr(json_string_value(json_object_get(e, "path")), "/data/d.jsonl"));
+			cr_expect_eq(json_integer_value(json_object_get(e, "samples")), cases[i].samples);
+		}
+		cal_api_problem_clear(&prob);
 		json_decref(spec);
 		json_decref(req);
 	}
@@ -424,11 +481,12 @@ Test(units, dataset_catalog)
 
 /* ---- YAML helpers (document API; test inputs are our own files) ---- */
 
-static yaml_node_t *ynode(yaml_document_t *d, yaml_node_t *n, const char *path)
+/* The node at path, components separated by any character of sep. */
+static yaml_node_t *ynode_sep(yaml_document_t *d, yaml_node_t *n, const char *path, const char *sep)
 {
 	char buf[256];
 	snprintf(buf, sizeof(buf), "%s", path);
-	for (char *tok = strtok(buf, "."); tok && n; tok = strtok(NULL, ".")) {
+	for (char *tok = strtok(buf, sep); tok && n; tok = strtok(NULL, sep)) {
 		if (n->type == YAML_SEQUENCE_NODE) {
 			long i = atol(tok);
 			yaml_node_item_t *it = n->data.sequence.items.start + i;
@@ -446,6 +504,11 @@ static yaml_node_t *ynode(yaml_document_t *d, yaml_node_t *n, const char *path)
 		n = found;
 	}
 	return n;
+}
+
+static yaml_node_t *ynode(yaml_document_t *d, yaml_node_t *n, const char *path)
+{
+	return ynode_sep(d, n, path, ".");
 }
 
 static const char *yscalar(yaml_document_t *d, yaml_node_t *root, const char *path)
@@ -581,8 +644,9 @@ Test(units, openapi_matches_the_daemon)
 		for (; cal_routes[r].method[i] && i < 15; i++)
 			m[i] = (char)(cal_routes[r].method[i] + 32);
 		m[i] = '\0';
-		snprintf(key, sizeof(key), "paths.%s.%s", cal_routes[r].pattern, m);
-		yaml_node_t *op = ynode(&d, root, key);
+		/* tab-separated: a route may contain a dot (report.html) */
+		snprintf(key, sizeof(key), "paths\t%s\t%s", cal_routes[r].pattern, m);
+		yaml_node_t *op = ynode_sep(&d, root, key, "\t");
 		cr_assert(op, "openapi.yaml lacks %s", key);
 		yaml_node_t *sec = ynode(&d, op, "security");
 		if (!sec)
@@ -602,9 +666,9 @@ Test(units, openapi_matches_the_daemon)
 		int ok = (fl & CAL_ROUTE_PUBLIC) ? !anonymous && !bearer :
 			 (fl & CAL_ROUTE_TOKEN) ? bearer && !anonymous : bearer && anonymous;
 		cr_expect(ok, "%s: security should be %s", key, want);
-		snprintf(key + strlen(key), sizeof(key) - strlen(key), ".responses.401");
+		snprintf(key + strlen(key), sizeof(key) - strlen(key), "\tresponses\t401");
 		if (!(fl & CAL_ROUTE_PUBLIC))
-			cr_expect(ynode(&d, root, key), "openapi.yaml lacks %s", key);
+			cr_expect(ynode_sep(&d, root, key, "\t"), "openapi.yaml lacks %s", key);
 	}
 	yaml_document_delete(&d);
 }

@@ -1,0 +1,175 @@
+/*
+ * cmd_eval.c — `calibd eval`: what quantization did to a model.  Opens the
+ * source as a job (engine/job.h) with held-out data (--data FILE[:N], as
+ * --calib of `calibd calibrate`, or --data-tokens FILE), and runs the
+ * original and the exported quantized model side by side (cal_job_eval,
+ * docs/eval.md).  Prints a summary on stderr and the report JSON on stdout
+ * or into --out.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cli.h"
+#include "config.h"
+#include "engine/eval.h"
+#include "engine/job.h"
+
+/* The recipe only sizes the engine's observers (nothing is calibrated). */
+static const char eval_recipe[] =
+	"metadata: {recipe_type: ptq, description: calibd eval}\n"
+	"quantize:\n"
+	"  algorithm: max\n"
+	"  quant_cfg:\n"
+	"    - {quantizer_name: '*', enable: false}\n";
+
+static void eval_usage(FILE *o)
+{
+	fprintf(o,
+		"usage: calibd eval --model SRC --quantized OUT (--data FILE[:N],... | --data-tokens FILE)\n"
+		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
+		"         [--out FILE] [--micro-batch TOKENS] [--max-gpu-mem BYTES] [--threads N]\n"
+		"         [--datasets-file FILE] [--quiet]\n"
+		"         [--logits-out FILE] [--logits-orig-out FILE]\n"
+		"Runs the source model SRC and the quantized checkpoint OUT (written by calibd\n"
+		"from SRC, checked) side by side, layer by layer, over held-out tokens, the\n"
+		"quantized one as a serving engine runs it.  Reports the KL divergence of the\n"
+		"next-token distributions, top-1 agreement, both perplexities, the error each\n"
+		"layer's quantization adds (routed experts by expert) and the worst tokens\n"
+		"(docs/eval.md).  --samples 128 and --seq-len 512 by default for --data.\n");
+}
+
+static void summary(const json_t *r)
+{
+	const json_t *kl = json_object_get(r, "kl"), *pp = json_object_get(r, "perplexity");
+	fprintf(stderr,
+		"eval: %lld tokens predicted; KL mean %.6g median %.6g p99 %.6g; top-1 agreement "
+		"%.4f; perplexity %.4f -> %.4f\n",
+		(long long)json_integer_value(json_object_get(r, "predicted_tokens")),
+		json_number_value(json_object_get(kl, "mean")),
+		json_number_value(json_object_get(kl, "median")),
+		json_number_value(json_object_get(kl, "p99")),
+		json_number_value(json_object_get(r, "top1_agreement")),
+		json_number_value(json_object_get(pp, "original")),
+		json_number_value(json_object_get(pp, "quantized")));
+}
+
+int cal_cmd_eval(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{"model", required_argument, NULL, 'm'},
+		{"quantized", required_argument, NULL, 'Q'},
+		{"data", required_argument, NULL, 'C'},
+		{"data-tokens", required_argument, NULL, 't'},
+		{"samples", required_argument, NULL, 'n'},
+		{"seq-len", required_argument, NULL, 'S'},
+		{"seed", required_argument, NULL, 's'},
+		{"device", required_argument, NULL, 'D'},
+		{"out", required_argument, NULL, 'o'},
+		{"micro-batch", required_argument, NULL, 'b'},
+		{"max-gpu-mem", required_argument, NULL, 'M'},
+		{"threads", required_argument, NULL, 'T'},
+		{"datasets-file", required_argument, NULL, 'F'},
+		{"quiet", no_argument, NULL, 'q'},
+		{"logits-out", required_argument, NULL, 'L'},
+		{"logits-orig-out", required_argument, NULL, 'O'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *out_path = NULL, *data = NULL, *dsfile = NULL, *qdir = NULL, *device = "cpu";
+	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER, .recipe_yaml = eval_recipe,
+				 .recipe_display = "<eval>"};
+	struct cal_eval_opts eo = {0};
+	int c, quiet = 0;
+	uint64_t v;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'm': o.model_dir = optarg; break;
+		case 'Q': qdir = optarg; break;
+		case 'C': data = optarg; break;
+		case 't': o.tokens = optarg; break;
+		case 'F': dsfile = optarg; break;
+		case 'D': device = optarg; break;
+		case 'o': out_path = optarg; break;
+		case 'L': eo.logits_out = optarg; break;
+		case 'O': eo.logits_orig_out = optarg; break;
+		case 'q': quiet = 1; break;
+		case 'n':
+		case 'S':
+		case 's':
+		case 'b':
+		case 'M':
+		case 'T':
+			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'n' && (v < 1 || v > CAL_CALIB_MAX_SEQS)) ||
+			    (c == 'S' && (v < 1 || v > CAL_CALIB_MAX_SEQ_LEN)) || (c == 'T' && v > 256)) {
+				fprintf(stderr, "calibd eval: bad value '%s' for --%s\n", optarg,
+					c == 'n' ? "samples" : c == 'S' ? "seq-len" : c == 's' ? "seed"
+					: c == 'b' ? "micro-batch" : c == 'M' ? "max-gpu-mem" : "threads");
+				return CAL_EXIT_USAGE;
+			}
+			if (c == 'n')
+				o.samples = (size_t)v;
+			else if (c == 'S')
+				o.seq_len = (size_t)v;
+			else if (c == 's')
+				o.seed = v;
+			else if (c == 'b')
+				o.micro_batch_tokens = v;
+			else if (c == 'M')
+				o.max_mem = v;
+			else
+				o.cpu_threads = (unsigned)v;
+			break;
+		case 'h': eval_usage(stdout); return CAL_EXIT_OK;
+		default: eval_usage(stderr); return CAL_EXIT_USAGE;
+		}
+	}
+	if (!o.model_dir || !qdir || !o.tokens == !data || optind != argc) {
+		if (o.tokens && data)
+			fprintf(stderr, "calibd eval: --data and --data-tokens exclude each other\n");
+		eval_usage(stderr);
+		return CAL_EXIT_USAGE;
+	}
+	if (data && !o.samples)
+		o.samples = 128;
+	struct cal_error err = {0};
+	if (cal_devices_parse(device, &o.devices, &err) < 0) {
+		fprintf(stderr, "calibd eval: --device: %s\n", cal_error_msg(&err));
+		cal_error_clear(&err);
+		return CAL_EXIT_USAGE;
+	}
+	char *data_owned = NULL;
+	enum cal_status xs = cal_config_calib_arg("eval", &data, dsfile, &data_owned);
+	if (xs)
+		return cal_exit_from_status(xs);
+	struct cal_job_dataset *ds = NULL;
+	struct cal_job *job = NULL;
+	json_t *rep = NULL;
+	enum cal_status st = cal_job_datasets_parse(data, &ds, &o.n_datasets, &err);
+	o.datasets = ds;
+	if (st >= 0)
+		st = cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_CALIBRATE), &job, NULL, &err);
+	if (st >= 0)
+		st = cal_job_eval(job, qdir, &eo, &rep, &err);
+	if (st >= 0) {
+		if (!quiet)
+			summary(rep);
+		if (json_dump_file(rep, out_path ? out_path : "/dev/stdout",
+				   JSON_INDENT(2) | JSON_SORT_KEYS) < 0)
+			st = cal_error_set(&err, CAL_ERR_IO, "%s: write failed",
+					   out_path ? out_path : "stdout");
+	}
+	if (st < 0)
+		fprintf(stderr, "calibd eval: %s\n", cal_error_msg(&err));
+	json_decref(rep);
+	cal_job_close(job);
+	cal_job_datasets_free(ds, o.n_datasets);
+	free(data_owned);
+	cal_error_clear(&err);
+	return cal_exit_from_status(st);
+}

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""reference.py - an independent reference for `calibd eval`'s quantized forward.
+
+Loads the source checkpoint with transformers (CPU, bf16, eager), replaces every
+quantized Linear / expert weight with its dequantization from the exported
+tensors (done here in PyTorch from the safetensors bytes), fake-quantizes the
+inputs of quantized modules with the exported input_scale (NVFP4: per block of
+16 along the input dimension with input_scale as the global scale; FP8: per
+tensor) and K / V with k_scale / v_scale, and writes the logits of the held-out
+tokens as raw bf16 [tokens, vocab] (the format of `calibd eval --logits-out`).
+
+    /opt/hfenv/bin/python tests/eval/reference.py SRC QUANT TOKENS.jsonl OUT.bf16
+
+docs/eval.md describes the numerics; tests/eval/test_eval.c compares calibd's
+logits with the committed output of this script.
+"""
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+E2M1_BOUNDS = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+
+
+def e2m1_round(v):
+    """Nearest E2M1 value (saturating at 6), ties to the even code."""
+    a = v.abs().clamp(max=6.0)
+    idx = torch.bucketize(a, E2M1_BOUNDS)  # a == bound -> lower code
+    # ties go to the even code: lower code when even, else upper
+    tie = (idx < 7) & (a == E2M1_BOUNDS[idx.clamp(max=6)])
+    idx = torch.where(tie & (idx % 2 == 1), idx + 1, idx)
+    return torch.sign(v) * E2M1[idx]
+
+
+def e4m3(x):
+    return x.to(torch.float8_e4m3fn).to(torch.float32)
+
+
+def nvfp4_dequant(packed, scales, s2):
+    lo = (packed & 0xF).to(torch.int64)
+    hi = (packed >> 4).to(torch.int64)
+    codes = torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)
+    mag = E2M1[codes & 7]
+    val = torch.where(codes >= 8, -mag, mag)
+    sc = scales.view(torch.float8_e4m3fn).to(torch.float32).repeat_interleave(16, dim=1)
+    return (val * sc * s2).to(torch.bfloat16)
+
+
+def nvfp4_fake(x, s):
+    shp = x.shape
+    xf = x.float().reshape(-1, 16)
+    amax = xf.abs().amax(dim=1, keepdim=True)
+    sb = e4m3((amax / (6.0 * s)).clamp(min=2.0 ** -9, max=448.0))
+    t = sb * s
+    return (e2m1_round(xf / t) * t).reshape(shp).to(x.dtype)
+
+
+def fp8_fake(x, s):
+    xf = x.float().clamp(-448.0 * s, 448.0 * s)
+    return (e4m3(xf / s) * s).to(x.dtype)
+
+
+class Export:
+    def __init__(self, d):
+        self.f = safe_open(f"{d}/model.safetensors", "pt")
+        self.keys = set(self.f.keys())
+
+    def get(self, k):
+        return self.f.get_tensor(k) if k in self.keys else None
+
+    def module(self, mod):
+        """(bf16 weight, activation fake-quant fn or None)"""
+        w = self.get(mod + ".weight")
+        if w is None:
+            raise KeyError(mod)
+        if w.dtype == torch.bfloat16:
+            return w, None
+        isc = self.get(mod + ".input_scale")
+        if w.dtype == torch.uint8:
+            wq = nvfp4_dequant(w, self.get(mod + ".weight_scale"), self.get(mod + ".weight_scale_2").item())
+            fq = (lambda x, s=isc.item(): nvfp4_fake(x, s)) if isc is not None else None
+            return wq, fq
+        ws = self.get(mod + ".weight_scale").item()
+        wq = (w.to(torch.float32) * ws).to(torch.bfloat16)
+        fq = (lambda x, s=isc.item(): fp8_fake(x, s)) if isc is not None else None
+        return wq, fq
+
+
+def fq_pre_hook(fq):
+    def hook(_m, args):
+        return (fq(args[0]),) + tuple(args[1:])
+    return hook
+
+
+import os
+MODE = os.environ.get("REF_MODE", "wakqm")  # debugging: w weights, a activations, k KV
+
+
+def main():
+    src, qdir, toks, out = sys.argv[1:5]
+    ex = Export(qdir)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16, attn_implementation="eager")
+    kv = {}
+
+    def fq_attention(module, q, k, v, mask, **kw):
+        ks, vs = kv.get(module.layer_idx, (None, None))
+        if ks is not None and "k" in MODE:
+            k = fp8_fake(k, ks)
+        if vs is not None and "k" in MODE:
+            v = fp8_fake(v, vs)
+        if os.environ.get("REF_ATTN") == "fp32":  # noise floor: attention in fp32
+            o, w = sdpa_attention_forward(module, q.float(), k.float(), v.float(), mask, **kw)
+            return o.to(q.dtype), w
+        return sdpa_attention_forward(module, q, k, v, mask, **kw)
+
+    AttentionInterface.register("calibd_fq", fq_attention)
+    model.config._attn_implementation = "calibd_fq"
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head") and not name.endswith(".gate"):
+            try:
+                w, fq = ex.module(name)
+            except KeyError:
+                continue
+            if "w" in MODE:
+                m.weight.data.copy_(w)
+            isattn = "self_attn" in name
+            if fq is not None and "a" in MODE and (("q" in MODE) if isattn else ("m" in MODE)):
+                m.register_forward_pre_hook(fq_pre_hook(fq))
+        if name.endswith("self_attn"):
+            ks = ex.get(name + ".k_proj.k_scale")
+            vs = ex.get(name + ".v_proj.v_scale")
+            kv[m.layer_idx] = (ks.item() if ks is not None else None, vs.item() if vs is not None else None)
+        if name.endswith("mlp.experts") and "w" in MODE:
+            experts_forward(ex, name, m)
+    ids = [json.loads(line)["input_ids"] for line in open(toks)]
+    with torch.no_grad(), open(out, "wb") as f:
+        for seq in ids:
+            logits = model(torch.tensor([seq])).logits[0].to(torch.bfloat16)
+            f.write(logits.view(torch.int16).numpy().tobytes())
+
+
+def experts_forward(ex, name, m):
+    """Per-expert dequantized weights and input fake-quant (fused 3-D experts)."""
+    n = m.gate_up_proj.shape[0]
+    mods = []
+    for e in range(n):
+        g, fg = ex.module(f"{name}.{e}.gate_proj")
+        u, fu = ex.module(f"{name}.{e}.up_proj")
+        d, fd = ex.module(f"{name}.{e}.down_proj")
+        gs = ex.get(f"{name}.{e}.gate_proj.input_scale")
+        us = ex.get(f"{name}.{e}.up_proj.input_scale")
+        if gs is not None and us is not None and us.item() > gs.item():
+            fg = fu  # one fused gate|up GEMM: the larger input scale
+        mods.append((torch.cat([g, u], 0), fg, d, fd))
+
+    def forward(hidden, top_k_index, top_k_weights):
+        outp = torch.zeros_like(hidden)
+        for e in range(n):
+            tok, slot = torch.where(top_k_index == e)
+            if tok.numel() == 0:
+                continue
+            w13, fg, w2, fd = mods[e]
+            x = hidden[tok]
+            if fg is not None and "a" in MODE and "m" in MODE:
+                x = fg(x)
+            gate, up = F.linear(x, w13).chunk(2, dim=-1)
+            h = m.act_fn(gate) * up
+            if fd is not None and "a" in MODE and "m" in MODE:
+                h = fd(h)
+            y = F.linear(h, w2) * top_k_weights[tok, slot, None]
+            outp.index_add_(0, tok, y.to(outp.dtype))
+        return outp
+
+    m.forward = forward
+
+
+if __name__ == "__main__":
+    main()

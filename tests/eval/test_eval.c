@@ -1,0 +1,255 @@
+/*
+ * test_eval.c — `calibd eval` (engine/calib/eval.c, docs/eval.md) on the
+ * CPU back end: its quantized forward against the independent PyTorch
+ * reference (tests/eval/reference.py; logits committed in tests/eval/ref/
+ * by make_reference.sh, so no torch here), the report's shape, and the
+ * refusal of a checkpoint that was not made from the source.
+ */
+#include <math.h>
+
+#include <jansson.h>
+
+#include "qtest.h"
+
+#define VOCAB 320
+
+static const char *refdir(void)
+{
+	const char *p = getenv("CALIBD_EVAL_REF");
+	cr_assert(p && *p, "$CALIBD_EVAL_REF (tests/eval/ref) is not set");
+	return p;
+}
+
+static int sh_run(const char *cmd)
+{
+	int r = system(cmd);
+	return WIFEXITED(r) ? WEXITSTATUS(r) : -1;
+}
+
+static uint16_t *load_bf16(const char *path, size_t *n)
+{
+	FILE *f = fopen(path, "rb");
+	cr_assert(f, "%s", path);
+	cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+	long len = ftell(f);
+	rewind(f);
+	uint16_t *p = malloc((size_t)len);
+	cr_assert(p && fread(p, 1, (size_t)len, f) == (size_t)len);
+	fclose(f);
+	*n = (size_t)len / 2;
+	return p;
+}
+
+static double bf(uint16_t v)
+{
+	uint32_t u = (uint32_t)v << 16;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+static void log_softmax(const uint16_t *x, double *lp)
+{
+	double mx = -INFINITY, s = 0;
+	for (int i = 0; i < VOCAB; i++)
+		mx = fmax(mx, bf(x[i]));
+	for (int i = 0; i < VOCAB; i++)
+		s += exp(bf(x[i]) - mx);
+	for (int i = 0; i < VOCAB; i++)
+		lp[i] = bf(x[i]) - mx - log(s);
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Mean and median KL(ref || got) over every token's next-token
+ * distribution. */
+static double mean_kl(const char *ref_path, const char *got_path, double *median)
+{
+	size_t na, nb;
+	uint16_t *a = load_bf16(ref_path, &na), *b = load_bf16(got_path, &nb);
+	cr_assert_eq(na, nb, "%s and %s differ in size", ref_path, got_path);
+	double sum = 0, la[VOCAB], lb[VOCAB];
+	size_t nt = na / VOCAB;
+	double *kl = calloc(nt, sizeof(double));
+	cr_assert(kl && nt > 0);
+	for (size_t t = 0; t < nt; t++) {
+		log_softmax(a + t * VOCAB, la);
+		log_softmax(b + t * VOCAB, lb);
+		for (int i = 0; i < VOCAB; i++)
+			kl[t] += exp(la[i]) * (la[i] - lb[i]);
+		sum += kl[t];
+	}
+	qsort(kl, nt, sizeof(double), cmp_d);
+	*median = kl[nt / 2];
+	free(kl);
+	free(a);
+	free(b);
+	return sum / (double)nt;
+}
+
+static json_t *load_json(const char *path)
+{
+	json_error_t je;
+	json_t *j = json_load_file(path, 0, &je);
+	cr_assert(j, "%s: %s", path, je.text);
+	return j;
+}
+
+static char *quantize(const char *root, const char *src, const char *recipe)
+{
+	char *out = path2(root, recipe), *cmd = NULL;
+	cr_assert(asprintf(&cmd, "'%s' quantize --model '%s' --recipe '%s/general/ptq/%s.yaml' "
+			   "--calib-tokens '%s/calib.jsonl' --out '%s' --device cpu --quiet >/dev/null",
+			   calibd(), src, getenv("CALIBD_RECIPES_DIR"), recipe, refdir(), out) > 0);
+	cr_assert_eq(sh_run(cmd), 0, "%s", cmd);
+	free(cmd);
+	return out;
+}
+
+/* Runs calibd eval; returns its exit code. */
+static int eval(const char *root, const char *src, const char *q, const char *tag,
+		const char *extra)
+{
+	char *cmd = NULL;
+	cr_assert(asprintf(&cmd, "'%s' eval --model '%s' --quantized '%s' --data-tokens "
+			   "'%s/held.jsonl' --out '%s/%s.json' --logits-out '%s/%s.q.bf16' "
+			   "--logits-orig-out '%s/%s.o.bf16' --quiet %s", calibd(), src, q, refdir(),
+			   root, tag, root, tag, root, tag, extra) > 0);
+	int r = sh_run(cmd);
+	free(cmd);
+	return r;
+}
+
+/*
+ * The quantized forward against the reference.  Bounds, from the numbers
+ * measured when this test was written (docs/eval.md "Correctness"): the
+ * unquantized forward and NVFP4 weight-only agree to bf16 noise (median KL
+ * ~5e-5; the mean carries a few tokens whose top-2 routing flips on a bf16
+ * tie); with activations fake-quantized, a one-ulp bf16 difference upstream
+ * flips FP4 / FP8 codes, so two correct implementations differ by as much
+ * as the reference differs from itself with attention computed in fp32.
+ */
+Test(eval, reference)
+{
+	static const struct {
+		const char *recipe;
+		double mean_bound, median_bound;
+	} cases[] = {
+		{"nvfp4_weight_only-kv_fp16", 5e-3, 3e-4},
+		{"fp8_default-kv_fp8", 0.012, 0.005},
+		{"nvfp4_default-kv_fp8", 0.045, 0.035},
+	};
+	char *root = tmpdir(), *src = make_model(root, "qwen3_moe", "default");
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *q = quantize(root, src, cases[i].recipe);
+		cr_assert_eq(eval(root, src, q, cases[i].recipe, ""), 0);
+		char *ref = NULL, *got = NULL, *orig = NULL, *rep = NULL;
+		cr_assert(asprintf(&ref, "%s/%s.bf16", refdir(), cases[i].recipe) > 0);
+		cr_assert(asprintf(&got, "%s/%s.q.bf16", root, cases[i].recipe) > 0);
+		cr_assert(asprintf(&orig, "%s/%s.o.bf16", root, cases[i].recipe) > 0);
+		cr_assert(asprintf(&rep, "%s/%s.json", root, cases[i].recipe) > 0);
+		double mq, mo, kq = mean_kl(ref, got, &mq), ko = mean_kl(ref, orig, &mo);
+		json_t *r = load_json(rep);
+		double kl = json_number_value(json_object_get(json_object_get(r, "kl"), "mean"));
+		printf("eval reference %-28s KL(ref||calibd quantized) mean %.3g median %.3g; "
+		       "KL(ref||calibd original) mean %.3g; calibd's own KL(original||quantized) "
+		       "mean %.3g\n", cases[i].recipe, kq, mq, ko, kl);
+		cr_assert_lt(kq, cases[i].mean_bound, "%s: KL to the reference %g", cases[i].recipe,
+			     kq);
+		cr_assert_lt(mq, cases[i].median_bound, "%s: median KL to the reference %g",
+			     cases[i].recipe, mq);
+		cr_assert_lt(kq, 0.8 * ko, "%s: calibd's quantized logits are not closer to the "
+			     "quantized reference than its original ones", cases[i].recipe);
+		json_decref(r);
+		free(ref);
+		free(got);
+		free(orig);
+		free(rep);
+	}
+	char *o = NULL, *ref = NULL;
+	cr_assert(asprintf(&o, "%s/fp8_default-kv_fp8.o.bf16", root) > 0);
+	cr_assert(asprintf(&ref, "%s/orig.bf16", refdir()) > 0);
+	double m0, k0 = mean_kl(ref, o, &m0);
+	printf("eval reference unquantized: KL(transformers||calibd) mean %.3g median %.3g\n", k0,
+	       m0);
+	cr_assert_lt(k0, 5e-3);
+	cr_assert_lt(m0, 3e-4);
+	free(o);
+	free(ref);
+	rm_rf(root);
+}
+
+Test(eval, report)
+{
+	char *root = tmpdir(), *src = make_model(root, "qwen3_moe", "default");
+	char *q = quantize(root, src, "nvfp4_default-kv_fp8");
+	cr_assert_eq(eval(root, src, q, "r", ""), 0);
+	/* streamed like on a GPU (weights through arenas, 4 micro-batches): the same logits */
+	cr_assert_eq(eval(root, src, q, "s", "--max-gpu-mem 8M --micro-batch 64"), 0);
+	char cmd[4096];
+	snprintf(cmd, sizeof(cmd), "cmp -s '%s/r.q.bf16' '%s/s.q.bf16'", root, root);
+	cr_assert_eq(sh_run(cmd), 0, "streamed evaluation differs");
+	json_t *rep = load_json(path2(q, "calibd_report.json"));
+	cr_assert(json_is_string(json_object_get(rep, "source_fingerprint")));
+	json_decref(rep);
+	json_t *r = load_json(path2(root, "r.json"));
+	cr_assert_eq(json_integer_value(json_object_get(r, "predicted_tokens")), 4 * 63);
+	double mean = json_number_value(json_object_get(json_object_get(r, "kl"), "mean"));
+	double p99 = json_number_value(json_object_get(json_object_get(r, "kl"), "p99"));
+	cr_assert(mean > 0 && p99 >= mean);
+	double t1 = json_number_value(json_object_get(r, "top1_agreement"));
+	cr_assert(t1 > 0 && t1 <= 1);
+	json_t *pp = json_object_get(r, "perplexity");
+	cr_assert(json_number_value(json_object_get(pp, "original")) > 1);
+	cr_assert(json_number_value(json_object_get(pp, "quantized")) > 1);
+	json_t *layers = json_object_get(r, "layers");
+	cr_assert_eq(json_array_size(layers), 3);
+	/* qwen3_moe fixture: layers 0 and 2 MoE (8 experts), layer 1 dense */
+	for (size_t L = 0; L < 3; L++) {
+		json_t *steps = json_object_get(json_array_get(layers, L), "steps");
+		json_t *ffn = json_array_get(steps, 1);
+		cr_assert(json_number_value(json_object_get(json_array_get(layers, L),
+							    "rel_error")) > 0);
+		if (L == 1) {
+			cr_assert_str_eq(json_string_value(json_object_get(ffn, "step")), "mlp");
+			continue;
+		}
+		cr_assert_str_eq(json_string_value(json_object_get(ffn, "step")), "moe");
+		cr_assert_eq(json_array_size(json_object_get(ffn, "experts_rel_error")), 8);
+	}
+	json_t *w = json_object_get(r, "worst_tokens");
+	cr_assert(json_array_size(w) == 10);
+	cr_assert(json_number_value(json_object_get(json_array_get(w, 0), "kl")) >=
+		  json_number_value(json_object_get(json_array_get(w, 9), "kl")));
+	json_decref(r);
+	rm_rf(root);
+}
+
+/* A checkpoint evaluated against a source it was not made from. */
+Test(eval, wrong_source)
+{
+	char *root = tmpdir(), *src = make_model(root, "qwen3_moe", "default");
+	char *q = quantize(root, src, "fp8_default-kv_fp8");
+	/* same architecture, other weights: the fingerprint */
+	char *other = path2(root, "other");
+	struct cal_fixture_opts o = {.arch = "qwen3_moe", .seed = SEED + 1};
+	struct cal_error err = {0};
+	cr_assert_eq(cal_fixture_write(&o, other, &err), CAL_OK);
+	char *log = path2(root, "err.txt"), *extra = NULL;
+	cr_assert(asprintf(&extra, "2>'%s'", log) > 0);
+	cr_assert_eq(eval(root, other, q, "w", extra), 3);
+	char cmd[4096];
+	snprintf(cmd, sizeof(cmd), "grep -q 'was not made from.*fingerprint' '%s'", log);
+	cr_assert_eq(sh_run(cmd), 0);
+	/* another architecture: the config */
+	char *llama = make_model(root, "mixtral", "default");
+	cr_assert_eq(eval(root, llama, q, "w2", extra), 3);
+	snprintf(cmd, sizeof(cmd), "grep -q 'was not made from.*config.json differs' '%s'", log);
+	cr_assert_eq(sh_run(cmd), 0);
+	free(extra);
+	rm_rf(root);
+}
