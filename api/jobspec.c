@@ -558,10 +558,12 @@ static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_
 
 static enum cal_api_err validate_options(const json_t *req, json_t *out, struct cal_api_problem *prob)
 {
-	static const char *const keys[] = {"per_expert_input_amax", "moe_calib_experts_ratio", NULL};
+	static const char *const keys[] = {"per_expert_input_amax", "moe_calib_experts_ratio", "max_shard_size",
+					   NULL};
 	json_t *o = json_object_get(req, "options");
 	int amax = 0;
 	double ratio = 0;
+	json_int_t shard = 0;
 	if (o && !json_is_null(o)) {
 		if (!json_is_object(o))
 			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options", "options must be an object");
@@ -581,9 +583,20 @@ static enum cal_api_err validate_options(const json_t *req, json_t *out, struct 
 							   "options.moe_calib_experts_ratio must be a number in [0, 1]");
 			ratio = json_number_value(r);
 		}
+		/* bytes per output shard (docs/export.md); absent: 10GB, as modelopt */
+		json_t *z = json_object_get(o, "max_shard_size");
+		if (z) {
+			if (!json_is_integer(z) || json_integer_value(z) < 1 ||
+			    json_integer_value(z) > CAL_JOBSPEC_MAX_SHARD_SIZE)
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options.max_shard_size",
+							   "options.max_shard_size must be a byte count in 1..2^53");
+			shard = json_integer_value(z);
+		}
 	}
-	json_object_set_new(out, "options", json_pack("{s:b, s:f}", "per_expert_input_amax", amax,
-						      "moe_calib_experts_ratio", ratio));
+	json_t *opts = json_pack("{s:b, s:f}", "per_expert_input_amax", amax, "moe_calib_experts_ratio", ratio);
+	if (opts && shard)
+		json_object_set_new(opts, "max_shard_size", json_integer(shard));
+	json_object_set_new(out, "options", opts);
 	return CAL_API_OK;
 }
 
@@ -744,6 +757,8 @@ enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job 
 	o->seed = (uint64_t)seed;
 	o->per_expert_input_amax = json_is_true(json_object_get(opts, "per_expert_input_amax"));
 	o->moe_calib_experts_ratio = json_number_value(json_object_get(opts, "moe_calib_experts_ratio"));
+	json_int_t shard = json_integer_value(json_object_get(opts, "max_shard_size"));
+	o->max_shard_bytes = shard > 0 ? (uint64_t)shard : 0;
 	if (json_is_integer(dev))
 		n_gpus = (size_t)json_integer_value(dev);
 	else if (json_is_array(dev))

@@ -13,6 +13,9 @@
 #include "engine/job.h"
 #include "errors.h"
 
+/* options.max_shard_size: at most 2^53 bytes (a JSON number stays exact) */
+#define CAL_JOBSPEC_MAX_SHARD_SIZE (INT64_C(1) << 53)
+
 #define CAL_JSON_MAX_DEPTH 32
 #define CAL_JSON_MAX_VALUES 100000
 #define CAL_SPEC_MAX_PATH 4095

@@ -276,7 +276,8 @@ Test(units, job_devices_and_engine_options)
 		snprintf(body, sizeof(body),
 			 "{\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"model\":\"%s/m\",\"calibration\":"
 			 "{\"datasets\":[\"%s/d.jsonl\",{\"path\":\"%s/d.jsonl\",\"samples\":3}],\"seq_len\":64},"
-			 "\"output\":\"%s/o\",\"devices\":%s,\"options\":{\"per_expert_input_amax\":true}}",
+			 "\"output\":\"%s/o\",\"devices\":%s,\"options\":{\"per_expert_input_amax\":true,"
+			 "\"max_shard_size\":5000000}}",
 			 models, data, data, out, cases[i].devices);
 		json_t *req = json_loads(body, 0, NULL), *spec = NULL;
 		cr_assert(req, "%s", body);
@@ -311,6 +312,7 @@ Test(units, job_devices_and_engine_options)
 		cr_expect_eq(jj.opts.samples, 512);
 		cr_expect_eq(jj.opts.seq_len, 64);
 		cr_expect(jj.opts.per_expert_input_amax);
+		cr_expect_eq(jj.opts.max_shard_bytes, 5000000); /* options.max_shard_size */
 		/* the worker sees its GPUs as 0..n-1 (CUDA_VISIBLE_DEVICES) */
 		cr_expect_eq(jj.opts.devices.kind, cases[i].n_gpus ? CAL_DEVICE_CUDA : CAL_DEVICE_CPU);
 		cr_expect_eq(jj.opts.devices.n, cases[i].n_gpus);
