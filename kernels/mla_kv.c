@@ -1,5 +1,5 @@
 /*
- * mla_kv.c — DeepSeek MLA keys and values per head (ARCHITECTURES.md §7):
+ * mla_kv.c — DeepSeek MLA keys and values per head (docs/deepseek.md):
  * K_n = [k_nope_n | k_pe] (the one roped rope key shared by every head),
  * V_n = the v rows of kv_b_proj's output.  Pure copies, so every back end
  * is exact.  Reference and CPU back end; items are tokens.

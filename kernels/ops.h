@@ -332,7 +332,7 @@ struct cal_rope_args {
 	const uint32_t *pos;     /* [rows] position of each row */
 	const float *inv_freq;   /* [rotary_dim / 2] */
 	float factor;            /* attention factor multiplying cos and sin (1 unless yarn) */
-	/* DeepSeek MLA (ARCHITECTURES.md §1.5, §7): the rotary channels start at
+	/* DeepSeek MLA (docs/deepseek.md): the rotary channels start at
 	 * `offset` within each head (q: after the qk_nope channels); with
 	 * `interleave` pair j is (x[2j], x[2j+1]) and the result is stored
 	 * de-interleaved: x'[j] = bf16(bf16(x[2j] c) - bf16(x[2j+1] s)),
@@ -510,7 +510,7 @@ struct cal_gated_delta_args {
 	int chunked;             /* CPU: 0 token by token, 1 chunked (CAL_GDN_CHUNK) */
 };
 
-/* ---- DeepSeek-V3 (ARCHITECTURES.md §7) ------------------------------------ */
+/* ---- DeepSeek-V3 (docs/deepseek.md) -------------------------------------- */
 
 /* MLA keys and values per head from the kv_b_proj output and the shared
  * (roped) rope key, copies only:

@@ -3,7 +3,7 @@
  * rotary), as HF applies it: cos/sin of the fp32 angle pos * inv_freq,
  * times the attention factor, rounded to bf16; products and sums rounded to
  * bf16.  DeepSeek's interleaved pairs (2j, 2j+1) are read first and
- * written de-interleaved (ARCHITECTURES.md §1.5); the rotary channels may
+ * written de-interleaved (docs/deepseek.md); the rotary channels may
  * start at an offset within each head.  Reference and CPU back end; items
  * are rows (tokens).
  */

@@ -1,6 +1,6 @@
 /*
  * router_group.c — the DeepSeek-V3 router (ops.h: struct
- * cal_router_group_args; ARCHITECTURES.md §7): fp32 logits (input and
+ * cal_router_group_args; docs/deepseek.md): fp32 logits (input and
  * weight upcast, dot in k order), sigmoid, then the group-limited selection
  * of kernels/router_group.h.  Reference and CPU back end; items are tokens.
  */

@@ -48,7 +48,7 @@ enum cal_status cal_layer_steps(const struct cal_calib *c, int32_t L, enum cal_s
 
 /* ---- RoPE frequencies ------------------------------------------------------- */
 
-/* YaRN (ARCHITECTURES.md §1.5, docs/deepseek.md): the correction range in
+/* YaRN (docs/deepseek.md "YaRN frequencies"): the correction range in
  * double as transformers computes it in Python, the blend in fp32. */
 static void yarn_inv_freq(const struct cal_rope *r, float *inv, int64_t rd)
 {

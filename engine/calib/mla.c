@@ -1,6 +1,6 @@
 /*
  * mla.c — DeepSeek-V3 multi-head latent attention in the calibration
- * forward pass (docs/deepseek.md; ARCHITECTURES.md §7).  Per token:
+ * forward pass (docs/deepseek.md).  Per token:
  *   q    = q_b_proj(q_a_layernorm(q_a_proj(h)))   (q_proj(h) when q_lora_rank is null)
  *   ckv  = kv_a_proj_with_mqa(h) = [c (kv_lora) | k_pe (rope dim)]
  *   kv   = kv_b_proj(kv_a_layernorm(c))           per head [k_nope | v]

@@ -178,7 +178,7 @@ json_t *cal_export_hf_to_config(json_t *hfq);
 /* Writes every side file (configs, tokenizer, report) into the writer. */
 enum cal_status cal_export_side_files(struct cal_exporter *ex, const struct cal_stats *stats,
 				      char **ret_report, struct cal_error *err);
-/* Sibling unification (MODELOPT.md §2.6) of layer L's non-expert groups. */
+/* Sibling unification (docs/export.md, "Numerics") of layer L's non-expert groups. */
 void cal_export_unify_groups(struct cal_exporter *ex, int32_t L);
 /* A scale that must be finite and > 0, else CAL_ERR_NUMERIC naming it. */
 enum cal_status cal_export_check_scale(const char *name, const char *what, float v,
