@@ -1,6 +1,7 @@
 /*
  * calib_internal.h — state shared by the calibration engine's files
- * (calib.c: run loop, statistics, JSON; layer.c: layer weights in the
+ * (calib.c: run loop; stats.c: observers, statistics, JSON; weights.c:
+ * weight amax and upload; layer.c: layer weights in the
  * canonical layout and the decoder-layer steps).  Not for use outside
  * engine/calib/.
  */
@@ -368,5 +369,62 @@ void cal_prof(struct cal_calib *c, int phase);
 /* RoPE frequencies of the model (fp32, as HF computes them). */
 enum cal_status cal_rope_inv_freq(const struct cal_model_desc *d, float *inv, int64_t rd,
 				  struct cal_error *err);
+
+/* ---- shared helpers (calib.c, stats.c, weights.c, ranks.c) ---------------------- */
+
+static inline uint64_t cal_al256(uint64_t b)
+{
+	return (b + 255) & ~(uint64_t)255;
+}
+
+static inline enum cal_status cal_be_alloc(struct cal_calib *c, size_t bytes, void *ret,
+					   struct cal_error *err)
+{
+	void **r = ret;
+	return cal_backend_alloc(c->be, bytes ? bytes : 1, r, err);
+}
+
+static inline void cal_be_free(struct cal_calib *c, void *p)
+{
+	cal_backend_dealloc(c->be, p);
+}
+
+/* stats.c: the observers of one layer (L < 0: the final norm) */
+enum cal_status cal_obs_reset(struct cal_calib *c, struct cal_error *err);
+/* Reads the observers back (non-finite values are an error naming the
+ * module) into c->l_amax / the MoE statistics (every rank's, combined). */
+enum cal_status cal_obs_read_back(struct cal_calib *c, int32_t L, struct cal_error *err);
+/* The amax of plan quantizers that come from the forward pass of layer L. */
+void cal_obs_map_layer(struct cal_calib *c, int32_t L);
+
+/* weights.c: weight amax, layer bounds, staging and upload */
+void cal_w_lm_head_amax(struct cal_calib *c);
+uint64_t cal_w_layer_bytes(const struct cal_calib *c, int32_t L);
+/* host -> back end, n bytes (through the pinned ring on a device) */
+enum cal_status cal_w_copy_in(struct cal_calib *c, char *dst, const char *src, uint64_t n,
+			      struct cal_error *err);
+/* Stages layer L into arena `slot`: canonical layout, weight amax, copy. */
+enum cal_status cal_w_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
+			    struct cal_layer_w *dw, int slot, struct cal_error *err);
+/* cal_w_stage on a thread */
+struct stage_job {
+	struct cal_calib *c;
+	int32_t L;
+	struct cal_layer_host *lh;
+	struct cal_layer_w *dw;
+	int slot;
+	enum cal_status st;
+	struct cal_error err;
+};
+void *cal_w_stage_main(void *p);
+enum cal_status cal_w_fp8_decode(struct cal_calib *c, const struct cal_layer_w *w,
+				 struct cal_error *err);
+enum cal_status cal_w_fp8_amax_enqueue(struct cal_calib *c, int32_t L,
+				       const struct cal_layer_host *lh, const struct cal_layer_w *dw,
+				       struct cal_error *err);
+enum cal_status cal_w_fp8_amax_finish(struct cal_calib *c, struct cal_error *err);
+enum cal_status cal_w_expert_amax_enqueue(struct cal_calib *c, int32_t L,
+					  const struct cal_layer_w *w, struct cal_error *err);
+enum cal_status cal_w_expert_amax_finish(struct cal_calib *c, int32_t L, struct cal_error *err);
 
 #endif
