@@ -231,6 +231,7 @@ enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct
 			m->gu[e] = m->down[e] = -1.0f;
 		m->pub = (struct cal_calib_moe_stats){c->E, m->tokens, m->gu, m->down};
 	}
+	CAL_TRY(cal_ranks_open(c, src, err));
 	*ret = c;
 	return CAL_OK;
 fail:
@@ -259,6 +260,7 @@ static void free_run(struct cal_calib *c)
 		cal_be_free(c, bufs[i]);
 	cal_gdn_free(c);
 	cal_mla_free(c);
+	cal_ep_free(c);
 	c->hidden = NULL;
 	c->pos = c->meta = NULL;
 	c->d_inv_freq = NULL;
@@ -306,6 +308,7 @@ void cal_calib_free(struct cal_calib *c)
 	free(c->q_amax);
 	free(c->q_has);
 	free(c->inv_freq);
+	cal_ranks_free(c);
 	cal_backend_free(c->own_be);
 	cal_backend_free(c->host);
 	cal_catalog_free(c->own_cat);
@@ -455,21 +458,23 @@ static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 	if (c->hidden_on_host)
 		CAL_TRY(cal_be_alloc(c, T * H * 2, &c->xmb, err));
 	if (E && (c->on_device || c->fp8_dev)) {
-		/* expert weight amax on the device: rows of expert e of W13 / W2 */
-		uint32_t *off = malloc(2 * (E + 1) * 4);
+		/* expert weight amax on the device: rows of expert e of W13 / W2
+		 * (this rank's El experts) */
+		uint64_t El = (uint64_t)c->El;
+		uint32_t *off = malloc(2 * (El + 1) * 4);
 		if (!off)
 			return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
-		for (uint64_t e = 0; e <= E; e++) {
+		for (uint64_t e = 0; e <= El; e++) {
 			off[e] = (uint32_t)(e * 2 * I);
-			off[E + 1 + e] = (uint32_t)(e * H);
+			off[El + 1 + e] = (uint32_t)(e * H);
 		}
-		st = cal_be_alloc(c, 2 * E * 4, &c->w_amax, err);
+		st = cal_be_alloc(c, 2 * El * 4, &c->w_amax, err);
 		if (st >= 0)
 			st = cal_be_alloc(c, 2 * sizeof(struct cal_nonfinite), &c->w_nf, err);
 		if (st >= 0)
-			st = cal_be_alloc(c, 2 * (E + 1) * 4, &c->w_off, err);
+			st = cal_be_alloc(c, 2 * (El + 1) * 4, &c->w_off, err);
 		if (st >= 0)
-			st = cal_backend_upload(c->be, c->w_off, off, 2 * (E + 1) * 4, err);
+			st = cal_backend_upload(c->be, c->w_off, off, 2 * (El + 1) * 4, err);
 		free(off);
 		if (st < 0)
 			return st;
@@ -572,6 +577,8 @@ static enum cal_status final_norm(struct cal_calib *c, struct cal_error *err)
 	}
 	for (size_t i = 0; i < c->n_mb; i++) {
 		const struct cal_mb *mb = &c->mbs[i];
+		if (!cal_ranks_mine(c, i))
+			continue;
 		enum cal_rms_kind kind = c->d->norm == CAL_NORM_RMS_F32W ? CAL_RMS_F32W
 				       : c->d->norm == CAL_NORM_RMS_1P ? CAL_RMS_1P : CAL_RMS_PLAIN;
 		CAL_TRY(mb_load(c, mb, err));
@@ -584,6 +591,7 @@ static enum cal_status final_norm(struct cal_calib *c, struct cal_error *err)
 		CAL_TRY(cal_op_amax(c->be, &o, err));
 	}
 	CAL_TRY(cal_obs_read_back(c, -1, err));
+	cal_ep_count_layer(c, -1);
 	cal_obs_map_layer(c, -1);
 fail:
 	cal_be_free(c, w);
@@ -756,6 +764,12 @@ fail:
 enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens *tokens,
 			      struct cal_error *err)
 {
+	return cal_ranks_run(c, tokens, err);
+}
+
+enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_tokens *tokens,
+				   struct cal_error *err)
+{
 	const struct cal_model_desc *d = c->d;
 	uint32_t *ids = NULL, *pos = NULL, *meta = NULL;
 	uint64_t meta_n = 0, budget = 0;
@@ -777,6 +791,10 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 					     "calibration token %zu: id %u is outside the vocabulary (%lld)",
 					     i, tokens->ids[i], (long long)d->vocab_size);
 	free_run(c);
+	if (c->ev && c->nranks > 1)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "evaluation runs on one rank, not %u",
+				     c->nranks);
+	memset(c->comm_bytes, 0, ((size_t)d->num_layers + 1) * sizeof(uint64_t));
 	cal_backend_mem_reset_peak(c->be);
 	memset(c->ph, 0, sizeof(c->ph));
 	c->stage_s = c->stage_wait_s = c->total_s = 0;
@@ -788,6 +806,9 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 			memset(c->moe[L].tokens, 0, (size_t)c->E * sizeof(uint64_t));
 
 	CAL_TRY(plan_memory(c, tokens, &budget, err));
+	if (c->nranks > 1) { /* every rank lays out the same micro-batches: the smallest */
+		CAL_TRY(cal_ranks_min(c, &c->mb_tokens, err));
+	}
 	c->mem_budget = budget;
 	CAL_TRY(layout_tokens(c, tokens, &ids, &pos, &meta, &meta_n, err));
 	if (c->hidden_on_host)
@@ -809,6 +830,8 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 	}
 	CAL_TRY(embed(c, ids, err));
 	CAL_TRY(alloc_run(c, err));
+	if (c->nranks > 1)
+		CAL_TRY(cal_ep_alloc(c, err));
 	if (c->ev)
 		CAL_TRY(cal_eval_begin(c, err));
 	if (c->o.on_hidden && c->on_device && !c->hidden_on_host) {
@@ -857,13 +880,25 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 				}
 			}
 		}
+		if (L == c->fail_layer) {
+			st = cal_error_set(err, CAL_ERR_DEVICE, "layer %d: injected failure "
+					   "(CALIBD_TEST_RANK_FAIL)", L);
+			goto fail;
+		}
 		CAL_TRY(cal_obs_reset(c, err));
 		CAL_TRY(cal_w_fp8_decode(c, &dw[sl], err));
 		CAL_TRY(cal_w_fp8_amax_enqueue(c, L, &lh[sl], &dw[sl], err));
 		CAL_TRY(cal_w_expert_amax_enqueue(c, L, &dw[sl], err));
 		if (c->ev)
 			CAL_TRY(cal_eval_layer(c, L, &dw[sl], err));
-		for (size_t i = 0; !c->ev && i < c->n_mb; i++) {
+		/* micro-batch j R + rank in round j (one rank: every one in order);
+		 * a rank without one in a round serves its experts (ranks.c) */
+		for (size_t j = 0; !c->ev && j < cal_ranks_rounds(c); j++) {
+			size_t i = j * c->nranks + c->rank;
+			if (i >= c->n_mb) {
+				CAL_TRY(cal_ep_idle(c, L, &dw[sl], err));
+				continue;
+			}
 			CAL_TRY(mb_load(c, &c->mbs[i], err));
 			CAL_TRY(cal_layer_forward(c, L, &dw[sl], &c->mbs[i], err));
 			CAL_TRY(mb_store(c, &c->mbs[i], err));
@@ -873,6 +908,9 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 		CAL_TRY(cal_obs_read_back(c, L, err));
 		CAL_TRY(cal_w_expert_amax_finish(c, L, err));
 		CAL_TRY(cal_w_fp8_amax_finish(c, err));
+		if (c->nranks > 1)
+			CAL_TRY(cal_ep_reduce_weights(c, L, err));
+		cal_ep_count_layer(c, L);
 		cal_obs_map_layer(c, L);
 		cal_prof(c, PH_OTHER);
 		cal_layer_host_free(&lh[sl]);
@@ -945,6 +983,11 @@ void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *r)
 	r->n_mb = c->n_mb;
 	r->hidden_on_host = c->hidden_on_host;
 	r->streamed = c->stream_weights;
+	r->ranks = c->nranks;
+	r->n_layers = (int32_t)c->d->num_layers;
+	r->comm_layer_bytes = c->nranks > 1 ? c->comm_bytes : NULL;
+	for (int32_t L = 0; c->nranks > 1 && L <= c->d->num_layers; L++)
+		r->comm_bytes += c->comm_bytes[L];
 }
 
 /* ---- queries ------------------------------------------------------------------ */

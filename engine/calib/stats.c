@@ -31,7 +31,7 @@ enum cal_status cal_obs_reset(struct cal_calib *c, struct cal_error *err)
 	if (st >= 0 && c->w_nf)
 		st = cal_backend_upload(c->be, c->w_nf, nf, 2 * sizeof(*nf), err);
 	if (st >= 0 && c->w_amax)
-		st = cal_backend_memset(c->be, c->w_amax, 0, 2 * (size_t)c->E * sizeof(float), err);
+		st = cal_backend_memset(c->be, c->w_amax, 0, 2 * (size_t)c->El * sizeof(float), err);
 	free(nf);
 	return st;
 }
@@ -70,6 +70,8 @@ enum cal_status cal_obs_read_back(struct cal_calib *c, int32_t L, struct cal_err
 	}
 	CAL_TRY(cal_backend_download(c->be, am, c->obs_amax, n * sizeof(float), err));
 	CAL_TRY(cal_backend_download(c->be, nf, c->obs_nf, n * sizeof(*nf), err));
+	if (c->nranks > 1) /* every rank's, combined exactly (ranks.c) */
+		CAL_TRY(cal_ep_reduce_obs(c, L, am, nf, err));
 	for (uint64_t s = 0; s < n; s++) {
 		if (!nf[s].count)
 			continue;

@@ -68,11 +68,13 @@ static void weight_src(const struct cal_calib *c, const struct cal_plan_module *
 	case CAL_MOD_LINATTN_PROJ:
 		cal_gdn_weight(c, w, pr, &base, &n);
 		break;
-	case CAL_MOD_EXPERTS_GATE_UP:
-		base = w->e13, at = (uint64_t)e * 2 * I * H, n = 2 * I * H;
+	case CAL_MOD_EXPERTS_GATE_UP: /* this rank's experts only (ranks.c) */
+		if (e >= c->e0 && e < c->e0 + c->El)
+			base = w->e13, at = (uint64_t)(e - c->e0) * 2 * I * H, n = 2 * I * H;
 		break;
 	case CAL_MOD_EXPERTS_DOWN:
-		base = w->e2, at = (uint64_t)e * H * I, n = H * I;
+		if (e >= c->e0 && e < c->e0 + c->El)
+			base = w->e2, at = (uint64_t)(e - c->e0) * H * I, n = H * I;
 		break;
 	default:
 		break;
@@ -164,14 +166,15 @@ uint64_t cal_w_layer_bytes(const struct cal_calib *c, int32_t L)
 		     cal_al256(2 * g.dv) + cal_al256(2 * H * g.vd) + 2 * cal_al256(4 * g.nv);
 	}
 	if (c->d->layers[L].ffn == CAL_FFN_MOE) {
-		uint64_t E = c->E, I = c->I, S = c->Is;
-		b += cal_al256(2 * E * H) + cal_al256(4 * E * I * H) + cal_al256(2 * E * H * I);
+		/* the router sees every expert, the rank holds El of them (ranks.c) */
+		uint64_t E = c->E, El = c->El, I = c->I, S = c->Is;
+		b += cal_al256(2 * E * H) + cal_al256(4 * El * I * H) + cal_al256(2 * El * H * I);
 		if (c->d->act == CAL_ACT_SWIGLU_OAI) /* router and expert biases, sinks */
-			b += cal_al256(2 * E) + cal_al256(4 * E * I) + cal_al256(2 * E * H) +
+			b += cal_al256(2 * E) + cal_al256(4 * El * I) + cal_al256(2 * El * H) +
 			     cal_al256(4 * (uint64_t)c->nh);
 		if (c->fp8_dev) /* FP8 codes and scale grids next to the decoded experts */
-			b += cal_al256(3 * E * I * H) +
-			     cal_al256(4 * E * (2 * cal_fp8_grid(c->d, I, H) + cal_fp8_grid(c->d, H, I)));
+			b += cal_al256(3 * El * I * H) +
+			     cal_al256(4 * El * (2 * cal_fp8_grid(c->d, I, H) + cal_fp8_grid(c->d, H, I)));
 		if (S)
 			b += cal_al256(4 * S * H) + cal_al256(2 * H * S) + cal_al256(2 * H);
 	} else {
@@ -309,8 +312,8 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		/* gpt_oss (gpt_oss.c) */
 		{(const void **)&dw->sinks, w->sinks, (uint64_t)c->nh * 4},
 		{(const void **)&dw->router_b, w->router_b, (uint64_t)c->E * 2},
-		{(const void **)&dw->eb13, w->eb13, (uint64_t)c->E * 2 * (uint64_t)c->I * 2},
-		{(const void **)&dw->eb2, w->eb2, (uint64_t)c->E * H * 2},
+		{(const void **)&dw->eb13, w->eb13, (uint64_t)c->El * 2 * (uint64_t)c->I * 2},
+		{(const void **)&dw->eb2, w->eb2, (uint64_t)c->El * H * 2},
 		/* DeepSeek MLA (mla.c) and router */
 		{(const void **)&dw->wqa, w->wqa, ml_qr * H * 2},
 		{(const void **)&dw->wkva, w->wkva, (ml_kvr + ml_dr) * H * 2},
@@ -322,7 +325,7 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 		{(const void **)&dw->corr_bias, w->corr_bias, (uint64_t)c->E * 4},
 	};
 	uint64_t total = 0, off = 0;
-	uint64_t E = (uint64_t)c->E, g13 = cal_fp8_grid(c->d, (uint64_t)c->I, H);
+	uint64_t E = (uint64_t)c->El, g13 = cal_fp8_grid(c->d, (uint64_t)c->I, H); /* rank's experts */
 	uint64_t g2 = cal_fp8_grid(c->d, H, (uint64_t)c->I);
 	enum cal_status st;
 	*dw = *w;
@@ -354,8 +357,7 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 				     : it[i].dst == (const void **)&dw->e2 ? lh->e2_seg : NULL;
 		if (seg && lh->n_e13) {
 			/* experts left in the mapping: one copy per expert matrix */
-			uint64_t n = it[i].dst == (const void **)&dw->e13 ? 2 * (uint64_t)c->E
-									   : (uint64_t)c->E;
+			uint64_t n = it[i].dst == (const void **)&dw->e13 ? 2 * E : E;
 			st = copy_in_segs(c, arena + off, (const char *const *)seg, n, it[i].bytes / n,
 					  err);
 			if (st < 0)
@@ -431,7 +433,7 @@ static enum cal_status upload_layer(struct cal_calib *c, int32_t L, const struct
 enum cal_status cal_w_fp8_decode(struct cal_calib *c, const struct cal_layer_w *w,
 				 struct cal_error *err)
 {
-	uint64_t E = (uint64_t)c->E, I = (uint64_t)c->I, H = (uint64_t)c->H;
+	uint64_t E = (uint64_t)c->El, I = (uint64_t)c->I, H = (uint64_t)c->H; /* rank's experts */
 	uint64_t g13 = cal_fp8_grid(c->d, I, H), g2 = cal_fp8_grid(c->d, H, I);
 	uint32_t br = (uint32_t)c->d->quant_block[0], bc = (uint32_t)c->d->quant_block[1];
 	enum cal_status st = CAL_OK;
@@ -554,9 +556,9 @@ fail:
 enum cal_status cal_w_expert_amax_enqueue(struct cal_calib *c, int32_t L,
 					  const struct cal_layer_w *w, struct cal_error *err)
 {
-	uint64_t E = c->E, H = c->H, I = c->I;
+	uint64_t E = c->El, H = c->H, I = c->I; /* this rank's experts */
 	enum cal_status st = CAL_OK;
-	if (!c->w_amax || c->d->layers[L].ffn != CAL_FFN_MOE)
+	if (!c->w_amax || c->d->layers[L].ffn != CAL_FFN_MOE || !E)
 		return CAL_OK;
 	cal_prof(c, PH_OBS);
 	struct cal_amax_segments_args a = {CAL_DTYPE_BF16, w->e13, E * 2 * I, H, c->w_off,
@@ -573,11 +575,11 @@ fail:
 enum cal_status cal_w_expert_amax_finish(struct cal_calib *c, int32_t L, struct cal_error *err)
 {
 	const struct cal_plan *p = c->plan;
-	uint64_t E = c->E;
+	uint64_t E = c->El, e0 = c->e0; /* this rank's experts */
 	struct cal_nonfinite nf[2];
 	enum cal_status st = CAL_OK;
 	float *am = NULL;
-	if (!c->w_amax || c->d->layers[L].ffn != CAL_FFN_MOE)
+	if (!c->w_amax || c->d->layers[L].ffn != CAL_FFN_MOE || !E)
 		return CAL_OK;
 	am = malloc(2 * E * sizeof(float));
 	if (!am)
@@ -598,7 +600,7 @@ enum cal_status cal_w_expert_amax_finish(struct cal_calib *c, int32_t L, struct 
 		    (m->kind != CAL_MOD_EXPERTS_GATE_UP && m->kind != CAL_MOD_EXPERTS_DOWN))
 			continue;
 		for (int64_t e = 0; e < m->count && (uint64_t)e < E; e++) {
-			size_t qi = (size_t)m->wq + (size_t)e;
+			size_t qi = (size_t)m->wq + e0 + (size_t)e;
 			const struct cal_qspec *sp = &p->q[qi].spec;
 			if (!sp->enabled || !sp->calibrate)
 				continue;
