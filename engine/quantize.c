@@ -354,6 +354,7 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	CAL_TRY(cal_calib_run(cal, tk, err));
 	CAL_TRY(layer_stats(&j, cal, -1, err));
 	double run_s = cal_now() - j.t_run;
+	cal_exporter_set_ranks(j.ex, cal_calib_ranks_json(cal));
 	phase_add(phases, "calibrate", run_s - j.t_export);
 	if (cancelled(&j)) {
 		st = interrupted(&j, err);

@@ -529,3 +529,17 @@ void cal_ep_count_layer(struct cal_calib *c, int32_t L)
 	c->comm_bytes[L < 0 ? c->d->num_layers : L] += s.total.bytes_sent - c->ep->mark;
 	c->ep->mark = s.total.bytes_sent;
 }
+
+json_t *cal_calib_ranks_json(const struct cal_calib *c)
+{
+	struct cal_calib_perf pf;
+	if (c->nranks <= 1)
+		return NULL;
+	cal_calib_perf(c, &pf);
+	json_t *per = json_array();
+	for (int32_t L = 0; per && L < pf.n_layers; L++)
+		json_array_append_new(per, json_integer((json_int_t)pf.comm_layer_bytes[L]));
+	return json_pack("{s:i, s:I, s:o, s:I}", "ranks", (int)pf.ranks, "comm_bytes",
+			 (json_int_t)pf.comm_bytes, "comm_bytes_per_layer", per ? per : json_null(),
+			 "comm_bytes_final_norm", (json_int_t)pf.comm_layer_bytes[pf.n_layers]);
+}
