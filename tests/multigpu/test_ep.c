@@ -7,7 +7,9 @@
  * statistics; a dense model runs data parallel only; a sharded output has
  * the same shards and index; the streamed-weights path (a memory cap, the
  * path a GPU takes) gives the same statistics; a failure injected on one
- * rank fails the job naming that rank, with nothing published.
+ * rank fails the job naming that rank, with nothing published; two
+ * processes of one CPU rank each (TCP, rendezvous through a file) write the
+ * one-rank checkpoint.
  *
  * Twelve sequences of 13 tokens, two per micro-batch of 26 tokens: six
  * micro-batches, so with 4 ranks ranks 2 and 3 have an idle round in which
@@ -18,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "engine/job.h"
@@ -229,5 +233,38 @@ Test(ep, failed_rank_fails_the_job_naming_it_and_publishes_nothing)
 	cr_assert(!exists(out));
 	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
 	unsetenv("CALIBD_TEST_RANK_FAIL");
+	rm_rf(root);
+}
+
+Test(ep, two_processes_over_tcp_write_the_one_rank_checkpoint)
+{
+	char *root = tmpdir();
+	char *model = make_model(root, "qwen2_moe", "default");
+	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
+	char *out1 = path2(root, "out-1"), *out2 = path2(root, "out-2");
+	char *rdv = path2(root, "rendezvous");
+	struct cal_job_opts o = opts(model, tok, 1);
+	struct cal_error err = {0};
+	cr_assert_eq(quantize(&o, out1, &err), CAL_OK, "%s", cal_error_msg(&err));
+	o.ranks.world = 2;
+	o.ranks.rendezvous = rdv;
+	o.ranks.timeout_ms = 30000;
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) { /* global rank 1: calibrates, writes nothing */
+		struct cal_job_opts f = o;
+		struct cal_error e = {0};
+		f.ranks.first = 1;
+		enum cal_status st = quantize(&f, out2, &e);
+		if (st < 0)
+			fprintf(stderr, "rank 1 process: %s\n", cal_error_msg(&e));
+		_exit(st < 0 ? 1 : 0);
+	}
+	enum cal_status st = quantize(&o, out2, &err);
+	int ws = 0;
+	cr_assert_eq(waitpid(pid, &ws, 0), pid);
+	cr_assert_eq(st, CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "the rank 1 process failed");
+	same_dirs(out1, out2);
 	rm_rf(root);
 }
