@@ -33,6 +33,7 @@ static void quantize_usage(FILE *o)
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
 		"         [--max-shard-size SIZE] [--ranks N] [--progress-fd N] [--json] [--quiet]\n"
+		"         [--world N --rank-first R --rendezvous FILE]\n"
 		"         [--datasets-file FILE]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
@@ -50,6 +51,9 @@ static void quantize_usage(FILE *o)
 		"model.safetensors.index.json; one model.safetensors when smaller.\n"
 		"--ranks N splits each MoE layer's experts across N CPU ranks (cuda:0,1,...:\n"
 		"one rank per GPU); the checkpoint is the same bytes (docs/expert_parallel.md).\n"
+		"--world N --rank-first R --rendezvous FILE: this process runs ranks R.. of a\n"
+		"job of N ranks over several processes, meeting through FILE; the process of\n"
+		"rank 0 writes DIR, the others calibrate only.\n"
 		"docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
@@ -249,6 +253,9 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
 		{"max-shard-size", required_argument, NULL, 'z'},
 		{"ranks", required_argument, NULL, 'N'},
+		{"world", required_argument, NULL, 'W'},
+		{"rank-first", required_argument, NULL, 'f'},
+		{"rendezvous", required_argument, NULL, 'Z'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -310,6 +317,20 @@ int cal_cmd_quantize(int argc, char **argv)
 				return CAL_EXIT_USAGE;
 			jo.ranks.local = (unsigned)n;
 			break;
+		case 'W':
+			if (parse_count("--world", optarg, CAL_CALIB_MAX_RANKS, &n) < 0)
+				return CAL_EXIT_USAGE;
+			jo.ranks.world = (unsigned)n;
+			break;
+		case 'f':
+			if (!strcmp(optarg, "0"))
+				jo.ranks.first = 0;
+			else if (parse_count("--rank-first", optarg, CAL_CALIB_MAX_RANKS - 1, &n) < 0)
+				return CAL_EXIT_USAGE;
+			else
+				jo.ranks.first = (unsigned)n;
+			break;
+		case 'Z': jo.ranks.rendezvous = optarg; break;
 		case 'z':
 			if (cal_st_parse_size(optarg, &jo.max_shard_bytes) < 0) {
 				fprintf(stderr, "calibd quantize: --max-shard-size '%s' is not a size "
@@ -398,6 +419,9 @@ int cal_cmd_quantize(int argc, char **argv)
 			json_dumpf(report, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER |
 						   JSON_REAL_PRECISION(6));
 			putchar('\n');
+		} else if (jo.ranks.first) {
+			printf("calibrated ranks %u.. of %u; rank 0's process writes %s\n",
+			       jo.ranks.first, jo.ranks.world, o.out_dir);
 		} else {
 			print_summary(report);
 		}
