@@ -517,6 +517,10 @@ enum cal_status cal_job_calib_open(struct cal_job *j, const struct cal_job_hooks
 	};
 	if (co.moe_calib_experts_ratio == 0.0 && j->recipe->algo.has_moe_calib_experts_ratio)
 		co.moe_calib_experts_ratio = j->recipe->algo.moe_calib_experts_ratio;
+	if (hooks && hooks->one_rank) {
+		co.ranks = 0;
+		co.rank_first = co.rank_world = 0;
+	}
 	if (hooks) {
 		co.on_layer = hooks->on_layer;
 		co.progress = hooks->progress;
@@ -588,7 +592,7 @@ enum cal_status cal_job_eval(struct cal_job *j, const char *quant_dir,
 	struct cal_calib_tokens *tk = NULL;
 	struct cal_calib *cal = NULL;
 	struct cal_token_info ti = {0};
-	struct cal_job_hooks hooks = {0};
+	struct cal_job_hooks hooks = {.one_rank = 1}; /* evaluation: one rank */
 	enum cal_status st;
 	*ret = NULL;
 	CAL_TRY(cal_eval_check_source(cal_job_options(j)->model_dir, cal_job_checkpoint(j),

@@ -248,6 +248,7 @@ struct cal_job_hooks {
 	cal_calib_progress_fn progress;
 	void *ctx;
 	int profile;
+	int one_rank;    /* the job's back end alone, whatever its ranks (evaluation) */
 };
 
 /*

@@ -463,44 +463,40 @@ fail:
 enum cal_status cal_ep_reduce_weights(struct cal_calib *c, int32_t L, struct cal_error *err)
 {
 	const struct cal_plan *pl = c->plan;
-	uint64_t E = (uint64_t)c->E, n = 0, cap = (c->ep->scr_bytes / 4);
+	uint64_t n = 0, cap = c->ep->scr_bytes / 4;
 	enum cal_status st = CAL_OK;
 	float *v = NULL;
+	size_t *qi = NULL;
 	if (c->d->layers[L].ffn != CAL_FFN_MOE)
 		return CAL_OK;
 	v = malloc(cap * 4);
-	if (!v)
-		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
-	/* -1: not this rank's expert (or not calibrated); amax >= 0 */
+	qi = malloc(cap * sizeof(*qi));
+	if (!v || !qi) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	/* the layer's expert weight quantizers; -1: not this rank's (amax >= 0) */
 	for (size_t mi = 0; mi < pl->n_modules; mi++) {
 		const struct cal_plan_module *m = &pl->modules[mi];
 		if (m->layer != L || m->wq < 0 ||
 		    (m->kind != CAL_MOD_EXPERTS_GATE_UP && m->kind != CAL_MOD_EXPERTS_DOWN))
 			continue;
 		for (int64_t e = 0; e < m->count && n < cap; e++, n++) {
-			size_t qi = (size_t)m->wq + (size_t)e;
-			v[n] = c->q_has[qi] && (uint64_t)e < E ? c->q_amax[qi] : -1.0f;
+			qi[n] = (size_t)m->wq + (size_t)e;
+			v[n] = c->q_has[qi[n]] ? c->q_amax[qi[n]] : -1.0f;
 		}
 	}
 	CAL_TRY(cal_backend_upload(c->be, c->ep->scr, v, n * 4, err));
 	CAL_TRY(cal_comm_allreduce(c->comm, c->ep->scr, n, CAL_COMM_F32, CAL_COMM_MAX, err));
 	CAL_TRY(cal_backend_download(c->be, v, c->ep->scr, n * 4, err));
-	n = 0;
-	for (size_t mi = 0; mi < pl->n_modules; mi++) {
-		const struct cal_plan_module *m = &pl->modules[mi];
-		if (m->layer != L || m->wq < 0 ||
-		    (m->kind != CAL_MOD_EXPERTS_GATE_UP && m->kind != CAL_MOD_EXPERTS_DOWN))
-			continue;
-		for (int64_t e = 0; e < m->count && n < cap; e++, n++) {
-			size_t qi = (size_t)m->wq + (size_t)e;
-			if (v[n] >= 0) {
-				c->q_amax[qi] = v[n];
-				c->q_has[qi] = 1;
-			}
+	for (uint64_t k = 0; k < n; k++)
+		if (v[k] >= 0) {
+			c->q_amax[qi[k]] = v[k];
+			c->q_has[qi[k]] = 1;
 		}
-	}
 fail:
 	free(v);
+	free(qi);
 	return st;
 }
 
