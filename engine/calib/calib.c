@@ -880,11 +880,7 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 				}
 			}
 		}
-		if (L == c->fail_layer) {
-			st = cal_error_set(err, CAL_ERR_DEVICE, "layer %d: injected failure "
-					   "(CALIBD_TEST_RANK_FAIL)", L);
-			goto fail;
-		}
+		CAL_TRY(cal_ranks_test_fail(c, L, err));
 		CAL_TRY(cal_obs_reset(c, err));
 		CAL_TRY(cal_w_fp8_decode(c, &dw[sl], err));
 		CAL_TRY(cal_w_fp8_amax_enqueue(c, L, &lh[sl], &dw[sl], err));

@@ -259,7 +259,8 @@ struct cal_calib {
 	uint64_t *comm_bytes;            /* [num_layers + 1] bytes this engine's rank (the
 					  * first engine: every local rank) sent per layer;
 					  * last: the final norm */
-	int fail_layer;                  /* tests: CALIBD_TEST_RANK_FAIL=RANK:LAYER (-1: none) */
+	int fail_layer;                  /* tests: CALIBD_TEST_RANK_FAIL=RANK:LAYER[:stall] */
+	int fail_stall;
 
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
@@ -300,6 +301,8 @@ enum cal_status cal_ranks_run(struct cal_calib *c, const struct cal_calib_tokens
 /* One rank's run (calib.c). */
 enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_tokens *tokens,
 				   struct cal_error *err);
+/* Tests: the failure CALIBD_TEST_RANK_FAIL injects when layer L starts. */
+enum cal_status cal_ranks_test_fail(struct cal_calib *c, int32_t L, struct cal_error *err);
 /* *v = the smallest *v over the ranks. */
 enum cal_status cal_ranks_min(struct cal_calib *c, uint64_t *v, struct cal_error *err);
 /* Micro-batch i is this rank's; rounds of micro-batches per layer. */

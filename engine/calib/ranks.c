@@ -76,16 +76,28 @@ static void layout(struct cal_calib *c, unsigned rank, unsigned world)
 	c->El = (int64_t)((uint64_t)c->E * (rank + 1) / world) - c->e0;
 }
 
-/* CALIBD_TEST_RANK_FAIL=RANK:LAYER (tests): that rank fails when the layer
- * starts. */
-static int test_fail_layer(unsigned rank)
+/* CALIBD_TEST_RANK_FAIL=RANK:LAYER[:stall] (tests): that rank fails when
+ * the layer starts, or stops answering until the world has failed. */
+static int test_fail_layer(unsigned rank, int *stall)
 {
 	const char *s = getenv("CALIBD_TEST_RANK_FAIL");
 	unsigned r;
-	int L;
-	if (!s || sscanf(s, "%u:%d", &r, &L) != 2 || r != rank)
+	int L, n = 0;
+	*stall = 0;
+	if (!s || sscanf(s, "%u:%d%n", &r, &L, &n) != 2 || r != rank)
 		return -1;
+	*stall = !strcmp(s + n, ":stall");
 	return L;
+}
+
+enum cal_status cal_ranks_test_fail(struct cal_calib *c, int32_t L, struct cal_error *err)
+{
+	if (L != c->fail_layer)
+		return CAL_OK;
+	for (int i = 0; c->fail_stall && c->comm && i < 6000 && !cal_comm_failed(c->comm, NULL); i++)
+		usleep(10000);
+	return cal_error_set(err, CAL_ERR_DEVICE, "layer %d: injected %s (CALIBD_TEST_RANK_FAIL)",
+			     L, c->fail_stall ? "stall" : "failure");
 }
 
 enum cal_status cal_ranks_open(struct cal_calib *c, const struct cal_calib_src *src,
@@ -102,7 +114,7 @@ enum cal_status cal_ranks_open(struct cal_calib *c, const struct cal_calib_src *
 				     c->o.rank_first, c->o.rank_first + local - 1, world,
 				     CAL_CALIB_MAX_RANKS);
 	layout(c, c->o.rank_first, world);
-	c->fail_layer = test_fail_layer(c->rank);
+	c->fail_layer = test_fail_layer(c->rank, &c->fail_stall);
 	if (world == 1)
 		return CAL_OK;
 	if (c->o.on_hidden)
@@ -138,7 +150,8 @@ enum cal_status cal_ranks_open(struct cal_calib *c, const struct cal_calib_src *
 		if (st < 0)
 			return cal_error_wrap(err, st, "rank %u", c->o.rank_first + i);
 		layout(c->rk->eng[i], c->o.rank_first + i, world);
-		c->rk->eng[i]->fail_layer = test_fail_layer(c->o.rank_first + i);
+		c->rk->eng[i]->fail_layer = test_fail_layer(c->o.rank_first + i,
+							    &c->rk->eng[i]->fail_stall);
 	}
 	return CAL_OK;
 }

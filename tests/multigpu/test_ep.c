@@ -7,7 +7,8 @@
  * statistics; a dense model runs data parallel only; a sharded output has
  * the same shards and index; the streamed-weights path (a memory cap, the
  * path a GPU takes) gives the same statistics; a failure injected on one
- * rank fails the job naming that rank, with nothing published; two
+ * rank, or one that stops answering (the others' collectives time out),
+ * fails the job naming that rank, with nothing published; two
  * processes of one CPU rank each (TCP, rendezvous through a file) write the
  * one-rank checkpoint.
  *
@@ -266,5 +267,28 @@ Test(ep, two_processes_over_tcp_write_the_one_rank_checkpoint)
 	cr_assert_eq(st, CAL_OK, "%s", cal_error_msg(&err));
 	cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "the rank 1 process failed");
 	same_dirs(out1, out2);
+	rm_rf(root);
+}
+
+Test(ep, stalled_rank_fails_the_job_at_the_deadline_naming_it)
+{
+	char *root = tmpdir();
+	char *model = make_model(root, "mixtral", "default");
+	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
+	char *out = path2(root, "out");
+	size_t before = count_entries(root);
+	cr_assert_eq(setenv("CALIBD_TEST_RANK_FAIL", "1:1:stall", 1), 0);
+	struct cal_job_opts o = opts(model, tok, 2);
+	o.ranks.timeout_ms = 1000;
+	struct cal_error err = {0};
+	double t0 = cal_now();
+	enum cal_status st = quantize(&o, out, &err);
+	cr_assert_eq(st, CAL_ERR_DEVICE, "%d: %s", st, cal_error_msg(&err));
+	cr_assert(strstr(cal_error_msg(&err), "rank 1"), "%s", cal_error_msg(&err));
+	cr_assert(cal_now() - t0 < 30, "the deadline was not kept");
+	cal_error_clear(&err);
+	cr_assert(!exists(out));
+	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
+	unsetenv("CALIBD_TEST_RANK_FAIL");
 	rm_rf(root);
 }
