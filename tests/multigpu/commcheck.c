@@ -320,3 +320,24 @@ int commcheck_run(struct cal_comm *c, uint64_t seed, unsigned iters, char *msg, 
 		return failf(&x, "counters: barrier calls");
 	return 0;
 }
+
+enum cal_status commcheck_backend(enum cal_comm_kind kind, unsigned rank, struct cal_backend **be,
+				  struct cal_error *err)
+{
+	struct cal_backend_opts bo = {.cpu_threads = 1, .cuda_device = (int)rank};
+	return cal_backend_init(kind == CAL_COMM_NCCL ? CAL_BACKEND_CUDA : CAL_BACKEND_CPU, &bo, be,
+				err);
+}
+
+enum cal_status commcheck_open(enum cal_comm_kind kind, unsigned R, unsigned rank,
+			       const char *rendezvous, unsigned timeout_ms,
+			       struct cal_backend **be, struct cal_comm **c,
+			       struct cal_error *err)
+{
+	struct cal_comm_opts o = {.kind = kind, .nranks = R, .rank = rank,
+				  .rendezvous = rendezvous, .timeout_ms = timeout_ms};
+	*be = NULL;
+	*c = NULL;
+	enum cal_status st = commcheck_backend(kind, rank, be, err);
+	return st < 0 ? st : cal_comm_open(&o, *be, c, err);
+}

@@ -1,9 +1,12 @@
 /*
- * test_comm_tcp.c — kernels/comm.h with one CPU rank per process
- * (CAL_COMM_TCP on loopback): R processes rendezvous through a file in a
- * temporary directory and run every collective against the serial
- * reference; a rank stopped with SIGSTOP makes the other's collective fail
- * within the deadline naming it; a killed rank fails it at once.
+ * test_comm_procs.c — kernels/comm.h with one rank per process: CPU ranks
+ * over TCP on loopback (always) and GPU ranks through NCCL (skipped, with
+ * the reason, without NCCL or 2 GPUs).  R processes rendezvous through a
+ * file in a temporary directory and run every collective against the
+ * serial reference; a rank stopped with SIGSTOP makes the other's
+ * collective fail within the deadline (TCP: naming it); a killed rank fails
+ * it (TCP: at once).  No CUDA is initialised before a fork: the GPU count
+ * is probed in a child.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -26,12 +29,15 @@ enum child_mode {
 
 struct job {
 	char dir[64], rdv[128];
+	enum cal_comm_kind kind;
 	unsigned R, timeout_ms;
 	uint64_t seed;
 };
 
-static void job_init(struct job *j, unsigned R, unsigned timeout_ms, uint64_t seed)
+static void job_init(struct job *j, enum cal_comm_kind kind, unsigned R, unsigned timeout_ms,
+		     uint64_t seed)
 {
+	j->kind = kind;
 	snprintf(j->dir, sizeof(j->dir), "/tmp/calcomm.XXXXXX");
 	cr_assert_not_null(mkdtemp(j->dir));
 	snprintf(j->rdv, sizeof(j->rdv), "%s/rendezvous", j->dir);
@@ -53,15 +59,31 @@ static double now_ms(void)
 	return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
-/* Opens rank's endpoint on a CPU back end. */
 static enum cal_status open_rank(const struct job *j, unsigned rank, struct cal_backend **be,
 				 struct cal_comm **c, struct cal_error *err)
 {
-	struct cal_comm_opts o = {.kind = CAL_COMM_TCP, .nranks = j->R, .rank = rank,
-				  .rendezvous = j->rdv, .timeout_ms = j->timeout_ms};
-	struct cal_backend_opts bo = {.cpu_threads = 1};
-	enum cal_status st = cal_backend_init(CAL_BACKEND_CPU, &bo, be, err);
-	return st < 0 ? st : cal_comm_open(&o, *be, c, err);
+	return commcheck_open(j->kind, j->R, rank, j->rdv, j->timeout_ms, be, c, err);
+}
+
+/* NCCL tests: skip (visibly) without NCCL or with fewer than 2 GPUs; the
+ * count comes from a child so that this process forks CUDA-free. */
+static void need_two_gpus(void)
+{
+	if (!cal_comm_nccl_built())
+		cr_skip_test("this build has no NCCL: NCCL ranks across processes not tested");
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (!pid) {
+		int n = 0;
+		cal_backend_cuda_device_count(&n, NULL);
+		_exit(n > 100 ? 100 : n);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	int n = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+	if (n < 2)
+		cr_skip_test("%d GPU(s) here: NCCL across processes needs 2", n);
 }
 
 static void rank_exit(struct cal_comm *c, struct cal_backend *be, int code)
@@ -113,11 +135,11 @@ static int wait_exit(pid_t pid)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static void check_processes(unsigned R, uint64_t seed)
+static void check_processes(enum cal_comm_kind kind, unsigned R, uint64_t seed)
 {
 	struct job j;
-	job_init(&j, R, 20000, seed);
-	printf("comm tcp R=%u seed %llu\n", R, (unsigned long long)seed);
+	job_init(&j, kind, R, 60000, seed);
+	printf("comm %s R=%u seed %llu\n", cal_comm_kind_name(kind), R, (unsigned long long)seed);
 	pid_t pid[8];
 	for (unsigned r = 1; r < R; r++)
 		pid[r] = spawn(&j, r, CHILD_CHECK);
@@ -136,24 +158,32 @@ static void check_processes(unsigned R, uint64_t seed)
 	cal_error_clear(&err);
 	for (unsigned r = 1; r < R; r++)
 		cr_expect_eq(wait_exit(pid[r]), 0, "rank %u failed (its stderr says why)", r);
-	cr_expect_neq(access(j.rdv, F_OK), 0, "rank 0 removes the rendezvous file once all joined");
+	if (kind == CAL_COMM_TCP)
+		cr_expect_neq(access(j.rdv, F_OK), 0, "rank 0 removes the rendezvous file once all joined");
 	job_fini(&j);
 }
 
-Test(comm_tcp, two_processes) { check_processes(2, 21); }
-Test(comm_tcp, four_processes) { check_processes(4, 23); }
+Test(comm_procs, tcp_two_processes) { check_processes(CAL_COMM_TCP, 2, 21); }
+Test(comm_procs, tcp_four_processes) { check_processes(CAL_COMM_TCP, 4, 23); }
+Test(comm_procs, nccl_two_processes)
+{
+	need_two_gpus();
+	check_processes(CAL_COMM_NCCL, 2, 25);
+}
 
 /* Rank `me` (this process) and rank `other` (a child in mode): this rank's
  * allreduce after a common barrier; returns its status, message, time. */
-static enum cal_status peer_fault(unsigned me, enum child_mode mode, int kill_it, char *msg,
-				  size_t msg_size, double *ret_ms, pid_t *ret_pid, struct job *j)
+static enum cal_status peer_fault(enum cal_comm_kind kind, unsigned me, enum child_mode mode,
+				  int kill_it, char *msg, size_t msg_size, double *ret_ms,
+				  pid_t *ret_pid, struct job *j)
 {
-	job_init(j, 2, 2000, 0);
+	job_init(j, kind, 2, 60000, 0); /* joining NCCL takes seconds */
 	pid_t pid = spawn(j, 1 - me, mode);
 	struct cal_error err = {0};
 	struct cal_backend *be = NULL;
 	struct cal_comm *c = NULL;
 	cr_assert_eq(open_rank(j, me, &be, &c, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cal_comm_set_timeout(c, 2000);
 	cr_assert_eq(cal_comm_barrier(c, &err), CAL_OK, "%s", cal_error_msg(&err));
 	if (kill_it) {
 		kill(pid, SIGKILL);
@@ -177,13 +207,13 @@ static enum cal_status peer_fault(unsigned me, enum child_mode mode, int kill_it
 	return st;
 }
 
-Test(comm_tcp, stopped_rank_fails_within_deadline_naming_it)
+Test(comm_procs, tcp_stopped_rank_fails_within_deadline_naming_it)
 {
 	struct job j;
 	char msg[1024];
 	double ms;
 	pid_t pid;
-	enum cal_status st = peer_fault(0, CHILD_STOP, 0, msg, sizeof(msg), &ms, &pid, &j);
+	enum cal_status st = peer_fault(CAL_COMM_TCP, 0, CHILD_STOP, 0, msg, sizeof(msg), &ms, &pid, &j);
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
 	job_fini(&j);
@@ -193,13 +223,13 @@ Test(comm_tcp, stopped_rank_fails_within_deadline_naming_it)
 	cr_expect(ms >= 1900 && ms < 3000, "failed after %.0f ms (deadline 2000)", ms);
 }
 
-Test(comm_tcp, stopped_rank_zero_is_named_by_the_others)
+Test(comm_procs, tcp_stopped_rank_zero_is_named_by_the_others)
 {
 	struct job j;
 	char msg[1024];
 	double ms;
 	pid_t pid;
-	enum cal_status st = peer_fault(1, CHILD_STOP, 0, msg, sizeof(msg), &ms, &pid, &j);
+	enum cal_status st = peer_fault(CAL_COMM_TCP, 1, CHILD_STOP, 0, msg, sizeof(msg), &ms, &pid, &j);
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
 	job_fini(&j);
@@ -208,26 +238,26 @@ Test(comm_tcp, stopped_rank_zero_is_named_by_the_others)
 	cr_expect(ms >= 1900 && ms < 3000, "failed after %.0f ms (deadline 2000)", ms);
 }
 
-Test(comm_tcp, killed_rank_fails_at_once)
+Test(comm_procs, tcp_killed_rank_fails_at_once)
 {
 	struct job j;
 	char msg[1024];
 	double ms;
 	pid_t pid;
-	enum cal_status st = peer_fault(0, CHILD_STOP, 1, msg, sizeof(msg), &ms, &pid, &j);
+	enum cal_status st = peer_fault(CAL_COMM_TCP, 0, CHILD_STOP, 1, msg, sizeof(msg), &ms, &pid, &j);
 	job_fini(&j);
 	cr_expect_eq(st, CAL_ERR_DEVICE);
 	cr_expect(strstr(msg, "rank 1 closed the connection"), "%s", msg);
 	cr_expect(ms < 1000, "failed after %.0f ms", ms);
 }
 
-Test(comm_tcp, aborting_rank_sends_its_reason)
+Test(comm_procs, tcp_aborting_rank_sends_its_reason)
 {
 	struct job j;
 	char msg[1024];
 	double ms;
 	pid_t pid;
-	enum cal_status st = peer_fault(0, CHILD_ABORT, 0, msg, sizeof(msg), &ms, &pid, &j);
+	enum cal_status st = peer_fault(CAL_COMM_TCP, 0, CHILD_ABORT, 0, msg, sizeof(msg), &ms, &pid, &j);
 	cr_expect_eq(wait_exit(pid), 0);
 	job_fini(&j);
 	cr_expect_eq(st, CAL_ERR_DEVICE);
@@ -235,10 +265,10 @@ Test(comm_tcp, aborting_rank_sends_its_reason)
 	cr_expect(ms < 1000, "failed after %.0f ms", ms);
 }
 
-Test(comm_tcp, missing_rank_fails_joining)
+Test(comm_procs, tcp_missing_rank_fails_joining)
 {
 	struct job j;
-	job_init(&j, 3, 500, 0);
+	job_init(&j, CAL_COMM_TCP, 3, 500, 0);
 	pid_t pid = spawn(&j, 1, CHILD_EXIT);
 	struct cal_error err = {0};
 	struct cal_backend *be = NULL;
@@ -251,12 +281,45 @@ Test(comm_tcp, missing_rank_fails_joining)
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
 	/* a rank whose leader never comes */
-	unlink(j.rdv);
-	job_init(&j, 2, 300, 0);
+	job_fini(&j);
+	job_init(&j, CAL_COMM_TCP, 2, 300, 0);
 	cr_expect_eq(open_rank(&j, 1, &be, &c, &err), CAL_ERR_DEVICE);
 	cr_expect(strstr(cal_error_msg(&err), "did not publish the rendezvous file"), "%s",
 		  cal_error_msg(&err));
 	cal_error_clear(&err);
 	cal_backend_free(be);
 	job_fini(&j);
+}
+
+/* NCCL: the watchdog aborts the communicator at the deadline; NCCL cannot
+ * say which rank is missing. */
+Test(comm_procs, nccl_stopped_rank_fails_within_deadline)
+{
+	need_two_gpus();
+	struct job j;
+	char msg[1024];
+	double ms;
+	pid_t pid;
+	enum cal_status st = peer_fault(CAL_COMM_NCCL, 0, CHILD_STOP, 0, msg, sizeof(msg), &ms, &pid, &j);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	job_fini(&j);
+	cr_expect_eq(st, CAL_ERR_DEVICE);
+	cr_expect(strstr(msg, "allreduce #2 on rank 0: NCCL allreduce did not complete before the deadline"),
+		  "%s", msg);
+	cr_expect(ms >= 1900 && ms < 4000, "failed after %.0f ms (deadline 2000)", ms);
+}
+
+Test(comm_procs, nccl_killed_rank_fails_by_the_deadline)
+{
+	need_two_gpus();
+	struct job j;
+	char msg[1024];
+	double ms;
+	pid_t pid;
+	enum cal_status st = peer_fault(CAL_COMM_NCCL, 0, CHILD_STOP, 1, msg, sizeof(msg), &ms, &pid, &j);
+	job_fini(&j);
+	cr_expect_eq(st, CAL_ERR_DEVICE);
+	cr_expect(strstr(msg, "allreduce #2 on rank 0: NCCL allreduce"), "%s", msg);
+	cr_expect(ms < 4000, "failed after %.0f ms (deadline 2000)", ms);
 }
