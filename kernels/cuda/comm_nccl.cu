@@ -103,24 +103,6 @@ static enum cal_status wait_done(struct cal_nccl *n, cudaStream_t stream,
 	}
 }
 
-/* Runs an enqueue between ncclGroupStart and ncclGroupEnd, then waits. */
-#define GROUP(n, w, enqueue)                                                   \
-	do {                                                                   \
-		ncclResult_t r_ = ncclGroupStart();                            \
-		if (r_ == ncclSuccess) {                                       \
-			r_ = (enqueue);                                        \
-			ncclResult_t e_ = ncclGroupEnd();                      \
-			if (r_ == ncclSuccess || r_ == ncclInProgress)         \
-				r_ = e_;                                       \
-		}                                                              \
-		if (r_ != ncclSuccess && r_ != ncclInProgress) {               \
-			enum cal_status st_ = nccl_fail(n, err, r_, (w)->what); \
-			abort_comm(n);                                         \
-			return st_;                                            \
-		}                                                              \
-		return wait_done(n, stream, w, err);                           \
-	} while (0)
-
 static enum cal_status enter(struct cal_nccl *n, struct cal_backend *be, cudaStream_t *stream,
 			     const struct cal_nccl_wait *w, struct cal_error *err)
 {
@@ -129,6 +111,31 @@ static enum cal_status enter(struct cal_nccl *n, struct cal_backend *be, cudaStr
 				     w->what);
 	return cal_cuda_enter(be, stream, err);
 }
+
+/* The body of a collective on communicator p and back end be: makes the
+ * device current, runs `enqueue` (which may use n and stream) between
+ * ncclGroupStart and ncclGroupEnd on be's stream, then waits. */
+#define GROUP(p, be, w, enqueue)                                               \
+	do {                                                                   \
+		struct cal_nccl *n = (struct cal_nccl *)(p);                   \
+		cudaStream_t stream;                                           \
+		enum cal_status st_ = enter(n, be, &stream, w, err);           \
+		if (st_ < 0)                                                   \
+			return st_;                                            \
+		ncclResult_t r_ = ncclGroupStart();                            \
+		if (r_ == ncclSuccess) {                                       \
+			r_ = (enqueue);                                        \
+			ncclResult_t e_ = ncclGroupEnd();                      \
+			if (r_ == ncclSuccess || r_ == ncclInProgress)         \
+				r_ = e_;                                       \
+		}                                                              \
+		if (r_ != ncclSuccess && r_ != ncclInProgress) {               \
+			st_ = nccl_fail(n, err, r_, (w)->what);                \
+			abort_comm(n);                                         \
+			return st_;                                            \
+		}                                                              \
+		return wait_done(n, stream, w, err);                           \
+	} while (0)
 
 extern "C" {
 
@@ -226,12 +233,7 @@ static enum cal_status nccl_allreduce(void *p, struct cal_backend *be, void *buf
 				      enum cal_comm_dtype dtype, enum cal_comm_redop op,
 				      const struct cal_nccl_wait *w, struct cal_error *err)
 {
-	struct cal_nccl *n = (struct cal_nccl *)p;
-	cudaStream_t stream;
-	enum cal_status st = enter(n, be, &stream, w, err);
-	if (st < 0)
-		return st;
-	GROUP(n, w, ncclAllReduce(buf, buf, count, nccl_type(dtype),
+	GROUP(p, be, w, ncclAllReduce(buf, buf, count, nccl_type(dtype),
 				  op == CAL_COMM_SUM ? ncclSum : ncclMax, n->comm, stream));
 }
 
@@ -239,26 +241,16 @@ static enum cal_status nccl_allgather(void *p, struct cal_backend *be, const voi
 				      size_t bytes, void *recv, const struct cal_nccl_wait *w,
 				      struct cal_error *err)
 {
-	struct cal_nccl *n = (struct cal_nccl *)p;
-	cudaStream_t stream;
-	enum cal_status st = enter(n, be, &stream, w, err);
-	if (st < 0)
-		return st;
-	GROUP(n, w, ncclAllGather(send, recv, bytes, ncclUint8, n->comm, stream));
+	GROUP(p, be, w, ncclAllGather(send, recv, bytes, ncclUint8, n->comm, stream));
 }
 
 static enum cal_status nccl_broadcast(void *p, struct cal_backend *be, void *buf, size_t bytes,
 				      unsigned root, const struct cal_nccl_wait *w,
 				      struct cal_error *err)
 {
-	struct cal_nccl *n = (struct cal_nccl *)p;
-	cudaStream_t stream;
-	enum cal_status st = enter(n, be, &stream, w, err);
-	if (st < 0)
-		return st;
-	if (!buf) /* bytes == 0 on this rank: NCCL still wants a pointer */
-		buf = n->scratch;
-	GROUP(n, w, ncclBroadcast(buf, buf, bytes, ncclUint8, (int)root, n->comm, stream));
+	/* bytes == 0: NCCL still wants a pointer */
+	GROUP(p, be, w, ncclBroadcast(buf ? buf : n->scratch, buf ? buf : n->scratch, bytes,
+				      ncclUint8, (int)root, n->comm, stream));
 }
 
 static ncclResult_t enqueue_alltoallv(struct cal_nccl *n, cudaStream_t stream, const char *send,
@@ -294,12 +286,7 @@ static enum cal_status nccl_alltoallv(void *p, struct cal_backend *be, const voi
 				      const uint64_t *recv_bytes, const struct cal_nccl_wait *w,
 				      struct cal_error *err)
 {
-	struct cal_nccl *n = (struct cal_nccl *)p;
-	cudaStream_t stream;
-	enum cal_status st = enter(n, be, &stream, w, err);
-	if (st < 0)
-		return st;
-	GROUP(n, w, enqueue_alltoallv(n, stream, (const char *)send, send_bytes, (char *)recv,
+	GROUP(p, be, w, enqueue_alltoallv(n, stream, (const char *)send, send_bytes, (char *)recv,
 				      recv_bytes));
 }
 
@@ -307,12 +294,8 @@ static enum cal_status nccl_alltoallv(void *p, struct cal_backend *be, const voi
 static enum cal_status nccl_barrier(void *p, struct cal_backend *be, const struct cal_nccl_wait *w,
 				    struct cal_error *err)
 {
-	struct cal_nccl *n = (struct cal_nccl *)p;
-	cudaStream_t stream;
-	enum cal_status st = enter(n, be, &stream, w, err);
-	if (st < 0)
-		return st;
-	GROUP(n, w, ncclAllReduce(n->scratch, n->scratch, 1, ncclUint64, ncclSum, n->comm, stream));
+	GROUP(p, be, w, ncclAllReduce(n->scratch, n->scratch, 1, ncclUint64, ncclSum, n->comm,
+				      stream));
 }
 
 __attribute__((visibility("default"))) const struct cal_nccl_module *cal_nccl_module_get(void)

@@ -171,31 +171,43 @@ Test(comm_procs, nccl_two_processes)
 	check_processes(CAL_COMM_NCCL, 2, 25);
 }
 
-/* Rank `me` (this process) and rank `other` (a child in mode): this rank's
- * allreduce after a common barrier; returns its status, message, time. */
-static enum cal_status peer_fault(enum cal_comm_kind kind, unsigned me, enum child_mode mode,
-				  int kill_it, char *msg, size_t msg_size, double *ret_ms,
-				  pid_t *ret_pid, struct job *j)
+/* One fault: this process is rank `me` of 2, the other rank a child in
+ * mode (killed after the first barrier when kill_it).  This rank's
+ * allreduce after that barrier (deadline 2 s) must fail with CAL_ERR_DEVICE
+ * and a message holding `expect`, after min_ms..max_ms; every later call
+ * fails fast. */
+struct fault {
+	enum cal_comm_kind kind;
+	unsigned me;
+	enum child_mode mode;
+	int kill_it;
+	const char *expect;
+	double min_ms, max_ms;
+};
+
+static void check_fault(const struct fault *f)
 {
-	job_init(j, kind, 2, 60000, 0); /* joining NCCL takes seconds */
-	pid_t pid = spawn(j, 1 - me, mode);
+	struct job j;
+	job_init(&j, f->kind, 2, 60000, 0); /* joining NCCL takes seconds */
+	pid_t pid = spawn(&j, 1 - f->me, f->mode);
 	struct cal_error err = {0};
 	struct cal_backend *be = NULL;
 	struct cal_comm *c = NULL;
-	cr_assert_eq(open_rank(j, me, &be, &c, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_eq(open_rank(&j, f->me, &be, &c, &err), CAL_OK, "%s", cal_error_msg(&err));
 	cal_comm_set_timeout(c, 2000);
 	cr_assert_eq(cal_comm_barrier(c, &err), CAL_OK, "%s", cal_error_msg(&err));
-	if (kill_it) {
+	if (f->kill_it) {
 		kill(pid, SIGKILL);
 		waitpid(pid, NULL, 0);
 	}
 	uint64_t v = 5;
 	double t0 = now_ms();
 	enum cal_status st = cal_comm_allreduce(c, &v, 1, CAL_COMM_U64, CAL_COMM_SUM, &err);
-	*ret_ms = now_ms() - t0;
-	snprintf(msg, msg_size, "%s", cal_error_msg(&err));
+	double ms = now_ms() - t0;
+	cr_expect_eq(st, CAL_ERR_DEVICE);
+	cr_expect(strstr(cal_error_msg(&err), f->expect), "%s", cal_error_msg(&err));
+	cr_expect(ms >= f->min_ms && ms < f->max_ms, "failed after %.0f ms (deadline 2000)", ms);
 	cal_error_clear(&err);
-	/* after a failure every call fails fast */
 	t0 = now_ms();
 	cr_expect_eq(cal_comm_barrier(c, &err), CAL_ERR_DEVICE);
 	cr_expect(strstr(cal_error_msg(&err), "failed earlier"), "%s", cal_error_msg(&err));
@@ -203,66 +215,41 @@ static enum cal_status peer_fault(enum cal_comm_kind kind, unsigned me, enum chi
 	cal_error_clear(&err);
 	cal_comm_free(c);
 	cal_backend_free(be);
-	*ret_pid = pid;
-	return st;
+	if (f->mode == CHILD_ABORT)
+		cr_expect_eq(wait_exit(pid), 0);
+	else if (!f->kill_it) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	job_fini(&j);
 }
 
 Test(comm_procs, tcp_stopped_rank_fails_within_deadline_naming_it)
 {
-	struct job j;
-	char msg[1024];
-	double ms;
-	pid_t pid;
-	enum cal_status st = peer_fault(CAL_COMM_TCP, 0, CHILD_STOP, 0, msg, sizeof(msg), &ms, &pid, &j);
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
-	job_fini(&j);
-	cr_expect_eq(st, CAL_ERR_DEVICE);
-	cr_expect(strstr(msg, "allreduce #2 on rank 0: rank 1 did not arrive within 2000 ms"), "%s",
-		  msg);
-	cr_expect(ms >= 1900 && ms < 3000, "failed after %.0f ms (deadline 2000)", ms);
+	static const struct fault f = {CAL_COMM_TCP, 0, CHILD_STOP, 0,
+		"allreduce #2 on rank 0: rank 1 did not arrive within 2000 ms", 1900, 3000};
+	check_fault(&f);
 }
 
 Test(comm_procs, tcp_stopped_rank_zero_is_named_by_the_others)
 {
-	struct job j;
-	char msg[1024];
-	double ms;
-	pid_t pid;
-	enum cal_status st = peer_fault(CAL_COMM_TCP, 1, CHILD_STOP, 0, msg, sizeof(msg), &ms, &pid, &j);
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
-	job_fini(&j);
-	cr_expect_eq(st, CAL_ERR_DEVICE);
-	cr_expect(strstr(msg, "on rank 1: rank 0 (the relay) did not answer within 2000 ms"), "%s", msg);
-	cr_expect(ms >= 1900 && ms < 3000, "failed after %.0f ms (deadline 2000)", ms);
+	static const struct fault f = {CAL_COMM_TCP, 1, CHILD_STOP, 0,
+		"on rank 1: rank 0 (the relay) did not answer within 2000 ms", 1900, 3000};
+	check_fault(&f);
 }
 
 Test(comm_procs, tcp_killed_rank_fails_at_once)
 {
-	struct job j;
-	char msg[1024];
-	double ms;
-	pid_t pid;
-	enum cal_status st = peer_fault(CAL_COMM_TCP, 0, CHILD_STOP, 1, msg, sizeof(msg), &ms, &pid, &j);
-	job_fini(&j);
-	cr_expect_eq(st, CAL_ERR_DEVICE);
-	cr_expect(strstr(msg, "rank 1 closed the connection"), "%s", msg);
-	cr_expect(ms < 1000, "failed after %.0f ms", ms);
+	static const struct fault f = {CAL_COMM_TCP, 0, CHILD_STOP, 1,
+		"rank 1 closed the connection", 0, 1000};
+	check_fault(&f);
 }
 
 Test(comm_procs, tcp_aborting_rank_sends_its_reason)
 {
-	struct job j;
-	char msg[1024];
-	double ms;
-	pid_t pid;
-	enum cal_status st = peer_fault(CAL_COMM_TCP, 0, CHILD_ABORT, 0, msg, sizeof(msg), &ms, &pid, &j);
-	cr_expect_eq(wait_exit(pid), 0);
-	job_fini(&j);
-	cr_expect_eq(st, CAL_ERR_DEVICE);
-	cr_expect(strstr(msg, "rank 1 reported: rank 1 aborted: the worker was cancelled"), "%s", msg);
-	cr_expect(ms < 1000, "failed after %.0f ms", ms);
+	static const struct fault f = {CAL_COMM_TCP, 0, CHILD_ABORT, 0,
+		"rank 1 reported: rank 1 aborted: the worker was cancelled", 0, 1000};
+	check_fault(&f);
 }
 
 Test(comm_procs, tcp_missing_rank_fails_joining)
@@ -295,31 +282,17 @@ Test(comm_procs, tcp_missing_rank_fails_joining)
  * say which rank is missing. */
 Test(comm_procs, nccl_stopped_rank_fails_within_deadline)
 {
+	static const struct fault f = {CAL_COMM_NCCL, 0, CHILD_STOP, 0,
+		"allreduce #2 on rank 0: NCCL allreduce did not complete before the deadline", 1900,
+		4000};
 	need_two_gpus();
-	struct job j;
-	char msg[1024];
-	double ms;
-	pid_t pid;
-	enum cal_status st = peer_fault(CAL_COMM_NCCL, 0, CHILD_STOP, 0, msg, sizeof(msg), &ms, &pid, &j);
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
-	job_fini(&j);
-	cr_expect_eq(st, CAL_ERR_DEVICE);
-	cr_expect(strstr(msg, "allreduce #2 on rank 0: NCCL allreduce did not complete before the deadline"),
-		  "%s", msg);
-	cr_expect(ms >= 1900 && ms < 4000, "failed after %.0f ms (deadline 2000)", ms);
+	check_fault(&f);
 }
 
 Test(comm_procs, nccl_killed_rank_fails_by_the_deadline)
 {
+	static const struct fault f = {CAL_COMM_NCCL, 0, CHILD_STOP, 1,
+		"allreduce #2 on rank 0: NCCL allreduce", 0, 4000};
 	need_two_gpus();
-	struct job j;
-	char msg[1024];
-	double ms;
-	pid_t pid;
-	enum cal_status st = peer_fault(CAL_COMM_NCCL, 0, CHILD_STOP, 1, msg, sizeof(msg), &ms, &pid, &j);
-	job_fini(&j);
-	cr_expect_eq(st, CAL_ERR_DEVICE);
-	cr_expect(strstr(msg, "allreduce #2 on rank 0: NCCL allreduce"), "%s", msg);
-	cr_expect(ms < 4000, "failed after %.0f ms (deadline 2000)", ms);
+	check_fault(&f);
 }
