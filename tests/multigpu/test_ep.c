@@ -292,3 +292,48 @@ Test(ep, stalled_rank_fails_the_job_at_the_deadline_naming_it)
 	unsetenv("CALIBD_TEST_RANK_FAIL");
 	rm_rf(root);
 }
+
+Test(ep, rank_layouts_checked_at_open)
+{
+	char *root = tmpdir();
+	char *model = make_model(root, "qwen3_moe", "default");
+	struct cal_job_opts base = opts(model, NULL, 2);
+	struct {
+		unsigned local, first, world;
+		int cuda_n;
+		const char *rdv, *needle;
+	} bad[] = {
+		{3, 0, 0, 2, NULL, "3 ranks do not fit the 2 CUDA devices"},
+		{2, 1, 2, 0, "x", "ranks 1..2 of 2"},
+		{1, 0, 2, 0, NULL, "need a rendezvous"},
+		{65, 0, 0, 0, NULL, "at most 64"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct cal_job_opts o = base;
+		o.ranks.local = bad[i].local;
+		o.ranks.first = bad[i].first;
+		o.ranks.world = bad[i].world;
+		o.ranks.rendezvous = bad[i].rdv;
+		if (bad[i].cuda_n) {
+			o.devices.kind = CAL_DEVICE_CUDA;
+			o.devices.n = (size_t)bad[i].cuda_n;
+			for (int k = 0; k < bad[i].cuda_n; k++)
+				o.devices.ids[k] = k;
+		}
+		struct cal_error err = {0};
+		struct cal_job *j = NULL;
+		enum cal_job_part part;
+		cr_assert_eq(cal_job_open(&o, CAL_JOB_OPEN_NO_BACKEND, &j, &part, &err),
+			     CAL_ERR_INVALID, "case %zu", i);
+		cr_assert_eq(part, CAL_JOB_PART_OPTIONS);
+		cr_assert(strstr(cal_error_msg(&err), bad[i].needle), "case %zu: %s", i,
+			  cal_error_msg(&err));
+		cal_error_clear(&err);
+	}
+	/* cuda:0,1 is two ranks; a CPU job without ranks is one */
+	struct cal_devices d2 = {.kind = CAL_DEVICE_CUDA, .n = 2, .ids = {0, 1}};
+	struct cal_job_ranks none = {0};
+	cr_assert_eq(cal_job_local_ranks(&none, &d2), 2);
+	cr_assert_eq(cal_job_local_ranks(&none, &base.devices), 1);
+	rm_rf(root);
+}
