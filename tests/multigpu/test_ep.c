@@ -216,25 +216,42 @@ Test(ep, streamed_weights_same_statistics)
 	rm_rf(root);
 }
 
-Test(ep, failed_rank_fails_the_job_naming_it_and_publishes_nothing)
+/* A job over 2 ranks with CALIBD_TEST_RANK_FAIL=inject fails with
+ * CAL_ERR_DEVICE naming rank 1 (needle), within the deadline, publishing
+ * nothing and leaving no temporary directory. */
+static void failing_rank(const char *arch, const char *inject, unsigned timeout_ms,
+			 const char *needle)
 {
 	char *root = tmpdir();
-	char *model = make_model(root, "qwen3_moe", "default");
+	char *model = make_model(root, arch, "default");
 	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
 	char *out = path2(root, "out");
 	size_t before = count_entries(root);
-	cr_assert_eq(setenv("CALIBD_TEST_RANK_FAIL", "1:2", 1), 0);
+	cr_assert_eq(setenv("CALIBD_TEST_RANK_FAIL", inject, 1), 0);
 	struct cal_job_opts o = opts(model, tok, 2);
+	o.ranks.timeout_ms = timeout_ms;
 	struct cal_error err = {0};
+	double t0 = cal_now();
 	enum cal_status st = quantize(&o, out, &err);
 	cr_assert_eq(st, CAL_ERR_DEVICE, "%d: %s", st, cal_error_msg(&err));
-	cr_assert(strstr(cal_error_msg(&err), "rank 1: layer 2: injected failure"), "%s",
-		  cal_error_msg(&err));
+	cr_assert(strstr(cal_error_msg(&err), needle), "%s", cal_error_msg(&err));
+	cr_assert(cal_now() - t0 < 30, "the deadline was not kept");
 	cal_error_clear(&err);
 	cr_assert(!exists(out));
 	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
 	unsetenv("CALIBD_TEST_RANK_FAIL");
 	rm_rf(root);
+}
+
+Test(ep, failed_rank_fails_the_job_naming_it_and_publishes_nothing)
+{
+	failing_rank("qwen3_moe", "1:2", 60000, "rank 1: layer 2: injected failure");
+}
+
+Test(ep, stalled_rank_fails_the_job_at_the_deadline_naming_it)
+{
+	/* rank 0 waits for rank 1 in a collective until the deadline */
+	failing_rank("mixtral", "1:1:stall", 1000, "rank 1");
 }
 
 Test(ep, two_processes_over_tcp_write_the_one_rank_checkpoint)
@@ -267,29 +284,6 @@ Test(ep, two_processes_over_tcp_write_the_one_rank_checkpoint)
 	cr_assert_eq(st, CAL_OK, "%s", cal_error_msg(&err));
 	cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "the rank 1 process failed");
 	same_dirs(out1, out2);
-	rm_rf(root);
-}
-
-Test(ep, stalled_rank_fails_the_job_at_the_deadline_naming_it)
-{
-	char *root = tmpdir();
-	char *model = make_model(root, "mixtral", "default");
-	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
-	char *out = path2(root, "out");
-	size_t before = count_entries(root);
-	cr_assert_eq(setenv("CALIBD_TEST_RANK_FAIL", "1:1:stall", 1), 0);
-	struct cal_job_opts o = opts(model, tok, 2);
-	o.ranks.timeout_ms = 1000;
-	struct cal_error err = {0};
-	double t0 = cal_now();
-	enum cal_status st = quantize(&o, out, &err);
-	cr_assert_eq(st, CAL_ERR_DEVICE, "%d: %s", st, cal_error_msg(&err));
-	cr_assert(strstr(cal_error_msg(&err), "rank 1"), "%s", cal_error_msg(&err));
-	cr_assert(cal_now() - t0 < 30, "the deadline was not kept");
-	cal_error_clear(&err);
-	cr_assert(!exists(out));
-	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
-	unsetenv("CALIBD_TEST_RANK_FAIL");
 	rm_rf(root);
 }
 
