@@ -867,6 +867,35 @@ Test(units, kubernetes_manifests)
 	free_docs(docs, n);
 }
 
+/* The `calibd quantize` arguments of a Job's first container: one
+ * --recipe that recipes/ has, and every path (--model, --calib, --out,
+ * --rendezvous) on a mounted volume.  Returns the value of --nodes= (0
+ * without). */
+static long check_quantize_args(yaml_document_t *d, yaml_node_t *r, const char *what)
+{
+	int recipes = 0;
+	long nodes = 0;
+	char q[96];
+	cr_expect_str_eq(yscalar(d, r, "spec.template.spec.containers.0.args.0"), "quantize", "%s", what);
+	for (int i = 1; i < 24; i++) {
+		snprintf(q, sizeof(q), "spec.template.spec.containers.0.args.%d", i);
+		const char *a = yscalar(d, r, q);
+		if (a && !strncmp(a, "--recipe=", 9)) {
+			cr_expect(recipe_exists(a + 9), "%s names recipe '%s', which recipes/ lacks", what, a + 9);
+			recipes++;
+		}
+		if (a && (!strncmp(a, "--model=", 8) || !strncmp(a, "--calib=", 8) || !strncmp(a, "--out=", 6) ||
+			  !strncmp(a, "--rendezvous=", 13))) {
+			const char *v = strchr(a, '=') + 1;
+			cr_expect(mounted(d, r, "spec.template.spec", v), "%s: %s is not mounted", what, a);
+		}
+		if (a && !strncmp(a, "--nodes=", 8))
+			nodes = atol(a + 8);
+	}
+	cr_expect_eq(recipes, 1, "%s passes no --recipe", what);
+	return nodes;
+}
+
 /* The Jobs of the overlays: one that runs `calibd quantize` on a GPU with
  * a recipe that exists, one that submits to the daemon and waits. */
 Test(units, kubernetes_overlays)
@@ -877,26 +906,12 @@ Test(units, kubernetes_overlays)
 	yaml_document_t *d = &docs[0].d;
 	yaml_node_t *r = docs[0].root;
 	cr_assert_str_eq(docs[0].kind, "Job");
-	cr_expect_str_eq(yscalar(d, r, "spec.template.spec.containers.0.args.0"), "quantize");
 	cr_expect_str_eq(yscalar(d, r, "spec.template.spec.restartPolicy"), "Never");
 	cr_expect(yscalar(d, r, "spec.ttlSecondsAfterFinished"), "quantize Job without ttlSecondsAfterFinished");
 	cr_expect(tolerates_gpu(d, r, "spec.template.spec"), "the quantize Job does not tolerate nvidia.com/gpu");
-	int recipes = 0;
-	char q[96];
-	for (int i = 1; i < 16; i++) {
-		snprintf(q, sizeof(q), "spec.template.spec.containers.0.args.%d", i);
-		const char *a = yscalar(d, r, q);
-		if (a && !strncmp(a, "--recipe=", 9)) {
-			cr_expect(recipe_exists(a + 9), "the quantize Job names recipe '%s', which recipes/ lacks", a + 9);
-			recipes++;
-		}
-		if (a && (!strncmp(a, "--model=", 8) || !strncmp(a, "--calib=", 8) || !strncmp(a, "--out=", 6))) {
-			const char *v = strchr(a, '=') + 1;
-			cr_expect(mounted(d, r, "spec.template.spec", v), "%s is not mounted", a);
-		}
-	}
-	cr_expect_eq(recipes, 1, "the quantize Job passes no --recipe");
+	check_quantize_args(d, r, "the quantize Job");
 	free_docs(docs, n);
+	char q[96];
 
 	n = load_kustomization("overlays/submit-job", docs, 8);
 	cr_assert_eq(n, 1);
@@ -920,6 +935,67 @@ Test(units, kubernetes_overlays)
 	const char *rn = json_string_value(json_object_get(j, "recipe"));
 	cr_expect(rn && recipe_exists(rn), "spec.json names recipe '%s', which recipes/ lacks", rn ? rn : "");
 	json_decref(j);
+}
+
+/* The multi-node form: an indexed Job of one pod per node (required
+ * anti-affinity on the host name), as many completions as --nodes, the
+ * completion index as --node-rank, the rendezvous file on the volume every
+ * node shares, and a headless Service named as the pods' subdomain. */
+Test(units, kubernetes_multinode)
+{
+	struct kdoc docs[8];
+	size_t n = load_kustomization("overlays/multinode", docs, 8);
+	yaml_document_t *jd = NULL, *sd = NULL;
+	yaml_node_t *jr = NULL, *sr = NULL;
+	const char *name = NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (!strcmp(docs[i].kind, "Job")) {
+			name = docs[i].name;
+			jd = &docs[i].d;
+			jr = docs[i].root;
+		} else if (!strcmp(docs[i].kind, "Service")) {
+			sd = &docs[i].d;
+			sr = docs[i].root;
+		}
+	}
+	cr_assert(jd && sd, "overlays/multinode needs a Job and a Service");
+	const char *ps = "spec.template.spec";
+	cr_expect_str_eq(yscalar(jd, jr, "spec.completionMode"), "Indexed");
+	cr_expect_str_eq(yscalar(jd, jr, "spec.template.spec.restartPolicy"), "Never");
+	cr_expect(tolerates_gpu(jd, jr, ps), "the multinode Job does not tolerate nvidia.com/gpu");
+	long nodes = check_quantize_args(jd, jr, "the multinode Job");
+	cr_expect_geq(nodes, 2, "the multinode Job passes no --nodes");
+	const char *c = yscalar(jd, jr, "spec.completions"), *p = yscalar(jd, jr, "spec.parallelism");
+	cr_expect(c && atol(c) == nodes && p && atol(p) == nodes, "completions %s, parallelism %s, --nodes %ld",
+		  c ? c : "-", p ? p : "-", nodes);
+	const char *topo = yscalar(jd, jr, "spec.template.spec.affinity.podAntiAffinity."
+				   "requiredDuringSchedulingIgnoredDuringExecution.0.topologyKey");
+	cr_expect(topo && !strcmp(topo, "kubernetes.io/hostname"), "no required anti-affinity per node");
+	const char *sel = yscalar(jd, jr, "spec.template.spec.affinity.podAntiAffinity."
+				  "requiredDuringSchedulingIgnoredDuringExecution.0.labelSelector.matchLabels.job-name");
+	cr_expect(sel && !strcmp(sel, name), "the anti-affinity does not select the Job's pods");
+	/* --node-rank from the completion index, through an env variable */
+	int rank = 0, env = 0;
+	char q[160];
+	for (int i = 1; i < 24; i++) {
+		snprintf(q, sizeof(q), "spec.template.spec.containers.0.args.%d", i);
+		const char *a = yscalar(jd, jr, q);
+		rank |= a && !strcmp(a, "--node-rank=$(NODE_RANK)");
+	}
+	for (int i = 0; i < 8; i++) {
+		snprintf(q, sizeof(q), "spec.template.spec.containers.0.env.%d.name", i);
+		const char *e = yscalar(jd, jr, q);
+		if (e && !strcmp(e, "NODE_RANK")) {
+			snprintf(q, sizeof(q), "spec.template.spec.containers.0.env.%d.valueFrom.fieldRef.fieldPath", i);
+			const char *f = yscalar(jd, jr, q);
+			env = f && strstr(f, "batch.kubernetes.io/job-completion-index") != NULL;
+		}
+	}
+	cr_expect(rank && env, "--node-rank is not the Job's completion index");
+	cr_expect_str_eq(yscalar(sd, sr, "spec.clusterIP"), "None", "the Service is not headless");
+	cr_expect_str_eq(yscalar(jd, jr, "spec.template.spec.subdomain"), yscalar(sd, sr, "metadata.name"));
+	cr_expect_str_eq(yscalar(sd, sr, "spec.selector.job-name"), name);
+	free_docs(docs, n);
 }
 
 /* Paths of a unit's ReadOnlyPaths=/ReadWritePaths=/... lines that a fresh
