@@ -32,7 +32,7 @@ static void quantize_usage(FILE *o)
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
-		"         [--max-shard-size SIZE] [--progress-fd N] [--json] [--quiet]\n"
+		"         [--max-shard-size SIZE] [--ranks N] [--progress-fd N] [--json] [--quiet]\n"
 		"         [--datasets-file FILE]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
@@ -48,6 +48,8 @@ static void quantize_usage(FILE *o)
 		"docs/recipes.md).  --max-shard-size (default 10GB, as modelopt) splits the\n"
 		"weights into model-0000k-of-0000N.safetensors plus\n"
 		"model.safetensors.index.json; one model.safetensors when smaller.\n"
+		"--ranks N splits each MoE layer's experts across N CPU ranks (cuda:0,1,...:\n"
+		"one rank per GPU); the checkpoint is the same bytes (docs/expert_parallel.md).\n"
 		"docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
@@ -246,6 +248,7 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"per-expert-input-amax", no_argument, NULL, 'e'},
 		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
 		{"max-shard-size", required_argument, NULL, 'z'},
+		{"ranks", required_argument, NULL, 'N'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -301,6 +304,11 @@ int cal_cmd_quantize(int argc, char **argv)
 					"(0, 1]\n", optarg);
 				return CAL_EXIT_USAGE;
 			}
+			break;
+		case 'N':
+			if (parse_count("--ranks", optarg, CAL_CALIB_MAX_RANKS, &n) < 0)
+				return CAL_EXIT_USAGE;
+			jo.ranks.local = (unsigned)n;
 			break;
 		case 'z':
 			if (cal_st_parse_size(optarg, &jo.max_shard_bytes) < 0) {

@@ -65,6 +65,8 @@ struct cal_calib_tokens {
 #define CAL_CALIB_MAX_SEQ_LEN ((size_t)1 << 20)
 #define CAL_CALIB_MAX_TOKENS ((size_t)1 << 31)
 #define CAL_CALIB_MAX_TOKEN_FILE ((size_t)4 << 30)
+/* Most ranks of one job (expert parallelism, docs/expert_parallel.md). */
+#define CAL_CALIB_MAX_RANKS 64
 
 /*
  * Reads a token file: JSONL lines {"input_ids": [...]} or one JSON object
@@ -124,6 +126,15 @@ struct cal_calib_opts {
 	void *ctx;                         /* passed to the callbacks */
 	int profile;                       /* sync at phase boundaries to time each phase
 					    * (cal_calib_perf; slows the run a little) */
+	/* expert parallelism (docs/expert_parallel.md): ranks run by this
+	 * process, one thread and one back end each (0, 1: one rank); CUDA:
+	 * rank i on cuda_devices[i] (NULL: cuda_device + i); CPU: cpu_threads
+	 * shared out.  rank_first / rank_world: the global layout (0: this
+	 * process alone), rendezvous: where processes meet (kernels/comm.h). */
+	unsigned ranks;
+	unsigned rank_first, rank_world;
+	const char *rendezvous;
+	const int *cuda_devices;
 };
 
 /*
