@@ -33,7 +33,7 @@ static void quantize_usage(FILE *o)
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
 		"         [--max-shard-size SIZE] [--ranks N] [--progress-fd N] [--json] [--quiet]\n"
-		"         [--datasets-file FILE]\n"
+		"         [--datasets-file FILE] [--nodes N --node-rank I --rendezvous FILE]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
 		"--calib takes JSONL ({\"text\"}, {\"messages\"}, {\"input_ids\"}) or text files,\n"
@@ -50,6 +50,9 @@ static void quantize_usage(FILE *o)
 		"model.safetensors.index.json; one model.safetensors when smaller.\n"
 		"--ranks N splits each MoE layer's experts across N CPU ranks (cuda:0,1,...:\n"
 		"one rank per GPU); the checkpoint is the same bytes (docs/expert_parallel.md).\n"
+		"--nodes N runs one job over N such processes (one per node, each with the\n"
+		"same --device or --ranks); this one is node I (0..N-1); node 0 leads and\n"
+		"publishes where to meet in FILE, which every node must see (docs/deploy.md).\n"
 		"docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
@@ -219,16 +222,56 @@ static void print_summary(const json_t *r)
 
 /* ---- the command ------------------------------------------------------------- */
 
-static int parse_count(const char *opt, const char *s, long max, int *ret)
+static int parse_range(const char *opt, const char *s, long min, long max, int *ret)
 {
 	char *end;
 	errno = 0;
 	long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < 1 || v > max) {
-		fprintf(stderr, "calibd quantize: %s '%s' is not an integer in 1..%ld\n", opt, s, max);
+	if (errno || end == s || *end || v < min || v > max) {
+		fprintf(stderr, "calibd quantize: %s '%s' is not an integer in %ld..%ld\n", opt, s,
+			min, max);
 		return -1;
 	}
 	*ret = (int)v;
+	return 0;
+}
+
+static int parse_count(const char *opt, const char *s, long max, int *ret)
+{
+	return parse_range(opt, s, 1, max, ret);
+}
+
+/*
+ * --nodes N --node-rank I --rendezvous FILE: one process per node, each
+ * running the same number of local ranks L (its --device GPUs or --ranks),
+ * so node I holds the global ranks I·L .. I·L+L-1 of N·L.
+ */
+static int node_layout(struct cal_job_opts *jo, int nodes, int node_rank)
+{
+	if (!nodes) {
+		if (node_rank < 0 && !jo->ranks.rendezvous)
+			return 0;
+		fprintf(stderr, "calibd quantize: --node-rank and --rendezvous need --nodes\n");
+		return -1;
+	}
+	if (node_rank < 0 || node_rank >= nodes) {
+		fprintf(stderr, "calibd quantize: --nodes %d needs --node-rank in 0..%d\n", nodes,
+			nodes - 1);
+		return -1;
+	}
+	if (nodes > 1 && !jo->ranks.rendezvous) {
+		fprintf(stderr, "calibd quantize: --nodes %d needs --rendezvous FILE\n", nodes);
+		return -1;
+	}
+	unsigned local = cal_job_local_ranks(&jo->ranks, &jo->devices);
+	if (!local || (unsigned long)local * (unsigned)nodes > CAL_CALIB_MAX_RANKS) {
+		fprintf(stderr, "calibd quantize: %d nodes of %u ranks: at most %d ranks in all\n",
+			nodes, local, CAL_CALIB_MAX_RANKS);
+		return -1;
+	}
+	jo->ranks.local = local;
+	jo->ranks.world = local * (unsigned)nodes;
+	jo->ranks.first = local * (unsigned)node_rank;
 	return 0;
 }
 
@@ -249,6 +292,9 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
 		{"max-shard-size", required_argument, NULL, 'z'},
 		{"ranks", required_argument, NULL, 'N'},
+		{"nodes", required_argument, NULL, 'W'},
+		{"node-rank", required_argument, NULL, 'I'},
+		{"rendezvous", required_argument, NULL, 'V'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -260,6 +306,7 @@ int cal_cmd_quantize(int argc, char **argv)
 	struct cal_job_opts jo = {0};
 	const char *calib = NULL, *device = NULL, *qformat = NULL;
 	const char *datasets_file = NULL;
+	int nodes = 0, node_rank = -1;
 	struct prog pr = {.tty = isatty(2), .fd = -1};
 	int json = 0, c, fd, n;
 	char *end;
@@ -310,6 +357,15 @@ int cal_cmd_quantize(int argc, char **argv)
 				return CAL_EXIT_USAGE;
 			jo.ranks.local = (unsigned)n;
 			break;
+		case 'W':
+			if (parse_count("--nodes", optarg, CAL_CALIB_MAX_RANKS, &nodes) < 0)
+				return CAL_EXIT_USAGE;
+			break;
+		case 'I':
+			if (parse_range("--node-rank", optarg, 0, CAL_CALIB_MAX_RANKS - 1, &node_rank) < 0)
+				return CAL_EXIT_USAGE;
+			break;
+		case 'V': jo.ranks.rendezvous = optarg; break;
 		case 'z':
 			if (cal_st_parse_size(optarg, &jo.max_shard_bytes) < 0) {
 				fprintf(stderr, "calibd quantize: --max-shard-size '%s' is not a size "
@@ -354,6 +410,8 @@ int cal_cmd_quantize(int argc, char **argv)
 		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
 	}
+	if (node_layout(&jo, nodes, node_rank) < 0)
+		return CAL_EXIT_USAGE;
 	char *calib_owned = NULL;
 	enum cal_status xs = cal_config_calib_arg("quantize", &calib, datasets_file, &calib_owned);
 	if (xs)
