@@ -16,6 +16,7 @@
 #include "common/device.h"
 #include "common/jsonscan.h"
 #include "daemon/fsutil.h"
+#include "engine/calib.h"
 #include "engine/recipe/qformat.h"
 #include "engine/st/st_writer.h"
 
@@ -559,11 +560,11 @@ static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_
 static enum cal_api_err validate_options(const json_t *req, json_t *out, struct cal_api_problem *prob)
 {
 	static const char *const keys[] = {"per_expert_input_amax", "moe_calib_experts_ratio", "max_shard_size",
-					   NULL};
+					   "ranks", NULL};
 	json_t *o = json_object_get(req, "options");
 	int amax = 0;
 	double ratio = 0;
-	json_int_t shard = 0;
+	json_int_t shard = 0, ranks = 0;
 	if (o && !json_is_null(o)) {
 		if (!json_is_object(o))
 			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options", "options must be an object");
@@ -592,10 +593,29 @@ static enum cal_api_err validate_options(const json_t *req, json_t *out, struct 
 							   "options.max_shard_size must be a byte count in 1..2^53");
 			shard = json_integer_value(z);
 		}
+		/* expert-parallel ranks (docs/expert_parallel.md): CPU ranks of a CPU
+		 * job; a GPU job runs one rank per GPU (devices, checked before) */
+		json_t *k = json_object_get(o, "ranks");
+		if (k) {
+			const json_t *dv = json_object_get(out, "devices");
+			size_t gpus = json_is_integer(dv) ? (size_t)json_integer_value(dv) : json_array_size(dv);
+			if (!json_is_integer(k) || json_integer_value(k) < 1 ||
+			    json_integer_value(k) > CAL_CALIB_MAX_RANKS)
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options.ranks",
+							   "options.ranks must be an integer in 1..%d",
+							   CAL_CALIB_MAX_RANKS);
+			ranks = json_integer_value(k);
+			if (gpus && (size_t)ranks != gpus)
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options.ranks",
+							   "options.ranks: a GPU job runs one rank per GPU (%zu "
+							   "devices), not %lld", gpus, (long long)ranks);
+		}
 	}
 	json_t *opts = json_pack("{s:b, s:f}", "per_expert_input_amax", amax, "moe_calib_experts_ratio", ratio);
 	if (opts && shard)
 		json_object_set_new(opts, "max_shard_size", json_integer(shard));
+	if (opts && ranks)
+		json_object_set_new(opts, "ranks", json_integer(ranks));
 	json_object_set_new(out, "options", opts);
 	return CAL_API_OK;
 }
@@ -759,6 +779,11 @@ enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job 
 	o->moe_calib_experts_ratio = json_number_value(json_object_get(opts, "moe_calib_experts_ratio"));
 	json_int_t shard = json_integer_value(json_object_get(opts, "max_shard_size"));
 	o->max_shard_bytes = shard > 0 ? (uint64_t)shard : 0;
+	json_int_t ranks = json_integer_value(json_object_get(opts, "ranks"));
+	if (ranks < 0 || ranks > CAL_CALIB_MAX_RANKS)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: options.ranks %lld out of range",
+				     (long long)ranks);
+	o->ranks.local = (unsigned)ranks;
 	if (json_is_integer(dev))
 		n_gpus = (size_t)json_integer_value(dev);
 	else if (json_is_array(dev))

@@ -326,6 +326,67 @@ Test(units, job_devices_and_engine_options)
 	cr_assert_eq(system(cmd), 0);
 }
 
+/* options.ranks: the CPU ranks of a CPU job; a GPU job runs one rank per
+ * GPU, so a count other than its GPUs is refused naming the field. */
+Test(units, job_ranks)
+{
+	char root[] = "/tmp/calibd-spec-XXXXXX", models[128], data[128], out[128];
+	spec_dirs(root, models, data, out);
+	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
+	static const int gpus[] = {0, 1};
+	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
+				      .output_roots = orr, .n_output_roots = 1, .devices = gpus, .n_devices = 2};
+	static const struct {
+		const char *devices, *ranks;
+		enum cal_api_err ae;
+		unsigned local; /* the engine's local ranks (0: one per GPU, or 1) */
+	} cases[] = {
+		{"\"cpu\"", NULL, CAL_API_OK, 0},
+		{"\"cpu\"", "4", CAL_API_OK, 4},
+		{"\"cpu\"", "64", CAL_API_OK, 64},
+		{"2", "2", CAL_API_OK, 2},
+		{"\"cuda:0,1\"", NULL, CAL_API_OK, 0},
+		{"2", "1", CAL_API_ERR_INVALID_FIELD, 0},
+		{"\"cpu\"", "0", CAL_API_ERR_INVALID_FIELD, 0},
+		{"\"cpu\"", "65", CAL_API_ERR_INVALID_FIELD, 0},
+		{"\"cpu\"", "\"2\"", CAL_API_ERR_INVALID_FIELD, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char body[1024], rk[32] = "";
+		if (cases[i].ranks)
+			snprintf(rk, sizeof(rk), ",\"options\":{\"ranks\":%s}", cases[i].ranks);
+		snprintf(body, sizeof(body),
+			 "{\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"model\":\"%s/m\",\"calibration\":"
+			 "{\"datasets\":[\"%s/d.jsonl\"]},\"output\":\"%s/o\",\"devices\":%s%s}",
+			 models, data, out, cases[i].devices, rk);
+		json_t *req = json_loads(body, 0, NULL), *spec = NULL;
+		cr_assert(req, "%s", body);
+		struct cal_api_problem prob = {0};
+		enum cal_api_err ae = cal_jobspec_validate(req, &env, &spec, &prob);
+		cr_expect_eq(ae, cases[i].ae, "%s: %d", body, ae);
+		if (ae) {
+			cr_expect_str_eq(prob.field, "options.ranks", "%s", body);
+			cal_api_problem_clear(&prob);
+			json_decref(req);
+			continue;
+		}
+		json_object_set_new(spec, "recipes_dir", json_string("/recipes"));
+		struct cal_jobspec_job jj;
+		struct cal_error err = {0};
+		cr_assert_eq(cal_jobspec_job_opts(spec, &jj, &err), CAL_OK, "%s", cal_error_msg(&err));
+		cr_expect_eq(jj.opts.ranks.local, cases[i].local, "%s", body);
+		cr_expect_eq(jj.opts.ranks.world, 0);
+		cr_expect_null(jj.opts.ranks.rendezvous);
+		cr_expect_eq(cal_job_local_ranks(&jj.opts.ranks, &jj.opts.devices),
+			     cases[i].local ? cases[i].local : jj.opts.devices.n ? jj.opts.devices.n : 1);
+		json_decref(spec);
+		json_decref(req);
+	}
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	cr_assert_eq(system(cmd), 0);
+}
+
 /* evaluate {dataset, samples}: canonical {path, samples}, errors name the field. */
 Test(units, job_evaluate)
 {
