@@ -458,6 +458,131 @@ Test(api, cancel_running_and_queued)
 	json_decref(j);
 }
 
+/* POSTs hd_spec(name, out) with field `key` set to `value` (JSON text);
+ * returns the HTTP status (r filled). */
+static int post_spec(const char *name, const char *out, const char *key, const char *value,
+		     struct cal_client_resp *r)
+{
+	char *body = hd_spec(&H, name, out);
+	json_t *b = json_loads(body, 0, NULL);
+	free(body);
+	json_object_set_new(b, key, json_loads(value, JSON_DECODE_ANY, NULL));
+	body = json_dumps(b, JSON_COMPACT);
+	json_decref(b);
+	int st = hd_req(&H, "POST", "/v1/jobs", NULL, body, r);
+	free(body);
+	return st;
+}
+
+/* post_spec that must be accepted; returns the job id (H.last_id). */
+static const char *submit_on(const char *name, const char *out, const char *key, const char *value)
+{
+	struct cal_client_resp r;
+	int st = post_spec(name, out, key, value, &r);
+	cr_assert_eq(st, 202, "submit %s with %s %s: HTTP %d", name, key, value, st);
+	json_t *j = json_loads(r.body, 0, NULL);
+	snprintf(H.last_id, sizeof(H.last_id), "%s", json_string_value(json_object_get(j, "id")));
+	json_decref(j);
+	cal_client_resp_free(&r);
+	return H.last_id;
+}
+
+/* GET /v1/devices as "0=JOB,1=-,..." (the holder of each GPU), and the
+ * CPU's jobs as "cpu:JOB/RANKS,...". */
+static void devices_now(char *buf, size_t cap)
+{
+	struct cal_client_resp r;
+	cr_assert_eq(hd_req(&H, "GET", "/v1/devices", NULL, NULL, &r), 200);
+	json_t *v = json_loads(r.body, 0, NULL), *x;
+	cal_client_resp_free(&r);
+	size_t i, n = 0;
+	buf[0] = '\0';
+	json_array_foreach(json_object_get(v, "devices"), i, x) {
+		const char *job = json_string_value(json_object_get(x, "job"));
+		n += (size_t)snprintf(buf + n, cap - n, "%s%lld=%s", i ? "," : "",
+				      (long long)json_integer_value(json_object_get(x, "id")), job ? job : "-");
+	}
+	json_array_foreach(json_object_get(v, "cpu_jobs"), i, x)
+		n += (size_t)snprintf(buf + n, cap - n, ",cpu:%s/%lld", json_string_value(json_object_get(x, "job")),
+				      (long long)json_integer_value(json_object_get(x, "ranks")));
+	json_decref(v);
+}
+
+/* The scheduler's device sets (configured GPU ids, no GPU needed: the fake
+ * worker only reads CUDA_VISIBLE_DEVICES): a job holds the GPUs it was
+ * given until it ends in any way (succeeded, cancelled, crashed); the head
+ * of the queue waits for its GPUs; /v1/devices names each GPU's job. */
+Test(api, device_sets)
+{
+	const char *const extra[] = {"--devices", "0,1,2", "--max-jobs", "3", NULL};
+	cr_assert_eq(hd_start(&H, extra), 0);
+	char a[32], b[32], c[32], want[256], got[256];
+	snprintf(a, sizeof(a), "%s", submit_on("fake-slow-200", "d1", "devices", "2"));
+	json_t *j = hd_wait(&H, a, "running", 5);
+	cr_assert(j);
+	json_decref(j);
+	/* GPU 1 is held: the job asking for [1, 2] waits, and nothing overtakes it */
+	snprintf(b, sizeof(b), "%s", submit_on("fake-slow-200", "d2", "devices", "[2,1]"));
+	snprintf(c, sizeof(c), "%s", submit_on("fake-ok", "d3", "devices", "\"cpu\""));
+	nap(0.5);
+	snprintf(want, sizeof(want), "0=%s,1=%s,2=-", a, a);
+	devices_now(got, sizeof(got));
+	cr_expect_str_eq(got, want);
+	j = hd_job(&H, b);
+	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "queued", "GPU 1 is held");
+	json_decref(j);
+	j = hd_job(&H, c);
+	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "queued", "strict FIFO");
+	json_decref(j);
+	/* the worker sees its GPUs only */
+	char path[96];
+	struct cal_client_resp r;
+	snprintf(path, sizeof(path), "/v1/jobs/%s/log", a);
+	cr_assert_eq(hd_req(&H, "GET", path, NULL, NULL, &r), 200);
+	cr_expect(strstr(r.body, "CUDA_VISIBLE_DEVICES=0,1)"), "%s", r.body);
+	cal_client_resp_free(&r);
+	/* cancelled: its GPUs go to the next job */
+	snprintf(path, sizeof(path), "/v1/jobs/%s", a);
+	cr_expect_eq(hd_req(&H, "DELETE", path, NULL, NULL, &r), 202);
+	cal_client_resp_free(&r);
+	j = hd_wait(&H, a, "cancelled", 5);
+	cr_assert(j);
+	json_decref(j);
+	j = hd_wait(&H, b, "running", 5);
+	cr_assert(j, "the waiting job runs once its GPUs are free");
+	json_t *dv = json_object_get(j, "devices");
+	cr_expect(json_array_size(dv) == 2 && json_integer_value(json_array_get(dv, 0)) == 2 &&
+		  json_integer_value(json_array_get(dv, 1)) == 1, "the job holds the GPUs it named");
+	json_decref(j);
+	j = hd_wait(&H, c, "succeeded", 5);
+	cr_assert(j);
+	json_decref(j);
+	snprintf(want, sizeof(want), "0=-,1=%s,2=%s", b, b);
+	devices_now(got, sizeof(got));
+	cr_expect_str_eq(got, want);
+	/* a crash releases them too; a CPU job shows its ranks */
+	snprintf(path, sizeof(path), "/v1/jobs/%s", b);
+	cr_expect_eq(hd_req(&H, "DELETE", path, NULL, NULL, &r), 202);
+	cal_client_resp_free(&r);
+	j = hd_wait(&H, b, "cancelled", 5);
+	json_decref(j);
+	snprintf(a, sizeof(a), "%s", submit_on("fake-crash", "d4", "devices", "3"));
+	j = hd_wait(&H, a, "failed", 5);
+	cr_assert(j);
+	cr_expect_str_eq(err_code(j), "worker_crashed");
+	json_decref(j);
+	snprintf(c, sizeof(c), "%s", submit_on("fake-slow-200", "d5", "options", "{\"ranks\":4}"));
+	j = hd_wait(&H, c, "running", 5);
+	json_decref(j);
+	snprintf(want, sizeof(want), "0=-,1=-,2=-,cpu:%s/4", c);
+	devices_now(got, sizeof(got));
+	cr_expect_str_eq(got, want, "every GPU free after the crash");
+	/* more GPUs than configured: refused at submit */
+	cr_expect_eq(post_spec("fake-ok", "d6", "devices", "4", &r), 422);
+	cr_expect(strstr(r.body, "devices_unavailable"), "%s", r.body);
+	cal_client_resp_free(&r);
+}
+
 Test(api, worker_failures)
 {
 	const char *const extra[] = {"--progress-timeout", "1", "--kill-grace", "0.5", "--max-jobs", "4", NULL};
