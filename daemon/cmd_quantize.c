@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "api/jobspec.h"
 #include "cli.h"
 #include "config.h"
 #include "engine/job.h"
@@ -263,15 +264,12 @@ static int node_layout(struct cal_job_opts *jo, int nodes, int node_rank)
 		fprintf(stderr, "calibd quantize: --nodes %d needs --rendezvous FILE\n", nodes);
 		return -1;
 	}
-	unsigned local = cal_job_local_ranks(&jo->ranks, &jo->devices);
-	if (!local || (unsigned long)local * (unsigned)nodes > CAL_CALIB_MAX_RANKS) {
-		fprintf(stderr, "calibd quantize: %d nodes of %u ranks: at most %d ranks in all\n",
-			nodes, local, CAL_CALIB_MAX_RANKS);
+	struct cal_error err = {0};
+	if (cal_jobspec_node_ranks(jo, (unsigned)nodes, (unsigned)node_rank, &err) < 0) {
+		fprintf(stderr, "calibd quantize: --nodes: %s\n", cal_error_msg(&err));
+		cal_error_clear(&err);
 		return -1;
 	}
-	jo->ranks.local = local;
-	jo->ranks.world = local * (unsigned)nodes;
-	jo->ranks.first = local * (unsigned)node_rank;
 	return 0;
 }
 

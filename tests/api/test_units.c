@@ -326,59 +326,84 @@ Test(units, job_devices_and_engine_options)
 	cr_assert_eq(system(cmd), 0);
 }
 
-/* options.ranks: the CPU ranks of a CPU job; a GPU job runs one rank per
- * GPU, so a count other than its GPUs is refused naming the field. */
-Test(units, job_ranks)
+/* options.ranks (the CPU ranks of a CPU job; a GPU job runs one rank per
+ * GPU) and distributed {nodes, node_rank, rendezvous} (this job as one node
+ * of several) as the engine's rank layout; refusals name the field. */
+Test(units, job_ranks_and_nodes)
 {
-	char root[] = "/tmp/calibd-spec-XXXXXX", models[128], data[128], out[128];
+	char root[] = "/tmp/calibd-spec-XXXXXX", models[128], data[128], out[128], have[200];
 	spec_dirs(root, models, data, out);
+	snprintf(have, sizeof(have), "%s/rv-old", out);
+	FILE *hf = fopen(have, "w");
+	cr_assert(hf);
+	fclose(hf);
 	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
 	static const int gpus[] = {0, 1};
 	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
 				      .output_roots = orr, .n_output_roots = 1, .devices = gpus, .n_devices = 2};
+	/* OUT in extra is the output root */
 	static const struct {
-		const char *devices, *ranks;
-		enum cal_api_err ae;
-		unsigned local; /* the engine's local ranks (0: one per GPU, or 1) */
+		const char *devices, *extra;
+		const char *field; /* NULL: accepted */
+		unsigned local, world, first;
 	} cases[] = {
-		{"\"cpu\"", NULL, CAL_API_OK, 0},
-		{"\"cpu\"", "4", CAL_API_OK, 4},
-		{"\"cpu\"", "64", CAL_API_OK, 64},
-		{"2", "2", CAL_API_OK, 2},
-		{"\"cuda:0,1\"", NULL, CAL_API_OK, 0},
-		{"2", "1", CAL_API_ERR_INVALID_FIELD, 0},
-		{"\"cpu\"", "0", CAL_API_ERR_INVALID_FIELD, 0},
-		{"\"cpu\"", "65", CAL_API_ERR_INVALID_FIELD, 0},
-		{"\"cpu\"", "\"2\"", CAL_API_ERR_INVALID_FIELD, 0},
+		{"\"cpu\"", "", NULL, 1, 1, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":4}", NULL, 4, 4, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":64}", NULL, 64, 64, 0},
+		{"2", ",\"options\":{\"ranks\":2}", NULL, 2, 2, 0},
+		{"\"cuda:0,1\"", "", NULL, 2, 2, 0},
+		{"2", ",\"options\":{\"ranks\":1}", "options.ranks", 0, 0, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":0}", "options.ranks", 0, 0, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":65}", "options.ranks", 0, 0, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":\"2\"}", "options.ranks", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":1,\"rendezvous\":\"OUT/rv\"}", NULL, 1, 2, 1},
+		{"2", ",\"distributed\":{\"nodes\":4,\"node_rank\":3,\"rendezvous\":\"OUT/rv\"}", NULL, 2, 8, 6},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":1,\"rendezvous\":\"OUT/rv-old\"}", NULL, 1, 2, 1},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":0,\"rendezvous\":\"OUT/rv-old\"}",
+		 "distributed.rendezvous", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":0,\"rendezvous\":\"/etc/rv\"}",
+		 "distributed.rendezvous", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":2,\"rendezvous\":\"OUT/rv\"}",
+		 "distributed.node_rank", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":0,\"node_rank\":0,\"rendezvous\":\"OUT/rv\"}",
+		 "distributed.nodes", 0, 0, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":40},\"distributed\":{\"nodes\":2,\"node_rank\":0,"
+		 "\"rendezvous\":\"OUT/rv\"}", "distributed.nodes", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":0}", "distributed.rendezvous", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":2", "distributed", 0, 0, 0},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		char body[1024], rk[32] = "";
-		if (cases[i].ranks)
-			snprintf(rk, sizeof(rk), ",\"options\":{\"ranks\":%s}", cases[i].ranks);
+		char body[1024], extra[400] = "";
+		const char *o = strstr(cases[i].extra, "OUT");
+		if (o)
+			snprintf(extra, sizeof(extra), "%.*s%s%s", (int)(o - cases[i].extra), cases[i].extra, out, o + 3);
+		else
+			snprintf(extra, sizeof(extra), "%s", cases[i].extra);
 		snprintf(body, sizeof(body),
 			 "{\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"model\":\"%s/m\",\"calibration\":"
 			 "{\"datasets\":[\"%s/d.jsonl\"]},\"output\":\"%s/o\",\"devices\":%s%s}",
-			 models, data, out, cases[i].devices, rk);
+			 models, data, out, cases[i].devices, extra);
 		json_t *req = json_loads(body, 0, NULL), *spec = NULL;
 		cr_assert(req, "%s", body);
 		struct cal_api_problem prob = {0};
 		enum cal_api_err ae = cal_jobspec_validate(req, &env, &spec, &prob);
-		cr_expect_eq(ae, cases[i].ae, "%s: %d", body, ae);
-		if (ae) {
-			cr_expect_str_eq(prob.field, "options.ranks", "%s", body);
+		if (cases[i].field) {
+			cr_expect_neq(ae, CAL_API_OK, "%s", body);
+			cr_expect_str_eq(prob.field ? prob.field : "", cases[i].field, "%s: %s", body, prob.message);
 			cal_api_problem_clear(&prob);
 			json_decref(req);
 			continue;
 		}
+		cr_assert_eq(ae, CAL_API_OK, "%s: %s", body, prob.message);
 		json_object_set_new(spec, "recipes_dir", json_string("/recipes"));
 		struct cal_jobspec_job jj;
 		struct cal_error err = {0};
 		cr_assert_eq(cal_jobspec_job_opts(spec, &jj, &err), CAL_OK, "%s", cal_error_msg(&err));
-		cr_expect_eq(jj.opts.ranks.local, cases[i].local, "%s", body);
-		cr_expect_eq(jj.opts.ranks.world, 0);
-		cr_expect_null(jj.opts.ranks.rendezvous);
-		cr_expect_eq(cal_job_local_ranks(&jj.opts.ranks, &jj.opts.devices),
-			     cases[i].local ? cases[i].local : jj.opts.devices.n ? jj.opts.devices.n : 1);
+		unsigned local = cal_job_local_ranks(&jj.opts.ranks, &jj.opts.devices);
+		unsigned world = jj.opts.ranks.world ? jj.opts.ranks.world : local;
+		cr_expect(local == cases[i].local && world == cases[i].world && jj.opts.ranks.first == cases[i].first,
+			  "%s: ranks %u..+%u of %u", body, jj.opts.ranks.first, local, world);
+		cr_expect_eq(!!jj.opts.ranks.rendezvous, cases[i].world > cases[i].local, "%s", body);
 		json_decref(spec);
 		json_decref(req);
 	}
