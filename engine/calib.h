@@ -135,6 +135,7 @@ struct cal_calib_opts {
 	unsigned rank_first, rank_world;
 	const char *rendezvous;
 	const int *cuda_devices;
+	unsigned comm_timeout_ms;          /* deadline of each collective (0: comm.h's) */
 };
 
 /*
@@ -216,6 +217,13 @@ struct cal_calib_perf {
 	size_t n_mb;             /* micro-batches per layer */
 	int hidden_on_host;      /* hidden states kept in pinned host memory */
 	int streamed;            /* weights copied layer by layer into two arenas */
+	/* expert parallelism (docs/expert_parallel.md) */
+	unsigned ranks;          /* global ranks of the run (1: none) */
+	uint64_t comm_bytes;     /* bytes this process's ranks sent to other ranks */
+	const uint64_t *comm_layer_bytes; /* [n_layers + 1] of them per layer (last: the
+					   * final norm); owned by the engine, NULL with
+					   * one rank */
+	int32_t n_layers;
 };
 void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *ret);
 

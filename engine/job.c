@@ -512,6 +512,7 @@ enum cal_status cal_job_calib_open(struct cal_job *j, const struct cal_job_hooks
 		.rank_first = o->ranks.first,
 		.rank_world = o->ranks.world,
 		.rendezvous = o->ranks.rendezvous,
+		.comm_timeout_ms = o->ranks.timeout_ms,
 		.cuda_devices = o->devices.kind == CAL_DEVICE_CUDA ? o->devices.ids : NULL,
 	};
 	if (co.moe_calib_experts_ratio == 0.0 && j->recipe->algo.has_moe_calib_experts_ratio)

@@ -69,6 +69,8 @@ void cal_job_datasets_free(struct cal_job_dataset *ds, size_t n);
  *     world == local).  world > local needs a rendezvous.
  *   - rendezvous: where the processes of one job meet (kernels/comm.h:
  *     the leader's file); NULL for one process.
+ *   - timeout_ms: the deadline of every collective (0: kernels/comm.h's
+ *     default); a rank that misses it fails the job, naming the rank.
  * Only global rank 0 calls the hooks and writes the export.
  */
 struct cal_job_ranks {
@@ -76,6 +78,7 @@ struct cal_job_ranks {
 	unsigned first;
 	unsigned world;
 	const char *rendezvous;
+	unsigned timeout_ms;
 };
 
 /* Ranks of this process under `r` and `devices` (the rule above), or 0
