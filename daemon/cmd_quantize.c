@@ -35,6 +35,7 @@ static void quantize_usage(FILE *o)
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
 		"         [--max-shard-size SIZE] [--ranks N] [--progress-fd N] [--json] [--quiet]\n"
 		"         [--datasets-file FILE] [--nodes N --node-rank I --rendezvous FILE]\n"
+		"         [--comm-timeout SECONDS]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
 		"--calib takes JSONL ({\"text\"}, {\"messages\"}, {\"input_ids\"}) or text files,\n"
@@ -54,6 +55,8 @@ static void quantize_usage(FILE *o)
 		"--nodes N runs one job over N such processes (one per node, each with the\n"
 		"same --device or --ranks); this one is node I (0..N-1); node 0 leads and\n"
 		"publishes where to meet in FILE, which every node must see (docs/deploy.md).\n"
+		"--comm-timeout (default 600) bounds every exchange between ranks: a rank\n"
+		"that does not answer in time fails the job naming it (exit 5).\n"
 		"docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
@@ -177,6 +180,15 @@ static void print_summary(const json_t *r)
 	json_t *v;
 	char bytes[32];
 	size_t i;
+	if (json_object_get(r, "role")) { /* a follower node: the leader exports */
+		printf("calibrated ranks %lld..%lld of %lld; node 0 writes the checkpoint (%.1f s)\n",
+		       (long long)json_integer_value(json_object_get(r, "first_rank")),
+		       (long long)(json_integer_value(json_object_get(r, "first_rank")) +
+				   json_integer_value(json_object_get(r, "ranks")) - 1),
+		       (long long)json_integer_value(json_object_get(r, "world")),
+		       json_number_value(json_object_get(r, "wall_s")));
+		return;
+	}
 	human_bytes(bytes, sizeof(bytes), (double)json_integer_value(json_object_get(r, "bytes")));
 	json_t *qa = json_object_get(r, "quant_algo"), *kv = json_object_get(r, "kv_cache_quant_algo");
 	json_t *cal = json_object_get(r, "calibration");
@@ -293,6 +305,7 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"nodes", required_argument, NULL, 'W'},
 		{"node-rank", required_argument, NULL, 'I'},
 		{"rendezvous", required_argument, NULL, 'V'},
+		{"comm-timeout", required_argument, NULL, 'T'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -364,6 +377,11 @@ int cal_cmd_quantize(int argc, char **argv)
 				return CAL_EXIT_USAGE;
 			break;
 		case 'V': jo.ranks.rendezvous = optarg; break;
+		case 'T':
+			if (parse_count("--comm-timeout", optarg, 86400, &n) < 0)
+				return CAL_EXIT_USAGE;
+			jo.ranks.timeout_ms = (unsigned)n * 1000u;
+			break;
 		case 'z':
 			if (cal_st_parse_size(optarg, &jo.max_shard_bytes) < 0) {
 				fprintf(stderr, "calibd quantize: --max-shard-size '%s' is not a size "

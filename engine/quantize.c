@@ -308,6 +308,10 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 		goto fail;
 	}
 
+	/* a process without global rank 0 (a follower node of a multi-process
+	 * job, docs/deploy.md) calibrates its ranks only: the leader exports */
+	int follower = jo->ranks.first > 0;
+
 	/* load: the job's (model, recipe, plan, checkpoint, back end), then the
 	 * exporter before any compute: an existing output or a full disk fails
 	 * here (it plans every output tensor and checks the space) */
@@ -316,6 +320,8 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	j.plan = cal_job_plan(job);
 	emit(&j, "load", -1);
 	CAL_TRY(cal_stats_init(&j.stats, err));
+	if (follower)
+		goto tokenize;
 	struct cal_export_opts eo = {
 		.model_dir = jo->model_dir,
 		.out_dir = opts->out_dir,
@@ -333,7 +339,7 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 		goto fail;
 	}
 
-	/* tokenize */
+tokenize:
 	t = cal_now();
 	emit(&j, "tokenize", -1);
 	CAL_TRY(cal_job_tokens(job, &tk, &ti, err));
@@ -352,8 +358,19 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	emit(&j, "calibrate", -1);
 	j.t_run = cal_now();
 	CAL_TRY(cal_calib_run(cal, tk, err));
-	CAL_TRY(layer_stats(&j, cal, -1, err));
 	double run_s = cal_now() - j.t_run;
+	if (follower) {
+		phase_add(phases, "calibrate", run_s);
+		emit(&j, "done", -1);
+		if (ret_report)
+			*ret_report = json_pack("{s:s, s:I, s:I, s:I, s:O, s:f}", "role", "follower",
+						"first_rank", (json_int_t)jo->ranks.first, "ranks",
+						(json_int_t)cal_job_ranks_local(job), "world",
+						(json_int_t)cal_job_ranks_world(job), "phases_s", phases,
+						"wall_s", cal_now() - j.t_job);
+		goto fail;
+	}
+	CAL_TRY(layer_stats(&j, cal, -1, err));
 	phase_add(phases, "calibrate", run_s - j.t_export);
 	if (cancelled(&j)) {
 		st = interrupted(&j, err);
