@@ -560,11 +560,11 @@ static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_
 static enum cal_api_err validate_options(const json_t *req, json_t *out, struct cal_api_problem *prob)
 {
 	static const char *const keys[] = {"per_expert_input_amax", "moe_calib_experts_ratio", "max_shard_size",
-					   "ranks", NULL};
+					   "ranks", "comm_timeout_s", NULL};
 	json_t *o = json_object_get(req, "options");
 	int amax = 0;
 	double ratio = 0;
-	json_int_t shard = 0, ranks = 0;
+	json_int_t shard = 0, ranks = 0, comm_timeout = 0;
 	if (o && !json_is_null(o)) {
 		if (!json_is_object(o))
 			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options", "options must be an object");
@@ -610,12 +610,22 @@ static enum cal_api_err validate_options(const json_t *req, json_t *out, struct 
 							   "options.ranks: a GPU job runs one rank per GPU (%zu "
 							   "devices), not %lld", gpus, (long long)ranks);
 		}
+		/* the deadline of every exchange between ranks (docs/deploy.md) */
+		json_t *ct = json_object_get(o, "comm_timeout_s");
+		if (ct) {
+			if (!json_is_integer(ct) || json_integer_value(ct) < 1 || json_integer_value(ct) > 86400)
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options.comm_timeout_s",
+							   "options.comm_timeout_s must be an integer in 1..86400");
+			comm_timeout = json_integer_value(ct);
+		}
 	}
 	json_t *opts = json_pack("{s:b, s:f}", "per_expert_input_amax", amax, "moe_calib_experts_ratio", ratio);
 	if (opts && shard)
 		json_object_set_new(opts, "max_shard_size", json_integer(shard));
 	if (opts && ranks)
 		json_object_set_new(opts, "ranks", json_integer(ranks));
+	if (opts && comm_timeout)
+		json_object_set_new(opts, "comm_timeout_s", json_integer(comm_timeout));
 	json_object_set_new(out, "options", opts);
 	return CAL_API_OK;
 }
@@ -885,6 +895,8 @@ static enum cal_status spec_ranks(const json_t *spec, struct cal_job_opts *o, st
 		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: options.ranks %lld out of range",
 				     (long long)ranks);
 	o->ranks.local = (unsigned)ranks;
+	json_int_t ct = json_integer_value(json_object_get(json_object_get(spec, "options"), "comm_timeout_s"));
+	o->ranks.timeout_ms = ct > 0 && ct <= 86400 ? (unsigned)ct * 1000u : 0;
 	const json_t *dist = json_object_get(spec, "distributed");
 	if (!dist)
 		return CAL_OK;

@@ -1782,6 +1782,102 @@ Test(api, real_job_end_to_end)
 	cal_client_resp_free(&r);
 }
 
+/* Submits node `rank` of a 2-node real job (docs/deploy.md): the tiny
+ * fixture, rendezvous H.out/RV, output H.out/OUT; returns the job id. */
+static const char *submit_node(int rank, const char *rv, const char *out, int comm_timeout_s)
+{
+	char body[1536];
+	snprintf(body, sizeof(body),
+		 "{\"name\":\"node%d\",\"model\":\"%s/m\",\"recipe\":\"%s\",\"calibration\":{\"tokens\":"
+		 "\"%s/tokens.jsonl\",\"samples\":4,\"seq_len\":16},\"output\":\"%s/%s\",\"devices\":\"cpu\","
+		 "\"options\":{\"comm_timeout_s\":%d},\"distributed\":{\"nodes\":2,\"node_rank\":%d,"
+		 "\"rendezvous\":\"%s/%s\"}}",
+		 rank, H.models, HD_RECIPE, H.data, H.out, out, comm_timeout_s, rank, H.out, rv);
+	json_t *job = get_json("POST", "/v1/jobs", JSON, body, 202);
+	snprintf(H.last_id, sizeof(H.last_id), "%s", json_string_value(json_object_get(job, "id")));
+	json_decref(job);
+	return H.last_id;
+}
+
+/* One job as two nodes through the daemon (two workers here, one per node
+ * on a real cluster): node 0 publishes the checkpoint, node 1 calibrates
+ * its rank.  Then node 1's worker stopped (SIGSTOP) before it joins: node
+ * 0 fails at the ranks' deadline with `device`, naming rank 1; the daemon
+ * ends the stopped one on cancel and runs the next job. */
+Test(api, distributed_job_and_stopped_rank, .timeout = 120)
+{
+	H.real_worker = 1;
+	cr_assert_eq(hd_start(&H, NULL), 0);
+	char n0[32], n1[32];
+	snprintf(n1, sizeof(n1), "%s", submit_node(1, "rv1", "f1", 20));
+	snprintf(n0, sizeof(n0), "%s", submit_node(0, "rv1", "q1", 20));
+	json_t *j = hd_wait(&H, n0, NULL, 60);
+	cr_assert(j);
+	cr_assert_str_eq(json_string_value(json_object_get(j, "state")), "succeeded", "node 0: %s",
+			 json_string_value(json_object_get(json_object_get(j, "error"), "message")));
+	cr_expect_str_eq(json_string_value(json_object_get(json_object_get(j, "result"), "quant_algo")), "NVFP4");
+	json_decref(j);
+	j = hd_wait(&H, n1, NULL, 30);
+	cr_assert(j);
+	cr_assert_str_eq(json_string_value(json_object_get(j, "state")), "succeeded");
+	json_t *res = json_object_get(j, "result");
+	cr_expect_str_eq(json_string_value(json_object_get(res, "role")), "follower");
+	cr_expect_eq(json_integer_value(json_object_get(res, "first_rank")), 1);
+	json_decref(j);
+	char p[300];
+	struct stat sb;
+	snprintf(p, sizeof(p), "%s/q1/hf_quant_config.json", H.out);
+	cr_expect_eq(stat(p, &sb), 0, "node 0 published %s", p);
+	snprintf(p, sizeof(p), "%s/f1", H.out);
+	cr_expect_neq(stat(p, &sb), 0, "node 1 wrote no output");
+
+	/* node 1 stopped */
+	snprintf(n1, sizeof(n1), "%s", submit_node(1, "rv2", "f2", 2));
+	pid_t wpid = 0;
+	for (int i = 0; i < 200 && !wpid; i++, nap(0.02)) {
+		j = hd_job(&H, n1);
+		wpid = (pid_t)json_integer_value(json_object_get(j, "worker_pid"));
+		json_decref(j);
+	}
+	cr_assert(wpid > 0, "node 1's worker_pid");
+	cr_assert_eq(kill(wpid, SIGSTOP), 0);
+	double t0 = cal_now();
+	snprintf(n0, sizeof(n0), "%s", submit_node(0, "rv2", "q2", 2));
+	j = hd_wait(&H, n0, NULL, 30);
+	cr_assert(j);
+	const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "failed");
+	cr_expect_str_eq(err_code(j), "device", "a rank's failure is a device failure: %s", msg);
+	cr_expect(msg && strstr(msg, "rank 1"), "the error names the stopped rank: %s", msg);
+	cr_expect_lt(cal_now() - t0, 20.0, "node 0 failed within the deadline");
+	json_decref(j);
+	snprintf(p, sizeof(p), "%s/q2", H.out);
+	cr_expect_neq(stat(p, &sb), 0, "nothing published");
+	snprintf(p, sizeof(p), "%s/rv2", H.out);
+	cr_expect_neq(stat(p, &sb), 0, "node 0's rendezvous file is removed when it ends");
+	/* the stopped worker is ended (SIGKILL after the grace) and the daemon goes on */
+	char path[96];
+	struct cal_client_resp r;
+	snprintf(path, sizeof(path), "/v1/jobs/%s", n1);
+	cr_expect_eq(hd_req(&H, "DELETE", path, NULL, NULL, &r), 202);
+	cal_client_resp_free(&r);
+	j = hd_wait(&H, n1, "cancelled", 10);
+	cr_expect(j, "the stopped node is cancelled");
+	json_decref(j);
+	char body[1024];
+	snprintf(body, sizeof(body),
+		 "{\"model\":\"%s/m\",\"recipe\":\"%s\",\"calibration\":{\"tokens\":\"%s/tokens.jsonl\"},"
+		 "\"output\":\"%s/q3\",\"devices\":\"cpu\",\"options\":{\"ranks\":2}}",
+		 H.models, HD_RECIPE, H.data, H.out);
+	j = get_json("POST", "/v1/jobs", JSON, body, 202);
+	snprintf(n0, sizeof(n0), "%s", json_string_value(json_object_get(j, "id")));
+	json_decref(j);
+	j = hd_wait(&H, n0, NULL, 30);
+	cr_assert(j);
+	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "succeeded", "the next job runs");
+	json_decref(j);
+}
+
 /* A model the engine describes but does not run is refused at submit with
  * the engine's own reason (422 unsupported_model), never in the worker:
  * a Gated DeltaNet model past the engine's conv-kernel limit, and the

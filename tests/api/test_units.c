@@ -371,6 +371,8 @@ Test(units, job_ranks_and_nodes)
 		 "\"rendezvous\":\"OUT/rv\"}", "distributed.nodes", 0, 0, 0},
 		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":0}", "distributed.rendezvous", 0, 0, 0},
 		{"\"cpu\"", ",\"distributed\":2", "distributed", 0, 0, 0},
+		{"\"cpu\"", ",\"options\":{\"comm_timeout_s\":30}", NULL, 1, 1, 0},
+		{"\"cpu\"", ",\"options\":{\"comm_timeout_s\":0}", "options.comm_timeout_s", 0, 0, 0},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char body[1024], extra[400] = "";
@@ -404,6 +406,7 @@ Test(units, job_ranks_and_nodes)
 		cr_expect(local == cases[i].local && world == cases[i].world && jj.opts.ranks.first == cases[i].first,
 			  "%s: ranks %u..+%u of %u", body, jj.opts.ranks.first, local, world);
 		cr_expect_eq(!!jj.opts.ranks.rendezvous, cases[i].world > cases[i].local, "%s", body);
+		cr_expect_eq(jj.opts.ranks.timeout_ms, strstr(body, "comm_timeout_s") ? 30000u : 0u, "%s", body);
 		json_decref(spec);
 		json_decref(req);
 	}
