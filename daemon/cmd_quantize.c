@@ -34,8 +34,9 @@ static void quantize_usage(FILE *o)
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
 		"         [--max-shard-size SIZE] [--ranks N] [--progress-fd N] [--json] [--quiet]\n"
-		"         [--datasets-file FILE] [--nodes N --node-rank I --rendezvous FILE]\n"
-		"         [--comm-timeout SECONDS]\n"
+		"         [--world N --rank-first R --rendezvous FILE]\n"
+		"         [--nodes N --node-rank I --rendezvous FILE] [--comm-timeout SECONDS]\n"
+		"         [--datasets-file FILE]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
 		"--calib takes JSONL ({\"text\"}, {\"messages\"}, {\"input_ids\"}) or text files,\n"
@@ -52,11 +53,13 @@ static void quantize_usage(FILE *o)
 		"model.safetensors.index.json; one model.safetensors when smaller.\n"
 		"--ranks N splits each MoE layer's experts across N CPU ranks (cuda:0,1,...:\n"
 		"one rank per GPU); the checkpoint is the same bytes (docs/expert_parallel.md).\n"
-		"--nodes N runs one job over N such processes (one per node, each with the\n"
-		"same --device or --ranks); this one is node I (0..N-1); node 0 leads and\n"
-		"publishes where to meet in FILE, which every node must see (docs/deploy.md).\n"
-		"--comm-timeout (default 600) bounds every exchange between ranks: a rank\n"
-		"that does not answer in time fails the job naming it (exit 5).\n"
+		"--world N --rank-first R --rendezvous FILE: this process runs ranks R.. of a\n"
+		"job of N ranks over several processes, meeting through FILE; the process of\n"
+		"rank 0 writes DIR, the others calibrate only.\n"
+		"--nodes N --node-rank I --rendezvous FILE: the same, as node I of N\n"
+		"processes (one per node) that each run the same --device GPUs or --ranks\n"
+		"(docs/deploy.md).  --comm-timeout (default 600) bounds every exchange between\n"
+		"ranks: a rank that does not answer in time fails the job naming it (exit 5).\n"
 		"docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
@@ -180,15 +183,6 @@ static void print_summary(const json_t *r)
 	json_t *v;
 	char bytes[32];
 	size_t i;
-	if (json_object_get(r, "role")) { /* a follower node: the leader exports */
-		printf("calibrated ranks %lld..%lld of %lld; node 0 writes the checkpoint (%.1f s)\n",
-		       (long long)json_integer_value(json_object_get(r, "first_rank")),
-		       (long long)(json_integer_value(json_object_get(r, "first_rank")) +
-				   json_integer_value(json_object_get(r, "ranks")) - 1),
-		       (long long)json_integer_value(json_object_get(r, "world")),
-		       json_number_value(json_object_get(r, "wall_s")));
-		return;
-	}
 	human_bytes(bytes, sizeof(bytes), (double)json_integer_value(json_object_get(r, "bytes")));
 	json_t *qa = json_object_get(r, "quant_algo"), *kv = json_object_get(r, "kv_cache_quant_algo");
 	json_t *cal = json_object_get(r, "calibration");
@@ -262,9 +256,13 @@ static int parse_count(const char *opt, const char *s, long max, int *ret)
 static int node_layout(struct cal_job_opts *jo, int nodes, int node_rank)
 {
 	if (!nodes) {
-		if (node_rank < 0 && !jo->ranks.rendezvous)
+		if (node_rank < 0)
 			return 0;
-		fprintf(stderr, "calibd quantize: --node-rank and --rendezvous need --nodes\n");
+		fprintf(stderr, "calibd quantize: --node-rank needs --nodes\n");
+		return -1;
+	}
+	if (jo->ranks.world || jo->ranks.first) {
+		fprintf(stderr, "calibd quantize: --nodes and --world/--rank-first exclude each other\n");
 		return -1;
 	}
 	if (node_rank < 0 || node_rank >= nodes) {
@@ -302,9 +300,11 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
 		{"max-shard-size", required_argument, NULL, 'z'},
 		{"ranks", required_argument, NULL, 'N'},
-		{"nodes", required_argument, NULL, 'W'},
+		{"world", required_argument, NULL, 'W'},
+		{"rank-first", required_argument, NULL, 'f'},
+		{"rendezvous", required_argument, NULL, 'Z'},
+		{"nodes", required_argument, NULL, 'O'},
 		{"node-rank", required_argument, NULL, 'I'},
-		{"rendezvous", required_argument, NULL, 'V'},
 		{"comm-timeout", required_argument, NULL, 'T'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
@@ -369,6 +369,20 @@ int cal_cmd_quantize(int argc, char **argv)
 			jo.ranks.local = (unsigned)n;
 			break;
 		case 'W':
+			if (parse_count("--world", optarg, CAL_CALIB_MAX_RANKS, &n) < 0)
+				return CAL_EXIT_USAGE;
+			jo.ranks.world = (unsigned)n;
+			break;
+		case 'f':
+			if (!strcmp(optarg, "0"))
+				jo.ranks.first = 0;
+			else if (parse_count("--rank-first", optarg, CAL_CALIB_MAX_RANKS - 1, &n) < 0)
+				return CAL_EXIT_USAGE;
+			else
+				jo.ranks.first = (unsigned)n;
+			break;
+		case 'Z': jo.ranks.rendezvous = optarg; break;
+		case 'O':
 			if (parse_count("--nodes", optarg, CAL_CALIB_MAX_RANKS, &nodes) < 0)
 				return CAL_EXIT_USAGE;
 			break;
@@ -376,7 +390,6 @@ int cal_cmd_quantize(int argc, char **argv)
 			if (parse_range("--node-rank", optarg, 0, CAL_CALIB_MAX_RANKS - 1, &node_rank) < 0)
 				return CAL_EXIT_USAGE;
 			break;
-		case 'V': jo.ranks.rendezvous = optarg; break;
 		case 'T':
 			if (parse_count("--comm-timeout", optarg, 86400, &n) < 0)
 				return CAL_EXIT_USAGE;
@@ -472,6 +485,9 @@ int cal_cmd_quantize(int argc, char **argv)
 			json_dumpf(report, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER |
 						   JSON_REAL_PRECISION(6));
 			putchar('\n');
+		} else if (jo.ranks.first) {
+			printf("calibrated ranks %u.. of %u; rank 0's process writes %s\n",
+			       jo.ranks.first, jo.ranks.world, o.out_dir);
 		} else {
 			print_summary(report);
 		}

@@ -252,4 +252,9 @@ char *cal_calib_stats_json(const struct cal_calib *c);
 json_t *cal_calib_stats(const struct cal_calib *c);
 char *cal_calib_stats_dump(const json_t *stats);
 
+/* Expert parallelism of the last run (new reference): {"ranks": R,
+ * "comm_bytes": sent by this process's ranks, "comm_bytes_per_layer":
+ * [per decoder layer], "comm_bytes_final_norm"}; NULL with one rank. */
+json_t *cal_calib_ranks_json(const struct cal_calib *c);
+
 #endif

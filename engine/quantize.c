@@ -277,6 +277,32 @@ enum cal_status cal_quantize_check_output(const char *out_dir, struct cal_error 
 	return CAL_OK;
 }
 
+/* A process of a job over several processes that does not host global
+ * rank 0 (docs/expert_parallel.md): its ranks calibrate with the others;
+ * global rank 0's process exports and publishes, this one writes nothing. */
+static enum cal_status follower_run(struct cal_job *job, json_t **ret_report,
+				    struct cal_error *err)
+{
+	struct cal_calib_tokens *tk = NULL;
+	struct cal_calib *cal = NULL;
+	enum cal_status st = CAL_OK;
+	double t = cal_now();
+	CAL_TRY(cal_job_check(job, CAL_JOB_CALIBRATE, err));
+	CAL_TRY(cal_job_tokens(job, &tk, NULL, err));
+	CAL_TRY(cal_job_calib_open(job, NULL, &cal, err));
+	CAL_TRY(cal_calib_run(cal, tk, err));
+	if (ret_report) {
+		json_t *r = cal_calib_ranks_json(cal);
+		*ret_report = json_pack("{s:i, s:f, s:o}", "rank_first",
+					(int)cal_job_options(job)->ranks.first, "calibrate_s",
+					cal_now() - t, "ranks", r ? r : json_null());
+	}
+fail:
+	cal_calib_free(cal);
+	cal_calib_tokens_free(tk);
+	return st;
+}
+
 enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_opts *opts,
 				 cal_progress_fn progress, void *progress_ctx,
 				 json_t **ret_report, struct cal_error *err)
@@ -293,6 +319,10 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 
 	if (ret_report)
 		*ret_report = NULL;
+	if (jo->ranks.first != 0) {
+		json_decref(phases);
+		return follower_run(job, ret_report, err);
+	}
 	j.t_job = cal_now() - cal_job_open_seconds(job);
 	if (!phases) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "quantize: out of memory");
@@ -308,10 +338,6 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 		goto fail;
 	}
 
-	/* a process without global rank 0 (a follower node of a multi-process
-	 * job, docs/deploy.md) calibrates its ranks only: the leader exports */
-	int follower = jo->ranks.first > 0;
-
 	/* load: the job's (model, recipe, plan, checkpoint, back end), then the
 	 * exporter before any compute: an existing output or a full disk fails
 	 * here (it plans every output tensor and checks the space) */
@@ -320,8 +346,6 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	j.plan = cal_job_plan(job);
 	emit(&j, "load", -1);
 	CAL_TRY(cal_stats_init(&j.stats, err));
-	if (follower)
-		goto tokenize;
 	struct cal_export_opts eo = {
 		.model_dir = jo->model_dir,
 		.out_dir = opts->out_dir,
@@ -339,7 +363,7 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 		goto fail;
 	}
 
-tokenize:
+	/* tokenize */
 	t = cal_now();
 	emit(&j, "tokenize", -1);
 	CAL_TRY(cal_job_tokens(job, &tk, &ti, err));
@@ -358,19 +382,9 @@ tokenize:
 	emit(&j, "calibrate", -1);
 	j.t_run = cal_now();
 	CAL_TRY(cal_calib_run(cal, tk, err));
-	double run_s = cal_now() - j.t_run;
-	if (follower) {
-		phase_add(phases, "calibrate", run_s);
-		emit(&j, "done", -1);
-		if (ret_report)
-			*ret_report = json_pack("{s:s, s:I, s:I, s:I, s:O, s:f}", "role", "follower",
-						"first_rank", (json_int_t)jo->ranks.first, "ranks",
-						(json_int_t)cal_job_ranks_local(job), "world",
-						(json_int_t)cal_job_ranks_world(job), "phases_s", phases,
-						"wall_s", cal_now() - j.t_job);
-		goto fail;
-	}
 	CAL_TRY(layer_stats(&j, cal, -1, err));
+	double run_s = cal_now() - j.t_run;
+	cal_exporter_set_ranks(j.ex, cal_calib_ranks_json(cal));
 	phase_add(phases, "calibrate", run_s - j.t_export);
 	if (cancelled(&j)) {
 		st = interrupted(&j, err);

@@ -18,15 +18,16 @@
  *     expert, each rank sends the per-expert row counts of its micro-batch
  *     to the experts' owners (alltoallv of u64), then the rows themselves
  *     (alltoallv; the rows of one owner are contiguous in the sorted
- *     order).  The owner regroups what it received by expert (source rank
- *     order inside an expert), runs its experts' GEMMs and observers, puts
- *     the outputs back in received order and returns them (alltoallv).  The
- *     sender then holds its expert outputs in exactly the sorted order of
- *     the one-rank path, and the unchanged moe_combine sums each token's k
- *     outputs in the fixed order: the result does not depend on R as long
- *     as the expert GEMMs are row independent (a row's result does not
- *     depend on the other rows of its group: true of the CPU GEMM, see
- *     kernels/gemm.c; docs/expert_parallel.md for CUDA).
+ *     order).  The owner runs its experts' observers and GEMMs on what it
+ *     received, one source rank's segment at a time, in place, and returns
+ *     the outputs (alltoallv).  Each GEMM group then holds exactly the rows,
+ *     in the same order, that it holds in the one-rank run (the rows of one
+ *     expert in one micro-batch), so its bytes are the one-rank bytes even
+ *     where a GEMM's result would depend on the number of rows (cuBLAS picks
+ *     its kernel by M); the sender holds its expert outputs in the sorted
+ *     order of the one-rank path, and the unchanged moe_combine sums each
+ *     token's k outputs in the same fixed order: the result does not
+ *     depend on R.
  *   - A rank without a micro-batch in a round still serves its experts.
  *   - Observers combine exactly at the end of each layer: amax by max,
  *     non-finite counts by sum and first index by min, expert token counts
@@ -53,16 +54,17 @@ struct cal_ranks {
 struct cal_ep {
 	int64_t lo[CAL_CALIB_MAX_RANKS + 1]; /* expert range starts per rank */
 	/* back end */
-	uint16_t *xr, *xe, *gu, *act;        /* received rows, rows by expert, W13 / act scratch */
-	uint32_t *perm, *inv, *off;          /* [cap], [cap], [El + 1] */
-	uint64_t cap;                        /* rows the buffers above hold */
+	uint16_t *xr;                        /* [cap, H] received rows, then their outputs */
+	uint16_t *gu, *act;                  /* [seg_cap, 2I], [seg_cap, I] expert scratch */
+	uint32_t *off;                       /* [R (El + 1)] offsets of each source's rows */
+	uint64_t cap, seg_cap;
 	uint64_t *dcnt;                      /* [E] counts out, [R El] counts in */
 	void *scr;                           /* reductions */
 	uint64_t scr_bytes;
 	/* host */
 	uint64_t *hcnt, *hin;                /* [E], [R El] */
 	uint64_t *sb, *rb, *rsb, *rrb;       /* [R] bytes: counts out / in, rows out / in */
-	uint32_t *hperm, *hinv, *hoff;       /* [cap], [cap], [El + 1] */
+	uint32_t *hoff;                      /* [R (El + 1)] */
 	uint64_t mark;                       /* bytes sent when the last layer was booked */
 };
 
@@ -279,14 +281,12 @@ void cal_ep_free(struct cal_calib *c)
 	struct cal_ep *p = c->ep;
 	if (!p)
 		return;
-	void *b[] = {p->xr, p->xe, p->gu, p->act, p->perm, p->inv, p->off, p->dcnt, p->scr};
+	void *b[] = {p->xr, p->gu, p->act, p->off, p->dcnt, p->scr};
 	for (size_t i = 0; i < CAL_ARRAY_LEN(b); i++)
 		cal_be_free(c, b[i]);
 	free(p->hcnt);
 	free(p->hin);
 	free(p->sb);
-	free(p->hperm);
-	free(p->hinv);
 	free(p->hoff);
 	free(p);
 	c->ep = NULL;
@@ -308,7 +308,7 @@ enum cal_status cal_ep_alloc(struct cal_calib *c, struct cal_error *err)
 	p->hcnt = calloc(E + 1, 8);
 	p->hin = calloc(R * El + 1, 8);
 	p->sb = calloc(4 * R, 8);
-	p->hoff = calloc(El + 1, 4);
+	p->hoff = calloc(R * (El + 1), 4);
 	if (!p->hcnt || !p->hin || !p->sb || !p->hoff) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 		goto fail;
@@ -318,41 +318,36 @@ enum cal_status cal_ep_alloc(struct cal_calib *c, struct cal_error *err)
 	p->rrb = p->rsb + R;
 	if (E) {
 		CAL_TRY(cal_be_alloc(c, 8 * (E + R * El), &p->dcnt, err));
-		CAL_TRY(cal_be_alloc(c, 4 * (El + 1), &p->off, err));
+		CAL_TRY(cal_be_alloc(c, 4 * R * (El + 1), &p->off, err));
 	}
 fail:
 	return st;
 }
 
-/* Room for `rows` received rows (grown as needed; the most a rank can
- * receive is every rank's whole micro-batch). */
-static enum cal_status ep_reserve(struct cal_calib *c, uint64_t rows, struct cal_error *err)
+/* Room for `rows` received rows and `seg` rows of one source (grown as
+ * needed; a rank receives at most every rank's whole micro-batch). */
+static enum cal_status ep_reserve(struct cal_calib *c, uint64_t rows, uint64_t seg,
+				  struct cal_error *err)
 {
 	struct cal_ep *p = c->ep;
 	uint64_t H = (uint64_t)c->H, I = (uint64_t)c->I;
 	enum cal_status st = CAL_OK;
-	if (rows <= p->cap)
-		return CAL_OK;
-	void *b[] = {p->xr, p->xe, p->gu, p->act, p->perm, p->inv};
-	for (size_t i = 0; i < CAL_ARRAY_LEN(b); i++)
-		cal_be_free(c, b[i]);
-	p->xr = p->xe = p->gu = p->act = NULL;
-	p->perm = p->inv = NULL;
-	free(p->hperm);
-	free(p->hinv);
-	p->cap = 0;
-	p->hperm = malloc(rows * 4);
-	p->hinv = malloc(rows * 4);
-	if (!p->hperm || !p->hinv)
-		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory for %llu expert rows",
-				     (unsigned long long)rows);
-	CAL_TRY(cal_be_alloc(c, rows * H * 2, &p->xr, err));
-	CAL_TRY(cal_be_alloc(c, rows * H * 2, &p->xe, err));
-	CAL_TRY(cal_be_alloc(c, rows * 2 * I * 2, &p->gu, err));
-	CAL_TRY(cal_be_alloc(c, rows * I * 2, &p->act, err));
-	CAL_TRY(cal_be_alloc(c, rows * 4, &p->perm, err));
-	CAL_TRY(cal_be_alloc(c, rows * 4, &p->inv, err));
-	p->cap = rows;
+	if (rows > p->cap) {
+		cal_be_free(c, p->xr);
+		p->xr = NULL;
+		p->cap = 0;
+		CAL_TRY(cal_be_alloc(c, rows * H * 2, &p->xr, err));
+		p->cap = rows;
+	}
+	if (seg > p->seg_cap) {
+		cal_be_free(c, p->gu);
+		cal_be_free(c, p->act);
+		p->gu = p->act = NULL;
+		p->seg_cap = 0;
+		CAL_TRY(cal_be_alloc(c, seg * 2 * I * 2, &p->gu, err));
+		CAL_TRY(cal_be_alloc(c, seg * I * 2, &p->act, err));
+		p->seg_cap = seg;
+	}
 fail:
 	return st;
 }
@@ -376,52 +371,41 @@ enum cal_status cal_ep_experts(struct cal_calib *c, int32_t L, const struct cal_
 	CAL_TRY(cal_backend_upload(c->be, p->dcnt, p->hcnt, E * 8, err));
 	CAL_TRY(cal_comm_alltoallv(c->comm, p->dcnt, p->sb, p->dcnt + E, p->rb, err));
 	CAL_TRY(cal_backend_download(c->be, p->hin, p->dcnt + E, R * El * 8, err));
-	/* 2. the rows: those of owner r are contiguous in the sorted order */
-	uint64_t nin = 0;
+	/* 2. the rows: those of owner r are contiguous in the sorted order; from
+	 * source r come its micro-batch's rows of this rank's experts, by expert */
+	uint64_t nin = 0, most = 0;
 	for (unsigned r = 0; r < R; r++) {
 		uint64_t n = 0;
 		for (int64_t e = p->lo[r]; e < p->lo[r + 1]; e++)
 			n += p->hcnt[e];
 		p->rsb[r] = n * row;
-		n = 0;
+		uint32_t *ho = p->hoff + (uint64_t)r * (El + 1);
+		ho[0] = 0;
 		for (uint64_t j = 0; j < El; j++)
-			n += p->hin[r * El + j];
-		p->rrb[r] = n * row;
-		nin += n;
+			ho[j + 1] = ho[j] + (uint32_t)p->hin[r * El + j];
+		p->rrb[r] = (uint64_t)ho[El] * row;
+		nin += ho[El];
+		most = ho[El] > most ? ho[El] : most;
 	}
-	CAL_TRY(ep_reserve(c, nin, err));
+	CAL_TRY(ep_reserve(c, nin, most, err));
 	CAL_TRY(cal_comm_alltoallv(c->comm, c->xg, p->rsb, p->xr, p->rrb, err));
-	/* 3. regrouped by expert (source rank order inside an expert), run,
-	 * put back in received order */
-	if (nin) {
-		uint64_t k = 0;
-		p->hoff[0] = 0;
-		for (uint64_t j = 0; j < El; j++) {
-			uint64_t at = 0; /* start of (source r, expert j) in xr */
-			for (unsigned r = 0; r < R; r++) {
-				uint64_t before = 0;
-				for (uint64_t i = 0; i < j; i++)
-					before += p->hin[r * El + i];
-				for (uint64_t i = 0; i < p->hin[r * El + j]; i++, k++) {
-					p->hperm[k] = (uint32_t)(at + before + i);
-					p->hinv[at + before + i] = (uint32_t)k;
-				}
-				at += p->rrb[r] / row;
-			}
-			p->hoff[j + 1] = (uint32_t)k;
-		}
-		CAL_TRY(cal_backend_upload(c->be, p->perm, p->hperm, nin * 4, err));
-		CAL_TRY(cal_backend_upload(c->be, p->inv, p->hinv, nin * 4, err));
-		CAL_TRY(cal_backend_upload(c->be, p->off, p->hoff, (El + 1) * 4, err));
-		struct cal_gather_rows_args g = {p->xr, nin, H, p->perm, nin, 1, p->xe};
-		CAL_TRY(cal_op_gather_rows(c->be, &g, err));
-		struct cal_experts_args ea = {p->xe, nin, p->off, p->hoff, El, (uint64_t)c->e0, 0,
-					      p->gu, p->act, p->xe};
+	/* 3. the experts, one source's segment at a time: each GEMM group has
+	 * the rows, in the order, that the one-rank run gives it (so even a
+	 * GEMM whose rows are not independent, e.g. cuBLAS choosing its kernel
+	 * by M, gives the one-rank bytes); outputs in place */
+	if (nin)
+		CAL_TRY(cal_backend_upload(c->be, p->off, p->hoff, R * (El + 1) * 4, err));
+	uint64_t at = 0;
+	for (unsigned r = 0; r < R; r++) {
+		uint64_t n = p->rrb[r] / row;
+		struct cal_experts_args ea = {p->xr + at * H, n, p->off + (uint64_t)r * (El + 1),
+					      p->hoff + (uint64_t)r * (El + 1), El,
+					      (uint64_t)c->e0, 0, p->gu, p->act,
+					      p->xr + at * H};
 		CAL_TRY(cal_layer_experts(c, L, w, &ea, err));
-		cal_prof(c, PH_EXPERTS);
-		struct cal_gather_rows_args b = {p->xe, nin, H, p->inv, nin, 1, p->xr};
-		CAL_TRY(cal_op_gather_rows(c->be, &b, err));
+		at += n;
 	}
+	cal_prof(c, PH_EXPERTS);
 	/* 4. the outputs back to their tokens' ranks, into the sorted order */
 	CAL_TRY(cal_comm_alltoallv(c->comm, p->xr, p->rrb, c->yo, p->rsb, err));
 fail:
@@ -528,4 +512,18 @@ void cal_ep_count_layer(struct cal_calib *c, int32_t L)
 	cal_comm_get_stats(c->comm, &s);
 	c->comm_bytes[L < 0 ? c->d->num_layers : L] += s.total.bytes_sent - c->ep->mark;
 	c->ep->mark = s.total.bytes_sent;
+}
+
+json_t *cal_calib_ranks_json(const struct cal_calib *c)
+{
+	struct cal_calib_perf pf;
+	if (c->nranks <= 1)
+		return NULL;
+	cal_calib_perf(c, &pf);
+	json_t *per = json_array();
+	for (int32_t L = 0; per && L < pf.n_layers; L++)
+		json_array_append_new(per, json_integer((json_int_t)pf.comm_layer_bytes[L]));
+	return json_pack("{s:i, s:I, s:o, s:I}", "ranks", (int)pf.ranks, "comm_bytes",
+			 (json_int_t)pf.comm_bytes, "comm_bytes_per_layer", per ? per : json_null(),
+			 "comm_bytes_final_norm", (json_int_t)pf.comm_layer_bytes[pf.n_layers]);
 }
