@@ -136,31 +136,36 @@ def fit():
 # ---- the prediction ----------------------------------------------------------
 
 
-def predict(m, f, R, tokens, seq, disk, net, k=None, combine_bytes=2, act_bytes=2):
-    """Seconds of each term for model m over R GPUs of one node."""
+def predict(m, f, R, tokens, seq, disk, net, k=None, combine_bytes=2, act_bytes=2, export_ranks=1):
+    """Seconds of each term for model m over R GPUs of one node; the export
+    stage runs on export_ranks of them (1 today: global rank 0 quantizes
+    every weight, docs/expert_parallel.md "Limits")."""
     k = k or m.top_k
     bench_flops = BENCH.layer_flops(True, 512, BENCH.top_k)
     calib = f["c0_s"]
     for moe, n in ((True, m.moe_layers), (False, m.dense_layers)):
         scale = m.layer_flops(moe, seq, k) / bench_flops
         calib += n * (f["per_layer_s"] + f["per_token_layer_s"] * tokens * scale / R)
-    # bytes each GPU sends per MoE layer: its tokens' hidden states to the
-    # owners of their k experts, the outputs back; (R-1)/R of them leave it
+    # bytes each GPU sends per MoE layer (docs/expert_parallel.md
+    # "Communication bytes", engine/calib/ranks.c): its tokens' rows to the
+    # owners of their k experts and the outputs back, (R-1)/R of the
+    # (token, slot) pairs leaving the rank; per micro-batch round the
+    # per-expert counts (u64) to the other ranks; per layer the observer
+    # reductions, (12 + 2E) slots of 4 + 8 + 8 bytes
     slots = tokens * k / R
     a2a_bytes = slots * m.hidden * (act_bytes + combine_bytes) * (R - 1) / R
-    counts_bytes = 2 * R * m.experts * 8          # counts exchange (int64)
-    # observers: the data-parallel parts' amax (attention inputs, K, V, the
-    # router's input, dense layers) and the token counts, one float each
-    obs_bytes = 4 * (16 + m.experts)
+    rounds = max(1, -(-tokens // R // net["micro_batch_tokens"]))
+    counts_bytes = rounds * 8 * m.experts * (R - 1) / R
+    obs_bytes = (12 + 2 * m.experts) * 20
     comm_layer = 0.0
     if R > 1:
-        mb = max(1, -(-tokens // R // net["micro_batch_tokens"]))
+        # 3 exchanges per round: counts, rows out, outputs back
         comm_layer = (a2a_bytes + counts_bytes + obs_bytes) / net["gbps"] / 1e9 + \
-            mb * 3 * net["latency_s"]
+            rounds * 3 * net["latency_s"]
     comm = m.moe_layers * comm_layer
     q_layer = f["quantize_per_layer_s"] * (m.experts * m.expert_params()) / \
         (BENCH.experts * BENCH.expert_params())
-    quantize = f["quantize_fixed_s"] + m.moe_layers * q_layer / R
+    quantize = f["quantize_fixed_s"] + m.moe_layers * q_layer / export_ranks
     read = 0.0 if disk["read"] is None else m.source_gb / disk["read"]
     write = m.output_gb / disk["write"]
     disk_s = read + write if disk["shared"] else max(read, write)
@@ -205,15 +210,19 @@ def main():
         p = predict(BENCH, f, 1, 262144, 512, {"read": rd, "write": wr, "shared": True}, NET)
         out["checks"].append({"run": name, "measured_s": e2e, "model_s": p["total_s"],
                               "calibrate_measured_s": cal})
-    cases = [("bench, 1 GPU", BENCH, 1, 262144, 512, "h200-vm"),
-             ("bench, 2 GPUs", BENCH, 2, 262144, 512, "h200-vm"),
-             ("bench, 1 GPU", BENCH, 1, 262144, 512, "warm"),
-             ("bench, 2 GPUs", BENCH, 2, 262144, 512, "warm"),
-             ("R1, 8 GPUs", R1, 8, 512 * 4096, 4096, "h200-vm"),
-             ("R1, 8 GPUs", R1, 8, 512 * 4096, 4096, "nvme"),
-             ("R1, 1 GPU", R1, 1, 512 * 4096, 4096, "nvme")]
-    for name, m, R, T, seq, dk in cases:
-        p = predict(m, f, R, T, seq, DISKS[dk], NET, combine_bytes=a.combine_bytes)
+    # (name, model, GPUs, tokens, seq, disk, GPUs running the export stage)
+    cases = [("bench, 1 GPU", BENCH, 1, 262144, 512, "h200-vm", 1),
+             ("bench, 2 GPUs", BENCH, 2, 262144, 512, "h200-vm", 1),
+             ("bench, 1 GPU", BENCH, 1, 262144, 512, "warm", 1),
+             ("bench, 2 GPUs", BENCH, 2, 262144, 512, "warm", 1),
+             ("R1, 8 GPUs", R1, 8, 512 * 4096, 4096, "h200-vm", 1),
+             ("R1, 8 GPUs", R1, 8, 512 * 4096, 4096, "nvme", 1),
+             ("R1, 8 GPUs", R1, 8, 512 * 4096, 4096, "nvme", 8),
+             ("R1, 1 GPU", R1, 1, 512 * 4096, 4096, "nvme", 1)]
+    for name, m, R, T, seq, dk, xr in cases:
+        p = predict(m, f, R, T, seq, DISKS[dk], NET, combine_bytes=a.combine_bytes, export_ranks=xr)
+        if xr > 1:
+            name += " xR"
         p.update({"case": name, "disk": dk})
         out["predictions"].append(p)
     if a.json:
@@ -253,6 +262,7 @@ def main():
           (b1["calibrate_s"], b2["calibrate_s"], b1["calibrate_s"] / b2["calibrate_s"], tok1,
            tok1 / 2, b2["comm_s"], tok1 / (tok1 / 2 + b2["comm_s"])))
     r = out["predictions"][4]
+    print("xR: the export stage on every rank (planned); otherwise on global rank 0 alone (today)")
     need = (R1.source_gb + R1.output_gb) / (600 - START_S - FINISH_S)
     print("R1 in 10 minutes needs the calibration beside it (%.0f s) and a disk of %.2f GB/s "
           "for read + write on one device (the measured one: %.2f)" %
