@@ -318,7 +318,16 @@ enum cal_status cal_comm_world_join(struct cal_comm_world *w, unsigned rank,
 	c->timeout_ms = o->timeout_ms;
 	pthread_mutex_init(&c->stats_lock, NULL);
 	enum cal_status st = w->ops->join(c, err);
-	if (st < 0) {
+	if (st < 0) { /* the world's other ranks stop waiting for this one */
+		pthread_mutex_lock(&w->lock);
+		if (!w->failed) {
+			if (asprintf(&w->reason, "rank %u could not join: %s", rank,
+				     cal_error_msg(err)) < 0)
+				w->reason = NULL;
+			__atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
+		}
+		pthread_cond_broadcast(&w->cond);
+		pthread_mutex_unlock(&w->lock);
 		pthread_mutex_destroy(&c->stats_lock);
 		free(c);
 		world_unref(w);
@@ -352,6 +361,11 @@ void cal_comm_free(struct cal_comm *comm)
 	struct cal_comm_world *w = comm->world;
 	free(comm);
 	world_unref(w);
+}
+
+void cal_comm_set_timeout(struct cal_comm *comm, unsigned timeout_ms)
+{
+	comm->timeout_ms = timeout_ms ? timeout_ms : CAL_COMM_DEFAULT_TIMEOUT_MS;
 }
 
 unsigned cal_comm_rank(const struct cal_comm *comm) { return comm->rank; }
@@ -412,11 +426,20 @@ static enum cal_status end(struct cal_comm *c, enum cal_status st, uint64_t sent
 	return st;
 }
 
+/* A caller's mistake: the other ranks would wait for this rank until the
+ * deadline, so it fails the world too (they learn the reason at once); the
+ * caller gets CAL_ERR_INVALID. */
 static enum cal_status bad(struct cal_comm *c, enum cal_comm_op op, struct cal_error *err,
 			   const char *what)
 {
-	return cal_error_set(err, CAL_ERR_INVALID, "comm %s on rank %u: %s", cal_comm_op_name(op),
-			     c->rank, what);
+	c->seq++;
+	c->op = op;
+	c->in_call = 1;
+	cal_comm_fail(c, err, "invalid call: %s", what);
+	c->in_call = 0;
+	if (err)
+		err->code = CAL_ERR_INVALID;
+	return CAL_ERR_INVALID;
 }
 
 /* f32 sums over NCCL: allgather, then the sum in rank order on the host,

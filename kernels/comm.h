@@ -164,6 +164,11 @@ enum cal_status cal_comm_open(const struct cal_comm_opts *opts, struct cal_backe
  * the others still call collectives makes theirs fail (rank gone). */
 void cal_comm_free(struct cal_comm *comm);
 
+/* Changes the deadline of this endpoint's later collectives (0 = the
+ * default), e.g. a long one for joining and the first layer, a short one
+ * after. */
+void cal_comm_set_timeout(struct cal_comm *comm, unsigned timeout_ms);
+
 unsigned cal_comm_rank(const struct cal_comm *comm);
 unsigned cal_comm_size(const struct cal_comm *comm);
 enum cal_comm_kind cal_comm_kind(const struct cal_comm *comm);

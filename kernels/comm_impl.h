@@ -154,6 +154,8 @@ struct cal_nccl_module {
 				     const uint64_t *send_bytes, void *recv,
 				     const uint64_t *recv_bytes, const struct cal_nccl_wait *w,
 				     struct cal_error *err);
+	enum cal_status (*barrier)(void *nc, struct cal_backend *be, const struct cal_nccl_wait *w,
+				   struct cal_error *err);
 	/* ncclCommAbort when aborted is set (or the communicator failed), else
 	 * finalize + destroy; frees nc.  NULL is a no-op. */
 	void (*destroy)(void *nc, int aborted);

@@ -504,73 +504,74 @@ struct a2a_arg {
 	char *recv;
 };
 
-/* Rank q's sizes and data as rank 0 sees them. */
-static void a2a_view(struct cal_comm *c, struct io *calls, struct a2a_arg *x, unsigned q,
-		     const uint64_t **sb, const uint64_t **rb, const char **data)
-{
-	if (q == 0) {
-		*sb = x->send_bytes;
-		*rb = x->recv_bytes;
-		*data = x->send;
-	} else {
-		*sb = (const uint64_t *)calls[q].rp;
-		*rb = *sb + c->size;
-		*data = calls[q].rp + 2 * sizeof(uint64_t) * c->size;
-	}
-}
-
 static enum cal_status relay_alltoallv(struct cal_comm *c, struct io *calls, void *arg,
 				       const void **rp, uint64_t *rl, char **owned,
 				       struct cal_error *err)
 {
 	struct a2a_arg *x = arg;
 	unsigned R = c->size;
+	/* every rank's sizes and data as rank 0 sees them */
+	const uint64_t **sb = calloc(R, sizeof(*sb)), **rb = calloc(R, sizeof(*rb));
+	const char **data = calloc(R, sizeof(*data));
+	enum cal_status st = CAL_OK;
+	if (!sb || !rb || !data) {
+		st = cal_comm_fail(c, err, "out of memory");
+		goto out;
+	}
+	sb[0] = x->send_bytes;
+	rb[0] = x->recv_bytes;
+	data[0] = x->send;
 	for (unsigned q = 1; q < R; q++) { /* sizes arrived whole and add up */
 		uint64_t hdr = 2 * sizeof(uint64_t) * R, sum = 0;
-		const uint64_t *sb = (const uint64_t *)calls[q].rp;
-		if (calls[q].rh.len < hdr)
-			return cal_comm_fail(c, err, "rank %u sent a short alltoallv call", q);
+		if (calls[q].rh.len < hdr) {
+			st = cal_comm_fail(c, err, "rank %u sent a short alltoallv call", q);
+			goto out;
+		}
+		sb[q] = (const uint64_t *)calls[q].rp;
+		rb[q] = sb[q] + R;
+		data[q] = calls[q].rp + hdr;
 		for (unsigned p = 0; p < R; p++)
-			sum += sb[p];
-		if (sum != calls[q].rh.len - hdr)
-			return cal_comm_fail(c, err, "rank %u sent %llu bytes of data for %llu", q,
-					     (unsigned long long)(calls[q].rh.len - hdr),
-					     (unsigned long long)sum);
+			sum += sb[q][p];
+		if (sum != calls[q].rh.len - hdr) {
+			st = cal_comm_fail(c, err, "rank %u sent %llu bytes of data for %llu", q,
+					   (unsigned long long)(calls[q].rh.len - hdr),
+					   (unsigned long long)sum);
+			goto out;
+		}
 	}
 	for (unsigned p = 0; p < R; p++) {
-		const uint64_t *sbp, *rbp;
-		const char *dp;
-		a2a_view(c, calls, x, p, &sbp, &rbp, &dp);
 		uint64_t total = 0;
 		for (unsigned q = 0; q < R; q++) {
-			const uint64_t *sbq, *rbq;
-			const char *dq;
-			a2a_view(c, calls, x, q, &sbq, &rbq, &dq);
-			if (sbq[p] != rbp[q])
-				return cal_comm_fail(c, err, "rank %u sends %llu bytes to rank %u, which "
-						     "expects %llu", q, (unsigned long long)sbq[p], p,
-						     (unsigned long long)rbp[q]);
-			total += rbp[q];
+			if (sb[q][p] != rb[p][q]) {
+				st = cal_comm_fail(c, err, "rank %u sends %llu bytes to rank %u, which "
+						   "expects %llu", q, (unsigned long long)sb[q][p], p,
+						   (unsigned long long)rb[p][q]);
+				goto out;
+			}
+			total += rb[p][q];
 		}
-		char *out = p == 0 ? x->recv : (owned[p] = malloc(total ? total : 1));
-		if (!out)
-			return cal_comm_fail(c, err, "out of memory (%llu bytes)",
-					     (unsigned long long)total);
+		char *dst = p == 0 ? x->recv : (owned[p] = malloc(total ? total : 1));
+		if (!dst) {
+			st = cal_comm_fail(c, err, "out of memory (%llu bytes)",
+					   (unsigned long long)total);
+			goto out;
+		}
 		for (unsigned q = 0; q < R; q++) {
-			const uint64_t *sbq, *rbq;
-			const char *dq;
-			a2a_view(c, calls, x, q, &sbq, &rbq, &dq);
 			uint64_t off = 0;
-			for (unsigned s = 0; s < p; s++)
-				off += sbq[s];
-			if (sbq[p])
-				memcpy(out, dq + off, sbq[p]);
-			out += sbq[p];
+			for (unsigned k = 0; k < p; k++)
+				off += sb[q][k];
+			if (sb[q][p])
+				memcpy(dst, data[q] + off, sb[q][p]);
+			dst += sb[q][p];
 		}
 		rp[p] = owned[p];
 		rl[p] = total;
 	}
-	return CAL_OK;
+out:
+	free(sb);
+	free(rb);
+	free(data);
+	return st;
 }
 
 static enum cal_status tcp_alltoallv(struct cal_comm *c, const void *send,

@@ -96,6 +96,24 @@ static void ref_reduce(void *acc, const void *v, enum cal_comm_dtype dt, enum ca
 	}
 }
 
+/* The end of a check: the call's outcome, then the n bytes at dev (back-end
+ * memory, copied to out) against ref. */
+static int verdict(struct ctx *x, int call_failed, struct cal_error *err, const char *what,
+		   void *out, const void *dev, const void *ref, size_t n)
+{
+	if (!call_failed && n && cal_backend_download(x->be, out, dev, n, err) < 0)
+		call_failed = 1;
+	if (call_failed)
+		return failed_call(x, what, err);
+	if (n && memcmp(out, ref, n) != 0) {
+		size_t i = 0;
+		while (((const char *)out)[i] == ((const char *)ref)[i])
+			i++;
+		return failf(x, "%s: byte %zu of %zu differs from the serial reference", what, i, n);
+	}
+	return 0;
+}
+
 /* Device buffer of n bytes (at least 1) holding host src (NULL: garbage). */
 static void *dev_put(struct ctx *x, const void *src, size_t n, struct cal_error *err)
 {
@@ -129,18 +147,10 @@ static int check_allreduce(struct ctx *x, unsigned k, enum cal_comm_dtype dt, en
 		rc = failed_call(x, "alloc", &err);
 		goto out;
 	}
-	if (cal_comm_allreduce(x->c, d, n, dt, op, &err) < 0 ||
-	    (n && cal_backend_download(x->be, out, d, n * es, &err) < 0)) {
-		rc = failed_call(x, "allreduce", &err);
-	} else if (n && memcmp(out, ref, n * es) != 0) {
-		size_t i = 0;
-		while (memcmp(out + i * es, ref + i * es, es) == 0)
-			i++;
-		rc = failf(x, "allreduce dtype %d op %d count %zu: element %zu differs from the "
-			   "serial reference", (int)dt, (int)op, n, i);
-	} else {
-		rc = 0;
-	}
+	char what[96];
+	snprintf(what, sizeof(what), "allreduce dtype %d op %d count %zu", (int)dt, (int)op, n);
+	rc = verdict(x, cal_comm_allreduce(x->c, d, n, dt, op, &err) < 0, &err, what, out, d, ref,
+		     n * es);
 	cal_backend_dealloc(x->be, d);
 out:
 	free(in);
@@ -169,13 +179,8 @@ static int check_allgather(struct ctx *x)
 		goto out;
 	}
 	const void *send = in_place ? (char *)d + x->rank * b : s;
-	if (cal_comm_allgather(x->c, send, b, d, &err) < 0 ||
-	    (b && cal_backend_download(x->be, out, d, b * R, &err) < 0))
-		rc = failed_call(x, "allgather", &err);
-	else if (b && memcmp(out, ref, b * R) != 0)
-		rc = failf(x, "allgather of %zu bytes%s differs", b, in_place ? " in place" : "");
-	else
-		rc = 0;
+	rc = verdict(x, cal_comm_allgather(x->c, send, b, d, &err) < 0, &err,
+		     in_place ? "allgather in place" : "allgather", out, d, ref, b * R);
 out:
 	cal_backend_dealloc(x->be, d);
 	cal_backend_dealloc(x->be, s);
@@ -198,13 +203,9 @@ static int check_broadcast(struct ctx *x)
 	void *d = dev_put(x, out, b, &err);
 	if (!d)
 		rc = failed_call(x, "alloc", &err);
-	else if (cal_comm_broadcast(x->c, d, b, root, &err) < 0 ||
-		 (b && cal_backend_download(x->be, out, d, b, &err) < 0))
-		rc = failed_call(x, "broadcast", &err);
-	else if (b && memcmp(out, ref, b) != 0)
-		rc = failf(x, "broadcast of %zu bytes from rank %u differs", b, root);
 	else
-		rc = 0;
+		rc = verdict(x, cal_comm_broadcast(x->c, d, b, root, &err) < 0, &err, "broadcast", out,
+			     d, ref, b);
 	cal_backend_dealloc(x->be, d);
 	free(ref);
 	free(out);
@@ -266,13 +267,8 @@ static int check_alltoallv(struct ctx *x)
 		rc = failed_call(x, "alloc", &err);
 		goto out;
 	}
-	if (cal_comm_alltoallv(x->c, ds, sb, dr, rb, &err) < 0 ||
-	    (r_all && cal_backend_download(x->be, out, dr, r_all, &err) < 0))
-		rc = failed_call(x, "alltoallv", &err);
-	else if (r_all && memcmp(out, ref, r_all) != 0)
-		rc = failf(x, "alltoallv: %llu bytes received differ", (unsigned long long)r_all);
-	else
-		rc = 0;
+	rc = verdict(x, cal_comm_alltoallv(x->c, ds, sb, dr, rb, &err) < 0, &err, "alltoallv", out,
+		     dr, ref, r_all);
 out:
 	cal_backend_dealloc(x->be, ds);
 	cal_backend_dealloc(x->be, dr);
@@ -319,4 +315,25 @@ int commcheck_run(struct cal_comm *c, uint64_t seed, unsigned iters, char *msg, 
 	if (after.op[CAL_COMM_OP_BARRIER].calls - before.op[CAL_COMM_OP_BARRIER].calls != iters)
 		return failf(&x, "counters: barrier calls");
 	return 0;
+}
+
+enum cal_status commcheck_backend(enum cal_comm_kind kind, unsigned rank, struct cal_backend **be,
+				  struct cal_error *err)
+{
+	struct cal_backend_opts bo = {.cpu_threads = 1, .cuda_device = (int)rank};
+	return cal_backend_init(kind == CAL_COMM_NCCL ? CAL_BACKEND_CUDA : CAL_BACKEND_CPU, &bo, be,
+				err);
+}
+
+enum cal_status commcheck_open(enum cal_comm_kind kind, unsigned R, unsigned rank,
+			       const char *rendezvous, unsigned timeout_ms,
+			       struct cal_backend **be, struct cal_comm **c,
+			       struct cal_error *err)
+{
+	struct cal_comm_opts o = {.kind = kind, .nranks = R, .rank = rank,
+				  .rendezvous = rendezvous, .timeout_ms = timeout_ms};
+	*be = NULL;
+	*c = NULL;
+	enum cal_status st = commcheck_backend(kind, rank, be, err);
+	return st < 0 ? st : cal_comm_open(&o, *be, c, err);
 }

@@ -19,3 +19,15 @@
 int commcheck_run(struct cal_comm *c, uint64_t seed, unsigned iters, char *msg, size_t msg_size);
 
 #endif
+
+/* The back end a rank of kind uses (cpu for THREADS and TCP; cuda device
+ * `rank` for NCCL) and its endpoint through cal_comm_open (rendezvous may be
+ * NULL for a 1-rank job).  On failure *be may be set (free it). */
+enum cal_status commcheck_open(enum cal_comm_kind kind, unsigned R, unsigned rank,
+			       const char *rendezvous, unsigned timeout_ms,
+			       struct cal_backend **be, struct cal_comm **c,
+			       struct cal_error *err);
+
+/* A back end for a rank of kind (see commcheck_open). */
+enum cal_status commcheck_backend(enum cal_comm_kind kind, unsigned rank, struct cal_backend **be,
+				  struct cal_error *err);

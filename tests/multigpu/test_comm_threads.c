@@ -1,8 +1,10 @@
 /*
  * test_comm_threads.c — kernels/comm.h with R ranks as threads of one
- * process (CAL_COMM_THREADS, CPU back end): every collective against the
- * serial reference (commcheck.c) with R = 1, 2, 4, the deadline naming the
- * rank that did not arrive, abort, mismatched calls, counters, options.
+ * process: CAL_COMM_THREADS on the CPU back end (every collective against
+ * the serial reference, commcheck.c, with R = 1..4; the deadline naming the
+ * rank that did not arrive, abort, mismatched calls, counters, options) and
+ * NCCL with one thread per GPU (skipped, with the reason, without NCCL or
+ * 2 GPUs).
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -17,6 +19,7 @@
 
 struct rank_run {
 	struct cal_comm_world *world;
+	enum cal_comm_kind kind;
 	unsigned rank;
 	uint64_t seed;
 	int (*body)(struct rank_run *rr, struct cal_comm *c);
@@ -38,10 +41,9 @@ static void *rank_main(void *p)
 {
 	struct rank_run *rr = p;
 	struct cal_error err = {0};
-	struct cal_backend_opts bo = {.cpu_threads = 1};
 	struct cal_backend *be = NULL;
 	struct cal_comm *c = NULL;
-	if (cal_backend_init(CAL_BACKEND_CPU, &bo, &be, &err) < 0 ||
+	if (commcheck_backend(rr->kind, rr->rank, &be, &err) < 0 ||
 	    cal_comm_world_join(rr->world, rr->rank, be, &c, &err) < 0) {
 		snprintf(rr->msg, sizeof(rr->msg), "rank %u: %s", rr->rank, cal_error_msg(&err));
 		rr->rc = -1;
@@ -54,23 +56,31 @@ static void *rank_main(void *p)
 	return NULL;
 }
 
-/* Runs body on R ranks (threads) of one world with timeout_ms. */
-static void run_ranks(unsigned R, unsigned timeout_ms, uint64_t seed,
-		      int (*body)(struct rank_run *, struct cal_comm *), void *arg,
-		      struct rank_run *rr)
+/* Runs body on R ranks (threads) of one world of kind with timeout_ms. */
+static void run_kind(enum cal_comm_kind kind, unsigned R, unsigned timeout_ms, uint64_t seed,
+		     int (*body)(struct rank_run *, struct cal_comm *), void *arg,
+		     struct rank_run *rr)
 {
-	struct cal_comm_opts o = {.kind = CAL_COMM_THREADS, .nranks = R, .timeout_ms = timeout_ms};
+	struct cal_comm_opts o = {.kind = kind, .nranks = R, .timeout_ms = timeout_ms};
 	struct cal_comm_world *w;
 	struct cal_error err = {0};
 	cr_assert_eq(cal_comm_world_new(&o, &w, &err), CAL_OK, "%s", cal_error_msg(&err));
 	pthread_t th[MAXR];
 	for (unsigned r = 0; r < R; r++) {
-		rr[r] = (struct rank_run){.world = w, .rank = r, .seed = seed, .body = body, .arg = arg};
+		rr[r] = (struct rank_run){.world = w, .kind = kind, .rank = r, .seed = seed, .body = body,
+					  .arg = arg};
 		cr_assert_eq(pthread_create(&th[r], NULL, rank_main, &rr[r]), 0);
 	}
 	for (unsigned r = 0; r < R; r++)
 		pthread_join(th[r], NULL);
 	cal_comm_world_free(w);
+}
+
+static void run_ranks(unsigned R, unsigned timeout_ms, uint64_t seed,
+		      int (*body)(struct rank_run *, struct cal_comm *), void *arg,
+		      struct rank_run *rr)
+{
+	run_kind(CAL_COMM_THREADS, R, timeout_ms, seed, body, arg, rr);
 }
 
 static int body_check(struct rank_run *rr, struct cal_comm *c)
@@ -91,6 +101,23 @@ Test(comm_threads, collectives_r1) { check_all(1, 11); }
 Test(comm_threads, collectives_r2) { check_all(2, 12); }
 Test(comm_threads, collectives_r4) { check_all(4, 14); }
 Test(comm_threads, collectives_r3_other_seed) { check_all(3, 0x5eed); }
+
+/* NCCL, one thread per GPU (up to 8), the same checks. */
+Test(comm_threads, nccl_one_thread_per_gpu)
+{
+	if (!cal_comm_nccl_built())
+		cr_skip_test("this build has no NCCL: NCCL ranks not tested");
+	int n = 0;
+	cal_backend_cuda_device_count(&n, NULL);
+	if (n < 2)
+		cr_skip_test("%d GPU(s) here: the NCCL test needs 2", n);
+	unsigned R = n > MAXR ? MAXR : (unsigned)n;
+	struct rank_run rr[MAXR];
+	printf("comm nccl R=%u seed 31\n", R);
+	run_kind(CAL_COMM_NCCL, R, 60000, 31, body_check, NULL, rr);
+	for (unsigned r = 0; r < R; r++)
+		cr_expect_eq(rr[r].rc, 0, "R=%u: %s", R, rr[r].msg);
+}
 
 /* rank 1 does not call: rank 0's allreduce fails at the deadline naming
  * rank 1; afterwards every call fails fast, rank 1's included. */
@@ -177,6 +204,34 @@ Test(comm_threads, mismatched_calls_fail_on_every_rank)
 	cr_expect_eq(rr[1].st, CAL_ERR_DEVICE);
 	cr_expect(strstr(rr[0].msg, "called broadcast") || strstr(rr[0].msg, "called allreduce"), "%s",
 		  rr[0].msg);
+}
+
+/* A caller's mistake on rank 0 (CAL_ERR_INVALID there) wakes rank 1 at once. */
+static int body_invalid(struct rank_run *rr, struct cal_comm *c)
+{
+	struct cal_error err = {0};
+	uint64_t v = 1;
+	double t0 = now_ms();
+	if (rr->rank == 0)
+		rr->st = cal_comm_broadcast(c, &v, 8, 7, &err);
+	else
+		rr->st = cal_comm_barrier(c, &err);
+	rr->ms = now_ms() - t0;
+	snprintf(rr->msg, sizeof(rr->msg), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	return 0;
+}
+
+Test(comm_threads, invalid_call_fails_the_world)
+{
+	struct rank_run rr[2];
+	run_ranks(2, 60000, 0, body_invalid, NULL, rr);
+	cr_expect_eq(rr[0].st, CAL_ERR_INVALID);
+	cr_expect(strstr(rr[0].msg, "broadcast #1 on rank 0: invalid call: root outside the ranks"),
+		  "%s", rr[0].msg);
+	cr_expect_eq(rr[1].st, CAL_ERR_DEVICE);
+	cr_expect(strstr(rr[1].msg, "invalid call"), "%s", rr[1].msg);
+	cr_expect(rr[1].ms < 1000, "rank 1 woke after %.0f ms", rr[1].ms);
 }
 
 /* Counters: payload bytes to and from other ranks, per operation. */
