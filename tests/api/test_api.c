@@ -98,6 +98,14 @@ static int leftovers(const char *dir, const char *prefix, long long *ret_bytes)
 }
 
 /* No temporary output of the job writing out/<name> is left. */
+/* Expects job id in state (now), why in the message. */
+static void expect_state(const char *id, const char *state, const char *why)
+{
+	json_t *j = hd_job(&H, id);
+	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), state, "%s", why);
+	json_decref(j);
+}
+
 static void expect_no_temp(const char *name, const char *why)
 {
 	char prefix[128];
@@ -438,9 +446,7 @@ Test(api, cancel_running_and_queued)
 	json_t *j = hd_wait(&H, run, "running", 5);
 	cr_assert(j);
 	json_decref(j);
-	j = hd_job(&H, queued);
-	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "queued", "max_concurrent_jobs 1");
-	json_decref(j);
+	expect_state(queued, "queued", "max_concurrent_jobs 1");
 	char path[96];
 	struct cal_client_resp r;
 	snprintf(path, sizeof(path), "/v1/jobs/%s", queued);
@@ -453,9 +459,7 @@ Test(api, cancel_running_and_queued)
 	j = hd_wait(&H, run, "cancelled", 5);
 	cr_assert(j, "the running job ends cancelled");
 	json_decref(j);
-	j = hd_job(&H, queued);
-	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "cancelled");
-	json_decref(j);
+	expect_state(queued, "cancelled", "the queued job stays cancelled");
 }
 
 /* POSTs hd_spec(name, out) with field `key` set to `value` (JSON text);
@@ -528,12 +532,8 @@ Test(api, device_sets)
 	snprintf(want, sizeof(want), "0=%s,1=%s,2=-", a, a);
 	devices_now(got, sizeof(got));
 	cr_expect_str_eq(got, want);
-	j = hd_job(&H, b);
-	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "queued", "GPU 1 is held");
-	json_decref(j);
-	j = hd_job(&H, c);
-	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "queued", "strict FIFO");
-	json_decref(j);
+	expect_state(b, "queued", "GPU 1 is held");
+	expect_state(c, "queued", "strict FIFO");
 	/* the worker sees its GPUs only */
 	char path[96];
 	struct cal_client_resp r;

@@ -112,12 +112,19 @@ static const char *same_files(const char *a, const char *b)
 	return bad[0] ? bad : NULL;
 }
 
-Test(multinode, two_processes_same_bytes_as_one, .timeout = 120)
+/* Both tests: a temp root with the fixture model and 8 x 48 tokens. */
+static char *setup(char **src, char **tok)
 {
 	printf("fixture seed %u\n", SEED);
 	char *root = tmpdir();
-	char *src = make_model(root, "qwen3_moe", "per-expert");
-	char *tok = make_tokens(root, "tok.jsonl", 8, 48);
+	*src = make_model(root, "qwen3_moe", "per-expert");
+	*tok = make_tokens(root, "tok.jsonl", 8, 48);
+	return root;
+}
+
+Test(multinode, two_processes_same_bytes_as_one, .timeout = 120)
+{
+	char *src, *tok, *root = setup(&src, &tok);
 	char *one = path2(root, "one"), *two = path2(root, "two"), *rv = path2(root, "rendezvous");
 	char *e0 = path2(root, "stderr0"), *e1 = path2(root, "stderr1");
 	int rc = wait_exit(start_node(src, tok, one, NULL, 0, 0, NULL, e0, NULL));
@@ -135,9 +142,7 @@ Test(multinode, two_processes_same_bytes_as_one, .timeout = 120)
 
 Test(multinode, stopped_process_fails_the_job_at_the_deadline, .timeout = 120)
 {
-	char *root = tmpdir();
-	char *src = make_model(root, "qwen3_moe", "per-expert");
-	char *tok = make_tokens(root, "tok.jsonl", 8, 48);
+	char *src, *tok, *root = setup(&src, &tok);
 	char *out = path2(root, "out"), *rv = path2(root, "rendezvous");
 	char *e0 = path2(root, "stderr0"), *e1 = path2(root, "stderr1");
 	int fd;
