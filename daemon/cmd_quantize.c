@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "api/jobspec.h"
 #include "cli.h"
 #include "config.h"
 #include "engine/job.h"
@@ -34,6 +35,7 @@ static void quantize_usage(FILE *o)
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
 		"         [--max-shard-size SIZE] [--ranks N] [--progress-fd N] [--json] [--quiet]\n"
 		"         [--world N --rank-first R --rendezvous FILE]\n"
+		"         [--nodes N --node-rank I --rendezvous FILE] [--comm-timeout SECONDS]\n"
 		"         [--datasets-file FILE]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
@@ -54,6 +56,10 @@ static void quantize_usage(FILE *o)
 		"--world N --rank-first R --rendezvous FILE: this process runs ranks R.. of a\n"
 		"job of N ranks over several processes, meeting through FILE; the process of\n"
 		"rank 0 writes DIR, the others calibrate only.\n"
+		"--nodes N --node-rank I --rendezvous FILE: the same, as node I of N\n"
+		"processes (one per node) that each run the same --device GPUs or --ranks\n"
+		"(docs/deploy.md).  --comm-timeout (default 600) bounds every exchange between\n"
+		"ranks: a rank that does not answer in time fails the job naming it (exit 5).\n"
 		"docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
@@ -223,16 +229,57 @@ static void print_summary(const json_t *r)
 
 /* ---- the command ------------------------------------------------------------- */
 
-static int parse_count(const char *opt, const char *s, long max, int *ret)
+static int parse_range(const char *opt, const char *s, long min, long max, int *ret)
 {
 	char *end;
 	errno = 0;
 	long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < 1 || v > max) {
-		fprintf(stderr, "calibd quantize: %s '%s' is not an integer in 1..%ld\n", opt, s, max);
+	if (errno || end == s || *end || v < min || v > max) {
+		fprintf(stderr, "calibd quantize: %s '%s' is not an integer in %ld..%ld\n", opt, s,
+			min, max);
 		return -1;
 	}
 	*ret = (int)v;
+	return 0;
+}
+
+static int parse_count(const char *opt, const char *s, long max, int *ret)
+{
+	return parse_range(opt, s, 1, max, ret);
+}
+
+/*
+ * --nodes N --node-rank I --rendezvous FILE: one process per node, each
+ * running the same number of local ranks L (its --device GPUs or --ranks),
+ * so node I holds the global ranks I·L .. I·L+L-1 of N·L.
+ */
+static int node_layout(struct cal_job_opts *jo, int nodes, int node_rank)
+{
+	if (!nodes) {
+		if (node_rank < 0)
+			return 0;
+		fprintf(stderr, "calibd quantize: --node-rank needs --nodes\n");
+		return -1;
+	}
+	if (jo->ranks.world || jo->ranks.first) {
+		fprintf(stderr, "calibd quantize: --nodes and --world/--rank-first exclude each other\n");
+		return -1;
+	}
+	if (node_rank < 0 || node_rank >= nodes) {
+		fprintf(stderr, "calibd quantize: --nodes %d needs --node-rank in 0..%d\n", nodes,
+			nodes - 1);
+		return -1;
+	}
+	if (nodes > 1 && !jo->ranks.rendezvous) {
+		fprintf(stderr, "calibd quantize: --nodes %d needs --rendezvous FILE\n", nodes);
+		return -1;
+	}
+	struct cal_error err = {0};
+	if (cal_jobspec_node_ranks(jo, (unsigned)nodes, (unsigned)node_rank, &err) < 0) {
+		fprintf(stderr, "calibd quantize: --nodes: %s\n", cal_error_msg(&err));
+		cal_error_clear(&err);
+		return -1;
+	}
 	return 0;
 }
 
@@ -256,6 +303,9 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"world", required_argument, NULL, 'W'},
 		{"rank-first", required_argument, NULL, 'f'},
 		{"rendezvous", required_argument, NULL, 'Z'},
+		{"nodes", required_argument, NULL, 'O'},
+		{"node-rank", required_argument, NULL, 'I'},
+		{"comm-timeout", required_argument, NULL, 'T'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -267,6 +317,7 @@ int cal_cmd_quantize(int argc, char **argv)
 	struct cal_job_opts jo = {0};
 	const char *calib = NULL, *device = NULL, *qformat = NULL;
 	const char *datasets_file = NULL;
+	int nodes = 0, node_rank = -1;
 	struct prog pr = {.tty = isatty(2), .fd = -1};
 	int json = 0, c, fd, n;
 	char *end;
@@ -331,6 +382,19 @@ int cal_cmd_quantize(int argc, char **argv)
 				jo.ranks.first = (unsigned)n;
 			break;
 		case 'Z': jo.ranks.rendezvous = optarg; break;
+		case 'O':
+			if (parse_count("--nodes", optarg, CAL_CALIB_MAX_RANKS, &nodes) < 0)
+				return CAL_EXIT_USAGE;
+			break;
+		case 'I':
+			if (parse_range("--node-rank", optarg, 0, CAL_CALIB_MAX_RANKS - 1, &node_rank) < 0)
+				return CAL_EXIT_USAGE;
+			break;
+		case 'T':
+			if (parse_count("--comm-timeout", optarg, 86400, &n) < 0)
+				return CAL_EXIT_USAGE;
+			jo.ranks.timeout_ms = (unsigned)n * 1000u;
+			break;
 		case 'z':
 			if (cal_st_parse_size(optarg, &jo.max_shard_bytes) < 0) {
 				fprintf(stderr, "calibd quantize: --max-shard-size '%s' is not a size "
@@ -375,6 +439,8 @@ int cal_cmd_quantize(int argc, char **argv)
 		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
 	}
+	if (node_layout(&jo, nodes, node_rank) < 0)
+		return CAL_EXIT_USAGE;
 	char *calib_owned = NULL;
 	enum cal_status xs = cal_config_calib_arg("quantize", &calib, datasets_file, &calib_owned);
 	if (xs)
