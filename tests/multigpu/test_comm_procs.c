@@ -10,6 +10,7 @@
  */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -293,4 +294,70 @@ Test(comm_procs, nccl_killed_rank_fails_by_the_deadline)
 		"allreduce #2 on rank 0: NCCL allreduce", 0, 4000};
 	need_two_gpus();
 	check_fault(&f);
+}
+
+/* cal_comm_abort from another thread wakes a TCP rank inside a collective,
+ * and the peer learns the reason.  Both ranks live in this process here
+ * (two threads, two one-rank worlds joined over loopback). */
+struct tcp_rank {
+	struct job *j;
+	unsigned rank;
+	struct cal_backend *be;
+	struct cal_comm *c;
+	enum cal_status st;
+};
+
+static void *tcp_open_thread(void *p)
+{
+	struct tcp_rank *t = p;
+	struct cal_error err = {0};
+	t->st = open_rank(t->j, t->rank, &t->be, &t->c, &err);
+	cal_error_clear(&err);
+	return NULL;
+}
+
+static void *tcp_barrier_thread(void *p)
+{
+	struct tcp_rank *t = p;
+	t->st = cal_comm_barrier(t->c, NULL);
+	return NULL;
+}
+
+Test(comm_procs, tcp_abort_from_another_thread)
+{
+	struct job j;
+	job_init(&j, CAL_COMM_TCP, 2, 30000, 0);
+	struct tcp_rank r[2] = {{&j, 0, NULL, NULL, CAL_OK}, {&j, 1, NULL, NULL, CAL_OK}};
+	pthread_t th[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&th[i], NULL, tcp_open_thread, &r[i]);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	cr_assert(r[0].st == CAL_OK && r[1].st == CAL_OK);
+	/* rank 0 waits in a barrier that rank 1 does not join */
+	pthread_create(&th[0], NULL, tcp_barrier_thread, &r[0]);
+	struct timespec nap = {0, 100000000};
+	nanosleep(&nap, NULL);
+	double t0 = now_ms();
+	cal_comm_abort(r[0].c, "stopped by the supervisor");
+	pthread_join(th[0], NULL);
+	cr_expect_eq(r[0].st, CAL_ERR_DEVICE);
+	cr_expect(now_ms() - t0 < 1000, "woke after %.0f ms", now_ms() - t0);
+	const char *why = NULL;
+	cr_expect(cal_comm_failed(r[0].c, &why) &&
+		  strstr(why, "rank 0 aborted: stopped by the supervisor"), "%s", why ? why : "(none)");
+	/* rank 1 hears it on its next call */
+	struct cal_error err = {0};
+	uint64_t v = 1;
+	cr_expect_eq(cal_comm_allreduce(r[1].c, &v, 1, CAL_COMM_U64, CAL_COMM_SUM, &err),
+		     CAL_ERR_DEVICE);
+	cr_expect(strstr(cal_error_msg(&err),
+			 "rank 0 reported: rank 0 aborted: stopped by the supervisor"),
+		  "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	for (int i = 0; i < 2; i++) {
+		cal_comm_free(r[i].c);
+		cal_backend_free(r[i].be);
+	}
+	job_fini(&j);
 }
