@@ -127,7 +127,8 @@ static void *dev_put(struct ctx *x, const void *src, size_t n, struct cal_error 
 	return d;
 }
 
-static int check_allreduce(struct ctx *x, unsigned k, enum cal_comm_dtype dt, enum cal_comm_redop op)
+static int check_allreduce(struct ctx *x, unsigned k, enum cal_comm_dtype dt,
+			   enum cal_comm_redop op)
 {
 	struct cal_error err = {0};
 	size_t n = sizes[(x->it + k) % NSIZES], es = dt == CAL_COMM_F32 ? 4 : 8;

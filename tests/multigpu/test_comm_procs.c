@@ -9,10 +9,13 @@
  * is probed in a child.
  */
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -100,6 +103,8 @@ static pid_t spawn(const struct job *j, unsigned rank, enum child_mode mode)
 	cr_assert_geq(pid, 0);
 	if (pid)
 		return pid;
+	/* a stopped child must not outlive a test that failed before killing it */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	struct cal_error err = {0};
 	struct cal_backend *be = NULL;
 	struct cal_comm *c = NULL;
@@ -181,7 +186,7 @@ struct fault {
 	unsigned me;
 	enum child_mode mode;
 	int kill_it;
-	const char *expect;
+	char expect[96]; /* an array: Criterion re-executes the binary, so no pointers */
 	double min_ms, max_ms;
 };
 
@@ -224,32 +229,26 @@ static void check_fault(const struct fault *f)
 	job_fini(&j);
 }
 
-Test(comm_procs, tcp_stopped_rank_fails_within_deadline_naming_it)
+/* rank 1 stopped; rank 0 stopped (seen from rank 1); rank 1 killed; rank 1
+ * aborting with a reason */
+static struct fault tcp_faults[] = {
+	{CAL_COMM_TCP, 0, CHILD_STOP, 0,
+	 "allreduce #2 on rank 0: rank 1 did not arrive within 2000 ms", 1900, 3000},
+	{CAL_COMM_TCP, 1, CHILD_STOP, 0,
+	 "on rank 1: rank 0 (the relay) did not answer within 2000 ms", 1900, 3000},
+	{CAL_COMM_TCP, 0, CHILD_STOP, 1, "rank 1 closed the connection", 0, 1000},
+	{CAL_COMM_TCP, 0, CHILD_ABORT, 0,
+	 "rank 1 reported: rank 1 aborted: the worker was cancelled", 0, 1000},
+};
+
+ParameterizedTestParameters(comm_procs, tcp_faults)
 {
-	static const struct fault f = {CAL_COMM_TCP, 0, CHILD_STOP, 0,
-		"allreduce #2 on rank 0: rank 1 did not arrive within 2000 ms", 1900, 3000};
-	check_fault(&f);
+	return cr_make_param_array(struct fault, tcp_faults, sizeof(tcp_faults) / sizeof(*tcp_faults));
 }
 
-Test(comm_procs, tcp_stopped_rank_zero_is_named_by_the_others)
+ParameterizedTest(struct fault *f, comm_procs, tcp_faults)
 {
-	static const struct fault f = {CAL_COMM_TCP, 1, CHILD_STOP, 0,
-		"on rank 1: rank 0 (the relay) did not answer within 2000 ms", 1900, 3000};
-	check_fault(&f);
-}
-
-Test(comm_procs, tcp_killed_rank_fails_at_once)
-{
-	static const struct fault f = {CAL_COMM_TCP, 0, CHILD_STOP, 1,
-		"rank 1 closed the connection", 0, 1000};
-	check_fault(&f);
-}
-
-Test(comm_procs, tcp_aborting_rank_sends_its_reason)
-{
-	static const struct fault f = {CAL_COMM_TCP, 0, CHILD_ABORT, 0,
-		"rank 1 reported: rank 1 aborted: the worker was cancelled", 0, 1000};
-	check_fault(&f);
+	check_fault(f);
 }
 
 Test(comm_procs, tcp_missing_rank_fails_joining)
@@ -295,4 +294,70 @@ Test(comm_procs, nccl_killed_rank_fails_by_the_deadline)
 		"allreduce #2 on rank 0: NCCL allreduce", 0, 4000};
 	need_two_gpus();
 	check_fault(&f);
+}
+
+/* cal_comm_abort from another thread wakes a TCP rank inside a collective,
+ * and the peer learns the reason.  Both ranks live in this process here
+ * (two threads, two one-rank worlds joined over loopback). */
+struct tcp_rank {
+	struct job *j;
+	unsigned rank;
+	struct cal_backend *be;
+	struct cal_comm *c;
+	enum cal_status st;
+};
+
+static void *tcp_open_thread(void *p)
+{
+	struct tcp_rank *t = p;
+	struct cal_error err = {0};
+	t->st = open_rank(t->j, t->rank, &t->be, &t->c, &err);
+	cal_error_clear(&err);
+	return NULL;
+}
+
+static void *tcp_barrier_thread(void *p)
+{
+	struct tcp_rank *t = p;
+	t->st = cal_comm_barrier(t->c, NULL);
+	return NULL;
+}
+
+Test(comm_procs, tcp_abort_from_another_thread)
+{
+	struct job j;
+	job_init(&j, CAL_COMM_TCP, 2, 30000, 0);
+	struct tcp_rank r[2] = {{&j, 0, NULL, NULL, CAL_OK}, {&j, 1, NULL, NULL, CAL_OK}};
+	pthread_t th[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&th[i], NULL, tcp_open_thread, &r[i]);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	cr_assert(r[0].st == CAL_OK && r[1].st == CAL_OK);
+	/* rank 0 waits in a barrier that rank 1 does not join */
+	pthread_create(&th[0], NULL, tcp_barrier_thread, &r[0]);
+	struct timespec nap = {0, 100000000};
+	nanosleep(&nap, NULL);
+	double t0 = now_ms();
+	cal_comm_abort(r[0].c, "stopped by the supervisor");
+	pthread_join(th[0], NULL);
+	cr_expect_eq(r[0].st, CAL_ERR_DEVICE);
+	cr_expect(now_ms() - t0 < 1000, "woke after %.0f ms", now_ms() - t0);
+	const char *why = NULL;
+	cr_expect(cal_comm_failed(r[0].c, &why) &&
+		  strstr(why, "rank 0 aborted: stopped by the supervisor"), "%s", why ? why : "(none)");
+	/* rank 1 hears it on its next call */
+	struct cal_error err = {0};
+	uint64_t v = 1;
+	cr_expect_eq(cal_comm_allreduce(r[1].c, &v, 1, CAL_COMM_U64, CAL_COMM_SUM, &err),
+		     CAL_ERR_DEVICE);
+	cr_expect(strstr(cal_error_msg(&err),
+			 "rank 0 reported: rank 0 aborted: stopped by the supervisor"),
+		  "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	for (int i = 0; i < 2; i++) {
+		cal_comm_free(r[i].c);
+		cal_backend_free(r[i].be);
+	}
+	job_fini(&j);
 }

@@ -83,6 +83,25 @@ static void run_ranks(unsigned R, unsigned timeout_ms, uint64_t seed,
 	run_kind(CAL_COMM_THREADS, R, timeout_ms, seed, body, arg, rr);
 }
 
+/* Records a collective's outcome in rr (status, message, ms since t0). */
+static int record(struct rank_run *rr, enum cal_status st, struct cal_error *err, double t0)
+{
+	rr->ms = now_ms() - t0;
+	rr->st = st;
+	snprintf(rr->msg, sizeof(rr->msg), "%s", cal_error_msg(err));
+	cal_error_clear(err);
+	return 0;
+}
+
+/* rr's collective ended with st, a message holding substr, before max_ms. */
+static void expect_outcome(const struct rank_run *rr, enum cal_status st, const char *substr,
+			   double max_ms)
+{
+	cr_expect_eq(rr->st, st, "rank %u: status %d", rr->rank, (int)rr->st);
+	cr_expect(strstr(rr->msg, substr), "rank %u: %s", rr->rank, rr->msg);
+	cr_expect(rr->ms < max_ms, "rank %u: %.0f ms", rr->rank, rr->ms);
+}
+
 static int body_check(struct rank_run *rr, struct cal_comm *c)
 {
 	return commcheck_run(c, rr->seed, 7, rr->msg, sizeof(rr->msg));
@@ -132,25 +151,17 @@ static int body_missing(struct rank_run *rr, struct cal_comm *c)
 		}
 	}
 	double t0 = now_ms();
-	rr->st = cal_comm_allreduce(c, &v, 1, CAL_COMM_U64, CAL_COMM_SUM, &err);
-	rr->ms = now_ms() - t0;
-	snprintf(rr->msg, sizeof(rr->msg), "%s", cal_error_msg(&err));
-	cal_error_clear(&err);
-	return 0;
+	return record(rr, cal_comm_allreduce(c, &v, 1, CAL_COMM_U64, CAL_COMM_SUM, &err), &err, t0);
 }
 
 Test(comm_threads, missing_rank_fails_at_deadline_naming_it)
 {
 	struct rank_run rr[2];
 	run_ranks(2, 300, 0, body_missing, NULL, rr);
-	cr_expect_eq(rr[0].st, CAL_ERR_DEVICE);
-	cr_expect(strstr(rr[0].msg, "allreduce #1 on rank 0: rank 1 did not arrive within 300 ms"),
-		  "%s", rr[0].msg);
-	cr_expect(rr[0].ms >= 250 && rr[0].ms < 2000, "failed after %.0f ms", rr[0].ms);
-	cr_expect_eq(rr[1].st, CAL_ERR_DEVICE);
-	cr_expect(strstr(rr[1].msg, "failed earlier") && strstr(rr[1].msg, "rank 1 did not arrive"),
-		  "%s", rr[1].msg);
-	cr_expect(rr[1].ms < 100, "fail-fast took %.0f ms", rr[1].ms);
+	expect_outcome(&rr[0], CAL_ERR_DEVICE,
+		       "allreduce #1 on rank 0: rank 1 did not arrive within 300 ms", 2000);
+	cr_expect(rr[0].ms >= 250, "failed after %.0f ms, before the deadline", rr[0].ms);
+	expect_outcome(&rr[1], CAL_ERR_DEVICE, "failed earlier: allreduce #1 on rank 0: rank 1", 100);
 }
 
 /* rank 3 aborts while the others wait in a barrier: they wake at once. */
@@ -163,23 +174,15 @@ static int body_abort(struct rank_run *rr, struct cal_comm *c)
 		cal_comm_abort(c, "cancelled by the test");
 	}
 	double t0 = now_ms();
-	rr->st = cal_comm_barrier(c, &err);
-	rr->ms = now_ms() - t0;
-	snprintf(rr->msg, sizeof(rr->msg), "%s", cal_error_msg(&err));
-	cal_error_clear(&err);
-	return 0;
+	return record(rr, cal_comm_barrier(c, &err), &err, t0);
 }
 
 Test(comm_threads, abort_wakes_every_rank)
 {
 	struct rank_run rr[4];
 	run_ranks(4, 60000, 0, body_abort, NULL, rr);
-	for (unsigned r = 0; r < 4; r++) {
-		cr_expect_eq(rr[r].st, CAL_ERR_DEVICE, "rank %u", r);
-		cr_expect(strstr(rr[r].msg, "rank 3 aborted: cancelled by the test"), "rank %u: %s", r,
-			  rr[r].msg);
-		cr_expect(rr[r].ms < 1000, "rank %u woke after %.0f ms", r, rr[r].ms);
-	}
+	for (unsigned r = 0; r < 4; r++)
+		expect_outcome(&rr[r], CAL_ERR_DEVICE, "rank 3 aborted: cancelled by the test", 1000);
 }
 
 /* rank 0 calls allreduce, rank 1 broadcast: both fail, naming the other call. */
@@ -187,23 +190,20 @@ static int body_mismatch(struct rank_run *rr, struct cal_comm *c)
 {
 	struct cal_error err = {0};
 	uint64_t v = 1;
+	double t0 = now_ms();
 	if (rr->rank == 0)
-		rr->st = cal_comm_allreduce(c, &v, 1, CAL_COMM_U64, CAL_COMM_SUM, &err);
-	else
-		rr->st = cal_comm_broadcast(c, &v, 8, 0, &err);
-	snprintf(rr->msg, sizeof(rr->msg), "%s", cal_error_msg(&err));
-	cal_error_clear(&err);
-	return 0;
+		return record(rr, cal_comm_allreduce(c, &v, 1, CAL_COMM_U64, CAL_COMM_SUM, &err), &err,
+			      t0);
+	return record(rr, cal_comm_broadcast(c, &v, 8, 0, &err), &err, t0);
 }
 
 Test(comm_threads, mismatched_calls_fail_on_every_rank)
 {
 	struct rank_run rr[2];
 	run_ranks(2, 5000, 0, body_mismatch, NULL, rr);
-	cr_expect_eq(rr[0].st, CAL_ERR_DEVICE);
-	cr_expect_eq(rr[1].st, CAL_ERR_DEVICE);
-	cr_expect(strstr(rr[0].msg, "called broadcast") || strstr(rr[0].msg, "called allreduce"), "%s",
-		  rr[0].msg);
+	/* whichever rank checks first names the other's call */
+	expect_outcome(&rr[0], CAL_ERR_DEVICE, " called ", 1000);
+	expect_outcome(&rr[1], CAL_ERR_DEVICE, " called ", 1000);
 }
 
 /* A caller's mistake on rank 0 (CAL_ERR_INVALID there) wakes rank 1 at once. */
@@ -213,25 +213,17 @@ static int body_invalid(struct rank_run *rr, struct cal_comm *c)
 	uint64_t v = 1;
 	double t0 = now_ms();
 	if (rr->rank == 0)
-		rr->st = cal_comm_broadcast(c, &v, 8, 7, &err);
-	else
-		rr->st = cal_comm_barrier(c, &err);
-	rr->ms = now_ms() - t0;
-	snprintf(rr->msg, sizeof(rr->msg), "%s", cal_error_msg(&err));
-	cal_error_clear(&err);
-	return 0;
+		return record(rr, cal_comm_broadcast(c, &v, 8, 7, &err), &err, t0);
+	return record(rr, cal_comm_barrier(c, &err), &err, t0);
 }
 
 Test(comm_threads, invalid_call_fails_the_world)
 {
 	struct rank_run rr[2];
 	run_ranks(2, 60000, 0, body_invalid, NULL, rr);
-	cr_expect_eq(rr[0].st, CAL_ERR_INVALID);
-	cr_expect(strstr(rr[0].msg, "broadcast #1 on rank 0: invalid call: root outside the ranks"),
-		  "%s", rr[0].msg);
-	cr_expect_eq(rr[1].st, CAL_ERR_DEVICE);
-	cr_expect(strstr(rr[1].msg, "invalid call"), "%s", rr[1].msg);
-	cr_expect(rr[1].ms < 1000, "rank 1 woke after %.0f ms", rr[1].ms);
+	expect_outcome(&rr[0], CAL_ERR_INVALID,
+		       "broadcast #1 on rank 0: invalid call: root outside the ranks", 1000);
+	expect_outcome(&rr[1], CAL_ERR_DEVICE, "invalid call", 1000);
 }
 
 /* Counters: payload bytes to and from other ranks, per operation. */
