@@ -21,7 +21,7 @@
 #include "api/recipes.h"
 #include "api/report_html.h"
 #include "common/util.h"
-#include "daemon/fsutil.h"
+#include "common/fsutil.h"
 #include "daemon/log.h"
 
 enum MHD_Result cal_route_jobs_create(struct cal_http_req *r);

@@ -12,10 +12,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "api/sha256.h"
+#include "common/sha256.h"
 #include "common/device.h"
 #include "common/jsonscan.h"
-#include "daemon/fsutil.h"
+#include "common/fsutil.h"
 #include "engine/recipe/qformat.h"
 #include "engine/st/st_writer.h"
 

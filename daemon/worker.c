@@ -13,7 +13,7 @@
 #include "engine/eval.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
-#include "fsutil.h"
+#include "common/fsutil.h"
 
 /* The spec's evaluate {path, samples}: `calibd eval` of the published
  * output on that dataset (docs/eval.md), in this worker.  The numbers go

@@ -22,13 +22,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cli.h"
-#include "client.h"
+#include "cli/cli.h"
+#include "cli/client.h"
 #include "common/confine.h"
 #include "common/util.h"
 #include "daemon.h"
 #include "engine/st/st_writer.h"
-#include "fsutil.h"
+#include "common/fsutil.h"
 #include "log.h"
 #include "worker.h"
 

@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "daemon/cli.h"
+#include "cli/cli.h"
 #include "engine/job.h"
 #include "fixture.h"
 #include "harness.h"

@@ -19,9 +19,9 @@
 #include "api/errors.h"
 #include "api/http.h"
 #include "api/jobspec.h"
-#include "api/sha256.h"
+#include "common/sha256.h"
 #include "daemon/config.h"
-#include "daemon/fsutil.h"
+#include "common/fsutil.h"
 
 static const char *srcdir(void)
 {
@@ -1021,7 +1021,7 @@ Test(units, usage_error_is_2_everywhere)
 {
 	static const char *const cmds[] = {
 #define CAL_CMD(name, desc) #name,
-#include "daemon/commands.def"
+#include "cli/commands.def"
 #undef CAL_CMD
 	};
 	const char *calibd = getenv("CALIBD");

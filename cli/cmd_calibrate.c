@@ -17,7 +17,7 @@
 #include <jansson.h>
 
 #include "cli.h"
-#include "config.h"
+#include "daemon/config.h"
 #include "engine/calib.h"
 #include "engine/job.h"
 

@@ -15,7 +15,7 @@
 #include <jansson.h>
 
 #include "cli.h"
-#include "config.h"
+#include "daemon/config.h"
 #include "engine/eval.h"
 #include "engine/job.h"
 

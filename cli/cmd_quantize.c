@@ -19,7 +19,7 @@
 #include <jansson.h>
 
 #include "cli.h"
-#include "config.h"
+#include "daemon/config.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
 #include "engine/st/st_writer.h"
