@@ -1,27 +1,15 @@
 /*
- * cli.h — declarations of the subcommand handlers and the process exit codes
- * every subcommand uses (documented in README.md and docs/cli.md).
+ * cli.h — declarations of the subcommand handlers.  The process exit codes
+ * every subcommand uses are in common/exit.h (documented in README.md).
  */
 #ifndef CAL_CLI_H
 #define CAL_CLI_H
 
 #include <stdint.h>
 
+#include "common/exit.h"
 #include "common/status.h"
 
-enum cal_exit {
-	CAL_EXIT_OK = 0,
-	CAL_EXIT_FAILURE = 1,      /* generic / internal failure */
-	CAL_EXIT_USAGE = 2,        /* bad command line */
-	CAL_EXIT_BAD_INPUT = 3,    /* bad model, recipe, data or path */
-	CAL_EXIT_NOSPACE = 4,      /* out of disk space */
-	CAL_EXIT_DEVICE = 5,       /* GPU failure */
-	CAL_EXIT_INTERRUPTED = 6,  /* interrupted or cancelled */
-	CAL_EXIT_UNREACHABLE = 7,  /* daemon unreachable or 5xx (client commands) */
-};
-
-/* Maps an error status to the exit code scripts see. */
-int cal_exit_from_status(enum cal_status st);
 /* `calibd bench quantize` (bench_quantize.c). */
 int cal_bench_quantize(int argc, char **argv);
 
