@@ -1,6 +1,6 @@
 /*
  * recipe_load.c — loading a recipe by name or from text, validating the
- * resolved YAML tree into struct cal_recipe (MODELOPT.md §3.1-3.3), and
+ * resolved YAML tree into struct cal_recipe (docs/recipes.md), and
  * listing the recipe tree.  Finding files and resolving `imports:` /
  * `$import` is recipe_import.c's half (recipe_import.h).
  */
