@@ -478,6 +478,21 @@ static enum ytype schema_type(const char *s)
 	return YT_OTHER;
 }
 
+
+/* Removes the `imports` pair of a mapping, once its imports are loaded
+ * (anything else: unchanged). */
+void drop_imports(struct cal_ynode *data)
+{
+	long ii = data->kind == CAL_Y_MAP ? cal_ymap_find(data, "imports") : -1;
+	if (ii < 0)
+		return;
+	cal_ynode_free(data->items[2 * ii]);
+	cal_ynode_free(data->items[2 * ii + 1]);
+	memmove(&data->items[2 * ii], &data->items[2 * ii + 2],
+		(data->n - (size_t)ii - 1) * 2 * sizeof(*data->items));
+	data->n--;
+}
+
 /* Reads the file's imports: mapping into a table (each snippet resolved). */
 enum cal_status load_imports(struct loader *L, const struct cal_ynode *imports,
 			     struct imptab *tab)
@@ -657,17 +672,8 @@ enum cal_status load_tree(struct loader *L, const char *path, enum ytype root,
 
 	L->stack[L->depth++] = real;
 	st = load_imports(L, imports, &tab);
-	if (st >= 0 && data->kind == CAL_Y_MAP) {
-		long ii = cal_ymap_find(data, "imports");
-		if (ii >= 0) {
-			/* drop the imports pair */
-			cal_ynode_free(data->items[2 * ii]);
-			cal_ynode_free(data->items[2 * ii + 1]);
-			memmove(&data->items[2 * ii], &data->items[2 * ii + 2],
-				(data->n - (size_t)ii - 1) * 2 * sizeof(*data->items));
-			data->n--;
-		}
-	}
+	if (st >= 0)
+		drop_imports(data);
 	if (st >= 0)
 		st = resolve(L, data, type, &tab, ret);
 	L->depth--;

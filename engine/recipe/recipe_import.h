@@ -59,6 +59,7 @@ struct imptab {
 
 #define at_err cal_recipe_at_err
 #define cat3 cal_recipe_cat3
+#define drop_imports cal_recipe_drop_imports
 #define files_free cal_recipe_files_free
 #define has_yaml_suffix cal_recipe_has_yaml_suffix
 #define imptab_clear cal_recipe_imptab_clear
@@ -74,6 +75,7 @@ struct imptab {
 __attribute__((format(printf, 4, 5))) enum cal_status
 at_err(struct cal_error *err, enum cal_status st, const struct cal_ynode *n, const char *fmt, ...);
 char *cat3(const char *a, const char *b, const char *c);
+void drop_imports(struct cal_ynode *data);
 void files_free(struct lfile *f);
 int has_yaml_suffix(const char *p);
 void imptab_clear(struct imptab *t);

@@ -980,14 +980,7 @@ enum cal_status cal_recipe_parse(const char *display, const char *text, size_t l
 	docs.doc[0] = NULL;
 	if (data->kind == CAL_Y_MAP) {
 		CAL_TRY(load_imports(&L, cal_ymap_get(data, "imports"), &tab));
-		long ii = cal_ymap_find(data, "imports");
-		if (ii >= 0) {
-			cal_ynode_free(data->items[2 * ii]);
-			cal_ynode_free(data->items[2 * ii + 1]);
-			memmove(&data->items[2 * ii], &data->items[2 * ii + 2],
-				(data->n - (size_t)ii - 1) * 2 * sizeof(*data->items));
-			data->n--;
-		}
+		drop_imports(data);
 	}
 	CAL_TRY(resolve(&L, data, YT_RECIPE, &tab, &tree));
 	CAL_TRY(conv_recipe(err, tree, fname, r));
