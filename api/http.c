@@ -33,7 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "api/sha256.h"
+#include "common/sha256.h"
 #include "common/util.h"
 #include "daemon/log.h"
 

@@ -16,8 +16,8 @@
 #include "engine/eval.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
+#include "common/fsutil.h"
 #include "kernels/comm.h"
-#include "fsutil.h"
 
 /* The spec's evaluate {path, samples}: `calibd eval` of the published
  * output on that dataset (docs/eval.md), in this worker.  The numbers go

@@ -1,6 +1,7 @@
 /*
  * calib.h — the calibration engine: the model's own forward pass, layer by
- * layer, with observers (DESIGN.md "The engine's data flow", MODELOPT.md §2).
+ * layer, with observers (docs/architecture.md "The path of a job",
+ * docs/calibration.md).
  *
  * A calibration run embeds every calibration token, then for each decoder
  * layer in order (the next layer's weights uploading while the current one

@@ -1,6 +1,6 @@
 /*
- * nvfp4_quant.c — NVFP4 weight quantizer (MODELOPT.md §1.4.2), reference
- * and CPU back end.  Per 16-element block b of W (bf16):
+ * nvfp4_quant.c — NVFP4 weight quantizer (docs/numerics.md "NVFP4 weights"),
+ * reference and CPU back end.  Per 16-element block b of W (bf16):
  *   a = max|block|; s = a / fl32(6*S2) (true division); s == 0 -> 1;
  *   clamp [2^-9, 448] (NaN passes); E = e4m3(s); T = fl32(E * S2);
  *   code_k = E2M1(fl32(x_k / T)); packed byte j = code_2j | code_2j+1 << 4.

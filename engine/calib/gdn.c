@@ -1,7 +1,7 @@
 /*
  * gdn.c — Gated DeltaNet layers (Qwen3-Next / Qwen3.5 `linear_attn`,
- * ARCHITECTURES.md §6, §10) in the calibration forward pass, and the
- * scratch of the gated full attention.
+ * docs/architectures.md "Qwen3-Next and Qwen3.5-MoE", "Gated DeltaNet") in the
+ * calibration forward pass, and the scratch of the gated full attention.
  *
  * Weights are brought into one layout, Qwen3.5's split projections:
  * in_proj_qkv [conv_dim, H] with rows Q (nk dk) | K (nk dk) | V (nv dv),

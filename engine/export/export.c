@@ -142,8 +142,8 @@ static const struct cal_plan_q *enabled_q(const struct cal_plan *p, long i)
 	return i >= 0 && p->q[i].spec.enabled ? &p->q[i] : NULL;
 }
 
-/* Sibling group of a plan module (MODELOPT.md §2.6): linears that read the
- * same input tensor.  0: none. */
+/* Sibling group of a plan module (docs/export.md "Sibling groups"): linears
+ * that read the same input tensor.  0: none. */
 static int sibling_group(const struct cal_plan_module *m)
 {
 	const char *p = m->proj ? m->proj : "";
@@ -881,7 +881,8 @@ static void add_fallback(struct cal_exporter *ex, const char *q, const char *why
 		json_array_append_new(ex->fallbacks, o);
 }
 
-/* Input amax of x (see export.h / MODELOPT.md §2.4.4 for experts). */
+/* Input amax of x (see export.h / docs/export.md "Experts that saw no tokens"
+ * for experts). */
 static enum cal_status input_amax(struct cal_exporter *ex, const struct xlin *x,
 				  const struct cal_stats *stats, float *ret, int *ret_const,
 				  struct cal_error *err)
@@ -910,7 +911,8 @@ static enum cal_status input_amax(struct cal_exporter *ex, const struct xlin *x,
 		float pe = 0.0f;
 		int ok = cal_stats_get(stats, pn, &pe) && pe > 0.0f;
 		if (!ok) {
-			/* max over the layer's experts that have one (§2.4.4) */
+			/* max over the layer's experts that have one
+			 * (docs/export.md "Experts that saw no tokens") */
 			float mx = 0.0f;
 			for (int64_t e = 0; e < ex->d->num_experts; e++) {
 				char *qn = xprintf("%ss.%lld", iq->name, (long long)e);
@@ -944,7 +946,8 @@ static int in_group(const struct xlin *x, int32_t L, int g)
 	return x->layer == L && x->expert < 0 && x->group == g && x->fmt != CAL_QFMT_NONE;
 }
 
-/* Sibling unification (§2.6) of the non-expert groups of layer L. */
+/* Sibling unification (docs/export.md "Sibling groups") of the non-expert
+ * groups of layer L. */
 void cal_export_unify_groups(struct cal_exporter *ex, int32_t L)
 {
 	for (int g = 1; g <= 4; g++) {
@@ -987,8 +990,9 @@ static enum cal_status prep_layer(struct cal_exporter *ex, int32_t L,
 			continue;
 		CAL_TRY_RET(input_amax(ex, x, stats, &x->iamax, &cst, err));
 	}
-	/* sibling groups share one input amax (§2.6): unify before the scales;
-	 * the quantize stage unifies the weight amax the same way */
+	/* sibling groups share one input amax (docs/export.md "Sibling
+	 * groups"): unify before the scales; the quantize stage unifies the
+	 * weight amax the same way */
 	cal_export_unify_groups(ex, L);
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];

@@ -1,6 +1,6 @@
 /*
  * export.h — writes a modelopt-compatible ("unified HF") quantized
- * checkpoint (MODELOPT.md §1, §2.6, §4; docs/export.md), layer by layer.
+ * checkpoint (docs/numerics.md, docs/export.md), layer by layer.
  *
  * cal_exporter_open() derives the complete output tensor list (names,
  * dtypes, shapes) from the model description, the tensor catalog and the
@@ -47,8 +47,9 @@ struct cal_export_opts {
 	const char *model_dir;      /* source directory (side files); required */
 	const char *out_dir;        /* final directory; must not exist */
 	const char *recipe_name;    /* for the report and messages */
-	/* amax / constant semantics (MODELOPT.md §1.3): CAL_DIV_RECIP (default,
-	 * modelopt's GPU run) or CAL_DIV_EXACT (modelopt on CPU). */
+	/* amax / constant semantics (docs/numerics.md "Division semantics"):
+	 * CAL_DIV_RECIP (default, modelopt's GPU run) or CAL_DIV_EXACT
+	 * (modelopt on CPU). */
 	enum cal_div_mode div;
 	uint64_t max_shard_bytes;   /* 0: 10 GB like modelopt */
 	/* fused-expert input amax per expert (stats names
@@ -136,7 +137,7 @@ enum cal_status cal_export_run(const char *recipe, const struct cal_stats *stats
 			       char **ret_report, struct cal_error *err);
 
 /*
- * modelopt's exclude_modules summarisation (MODELOPT.md §4.3,
+ * modelopt's exclude_modules summarisation (docs/export.md "exclude_modules",
  * quant_utils._prefix_wildcard_summarize_exclude_modules), exactly: for
  * each unquantized name in order, the first dot-boundary candidate
  * ["p*"] or ["p", "p.*"] (then [name]) none of whose elements is a prefix

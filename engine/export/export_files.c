@@ -1,8 +1,8 @@
 /*
  * export_files.c — the exporter's side files: hf_quant_config.json
- * (MODELOPT.md §4.3), config.json's quantization_config (§4.4), the
- * source's generation / tokenizer / chat-template files, and
- * calibd_report.json (docs/export.md).
+ * (docs/export.md "exclude_modules"), config.json's quantization_config
+ * ("quantization_config in config.json"), the source's generation / tokenizer
+ * / chat-template files, and calibd_report.json (docs/export.md).
  */
 #include "export_internal.h"
 

@@ -1,8 +1,8 @@
 /*
- * verify.c — `calibd verify`: checks an exported checkpoint as a loader
- * (vLLM / SGLang / TensorRT-LLM, MODELOPT.md §4.9) would read it, and with
- * the source checkpoint reports the SQNR of every quantized weight
- * (export.h cal_export_verify).
+ * verify.c — `calibd verify`: checks an exported checkpoint as a loader (vLLM
+ * / SGLang / TensorRT-LLM, docs/export.md "What loaders expect") would read
+ * it, and with the source checkpoint reports the SQNR of every quantized
+ * weight (export.h cal_export_verify).
  */
 #include "export_internal.h"
 

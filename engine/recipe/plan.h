@@ -1,7 +1,7 @@
 /*
  * plan.h — the quantization plan: every quantizer a model has, named as
  * modelopt names it with transformers >= 5, and what a recipe decides for
- * it (MODELOPT.md §3.3, §3.6; docs/recipes.md).
+ * it (docs/recipes.md "Matching").
  *
  * cal_plan_build() enumerates the model's modules and quantizers from the
  * model description, applies the recipe's quant_cfg entries in order (later

@@ -1,6 +1,6 @@
 /*
- * nvfp4_quant.cu — NVFP4 dynamic weight quantizer (MODELOPT.md §1.4.2);
- * kernel in nvfp4_common.cuh, numerics in kernels/numfmt.h.
+ * nvfp4_quant.cu — NVFP4 dynamic weight quantizer (docs/numerics.md "NVFP4
+ * weights"); kernel in nvfp4_common.cuh, numerics in kernels/numfmt.h.
  */
 #include "nvfp4_common.cuh"
 

@@ -17,7 +17,7 @@ t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 "$B/tests/fixtures/calibd-fixture" --arch qwen3_moe --seed 7 "$t/src" >/dev/null
 for r in nvfp4_default-kv_fp8 fp8_default-kv_fp8 nvfp4_weight_only-kv_fp16; do
-	"$B/daemon/calibd" quantize --model "$t/src" \
+	"$B/cli/calibd" quantize --model "$t/src" \
 		--recipe "$root/recipes/general/ptq/$r.yaml" \
 		--calib-tokens "$here/ref/calib.jsonl" --out "$t/$r" --device cpu --quiet >/dev/null
 	"$PY" "$here/reference.py" "$t/src" "$t/$r" "$here/ref/held.jsonl" "$here/ref/$r.bf16"

@@ -1,7 +1,7 @@
 /*
- * goldens.c — see goldens.h.  Expected bytes are copied from MODELOPT.md
- * §1.4.4 and §1.6 (device-verified there); the FP8 CPU-semantics rows are
- * given in the doc only as the fragments that differ from the CUDA rows, so
+ * goldens.c — see goldens.h.  Expected bytes are what modelopt produced on
+ * a GPU (docs/numerics.md "Golden vectors"); of the FP8 CPU-semantics rows
+ * only the fragments that differ from the CUDA rows were recorded, so
  * rows 0 and 3 must equal the CUDA rows and rows 1 and 2 must contain the
  * quoted fragments and differ from the CUDA rows.
  */

@@ -99,7 +99,7 @@ Test(fnmatch, python_semantics)
 	cr_assert(!cal_fnmatch("*mlp.gate.*", "model.layers.0.mlp.gate_proj.weight_quantizer"));
 }
 
-/* ---- golden entry lists (reasoned from MODELOPT.md §3.4) ------------------ */
+/* ---- golden entry lists (docs/recipes.md "The experts-only recipe") --- */
 
 #define NVFP4 "{num_bits: (2, 1), block_sizes: {-1: 16, type: 'dynamic', scale_bits: (4, 3)}, effective_bits: 4.5}"
 #define FP8 "{num_bits: (4, 3), axis: null}"

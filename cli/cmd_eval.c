@@ -15,7 +15,6 @@
 #include <jansson.h>
 
 #include "cli.h"
-#include "config.h"
 #include "engine/eval.h"
 #include "engine/job.h"
 
@@ -138,20 +137,13 @@ int cal_cmd_eval(int argc, char **argv)
 	if (data && !o.samples)
 		o.samples = 128;
 	struct cal_error err = {0};
-	if (cal_devices_parse(device, &o.devices, &err) < 0) {
-		fprintf(stderr, "calibd eval: --device: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
-		return CAL_EXIT_USAGE;
-	}
-	char *data_owned = NULL;
-	enum cal_status xs = cal_config_calib_arg("eval", &data, dsfile, &data_owned);
-	if (xs)
-		return cal_exit_from_status(xs);
-	struct cal_job_dataset *ds = NULL;
+	struct cal_cli_data dd;
+	enum cal_status st;
+	int rc = cal_cli_job_data("eval", device, data, dsfile, &o, &dd, &st, &err);
+	if (rc != CAL_EXIT_OK)
+		return rc;
 	struct cal_job *job = NULL;
 	json_t *rep = NULL;
-	enum cal_status st = cal_job_datasets_parse(data, &ds, &o.n_datasets, &err);
-	o.datasets = ds;
 	if (st >= 0)
 		st = cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_CALIBRATE), &job, NULL, &err);
 	if (st >= 0)
@@ -168,8 +160,7 @@ int cal_cmd_eval(int argc, char **argv)
 		fprintf(stderr, "calibd eval: %s\n", cal_error_msg(&err));
 	json_decref(rep);
 	cal_job_close(job);
-	cal_job_datasets_free(ds, o.n_datasets);
-	free(data_owned);
+	cal_cli_data_free(&dd, &o);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }

@@ -1,11 +1,9 @@
 /*
- * cli.h — declarations of the subcommand handlers and the process exit codes
- * every subcommand uses (documented in README.md and docs/cli.md).
+ * exit.h — the process exit codes of every calibd command, the worker
+ * included (the supervisor reads a worker's code), documented in README.md.
  */
-#ifndef CAL_CLI_H
-#define CAL_CLI_H
-
-#include <stdint.h>
+#ifndef CAL_EXIT_H
+#define CAL_EXIT_H
 
 #include "common/status.h"
 
@@ -22,15 +20,12 @@ enum cal_exit {
 
 /* Maps an error status to the exit code scripts see. */
 int cal_exit_from_status(enum cal_status st);
-/* `calibd bench quantize` (bench_quantize.c). */
-int cal_bench_quantize(int argc, char **argv);
 
-/* An unsigned decimal / 0x number with an optional K, M or G suffix
- * (memory sizes); 0, or -1 for anything else. */
-int cal_cli_parse_u64(const char *s, uint64_t *ret);
+/* Stable lower-case code of a status ("format", "nospace", ...): what a
+ * worker reports as the job's error code. */
+const char *cal_status_code(enum cal_status st);
 
-#define CAL_CMD(name, desc) int cal_cmd_##name(int argc, char **argv);
-#include "commands.def"
-#undef CAL_CMD
+/* Exit code for a job that ended with error code `code`. */
+int cal_exit_from_job_error(const char *code);
 
 #endif

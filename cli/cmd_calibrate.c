@@ -17,7 +17,6 @@
 #include <jansson.h>
 
 #include "cli.h"
-#include "config.h"
 #include "engine/calib.h"
 #include "engine/job.h"
 
@@ -200,24 +199,17 @@ int cal_cmd_calibrate(int argc, char **argv)
 		return CAL_EXIT_USAGE;
 	}
 	struct cal_error err = {0};
-	if (cal_devices_parse(device, &o.devices, &err) < 0) {
-		fprintf(stderr, "calibd calibrate: --device: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
-		return CAL_EXIT_USAGE;
-	}
+	struct cal_cli_data data;
+	enum cal_status st;
+	int rc = cal_cli_job_data("calibrate", device, calib, dsfile, &o, &data, &st, &err);
+	if (rc != CAL_EXIT_OK)
+		return rc;
 
-	char *calib_owned = NULL;
-	enum cal_status xs = cal_config_calib_arg("calibrate", &calib, dsfile, &calib_owned);
-	if (xs)
-		return cal_exit_from_status(xs);
-	struct cal_job_dataset *ds = NULL;
 	struct cal_job *job = NULL;
 	struct cal_calib_tokens *tk = NULL;
 	struct cal_calib *cal = NULL;
 	struct cal_token_info ti = {0};
 	char *json = NULL;
-	enum cal_status st = cal_job_datasets_parse(calib, &ds, &o.n_datasets, &err);
-	o.datasets = ds;
 	if (st >= 0)
 		st = cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_CALIBRATE), &job, NULL, &err);
 	if (st >= 0)
@@ -259,8 +251,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 	cal_calib_free(cal);
 	cal_calib_tokens_free(tk);
 	cal_job_close(job);
-	cal_job_datasets_free(ds, o.n_datasets);
-	free(calib_owned);
+	cal_cli_data_free(&data, &o);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }

@@ -20,7 +20,6 @@
 
 #include "api/jobspec.h"
 #include "cli.h"
-#include "config.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
 #include "engine/st/st_writer.h"
@@ -434,20 +433,15 @@ int cal_cmd_quantize(int argc, char **argv)
 			return cal_exit_from_status(qs);
 		}
 	}
-	if (cal_devices_parse(device, &jo.devices, &err) < 0) {
-		fprintf(stderr, "calibd quantize: --device: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
+	struct cal_cli_data data;
+	enum cal_status st;
+	int rc = cal_cli_job_data("quantize", device, calib, datasets_file, &jo, &data, &st, &err);
+	if (rc != CAL_EXIT_OK)
+		return rc;
+	if (node_layout(&jo, nodes, node_rank) < 0) {
+		cal_cli_data_free(&data, &jo);
 		return CAL_EXIT_USAGE;
 	}
-	if (node_layout(&jo, nodes, node_rank) < 0)
-		return CAL_EXIT_USAGE;
-	char *calib_owned = NULL;
-	enum cal_status xs = cal_config_calib_arg("quantize", &calib, datasets_file, &calib_owned);
-	if (xs)
-		return cal_exit_from_status(xs);
-	struct cal_job_dataset *ds = NULL;
-	enum cal_status st = cal_job_datasets_parse(calib, &ds, &jo.n_datasets, &err);
-	jo.datasets = ds;
 
 	struct sigaction sa = {.sa_handler = on_signal};
 	struct sigaction old_int, old_term;
@@ -466,7 +460,7 @@ int cal_cmd_quantize(int argc, char **argv)
 	if (st >= 0)
 		st = cal_quantize_run(job, &o, on_progress, &pr, &report, &err);
 	cal_job_close(job);
-	cal_job_datasets_free(ds, jo.n_datasets);
+	cal_cli_data_free(&data, &jo);
 	if (pr.bar_open)
 		fputc('\n', stderr);
 	sigaction(SIGINT, &old_int, NULL);
@@ -494,7 +488,6 @@ int cal_cmd_quantize(int argc, char **argv)
 		fflush(stdout);
 	}
 	json_decref(report);
-	free(calib_owned);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }
