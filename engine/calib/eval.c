@@ -74,6 +74,17 @@ struct cal_eval {
 	size_t n_worst;
 	uint64_t n_qweights, n_qacts;
 	double t0;
+	/* per-layer KL (the logit lens, docs/eval.md): the final norm and the
+	 * source lm_head on the back end, the sampled positions */
+	void *norm_w, *lm_src;
+	enum cal_dtype norm_dt;
+	uint32_t *lens_idx, *lens_idx_h; /* [n_lens] back end, host */
+	uint8_t *lens_at;                /* [n_tok] host: position sampled */
+	uint64_t n_lens, lens_max;
+	double lens_prev, lens_final;
+	/* per-row results of kl_rows (host, [mb_tokens]) */
+	double *r_kl, *r_nlo, *r_nlq;
+	uint32_t *r_ao, *r_aq;
 };
 
 /* ---- the exported tensors ---------------------------------------------------- */
@@ -790,6 +801,169 @@ uint64_t cal_eval_token_bytes(const struct cal_calib *c)
 	return 2 * (uint64_t)c->H + fq + fq / 16 + 4 * (uint64_t)c->d->vocab_size;
 }
 
+/* The final norm and the source's lm_head (tied: the embedding) on the
+ * back end. */
+static enum cal_status load_source_head(struct cal_calib *c, struct cal_error *err)
+{
+	struct cal_eval *ev = c->ev;
+	uint64_t H = (uint64_t)c->H, V = (uint64_t)c->d->vocab_size;
+	const struct cal_st_tensor *nt = cal_catalog_find(c->cat, CAL_ROLE_FINAL_NORM,
+							  CAL_PART_WEIGHT, -1, -1);
+	const struct cal_st_tensor *t = cal_catalog_find(c->cat, CAL_ROLE_LM_HEAD, CAL_PART_WEIGHT,
+							 -1, -1);
+	enum cal_status st = CAL_OK;
+	if (!nt || nt->numel != H || (nt->dtype != CAL_DTYPE_BF16 && nt->dtype != CAL_DTYPE_F32))
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "eval: the final norm weight must be "
+				     "a bf16 or f32 [%llu] tensor", (unsigned long long)H);
+	if (!t)
+		t = cal_catalog_find(c->cat, CAL_ROLE_EMBED, CAL_PART_WEIGHT, -1, -1);
+	if (!t || t->numel != V * H || t->dtype != CAL_DTYPE_BF16)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "eval: no bf16 lm_head or "
+				     "embedding of [%llu, %llu]", (unsigned long long)V,
+				     (unsigned long long)H);
+	ev->norm_dt = nt->dtype;
+	CAL_TRY(cal_backend_alloc_upload(c->be, nt->data, nt->nbytes, &ev->norm_w, err));
+	CAL_TRY(cal_backend_alloc_upload(c->be, t->data, t->nbytes, &ev->lm_src, err));
+fail:
+	return st;
+}
+
+/* ---- logits and KL ------------------------------------------------------------------ */
+
+/* logits [n, V] of the hidden states x [n, H] (back end) through the final
+ * norm and lm_head lw, the norm's output fake-quantized as site (NULL:
+ * none). */
+static enum cal_status head_logits(struct cal_calib *c, const uint16_t *x, uint64_t n,
+				   const void *lw, const struct eq_site *site, uint16_t *lg,
+				   struct cal_error *err)
+{
+	struct cal_eval *ev = c->ev;
+	uint64_t H = (uint64_t)c->H, V = (uint64_t)c->d->vocab_size;
+	enum cal_status st = CAL_OK;
+	enum cal_rms_kind kind = c->d->norm == CAL_NORM_RMS_F32W ? CAL_RMS_F32W
+			       : c->d->norm == CAL_NORM_RMS_1P ? CAL_RMS_1P : CAL_RMS_PLAIN;
+	struct cal_rmsnorm_args a = {kind, x, c->h, n, H, ev->norm_w, ev->norm_dt,
+				     (float)c->d->rms_norm_eps};
+	CAL_TRY(cal_op_rmsnorm(c->be, &a, err));
+	if (site)
+		CAL_TRY(fake_quant(c, site, c->h, n, H, err));
+	struct cal_gemm_args g = {.x = c->h, .w = lw, .y = lg, .m = n, .n = V, .k = H};
+	CAL_TRY(cal_op_gemm(c->be, &g, err));
+fail:
+	return st;
+}
+
+struct kl_ctx {
+	const uint16_t *lo, *lq;    /* [n, V] host */
+	uint64_t V;
+	const uint32_t *next;       /* [n] next token, UINT32_MAX: none (NULL: no NLL) */
+	struct cal_eval *ev;
+};
+
+/* log-sum-exp of n bf16 logits and their argmax (first maximum). */
+static double lse_bf16(const uint16_t *x, uint64_t n, uint32_t *am)
+{
+	double mx = -INFINITY, sum = 0;
+	*am = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		double v = cal_bf16_to_f32(x[i]);
+		if (v > mx) {
+			mx = v;
+			*am = (uint32_t)i;
+		}
+	}
+	for (uint64_t i = 0; i < n; i++)
+		sum += exp(cal_bf16_to_f32(x[i]) - mx);
+	return mx + log(sum);
+}
+
+/* Per row r: KL(P_o || P_q) of the softmaxes (double), both argmaxes and
+ * the negative log-likelihoods of next[r]. */
+static void kl_range(void *ctx, uint64_t b, uint64_t e, unsigned slot)
+{
+	const struct kl_ctx *k = ctx;
+	struct cal_eval *ev = k->ev;
+	(void)slot;
+	for (uint64_t r = b; r < e; r++) {
+		const uint16_t *lo = k->lo + r * k->V, *lq = k->lq + r * k->V;
+		double zo = lse_bf16(lo, k->V, &ev->r_ao[r]), zq = lse_bf16(lq, k->V, &ev->r_aq[r]);
+		double kl = 0;
+		for (uint64_t i = 0; i < k->V; i++) {
+			double a = cal_bf16_to_f32(lo[i]) - zo, q = cal_bf16_to_f32(lq[i]) - zq;
+			kl += exp(a) * (a - q);
+		}
+		ev->r_kl[r] = kl > 0 ? kl : 0;
+		if (k->next && k->next[r] != UINT32_MAX) {
+			ev->r_nlo[r] = zo - cal_bf16_to_f32(lo[k->next[r]]);
+			ev->r_nlq[r] = zq - cal_bf16_to_f32(lq[k->next[r]]);
+		}
+	}
+}
+
+static enum cal_status kl_rows(struct cal_calib *c, const uint16_t *lo, const uint16_t *lq,
+			       uint64_t n, const uint32_t *next, struct cal_error *err)
+{
+	struct kl_ctx k = {lo, lq, (uint64_t)c->d->vocab_size, next, c->ev};
+	return cal_cpu_parallel(c->host, n, 1, kl_range, &k, err);
+}
+
+/* The logit lens after layer L: mean KL between the original and the
+ * quantized model's hidden states read through the final norm and the
+ * source lm_head, over the sampled positions. */
+static enum cal_status lens_kl(struct cal_calib *c, double *ret, struct cal_error *err)
+{
+	struct cal_eval *ev = c->ev;
+	uint64_t H = (uint64_t)c->H, V = (uint64_t)c->d->vocab_size, T = c->mb_tokens;
+	enum cal_status st = CAL_OK;
+	double sum = 0;
+	for (uint64_t i0 = 0; i0 < ev->n_lens; i0 += T) {
+		uint64_t n = ev->n_lens - i0 < T ? ev->n_lens - i0 : T;
+		for (int q = 0; q < 2; q++) {
+			struct cal_gather_rows_args g = {q ? ev->xq : c->hidden, c->n_tok, H,
+							 ev->lens_idx + i0, n, 1, ev->xtf};
+			CAL_TRY(cal_op_gather_rows(c->be, &g, err));
+			CAL_TRY(head_logits(c, ev->xtf, n, ev->lm_src, NULL,
+					    q ? ev->logits_q : ev->logits_o, err));
+		}
+		CAL_TRY(cal_backend_download(c->be, ev->ha, ev->logits_o, n * V * 2, err));
+		CAL_TRY(cal_backend_download(c->be, ev->hb, ev->logits_q, n * V * 2, err));
+		CAL_TRY(cal_backend_sync(c->be, err));
+		CAL_TRY(kl_rows(c, ev->ha, ev->hb, n, NULL, err));
+		for (uint64_t r = 0; r < n; r++)
+			sum += ev->r_kl[r];
+	}
+	*ret = ev->n_lens ? sum / (double)ev->n_lens : 0;
+fail:
+	return st;
+}
+
+/* Every stride-th predicted position, at most lens_max of them. */
+static enum cal_status lens_sample(struct cal_calib *c, struct cal_error *err)
+{
+	struct cal_eval *ev = c->ev;
+	uint64_t n_pred = 0, k = 0;
+	for (uint64_t g = 0; g < c->n_tok; g++)
+		n_pred += ev->next[g] != UINT32_MAX;
+	uint64_t stride = ev->lens_max && n_pred > ev->lens_max
+				  ? (n_pred + ev->lens_max - 1) / ev->lens_max : 1;
+	ev->lens_at = calloc(c->n_tok + 1, 1);
+	ev->lens_idx_h = malloc((n_pred / stride + 1) * 4);
+	if (!ev->lens_at || !ev->lens_idx_h)
+		return cal_error_set(err, CAL_ERR_NOMEM, "eval: out of memory");
+	for (uint64_t g = 0; g < c->n_tok; g++) {
+		if (ev->next[g] == UINT32_MAX)
+			continue;
+		if (k++ % stride == 0) {
+			ev->lens_at[g] = 1;
+			ev->lens_idx_h[ev->n_lens++] = (uint32_t)g;
+		}
+	}
+	if (!ev->n_lens)
+		return CAL_OK;
+	return cal_backend_alloc_upload(c->be, ev->lens_idx_h, ev->n_lens * 4,
+					(void **)&ev->lens_idx, err);
+}
+
 enum cal_status cal_eval_begin(struct cal_calib *c, struct cal_error *err)
 {
 	struct cal_eval *ev = c->ev;
@@ -819,18 +993,25 @@ enum cal_status cal_eval_begin(struct cal_calib *c, struct cal_error *err)
 	ev->exp_gu = calloc((size_t)c->E + 1, sizeof(*ev->exp_gu));
 	ev->exp_dn = calloc((size_t)c->E + 1, sizeof(*ev->exp_dn));
 	ev->kl = malloc((c->n_tok + 1) * sizeof(double));
+	ev->r_kl = malloc((T + 1) * sizeof(double));
+	ev->r_nlo = malloc((T + 1) * sizeof(double));
+	ev->r_nlq = malloc((T + 1) * sizeof(double));
+	ev->r_ao = malloc((T + 1) * 4);
+	ev->r_aq = malloc((T + 1) * 4);
 	ev->next = malloc((c->n_tok + 1) * 4);
 	ev->seq = malloc((c->n_tok + 1) * 4);
 	ev->layers = json_array();
 	if (!ev->hin || !ev->ha || !ev->hb || !ev->yref || !ev->ycmp || !ev->offref ||
 	    !ev->tok_save || !ev->exp_gu || !ev->exp_dn || !ev->kl || !ev->next || !ev->seq ||
-	    !ev->layers)
+	    !ev->layers || !ev->r_kl || !ev->r_nlo || !ev->r_nlq || !ev->r_ao || !ev->r_aq)
 		return cal_error_set(err, CAL_ERR_NOMEM, "eval: out of memory");
 	for (size_t s = 0; s < ev->tk->n; s++)
 		for (size_t i = ev->tk->off[s]; i < ev->tk->off[s + 1]; i++) {
 			ev->seq[i] = (uint32_t)s;
 			ev->next[i] = i + 1 < ev->tk->off[s + 1] ? ev->tk->ids[i + 1] : UINT32_MAX;
 		}
+	CAL_TRY(load_source_head(c, err));
+	CAL_TRY(lens_sample(c, err));
 fail:
 	return st;
 }
@@ -944,7 +1125,12 @@ enum cal_status cal_eval_layer(struct cal_calib *c, int32_t L, const struct cal_
 		accum(NULL, ev->ha, ev->hb, n, &cerr, &cref);
 	}
 	CAL_TRY(cal_backend_sync(c->be, err));
+	double lk = 0;
+	CAL_TRY(lens_kl(c, &lk, err));
 	json_t *lj = json_pack("{s:i}", "layer", (int)L), *sa = json_array();
+	json_object_set_new(lj, "kl_contribution", json_real(lk - ev->lens_prev));
+	json_object_set_new(lj, "lens_kl", json_real(lk));
+	ev->lens_prev = lk;
 	double terr = 0, tref = 0;
 	for (int s = 0; s < n_steps; s++) {
 		json_t *sj = json_pack("{s:s, s:o}", "step", step_name(steps[s]), "rel_error",
@@ -987,26 +1173,6 @@ static void keep_worst(struct cal_eval *ev, const struct worst *w)
 		ev->worst[i] = t;
 		i--;
 	}
-}
-
-/* log-softmax of n bf16 logits into lp (double), and the argmax. */
-static uint32_t log_softmax(const uint16_t *x, uint64_t n, double *lp)
-{
-	double mx = -INFINITY, sum = 0;
-	uint32_t am = 0;
-	for (uint64_t i = 0; i < n; i++) {
-		lp[i] = cal_bf16_to_f32(x[i]);
-		if (lp[i] > mx) {
-			mx = lp[i];
-			am = (uint32_t)i;
-		}
-	}
-	for (uint64_t i = 0; i < n; i++)
-		sum += exp(lp[i] - mx);
-	double lse = mx + log(sum);
-	for (uint64_t i = 0; i < n; i++)
-		lp[i] -= lse;
-	return am;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -1052,71 +1218,47 @@ enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err)
 {
 	struct cal_eval *ev = c->ev;
 	uint64_t H = (uint64_t)c->H, V = (uint64_t)c->d->vocab_size;
-	const struct cal_st_tensor *nt = cal_catalog_find(c->cat, CAL_ROLE_FINAL_NORM,
-							  CAL_PART_WEIGHT, -1, -1);
 	enum cal_status st = CAL_OK;
-	void *nw = NULL, *lw = NULL;
-	double *lpo = malloc(V * sizeof(double)), *lpq = malloc(V * sizeof(double));
-	if (!lpo || !lpq) {
-		st = cal_error_set(err, CAL_ERR_NOMEM, "eval: out of memory");
-		goto fail;
-	}
-	if (!nt || nt->numel != H || (nt->dtype != CAL_DTYPE_BF16 && nt->dtype != CAL_DTYPE_F32)) {
-		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "eval: the final norm weight must be a "
-				   "bf16 or f32 [%llu] tensor", (unsigned long long)H);
-		goto fail;
-	}
-	CAL_TRY(cal_backend_alloc_upload(c->be, nt->data, nt->nbytes, &nw, err));
-	CAL_TRY(load_lm_head(c, &lw, err));
-	enum cal_rms_kind kind = c->d->norm == CAL_NORM_RMS_F32W ? CAL_RMS_F32W
-			       : c->d->norm == CAL_NORM_RMS_1P ? CAL_RMS_1P : CAL_RMS_PLAIN;
+	void *lq = NULL;
+	double lens_sum = 0;
+	CAL_TRY(load_lm_head(c, &lq, err));
 	for (size_t m = 0; m < c->n_mb; m++) {
 		const struct cal_mb *mb = &c->mbs[m];
 		uint64_t T = mb->n_tok;
-		for (int q = 0; q < 2; q++) {
-			uint16_t *x = (q ? ev->xq : c->hidden) + mb->tok0 * H;
-			uint16_t *lg = q ? ev->logits_q : ev->logits_o;
-			struct cal_rmsnorm_args a = {kind, x, c->h, T, H, nw, nt->dtype,
-						     (float)c->d->rms_norm_eps};
-			CAL_TRY(cal_op_rmsnorm(c->be, &a, err));
-			if (q)
-				CAL_TRY(fake_quant(c, &ev->lm_site, c->h, T, H, err));
-			struct cal_gemm_args g = {.x = c->h, .w = lw, .y = lg, .m = T, .n = V, .k = H};
-			CAL_TRY(cal_op_gemm(c->be, &g, err));
-		}
+		CAL_TRY(head_logits(c, c->hidden + mb->tok0 * H, T, ev->lm_src, NULL, ev->logits_o,
+				    err));
+		CAL_TRY(head_logits(c, ev->xq + mb->tok0 * H, T, lq ? lq : ev->lm_src, &ev->lm_site,
+				    ev->logits_q, err));
 		CAL_TRY(cal_backend_download(c->be, ev->ha, ev->logits_o, T * V * 2, err));
 		CAL_TRY(cal_backend_download(c->be, ev->hb, ev->logits_q, T * V * 2, err));
+		CAL_TRY(cal_backend_sync(c->be, err));
 		if ((ev->logits_out && fwrite(ev->hb, 2, T * V, ev->logits_out) != T * V) ||
 		    (ev->logits_orig_out &&
 		     fwrite(ev->ha, 2, T * V, ev->logits_orig_out) != T * V)) {
 			st = cal_error_set(err, CAL_ERR_IO, "eval: writing the logits failed");
 			goto fail;
 		}
+		CAL_TRY(kl_rows(c, ev->ha, ev->hb, T, ev->next + mb->tok0, err));
 		for (uint64_t t = 0; t < T; t++) {
 			uint64_t g = mb->tok0 + t;
 			uint32_t nx = ev->next[g];
 			if (nx == UINT32_MAX)
 				continue;
-			uint32_t ao = log_softmax(ev->ha + t * V, V, lpo);
-			uint32_t aq = log_softmax(ev->hb + t * V, V, lpq);
-			double kl = 0;
-			for (uint64_t i = 0; i < V; i++)
-				kl += exp(lpo[i]) * (lpo[i] - lpq[i]);
-			kl = kl > 0 ? kl : 0;
+			double kl = ev->r_kl[t];
 			ev->kl[ev->n_pred++] = kl;
-			ev->top1 += ao == aq;
-			ev->nll_o -= lpo[nx];
-			ev->nll_q -= lpq[nx];
-			struct worst w = {kl, g, ev->tk->ids[g], nx, ao, aq};
+			ev->top1 += ev->r_ao[t] == ev->r_aq[t];
+			ev->nll_o += ev->r_nlo[t];
+			ev->nll_q += ev->r_nlq[t];
+			if (ev->lens_at[g])
+				lens_sum += kl;
+			struct worst w = {kl, g, ev->tk->ids[g], nx, ev->r_ao[t], ev->r_aq[t]};
 			keep_worst(ev, &w);
 		}
 	}
+	ev->lens_final = ev->n_lens ? lens_sum / (double)ev->n_lens : 0;
 fail:
 	(void)cal_backend_sync(c->be, NULL);
-	cal_backend_dealloc(c->be, nw);
-	cal_backend_dealloc(c->be, lw);
-	free(lpo);
-	free(lpq);
+	cal_backend_dealloc(c->be, lq);
 	return st;
 }
 
@@ -1145,6 +1287,9 @@ static json_t *report(struct cal_eval *ev, const struct cal_calib *c)
 		"quantized", n ? json_real(exp(ev->nll_q / (double)n)) : json_null()));
 	json_object_set_new(r, "quantized_weights", json_integer((json_int_t)ev->n_qweights));
 	json_object_set(r, "layers", ev->layers);
+	json_object_set_new(r, "layer_kl", json_pack("{s:s, s:I, s:f, s:f}", "method", "logit_lens",
+		"positions", (json_int_t)ev->n_lens, "final_kl_on_positions", ev->lens_final,
+		"lm_head_contribution", ev->lens_final - ev->lens_prev));
 	json_t *wa = json_array();
 	for (size_t i = 0; i < ev->n_worst; i++) {
 		const struct worst *w = &ev->worst[i];
@@ -1181,6 +1326,16 @@ static void eval_free(struct cal_calib *c, struct cal_eval *ev)
 	free(ev->next);
 	free(ev->seq);
 	json_decref(ev->layers);
+	cal_backend_dealloc(c->be, ev->norm_w);
+	cal_backend_dealloc(c->be, ev->lm_src);
+	cal_backend_dealloc(c->be, ev->lens_idx);
+	free(ev->lens_idx_h);
+	free(ev->lens_at);
+	free(ev->r_kl);
+	free(ev->r_nlo);
+	free(ev->r_nlq);
+	free(ev->r_ao);
+	free(ev->r_aq);
 }
 
 /* kv_cache_quant_algo of the export's hf_quant_config.json: FP8 without
@@ -1225,6 +1380,8 @@ enum cal_status cal_eval_run(struct cal_calib *c, const struct cal_checkpoint *q
 	ev.tk = tokens;
 	ev.t0 = cal_now();
 	ev.kv_default = kv_default(quant);
+	ev.lens_max = opts && opts->layer_kl_positions ? opts->layer_kl_positions
+						       : CAL_EVAL_LAYER_KL_POSITIONS;
 	if (opts && opts->logits_out && !(ev.logits_out = fopen(opts->logits_out, "wb")))
 		return cal_error_set(err, CAL_ERR_IO, "%s: cannot create", opts->logits_out);
 	if (opts && opts->logits_orig_out &&
