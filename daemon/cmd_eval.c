@@ -58,6 +58,11 @@ static void summary(const json_t *r)
 		json_number_value(json_object_get(r, "top1_agreement")),
 		json_number_value(json_object_get(pp, "original")),
 		json_number_value(json_object_get(pp, "quantized")));
+	const json_t *ov = json_object_get(r, "calibration_overlap");
+	if (json_integer_value(json_object_get(ov, "sequences")) > 0)
+		fprintf(stderr, "eval: warning: %lld of the %lld evaluated sequences are in the "
+			"calibration set\n", (long long)json_integer_value(json_object_get(ov, "sequences")),
+			(long long)json_integer_value(json_object_get(ov, "of")));
 }
 
 int cal_cmd_eval(int argc, char **argv)

@@ -49,4 +49,12 @@ enum cal_status cal_eval_run(struct cal_calib *c, const struct cal_checkpoint *q
 			     const struct cal_calib_tokens *tokens, const struct cal_eval_opts *opts,
 			     json_t **ret, struct cal_error *err);
 
+/*
+ * Adds "calibration_overlap" to the evaluation report rep: how many of the
+ * evaluated sequences equal a calibration sequence (their fingerprints,
+ * cal_calib_tokens_hash, against the sequence_hashes the exporter recorded
+ * in quant_dir/calibd_report.json), or {"unknown": why}.
+ */
+void cal_eval_overlap(const char *quant_dir, const struct cal_calib_tokens *tk, json_t *rep);
+
 #endif

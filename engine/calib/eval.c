@@ -1483,3 +1483,50 @@ fail:
 	json_decref(rep);
 	return st;
 }
+
+/* ---- overlap with the calibration set ------------------------------------------- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+void cal_eval_overlap(const char *quant_dir, const struct cal_calib_tokens *tk, json_t *rep)
+{
+	json_t *r = NULL;
+	const char *hx = NULL;
+	uint64_t *h = NULL;
+	size_t n = 0, hit = 0;
+	if (load_json_file(quant_dir, "calibd_report.json", &r, NULL) >= 0)
+		hx = json_string_value(json_object_get(json_object_get(r, "calibration"),
+						       "sequence_hashes"));
+	if (hx && strlen(hx) % 16 == 0)
+		n = strlen(hx) / 16;
+	if (!hx || !(h = malloc((n + 1) * sizeof(*h)))) {
+		json_object_set_new(rep, "calibration_overlap", json_pack("{s:s}", "unknown",
+			"the export's calibd_report.json records no calibration sequence_hashes"));
+		json_decref(r);
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char d[17];
+		memcpy(d, hx + 16 * i, 16);
+		d[16] = 0;
+		h[i] = strtoull(d, NULL, 16);
+	}
+	qsort(h, n, sizeof(*h), cmp_u64);
+	json_t *seqs = json_array();
+	for (size_t s = 0; s < tk->n; s++) {
+		uint64_t k = cal_calib_tokens_hash(tk, s);
+		if (bsearch(&k, h, n, sizeof(*h), cmp_u64)) {
+			if (hit++ < 10)
+				json_array_append_new(seqs, json_integer((json_int_t)s));
+		}
+	}
+	json_object_set_new(rep, "calibration_overlap", json_pack("{s:I, s:I, s:I, s:o}",
+		"sequences", (json_int_t)hit, "of", (json_int_t)tk->n,
+		"calibration_sequences", (json_int_t)n, "first", seqs));
+	free(h);
+	json_decref(r);
+}
