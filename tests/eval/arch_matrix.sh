@@ -10,7 +10,7 @@ set -u
 b=${1:?build dir}; out=${2:?output dir}; shift 2
 [ $# -gt 0 ] || set -- cpu
 here=$(cd "$(dirname "$0")" && pwd)
-R=${CALIBD_RECIPES_DIR:-$here/../../recipes}
+R=${CALIBD_RECIPES_DIR:-$here/../../recipes}; export CALIBD_RECIPES_DIR="$R"
 mkdir -p "$out"
 cases="qwen3_moe: qwen3_moe:--layout=per-expert qwen3_moe:--layout=fused qwen2_moe: mixtral:
 olmoe: qwen3_next: qwen3_5_moe: qwen3_5_moe_text: deepseek_v3: deepseek_v3:--q-lora-null
