@@ -253,3 +253,112 @@ Test(eval, wrong_source)
 	free(extra);
 	rm_rf(root);
 }
+
+/* The report's per-layer KL: each layer's contribution (logit lens) sums,
+ * with the lm_head's, to the KL over the sampled positions, which is the
+ * model's mean KL when every position is sampled. */
+static void check_layer_kl(const json_t *r, const char *what)
+{
+	const json_t *layers = json_object_get(r, "layers"), *l;
+	const json_t *lk = json_object_get(r, "layer_kl");
+	double sum = json_number_value(json_object_get(lk, "lm_head_contribution"));
+	size_t i;
+	json_array_foreach(layers, i, l) {
+		cr_assert(json_is_number(json_object_get(l, "kl_contribution")), "%s: layer %zu",
+			  what, i);
+		sum += json_number_value(json_object_get(l, "kl_contribution"));
+	}
+	double fin = json_number_value(json_object_get(lk, "final_kl_on_positions"));
+	double mean = json_number_value(json_object_get(json_object_get(r, "kl"), "mean"));
+	cr_assert(fabs(sum - fin) <= 1e-9 * fmax(fin, 1e-6), "%s: contributions %g, KL %g", what,
+		  sum, fin);
+	cr_assert(fabs(fin - mean) <= 1e-9 * fmax(mean, 1e-6), "%s: every position sampled: %g "
+		  "vs %g", what, fin, mean);
+	cr_assert(mean > 0 && isfinite(mean), "%s: KL %g", what, mean);
+}
+
+/*
+ * Every fixture architecture and source layout evaluates (GDN, gated
+ * attention, MLA, GPT-OSS's fused experts, FP8-block and MXFP4 sources),
+ * with NVFP4 W4A4 + FP8 KV and FP8; MXFP8 on the dense fixtures (the MoE
+ * fixtures' expert width 48 is not a multiple of 32).
+ */
+Test(eval, every_architecture)
+{
+	static const struct {
+		const char *arch, *layout;
+	} cases[] = {
+		{"qwen3_moe", "per-expert"}, {"qwen3_moe", "fused"}, {"qwen2_moe", "default"},
+		{"mixtral", "default"}, {"olmoe", "default"}, {"qwen3_next", "default"},
+		{"qwen3_5_moe", "default"}, {"qwen3_5_moe_text", "default"},
+		{"deepseek_v3", "default"}, {"deepseek_v3", "q-lora-null"},
+		{"deepseek_v3", "fp8-block16"}, {"gpt_oss", "default"}, {"gpt_oss", "mxfp4"},
+		{"llama", "default"}, {"qwen2", "default"}, {"qwen3", "default"},
+	};
+	char *root = tmpdir();
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *src = make_model(root, cases[i].arch, cases[i].layout);
+		int dense = !strcmp(cases[i].arch, "llama") || !strcmp(cases[i].arch, "qwen2") ||
+			    !strcmp(cases[i].arch, "qwen3");
+		const char *recipes[] = {"nvfp4_default-kv_fp8", "fp8_default-kv_fp8",
+					 dense ? "mxfp8" : NULL};
+		for (int k = 0; k < 3 && recipes[k]; k++) {
+			char *out = NULL, *cmd = NULL, *tag = NULL;
+			cr_assert(asprintf(&out, "%s.%s", src, recipes[k]) > 0);
+			cr_assert(asprintf(&tag, "%s-%s-%s", cases[i].arch, cases[i].layout,
+					   recipes[k]) > 0);
+			cr_assert(asprintf(&cmd, "'%s' quantize --model '%s' --recipe "
+					   "'%s/general/ptq/%s.yaml' --calib-tokens '%s/calib.jsonl' "
+					   "--out '%s' --device cpu --quiet >/dev/null", calibd(), src,
+					   getenv("CALIBD_RECIPES_DIR"), recipes[k], refdir(), out) > 0);
+			cr_assert_eq(sh_run(cmd), 0, "%s", cmd);
+			cr_assert_eq(eval(root, src, out, tag, ""), 0, "%s: calibd eval failed", tag);
+			char *jp = NULL;
+			cr_assert(asprintf(&jp, "%s/%s.json", root, tag) > 0);
+			json_t *r = load_json(jp);
+			free(jp);
+			check_layer_kl(r, tag);
+			cr_assert(json_integer_value(json_object_get(r, "quantized_weights")) > 0, "%s",
+				  tag);
+			printf("eval %-42s KL mean %.4g top-1 %.3f\n", tag,
+			       json_number_value(json_object_get(json_object_get(r, "kl"), "mean")),
+			       json_number_value(json_object_get(r, "top1_agreement")));
+			json_decref(r);
+			free(out);
+			free(cmd);
+			free(tag);
+		}
+	}
+	rm_rf(root);
+}
+
+/* Evaluating on the calibration sequences is reported, sequence by
+ * sequence; held-out data is not. */
+Test(eval, calibration_overlap)
+{
+	char *root = tmpdir(), *src = make_model(root, "qwen3_moe", "default");
+	char *q = quantize(root, src, "fp8_default-kv_fp8");
+	char *log = path2(root, "err.txt"), *cmd = NULL;
+	cr_assert_eq(eval(root, src, q, "held", ""), 0);
+	json_t *r = load_json(path2(root, "held.json"));
+	json_t *ov = json_object_get(r, "calibration_overlap");
+	cr_assert_eq(json_integer_value(json_object_get(ov, "sequences")), 0);
+	cr_assert_eq(json_integer_value(json_object_get(ov, "calibration_sequences")), 16);
+	json_decref(r);
+	/* the calibration file itself */
+	cr_assert(asprintf(&cmd, "'%s' eval --model '%s' --quantized '%s' --data-tokens "
+			   "'%s/calib.jsonl' --out '%s/c.json' 2>'%s'", calibd(), src, q, refdir(),
+			   root, log) > 0);
+	cr_assert_eq(sh_run(cmd), 0, "%s", cmd);
+	r = load_json(path2(root, "c.json"));
+	ov = json_object_get(r, "calibration_overlap");
+	cr_assert_eq(json_integer_value(json_object_get(ov, "sequences")), 16);
+	cr_assert_eq(json_integer_value(json_object_get(ov, "of")), 16);
+	json_decref(r);
+	char grep[4096];
+	snprintf(grep, sizeof(grep), "grep -q 'warning: 16 of the 16 evaluated sequences are in "
+		 "the calibration set' '%s'", log);
+	cr_assert_eq(sh_run(grep), 0);
+	free(cmd);
+	rm_rf(root);
+}
