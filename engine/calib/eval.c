@@ -1043,6 +1043,57 @@ static void accum(const uint16_t *in, const uint16_t *a, const uint16_t *b, uint
 	*ref2 += r;
 }
 
+/* accum over the host back end's threads: each slot sums a contiguous
+ * range, the slots fold in order. */
+#define ACC_SLOTS 256
+struct acc_ctx {
+	const uint16_t *in, *a, *b;
+	double e[ACC_SLOTS], r[ACC_SLOTS];
+};
+
+static void acc_range(void *p, uint64_t b, uint64_t e, unsigned slot)
+{
+	struct acc_ctx *x = p;
+	accum(x->in ? x->in + b : NULL, x->a + b, x->b + b, e - b, &x->e[slot % ACC_SLOTS],
+	      &x->r[slot % ACC_SLOTS]);
+}
+
+static void accum_par(struct cal_calib *c, const uint16_t *in, const uint16_t *a,
+		      const uint16_t *b, uint64_t n, double *err2, double *ref2)
+{
+	struct acc_ctx x;
+	memset(&x, 0, sizeof(x));
+	x.in = in;
+	x.a = a;
+	x.b = b;
+	if (cal_cpu_parallel(c->host, n, 1u << 16, acc_range, &x, NULL) < 0) {
+		accum(in, a, b, n, err2, ref2);
+		return;
+	}
+	for (unsigned k = 0; k < ACC_SLOTS; k++) {
+		*err2 += x.e[k];
+		*ref2 += x.r[k];
+	}
+}
+
+/* Per routed expert e: the error of its output rows (teacher forced). */
+struct xacc_ctx {
+	const struct cal_eval *ev;
+	uint64_t H;
+	double *xerr, *xref;
+};
+
+static void xacc_range(void *p, uint64_t b, uint64_t e, unsigned slot)
+{
+	const struct xacc_ctx *x = p;
+	(void)slot;
+	for (uint64_t k = b; k < e; k++) {
+		uint64_t r0 = x->ev->offref[k], r1 = x->ev->offref[k + 1];
+		accum(NULL, x->ev->yref + r0 * x->H, x->ev->ycmp + r0 * x->H, (r1 - r0) * x->H,
+		      &x->xerr[k], &x->xref[k]);
+	}
+}
+
 static json_t *rel(double err2, double ref2)
 {
 	return ref2 > 0 ? json_real(sqrt(err2 / ref2)) : json_null();
@@ -1098,16 +1149,14 @@ enum cal_status cal_eval_layer(struct cal_calib *c, int32_t L, const struct cal_
 				} else {
 					CAL_TRY(cal_backend_download(c->be, ev->ycmp, c->yo, P * H * 2,
 								     err));
-					for (uint64_t e = 0; e < E; e++) {
-						uint64_t r0 = ev->offref[e], r1 = ev->offref[e + 1];
-						accum(NULL, ev->yref + r0 * H, ev->ycmp + r0 * H,
-						      (r1 - r0) * H, &xerr[e], &xref[e]);
-					}
+					struct xacc_ctx xc = {ev, H, xerr, xref};
+					CAL_TRY(cal_cpu_parallel(c->host, E, 1, xacc_range, &xc,
+								 err));
 				}
 			}
 			CAL_TRY(cal_backend_download(c->be, ev->ha, xo, n * 2, err));
 			CAL_TRY(cal_backend_download(c->be, ev->hb, ev->xtf, n * 2, err));
-			accum(ev->hin, ev->ha, ev->hb, n, &serr[s], &sref[s]);
+			accum_par(c, ev->hin, ev->ha, ev->hb, n, &serr[s], &sref[s]);
 		}
 		/* the quantized model on its own hidden states */
 		if (c->moe[L].tokens)
@@ -1122,7 +1171,7 @@ enum cal_status cal_eval_layer(struct cal_calib *c, int32_t L, const struct cal_
 			memcpy(c->moe[L].tokens, ev->tok_save, E * 8);
 		CAL_TRY(cal_backend_download(c->be, ev->ha, xo, n * 2, err));
 		CAL_TRY(cal_backend_download(c->be, ev->hb, xq, n * 2, err));
-		accum(NULL, ev->ha, ev->hb, n, &cerr, &cref);
+		accum_par(c, NULL, ev->ha, ev->hb, n, &cerr, &cref);
 	}
 	CAL_TRY(cal_backend_sync(c->be, err));
 	double lk = 0;
