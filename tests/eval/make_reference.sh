@@ -9,6 +9,9 @@
 # on the held-out tokens tests/eval/ref/held.jsonl; plus the unquantized
 # qwen3_moe source's logits (orig.bf16).  Output: raw bf16 [tokens, vocab]
 # files, named RECIPE.bf16 for qwen3_moe and ARCH.RECIPE.bf16 otherwise.
+# The second reference, modelopt's own fake-quant model
+# (modelopt_reference.py; FP8 only: modelopt's NVFP4 fake quant needs CUDA),
+# goes to modelopt.ARCH.RECIPE.bf16 (needs nvidia-modelopt in PYTHON).
 set -eu
 B=${1:?build dir}
 PY=${2:?python}
@@ -32,3 +35,7 @@ for c in $cases; do
 done
 REF_MODE=none "$PY" "$here/reference.py" "$t/qwen3_moe" "$t/qwen3_moe.fp8_default-kv_fp8" \
 	"$here/ref/held.jsonl" "$here/ref/orig.bf16"
+for a in qwen3_moe gpt_oss; do
+	"$PY" "$here/modelopt_reference.py" "$t/$a" general/ptq/fp8_default-kv_fp8 \
+		"$here/ref/calib.jsonl" "$here/ref/held.jsonl" "$here/ref/modelopt.$a.fp8_default-kv_fp8.bf16"
+done

@@ -6,6 +6,7 @@
  * refusal of a checkpoint that was not made from the source.
  */
 #include <math.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -99,15 +100,21 @@ static json_t *load_json(const char *path)
 	return j;
 }
 
-static char *quantize(const char *root, const char *src, const char *recipe)
+/* calibd quantize of src with recipe into root/name. */
+static char *quantize_as(const char *root, const char *src, const char *recipe, const char *name)
 {
-	char *out = path2(root, recipe), *cmd = NULL;
+	char *out = path2(root, name), *cmd = NULL;
 	cr_assert(asprintf(&cmd, "'%s' quantize --model '%s' --recipe '%s/general/ptq/%s.yaml' "
 			   "--calib-tokens '%s/calib.jsonl' --out '%s' --device cpu --quiet >/dev/null",
 			   calibd(), src, getenv("CALIBD_RECIPES_DIR"), recipe, refdir(), out) > 0);
 	cr_assert_eq(sh_run(cmd), 0, "%s", cmd);
 	free(cmd);
 	return out;
+}
+
+static char *quantize(const char *root, const char *src, const char *recipe)
+{
+	return quantize_as(root, src, recipe, recipe);
 }
 
 /* Runs calibd eval; returns its exit code. */
@@ -163,12 +170,7 @@ Test(eval, reference)
 			src_arch = cases[i].arch;
 		}
 		cr_assert(asprintf(&tag, "%s.%s", cases[i].arch, cases[i].recipe) > 0);
-		char *qdir = path2(root, tag), *cmd = NULL;
-		cr_assert(asprintf(&cmd, "'%s' quantize --model '%s' --recipe "
-				   "'%s/general/ptq/%s.yaml' --calib-tokens '%s/calib.jsonl' --out '%s' "
-				   "--device cpu --quiet >/dev/null", calibd(), src,
-				   getenv("CALIBD_RECIPES_DIR"), cases[i].recipe, refdir(), qdir) > 0);
-		cr_assert_eq(sh_run(cmd), 0, "%s", cmd);
+		char *qdir = quantize_as(root, src, cases[i].recipe, tag);
 		cr_assert_eq(eval(root, src, qdir, tag, ""), 0);
 		char *ref = NULL, *got = NULL, *orig = NULL, *rep = NULL;
 		if (!strcmp(cases[i].arch, "qwen3_moe"))
@@ -188,12 +190,28 @@ Test(eval, reference)
 		cr_assert_lt(mq, cases[i].median_bound, "%s: median KL to the reference %g", tag, mq);
 		cr_assert_lt(kq, cases[i].ratio * ko, "%s: calibd's quantized logits are not closer "
 			     "to the quantized reference than its original ones", tag);
+		/* the second reference, modelopt's own fake-quant model (FP8; its amax from
+		 * its own calibration on the same tokens): calibd's quantized logits are as
+		 * close to it as the PyTorch reference's are, and closer than the original */
+		char *mref = NULL;
+		cr_assert(asprintf(&mref, "%s/modelopt.%s.bf16", refdir(), tag) > 0);
+		if (access(mref, R_OK) == 0) {
+			double m1, m2, m3, a = mean_kl(mref, got, &m1), b = mean_kl(mref, ref, &m2),
+			       o = mean_kl(mref, orig, &m3);
+			printf("eval modelopt reference %-29s KL(modelopt||calibd quantized) mean %.3g "
+			       "median %.3g; KL(modelopt||PyTorch reference) mean %.3g median %.3g; "
+			       "KL(modelopt||calibd original) mean %.3g\n", tag, a, m1, b, m2, o);
+			cr_assert_lt(a, 1.25 * b + 1e-4, "%s: farther from modelopt than the reference",
+				     tag);
+			cr_assert_lt(a, o, "%s: calibd's quantized logits are not closer to modelopt's "
+				     "than its original ones", tag);
+		}
+		free(mref);
 		json_decref(r);
 		free(ref);
 		free(got);
 		free(orig);
 		free(rep);
-		free(cmd);
 		free(tag);
 	}
 	char *o = NULL, *ref = NULL;
@@ -329,15 +347,10 @@ Test(eval, every_architecture)
 		const char *recipes[] = {"nvfp4_default-kv_fp8", "fp8_default-kv_fp8",
 					 dense ? "mxfp8" : NULL};
 		for (int k = 0; k < 3 && recipes[k]; k++) {
-			char *out = NULL, *cmd = NULL, *tag = NULL;
-			cr_assert(asprintf(&out, "%s.%s", src, recipes[k]) > 0);
+			char *tag = NULL;
 			cr_assert(asprintf(&tag, "%s-%s-%s", cases[i].arch, cases[i].layout,
 					   recipes[k]) > 0);
-			cr_assert(asprintf(&cmd, "'%s' quantize --model '%s' --recipe "
-					   "'%s/general/ptq/%s.yaml' --calib-tokens '%s/calib.jsonl' "
-					   "--out '%s' --device cpu --quiet >/dev/null", calibd(), src,
-					   getenv("CALIBD_RECIPES_DIR"), recipes[k], refdir(), out) > 0);
-			cr_assert_eq(sh_run(cmd), 0, "%s", cmd);
+			char *out = quantize_as(root, src, recipes[k], tag);
 			cr_assert_eq(eval(root, src, out, tag, ""), 0, "%s: calibd eval failed", tag);
 			char *jp = NULL;
 			cr_assert(asprintf(&jp, "%s/%s.json", root, tag) > 0);
@@ -350,8 +363,6 @@ Test(eval, every_architecture)
 			       json_number_value(json_object_get(json_object_get(r, "kl"), "mean")),
 			       json_number_value(json_object_get(r, "top1_agreement")));
 			json_decref(r);
-			free(out);
-			free(cmd);
 			free(tag);
 		}
 	}
