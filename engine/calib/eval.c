@@ -756,10 +756,11 @@ enum cal_status cal_eval_actq(struct cal_calib *c, int32_t L, int site, int64_t 
 			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err)
 {
 	struct cal_eval *ev = c->ev;
-	const struct eq_site *s = &ev->site[site];
+	const struct eq_site *s;
 	(void)L;
-	if (!c->ev_quant)
+	if (!c->ev_quant || !ev)
 		return CAL_OK;
+	s = &ev->site[site];
 	if (site == EQ_EXP_GU)
 		s = &ev->exp_gu[expert];
 	else if (site == EQ_EXP_DOWN)
