@@ -100,9 +100,15 @@ class Export:
             return w, None
         isc = self.get(mod + ".input_scale")
         ws = self.get(mod + ".weight_scale")
-        if ws is not None and ws.dtype == torch.uint8:  # MXFP8: E8M0 scale per 32, inputs too
+        if ws is not None and ws.dtype == torch.uint8 and w.dtype != torch.uint8:  # MXFP8, inputs too
             sc = torch.pow(2.0, ws.to(torch.float32) - 127).repeat_interleave(32, dim=1)
             return (w.to(torch.float32) * sc).to(torch.bfloat16), mxfp8_fake
+        if w.dtype == torch.uint8 and ws.dtype == torch.uint8:  # MXFP4: E2M1, E8M0 per 32
+            lo, hi = (w & 0xF).to(torch.int64), (w >> 4).to(torch.int64)
+            codes = torch.stack([lo, hi], dim=-1).reshape(w.shape[0], -1)
+            val = torch.where(codes >= 8, -E2M1[codes & 7], E2M1[codes & 7])
+            sc = torch.pow(2.0, ws.to(torch.float32) - 127).repeat_interleave(32, dim=1)
+            return (val * sc).to(torch.bfloat16), None
         if w.dtype == torch.uint8:
             wq = nvfp4_dequant(w, self.get(mod + ".weight_scale"), self.get(mod + ".weight_scale_2").item())
             fq = (lambda x, s=isc.item(): nvfp4_fake(x, s)) if isc is not None else None
