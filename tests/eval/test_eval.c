@@ -100,13 +100,20 @@ static json_t *load_json(const char *path)
 	return j;
 }
 
-/* calibd quantize of src with recipe into root/name. */
+/* calibd quantize of src with recipe (a name under general/ptq, or a
+ * file's absolute path) into root/name. */
 static char *quantize_as(const char *root, const char *src, const char *recipe, const char *name)
 {
-	char *out = path2(root, name), *cmd = NULL;
-	cr_assert(asprintf(&cmd, "'%s' quantize --model '%s' --recipe '%s/general/ptq/%s.yaml' "
-			   "--calib-tokens '%s/calib.jsonl' --out '%s' --device cpu --quiet >/dev/null",
-			   calibd(), src, getenv("CALIBD_RECIPES_DIR"), recipe, refdir(), out) > 0);
+	char *out = path2(root, name), *cmd = NULL, *file = NULL;
+	if (recipe[0] == '/')
+		file = strdup(recipe);
+	else
+		cr_assert(asprintf(&file, "%s/general/ptq/%s.yaml", getenv("CALIBD_RECIPES_DIR"),
+				   recipe) > 0);
+	cr_assert(file && asprintf(&cmd, "'%s' quantize --model '%s' --recipe '%s' "
+				   "--calib-tokens '%s/calib.jsonl' --out '%s' --device cpu --quiet "
+				   ">/dev/null", calibd(), src, file, refdir(), out) > 0);
+	free(file);
 	cr_assert_eq(sh_run(cmd), 0, "%s", cmd);
 	free(cmd);
 	return out;
@@ -388,11 +395,7 @@ Test(eval, mxfp4_weights)
 	      "    - quantizer_name: '*weight_quantizer'\n      cfg: {$import: mxfp4}\n"
 	      "    - $import: default_disabled_quantizers\n", f);
 	cr_assert_eq(fclose(f), 0);
-	char *out = path2(root, "q"), *cmd = NULL;
-	cr_assert(asprintf(&cmd, "'%s' quantize --model '%s' --recipe '%s' --calib-tokens "
-			   "'%s/calib.jsonl' --out '%s' --device cpu --quiet >/dev/null", calibd(), src,
-			   recipe, refdir(), out) > 0);
-	cr_assert_eq(sh_run(cmd), 0, "%s", cmd);
+	char *out = quantize_as(root, src, recipe, "q");
 	cr_assert_eq(eval(root, src, out, "mx", ""), 0);
 	json_t *r = load_json(path2(root, "mx.json"));
 	check_layer_kl(r, "llama mxfp4");
@@ -402,7 +405,6 @@ Test(eval, mxfp4_weights)
 	       json_number_value(json_object_get(json_object_get(r, "kl"), "mean")),
 	       json_number_value(json_object_get(r, "top1_agreement")));
 	json_decref(r);
-	free(cmd);
 	rm_rf(root);
 }
 
