@@ -62,16 +62,22 @@ static void on_progress(void *ctx, int32_t layer, int32_t n_layers, double tps)
 	fflush(stderr);
 }
 
-/* The engine's statistics JSON plus "calibration" {samples, seq_len, tokens}
- * (what `calibd export --stats` puts in its report). */
-static char *stats_with_calibration(const struct cal_calib *cal, const struct cal_token_info *ti)
+/* The engine's statistics JSON plus "calibration" {samples, seq_len, tokens,
+ * sequence_hashes} (what `calibd export --stats` puts in its report). */
+static char *stats_with_calibration(const struct cal_calib *cal, const struct cal_token_info *ti,
+				    const struct cal_calib_tokens *tk)
 {
 	json_t *j = cal_calib_stats(cal);
-	if (!j)
+	char *hashes = cal_calib_tokens_hashes(tk);
+	if (!j || !hashes) {
+		json_decref(j);
+		free(hashes);
 		return NULL;
-	json_object_set_new(j, "calibration", json_pack("{s:I, s:I, s:I}", "samples",
+	}
+	json_object_set_new(j, "calibration", json_pack("{s:I, s:I, s:I, s:s}", "samples",
 		(json_int_t)ti->samples, "seq_len", (json_int_t)ti->seq_len, "tokens",
-		(json_int_t)ti->tokens));
+		(json_int_t)ti->tokens, "sequence_hashes", hashes));
+	free(hashes);
 	char *out = cal_calib_stats_dump(j);
 	json_decref(j);
 	return out;
@@ -226,7 +232,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 		st = cal_calib_run(cal, tk, &err);
 	}
 	if (st >= 0) {
-		json = stats_with_calibration(cal, &ti);
+		json = stats_with_calibration(cal, &ti, tk);
 		if (!json)
 			st = cal_error_set(&err, CAL_ERR_NOMEM, "statistics JSON: out of memory");
 	}

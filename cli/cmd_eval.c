@@ -33,13 +33,15 @@ static void eval_usage(FILE *o)
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--out FILE] [--micro-batch TOKENS] [--max-gpu-mem BYTES] [--threads N]\n"
 		"         [--datasets-file FILE] [--quiet]\n"
-		"         [--logits-out FILE] [--logits-orig-out FILE]\n"
+		"         [--logits-out FILE] [--logits-orig-out FILE] [--layer-kl-positions N]\n"
 		"Runs the source model SRC and the quantized checkpoint OUT (written by calibd\n"
 		"from SRC, checked) side by side, layer by layer, over held-out tokens, the\n"
 		"quantized one as a serving engine runs it.  Reports the KL divergence of the\n"
-		"next-token distributions, top-1 agreement, both perplexities, the error each\n"
-		"layer's quantization adds (routed experts by expert) and the worst tokens\n"
-		"(docs/eval.md).  --samples 128 and --seq-len 512 by default for --data.\n");
+		"next-token distributions, top-1 agreement, both perplexities, each layer's KL\n"
+		"contribution (logit lens on at most --layer-kl-positions positions, 4096) and\n"
+		"the error its quantization adds (routed experts by expert), the worst tokens\n"
+		"and any overlap with the calibration set (docs/eval.md).  --samples 128 and\n"
+		"--seq-len 512 by default for --data.\n");
 }
 
 static void summary(const json_t *r)
@@ -55,6 +57,11 @@ static void summary(const json_t *r)
 		json_number_value(json_object_get(r, "top1_agreement")),
 		json_number_value(json_object_get(pp, "original")),
 		json_number_value(json_object_get(pp, "quantized")));
+	const json_t *ov = json_object_get(r, "calibration_overlap");
+	if (json_integer_value(json_object_get(ov, "sequences")) > 0)
+		fprintf(stderr, "eval: warning: %lld of the %lld evaluated sequences are in the "
+			"calibration set\n", (long long)json_integer_value(json_object_get(ov, "sequences")),
+			(long long)json_integer_value(json_object_get(ov, "of")));
 }
 
 int cal_cmd_eval(int argc, char **argv)
@@ -76,6 +83,7 @@ int cal_cmd_eval(int argc, char **argv)
 		{"quiet", no_argument, NULL, 'q'},
 		{"logits-out", required_argument, NULL, 'L'},
 		{"logits-orig-out", required_argument, NULL, 'O'},
+		{"layer-kl-positions", required_argument, NULL, 'K'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -104,11 +112,13 @@ int cal_cmd_eval(int argc, char **argv)
 		case 'b':
 		case 'M':
 		case 'T':
+		case 'K':
 			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'n' && (v < 1 || v > CAL_CALIB_MAX_SEQS)) ||
 			    (c == 'S' && (v < 1 || v > CAL_CALIB_MAX_SEQ_LEN)) || (c == 'T' && v > 256)) {
 				fprintf(stderr, "calibd eval: bad value '%s' for --%s\n", optarg,
 					c == 'n' ? "samples" : c == 'S' ? "seq-len" : c == 's' ? "seed"
-					: c == 'b' ? "micro-batch" : c == 'M' ? "max-gpu-mem" : "threads");
+					: c == 'b' ? "micro-batch" : c == 'M' ? "max-gpu-mem"
+					: c == 'K' ? "layer-kl-positions" : "threads");
 				return CAL_EXIT_USAGE;
 			}
 			if (c == 'n')
@@ -121,6 +131,8 @@ int cal_cmd_eval(int argc, char **argv)
 				o.micro_batch_tokens = v;
 			else if (c == 'M')
 				o.max_mem = v;
+			else if (c == 'K')
+				eo.layer_kl_positions = v;
 			else
 				o.cpu_threads = (unsigned)v;
 			break;

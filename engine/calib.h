@@ -84,6 +84,14 @@ enum cal_status cal_calib_tokens_parse(const char *name, const char *text, size_
 				       struct cal_error *err);
 void cal_calib_tokens_free(struct cal_calib_tokens *t);
 
+/* Sequence s's fingerprint: 64-bit FNV-1a over its token ids (uint32,
+ * little-endian).  Two sequences with equal ids have equal fingerprints;
+ * calibd eval compares them with the calibration set's (docs/eval.md). */
+uint64_t cal_calib_tokens_hash(const struct cal_calib_tokens *t, size_t s);
+/* Every sequence's fingerprint in order, as a new array of sequences
+ * x 16 lowercase hex digits (NULL when out of memory). */
+char *cal_calib_tokens_hashes(const struct cal_calib_tokens *t);
+
 struct cal_calib;
 
 /* Called when layer `layer` is done; its statistics are final.  Returning

@@ -377,8 +377,10 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	struct cal_job_hooks hooks = {.on_layer = on_layer, .ctx = &j};
 	CAL_TRY(cal_job_calib_open(job, &hooks, &cal, err));
 	j.n_tokens = tk->n_tokens;
-	struct cal_stats_calib sc = {(int64_t)ti.samples, (int64_t)ti.seq_len, ti.tokens};
+	char *hashes = cal_calib_tokens_hashes(tk);
+	struct cal_stats_calib sc = {(int64_t)ti.samples, (int64_t)ti.seq_len, ti.tokens, hashes};
 	cal_stats_set_calib(j.stats, &sc);
+	free(hashes);
 	emit(&j, "calibrate", -1);
 	j.t_run = cal_now();
 	CAL_TRY(cal_calib_run(cal, tk, err));

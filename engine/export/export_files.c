@@ -353,9 +353,12 @@ static json_t *report(struct cal_exporter *ex, const struct cal_stats *stats, js
 		"per_expert_input_amax", ex->opts.per_expert_input_amax,
 		"quantized_weights", (int)json_array_size(ex->weights)));
 	const struct cal_stats_calib *c = stats ? cal_stats_calib(stats) : NULL;
-	json_object_set_new(rep, "calibration", json_pack("{s:I, s:I, s:I}",
+	json_t *cj = json_pack("{s:I, s:I, s:I}",
 		"samples", (json_int_t)(c ? c->samples : 0), "seq_len",
-		(json_int_t)(c ? c->seq_len : 0), "tokens", (json_int_t)(c ? c->tokens : 0)));
+		(json_int_t)(c ? c->seq_len : 0), "tokens", (json_int_t)(c ? c->tokens : 0));
+	if (cj && c && c->sequence_hashes) /* calibd eval's overlap check (docs/eval.md) */
+		json_object_set_new(cj, "sequence_hashes", json_string(c->sequence_hashes));
+	json_object_set_new(rep, "calibration", cj);
 	json_t *sq = json_object();
 	json_object_set_new(sq, "min_db", ex->sqnr_n ? json_real(ex->sqnr_min) : json_null());
 	json_object_set_new(sq, "mean_db", ex->sqnr_n ? json_real(ex->sqnr_sum / (double)ex->sqnr_n) :

@@ -210,7 +210,7 @@ static struct cal_stats *synth_stats(const struct cal_plan *p)
 			t[e] = e == 1 ? 0 : (uint64_t)(10 + e * 3);
 		cr_assert_eq(cal_stats_set_expert_tokens(s, L, p->model->num_experts, t, NULL), CAL_OK);
 	}
-	struct cal_stats_calib c = {4, 16, 64};
+	struct cal_stats_calib c = {4, 16, 64, NULL};
 	cal_stats_set_calib(s, &c);
 	return s;
 }
