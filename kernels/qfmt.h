@@ -88,6 +88,9 @@ struct cal_qfmt_info {
 	int hf_config;            /* config.json config_groups: 0 none, 1 mixed only, 2 always */
 	int hf_awq;               /* has_zero_point / pre_quant_scale keys */
 	const char *hf_kv;        /* kv_cache_quant_algo on the KV cache (ROLE_KV) */
+	/* k_scale / v_scale from a calibrated KV amax (ROLE_KV; modelopt divides
+	 * by 448 for FP8 and NVFP4 alike) */
+	float (*kv_scale_of)(float amax, enum cal_div_mode div);
 	/* ops (kernels/ops.def) */
 	int amax_op;              /* observer of the amax its scales come from; -1 none */
 	int quant_op, dequant_op;

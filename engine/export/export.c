@@ -977,7 +977,7 @@ static enum cal_status prep_layer(struct cal_exporter *ex, int32_t L,
 			if (!cal_stats_get(stats, q->name, &a) || !(a > 0.0f))
 				return cal_error_set(err, CAL_ERR_INVALID, "statistics have no positive "
 						     "amax for KV quantizer %s", q->name);
-			float sc = cal_fp8_scale(a, ex->opts.div);
+			float sc = cal_qfmt(q->spec.fmt)->kv_scale_of(a, ex->opts.div);
 			CAL_TRY_RET(cal_export_check_scale(k->attn, v ? "v_proj.v_scale" :
 							   "k_proj.k_scale", sc, err));
 			if (v)

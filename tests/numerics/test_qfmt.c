@@ -30,6 +30,9 @@ static const struct {
 	{"mxfp8", 0x0613b30f5b385553ull},
 	{"mxfp4", 0x3834a1085b3ef634ull},
 	{"int4_block", 0x36d8f0a3912794e8ull},
+	/* equal to modelopt 0.47's NVFP4QTensor.quantize(w, 32) with the same
+	 * weight_scale_2 (reciprocal semantics), computed on the CPU */
+	{"nvfp4_bs32", 0x2654eeb94ad17b90ull},
 };
 
 #define ROWS 4
@@ -79,7 +82,8 @@ Test(qfmt, every_row_is_complete)
 		cr_expect(f->roles & CAL_QFMT_ROLE_WEIGHT, "%s: roles", n);
 		cr_expect(!(f->roles & CAL_QFMT_ROLE_INPUT) || f->act == f->id,
 			  "%s: an input format pairs with itself", n);
-		cr_expect(!(f->roles & CAL_QFMT_ROLE_KV) || f->hf_kv, "%s: hf_kv", n);
+		cr_expect(!(f->roles & CAL_QFMT_ROLE_KV) == !f->hf_kv, "%s: hf_kv", n);
+		cr_expect(!(f->roles & CAL_QFMT_ROLE_KV) == !f->kv_scale_of, "%s: kv_scale_of", n);
 		cr_expect(f->act == CAL_QFMT_NONE || (cal_qfmt(f->act)->roles & CAL_QFMT_ROLE_INPUT),
 			  "%s: act", n);
 		cr_expect(f->hf_w, "%s: hf_w", n);
