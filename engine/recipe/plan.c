@@ -27,9 +27,11 @@ static void implemented(char *out, size_t n)
 					      f->title, b);
 		if (l < n && (f->roles & CAL_QFMT_ROLE_KV))
 			l += (size_t)snprintf(out + l, n - l, " and KV cache");
+		if (l < n && f->mse)
+			l += (size_t)snprintf(out + l, n - l, " (max or MSE)");
 	}
 	if (l < n)
-		snprintf(out + l, n - l, " (kernels/qfmt.def); static NVFP4 weights by max or MSE");
+		snprintf(out + l, n - l, " (kernels/qfmt.def)");
 }
 
 const char *cal_qrole_name(enum cal_qrole r)
@@ -694,10 +696,13 @@ static void no_fmt_why(const struct cal_qattr *a, char *why, size_t n)
 			continue;
 		if (f->block_type == CAL_QBLOCK_NONE)
 			l += (size_t)snprintf(why + l, n - l, "%s%s per tensor", sep, f->title);
+		else if (f->scale_e >= 0)
+			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with E%dM%d %s scales",
+					      sep, f->title, f->block, f->scale_e, f->scale_m,
+					      f->block_type == CAL_QBLOCK_DYNAMIC ? "dynamic" : "static");
 		else
 			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with %s %s scales", sep,
-					      f->title, f->block,
-					      f->scale_e < 0 ? "F32" : f->scale_e == 8 ? "E8M0" : "E4M3",
+					      f->title, f->block, cal_dtype_name(f->scale_dtype),
 					      f->block_type == CAL_QBLOCK_DYNAMIC ? "dynamic" : "static");
 		sep = "; ";
 	}
