@@ -147,16 +147,8 @@ enum cal_status cal_qfmt_fp8_dequantize(struct cal_backend *be, const void *pack
 	return cal_op_fp8_dequant(be, &a, err);
 }
 
-/* MXFP8 and MXFP4 take the same arguments. */
-#define MX(name)                                                                           \
-	enum cal_status cal_qfmt_##name##_quantize(struct cal_backend *be,                 \
-						   const struct cal_qfmt_io *io,           \
-						   struct cal_error *err)                  \
-	{                                                                                  \
-		struct cal_##name##_quant_args a = {io->w, io->rows, io->cols, io->div,      \
-						    io->packed, io->scales};               \
-		return cal_op_##name##_quant(be, &a, err);                                 \
-	}                                                                                  \
+/* MXFP8, MXFP4 and INT4 dequantize from values and block scales alone. */
+#define DEQUANT(name)                                                                      \
 	enum cal_status cal_qfmt_##name##_dequantize(                                      \
 		struct cal_backend *be, const void *packed, const void *scales,            \
 		uint64_t rows, uint64_t cols, uint32_t block, float scale,                 \
@@ -166,6 +158,21 @@ enum cal_status cal_qfmt_fp8_dequantize(struct cal_backend *be, const void *pack
 		(void)scale;                                                               \
 		struct cal_##name##_dequant_args a = {packed, scales, rows, cols, out, y}; \
 		return cal_op_##name##_dequant(be, &a, err);                               \
+	}
+DEQUANT(mxfp8)
+DEQUANT(mxfp4)
+DEQUANT(int4)
+#undef DEQUANT
+
+/* MXFP8 and MXFP4 quantize with the same arguments. */
+#define MX(name)                                                                           \
+	enum cal_status cal_qfmt_##name##_quantize(struct cal_backend *be,                 \
+						   const struct cal_qfmt_io *io,           \
+						   struct cal_error *err)                  \
+	{                                                                                  \
+		struct cal_##name##_quant_args a = {io->w, io->rows, io->cols, io->div,      \
+						    io->packed, io->scales};               \
+		return cal_op_##name##_quant(be, &a, err);                                 \
 	}
 MX(mxfp8)
 MX(mxfp4)
@@ -180,15 +187,4 @@ enum cal_status cal_qfmt_int4_quantize(struct cal_backend *be, const struct cal_
 	struct cal_int4_quant_args a = {io->w, io->rows, io->cols, io->block_amax, io->div,
 					io->packed, io->scales};
 	return cal_op_int4_quant(be, &a, err);
-}
-
-enum cal_status cal_qfmt_int4_dequantize(struct cal_backend *be, const void *packed,
-					 const void *scales, uint64_t rows, uint64_t cols,
-					 uint32_t block, float scale, enum cal_dtype out, void *y,
-					 struct cal_error *err)
-{
-	(void)block;
-	(void)scale;
-	struct cal_int4_dequant_args a = {packed, scales, rows, cols, out, y};
-	return cal_op_int4_dequant(be, &a, err);
 }

@@ -134,11 +134,13 @@ enum cal_status cal_qfmt_fp8_input_scale(float amax, enum cal_div_mode div, floa
 		uint64_t rows, uint64_t cols, uint32_t block, float scale,             \
 		enum cal_dtype out, void *y, struct cal_error *err);
 CAL_QFMT_FN(nvfp4)
-CAL_QFMT_FN(nvfp4_static)
 CAL_QFMT_FN(fp8)
 CAL_QFMT_FN(mxfp8)
 CAL_QFMT_FN(mxfp4)
 CAL_QFMT_FN(int4)
 #undef CAL_QFMT_FN
+/* static NVFP4 dequantizes as NVFP4 */
+enum cal_status cal_qfmt_nvfp4_static_quantize(struct cal_backend *be,
+					       const struct cal_qfmt_io *io, struct cal_error *err);
 
 #endif
