@@ -114,10 +114,11 @@ struct cal_hessian_args {
  * cal_nvfp4_scale2(amax_w, mode). */
 struct cal_nvfp4_quant_args {
 	const uint16_t *w;
-	uint64_t rows, cols;    /* cols % 16 == 0 */
+	uint64_t rows, cols;    /* cols % block == 0 */
 	float scale2;           /* weight_scale_2 */
 	uint8_t *packed;        /* [rows, cols/2]  weight (U8) */
-	uint8_t *scales;        /* [rows, cols/16] weight_scale (F8_E4M3) */
+	uint8_t *scales;        /* [rows, cols/block] weight_scale (F8_E4M3) */
+	uint32_t block;         /* 16 (or 0) or 32 (NVFP4 block 32, `nvfp4_bs32`) */
 };
 
 /* NVFP4 static (docs/numerics.md "NVFP4 static and MSE"): block scales from
@@ -196,10 +197,11 @@ struct cal_int4_quant_args {
 /* out = fl32(fl32(e2m1 * e4m3(scale)) * scale2). */
 struct cal_nvfp4_dequant_args {
 	const uint8_t *packed, *scales;
-	uint64_t rows, cols;    /* cols % 16 == 0 */
+	uint64_t rows, cols;    /* cols % block == 0 */
 	float scale2;
 	enum cal_dtype out_dtype;
 	void *out;              /* [rows, cols] */
+	uint32_t block;         /* 16 (or 0) or 32 */
 };
 
 /* out = fl32(e4m3 * scale). */

@@ -209,7 +209,7 @@ static enum cal_status dequant(struct cal_calib *c, const struct qtens *q, int64
 		CAL_TRY(cal_backend_alloc_upload(c->be, w->data, w->nbytes, &dw, err));
 		CAL_TRY(cal_backend_alloc_upload(c->be, s->data, s->nbytes, &ds, err));
 		struct cal_nvfp4_dequant_args a = {dw, ds, (uint64_t)rows, (uint64_t)cols, q->s2,
-						   CAL_DTYPE_BF16, dst};
+						   CAL_DTYPE_BF16, dst, 0};
 		CAL_TRY(cal_op_nvfp4_dequant(c->be, &a, err));
 		in = q->is > 0 ? AQ_NVFP4 : AQ_NONE;
 	} else if (w->dtype == CAL_DTYPE_F8_E4M3 && q->s1 > 0) {
@@ -743,9 +743,9 @@ static enum cal_status fake_quant(struct cal_calib *c, const struct eq_site *s, 
 	if (cols % 16)
 		return cal_error_set(err, CAL_ERR_INVALID, "eval: NVFP4 input of %llu columns",
 				     (unsigned long long)cols);
-	struct cal_nvfp4_quant_args q = {x, rows, cols, s->scale, ev->qbuf, ev->sbuf};
+	struct cal_nvfp4_quant_args q = {x, rows, cols, s->scale, ev->qbuf, ev->sbuf, 0};
 	struct cal_nvfp4_dequant_args d = {ev->qbuf, ev->sbuf, rows, cols, s->scale, CAL_DTYPE_BF16,
-					   x};
+					   x, 0};
 	CAL_TRY(cal_op_nvfp4_quant(c->be, &q, err));
 	CAL_TRY(cal_op_nvfp4_dequant(c->be, &d, err));
 fail:

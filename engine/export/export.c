@@ -175,26 +175,25 @@ static enum cal_status check_fmt(struct cal_exporter *ex, const struct xlin *x,
 	if (x->dtype != CAL_DTYPE_BF16)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: quantizing %s weights is not "
 				     "implemented (bf16 only)", x->name, cal_dtype_name(x->dtype));
-	int blk = s->fmt == CAL_QFMT_NVFP4 || s->fmt == CAL_QFMT_NVFP4_STATIC ? 16 :
-		  s->fmt == CAL_QFMT_MXFP8 || s->fmt == CAL_QFMT_MXFP4 ? 32 :
-		  s->fmt == CAL_QFMT_INT4_BLOCK ? 128 : 0;
-	if (s->fmt == CAL_QFMT_INT4_BLOCK && s->block != 128)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: INT4 block size %d is not "
-				     "implemented by the exporter (128 only; quantizer %s)",
-				     x->name, s->block, x->wq->name);
+	const struct cal_qfmt_info *f = cal_qfmt(s->fmt);
+	int blk = (int)f->block;
+	if (blk && s->block != blk)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: %s block size %d is not "
+				     "implemented by the exporter (%d only; quantizer %s)",
+				     x->name, f->title, s->block, blk, x->wq->name);
 	if (blk && x->in % blk)
 		return cal_error_set(err, CAL_ERR_INVALID, "%s: input dimension %lld is not a "
 				     "multiple of %d (quantizer %s)", x->name, (long long)x->in,
 				     blk, x->wq->name);
-	if (s->fmt == CAL_QFMT_INT4_BLOCK && x->out % 2)
-		return cal_error_set(err, CAL_ERR_INVALID, "%s: INT4 needs an even output "
-				     "dimension, got %lld", x->name, (long long)x->out);
-	if (s->fmt == CAL_QFMT_NVFP4_STATIC && ex->plan->recipe->algo.method == CAL_CALIB_MSE &&
+	if (f->pack_rows && x->out % 2)
+		return cal_error_set(err, CAL_ERR_INVALID, "%s: %s needs an even output "
+				     "dimension, got %lld", x->name, f->title, (long long)x->out);
+	if (f->mse && ex->plan->recipe->algo.method == CAL_CALIB_MSE &&
 	    !ex->plan->recipe->algo.fp8_scale_sweep)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: the MSE multiplier search "
 				     "(algorithm mse without fp8_scale_sweep) is not implemented",
 				     x->wq->name);
-	if (s->fmt != CAL_QFMT_NVFP4_STATIC && ex->plan->recipe->algo.method == CAL_CALIB_MSE)
+	if (!f->mse && ex->plan->recipe->algo.method == CAL_CALIB_MSE)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: MSE calibration of %s weights "
 				     "is not implemented (static NVFP4 only)", x->wq->name,
 				     cal_qfmt_name(s->fmt));
@@ -408,8 +407,7 @@ static enum cal_status plan_bmm(struct cal_exporter *ex, int32_t L, const struct
 					     "all of GPT-OSS's experts)", p->q[m->wq + e].name);
 		}
 	x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
-	if (x.wq && x.wq->spec.fmt != CAL_QFMT_NVFP4 && x.wq->spec.fmt != CAL_QFMT_NVFP4_STATIC &&
-	    x.wq->spec.fmt != CAL_QFMT_FP8) {
+	if (x.wq && !cal_qfmt(x.wq->spec.fmt)->bmm) {
 		enum cal_qfmt f = x.wq->spec.fmt;
 		free(x.name);
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "layer %d: GPT-OSS experts in %s are "
@@ -565,24 +563,15 @@ static enum cal_status decl_bmm(struct cal_exporter *ex, const struct xlin *x, c
 static enum cal_status decl_bmm_lin(struct cal_exporter *ex, struct xlin *x, struct cal_error *err)
 {
 	int64_t i = x->in;
+	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
 	x->has_input_scale = 0;
-	switch (x->fmt) {
-	case CAL_QFMT_NONE:
+	if (!f)
 		return decl_bmm(ex, x, "weight", CAL_DTYPE_BF16, i, err);
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC:
-		CAL_TRY_RET(decl_bmm(ex, x, "weight", CAL_DTYPE_U8, i / 2, err));
-		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", CAL_DTYPE_F8_E4M3, i / 16, err));
-		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale_2", CAL_DTYPE_F32, 0, err));
-		break;
-	case CAL_QFMT_FP8:
-		CAL_TRY_RET(decl_bmm(ex, x, "weight", CAL_DTYPE_F8_E4M3, i, err));
-		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", CAL_DTYPE_F32, 0, err));
-		break;
-	default:
-		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: format %s", x->name,
-				     cal_qfmt_name(x->fmt));
-	}
+	CAL_TRY_RET(decl_bmm(ex, x, "weight", f->elem_dtype, i * f->elem_bits / 8, err));
+	if (f->block)
+		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", f->scale_dtype, i / f->block, err));
+	if (f->tensor_scale)
+		CAL_TRY_RET(decl_bmm(ex, x, f->tensor_scale, CAL_DTYPE_F32, 0, err));
 	x->has_input_scale = x->iq != NULL;
 	if (x->has_input_scale)
 		CAL_TRY_RET(decl_bmm(ex, x, "input_scale", CAL_DTYPE_F32, 0, err));
@@ -593,37 +582,22 @@ static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct 
 {
 	int64_t o = x->out, i = x->in;
 	const char *nm = x->name;
+	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
 	if (x->bmm)
 		return decl_bmm_lin(ex, x, err);
 	x->has_input_scale = 0;
-	switch (x->fmt) {
-	case CAL_QFMT_NONE:
+	if (!f) {
 		CAL_TRY_RET(decl(ex, nm, "weight", x->dtype, 2, o, i, err));
-		break;
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC:
-		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_U8, 2, o, i / 2, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_F8_E4M3, 2, o, i / 16, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale_2", CAL_DTYPE_F32, 0, 0, 0, err));
-		x->has_input_scale = x->iq != NULL;
-		break;
-	case CAL_QFMT_FP8:
-		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_F8_E4M3, 2, o, i, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_F32, 0, 0, 0, err));
-		x->has_input_scale = x->iq != NULL;
-		break;
-	case CAL_QFMT_MXFP8:
-		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_F8_E4M3, 2, o, i, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_U8, 2, o, i / 32, err));
-		break;
-	case CAL_QFMT_MXFP4:
-		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_U8, 2, o, i / 2, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_U8, 2, o, i / 32, err));
-		break;
-	case CAL_QFMT_INT4_BLOCK:
-		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_U8, 2, o / 2, i, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_F32, 2, o, i / 128, err));
-		break;
+	} else {
+		int64_t per = 8 / f->elem_bits; /* values per byte */
+		CAL_TRY_RET(decl(ex, nm, "weight", f->elem_dtype, 2, f->pack_rows ? o / per : o,
+				 f->pack_rows ? i : i / per, err));
+		if (f->block)
+			CAL_TRY_RET(decl(ex, nm, "weight_scale", f->scale_dtype, 2, o,
+					 i / f->block, err));
+		if (f->tensor_scale)
+			CAL_TRY_RET(decl(ex, nm, f->tensor_scale, CAL_DTYPE_F32, 0, 0, 0, err));
+		x->has_input_scale = x->iq != NULL && f->input_scale_of != NULL;
 	}
 	if (x->has_input_scale)
 		CAL_TRY_RET(decl(ex, nm, "input_scale", CAL_DTYPE_F32, 0, 0, 0, err));
@@ -958,7 +932,7 @@ void cal_export_unify_groups(struct cal_exporter *ex, int32_t L)
 			if (!in_group(x, L, g))
 				continue;
 			count++;
-			if (x->fmt != CAL_QFMT_NVFP4 && x->fmt != CAL_QFMT_NVFP4_STATIC)
+			if (!cal_qfmt(x->fmt)->shared_amax)
 				nvfp4 = 0;
 			wm = x->wamax > wm ? x->wamax : wm;
 			if (x->has_input_scale)
@@ -999,10 +973,7 @@ static enum cal_status prep_layer(struct cal_exporter *ex, int32_t L,
 		if (x->layer != L || !x->has_input_scale)
 			continue;
 		enum cal_div_mode m = x->iq->spec.has_constant_amax ? CAL_DIV_EXACT : ex->opts.div;
-		if (x->fmt != CAL_QFMT_FP8)
-			CAL_TRY_RET(cal_nvfp4_input_scale(x->iamax, m, &x->iscale, err));
-		else
-			x->iscale = cal_fp8_input_scale(x->iamax, m);
+		CAL_TRY_RET(cal_qfmt(x->fmt)->input_scale_of(x->iamax, m, &x->iscale, err));
 		CAL_TRY_RET(cal_export_check_scale(x->name, "input_scale", x->iscale, err));
 	}
 	for (size_t i = 0; i < ex->n_kv; i++) {
@@ -1017,7 +988,7 @@ static enum cal_status prep_layer(struct cal_exporter *ex, int32_t L,
 			if (!cal_stats_get(stats, q->name, &a) || !(a > 0.0f))
 				return cal_error_set(err, CAL_ERR_INVALID, "statistics have no positive "
 						     "amax for KV quantizer %s", q->name);
-			float sc = cal_fp8_scale(a, ex->opts.div);
+			float sc = cal_qfmt(q->spec.fmt)->kv_scale_of(a, ex->opts.div);
 			CAL_TRY_RET(cal_export_check_scale(k->attn, v ? "v_proj.v_scale" :
 							   "k_proj.k_scale", sc, err));
 			if (v)

@@ -233,7 +233,7 @@ static enum cal_status lin_item(struct cal_exporter *ex, const struct xlin *x, c
 	if (!x->bmm)
 		return slot_item(ex, x->name, suffix, data, n, NULL, err);
 	int matrix = !strcmp(suffix, "weight") ||
-		     (!strcmp(suffix, "weight_scale") && x->fmt != CAL_QFMT_FP8);
+		     (!strcmp(suffix, "weight_scale") && cal_qfmt(x->fmt)->block);
 	char *full = cal_export_bmm_name(x, suffix);
 	unsigned char *t = matrix ? malloc(n ? n : 1) : NULL;
 	if (!full || (matrix && !t)) {
@@ -337,103 +337,44 @@ static void *hneed(struct cal_exporter *ex, int k, size_t n)
 /* Output bytes of a quantized x: packed values and block scales. */
 static void out_sizes(const struct xlin *x, uint64_t *q, uint64_t *s)
 {
-	uint64_t n = (uint64_t)x->out * (uint64_t)x->in;
-	switch (x->fmt) {
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC: *q = n / 2; *s = n / 16; break;
-	case CAL_QFMT_FP8: *q = n; *s = 0; break;
-	case CAL_QFMT_MXFP8: *q = n; *s = n / 32; break;
-	case CAL_QFMT_MXFP4: *q = n / 2; *s = n / 32; break;
-	case CAL_QFMT_INT4_BLOCK: *q = n / 2; *s = n / 128 * 4; break;
-	default: *q = *s = 0; break;
-	}
+	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
+	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in;
+	*q = f ? cal_qfmt_packed_bytes(f, o, i) : 0;
+	*s = f ? cal_qfmt_scale_bytes(f, o, i, f->block) : 0;
 }
 
 /* Quantizes x (weight at dw) into dq/ds, dequantizes into dy and adds the
- * SQNR sums at dsum; sets *scale (weight_scale_2 / FP8 weight_scale). */
+ * SQNR sums at dsum; sets *scale (the format's tensor scale, e.g.
+ * weight_scale_2 / FP8 weight_scale). */
 static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, const void *dw,
 				    void *dq, void *ds, double *dsum, float *ret_scale,
 				    struct cal_error *err)
 {
 	struct cal_backend *be = ex->pipe.be;
-	enum cal_div_mode div = ex->opts.div;
+	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
 	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in, n = o * i;
 	void *dy = NULL, *dba = NULL, *dnf = NULL;
-	float scale = 0.0f;
-	CAL_TRY_RET(dneed(ex, D_Y, n * 4, &dy, err));
-	switch (x->fmt) {
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC: {
-		if (x->fmt == CAL_QFMT_NVFP4) {
-			scale = cal_nvfp4_scale2(x->wamax, div);
-			CAL_TRY_RET(cal_export_check_scale(x->name, "weight_scale_2", scale, err));
-			struct cal_nvfp4_quant_args a = {dw, o, i, scale, dq, ds};
-			CAL_TRY_RET(cal_op_nvfp4_quant(be, &a, err));
-		} else {
-			scale = cal_nvfp4_static_scale2(x->wamax, 448.0f, div);
-			CAL_TRY_RET(cal_export_check_scale(x->name, "weight_scale_2", scale, err));
-			CAL_TRY_RET(dneed(ex, D_BA, n / 16 * 4, &dba, err));
-			if (ex->mse_sweep) {
-				struct cal_nvfp4_mse_sweep_args a = {dw, o, i, x->wamax, 448.0f, div,
-								     dba};
-				CAL_TRY_RET(cal_op_nvfp4_mse_sweep(be, &a, err));
-			} else {
-				CAL_TRY_RET(dneed(ex, D_NF1, sizeof(struct cal_nonfinite), &dnf, err));
-				CAL_TRY_RET(cal_backend_memset(be, dba, 0, n / 16 * 4, err));
-				CAL_TRY_RET(cal_nonfinite_reset(be, dnf, err));
-				struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, dw, o, i, 16, 0, dba, dnf};
-				CAL_TRY_RET(cal_op_amax_blocks(be, &b, err));
-			}
-			struct cal_nvfp4_static_quant_args a = {dw, o, i, dba, x->wamax, 448.0f, div,
-								dq, ds};
-			CAL_TRY_RET(cal_op_nvfp4_static_quant(be, &a, err));
-		}
-		struct cal_nvfp4_dequant_args d = {dq, ds, o, i, scale, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_nvfp4_dequant(be, &d, err));
-		break;
-	}
-	case CAL_QFMT_FP8: {
-		scale = cal_fp8_scale(x->wamax, div);
-		CAL_TRY_RET(cal_export_check_scale(x->name, "weight_scale", scale, err));
-		/* gpt_oss BMM weights: one rounding (modelopt's 3-D FP8 path) */
-		struct cal_fp8_quant_args a = {dw, n, scale, div, dq, x->bmm};
-		CAL_TRY_RET(cal_op_fp8_quant(be, &a, err));
-		struct cal_fp8_dequant_args d = {dq, n, scale, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_fp8_dequant(be, &d, err));
-		break;
-	}
-	/* MXFP8 and MXFP4 take the same arguments */
-#define MX_CASE(NAME, name)                                                            \
-	case CAL_QFMT_##NAME: {                                                        \
-		struct cal_##name##_quant_args a = {dw, o, i, div, dq, ds};             \
-		CAL_TRY_RET(cal_op_##name##_quant(be, &a, err));                        \
-		struct cal_##name##_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy}; \
-		CAL_TRY_RET(cal_op_##name##_dequant(be, &d, err));                      \
-		break;                                                                 \
-	}
-	MX_CASE(MXFP8, mxfp8)
-	MX_CASE(MXFP4, mxfp4)
-#undef MX_CASE
-	case CAL_QFMT_INT4_BLOCK: {
-		uint64_t sb = n / 128 * 4;
-		CAL_TRY_RET(dneed(ex, D_BA, sb, &dba, err));
-		CAL_TRY_RET(dneed(ex, D_NF1, sizeof(struct cal_nonfinite), &dnf, err));
-		CAL_TRY_RET(cal_backend_memset(be, dba, 0, sb, err));
-		CAL_TRY_RET(cal_nonfinite_reset(be, dnf, err));
-		struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, dw, o, i, 128, 0, dba, dnf};
-		CAL_TRY_RET(cal_op_amax_blocks(be, &b, err));
-		struct cal_int4_quant_args a = {dw, o, i, dba, div, dq, ds};
-		CAL_TRY_RET(cal_op_int4_quant(be, &a, err));
-		struct cal_int4_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_int4_dequant(be, &d, err));
-		break;
-	}
-	case CAL_QFMT_NONE:
+	if (!f)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: not quantized", x->name);
+	CAL_TRY_RET(dneed(ex, D_Y, n * 4, &dy, err));
+	struct cal_qfmt_io io = {dw, o, i, f->block, x->wamax, 0.0f, ex->opts.div,
+				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds};
+	if (f->tensor_scale_of) {
+		io.scale = f->tensor_scale_of(x->wamax, ex->opts.div);
+		CAL_TRY_RET(cal_export_check_scale(x->name, f->tensor_scale, io.scale, err));
 	}
+	if (f->block_amax) {
+		CAL_TRY_RET(dneed(ex, D_BA, n / f->block * 4, &dba, err));
+		if (!io.mse)
+			CAL_TRY_RET(dneed(ex, D_NF1, sizeof(struct cal_nonfinite), &dnf, err));
+		io.block_amax = dba;
+		io.nonfinite = dnf;
+	}
+	CAL_TRY_RET(f->quantize(be, &io, err));
+	CAL_TRY_RET(f->dequantize(be, dq, ds, o, i, f->block, io.scale, CAL_DTYPE_F32, dy, err));
 	struct cal_sqnr_rows_args sq = {dw, dy, o, i, dsum};
 	CAL_TRY_RET(cal_op_sqnr_rows(be, &sq, err));
-	*ret_scale = scale;
+	*ret_scale = io.scale;
 	return CAL_OK;
 }
 
@@ -686,7 +627,8 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 				st = lin_item(ex, x, "weight", h, q, err);
 			if (st >= 0 && s)
 				st = lin_item(ex, x, "weight_scale", h + q, s, err);
-			if (st >= 0 && (x->fmt == CAL_QFMT_NVFP4 || x->fmt == CAL_QFMT_NVFP4_STATIC)) {
+			const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
+			if (st >= 0 && f->block && f->scale_dtype == CAL_DTYPE_F8_E4M3) {
 				const unsigned char *hs = h + q;
 				for (uint64_t k = 0; k < s && st >= 0; k++)
 					if ((hs[k] & 0x7f) == 0x7f || (hs[k] & 0x7f) == 0)
@@ -694,11 +636,9 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 								   "block %llu scale byte 0x%02x is %s",
 								   x->name, (unsigned long long)k, hs[k],
 								   (hs[k] & 0x7f) ? "NaN" : "zero");
-				if (st >= 0)
-					st = lin_scalar(ex, x, "weight_scale_2", x->scale, err);
-			} else if (st >= 0 && x->fmt == CAL_QFMT_FP8) {
-				st = lin_scalar(ex, x, "weight_scale", x->scale, err);
 			}
+			if (st >= 0 && f->tensor_scale)
+				st = lin_scalar(ex, x, f->tensor_scale, x->scale, err);
 			if (st >= 0 && x->has_input_scale)
 				st = lin_scalar(ex, x, "input_scale", x->iscale, err);
 			free(tmp);

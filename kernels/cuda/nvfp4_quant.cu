@@ -9,5 +9,5 @@ extern "C" enum cal_status cal_cuda_nvfp4_quant(struct cal_backend *be,
 						struct cal_error *err)
 {
 	return nvfp4_launch<false>(be, a->w, a->rows * a->cols, a->scale2, NULL, 0.0f, 0.0f,
-				   CAL_DIV_RECIP, a->packed, a->scales, err);
+				   CAL_DIV_RECIP, a->packed, a->scales, err, a->block ? a->block : 16);
 }

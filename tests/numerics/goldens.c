@@ -82,7 +82,7 @@ enum cal_status golden_run(struct cal_backend *be, struct golden_result *r,
 		return cal_error_set(err, CAL_ERR_INTERNAL, "golden input reported non-finite");
 
 	r->s2 = cal_nvfp4_scale2(r->amax, CAL_DIV_RECIP);
-	struct cal_nvfp4_quant_args nq = {dw, 4, 32, r->s2, dp, ds};
+	struct cal_nvfp4_quant_args nq = {dw, 4, 32, r->s2, dp, ds, 0};
 	CAL_TRY(cal_op_nvfp4_quant(be, &nq, err));
 	CAL_TRY(cal_backend_download(be, r->nvfp4_packed, dp, 64, err));
 	CAL_TRY(cal_backend_download(be, r->nvfp4_scales, ds, 8, err));

@@ -235,7 +235,7 @@ static void nvfp4_one_block(const float *x, float s2, uint8_t *ret_scale, uint8_
 	struct cal_error err = {0};
 	for (int k = 0; k < 16; k++)
 		w[k] = cal_f32_to_bf16(x[k]);
-	struct cal_nvfp4_quant_args a = {w, 1, 16, s2, ret_packed, ret_scale};
+	struct cal_nvfp4_quant_args a = {w, 1, 16, s2, ret_packed, ret_scale, 0};
 	cr_assert_eq(cal_op_nvfp4_quant(be, &a, &err), CAL_OK, "%s", cal_error_msg(&err));
 	cal_backend_free(be);
 }
@@ -362,7 +362,7 @@ Test(args, errors_name_the_field)
 	struct cal_error err = {0};
 	uint16_t w[32] = {0};
 	uint8_t p[16], s[2];
-	struct cal_nvfp4_quant_args a = {w, 1, 24, 1.0f, p, s};
+	struct cal_nvfp4_quant_args a = {w, 1, 24, 1.0f, p, s, 0};
 	cr_expect_eq(cal_op_nvfp4_quant(be, &a, &err), CAL_ERR_INVALID);
 	cr_expect(strstr(cal_error_msg(&err), "'cols'") != NULL, "%s", cal_error_msg(&err));
 	cr_expect(strstr(cal_error_msg(&err), "nvfp4_quant") != NULL, "%s", cal_error_msg(&err));
