@@ -586,8 +586,8 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 	struct cal_nonfinite *dNF = NULL;
 	double *dS = NULL;
 	if (p->fail_layer && p->fail_layer == L + 2)
-		return cal_error_set(err, CAL_ERR_DEVICE, "export of layer %d: injected quantize "
-				     "fault (CALIBD_TEST_EXPORT_FAIL_LAYER)", (int)L);
+		return cal_error_set(err, CAL_ERR_DEVICE, "injected quantize fault "
+				     "(CALIBD_TEST_EXPORT_FAIL_LAYER)"); /* the caller names L */
 	size_t nq = layout(ex, L, &wbytes, &obytes, &nsums);
 	if (nq) {
 		CAL_TRY_RET(dneed(ex, D_W, wbytes, (void **)&dW, err));
