@@ -53,7 +53,7 @@ static void quantize_usage(FILE *o)
 		"one rank per GPU); the checkpoint is the same bytes (docs/expert_parallel.md).\n"
 		"--world N --rank-first R --rendezvous FILE: this process runs ranks R.. of a\n"
 		"job of N ranks over several processes, meeting through FILE; the process of\n"
-		"rank 0 writes DIR, the others calibrate only.\n"
+		"rank 0 writes DIR and publishes it, the others write their experts into it.\n"
 		"docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
@@ -420,7 +420,8 @@ int cal_cmd_quantize(int argc, char **argv)
 						   JSON_REAL_PRECISION(6));
 			putchar('\n');
 		} else if (jo.ranks.first) {
-			printf("calibrated ranks %u.. of %u; rank 0's process writes %s\n",
+			printf("calibrated ranks %u.. of %u and wrote their experts; rank 0's "
+			       "process publishes %s\n",
 			       jo.ranks.first, jo.ranks.world, o.out_dir);
 		} else {
 			print_summary(report);

@@ -324,9 +324,11 @@ static enum cal_status follower_run(struct cal_job *job, const struct cal_quanti
 	CAL_TRY(cal_calib_run(cal, tk, err));
 	if (ret_report) {
 		json_t *r = cal_calib_ranks_json(cal);
-		*ret_report = json_pack("{s:i, s:f, s:o}", "rank_first",
+		*ret_report = json_pack("{s:i, s:f, s:I, s:o}", "rank_first",
 					(int)cal_job_options(job)->ranks.first, "calibrate_s",
-					cal_now() - t, "ranks", r ? r : json_null());
+					cal_now() - t, "export_bytes",
+					(json_int_t)cal_qranks_bytes_written(qr), "ranks",
+					r ? r : json_null());
 	}
 fail:
 	cal_calib_free(cal);

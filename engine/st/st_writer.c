@@ -318,6 +318,7 @@ enum cal_status cal_st_writer_open(const char *final_dir,
 {
 	enum cal_status st;
 	struct cal_st_writer *w;
+	*ret = NULL;
 	if ((st = writer_new(final_dir, opts, &w, err)) < 0)
 		return st;
 	const char *base = w->base;

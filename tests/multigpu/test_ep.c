@@ -336,7 +336,7 @@ Test(ep, two_processes_over_tcp_write_the_one_rank_checkpoint)
 	o.ranks.timeout_ms = 30000;
 	pid_t pid = fork();
 	cr_assert(pid >= 0);
-	if (pid == 0) { /* global rank 1: calibrates, writes nothing */
+	if (pid == 0) { /* global rank 1: calibrates, writes its experts */
 		struct cal_job_opts f = o;
 		struct cal_error e = {0};
 		f.ranks.first = 1;
