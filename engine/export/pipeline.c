@@ -11,8 +11,8 @@
  *     source, on up to 8 helper threads) into two pinned staging buffers,
  *     uploads each block asynchronously while the next is gathered,
  *     takes every weight amax, quantizes every linear of the layer (all
- *     experts, or over several ranks those of this rank) and computes the SQNR sums on the back end, and downloads
- *     only the output bytes into a ring of pinned slots;
+ *     experts; over several ranks, this rank's share) and computes the
+ *     SQNR sums on the back end, and downloads only the output bytes into a ring of pinned slots;
  *   the writer thread turns full slots into safetensors through the
  *     crash-safe writer (engine/st), in the order they were filled.
  * The model-level tensors that need no statistics (copies such as the
@@ -309,6 +309,13 @@ enum cal_status cal_export_check_scale(const char *name, const char *what, float
 	return CAL_OK;
 }
 
+/* Whether x is a quantized linear of layer L that this exporter quantizes
+ * (all of them on one rank; parts.c). */
+static int takes_q(const struct cal_exporter *ex, const struct xlin *x, int32_t L)
+{
+	return x->layer == L && x->fmt != CAL_QFMT_NONE && cal_export_mine(ex, x);
+}
+
 /* ---- back-end scratch ----------------------------------------------------------- */
 
 enum { D_W, D_OUT, D_AMAX, D_NF, D_SUMS, D_Y, D_BA, D_NF1, D_COUNT };
@@ -529,7 +536,7 @@ static enum cal_status upload_layer(struct cal_exporter *ex, int32_t L, unsigned
 		uint64_t base = 0, end = 0;
 		for (; i < ex->n_lin; i++) {
 			const struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE || !cal_export_mine(ex, x))
+			if (!takes_q(ex, x, L))
 				continue;
 			uint64_t e = x->woff + (uint64_t)x->out * (uint64_t)x->in * 2;
 			if (n && e - base > p->stage_bytes)
@@ -560,7 +567,7 @@ static size_t layout(struct cal_exporter *ex, int32_t L, uint64_t *w, uint64_t *
 	*w = *o = *sums = 0;
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
-		if (x->layer != L || x->fmt == CAL_QFMT_NONE || !cal_export_mine(ex, x))
+		if (!takes_q(ex, x, L))
 			continue;
 		uint64_t q, s;
 		out_sizes(x, &q, &s);
@@ -611,7 +618,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		CAL_TRY_RET(cal_backend_memset(be, dA, 0, nq * 4, err));
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE || !cal_export_mine(ex, x))
+			if (!takes_q(ex, x, L))
 				continue;
 			struct cal_amax_args a = {CAL_DTYPE_BF16, dW + x->woff,
 						  (uint64_t)x->out * (uint64_t)x->in, 0,
@@ -622,7 +629,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		CAL_TRY_RET(cal_backend_download(be, hnf, dNF, nq * sizeof(*hnf), err));
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE || !cal_export_mine(ex, x))
+			if (!takes_q(ex, x, L))
 				continue;
 			if (hnf[x->qidx].count)
 				return cal_error_set(err, CAL_ERR_NUMERIC, "%s.weight: element %llu is "
@@ -644,7 +651,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		/* quantize, dequantize and the SQNR sums: all queued, one sync */
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE || !cal_export_mine(ex, x))
+			if (!takes_q(ex, x, L))
 				continue;
 			uint64_t q, s;
 			out_sizes(x, &q, &s);
@@ -658,7 +665,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		CAL_TRY_RET(cal_backend_download(be, hs, dS, nsums * 8, err));
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer == L && x->fmt != CAL_QFMT_NONE && cal_export_mine(ex, x))
+			if (takes_q(ex, x, L))
 				keep_sums(ex, x, hs + x->soff);
 		}
 		p->n_quantized += nq;
