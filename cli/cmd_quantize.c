@@ -54,7 +54,7 @@ static void quantize_usage(FILE *o)
 		"one rank per GPU); the checkpoint is the same bytes (docs/expert_parallel.md).\n"
 		"--world N --rank-first R --rendezvous FILE: this process runs ranks R.. of a\n"
 		"job of N ranks over several processes, meeting through FILE; the process of\n"
-		"rank 0 writes DIR, the others calibrate only.\n"
+		"rank 0 writes DIR and publishes it, the others write their experts into it.\n"
 		"--nodes N --node-rank I --rendezvous FILE: the same, as node I of N\n"
 		"processes (one per node) that each run the same --device GPUs or --ranks\n"
 		"(docs/deploy.md).  --comm-timeout (default 600) bounds every exchange between\n"
@@ -480,7 +480,8 @@ int cal_cmd_quantize(int argc, char **argv)
 						   JSON_REAL_PRECISION(6));
 			putchar('\n');
 		} else if (jo.ranks.first) {
-			printf("calibrated ranks %u.. of %u; rank 0's process writes %s\n",
+			printf("calibrated ranks %u.. of %u and wrote their experts; rank 0's "
+			       "process publishes %s\n",
 			       jo.ranks.first, jo.ranks.world, o.out_dir);
 		} else {
 			print_summary(report);

@@ -526,6 +526,7 @@ enum cal_status cal_job_calib_open(struct cal_job *j, const struct cal_job_hooks
 		co.progress = hooks->progress;
 		co.ctx = hooks->ctx;
 		co.profile = hooks->profile;
+		co.rank_hooks = hooks->rank_hooks;
 	}
 	struct cal_calib_src src = {o->model_dir, j->ck, j->cat, j->be};
 	return cal_calib_open_src(&src, j->plan, &co, ret, err);

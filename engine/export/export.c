@@ -720,6 +720,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 			plan->recipe->algo.fp8_scale_sweep;
 	CAL_TRY(cal_export_check_source(d, err));
 	CAL_TRY(cal_export_pipe_init(ex, err));
+	CAL_TRY(cal_export_parts_init(ex, err));
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
@@ -728,9 +729,13 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 
 	struct cal_st_writer_opts wo = {.max_shard_bytes = opts->max_shard_bytes, .publish = opts->publish};
 	wo.reserve_bytes = side_bytes(opts->model_dir) + (1u << 20) + 512 * (uint64_t)ex->n_lin;
-	CAL_TRY(cal_st_writer_open(opts->out_dir, &wo, &ex->w, err));
+	if (ex->xp.rank) /* a part of an export over ranks: attaches later */
+		CAL_TRY(cal_st_writer_open_part(opts->out_dir, &wo, &ex->w, err));
+	else
+		CAL_TRY(cal_st_writer_open(opts->out_dir, &wo, &ex->w, err));
 	CAL_TRY(declare_all(ex, err));
-	CAL_TRY(cal_st_writer_begin(ex->w, err));
+	if (!ex->xp.rank)
+		CAL_TRY(cal_st_writer_begin(ex->w, err));
 	json_object_set_new(ex->phases, "export_plan", json_real(cal_now() - t0));
 	free(seen);
 	*ret = ex;
@@ -1030,9 +1035,10 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 				    char **ret_report, struct cal_error *err)
 {
 	enum cal_status st = CAL_OK;
-	if (ex->dead || ex->published)
+	if (ex->dead || ex->published || ex->xp.rank)
 		return cal_error_set(err, CAL_ERR_INVALID, "export: the exporter is %s",
-				     ex->dead ? "dead after an earlier error" : "finished");
+				     ex->dead ? "dead after an earlier error" :
+				     ex->xp.rank ? "a part (cal_exporter_part_done)" : "finished");
 	for (int64_t L = 0; L < ex->d->num_layers; L++) {
 		if (!ex->layer_done[L]) {
 			st = cal_error_set(err, CAL_ERR_INVALID, "export: layer %lld was never "
@@ -1048,6 +1054,10 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 	st = prep_layer(ex, -1, stats, err);
 	if (st >= 0)
 		st = cal_export_stage_layer(ex, -1, err);
+	if (st >= 0) /* the other ranks' experts (expert parallelism) */
+		st = cal_export_parts_merge(ex, err);
+	if (st >= 0)
+		st = cal_export_pipe_report(ex, err);
 	if (st < 0)
 		goto fail;
 	const struct xpipe *p = &ex->pipe;
