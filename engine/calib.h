@@ -208,6 +208,11 @@ struct cal_calib_perf {
 };
 void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *ret);
 
+/* GPTQ (docs/gptq.md): the updated bf16 weight [out, in] of plan module
+ * `mod` of the layer just finished (valid during its on_layer callback),
+ * with *numel; NULL when GPTQ did not update that module. */
+const uint16_t *cal_calib_gptq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel);
+
 /* Number of tokens the run processed (pads included with pad_like_modelopt). */
 uint64_t cal_calib_tokens_processed(const struct cal_calib *c);
 

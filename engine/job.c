@@ -507,6 +507,11 @@ enum cal_status cal_job_export(struct cal_job *j, const struct cal_stats *stats,
 		*ret_report = NULL;
 	if (st < 0)
 		return st;
+	if (j->recipe->algo.method == CAL_CALIB_GPTQ) /* docs/gptq.md */
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s uses algorithm gptq, "
+				     "whose updated weights exist only during the calibration: "
+				     "use quantize (calibration and export in one run)",
+				     cal_job_recipe_name(j));
 	struct cal_export_opts eo = {
 		.model_dir = j->o.model_dir,
 		.out_dir = out_dir,

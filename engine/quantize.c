@@ -135,6 +135,15 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 		return interrupted(j, err);
 	double t0 = cal_now();
 	CAL_TRY(layer_stats(j, c, layer, err));
+	/* GPTQ: the layer's updated weights replace the source's in the export */
+	const struct cal_plan *p = j->plan;
+	for (size_t mi = 0; mi < p->n_modules; mi++) {
+		uint64_t n = 0;
+		const uint16_t *w = p->modules[mi].layer == layer ? cal_calib_gptq_weight(c, mi, &n)
+								   : NULL;
+		if (w)
+			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, err));
+	}
 	CAL_TRY(cal_exporter_layer(j->ex, layer, j->stats, err));
 	double t1 = cal_now();
 	j->t_export += t1 - t0;

@@ -250,6 +250,7 @@ enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct
 			m->gu[e] = m->down[e] = -1.0f;
 		m->pub = (struct cal_calib_moe_stats){c->E, m->tokens, m->gu, m->down};
 	}
+	CAL_TRY(cal_gptq_init(c, err));
 	*ret = c;
 	return CAL_OK;
 fail:
@@ -274,6 +275,7 @@ static void free_run(struct cal_calib *c)
 			c->fp8_wamax, c->fp8_wnf};
 	if (!c->be)
 		return;
+	cal_gptq_free_run(c);
 	for (size_t i = 0; i < CAL_ARRAY_LEN(bufs); i++)
 		be_free(c, bufs[i]);
 	cal_gdn_free(c);
@@ -314,6 +316,7 @@ void cal_calib_free(struct cal_calib *c)
 	if (!c)
 		return;
 	free_run(c);
+	cal_gptq_free(c);
 	if (c->moe && c->d)
 		for (int64_t L = 0; L < c->d->num_layers; L++) {
 			free(c->moe[L].tokens);
@@ -1660,10 +1663,18 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 		CAL_TRY(expert_wamax_enqueue(c, L, &dw[sl], err));
 		if (c->ev)
 			CAL_TRY(cal_eval_layer(c, L, &dw[sl], err));
-		for (size_t i = 0; !c->ev && i < c->n_mb; i++) {
-			CAL_TRY(mb_load(c, &c->mbs[i], err));
-			CAL_TRY(cal_layer_forward(c, L, &dw[sl], &c->mbs[i], err));
-			CAL_TRY(mb_store(c, &c->mbs[i], err));
+		/* GPTQ runs the layer three times (gptq_run.c) */
+		for (int pass = 0; !c->ev && pass < (c->gq ? 3 : 1); pass++) {
+			const struct cal_layer_w *wu = &dw[sl];
+			if (c->gq)
+				CAL_TRY(cal_gptq_pass_begin(c, L, pass, &lh[sl], &dw[sl], &wu, err));
+			for (size_t i = 0; i < c->n_mb; i++) {
+				CAL_TRY(mb_load(c, &c->mbs[i], err));
+				CAL_TRY(cal_layer_forward(c, L, wu, &c->mbs[i], err));
+				CAL_TRY(mb_store(c, &c->mbs[i], err));
+			}
+			if (c->gq)
+				CAL_TRY(cal_gptq_pass_end(c, L, pass, err));
 		}
 		cal_prof(c, PH_READBACK);
 		CAL_TRY(cal_backend_sync(c->be, err));
@@ -1908,6 +1919,8 @@ json_t *cal_calib_stats(const struct cal_calib *c)
 	json_object_set_new(j, "tokens_seen", seen);
 	json_object_set_new(j, "kv_amax", kv);
 	json_object_set_new(j, "moe", moe);
+	if (c->gq) /* docs/gptq.md: per linear, and the layers that fell back */
+		json_object_set_new(j, "gptq", cal_gptq_stats(c));
 	qs = in = seen = kv = moe = NULL;
 	out = j;
 	j = NULL;

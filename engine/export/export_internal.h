@@ -43,6 +43,10 @@ struct xlin {
 	 * MXFP4 scales). */
 	int bmm;
 	int64_t bmm_rows;
+	/* GPTQ (docs/gptq.md): the updated bf16 weight the layer is quantized
+	 * from (owned; freed once quantized); the scales still come from the
+	 * source weight */
+	uint16_t *gw;
 };
 
 /* A tensor copied byte for byte (maybe renamed). */
@@ -76,7 +80,7 @@ struct xmodcfg {
 
 #define XQUEUE 8                        /* layers queued + the one in work */
 #define XSLOTS 4                        /* output ring slots */
-#define XDBUF 8                         /* back-end scratch buffers */
+#define XDBUF 9                         /* back-end scratch buffers */
 #define CAL_XSTATIC (-2)                /* stage "layer": model-level tensors
 					   that need no statistics */
 

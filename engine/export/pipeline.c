@@ -304,7 +304,7 @@ enum cal_status cal_export_check_scale(const char *name, const char *what, float
 
 /* ---- back-end scratch ----------------------------------------------------------- */
 
-enum { D_W, D_OUT, D_AMAX, D_NF, D_SUMS, D_Y, D_BA, D_NF1, D_COUNT };
+enum { D_W, D_OUT, D_AMAX, D_NF, D_SUMS, D_Y, D_BA, D_NF1, D_GW, D_COUNT };
 
 static enum cal_status dneed(struct cal_exporter *ex, int k, size_t n, void **ret,
 			     struct cal_error *err)
@@ -384,7 +384,15 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 				struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, dw, o, i, 16, 0, dba, dnf};
 				CAL_TRY_RET(cal_op_amax_blocks(be, &b, err));
 			}
-			struct cal_nvfp4_static_quant_args a = {dw, o, i, dba, x->wamax, 448.0f, div,
+			/* GPTQ: the updated weight, on the grid of the source's scales */
+			const void *qw = dw;
+			if (x->gw) {
+				void *dg = NULL;
+				CAL_TRY_RET(dneed(ex, D_GW, n * 2, &dg, err));
+				CAL_TRY_RET(cal_backend_upload(be, dg, x->gw, n * 2, err));
+				qw = dg;
+			}
+			struct cal_nvfp4_static_quant_args a = {qw, o, i, dba, x->wamax, 448.0f, div,
 								dq, ds};
 			CAL_TRY_RET(cal_op_nvfp4_static_quant(be, &a, err));
 		}
@@ -644,6 +652,10 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			struct xlin *x = &ex->lin[i];
 			if (x->layer == L && x->fmt != CAL_QFMT_NONE)
 				CAL_TRY_RET(report_weight(ex, x, hs + x->soff, err));
+			if (x->layer == L) {
+				free(x->gw);
+				x->gw = NULL;
+			}
 		}
 	}
 	/* the output bytes, into the ring */
