@@ -32,7 +32,8 @@ static void quantize_usage(FILE *o)
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
-		"         [--max-shard-size SIZE] [--progress-fd N] [--json] [--quiet]\n"
+		"         [--max-shard-size SIZE] [--div recip|exact] [--progress-fd N] [--json]\n"
+		"         [--quiet]\n"
 		"         [--datasets-file FILE]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
@@ -246,6 +247,7 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"per-expert-input-amax", no_argument, NULL, 'e'},
 		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
 		{"max-shard-size", required_argument, NULL, 'z'},
+		{"div", required_argument, NULL, 'v'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -299,6 +301,17 @@ int cal_cmd_quantize(int argc, char **argv)
 			    !(jo.moe_calib_experts_ratio > 0 && jo.moe_calib_experts_ratio <= 1)) {
 				fprintf(stderr, "calibd quantize: --moe-calib-experts-ratio '%s' not in "
 					"(0, 1]\n", optarg);
+				return CAL_EXIT_USAGE;
+			}
+			break;
+		case 'v': /* as calibd export --div (docs/export.md) */
+			if (!strcmp(optarg, "exact")) {
+				jo.div = CAL_DIV_EXACT;
+			} else if (!strcmp(optarg, "recip")) {
+				jo.div = CAL_DIV_RECIP;
+			} else {
+				fprintf(stderr, "calibd quantize: --div '%s' is not recip or exact\n",
+					optarg);
 				return CAL_EXIT_USAGE;
 			}
 			break;

@@ -191,6 +191,8 @@ enum cal_status cal_job_check(const struct cal_job *j, unsigned ops, struct cal_
 	const struct cal_model_desc *d = j->d;
 	if (ops & CAL_JOB_CALIBRATE) {
 		enum cal_status st = cal_calib_check_model(d, err);
+		if (st >= 0)
+			st = cal_calib_check_gptq(j->plan, err);
 		if (st < 0)
 			return st;
 	}
@@ -475,6 +477,7 @@ enum cal_status cal_job_calib_open(struct cal_job *j, const struct cal_job_hooks
 		.per_expert_input_amax = o->per_expert_input_amax,
 		.moe_calib_experts_ratio = o->moe_calib_experts_ratio,
 		.combine = o->combine,
+		.div = o->div,
 	};
 	if (co.moe_calib_experts_ratio == 0.0 && j->recipe->algo.has_moe_calib_experts_ratio)
 		co.moe_calib_experts_ratio = j->recipe->algo.moe_calib_experts_ratio;

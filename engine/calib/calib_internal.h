@@ -292,7 +292,6 @@ enum cal_status cal_eval_actq(struct cal_calib *c, int32_t L, int site, int64_t 
  * (which gives the weights the pass runs with) and pass_end; layer.c's
  * actq sites call cal_gptq_site while c->gq_pass is set. */
 struct cal_gptq_run;
-enum cal_status cal_gptq_check(const struct cal_calib *c, struct cal_error *err);
 enum cal_status cal_gptq_init(struct cal_calib *c, struct cal_error *err);
 void cal_gptq_free_run(struct cal_calib *c);
 void cal_gptq_free(struct cal_calib *c);

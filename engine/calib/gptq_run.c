@@ -74,6 +74,8 @@ struct glin {
 	int f, site;       /* field, actq site of its input */
 	uint64_t at, rows, cols;
 	uint16_t *upd;     /* host: updated bf16 weight (kept until the next layer) */
+	uint16_t *orig;    /* host, during the solve: the original weight */
+	float *ba, ga;     /* its per-16-block amax and global amax */
 	struct cal_gptq_stats st;
 	uint64_t n_samples;
 };
@@ -166,11 +168,12 @@ static uint64_t field_n(const struct cal_calib *c, const struct cal_layer_host *
 	return 0;
 }
 
-enum cal_status cal_gptq_check(const struct cal_calib *c, struct cal_error *err)
+enum cal_status cal_calib_check_gptq(const struct cal_plan *p, struct cal_error *err)
 {
-	const struct cal_model_desc *d = c->d;
-	const struct cal_plan *p = c->plan;
+	const struct cal_model_desc *d = p->model;
 	const char *why = NULL;
+	if (p->recipe->algo.method != CAL_CALIB_GPTQ)
+		return CAL_OK;
 	if (d->attn != CAL_ATTN_GQA)
 		why = "attention other than plain GQA (gated, MLA)";
 	for (int32_t L = 0; !why && L < d->num_layers; L++)
@@ -206,13 +209,13 @@ enum cal_status cal_gptq_init(struct cal_calib *c, struct cal_error *err)
 	const struct cal_algorithm *a = &c->plan->recipe->algo;
 	if (a->method != CAL_CALIB_GPTQ)
 		return CAL_OK;
-	CAL_TRY_RET(cal_gptq_check(c, err));
+	CAL_TRY_RET(cal_calib_check_gptq(c->plan, err));
 	struct cal_gptq_run *g = calloc(1, sizeof(*g));
 	if (!g)
 		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 	g->o.perc_damp = a->perc_damp;
 	g->o.block_size = (uint32_t)a->gptq_block_size;
-	g->div = CAL_DIV_RECIP;
+	g->div = c->o.div;
 	g->L = -1;
 	g->report = json_array();
 	g->fallback = json_array();
@@ -567,9 +570,39 @@ static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct 
 	return CAL_OK;
 }
 
+
 static const char *mod_name(const struct cal_calib *c, size_t mi)
 {
 	return c->plan->modules[mi].name;
+}
+
+/* The original weight of gl (host copy), its per-16-block amax and its
+ * global amax. */
+static enum cal_status load_linear(struct cal_calib *c, const struct cal_layer_w *dw,
+				   struct glin *gl, struct cal_error *err)
+{
+	uint64_t n = gl->rows * gl->cols;
+	const uint16_t *src = *field((struct cal_layer_w *)dw, gl->f);
+	if (!src)
+		return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: %s has no weight in the layer",
+				     c->plan->modules[gl->mod].name);
+	gl->orig = malloc(n * 2);
+	gl->ba = malloc(n / 16 * 4);
+	gl->upd = malloc(n * 2);
+	if (!gl->orig || !gl->ba || !gl->upd)
+		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+	CAL_TRY_RET(cal_backend_download(c->be, gl->orig, src + gl->at, n * 2, err));
+	gl->ga = 0.0f;
+	for (uint64_t b = 0; b < n / 16; b++) {
+		float m = 0.0f;
+		for (int k = 0; k < 16; k++) {
+			float v = fabsf(cal_bf16_to_f32(gl->orig[b * 16 + k]));
+			m = v > m ? v : m;
+		}
+		gl->ba[b] = m;
+		gl->ga = m > gl->ga ? m : gl->ga;
+	}
+	return CAL_OK;
 }
 
 /* GPTQ of every linear of the layer; their fake-quantized updated weights
@@ -579,22 +612,25 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 {
 	struct cal_gptq_run *g = c->gq;
 	enum cal_status st = CAL_OK;
-	float *hsum = NULL, *ba = NULL;
-	uint16_t *orig = NULL;
+	float *hsum = NULL;
 	int have_site = -1;
 	double t0 = cal_now();
 	struct cal_layer_w dw = *w;
+	float gmax[EQ_COUNT] = {0};
 	CAL_TRY_RET(cal_backend_sync(c->be, err));
 	for (size_t i = 0; i < g->n_lin; i++) {
 		struct glin *gl = &g->lin[i];
-		uint64_t R = gl->rows, C = gl->cols, n = R * C;
-		const uint16_t *src = *field(&dw, gl->f);
-		if (!src) {
-			st = cal_error_set(err, CAL_ERR_INTERNAL, "gptq: %s has no weight in the "
-					   "layer", mod_name(c, gl->mod));
+		if ((st = load_linear(c, &dw, gl, err)) < 0)
 			goto out;
-		}
-		src += gl->at;
+		gmax[gl->site] = gl->ga > gmax[gl->site] ? gl->ga : gmax[gl->site];
+	}
+	for (size_t i = 0; i < g->n_lin; i++) {
+		struct glin *gl = &g->lin[i];
+		uint64_t R = gl->rows, C = gl->cols, n = R * C;
+		/* modelopt's max calibration gives the static-NVFP4 weights of a
+		 * fusible group (q/k/v, gate/up: the linears of one input) one global
+		 * amax, the group's largest, before GPTQ runs */
+		float ga = gmax[gl->site];
 		if (have_site != gl->site) {
 			free(hsum);
 			if (!(hsum = malloc(C * C * 4))) {
@@ -605,35 +641,14 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 				goto out;
 			have_site = gl->site;
 		}
-		free(orig);
-		free(ba);
-		orig = malloc(n * 2);
-		ba = malloc(n / 16 * 4);
-		gl->upd = malloc(n * 2);
-		if (!orig || !ba || !gl->upd) {
-			st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-			goto out;
-		}
-		if ((st = cal_backend_download(c->be, orig, src, n * 2, err)) < 0)
-			goto out;
-		float ga = 0.0f;
-		for (uint64_t b = 0; b < n / 16; b++) {
-			float m = 0.0f;
-			for (int k = 0; k < 16; k++) {
-				float v = fabsf(cal_bf16_to_f32(orig[b * 16 + k]));
-				m = v > m ? v : m;
-			}
-			ba[b] = m;
-			ga = m > ga ? m : ga;
-		}
 		gl->n_samples = g->hn[gl->site];
-		if (!(ga > 0.0f)) { /* all-zero weight: nothing to update */
-			memcpy(gl->upd, orig, n * 2);
+		if (!(ga > 0.0f)) { /* all-zero weights: nothing to update */
+			memcpy(gl->upd, gl->orig, n * 2);
 		} else {
-			struct cal_gptq_nvfp4 q = {ba, ga, 448.0f, g->div};
+			struct cal_gptq_nvfp4 q = {gl->ba, ga, 448.0f, g->div};
 			/* no rows seen: H = 0, which no damping makes positive definite:
 			 * the identity fallback, as modelopt */
-			st = cal_gptq_nvfp4(c->host, orig, R, C, hsum,
+			st = cal_gptq_nvfp4(c->host, gl->orig, R, C, hsum,
 					    gl->n_samples ? gl->n_samples : 1, &g->o, &q, gl->upd,
 					    &gl->st, err);
 			if (st < 0) {
@@ -641,7 +656,7 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 				goto out;
 			}
 		}
-		/* pass 2's weight: the updated one, fake-quantized with the original scales */
+		/* pass 2's weight: the updated one, fake-quantized with the same scales */
 		int f = gl->f;
 		if (*field(&g->use, f) != g->shadow[f]) {
 			uint64_t tot = field_n(c, lh, f) * 2;
@@ -653,11 +668,9 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		uint16_t *dst = g->shadow[f] + gl->at;
 		if ((st = cal_backend_upload(c->be, dst, gl->upd, n * 2, err)) < 0)
 			goto out;
-		uint64_t cap = g->bamax_cap;
-		if ((st = grow(c, (void **)&g->bamax, &cap, n / 16 * 4, err)) < 0)
+		if ((st = grow(c, (void **)&g->bamax, &g->bamax_cap, n / 16 * 4, err)) < 0)
 			goto out;
-		g->bamax_cap = cap;
-		if ((st = cal_backend_upload(c->be, g->bamax, ba, n / 16 * 4, err)) < 0 ||
+		if ((st = cal_backend_upload(c->be, g->bamax, gl->ba, n / 16 * 4, err)) < 0 ||
 		    (st = fq_static(c, dst, dst, R, C, g->bamax, ga, err)) < 0 ||
 		    (st = cal_backend_sync(c->be, err)) < 0)
 			goto out;
@@ -672,9 +685,13 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 			json_array_append_new(g->fallback, json_string(mod_name(c, gl->mod)));
 	}
 out:
+	for (size_t i = 0; i < g->n_lin; i++) {
+		free(g->lin[i].orig);
+		free(g->lin[i].ba);
+		g->lin[i].orig = NULL;
+		g->lin[i].ba = NULL;
+	}
 	free(hsum);
-	free(ba);
-	free(orig);
 	g->t_solve += cal_now() - t0;
 	return st;
 }
