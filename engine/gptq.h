@@ -27,6 +27,7 @@ extern "C" {
 struct cal_gptq_opts {
 	double perc_damp;     /* (0, 1] */
 	uint32_t block_size;  /* > 0, a multiple of the quantizer's block (16) */
+	int no_rel_err;       /* skip stats->rel_err (two more W H W^T products; NAN) */
 };
 
 /* The static NVFP4 weight quantizer of the layer: per-16-block amax and the

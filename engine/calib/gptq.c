@@ -161,6 +161,8 @@ static void upd_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		}
 		for (uint64_t k = 0; k < n; k++)
 			c->w_out[r * n + k] = cal_nf_f32_to_bf16(q[k]);
+		if (!c->h)
+			continue;
 		/* the error statistic: dW = out - W, and W, H-weighted */
 		for (uint64_t k = 0; k < n; k++) {
 			float w0 = cal_nf_bf16_to_f32(c->w[r * n + k]);
@@ -276,7 +278,7 @@ enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint
 	float g6 = cal_scale_div(cal_fmul(q->global_amax, cal_fdiv(448.0f, q->norm_max)), 6.0f,
 				 q->div);
 	float sc = cal_fdiv(448.0f, g6);
-	struct upd_ctx c = {w, w_out, u, h, rows, n, (uint32_t)bs, q, sc, cal_fdiv(1.0f, sc),
+	struct upd_ctx c = {w, w_out, u, o->no_rel_err ? NULL : h, rows, n, (uint32_t)bs, q, sc, cal_fdiv(1.0f, sc),
 			    scratch, num, num + rows};
 	if ((st = cal_cpu_parallel(host, rows, 1, upd_rows, &c, err)) < 0)
 		goto out;
@@ -284,7 +286,7 @@ enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint
 	for (uint64_t r = 0; r < rows; r++)
 		sn += num[r], sd += num[rows + r];
 	double cnt = (double)rows * (double)n;
-	stats->rel_err = (sn / cnt) / (sd / cnt + 1e-6);
+	stats->rel_err = o->no_rel_err ? NAN : (sn / cnt) / (sd / cnt + 1e-6);
 out:
 	free(h);
 	free(a);

@@ -646,6 +646,8 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 			memcpy(gl->upd, gl->orig, n * 2);
 		} else {
 			struct cal_gptq_nvfp4 q = {gl->ba, ga, 448.0f, g->div};
+			/* modelopt's logged error costs two more W H W^T: small linears only */
+			g->o.no_rel_err = C > 1024;
 			/* no rows seen: H = 0, which no damping makes positive definite:
 			 * the identity fallback, as modelopt */
 			st = cal_gptq_nvfp4(c->host, gl->orig, R, C, hsum,
@@ -674,11 +676,12 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		    (st = fq_static(c, dst, dst, R, C, g->bamax, ga, err)) < 0 ||
 		    (st = cal_backend_sync(c->be, err)) < 0)
 			goto out;
-		json_t *o = json_pack("{s:s, s:i, s:I, s:I, s:f, s:b, s:f}", "module",
+		json_t *o = json_pack("{s:s, s:i, s:I, s:I, s:f, s:b, s:o}", "module",
 				      mod_name(c, gl->mod), "layer", (int)g->L, "n_samples",
 				      (json_int_t)gl->n_samples, "dead_columns",
 				      (json_int_t)gl->st.dead_cols, "damp", gl->st.damp, "fallback",
-				      gl->st.fallback, "relative_error", gl->st.rel_err);
+				      gl->st.fallback, "relative_error",
+				      isnan(gl->st.rel_err) ? json_null() : json_real(gl->st.rel_err));
 		if (o)
 			json_array_append_new(g->report, o);
 		if (gl->st.fallback)

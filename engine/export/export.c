@@ -791,6 +791,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 		free(ex->hbuf[i]);
 	for (int i = 0; i < XDBUF; i++)
 		cal_backend_dealloc(ex->be, ex->dbuf[i]);
+	json_decref(ex->algorithm);
 	free(ex->ignored_mods);
 	free(ex->lin);
 	free(ex->cp);
@@ -822,6 +823,12 @@ void cal_exporter_add_phase(struct cal_exporter *ex, const char *name, double se
 	json_t *old = json_object_get(ex->phases, name);
 	double v = old ? json_number_value(old) : 0.0;
 	json_object_set_new(ex->phases, name, json_real(v + seconds));
+}
+
+void cal_exporter_set_algorithm_report(struct cal_exporter *ex, json_t *report)
+{
+	json_decref(ex->algorithm);
+	ex->algorithm = json_incref(report);
 }
 
 void cal_exporter_add_timeline(struct cal_exporter *ex, double t, int32_t layer,
