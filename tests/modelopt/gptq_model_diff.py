@@ -28,7 +28,7 @@ exports.  Writes the result (and modelopt's per-linear code hashes) to
 
     python gptq_model_diff.py --calibd BUILD/daemon/calibd \
         --fixture-bin BUILD/tests/fixtures/calibd-fixture \
-        [--case qwen3_moe_fused] --out tests/modelopt/gptq/model_qwen3_moe_fused.json
+        [--case qwen3_moe_fused] --out tests/modelopt/gptq_model/qwen3_moe_fused.json
 """
 import argparse
 import hashlib

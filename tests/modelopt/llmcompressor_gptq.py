@@ -13,7 +13,7 @@ calibd update), and that file's numbers are printed next to it.
 Needs llmcompressor (installed from PyPI, so not a CI test):
 
     python llmcompressor_gptq.py --fixture-bin BUILD/tests/fixtures/calibd-fixture \
-        --diff tests/modelopt/gptq/model_qwen3_moe_fused.json [--out FILE]
+        --diff tests/modelopt/gptq_model/qwen3_moe_fused.json [--out FILE]
 """
 import argparse
 import json
