@@ -65,6 +65,20 @@ def patch_modelopt_cpu(torch):
     tq.dynamic_block_quant = dynamic_fp4_cpu
 
 
+def case_fixture(fixture_bin, parity_dir, case, tmp):
+    """(fixture dir under tmp, token rows) of parity case `case`."""
+    with open(os.path.join(parity_dir, case, "case.json")) as f:
+        meta = json.load(f)
+    with open(os.path.join(parity_dir, case, "tokens.jsonl")) as f:
+        tokens = [json.loads(l)["input_ids"] for l in f if l.strip()]
+    fx = os.path.join(tmp, "fixture")
+    cmd = [fixture_bin, "--arch", meta["arch"], "--seed", str(meta["seed"])]
+    if meta.get("layout", "default") != "default":
+        cmd += ["--layout", meta["layout"]]
+    run(cmd + [fx])
+    return fx, tokens
+
+
 def load_model(torch, transformers, model_dir):
     config = transformers.AutoConfig.from_pretrained(model_dir)
     cls = getattr(transformers, config.architectures[0])
@@ -168,19 +182,11 @@ def main():
                                          "modelopt_recipes", "general", "ptq",
                                          "nvfp4_default-kv_none-gptq.yaml")
     recipe = os.path.abspath(recipe)
-    with open(os.path.join(args.parity_dir, args.case, "case.json")) as f:
-        meta = json.load(f)
-    with open(os.path.join(args.parity_dir, args.case, "tokens.jsonl")) as f:
-        tokens = [json.loads(l)["input_ids"] for l in f if l.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
             tmp = args.keep
             os.makedirs(tmp, exist_ok=True)
-        fx = os.path.join(tmp, "fixture")
-        cmd = [args.fixture_bin, "--arch", meta["arch"], "--seed", str(meta["seed"])]
-        if meta.get("layout", "default") != "default":
-            cmd += ["--layout", meta["layout"]]
-        run(cmd + [fx])
+        fx, tokens = case_fixture(args.fixture_bin, args.parity_dir, args.case, tmp)
         tok = os.path.join(tmp, "tokens.jsonl")
         with open(tok, "w") as f:
             for row in tokens:

@@ -18,12 +18,11 @@ Needs llmcompressor (installed from PyPI, so not a CI test):
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gptq_model_diff import gram_matrices, load_model  # noqa: E402
+from gptq_model_diff import case_fixture, gram_matrices, load_model  # noqa: E402
 
 
 def main():
@@ -44,16 +43,8 @@ def main():
 
     diff = json.load(open(args.diff))
     case = diff["case"]
-    with open(os.path.join(args.parity_dir, case, "case.json")) as f:
-        meta = json.load(f)
-    with open(os.path.join(args.parity_dir, case, "tokens.jsonl")) as f:
-        tokens = [json.loads(l)["input_ids"] for l in f if l.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        fx = os.path.join(tmp, "fixture")
-        cmd = [args.fixture_bin, "--arch", meta["arch"], "--seed", str(meta["seed"])]
-        if meta.get("layout", "default") != "default":
-            cmd += ["--layout", meta["layout"]]
-        subprocess.run(cmd + [fx], check=True, capture_output=True)
+        fx, tokens = case_fixture(args.fixture_bin, args.parity_dir, case, tmp)
         grams = gram_matrices(torch, load_model(torch, transformers, fx), tokens)
         model = load_model(torch, transformers, fx)
         src = {k: v.clone() for k, v in model.state_dict().items()}
