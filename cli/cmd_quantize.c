@@ -32,7 +32,8 @@ static void quantize_usage(FILE *o)
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
-		"         [--max-shard-size SIZE] [--ranks N] [--progress-fd N] [--json] [--quiet]\n"
+		"         [--max-shard-size SIZE] [--ranks N] [--div recip|exact] [--progress-fd N]\n"
+		"         [--json] [--quiet]\n"
 		"         [--world N --rank-first R --rendezvous FILE]\n"
 		"         [--nodes N --node-rank I --rendezvous FILE] [--comm-timeout SECONDS]\n"
 		"         [--datasets-file FILE]\n"
@@ -47,7 +48,8 @@ static void quantize_usage(FILE *o)
 		"lines on descriptor N; --json prints the report as JSON.  SIGINT/SIGTERM stop\n"
 		"after the current layer with nothing published.  --qformat takes modelopt\n"
 		"hf_ptq.py's --qformat names (`calibd recipes` lists them and their recipes;\n"
-		"docs/recipes.md).  --max-shard-size (default 10GB, as modelopt) splits the\n"
+		"docs/recipes.md).  --div exact divides as modelopt on the CPU (GPTQ, export).\n"
+		"--max-shard-size (default 10GB, as modelopt) splits the\n"
 		"weights into model-0000k-of-0000N.safetensors plus\n"
 		"model.safetensors.index.json; one model.safetensors when smaller.\n"
 		"--ranks N splits each MoE layer's experts across N CPU ranks (cuda:0,1,...:\n"
@@ -305,6 +307,7 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"nodes", required_argument, NULL, 'O'},
 		{"node-rank", required_argument, NULL, 'I'},
 		{"comm-timeout", required_argument, NULL, 'T'},
+		{"div", required_argument, NULL, 'v'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -393,6 +396,17 @@ int cal_cmd_quantize(int argc, char **argv)
 			if (parse_count("--comm-timeout", optarg, 86400, &n) < 0)
 				return CAL_EXIT_USAGE;
 			jo.ranks.timeout_ms = (unsigned)n * 1000u;
+			break;
+		case 'v': /* as calibd export --div (docs/export.md) */
+			if (!strcmp(optarg, "exact")) {
+				jo.div = CAL_DIV_EXACT;
+			} else if (!strcmp(optarg, "recip")) {
+				jo.div = CAL_DIV_RECIP;
+			} else {
+				fprintf(stderr, "calibd quantize: --div '%s' is not recip or exact\n",
+					optarg);
+				return CAL_EXIT_USAGE;
+			}
 			break;
 		case 'z':
 			if (cal_st_parse_size(optarg, &jo.max_shard_bytes) < 0) {

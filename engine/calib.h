@@ -149,6 +149,7 @@ struct cal_calib_opts {
 	int per_expert_input_amax;         /* keep per-expert input amax (JSON) */
 	double moe_calib_experts_ratio;    /* 0: off; (0, 1]: route to max(k, round(r E)) */
 	enum cal_combine_mode combine;     /* default CAL_COMBINE_EAGER (modelopt forces eager) */
+	enum cal_div_mode div;             /* GPTQ's fake quantizers: as the export's --div */
 	cal_calib_layer_fn on_layer;
 	cal_calib_hidden_fn on_hidden;
 	int hidden_feedback;               /* on_hidden's writes are the next layer's input */
@@ -178,6 +179,12 @@ struct cal_calib_opts {
  * cal_job_check) asks this.
  */
 enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal_error *err);
+
+/* For a plan whose recipe's algorithm is gptq: CAL_OK, or
+ * CAL_ERR_UNSUPPORTED naming what the engine's GPTQ does not run (the
+ * model's attention kind, Gated DeltaNet layers, quantized KV cache, ...;
+ * docs/gptq.md).  CAL_OK for every other algorithm. */
+enum cal_status cal_calib_check_gptq(const struct cal_plan *plan, struct cal_error *err);
 
 /*
  * Opens the checkpoint in model_dir for calibration with `plan` (which must
@@ -257,6 +264,11 @@ struct cal_calib_perf {
 	int32_t n_layers;
 };
 void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *ret);
+
+/* GPTQ (docs/gptq.md): the updated bf16 weight [out, in] of plan module
+ * `mod` of the layer just finished (valid during its on_layer callback),
+ * with *numel; NULL when GPTQ did not update that module. */
+const uint16_t *cal_calib_gptq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel);
 
 /* Number of tokens the run processed (pads included with pad_like_modelopt). */
 uint64_t cal_calib_tokens_processed(const struct cal_calib *c);

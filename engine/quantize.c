@@ -140,6 +140,15 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 		return interrupted(j, err);
 	double t0 = cal_now();
 	CAL_TRY(layer_stats(j, c, layer, err));
+	/* GPTQ: the layer's updated weights replace the source's in the export */
+	const struct cal_plan *p = j->plan;
+	for (size_t mi = 0; mi < p->n_modules; mi++) {
+		uint64_t n = 0;
+		const uint16_t *w = p->modules[mi].layer == layer ? cal_calib_gptq_weight(c, mi, &n)
+								   : NULL;
+		if (w)
+			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, err));
+	}
 	CAL_TRY(cal_exporter_layer(j->ex, layer, j->stats, err));
 	double t1 = cal_now();
 	j->t_export += t1 - t0;
@@ -250,6 +259,9 @@ static json_t *summary(const struct cal_quantize_opts *o, const struct cal_job *
 	json_object_set_new(s, "experts_without_tokens_total", json_integer((json_int_t)n_without));
 	json_object_set_new(s, "fallbacks",
 			    json_integer((json_int_t)json_array_size(json_object_get(rep, "fallbacks"))));
+	if (json_object_get(rep, "gptq")) /* docs/gptq.md: linears that fell back */
+		json_object_set(s, "gptq_fallback",
+				json_object_get(json_object_get(rep, "gptq"), "fallback"));
 	json_object_set_new(s, "weight_sqnr_min_db", json_incref(json_object_get(sq, "min_db")));
 	json_object_set_new(s, "weight_sqnr_mean_db", json_incref(json_object_get(sq, "mean_db")));
 	json_object_set(s, "phases_s", phases);
@@ -421,6 +433,15 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	if (cancelled(&j)) {
 		st = interrupted(&j, err);
 		goto fail;
+	}
+	{ /* GPTQ's report (docs/gptq.md) goes into calibd_report.json */
+		json_t *cs = cal_calib_stats(cal), *gq = cs ? json_object_get(cs, "gptq") : NULL;
+		if (gq) {
+			cal_exporter_set_algorithm_report(j.ex, gq);
+			cal_exporter_add_phase(j.ex, "gptq_solve",
+					       json_number_value(json_object_get(gq, "solve_s")));
+		}
+		json_decref(cs);
 	}
 	/* free the engine's buffers (and the other ranks' exporters, done)
 	 * before the finish writes the rest */

@@ -752,8 +752,10 @@ void cal_exporter_free(struct cal_exporter *ex)
 		return;
 	cal_export_pipe_free(ex); /* joins the threads before the writer goes */
 	cal_st_writer_free(ex->w);
-	for (size_t i = 0; i < ex->n_lin; i++)
+	for (size_t i = 0; i < ex->n_lin; i++) {
 		free(ex->lin[i].name);
+		free(ex->lin[i].gw);
+	}
 	for (size_t i = 0; i < ex->n_cp; i++)
 		free(ex->cp[i].name);
 	for (size_t i = 0; i < ex->n_kv; i++)
@@ -768,6 +770,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 		free(ex->hbuf[i]);
 	for (int i = 0; i < XDBUF; i++)
 		cal_backend_dealloc(ex->be, ex->dbuf[i]);
+	json_decref(ex->algorithm);
 	free(ex->ignored_mods);
 	free(ex->lin);
 	free(ex->cp);
@@ -800,6 +803,12 @@ void cal_exporter_add_phase(struct cal_exporter *ex, const char *name, double se
 	json_t *old = json_object_get(ex->phases, name);
 	double v = old ? json_number_value(old) : 0.0;
 	json_object_set_new(ex->phases, name, json_real(v + seconds));
+}
+
+void cal_exporter_set_algorithm_report(struct cal_exporter *ex, json_t *report)
+{
+	json_decref(ex->algorithm);
+	ex->algorithm = json_incref(report);
 }
 
 void cal_exporter_add_timeline(struct cal_exporter *ex, double t, int32_t layer,
@@ -1029,6 +1038,35 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t L,
 fail:
 	ex->dead = 1;
 	return st;
+}
+
+enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, const uint16_t *w,
+				       uint64_t numel, struct cal_error *err)
+{
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->mod < 0 || (size_t)x->mod != mod || x->expert >= 0)
+			continue;
+		if (x->layer >= 0 && ex->layer_done[x->layer])
+			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
+					     "exported", x->name, (int)x->layer);
+		if (x->fmt != CAL_QFMT_NVFP4_STATIC || x->dtype != CAL_DTYPE_BF16 || x->si || x->bmm ||
+		    numel != (uint64_t)x->out * (uint64_t)x->in)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: an updated (GPTQ) "
+					     "weight needs a static NVFP4 linear with a bf16 source "
+					     "of %lld x %lld elements (got %llu)", x->name,
+					     (long long)x->out, (long long)x->in,
+					     (unsigned long long)numel);
+		uint16_t *c = malloc(numel * 2);
+		if (!c)
+			return nomem(err);
+		memcpy(c, w, numel * 2);
+		free(x->gw);
+		x->gw = c;
+		return CAL_OK;
+	}
+	return cal_error_set(err, CAL_ERR_INVALID, "export: plan module %zu is not an exported "
+			     "linear", mod);
 }
 
 enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_stats *stats,

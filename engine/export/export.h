@@ -32,6 +32,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "common/status.h"
 #include "engine/export/stats.h"
 #include "engine/model/catalog.h"
@@ -101,6 +103,19 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
  */
 enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t layer,
 				   const struct cal_stats *stats, struct cal_error *err);
+
+/* GPTQ (docs/gptq.md): quantize plan module `mod` (a non-expert static
+ * NVFP4 linear with a bf16 source) of a layer not yet exported from the
+ * updated bf16 weight w (numel = out * in, copied) instead of the source;
+ * the scales still come from the source weight.  Errors: CAL_ERR_INVALID
+ * (no such linear, layer done), CAL_ERR_UNSUPPORTED, CAL_ERR_NOMEM. */
+enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, const uint16_t *w,
+				       uint64_t numel, struct cal_error *err);
+
+/* The calibration algorithm's own report (GPTQ: per linear, the layers
+ * that fell back; docs/gptq.md), written under "gptq" in the report;
+ * referenced, not stolen. */
+void cal_exporter_set_algorithm_report(struct cal_exporter *ex, json_t *report);
 
 /* Wall-clock seconds to add to the report under phase `name` (e.g.
  * "calibrate"); the exporter times its own phases itself. */

@@ -43,6 +43,10 @@ struct xlin {
 	 * MXFP4 scales). */
 	int bmm;
 	int64_t bmm_rows;
+	/* GPTQ (docs/gptq.md): the updated bf16 weight the layer is quantized
+	 * from (owned; freed once quantized); the scales still come from the
+	 * source weight */
+	uint16_t *gw;
 };
 
 /* A tensor copied byte for byte (maybe renamed). */
@@ -76,7 +80,7 @@ struct xmodcfg {
 
 #define XQUEUE 8                        /* layers queued + the one in work */
 #define XSLOTS 4                        /* output ring slots */
-#define XDBUF 8                         /* back-end scratch buffers */
+#define XDBUF 9                         /* back-end scratch buffers */
 #define CAL_XSTATIC (-2)                /* stage "layer": model-level tensors
 					   that need no statistics */
 
@@ -175,6 +179,7 @@ struct cal_exporter {
 	json_t *phases;                 /* object name -> seconds */
 	json_t *timeline;               /* [{t, layer, tokens_per_s}] (NULL: none given) */
 	json_t *ranks;                  /* expert parallelism (NULL: one rank) */
+	json_t *algorithm;              /* the calibration algorithm's report (GPTQ), or NULL */
 	double t_layers;
 	double sqnr_min, sqnr_sum;
 	size_t sqnr_n;
@@ -231,12 +236,6 @@ static inline int cal_export_mine(const struct cal_exporter *ex, const struct xl
 enum cal_status cal_export_parts_merge(struct cal_exporter *ex, struct cal_error *err);
 void cal_export_parts_free(struct cal_exporter *ex);
 
-#define CAL_TRY_RET(expr)                                                      \
-	do {                                                                   \
-		enum cal_status st_ = (expr);                                  \
-		if (st_ < 0)                                                   \
-			return st_;                                            \
-	} while (0)
 /* gpt_oss BMM experts (export.c): the source of one projection as bf16
  * [E * R, C] (sl: expert 0's slice; MXFP4 decoded as HF does), and the
  * per-expert transpose [E, R, cols] -> [E, cols, R] of es-byte elements

@@ -318,7 +318,7 @@ static int takes_q(const struct cal_exporter *ex, const struct xlin *x, int32_t 
 
 /* ---- back-end scratch ----------------------------------------------------------- */
 
-enum { D_W, D_OUT, D_AMAX, D_NF, D_SUMS, D_Y, D_BA, D_NF1, D_COUNT };
+enum { D_W, D_OUT, D_AMAX, D_NF, D_SUMS, D_Y, D_BA, D_NF1, D_GW, D_COUNT };
 
 static enum cal_status dneed(struct cal_exporter *ex, int k, size_t n, void **ret,
 			     struct cal_error *err)
@@ -372,7 +372,13 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: not quantized", x->name);
 	CAL_TRY_RET(dneed(ex, D_Y, n * 4, &dy, err));
 	struct cal_qfmt_io io = {dw, o, i, f->block, x->wamax, 0.0f, ex->opts.div,
-				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds};
+				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds, NULL};
+	if (x->gw) { /* GPTQ: the updated weight, on the grid of the source's scales */
+		void *dg = NULL;
+		CAL_TRY_RET(dneed(ex, D_GW, n * 2, &dg, err));
+		CAL_TRY_RET(cal_backend_upload(be, dg, x->gw, n * 2, err));
+		io.qw = dg;
+	}
 	if (f->tensor_scale_of) {
 		io.scale = f->tensor_scale_of(x->wamax, ex->opts.div);
 		CAL_TRY_RET(cal_export_check_scale(x->name, f->tensor_scale, io.scale, err));
@@ -608,6 +614,10 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			struct xlin *x = &ex->lin[i];
 			if (takes_q(ex, x, L))
 				keep_sums(ex, x, hs + x->soff);
+			if (x->layer == L) { /* GPTQ's updated weight, used */
+				free(x->gw);
+				x->gw = NULL;
+			}
 		}
 		p->n_quantized += nq;
 	}
