@@ -104,6 +104,8 @@ struct cal_gptq_run {
 	uint64_t shadow_cap[F_COUNT];
 	float *bamax;              /* back end block amax scratch */
 	uint64_t bamax_cap;
+	float *du, *work;          /* back end: U, the update's rows */
+	uint64_t du_cap, work_cap;
 	float *dwamax;             /* back end [E] */
 	struct cal_nonfinite *dnf;
 	struct cal_layer_w use;    /* pass 2's weights */
@@ -250,7 +252,8 @@ void cal_gptq_free_run(struct cal_calib *c)
 		cal_backend_dealloc(c->be, g->save);
 	g->save = NULL;
 	g->save_cap = 0;
-	void *b[] = {g->obs_save, g->nf_save, g->qbuf, g->sbuf, g->bamax, g->dwamax, g->dnf};
+	void *b[] = {g->obs_save, g->nf_save, g->qbuf, g->sbuf, g->bamax, g->dwamax, g->dnf,
+		     g->du, g->work};
 	for (size_t i = 0; i < CAL_ARRAY_LEN(b); i++)
 		cal_backend_dealloc(c->be, b[i]);
 	g->obs_save = NULL;
@@ -259,6 +262,8 @@ void cal_gptq_free_run(struct cal_calib *c)
 	g->bamax = g->dwamax = NULL;
 	g->dnf = NULL;
 	g->q_cap = g->bamax_cap = 0;
+	g->du = g->work = NULL;
+	g->du_cap = g->work_cap = 0;
 	for (int f = 0; f < F_COUNT; f++) {
 		cal_backend_dealloc(c->be, g->shadow[f]);
 		g->shadow[f] = NULL;
@@ -612,7 +617,7 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 {
 	struct cal_gptq_run *g = c->gq;
 	enum cal_status st = CAL_OK;
-	float *hsum = NULL;
+	float *hsum = NULL, *u = NULL;
 	int have_site = -1;
 	double t0 = cal_now();
 	struct cal_layer_w dw = *w;
@@ -642,23 +647,7 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 			have_site = gl->site;
 		}
 		gl->n_samples = g->hn[gl->site];
-		if (!(ga > 0.0f)) { /* all-zero weights: nothing to update */
-			memcpy(gl->upd, gl->orig, n * 2);
-		} else {
-			struct cal_gptq_nvfp4 q = {gl->ba, ga, 448.0f, g->div};
-			/* modelopt's logged error costs two more W H W^T: small linears only */
-			g->o.no_rel_err = C > 1024;
-			/* no rows seen: H = 0, which no damping makes positive definite:
-			 * the identity fallback, as modelopt */
-			st = cal_gptq_nvfp4(c->host, gl->orig, R, C, hsum,
-					    gl->n_samples ? gl->n_samples : 1, &g->o, &q, gl->upd,
-					    &gl->st, err);
-			if (st < 0) {
-				cal_error_wrap(err, st, "gptq: %s", mod_name(c, gl->mod));
-				goto out;
-			}
-		}
-		/* pass 2's weight: the updated one, fake-quantized with the same scales */
+		/* pass 2's weight lives in the shadow of its field */
 		int f = gl->f;
 		if (*field(&g->use, f) != g->shadow[f]) {
 			uint64_t tot = field_n(c, lh, f) * 2;
@@ -668,20 +657,49 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 			*field(&g->use, f) = g->shadow[f];
 		}
 		uint16_t *dst = g->shadow[f] + gl->at;
-		if ((st = cal_backend_upload(c->be, dst, gl->upd, n * 2, err)) < 0)
+		if ((st = grow(c, (void **)&g->bamax, &g->bamax_cap, n / 16 * 4, err)) < 0 ||
+		    (st = cal_backend_upload(c->be, g->bamax, gl->ba, n / 16 * 4, err)) < 0)
 			goto out;
-		if ((st = grow(c, (void **)&g->bamax, &g->bamax_cap, n / 16 * 4, err)) < 0)
+		if (ga > 0.0f) {
+			/* the factor on the host (f64), the update on the back end; no rows
+			 * seen: H = 0, which no damping makes positive definite: the
+			 * identity fallback, as modelopt */
+			free(u);
+			if (!(u = malloc(C * C * 4))) {
+				st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+				goto out;
+			}
+			st = cal_gptq_factor(c->host, gl->orig, R, C, hsum,
+					     gl->n_samples ? gl->n_samples : 1, &g->o, u, &gl->st, err);
+			if (st < 0) {
+				cal_error_wrap(err, st, "gptq: %s", mod_name(c, gl->mod));
+				goto out;
+			}
+			uint64_t bs = g->o.block_size;
+			if ((st = grow(c, (void **)&g->du, &g->du_cap, C * C * 4, err)) < 0 ||
+			    (st = grow(c, (void **)&g->work, &g->work_cap, (C + bs) * R * 4, err)) < 0 ||
+			    (st = cal_backend_upload(c->be, g->du, u, C * C * 4, err)) < 0)
+				goto out;
+			struct cal_gptq_update_args ua = {*field(&dw, f) + gl->at, R, C, g->du, g->bamax,
+							  ga, 448.0f, g->div, (uint32_t)bs, g->work,
+							  dst};
+			if ((st = cal_op_gptq_update(c->be, &ua, err)) < 0 ||
+			    (st = cal_backend_download(c->be, gl->upd, dst, n * 2, err)) < 0)
+				goto out;
+		} /* else all-zero weights: nothing to update, the shadow holds them */
+		else if ((st = cal_backend_download(c->be, gl->upd, dst, n * 2, err)) < 0) {
 			goto out;
-		if ((st = cal_backend_upload(c->be, g->bamax, gl->ba, n / 16 * 4, err)) < 0 ||
-		    (st = fq_static(c, dst, dst, R, C, g->bamax, ga, err)) < 0 ||
+		}
+		/* pass 2 quantizes the updated weight with the same scales (the
+		 * scratch buffers are reused by the next linear: wait) */
+		if ((st = fq_static(c, dst, dst, R, C, g->bamax, ga, err)) < 0 ||
 		    (st = cal_backend_sync(c->be, err)) < 0)
 			goto out;
 		json_t *o = json_pack("{s:s, s:i, s:I, s:I, s:f, s:b, s:o}", "module",
 				      mod_name(c, gl->mod), "layer", (int)g->L, "n_samples",
 				      (json_int_t)gl->n_samples, "dead_columns",
 				      (json_int_t)gl->st.dead_cols, "damp", gl->st.damp, "fallback",
-				      gl->st.fallback, "relative_error",
-				      isnan(gl->st.rel_err) ? json_null() : json_real(gl->st.rel_err));
+				      gl->st.fallback, "relative_error", json_null());
 		if (o)
 			json_array_append_new(g->report, o);
 		if (gl->st.fallback)
@@ -695,6 +713,9 @@ out:
 		g->lin[i].ba = NULL;
 	}
 	free(hsum);
+	free(u);
+	if (st >= 0)
+		st = cal_backend_sync(c->be, err);
 	g->t_solve += cal_now() - t0;
 	return st;
 }
