@@ -41,13 +41,13 @@ static void awq_scale(const float *act, const float *ws, uint64_t cols, float a,
 		s[c] = s[c] / d;
 }
 
-/* amax[b] = max |w| over the b-th 128-block of the n (a multiple of 128) values. */
-static void block_amax(const uint16_t *w, uint64_t n, float *amax)
+/* amax[b] = max |w| over the b-th block of blk values (n a multiple of blk). */
+static void block_amax(const uint16_t *w, uint64_t n, uint64_t blk, float *amax)
 {
-	for (uint64_t b = 0; b < n / BLK; b++) {
+	for (uint64_t b = 0; b < n / blk; b++) {
 		float m = 0.0f;
-		for (int k = 0; k < BLK; k++) {
-			float a = fabsf(bf(w[b * BLK + k]));
+		for (uint64_t k = 0; k < blk; k++) {
+			float a = fabsf(bf(w[b * blk + k]));
 			m = a > m ? a : m;
 		}
 		amax[b] = m;
@@ -223,23 +223,25 @@ enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, u
 	}
 	for (uint64_t i = 0; i < rows * cols; i++)
 		out->w[i] = tobf(bf(w[i]) * s[i % cols]);
-	block_amax(out->w, rows * cols, out->w_amax);
+	block_amax(out->w, rows * cols, BLK, out->w_amax);
 done:
 	free(act), free(ws), free(s), free(acc);
 	return rc;
 }
 
-/* ---- export fold (docs/awq.md "Export") ------------------------------------------- */
+/* ---- export fold (docs/awq.md "Export", docs/smoothquant.md "Export") ------------------------------------------- */
 
-enum cal_status cal_awq_resmooth(uint16_t *const *w, const uint64_t *rows, size_t n,
-				 uint64_t cols, const uint16_t *const *pqs, uint16_t *avg,
-				 float *const *w_amax, struct cal_error *err)
+enum cal_status cal_resmooth_group(uint16_t *const *w, const uint64_t *rows, size_t n,
+				   uint64_t cols, uint64_t block, const uint16_t *const *pqs,
+				   uint16_t *avg, float *const *w_amax, float *in_amax,
+				   struct cal_error *err)
 {
 	if (!w || !rows || !pqs || !avg || !w_amax || !n)
-		return cal_error_set(err, CAL_ERR_INVALID, "awq export: a NULL argument or no linear");
-	if (!cols || cols % BLK)
-		return cal_error_set(err, CAL_ERR_INVALID, "awq export: input dim %llu is not a "
-				     "multiple of the INT4 block (128)", (unsigned long long)cols);
+		return cal_error_set(err, CAL_ERR_INVALID, "resmooth: a NULL argument or no linear");
+	if (!cols || !block || cols % block)
+		return cal_error_set(err, CAL_ERR_INVALID, "resmooth: input dim %llu is not a "
+				     "multiple of the weight amax block (%llu)",
+				     (unsigned long long)cols, (unsigned long long)block);
 	/* torch's CPU mean of bf16: fp32 sum in order, divided by n, rounded */
 	for (uint64_t c = 0; c < cols; c++) {
 		float sum = 0.0f;
@@ -254,8 +256,13 @@ enum cal_status cal_awq_resmooth(uint16_t *const *w, const uint64_t *rows, size_
 		if (!same) /* W * old / new in fp32, rounded to bf16 */
 			for (uint64_t j = 0; j < rows[i] * cols; j++)
 				w[i][j] = tobf(bf(w[i][j]) * bf(pqs[i][j % cols]) / bf(avg[j % cols]));
-		block_amax(w[i], rows[i] * cols, w_amax[i]);
+		block_amax(w[i], rows[i] * cols, block, w_amax[i]);
 	}
+	float m = 0.0f; /* the group's per-tensor input amax: their max */
+	for (size_t i = 0; in_amax && i < n; i++)
+		m = in_amax[i] > m ? in_amax[i] : m;
+	for (size_t i = 0; in_amax && i < n; i++)
+		in_amax[i] = m;
 	return CAL_OK;
 }
 

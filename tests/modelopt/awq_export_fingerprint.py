@@ -18,7 +18,11 @@ The fingerprint holds the state before (each linear's pre_quant_scale,
 weight) and after (the shared pre_quant_scale, each weight and its block
 amax, the norm's weight), so the C test can recompute the fold from the
 state before and compare bytes.  `--plus-one` names the norm class
-GemmaRMSNorm: modelopt folds into (1 + weight) then.
+GemmaRMSNorm: modelopt folds into (1 + weight) then.  `--smoothquant ALPHA`
+uses int8_sq's quantizers (INT8 per-channel weights, INT8 per-tensor
+inputs) and `smoothquant`: the exporter resmooths the group the same way
+(weight amax per output channel; the group's input amax becomes their
+max) but fuses nothing into the norm (docs/smoothquant.md "Export").
 
     python awq_export_fingerprint.py --out tests/modelopt/awq_export/<name>.json
 """
@@ -39,6 +43,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--plus-one", action="store_true")
+    ap.add_argument("--smoothquant", type=float, default=None, metavar="ALPHA",
+                    help="int8_sq's quantizers and smoothquant(alpha) instead of int4_awq's")
     args = ap.parse_args()
 
     import torch
@@ -92,6 +98,15 @@ def main():
         ],
         "algorithm": {"method": "awq_lite", "alpha_step": 0.1},
     }
+    if args.smoothquant is not None:
+        cfg = {
+            "quant_cfg": [
+                {"quantizer_name": "*", "enable": False},
+                {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
+                {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None}},
+            ],
+            "algorithm": {"method": "smoothquant", "alpha": args.smoothquant},
+        }
     mtq.quantize(model, cfg, forward_loop=loop)
 
     def bf16hex(t):
@@ -102,31 +117,41 @@ def main():
         return t.detach().float().reshape(-1).numpy().astype("<f4").tobytes().hex()
 
     lins = list(model.lin)
+    sq = args.smoothquant is not None
     before = [{"rows": r, "pre_quant_scale_bf16_hex": bf16hex(m.input_quantizer.pre_quant_scale),
                "weight_bf16_hex": bf16hex(m.weight)} for r, m in zip(rows, lins)]
+    if sq:
+        for b, m in zip(before, lins):
+            b["input_amax_f32_hex"] = f32hex(m.input_quantizer.amax)
     norm_before = bf16hex(model.norm.weight)
     with torch.no_grad():
         preprocess_linear_fusion(lins)
         shared = bf16hex(lins[0].input_quantizer.pre_quant_scale)
         assert all(bf16hex(m.input_quantizer.pre_quant_scale) == shared for m in lins)
-        fuse_prequant_layernorm(model.norm, lins)
+        if not sq:  # the exporter fuses into the norm for awq formats only
+            fuse_prequant_layernorm(model.norm, lins)
     after = [{"weight_bf16_hex": bf16hex(m.weight),
               "weight_amax_f32_hex": f32hex(m.weight_quantizer.amax)} for m in lins]
+    if sq:
+        for a, m in zip(after, lins):
+            a["input_amax_f32_hex"] = f32hex(m.input_quantizer.amax)
     fp = {
         "versions": {"modelopt": modelopt.__version__, "torch": torch.__version__},
         "generator": {"rows": rows, "cols": C, "tokens": T, "batch": args.batch,
                       "seed": args.seed},
         "plus_one": bool(args.plus_one),
+        "algorithm": "smoothquant" if sq else "awq_lite",
+        "amax_block": C if sq else 128,
         "before": before,
         "norm_before_bf16_hex": norm_before,
         "pre_quant_scale_bf16_hex": shared,
         "after": after,
         "norm_after_bf16_hex": bf16hex(model.norm.weight),
-        "pre_quant_scale_left": any(getattr(m.input_quantizer, "_pre_quant_scale", None)
+        "pre_quant_scale_left": not sq and any(getattr(m.input_quantizer, "_pre_quant_scale", None)
                                     is not None for m in lins),
     }
-    write_fingerprint(args.out, fp, f"modelopt AWQ export fold: {len(rows)} linears, "
-                      f"plus_one={args.plus_one}")
+    write_fingerprint(args.out, fp, f"modelopt {fp['algorithm']} export fold: {len(rows)} "
+                      f"linears, plus_one={args.plus_one}")
 
 
 if __name__ == "__main__":
