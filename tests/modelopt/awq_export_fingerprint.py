@@ -31,6 +31,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gptq_fingerprint import gen, write_fingerprint  # noqa: E402
+from smoothquant_fingerprint import sq_cfg  # noqa: E402
 
 
 def main():
@@ -99,14 +100,7 @@ def main():
         "algorithm": {"method": "awq_lite", "alpha_step": 0.1},
     }
     if args.smoothquant is not None:
-        cfg = {
-            "quant_cfg": [
-                {"quantizer_name": "*", "enable": False},
-                {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
-                {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None}},
-            ],
-            "algorithm": {"method": "smoothquant", "alpha": args.smoothquant},
-        }
+        cfg = sq_cfg(args.smoothquant)
     mtq.quantize(model, cfg, forward_loop=loop)
 
     def bf16hex(t):
