@@ -68,22 +68,32 @@ struct inv_ctx {
 	uint64_t n;
 };
 
+/* Column col of L^-1 (forward substitution), stored as row col of y. */
+static void inv_col(const struct inv_ctx *c, uint64_t col)
+{
+	uint64_t n = c->n;
+	double *y = c->y + col * n;
+	memset(y, 0, n * sizeof(double));
+	y[col] = 1.0 / c->l[col * n + col];
+	for (uint64_t i = col + 1; i < n; i++) {
+		const double *li = c->l + i * n;
+		double s = 0.0;
+		for (uint64_t k = col; k < i; k++)
+			s += li[k] * y[k];
+		y[i] = -s / li[i];
+	}
+}
+
+/* Item k: columns k and n-1-k (column col costs ~(n-col)^2 / 2, so the
+ * pairs cost the same and the threads' ranges balance). */
 static void inv_cols(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
 	struct inv_ctx *c = p;
-	uint64_t n = c->n;
 	(void)slot;
-	for (uint64_t col = begin; col < end; col++) {
-		double *y = c->y + col * n;
-		memset(y, 0, n * sizeof(double));
-		y[col] = 1.0 / c->l[col * n + col];
-		for (uint64_t i = col + 1; i < n; i++) {
-			const double *li = c->l + i * n;
-			double s = 0.0;
-			for (uint64_t k = col; k < i; k++)
-				s += li[k] * y[k];
-			y[i] = -s / li[i];
-		}
+	for (uint64_t k = begin; k < end; k++) {
+		inv_col(c, k);
+		if (c->n - 1 - k != k)
+			inv_col(c, c->n - 1 - k);
 	}
 }
 
@@ -207,7 +217,7 @@ static enum cal_status factor(struct cal_backend *host, const uint16_t *w, uint6
 		goto out;
 	if (!bad) {
 		struct inv_ctx ic = {y, a, n};
-		if ((st = cal_cpu_parallel(host, n, 8, inv_cols, &ic, err)) < 0)
+		if ((st = cal_cpu_parallel(host, (n + 1) / 2, 4, inv_cols, &ic, err)) < 0)
 			goto out;
 		/* a row c = column c of L^-1: L^-1[r][c] = a[c n + r];
 		 * U[i][j] = L^-1[n-1-i][n-1-j] = a[(n-1-j) n + (n-1-i)] */
