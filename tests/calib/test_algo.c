@@ -374,7 +374,8 @@ static void diff_one(struct cal_backend *be, const char *path)
 	json_decref(fp);
 }
 
-/* Runs fn on every *.json under $MODELOPT_ALGO_DIR/sub; fails on none. */
+/* Runs fn on every *.json under $MODELOPT_ALGO_DIR/sub but the whole-model
+ * ones (model_*.json, gptq_model_diff.py's); fails on none. */
 static void each_fingerprint(const char *sub, void (*fn)(struct cal_backend *, const char *))
 {
 	const char *root = getenv("MODELOPT_ALGO_DIR");
@@ -388,7 +389,7 @@ static void each_fingerprint(const char *sub, void (*fn)(struct cal_backend *, c
 	int n = 0;
 	while ((e = readdir(d))) {
 		size_t len = strlen(e->d_name);
-		if (len < 6 || strcmp(e->d_name + len - 5, ".json"))
+		if (len < 6 || strcmp(e->d_name + len - 5, ".json") || !strncmp(e->d_name, "model_", 6))
 			continue;
 		char path[8192];
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
