@@ -43,14 +43,6 @@
 #include "engine/calib/calib_internal.h"
 #include "engine/gptq.h"
 
-#ifndef CAL_TRY_RET
-#define CAL_TRY_RET(expr)                                                      \
-	do {                                                                   \
-		enum cal_status st_ = (expr);                                  \
-		if (st_ < 0)                                                   \
-			return st_;                                            \
-	} while (0)
-#endif
 
 /* Fields of struct cal_layer_w the passes replace. */
 enum { F_WQ, F_WK, F_WV, F_WO, F_W13, F_W2, F_S13, F_S2, F_E13, F_E2, F_COUNT };

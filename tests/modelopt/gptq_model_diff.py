@@ -28,7 +28,7 @@ exports.  Writes the result (and modelopt's per-linear code hashes) to
 
     python gptq_model_diff.py --calibd BUILD/daemon/calibd \
         --fixture-bin BUILD/tests/fixtures/calibd-fixture \
-        [--case qwen3_moe_fused] --out tests/modelopt/gptq/model_qwen3_moe_fused.json
+        [--case qwen3_moe_fused] --out tests/modelopt/gptq_model/qwen3_moe_fused.json
 """
 import argparse
 import hashlib
@@ -38,35 +38,15 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gptq_fingerprint import e2m1_round, static_fp4_cpu  # noqa: E402
+
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 
 
 def patch_modelopt_cpu(torch):
     from modelopt.torch.quantization.nn.modules import tensor_quantizer as tq
     from modelopt.torch.quantization.tensor_quant import scaled_e4m3_impl
-
-    def rnd(a):
-        return torch.where(a <= 0.25, 0.0, torch.where(a < 0.75, 0.5, torch.where(a <= 1.25, 1.0,
-               torch.where(a < 1.75, 1.5, torch.where(a <= 2.5, 2.0, torch.where(a < 3.5, 3.0,
-               torch.where(a <= 5.0, 4.0, 6.0)))))))
-
-    def static_fp4_cpu(x, amax, global_amax=None, quantize_block_scales=True,
-                       fp8_max_for_normalization=448.0, out_dtype=None, pass_through_bwd=False):
-        nb = amax.numel()
-        bs = x.numel() // nb
-        scale = amax.float() / 6.0
-        if quantize_block_scales:
-            g = global_amax.float() * (448.0 / fp8_max_for_normalization) / 6.0
-            scale = scaled_e4m3_impl(scale, g)
-        scale = scale.reshape(nb, 1)
-        xf = x.contiguous().float().reshape(nb, bs)
-        zero = scale == 0
-        safe = torch.where(zero | torch.isnan(scale) | torch.isinf(scale), torch.ones_like(scale),
-                           scale)
-        r = rnd(xf.abs() / safe) * safe
-        r = torch.where(xf >= 0, r, -r)
-        r = torch.where(zero, torch.zeros_like(r), r)
-        return r.reshape(x.shape).to(out_dtype or x.dtype)
 
     def dynamic_fp4_cpu(inputs, block_size, amax, bias, num_bits, scale_bits, *rest):
         assert block_size == 16 and num_bits == (2, 1), (block_size, num_bits)
@@ -77,11 +57,11 @@ def patch_modelopt_cpu(torch):
         bmax = x.abs().amax(dim=1, keepdim=True)
         s = torch.clamp(bmax / (6.0 * g), max=448.0).to(torch.float8_e4m3fn).float() * g
         s = torch.where(s >= 1e-5, s, torch.ones_like(s))
-        r = rnd(x.abs() / s) * s
+        r = e2m1_round(torch, x.abs() / s) * s
         r = torch.where(x >= 0, r, -r)
         return r.reshape(shape).to(dt)
 
-    tq.static_blockwise_fp4_fake_quant = static_fp4_cpu
+    tq.static_blockwise_fp4_fake_quant = static_fp4_cpu(torch, scaled_e4m3_impl)
     tq.dynamic_block_quant = dynamic_fp4_cpu
 
 
