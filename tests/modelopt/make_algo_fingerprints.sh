@@ -1,7 +1,7 @@
 #!/bin/sh
 # make_algo_fingerprints.sh — regenerates the real-modelopt fingerprints of
-# the single-linear algorithm tests (docs/gptq.md, docs/smoothquant.md) on
-# the CPU, then `meson test -C BUILD calib_algorithms` checks calibd
+# the single-linear algorithm tests (docs/gptq.md, docs/smoothquant.md,
+# docs/awq.md) on the CPU, then `meson test -C BUILD calib_algorithms` checks calibd
 # against them.
 #
 #   sh tests/modelopt/make_algo_fingerprints.sh [PYTHON]
@@ -26,3 +26,7 @@ A="$HERE/awq_fingerprint.py"
 "$PY" "$A" --out "$HERE/awq/int4_64x256.json"
 "$PY" "$A" --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
 	--out "$HERE/awq/int4_32x512_s005.json"
+E="$HERE/awq_export_fingerprint.py"
+"$PY" "$E" --out "$HERE/awq_export/int4_qkv_256.json"
+"$PY" "$E" --rows 48,48 --cols 384 --seed 5 --plus-one --out "$HERE/awq_export/int4_gu_384_plus1.json"
+"$PY" "$E" --smoothquant 0.5 --seed 9 --out "$HERE/awq_export/int8_sq_qkv_256_a05.json"
