@@ -15,6 +15,7 @@
 #include "api/sha256.h"
 #include "common/device.h"
 #include "common/jsonscan.h"
+#include "common/parse.h"
 #include "daemon/fsutil.h"
 #include "engine/recipe/qformat.h"
 #include "engine/st/st_writer.h"
@@ -344,15 +345,13 @@ int cal_dataset_resolve(char *const *catalog, size_t n, const char *ref, const c
 	*ret_samples = 0;
 	size_t nl = strcspn(ref, ":");
 	if (ref[nl] == ':') {
-		char *end;
-		errno = 0;
-		long v = strtol(ref + nl + 1, &end, 10);
-		if (errno || end == ref + nl + 1 || *end || v < 1 || v > 1000000) {
+		uint64_t v;
+		if (cal_parse_u64("sample count", ref + nl + 1, 1, 1000000, &v, NULL) < 0) {
 			snprintf(msg, msg_len, "'%.200s': the sample count after ':' must be an integer in [1, 1000000]",
 				 ref);
 			return -1;
 		}
-		*ret_samples = v;
+		*ret_samples = (long)v;
 	}
 	for (size_t i = 0; nl > 0 && i < n; i++) {
 		if (!strncmp(catalog[i], ref, nl) && catalog[i][nl] == '=') {

@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "common/fp.h"
+#include "common/parse.h"
 #include "common/util.h"
 #include "kernels/ops.h"
 
@@ -877,11 +878,11 @@ enum cal_status cal_export_pipe_init(struct cal_exporter *ex, struct cal_error *
 	p->inited = 1;
 	const char *f = getenv("CALIBD_TEST_EXPORT_FAIL_LAYER");
 	if (f && *f) {
-		char *end;
-		long v = strtol(f, &end, 10);
-		if (*end || v < -1)
-			return cal_error_set(err, CAL_ERR_INVALID, "CALIBD_TEST_EXPORT_FAIL_LAYER='%s' is "
-					     "not a layer index", f);
+		int64_t v;
+		enum cal_status st = cal_parse_i64("CALIBD_TEST_EXPORT_FAIL_LAYER", f, -1, INT32_MAX - 2,
+						   &v, err);
+		if (st < 0)
+			return st;
 		p->fail_layer = (int32_t)v + 2;
 	}
 	return CAL_OK;
