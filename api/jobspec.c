@@ -16,6 +16,7 @@
 #include "common/device.h"
 #include "common/jsonscan.h"
 #include "common/parse.h"
+#include "common/util.h"
 #include "daemon/fsutil.h"
 #include "engine/recipe/qformat.h"
 #include "engine/st/st_writer.h"
@@ -614,8 +615,10 @@ enum cal_api_err cal_jobspec_model(const json_t *req, const struct cal_jobspec_e
 		goto fail;
 	}
 	char *cfg = NULL;
-	if (asprintf(&cfg, "%s/config.json", model) < 0) {
-		ae = cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+	if (cal_path_join_checked(model, "config.json", &cfg, NULL) < 0) {
+		/* too long: path_too_long, as for the files the worker opens there */
+		if (!(ae = model_names_fit(model, prob)))
+			ae = cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
 		goto fail;
 	}
 	int has_cfg = stat(cfg, &sb) == 0 && S_ISREG(sb.st_mode);

@@ -312,7 +312,7 @@ int cal_bench_quantize(int argc, char **argv)
 		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
 	}
-	if (asprintf(&out, "%s/calibd-bench-out", parent) < 0)
+	if (!(out = cal_path_join(parent, "calibd-bench-out")))
 		return CAL_EXIT_FAILURE;
 	CAL_TRY(cal_model_desc_load(model, &d, &err));
 	if (devs.kind == CAL_DEVICE_CUDA ||

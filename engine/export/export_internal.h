@@ -199,12 +199,6 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L, struc
 uint64_t cal_export_pipe_written(const struct cal_exporter *ex);
 void cal_export_pipe_free(struct cal_exporter *ex);
 
-#define CAL_TRY_RET(expr)                                                      \
-	do {                                                                   \
-		enum cal_status st_ = (expr);                                  \
-		if (st_ < 0)                                                   \
-			return st_;                                            \
-	} while (0)
 /* gpt_oss BMM experts (export.c): the source of one projection as bf16
  * [E * R, C] (sl: expert 0's slice; MXFP4 decoded as HF does), and the
  * per-expert transpose [E, R, cols] -> [E, cols, R] of es-byte elements

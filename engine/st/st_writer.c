@@ -328,10 +328,8 @@ enum cal_status cal_st_writer_open(const char *final_dir,
 		unlinkat(w->parent_fd, w->tmp_name, AT_REMOVEDIR);
 		goto fail;
 	}
-	if (asprintf(&w->tmp_dir, "%s/%s", w->parent, w->tmp_name) < 0) {
-		w->tmp_dir = NULL;
-		goto nomem;
-	}
+	if ((st = cal_path_join_checked(w->parent, w->tmp_name, &w->tmp_dir, err)) < 0)
+		goto fail;
 	fchmod(w->tmp_fd, 0755);
 	free(tmp);
 	*ret = w;
