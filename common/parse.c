@@ -127,18 +127,29 @@ enum cal_status cal_parse_f64(const char *what, const char *s, double min, doubl
 	return CAL_OK;
 }
 
+/* A unit suffix and what it multiplies by (exact in a double). */
+struct unit {
+	const char *name;
+	double mul;
+};
+
+/* The unit named suffix (case-insensitive) in u[n], or NULL. */
+static const struct unit *unit_find(const struct unit *u, size_t n, const char *suffix)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcasecmp(suffix, u[i].name))
+			return &u[i];
+	return NULL;
+}
+
 enum cal_status cal_parse_size(const char *what, const char *s, uint64_t min, uint64_t max,
 			       uint64_t *ret, struct cal_error *err)
 {
-	static const struct {
-		const char *unit;
-		uint64_t mul;
-	} units[] = {
+	static const struct unit units[] = {
 		{"", 1}, {"b", 1},
-		{"k", 1ull << 10}, {"m", 1ull << 20}, {"g", 1ull << 30}, {"t", 1ull << 40},
-		{"kib", 1ull << 10}, {"mib", 1ull << 20}, {"gib", 1ull << 30}, {"tib", 1ull << 40},
-		{"kb", 1000ull}, {"mb", 1000000ull}, {"gb", 1000000000ull},
-		{"tb", 1000000000000ull},
+		{"k", 0x1p10}, {"m", 0x1p20}, {"g", 0x1p30}, {"t", 0x1p40},
+		{"kib", 0x1p10}, {"mib", 0x1p20}, {"gib", 0x1p30}, {"tib", 0x1p40},
+		{"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"tb", 1e12},
 	};
 	static const char expected[] = "a size (bytes, or a number with K/M/G/T, KiB/MiB/GiB/TiB "
 				       "or KB/MB/GB/TB)";
@@ -149,18 +160,14 @@ enum cal_status cal_parse_size(const char *what, const char *s, uint64_t min, ui
 			goto range; /* digits that overflow */
 		return not_a(what, s, expected, err);
 	}
-	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-		if (strcasecmp(end, units[i].unit))
-			continue;
-		if (v > UINT64_MAX / units[i].mul)
-			goto range;
-		v *= units[i].mul;
-		if (v < min || v > max)
-			goto range;
-		*ret = v;
-		return CAL_OK;
-	}
-	return not_a(what, s, expected, err);
+	const struct unit *u = unit_find(units, sizeof(units) / sizeof(units[0]), end);
+	if (!u)
+		return not_a(what, s, expected, err);
+	uint64_t mul = (uint64_t)u->mul;
+	if (v > UINT64_MAX / mul || (v *= mul) < min || v > max)
+		goto range;
+	*ret = v;
+	return CAL_OK;
 range:
 	return cal_error_set(err, CAL_ERR_RANGE, "%s: %s is outside %llu..%llu bytes", what, s,
 			     (unsigned long long)min, (unsigned long long)max);
@@ -169,27 +176,21 @@ range:
 enum cal_status cal_parse_duration(const char *what, const char *s, double min_s, double max_s,
 				   double *ret_s, struct cal_error *err)
 {
-	static const struct {
-		const char *unit;
-		double mul;
-	} units[] = {
+	static const struct unit units[] = {
 		{"", 1}, {"s", 1}, {"ms", 1e-3}, {"m", 60}, {"min", 60}, {"h", 3600},
 	};
+	static const char expected[] = "a duration (a number of seconds, or with ms, s, m or h)";
 	size_t n = s ? number_len(s, 0, 1) : 0;
+	const struct unit *u = n ? unit_find(units, sizeof(units) / sizeof(units[0]), s + n) : NULL;
 	char num[64];
 	double v;
-	if (n == 0 || n >= sizeof(num))
-		return not_a(what, s, "a duration (a number of seconds, or with ms, s, m or h)", err);
+	if (!u || n >= sizeof(num))
+		return not_a(what, s, expected, err);
 	memcpy(num, s, n);
 	num[n] = '\0';
-	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-		if (strcmp(s + n, units[i].unit))
-			continue;
-		if (to_double(num, 0, &v) < 0 || !((v *= units[i].mul) >= min_s && v <= max_s))
-			return cal_error_set(err, CAL_ERR_RANGE, "%s: %s is outside %g..%g s", what,
-					     s, min_s, max_s);
-		*ret_s = v;
-		return CAL_OK;
-	}
-	return not_a(what, s, "a duration (a number of seconds, or with ms, s, m or h)", err);
+	if (to_double(num, 0, &v) < 0 || !((v *= u->mul) >= min_s && v <= max_s))
+		return cal_error_set(err, CAL_ERR_RANGE, "%s: %s is outside %g..%g s", what, s, min_s,
+				     max_s);
+	*ret_s = v;
+	return CAL_OK;
 }
