@@ -336,14 +336,12 @@ enum cal_status cal_backend_init(enum cal_backend_kind kind, const struct cal_ba
 	case CAL_BACKEND_CUDA:
 #ifdef CAL_KERNELS_CUDA
 		if (!cuda_module(err)) {
-			be->name = "cuda";
 			st = CAL_ERR_UNSUPPORTED;
 			goto fail;
 		}
 		be->iface = cuda_mod->iface;
 		break;
 #else
-		be->name = "cuda";
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				   "back end 'cuda': this calibd was built without CUDA");
 		goto fail;
