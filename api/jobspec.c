@@ -18,6 +18,7 @@
 #include "common/parse.h"
 #include "common/util.h"
 #include "daemon/fsutil.h"
+#include "engine/calib.h"
 #include "engine/recipe/qformat.h"
 #include "engine/st/st_writer.h"
 
@@ -559,11 +560,11 @@ static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_
 static enum cal_api_err validate_options(const json_t *req, json_t *out, struct cal_api_problem *prob)
 {
 	static const char *const keys[] = {"per_expert_input_amax", "moe_calib_experts_ratio", "max_shard_size",
-					   NULL};
+					   "ranks", "comm_timeout_s", NULL};
 	json_t *o = json_object_get(req, "options");
 	int amax = 0;
 	double ratio = 0;
-	json_int_t shard = 0;
+	json_int_t shard = 0, ranks = 0, comm_timeout = 0;
 	if (o && !json_is_null(o)) {
 		if (!json_is_object(o))
 			return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options", "options must be an object");
@@ -592,12 +593,117 @@ static enum cal_api_err validate_options(const json_t *req, json_t *out, struct 
 							   "options.max_shard_size must be a byte count in 1..2^53");
 			shard = json_integer_value(z);
 		}
+		/* expert-parallel ranks (docs/expert_parallel.md): CPU ranks of a CPU
+		 * job; a GPU job runs one rank per GPU (devices, checked before) */
+		json_t *k = json_object_get(o, "ranks");
+		if (k) {
+			const json_t *dv = json_object_get(out, "devices");
+			size_t gpus = json_is_integer(dv) ? (size_t)json_integer_value(dv) : json_array_size(dv);
+			if (!json_is_integer(k) || json_integer_value(k) < 1 ||
+			    json_integer_value(k) > CAL_CALIB_MAX_RANKS)
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options.ranks",
+							   "options.ranks must be an integer in 1..%d",
+							   CAL_CALIB_MAX_RANKS);
+			ranks = json_integer_value(k);
+			if (gpus && (size_t)ranks != gpus)
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options.ranks",
+							   "options.ranks: a GPU job runs one rank per GPU (%zu "
+							   "devices), not %lld", gpus, (long long)ranks);
+		}
+		/* the deadline of every exchange between ranks (docs/deploy.md) */
+		json_t *ct = json_object_get(o, "comm_timeout_s");
+		if (ct) {
+			if (!json_is_integer(ct) || json_integer_value(ct) < 1 || json_integer_value(ct) > 86400)
+				return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "options.comm_timeout_s",
+							   "options.comm_timeout_s must be an integer in 1..86400");
+			comm_timeout = json_integer_value(ct);
+		}
 	}
 	json_t *opts = json_pack("{s:b, s:f}", "per_expert_input_amax", amax, "moe_calib_experts_ratio", ratio);
 	if (opts && shard)
 		json_object_set_new(opts, "max_shard_size", json_integer(shard));
+	if (opts && ranks)
+		json_object_set_new(opts, "ranks", json_integer(ranks));
+	if (opts && comm_timeout)
+		json_object_set_new(opts, "comm_timeout_s", json_integer(comm_timeout));
 	json_object_set_new(out, "options", opts);
 	return CAL_API_OK;
+}
+
+/*
+ * distributed {nodes, node_rank, rendezvous}: this job is node node_rank of
+ * a job run by `nodes` processes, one per node (docs/deploy.md).  The
+ * rendezvous is a file on storage every node sees, under an output root:
+ * node 0 writes it, so for node 0 it must not exist yet; the others may
+ * find it written already.  The spec records the resolved path.
+ */
+static enum cal_status spec_ranks(const json_t *spec, struct cal_job_opts *o, struct cal_error *err);
+
+static enum cal_api_err validate_distributed(const json_t *d, const struct cal_jobspec_env *env, json_t *out,
+					     struct cal_api_problem *prob)
+{
+	static const char *const keys[] = {"nodes", "node_rank", "rendezvous", NULL};
+	if (!d || json_is_null(d))
+		return CAL_API_OK;
+	if (!json_is_object(d))
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "distributed",
+					   "distributed must be an object {nodes, node_rank, rendezvous}");
+	enum cal_api_err ae = check_keys(d, keys, "distributed.", prob);
+	if (ae)
+		return ae;
+	const json_t *n = json_object_get(d, "nodes"), *r = json_object_get(d, "node_rank");
+	if (!json_is_integer(n) || json_integer_value(n) < 1 || json_integer_value(n) > CAL_CALIB_MAX_RANKS)
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "distributed.nodes",
+					   "distributed.nodes must be an integer in 1..%d", CAL_CALIB_MAX_RANKS);
+	json_int_t nodes = json_integer_value(n);
+	if (!json_is_integer(r) || json_integer_value(r) < 0 || json_integer_value(r) >= nodes)
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "distributed.node_rank",
+					   "distributed.node_rank must be an integer in 0..%lld",
+					   (long long)nodes - 1);
+	json_int_t rank = json_integer_value(r);
+	/* the ranks in all: nodes times this node's, as the worker will count them */
+	struct cal_job_opts o = {0};
+	struct cal_error err = {0};
+	json_t *part = json_pack("{s:O?, s:O?, s:{s:I, s:I, s:s}}", "devices", json_object_get(out, "devices"),
+				 "options", json_object_get(out, "options"), "distributed", "nodes", nodes,
+				 "node_rank", rank, "rendezvous", "-");
+	enum cal_status st = part ? spec_ranks(part, &o, &err) : cal_error_set(&err, CAL_ERR_NOMEM, "out of memory");
+	json_decref(part);
+	if (st < 0) {
+		ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "distributed.nodes", "distributed: %s",
+					 cal_error_msg(&err));
+		cal_error_clear(&err);
+		return ae;
+	}
+	char *rv = NULL;
+	const json_t *p = json_object_get(d, "rendezvous");
+	ae = get_path(p, "distributed.rendezvous", env->output_roots, env->n_output_roots, 0, &rv, prob);
+	if (ae == CAL_API_ERR_OUTPUT_EXISTS && rank > 0) {
+		/* a follower: the leader may have written it already */
+		cal_api_problem_clear(prob);
+		ae = get_path(p, "distributed.rendezvous", env->output_roots, env->n_output_roots, 1, &rv, prob);
+	}
+	if (ae)
+		return ae;
+	json_object_set_new(out, "distributed", json_pack("{s:I, s:I, s:s}", "nodes", nodes, "node_rank", rank,
+							  "rendezvous", rv));
+	free(rv);
+	return CAL_API_OK;
+}
+
+enum cal_status cal_jobspec_node_ranks(struct cal_job_opts *o, unsigned nodes, unsigned node_rank,
+				       struct cal_error *err)
+{
+	unsigned local = cal_job_local_ranks(&o->ranks, &o->devices);
+	if (!nodes || node_rank >= nodes)
+		return cal_error_set(err, CAL_ERR_INVALID, "node %u of %u nodes", node_rank, nodes);
+	if (!local || (uint64_t)local * nodes > CAL_CALIB_MAX_RANKS)
+		return cal_error_set(err, CAL_ERR_INVALID, "%u nodes of %u ranks: at most %d ranks in all",
+				     nodes, local, CAL_CALIB_MAX_RANKS);
+	o->ranks.local = local;
+	o->ranks.world = local * nodes;
+	o->ranks.first = local * node_rank;
+	return CAL_OK;
 }
 
 enum cal_api_err cal_jobspec_model(const json_t *req, const struct cal_jobspec_env *env, char **ret_real,
@@ -639,7 +745,8 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 				      json_t **ret_spec, struct cal_api_problem *prob)
 {
 	static const char *const keys[] = {"name", "model", "recipe", "recipe_yaml", "qformat", "calibration", "output",
-					   "devices", "priority", "options", "timeout_s", "evaluate", NULL};
+					   "devices", "priority", "options", "timeout_s", "evaluate", "distributed",
+					   NULL};
 	enum cal_api_err ae;
 	char *model = NULL, *output = NULL;
 	*ret_spec = NULL;
@@ -686,6 +793,8 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 			   &output, prob)) ||
 	    (ae = output_names_fit(output, prob)))
 		goto fail;
+	if ((ae = validate_distributed(json_object_get(req, "distributed"), env, out, prob)))
+		goto fail;
 	if (cal_path_under(output, model) || cal_path_under(model, output)) {
 		ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "output",
 					 "output must not overlap the model directory");
@@ -721,9 +830,8 @@ enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job 
 	const json_t *cal = json_object_get(spec, "calibration");
 	const json_t *opts = json_object_get(spec, "options");
 	const json_t *ds = json_object_get(cal, "datasets");
-	const json_t *dev = json_object_get(spec, "devices");
 	struct cal_job_opts *o = &ret->opts;
-	size_t i, n_gpus = 0;
+	size_t i;
 	json_t *x;
 	memset(ret, 0, sizeof(*ret));
 	o->model_dir = json_string_value(json_object_get(spec, "model"));
@@ -761,6 +869,15 @@ enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job 
 	o->moe_calib_experts_ratio = json_number_value(json_object_get(opts, "moe_calib_experts_ratio"));
 	json_int_t shard = json_integer_value(json_object_get(opts, "max_shard_size"));
 	o->max_shard_bytes = shard > 0 ? (uint64_t)shard : 0;
+	return spec_ranks(spec, o, err);
+}
+
+/* The spec's devices, options.ranks and distributed as the engine's
+ * devices and rank layout (cal_jobspec_job_opts). */
+static enum cal_status spec_ranks(const json_t *spec, struct cal_job_opts *o, struct cal_error *err)
+{
+	const json_t *dev = json_object_get(spec, "devices");
+	size_t n_gpus = 0;
 	if (json_is_integer(dev))
 		n_gpus = (size_t)json_integer_value(dev);
 	else if (json_is_array(dev))
@@ -773,7 +890,23 @@ enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job 
 				     CAL_DEVICES_MAX);
 	o->devices.kind = n_gpus ? CAL_DEVICE_CUDA : CAL_DEVICE_CPU;
 	o->devices.n = n_gpus;
-	for (i = 0; i < n_gpus; i++)
+	for (size_t i = 0; i < n_gpus; i++)
 		o->devices.ids[i] = (int)i;
-	return CAL_OK;
+	json_int_t ranks = json_integer_value(json_object_get(json_object_get(spec, "options"), "ranks"));
+	if (ranks < 0 || ranks > CAL_CALIB_MAX_RANKS)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: options.ranks %lld out of range",
+				     (long long)ranks);
+	o->ranks.local = (unsigned)ranks;
+	json_int_t ct = json_integer_value(json_object_get(json_object_get(spec, "options"), "comm_timeout_s"));
+	o->ranks.timeout_ms = ct > 0 && ct <= 86400 ? (unsigned)ct * 1000u : 0;
+	const json_t *dist = json_object_get(spec, "distributed");
+	if (!dist)
+		return CAL_OK;
+	json_int_t nodes = json_integer_value(json_object_get(dist, "nodes"));
+	json_int_t rank = json_integer_value(json_object_get(dist, "node_rank"));
+	o->ranks.rendezvous = json_string_value(json_object_get(dist, "rendezvous"));
+	if (nodes < 1 || nodes > CAL_CALIB_MAX_RANKS || rank < 0 || rank >= nodes)
+		return cal_error_set(err, CAL_ERR_FORMAT, "job spec: distributed needs nodes and "
+				     "node_rank below it");
+	return cal_jobspec_node_ranks(o, (unsigned)nodes, (unsigned)rank, err);
 }

@@ -113,4 +113,15 @@ struct cal_jobspec_job {
 enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job *ret,
 				     struct cal_error *err);
 
+/*
+ * One job over `nodes` processes, this one node `node_rank` (docs/deploy.md):
+ * every node runs the local ranks o->ranks and o->devices give (the same
+ * number L on each), so this node holds the global ranks node_rank·L ..
+ * node_rank·L+L-1 of nodes·L.  Sets o->ranks.local, first and world (the
+ * caller sets the rendezvous).  CAL_ERR_INVALID when node_rank is not
+ * below nodes or there would be more than CAL_CALIB_MAX_RANKS ranks.
+ */
+enum cal_status cal_jobspec_node_ranks(struct cal_job_opts *o, unsigned nodes, unsigned node_rank,
+				       struct cal_error *err);
+
 #endif

@@ -53,8 +53,17 @@ enum MHD_Result cal_route_devices(struct cal_http_req *r)
 		json_array_append_new(list, json_pack("{s:i, s:s, s:s?}", "id", c->devices[i], "kind", "cuda",
 						       "job", holder));
 	}
+	/* the CPU is shared: its running jobs, each with its ranks (options.ranks) */
+	json_t *cpu = json_array();
+	for (size_t k = 0; k < d->n_jobs; k++) {
+		const struct cal_job *j = d->jobs[k];
+		if (j->state != CAL_JOB_RUNNING || !j->want_cpu)
+			continue;
+		json_int_t ranks = json_integer_value(json_object_get(json_object_get(j->spec, "options"), "ranks"));
+		json_array_append_new(cpu, json_pack("{s:s, s:I}", "job", j->id, "ranks", ranks > 0 ? ranks : 1));
+	}
 	pthread_mutex_unlock(&d->mu);
-	return cal_http_json(r, 200, json_pack("{s:o, s:b}", "devices", list, "cpu", 1));
+	return cal_http_json(r, 200, json_pack("{s:o, s:b, s:o}", "devices", list, "cpu", 1, "cpu_jobs", cpu));
 }
 
 enum MHD_Result cal_route_metrics(struct cal_http_req *r)

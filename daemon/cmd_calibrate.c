@@ -30,7 +30,7 @@ static void calibrate_usage(FILE *o)
 		"          [--seed K])\n"
 		"         [--device cpu|cuda[:i]] [--stats-out FILE] [--pad-like-modelopt]\n"
 		"         [--pad-id N] [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
-		"         [--max-gpu-mem BYTES] [--micro-batch TOKENS] [--threads N]\n"
+		"         [--max-gpu-mem BYTES] [--micro-batch TOKENS] [--threads N] [--ranks N]\n"
 		"         [--combine eager|f32] [--recipes-dir DIR] [--datasets-file FILE] [--quiet]\n"
 		"Runs the model's forward pass over the calibration tokens (JSONL lines\n"
 		"{\"input_ids\": [...]} or one {\"input_ids\": [[...], ...]}), or over datasets\n"
@@ -98,6 +98,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 		{"max-gpu-mem", required_argument, NULL, 'M'},
 		{"micro-batch", required_argument, NULL, 'b'},
 		{"threads", required_argument, NULL, 'T'},
+		{"ranks", required_argument, NULL, 'N'},
 		{"combine", required_argument, NULL, 'c'},
 		{"recipes-dir", required_argument, NULL, 'd'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -162,12 +163,17 @@ int cal_cmd_calibrate(int argc, char **argv)
 		case 'M':
 		case 'b':
 		case 'T':
-			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'T' && v > 256)) {
+		case 'N':
+			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'T' && v > 256) ||
+			    (c == 'N' && (v < 1 || v > CAL_CALIB_MAX_RANKS))) {
 				fprintf(stderr, "calibd calibrate: bad value '%s' for --%s\n", optarg,
-					c == 'M' ? "max-gpu-mem" : c == 'b' ? "micro-batch" : "threads");
+					c == 'M' ? "max-gpu-mem" : c == 'b' ? "micro-batch"
+					: c == 'T' ? "threads" : "ranks");
 				return CAL_EXIT_USAGE;
 			}
-			if (c == 'M')
+			if (c == 'N')
+				o.ranks.local = (unsigned)v;
+			else if (c == 'M')
 				o.max_mem = v;
 			else if (c == 'b')
 				o.micro_batch_tokens = v;
@@ -200,9 +206,6 @@ int cal_cmd_calibrate(int argc, char **argv)
 		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
 	}
-	if (o.devices.n > 1)
-		fprintf(stderr, "calibd calibrate: several GPUs are not used yet; running on cuda:%d\n",
-			o.devices.ids[0]);
 
 	char *calib_owned = NULL;
 	enum cal_status xs = cal_config_calib_arg("calibrate", &calib, dsfile, &calib_owned);

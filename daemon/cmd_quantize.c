@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "api/jobspec.h"
 #include "cli.h"
 #include "common/parse.h"
 #include "config.h"
@@ -33,7 +34,9 @@ static void quantize_usage(FILE *o)
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
-		"         [--max-shard-size SIZE] [--progress-fd N] [--json] [--quiet]\n"
+		"         [--max-shard-size SIZE] [--ranks N] [--progress-fd N] [--json] [--quiet]\n"
+		"         [--world N --rank-first R --rendezvous FILE]\n"
+		"         [--nodes N --node-rank I --rendezvous FILE] [--comm-timeout SECONDS]\n"
 		"         [--datasets-file FILE]\n"
 		"Calibrates the model on the data and writes the modelopt-compatible quantized\n"
 		"checkpoint into DIR (which must not exist; published atomically when done).\n"
@@ -49,6 +52,15 @@ static void quantize_usage(FILE *o)
 		"docs/recipes.md).  --max-shard-size (default 10GB, as modelopt) splits the\n"
 		"weights into model-0000k-of-0000N.safetensors plus\n"
 		"model.safetensors.index.json; one model.safetensors when smaller.\n"
+		"--ranks N splits each MoE layer's experts across N CPU ranks (cuda:0,1,...:\n"
+		"one rank per GPU); the checkpoint is the same bytes (docs/expert_parallel.md).\n"
+		"--world N --rank-first R --rendezvous FILE: this process runs ranks R.. of a\n"
+		"job of N ranks over several processes, meeting through FILE; the process of\n"
+		"rank 0 writes DIR, the others calibrate only.\n"
+		"--nodes N --node-rank I --rendezvous FILE: the same, as node I of N\n"
+		"processes (one per node) that each run the same --device GPUs or --ranks\n"
+		"(docs/deploy.md).  --comm-timeout (default 600) bounds every exchange between\n"
+		"ranks: a rank that does not answer in time fails the job naming it (exit 5).\n"
 		"docs/quantize.md.\n"
 		"Exit codes: 0 ok, 2 usage, 3 bad input (model, recipe, data, paths), 4 no disk\n"
 		"space, 5 GPU failure, 6 interrupted, 1 other.\n");
@@ -226,13 +238,53 @@ static int bad_value(struct cal_error *err)
 	return -1;
 }
 
-static int parse_count(const char *opt, const char *s, long max, int *ret)
+static int parse_range(const char *opt, const char *s, long min, long max, int *ret)
 {
 	struct cal_error err = {0};
-	uint64_t v;
-	if (cal_parse_u64(opt, s, 1, (uint64_t)max, &v, &err) < 0)
+	int64_t v;
+	if (cal_parse_i64(opt, s, min, max, &v, &err) < 0)
 		return bad_value(&err);
 	*ret = (int)v;
+	return 0;
+}
+
+static int parse_count(const char *opt, const char *s, long max, int *ret)
+{
+	return parse_range(opt, s, 1, max, ret);
+}
+
+/*
+ * --nodes N --node-rank I --rendezvous FILE: one process per node, each
+ * running the same number of local ranks L (its --device GPUs or --ranks),
+ * so node I holds the global ranks I·L .. I·L+L-1 of N·L.
+ */
+static int node_layout(struct cal_job_opts *jo, int nodes, int node_rank)
+{
+	if (!nodes) {
+		if (node_rank < 0)
+			return 0;
+		fprintf(stderr, "calibd quantize: --node-rank needs --nodes\n");
+		return -1;
+	}
+	if (jo->ranks.world || jo->ranks.first) {
+		fprintf(stderr, "calibd quantize: --nodes and --world/--rank-first exclude each other\n");
+		return -1;
+	}
+	if (node_rank < 0 || node_rank >= nodes) {
+		fprintf(stderr, "calibd quantize: --nodes %d needs --node-rank in 0..%d\n", nodes,
+			nodes - 1);
+		return -1;
+	}
+	if (nodes > 1 && !jo->ranks.rendezvous) {
+		fprintf(stderr, "calibd quantize: --nodes %d needs --rendezvous FILE\n", nodes);
+		return -1;
+	}
+	struct cal_error err = {0};
+	if (cal_jobspec_node_ranks(jo, (unsigned)nodes, (unsigned)node_rank, &err) < 0) {
+		fprintf(stderr, "calibd quantize: --nodes: %s\n", cal_error_msg(&err));
+		cal_error_clear(&err);
+		return -1;
+	}
 	return 0;
 }
 
@@ -252,6 +304,13 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"per-expert-input-amax", no_argument, NULL, 'e'},
 		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
 		{"max-shard-size", required_argument, NULL, 'z'},
+		{"ranks", required_argument, NULL, 'N'},
+		{"world", required_argument, NULL, 'W'},
+		{"rank-first", required_argument, NULL, 'f'},
+		{"rendezvous", required_argument, NULL, 'Z'},
+		{"nodes", required_argument, NULL, 'O'},
+		{"node-rank", required_argument, NULL, 'I'},
+		{"comm-timeout", required_argument, NULL, 'T'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -263,6 +322,7 @@ int cal_cmd_quantize(int argc, char **argv)
 	struct cal_job_opts jo = {0};
 	const char *calib = NULL, *device = NULL, *qformat = NULL;
 	const char *datasets_file = NULL;
+	int nodes = 0, node_rank = -1;
 	struct prog pr = {.tty = isatty(2), .fd = -1};
 	int json = 0, c, fd, n;
 	struct cal_error perr = {0};
@@ -306,6 +366,38 @@ int cal_cmd_quantize(int argc, char **argv)
 				cal_error_clear(&perr);
 				return CAL_EXIT_USAGE;
 			}
+			break;
+		case 'N':
+			if (parse_count("--ranks", optarg, CAL_CALIB_MAX_RANKS, &n) < 0)
+				return CAL_EXIT_USAGE;
+			jo.ranks.local = (unsigned)n;
+			break;
+		case 'W':
+			if (parse_count("--world", optarg, CAL_CALIB_MAX_RANKS, &n) < 0)
+				return CAL_EXIT_USAGE;
+			jo.ranks.world = (unsigned)n;
+			break;
+		case 'f':
+			if (!strcmp(optarg, "0"))
+				jo.ranks.first = 0;
+			else if (parse_count("--rank-first", optarg, CAL_CALIB_MAX_RANKS - 1, &n) < 0)
+				return CAL_EXIT_USAGE;
+			else
+				jo.ranks.first = (unsigned)n;
+			break;
+		case 'Z': jo.ranks.rendezvous = optarg; break;
+		case 'O':
+			if (parse_count("--nodes", optarg, CAL_CALIB_MAX_RANKS, &nodes) < 0)
+				return CAL_EXIT_USAGE;
+			break;
+		case 'I':
+			if (parse_range("--node-rank", optarg, 0, CAL_CALIB_MAX_RANKS - 1, &node_rank) < 0)
+				return CAL_EXIT_USAGE;
+			break;
+		case 'T':
+			if (parse_count("--comm-timeout", optarg, 86400, &n) < 0)
+				return CAL_EXIT_USAGE;
+			jo.ranks.timeout_ms = (unsigned)n * 1000u;
 			break;
 		case 'z':
 			if (cal_parse_size("--max-shard-size", optarg, 1, UINT64_MAX,
@@ -353,6 +445,8 @@ int cal_cmd_quantize(int argc, char **argv)
 		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
 	}
+	if (node_layout(&jo, nodes, node_rank) < 0)
+		return CAL_EXIT_USAGE;
 	char *calib_owned = NULL;
 	enum cal_status xs = cal_config_calib_arg("quantize", &calib, datasets_file, &calib_owned);
 	if (xs)
@@ -397,6 +491,9 @@ int cal_cmd_quantize(int argc, char **argv)
 			json_dumpf(report, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER |
 						   JSON_REAL_PRECISION(6));
 			putchar('\n');
+		} else if (jo.ranks.first) {
+			printf("calibrated ranks %u.. of %u; rank 0's process writes %s\n",
+			       jo.ranks.first, jo.ranks.world, o.out_dir);
 		} else {
 			print_summary(report);
 		}

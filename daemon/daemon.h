@@ -149,8 +149,9 @@ void cal_job_set_error(struct cal_job *j, const char *code, const char *msg);
 int cal_job_published(const struct cal_job *j);
 
 /* Removes what a worker of j left in the output's parent: directories named
- * `.NAME.tmp-<j's id>-XXXXXX` (st_writer.h), never anything else.  Call
- * without mu, when no worker of j runs. */
+ * `.NAME.tmp-<j's id>-XXXXXX` (st_writer.h), never anything else; and the
+ * rendezvous file of a node-0 job (spec "distributed").  Call without mu,
+ * when no worker of j runs. */
 void cal_job_remove_temps(const struct cal_job *j);
 
 /* Loads JOB_DIR/report.json into j->result unless it has one.  Disk read:

@@ -322,6 +322,12 @@ int cal_job_published(const struct cal_job *j)
 
 void cal_job_remove_temps(const struct cal_job *j)
 {
+	/* node 0 of a multi-process job wrote the rendezvous file (docs/deploy.md):
+	 * gone with it, so no later run meets a leader that has ended */
+	const json_t *dist = json_object_get(j->spec, "distributed");
+	const char *rv = json_string_value(json_object_get(dist, "rendezvous"));
+	if (rv && json_integer_value(json_object_get(dist, "node_rank")) == 0 && unlink(rv) == 0)
+		cal_log(CAL_LOG_INFO, "rendezvous_removed", "job", j->id, "path", rv, NULL);
 	const char *out = json_string_value(json_object_get(j->spec, "output"));
 	const char *slash = out ? strrchr(out, '/') : NULL;
 	if (!slash || !slash[1])

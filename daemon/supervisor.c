@@ -58,11 +58,16 @@ static int spawn_worker(struct cal_daemon *d, struct cal_config *cfg, struct cal
 	int p[2] = {-1, -1}, logfd = -1, nullfd = -1, hp = -1, hl = -1, hn = -1;
 	char **argv = NULL, **envp = NULL;
 	char *logpath = cal_path_join(j->dir, "log");
-	char *e_dev = devices_env(j), *e_dir = NULL;
+	char *e_dev = devices_env(j), *e_dir = NULL, *e_pt = NULL;
 	size_t nenv = 0;
 	*ret_why = NULL;
 	if (!logpath || !e_dev || asprintf(&e_dir, "CALIBD_JOB_DIR=%s", j->dir) < 0) {
 		e_dir = NULL;
+		goto out;
+	}
+	/* the worker keeps its ranks' deadline inside it (docs/deploy.md) */
+	if (asprintf(&e_pt, "CALIBD_PROGRESS_TIMEOUT_S=%g", cfg->progress_timeout_s) < 0) {
+		e_pt = NULL;
 		goto out;
 	}
 	/* a marker of an earlier run (resume_on_restart) must not speak for this one */
@@ -75,7 +80,7 @@ static int spawn_worker(struct cal_daemon *d, struct cal_config *cfg, struct cal
 	argv = calloc(cfg->n_worker_command + 2, sizeof(char *));
 	while (environ[nenv])
 		nenv++;
-	envp = calloc(nenv + 4, sizeof(char *));
+	envp = calloc(nenv + 5, sizeof(char *));
 	if (!argv || !envp)
 		goto out;
 	for (size_t i = 0; i < cfg->n_worker_command; i++)
@@ -88,6 +93,7 @@ static int spawn_worker(struct cal_daemon *d, struct cal_config *cfg, struct cal
 			envp[k++] = environ[i];
 	envp[k++] = e_dir;
 	envp[k++] = "CALIBD_PROGRESS_FD=3";
+	envp[k++] = e_pt;
 	/* a CPU job sees no GPU at all */
 	envp[k++] = e_dev;
 	if (pipe2(p, O_CLOEXEC) < 0 ||
@@ -154,6 +160,7 @@ out:
 	free(logpath);
 	free(e_dev);
 	free(e_dir);
+	free(e_pt);
 	if (rc && !*ret_why)
 		*ret_why = strdup("cannot set up the worker: out of resources");
 	return rc;

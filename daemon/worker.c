@@ -5,14 +5,19 @@
  */
 #include "worker.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api/jobspec.h"
+#include "common/parse.h"
 #include "common/util.h"
 #include "engine/eval.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
+#include "kernels/comm.h"
 #include "fsutil.h"
 
 /* The spec's evaluate {path, samples}: `calibd eval` of the published
@@ -88,6 +93,53 @@ static void evaluate(const json_t *spec, const struct cal_jobspec_job *jj, const
 	json_decref(rep);
 }
 
+/*
+ * A follower node of a multi-process job (spec "distributed", node_rank > 0)
+ * reports no progress of its own (global rank 0 does): a thread sends a
+ * heartbeat line every HEARTBEAT_S so the supervisor's progress timeout
+ * does not stop it.  Its hangs are caught by the ranks' deadline instead.
+ */
+#define HEARTBEAT_S 5
+struct heartbeat {
+	cal_worker_progress_fn progress;
+	void *ctx;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int stop;
+};
+
+static void *heartbeat_main(void *arg)
+{
+	struct heartbeat *h = arg;
+	json_t *line = json_pack("{s:s}", "event", "heartbeat");
+	pthread_mutex_lock(&h->mu);
+	while (!h->stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += HEARTBEAT_S;
+		if (pthread_cond_timedwait(&h->cv, &h->mu, &ts) == ETIMEDOUT && !h->stop && line)
+			h->progress(h->ctx, line);
+	}
+	pthread_mutex_unlock(&h->mu);
+	json_decref(line);
+	return NULL;
+}
+
+/* The ranks' deadline under the supervisor when the spec sets none: half
+ * its progress timeout (at most comm.h's default), so a rank that stops
+ * answering is reported by name before the supervisor stops the worker. */
+static void default_comm_timeout(struct cal_job_opts *o)
+{
+	const char *pt = getenv("CALIBD_PROGRESS_TIMEOUT_S");
+	double s = 0;
+	if (pt && cal_parse_f64("CALIBD_PROGRESS_TIMEOUT_S", pt, 0, 1e10, &s, NULL) < 0)
+		s = 0;
+	if (o->ranks.timeout_ms || !(s > 0))
+		return;
+	double ms = s * 1000 / 2;
+	o->ranks.timeout_ms = ms < 1000 ? 1000u : ms > CAL_COMM_DEFAULT_TIMEOUT_MS ? 0u : (unsigned)ms;
+}
+
 enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn progress, void *ctx,
 				      volatile const int *cancel, const struct cal_st_publish *publish,
 				      json_t **ret_report, struct cal_error *err)
@@ -100,13 +152,30 @@ enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn
 		.cancel = cancel,
 		.publish = publish,
 	};
+	struct heartbeat hb = {.progress = progress, .ctx = ctx};
+	pthread_t hb_thread;
+	int hb_started = 0;
 	enum cal_status st = cal_jobspec_job_opts(spec, &jj, err);
 	if (st >= 0)
 		st = cal_quantize_check_output(o.out_dir, err);
-	if (st >= 0)
+	if (st >= 0) {
+		default_comm_timeout(&jj.opts);
+		if (jj.opts.ranks.first > 0) {
+			pthread_mutex_init(&hb.mu, NULL);
+			pthread_cond_init(&hb.cv, NULL);
+			hb_started = pthread_create(&hb_thread, NULL, heartbeat_main, &hb) == 0;
+		}
 		st = cal_job_open(&jj.opts, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), &job, NULL, err);
+	}
 	if (st >= 0)
 		st = cal_quantize_run(job, &o, progress, ctx, ret_report, err);
+	if (hb_started) {
+		pthread_mutex_lock(&hb.mu);
+		hb.stop = 1;
+		pthread_cond_signal(&hb.cv);
+		pthread_mutex_unlock(&hb.mu);
+		pthread_join(hb_thread, NULL);
+	}
 	cal_job_close(job);
 	if (st >= 0 && *ret_report && json_is_object(json_object_get(spec, "evaluate")))
 		evaluate(spec, &jj, o.out_dir, *ret_report);

@@ -65,6 +65,8 @@ struct cal_calib_tokens {
 #define CAL_CALIB_MAX_SEQ_LEN ((size_t)1 << 20)
 #define CAL_CALIB_MAX_TOKENS ((size_t)1 << 31)
 #define CAL_CALIB_MAX_TOKEN_FILE ((size_t)4 << 30)
+/* Most ranks of one job (expert parallelism, docs/expert_parallel.md). */
+#define CAL_CALIB_MAX_RANKS 64
 
 /*
  * Reads a token file: JSONL lines {"input_ids": [...]} or one JSON object
@@ -124,6 +126,16 @@ struct cal_calib_opts {
 	void *ctx;                         /* passed to the callbacks */
 	int profile;                       /* sync at phase boundaries to time each phase
 					    * (cal_calib_perf; slows the run a little) */
+	/* expert parallelism (docs/expert_parallel.md): ranks run by this
+	 * process, one thread and one back end each (0, 1: one rank); CUDA:
+	 * rank i on cuda_devices[i] (NULL: cuda_device + i); CPU: cpu_threads
+	 * shared out.  rank_first / rank_world: the global layout (0: this
+	 * process alone), rendezvous: where processes meet (kernels/comm.h). */
+	unsigned ranks;
+	unsigned rank_first, rank_world;
+	const char *rendezvous;
+	const int *cuda_devices;
+	unsigned comm_timeout_ms;          /* deadline of each collective (0: comm.h's) */
 };
 
 /*
@@ -205,6 +217,13 @@ struct cal_calib_perf {
 	size_t n_mb;             /* micro-batches per layer */
 	int hidden_on_host;      /* hidden states kept in pinned host memory */
 	int streamed;            /* weights copied layer by layer into two arenas */
+	/* expert parallelism (docs/expert_parallel.md) */
+	unsigned ranks;          /* global ranks of the run (1: none) */
+	uint64_t comm_bytes;     /* bytes this process's ranks sent to other ranks */
+	const uint64_t *comm_layer_bytes; /* [n_layers + 1] of them per layer (last: the
+					   * final norm); owned by the engine, NULL with
+					   * one rank */
+	int32_t n_layers;
 };
 void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *ret);
 
@@ -232,5 +251,10 @@ char *cal_calib_stats_json(const struct cal_calib *c);
  * and the text cal_calib_stats_json() makes of it (heap, caller frees). */
 json_t *cal_calib_stats(const struct cal_calib *c);
 char *cal_calib_stats_dump(const json_t *stats);
+
+/* Expert parallelism of the last run (new reference): {"ranks": R,
+ * "comm_bytes": sent by this process's ranks, "comm_bytes_per_layer":
+ * [per decoder layer], "comm_bytes_final_norm"}; NULL with one rank. */
+json_t *cal_calib_ranks_json(const struct cal_calib *c);
 
 #endif

@@ -51,7 +51,30 @@ static enum cal_status check_opts(const struct cal_job_opts *o, struct cal_error
 				     (long long)o->pad_id);
 	if (o->devices.kind == CAL_DEVICE_CUDA && (o->devices.n < 1 || o->devices.n > CAL_DEVICES_MAX))
 		return cal_error_set(err, CAL_ERR_INVALID, "job: %zu CUDA devices", o->devices.n);
+	if (!cal_job_local_ranks(&o->ranks, &o->devices))
+		return cal_error_set(err, CAL_ERR_INVALID, "job: %u ranks do not fit the %zu CUDA "
+				     "devices (one rank per device)", o->ranks.local, o->devices.n);
+	unsigned local = cal_job_local_ranks(&o->ranks, &o->devices);
+	unsigned world = o->ranks.world ? o->ranks.world : local;
+	if (local > CAL_CALIB_MAX_RANKS || world > CAL_CALIB_MAX_RANKS ||
+	    (uint64_t)o->ranks.first + local > world)
+		return cal_error_set(err, CAL_ERR_INVALID, "job: ranks %u..%u of %u (at most %d)",
+				     o->ranks.first, o->ranks.first + local - 1, world,
+				     CAL_CALIB_MAX_RANKS);
+	if (world > local && !o->ranks.rendezvous)
+		return cal_error_set(err, CAL_ERR_INVALID, "job: %u of %u ranks in this process "
+				     "need a rendezvous", local, world);
 	return CAL_OK;
+}
+
+unsigned cal_job_local_ranks(const struct cal_job_ranks *r, const struct cal_devices *devices)
+{
+	if (devices->kind == CAL_DEVICE_CUDA) {
+		if (r->local && r->local != devices->n)
+			return 0;
+		return (unsigned)devices->n;
+	}
+	return r->local ? r->local : 1;
 }
 
 /* The exporter's checks of every planned output tensor against the
@@ -249,6 +272,16 @@ const char *cal_job_recipe_name(const struct cal_job *j)
 const char *cal_job_device(const struct cal_job *j)
 {
 	return j->device;
+}
+
+unsigned cal_job_ranks_local(const struct cal_job *j)
+{
+	return cal_job_local_ranks(&j->o.ranks, &j->o.devices);
+}
+
+unsigned cal_job_ranks_world(const struct cal_job *j)
+{
+	return j->o.ranks.world ? j->o.ranks.world : cal_job_ranks_local(j);
 }
 
 double cal_job_open_seconds(const struct cal_job *j)
@@ -475,9 +508,19 @@ enum cal_status cal_job_calib_open(struct cal_job *j, const struct cal_job_hooks
 		.per_expert_input_amax = o->per_expert_input_amax,
 		.moe_calib_experts_ratio = o->moe_calib_experts_ratio,
 		.combine = o->combine,
+		.ranks = cal_job_ranks_local(j),
+		.rank_first = o->ranks.first,
+		.rank_world = o->ranks.world,
+		.rendezvous = o->ranks.rendezvous,
+		.comm_timeout_ms = o->ranks.timeout_ms,
+		.cuda_devices = o->devices.kind == CAL_DEVICE_CUDA ? o->devices.ids : NULL,
 	};
 	if (co.moe_calib_experts_ratio == 0.0 && j->recipe->algo.has_moe_calib_experts_ratio)
 		co.moe_calib_experts_ratio = j->recipe->algo.moe_calib_experts_ratio;
+	if (hooks && hooks->one_rank) {
+		co.ranks = 0;
+		co.rank_first = co.rank_world = 0;
+	}
 	if (hooks) {
 		co.on_layer = hooks->on_layer;
 		co.progress = hooks->progress;
@@ -549,7 +592,7 @@ enum cal_status cal_job_eval(struct cal_job *j, const char *quant_dir,
 	struct cal_calib_tokens *tk = NULL;
 	struct cal_calib *cal = NULL;
 	struct cal_token_info ti = {0};
-	struct cal_job_hooks hooks = {0};
+	struct cal_job_hooks hooks = {.one_rank = 1}; /* evaluation: one rank */
 	enum cal_status st;
 	*ret = NULL;
 	CAL_TRY(cal_eval_check_source(cal_job_options(j)->model_dir, cal_job_checkpoint(j),

@@ -55,6 +55,36 @@ enum cal_status cal_job_datasets_parse(const char *spec, struct cal_job_dataset 
 				       size_t *ret_n, struct cal_error *err);
 void cal_job_datasets_free(struct cal_job_dataset *ds, size_t n);
 
+/*
+ * The rank layout of a job (docs/expert_parallel.md).  Each MoE layer's
+ * experts are split across the ranks; everything else runs data parallel
+ * by calibration micro-batch.  The output is byte-identical for every
+ * layout.  All zero: one rank.
+ *   - local: ranks run by this process, one thread each.  CUDA: one per
+ *     device of `devices` ("cuda:0,1" is 2 ranks; 0 takes that number, any
+ *     other value must equal it).  CPU: N ranks (0: 1), each a CPU back end
+ *     with its share of cpu_threads (at least 1).
+ *   - first, world: this process's first global rank and the number of
+ *     global ranks of the job (0: local; a single process has first 0,
+ *     world == local).  world > local needs a rendezvous.
+ *   - rendezvous: where the processes of one job meet (kernels/comm.h:
+ *     the leader's file); NULL for one process.
+ *   - timeout_ms: the deadline of every collective (0: kernels/comm.h's
+ *     default); a rank that misses it fails the job, naming the rank.
+ * Only global rank 0 calls the hooks and writes the export.
+ */
+struct cal_job_ranks {
+	unsigned local;
+	unsigned first;
+	unsigned world;
+	const char *rendezvous;
+	unsigned timeout_ms;
+};
+
+/* Ranks of this process under `r` and `devices` (the rule above), or 0
+ * when the layout is invalid. */
+unsigned cal_job_local_ranks(const struct cal_job_ranks *r, const struct cal_devices *devices);
+
 struct cal_job_opts {
 	const char *model_dir;             /* source checkpoint (config.json, safetensors) */
 	/* the recipe: exactly one of a built-in name / file path, or inline YAML */
@@ -87,6 +117,9 @@ struct cal_job_opts {
 	/* export options (engine/export/export.h) */
 	enum cal_div_mode div;             /* default CAL_DIV_RECIP (modelopt's GPU run) */
 	uint64_t max_shard_bytes;          /* 0: the exporter's default */
+
+	/* expert parallelism (docs/expert_parallel.md): the job's ranks */
+	struct cal_job_ranks ranks;
 
 	/* refuse a model whose plan would hold more quantizers than this,
 	 * estimated from config.json before the plan is built (0: no limit) */
@@ -165,6 +198,10 @@ const char *cal_job_recipe_name(const struct cal_job *j);
 /* The device the engine runs on: "cpu" or "cuda:N" (AUTO resolved at
  * open; "auto" without a back end). */
 const char *cal_job_device(const struct cal_job *j);
+/* Ranks this process runs, and the job's global rank count
+ * (struct cal_job_ranks). */
+unsigned cal_job_ranks_local(const struct cal_job *j);
+unsigned cal_job_ranks_world(const struct cal_job *j);
 /* Wall-clock seconds cal_job_open() took (the "load" phase of reports). */
 double cal_job_open_seconds(const struct cal_job *j);
 
@@ -211,6 +248,7 @@ struct cal_job_hooks {
 	cal_calib_progress_fn progress;
 	void *ctx;
 	int profile;
+	int one_rank;    /* the job's back end alone, whatever its ranks (evaluation) */
 };
 
 /*

@@ -277,6 +277,32 @@ enum cal_status cal_quantize_check_output(const char *out_dir, struct cal_error 
 	return CAL_OK;
 }
 
+/* A process of a job over several processes that does not host global
+ * rank 0 (docs/expert_parallel.md): its ranks calibrate with the others;
+ * global rank 0's process exports and publishes, this one writes nothing. */
+static enum cal_status follower_run(struct cal_job *job, json_t **ret_report,
+				    struct cal_error *err)
+{
+	struct cal_calib_tokens *tk = NULL;
+	struct cal_calib *cal = NULL;
+	enum cal_status st = CAL_OK;
+	double t = cal_now();
+	CAL_TRY(cal_job_check(job, CAL_JOB_CALIBRATE, err));
+	CAL_TRY(cal_job_tokens(job, &tk, NULL, err));
+	CAL_TRY(cal_job_calib_open(job, NULL, &cal, err));
+	CAL_TRY(cal_calib_run(cal, tk, err));
+	if (ret_report) {
+		json_t *r = cal_calib_ranks_json(cal);
+		*ret_report = json_pack("{s:i, s:f, s:o}", "rank_first",
+					(int)cal_job_options(job)->ranks.first, "calibrate_s",
+					cal_now() - t, "ranks", r ? r : json_null());
+	}
+fail:
+	cal_calib_free(cal);
+	cal_calib_tokens_free(tk);
+	return st;
+}
+
 enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_opts *opts,
 				 cal_progress_fn progress, void *progress_ctx,
 				 json_t **ret_report, struct cal_error *err)
@@ -293,6 +319,10 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 
 	if (ret_report)
 		*ret_report = NULL;
+	if (jo->ranks.first != 0) {
+		json_decref(phases);
+		return follower_run(job, ret_report, err);
+	}
 	j.t_job = cal_now() - cal_job_open_seconds(job);
 	if (!phases) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "quantize: out of memory");
@@ -354,6 +384,7 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	CAL_TRY(cal_calib_run(cal, tk, err));
 	CAL_TRY(layer_stats(&j, cal, -1, err));
 	double run_s = cal_now() - j.t_run;
+	cal_exporter_set_ranks(j.ex, cal_calib_ranks_json(cal));
 	phase_add(phases, "calibrate", run_s - j.t_export);
 	if (cancelled(&j)) {
 		st = interrupted(&j, err);

@@ -54,6 +54,12 @@ typedef void (*cal_progress_fn)(void *ctx, const json_t *event);
  * recipe, data; what cal_job_check refuses), CAL_ERR_NOSPACE,
  * CAL_ERR_DEVICE, CAL_ERR_NUMERIC, CAL_ERR_INTERRUPTED (cancelled: nothing
  * published), CAL_ERR_IO, CAL_ERR_NOMEM.
+ *
+ * Ranks (engine/job.h struct cal_job_ranks, docs/expert_parallel.md): the
+ * process that hosts global rank 0 calibrates with every rank and exports;
+ * every other process of the job calls this too, its ranks calibrate and it
+ * writes nothing (*ret_report: {rank_first, calibrate_s, ranks}).  A rank's
+ * failure fails every process's run, naming the rank.
  */
 /* The first thing cal_quantize_run() checks, for runners to check before
  * they open the job: CAL_ERR_EXISTS when out_dir exists (it is never

@@ -84,6 +84,7 @@ int cal_backend_supports(const struct cal_backend *be, enum cal_backend_feature 
 #ifdef CAL_KERNELS_CUDA
 static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
 static const struct cal_cuda_module *cuda_mod;
+static void *cuda_handle; /* for cal_backend_cuda_symbol */
 static char cuda_why[1024]; /* why the module could not be loaded */
 
 static int cuda_try(const char *path)
@@ -105,6 +106,7 @@ static int cuda_try(const char *path)
 		return -1;
 	}
 	cuda_mod = m; /* the handle stays open for the life of the process */
+	cuda_handle = h;
 	return 0;
 }
 
@@ -152,6 +154,21 @@ static const struct cal_cuda_module *cuda_module(struct cal_error *err)
 	return cuda_mod;
 }
 #endif
+
+void *cal_backend_cuda_symbol(const char *name, struct cal_error *err)
+{
+#ifdef CAL_KERNELS_CUDA
+	if (!cuda_module(err))
+		return NULL;
+	void *sym = dlsym(cuda_handle, name);
+	if (!sym)
+		cal_error_set(err, CAL_ERR_UNSUPPORTED, "libcalibd-cuda.so has no %s", name);
+	return sym;
+#else
+	cal_error_set(err, CAL_ERR_UNSUPPORTED, "this calibd was built without CUDA (no %s)", name);
+	return NULL;
+#endif
+}
 
 /* ---- memory accounting ------------------------------------------------------ */
 

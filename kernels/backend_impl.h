@@ -91,6 +91,11 @@ struct cal_cuda_module {
 
 typedef const struct cal_cuda_module *(*cal_cuda_module_get_fn)(void);
 
+/* Another entry point of the loaded module (the NCCL table, kernels/
+ * comm_impl.h), loading it first; NULL with CAL_ERR_UNSUPPORTED in err when
+ * the module or the symbol is missing. */
+void *cal_backend_cuda_symbol(const char *name, struct cal_error *err);
+
 #ifdef CAL_KERNELS_CUDA
 /* Inside the module (kernels/cuda/): */
 const struct cal_cuda_module *cal_cuda_module_get(void);

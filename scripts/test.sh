@@ -1,7 +1,7 @@
 #!/bin/sh
 # test.sh — the whole test suite, from a fresh Debian 12 machine:
 # installs what is missing, then builds and tests
-#   1. the CPU-only build            (unit and api suites)
+#   1. the CPU-only build            (unit, api and multigpu suites: CPU ranks)
 #   1a. the API contract              (api/openapi.yaml validated, then checked with
 #                                     schemathesis against a live daemon:
 #                                     scripts/api-contract.sh; tools from PyPI)
@@ -30,7 +30,7 @@ else
 	echo "recipe matrix: modelopt's recipe tree NOT available; the shared fixtures' recipes only"
 	sh scripts/build.sh build/cpu -Dcuda=disabled
 fi
-meson test -C build/cpu --num-processes "$jobs" --print-errorlogs --suite unit --suite api
+meson test -C build/cpu --num-processes "$jobs" --print-errorlogs --suite unit --suite api --suite multigpu
 echo "== 1a. API contract: openapi-spec-validator + schemathesis against a live daemon"
 sh scripts/api-contract.sh build/cpu
 

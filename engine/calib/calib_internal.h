@@ -1,6 +1,7 @@
 /*
  * calib_internal.h — state shared by the calibration engine's files
- * (calib.c: run loop, statistics, JSON; layer.c: layer weights in the
+ * (calib.c: run loop; stats.c: observers, statistics, JSON; weights.c:
+ * weight amax and upload; layer.c: layer weights in the
  * canonical layout and the decoder-layer steps).  Not for use outside
  * engine/calib/.
  */
@@ -10,6 +11,7 @@
 #include <stdint.h>
 
 #include "engine/calib.h"
+#include "kernels/comm.h"
 #include "engine/model/catalog.h"
 #include "engine/st/safetensors.h"
 
@@ -246,6 +248,20 @@ struct cal_calib {
 	int ev_quant;                    /* the forward being run is the quantized one */
 	uint16_t *x_override;            /* cal_mb_x() returns this when set */
 
+	/* expert parallelism (ranks.c): this engine is global rank `rank` of
+	 * `nranks` (1: none) and holds experts e0 .. e0 + El - 1 of every MoE
+	 * layer (one rank: 0 .. E - 1) */
+	unsigned rank, nranks;
+	int64_t e0, El;
+	struct cal_ranks *rk;            /* the process's first engine: its ranks */
+	struct cal_comm *comm;           /* during a run with ranks */
+	struct cal_ep *ep;               /* dispatch buffers (during a run) */
+	uint64_t *comm_bytes;            /* [num_layers + 1] bytes this engine's rank (the
+					  * first engine: every local rank) sent per layer;
+					  * last: the final norm */
+	int fail_layer;                  /* tests: CALIBD_TEST_RANK_FAIL=RANK:LAYER[:stall] */
+	int fail_stall;
+
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
 	struct cal_moe_host *moe;        /* [num_layers] (tokens NULL for dense) */
@@ -255,7 +271,68 @@ struct cal_calib {
 	int done_layers;
 };
 
+/* The routed experts n_experts of this rank, first .. first + n - 1, on rows
+ * x [rows, H] sorted by expert (offsets / h_offsets [n + 1] on the back end
+ * and the host): observers S_FIXED + first.. (gate_up input) and
+ * S_FIXED + E + first.. (down input), W13, SwiGLU, W2 into y [rows, H]
+ * (may be x).  row_base: the rows' index base in non-finite reports. */
+struct cal_experts_args {
+	uint16_t *x;                     /* fake-quantized in place by the evaluation */
+	uint64_t rows;
+	const uint32_t *offsets, *h_offsets;
+	uint64_t n_experts, first, row_base;
+	uint16_t *gu, *act;              /* [rows, 2I], [rows, I] scratch */
+	uint16_t *y;
+};
+
+/* ranks.c: expert parallelism (docs/expert_parallel.md) */
+struct cal_ranks;
+struct cal_ep;
+struct cal_calib_src;
+/* The rank layout of a new engine (every engine: one rank, all experts),
+ * and for opts->ranks > 1 or a global world the engines of the other
+ * local ranks. */
+enum cal_status cal_ranks_open(struct cal_calib *c, const struct cal_calib_src *src,
+			       struct cal_error *err);
+void cal_ranks_free(struct cal_calib *c);
+/* cal_calib_run over every local rank (threads), or NULL when c has none. */
+enum cal_status cal_ranks_run(struct cal_calib *c, const struct cal_calib_tokens *tokens,
+			      struct cal_error *err);
+/* One rank's run (calib.c). */
+enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_tokens *tokens,
+				   struct cal_error *err);
+/* Tests: the failure CALIBD_TEST_RANK_FAIL injects when layer L starts. */
+enum cal_status cal_ranks_test_fail(struct cal_calib *c, int32_t L, struct cal_error *err);
+/* *v = the smallest *v over the ranks. */
+enum cal_status cal_ranks_min(struct cal_calib *c, uint64_t *v, struct cal_error *err);
+/* Micro-batch i is this rank's; rounds of micro-batches per layer. */
+int cal_ranks_mine(const struct cal_calib *c, size_t i);
+size_t cal_ranks_rounds(const struct cal_calib *c);
+/* Dispatch buffers (alloc_run / free_run). */
+enum cal_status cal_ep_alloc(struct cal_calib *c, struct cal_error *err);
+void cal_ep_free(struct cal_calib *c);
+/* The routed experts of a micro-batch over the ranks: c->xg [P, H] sorted
+ * by expert (c->h_offsets) goes to the experts' owners, comes back into
+ * c->yo in the same order.  P = 0: this rank has no micro-batch in this
+ * round and only serves its experts. */
+enum cal_status cal_ep_experts(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+			       uint64_t P, struct cal_error *err);
+/* A round without a micro-batch on this rank: serves its experts. */
+enum cal_status cal_ep_idle(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+			    struct cal_error *err);
+/* Combines a layer's observers over the ranks, exactly: amax by max,
+ * non-finite counts by sum and first index by min, expert token counts by
+ * sum (am, nf: [n_slots] host; L < 0: the final norm). */
+enum cal_status cal_ep_reduce_obs(struct cal_calib *c, int32_t L, float *am,
+				  struct cal_nonfinite *nf, struct cal_error *err);
+/* The expert weight amax of layer L from their owners. */
+enum cal_status cal_ep_reduce_weights(struct cal_calib *c, int32_t L, struct cal_error *err);
+/* Bytes this rank's endpoint sent since the last call, booked on layer L. */
+void cal_ep_count_layer(struct cal_calib *c, int32_t L);
+
 /* layer.c */
+enum cal_status cal_layer_experts(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				  const struct cal_experts_args *a, struct cal_error *err);
 enum cal_status cal_layer_steps(const struct cal_calib *c, int32_t L, enum cal_step *steps,
 				int *n_steps, struct cal_error *err);
 enum cal_status cal_layer_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
@@ -368,5 +445,62 @@ void cal_prof(struct cal_calib *c, int phase);
 /* RoPE frequencies of the model (fp32, as HF computes them). */
 enum cal_status cal_rope_inv_freq(const struct cal_model_desc *d, float *inv, int64_t rd,
 				  struct cal_error *err);
+
+/* ---- shared helpers (calib.c, stats.c, weights.c, ranks.c) ---------------------- */
+
+static inline uint64_t cal_al256(uint64_t b)
+{
+	return (b + 255) & ~(uint64_t)255;
+}
+
+static inline enum cal_status cal_be_alloc(struct cal_calib *c, size_t bytes, void *ret,
+					   struct cal_error *err)
+{
+	void **r = ret;
+	return cal_backend_alloc(c->be, bytes ? bytes : 1, r, err);
+}
+
+static inline void cal_be_free(struct cal_calib *c, void *p)
+{
+	cal_backend_dealloc(c->be, p);
+}
+
+/* stats.c: the observers of one layer (L < 0: the final norm) */
+enum cal_status cal_obs_reset(struct cal_calib *c, struct cal_error *err);
+/* Reads the observers back (non-finite values are an error naming the
+ * module) into c->l_amax / the MoE statistics (every rank's, combined). */
+enum cal_status cal_obs_read_back(struct cal_calib *c, int32_t L, struct cal_error *err);
+/* The amax of plan quantizers that come from the forward pass of layer L. */
+void cal_obs_map_layer(struct cal_calib *c, int32_t L);
+
+/* weights.c: weight amax, layer bounds, staging and upload */
+void cal_w_lm_head_amax(struct cal_calib *c);
+uint64_t cal_w_layer_bytes(const struct cal_calib *c, int32_t L);
+/* host -> back end, n bytes (through the pinned ring on a device) */
+enum cal_status cal_w_copy_in(struct cal_calib *c, char *dst, const char *src, uint64_t n,
+			      struct cal_error *err);
+/* Stages layer L into arena `slot`: canonical layout, weight amax, copy. */
+enum cal_status cal_w_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
+			    struct cal_layer_w *dw, int slot, struct cal_error *err);
+/* cal_w_stage on a thread */
+struct stage_job {
+	struct cal_calib *c;
+	int32_t L;
+	struct cal_layer_host *lh;
+	struct cal_layer_w *dw;
+	int slot;
+	enum cal_status st;
+	struct cal_error err;
+};
+void *cal_w_stage_main(void *p);
+enum cal_status cal_w_fp8_decode(struct cal_calib *c, const struct cal_layer_w *w,
+				 struct cal_error *err);
+enum cal_status cal_w_fp8_amax_enqueue(struct cal_calib *c, int32_t L,
+				       const struct cal_layer_host *lh, const struct cal_layer_w *dw,
+				       struct cal_error *err);
+enum cal_status cal_w_fp8_amax_finish(struct cal_calib *c, struct cal_error *err);
+enum cal_status cal_w_expert_amax_enqueue(struct cal_calib *c, int32_t L,
+					  const struct cal_layer_w *w, struct cal_error *err);
+enum cal_status cal_w_expert_amax_finish(struct cal_calib *c, int32_t L, struct cal_error *err);
 
 #endif

@@ -417,7 +417,7 @@ static const uint16_t *expert_direct(struct cal_calib *c, int32_t L, int32_t e, 
  * lh->e2_seg) when every expert is contiguous bf16; returns 1 then. */
 static int experts_direct(struct cal_calib *c, int32_t L, struct cal_layer_host *lh)
 {
-	uint64_t E = (uint64_t)c->E;
+	uint64_t E = (uint64_t)c->El, e0 = (uint64_t)c->e0; /* this rank's experts */
 	int64_t I = c->I, H = c->H;
 	const uint16_t **g = NULL, **d = NULL;
 	if (!c->on_device)
@@ -427,9 +427,9 @@ static int experts_direct(struct cal_calib *c, int32_t L, struct cal_layer_host 
 	if (!g || !d)
 		return 0;
 	for (uint64_t e = 0; e < E; e++) {
-		g[2 * e] = expert_direct(c, L, (int32_t)e, CAL_PROJ_GATE, I, H);
-		g[2 * e + 1] = expert_direct(c, L, (int32_t)e, CAL_PROJ_UP, I, H);
-		d[e] = expert_direct(c, L, (int32_t)e, CAL_PROJ_DOWN, H, I);
+		g[2 * e] = expert_direct(c, L, (int32_t)(e0 + e), CAL_PROJ_GATE, I, H);
+		g[2 * e + 1] = expert_direct(c, L, (int32_t)(e0 + e), CAL_PROJ_UP, I, H);
+		d[e] = expert_direct(c, L, (int32_t)(e0 + e), CAL_PROJ_DOWN, H, I);
 		if (!g[2 * e] || !g[2 * e + 1] || !d[e])
 			return 0;
 	}
@@ -453,7 +453,7 @@ static int experts_fp8_deferred(struct cal_calib *c, int32_t L, struct cal_layer
 {
 	static const enum cal_role roles[] = {CAL_ROLE_EXPERT_GATE, CAL_ROLE_EXPERT_UP,
 					      CAL_ROLE_EXPERT_DOWN};
-	uint64_t E = (uint64_t)c->E;
+	uint64_t E = (uint64_t)c->El, e0 = (uint64_t)c->e0; /* this rank's experts */
 	const uint8_t **q13 = own(lh, 2 * E * sizeof(*q13)), **q2 = own(lh, E * sizeof(*q2));
 	const float **s13 = own(lh, 2 * E * sizeof(*s13)), **s2 = own(lh, E * sizeof(*s2));
 	if (!c->fp8_dev || !q13 || !q2 || !s13 || !s2)
@@ -462,13 +462,14 @@ static int experts_fp8_deferred(struct cal_calib *c, int32_t L, struct cal_layer
 		for (int k = 0; k < 3; k++) {
 			struct cal_expert_slice sl;
 			int64_t out = k == 2 ? c->H : c->I, in = k == 2 ? c->I : c->H;
-			if (cal_catalog_expert(c->cat, L, (int32_t)e, (enum cal_proj)k, &sl, NULL) < 0 ||
+			if (cal_catalog_expert(c->cat, L, (int32_t)(e0 + e), (enum cal_proj)k, &sl,
+					       NULL) < 0 ||
 			    sl.t->dtype != CAL_DTYPE_F8_E4M3 || sl.expert_index >= 0 || sl.out != out ||
 			    sl.in != in)
 				return 0;
 			const struct cal_st_tensor *si = cal_catalog_find(c->cat, roles[k],
 									  CAL_PART_SCALE_INV, L,
-									  (int32_t)e);
+									  (int32_t)(e0 + e));
 			if (cal_fp8_block_check(c->d, sl.t, si, NULL) < 0)
 				return 0;
 			if (k == 2) {
@@ -592,13 +593,16 @@ ffn:
 							   CAL_PART_WEIGHT, L, -1);
 	const struct cal_st_tensor *fdn = cal_catalog_find(c->cat, CAL_ROLE_EXPERTS_DOWN,
 							   CAL_PART_WEIGHT, L, -1);
-	lh->n_e13 = E * 2 * I * H;
-	lh->n_e2 = E * H * I;
+	/* expert parallelism: only this rank's experts e0 .. e0 + El - 1 (ranks.c) */
+	uint64_t e0 = (uint64_t)c->e0, El = (uint64_t)c->El;
+	lh->n_e13 = El * 2 * I * H;
+	lh->n_e2 = El * H * I;
 	if (w->e13) {
-		/* decoded from MXFP4 by cal_oai_stage */
+		/* decoded from MXFP4 by cal_oai_stage (every expert) */
+		w->e13 += e0 * 2 * I * H;
 	} else if (lay == CAL_LAYOUT_FUSED && fgu && fgu->dtype == CAL_DTYPE_BF16 &&
-		   fgu->numel == lh->n_e13) {
-		w->e13 = fgu->data; /* already [E, 2I, H] gate|up */
+		   fgu->numel == E * 2 * I * H) {
+		w->e13 = (const uint16_t *)fgu->data + e0 * 2 * I * H; /* already [E, 2I, H] gate|up */
 	} else if (lay != CAL_LAYOUT_FUSED && experts_direct(c, L, lh)) {
 		w->e13 = w->e2 = NULL; /* copied expert by expert by the upload */
 	} else if (lay == CAL_LAYOUT_PER_EXPERT && experts_fp8_deferred(c, L, lh)) {
@@ -607,30 +611,35 @@ ffn:
 		uint16_t *p = own(lh, lh->n_e13 * 2);
 		if (!p)
 			return cal_error_set(err, CAL_ERR_NOMEM, "layer %d: out of memory for W13", L);
-		for (uint64_t e = 0; e < E; e++) {
-			CAL_TRY(expert_copy(c, L, (int32_t)e, CAL_PROJ_GATE, p + e * 2 * I * H, (int64_t)I,
-					    (int64_t)H, err));
-			CAL_TRY(expert_copy(c, L, (int32_t)e, CAL_PROJ_UP, p + e * 2 * I * H + I * H,
+		for (uint64_t e = 0; e < El; e++) {
+			CAL_TRY(expert_copy(c, L, (int32_t)(e0 + e), CAL_PROJ_GATE, p + e * 2 * I * H,
 					    (int64_t)I, (int64_t)H, err));
+			CAL_TRY(expert_copy(c, L, (int32_t)(e0 + e), CAL_PROJ_UP,
+					    p + e * 2 * I * H + I * H, (int64_t)I, (int64_t)H, err));
 		}
 		w->e13 = p;
 	}
 	if (w->e2) {
-		/* decoded from MXFP4 by cal_oai_stage */
+		/* decoded from MXFP4 by cal_oai_stage (every expert) */
+		w->e2 += e0 * H * I;
 	} else if (lay == CAL_LAYOUT_FUSED && fdn && fdn->dtype == CAL_DTYPE_BF16 &&
-		   fdn->numel == lh->n_e2) {
-		w->e2 = fdn->data;
+		   fdn->numel == E * H * I) {
+		w->e2 = (const uint16_t *)fdn->data + e0 * H * I;
 	} else if (lh->e2_seg || lh->q2_seg) {
 		w->e2 = NULL;
 	} else {
 		uint16_t *p = own(lh, lh->n_e2 * 2);
 		if (!p)
 			return cal_error_set(err, CAL_ERR_NOMEM, "layer %d: out of memory for W2", L);
-		for (uint64_t e = 0; e < E; e++)
-			CAL_TRY(expert_copy(c, L, (int32_t)e, CAL_PROJ_DOWN, p + e * H * I, (int64_t)H,
-					    (int64_t)I, err));
+		for (uint64_t e = 0; e < El; e++)
+			CAL_TRY(expert_copy(c, L, (int32_t)(e0 + e), CAL_PROJ_DOWN, p + e * H * I,
+					    (int64_t)H, (int64_t)I, err));
 		w->e2 = p;
 	}
+	if (w->eb13) /* gpt_oss expert biases: this rank's */
+		w->eb13 += e0 * 2 * I;
+	if (w->eb2)
+		w->eb2 += e0 * H;
 	if (d->shared != CAL_SHARED_NONE) {
 		uint64_t S = (uint64_t)c->Is;
 		CAL_TRY(gate_up(c, lh, L, CAL_ROLE_SHARED_GATE, CAL_ROLE_SHARED_UP, S * H, &w->s13,
@@ -796,11 +805,62 @@ fail:
 	return st;
 }
 
+enum cal_status cal_layer_experts(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				  const struct cal_experts_args *a, struct cal_error *err)
+{
+	const struct cal_model_desc *d = c->d;
+	uint64_t H = (uint64_t)c->H, I = (uint64_t)c->I, E = (uint64_t)c->E, P = a->rows;
+	uint64_t n = a->n_experts, f = a->first;
+	const uint32_t *ho = a->h_offsets;
+	enum cal_status st = CAL_OK;
+	if (!P || !n)
+		return CAL_OK;
+	struct cal_amax_segments_args sg = {CAL_DTYPE_BF16, a->x, P, H, a->offsets, (uint32_t)n,
+					    a->row_base * H, c->obs_amax + S_FIXED + f,
+					    c->obs_nf + S_FIXED + f};
+	cal_prof(c, PH_OBS);
+	CAL_TRY(cal_op_amax_segments(c->be, &sg, err));
+	for (uint64_t e = 0; c->ev_quant && e < n; e++)
+		CAL_TRY(actq(c, L, EQ_EXP_GU, (int64_t)(f + e), a->x + (uint64_t)ho[e] * H,
+			     ho[e + 1] - ho[e], H, err));
+	cal_prof(c, PH_EXPERTS);
+	/* gpt_oss: `x @ W + b`, the bias added after the product's rounding */
+	struct cal_gemm_args g1 = {.x = a->x, .w = w->e13, .bias = w->eb13, .y = a->gu, .m = P,
+				   .n = 2 * I, .k = H, .n_groups = (uint32_t)n,
+				   .offsets = a->offsets, .w_stride = 2 * I * H,
+				   .bias_stride = 2 * I, .host_offsets = ho,
+				   .bias_after_round = 1};
+	CAL_TRY(cal_op_gemm(c->be, &g1, err));
+	if (d->act == CAL_ACT_SWIGLU_OAI)
+		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU_OAI, a->gu, a->gu + I, NULL, a->act, P, I, 2 * I,
+			      2 * I, (float)d->swiglu_limit, err));
+	else
+		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, a->gu, a->gu + I, NULL, a->act, P, I, 2 * I,
+			      2 * I, 0, err));
+	struct cal_amax_segments_args sd = {CAL_DTYPE_BF16, a->act, P, I, a->offsets, (uint32_t)n,
+					    a->row_base * I, c->obs_amax + S_FIXED + E + f,
+					    c->obs_nf + S_FIXED + E + f};
+	cal_prof(c, PH_OBS);
+	CAL_TRY(cal_op_amax_segments(c->be, &sd, err));
+	for (uint64_t e = 0; c->ev_quant && e < n; e++)
+		CAL_TRY(actq(c, L, EQ_EXP_DOWN, (int64_t)(f + e), a->act + (uint64_t)ho[e] * I,
+			     ho[e + 1] - ho[e], I, err));
+	cal_prof(c, PH_EXPERTS);
+	/* y may be x: the gathered inputs are dead once W13 ran */
+	struct cal_gemm_args g2 = {.x = a->act, .w = w->e2, .bias = w->eb2, .y = a->y, .m = P,
+				   .n = H, .k = I, .n_groups = (uint32_t)n, .offsets = a->offsets,
+				   .w_stride = H * I, .bias_stride = H,
+				   .host_offsets = ho, .bias_after_round = 1};
+	CAL_TRY(cal_op_gemm(c->be, &g2, err));
+fail:
+	return st;
+}
+
 static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 				const struct cal_mb *mb, uint16_t *x, struct cal_error *err)
 {
 	const struct cal_model_desc *d = c->d;
-	uint64_t T = mb->n_tok, H = (uint64_t)c->H, I = (uint64_t)c->I, E = (uint64_t)c->E;
+	uint64_t T = mb->n_tok, H = (uint64_t)c->H, E = (uint64_t)c->E;
 	uint64_t kk = (uint64_t)c->kk, P = T * kk;
 	enum cal_status st = CAL_OK;
 	struct cal_moe_host *mh = &c->moe[L];
@@ -832,43 +892,13 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 		mh->tokens[e] += c->h_offsets[e + 1] - c->h_offsets[e];
 	struct cal_gather_rows_args ga = {c->h, T, H, c->sorted, P, (uint32_t)kk, c->xg};
 	CAL_TRY(cal_op_gather_rows(c->be, &ga, err));
-	struct cal_amax_segments_args sg = {CAL_DTYPE_BF16, c->xg, P, H, c->offsets, (uint32_t)E,
-					    mb->tok0 * kk * H, c->obs_amax + S_FIXED,
-					    c->obs_nf + S_FIXED};
-	cal_prof(c, PH_OBS);
-	CAL_TRY(cal_op_amax_segments(c->be, &sg, err));
-	for (uint64_t e = 0; c->ev_quant && e < E; e++)
-		CAL_TRY(actq(c, L, EQ_EXP_GU, (int64_t)e, c->xg + (uint64_t)c->h_offsets[e] * H,
-			     c->h_offsets[e + 1] - c->h_offsets[e], H, err));
-	cal_prof(c, PH_EXPERTS);
-	/* gpt_oss: `x @ W + b`, the bias added after the product's rounding */
-	struct cal_gemm_args g1 = {.x = c->xg, .w = w->e13, .bias = w->eb13, .y = c->gu, .m = P,
-				   .n = 2 * I, .k = H, .n_groups = (uint32_t)E,
-				   .offsets = c->offsets, .w_stride = 2 * I * H,
-				   .bias_stride = 2 * I, .host_offsets = c->h_offsets,
-				   .bias_after_round = 1};
-	CAL_TRY(cal_op_gemm(c->be, &g1, err));
-	if (d->act == CAL_ACT_SWIGLU_OAI)
-		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU_OAI, c->gu, c->gu + I, NULL, c->act, P, I, 2 * I,
-			      2 * I, (float)d->swiglu_limit, err));
-	else
-		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->gu, c->gu + I, NULL, c->act, P, I, 2 * I,
-			      2 * I, 0, err));
-	struct cal_amax_segments_args sd = {CAL_DTYPE_BF16, c->act, P, I, c->offsets, (uint32_t)E,
-					    mb->tok0 * kk * I, c->obs_amax + S_FIXED + E,
-					    c->obs_nf + S_FIXED + E};
-	cal_prof(c, PH_OBS);
-	CAL_TRY(cal_op_amax_segments(c->be, &sd, err));
-	for (uint64_t e = 0; c->ev_quant && e < E; e++)
-		CAL_TRY(actq(c, L, EQ_EXP_DOWN, (int64_t)e, c->act + (uint64_t)c->h_offsets[e] * I,
-			     c->h_offsets[e + 1] - c->h_offsets[e], I, err));
-	cal_prof(c, PH_EXPERTS);
-	/* c->yo is c->xg: the gathered inputs are dead once W13 ran */
-	struct cal_gemm_args g2 = {.x = c->act, .w = w->e2, .bias = w->eb2, .y = c->yo, .m = P,
-				   .n = H, .k = I, .n_groups = (uint32_t)E, .offsets = c->offsets,
-				   .w_stride = H * I, .bias_stride = H,
-				   .host_offsets = c->h_offsets, .bias_after_round = 1};
-	CAL_TRY(cal_op_gemm(c->be, &g2, err));
+	if (c->nranks > 1) { /* dispatched to the experts' ranks and combined back */
+		CAL_TRY(cal_ep_experts(c, L, w, P, err));
+	} else {
+		struct cal_experts_args ea = {c->xg, P, c->offsets, c->h_offsets, E, 0,
+					      mb->tok0 * kk, c->gu, c->act, c->yo};
+		CAL_TRY(cal_layer_experts(c, L, w, &ea, err));
+	}
 	struct cal_moe_combine_args ca = {c->yo, P, c->ppos, c->idx, c->rw, T, H, (uint32_t)c->k,
 					  (uint32_t)kk, c->o.combine, c->tmp};
 	CAL_TRY(cal_op_moe_combine(c->be, &ca, err));

@@ -802,6 +802,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 	json_decref(ex->fallbacks);
 	json_decref(ex->phases);
 	json_decref(ex->timeline);
+	json_decref(ex->ranks);
 	free(ex);
 }
 
@@ -829,6 +830,12 @@ void cal_exporter_add_timeline(struct cal_exporter *ex, double t, int32_t layer,
 		ex->timeline = json_array();
 	json_array_append_new(ex->timeline, json_pack("{s:f, s:i, s:f}", "t", t, "layer", (int)layer,
 						      "tokens_per_s", tokens_per_s));
+}
+
+void cal_exporter_set_ranks(struct cal_exporter *ex, json_t *value)
+{
+	json_decref(ex->ranks);
+	ex->ranks = value;
 }
 
 /* ---- per-layer statistics (the quantizing is in pipeline.c) ----------------- */

@@ -104,6 +104,12 @@ void cal_exporter_add_phase(struct cal_exporter *ex, const char *name, double se
 void cal_exporter_add_timeline(struct cal_exporter *ex, double t, int32_t layer,
 			       double tokens_per_s);
 
+/* The calibration's expert parallelism for the report ("ranks": {ranks,
+ * comm_bytes, comm_bytes_per_layer}, docs/expert_parallel.md); value is
+ * stolen. */
+struct json_t;
+void cal_exporter_set_ranks(struct cal_exporter *ex, struct json_t *value);
+
 /* Bytes of tensor data written so far, and in total (progress). */
 uint64_t cal_exporter_bytes_written(const struct cal_exporter *ex);
 uint64_t cal_exporter_bytes_total(const struct cal_exporter *ex);

@@ -159,6 +159,7 @@ struct cal_exporter {
 	json_t *fallbacks;              /* array */
 	json_t *phases;                 /* object name -> seconds */
 	json_t *timeline;               /* [{t, layer, tokens_per_s}] (NULL: none given) */
+	json_t *ranks;                  /* expert parallelism (NULL: one rank) */
 	double t_layers;
 	double sqnr_min, sqnr_sum;
 	size_t sqnr_n;

@@ -326,6 +326,95 @@ Test(units, job_devices_and_engine_options)
 	cr_assert_eq(system(cmd), 0);
 }
 
+/* options.ranks (the CPU ranks of a CPU job; a GPU job runs one rank per
+ * GPU) and distributed {nodes, node_rank, rendezvous} (this job as one node
+ * of several) as the engine's rank layout; refusals name the field. */
+Test(units, job_ranks_and_nodes)
+{
+	char root[] = "/tmp/calibd-spec-XXXXXX", models[128], data[128], out[128], have[200];
+	spec_dirs(root, models, data, out);
+	snprintf(have, sizeof(have), "%s/rv-old", out);
+	FILE *hf = fopen(have, "w");
+	cr_assert(hf);
+	fclose(hf);
+	char *mr[] = {models}, *dr[] = {data}, *orr[] = {out};
+	static const int gpus[] = {0, 1};
+	struct cal_jobspec_env env = {.model_roots = mr, .n_model_roots = 1, .data_roots = dr, .n_data_roots = 1,
+				      .output_roots = orr, .n_output_roots = 1, .devices = gpus, .n_devices = 2};
+	/* OUT in extra is the output root */
+	static const struct {
+		const char *devices, *extra;
+		const char *field; /* NULL: accepted */
+		unsigned local, world, first;
+	} cases[] = {
+		{"\"cpu\"", "", NULL, 1, 1, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":4}", NULL, 4, 4, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":64}", NULL, 64, 64, 0},
+		{"2", ",\"options\":{\"ranks\":2}", NULL, 2, 2, 0},
+		{"\"cuda:0,1\"", "", NULL, 2, 2, 0},
+		{"2", ",\"options\":{\"ranks\":1}", "options.ranks", 0, 0, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":0}", "options.ranks", 0, 0, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":65}", "options.ranks", 0, 0, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":\"2\"}", "options.ranks", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":1,\"rendezvous\":\"OUT/rv\"}", NULL, 1, 2, 1},
+		{"2", ",\"distributed\":{\"nodes\":4,\"node_rank\":3,\"rendezvous\":\"OUT/rv\"}", NULL, 2, 8, 6},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":1,\"rendezvous\":\"OUT/rv-old\"}", NULL, 1, 2, 1},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":0,\"rendezvous\":\"OUT/rv-old\"}",
+		 "distributed.rendezvous", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":0,\"rendezvous\":\"/etc/rv\"}",
+		 "distributed.rendezvous", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":2,\"rendezvous\":\"OUT/rv\"}",
+		 "distributed.node_rank", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":0,\"node_rank\":0,\"rendezvous\":\"OUT/rv\"}",
+		 "distributed.nodes", 0, 0, 0},
+		{"\"cpu\"", ",\"options\":{\"ranks\":40},\"distributed\":{\"nodes\":2,\"node_rank\":0,"
+		 "\"rendezvous\":\"OUT/rv\"}", "distributed.nodes", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":0}", "distributed.rendezvous", 0, 0, 0},
+		{"\"cpu\"", ",\"distributed\":2", "distributed", 0, 0, 0},
+		{"\"cpu\"", ",\"options\":{\"comm_timeout_s\":30}", NULL, 1, 1, 0},
+		{"\"cpu\"", ",\"options\":{\"comm_timeout_s\":0}", "options.comm_timeout_s", 0, 0, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char body[1024], extra[400] = "";
+		const char *o = strstr(cases[i].extra, "OUT");
+		if (o)
+			snprintf(extra, sizeof(extra), "%.*s%s%s", (int)(o - cases[i].extra), cases[i].extra, out, o + 3);
+		else
+			snprintf(extra, sizeof(extra), "%s", cases[i].extra);
+		snprintf(body, sizeof(body),
+			 "{\"recipe\":\"general/ptq/fp8_default-kv_fp8\",\"model\":\"%s/m\",\"calibration\":"
+			 "{\"datasets\":[\"%s/d.jsonl\"]},\"output\":\"%s/o\",\"devices\":%s%s}",
+			 models, data, out, cases[i].devices, extra);
+		json_t *req = json_loads(body, 0, NULL), *spec = NULL;
+		cr_assert(req, "%s", body);
+		struct cal_api_problem prob = {0};
+		enum cal_api_err ae = cal_jobspec_validate(req, &env, &spec, &prob);
+		if (cases[i].field) {
+			cr_expect_neq(ae, CAL_API_OK, "%s", body);
+			cr_expect_str_eq(prob.field ? prob.field : "", cases[i].field, "%s: %s", body, prob.message);
+			cal_api_problem_clear(&prob);
+			json_decref(req);
+			continue;
+		}
+		cr_assert_eq(ae, CAL_API_OK, "%s: %s", body, prob.message);
+		json_object_set_new(spec, "recipes_dir", json_string("/recipes"));
+		struct cal_jobspec_job jj;
+		struct cal_error err = {0};
+		cr_assert_eq(cal_jobspec_job_opts(spec, &jj, &err), CAL_OK, "%s", cal_error_msg(&err));
+		unsigned local = cal_job_local_ranks(&jj.opts.ranks, &jj.opts.devices);
+		unsigned world = jj.opts.ranks.world ? jj.opts.ranks.world : local;
+		cr_expect(local == cases[i].local && world == cases[i].world && jj.opts.ranks.first == cases[i].first,
+			  "%s: ranks %u..+%u of %u", body, jj.opts.ranks.first, local, world);
+		cr_expect_eq(!!jj.opts.ranks.rendezvous, cases[i].world > cases[i].local, "%s", body);
+		cr_expect_eq(jj.opts.ranks.timeout_ms, strstr(body, "comm_timeout_s") ? 30000u : 0u, "%s", body);
+		json_decref(spec);
+		json_decref(req);
+	}
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	cr_assert_eq(system(cmd), 0);
+}
+
 /* evaluate {dataset, samples}: canonical {path, samples}, errors name the field. */
 Test(units, job_evaluate)
 {
@@ -888,6 +977,35 @@ Test(units, kubernetes_manifests)
 	free_docs(docs, n);
 }
 
+/* The `calibd quantize` arguments of a Job's first container: one
+ * --recipe that recipes/ has, and every path (--model, --calib, --out,
+ * --rendezvous) on a mounted volume.  Returns the value of --nodes= (0
+ * without). */
+static long check_quantize_args(yaml_document_t *d, yaml_node_t *r, const char *what)
+{
+	int recipes = 0;
+	long nodes = 0;
+	char q[96];
+	cr_expect_str_eq(yscalar(d, r, "spec.template.spec.containers.0.args.0"), "quantize", "%s", what);
+	for (int i = 1; i < 24; i++) {
+		snprintf(q, sizeof(q), "spec.template.spec.containers.0.args.%d", i);
+		const char *a = yscalar(d, r, q);
+		if (a && !strncmp(a, "--recipe=", 9)) {
+			cr_expect(recipe_exists(a + 9), "%s names recipe '%s', which recipes/ lacks", what, a + 9);
+			recipes++;
+		}
+		if (a && (!strncmp(a, "--model=", 8) || !strncmp(a, "--calib=", 8) || !strncmp(a, "--out=", 6) ||
+			  !strncmp(a, "--rendezvous=", 13))) {
+			const char *v = strchr(a, '=') + 1;
+			cr_expect(mounted(d, r, "spec.template.spec", v), "%s: %s is not mounted", what, a);
+		}
+		if (a && !strncmp(a, "--nodes=", 8))
+			nodes = atol(a + 8);
+	}
+	cr_expect_eq(recipes, 1, "%s passes no --recipe", what);
+	return nodes;
+}
+
 /* The Jobs of the overlays: one that runs `calibd quantize` on a GPU with
  * a recipe that exists, one that submits to the daemon and waits. */
 Test(units, kubernetes_overlays)
@@ -898,26 +1016,12 @@ Test(units, kubernetes_overlays)
 	yaml_document_t *d = &docs[0].d;
 	yaml_node_t *r = docs[0].root;
 	cr_assert_str_eq(docs[0].kind, "Job");
-	cr_expect_str_eq(yscalar(d, r, "spec.template.spec.containers.0.args.0"), "quantize");
 	cr_expect_str_eq(yscalar(d, r, "spec.template.spec.restartPolicy"), "Never");
 	cr_expect(yscalar(d, r, "spec.ttlSecondsAfterFinished"), "quantize Job without ttlSecondsAfterFinished");
 	cr_expect(tolerates_gpu(d, r, "spec.template.spec"), "the quantize Job does not tolerate nvidia.com/gpu");
-	int recipes = 0;
-	char q[96];
-	for (int i = 1; i < 16; i++) {
-		snprintf(q, sizeof(q), "spec.template.spec.containers.0.args.%d", i);
-		const char *a = yscalar(d, r, q);
-		if (a && !strncmp(a, "--recipe=", 9)) {
-			cr_expect(recipe_exists(a + 9), "the quantize Job names recipe '%s', which recipes/ lacks", a + 9);
-			recipes++;
-		}
-		if (a && (!strncmp(a, "--model=", 8) || !strncmp(a, "--calib=", 8) || !strncmp(a, "--out=", 6))) {
-			const char *v = strchr(a, '=') + 1;
-			cr_expect(mounted(d, r, "spec.template.spec", v), "%s is not mounted", a);
-		}
-	}
-	cr_expect_eq(recipes, 1, "the quantize Job passes no --recipe");
+	check_quantize_args(d, r, "the quantize Job");
 	free_docs(docs, n);
+	char q[96];
 
 	n = load_kustomization("overlays/submit-job", docs, 8);
 	cr_assert_eq(n, 1);
@@ -941,6 +1045,67 @@ Test(units, kubernetes_overlays)
 	const char *rn = json_string_value(json_object_get(j, "recipe"));
 	cr_expect(rn && recipe_exists(rn), "spec.json names recipe '%s', which recipes/ lacks", rn ? rn : "");
 	json_decref(j);
+}
+
+/* The multi-node form: an indexed Job of one pod per node (required
+ * anti-affinity on the host name), as many completions as --nodes, the
+ * completion index as --node-rank, the rendezvous file on the volume every
+ * node shares, and a headless Service named as the pods' subdomain. */
+Test(units, kubernetes_multinode)
+{
+	struct kdoc docs[8];
+	size_t n = load_kustomization("overlays/multinode", docs, 8);
+	yaml_document_t *jd = NULL, *sd = NULL;
+	yaml_node_t *jr = NULL, *sr = NULL;
+	const char *name = NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (!strcmp(docs[i].kind, "Job")) {
+			name = docs[i].name;
+			jd = &docs[i].d;
+			jr = docs[i].root;
+		} else if (!strcmp(docs[i].kind, "Service")) {
+			sd = &docs[i].d;
+			sr = docs[i].root;
+		}
+	}
+	cr_assert(jd && sd, "overlays/multinode needs a Job and a Service");
+	const char *ps = "spec.template.spec";
+	cr_expect_str_eq(yscalar(jd, jr, "spec.completionMode"), "Indexed");
+	cr_expect_str_eq(yscalar(jd, jr, "spec.template.spec.restartPolicy"), "Never");
+	cr_expect(tolerates_gpu(jd, jr, ps), "the multinode Job does not tolerate nvidia.com/gpu");
+	long nodes = check_quantize_args(jd, jr, "the multinode Job");
+	cr_expect_geq(nodes, 2, "the multinode Job passes no --nodes");
+	const char *c = yscalar(jd, jr, "spec.completions"), *p = yscalar(jd, jr, "spec.parallelism");
+	cr_expect(c && atol(c) == nodes && p && atol(p) == nodes, "completions %s, parallelism %s, --nodes %ld",
+		  c ? c : "-", p ? p : "-", nodes);
+	const char *topo = yscalar(jd, jr, "spec.template.spec.affinity.podAntiAffinity."
+				   "requiredDuringSchedulingIgnoredDuringExecution.0.topologyKey");
+	cr_expect(topo && !strcmp(topo, "kubernetes.io/hostname"), "no required anti-affinity per node");
+	const char *sel = yscalar(jd, jr, "spec.template.spec.affinity.podAntiAffinity."
+				  "requiredDuringSchedulingIgnoredDuringExecution.0.labelSelector.matchLabels.job-name");
+	cr_expect(sel && !strcmp(sel, name), "the anti-affinity does not select the Job's pods");
+	/* --node-rank from the completion index, through an env variable */
+	int rank = 0, env = 0;
+	char q[160];
+	for (int i = 1; i < 24; i++) {
+		snprintf(q, sizeof(q), "spec.template.spec.containers.0.args.%d", i);
+		const char *a = yscalar(jd, jr, q);
+		rank |= a && !strcmp(a, "--node-rank=$(NODE_RANK)");
+	}
+	for (int i = 0; i < 8; i++) {
+		snprintf(q, sizeof(q), "spec.template.spec.containers.0.env.%d.name", i);
+		const char *e = yscalar(jd, jr, q);
+		if (e && !strcmp(e, "NODE_RANK")) {
+			snprintf(q, sizeof(q), "spec.template.spec.containers.0.env.%d.valueFrom.fieldRef.fieldPath", i);
+			const char *f = yscalar(jd, jr, q);
+			env = f && strstr(f, "batch.kubernetes.io/job-completion-index") != NULL;
+		}
+	}
+	cr_expect(rank && env, "--node-rank is not the Job's completion index");
+	cr_expect_str_eq(yscalar(sd, sr, "spec.clusterIP"), "None", "the Service is not headless");
+	cr_expect_str_eq(yscalar(jd, jr, "spec.template.spec.subdomain"), yscalar(sd, sr, "metadata.name"));
+	cr_expect_str_eq(yscalar(sd, sr, "spec.selector.job-name"), name);
+	free_docs(docs, n);
 }
 
 /* Paths of a unit's ReadOnlyPaths=/ReadWritePaths=/... lines that a fresh

@@ -1,0 +1,333 @@
+/*
+ * test_ep.c — suite 'multigpu': expert parallelism in the calibration
+ * engine and the export (docs/expert_parallel.md) on CPU ranks (threads of
+ * one process, kernels/comm.h's threads implementation).  The tiny MoE
+ * fixtures quantized over R = 1, 2 and 4 ranks give the same files byte for
+ * byte (the report compared without its timings), and the same calibration
+ * statistics; a dense model runs data parallel only; a sharded output has
+ * the same shards and index; the streamed-weights path (a memory cap, the
+ * path a GPU takes) gives the same statistics; a failure injected on one
+ * rank, or one that stops answering (the others' collectives time out),
+ * fails the job naming that rank, with nothing published; two
+ * processes of one CPU rank each (TCP, rendezvous through a file) write the
+ * one-rank checkpoint.
+ *
+ * Twelve sequences of 13 tokens, two per micro-batch of 26 tokens: six
+ * micro-batches, so with 4 ranks ranks 2 and 3 have an idle round in which
+ * they only serve their experts.
+ */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "engine/job.h"
+#include "engine/quantize.h"
+#include "../quantize/qtest.h"
+
+#define RECIPE "general/ptq/nvfp4_default-kv_fp8"
+
+static struct cal_job_opts opts(const char *model, const char *tok, unsigned ranks)
+{
+	struct cal_job_opts o = {.model_dir = model, .recipe = RECIPE, .tokens = tok,
+				 .devices = {.kind = CAL_DEVICE_CPU}, .cpu_threads = ranks,
+				 .micro_batch_tokens = 26};
+	o.ranks.local = ranks;
+	o.ranks.timeout_ms = 60000;
+	return o;
+}
+
+static enum cal_status quantize(const struct cal_job_opts *o, const char *out,
+				struct cal_error *err)
+{
+	struct cal_job *j = NULL;
+	struct cal_quantize_opts qo = {.out_dir = out};
+	json_t *rep = NULL;
+	enum cal_status st = cal_job_open(o, CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), &j, NULL, err);
+	if (st >= 0)
+		st = cal_quantize_run(j, &qo, NULL, NULL, &rep, err);
+	json_decref(rep);
+	cal_job_close(j);
+	return st;
+}
+
+static char *stats(const struct cal_job_opts *o)
+{
+	struct cal_error err = {0};
+	struct cal_job *j = NULL;
+	struct cal_calib *c = NULL;
+	struct cal_calib_tokens *tk = NULL;
+	cr_assert_eq(cal_job_open(o, CAL_JOB_OPEN_FOR(CAL_JOB_CALIBRATE), &j, NULL, &err), CAL_OK,
+		     "%s", cal_error_msg(&err));
+	cr_assert_eq(cal_job_tokens(j, &tk, NULL, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_eq(cal_job_calib_open(j, NULL, &c, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_eq(cal_calib_run(c, tk, &err), CAL_OK, "ranks %u: %s", o->ranks.local,
+		     cal_error_msg(&err));
+	struct cal_calib_perf pf;
+	cal_calib_perf(c, &pf);
+	cr_assert_eq(pf.ranks, o->ranks.local ? o->ranks.local : 1);
+	cr_assert(o->ranks.local <= 1 || pf.comm_bytes > 0);
+	char *s = cal_calib_stats_json(c);
+	cal_calib_free(c);
+	cal_calib_tokens_free(tk);
+	cal_job_close(j);
+	return track(s);
+}
+
+/* The report without what depends on the run (timings, memory, ranks). */
+static char *report(const char *dir)
+{
+	char *p = path2(dir, "calibd_report.json");
+	json_t *r = json_loads(slurp(p), 0, NULL);
+	cr_assert(r, "%s", p);
+	const char *drop[] = {"phases_s", "calibration_timeline", "peak_rss_bytes", "pipeline",
+			      "ranks"};
+	for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+		json_object_del(r, drop[i]);
+	char *t = json_dumps(r, JSON_SORT_KEYS | JSON_COMPACT);
+	json_decref(r);
+	return track(t);
+}
+
+static void same_dirs(const char *a, const char *b)
+{
+	DIR *d = opendir(a);
+	struct dirent *e;
+	size_t n = 0;
+	cr_assert(d, "%s", a);
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		n++;
+		if (!strcmp(e->d_name, "calibd_report.json")) {
+			cr_assert_str_eq(report(a), report(b), "%s vs %s: calibd_report.json", a, b);
+			continue;
+		}
+		char *pa = path2(a, e->d_name), *pb = path2(b, e->d_name);
+		char *ta = NULL, *tb = NULL;
+		size_t na = 0, nb = 0;
+		cr_assert_eq(cal_read_file(pa, 256u << 20, &ta, &na, NULL), CAL_OK, "%s", pa);
+		cr_assert_eq(cal_read_file(pb, 256u << 20, &tb, &nb, NULL), CAL_OK, "%s", pb);
+		cr_assert(na == nb && !memcmp(ta, tb, na), "%s and %s differ", pa, pb);
+		free(ta);
+		free(tb);
+	}
+	closedir(d);
+	cr_assert_eq(n, cal_test_count_entries(b), "%s and %s hold different files", a, b);
+}
+
+/* Quantizes arch/layout over 1, 2 and 4 ranks: same files, same statistics. */
+static void same_over_ranks(const char *arch, const char *layout, uint64_t shard_bytes,
+			    const unsigned *ranks, size_t n_ranks)
+{
+	char *root = tmpdir();
+	char *model = make_model(root, arch, layout);
+	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
+	char *out1 = NULL, *s1 = NULL;
+	for (size_t i = 0; i < n_ranks; i++) {
+		struct cal_job_opts o = opts(model, tok, ranks[i]);
+		o.max_shard_bytes = shard_bytes;
+		char *out = NULL;
+		cr_assert(asprintf(&out, "%s/out-%u", root, ranks[i]) > 0);
+		track(out);
+		struct cal_error err = {0};
+		cr_assert_eq(quantize(&o, out, &err), CAL_OK, "%s/%s, %u ranks: %s", arch, layout,
+			     ranks[i], cal_error_msg(&err));
+		char *s = stats(&o);
+		if (!i) {
+			out1 = out;
+			s1 = s;
+			continue;
+		}
+		same_dirs(out1, out);
+		cr_assert_str_eq(s1, s, "%s: statistics of %u ranks differ from 1", arch, ranks[i]);
+	}
+	rm_rf(root);
+}
+
+static const unsigned R124[] = {1, 2, 4};
+
+Test(ep, qwen3_moe_same_bytes_over_1_2_4_ranks)
+{
+	same_over_ranks("qwen3_moe", "default", 0, R124, 3);
+}
+
+Test(ep, mixtral_same_bytes_over_1_2_4_ranks)
+{
+	same_over_ranks("mixtral", "default", 0, R124, 3);
+}
+
+Test(ep, qwen2_moe_shared_expert_same_bytes_over_1_2_4_ranks)
+{
+	same_over_ranks("qwen2_moe", "default", 0, R124, 3);
+}
+
+Test(ep, deepseek_v3_same_bytes_over_1_2_4_ranks)
+{
+	same_over_ranks("deepseek_v3", "default", 0, R124, 3);
+}
+
+Test(ep, deepseek_v3_fp8_source_same_bytes_over_1_2_ranks)
+{
+	same_over_ranks("deepseek_v3", "fp8-block16", 0, R124, 2);
+}
+
+Test(ep, gpt_oss_mxfp4_same_bytes_over_1_2_4_ranks)
+{
+	same_over_ranks("gpt_oss", "mxfp4", 0, R124, 3);
+}
+
+Test(ep, sharded_output_same_shards_and_index)
+{
+	/* small shards: several files and model.safetensors.index.json */
+	same_over_ranks("qwen3_moe", "per-expert", 40000, R124, 3);
+}
+
+Test(ep, dense_model_data_parallel)
+{
+	static const unsigned r12[] = {1, 2};
+	same_over_ranks("llama", "default", 0, r12, 2);
+}
+
+Test(ep, streamed_weights_same_statistics)
+{
+	/* a memory cap streams the weights as on a GPU: the rank's experts are
+	 * uploaded alone, their weight amax taken on the back end */
+	char *root = tmpdir();
+	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
+	const char *arch[][2] = {{"qwen3_moe", "per-expert"}, {"deepseek_v3", "fp8-block16"}};
+	for (size_t a = 0; a < 2; a++) {
+		char *model = make_model(root, arch[a][0], arch[a][1]);
+		char *s1 = NULL;
+		for (unsigned r = 1; r <= 4; r *= 2) {
+			struct cal_job_opts o = opts(model, tok, r);
+			o.max_mem = 2000000;
+			char *s = stats(&o);
+			if (r == 1)
+				s1 = s;
+			else
+				cr_assert_str_eq(s1, s, "%s: %u streamed ranks differ", arch[a][0], r);
+		}
+	}
+	rm_rf(root);
+}
+
+/* A job over 2 ranks with CALIBD_TEST_RANK_FAIL=inject fails with
+ * CAL_ERR_DEVICE naming rank 1 (needle), within the deadline, publishing
+ * nothing and leaving no temporary directory. */
+static void failing_rank(const char *arch, const char *inject, unsigned timeout_ms,
+			 const char *needle)
+{
+	char *root = tmpdir();
+	char *model = make_model(root, arch, "default");
+	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
+	char *out = path2(root, "out");
+	size_t before = cal_test_count_entries(root);
+	cr_assert_eq(setenv("CALIBD_TEST_RANK_FAIL", inject, 1), 0);
+	struct cal_job_opts o = opts(model, tok, 2);
+	o.ranks.timeout_ms = timeout_ms;
+	struct cal_error err = {0};
+	double t0 = cal_now();
+	enum cal_status st = quantize(&o, out, &err);
+	cr_assert_eq(st, CAL_ERR_DEVICE, "%d: %s", st, cal_error_msg(&err));
+	cr_assert(strstr(cal_error_msg(&err), needle), "%s", cal_error_msg(&err));
+	cr_assert(cal_now() - t0 < 30, "the deadline was not kept");
+	cal_error_clear(&err);
+	cr_assert(!cal_test_exists(out));
+	cr_assert_eq(cal_test_count_entries(root), before, "a temporary directory was left behind");
+	unsetenv("CALIBD_TEST_RANK_FAIL");
+	rm_rf(root);
+}
+
+Test(ep, failed_rank_fails_the_job_naming_it_and_publishes_nothing)
+{
+	failing_rank("qwen3_moe", "1:2", 60000, "rank 1: layer 2: injected failure");
+}
+
+Test(ep, stalled_rank_fails_the_job_at_the_deadline_naming_it)
+{
+	/* rank 0 waits for rank 1 in a collective until the deadline */
+	failing_rank("mixtral", "1:1:stall", 1000, "rank 1");
+}
+
+Test(ep, two_processes_over_tcp_write_the_one_rank_checkpoint)
+{
+	char *root = tmpdir();
+	char *model = make_model(root, "qwen2_moe", "default");
+	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
+	char *out1 = path2(root, "out-1"), *out2 = path2(root, "out-2");
+	char *rdv = path2(root, "rendezvous");
+	struct cal_job_opts o = opts(model, tok, 1);
+	struct cal_error err = {0};
+	cr_assert_eq(quantize(&o, out1, &err), CAL_OK, "%s", cal_error_msg(&err));
+	o.ranks.world = 2;
+	o.ranks.rendezvous = rdv;
+	o.ranks.timeout_ms = 30000;
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) { /* global rank 1: calibrates, writes nothing */
+		struct cal_job_opts f = o;
+		struct cal_error e = {0};
+		f.ranks.first = 1;
+		enum cal_status st = quantize(&f, out2, &e);
+		if (st < 0)
+			fprintf(stderr, "rank 1 process: %s\n", cal_error_msg(&e));
+		_exit(st < 0 ? 1 : 0);
+	}
+	enum cal_status st = quantize(&o, out2, &err);
+	int ws = 0;
+	cr_assert_eq(waitpid(pid, &ws, 0), pid);
+	cr_assert_eq(st, CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "the rank 1 process failed");
+	same_dirs(out1, out2);
+	rm_rf(root);
+}
+
+Test(ep, rank_layouts_checked_at_open)
+{
+	char *root = tmpdir();
+	char *model = make_model(root, "qwen3_moe", "default");
+	struct cal_job_opts base = opts(model, NULL, 2);
+	struct {
+		unsigned local, first, world;
+		int cuda_n;
+		const char *rdv, *needle;
+	} bad[] = {
+		{3, 0, 0, 2, NULL, "3 ranks do not fit the 2 CUDA devices"},
+		{2, 1, 2, 0, "x", "ranks 1..2 of 2"},
+		{1, 0, 2, 0, NULL, "need a rendezvous"},
+		{65, 0, 0, 0, NULL, "at most 64"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct cal_job_opts o = base;
+		o.ranks.local = bad[i].local;
+		o.ranks.first = bad[i].first;
+		o.ranks.world = bad[i].world;
+		o.ranks.rendezvous = bad[i].rdv;
+		if (bad[i].cuda_n) {
+			o.devices.kind = CAL_DEVICE_CUDA;
+			o.devices.n = (size_t)bad[i].cuda_n;
+			for (int k = 0; k < bad[i].cuda_n; k++)
+				o.devices.ids[k] = k;
+		}
+		struct cal_error err = {0};
+		struct cal_job *j = NULL;
+		enum cal_job_part part;
+		cr_assert_eq(cal_job_open(&o, CAL_JOB_OPEN_NO_BACKEND, &j, &part, &err),
+			     CAL_ERR_INVALID, "case %zu", i);
+		cr_assert_eq(part, CAL_JOB_PART_OPTIONS);
+		cr_assert(strstr(cal_error_msg(&err), bad[i].needle), "case %zu: %s", i,
+			  cal_error_msg(&err));
+		cal_error_clear(&err);
+	}
+	/* cuda:0,1 is two ranks; a CPU job without ranks is one */
+	struct cal_devices d2 = {.kind = CAL_DEVICE_CUDA, .n = 2, .ids = {0, 1}};
+	struct cal_job_ranks none = {0};
+	cr_assert_eq(cal_job_local_ranks(&none, &d2), 2);
+	cr_assert_eq(cal_job_local_ranks(&none, &base.devices), 1);
+	rm_rf(root);
+}
