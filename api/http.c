@@ -33,8 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "api/sha256.h"
 #include "common/parse.h"
+#include "common/sha256.h"
 #include "common/util.h"
 #include "daemon/log.h"
 

@@ -20,19 +20,11 @@
 #include "api/jobspec.h"
 #include "api/recipes.h"
 #include "api/report_html.h"
+#include "api/routes_jobs.h"
 #include "common/parse.h"
 #include "common/util.h"
-#include "daemon/fsutil.h"
+#include "common/fsutil.h"
 #include "daemon/log.h"
-
-enum MHD_Result cal_route_jobs_create(struct cal_http_req *r);
-enum MHD_Result cal_route_jobs_list(struct cal_http_req *r);
-enum MHD_Result cal_route_job_get(struct cal_http_req *r);
-enum MHD_Result cal_route_job_cancel(struct cal_http_req *r);
-enum MHD_Result cal_route_job_events(struct cal_http_req *r);
-enum MHD_Result cal_route_job_log(struct cal_http_req *r);
-enum MHD_Result cal_route_job_report(struct cal_http_req *r);
-enum MHD_Result cal_route_job_report_html(struct cal_http_req *r);
 
 #define LIST_MAX 1000
 #define LOG_TAIL_DEFAULT (1024 * 1024)

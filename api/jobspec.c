@@ -12,13 +12,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "api/sha256.h"
+#include "common/sha256.h"
 #include "common/device.h"
 #include "common/jsonscan.h"
+#include "common/fsutil.h"
 #include "common/parse.h"
 #include "common/util.h"
-#include "daemon/fsutil.h"
-#include "engine/calib.h"
+#include "engine/job.h"
 #include "engine/recipe/qformat.h"
 #include "engine/st/st_writer.h"
 

@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "api/jobspec.h"
+#include "api/routes_recipes.h"
 #include "common/confine.h"
 #include "common/util.h"
 #include "engine/job.h"
@@ -33,10 +34,6 @@
 #include "engine/recipe/plan.h"
 #include "engine/recipe/recipe.h"
 #include "engine/recipe/ytree.h"
-
-enum MHD_Result cal_route_recipes_list(struct cal_http_req *r);
-enum MHD_Result cal_route_recipe_get(struct cal_http_req *r);
-enum MHD_Result cal_route_plan(struct cal_http_req *r);
 
 #define RECIPE_TEXT_MAX (1024 * 1024)
 

@@ -31,7 +31,8 @@ static void esc(FILE *f, const char *s)
 	}
 }
 
-static void svg_open(FILE *f, const char *id, const char *title, const char *ylabel, double ymax)
+static void svg_open(FILE *f, const char *id, const char *title, const char *ylabel, double ymin,
+		     double ymax)
 {
 	fprintf(f, "<h2>");
 	esc(f, title);
@@ -44,7 +45,7 @@ static void svg_open(FILE *f, const char *id, const char *title, const char *yla
 	fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#333\"/>\n", ML, MT, ML,
 		H - MB);
 	for (int k = 0; k <= 4; k++) {
-		double v = ymax * k / 4;
+		double v = ymin + (ymax - ymin) * k / 4;
 		double y = H - MB - (H - MB - MT) * k / 4.0;
 		fprintf(f, "<text x=\"%d\" y=\"%.1f\" font-size=\"10\" text-anchor=\"end\">%.3g</text>\n",
 			ML - 4, y + 3, v);
@@ -55,18 +56,26 @@ static void svg_open(FILE *f, const char *id, const char *title, const char *yla
 	fputs("</text>\n", f);
 }
 
-/* A bar chart of n values (NAN: no bar); mark[i] != 0 draws a red cross
- * on the axis instead (an expert that saw no token). */
+/* A bar chart of n values (NAN: no bar; negative values hang below the
+ * zero line); mark[i] != 0 draws a red cross on the axis instead (an
+ * expert that saw no token). */
 static void bars(FILE *f, const char *id, const char *title, const char *ylabel,
 		 const char *xlabel, size_t n, const double *v, const int *mark)
 {
-	double ymax = 0;
-	for (size_t i = 0; i < n; i++)
+	double ymax = 0, ymin = 0;
+	for (size_t i = 0; i < n; i++) {
 		if (isfinite(v[i]) && v[i] > ymax)
 			ymax = v[i];
-	if (ymax <= 0)
+		if (isfinite(v[i]) && v[i] < ymin)
+			ymin = v[i];
+	}
+	if (ymax - ymin <= 0)
 		ymax = 1;
-	svg_open(f, id, title, ylabel, ymax);
+	svg_open(f, id, title, ylabel, ymin, ymax);
+	double y0 = H - MB - (H - MB - MT) * (0 - ymin) / (ymax - ymin);
+	if (ymin < 0)
+		fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#999\"/>\n",
+			ML, y0, W - 8, y0);
 	double bw = (double)(W - 8 - ML) / (double)(n ? n : 1);
 	for (size_t i = 0; i < n; i++) {
 		double x = ML + bw * (double)i;
@@ -79,10 +88,10 @@ static void bars(FILE *f, const char *id, const char *title, const char *ylabel,
 		}
 		if (!isfinite(v[i]))
 			continue;
-		double h = (H - MB - MT) * v[i] / ymax;
+		double h = (H - MB - MT) * fabs(v[i]) / (ymax - ymin);
 		fprintf(f, "<rect class=\"bar\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
-			"fill=\"#4a7ab5\"><title>%zu: %.4g</title></rect>\n", x + bw * 0.1,
-			H - MB - h, bw * 0.8, h, i, v[i]);
+			"fill=\"%s\"><title>%zu: %.4g</title></rect>\n", x + bw * 0.1,
+			v[i] >= 0 ? y0 - h : y0, bw * 0.8, h, v[i] >= 0 ? "#4a7ab5" : "#b5874a", i, v[i]);
 	}
 	size_t step = n > 32 ? n / 16 : 1;
 	for (size_t i = 0; i < n; i += step)
@@ -107,7 +116,7 @@ static void line(FILE *f, const char *id, const char *title, const char *ylabel,
 		xmax = 1;
 	if (ymax <= 0)
 		ymax = 1;
-	svg_open(f, id, title, ylabel, ymax);
+	svg_open(f, id, title, ylabel, 0, ymax);
 	fputs("<polyline class=\"series\" fill=\"none\" stroke=\"#4a7ab5\" stroke-width=\"2\" points=\"",
 	      f);
 	for (size_t i = 0; i < n; i++)
@@ -176,6 +185,8 @@ char *cal_report_html(const json_t *r, const char *title)
 	if (ev) {
 		row(f, "eval dataset", json_object_get(ev, "dataset"));
 		row(f, "eval tokens", json_object_get(json_object_get(ev, "data"), "tokens"));
+		row(f, "eval sequences also in the calibration set",
+		    json_object_get(json_object_get(ev, "calibration_overlap"), "sequences"));
 		row(f, "KL mean", json_object_get(json_object_get(ev, "kl"), "mean"));
 		row(f, "KL median", json_object_get(json_object_get(ev, "kl"), "median"));
 		row(f, "KL p99", json_object_get(json_object_get(ev, "kl"), "p99"));
@@ -217,24 +228,32 @@ char *cal_report_html(const json_t *r, const char *title)
 		none(f, "plot-weight-sqnr", "Per-layer weight SQNR", "no quantized weight");
 	}
 
-	/* per-layer error added by quantization (calibd eval) */
+	/* per layer (calibd eval): the KL contribution (logit lens), then the
+	 * teacher-forced relative error */
 	const json_t *el = json_object_get(ev, "layers");
-	if (json_array_size(el)) {
+	static const struct {
+		const char *id, *key, *title, *ylabel;
+	} lp[] = {
+		{"plot-layer-error", "kl_contribution", "Per-layer KL contribution (calibd eval: the "
+		 "change of KL(original || quantized) read through the final norm and lm_head after "
+		 "the layer; the bars sum to the model's KL)", "KL (nats)"},
+		{"plot-layer-rel-error", "rel_error", "Per-layer error added by quantization (calibd "
+		 "eval, teacher forced: ||delta|| / ||what the layer adds||)", "relative error"},
+	};
+	for (size_t k = 0; k < sizeof(lp) / sizeof(lp[0]); k++) {
 		size_t n = json_array_size(el);
-		double *v = calloc(n, sizeof(double));
-		if (v) {
-			json_array_foreach(el, i, x) {
-				const json_t *e = json_object_get(x, "rel_error");
-				v[i] = json_is_number(e) ? json_number_value(e) : NAN;
-			}
-			bars(f, "plot-layer-error", "Per-layer error added by quantization (calibd eval, "
-			     "teacher forced: ||delta|| / ||what the layer adds||)", "relative error",
-			     "layer", n, v, NULL);
+		double *v = n ? calloc(n, sizeof(double)) : NULL;
+		if (!v) {
+			none(f, lp[k].id, lp[k].title, n ? "out of memory" : "no evaluation in this "
+			     "report (calibd eval, or a job with \"evaluate\")");
+			continue;
 		}
+		json_array_foreach(el, i, x) {
+			const json_t *e = json_object_get(x, lp[k].key);
+			v[i] = json_is_number(e) ? json_number_value(e) : NAN;
+		}
+		bars(f, lp[k].id, lp[k].title, lp[k].ylabel, "layer", n, v, NULL);
 		free(v);
-	} else {
-		none(f, "plot-layer-error", "Per-layer error added by quantization",
-		     "no evaluation in this report (calibd eval, or a job with \"evaluate\")");
 	}
 
 	/* per-expert token counts, one plot per MoE layer */

@@ -1,24 +1,14 @@
 /*
- * routes.c — every HTTP route, once.  The OpenAPI document (openapi.yaml)
- * lists the same set; tests/api/test_units.c checks that they agree.
+ * routes.c — every HTTP route, once.  The handlers are declared in one
+ * header per resource (api/routes_<resource>.h).  The OpenAPI document
+ * (openapi.yaml) lists the same set; tests/api/test_units.c checks that
+ * they agree.
  */
-#include "http.h"
-
-enum MHD_Result cal_route_jobs_create(struct cal_http_req *r);
-enum MHD_Result cal_route_jobs_list(struct cal_http_req *r);
-enum MHD_Result cal_route_job_get(struct cal_http_req *r);
-enum MHD_Result cal_route_job_cancel(struct cal_http_req *r);
-enum MHD_Result cal_route_job_events(struct cal_http_req *r);
-enum MHD_Result cal_route_job_log(struct cal_http_req *r);
-enum MHD_Result cal_route_job_report(struct cal_http_req *r);
-enum MHD_Result cal_route_job_report_html(struct cal_http_req *r);
-enum MHD_Result cal_route_recipes_list(struct cal_http_req *r);
-enum MHD_Result cal_route_recipe_get(struct cal_http_req *r);
-enum MHD_Result cal_route_plan(struct cal_http_req *r);
-enum MHD_Result cal_route_devices(struct cal_http_req *r);
-enum MHD_Result cal_route_livez(struct cal_http_req *r);
-enum MHD_Result cal_route_readyz(struct cal_http_req *r);
-enum MHD_Result cal_route_metrics(struct cal_http_req *r);
+#include "api/http.h"
+#include "api/routes_devices.h"
+#include "api/routes_jobs.h"
+#include "api/routes_recipes.h"
+#include "api/routes_system.h"
 
 const struct cal_route cal_routes[] = {
 	{"POST", "/v1/jobs", cal_route_jobs_create, CAL_ROUTE_TOKEN | CAL_ROUTE_BODY},

@@ -7,12 +7,9 @@
 #include <string.h>
 
 #include "api/http.h"
+#include "api/routes_devices.h"
+#include "api/routes_system.h"
 #include "daemon/daemon.h"
-
-enum MHD_Result cal_route_devices(struct cal_http_req *r);
-enum MHD_Result cal_route_livez(struct cal_http_req *r);
-enum MHD_Result cal_route_readyz(struct cal_http_req *r);
-enum MHD_Result cal_route_metrics(struct cal_http_req *r);
 
 enum MHD_Result cal_route_livez(struct cal_http_req *r)
 {

@@ -16,11 +16,11 @@
 #include <yaml.h>
 
 #include "api/jobspec.h"
-#include "api/sha256.h"
 #include "common/device.h"
 #include "common/parse.h"
+#include "common/sha256.h"
 #include "common/util.h"
-#include "fsutil.h"
+#include "common/fsutil.h"
 
 #define CONFIG_MAX_BYTES (1024 * 1024)
 #define CONFIG_MAX_LIST 256

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "fsutil.h"
+#include "common/fsutil.h"
 #include "log.h"
 
 const char *const cal_job_state_names[CAL_JOB_NSTATES] = {"queued", "running", "succeeded", "failed",

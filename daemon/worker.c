@@ -17,8 +17,8 @@
 #include "engine/eval.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
+#include "common/fsutil.h"
 #include "kernels/comm.h"
-#include "fsutil.h"
 
 /* The spec's evaluate {path, samples}: `calibd eval` of the published
  * output on that dataset (docs/eval.md), in this worker.  The numbers go
@@ -56,11 +56,15 @@ static void evaluate(const json_t *spec, const struct cal_jobspec_job *jj, const
 		cal_error_clear(&err);
 		return;
 	}
+	/* the same dataset file, or any evaluated sequence equal to a calibration one */
+	overlap |= json_integer_value(json_object_get(json_object_get(rep, "calibration_overlap"),
+						      "sequences")) > 0;
 	json_object_set_new(rep, "dataset", json_string(ds.path));
 	json_object_set_new(rep, "overlaps_calibration", json_boolean(overlap));
 	const json_t *kl = json_object_get(rep, "kl"), *pp = json_object_get(rep, "perplexity");
-	s = json_pack("{s:s, s:b, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O}",
+	s = json_pack("{s:s, s:b, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O}",
 		"dataset", ds.path, "overlaps_calibration", overlap,
+		"calibration_overlap", json_object_get(rep, "calibration_overlap"),
 		"tokens", json_object_get(json_object_get(rep, "data"), "tokens"),
 		"kl_mean", json_object_get(kl, "mean"), "kl_median", json_object_get(kl, "median"),
 		"kl_p99", json_object_get(kl, "p99"),

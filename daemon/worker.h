@@ -26,4 +26,11 @@ enum cal_status cal_worker_run_engine(const json_t *spec, cal_worker_progress_fn
 				      volatile const int *cancel, const struct cal_st_publish *publish,
 				      json_t **ret_report, struct cal_error *err);
 
+/*
+ * `calibd worker JOB_DIR` (worker_main.c): the worker process's main, which
+ * cli/main.c dispatches to (cli/commands.def); returns an exit code of
+ * common/exit.h.
+ */
+int cal_cmd_worker(int argc, char **argv);
+
 #endif

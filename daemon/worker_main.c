@@ -4,7 +4,7 @@
  * JSON lines on the fd named by $CALIBD_PROGRESS_FD (3 under the
  * supervisor; stdout otherwise), writes JOB_DIR/report.json on success, and
  * ends with {"event":"result"} or {"event":"error"} plus the exit code of
- * cli.h.  SIGTERM asks the engine to stop at its next safe point (the
+ * common/exit.h.  SIGTERM asks the engine to stop at its next safe point (the
  * engine then removes its temporary output).
  *
  * Files are opened confined to the roots spec.json records (common/confine.h).
@@ -23,14 +23,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cli.h"
-#include "client.h"
 #include "common/confine.h"
+#include "common/exit.h"
 #include "common/parse.h"
 #include "common/util.h"
 #include "daemon.h"
 #include "engine/st/st_writer.h"
-#include "fsutil.h"
+#include "common/fsutil.h"
 #include "log.h"
 #include "worker.h"
 

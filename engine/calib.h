@@ -1,6 +1,7 @@
 /*
  * calib.h — the calibration engine: the model's own forward pass, layer by
- * layer, with observers (DESIGN.md "The engine's data flow", MODELOPT.md §2).
+ * layer, with observers (docs/architecture.md "The path of a job",
+ * docs/calibration.md).
  *
  * A calibration run embeds every calibration token, then for each decoder
  * layer in order (the next layer's weights uploading while the current one
@@ -83,6 +84,14 @@ enum cal_status cal_calib_tokens_parse(const char *name, const char *text, size_
 				       struct cal_error *err);
 void cal_calib_tokens_free(struct cal_calib_tokens *t);
 
+/* Sequence s's fingerprint: 64-bit FNV-1a over its token ids (uint32,
+ * little-endian).  Two sequences with equal ids have equal fingerprints;
+ * calibd eval compares them with the calibration set's (docs/eval.md). */
+uint64_t cal_calib_tokens_hash(const struct cal_calib_tokens *t, size_t s);
+/* Every sequence's fingerprint in order, as a new array of sequences
+ * x 16 lowercase hex digits (NULL when out of memory). */
+char *cal_calib_tokens_hashes(const struct cal_calib_tokens *t);
+
 struct cal_calib;
 
 /* Called when layer `layer` is done; its statistics are final.  Returning
@@ -104,6 +113,27 @@ typedef enum cal_status (*cal_calib_hidden_fn)(void *ctx, int32_t layer, uint16_
  * token-layers per second (tokens x layers done / elapsed seconds). */
 typedef void (*cal_calib_progress_fn)(void *ctx, int32_t layer, int32_t n_layers,
 				      double tokens_per_s);
+
+/*
+ * What every rank of a job over several ranks runs besides the calibration
+ * (the export's per-rank stage, docs/expert_parallel.md "Export"), each on
+ * the rank's own thread (c: that rank's engine).  start runs once the
+ * rank's endpoint is up, before the first layer; layer after each layer's
+ * statistics are final on every rank (before on_layer); end after the last
+ * layer.  start and end may call collectives on comm (every rank calls
+ * them, so every rank must make the same calls).  An error fails the rank
+ * (and aborts the world).  Not called on a one-rank job.
+ */
+struct cal_comm;
+struct cal_calib_rank_hooks {
+	enum cal_status (*start)(void *ctx, struct cal_calib *c, struct cal_comm *comm,
+				 struct cal_error *err);
+	enum cal_status (*layer)(void *ctx, struct cal_calib *c, int32_t layer,
+				 struct cal_error *err);
+	enum cal_status (*end)(void *ctx, struct cal_calib *c, struct cal_comm *comm,
+			       struct cal_error *err);
+	void *ctx;
+};
 
 struct cal_calib_opts {
 	enum cal_backend_kind backend;     /* CPU (default) or CUDA */
@@ -136,6 +166,7 @@ struct cal_calib_opts {
 	const char *rendezvous;
 	const int *cuda_devices;
 	unsigned comm_timeout_ms;          /* deadline of each collective (0: comm.h's) */
+	const struct cal_calib_rank_hooks *rank_hooks; /* every rank's (above), or NULL */
 };
 
 /*
@@ -256,5 +287,8 @@ char *cal_calib_stats_dump(const json_t *stats);
  * "comm_bytes": sent by this process's ranks, "comm_bytes_per_layer":
  * [per decoder layer], "comm_bytes_final_norm"}; NULL with one rank. */
 json_t *cal_calib_ranks_json(const struct cal_calib *c);
+
+/* This engine's global rank; *ret_world (may be NULL): the job's rank count. */
+unsigned cal_calib_rank(const struct cal_calib *c, unsigned *ret_world);
 
 #endif

@@ -40,9 +40,21 @@ struct cal_eval_opts {
 	 * order, raw little-endian, into this file (NULL: none) */
 	const char *logits_out;
 	const char *logits_orig_out;  /* the same of the original model */
+	/* per-layer KL (the logit lens, docs/eval.md) on at most this many
+	 * predicted positions, evenly spread (0: CAL_EVAL_LAYER_KL_POSITIONS) */
+	uint64_t layer_kl_positions;
 };
+#define CAL_EVAL_LAYER_KL_POSITIONS 4096
 enum cal_status cal_eval_run(struct cal_calib *c, const struct cal_checkpoint *quant,
 			     const struct cal_calib_tokens *tokens, const struct cal_eval_opts *opts,
 			     json_t **ret, struct cal_error *err);
+
+/*
+ * Adds "calibration_overlap" to the evaluation report rep: how many of the
+ * evaluated sequences equal a calibration sequence (their fingerprints,
+ * cal_calib_tokens_hash, against the sequence_hashes the exporter recorded
+ * in quant_dir/calibd_report.json), or {"unknown": why}.
+ */
+void cal_eval_overlap(const char *quant_dir, const struct cal_calib_tokens *tk, json_t *rep);
 
 #endif

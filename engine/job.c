@@ -526,6 +526,7 @@ enum cal_status cal_job_calib_open(struct cal_job *j, const struct cal_job_hooks
 		co.progress = hooks->progress;
 		co.ctx = hooks->ctx;
 		co.profile = hooks->profile;
+		co.rank_hooks = hooks->rank_hooks;
 	}
 	struct cal_calib_src src = {o->model_dir, j->ck, j->cat, j->be};
 	return cal_calib_open_src(&src, j->plan, &co, ret, err);
@@ -601,6 +602,7 @@ enum cal_status cal_job_eval(struct cal_job *j, const char *quant_dir,
 	CAL_TRY(cal_job_tokens(j, &tk, &ti, err));
 	CAL_TRY(cal_job_calib_open(j, &hooks, &cal, err));
 	CAL_TRY(cal_eval_run(cal, q, tk, opts, ret, err));
+	cal_eval_overlap(quant_dir, tk, *ret);
 	json_object_set_new(*ret, "data", json_pack("{s:I, s:I, s:I}", "samples",
 		(json_int_t)ti.samples, "seq_len", (json_int_t)ti.seq_len, "tokens",
 		(json_int_t)ti.tokens));

@@ -1,5 +1,6 @@
 /*
- * fp8_quant.c — FP8 E4M3 per-tensor weight quantizer (MODELOPT.md §1.6):
+ * fp8_quant.c — FP8 E4M3 per-tensor weight quantizer (docs/numerics.md "FP8
+ * per tensor"):
  *   CAL_DIV_RECIP (CUDA run): q = e4m3(bf16(fl32(x / bf16(S))))
  *   CAL_DIV_EXACT (CPU run):  q = e4m3(bf16(fl32(x / S)))
  *   single_round (stacked 3-D expert weights, both runs): q = e4m3(fl32(x / S))

@@ -1,8 +1,8 @@
 /*
- * gated_delta.c — the Gated DeltaNet core (ARCHITECTURES.md §10.3-§10.7):
- * gates, head expansion, L2-normalised q/k and the gated delta rule over
- * packed sequences, the state reset at every sequence start.  For value
- * head h (key head h / (nv / nk)) and token t of a sequence, in fp32:
+ * gated_delta.c — the Gated DeltaNet core (docs/architectures.md "Gated
+ * DeltaNet"): gates, head expansion, L2-normalised q/k and the gated delta
+ * rule over packed sequences, the state reset at every sequence start.  For
+ * value head h (key head h / (nv / nk)) and token t of a sequence, in fp32:
  *   beta = bf16(sigmoid(b))  (HF: sigmoid of the bf16 tensor)
  *   g    = -exp(a_log) * softplus(a + dt_bias)   (softplus(x) = x for x > 20)
  *   q    = q * rsqrt(sum q^2 + 1e-6) * dk^-0.5,  k = k * rsqrt(sum k^2 + 1e-6)

@@ -1,6 +1,6 @@
 /*
- * gdn_conv.c — the Gated DeltaNet short convolution (ARCHITECTURES.md
- * §10.2): a causal depthwise conv1d over time, per channel, followed by
+ * gdn_conv.c — the Gated DeltaNet short convolution (docs/architectures.md
+ * "Convolution"): a causal depthwise conv1d over time, per channel, followed by
  * SiLU, over packed sequences (the window never reaches into the previous
  * sequence: rows before a sequence's start count as zero, as HF's left zero
  * padding of every sequence).  HF runs F.conv1d in bf16 (fp32 accumulation,

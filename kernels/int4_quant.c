@@ -1,9 +1,9 @@
 /*
- * int4_quant.c — INT4 per-block weight quantizer (MODELOPT.md §1.10), block
- * 128 along cols: scale = export_amax/7 (0/NaN amax -> 7, i.e. scale 1),
- * q = clamp(rint(x / scale), -8, 7), packed along the OUTPUT dim:
- * packed[i, k] = q[2i, k] & 0xF | (q[2i+1, k] & 0xF) << 4.
- * Reference and CPU back end; items are (row pair, 128-block).
+ * int4_quant.c — INT4 per-block weight quantizer (docs/numerics.md "INT4
+ * blocks"), block 128 along cols: scale = export_amax/7 (0/NaN amax -> 7, i.e.
+ * scale 1), q = clamp(rint(x / scale), -8, 7), packed along the OUTPUT dim:
+ * packed[i, k] = q[2i, k] & 0xF | (q[2i+1, k] & 0xF) << 4. Reference and CPU
+ * back end; items are (row pair, 128-block).
  */
 #include "kernels/internal.h"
 

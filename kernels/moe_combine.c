@@ -1,9 +1,10 @@
 /*
  * moe_combine.c — weighted un-permute and reduce of the expert outputs
- * (ARCHITECTURES.md §1.6): per token, the k weighted outputs of its experts
- * summed either as HF's eager experts do (bf16(w*y) added to a bf16
- * accumulator in ascending expert order) or as grouped_mm does (fp32 sum in
- * slot order, one cast).  Reference and CPU back end; items are tokens.
+ * (docs/architectures.md "Experts and the MoE sum"): per token, the k weighted
+ * outputs of its experts summed either as HF's eager experts do (bf16(w*y)
+ * added to a bf16 accumulator in ascending expert order) or as grouped_mm does
+ * (fp32 sum in slot order, one cast).  Reference and CPU back end; items are
+ * tokens.
  */
 #include "kernels/internal.h"
 

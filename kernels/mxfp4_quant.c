@@ -1,8 +1,8 @@
 /*
- * mxfp4_quant.c — MXFP4 weight quantizer (MODELOPT.md §1.8): per 32-block
- * e = ceil(max(log2(amax/6), -127)), scale byte e + 127, values x / 2^e with
- * MXFP4's own E2M1 rounding (ties down, exact zeros carry the sign bit),
- * even element in the low nibble.  Reference and CPU back end; items are
+ * mxfp4_quant.c — MXFP4 weight quantizer (docs/numerics.md "MX formats"): per
+ * 32-block e = ceil(max(log2(amax/6), -127)), scale byte e + 127, values x /
+ * 2^e with MXFP4's own E2M1 rounding (ties down, exact zeros carry the sign
+ * bit), even element in the low nibble.  Reference and CPU back end; items are
  * 32-blocks (16 packed bytes each).
  */
 #include "kernels/internal.h"

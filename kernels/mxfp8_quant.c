@@ -1,7 +1,7 @@
 /*
- * mxfp8_quant.c — MXFP8 weight quantizer (MODELOPT.md §1.8): per 32-block
- * e = clamp(ceil(log2(amax/448)), -127, 127) (log2 exact from the bits),
- * scale byte e + 127, values e4m3(clamp(x * 2^-e, -448, 448)).
+ * mxfp8_quant.c — MXFP8 weight quantizer (docs/numerics.md "MX formats"): per
+ * 32-block e = clamp(ceil(log2(amax/448)), -127, 127) (log2 exact from the
+ * bits), scale byte e + 127, values e4m3(clamp(x * 2^-e, -448, 448)).
  * Reference and CPU back end; items are 32-blocks.
  */
 #include "kernels/internal.h"

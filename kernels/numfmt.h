@@ -2,7 +2,7 @@
  * numfmt.h — scalar number formats of the quantizers, shared by the C
  * reference (kernels/<op>.c) and the CUDA kernels (kernels/cuda/<op>.cu):
  * bf16, float8 E4M3 (e4m3fn), FP4 E2M1 (NVFP4 and MXFP4 rounding), E8M0,
- * the per-tensor scale formulas of docs/numerics.md and MODELOPT.md §1.
+ * the per-tensor scale formulas of docs/numerics.md and docs/numerics.md.
  *
  * Every function is `static inline` (plus __host__ __device__ under nvcc), so
  * one definition serves both back ends.  All fp32 arithmetic goes through
@@ -26,7 +26,8 @@
 #define CAL_HD static inline
 #endif
 
-/* How "amax / constant" is evaluated (MODELOPT.md §1.3). */
+/* How "amax / constant" is evaluated (docs/numerics.md "Division semantics").
+ */
 enum cal_div_mode {
 	/* fl32(amax * fl32(1/c)): what PyTorch does for a CUDA tensor divided
 	 * by a Python float — the standard GPU calibration run. Default. */
@@ -133,8 +134,9 @@ CAL_HD uint16_t cal_nf_f32_to_bf16(float f)
 /* ---- float8 E4M3 (e4m3fn: bias 7, no inf, 0x7F/0xFF = NaN, max 448) ----- */
 
 /*
- * fp32 -> e4m3fn byte, round-to-nearest-even, NON-saturating (§1.2):
- * |x| in (448, 464] -> 448, |x| > 464, ±inf, NaN -> NaN (0x7F | sign).
+ * fp32 -> e4m3fn byte, round-to-nearest-even, NON-saturating (docs/numerics.md
+ * "NVFP4 weights"): |x| in (448, 464] -> 448, |x| > 464, ±inf, NaN -> NaN
+ * (0x7F | sign).
  */
 CAL_HD uint8_t cal_e4m3_encode(float x)
 {
@@ -195,11 +197,11 @@ CAL_HD float cal_e2m1_decode(unsigned code)
 }
 
 /*
- * NVFP4 rounding (§1.2): idx = number of bounds {0.25,0.75,1.25,1.75,2.5,3.5,5}
- * below |q| (written as !(b >= |q|), so NaN counts as above every bound: 7,
- * as torch.searchsorted's lower-bound loop gives), +1 when |q| is exactly
- * 0.75, 1.75 or 3.5 (ties to even), saturating at 6; sign bit iff q < 0, so a
- * negative value rounding to zero is 0x8.
+ * NVFP4 rounding (docs/numerics.md "NVFP4 weights"): idx = number of bounds
+ * {0.25,0.75,1.25,1.75,2.5,3.5,5} below |q| (written as !(b >= |q|), so NaN
+ * counts as above every bound: 7, as torch.searchsorted's lower-bound loop
+ * gives), +1 when |q| is exactly 0.75, 1.75 or 3.5 (ties to even), saturating
+ * at 6; sign bit iff q < 0, so a negative value rounding to zero is 0x8.
  */
 CAL_HD unsigned cal_e2m1_encode_nvfp4(float q)
 {
@@ -213,8 +215,9 @@ CAL_HD unsigned cal_e2m1_encode_nvfp4(float q)
 }
 
 /*
- * MXFP4 rounding (§1.8): idx = number of bounds strictly below |q| (ties go
- * down), sign bit set unless q > 0 (torch.sign: exact zeros get 0x8).
+ * MXFP4 rounding (docs/numerics.md "MX formats"): idx = number of bounds
+ * strictly below |q| (ties go down), sign bit set unless q > 0 (torch.sign:
+ * exact zeros get 0x8).
  */
 CAL_HD unsigned cal_e2m1_encode_mxfp4(float q)
 {
@@ -280,7 +283,8 @@ CAL_HD int cal_ceil_log2(float y)
 
 /* ---- per-tensor scales (host and device) ------------------------------- */
 
-/* amax / c under the chosen semantics (§1.3). */
+/* amax / c under the chosen semantics (docs/numerics.md "Division semantics").
+ */
 CAL_HD float cal_scale_div(float amax, float c, enum cal_div_mode mode)
 {
 	if (mode == CAL_DIV_EXACT)
@@ -288,25 +292,29 @@ CAL_HD float cal_scale_div(float amax, float c, enum cal_div_mode mode)
 	return cal_fmul(amax, cal_fdiv(1.0f, c));
 }
 
-/* NVFP4 weight_scale_2 = amax_w / (6*448) (§1.4.2). */
+/* NVFP4 weight_scale_2 = amax_w / (6*448) (docs/numerics.md "NVFP4 weights").
+ */
 CAL_HD float cal_nvfp4_scale2(float amax_w, enum cal_div_mode mode)
 {
 	return cal_scale_div(amax_w, 2688.0f, mode);
 }
 
-/* Static NVFP4 (§1.9): weight_scale_2 = g / (6*m), m = 448 (or 256 for 4/6). */
+/* Static NVFP4 (docs/numerics.md "NVFP4 static and MSE"): weight_scale_2 = g /
+ * (6*m), m = 448 (or 256 for 4/6). */
 CAL_HD float cal_nvfp4_static_scale2(float global_amax, float norm_max, enum cal_div_mode mode)
 {
 	return cal_scale_div(global_amax, cal_fmul(6.0f, norm_max), mode);
 }
 
-/* FP8 weight_scale = amax_w / 448 (§1.6), and KV k_scale/v_scale (§1.7). */
+/* FP8 weight_scale = amax_w / 448 (docs/numerics.md "FP8 per tensor"), and KV
+ * k_scale/v_scale (docs/numerics.md "KV cache"). */
 CAL_HD float cal_fp8_scale(float amax, enum cal_div_mode mode)
 {
 	return cal_scale_div(amax, 448.0f, mode);
 }
 
-/* FP8 input_scale (§1.6): export_amax() maps 0 and NaN to 448 first. */
+/* FP8 input_scale (docs/numerics.md "FP8 per tensor"): export_amax() maps 0
+ * and NaN to 448 first. */
 CAL_HD float cal_fp8_input_scale(float amax, enum cal_div_mode mode)
 {
 	if (amax == 0.0f || amax != amax)
@@ -332,8 +340,9 @@ CAL_HD uint8_t cal_nvfp4_block_scale(float a, float d)
 	return cal_e4m3_encode(cal_clamp_nan(s, 0.001953125f, 448.0f));
 }
 
-/* NVFP4 static block scale byte (§1.9) from the block amax, the global amax
- * g and the normalisation max m (448, or 256 for four-over-six). */
+/* NVFP4 static block scale byte (docs/numerics.md "NVFP4 static and MSE") from
+ * the block amax, the global amax g and the normalisation max m (448, or 256
+ * for four-over-six). */
 CAL_HD uint8_t cal_nvfp4_static_block_scale(float amax_b, float g, float m,
 					    enum cal_div_mode mode)
 {
@@ -346,7 +355,8 @@ CAL_HD uint8_t cal_nvfp4_static_block_scale(float amax_b, float g, float m,
 	return cal_e4m3_encode(cal_clamp_nan(s, 0.001953125f, 448.0f));
 }
 
-/* MXFP8 E8M0 scale byte (§1.8): e = clamp(ceil(log2(amax/448)), -127, 127). */
+/* MXFP8 E8M0 scale byte (docs/numerics.md "MX formats"): e =
+ * clamp(ceil(log2(amax/448)), -127, 127). */
 CAL_HD uint8_t cal_mxfp8_block_scale(float amax_b, enum cal_div_mode mode)
 {
 	if (amax_b != amax_b)
@@ -356,7 +366,8 @@ CAL_HD uint8_t cal_mxfp8_block_scale(float amax_b, enum cal_div_mode mode)
 	return (uint8_t)(e + 127);
 }
 
-/* MXFP4 E8M0 scale byte (§1.8): e = ceil(max(log2(amax/6), -127)). */
+/* MXFP4 E8M0 scale byte (docs/numerics.md "MX formats"): e =
+ * ceil(max(log2(amax/6), -127)). */
 CAL_HD uint8_t cal_mxfp4_block_scale(float amax_b, enum cal_div_mode mode)
 {
 	if (amax_b != amax_b)
@@ -366,7 +377,8 @@ CAL_HD uint8_t cal_mxfp4_block_scale(float amax_b, enum cal_div_mode mode)
 	return (uint8_t)(e + 127);
 }
 
-/* INT4 per-block scale (§1.10): export_amax()/7, with 0/NaN amax -> 7. */
+/* INT4 per-block scale (docs/numerics.md "INT4 blocks"): export_amax()/7, with
+ * 0/NaN amax -> 7. */
 CAL_HD float cal_int4_block_scale(float amax_b, enum cal_div_mode mode)
 {
 	if (amax_b == 0.0f || amax_b != amax_b)
@@ -429,12 +441,13 @@ CAL_HD uint64_t cal_nvfp4_pack16(const float *x, float t)
 }
 
 /*
- * MSE FP8-scale sweep of one static-NVFP4 16-block (§1.9): tries
- * amax_c = fl32(g * fl32(v/448)) for the 126 finite positive E4M3 values v in
- * ascending order; loss = sum_k fl32((x_k - fq(x_k))^2) accumulated in fp32 in
- * element order, fq = E2M1 value * T; returns the first amax_c of minimal
- * loss.  Candidates whose scale byte equals the previous one's give the same
- * loss and are skipped (the byte is monotone in amax_c).
+ * MSE FP8-scale sweep of one static-NVFP4 16-block (docs/numerics.md "NVFP4
+ * static and MSE"): tries amax_c = fl32(g * fl32(v/448)) for the 126 finite
+ * positive E4M3 values v in ascending order; loss = sum_k fl32((x_k -
+ * fq(x_k))^2) accumulated in fp32 in element order, fq = E2M1 value * T;
+ * returns the first amax_c of minimal loss.  Candidates whose scale byte equals
+ * the previous one's give the same loss and are skipped (the byte is monotone
+ * in amax_c).
  */
 CAL_HD float cal_nvfp4_mse_block(const float *x, float g, float m, float s2,
 				 enum cal_div_mode mode)
@@ -482,8 +495,9 @@ CAL_HD uint32_t cal_segment_of(const uint32_t *offsets, uint32_t n_seg, uint32_t
 
 /* ---- one-element helpers shared by quantizers -------------------------- */
 
-/* FP8 weight element (§1.6).  CAL_DIV_RECIP (CUDA): x / bf16(S) with the
- * quotient rounded to bf16, then e4m3; CAL_DIV_EXACT (CPU): x / S, bf16, e4m3. */
+/* FP8 weight element (docs/numerics.md "FP8 per tensor"). CAL_DIV_RECIP
+ * (CUDA): x / bf16(S) with the quotient rounded to bf16, then e4m3;
+ * CAL_DIV_EXACT (CPU): x / S, bf16, e4m3. */
 CAL_HD uint8_t cal_fp8_from_quotient(float q)
 {
 	return cal_e4m3_encode(cal_nf_bf16_to_f32(cal_nf_f32_to_bf16(q)));

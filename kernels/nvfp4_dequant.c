@@ -1,7 +1,7 @@
 /*
  * nvfp4_dequant.c — NVFP4 dequantize (fake-quant):
  * out = fl32(fl32(e2m1 * e4m3(scale)) * scale2).  Reference and CPU back end;
- * items are 16-blocks.
+ * items are blocks of 16 (or 32).
  */
 #include "kernels/internal.h"
 
@@ -9,12 +9,14 @@ static void nvfp4_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
 	const struct cal_nvfp4_dequant_args *a = p;
 	(void)slot;
+	uint64_t bs = a->block ? a->block : 16;
 	for (uint64_t b = begin; b < end; b++) {
 		float s = cal_e4m3_decode(a->scales[b]);
-		for (int k = 0; k < 16; k++) {
-			unsigned code = (a->packed[b * 8 + k / 2] >> (4 * (k & 1))) & 0xfu;
+		for (uint64_t k = 0; k < bs; k++) {
+			uint64_t i = b * bs + k;
+			unsigned code = (a->packed[i / 2] >> (4 * (i & 1))) & 0xfu;
 			float v = cal_fmul(cal_fmul(cal_e2m1_decode(code), s), a->scale2);
-			cal_store_out(a->out_dtype, a->out, b * 16 + k, v);
+			cal_store_out(a->out_dtype, a->out, i, v);
 		}
 	}
 }
@@ -23,7 +25,10 @@ enum cal_status cal_check_nvfp4_dequant(const struct cal_nvfp4_dequant_args *a,
 					struct cal_error *err)
 {
 	enum cal_status st;
-	if ((st = cal_check_shape(a->rows, a->cols, 16, err)) < 0 ||
+	if (a->block && a->block != 16 && a->block != 32)
+		return cal_error_set(err, CAL_ERR_INVALID, "block: %u (NVFP4 blocks are 16 or 32)",
+				     a->block);
+	if ((st = cal_check_shape(a->rows, a->cols, a->block ? a->block : 16, err)) < 0 ||
 	    (st = cal_check_out_dtype(a->out_dtype, err)) < 0)
 		return st;
 	if (a->rows && a->cols && ((st = cal_check_ptr(a->packed, "packed", err)) < 0 ||
@@ -36,5 +41,6 @@ enum cal_status cal_check_nvfp4_dequant(const struct cal_nvfp4_dequant_args *a,
 enum cal_status cal_cpu_nvfp4_dequant(struct cal_backend *be,
 				      const struct cal_nvfp4_dequant_args *a, struct cal_error *err)
 {
-	return cal_cpu_parallel(be, a->rows * a->cols / 16, 1u << 14, nvfp4_dq_range, (void *)a, err);
+	return cal_cpu_parallel(be, a->rows * a->cols / (a->block ? a->block : 16), 1u << 14,
+				nvfp4_dq_range, (void *)a, err);
 }

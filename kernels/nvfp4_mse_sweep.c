@@ -1,7 +1,8 @@
 /*
  * nvfp4_mse_sweep.c — per-block amax of static NVFP4 by the MSE FP8-scale
- * sweep (MODELOPT.md §1.9; the per-block search is cal_nvfp4_mse_block in
- * numfmt.h, shared with CUDA).  Reference and CPU back end; items are blocks.
+ * sweep (docs/numerics.md "NVFP4 static and MSE"; the per-block search is
+ * cal_nvfp4_mse_block in numfmt.h, shared with CUDA).  Reference and CPU back
+ * end; items are blocks.
  */
 #include "kernels/internal.h"
 

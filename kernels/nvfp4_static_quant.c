@@ -1,8 +1,9 @@
 /*
- * nvfp4_static_quant.c — static NVFP4 weight quantizer (MODELOPT.md §1.9):
- * block scale E = e4m3(clamp(fl32(t2/t3))) from the calibrated block amax
- * (t1 = amax_b/6, 0 -> 1; t2 = t1*m; t3 = g/6), values as dynamic NVFP4 with
- * S2 = g/(6m).  Reference and CPU back end; items are 16-blocks.
+ * nvfp4_static_quant.c — static NVFP4 weight quantizer (docs/numerics.md
+ * "NVFP4 static and MSE"): block scale E = e4m3(clamp(fl32(t2/t3))) from the
+ * calibrated block amax (t1 = amax_b/6, 0 -> 1; t2 = t1*m; t3 = g/6), values
+ * as dynamic NVFP4 with S2 = g/(6m).  Reference and CPU back end; items are
+ * 16-blocks.
  */
 #include "kernels/internal.h"
 

@@ -110,18 +110,20 @@ struct cal_hessian_args {
 
 /* ---- weight quantizers (input bf16 [rows, cols]) ------------------------ */
 
-/* NVFP4 dynamic (§1.4.2): scale2 = cal_nvfp4_scale2(amax_w, mode). */
+/* NVFP4 dynamic (docs/numerics.md "NVFP4 weights"): scale2 =
+ * cal_nvfp4_scale2(amax_w, mode). */
 struct cal_nvfp4_quant_args {
 	const uint16_t *w;
-	uint64_t rows, cols;    /* cols % 16 == 0 */
+	uint64_t rows, cols;    /* cols % block == 0 */
 	float scale2;           /* weight_scale_2 */
 	uint8_t *packed;        /* [rows, cols/2]  weight (U8) */
-	uint8_t *scales;        /* [rows, cols/16] weight_scale (F8_E4M3) */
+	uint8_t *scales;        /* [rows, cols/block] weight_scale (F8_E4M3) */
+	uint32_t block;         /* 16 (or 0) or 32 (NVFP4 block 32, `nvfp4_bs32`) */
 };
 
-/* NVFP4 static (§1.9): block scales from the calibrated per-block amax and
- * the global amax; values as NVFP4 dynamic with
- * scale2 = cal_nvfp4_static_scale2(global_amax, norm_max, div). */
+/* NVFP4 static (docs/numerics.md "NVFP4 static and MSE"): block scales from
+ * the calibrated per-block amax and the global amax; values as NVFP4 dynamic
+ * with scale2 = cal_nvfp4_static_scale2(global_amax, norm_max, div). */
 struct cal_nvfp4_static_quant_args {
 	const uint16_t *w;
 	uint64_t rows, cols;    /* cols % 16 == 0 */
@@ -133,10 +135,10 @@ struct cal_nvfp4_static_quant_args {
 	uint8_t *scales;
 };
 
-/* MSE FP8-scale sweep (§1.9): for every 16-block the candidate
- * amax_c = fl32(global_amax * fl32(v/448)) (v: the 126 finite positive E4M3
- * values, ascending) whose static-NVFP4 fake-quant minimises
- * sum((x - fq(x))^2) (fp32, element order; first minimum wins). */
+/* MSE FP8-scale sweep (docs/numerics.md "NVFP4 static and MSE"): for every
+ * 16-block the candidate amax_c = fl32(global_amax * fl32(v/448)) (v: the 126
+ * finite positive E4M3 values, ascending) whose static-NVFP4 fake-quant
+ * minimises sum((x - fq(x))^2) (fp32, element order; first minimum wins). */
 struct cal_nvfp4_mse_sweep_args {
 	const uint16_t *w;
 	uint64_t rows, cols;    /* cols % 16 == 0 */
@@ -146,8 +148,9 @@ struct cal_nvfp4_mse_sweep_args {
 	float *block_amax;      /* [rows, cols/16] out */
 };
 
-/* FP8 E4M3 per-tensor (§1.6): scale = weight_scale (cal_fp8_scale);
- * div selects the CUDA (bf16(scale)) or CPU (scale) divisor. */
+/* FP8 E4M3 per-tensor (docs/numerics.md "FP8 per tensor"): scale =
+ * weight_scale (cal_fp8_scale); div selects the CUDA (bf16(scale)) or CPU
+ * (scale) divisor. */
 struct cal_fp8_quant_args {
 	const uint16_t *w;
 	uint64_t n;
@@ -160,7 +163,7 @@ struct cal_fp8_quant_args {
 	int single_round;
 };
 
-/* MXFP8 (§1.8), block 32. */
+/* MXFP8 (docs/numerics.md "MX formats"), block 32. */
 struct cal_mxfp8_quant_args {
 	const uint16_t *w;
 	uint64_t rows, cols;    /* cols % 32 == 0 */
@@ -169,7 +172,7 @@ struct cal_mxfp8_quant_args {
 	uint8_t *scales;        /* [rows, cols/32] E8M0 (U8) */
 };
 
-/* MXFP4 (§1.8), block 32. */
+/* MXFP4 (docs/numerics.md "MX formats"), block 32. */
 struct cal_mxfp4_quant_args {
 	const uint16_t *w;
 	uint64_t rows, cols;    /* cols % 32 == 0 */
@@ -178,8 +181,8 @@ struct cal_mxfp4_quant_args {
 	uint8_t *scales;        /* [rows, cols/32] E8M0 */
 };
 
-/* INT4 per-block (§1.10), block 128 along cols, packed along rows:
- * packed[i, k] = q[2i, k] | q[2i+1, k] << 4. */
+/* INT4 per-block (docs/numerics.md "INT4 blocks"), block 128 along cols,
+ * packed along rows: packed[i, k] = q[2i, k] | q[2i+1, k] << 4. */
 struct cal_int4_quant_args {
 	const uint16_t *w;
 	uint64_t rows, cols;    /* rows % 2 == 0, cols % 128 == 0 */
@@ -194,10 +197,11 @@ struct cal_int4_quant_args {
 /* out = fl32(fl32(e2m1 * e4m3(scale)) * scale2). */
 struct cal_nvfp4_dequant_args {
 	const uint8_t *packed, *scales;
-	uint64_t rows, cols;    /* cols % 16 == 0 */
+	uint64_t rows, cols;    /* cols % block == 0 */
 	float scale2;
 	enum cal_dtype out_dtype;
 	void *out;              /* [rows, cols] */
+	uint32_t block;         /* 16 (or 0) or 32 */
 };
 
 /* out = fl32(e4m3 * scale). */
@@ -254,13 +258,14 @@ struct cal_sqnr_rows_args {
 
 /* ---- forward pass (calibration engine) ----------------------------------
  * Activations are bf16 [rows, cols] row-major.  These ops follow the rounding
- * points of Hugging Face transformers (ARCHITECTURES.md §1.2-§1.6): every
- * op's fp32 intermediate is rounded to bf16 where HF's bf16 tensors are.
- * The 1-thread reference and the threaded CPU back end are byte-identical
- * (each output element is computed in a fixed order, independent of the
- * thread split).  The CUDA versions compute the same formulas but with
- * cuBLAS / a different summation order, so they agree with the reference
- * only to within bf16 rounding: tests compare them with a tolerance. */
+ * points of Hugging Face transformers (docs/architectures.md "Common
+ * structure"): every op's fp32 intermediate is rounded to bf16 where HF's bf16
+ * tensors are.  The 1-thread reference and the threaded CPU back end are
+ * byte-identical (each output element is computed in a fixed order,
+ * independent of the thread split).  The CUDA versions compute the same
+ * formulas but with cuBLAS / a different summation order, so they agree with
+ * the reference only to within bf16 rounding: tests compare them with a
+ * tolerance. */
 
 /* y[m, n] = bf16( sum_k x[m, k] * w[n, k] (+ bias[n]) ), fp32 accumulation
  * (nn.Linear: y = x W^T + b).  Grouped (n_groups > 1, experts): rows
@@ -298,8 +303,8 @@ struct cal_gather_rows_args {
 	uint16_t *out;           /* [n, cols] */
 };
 
-/* RMSNorm variants (ARCHITECTURES.md §1.3); n = x * rsqrt(mean(x^2) + eps)
- * in fp32 over each row. */
+/* RMSNorm variants (docs/architectures.md "RMSNorm variants"); n = x *
+ * rsqrt(mean(x^2) + eps) in fp32 over each row. */
 enum cal_rms_kind {
 	CAL_RMS_PLAIN = 0,       /* y = bf16(w * bf16(n)), w bf16 */
 	CAL_RMS_F32W = 1,        /* y = bf16(w_f32 * n), w f32 */
@@ -374,11 +379,12 @@ struct cal_attention_args {
 	uint32_t vd;
 };
 
-/* MoE router (qwen/mixtral/olmoe, §3 step 4): p = softmax(fp32(logits)) over
- * e experts; idx = the k_total largest p (ties: lower expert index first,
- * as torch.topk), descending; weight = the first k of them, divided by their
- * fp32 sum when renorm.  Slots k .. k_total-1 carry extra experts for
- * statistics only (moe_calib_experts_ratio) and have no weight. */
+/* MoE router (qwen/mixtral/olmoe, docs/architectures.md "Qwen3-MoE"): p =
+ * softmax(fp32(logits)) over e experts; idx = the k_total largest p (ties:
+ * lower expert index first, as torch.topk), descending; weight = the first k
+ * of them, divided by their fp32 sum when renorm.  Slots k .. k_total-1 carry
+ * extra experts for statistics only (moe_calib_experts_ratio) and have no
+ * weight. */
 enum cal_router_mode {
 	CAL_ROUTER_MODE_SOFTMAX_TOPK = 0, /* fp32 softmax over e, top-k, optional renorm */
 	/* gpt_oss: top-k of the bf16 logits, softmax over the k picked, each
@@ -409,7 +415,8 @@ struct cal_moe_sort_args {
 	uint32_t *pair_pos;      /* [n_pairs] */
 };
 
-/* How weighted expert outputs are summed (§1.6). */
+/* How weighted expert outputs are summed (docs/architectures.md "Experts and
+ * the MoE sum"). */
 enum cal_combine_mode {
 	/* HF eager experts (what modelopt forces): each weighted output
 	 * bf16(w * y) is added to a bf16 accumulator in ascending expert order. */
@@ -458,7 +465,7 @@ struct cal_ewise_args {
 	float alpha;             /* SWIGLU_OAI */
 };
 
-/* ---- Gated DeltaNet (ARCHITECTURES.md §10) -------------------------------- */
+/* ---- Gated DeltaNet (docs/architectures.md "Gated DeltaNet") ------------ */
 
 #define CAL_GDN_CONV_MAX_KERNEL 64u
 #define CAL_GDN_MAX_HEAD_DIM 256u
@@ -478,10 +485,10 @@ struct cal_gdn_conv_args {
 	uint32_t n_seq;
 };
 
-/* The Gated DeltaNet output norm (ARCHITECTURES.md §10.8), row by row:
- * n = x * rsqrt(mean(x^2) + eps) in fp32 (as rmsnorm),
- * y = bf16(bf16(w * bf16(n)) * silu(z)), silu(u) = u / (1 + exp(-u)) in fp32.
- * Rows are (token, value head) pairs, cols = head_v_dim; w is shared. */
+/* The Gated DeltaNet output norm (docs/architectures.md "Gated output norm"),
+ * row by row: n = x * rsqrt(mean(x^2) + eps) in fp32 (as rmsnorm), y =
+ * bf16(bf16(w * bf16(n)) * silu(z)), silu(u) = u / (1 + exp(-u)) in fp32. Rows
+ * are (token, value head) pairs, cols = head_v_dim; w is shared. */
 struct cal_rmsnorm_gated_args {
 	const uint16_t *x;       /* [rows, cols] */
 	const uint16_t *z;       /* [rows, cols] the gate (in_proj_z output) */
@@ -619,8 +626,9 @@ enum cal_status cal_nonfinite_reset(struct cal_backend *be, struct cal_nonfinite
 
 /* ---- export-side scalars (host) ----------------------------------------- */
 
-/* NVFP4 input_scale = amax/2688 (§1.5).  amax must be finite and > 0 (modelopt
- * asserts scale > 0 at export): else CAL_ERR_NUMERIC. */
+/* NVFP4 input_scale = amax/2688 (docs/numerics.md "NVFP4 activations"). amax
+ * must be finite and > 0 (modelopt asserts scale > 0 at export): else
+ * CAL_ERR_NUMERIC. */
 enum cal_status cal_nvfp4_input_scale(float amax, enum cal_div_mode mode, float *ret,
 				      struct cal_error *err);
 

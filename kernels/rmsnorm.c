@@ -1,8 +1,8 @@
 /*
  * rmsnorm.c — RMSNorm over the rows of a bf16 matrix, three variants
- * (ARCHITECTURES.md §1.3): plain w with a bf16 cast before the weight
- * multiply, fp32 weights, and (1 + w).  mean(x^2) is summed in fp32 in
- * element order; n = x * (1 / sqrt(mean + eps)).  Reference and CPU back
+ * (docs/architectures.md "RMSNorm variants"): plain w with a bf16 cast before
+ * the weight multiply, fp32 weights, and (1 + w).  mean(x^2) is summed in fp32
+ * in element order; n = x * (1 / sqrt(mean + eps)).  Reference and CPU back
  * end; items are rows.
  */
 #include <math.h>

@@ -1,11 +1,11 @@
 /*
- * rmsnorm_gated.c — the Gated DeltaNet output norm (ARCHITECTURES.md §1.3,
- * §10.8; HF's RMSNormGated): per row, n = x * (1 / sqrt(mean(x^2) + eps))
- * with the sum of squares in fp32 in element order, then
- * y = bf16(bf16(w * bf16(n)) * silu(z)) with silu(u) = u / (1 + exp(-u)) in
- * fp32 (HF multiplies the bf16 weight by the bf16-cast norm, then by the
- * fp32 silu of the gate, and casts once more).  Reference and CPU back end;
- * items are rows.
+ * rmsnorm_gated.c — the Gated DeltaNet output norm (docs/architectures.md
+ * "RMSNorm variants", "Gated output norm"; HF's RMSNormGated): per row, n = x
+ * * (1 / sqrt(mean(x^2) + eps)) with the sum of squares in fp32 in element
+ * order, then y = bf16(bf16(w * bf16(n)) * silu(z)) with silu(u) = u / (1 +
+ * exp(-u)) in fp32 (HF multiplies the bf16 weight by the bf16-cast norm, then
+ * by the fp32 silu of the gate, and casts once more).  Reference and CPU back
+ * end; items are rows.
  */
 #include <math.h>
 

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 build=${1:-build/cpu}
 examples=${CONTRACT_EXAMPLES:-40}
 max_time=${CONTRACT_MAX_TIME:-120}
-calibd=$(cd "$build" && pwd)/daemon/calibd
+calibd=$(cd "$build" && pwd)/cli/calibd
 fake=$(cd "$build" && pwd)/tests/api/fake_worker
 [ -x "$calibd" ] && [ -x "$fake" ] || { echo "api-contract: build $build first" >&2; exit 1; }
 

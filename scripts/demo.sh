@@ -17,7 +17,7 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
 else
 	build=build/cpu; sh scripts/build.sh build/cpu -Dcuda=disabled
 fi
-calibd=$build/daemon/calibd
+calibd=$build/cli/calibd
 echo "== $($calibd version | tr '\n' ' ')"
 
 W=$(pwd)/out/demo

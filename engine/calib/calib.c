@@ -923,6 +923,8 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 				CAL_TRY(cal_backend_upload(c->be, c->hidden, hbuf,
 							   c->n_tok * (uint64_t)c->H * 2, err));
 		}
+		if (c->o.rank_hooks && c->o.rank_hooks->layer && c->nranks > 1)
+			CAL_TRY(c->o.rank_hooks->layer(c->o.rank_hooks->ctx, c, L, err));
 		if (c->o.on_layer)
 			CAL_TRY(c->o.on_layer(c->o.ctx, c, L, err));
 		if (c->o.progress) {

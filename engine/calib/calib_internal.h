@@ -49,8 +49,8 @@ enum cal_step {
 /* Evaluation (eval.c): where the quantized forward fake-quantizes a
  * module's input (docs/eval.md). */
 enum cal_eval_site {
-	EQ_QKV,       /* q/k/v_proj input */
-	EQ_O,         /* o_proj input */
+	EQ_QKV,       /* q/k/v_proj input; MLA: q_a / kv_a (q_proj); GDN: in_proj_* */
+	EQ_O,         /* o_proj input; GDN: out_proj */
 	EQ_K,         /* the K cache (after RoPE), k_scale */
 	EQ_V,         /* the V cache, v_scale */
 	EQ_MLP_GU,    /* dense gate/up input */
@@ -59,6 +59,8 @@ enum cal_eval_site {
 	EQ_EXP_DOWN,  /* routed expert e: down input */
 	EQ_SH_GU,     /* shared expert gate/up input */
 	EQ_SH_DOWN,   /* shared expert down input */
+	EQ_QB,        /* MLA q_b_proj input */
+	EQ_KVB,       /* MLA kv_b_proj input */
 	EQ_COUNT
 };
 struct cal_eval;
@@ -356,7 +358,8 @@ enum cal_status cal_eval_layer(struct cal_calib *c, int32_t L, const struct cal_
 			       struct cal_error *err);
 enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err);
 /* Fake-quantizes x [rows, cols] (back end) in place as the input of `site`
- * of layer L (expert e for the routed-expert sites). */
+ * of layer L (expert e for the routed-expert sites) when the forward being
+ * run is the evaluation's quantized one (c->ev_quant); a no-op otherwise. */
 enum cal_status cal_eval_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
 /* A layer tensor as bf16 (the mapping when already bf16, else a converted

@@ -1,7 +1,7 @@
 /*
  * gdn.c — Gated DeltaNet layers (Qwen3-Next / Qwen3.5 `linear_attn`,
- * ARCHITECTURES.md §6, §10) in the calibration forward pass, and the
- * scratch of the gated full attention.
+ * docs/architectures.md "Qwen3-Next and Qwen3.5-MoE", "Gated DeltaNet") in the
+ * calibration forward pass, and the scratch of the gated full attention.
  *
  * Weights are brought into one layout, Qwen3.5's split projections:
  * in_proj_qkv [conv_dim, H] with rows Q (nk dk) | K (nk dk) | V (nv dv),
@@ -292,7 +292,6 @@ enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_la
 	struct cal_gdn_dims g;
 	enum cal_status st = CAL_OK;
 	const uint32_t *cu = c->meta + mb->meta_off;
-	(void)L;
 	cal_gdn_dims(d, &g);
 	cal_prof(c, PH_LINATTN); /* the linear-attention token mixer */
 
@@ -304,6 +303,7 @@ enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_la
 	if (c->o.pad_like_modelopt)
 		CAL_TRY(mask_pads(c, mb, c->h, err));
 	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_QKV, err));
+	CAL_TRY(cal_eval_actq(c, L, EQ_QKV, -1, c->h, T, H, err));
 	CAL_TRY(gemm(c, c->h, w->lqkv, c->lqkv, T, g.cd, H, err));
 	CAL_TRY(gemm(c, c->h, w->lz, c->lz, T, g.vd, H, err));
 	CAL_TRY(gemm(c, c->h, w->lb, c->lba, T, g.nv, H, err));
@@ -319,6 +319,7 @@ enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_la
 					    (float)d->rms_norm_eps};
 	CAL_TRY(cal_op_rmsnorm_gated(c->be, &ng, err));
 	CAL_TRY(observe(c, c->lo, T, g.vd, mb->tok0, S_O, err));
+	CAL_TRY(cal_eval_actq(c, L, EQ_O, -1, c->lo, T, g.vd, err));
 	CAL_TRY(gemm(c, c->lo, w->lout, c->tmp, T, H, g.vd, err));
 	struct cal_ewise_args add = {CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 1, 0, 0, 0};
 	CAL_TRY(cal_op_ewise(c->be, &add, err));

@@ -1,13 +1,14 @@
 /*
- * layer.c — one decoder layer of the calibration forward pass: which steps
- * it is made of (table-driven from the model description), its weights in
- * the canonical layout (routed experts W13 [E, 2I, H] gate rows then up
- * rows and W2 [E, H, I] for every on-disk layout; dense gate|up stacked the
- * same way), and the steps themselves as op-table calls with the
- * observers in between.  Rounding follows HF (ARCHITECTURES.md §1.2-§1.6).
- * Gated DeltaNet layers are in gdn.c; the gated attention of Qwen3-Next /
- * Qwen3.5 (§6: q_proj rows interleave query and output gate per head,
- * de-interleaved at load; o_proj input after the sigmoid gate) is here.
+ * layer.c — one decoder layer of the calibration forward pass: which steps it
+ * is made of (table-driven from the model description), its weights in the
+ * canonical layout (routed experts W13 [E, 2I, H] gate rows then up rows and
+ * W2 [E, H, I] for every on-disk layout; dense gate|up stacked the same way),
+ * and the steps themselves as op-table calls with the observers in between.
+ * Rounding follows HF (docs/architectures.md "Common structure").  Gated
+ * DeltaNet layers are in gdn.c; the gated attention of Qwen3-Next / Qwen3.5
+ * (docs/architectures.md "Qwen3-Next and Qwen3.5-MoE": q_proj rows interleave
+ * query and output gate per head, de-interleaved at load; o_proj input after
+ * the sigmoid gate) is here.
  */
 #include <math.h>
 #include <stdio.h>

@@ -3,6 +3,7 @@
  * {"input_ids": [...]} or one JSON object {"input_ids": [[...], ...]}.
  */
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -143,4 +144,24 @@ enum cal_status cal_calib_tokens_load(const char *path, uint64_t vocab,
 	st = cal_calib_tokens_parse(path, text, len, vocab, ret, err);
 	free(text);
 	return st;
+}
+
+uint64_t cal_calib_tokens_hash(const struct cal_calib_tokens *t, size_t s)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = t->off[s]; i < t->off[s + 1]; i++)
+		for (int b = 0; b < 4; b++)
+			h = (h ^ ((t->ids[i] >> (8 * b)) & 0xff)) * 1099511628211ull;
+	return h;
+}
+
+char *cal_calib_tokens_hashes(const struct cal_calib_tokens *t)
+{
+	char *out = malloc(t->n * 16 + 1);
+	if (!out)
+		return NULL;
+	for (size_t s = 0; s < t->n; s++)
+		snprintf(out + s * 16, 17, "%016llx", (unsigned long long)cal_calib_tokens_hash(t, s));
+	out[t->n * 16] = 0;
+	return out;
 }

@@ -1,6 +1,6 @@
 /*
- * exclude.c — modelopt's prefix-wildcard summary of the unquantized
- * modules (export.h cal_exclude_summarize; MODELOPT.md §4.3).  A small
+ * exclude.c — modelopt's prefix-wildcard summary of the unquantized modules
+ * (export.h cal_exclude_summarize; docs/export.md "exclude_modules"). A small
  * string hash set stands in for Python's set.
  */
 #include "export.h"

@@ -142,8 +142,8 @@ static const struct cal_plan_q *enabled_q(const struct cal_plan *p, long i)
 	return i >= 0 && p->q[i].spec.enabled ? &p->q[i] : NULL;
 }
 
-/* Sibling group of a plan module (MODELOPT.md §2.6): linears that read the
- * same input tensor.  0: none. */
+/* Sibling group of a plan module (docs/export.md "Sibling groups"): linears
+ * that read the same input tensor.  0: none. */
 static int sibling_group(const struct cal_plan_module *m)
 {
 	const char *p = m->proj ? m->proj : "";
@@ -175,26 +175,25 @@ static enum cal_status check_fmt(struct cal_exporter *ex, const struct xlin *x,
 	if (x->dtype != CAL_DTYPE_BF16)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: quantizing %s weights is not "
 				     "implemented (bf16 only)", x->name, cal_dtype_name(x->dtype));
-	int blk = s->fmt == CAL_QFMT_NVFP4 || s->fmt == CAL_QFMT_NVFP4_STATIC ? 16 :
-		  s->fmt == CAL_QFMT_MXFP8 || s->fmt == CAL_QFMT_MXFP4 ? 32 :
-		  s->fmt == CAL_QFMT_INT4_BLOCK ? 128 : 0;
-	if (s->fmt == CAL_QFMT_INT4_BLOCK && s->block != 128)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: INT4 block size %d is not "
-				     "implemented by the exporter (128 only; quantizer %s)",
-				     x->name, s->block, x->wq->name);
+	const struct cal_qfmt_info *f = cal_qfmt(s->fmt);
+	int blk = (int)f->block;
+	if (blk && s->block != blk)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: %s block size %d is not "
+				     "implemented by the exporter (%d only; quantizer %s)",
+				     x->name, f->title, s->block, blk, x->wq->name);
 	if (blk && x->in % blk)
 		return cal_error_set(err, CAL_ERR_INVALID, "%s: input dimension %lld is not a "
 				     "multiple of %d (quantizer %s)", x->name, (long long)x->in,
 				     blk, x->wq->name);
-	if (s->fmt == CAL_QFMT_INT4_BLOCK && x->out % 2)
-		return cal_error_set(err, CAL_ERR_INVALID, "%s: INT4 needs an even output "
-				     "dimension, got %lld", x->name, (long long)x->out);
-	if (s->fmt == CAL_QFMT_NVFP4_STATIC && ex->plan->recipe->algo.method == CAL_CALIB_MSE &&
+	if (f->pack_rows && x->out % 2)
+		return cal_error_set(err, CAL_ERR_INVALID, "%s: %s needs an even output "
+				     "dimension, got %lld", x->name, f->title, (long long)x->out);
+	if (f->mse && ex->plan->recipe->algo.method == CAL_CALIB_MSE &&
 	    !ex->plan->recipe->algo.fp8_scale_sweep)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: the MSE multiplier search "
 				     "(algorithm mse without fp8_scale_sweep) is not implemented",
 				     x->wq->name);
-	if (s->fmt != CAL_QFMT_NVFP4_STATIC && ex->plan->recipe->algo.method == CAL_CALIB_MSE)
+	if (!f->mse && ex->plan->recipe->algo.method == CAL_CALIB_MSE)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: MSE calibration of %s weights "
 				     "is not implemented (static NVFP4 only)", x->wq->name,
 				     cal_qfmt_name(s->fmt));
@@ -408,8 +407,7 @@ static enum cal_status plan_bmm(struct cal_exporter *ex, int32_t L, const struct
 					     "all of GPT-OSS's experts)", p->q[m->wq + e].name);
 		}
 	x.iq = x.wq ? enabled_q(p, m->iq) : NULL;
-	if (x.wq && x.wq->spec.fmt != CAL_QFMT_NVFP4 && x.wq->spec.fmt != CAL_QFMT_NVFP4_STATIC &&
-	    x.wq->spec.fmt != CAL_QFMT_FP8) {
+	if (x.wq && !cal_qfmt(x.wq->spec.fmt)->bmm) {
 		enum cal_qfmt f = x.wq->spec.fmt;
 		free(x.name);
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "layer %d: GPT-OSS experts in %s are "
@@ -565,24 +563,15 @@ static enum cal_status decl_bmm(struct cal_exporter *ex, const struct xlin *x, c
 static enum cal_status decl_bmm_lin(struct cal_exporter *ex, struct xlin *x, struct cal_error *err)
 {
 	int64_t i = x->in;
+	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
 	x->has_input_scale = 0;
-	switch (x->fmt) {
-	case CAL_QFMT_NONE:
+	if (!f)
 		return decl_bmm(ex, x, "weight", CAL_DTYPE_BF16, i, err);
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC:
-		CAL_TRY_RET(decl_bmm(ex, x, "weight", CAL_DTYPE_U8, i / 2, err));
-		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", CAL_DTYPE_F8_E4M3, i / 16, err));
-		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale_2", CAL_DTYPE_F32, 0, err));
-		break;
-	case CAL_QFMT_FP8:
-		CAL_TRY_RET(decl_bmm(ex, x, "weight", CAL_DTYPE_F8_E4M3, i, err));
-		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", CAL_DTYPE_F32, 0, err));
-		break;
-	default:
-		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: format %s", x->name,
-				     cal_qfmt_name(x->fmt));
-	}
+	CAL_TRY_RET(decl_bmm(ex, x, "weight", f->elem_dtype, i * f->elem_bits / 8, err));
+	if (f->block)
+		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", f->scale_dtype, i / f->block, err));
+	if (f->tensor_scale)
+		CAL_TRY_RET(decl_bmm(ex, x, f->tensor_scale, CAL_DTYPE_F32, 0, err));
 	x->has_input_scale = x->iq != NULL;
 	if (x->has_input_scale)
 		CAL_TRY_RET(decl_bmm(ex, x, "input_scale", CAL_DTYPE_F32, 0, err));
@@ -593,37 +582,22 @@ static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct 
 {
 	int64_t o = x->out, i = x->in;
 	const char *nm = x->name;
+	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
 	if (x->bmm)
 		return decl_bmm_lin(ex, x, err);
 	x->has_input_scale = 0;
-	switch (x->fmt) {
-	case CAL_QFMT_NONE:
+	if (!f) {
 		CAL_TRY_RET(decl(ex, nm, "weight", x->dtype, 2, o, i, err));
-		break;
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC:
-		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_U8, 2, o, i / 2, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_F8_E4M3, 2, o, i / 16, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale_2", CAL_DTYPE_F32, 0, 0, 0, err));
-		x->has_input_scale = x->iq != NULL;
-		break;
-	case CAL_QFMT_FP8:
-		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_F8_E4M3, 2, o, i, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_F32, 0, 0, 0, err));
-		x->has_input_scale = x->iq != NULL;
-		break;
-	case CAL_QFMT_MXFP8:
-		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_F8_E4M3, 2, o, i, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_U8, 2, o, i / 32, err));
-		break;
-	case CAL_QFMT_MXFP4:
-		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_U8, 2, o, i / 2, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_U8, 2, o, i / 32, err));
-		break;
-	case CAL_QFMT_INT4_BLOCK:
-		CAL_TRY_RET(decl(ex, nm, "weight", CAL_DTYPE_U8, 2, o / 2, i, err));
-		CAL_TRY_RET(decl(ex, nm, "weight_scale", CAL_DTYPE_F32, 2, o, i / 128, err));
-		break;
+	} else {
+		int64_t per = 8 / f->elem_bits; /* values per byte */
+		CAL_TRY_RET(decl(ex, nm, "weight", f->elem_dtype, 2, f->pack_rows ? o / per : o,
+				 f->pack_rows ? i : i / per, err));
+		if (f->block)
+			CAL_TRY_RET(decl(ex, nm, "weight_scale", f->scale_dtype, 2, o,
+					 i / f->block, err));
+		if (f->tensor_scale)
+			CAL_TRY_RET(decl(ex, nm, f->tensor_scale, CAL_DTYPE_F32, 0, 0, 0, err));
+		x->has_input_scale = x->iq != NULL && f->input_scale_of != NULL;
 	}
 	if (x->has_input_scale)
 		CAL_TRY_RET(decl(ex, nm, "input_scale", CAL_DTYPE_F32, 0, 0, 0, err));
@@ -746,6 +720,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 			plan->recipe->algo.fp8_scale_sweep;
 	CAL_TRY(cal_export_check_source(d, err));
 	CAL_TRY(cal_export_pipe_init(ex, err));
+	CAL_TRY(cal_export_parts_init(ex, err));
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
@@ -754,9 +729,13 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 
 	struct cal_st_writer_opts wo = {.max_shard_bytes = opts->max_shard_bytes, .publish = opts->publish};
 	wo.reserve_bytes = side_bytes(opts->model_dir) + (1u << 20) + 512 * (uint64_t)ex->n_lin;
-	CAL_TRY(cal_st_writer_open(opts->out_dir, &wo, &ex->w, err));
+	if (ex->xp.rank) /* a part of an export over ranks: attaches later */
+		CAL_TRY(cal_st_writer_open_part(opts->out_dir, &wo, &ex->w, err));
+	else
+		CAL_TRY(cal_st_writer_open(opts->out_dir, &wo, &ex->w, err));
 	CAL_TRY(declare_all(ex, err));
-	CAL_TRY(cal_st_writer_begin(ex->w, err));
+	if (!ex->xp.rank)
+		CAL_TRY(cal_st_writer_begin(ex->w, err));
 	json_object_set_new(ex->phases, "export_plan", json_real(cal_now() - t0));
 	free(seen);
 	*ret = ex;
@@ -881,7 +860,8 @@ static void add_fallback(struct cal_exporter *ex, const char *q, const char *why
 		json_array_append_new(ex->fallbacks, o);
 }
 
-/* Input amax of x (see export.h / MODELOPT.md §2.4.4 for experts). */
+/* Input amax of x (see export.h / docs/export.md "Experts that saw no tokens"
+ * for experts). */
 static enum cal_status input_amax(struct cal_exporter *ex, const struct xlin *x,
 				  const struct cal_stats *stats, float *ret, int *ret_const,
 				  struct cal_error *err)
@@ -910,7 +890,8 @@ static enum cal_status input_amax(struct cal_exporter *ex, const struct xlin *x,
 		float pe = 0.0f;
 		int ok = cal_stats_get(stats, pn, &pe) && pe > 0.0f;
 		if (!ok) {
-			/* max over the layer's experts that have one (§2.4.4) */
+			/* max over the layer's experts that have one
+			 * (docs/export.md "Experts that saw no tokens") */
 			float mx = 0.0f;
 			for (int64_t e = 0; e < ex->d->num_experts; e++) {
 				char *qn = xprintf("%ss.%lld", iq->name, (long long)e);
@@ -944,7 +925,8 @@ static int in_group(const struct xlin *x, int32_t L, int g)
 	return x->layer == L && x->expert < 0 && x->group == g && x->fmt != CAL_QFMT_NONE;
 }
 
-/* Sibling unification (§2.6) of the non-expert groups of layer L. */
+/* Sibling unification (docs/export.md "Sibling groups") of the non-expert
+ * groups of layer L. */
 void cal_export_unify_groups(struct cal_exporter *ex, int32_t L)
 {
 	for (int g = 1; g <= 4; g++) {
@@ -955,7 +937,7 @@ void cal_export_unify_groups(struct cal_exporter *ex, int32_t L)
 			if (!in_group(x, L, g))
 				continue;
 			count++;
-			if (x->fmt != CAL_QFMT_NVFP4 && x->fmt != CAL_QFMT_NVFP4_STATIC)
+			if (!cal_qfmt(x->fmt)->shared_amax)
 				nvfp4 = 0;
 			wm = x->wamax > wm ? x->wamax : wm;
 			if (x->has_input_scale)
@@ -987,18 +969,16 @@ static enum cal_status prep_layer(struct cal_exporter *ex, int32_t L,
 			continue;
 		CAL_TRY_RET(input_amax(ex, x, stats, &x->iamax, &cst, err));
 	}
-	/* sibling groups share one input amax (§2.6): unify before the scales;
-	 * the quantize stage unifies the weight amax the same way */
+	/* sibling groups share one input amax (docs/export.md "Sibling
+	 * groups"): unify before the scales; the quantize stage unifies the
+	 * weight amax the same way */
 	cal_export_unify_groups(ex, L);
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
 		if (x->layer != L || !x->has_input_scale)
 			continue;
 		enum cal_div_mode m = x->iq->spec.has_constant_amax ? CAL_DIV_EXACT : ex->opts.div;
-		if (x->fmt != CAL_QFMT_FP8)
-			CAL_TRY_RET(cal_nvfp4_input_scale(x->iamax, m, &x->iscale, err));
-		else
-			x->iscale = cal_fp8_input_scale(x->iamax, m);
+		CAL_TRY_RET(cal_qfmt(x->fmt)->input_scale_of(x->iamax, m, &x->iscale, err));
 		CAL_TRY_RET(cal_export_check_scale(x->name, "input_scale", x->iscale, err));
 	}
 	for (size_t i = 0; i < ex->n_kv; i++) {
@@ -1013,7 +993,7 @@ static enum cal_status prep_layer(struct cal_exporter *ex, int32_t L,
 			if (!cal_stats_get(stats, q->name, &a) || !(a > 0.0f))
 				return cal_error_set(err, CAL_ERR_INVALID, "statistics have no positive "
 						     "amax for KV quantizer %s", q->name);
-			float sc = cal_fp8_scale(a, ex->opts.div);
+			float sc = cal_qfmt(q->spec.fmt)->kv_scale_of(a, ex->opts.div);
 			CAL_TRY_RET(cal_export_check_scale(k->attn, v ? "v_proj.v_scale" :
 							   "k_proj.k_scale", sc, err));
 			if (v)
@@ -1055,9 +1035,10 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 				    char **ret_report, struct cal_error *err)
 {
 	enum cal_status st = CAL_OK;
-	if (ex->dead || ex->published)
+	if (ex->dead || ex->published || ex->xp.rank)
 		return cal_error_set(err, CAL_ERR_INVALID, "export: the exporter is %s",
-				     ex->dead ? "dead after an earlier error" : "finished");
+				     ex->dead ? "dead after an earlier error" :
+				     ex->xp.rank ? "a part (cal_exporter_part_done)" : "finished");
 	for (int64_t L = 0; L < ex->d->num_layers; L++) {
 		if (!ex->layer_done[L]) {
 			st = cal_error_set(err, CAL_ERR_INVALID, "export: layer %lld was never "
@@ -1073,6 +1054,10 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 	st = prep_layer(ex, -1, stats, err);
 	if (st >= 0)
 		st = cal_export_stage_layer(ex, -1, err);
+	if (st >= 0) /* the other ranks' experts (expert parallelism) */
+		st = cal_export_parts_merge(ex, err);
+	if (st >= 0)
+		st = cal_export_pipe_report(ex, err);
 	if (st < 0)
 		goto fail;
 	const struct xpipe *p = &ex->pipe;

@@ -1,6 +1,6 @@
 /*
  * export.h — writes a modelopt-compatible ("unified HF") quantized
- * checkpoint (MODELOPT.md §1, §2.6, §4; docs/export.md), layer by layer.
+ * checkpoint (docs/numerics.md, docs/export.md), layer by layer.
  *
  * cal_exporter_open() derives the complete output tensor list (names,
  * dtypes, shapes) from the model description, the tensor catalog and the
@@ -47,8 +47,9 @@ struct cal_export_opts {
 	const char *model_dir;      /* source directory (side files); required */
 	const char *out_dir;        /* final directory; must not exist */
 	const char *recipe_name;    /* for the report and messages */
-	/* amax / constant semantics (MODELOPT.md §1.3): CAL_DIV_RECIP (default,
-	 * modelopt's GPU run) or CAL_DIV_EXACT (modelopt on CPU). */
+	/* amax / constant semantics (docs/numerics.md "Division semantics"):
+	 * CAL_DIV_RECIP (default, modelopt's GPU run) or CAL_DIV_EXACT
+	 * (modelopt on CPU). */
 	enum cal_div_mode div;
 	uint64_t max_shard_bytes;   /* 0: 10 GB like modelopt */
 	/* fused-expert input amax per expert (stats names
@@ -60,6 +61,14 @@ struct cal_export_opts {
 	 * and run every check, then return CAL_OK with *ret NULL: no writer,
 	 * nothing on disk, no back end needed (be may be NULL; out_dir too) */
 	int check_only;
+	/* expert parallelism (docs/expert_parallel.md "Export"): this exporter
+	 * is rank `rank` of `world` (world 0 or 1: one rank, every tensor).
+	 * Rank 0, the leader, opens, writes and publishes out_dir and
+	 * quantizes everything except the other ranks' routed experts; rank
+	 * r > 0, a part, plans the same output, creates nothing, and quantizes
+	 * and writes only its experts E r / world .. E (r + 1) / world - 1 into
+	 * the leader's temporary directory (cal_exporter_attach). */
+	unsigned rank, world;
 };
 
 struct cal_exporter;
@@ -127,6 +136,29 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 void cal_exporter_free(struct cal_exporter *ex);
 
 /*
+ * Expert parallelism (opts.rank, opts.world).  The leader's output, for
+ * its parts: the temporary directory's name (relative to out_dir's parent)
+ * and the layout hash (engine/st/st_writer.h).  A part attaches to them
+ * before its first layer (errors: CAL_ERR_INTERNAL when it planned another
+ * layout, CAL_ERR_NOTFOUND, CAL_ERR_IO), then takes its layers through
+ * cal_exporter_layer() like the leader, and after the last one
+ * cal_exporter_part_done() waits for its writes, fsyncs them and returns
+ * its report for the leader (*ret, caller frees: its linears' weight amax
+ * and SQNR sums, the tensors it wrote, its counters).  The leader takes
+ * each part's report with cal_exporter_add_part() (copied) before
+ * cal_exporter_finish(), which refuses to publish unless every part
+ * reported and the reports fit its plan.
+ */
+const char *cal_exporter_tmp_name(const struct cal_exporter *ex);
+uint64_t cal_exporter_layout_hash(const struct cal_exporter *ex);
+enum cal_status cal_exporter_attach(struct cal_exporter *ex, const char *tmp_name,
+				    uint64_t layout_hash, struct cal_error *err);
+enum cal_status cal_exporter_part_done(struct cal_exporter *ex, void **ret, size_t *ret_bytes,
+				       struct cal_error *err);
+enum cal_status cal_exporter_add_part(struct cal_exporter *ex, unsigned rank, const void *data,
+				      size_t n, struct cal_error *err);
+
+/*
  * Whole export from a finished statistics table: opens model_dir (config,
  * checkpoint, catalog), loads the recipe, builds the plan, exports every
  * layer and finishes.  `recipe` is a built-in name or a path.
@@ -136,7 +168,7 @@ enum cal_status cal_export_run(const char *recipe, const struct cal_stats *stats
 			       char **ret_report, struct cal_error *err);
 
 /*
- * modelopt's exclude_modules summarisation (MODELOPT.md §4.3,
+ * modelopt's exclude_modules summarisation (docs/export.md "exclude_modules",
  * quant_utils._prefix_wildcard_summarize_exclude_modules), exactly: for
  * each unquantized name in order, the first dot-boundary candidate
  * ["p*"] or ["p", "p.*"] (then [name]) none of whose elements is a prefix

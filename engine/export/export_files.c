@@ -1,8 +1,8 @@
 /*
  * export_files.c — the exporter's side files: hf_quant_config.json
- * (MODELOPT.md §4.3), config.json's quantization_config (§4.4), the
- * source's generation / tokenizer / chat-template files, and
- * calibd_report.json (docs/export.md).
+ * (docs/export.md "exclude_modules"), config.json's quantization_config
+ * ("quantization_config in config.json"), the source's generation / tokenizer
+ * / chat-template files, and calibd_report.json (docs/export.md).
  */
 #include "export_internal.h"
 
@@ -26,27 +26,12 @@ const char *const cal_export_copy_files[] = {
 const char *cal_export_algo(enum cal_qfmt w, int input_on, int block, int *group_size,
 			    int *awq)
 {
-	*group_size = 0;
-	*awq = 0;
-	switch (w) {
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC:
-		*group_size = block ? block : 16;
-		return input_on ? "NVFP4" : "W4A16_NVFP4";
-	case CAL_QFMT_FP8:
-		return "FP8";
-	case CAL_QFMT_MXFP8:
-		*group_size = block ? block : 32;
-		return "MXFP8";
-	case CAL_QFMT_MXFP4:
-		return "mxfp4";
-	case CAL_QFMT_INT4_BLOCK:
-		*group_size = block;
-		*awq = 1;
-		return "W4A16_AWQ";
-	default:
+	const struct cal_qfmt_info *f = cal_qfmt(w);
+	*group_size = f && f->hf_group ? (block ? block : (int)f->block) : 0;
+	*awq = f && f->hf_awq;
+	if (!f)
 		return "none";
-	}
+	return input_on && f->hf_wa ? f->hf_wa : f->hf_w;
 }
 
 static json_t *layer_cfg(const struct xmodcfg *c)
@@ -141,8 +126,8 @@ enum cal_status cal_export_hf_quant_config(struct cal_exporter *ex, json_t **ret
 	for (size_t i = 0; i < ex->n_ignored_mods; i++)
 		unq[n_unq++] = ex->ignored_mods[i];
 	const struct cal_plan_summary *sum = &ex->plan->sum;
-	json_t *kv = sum->kv_fmt == CAL_QFMT_FP8 ? json_string("FP8") :
-		     sum->kv_fmt == CAL_QFMT_NVFP4 ? json_string("NVFP4") : json_null();
+	const struct cal_qfmt_info *kvf = cal_qfmt(sum->kv_fmt);
+	json_t *kv = kvf && kvf->hf_kv ? json_string(kvf->hf_kv) : json_null();
 	json_t *prod = json_pack("{s:s, s:s}", "name", "calibd", "version", CAL_VERSION);
 	json_object_set_new(root, "producer", prod);
 	json_object_set(root, "quantization", quant);
@@ -197,30 +182,22 @@ fail:
 	return st;
 }
 
+/* config.json's config group of one quant_algo (kernels/qfmt.def hf_config). */
 static json_t *group_for(const char *algo, json_t *gs)
 {
-	int g = json_is_integer(gs) ? (int)json_integer_value(gs) : 0;
-	if (!strcmp(algo, "FP8"))
-		return json_pack("{s:{s:b,s:i,s:s}, s:{s:b,s:i,s:s}}",
-				 "input_activations", "dynamic", 0, "num_bits", 8, "type", "float",
-				 "weights", "dynamic", 0, "num_bits", 8, "type", "float");
-	if (!strcmp(algo, "NVFP4"))
-		return json_pack("{s:{s:b,s:i,s:s,s:i}, s:{s:b,s:i,s:s,s:i}}",
-				 "input_activations", "dynamic", 0, "num_bits", 4, "type", "float",
-				 "group_size", g ? g : 16, "weights", "dynamic", 0, "num_bits", 4,
-				 "type", "float", "group_size", g ? g : 16);
-	if (!strcmp(algo, "W4A16_NVFP4"))
-		return json_pack("{s:{s:b,s:i,s:s,s:i}}", "weights", "dynamic", 0, "num_bits", 4,
-				 "type", "float", "group_size", g ? g : 16);
-	if (!strcmp(algo, "W4A16_AWQ"))
-		return json_pack("{s:{s:b,s:i,s:s,s:i}}", "weights", "dynamic", 0, "num_bits", 4,
-				 "type", "int", "group_size", g ? g : 128);
-	if (!strcmp(algo, "MXFP8"))
-		return json_pack("{s:{s:b,s:i,s:s,s:i}, s:{s:b,s:i,s:s,s:i}}",
-				 "input_activations", "dynamic", 0, "num_bits", 8, "type", "float",
-				 "group_size", g ? g : 32, "weights", "dynamic", 0, "num_bits", 8,
-				 "type", "float", "group_size", g ? g : 32);
-	return json_pack("{s:s}", "quant_algo", algo);
+	int g = json_is_integer(gs) ? (int)json_integer_value(gs) : 0, act;
+	const struct cal_qfmt_info *f = cal_qfmt_by_algo(algo, g, &act);
+	if (!f || !f->hf_config)
+		return json_pack("{s:s}", "quant_algo", algo);
+	json_t *o = json_object();
+	for (int k = act ? 0 : 1; k < 2; k++) {
+		json_t *e = json_pack("{s:b,s:i,s:s}", "dynamic", 0, "num_bits", f->elem_bits,
+				      "type", f->elem_e < 0 ? "int" : "float");
+		if (f->block)
+			json_object_set_new(e, "group_size", json_integer(g ? g : (int)f->block));
+		json_object_set_new(o, k ? "weights" : "input_activations", e);
+	}
+	return o;
 }
 
 json_t *cal_export_hf_to_config(json_t *hfq)
@@ -231,8 +208,10 @@ json_t *cal_export_hf_to_config(json_t *hfq)
 		return NULL;
 	json_t *qa = json_object_get(q, "quant_algo");
 	const char *algo = json_string_value(qa);
-	if (algo && (!strcmp(algo, "FP8") || !strcmp(algo, "NVFP4") ||
-		     !strcmp(algo, "W4A16_NVFP4"))) {
+	int act;
+	const struct cal_qfmt_info *f = cal_qfmt_by_algo(algo,
+		(int)json_integer_value(json_object_get(q, "group_size")), &act);
+	if (f && f->hf_config == 2) {
 		json_t *g = group_for(algo, json_object_get(q, "group_size"));
 		json_object_set_new(g, "targets", json_pack("[s]", "Linear"));
 		json_object_set_new(out, "config_groups", json_pack("{s:o}", "group_0", g));
@@ -353,9 +332,12 @@ static json_t *report(struct cal_exporter *ex, const struct cal_stats *stats, js
 		"per_expert_input_amax", ex->opts.per_expert_input_amax,
 		"quantized_weights", (int)json_array_size(ex->weights)));
 	const struct cal_stats_calib *c = stats ? cal_stats_calib(stats) : NULL;
-	json_object_set_new(rep, "calibration", json_pack("{s:I, s:I, s:I}",
+	json_t *cj = json_pack("{s:I, s:I, s:I}",
 		"samples", (json_int_t)(c ? c->samples : 0), "seq_len",
-		(json_int_t)(c ? c->seq_len : 0), "tokens", (json_int_t)(c ? c->tokens : 0)));
+		(json_int_t)(c ? c->seq_len : 0), "tokens", (json_int_t)(c ? c->tokens : 0));
+	if (cj && c && c->sequence_hashes) /* calibd eval's overlap check (docs/eval.md) */
+		json_object_set_new(cj, "sequence_hashes", json_string(c->sequence_hashes));
+	json_object_set_new(rep, "calibration", cj);
 	json_t *sq = json_object();
 	json_object_set_new(sq, "min_db", ex->sqnr_n ? json_real(ex->sqnr_min) : json_null());
 	json_object_set_new(sq, "mean_db", ex->sqnr_n ? json_real(ex->sqnr_sum / (double)ex->sqnr_n) :

@@ -11,8 +11,8 @@
  *     source, on up to 8 helper threads) into two pinned staging buffers,
  *     uploads each block asynchronously while the next is gathered,
  *     takes every weight amax, quantizes every linear of the layer (all
- *     experts) and computes the SQNR sums on the back end, and downloads
- *     only the output bytes into a ring of pinned slots;
+ *     experts; over several ranks, this rank's share) and computes the
+ *     SQNR sums on the back end, and downloads only the output bytes into a ring of pinned slots;
  *   the writer thread turns full slots into safetensors through the
  *     crash-safe writer (engine/st), in the order they were filled.
  * The model-level tensors that need no statistics (copies such as the
@@ -33,8 +33,15 @@
  * before the writer removes the temporary directory.
  *
  * Fault injection for tests: CALIBD_TEST_EXPORT_FAIL_LAYER=L makes the
- * quantize stage fail at layer L (engine/st has CALIBD_TEST_WRITE_LIMIT for
- * the writer).
+ * quantize stage fail at layer L, =L:R only rank R's (expert parallelism;
+ * L alone is rank 0's) (engine/st has CALIBD_TEST_WRITE_LIMIT for the
+ * writer).
+ *
+ * Over several ranks (parts.c) each rank's pipeline takes only what its
+ * rank quantizes and writes (cal_export_mine): a part's, its routed
+ * experts; the leader's, everything else.  The SQNR sums of each linear are
+ * kept (pipe.sq) and the report's entries made at finish in one fixed
+ * order (cal_export_pipe_report), wherever the linear was quantized.
  */
 #include "export_internal.h"
 
@@ -234,7 +241,7 @@ static enum cal_status lin_item(struct cal_exporter *ex, const struct xlin *x, c
 	if (!x->bmm)
 		return slot_item(ex, x->name, suffix, data, n, NULL, err);
 	int matrix = !strcmp(suffix, "weight") ||
-		     (!strcmp(suffix, "weight_scale") && x->fmt != CAL_QFMT_FP8);
+		     (!strcmp(suffix, "weight_scale") && cal_qfmt(x->fmt)->block);
 	char *full = cal_export_bmm_name(x, suffix);
 	unsigned char *t = matrix ? malloc(n ? n : 1) : NULL;
 	if (!full || (matrix && !t)) {
@@ -303,6 +310,13 @@ enum cal_status cal_export_check_scale(const char *name, const char *what, float
 	return CAL_OK;
 }
 
+/* Whether x is a quantized linear of layer L that this exporter quantizes
+ * (all of them on one rank; parts.c). */
+static int takes_q(const struct cal_exporter *ex, const struct xlin *x, int32_t L)
+{
+	return x->layer == L && x->fmt != CAL_QFMT_NONE && cal_export_mine(ex, x);
+}
+
 /* ---- back-end scratch ----------------------------------------------------------- */
 
 enum { D_W, D_OUT, D_AMAX, D_NF, D_SUMS, D_Y, D_BA, D_NF1, D_COUNT };
@@ -338,114 +352,64 @@ static void *hneed(struct cal_exporter *ex, int k, size_t n)
 /* Output bytes of a quantized x: packed values and block scales. */
 static void out_sizes(const struct xlin *x, uint64_t *q, uint64_t *s)
 {
-	uint64_t n = (uint64_t)x->out * (uint64_t)x->in;
-	switch (x->fmt) {
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC: *q = n / 2; *s = n / 16; break;
-	case CAL_QFMT_FP8: *q = n; *s = 0; break;
-	case CAL_QFMT_MXFP8: *q = n; *s = n / 32; break;
-	case CAL_QFMT_MXFP4: *q = n / 2; *s = n / 32; break;
-	case CAL_QFMT_INT4_BLOCK: *q = n / 2; *s = n / 128 * 4; break;
-	default: *q = *s = 0; break;
-	}
+	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
+	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in;
+	*q = f ? cal_qfmt_packed_bytes(f, o, i) : 0;
+	*s = f ? cal_qfmt_scale_bytes(f, o, i, f->block) : 0;
 }
 
 /* Quantizes x (weight at dw) into dq/ds, dequantizes into dy and adds the
- * SQNR sums at dsum; sets *scale (weight_scale_2 / FP8 weight_scale). */
+ * SQNR sums at dsum; sets *scale (the format's tensor scale, e.g.
+ * weight_scale_2 / FP8 weight_scale). */
 static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, const void *dw,
 				    void *dq, void *ds, double *dsum, float *ret_scale,
 				    struct cal_error *err)
 {
 	struct cal_backend *be = ex->pipe.be;
-	enum cal_div_mode div = ex->opts.div;
+	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
 	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in, n = o * i;
 	void *dy = NULL, *dba = NULL, *dnf = NULL;
-	float scale = 0.0f;
-	CAL_TRY_RET(dneed(ex, D_Y, n * 4, &dy, err));
-	switch (x->fmt) {
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC: {
-		if (x->fmt == CAL_QFMT_NVFP4) {
-			scale = cal_nvfp4_scale2(x->wamax, div);
-			CAL_TRY_RET(cal_export_check_scale(x->name, "weight_scale_2", scale, err));
-			struct cal_nvfp4_quant_args a = {dw, o, i, scale, dq, ds};
-			CAL_TRY_RET(cal_op_nvfp4_quant(be, &a, err));
-		} else {
-			scale = cal_nvfp4_static_scale2(x->wamax, 448.0f, div);
-			CAL_TRY_RET(cal_export_check_scale(x->name, "weight_scale_2", scale, err));
-			CAL_TRY_RET(dneed(ex, D_BA, n / 16 * 4, &dba, err));
-			if (ex->mse_sweep) {
-				struct cal_nvfp4_mse_sweep_args a = {dw, o, i, x->wamax, 448.0f, div,
-								     dba};
-				CAL_TRY_RET(cal_op_nvfp4_mse_sweep(be, &a, err));
-			} else {
-				CAL_TRY_RET(dneed(ex, D_NF1, sizeof(struct cal_nonfinite), &dnf, err));
-				CAL_TRY_RET(cal_backend_memset(be, dba, 0, n / 16 * 4, err));
-				CAL_TRY_RET(cal_nonfinite_reset(be, dnf, err));
-				struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, dw, o, i, 16, 0, dba, dnf};
-				CAL_TRY_RET(cal_op_amax_blocks(be, &b, err));
-			}
-			struct cal_nvfp4_static_quant_args a = {dw, o, i, dba, x->wamax, 448.0f, div,
-								dq, ds};
-			CAL_TRY_RET(cal_op_nvfp4_static_quant(be, &a, err));
-		}
-		struct cal_nvfp4_dequant_args d = {dq, ds, o, i, scale, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_nvfp4_dequant(be, &d, err));
-		break;
-	}
-	case CAL_QFMT_FP8: {
-		scale = cal_fp8_scale(x->wamax, div);
-		CAL_TRY_RET(cal_export_check_scale(x->name, "weight_scale", scale, err));
-		/* gpt_oss BMM weights: one rounding (modelopt's 3-D FP8 path) */
-		struct cal_fp8_quant_args a = {dw, n, scale, div, dq, x->bmm};
-		CAL_TRY_RET(cal_op_fp8_quant(be, &a, err));
-		struct cal_fp8_dequant_args d = {dq, n, scale, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_fp8_dequant(be, &d, err));
-		break;
-	}
-	/* MXFP8 and MXFP4 take the same arguments */
-#define MX_CASE(NAME, name)                                                            \
-	case CAL_QFMT_##NAME: {                                                        \
-		struct cal_##name##_quant_args a = {dw, o, i, div, dq, ds};             \
-		CAL_TRY_RET(cal_op_##name##_quant(be, &a, err));                        \
-		struct cal_##name##_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy}; \
-		CAL_TRY_RET(cal_op_##name##_dequant(be, &d, err));                      \
-		break;                                                                 \
-	}
-	MX_CASE(MXFP8, mxfp8)
-	MX_CASE(MXFP4, mxfp4)
-#undef MX_CASE
-	case CAL_QFMT_INT4_BLOCK: {
-		uint64_t sb = n / 128 * 4;
-		CAL_TRY_RET(dneed(ex, D_BA, sb, &dba, err));
-		CAL_TRY_RET(dneed(ex, D_NF1, sizeof(struct cal_nonfinite), &dnf, err));
-		CAL_TRY_RET(cal_backend_memset(be, dba, 0, sb, err));
-		CAL_TRY_RET(cal_nonfinite_reset(be, dnf, err));
-		struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, dw, o, i, 128, 0, dba, dnf};
-		CAL_TRY_RET(cal_op_amax_blocks(be, &b, err));
-		struct cal_int4_quant_args a = {dw, o, i, dba, div, dq, ds};
-		CAL_TRY_RET(cal_op_int4_quant(be, &a, err));
-		struct cal_int4_dequant_args d = {dq, ds, o, i, CAL_DTYPE_F32, dy};
-		CAL_TRY_RET(cal_op_int4_dequant(be, &d, err));
-		break;
-	}
-	case CAL_QFMT_NONE:
+	if (!f)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: not quantized", x->name);
+	CAL_TRY_RET(dneed(ex, D_Y, n * 4, &dy, err));
+	struct cal_qfmt_io io = {dw, o, i, f->block, x->wamax, 0.0f, ex->opts.div,
+				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds};
+	if (f->tensor_scale_of) {
+		io.scale = f->tensor_scale_of(x->wamax, ex->opts.div);
+		CAL_TRY_RET(cal_export_check_scale(x->name, f->tensor_scale, io.scale, err));
 	}
+	if (f->block_amax) {
+		CAL_TRY_RET(dneed(ex, D_BA, n / f->block * 4, &dba, err));
+		if (!io.mse)
+			CAL_TRY_RET(dneed(ex, D_NF1, sizeof(struct cal_nonfinite), &dnf, err));
+		io.block_amax = dba;
+		io.nonfinite = dnf;
+	}
+	CAL_TRY_RET(f->quantize(be, &io, err));
+	CAL_TRY_RET(f->dequantize(be, dq, ds, o, i, f->block, io.scale, CAL_DTYPE_F32, dy, err));
 	struct cal_sqnr_rows_args sq = {dw, dy, o, i, dsum};
 	CAL_TRY_RET(cal_op_sqnr_rows(be, &sq, err));
-	*ret_scale = scale;
+	*ret_scale = io.scale;
 	return CAL_OK;
 }
 
-static enum cal_status report_weight(struct cal_exporter *ex, const struct xlin *x,
-				     const double *sums, struct cal_error *err)
+/* x's SQNR sums (signal, noise) from its per-row sums, in row order, kept
+ * for the report (cal_export_pipe_report). */
+static void keep_sums(struct cal_exporter *ex, const struct xlin *x, const double *sums)
 {
 	double sig = 0.0, noise = 0.0;
 	for (int64_t r = 0; r < x->out; r++) {
 		sig += sums[2 * r];
 		noise += sums[2 * r + 1];
 	}
+	size_t i = (size_t)(x - ex->lin);
+	ex->pipe.sq[2 * i] = sig;
+	ex->pipe.sq[2 * i + 1] = noise;
+}
+
+static enum cal_status report_weight(struct cal_exporter *ex, const struct xlin *x, double sig,
+				     double noise, struct cal_error *err)
+{
 	int inf = noise == 0.0 || sig == 0.0;
 	double db = inf ? 0.0 : 10.0 * log10(sig / noise);
 	json_t *wr = json_pack("{s:s, s:i, s:s, s:f}", "name", x->name, "layer", (int)x->layer,
@@ -514,7 +478,7 @@ static enum cal_status upload_layer(struct cal_exporter *ex, int32_t L, unsigned
 		uint64_t base = 0, end = 0;
 		for (; i < ex->n_lin; i++) {
 			const struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+			if (!takes_q(ex, x, L))
 				continue;
 			uint64_t e = x->woff + (uint64_t)x->out * (uint64_t)x->in * 2;
 			if (n && e - base > p->stage_bytes)
@@ -545,7 +509,7 @@ static size_t layout(struct cal_exporter *ex, int32_t L, uint64_t *w, uint64_t *
 	*w = *o = *sums = 0;
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
-		if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+		if (!takes_q(ex, x, L))
 			continue;
 		uint64_t q, s;
 		out_sizes(x, &q, &s);
@@ -571,8 +535,8 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 	struct cal_nonfinite *dNF = NULL;
 	double *dS = NULL;
 	if (p->fail_layer && p->fail_layer == L + 2)
-		return cal_error_set(err, CAL_ERR_DEVICE, "export of layer %d: injected quantize "
-				     "fault (CALIBD_TEST_EXPORT_FAIL_LAYER)", (int)L);
+		return cal_error_set(err, CAL_ERR_DEVICE, "injected quantize fault "
+				     "(CALIBD_TEST_EXPORT_FAIL_LAYER)"); /* the caller names L */
 	size_t nq = layout(ex, L, &wbytes, &obytes, &nsums);
 	if (nq) {
 		CAL_TRY_RET(dneed(ex, D_W, wbytes, (void **)&dW, err));
@@ -596,7 +560,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		CAL_TRY_RET(cal_backend_memset(be, dA, 0, nq * 4, err));
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+			if (!takes_q(ex, x, L))
 				continue;
 			struct cal_amax_args a = {CAL_DTYPE_BF16, dW + x->woff,
 						  (uint64_t)x->out * (uint64_t)x->in, 0,
@@ -607,7 +571,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		CAL_TRY_RET(cal_backend_download(be, hnf, dNF, nq * sizeof(*hnf), err));
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+			if (!takes_q(ex, x, L))
 				continue;
 			if (hnf[x->qidx].count)
 				return cal_error_set(err, CAL_ERR_NUMERIC, "%s.weight: element %llu is "
@@ -620,7 +584,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			struct xlin *g = &ex->lin[i], *u = &ex->lin[i + 1];
 			if (g->layer == L && g->expert >= 0 && g->proj == CAL_PROJ_GATE &&
 			    u->expert == g->expert && u->proj == CAL_PROJ_UP &&
-			    g->fmt != CAL_QFMT_NONE) {
+			    g->fmt != CAL_QFMT_NONE && cal_export_mine(ex, g)) {
 				float m = g->wamax > u->wamax ? g->wamax : u->wamax;
 				g->wamax = u->wamax = m;
 			}
@@ -629,7 +593,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		/* quantize, dequantize and the SQNR sums: all queued, one sync */
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+			if (!takes_q(ex, x, L))
 				continue;
 			uint64_t q, s;
 			out_sizes(x, &q, &s);
@@ -643,15 +607,18 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		CAL_TRY_RET(cal_backend_download(be, hs, dS, nsums * 8, err));
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer == L && x->fmt != CAL_QFMT_NONE)
-				CAL_TRY_RET(report_weight(ex, x, hs + x->soff, err));
+			if (takes_q(ex, x, L))
+				keep_sums(ex, x, hs + x->soff);
 		}
+		p->n_quantized += nq;
 	}
 	/* the output bytes, into the ring */
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
 		if (L >= 0 ? x->layer != L :
 		    x->layer != -1 || (L == CAL_XSTATIC) != (x->fmt == CAL_QFMT_NONE))
+			continue;
+		if (!cal_export_mine(ex, x))
 			continue;
 		size_t es = cal_dtype_size(x->dtype);
 		uint64_t wn = (uint64_t)x->out * (uint64_t)x->in * es;
@@ -687,7 +654,8 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 				st = lin_item(ex, x, "weight", h, q, err);
 			if (st >= 0 && s)
 				st = lin_item(ex, x, "weight_scale", h + q, s, err);
-			if (st >= 0 && (x->fmt == CAL_QFMT_NVFP4 || x->fmt == CAL_QFMT_NVFP4_STATIC)) {
+			const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
+			if (st >= 0 && f->block && f->scale_dtype == CAL_DTYPE_F8_E4M3) {
 				const unsigned char *hs = h + q;
 				for (uint64_t k = 0; k < s && st >= 0; k++)
 					if ((hs[k] & 0x7f) == 0x7f || (hs[k] & 0x7f) == 0)
@@ -695,11 +663,9 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 								   "block %llu scale byte 0x%02x is %s",
 								   x->name, (unsigned long long)k, hs[k],
 								   (hs[k] & 0x7f) ? "NaN" : "zero");
-				if (st >= 0)
-					st = lin_scalar(ex, x, "weight_scale_2", x->scale, err);
-			} else if (st >= 0 && x->fmt == CAL_QFMT_FP8) {
-				st = lin_scalar(ex, x, "weight_scale", x->scale, err);
 			}
+			if (st >= 0 && f->tensor_scale)
+				st = lin_scalar(ex, x, f->tensor_scale, x->scale, err);
 			if (st >= 0 && x->has_input_scale)
 				st = lin_scalar(ex, x, "input_scale", x->iscale, err);
 			free(tmp);
@@ -708,7 +674,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		if (x->expert >= 0 && x->sl.bias)
 			CAL_TRY_RET(write_bias(ex, x, err));
 	}
-	for (size_t i = 0; i < ex->n_kv; i++) {
+	for (size_t i = 0; ex->xp.rank == 0 && i < ex->n_kv; i++) {
 		const struct xkv *k = &ex->kv[i];
 		if (k->layer != L)
 			continue;
@@ -717,7 +683,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		if (k->v)
 			CAL_TRY_RET(slot_scalar(ex, k->attn, "v_proj.v_scale", k->vscale, err));
 	}
-	for (size_t i = 0; i < ex->n_cp; i++) {
+	for (size_t i = 0; ex->xp.rank == 0 && i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];
 		if (!(L >= 0 ? c->layer == L : L == CAL_XSTATIC && c->layer == -1))
 			continue;
@@ -829,9 +795,13 @@ static enum cal_status pipe_buffers(struct cal_exporter *ex, struct cal_error *e
 	struct xpipe *p = &ex->pipe;
 	if (p->be)
 		return CAL_OK;
+	if (!p->sq && !(p->sq = calloc(2 * ex->n_lin + 1, sizeof(double))))
+		return nomem(err);
 	uint64_t stage = STAGE_MIN, slot = SLOT_MIN;
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		const struct xlin *x = &ex->lin[i];
+		if (!cal_export_mine(ex, x))
+			continue;
 		uint64_t wn = (uint64_t)x->out * (uint64_t)x->in * cal_dtype_size(x->dtype), q, s;
 		if (x->fmt != CAL_QFMT_NONE) {
 			out_sizes(x, &q, &s);
@@ -844,7 +814,7 @@ static enum cal_status pipe_buffers(struct cal_exporter *ex, struct cal_error *e
 			continue; /* gpt_oss: owned transposed copies, outside the ring */
 		slot = wn + 64 > slot ? wn + 64 : slot;
 	}
-	for (size_t i = 0; i < ex->n_cp; i++) {
+	for (size_t i = 0; ex->xp.rank == 0 && i < ex->n_cp; i++) {
 		uint64_t cn = ex->cp[i].t->numel * (ex->cp[i].to_f32 ? 4 : ex->cp[i].to_bf16 ? 2 : 0);
 		slot = cn + 64 > slot ? cn + 64 : slot;
 	}
@@ -876,14 +846,27 @@ enum cal_status cal_export_pipe_init(struct cal_exporter *ex, struct cal_error *
 		return nomem(err);
 	}
 	p->inited = 1;
+	/* L: the leader's (one rank's) stage fails at layer L; L:R: rank R's */
 	const char *f = getenv("CALIBD_TEST_EXPORT_FAIL_LAYER");
 	if (f && *f) {
-		int64_t v;
-		enum cal_status st = cal_parse_i64("CALIBD_TEST_EXPORT_FAIL_LAYER", f, -1, INT32_MAX - 2,
-						   &v, err);
-		if (st < 0)
-			return st;
-		p->fail_layer = (int32_t)v + 2;
+		/* LAYER or LAYER:RANK */
+		char layer[24];
+		const char *colon = strchr(f, ':');
+		size_t ln = colon ? (size_t)(colon - f) : strlen(f);
+		int64_t v = 0;
+		uint64_t r = 0;
+		int ok = ln < sizeof(layer);
+		if (ok) {
+			memcpy(layer, f, ln);
+			layer[ln] = '\0';
+			ok = cal_parse_i64("layer", layer, -1, INT32_MAX - 2, &v, NULL) >= 0 &&
+			     (!colon || cal_parse_u64("rank", colon + 1, 0, UINT32_MAX, &r, NULL) >= 0);
+		}
+		if (!ok)
+			return cal_error_set(err, CAL_ERR_INVALID, "CALIBD_TEST_EXPORT_FAIL_LAYER='%s' is "
+					     "not LAYER or LAYER:RANK", f);
+		if (r == ex->opts.rank)
+			p->fail_layer = (int32_t)v + 2;
 	}
 	return CAL_OK;
 }
@@ -972,6 +955,7 @@ uint64_t cal_export_pipe_written(const struct cal_exporter *ex)
 void cal_export_pipe_free(struct cal_exporter *ex)
 {
 	struct xpipe *p = &ex->pipe;
+	cal_export_parts_free(ex);
 	if (!p->inited)
 		return;
 	pipe_join(p, 1);
@@ -993,4 +977,20 @@ void cal_export_pipe_free(struct cal_exporter *ex)
 	}
 	cal_backend_free(p->be);
 	p->be = NULL;
+	free(p->sq);
+	p->sq = NULL;
+}
+
+enum cal_status cal_export_pipe_report(struct cal_exporter *ex, struct cal_error *err)
+{
+	for (int32_t pass = 0; pass <= (int32_t)ex->d->num_layers; pass++) {
+		int32_t L = pass < ex->d->num_layers ? pass : -1;
+		for (size_t i = 0; i < ex->n_lin; i++) {
+			const struct xlin *x = &ex->lin[i];
+			if (x->layer == L && x->fmt != CAL_QFMT_NONE)
+				CAL_TRY_RET(report_weight(ex, x, ex->pipe.sq[2 * i],
+							  ex->pipe.sq[2 * i + 1], err));
+		}
+	}
+	return CAL_OK;
 }

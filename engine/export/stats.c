@@ -86,6 +86,7 @@ void cal_stats_free(struct cal_stats *s)
 	for (size_t k = 0; k < s->n_tl; k++)
 		free(s->tl[k].tokens);
 	free(s->tl);
+	free((char *)s->calib.sequence_hashes);
 	free(s->v);
 	free(s->slot);
 	free(s);
@@ -184,7 +185,9 @@ const uint64_t *cal_stats_expert_tokens(const struct cal_stats *s, int32_t layer
 
 void cal_stats_set_calib(struct cal_stats *s, const struct cal_stats_calib *c)
 {
+	free((char *)s->calib.sequence_hashes);
 	s->calib = *c;
+	s->calib.sequence_hashes = c->sequence_hashes ? strdup(c->sequence_hashes) : NULL;
 }
 
 const struct cal_stats_calib *cal_stats_calib(const struct cal_stats *s)
@@ -359,6 +362,9 @@ enum cal_status cal_stats_load(const char *path, struct cal_stats **ret, struct 
 			s->calib.seq_len = json_integer_value(x);
 		if (json_is_integer(x = json_object_get(cal, "tokens")) && json_integer_value(x) >= 0)
 			s->calib.tokens = (uint64_t)json_integer_value(x);
+		if (json_is_string(x = json_object_get(cal, "sequence_hashes")) &&
+		    json_string_length(x) % 16 == 0)
+			s->calib.sequence_hashes = strdup(json_string_value(x));
 	}
 	*ret = s;
 	s = NULL;
@@ -382,6 +388,8 @@ char *cal_stats_json(const struct cal_stats *s)
 	json_object_set_new(cal, "samples", json_integer(s->calib.samples));
 	json_object_set_new(cal, "seq_len", json_integer(s->calib.seq_len));
 	json_object_set_new(cal, "tokens", json_integer((json_int_t)s->calib.tokens));
+	if (s->calib.sequence_hashes)
+		json_object_set_new(cal, "sequence_hashes", json_string(s->calib.sequence_hashes));
 	for (size_t k = 0; k < s->n; k++)
 		json_object_set_new(am, s->v[k].name, json_real(s->v[k].amax));
 	for (size_t k = 0; k < s->n_tl; k++) {

@@ -31,6 +31,10 @@ struct cal_stats_calib {
 	int64_t samples;
 	int64_t seq_len;
 	uint64_t tokens;
+	/* the sequences' fingerprints (cal_calib_tokens_hashes: 16 hex digits
+	 * each, concatenated; NULL: unknown), for calibd eval's overlap check;
+	 * cal_stats_set_calib copies it */
+	const char *sequence_hashes;
 };
 
 /* Empty table.  Errors: CAL_ERR_NOMEM. */

@@ -1,8 +1,8 @@
 /*
- * verify.c — `calibd verify`: checks an exported checkpoint as a loader
- * (vLLM / SGLang / TensorRT-LLM, MODELOPT.md §4.9) would read it, and with
- * the source checkpoint reports the SQNR of every quantized weight
- * (export.h cal_export_verify).
+ * verify.c — `calibd verify`: checks an exported checkpoint as a loader (vLLM
+ * / SGLang / TensorRT-LLM, docs/export.md "What loaders expect") would read
+ * it, and with the source checkpoint reports the SQNR of every quantized
+ * weight (export.h cal_export_verify).
  */
 #include "export_internal.h"
 
@@ -129,38 +129,61 @@ static json_t *mixed_cfg(json_t *ql, const char *mod)
 	return c;
 }
 
-enum vfmt { VF_NONE, VF_NVFP4, VF_W4A16_NVFP4, VF_FP8, VF_MXFP8, VF_MXFP4, VF_INT4, VF_OTHER };
+/* The format a module is exported in: the row of kernels/qfmt.def that its
+ * quant_algo and group_size name (f NULL: unknown algo; algo NULL: not
+ * quantized). */
+struct vfmt {
+	const char *algo;
+	const struct cal_qfmt_info *f;
+	int with_input;               /* algo names quantized inputs */
+	int group;
+};
 
-static enum vfmt vfmt_of(const char *algo)
+static struct vfmt vfmt_of(const char *algo, int group)
 {
-	if (!algo)
-		return VF_NONE;
-	if (!strcmp(algo, "NVFP4"))
-		return VF_NVFP4;
-	if (!strcmp(algo, "W4A16_NVFP4"))
-		return VF_W4A16_NVFP4;
-	if (!strcmp(algo, "FP8"))
-		return VF_FP8;
-	if (!strcmp(algo, "MXFP8"))
-		return VF_MXFP8;
-	if (!strcmp(algo, "mxfp4") || !strcmp(algo, "MXFP4"))
-		return VF_MXFP4;
-	if (!strcmp(algo, "W4A16_AWQ"))
-		return VF_INT4;
-	return VF_OTHER;
+	struct vfmt r = {algo, NULL, 0, group};
+	if (algo)
+		r.f = cal_qfmt_by_algo(algo, group, &r.with_input);
+	return r;
 }
 
-static const char *vfmt_name(enum vfmt f)
+static const char *vfmt_name(const struct vfmt *f)
 {
-	static const char *const n[] = {"none", "nvfp4", "w4a16_nvfp4", "fp8", "mxfp8", "mxfp4",
-					"int4_block", "other"};
-	return n[f];
+	return f->f ? f->f->name : f->algo ? f->algo : "none";
+}
+
+/* Block scales of dtype dt: finite and positive (E4M3: no NaN, zero or
+ * negative byte; E8M0: no NaN byte 0xFF; F32: finite > 0). */
+static int scales_ok(struct vctx *v, const char *mod, char sep, const struct cal_st_tensor *s,
+		     enum cal_dtype dt)
+{
+	const uint8_t *b = s->data;
+	for (uint64_t k = 0; k < s->numel; k++) {
+		int bad;
+		if (dt == CAL_DTYPE_F8_E4M3)
+			bad = (b[k] & 0x7f) == 0x7f || (b[k] & 0x7f) == 0 || (b[k] & 0x80);
+		else if (dt == CAL_DTYPE_U8)
+			bad = b[k] == 0xff;
+		else
+			bad = !isfinite(f32_at(s, k)) || f32_at(s, k) <= 0.0f;
+		if (bad) {
+			if (dt == CAL_DTYPE_F32)
+				violation(v, "%s%cweight_scale: element %llu is %g", mod, sep,
+					  (unsigned long long)k, (double)f32_at(s, k));
+			else
+				violation(v, "%s%cweight_scale: block %llu has scale byte 0x%02x (not "
+					  "finite and positive)", mod, sep, (unsigned long long)k, b[k]);
+			return 0;
+		}
+	}
+	return 1;
 }
 
 /* Checks one quantized module; returns its logical input dim (0 on error). */
-static int64_t check_module(struct vctx *v, const char *mod, enum vfmt f, int group)
+static int64_t check_module(struct vctx *v, const char *mod, const struct vfmt *vf)
 {
 	const struct cal_st_tensor *w = tget(v, mod, "weight"), *s = tget(v, mod, "weight_scale");
+	const struct cal_qfmt_info *f = vf->f;
 	if (!w || w->ndim != 2) {
 		violation(v, "%s.weight: missing or not 2-D", mod);
 		return 0;
@@ -169,84 +192,36 @@ static int64_t check_module(struct vctx *v, const char *mod, enum vfmt f, int gr
 		violation(v, "%s.weight_scale: missing", mod);
 		return 0;
 	}
-	int64_t o = w->shape[0], in = 0;
-	switch (f) {
-	case VF_NVFP4:
-	case VF_W4A16_NVFP4: {
-		in = w->shape[1] * 2;
-		int g = group ? group : 16;
-		if (w->dtype != CAL_DTYPE_U8 || !shape_is(s, CAL_DTYPE_F8_E4M3, 2, o, in / g)) {
-			violation(v, "%s: NVFP4 expects weight U8 [N, K/2] and weight_scale F8_E4M3 "
-				  "[N, K/%d]; found %s and %s [%lld, %lld]", mod, g,
-				  cal_dtype_name(w->dtype), cal_dtype_name(s->dtype),
+	if (!f) {
+		violation(v, "%s: quant_algo %s (group_size %d) not checked by calibd verify", mod,
+			  vf->algo, vf->group);
+		return 0;
+	}
+	int64_t per = 8 / f->elem_bits;
+	int64_t o = f->pack_rows ? w->shape[0] * per : w->shape[0];
+	int64_t in = f->pack_rows ? w->shape[1] : w->shape[1] * per;
+	if (w->dtype != f->elem_dtype) {
+		violation(v, "%s.weight: %s expects %s, found %s", mod, vf->algo,
+			  cal_dtype_name(f->elem_dtype), cal_dtype_name(w->dtype));
+		return 0;
+	}
+	if (f->block) {
+		int g = vf->group ? vf->group : (int)f->block;
+		if (!shape_is(s, f->scale_dtype, 2, o, in / g)) {
+			violation(v, "%s: %s expects weight_scale %s [%lld, %lld]; found %s [%lld, %lld]",
+				  mod, vf->algo, cal_dtype_name(f->scale_dtype), (long long)o,
+				  (long long)(in / g), cal_dtype_name(s->dtype),
 				  (long long)s->shape[0], (long long)(s->ndim > 1 ? s->shape[1] : -1));
 			return 0;
 		}
-		const uint8_t *b = s->data;
-		for (uint64_t k = 0; k < s->numel; k++) {
-			if ((b[k] & 0x7f) == 0x7f || (b[k] & 0x7f) == 0 || (b[k] & 0x80)) {
-				violation(v, "%s.weight_scale: block %llu has scale byte 0x%02x (not "
-					  "finite and positive)", mod, (unsigned long long)k, b[k]);
-				return 0;
-			}
-		}
-		if (!check_scalar(v, mod, "weight_scale_2", 1))
+		if (!scales_ok(v, mod, '.', s, f->scale_dtype))
 			return 0;
-		if (f == VF_NVFP4 && !check_scalar(v, mod, "input_scale", 1))
-			return 0;
-		return in;
 	}
-	case VF_FP8:
-		in = w->shape[1];
-		if (w->dtype != CAL_DTYPE_F8_E4M3) {
-			violation(v, "%s.weight: FP8 expects F8_E4M3, found %s", mod,
-				  cal_dtype_name(w->dtype));
-			return 0;
-		}
-		if (!check_scalar(v, mod, "weight_scale", 1) || !check_scalar(v, mod, "input_scale", 1))
-			return 0;
-		return in;
-	case VF_MXFP8:
-	case VF_MXFP4: {
-		in = f == VF_MXFP8 ? w->shape[1] : w->shape[1] * 2;
-		enum cal_dtype wd = f == VF_MXFP8 ? CAL_DTYPE_F8_E4M3 : CAL_DTYPE_U8;
-		if (w->dtype != wd || !shape_is(s, CAL_DTYPE_U8, 2, o, in / 32)) {
-			violation(v, "%s: %s expects weight %s and weight_scale U8 [N, K/32]", mod,
-				  vfmt_name(f), cal_dtype_name(wd));
-			return 0;
-		}
-		const uint8_t *b = s->data;
-		for (uint64_t k = 0; k < s->numel; k++) {
-			if (b[k] == 0xff) {
-				violation(v, "%s.weight_scale: block %llu is NaN (0xFF)", mod,
-					  (unsigned long long)k);
-				return 0;
-			}
-		}
-		return in;
-	}
-	case VF_INT4: {
-		in = w->shape[1];
-		int g = group ? group : 128;
-		if (w->dtype != CAL_DTYPE_U8 || !shape_is(s, CAL_DTYPE_F32, 2, o * 2, in / g)) {
-			violation(v, "%s: W4A16_AWQ expects weight U8 [N/2, K] and weight_scale F32 "
-				  "[N, K/%d]", mod, g);
-			return 0;
-		}
-		for (uint64_t k = 0; k < s->numel; k++) {
-			float x = f32_at(s, k);
-			if (!isfinite(x) || x <= 0.0f) {
-				violation(v, "%s.weight_scale: element %llu is %g", mod,
-					  (unsigned long long)k, (double)x);
-				return 0;
-			}
-		}
-		return in;
-	}
-	default:
-		violation(v, "%s: quant_algo not checked by calibd verify", mod);
+	if (f->tensor_scale && !check_scalar(v, mod, f->tensor_scale, 1))
 		return 0;
-	}
+	if (vf->with_input && f->input_scale_of && !check_scalar(v, mod, "input_scale", 1))
+		return 0;
+	return in;
 }
 
 /* ---- SQNR against the source ------------------------------------------------- */
@@ -343,48 +318,21 @@ static int source_weight(const struct vsrc *s, const char *mod, int64_t o, int64
 
 /* Dequantizes mod (format f, [o, in]) into host f32 y. */
 static enum cal_status dequant(struct vctx *v, struct cal_backend *be, const char *mod,
-			       enum vfmt f, int64_t o, int64_t in, float *y, struct cal_error *err)
+			       const struct vfmt *vf, int64_t o, int64_t in, float *y,
+			       struct cal_error *err)
 {
 	enum cal_status st;
-	const struct cal_st_tensor *w = tget(v, mod, "weight"), *s = tget(v, mod, "weight_scale"),
-				   *s2 = tget(v, mod, "weight_scale_2");
+	const struct cal_qfmt_info *f = vf->f;
+	const struct cal_st_tensor *w = tget(v, mod, "weight"), *s = tget(v, mod, "weight_scale");
+	const struct cal_st_tensor *ts = f->tensor_scale ? tget(v, mod, f->tensor_scale) : NULL;
 	void *dw = NULL, *ds = NULL, *dy = NULL;
 	uint64_t n = (uint64_t)(o * in);
 	CAL_TRY(cal_backend_alloc_upload(be, w->data, w->nbytes, &dw, err));
 	CAL_TRY(cal_backend_alloc_upload(be, s->data, s->nbytes, &ds, err));
 	CAL_TRY(cal_backend_alloc(be, n * 4, &dy, err));
-	switch (f) {
-	case VF_NVFP4:
-	case VF_W4A16_NVFP4: {
-		struct cal_nvfp4_dequant_args a = {dw, ds, (uint64_t)o, (uint64_t)in, f32_at(s2, 0),
-						   CAL_DTYPE_F32, dy};
-		CAL_TRY(cal_op_nvfp4_dequant(be, &a, err));
-		break;
-	}
-	case VF_FP8: {
-		struct cal_fp8_dequant_args a = {dw, n, f32_at(s, 0), CAL_DTYPE_F32, dy};
-		CAL_TRY(cal_op_fp8_dequant(be, &a, err));
-		break;
-	}
-	case VF_MXFP8: {
-		struct cal_mxfp8_dequant_args a = {dw, ds, (uint64_t)o, (uint64_t)in, CAL_DTYPE_F32, dy};
-		CAL_TRY(cal_op_mxfp8_dequant(be, &a, err));
-		break;
-	}
-	case VF_MXFP4: {
-		struct cal_mxfp4_dequant_args a = {dw, ds, (uint64_t)o, (uint64_t)in, CAL_DTYPE_F32, dy};
-		CAL_TRY(cal_op_mxfp4_dequant(be, &a, err));
-		break;
-	}
-	case VF_INT4: {
-		struct cal_int4_dequant_args a = {dw, ds, (uint64_t)o, (uint64_t)in, CAL_DTYPE_F32, dy};
-		CAL_TRY(cal_op_int4_dequant(be, &a, err));
-		break;
-	}
-	default:
-		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: no dequantizer", mod);
-		goto fail;
-	}
+	CAL_TRY(f->dequantize(be, dw, ds, (uint64_t)o, (uint64_t)in,
+			      vf->group ? (uint32_t)vf->group : f->block, ts ? f32_at(ts, 0) : 0.0f,
+			      CAL_DTYPE_F32, dy, err));
 	CAL_TRY(cal_backend_download(be, y, dy, n * 4, err));
 fail:
 	cal_backend_dealloc(be, dw);
@@ -394,7 +342,7 @@ fail:
 }
 
 /* Adds {name, format, sqnr_db} of the dequantized y against source w. */
-static void report_sqnr(struct vctx *v, const char *name, enum vfmt f, const uint16_t *w,
+static void report_sqnr(struct vctx *v, const char *name, const struct vfmt *f, const uint16_t *w,
 			const float *y, uint64_t n)
 {
 	double sig = 0, noise = 0;
@@ -448,51 +396,49 @@ static uint16_t *bmm_source(const struct vsrc *s, const char *name, uint64_t E, 
 	return w;
 }
 
-/* Checks one BMM expert tensor of format f (NVFP4 or FP8), and its SQNR
+/* Checks one BMM expert tensor of format f (rows with bmm), and its SQNR
  * against the source when given. */
-static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t, enum vfmt f,
-				  const struct vsrc *src, struct cal_backend *be,
-				  struct cal_error *err)
+static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
+				  const struct vfmt *vf, const struct vsrc *src,
+				  struct cal_backend *be, struct cal_error *err)
 {
 	const char *name = t->name;
-	int nv = f == VF_NVFP4 || f == VF_W4A16_NVFP4;
+	const struct cal_qfmt_info *f = vf->f;
+	if (!f || !f->bmm) {
+		violation(v, "%s: GPT-OSS experts in %s are not checked", name, vfmt_name(vf));
+		return CAL_OK;
+	}
+	uint64_t per = 8 / (uint64_t)f->elem_bits, blk = f->block;
 	uint64_t E = (uint64_t)t->shape[0], R = (uint64_t)t->shape[2];
-	uint64_t C = (uint64_t)t->shape[1] * (nv ? 2 : 1);
+	uint64_t C = (uint64_t)t->shape[1] * per;
 	const struct cal_st_tensor *ws = tget_sep(v, name, '_', "weight_scale");
-	if (!nv && f != VF_FP8) {
-		violation(v, "%s: GPT-OSS experts in %s are not checked (NVFP4 and FP8 only)", name,
-			  vfmt_name(f));
+	if (t->dtype != f->elem_dtype) {
+		violation(v, "%s: %s, expected %s", name, cal_dtype_name(t->dtype),
+			  cal_dtype_name(f->elem_dtype));
 		return CAL_OK;
 	}
-	if (t->dtype != (nv ? CAL_DTYPE_U8 : CAL_DTYPE_F8_E4M3)) {
-		violation(v, "%s: %s, expected %s", name, cal_dtype_name(t->dtype), nv ? "U8" : "F8_E4M3");
-		return CAL_OK;
-	}
-	if (nv) {
-		if (!ws || ws->dtype != CAL_DTYPE_F8_E4M3 || ws->ndim != 3 ||
-		    (uint64_t)ws->shape[0] != E || (uint64_t)ws->shape[1] != C / 16 ||
+	if (blk) {
+		if (!ws || ws->dtype != f->scale_dtype || ws->ndim != 3 ||
+		    (uint64_t)ws->shape[0] != E || (uint64_t)ws->shape[1] != C / blk ||
 		    (uint64_t)ws->shape[2] != R) {
-			violation(v, "%s_weight_scale: expected F8_E4M3 [%llu, %llu, %llu]", name,
-				  (unsigned long long)E, (unsigned long long)(C / 16),
-				  (unsigned long long)R);
+			violation(v, "%s_weight_scale: expected %s [%llu, %llu, %llu]", name,
+				  cal_dtype_name(f->scale_dtype), (unsigned long long)E,
+				  (unsigned long long)(C / blk), (unsigned long long)R);
 			return CAL_OK;
 		}
-		const uint8_t *sb = ws->data;
-		for (uint64_t k = 0; k < ws->nbytes; k++)
-			if ((sb[k] & 0x7f) == 0x7f || (sb[k] & 0x7f) == 0) {
-				violation(v, "%s_weight_scale: block %llu has scale byte 0x%02x", name,
-					  (unsigned long long)k, sb[k]);
-				return CAL_OK;
-			}
-		if (!check_scalar_sep(v, name, '_', "weight_scale_2", 1))
+		if (!scales_ok(v, name, '_', ws, f->scale_dtype))
 			return CAL_OK;
-	} else if (!check_scalar_sep(v, name, '_', "weight_scale", 1)) {
-		return CAL_OK;
 	}
-	if ((f != VF_W4A16_NVFP4 && !check_scalar_sep(v, name, '_', "input_scale", 1)) || !src->ck)
+	if (f->tensor_scale && !check_scalar_sep(v, name, '_', f->tensor_scale, 1))
 		return CAL_OK;
+	if ((vf->with_input && f->input_scale_of &&
+	     !check_scalar_sep(v, name, '_', "input_scale", 1)) || !src->ck)
+		return CAL_OK;
+	const struct cal_st_tensor *ts = f->tensor_scale ? tget_sep(v, name, '_', f->tensor_scale)
+							 : NULL;
 	/* SQNR: back to [E R, C] rows, dequantized on the back end */
-	uint64_t n = E * R * C, qb = nv ? n / 2 : n, sbytes = nv ? n / 16 : 0;
+	uint64_t n = E * R * C, qb = cal_qfmt_packed_bytes(f, E * R, C),
+		 sbytes = cal_qfmt_scale_bytes(f, E * R, C, f->block);
 	uint16_t *w = bmm_source(src, name, E, R, C);
 	unsigned char *q = malloc(qb), *sc = malloc(sbytes ? sbytes : 1);
 	float *y = malloc(n * 4);
@@ -506,25 +452,19 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 		violation(v, "%s: no matching bf16 or MXFP4 experts in the source", name);
 		goto fail;
 	}
-	cal_export_bmm_transpose(q, t->data, E, C / (nv ? 2 : 1), R, 1);
-	if (nv)
-		cal_export_bmm_transpose(sc, ws->data, E, C / 16, R, 1);
+	cal_export_bmm_transpose(q, t->data, E, C / per, R, 1);
+	if (blk)
+		cal_export_bmm_transpose(sc, ws->data, E, C / blk, R, f->scale_bytes);
 	CAL_TRY(cal_backend_alloc(be, qb, &dq, err));
 	CAL_TRY(cal_backend_alloc(be, sbytes ? sbytes : 1, &ds, err));
 	CAL_TRY(cal_backend_alloc(be, n * 4, &dy, err));
 	CAL_TRY(cal_backend_upload(be, dq, q, qb, err));
-	if (nv) {
+	if (sbytes)
 		CAL_TRY(cal_backend_upload(be, ds, sc, sbytes, err));
-		struct cal_nvfp4_dequant_args a = {dq, ds, E * R, C,
-						   f32_at(tget_sep(v, name, '_', "weight_scale_2"), 0),
-						   CAL_DTYPE_F32, dy};
-		CAL_TRY(cal_op_nvfp4_dequant(be, &a, err));
-	} else {
-		struct cal_fp8_dequant_args a = {dq, n, f32_at(ws, 0), CAL_DTYPE_F32, dy};
-		CAL_TRY(cal_op_fp8_dequant(be, &a, err));
-	}
+	CAL_TRY(f->dequantize(be, dq, ds, E * R, C, f->block, ts ? f32_at(ts, 0) : 0.0f,
+			      CAL_DTYPE_F32, dy, err));
 	CAL_TRY(cal_backend_download(be, y, dy, n * 4, err));
-	report_sqnr(v, name, f, w, y, n);
+	report_sqnr(v, name, vf, w, y, n);
 fail:
 	cal_backend_dealloc(be, dq);
 	cal_backend_dealloc(be, ds);
@@ -616,8 +556,9 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 				  "(vLLM requires the key)");
 		if (algo && !mixed && !json_is_array(exm))
 			violation(&v, "hf_quant_config.json: exclude_modules missing");
-		if ((vfmt_of(algo) == VF_NVFP4 || vfmt_of(algo) == VF_W4A16_NVFP4) && group != 16)
-			violation(&v, "hf_quant_config.json: group_size %d, NVFP4 needs 16", group);
+		if (algo && !mixed && !vfmt_of(algo, group).f)
+			violation(&v, "hf_quant_config.json: quant_algo %s with group_size %d is not a "
+				  "format calibd knows (kernels/qfmt.def)", algo, group);
 		if (mixed && !json_is_object(ql))
 			violation(&v, "hf_quant_config.json: MIXED_PRECISION without quantized_layers");
 	}
@@ -673,20 +614,21 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 				goto fail;
 			}
 			json_t *c = mixed ? mixed_cfg(ql, mod) : NULL;
-			enum vfmt f = mixed ? (c ? vfmt_of(json_string_value(json_object_get(c,
-					"quant_algo"))) : VF_NONE)
-					    : algo && !excluded(exm, mod) ? vfmt_of(algo) : VF_NONE;
+			struct vfmt f = mixed ? vfmt_of(json_string_value(json_object_get(c,
+					"quant_algo")), (int)json_integer_value(json_object_get(c,
+					"group_size")))
+					    : vfmt_of(!excluded(exm, mod) ? algo : NULL, group);
 			int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3;
 			free(mod);
-			if (f == VF_NONE || !qdt) {
-				if (qdt || f != VF_NONE)
+			if (!f.algo || !qdt) {
+				if (qdt || f.algo)
 					violation(&v, "%s: %s, but the config %s it", t->name,
 						  cal_dtype_name(t->dtype), qdt ? "does not quantize" :
 						  "quantizes");
 				continue;
 			}
 			n_quant++;
-			CAL_TRY(verify_bmm(&v, t, f, &src, be, err));
+			CAL_TRY(verify_bmm(&v, t, &f, &src, be, err));
 			continue;
 		}
 		if (l <= 7 || strcmp(t->name + l - 7, ".weight") || t->ndim != 2)
@@ -697,16 +639,15 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 			goto fail;
 		}
 		int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3;
-		enum vfmt f = VF_NONE;
-		int g = group;
+		struct vfmt f = vfmt_of(NULL, 0);
 		if (mixed) {
 			json_t *c = mixed_cfg(ql, mod);
-			f = c ? vfmt_of(json_string_value(json_object_get(c, "quant_algo"))) : VF_NONE;
-			g = (int)json_integer_value(json_object_get(c, "group_size"));
+			f = vfmt_of(json_string_value(json_object_get(c, "quant_algo")),
+				    (int)json_integer_value(json_object_get(c, "group_size")));
 		} else if (algo && !excluded(exm, mod)) {
-			f = vfmt_of(algo);
+			f = vfmt_of(algo, group);
 		}
-		if (f == VF_NONE) {
+		if (!f.algo) {
 			if (qdt)
 				violation(&v, "%s.weight: %s, but the config does not quantize %s",
 					  mod, cal_dtype_name(t->dtype), mod);
@@ -715,15 +656,15 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 		}
 		if (!qdt) {
 			violation(&v, "%s.weight: %s, but the config quantizes %s (%s)", mod,
-				  cal_dtype_name(t->dtype), mod, vfmt_name(f));
+				  cal_dtype_name(t->dtype), mod, vfmt_name(&f));
 			free(mod);
 			continue;
 		}
 		n_quant++;
-		int64_t in = check_module(&v, mod, f, g);
+		int64_t in = check_module(&v, mod, &f);
 		const char *other;
 		size_t cut;
-		if ((f == VF_NVFP4 || f == VF_W4A16_NVFP4) && strstr(mod, ".experts.") &&
+		if (f.f && f.f->shared_amax && strstr(mod, ".experts.") &&
 		    is_sibling(mod, &other, &cut)) {
 			char *sib = NULL;
 			if (asprintf(&sib, "%.*s%s", (int)cut, mod, other) > 0) {
@@ -737,21 +678,21 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 			}
 		}
 		if (in > 0 && source_dir) {
-			int64_t o = f == VF_INT4 ? t->shape[0] * 2 : t->shape[0];
+			int64_t o = f.f->pack_rows ? t->shape[0] * (8 / f.f->elem_bits) : t->shape[0];
 			uint16_t *w = NULL;
 			float *y = malloc((size_t)(o * in) * 4);
 			if (!y || source_weight(&src, mod, o, in, &w) < 0) {
 				violation(&v, "%s: no matching bf16 [%lld, %lld] weight in the source",
 					  mod, (long long)o, (long long)in);
 			} else {
-				st = dequant(&v, be, mod, f, o, in, y, err);
+				st = dequant(&v, be, mod, &f, o, in, y, err);
 				if (st < 0) {
 					free(w);
 					free(y);
 					free(mod);
 					goto fail;
 				}
-				report_sqnr(&v, mod, f, w, y, (uint64_t)(o * in));
+				report_sqnr(&v, mod, &f, w, y, (uint64_t)(o * in));
 			}
 			free(w);
 			free(y);

@@ -3,10 +3,11 @@
  * description expects.
  *
  * Method: detect the prefix and each MoE layer's expert layout by probing a
- * few names (ARCHITECTURES.md §2.4); generate the full list of expected
- * tensors (name, role, shape) from the description and those layouts; sort
- * it by name and merge it with the checkpoint's name-sorted tensor list.
- * Everything that does not line up is collected and reported at once.
+ * few names (docs/architectures.md "Expert layouts on disk"); generate the
+ * full list of expected tensors (name, role, shape) from the description and
+ * those layouts; sort it by name and merge it with the checkpoint's
+ * name-sorted tensor list.  Everything that does not line up is collected and
+ * reported at once.
  */
 #include "catalog.h"
 
@@ -505,7 +506,8 @@ enum cal_status cal_catalog_build(const struct cal_model_desc *d,
 	c->ck = ck;
 	const char *ckdir = cal_checkpoint_dir(ck);
 
-	/* prefix: probe the VLM form first (§6) */
+	/* prefix: probe the VLM form first (docs/architectures.md "Qwen3-Next
+	 * and Qwen3.5-MoE") */
 	c->prefix = d->prefix;
 	if (cal_checkpoint_find(ck, "model.language_model.embed_tokens.weight"))
 		c->prefix = "model.language_model.";

@@ -9,10 +9,11 @@
  * (`model.visual.*`, `mtp.*`, `<prefix>layers.{L}` with L >= num_layers) are
  * catalogued with role CAL_ROLE_IGNORED and counted separately.
  *
- * Routed experts are found in any of the layouts of ARCHITECTURES.md §2.4
- * (detected per layer); cal_catalog_expert() answers "layer L, expert e,
- * projection gate|up|down" with a tensor and the element selection inside
- * it for every layout, so callers never special-case the layout.
+ * Routed experts are found in any of the layouts of docs/architectures.md
+ * "Expert layouts on disk" (detected per layer); cal_catalog_expert() answers
+ * "layer L, expert e, projection gate|up|down" with a tensor and the element
+ * selection inside it for every layout, so callers never special-case the
+ * layout.
  *
  * Ownership: the catalog references the description and the checkpoint
  * (both must outlive it) and owns only its own arrays.

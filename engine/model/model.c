@@ -1,8 +1,8 @@
 /*
  * model.c — config.json → struct cal_model_desc, driven by the per-
  * architecture table below (class defaults and naming rules from
- * ARCHITECTURES.md).  Every key is read through a typed getter that refuses
- * a wrong JSON type by naming the key.
+ * docs/architectures.md).  Every key is read through a typed getter that
+ * refuses a wrong JSON type by naming the key.
  */
 #include "model.h"
 

@@ -9,7 +9,7 @@
  * activation) and the on-disk naming rules (MoE block name, router name,
  * shared-expert name, expert projection names).  The parser reads keys only
  * through that table, so adding an architecture is adding a row (plus its
- * config quirks, if any).  Facts come from docs ARCHITECTURES.md.
+ * config quirks, if any).  Facts come from docs/architectures.md.
  *
  * Ownership: cal_model_desc_load()/_parse() return a heap object owned by the
  * caller and released by cal_model_desc_free(); every pointer inside it
@@ -52,8 +52,8 @@ enum cal_arch {
 	CAL_ARCH_COUNT
 };
 
-/* RMSNorm variants (ARCHITECTURES.md §1.3). q/k norms and MLA norms use the
- * model's variant; the GDN gated norm is always plain w. */
+/* RMSNorm variants (docs/architectures.md "RMSNorm variants"). q/k norms and
+ * MLA norms use the model's variant; the GDN gated norm is always plain w. */
 enum cal_norm_kind {
 	CAL_NORM_RMS,        /* y = w * bf16(n), w bf16 */
 	CAL_NORM_RMS_F32W,   /* y = bf16(w_f32 * n), w stored fp32 (gpt_oss) */
@@ -87,7 +87,8 @@ enum cal_ffn {
 	CAL_FFN_MOE,         /* router + routed experts (+ shared expert) */
 };
 
-/* How router scores become expert weights (§0, §11). */
+/* How router scores become expert weights (docs/architectures.md, each model's
+ * router). */
 enum cal_router_kind {
 	CAL_ROUTER_NONE,           /* dense model */
 	CAL_ROUTER_SOFTMAX_TOPK,   /* softmax(fp32) over E, then top-k */
@@ -114,8 +115,9 @@ enum cal_shared_kind {
 	CAL_SHARED_UNGATED,  /* deepseek: shared_experts, no gate */
 };
 
-/* How routed experts are stored on disk (§2.4), detected per layer by the
- * catalog; `cal_arch_info.hub_layout` is the original release's layout. */
+/* How routed experts are stored on disk (docs/architectures.md "Expert layouts
+ * on disk"), detected per layer by the catalog; `cal_arch_info.hub_layout` is
+ * the original release's layout. */
 enum cal_expert_layout {
 	CAL_LAYOUT_NONE,       /* dense layer */
 	CAL_LAYOUT_PER_EXPERT, /* mlp.experts.{e}.{gate,up,down}_proj.weight */
@@ -216,14 +218,15 @@ enum cal_rope_type {
 };
 
 /* RoPE, normalised from legacy (rope_theta / rope_scaling /
- * partial_rotary_factor) or v5 (rope_parameters) keys (§1.1, §1.5). */
+ * partial_rotary_factor) or v5 (rope_parameters) keys (docs/config_compat.md).
+ */
 struct cal_rope {
 	enum cal_rope_type type;
 	double theta;
 	double partial_rotary_factor;   /* 1.0 when absent (0.25 qwen3_next/3.5) */
 	int64_t rotary_dim;             /* int(head_dim * factor); MLA: qk_rope_head_dim */
 	double factor;                  /* scaling factor; 1.0 when absent */
-	int64_t original_max_pos;       /* yarn/llama3: resolved per §1.5 */
+	int64_t original_max_pos;       /* yarn/llama3: resolved as in "RoPE" */
 	double beta_fast, beta_slow;    /* yarn: 32 / 1 when absent */
 	double mscale, mscale_all_dim;  /* yarn: 0 when absent */
 	double attention_factor;        /* resolved multiplier of cos and sin (1 unless yarn) */

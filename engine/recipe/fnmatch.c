@@ -1,6 +1,7 @@
 /*
  * fnmatch.c — Python's fnmatch.fnmatchcase semantics, which modelopt uses to
- * match quant_cfg patterns against quantizer names (MODELOPT.md §3.3).
+ * match quant_cfg patterns against quantizer names (docs/recipes.md
+ * "Matching").
  *
  * Differences from POSIX fnmatch(3) that matter here: no backslash escapes,
  * `*` and `?` match '.' and '/', `[^...]` is NOT a negation (only `[!...]`),

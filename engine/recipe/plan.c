@@ -12,22 +12,26 @@
 
 #include "common/util.h"
 
-static const char implemented[] =
-	"calibd implements NVFP4 W4A4 and W4A16, FP8 per-tensor (W8A8, W8A16, KV cache), "
-	"MXFP8, MXFP4, INT4 blockwise W4A16 and static NVFP4 weights (max or MSE)";
-
-const char *cal_qfmt_name(enum cal_qfmt f)
+/* "calibd implements NVFP4 W4A4 and W4A16, ...": the rows of kernels/qfmt.def. */
+static void implemented(char *out, size_t n)
 {
-	switch (f) {
-	case CAL_QFMT_NONE: return "none";
-	case CAL_QFMT_NVFP4: return "nvfp4";
-	case CAL_QFMT_NVFP4_STATIC: return "nvfp4_static";
-	case CAL_QFMT_FP8: return "fp8";
-	case CAL_QFMT_MXFP8: return "mxfp8";
-	case CAL_QFMT_MXFP4: return "mxfp4";
-	case CAL_QFMT_INT4_BLOCK: return "int4_block";
+	size_t l = (size_t)snprintf(out, n, "calibd implements");
+	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT && l < n; i++) {
+		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
+		int b = f->elem_bits, ab = f->act ? cal_qfmt(f->act)->elem_bits : 16;
+		if (f->act)
+			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA%d and W%dA16", i > 1 ? "," : "",
+					      f->title, b, ab, b);
+		else
+			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA16", i > 1 ? "," : "",
+					      f->title, b);
+		if (l < n && (f->roles & CAL_QFMT_ROLE_KV))
+			l += (size_t)snprintf(out + l, n - l, " and KV cache");
+		if (l < n && f->mse)
+			l += (size_t)snprintf(out + l, n - l, " (max or MSE)");
 	}
-	return "?";
+	if (l < n)
+		snprintf(out + l, n - l, " (kernels/qfmt.def)");
 }
 
 const char *cal_qrole_name(enum cal_qrole r)
@@ -612,14 +616,98 @@ static enum cal_status resolve_q(struct matcher *M, struct cal_plan *p, struct c
 static enum cal_status unsupported(struct cal_error *err, const struct cal_recipe *r,
 				   const struct cal_plan_q *q, const char *why)
 {
+	char impl[640];
+	implemented(impl, sizeof(impl));
 	if (q->entry >= 0) {
 		const struct cal_qentry *e = &r->entries[q->entry];
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: %s (quant_cfg entry %d at %s: '%s'); %s", q->name, why,
-				     q->entry, e->where, e->quantizer_name, implemented);
+				     q->entry, e->where, e->quantizer_name, impl);
 	}
 	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: %s (no quant_cfg entry disables it: "
-			     "modelopt's default is 8-bit integer); %s", q->name, why, implemented);
+			     "modelopt's default is 8-bit integer); %s", q->name, why, impl);
+}
+
+static int elem_is(const struct cal_qattr *a, const struct cal_qfmt_info *f)
+{
+	return f->elem_e < 0 ? a->fp_e < 0 && a->num_bits == f->elem_bits
+			     : a->fp_e == f->elem_e && a->fp_m == f->elem_m;
+}
+
+/* The row of kernels/qfmt.def that attributes `a` (block bs along -1)
+ * select, or NULL. */
+static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t bs)
+{
+	int sfp = a->has_scale_bits && a->scale_fp_e >= 0;
+	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
+		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
+		if (!elem_is(a, f))
+			continue;
+		if (f->block_type == CAL_QBLOCK_NONE) {
+			if (!a->has_block)
+				return f;
+			continue;
+		}
+		int ok = a->has_block && a->block_dynamic == (f->block_type == CAL_QBLOCK_DYNAMIC);
+		ok = ok && (f->scale_e < 0 ? !a->has_scale_bits
+					   : sfp && a->scale_fp_e == f->scale_e &&
+						     a->scale_fp_m == f->scale_m);
+		int in_blocks = 0;
+		for (size_t k = 0; k < CAL_ARRAY_LEN(f->blocks); k++)
+			in_blocks |= f->blocks[k] && f->blocks[k] == bs;
+		if (ok && in_blocks)
+			return f;
+	}
+	return NULL;
+}
+
+/* "<prefix>NVFP4, FP8" — the titles of the rows allowed in `role`. */
+static void role_list(int role, char *out, size_t n, const char *prefix)
+{
+	size_t l = (size_t)snprintf(out, n, "%s", prefix);
+	const char *sep = "";
+	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT && l < n; i++) {
+		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
+		if (f->roles & role) {
+			l += (size_t)snprintf(out + l, n - l, "%s%s", sep, f->title);
+			sep = ", ";
+		}
+	}
+	if (l < n && !*sep)
+		snprintf(out + l, n - l, "no format");
+	else if (l < n)
+		snprintf(out + l, n - l, " only");
+}
+
+/* Why no row matches: names the element type and what exists for it. */
+static void no_fmt_why(const struct cal_qattr *a, char *why, size_t n)
+{
+	size_t l;
+	if (a->fp_e >= 0)
+		l = (size_t)snprintf(why, n, "this E%dM%d layout is not implemented", a->fp_e,
+				     a->fp_m);
+	else
+		l = (size_t)snprintf(why, n, "%d-bit integer%s quantization is not implemented",
+				     a->num_bits, a->has_block ? " block" : "");
+	const char *sep = " (implemented: ";
+	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT && l < n; i++) {
+		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
+		if (!elem_is(a, f))
+			continue;
+		if (f->block_type == CAL_QBLOCK_NONE)
+			l += (size_t)snprintf(why + l, n - l, "%s%s per tensor", sep, f->title);
+		else if (f->scale_e >= 0)
+			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with E%dM%d %s scales",
+					      sep, f->title, f->block, f->scale_e, f->scale_m,
+					      f->block_type == CAL_QBLOCK_DYNAMIC ? "dynamic" : "static");
+		else
+			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with %s %s scales", sep,
+					      f->title, f->block, cal_dtype_name(f->scale_dtype),
+					      f->block_type == CAL_QBLOCK_DYNAMIC ? "dynamic" : "static");
+		sep = "; ";
+	}
+	if (l < n && *sep == ';')
+		snprintf(why + l, n - l, ")");
 }
 
 /* Classifies the attributes of an enabled quantizer. */
@@ -656,38 +744,14 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 					   "implemented");
 		bs = a->block_size[0];
 	}
-	int sfp = a->has_scale_bits && a->scale_fp_e >= 0;
 	memset(s, 0, sizeof(*s));
 	s->enabled = 1;
-	if (a->fp_e == 2 && a->fp_m == 1) {
-		if (bs == 16 && sfp && a->scale_fp_e == 4 && a->scale_fp_m == 3)
-			s->fmt = a->block_dynamic ? CAL_QFMT_NVFP4 : CAL_QFMT_NVFP4_STATIC;
-		else if (bs == 32 && sfp && a->scale_fp_e == 8 && a->scale_fp_m == 0 && a->block_dynamic)
-			s->fmt = CAL_QFMT_MXFP4;
-		else
-			return unsupported(err, r, q, "this E2M1 layout is not implemented (NVFP4 is "
-					   "block 16 with E4M3 scales; MXFP4 block 32 with E8M0 "
-					   "dynamic scales)");
-	} else if (a->fp_e == 4 && a->fp_m == 3) {
-		if (!a->has_block)
-			s->fmt = CAL_QFMT_FP8;
-		else if (bs == 32 && sfp && a->scale_fp_e == 8 && a->scale_fp_m == 0 && a->block_dynamic)
-			s->fmt = CAL_QFMT_MXFP8;
-		else
-			return unsupported(err, r, q, "this E4M3 block layout is not implemented "
-					   "(FP8 per tensor, or MXFP8 block 32 with E8M0 scales)");
-	} else if (a->fp_e < 0 && a->num_bits == 4 && a->has_block && !a->block_dynamic &&
-		   !a->has_scale_bits && (bs == 32 || bs == 64 || bs == 128)) {
-		s->fmt = CAL_QFMT_INT4_BLOCK;
-	} else {
-		if (a->fp_e >= 0)
-			snprintf(why, sizeof(why), "E%dM%d%s is not implemented", a->fp_e, a->fp_m,
-				 a->has_block ? " with these block sizes" : "");
-		else
-			snprintf(why, sizeof(why), "%d-bit integer%s quantization is not implemented",
-				 a->num_bits, a->has_block ? " block" : "");
+	const struct cal_qfmt_info *f = select_fmt(a, bs);
+	if (!f) {
+		no_fmt_why(a, why, sizeof(why));
 		return unsupported(err, r, q, why);
 	}
+	s->fmt = f->id;
 	s->block = (int)bs;
 	s->use_constant_amax = a->use_constant_amax;
 	s->has_constant_amax = a->has_constant_amax;
@@ -699,18 +763,22 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 			return unsupported(err, r, q, "a constant amax on weights is not implemented");
 		break;
 	case CAL_QROLE_INPUT:
-		if (s->fmt == CAL_QFMT_NVFP4_STATIC || s->fmt == CAL_QFMT_INT4_BLOCK)
-			return unsupported(err, r, q, "static-block / INT4 activation quantization is "
-					   "not implemented");
+		if (!(f->roles & CAL_QFMT_ROLE_INPUT)) {
+			snprintf(why, sizeof(why), "%s activation quantization is not implemented",
+				 f->title);
+			return unsupported(err, r, q, why);
+		}
 		if (s->use_constant_amax)
 			return unsupported(err, r, q, "use_constant_amax is implemented for KV-cache "
 					   "quantizers only");
 		break;
 	case CAL_QROLE_K_BMM:
 	case CAL_QROLE_V_BMM:
-		if (s->fmt != CAL_QFMT_FP8)
-			return unsupported(err, r, q, "KV-cache quantization is implemented in FP8 "
-					   "only");
+		if (!(f->roles & CAL_QFMT_ROLE_KV)) {
+			role_list(CAL_QFMT_ROLE_KV, why, sizeof(why),
+				  "KV-cache quantization is implemented in ");
+			return unsupported(err, r, q, why);
+		}
 		if (s->has_constant_amax)
 			return unsupported(err, r, q, "constant_amax on the KV cache is not implemented "
 					   "(use use_constant_amax)");
@@ -722,42 +790,26 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 		return unsupported(err, r, q, "q/p attention quantizers (FP8 attention) are not "
 				   "implemented");
 	}
-	int mx = s->fmt == CAL_QFMT_MXFP8 || s->fmt == CAL_QFMT_MXFP4;
-	s->calibrate = !mx && !s->has_constant_amax && !s->use_constant_amax;
+	s->calibrate = f->calibrate && !s->has_constant_amax && !s->use_constant_amax;
 	return CAL_OK;
 }
 
 /* Weight/input combinations of one module calibd exports. */
 static int combo_ok(enum cal_qfmt w, enum cal_qfmt in)
 {
-	if (in == CAL_QFMT_NONE)
-		return 1;
-	switch (w) {
-	case CAL_QFMT_NVFP4:
-	case CAL_QFMT_NVFP4_STATIC: return in == CAL_QFMT_NVFP4;
-	case CAL_QFMT_FP8: return in == CAL_QFMT_FP8;
-	case CAL_QFMT_MXFP8: return in == CAL_QFMT_MXFP8;
-	case CAL_QFMT_MXFP4: return in == CAL_QFMT_MXFP4;
-	default: return 0;
-	}
+	return in == CAL_QFMT_NONE || (cal_qfmt(w) && cal_qfmt(w)->act == in);
 }
 
 static const char *fmt_upper(enum cal_qfmt f)
 {
-	switch (f) {
-	case CAL_QFMT_NVFP4: return "NVFP4";
-	case CAL_QFMT_NVFP4_STATIC: return "NVFP4 (static)";
-	case CAL_QFMT_FP8: return "FP8";
-	case CAL_QFMT_MXFP8: return "MXFP8";
-	case CAL_QFMT_MXFP4: return "MXFP4";
-	case CAL_QFMT_INT4_BLOCK: return "INT4";
-	default: return "none";
-	}
+	return cal_qfmt(f) ? cal_qfmt(f)->title : "none";
 }
 
 static enum cal_status check_module(struct cal_error *err, const struct cal_plan *p,
 				    const struct cal_plan_module *m)
 {
+	char impl[640];
+	implemented(impl, sizeof(impl));
 	const struct cal_recipe *r = p->recipe;
 	const struct cal_plan_q *iq = m->iq >= 0 ? &p->q[m->iq] : NULL;
 	enum cal_qfmt ifmt = iq ? iq->spec.fmt : CAL_QFMT_NONE;
@@ -778,10 +830,14 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 					     "%s: %s weights with %s inputs are not implemented "
 					     "(weights and inputs share a format, or inputs stay "
 					     "unquantized); %s", m->name, fmt_upper(wq->spec.fmt),
-					     fmt_upper(ifmt), implemented);
-		if (wq->spec.fmt == CAL_QFMT_NVFP4_STATIC && p->recipe->algo.method != CAL_CALIB_MAX &&
-		    p->recipe->algo.method != CAL_CALIB_MSE)
-			return unsupported(err, r, wq, "static NVFP4 needs algorithm max or mse");
+					     fmt_upper(ifmt), impl);
+		if (cal_qfmt(wq->spec.fmt)->mse && p->recipe->algo.method != CAL_CALIB_MAX &&
+		    p->recipe->algo.method != CAL_CALIB_MSE) {
+			char why[96];
+			snprintf(why, sizeof(why), "%s needs algorithm max or mse",
+				 cal_qfmt(wq->spec.fmt)->title);
+			return unsupported(err, r, wq, why);
+		}
 		if (wq->spec.block && m->in % wq->spec.block)
 			return cal_error_set(err, CAL_ERR_INVALID,
 					     "%s%s: input dimension %lld is not a multiple of the %s "
@@ -795,7 +851,7 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					     "%s: quantized inputs without quantized weights are not "
 					     "implemented (input quantizer %s, entry %d); %s",
-					     m->name, iq->name, iq->entry, implemented);
+					     m->name, iq->name, iq->entry, impl);
 		if (iq->spec.block && m->in % iq->spec.block)
 			return cal_error_set(err, CAL_ERR_INVALID,
 					     "%s: input dimension %lld is not a multiple of the %s "
@@ -823,15 +879,14 @@ static uint64_t module_bytes_after(const struct cal_plan *p, const struct cal_pl
 	int in_on = m->iq >= 0 && p->q[m->iq].spec.enabled;
 	for (int64_t e = 0; e < n; e++) {
 		const struct cal_qspec *s = &p->q[m->wq + e].spec;
-		switch (s->enabled ? s->fmt : CAL_QFMT_NONE) {
-		case CAL_QFMT_NVFP4:
-		case CAL_QFMT_NVFP4_STATIC: total += per / 2 + per / 16 + 4; break;
-		case CAL_QFMT_FP8: total += per + 4; break;
-		case CAL_QFMT_MXFP8: total += per + per / 32; break;
-		case CAL_QFMT_MXFP4: total += per / 2 + per / 32; break;
-		case CAL_QFMT_INT4_BLOCK: total += per / 2 + per / (uint64_t)s->block * 4; break;
-		default: total += per * src; break;
-		}
+		const struct cal_qfmt_info *f = s->enabled ? cal_qfmt(s->fmt) : NULL;
+		if (f)
+			total += cal_qfmt_packed_bytes(f, (uint64_t)m->out, (uint64_t)m->in) +
+				 cal_qfmt_scale_bytes(f, (uint64_t)m->out, (uint64_t)m->in,
+						      (uint32_t)s->block) +
+				 (f->tensor_scale ? 4 : 0);
+		else
+			total += per * src;
 	}
 	if (in_on && p->q[m->iq].spec.calibrate)
 		total += 4 * (uint64_t)n; /* input_scale per exported Linear */
@@ -993,7 +1048,7 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 			goto fail;
 		}
 		if (r->algo.method == CAL_CALIB_MSE && q->role == CAL_QROLE_WEIGHT &&
-		    q->spec.fmt != CAL_QFMT_NVFP4_STATIC) {
+		    !cal_qfmt(q->spec.fmt)->mse) {
 			st = unsupported(err, r, q, "mse calibration is implemented for static NVFP4 "
 					 "weights only");
 			goto fail;

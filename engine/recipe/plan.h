@@ -1,7 +1,7 @@
 /*
  * plan.h — the quantization plan: every quantizer a model has, named as
  * modelopt names it with transformers >= 5, and what a recipe decides for
- * it (MODELOPT.md §3.3, §3.6; docs/recipes.md).
+ * it (docs/recipes.md "Matching").
  *
  * cal_plan_build() enumerates the model's modules and quantizers from the
  * model description, applies the recipe's quant_cfg entries in order (later
@@ -24,20 +24,9 @@
 #include "common/status.h"
 #include "engine/model/model.h"
 #include "engine/recipe/recipe.h"
+#include "kernels/qfmt.h"
 
-/* Formats calibd implements. */
-enum cal_qfmt {
-	CAL_QFMT_NONE,          /* not quantized (source dtype) */
-	CAL_QFMT_NVFP4,         /* E2M1, block 16, E4M3 dynamic block scales + fp32 global */
-	CAL_QFMT_NVFP4_STATIC,  /* weights: per-block amax (max or MSE sweep) */
-	CAL_QFMT_FP8,           /* E4M3 per tensor */
-	CAL_QFMT_MXFP8,         /* E4M3, block 32, E8M0 scales */
-	CAL_QFMT_MXFP4,         /* E2M1, block 32, E8M0 scales */
-	CAL_QFMT_INT4_BLOCK,    /* INT4 weights, static per-block scales (W4A16) */
-};
-
-/* "none", "nvfp4", "nvfp4_static", "fp8", "mxfp8", "mxfp4", "int4_block". */
-const char *cal_qfmt_name(enum cal_qfmt f);
+/* Formats calibd implements: enum cal_qfmt and its rows, kernels/qfmt.def. */
 
 enum cal_qrole {
 	CAL_QROLE_WEIGHT,

@@ -48,25 +48,12 @@ static const char *src_name(const struct cal_model_desc *d)
 
 static const char *fmt_label(enum cal_qfmt f)
 {
-	switch (f) {
-	case CAL_QFMT_NVFP4: return "NVFP4";
-	case CAL_QFMT_NVFP4_STATIC: return "NVFP4-static";
-	case CAL_QFMT_FP8: return "FP8";
-	case CAL_QFMT_MXFP8: return "MXFP8";
-	case CAL_QFMT_MXFP4: return "MXFP4";
-	case CAL_QFMT_INT4_BLOCK: return "INT4";
-	default: return "-";
-	}
+	return cal_qfmt(f) ? cal_qfmt(f)->label : "-";
 }
 
 static int fmt_bits(enum cal_qfmt f)
 {
-	switch (f) {
-	case CAL_QFMT_FP8:
-	case CAL_QFMT_MXFP8: return 8;
-	case CAL_QFMT_NONE: return 16;
-	default: return 4;
-	}
+	return cal_qfmt(f) ? cal_qfmt(f)->elem_bits : 16;
 }
 
 /* "NVFP4 W4A4", "INT4 W4A16 (block 128)", "BF16", into a static-size buffer
@@ -81,10 +68,9 @@ static void pair_label(const struct cal_plan *p, const struct cal_qspec *w,
 		return;
 	}
 	char blk[32] = "";
-	if (wf == CAL_QFMT_INT4_BLOCK)
+	if (wf != CAL_QFMT_NONE && cal_qfmt(wf)->blocks[1]) /* a choice of blocks */
 		snprintf(blk, sizeof(blk), " (block %d)", w->block);
-	if (wf != CAL_QFMT_NONE && inf != CAL_QFMT_NONE && wf != inf &&
-	    !(wf == CAL_QFMT_NVFP4_STATIC && inf == CAL_QFMT_NVFP4))
+	if (wf != CAL_QFMT_NONE && inf != CAL_QFMT_NONE && inf != cal_qfmt(wf)->act)
 		snprintf(out, n, "%s/%s W%dA%d", fmt_label(wf), fmt_label(inf), fmt_bits(wf),
 			 fmt_bits(inf));
 	else

@@ -1,6 +1,6 @@
 /*
  * recipe.h — modelopt PTQ recipes: loading, validation, name resolution and
- * quantizer-name matching (docs/recipes.md; MODELOPT.md §3).
+ * quantizer-name matching (docs/recipes.md).
  *
  * A recipe is YAML in the modelopt recipe schema: `metadata` (recipe_type,
  * description), `quantize` (`algorithm`, ordered `quant_cfg` entries), with
@@ -24,7 +24,8 @@
 
 #include "common/status.h"
 
-/* Limits (RELIABILITY.md B9): per file 1 MiB, nesting 64; per load: */
+/* Limits (docs/reliability.md "Limits"): per file 1 MiB, nesting 64; per load:
+ */
 #define CAL_RECIPE_MAX_IMPORT_DEPTH 16  /* nested imports */
 #define CAL_RECIPE_MAX_FILES 256        /* files read (imports are not cached) */
 #define CAL_RECIPE_MAX_NODES 100000     /* YAML nodes, parsed and copied */

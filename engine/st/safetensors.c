@@ -1,14 +1,14 @@
 /*
  * safetensors.c — validating reader for one safetensors file.
  *
- * The rules are those of the reference validator (RELIABILITY.md §2.6), plus
- * the README rules the reference leaves out: the header starts with '{', no
- * duplicate keys, every tensor entry has exactly dtype/shape/data_offsets,
- * names non-empty and at most CAL_ST_MAX_NAME bytes.  Shape, dtype and
- * offsets are one claim that must agree; every arithmetic step is checked;
- * empty tensors get the same checks as any other.  Nothing in the header is
- * trusted before it has been validated, and no tensor is handed out before
- * the whole header is.
+ * The rules are those of the reference validator (docs/reliability.md
+ * "safetensors validation"), plus the README rules the reference leaves out:
+ * the header starts with '{', no duplicate keys, every tensor entry has
+ * exactly dtype/shape/data_offsets, names non-empty and at most
+ * CAL_ST_MAX_NAME bytes.  Shape, dtype and offsets are one claim that must
+ * agree; every arithmetic step is checked; empty tensors get the same checks
+ * as any other.  Nothing in the header is trusted before it has been validated,
+ * and no tensor is handed out before the whole header is.
  *
  * The checkpoint level (index + shards) lives in st_checkpoint.c.
  */

@@ -4,12 +4,13 @@
  * A checkpoint directory holds either one `model.safetensors` or several
  * shards listed by `model.safetensors.index.json` (weight_map: tensor name ->
  * shard file).  Every file is mmap'ed read-only and its header validated in
- * full before any tensor is handed out (RELIABILITY.md §2.6): header length
- * within the file and <= 100 MB, a JSON object, known dtypes, shape product x
- * dtype size == byte range (no overflow), ranges inside the data section,
- * sorted, without overlap, holes or trailing bytes, `__metadata__` a map of
- * strings; index entries must point to tensors that exist in the named shard.
- * A refusal names the file, the tensor and the rule it breaks.
+ * full before any tensor is handed out (docs/reliability.md "safetensors
+ * validation"): header length within the file and <= 100 MB, a JSON object,
+ * known dtypes, shape product x dtype size == byte range (no overflow), ranges
+ * inside the data section, sorted, without overlap, holes or trailing bytes,
+ * `__metadata__` a map of strings; index entries must point to tensors that
+ * exist in the named shard. A refusal names the file, the tensor and the rule
+ * it breaks.
  *
  * Ownership: the checkpoint owns every file mapping and every
  * struct cal_st_tensor; pointers stay valid until cal_checkpoint_free().

@@ -1,7 +1,7 @@
 /*
- * fp8_quant.cu — FP8 E4M3 per-tensor weight quantizer (MODELOPT.md §1.6).
- * One lane per 8 elements: 16-byte bf16 load, 8-byte store; the last lane
- * takes the n % 8 tail with scalar accesses.
+ * fp8_quant.cu — FP8 E4M3 per-tensor weight quantizer (docs/numerics.md "FP8
+ * per tensor").  One lane per 8 elements: 16-byte bf16 load, 8-byte store; the
+ * last lane takes the n % 8 tail with scalar accesses.
  *
  * Fast kernel (divisor positive and finite): no division at all.  Each
  * CUDA block fills a shared table of mag(h) for the bf16 magnitudes h in

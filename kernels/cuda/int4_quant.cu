@@ -1,8 +1,8 @@
 /*
  * int4_quant.cu — INT4 per-block (128) weight quantizer, packed along the
- * output dim (MODELOPT.md §1.10).  One lane per (row pair, 8 columns): two
- * 16-byte loads (rows 2p and 2p+1), one 8-byte store of packed bytes; the
- * lane at a block's first column also stores the two block scales.
+ * output dim (docs/numerics.md "INT4 blocks").  One lane per (row pair, 8
+ * columns): two 16-byte loads (rows 2p and 2p+1), one 8-byte store of packed
+ * bytes; the lane at a block's first column also stores the two block scales.
  */
 #include "common.cuh"
 

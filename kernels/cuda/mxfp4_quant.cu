@@ -1,6 +1,6 @@
 /*
- * mxfp4_quant.cu — MXFP4 weight quantizer (MODELOPT.md §1.8); kernel in
- * mx_common.cuh, numerics in kernels/numfmt.h.
+ * mxfp4_quant.cu — MXFP4 weight quantizer (docs/numerics.md "MX formats");
+ * kernel in mx_common.cuh, numerics in kernels/numfmt.h.
  */
 #include "mx_common.cuh"
 

@@ -1,6 +1,6 @@
 /*
- * mxfp8_quant.cu — MXFP8 weight quantizer (MODELOPT.md §1.8); kernel in
- * mx_common.cuh, numerics in kernels/numfmt.h.
+ * mxfp8_quant.cu — MXFP8 weight quantizer (docs/numerics.md "MX formats");
+ * kernel in mx_common.cuh, numerics in kernels/numfmt.h.
  */
 #include "mx_common.cuh"
 

@@ -4,22 +4,24 @@
  * nvfp4_static_quant.cu (static: block scale from the calibrated block amax).
  *
  * Fast kernel (nvfp4_thr_kernel, every S2 that is NaN or has its sign bit
- * clear): one thread per 16-block, its 16 bf16 in registers (two 16-byte
- * loads), one 8-byte store of the packed codes and one scale byte.  No
+ * clear): one thread per 16-block (or 32-block: NVFP4 block 32), its bf16
+ * in registers (16-byte loads), 8-byte stores of the packed codes and one
+ * scale byte.  No
  * per-element division: each CUDA block first fills a shared table of the
  * eight exact thresholds of every scale byte (cal_nvfp4_threshold in
  * kernels/numfmt.h, 4 KiB), and an element's code is then seven compares
  * and a sign compare against its block's row (cal_nvfp4_encode_thr).  The
  * grid is one wave of resident blocks, so each table is built once per
  * block.  The fallback kernel (S2 negative or -0) divides per element: two
- * lanes per 16-block, 8 bf16 each, block max by one shuffle.
+ * lanes per 16-block (four per 32-block), 8 bf16 each, block max by
+ * shuffles.
  */
 #ifndef CAL_KERNELS_CUDA_NVFP4_COMMON_CUH
 #define CAL_KERNELS_CUDA_NVFP4_COMMON_CUH
 
 #include "common.cuh"
 
-template <bool V, bool STATIC>
+template <bool V, bool STATIC, int BS>
 __global__ void __launch_bounds__(CAL_CUDA_THREADS)
 nvfp4_kernel(const uint16_t *w, uint64_t nlanes, float s2, const float *block_amax, float g,
 	     float m, enum cal_div_mode div, uint8_t *packed, uint8_t *scales)
@@ -34,9 +36,10 @@ nvfp4_kernel(const uint16_t *w, uint64_t nlanes, float s2, const float *block_am
 		bool ok = cal_ld8_lane<V>(w, v, nlanes, x);
 		uint8_t e;
 		if (STATIC) {
-			e = ok ? cal_nvfp4_static_block_scale(__ldg(block_amax + v / 2), g, m, div) : 0;
+			e = ok ? cal_nvfp4_static_block_scale(__ldg(block_amax + v / (BS / 8)), g, m,
+							       div) : 0;
 		} else {
-			float a = cal_group_max<2>(cal_block_absmax(x, 8));
+			float a = cal_group_max<BS / 8>(cal_block_absmax(x, 8));
 			e = cal_nvfp4_block_scale(a, d);
 		}
 		if (!ok)
@@ -48,8 +51,8 @@ nvfp4_kernel(const uint16_t *w, uint64_t nlanes, float s2, const float *block_am
 		for (int k = 0; k < 8; k++)
 			p |= cal_e2m1_encode_nvfp4(cal_div_by(x[k], t, r)) << (4 * k);
 		cal_st_bytes<V>(packed + v * 4, p, 4);
-		if ((lane & 1) == 0)
-			scales[v / 2] = e;
+		if ((lane & (BS / 8 - 1)) == 0)
+			scales[v / (BS / 8)] = e;
 	}
 }
 
@@ -116,7 +119,7 @@ __device__ __forceinline__ uint32_t nvfp4_codes8(const float *x, const float *t)
 	return r;
 }
 
-template <bool V, bool STATIC>
+template <bool V, bool STATIC, int BS>
 __global__ void __launch_bounds__(CAL_CUDA_THREADS)
 nvfp4_thr_kernel(const uint16_t *w, uint64_t nblk, float s2, const float *block_amax, float g,
 		 float m, enum cal_div_mode div, uint8_t *packed, uint8_t *scales)
@@ -126,39 +129,49 @@ nvfp4_thr_kernel(const uint16_t *w, uint64_t nblk, float s2, const float *block_
 	float d = cal_fmul(6.0f, s2);
 	uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
 	for (uint64_t b = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; b < nblk; b += stride) {
-		float x[16];
-		cal_ld8_bf16<V>(w + 16 * b, x);
-		cal_ld8_bf16<V>(w + 16 * b + 8, x + 8);
+		float x[BS];
+#pragma unroll
+		for (int h = 0; h < BS; h += 8)
+			cal_ld8_bf16<V>(w + (uint64_t)BS * b + h, x + h);
 		uint8_t e;
-		if (STATIC)
+		if (STATIC) {
 			e = cal_nvfp4_static_block_scale(__ldg(block_amax + b), g, m, div);
-		else
-			e = cal_nvfp4_block_scale(nvfp4_absmax16(x), d);
+		} else {
+			float a = nvfp4_absmax16(x);
+#pragma unroll
+			for (int h = 16; h < BS; h += 16)
+				a = fmaxf(a, nvfp4_absmax16(x + h));
+			e = cal_nvfp4_block_scale(a, d);
+		}
 		const float4 *row = reinterpret_cast<const float4 *>(thr[e & 0x7f]);
 		float4 t0 = row[0], t1 = row[1];
 		float t[8] = {t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w};
-		uint32_t lo = nvfp4_codes8(x, t), hi = nvfp4_codes8(x + 8, t);
-		cal_st_bytes<V>(packed + 8 * b, (uint64_t)lo | (uint64_t)hi << 32, 8);
+#pragma unroll
+		for (int h = 0; h < BS; h += 16) {
+			uint32_t lo = nvfp4_codes8(x + h, t), hi = nvfp4_codes8(x + h + 8, t);
+			cal_st_bytes<V>(packed + (uint64_t)BS / 2 * b + h / 2,
+					(uint64_t)lo | (uint64_t)hi << 32, 8);
+		}
 		scales[b] = e;
 	}
 }
 
-template <bool STATIC>
-static enum cal_status nvfp4_launch(struct cal_backend *be, const uint16_t *w, uint64_t n,
-				    float s2, const float *block_amax, float g, float m,
-				    enum cal_div_mode div, uint8_t *packed, uint8_t *scales,
-				    struct cal_error *err)
+template <bool STATIC, int BS>
+static enum cal_status nvfp4_launch_bs(struct cal_backend *be, const uint16_t *w, uint64_t n,
+				       float s2, const float *block_amax, float g, float m,
+				       enum cal_div_mode div, uint8_t *packed, uint8_t *scales,
+				       struct cal_error *err)
 {
 	CAL_CUDA_OP_ENTER(n == 0);
 	bool v = cal_aligned(w, 16) && cal_aligned(packed, 8);
 	if (cal_nvfp4_thr_ok(s2)) {
-		uint64_t nblk = n / 16;
+		uint64_t nblk = n / BS;
 		if (v) {
-			auto k = nvfp4_thr_kernel<true, STATIC>;
+			auto k = nvfp4_thr_kernel<true, STATIC, BS>;
 			k<<<cal_cuda_one_wave(be, k, nblk), CAL_CUDA_THREADS, 0, s>>>(
 				w, nblk, s2, block_amax, g, m, div, packed, scales);
 		} else {
-			auto k = nvfp4_thr_kernel<false, STATIC>;
+			auto k = nvfp4_thr_kernel<false, STATIC, BS>;
 			k<<<cal_cuda_one_wave(be, k, nblk), CAL_CUDA_THREADS, 0, s>>>(
 				w, nblk, s2, block_amax, g, m, div, packed, scales);
 		}
@@ -168,13 +181,27 @@ static enum cal_status nvfp4_launch(struct cal_backend *be, const uint16_t *w, u
 	uint64_t nlanes = n / 8;
 	unsigned grid = cal_cuda_grid(be, nlanes);
 	if (cal_aligned(w, 16) && cal_aligned(packed, 4))
-		nvfp4_kernel<true, STATIC><<<grid, CAL_CUDA_THREADS, 0, s>>>(
+		nvfp4_kernel<true, STATIC, BS><<<grid, CAL_CUDA_THREADS, 0, s>>>(
 			w, nlanes, s2, block_amax, g, m, div, packed, scales);
 	else
-		nvfp4_kernel<false, STATIC><<<grid, CAL_CUDA_THREADS, 0, s>>>(
+		nvfp4_kernel<false, STATIC, BS><<<grid, CAL_CUDA_THREADS, 0, s>>>(
 			w, nlanes, s2, block_amax, g, m, div, packed, scales);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
+}
+
+/* bs: elements per block, 16 or 32 (dynamic only). */
+template <bool STATIC>
+static enum cal_status nvfp4_launch(struct cal_backend *be, const uint16_t *w, uint64_t n,
+				    float s2, const float *block_amax, float g, float m,
+				    enum cal_div_mode div, uint8_t *packed, uint8_t *scales,
+				    struct cal_error *err, unsigned bs = 16)
+{
+	if (!STATIC && bs == 32)
+		return nvfp4_launch_bs<STATIC, 32>(be, w, n, s2, block_amax, g, m, div, packed,
+						   scales, err);
+	return nvfp4_launch_bs<STATIC, 16>(be, w, n, s2, block_amax, g, m, div, packed, scales,
+					   err);
 }
 
 #endif

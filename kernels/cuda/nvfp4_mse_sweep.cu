@@ -1,8 +1,9 @@
 /*
- * nvfp4_mse_sweep.cu — static NVFP4 per-block amax by the MSE FP8-scale
- * sweep (MODELOPT.md §1.9).  Compute-bound (up to 126 candidates x 16
- * divisions per block): one thread per 16-block, the search itself is
- * cal_nvfp4_mse_block of kernels/numfmt.h, identical to the C reference.
+ * nvfp4_mse_sweep.cu — static NVFP4 per-block amax by the MSE FP8-scale sweep
+ * (docs/numerics.md "NVFP4 static and MSE").  Compute-bound (up to 126
+ * candidates x 16 divisions per block): one thread per 16-block, the search
+ * itself is cal_nvfp4_mse_block of kernels/numfmt.h, identical to the C
+ * reference.
  */
 #include "common.cuh"
 

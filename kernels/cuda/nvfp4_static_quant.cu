@@ -1,6 +1,7 @@
 /*
- * nvfp4_static_quant.cu — static NVFP4 weight quantizer (MODELOPT.md §1.9);
- * kernel in nvfp4_common.cuh, numerics in kernels/numfmt.h.
+ * nvfp4_static_quant.cu — static NVFP4 weight quantizer (docs/numerics.md
+ * "NVFP4 static and MSE"); kernel in nvfp4_common.cuh, numerics in
+ * kernels/numfmt.h.
  */
 #include "nvfp4_common.cuh"
 

@@ -11,7 +11,7 @@
 #include <jansson.h>
 #include <sys/types.h>
 
-#include "daemon/client.h"
+#include "cli/client.h"
 
 #define HD_TOKEN "s3cret-token-for-tests"
 #define HD_RECIPE "general/ptq/nvfp4_experts_only-kv_fp8"

@@ -15,7 +15,7 @@ PYTHONUNBUFFERED=1 SKIP_EXPORT=${SKIP_EXPORT:-1} python3 "$(dirname "$0")/moe_ba
 	>"$out/baseline.json" 2>"$out/baseline.err" || tail -20 "$out/baseline.err"
 cat "$out/baseline.json"
 export CALIBD_RECIPES_DIR="$(dirname "$0")/../../recipes"
-"$b/daemon/calibd" bench calibrate --model "$D" --tokens "$D.tokens.jsonl" \
+"$b/cli/calibd" bench calibrate --model "$D" --tokens "$D.tokens.jsonl" \
 	--repeat "${REPEAT:-2}" --json "$out/calib.json" 2>&1 | tee "$out/bench.txt"
-"$b/daemon/calibd" bench calibrate --model "$D" --tokens "$D.tokens.jsonl" --no-profile \
+"$b/cli/calibd" bench calibrate --model "$D" --tokens "$D.tokens.jsonl" --no-profile \
 	--max-gpu-mem "${CAP:-6G}" --json "$out/calib_cap.json" 2>&1 | tee "$out/bench_cap.txt"

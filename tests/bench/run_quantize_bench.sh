@@ -20,11 +20,11 @@ PYTHONUNBUFFERED=1 GEN_ONLY=1 python3 "$here/moe_baseline.py" >"$out/gen.json" 2
 export CALIBD_RECIPES_DIR="$here/../../recipes"
 parent=$(dirname "$D")
 rm -rf "$parent/calibd-bench-out" "${D}_modelopt"
-"$b/daemon/calibd" bench quantize --model "$D" --tokens "$D.tokens.jsonl" --out-parent "$parent" \
+"$b/cli/calibd" bench quantize --model "$D" --tokens "$D.tokens.jsonl" --out-parent "$parent" \
 	--keep --json "$out/bench_quantize.json" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench_quantize.txt"
 # the same job from a warm page cache (the source cached by the runs above)
 mkdir -p "$parent/warm" && rm -rf "$parent/warm/calibd-bench-out"
-"$b/daemon/calibd" bench quantize --model "$D" --tokens "$D.tokens.jsonl" --out-parent "$parent/warm" \
+"$b/cli/calibd" bench quantize --model "$D" --tokens "$D.tokens.jsonl" --out-parent "$parent/warm" \
 	--warm --json "$out/bench_quantize_warm.json" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench_quantize_warm.txt"
 [ "${MODELOPT:-1}" = 0 ] && exit 0
 PYTHONUNBUFFERED=1 python3 "$here/modelopt_compare.py" --model "$D" --tokens "$D.tokens.jsonl" \

@@ -14,5 +14,5 @@ PYTHONUNBUFFERED=1 python3 "$(dirname "$0")/qwen35_synth.py" >"$out/q35_make.jso
 	tail -20 "$out/q35_make.err"
 cat "$out/q35_make.json"
 export CALIBD_RECIPES_DIR="$(dirname "$0")/../../recipes"
-"$b/daemon/calibd" bench calibrate --model "$D" --tokens "$D.tokens.jsonl" \
+"$b/cli/calibd" bench calibrate --model "$D" --tokens "$D.tokens.jsonl" \
 	--repeat "${REPEAT:-2}" --json "$out/q35_bench.json" 2>&1

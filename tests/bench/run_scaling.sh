@@ -16,7 +16,7 @@ gen() { # DIR LAYERS EXPERTS SEQS
 one() { # LABEL DIR TOKENS
 	cat "$2"/*.safetensors >/dev/null # warm
 	rm -rf /tmp/scal/calibd-bench-out
-	"$b/daemon/calibd" bench quantize --model "$2" --tokens "$3" --out-parent /tmp/scal --warm \
+	"$b/cli/calibd" bench quantize --model "$2" --tokens "$3" --out-parent /tmp/scal --warm \
 		--no-disk --json "$out/$1.json" >"$out/$1.txt" 2>&1 || tail -3 "$out/$1.txt"
 	python3 - "$1" "$out/$1.json" <<'PY'
 import json, sys

@@ -19,7 +19,7 @@ SAMPLES=${SAMPLES:-128}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
-calibd=$(realpath "$build/daemon/calibd")
+calibd=$(realpath "$build/cli/calibd")
 fixture=$(realpath "$build/tests/fixtures/calibd-fixture")
 fake=$(realpath "$build/tests/api/fake_worker")
 command -v wrk >/dev/null || { echo "status_latency: wrk is not installed (apt-get install wrk)" >&2; exit 2; }

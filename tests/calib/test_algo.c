@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/sha256.h"
+#include "common/sha256.h"
 #include "engine/awq.h"
 #include "engine/gptq.h"
 #include "engine/smoothquant.h"

@@ -60,6 +60,24 @@ def nvfp4_fake(x, s):
     return (e2m1_round(xf / t) * t).reshape(shp).to(x.dtype)
 
 
+def mx_scale_exp(amax):
+    """MXFP8 block exponent: clamp(ceil(log2(amax / 448)), -127, 127), exactly (amax 0 -> -127)."""
+    r = amax / 448.0
+    m, e = torch.frexp(r)  # r = m 2^e, m in [0.5, 1)
+    c = torch.where(m == 0.5, e - 1, e)  # ceil(log2 r): exact powers of two stay
+    c = torch.where(r > 0, c, torch.full_like(c, -127))
+    return c.clamp(-127, 127)
+
+
+def mxfp8_fake(x):
+    """MXFP8 activation quantization (per 32 along the row, E8M0 scale, dynamic)."""
+    shp = x.shape
+    xf = x.float().reshape(-1, 32)
+    e = mx_scale_exp(xf.abs().amax(dim=1, keepdim=True))
+    q = e4m3((xf * torch.pow(2.0, -e.float())).clamp(-448.0, 448.0))
+    return (q * torch.pow(2.0, e.float())).reshape(shp).to(x.dtype)
+
+
 def fp8_fake(x, s):
     xf = x.float().clamp(-448.0 * s, 448.0 * s)
     return (e4m3(xf / s) * s).to(x.dtype)
@@ -81,6 +99,16 @@ class Export:
         if w.dtype == torch.bfloat16:
             return w, None
         isc = self.get(mod + ".input_scale")
+        ws = self.get(mod + ".weight_scale")
+        if ws is not None and ws.dtype == torch.uint8 and w.dtype != torch.uint8:  # MXFP8, inputs too
+            sc = torch.pow(2.0, ws.to(torch.float32) - 127).repeat_interleave(32, dim=1)
+            return (w.to(torch.float32) * sc).to(torch.bfloat16), mxfp8_fake
+        if w.dtype == torch.uint8 and ws.dtype == torch.uint8:  # MXFP4: E2M1, E8M0 per 32
+            lo, hi = (w & 0xF).to(torch.int64), (w >> 4).to(torch.int64)
+            codes = torch.stack([lo, hi], dim=-1).reshape(w.shape[0], -1)
+            val = torch.where(codes >= 8, -E2M1[codes & 7], E2M1[codes & 7])
+            sc = torch.pow(2.0, ws.to(torch.float32) - 127).repeat_interleave(32, dim=1)
+            return (val * sc).to(torch.bfloat16), None
         if w.dtype == torch.uint8:
             wq = nvfp4_dequant(w, self.get(mod + ".weight_scale"), self.get(mod + ".weight_scale_2").item())
             fq = (lambda x, s=isc.item(): nvfp4_fake(x, s)) if isc is not None else None
@@ -113,12 +141,18 @@ def main():
             k = fp8_fake(k, ks)
         if vs is not None and "k" in MODE:
             v = fp8_fake(v, vs)
+        if hasattr(module, "sinks"):  # gpt_oss: its own eager attention (sinks)
+            from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+            return eager_attention_forward(module, q, k, v, mask, **kw)
         if os.environ.get("REF_ATTN") == "fp32":  # noise floor: attention in fp32
             o, w = sdpa_attention_forward(module, q.float(), k.float(), v.float(), mask, **kw)
             return o.to(q.dtype), w
         return sdpa_attention_forward(module, q, k, v, mask, **kw)
 
     AttentionInterface.register("calibd_fq", fq_attention)
+    if model.config.model_type == "gpt_oss":  # its eager attention takes an additive mask
+        from transformers.masking_utils import AttentionMaskInterface, eager_mask
+        AttentionMaskInterface.register("calibd_fq", eager_mask)
     model.config._attn_implementation = "calibd_fq"
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head") and not name.endswith(".gate"):
@@ -136,12 +170,47 @@ def main():
             vs = ex.get(name + ".v_proj.v_scale")
             kv[m.layer_idx] = (ks.item() if ks is not None else None, vs.item() if vs is not None else None)
         if name.endswith("mlp.experts") and "w" in MODE:
-            experts_forward(ex, name, m)
+            if hasattr(m, "gate_up_proj_bias"):
+                oai_experts(ex, name, m)
+            else:
+                experts_forward(ex, name, m)
     ids = [json.loads(line)["input_ids"] for line in open(toks)]
     with torch.no_grad(), open(out, "wb") as f:
         for seq in ids:
             logits = model(torch.tensor([seq])).logits[0].to(torch.bfloat16)
             f.write(logits.view(torch.int16).numpy().tobytes())
+
+
+def oai_experts(ex, name, m):
+    """GPT-OSS: the fused 3-D experts as exported ([E, in, out] transposed, NVFP4 packed along
+    in, gate/up interleaved), dequantized in place; inputs fake-quantized (gate_up: the hidden
+    states before routing, down: the gated activations)."""
+    def deq(proj):
+        w = ex.get(f"{name}.{proj}")
+        if w.dtype == torch.bfloat16:
+            return w, None
+        ws = ex.get(f"{name}.{proj}_weight_scale")
+        isc = ex.get(f"{name}.{proj}_input_scale")
+        if w.dtype == torch.uint8:
+            E, _, out = w.shape
+            wt = w.transpose(1, 2).reshape(E * out, -1).contiguous()
+            st = ws.transpose(1, 2).reshape(E * out, -1).contiguous()
+            s2 = ex.get(f"{name}.{proj}_weight_scale_2").item()
+            d = nvfp4_dequant(wt, st, s2).reshape(E, out, -1).transpose(1, 2).contiguous()
+            return d, (lambda x, s=isc.item(): nvfp4_fake(x, s)) if isc is not None else None
+        d = (w.to(torch.float32) * ws.item()).to(torch.bfloat16)
+        return d, (lambda x, s=isc.item(): fp8_fake(x, s)) if isc is not None else None
+
+    gu, fgu = deq("gate_up_proj")
+    dn, fdn = deq("down_proj")
+    m.gate_up_proj.data.copy_(gu)
+    m.down_proj.data.copy_(dn)
+    act = "a" in MODE and "m" in MODE
+    fwd, gate = m.forward, m._apply_gate
+    if fdn is not None and act:
+        m._apply_gate = lambda gu_: fdn(gate(gu_))
+    if fgu is not None and act:
+        m.forward = lambda h, *a, **k: fwd(fgu(h), *a, **k)
 
 
 def experts_forward(ex, name, m):

@@ -30,12 +30,12 @@ timeout 120 "$browser" --headless --no-sandbox --disable-gpu --no-first-run \
 if grep -E 'CONSOLE|Uncaught' "$t/console.txt" | grep -Eiv 'verbose|info'; then
 	echo "FAIL: console messages above"; exit 1
 fi
-for id in plot-weight-sqnr plot-layer-error plot-expert-tokens-0 plot-expert-tokens-2 \
-	plot-throughput; do
+for id in plot-weight-sqnr plot-layer-error plot-layer-rel-error plot-expert-tokens-0 \
+	plot-expert-tokens-2 plot-throughput; do
 	grep -q "<svg id=\"$id\"" "$t/dom.html" || { echo "FAIL: no <svg id=$id> in the DOM"; exit 1; }
 done
 empty=$(jq '[.experts[].experts_without_tokens | length] | add' "$t/q/calibd_report.json")
 marks=$(grep -o 'class="empty"' "$t/dom.html" | wc -l)
 [ "$empty" -gt 0 ] || { echo "FAIL: the fixture was meant to leave an expert without tokens"; exit 1; }
 [ "$marks" -eq "$empty" ] || { echo "FAIL: $empty experts without tokens, $marks marked"; exit 1; }
-echo "report page: 5 plots rendered, $marks experts without tokens marked, no console errors"
+echo "report page: 6 plots rendered, $marks experts without tokens marked, no console errors"

@@ -4,7 +4,7 @@
  * and expert layout exported with four recipes (experts-only NVFP4, default
  * NVFP4, FP8, W4A16) from synthetic statistics, each output verified and its
  * quantized tensors compared byte for byte with a deliberately simple
- * re-implementation of MODELOPT.md §1 written here (no kernels/ code), a
+ * re-implementation of docs/numerics.md written here (no kernels/ code), a
  * kill -9 in the middle of an export, and a full disk.
  */
 #include <criterion/criterion.h>
@@ -51,7 +51,8 @@ static void check_exclude(const char *const *unq, size_t nu, const char *const *
 
 Test(exclude, doc_example)
 {
-	/* MODELOPT.md §4.3: Qwen3-MoE, 2 layers, experts-only */
+	/* docs/export.md "exclude_modules": Qwen3-MoE, 2 layers, experts-only
+	 */
 	const char *unq[] = {
 		"model.embed_tokens",
 		"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
@@ -69,7 +70,7 @@ Test(exclude, doc_example)
 
 Test(exclude, hand_derived)
 {
-	/* golden fact §7: layer8 alone */
+	/* a hand-derived case: layer8 alone */
 	const char *u1[] = {"layer8"};
 	const char *q1[] = {"layer1", "layer2"};
 	const char *w1[] = {"layer8"};
@@ -194,12 +195,12 @@ static struct cal_stats *synth_stats(const struct cal_plan *p)
 			t[e] = e == 1 ? 0 : (uint64_t)(10 + e * 3);
 		cr_assert_eq(cal_stats_set_expert_tokens(s, L, p->model->num_experts, t, NULL), CAL_OK);
 	}
-	struct cal_stats_calib c = {4, 16, 64};
+	struct cal_stats_calib c = {4, 16, 64, NULL};
 	cal_stats_set_calib(s, &c);
 	return s;
 }
 
-/* ---- the independent reference (MODELOPT.md §1, CUDA semantics) --------- */
+/* ---- the independent reference (docs/numerics.md, CUDA semantics) ------- */
 
 static float e4m3_value(int c)
 {
@@ -347,8 +348,8 @@ static float amax_bf16(const uint16_t *w, uint64_t n)
 	return m;
 }
 
-/* Members of mod's sibling group (MODELOPT.md §2.6) as output module names;
- * experts: gate+up of the same expert.  Returns the count. */
+/* Members of mod's sibling group (docs/export.md "Sibling groups") as output
+ * module names; experts: gate+up of the same expert.  Returns the count. */
 static int siblings(const struct ctx *c, const char *mod, char out[4][1200])
 {
 	static const char *const groups[][4] = {

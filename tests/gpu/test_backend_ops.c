@@ -3,7 +3,7 @@
  * and on the CUDA back end, on random tensors of many shapes (size 1, odd,
  * prime, exact multiples, misaligned pointers, one ~64M-element case), must
  * give byte-identical outputs with intact guard bytes; the golden vectors of
- * MODELOPT.md §1 must come out of the CUDA back end byte for byte.
+ * docs/numerics.md must come out of the CUDA back end byte for byte.
  *
  * A plain main (no Criterion): Criterion forks per test, and the process
  * must not fork after CUDA is initialised.  Exits 77 (meson: SKIP) when no

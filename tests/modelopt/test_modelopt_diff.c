@@ -29,7 +29,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "api/sha256.h"
+#include "common/sha256.h"
 #include "common/util.h"
 #include "tests/fixtures/fixture.h"
 

@@ -1,7 +1,7 @@
 /*
- * goldens.c — see goldens.h.  Expected bytes are copied from MODELOPT.md
- * §1.4.4 and §1.6 (device-verified there); the FP8 CPU-semantics rows are
- * given in the doc only as the fragments that differ from the CUDA rows, so
+ * goldens.c — see goldens.h.  Expected bytes are what modelopt produced on
+ * a GPU (docs/numerics.md "Golden vectors"); of the FP8 CPU-semantics rows
+ * only the fragments that differ from the CUDA rows were recorded, so
  * rows 0 and 3 must equal the CUDA rows and rows 1 and 2 must contain the
  * quoted fragments and differ from the CUDA rows.
  */
@@ -82,7 +82,7 @@ enum cal_status golden_run(struct cal_backend *be, struct golden_result *r,
 		return cal_error_set(err, CAL_ERR_INTERNAL, "golden input reported non-finite");
 
 	r->s2 = cal_nvfp4_scale2(r->amax, CAL_DIV_RECIP);
-	struct cal_nvfp4_quant_args nq = {dw, 4, 32, r->s2, dp, ds};
+	struct cal_nvfp4_quant_args nq = {dw, 4, 32, r->s2, dp, ds, 0};
 	CAL_TRY(cal_op_nvfp4_quant(be, &nq, err));
 	CAL_TRY(cal_backend_download(be, r->nvfp4_packed, dp, 64, err));
 	CAL_TRY(cal_backend_download(be, r->nvfp4_scales, ds, 8, err));

@@ -1,6 +1,6 @@
 /*
- * goldens.h — the device-verified golden vectors of MODELOPT.md §1.4.4
- * (NVFP4) and §1.6 (FP8), run through the op table of any back end.
+ * goldens.h — the device-verified golden vectors of docs/numerics.md
+ * ("Golden vectors": NVFP4 and FP8), run through the op table of any back end.
  * Shared by the unit suite (CPU) and the gpu suite (CUDA).
  */
 #ifndef CAL_TEST_GOLDENS_H
@@ -21,7 +21,7 @@ struct golden_result {
 	uint8_t fp8_cuda[4 * 32], fp8_cpu[4 * 32];
 };
 
-/* W[4,32] of §1.4.4 as bf16 bits. */
+/* The W[4,32] of "Golden vectors" as bf16 bits. */
 void golden_input(uint16_t w[4 * 32]);
 
 /* Runs amax, nvfp4_quant and fp8_quant (both division modes) on be. */

@@ -383,14 +383,15 @@ static int case_nvfp4_quant(struct opcase_env *env, uint64_t rows, uint64_t unit
 {
 	CTX(nvfp4_quant);
 	uint64_t cols = units * 16, n = rows * cols;
+	uint32_t bs = cols % 32 == 0 && seed % 3 == 1 ? 32 : 16; /* nvfp4_bs32 too */
 	uint16_t *w = weights(n, &s);
 	float s2 = cal_nvfp4_scale2(weights_amax(w, n), seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP);
 	if (seed % 7 == 3)
 		s2 = cal_fmul(s2, 0.25f); /* stale scale: block scales clamp at 448 */
 	struct pair *pw = pair_new(&c, n * 2, w), *pp = pair_new(&c, n / 2, NULL),
-		    *ps = pair_new(&c, n / 16, NULL);
-	struct cal_nvfp4_quant_args A = {pw->a, rows, cols, s2, pp->a, ps->a};
-	struct cal_nvfp4_quant_args B = {pw->b, rows, cols, s2, pp->b, ps->b};
+		    *ps = pair_new(&c, n / bs, NULL);
+	struct cal_nvfp4_quant_args A = {pw->a, rows, cols, s2, pp->a, ps->a, bs};
+	struct cal_nvfp4_quant_args B = {pw->b, rows, cols, s2, pp->b, ps->b, bs};
 	RUN_BOTH(&c, nvfp4_quant, A, B);
 	pair_check(&c, pp, "packed");
 	pair_check(&c, ps, "scales");
@@ -530,13 +531,14 @@ static int case_nvfp4_dequant(struct opcase_env *env, uint64_t rows, uint64_t un
 {
 	CTX(nvfp4_dequant);
 	uint64_t cols = units * 16, n = rows * cols;
+	uint32_t bs = cols % 32 == 0 && seed % 3 == 1 ? 32 : 16; /* nvfp4_bs32 too */
 	enum cal_dtype dt = OUT_DT(seed);
-	uint8_t *q = rand_bytes(n / 2, &s), *sc = rand_bytes(n / 16, &s);
+	uint8_t *q = rand_bytes(n / 2, &s), *sc = rand_bytes(n / bs, &s);
 	float s2 = ldexpf(1.0f + rng_unit(&s) * 0.5f, -10);
-	struct pair *pq = pair_new(&c, n / 2, q), *ps = pair_new(&c, n / 16, sc),
+	struct pair *pq = pair_new(&c, n / 2, q), *ps = pair_new(&c, n / bs, sc),
 		    *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
-	struct cal_nvfp4_dequant_args A = {pq->a, ps->a, rows, cols, s2, dt, po->a};
-	struct cal_nvfp4_dequant_args B = {pq->b, ps->b, rows, cols, s2, dt, po->b};
+	struct cal_nvfp4_dequant_args A = {pq->a, ps->a, rows, cols, s2, dt, po->a, bs};
+	struct cal_nvfp4_dequant_args B = {pq->b, ps->b, rows, cols, s2, dt, po->b, bs};
 	RUN_BOTH(&c, nvfp4_dequant, A, B);
 	pair_check(&c, po, "out");
 	free(q);

@@ -1,6 +1,6 @@
 /*
  * test_numerics.c — unit tests of kernels/ on the CPU: every golden vector
- * of MODELOPT.md §1 byte for byte, edge cases, observers, argument errors,
+ * of docs/numerics.md byte for byte, edge cases, observers, argument errors,
  * and the reference (1 thread) against the multi-threaded CPU back end for
  * every op of ops.def on random shapes (seeds printed on failure).
  */
@@ -25,7 +25,7 @@ static struct cal_backend *cpu(unsigned threads, uint64_t min_items)
 	return be;
 }
 
-/* ---- §1.2 conversions ---------------------------------------------------- */
+/* ---- E4M3 and E2M1 conversions (docs/numerics.md "NVFP4 weights") ------ */
 
 Test(numfmt, e4m3_examples)
 {
@@ -156,7 +156,7 @@ Test(numfmt, fp8_table_exhaustive)
 	cr_expect(!cal_fp8_lut_range(cal_bits_f32(0x7f800000u), &lo, &hi));
 }
 
-/* ---- §1.3 division semantics --------------------------------------------- */
+/* ---- division semantics (docs/numerics.md) ------------------------------ */
 
 Test(numfmt, division_table)
 {
@@ -199,7 +199,7 @@ Test(numfmt, input_scales)
 	cr_expect_eq(cal_f32_bits(cal_fp8_scale(21.0f, CAL_DIV_RECIP)), 0x3d400001u);
 }
 
-/* ---- §1.4.4 and §1.6 goldens through the op table ------------------------ */
+/* ---- the golden vectors through the op table (docs/numerics.md) -------- */
 
 static void run_golden(unsigned threads)
 {
@@ -235,7 +235,7 @@ static void nvfp4_one_block(const float *x, float s2, uint8_t *ret_scale, uint8_
 	struct cal_error err = {0};
 	for (int k = 0; k < 16; k++)
 		w[k] = cal_f32_to_bf16(x[k]);
-	struct cal_nvfp4_quant_args a = {w, 1, 16, s2, ret_packed, ret_scale};
+	struct cal_nvfp4_quant_args a = {w, 1, 16, s2, ret_packed, ret_scale, 0};
 	cr_assert_eq(cal_op_nvfp4_quant(be, &a, &err), CAL_OK, "%s", cal_error_msg(&err));
 	cal_backend_free(be);
 }
@@ -362,7 +362,7 @@ Test(args, errors_name_the_field)
 	struct cal_error err = {0};
 	uint16_t w[32] = {0};
 	uint8_t p[16], s[2];
-	struct cal_nvfp4_quant_args a = {w, 1, 24, 1.0f, p, s};
+	struct cal_nvfp4_quant_args a = {w, 1, 24, 1.0f, p, s, 0};
 	cr_expect_eq(cal_op_nvfp4_quant(be, &a, &err), CAL_ERR_INVALID);
 	cr_expect(strstr(cal_error_msg(&err), "'cols'") != NULL, "%s", cal_error_msg(&err));
 	cr_expect(strstr(cal_error_msg(&err), "nvfp4_quant") != NULL, "%s", cal_error_msg(&err));

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Independent numpy re-statement of the HF forward (bf16 rounding points of
-ARCHITECTURES.md §1.2-§1.6) for calibd fixtures, used to cross-check the
-engine where torch is not installed.  Not a substitute for hf_reference.py.
+"""Independent numpy re-statement of the HF forward (bf16 rounding points
+of docs/architectures.md "Common structure") for calibd fixtures, used to
+cross-check the engine where torch is not installed.  Not a substitute for hf_reference.py.
 
   python3 np_reference.py MODEL_DIR TOKENS.jsonl [OUT_DIR]
 prints JSON {input_amax, kv_amax}; with OUT_DIR writes stats.json and hidden.safetensors

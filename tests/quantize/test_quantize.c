@@ -1,6 +1,6 @@
 /*
  * test_quantize.c — suite 'unit' tests of `calibd quantize` (engine/quantize.h,
- * daemon/cmd_quantize.c) on the CPU back end: every MoE architecture the
+ * cli/cmd_quantize.c) on the CPU back end: every MoE architecture the
  * calibration engine runs (qwen3_moe per-expert and fused, mixtral and its
  * fused layout, qwen2_moe, olmoe, the Gated DeltaNet qwen3_next and
  * qwen3_5_moe, gpt_oss from bf16 and from MXFP4, DeepSeek-V3 per-expert, fused,

@@ -79,13 +79,12 @@ static const struct refusal refusals[] = {
 	{"nvfp4_act_headroom-kv_fp8_cast", NULL,
 	 "algorithm 'nvfp4_act_headroom' is not implemented"},
 	/* numerics calibd does not implement yet */
-	{"nvfp4_default-kv_nvfp4_cast", NULL, "'*[kv]_bmm_quantizer'"},
-	{"nvfp4_mlp_weight_only", NULL, "nvfp4_mlp_weight_only.yaml"},
 	/* a block format on an input dimension that is not a multiple of the
 	 * block: the fixtures' hidden size is 64 (INT4 block 128) and their
 	 * expert intermediate size 48 (MXFP4 block 32) */
 	{"int4_blockwise_weight_only", NULL, "is not a multiple of the INT4 block size 128"},
 	{"mxfp4_mlp_weight_only", MOE_ARCHS, "is not a multiple of the MXFP4 block size 32"},
+	{"nvfp4_mlp_weight_only", MOE_ARCHS, "is not a multiple of the NVFP4 bs32 block size 32"},
 	/* calibd's own MXFP8 recipe, same shape rule (deepseek_v3's q_b_proj
 	 * has input 48 too) */
 	{"mxfp8", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},

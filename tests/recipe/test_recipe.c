@@ -99,7 +99,7 @@ Test(fnmatch, python_semantics)
 	cr_assert(!cal_fnmatch("*mlp.gate.*", "model.layers.0.mlp.gate_proj.weight_quantizer"));
 }
 
-/* ---- golden entry lists (reasoned from MODELOPT.md §3.4) ------------------ */
+/* ---- golden entry lists (docs/recipes.md "The experts-only recipe") --- */
 
 #define NVFP4 "{num_bits: (2, 1), block_sizes: {-1: 16, type: 'dynamic', scale_bits: (4, 3)}, effective_bits: 4.5}"
 #define FP8 "{num_bits: (4, 3), axis: null}"
@@ -712,6 +712,44 @@ Test(plan, qwen3_moe_experts_only)
 	cr_assert(p->sum.kv_cast);
 	q = cal_plan_find(p, "model.layers.1.self_attn.v_bmm_quantizer");
 	cr_assert(q->spec.use_constant_amax && !q->spec.calibrate);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+}
+
+/* Formats added through kernels/qfmt.def alone: NVFP4 block 32 weights and
+ * the NVFP4 KV cache. */
+Test(plan, nvfp4_bs32_and_nvfp4_kv)
+{
+	struct cal_model_desc *d = model(qwen3_moe);
+	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_mlp_weight_only");
+	struct cal_plan *p = plan_of(d, r);
+	const struct cal_plan_q *q =
+		cal_plan_find(p, "model.layers.1.mlp.experts.down_proj_weight_quantizers.2");
+	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_NVFP4_BS32);
+	cr_assert(q->spec.block == 32 && q->spec.calibrate);
+	cr_assert_str_eq(cal_qfmt_name(q->spec.fmt), "nvfp4_bs32");
+	q = cal_plan_find(p, "model.layers.1.mlp.experts.down_proj_input_quantizer");
+	cr_assert(q && !q->spec.enabled);
+	q = cal_plan_find(p, "model.layers.0.mlp.gate_proj.weight_quantizer");
+	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_NVFP4_BS32);
+	q = cal_plan_find(p, "model.layers.0.self_attn.q_proj.weight_quantizer");
+	cr_assert(q && !q->spec.enabled);
+	cr_assert_eq(p->sum.kv_fmt, CAL_QFMT_NONE);
+	char *t = cal_plan_text(p, "x");
+	cr_assert(strstr(t, "NVFP4-bs32 W4A16"), "%s", t);
+	free(t);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_cast");
+	p = plan_of(d, r);
+	q = cal_plan_find(p, "model.layers.2.self_attn.k_bmm_quantizer");
+	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_NVFP4);
+	cr_assert(q->spec.use_constant_amax && !q->spec.calibrate);
+	cr_assert(p->sum.kv_fmt == CAL_QFMT_NVFP4 && p->sum.kv_cast);
+	t = cal_plan_text(p, "x");
+	cr_assert(strstr(t, "KV NVFP4 (cast)"), "%s", t);
+	free(t);
 	cal_plan_free(p);
 	cal_recipe_free(r);
 	cal_model_desc_free(d);

@@ -53,11 +53,4 @@ void cal_client_resp_free(struct cal_client_resp *r);
 /* Checks a base URL: http:// or https://, a host, no query or fragment. */
 enum cal_status cal_client_check_url(const char *url, struct cal_error *err);
 
-/* Stable lower-case code of a status ("format", "nospace", ...): what a
- * worker reports as the job's error code. */
-const char *cal_status_code(enum cal_status st);
-
-/* Exit code (cli.h) for a job that ended with error code `code`. */
-int cal_exit_from_job_error(const char *code);
-
 #endif

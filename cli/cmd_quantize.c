@@ -21,7 +21,6 @@
 #include "api/jobspec.h"
 #include "cli.h"
 #include "common/parse.h"
-#include "config.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
 #include "engine/st/st_writer.h"
@@ -56,7 +55,7 @@ static void quantize_usage(FILE *o)
 		"one rank per GPU); the checkpoint is the same bytes (docs/expert_parallel.md).\n"
 		"--world N --rank-first R --rendezvous FILE: this process runs ranks R.. of a\n"
 		"job of N ranks over several processes, meeting through FILE; the process of\n"
-		"rank 0 writes DIR, the others calibrate only.\n"
+		"rank 0 writes DIR and publishes it, the others write their experts into it.\n"
 		"--nodes N --node-rank I --rendezvous FILE: the same, as node I of N\n"
 		"processes (one per node) that each run the same --device GPUs or --ranks\n"
 		"(docs/deploy.md).  --comm-timeout (default 600) bounds every exchange between\n"
@@ -440,20 +439,15 @@ int cal_cmd_quantize(int argc, char **argv)
 			return cal_exit_from_status(qs);
 		}
 	}
-	if (cal_devices_parse(device, &jo.devices, &err) < 0) {
-		fprintf(stderr, "calibd quantize: --device: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
+	struct cal_cli_data data;
+	enum cal_status st;
+	int rc = cal_cli_job_data("quantize", device, calib, datasets_file, &jo, &data, &st, &err);
+	if (rc != CAL_EXIT_OK)
+		return rc;
+	if (node_layout(&jo, nodes, node_rank) < 0) {
+		cal_cli_data_free(&data, &jo);
 		return CAL_EXIT_USAGE;
 	}
-	if (node_layout(&jo, nodes, node_rank) < 0)
-		return CAL_EXIT_USAGE;
-	char *calib_owned = NULL;
-	enum cal_status xs = cal_config_calib_arg("quantize", &calib, datasets_file, &calib_owned);
-	if (xs)
-		return cal_exit_from_status(xs);
-	struct cal_job_dataset *ds = NULL;
-	enum cal_status st = cal_job_datasets_parse(calib, &ds, &jo.n_datasets, &err);
-	jo.datasets = ds;
 
 	struct sigaction sa = {.sa_handler = on_signal};
 	struct sigaction old_int, old_term;
@@ -472,7 +466,7 @@ int cal_cmd_quantize(int argc, char **argv)
 	if (st >= 0)
 		st = cal_quantize_run(job, &o, on_progress, &pr, &report, &err);
 	cal_job_close(job);
-	cal_job_datasets_free(ds, jo.n_datasets);
+	cal_cli_data_free(&data, &jo);
 	if (pr.bar_open)
 		fputc('\n', stderr);
 	sigaction(SIGINT, &old_int, NULL);
@@ -492,7 +486,8 @@ int cal_cmd_quantize(int argc, char **argv)
 						   JSON_REAL_PRECISION(6));
 			putchar('\n');
 		} else if (jo.ranks.first) {
-			printf("calibrated ranks %u.. of %u; rank 0's process writes %s\n",
+			printf("calibrated ranks %u.. of %u and wrote their experts; rank 0's "
+			       "process publishes %s\n",
 			       jo.ranks.first, jo.ranks.world, o.out_dir);
 		} else {
 			print_summary(report);
@@ -500,7 +495,6 @@ int cal_cmd_quantize(int argc, char **argv)
 		fflush(stdout);
 	}
 	json_decref(report);
-	free(calib_owned);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }

@@ -27,24 +27,6 @@ int cal_cli_parse_u64(const char *s, uint64_t *ret)
 	return cal_parse_size("value", s, 0, UINT64_MAX, ret, NULL) < 0 ? -1 : 0;
 }
 
-int cal_exit_from_status(enum cal_status st)
-{
-	switch (st) {
-	case CAL_OK: return CAL_EXIT_OK;
-	case CAL_ERR_FORMAT:
-	case CAL_ERR_INVALID:
-	case CAL_ERR_UNSUPPORTED:
-	case CAL_ERR_NOTFOUND:
-	case CAL_ERR_EXISTS:
-	case CAL_ERR_RANGE:
-	case CAL_ERR_NUMERIC: return CAL_EXIT_BAD_INPUT;
-	case CAL_ERR_NOSPACE: return CAL_EXIT_NOSPACE;
-	case CAL_ERR_DEVICE: return CAL_EXIT_DEVICE;
-	case CAL_ERR_INTERRUPTED: return CAL_EXIT_INTERRUPTED;
-	default: return CAL_EXIT_FAILURE;
-	}
-}
-
 static void usage(FILE *out)
 {
 	fprintf(out, "usage: calibd COMMAND [ARGS...]\n\ncommands:\n");

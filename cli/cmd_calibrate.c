@@ -18,7 +18,6 @@
 
 #include "cli.h"
 #include "common/parse.h"
-#include "config.h"
 #include "engine/calib.h"
 #include "engine/job.h"
 
@@ -64,16 +63,22 @@ static void on_progress(void *ctx, int32_t layer, int32_t n_layers, double tps)
 	fflush(stderr);
 }
 
-/* The engine's statistics JSON plus "calibration" {samples, seq_len, tokens}
- * (what `calibd export --stats` puts in its report). */
-static char *stats_with_calibration(const struct cal_calib *cal, const struct cal_token_info *ti)
+/* The engine's statistics JSON plus "calibration" {samples, seq_len, tokens,
+ * sequence_hashes} (what `calibd export --stats` puts in its report). */
+static char *stats_with_calibration(const struct cal_calib *cal, const struct cal_token_info *ti,
+				    const struct cal_calib_tokens *tk)
 {
 	json_t *j = cal_calib_stats(cal);
-	if (!j)
+	char *hashes = cal_calib_tokens_hashes(tk);
+	if (!j || !hashes) {
+		json_decref(j);
+		free(hashes);
 		return NULL;
-	json_object_set_new(j, "calibration", json_pack("{s:I, s:I, s:I}", "samples",
+	}
+	json_object_set_new(j, "calibration", json_pack("{s:I, s:I, s:I, s:s}", "samples",
 		(json_int_t)ti->samples, "seq_len", (json_int_t)ti->seq_len, "tokens",
-		(json_int_t)ti->tokens));
+		(json_int_t)ti->tokens, "sequence_hashes", hashes));
+	free(hashes);
 	char *out = cal_calib_stats_dump(j);
 	json_decref(j);
 	return out;
@@ -201,24 +206,17 @@ int cal_cmd_calibrate(int argc, char **argv)
 		return CAL_EXIT_USAGE;
 	}
 	struct cal_error err = {0};
-	if (cal_devices_parse(device, &o.devices, &err) < 0) {
-		fprintf(stderr, "calibd calibrate: --device: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
-		return CAL_EXIT_USAGE;
-	}
+	struct cal_cli_data data;
+	enum cal_status st;
+	int rc = cal_cli_job_data("calibrate", device, calib, dsfile, &o, &data, &st, &err);
+	if (rc != CAL_EXIT_OK)
+		return rc;
 
-	char *calib_owned = NULL;
-	enum cal_status xs = cal_config_calib_arg("calibrate", &calib, dsfile, &calib_owned);
-	if (xs)
-		return cal_exit_from_status(xs);
-	struct cal_job_dataset *ds = NULL;
 	struct cal_job *job = NULL;
 	struct cal_calib_tokens *tk = NULL;
 	struct cal_calib *cal = NULL;
 	struct cal_token_info ti = {0};
 	char *json = NULL;
-	enum cal_status st = cal_job_datasets_parse(calib, &ds, &o.n_datasets, &err);
-	o.datasets = ds;
 	if (st >= 0)
 		st = cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_CALIBRATE), &job, NULL, &err);
 	if (st >= 0)
@@ -235,7 +233,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 		st = cal_calib_run(cal, tk, &err);
 	}
 	if (st >= 0) {
-		json = stats_with_calibration(cal, &ti);
+		json = stats_with_calibration(cal, &ti, tk);
 		if (!json)
 			st = cal_error_set(&err, CAL_ERR_NOMEM, "statistics JSON: out of memory");
 	}
@@ -260,8 +258,7 @@ int cal_cmd_calibrate(int argc, char **argv)
 	cal_calib_free(cal);
 	cal_calib_tokens_free(tk);
 	cal_job_close(job);
-	cal_job_datasets_free(ds, o.n_datasets);
-	free(calib_owned);
+	cal_cli_data_free(&data, &o);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }

@@ -23,10 +23,10 @@
 #include "api/http.h"
 #include "cli.h"
 #include "common/util.h"
-#include "daemon.h"
-#include "fsutil.h"
-#include "log.h"
-#include "notify.h"
+#include "daemon/daemon.h"
+#include "common/fsutil.h"
+#include "daemon/log.h"
+#include "daemon/notify.h"
 
 struct serve_ctx {
 	const char *config_path;

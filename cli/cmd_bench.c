@@ -57,7 +57,7 @@ static enum cal_status run_copy(struct bench *b, struct cal_error *err)
 static enum cal_status run_nvfp4(struct bench *b, struct cal_error *err)
 {
 	struct cal_nvfp4_quant_args a = {b->w, b->n / 4096, 4096, 0.0014415922f, b->packed,
-					 b->scales};
+					 b->scales, 0};
 	return cal_op_nvfp4_quant(b->be, &a, err);
 }
 

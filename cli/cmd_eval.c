@@ -15,7 +15,6 @@
 #include <jansson.h>
 
 #include "cli.h"
-#include "config.h"
 #include "engine/eval.h"
 #include "engine/job.h"
 
@@ -34,13 +33,15 @@ static void eval_usage(FILE *o)
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--out FILE] [--micro-batch TOKENS] [--max-gpu-mem BYTES] [--threads N]\n"
 		"         [--datasets-file FILE] [--quiet]\n"
-		"         [--logits-out FILE] [--logits-orig-out FILE]\n"
+		"         [--logits-out FILE] [--logits-orig-out FILE] [--layer-kl-positions N]\n"
 		"Runs the source model SRC and the quantized checkpoint OUT (written by calibd\n"
 		"from SRC, checked) side by side, layer by layer, over held-out tokens, the\n"
 		"quantized one as a serving engine runs it.  Reports the KL divergence of the\n"
-		"next-token distributions, top-1 agreement, both perplexities, the error each\n"
-		"layer's quantization adds (routed experts by expert) and the worst tokens\n"
-		"(docs/eval.md).  --samples 128 and --seq-len 512 by default for --data.\n");
+		"next-token distributions, top-1 agreement, both perplexities, each layer's KL\n"
+		"contribution (logit lens on at most --layer-kl-positions positions, 4096) and\n"
+		"the error its quantization adds (routed experts by expert), the worst tokens\n"
+		"and any overlap with the calibration set (docs/eval.md).  --samples 128 and\n"
+		"--seq-len 512 by default for --data.\n");
 }
 
 static void summary(const json_t *r)
@@ -56,6 +57,11 @@ static void summary(const json_t *r)
 		json_number_value(json_object_get(r, "top1_agreement")),
 		json_number_value(json_object_get(pp, "original")),
 		json_number_value(json_object_get(pp, "quantized")));
+	const json_t *ov = json_object_get(r, "calibration_overlap");
+	if (json_integer_value(json_object_get(ov, "sequences")) > 0)
+		fprintf(stderr, "eval: warning: %lld of the %lld evaluated sequences are in the "
+			"calibration set\n", (long long)json_integer_value(json_object_get(ov, "sequences")),
+			(long long)json_integer_value(json_object_get(ov, "of")));
 }
 
 int cal_cmd_eval(int argc, char **argv)
@@ -77,6 +83,7 @@ int cal_cmd_eval(int argc, char **argv)
 		{"quiet", no_argument, NULL, 'q'},
 		{"logits-out", required_argument, NULL, 'L'},
 		{"logits-orig-out", required_argument, NULL, 'O'},
+		{"layer-kl-positions", required_argument, NULL, 'K'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -105,11 +112,13 @@ int cal_cmd_eval(int argc, char **argv)
 		case 'b':
 		case 'M':
 		case 'T':
+		case 'K':
 			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'n' && (v < 1 || v > CAL_CALIB_MAX_SEQS)) ||
 			    (c == 'S' && (v < 1 || v > CAL_CALIB_MAX_SEQ_LEN)) || (c == 'T' && v > 256)) {
 				fprintf(stderr, "calibd eval: bad value '%s' for --%s\n", optarg,
 					c == 'n' ? "samples" : c == 'S' ? "seq-len" : c == 's' ? "seed"
-					: c == 'b' ? "micro-batch" : c == 'M' ? "max-gpu-mem" : "threads");
+					: c == 'b' ? "micro-batch" : c == 'M' ? "max-gpu-mem"
+					: c == 'K' ? "layer-kl-positions" : "threads");
 				return CAL_EXIT_USAGE;
 			}
 			if (c == 'n')
@@ -122,6 +131,8 @@ int cal_cmd_eval(int argc, char **argv)
 				o.micro_batch_tokens = v;
 			else if (c == 'M')
 				o.max_mem = v;
+			else if (c == 'K')
+				eo.layer_kl_positions = v;
 			else
 				o.cpu_threads = (unsigned)v;
 			break;
@@ -138,20 +149,13 @@ int cal_cmd_eval(int argc, char **argv)
 	if (data && !o.samples)
 		o.samples = 128;
 	struct cal_error err = {0};
-	if (cal_devices_parse(device, &o.devices, &err) < 0) {
-		fprintf(stderr, "calibd eval: --device: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
-		return CAL_EXIT_USAGE;
-	}
-	char *data_owned = NULL;
-	enum cal_status xs = cal_config_calib_arg("eval", &data, dsfile, &data_owned);
-	if (xs)
-		return cal_exit_from_status(xs);
-	struct cal_job_dataset *ds = NULL;
+	struct cal_cli_data dd;
+	enum cal_status st;
+	int rc = cal_cli_job_data("eval", device, data, dsfile, &o, &dd, &st, &err);
+	if (rc != CAL_EXIT_OK)
+		return rc;
 	struct cal_job *job = NULL;
 	json_t *rep = NULL;
-	enum cal_status st = cal_job_datasets_parse(data, &ds, &o.n_datasets, &err);
-	o.datasets = ds;
 	if (st >= 0)
 		st = cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_CALIBRATE), &job, NULL, &err);
 	if (st >= 0)
@@ -168,8 +172,7 @@ int cal_cmd_eval(int argc, char **argv)
 		fprintf(stderr, "calibd eval: %s\n", cal_error_msg(&err));
 	json_decref(rep);
 	cal_job_close(job);
-	cal_job_datasets_free(ds, o.n_datasets);
-	free(data_owned);
+	cal_cli_data_free(&dd, &o);
 	cal_error_clear(&err);
 	return cal_exit_from_status(st);
 }
