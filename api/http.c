@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/parse.h"
 #include "common/sha256.h"
 #include "common/util.h"
 #include "daemon/log.h"
@@ -592,7 +593,10 @@ static enum MHD_Result first_call(struct cal_http *h, struct cal_http_req *r, st
 		return cal_http_error(r, CAL_API_ERR_UNAUTHORIZED, a == 2 ? "invalid" : NULL, NULL);
 	if (cal_routes[r->route].flags & CAL_ROUTE_BODY) {
 		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && strtoull(cl, NULL, 10) > CAL_MAX_BODY_BYTES)
+		uint64_t n = 0;
+		/* too many digits is too large; libmicrohttpd answers other bad values */
+		if (cl && cal_parse_u64("Content-Length", cl, 0, CAL_MAX_BODY_BYTES, &n, NULL) ==
+				  CAL_ERR_RANGE)
 			return cal_http_error(r, CAL_API_ERR_BODY_TOO_LARGE, NULL, NULL);
 		const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
 		if (ct && !is_json_type(ct))

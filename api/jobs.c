@@ -21,6 +21,7 @@
 #include "api/recipes.h"
 #include "api/report_html.h"
 #include "api/routes_jobs.h"
+#include "common/parse.h"
 #include "common/util.h"
 #include "common/fsutil.h"
 #include "daemon/log.h"
@@ -200,12 +201,9 @@ enum MHD_Result cal_route_jobs_list(struct cal_http_req *r)
 	if (parse_state_filter(st, &mask) < 0)
 		return cal_http_error(r, CAL_API_ERR_BAD_QUERY, "state",
 				      "state must be a comma-separated list of queued, running, succeeded, failed, cancelled");
-	long limit = 100;
+	uint64_t limit = 100;
 	if (lim) {
-		char *end;
-		errno = 0;
-		limit = strtol(lim, &end, 10);
-		if (!*lim || *end || errno || limit < 1 || limit > LIST_MAX)
+		if (cal_parse_u64("limit", lim, 1, LIST_MAX, &limit, NULL) < 0)
 			return cal_http_error(r, CAL_API_ERR_BAD_QUERY, "limit", "limit must be in [1, %d]", LIST_MAX);
 	}
 	if (cur && (strlen(cur) >= CAL_JOB_ID_MAX || !*cur || cur[strspn(cur, CURSOR_CHARS)]))
@@ -221,7 +219,7 @@ enum MHD_Result cal_route_jobs_list(struct cal_http_req *r)
 			continue;
 		if (mask && !(mask & (1u << j->state)))
 			continue;
-		if ((long)json_array_size(list) == limit) {
+		if (json_array_size(list) == limit) {
 			json_decref(next);
 			next = json_string(json_string_value(json_object_get(json_array_get(list, (size_t)limit - 1),
 									     "id")));
@@ -386,13 +384,10 @@ static enum MHD_Result job_file(struct cal_http_req *r, const char *name, const 
 	pthread_mutex_unlock(&r->d->mu);
 	if (!j)
 		return cal_http_error(r, CAL_API_ERR_JOB_NOT_FOUND, "id", "no job '%s'", r->param);
-	long long want = LOG_TAIL_DEFAULT;
+	uint64_t want = LOG_TAIL_DEFAULT;
 	const char *tb = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "tail_bytes");
 	if (tail && tb) {
-		char *end;
-		errno = 0;
-		want = strtoll(tb, &end, 10);
-		if (!*tb || *end || errno || want < 1 || want > LOG_TAIL_MAX) {
+		if (cal_parse_u64("tail_bytes", tb, 1, LOG_TAIL_MAX, &want, NULL) < 0) {
 			free(path);
 			return cal_http_error(r, CAL_API_ERR_BAD_QUERY, "tail_bytes", "tail_bytes must be in [1, %d]",
 					      LOG_TAIL_MAX);

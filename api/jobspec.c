@@ -16,6 +16,8 @@
 #include "common/device.h"
 #include "common/jsonscan.h"
 #include "common/fsutil.h"
+#include "common/parse.h"
+#include "common/util.h"
 #include "engine/job.h"
 #include "engine/recipe/qformat.h"
 #include "engine/st/st_writer.h"
@@ -345,15 +347,13 @@ int cal_dataset_resolve(char *const *catalog, size_t n, const char *ref, const c
 	*ret_samples = 0;
 	size_t nl = strcspn(ref, ":");
 	if (ref[nl] == ':') {
-		char *end;
-		errno = 0;
-		long v = strtol(ref + nl + 1, &end, 10);
-		if (errno || end == ref + nl + 1 || *end || v < 1 || v > 1000000) {
+		uint64_t v;
+		if (cal_parse_u64("sample count", ref + nl + 1, 1, 1000000, &v, NULL) < 0) {
 			snprintf(msg, msg_len, "'%.200s': the sample count after ':' must be an integer in [1, 1000000]",
 				 ref);
 			return -1;
 		}
-		*ret_samples = v;
+		*ret_samples = (long)v;
 	}
 	for (size_t i = 0; nl > 0 && i < n; i++) {
 		if (!strncmp(catalog[i], ref, nl) && catalog[i][nl] == '=') {
@@ -721,8 +721,10 @@ enum cal_api_err cal_jobspec_model(const json_t *req, const struct cal_jobspec_e
 		goto fail;
 	}
 	char *cfg = NULL;
-	if (asprintf(&cfg, "%s/config.json", model) < 0) {
-		ae = cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
+	if (cal_path_join_checked(model, "config.json", &cfg, NULL) < 0) {
+		/* too long: path_too_long, as for the files the worker opens there */
+		if (!(ae = model_names_fit(model, prob)))
+			ae = cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
 		goto fail;
 	}
 	int has_cfg = stat(cfg, &sb) == 0 && S_ISREG(sb.st_mode);

@@ -30,6 +30,7 @@
 #include "cli.h"
 #include "common/util.h"
 #include "common/device.h"
+#include "common/parse.h"
 #include "engine/job.h"
 #include "engine/model/model.h"
 #include "engine/quantize.h"
@@ -291,8 +292,10 @@ int cal_bench_quantize(int argc, char **argv)
 		case 'N': disk = 0; break;
 		case 'j': json_path = optarg; break;
 		case 'w': case 'z':
-			if (cal_st_parse_size(optarg, c == 'w' ? &wbytes : &shard) < 0) {
-				fprintf(stderr, "calibd bench quantize: bad size '%s'\n", optarg);
+			if (cal_parse_size(c == 'w' ? "--write-bytes" : "--max-shard-size", optarg, 1,
+					   UINT64_MAX, c == 'w' ? &wbytes : &shard, &err) < 0) {
+				fprintf(stderr, "calibd bench quantize: %s\n", cal_error_msg(&err));
+				cal_error_clear(&err);
 				return CAL_EXIT_USAGE;
 			}
 			break;
@@ -309,7 +312,7 @@ int cal_bench_quantize(int argc, char **argv)
 		cal_error_clear(&err);
 		return CAL_EXIT_USAGE;
 	}
-	if (asprintf(&out, "%s/calibd-bench-out", parent) < 0)
+	if (!(out = cal_path_join(parent, "calibd-bench-out")))
 		return CAL_EXIT_FAILURE;
 	CAL_TRY(cal_model_desc_load(model, &d, &err));
 	if (devs.kind == CAL_DEVICE_CUDA ||

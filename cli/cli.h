@@ -14,8 +14,9 @@
 /* `calibd bench quantize` (bench_quantize.c). */
 int cal_bench_quantize(int argc, char **argv);
 
-/* An unsigned decimal / 0x number with an optional K, M or G suffix
- * (memory sizes); 0, or -1 for anything else. */
+/* An unsigned decimal number with an optional K, M or G suffix (memory
+ * sizes; common/parse.h's sizes); 0, or -1 for anything else.  The caller
+ * names the option in its message. */
 int cal_cli_parse_u64(const char *s, uint64_t *ret);
 
 /* What a command that runs the engine on calibration data owns besides

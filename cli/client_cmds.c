@@ -7,6 +7,7 @@
  *   6 cancelled or timed out · 7 daemon unreachable or 5xx (retriable)
  */
 #include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "common/parse.h"
 #include "common/util.h"
 
 struct conn {
@@ -42,12 +44,25 @@ static void client_usage(const char *cmd)
 		!strcmp(cmd, "logs")   ? "[--tail-bytes N] JOB_ID" : "JOB_ID");
 }
 
+/* A duration or size option of cmd: 0, or CAL_EXIT_USAGE after saying why. */
+static int opt_number(const char *cmd, enum cal_status st, struct cal_error *err)
+{
+	if (st >= 0)
+		return 0;
+	fprintf(stderr, "calibd %s: %s\n", cmd, cal_error_msg(err));
+	cal_error_clear(err);
+	return CAL_EXIT_USAGE;
+}
+
+#define CAL_CLIENT_MAX_S 1e9 /* about 30 years: "no limit" in practice */
+
 /* Parses the common options; the rest (options of cmd, positional) stays in
  * rest[].  Returns 0 or an exit code. */
 static int parse_common(int argc, char **argv, struct conn *c, char **rest, int *nrest)
 {
 	const char *url = getenv("CALIBD_URL");
 	const char *tokf = getenv("CALIBD_TOKEN_FILE");
+	struct cal_error err = {0};
 	c->o.timeout_s = 30;
 	*nrest = 0;
 	for (int i = 1; i < argc; i++) {
@@ -61,14 +76,16 @@ static int parse_common(int argc, char **argv, struct conn *c, char **rest, int 
 			tokf = argv[++i];
 		else if (!strcmp(argv[i], "--cacert") && i + 1 < argc)
 			c->o.cacert = argv[++i];
-		else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
-			c->o.timeout_s = atof(argv[++i]);
-		else
+		else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
+			if (opt_number(argv[0], cal_parse_duration("--timeout", argv[++i], 0,
+								   CAL_CLIENT_MAX_S, &c->o.timeout_s,
+								   &err), &err))
+				return CAL_EXIT_USAGE;
+		} else
 			rest[(*nrest)++] = argv[i];
 	}
 	if (c->o.timeout_s <= 0)
 		c->o.timeout_s = 30;
-	struct cal_error err = {0};
 	c->url = url && *url ? url : "http://127.0.0.1:8080";
 	if (cal_client_check_url(c->url, &err)) {
 		fprintf(stderr, "calibd %s: %s\n", argv[0], cal_error_msg(&err));
@@ -201,6 +218,7 @@ static int parse(int argc, char **argv, struct opts *o)
 {
 	char **rest = calloc((size_t)argc + 1, sizeof(char *));
 	int nrest = 0, rc;
+	struct cal_error err = {0};
 	memset(o, 0, sizeof(*o));
 	o->interval = 2;
 	if (!rest)
@@ -212,12 +230,19 @@ static int parse(int argc, char **argv, struct opts *o)
 		else if (!strcmp(rest[i], "--wait"))
 			o->wait = 1;
 		else if (!strcmp(rest[i], "--interval") && i + 1 < nrest)
-			o->interval = atof(rest[++i]);
+			rc = opt_number(argv[0], cal_parse_duration("--interval", rest[++i], 0,
+								    CAL_CLIENT_MAX_S, &o->interval,
+								    &err), &err);
 		else if (!strcmp(rest[i], "--wait-timeout") && i + 1 < nrest)
-			o->wait_limit = atof(rest[++i]);
-		else if (!strcmp(rest[i], "--tail-bytes") && i + 1 < nrest)
-			o->tail = atol(rest[++i]);
-		else if ((rest[i][0] != '-' || !strcmp(rest[i], "-")) && !o->arg)
+			rc = opt_number(argv[0], cal_parse_duration("--wait-timeout", rest[++i], 0,
+								    CAL_CLIENT_MAX_S, &o->wait_limit,
+								    &err), &err);
+		else if (!strcmp(rest[i], "--tail-bytes") && i + 1 < nrest) {
+			uint64_t n = 0;
+			rc = opt_number(argv[0], cal_parse_size("--tail-bytes", rest[++i], 0, LONG_MAX,
+								&n, &err), &err);
+			o->tail = (long)n;
+		} else if ((rest[i][0] != '-' || !strcmp(rest[i], "-")) && !o->arg)
 			o->arg = rest[i];
 		else {
 			fprintf(stderr, "calibd %s: unexpected argument '%s'\n", argv[0], rest[i]);

@@ -20,6 +20,7 @@
 
 #include "cli.h"
 #include "common/fp.h"
+#include "common/parse.h"
 #include "common/util.h"
 #include "engine/calib.h"
 #include "engine/job.h"
@@ -493,23 +494,23 @@ int cal_cmd_bench(int argc, char **argv)
 				return CAL_EXIT_USAGE;
 			}
 			break;
-		case 'm':
-			mib = atoll(optarg);
-			if (mib < 8 || mib > 65536) {
-				fprintf(stderr, "calibd bench: --mib %s: expected 8..65536\n", optarg);
+		case 'm': case 'i': case 't': {
+			uint64_t v = 0;
+			if ((c == 'm' && cal_parse_u64("--mib", optarg, 8, 65536, &v, &err) < 0) ||
+			    (c == 'i' && cal_parse_u64("--iters", optarg, 1, 10000, &v, &err) < 0) ||
+			    (c == 't' && cal_parse_u64("--threads", optarg, 0, 4096, &v, &err) < 0)) {
+				fprintf(stderr, "calibd bench: %s\n", cal_error_msg(&err));
+				cal_error_clear(&err);
 				return CAL_EXIT_USAGE;
 			}
+			if (c == 'm')
+				mib = (long long)v;
+			else if (c == 'i')
+				iters = (int)v;
+			else
+				threads = (unsigned)v;
 			break;
-		case 'i':
-			iters = atoi(optarg);
-			if (iters < 1 || iters > 10000) {
-				fprintf(stderr, "calibd bench: --iters %s: expected 1..10000\n", optarg);
-				return CAL_EXIT_USAGE;
-			}
-			break;
-		case 't':
-			threads = (unsigned)atoi(optarg);
-			break;
+		}
 		case 'h':
 			usage(stdout);
 			return CAL_EXIT_OK;

@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "common/parse.h"
 #include "engine/calib.h"
 #include "engine/job.h"
 
@@ -155,9 +156,9 @@ int cal_cmd_calibrate(int argc, char **argv)
 			o.has_pad_id = 1;
 			break;
 		case 'R': {
-			char *end;
-			o.moe_calib_experts_ratio = strtod(optarg, &end);
-			if (*end || !(o.moe_calib_experts_ratio > 0 && o.moe_calib_experts_ratio <= 1)) {
+			if (cal_parse_f64("--moe-calib-experts-ratio", optarg, 0, 1,
+					  &o.moe_calib_experts_ratio, NULL) < 0 ||
+			    o.moe_calib_experts_ratio == 0) {
 				fprintf(stderr, "calibd calibrate: --moe-calib-experts-ratio '%s' not in (0, 1]\n",
 					optarg);
 				return CAL_EXIT_USAGE;

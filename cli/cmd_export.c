@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common/parse.h"
 #include "engine/job.h"
 
 #include <jansson.h>
@@ -53,7 +54,7 @@ int cal_cmd_export(int argc, char **argv)
 	};
 	const char *stats = NULL, *out = NULL, *dev = NULL;
 	struct cal_job_opts jo = {0};
-	char *end;
+	struct cal_error perr = {0};
 	int c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "m:r:s:o:D:v:pb:h", opts, NULL)) != -1) {
@@ -75,10 +76,10 @@ int cal_cmd_export(int argc, char **argv)
 			break;
 		case 'p': jo.per_expert_input_amax = 1; break;
 		case 'b':
-			jo.max_shard_bytes = strtoull(optarg, &end, 10);
-			if (end == optarg || *end || *optarg == '-') {
-				fprintf(stderr, "calibd export: --shard-bytes '%s' is not a byte count\n",
-					optarg);
+			if (cal_parse_size("--shard-bytes", optarg, 0, UINT64_MAX, &jo.max_shard_bytes,
+					   &perr) < 0) {
+				fprintf(stderr, "calibd export: %s\n", cal_error_msg(&perr));
+				cal_error_clear(&perr);
 				return CAL_EXIT_USAGE;
 			}
 			break;

@@ -20,6 +20,7 @@
 
 #include "api/jobspec.h"
 #include "cli.h"
+#include "common/parse.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
 #include "engine/st/st_writer.h"
@@ -230,16 +231,20 @@ static void print_summary(const json_t *r)
 
 /* ---- the command ------------------------------------------------------------- */
 
+/* Reports a bad option value; returns -1. */
+static int bad_value(struct cal_error *err)
+{
+	fprintf(stderr, "calibd quantize: %s\n", cal_error_msg(err));
+	cal_error_clear(err);
+	return -1;
+}
+
 static int parse_range(const char *opt, const char *s, long min, long max, int *ret)
 {
-	char *end;
-	errno = 0;
-	long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < min || v > max) {
-		fprintf(stderr, "calibd quantize: %s '%s' is not an integer in %ld..%ld\n", opt, s,
-			min, max);
-		return -1;
-	}
+	struct cal_error err = {0};
+	int64_t v;
+	if (cal_parse_i64(opt, s, min, max, &v, &err) < 0)
+		return bad_value(&err);
 	*ret = (int)v;
 	return 0;
 }
@@ -322,7 +327,8 @@ int cal_cmd_quantize(int argc, char **argv)
 	int nodes = 0, node_rank = -1;
 	struct prog pr = {.tty = isatty(2), .fd = -1};
 	int json = 0, c, fd, n;
-	char *end;
+	struct cal_error perr = {0};
+	int64_t v;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
@@ -348,20 +354,18 @@ int cal_cmd_quantize(int argc, char **argv)
 			jo.seq_len = (size_t)n;
 			break;
 		case 's':
-			errno = 0;
-			jo.seed = strtoull(optarg, &end, 10);
-			if (errno || end == optarg || *end || *optarg == '-') {
-				fprintf(stderr, "calibd quantize: --seed '%s' is not an integer >= 0\n",
-					optarg);
+			if (cal_parse_u64("--seed", optarg, 0, UINT64_MAX, &jo.seed, &perr) < 0) {
+				bad_value(&perr);
 				return CAL_EXIT_USAGE;
 			}
 			break;
 		case 'R':
-			jo.moe_calib_experts_ratio = strtod(optarg, &end);
-			if (end == optarg || *end ||
-			    !(jo.moe_calib_experts_ratio > 0 && jo.moe_calib_experts_ratio <= 1)) {
+			if (cal_parse_f64("--moe-calib-experts-ratio", optarg, 0, 1,
+					  &jo.moe_calib_experts_ratio, &perr) < 0 ||
+			    jo.moe_calib_experts_ratio == 0) {
 				fprintf(stderr, "calibd quantize: --moe-calib-experts-ratio '%s' not in "
 					"(0, 1]\n", optarg);
+				cal_error_clear(&perr);
 				return CAL_EXIT_USAGE;
 			}
 			break;
@@ -409,16 +413,18 @@ int cal_cmd_quantize(int argc, char **argv)
 			}
 			break;
 		case 'z':
-			if (cal_st_parse_size(optarg, &jo.max_shard_bytes) < 0) {
-				fprintf(stderr, "calibd quantize: --max-shard-size '%s' is not a size "
-					"(bytes, or a number with KB/MB/GB or KiB/MiB/GiB)\n", optarg);
+			if (cal_parse_size("--max-shard-size", optarg, 1, UINT64_MAX,
+					   &jo.max_shard_bytes, &perr) < 0) {
+				bad_value(&perr);
 				return CAL_EXIT_USAGE;
 			}
 			break;
 		case 'P':
-			errno = 0;
-			fd = (int)strtol(optarg, &end, 10);
-			if (errno || end == optarg || *end || fd < 0 || fcntl(fd, F_GETFD) < 0) {
+			fd = -1;
+			if (cal_parse_i64("--progress-fd", optarg, 0, INT_MAX, &v, &perr) >= 0)
+				fd = (int)v;
+			cal_error_clear(&perr);
+			if (fd < 0 || fcntl(fd, F_GETFD) < 0) {
 				fprintf(stderr, "calibd quantize: --progress-fd '%s' is not an open "
 					"descriptor\n", optarg);
 				return CAL_EXIT_USAGE;

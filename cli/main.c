@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common/parse.h"
 
 struct cal_cmd {
 	const char *name;
@@ -23,22 +24,7 @@ static const struct cal_cmd commands[] = {
 
 int cal_cli_parse_u64(const char *s, uint64_t *ret)
 {
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 0);
-	if (errno || end == s || *s == '-')
-		return -1;
-	/* K/M/G suffixes for memory sizes */
-	if (*end == 'K' || *end == 'k')
-		v <<= 10, end++;
-	else if (*end == 'M' || *end == 'm')
-		v <<= 20, end++;
-	else if (*end == 'G' || *end == 'g')
-		v <<= 30, end++;
-	if (*end)
-		return -1;
-	*ret = v;
-	return 0;
+	return cal_parse_size("value", s, 0, UINT64_MAX, ret, NULL) < 0 ? -1 : 0;
 }
 
 static void usage(FILE *out)

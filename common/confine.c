@@ -12,6 +12,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "common/util.h"
+
 static _Thread_local const struct cal_confine *current;
 
 void cal_confine_set(const struct cal_confine *c)
@@ -233,9 +235,10 @@ int cal_open_confined(const char *path, int flags, mode_t mode)
 	char *abs = NULL;
 	if (path[0] != '/') {
 		char *cwd = getcwd(NULL, 0);
-		if (!cwd || asprintf(&abs, "%s/%s", cwd, path) < 0) {
+		enum cal_status st = cwd ? cal_path_join_checked(cwd, path, &abs, NULL) : CAL_ERR_NOMEM;
+		if (st < 0) {
 			free(cwd);
-			errno = ENOMEM;
+			errno = st == CAL_ERR_RANGE ? ENAMETOOLONG : ENOMEM;
 			return -1;
 		}
 		free(cwd);

@@ -36,6 +36,14 @@ struct cal_devices {
  */
 enum cal_status cal_devices_parse(const char *s, struct cal_devices *ret, struct cal_error *err);
 
+/*
+ * Parses a bare list of GPU ordinals "I[,J...]" (what follows "cuda:"; the
+ * daemon's configured GPU list) with the rules of cal_devices_parse; ret
+ * gets kind CUDA.  Errors: CAL_ERR_INVALID naming the list.
+ */
+enum cal_status cal_device_ids_parse(const char *list, struct cal_devices *ret,
+				     struct cal_error *err);
+
 /* The canonical string of d ("auto", "cpu", "cuda:0", "cuda:0,1") into buf
  * (truncated to n - 1 bytes).  Returns buf. */
 char *cal_devices_format(const struct cal_devices *d, char *buf, size_t n);

@@ -61,21 +61,29 @@ const char *cal_error_msg(const struct cal_error *err);
 /* Frees the message and resets err to CAL_OK.  err may be NULL. */
 void cal_error_clear(struct cal_error *err);
 
-/* Jump-to-cleanup helpers (NCCL style): `CAL_TRY(expr)` stores the status
- * in `st` and jumps to `fail` when it is an error. */
-#define CAL_TRY(expr)                                                          \
+/*
+ * Check helpers (NCCL's NCCLCHECKGOTO(call, res, label) is the model): the
+ * call site names the status variable and the cleanup label.
+ *   CAL_TRY_GOTO(expr, st, label)  st = expr; an error jumps to label
+ *   CAL_TRY(expr)                  CAL_TRY_GOTO(expr, st, fail), the
+ *                                  convention of most functions
+ *   CAL_TRY_RET(expr)              an error of expr is returned at once
+ *                                  (functions with nothing to clean up)
+ */
+#define CAL_TRY_GOTO(expr, st, label)                                          \
 	do {                                                                   \
-		st = (expr);                                                   \
-		if (st < 0)                                                    \
-			goto fail;                                             \
+		(st) = (expr);                                                 \
+		if ((st) < 0)                                                  \
+			goto label;                                            \
 	} while (0)
 
-/* `CAL_TRY_RET(expr)` returns the status of expr when it is an error. */
+#define CAL_TRY(expr) CAL_TRY_GOTO(expr, st, fail)
+
 #define CAL_TRY_RET(expr)                                                      \
 	do {                                                                   \
-		enum cal_status st_ = (expr);                                  \
-		if (st_ < 0)                                                   \
-			return st_;                                            \
+		enum cal_status st_ret_ = (expr);                              \
+		if (st_ret_ < 0)                                               \
+			return st_ret_;                                        \
 	} while (0)
 
 #endif

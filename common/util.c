@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,13 +61,31 @@ enum cal_status cal_read_file(const char *path, size_t max_bytes, char **ret,
 	return CAL_OK;
 }
 
+enum cal_status cal_path_join_checked(const char *dir, const char *name, char **ret,
+				      struct cal_error *err)
+{
+	size_t dl = strlen(dir), nl = strlen(name);
+	size_t sep = dl > 0 && dir[dl - 1] == '/' ? 0 : 1;
+	char *s;
+	*ret = NULL;
+	if (dl + sep + nl >= PATH_MAX)
+		return cal_error_set(err, CAL_ERR_RANGE, "path too long: '%.64s...' and '%.64s' "
+				     "join to %zu bytes, PATH_MAX is %d", dir, name, dl + sep + nl,
+				     PATH_MAX);
+	s = malloc(dl + sep + nl + 1);
+	if (!s)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	memcpy(s, dir, dl);
+	s[dl] = '/';
+	memcpy(s + dl + sep, name, nl + 1);
+	*ret = s;
+	return CAL_OK;
+}
+
 char *cal_path_join(const char *dir, const char *name)
 {
 	char *s = NULL;
-	size_t dl = strlen(dir);
-	const char *sep = (dl > 0 && dir[dl - 1] == '/') ? "" : "/";
-	if (asprintf(&s, "%s%s%s", dir, sep, name) < 0)
-		return NULL;
+	(void)cal_path_join_checked(dir, name, &s, NULL);
 	return s;
 }
 

@@ -30,7 +30,16 @@ static inline int cal_add_u64(uint64_t a, uint64_t b, uint64_t *ret)
 enum cal_status cal_read_file(const char *path, size_t max_bytes, char **ret,
 			      size_t *ret_len, struct cal_error *err);
 
-/* Joins a directory and a file name ("dir/name"); NULL on allocation failure. */
+/*
+ * The one path join: "dir/name" (no second '/' when dir ends with one) into
+ * *ret (heap, caller frees).  Errors: CAL_ERR_RANGE "path too long" when
+ * the result would not fit PATH_MAX (the API reports it as path_too_long),
+ * CAL_ERR_NOMEM.
+ */
+enum cal_status cal_path_join_checked(const char *dir, const char *name, char **ret,
+				      struct cal_error *err);
+/* cal_path_join_checked for callers that report a failure as one: NULL on
+ * allocation failure or a path over PATH_MAX. */
 char *cal_path_join(const char *dir, const char *name);
 
 /* msg with every "dir/" removed: error messages that must not show where

@@ -16,6 +16,8 @@
 #include <yaml.h>
 
 #include "api/jobspec.h"
+#include "common/device.h"
+#include "common/parse.h"
 #include "common/sha256.h"
 #include "common/util.h"
 #include "common/fsutil.h"
@@ -26,7 +28,7 @@
 
 /* K_CATALOG: a mapping NAME: PATH in the file, --dataset NAME=PATH flags,
  * kept as a list of "NAME=PATH" */
-enum key_type { K_STR, K_INT, K_BOOL, K_DOUBLE, K_STRLIST, K_DEVICES, K_LOGFMT, K_CATALOG };
+enum key_type { K_STR, K_INT, K_BOOL, K_DOUBLE, K_DURATION, K_STRLIST, K_DEVICES, K_LOGFMT, K_CATALOG };
 
 struct key {
 	const char *name;   /* YAML key */
@@ -53,10 +55,10 @@ static const struct key keys[] = {
 	{"devices", "devices", K_DEVICES, F(devices), F(n_devices), 0, 0},
 	{"max_concurrent_jobs", "max-jobs", K_INT, F(max_concurrent_jobs), 0, 1, 1024},
 	{"max_queue", "max-queue", K_INT, F(max_queue), 0, 1, 1000000},
-	{"progress_timeout_s", "progress-timeout", K_DOUBLE, F(progress_timeout_s), 0, 0.1, 1e7},
-	{"kill_grace_s", "kill-grace", K_DOUBLE, F(kill_grace_s), 0, 0, 3600},
-	{"shutdown_grace_s", "shutdown-grace", K_DOUBLE, F(shutdown_grace_s), 0, 0, 3600},
-	{"job_timeout_s", "job-timeout", K_DOUBLE, F(job_timeout_s), 0, 0, 1e8},
+	{"progress_timeout_s", "progress-timeout", K_DURATION, F(progress_timeout_s), 0, 0.1, 1e7},
+	{"kill_grace_s", "kill-grace", K_DURATION, F(kill_grace_s), 0, 0, 3600},
+	{"shutdown_grace_s", "shutdown-grace", K_DURATION, F(shutdown_grace_s), 0, 0, 3600},
+	{"job_timeout_s", "job-timeout", K_DURATION, F(job_timeout_s), 0, 0, 1e8},
 	{"resume_on_restart", "resume-on-restart", K_BOOL, F(resume_on_restart), 0, 0, 0},
 	{"worker_command", "worker-command", K_STRLIST, F(worker_command), F(n_worker_command), 0, 0},
 	{"token_file", "token-file", K_STR, F(token_file), 0, 0, 0},
@@ -65,10 +67,10 @@ static const struct key keys[] = {
 	{"max_connections", "max-connections", K_INT, F(max_connections), 0, 1, 65536},
 	{"per_ip_connections", "per-ip-connections", K_INT, F(per_ip_connections), 0, 1, 65536},
 	{"connection_timeout_s", "connection-timeout", K_INT, F(connection_timeout_s), 0, 1, 86400},
-	{"request_timeout_s", "request-timeout", K_DOUBLE, F(request_timeout_s), 0, 0.1, 86400},
-	{"retry_after_s", "retry-after", K_DOUBLE, F(retry_after_s), 0, 0, 86400},
-	{"idempotency_ttl_s", "idempotency-ttl", K_DOUBLE, F(idempotency_ttl_s), 0, 1, 1e9},
-	{"job_retention_s", "job-retention", K_DOUBLE, F(job_retention_s), 0, 0, 1e10},
+	{"request_timeout_s", "request-timeout", K_DURATION, F(request_timeout_s), 0, 0.1, 86400},
+	{"retry_after_s", "retry-after", K_DURATION, F(retry_after_s), 0, 0, 86400},
+	{"idempotency_ttl_s", "idempotency-ttl", K_DURATION, F(idempotency_ttl_s), 0, 1, 1e9},
+	{"job_retention_s", "job-retention", K_DURATION, F(job_retention_s), 0, 0, 1e10},
 	{"min_free_percent", "min-free-percent", K_DOUBLE, F(min_free_percent), 0, 0, 100},
 	{"datasets", "dataset", K_CATALOG, F(datasets), F(n_datasets), 0, 0},
 };
@@ -89,6 +91,8 @@ static void strlist_free(char **l, size_t n)
 	free(l);
 }
 
+_Static_assert(CAL_DEVICES_MAX <= CAL_MAX_DEVICES, "a parsed device list must fit devices[]");
+
 enum cal_status cal_config_parse_devices(const char *s, int *out, size_t *n, struct cal_error *err)
 {
 	*n = 0;
@@ -98,25 +102,13 @@ enum cal_status cal_config_parse_devices(const char *s, int *out, size_t *n, str
 	}
 	if (!strcmp(s, "none") || !*s)
 		return CAL_OK;
-	const char *p = s;
-	while (*p) {
-		char *end;
-		errno = 0;
-		long v = strtol(p, &end, 10);
-		if (end == p || errno || v < 0 || v > 1023)
-			return cal_error_set(err, CAL_ERR_INVALID, "devices: '%s' is not a list of GPU ordinals, 'auto' or 'none'", s);
-		if (*n >= CAL_MAX_DEVICES)
-			return cal_error_set(err, CAL_ERR_RANGE, "devices: more than %d", CAL_MAX_DEVICES);
-		for (size_t i = 0; i < *n; i++)
-			if (out[i] == (int)v)
-				return cal_error_set(err, CAL_ERR_INVALID, "devices: %ld listed twice", v);
-		out[(*n)++] = (int)v;
-		p = end;
-		if (*p == ',')
-			p++;
-		else if (*p)
-			return cal_error_set(err, CAL_ERR_INVALID, "devices: '%s' is not a list of GPU ordinals", s);
-	}
+	struct cal_devices d;
+	enum cal_status st = cal_device_ids_parse(s, &d, err);
+	if (st < 0)
+		return cal_error_wrap(err, st, "devices (a list of GPU ordinals, 'auto' or 'none')");
+	for (size_t i = 0; i < d.n; i++)
+		out[i] = d.ids[i];
+	*n = d.n;
 	return CAL_OK;
 }
 
@@ -136,13 +128,22 @@ size_t cal_devices_discover(int *out, size_t max)
 	return n;
 }
 
+/* A bad value is a configuration error (CAL_ERR_INVALID), out of range
+ * or not. */
+static enum cal_status invalid(struct cal_error *err)
+{
+	if (err)
+		err->code = CAL_ERR_INVALID;
+	return CAL_ERR_INVALID;
+}
+
 /* Sets one scalar value (from YAML or a flag).  `append` adds to a list
  * instead of replacing it (YAML list items, repeated flags). */
 static enum cal_status set_value(struct cal_config *c, const struct key *k, const char *v,
 				 int append, struct cal_error *err)
 {
 	char *base = (char *)c;
-	char *end;
+	enum cal_status st;
 	switch (k->type) {
 	case K_STR: {
 		char **f = (char **)(base + k->off);
@@ -151,20 +152,19 @@ static enum cal_status set_value(struct cal_config *c, const struct key *k, cons
 		return *f ? CAL_OK : cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 	}
 	case K_INT: {
-		errno = 0;
-		long x = strtol(v, &end, 10);
-		if (!*v || *end || errno || x < (long)k->lo || x > (long)k->hi)
-			return cal_error_set(err, CAL_ERR_INVALID, "%s: '%s' is not an integer in [%g, %g]",
-					     k->name, v, k->lo, k->hi);
+		int64_t x;
+		if ((st = cal_parse_i64(k->name, v, (int64_t)k->lo, (int64_t)k->hi, &x, err)) < 0)
+			return invalid(err);
 		*(int *)(base + k->off) = (int)x;
 		return CAL_OK;
 	}
-	case K_DOUBLE: {
-		errno = 0;
-		double x = strtod(v, &end);
-		if (!*v || *end || errno || !(x >= k->lo && x <= k->hi))
-			return cal_error_set(err, CAL_ERR_INVALID, "%s: '%s' is not a number in [%g, %g]",
-					     k->name, v, k->lo, k->hi);
+	case K_DOUBLE:
+	case K_DURATION: {
+		double x;
+		st = k->type == K_DOUBLE ? cal_parse_f64(k->name, v, k->lo, k->hi, &x, err)
+					 : cal_parse_duration(k->name, v, k->lo, k->hi, &x, err);
+		if (st < 0)
+			return invalid(err);
 		*(double *)(base + k->off) = x;
 		return CAL_OK;
 	}
@@ -184,13 +184,13 @@ static enum cal_status set_value(struct cal_config *c, const struct key *k, cons
 	case K_DEVICES: {
 		if (!append) {
 			size_t n;
-			enum cal_status st = cal_config_parse_devices(v, c->devices, &n, err);
+			st = cal_config_parse_devices(v, c->devices, &n, err);
 			c->n_devices = n;
 			return st;
 		}
 		int tmp[CAL_MAX_DEVICES];
 		size_t n;
-		enum cal_status st = cal_config_parse_devices(v, tmp, &n, err);
+		st = cal_config_parse_devices(v, tmp, &n, err);
 		if (st)
 			return st;
 		for (size_t i = 0; i < n; i++) {

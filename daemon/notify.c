@@ -11,6 +11,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/parse.h"
+
 int cal_notify(const char *state)
 {
 	const char *path = getenv("NOTIFY_SOCKET");
@@ -39,12 +41,11 @@ uint64_t cal_notify_watchdog_usec(void)
 	if (!u || !*u)
 		return 0;
 	const char *p = getenv("WATCHDOG_PID");
-	if (p && *p && strtol(p, NULL, 10) != (long)getpid())
+	uint64_t pid, v;
+	if (p && *p && (cal_parse_u64("WATCHDOG_PID", p, 1, UINT64_MAX, &pid, NULL) < 0 ||
+			pid != (uint64_t)getpid()))
 		return 0;
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(u, &end, 10);
-	if (errno || *end || v == 0)
+	if (cal_parse_u64("WATCHDOG_USEC", u, 1, UINT64_MAX, &v, NULL) < 0)
 		return 0;
-	return (uint64_t)v;
+	return v;
 }

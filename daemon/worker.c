@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "api/jobspec.h"
+#include "common/parse.h"
 #include "common/util.h"
 #include "engine/eval.h"
 #include "engine/job.h"
@@ -134,7 +135,9 @@ static void *heartbeat_main(void *arg)
 static void default_comm_timeout(struct cal_job_opts *o)
 {
 	const char *pt = getenv("CALIBD_PROGRESS_TIMEOUT_S");
-	double s = pt ? strtod(pt, NULL) : 0;
+	double s = 0;
+	if (pt && cal_parse_f64("CALIBD_PROGRESS_TIMEOUT_S", pt, 0, 1e10, &s, NULL) < 0)
+		s = 0;
 	if (o->ranks.timeout_ms || !(s > 0))
 		return;
 	double ms = s * 1000 / 2;

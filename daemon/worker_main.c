@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 
 #include "common/confine.h"
 #include "common/exit.h"
+#include "common/parse.h"
 #include "common/util.h"
 #include "daemon.h"
 #include "engine/st/st_writer.h"
@@ -174,9 +176,10 @@ int cal_cmd_worker(int argc, char **argv)
 	int fd = STDOUT_FILENO;
 	const char *pfd = getenv("CALIBD_PROGRESS_FD");
 	if (pfd && *pfd) {
-		int v = atoi(pfd);
-		if (v > 2 && fcntl(v, F_GETFD) >= 0)
-			fd = v;
+		uint64_t v;
+		if (cal_parse_u64("CALIBD_PROGRESS_FD", pfd, 3, INT_MAX, &v, NULL) >= 0 &&
+		    fcntl((int)v, F_GETFD) >= 0)
+			fd = (int)v;
 	}
 	struct sigaction sa = {.sa_handler = on_term};
 	sigemptyset(&sa.sa_mask);

@@ -174,8 +174,8 @@ static void list_files(const char *dir, const char *rel, json_t *names, uint64_t
 			continue;
 		char *p = cal_path_join(dir, e->d_name), *r = NULL;
 		struct stat sb;
-		if (p && (rel ? asprintf(&r, "%s/%s", rel, e->d_name) : asprintf(&r, "%s", e->d_name)) < 0)
-			r = NULL;
+		if (p)
+			r = rel ? cal_path_join(rel, e->d_name) : strdup(e->d_name);
 		if (p && r && !lstat(p, &sb)) {
 			if (S_ISDIR(sb.st_mode)) {
 				list_files(p, r, names, bytes);

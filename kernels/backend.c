@@ -1,14 +1,14 @@
 /*
- * backend.c — back-end selection, buffer functions, the CPU thread splitter,
- * the op-name table and the op dispatchers (generated from ops.def).
+ * backend.c — back-end selection, the buffer functions common to every back
+ * end (argument checks, allocation accounting, the memory cap), the op-name
+ * table and the op dispatchers (generated from ops.def).
  *
- * The CPU back end runs the reference code of kernels/<op>.c on N threads
- * (pthreads started per op call: ops are large, so the start cost is noise,
- * and there is no pool to leak or to fork with).  With 1 thread it *is* the
- * reference.  CUDA-specific work lives in kernels/cuda/backend.cu.
+ * Back ends are peers behind struct cal_backend_i (backend_impl.h): the CPU
+ * one in kernels/backend_cpu.c, the CUDA one in kernels/cuda/backend.cu,
+ * loaded from libcalibd-cuda.so on first use.  Nothing below the selection
+ * in cal_backend_init asks which back end it runs.
  */
 #include <dlfcn.h>
-#include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -22,8 +22,6 @@
 _Static_assert(CAL_OP_COUNT == CAL_OP_COUNT_EXPECTED,
 	       "ops.def changed: update CAL_OP_COUNT_EXPECTED, the test case tables "
 	       "(tests/numerics, tests/gpu) and docs/numerics.md");
-
-#define CAL_CPU_MAX_THREADS 256u
 
 static const char *const op_names[] = {
 #define CAL_OP(name, NAME, desc) #name,
@@ -47,11 +45,15 @@ const char *cal_op_desc(enum cal_op_id id)
 	return (unsigned)id < CAL_OP_COUNT ? op_descs[id] : NULL;
 }
 
-const struct cal_ops cal_cpu_ops = {
-#define CAL_OP(name, NAME, desc) .name = cal_cpu_##name,
-#include "kernels/ops.def"
-#undef CAL_OP
-};
+int cal_backend_supports_op(const struct cal_backend *be, enum cal_op_id op)
+{
+	return (unsigned)op < CAL_OP_COUNT && be->iface->supports_op(be, op);
+}
+
+int cal_backend_supports(const struct cal_backend *be, enum cal_backend_feature f)
+{
+	return (unsigned)f < CAL_BACKEND_FEATURE_COUNT && be->iface->supports(be, f);
+}
 
 #define CAL_OP(op, NAME, desc)                                                 \
 	enum cal_status cal_op_##op(struct cal_backend *be,                    \
@@ -65,6 +67,10 @@ const struct cal_ops cal_cpu_ops = {
 		st = cal_check_##op(a, err);                                   \
 		if (st < 0)                                                    \
 			return cal_error_wrap(err, st, "op %s", #op);          \
+		if (!be->iface->supports_op(be, CAL_OPID_##NAME))              \
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED,         \
+					     "op %s: not implemented by the %s back end", \
+					     #op, be->name);                   \
 		st = be->ops->op(be, a, err);                                  \
 		if (st < 0)                                                    \
 			return cal_error_wrap(err, st, "op %s on %s", #op, be->name); \
@@ -94,7 +100,7 @@ static int cuda_try(const char *path)
 	cal_cuda_module_get_fn get = (cal_cuda_module_get_fn)dlsym(h, CAL_CUDA_MODULE_SYMBOL);
 	const struct cal_cuda_module *m = get ? get() : NULL;
 	if (!m || m->abi != CAL_CUDA_MODULE_ABI || m->op_count != CAL_OP_COUNT ||
-	    m->ops_size != sizeof(struct cal_ops)) {
+	    m->ops_size != sizeof(struct cal_ops) || m->iface_size != sizeof(struct cal_backend_i)) {
 		snprintf(cuda_why, sizeof(cuda_why), "%s is from another calibd build", path);
 		dlclose(h);
 		return -1;
@@ -342,20 +348,15 @@ enum cal_status cal_backend_init(enum cal_backend_kind kind, const struct cal_ba
 
 	switch (kind) {
 	case CAL_BACKEND_CPU:
-		be->name = "cpu";
-		be->ops = &cal_cpu_ops;
+		be->iface = &cal_cpu_backend_i;
 		break;
 	case CAL_BACKEND_CUDA:
-		be->name = "cuda";
 #ifdef CAL_KERNELS_CUDA
 		if (!cuda_module(err)) {
 			st = CAL_ERR_UNSUPPORTED;
 			goto fail;
 		}
-		be->ops = cuda_mod->ops;
-		st = cuda_mod->backend_init(be, err);
-		if (st < 0)
-			goto fail;
+		be->iface = cuda_mod->iface;
 		break;
 #else
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
@@ -366,6 +367,11 @@ enum cal_status cal_backend_init(enum cal_backend_kind kind, const struct cal_ba
 		st = cal_error_set(err, CAL_ERR_INVALID, "back end: unknown kind %d", (int)kind);
 		goto fail;
 	}
+	be->name = be->iface->name;
+	be->ops = be->iface->ops;
+	st = be->iface->init(be, err);
+	if (st < 0)
+		goto fail;
 	*ret = be;
 	return CAL_OK;
 fail:
@@ -377,10 +383,8 @@ void cal_backend_free(struct cal_backend *be)
 {
 	if (!be)
 		return;
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA && be->ops == (cuda_mod ? cuda_mod->ops : NULL))
-		cuda_mod->backend_fini(be);
-#endif
+	if (be->iface)
+		be->iface->fini(be);
 	struct mem_track *m = be->mem;
 	if (m) {
 		pthread_mutex_destroy(&m->mu);
@@ -392,30 +396,13 @@ void cal_backend_free(struct cal_backend *be)
 
 const char *cal_backend_describe(struct cal_backend *be)
 {
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->describe(be);
-#endif
-	return be->cpu_threads == 1 ? "cpu, 1 thread (reference)" : "cpu, multi-threaded";
-}
-
-/* Frees a block that could not be recorded. */
-static void mem_add_failed(struct cal_backend *be, void *p)
-{
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA) {
-		cuda_mod->dealloc(be, p);
-		return;
-	}
-#endif
-	(void)be;
-	free(p);
+	return be->iface->describe(be);
 }
 
 enum cal_status cal_backend_alloc(struct cal_backend *be, size_t bytes, void **ret,
 				  struct cal_error *err)
 {
-	enum cal_status st = CAL_OK;
+	enum cal_status st;
 	*ret = NULL;
 	if (bytes == 0)
 		return cal_error_set(err, CAL_ERR_INVALID, "alloc: zero bytes");
@@ -427,22 +414,9 @@ enum cal_status cal_backend_alloc(struct cal_backend *be, size_t bytes, void **r
 				     "(%llu held)", bytes, be->name, (unsigned long long)ms.limit,
 				     (unsigned long long)ms.current);
 	}
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA) {
-		st = cuda_mod->alloc(be, bytes, ret, err);
-		goto done;
-	}
-#endif
-	int rc = posix_memalign(ret, 256, bytes);
-	if (rc) {
-		*ret = NULL;
-		st = cal_error_set(err, CAL_ERR_NOMEM, "alloc: %zu bytes of host memory: %s",
-				   bytes, strerror(rc));
-	}
-	goto done; /* keeps the label used in builds without CUDA */
-done:
+	st = be->iface->alloc(be, bytes, ret, err);
 	if (st >= 0 && mem_add(be, *ret, bytes) < 0) {
-		mem_add_failed(be, *ret);
+		be->iface->dealloc(be, *ret); /* a block that could not be recorded */
 		*ret = NULL;
 		st = cal_error_set(err, CAL_ERR_NOMEM, "alloc: out of memory");
 	}
@@ -456,41 +430,28 @@ void cal_backend_dealloc(struct cal_backend *be, void *p)
 	if (!p)
 		return;
 	mem_remove(be, p);
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA) {
-		cuda_mod->dealloc(be, p);
-		return;
-	}
-#endif
-	free(p);
+	be->iface->dealloc(be, p);
 }
 
 /* The three synchronous copies differ only in direction. */
 static enum cal_status backend_memcpy(struct cal_backend *be, void *dst, const void *src, size_t n,
-				      enum cal_cuda_copy_kind kind, struct cal_error *err)
+				      enum cal_copy_kind kind, struct cal_error *err)
 {
 	if (n == 0)
 		return CAL_OK;
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->memcpy(be, dst, src, n, kind, err);
-#endif
-	(void)kind;
-	(void)err;
-	memmove(dst, src, n);
-	return CAL_OK;
+	return be->iface->memcpy(be, dst, src, n, kind, err);
 }
 
 enum cal_status cal_backend_upload(struct cal_backend *be, void *dst, const void *src, size_t n,
 				   struct cal_error *err)
 {
-	return backend_memcpy(be, dst, src, n, CAL_CUDA_H2D, err);
+	return backend_memcpy(be, dst, src, n, CAL_COPY_H2D, err);
 }
 
 enum cal_status cal_backend_download(struct cal_backend *be, void *dst, const void *src, size_t n,
 				     struct cal_error *err)
 {
-	return backend_memcpy(be, dst, src, n, CAL_CUDA_D2H, err);
+	return backend_memcpy(be, dst, src, n, CAL_COPY_D2H, err);
 }
 
 enum cal_status cal_backend_alloc_upload(struct cal_backend *be, const void *src, size_t n,
@@ -505,7 +466,7 @@ enum cal_status cal_backend_alloc_upload(struct cal_backend *be, const void *src
 enum cal_status cal_backend_copy(struct cal_backend *be, void *dst, const void *src, size_t n,
 				 struct cal_error *err)
 {
-	return backend_memcpy(be, dst, src, n, CAL_CUDA_D2D, err);
+	return backend_memcpy(be, dst, src, n, CAL_COPY_D2D, err);
 }
 
 enum cal_status cal_backend_memset(struct cal_backend *be, void *dst, int byte, size_t n,
@@ -513,24 +474,12 @@ enum cal_status cal_backend_memset(struct cal_backend *be, void *dst, int byte, 
 {
 	if (n == 0)
 		return CAL_OK;
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->memset(be, dst, byte, n, err);
-#endif
-	(void)err;
-	memset(dst, byte, n);
-	return CAL_OK;
+	return be->iface->memset(be, dst, byte, n, err);
 }
 
 enum cal_status cal_backend_sync(struct cal_backend *be, struct cal_error *err)
 {
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->sync(be, err);
-#endif
-	(void)be;
-	(void)err;
-	return CAL_OK;
+	return be->iface->sync(be, err);
 }
 
 enum cal_status cal_backend_host_alloc(struct cal_backend *be, size_t bytes, void **ret,
@@ -539,44 +488,20 @@ enum cal_status cal_backend_host_alloc(struct cal_backend *be, size_t bytes, voi
 	*ret = NULL;
 	if (bytes == 0)
 		return cal_error_set(err, CAL_ERR_INVALID, "host alloc: zero bytes");
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->host_alloc(be, bytes, ret, err);
-#endif
-	int rc = posix_memalign(ret, 256, bytes);
-	if (rc) {
-		*ret = NULL;
-		return cal_error_set(err, CAL_ERR_NOMEM, "host alloc: %zu bytes: %s", bytes,
-				     strerror(rc));
-	}
-	return CAL_OK;
+	return be->iface->host_alloc(be, bytes, ret, err);
 }
 
 void cal_backend_host_free(struct cal_backend *be, void *p)
 {
 	if (!p)
 		return;
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA) {
-		cuda_mod->host_free(be, p);
-		return;
-	}
-#endif
-	free(p);
+	be->iface->host_free(be, p);
 }
 
 enum cal_status cal_backend_mem_info(struct cal_backend *be, uint64_t *ret_free,
 				     uint64_t *ret_total, struct cal_error *err)
 {
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->mem_info(be, ret_free, ret_total, err);
-#endif
-	long pg = sysconf(_SC_PAGESIZE), av = sysconf(_SC_AVPHYS_PAGES), tot = sysconf(_SC_PHYS_PAGES);
-	(void)err;
-	*ret_free = pg > 0 && av > 0 ? (uint64_t)pg * (uint64_t)av : 0;
-	*ret_total = pg > 0 && tot > 0 ? (uint64_t)pg * (uint64_t)tot : 0;
-	return CAL_OK;
+	return be->iface->mem_info(be, ret_free, ret_total, err);
 }
 
 enum cal_status cal_backend_upload_async(struct cal_backend *be, void *dst, const void *src,
@@ -584,63 +509,40 @@ enum cal_status cal_backend_upload_async(struct cal_backend *be, void *dst, cons
 {
 	if (n == 0)
 		return CAL_OK;
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->upload_async(be, dst, src, n, err);
-#endif
-	(void)err;
-	memmove(dst, src, n);
-	return CAL_OK;
+	return be->iface->upload_async(be, dst, src, n, err);
 }
 
 enum cal_status cal_backend_upload_wait(struct cal_backend *be, struct cal_error *err)
 {
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->upload_wait(be, err);
-#endif
-	(void)be;
-	(void)err;
-	return CAL_OK;
+	return be->iface->upload_wait(be, err);
 }
 
 enum cal_status cal_backend_upload_sync(struct cal_backend *be, struct cal_error *err)
 {
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->upload_sync(be, err);
-#endif
-	(void)be;
-	(void)err;
+	return be->iface->upload_sync(be, err);
+}
+
+/* A mark slot in range, or CAL_ERR_INVALID naming it. */
+static enum cal_status mark_check(unsigned slot, struct cal_error *err)
+{
+	if (slot >= CAL_BACKEND_UPLOAD_MARKS)
+		return cal_error_set(err, CAL_ERR_INVALID, "upload mark %u >= %d", slot,
+				     CAL_BACKEND_UPLOAD_MARKS);
 	return CAL_OK;
 }
 
 enum cal_status cal_backend_upload_mark(struct cal_backend *be, unsigned slot,
 					struct cal_error *err)
 {
-	if (slot >= CAL_BACKEND_UPLOAD_MARKS)
-		return cal_error_set(err, CAL_ERR_INVALID, "upload mark %u >= %d", slot,
-				     CAL_BACKEND_UPLOAD_MARKS);
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->upload_mark(be, slot, err);
-#endif
-	(void)be;
-	return CAL_OK;
+	enum cal_status st = mark_check(slot, err);
+	return st < 0 ? st : be->iface->upload_mark(be, slot, err);
 }
 
 enum cal_status cal_backend_upload_mark_sync(struct cal_backend *be, unsigned slot,
 					     struct cal_error *err)
 {
-	if (slot >= CAL_BACKEND_UPLOAD_MARKS)
-		return cal_error_set(err, CAL_ERR_INVALID, "upload mark %u >= %d", slot,
-				     CAL_BACKEND_UPLOAD_MARKS);
-#ifdef CAL_KERNELS_CUDA
-	if (be->kind == CAL_BACKEND_CUDA)
-		return cuda_mod->upload_mark_sync(be, slot, err);
-#endif
-	(void)be;
-	return CAL_OK;
+	enum cal_status st = mark_check(slot, err);
+	return st < 0 ? st : be->iface->upload_mark_sync(be, slot, err);
 }
 
 enum cal_status cal_nonfinite_reset(struct cal_backend *be, struct cal_nonfinite *nf,
@@ -659,66 +561,5 @@ enum cal_status cal_nvfp4_input_scale(float amax, enum cal_div_mode mode, float 
 				     "NVFP4 input_scale: activation amax %g is not finite and > 0 "
 				     "(the quantizer saw no data, or only zeros)", (double)amax);
 	*ret = cal_nvfp4_scale2(amax, mode);
-	return CAL_OK;
-}
-
-/* ---- CPU splitter ------------------------------------------------------- */
-
-struct cal_cpu_job {
-	cal_cpu_range_fn fn;
-	void *ctx;
-	uint64_t begin, end;
-	unsigned slot;
-};
-
-static void *cpu_job_main(void *p)
-{
-	struct cal_cpu_job *j = p;
-	j->fn(j->ctx, j->begin, j->end, j->slot);
-	return NULL;
-}
-
-unsigned cal_cpu_slots(const struct cal_backend *be, uint64_t n_items, uint64_t min_items)
-{
-	/* the back end's override (tests force splits with 1), else the op's */
-	uint64_t per = be->cpu_min_items ? be->cpu_min_items : min_items;
-	uint64_t k;
-	if (per == 0)
-		per = 1;
-	k = n_items / per;
-	if (k > be->cpu_threads)
-		k = be->cpu_threads;
-	return k ? (unsigned)k : 1u;
-}
-
-enum cal_status cal_cpu_parallel(const struct cal_backend *be, uint64_t n_items,
-				 uint64_t min_items, cal_cpu_range_fn fn, void *ctx,
-				 struct cal_error *err)
-{
-	unsigned k = cal_cpu_slots(be, n_items, min_items);
-	struct cal_cpu_job jobs[CAL_CPU_MAX_THREADS];
-	pthread_t tids[CAL_CPU_MAX_THREADS];
-	int started[CAL_CPU_MAX_THREADS];
-
-	(void)err;
-	if (n_items == 0)
-		return CAL_OK;
-	for (unsigned i = 0; i < k; i++) {
-		jobs[i].fn = fn;
-		jobs[i].ctx = ctx;
-		jobs[i].begin = n_items / k * i + (i < n_items % k ? i : n_items % k);
-		jobs[i].end = jobs[i].begin + n_items / k + (i < n_items % k ? 1 : 0);
-		jobs[i].slot = i;
-		started[i] = 0;
-	}
-	for (unsigned i = 1; i < k; i++)
-		started[i] = pthread_create(&tids[i], NULL, cpu_job_main, &jobs[i]) == 0;
-	cpu_job_main(&jobs[0]);
-	for (unsigned i = 1; i < k; i++) {
-		if (started[i])
-			pthread_join(tids[i], NULL);
-		else
-			cpu_job_main(&jobs[i]); /* could not start: run it here */
-	}
 	return CAL_OK;
 }

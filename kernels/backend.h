@@ -40,11 +40,22 @@ struct cal_backend_opts {
 	int cuda_device;        /* cuda: device ordinal */
 };
 
+/* What a caller may ask a back end before relying on it
+ * (cal_backend_supports; ops: cal_backend_supports_op in ops.h). */
+enum cal_backend_feature {
+	CAL_BACKEND_FEATURE_HOST_MEMORY = 0,  /* buffers are host memory the caller may read */
+	CAL_BACKEND_FEATURE_PINNED_HOST,      /* cal_backend_host_alloc gives page-locked memory */
+	CAL_BACKEND_FEATURE_ASYNC_UPLOAD,     /* cal_backend_upload_async overlaps with ops */
+	CAL_BACKEND_FEATURE_COUNT
+};
+
 struct cal_ops;
+struct cal_backend_i;
 
 struct cal_backend {
 	enum cal_backend_kind kind;
 	const char *name;           /* "cpu" or "cuda" */
+	const struct cal_backend_i *iface; /* the implementation (backend_impl.h) */
 	const struct cal_ops *ops;  /* the op table of this back end */
 	unsigned cpu_threads;       /* cpu: threads used by ops (1 = the reference) */
 	uint64_t cpu_min_items;
@@ -83,6 +94,9 @@ int cal_backend_cuda_available(void);
 /* One line describing the device ("NVIDIA H100 80GB HBM3, sm_90, 132 SMs"
  * or "cpu, 8 threads"); owned by be. */
 const char *cal_backend_describe(struct cal_backend *be);
+
+/* 1 when be has feature f, else 0 (also for an unknown f). */
+int cal_backend_supports(const struct cal_backend *be, enum cal_backend_feature f);
 
 /* Allocates bytes (> 0) of back-end memory, 256-byte aligned.  *ret is freed
  * with cal_backend_dealloc. */

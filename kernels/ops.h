@@ -616,6 +616,11 @@ struct cal_ops {
 const char *cal_op_name(enum cal_op_id id);
 const char *cal_op_desc(enum cal_op_id id);
 
+/* 1 when be runs op, else 0 (also for an op out of range).  The
+ * dispatchers ask it first and answer CAL_ERR_UNSUPPORTED naming the op and
+ * the back end. */
+int cal_backend_supports_op(const struct cal_backend *be, enum cal_op_id op);
+
 /* Dispatchers and argument checks (a check is also run by the dispatcher). */
 #define CAL_OP(name, NAME, desc)                                               \
 	enum cal_status cal_op_##name(struct cal_backend *be,                  \

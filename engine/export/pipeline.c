@@ -53,6 +53,7 @@
 #include <string.h>
 
 #include "common/fp.h"
+#include "common/parse.h"
 #include "common/util.h"
 #include "kernels/ops.h"
 
@@ -858,14 +859,23 @@ enum cal_status cal_export_pipe_init(struct cal_exporter *ex, struct cal_error *
 	/* L: the leader's (one rank's) stage fails at layer L; L:R: rank R's */
 	const char *f = getenv("CALIBD_TEST_EXPORT_FAIL_LAYER");
 	if (f && *f) {
-		char *end;
-		long v = strtol(f, &end, 10), r = 0;
-		if (*end == ':')
-			r = strtol(end + 1, &end, 10);
-		if (*end || v < -1 || r < 0)
+		/* LAYER or LAYER:RANK */
+		char layer[24];
+		const char *colon = strchr(f, ':');
+		size_t ln = colon ? (size_t)(colon - f) : strlen(f);
+		int64_t v = 0;
+		uint64_t r = 0;
+		int ok = ln < sizeof(layer);
+		if (ok) {
+			memcpy(layer, f, ln);
+			layer[ln] = '\0';
+			ok = cal_parse_i64("layer", layer, -1, INT32_MAX - 2, &v, NULL) >= 0 &&
+			     (!colon || cal_parse_u64("rank", colon + 1, 0, UINT32_MAX, &r, NULL) >= 0);
+		}
+		if (!ok)
 			return cal_error_set(err, CAL_ERR_INVALID, "CALIBD_TEST_EXPORT_FAIL_LAYER='%s' is "
 					     "not LAYER or LAYER:RANK", f);
-		if ((unsigned long)r == ex->opts.rank)
+		if (r == ex->opts.rank)
 			p->fail_layer = (int32_t)v + 2;
 	}
 	return CAL_OK;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/parse.h"
 #include "common/util.h"
 
 struct stat_entry {
@@ -221,9 +222,8 @@ static enum cal_status load_amax(struct cal_stats *s, json_t *obj, const char *p
 static enum cal_status load_tokens(struct cal_stats *s, const char *key, json_t *arr,
 				   const char *path, struct cal_error *err)
 {
-	char *end = NULL;
-	long layer = strtol(key, &end, 10);
-	if (!*key || *end || layer < 0 || layer > 1 << 20)
+	uint64_t layer;
+	if (cal_parse_u64("expert_tokens key", key, 0, 1 << 20, &layer, NULL) < 0)
 		return cal_error_set(err, CAL_ERR_FORMAT, "%s: expert_tokens.%s: the key must be a "
 				     "layer index", path, key);
 	if (!json_is_array(arr) || !json_array_size(arr) || json_array_size(arr) > 1 << 20)
@@ -267,9 +267,9 @@ static enum cal_status load_moe(struct cal_stats *s, json_t *moe, const char *pa
 		return cal_error_set(err, CAL_ERR_FORMAT, "%s: moe: expected an object", path);
 	json_object_foreach(moe, k, v) {
 		const char *p = strstr(k, "layers.");
-		char *end = NULL;
-		long layer = p ? strtol(p + 7, &end, 10) : -1;
-		if (!p || end == p + 7 || *end != '.' || layer < 0 || layer > 1 << 20 ||
+		const char *end = NULL;
+		uint64_t layer = 0;
+		if (!p || cal_scan_u64(p + 7, &end, &layer) < 0 || *end != '.' || layer > 1 << 20 ||
 		    !json_is_object(v))
 			return cal_error_set(err, CAL_ERR_FORMAT, "%s: moe.%s: expected "
 					     "\"<prefix>layers.<L>.mlp.experts\" -> object", path, k);
@@ -277,7 +277,7 @@ static enum cal_status load_moe(struct cal_stats *s, json_t *moe, const char *pa
 		json_t *tok = json_object_get(v, "tokens");
 		if (tok && !cal_stats_expert_tokens(s, (int32_t)layer, &n)) {
 			char key[24];
-			snprintf(key, sizeof(key), "%ld", layer);
+			snprintf(key, sizeof(key), "%llu", (unsigned long long)layer);
 			CAL_TRY(load_tokens(s, key, tok, path, err));
 		}
 		for (int a = 0; a < 2; a++) {

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/fp.h"
+#include "common/parse.h"
 #include "common/util.h"
 #include "engine/recipe/recipe.h"
 #include "kernels/ops.h"
@@ -246,17 +247,17 @@ static int source_weight(const struct vsrc *s, const char *mod, int64_t o, int64
 	const char *e = strstr(mod, ".experts.");
 	*ret = NULL;
 	if (e && !strncmp(mod, pre, strlen(pre)) && !strncmp(mod + strlen(pre), "layers.", 7)) {
-		int L = atoi(mod + strlen(pre) + 7);
-		char *end = NULL;
-		long ex = strtol(e + 9, &end, 10);
-		if (!end || *end != '.')
+		const char *end;
+		uint64_t L, ex;
+		if (cal_scan_u64(mod + strlen(pre) + 7, &end, &L) < 0 || L > INT32_MAX ||
+		    cal_scan_u64(e + 9, &end, &ex) < 0 || ex > INT32_MAX || *end != '.')
 			return -1;
 		int proj = -1;
 		for (int k = 0; k < 3; k++)
 			if (!strcmp(end + 1, s->d->arch->expert_proj[k]))
 				proj = k;
 		struct cal_expert_slice sl;
-		if (proj < 0 || cal_catalog_expert(s->cat, L, (int32_t)ex, (enum cal_proj)proj, &sl,
+		if (proj < 0 || cal_catalog_expert(s->cat, (int32_t)L, (int32_t)ex, (enum cal_proj)proj, &sl,
 						   NULL) < 0 || sl.out != o || sl.in != in)
 			return -1;
 		uint16_t *w = malloc((size_t)(o * in) * 2);
@@ -379,8 +380,12 @@ static uint16_t *bmm_source(const struct vsrc *s, const char *name, uint64_t E, 
 	struct cal_expert_slice sl;
 	if (strncmp(name, pre, strlen(pre)) || strncmp(name + strlen(pre), "layers.", 7))
 		return NULL;
-	int L = atoi(name + strlen(pre) + 7), down = strstr(name, ".down_proj") != NULL;
-	if (cal_catalog_expert(s->cat, L, 0, down ? CAL_PROJ_DOWN : CAL_PROJ_GATE, &sl, NULL) < 0 ||
+	const char *end;
+	uint64_t L;
+	int down = strstr(name, ".down_proj") != NULL;
+	if (cal_scan_u64(name + strlen(pre) + 7, &end, &L) < 0 || L > INT32_MAX)
+		return NULL;
+	if (cal_catalog_expert(s->cat, (int32_t)L, 0, down ? CAL_PROJ_DOWN : CAL_PROJ_GATE, &sl, NULL) < 0 ||
 	    (uint64_t)s->d->num_experts != E || (uint64_t)sl.in != C ||
 	    (uint64_t)(down ? s->d->hidden_size : 2 * s->d->moe_intermediate_size) != R ||
 	    (!sl.scales && sl.t->dtype != CAL_DTYPE_BF16))

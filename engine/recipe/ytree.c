@@ -11,6 +11,7 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "common/parse.h"
 #include "common/util.h"
 
 #define TAG_PREFIX "tag:yaml.org,2002:"
@@ -287,7 +288,8 @@ static int float_word(const char *s, double *ret)
 		if (s[i] != '_')
 			tmp[j++] = s[i];
 	tmp[j] = 0;
-	*ret = strtod(tmp, NULL);
+	*ret = strtod(tmp, NULL); /* YAML 1.1's float form is checked above; this only converts
+				     (out of range gives ±inf, as PyYAML) */
 	free(tmp);
 	return 1;
 }
@@ -568,21 +570,15 @@ static char *find_schema(const char *text, size_t len)
 /* "e4m3" -> 4, 3; returns 1 when s is an ExMy string. */
 static int exmy_word(const char *s, int64_t *e, int64_t *m)
 {
-	if (*s != 'e' && *s != 'E')
+	const char *end;
+	uint64_t x, y;
+	if ((*s != 'e' && *s != 'E') || cal_scan_u64(s + 1, &end, &x) < 0 || x > INT64_MAX ||
+	    (*end != 'm' && *end != 'M') || cal_scan_u64(end + 1, &end, &y) < 0 ||
+	    y > INT64_MAX || *end)
 		return 0;
-	char *end;
-	s++;
-	if (!(*s >= '0' && *s <= '9'))
-		return 0;
-	errno = 0;
-	*e = strtoll(s, &end, 10);
-	if (errno || (*end != 'm' && *end != 'M'))
-		return 0;
-	s = end + 1;
-	if (!(*s >= '0' && *s <= '9'))
-		return 0;
-	*m = strtoll(s, &end, 10);
-	return !errno && !*end;
+	*e = (int64_t)x;
+	*m = (int64_t)y;
+	return 1;
 }
 
 /* modelopt turns the string value of any key named num_bits or scale_bits

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "common/confine.h"
+#include "common/parse.h"
 #include "common/util.h"
 #include "safetensors.h"
 #include "st_internal.h"
@@ -118,34 +119,6 @@ static struct wtensor *find_tensor(const struct cal_st_writer *w, const char *na
 		return NULL;
 	size_t v = *hash_slot(w, name);
 	return v ? &w->t[v - 1] : NULL;
-}
-
-int cal_st_parse_size(const char *s, uint64_t *ret)
-{
-	static const struct {
-		const char *unit;
-		uint64_t mul;
-	} units[] = {
-		{"", 1}, {"kb", 1000ull}, {"mb", 1000000ull}, {"gb", 1000000000ull},
-		{"tb", 1000000000000ull}, {"kib", 1ull << 10}, {"mib", 1ull << 20},
-		{"gib", 1ull << 30}, {"tib", 1ull << 40},
-	};
-	char *end;
-	if (!s || *s < '0' || *s > '9')
-		return -1;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno)
-		return -1;
-	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-		if (strcasecmp(end, units[i].unit))
-			continue;
-		if (!v || v > UINT64_MAX / units[i].mul)
-			return -1;
-		*ret = v * units[i].mul;
-		return 0;
-	}
-	return -1;
 }
 
 /* ---- failure: remove everything ---------------------------------------- */
@@ -276,11 +249,10 @@ static enum cal_status writer_new(const char *final_dir, const struct cal_st_wri
 	if (!w->opts.max_shard_bytes)
 		w->opts.max_shard_bytes = CAL_ST_DEFAULT_SHARD_BYTES;
 	const char *lim = getenv("CALIBD_TEST_WRITE_LIMIT");
-	if (lim && *lim && cal_st_parse_size(lim, &w->write_limit) < 0) {
-		st = cal_error_set(err, CAL_ERR_INVALID, "CALIBD_TEST_WRITE_LIMIT='%s' is not a "
-				   "byte count", lim);
+	if (lim && *lim &&
+	    (st = cal_parse_size("CALIBD_TEST_WRITE_LIMIT", lim, 1, UINT64_MAX, &w->write_limit,
+				 err)) < 0)
 		goto fail;
-	}
 
 	size_t n = strlen(w->final_dir);
 	while (n > 1 && w->final_dir[n - 1] == '/')
@@ -380,10 +352,8 @@ enum cal_status cal_st_writer_open(const char *final_dir,
 		unlinkat(w->parent_fd, w->tmp_name, AT_REMOVEDIR);
 		goto fail;
 	}
-	if (asprintf(&w->tmp_dir, "%s/%s", w->parent, w->tmp_name) < 0) {
-		w->tmp_dir = NULL;
-		goto nomem;
-	}
+	if ((st = cal_path_join_checked(w->parent, w->tmp_name, &w->tmp_dir, err)) < 0)
+		goto fail;
 	fchmod(w->tmp_fd, 0755);
 	*ret = w;
 	return CAL_OK;
@@ -566,16 +536,8 @@ static enum cal_status build_index(struct cal_st_writer *w, uint64_t total, stru
 static enum cal_status free_bytes(struct cal_st_writer *w, uint64_t *ret, struct cal_error *err)
 {
 	const char *sim = getenv("CALIBD_TEST_FREE_BYTES");
-	if (sim && *sim) {
-		char *end;
-		errno = 0;
-		unsigned long long v = strtoull(sim, &end, 10);
-		if (errno || *end)
-			return cal_error_set(err, CAL_ERR_INVALID,
-					     "CALIBD_TEST_FREE_BYTES='%s' is not a byte count", sim);
-		*ret = v;
-		return CAL_OK;
-	}
+	if (sim && *sim)
+		return cal_parse_size("CALIBD_TEST_FREE_BYTES", sim, 0, UINT64_MAX, ret, err);
 	struct statvfs sv;
 	if (fstatvfs(w->tmp_fd, &sv) < 0)
 		return cal_error_set(err, CAL_ERR_IO, "%s: statvfs failed: %s", w->parent,

@@ -71,14 +71,6 @@
 struct cal_st_writer;
 
 /*
- * Parses a shard size the way transformers / huggingface_hub do
- * (parse_size_to_int): an integer number of bytes, or a number followed by
- * KB/MB/GB/TB (powers of 1000) or KiB/MiB/GiB/TiB (powers of 1024), case
- * insensitive ("10GB" = 10^10).  Returns 0, or -1 for anything else or 0.
- */
-int cal_st_parse_size(const char *s, uint64_t *ret);
-
-/*
  * How a caller follows the publish (all optional).  tmp_tag ([A-Za-z0-9_-],
  * 1..CAL_ST_TMP_TAG_MAX bytes) goes into the temporary directory's name so
  * that its owner can find and remove it after a crash.  before() runs after

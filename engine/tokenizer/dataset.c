@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 
+#include "common/parse.h"
 #include "common/util.h"
 #include "dataset.h"
 
@@ -125,8 +126,9 @@ enum cal_status cal_calib_sources_parse(const char *spec,
 			}
 			memcpy(num, colon + 1, nl);
 			num[nl] = 0;
-			unsigned long long x = strtoull(num, NULL, 10);
-			if (x == 0 || x > CAL_DATASET_MAX_SAMPLES) {
+			uint64_t x = 0;
+			if (cal_parse_u64("--calib count", num, 1, CAL_DATASET_MAX_SAMPLES, &x,
+					  NULL) < 0) {
 				st = cal_error_set(err, CAL_ERR_INVALID,
 						   "--calib '%.*s': count must be 1..%zu", (int)len,
 						   p, CAL_DATASET_MAX_SAMPLES);
@@ -509,15 +511,8 @@ void cal_calib_args_init(struct cal_calib_args *a)
 static int parse_size(const char *opt, const char *v, uint64_t max, uint64_t *ret,
 		      struct cal_error *err)
 {
-	char *end;
-	errno = 0;
-	unsigned long long x = v && *v && *v != '-' ? strtoull(v, &end, 10) : 0;
-	if (!v || !*v || *v == '-' || errno || *end || x > max)
-		return cal_error_set(err, CAL_ERR_INVALID,
-				     "%s: '%s' is not an integer in 0..%llu", opt,
-				     v ? v : "(missing)", (unsigned long long)max);
-	*ret = x;
-	return 1;
+	enum cal_status st = cal_parse_u64(opt, v, 0, max, ret, err);
+	return st < 0 ? st : 1;
 }
 
 int cal_calib_args_option(struct cal_calib_args *a, int argc, char **argv,

@@ -17,15 +17,9 @@ amax_kernel(const void *x, uint64_t n, uint64_t base, float *amax, struct cal_no
 	cal_obs_flush_nonfinite(s, nf);
 }
 
-extern "C" enum cal_status cal_cuda_amax(struct cal_backend *be, const struct cal_amax_args *a,
-					 struct cal_error *err)
+CAL_CUDA_OP(amax)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->n == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->n == 0);
 	unsigned grid = cal_cuda_grid(be, (a->n + 7) / 8);
 	if (a->dtype == CAL_DTYPE_BF16)
 		amax_kernel<true><<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->n, a->index_base, a->amax,

@@ -92,18 +92,11 @@ static void launch_vec(unsigned grid, cudaStream_t s, const struct cal_amax_bloc
 	}
 }
 
-extern "C" enum cal_status cal_cuda_amax_blocks(struct cal_backend *be,
-						const struct cal_amax_blocks_args *a,
-						struct cal_error *err)
+CAL_CUDA_OP(amax_blocks)
 {
-	cudaStream_t s;
-	enum cal_status st;
 	bool bf16 = a->dtype == CAL_DTYPE_BF16;
 	uint64_t n = a->rows * a->cols;
-	if (n == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(n == 0);
 	if (cal_aligned(a->x, 16)) {
 		uint64_t nvec = n / (bf16 ? 8 : 4);
 		unsigned grid = cal_cuda_grid(be, nvec);

@@ -12,8 +12,8 @@ rows_kernel(const void *x, uint64_t rows, uint64_t cols, const uint32_t *index, 
 {
 	cal_obs s;
 	cal_obs_init(s);
-	uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-	uint64_t warps = ((uint64_t)gridDim.x * blockDim.x) >> 5;
+	uint64_t warp = cal_warp_id();
+	uint64_t warps = cal_warp_count();
 	unsigned lane = threadIdx.x & 31;
 	for (uint64_t k = warp; k < n_index; k += warps) {
 		uint64_t r = __ldg(index + k);
@@ -24,16 +24,9 @@ rows_kernel(const void *x, uint64_t rows, uint64_t cols, const uint32_t *index, 
 	cal_obs_flush_nonfinite(s, nf);
 }
 
-extern "C" enum cal_status cal_cuda_amax_rows(struct cal_backend *be,
-					      const struct cal_amax_rows_args *a,
-					      struct cal_error *err)
+CAL_CUDA_OP(amax_rows)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->n_index == 0 || a->cols == 0 || a->rows == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->n_index == 0 || a->cols == 0 || a->rows == 0);
 	unsigned grid = cal_cuda_grid(be, a->n_index * 32);
 	if (a->dtype == CAL_DTYPE_BF16)
 		rows_kernel<true><<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->rows, a->cols, a->index,

@@ -13,8 +13,8 @@ seg_kernel(const void *x, uint64_t rows, uint64_t cols, const uint32_t *offsets,
 {
 	cal_obs s;
 	cal_obs_init(s);
-	uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-	uint64_t warps = ((uint64_t)gridDim.x * blockDim.x) >> 5;
+	uint64_t warp = cal_warp_id();
+	uint64_t warps = cal_warp_count();
 	unsigned lane = threadIdx.x & 31;
 	uint64_t r0 = __ldg(offsets), r1 = __ldg(offsets + n_seg);
 	if (r1 > rows)
@@ -47,16 +47,9 @@ seg_kernel(const void *x, uint64_t rows, uint64_t cols, const uint32_t *offsets,
 	cal_obs_flush_nonfinite(s, nf);
 }
 
-extern "C" enum cal_status cal_cuda_amax_segments(struct cal_backend *be,
-						  const struct cal_amax_segments_args *a,
-						  struct cal_error *err)
+CAL_CUDA_OP(amax_segments)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->rows == 0 || a->cols == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->rows == 0 || a->cols == 0);
 	/* about one warp per 4 rows, more rows per warp when rows are short */
 	uint64_t warps = a->rows / 4 + 1;
 	if (a->cols < 1024)

@@ -427,9 +427,7 @@ static enum cal_status fa_launch(const struct cal_attention_args *a, cudaStream_
 	return CAL_OK;
 }
 
-extern "C" enum cal_status cal_cuda_attention(struct cal_backend *be,
-					      const struct cal_attention_args *a,
-					      struct cal_error *err)
+CAL_CUDA_OP(attention)
 {
 	cudaStream_t s;
 	enum cal_status st;

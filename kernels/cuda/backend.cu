@@ -48,7 +48,8 @@ enum cal_status cal_cuda_enter(struct cal_backend *be, cudaStream_t *ret, struct
 	return CAL_OK;
 }
 
-enum cal_status cal_cuda_backend_init(struct cal_backend *be, struct cal_error *err)
+/* Selects the device, creates the streams; sets be->impl. */
+static enum cal_status cuda_backend_init(struct cal_backend *be, struct cal_error *err)
 {
 	struct cal_cuda_impl *im;
 	struct cudaDeviceProp prop;
@@ -78,7 +79,7 @@ enum cal_status cal_cuda_backend_init(struct cal_backend *be, struct cal_error *
 	return CAL_OK;
 }
 
-void cal_cuda_backend_fini(struct cal_backend *be)
+static void cuda_backend_fini(struct cal_backend *be)
 {
 	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
 	if (!im)
@@ -105,12 +106,12 @@ void cal_cuda_backend_fini(struct cal_backend *be)
 	be->impl = NULL;
 }
 
-const char *cal_cuda_describe(struct cal_backend *be)
+static const char *cuda_describe(struct cal_backend *be)
 {
 	return ((struct cal_cuda_impl *)be->impl)->desc;
 }
 
-enum cal_status cal_cuda_alloc(struct cal_backend *be, size_t bytes, void **ret,
+static enum cal_status cuda_alloc(struct cal_backend *be, size_t bytes, void **ret,
 			       struct cal_error *err)
 {
 	cudaError_t e;
@@ -127,20 +128,20 @@ enum cal_status cal_cuda_alloc(struct cal_backend *be, size_t bytes, void **ret,
 	return CAL_OK;
 }
 
-void cal_cuda_dealloc(struct cal_backend *be, void *p)
+static void cuda_dealloc(struct cal_backend *be, void *p)
 {
 	(void)cudaSetDevice(be->cuda_device);
 	(void)cudaFree(p);
 	(void)cudaGetLastError();
 }
 
-enum cal_status cal_cuda_memcpy(struct cal_backend *be, void *dst, const void *src, size_t n,
-				enum cal_cuda_copy_kind kind, struct cal_error *err)
+static enum cal_status cuda_memcpy(struct cal_backend *be, void *dst, const void *src, size_t n,
+				enum cal_copy_kind kind, struct cal_error *err)
 {
 	cudaStream_t s;
 	enum cal_status st = cal_cuda_enter(be, &s, err);
-	cudaMemcpyKind k = kind == CAL_CUDA_H2D ? cudaMemcpyHostToDevice
-			 : kind == CAL_CUDA_D2H ? cudaMemcpyDeviceToHost
+	cudaMemcpyKind k = kind == CAL_COPY_H2D ? cudaMemcpyHostToDevice
+			 : kind == CAL_COPY_D2H ? cudaMemcpyDeviceToHost
 						: cudaMemcpyDeviceToDevice;
 	if (st < 0)
 		return st;
@@ -149,7 +150,7 @@ enum cal_status cal_cuda_memcpy(struct cal_backend *be, void *dst, const void *s
 	return CAL_OK;
 }
 
-enum cal_status cal_cuda_memset(struct cal_backend *be, void *dst, int byte, size_t n,
+static enum cal_status cuda_memset(struct cal_backend *be, void *dst, int byte, size_t n,
 				struct cal_error *err)
 {
 	cudaStream_t s;
@@ -161,7 +162,7 @@ enum cal_status cal_cuda_memset(struct cal_backend *be, void *dst, int byte, siz
 	return CAL_OK;
 }
 
-enum cal_status cal_cuda_sync(struct cal_backend *be, struct cal_error *err)
+static enum cal_status cuda_sync(struct cal_backend *be, struct cal_error *err)
 {
 	cudaStream_t s;
 	enum cal_status st = cal_cuda_enter(be, &s, err);
@@ -171,7 +172,7 @@ enum cal_status cal_cuda_sync(struct cal_backend *be, struct cal_error *err)
 	return CAL_OK;
 }
 
-enum cal_status cal_cuda_host_alloc(struct cal_backend *be, size_t bytes, void **ret,
+static enum cal_status cuda_host_alloc(struct cal_backend *be, size_t bytes, void **ret,
 				    struct cal_error *err)
 {
 	cudaError_t e;
@@ -188,14 +189,14 @@ enum cal_status cal_cuda_host_alloc(struct cal_backend *be, size_t bytes, void *
 	return CAL_OK;
 }
 
-void cal_cuda_host_free(struct cal_backend *be, void *p)
+static void cuda_host_free(struct cal_backend *be, void *p)
 {
 	(void)be;
 	(void)cudaFreeHost(p);
 	(void)cudaGetLastError();
 }
 
-enum cal_status cal_cuda_mem_info(struct cal_backend *be, uint64_t *ret_free, uint64_t *ret_total,
+static enum cal_status cuda_mem_info(struct cal_backend *be, uint64_t *ret_free, uint64_t *ret_total,
 				  struct cal_error *err)
 {
 	size_t f = 0, t = 0;
@@ -207,7 +208,7 @@ enum cal_status cal_cuda_mem_info(struct cal_backend *be, uint64_t *ret_free, ui
 	return CAL_OK;
 }
 
-enum cal_status cal_cuda_upload_async(struct cal_backend *be, void *dst, const void *src, size_t n,
+static enum cal_status cuda_upload_async(struct cal_backend *be, void *dst, const void *src, size_t n,
 				      struct cal_error *err)
 {
 	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
@@ -216,7 +217,7 @@ enum cal_status cal_cuda_upload_async(struct cal_backend *be, void *dst, const v
 	return CAL_OK;
 }
 
-enum cal_status cal_cuda_upload_wait(struct cal_backend *be, struct cal_error *err)
+static enum cal_status cuda_upload_wait(struct cal_backend *be, struct cal_error *err)
 {
 	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
 	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
@@ -225,7 +226,7 @@ enum cal_status cal_cuda_upload_wait(struct cal_backend *be, struct cal_error *e
 	return CAL_OK;
 }
 
-enum cal_status cal_cuda_upload_sync(struct cal_backend *be, struct cal_error *err)
+static enum cal_status cuda_upload_sync(struct cal_backend *be, struct cal_error *err)
 {
 	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
 	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
@@ -233,7 +234,7 @@ enum cal_status cal_cuda_upload_sync(struct cal_backend *be, struct cal_error *e
 	return CAL_OK;
 }
 
-enum cal_status cal_cuda_upload_mark(struct cal_backend *be, unsigned slot, struct cal_error *err)
+static enum cal_status cuda_upload_mark(struct cal_backend *be, unsigned slot, struct cal_error *err)
 {
 	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
 	CAL_CUDA_TRY(cudaSetDevice(be->cuda_device));
@@ -241,7 +242,7 @@ enum cal_status cal_cuda_upload_mark(struct cal_backend *be, unsigned slot, stru
 	return CAL_OK;
 }
 
-enum cal_status cal_cuda_upload_mark_sync(struct cal_backend *be, unsigned slot,
+static enum cal_status cuda_upload_mark_sync(struct cal_backend *be, unsigned slot,
 					  struct cal_error *err)
 {
 	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
@@ -249,5 +250,42 @@ enum cal_status cal_cuda_upload_mark_sync(struct cal_backend *be, unsigned slot,
 	CAL_CUDA_TRY(cudaEventSynchronize(im->marks[slot]));
 	return CAL_OK;
 }
+
+static int cuda_supports_op(const struct cal_backend *be, enum cal_op_id op)
+{
+	(void)be;
+	return (unsigned)op < CAL_OP_COUNT; /* cal_cuda_ops has every op of ops.def */
+}
+
+static int cuda_supports(const struct cal_backend *be, enum cal_backend_feature f)
+{
+	(void)be;
+	return f == CAL_BACKEND_FEATURE_PINNED_HOST || f == CAL_BACKEND_FEATURE_ASYNC_UPLOAD;
+}
+
+/* In the order of struct cal_backend_i (C++ has no designated initializers
+ * before C++20). */
+const struct cal_backend_i cal_cuda_backend_i = {
+	"cuda",
+	&cal_cuda_ops,
+	cuda_backend_init,
+	cuda_backend_fini,
+	cuda_describe,
+	cuda_supports_op,
+	cuda_supports,
+	cuda_alloc,
+	cuda_dealloc,
+	cuda_memcpy,
+	cuda_memset,
+	cuda_sync,
+	cuda_host_alloc,
+	cuda_host_free,
+	cuda_mem_info,
+	cuda_upload_async,
+	cuda_upload_wait,
+	cuda_upload_sync,
+	cuda_upload_mark,
+	cuda_upload_mark_sync,
+};
 
 } /* extern "C" */

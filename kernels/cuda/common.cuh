@@ -64,6 +64,26 @@ static inline unsigned cal_cuda_grid(const struct cal_backend *be, uint64_t lane
 	return want ? (unsigned)want : 1u;
 }
 
+/* Blocks of CAL_CUDA_THREADS for a grid-stride loop over `items` threads'
+ * work, at most one wave of resident blocks of kernel k. */
+template <typename K>
+static unsigned cal_cuda_one_wave(const struct cal_backend *be, K k, uint64_t items)
+{
+	const struct cal_cuda_impl *im = (const struct cal_cuda_impl *)be->impl;
+	int per_sm = 0;
+	if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, CAL_CUDA_THREADS, 0) !=
+		    cudaSuccess ||
+	    per_sm < 1) {
+		(void)cudaGetLastError();
+		per_sm = 1;
+	}
+	uint64_t want = (items + CAL_CUDA_THREADS - 1) / CAL_CUDA_THREADS;
+	uint64_t cap = (uint64_t)im->sms * (uint64_t)per_sm;
+	if (want > cap)
+		want = cap;
+	return want ? (unsigned)want : 1u;
+}
+
 static inline bool cal_aligned(const void *p, unsigned a)
 {
 	return ((uintptr_t)p & (a - 1)) == 0;
@@ -72,9 +92,41 @@ static inline bool cal_aligned(const void *p, unsigned a)
 /* Checks the launch; asynchronous faults surface at cal_backend_sync. */
 #define CAL_CUDA_LAUNCHED() CAL_CUDA_TRY(cudaGetLastError())
 
+/* The definition of op `name`'s CUDA implementation, as ops.h declares it:
+ * enum cal_status cal_cuda_<name>(be, const struct cal_<name>_args *a, err),
+ * called by the dispatcher after the op's argument check. */
+#define CAL_CUDA_OP(name)                                                      \
+	extern "C" enum cal_status cal_cuda_##name(struct cal_backend *be,     \
+						   const struct cal_##name##_args *a, \
+						   struct cal_error *err)
+
+/* The start of an op: returns CAL_OK when `empty` (nothing to launch),
+ * else makes be's device current and declares its stream `s`; a CUDA
+ * failure returns CAL_ERR_DEVICE. */
+#define CAL_CUDA_OP_ENTER(empty)                                               \
+	cudaStream_t s = NULL;                                                 \
+	do {                                                                   \
+		if (empty)                                                     \
+			return CAL_OK;                                         \
+		enum cal_status st_enter_ = cal_cuda_enter(be, &s, err);       \
+		if (st_enter_ < 0)                                             \
+			return st_enter_;                                      \
+	} while (0)
+
 /* ---- device helpers ------------------------------------------------------ */
 
 #define CAL_FULL_MASK 0xffffffffu
+
+/* Warp-per-item loops: this thread's warp in the grid, the grid's warps. */
+__device__ __forceinline__ uint64_t cal_warp_id(void)
+{
+	return ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+}
+
+__device__ __forceinline__ uint64_t cal_warp_count(void)
+{
+	return ((uint64_t)gridDim.x * blockDim.x) >> 5;
+}
 
 /* 8 consecutive bf16 at p (element index aligned to 8 when V) -> fp32. */
 template <bool V>
@@ -93,6 +145,24 @@ __device__ __forceinline__ void cal_ld8_bf16(const uint16_t *p, float *x)
 		for (int k = 0; k < 8; k++)
 			x[k] = __uint_as_float((uint32_t)p[k] << 16);
 	}
+}
+
+/* Lane v of a warp-wide loop over nlanes lanes of 8 bf16: loads them into
+ * x, or zeros past the end (those lanes still take part in the shuffles);
+ * returns v < nlanes. */
+template <bool V>
+__device__ __forceinline__ bool cal_ld8_lane(const uint16_t *w, uint64_t v, uint64_t nlanes,
+					     float *x)
+{
+	bool ok = v < nlanes;
+	if (ok) {
+		cal_ld8_bf16<V>(w + v * 8, x);
+	} else {
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			x[k] = 0.0f;
+	}
+	return ok;
 }
 
 /* Stores 8 floats as F32 or BF16 (16- or 32-byte vector stores when V). */

@@ -28,12 +28,7 @@ static enum cal_status dequant_launch(struct cal_backend *be, const F &f, bool i
 				      uint64_t nlanes, enum cal_dtype dt, void *out,
 				      struct cal_error *err)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (nlanes == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(nlanes == 0);
 	unsigned grid = cal_cuda_grid(be, nlanes);
 	if (inputs_aligned && cal_aligned(out, 16))
 		dequant_kernel<true, F><<<grid, CAL_CUDA_THREADS, 0, s>>>(f, nlanes, dt, out);

@@ -98,15 +98,9 @@ ew_kernel8(int mode, const uint16_t *a, const uint16_t *b, const uint16_t *g, ui
 	}
 }
 
-extern "C" enum cal_status cal_cuda_ewise(struct cal_backend *be, const struct cal_ewise_args *a,
-					  struct cal_error *err)
+CAL_CUDA_OP(ewise)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->rows == 0 || a->cols == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->rows == 0 || a->cols == 0);
 	uint64_t lda = a->lda ? a->lda : a->cols, ldb = a->ldb ? a->ldb : a->cols;
 	uint64_t ldo = a->ldo ? a->ldo : a->cols, ldg = a->ldg ? a->ldg : 1;
 	bool vec = a->cols % 8 == 0 && lda % 8 == 0 && ldo % 8 == 0 && cal_aligned(a->a, 16) &&

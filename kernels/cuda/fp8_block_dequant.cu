@@ -17,16 +17,9 @@ fp8b_kernel(const uint8_t *q, const float *scale_inv, uint64_t rows, uint64_t co
 	}
 }
 
-extern "C" enum cal_status cal_cuda_fp8_block_dequant(struct cal_backend *be,
-						      const struct cal_fp8_block_dequant_args *a,
-						      struct cal_error *err)
+CAL_CUDA_OP(fp8_block_dequant)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->rows == 0 || a->cols == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->rows == 0 || a->cols == 0);
 	fp8b_kernel<<<cal_fwd_grid(be, a->rows * a->cols), CAL_CUDA_THREADS, 0, s>>>(
 		a->q, a->scale_inv, a->rows, a->cols, a->block_rows, a->block_cols, a->out);
 	CAL_CUDA_LAUNCHED();

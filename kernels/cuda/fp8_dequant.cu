@@ -31,9 +31,7 @@ __global__ void fp8_dq_tail(const uint8_t *q, uint64_t from, uint64_t n, float s
 		((float *)out)[i] = v;
 }
 
-extern "C" enum cal_status cal_cuda_fp8_dequant(struct cal_backend *be,
-						const struct cal_fp8_dequant_args *a,
-						struct cal_error *err)
+CAL_CUDA_OP(fp8_dequant)
 {
 	fp8_dq f = {a->q, a->scale};
 	uint64_t full = a->n / 8;

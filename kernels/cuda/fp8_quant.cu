@@ -110,16 +110,9 @@ fp8_single_kernel(const uint16_t *w, uint64_t n, float scale, uint8_t *q)
 		q[i] = cal_fp8_weight_encode_single(cal_nf_bf16_to_f32(w[i]), scale);
 }
 
-extern "C" enum cal_status cal_cuda_fp8_quant(struct cal_backend *be,
-					      const struct cal_fp8_quant_args *a,
-					      struct cal_error *err)
+CAL_CUDA_OP(fp8_quant)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->n == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->n == 0);
 	if (a->single_round) {
 		fp8_single_kernel<<<cal_cuda_grid(be, a->n), CAL_CUDA_THREADS, 0, s>>>(a->w, a->n,
 										a->scale, a->q);
@@ -130,19 +123,9 @@ extern "C" enum cal_status cal_cuda_fp8_quant(struct cal_backend *be,
 	uint32_t lo, hi;
 	bool v = cal_aligned(a->w, 16) && cal_aligned(a->q, 8);
 	if (cal_fp8_lut_range(divisor, &lo, &hi) && hi - lo < FP8_LUT_MAX) {
-		const struct cal_cuda_impl *im = (const struct cal_cuda_impl *)be->impl;
 		auto k = v ? fp8_lut_kernel<true> : fp8_lut_kernel<false>;
-		int per_sm = 0;
-		if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, CAL_CUDA_THREADS, 0) !=
-			    cudaSuccess ||
-		    per_sm < 1) {
-			(void)cudaGetLastError();
-			per_sm = 1;
-		}
-		uint64_t want = ((a->n + 7) / 8 + CAL_CUDA_THREADS - 1) / CAL_CUDA_THREADS;
-		uint64_t cap = (uint64_t)im->sms * (uint64_t)per_sm;
-		unsigned grid = (unsigned)(want < cap ? want : cap);
-		k<<<grid ? grid : 1u, CAL_CUDA_THREADS, 0, s>>>(a->w, a->n, divisor, lo, hi, a->q);
+		unsigned grid = cal_cuda_one_wave(be, k, (a->n + 7) / 8);
+		k<<<grid, CAL_CUDA_THREADS, 0, s>>>(a->w, a->n, divisor, lo, hi, a->q);
 		CAL_CUDA_LAUNCHED();
 		return CAL_OK;
 	}

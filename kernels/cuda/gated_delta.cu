@@ -228,17 +228,10 @@ gd_kernel(const uint16_t *qkv, const uint16_t *bb, const uint16_t *aa, const flo
 	}
 }
 
-extern "C" enum cal_status cal_cuda_gated_delta(struct cal_backend *be,
-						const struct cal_gated_delta_args *a,
-						struct cal_error *err)
+CAL_CUDA_OP(gated_delta)
 {
-	cudaStream_t s;
-	enum cal_status st;
 	int optin = 0;
-	if (a->t == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->t == 0);
 	gd_dims d;
 	d.nk = a->nk;
 	d.nv = a->nv;

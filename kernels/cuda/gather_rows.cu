@@ -12,8 +12,8 @@ __global__ void __launch_bounds__(CAL_CUDA_THREADS)
 gather_kernel(const uint16_t *src, uint64_t src_rows, uint64_t cols, const uint32_t *index,
 	      uint64_t n, uint32_t div, uint16_t *out)
 {
-	uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-	uint64_t warps = ((uint64_t)gridDim.x * blockDim.x) >> 5;
+	uint64_t warp = cal_warp_id();
+	uint64_t warps = cal_warp_count();
 	unsigned lane = threadIdx.x & 31;
 	for (uint64_t i = warp; i < n; i += warps) {
 		uint64_t r = index[i] / div;
@@ -42,16 +42,9 @@ gather_kernel(const uint16_t *src, uint64_t src_rows, uint64_t cols, const uint3
 	}
 }
 
-extern "C" enum cal_status cal_cuda_gather_rows(struct cal_backend *be,
-						const struct cal_gather_rows_args *a,
-						struct cal_error *err)
+CAL_CUDA_OP(gather_rows)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->n == 0 || a->cols == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->n == 0 || a->cols == 0);
 	if (a->cols % 8 == 0 && cal_aligned(a->src, 16) && cal_aligned(a->out, 16))
 		gather_kernel<true><<<cal_fwd_grid(be, a->n * 32), CAL_CUDA_THREADS, 0, s>>>(
 			a->src, a->src_rows, a->cols, a->index, a->n, a->div > 1 ? a->div : 1, a->out);

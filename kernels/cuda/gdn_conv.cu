@@ -33,15 +33,9 @@ gconv_kernel(const uint16_t *x, const uint16_t *w, uint16_t *y, uint64_t t, uint
 	}
 }
 
-extern "C" enum cal_status cal_cuda_gdn_conv(struct cal_backend *be,
-					     const struct cal_gdn_conv_args *a, struct cal_error *err)
+CAL_CUDA_OP(gdn_conv)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->t == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->t == 0);
 	gconv_kernel<<<cal_fwd_grid(be, a->t * a->channels), CAL_CUDA_THREADS, 0, s>>>(
 		a->x, a->w, a->y, a->t, a->channels, a->kernel, a->cu_seqlens, a->n_seq);
 	CAL_CUDA_LAUNCHED();

@@ -103,8 +103,7 @@ static enum cal_status gemm_one(struct cal_backend *be, cublasHandle_t h, cudaSt
 	return CAL_OK;
 }
 
-extern "C" enum cal_status cal_cuda_gemm(struct cal_backend *be, const struct cal_gemm_args *a,
-					 struct cal_error *err)
+CAL_CUDA_OP(gemm)
 {
 	cudaStream_t s;
 	cublasHandle_t h = NULL;

@@ -54,17 +54,10 @@ hessian_kernel(const void *x, uint64_t rows, uint64_t cols, const uint32_t *inde
 	}
 }
 
-extern "C" enum cal_status cal_cuda_hessian(struct cal_backend *be,
-					    const struct cal_hessian_args *a,
-					    struct cal_error *err)
+CAL_CUDA_OP(hessian)
 {
-	cudaStream_t s;
-	enum cal_status st;
 	uint64_t n = a->index ? a->n_index : a->rows;
-	if (!a->cols || !a->rows || !n)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(!a->cols || !a->rows || !n);
 	unsigned nt = (unsigned)((a->cols + HT - 1) / HT);
 	dim3 grid(nt, nt), block(HT, HT);
 	if (a->dtype == CAL_DTYPE_BF16)

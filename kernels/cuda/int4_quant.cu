@@ -34,17 +34,10 @@ int4_kernel(const uint16_t *w, uint64_t cols, uint64_t nlanes, const float *bloc
 	}
 }
 
-extern "C" enum cal_status cal_cuda_int4_quant(struct cal_backend *be,
-					       const struct cal_int4_quant_args *a,
-					       struct cal_error *err)
+CAL_CUDA_OP(int4_quant)
 {
-	cudaStream_t s;
-	enum cal_status st;
 	uint64_t nlanes = a->rows / 2 * (a->cols / 8);
-	if (nlanes == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(nlanes == 0);
 	unsigned grid = cal_cuda_grid(be, nlanes);
 	if (cal_aligned(a->w, 16) && cal_aligned(a->packed, 8))
 		int4_kernel<true><<<grid, CAL_CUDA_THREADS, 0, s>>>(a->w, a->cols, nlanes,

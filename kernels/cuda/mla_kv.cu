@@ -23,15 +23,9 @@ mla_kv_kernel(const uint16_t *kv, const uint16_t *kpe, uint16_t *k, uint16_t *v,
 	}
 }
 
-extern "C" enum cal_status cal_cuda_mla_kv(struct cal_backend *be, const struct cal_mla_kv_args *a,
-					   struct cal_error *err)
+CAL_CUDA_OP(mla_kv)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->t == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->t == 0);
 	uint64_t total = a->t * a->nh * ((uint64_t)a->dn + a->dr + a->dv);
 	mla_kv_kernel<<<cal_fwd_grid(be, total), CAL_CUDA_THREADS, 0, s>>>(
 		a->kv, a->kpe, a->k, a->v, a->t, a->nh, a->dn, a->dr, a->dv);

@@ -66,9 +66,7 @@ combine_kernel(const uint16_t *y, const uint32_t *pair_pos, const uint32_t *idx,
 	}
 }
 
-extern "C" enum cal_status cal_cuda_moe_combine(struct cal_backend *be,
-						const struct cal_moe_combine_args *a,
-						struct cal_error *err)
+CAL_CUDA_OP(moe_combine)
 {
 	cudaStream_t s;
 	enum cal_status st;

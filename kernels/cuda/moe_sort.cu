@@ -76,8 +76,7 @@ __global__ void sort_place(const uint32_t *idx, uint64_t n, uint32_t e, const ui
 	}
 }
 
-extern "C" enum cal_status cal_cuda_moe_sort(struct cal_backend *be,
-					     const struct cal_moe_sort_args *a, struct cal_error *err)
+CAL_CUDA_OP(moe_sort)
 {
 	cudaStream_t s;
 	enum cal_status st;

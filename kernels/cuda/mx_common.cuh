@@ -18,15 +18,8 @@ mx_kernel(const uint16_t *w, uint64_t nlanes, enum cal_div_mode div, uint8_t *q,
 	for (uint64_t v0 = (uint64_t)blockIdx.x * blockDim.x + (threadIdx.x & ~31u); v0 < nlanes;
 	     v0 += stride) {
 		uint64_t v = v0 + lane;
-		bool ok = v < nlanes;
 		float x[8];
-		if (ok) {
-			cal_ld8_bf16<V>(w + v * 8, x);
-		} else {
-#pragma unroll
-			for (int k = 0; k < 8; k++)
-				x[k] = 0.0f;
-		}
+		bool ok = cal_ld8_lane<V>(w, v, nlanes, x);
 		float a = cal_group_max<4>(cal_block_absmax(x, 8));
 		if (!ok)
 			continue;
@@ -57,12 +50,7 @@ static enum cal_status mx_launch(struct cal_backend *be, const uint16_t *w, uint
 				 enum cal_div_mode div, uint8_t *q, uint8_t *scales,
 				 struct cal_error *err)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (n == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(n == 0);
 	uint64_t nlanes = n / 8;
 	unsigned grid = cal_cuda_grid(be, nlanes);
 	if (cal_aligned(w, 16) && cal_aligned(q, FP4 ? 4 : 8))

@@ -18,9 +18,7 @@ struct mxfp4_dq {
 	__device__ uint64_t out_index(uint64_t v) const { return v * 8; }
 };
 
-extern "C" enum cal_status cal_cuda_mxfp4_dequant(struct cal_backend *be,
-						  const struct cal_mxfp4_dequant_args *a,
-						  struct cal_error *err)
+CAL_CUDA_OP(mxfp4_dequant)
 {
 	mxfp4_dq f = {a->packed, a->scales};
 	return dequant_launch(be, f, cal_aligned(a->packed, 4), a->rows * a->cols / 8,

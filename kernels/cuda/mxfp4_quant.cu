@@ -4,9 +4,7 @@
  */
 #include "mx_common.cuh"
 
-extern "C" enum cal_status cal_cuda_mxfp4_quant(struct cal_backend *be,
-						const struct cal_mxfp4_quant_args *a,
-						struct cal_error *err)
+CAL_CUDA_OP(mxfp4_quant)
 {
 	return mx_launch<true>(be, a->w, a->rows * a->cols, a->div, a->packed, a->scales, err);
 }

@@ -18,9 +18,7 @@ struct mxfp8_dq {
 	__device__ uint64_t out_index(uint64_t v) const { return v * 8; }
 };
 
-extern "C" enum cal_status cal_cuda_mxfp8_dequant(struct cal_backend *be,
-						  const struct cal_mxfp8_dequant_args *a,
-						  struct cal_error *err)
+CAL_CUDA_OP(mxfp8_dequant)
 {
 	mxfp8_dq f = {a->q, a->scales};
 	return dequant_launch(be, f, cal_aligned(a->q, 8), a->rows * a->cols / 8, a->out_dtype,

@@ -4,9 +4,7 @@
  */
 #include "mx_common.cuh"
 
-extern "C" enum cal_status cal_cuda_mxfp8_quant(struct cal_backend *be,
-						const struct cal_mxfp8_quant_args *a,
-						struct cal_error *err)
+CAL_CUDA_OP(mxfp8_quant)
 {
 	return mx_launch<false>(be, a->w, a->rows * a->cols, a->div, a->q, a->scales, err);
 }

@@ -32,15 +32,8 @@ nvfp4_kernel(const uint16_t *w, uint64_t nlanes, float s2, const float *block_am
 	for (uint64_t v0 = (uint64_t)blockIdx.x * blockDim.x + (threadIdx.x & ~31u); v0 < nlanes;
 	     v0 += stride) {
 		uint64_t v = v0 + lane;
-		bool ok = v < nlanes;
 		float x[8];
-		if (ok) {
-			cal_ld8_bf16<V>(w + v * 8, x);
-		} else {
-#pragma unroll
-			for (int k = 0; k < 8; k++)
-				x[k] = 0.0f;
-		}
+		bool ok = cal_ld8_lane<V>(w, v, nlanes, x);
 		uint8_t e;
 		if (STATIC) {
 			e = ok ? cal_nvfp4_static_block_scale(__ldg(block_amax + v / (BS / 8)), g, m,
@@ -163,48 +156,23 @@ nvfp4_thr_kernel(const uint16_t *w, uint64_t nblk, float s2, const float *block_
 	}
 }
 
-/* Blocks of CAL_CUDA_THREADS for a grid-stride loop over `items` threads'
- * work, at most one wave of resident blocks of kernel k. */
-template <typename K>
-static unsigned nvfp4_one_wave(const struct cal_backend *be, K k, uint64_t items)
-{
-	const struct cal_cuda_impl *im = (const struct cal_cuda_impl *)be->impl;
-	int per_sm = 0;
-	if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, CAL_CUDA_THREADS, 0) !=
-		    cudaSuccess ||
-	    per_sm < 1) {
-		(void)cudaGetLastError();
-		per_sm = 1;
-	}
-	uint64_t want = (items + CAL_CUDA_THREADS - 1) / CAL_CUDA_THREADS;
-	uint64_t cap = (uint64_t)im->sms * (uint64_t)per_sm;
-	if (want > cap)
-		want = cap;
-	return want ? (unsigned)want : 1u;
-}
-
 template <bool STATIC, int BS>
 static enum cal_status nvfp4_launch_bs(struct cal_backend *be, const uint16_t *w, uint64_t n,
 				       float s2, const float *block_amax, float g, float m,
 				       enum cal_div_mode div, uint8_t *packed, uint8_t *scales,
 				       struct cal_error *err)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (n == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(n == 0);
 	bool v = cal_aligned(w, 16) && cal_aligned(packed, 8);
 	if (cal_nvfp4_thr_ok(s2)) {
 		uint64_t nblk = n / BS;
 		if (v) {
 			auto k = nvfp4_thr_kernel<true, STATIC, BS>;
-			k<<<nvfp4_one_wave(be, k, nblk), CAL_CUDA_THREADS, 0, s>>>(
+			k<<<cal_cuda_one_wave(be, k, nblk), CAL_CUDA_THREADS, 0, s>>>(
 				w, nblk, s2, block_amax, g, m, div, packed, scales);
 		} else {
 			auto k = nvfp4_thr_kernel<false, STATIC, BS>;
-			k<<<nvfp4_one_wave(be, k, nblk), CAL_CUDA_THREADS, 0, s>>>(
+			k<<<cal_cuda_one_wave(be, k, nblk), CAL_CUDA_THREADS, 0, s>>>(
 				w, nblk, s2, block_amax, g, m, div, packed, scales);
 		}
 		CAL_CUDA_LAUNCHED();

@@ -20,9 +20,7 @@ struct nvfp4_dq {
 	__device__ uint64_t out_index(uint64_t v) const { return v * 8; }
 };
 
-extern "C" enum cal_status cal_cuda_nvfp4_dequant(struct cal_backend *be,
-						  const struct cal_nvfp4_dequant_args *a,
-						  struct cal_error *err)
+CAL_CUDA_OP(nvfp4_dequant)
 {
 	nvfp4_dq f = {a->packed, a->scales, a->scale2, (a->block ? a->block : 16u) / 8u};
 	return dequant_launch(be, f, cal_aligned(a->packed, 4), a->rows * a->cols / 8,

@@ -21,17 +21,10 @@ mse_kernel(const uint16_t *w, uint64_t nb, float g, float m, float s2, enum cal_
 	}
 }
 
-extern "C" enum cal_status cal_cuda_nvfp4_mse_sweep(struct cal_backend *be,
-						    const struct cal_nvfp4_mse_sweep_args *a,
-						    struct cal_error *err)
+CAL_CUDA_OP(nvfp4_mse_sweep)
 {
-	cudaStream_t s;
-	enum cal_status st;
 	uint64_t nb = a->rows * a->cols / 16;
-	if (nb == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(nb == 0);
 	float s2 = cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div);
 	unsigned grid = cal_cuda_grid(be, nb);
 	if (cal_aligned(a->w, 16))

@@ -4,9 +4,7 @@
  */
 #include "nvfp4_common.cuh"
 
-extern "C" enum cal_status cal_cuda_nvfp4_quant(struct cal_backend *be,
-						const struct cal_nvfp4_quant_args *a,
-						struct cal_error *err)
+CAL_CUDA_OP(nvfp4_quant)
 {
 	return nvfp4_launch<false>(be, a->w, a->rows * a->cols, a->scale2, NULL, 0.0f, 0.0f,
 				   CAL_DIV_RECIP, a->packed, a->scales, err, a->block ? a->block : 16);

@@ -5,9 +5,7 @@
  */
 #include "nvfp4_common.cuh"
 
-extern "C" enum cal_status cal_cuda_nvfp4_static_quant(struct cal_backend *be,
-						       const struct cal_nvfp4_static_quant_args *a,
-						       struct cal_error *err)
+CAL_CUDA_OP(nvfp4_static_quant)
 {
 	float s2 = cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div);
 	return nvfp4_launch<true>(be, a->w, a->rows * a->cols, s2, a->block_amax, a->global_amax,

@@ -51,15 +51,9 @@ rms_kernel(int kind, const uint16_t *x, uint16_t *y, uint64_t rows, uint64_t col
 	}
 }
 
-extern "C" enum cal_status cal_cuda_rmsnorm(struct cal_backend *be,
-					    const struct cal_rmsnorm_args *a, struct cal_error *err)
+CAL_CUDA_OP(rmsnorm)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->rows == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->rows == 0);
 	unsigned grid = cal_fwd_grid(be, a->rows * CAL_CUDA_THREADS);
 	rms_kernel<<<grid, CAL_CUDA_THREADS, 0, s>>>((int)a->kind, a->x, a->y, a->rows, a->cols, a->w,
 						     a->w_dtype == CAL_DTYPE_F32, a->eps);

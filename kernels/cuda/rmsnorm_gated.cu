@@ -30,16 +30,9 @@ rmsg_kernel(const uint16_t *x, const uint16_t *z, uint16_t *y, uint64_t rows, ui
 	}
 }
 
-extern "C" enum cal_status cal_cuda_rmsnorm_gated(struct cal_backend *be,
-						  const struct cal_rmsnorm_gated_args *a,
-						  struct cal_error *err)
+CAL_CUDA_OP(rmsnorm_gated)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->rows == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->rows == 0);
 	unsigned grid = cal_fwd_grid(be, a->rows * 32);
 	rmsg_kernel<<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->z, a->y, a->rows, a->cols, a->w,
 						      a->eps);

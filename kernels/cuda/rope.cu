@@ -47,16 +47,10 @@ rope_il_kernel(uint16_t *x, uint64_t rows, uint32_t heads, uint32_t hd, uint32_t
 	}
 }
 
-extern "C" enum cal_status cal_cuda_rope(struct cal_backend *be, const struct cal_rope_args *a,
-					 struct cal_error *err)
+CAL_CUDA_OP(rope)
 {
-	cudaStream_t s;
-	enum cal_status st;
 	uint32_t half = a->rotary_dim / 2;
-	if (a->rows == 0 || half == 0 || a->heads == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->rows == 0 || half == 0 || a->heads == 0);
 	if (a->interleave)
 		rope_il_kernel<<<cal_fwd_grid(be, a->rows * a->heads), CAL_CUDA_THREADS, 0, s>>>(
 			a->x, a->rows, a->heads, a->head_dim, half, a->offset, a->pos, a->inv_freq,

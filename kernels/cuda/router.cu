@@ -98,8 +98,7 @@ router_kernel(const uint16_t *logits, uint64_t t, uint32_t e, uint32_t k, uint32
 	}
 }
 
-extern "C" enum cal_status cal_cuda_router(struct cal_backend *be, const struct cal_router_args *a,
-					   struct cal_error *err)
+CAL_CUDA_OP(router)
 {
 	cudaStream_t s;
 	enum cal_status st;

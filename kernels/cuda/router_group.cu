@@ -52,9 +52,7 @@ rg_select(float *s, const float *bias, uint64_t t, uint32_t e, uint32_t k, uint3
 			      idx + tok * kt, weight + tok * k);
 }
 
-extern "C" enum cal_status cal_cuda_router_group(struct cal_backend *be,
-						 const struct cal_router_group_args *a,
-						 struct cal_error *err)
+CAL_CUDA_OP(router_group)
 {
 	cudaStream_t s;
 	enum cal_status st;

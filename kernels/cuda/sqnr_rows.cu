@@ -35,16 +35,9 @@ sqnr_rows_kernel(const uint16_t *x, const float *y, uint64_t rows, uint64_t cols
 	}
 }
 
-extern "C" enum cal_status cal_cuda_sqnr_rows(struct cal_backend *be,
-					      const struct cal_sqnr_rows_args *a,
-					      struct cal_error *err)
+CAL_CUDA_OP(sqnr_rows)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->rows == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->rows == 0);
 	unsigned grid = cal_cuda_grid(be, a->rows * 32);
 	sqnr_rows_kernel<<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->y, a->rows, a->cols, a->sums);
 	CAL_CUDA_LAUNCHED();

@@ -499,6 +499,27 @@ Test(units, config_errors_name_the_key)
 	cr_expect_neq(load_cfg("", bad, 1, &err), CAL_OK);
 	cr_expect(strstr(cal_error_msg(&err), "--nope"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
+	/* numbers go through common/parse.c: durations take units, junk is named */
+	cr_expect_eq(load_cfg("progress_timeout_s: 5m\nkill_grace_s: 250ms\njob_timeout_s: 2h\n", NULL, 0,
+			      &err), CAL_OK, "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	static const char *const junk[] = {"max_queue: 3x\n", "max_queue: 0x10\n", "kill_grace_s: 5d\n",
+					   "min_free_percent: 1e999\n", "port: \" 9000\"\n"};
+	for (size_t i = 0; i < sizeof(junk) / sizeof(junk[0]); i++) {
+		cr_expect_eq(load_cfg(junk[i], NULL, 0, &err), CAL_ERR_INVALID, "%s", junk[i]);
+		char key[32];
+		snprintf(key, sizeof(key), "%.*s", (int)strcspn(junk[i], ":"), junk[i]);
+		cr_expect(strstr(cal_error_msg(&err), key), "%s: %s", junk[i], cal_error_msg(&err));
+		cal_error_clear(&err);
+	}
+	size_t n = 0;
+	int ids[CAL_MAX_DEVICES];
+	cr_expect_eq(cal_config_parse_devices("0,3", ids, &n, &err), CAL_OK);
+	cr_expect(n == 2 && ids[0] == 0 && ids[1] == 3);
+	cr_expect_eq(cal_config_parse_devices("0,0", ids, &n, &err), CAL_ERR_INVALID);
+	cr_expect(strstr(cal_error_msg(&err), "devices") && strstr(cal_error_msg(&err), "twice"), "%s",
+		  cal_error_msg(&err));
+	cal_error_clear(&err);
 }
 
 /* The dataset catalog: a `datasets:` map in the file, --dataset NAME=PATH

@@ -18,6 +18,7 @@
 #include "engine/recipe/plan.h"
 #include "engine/recipe/recipe.h"
 #include "fixture.h"
+#include "testutil.h"
 
 #define SEED 20261122u
 
@@ -78,16 +79,13 @@ static void env_init(struct env *e, size_t n_seq, size_t min_len, size_t max_len
 
 static void env_free(struct env *e)
 {
-	char cmd[128];
 	cal_calib_tokens_free(e->tk);
 	cal_plan_free(e->p);
 	cal_recipe_free(e->r);
 	cal_model_desc_free(e->d);
 	free(e->last_hidden);
-	if (e->dir[0]) {
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", e->dir);
-		cr_expect_eq(system(cmd), 0);
-	}
+	if (e->dir[0])
+		cal_test_rm_rf(e->dir);
 	memset(e, 0, sizeof(*e));
 }
 

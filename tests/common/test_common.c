@@ -1,5 +1,6 @@
 /* test_common.c — status/error plumbing, dtype table, fp16/bf16 rounding. */
 #include <criterion/criterion.h>
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -69,4 +70,26 @@ Test(util, overflow_checks)
 	char *p = cal_path_join("a/", "b");
 	cr_assert_str_eq(p, "a/b");
 	free(p);
+}
+
+Test(util, path_join_checks_the_length)
+{
+	struct cal_error err = {0};
+	char *p = NULL, dir[PATH_MAX];
+	cr_assert_eq(cal_path_join_checked("/x", "y.json", &p, &err), CAL_OK);
+	cr_expect_str_eq(p, "/x/y.json");
+	free(p);
+	cr_assert_eq(cal_path_join_checked("", "y", &p, &err), CAL_OK);
+	cr_expect_str_eq(p, "/y");
+	free(p);
+	memset(dir, 'd', sizeof(dir));
+	dir[PATH_MAX - 3] = '\0'; /* dir + '/' + "y" fills PATH_MAX - 1 bytes: fits */
+	cr_assert_eq(cal_path_join_checked(dir, "y", &p, &err), CAL_OK);
+	cr_expect_eq(strlen(p), PATH_MAX - 1);
+	free(p);
+	cr_expect_eq(cal_path_join_checked(dir, "yz", &p, &err), CAL_ERR_RANGE);
+	cr_expect_null(p);
+	cr_expect(strstr(cal_error_msg(&err), "path too long"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cr_expect_null(cal_path_join(dir, "yz"));
 }

@@ -6,7 +6,6 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/confine.h"
+#include "testutil.h"
 
 static char top[64], root[128];
 
@@ -65,17 +65,9 @@ static void setup(void)
 	ln("rev", "root/snap/dirlink");                /* a directory link beneath */
 }
 
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(p);
-}
-
 static void teardown(void)
 {
-	nftw(top, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	cal_test_rm_rf(top);
 }
 
 TestSuite(confine, .init = setup, .fini = teardown);

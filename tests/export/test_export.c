@@ -24,24 +24,9 @@
 #include "engine/export/export.h"
 #include "engine/st/st_writer.h"
 #include "fixture.h"
+#include "testutil.h"
 
 #define SEED 20260521ull
-
-static char *tmpdir(void)
-{
-	char t[] = "/tmp/calibd-export-XXXXXX";
-	char *d = mkdtemp(t);
-	cr_assert(d);
-	return strdup(d);
-}
-
-static void rm_rf(const char *p)
-{
-	char *cmd = NULL;
-	cr_assert(asprintf(&cmd, "rm -rf '%s'", p) > 0);
-	cr_assert_eq(system(cmd), 0);
-	free(cmd);
-}
 
 /* ---- exclude_modules ---------------------------------------------------- */
 
@@ -708,7 +693,7 @@ static const struct arch_case ARCHS[] = {
 Test(export, every_arch_layout_recipe, .timeout = 600)
 {
 	printf("seed %llu\n", (unsigned long long)SEED);
-	char *root = tmpdir();
+	char *root = cal_test_tmpdir("export");
 	for (size_t a = 0; a < sizeof(ARCHS) / sizeof(ARCHS[0]); a++) {
 		char *src = make_model(root, ARCHS[a].arch, ARCHS[a].layout);
 		for (size_t r = 0; r < sizeof(RECIPES) / sizeof(RECIPES[0]); r++) {
@@ -718,7 +703,7 @@ Test(export, every_arch_layout_recipe, .timeout = 600)
 		}
 		free(src);
 	}
-	rm_rf(root);
+	cal_test_rm_rf(root);
 	free(root);
 }
 
@@ -766,7 +751,7 @@ static int exists(const char *p)
 
 Test(export, killed_midway_publishes_nothing)
 {
-	char *root = tmpdir();
+	char *root = cal_test_tmpdir("export");
 	char *src = make_model(root, "qwen3_moe", "per-expert");
 	char *dst = NULL;
 	cr_assert(asprintf(&dst, "%s/out-killed", root) > 0);
@@ -811,7 +796,7 @@ Test(export, killed_midway_publishes_nothing)
 	cal_error_clear(&err);
 	job_close(&j);
 	close(fds[0]);
-	rm_rf(root);
+	cal_test_rm_rf(root);
 	free(dst);
 	free(src);
 	free(root);
@@ -831,7 +816,7 @@ static size_t count_entries(const char *dir)
 
 Test(export, disk_full_leaves_nothing)
 {
-	char *root = tmpdir();
+	char *root = cal_test_tmpdir("export");
 	char *src = make_model(root, "mixtral", "mixtral");
 	char *dst = NULL;
 	cr_assert(asprintf(&dst, "%s/out-full", root) > 0);
@@ -849,7 +834,7 @@ Test(export, disk_full_leaves_nothing)
 	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
 	cal_error_clear(&err);
 	job_close(&j);
-	rm_rf(root);
+	cal_test_rm_rf(root);
 	free(dst);
 	free(src);
 	free(root);
@@ -880,7 +865,7 @@ static void poke_scalar(const char *dir, const char *name, float v)
 
 Test(verify, catches_violations)
 {
-	char *root = tmpdir();
+	char *root = cal_test_tmpdir("export");
 	char *src = make_model(root, "qwen3_moe", "fused");
 	char *dst = NULL;
 	cr_assert(asprintf(&dst, "%s/out", root) > 0);
@@ -923,7 +908,7 @@ Test(verify, catches_violations)
 		  cal_error_msg(&err));
 	cal_error_clear(&err);
 	job_close(&j);
-	rm_rf(root);
+	cal_test_rm_rf(root);
 	free(dst);
 	free(src);
 	free(root);

@@ -63,13 +63,24 @@ int main(int argc, char **argv)
 	printf("cuda: %s\ncpu: %u threads\nbase seed: %" PRIu64 " (rerun: --seed %" PRIu64 ")\n",
 	       cal_backend_describe(cuda), cpu->cpu_threads, seed, seed);
 
-	/* 1. every op has a case */
+	/* 1. every op has a case, and CUDA says it runs every op */
 	for (int op = 0; op < CAL_OP_COUNT; op++) {
 		if (!opcase_table[op]) {
 			fprintf(stderr, "FAIL: op %s has no back-end comparison case\n",
 				cal_op_name((enum cal_op_id)op));
 			bad++;
 		}
+		if (!cal_backend_supports_op(cuda, (enum cal_op_id)op)) {
+			fprintf(stderr, "FAIL: cuda does not support op %s\n",
+				cal_op_name((enum cal_op_id)op));
+			bad++;
+		}
+	}
+	if (!cal_backend_supports(cuda, CAL_BACKEND_FEATURE_PINNED_HOST) ||
+	    !cal_backend_supports(cuda, CAL_BACKEND_FEATURE_ASYNC_UPLOAD) ||
+	    cal_backend_supports(cuda, CAL_BACKEND_FEATURE_HOST_MEMORY)) {
+		fprintf(stderr, "FAIL: cuda's features (pinned host, async upload, no host memory)\n");
+		bad++;
 	}
 
 	/* 2. goldens on CUDA and on CPU */

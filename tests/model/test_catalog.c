@@ -16,6 +16,7 @@
 #include "engine/model/model.h"
 #include "engine/st/safetensors.h"
 #include "fixture.h"
+#include "testutil.h"
 
 #define SEED 1
 
@@ -23,17 +24,12 @@ static char *tmp_root;
 
 static void setup(void)
 {
-	char tmpl[] = "/tmp/calibd-test-catalog-XXXXXX";
-	cr_assert_not_null(mkdtemp(tmpl));
-	tmp_root = strdup(tmpl);
+	tmp_root = cal_test_tmpdir("test-catalog");
 }
 
 static void teardown(void)
 {
-	char *cmd = NULL;
-	if (asprintf(&cmd, "rm -rf '%s'", tmp_root) > 0 && system(cmd)) {
-	}
-	free(cmd);
+	cal_test_rm_rf(tmp_root);
 	free(tmp_root);
 }
 

@@ -21,6 +21,7 @@
 #include "common/util.h"
 #include "engine/model/model.h"
 #include "tests/fixtures/fixture.h"
+#include "testutil.h"
 
 static const char *const types[] = {
 	"qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "qwen3_next", "qwen3_5_moe",
@@ -161,9 +162,7 @@ Test(config_compat, fixtures_in_transformers_form_inspect_the_same)
 		free(a);
 		free(b);
 	}
-	char cmd[4200];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
-	cr_assert_eq(system(cmd), 0);
+	cal_test_rm_rf(tmp);
 }
 
 /* ---- aliases, contradictions, required keys -------------------------------- */

@@ -151,7 +151,7 @@ static void same_dirs(const char *a, const char *b)
 		free(tb);
 	}
 	closedir(d);
-	cr_assert_eq(n, count_entries(b), "%s and %s hold different files", a, b);
+	cr_assert_eq(n, cal_test_count_entries(b), "%s and %s hold different files", a, b);
 }
 
 /* Quantizes arch/layout over 1, 2 and 4 ranks: same files, same statistics,
@@ -277,7 +277,7 @@ static void failing_rank(const char *arch, const char *var, const char *inject,
 	char *model = make_model(root, arch, "default");
 	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
 	char *out = path2(root, "out");
-	size_t before = count_entries(root);
+	size_t before = cal_test_count_entries(root);
 	cr_assert_eq(setenv(var, inject, 1), 0);
 	struct cal_job_opts o = opts(model, tok, 2);
 	o.ranks.timeout_ms = timeout_ms;
@@ -288,8 +288,8 @@ static void failing_rank(const char *arch, const char *var, const char *inject,
 	cr_assert(strstr(cal_error_msg(&err), needle), "%s", cal_error_msg(&err));
 	cr_assert(cal_now() - t0 < 30, "the deadline was not kept");
 	cal_error_clear(&err);
-	cr_assert(!exists(out));
-	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
+	cr_assert(!cal_test_exists(out));
+	cr_assert_eq(cal_test_count_entries(root), before, "a temporary directory was left behind");
 	unsetenv(var);
 	rm_rf(root);
 }

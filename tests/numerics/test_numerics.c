@@ -407,6 +407,73 @@ Test(backend, cuda_selection)
 	cal_backend_free(NULL);
 }
 
+/* The CPU back end through the back-end interface: what it says it
+ * supports, the buffer functions, the accounting and the cap. */
+Test(backend, cpu_interface)
+{
+	struct cal_backend *be = cpu(2, 0);
+	struct cal_error err = {0};
+	struct cal_backend_mem ms;
+	uint8_t src[300], back[300];
+	void *a = NULL, *b = NULL, *h = NULL;
+	for (int i = 0; i < CAL_OP_COUNT; i++)
+		cr_expect(cal_backend_supports_op(be, (enum cal_op_id)i), "cpu runs %s",
+			  cal_op_name((enum cal_op_id)i));
+	cr_expect_not(cal_backend_supports_op(be, CAL_OP_COUNT));
+	cr_expect(cal_backend_supports(be, CAL_BACKEND_FEATURE_HOST_MEMORY));
+	cr_expect_not(cal_backend_supports(be, CAL_BACKEND_FEATURE_PINNED_HOST));
+	cr_expect_not(cal_backend_supports(be, CAL_BACKEND_FEATURE_ASYNC_UPLOAD));
+	cr_expect_not(cal_backend_supports(be, CAL_BACKEND_FEATURE_COUNT));
+	cr_expect_str_eq(cal_backend_describe(be), "cpu, multi-threaded");
+
+	for (size_t i = 0; i < sizeof(src); i++)
+		src[i] = (uint8_t)(i * 7 + 1);
+	cr_assert_eq(cal_backend_alloc_upload(be, src, sizeof(src), &a, &err), CAL_OK);
+	cr_assert_eq(cal_backend_alloc(be, sizeof(src), &b, &err), CAL_OK);
+	cr_expect_eq((uintptr_t)a % 256, 0);
+	cr_expect_eq(cal_backend_copy(be, b, a, sizeof(src), &err), CAL_OK);
+	cr_expect_eq(cal_backend_memset(be, a, 0, 100, &err), CAL_OK);
+	cr_expect_eq(cal_backend_download(be, back, b, sizeof(src), &err), CAL_OK);
+	cr_expect_eq(memcmp(back, src, sizeof(src)), 0);
+	cr_expect_eq(cal_backend_download(be, back, a, sizeof(src), &err), CAL_OK);
+	cr_expect_eq(back[99], 0);
+	cr_expect_eq(back[100], src[100]);
+	cr_expect_eq(cal_backend_sync(be, &err), CAL_OK);
+
+	cal_backend_mem_stats(be, &ms);
+	cr_expect_eq(ms.current, 2 * sizeof(src));
+	cal_backend_set_mem_limit(be, 2 * sizeof(src) + 10);
+	void *c = NULL;
+	cr_expect_eq(cal_backend_alloc(be, 11, &c, &err), CAL_ERR_NOMEM);
+	cr_expect_null(c);
+	cr_expect(strstr(cal_error_msg(&err), "memory cap") != NULL, "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cr_expect_eq(cal_backend_alloc(be, 0, &c, &err), CAL_ERR_INVALID);
+	cal_error_clear(&err);
+	cal_backend_dealloc(be, a);
+	cal_backend_dealloc(be, b);
+	cal_backend_dealloc(be, NULL);
+	cal_backend_mem_stats(be, &ms);
+	cr_expect_eq(ms.current, 0);
+	cr_expect_eq(ms.peak, 2 * sizeof(src));
+
+	cr_assert_eq(cal_backend_host_alloc(be, 64, &h, &err), CAL_OK);
+	cr_expect_eq(cal_backend_upload_async(be, h, src, 64, &err), CAL_OK);
+	cr_expect_eq(memcmp(h, src, 64), 0);
+	cr_expect_eq(cal_backend_upload_mark(be, 0, &err), CAL_OK);
+	cr_expect_eq(cal_backend_upload_mark_sync(be, 0, &err), CAL_OK);
+	cr_expect_eq(cal_backend_upload_wait(be, &err), CAL_OK);
+	cr_expect_eq(cal_backend_upload_sync(be, &err), CAL_OK);
+	cr_expect_eq(cal_backend_upload_mark(be, CAL_BACKEND_UPLOAD_MARKS, &err), CAL_ERR_INVALID);
+	cal_error_clear(&err);
+	cal_backend_host_free(be, h);
+	cal_backend_host_free(be, NULL);
+	uint64_t fr = 0, tot = 0;
+	cr_expect_eq(cal_backend_mem_info(be, &fr, &tot, &err), CAL_OK);
+	cr_expect(tot > 0 && fr <= tot);
+	cal_backend_free(be);
+}
+
 /* ---- reference vs multi-threaded CPU, every op ----------------------------- */
 
 Test(ops, every_op_has_a_case)

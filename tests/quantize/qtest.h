@@ -1,7 +1,8 @@
 /*
  * qtest.h — helpers shared by the `calibd quantize` tests (test_quantize.c,
- * test_quantize_signal.c): tracked allocations, a temp root, fixtures and
- * token files made with fixture seed SEED, and the $CALIBD binary.  Each
+ * test_quantize_signal.c): tracked allocations, a temp root (tests/util),
+ * fixtures and token files made with fixture seed SEED, and the $CALIBD
+ * binary.  Each
  * test process includes it once; every function is static and may go
  * unused in one of them.
  */
@@ -18,6 +19,7 @@
 
 #include "common/util.h"
 #include "fixture.h"
+#include "testutil.h"
 
 #define SEED 7u
 
@@ -50,38 +52,14 @@ static const char *calibd(void)
 
 static char *tmpdir(void)
 {
-	char t[] = "/tmp/calibd-quantize-XXXXXX";
-	char *d = mkdtemp(t);
-	cr_assert(d);
-	return track(strdup(d));
+	return track(cal_test_tmpdir("quantize"));
 }
 
 /* Removes the test's directory and frees what it tracked. */
 static void rm_rf(const char *p)
 {
-	char *cmd = NULL;
-	cr_assert(asprintf(&cmd, "rm -rf '%s'", p) > 0);
-	cr_assert_eq(system(cmd), 0);
-	free(cmd);
+	cal_test_rm_rf(p);
 	free_tracked();
-}
-
-static int exists(const char *p)
-{
-	struct stat sb;
-	return stat(p, &sb) == 0;
-}
-
-static size_t count_entries(const char *dir)
-{
-	DIR *d = opendir(dir);
-	size_t n = 0;
-	struct dirent *e;
-	while (d && (e = readdir(d)))
-		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
-	if (d)
-		closedir(d);
-	return n;
 }
 
 static char *path2(const char *dir, const char *name)
@@ -147,10 +125,7 @@ static int run(const char *out, const char *errf, const char *fmt, ...)
 
 static char *slurp(const char *path)
 {
-	char *t = NULL;
-	size_t n;
-	cr_assert_eq(cal_read_file(path, 64u << 20, &t, &n, NULL), CAL_OK, "%s", path);
-	return track(t);
+	return track(cal_test_slurp(path, NULL));
 }
 
 #pragma GCC diagnostic pop

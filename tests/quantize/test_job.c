@@ -279,7 +279,7 @@ Test(job, capability_asks_the_exporter)
 	open_fails(&o, CAL_JOB_OPEN_NO_BACKEND | CAL_JOB_OPEN_FOR(CAL_JOB_QUANTIZE), CAL_ERR_UNSUPPORTED,
 		   CAL_JOB_PART_EXPORT, "fp8_scale_sweep");
 	/* nothing was written anywhere */
-	cr_assert_eq(count_entries(root), 1);
+	cr_assert_eq(cal_test_count_entries(root), 1);
 	rm_rf(root);
 }
 

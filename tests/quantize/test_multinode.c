@@ -107,8 +107,8 @@ static const char *same_files(const char *a, const char *b)
 		free(tb);
 	}
 	closedir(d);
-	if (!bad[0] && count_entries(b) != n)
-		snprintf(bad, sizeof(bad), "(%zu files in %s, %zu in %s)", n, a, count_entries(b), b);
+	if (!bad[0] && cal_test_count_entries(b) != n)
+		snprintf(bad, sizeof(bad), "(%zu files in %s, %zu in %s)", n, a, cal_test_count_entries(b), b);
 	return bad[0] ? bad : NULL;
 }
 
@@ -171,6 +171,6 @@ Test(multinode, stopped_process_fails_the_job_at_the_deadline, .timeout = 120)
 	cr_assert_eq(rc0, 5, "node 0: exit %d (want 5, GPU / worker fault): %s", rc0, e);
 	cr_assert(strstr(e, "rank 1"), "the error does not name rank 1: %s", e);
 	cr_expect_lt(took, 30.0, "node 0 failed %.1f s after the stop (deadline 2 s)", took);
-	cr_assert(!exists(out), "a failed job published %s", out);
+	cr_assert(!cal_test_exists(out), "a failed job published %s", out);
 	rm_rf(root);
 }

@@ -332,7 +332,7 @@ Test(quantize, cancel_from_progress_publishes_nothing, .timeout = 60)
 	char *src = make_model(root, "mixtral", "mixtral");
 	char *tok = make_tokens(root, "tok.jsonl", 4, 24);
 	char *dst = path2(root, "out");
-	size_t before = count_entries(root);
+	size_t before = cal_test_count_entries(root);
 	struct cancel_ctx cc = {0, 0};
 	struct cal_job_opts jo = {.model_dir = src, .recipe = "general/ptq/nvfp4_default-kv_fp8",
 				  .tokens = tok, .devices = {.kind = CAL_DEVICE_CPU}};
@@ -344,8 +344,8 @@ Test(quantize, cancel_from_progress_publishes_nothing, .timeout = 60)
 	cr_assert_eq(st, CAL_ERR_INTERRUPTED, "%d: %s", st, cal_error_msg(&err));
 	cr_assert(strstr(cal_error_msg(&err), "after 1 of 2 layers"), "%s", cal_error_msg(&err));
 	cr_assert_null(report);
-	cr_assert(!exists(dst), "a cancelled job published %s", dst);
-	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
+	cr_assert(!cal_test_exists(dst), "a cancelled job published %s", dst);
+	cr_assert_eq(cal_test_count_entries(root), before, "a temporary directory was left behind");
 	cal_error_clear(&err);
 	/* a run that is not cancelled publishes */
 	cc = (struct cancel_ctx){0, -5};
@@ -375,8 +375,8 @@ Test(quantize, existing_output_refused_before_compute, .timeout = 60)
 	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
 	cr_assert(strstr(e, "already exists"), "%s", e);
 	cr_assert(!strstr(e, "quantize: load") && !strstr(e, "layer"), "work was done: %s", e);
-	cr_assert(exists(marker));
-	cr_assert_eq(count_entries(dst), 1);
+	cr_assert(cal_test_exists(marker));
+	cr_assert_eq(cal_test_count_entries(dst), 1);
 	rm_rf(root);
 }
 
@@ -399,7 +399,7 @@ Test(quantize, qformat_maps_or_refuses, .timeout = 60)
 	e = slurp(errf);
 	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
 	cr_assert(strstr(e, "qformat 'int4_awq' is refused: algorithm 'awq_lite'"), "%s", e);
-	cr_assert(!exists(dst2));
+	cr_assert(!cal_test_exists(dst2));
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
 		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);
 	e = slurp(errf);
@@ -414,15 +414,15 @@ Test(quantize, disk_full_exits_4_leaves_nothing, .timeout = 60)
 	char *src = make_model(root, "olmoe", "per-expert");
 	char *data = make_data(root);
 	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	size_t before = count_entries(root);
+	size_t before = cal_test_count_entries(root);
 	setenv("CALIBD_TEST_FREE_BYTES", "4096", 1);
 	int rc = run(NULL, errf, "quantize --model %s --recipe general/ptq/nvfp4_default-kv_fp8 "
 		     "--calib %s --out %s --device cpu", src, data, dst);
 	unsetenv("CALIBD_TEST_FREE_BYTES");
 	char *e = slurp(errf);
 	cr_assert_eq(rc, 4, "exit %d: %s", rc, e);
-	cr_assert(!exists(dst));
-	cr_assert_eq(count_entries(root), before + 1 /* stderr */, "something was left behind");
+	cr_assert(!cal_test_exists(dst));
+	cr_assert_eq(cal_test_count_entries(root), before + 1 /* stderr */, "something was left behind");
 	cr_assert(!strstr(e, "layer"), "calibration ran before the space check: %s", e);
 	rm_rf(root);
 }
@@ -449,7 +449,7 @@ Test(quantize, bad_input_and_usage)
 			 "--out %s", src, data, dst), 3);
 	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s/none.jsonl "
 			 "--out %s", src, R, root, dst), 3);
-	cr_assert(!exists(dst));
+	cr_assert(!cal_test_exists(dst));
 	rm_rf(root);
 }
 

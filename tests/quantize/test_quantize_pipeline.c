@@ -24,7 +24,7 @@ static void stage_fault(const char *var, const char *value, int want_rc, const c
 	char *src = make_model(root, "qwen3_moe", "per-expert");
 	char *tok = make_tokens(root, "tok.jsonl", 6, 40);
 	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	size_t before = count_entries(root);
+	size_t before = cal_test_count_entries(root);
 	setenv(var, value, 1);
 	int rc = run(NULL, errf, "quantize --model %s --recipe general/ptq/nvfp4_default-kv_fp8 "
 		     "--calib-tokens %s --out %s --device cpu --max-shard-size 40KB", src, tok, dst);
@@ -32,8 +32,8 @@ static void stage_fault(const char *var, const char *value, int want_rc, const c
 	char *e = slurp(errf);
 	cr_assert_eq(rc, want_rc, "%s=%s: exit %d: %s", var, value, rc, e);
 	cr_assert(strstr(e, want), "%s=%s: the error does not say '%s': %s", var, value, want, e);
-	cr_assert(!exists(dst));
-	cr_assert_eq(count_entries(root), before + 1 /* stderr */, "something was left behind");
+	cr_assert(!cal_test_exists(dst));
+	cr_assert_eq(cal_test_count_entries(root), before + 1 /* stderr */, "something was left behind");
 	rm_rf(root);
 }
 
@@ -67,18 +67,18 @@ Test(pipeline, sharded_output_same_bytes, .timeout = 120)
 	rc = run(NULL, errf, "quantize --model %s --calib-tokens %s %s --out %s "
 		 "--max-shard-size 30kb", src, tok, args, many);
 	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(errf));
-	cr_assert(exists(path2(one, "model.safetensors")));
-	cr_assert(!exists(path2(one, "model.safetensors.index.json")));
-	cr_assert(exists(path2(many, "model.safetensors.index.json")));
+	cr_assert(cal_test_exists(path2(one, "model.safetensors")));
+	cr_assert(!cal_test_exists(path2(one, "model.safetensors.index.json")));
+	cr_assert(cal_test_exists(path2(many, "model.safetensors.index.json")));
 	int shards = 0;
 	for (int n = 2; n < 100 && !shards; n++) {
 		char name[64];
 		snprintf(name, sizeof(name), "model-00001-of-%05d.safetensors", n);
-		if (exists(path2(many, name)))
+		if (cal_test_exists(path2(many, name)))
 			shards = n;
 	}
 	cr_assert_geq(shards, 3, "no model-00001-of-0000N.safetensors (N >= 3) in %s", many);
-	cr_assert(!exists(path2(many, "model.safetensors")));
+	cr_assert(!cal_test_exists(path2(many, "model.safetensors")));
 	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", many, src), 0);
 	struct cal_checkpoint *a = NULL, *b = NULL;
 	cr_assert_eq(cal_checkpoint_open(one, &a, &err), CAL_OK, "%s", cal_error_msg(&err));
@@ -118,6 +118,6 @@ Test(pipeline, bench_quantize_smoke, .timeout = 120)
 	cr_assert(j);
 	cr_assert_gt(json_number_value(json_object_get(j, "wall_s")), 0.0);
 	json_decref(j);
-	cr_assert(!exists(path2(root, "calibd-bench-out")), "the output was not removed");
+	cr_assert(!cal_test_exists(path2(root, "calibd-bench-out")), "the output was not removed");
 	rm_rf(root);
 }

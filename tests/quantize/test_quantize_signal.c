@@ -29,7 +29,7 @@ Test(quantize, sigterm_after_first_layer_exits_6, .timeout = 60)
 	/* enough tokens that the remaining layers take a few hundred ms */
 	char *tok = make_tokens(root, "tok.jsonl", 64, 256);
 	char *dst = path2(root, "out");
-	size_t before = count_entries(root);
+	size_t before = cal_test_count_entries(root);
 	int fds[2];
 	cr_assert_eq(pipe(fds), 0);
 	pid_t pid = fork();
@@ -65,7 +65,7 @@ Test(quantize, sigterm_after_first_layer_exits_6, .timeout = 60)
 	cr_assert(sent, "no progress line for layer 0");
 	cr_assert(WIFEXITED(ws), "calibd died of signal %d", WIFSIGNALED(ws) ? WTERMSIG(ws) : 0);
 	cr_assert_eq(WEXITSTATUS(ws), 6, "exit %d", WEXITSTATUS(ws));
-	cr_assert(!exists(dst), "an interrupted job published %s", dst);
-	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
+	cr_assert(!cal_test_exists(dst), "an interrupted job published %s", dst);
+	cr_assert_eq(cal_test_count_entries(root), before, "a temporary directory was left behind");
 	rm_rf(root);
 }

@@ -120,15 +120,6 @@ static const char *expected_refusal(const char *recipe, const char *arch)
 /* Fixture layouts: every one an architecture offers beyond its default. */
 static const char *const layouts[] = {"default", "per-expert", "mixtral", "fused"};
 
-/* Removes one output directory (the test's tracked strings stay). */
-static void rm_out(const char *p)
-{
-	char *cmd = NULL;
-	cr_assert(asprintf(&cmd, "rm -rf '%s'", p) > 0);
-	cr_assert_eq(system(cmd), 0);
-	free(cmd);
-}
-
 struct tally {
 	unsigned ok, refused, arch_not_run, failed;
 };
@@ -166,7 +157,7 @@ static void cell(const char *dir, const char *recipe, const char *arch, const ch
 			} else {
 				t->ok++;
 			}
-			rm_out(out);
+			cal_test_rm_rf(out);
 			cal_error_clear(&err);
 			return;
 		}
@@ -181,7 +172,7 @@ static void cell(const char *dir, const char *recipe, const char *arch, const ch
 		       want ? "refused for another reason than the table's" : "refused", st, msg);
 		t->failed++;
 	}
-	cr_assert(!exists(out), "%s × %s: a refused job left %s", recipe, arch, out);
+	cr_assert(!cal_test_exists(out), "%s × %s: a refused job left %s", recipe, arch, out);
 	cal_error_clear(&err);
 }
 

@@ -11,7 +11,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +21,7 @@
 #include "common/util.h"
 #include "engine/st/safetensors.h"
 #include "engine/st/st_writer.h"
+#include "testutil.h"
 
 #define SEED 20240611u
 
@@ -34,60 +34,6 @@ static uint8_t rnd8(void)
 	rng_state ^= rng_state >> 17;
 	rng_state ^= rng_state << 5;
 	return (uint8_t)rng_state;
-}
-
-static char *mk_base(void)
-{
-	char *d = strdup("/tmp/cal_st_test.XXXXXX");
-	cr_assert_not_null(mkdtemp(d));
-	return d;
-}
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb; (void)flag; (void)ftw;
-	return remove(p);
-}
-
-static void rm_rf(char *d)
-{
-	nftw(d, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-	free(d);
-}
-
-/* Number of entries in dir (without . and ..). */
-static int count_entries(const char *dir)
-{
-	DIR *d = opendir(dir);
-	cr_assert_not_null(d, "opendir %s", dir);
-	int n = 0;
-	struct dirent *de;
-	while ((de = readdir(d)))
-		n += strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
-	closedir(d);
-	return n;
-}
-
-static char *join(const char *a, const char *b)
-{
-	char *p = cal_path_join(a, b);
-	cr_assert_not_null(p);
-	return p;
-}
-
-static void write_bytes(const char *path, const void *buf, size_t len)
-{
-	FILE *f = fopen(path, "wb");
-	cr_assert_not_null(f, "fopen %s", path);
-	cr_assert_eq(fwrite(buf, 1, len, f), len);
-	fclose(f);
-}
-
-static void write_text(const char *dir, const char *name, const char *text)
-{
-	char *p = join(dir, name);
-	write_bytes(p, text, strlen(text));
-	free(p);
 }
 
 /* File image: 8-byte length (n, or strlen(hdr) when n == 0), hdr, then
@@ -241,8 +187,8 @@ Test(validator, refuses_each_broken_rule_with_its_message)
 		cal_error_clear(&err);
 		cal_st_file_free(f);
 		if (corpus) {
-			char *p = join(corpus, good_seeds[i].id);
-			write_bytes(p, b, len);
+			char *p = cal_test_path(corpus, good_seeds[i].id);
+			cal_test_write_file(p, b, len);
 			free(p);
 		}
 		free(b);
@@ -253,8 +199,8 @@ Test(validator, refuses_each_broken_rule_with_its_message)
 		uint8_t *b = image(c->hdr, c->n, c->data, &len);
 		expect_refused(c->id, b, len, c->want);
 		if (corpus) {
-			char *p = join(corpus, c->id);
-			write_bytes(p, b, len);
+			char *p = cal_test_path(corpus, c->id);
+			cal_test_write_file(p, b, len);
 			free(p);
 		}
 		free(b);
@@ -466,8 +412,8 @@ static void init_rng(void)
 Test(writer, single_shard_roundtrip)
 {
 	init_rng();
-	char *base = mk_base();
-	char *dir = join(base, "out");
+	char *base = cal_test_tmpdir("st");
+	char *dir = cal_test_path(base, "out");
 	static const struct spec specs[] = {
 		{"model.layers.0.mlp.down_proj.weight", CAL_DTYPE_BF16, 2, {2, 3}},
 		{"scalar", CAL_DTYPE_F32, 0, {0}},
@@ -477,11 +423,11 @@ Test(writer, single_shard_roundtrip)
 	};
 	struct written wr;
 	write_ckpt(dir, specs, CAL_ARRAY_LEN(specs), 0, &wr);
-	cr_expect_eq(count_entries(base), 1, "only the published directory is left");
-	cr_expect_eq(count_entries(dir), 2); /* model.safetensors + config.json */
+	cr_expect_eq((int)cal_test_count_entries(base), 1, "only the published directory is left");
+	cr_expect_eq((int)cal_test_count_entries(dir), 2); /* model.safetensors + config.json */
 	check_ckpt(dir, specs, &wr);
 
-	char *path = join(dir, "model.safetensors");
+	char *path = cal_test_path(dir, "model.safetensors");
 	struct cal_st_file *f;
 	cr_assert_eq(cal_st_file_open(path, &f, NULL), CAL_OK);
 	cr_expect_str_eq(cal_st_file_metadata(f, "format"), "pt");
@@ -501,14 +447,15 @@ Test(writer, single_shard_roundtrip)
 	free(path);
 	free_written(&wr);
 	free(dir);
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }
 
 Test(writer, multi_shard_cut_and_index)
 {
 	init_rng();
-	char *base = mk_base();
-	char *dir = join(base, "out");
+	char *base = cal_test_tmpdir("st");
+	char *dir = cal_test_path(base, "out");
 	/* limit 100: [a] [b] [c: 250, alone] [d e] */
 	static const struct spec specs[] = {
 		{"z.a", CAL_DTYPE_U8, 1, {60}},
@@ -522,9 +469,9 @@ Test(writer, multi_shard_cut_and_index)
 	struct written wr;
 	write_ckpt(dir, specs, CAL_ARRAY_LEN(specs), 100, &wr);
 	check_ckpt(dir, specs, &wr);
-	cr_expect_eq(count_entries(dir), 6); /* 4 shards, index, config.json */
+	cr_expect_eq((int)cal_test_count_entries(dir), 6); /* 4 shards, index, config.json */
 
-	char *ipath = join(dir, CAL_ST_INDEX_NAME);
+	char *ipath = cal_test_path(dir, CAL_ST_INDEX_NAME);
 	json_error_t jerr;
 	json_t *idx = json_load_file(ipath, 0, &jerr);
 	cr_assert_not_null(idx, "%s", jerr.text);
@@ -558,13 +505,14 @@ Test(writer, multi_shard_cut_and_index)
 	free(ipath);
 	free_written(&wr);
 	free(dir);
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }
 
 Test(writer, checkpoint_without_tensors)
 {
-	char *base = mk_base();
-	char *dir = join(base, "out");
+	char *base = cal_test_tmpdir("st");
+	char *dir = cal_test_path(base, "out");
 	struct written wr;
 	write_ckpt(dir, NULL, 0, 0, &wr);
 	struct cal_checkpoint *ck;
@@ -573,13 +521,14 @@ Test(writer, checkpoint_without_tensors)
 	cr_expect_eq(cal_checkpoint_file_count(ck), 1);
 	cal_checkpoint_free(ck);
 	free(dir);
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }
 
 Test(writer, existing_target_is_never_overwritten)
 {
-	char *base = mk_base();
-	char *dir = join(base, "out");
+	char *base = cal_test_tmpdir("st");
+	char *dir = cal_test_path(base, "out");
 	cr_assert_eq(mkdir(dir, 0755), 0);
 	struct cal_st_writer *w = (void *)1;
 	struct cal_error err = {0};
@@ -599,16 +548,17 @@ Test(writer, existing_target_is_never_overwritten)
 	cr_expect_eq(cal_st_writer_commit(w, &err), CAL_ERR_EXISTS, "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
 	cal_st_writer_free(w);
-	cr_expect_eq(count_entries(base), 1);
-	cr_expect_eq(count_entries(dir), 0);
+	cr_expect_eq((int)cal_test_count_entries(base), 1);
+	cr_expect_eq((int)cal_test_count_entries(dir), 0);
 	free(dir);
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }
 
 Test(writer, simulated_disk_full_leaves_nothing)
 {
-	char *base = mk_base();
-	char *dir = join(base, "out");
+	char *base = cal_test_tmpdir("st");
+	char *dir = cal_test_path(base, "out");
 	setenv("CALIBD_TEST_FREE_BYTES", "100", 1);
 	struct cal_st_writer *w;
 	struct cal_error err = {0};
@@ -619,23 +569,24 @@ Test(writer, simulated_disk_full_leaves_nothing)
 	cr_expect(strstr(cal_error_msg(&err), base), "%s", cal_error_msg(&err));
 	cr_expect(strstr(cal_error_msg(&err), "bytes needed, 100 available"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
-	cr_expect_eq(count_entries(base), 0, "no temporary directory left behind");
+	cr_expect_eq((int)cal_test_count_entries(base), 0, "no temporary directory left behind");
 	cr_expect_eq(cal_st_writer_put(w, "big", "", 0, &err), CAL_ERR_INVALID, "writer is dead");
 	cal_error_clear(&err);
 	cal_st_writer_free(w);
 	unsetenv("CALIBD_TEST_FREE_BYTES");
 	free(dir);
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }
 
 Test(writer, free_without_commit_leaves_nothing)
 {
-	char *base = mk_base();
-	char *dir = join(base, "out");
+	char *base = cal_test_tmpdir("st");
+	char *dir = cal_test_path(base, "out");
 	struct cal_st_writer *w;
 	int64_t shape[] = {4};
 	cr_assert_eq(cal_st_writer_open(dir, NULL, &w, NULL), CAL_OK);
-	cr_expect_eq(count_entries(base), 1);
+	cr_expect_eq((int)cal_test_count_entries(base), 1);
 	cr_expect_eq(strncmp(strrchr(cal_st_writer_tmp_dir(w), '/'), "/.out.tmp-", 10), 0);
 	cr_assert_eq(cal_st_writer_declare(w, "a", CAL_DTYPE_U8, 1, shape, NULL), CAL_OK);
 	cr_assert_eq(cal_st_writer_declare(w, "b", CAL_DTYPE_U8, 1, shape, NULL), CAL_OK);
@@ -643,20 +594,21 @@ Test(writer, free_without_commit_leaves_nothing)
 	cr_assert_eq(cal_st_writer_put(w, "a", "abcd", 4, NULL), CAL_OK);
 	cr_assert_eq(cal_st_writer_add_file(w, "config.json", "{}", 2, NULL), CAL_OK);
 	cal_st_writer_free(w);
-	cr_expect_eq(count_entries(base), 0);
+	cr_expect_eq((int)cal_test_count_entries(base), 0);
 
 	/* before begin, too */
 	cr_assert_eq(cal_st_writer_open(dir, NULL, &w, NULL), CAL_OK);
 	cal_st_writer_free(w);
-	cr_expect_eq(count_entries(base), 0);
+	cr_expect_eq((int)cal_test_count_entries(base), 0);
 	free(dir);
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }
 
 Test(writer, missing_put_fails_commit)
 {
-	char *base = mk_base();
-	char *dir = join(base, "out");
+	char *base = cal_test_tmpdir("st");
+	char *dir = cal_test_path(base, "out");
 	struct cal_st_writer *w;
 	struct cal_error err = {0};
 	int64_t shape[] = {4};
@@ -669,17 +621,18 @@ Test(writer, missing_put_fails_commit)
 	cr_expect(strstr(cal_error_msg(&err), "never written, the first is 'a'"), "%s",
 		  cal_error_msg(&err));
 	cal_error_clear(&err);
-	cr_expect_eq(count_entries(base), 0);
+	cr_expect_eq((int)cal_test_count_entries(base), 0);
 	cal_st_writer_free(w);
 	free(dir);
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }
 
 /* Each misuse kills the writer with a message naming the tensor. */
 Test(writer, misuse_is_refused)
 {
-	char *base = mk_base();
-	char *dir = join(base, "out");
+	char *base = cal_test_tmpdir("st");
+	char *dir = cal_test_path(base, "out");
 	int64_t shape[] = {4}, neg[] = {-1};
 	struct {
 		const char *id;
@@ -722,12 +675,13 @@ Test(writer, misuse_is_refused)
 		cr_expect(strstr(cal_error_msg(&err), cases[i].want), "%s: '%s'", cases[i].id,
 			  cal_error_msg(&err));
 		cr_expect_eq(cal_st_writer_commit(w, NULL), CAL_ERR_INVALID, "%s: dead", cases[i].id);
-		cr_expect_eq(count_entries(base), 0, "%s", cases[i].id);
+		cr_expect_eq((int)cal_test_count_entries(base), 0, "%s", cases[i].id);
 		cal_error_clear(&err);
 		cal_st_writer_free(w);
 	}
 	free(dir);
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }
 
 /* ---- checkpoints: index and shards must agree ----------------------------- */
@@ -738,7 +692,7 @@ Test(writer, misuse_is_refused)
 /* Writes a 2-shard checkpoint (a, b | c) and returns its directory. */
 static char *two_shards(const char *base, const char *name)
 {
-	char *dir = join(base, name);
+	char *dir = cal_test_path(base, name);
 	static const struct spec specs[] = {
 		{"a", CAL_DTYPE_U8, 1, {4}},
 		{"b", CAL_DTYPE_U8, 1, {4}},
@@ -765,13 +719,13 @@ static void index_with(const char *dir, const char *weight_map)
 {
 	char *text;
 	cr_assert(asprintf(&text, "{\"metadata\":{\"total_size\":16},\"weight_map\":%s}", weight_map) > 0);
-	write_text(dir, CAL_ST_INDEX_NAME, text);
+	cal_test_write_text(dir, CAL_ST_INDEX_NAME, text);
 	free(text);
 }
 
 Test(checkpoint, index_and_shards_must_agree)
 {
-	char *base = mk_base();
+	char *base = cal_test_tmpdir("st");
 	char *dir = two_shards(base, "ok");
 	struct cal_checkpoint *ck;
 	cr_assert_eq(cal_checkpoint_open(dir, &ck, NULL), CAL_OK);
@@ -806,47 +760,48 @@ Test(checkpoint, index_and_shards_must_agree)
 		index_with(dir, cases[i].wm);
 		expect_ckpt_refused(dir, cases[i].st, cases[i].want);
 	}
-	write_text(dir, CAL_ST_INDEX_NAME, "{\"weight_map\":");
+	cal_test_write_text(dir, CAL_ST_INDEX_NAME, "{\"weight_map\":");
 	expect_ckpt_refused(dir, CAL_ERR_FORMAT, "model.safetensors.index.json: not valid JSON");
-	write_text(dir, CAL_ST_INDEX_NAME, "[1]");
+	cal_test_write_text(dir, CAL_ST_INDEX_NAME, "[1]");
 	expect_ckpt_refused(dir, CAL_ERR_FORMAT, "model.safetensors.index.json: not a JSON object");
 
 	/* a shard that breaks a header rule is named with its rule */
 	index_with(dir, "{\"a\":\"" SHARD1 "\",\"b\":\"" SHARD1 "\",\"c\":\"" SHARD2 "\"}");
-	char *p2 = join(dir, SHARD2);
+	char *p2 = cal_test_path(dir, SHARD2);
 	FILE *f = fopen(p2, "ab");
 	fputc('x', f);
 	fclose(f);
 	expect_ckpt_refused(dir, CAL_ERR_FORMAT, SHARD2 ": 1 trailing bytes after the last tensor");
 	free(p2);
 	free(dir);
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }
 
 Test(checkpoint, tensor_in_two_shards)
 {
-	char *base = mk_base();
+	char *base = cal_test_tmpdir("st");
 	size_t len;
 	uint8_t *b1 = image("{\"a\":{\"dtype\":" T("U8", "[4]", "[0,4]") "}}", 0, 4, &len);
-	char *p = join(base, "s1.safetensors");
-	write_bytes(p, b1, len);
+	char *p = cal_test_path(base, "s1.safetensors");
+	cal_test_write_file(p, b1, len);
 	free(p);
 	free(b1);
 	uint8_t *b2 = image("{\"a\":{\"dtype\":" T("U8", "[4]", "[0,4]") "},\"b\":{\"dtype\":"
 			    T("U8", "[2]", "[4,6]") "}}", 0, 6, &len);
-	p = join(base, "s2.safetensors");
-	write_bytes(p, b2, len);
+	p = cal_test_path(base, "s2.safetensors");
+	cal_test_write_file(p, b2, len);
 	free(p);
 	free(b2);
 	index_with(base, "{\"a\":\"s1.safetensors\",\"b\":\"s2.safetensors\"}");
 	expect_ckpt_refused(base, CAL_ERR_FORMAT, "tensor 'a' is in two shards, 's1.safetensors' and 's2.safetensors'");
 
 	/* without an index, two files are ambiguous; with one left it opens */
-	p = join(base, CAL_ST_INDEX_NAME);
+	p = cal_test_path(base, CAL_ST_INDEX_NAME);
 	unlink(p);
 	free(p);
 	expect_ckpt_refused(base, CAL_ERR_FORMAT, "2 *.safetensors files but no model.safetensors.index.json");
-	p = join(base, "s1.safetensors");
+	p = cal_test_path(base, "s1.safetensors");
 	unlink(p);
 	free(p);
 	struct cal_checkpoint *ck;
@@ -854,11 +809,12 @@ Test(checkpoint, tensor_in_two_shards)
 	cr_expect_eq(cal_checkpoint_count(ck), 2);
 	cr_expect_str_eq(cal_checkpoint_tensor(ck, 0)->name, "a");
 	cal_checkpoint_free(ck);
-	p = join(base, "s2.safetensors");
+	p = cal_test_path(base, "s2.safetensors");
 	unlink(p);
 	free(p);
 	expect_ckpt_refused(base, CAL_ERR_NOTFOUND, "no model.safetensors.index.json, model.safetensors");
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }
 
 /* One output, several writers (expert parallelism): a part writer attaches
@@ -868,8 +824,8 @@ Test(checkpoint, tensor_in_two_shards)
  * the leader's output; a part never commits. */
 Test(writer, part_writers_write_into_the_leaders_output)
 {
-	char *base = mk_base();
-	char *dir = join(base, "out");
+	char *base = cal_test_tmpdir("st");
+	char *dir = cal_test_path(base, "out");
 	struct cal_st_writer *w = NULL, *p = NULL, *other = NULL, *stray = NULL;
 	struct cal_error err = {0};
 	struct cal_st_writer_opts o = {.max_shard_bytes = 8}; /* a, b | c */
@@ -934,7 +890,8 @@ Test(writer, part_writers_write_into_the_leaders_output)
 		cr_assert(t && t->nbytes == 4 && !memcmp(t->data, want[i], 4), "%s", nm);
 	}
 	cal_checkpoint_free(ck);
-	cr_expect_eq(count_entries(base), 1, "only the published output is left");
+	cr_expect_eq((int)cal_test_count_entries(base), 1, "only the published output is left");
 	free(dir);
-	rm_rf(base);
+	cal_test_rm_rf(base);
+	free(base);
 }

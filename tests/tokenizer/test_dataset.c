@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "engine/tokenizer/dataset.h"
+#include "testutil.h"
 
 static struct cal_tokenizer *tok;
 static char dir[] = "/tmp/cal-ds-XXXXXX";
@@ -46,9 +47,7 @@ static void setup(void)
 static void teardown(void)
 {
 	cal_tokenizer_free(tok);
-	char cmd[64];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	cr_expect_eq(system(cmd), 0);
+	cal_test_rm_rf(dir);
 }
 
 TestSuite(dataset, .init = setup, .fini = teardown);
