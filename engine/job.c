@@ -193,6 +193,8 @@ enum cal_status cal_job_check(const struct cal_job *j, unsigned ops, struct cal_
 		enum cal_status st = cal_calib_check_model(d, err);
 		if (st >= 0)
 			st = cal_calib_check_gptq(j->plan, err);
+		if (st >= 0)
+			st = cal_calib_check_awq(j->plan, err);
 		if (st < 0)
 			return st;
 	}
@@ -510,11 +512,12 @@ enum cal_status cal_job_export(struct cal_job *j, const struct cal_stats *stats,
 		*ret_report = NULL;
 	if (st < 0)
 		return st;
-	if (j->recipe->algo.method == CAL_CALIB_GPTQ) /* docs/gptq.md */
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s uses algorithm gptq, "
+	if (j->recipe->algo.method == CAL_CALIB_GPTQ || /* docs/gptq.md, docs/awq.md */
+	    j->recipe->algo.method == CAL_CALIB_AWQ_LITE)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s uses algorithm %s, "
 				     "whose updated weights exist only during the calibration: "
 				     "use quantize (calibration and export in one run)",
-				     cal_job_recipe_name(j));
+				     cal_job_recipe_name(j), j->recipe->algo.name);
 	struct cal_export_opts eo = {
 		.model_dir = j->o.model_dir,
 		.out_dir = out_dir,

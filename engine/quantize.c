@@ -135,14 +135,24 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 		return interrupted(j, err);
 	double t0 = cal_now();
 	CAL_TRY(layer_stats(j, c, layer, err));
-	/* GPTQ: the layer's updated weights replace the source's in the export */
+	/* GPTQ, AWQ: the layer's updated weights (AWQ: pre_quant_scales and
+	 * fused norms) replace the source's in the export */
 	const struct cal_plan *p = j->plan;
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		uint64_t n = 0;
-		const uint16_t *w = p->modules[mi].layer == layer ? cal_calib_gptq_weight(c, mi, &n)
-								   : NULL;
+		const uint16_t *pqs = NULL, *w = NULL;
+		if (p->modules[mi].layer == layer)
+			w = cal_calib_gptq_weight(c, mi, &n);
+		if (p->modules[mi].layer == layer && !w)
+			w = cal_calib_awq_weight(c, mi, &n, &pqs);
 		if (w)
-			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, err));
+			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, pqs, err));
+	}
+	for (int k = 0; k < 2; k++) {
+		uint64_t n = 0;
+		const uint16_t *nw = cal_calib_awq_norm(c, k, &n);
+		if (nw)
+			CAL_TRY(cal_exporter_set_norm(j->ex, layer, k, nw, n, err));
 	}
 	CAL_TRY(cal_exporter_layer(j->ex, layer, j->stats, err));
 	double t1 = cal_now();

@@ -251,6 +251,7 @@ enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct
 		m->pub = (struct cal_calib_moe_stats){c->E, m->tokens, m->gu, m->down};
 	}
 	CAL_TRY(cal_gptq_init(c, err));
+	CAL_TRY(cal_awq_init(c, err));
 	*ret = c;
 	return CAL_OK;
 fail:
@@ -317,6 +318,7 @@ void cal_calib_free(struct cal_calib *c)
 		return;
 	free_run(c);
 	cal_gptq_free(c);
+	cal_awq_free(c);
 	if (c->moe && c->d)
 		for (int64_t L = 0; L < c->d->num_layers; L++) {
 			free(c->moe[L].tokens);
@@ -1668,6 +1670,8 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 			const struct cal_layer_w *wu = &dw[sl];
 			if (c->gq)
 				CAL_TRY(cal_gptq_pass_begin(c, L, pass, &lh[sl], &dw[sl], &wu, err));
+			else if (c->aw) /* AWQ-lite caches the linears' inputs (awq_run.c) */
+				CAL_TRY(cal_awq_pass_begin(c, L, &lh[sl], err));
 			for (size_t i = 0; i < c->n_mb; i++) {
 				CAL_TRY(mb_load(c, &c->mbs[i], err));
 				CAL_TRY(cal_layer_forward(c, L, wu, &c->mbs[i], err));
@@ -1675,6 +1679,8 @@ enum cal_status cal_calib_run(struct cal_calib *c, const struct cal_calib_tokens
 			}
 			if (c->gq)
 				CAL_TRY(cal_gptq_pass_end(c, L, pass, err));
+			else if (c->aw)
+				CAL_TRY(cal_awq_pass_end(c, L, &dw[sl], err));
 		}
 		cal_prof(c, PH_READBACK);
 		CAL_TRY(cal_backend_sync(c->be, err));
@@ -1921,6 +1927,8 @@ json_t *cal_calib_stats(const struct cal_calib *c)
 	json_object_set_new(j, "moe", moe);
 	if (c->gq) /* docs/gptq.md: per linear, and the layers that fell back */
 		json_object_set_new(j, "gptq", cal_gptq_stats(c));
+	if (c->aw) /* docs/awq.md: per linear, the chosen alpha */
+		json_object_set_new(j, "awq", cal_awq_stats(c));
 	qs = in = seen = kv = moe = NULL;
 	out = j;
 	j = NULL;

@@ -44,9 +44,6 @@
 #include "engine/gptq.h"
 
 
-/* Fields of struct cal_layer_w the passes replace. */
-enum { F_WQ, F_WK, F_WV, F_WO, F_W13, F_W2, F_S13, F_S2, F_E13, F_E2, F_COUNT };
-
 static const size_t field_off[F_COUNT] = {
 	offsetof(struct cal_layer_w, wq),  offsetof(struct cal_layer_w, wk),
 	offsetof(struct cal_layer_w, wv),  offsetof(struct cal_layer_w, wo),
@@ -55,7 +52,7 @@ static const size_t field_off[F_COUNT] = {
 	offsetof(struct cal_layer_w, e13), offsetof(struct cal_layer_w, e2),
 };
 
-static const uint16_t **field(struct cal_layer_w *w, int f)
+const uint16_t **cal_layer_field(struct cal_layer_w *w, int f)
 {
 	return (const uint16_t **)(void *)((char *)w + field_off[f]);
 }
@@ -107,8 +104,8 @@ struct cal_gptq_run {
 	double t_solve, t_passes;
 };
 
-static int site_of(const struct cal_calib *c, const struct cal_plan_module *m, int *f,
-		   uint64_t *at, const struct cal_layer_host *lh)
+int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, int *f,
+		    uint64_t *at, const struct cal_layer_host *lh)
 {
 	const char *pr = m->proj;
 	uint64_t H = (uint64_t)c->H, qd = (uint64_t)(c->nh * c->hd), kd = (uint64_t)(c->nkv * c->hd);
@@ -406,7 +403,7 @@ static enum cal_status site_scales(struct cal_calib *c, int32_t L, struct cal_er
 		else if (m->kind == CAL_MOD_EXPERTS_DOWN)
 			site = EQ_EXP_DOWN;
 		else
-			site = site_of(c, m, &f, &at, &none);
+			site = cal_linear_site(c, m, &f, &at, &none);
 		if (site < 0)
 			continue;
 		float a = 0.0f;
@@ -442,7 +439,7 @@ static enum cal_status layer_linears(struct cal_calib *c, int32_t L,
 		if (m->layer != L || m->wq < 0 || !p->q[m->wq].spec.enabled || m->count != 1)
 			continue;
 		struct glin gl = {.mod = mi};
-		gl.site = site_of(c, m, &gl.f, &gl.at, lh);
+		gl.site = cal_linear_site(c, m, &gl.f, &gl.at, lh);
 		if (gl.site < 0)
 			continue;
 		gl.rows = (uint64_t)m->out;
@@ -532,7 +529,7 @@ static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct 
 			continue;
 		int f = m->kind == CAL_MOD_EXPERTS_GATE_UP ? F_E13 : F_E2;
 		uint64_t rows = f == F_E13 ? 2 * I : H, cols = f == F_E13 ? H : I, n = rows * cols;
-		const uint16_t *src = *field(&g->use, f);
+		const uint16_t *src = *cal_layer_field(&g->use, f);
 		if (!src)
 			continue;
 		uint64_t tot = field_n(c, lh, f) * 2;
@@ -562,7 +559,7 @@ static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct 
 		}
 		free(ga);
 		CAL_TRY_RET(st);
-		*field(&g->use, f) = g->shadow[f];
+		*cal_layer_field(&g->use, f) = g->shadow[f];
 	}
 	return CAL_OK;
 }
@@ -579,7 +576,7 @@ static enum cal_status load_linear(struct cal_calib *c, const struct cal_layer_w
 				   struct glin *gl, struct cal_error *err)
 {
 	uint64_t n = gl->rows * gl->cols;
-	const uint16_t *src = *field((struct cal_layer_w *)dw, gl->f);
+	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, gl->f);
 	if (!src)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: %s has no weight in the layer",
 				     c->plan->modules[gl->mod].name);
@@ -641,12 +638,12 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		gl->n_samples = g->hn[gl->site];
 		/* pass 2's weight lives in the shadow of its field */
 		int f = gl->f;
-		if (*field(&g->use, f) != g->shadow[f]) {
+		if (*cal_layer_field(&g->use, f) != g->shadow[f]) {
 			uint64_t tot = field_n(c, lh, f) * 2;
 			if ((st = grow(c, (void **)&g->shadow[f], &g->shadow_cap[f], tot, err)) < 0 ||
-			    (st = cal_backend_copy(c->be, g->shadow[f], *field(&dw, f), tot, err)) < 0)
+			    (st = cal_backend_copy(c->be, g->shadow[f], *cal_layer_field(&dw, f), tot, err)) < 0)
 				goto out;
-			*field(&g->use, f) = g->shadow[f];
+			*cal_layer_field(&g->use, f) = g->shadow[f];
 		}
 		uint16_t *dst = g->shadow[f] + gl->at;
 		if ((st = grow(c, (void **)&g->bamax, &g->bamax_cap, n / 16 * 4, err)) < 0 ||
@@ -672,7 +669,7 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 			    (st = grow(c, (void **)&g->work, &g->work_cap, (C + bs) * R * 4, err)) < 0 ||
 			    (st = cal_backend_upload(c->be, g->du, u, C * C * 4, err)) < 0)
 				goto out;
-			struct cal_gptq_update_args ua = {*field(&dw, f) + gl->at, R, C, g->du, g->bamax,
+			struct cal_gptq_update_args ua = {*cal_layer_field(&dw, f) + gl->at, R, C, g->du, g->bamax,
 							  ga, 448.0f, g->div, (uint32_t)bs, g->work,
 							  dst};
 			if ((st = cal_op_gptq_update(c->be, &ua, err)) < 0 ||

@@ -706,6 +706,8 @@ static enum cal_status actq(struct cal_calib *c, int32_t L, int site, int64_t ex
 {
 	if (c->gq_pass) /* GPTQ's passes 1 and 2 (gptq_run.c) */
 		return cal_gptq_site(c, L, site, expert, x, rows, cols, err);
+	if (c->aw_pass) /* AWQ-lite's input cache (awq_run.c) */
+		return cal_awq_site(c, site, x, rows, cols, err);
 	if (!c->ev_quant)
 		return CAL_OK;
 	return cal_eval_actq(c, L, site, expert, x, rows, cols, err);

@@ -424,6 +424,12 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 #undef MX_CASE
 	case CAL_QFMT_INT4_BLOCK: {
 		uint64_t sb = n / 128 * 4;
+		if (x->gw) { /* AWQ: the folded weight, its own block amax */
+			void *dg = NULL;
+			CAL_TRY_RET(dneed(ex, D_GW, n * 2, &dg, err));
+			CAL_TRY_RET(cal_backend_upload(be, dg, x->gw, n * 2, err));
+			dw = dg;
+		}
 		CAL_TRY_RET(dneed(ex, D_BA, sb, &dba, err));
 		CAL_TRY_RET(dneed(ex, D_NF1, sizeof(struct cal_nonfinite), &dnf, err));
 		CAL_TRY_RET(cal_backend_memset(be, dba, 0, sb, err));
@@ -713,6 +719,10 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			}
 			if (st >= 0 && x->has_input_scale)
 				st = lin_scalar(ex, x, "input_scale", x->iscale, err);
+			if (st >= 0 && x->awq_pqs)
+				st = x->pqs ? lin_item(ex, x, "pre_quant_scale", x->pqs, x->in * 2, err)
+					    : cal_error_set(err, CAL_ERR_INTERNAL, "%s: no "
+							    "pre_quant_scale was set", x->name);
 			free(tmp);
 			CAL_TRY_RET(st);
 		}
@@ -743,7 +753,9 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			continue;
 		}
 		if (!c->to_bf16) {
-			CAL_TRY_RET(slot_item(ex, c->name, NULL, c->t->data, c->t->nbytes, NULL, err));
+			CAL_TRY_RET(slot_item(ex, c->name, NULL, c->data ? (const void *)c->data
+									 : c->t->data,
+					      c->t->nbytes, NULL, err));
 			continue;
 		}
 		/* F32 written as bf16 (gpt_oss norms, as modelopt saves them) */

@@ -16,7 +16,7 @@ static const struct cal_qformat qformats[] = {
 	{"int8_sq", NULL, "algorithm 'smoothquant' is not implemented (and INT8 export)"},
 	{"int8_wo", NULL, "INT8 weight-only (per-channel weights) is not implemented"},
 	{"fp8", "general/ptq/fp8_default-kv_fp8_cast", NULL},
-	{"int4_awq", NULL, "algorithm 'awq_lite' is not implemented"},
+	{"int4_awq", "general/ptq/int4_awq-kv_fp8_cast", NULL},
 	{"w4a8_awq", NULL,
 	 "algorithm 'awq_lite' and the W4A8 sequential (INT4 then FP8) weight format are not "
 	 "implemented"},
