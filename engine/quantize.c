@@ -383,10 +383,16 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	}
 	{ /* GPTQ's report (docs/gptq.md) goes into calibd_report.json */
 		json_t *cs = cal_calib_stats(cal), *gq = cs ? json_object_get(cs, "gptq") : NULL;
+		json_t *aw = cs ? json_object_get(cs, "awq_lite") : NULL;
 		if (gq) {
 			cal_exporter_set_algorithm_report(j.ex, gq);
 			cal_exporter_add_phase(j.ex, "gptq_solve",
 					       json_number_value(json_object_get(gq, "solve_s")));
+		}
+		if (aw) { /* docs/awq.md: per linear, the chosen alpha */
+			cal_exporter_set_algorithm_report(j.ex, aw);
+			cal_exporter_add_phase(j.ex, "awq_search",
+					       json_number_value(json_object_get(aw, "search_s")));
 		}
 		json_decref(cs);
 	}

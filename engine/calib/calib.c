@@ -1928,7 +1928,7 @@ json_t *cal_calib_stats(const struct cal_calib *c)
 	if (c->gq) /* docs/gptq.md: per linear, and the layers that fell back */
 		json_object_set_new(j, "gptq", cal_gptq_stats(c));
 	if (c->aw) /* docs/awq.md: per linear, the chosen alpha */
-		json_object_set_new(j, "awq", cal_awq_stats(c));
+		json_object_set_new(j, "awq_lite", cal_awq_stats(c));
 	qs = in = seen = kv = moe = NULL;
 	out = j;
 	j = NULL;

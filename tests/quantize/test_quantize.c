@@ -394,11 +394,11 @@ Test(quantize, qformat_maps_or_refuses, .timeout = 60)
 	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
 	cr_assert(strstr(o, "general/ptq/nvfp4_default-kv_fp8_cast"), "%s", o);
 	char *dst2 = path2(root, "out2");
-	rc = run(NULL, errf, "quantize --model %s --qformat int4_awq --calib-tokens %s --out %s "
+	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4_awq --calib-tokens %s --out %s "
 		 "--device cpu", src, tok, dst2);
 	e = slurp(errf);
 	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
-	cr_assert(strstr(e, "qformat 'int4_awq' is refused: algorithm 'awq_lite'"), "%s", e);
+	cr_assert(strstr(e, "qformat 'nvfp4_awq' is refused: awq_lite with NVFP4"), "%s", e);
 	cr_assert(!exists(dst2));
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
 		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);
