@@ -884,6 +884,8 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 			CAL_TRY(cal_backend_copy(c->be, c->sy, c->h, T * H * 2, err));
 			CAL_TRY(actq(c, L, EQ_SH_GU, -1, c->sy, T, H, err));
 			sx = c->sy;
+		} else if (c->aw_pass) { /* AWQ reads the input, leaves it as is */
+			CAL_TRY(actq(c, L, EQ_SH_GU, -1, c->h, T, H, err));
 		}
 		CAL_TRY(cal_layer_gemm(c, sx, w->s13, NULL, c->sgu, T, 2 * S, H, err));
 		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->sgu, c->sgu + S, NULL, c->sact, T, S, 2 * S,
