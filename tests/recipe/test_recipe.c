@@ -821,8 +821,8 @@ Test(plan, refusals)
 		   CAL_ERR_UNSUPPORTED, "modelopt's default is 8-bit integer");
 	plan_fails(qwen3_moe, HEAD "    - {quantizer_name: '*output_quantizer', cfg: {$import: nvfp4}}\n",
 		   CAL_ERR_UNSUPPORTED, "output quantizers");
-	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: awq_lite, quant_cfg: []}\n",
-		   CAL_ERR_UNSUPPORTED, "algorithm 'awq_lite' is not implemented");
+	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: awq_full, quant_cfg: []}\n",
+		   CAL_ERR_UNSUPPORTED, "algorithm 'awq_full' is not implemented");
 	/* block size vs input dim: moe_intermediate 40 is not a multiple of 16 */
 	plan_fails("{\"model_type\":\"qwen3_moe\",\"hidden_size\":64,\"moe_intermediate_size\":40,"
 		   "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
