@@ -65,32 +65,15 @@ struct cal_awq_run {
 enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *err)
 {
 	const struct cal_model_desc *d = p->model;
-	const char *why = NULL;
 	if (p->recipe->algo.method != CAL_CALIB_AWQ_LITE)
 		return CAL_OK;
-	if (d->attn != CAL_ATTN_GQA)
-		why = "attention other than plain GQA (gated, MLA)";
-	for (int32_t L = 0; !why && L < d->num_layers; L++)
-		if (d->layers[L].mixer == CAL_MIXER_LINEAR)
-			why = "Gated DeltaNet layers";
-	if (!why && d->act == CAL_ACT_SWIGLU_OAI)
-		why = "GPT-OSS (experts as BMMs, attention sinks)";
+	const char *why = cal_linear_algo_model_why(d);
 	if (!why && d->norm == CAL_NORM_RMS_F32W)
 		why = "fp32 norm weights";
 	for (size_t i = 0; !why && i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
-		const struct cal_plan_module *m = &p->modules[q->module];
-		if (!q->spec.enabled)
-			continue;
-		if (q->role == CAL_QROLE_INPUT)
-			why = "quantized inputs (w4a8_awq)";
-		else if (q->role == CAL_QROLE_OUTPUT)
-			why = "output quantizers";
-		else if (q->role == CAL_QROLE_Q_BMM || q->role == CAL_QROLE_P_BMM)
-			why = "a quantized attention BMM";
-		else if (q->role == CAL_QROLE_WEIGHT &&
-			 (m->kind == CAL_MOD_SHARED_GATE || m->kind == CAL_MOD_LM_HEAD))
-			why = "a quantized shared_expert_gate or lm_head";
+		why = q->spec.enabled && q->role == CAL_QROLE_INPUT ? "quantized inputs (w4a8_awq)"
+								    : cal_linear_algo_q_why(p, q);
 	}
 	if (!why)
 		return CAL_OK;
@@ -162,11 +145,8 @@ enum cal_status cal_awq_pass_begin(struct cal_calib *c, int32_t L,
 	g->L = L;
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		const struct cal_plan_module *m = &p->modules[mi];
-		if (m->layer != L || m->wq < 0 || !p->q[m->wq].spec.enabled || m->count != 1)
-			continue;
 		struct alin al = {.mod = mi, .alpha = -1.0f};
-		al.site = cal_linear_site(c, m, &al.f, &al.at, lh);
-		if (al.site < 0)
+		if (m->layer != L || (al.site = cal_linear_site(c, m, &al.f, &al.at, lh)) < 0)
 			continue;
 		al.rows = (uint64_t)m->out;
 		al.cols = (uint64_t)m->in;

@@ -110,6 +110,8 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
 	const char *pr = m->proj;
 	uint64_t H = (uint64_t)c->H, qd = (uint64_t)(c->nh * c->hd), kd = (uint64_t)(c->nkv * c->hd);
 	*at = 0;
+	if (m->wq < 0 || !c->plan->q[m->wq].spec.enabled || m->count != 1)
+		return -1;
 	switch (m->kind) {
 	case CAL_MOD_ATTN_PROJ:
 		if (!strcmp(pr, "q_proj"))
@@ -159,35 +161,52 @@ static uint64_t field_n(const struct cal_calib *c, const struct cal_layer_host *
 	return 0;
 }
 
+const char *cal_linear_algo_model_why(const struct cal_model_desc *d)
+{
+	if (d->attn != CAL_ATTN_GQA)
+		return "attention other than plain GQA (gated, MLA)";
+	for (int32_t L = 0; L < d->num_layers; L++)
+		if (d->layers[L].mixer == CAL_MIXER_LINEAR)
+			return "Gated DeltaNet layers";
+	if (d->act == CAL_ACT_SWIGLU_OAI)
+		return "GPT-OSS (experts as BMMs, attention sinks)";
+	return NULL;
+}
+
+const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q)
+{
+	const struct cal_plan_module *m = &p->modules[q->module];
+	if (!q->spec.enabled)
+		return NULL;
+	if (q->role == CAL_QROLE_Q_BMM || q->role == CAL_QROLE_P_BMM)
+		return "a quantized attention BMM";
+	if (q->role == CAL_QROLE_OUTPUT)
+		return "output quantizers";
+	if (q->role == CAL_QROLE_WEIGHT &&
+	    (m->kind == CAL_MOD_SHARED_GATE || m->kind == CAL_MOD_LM_HEAD))
+		return "a quantized shared_expert_gate or lm_head";
+	return NULL;
+}
+
 enum cal_status cal_calib_check_gptq(const struct cal_plan *p, struct cal_error *err)
 {
 	const struct cal_model_desc *d = p->model;
 	const char *why = NULL;
 	if (p->recipe->algo.method != CAL_CALIB_GPTQ)
 		return CAL_OK;
-	if (d->attn != CAL_ATTN_GQA)
-		why = "attention other than plain GQA (gated, MLA)";
-	for (int32_t L = 0; !why && L < d->num_layers; L++)
-		if (d->layers[L].mixer == CAL_MIXER_LINEAR)
-			why = "Gated DeltaNet layers";
-	if (!why && d->act == CAL_ACT_SWIGLU_OAI)
-		why = "GPT-OSS (experts as BMMs, attention sinks)";
+	why = cal_linear_algo_model_why(d);
 	for (size_t i = 0; !why && i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
 		const struct cal_plan_module *m = &p->modules[q->module];
 		if (!q->spec.enabled)
 			continue;
-		if (q->role == CAL_QROLE_K_BMM || q->role == CAL_QROLE_V_BMM ||
-		    q->role == CAL_QROLE_Q_BMM || q->role == CAL_QROLE_P_BMM)
+		if (q->role == CAL_QROLE_K_BMM || q->role == CAL_QROLE_V_BMM)
 			why = "a quantized KV cache or attention BMM";
 		else if (q->role == CAL_QROLE_INPUT && q->spec.fmt != CAL_QFMT_NVFP4 &&
 			 m->kind != CAL_MOD_LM_HEAD)
 			why = "inputs quantized other than NVFP4 dynamic";
-		else if (q->role == CAL_QROLE_OUTPUT)
-			why = "output quantizers";
-		else if (q->role == CAL_QROLE_WEIGHT &&
-			 (m->kind == CAL_MOD_SHARED_GATE || m->kind == CAL_MOD_LM_HEAD))
-			why = "a quantized shared_expert_gate or lm_head";
+		else
+			why = cal_linear_algo_q_why(p, q);
 	}
 	if (!why)
 		return CAL_OK;
@@ -436,11 +455,8 @@ static enum cal_status layer_linears(struct cal_calib *c, int32_t L,
 	drop_layer(g);
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		const struct cal_plan_module *m = &p->modules[mi];
-		if (m->layer != L || m->wq < 0 || !p->q[m->wq].spec.enabled || m->count != 1)
-			continue;
 		struct glin gl = {.mod = mi};
-		gl.site = cal_linear_site(c, m, &gl.f, &gl.at, lh);
-		if (gl.site < 0)
+		if (m->layer != L || (gl.site = cal_linear_site(c, m, &gl.f, &gl.at, lh)) < 0)
 			continue;
 		gl.rows = (uint64_t)m->out;
 		gl.cols = (uint64_t)m->in;
