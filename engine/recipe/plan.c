@@ -14,7 +14,8 @@
 
 static const char implemented[] =
 	"calibd implements NVFP4 W4A4 and W4A16, FP8 per-tensor (W8A8, W8A16, KV cache), "
-	"MXFP8, MXFP4, INT4 blockwise W4A16 and static NVFP4 weights (max or MSE)";
+	"MXFP8, MXFP4, INT4 blockwise W4A16 (max or awq_lite) and static NVFP4 weights (max or "
+	"MSE)";
 
 const char *cal_qfmt_name(enum cal_qfmt f)
 {
