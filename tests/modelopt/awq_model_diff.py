@@ -34,7 +34,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gptq_model_diff import load_model, load_st, run  # noqa: E402
+from gptq_model_diff import load_model, load_st, run, write_summary  # noqa: E402
 
 AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -105,7 +105,6 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    import modelopt
     import torch
     import transformers
     rng = random.Random(args.seed)
@@ -165,23 +164,12 @@ def main():
         for k in sorted(M):
             if k.endswith("layernorm.weight") and ".layers." in k:
                 norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
-    n = max(len(rows), 1)
-    summary = {
-        "arch": args.arch, "wide": True, "seed": args.seed, "rows": args.rows,
-        "seq_len": args.seq_len, "qformat": "int4_awq",
-        "versions": {"modelopt": modelopt.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__},
-        "linears": len(rows),
-        "alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
-        "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),
-        "norm_values_differing": norms,
-        "mean_layer_output_mse": {k: tot[k] / n for k in ("modelopt", "calibd", "rtn")},
-        "codes_differing_pct": 100.0 * tot["diff"] / max(tot["codes"], 1),
-        "per_linear": rows,
-    }
-    with open(args.out, "w") as f:
-        json.dump(summary, f, indent=1)
-        f.write("\n")
+    summary = write_summary(
+        args.out, {"arch": args.arch, "wide": True, "seed": args.seed, "rows": args.rows,
+                   "seq_len": args.seq_len, "qformat": "int4_awq"}, rows, tot,
+        {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
+         "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),
+         "norm_values_differing": norms})
     m = summary["mean_layer_output_mse"]
     print("%d linears: alphas equal %d, pre_quant_scales equal %d; layer-output MSE modelopt "
           "%.6e, calibd %.6e, round-to-nearest %.6e; %.3f%% of codes differ; norm values "
