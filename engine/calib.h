@@ -185,6 +185,8 @@ enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal
  * model's attention kind, Gated DeltaNet layers, quantized KV cache, ...;
  * docs/gptq.md).  CAL_OK for every other algorithm. */
 enum cal_status cal_calib_check_gptq(const struct cal_plan *plan, struct cal_error *err);
+/* Likewise for awq_lite (docs/awq.md). */
+enum cal_status cal_calib_check_awq(const struct cal_plan *plan, struct cal_error *err);
 
 /*
  * Opens the checkpoint in model_dir for calibration with `plan` (which must
@@ -269,6 +271,17 @@ void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *ret);
  * `mod` of the layer just finished (valid during its on_layer callback),
  * with *numel; NULL when GPTQ did not update that module. */
 const uint16_t *cal_calib_gptq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel);
+
+/* AWQ-lite (docs/awq.md), valid during the layer's on_layer callback: the
+ * folded bf16 weight [out, in] of plan module `mod` (*numel elements) and
+ * in *pqs its bf16 pre_quant_scale [in] to export, or NULL when the scale
+ * was fused into a norm; NULL when AWQ did not search the module.  _norm:
+ * the layer's fused input (post_attention 0) or post-attention norm
+ * weight, bf16, NULL when not fused. */
+const uint16_t *cal_calib_awq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel,
+				     const uint16_t **pqs);
+const uint16_t *cal_calib_awq_norm(const struct cal_calib *c, int post_attention,
+				   uint64_t *numel);
 
 /* Number of tokens the run processed (pads included with pad_like_modelopt). */
 uint64_t cal_calib_tokens_processed(const struct cal_calib *c);

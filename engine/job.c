@@ -216,11 +216,17 @@ enum cal_status cal_job_check(const struct cal_job *j, unsigned ops, struct cal_
 		enum cal_status st = cal_calib_check_model(d, err);
 		if (st >= 0)
 			st = cal_calib_check_gptq(j->plan, err);
-		if (st >= 0 && j->recipe->algo.method == CAL_CALIB_GPTQ && cal_job_ranks_world(j) > 1)
+		if (st >= 0)
+			st = cal_calib_check_awq(j->plan, err);
+		enum cal_calib_method m = j->recipe->algo.method;
+		if (st >= 0 && (m == CAL_CALIB_GPTQ || m == CAL_CALIB_AWQ_LITE) &&
+		    cal_job_ranks_world(j) > 1)
 			st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
-					   "algorithm gptq runs on one rank: its Hessians are not "
-					   "combined across ranks yet (docs/gptq.md); run it with "
-					   "one GPU or --ranks 1");
+					   "algorithm %s runs on one rank: what it gathers per "
+					   "linear is not combined across ranks yet (docs/%s.md); "
+					   "run it with one GPU or --ranks 1",
+					   m == CAL_CALIB_GPTQ ? "gptq" : "awq_lite",
+					   m == CAL_CALIB_GPTQ ? "gptq" : "awq");
 		if (st < 0)
 			return st;
 	}
@@ -559,11 +565,12 @@ enum cal_status cal_job_export(struct cal_job *j, const struct cal_stats *stats,
 		*ret_report = NULL;
 	if (st < 0)
 		return st;
-	if (j->recipe->algo.method == CAL_CALIB_GPTQ) /* docs/gptq.md */
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s uses algorithm gptq, "
+	if (j->recipe->algo.method == CAL_CALIB_GPTQ || /* docs/gptq.md, docs/awq.md */
+	    j->recipe->algo.method == CAL_CALIB_AWQ_LITE)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s uses algorithm %s, "
 				     "whose updated weights exist only during the calibration: "
 				     "use quantize (calibration and export in one run)",
-				     cal_job_recipe_name(j));
+				     cal_job_recipe_name(j), j->recipe->algo.name);
 	struct cal_export_opts eo = {
 		.model_dir = j->o.model_dir,
 		.out_dir = out_dir,

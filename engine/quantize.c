@@ -140,14 +140,24 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 		return interrupted(j, err);
 	double t0 = cal_now();
 	CAL_TRY(layer_stats(j, c, layer, err));
-	/* GPTQ: the layer's updated weights replace the source's in the export */
+	/* GPTQ, AWQ: the layer's updated weights (AWQ: pre_quant_scales and
+	 * fused norms) replace the source's in the export */
 	const struct cal_plan *p = j->plan;
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		uint64_t n = 0;
-		const uint16_t *w = p->modules[mi].layer == layer ? cal_calib_gptq_weight(c, mi, &n)
-								   : NULL;
+		const uint16_t *pqs = NULL, *w = NULL;
+		if (p->modules[mi].layer == layer)
+			w = cal_calib_gptq_weight(c, mi, &n);
+		if (p->modules[mi].layer == layer && !w)
+			w = cal_calib_awq_weight(c, mi, &n, &pqs);
 		if (w)
-			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, err));
+			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, pqs, err));
+	}
+	for (int k = 0; k < 2; k++) {
+		uint64_t n = 0;
+		const uint16_t *nw = cal_calib_awq_norm(c, k, &n);
+		if (nw)
+			CAL_TRY(cal_exporter_set_norm(j->ex, layer, k, nw, n, err));
 	}
 	CAL_TRY(cal_exporter_layer(j->ex, layer, j->stats, err));
 	double t1 = cal_now();
@@ -436,10 +446,16 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	}
 	{ /* GPTQ's report (docs/gptq.md) goes into calibd_report.json */
 		json_t *cs = cal_calib_stats(cal), *gq = cs ? json_object_get(cs, "gptq") : NULL;
+		json_t *aw = cs ? json_object_get(cs, "awq_lite") : NULL;
 		if (gq) {
 			cal_exporter_set_algorithm_report(j.ex, gq);
 			cal_exporter_add_phase(j.ex, "gptq_solve",
 					       json_number_value(json_object_get(gq, "solve_s")));
+		}
+		if (aw) { /* docs/awq.md: per linear, the chosen alpha */
+			cal_exporter_set_algorithm_report(j.ex, aw);
+			cal_exporter_add_phase(j.ex, "awq_search",
+					       json_number_value(json_object_get(aw, "search_s")));
 		}
 		json_decref(cs);
 	}

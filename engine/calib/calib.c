@@ -233,6 +233,7 @@ enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct
 	}
 	CAL_TRY(cal_ranks_open(c, src, err));
 	CAL_TRY(cal_gptq_init(c, err));
+	CAL_TRY(cal_awq_init(c, err));
 	*ret = c;
 	return CAL_OK;
 fail:
@@ -300,6 +301,7 @@ void cal_calib_free(struct cal_calib *c)
 		return;
 	free_run(c);
 	cal_gptq_free(c);
+	cal_awq_free(c);
 	if (c->moe && c->d)
 		for (int64_t L = 0; L < c->d->num_layers; L++) {
 			free(c->moe[L].tokens);
@@ -897,6 +899,8 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 			const struct cal_layer_w *wu = &dw[sl];
 			if (c->gq)
 				CAL_TRY(cal_gptq_pass_begin(c, L, pass, &lh[sl], &dw[sl], &wu, err));
+			else if (c->aw) /* AWQ-lite caches the linears' inputs (awq_run.c) */
+				CAL_TRY(cal_awq_pass_begin(c, L, &lh[sl], err));
 			for (size_t j = 0; j < cal_ranks_rounds(c); j++) {
 				size_t i = j * c->nranks + c->rank;
 				if (i >= c->n_mb) {
@@ -909,6 +913,8 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 			}
 			if (c->gq)
 				CAL_TRY(cal_gptq_pass_end(c, L, pass, err));
+			else if (c->aw)
+				CAL_TRY(cal_awq_pass_end(c, L, &dw[sl], err));
 		}
 		cal_prof(c, PH_READBACK);
 		CAL_TRY(cal_backend_sync(c->be, err));

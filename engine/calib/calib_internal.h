@@ -266,6 +266,9 @@ struct cal_calib {
 	/* GPTQ (gptq_run.c): set when the recipe's algorithm is gptq */
 	struct cal_gptq_run *gq;
 	int gq_pass;                     /* 1, 2: the pass fake-quantizes at the actq sites */
+	/* AWQ-lite (awq_run.c): set when the recipe's algorithm is awq_lite */
+	struct cal_awq_run *aw;
+	int aw_pass;                     /* the actq sites cache the linears' inputs */
 
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
@@ -383,6 +386,38 @@ enum cal_status cal_gptq_site(struct cal_calib *c, int32_t L, int site, int64_t 
 			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
 /* The "gptq" object of the statistics (new reference), NULL without GPTQ. */
 json_t *cal_gptq_stats(const struct cal_calib *c);
+/* Fields of struct cal_layer_w holding a decoder layer's linears (GPTQ's
+ * and AWQ's passes); cal_layer_field gives the field's address in w. */
+enum { F_WQ, F_WK, F_WV, F_WO, F_W13, F_W2, F_S13, F_S2, F_E13, F_E2, F_COUNT };
+const uint16_t **cal_layer_field(struct cal_layer_w *w, int f);
+/* The actq site (enum cal_eval_site) of linear module m's input, its field
+ * *f and its first element *at in that field; -1 for a module that is not
+ * one of the attention / dense MLP / shared-expert linears with an enabled
+ * weight quantizer. */
+int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, int *f,
+		    uint64_t *at, const struct cal_layer_host *lh);
+
+/* What GPTQ and AWQ do not run (their capability checks): the model's
+ * (attention other than plain GQA, Gated DeltaNet, GPT-OSS) and a
+ * quantizer's (attention Q/P BMM, outputs, a quantized shared_expert_gate
+ * or lm_head weight); NULL when none. */
+const char *cal_linear_algo_model_why(const struct cal_model_desc *d);
+const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q);
+
+/* awq_run.c: AWQ-lite in the forward (docs/awq.md "In the engine").  init
+ * refuses what it does not run and sets c->aw for an awq_lite recipe;
+ * calib.c calls pass_begin / pass_end around the layer's forward; layer.c's
+ * actq sites call cal_awq_site while c->aw_pass is set (caching inputs). */
+struct cal_awq_run;
+enum cal_status cal_awq_init(struct cal_calib *c, struct cal_error *err);
+void cal_awq_free(struct cal_calib *c);
+enum cal_status cal_awq_pass_begin(struct cal_calib *c, int32_t L,
+				   const struct cal_layer_host *lh, struct cal_error *err);
+enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				 struct cal_error *err);
+enum cal_status cal_awq_site(struct cal_calib *c, int site, const uint16_t *x, uint64_t rows,
+			     uint64_t cols, struct cal_error *err);
+json_t *cal_awq_stats(const struct cal_calib *c);
 
 /* A layer tensor as bf16 (the mapping when already bf16, else a converted
  * copy owned by lh); numel is checked.  Missing: CAL_ERR_FORMAT. */

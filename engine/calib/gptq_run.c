@@ -44,9 +44,6 @@
 #include "engine/gptq.h"
 
 
-/* Fields of struct cal_layer_w the passes replace. */
-enum { F_WQ, F_WK, F_WV, F_WO, F_W13, F_W2, F_S13, F_S2, F_E13, F_E2, F_COUNT };
-
 static const size_t field_off[F_COUNT] = {
 	offsetof(struct cal_layer_w, wq),  offsetof(struct cal_layer_w, wk),
 	offsetof(struct cal_layer_w, wv),  offsetof(struct cal_layer_w, wo),
@@ -55,7 +52,7 @@ static const size_t field_off[F_COUNT] = {
 	offsetof(struct cal_layer_w, e13), offsetof(struct cal_layer_w, e2),
 };
 
-static const uint16_t **field(struct cal_layer_w *w, int f)
+const uint16_t **cal_layer_field(struct cal_layer_w *w, int f)
 {
 	return (const uint16_t **)(void *)((char *)w + field_off[f]);
 }
@@ -107,12 +104,14 @@ struct cal_gptq_run {
 	double t_solve, t_passes;
 };
 
-static int site_of(const struct cal_calib *c, const struct cal_plan_module *m, int *f,
-		   uint64_t *at, const struct cal_layer_host *lh)
+int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, int *f,
+		    uint64_t *at, const struct cal_layer_host *lh)
 {
 	const char *pr = m->proj;
 	uint64_t H = (uint64_t)c->H, qd = (uint64_t)(c->nh * c->hd), kd = (uint64_t)(c->nkv * c->hd);
 	*at = 0;
+	if (m->wq < 0 || !c->plan->q[m->wq].spec.enabled || m->count != 1)
+		return -1;
 	switch (m->kind) {
 	case CAL_MOD_ATTN_PROJ:
 		if (!strcmp(pr, "q_proj"))
@@ -162,35 +161,52 @@ static uint64_t field_n(const struct cal_calib *c, const struct cal_layer_host *
 	return 0;
 }
 
+const char *cal_linear_algo_model_why(const struct cal_model_desc *d)
+{
+	if (d->attn != CAL_ATTN_GQA)
+		return "attention other than plain GQA (gated, MLA)";
+	for (int32_t L = 0; L < d->num_layers; L++)
+		if (d->layers[L].mixer == CAL_MIXER_LINEAR)
+			return "Gated DeltaNet layers";
+	if (d->act == CAL_ACT_SWIGLU_OAI)
+		return "GPT-OSS (experts as BMMs, attention sinks)";
+	return NULL;
+}
+
+const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q)
+{
+	const struct cal_plan_module *m = &p->modules[q->module];
+	if (!q->spec.enabled)
+		return NULL;
+	if (q->role == CAL_QROLE_Q_BMM || q->role == CAL_QROLE_P_BMM)
+		return "a quantized attention BMM";
+	if (q->role == CAL_QROLE_OUTPUT)
+		return "output quantizers";
+	if (q->role == CAL_QROLE_WEIGHT &&
+	    (m->kind == CAL_MOD_SHARED_GATE || m->kind == CAL_MOD_LM_HEAD))
+		return "a quantized shared_expert_gate or lm_head";
+	return NULL;
+}
+
 enum cal_status cal_calib_check_gptq(const struct cal_plan *p, struct cal_error *err)
 {
 	const struct cal_model_desc *d = p->model;
 	const char *why = NULL;
 	if (p->recipe->algo.method != CAL_CALIB_GPTQ)
 		return CAL_OK;
-	if (d->attn != CAL_ATTN_GQA)
-		why = "attention other than plain GQA (gated, MLA)";
-	for (int32_t L = 0; !why && L < d->num_layers; L++)
-		if (d->layers[L].mixer == CAL_MIXER_LINEAR)
-			why = "Gated DeltaNet layers";
-	if (!why && d->act == CAL_ACT_SWIGLU_OAI)
-		why = "GPT-OSS (experts as BMMs, attention sinks)";
+	why = cal_linear_algo_model_why(d);
 	for (size_t i = 0; !why && i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
 		const struct cal_plan_module *m = &p->modules[q->module];
 		if (!q->spec.enabled)
 			continue;
-		if (q->role == CAL_QROLE_K_BMM || q->role == CAL_QROLE_V_BMM ||
-		    q->role == CAL_QROLE_Q_BMM || q->role == CAL_QROLE_P_BMM)
+		if (q->role == CAL_QROLE_K_BMM || q->role == CAL_QROLE_V_BMM)
 			why = "a quantized KV cache or attention BMM";
 		else if (q->role == CAL_QROLE_INPUT && q->spec.fmt != CAL_QFMT_NVFP4 &&
 			 m->kind != CAL_MOD_LM_HEAD)
 			why = "inputs quantized other than NVFP4 dynamic";
-		else if (q->role == CAL_QROLE_OUTPUT)
-			why = "output quantizers";
-		else if (q->role == CAL_QROLE_WEIGHT &&
-			 (m->kind == CAL_MOD_SHARED_GATE || m->kind == CAL_MOD_LM_HEAD))
-			why = "a quantized shared_expert_gate or lm_head";
+		else
+			why = cal_linear_algo_q_why(p, q);
 	}
 	if (!why)
 		return CAL_OK;
@@ -406,7 +422,7 @@ static enum cal_status site_scales(struct cal_calib *c, int32_t L, struct cal_er
 		else if (m->kind == CAL_MOD_EXPERTS_DOWN)
 			site = EQ_EXP_DOWN;
 		else
-			site = site_of(c, m, &f, &at, &none);
+			site = cal_linear_site(c, m, &f, &at, &none);
 		if (site < 0)
 			continue;
 		float a = 0.0f;
@@ -439,11 +455,8 @@ static enum cal_status layer_linears(struct cal_calib *c, int32_t L,
 	drop_layer(g);
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		const struct cal_plan_module *m = &p->modules[mi];
-		if (m->layer != L || m->wq < 0 || !p->q[m->wq].spec.enabled || m->count != 1)
-			continue;
 		struct glin gl = {.mod = mi};
-		gl.site = site_of(c, m, &gl.f, &gl.at, lh);
-		if (gl.site < 0)
+		if (m->layer != L || (gl.site = cal_linear_site(c, m, &gl.f, &gl.at, lh)) < 0)
 			continue;
 		gl.rows = (uint64_t)m->out;
 		gl.cols = (uint64_t)m->in;
@@ -533,7 +546,7 @@ static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct 
 			continue;
 		int f = m->kind == CAL_MOD_EXPERTS_GATE_UP ? F_E13 : F_E2;
 		uint64_t rows = f == F_E13 ? 2 * I : H, cols = f == F_E13 ? H : I, n = rows * cols;
-		const uint16_t *src = *field(&g->use, f);
+		const uint16_t *src = *cal_layer_field(&g->use, f);
 		if (!src)
 			continue;
 		uint64_t tot = field_n(c, lh, f) * 2;
@@ -563,7 +576,7 @@ static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct 
 		}
 		free(ga);
 		CAL_TRY_RET(st);
-		*field(&g->use, f) = g->shadow[f];
+		*cal_layer_field(&g->use, f) = g->shadow[f];
 	}
 	return CAL_OK;
 }
@@ -580,7 +593,7 @@ static enum cal_status load_linear(struct cal_calib *c, const struct cal_layer_w
 				   struct glin *gl, struct cal_error *err)
 {
 	uint64_t n = gl->rows * gl->cols;
-	const uint16_t *src = *field((struct cal_layer_w *)dw, gl->f);
+	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, gl->f);
 	if (!src)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: %s has no weight in the layer",
 				     c->plan->modules[gl->mod].name);
@@ -642,12 +655,12 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		gl->n_samples = g->hn[gl->site];
 		/* pass 2's weight lives in the shadow of its field */
 		int f = gl->f;
-		if (*field(&g->use, f) != g->shadow[f]) {
+		if (*cal_layer_field(&g->use, f) != g->shadow[f]) {
 			uint64_t tot = field_n(c, lh, f) * 2;
 			if ((st = grow(c, (void **)&g->shadow[f], &g->shadow_cap[f], tot, err)) < 0 ||
-			    (st = cal_backend_copy(c->be, g->shadow[f], *field(&dw, f), tot, err)) < 0)
+			    (st = cal_backend_copy(c->be, g->shadow[f], *cal_layer_field(&dw, f), tot, err)) < 0)
 				goto out;
-			*field(&g->use, f) = g->shadow[f];
+			*cal_layer_field(&g->use, f) = g->shadow[f];
 		}
 		uint16_t *dst = g->shadow[f] + gl->at;
 		if ((st = grow(c, (void **)&g->bamax, &g->bamax_cap, n / 16 * 4, err)) < 0 ||
@@ -673,7 +686,7 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 			    (st = grow(c, (void **)&g->work, &g->work_cap, (C + bs) * R * 4, err)) < 0 ||
 			    (st = cal_backend_upload(c->be, g->du, u, C * C * 4, err)) < 0)
 				goto out;
-			struct cal_gptq_update_args ua = {*field(&dw, f) + gl->at, R, C, g->du, g->bamax,
+			struct cal_gptq_update_args ua = {*cal_layer_field(&dw, f) + gl->at, R, C, g->du, g->bamax,
 							  ga, 448.0f, g->div, (uint32_t)bs, g->work,
 							  dst};
 			if ((st = cal_op_gptq_update(c->be, &ua, err)) < 0 ||

@@ -318,6 +318,10 @@ json_t *cal_calib_stats(const struct cal_calib *c)
 	json_object_set_new(j, "tokens_seen", seen);
 	json_object_set_new(j, "kv_amax", kv);
 	json_object_set_new(j, "moe", moe);
+	if (c->gq) /* docs/gptq.md: per linear, and the layers that fell back */
+		json_object_set_new(j, "gptq", cal_gptq_stats(c));
+	if (c->aw) /* docs/awq.md: per linear, the chosen alpha */
+		json_object_set_new(j, "awq_lite", cal_awq_stats(c));
 	qs = in = seen = kv = moe = NULL;
 	out = j;
 	j = NULL;

@@ -228,7 +228,7 @@ static enum cal_status add_copy(struct cal_exporter *ex, char *name,
 		free(name);
 		return nomem(err);
 	}
-	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer, 0, 0};
+	ex->cp[ex->n_cp++] = (struct xcopy){name, t, layer, 0, 0, CAL_ROLE_IGNORED, NULL};
 	return CAL_OK;
 }
 
@@ -345,6 +345,7 @@ static enum cal_status plan_catalog(struct cal_exporter *ex, unsigned char *seen
 		char *hn = hub_name(ex, pn);
 		free(pn);
 		CAL_TRY_RET(add_copy(ex, hn, e->t, e->layer, err));
+		ex->cp[ex->n_cp - 1].role = e->role;
 		/* gpt_oss: transformers runs the fp32 norm weights in the model's bf16
 		 * and modelopt saves them so (docs/gpt_oss.md) */
 		ex->cp[ex->n_cp - 1].to_bf16 = ex->d->norm == CAL_NORM_RMS_F32W &&
@@ -598,6 +599,8 @@ static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct 
 		if (f->tensor_scale)
 			CAL_TRY_RET(decl(ex, nm, f->tensor_scale, CAL_DTYPE_F32, 0, 0, 0, err));
 		x->has_input_scale = x->iq != NULL && f->input_scale_of != NULL;
+		if (x->awq_pqs) /* AWQ: docs/awq.md */
+			CAL_TRY_RET(decl(ex, nm, "pre_quant_scale", CAL_DTYPE_BF16, 1, i, 0, err));
 	}
 	if (x->has_input_scale)
 		CAL_TRY_RET(decl(ex, nm, "input_scale", CAL_DTYPE_F32, 0, 0, 0, err));
@@ -638,6 +641,25 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 		}
 	}
 	return CAL_OK;
+}
+
+/* AWQ (docs/awq.md "Export"): which INT4 linears keep a pre_quant_scale.
+ * q/k/v and a dense MLP's gate/up read a norm's output, into which their
+ * shared scale is fused; every other searched linear (o_proj, down_proj,
+ * the shared expert's) exports it.  Routed experts are not searched. */
+static void awq_mark(struct cal_exporter *ex)
+{
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->mod < 0 || x->expert >= 0 || x->bmm || x->fmt != CAL_QFMT_INT4_BLOCK)
+			continue;
+		const struct cal_plan_module *m = &ex->plan->modules[x->mod];
+		const char *pr = m->proj ? m->proj : "";
+		int fused = (m->kind == CAL_MOD_ATTN_PROJ && strcmp(pr, "o_proj")) ||
+			    (m->kind == CAL_MOD_MLP_PROJ && strcmp(pr, "down_proj"));
+		x->awq_pqs = (m->kind == CAL_MOD_ATTN_PROJ || m->kind == CAL_MOD_MLP_PROJ ||
+			      m->kind == CAL_MOD_SHARED_PROJ) && !fused;
+	}
 }
 
 /* Bytes of the source side files (for the disk-space reserve). */
@@ -724,6 +746,8 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
+	if (plan->recipe->algo.method == CAL_CALIB_AWQ_LITE)
+		awq_mark(ex);
 	if (opts->check_only)
 		goto fail; /* st == CAL_OK: planned and checked, nothing opened */
 
@@ -755,9 +779,12 @@ void cal_exporter_free(struct cal_exporter *ex)
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		free(ex->lin[i].name);
 		free(ex->lin[i].gw);
+		free(ex->lin[i].pqs);
 	}
-	for (size_t i = 0; i < ex->n_cp; i++)
+	for (size_t i = 0; i < ex->n_cp; i++) {
 		free(ex->cp[i].name);
+		free(ex->cp[i].data);
+	}
 	for (size_t i = 0; i < ex->n_kv; i++)
 		free(ex->kv[i].attn);
 	for (size_t i = 0; i < ex->n_mc; i++) {
@@ -1041,7 +1068,7 @@ fail:
 }
 
 enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, const uint16_t *w,
-				       uint64_t numel, struct cal_error *err)
+				       uint64_t numel, const uint16_t *pqs, struct cal_error *err)
 {
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
@@ -1050,13 +1077,26 @@ enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, con
 		if (x->layer >= 0 && ex->layer_done[x->layer])
 			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
 					     "exported", x->name, (int)x->layer);
-		if (x->fmt != CAL_QFMT_NVFP4_STATIC || x->dtype != CAL_DTYPE_BF16 || x->si || x->bmm ||
+		if ((x->fmt != CAL_QFMT_NVFP4_STATIC && x->fmt != CAL_QFMT_INT4_BLOCK) ||
+		    x->dtype != CAL_DTYPE_BF16 || x->si || x->bmm ||
 		    numel != (uint64_t)x->out * (uint64_t)x->in)
-			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: an updated (GPTQ) "
-					     "weight needs a static NVFP4 linear with a bf16 source "
-					     "of %lld x %lld elements (got %llu)", x->name,
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: an updated (GPTQ, "
+					     "AWQ) weight needs a static NVFP4 or INT4 linear with a "
+					     "bf16 source of %lld x %lld elements (got %llu)", x->name,
 					     (long long)x->out, (long long)x->in,
 					     (unsigned long long)numel);
+		if (!pqs != !x->awq_pqs)
+			return cal_error_set(err, CAL_ERR_INTERNAL, "export: %s: a pre_quant_scale "
+					     "was %s", x->name, pqs ? "given but not planned"
+								  : "planned but not given");
+		if (pqs) {
+			uint16_t *q = malloc((size_t)x->in * 2);
+			if (!q)
+				return nomem(err);
+			memcpy(q, pqs, (size_t)x->in * 2);
+			free(x->pqs);
+			x->pqs = q;
+		}
 		uint16_t *c = malloc(numel * 2);
 		if (!c)
 			return nomem(err);
@@ -1067,6 +1107,33 @@ enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, con
 	}
 	return cal_error_set(err, CAL_ERR_INVALID, "export: plan module %zu is not an exported "
 			     "linear", mod);
+}
+
+enum cal_status cal_exporter_set_norm(struct cal_exporter *ex, int32_t layer, int post_attention,
+				      const uint16_t *w, uint64_t numel, struct cal_error *err)
+{
+	int role = post_attention ? CAL_ROLE_POST_ATTN_NORM : CAL_ROLE_INPUT_NORM;
+	for (size_t i = 0; i < ex->n_cp; i++) {
+		struct xcopy *c = &ex->cp[i];
+		if (c->layer != layer || c->role != role)
+			continue;
+		if (ex->layer_done[layer])
+			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
+					     "exported", c->name, (int)layer);
+		if (c->t->dtype != CAL_DTYPE_BF16 || c->to_bf16 || c->to_f32 || c->t->numel != numel)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: a fused (AWQ) norm "
+					     "needs a bf16 source of %llu elements", c->name,
+					     (unsigned long long)numel);
+		uint16_t *d = malloc(numel * 2);
+		if (!d)
+			return nomem(err);
+		memcpy(d, w, numel * 2);
+		free(c->data);
+		c->data = d;
+		return CAL_OK;
+	}
+	return cal_error_set(err, CAL_ERR_INVALID, "export: layer %d has no %s norm weight",
+			     (int)layer, post_attention ? "post-attention" : "input");
 }
 
 enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_stats *stats,

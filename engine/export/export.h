@@ -104,13 +104,26 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t layer,
 				   const struct cal_stats *stats, struct cal_error *err);
 
-/* GPTQ (docs/gptq.md): quantize plan module `mod` (a non-expert static
- * NVFP4 linear with a bf16 source) of a layer not yet exported from the
- * updated bf16 weight w (numel = out * in, copied) instead of the source;
- * the scales still come from the source weight.  Errors: CAL_ERR_INVALID
- * (no such linear, layer done), CAL_ERR_UNSUPPORTED, CAL_ERR_NOMEM. */
+/* GPTQ (docs/gptq.md), AWQ (docs/awq.md): quantize plan module `mod` (a
+ * non-expert static NVFP4 or INT4 linear with a bf16 source) of a layer not
+ * yet exported from the updated bf16 weight w (numel = out * in, copied)
+ * instead of the source.  Static NVFP4 (GPTQ): the scales still come from
+ * the source weight; INT4 (AWQ): from w.  pqs: the bf16 pre_quant_scale
+ * [in] (copied), given exactly for the linears the exporter planned one
+ * for (an awq_lite recipe: o_proj, down_proj, shared experts), else NULL.
+ * Errors: CAL_ERR_INVALID (no such linear, layer done),
+ * CAL_ERR_UNSUPPORTED, CAL_ERR_INTERNAL (pqs against the plan),
+ * CAL_ERR_NOMEM. */
 enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, const uint16_t *w,
-				       uint64_t numel, struct cal_error *err);
+				       uint64_t numel, const uint16_t *pqs, struct cal_error *err);
+
+/* AWQ (docs/awq.md "Export"): layer `layer`'s input (post_attention 0) or
+ * post-attention norm weight is written from w (bf16, numel elements,
+ * copied) instead of the source's.  Errors: CAL_ERR_INVALID (no such norm,
+ * layer done), CAL_ERR_UNSUPPORTED (not a bf16 source of numel elements),
+ * CAL_ERR_NOMEM. */
+enum cal_status cal_exporter_set_norm(struct cal_exporter *ex, int32_t layer, int post_attention,
+				      const uint16_t *w, uint64_t numel, struct cal_error *err);
 
 /* The calibration algorithm's own report (GPTQ: per linear, the layers
  * that fell back; docs/gptq.md), written under "gptq" in the report;

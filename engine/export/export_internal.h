@@ -47,6 +47,11 @@ struct xlin {
 	 * from (owned; freed once quantized); the scales still come from the
 	 * source weight */
 	uint16_t *gw;
+	/* AWQ (docs/awq.md "Export"): a pre_quant_scale tensor is written
+	 * (awq_pqs), from pqs (bf16 [in], owned, set with the folded weight;
+	 * gw is then also the source of the block amax) */
+	int awq_pqs;
+	uint16_t *pqs;
 };
 
 /* A tensor copied byte for byte (maybe renamed). */
@@ -57,6 +62,9 @@ struct xcopy {
 	int to_bf16;                    /* F32 written as bf16 (gpt_oss norms, as modelopt) */
 	int to_f32;                     /* written as F32 (DeepSeek's router weight, which
 					 * transformers keeps in fp32) */
+	int role;                       /* enum cal_role of the source tensor */
+	uint16_t *data;                 /* owned: bytes written instead of t's (an AWQ-fused
+					 * norm, same dtype and shape) */
 };
 
 /* KV-cache scales of one attention module. */

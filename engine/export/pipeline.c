@@ -374,11 +374,14 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 	CAL_TRY_RET(dneed(ex, D_Y, n * 4, &dy, err));
 	struct cal_qfmt_io io = {dw, o, i, f->block, x->wamax, 0.0f, ex->opts.div,
 				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds, NULL};
-	if (x->gw) { /* GPTQ: the updated weight, on the grid of the source's scales */
+	if (x->gw) { /* the weight the calibration algorithm changed */
 		void *dg = NULL;
 		CAL_TRY_RET(dneed(ex, D_GW, n * 2, &dg, err));
 		CAL_TRY_RET(cal_backend_upload(be, dg, x->gw, n * 2, err));
-		io.qw = dg;
+		if (ex->plan->recipe->algo.method == CAL_CALIB_GPTQ)
+			io.qw = dg; /* GPTQ: on the grid of the source's scales (docs/gptq.md) */
+		else
+			io.w = dw = dg; /* AWQ: the folded weight, its own scales (docs/awq.md) */
 	}
 	if (f->tensor_scale_of) {
 		io.scale = f->tensor_scale_of(x->wamax, ex->opts.div);
@@ -678,6 +681,10 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 				st = lin_scalar(ex, x, f->tensor_scale, x->scale, err);
 			if (st >= 0 && x->has_input_scale)
 				st = lin_scalar(ex, x, "input_scale", x->iscale, err);
+			if (st >= 0 && x->awq_pqs)
+				st = x->pqs ? lin_item(ex, x, "pre_quant_scale", x->pqs, x->in * 2, err)
+					    : cal_error_set(err, CAL_ERR_INTERNAL, "%s: no "
+							    "pre_quant_scale was set", x->name);
 			free(tmp);
 			CAL_TRY_RET(st);
 		}
@@ -708,7 +715,9 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			continue;
 		}
 		if (!c->to_bf16) {
-			CAL_TRY_RET(slot_item(ex, c->name, NULL, c->t->data, c->t->nbytes, NULL, err));
+			CAL_TRY_RET(slot_item(ex, c->name, NULL, c->data ? (const void *)c->data
+									 : c->t->data,
+					      c->t->nbytes, NULL, err));
 			continue;
 		}
 		/* F32 written as bf16 (gpt_oss norms, as modelopt saves them) */

@@ -841,6 +841,9 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 		if (p->recipe->algo.method == CAL_CALIB_GPTQ && wq->spec.fmt != CAL_QFMT_NVFP4_STATIC)
 			return unsupported(err, r, wq, "gptq is implemented for static NVFP4 weights "
 					   "only (docs/gptq.md)");
+		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && wq->spec.fmt != CAL_QFMT_INT4_BLOCK)
+			return unsupported(err, r, wq, "awq_lite is implemented for INT4 block weights "
+					   "only (docs/awq.md)");
 		if (wq->spec.block && m->in % wq->spec.block)
 			return cal_error_set(err, CAL_ERR_INVALID,
 					     "%s%s: input dimension %lld is not a multiple of the %s "
@@ -979,11 +982,18 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	if (r->algo.method == CAL_CALIB_OTHER) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				   "%s: algorithm '%s' is not implemented (calibd runs max, mse, "
-				   "gptq and none)", r->source, r->algo.name);
+				   "gptq, awq_lite and none)", r->source, r->algo.name);
 		goto fail;
 	}
 	if (r->algo.method == CAL_CALIB_GPTQ && (st = gptq_options(r, err)) < 0)
 		goto fail;
+	if (r->algo.method == CAL_CALIB_AWQ_LITE && (r->algo.layerwise ||
+						    r->algo.has_moe_calib_experts_ratio)) {
+		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm awq_lite: option %s is "
+				   "not implemented (docs/awq.md)", r->source,
+				   r->algo.layerwise ? "layerwise" : "moe_calib_experts_ratio");
+		goto fail;
+	}
 
 	/* class names for parent_class */
 	const char *hf = d->architecture ? d->architecture : d->arch->hf_class;

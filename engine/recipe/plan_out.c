@@ -427,6 +427,8 @@ char *cal_plan_json(const struct cal_plan *p, const char *recipe_name)
 			json_object_set_new(algo, "perc_damp", json_real(a->perc_damp));
 			json_object_set_new(algo, "block_size", json_integer(a->gptq_block_size));
 		}
+		if (a->method == CAL_CALIB_AWQ_LITE)
+			json_object_set_new(algo, "alpha_step", json_real(a->alpha_step));
 	}
 	json_object_set_new(root, "algorithm", algo);
 	for (size_t i = 0; i < r->n_entries; i++)

@@ -16,12 +16,13 @@ static const struct cal_qformat qformats[] = {
 	{"int8_sq", NULL, "algorithm 'smoothquant' is not implemented (and INT8 export)"},
 	{"int8_wo", NULL, "INT8 weight-only (per-channel weights) is not implemented"},
 	{"fp8", "general/ptq/fp8_default-kv_fp8_cast", NULL},
-	{"int4_awq", NULL, "algorithm 'awq_lite' is not implemented"},
+	{"int4_awq", "general/ptq/int4_awq-kv_fp8_cast", NULL},
 	{"w4a8_awq", NULL,
-	 "algorithm 'awq_lite' and the W4A8 sequential (INT4 then FP8) weight format are not "
-	 "implemented"},
+	 "the W4A8 sequential (INT4 then FP8) weight format is not implemented (awq_lite runs "
+	 "with INT4 W4A16 weights only)"},
 	{"nvfp4", "general/ptq/nvfp4_default-kv_fp8_cast", NULL},
-	{"nvfp4_awq", NULL, "algorithm 'awq_lite' is not implemented"},
+	{"nvfp4_awq", NULL,
+	 "awq_lite with NVFP4 weights (an NVFP4 fake quantizer in the search) is not implemented"},
 	{"nvfp4_mse", NULL,
 	 "no built-in recipe yet for MSE-searched static NVFP4 weights on every linear layer "
 	 "(general/ptq/nvfp4_experts_only_mse-kv_fp8_cast covers the routed experts)"},

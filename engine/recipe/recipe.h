@@ -88,7 +88,8 @@ enum cal_calib_method {
 	CAL_CALIB_MAX,
 	CAL_CALIB_MSE,
 	CAL_CALIB_GPTQ,   /* docs/gptq.md */
-	CAL_CALIB_OTHER,  /* awq_lite, smoothquant, a list, ...: loaded, not run */
+	CAL_CALIB_AWQ_LITE, /* docs/awq.md */
+	CAL_CALIB_OTHER,  /* awq_full, smoothquant, a list, ...: loaded, not run */
 };
 
 /* The calibration algorithm (MaxCalibConfig / MseCalibConfig fields). */
@@ -113,6 +114,8 @@ struct cal_algorithm {
 	int64_t gptq_block_size;          /* 128 */
 	int gptq_fused;                   /* 0 */
 	int has_layerwise_qdq_from_prev;  /* get_qdq_activations_from_prev_layer was given */
+	/* awq_lite (AWQLiteCalibConfig; docs/awq.md) */
+	double alpha_step;                /* 0.1 */
 };
 
 struct cal_recipe {

@@ -493,6 +493,7 @@ static void algo_defaults(struct cal_algorithm *a)
 	a->stop_multiplier = 4.0;
 	a->perc_damp = 0.01;
 	a->gptq_block_size = 128;
+	a->alpha_step = 0.1;
 }
 
 static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm *a,
@@ -510,6 +511,8 @@ static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm
 		a->method = CAL_CALIB_NONE;
 	else if (!strcmp(name, "gptq"))
 		a->method = CAL_CALIB_GPTQ;
+	else if (!strcmp(name, "awq_lite"))
+		a->method = CAL_CALIB_AWQ_LITE;
 	else
 		a->method = CAL_CALIB_OTHER;
 	return CAL_OK;
@@ -590,6 +593,7 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 	if (a->method == CAL_CALIB_OTHER || a->method == CAL_CALIB_NONE)
 		return CAL_OK; /* fields of algorithms calibd does not run are not checked */
 	int mse = a->method == CAL_CALIB_MSE, gptq = a->method == CAL_CALIB_GPTQ;
+	int awq = a->method == CAL_CALIB_AWQ_LITE;
 	for (size_t i = 0; i < v->n; i++) {
 		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
 		if (k->kind != CAL_Y_STR) {
@@ -649,6 +653,14 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 			a->gptq_block_size = x->i;
 		} else if (gptq && !strcmp(key, "fused")) {
 			CAL_TRY(get_bool(err, x, p, &a->gptq_fused));
+		} else if (awq && !strcmp(key, "alpha_step")) {
+			if (x->kind == CAL_Y_NULL)
+				continue;
+			CAL_TRY(get_num(err, x, p, &a->alpha_step));
+			if (!(a->alpha_step > 0 && a->alpha_step <= 1)) {
+				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 1]", p);
+				goto fail;
+			}
 		} else {
 			st = unknown_key(err, k, path,
 					 mse ? "method, distributed_sync, sync_expert_weight_amax, "
@@ -659,6 +671,9 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 						  "skip_forward_without_activation_calib, shared_states, "
 						  "moe_calib_experts_ratio, layerwise, perc_damp, "
 						  "block_size, fused"
+					 : awq ? "method, distributed_sync, sync_expert_weight_amax, "
+						 "skip_forward_without_activation_calib, shared_states, "
+						 "moe_calib_experts_ratio, layerwise, alpha_step"
 					     : "method, distributed_sync, sync_expert_weight_amax, "
 					       "skip_forward_without_activation_calib, shared_states, "
 					       "moe_calib_experts_ratio, layerwise");

@@ -160,6 +160,27 @@ def run(cmd):
         raise SystemExit("failed: " + " ".join(cmd))
 
 
+def write_summary(path, head, rows, tot, extra=None):
+    """Writes the whole-model result: head, versions, linear count, extra,
+    mean layer-output MSE per tag, share of differing codes, rows."""
+    import modelopt
+    import torch
+    import transformers
+    n = max(len(rows), 1)
+    summary = dict(head)
+    summary["versions"] = {"modelopt": modelopt.__version__, "torch": torch.__version__,
+                           "transformers": transformers.__version__}
+    summary["linears"] = len(rows)
+    summary.update(extra or {})
+    summary["mean_layer_output_mse"] = {k: tot[k] / n for k in ("modelopt", "calibd", "rtn")}
+    summary["codes_differing_pct"] = 100.0 * tot["diff"] / max(tot["codes"], 1)
+    summary["per_linear"] = rows
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1)
+        f.write("\n")
+    return summary
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
@@ -239,19 +260,8 @@ def main():
                     torch.uint8))) and bool(torch.equal(M[name + ".weight_scale_2"],
                                                         C[name + ".weight_scale_2"]))
             rows.append(res)
-    n = max(len(rows), 1)
-    summary = {
-        "case": args.case, "recipe": os.path.basename(recipe), "tokens": sum(map(len, tokens)),
-        "versions": {"modelopt": modelopt.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__},
-        "linears": len(rows),
-        "mean_layer_output_mse": {k: tot[k] / n for k in ("modelopt", "calibd", "rtn")},
-        "codes_differing_pct": 100.0 * tot["diff"] / max(tot["codes"], 1),
-        "per_linear": rows,
-    }
-    with open(args.out, "w") as f:
-        json.dump(summary, f, indent=1)
-        f.write("\n")
+    summary = write_summary(args.out, {"case": args.case, "recipe": os.path.basename(recipe),
+                                       "tokens": sum(map(len, tokens))}, rows, tot)
     m = summary["mean_layer_output_mse"]
     print("%d linears: layer-output MSE modelopt %.6e, calibd %.6e, round-to-nearest %.6e; "
           "%.2f%% of codes differ" % (len(rows), m["modelopt"], m["calibd"], m["rtn"],

@@ -380,6 +380,80 @@ Test(quantize, existing_output_refused_before_compute, .timeout = 60)
 	rm_rf(root);
 }
 
+/* A recipe file with an awq_lite algorithm line and weight numerics. */
+static char *awq_recipe(const char *root, const char *name, const char *algo, const char *wcfg)
+{
+	char *p = path2(root, name);
+	FILE *f = fopen(p, "w");
+	cr_assert(f);
+	fprintf(f, "metadata: {recipe_type: ptq}\nquantize:\n  algorithm: %s\n  quant_cfg:\n"
+		   "    - quantizer_name: '*'\n      enable: false\n"
+		   "    - quantizer_name: '*_proj.weight_quantizer'\n      cfg: %s\n", algo, wcfg);
+	cr_assert_eq(fclose(f), 0);
+	return p;
+}
+
+/* --qformat int4_awq (docs/awq.md) on a wide MoE fixture with a shared
+ * expert: quantizes and verifies; o_proj and the shared expert carry a
+ * pre_quant_scale, q/k/v (fused into input_layernorm) do not; the report
+ * has the search's alphas.  Bad awq_lite options and formats are refused
+ * naming them. */
+Test(quantize, int4_awq_end_to_end, .timeout = 120)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen2_moe", "wide");
+	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
+	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
+	int rc = run(NULL, errf, "quantize --model %s --qformat int4_awq --calib-tokens %s --out %s "
+		     "--device cpu", src, tok, dst);
+	char *e = slurp(errf);
+	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
+	rc = run(NULL, errf, "verify %s --source %s", dst, src);
+	cr_assert_eq(rc, 0, "verify exit %d: %s", rc, slurp(errf));
+	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
+	cr_assert(strstr(cfg, "\"W4A16_AWQ\"") && strstr(cfg, "\"pre_quant_scale\": true"), "%s",
+		  cfg);
+	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8; /* after the length */
+	cr_assert(strstr(hdr, "model.layers.0.self_attn.o_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.1.mlp.shared_expert.gate_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.1.mlp.shared_expert.down_proj.pre_quant_scale"));
+	cr_assert(!strstr(hdr, "q_proj.pre_quant_scale"));
+	cr_assert(!strstr(hdr, "experts.0.down_proj.pre_quant_scale"));
+	json_t *rep = json_loads(slurp(path2(dst, "calibd_report.json")), 0, NULL);
+	cr_assert(rep);
+	json_t *lins = json_object_get(json_object_get(rep, "awq_lite"), "linears");
+	cr_assert(json_array_size(lins) > 0);
+	size_t i;
+	json_t *l;
+	json_array_foreach(lins, i, l)
+		cr_assert(json_is_real(json_object_get(l, "alpha")), "linear %zu not searched", i);
+	json_decref(rep);
+
+	static const struct {
+		const char *algo, *wcfg, *needle;
+	} bad[] = {
+		{"{method: awq_lite, alpha_step: 0}", "{num_bits: 4, block_sizes: {-1: 128, type: "
+		 "static}}", "alpha_step: must be in (0, 1]"},
+		{"{method: awq_lite, debug: true}", "{num_bits: 4, block_sizes: {-1: 128, type: "
+		 "static}}", "debug"},
+		{"{method: awq_lite}", "{num_bits: [4, 3]}",
+		 "awq_lite is implemented for INT4 block weights only"},
+	};
+	for (size_t k = 0; k < CAL_ARRAY_LEN(bad); k++) {
+		char nm[32];
+		snprintf(nm, sizeof(nm), "bad%zu.yaml", k);
+		char *r = awq_recipe(root, nm, bad[k].algo, bad[k].wcfg);
+		char *d2 = path2(root, nm + 1);
+		rc = run(NULL, errf, "quantize --model %s --recipe %s --calib-tokens %s --out %s "
+			 "--device cpu", src, r, tok, d2);
+		e = slurp(errf);
+		cr_assert_eq(rc, 3, "%s: exit %d: %s", nm, rc, e);
+		cr_assert(strstr(e, bad[k].needle), "%s: %s", nm, e);
+		cr_assert(!cal_test_exists(d2));
+	}
+	rm_rf(root);
+}
+
 /* --qformat: hf_ptq's name runs its built-in recipe; a refused one exits 3
  * naming the reason, before any work; with --recipe it is a usage error. */
 Test(quantize, qformat_maps_or_refuses, .timeout = 60)
@@ -394,11 +468,11 @@ Test(quantize, qformat_maps_or_refuses, .timeout = 60)
 	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
 	cr_assert(strstr(o, "general/ptq/nvfp4_default-kv_fp8_cast"), "%s", o);
 	char *dst2 = path2(root, "out2");
-	rc = run(NULL, errf, "quantize --model %s --qformat int4_awq --calib-tokens %s --out %s "
+	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4_awq --calib-tokens %s --out %s "
 		 "--device cpu", src, tok, dst2);
 	e = slurp(errf);
 	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
-	cr_assert(strstr(e, "qformat 'int4_awq' is refused: algorithm 'awq_lite'"), "%s", e);
+	cr_assert(strstr(e, "qformat 'nvfp4_awq' is refused: awq_lite with NVFP4"), "%s", e);
 	cr_assert(!cal_test_exists(dst2));
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
 		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);

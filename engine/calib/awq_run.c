@@ -1,0 +1,362 @@
+/*
+ * awq_run.c — AWQ-lite in the calibration forward (docs/awq.md "In the
+ * engine"): modelopt 0.47's `awq_lite` on INT4 block weights.
+ *
+ * Not layerwise: every decoder layer runs once, as for max calibration, on
+ * the unquantized outputs of the layer before.  While it runs
+ * (cal_awq_pass_begin .. _end), layer.c's actq sites hand each searched
+ * linear's input rows to cal_awq_site, which appends them to a host cache
+ * per site (q/k/v share one, gate/up one).  After the layer's forward, per
+ * linear, cal_awq_lite_int4 (awq.c) searches the scale from the cached
+ * rows, one calibration step per micro-batch (the size of the first one;
+ * modelopt's statistics are per forward step); then the export fold:
+ * cal_resmooth_group over q/k/v, a dense MLP's gate/up and a shared
+ * expert's gate/up, and cal_awq_fuse_norm of the shared scale into
+ * input_layernorm (q/k/v) and a dense MLP's post_attention_layernorm
+ * (gate/up).  The exporter gets the folded weights, the pre_quant_scale
+ * of the linears whose group is not fused, and the fused norms
+ * (engine/quantize.c).
+ *
+ * Which linears: attention q/k/v/o, dense MLP and shared-expert
+ * gate/up/down; the routed experts keep max calibration (modelopt's fused
+ * experts are not nn.Linear modules).
+ *
+ * Memory (host): the cached inputs of the layer, per distinct input, T x
+ * cols bf16 (T calibration tokens: q/k/v T x H, o_proj T x heads*head_dim,
+ * gate/up T x H, down T x I, the shared expert's likewise), freed after the
+ * layer's search; the folded weights, scales and norms of the last layer
+ * (kept for the exporter).  No token subsampling (modelopt's awq_lite
+ * searches on every calibration token).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/fp.h"
+#include "common/util.h"
+#include "engine/awq.h"
+#include "engine/calib/calib_internal.h"
+
+/* One linear the search runs on. */
+struct alin {
+	size_t mod;
+	int f, site;
+	uint64_t at, rows, cols;
+	uint16_t *w;       /* host: the folded bf16 weight */
+	uint16_t *pqs;     /* host [cols] bf16: its pre_quant_scale */
+	int exported_pqs;  /* the exporter writes pqs (group not fused into a norm) */
+	float alpha;       /* -1: not searched (no token) */
+};
+
+struct cal_awq_run {
+	double alpha_step;
+	int32_t L;
+	struct alin *lin;
+	size_t n_lin, cap_lin;
+	uint16_t *cache[EQ_COUNT];        /* host [crows, ccols] bf16 */
+	uint64_t crows[EQ_COUNT], ccap[EQ_COUNT], ccols[EQ_COUNT], batch[EQ_COUNT];
+	int want[EQ_COUNT];
+	uint16_t *norm[2];                /* the fused input / post-attention norm, or NULL */
+	uint64_t norm_n[2];
+	json_t *report;
+	double t_search;
+};
+
+enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *err)
+{
+	const struct cal_model_desc *d = p->model;
+	if (p->recipe->algo.method != CAL_CALIB_AWQ_LITE)
+		return CAL_OK;
+	const char *why = cal_linear_algo_model_why(d);
+	if (!why && d->norm == CAL_NORM_RMS_F32W)
+		why = "fp32 norm weights";
+	for (size_t i = 0; !why && i < p->n_q; i++) {
+		const struct cal_plan_q *q = &p->q[i];
+		why = q->spec.enabled && q->role == CAL_QROLE_INPUT ? "quantized inputs (w4a8_awq)"
+								    : cal_linear_algo_q_why(p, q);
+	}
+	if (!why)
+		return CAL_OK;
+	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm awq_lite with %s is not "
+			     "implemented (docs/awq.md)", d->model_type, why);
+}
+
+enum cal_status cal_awq_init(struct cal_calib *c, struct cal_error *err)
+{
+	const struct cal_algorithm *a = &c->plan->recipe->algo;
+	if (a->method != CAL_CALIB_AWQ_LITE)
+		return CAL_OK;
+	CAL_TRY_RET(cal_calib_check_awq(c->plan, err));
+	struct cal_awq_run *g = calloc(1, sizeof(*g));
+	if (!g)
+		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	c->aw = g;
+	g->alpha_step = a->alpha_step;
+	g->L = -1;
+	g->report = json_array();
+	if (!g->report)
+		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	return CAL_OK;
+}
+
+static void drop_layer(struct cal_awq_run *g)
+{
+	for (size_t i = 0; i < g->n_lin; i++) {
+		free(g->lin[i].w);
+		free(g->lin[i].pqs);
+	}
+	g->n_lin = 0;
+	for (int k = 0; k < 2; k++) {
+		free(g->norm[k]);
+		g->norm[k] = NULL;
+	}
+}
+
+static void drop_cache(struct cal_awq_run *g)
+{
+	for (int s = 0; s < EQ_COUNT; s++) {
+		free(g->cache[s]);
+		g->cache[s] = NULL;
+		g->crows[s] = g->ccap[s] = g->batch[s] = 0;
+		g->want[s] = 0;
+	}
+}
+
+void cal_awq_free(struct cal_calib *c)
+{
+	struct cal_awq_run *g = c->aw;
+	if (!g)
+		return;
+	drop_layer(g);
+	drop_cache(g);
+	free(g->lin);
+	json_decref(g->report);
+	free(g);
+	c->aw = NULL;
+}
+
+enum cal_status cal_awq_pass_begin(struct cal_calib *c, int32_t L,
+				   const struct cal_layer_host *lh, struct cal_error *err)
+{
+	struct cal_awq_run *g = c->aw;
+	const struct cal_plan *p = c->plan;
+	drop_layer(g);
+	drop_cache(g);
+	g->L = L;
+	for (size_t mi = 0; mi < p->n_modules; mi++) {
+		const struct cal_plan_module *m = &p->modules[mi];
+		struct alin al = {.mod = mi, .alpha = -1.0f};
+		if (m->layer != L || (al.site = cal_linear_site(c, m, &al.f, &al.at, lh)) < 0)
+			continue;
+		al.rows = (uint64_t)m->out;
+		al.cols = (uint64_t)m->in;
+		if (g->n_lin == g->cap_lin) {
+			size_t nc = g->cap_lin ? 2 * g->cap_lin : 16;
+			struct alin *nl = realloc(g->lin, nc * sizeof(*nl));
+			if (!nl)
+				return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+			g->lin = nl;
+			g->cap_lin = nc;
+		}
+		g->lin[g->n_lin++] = al;
+		g->want[al.site] = 1;
+		g->ccols[al.site] = al.cols;
+	}
+	c->aw_pass = 1;
+	return CAL_OK;
+}
+
+enum cal_status cal_awq_site(struct cal_calib *c, int site, const uint16_t *x, uint64_t rows,
+			     uint64_t cols, struct cal_error *err)
+{
+	struct cal_awq_run *g = c->aw;
+	if (!g->want[site] || !rows)
+		return CAL_OK;
+	if (cols != g->ccols[site])
+		return cal_error_set(err, CAL_ERR_INTERNAL, "awq: site %d input has %llu columns, "
+				     "its linears %llu", site, (unsigned long long)cols,
+				     (unsigned long long)g->ccols[site]);
+	if (g->crows[site] + rows > g->ccap[site]) {
+		uint64_t nc = g->ccap[site] ? 2 * g->ccap[site] : rows;
+		while (nc < g->crows[site] + rows)
+			nc *= 2;
+		uint16_t *nb = realloc(g->cache[site], nc * cols * 2);
+		if (!nb)
+			return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory caching %llu "
+					     "inputs of %llu columns (docs/awq.md)",
+					     (unsigned long long)nc, (unsigned long long)cols);
+		g->cache[site] = nb;
+		g->ccap[site] = nc;
+	}
+	if (!g->batch[site])
+		g->batch[site] = rows;
+	CAL_TRY_RET(cal_backend_download(c->be, g->cache[site] + g->crows[site] * cols, x,
+					 rows * cols * 2, err));
+	g->crows[site] += rows;
+	return CAL_OK;
+}
+
+/* The search for one linear: al->w and al->pqs. */
+static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w *dw,
+				  struct alin *al, struct cal_error *err)
+{
+	struct cal_awq_run *g = c->aw;
+	uint64_t n = al->rows * al->cols;
+	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, al->f);
+	const char *name = c->plan->modules[al->mod].name;
+	if (!src)
+		return cal_error_set(err, CAL_ERR_INTERNAL, "awq: %s has no weight in the layer",
+				     name);
+	al->w = malloc(n * 2);
+	al->pqs = malloc(al->cols * 2);
+	if (!al->w || !al->pqs)
+		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	CAL_TRY_RET(cal_backend_download(c->be, al->w, src + al->at, n * 2, err));
+	uint64_t T = g->crows[al->site];
+	int finite = 1;
+	for (uint64_t k = 0; k < T * al->cols && finite; k++)
+		finite = isfinite(cal_bf16_to_f32(g->cache[al->site][k]));
+	if (!T || !finite) { /* not searched: max calibration, all-ones scale */
+		for (uint64_t k = 0; k < al->cols; k++)
+			al->pqs[k] = cal_f32_to_bf16(1.0f);
+		return CAL_OK;
+	}
+	float *wa = malloc(n / 128 * sizeof(float));
+	uint16_t *wf = malloc(n * 2);
+	enum cal_status st = CAL_OK;
+	if (!wa || !wf) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	} else {
+		struct cal_awq_out o = {al->pqs, wf, wa, NULL, 0, 0.0f};
+		st = cal_awq_lite_int4(c->host, al->w, al->rows, al->cols,
+				       g->cache[al->site], T, g->batch[al->site], g->alpha_step,
+				       &o, err);
+		if (st >= 0) {
+			memcpy(al->w, wf, n * 2);
+			al->alpha = o.best_alpha;
+		} else {
+			st = cal_error_wrap(err, st, "awq: %s", name);
+		}
+	}
+	free(wa);
+	free(wf);
+	return st;
+}
+
+/* The export fold of the linears reading `site`; norm k (0 input, 1
+ * post-attention; -1 none) takes the shared scale. */
+static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w *dw, int site,
+				  int k, struct cal_error *err)
+{
+	struct cal_awq_run *g = c->aw;
+	uint16_t *w[8];
+	const uint16_t *pq[8];
+	uint64_t rows[8];
+	float *wa[8] = {0};
+	size_t n = 0, idx[8];
+	uint64_t cols = 0;
+	enum cal_status st = CAL_OK;
+	for (size_t i = 0; i < g->n_lin && n < 8; i++) {
+		if (g->lin[i].site != site)
+			continue;
+		idx[n] = i;
+		w[n] = g->lin[i].w;
+		pq[n] = g->lin[i].pqs;
+		rows[n] = g->lin[i].rows;
+		cols = g->lin[i].cols;
+		n++;
+	}
+	if (!n)
+		return CAL_OK;
+	uint16_t *avg = malloc(cols * 2);
+	if (!avg)
+		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	for (size_t i = 0; i < n && st >= 0; i++)
+		if (!(wa[i] = malloc(rows[i] * cols / 128 * sizeof(float))))
+			st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	if (st >= 0)
+		st = cal_resmooth_group(w, rows, n, cols, 128, pq, avg, wa, NULL, err);
+	for (size_t i = 0; i < n && st >= 0; i++) {
+		struct alin *al = &g->lin[idx[i]];
+		memcpy(al->pqs, avg, cols * 2);
+		al->exported_pqs = k < 0;
+	}
+	if (st >= 0 && k >= 0) {
+		const void *nw = k ? dw->post_norm : dw->in_norm;
+		enum cal_dtype dt = k ? dw->post_norm_dt : dw->in_norm_dt;
+		if (dt != CAL_DTYPE_BF16) {
+			st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "awq: layer %d: a %s norm weight "
+					   "is not bf16", (int)g->L, k ? "post-attention" : "input");
+		} else if (!(g->norm[k] = malloc(cols * 2))) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+		} else {
+			g->norm_n[k] = cols;
+			st = cal_backend_download(c->be, g->norm[k], nw, cols * 2, err);
+			if (st >= 0)
+				cal_awq_fuse_norm(g->norm[k], avg, cols, c->d->norm == CAL_NORM_RMS_1P);
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		free(wa[i]);
+	free(avg);
+	return st;
+}
+
+enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				 struct cal_error *err)
+{
+	struct cal_awq_run *g = c->aw;
+	double t0 = cal_now();
+	c->aw_pass = 0;
+	CAL_TRY_RET(cal_backend_sync(c->be, err));
+	for (size_t i = 0; i < g->n_lin; i++) {
+		struct alin *al = &g->lin[i];
+		CAL_TRY_RET(search_one(c, w, al, err));
+		al->exported_pqs = 1;
+		json_t *o = json_pack("{s:s, s:i, s:I}", "module", c->plan->modules[al->mod].name,
+				      "layer", (int)L, "n_samples", (json_int_t)g->crows[al->site]);
+		if (!o)
+			return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+		json_object_set_new(o, "alpha", al->alpha < 0 ? json_null()
+							       : json_real(al->alpha));
+		json_array_append_new(g->report, o);
+	}
+	drop_cache(g);
+	CAL_TRY_RET(fold_group(c, w, EQ_QKV, 0, err));
+	CAL_TRY_RET(fold_group(c, w, EQ_MLP_GU, 1, err));
+	CAL_TRY_RET(fold_group(c, w, EQ_SH_GU, -1, err));
+	g->t_search += cal_now() - t0;
+	return CAL_OK;
+}
+
+const uint16_t *cal_calib_awq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel,
+				     const uint16_t **pqs)
+{
+	const struct cal_awq_run *g = c->aw;
+	for (size_t i = 0; g && i < g->n_lin; i++)
+		if (g->lin[i].mod == mod && g->lin[i].w) {
+			*numel = g->lin[i].rows * g->lin[i].cols;
+			*pqs = g->lin[i].exported_pqs ? g->lin[i].pqs : NULL;
+			return g->lin[i].w;
+		}
+	return NULL;
+}
+
+const uint16_t *cal_calib_awq_norm(const struct cal_calib *c, int post_attention,
+				   uint64_t *numel)
+{
+	const struct cal_awq_run *g = c->aw;
+	if (!g || !g->norm[post_attention ? 1 : 0])
+		return NULL;
+	*numel = g->norm_n[post_attention ? 1 : 0];
+	return g->norm[post_attention ? 1 : 0];
+}
+
+json_t *cal_awq_stats(const struct cal_calib *c)
+{
+	const struct cal_awq_run *g = c->aw;
+	if (!g)
+		return NULL;
+	return json_pack("{s:f, s:O, s:f}", "alpha_step", g->alpha_step, "linears", g->report,
+			 "search_s", g->t_search);
+}

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""AWQ-lite of a whole tiny model: real modelopt 0.47 vs calibd (docs/awq.md).
+
+hf_ptq's `--qformat int4_awq` (INT4 weights in blocks of 128, awq_lite with
+alpha_step 0.1, FP8 KV cast) on a wide fixture (`calibd-fixture --wide`:
+every linear input a multiple of 128) and the same tokens:
+
+  * modelopt: mtq.quantize with the int4_awq preset (its forward loop feeds
+    all token rows as one batch: one calibration step, as calibd's single
+    micro-batch), then export_hf_checkpoint, on the CPU;
+  * calibd: `calibd quantize --qformat int4_awq --device cpu --div exact`;
+  * round to nearest (no AWQ): `calibd quantize` with
+    general/ptq/int4_blockwise_weight_only.
+
+Compared per searched linear: the chosen alpha (modelopt's from its search
+state, calibd's from calibd_report.json), the exported pre_quant_scale and
+fused norm weights (bytes), the share of differing 4-bit codes, and the
+layer-output MSE of the exported weight on the unquantized model's inputs
+X of that linear, mean((X' What^T - X W^T)^2), X' = X * pre_quant_scale
+(X when the scale was fused into the norm: the norm's output already
+carries it), against the source weight.  Writes the result to --out; exits
+1 when calibd's mean MSE is worse than modelopt's by more than --tolerance.
+
+    python awq_model_diff.py --calibd BUILD/daemon/calibd \\
+        --fixture-bin BUILD/tests/fixtures/calibd-fixture \\
+        [--arch qwen3] --out tests/modelopt/awq_model/qwen3_wide.json
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gptq_model_diff import load_model, load_st, run, write_summary  # noqa: E402
+
+AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def linear_inputs(torch, model, tokens):
+    """name -> X (f64 [T, in]) of every searched linear, unquantized model."""
+    xs, hooks = {}, []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and name.split(".")[-1] in AWQ_LINEARS \
+                and ".layers." in name:
+            def hook(m, inp, out, name=name):
+                xs.setdefault(name, []).append(inp[0].reshape(-1, inp[0].shape[-1]).double())
+            hooks.append(mod.register_forward_hook(hook))
+    with torch.no_grad():
+        model(input_ids=torch.tensor(tokens, dtype=torch.long))
+    for h in hooks:
+        h.remove()
+    return {k: torch.cat(v) for k, v in xs.items()}
+
+
+def run_modelopt(torch, transformers, model_dir, tokens, out_dir):
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.export import export_hf_checkpoint
+    from modelopt.torch.quantization import model_calib
+    torch.manual_seed(1234)
+    model = load_model(torch, transformers, model_dir)
+    alphas = {}
+    orig = model_calib.apply_pre_quant_scale_and_smooth
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def capture(linear, pre_quant_scale=None):
+        alphas[names.get(id(linear), "?")] = float(linear.awq_lite.best_alpha)
+        return orig(linear, pre_quant_scale)
+
+    model_calib.apply_pre_quant_scale_and_smooth = capture
+    cfg = mtq.INT4_AWQ_CFG
+
+    def loop(m):
+        with torch.no_grad():
+            m(input_ids=torch.tensor(tokens, dtype=torch.long))
+
+    model = mtq.quantize(model, cfg, forward_loop=loop)
+    model_calib.apply_pre_quant_scale_and_smooth = orig
+    export_hf_checkpoint(model, export_dir=out_dir)
+    return alphas
+
+
+def dequant_int4(torch, st, name):
+    p = st[name + ".weight"]                      # [out / 2, in] uint8
+    lo = (p & 0x0F).to(torch.int64)
+    hi = (p >> 4).to(torch.int64)
+    c = torch.stack([lo, hi], dim=1).reshape(p.shape[0] * 2, p.shape[1])
+    v = torch.where(c >= 8, c - 16, c).double()
+    s = st[name + ".weight_scale"].double().repeat_interleave(128, dim=1)
+    return v * s, c
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calibd", required=True)
+    ap.add_argument("--fixture-bin", required=True)
+    ap.add_argument("--arch", default="qwen3")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rows", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--keep", default="")
+    ap.add_argument("--tolerance", type=float, default=0.0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+    rng = random.Random(args.seed)
+    tokens = [[rng.randrange(0, 260) for _ in range(args.seq_len)] for _ in range(args.rows)]
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            tmp = args.keep
+            os.makedirs(tmp, exist_ok=True)
+        fx = os.path.join(tmp, "fixture")
+        run([args.fixture_bin, "--arch", args.arch, "--seed", str(args.seed), "--wide", fx])
+        tok = os.path.join(tmp, "tokens.jsonl")
+        with open(tok, "w") as f:
+            for row in tokens:
+                f.write(json.dumps({"input_ids": row}) + "\n")
+        mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
+        m_alpha = run_modelopt(torch, transformers, fx, tokens, mo)
+        base = [args.calibd, "quantize", "--model", fx, "--calib-tokens", tok, "--device",
+                "cpu", "--div", "exact", "--quiet"]
+        run(base + ["--qformat", "int4_awq", "--out", ca])
+        run(base + ["--recipe", "general/ptq/int4_blockwise_weight_only", "--out", rt])
+        with open(os.path.join(ca, "calibd_report.json")) as f:
+            rep = json.load(f)
+        c_alpha = {r["module"]: r["alpha"] for r in rep["awq_lite"]["linears"]}
+        model = load_model(torch, transformers, fx)
+        xs = linear_inputs(torch, model, tokens)
+        src = model.state_dict()
+        M, C, R = load_st(torch, mo), load_st(torch, ca), load_st(torch, rt)
+        rows = []
+        tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0}
+        for name in sorted(xs):
+            x = xs[name]
+            w = src[name + ".weight"].double()
+            y = x @ w.t()
+            res = {"linear": name, "modelopt_alpha": m_alpha.get(name),
+                   "calibd_alpha": c_alpha.get(name)}
+            for tag, st in (("modelopt", M), ("calibd", C), ("rtn", R)):
+                wh, codes = dequant_int4(torch, st, name)
+                pq = st.get(name + ".pre_quant_scale")
+                xq = x * pq.double() if pq is not None else x
+                if pq is None and tag != "rtn":
+                    # fused into the norm: the norm output carries the scale
+                    xq = x / (src_norm_ratio(torch, src, st, name))
+                mse = float(((xq @ wh.t() - y) ** 2).mean())
+                res[tag + "_mse"] = mse
+                tot[tag] += mse
+                if tag == "modelopt":
+                    mcodes, mpq = codes, pq
+                elif tag == "calibd":
+                    res["codes_differing"] = int((codes != mcodes).sum())
+                    res["codes"] = int(codes.numel())
+                    tot["codes"] += res["codes"]
+                    tot["diff"] += res["codes_differing"]
+                    res["pre_quant_scale_equal"] = (pq is None and mpq is None) or (
+                        pq is not None and mpq is not None and torch.equal(pq, mpq))
+            rows.append(res)
+        norms = {}
+        for k in sorted(M):
+            if k.endswith("layernorm.weight") and ".layers." in k:
+                norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
+    summary = write_summary(
+        args.out, {"arch": args.arch, "wide": True, "seed": args.seed, "rows": args.rows,
+                   "seq_len": args.seq_len, "qformat": "int4_awq"}, rows, tot,
+        {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
+         "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),
+         "norm_values_differing": norms})
+    m = summary["mean_layer_output_mse"]
+    print("%d linears: alphas equal %d, pre_quant_scales equal %d; layer-output MSE modelopt "
+          "%.6e, calibd %.6e, round-to-nearest %.6e; %.3f%% of codes differ; norm values "
+          "differing %s" % (len(rows), summary["alphas_equal"],
+                            summary["pre_quant_scales_equal"], m["modelopt"], m["calibd"],
+                            m["rtn"], summary["codes_differing_pct"],
+                            sum(norms.values())))
+    return 0 if m["calibd"] <= m["modelopt"] * (1 + args.tolerance + 1e-9) else 1
+
+
+def src_norm_ratio(torch, src, st, name):
+    """The fused scale of a q/k/v or gate/up linear: exported norm / source norm."""
+    layer = name.split(".self_attn.")[0] if ".self_attn." in name else name.split(".mlp.")[0]
+    norm = layer + (".input_layernorm.weight" if ".self_attn." in name
+                    else ".post_attention_layernorm.weight")
+    return src[norm].double() / st[norm].double()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
