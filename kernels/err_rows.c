@@ -4,6 +4,7 @@
  * uses (as sqnr_rows).  Reference and CPU back end; items are rows.
  */
 #include "kernels/internal.h"
+#include "kernels/lanes32.h"
 
 /* Products and sums are separate statements (no fused multiply-add, as
  * the CUDA kernel's __dmul_rn / __dadd_rn). */
@@ -25,14 +26,7 @@ static void row_sums(const uint16_t *in, const uint16_t *a, const uint16_t *b, u
 		s[l] = x;
 		e[l] = y;
 	}
-	for (unsigned k = 16; k >= 1; k /= 2) {
-		for (unsigned l = 0; l < k; l++) {
-			s[l] += s[l + k];
-			e[l] += e[l + k];
-		}
-	}
-	out[0] = s[0];
-	out[1] = e[0];
+	cal_lanes32_fold(s, e, out);
 }
 
 static void err_range(void *p, uint64_t begin, uint64_t end, unsigned slot)

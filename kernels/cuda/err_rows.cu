@@ -5,6 +5,7 @@
  * both back ends give the same bytes (as sqnr_rows.cu).
  */
 #include "common.cuh"
+#include "lanes32.cuh"
 
 __global__ void __launch_bounds__(CAL_CUDA_THREADS)
 err_rows_kernel(const uint16_t *in, const uint16_t *a, const uint16_t *b, uint64_t rows,
@@ -25,16 +26,7 @@ err_rows_kernel(const uint16_t *in, const uint16_t *a, const uint16_t *b, uint64
 			s = __dadd_rn(s, __dmul_rn(d, d));
 			e = __dadd_rn(e, __dmul_rn(q, q));
 		}
-		for (int k = 16; k >= 1; k /= 2) {
-			double so = __shfl_down_sync(0xffffffffu, s, k);
-			double eo = __shfl_down_sync(0xffffffffu, e, k);
-			s = __dadd_rn(s, so);
-			e = __dadd_rn(e, eo);
-		}
-		if (lane == 0) {
-			sums[2 * r] = s;
-			sums[2 * r + 1] = e;
-		}
+		cal_warp_fold2(s, e, lane, sums + 2 * r);
 	}
 }
 
