@@ -217,7 +217,7 @@ Test(gptq, beats_rounding_on_grid_dead_columns)
 	lin_gen(&l, 24, 96, 200, 5, 17);
 	float *h = lin_hessian(be, &l, 64), g;
 	float *am = lin_amax(be, &l, &g);
-	struct cal_gptq_opts o = {CAL_GPTQ_PERC_DAMP, 32};
+	struct cal_gptq_opts o = {CAL_GPTQ_PERC_DAMP, 32, 0};
 	struct cal_gptq_nvfp4 q = {am, g, 448.0f, CAL_DIV_EXACT};
 	struct cal_gptq_stats st;
 	uint16_t *w1 = malloc(l.rows * l.cols * 2);
@@ -337,7 +337,7 @@ static void diff_one(struct cal_backend *be, const char *path)
 
 	float *h = lin_hessian(be, &l, batch);
 	struct cal_gptq_opts o = {json_real_value(json_object_get(alg, "perc_damp")),
-				  (uint32_t)json_integer_value(json_object_get(alg, "block_size"))};
+				  (uint32_t)json_integer_value(json_object_get(alg, "block_size")), 0};
 	struct cal_gptq_nvfp4 q = {am, g, 448.0f, CAL_DIV_EXACT};
 	struct cal_gptq_stats st;
 	uint16_t *w1 = malloc(rows * cols * 2), *wmo = malloc(rows * cols * 2);

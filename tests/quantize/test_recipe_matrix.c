@@ -74,8 +74,14 @@ struct refusal {
 };
 
 static const struct refusal refusals[] = {
+	/* GPTQ runs on plain GQA attention with dense or routed-expert MLPs
+	 * (docs/gptq.md): not on gated attention / Gated DeltaNet, MLA, GPT-OSS */
+	{"nvfp4_default-kv_none-gptq", "qwen3_next qwen3_5_moe qwen3_5_moe_text",
+	 "algorithm gptq with attention other than plain GQA"},
+	{"nvfp4_default-kv_none-gptq", "deepseek_v3", "algorithm gptq with attention other than "
+	 "plain GQA"},
+	{"nvfp4_default-kv_none-gptq", "gpt_oss", "algorithm gptq with GPT-OSS"},
 	/* algorithms calibd does not run yet (issue 16 item 2) */
-	{"nvfp4_default-kv_none-gptq", NULL, "algorithm 'gptq' is not implemented"},
 	{"nvfp4_act_headroom-kv_fp8_cast", NULL,
 	 "algorithm 'nvfp4_act_headroom' is not implemented"},
 	/* numerics calibd does not implement yet */
