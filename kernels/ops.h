@@ -279,6 +279,43 @@ struct cal_sqnr_rows_args {
 	double *sums;           /* [rows, 2], written */
 };
 
+/* ---- evaluation (calibd eval, docs/eval.md) ------------------------------ */
+
+/*
+ * Per row r of the two models' bf16 logits lo, lq [rows, vocab]: with
+ * z = log sum_i exp(x_i) (in f64, from the row's maximum),
+ *   out[3r]     = max(0, sum_i exp(lo_i - zo) ((lo_i - zo) - (lq_i - zq)))
+ *                 = KL(P_o || P_q) of the softmaxes (natural log),
+ *   out[3r + 1] = zo - lo[next[r]],  out[3r + 2] = zq - lq[next[r]]
+ *                 (the negative log-likelihoods of the next token; 0 when
+ *                 next is NULL, next[r] is UINT32_MAX or not < vocab),
+ *   argmax[2r], argmax[2r + 1] = the first index of each row's maximum.
+ * Only these small results leave the back end.  f64 throughout; the
+ * summation order differs between back ends (the CPU adds in index order),
+ * so results agree to f64 rounding, the argmaxes exactly.
+ */
+struct cal_logit_kl_args {
+	const uint16_t *lo, *lq;  /* bf16 [rows, vocab] */
+	uint64_t rows, vocab;
+	const uint32_t *next;     /* [rows] or NULL */
+	double *out;              /* [rows, 3], written */
+	uint32_t *argmax;         /* [rows, 2], written */
+};
+
+/*
+ * The error sums of the evaluation's per-layer attribution, one pair per
+ * row, so that no hidden state leaves the back end:
+ *   sums[2r] = sum_c (b[r,c] - a[r,c])^2,  sums[2r+1] = sum_c (a[r,c] - in[r,c])^2
+ * (in NULL: sum_c a[r,c]^2), a, b and in bf16, in f64 in sqnr_rows' fixed
+ * order (byte-identical on every back end).
+ */
+struct cal_err_rows_args {
+	const uint16_t *in;     /* bf16 [rows, cols] or NULL */
+	const uint16_t *a, *b;  /* bf16 [rows, cols] */
+	uint64_t rows, cols;
+	double *sums;           /* [rows, 2], written */
+};
+
 /* ---- forward pass (calibration engine) ----------------------------------
  * Activations are bf16 [rows, cols] row-major.  These ops follow the rounding
  * points of Hugging Face transformers (docs/architectures.md "Common
@@ -602,7 +639,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 34
+#define CAL_OP_COUNT_EXPECTED 36
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

@@ -4,6 +4,7 @@
  * Reference and CPU back end; items are rows.
  */
 #include "kernels/internal.h"
+#include "kernels/lanes32.h"
 
 
 /* Products and sums are separate statements: C11 (ISO mode) does not fuse
@@ -25,14 +26,7 @@ static void row_sums(const uint16_t *x, const float *y, uint64_t cols, double *o
 		s[l] = a;
 		e[l] = b;
 	}
-	for (unsigned k = 16; k >= 1; k /= 2) {
-		for (unsigned l = 0; l < k; l++) {
-			s[l] += s[l + k];
-			e[l] += e[l + k];
-		}
-	}
-	out[0] = s[0];
-	out[1] = e[0];
+	cal_lanes32_fold(s, e, out);
 }
 
 static void sqnr_range(void *p, uint64_t begin, uint64_t end, unsigned slot)

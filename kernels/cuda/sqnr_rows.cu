@@ -5,6 +5,7 @@
  * give the same bytes.
  */
 #include "common.cuh"
+#include "lanes32.cuh"
 
 __global__ void __launch_bounds__(CAL_CUDA_THREADS)
 sqnr_rows_kernel(const uint16_t *x, const float *y, uint64_t rows, uint64_t cols, double *sums)
@@ -22,16 +23,7 @@ sqnr_rows_kernel(const uint16_t *x, const float *y, uint64_t rows, uint64_t cols
 			s = __dadd_rn(s, __dmul_rn(xv, xv));
 			e = __dadd_rn(e, __dmul_rn(d, d));
 		}
-		for (int k = 16; k >= 1; k /= 2) {
-			double so = __shfl_down_sync(0xffffffffu, s, k);
-			double eo = __shfl_down_sync(0xffffffffu, e, k);
-			s = __dadd_rn(s, so);
-			e = __dadd_rn(e, eo);
-		}
-		if (lane == 0) {
-			sums[2 * r] = s;
-			sums[2 * r + 1] = e;
-		}
+		cal_warp_fold2(s, e, lane, sums + 2 * r);
 	}
 }
 

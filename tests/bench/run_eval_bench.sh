@@ -30,16 +30,16 @@ tail -n "$h" "$D.tokens.jsonl" >"$D.held.jsonl"
 export CALIBD_RECIPES_DIR="$here/../../recipes"
 recipe="$CALIBD_RECIPES_DIR/general/ptq/nvfp4_experts_only-kv_fp8.yaml"
 now() { date +%s.%N; }
-"$b/daemon/calibd" bench calibrate --model "$D" --tokens "$D.calib.jsonl" --device "$DEVICE" \
+"$b/cli/calibd" bench calibrate --model "$D" --tokens "$D.calib.jsonl" --device "$DEVICE" \
 	--repeat 2 --no-profile --json "$out/calib.json" 2>&1 | tee "$out/calib.txt"
 rm -rf "${D}_q"
 t0=$(now)
-"$b/daemon/calibd" quantize --model "$D" --recipe "$recipe" --calib-tokens "$D.calib.jsonl" \
+"$b/cli/calibd" quantize --model "$D" --recipe "$recipe" --calib-tokens "$D.calib.jsonl" \
 	--out "${D}_q" --device "$DEVICE" --quiet >"$out/quantize.json" 2>"$out/quantize.err"
 echo "quantize: rc $? in $(awk -v a="$t0" -v b="$(now)" "BEGIN{printf \"%.2f\", b - a}") s" | tee "$out/quantize.txt"
 for set in held calib; do
 	t0=$(now)
-	"$b/daemon/calibd" eval --model "$D" --quantized "${D}_q" --data-tokens "$D.$set.jsonl" \
+	"$b/cli/calibd" eval --model "$D" --quantized "${D}_q" --data-tokens "$D.$set.jsonl" \
 		--device "$DEVICE" --out "$out/eval_$set.json" 2>&1 | tee "$out/eval_$set.txt"
 	echo "eval ($set): $(awk -v a="$t0" -v b="$(now)" "BEGIN{printf \"%.2f\", b - a}") s wall" | tee -a "$out/eval_$set.txt"
 done

@@ -128,6 +128,10 @@ int main(int argc, char **argv)
 				units = 8192 / 128, rows = 4096; /* rows are doubled */
 			else if (!strcmp(nm, "amax_blocks"))
 				units = 8192 / 128;
+			else if (!strcmp(nm, "logit_kl")) /* vocab = 37 units + 1 */
+				units = 8192 / 37;
+			else if (!strcmp(nm, "err_rows")) /* cols = 5 units */
+				units = 8192 / 5;
 			if (!strcmp(nm, "nvfp4_mse_sweep"))
 				rows = 2048;
 			if (!strcmp(nm, "hessian")) /* cols^2 outputs: 4096 tokens x 300 */

@@ -143,8 +143,9 @@ static struct pair *pair_new_stat(struct ctx *c, size_t n, const void *host)
 	return pair_new_at(c, n, host, 0);
 }
 
-/* Downloads both copies and compares payload and guards. */
-static void pair_check(struct ctx *c, struct pair *p, const char *what)
+/* Downloads both copies and compares guards and payload: byte for byte
+ * (rtol < 0) or as f64 values within rtol relative (plus 1e-300). */
+static void pair_compare(struct ctx *c, struct pair *p, const char *what, double rtol)
 {
 	struct cal_error err = {0};
 	unsigned char *ha = xmalloc(p->n + GUARD), *hb = xmalloc(p->n + GUARD);
@@ -164,7 +165,18 @@ static void pair_check(struct ctx *c, struct pair *p, const char *what)
 			goto out;
 		}
 	}
-	for (size_t i = 0; i < p->n; i++) {
+	for (size_t i = 0; rtol >= 0 && i + 8 <= p->n; i += 8) {
+		double x, y;
+		memcpy(&x, ha + i, 8);
+		memcpy(&y, hb + i, 8);
+		if (!(fabs(x - y) <= rtol * fabs(x) + 1e-300) && !(isnan(x) && isnan(y))) {
+			snprintf(msg, sizeof(msg), "%s: value %zu of %zu differs: %.17g vs %.17g",
+				 what, i / 8, p->n / 8, x, y);
+			fail(c, "%s", msg);
+			goto out;
+		}
+	}
+	for (size_t i = 0; rtol < 0 && i < p->n; i++) {
 		if (ha[i] != hb[i]) {
 			snprintf(msg, sizeof(msg), "%s: byte %zu of %zu differs: %02x vs %02x",
 				 what, i, p->n, ha[i], hb[i]);
@@ -176,6 +188,11 @@ out:
 	cal_error_clear(&err);
 	free(ha);
 	free(hb);
+}
+
+static void pair_check(struct ctx *c, struct pair *p, const char *what)
+{
+	pair_compare(c, p, what, -1);
 }
 
 static void ctx_free(struct ctx *c)
@@ -673,6 +690,64 @@ static int case_sqnr_rows(struct opcase_env *env, uint64_t rows, uint64_t units,
 	return finish(&c);
 }
 
+/* ---- evaluation ------------------------------------------------------------ */
+
+/* Logits of a few binades around 0 with ties (the first maximum must win on
+ * both back ends); the second model's a perturbed copy; some rows without a
+ * next token. */
+static int case_logit_kl(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(logit_kl);
+	uint64_t V = units * 37 + 1, n = rows * V;
+	uint16_t *lo = xmalloc(n * 2), *lq = xmalloc(n * 2);
+	uint32_t *next = xmalloc(rows * 4 + 4);
+	for (uint64_t i = 0; i < n; i++) {
+		float v = rng(&s) % 11 == 0 ? 4.0f : rng_unit(&s) * ldexpf(1.0f, (int)(rng(&s) % 5));
+		lo[i] = cal_nf_f32_to_bf16(v);
+		lq[i] = cal_nf_f32_to_bf16(v * (1.0f + rng_unit(&s) * 0.125f));
+	}
+	for (uint64_t r = 0; r < rows; r++)
+		next[r] = rng(&s) % 5 == 0 ? UINT32_MAX : (uint32_t)(rng(&s) % V);
+	struct pair *po = pair_new(&c, n * 2, lo), *pq = pair_new(&c, n * 2, lq),
+		    *pn = pair_new(&c, rows * 4, next), *pr = pair_new_stat(&c, rows * 24, NULL),
+		    *pa = pair_new_stat(&c, rows * 8, NULL);
+	const uint32_t *na = seed % 2 ? pn->a : NULL, *nb = seed % 2 ? pn->b : NULL;
+	struct cal_logit_kl_args A = {po->a, pq->a, rows, V, na, pr->a, pa->a};
+	struct cal_logit_kl_args B = {po->b, pq->b, rows, V, nb, pr->b, pa->b};
+	RUN_BOTH(&c, logit_kl, A, B);
+	pair_compare(&c, pr, "out", 1e-9);
+	pair_check(&c, pa, "argmax");
+	free(lo);
+	free(lq);
+	free(next);
+	return finish(&c);
+}
+
+/* a, b = a perturbed, in = a further from b; odd seeds without in. */
+static int case_err_rows(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(err_rows);
+	uint64_t cols = units * 5, n = rows * cols;
+	uint16_t *a = xmalloc(n * 2), *b = xmalloc(n * 2), *in = xmalloc(n * 2);
+	fill_weights(a, n, &s);
+	for (uint64_t i = 0; i < n; i++) {
+		float v = cal_nf_bf16_to_f32(a[i]);
+		b[i] = cal_nf_f32_to_bf16(v * (1.0f + rng_unit(&s) * 0.0625f));
+		in[i] = cal_nf_f32_to_bf16(v * rng_unit(&s));
+	}
+	struct pair *pa = pair_new(&c, n * 2, a), *pb = pair_new(&c, n * 2, b),
+		    *pi = pair_new(&c, n * 2, in), *po = pair_new_stat(&c, rows * 16, NULL);
+	const uint16_t *ia = seed % 2 ? NULL : pi->a, *ib = seed % 2 ? NULL : pi->b;
+	struct cal_err_rows_args A = {ia, pa->a, pb->a, rows, cols, po->a};
+	struct cal_err_rows_args B = {ib, pa->b, pb->b, rows, cols, po->b};
+	RUN_BOTH(&c, err_rows, A, B);
+	pair_check(&c, po, "sums");
+	free(a);
+	free(b);
+	free(in);
+	return finish(&c);
+}
+
 const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_AMAX] = case_amax,
 	[CAL_OPID_AMAX_ROWS] = case_amax_rows,
@@ -693,6 +768,8 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_MXFP4_DEQUANT] = case_mxfp4_dequant,
 	[CAL_OPID_INT4_DEQUANT] = case_int4_dequant,
 	[CAL_OPID_SQNR_ROWS] = case_sqnr_rows,
+	[CAL_OPID_LOGIT_KL] = case_logit_kl,
+	[CAL_OPID_ERR_ROWS] = case_err_rows,
 	[CAL_OPID_GEMM] = fwdcase_gemm,
 	[CAL_OPID_GATHER_ROWS] = fwdcase_gather_rows,
 	[CAL_OPID_RMSNORM] = fwdcase_rmsnorm,
