@@ -4,7 +4,8 @@
  * The text groups consecutive decoder layers whose modules have the same
  * formats into one line ("layers 0-47  experts 128x(gate,up,down) NVFP4
  * W4A4 | attention BF16 | router BF16 | KV FP8"); the JSON lists every
- * quantizer with its resolved attributes.
+ * quantizer with its resolved attributes.  Also the plan's lookups
+ * (cal_plan_find, the weight / input / KV spec of a module).
  */
 #include <jansson.h>
 #include <stdarg.h>
@@ -483,4 +484,54 @@ done:
 	json_decref(ents);
 	json_decref(root);
 	return out;
+}
+
+/* ---- lookups -------------------------------------------------------------- */
+
+const struct cal_plan_q *cal_plan_find(const struct cal_plan *p, const char *name)
+{
+	size_t lo = 0, hi = p->n_q;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(p->q[p->by_name[mid]].name, name);
+		if (!c)
+			return &p->q[p->by_name[mid]];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+const struct cal_qspec *cal_plan_weight_spec(const struct cal_plan *p, size_t m, int64_t e)
+{
+	if (m >= p->n_modules || p->modules[m].wq < 0)
+		return NULL;
+	const struct cal_plan_module *mod = &p->modules[m];
+	if (mod->count > 1) {
+		if (e < 0 || e >= mod->count)
+			return NULL;
+		return &p->q[mod->wq + e].spec;
+	}
+	return &p->q[mod->wq].spec;
+}
+
+const struct cal_qspec *cal_plan_input_spec(const struct cal_plan *p, size_t m)
+{
+	if (m >= p->n_modules || p->modules[m].iq < 0)
+		return NULL;
+	return &p->q[p->modules[m].iq].spec;
+}
+
+const struct cal_qspec *cal_plan_kv_spec(const struct cal_plan *p, int32_t layer, int v)
+{
+	for (size_t i = 0; i < p->n_modules; i++) {
+		const struct cal_plan_module *m = &p->modules[i];
+		if (m->kind == CAL_MOD_ATTN && m->layer == layer) {
+			long k = v ? m->vb : m->kb;
+			return k >= 0 ? &p->q[k].spec : NULL;
+		}
+	}
+	return NULL;
 }

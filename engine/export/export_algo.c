@@ -1,0 +1,85 @@
+/*
+ * export_algo.c — what a calibration algorithm hands the exporter before a
+ * layer is exported: GPTQ's updated weights (docs/gptq.md), AWQ's folded
+ * weights with their pre_quant_scale and the norms the scales were fused
+ * into (docs/awq.md).  The exporter quantizes them in place of the source's
+ * tensors (pipeline.c).
+ */
+#include "export_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static enum cal_status nomem(struct cal_error *err)
+{
+	return cal_error_set(err, CAL_ERR_NOMEM, "export: out of memory");
+}
+
+enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, const uint16_t *w,
+				       uint64_t numel, const uint16_t *pqs, struct cal_error *err)
+{
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->mod < 0 || (size_t)x->mod != mod || x->expert >= 0)
+			continue;
+		if (x->layer >= 0 && ex->layer_done[x->layer])
+			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
+					     "exported", x->name, (int)x->layer);
+		if ((x->fmt != CAL_QFMT_NVFP4_STATIC && x->fmt != CAL_QFMT_INT4_BLOCK) ||
+		    x->dtype != CAL_DTYPE_BF16 || x->si || x->bmm ||
+		    numel != (uint64_t)x->out * (uint64_t)x->in)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: an updated (GPTQ, "
+					     "AWQ) weight needs a static NVFP4 or INT4 linear with a "
+					     "bf16 source of %lld x %lld elements (got %llu)", x->name,
+					     (long long)x->out, (long long)x->in,
+					     (unsigned long long)numel);
+		if (!pqs != !x->awq_pqs)
+			return cal_error_set(err, CAL_ERR_INTERNAL, "export: %s: a pre_quant_scale "
+					     "was %s", x->name, pqs ? "given but not planned"
+								  : "planned but not given");
+		if (pqs) {
+			uint16_t *q = malloc((size_t)x->in * 2);
+			if (!q)
+				return nomem(err);
+			memcpy(q, pqs, (size_t)x->in * 2);
+			free(x->pqs);
+			x->pqs = q;
+		}
+		uint16_t *c = malloc(numel * 2);
+		if (!c)
+			return nomem(err);
+		memcpy(c, w, numel * 2);
+		free(x->gw);
+		x->gw = c;
+		return CAL_OK;
+	}
+	return cal_error_set(err, CAL_ERR_INVALID, "export: plan module %zu is not an exported "
+			     "linear", mod);
+}
+
+enum cal_status cal_exporter_set_norm(struct cal_exporter *ex, int32_t layer, int post_attention,
+				      const uint16_t *w, uint64_t numel, struct cal_error *err)
+{
+	int role = post_attention ? CAL_ROLE_POST_ATTN_NORM : CAL_ROLE_INPUT_NORM;
+	for (size_t i = 0; i < ex->n_cp; i++) {
+		struct xcopy *c = &ex->cp[i];
+		if (c->layer != layer || c->role != role)
+			continue;
+		if (ex->layer_done[layer])
+			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
+					     "exported", c->name, (int)layer);
+		if (c->t->dtype != CAL_DTYPE_BF16 || c->to_bf16 || c->to_f32 || c->t->numel != numel)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: a fused (AWQ) norm "
+					     "needs a bf16 source of %llu elements", c->name,
+					     (unsigned long long)numel);
+		uint16_t *d = malloc(numel * 2);
+		if (!d)
+			return nomem(err);
+		memcpy(d, w, numel * 2);
+		free(c->data);
+		c->data = d;
+		return CAL_OK;
+	}
+	return cal_error_set(err, CAL_ERR_INVALID, "export: layer %d has no %s norm weight",
+			     (int)layer, post_attention ? "post-attention" : "input");
+}
