@@ -954,8 +954,8 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	/* algorithm */
 	if (r->algo.method == CAL_CALIB_OTHER) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				   "%s: algorithm '%s' is not implemented (calibd runs max, mse "
-				   "and none)", r->source, r->algo.name);
+				   "%s: algorithm '%s' is not implemented (calibd runs max, mse, "
+				   "nvfp4_act_headroom and none)", r->source, r->algo.name);
 		goto fail;
 	}
 
@@ -1051,6 +1051,13 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 		    !cal_qfmt(q->spec.fmt)->mse) {
 			st = unsupported(err, r, q, "mse calibration is implemented for static NVFP4 "
 					 "weights only");
+			goto fail;
+		}
+		/* the headroom observer counts blocks of 16 (engine/calib/headroom.c) */
+		if (r->algo.method == CAL_CALIB_HEADROOM && q->role == CAL_QROLE_INPUT &&
+		    q->spec.fmt == CAL_QFMT_NVFP4_BS32) {
+			st = unsupported(err, r, q, "nvfp4_act_headroom over NVFP4 block-32 inputs is "
+					 "not implemented");
 			goto fail;
 		}
 	}

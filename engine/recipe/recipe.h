@@ -87,6 +87,7 @@ enum cal_calib_method {
 	CAL_CALIB_NONE,   /* algorithm: null — no calibration */
 	CAL_CALIB_MAX,
 	CAL_CALIB_MSE,
+	CAL_CALIB_HEADROOM, /* nvfp4_act_headroom: NVFP4 input amax from a block-amax histogram */
 	CAL_CALIB_OTHER,  /* awq_lite, smoothquant, gptq, a list, ...: loaded, not run */
 };
 
@@ -107,6 +108,10 @@ struct cal_algorithm {
 	/* mse */
 	double step_size, start_multiplier, stop_multiplier; /* 0.1, 0.25, 4.0 */
 	int fp8_scale_sweep;              /* 0 */
+	/* nvfp4_act_headroom (weights: max) */
+	double hr_anchor_percentile;      /* 1 */
+	double hr_upper_percentile;       /* 99.99 */
+	double hr_rho;                    /* 16384 */
 };
 
 struct cal_recipe {

@@ -117,6 +117,8 @@ int main(int argc, char **argv)
 				units = 8192 / 128, rows = 4096; /* rows are doubled */
 			else if (!strcmp(nm, "amax_blocks"))
 				units = 8192 / 128;
+			else if (!strcmp(nm, "amax_hist"))
+				units = 8192 / 32;
 			if (!strcmp(nm, "nvfp4_mse_sweep"))
 				rows = 2048;
 			if (!strcmp(nm, "hessian")) /* cols^2 outputs: 4096 tokens x 300 */
