@@ -493,9 +493,6 @@ enum cal_status cal_hr_observe_segments(struct cal_calib *c, const uint16_t *x, 
  * slots' combined max, tokens: the experts' token counts (NULL: dense). */
 enum cal_status cal_hr_read_back(struct cal_calib *c, int32_t L, const float *am,
 				 const uint64_t *tokens, struct cal_error *err);
-/* modelopt's headroom global amax of one histogram (docs/numerics.md). */
-float cal_hr_amax(const uint64_t *h, float running_max, double anchor_pct, double upper_pct,
-		  double rho);
 /* Whether quantizer spec sp takes the headroom amax (NVFP4 dynamic input). */
 int cal_hr_quantizer(const struct cal_calib *c, const struct cal_qspec *sp);
 /* ranks.c: v[0..n) summed over the ranks (u64, exact). */

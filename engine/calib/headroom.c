@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "engine/calib/calib_internal.h"
+#include "engine/headroom.h"
 
 int cal_hr_on(const struct cal_calib *c)
 {
