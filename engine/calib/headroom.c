@@ -5,7 +5,8 @@
  * observer slot also counts its per-16-block amax into a log2 histogram
  * (kernels/amax_hist.c); the histograms of micro-batches and ranks are
  * summed (exact), and each slot's global amax is derived from its histogram
- * and the slot's max at read-back.  cal_obs_map_layer() gives NVFP4 input
+ * and the slot's max at read-back; the routed experts' slots are summed
+ * first (modelopt's experts share one input quantizer per projection).  cal_obs_map_layer() gives NVFP4 input
  * quantizers that amax instead of the max.
  */
 #include <math.h>
@@ -131,14 +132,30 @@ enum cal_status cal_hr_read_back(struct cal_calib *c, int32_t L, const float *am
 	CAL_TRY(cal_backend_download(c->be, h, c->obs_hist, cnt * 8, err));
 	if (c->nranks > 1) /* every rank's counts, summed in chunks of the scratch */
 		CAL_TRY(cal_ep_sum_u64(c, h, cnt, err));
-	for (uint64_t s = 0; s < n; s++) {
-		float *out = c->hr_amax + (uint64_t)L * n + s;
+	for (uint64_t s = 0; s < S_FIXED; s++) {
 		if (s == S_K || s == S_V || s == S_OUT || s == S_LMHEAD || am[s] < 0)
 			continue;
-		if (s >= S_FIXED && (!tokens || !tokens[(s - S_FIXED) % E]))
-			continue;
-		*out = cal_hr_amax(h + s * CAL_HIST_BINS, am[s], al->hr_anchor_percentile,
-				   al->hr_upper_percentile, al->hr_rho);
+		c->hr_amax[(uint64_t)L * n + s] =
+			cal_hr_amax(h + s * CAL_HIST_BINS, am[s], al->hr_anchor_percentile,
+				    al->hr_upper_percentile, al->hr_rho);
+	}
+	/* routed experts: modelopt's one input quantizer per projection sees
+	 * the rows of every expert, so their counts are summed (into expert
+	 * 0's bins) and every expert with tokens gets the one amax */
+	for (uint64_t d = 0; tokens && d < 2; d++) {
+		uint64_t *h0 = h + (S_FIXED + d * E) * CAL_HIST_BINS;
+		float mx = -1.0f;
+		for (uint64_t e = 0; e < E; e++) {
+			const uint64_t *he = h + (S_FIXED + d * E + e) * CAL_HIST_BINS;
+			for (unsigned j = 0; e && j < CAL_HIST_BINS; j++)
+				h0[j] += he[j]; /* an expert without tokens counted nothing */
+			if (tokens[e] && am[S_FIXED + d * E + e] > mx)
+				mx = am[S_FIXED + d * E + e];
+		}
+		float a = mx < 0 ? -1.0f : cal_hr_amax(h0, mx, al->hr_anchor_percentile,
+							 al->hr_upper_percentile, al->hr_rho);
+		for (uint64_t e = 0; e < E; e++)
+			c->hr_amax[(uint64_t)L * n + S_FIXED + d * E + e] = tokens[e] ? a : -1.0f;
 	}
 fail:
 	free(h);

@@ -1,7 +1,8 @@
 #!/bin/sh
 # make_algo_fingerprints.sh — regenerates the real-modelopt fingerprints of
 # the single-linear algorithm tests (docs/gptq.md, docs/smoothquant.md) on
-# the CPU, then `meson test -C BUILD calib_algorithms` checks calibd
+# the CPU (and nvfp4_act_headroom: docs/numerics.md "Activation headroom"),
+# then `meson test -C BUILD calib_algorithms` checks calibd
 # against them.
 #
 #   sh tests/modelopt/make_algo_fingerprints.sh [PYTHON]
@@ -26,3 +27,8 @@ A="$HERE/awq_fingerprint.py"
 "$PY" "$A" --out "$HERE/awq/int4_64x256.json"
 "$PY" "$A" --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
 	--out "$HERE/awq/int4_32x512_s005.json"
+N="$HERE/headroom_fingerprint.py"
+"$PY" "$N" --rows 16 --out "$HERE/headroom/nvfp4_16x256.json"
+"$PY" "$N" --rows 16 --upper 100 --rho 64 --out "$HERE/headroom/nvfp4_16x256_u100_r64.json"
+"$PY" "$N" --rows 16 --anchor 5 --upper 99 --rho 1000 --batch 96 --tokens 480 --seed 3 \
+	--out "$HERE/headroom/nvfp4_16x256_a5_u99.json"

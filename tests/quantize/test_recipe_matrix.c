@@ -76,8 +76,6 @@ struct refusal {
 static const struct refusal refusals[] = {
 	/* algorithms calibd does not run yet (issue 16 item 2) */
 	{"nvfp4_default-kv_none-gptq", NULL, "algorithm 'gptq' is not implemented"},
-	{"nvfp4_act_headroom-kv_fp8_cast", NULL,
-	 "algorithm 'nvfp4_act_headroom' is not implemented"},
 	/* numerics calibd does not implement yet */
 	/* a block format on an input dimension that is not a multiple of the
 	 * block: the fixtures' hidden size is 64 (INT4 block 128) and their
