@@ -32,7 +32,8 @@ static void quantize_usage(FILE *o)
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
-		"         [--max-shard-size SIZE] [--ranks N] [--progress-fd N] [--json] [--quiet]\n"
+		"         [--max-shard-size SIZE] [--ranks N] [--div recip|exact] [--progress-fd N]\n"
+		"         [--json] [--quiet]\n"
 		"         [--world N --rank-first R --rendezvous FILE]\n"
 		"         [--nodes N --node-rank I --rendezvous FILE] [--comm-timeout SECONDS]\n"
 		"         [--datasets-file FILE]\n"
@@ -47,14 +48,15 @@ static void quantize_usage(FILE *o)
 		"lines on descriptor N; --json prints the report as JSON.  SIGINT/SIGTERM stop\n"
 		"after the current layer with nothing published.  --qformat takes modelopt\n"
 		"hf_ptq.py's --qformat names (`calibd recipes` lists them and their recipes;\n"
-		"docs/recipes.md).  --max-shard-size (default 10GB, as modelopt) splits the\n"
+		"docs/recipes.md).  --div exact divides as modelopt on the CPU (GPTQ, export).\n"
+		"--max-shard-size (default 10GB, as modelopt) splits the\n"
 		"weights into model-0000k-of-0000N.safetensors plus\n"
 		"model.safetensors.index.json; one model.safetensors when smaller.\n"
 		"--ranks N splits each MoE layer's experts across N CPU ranks (cuda:0,1,...:\n"
 		"one rank per GPU); the checkpoint is the same bytes (docs/expert_parallel.md).\n"
 		"--world N --rank-first R --rendezvous FILE: this process runs ranks R.. of a\n"
 		"job of N ranks over several processes, meeting through FILE; the process of\n"
-		"rank 0 writes DIR, the others calibrate only.\n"
+		"rank 0 writes DIR and publishes it, the others write their experts into it.\n"
 		"--nodes N --node-rank I --rendezvous FILE: the same, as node I of N\n"
 		"processes (one per node) that each run the same --device GPUs or --ranks\n"
 		"(docs/deploy.md).  --comm-timeout (default 600) bounds every exchange between\n"
@@ -305,6 +307,7 @@ int cal_cmd_quantize(int argc, char **argv)
 		{"nodes", required_argument, NULL, 'O'},
 		{"node-rank", required_argument, NULL, 'I'},
 		{"comm-timeout", required_argument, NULL, 'T'},
+		{"div", required_argument, NULL, 'v'},
 		{"progress-fd", required_argument, NULL, 'P'},
 		{"json", no_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -394,6 +397,17 @@ int cal_cmd_quantize(int argc, char **argv)
 				return CAL_EXIT_USAGE;
 			jo.ranks.timeout_ms = (unsigned)n * 1000u;
 			break;
+		case 'v': /* as calibd export --div (docs/export.md) */
+			if (!strcmp(optarg, "exact")) {
+				jo.div = CAL_DIV_EXACT;
+			} else if (!strcmp(optarg, "recip")) {
+				jo.div = CAL_DIV_RECIP;
+			} else {
+				fprintf(stderr, "calibd quantize: --div '%s' is not recip or exact\n",
+					optarg);
+				return CAL_EXIT_USAGE;
+			}
+			break;
 		case 'z':
 			if (cal_st_parse_size(optarg, &jo.max_shard_bytes) < 0) {
 				fprintf(stderr, "calibd quantize: --max-shard-size '%s' is not a size "
@@ -480,7 +494,8 @@ int cal_cmd_quantize(int argc, char **argv)
 						   JSON_REAL_PRECISION(6));
 			putchar('\n');
 		} else if (jo.ranks.first) {
-			printf("calibrated ranks %u.. of %u; rank 0's process writes %s\n",
+			printf("calibrated ranks %u.. of %u and wrote their experts; rank 0's "
+			       "process publishes %s\n",
 			       jo.ranks.first, jo.ranks.world, o.out_dir);
 		} else {
 			print_summary(report);

@@ -70,4 +70,12 @@ void cal_error_clear(struct cal_error *err);
 			goto fail;                                             \
 	} while (0)
 
+/* `CAL_TRY_RET(expr)` returns the status of expr when it is an error. */
+#define CAL_TRY_RET(expr)                                                      \
+	do {                                                                   \
+		enum cal_status st_ = (expr);                                  \
+		if (st_ < 0)                                                   \
+			return st_;                                            \
+	} while (0)
+
 #endif

@@ -426,12 +426,25 @@ enum cal_submit cal_daemon_idem_lookup(struct cal_daemon *d, const char *client,
 	return r;
 }
 
-static int output_in_use(struct cal_daemon *d, const char *out)
+/* The rendezvous file of a spec's distributed job, or NULL. */
+static const char *rendezvous_of(const json_t *spec)
 {
+	return json_string_value(json_object_get(json_object_get(spec, "distributed"), "rendezvous"));
+}
+
+/* 1 when an active job writes to spec's output.  The nodes of one
+ * distributed job (same rendezvous file) share their output: every node
+ * writes its experts into node 0's (docs/expert_parallel.md). */
+static int output_in_use(struct cal_daemon *d, const json_t *spec)
+{
+	const char *out = json_string_value(json_object_get(spec, "output"));
+	const char *rv = rendezvous_of(spec);
 	for (size_t i = 0; i < d->n_jobs; i++) {
 		struct cal_job *j = d->jobs[i];
+		const char *jrv = rendezvous_of(j->spec);
 		if (j->state <= CAL_JOB_RUNNING &&
-		    !strcmp(json_string_value(json_object_get(j->spec, "output")), out))
+		    !strcmp(json_string_value(json_object_get(j->spec, "output")), out) &&
+		    !(rv && jrv && !strcmp(rv, jrv)))
 			return 1;
 	}
 	return 0;
@@ -494,7 +507,7 @@ enum cal_submit cal_daemon_submit(struct cal_daemon *d, json_t *spec, const char
 		r = CAL_SUBMIT_IN_FLIGHT;
 	} else if (d->n_state[CAL_JOB_QUEUED] + d->n_reserved >= (size_t)d->cfg->max_queue) {
 		r = CAL_SUBMIT_QUEUE_FULL;
-	} else if (output_in_use(d, json_string_value(json_object_get(spec, "output")))) {
+	} else if (output_in_use(d, spec)) {
 		r = CAL_SUBMIT_OUTPUT_IN_USE;
 	} else {
 		do {

@@ -10,6 +10,7 @@
 #ifndef CAL_ENGINE_AWQ_H
 #define CAL_ENGINE_AWQ_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/status.h"
@@ -40,6 +41,27 @@ enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, u
 				  uint64_t cols, const uint16_t *x, uint64_t tokens,
 				  uint64_t batch, double alpha_step, struct cal_awq_out *out,
 				  struct cal_error *err);
+
+/*
+ * modelopt's export fold for n linears that read one input (q/k/v, gate/up;
+ * docs/awq.md "Export", docs/smoothquant.md "Export"), AWQ's and
+ * SmoothQuant's alike: avg = the mean of their bf16 pre_quant_scales;
+ * every weight w[i] ([rows[i], cols] bf16, folded with pqs[i]) whose scale
+ * differs from avg is re-folded in place, W * pqs[i] / avg; w_amax[i]
+ * ([rows[i] * cols / block]) gets its weight amax per `block` input
+ * values (128: INT4 blocks; cols: per output channel).  in_amax: NULL, or
+ * the n per-tensor input amax, all set to their max.  avg: [cols] bf16.
+ * Errors: CAL_ERR_INVALID.
+ */
+enum cal_status cal_resmooth_group(uint16_t *const *w, const uint64_t *rows, size_t n,
+				   uint64_t cols, uint64_t block, const uint16_t *const *pqs,
+				   uint16_t *avg, float *const *w_amax, float *in_amax,
+				   struct cal_error *err);
+
+/* The shared pre_quant_scale folded into the norm that produces the input
+ * (bf16 [cols], in place): norm * pqs, or (1 + norm) * pqs - 1 for the
+ * norms that scale by 1 + weight (plus_one; Gemma's). */
+void cal_awq_fuse_norm(uint16_t *norm, const uint16_t *pqs, uint64_t cols, int plus_one);
 
 #ifdef __cplusplus
 }

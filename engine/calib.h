@@ -114,6 +114,27 @@ typedef enum cal_status (*cal_calib_hidden_fn)(void *ctx, int32_t layer, uint16_
 typedef void (*cal_calib_progress_fn)(void *ctx, int32_t layer, int32_t n_layers,
 				      double tokens_per_s);
 
+/*
+ * What every rank of a job over several ranks runs besides the calibration
+ * (the export's per-rank stage, docs/expert_parallel.md "Export"), each on
+ * the rank's own thread (c: that rank's engine).  start runs once the
+ * rank's endpoint is up, before the first layer; layer after each layer's
+ * statistics are final on every rank (before on_layer); end after the last
+ * layer.  start and end may call collectives on comm (every rank calls
+ * them, so every rank must make the same calls).  An error fails the rank
+ * (and aborts the world).  Not called on a one-rank job.
+ */
+struct cal_comm;
+struct cal_calib_rank_hooks {
+	enum cal_status (*start)(void *ctx, struct cal_calib *c, struct cal_comm *comm,
+				 struct cal_error *err);
+	enum cal_status (*layer)(void *ctx, struct cal_calib *c, int32_t layer,
+				 struct cal_error *err);
+	enum cal_status (*end)(void *ctx, struct cal_calib *c, struct cal_comm *comm,
+			       struct cal_error *err);
+	void *ctx;
+};
+
 struct cal_calib_opts {
 	enum cal_backend_kind backend;     /* CPU (default) or CUDA */
 	int cuda_device;
@@ -128,6 +149,7 @@ struct cal_calib_opts {
 	int per_expert_input_amax;         /* keep per-expert input amax (JSON) */
 	double moe_calib_experts_ratio;    /* 0: off; (0, 1]: route to max(k, round(r E)) */
 	enum cal_combine_mode combine;     /* default CAL_COMBINE_EAGER (modelopt forces eager) */
+	enum cal_div_mode div;             /* GPTQ's fake quantizers: as the export's --div */
 	cal_calib_layer_fn on_layer;
 	cal_calib_hidden_fn on_hidden;
 	int hidden_feedback;               /* on_hidden's writes are the next layer's input */
@@ -145,6 +167,7 @@ struct cal_calib_opts {
 	const char *rendezvous;
 	const int *cuda_devices;
 	unsigned comm_timeout_ms;          /* deadline of each collective (0: comm.h's) */
+	const struct cal_calib_rank_hooks *rank_hooks; /* every rank's (above), or NULL */
 };
 
 /*
@@ -156,6 +179,12 @@ struct cal_calib_opts {
  * cal_job_check) asks this.
  */
 enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal_error *err);
+
+/* For a plan whose recipe's algorithm is gptq: CAL_OK, or
+ * CAL_ERR_UNSUPPORTED naming what the engine's GPTQ does not run (the
+ * model's attention kind, Gated DeltaNet layers, quantized KV cache, ...;
+ * docs/gptq.md).  CAL_OK for every other algorithm. */
+enum cal_status cal_calib_check_gptq(const struct cal_plan *plan, struct cal_error *err);
 
 /*
  * Opens the checkpoint in model_dir for calibration with `plan` (which must
@@ -236,6 +265,11 @@ struct cal_calib_perf {
 };
 void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *ret);
 
+/* GPTQ (docs/gptq.md): the updated bf16 weight [out, in] of plan module
+ * `mod` of the layer just finished (valid during its on_layer callback),
+ * with *numel; NULL when GPTQ did not update that module. */
+const uint16_t *cal_calib_gptq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel);
+
 /* Number of tokens the run processed (pads included with pad_like_modelopt). */
 uint64_t cal_calib_tokens_processed(const struct cal_calib *c);
 
@@ -265,5 +299,8 @@ char *cal_calib_stats_dump(const json_t *stats);
  * "comm_bytes": sent by this process's ranks, "comm_bytes_per_layer":
  * [per decoder layer], "comm_bytes_final_norm"}; NULL with one rank. */
 json_t *cal_calib_ranks_json(const struct cal_calib *c);
+
+/* This engine's global rank; *ret_world (may be NULL): the job's rank count. */
+unsigned cal_calib_rank(const struct cal_calib *c, unsigned *ret_world);
 
 #endif

@@ -15,6 +15,7 @@
 #include "common/status.h"
 #include "kernels/backend.h"
 #include "kernels/numfmt.h"
+#include "kernels/ops.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -27,6 +28,7 @@ extern "C" {
 struct cal_gptq_opts {
 	double perc_damp;     /* (0, 1] */
 	uint32_t block_size;  /* > 0, a multiple of the quantizer's block (16) */
+	int no_rel_err;       /* skip stats->rel_err (two more W H W^T products; NAN) */
 };
 
 /* The static NVFP4 weight quantizer of the layer: per-16-block amax and the
@@ -61,6 +63,18 @@ enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint
 			       const struct cal_gptq_opts *o, const struct cal_gptq_nvfp4 *q,
 			       uint16_t *w_out, struct cal_gptq_stats *stats,
 			       struct cal_error *err);
+
+/*
+ * Steps 3 of docs/gptq.md alone: u (host, [cols, cols] fp32) receives the
+ * upper Cholesky factor of the damped H^-1, or the identity when H is not
+ * positive definite after damping (stats->fallback); dead columns and the
+ * damping in stats (rel_err NAN).  The update is then the `gptq_update` op
+ * on any back end (kernels/ops.h).  Errors as cal_gptq_nvfp4.
+ */
+enum cal_status cal_gptq_factor(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+				uint64_t cols, const float *hsum, uint64_t n_samples,
+				const struct cal_gptq_opts *o, float *u,
+				struct cal_gptq_stats *stats, struct cal_error *err);
 
 /* Bytes of host memory cal_gptq_nvfp4 allocates for a [rows, cols] linear. */
 uint64_t cal_gptq_scratch_bytes(uint64_t rows, uint64_t cols);

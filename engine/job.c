@@ -214,6 +214,13 @@ enum cal_status cal_job_check(const struct cal_job *j, unsigned ops, struct cal_
 	const struct cal_model_desc *d = j->d;
 	if (ops & CAL_JOB_CALIBRATE) {
 		enum cal_status st = cal_calib_check_model(d, err);
+		if (st >= 0)
+			st = cal_calib_check_gptq(j->plan, err);
+		if (st >= 0 && j->recipe->algo.method == CAL_CALIB_GPTQ && cal_job_ranks_world(j) > 1)
+			st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
+					   "algorithm gptq runs on one rank: its Hessians are not "
+					   "combined across ranks yet (docs/gptq.md); run it with "
+					   "one GPU or --ranks 1");
 		if (st < 0)
 			return st;
 	}
@@ -514,6 +521,7 @@ enum cal_status cal_job_calib_open(struct cal_job *j, const struct cal_job_hooks
 		.rendezvous = o->ranks.rendezvous,
 		.comm_timeout_ms = o->ranks.timeout_ms,
 		.cuda_devices = o->devices.kind == CAL_DEVICE_CUDA ? o->devices.ids : NULL,
+		.div = o->div,
 	};
 	if (co.moe_calib_experts_ratio == 0.0 && j->recipe->algo.has_moe_calib_experts_ratio)
 		co.moe_calib_experts_ratio = j->recipe->algo.moe_calib_experts_ratio;
@@ -526,6 +534,7 @@ enum cal_status cal_job_calib_open(struct cal_job *j, const struct cal_job_hooks
 		co.progress = hooks->progress;
 		co.ctx = hooks->ctx;
 		co.profile = hooks->profile;
+		co.rank_hooks = hooks->rank_hooks;
 	}
 	struct cal_calib_src src = {o->model_dir, j->ck, j->cat, j->be};
 	return cal_calib_open_src(&src, j->plan, &co, ret, err);
@@ -550,6 +559,11 @@ enum cal_status cal_job_export(struct cal_job *j, const struct cal_stats *stats,
 		*ret_report = NULL;
 	if (st < 0)
 		return st;
+	if (j->recipe->algo.method == CAL_CALIB_GPTQ) /* docs/gptq.md */
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s uses algorithm gptq, "
+				     "whose updated weights exist only during the calibration: "
+				     "use quantize (calibration and export in one run)",
+				     cal_job_recipe_name(j));
 	struct cal_export_opts eo = {
 		.model_dir = j->o.model_dir,
 		.out_dir = out_dir,

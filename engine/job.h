@@ -249,6 +249,7 @@ struct cal_job_hooks {
 	void *ctx;
 	int profile;
 	int one_rank;    /* the job's back end alone, whatever its ranks (evaluation) */
+	const struct cal_calib_rank_hooks *rank_hooks; /* every rank's (engine/calib.h) */
 };
 
 /*

@@ -8,6 +8,7 @@
  * docs/quantize.md.
  */
 #include "engine/quantize.h"
+#include "engine/quantize_internal.h"
 
 #include <dirent.h>
 #include <jansson.h>
@@ -31,6 +32,7 @@ struct job {
 	const struct cal_model_desc *d;
 	const struct cal_plan *plan;
 	struct cal_exporter *ex;
+	struct cal_qranks *qr;      /* the export's other ranks in this process */
 	struct cal_stats *stats;
 	uint64_t n_tokens;          /* calibration tokens (pads included) */
 	double t_job, t_run;        /* starts of the job and of the forward pass */
@@ -64,7 +66,8 @@ static void emit(struct job *j, const char *phase, int32_t layer)
 			      (int)layer, "layers", (json_int_t)layers, "tokens_done",
 			      (json_int_t)done, "tokens_total", (json_int_t)total, "tokens_per_s",
 			      j->tps, "bytes_written",
-			      (json_int_t)(j->ex ? cal_exporter_bytes_written(j->ex) : 0));
+			      (json_int_t)((j->ex ? cal_exporter_bytes_written(j->ex) : 0) +
+					   cal_qranks_bytes_written(j->qr)));
 	if (!o)
 		return;
 	if (eta >= 0) /* absent until a layer is done */
@@ -73,16 +76,11 @@ static void emit(struct job *j, const char *phase, int32_t layer)
 	json_decref(o);
 }
 
-/*
- * The statistics of `layer` (-1: model-level quantizers such as lm_head's
- * input) into j->stats: every enabled non-weight quantizer's amax, the
- * per-expert input amax (per_expert_input_amax) and the expert token counts.
- */
-static enum cal_status layer_stats(struct job *j, const struct cal_calib *c, int32_t layer,
-				   struct cal_error *err)
+enum cal_status cal_quantize_layer_stats(const struct cal_plan *p, int per_expert_input_amax,
+					 const struct cal_calib *c, int32_t layer,
+					 struct cal_stats *stats, struct cal_error *err)
 {
 	enum cal_status st = CAL_OK;
-	const struct cal_plan *p = j->plan;
 	char *name = NULL;
 	for (size_t i = 0; i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
@@ -90,13 +88,13 @@ static enum cal_status layer_stats(struct job *j, const struct cal_calib *c, int
 		if (q->role == CAL_QROLE_WEIGHT || p->modules[q->module].layer != layer ||
 		    !q->spec.enabled || !cal_calib_q_amax(c, i, &a))
 			continue;
-		CAL_TRY(cal_stats_set(j->stats, q->name, a, err));
+		CAL_TRY(cal_stats_set(stats, q->name, a, err));
 	}
 	const struct cal_calib_moe_stats *m = layer >= 0 ? cal_calib_moe(c, layer) : NULL;
 	if (!m)
 		return CAL_OK;
-	CAL_TRY(cal_stats_set_expert_tokens(j->stats, layer, m->n_experts, m->tokens, err));
-	if (!j->per_expert_input_amax)
+	CAL_TRY(cal_stats_set_expert_tokens(stats, layer, m->n_experts, m->tokens, err));
+	if (!per_expert_input_amax)
 		return CAL_OK;
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		const struct cal_plan_module *pm = &p->modules[mi];
@@ -117,12 +115,19 @@ static enum cal_status layer_stats(struct job *j, const struct cal_calib *c, int
 				st = cal_error_set(err, CAL_ERR_NOMEM, "quantize: out of memory");
 				goto fail;
 			}
-			CAL_TRY(cal_stats_set(j->stats, name, v[e], err));
+			CAL_TRY(cal_stats_set(stats, name, v[e], err));
 		}
 	}
 fail:
 	free(name);
 	return st;
+}
+
+/* The statistics of `layer` into j->stats (quantize_internal.h). */
+static enum cal_status layer_stats(struct job *j, const struct cal_calib *c, int32_t layer,
+				   struct cal_error *err)
+{
+	return cal_quantize_layer_stats(j->plan, j->per_expert_input_amax, c, layer, j->stats, err);
 }
 
 /* The engine's per-layer callback: statistics, then export of the layer. */
@@ -135,6 +140,15 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 		return interrupted(j, err);
 	double t0 = cal_now();
 	CAL_TRY(layer_stats(j, c, layer, err));
+	/* GPTQ: the layer's updated weights replace the source's in the export */
+	const struct cal_plan *p = j->plan;
+	for (size_t mi = 0; mi < p->n_modules; mi++) {
+		uint64_t n = 0;
+		const uint16_t *w = p->modules[mi].layer == layer ? cal_calib_gptq_weight(c, mi, &n)
+								   : NULL;
+		if (w)
+			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, err));
+	}
 	CAL_TRY(cal_exporter_layer(j->ex, layer, j->stats, err));
 	double t1 = cal_now();
 	j->t_export += t1 - t0;
@@ -245,6 +259,9 @@ static json_t *summary(const struct cal_quantize_opts *o, const struct cal_job *
 	json_object_set_new(s, "experts_without_tokens_total", json_integer((json_int_t)n_without));
 	json_object_set_new(s, "fallbacks",
 			    json_integer((json_int_t)json_array_size(json_object_get(rep, "fallbacks"))));
+	if (json_object_get(rep, "gptq")) /* docs/gptq.md: linears that fell back */
+		json_object_set(s, "gptq_fallback",
+				json_object_get(json_object_get(rep, "gptq"), "fallback"));
 	json_object_set_new(s, "weight_sqnr_min_db", json_incref(json_object_get(sq, "min_db")));
 	json_object_set_new(s, "weight_sqnr_mean_db", json_incref(json_object_get(sq, "mean_db")));
 	json_object_set(s, "phases_s", phases);
@@ -277,28 +294,57 @@ enum cal_status cal_quantize_check_output(const char *out_dir, struct cal_error 
 	return CAL_OK;
 }
 
+/* The job's export options (docs/export.md). */
+static struct cal_export_opts export_opts(const struct cal_job *job,
+					  const struct cal_quantize_opts *opts)
+{
+	const struct cal_job_opts *jo = cal_job_options(job);
+	return (struct cal_export_opts){
+		.model_dir = jo->model_dir,
+		.out_dir = opts->out_dir,
+		.recipe_name = cal_job_recipe_name(job),
+		.div = jo->div,
+		.max_shard_bytes = jo->max_shard_bytes,
+		.per_expert_input_amax = jo->per_expert_input_amax,
+		.publish = opts->publish,
+		.world = cal_job_ranks_world(job),
+	};
+}
+
 /* A process of a job over several processes that does not host global
- * rank 0 (docs/expert_parallel.md): its ranks calibrate with the others;
- * global rank 0's process exports and publishes, this one writes nothing. */
-static enum cal_status follower_run(struct cal_job *job, json_t **ret_report,
-				    struct cal_error *err)
+ * rank 0 (docs/expert_parallel.md): its ranks calibrate with the others and
+ * quantize and write their experts into global rank 0's output (the same
+ * out_dir, as this process sees it), which rank 0's process publishes. */
+static enum cal_status follower_run(struct cal_job *job, const struct cal_quantize_opts *opts,
+				    json_t **ret_report, struct cal_error *err)
 {
 	struct cal_calib_tokens *tk = NULL;
 	struct cal_calib *cal = NULL;
+	struct cal_qranks *qr = NULL;
 	enum cal_status st = CAL_OK;
 	double t = cal_now();
+	struct cal_export_opts eo = export_opts(job, opts);
 	CAL_TRY(cal_job_check(job, CAL_JOB_CALIBRATE, err));
+	if (!opts->out_dir || !*opts->out_dir) {
+		st = cal_error_set(err, CAL_ERR_INVALID, "quantize: an output directory is required");
+		goto fail;
+	}
 	CAL_TRY(cal_job_tokens(job, &tk, NULL, err));
-	CAL_TRY(cal_job_calib_open(job, NULL, &cal, err));
+	CAL_TRY(cal_qranks_new(job, &eo, NULL, &qr, err));
+	struct cal_job_hooks hooks = {.rank_hooks = cal_qranks_hooks(qr)};
+	CAL_TRY(cal_job_calib_open(job, &hooks, &cal, err));
 	CAL_TRY(cal_calib_run(cal, tk, err));
 	if (ret_report) {
 		json_t *r = cal_calib_ranks_json(cal);
-		*ret_report = json_pack("{s:i, s:f, s:o}", "rank_first",
+		*ret_report = json_pack("{s:i, s:f, s:I, s:o}", "rank_first",
 					(int)cal_job_options(job)->ranks.first, "calibrate_s",
-					cal_now() - t, "ranks", r ? r : json_null());
+					cal_now() - t, "export_bytes",
+					(json_int_t)cal_qranks_bytes_written(qr), "ranks",
+					r ? r : json_null());
 	}
 fail:
 	cal_calib_free(cal);
+	cal_qranks_free(qr);
 	cal_calib_tokens_free(tk);
 	return st;
 }
@@ -321,7 +367,7 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 		*ret_report = NULL;
 	if (jo->ranks.first != 0) {
 		json_decref(phases);
-		return follower_run(job, ret_report, err);
+		return follower_run(job, opts, ret_report, err);
 	}
 	j.t_job = cal_now() - cal_job_open_seconds(job);
 	if (!phases) {
@@ -346,17 +392,12 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	j.plan = cal_job_plan(job);
 	emit(&j, "load", -1);
 	CAL_TRY(cal_stats_init(&j.stats, err));
-	struct cal_export_opts eo = {
-		.model_dir = jo->model_dir,
-		.out_dir = opts->out_dir,
-		.recipe_name = cal_job_recipe_name(job),
-		.div = jo->div,
-		.max_shard_bytes = jo->max_shard_bytes,
-		.per_expert_input_amax = jo->per_expert_input_amax,
-		.publish = opts->publish,
-	};
+	struct cal_export_opts eo = export_opts(job, opts);
 	CAL_TRY(cal_exporter_open(j.d, cal_job_checkpoint(job), cal_job_catalog(job), j.plan,
 				  cal_job_backend(job), &eo, &j.ex, err));
+	/* over several ranks the others quantize and write their experts */
+	if (eo.world > 1)
+		CAL_TRY(cal_qranks_new(job, &eo, j.ex, &j.qr, err));
 	phase_add(phases, "load", cal_job_open_seconds(job) + cal_now() - t);
 	if (cancelled(&j)) {
 		st = interrupted(&j, err);
@@ -374,7 +415,8 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	}
 
 	/* calibrate: each finished layer is exported from on_layer */
-	struct cal_job_hooks hooks = {.on_layer = on_layer, .ctx = &j};
+	struct cal_job_hooks hooks = {.on_layer = on_layer, .ctx = &j,
+				      .rank_hooks = cal_qranks_hooks(j.qr)};
 	CAL_TRY(cal_job_calib_open(job, &hooks, &cal, err));
 	j.n_tokens = tk->n_tokens;
 	char *hashes = cal_calib_tokens_hashes(tk);
@@ -392,9 +434,21 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 		st = interrupted(&j, err);
 		goto fail;
 	}
-	/* free the engine's buffers before the finish writes the rest */
+	{ /* GPTQ's report (docs/gptq.md) goes into calibd_report.json */
+		json_t *cs = cal_calib_stats(cal), *gq = cs ? json_object_get(cs, "gptq") : NULL;
+		if (gq) {
+			cal_exporter_set_algorithm_report(j.ex, gq);
+			cal_exporter_add_phase(j.ex, "gptq_solve",
+					       json_number_value(json_object_get(gq, "solve_s")));
+		}
+		json_decref(cs);
+	}
+	/* free the engine's buffers (and the other ranks' exporters, done)
+	 * before the finish writes the rest */
 	cal_calib_free(cal);
 	cal = NULL;
+	cal_qranks_free(j.qr);
+	j.qr = NULL;
 
 	/* finish: model-level tensors, side files, report, publish */
 	emit(&j, "finish", -1);
@@ -418,6 +472,7 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 fail:
 	cal_calib_free(cal);
 	cal_calib_tokens_free(tk);
+	cal_qranks_free(j.qr); /* joined before the leader removes its output */
 	cal_exporter_free(j.ex);
 	cal_stats_free(j.stats);
 	json_decref(phases);

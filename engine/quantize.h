@@ -56,10 +56,12 @@ typedef void (*cal_progress_fn)(void *ctx, const json_t *event);
  * published), CAL_ERR_IO, CAL_ERR_NOMEM.
  *
  * Ranks (engine/job.h struct cal_job_ranks, docs/expert_parallel.md): the
- * process that hosts global rank 0 calibrates with every rank and exports;
- * every other process of the job calls this too, its ranks calibrate and it
- * writes nothing (*ret_report: {rank_first, calibrate_s, ranks}).  A rank's
- * failure fails every process's run, naming the rank.
+ * process that hosts global rank 0 calibrates with every rank, exports and
+ * publishes; every other process of the job calls this too with the same
+ * out_dir (as it sees it): its ranks calibrate and quantize and write their
+ * routed experts into rank 0's temporary output (*ret_report: {rank_first,
+ * calibrate_s, export_bytes, ranks}).  A rank's failure fails every
+ * process's run, naming the rank; nothing is published.
  */
 /* The first thing cal_quantize_run() checks, for runners to check before
  * they open the job: CAL_ERR_EXISTS when out_dir exists (it is never

@@ -4,42 +4,14 @@
  * CPU back end; items are blocks, each thread counts into its own histogram
  * and the partial counts are added (integer sums: any split is exact).
  */
-#include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
-#include <string.h>
 
+#include "kernels/hist_edges.h"
 #include "kernels/internal.h"
-
-static float edges[CAL_HIST_BINS - 1];
-static pthread_once_t edges_once = PTHREAD_ONCE_INIT;
-
-/* modelopt's bin of a positive finite fp32 m, in fp32 as torch computes it */
-static int log2_bin(float m)
-{
-	float f = floorf((log2f(m) + 40.0f) / 80.0f * (float)CAL_HIST_BINS);
-	return f < 0 ? 0 : f > CAL_HIST_BINS - 1 ? CAL_HIST_BINS - 1 : (int)f;
-}
-
-static void edges_init(void)
-{
-	for (int k = 1; k < CAL_HIST_BINS; k++) {
-		uint32_t lo = 1, hi = 0x7f7fffffu; /* bin(lo) < k <= bin(hi) */
-		while (lo < hi) {
-			uint32_t mid = lo + (hi - lo) / 2;
-			if (log2_bin(cal_nf_float(mid)) >= k)
-				hi = mid;
-			else
-				lo = mid + 1;
-		}
-		edges[k - 1] = cal_nf_float(lo);
-	}
-}
 
 const float *cal_hist_edges(void)
 {
-	pthread_once(&edges_once, edges_init);
-	return edges;
+	return cal_hist_edges_here();
 }
 
 struct hist_ctx {

@@ -130,6 +130,29 @@ struct cal_hessian_args {
 	float *h;               /* [cols, cols], in/out */
 };
 
+/* GPTQ column-block update of a static-NVFP4 weight (docs/gptq.md): with
+ * U the upper Cholesky factor of H^-1 ([cols, cols], fp32), every row of w
+ * independently, per block of block_size columns, column by column:
+ * q = the column fake-quantized with the fixed scales (modelopt's static
+ * NVFP4 fake quantizer: block scale e4m3(fl32(amax_b / 6) c) / c with
+ * c = fl32(448 / fl32(g' / 6)), g' = fl32(global_amax 448 / norm_max),
+ * values to the nearest E2M1 magnitude), e = (w - q) / U[i, i], the block's
+ * later columns get -e U[i, k]; after the block every later column gets
+ * -sum_i e_i U[i, k] (i ascending).  Every operation is one fp32 IEEE
+ * operation, so the back ends agree byte for byte.  w_out = bf16(q). */
+struct cal_gptq_update_args {
+	const uint16_t *w;       /* [rows, cols] bf16 */
+	uint64_t rows, cols;     /* cols % 16 == 0, cols <= 65536 */
+	const float *u;          /* [cols, cols] */
+	const float *block_amax; /* [rows, cols / 16] */
+	float global_amax;       /* > 0, finite */
+	float norm_max;          /* 448 (or 256) */
+	enum cal_div_mode div;
+	uint32_t block_size;     /* >= 1 */
+	float *work;             /* back end scratch of (cols + block_size) * rows floats */
+	uint16_t *w_out;         /* [rows, cols] bf16 */
+};
+
 /* ---- weight quantizers (input bf16 [rows, cols]) ------------------------ */
 
 /* NVFP4 dynamic (docs/numerics.md "NVFP4 weights"): scale2 =
@@ -601,7 +624,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 34
+#define CAL_OP_COUNT_EXPECTED 35
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

@@ -123,7 +123,8 @@ enum cal_status cal_qfmt_nvfp4_static_quantize(struct cal_backend *be,
 	}
 	if (st < 0)
 		return st;
-	struct cal_nvfp4_static_quant_args a = {io->w, io->rows, io->cols, io->block_amax,
+	struct cal_nvfp4_static_quant_args a = {io->qw ? io->qw : io->w, io->rows, io->cols,
+						io->block_amax,
 						io->amax, 448.0f, io->div, io->packed, io->scales};
 	return cal_op_nvfp4_static_quant(be, &a, err);
 }

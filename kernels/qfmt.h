@@ -51,6 +51,9 @@ struct cal_qfmt_io {
 	struct cal_nonfinite *nonfinite; /* scratch (rows with block_amax, unless mse) */
 	void *packed;             /* weight bytes: rows * cols * elem_bits / 8 */
 	void *scales;             /* block scales: rows * cols / block * scale_bytes */
+	const uint16_t *qw;       /* the values quantized on w's block scales when
+				   * they differ from w (GPTQ's updated weight,
+				   * docs/gptq.md; static NVFP4 only), else NULL */
 };
 
 struct cal_qfmt_info {

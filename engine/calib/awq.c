@@ -41,6 +41,19 @@ static void awq_scale(const float *act, const float *ws, uint64_t cols, float a,
 		s[c] = s[c] / d;
 }
 
+/* amax[b] = max |w| over the b-th block of blk values (n a multiple of blk). */
+static void block_amax(const uint16_t *w, uint64_t n, uint64_t blk, float *amax)
+{
+	for (uint64_t b = 0; b < n / blk; b++) {
+		float m = 0.0f;
+		for (uint64_t k = 0; k < blk; k++) {
+			float a = fabsf(bf(w[b * blk + k]));
+			m = a > m ? a : m;
+		}
+		amax[b] = m;
+	}
+}
+
 /* INT4 (narrow range, +-7) fake quantization of one 128-block, in place
  * (bf16 in and out, fp32 inside); returns the block amax. */
 static float int4_block(uint16_t *v)
@@ -210,15 +223,52 @@ enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, u
 	}
 	for (uint64_t i = 0; i < rows * cols; i++)
 		out->w[i] = tobf(bf(w[i]) * s[i % cols]);
-	for (uint64_t b = 0; b < rows * cols / BLK; b++) {
-		float amax = 0.0f;
-		for (int k = 0; k < BLK; k++) {
-			float a = fabsf(bf(out->w[b * BLK + k]));
-			amax = a > amax ? a : amax;
-		}
-		out->w_amax[b] = amax;
-	}
+	block_amax(out->w, rows * cols, BLK, out->w_amax);
 done:
 	free(act), free(ws), free(s), free(acc);
 	return rc;
+}
+
+/* ---- export fold (docs/awq.md "Export", docs/smoothquant.md "Export") ------------------------------------------- */
+
+enum cal_status cal_resmooth_group(uint16_t *const *w, const uint64_t *rows, size_t n,
+				   uint64_t cols, uint64_t block, const uint16_t *const *pqs,
+				   uint16_t *avg, float *const *w_amax, float *in_amax,
+				   struct cal_error *err)
+{
+	if (!w || !rows || !pqs || !avg || !w_amax || !n)
+		return cal_error_set(err, CAL_ERR_INVALID, "resmooth: a NULL argument or no linear");
+	if (!cols || !block || cols % block)
+		return cal_error_set(err, CAL_ERR_INVALID, "resmooth: input dim %llu is not a "
+				     "multiple of the weight amax block (%llu)",
+				     (unsigned long long)cols, (unsigned long long)block);
+	/* torch's CPU mean of bf16: fp32 sum in order, divided by n, rounded */
+	for (uint64_t c = 0; c < cols; c++) {
+		float sum = 0.0f;
+		for (size_t i = 0; i < n; i++)
+			sum += bf(pqs[i][c]);
+		avg[c] = tobf(sum / (float)n);
+	}
+	for (size_t i = 0; i < n; i++) {
+		int same = 1;
+		for (uint64_t c = 0; same && c < cols; c++)
+			same = bf(pqs[i][c]) == bf(avg[c]);
+		if (!same) /* W * old / new in fp32, rounded to bf16 */
+			for (uint64_t j = 0; j < rows[i] * cols; j++)
+				w[i][j] = tobf(bf(w[i][j]) * bf(pqs[i][j % cols]) / bf(avg[j % cols]));
+		block_amax(w[i], rows[i] * cols, block, w_amax[i]);
+	}
+	float m = 0.0f; /* the group's per-tensor input amax: their max */
+	for (size_t i = 0; in_amax && i < n; i++)
+		m = in_amax[i] > m ? in_amax[i] : m;
+	for (size_t i = 0; in_amax && i < n; i++)
+		in_amax[i] = m;
+	return CAL_OK;
+}
+
+void cal_awq_fuse_norm(uint16_t *norm, const uint16_t *pqs, uint64_t cols, int plus_one)
+{
+	for (uint64_t c = 0; c < cols; c++)
+		norm[c] = plus_one ? tobf(bf(tobf(bf(tobf(bf(norm[c]) + 1.0f)) * bf(pqs[c]))) - 1.0f)
+				   : tobf(bf(norm[c]) * bf(pqs[c]));
 }

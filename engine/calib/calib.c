@@ -232,6 +232,7 @@ enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct
 		m->pub = (struct cal_calib_moe_stats){c->E, m->tokens, m->gu, m->down};
 	}
 	CAL_TRY(cal_ranks_open(c, src, err));
+	CAL_TRY(cal_gptq_init(c, err));
 	*ret = c;
 	return CAL_OK;
 fail:
@@ -256,6 +257,7 @@ static void free_run(struct cal_calib *c)
 			c->fp8_wamax, c->fp8_wnf, c->obs_hist};
 	if (!c->be)
 		return;
+	cal_gptq_free_run(c);
 	for (size_t i = 0; i < CAL_ARRAY_LEN(bufs); i++)
 		cal_be_free(c, bufs[i]);
 	cal_gdn_free(c);
@@ -298,6 +300,7 @@ void cal_calib_free(struct cal_calib *c)
 	if (!c)
 		return;
 	free_run(c);
+	cal_gptq_free(c);
 	if (c->moe && c->d)
 		for (int64_t L = 0; L < c->d->num_layers; L++) {
 			free(c->moe[L].tokens);
@@ -890,17 +893,25 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 		CAL_TRY(cal_w_expert_amax_enqueue(c, L, &dw[sl], err));
 		if (c->ev)
 			CAL_TRY(cal_eval_layer(c, L, &dw[sl], err));
-		/* micro-batch j R + rank in round j (one rank: every one in order);
+		/* GPTQ runs the layer three times (gptq_run.c); in each pass,
+		 * micro-batch j R + rank in round j (one rank: every one in order);
 		 * a rank without one in a round serves its experts (ranks.c) */
-		for (size_t j = 0; !c->ev && j < cal_ranks_rounds(c); j++) {
-			size_t i = j * c->nranks + c->rank;
-			if (i >= c->n_mb) {
-				CAL_TRY(cal_ep_idle(c, L, &dw[sl], err));
-				continue;
+		for (int pass = 0; !c->ev && pass < (c->gq ? 3 : 1); pass++) {
+			const struct cal_layer_w *wu = &dw[sl];
+			if (c->gq)
+				CAL_TRY(cal_gptq_pass_begin(c, L, pass, &lh[sl], &dw[sl], &wu, err));
+			for (size_t j = 0; j < cal_ranks_rounds(c); j++) {
+				size_t i = j * c->nranks + c->rank;
+				if (i >= c->n_mb) {
+					CAL_TRY(cal_ep_idle(c, L, wu, err));
+					continue;
+				}
+				CAL_TRY(mb_load(c, &c->mbs[i], err));
+				CAL_TRY(cal_layer_forward(c, L, wu, &c->mbs[i], err));
+				CAL_TRY(mb_store(c, &c->mbs[i], err));
 			}
-			CAL_TRY(mb_load(c, &c->mbs[i], err));
-			CAL_TRY(cal_layer_forward(c, L, &dw[sl], &c->mbs[i], err));
-			CAL_TRY(mb_store(c, &c->mbs[i], err));
+			if (c->gq)
+				CAL_TRY(cal_gptq_pass_end(c, L, pass, err));
 		}
 		cal_prof(c, PH_READBACK);
 		CAL_TRY(cal_backend_sync(c->be, err));
@@ -926,6 +937,8 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 				CAL_TRY(cal_backend_upload(c->be, c->hidden, hbuf,
 							   c->n_tok * (uint64_t)c->H * 2, err));
 		}
+		if (c->o.rank_hooks && c->o.rank_hooks->layer && c->nranks > 1)
+			CAL_TRY(c->o.rank_hooks->layer(c->o.rank_hooks->ctx, c, L, err));
 		if (c->o.on_layer)
 			CAL_TRY(c->o.on_layer(c->o.ctx, c, L, err));
 		if (c->o.progress) {

@@ -264,6 +264,9 @@ struct cal_calib {
 					  * last: the final norm */
 	int fail_layer;                  /* tests: CALIBD_TEST_RANK_FAIL=RANK:LAYER[:stall] */
 	int fail_stall;
+	/* GPTQ (gptq_run.c): set when the recipe's algorithm is gptq */
+	struct cal_gptq_run *gq;
+	int gq_pass;                     /* 1, 2: the pass fake-quantizes at the actq sites */
 
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
@@ -364,6 +367,25 @@ enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err);
  * run is the evaluation's quantized one (c->ev_quant); a no-op otherwise. */
 enum cal_status cal_eval_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
+/* gptq_run.c: GPTQ in the forward (docs/gptq.md "In the engine").  init
+ * refuses what it does not run (model or plan) and sets c->gq for a gptq
+ * recipe; calib.c runs passes 0..2 of every layer between pass_begin
+ * (which gives the weights the pass runs with) and pass_end; layer.c's
+ * actq sites call cal_gptq_site while c->gq_pass is set. */
+struct cal_gptq_run;
+enum cal_status cal_gptq_init(struct cal_calib *c, struct cal_error *err);
+void cal_gptq_free_run(struct cal_calib *c);
+void cal_gptq_free(struct cal_calib *c);
+enum cal_status cal_gptq_pass_begin(struct cal_calib *c, int32_t L, int pass,
+				    const struct cal_layer_host *lh, const struct cal_layer_w *w,
+				    const struct cal_layer_w **use, struct cal_error *err);
+enum cal_status cal_gptq_pass_end(struct cal_calib *c, int32_t L, int pass,
+				  struct cal_error *err);
+enum cal_status cal_gptq_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
+			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
+/* The "gptq" object of the statistics (new reference), NULL without GPTQ. */
+json_t *cal_gptq_stats(const struct cal_calib *c);
+
 /* A layer tensor as bf16 (the mapping when already bf16, else a converted
  * copy owned by lh); numel is checked.  Missing: CAL_ERR_FORMAT. */
 enum cal_status cal_layer_tensor(struct cal_calib *c, struct cal_layer_host *lh,

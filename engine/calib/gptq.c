@@ -68,54 +68,33 @@ struct inv_ctx {
 	uint64_t n;
 };
 
-static void inv_cols(void *p, uint64_t begin, uint64_t end, unsigned slot)
+/* Column col of L^-1 (forward substitution), stored as row col of y. */
+static void inv_col(const struct inv_ctx *c, uint64_t col)
 {
-	struct inv_ctx *c = p;
 	uint64_t n = c->n;
-	(void)slot;
-	for (uint64_t col = begin; col < end; col++) {
-		double *y = c->y + col * n;
-		memset(y, 0, n * sizeof(double));
-		y[col] = 1.0 / c->l[col * n + col];
-		for (uint64_t i = col + 1; i < n; i++) {
-			const double *li = c->l + i * n;
-			double s = 0.0;
-			for (uint64_t k = col; k < i; k++)
-				s += li[k] * y[k];
-			y[i] = -s / li[i];
-		}
+	double *y = c->y + col * n;
+	memset(y, 0, n * sizeof(double));
+	y[col] = 1.0 / c->l[col * n + col];
+	for (uint64_t i = col + 1; i < n; i++) {
+		const double *li = c->l + i * n;
+		double s = 0.0;
+		for (uint64_t k = col; k < i; k++)
+			s += li[k] * y[k];
+		y[i] = -s / li[i];
 	}
 }
 
-struct upd_ctx {
-	const uint16_t *w;
-	uint16_t *w_out;
-	const float *u;     /* [n, n] upper factor */
-	const double *h;    /* [n, n] H (undamped) for the error statistic */
-	uint64_t rows, n;
-	uint32_t bs;
-	const struct cal_gptq_nvfp4 *q;
-	float sc, sinv;     /* the FP8 fake quantizer's scale and its reciprocal */
-	float *scratch;     /* per slot: 2 n + bs floats */
-	double *num, *den;  /* [rows] */
-};
-
-/* modelopt's static NVFP4 fake quantizer (docs/gptq.md): block scale
- * e4m3(fl32(amax_b / 6) * c) / c with c = fl32(448 / fl32(g / 6)) (its FP8
- * fake quantizer, reciprocal taken once), value rounded to the nearest
- * E2M1 magnitude of |x| / scale (ties to even), a zero scale giving 0. */
-static float qdq(const struct upd_ctx *c, uint64_t r, uint64_t col, float x)
+/* Item k: columns k and n-1-k (column col costs ~(n-col)^2 / 2, so the
+ * pairs cost the same and the threads' ranges balance). */
+static void inv_cols(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
-	float amax = c->q->block_amax[r * (c->n / 16) + col / 16];
-	float t1 = cal_scale_div(amax, 6.0f, c->q->div);
-	float v = cal_fmul(t1, c->sc);
-	v = v > 448.0f ? 448.0f : v;
-	float t = cal_fmul(cal_e4m3_decode(cal_e4m3_encode(v)), c->sinv);
-	if (t == 0.0f)
-		return 0.0f;
-	float m = cal_e2m1_magnitude(cal_e2m1_encode_nvfp4(cal_fdiv(fabsf(x), t)) & 7u);
-	float y = cal_fmul(m, t);
-	return x >= 0.0f ? y : -y;
+	struct inv_ctx *c = p;
+	(void)slot;
+	for (uint64_t k = begin; k < end; k++) {
+		inv_col(c, k);
+		if (c->n - 1 - k != k)
+			inv_col(c, c->n - 1 - k);
+	}
 }
 
 /* h-weighted square v^T H v (f64). */
@@ -133,59 +112,43 @@ static double hquad(const double *h, const float *v, uint64_t n)
 	return s;
 }
 
-static void upd_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
-{
-	struct upd_ctx *c = p;
-	uint64_t n = c->n;
-	float *w = c->scratch + (uint64_t)slot * (2 * n + c->bs), *q = w + n, *e = q + n;
+struct err_ctx {
+	const uint16_t *w, *w_out;
+	const double *h;
+	uint64_t n;
+	float *scratch;     /* per slot: 2 n floats */
+	double *num, *den;  /* [rows] */
+};
 
+/* modelopt's logged error, per row: dW H dW and W H W. */
+static void err_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct err_ctx *c = p;
+	uint64_t n = c->n;
+	float *d = c->scratch + (uint64_t)slot * 2 * n, *w0 = d + n;
 	for (uint64_t r = begin; r < end; r++) {
-		for (uint64_t k = 0; k < n; k++)
-			w[k] = cal_nf_bf16_to_f32(c->w[r * n + k]);
-		for (uint64_t b0 = 0; b0 < n; b0 += c->bs) {
-			uint64_t b1 = b0 + c->bs < n ? b0 + c->bs : n;
-			for (uint64_t i = b0; i < b1; i++) {
-				const float *ui = c->u + i * n;
-				q[i] = qdq(c, r, i, w[i]);
-				float ei = cal_fdiv(cal_fsub(w[i], q[i]), ui[i]);
-				e[i - b0] = ei;
-				for (uint64_t k = i + 1; k < b1; k++)
-					w[k] = cal_fsub(w[k], cal_fmul(ei, ui[k]));
-			}
-			for (uint64_t k = b1; k < n; k++) {
-				float s = 0.0f;
-				for (uint64_t i = b0; i < b1; i++)
-					s = cal_fadd(s, cal_fmul(e[i - b0], c->u[i * n + k]));
-				w[k] = cal_fsub(w[k], s);
-			}
-		}
-		for (uint64_t k = 0; k < n; k++)
-			c->w_out[r * n + k] = cal_nf_f32_to_bf16(q[k]);
-		/* the error statistic: dW = out - W, and W, H-weighted */
 		for (uint64_t k = 0; k < n; k++) {
-			float w0 = cal_nf_bf16_to_f32(c->w[r * n + k]);
-			w[k] = cal_nf_bf16_to_f32(c->w_out[r * n + k]) - w0;
-			q[k] = w0;
+			w0[k] = cal_nf_bf16_to_f32(c->w[r * n + k]);
+			d[k] = cal_nf_bf16_to_f32(c->w_out[r * n + k]) - w0[k];
 		}
-		c->num[r] = hquad(c->h, w, n);
-		c->den[r] = hquad(c->h, q, n);
+		c->num[r] = hquad(c->h, d, n);
+		c->den[r] = hquad(c->h, w0, n);
 	}
 }
 
 uint64_t cal_gptq_scratch_bytes(uint64_t rows, uint64_t cols)
 {
-	/* H, the factor / its inverse (f64), U (f32), per-thread rows, stats */
+	/* H, the factor / its inverse (f64), U (f32), the update's rows, stats */
 	return cols * cols * (3 * sizeof(double) + sizeof(float)) +
-	       256 * (2 * cols + 65536) * sizeof(float) + rows * 16;
+	       rows * (cols + CAL_GPTQ_BLOCK) * sizeof(float) + 256 * 2 * cols * sizeof(float) +
+	       rows * 16;
 }
 
-enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
-			       uint64_t cols, const float *hsum, uint64_t n_samples,
-			       const struct cal_gptq_opts *o, const struct cal_gptq_nvfp4 *q,
-			       uint16_t *w_out, struct cal_gptq_stats *stats,
-			       struct cal_error *err)
+static enum cal_status check_args(const uint16_t *w, uint64_t rows, uint64_t cols,
+				  const float *hsum, uint64_t n_samples,
+				  const struct cal_gptq_opts *o, struct cal_error *err)
 {
-	if (!w || !hsum || !o || !q || !q->block_amax || !w_out || !stats)
+	if (!w || !hsum || !o)
 		return cal_error_set(err, CAL_ERR_INVALID, "gptq: a NULL argument");
 	if (!rows || !cols || cols % 16)
 		return cal_error_set(err, CAL_ERR_INVALID,
@@ -203,30 +166,30 @@ enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint
 				     "gptq: block_size = %u is not a positive multiple of the "
 				     "NVFP4 block (16)",
 				     o->block_size);
-	if (!(q->global_amax > 0.0f) || !isfinite(q->global_amax))
-		return cal_error_set(err, CAL_ERR_NUMERIC, "gptq: global_amax = %g is not finite and > 0",
-				     (double)q->global_amax);
+	return CAL_OK;
+}
 
-	uint64_t n = cols, bs = o->block_size < n ? o->block_size : n;
-	unsigned slots = cal_cpu_slots(host, rows, 1);
-	double *h = malloc(n * n * sizeof(double)), *a = malloc(n * n * sizeof(double));
-	double *y = malloc(n * n * sizeof(double)), *num = malloc(rows * 2 * sizeof(double));
-	float *u = malloc(n * n * sizeof(float));
-	float *scratch = malloc((uint64_t)slots * (2 * n + bs) * sizeof(float));
+/* H = 2 hsum / n in h (f64), and U into u; h may be NULL. */
+static enum cal_status factor(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+			      uint64_t n, const float *hsum, uint64_t n_samples,
+			      const struct cal_gptq_opts *o, float *u, double *h,
+			      struct cal_gptq_stats *stats, struct cal_error *err)
+{
+	double *a = malloc(n * n * sizeof(double)), *y = malloc(n * n * sizeof(double));
 	enum cal_status st = CAL_OK;
-	if (!h || !a || !y || !num || !u || !scratch) {
+	if (!a || !y) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: %llu bytes for a [%llu, %llu] linear",
-				   (unsigned long long)cal_gptq_scratch_bytes(rows, cols),
-				   (unsigned long long)rows, (unsigned long long)cols);
+				   (unsigned long long)cal_gptq_scratch_bytes(rows, n),
+				   (unsigned long long)rows, (unsigned long long)n);
 		goto out;
 	}
 	memset(stats, 0, sizeof(*stats));
-
 	/* H = 2 hsum / n; dead columns (all-zero weight) get a unit diagonal */
 	double f = 2.0 / (double)n_samples;
 	for (uint64_t k = 0; k < n * n; k++)
-		h[k] = f * hsum[k];
-	memcpy(a, h, n * n * sizeof(double));
+		a[k] = f * hsum[k];
+	if (h)
+		memcpy(h, a, n * n * sizeof(double));
 	for (uint64_t col = 0; col < n; col++) {
 		int dead = 1;
 		for (uint64_t r = 0; r < rows && dead; r++)
@@ -254,7 +217,7 @@ enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint
 		goto out;
 	if (!bad) {
 		struct inv_ctx ic = {y, a, n};
-		if ((st = cal_cpu_parallel(host, n, 8, inv_cols, &ic, err)) < 0)
+		if ((st = cal_cpu_parallel(host, (n + 1) / 2, 4, inv_cols, &ic, err)) < 0)
 			goto out;
 		/* a row c = column c of L^-1: L^-1[r][c] = a[c n + r];
 		 * U[i][j] = L^-1[n-1-i][n-1-j] = a[(n-1-j) n + (n-1-i)] */
@@ -272,25 +235,77 @@ enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint
 		for (uint64_t k = 0; k < n; k++)
 			u[k * n + k] = 1.0f;
 	}
-
-	float g6 = cal_scale_div(cal_fmul(q->global_amax, cal_fdiv(448.0f, q->norm_max)), 6.0f,
-				 q->div);
-	float sc = cal_fdiv(448.0f, g6);
-	struct upd_ctx c = {w, w_out, u, h, rows, n, (uint32_t)bs, q, sc, cal_fdiv(1.0f, sc),
-			    scratch, num, num + rows};
-	if ((st = cal_cpu_parallel(host, rows, 1, upd_rows, &c, err)) < 0)
-		goto out;
-	double sn = 0.0, sd = 0.0;
-	for (uint64_t r = 0; r < rows; r++)
-		sn += num[r], sd += num[rows + r];
-	double cnt = (double)rows * (double)n;
-	stats->rel_err = (sn / cnt) / (sd / cnt + 1e-6);
 out:
-	free(h);
 	free(a);
 	free(y);
+	return st;
+}
+
+enum cal_status cal_gptq_factor(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+				uint64_t cols, const float *hsum, uint64_t n_samples,
+				const struct cal_gptq_opts *o, float *u,
+				struct cal_gptq_stats *stats, struct cal_error *err)
+{
+	enum cal_status st = check_args(w, rows, cols, hsum, n_samples, o, err);
+	if (st < 0)
+		return st;
+	if (!u || !stats)
+		return cal_error_set(err, CAL_ERR_INVALID, "gptq: a NULL argument");
+	st = factor(host, w, rows, cols, hsum, n_samples, o, u, NULL, stats, err);
+	stats->rel_err = NAN;
+	return st;
+}
+
+enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+			       uint64_t cols, const float *hsum, uint64_t n_samples,
+			       const struct cal_gptq_opts *o, const struct cal_gptq_nvfp4 *q,
+			       uint16_t *w_out, struct cal_gptq_stats *stats,
+			       struct cal_error *err)
+{
+	enum cal_status st = check_args(w, rows, cols, hsum, n_samples, o, err);
+	if (st < 0)
+		return st;
+	if (!q || !q->block_amax || !w_out || !stats)
+		return cal_error_set(err, CAL_ERR_INVALID, "gptq: a NULL argument");
+	if (!(q->global_amax > 0.0f) || !isfinite(q->global_amax))
+		return cal_error_set(err, CAL_ERR_NUMERIC, "gptq: global_amax = %g is not finite and > 0",
+				     (double)q->global_amax);
+
+	uint64_t n = cols;
+	unsigned slots = cal_cpu_slots(host, rows, 1);
+	double *h = o->no_rel_err ? NULL : malloc(n * n * sizeof(double));
+	double *num = malloc(rows * 2 * sizeof(double));
+	float *u = malloc(n * n * sizeof(float));
+	float *work = malloc(rows * (n + o->block_size) * sizeof(float));
+	float *scratch = malloc((uint64_t)slots * 2 * n * sizeof(float));
+	if ((!o->no_rel_err && !h) || !num || !u || !work || !scratch) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: %llu bytes for a [%llu, %llu] linear",
+				   (unsigned long long)cal_gptq_scratch_bytes(rows, cols),
+				   (unsigned long long)rows, (unsigned long long)cols);
+		goto out;
+	}
+	if ((st = factor(host, w, rows, n, hsum, n_samples, o, u, h, stats, err)) < 0)
+		goto out;
+	struct cal_gptq_update_args ua = {w, rows, n, u, q->block_amax, q->global_amax,
+					  q->norm_max, q->div, o->block_size, work, w_out};
+	if ((st = cal_op_gptq_update(host, &ua, err)) < 0)
+		goto out;
+	stats->rel_err = NAN;
+	if (h) {
+		struct err_ctx ec = {w, w_out, h, n, scratch, num, num + rows};
+		if ((st = cal_cpu_parallel(host, rows, 1, err_rows, &ec, err)) < 0)
+			goto out;
+		double sn = 0.0, sd = 0.0;
+		for (uint64_t r = 0; r < rows; r++)
+			sn += num[r], sd += num[rows + r];
+		double cnt = (double)rows * (double)n;
+		stats->rel_err = (sn / cnt) / (sd / cnt + 1e-6);
+	}
+out:
+	free(h);
 	free(num);
 	free(u);
+	free(work);
 	free(scratch);
 	return st;
 }

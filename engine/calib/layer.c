@@ -716,6 +716,8 @@ static enum cal_status ewise(struct cal_calib *c, enum cal_ewise_mode mode, cons
 static enum cal_status actq(struct cal_calib *c, int32_t L, int site, int64_t expert, uint16_t *x,
 			    uint64_t rows, uint64_t cols, struct cal_error *err)
 {
+	if (c->gq_pass) /* GPTQ's passes 1 and 2 (gptq_run.c) */
+		return cal_gptq_site(c, L, site, expert, x, rows, cols, err);
 	if (!c->ev_quant)
 		return CAL_OK;
 	return cal_eval_actq(c, L, site, expert, x, rows, cols, err);
@@ -910,7 +912,8 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	if (w->s13) {
 		uint64_t S = (uint64_t)c->Is;
 		const uint16_t *sx = c->h;
-		if (c->ev_quant) { /* the shared expert's own quantized input; sy is free until s2 */
+		if (c->ev_quant || c->gq_pass) { /* the shared expert's own quantized input; sy is
+						  * free until s2 */
 			CAL_TRY(cal_backend_copy(c->be, c->sy, c->h, T * H * 2, err));
 			CAL_TRY(actq(c, L, EQ_SH_GU, -1, c->sy, T, H, err));
 			sx = c->sy;

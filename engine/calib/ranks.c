@@ -214,8 +214,13 @@ static void *rank_main(void *p)
 		j->st = cal_comm_world_join(j->world, c->rank, c->be, &c->comm, &j->err);
 	else
 		j->st = cal_comm_open(j->co, c->be, &c->comm, &j->err);
+	const struct cal_calib_rank_hooks *h = c->o.rank_hooks;
+	if (j->st >= 0 && h && h->start)
+		j->st = h->start(h->ctx, c, c->comm, &j->err);
 	if (j->st >= 0)
 		j->st = cal_calib_run_rank(c, j->tokens, &j->err);
+	if (j->st >= 0 && h && h->end)
+		j->st = h->end(h->ctx, c, c->comm, &j->err);
 	if (j->st < 0 && c->comm) {
 		j->own = !cal_comm_failed(c->comm, NULL);
 		cal_comm_abort(c->comm, cal_error_msg(&j->err));
@@ -539,6 +544,13 @@ void cal_ep_count_layer(struct cal_calib *c, int32_t L)
 	cal_comm_get_stats(c->comm, &s);
 	c->comm_bytes[L < 0 ? c->d->num_layers : L] += s.total.bytes_sent - c->ep->mark;
 	c->ep->mark = s.total.bytes_sent;
+}
+
+unsigned cal_calib_rank(const struct cal_calib *c, unsigned *ret_world)
+{
+	if (ret_world)
+		*ret_world = c->nranks;
+	return c->rank;
 }
 
 json_t *cal_calib_ranks_json(const struct cal_calib *c)

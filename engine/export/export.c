@@ -720,6 +720,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 			plan->recipe->algo.fp8_scale_sweep;
 	CAL_TRY(cal_export_check_source(d, err));
 	CAL_TRY(cal_export_pipe_init(ex, err));
+	CAL_TRY(cal_export_parts_init(ex, err));
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
@@ -728,9 +729,13 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 
 	struct cal_st_writer_opts wo = {.max_shard_bytes = opts->max_shard_bytes, .publish = opts->publish};
 	wo.reserve_bytes = side_bytes(opts->model_dir) + (1u << 20) + 512 * (uint64_t)ex->n_lin;
-	CAL_TRY(cal_st_writer_open(opts->out_dir, &wo, &ex->w, err));
+	if (ex->xp.rank) /* a part of an export over ranks: attaches later */
+		CAL_TRY(cal_st_writer_open_part(opts->out_dir, &wo, &ex->w, err));
+	else
+		CAL_TRY(cal_st_writer_open(opts->out_dir, &wo, &ex->w, err));
 	CAL_TRY(declare_all(ex, err));
-	CAL_TRY(cal_st_writer_begin(ex->w, err));
+	if (!ex->xp.rank)
+		CAL_TRY(cal_st_writer_begin(ex->w, err));
 	json_object_set_new(ex->phases, "export_plan", json_real(cal_now() - t0));
 	free(seen);
 	*ret = ex;
@@ -747,8 +752,10 @@ void cal_exporter_free(struct cal_exporter *ex)
 		return;
 	cal_export_pipe_free(ex); /* joins the threads before the writer goes */
 	cal_st_writer_free(ex->w);
-	for (size_t i = 0; i < ex->n_lin; i++)
+	for (size_t i = 0; i < ex->n_lin; i++) {
 		free(ex->lin[i].name);
+		free(ex->lin[i].gw);
+	}
 	for (size_t i = 0; i < ex->n_cp; i++)
 		free(ex->cp[i].name);
 	for (size_t i = 0; i < ex->n_kv; i++)
@@ -763,6 +770,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 		free(ex->hbuf[i]);
 	for (int i = 0; i < XDBUF; i++)
 		cal_backend_dealloc(ex->be, ex->dbuf[i]);
+	json_decref(ex->algorithm);
 	free(ex->ignored_mods);
 	free(ex->lin);
 	free(ex->cp);
@@ -795,6 +803,12 @@ void cal_exporter_add_phase(struct cal_exporter *ex, const char *name, double se
 	json_t *old = json_object_get(ex->phases, name);
 	double v = old ? json_number_value(old) : 0.0;
 	json_object_set_new(ex->phases, name, json_real(v + seconds));
+}
+
+void cal_exporter_set_algorithm_report(struct cal_exporter *ex, json_t *report)
+{
+	json_decref(ex->algorithm);
+	ex->algorithm = json_incref(report);
 }
 
 void cal_exporter_add_timeline(struct cal_exporter *ex, double t, int32_t layer,
@@ -1026,13 +1040,43 @@ fail:
 	return st;
 }
 
+enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, const uint16_t *w,
+				       uint64_t numel, struct cal_error *err)
+{
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->mod < 0 || (size_t)x->mod != mod || x->expert >= 0)
+			continue;
+		if (x->layer >= 0 && ex->layer_done[x->layer])
+			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
+					     "exported", x->name, (int)x->layer);
+		if (x->fmt != CAL_QFMT_NVFP4_STATIC || x->dtype != CAL_DTYPE_BF16 || x->si || x->bmm ||
+		    numel != (uint64_t)x->out * (uint64_t)x->in)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: an updated (GPTQ) "
+					     "weight needs a static NVFP4 linear with a bf16 source "
+					     "of %lld x %lld elements (got %llu)", x->name,
+					     (long long)x->out, (long long)x->in,
+					     (unsigned long long)numel);
+		uint16_t *c = malloc(numel * 2);
+		if (!c)
+			return nomem(err);
+		memcpy(c, w, numel * 2);
+		free(x->gw);
+		x->gw = c;
+		return CAL_OK;
+	}
+	return cal_error_set(err, CAL_ERR_INVALID, "export: plan module %zu is not an exported "
+			     "linear", mod);
+}
+
 enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_stats *stats,
 				    char **ret_report, struct cal_error *err)
 {
 	enum cal_status st = CAL_OK;
-	if (ex->dead || ex->published)
+	if (ex->dead || ex->published || ex->xp.rank)
 		return cal_error_set(err, CAL_ERR_INVALID, "export: the exporter is %s",
-				     ex->dead ? "dead after an earlier error" : "finished");
+				     ex->dead ? "dead after an earlier error" :
+				     ex->xp.rank ? "a part (cal_exporter_part_done)" : "finished");
 	for (int64_t L = 0; L < ex->d->num_layers; L++) {
 		if (!ex->layer_done[L]) {
 			st = cal_error_set(err, CAL_ERR_INVALID, "export: layer %lld was never "
@@ -1048,6 +1092,10 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 	st = prep_layer(ex, -1, stats, err);
 	if (st >= 0)
 		st = cal_export_stage_layer(ex, -1, err);
+	if (st >= 0) /* the other ranks' experts (expert parallelism) */
+		st = cal_export_parts_merge(ex, err);
+	if (st >= 0)
+		st = cal_export_pipe_report(ex, err);
 	if (st < 0)
 		goto fail;
 	const struct xpipe *p = &ex->pipe;

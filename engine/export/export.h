@@ -32,6 +32,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "common/status.h"
 #include "engine/export/stats.h"
 #include "engine/model/catalog.h"
@@ -61,6 +63,14 @@ struct cal_export_opts {
 	 * and run every check, then return CAL_OK with *ret NULL: no writer,
 	 * nothing on disk, no back end needed (be may be NULL; out_dir too) */
 	int check_only;
+	/* expert parallelism (docs/expert_parallel.md "Export"): this exporter
+	 * is rank `rank` of `world` (world 0 or 1: one rank, every tensor).
+	 * Rank 0, the leader, opens, writes and publishes out_dir and
+	 * quantizes everything except the other ranks' routed experts; rank
+	 * r > 0, a part, plans the same output, creates nothing, and quantizes
+	 * and writes only its experts E r / world .. E (r + 1) / world - 1 into
+	 * the leader's temporary directory (cal_exporter_attach). */
+	unsigned rank, world;
 };
 
 struct cal_exporter;
@@ -94,6 +104,19 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t layer,
 				   const struct cal_stats *stats, struct cal_error *err);
 
+/* GPTQ (docs/gptq.md): quantize plan module `mod` (a non-expert static
+ * NVFP4 linear with a bf16 source) of a layer not yet exported from the
+ * updated bf16 weight w (numel = out * in, copied) instead of the source;
+ * the scales still come from the source weight.  Errors: CAL_ERR_INVALID
+ * (no such linear, layer done), CAL_ERR_UNSUPPORTED, CAL_ERR_NOMEM. */
+enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, const uint16_t *w,
+				       uint64_t numel, struct cal_error *err);
+
+/* The calibration algorithm's own report (GPTQ: per linear, the layers
+ * that fell back; docs/gptq.md), written under "gptq" in the report;
+ * referenced, not stolen. */
+void cal_exporter_set_algorithm_report(struct cal_exporter *ex, json_t *report);
+
 /* Wall-clock seconds to add to the report under phase `name` (e.g.
  * "calibrate"); the exporter times its own phases itself. */
 void cal_exporter_add_phase(struct cal_exporter *ex, const char *name, double seconds);
@@ -126,6 +149,29 @@ enum cal_status cal_exporter_finish(struct cal_exporter *ex, const struct cal_st
 
 /* Removes the temporary directory unless published; NULL is a no-op. */
 void cal_exporter_free(struct cal_exporter *ex);
+
+/*
+ * Expert parallelism (opts.rank, opts.world).  The leader's output, for
+ * its parts: the temporary directory's name (relative to out_dir's parent)
+ * and the layout hash (engine/st/st_writer.h).  A part attaches to them
+ * before its first layer (errors: CAL_ERR_INTERNAL when it planned another
+ * layout, CAL_ERR_NOTFOUND, CAL_ERR_IO), then takes its layers through
+ * cal_exporter_layer() like the leader, and after the last one
+ * cal_exporter_part_done() waits for its writes, fsyncs them and returns
+ * its report for the leader (*ret, caller frees: its linears' weight amax
+ * and SQNR sums, the tensors it wrote, its counters).  The leader takes
+ * each part's report with cal_exporter_add_part() (copied) before
+ * cal_exporter_finish(), which refuses to publish unless every part
+ * reported and the reports fit its plan.
+ */
+const char *cal_exporter_tmp_name(const struct cal_exporter *ex);
+uint64_t cal_exporter_layout_hash(const struct cal_exporter *ex);
+enum cal_status cal_exporter_attach(struct cal_exporter *ex, const char *tmp_name,
+				    uint64_t layout_hash, struct cal_error *err);
+enum cal_status cal_exporter_part_done(struct cal_exporter *ex, void **ret, size_t *ret_bytes,
+				       struct cal_error *err);
+enum cal_status cal_exporter_add_part(struct cal_exporter *ex, unsigned rank, const void *data,
+				      size_t n, struct cal_error *err);
 
 /*
  * Whole export from a finished statistics table: opens model_dir (config,

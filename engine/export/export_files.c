@@ -370,6 +370,8 @@ static json_t *report(struct cal_exporter *ex, const struct cal_stats *stats, js
 		json_object_set(rep, "calibration_timeline", ex->timeline);
 	if (ex->ranks)
 		json_object_set(rep, "ranks", ex->ranks);
+	if (ex->algorithm) /* docs/gptq.md: the linears GPTQ updated, the fallbacks */
+		json_object_set(rep, "gptq", ex->algorithm);
 	struct rusage ru;
 	long long rss = getrusage(RUSAGE_SELF, &ru) ? 0 : (long long)ru.ru_maxrss * 1024;
 	json_object_set_new(rep, "peak_rss_bytes", json_integer(rss));

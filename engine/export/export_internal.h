@@ -43,6 +43,10 @@ struct xlin {
 	 * MXFP4 scales). */
 	int bmm;
 	int64_t bmm_rows;
+	/* GPTQ (docs/gptq.md): the updated bf16 weight the layer is quantized
+	 * from (owned; freed once quantized); the scales still come from the
+	 * source weight */
+	uint16_t *gw;
 };
 
 /* A tensor copied byte for byte (maybe renamed). */
@@ -76,7 +80,7 @@ struct xmodcfg {
 
 #define XQUEUE 8                        /* layers queued + the one in work */
 #define XSLOTS 4                        /* output ring slots */
-#define XDBUF 8                         /* back-end scratch buffers */
+#define XDBUF 9                         /* back-end scratch buffers */
 #define CAL_XSTATIC (-2)                /* stage "layer": model-level tensors
 					   that need no statistics */
 
@@ -118,6 +122,20 @@ struct xpipe {
 	uint64_t written;               /* tensor bytes written (atomic) */
 	int32_t fail_layer;             /* test fault injection: layer + 2, 0 off */
 	double t_quant, t_write, t_wait, t_drain;
+	double *sq;                     /* [2 n_lin]: each quantized linear's SQNR sums
+					   (signal, noise), for the report (finish) */
+	uint64_t n_quantized;           /* linears this exporter quantized */
+};
+
+/* Expert parallelism (parts.c, docs/expert_parallel.md "Export"): this
+ * exporter is rank `rank` of `world` and quantizes and writes the routed
+ * experts [lo, hi); rank 0 (the leader) also everything else and publishes. */
+struct xparts {
+	unsigned rank, world;           /* world 1: one rank */
+	int64_t lo, hi;
+	/* leader: what each rank reported (cal_exporter_add_part), [world] */
+	void **res;
+	size_t *res_n;
 };
 
 struct cal_exporter {
@@ -153,6 +171,7 @@ struct cal_exporter {
 	void *dbuf[XDBUF];
 	size_t dcap[XDBUF];
 	struct xpipe pipe;
+	struct xparts xp;
 
 	/* report */
 	json_t *weights;                /* array of {name, layer, format, amax, sqnr_db} */
@@ -160,6 +179,7 @@ struct cal_exporter {
 	json_t *phases;                 /* object name -> seconds */
 	json_t *timeline;               /* [{t, layer, tokens_per_s}] (NULL: none given) */
 	json_t *ranks;                  /* expert parallelism (NULL: one rank) */
+	json_t *algorithm;              /* the calibration algorithm's report (GPTQ), or NULL */
 	double t_layers;
 	double sqnr_min, sqnr_sum;
 	size_t sqnr_n;
@@ -199,13 +219,23 @@ enum cal_status cal_export_pipe_drain(struct cal_exporter *ex, struct cal_error 
 enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L, struct cal_error *err);
 uint64_t cal_export_pipe_written(const struct cal_exporter *ex);
 void cal_export_pipe_free(struct cal_exporter *ex);
+/* The report's weight_sqnr entries of every quantized linear, in layer
+ * order (model-level last), from the sums kept by the stages (finish). */
+enum cal_status cal_export_pipe_report(struct cal_exporter *ex, struct cal_error *err);
 
-#define CAL_TRY_RET(expr)                                                      \
-	do {                                                                   \
-		enum cal_status st_ = (expr);                                  \
-		if (st_ < 0)                                                   \
-			return st_;                                            \
-	} while (0)
+/* Expert parallelism (parts.c): init sets the expert range from opts (at
+ * open); mine says whether this exporter quantizes and writes x; merge
+ * (leader, finish, after the drain) takes every other rank's report: its
+ * linears' amax and SQNR sums, its tensors as written, its counters into
+ * "ranks"; free releases the reports. */
+enum cal_status cal_export_parts_init(struct cal_exporter *ex, struct cal_error *err);
+static inline int cal_export_mine(const struct cal_exporter *ex, const struct xlin *x)
+{
+	return x->expert < 0 ? ex->xp.rank == 0 : x->expert >= ex->xp.lo && x->expert < ex->xp.hi;
+}
+enum cal_status cal_export_parts_merge(struct cal_exporter *ex, struct cal_error *err);
+void cal_export_parts_free(struct cal_exporter *ex);
+
 /* gpt_oss BMM experts (export.c): the source of one projection as bf16
  * [E * R, C] (sl: expert 0's slice; MXFP4 decoded as HF does), and the
  * per-expert transpose [E, R, cols] -> [E, cols, R] of es-byte elements

@@ -11,8 +11,8 @@
  *     source, on up to 8 helper threads) into two pinned staging buffers,
  *     uploads each block asynchronously while the next is gathered,
  *     takes every weight amax, quantizes every linear of the layer (all
- *     experts) and computes the SQNR sums on the back end, and downloads
- *     only the output bytes into a ring of pinned slots;
+ *     experts; over several ranks, this rank's share) and computes the
+ *     SQNR sums on the back end, and downloads only the output bytes into a ring of pinned slots;
  *   the writer thread turns full slots into safetensors through the
  *     crash-safe writer (engine/st), in the order they were filled.
  * The model-level tensors that need no statistics (copies such as the
@@ -33,8 +33,15 @@
  * before the writer removes the temporary directory.
  *
  * Fault injection for tests: CALIBD_TEST_EXPORT_FAIL_LAYER=L makes the
- * quantize stage fail at layer L (engine/st has CALIBD_TEST_WRITE_LIMIT for
- * the writer).
+ * quantize stage fail at layer L, =L:R only rank R's (expert parallelism;
+ * L alone is rank 0's) (engine/st has CALIBD_TEST_WRITE_LIMIT for the
+ * writer).
+ *
+ * Over several ranks (parts.c) each rank's pipeline takes only what its
+ * rank quantizes and writes (cal_export_mine): a part's, its routed
+ * experts; the leader's, everything else.  The SQNR sums of each linear are
+ * kept (pipe.sq) and the report's entries made at finish in one fixed
+ * order (cal_export_pipe_report), wherever the linear was quantized.
  */
 #include "export_internal.h"
 
@@ -302,9 +309,16 @@ enum cal_status cal_export_check_scale(const char *name, const char *what, float
 	return CAL_OK;
 }
 
+/* Whether x is a quantized linear of layer L that this exporter quantizes
+ * (all of them on one rank; parts.c). */
+static int takes_q(const struct cal_exporter *ex, const struct xlin *x, int32_t L)
+{
+	return x->layer == L && x->fmt != CAL_QFMT_NONE && cal_export_mine(ex, x);
+}
+
 /* ---- back-end scratch ----------------------------------------------------------- */
 
-enum { D_W, D_OUT, D_AMAX, D_NF, D_SUMS, D_Y, D_BA, D_NF1, D_COUNT };
+enum { D_W, D_OUT, D_AMAX, D_NF, D_SUMS, D_Y, D_BA, D_NF1, D_GW, D_COUNT };
 
 static enum cal_status dneed(struct cal_exporter *ex, int k, size_t n, void **ret,
 			     struct cal_error *err)
@@ -358,7 +372,13 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: not quantized", x->name);
 	CAL_TRY_RET(dneed(ex, D_Y, n * 4, &dy, err));
 	struct cal_qfmt_io io = {dw, o, i, f->block, x->wamax, 0.0f, ex->opts.div,
-				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds};
+				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds, NULL};
+	if (x->gw) { /* GPTQ: the updated weight, on the grid of the source's scales */
+		void *dg = NULL;
+		CAL_TRY_RET(dneed(ex, D_GW, n * 2, &dg, err));
+		CAL_TRY_RET(cal_backend_upload(be, dg, x->gw, n * 2, err));
+		io.qw = dg;
+	}
 	if (f->tensor_scale_of) {
 		io.scale = f->tensor_scale_of(x->wamax, ex->opts.div);
 		CAL_TRY_RET(cal_export_check_scale(x->name, f->tensor_scale, io.scale, err));
@@ -378,14 +398,23 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 	return CAL_OK;
 }
 
-static enum cal_status report_weight(struct cal_exporter *ex, const struct xlin *x,
-				     const double *sums, struct cal_error *err)
+/* x's SQNR sums (signal, noise) from its per-row sums, in row order, kept
+ * for the report (cal_export_pipe_report). */
+static void keep_sums(struct cal_exporter *ex, const struct xlin *x, const double *sums)
 {
 	double sig = 0.0, noise = 0.0;
 	for (int64_t r = 0; r < x->out; r++) {
 		sig += sums[2 * r];
 		noise += sums[2 * r + 1];
 	}
+	size_t i = (size_t)(x - ex->lin);
+	ex->pipe.sq[2 * i] = sig;
+	ex->pipe.sq[2 * i + 1] = noise;
+}
+
+static enum cal_status report_weight(struct cal_exporter *ex, const struct xlin *x, double sig,
+				     double noise, struct cal_error *err)
+{
 	int inf = noise == 0.0 || sig == 0.0;
 	double db = inf ? 0.0 : 10.0 * log10(sig / noise);
 	json_t *wr = json_pack("{s:s, s:i, s:s, s:f}", "name", x->name, "layer", (int)x->layer,
@@ -454,7 +483,7 @@ static enum cal_status upload_layer(struct cal_exporter *ex, int32_t L, unsigned
 		uint64_t base = 0, end = 0;
 		for (; i < ex->n_lin; i++) {
 			const struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+			if (!takes_q(ex, x, L))
 				continue;
 			uint64_t e = x->woff + (uint64_t)x->out * (uint64_t)x->in * 2;
 			if (n && e - base > p->stage_bytes)
@@ -485,7 +514,7 @@ static size_t layout(struct cal_exporter *ex, int32_t L, uint64_t *w, uint64_t *
 	*w = *o = *sums = 0;
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
-		if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+		if (!takes_q(ex, x, L))
 			continue;
 		uint64_t q, s;
 		out_sizes(x, &q, &s);
@@ -511,8 +540,8 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 	struct cal_nonfinite *dNF = NULL;
 	double *dS = NULL;
 	if (p->fail_layer && p->fail_layer == L + 2)
-		return cal_error_set(err, CAL_ERR_DEVICE, "export of layer %d: injected quantize "
-				     "fault (CALIBD_TEST_EXPORT_FAIL_LAYER)", (int)L);
+		return cal_error_set(err, CAL_ERR_DEVICE, "injected quantize fault "
+				     "(CALIBD_TEST_EXPORT_FAIL_LAYER)"); /* the caller names L */
 	size_t nq = layout(ex, L, &wbytes, &obytes, &nsums);
 	if (nq) {
 		CAL_TRY_RET(dneed(ex, D_W, wbytes, (void **)&dW, err));
@@ -536,7 +565,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		CAL_TRY_RET(cal_backend_memset(be, dA, 0, nq * 4, err));
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+			if (!takes_q(ex, x, L))
 				continue;
 			struct cal_amax_args a = {CAL_DTYPE_BF16, dW + x->woff,
 						  (uint64_t)x->out * (uint64_t)x->in, 0,
@@ -547,7 +576,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		CAL_TRY_RET(cal_backend_download(be, hnf, dNF, nq * sizeof(*hnf), err));
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+			if (!takes_q(ex, x, L))
 				continue;
 			if (hnf[x->qidx].count)
 				return cal_error_set(err, CAL_ERR_NUMERIC, "%s.weight: element %llu is "
@@ -560,7 +589,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			struct xlin *g = &ex->lin[i], *u = &ex->lin[i + 1];
 			if (g->layer == L && g->expert >= 0 && g->proj == CAL_PROJ_GATE &&
 			    u->expert == g->expert && u->proj == CAL_PROJ_UP &&
-			    g->fmt != CAL_QFMT_NONE) {
+			    g->fmt != CAL_QFMT_NONE && cal_export_mine(ex, g)) {
 				float m = g->wamax > u->wamax ? g->wamax : u->wamax;
 				g->wamax = u->wamax = m;
 			}
@@ -569,7 +598,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		/* quantize, dequantize and the SQNR sums: all queued, one sync */
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer != L || x->fmt == CAL_QFMT_NONE)
+			if (!takes_q(ex, x, L))
 				continue;
 			uint64_t q, s;
 			out_sizes(x, &q, &s);
@@ -583,15 +612,22 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		CAL_TRY_RET(cal_backend_download(be, hs, dS, nsums * 8, err));
 		for (size_t i = 0; i < ex->n_lin; i++) {
 			struct xlin *x = &ex->lin[i];
-			if (x->layer == L && x->fmt != CAL_QFMT_NONE)
-				CAL_TRY_RET(report_weight(ex, x, hs + x->soff, err));
+			if (takes_q(ex, x, L))
+				keep_sums(ex, x, hs + x->soff);
+			if (x->layer == L) { /* GPTQ's updated weight, used */
+				free(x->gw);
+				x->gw = NULL;
+			}
 		}
+		p->n_quantized += nq;
 	}
 	/* the output bytes, into the ring */
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
 		if (L >= 0 ? x->layer != L :
 		    x->layer != -1 || (L == CAL_XSTATIC) != (x->fmt == CAL_QFMT_NONE))
+			continue;
+		if (!cal_export_mine(ex, x))
 			continue;
 		size_t es = cal_dtype_size(x->dtype);
 		uint64_t wn = (uint64_t)x->out * (uint64_t)x->in * es;
@@ -647,7 +683,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		if (x->expert >= 0 && x->sl.bias)
 			CAL_TRY_RET(write_bias(ex, x, err));
 	}
-	for (size_t i = 0; i < ex->n_kv; i++) {
+	for (size_t i = 0; ex->xp.rank == 0 && i < ex->n_kv; i++) {
 		const struct xkv *k = &ex->kv[i];
 		if (k->layer != L)
 			continue;
@@ -656,7 +692,7 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		if (k->v)
 			CAL_TRY_RET(slot_scalar(ex, k->attn, "v_proj.v_scale", k->vscale, err));
 	}
-	for (size_t i = 0; i < ex->n_cp; i++) {
+	for (size_t i = 0; ex->xp.rank == 0 && i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];
 		if (!(L >= 0 ? c->layer == L : L == CAL_XSTATIC && c->layer == -1))
 			continue;
@@ -768,9 +804,13 @@ static enum cal_status pipe_buffers(struct cal_exporter *ex, struct cal_error *e
 	struct xpipe *p = &ex->pipe;
 	if (p->be)
 		return CAL_OK;
+	if (!p->sq && !(p->sq = calloc(2 * ex->n_lin + 1, sizeof(double))))
+		return nomem(err);
 	uint64_t stage = STAGE_MIN, slot = SLOT_MIN;
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		const struct xlin *x = &ex->lin[i];
+		if (!cal_export_mine(ex, x))
+			continue;
 		uint64_t wn = (uint64_t)x->out * (uint64_t)x->in * cal_dtype_size(x->dtype), q, s;
 		if (x->fmt != CAL_QFMT_NONE) {
 			out_sizes(x, &q, &s);
@@ -783,7 +823,7 @@ static enum cal_status pipe_buffers(struct cal_exporter *ex, struct cal_error *e
 			continue; /* gpt_oss: owned transposed copies, outside the ring */
 		slot = wn + 64 > slot ? wn + 64 : slot;
 	}
-	for (size_t i = 0; i < ex->n_cp; i++) {
+	for (size_t i = 0; ex->xp.rank == 0 && i < ex->n_cp; i++) {
 		uint64_t cn = ex->cp[i].t->numel * (ex->cp[i].to_f32 ? 4 : ex->cp[i].to_bf16 ? 2 : 0);
 		slot = cn + 64 > slot ? cn + 64 : slot;
 	}
@@ -815,14 +855,18 @@ enum cal_status cal_export_pipe_init(struct cal_exporter *ex, struct cal_error *
 		return nomem(err);
 	}
 	p->inited = 1;
+	/* L: the leader's (one rank's) stage fails at layer L; L:R: rank R's */
 	const char *f = getenv("CALIBD_TEST_EXPORT_FAIL_LAYER");
 	if (f && *f) {
 		char *end;
-		long v = strtol(f, &end, 10);
-		if (*end || v < -1)
+		long v = strtol(f, &end, 10), r = 0;
+		if (*end == ':')
+			r = strtol(end + 1, &end, 10);
+		if (*end || v < -1 || r < 0)
 			return cal_error_set(err, CAL_ERR_INVALID, "CALIBD_TEST_EXPORT_FAIL_LAYER='%s' is "
-					     "not a layer index", f);
-		p->fail_layer = (int32_t)v + 2;
+					     "not LAYER or LAYER:RANK", f);
+		if ((unsigned long)r == ex->opts.rank)
+			p->fail_layer = (int32_t)v + 2;
 	}
 	return CAL_OK;
 }
@@ -911,6 +955,7 @@ uint64_t cal_export_pipe_written(const struct cal_exporter *ex)
 void cal_export_pipe_free(struct cal_exporter *ex)
 {
 	struct xpipe *p = &ex->pipe;
+	cal_export_parts_free(ex);
 	if (!p->inited)
 		return;
 	pipe_join(p, 1);
@@ -932,4 +977,20 @@ void cal_export_pipe_free(struct cal_exporter *ex)
 	}
 	cal_backend_free(p->be);
 	p->be = NULL;
+	free(p->sq);
+	p->sq = NULL;
+}
+
+enum cal_status cal_export_pipe_report(struct cal_exporter *ex, struct cal_error *err)
+{
+	for (int32_t pass = 0; pass <= (int32_t)ex->d->num_layers; pass++) {
+		int32_t L = pass < ex->d->num_layers ? pass : -1;
+		for (size_t i = 0; i < ex->n_lin; i++) {
+			const struct xlin *x = &ex->lin[i];
+			if (x->layer == L && x->fmt != CAL_QFMT_NONE)
+				CAL_TRY_RET(report_weight(ex, x, ex->pipe.sq[2 * i],
+							  ex->pipe.sq[2 * i + 1], err));
+		}
+	}
+	return CAL_OK;
 }

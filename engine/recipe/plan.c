@@ -832,12 +832,15 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 					     "unquantized); %s", m->name, fmt_upper(wq->spec.fmt),
 					     fmt_upper(ifmt), impl);
 		if (cal_qfmt(wq->spec.fmt)->mse && p->recipe->algo.method != CAL_CALIB_MAX &&
-		    p->recipe->algo.method != CAL_CALIB_MSE) {
+		    p->recipe->algo.method != CAL_CALIB_MSE && p->recipe->algo.method != CAL_CALIB_GPTQ) {
 			char why[96];
-			snprintf(why, sizeof(why), "%s needs algorithm max or mse",
+			snprintf(why, sizeof(why), "%s needs algorithm max, mse or gptq",
 				 cal_qfmt(wq->spec.fmt)->title);
 			return unsupported(err, r, wq, why);
 		}
+		if (p->recipe->algo.method == CAL_CALIB_GPTQ && wq->spec.fmt != CAL_QFMT_NVFP4_STATIC)
+			return unsupported(err, r, wq, "gptq is implemented for static NVFP4 weights "
+					   "only (docs/gptq.md)");
 		if (wq->spec.block && m->in % wq->spec.block)
 			return cal_error_set(err, CAL_ERR_INVALID,
 					     "%s%s: input dimension %lld is not a multiple of the %s "
@@ -937,6 +940,27 @@ static int qname_cmp(const void *a, const void *b, void *ctx)
 	return strcmp(p->q[*(const size_t *)a].name, p->q[*(const size_t *)b].name);
 }
 
+/* The GPTQ options calibd runs (docs/gptq.md); any other is refused by name. */
+static enum cal_status gptq_options(const struct cal_recipe *r, struct cal_error *err)
+{
+	const struct cal_algorithm *a = &r->algo;
+	const char *bad = NULL;
+	if (a->gptq_fused)
+		bad = "fused: true (the Triton kernel of the update)";
+	else if (!a->layerwise)
+		bad = "layerwise.enable: false (whole-model GPTQ from the unquantized activations)";
+	else if (!a->layerwise_qdq_from_prev)
+		bad = "layerwise.get_qdq_activations_from_prev_layer: false";
+	else if (a->gptq_block_size % 16)
+		bad = "block_size not a multiple of the NVFP4 block (16)";
+	else if (a->has_moe_calib_experts_ratio)
+		bad = "moe_calib_experts_ratio";
+	if (!bad)
+		return CAL_OK;
+	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm gptq: option %s is not "
+			     "implemented (docs/gptq.md)", r->source, bad);
+}
+
 enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_recipe *r,
 			       struct cal_plan **ret, struct cal_error *err)
 {
@@ -955,9 +979,11 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	if (r->algo.method == CAL_CALIB_OTHER) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				   "%s: algorithm '%s' is not implemented (calibd runs max, mse, "
-				   "nvfp4_act_headroom and none)", r->source, r->algo.name);
+				   "nvfp4_act_headroom, gptq and none)", r->source, r->algo.name);
 		goto fail;
 	}
+	if (r->algo.method == CAL_CALIB_GPTQ && (st = gptq_options(r, err)) < 0)
+		goto fail;
 
 	/* class names for parent_class */
 	const char *hf = d->architecture ? d->architecture : d->arch->hf_class;

@@ -429,6 +429,10 @@ char *cal_plan_json(const struct cal_plan *p, const char *recipe_name)
 			json_object_set_new(algo, "upper_percentile", json_real(a->hr_upper_percentile));
 			json_object_set_new(algo, "rho", json_real(a->hr_rho));
 		}
+		if (a->method == CAL_CALIB_GPTQ) {
+			json_object_set_new(algo, "perc_damp", json_real(a->perc_damp));
+			json_object_set_new(algo, "block_size", json_integer(a->gptq_block_size));
+		}
 	}
 	json_object_set_new(root, "algorithm", algo);
 	for (size_t i = 0; i < r->n_entries; i++)

@@ -87,8 +87,9 @@ enum cal_calib_method {
 	CAL_CALIB_NONE,   /* algorithm: null — no calibration */
 	CAL_CALIB_MAX,
 	CAL_CALIB_MSE,
+	CAL_CALIB_GPTQ,   /* docs/gptq.md */
 	CAL_CALIB_HEADROOM, /* nvfp4_act_headroom: NVFP4 input amax from a block-amax histogram */
-	CAL_CALIB_OTHER,  /* awq_lite, smoothquant, gptq, a list, ...: loaded, not run */
+	CAL_CALIB_OTHER,  /* awq_lite, smoothquant, a list, ...: loaded, not run */
 };
 
 /* The calibration algorithm (MaxCalibConfig / MseCalibConfig fields). */
@@ -108,6 +109,11 @@ struct cal_algorithm {
 	/* mse */
 	double step_size, start_multiplier, stop_multiplier; /* 0.1, 0.25, 4.0 */
 	int fp8_scale_sweep;              /* 0 */
+	/* gptq (GPTQCalibConfig; docs/gptq.md) */
+	double perc_damp;                 /* 0.01 */
+	int64_t gptq_block_size;          /* 128 */
+	int gptq_fused;                   /* 0 */
+	int has_layerwise_qdq_from_prev;  /* get_qdq_activations_from_prev_layer was given */
 	/* nvfp4_act_headroom (weights: max) */
 	double hr_anchor_percentile;      /* 1 */
 	double hr_upper_percentile;       /* 99.99 */

@@ -491,6 +491,8 @@ static void algo_defaults(struct cal_algorithm *a)
 	a->step_size = 0.1;
 	a->start_multiplier = 0.25;
 	a->stop_multiplier = 4.0;
+	a->perc_damp = 0.01;
+	a->gptq_block_size = 128;
 	a->hr_anchor_percentile = 1.0;
 	a->hr_upper_percentile = 99.99;
 	a->hr_rho = 16384.0;
@@ -509,6 +511,8 @@ static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm
 		a->method = CAL_CALIB_MSE;
 	else if (!strcmp(name, "none"))
 		a->method = CAL_CALIB_NONE;
+	else if (!strcmp(name, "gptq"))
+		a->method = CAL_CALIB_GPTQ;
 	else if (!strcmp(name, "nvfp4_act_headroom"))
 		a->method = CAL_CALIB_HEADROOM;
 	else
@@ -542,6 +546,7 @@ static enum cal_status conv_layerwise(struct cal_error *err, const struct cal_yn
 			CAL_TRY(get_bool(err, x, p, &a->layerwise));
 		} else if (!strcmp(k->str, "get_qdq_activations_from_prev_layer")) {
 			CAL_TRY(get_bool(err, x, p, &a->layerwise_qdq_from_prev));
+			a->has_layerwise_qdq_from_prev = 1;
 		} else if (!strcmp(k->str, "calib_mutates_weights")) {
 			CAL_TRY(get_bool(err, x, p, &a->layerwise_calib_mutates_weights));
 		} else if (!strcmp(k->str, "checkpoint_dir")) {
@@ -589,7 +594,8 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 	CAL_TRY(set_algo_name(err, a, meth ? meth->str : "max"));
 	if (a->method == CAL_CALIB_OTHER || a->method == CAL_CALIB_NONE)
 		return CAL_OK; /* fields of algorithms calibd does not run are not checked */
-	int mse = a->method == CAL_CALIB_MSE, hr = a->method == CAL_CALIB_HEADROOM;
+	int mse = a->method == CAL_CALIB_MSE, gptq = a->method == CAL_CALIB_GPTQ;
+	int hr = a->method == CAL_CALIB_HEADROOM;
 	for (size_t i = 0; i < v->n; i++) {
 		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
 		if (k->kind != CAL_Y_STR) {
@@ -661,22 +667,48 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 			CAL_TRY(get_num(err, x, p, &a->stop_multiplier));
 		} else if (mse && !strcmp(key, "fp8_scale_sweep")) {
 			CAL_TRY(get_bool(err, x, p, &a->fp8_scale_sweep));
+		} else if (gptq && !strcmp(key, "perc_damp")) {
+			if (x->kind == CAL_Y_NULL)
+				continue;
+			CAL_TRY(get_num(err, x, p, &a->perc_damp));
+			if (!(a->perc_damp > 0 && a->perc_damp <= 1)) {
+				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 1]", p);
+				goto fail;
+			}
+		} else if (gptq && !strcmp(key, "block_size")) {
+			if (x->kind == CAL_Y_NULL)
+				continue;
+			if (x->kind != CAL_Y_INT || x->i < 1 || x->i > 65536) {
+				st = want(err, x, p, "a positive integer (at most 65536)");
+				goto fail;
+			}
+			a->gptq_block_size = x->i;
+		} else if (gptq && !strcmp(key, "fused")) {
+			CAL_TRY(get_bool(err, x, p, &a->gptq_fused));
 		} else {
 			st = unknown_key(err, k, path,
 					 mse ? "method, distributed_sync, sync_expert_weight_amax, "
 					       "skip_forward_without_activation_calib, shared_states, "
 					       "moe_calib_experts_ratio, layerwise, step_size, "
 					       "start_multiplier, stop_multiplier, fp8_scale_sweep"
-					     : hr ? "method, distributed_sync, sync_expert_weight_amax, "
-					       "skip_forward_without_activation_calib, shared_states, "
-					       "moe_calib_experts_ratio, layerwise, anchor_percentile, "
-					       "upper_percentile, rho, weight_scale_algorithm"
+					 : gptq ? "method, distributed_sync, sync_expert_weight_amax, "
+						  "skip_forward_without_activation_calib, shared_states, "
+						  "moe_calib_experts_ratio, layerwise, perc_damp, "
+						  "block_size, fused"
+					 : hr ? "method, distributed_sync, sync_expert_weight_amax, "
+						"skip_forward_without_activation_calib, shared_states, "
+						"moe_calib_experts_ratio, layerwise, anchor_percentile, "
+						"upper_percentile, rho, weight_scale_algorithm"
 					     : "method, distributed_sync, sync_expert_weight_amax, "
 					       "skip_forward_without_activation_calib, shared_states, "
 					       "moe_calib_experts_ratio, layerwise");
 			goto fail;
 		}
 	}
+	/* GPTQCalibConfig: layerwise GPTQ feeds each layer the previous one's
+	 * quantized outputs unless the recipe says otherwise */
+	if (gptq && !a->has_layerwise_qdq_from_prev)
+		a->layerwise_qdq_from_prev = 1;
 	if (mse && !(a->step_size > 0 && a->start_multiplier > 0 &&
 		     a->stop_multiplier >= a->start_multiplier)) {
 		st = at_err(err, CAL_ERR_FORMAT, v, "%s: mse needs step_size > 0 and "

@@ -74,6 +74,8 @@ struct cal_st_writer {
 	char *index;    /* index JSON when nsh > 1 */
 	uint64_t written;
 	uint64_t write_limit; /* CALIBD_TEST_WRITE_LIMIT, 0: none */
+	int part;       /* writes part of a leader's output (open_part): creates,
+			   publishes and removes nothing */
 };
 
 /* ---- name lookup -------------------------------------------------------- */
@@ -161,7 +163,7 @@ static void close_shards(struct cal_st_writer *w)
 static void remove_tmp(struct cal_st_writer *w)
 {
 	close_shards(w);
-	if (w->tmp_fd < 0 || w->published || w->tmp_gone)
+	if (w->part || w->tmp_fd < 0 || w->published || w->tmp_gone)
 		return;
 	w->tmp_gone = 1;
 	int dfd = dup(w->tmp_fd);
@@ -255,9 +257,10 @@ static enum cal_status write_small(struct cal_st_writer *w, const char *name, co
 
 /* ---- public API --------------------------------------------------------- */
 
-enum cal_status cal_st_writer_open(const char *final_dir,
-				   const struct cal_st_writer_opts *opts,
-				   struct cal_st_writer **ret, struct cal_error *err)
+/* A writer in W_DECLARE for final_dir: options, the test limit, the
+ * parent's and the output's names (nothing opened). */
+static enum cal_status writer_new(const char *final_dir, const struct cal_st_writer_opts *opts,
+				  struct cal_st_writer **ret, struct cal_error *err)
 {
 	enum cal_status st;
 	char *tmp = NULL;
@@ -298,6 +301,27 @@ enum cal_status cal_st_writer_open(const char *final_dir,
 		w->parent = strndup(w->final_dir, (size_t)(slash - w->final_dir));
 	if (!w->parent || !(w->base = strdup(base)))
 		goto nomem;
+	free(tmp);
+	*ret = w;
+	return CAL_OK;
+nomem:
+	st = cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", final_dir);
+fail:
+	free(tmp);
+	cal_st_writer_free(w);
+	return st;
+}
+
+enum cal_status cal_st_writer_open(const char *final_dir,
+				   const struct cal_st_writer_opts *opts,
+				   struct cal_st_writer **ret, struct cal_error *err)
+{
+	enum cal_status st;
+	struct cal_st_writer *w;
+	*ret = NULL;
+	if ((st = writer_new(final_dir, opts, &w, err)) < 0)
+		return st;
+	const char *base = w->base;
 	const struct cal_st_publish *pub = w->opts.publish;
 	const char *tag = pub && pub->tmp_tag ? pub->tmp_tag : NULL;
 	if (tag && (!*tag || strlen(tag) > CAL_ST_TMP_TAG_MAX || strspn(tag, "abcdefghijklmnopqrstuvwxyz"
@@ -361,13 +385,11 @@ enum cal_status cal_st_writer_open(const char *final_dir,
 		goto nomem;
 	}
 	fchmod(w->tmp_fd, 0755);
-	free(tmp);
 	*ret = w;
 	return CAL_OK;
 nomem:
 	st = cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", final_dir);
 fail:
-	free(tmp);
 	cal_st_writer_free(w);
 	return st;
 }
@@ -648,6 +670,9 @@ enum cal_status cal_st_writer_put(struct cal_st_writer *w, const char *name,
 	struct wshard *s = &w->sh[t->shard];
 	if (w->write_limit && w->written + nbytes > w->write_limit)
 		return die(w, io_error(w, ENOSPC, "write", s->fname, err));
+	/* a part writer opens the leader's shard files as it needs them */
+	if (s->fd < 0 && (s->fd = openat(w->tmp_fd, s->fname, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
+		return die(w, io_error(w, errno, "open", s->fname, err));
 	if (pwrite_all(s->fd, data, nbytes, t->off) < 0)
 		return die(w, io_error(w, errno, "write", s->fname, err));
 	/* start the write-back now (without waiting for it), so that the disk
@@ -687,6 +712,142 @@ uint64_t cal_st_writer_bytes_written(const struct cal_st_writer *w)
 	return w->written;
 }
 
+/* ---- one output, several writers (expert parallelism) -------------------- */
+
+const char *cal_st_writer_tmp_name(const struct cal_st_writer *w)
+{
+	return w->tmp_name;
+}
+
+static uint64_t hash_mix(uint64_t h, const void *data, size_t n)
+{
+	const unsigned char *p = data;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 1099511628211ull;
+	return h;
+}
+
+uint64_t cal_st_writer_layout_hash(const struct cal_st_writer *w)
+{
+	uint64_t h = hash_mix(1469598103934665603ull, &w->nsh, sizeof(w->nsh));
+	for (size_t i = 0; i < w->nt; i++) {
+		const struct wtensor *t = &w->t[i];
+		uint64_t v[4] = {(uint64_t)t->dtype, (uint64_t)t->ndim, t->shard, t->off};
+		h = hash_mix(h, t->name, strlen(t->name) + 1);
+		h = hash_mix(h, v, sizeof(v));
+		h = hash_mix(h, t->shape, (size_t)t->ndim * sizeof(t->shape[0]));
+	}
+	return h;
+}
+
+enum cal_status cal_st_writer_open_part(const char *final_dir,
+					const struct cal_st_writer_opts *opts,
+					struct cal_st_writer **ret, struct cal_error *err)
+{
+	enum cal_status st = writer_new(final_dir, opts, ret, err);
+	if (st >= 0)
+		(*ret)->part = 1;
+	return st;
+}
+
+enum cal_status cal_st_writer_attach(struct cal_st_writer *w, const char *tmp_name,
+				     uint64_t layout_hash, struct cal_error *err)
+{
+	enum cal_status st = check_state(w, W_DECLARE, "attach()", err);
+	if (st < 0)
+		return st;
+	size_t bl = strlen(w->base);
+	if (!w->part || strchr(tmp_name, '/') || tmp_name[0] != '.' ||
+	    strncmp(tmp_name + 1, w->base, bl) != 0 || strncmp(tmp_name + 1 + bl, ".tmp-", 5) != 0)
+		return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: '%.80s' is not the temporary "
+					    "directory of a writer of it (or this is no part writer)",
+					    w->final_dir, tmp_name));
+	CAL_TRY(plan_shards(w, err));
+	for (size_t k = 0; k < w->nsh; k++) {
+		CAL_TRY(build_header(w, k, err));
+		free(w->sh[k].header);
+		w->sh[k].header = NULL;
+	}
+	if (cal_st_writer_layout_hash(w) != layout_hash) {
+		st = cal_error_set(err, CAL_ERR_INTERNAL, "%s: this part's output layout differs from "
+				   "the leader's", w->final_dir);
+		goto fail;
+	}
+	if (!(w->tmp_name = strdup(tmp_name)) ||
+	    asprintf(&w->tmp_dir, "%s/%s", w->parent, tmp_name) < 0) {
+		w->tmp_dir = NULL;
+		st = cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", w->final_dir);
+		goto fail;
+	}
+	w->parent_fd = cal_open_confined(w->parent, O_RDONLY | O_DIRECTORY, 0);
+	if (w->parent_fd >= 0)
+		w->tmp_fd = openat(w->parent_fd, tmp_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+				   O_CLOEXEC);
+	if (w->tmp_fd < 0) {
+		int e = errno;
+		st = cal_error_set(err, e == ENOENT ? CAL_ERR_NOTFOUND : e == EXDEV ? CAL_ERR_RANGE :
+				   CAL_ERR_IO, "%s: the leader's temporary directory: %s", w->tmp_dir,
+				   cal_confine_strerror(e));
+		goto fail;
+	}
+	w->state = W_BEGUN;
+	return CAL_OK;
+fail:
+	return die(w, st);
+}
+
+enum cal_status cal_st_writer_part_close(struct cal_st_writer *w, struct cal_error *err)
+{
+	enum cal_status st = check_state(w, W_BEGUN, "part_close()", err);
+	if (st < 0)
+		return st;
+	for (size_t k = 0; k < w->nsh; k++) {
+		struct wshard *s = &w->sh[k];
+		if (s->fd < 0)
+			continue;
+		int r = fsync(s->fd), e = errno;
+		if (close(s->fd) < 0 && r == 0) {
+			r = -1;
+			e = errno;
+		}
+		s->fd = -1;
+		if (r < 0)
+			return die(w, io_error(w, e, "fsync", s->fname, err));
+	}
+	w->state = W_COMMITTED;
+	return CAL_OK;
+}
+
+size_t cal_st_writer_put_indices(const struct cal_st_writer *w, uint64_t *idx)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < w->nt; i++)
+		if (w->t[i].put) {
+			if (idx)
+				idx[n] = i;
+			n++;
+		}
+	return n;
+}
+
+enum cal_status cal_st_writer_put_elsewhere(struct cal_st_writer *w, const uint64_t *idx,
+					    size_t n, struct cal_error *err)
+{
+	enum cal_status st = check_state(w, W_BEGUN, "put_elsewhere()", err);
+	if (st < 0)
+		return st;
+	for (size_t k = 0; k < n; k++) {
+		if (idx[k] >= w->nt || w->t[idx[k]].put)
+			return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: tensor #%llu %s",
+						    w->final_dir, (unsigned long long)idx[k],
+						    idx[k] >= w->nt ? "was never declared" :
+						    "written twice"));
+		w->t[idx[k]].put = 1;
+		w->written += w->t[idx[k]].nbytes;
+	}
+	return CAL_OK;
+}
+
 /* Reads shard k back through the validator and checks it holds what was
  * declared. */
 static enum cal_status verify_shard(struct cal_st_writer *w, size_t k, struct cal_error *err)
@@ -721,6 +882,9 @@ enum cal_status cal_st_writer_commit(struct cal_st_writer *w, struct cal_error *
 	enum cal_status st = check_state(w, W_BEGUN, "commit()", err);
 	if (st < 0)
 		return st;
+	if (w->part)
+		return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: commit() of a part writer "
+					    "(the leader publishes)", w->final_dir));
 	size_t missing = 0;
 	const char *first = NULL;
 	for (size_t i = 0; i < w->nt; i++)

@@ -145,4 +145,39 @@ enum cal_status cal_st_writer_commit(struct cal_st_writer *w, struct cal_error *
 /* Removes the temporary directory unless committed; NULL is a no-op. */
 void cal_st_writer_free(struct cal_st_writer *w);
 
+/*
+ * One output, several writers (expert parallelism, docs/expert_parallel.md
+ * "Export").  The leader is an ordinary writer.  Each other writer is a
+ * part writer: cal_st_writer_open_part(final_dir) creates nothing; it
+ * declares the same tensors in the same order with the same
+ * max_shard_bytes, then cal_st_writer_attach() instead of begin() computes
+ * the same layout, checks it against the leader's
+ * (cal_st_writer_layout_hash(), after the leader's begin()) and opens the
+ * leader's temporary directory (tmp_name: cal_st_writer_tmp_name() of the
+ * leader, relative to final_dir's parent as this process sees it).  put()
+ * then pwrites its tensors at their offsets into the leader's shard files
+ * (opened when first needed, never created); cal_st_writer_part_close()
+ * fsyncs and closes them.  A part writer never commits, publishes or
+ * removes anything (not even on an error: the leader removes its temporary
+ * directory).  The leader learns what a part wrote as indices into the
+ * declaration order (cal_st_writer_put_indices() of the part) and marks
+ * them written (cal_st_writer_put_elsewhere(), after begin(), before
+ * commit(); counts their bytes as written).  Errors as put()'s, plus
+ * CAL_ERR_INTERNAL (a layout that differs from the leader's) and
+ * CAL_ERR_NOTFOUND (the temporary directory is gone).
+ */
+const char *cal_st_writer_tmp_name(const struct cal_st_writer *w);
+uint64_t cal_st_writer_layout_hash(const struct cal_st_writer *w);
+enum cal_status cal_st_writer_open_part(const char *final_dir,
+					const struct cal_st_writer_opts *opts,
+					struct cal_st_writer **ret, struct cal_error *err);
+enum cal_status cal_st_writer_attach(struct cal_st_writer *w, const char *tmp_name,
+				     uint64_t layout_hash, struct cal_error *err);
+enum cal_status cal_st_writer_part_close(struct cal_st_writer *w, struct cal_error *err);
+/* Indices (declaration order) of the tensors put so far, ascending, into
+ * idx (NULL: only counted); returns their number. */
+size_t cal_st_writer_put_indices(const struct cal_st_writer *w, uint64_t *idx);
+enum cal_status cal_st_writer_put_elsewhere(struct cal_st_writer *w, const uint64_t *idx,
+					    size_t n, struct cal_error *err);
+
 #endif

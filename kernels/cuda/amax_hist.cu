@@ -1,11 +1,18 @@
 /*
  * amax_hist.cu — log2 histogram of the per-block max|x| (nvfp4_act_headroom,
  * kernels/amax_hist.c).  One thread per block of a row, the bin found by
- * bisection over the host's cal_hist_edges() (passed by value, so the bins
- * are those of the C reference bit for bit); each thread block counts in
+ * bisection over the edges of kernels/hist_edges.h (passed by value, the
+ * same table as the C reference's); each thread block counts in
  * shared memory, then adds its counts to the running u64 histogram.
  */
+#include <math.h>
+#include <pthread.h>
+
 #include "common.cuh"
+
+extern "C" {
+#include "kernels/hist_edges.h"
+}
 
 struct hist_edges {
 	float e[CAL_HIST_BINS - 1];
@@ -63,7 +70,7 @@ extern "C" enum cal_status cal_cuda_amax_hist(struct cal_backend *be,
 	if ((st = cal_cuda_enter(be, &s, err)) < 0)
 		return st;
 	hist_edges ed;
-	const float *e = cal_hist_edges();
+	const float *e = cal_hist_edges_here();
 	for (int i = 0; i < CAL_HIST_BINS - 1; i++)
 		ed.e[i] = e[i];
 	unsigned grid = cal_cuda_grid(be, nb);

@@ -51,7 +51,7 @@ int main(int argc, char **argv)
 	float g = 0.0f;
 	for (uint64_t b = 0; b < rows * cols / 16; b++)
 		g = am[b] > g ? am[b] : g;
-	struct cal_gptq_opts go = {CAL_GPTQ_PERC_DAMP, CAL_GPTQ_BLOCK};
+	struct cal_gptq_opts go = {CAL_GPTQ_PERC_DAMP, CAL_GPTQ_BLOCK, 0};
 	struct cal_gptq_nvfp4 q = {am, g, 448.0f, CAL_DIV_EXACT};
 	struct cal_gptq_stats st;
 	if (cal_gptq_nvfp4(be, w, rows, cols, h, tok, &go, &q, o, &st, &err) < 0) {

@@ -11,7 +11,8 @@
  * SmoothQuant (docs/smoothquant.md): against tests/modelopt/smoothquant/,
  * every output byte-equal.  AWQ-lite (docs/awq.md): against
  * tests/modelopt/awq/: the same alpha chosen, its outputs byte-equal, the
- * search's losses printed beside modelopt's.  MODELOPT_ALGO_DIR names tests/modelopt.
+ * search's losses printed beside modelopt's; the export fold (AWQ and
+ * SmoothQuant) against tests/modelopt/awq_export/, byte-equal.  MODELOPT_ALGO_DIR names tests/modelopt.
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -218,7 +219,7 @@ Test(gptq, beats_rounding_on_grid_dead_columns)
 	lin_gen(&l, 24, 96, 200, 5, 17);
 	float *h = lin_hessian(be, &l, 64), g;
 	float *am = lin_amax(be, &l, &g);
-	struct cal_gptq_opts o = {CAL_GPTQ_PERC_DAMP, 32};
+	struct cal_gptq_opts o = {CAL_GPTQ_PERC_DAMP, 32, 0};
 	struct cal_gptq_nvfp4 q = {am, g, 448.0f, CAL_DIV_EXACT};
 	struct cal_gptq_stats st;
 	uint16_t *w1 = malloc(l.rows * l.cols * 2);
@@ -338,7 +339,7 @@ static void diff_one(struct cal_backend *be, const char *path)
 
 	float *h = lin_hessian(be, &l, batch);
 	struct cal_gptq_opts o = {json_real_value(json_object_get(alg, "perc_damp")),
-				  (uint32_t)json_integer_value(json_object_get(alg, "block_size"))};
+				  (uint32_t)json_integer_value(json_object_get(alg, "block_size")), 0};
 	struct cal_gptq_nvfp4 q = {am, g, 448.0f, CAL_DIV_EXACT};
 	struct cal_gptq_stats st;
 	uint16_t *w1 = malloc(rows * cols * 2), *wmo = malloc(rows * cols * 2);
@@ -374,7 +375,8 @@ static void diff_one(struct cal_backend *be, const char *path)
 	json_decref(fp);
 }
 
-/* Runs fn on every *.json under $MODELOPT_ALGO_DIR/sub; fails on none. */
+/* Runs fn on every *.json under $MODELOPT_ALGO_DIR/sub but the whole-model
+ * ones (model_*.json, gptq_model_diff.py's); fails on none. */
 static void each_fingerprint(const char *sub, void (*fn)(struct cal_backend *, const char *))
 {
 	const char *root = getenv("MODELOPT_ALGO_DIR");
@@ -388,7 +390,7 @@ static void each_fingerprint(const char *sub, void (*fn)(struct cal_backend *, c
 	int n = 0;
 	while ((e = readdir(d))) {
 		size_t len = strlen(e->d_name);
-		if (len < 6 || strcmp(e->d_name + len - 5, ".json"))
+		if (len < 6 || strcmp(e->d_name + len - 5, ".json") || !strncmp(e->d_name, "model_", 6))
 			continue;
 		char path[8192];
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
@@ -634,4 +636,108 @@ Test(headroom, rule)
 	/* bins below upper / 1e6 do not count for the anchor */
 	h[0] = 1000;
 	cr_assert_eq(cal_hr_amax(h, 1.0f, 1, 99.99, 16384), (float)(16384 * pow(2, 0.078125)));
+}
+
+/* bf16 [n] from the fingerprint's hex field `key` of object o (malloc'd). */
+static uint16_t *hex_bf16(json_t *o, const char *key, uint64_t n)
+{
+	uint16_t *v = malloc(n * 2);
+	cr_assert_eq(unhex(json_string_value(json_object_get(o, key)), v, n * 2), 0, "%s", key);
+	return v;
+}
+
+/* modelopt's export fold (docs/awq.md "Export", docs/smoothquant.md
+ * "Export"): from each linear's pre_quant_scale and folded weight before,
+ * the shared scale, the re-folded weights, their amax, the fused norm
+ * (AWQ) or the group's input amax (SmoothQuant), byte-equal. */
+static void awq_export_one(struct cal_backend *be, const char *path)
+{
+	(void)be;
+	json_error_t je;
+	json_t *fp = json_load_file(path, 0, &je);
+	cr_assert(fp, "%s: %s", path, je.text);
+	json_t *before = json_object_get(fp, "before"), *after = json_object_get(fp, "after");
+	size_t n = json_array_size(before);
+	uint64_t cols = (uint64_t)json_integer_value(
+		json_object_get(json_object_get(fp, "generator"), "cols"));
+	int plus_one = json_is_true(json_object_get(fp, "plus_one"));
+	cr_assert(n >= 2 && n <= 8 && json_array_size(after) == n);
+	uint16_t *w[8], *p[8];
+	float *am[8], ia[8], ia_mo[8];
+	uint64_t rows[8], dw = 0, da = 0, nw = 0, na = 0, dp = 0, dn = 0, di = 0;
+	uint64_t blk = (uint64_t)json_integer_value(json_object_get(fp, "amax_block"));
+	int sq = !strcmp(json_string_value(json_object_get(fp, "algorithm")), "smoothquant");
+	for (size_t i = 0; i < n; i++) {
+		json_t *b = json_array_get(before, i);
+		rows[i] = (uint64_t)json_integer_value(json_object_get(b, "rows"));
+		w[i] = hex_bf16(b, "weight_bf16_hex", rows[i] * cols);
+		p[i] = hex_bf16(b, "pre_quant_scale_bf16_hex", cols);
+		am[i] = malloc(rows[i] * cols / blk * 4);
+		if (sq) {
+			cr_assert_eq(unhex(json_string_value(json_object_get(b, "input_amax_f32_hex")),
+					   &ia[i], 4), 0);
+			cr_assert_eq(unhex(json_string_value(json_object_get(
+					   json_array_get(after, i), "input_amax_f32_hex")), &ia_mo[i], 4), 0);
+		}
+	}
+	uint16_t *avg = malloc(cols * 2), *norm = hex_bf16(fp, "norm_before_bf16_hex", cols);
+	struct cal_error err = {0};
+	cr_assert_eq(cal_resmooth_group(w, rows, n, cols, blk, (const uint16_t *const *)p, avg, am,
+				       sq ? ia : NULL, &err),
+		     CAL_OK, "%s", cal_error_msg(&err));
+	if (!sq) /* modelopt fuses into the norm for awq formats only */
+		cal_awq_fuse_norm(norm, avg, cols, plus_one);
+	uint16_t *avg_mo = hex_bf16(fp, "pre_quant_scale_bf16_hex", cols);
+	uint16_t *norm_mo = hex_bf16(fp, "norm_after_bf16_hex", cols);
+	for (uint64_t c = 0; c < cols; c++)
+		dp += avg[c] != avg_mo[c], dn += norm[c] != norm_mo[c];
+	for (size_t i = 0; i < n; i++) {
+		json_t *a = json_array_get(after, i);
+		uint64_t nb = rows[i] * cols / blk;
+		di += sq && ia[i] != ia_mo[i];
+		uint16_t *wm = hex_bf16(a, "weight_bf16_hex", rows[i] * cols);
+		float *amm = malloc(nb * 4);
+		cr_assert_eq(unhex(json_string_value(json_object_get(a, "weight_amax_f32_hex")), amm,
+				   nb * 4), 0);
+		for (uint64_t j = 0; j < rows[i] * cols; j++)
+			dw += wm[j] != w[i][j];
+		for (uint64_t b = 0; b < nb; b++)
+			da += amm[b] != am[i][b];
+		nw += rows[i] * cols, na += nb;
+		free(wm), free(amm), free(w[i]), free(p[i]), free(am[i]);
+	}
+	printf("%s export fold diff %s: %zu linears, plus_one %d; shared pre_quant_scale differing "
+	       "%llu of %llu, re-folded weights %llu of %llu, weight amax %llu of %llu, norm "
+	       "%llu of %llu, input amax %llu\n", sq ? "smoothquant" : "awq_lite",
+	       strrchr(path, '/') + 1, n, plus_one, (unsigned long long)dp,
+	       (unsigned long long)cols, (unsigned long long)dw, (unsigned long long)nw,
+	       (unsigned long long)da, (unsigned long long)na, (unsigned long long)dn,
+	       (unsigned long long)cols, (unsigned long long)di);
+	cr_assert(!json_is_true(json_object_get(fp, "pre_quant_scale_left")));
+	cr_assert(dp == 0 && dw == 0 && da == 0 && dn == 0 && di == 0, "%s differs from modelopt",
+		  path);
+	free(avg), free(norm), free(avg_mo), free(norm_mo);
+	json_decref(fp);
+}
+
+Test(awq_lite, export_fold_modelopt_diff)
+{
+	each_fingerprint("awq_export", awq_export_one);
+}
+
+Test(awq_lite, export_fold_bad_input)
+{
+	struct cal_error err = {0};
+	uint16_t w0[64] = {0}, p0[64] = {0}, avg[64];
+	uint16_t *w[1] = {w0};
+	const uint16_t *p[1] = {p0};
+	float a0[1], *am[1] = {a0};
+	uint64_t rows[1] = {1};
+	cr_assert_eq(cal_resmooth_group(w, rows, 1, 64, 128, p, avg, am, NULL, &err),
+		     CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "128"));
+	cal_error_clear(&err);
+	cr_assert_eq(cal_resmooth_group(w, rows, 0, 128, 128, p, avg, am, NULL, &err),
+		     CAL_ERR_INVALID);
+	cal_error_clear(&err);
 }

@@ -49,6 +49,36 @@ def gen(seed, n):
 DEAD = 5
 
 
+def e2m1_round(torch, a):
+    """|x| / scale to the nearest E2M1 magnitude, ties to even (modelopt's kernels)."""
+    return torch.where(a <= 0.25, 0.0, torch.where(a < 0.75, 0.5, torch.where(a <= 1.25, 1.0,
+           torch.where(a < 1.75, 1.5, torch.where(a <= 2.5, 2.0, torch.where(a < 3.5, 3.0,
+           torch.where(a <= 5.0, 4.0, 6.0)))))))
+
+
+def static_fp4_cpu(torch, scaled_e4m3_impl):
+    """modelopt's static NVFP4 fake quantizer (a Triton kernel) in torch: block
+    scale from its own FP8 fake quantizer, values to the nearest E2M1."""
+    def fq(x, amax, global_amax=None, quantize_block_scales=True,
+           fp8_max_for_normalization=448.0, out_dtype=None, pass_through_bwd=False):
+        nb = amax.numel()
+        bs = x.numel() // nb
+        scale = amax.float() / 6.0
+        if quantize_block_scales:
+            g = global_amax.float() * (448.0 / fp8_max_for_normalization) / 6.0
+            scale = scaled_e4m3_impl(scale, g)
+        scale = scale.reshape(nb, 1)
+        xf = x.contiguous().float().reshape(nb, bs)
+        zero = scale == 0
+        safe = torch.where(zero | torch.isnan(scale) | torch.isinf(scale), torch.ones_like(scale),
+                           scale)
+        r = e2m1_round(torch, xf.abs() / safe) * safe
+        r = torch.where(xf >= 0, r, -r)
+        r = torch.where(zero, torch.zeros_like(r), r)
+        return r.reshape(x.shape).to(out_dtype or x.dtype)
+    return fq
+
+
 def common_args():
     """Arguments shared by the single-linear fingerprint scripts."""
     ap = argparse.ArgumentParser()
@@ -106,28 +136,7 @@ def main():
     from modelopt.torch.quantization.nn.modules import tensor_quantizer as tq
     from modelopt.torch.quantization.tensor_quant import scaled_e4m3_impl
 
-    def static_fp4_cpu(x, amax, global_amax=None, quantize_block_scales=True,
-                       fp8_max_for_normalization=448.0, out_dtype=None, pass_through_bwd=False):
-        nb = amax.numel()
-        bs = x.numel() // nb
-        scale = amax.float() / 6.0
-        if quantize_block_scales:
-            g = global_amax.float() * (448.0 / fp8_max_for_normalization) / 6.0
-            scale = scaled_e4m3_impl(scale, g)
-        scale = scale.reshape(nb, 1)
-        xf = x.contiguous().float().reshape(nb, bs)
-        zero = scale == 0
-        safe = torch.where(zero | torch.isnan(scale) | torch.isinf(scale), torch.ones_like(scale), scale)
-        a = xf.abs() / safe
-        q = torch.where(a <= 0.25, 0.0, torch.where(a < 0.75, 0.5, torch.where(a <= 1.25, 1.0,
-            torch.where(a < 1.75, 1.5, torch.where(a <= 2.5, 2.0, torch.where(a < 3.5, 3.0,
-            torch.where(a <= 5.0, 4.0, 6.0)))))))
-        r = q * safe
-        r = torch.where(xf >= 0, r, -r)
-        r = torch.where(zero, torch.zeros_like(r), r)
-        return r.reshape(x.shape).to(out_dtype or x.dtype)
-
-    tq.static_blockwise_fp4_fake_quant = static_fp4_cpu
+    tq.static_blockwise_fp4_fake_quant = static_fp4_cpu(torch, scaled_e4m3_impl)
 
     R, C, T = args.rows, args.cols, args.tokens
     model, w, x, loop = make_linear(torch, args, DEAD)

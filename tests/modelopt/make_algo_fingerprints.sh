@@ -1,8 +1,8 @@
 #!/bin/sh
 # make_algo_fingerprints.sh — regenerates the real-modelopt fingerprints of
-# the single-linear algorithm tests (docs/gptq.md, docs/smoothquant.md) on
-# the CPU (and nvfp4_act_headroom: docs/numerics.md "Activation headroom"),
-# then `meson test -C BUILD calib_algorithms` checks calibd
+# the single-linear algorithm tests (docs/gptq.md, docs/smoothquant.md,
+# docs/awq.md; nvfp4_act_headroom: docs/numerics.md "Activation headroom") on
+# the CPU, then `meson test -C BUILD calib_algorithms` checks calibd
 # against them.
 #
 #   sh tests/modelopt/make_algo_fingerprints.sh [PYTHON]
@@ -27,6 +27,10 @@ A="$HERE/awq_fingerprint.py"
 "$PY" "$A" --out "$HERE/awq/int4_64x256.json"
 "$PY" "$A" --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
 	--out "$HERE/awq/int4_32x512_s005.json"
+E="$HERE/awq_export_fingerprint.py"
+"$PY" "$E" --out "$HERE/awq_export/int4_qkv_256.json"
+"$PY" "$E" --rows 48,48 --cols 384 --seed 5 --plus-one --out "$HERE/awq_export/int4_gu_384_plus1.json"
+"$PY" "$E" --smoothquant 0.5 --seed 9 --out "$HERE/awq_export/int8_sq_qkv_256_a05.json"
 N="$HERE/headroom_fingerprint.py"
 "$PY" "$N" --rows 16 --out "$HERE/headroom/nvfp4_16x256.json"
 "$PY" "$N" --rows 16 --upper 100 --rho 64 --out "$HERE/headroom/nvfp4_16x256_u100_r64.json"

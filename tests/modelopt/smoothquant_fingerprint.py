@@ -19,6 +19,19 @@ from gptq_fingerprint import (DEAD, common_args, make_linear, sha_bf16,  # noqa:
                               write_fingerprint)
 
 
+def sq_cfg(alpha):
+    """int8_sq's quantizers (INT8 per-channel weights, INT8 per-tensor
+    inputs) with modelopt's smoothquant at migration strength alpha."""
+    return {
+        "quant_cfg": [
+            {"quantizer_name": "*", "enable": False},
+            {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
+            {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None}},
+        ],
+        "algorithm": {"method": "smoothquant", "alpha": alpha},
+    }
+
+
 def main():
     ap = common_args()
     ap.add_argument("--alpha", type=float, default=1.0)
@@ -33,15 +46,7 @@ def main():
 
     R, C, T = args.rows, args.cols, args.tokens
     model, w, x, loop = make_linear(torch, args, args.dead)
-    cfg = {
-        "quant_cfg": [
-            {"quantizer_name": "*", "enable": False},
-            {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
-            {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None}},
-        ],
-        "algorithm": {"method": "smoothquant", "alpha": args.alpha},
-    }
-
+    cfg = sq_cfg(args.alpha)
     mtq.quantize(model, cfg, forward_loop=loop)
     lin = model[0]
 

@@ -8,9 +8,12 @@
  * the same shards and index; the streamed-weights path (a memory cap, the
  * path a GPU takes) gives the same statistics; a failure injected on one
  * rank, or one that stops answering (the others' collectives time out),
- * fails the job naming that rank, with nothing published; two
- * processes of one CPU rank each (TCP, rendezvous through a file) write the
- * one-rank checkpoint.
+ * fails the job naming that rank, with nothing published; so does a rank
+ * whose export stage fails; two processes of one CPU rank each (TCP,
+ * rendezvous through a file) write the one-rank checkpoint.  Each rank
+ * quantizes and writes its own experts (docs/expert_parallel.md "Export"):
+ * the report's per-rank export counters ("ranks") show every rank's share,
+ * which add up to the whole output.
  *
  * Twelve sequences of 13 tokens, two per micro-batch of 26 tokens: six
  * micro-batches, so with 4 ranks ranks 2 and 3 have an idle round in which
@@ -41,6 +44,37 @@ static struct cal_job_opts opts(const char *model, const char *tok, unsigned ran
 	o.ranks.local = ranks;
 	o.ranks.timeout_ms = 60000;
 	return o;
+}
+
+/* Per-rank export counters of the report's "ranks" (R ranks): every rank
+ * wrote something when parts_write (its experts), else only rank 0 (no
+ * routed experts, or GPT-OSS's fused ones); they add up to the output's
+ * tensor bytes and quantized weights. */
+static void check_rank_shares(const char *out, unsigned R, int parts_write)
+{
+	char *p = path2(out, "calibd_report.json");
+	json_t *r = json_loads(slurp(p), 0, NULL);
+	cr_assert(r, "%s", p);
+	json_t *rk = json_object_get(r, "ranks");
+	json_t *b = json_object_get(rk, "export_bytes"), *w = json_object_get(rk, "export_weights");
+	cr_assert_eq(json_array_size(b), R, "%s: export_bytes", out);
+	cr_assert_eq(json_array_size(w), R, "%s: export_weights", out);
+	cr_assert_eq(json_array_size(json_object_get(rk, "export_quantize_s")), R);
+	json_int_t sb = 0, sw = 0;
+	for (unsigned k = 0; k < R; k++) {
+		json_int_t nb = json_integer_value(json_array_get(b, k));
+		json_int_t nw = json_integer_value(json_array_get(w, k));
+		cr_assert(k == 0 || parts_write ? nb > 0 && nw > 0 : nb == 0 && nw == 0,
+			  "%s: rank %u wrote %lld bytes, %lld weights", out, k, (long long)nb,
+			  (long long)nw);
+		sb += nb;
+		sw += nw;
+	}
+	cr_assert_eq(sb, json_integer_value(json_object_get(json_object_get(r, "output"),
+							    "tensor_bytes")), "%s", out);
+	cr_assert_eq(sw, json_integer_value(json_object_get(json_object_get(r, "resolved"),
+							    "quantized_weights")), "%s", out);
+	json_decref(r);
 }
 
 static enum cal_status quantize(const struct cal_job_opts *o, const char *out,
@@ -122,9 +156,11 @@ static void same_dirs(const char *a, const char *b)
 	cr_assert_eq(n, count_entries(b), "%s and %s hold different files", a, b);
 }
 
-/* Quantizes arch/layout over 1, 2 and 4 ranks: same files, same statistics. */
-static void same_over_ranks(const char *arch, const char *layout, uint64_t shard_bytes,
-			    const unsigned *ranks, size_t n_ranks)
+/* Quantizes arch/layout over 1, 2 and 4 ranks: same files, same statistics,
+ * each rank's share written by that rank (parts_write: check_rank_shares). */
+static void same_over_ranks_opts(const char *arch, const char *layout, uint64_t shard_bytes,
+				 const unsigned *ranks, size_t n_ranks, int per_expert,
+				 int parts_write)
 {
 	char *root = tmpdir();
 	char *model = make_model(root, arch, layout);
@@ -133,6 +169,7 @@ static void same_over_ranks(const char *arch, const char *layout, uint64_t shard
 	for (size_t i = 0; i < n_ranks; i++) {
 		struct cal_job_opts o = opts(model, tok, ranks[i]);
 		o.max_shard_bytes = shard_bytes;
+		o.per_expert_input_amax = per_expert;
 		char *out = NULL;
 		cr_assert(asprintf(&out, "%s/out-%u", root, ranks[i]) > 0);
 		track(out);
@@ -147,8 +184,16 @@ static void same_over_ranks(const char *arch, const char *layout, uint64_t shard
 		}
 		same_dirs(out1, out);
 		cr_assert_str_eq(s1, s, "%s: statistics of %u ranks differ from 1", arch, ranks[i]);
+		check_rank_shares(out, ranks[i], parts_write);
 	}
 	rm_rf(root);
+}
+
+static void same_over_ranks(const char *arch, const char *layout, uint64_t shard_bytes,
+			    const unsigned *ranks, size_t n_ranks)
+{
+	int fused = !strcmp(arch, "gpt_oss"), dense = !strcmp(arch, "llama");
+	same_over_ranks_opts(arch, layout, shard_bytes, ranks, n_ranks, 0, !fused && !dense);
 }
 
 static const unsigned R124[] = {1, 2, 4};
@@ -191,6 +236,12 @@ Test(ep, gpt_oss_mxfp4_same_bytes_over_1_2_4_ranks)
 	same_over_ranks("gpt_oss", "mxfp4", 0, R124, 3);
 }
 
+Test(ep, per_expert_input_amax_same_bytes_over_1_2_4_ranks)
+{
+	/* the parts' input scales come from their own engines' statistics */
+	same_over_ranks_opts("qwen3_moe", "default", 0, R124, 3, 1, 1);
+}
+
 Test(ep, sharded_output_same_shards_and_index)
 {
 	/* small shards: several files and model.safetensors.index.json */
@@ -226,18 +277,18 @@ Test(ep, streamed_weights_same_statistics)
 	rm_rf(root);
 }
 
-/* A job over 2 ranks with CALIBD_TEST_RANK_FAIL=inject fails with
+/* A job over 2 ranks with the test variable var=inject fails with
  * CAL_ERR_DEVICE naming rank 1 (needle), within the deadline, publishing
  * nothing and leaving no temporary directory. */
-static void failing_rank(const char *arch, const char *inject, unsigned timeout_ms,
-			 const char *needle)
+static void failing_rank(const char *arch, const char *var, const char *inject,
+			 unsigned timeout_ms, const char *needle)
 {
 	char *root = tmpdir();
 	char *model = make_model(root, arch, "default");
 	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
 	char *out = path2(root, "out");
 	size_t before = count_entries(root);
-	cr_assert_eq(setenv("CALIBD_TEST_RANK_FAIL", inject, 1), 0);
+	cr_assert_eq(setenv(var, inject, 1), 0);
 	struct cal_job_opts o = opts(model, tok, 2);
 	o.ranks.timeout_ms = timeout_ms;
 	struct cal_error err = {0};
@@ -249,19 +300,35 @@ static void failing_rank(const char *arch, const char *inject, unsigned timeout_
 	cal_error_clear(&err);
 	cr_assert(!exists(out));
 	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
-	unsetenv("CALIBD_TEST_RANK_FAIL");
+	unsetenv(var);
 	rm_rf(root);
 }
 
 Test(ep, failed_rank_fails_the_job_naming_it_and_publishes_nothing)
 {
-	failing_rank("qwen3_moe", "1:2", 60000, "rank 1: layer 2: injected failure");
+	failing_rank("qwen3_moe", "CALIBD_TEST_RANK_FAIL", "1:2", 60000,
+		     "rank 1: layer 2: injected failure");
 }
 
 Test(ep, stalled_rank_fails_the_job_at_the_deadline_naming_it)
 {
 	/* rank 0 waits for rank 1 in a collective until the deadline */
-	failing_rank("mixtral", "1:1:stall", 1000, "rank 1");
+	failing_rank("mixtral", "CALIBD_TEST_RANK_FAIL", "1:1:stall", 1000, "rank 1");
+}
+
+Test(ep, rank_failing_in_its_export_fails_the_job_and_publishes_nothing)
+{
+	/* rank 1's export stage fails on layer 1 (its experts): the leader,
+	 * which wrote its own share, publishes nothing */
+	failing_rank("qwen3_moe", "CALIBD_TEST_EXPORT_FAIL_LAYER", "1:1", 60000,
+		     "rank 1: export of layer 1: injected quantize fault");
+}
+
+Test(ep, rank_failing_in_its_last_export_layer_fails_the_job)
+{
+	/* the last layer's failure is seen when the rank waits for its writes */
+	failing_rank("mixtral", "CALIBD_TEST_EXPORT_FAIL_LAYER", "1:1", 60000,
+		     "rank 1: export of layer 1: injected quantize fault");
 }
 
 Test(ep, two_processes_over_tcp_write_the_one_rank_checkpoint)
@@ -279,7 +346,7 @@ Test(ep, two_processes_over_tcp_write_the_one_rank_checkpoint)
 	o.ranks.timeout_ms = 30000;
 	pid_t pid = fork();
 	cr_assert(pid >= 0);
-	if (pid == 0) { /* global rank 1: calibrates, writes nothing */
+	if (pid == 0) { /* global rank 1: calibrates, writes its experts */
 		struct cal_job_opts f = o;
 		struct cal_error e = {0};
 		f.ranks.first = 1;
@@ -294,6 +361,7 @@ Test(ep, two_processes_over_tcp_write_the_one_rank_checkpoint)
 	cr_assert_eq(st, CAL_OK, "%s", cal_error_msg(&err));
 	cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "the rank 1 process failed");
 	same_dirs(out1, out2);
+	check_rank_shares(out2, 2, 1); /* the rank 1 process wrote its experts */
 	rm_rf(root);
 }
 

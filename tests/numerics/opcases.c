@@ -421,6 +421,38 @@ static int case_nvfp4_quant(struct opcase_env *env, uint64_t rows, uint64_t unit
 	return finish(&c);
 }
 
+static int case_gptq_update(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(gptq_update);
+	uint64_t cols = (units > 24 ? 24 : units) * 16, n = rows * cols; /* U is cols^2 */
+	uint32_t bs = seed & 2 ? 32 : 128;
+	uint16_t *w = weights(n, &s);
+	float *ba = block_amax(w, n, 16, &s);
+	float g = weights_amax(w, n);
+	enum cal_div_mode div = seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP;
+	if (!(g > 0.0f))
+		g = 1.0f;
+	/* an upper-triangular factor: positive diagonal, small coupling */
+	float *u = xmalloc(cols * cols * 4);
+	for (uint64_t i = 0; i < cols; i++)
+		for (uint64_t j = 0; j < cols; j++)
+			u[i * cols + j] = j < i ? 0.0f : j == i ? 0.5f + (float)(rng(&s) % 64) / 32.0f
+						  : rng_unit(&s) * 0.125f;
+	struct pair *pw = pair_new(&c, n * 2, w), *pb = pair_new(&c, n / 16 * 4, ba),
+		    *pu = pair_new(&c, cols * cols * 4, u),
+		    *pk = pair_new(&c, (cols + bs) * rows * 4, NULL), *po = pair_new(&c, n * 2, NULL);
+	struct cal_gptq_update_args A = {pw->a, rows, cols, pu->a, pb->a, g, 448.0f, div, bs,
+					 pk->a, po->a};
+	struct cal_gptq_update_args B = {pw->b, rows, cols, pu->b, pb->b, g, 448.0f, div, bs,
+					 pk->b, po->b};
+	RUN_BOTH(&c, gptq_update, A, B);
+	pair_check(&c, po, "w_out");
+	free(w);
+	free(ba);
+	free(u);
+	return finish(&c);
+}
+
 static int case_nvfp4_static_quant(struct opcase_env *env, uint64_t rows, uint64_t units,
 				   uint64_t seed)
 {
@@ -670,6 +702,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_AMAX_BLOCKS] = case_amax_blocks,
 	[CAL_OPID_AMAX_HIST] = case_amax_hist,
 	[CAL_OPID_HESSIAN] = case_hessian,
+	[CAL_OPID_GPTQ_UPDATE] = case_gptq_update,
 	[CAL_OPID_NVFP4_QUANT] = case_nvfp4_quant,
 	[CAL_OPID_NVFP4_STATIC_QUANT] = case_nvfp4_static_quant,
 	[CAL_OPID_NVFP4_MSE_SWEEP] = case_nvfp4_mse_sweep,

@@ -861,6 +861,21 @@ Test(plan, refusals)
 		   CAL_ERR_UNSUPPORTED, "output quantizers");
 	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: awq_lite, quant_cfg: []}\n",
 		   CAL_ERR_UNSUPPORTED, "algorithm 'awq_lite' is not implemented");
+	/* GPTQ options calibd does not run are named (docs/gptq.md) */
+	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: {method: gptq, "
+				   "fused: true, layerwise: {enable: true}}, quant_cfg: []}\n",
+		   CAL_ERR_UNSUPPORTED, "algorithm gptq: option fused: true");
+	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: {method: gptq}, "
+				   "quant_cfg: []}\n",
+		   CAL_ERR_UNSUPPORTED, "option layerwise.enable: false");
+	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: {method: gptq, "
+				   "block_size: 24, layerwise: {enable: true}}, quant_cfg: []}\n",
+		   CAL_ERR_UNSUPPORTED, "block_size not a multiple");
+	plan_fails(qwen3_moe, "imports: {fp8: configs/numerics/fp8}\nmetadata: {recipe_type: ptq}\n"
+				   "quantize:\n  algorithm: {method: gptq, layerwise: {enable: true}}\n"
+				   "  quant_cfg:\n    - {quantizer_name: '*', enable: false}\n"
+				   "    - {quantizer_name: '*o_proj.weight_quantizer', cfg: {$import: fp8}}\n",
+		   CAL_ERR_UNSUPPORTED, "gptq is implemented for static NVFP4 weights only");
 	/* block size vs input dim: moe_intermediate 40 is not a multiple of 16 */
 	plan_fails("{\"model_type\":\"qwen3_moe\",\"hidden_size\":64,\"moe_intermediate_size\":40,"
 		   "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"num_key_value_heads\":2,"

@@ -860,3 +860,81 @@ Test(checkpoint, tensor_in_two_shards)
 	expect_ckpt_refused(base, CAL_ERR_NOTFOUND, "no model.safetensors.index.json, model.safetensors");
 	rm_rf(base);
 }
+
+/* One output, several writers (expert parallelism): a part writer attaches
+ * to the leader's temporary directory and writes its tensors at their
+ * offsets; the leader marks them written and publishes.  A part with
+ * another layout or a foreign directory name is refused without harming
+ * the leader's output; a part never commits. */
+Test(writer, part_writers_write_into_the_leaders_output)
+{
+	char *base = mk_base();
+	char *dir = join(base, "out");
+	struct cal_st_writer *w = NULL, *p = NULL, *other = NULL, *stray = NULL;
+	struct cal_error err = {0};
+	struct cal_st_writer_opts o = {.max_shard_bytes = 8}; /* a, b | c */
+	int64_t shape[] = {4};
+	cr_assert_eq(cal_st_writer_open(dir, &o, &w, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_open_part(dir, &o, &p, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_open_part(dir, &o, &other, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_open_part(dir, &o, &stray, &err), CAL_OK);
+	for (int i = 0; i < 3; i++) {
+		const char nm[2] = {(char)('a' + i), 0};
+		cr_assert_eq(cal_st_writer_declare(w, nm, CAL_DTYPE_U8, 1, shape, &err), CAL_OK);
+		cr_assert_eq(cal_st_writer_declare(p, nm, CAL_DTYPE_U8, 1, shape, &err), CAL_OK);
+		cr_assert_eq(cal_st_writer_declare(stray, nm, CAL_DTYPE_U8, 1, shape, &err), CAL_OK);
+		if (i < 2) /* a different plan */
+			cr_assert_eq(cal_st_writer_declare(other, nm, CAL_DTYPE_U8, 1, shape, &err),
+				     CAL_OK);
+	}
+	cr_assert_eq(cal_st_writer_begin(w, &err), CAL_OK);
+	const char *tn = cal_st_writer_tmp_name(w);
+	uint64_t h = cal_st_writer_layout_hash(w);
+	cr_expect_eq(cal_st_writer_attach(other, tn, h, &err), CAL_ERR_INTERNAL);
+	cr_expect(strstr(cal_error_msg(&err), "layout differs"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cr_expect_eq(cal_st_writer_attach(stray, "../elsewhere", h, &err), CAL_ERR_INVALID);
+	cal_error_clear(&err);
+	cr_assert_eq(cal_st_writer_attach(p, tn, h, &err), CAL_OK, "%s", cal_error_msg(&err));
+	/* a part never commits (and its death removes nothing) */
+	cr_assert_eq(cal_st_writer_attach(stray, tn, h, &err), CAL_ERR_INVALID); /* dead */
+	cal_error_clear(&err);
+	struct cal_st_writer *q = NULL;
+	cr_assert_eq(cal_st_writer_open_part(dir, &o, &q, &err), CAL_OK);
+	for (int i = 0; i < 3; i++) {
+		const char nm[2] = {(char)('a' + i), 0};
+		cr_assert_eq(cal_st_writer_declare(q, nm, CAL_DTYPE_U8, 1, shape, &err), CAL_OK);
+	}
+	cr_assert_eq(cal_st_writer_attach(q, tn, h, &err), CAL_OK);
+	cr_expect_eq(cal_st_writer_commit(q, &err), CAL_ERR_INVALID);
+	cr_expect(strstr(cal_error_msg(&err), "part writer"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cal_st_writer_free(q);
+	cr_assert_eq(cal_st_writer_put(w, "a", "AAAA", 4, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_put(p, "b", "BBBB", 4, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_put(p, "c", "CCCC", 4, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_part_close(p, &err), CAL_OK, "%s", cal_error_msg(&err));
+	uint64_t idx[3];
+	cr_assert_eq(cal_st_writer_put_indices(p, NULL), 2);
+	cr_assert_eq(cal_st_writer_put_indices(p, idx), 2);
+	cr_expect(idx[0] == 1 && idx[1] == 2);
+	cal_st_writer_free(p); /* removes nothing */
+	cal_st_writer_free(other);
+	cal_st_writer_free(stray);
+	cr_assert_eq(cal_st_writer_put_elsewhere(w, idx, 2, &err), CAL_OK);
+	cr_expect_eq(cal_st_writer_bytes_written(w), 12);
+	cr_assert_eq(cal_st_writer_commit(w, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cal_st_writer_free(w);
+	struct cal_checkpoint *ck;
+	cr_assert_eq(cal_checkpoint_open(dir, &ck, NULL), CAL_OK);
+	const char *want[] = {"AAAA", "BBBB", "CCCC"};
+	for (int i = 0; i < 3; i++) {
+		const char nm[2] = {(char)('a' + i), 0};
+		const struct cal_st_tensor *t = cal_checkpoint_find(ck, nm);
+		cr_assert(t && t->nbytes == 4 && !memcmp(t->data, want[i], 4), "%s", nm);
+	}
+	cal_checkpoint_free(ck);
+	cr_expect_eq(count_entries(base), 1, "only the published output is left");
+	free(dir);
+	rm_rf(base);
+}
