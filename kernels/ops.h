@@ -91,6 +91,28 @@ struct cal_amax_blocks_args {
 	struct cal_nonfinite *nonfinite;
 };
 
+/* nvfp4_act_headroom observer (docs/numerics.md "Activation headroom"):
+ * for each block of `block` consecutive elements of a row (the row's last
+ * block zero-padded when cols % block != 0), m = max|x| over its finite
+ * elements; a block with m > 0 adds 1 to hist[bin(m)], where bin(m) is the
+ * number of cal_hist_edges() entries <= m, i.e. modelopt's
+ * clamp(floor((log2(m) + 40) / 80 * 512), 0, 511) in fp32.  Counts are
+ * integers, so every back end, micro-batch split and rank split gives the
+ * same sums. */
+#define CAL_HIST_BINS 512
+struct cal_amax_hist_args {
+	enum cal_dtype dtype;
+	const void *x;
+	uint64_t rows, cols;
+	uint32_t block;         /* 16 or 32 */
+	uint64_t *hist;         /* [CAL_HIST_BINS] running counts */
+};
+
+/* edges[k - 1]: the smallest positive fp32 m with bin(m) >= k (k = 1..511),
+ * found once by bisection over fp32 bit patterns with the C library's
+ * log2f; host memory, shared read-only. */
+const float *cal_hist_edges(void);
+
 /* GPTQ Hessian observer (docs/gptq.md): h[i, j] += s(i, j) with
  * s(i, j) = sum over the selected rows r of x[r, i] * x[r, j], summed in fp32
  * with one fused multiply-add per row in row order (index order when index
@@ -639,7 +661,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 36
+#define CAL_OP_COUNT_EXPECTED 37
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

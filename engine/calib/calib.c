@@ -255,7 +255,7 @@ static void free_run(struct cal_calib *c)
 			c->att, c->tmp, c->gu, c->act, c->logits, c->xg, c->sgu, c->sact,
 			c->sy, c->sgl, c->idx, c->offsets, c->sorted, c->ppos, c->rw, c->obs_amax,
 			c->obs_nf, c->arena[0], c->arena[1], c->xmb, c->w_amax, c->w_nf, c->w_off,
-			c->fp8_wamax, c->fp8_wnf};
+			c->fp8_wamax, c->fp8_wnf, c->obs_hist};
 	if (!c->be)
 		return;
 	cal_gptq_free_run(c);
@@ -272,6 +272,7 @@ static void free_run(struct cal_calib *c)
 	c->idx = c->offsets = c->sorted = c->ppos = NULL;
 	c->rw = c->obs_amax = NULL;
 	c->obs_nf = NULL;
+	c->obs_hist = NULL;
 	c->arena[0] = c->arena[1] = NULL;
 	c->xmb = NULL;
 	c->w_amax = NULL;
@@ -310,6 +311,7 @@ void cal_calib_free(struct cal_calib *c)
 		}
 	free(c->moe);
 	free(c->l_amax);
+	free(c->hr_amax);
 	free(c->q_amax);
 	free(c->q_has);
 	free(c->inv_freq);
@@ -458,6 +460,7 @@ static enum cal_status alloc_run(struct cal_calib *c, struct cal_error *err)
 	}
 	CAL_TRY(cal_be_alloc(c, c->n_slots * sizeof(float), &c->obs_amax, err));
 	CAL_TRY(cal_be_alloc(c, c->n_slots * sizeof(struct cal_nonfinite), &c->obs_nf, err));
+	CAL_TRY(cal_hr_alloc(c, err));
 	CAL_TRY(cal_gdn_alloc(c, err)); /* gated attention / Gated DeltaNet scratch */
 	CAL_TRY(cal_mla_alloc(c, err)); /* DeepSeek MLA and router scratch */
 	if (c->hidden_on_host)

@@ -217,6 +217,7 @@ struct cal_calib {
 	uint32_t *idx, *offsets, *sorted, *ppos;
 	float *rw;
 	float *obs_amax;                 /* [n_slots] back end */
+	uint64_t *obs_hist;              /* [n_slots][CAL_HIST_BINS] back end (headroom.c) */
 	struct cal_nonfinite *obs_nf;    /* [n_slots] back end */
 	uint32_t *h_offsets;             /* [E + 1] host copy */
 
@@ -276,6 +277,7 @@ struct cal_calib {
 	float lmhead_amax;
 	float *q_amax;                   /* [plan->n_q] */
 	uint8_t *q_has;
+	float *hr_amax;                  /* [num_layers][n_slots] headroom amax; < 0: none */
 	int done_layers;
 };
 
@@ -532,6 +534,27 @@ enum cal_status cal_obs_reset(struct cal_calib *c, struct cal_error *err);
 enum cal_status cal_obs_read_back(struct cal_calib *c, int32_t L, struct cal_error *err);
 /* The amax of plan quantizers that come from the forward pass of layer L. */
 void cal_obs_map_layer(struct cal_calib *c, int32_t L);
+
+/* headroom.c: the nvfp4_act_headroom observer (no-ops for other algorithms) */
+int cal_hr_on(const struct cal_calib *c);
+enum cal_status cal_hr_alloc(struct cal_calib *c, struct cal_error *err);
+enum cal_status cal_hr_reset(struct cal_calib *c, struct cal_error *err);
+/* Counts x [rows, cols] into slot's histogram (input slots only). */
+enum cal_status cal_hr_observe(struct cal_calib *c, const uint16_t *x, uint64_t rows,
+			       uint64_t cols, int slot, struct cal_error *err);
+/* Routed experts: segment e of x (host offsets) into slot slot0 + e. */
+enum cal_status cal_hr_observe_segments(struct cal_calib *c, const uint16_t *x, uint64_t cols,
+					const uint32_t *h_offsets, uint64_t n, uint64_t slot0,
+					struct cal_error *err);
+/* Layer L's histograms (every rank's, summed) into c->hr_amax; am: the
+ * slots' combined max, tokens: the experts' token counts (NULL: dense). */
+enum cal_status cal_hr_read_back(struct cal_calib *c, int32_t L, const float *am,
+				 const uint64_t *tokens, struct cal_error *err);
+/* Whether quantizer spec sp takes the headroom amax (NVFP4 dynamic input). */
+int cal_hr_quantizer(const struct cal_calib *c, const struct cal_qspec *sp);
+/* ranks.c: v[0..n) summed over the ranks (u64, exact). */
+enum cal_status cal_ep_sum_u64(struct cal_calib *c, uint64_t *v, uint64_t n,
+			       struct cal_error *err);
 
 /* weights.c: weight amax, layer bounds, staging and upload */
 void cal_w_lm_head_amax(struct cal_calib *c);

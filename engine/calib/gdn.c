@@ -257,9 +257,7 @@ static enum cal_status gemm(struct cal_calib *c, const uint16_t *x, const uint16
 static enum cal_status observe(struct cal_calib *c, const uint16_t *x, uint64_t rows,
 			       uint64_t cols, uint64_t row0, int slot, struct cal_error *err)
 {
-	struct cal_amax_args a = {CAL_DTYPE_BF16, x, rows * cols, row0 * cols, c->obs_amax + slot,
-				  c->obs_nf + slot};
-	return cal_op_amax(c->be, &a, err);
+	return cal_layer_observe(c, x, rows, cols, row0, slot, err);
 }
 
 /* pad_like_modelopt: zero the left-pad rows of h (HF masks the GDN input). */

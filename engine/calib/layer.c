@@ -667,6 +667,8 @@ enum cal_status cal_layer_observe(struct cal_calib *c, const uint16_t *x, uint64
 	int ph = c->prof_phase;
 	cal_prof(c, PH_OBS);
 	enum cal_status st = cal_op_amax(c->be, &a, err);
+	if (st >= 0)
+		st = cal_hr_observe(c, x, rows, cols, slot, err);
 	cal_prof(c, ph);
 	return st;
 }
@@ -825,6 +827,7 @@ enum cal_status cal_layer_experts(struct cal_calib *c, int32_t L, const struct c
 					    c->obs_nf + S_FIXED + f};
 	cal_prof(c, PH_OBS);
 	CAL_TRY(cal_op_amax_segments(c->be, &sg, err));
+	CAL_TRY(cal_hr_observe_segments(c, a->x, H, ho, n, S_FIXED + f, err));
 	for (uint64_t e = 0; c->ev_quant && e < n; e++)
 		CAL_TRY(actq(c, L, EQ_EXP_GU, (int64_t)(f + e), a->x + (uint64_t)ho[e] * H,
 			     ho[e + 1] - ho[e], H, err));
@@ -847,6 +850,7 @@ enum cal_status cal_layer_experts(struct cal_calib *c, int32_t L, const struct c
 					    c->obs_nf + S_FIXED + E + f};
 	cal_prof(c, PH_OBS);
 	CAL_TRY(cal_op_amax_segments(c->be, &sd, err));
+	CAL_TRY(cal_hr_observe_segments(c, a->act, I, ho, n, S_FIXED + E + f, err));
 	for (uint64_t e = 0; c->ev_quant && e < n; e++)
 		CAL_TRY(actq(c, L, EQ_EXP_DOWN, (int64_t)(f + e), a->act + (uint64_t)ho[e] * I,
 			     ho[e + 1] - ho[e], I, err));

@@ -478,6 +478,24 @@ fail:
 	return st;
 }
 
+enum cal_status cal_ep_sum_u64(struct cal_calib *c, uint64_t *v, uint64_t n,
+			       struct cal_error *err)
+{
+	uint64_t cap = c->ep->scr_bytes / 8;
+	for (uint64_t i = 0; i < n; i += cap) {
+		uint64_t k = n - i < cap ? n - i : cap;
+		enum cal_status st = cal_backend_upload(c->be, c->ep->scr, v + i, k * 8, err);
+		if (st >= 0)
+			st = cal_comm_allreduce(c->comm, c->ep->scr, k, CAL_COMM_U64, CAL_COMM_SUM,
+						err);
+		if (st >= 0)
+			st = cal_backend_download(c->be, v + i, c->ep->scr, k * 8, err);
+		if (st < 0)
+			return st;
+	}
+	return CAL_OK;
+}
+
 enum cal_status cal_ep_reduce_weights(struct cal_calib *c, int32_t L, struct cal_error *err)
 {
 	const struct cal_plan *pl = c->plan;

@@ -32,6 +32,8 @@ enum cal_status cal_obs_reset(struct cal_calib *c, struct cal_error *err)
 		st = cal_backend_upload(c->be, c->w_nf, nf, 2 * sizeof(*nf), err);
 	if (st >= 0 && c->w_amax)
 		st = cal_backend_memset(c->be, c->w_amax, 0, 2 * (size_t)c->El * sizeof(float), err);
+	if (st >= 0)
+		st = cal_hr_reset(c, err);
 	free(nf);
 	return st;
 }
@@ -110,6 +112,7 @@ enum cal_status cal_obs_read_back(struct cal_calib *c, int32_t L, struct cal_err
 		c->lmhead_amax = am[S_LMHEAD];
 		goto fail;
 	}
+	CAL_TRY(cal_hr_read_back(c, L, am, c->moe[L].tokens, err));
 	for (int s = 0; s < S_FIXED; s++)
 		c->l_amax[(uint64_t)L * S_FIXED + s] = am[s];
 	if (c->d->layers[L].ffn == CAL_FFN_MOE) {
@@ -130,7 +133,8 @@ fail:
 void cal_obs_map_layer(struct cal_calib *c, int32_t L)
 {
 	const struct cal_plan *p = c->plan;
-	const float *la = L >= 0 ? c->l_amax + (uint64_t)L * S_FIXED : NULL;
+	const float *la0 = L >= 0 ? c->l_amax + (uint64_t)L * S_FIXED : NULL;
+	const float *hl = L >= 0 && c->hr_amax ? c->hr_amax + (uint64_t)L * c->n_slots : NULL;
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		const struct cal_plan_module *m = &p->modules[mi];
 		if (m->layer != L)
@@ -142,6 +146,9 @@ void cal_obs_map_layer(struct cal_calib *c, int32_t L)
 			size_t qi = (size_t)qs[r];
 			const struct cal_qspec *sp = &p->q[qi].spec;
 			float a = -1.0f;
+			/* nvfp4_act_headroom: NVFP4 inputs take the histogram's amax */
+			int hr = r == 0 && hl && cal_hr_quantizer(c, sp);
+			const float *la = hr ? hl : la0;
 			if (!sp->enabled || !sp->calibrate || sp->use_constant_amax)
 				continue;
 			if (sp->has_constant_amax) {
@@ -173,6 +180,9 @@ void cal_obs_map_layer(struct cal_calib *c, int32_t L)
 			else if (m->kind == CAL_MOD_EXPERTS_GATE_UP || m->kind == CAL_MOD_EXPERTS_DOWN) {
 				const struct cal_moe_host *mh = &c->moe[L];
 				const float *v = m->kind == CAL_MOD_EXPERTS_DOWN ? mh->down : mh->gu;
+				if (hr)
+					v = hl + S_FIXED +
+					    (m->kind == CAL_MOD_EXPERTS_DOWN ? (uint64_t)c->E : 0);
 				for (int64_t e = 0; mh->tokens && e < c->E; e++)
 					a = v[e] > a ? v[e] : a;
 			} else if (m->kind == CAL_MOD_LM_HEAD)

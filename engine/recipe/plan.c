@@ -982,7 +982,7 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	if (r->algo.method == CAL_CALIB_OTHER) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				   "%s: algorithm '%s' is not implemented (calibd runs max, mse, "
-				   "gptq, awq_lite and none)", r->source, r->algo.name);
+				   "nvfp4_act_headroom, gptq, awq_lite and none)", r->source, r->algo.name);
 		goto fail;
 	}
 	if (r->algo.method == CAL_CALIB_GPTQ && (st = gptq_options(r, err)) < 0)
@@ -1083,10 +1083,13 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 					   cal_qfmt_name(q->spec.fmt));
 			goto fail;
 		}
-		if (r->algo.method == CAL_CALIB_MSE && q->role == CAL_QROLE_WEIGHT &&
-		    !cal_qfmt(q->spec.fmt)->mse) {
-			st = unsupported(err, r, q, "mse calibration is implemented for static NVFP4 "
-					 "weights only");
+		int mse_bad = r->algo.method == CAL_CALIB_MSE && q->role == CAL_QROLE_WEIGHT &&
+			      !cal_qfmt(q->spec.fmt)->mse;
+		if (mse_bad || (r->algo.method == CAL_CALIB_HEADROOM && q->role == CAL_QROLE_INPUT &&
+				q->spec.fmt == CAL_QFMT_NVFP4_BS32)) { /* headroom.c: blocks of 16 */
+			st = unsupported(err, r, q, mse_bad ? "mse calibration is implemented for "
+					 "static NVFP4 weights only" : "nvfp4_act_headroom over NVFP4 "
+					 "block-32 inputs is not implemented");
 			goto fail;
 		}
 	}

@@ -424,6 +424,12 @@ char *cal_plan_json(const struct cal_plan *p, const char *recipe_name)
 			json_object_set_new(algo, "start_multiplier", json_real(a->start_multiplier));
 			json_object_set_new(algo, "stop_multiplier", json_real(a->stop_multiplier));
 		}
+		if (a->method == CAL_CALIB_HEADROOM) {
+			json_object_set_new(algo, "anchor_percentile",
+					    json_real(a->hr_anchor_percentile));
+			json_object_set_new(algo, "upper_percentile", json_real(a->hr_upper_percentile));
+			json_object_set_new(algo, "rho", json_real(a->hr_rho));
+		}
 		if (a->method == CAL_CALIB_GPTQ) {
 			json_object_set_new(algo, "perc_damp", json_real(a->perc_damp));
 			json_object_set_new(algo, "block_size", json_integer(a->gptq_block_size));

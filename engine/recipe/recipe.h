@@ -89,6 +89,7 @@ enum cal_calib_method {
 	CAL_CALIB_MSE,
 	CAL_CALIB_GPTQ,   /* docs/gptq.md */
 	CAL_CALIB_AWQ_LITE, /* docs/awq.md */
+	CAL_CALIB_HEADROOM, /* nvfp4_act_headroom: NVFP4 input amax from a block-amax histogram */
 	CAL_CALIB_OTHER,  /* awq_full, smoothquant, a list, ...: loaded, not run */
 };
 
@@ -116,6 +117,10 @@ struct cal_algorithm {
 	int has_layerwise_qdq_from_prev;  /* get_qdq_activations_from_prev_layer was given */
 	/* awq_lite (AWQLiteCalibConfig; docs/awq.md) */
 	double alpha_step;                /* 0.1 */
+	/* nvfp4_act_headroom (weights: max) */
+	double hr_anchor_percentile;      /* 1 */
+	double hr_upper_percentile;       /* 99.99 */
+	double hr_rho;                    /* 16384 */
 };
 
 struct cal_recipe {

@@ -494,6 +494,9 @@ static void algo_defaults(struct cal_algorithm *a)
 	a->perc_damp = 0.01;
 	a->gptq_block_size = 128;
 	a->alpha_step = 0.1;
+	a->hr_anchor_percentile = 1.0;
+	a->hr_upper_percentile = 99.99;
+	a->hr_rho = 16384.0;
 }
 
 static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm *a,
@@ -513,6 +516,8 @@ static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm
 		a->method = CAL_CALIB_GPTQ;
 	else if (!strcmp(name, "awq_lite"))
 		a->method = CAL_CALIB_AWQ_LITE;
+	else if (!strcmp(name, "nvfp4_act_headroom"))
+		a->method = CAL_CALIB_HEADROOM;
 	else
 		a->method = CAL_CALIB_OTHER;
 	return CAL_OK;
@@ -594,6 +599,7 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 		return CAL_OK; /* fields of algorithms calibd does not run are not checked */
 	int mse = a->method == CAL_CALIB_MSE, gptq = a->method == CAL_CALIB_GPTQ;
 	int awq = a->method == CAL_CALIB_AWQ_LITE;
+	int hr = a->method == CAL_CALIB_HEADROOM;
 	for (size_t i = 0; i < v->n; i++) {
 		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
 		if (k->kind != CAL_Y_STR) {
@@ -627,6 +633,36 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 			a->moe_calib_experts_ratio = d;
 		} else if (!strcmp(key, "layerwise")) {
 			CAL_TRY(conv_layerwise(err, x, p, a));
+		} else if (hr && !strcmp(key, "anchor_percentile")) {
+			CAL_TRY(get_num(err, x, p, &a->hr_anchor_percentile));
+			if (!(a->hr_anchor_percentile > 0 && a->hr_anchor_percentile <= 100)) {
+				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 100]", p);
+				goto fail;
+			}
+		} else if (hr && !strcmp(key, "upper_percentile")) {
+			CAL_TRY(get_num(err, x, p, &a->hr_upper_percentile));
+			if (!(a->hr_upper_percentile > 0 && a->hr_upper_percentile <= 100)) {
+				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 100]", p);
+				goto fail;
+			}
+		} else if (hr && !strcmp(key, "rho")) {
+			CAL_TRY(get_num(err, x, p, &a->hr_rho));
+			if (!(a->hr_rho > 0 && a->hr_rho < 28672)) {
+				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 28672)", p);
+				goto fail;
+			}
+		} else if (hr && !strcmp(key, "weight_scale_algorithm")) {
+			/* calibd runs max weight scales only under this algorithm */
+			const struct cal_ynode *wm = x->kind == CAL_Y_MAP ? cal_ymap_get(x, "method")
+							 : x->kind == CAL_Y_STR ? x : NULL;
+			if (x->kind == CAL_Y_NULL)
+				continue;
+			if (!wm || wm->kind != CAL_Y_STR || strcmp(wm->str, "max") ||
+			    (x->kind == CAL_Y_MAP && x->n != 1)) {
+				st = at_err(err, CAL_ERR_UNSUPPORTED, x, "%s: only {method: max} is "
+					    "implemented", p);
+				goto fail;
+			}
 		} else if (mse && !strcmp(key, "step_size")) {
 			CAL_TRY(get_num(err, x, p, &a->step_size));
 		} else if (mse && !strcmp(key, "start_multiplier")) {
@@ -674,6 +710,10 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 					 : awq ? "method, distributed_sync, sync_expert_weight_amax, "
 						 "skip_forward_without_activation_calib, shared_states, "
 						 "moe_calib_experts_ratio, layerwise, alpha_step"
+					 : hr ? "method, distributed_sync, sync_expert_weight_amax, "
+						"skip_forward_without_activation_calib, shared_states, "
+						"moe_calib_experts_ratio, layerwise, anchor_percentile, "
+						"upper_percentile, rho, weight_scale_algorithm"
 					     : "method, distributed_sync, sync_expert_weight_amax, "
 					       "skip_forward_without_activation_calib, shared_states, "
 					       "moe_calib_experts_ratio, layerwise");

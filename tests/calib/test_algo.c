@@ -25,6 +25,7 @@
 #include "common/sha256.h"
 #include "engine/awq.h"
 #include "engine/gptq.h"
+#include "engine/headroom.h"
 #include "engine/smoothquant.h"
 #include "kernels/ops.h"
 
@@ -567,6 +568,74 @@ Test(awq_lite, bad_input)
 	for (int k = 0; k < 128; k++)
 		cr_assert(isfinite(cal_nf_bf16_to_f32(pq[k])));
 	cal_backend_free(be);
+}
+
+/* nvfp4_act_headroom (docs/numerics.md "Activation headroom"): against
+ * tests/modelopt/headroom/, the generated linear's tokens scaled as
+ * headroom_fingerprint.py does, counted per calibration batch with the
+ * amax_hist op; the input amax must be modelopt's bits. */
+static void hr_one(struct cal_backend *be, const char *path)
+{
+	struct cal_error err = {0};
+	struct lin l;
+	uint64_t batch, C;
+	json_t *fp = fp_open(path, &l, &batch), *alg = json_object_get(fp, "algorithm");
+	uint64_t h[CAL_HIST_BINS] = {0};
+	float mx = 0;
+	char hx[65];
+	C = l.cols;
+	for (uint64_t t = 0; t < l.tokens; t++)
+		for (uint64_t c = 0; c < C; c++) {
+			float v = cal_nf_bf16_to_f32(l.x[t * C + c]);
+			v *= t % 37 ? ldexpf(1.0f, (int)(t % 29) - 14) : 0.0f; /* -0 kept */
+			l.x[t * C + c] = cal_nf_f32_to_bf16(v);
+			mx = fabsf(v) > mx ? fabsf(v) : mx;
+		}
+	sha_hex(l.x, l.tokens * C * 2, hx);
+	cr_assert_str_eq(hx, json_string_value(json_object_get(fp, "x_scaled_sha256")),
+			 "%s: the scaled tokens differ from modelopt's", path);
+	for (uint64_t t = 0; t < l.tokens; t += batch) {
+		uint64_t n = t + batch <= l.tokens ? batch : l.tokens - t;
+		struct cal_amax_hist_args a = {CAL_DTYPE_BF16, l.x + t * C, n, C, 16, h};
+		cr_assert_eq(cal_op_amax_hist(be, &a, &err), CAL_OK, "%s", cal_error_msg(&err));
+	}
+	float am = cal_hr_amax(h, mx,
+			       json_real_value(json_object_get(alg, "anchor_percentile")),
+			       json_real_value(json_object_get(alg, "upper_percentile")),
+			       json_real_value(json_object_get(alg, "rho")));
+	uint32_t bits = cal_nf_bits(am);
+	char got[9];
+	snprintf(got, sizeof(got), "%02x%02x%02x%02x", bits & 0xff, (bits >> 8) & 0xff,
+		 (bits >> 16) & 0xff, bits >> 24);
+	printf("headroom diff %s: input amax %.9g (max %.9g)\n", path, am, mx);
+	cr_assert_str_eq(got, json_string_value(json_object_get(fp, "input_amax_f32_hex")),
+			 "%s: input amax %.9g, modelopt %.9g", path, am,
+			 json_real_value(json_object_get(fp, "input_amax_f32")));
+	json_decref(fp);
+	lin_free(&l);
+}
+
+Test(headroom, modelopt_diff)
+{
+	each_fingerprint("headroom", hr_one);
+}
+
+/* the rule's branches on hand-made histograms */
+Test(headroom, rule)
+{
+	uint64_t h[CAL_HIST_BINS] = {0};
+	/* empty: the running max */
+	cr_assert_eq(cal_hr_amax(h, 3.0f, 1, 99.99, 16384), 3.0f);
+	/* one bin (256: log2 centre -40 + 256.5 * 80 / 512 = 0.078125) */
+	h[256] = 10;
+	cr_assert_eq(cal_hr_amax(h, 1.0f, 1, 99.99, 16384), (float)(16384 * pow(2, 0.078125)));
+	/* rho * anchor below upper: upper */
+	cr_assert_eq(cal_hr_amax(h, 1.0f, 1, 99.99, 0.5), (float)pow(2, 0.078125));
+	/* upper_percentile 100: the running max */
+	cr_assert_eq(cal_hr_amax(h, 7.0f, 1, 100, 0.5), 7.0f);
+	/* bins below upper / 1e6 do not count for the anchor */
+	h[0] = 1000;
+	cr_assert_eq(cal_hr_amax(h, 1.0f, 1, 99.99, 16384), (float)(16384 * pow(2, 0.078125)));
 }
 
 /* bf16 [n] from the fingerprint's hex field `key` of object o (malloc'd). */

@@ -132,6 +132,8 @@ int main(int argc, char **argv)
 				units = 8192 / 37;
 			else if (!strcmp(nm, "err_rows")) /* cols = 5 units */
 				units = 8192 / 5;
+			else if (!strcmp(nm, "amax_hist"))
+				units = 8192 / 32;
 			if (!strcmp(nm, "nvfp4_mse_sweep"))
 				rows = 2048;
 			if (!strcmp(nm, "hessian")) /* cols^2 outputs: 4096 tokens x 300 */

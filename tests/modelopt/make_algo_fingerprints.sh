@@ -1,7 +1,8 @@
 #!/bin/sh
 # make_algo_fingerprints.sh — regenerates the real-modelopt fingerprints of
 # the single-linear algorithm tests (docs/gptq.md, docs/smoothquant.md,
-# docs/awq.md) on the CPU, then `meson test -C BUILD calib_algorithms` checks calibd
+# docs/awq.md; nvfp4_act_headroom: docs/numerics.md "Activation headroom") on
+# the CPU, then `meson test -C BUILD calib_algorithms` checks calibd
 # against them.
 #
 #   sh tests/modelopt/make_algo_fingerprints.sh [PYTHON]
@@ -30,3 +31,8 @@ E="$HERE/awq_export_fingerprint.py"
 "$PY" "$E" --out "$HERE/awq_export/int4_qkv_256.json"
 "$PY" "$E" --rows 48,48 --cols 384 --seed 5 --plus-one --out "$HERE/awq_export/int4_gu_384_plus1.json"
 "$PY" "$E" --smoothquant 0.5 --seed 9 --out "$HERE/awq_export/int8_sq_qkv_256_a05.json"
+N="$HERE/headroom_fingerprint.py"
+"$PY" "$N" --rows 16 --out "$HERE/headroom/nvfp4_16x256.json"
+"$PY" "$N" --rows 16 --upper 100 --rho 64 --out "$HERE/headroom/nvfp4_16x256_u100_r64.json"
+"$PY" "$N" --rows 16 --anchor 5 --upper 99 --rho 1000 --batch 96 --tokens 480 --seed 3 \
+	--out "$HERE/headroom/nvfp4_16x256_a5_u99.json"

@@ -34,9 +34,11 @@
 
 #define RECIPE "general/ptq/nvfp4_default-kv_fp8"
 
+static const char *recipe = RECIPE; /* a test may change it */
+
 static struct cal_job_opts opts(const char *model, const char *tok, unsigned ranks)
 {
-	struct cal_job_opts o = {.model_dir = model, .recipe = RECIPE, .tokens = tok,
+	struct cal_job_opts o = {.model_dir = model, .recipe = recipe, .tokens = tok,
 				 .devices = {.kind = CAL_DEVICE_CPU}, .cpu_threads = ranks,
 				 .micro_batch_tokens = 26};
 	o.ranks.local = ranks;
@@ -198,6 +200,14 @@ static const unsigned R124[] = {1, 2, 4};
 
 Test(ep, qwen3_moe_same_bytes_over_1_2_4_ranks)
 {
+	same_over_ranks("qwen3_moe", "default", 0, R124, 3);
+}
+
+/* nvfp4_act_headroom: the ranks' histograms are summed (docs/numerics.md
+ * "Activation headroom"), so the input scales do not depend on R */
+Test(ep, qwen3_moe_headroom_same_bytes_over_1_2_4_ranks)
+{
+	recipe = "general/ptq/nvfp4_act_headroom-kv_fp8_cast";
 	same_over_ranks("qwen3_moe", "default", 0, R124, 3);
 }
 

@@ -336,6 +336,28 @@ static int case_amax_segments(struct opcase_env *env, uint64_t rows, uint64_t un
 	return finish(&c);
 }
 
+/* blocks of 16/32 with a ragged row tail, bins on top of nonzero counts */
+static int case_amax_hist(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(amax_hist);
+	enum cal_dtype dt = seed & 1 ? CAL_DTYPE_F32 : CAL_DTYPE_BF16;
+	uint32_t bs = seed & 2 ? 32 : 16;
+	uint64_t cols = units * bs + (seed % 3 ? seed % bs : 0), n = rows * cols;
+	size_t es = cal_dtype_size(dt);
+	void *x = xmalloc(n * es);
+	uint64_t h0[CAL_HIST_BINS];
+	fill_obs(dt, x, n, &s, env->specials);
+	for (unsigned i = 0; i < CAL_HIST_BINS; i++)
+		h0[i] = i % 7 ? 0 : i;
+	struct pair *px = pair_new(&c, n * es, x), *ph = pair_new_stat(&c, sizeof(h0), h0);
+	struct cal_amax_hist_args A = {dt, px->a, rows, cols, bs, ph->a};
+	struct cal_amax_hist_args B = {dt, px->b, rows, cols, bs, ph->b};
+	RUN_BOTH(&c, amax_hist, A, B);
+	pair_check(&c, ph, "hist");
+	free(x);
+	return finish(&c);
+}
+
 static int case_amax_blocks(struct opcase_env *env, uint64_t rows, uint64_t units,
 			    uint64_t seed)
 {
@@ -753,6 +775,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_AMAX_ROWS] = case_amax_rows,
 	[CAL_OPID_AMAX_SEGMENTS] = case_amax_segments,
 	[CAL_OPID_AMAX_BLOCKS] = case_amax_blocks,
+	[CAL_OPID_AMAX_HIST] = case_amax_hist,
 	[CAL_OPID_HESSIAN] = case_hessian,
 	[CAL_OPID_GPTQ_UPDATE] = case_gptq_update,
 	[CAL_OPID_NVFP4_QUANT] = case_nvfp4_quant,

@@ -81,9 +81,6 @@ static const struct refusal refusals[] = {
 	{"nvfp4_default-kv_none-gptq", "deepseek_v3", "algorithm gptq with attention other than "
 	 "plain GQA"},
 	{"nvfp4_default-kv_none-gptq", "gpt_oss", "algorithm gptq with GPT-OSS"},
-	/* algorithms calibd does not run yet (issue 16 item 2) */
-	{"nvfp4_act_headroom-kv_fp8_cast", NULL,
-	 "algorithm 'nvfp4_act_headroom' is not implemented"},
 	/* numerics calibd does not implement yet */
 	/* a block format on an input dimension that is not a multiple of the
 	 * block: the fixtures' hidden size is 64 (INT4 block 128) and their
