@@ -698,25 +698,19 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 				goto fail;
 			}
 		} else {
+			/* the keys every method takes, then the method's own */
+#define ALGO_KEYS "method, distributed_sync, sync_expert_weight_amax, " \
+		  "skip_forward_without_activation_calib, shared_states, " \
+		  "moe_calib_experts_ratio, layerwise"
 			st = unknown_key(err, k, path,
-					 mse ? "method, distributed_sync, sync_expert_weight_amax, "
-					       "skip_forward_without_activation_calib, shared_states, "
-					       "moe_calib_experts_ratio, layerwise, step_size, "
-					       "start_multiplier, stop_multiplier, fp8_scale_sweep"
-					 : gptq ? "method, distributed_sync, sync_expert_weight_amax, "
-						  "skip_forward_without_activation_calib, shared_states, "
-						  "moe_calib_experts_ratio, layerwise, perc_damp, "
-						  "block_size, fused"
-					 : awq ? "method, distributed_sync, sync_expert_weight_amax, "
-						 "skip_forward_without_activation_calib, shared_states, "
-						 "moe_calib_experts_ratio, layerwise, alpha_step"
-					 : hr ? "method, distributed_sync, sync_expert_weight_amax, "
-						"skip_forward_without_activation_calib, shared_states, "
-						"moe_calib_experts_ratio, layerwise, anchor_percentile, "
-						"upper_percentile, rho, weight_scale_algorithm"
-					     : "method, distributed_sync, sync_expert_weight_amax, "
-					       "skip_forward_without_activation_calib, shared_states, "
-					       "moe_calib_experts_ratio, layerwise");
+					 mse ? ALGO_KEYS ", step_size, start_multiplier, "
+						       "stop_multiplier, fp8_scale_sweep"
+					 : gptq ? ALGO_KEYS ", perc_damp, block_size, fused"
+					 : awq ? ALGO_KEYS ", alpha_step"
+					 : hr ? ALGO_KEYS ", anchor_percentile, upper_percentile, rho, "
+							  "weight_scale_algorithm"
+					      : ALGO_KEYS);
+#undef ALGO_KEYS
 			goto fail;
 		}
 	}
