@@ -116,13 +116,8 @@ enum cal_status cal_check_attention(const struct cal_attention_args *a, struct c
 	if ((st = cal_check_shape(a->t, (uint64_t)a->nh * a->hd, 1, err)) < 0 ||
 	    (st = cal_check_shape(a->t, (uint64_t)a->nh * (a->vd ? a->vd : a->hd), 1, err)) < 0)
 		return st;
-	if (a->t > UINT32_MAX)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 't' = %llu exceeds 2^32-1",
-				     (unsigned long long)a->t);
-	if (a->t == 0)
-		return CAL_OK;
-	if (a->n_seq == 0)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'n_seq' is 0");
+	if ((st = cal_check_tokens(a->t, a->n_seq, err)) < 0 || a->t == 0)
+		return st;
 	if (!(a->scale > 0.0f) || !isfinite(a->scale))
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'scale' must be finite and > 0");
 	if ((st = cal_check_ptr(a->q, "q", err)) < 0 || (st = cal_check_ptr(a->k, "k", err)) < 0 ||

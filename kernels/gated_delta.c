@@ -240,13 +240,8 @@ enum cal_status cal_check_gated_delta(const struct cal_gated_delta_args *a, stru
 	if ((st = cal_check_shape(a->t, 2 * (uint64_t)a->nk * a->dk + (uint64_t)a->nv * a->dv, 1,
 				  err)) < 0)
 		return st;
-	if (a->t > UINT32_MAX)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 't' = %llu exceeds 2^32-1",
-				     (unsigned long long)a->t);
-	if (a->t == 0)
-		return CAL_OK;
-	if (a->n_seq == 0)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'n_seq' is 0");
+	if ((st = cal_check_tokens(a->t, a->n_seq, err)) < 0 || a->t == 0)
+		return st;
 	if ((st = cal_check_ptr(a->qkv, "qkv", err)) < 0 || (st = cal_check_ptr(a->b, "b", err)) < 0 ||
 	    (st = cal_check_ptr(a->a, "a", err)) < 0 ||
 	    (st = cal_check_ptr(a->a_log, "a_log", err)) < 0 ||
