@@ -25,10 +25,7 @@ static void amax_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 enum cal_status cal_check_amax(const struct cal_amax_args *a, struct cal_error *err)
 {
 	enum cal_status st;
-	if ((st = cal_check_obs_dtype(a->dtype, err)) < 0 ||
-	    (st = cal_check_shape(1, a->n, 1, err)) < 0 ||
-	    (st = cal_check_ptr(a->amax, "amax", err)) < 0 ||
-	    (st = cal_check_ptr(a->nonfinite, "nonfinite", err)) < 0)
+	if ((st = cal_check_obs(a->dtype, 1, a->n, a->amax, a->nonfinite, err)) < 0)
 		return st;
 	if (a->n && (st = cal_check_ptr(a->x, "x", err)) < 0)
 		return st;

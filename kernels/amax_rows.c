@@ -33,14 +33,8 @@ static void rows_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 enum cal_status cal_check_amax_rows(const struct cal_amax_rows_args *a, struct cal_error *err)
 {
 	enum cal_status st;
-	if ((st = cal_check_obs_dtype(a->dtype, err)) < 0 ||
-	    (st = cal_check_shape(a->rows, a->cols, 1, err)) < 0 ||
-	    (st = cal_check_ptr(a->amax, "amax", err)) < 0 ||
-	    (st = cal_check_ptr(a->nonfinite, "nonfinite", err)) < 0)
+	if ((st = cal_check_obs(a->dtype, a->rows, a->cols, a->amax, a->nonfinite, err)) < 0)
 		return st;
-	if (a->rows > UINT32_MAX)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 'rows' = %llu exceeds 2^32-1",
-				     (unsigned long long)a->rows);
 	if (a->n_index && ((st = cal_check_ptr(a->index, "index", err)) < 0 ||
 			   (st = cal_check_ptr(a->x, "x", err)) < 0))
 		return st;

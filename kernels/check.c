@@ -119,3 +119,19 @@ enum cal_status cal_check_tokens(uint64_t t, uint32_t n_seq, struct cal_error *e
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'n_seq' is 0");
 	return CAL_OK;
 }
+
+enum cal_status cal_check_obs(enum cal_dtype dtype, uint64_t rows, uint64_t cols,
+			      const float *amax, const struct cal_nonfinite *nonfinite,
+			      struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_obs_dtype(dtype, err)) < 0 ||
+	    (st = cal_check_shape(rows, cols, 1, err)) < 0 ||
+	    (st = cal_check_ptr(amax, "amax", err)) < 0 ||
+	    (st = cal_check_ptr(nonfinite, "nonfinite", err)) < 0)
+		return st;
+	if (rows > UINT32_MAX)
+		return cal_error_set(err, CAL_ERR_RANGE, "argument 'rows' = %llu exceeds 2^32-1",
+				     (unsigned long long)rows);
+	return CAL_OK;
+}

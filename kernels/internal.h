@@ -31,6 +31,11 @@ enum cal_status cal_check_out_dtype(enum cal_dtype dt, struct cal_error *err);
 /* rows*cols <= CAL_MAX_ELEMS and cols % multiple == 0 (multiple may be 1). */
 enum cal_status cal_check_shape(uint64_t rows, uint64_t cols, uint64_t multiple,
 				struct cal_error *err);
+/* A max|x| observer's arguments: input dtype, shape, rows <= 2^32-1, and the
+ * amax / nonfinite outputs. */
+enum cal_status cal_check_obs(enum cal_dtype dtype, uint64_t rows, uint64_t cols,
+			      const float *amax, const struct cal_nonfinite *nonfinite,
+			      struct cal_error *err);
 /* A sequence op's token count and packing: t <= 2^32-1 and, with t > 0,
  * n_seq > 0. */
 enum cal_status cal_check_tokens(uint64_t t, uint32_t n_seq, struct cal_error *err);
