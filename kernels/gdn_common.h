@@ -1,7 +1,8 @@
 /*
- * gdn_common.h — helpers shared by the Gated DeltaNet op files
- * (kernels/gdn_conv.c, kernels/gated_delta.c): packed-sequence lookups and
- * the host-side check of cu_seqlens.  Not for use outside kernels/.
+ * gdn_common.h — helpers shared by the op files over packed sequences
+ * (kernels/gdn_conv.c, kernels/gated_delta.c, kernels/attention.c):
+ * packed-sequence lookups and the host-side check of cu_seqlens.  Not for
+ * use outside kernels/.
  */
 #ifndef CAL_KERNELS_GDN_COMMON_H
 #define CAL_KERNELS_GDN_COMMON_H
