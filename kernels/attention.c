@@ -46,7 +46,7 @@ static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	for (uint64_t it = begin; it < end; it++) {
 		uint64_t i = it / a->nh;
 		uint32_t h = (uint32_t)(it % a->nh), kvh = h / group;
-		uint32_t s = gdn_seq_of(a->cu_seqlens, a->n_seq, i);
+		uint32_t s = cal_segment_of(a->cu_seqlens, a->n_seq, i);
 		uint64_t lo = a->cu_seqlens[s] + (a->key_start ? a->key_start[s] : 0);
 		uint16_t *o = a->out + (i * a->nh + h) * vd;
 		if (a->window && i + 1 > (uint64_t)a->window && i + 1 - a->window > lo)

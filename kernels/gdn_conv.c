@@ -29,7 +29,7 @@ static void conv_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	const uint64_t C = a->channels, K = a->kernel;
 	(void)slot;
 	for (uint64_t r = begin; r < end; r++) {
-		uint64_t s0 = a->cu_seqlens[gdn_seq_of(a->cu_seqlens, a->n_seq, r)];
+		uint64_t s0 = a->cu_seqlens[cal_segment_of(a->cu_seqlens, a->n_seq, r)];
 		/* taps j with r - K + 1 + j >= s0 */
 		uint64_t j0 = r - s0 + 1 >= K ? 0 : K - (r - s0 + 1);
 		uint16_t *y = a->y + r * C;
