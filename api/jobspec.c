@@ -79,13 +79,21 @@ static enum cal_api_err check_keys(const json_t *obj, const char *const *allowed
 	return CAL_API_OK;
 }
 
+/* obj[key], or NULL where the key is absent or null (JSON null means "not
+ * given" throughout the job spec). */
+static json_t *get_given(const json_t *obj, const char *key)
+{
+	json_t *v = json_object_get(obj, key);
+	return v && !json_is_null(v) ? v : NULL;
+}
+
 static enum cal_api_err get_int(const json_t *obj, const char *key, const char *field, long long lo,
 				long long hi, long long def, long long *ret, struct cal_api_problem *prob)
 {
 	/* *ret is set on every path: callers may read it after an error */
 	*ret = def;
-	json_t *v = json_object_get(obj, key);
-	if (!v || json_is_null(v))
+	json_t *v = get_given(obj, key);
+	if (!v)
 		return CAL_API_OK;
 	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
 		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, field,
@@ -259,8 +267,8 @@ static enum cal_api_err validate_evaluate(const json_t *e, const struct cal_jobs
 	if ((ae = check_keys(e, keys, "evaluate.", prob)) ||
 	    (ae = get_int(e, "samples", "evaluate.samples", 1, 100000, 128, &samples, prob)))
 		return ae;
-	const json_t *d = json_object_get(e, "dataset");
-	if (!d || json_is_null(d))
+	const json_t *d = get_given(e, "dataset");
+	if (!d)
 		return cal_api_problem_set(prob, CAL_API_ERR_MISSING_FIELD, "evaluate.dataset",
 					   "evaluate.dataset is required");
 	if (json_is_object(d))
@@ -292,12 +300,8 @@ static enum cal_api_err validate_calibration(const json_t *c, const struct cal_j
 	if (samples * seq_len > (1LL << 34))
 		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "calibration.samples",
 					   "samples x seq_len = %lld tokens exceeds 2^34", samples * seq_len);
-	json_t *ds = json_object_get(c, "datasets");
-	json_t *tok = json_object_get(c, "tokens");
-	if (ds && json_is_null(ds))
-		ds = NULL;
-	if (tok && json_is_null(tok))
-		tok = NULL;
+	json_t *ds = get_given(c, "datasets");
+	json_t *tok = get_given(c, "tokens");
 	if (!!ds == !!tok)
 		return cal_api_problem_set(prob, ds ? CAL_API_ERR_INVALID_FIELD : CAL_API_ERR_MISSING_FIELD,
 					   "calibration.datasets",
@@ -433,15 +437,9 @@ static enum cal_api_err jobspec_qformat(const json_t *q, json_t *out, struct cal
  * (exactly one).  Syntax only: api/recipes.c loads the recipe. */
 enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_api_problem *prob)
 {
-	json_t *r = json_object_get(req, "recipe");
-	json_t *ry = json_object_get(req, "recipe_yaml");
-	json_t *q = json_object_get(req, "qformat");
-	if (r && json_is_null(r))
-		r = NULL;
-	if (ry && json_is_null(ry))
-		ry = NULL;
-	if (q && json_is_null(q))
-		q = NULL;
+	json_t *r = get_given(req, "recipe");
+	json_t *ry = get_given(req, "recipe_yaml");
+	json_t *q = get_given(req, "qformat");
 	if (q && (r || ry))
 		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "qformat",
 					   "give one of recipe, recipe_yaml and qformat, not several");
@@ -479,8 +477,8 @@ static enum cal_api_err validate_devices_json(const json_t *d, const struct cal_
 static enum cal_api_err validate_devices(const json_t *req, const struct cal_jobspec_env *env, json_t *out,
 					 struct cal_api_problem *prob)
 {
-	json_t *d = json_object_get(req, "devices");
-	if (!d || json_is_null(d)) {
+	json_t *d = get_given(req, "devices");
+	if (!d) {
 		json_object_set_new(out, "devices", env->n_devices ? json_integer(1) : json_string("cpu"));
 		return CAL_API_OK;
 	}
@@ -759,8 +757,8 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 	}
 	if ((ae = check_keys(req, keys, "", prob)))
 		goto fail;
-	json_t *name = json_object_get(req, "name");
-	if (name && !json_is_null(name)) {
+	json_t *name = get_given(req, "name");
+	if (name) {
 		if (!json_is_string(name) || !plain_name(json_string_value(name), 128)) {
 			ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "name",
 						 "name must be 1 to 128 characters [A-Za-z0-9._:-], not starting with '.'");
@@ -771,8 +769,8 @@ enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspe
 	long long prio;
 	if ((ae = get_int(req, "priority", "priority", -100, 100, 0, &prio, prob)))
 		goto fail;
-	json_t *to = json_object_get(req, "timeout_s");
-	if (to && !json_is_null(to)) {
+	json_t *to = get_given(req, "timeout_s");
+	if (to) {
 		if (!json_is_number(to) || !(json_number_value(to) > 0 && json_number_value(to) <= 1e8)) {
 			ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "timeout_s",
 						 "timeout_s must be a number in (0, 1e8]");

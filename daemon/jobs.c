@@ -212,17 +212,14 @@ void cal_job_set_error(struct cal_job *j, const char *code, const char *msg)
 	j->error_msg = msg ? strdup(msg) : NULL;
 }
 
-json_t *cal_job_json(const struct cal_job *j)
+/* The fields the API view and state.json share, in this order: the three
+ * times (as `t` writes them), devices, progress, result, and the error when
+ * there is one (caller holds mu). */
+static void put_run(json_t *o, const struct cal_job *j, json_t *(*t)(double))
 {
-	json_t *o = json_object();
-	json_object_set_new(o, "id", json_string(j->id));
-	json_t *name = json_object_get(j->spec, "name");
-	json_object_set_new(o, "name", name ? json_incref(name) : json_null());
-	json_object_set_new(o, "state", json_string(cal_job_state_names[j->state]));
-	json_object_set_new(o, "priority", json_integer(j->priority));
-	json_object_set_new(o, "created_at", time_json(j->created_at));
-	json_object_set_new(o, "started_at", time_json(j->started_at));
-	json_object_set_new(o, "finished_at", time_json(j->finished_at));
+	json_object_set_new(o, "created_at", t(j->created_at));
+	json_object_set_new(o, "started_at", t(j->started_at));
+	json_object_set_new(o, "finished_at", t(j->finished_at));
 	json_t *devs = json_array();
 	for (size_t i = 0; i < j->n_devices; i++)
 		json_array_append_new(devs, json_integer(j->devices[i]));
@@ -232,7 +229,18 @@ json_t *cal_job_json(const struct cal_job *j)
 	if (j->error_code)
 		json_object_set_new(o, "error", json_pack("{s:s, s:s}", "code", j->error_code, "message",
 							  j->error_msg ? j->error_msg : ""));
-	else
+}
+
+json_t *cal_job_json(const struct cal_job *j)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "id", json_string(j->id));
+	json_t *name = json_object_get(j->spec, "name");
+	json_object_set_new(o, "name", name ? json_incref(name) : json_null());
+	json_object_set_new(o, "state", json_string(cal_job_state_names[j->state]));
+	json_object_set_new(o, "priority", json_integer(j->priority));
+	put_run(o, j, time_json);
+	if (!j->error_code)
 		json_object_set_new(o, "error", json_null());
 	if (j->state == CAL_JOB_RUNNING && j->pid > 0)
 		json_object_set_new(o, "worker_pid", json_integer(j->pid));
@@ -251,18 +259,7 @@ static json_t *state_json(const struct cal_job *j)
 	json_t *o = json_object();
 	json_object_set_new(o, "format", json_integer(1));
 	json_object_set_new(o, "state", json_string(cal_job_state_names[j->state]));
-	json_object_set_new(o, "created_at", json_real(j->created_at));
-	json_object_set_new(o, "started_at", json_real(j->started_at));
-	json_object_set_new(o, "finished_at", json_real(j->finished_at));
-	json_t *devs = json_array();
-	for (size_t i = 0; i < j->n_devices; i++)
-		json_array_append_new(devs, json_integer(j->devices[i]));
-	json_object_set_new(o, "devices", devs);
-	json_object_set_new(o, "progress", j->progress ? json_deep_copy(j->progress) : json_null());
-	json_object_set_new(o, "result", j->result ? json_deep_copy(j->result) : json_null());
-	if (j->error_code)
-		json_object_set_new(o, "error", json_pack("{s:s, s:s}", "code", j->error_code, "message",
-							  j->error_msg ? j->error_msg : ""));
+	put_run(o, j, json_real);
 	return o;
 }
 

@@ -6,8 +6,7 @@
 
 struct amax_ctx {
 	const struct cal_amax_args *a;
-	uint32_t max_bits[CAL_CPU_SLOTS_MAX];
-	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
+	struct cal_obs_slots s;
 };
 
 static void amax_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
@@ -19,17 +18,14 @@ static void amax_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 
 	for (uint64_t i = begin; i < end; i++)
 		cal_obs_elem(cal_abs_bits(a->dtype, a->x, i), a->index_base + i, &m, &nf);
-	c->max_bits[slot] = m;
-	c->nf[slot] = nf;
+	c->s.max_bits[slot] = m;
+	c->s.nf[slot] = nf;
 }
 
 enum cal_status cal_check_amax(const struct cal_amax_args *a, struct cal_error *err)
 {
 	enum cal_status st;
-	if ((st = cal_check_obs_dtype(a->dtype, err)) < 0 ||
-	    (st = cal_check_shape(1, a->n, 1, err)) < 0 ||
-	    (st = cal_check_ptr(a->amax, "amax", err)) < 0 ||
-	    (st = cal_check_ptr(a->nonfinite, "nonfinite", err)) < 0)
+	if ((st = cal_check_obs(a->dtype, 1, a->n, a->amax, a->nonfinite, err)) < 0)
 		return st;
 	if (a->n && (st = cal_check_ptr(a->x, "x", err)) < 0)
 		return st;
@@ -44,16 +40,10 @@ enum cal_status cal_cpu_amax(struct cal_backend *be, const struct cal_amax_args 
 	enum cal_status st;
 
 	c.a = a;
-	for (unsigned i = 0; i < k; i++) {
-		c.max_bits[i] = 0;
-		c.nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
-	}
+	cal_obs_slots_clear(&c.s, k);
 	st = cal_cpu_parallel(be, a->n, 1u << 18, amax_range, &c, err);
 	if (st < 0)
 		return st;
-	for (unsigned i = 0; i < k; i++) {
-		cal_amax_fold(a->amax, c.max_bits[i]);
-		cal_nf_fold(a->nonfinite, &c.nf[i]);
-	}
+	cal_obs_slots_fold(&c.s, k, a->amax, a->nonfinite);
 	return CAL_OK;
 }

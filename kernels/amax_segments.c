@@ -36,15 +36,9 @@ enum cal_status cal_check_amax_segments(const struct cal_amax_segments_args *a,
 					struct cal_error *err)
 {
 	enum cal_status st;
-	if ((st = cal_check_obs_dtype(a->dtype, err)) < 0 ||
-	    (st = cal_check_shape(a->rows, a->cols, 1, err)) < 0 ||
-	    (st = cal_check_ptr(a->offsets, "offsets", err)) < 0 ||
-	    (st = cal_check_ptr(a->amax, "amax", err)) < 0 ||
-	    (st = cal_check_ptr(a->nonfinite, "nonfinite", err)) < 0)
+	if ((st = cal_check_obs(a->dtype, a->rows, a->cols, a->amax, a->nonfinite, err)) < 0 ||
+	    (st = cal_check_ptr(a->offsets, "offsets", err)) < 0)
 		return st;
-	if (a->rows > UINT32_MAX)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 'rows' = %llu exceeds 2^32-1",
-				     (unsigned long long)a->rows);
 	if (a->n_seg == 0 || a->n_seg > (1u << 20))
 		return cal_error_set(err, CAL_ERR_RANGE, "argument 'n_seg' = %u not in [1, 2^20]",
 				     a->n_seg);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/gdn_common.h"
 #include "kernels/internal.h"
 
 struct attn_ctx {
@@ -34,20 +35,6 @@ static inline float bf(float v)
 	return cal_nf_float((uint32_t)cal_nf_f32_to_bf16(v) << 16);
 }
 
-/* Sequence of row i (cu_seqlens strictly covers [0, t)). */
-static uint32_t seq_of(const uint32_t *cu, uint32_t n_seq, uint64_t i)
-{
-	uint32_t lo = 0, hi = n_seq; /* cu[lo] <= i < cu[hi] */
-	while (hi - lo > 1) {
-		uint32_t mid = lo + (hi - lo) / 2;
-		if (cu[mid] <= i)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
 static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
 	const struct attn_ctx *c = p;
@@ -59,7 +46,7 @@ static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	for (uint64_t it = begin; it < end; it++) {
 		uint64_t i = it / a->nh;
 		uint32_t h = (uint32_t)(it % a->nh), kvh = h / group;
-		uint32_t s = seq_of(a->cu_seqlens, a->n_seq, i);
+		uint32_t s = cal_segment_of(a->cu_seqlens, a->n_seq, i);
 		uint64_t lo = a->cu_seqlens[s] + (a->key_start ? a->key_start[s] : 0);
 		uint16_t *o = a->out + (i * a->nh + h) * vd;
 		if (a->window && i + 1 > (uint64_t)a->window && i + 1 - a->window > lo)
@@ -116,13 +103,8 @@ enum cal_status cal_check_attention(const struct cal_attention_args *a, struct c
 	if ((st = cal_check_shape(a->t, (uint64_t)a->nh * a->hd, 1, err)) < 0 ||
 	    (st = cal_check_shape(a->t, (uint64_t)a->nh * (a->vd ? a->vd : a->hd), 1, err)) < 0)
 		return st;
-	if (a->t > UINT32_MAX)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 't' = %llu exceeds 2^32-1",
-				     (unsigned long long)a->t);
-	if (a->t == 0)
-		return CAL_OK;
-	if (a->n_seq == 0)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'n_seq' is 0");
+	if ((st = cal_check_tokens(a->t, a->n_seq, err)) < 0 || a->t == 0)
+		return st;
 	if (!(a->scale > 0.0f) || !isfinite(a->scale))
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'scale' must be finite and > 0");
 	if ((st = cal_check_ptr(a->q, "q", err)) < 0 || (st = cal_check_ptr(a->k, "k", err)) < 0 ||
@@ -140,15 +122,9 @@ enum cal_status cal_cpu_attention(struct cal_backend *be, const struct cal_atten
 	enum cal_status st;
 	if (a->t == 0)
 		return CAL_OK;
-	if (a->cu_seqlens[0] != 0 || a->cu_seqlens[a->n_seq] != a->t)
-		return cal_error_set(err, CAL_ERR_INVALID,
-				     "cu_seqlens: first must be 0 and last (%u) must equal t = %llu",
-				     a->cu_seqlens[a->n_seq], (unsigned long long)a->t);
+	if ((st = gdn_check_cu(a->cu_seqlens, a->n_seq, a->t, err)) < 0)
+		return st;
 	for (uint32_t s = 0; s < a->n_seq; s++) {
-		if (a->cu_seqlens[s + 1] <= a->cu_seqlens[s])
-			return cal_error_set(err, CAL_ERR_INVALID,
-					     "cu_seqlens[%u..%u] = %u, %u: empty or decreasing sequence",
-					     s, s + 1, a->cu_seqlens[s], a->cu_seqlens[s + 1]);
 		uint64_t len = a->cu_seqlens[s + 1] - a->cu_seqlens[s];
 		max_len = len > max_len ? len : max_len;
 	}

@@ -3,6 +3,8 @@
  */
 #include "kernels/internal.h"
 
+#include <math.h>
+
 enum cal_status cal_check_ptr(const void *p, const char *field, struct cal_error *err)
 {
 	if (!p)
@@ -40,5 +42,96 @@ enum cal_status cal_check_shape(uint64_t rows, uint64_t cols, uint64_t multiple,
 		return cal_error_set(err, CAL_ERR_INVALID,
 				     "argument 'cols' = %llu is not a multiple of %llu",
 				     (unsigned long long)cols, (unsigned long long)multiple);
+	return CAL_OK;
+}
+
+enum cal_status cal_check_nvfp4_static(uint64_t rows, uint64_t cols, float global_amax,
+				       float norm_max, const void *w, const void *block_amax,
+				       struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(rows, cols, 16, err)) < 0)
+		return st;
+	if (!(global_amax > 0.0f) || global_amax > 3.4e38f)
+		return cal_error_set(err, CAL_ERR_NUMERIC,
+				     "argument 'global_amax' = %g is not finite and > 0",
+				     (double)global_amax);
+	if (norm_max != 448.0f && norm_max != 256.0f)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "argument 'norm_max' = %g is not 448 or 256", (double)norm_max);
+	if (rows && cols && ((st = cal_check_ptr(w, "w", err)) < 0 ||
+			     (st = cal_check_ptr(block_amax, "block_amax", err)) < 0))
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_check_norm_shape(uint64_t rows, uint64_t cols, float eps,
+				     struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(rows, cols, 1, err)) < 0)
+		return st;
+	if (rows == 0)
+		return CAL_OK;
+	if (cols == 0)
+		return cal_error_set(err, CAL_ERR_INVALID, "argument 'cols' is 0");
+	if (!(eps >= 0.0f) || !isfinite(eps))
+		return cal_error_set(err, CAL_ERR_INVALID, "argument 'eps' must be finite and >= 0");
+	return CAL_OK;
+}
+
+enum cal_status cal_check_block_dequant(uint64_t rows, uint64_t cols, uint64_t block,
+					enum cal_dtype out_dtype, const void *data,
+					const char *data_field, const void *scales, const void *out,
+					struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(rows, cols, block, err)) < 0 ||
+	    (st = cal_check_out_dtype(out_dtype, err)) < 0)
+		return st;
+	if (rows && cols && ((st = cal_check_ptr(data, data_field, err)) < 0 ||
+			     (st = cal_check_ptr(scales, "scales", err)) < 0 ||
+			     (st = cal_check_ptr(out, "out", err)) < 0))
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_check_block_quant(uint64_t rows, uint64_t cols, uint64_t block,
+				      const void *w, const void *data, const char *data_field,
+				      const void *scales, struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(rows, cols, block, err)) < 0)
+		return st;
+	if (rows && cols && ((st = cal_check_ptr(w, "w", err)) < 0 ||
+			     (st = cal_check_ptr(data, data_field, err)) < 0 ||
+			     (st = cal_check_ptr(scales, "scales", err)) < 0))
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_check_tokens(uint64_t t, uint32_t n_seq, struct cal_error *err)
+{
+	if (t > UINT32_MAX)
+		return cal_error_set(err, CAL_ERR_RANGE, "argument 't' = %llu exceeds 2^32-1",
+				     (unsigned long long)t);
+	if (t && n_seq == 0)
+		return cal_error_set(err, CAL_ERR_INVALID, "argument 'n_seq' is 0");
+	return CAL_OK;
+}
+
+enum cal_status cal_check_obs(enum cal_dtype dtype, uint64_t rows, uint64_t cols,
+			      const float *amax, const struct cal_nonfinite *nonfinite,
+			      struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_obs_dtype(dtype, err)) < 0 ||
+	    (st = cal_check_shape(rows, cols, 1, err)) < 0 ||
+	    (st = cal_check_ptr(amax, "amax", err)) < 0 ||
+	    (st = cal_check_ptr(nonfinite, "nonfinite", err)) < 0)
+		return st;
+	if (rows > UINT32_MAX)
+		return cal_error_set(err, CAL_ERR_RANGE, "argument 'rows' = %llu exceeds 2^32-1",
+				     (unsigned long long)rows);
 	return CAL_OK;
 }

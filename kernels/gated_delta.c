@@ -71,6 +71,16 @@ static void l2n(const uint16_t *src, uint32_t n, float scale, float *dst)
 		dst[i] = dst[i] * inv * scale;
 }
 
+/* out[j] = sum over i ascending of vec[i] * S[i][j] (S is dk x dv). */
+static void state_t_vec(const float *S, const float *vec, uint32_t dk, uint32_t dv, float *out)
+{
+	for (uint32_t j = 0; j < dv; j++)
+		out[j] = 0.0f;
+	for (uint32_t i = 0; i < dk; i++)
+		for (uint32_t j = 0; j < dv; j++)
+			out[j] += vec[i] * S[(uint64_t)i * dv + j];
+}
+
 static inline float qscale(uint32_t dk)
 {
 	return (float)(1.0 / sqrt((double)dk));
@@ -96,11 +106,7 @@ static void run_recurrent(const struct cal_gated_delta_args *a, uint64_t r0, uin
 		for (uint64_t i = 0; i < (uint64_t)dk * dv; i++)
 			S[i] *= alpha;
 		/* d = beta (v - S^T k), sums over i ascending */
-		for (uint32_t j = 0; j < dv; j++)
-			d[j] = 0.0f;
-		for (uint32_t i = 0; i < dk; i++)
-			for (uint32_t j = 0; j < dv; j++)
-				d[j] += k[i] * S[(uint64_t)i * dv + j];
+		state_t_vec(S, k, dk, dv, d);
 		for (uint32_t j = 0; j < dv; j++)
 			d[j] = (ld(v, j) - d[j]) * beta;
 		for (uint32_t i = 0; i < dk; i++)
@@ -108,11 +114,7 @@ static void run_recurrent(const struct cal_gated_delta_args *a, uint64_t r0, uin
 				S[(uint64_t)i * dv + j] += k[i] * d[j];
 		uint16_t *o = a->out + t * (uint64_t)a->nv * dv + (uint64_t)h * dv;
 		float *acc = d; /* d is consumed */
-		for (uint32_t j = 0; j < dv; j++)
-			acc[j] = 0.0f;
-		for (uint32_t i = 0; i < dk; i++)
-			for (uint32_t j = 0; j < dv; j++)
-				acc[j] += q[i] * S[(uint64_t)i * dv + j];
+		state_t_vec(S, q, dk, dv, acc);
 		for (uint32_t j = 0; j < dv; j++)
 			o[j] = cal_nf_f32_to_bf16(acc[j]);
 	}
@@ -240,13 +242,8 @@ enum cal_status cal_check_gated_delta(const struct cal_gated_delta_args *a, stru
 	if ((st = cal_check_shape(a->t, 2 * (uint64_t)a->nk * a->dk + (uint64_t)a->nv * a->dv, 1,
 				  err)) < 0)
 		return st;
-	if (a->t > UINT32_MAX)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 't' = %llu exceeds 2^32-1",
-				     (unsigned long long)a->t);
-	if (a->t == 0)
-		return CAL_OK;
-	if (a->n_seq == 0)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'n_seq' is 0");
+	if ((st = cal_check_tokens(a->t, a->n_seq, err)) < 0 || a->t == 0)
+		return st;
 	if ((st = cal_check_ptr(a->qkv, "qkv", err)) < 0 || (st = cal_check_ptr(a->b, "b", err)) < 0 ||
 	    (st = cal_check_ptr(a->a, "a", err)) < 0 ||
 	    (st = cal_check_ptr(a->a_log, "a_log", err)) < 0 ||

@@ -29,7 +29,7 @@ static void conv_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	const uint64_t C = a->channels, K = a->kernel;
 	(void)slot;
 	for (uint64_t r = begin; r < end; r++) {
-		uint64_t s0 = a->cu_seqlens[gdn_seq_of(a->cu_seqlens, a->n_seq, r)];
+		uint64_t s0 = a->cu_seqlens[cal_segment_of(a->cu_seqlens, a->n_seq, r)];
 		/* taps j with r - K + 1 + j >= s0 */
 		uint64_t j0 = r - s0 + 1 >= K ? 0 : K - (r - s0 + 1);
 		uint16_t *y = a->y + r * C;
@@ -54,13 +54,8 @@ enum cal_status cal_check_gdn_conv(const struct cal_gdn_conv_args *a, struct cal
 				     a->kernel, CAL_GDN_CONV_MAX_KERNEL);
 	if ((st = cal_check_shape(a->t, a->channels, 1, err)) < 0)
 		return st;
-	if (a->t > UINT32_MAX)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 't' = %llu exceeds 2^32-1",
-				     (unsigned long long)a->t);
-	if (a->t == 0)
-		return CAL_OK;
-	if (a->n_seq == 0)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'n_seq' is 0");
+	if ((st = cal_check_tokens(a->t, a->n_seq, err)) < 0 || a->t == 0)
+		return st;
 	if ((st = cal_check_ptr(a->x, "x", err)) < 0 || (st = cal_check_ptr(a->w, "w", err)) < 0 ||
 	    (st = cal_check_ptr(a->y, "y", err)) < 0 ||
 	    (st = cal_check_ptr(a->cu_seqlens, "cu_seqlens", err)) < 0)

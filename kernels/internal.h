@@ -31,6 +31,41 @@ enum cal_status cal_check_out_dtype(enum cal_dtype dt, struct cal_error *err);
 /* rows*cols <= CAL_MAX_ELEMS and cols % multiple == 0 (multiple may be 1). */
 enum cal_status cal_check_shape(uint64_t rows, uint64_t cols, uint64_t multiple,
 				struct cal_error *err);
+/* A max|x| observer's arguments: input dtype, shape, rows <= 2^32-1, and the
+ * amax / nonfinite outputs. */
+enum cal_status cal_check_obs(enum cal_dtype dtype, uint64_t rows, uint64_t cols,
+			      const float *amax, const struct cal_nonfinite *nonfinite,
+			      struct cal_error *err);
+/* A sequence op's token count and packing: t <= 2^32-1 and, with t > 0,
+ * n_seq > 0. */
+enum cal_status cal_check_tokens(uint64_t t, uint32_t n_seq, struct cal_error *err);
+/* A block-scaled quantizer's arguments: shape (cols % block == 0) and the
+ * w, data (named data_field) and scales pointers. */
+enum cal_status cal_check_block_quant(uint64_t rows, uint64_t cols, uint64_t block,
+				      const void *w, const void *data, const char *data_field,
+				      const void *scales, struct cal_error *err);
+/* A block-scaled dequantizer's arguments: shape (cols % block == 0), output
+ * dtype, and the data (named data_field), scales and out pointers. */
+enum cal_status cal_check_block_dequant(uint64_t rows, uint64_t cols, uint64_t block,
+					enum cal_dtype out_dtype, const void *data,
+					const char *data_field, const void *scales, const void *out,
+					struct cal_error *err);
+/* A row-normalizing op's shape and eps: rows*cols in range; with rows > 0,
+ * cols > 0 and eps finite and >= 0. */
+enum cal_status cal_check_norm_shape(uint64_t rows, uint64_t cols, float eps,
+				     struct cal_error *err);
+/* The arguments static NVFP4 ops share: shape (cols % 16 == 0), a finite
+ * global_amax > 0, norm_max 448 or 256, and the w / block_amax pointers. */
+enum cal_status cal_check_nvfp4_static(uint64_t rows, uint64_t cols, float global_amax,
+				       float norm_max, const void *w, const void *block_amax,
+				       struct cal_error *err);
+
+/* Widens n BF16 values to fp32. */
+static inline void cal_load_bf16(float *x, const uint16_t *w, int n)
+{
+	for (int k = 0; k < n; k++)
+		x[k] = cal_nf_bf16_to_f32(w[k]);
+}
 
 /* fp32 bits of element i (bf16 widened), sign cleared. */
 static inline uint32_t cal_abs_bits(enum cal_dtype dt, const void *x, uint64_t i)
@@ -66,6 +101,30 @@ static inline void cal_nf_fold(struct cal_nonfinite *nf, const struct cal_nf_par
 	nf->count += p->count;
 	if (p->first < nf->first)
 		nf->first = p->first;
+}
+
+/* Per-thread partials of a max|x| observer: one max and one non-finite
+ * report per CPU slot, cleared before the threads run and folded after. */
+struct cal_obs_slots {
+	uint32_t max_bits[CAL_CPU_SLOTS_MAX];
+	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
+};
+
+static inline void cal_obs_slots_clear(struct cal_obs_slots *s, unsigned k)
+{
+	for (unsigned i = 0; i < k; i++) {
+		s->max_bits[i] = 0;
+		s->nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
+	}
+}
+
+static inline void cal_obs_slots_fold(const struct cal_obs_slots *s, unsigned k, float *amax,
+				      struct cal_nonfinite *nf)
+{
+	for (unsigned i = 0; i < k; i++) {
+		cal_amax_fold(amax, s->max_bits[i]);
+		cal_nf_fold(nf, &s->nf[i]);
+	}
 }
 
 /* Stores v as F32 or BF16 at out[i]. */

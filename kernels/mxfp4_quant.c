@@ -28,14 +28,8 @@ static void mxfp4_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 
 enum cal_status cal_check_mxfp4_quant(const struct cal_mxfp4_quant_args *a, struct cal_error *err)
 {
-	enum cal_status st;
-	if ((st = cal_check_shape(a->rows, a->cols, 32, err)) < 0)
-		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->w, "w", err)) < 0 ||
-				   (st = cal_check_ptr(a->packed, "packed", err)) < 0 ||
-				   (st = cal_check_ptr(a->scales, "scales", err)) < 0))
-		return st;
-	return CAL_OK;
+	return cal_check_block_quant(a->rows, a->cols, 32, a->w, a->packed, "packed", a->scales,
+				     err);
 }
 
 enum cal_status cal_cpu_mxfp4_quant(struct cal_backend *be, const struct cal_mxfp4_quant_args *a,

@@ -18,15 +18,8 @@ static void mxfp8_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 enum cal_status cal_check_mxfp8_dequant(const struct cal_mxfp8_dequant_args *a,
 					struct cal_error *err)
 {
-	enum cal_status st;
-	if ((st = cal_check_shape(a->rows, a->cols, 32, err)) < 0 ||
-	    (st = cal_check_out_dtype(a->out_dtype, err)) < 0)
-		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->q, "q", err)) < 0 ||
-				   (st = cal_check_ptr(a->scales, "scales", err)) < 0 ||
-				   (st = cal_check_ptr(a->out, "out", err)) < 0))
-		return st;
-	return CAL_OK;
+	return cal_check_block_dequant(a->rows, a->cols, 32, a->out_dtype, a->q, "q", a->scales,
+				       a->out, err);
 }
 
 enum cal_status cal_cpu_mxfp8_dequant(struct cal_backend *be,

@@ -477,10 +477,11 @@ CAL_HD float cal_nvfp4_mse_block(const float *x, float g, float m, float s2,
 	return best;
 }
 
-/* Segment of row r for the segmented observer: the largest s < n_seg with
- * offsets[s] <= r (binary search; the caller checked offsets[0] <= r <
- * offsets[n_seg]).  Deterministic, and memory-safe, for any offsets. */
-CAL_HD uint32_t cal_segment_of(const uint32_t *offsets, uint32_t n_seg, uint32_t r)
+/* Segment of row r (a segmented observer's expert, a packed batch's
+ * sequence): the largest s < n_seg with offsets[s] <= r (binary search; the
+ * caller checked offsets[0] <= r < offsets[n_seg]).  Deterministic, and
+ * memory-safe, for any offsets. */
+CAL_HD uint32_t cal_segment_of(const uint32_t *offsets, uint32_t n_seg, uint64_t r)
 {
 	uint32_t lo = 0, hi = n_seg;
 	while (hi - lo > 1) {

@@ -24,18 +24,11 @@ static void nvfp4_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 enum cal_status cal_check_nvfp4_dequant(const struct cal_nvfp4_dequant_args *a,
 					struct cal_error *err)
 {
-	enum cal_status st;
 	if (a->block && a->block != 16 && a->block != 32)
 		return cal_error_set(err, CAL_ERR_INVALID, "block: %u (NVFP4 blocks are 16 or 32)",
 				     a->block);
-	if ((st = cal_check_shape(a->rows, a->cols, a->block ? a->block : 16, err)) < 0 ||
-	    (st = cal_check_out_dtype(a->out_dtype, err)) < 0)
-		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->packed, "packed", err)) < 0 ||
-				   (st = cal_check_ptr(a->scales, "scales", err)) < 0 ||
-				   (st = cal_check_ptr(a->out, "out", err)) < 0))
-		return st;
-	return CAL_OK;
+	return cal_check_block_dequant(a->rows, a->cols, a->block ? a->block : 16, a->out_dtype,
+				       a->packed, "packed", a->scales, a->out, err);
 }
 
 enum cal_status cal_cpu_nvfp4_dequant(struct cal_backend *be,

@@ -19,8 +19,7 @@ static void mse_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 
 	for (uint64_t b = begin; b < end; b++) {
 		float x[16];
-		for (int k = 0; k < 16; k++)
-			x[k] = cal_nf_bf16_to_f32(a->w[b * 16 + k]);
+		cal_load_bf16(x, a->w + b * 16, 16);
 		a->block_amax[b] = cal_nvfp4_mse_block(x, a->global_amax, a->norm_max, c->s2, a->div);
 	}
 }
@@ -28,20 +27,8 @@ static void mse_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 enum cal_status cal_check_nvfp4_mse_sweep(const struct cal_nvfp4_mse_sweep_args *a,
 					  struct cal_error *err)
 {
-	enum cal_status st;
-	if ((st = cal_check_shape(a->rows, a->cols, 16, err)) < 0)
-		return st;
-	if (!(a->global_amax > 0.0f) || a->global_amax > 3.4e38f)
-		return cal_error_set(err, CAL_ERR_NUMERIC,
-				     "argument 'global_amax' = %g is not finite and > 0",
-				     (double)a->global_amax);
-	if (a->norm_max != 448.0f && a->norm_max != 256.0f)
-		return cal_error_set(err, CAL_ERR_INVALID,
-				     "argument 'norm_max' = %g is not 448 or 256", (double)a->norm_max);
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->w, "w", err)) < 0 ||
-				   (st = cal_check_ptr(a->block_amax, "block_amax", err)) < 0))
-		return st;
-	return CAL_OK;
+	return cal_check_nvfp4_static(a->rows, a->cols, a->global_amax, a->norm_max, a->w,
+				      a->block_amax, err);
 }
 
 enum cal_status cal_cpu_nvfp4_mse_sweep(struct cal_backend *be,

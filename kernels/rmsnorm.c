@@ -64,14 +64,8 @@ enum cal_status cal_check_rmsnorm(const struct cal_rmsnorm_args *a, struct cal_e
 				     "argument 'w_dtype': BF16 or F32 expected");
 	if (a->kind == CAL_RMS_F32W && a->w_dtype != CAL_DTYPE_F32)
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'w_dtype': F32W needs F32");
-	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
+	if ((st = cal_check_norm_shape(a->rows, a->cols, a->eps, err)) < 0 || a->rows == 0)
 		return st;
-	if (a->rows == 0)
-		return CAL_OK;
-	if (a->cols == 0)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'cols' is 0");
-	if (!(a->eps >= 0.0f) || !isfinite(a->eps))
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'eps' must be finite and >= 0");
 	if ((st = cal_check_ptr(a->x, "x", err)) < 0 || (st = cal_check_ptr(a->y, "y", err)) < 0 ||
 	    (st = cal_check_ptr(a->w, "w", err)) < 0)
 		return st;

@@ -50,14 +50,8 @@ enum cal_status cal_check_rmsnorm_gated(const struct cal_rmsnorm_gated_args *a,
 					struct cal_error *err)
 {
 	enum cal_status st;
-	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
+	if ((st = cal_check_norm_shape(a->rows, a->cols, a->eps, err)) < 0 || a->rows == 0)
 		return st;
-	if (a->rows == 0)
-		return CAL_OK;
-	if (a->cols == 0)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'cols' is 0");
-	if (!(a->eps >= 0.0f) || !isfinite(a->eps))
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'eps' must be finite and >= 0");
 	if ((st = cal_check_ptr(a->x, "x", err)) < 0 || (st = cal_check_ptr(a->z, "z", err)) < 0 ||
 	    (st = cal_check_ptr(a->y, "y", err)) < 0 || (st = cal_check_ptr(a->w, "w", err)) < 0)
 		return st;

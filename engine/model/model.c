@@ -19,6 +19,26 @@
 #define PROJ_QWEN {"gate_proj", "up_proj", "down_proj"}
 #define PROJ_MIXTRAL {"w1", "w3", "w2"}
 
+/* Qwen3.5-MoE: the multimodal wrapper and its text-only class share every
+ * field but their names and weight prefix. */
+#define QWEN3_5_MOE_FIELDS \
+	.def_vocab = 248320, .def_hidden = 2048, .def_intermediate = 5632, \
+	.def_layers = 40, .def_heads = 16, .def_kv_heads = 2, .def_head_dim = 256, \
+	.def_max_pos = 262144, \
+	.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 0.25, \
+	.def_norm_topk_prob = 1, \
+	.experts_keys = {"num_experts"}, .topk_keys = {"num_experts_per_tok"}, \
+	.mtp_keys = {"num_nextn_predict_layers"}, \
+	.expert_i_key = "moe_intermediate_size", \
+	.attn_bias_key = "attention_bias", .o_bias_follows = 1, \
+	.norm = CAL_NORM_RMS_1P, .qk_norm = CAL_QK_NORM_HEAD, .attn = CAL_ATTN_GATED_GQA, \
+	.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_ALWAYS, \
+	.act = CAL_ACT_SWIGLU, .shared = CAL_SHARED_GATED, \
+	.ffn_rule = CAL_FFN_RULE_ALL_MOE, .mixer_rule = CAL_MIXER_RULE_HYBRID, \
+	.gdn = CAL_GDN_SPLIT, \
+	.moe_block = "mlp", .router_name = "gate", .shared_name = "shared_expert", \
+	.expert_proj = PROJ_QWEN, .hub_layout = CAL_LAYOUT_FUSED
+
 static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 	[CAL_ARCH_QWEN3_MOE] = {
 		.id = CAL_ARCH_QWEN3_MOE, .model_type = "qwen3_moe",
@@ -114,42 +134,12 @@ static const struct cal_arch_info arch_table[CAL_ARCH_COUNT] = {
 		.id = CAL_ARCH_QWEN3_5_MOE, .model_type = "qwen3_5_moe",
 		.hf_class = "Qwen3_5MoeForConditionalGeneration",
 		.text_model_type = "qwen3_5_moe_text", .prefix = PX_LM, .is_moe = 1,
-		.def_vocab = 248320, .def_hidden = 2048, .def_intermediate = 5632,
-		.def_layers = 40, .def_heads = 16, .def_kv_heads = 2, .def_head_dim = 256,
-		.def_max_pos = 262144,
-		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 0.25,
-		.def_norm_topk_prob = 1,
-		.experts_keys = {"num_experts"}, .topk_keys = {"num_experts_per_tok"},
-		.mtp_keys = {"num_nextn_predict_layers"},
-		.expert_i_key = "moe_intermediate_size",
-		.attn_bias_key = "attention_bias", .o_bias_follows = 1,
-		.norm = CAL_NORM_RMS_1P, .qk_norm = CAL_QK_NORM_HEAD, .attn = CAL_ATTN_GATED_GQA,
-		.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_ALWAYS,
-		.act = CAL_ACT_SWIGLU, .shared = CAL_SHARED_GATED,
-		.ffn_rule = CAL_FFN_RULE_ALL_MOE, .mixer_rule = CAL_MIXER_RULE_HYBRID,
-		.gdn = CAL_GDN_SPLIT,
-		.moe_block = "mlp", .router_name = "gate", .shared_name = "shared_expert",
-		.expert_proj = PROJ_QWEN, .hub_layout = CAL_LAYOUT_FUSED,
+		QWEN3_5_MOE_FIELDS,
 	},
 	[CAL_ARCH_QWEN3_5_MOE_TEXT] = {
 		.id = CAL_ARCH_QWEN3_5_MOE_TEXT, .model_type = "qwen3_5_moe_text",
 		.hf_class = "Qwen3_5MoeForCausalLM", .prefix = PX_MODEL, .is_moe = 1,
-		.def_vocab = 248320, .def_hidden = 2048, .def_intermediate = 5632,
-		.def_layers = 40, .def_heads = 16, .def_kv_heads = 2, .def_head_dim = 256,
-		.def_max_pos = 262144,
-		.def_rope_theta = 10000, .def_eps = 1e-6, .def_partial_rotary = 0.25,
-		.def_norm_topk_prob = 1,
-		.experts_keys = {"num_experts"}, .topk_keys = {"num_experts_per_tok"},
-		.mtp_keys = {"num_nextn_predict_layers"},
-		.expert_i_key = "moe_intermediate_size",
-		.attn_bias_key = "attention_bias", .o_bias_follows = 1,
-		.norm = CAL_NORM_RMS_1P, .qk_norm = CAL_QK_NORM_HEAD, .attn = CAL_ATTN_GATED_GQA,
-		.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_ALWAYS,
-		.act = CAL_ACT_SWIGLU, .shared = CAL_SHARED_GATED,
-		.ffn_rule = CAL_FFN_RULE_ALL_MOE, .mixer_rule = CAL_MIXER_RULE_HYBRID,
-		.gdn = CAL_GDN_SPLIT,
-		.moe_block = "mlp", .router_name = "gate", .shared_name = "shared_expert",
-		.expert_proj = PROJ_QWEN, .hub_layout = CAL_LAYOUT_FUSED,
+		QWEN3_5_MOE_FIELDS,
 	},
 	[CAL_ARCH_DEEPSEEK_V3] = {
 		.id = CAL_ARCH_DEEPSEEK_V3, .model_type = "deepseek_v3",

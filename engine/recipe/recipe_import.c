@@ -217,6 +217,16 @@ static const struct imp *imp_find(const struct imptab *t, const char *name)
 	return NULL;
 }
 
+/* The import a `$import` name (node `name`) refers to, or an error naming it. */
+static enum cal_status imp_get(struct cal_error *err, const struct imptab *t,
+			       const struct cal_ynode *name, const struct imp **ret)
+{
+	if (!(*ret = imp_find(t, name->str)))
+		return at_err(err, CAL_ERR_FORMAT, name,
+			      "$import: '%s' is not declared under imports:", name->str);
+	return CAL_OK;
+}
+
 static enum ytype child_type(enum ytype t, const char *key)
 {
 	switch (t) {
@@ -284,13 +294,8 @@ enum cal_status resolve(struct loader *L, const struct cal_ynode *n, enum ytype 
 		if (ii >= 0) {
 			CAL_TRY(import_names(L, n->items[2 * ii + 1], &names, &nn));
 			for (size_t j = 0; j < nn; j++) {
-				const struct imp *im = imp_find(tab, names[j]->str);
-				if (!im) {
-					st = at_err(L->err, CAL_ERR_FORMAT, names[j],
-						    "$import: '%s' is not declared under imports:",
-						    names[j]->str);
-					goto fail;
-				}
+				const struct imp *im;
+				CAL_TRY(imp_get(L->err, tab, names[j], &im));
 				if (im->val->kind != CAL_Y_MAP) {
 					st = at_err(L->err, CAL_ERR_FORMAT, names[j],
 						    "$import '%s' in a mapping needs a mapping snippet, "
@@ -338,13 +343,8 @@ enum cal_status resolve(struct loader *L, const struct cal_ynode *n, enum ytype 
 				names = NULL;
 				CAL_TRY(import_names(L, it->items[1], &names, &nn));
 				for (size_t j = 0; j < nn; j++) {
-					const struct imp *im = imp_find(tab, names[j]->str);
-					if (!im) {
-						st = at_err(L->err, CAL_ERR_FORMAT, names[j],
-							    "$import: '%s' is not declared under imports:",
-							    names[j]->str);
-						goto fail;
-					}
+					const struct imp *im;
+					CAL_TRY(imp_get(L->err, tab, names[j], &im));
 					int splice = im->type == t && t == YT_CFG_LIST;
 					int append = im->type == et;
 					if (splice && im->val->kind == CAL_Y_SEQ) {

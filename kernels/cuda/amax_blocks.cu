@@ -24,15 +24,7 @@ blocks_vec_kernel(const void *x, uint64_t nvec, uint64_t base, float *amax,
 		s.max_bits = 0;
 		if (ok) {
 			uint4 q = __ldg((const uint4 *)x + v);
-			uint32_t w[4] = {q.x, q.y, q.z, q.w};
-			uint64_t idx = base + v * vec;
-			if (BF16) {
-				cal_obs_vec_bf16(s, q, idx);
-			} else {
-#pragma unroll
-				for (int e = 0; e < 4; e++)
-					cal_obs_add(s, w[e] & 0x7fffffffu, idx + e);
-			}
+			cal_obs_vec<BF16>(s, q, base + v * vec);
 		}
 		uint32_t m = s.max_bits;
 #pragma unroll

@@ -35,19 +35,6 @@
 #define AT_WARPS 4
 #define AT_MAX_HD 512
 
-__device__ __forceinline__ uint32_t at_seq_of(const uint32_t *cu, uint32_t n_seq, uint64_t i)
-{
-	uint32_t lo = 0, hi = n_seq;
-	while (hi - lo > 1) {
-		uint32_t mid = lo + (hi - lo) / 2;
-		if (cu[mid] <= i)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
 __device__ __forceinline__ float at_dot(const float *q, const uint16_t *k, uint32_t hd)
 {
 	float d = 0.0f;
@@ -76,7 +63,7 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 	for (uint64_t it = (uint64_t)blockIdx.x * AT_WARPS + wi; it < items; it += warps) {
 		uint64_t i = it / nh;
 		uint32_t h = (uint32_t)(it % nh), kvh = h / group;
-		uint32_t s = at_seq_of(cu, n_seq, i);
+		uint32_t s = cal_segment_of(cu, n_seq, i);
 		uint64_t lo = cu[s] + (key_start ? key_start[s] : 0);
 		if (window && i + 1 > window && i + 1 - window > lo)
 			lo = i + 1 - window;
@@ -182,7 +169,7 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 __device__ __forceinline__ uint64_t fa_row_lo(const uint32_t *cu, uint32_t n_seq,
 					       const uint32_t *key_start, uint32_t window, uint64_t i)
 {
-	uint32_t s = at_seq_of(cu, n_seq, i);
+	uint32_t s = cal_segment_of(cu, n_seq, i);
 	uint64_t lo = (uint64_t)cu[s] + (key_start ? key_start[s] : 0);
 	if (window && i + 1 > window && i + 1 - window > lo)
 		lo = i + 1 - window;

@@ -358,6 +358,21 @@ __device__ __forceinline__ void cal_obs_vec_bf16(cal_obs &s, uint4 q, uint64_t i
 	}
 }
 
+/* Folds one 16-byte vector q (8 BF16 or 4 F32 elements from flat index idx)
+ * into s. */
+template <bool BF16>
+__device__ __forceinline__ void cal_obs_vec(cal_obs &s, uint4 q, uint64_t idx)
+{
+	if (BF16) {
+		cal_obs_vec_bf16(s, q, idx);
+	} else {
+		uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+		for (int e = 0; e < 4; e++)
+			cal_obs_add(s, w[e] & 0x7fffffffu, idx + e);
+	}
+}
+
 /* Scans elements [i0, i0+len) of x (dtype DT) with `lanes` cooperating
  * threads (this one is `lane`), folding into s; indices reported as
  * base + flat index.  Uses 16-byte loads for the aligned middle. */
@@ -384,15 +399,7 @@ __device__ __forceinline__ void cal_obs_scan(const void *x, uint64_t i0, uint64_
 #pragma unroll 4
 	for (uint64_t k = lane; k < nvec; k += lanes) {
 		uint4 q = __ldg(v + k);
-		uint32_t w[4] = {q.x, q.y, q.z, q.w};
-		uint64_t idx = base + i0 + head + k * vec;
-		if (BF16) {
-			cal_obs_vec_bf16(s, q, idx);
-		} else {
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				cal_obs_add(s, w[e] & 0x7fffffffu, idx + e);
-		}
+		cal_obs_vec<BF16>(s, q, base + i0 + head + k * vec);
 	}
 	for (uint64_t j = head + nvec * vec + lane; j < len; j += lanes) {
 		uint32_t a = BF16 ? ((uint32_t)((const uint16_t *)p)[j] << 16)

@@ -14,15 +14,7 @@ gconv_kernel(const uint16_t *x, const uint16_t *w, uint16_t *y, uint64_t t, uint
 	for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
 	     i += (uint64_t)gridDim.x * blockDim.x) {
 		uint64_t r = i / ch, c = i % ch;
-		uint32_t lo = 0, hi = n_seq;
-		while (hi - lo > 1) {
-			uint32_t mid = lo + (hi - lo) / 2;
-			if (cu[mid] <= r)
-				lo = mid;
-			else
-				hi = mid;
-		}
-		uint64_t s0 = cu[lo], K = kernel;
+		uint64_t s0 = cu[cal_segment_of(cu, n_seq, r)], K = kernel;
 		uint64_t j0 = r - s0 + 1 >= K ? 0 : K - (r - s0 + 1);
 		float acc = 0.0f;
 		for (uint64_t j = j0; j < K; j++)
