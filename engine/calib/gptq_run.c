@@ -655,6 +655,10 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		gl->n_samples = g->hn[gl->site];
 		/* pass 2's weight lives in the shadow of its field */
 		int f = gl->f;
+		if (f < 0 || f >= F_COUNT) {
+			st = cal_error_set(err, CAL_ERR_INTERNAL, "gptq: field %d of a linear", f);
+			goto out;
+		}
 		if (*cal_layer_field(&g->use, f) != g->shadow[f]) {
 			uint64_t tot = field_n(c, lh, f) * 2;
 			if ((st = grow(c, (void **)&g->shadow[f], &g->shadow_cap[f], tot, err)) < 0 ||
