@@ -67,16 +67,6 @@ static enum cal_status check_opts(const struct cal_job_opts *o, struct cal_error
 	return CAL_OK;
 }
 
-unsigned cal_job_local_ranks(const struct cal_job_ranks *r, const struct cal_devices *devices)
-{
-	if (devices->kind == CAL_DEVICE_CUDA) {
-		if (r->local && r->local != devices->n)
-			return 0;
-		return (unsigned)devices->n;
-	}
-	return r->local ? r->local : 1;
-}
-
 /* The exporter's checks of every planned output tensor against the
  * checkpoint (formats, dtypes, shapes), without a writer or back end. */
 static enum cal_status export_check(const struct cal_job *j, struct cal_error *err)
