@@ -58,17 +58,10 @@ hist_kernel(const void *x, uint64_t cols, uint64_t bpr, uint64_t nb, unsigned bs
 			atomicAdd(hist + j, (unsigned long long)sh[j]);
 }
 
-extern "C" enum cal_status cal_cuda_amax_hist(struct cal_backend *be,
-					      const struct cal_amax_hist_args *a,
-					      struct cal_error *err)
+CAL_CUDA_OP(amax_hist)
 {
-	cudaStream_t s;
-	enum cal_status st;
 	uint64_t bpr = (a->cols + a->block - 1) / a->block, nb = a->rows * bpr;
-	if (nb == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(nb == 0);
 	hist_edges ed;
 	const float *e = cal_hist_edges_here();
 	for (int i = 0; i < CAL_HIST_BINS - 1; i++)

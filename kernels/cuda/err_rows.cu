@@ -30,16 +30,9 @@ err_rows_kernel(const uint16_t *in, const uint16_t *a, const uint16_t *b, uint64
 	}
 }
 
-extern "C" enum cal_status cal_cuda_err_rows(struct cal_backend *be,
-					     const struct cal_err_rows_args *a,
-					     struct cal_error *err)
+CAL_CUDA_OP(err_rows)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->rows == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->rows == 0);
 	unsigned grid = cal_cuda_grid(be, a->rows * 32);
 	err_rows_kernel<<<grid, CAL_CUDA_THREADS, 0, s>>>(a->in, a->a, a->b, a->rows, a->cols,
 							  a->sums);

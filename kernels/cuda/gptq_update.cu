@@ -52,16 +52,9 @@ __global__ void gptq_rest_kernel(uint64_t rows, uint64_t cols, const float *u, u
 	work[k * rows + r] = cal_fsub(work[k * rows + r], s);
 }
 
-extern "C" enum cal_status cal_cuda_gptq_update(struct cal_backend *be,
-						const struct cal_gptq_update_args *a,
-						struct cal_error *err)
+CAL_CUDA_OP(gptq_update)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (!a->rows || !a->cols)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(!a->rows || !a->cols);
 	float sc, sinv;
 	cal_gptq_scales(a->global_amax, a->norm_max, a->div, &sc, &sinv);
 	uint64_t n = a->cols, bs = a->block_size < n ? a->block_size : n;

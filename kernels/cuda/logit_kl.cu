@@ -97,16 +97,9 @@ logit_kl_kernel(const uint16_t *lo_all, const uint16_t *lq_all, uint64_t rows, u
 	}
 }
 
-extern "C" enum cal_status cal_cuda_logit_kl(struct cal_backend *be,
-					     const struct cal_logit_kl_args *a,
-					     struct cal_error *err)
+CAL_CUDA_OP(logit_kl)
 {
-	cudaStream_t s;
-	enum cal_status st;
-	if (a->rows == 0)
-		return CAL_OK;
-	if ((st = cal_cuda_enter(be, &s, err)) < 0)
-		return st;
+	CAL_CUDA_OP_ENTER(a->rows == 0);
 	unsigned grid = a->rows < 65535 ? (unsigned)a->rows : 65535u;
 	logit_kl_kernel<<<grid, CAL_CUDA_THREADS, 0, s>>>(a->lo, a->lq, a->rows, a->vocab, a->next,
 							  a->out, a->argmax);
