@@ -74,13 +74,6 @@ struct refusal {
 };
 
 static const struct refusal refusals[] = {
-	/* GPTQ runs on plain GQA attention with dense or routed-expert MLPs
-	 * (docs/gptq.md): not on gated attention / Gated DeltaNet, MLA, GPT-OSS */
-	{"nvfp4_default-kv_none-gptq", "qwen3_next qwen3_5_moe qwen3_5_moe_text",
-	 "algorithm gptq with attention other than plain GQA"},
-	{"nvfp4_default-kv_none-gptq", "deepseek_v3", "algorithm gptq with attention other than "
-	 "plain GQA"},
-	{"nvfp4_default-kv_none-gptq", "gpt_oss", "algorithm gptq with GPT-OSS"},
 	/* numerics calibd does not implement yet */
 	/* a block format on an input dimension that is not a multiple of the
 	 * block: the fixtures' hidden size is 64 (INT4 block 128) and their
