@@ -7,8 +7,8 @@
  * the reversal permutation and P H P = L L^T, H^-1 = (P L^-T P)(P L^-1 P)
  * and P L^-1 P is upper triangular with a positive diagonal, so
  * U[i][j] = L^-1[n-1-i][n-1-j].  It fails exactly when H is not positive
- * definite.  Double precision; the Cholesky's columns and the inverse's
- * columns run on the CPU back end's threads.
+ * definite.  Double precision, blocked (below); the Cholesky's rows and
+ * the inverse's column panels run on the CPU back end's threads.
  *
  * Update (float, as modelopt's; every operation rounded on its own, never
  * contracted into a fused multiply-add, so compilers agree): rows are independent, so each thread
@@ -23,23 +23,69 @@
 
 #include "engine/gptq.h"
 
+/*
+ * Blocked factorisation with the unblocked algorithm's arithmetic: every
+ * element of L and of L^-1 is computed by the same operations in the same
+ * order as the textbook column algorithms (L[i][j] = (a[i][j] - l_i0 l_j0 -
+ * l_i1 l_j1 - ...) / L[j][j], one rounded multiply and one rounded
+ * subtraction per k, k ascending; L^-1 likewise by forward substitution),
+ * so the bytes do not depend on the block size or the thread count
+ * (tests/calib/test_gptq_factor.c checks them against the column
+ * algorithms).  Only the loop order changes: NB columns at a time, the
+ * NB running sums of a row kept side by side (independent chains the
+ * compiler can put in vector registers), the block's rows transposed into a
+ * panel read sequentially.
+ */
+#define NB 32
+
 struct chol_ctx {
-	double *a;    /* [n, n] row-major; lower triangle becomes L */
-	uint64_t n, j;
+	double *a;          /* [n, n] row-major; lower triangle becomes L */
+	double *panel;      /* [j1][NB]: panel[k][j] = L[j0 + j][k] */
+	uint64_t n, j0, j1;
 };
 
-/* L[i][j] for i in range (column j, after L[j][j] is set). */
-static void chol_col(void *p, uint64_t begin, uint64_t end, unsigned slot)
+/* s[j] -= x_k panel[k][j] for k in [k0, k1), k ascending. */
+static void row_update(double *s, const double *x, const double *panel, uint64_t k0,
+		       uint64_t k1)
+{
+	for (uint64_t k = k0; k < k1; k++) {
+		const double xk = x[k], *pk = panel + k * NB;
+		for (int j = 0; j < NB; j++)
+			s[j] -= xk * pk[j];
+	}
+}
+
+/* Rows i >= j1: the block's columns j0 .. j1-1 of row i, all k < j then
+ * the division (the diagonal block is factored). */
+static void chol_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
 	struct chol_ctx *c = p;
-	const double *lj = c->a + c->j * c->n;
+	const uint64_t n = c->n, j0 = c->j0, w = c->j1 - j0;
+	double s[NB];
 	(void)slot;
-	for (uint64_t i = c->j + 1 + begin; i < c->j + 1 + end; i++) {
-		double *li = c->a + i * c->n, s = li[c->j];
-		for (uint64_t k = 0; k < c->j; k++)
-			s -= li[k] * lj[k];
-		li[c->j] = s / lj[c->j];
+	for (uint64_t i = c->j1 + begin; i < c->j1 + end; i++) {
+		double *li = c->a + i * n;
+		for (uint64_t j = 0; j < NB; j++)
+			s[j] = j < w ? li[j0 + j] : 0.0;
+		row_update(s, li, c->panel, 0, j0);
+		/* inside the block: column j needs L[i][j0 .. j-1] */
+		for (uint64_t j = 0; j < w; j++) {
+			const double *lj = c->a + (j0 + j) * n;
+			double v = s[j];
+			for (uint64_t k = j0; k < j0 + j; k++)
+				v -= li[k] * lj[k];
+			li[j0 + j] = v / lj[j0 + j];
+		}
 	}
+}
+
+/* The panel of columns j0 .. j1-1 over k < kmax: panel[k][j] = L[j0+j][k]. */
+static void fill_panel(struct chol_ctx *c, uint64_t kmax)
+{
+	const uint64_t n = c->n, w = c->j1 - c->j0;
+	for (uint64_t k = 0; k < kmax; k++)
+		for (uint64_t j = 0; j < NB; j++)
+			c->panel[k * NB + j] = j < w ? c->a[(c->j0 + j) * n + k] : 0.0;
 }
 
 /* In place: lower Cholesky factor of a.  Returns 0, or -1 when a is not
@@ -47,53 +93,89 @@ static void chol_col(void *p, uint64_t begin, uint64_t end, unsigned slot)
 static int cholesky(struct cal_backend *host, double *a, uint64_t n, enum cal_status *st,
 		    struct cal_error *err)
 {
-	struct chol_ctx c = {a, n, 0};
-	for (uint64_t j = 0; j < n; j++) {
-		double *lj = a + j * n, d = lj[j];
-		for (uint64_t k = 0; k < j; k++)
-			d -= lj[k] * lj[k];
-		if (!(d > 0.0) || !isfinite(d))
-			return -1;
-		lj[j] = sqrt(d);
-		c.j = j;
-		if (j + 1 < n && (*st = cal_cpu_parallel(host, n - 1 - j, 64, chol_col, &c, err)) < 0)
-			return -1;
+	struct chol_ctx c = {a, malloc((n + NB) * NB * sizeof(double)), n, 0, 0};
+	int bad = 0;
+	if (!c.panel) {
+		*st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+		return -1;
 	}
-	return 0;
+	for (uint64_t j0 = 0; j0 < n && !bad; j0 += NB) {
+		uint64_t j1 = j0 + NB < n ? j0 + NB : n;
+		c.j0 = j0;
+		c.j1 = j1;
+		/* the diagonal block, column by column (its rows' k < j0 part
+		 * first, in order, then k in the block) */
+		for (uint64_t j = j0; j < j1 && !bad; j++) {
+			double *lj = a + j * n, d = lj[j];
+			for (uint64_t k = 0; k < j; k++)
+				d -= lj[k] * lj[k];
+			if (!(d > 0.0) || !isfinite(d)) {
+				bad = 1;
+				break;
+			}
+			lj[j] = sqrt(d);
+			for (uint64_t i = j + 1; i < j1; i++) {
+				double *li = a + i * n, v = li[j];
+				for (uint64_t k = 0; k < j; k++)
+					v -= li[k] * lj[k];
+				li[j] = v / lj[j];
+			}
+		}
+		if (bad || j1 == n)
+			break;
+		fill_panel(&c, j0);
+		if ((*st = cal_cpu_parallel(host, n - j1, 8, chol_rows, &c, err)) < 0)
+			bad = 1;
+	}
+	free(c.panel);
+	return bad ? -1 : 0;
 }
 
 struct inv_ctx {
 	const double *l;
 	double *y;    /* [n][n]: column c of L^-1 stored as row c */
-	uint64_t n;
+	uint64_t n, n_panels;
+	double *buf;  /* per slot: [n][NB] */
 };
 
-/* Column col of L^-1 (forward substitution), stored as row col of y. */
-static void inv_col(const struct inv_ctx *c, uint64_t col)
+/* Columns c0 .. c0+NB-1 of L^-1 (forward substitution, side by side),
+ * stored as rows of y. */
+static void inv_panel(const struct inv_ctx *c, uint64_t c0, double *b)
 {
-	uint64_t n = c->n;
-	double *y = c->y + col * n;
-	memset(y, 0, n * sizeof(double));
-	y[col] = 1.0 / c->l[col * n + col];
-	for (uint64_t i = col + 1; i < n; i++) {
+	const uint64_t n = c->n, w = c0 + NB < n ? NB : n - c0;
+	for (uint64_t i = c0; i < n; i++) {
 		const double *li = c->l + i * n;
-		double s = 0.0;
-		for (uint64_t k = col; k < i; k++)
-			s += li[k] * y[k];
-		y[i] = -s / li[i];
+		double s[NB] = {0}, *bi = b + (i - c0) * NB;
+		/* rows k < column: y = 0, which leaves s = +0 as the column
+		 * algorithm that starts at k = column */
+		for (uint64_t k = c0; k < i; k++) {
+			const double xk = li[k], *bk = b + (k - c0) * NB;
+			for (int j = 0; j < NB; j++)
+				s[j] += xk * bk[j];
+		}
+		for (uint64_t j = 0; j < NB; j++) {
+			uint64_t col = c0 + j;
+			bi[j] = j >= w || i < col ? 0.0 : i == col ? 1.0 / li[i] : -s[j] / li[i];
+		}
+	}
+	for (uint64_t j = 0; j < w; j++) {
+		double *y = c->y + (c0 + j) * n;
+		memset(y, 0, c0 * sizeof(double));
+		for (uint64_t i = c0; i < n; i++)
+			y[i] = b[(i - c0) * NB + j];
 	}
 }
 
-/* Item k: columns k and n-1-k (column col costs ~(n-col)^2 / 2, so the
- * pairs cost the same and the threads' ranges balance). */
+/* Item k: panels k and n_panels-1-k (panel p costs ~(n - p NB)^2 NB / 2, so
+ * the pairs cost about the same and the threads' ranges balance). */
 static void inv_cols(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
 	struct inv_ctx *c = p;
-	(void)slot;
+	double *b = c->buf + (uint64_t)slot * c->n * NB;
 	for (uint64_t k = begin; k < end; k++) {
-		inv_col(c, k);
-		if (c->n - 1 - k != k)
-			inv_col(c, c->n - 1 - k);
+		inv_panel(c, k * NB, b);
+		if (c->n_panels - 1 - k != k)
+			inv_panel(c, (c->n_panels - 1 - k) * NB, b);
 	}
 }
 
@@ -216,8 +298,16 @@ static enum cal_status factor(struct cal_backend *host, const uint16_t *w, uint6
 	if (st < 0)
 		goto out;
 	if (!bad) {
-		struct inv_ctx ic = {y, a, n};
-		if ((st = cal_cpu_parallel(host, (n + 1) / 2, 4, inv_cols, &ic, err)) < 0)
+		uint64_t np = (n + NB - 1) / NB;
+		unsigned slots = cal_cpu_slots(host, (np + 1) / 2, 1);
+		struct inv_ctx ic = {y, a, n, np, malloc((uint64_t)slots * n * NB * sizeof(double))};
+		if (!ic.buf) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+			goto out;
+		}
+		st = cal_cpu_parallel(host, (np + 1) / 2, 1, inv_cols, &ic, err);
+		free(ic.buf);
+		if (st < 0)
 			goto out;
 		/* a row c = column c of L^-1: L^-1[r][c] = a[c n + r];
 		 * U[i][j] = L^-1[n-1-i][n-1-j] = a[(n-1-j) n + (n-1-i)] */

@@ -16,7 +16,8 @@ the parity case's arch, layout and seed) with the parity case's tokens:
   * round to nearest (no GPTQ): `calibd quantize` with the recipe's
     algorithm switched to max.
 
-For every linear GPTQ updates (attention q/k/v/o, dense MLP) the exported
+For every linear GPTQ updates (attention q/k/v/o, MLA's q_a/q_b/kv_a/kv_b,
+Gated DeltaNet's in_proj / out_proj, dense and shared-expert MLPs) the exported
 weight is dequantized (E2M1 x E4M3 weight_scale x weight_scale_2) and
 compared with the source weight W on the inputs X of that linear in the
 unquantized model on the same tokens: layer-output MSE
@@ -87,7 +88,10 @@ def load_model(torch, transformers, model_dir):
     return m
 
 
-GPTQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+GPTQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                # MLA, Gated DeltaNet (in_proj_a / _b / _ba: disabled by the recipe)
+                "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
+                "in_proj_qkvz", "in_proj_qkv", "in_proj_z", "out_proj")
 
 
 def gram_matrices(torch, model, tokens):
