@@ -209,14 +209,11 @@ enum cal_status cal_job_check(const struct cal_job *j, unsigned ops, struct cal_
 		if (st >= 0)
 			st = cal_calib_check_awq(j->plan, err);
 		enum cal_calib_method m = j->recipe->algo.method;
-		if (st >= 0 && (m == CAL_CALIB_GPTQ || m == CAL_CALIB_AWQ_LITE) &&
-		    cal_job_ranks_world(j) > 1)
+		if (st >= 0 && m == CAL_CALIB_AWQ_LITE && cal_job_ranks_world(j) > 1)
 			st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
-					   "algorithm %s runs on one rank: what it gathers per "
-					   "linear is not combined across ranks yet (docs/%s.md); "
-					   "run it with one GPU or --ranks 1",
-					   m == CAL_CALIB_GPTQ ? "gptq" : "awq_lite",
-					   m == CAL_CALIB_GPTQ ? "gptq" : "awq");
+					   "algorithm awq_lite runs on one rank: what it gathers "
+					   "per linear is not combined across ranks yet "
+					   "(docs/awq.md); run it with one GPU or --ranks 1");
 		if (st < 0)
 			return st;
 	}

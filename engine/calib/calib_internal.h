@@ -395,6 +395,10 @@ enum cal_status cal_gptq_pass_end(struct cal_calib *c, int32_t L, int pass,
 				  struct cal_error *err);
 enum cal_status cal_gptq_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
+/* After each round of micro-batches of a pass: over several ranks, pass 1
+ * gathers the round's Hessian input rows from every rank and adds them in
+ * micro-batch order (the bytes of one rank); a no-op otherwise. */
+enum cal_status cal_gptq_round_end(struct cal_calib *c, struct cal_error *err);
 /* The "gptq" object of the statistics (new reference), NULL without GPTQ. */
 json_t *cal_gptq_stats(const struct cal_calib *c);
 /* Fields of struct cal_layer_w holding a decoder layer's linears (GPTQ's

@@ -117,6 +117,13 @@ struct cal_gptq_run {
 	float *dwamax;             /* back end [E] */
 	struct cal_nonfinite *dnf;
 	struct cal_layer_w use;    /* pass 2's weights */
+	/* several ranks: pass 1's Hessian input rows of this round (back end) */
+	uint16_t *stash[EQ_COUNT];
+	uint64_t stash_rows[EQ_COUNT], stash_cap[EQ_COUNT];
+	void *gath;                /* back end: R stashes of one site */
+	uint64_t gath_cap;
+	uint64_t *cnt;             /* back end [R]: the ranks' row counts; then host [R] */
+	uint64_t *hcnt;
 	/* report */
 	json_t *report;            /* array of per-linear objects */
 	json_t *fallback;          /* names */
@@ -369,7 +376,7 @@ void cal_gptq_free_run(struct cal_calib *c)
 	g->save = NULL;
 	g->save_cap = 0;
 	void *b[] = {g->obs_save, g->nf_save, g->qbuf, g->sbuf, g->bamax, g->dwamax, g->dnf,
-		     g->du, g->work, g->wsrc, g->wdst};
+		     g->du, g->work, g->wsrc, g->wdst, g->gath, g->cnt};
 	for (size_t i = 0; i < CAL_ARRAY_LEN(b); i++)
 		cal_backend_dealloc(c->be, b[i]);
 	g->obs_save = NULL;
@@ -382,6 +389,14 @@ void cal_gptq_free_run(struct cal_calib *c)
 	g->du_cap = g->work_cap = 0;
 	g->wsrc = g->wdst = NULL;
 	g->wsrc_cap = g->wdst_cap = 0;
+	g->gath = NULL;
+	g->gath_cap = 0;
+	g->cnt = NULL;
+	for (int s = 0; s < EQ_COUNT; s++) {
+		cal_backend_dealloc(c->be, g->stash[s]);
+		g->stash[s] = NULL;
+		g->stash_cap[s] = g->stash_rows[s] = 0;
+	}
 	for (int f = 0; f < F_COUNT; f++) {
 		cal_backend_dealloc(c->be, g->shadow[f]);
 		g->shadow[f] = NULL;
@@ -398,6 +413,7 @@ void cal_gptq_free(struct cal_calib *c)
 	drop_layer(g);
 	free(g->lin);
 	free(g->tok_save);
+	free(g->hcnt);
 	json_decref(g->report);
 	json_decref(g->fallback);
 	free(g);
@@ -462,12 +478,95 @@ enum cal_status cal_gptq_site(struct cal_calib *c, int32_t L, int site, int64_t 
 	(void)expert; /* routed experts share one input quantizer per projection */
 	if (g->site_q[site])
 		CAL_TRY_RET(fq_nvfp4(c, g->site_scale[site], x, rows, cols, err));
-	if (c->gq_pass == 1 && g->hs[site] && rows) {
-		struct cal_hessian_args h = {CAL_DTYPE_BF16, x, rows, cols, NULL, 0, g->hs[site]};
-		CAL_TRY_RET(cal_op_hessian(c->be, &h, err));
-		g->hn[site] += rows;
+	if (c->gq_pass != 1 || !g->hs[site] || !rows)
+		return CAL_OK;
+	if (c->nranks > 1) { /* added in micro-batch order at the round's end */
+		uint64_t need = (g->stash_rows[site] + rows) * cols * 2;
+		if (need > g->stash_cap[site])
+			return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: %llu input rows of a "
+					     "micro-batch at site %d", (unsigned long long)(
+					     g->stash_rows[site] + rows), site);
+		CAL_TRY_RET(cal_backend_copy(c->be, g->stash[site] + g->stash_rows[site] * cols, x,
+					     rows * cols * 2, err));
+		g->stash_rows[site] += rows;
+		return CAL_OK;
+	}
+	struct cal_hessian_args h = {CAL_DTYPE_BF16, x, rows, cols, NULL, 0, g->hs[site]};
+	CAL_TRY_RET(cal_op_hessian(c->be, &h, err));
+	g->hn[site] += rows;
+	return CAL_OK;
+}
+
+/* Over several ranks: the stashes of the sites with a Hessian, room for the
+ * longest micro-batch (the same on every rank), and the gather buffers. */
+static enum cal_status stash_alloc(struct cal_calib *c, struct cal_error *err)
+{
+	struct cal_gptq_run *g = c->gq;
+	uint64_t R = c->nranks, T = 0, big = 0, cap = 0;
+	for (size_t i = 0; i < c->n_mb; i++)
+		T = c->mbs[i].n_tok > T ? c->mbs[i].n_tok : T;
+	for (int s = 0; s < EQ_COUNT; s++) {
+		g->stash_rows[s] = 0;
+		if (!g->hs[s])
+			continue;
+		CAL_TRY_RET(grow(c, (void **)&g->stash[s], &g->stash_cap[s], T * g->hcols[s] * 2,
+				 err));
+		big = g->stash_cap[s] > big ? g->stash_cap[s] : big;
+	}
+	CAL_TRY_RET(grow(c, &g->gath, &g->gath_cap, R * big, err));
+	if (!g->cnt)
+		CAL_TRY_RET(grow(c, (void **)&g->cnt, &cap, R * 8, err));
+	if (!g->hcnt && !(g->hcnt = malloc(R * 8)))
+		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+	return CAL_OK;
+}
+
+enum cal_status cal_gptq_round_end(struct cal_calib *c, struct cal_error *err)
+{
+	struct cal_gptq_run *g = c->gq;
+	uint64_t R = c->nranks;
+	if (c->gq_pass != 1 || R < 2)
+		return CAL_OK;
+	/* every rank reaches this once per round, with or without a
+	 * micro-batch; the sites with a Hessian are the same on every rank */
+	for (int s = 0; s < EQ_COUNT; s++) {
+		if (!g->hs[s])
+			continue;
+		uint64_t seg = g->stash_cap[s], cols = g->hcols[s];
+		CAL_TRY_RET(cal_backend_upload(c->be, g->cnt + c->rank, &g->stash_rows[s], 8, err));
+		CAL_TRY_RET(cal_comm_allgather(c->comm, g->cnt + c->rank, 8, g->cnt, err));
+		CAL_TRY_RET(cal_backend_download(c->be, g->hcnt, g->cnt, R * 8, err));
+		CAL_TRY_RET(cal_comm_allgather(c->comm, g->stash[s], seg, g->gath, err));
+		/* rank r held micro-batch j R + r of this round: rank order is
+		 * micro-batch order */
+		for (uint64_t r = 0; r < R; r++) {
+			if (!g->hcnt[r])
+				continue;
+			struct cal_hessian_args h = {CAL_DTYPE_BF16, (const char *)g->gath + r * seg,
+						     g->hcnt[r], cols, NULL, 0, g->hs[s]};
+			CAL_TRY_RET(cal_op_hessian(c->be, &h, err));
+			g->hn[s] += g->hcnt[r];
+		}
+		g->stash_rows[s] = 0;
 	}
 	return CAL_OK;
+}
+
+/* Over several ranks: *v = the max of *v over the ranks. */
+static enum cal_status ranks_max(struct cal_calib *c, float *v, uint64_t n, struct cal_error *err)
+{
+	uint64_t cap = 0;
+	if (c->nranks < 2)
+		return CAL_OK;
+	void *b = NULL;
+	CAL_TRY_RET(grow(c, &b, &cap, n * 4, err));
+	enum cal_status st = cal_backend_upload(c->be, b, v, n * 4, err);
+	if (st >= 0)
+		st = cal_comm_allreduce(c->comm, b, n, CAL_COMM_F32, CAL_COMM_MAX, err);
+	if (st >= 0)
+		st = cal_backend_download(c->be, v, b, n * 4, err);
+	cal_backend_dealloc(c->be, b);
+	return st;
 }
 
 /* ---- passes ----------------------------------------------------------------------- */
@@ -511,6 +610,9 @@ static enum cal_status site_scales(struct cal_calib *c, int32_t L, struct cal_er
 	if (!am)
 		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 	enum cal_status st = cal_backend_download(c->be, am, c->obs_amax, c->n_slots * 4, err);
+	/* over several ranks: pass 0's amax of every rank's micro-batches */
+	if (st >= 0)
+		st = ranks_max(c, am, c->n_slots, err);
 	if (st < 0)
 		goto out;
 	static const int slot[EQ_COUNT] = {[EQ_QKV] = S_QKV, [EQ_O] = S_O,
@@ -694,6 +796,8 @@ static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct 
 			float top = 0.0f;
 			for (uint64_t e = 0; e < E; e++)
 				top = ga[e] > top ? ga[e] : top;
+			if (st >= 0) /* over several ranks: all experts */
+				st = ranks_max(c, &top, 1, err);
 			for (uint64_t e = 0; e < E; e++)
 				ga[e] = top;
 		}
@@ -911,6 +1015,8 @@ enum cal_status cal_gptq_pass_begin(struct cal_calib *c, int32_t L, int pass,
 		if (c->moe[L].tokens)
 			memcpy(g->tok_save, c->moe[L].tokens, (size_t)c->E * sizeof(uint64_t));
 		CAL_TRY_RET(site_scales(c, L, err));
+		if (c->nranks > 1)
+			CAL_TRY_RET(stash_alloc(c, err));
 		return save_input(c, 1, err);
 	}
 	CAL_TRY_RET(solve_layer(c, lh, w, err));
