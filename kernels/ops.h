@@ -130,6 +130,25 @@ struct cal_hessian_args {
 	float *h;               /* [cols, cols], in/out */
 };
 
+/* GPTQ's inverse factor (docs/gptq.md, "Building blocks"): the lower
+ * Cholesky factor L of a (f64, symmetric positive definite; the lower
+ * triangle is read and overwritten with L, the rest is left) and
+ * y = L^-1 (row-major, lower triangular, the rest 0).  Every element is
+ * computed with the textbook column algorithms' operations in their order
+ * (L[i][j] = (a[i][j] - L[i][0] L[j][0] - L[i][1] L[j][1] - ...) / L[j][j],
+ * one rounded multiply and one rounded subtraction per term, the diagonal
+ * sqrt(a[j][j] - sum); L^-1 by forward substitution, column c from row c
+ * on), however the back end blocks and threads it, so every back end gives
+ * the same bytes.  *bad = 1 when a pivot is not positive and finite (a is
+ * not positive definite; L and y are then undefined), else 0. */
+struct cal_chol_inv_args {
+	double *a;              /* [n, n] in/out */
+	uint64_t n;             /* 1 .. 65536 */
+	double *y;              /* [n, n] out */
+	int32_t *bad;           /* [1] out */
+	double *work;           /* [(n + 32) 32] scratch */
+};
+
 /* GPTQ column-block update of a static-NVFP4 weight (docs/gptq.md): with
  * U the upper Cholesky factor of H^-1 ([cols, cols], fp32), every row of w
  * independently, per block of block_size columns, column by column:
@@ -661,7 +680,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 37
+#define CAL_OP_COUNT_EXPECTED 38
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

@@ -10,10 +10,20 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "common/util.h"
 #include "engine/gptq.h"
 #include "gptq_factor_ref.h"
+
+/* CPU seconds of the process (all threads): the work, whatever else the
+ * machine runs. */
+static double cpu_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+	return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 int main(int argc, char **argv)
 {
@@ -38,23 +48,23 @@ int main(int argc, char **argv)
 	gptq_factor_case(n, 0, 1, h, w, rows);
 	struct cal_gptq_opts o = {CAL_GPTQ_PERC_DAMP, CAL_GPTQ_BLOCK, 1};
 	struct cal_gptq_stats st;
-	double t0 = cal_now();
+	double t0 = cal_now(), c0 = cpu_s();
 	if (cal_gptq_factor(be, w, rows, n, h, 1000, &o, u, &st, &err) < 0) {
 		fprintf(stderr, "bench_gptq_factor: %s\n", cal_error_msg(&err));
 		return 1;
 	}
-	double t1 = cal_now();
-	printf("gptq factor n=%llu, %s: blocked %.3f s (fallback %d)", (unsigned long long)n,
-	       cal_backend_describe(be), t1 - t0, st.fallback);
+	double t1 = cal_now(), c1 = cpu_s();
+	printf("gptq factor n=%llu, %s: wall %.3f s, cpu %.3f s (fallback %d)",
+	       (unsigned long long)n, cal_backend_describe(be), t1 - t0, c1 - c0, st.fallback);
 	if (ref) {
-		double t2 = cal_now();
+		double t2 = cal_now(), c2 = cpu_s();
 		int fb = gptq_factor_ref(w, rows, n, h, 1000, CAL_GPTQ_PERC_DAMP, r);
-		double t3 = cal_now();
+		double t3 = cal_now(), c3 = cpu_s();
 		uint64_t diff = 0;
 		for (uint64_t k = 0; k < n * n; k++)
 			diff += memcmp(&u[k], &r[k], 4) != 0;
-		printf(", column algorithm (1 thread) %.3f s, %.1fx; U values differing: %llu%s",
-		       t3 - t2, (t3 - t2) / (t1 - t0), (unsigned long long)diff,
+		printf("; column algorithm (1 thread) wall %.3f s, cpu %.3f s; U values "
+		       "differing: %llu%s", t3 - t2, c3 - c2, (unsigned long long)diff,
 		       fb != st.fallback ? " (fallback differs)" : "");
 		if (diff || fb != st.fallback) {
 			printf("\n");

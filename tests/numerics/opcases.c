@@ -438,6 +438,37 @@ static int case_nvfp4_quant(struct opcase_env *env, uint64_t rows, uint64_t unit
 	return finish(&c);
 }
 
+/* A symmetric matrix of n = units (at most 300) columns, diagonally
+ * dominant (positive definite) unless seed & 4 makes one pivot negative
+ * (*bad; then only the flag is compared). */
+static int case_chol_inv(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(chol_inv);
+	uint64_t n = units > 300 ? 300 : units;
+	double *a = xmalloc(n * n * 8);
+	for (uint64_t i = 0; i < n; i++)
+		for (uint64_t j = 0; j <= i; j++)
+			a[i * n + j] = a[j * n + i] = i == j ? (double)n * (1.0 + rng_unit(&s) * 0.25)
+							     : (double)rng_unit(&s) * 0.5;
+	int neg = (seed & 4) != 0;
+	if (neg)
+		a[(n / 2) * n + n / 2] = -1.0;
+	/* f64 buffers aligned (the device loads 8 bytes at a time) */
+	struct pair *pa = pair_new_stat(&c, n * n * 8, a), *py = pair_new_stat(&c, n * n * 8, NULL),
+		    *pb = pair_new_stat(&c, 4, NULL), *pw = pair_new_stat(&c, (n + 32) * 32 * 8, NULL);
+	struct cal_chol_inv_args A = {pa->a, n, py->a, pb->a, pw->a};
+	struct cal_chol_inv_args B = {pa->b, n, py->b, pb->b, pw->b};
+	(void)rows;
+	RUN_BOTH(&c, chol_inv, A, B);
+	pair_check(&c, pb, "bad");
+	if (!neg) {
+		pair_check(&c, pa, "a (L)");
+		pair_check(&c, py, "y (L^-1)");
+	}
+	free(a);
+	return finish(&c);
+}
+
 static int case_gptq_update(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
 {
 	CTX(gptq_update);
@@ -778,6 +809,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_AMAX_HIST] = case_amax_hist,
 	[CAL_OPID_HESSIAN] = case_hessian,
 	[CAL_OPID_GPTQ_UPDATE] = case_gptq_update,
+	[CAL_OPID_CHOL_INV] = case_chol_inv,
 	[CAL_OPID_NVFP4_QUANT] = case_nvfp4_quant,
 	[CAL_OPID_NVFP4_STATIC_QUANT] = case_nvfp4_static_quant,
 	[CAL_OPID_NVFP4_MSE_SWEEP] = case_nvfp4_mse_sweep,
