@@ -10,8 +10,9 @@
  *           fake-quantized (NVFP4 dynamic with pass 0's amax, layer.c's
  *           actq sites) and, at the input of each linear GPTQ updates, the
  *           `hessian` op adds x^T x of those fake-quantized rows;
- *   then    per linear the GPTQ update (engine/calib/gptq.c, host threads)
- *           with the static NVFP4 scales of the original weight;
+ *   then    per linear the GPTQ update (engine/calib/gptq.c; the factor
+ *           and the update on the back end) with the static NVFP4 scales
+ *           of the original weight;
  *   pass 2  the quantized layer: updated weights and routed experts
  *           fake-quantized (static NVFP4, original scales), inputs
  *           fake-quantized; its outputs are the next layer's input.
@@ -20,10 +21,12 @@
  * pass 2, so the statistics are pass 0's.
  *
  * Which linears: modelopt updates every quantized nn.Linear (attention
- * q/k/v/o, dense MLP gate/up/down, shared-expert gate/up/down); the fused
- * routed experts of transformers 5 are not nn.Linear modules (3-D
- * parameters), so modelopt's GPTQ leaves them to max calibration: so does
- * calibd.
+ * q/k/v/o, gated attention's q_proj with its gate rows, MLA's q_a/q_b/kv_a/
+ * kv_b, Gated DeltaNet's in_proj / out_proj, dense MLP and shared-expert
+ * gate/up/down); the fused routed experts of transformers 5 are not
+ * nn.Linear modules (3-D parameters), so modelopt's GPTQ leaves them to max
+ * calibration: so does calibd.  Over several ranks pass 1's rows are
+ * gathered per round and added in micro-batch order (cal_gptq_round_end).
  *
  * Memory: one Hessian per distinct linear input of the layer on the back
  * end (q/k/v share one: hidden^2, o_proj (heads*head_dim)^2, gate/up one,
@@ -917,15 +920,15 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		    (st = cal_backend_upload(c->be, g->bamax, gl->ba, n / 16 * 4, err)) < 0)
 			goto out;
 		if (ga > 0.0f) {
-			/* the factor on the host (f64), the update on the back end; no rows
-			 * seen: H = 0, which no damping makes positive definite: the
-			 * identity fallback, as modelopt */
+			/* the factor (f64, the chol_inv op) and the update on the back
+			 * end; no rows seen: H = 0, which no damping makes positive
+			 * definite: the identity fallback, as modelopt */
 			free(u);
 			if (!(u = malloc(C * C * 4))) {
 				st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 				goto out;
 			}
-			st = cal_gptq_factor(c->host, gl->orig, R, C, hsum,
+			st = cal_gptq_factor(c->be, gl->orig, R, C, hsum,
 					     gl->n_samples ? gl->n_samples : 1, &g->o, u, &gl->st, err);
 			if (st < 0) {
 				cal_error_wrap(err, st, "gptq: %s", mod_name(c, gl->mod));
