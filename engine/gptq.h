@@ -78,6 +78,14 @@ enum cal_status cal_gptq_factor(struct cal_backend *be, const uint16_t *w, uint6
 				const struct cal_gptq_opts *o, float *u,
 				struct cal_gptq_stats *stats, struct cal_error *err);
 
+/* Step 3's matrix before the factorisation: a (host, [cols, cols] f64) =
+ * H = 2 hsum / n_samples, the dead columns (all-zero in w) zeroed with a
+ * unit diagonal, then perc_damp x mean(diag) added to the diagonal; h (may
+ * be NULL) receives H before the dead columns; *dead_cols, *damp. */
+void cal_gptq_damped_hessian(const uint16_t *w, uint64_t rows, uint64_t cols, const float *hsum,
+			     uint64_t n_samples, double perc_damp, double *a, double *h,
+			     uint64_t *dead_cols, double *damp);
+
 /* Bytes of host memory cal_gptq_nvfp4 allocates for a [rows, cols] linear. */
 uint64_t cal_gptq_scratch_bytes(uint64_t rows, uint64_t cols);
 

@@ -133,6 +133,36 @@ static enum cal_status chol_inv(struct cal_backend *be, double *l, double *y, ui
 	return st;
 }
 
+void cal_gptq_damped_hessian(const uint16_t *w, uint64_t rows, uint64_t n, const float *hsum,
+			     uint64_t n_samples, double perc_damp, double *a, double *h,
+			     uint64_t *dead_cols, double *damp)
+{
+	/* H = 2 hsum / n; dead columns (all-zero weight) get a unit diagonal */
+	double f = 2.0 / (double)n_samples;
+	for (uint64_t k = 0; k < n * n; k++)
+		a[k] = f * hsum[k];
+	if (h)
+		memcpy(h, a, n * n * sizeof(double));
+	*dead_cols = 0;
+	for (uint64_t col = 0; col < n; col++) {
+		int dead = 1;
+		for (uint64_t r = 0; r < rows && dead; r++)
+			dead = (w[r * n + col] & 0x7fffu) == 0;
+		if (!dead)
+			continue;
+		(*dead_cols)++;
+		for (uint64_t k = 0; k < n; k++)
+			a[col * n + k] = a[k * n + col] = 0.0;
+		a[col * n + col] = 1.0;
+	}
+	double tr = 0.0;
+	for (uint64_t k = 0; k < n; k++)
+		tr += a[k * n + k];
+	*damp = perc_damp * tr / (double)n;
+	for (uint64_t k = 0; k < n; k++)
+		a[k * n + k] += *damp;
+}
+
 /* H = 2 hsum / n in h (f64), and U into u; h may be NULL. */
 static enum cal_status factor(struct cal_backend *be, const uint16_t *w, uint64_t rows,
 			      uint64_t n, const float *hsum, uint64_t n_samples,
@@ -148,29 +178,8 @@ static enum cal_status factor(struct cal_backend *be, const uint16_t *w, uint64_
 		goto out;
 	}
 	memset(stats, 0, sizeof(*stats));
-	/* H = 2 hsum / n; dead columns (all-zero weight) get a unit diagonal */
-	double f = 2.0 / (double)n_samples;
-	for (uint64_t k = 0; k < n * n; k++)
-		a[k] = f * hsum[k];
-	if (h)
-		memcpy(h, a, n * n * sizeof(double));
-	for (uint64_t col = 0; col < n; col++) {
-		int dead = 1;
-		for (uint64_t r = 0; r < rows && dead; r++)
-			dead = (w[r * n + col] & 0x7fffu) == 0;
-		if (!dead)
-			continue;
-		stats->dead_cols++;
-		for (uint64_t k = 0; k < n; k++)
-			a[col * n + k] = a[k * n + col] = 0.0;
-		a[col * n + col] = 1.0;
-	}
-	double tr = 0.0;
-	for (uint64_t k = 0; k < n; k++)
-		tr += a[k * n + k];
-	stats->damp = o->perc_damp * tr / (double)n;
-	for (uint64_t k = 0; k < n; k++)
-		a[k * n + k] += stats->damp;
+	cal_gptq_damped_hessian(w, rows, n, hsum, n_samples, o->perc_damp, a, h, &stats->dead_cols,
+				&stats->damp);
 
 	/* reversed order: y := P a P, factor it, invert the factor */
 	for (uint64_t i = 0; i < n; i++)

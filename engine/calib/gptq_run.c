@@ -229,6 +229,17 @@ static int extra_site(const struct cal_plan_module *m, int *f)
 	return -1;
 }
 
+/* The actq site of the input of linear module m (one GPTQ updates), its
+ * field and first element there; -1 for any other module. */
+static int input_site(const struct cal_calib *c, const struct cal_plan_module *m,
+		      const struct cal_layer_host *lh, int *f, uint64_t *at)
+{
+	int site = cal_linear_site(c, m, f, at, lh);
+	if (site < 0 && m->wq >= 0 && c->plan->q[m->wq].spec.enabled && m->count == 1)
+		site = extra_site(m, f);
+	return site;
+}
+
 /* The linear GPTQ updates for plan module m (every quantized nn.Linear of
  * a decoder layer outside the routed experts): its input site, its rows in
  * the engine's layout and their checkpoint order; -1 for any other module.
@@ -240,38 +251,29 @@ static int gptq_linear(const struct cal_calib *c, const struct cal_plan_module *
 	uint64_t at = 0;
 	gl->n_part = 1;
 	gl->map = NULL;
-	site = cal_linear_site(c, m, &f, &at, lh);
-	if (site < 0 && m->wq >= 0 && c->plan->q[m->wq].spec.enabled && m->count == 1)
-		site = extra_site(m, &f);
-	if (site < 0)
+	if ((site = input_site(c, m, lh, &f, &at)) < 0)
 		return -1;
 	gl->part[0] = (struct gpart){f, at, (uint64_t)m->out};
 	if (f == F_WQ && c->d->attn == CAL_ATTN_GATED_GQA) {
 		if ((gl->map = malloc((size_t)m->out * sizeof(uint32_t))))
 			cal_gated_q_map(c, gl->map);
 		return gl->map ? site : -2;
-	} else if (f == F_LQKV && !strcmp(m->proj, "in_proj_qkvz")) {
+	}
+	int qkvz = f == F_LQKV && !strcmp(m->proj, "in_proj_qkvz");
+	if (qkvz || (f == F_LB && !strcmp(m->proj, "in_proj_ba"))) {
+		/* Qwen3-Next's fused in_proj: two fields, the rows permuted */
 		struct cal_gdn_dims g;
 		cal_gdn_dims(c->d, &g);
-		gl->part[0].rows = g.cd;
-		gl->part[1] = (struct gpart){F_LZ, 0, g.vd};
-		gl->n_part = 2;
-		uint32_t *m2 = malloc(2 * g.nv * sizeof(uint32_t));
-		if ((gl->map = malloc((g.cd + g.vd) * sizeof(uint32_t))) && m2)
-			cal_gdn_fused_maps(&g, gl->map, m2);
-		free(m2);
-		return m2 && gl->map ? site : -2;
-	} else if (f == F_LB && !strcmp(m->proj, "in_proj_ba")) {
-		struct cal_gdn_dims g;
-		cal_gdn_dims(c->d, &g);
-		gl->part[0].rows = g.nv;
-		gl->part[1] = (struct gpart){F_LA, 0, g.nv};
+		gl->part[0].rows = qkvz ? g.cd : g.nv;
+		gl->part[1] = (struct gpart){qkvz ? F_LZ : F_LA, 0, qkvz ? g.vd : g.nv};
 		gl->n_part = 2;
 		uint32_t *m1 = malloc((g.cd + g.vd) * sizeof(uint32_t));
-		if ((gl->map = malloc(2 * g.nv * sizeof(uint32_t))) && m1)
-			cal_gdn_fused_maps(&g, m1, gl->map);
-		free(m1);
-		return m1 && gl->map ? site : -2;
+		uint32_t *m2 = malloc(2 * g.nv * sizeof(uint32_t));
+		if (m1 && m2)
+			cal_gdn_fused_maps(&g, m1, m2);
+		gl->map = qkvz ? m1 : m2;
+		free(qkvz ? m2 : m1);
+		return m1 && m2 ? site : -2;
 	}
 	return site;
 }
@@ -636,9 +638,8 @@ static enum cal_status site_scales(struct cal_calib *c, int32_t L, struct cal_er
 			site = EQ_EXP_GU;
 		else if (m->kind == CAL_MOD_EXPERTS_DOWN)
 			site = EQ_EXP_DOWN;
-		else if ((site = cal_linear_site(c, m, &f, &at, &none)) < 0 &&
-			 m->wq >= 0 && p->q[m->wq].spec.enabled && m->count == 1)
-			site = extra_site(m, &f);
+		else
+			site = input_site(c, m, &none, &f, &at);
 		if (site < 0)
 			continue;
 		float a = 0.0f;
@@ -677,8 +678,10 @@ static enum cal_status layer_linears(struct cal_calib *c, int32_t L,
 		struct glin gl = {.mod = mi};
 		if (m->layer != L)
 			continue;
-		if ((gl.site = gptq_linear(c, m, lh, &gl)) == -2)
+		if ((gl.site = gptq_linear(c, m, lh, &gl)) == -2) {
+			free(gl.map);
 			return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+		}
 		if (gl.site < 0)
 			continue;
 		gl.rows = (uint64_t)m->out;

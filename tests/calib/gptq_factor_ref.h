@@ -1,8 +1,8 @@
 /*
  * gptq_factor_ref.h — the reference for cal_gptq_factor's bytes
  * (test_gptq_factor.c, bench_gptq_factor.c): docs/gptq.md step 3 with the
- * textbook column algorithms, single-threaded: H = 2 hsum / n, dead columns,
- * damping, the lower Cholesky factor of the reversed matrix column by column
+ * textbook column algorithms, single-threaded: the damped H
+ * (cal_gptq_damped_hessian), the lower Cholesky factor of the reversed matrix column by column
  * (dot products, k ascending), its inverse by forward substitution column by
  * column, U[i][j] = L^-1[n-1-i][n-1-j] as float; the identity when a pivot is
  * not positive.  engine/calib/gptq.c blocks and threads the same arithmetic
@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/gptq.h"
+
 /* U into u ([n, n] float); returns 1 for the identity fallback, -1 when out
  * of memory. */
 static int gptq_factor_ref(const uint16_t *w, uint64_t rows, uint64_t n, const float *hsum,
@@ -28,24 +30,9 @@ static int gptq_factor_ref(const uint16_t *w, uint64_t rows, uint64_t n, const f
 		free(l);
 		return -1;
 	}
-	double f = 2.0 / (double)n_samples, tr = 0.0;
-	for (uint64_t k = 0; k < n * n; k++)
-		a[k] = f * hsum[k];
-	for (uint64_t col = 0; col < n; col++) {
-		int dead = 1;
-		for (uint64_t r = 0; r < rows && dead; r++)
-			dead = (w[r * n + col] & 0x7fffu) == 0;
-		if (!dead)
-			continue;
-		for (uint64_t k = 0; k < n; k++)
-			a[col * n + k] = a[k * n + col] = 0.0;
-		a[col * n + col] = 1.0;
-	}
-	for (uint64_t k = 0; k < n; k++)
-		tr += a[k * n + k];
-	double damp = perc_damp * tr / (double)n;
-	for (uint64_t k = 0; k < n; k++)
-		a[k * n + k] += damp;
+	uint64_t dead = 0;
+	double damp = 0.0;
+	cal_gptq_damped_hessian(w, rows, n, hsum, n_samples, perc_damp, a, NULL, &dead, &damp);
 	for (uint64_t i = 0; i < n; i++)
 		for (uint64_t j = 0; j < n; j++)
 			l[i * n + j] = a[(n - 1 - i) * n + (n - 1 - j)];

@@ -222,28 +222,30 @@ Test(ep, qwen3_moe_headroom_same_bytes_over_1_2_4_ranks)
 /* GPTQ (docs/gptq.md "Over several ranks"): the ranks' Hessian input rows
  * are added in micro-batch order and pass 0's input amax is the max over the
  * ranks, so the updated weights do not depend on R */
-Test(ep, qwen3_moe_gptq_same_bytes_over_1_2_4_ranks)
+static void gptq_over_ranks(const char *arch, size_t n_ranks)
 {
 	recipe = "general/ptq/nvfp4_default-kv_none-gptq";
-	same_over_ranks("qwen3_moe", "default", 0, R124, 3);
+	same_over_ranks(arch, "default", 0, R124, n_ranks);
+}
+
+Test(ep, qwen3_moe_gptq_same_bytes_over_1_2_4_ranks)
+{
+	gptq_over_ranks("qwen3_moe", 3);
 }
 
 Test(ep, qwen2_moe_shared_expert_gptq_same_bytes_over_1_2_4_ranks)
 {
-	recipe = "general/ptq/nvfp4_default-kv_none-gptq";
-	same_over_ranks("qwen2_moe", "default", 0, R124, 3);
+	gptq_over_ranks("qwen2_moe", 3);
 }
 
 Test(ep, deepseek_v3_gptq_same_bytes_over_1_2_ranks)
 {
-	recipe = "general/ptq/nvfp4_default-kv_none-gptq";
-	same_over_ranks("deepseek_v3", "default", 0, R124, 2);
+	gptq_over_ranks("deepseek_v3", 2);
 }
 
 Test(ep, gpt_oss_gptq_same_bytes_over_1_2_ranks)
 {
-	recipe = "general/ptq/nvfp4_default-kv_none-gptq";
-	same_over_ranks("gpt_oss", "default", 0, R124, 2);
+	gptq_over_ranks("gpt_oss", 2);
 }
 
 Test(ep, mixtral_same_bytes_over_1_2_4_ranks)
