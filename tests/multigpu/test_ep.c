@@ -221,7 +221,9 @@ Test(ep, qwen3_moe_headroom_same_bytes_over_1_2_4_ranks)
 
 /* GPTQ (docs/gptq.md "Over several ranks"): the ranks' Hessian input rows
  * are added in micro-batch order and pass 0's input amax is the max over the
- * ranks, so the updated weights do not depend on R */
+ * ranks, so the updated weights do not depend on R (every architecture
+ * GPTQ runs on: GQA, shared expert, MLA, GPT-OSS, gated attention, Gated
+ * DeltaNet) */
 static void gptq_over_ranks(const char *arch, size_t n_ranks)
 {
 	recipe = "general/ptq/nvfp4_default-kv_none-gptq";
@@ -246,6 +248,17 @@ Test(ep, deepseek_v3_gptq_same_bytes_over_1_2_ranks)
 Test(ep, gpt_oss_gptq_same_bytes_over_1_2_ranks)
 {
 	gptq_over_ranks("gpt_oss", 2);
+}
+
+/* gated attention and Gated DeltaNet (Qwen3-Next's fused in_proj) */
+Test(ep, qwen3_next_gptq_same_bytes_over_1_2_ranks)
+{
+	gptq_over_ranks("qwen3_next", 2);
+}
+
+Test(ep, qwen3_5_moe_gptq_same_bytes_over_1_2_ranks)
+{
+	gptq_over_ranks("qwen3_5_moe", 2);
 }
 
 Test(ep, mixtral_same_bytes_over_1_2_4_ranks)
