@@ -877,6 +877,18 @@ static enum cal_status shadow_of(struct cal_calib *c, const struct cal_layer_hos
 	return CAL_OK;
 }
 
+/* gl is in one of the fusible groups modelopt 0.47 unifies by name before
+ * calibrating (its SHARED_PATTERNS: q/k/v_proj, gate/up_proj). */
+static int shared_amax(const struct cal_calib *c, const struct glin *gl)
+{
+	static const char *const names[] = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"};
+	const char *pr = c->plan->modules[gl->mod].proj;
+	for (size_t i = 0; pr && i < CAL_ARRAY_LEN(names); i++)
+		if (!strcmp(pr, names[i]))
+			return 1;
+	return 0;
+}
+
 /* GPTQ of every linear of the layer; their fake-quantized updated weights
  * go into the shadows of g->use. */
 static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_host *lh,
@@ -894,15 +906,17 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		struct glin *gl = &g->lin[i];
 		if ((st = load_linear(c, &dw, gl, err)) < 0)
 			goto out;
-		gmax[gl->site] = gl->ga > gmax[gl->site] ? gl->ga : gmax[gl->site];
+		if (shared_amax(c, gl))
+			gmax[gl->site] = gl->ga > gmax[gl->site] ? gl->ga : gmax[gl->site];
 	}
 	for (size_t i = 0; i < g->n_lin; i++) {
 		struct glin *gl = &g->lin[i];
 		uint64_t R = gl->rows, C = gl->cols, n = R * C;
 		/* modelopt's max calibration gives the static-NVFP4 weights of a
-		 * fusible group (q/k/v, gate/up: the linears of one input) one global
-		 * amax, the group's largest, before GPTQ runs */
-		float ga = gmax[gl->site];
+		 * fusible group (q/k/v, gate/up) one global amax, the group's
+		 * largest, before GPTQ runs; the other siblings (MLA q_a / kv_a,
+		 * the Gated DeltaNet in_proj_*) keep their own until the export */
+		float ga = shared_amax(c, gl) ? gmax[gl->site] : gl->ga;
 		if (have_site != gl->site) {
 			free(hsum);
 			if (!(hsum = malloc(C * C * 4))) {
