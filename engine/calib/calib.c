@@ -232,8 +232,10 @@ enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct
 		m->pub = (struct cal_calib_moe_stats){c->E, m->tokens, m->gu, m->down};
 	}
 	CAL_TRY(cal_ranks_open(c, src, err));
-	CAL_TRY(cal_gptq_init(c, err));
-	CAL_TRY(cal_awq_init(c, err));
+	if (plan->recipe->algo.method == CAL_CALIB_GPTQ)
+		CAL_TRY(cal_gptq_init(c, err));
+	if (plan->recipe->algo.method == CAL_CALIB_AWQ_LITE)
+		CAL_TRY(cal_awq_init(c, err));
 	*ret = c;
 	return CAL_OK;
 fail:
