@@ -543,10 +543,10 @@ static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct 
 	struct cal_gptq_run *g = c->gq;
 	const struct cal_plan *p = c->plan;
 	uint64_t E = (uint64_t)c->E, H = (uint64_t)c->H, I = (uint64_t)c->I;
-	for (size_t mi = 0; mi < p->n_modules; mi++) {
+	for (size_t mi = cal_plan_next_experts(p, L, 0); mi < p->n_modules;
+	     mi = cal_plan_next_experts(p, L, mi + 1)) {
 		const struct cal_plan_module *m = &p->modules[mi];
-		if (m->layer != L || m->wq < 0 || !p->q[m->wq].spec.enabled ||
-		    (m->kind != CAL_MOD_EXPERTS_GATE_UP && m->kind != CAL_MOD_EXPERTS_DOWN))
+		if (!p->q[m->wq].spec.enabled)
 			continue;
 		int f = m->kind == CAL_MOD_EXPERTS_GATE_UP ? F_E13 : F_E2;
 		uint64_t rows = f == F_E13 ? 2 * I : H, cols = f == F_E13 ? H : I, n = rows * cols;
