@@ -575,6 +575,21 @@ fail:
 	return st;
 }
 
+/* A gated MLP (dense, or the shared expert) of intermediate size I:
+ * gate|up (roles[0], roles[1]) into *w13, down (roles[2]) into *w2, the
+ * sites of their inputs into *site_gu / *site_dn. */
+static enum cal_status load_mlp(struct cal_calib *c, int32_t L, const enum cal_role roles[3],
+				int64_t I, const uint16_t **w13, const uint16_t **w2, void **owned,
+				int *n_owned, struct eq_site *site_gu, struct eq_site *site_dn,
+				struct cal_error *err)
+{
+	int64_t H = c->H;
+	struct wpart gu[2] = {{roles[0], I, H, NULL}, {roles[1], I, H, NULL}},
+		     dn = {roles[2], H, I, NULL};
+	CAL_TRY_RET(load_linear(c, L, gu, 2, *w13, w13, owned, n_owned, site_gu, err));
+	return load_linear(c, L, &dn, 1, *w2, w2, owned, n_owned, site_dn, err);
+}
+
 /* The quantized weights of layer L (qw starts as the source's) and the
  * sites of its inputs. */
 enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_step mixer,
@@ -583,7 +598,6 @@ enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_ste
 {
 	struct cal_eval *ev = c->ev;
 	const struct cal_layer_desc *ld = &c->d->layers[L];
-	int64_t H = c->H;
 	enum cal_status st = CAL_OK;
 	memset(ev->site, 0, sizeof(ev->site));
 	if (mixer == STEP_GDN) {
@@ -596,24 +610,17 @@ enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_ste
 		kv_sites(c, L);
 	}
 	if (ld->ffn == CAL_FFN_DENSE) {
-		struct wpart gu[2] = {{CAL_ROLE_MLP_GATE, c->Id, H, NULL},
-				      {CAL_ROLE_MLP_UP, c->Id, H, NULL}},
-			     dn = {CAL_ROLE_MLP_DOWN, H, c->Id, NULL};
-		CAL_TRY(load_linear(c, L, gu, 2, qw->w13, &qw->w13, owned, n_owned,
-				    &ev->site[EQ_MLP_GU], err));
-		CAL_TRY(load_linear(c, L, &dn, 1, qw->w2, &qw->w2, owned, n_owned,
-				    &ev->site[EQ_MLP_DOWN], err));
-		return CAL_OK;
+		static const enum cal_role mlp[3] = {CAL_ROLE_MLP_GATE, CAL_ROLE_MLP_UP,
+						     CAL_ROLE_MLP_DOWN};
+		return load_mlp(c, L, mlp, c->Id, &qw->w13, &qw->w2, owned, n_owned,
+				&ev->site[EQ_MLP_GU], &ev->site[EQ_MLP_DOWN], err);
 	}
 	CAL_TRY(load_experts(c, L, qw, owned, n_owned, err));
 	if (qw->s13) {
-		struct wpart gu[2] = {{CAL_ROLE_SHARED_GATE, c->Is, H, NULL},
-				      {CAL_ROLE_SHARED_UP, c->Is, H, NULL}},
-			     dn = {CAL_ROLE_SHARED_DOWN, H, c->Is, NULL};
-		CAL_TRY(load_linear(c, L, gu, 2, qw->s13, &qw->s13, owned, n_owned,
-				    &ev->site[EQ_SH_GU], err));
-		CAL_TRY(load_linear(c, L, &dn, 1, qw->s2, &qw->s2, owned, n_owned,
-				    &ev->site[EQ_SH_DOWN], err));
+		static const enum cal_role shared[3] = {CAL_ROLE_SHARED_GATE, CAL_ROLE_SHARED_UP,
+							CAL_ROLE_SHARED_DOWN};
+		CAL_TRY(load_mlp(c, L, shared, c->Is, &qw->s13, &qw->s2, owned, n_owned,
+				 &ev->site[EQ_SH_GU], &ev->site[EQ_SH_DOWN], err));
 	}
 fail:
 	return st;
