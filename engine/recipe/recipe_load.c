@@ -525,20 +525,14 @@ fail:
 
 static void algo_defaults(struct cal_algorithm *a)
 {
-	memset(a, 0, sizeof(*a));
-	a->method = CAL_CALIB_MAX;
-	a->distributed_sync = 1;
-	a->layerwise_save_every = 1;
-	a->layerwise_calib_mutates_weights = 1;
-	a->step_size = 0.1;
-	a->start_multiplier = 0.25;
-	a->stop_multiplier = 4.0;
-	a->perc_damp = 0.01;
-	a->gptq_block_size = 128;
-	a->alpha_step = 0.1;
-	a->hr_anchor_percentile = 1.0;
-	a->hr_upper_percentile = 99.99;
-	a->hr_rho = 16384.0;
+	static const struct cal_algorithm defaults = {
+		.method = CAL_CALIB_MAX, .distributed_sync = 1, .layerwise_save_every = 1,
+		.layerwise_calib_mutates_weights = 1, .step_size = 0.1, .start_multiplier = 0.25,
+		.stop_multiplier = 4.0, .perc_damp = 0.01, .gptq_block_size = 128,
+		.alpha_step = 0.1, .hr_anchor_percentile = 1.0, .hr_upper_percentile = 99.99,
+		.hr_rho = 16384.0,
+	};
+	*a = defaults;
 }
 
 static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm *a,
@@ -548,20 +542,18 @@ static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm
 	a->name = strdup(name);
 	if (!a->name)
 		return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
-	if (!strcmp(name, "max"))
-		a->method = CAL_CALIB_MAX;
-	else if (!strcmp(name, "mse"))
-		a->method = CAL_CALIB_MSE;
-	else if (!strcmp(name, "none"))
-		a->method = CAL_CALIB_NONE;
-	else if (!strcmp(name, "gptq"))
-		a->method = CAL_CALIB_GPTQ;
-	else if (!strcmp(name, "awq_lite"))
-		a->method = CAL_CALIB_AWQ_LITE;
-	else if (!strcmp(name, "nvfp4_act_headroom"))
-		a->method = CAL_CALIB_HEADROOM;
-	else
-		a->method = CAL_CALIB_OTHER;
+	static const struct {
+		const char *name;
+		enum cal_calib_method method;
+	} methods[] = {
+		{"max", CAL_CALIB_MAX}, {"mse", CAL_CALIB_MSE}, {"none", CAL_CALIB_NONE},
+		{"gptq", CAL_CALIB_GPTQ}, {"awq_lite", CAL_CALIB_AWQ_LITE},
+		{"nvfp4_act_headroom", CAL_CALIB_HEADROOM},
+	};
+	a->method = CAL_CALIB_OTHER;
+	for (size_t i = 0; i < CAL_ARRAY_LEN(methods); i++)
+		if (!strcmp(name, methods[i].name))
+			a->method = methods[i].method;
 	return CAL_OK;
 }
 
