@@ -20,6 +20,7 @@
 #include "engine/recipe/plan.h"
 #include "engine/recipe/recipe.h"
 #include "fixture.h"
+#include "testrng.h"
 #include "testutil.h"
 
 #define SEED 20260901u
@@ -37,14 +38,6 @@ struct env {
 	uint64_t hidden_n;
 	int layers_seen;
 };
-
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
 
 static void make_model(struct env *e, const char *arch, enum cal_fixture_layout lay)
 {
@@ -73,11 +66,11 @@ static void make_tokens(struct env *e, size_t n, size_t min_len, size_t max_len,
 	char *text = malloc(cap), *p = text;
 	uint64_t s = seed;
 	for (size_t i = 0; i < n; i++) {
-		size_t len = min_len + rng(&s) % (max_len - min_len + 1);
+		size_t len = min_len + cal_test_splitmix(&s) % (max_len - min_len + 1);
 		p += sprintf(p, "{\"input_ids\": [");
 		for (size_t j = 0; j < len; j++)
 			p += sprintf(p, "%s%u", j ? ", " : "",
-				     (unsigned)(rng(&s) % (uint64_t)e->d->vocab_size));
+				     (unsigned)(cal_test_splitmix(&s) % (uint64_t)e->d->vocab_size));
 		p += sprintf(p, "]}\n");
 	}
 	cr_assert_eq(cal_calib_tokens_parse("test", text, (size_t)(p - text),

@@ -18,6 +18,7 @@
 #include "engine/recipe/plan.h"
 #include "engine/recipe/recipe.h"
 #include "fixture.h"
+#include "testrng.h"
 #include "testutil.h"
 
 #define SEED 20261122u
@@ -32,14 +33,6 @@ struct env {
 	uint16_t *last_hidden;
 	uint64_t hidden_n;
 };
-
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
 
 /* qwen3_moe fixture (3 layers) with 64 experts: the routed experts make
  * up most of the weights, as in real MoE models. */
@@ -63,11 +56,11 @@ static void env_init(struct env *e, size_t n_seq, size_t min_len, size_t max_len
 	cr_assert_not_null(f);
 	uint64_t s = SEED;
 	for (size_t i = 0; i < n_seq; i++) {
-		size_t len = min_len + rng(&s) % (max_len - min_len + 1);
+		size_t len = min_len + cal_test_splitmix(&s) % (max_len - min_len + 1);
 		fputs("{\"input_ids\": [", f);
 		for (size_t j = 0; j < len; j++)
 			fprintf(f, "%s%u", j ? "," : "",
-				(unsigned)(rng(&s) % (uint64_t)e->d->vocab_size));
+				(unsigned)(cal_test_splitmix(&s) % (uint64_t)e->d->vocab_size));
 		fputs("]}\n", f);
 	}
 	cr_assert_eq(fclose(f), 0);

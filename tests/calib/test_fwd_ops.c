@@ -14,6 +14,7 @@
 
 #include "common/fp.h"
 #include "kernels/ops.h"
+#include "testrng.h"
 
 static struct cal_backend *ref(void)
 {
@@ -23,23 +24,10 @@ static struct cal_backend *ref(void)
 	return be;
 }
 
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float unitf(uint64_t *s)
-{
-	return (float)((double)(rng(s) >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
-
 static void fill(uint16_t *p, size_t n, float scale, uint64_t *s)
 {
 	for (size_t i = 0; i < n; i++)
-		p[i] = cal_f32_to_bf16(unitf(s) * scale);
+		p[i] = cal_f32_to_bf16(cal_test_unit(s) * scale);
 }
 
 static double f(uint16_t h)
@@ -98,7 +86,7 @@ Test(fwd_ops, rmsnorm_variants)
 	float wf[C];
 	fill(x, R * C, 4, &s);
 	for (int j = 0; j < C; j++) {
-		wf[j] = 1.0f + 0.2f * unitf(&s);
+		wf[j] = 1.0f + 0.2f * cal_test_unit(&s);
 		wb[j] = cal_f32_to_bf16(wf[j]);
 	}
 	for (int kind = 0; kind < 3; kind++) {
