@@ -26,6 +26,16 @@ static void make_model(struct calib_env *e, const char *arch, enum cal_fixture_l
 	calib_env_model(e, "calib-test", &fo);
 }
 
+/* The fixture arch (layout lay), the plan of recipe, n_seq token sequences
+ * of lengths in [min_len, max_len] from seed. */
+static void setup(struct calib_env *e, const char *arch, enum cal_fixture_layout lay,
+		  const char *recipe, size_t n_seq, size_t min_len, size_t max_len, uint64_t seed)
+{
+	make_model(e, arch, lay);
+	calib_env_plan(e, recipe);
+	calib_env_tokens(e, n_seq, min_len, max_len, seed);
+}
+
 static enum cal_status count_layer(void *ctx, const struct cal_calib *c, int32_t layer,
 				   struct cal_error *err)
 {
@@ -92,9 +102,7 @@ static void arch_case(const char *arch, enum cal_fixture_layout lay)
 	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2};
-	make_model(&e, arch, lay);
-	calib_env_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
-	calib_env_tokens(&e, 5, 3, 19, SEED);
+	setup(&e, arch, lay, "general/ptq/nvfp4_default-kv_fp8", 5, 3, 19, SEED);
 	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s: %s", arch, cal_error_msg(&err));
 	check_complete(&e, (uint64_t)e.d->top_k);
 	char *js = cal_calib_stats_json(e.c);
@@ -134,9 +142,8 @@ Test(calib, gdn_pads_are_masked)
 	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2};
-	make_model(&e, "qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT);
-	calib_env_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
-	calib_env_tokens(&e, 4, 3, 21, SEED + 5);
+	setup(&e, "qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT,
+	      "general/ptq/nvfp4_default-kv_fp8", 4, 3, 21, SEED + 5);
 	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
 	char *js = cal_calib_stats_json(e.c);
 	json_t *packed = json_loads(js, 0, NULL);
@@ -173,9 +180,8 @@ Test(calib, threads_do_not_change_results)
 	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o1 = {.cpu_threads = 1}, o3 = {.cpu_threads = 3, .micro_batch_tokens = 20};
-	make_model(&e, "qwen2_moe", CAL_FIXTURE_LAYOUT_DEFAULT);
-	calib_env_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
-	calib_env_tokens(&e, 6, 2, 17, SEED + 2);
+	setup(&e, "qwen2_moe", CAL_FIXTURE_LAYOUT_DEFAULT,
+	      "general/ptq/nvfp4_default-kv_fp8", 6, 2, 17, SEED + 2);
 	cr_assert_eq(run(&e, &o1, &err), CAL_OK, "%s", cal_error_msg(&err));
 	char *j1 = cal_calib_stats_json(e.c);
 	uint16_t *h1 = e.last_hidden;
@@ -198,9 +204,8 @@ Test(calib, experts_ratio)
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2}, orat = {.cpu_threads = 2,
 							      .moe_calib_experts_ratio = 1.0};
-	make_model(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT);
-	calib_env_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
-	calib_env_tokens(&e, 4, 5, 9, SEED + 3);
+	setup(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT,
+	      "general/ptq/nvfp4_experts_only-kv_fp8", 4, 5, 9, SEED + 3);
 	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
 	uint16_t *h = e.last_hidden;
 	e.last_hidden = NULL;
@@ -220,9 +225,9 @@ Test(calib, per_expert_input_amax)
 	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2, .per_expert_input_amax = 1};
-	make_model(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT);
-	calib_env_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
-	calib_env_tokens(&e, 1, 2, 2, SEED + 4); /* 2 tokens x top-2: some experts idle */
+	/* 2 tokens x top-2: some experts idle */
+	setup(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT,
+	      "general/ptq/nvfp4_experts_only-kv_fp8", 1, 2, 2, SEED + 4);
 	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
 	const struct cal_calib_moe_stats *m = cal_calib_moe(e.c, 0);
 	cr_assert_not_null(m);
@@ -263,9 +268,8 @@ Test(calib, pad_like_modelopt)
 	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2, .pad_like_modelopt = 1, .pad_id = -1};
-	make_model(&e, "mixtral", CAL_FIXTURE_LAYOUT_DEFAULT);
-	calib_env_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
-	calib_env_tokens(&e, 3, 4, 11, SEED + 5);
+	setup(&e, "mixtral", CAL_FIXTURE_LAYOUT_DEFAULT,
+	      "general/ptq/nvfp4_default-kv_fp8", 3, 4, 11, SEED + 5);
 	size_t longest = 0;
 	for (size_t i = 0; i < e.tk->n; i++)
 		longest = e.tk->off[i + 1] - e.tk->off[i] > longest ? e.tk->off[i + 1] - e.tk->off[i] : longest;
