@@ -208,7 +208,7 @@ Test(api, validation_errors)
 		{"wrong content type", "POST", "/v1/jobs", "Content-Type: text/plain\r\n", "{}", 415,
 		 "unsupported_media_type"},
 		{"unknown field", "POST", "/v1/jobs", JSON, "{\"modle\":1}", 400, "unknown_field"},
-		{"missing recipe", "POST", "/v1/jobs", JSON, "{\"model\":\"{root}/models/m\"}", 400, "missing_field"},
+		{"missing recipe", "POST", "/v1/jobs", JSON, "{" J_MODEL "}", 400, "missing_field"},
 		{"bad recipe name", "POST", "/v1/jobs", JSON, "{\"recipe\":\"../x\"}", 400, "invalid_field"},
 		{"empty inline recipe", "POST", "/v1/jobs", JSON, "{\"recipe\":{\"yaml\":\"\"}}", 400, "invalid_field"},
 		{"bad priority", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"priority\":1000}", 400, "invalid_field"},
@@ -235,65 +235,55 @@ Test(api, validation_errors)
 		 "path_not_found"},
 		{"model without config.json", "POST", "/v1/jobs", JSON,
 		 "{\"recipe\":\"r\",\"model\":\"{root}/models/nocfg\"}", 422, "not_a_model"},
-		{"no calibration", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"model\":\"{root}/models/m\"}", 400,
+		{"no calibration", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\"," J_MODEL "}", 400,
 		 "missing_field"},
 		{"dataset outside roots", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"datasets\":[\"/etc/passwd\"]}}", 403,
+		 "{\"recipe\":\"r\"," J_MODEL ",\"calibration\":{\"datasets\":[\"/etc/passwd\"]}}", 403,
 		 "path_outside_roots"},
 		{"both datasets and tokens", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"datasets\":[\"{root}/data/d.jsonl\"],"
+		 "{\"recipe\":\"r\"," J_MODEL ",\"calibration\":{\"datasets\":[\"{root}/data/d.jsonl\"],"
 		 "\"tokens\":\"{root}/data/d.jsonl\"}}", 400, "invalid_field"},
 		{"samples out of range", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\","
+		 "{\"recipe\":\"r\"," J_MODEL ",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\","
 		 "\"samples\":0}}", 400, "invalid_field"},
 		{"output exists", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
-		 "\"output\":\"{root}/out/exists\"}", 409, "output_exists"},
+		 "{\"recipe\":\"r\"," J_MODEL "," J_TOKENS "," J_OUT("exists") "}", 409, "output_exists"},
 		{"output outside roots", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
-		 "\"output\":\"/tmp/elsewhere\"}", 403, "path_outside_roots"},
+		 "{\"recipe\":\"r\"," J_MODEL "," J_TOKENS ",\"output\":\"/tmp/elsewhere\"}", 403,
+		 "path_outside_roots"},
 		{"output dot-dot", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
-		 "\"output\":\"{root}/out/..\"}", 400, "invalid_field"},
+		 "{\"recipe\":\"r\"," J_MODEL "," J_TOKENS "," J_OUT("..") "}", 400, "invalid_field"},
 		{"unknown recipe", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"general/ptq/nope\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "unknown_recipe"},
+		 "{\"recipe\":\"general/ptq/nope\"," J_INPUTS("x") "}", 422, "unknown_recipe"},
 		{"recipe name escaping the tree", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"general/../../etc/x\",\"model\":\"{root}/models/m\"}", 400, "invalid_field"},
+		 "{\"recipe\":\"general/../../etc/x\"," J_MODEL "}", 400, "invalid_field"},
 		{"recipe and recipe_yaml", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"recipe_yaml\":\"a: 1\",\"model\":\"{root}/models/m\"}", 400, "invalid_field"},
+		 "{\"recipe\":\"r\",\"recipe_yaml\":\"a: 1\"," J_MODEL "}", 400, "invalid_field"},
 		{"inline recipe not YAML", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":{\"yaml\":\"quantize: [\"},\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "invalid_recipe"},
+		 "{\"recipe\":{\"yaml\":\"quantize: [\"}," J_INPUTS("x") "}", 422, "invalid_recipe"},
 		{"inline recipe schema error", "POST", "/v1/jobs", JSON,
-		 "{\"recipe_yaml\":\"quant_cfg: []\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "invalid_recipe"},
+		 "{\"recipe_yaml\":\"quant_cfg: []\"," J_INPUTS("x") "}", 422, "invalid_recipe"},
 		{"inline import outside the tree", "POST", "/v1/jobs", JSON,
-		 "{\"recipe_yaml\":\"imports:\\n  x: /etc/passwd\\n" INLINE_BODY "\",\"model\":\"{root}/models/m\","
-		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422,
-		 "invalid_recipe"},
+		 "{\"recipe_yaml\":\"imports:\\n  x: /etc/passwd\\n" INLINE_BODY "\"," J_INPUTS("x") "}",
+		 422, "invalid_recipe"},
 		{"inline import climbing out", "POST", "/v1/jobs", JSON,
-		 "{\"recipe_yaml\":\"imports: {x: ../../../etc/passwd}\\n" INLINE_BODY "\",\"model\":\"{root}/models/m\","
-		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422,
-		 "invalid_recipe"},
+		 "{\"recipe_yaml\":\"imports: {x: ../../../etc/passwd}\\n" INLINE_BODY "\","
+		 J_INPUTS("x") "}", 422, "invalid_recipe"},
 		{"recipe not applicable (MXFP8 block 32 vs expert dim 48)", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"general/ptq/mxfp8\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "invalid_recipe"},
+		 "{\"recipe\":\"general/ptq/mxfp8\"," J_INPUTS("x") "}", 422, "invalid_recipe"},
 		{"unsupported architecture", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/unsupported\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "unsupported_model"},
+		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/unsupported\"," J_TOKENS ","
+		 J_OUT("x") "}", 422, "unsupported_model"},
 		/* still running when "same output while active" comes (a fake-ok
 		 * job could finish and publish first: output_exists) */
 		{"valid (inline recipe)", "POST", "/v1/jobs", JSON,
-		 "{\"name\":\"fake-slow\",\"recipe\":{\"yaml\":\"" INLINE_BODY "\"},\"model\":\"{root}/models/m\","
-		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/new\"}", 202, NULL},
+		 "{\"name\":\"fake-slow\",\"recipe\":{\"yaml\":\"" INLINE_BODY "\"}," J_INPUTS("new") "}",
+		 202, NULL},
 		{"valid (recipe_yaml with an import in the tree)", "POST", "/v1/jobs", JSON,
-		 "{\"name\":\"fake-ok\",\"recipe_yaml\":\"imports: {nvfp4: configs/numerics/nvfp4}\\n" INLINE_BODY
-		 "\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
-		 "\"output\":\"{root}/out/new2\"}", 202, NULL},
+		 "{\"name\":\"fake-ok\",\"recipe_yaml\":\"imports: {nvfp4: configs/numerics/nvfp4}\\n"
+		 INLINE_BODY "\"," J_INPUTS("new2") "}", 202, NULL},
 		{"same output while active", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/new\"}", 409, "output_in_use"},
+		 "{\"recipe\":\"" HD_RECIPE "\"," J_INPUTS("new") "}", 409, "output_in_use"},
 	};
 	hd_steps(&H, steps, N(steps));
 	/* 413 from Content-Length alone, before any body is read */
@@ -361,9 +351,9 @@ Test(api, auth)
 		{"read without token", "GET", "/v1/jobs", NULL, NULL, 200, NULL},
 		{"recipes without token", "GET", "/v1/recipes", NULL, NULL, 200, NULL},
 		{"plan (work) without token", "POST", "/v1/plan", JSON,
-		 "{\"model\":\"{root}/models/m\",\"recipe\":\"" HD_RECIPE "\"}", 401, "unauthorized"},
+		 "{" J_MODEL ",\"recipe\":\"" HD_RECIPE "\"}", 401, "unauthorized"},
 		{"plan with token", "POST", "/v1/plan", JSON "Authorization: Bearer " HD_TOKEN "\r\n",
-		 "{\"model\":\"{root}/models/m\",\"recipe\":\"" HD_RECIPE "\"}", 200, NULL},
+		 "{" J_MODEL ",\"recipe\":\"" HD_RECIPE "\"}", 200, NULL},
 		{"right token", "POST", "/v1/jobs", JSON "Authorization: Bearer " HD_TOKEN "\r\n", ok, 202, NULL},
 	};
 	hd_steps(&H, steps, N(steps));

@@ -17,6 +17,12 @@ extern struct hd H;
 #define JSON "Content-Type: application/json\r\n"
 /* a minimal valid recipe in YAML flow style, as a JSON string body */
 #define INLINE_BODY "metadata: {recipe_type: ptq}\\nquantize: {algorithm: max, quant_cfg: [{quantizer_name: '*', enable: false}]}"
+/* Members of a job body: the suite's model (under {root}/models), its token
+ * file, an output directory under {root}/out, and the three together. */
+#define J_MODEL "\"model\":\"{root}/models/m\""
+#define J_TOKENS "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"}"
+#define J_OUT(name) "\"output\":\"{root}/out/" name "\""
+#define J_INPUTS(out) J_MODEL "," J_TOKENS "," J_OUT(out)
 
 /* Sleeps s seconds. */
 void nap(double s);
