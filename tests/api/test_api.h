@@ -36,5 +36,11 @@ int leftovers(const char *dir, const char *prefix, long long *ret_bytes);
 json_t *get_json(const char *method, const char *path, const char *hdrs, const char *body, int want);
 /* Expects job id in state (now), why in the message. */
 void expect_state(const char *id, const char *state, const char *why);
+/* Submits job `name` writing out/<out> (key: its Idempotency-Key, or
+ * NULL); asserts it is accepted and copies its id to id. */
+void submit(const char *name, const char *out, const char *key, char id[32]);
+/* Polls job id until it is in state, at most timeout_s; asserts it gets
+ * there (why in the message, or NULL for a message naming both). */
+void await_state(const char *id, const char *state, double timeout_s, const char *why);
 
 #endif
