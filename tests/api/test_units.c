@@ -22,6 +22,7 @@
 #include "common/sha256.h"
 #include "daemon/config.h"
 #include "common/fsutil.h"
+#include "testutil.h"
 
 static void hex_of(const char *in, size_t n, char out[65])
 {
@@ -226,16 +227,8 @@ static void spec_dirs(char *root, char *models, char *data, char *out)
 	mkdir(out, 0755);
 	snprintf(p, sizeof(p), "%s/m", models);
 	mkdir(p, 0755);
-	snprintf(p, sizeof(p), "%s/m/config.json", models);
-	FILE *f = fopen(p, "w");
-	cr_assert(f);
-	fputs("{}", f);
-	fclose(f);
-	snprintf(p, sizeof(p), "%s/d.jsonl", data);
-	f = fopen(p, "w");
-	cr_assert(f);
-	fputs("{\"text\":\"x\"}\n", f);
-	fclose(f);
+	cal_test_write_text(p, "config.json", "{}");
+	cal_test_write_text(data, "d.jsonl", "{\"text\":\"x\"}\n");
 }
 
 /* A submission's devices as a device string (common/device.h) and the
@@ -314,9 +307,7 @@ Test(units, job_devices_and_engine_options)
 		json_decref(spec);
 		json_decref(req);
 	}
-	char cmd[160];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-	cr_assert_eq(system(cmd), 0);
+	cal_test_rm_rf(root);
 }
 
 /* options.ranks (the CPU ranks of a CPU job; a GPU job runs one rank per
@@ -403,9 +394,7 @@ Test(units, job_ranks_and_nodes)
 		json_decref(spec);
 		json_decref(req);
 	}
-	char cmd[160];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-	cr_assert_eq(system(cmd), 0);
+	cal_test_rm_rf(root);
 }
 
 /* evaluate {dataset, samples}: canonical {path, samples}, errors name the field. */
@@ -453,9 +442,7 @@ Test(units, job_evaluate)
 		json_decref(spec);
 		json_decref(req);
 	}
-	char cmd[160];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-	cr_assert_eq(system(cmd), 0);
+	cal_test_rm_rf(root);
 }
 
 static enum cal_status load_cfg(const char *yaml, const char **flags, int nflags, struct cal_error *err)
