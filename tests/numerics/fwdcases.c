@@ -129,13 +129,9 @@ static int fdone(struct fctx *c)
 static void fctx_init(struct fctx *c, struct opcase_env *env, const char *op, uint64_t rows,
 		      uint64_t units, uint64_t seed)
 {
-	memset(c, 0, sizeof(*c));
-	c->env = env;
-	c->op = op;
-	c->rows = rows;
-	c->units = units;
-	c->seed = seed;
-	c->exact = env->a->kind == CAL_BACKEND_CPU && env->b->kind == CAL_BACKEND_CPU;
+	*c = (struct fctx){.env = env, .op = op, .rows = rows, .units = units, .seed = seed,
+			   .exact = env->a->kind == CAL_BACKEND_CPU &&
+				    env->b->kind == CAL_BACKEND_CPU};
 }
 
 static uint16_t *bf_rand(uint64_t n, float scale, uint64_t *s)

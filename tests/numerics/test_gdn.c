@@ -54,13 +54,7 @@ static void gd_case_make(struct gd_case *g, uint64_t t, uint32_t nk, uint32_t nv
 			 uint32_t dv, const uint32_t *lens, uint32_t n_seq, uint64_t seed)
 {
 	uint64_t s = seed, cd = 2 * (uint64_t)nk * dk + (uint64_t)nv * dv;
-	memset(g, 0, sizeof(*g));
-	g->t = t;
-	g->nk = nk;
-	g->nv = nv;
-	g->dk = dk;
-	g->dv = dv;
-	g->n_seq = n_seq;
+	*g = (struct gd_case){.t = t, .nk = nk, .nv = nv, .dk = dk, .dv = dv, .n_seq = n_seq};
 	for (uint32_t i = 0; i < n_seq; i++)
 		g->cu[i + 1] = g->cu[i] + lens[i];
 	cr_assert_eq(g->cu[n_seq], t);
