@@ -84,22 +84,37 @@ Test(units, error_table_is_unique)
 
 Test(units, route_match)
 {
-	char p[CAL_PATH_PARAM_MAX];
-	cr_expect_geq(cal_route_match("GET", "/v1/jobs/abc", p), 0);
-	cr_expect_str_eq(p, "abc");
-	cr_expect_eq(cal_route_match("PUT", "/v1/jobs/abc", p), -2);
-	cr_expect_eq(cal_route_match("GET", "/v1/jobs/a/b", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/jobs/..", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/jobs/%2e", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/jobs/", p), -1);
-	/* a multi-segment parameter (recipe names) */
-	cr_expect_geq(cal_route_match("GET", "/v1/recipes/general/ptq/fp8_default-kv_fp8", p), 0);
-	cr_expect_str_eq(p, "general/ptq/fp8_default-kv_fp8");
-	cr_expect_eq(cal_route_match("GET", "/v1/recipes/general/../x", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/recipes/general//x", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/recipes/general/", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/recipes/.hidden", p), -1);
-	cr_expect_geq(cal_route_match("GET", "/v1/recipes", p), 0);
+	/* want: 1 a route (any index), -1 no route, -2 the path's route lacks
+	 * the method; param: the path parameter of a match, or NULL */
+	static const struct {
+		const char *method, *path;
+		int want;
+		const char *param;
+	} cases[] = {
+		{"GET", "/v1/jobs/abc", 1, "abc"},
+		{"PUT", "/v1/jobs/abc", -2, NULL},
+		{"GET", "/v1/jobs/a/b", -1, NULL},
+		{"GET", "/v1/jobs/..", -1, NULL},
+		{"GET", "/v1/jobs/%2e", -1, NULL},
+		{"GET", "/v1/jobs/", -1, NULL},
+		/* a multi-segment parameter (recipe names) */
+		{"GET", "/v1/recipes/general/ptq/fp8_default-kv_fp8", 1, "general/ptq/fp8_default-kv_fp8"},
+		{"GET", "/v1/recipes/general/../x", -1, NULL},
+		{"GET", "/v1/recipes/general//x", -1, NULL},
+		{"GET", "/v1/recipes/general/", -1, NULL},
+		{"GET", "/v1/recipes/.hidden", -1, NULL},
+		{"GET", "/v1/recipes", 1, NULL},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char p[CAL_PATH_PARAM_MAX];
+		int r = cal_route_match(cases[i].method, cases[i].path, p);
+		if (cases[i].want > 0)
+			cr_expect_geq(r, 0, "%s %s: %d", cases[i].method, cases[i].path, r);
+		else
+			cr_expect_eq(r, cases[i].want, "%s %s: %d", cases[i].method, cases[i].path, r);
+		if (cases[i].param && r >= 0)
+			cr_expect_str_eq(p, cases[i].param, "%s %s", cases[i].method, cases[i].path);
+	}
 }
 
 Test(units, recipe_names)
