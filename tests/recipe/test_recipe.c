@@ -670,6 +670,16 @@ static void check_experts_only(const struct cal_plan *p, int kv)
 	cr_assert(experts > 0);
 }
 
+/* check_experts_only on the plan of recipe r for the config cfg. */
+static void check_experts_only_on(const char *cfg, struct cal_recipe *r)
+{
+	struct cal_model_desc *d = model(cfg);
+	struct cal_plan *p = plan_of(d, r);
+	check_experts_only(p, 1);
+	cal_plan_free(p);
+	cal_model_desc_free(d);
+}
+
 Test(plan, qwen3_moe_experts_only)
 {
 	struct cal_model_desc *d = model(qwen3_moe);
@@ -759,20 +769,11 @@ Test(plan, experts_only_other_archs)
 {
 	const char *cfgs[] = {mixtral, deepseek, qwen3_next};
 	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_experts_only-kv_fp8");
-	for (size_t i = 0; i < CAL_ARRAY_LEN(cfgs); i++) {
-		struct cal_model_desc *d = model(cfgs[i]);
-		struct cal_plan *p = plan_of(d, r);
-		check_experts_only(p, 1);
-		cal_plan_free(p);
-		cal_model_desc_free(d);
-	}
+	for (size_t i = 0; i < CAL_ARRAY_LEN(cfgs); i++)
+		check_experts_only_on(cfgs[i], r);
 	if (have_modelopt()) {
 		struct cal_recipe *m = load_ok(CAL_MODELOPT_RECIPES, "general/ptq/nvfp4_experts_only-kv_fp8");
-		struct cal_model_desc *d = model(mixtral);
-		struct cal_plan *p = plan_of(d, m);
-		check_experts_only(p, 1);
-		cal_plan_free(p);
-		cal_model_desc_free(d);
+		check_experts_only_on(mixtral, m);
 		cal_recipe_free(m);
 	}
 	cal_recipe_free(r);
