@@ -647,6 +647,24 @@ static struct cal_plan *plan_of(struct cal_model_desc *d, struct cal_recipe *r)
 	return p;
 }
 
+/* The quantizer name of p; asserts that p has it and that it is enabled
+ * (or not). */
+static const struct cal_plan_q *quantizer(const struct cal_plan *p, const char *name, int enabled)
+{
+	const struct cal_plan_q *q = cal_plan_find(p, name);
+	cr_assert(q, "no quantizer %s", name);
+	cr_assert_eq(q->spec.enabled, enabled, "%s: enabled %d", name, q->spec.enabled);
+	return q;
+}
+
+/* Asserts that p's text summary contains needle. */
+static void expect_plan_text(const struct cal_plan *p, const char *needle)
+{
+	char *t = cal_plan_text(p, "x");
+	cr_assert(strstr(t, needle), "%s", t);
+	free(t);
+}
+
 /* Every enabled quantizer is a routed-expert or k/v quantizer and every
  * routed-expert weight/input quantizer is enabled. */
 static void check_experts_only(const struct cal_plan *p, int kv)
@@ -687,16 +705,14 @@ Test(plan, qwen3_moe_experts_only)
 	struct cal_plan *p = plan_of(d, r);
 	check_experts_only(p, 1);
 	const struct cal_plan_q *q =
-		cal_plan_find(p, "model.layers.1.mlp.experts.gate_up_proj_weight_quantizers.3");
-	cr_assert(q && q->spec.enabled && q->spec.block == 16 && q->spec.calibrate);
+		quantizer(p, "model.layers.1.mlp.experts.gate_up_proj_weight_quantizers.3", 1);
+	cr_assert(q->spec.block == 16 && q->spec.calibrate);
 	cr_assert_eq(q->expert, 3);
-	q = cal_plan_find(p, "model.layers.2.mlp.experts.down_proj_input_quantizer");
-	cr_assert(q && q->spec.enabled);
-	q = cal_plan_find(p, "model.layers.0.mlp.gate_proj.weight_quantizer"); /* dense layer 0 */
-	cr_assert(q && !q->spec.enabled);
+	quantizer(p, "model.layers.2.mlp.experts.down_proj_input_quantizer", 1);
+	quantizer(p, "model.layers.0.mlp.gate_proj.weight_quantizer", 0); /* dense layer 0 */
 	cr_assert_null(cal_plan_find(p, "model.layers.1.mlp.gate.weight_quantizer")); /* TopKRouter */
-	q = cal_plan_find(p, "model.layers.1.self_attn.k_bmm_quantizer");
-	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_FP8);
+	q = quantizer(p, "model.layers.1.self_attn.k_bmm_quantizer", 1);
+	cr_assert(q->spec.fmt == CAL_QFMT_FP8);
 	cr_assert_eq(p->sum.kv_fmt, CAL_QFMT_FP8);
 	char *t = cal_plan_text(p, "x");
 	cr_assert(strstr(t, "layer 0          mlp BF16 | attention BF16 | KV FP8"), "%s", t);
@@ -735,31 +751,25 @@ Test(plan, nvfp4_bs32_and_nvfp4_kv)
 	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_mlp_weight_only");
 	struct cal_plan *p = plan_of(d, r);
 	const struct cal_plan_q *q =
-		cal_plan_find(p, "model.layers.1.mlp.experts.down_proj_weight_quantizers.2");
-	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_NVFP4_BS32);
+		quantizer(p, "model.layers.1.mlp.experts.down_proj_weight_quantizers.2", 1);
+	cr_assert(q->spec.fmt == CAL_QFMT_NVFP4_BS32);
 	cr_assert(q->spec.block == 32 && q->spec.calibrate);
 	cr_assert_str_eq(cal_qfmt_name(q->spec.fmt), "nvfp4_bs32");
-	q = cal_plan_find(p, "model.layers.1.mlp.experts.down_proj_input_quantizer");
-	cr_assert(q && !q->spec.enabled);
-	q = cal_plan_find(p, "model.layers.0.mlp.gate_proj.weight_quantizer");
-	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_NVFP4_BS32);
-	q = cal_plan_find(p, "model.layers.0.self_attn.q_proj.weight_quantizer");
-	cr_assert(q && !q->spec.enabled);
+	quantizer(p, "model.layers.1.mlp.experts.down_proj_input_quantizer", 0);
+	q = quantizer(p, "model.layers.0.mlp.gate_proj.weight_quantizer", 1);
+	cr_assert(q->spec.fmt == CAL_QFMT_NVFP4_BS32);
+	quantizer(p, "model.layers.0.self_attn.q_proj.weight_quantizer", 0);
 	cr_assert_eq(p->sum.kv_fmt, CAL_QFMT_NONE);
-	char *t = cal_plan_text(p, "x");
-	cr_assert(strstr(t, "NVFP4-bs32 W4A16"), "%s", t);
-	free(t);
+	expect_plan_text(p, "NVFP4-bs32 W4A16");
 	cal_plan_free(p);
 	cal_recipe_free(r);
 	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_cast");
 	p = plan_of(d, r);
-	q = cal_plan_find(p, "model.layers.2.self_attn.k_bmm_quantizer");
-	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_NVFP4);
+	q = quantizer(p, "model.layers.2.self_attn.k_bmm_quantizer", 1);
+	cr_assert(q->spec.fmt == CAL_QFMT_NVFP4);
 	cr_assert(q->spec.use_constant_amax && !q->spec.calibrate);
 	cr_assert(p->sum.kv_fmt == CAL_QFMT_NVFP4 && p->sum.kv_cast);
-	t = cal_plan_text(p, "x");
-	cr_assert(strstr(t, "KV NVFP4 (cast)"), "%s", t);
-	free(t);
+	expect_plan_text(p, "KV NVFP4 (cast)");
 	cal_plan_free(p);
 	cal_recipe_free(r);
 	cal_model_desc_free(d);
@@ -799,12 +809,10 @@ Test(plan, defaults_keep_routers_heads_and_gdn_small_projections)
 		"model.layers.3.mlp.experts.gate_up_proj_weight_quantizers.0",
 	};
 	for (size_t i = 0; i < CAL_ARRAY_LEN(off); i++) {
-		const struct cal_plan_q *q = cal_plan_find(p, off[i]);
-		cr_assert(q && !q->spec.enabled, "%s", off[i]);
+		quantizer(p, off[i], 0);
 	}
 	for (size_t i = 0; i < CAL_ARRAY_LEN(on); i++) {
-		const struct cal_plan_q *q = cal_plan_find(p, on[i]);
-		cr_assert(q && q->spec.enabled, "%s", on[i]);
+		quantizer(p, on[i], 1);
 	}
 	cr_assert(p->sum.bits_per_param < 16 && p->sum.bytes_after < p->sum.bytes_before,
 		  "%.2f bits, %llu -> %llu bytes", p->sum.bits_per_param,
