@@ -647,6 +647,37 @@ static struct cal_plan *plan_of(struct cal_model_desc *d, struct cal_recipe *r)
 	return p;
 }
 
+/* A model, a recipe of CAL_TEST_RECIPES_DIR, and its plan for the model. */
+struct planned {
+	struct cal_model_desc *d;
+	struct cal_recipe *r;
+	struct cal_plan *p;
+};
+
+/* Replaces x's recipe and plan with those of recipe, for x's model. */
+static struct cal_plan *plan_again(struct planned *x, const char *recipe)
+{
+	cal_plan_free(x->p);
+	cal_recipe_free(x->r);
+	x->r = load_ok(CAL_TEST_RECIPES_DIR, recipe);
+	x->p = plan_of(x->d, x->r);
+	return x->p;
+}
+
+/* The plan of recipe for the model of config cfg (x zeroed before). */
+static struct cal_plan *plan_open(struct planned *x, const char *cfg, const char *recipe)
+{
+	x->d = model(cfg);
+	return plan_again(x, recipe);
+}
+
+static void planned_free(struct planned *x)
+{
+	cal_plan_free(x->p);
+	cal_recipe_free(x->r);
+	cal_model_desc_free(x->d);
+}
+
 /* The quantizer name of p; asserts that p has it and that it is enabled
  * (or not). */
 static const struct cal_plan_q *quantizer(const struct cal_plan *p, const char *name, int enabled)
@@ -700,9 +731,8 @@ static void check_experts_only_on(const char *cfg, struct cal_recipe *r)
 
 Test(plan, qwen3_moe_experts_only)
 {
-	struct cal_model_desc *d = model(qwen3_moe);
-	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_experts_only-kv_fp8");
-	struct cal_plan *p = plan_of(d, r);
+	struct planned x = {0};
+	struct cal_plan *p = plan_open(&x, qwen3_moe, "general/ptq/nvfp4_experts_only-kv_fp8");
 	check_experts_only(p, 1);
 	const struct cal_plan_q *q =
 		quantizer(p, "model.layers.1.mlp.experts.gate_up_proj_weight_quantizers.3", 1);
@@ -729,27 +759,21 @@ Test(plan, qwen3_moe_experts_only)
 			 "model.embed_tokens.input_quantizer");
 	json_decref(j);
 	free(js);
-	cal_plan_free(p);
 	/* cast variant: same selection, KV without calibration */
-	cal_recipe_free(r);
-	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_experts_only-kv_fp8_cast");
-	p = plan_of(d, r);
+	p = plan_again(&x, "general/ptq/nvfp4_experts_only-kv_fp8_cast");
 	check_experts_only(p, 1);
 	cr_assert(p->sum.kv_cast);
 	q = cal_plan_find(p, "model.layers.1.self_attn.v_bmm_quantizer");
 	cr_assert(q->spec.use_constant_amax && !q->spec.calibrate);
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	cal_model_desc_free(d);
+	planned_free(&x);
 }
 
 /* Formats added through kernels/qfmt.def alone: NVFP4 block 32 weights and
  * the NVFP4 KV cache. */
 Test(plan, nvfp4_bs32_and_nvfp4_kv)
 {
-	struct cal_model_desc *d = model(qwen3_moe);
-	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_mlp_weight_only");
-	struct cal_plan *p = plan_of(d, r);
+	struct planned x = {0};
+	struct cal_plan *p = plan_open(&x, qwen3_moe, "general/ptq/nvfp4_mlp_weight_only");
 	const struct cal_plan_q *q =
 		quantizer(p, "model.layers.1.mlp.experts.down_proj_weight_quantizers.2", 1);
 	cr_assert(q->spec.fmt == CAL_QFMT_NVFP4_BS32);
@@ -761,18 +785,13 @@ Test(plan, nvfp4_bs32_and_nvfp4_kv)
 	quantizer(p, "model.layers.0.self_attn.q_proj.weight_quantizer", 0);
 	cr_assert_eq(p->sum.kv_fmt, CAL_QFMT_NONE);
 	expect_plan_text(p, "NVFP4-bs32 W4A16");
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_cast");
-	p = plan_of(d, r);
+	p = plan_again(&x, "general/ptq/nvfp4_default-kv_nvfp4_cast");
 	q = quantizer(p, "model.layers.2.self_attn.k_bmm_quantizer", 1);
 	cr_assert(q->spec.fmt == CAL_QFMT_NVFP4);
 	cr_assert(q->spec.use_constant_amax && !q->spec.calibrate);
 	cr_assert(p->sum.kv_fmt == CAL_QFMT_NVFP4 && p->sum.kv_cast);
 	expect_plan_text(p, "KV NVFP4 (cast)");
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	cal_model_desc_free(d);
+	planned_free(&x);
 }
 
 Test(plan, experts_only_other_archs)
@@ -791,9 +810,8 @@ Test(plan, experts_only_other_archs)
 
 Test(plan, defaults_keep_routers_heads_and_gdn_small_projections)
 {
-	struct cal_model_desc *d = model(qwen3_next);
-	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_fp8");
-	struct cal_plan *p = plan_of(d, r);
+	struct planned x = {0};
+	struct cal_plan *p = plan_open(&x, qwen3_next, "general/ptq/nvfp4_default-kv_fp8");
 	static const char *const off[] = {
 		"lm_head.weight_quantizer", "model.embed_tokens.weight_quantizer",
 		"model.layers.0.linear_attn.in_proj_ba.weight_quantizer",
@@ -808,12 +826,10 @@ Test(plan, defaults_keep_routers_heads_and_gdn_small_projections)
 		"model.layers.3.self_attn.k_bmm_quantizer",
 		"model.layers.3.mlp.experts.gate_up_proj_weight_quantizers.0",
 	};
-	for (size_t i = 0; i < CAL_ARRAY_LEN(off); i++) {
+	for (size_t i = 0; i < CAL_ARRAY_LEN(off); i++)
 		quantizer(p, off[i], 0);
-	}
-	for (size_t i = 0; i < CAL_ARRAY_LEN(on); i++) {
+	for (size_t i = 0; i < CAL_ARRAY_LEN(on); i++)
 		quantizer(p, on[i], 1);
-	}
 	cr_assert(p->sum.bits_per_param < 16 && p->sum.bytes_after < p->sum.bytes_before,
 		  "%.2f bits, %llu -> %llu bytes", p->sum.bits_per_param,
 		  (unsigned long long)p->sum.bytes_before, (unsigned long long)p->sum.bytes_after);
@@ -824,9 +840,7 @@ Test(plan, defaults_keep_routers_heads_and_gdn_small_projections)
 			    "in_proj_qkvz,out_proj NVFP4 W4A4, in_proj_ba,conv1d BF16 | router BF16\n"), "%s", t);
 	cr_assert(strstr(t, "layer 3 "), "%s", t);
 	free(t);
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	cal_model_desc_free(d);
+	planned_free(&x);
 }
 
 static void plan_fails(const char *cfg, const char *yaml, enum cal_status want, const char *needle)
