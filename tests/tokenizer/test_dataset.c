@@ -79,6 +79,14 @@ static void seq_str(const struct cal_dataset *ds, size_t i, char *out)
 	out[k] = 0;
 }
 
+/* Expects sequence i of ds to read want (seq_str's rendering). */
+static void expect_seq(const struct cal_dataset *ds, size_t i, const char *want)
+{
+	char s[256];
+	seq_str(ds, i, s);
+	cr_expect_str_eq(s, want, "sequence %zu", i);
+}
+
 Test(dataset, sources_parse)
 {
 	struct cal_calib_source *s;
@@ -118,15 +126,11 @@ Test(dataset, jsonl_records)
 	struct cal_error err = { 0 };
 	cr_assert_eq(cal_dataset_load(tok, p, &o, &ds, &err), CAL_OK, "%s", cal_error_msg(&err));
 	cr_assert_eq(ds->n, 4);
-	char s[256];
-	seq_str(ds, 0, s);
-	cr_expect_str_eq(s, "<s>abc</s>");
-	seq_str(ds, 1, s);
-	cr_expect_str_eq(s, "<s>hi\nyo</s>");
+	expect_seq(ds, 0, "<s>abc</s>");
+	expect_seq(ds, 1, "<s>hi\nyo</s>");
 	cr_expect_eq(ds->off[3] - ds->off[2], 3);
 	cr_expect_eq(ds->ids[ds->off[2]], 1);
-	seq_str(ds, 3, s);
-	cr_expect_str_eq(s, "<s>012345</s>"); /* 8 tokens with the specials */
+	expect_seq(ds, 3, "<s>012345</s>"); /* 8 tokens with the specials */
 	cr_expect_eq(ds->dropped_empty, 1);
 	cr_expect_eq(ds->truncated, 1);
 	cr_expect_eq(ds->shortfall, 6);
@@ -134,10 +138,8 @@ Test(dataset, jsonl_records)
 
 	o.no_special = true;
 	cr_assert_eq(cal_dataset_load(tok, p, &o, &ds, &err), CAL_OK);
-	seq_str(ds, 0, s);
-	cr_expect_str_eq(s, "abc");
-	seq_str(ds, 3, s);
-	cr_expect_str_eq(s, "01234567");
+	expect_seq(ds, 0, "abc");
+	expect_seq(ds, 3, "01234567");
 	cal_dataset_free(ds);
 	free(p);
 }
@@ -190,15 +192,10 @@ Test(dataset, text_chunks_counts_and_seed)
 	/* 7 split 4 + 3; the text gives chunks of 8 tokens: 8, 8, 8, 1 */
 	cr_assert_eq(cal_dataset_load(tok, spec, &o, &ds, &err), CAL_OK, "%s", cal_error_msg(&err));
 	cr_assert_eq(ds->n, 7);
-	char s[256];
-	seq_str(ds, 0, s);
-	cr_expect_str_eq(s, "<s>abcdefgh</s>");
-	seq_str(ds, 3, s);
-	cr_expect_str_eq(s, "<s>y</s>");
-	seq_str(ds, 4, s);
-	cr_expect_str_eq(s, "<s>1</s>");
-	seq_str(ds, 6, s);
-	cr_expect_str_eq(s, "<s>3</s>");
+	expect_seq(ds, 0, "<s>abcdefgh</s>");
+	expect_seq(ds, 3, "<s>y</s>");
+	expect_seq(ds, 4, "<s>1</s>");
+	expect_seq(ds, 6, "<s>3</s>");
 	cal_dataset_free(ds);
 
 	/* explicit counts; totals must agree */
