@@ -22,7 +22,7 @@ static void amax_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	c->s.nf[slot] = nf;
 }
 
-enum cal_status cal_check_amax(const struct cal_amax_args *a, struct cal_error *err)
+CAL_CHECK_OP(amax)
 {
 	enum cal_status st;
 	if ((st = cal_check_obs(a->dtype, 1, a->n, a->amax, a->nonfinite, err)) < 0)
@@ -32,8 +32,7 @@ enum cal_status cal_check_amax(const struct cal_amax_args *a, struct cal_error *
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_amax(struct cal_backend *be, const struct cal_amax_args *a,
-			     struct cal_error *err)
+CAL_CPU_OP(amax)
 {
 	struct amax_ctx c;
 	unsigned k = cal_cpu_slots(be, a->n, 1u << 18);

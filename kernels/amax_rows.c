@@ -30,21 +30,19 @@ static void rows_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	c->s.nf[slot] = nf;
 }
 
-enum cal_status cal_check_amax_rows(const struct cal_amax_rows_args *a, struct cal_error *err)
+CAL_CHECK_OP(amax_rows)
 {
 	enum cal_status st;
 	if ((st = cal_check_obs(a->dtype, a->rows, a->cols, a->amax, a->nonfinite, err)) < 0)
 		return st;
-	if (a->n_index && ((st = cal_check_ptr(a->index, "index", err)) < 0 ||
-			   (st = cal_check_ptr(a->x, "x", err)) < 0))
+	if (a->n_index && (st = CAL_CHECK_PTRS(a, err, index, x)) < 0)
 		return st;
 	if (a->n_index > CAL_MAX_ELEMS)
 		return cal_error_set(err, CAL_ERR_RANGE, "argument 'n_index' is too large");
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_amax_rows(struct cal_backend *be, const struct cal_amax_rows_args *a,
-				  struct cal_error *err)
+CAL_CPU_OP(amax_rows)
 {
 	struct rows_ctx c;
 	uint64_t min = a->cols ? (1u << 18) / a->cols + 1 : 1u << 18;

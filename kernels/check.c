@@ -12,6 +12,14 @@ enum cal_status cal_check_ptr(const void *p, const char *field, struct cal_error
 	return CAL_OK;
 }
 
+enum cal_status cal_check_ptrs(const struct cal_arg_ptr *v, size_t n, struct cal_error *err)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!v[i].p)
+			return cal_check_ptr(NULL, v[i].field, err);
+	return CAL_OK;
+}
+
 enum cal_status cal_check_obs_dtype(enum cal_dtype dt, struct cal_error *err)
 {
 	if (dt != CAL_DTYPE_BF16 && dt != CAL_DTYPE_F32)

@@ -39,21 +39,19 @@ static void err_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			 a->sums + 2 * r);
 }
 
-enum cal_status cal_check_err_rows(const struct cal_err_rows_args *a, struct cal_error *err)
+CAL_CHECK_OP(err_rows)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
 		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->a, "a", err)) < 0 ||
-				   (st = cal_check_ptr(a->b, "b", err)) < 0))
+	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, a, b)) < 0)
 		return st;
 	if (a->rows && (st = cal_check_ptr(a->sums, "sums", err)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_err_rows(struct cal_backend *be, const struct cal_err_rows_args *a,
-				 struct cal_error *err)
+CAL_CPU_OP(err_rows)
 {
 	uint64_t min_rows = a->cols ? (1u << 16) / a->cols + 1 : 1;
 	return cal_cpu_parallel(be, a->rows, min_rows, err_range, (void *)a, err);

@@ -6,6 +6,7 @@
 #ifndef CAL_KERNELS_INTERNAL_H
 #define CAL_KERNELS_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/dtype.h"
@@ -24,8 +25,48 @@ struct cal_nf_part {
 	uint64_t count, first;
 };
 
+/* The signatures of an op's argument check and CPU back end, as ops.h
+ * declares them from ops.def; kernels/<op>.c defines them with these (the
+ * CUDA side has CAL_CUDA_OP, kernels/cuda/common.cuh). */
+#define CAL_CHECK_OP(name)                                                     \
+	enum cal_status cal_check_##name(const struct cal_##name##_args *a,    \
+					 struct cal_error *err)
+#define CAL_CPU_OP(name)                                                       \
+	enum cal_status cal_cpu_##name(struct cal_backend *be,                 \
+				       const struct cal_##name##_args *a,      \
+				       struct cal_error *err)
+
 /* Argument checks; each names the op field on failure. */
 enum cal_status cal_check_ptr(const void *p, const char *field, struct cal_error *err);
+
+/* A pointer argument and its field name, for cal_check_ptrs. */
+struct cal_arg_ptr {
+	const void *p;
+	const char *field;
+};
+/* The first of the n pointers of v that is NULL, as cal_check_ptr reports
+ * it; CAL_OK when none is. */
+enum cal_status cal_check_ptrs(const struct cal_arg_ptr *v, size_t n, struct cal_error *err);
+
+/* CAL_CHECK_PTRS(a, err, x, w, out): cal_check_ptrs over the fields
+ * a->x, a->w, a->out (1 to 8, checked in that order), each named as
+ * written. */
+#define CAL_CHECK_PTRS(a, err, ...)                                            \
+	cal_check_ptrs((const struct cal_arg_ptr[]){CAL_ARG_NTH_(__VA_ARGS__,  \
+		CAL_ARG_PTRS8_, CAL_ARG_PTRS7_, CAL_ARG_PTRS6_, CAL_ARG_PTRS5_,  \
+		CAL_ARG_PTRS4_, CAL_ARG_PTRS3_, CAL_ARG_PTRS2_, CAL_ARG_PTRS1_, \
+		0)(a, __VA_ARGS__)},                                             \
+		       CAL_ARG_NTH_(__VA_ARGS__, 8, 7, 6, 5, 4, 3, 2, 1, 0), err)
+#define CAL_ARG_NTH_(x1, x2, x3, x4, x5, x6, x7, x8, n, ...) n
+#define CAL_ARG_PTR_(a, f) {(a)->f, #f}
+#define CAL_ARG_PTRS1_(a, f) CAL_ARG_PTR_(a, f)
+#define CAL_ARG_PTRS2_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS1_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS3_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS2_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS4_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS3_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS5_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS4_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS6_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS5_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS7_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS6_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS8_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS7_(a, __VA_ARGS__)
 enum cal_status cal_check_obs_dtype(enum cal_dtype dt, struct cal_error *err);
 enum cal_status cal_check_out_dtype(enum cal_dtype dt, struct cal_error *err);
 /* rows*cols <= CAL_MAX_ELEMS and cols % multiple == 0 (multiple may be 1). */

@@ -26,14 +26,13 @@ static void mxfp4_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_mxfp4_quant(const struct cal_mxfp4_quant_args *a, struct cal_error *err)
+CAL_CHECK_OP(mxfp4_quant)
 {
 	return cal_check_block_quant(a->rows, a->cols, 32, a->w, a->packed, "packed", a->scales,
 				     err);
 }
 
-enum cal_status cal_cpu_mxfp4_quant(struct cal_backend *be, const struct cal_mxfp4_quant_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(mxfp4_quant)
 {
 	return cal_cpu_parallel(be, a->rows * a->cols / 32, 1u << 13, mxfp4_range, (void *)a, err);
 }

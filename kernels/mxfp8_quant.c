@@ -23,13 +23,12 @@ static void mxfp8_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_mxfp8_quant(const struct cal_mxfp8_quant_args *a, struct cal_error *err)
+CAL_CHECK_OP(mxfp8_quant)
 {
 	return cal_check_block_quant(a->rows, a->cols, 32, a->w, a->q, "q", a->scales, err);
 }
 
-enum cal_status cal_cpu_mxfp8_quant(struct cal_backend *be, const struct cal_mxfp8_quant_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(mxfp8_quant)
 {
 	return cal_cpu_parallel(be, a->rows * a->cols / 32, 1u << 13, mxfp8_range, (void *)a, err);
 }

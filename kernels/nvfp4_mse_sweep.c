@@ -24,16 +24,13 @@ static void mse_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_nvfp4_mse_sweep(const struct cal_nvfp4_mse_sweep_args *a,
-					  struct cal_error *err)
+CAL_CHECK_OP(nvfp4_mse_sweep)
 {
 	return cal_check_nvfp4_static(a->rows, a->cols, a->global_amax, a->norm_max, a->w,
 				      a->block_amax, err);
 }
 
-enum cal_status cal_cpu_nvfp4_mse_sweep(struct cal_backend *be,
-					const struct cal_nvfp4_mse_sweep_args *a,
-					struct cal_error *err)
+CAL_CPU_OP(nvfp4_mse_sweep)
 {
 	struct mse_ctx c = {a, cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div)};
 	return cal_cpu_parallel(be, a->rows * a->cols / 16, 256, mse_range, &c, err);

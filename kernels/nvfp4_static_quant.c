@@ -31,22 +31,18 @@ static void st_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_nvfp4_static_quant(const struct cal_nvfp4_static_quant_args *a,
-					     struct cal_error *err)
+CAL_CHECK_OP(nvfp4_static_quant)
 {
 	enum cal_status st;
 	if ((st = cal_check_nvfp4_static(a->rows, a->cols, a->global_amax, a->norm_max, a->w,
 					 a->block_amax, err)) < 0)
 		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->packed, "packed", err)) < 0 ||
-				   (st = cal_check_ptr(a->scales, "scales", err)) < 0))
+	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, packed, scales)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_nvfp4_static_quant(struct cal_backend *be,
-					   const struct cal_nvfp4_static_quant_args *a,
-					   struct cal_error *err)
+CAL_CPU_OP(nvfp4_static_quant)
 {
 	struct st_ctx c = {a, cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div)};
 	return cal_cpu_parallel(be, a->rows * a->cols / 16, 1u << 14, st_range, &c, err);

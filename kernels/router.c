@@ -87,7 +87,7 @@ static void router_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_router(const struct cal_router_args *a, struct cal_error *err)
+CAL_CHECK_OP(router)
 {
 	enum cal_status st;
 	if (a->e == 0 || a->k == 0 || a->k > a->k_total || a->k_total > a->e)
@@ -101,15 +101,10 @@ enum cal_status cal_check_router(const struct cal_router_args *a, struct cal_err
 		return st;
 	if (a->t == 0)
 		return CAL_OK;
-	if ((st = cal_check_ptr(a->logits, "logits", err)) < 0 ||
-	    (st = cal_check_ptr(a->idx, "idx", err)) < 0 ||
-	    (st = cal_check_ptr(a->weight, "weight", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, logits, idx, weight);
 }
 
-enum cal_status cal_cpu_router(struct cal_backend *be, const struct cal_router_args *a,
-			       struct cal_error *err)
+CAL_CPU_OP(router)
 {
 	struct router_ctx c = {a, NULL};
 	enum cal_status st;

@@ -37,21 +37,19 @@ static void sqnr_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		row_sums(a->x + r * a->cols, a->y + r * a->cols, a->cols, a->sums + 2 * r);
 }
 
-enum cal_status cal_check_sqnr_rows(const struct cal_sqnr_rows_args *a, struct cal_error *err)
+CAL_CHECK_OP(sqnr_rows)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
 		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->x, "x", err)) < 0 ||
-				   (st = cal_check_ptr(a->y, "y", err)) < 0))
+	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, x, y)) < 0)
 		return st;
 	if (a->rows && (st = cal_check_ptr(a->sums, "sums", err)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_sqnr_rows(struct cal_backend *be, const struct cal_sqnr_rows_args *a,
-				  struct cal_error *err)
+CAL_CPU_OP(sqnr_rows)
 {
 	uint64_t min_rows = a->cols ? (1u << 16) / a->cols + 1 : 1;
 	return cal_cpu_parallel(be, a->rows, min_rows, sqnr_range, (void *)a, err);
