@@ -124,11 +124,6 @@ CAL_CPU_OP(attention)
 		max_len = len > max_len ? len : max_len;
 	}
 	c.per_slot = max_len + (uint64_t)a->hd + (a->vd ? a->vd : a->hd);
-	unsigned slots = cal_cpu_slots(be, items, 1);
-	c.scratch = malloc((size_t)slots * c.per_slot * sizeof(float));
-	if (!c.scratch)
-		return cal_error_set(err, CAL_ERR_NOMEM, "attention: out of memory");
-	st = cal_cpu_parallel(be, items, 1, attn_range, &c, err);
-	free(c.scratch);
-	return st;
+	return cal_cpu_parallel_scratch(be, items, c.per_slot, &c.scratch, attn_range, &c, "attention",
+					err);
 }

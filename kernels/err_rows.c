@@ -41,14 +41,7 @@ static void err_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 
 CAL_CHECK_OP(err_rows)
 {
-	enum cal_status st;
-	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
-		return st;
-	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, a, b)) < 0)
-		return st;
-	if (a->rows && (st = cal_check_ptr(a->sums, "sums", err)) < 0)
-		return st;
-	return CAL_OK;
+	return cal_check_row_sums(a->rows, a->cols, a->a, "a", a->b, "b", a->sums, err);
 }
 
 CAL_CPU_OP(err_rows)

@@ -76,9 +76,8 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 CAL_CHECK_OP(ewise)
 {
 	enum cal_status st;
-	if ((unsigned)a->mode > CAL_EWISE_SWIGLU_OAI)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'mode' = %d is unknown",
-				     (int)a->mode);
+	if ((st = cal_check_enum((int)a->mode, CAL_EWISE_SWIGLU_OAI, "mode", err)) < 0)
+		return st;
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
 		return st;
 	if ((a->lda && a->lda < a->cols) || (a->ldb && a->ldb < a->cols) ||

@@ -259,11 +259,6 @@ CAL_CPU_OP(gated_delta)
 	items = (uint64_t)a->n_seq * a->nv;
 	c.per_slot = a->chunked ? dk * dv + 3 * C * dk + C * dv + C * C + 2 * C + dv
 				: dk * dv + 2 * dk + dv;
-	unsigned slots = cal_cpu_slots(be, items, 1);
-	c.scratch = malloc((size_t)slots * c.per_slot * sizeof(float));
-	if (!c.scratch)
-		return cal_error_set(err, CAL_ERR_NOMEM, "gated_delta: out of memory");
-	st = cal_cpu_parallel(be, items, 1, gd_range, &c, err);
-	free(c.scratch);
-	return st;
+	return cal_cpu_parallel_scratch(be, items, c.per_slot, &c.scratch, gd_range, &c, "gated_delta",
+					err);
 }

@@ -69,6 +69,15 @@ enum cal_status cal_check_ptrs(const struct cal_arg_ptr *v, size_t n, struct cal
 #define CAL_ARG_PTRS8_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS7_(a, __VA_ARGS__)
 enum cal_status cal_check_obs_dtype(enum cal_dtype dt, struct cal_error *err);
 enum cal_status cal_check_out_dtype(enum cal_dtype dt, struct cal_error *err);
+/* An enum argument `field` (passed as int) is one of 0..last. */
+enum cal_status cal_check_enum(int v, int last, const char *field, struct cal_error *err);
+/* A router's expert counts: 1 <= k <= k_total <= e. */
+enum cal_status cal_check_topk(uint32_t e, uint32_t k, uint32_t k_total, struct cal_error *err);
+/* A per-row sums op's arguments (err_rows, sqnr_rows): shape; with rows and
+ * cols, the inputs x and y (named x_field, y_field); with rows, sums. */
+enum cal_status cal_check_row_sums(uint64_t rows, uint64_t cols, const void *x, const char *x_field,
+				   const void *y, const char *y_field, const double *sums,
+				   struct cal_error *err);
 /* rows*cols <= CAL_MAX_ELEMS and cols % multiple == 0 (multiple may be 1). */
 enum cal_status cal_check_shape(uint64_t rows, uint64_t cols, uint64_t multiple,
 				struct cal_error *err);
@@ -144,29 +153,28 @@ static inline void cal_nf_fold(struct cal_nonfinite *nf, const struct cal_nf_par
 		nf->first = p->first;
 }
 
-/* Per-thread partials of a max|x| observer: one max and one non-finite
- * report per CPU slot, cleared before the threads run and folded after. */
-struct cal_obs_slots {
-	uint32_t max_bits[CAL_CPU_SLOTS_MAX];
-	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
-};
+/* ---- CPU drivers shared by the op files (kernels/cpu_run.c) ---- */
 
-static inline void cal_obs_slots_clear(struct cal_obs_slots *s, unsigned k)
-{
-	for (unsigned i = 0; i < k; i++) {
-		s->max_bits[i] = 0;
-		s->nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
-	}
-}
+/* The partial of a max|x| observer over its items [begin, end) of args:
+ * folds every element into *max_bits and *nf (cal_obs_elem), which start
+ * cleared. */
+typedef void (*cal_obs_range_fn)(const void *args, uint64_t begin, uint64_t end,
+				 uint32_t *max_bits, struct cal_nf_part *nf);
 
-static inline void cal_obs_slots_fold(const struct cal_obs_slots *s, unsigned k, float *amax,
-				      struct cal_nonfinite *nf)
-{
-	for (unsigned i = 0; i < k; i++) {
-		cal_amax_fold(amax, s->max_bits[i]);
-		cal_nf_fold(nf, &s->nf[i]);
-	}
-}
+/* Runs a max|x| observer on the CPU threads (cal_cpu_parallel over n_items,
+ * min_items), one partial per thread, then folds them into *amax and *nf in
+ * thread order. */
+enum cal_status cal_cpu_observe(struct cal_backend *be, uint64_t n_items, uint64_t min_items,
+				cal_obs_range_fn fn, const void *args, float *amax,
+				struct cal_nonfinite *nf, struct cal_error *err);
+
+/* cal_cpu_parallel(be, n_items, 1, fn, ctx) with per-thread scratch:
+ * *scratch holds per_slot floats for each slot while fn runs (slot i's at
+ * *scratch + i * per_slot), and is freed and NULL after.  `what` names the
+ * op when the scratch cannot be allocated (CAL_ERR_NOMEM). */
+enum cal_status cal_cpu_parallel_scratch(struct cal_backend *be, uint64_t n_items,
+					 uint64_t per_slot, float **scratch, cal_cpu_range_fn fn, void *ctx,
+					 const char *what, struct cal_error *err);
 
 /* Stores v as F32 or BF16 at out[i]. */
 static inline void cal_store_out(enum cal_dtype dt, void *out, uint64_t i, float v)

@@ -55,9 +55,8 @@ static void comb_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 CAL_CHECK_OP(moe_combine)
 {
 	enum cal_status st;
-	if ((unsigned)a->mode > CAL_COMBINE_F32)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'mode' = %d is unknown",
-				     (int)a->mode);
+	if ((st = cal_check_enum((int)a->mode, CAL_COMBINE_F32, "mode", err)) < 0)
+		return st;
 	if (a->k == 0 || a->k > 64 || a->k > a->k_total)
 		return cal_error_set(err, CAL_ERR_INVALID,
 				     "arguments k = %u, k_total = %u: need 1 <= k <= min(64, k_total)",

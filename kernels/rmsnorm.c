@@ -56,9 +56,8 @@ static void rms_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 CAL_CHECK_OP(rmsnorm)
 {
 	enum cal_status st;
-	if ((unsigned)a->kind > CAL_RMS_1P)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'kind' = %d is unknown",
-				     (int)a->kind);
+	if ((st = cal_check_enum((int)a->kind, CAL_RMS_1P, "kind", err)) < 0)
+		return st;
 	if (a->w_dtype != CAL_DTYPE_BF16 && a->w_dtype != CAL_DTYPE_F32)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "argument 'w_dtype': BF16 or F32 expected");

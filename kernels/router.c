@@ -90,13 +90,10 @@ static void router_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 CAL_CHECK_OP(router)
 {
 	enum cal_status st;
-	if (a->e == 0 || a->k == 0 || a->k > a->k_total || a->k_total > a->e)
-		return cal_error_set(err, CAL_ERR_INVALID,
-				     "arguments e = %u, k = %u, k_total = %u: need 1 <= k <= k_total <= e",
-				     a->e, a->k, a->k_total);
-	if ((unsigned)a->mode > CAL_ROUTER_MODE_TOPK_SOFTMAX)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'mode' = %d is unknown",
-				     (int)a->mode);
+	if ((st = cal_check_topk(a->e, a->k, a->k_total, err)) < 0)
+		return st;
+	if ((st = cal_check_enum((int)a->mode, CAL_ROUTER_MODE_TOPK_SOFTMAX, "mode", err)) < 0)
+		return st;
 	if ((st = cal_check_shape(a->t, a->e, 1, err)) < 0)
 		return st;
 	if (a->t == 0)

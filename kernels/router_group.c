@@ -31,10 +31,8 @@ static void router_group_range(void *p, uint64_t begin, uint64_t end, unsigned s
 CAL_CHECK_OP(router_group)
 {
 	enum cal_status st;
-	if (a->e == 0 || a->k == 0 || a->k > a->k_total || a->k_total > a->e)
-		return cal_error_set(err, CAL_ERR_INVALID,
-				     "arguments e = %u, k = %u, k_total = %u: need 1 <= k <= k_total <= e",
-				     a->e, a->k, a->k_total);
+	if ((st = cal_check_topk(a->e, a->k, a->k_total, err)) < 0)
+		return st;
 	if (a->n_group == 0 || a->n_group > CAL_ROUTER_GROUP_MAX_GROUPS || a->e % a->n_group ||
 	    a->topk_group == 0 || a->topk_group > a->n_group ||
 	    (a->n_group > 1 && a->e / a->n_group < 2) ||

@@ -39,14 +39,7 @@ static void sqnr_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 
 CAL_CHECK_OP(sqnr_rows)
 {
-	enum cal_status st;
-	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
-		return st;
-	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, x, y)) < 0)
-		return st;
-	if (a->rows && (st = cal_check_ptr(a->sums, "sums", err)) < 0)
-		return st;
-	return CAL_OK;
+	return cal_check_row_sums(a->rows, a->cols, a->x, "x", a->y, "y", a->sums, err);
 }
 
 CAL_CPU_OP(sqnr_rows)
