@@ -117,6 +117,21 @@ static inline void cal_load_bf16(float *x, const uint16_t *w, int n)
 		x[k] = cal_nf_bf16_to_f32(w[k]);
 }
 
+/* MX 32-block b of the bf16 weights w (docs/numerics.md "MX formats"):
+ * widens it into x, and returns its E8M0 scale byte from max|x| (MXFP4's
+ * when fp4, else MXFP8's) with *mul the multiplier that scales the block to
+ * the element format (NaN for the NaN scale 0xff), as kernels/cuda/
+ * mx_common.cuh does per lane group. */
+static inline uint8_t cal_mx_block_load(const uint16_t *w, uint64_t b, int fp4,
+					enum cal_div_mode div, float x[32], float *mul)
+{
+	cal_load_bf16(x, w + b * 32, 32);
+	float amax = cal_block_absmax(x, 32);
+	uint8_t e = fp4 ? cal_mxfp4_block_scale(amax, div) : cal_mxfp8_block_scale(amax, div);
+	*mul = e == 0xff ? cal_nf_float(0x7fc00000u) : cal_pow2f(127 - (int)e);
+	return e;
+}
+
 /* fp32 bits of element i (bf16 widened), sign cleared. */
 static inline uint32_t cal_abs_bits(enum cal_dtype dt, const void *x, uint64_t i)
 {
