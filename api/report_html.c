@@ -56,6 +56,15 @@ static void svg_open(FILE *f, const char *id, const char *title, const char *yla
 	fputs("</text>\n", f);
 }
 
+/* The x axis label, and the end of the chart. */
+static void svg_close(FILE *f, const char *xlabel)
+{
+	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"middle\">", (W + ML) / 2,
+		H - 4);
+	esc(f, xlabel);
+	fputs("</text>\n</svg>\n", f);
+}
+
 /* A bar chart of n values (NAN: no bar; negative values hang below the
  * zero line); mark[i] != 0 draws a red cross on the axis instead (an
  * expert that saw no token). */
@@ -97,10 +106,7 @@ static void bars(FILE *f, const char *id, const char *title, const char *ylabel,
 	for (size_t i = 0; i < n; i += step)
 		fprintf(f, "<text x=\"%.1f\" y=\"%d\" font-size=\"9\" text-anchor=\"middle\">%zu</text>\n",
 			ML + bw * ((double)i + 0.5), H - MB + 12, i);
-	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"middle\">", (W + ML) / 2,
-		H - 4);
-	esc(f, xlabel);
-	fputs("</text>\n</svg>\n", f);
+	svg_close(f, xlabel);
 }
 
 /* A line through (x[i], y[i]). */
@@ -126,10 +132,7 @@ static void line(FILE *f, const char *id, const char *title, const char *ylabel,
 	for (int k = 0; k <= 4; k++)
 		fprintf(f, "<text x=\"%.1f\" y=\"%d\" font-size=\"9\" text-anchor=\"middle\">%.3g</text>\n",
 			ML + (W - 8 - ML) * k / 4.0, H - MB + 12, xmax * k / 4);
-	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"middle\">", (W + ML) / 2,
-		H - 4);
-	esc(f, xlabel);
-	fputs("</text>\n</svg>\n", f);
+	svg_close(f, xlabel);
 }
 
 static void none(FILE *f, const char *id, const char *title, const char *why)
