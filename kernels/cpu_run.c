@@ -1,6 +1,7 @@
 /*
  * cpu_run.c — drivers the CPU back ends of several ops share (internal.h):
- * an observer's per-thread partials, and per-thread scratch.
+ * an observer's per-thread partials, per-row f64 sums, and per-thread
+ * scratch.
  */
 #include <stdlib.h>
 
@@ -41,6 +42,30 @@ enum cal_status cal_cpu_observe(struct cal_backend *be, uint64_t n_items, uint64
 		cal_nf_fold(nf, &r.nf[i]);
 	}
 	return CAL_OK;
+}
+
+struct row_sums_run {
+	const void *args;
+	uint64_t cols;
+	cal_lanes32_terms_fn terms;
+	double *sums;
+};
+
+static void row_sums_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct row_sums_run *r = p;
+	(void)slot;
+	for (uint64_t row = begin; row < end; row++)
+		cal_lanes32_sums(r->args, row * r->cols, r->cols, r->terms, r->sums + 2 * row);
+}
+
+enum cal_status cal_cpu_row_sums(struct cal_backend *be, const void *args, uint64_t rows,
+				 uint64_t cols, cal_lanes32_terms_fn terms, double *sums,
+				 struct cal_error *err)
+{
+	struct row_sums_run r = {args, cols, terms, sums};
+	uint64_t min_rows = cols ? (1u << 16) / cols + 1 : 1;
+	return cal_cpu_parallel(be, rows, min_rows, row_sums_range, &r, err);
 }
 
 enum cal_status cal_cpu_parallel_scratch(struct cal_backend *be, uint64_t n_items,

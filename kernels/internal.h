@@ -12,6 +12,7 @@
 #include "common/dtype.h"
 #include "common/status.h"
 #include "kernels/backend.h"
+#include "kernels/lanes32.h"
 #include "kernels/numfmt.h"
 #include "kernels/ops.h"
 
@@ -182,6 +183,13 @@ typedef void (*cal_obs_range_fn)(const void *args, uint64_t begin, uint64_t end,
 enum cal_status cal_cpu_observe(struct cal_backend *be, uint64_t n_items, uint64_t min_items,
 				cal_obs_range_fn fn, const void *args, float *amax,
 				struct cal_nonfinite *nf, struct cal_error *err);
+
+/* Runs a per-row sums op on the CPU threads, one row per item: sums[2r],
+ * sums[2r+1] are row r's sums of terms(args, r * cols + c) over its cols
+ * columns (cal_lanes32_sums). */
+enum cal_status cal_cpu_row_sums(struct cal_backend *be, const void *args, uint64_t rows,
+				 uint64_t cols, cal_lanes32_terms_fn terms, double *sums,
+				 struct cal_error *err);
 
 /* cal_cpu_parallel(be, n_items, 1, fn, ctx) with per-thread scratch:
  * *scratch holds per_slot floats for each slot while fn runs (slot i's at
