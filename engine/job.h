@@ -227,9 +227,9 @@ enum cal_backend_kind cal_job_backend_kind(const struct cal_devices *devices, in
 /* The built-in recipe tree (engine/recipe/recipe.h cal_recipe_builtin_dir). */
 const char *cal_job_recipe_tree(void);
 
-/* The recipes of the tree `dir`, name and description, sorted by name;
- * *ret (cal_job_recipe_list_free) holds *ret_n.  Errors: CAL_ERR_IO,
- * CAL_ERR_NOMEM. */
+/* The runnable recipes of the tree `dir`, name and description, sorted by
+ * name (engine/recipe/recipe.h cal_recipe_list); *ret
+ * (cal_job_recipe_list_free) holds *ret_n. */
 enum cal_status cal_job_recipe_list(const char *dir, struct cal_recipe_info **ret, size_t *ret_n,
 				    struct cal_error *err);
 void cal_job_recipe_list_free(struct cal_recipe_info *list, size_t n);
