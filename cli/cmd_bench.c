@@ -250,10 +250,7 @@ static enum cal_status random_tokens(uint64_t n, uint64_t len, uint64_t vocab,
 	for (uint64_t i = 0; i < n; i++) {
 		p += sprintf(p, "{\"input_ids\":[");
 		for (uint64_t j = 0; j < len; j++) {
-			uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-			z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-			z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-			z ^= z >> 31;
+			uint64_t z = cal_splitmix64(&s);
 			p += sprintf(p, "%s%llu", j ? "," : "", (unsigned long long)(z % vocab));
 		}
 		p += sprintf(p, "]}\n");

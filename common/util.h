@@ -23,6 +23,35 @@ static inline int cal_add_u64(uint64_t a, uint64_t b, uint64_t *ret)
 
 #define CAL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* The next value of the splitmix64 stream whose state is *s (Steele, Lea
+ * and Flood's SplitMix64: adds the golden-ratio increment, then mixes):
+ * the project's one pseudo-random generator, for shuffles and test data. */
+static inline uint64_t cal_splitmix64(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+/*
+ * The one growable-array step: when need elements of elem_size bytes do not
+ * fit the capacity *cap of v, reallocates v to twice *cap (min_cap the
+ * first time, or need if larger) and updates *cap.  Returns the array to
+ * use (v itself when it fits), or NULL on allocation failure or overflow,
+ * v and *cap then unchanged and still the caller's.
+ */
+void *cal_grow(void *v, size_t *cap, size_t need, size_t elem_size, size_t min_cap);
+
+/*
+ * Opens path read-only through common/confine.h and checks that it is a
+ * regular file: *ret_fd (the caller closes it) and its size in *ret_size.
+ * Errors: CAL_ERR_NOTFOUND when it does not exist, else CAL_ERR_IO, as
+ * "PATH: <open_what><reason>" or "PATH: not a regular file".
+ */
+enum cal_status cal_open_regular(const char *path, const char *open_what, int *ret_fd,
+				 uint64_t *ret_size, struct cal_error *err);
+
 /*
  * Reads a whole regular file of at most max_bytes into a NUL-terminated heap
  * buffer (*ret, owned by the caller; *ret_len excludes the NUL).

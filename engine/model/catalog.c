@@ -68,16 +68,12 @@ static struct expect *exp_add(struct exp_list *l, enum cal_role role, enum cal_p
 {
 	if (l->oom)
 		return NULL;
-	if (l->n == l->cap) {
-		size_t nc = l->cap ? l->cap * 2 : 256;
-		struct expect *nv = realloc(l->v, nc * sizeof(*nv));
-		if (!nv) {
-			l->oom = 1;
-			return NULL;
-		}
-		l->v = nv;
-		l->cap = nc;
+	struct expect *nv = cal_grow(l->v, &l->cap, l->n + 1, sizeof(*nv), 256);
+	if (!nv) {
+		l->oom = 1;
+		return NULL;
 	}
+	l->v = nv;
 	struct expect *e = &l->v[l->n];
 	memset(e, 0, sizeof(*e));
 	va_list ap;

@@ -398,14 +398,10 @@ enum cal_status cal_st_writer_declare(struct cal_st_writer *w, const char *name,
 	if (find_tensor(w, name))
 		return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: tensor '%s' declared twice",
 					    w->final_dir, name));
-	if (w->nt == w->cap) {
-		size_t ncap = w->cap ? w->cap * 2 : 64;
-		struct wtensor *nt = realloc(w->t, ncap * sizeof(*nt));
-		if (!nt)
-			goto nomem;
-		w->t = nt;
-		w->cap = ncap;
-	}
+	struct wtensor *nt = cal_grow(w->t, &w->cap, w->nt + 1, sizeof(*nt), 64);
+	if (!nt)
+		goto nomem;
+	w->t = nt;
 	if ((w->nt + 1) * 2 > w->hcap && hash_grow(w) < 0)
 		goto nomem;
 	if (!(t.name = strdup(name)))

@@ -180,14 +180,10 @@ void tok_pretok_free(struct tok_pretok *p)
 
 static enum cal_status seg_add(struct tok_segs *sg, size_t a, size_t b, bool m)
 {
-	if (sg->n == sg->cap) {
-		size_t cap = sg->cap ? sg->cap * 2 : 64;
-		struct tok_seg *v = realloc(sg->v, cap * sizeof(*v));
-		if (!v)
-			return CAL_ERR_NOMEM;
-		sg->v = v;
-		sg->cap = cap;
-	}
+	struct tok_seg *v = cal_grow(sg->v, &sg->cap, sg->n + 1, sizeof(*v), 64);
+	if (!v)
+		return CAL_ERR_NOMEM;
+	sg->v = v;
 	sg->v[sg->n++] = (struct tok_seg){ a, b, m };
 	return CAL_OK;
 }

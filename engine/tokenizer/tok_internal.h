@@ -22,6 +22,7 @@
 #include <pcre2.h>
 
 #include "common/status.h"
+#include "common/util.h"
 #include "tokenizer.h"
 
 /* ---- growable byte buffer ---------------------------------------------- */
