@@ -13,6 +13,16 @@
 #include <time.h>
 #include <unistd.h>
 
+int cal_name_val_find(const struct cal_name_val *t, size_t n, const char *name, int *ret)
+{
+	for (size_t i = 0; name && i < n; i++)
+		if (!strcmp(t[i].name, name)) {
+			*ret = t[i].val;
+			return 0;
+		}
+	return -1;
+}
+
 void *cal_grow(void *v, size_t *cap, size_t need, size_t elem_size, size_t min_cap)
 {
 	if (need <= *cap)

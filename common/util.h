@@ -34,6 +34,16 @@ static inline uint64_t cal_splitmix64(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
+/* A row of a table that turns a configuration word into an enum value. */
+struct cal_name_val {
+	const char *name;
+	int val;
+};
+
+/* The value of name in t[0..n) into *ret: 0, or -1 when name is NULL or
+ * not in the table (*ret unchanged). */
+int cal_name_val_find(const struct cal_name_val *t, size_t n, const char *name, int *ret);
+
 /*
  * The one growable-array step: when need elements of elem_size bytes do not
  * fit the capacity *cap of v, reallocates v to twice *cap (min_cap the
