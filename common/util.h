@@ -5,8 +5,10 @@
 #ifndef CAL_UTIL_H
 #define CAL_UTIL_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "status.h"
 
@@ -22,6 +24,21 @@ static inline int cal_add_u64(uint64_t a, uint64_t b, uint64_t *ret)
 }
 
 #define CAL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * vasprintf of the enclosing variadic function's arguments after its last
+ * named parameter fmt into *ret (heap, caller frees): the length, or -1 on
+ * failure (*ret undefined).  A macro because va_start can only run in the
+ * variadic function itself.
+ */
+#define CAL_VASPRINTF(ret, fmt)                                                                   \
+	__extension__({                                                                           \
+		va_list ap_;                                                                      \
+		va_start(ap_, fmt);                                                               \
+		int r_ = vasprintf((ret), (fmt), ap_);                                            \
+		va_end(ap_);                                                                      \
+		r_;                                                                               \
+	})
 
 /* The next value of the splitmix64 stream whose state is *s (Steele, Lea
  * and Flood's SplitMix64: adds the golden-ratio increment, then mixes):
