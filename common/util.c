@@ -130,6 +130,22 @@ char *cal_path_join(const char *dir, const char *name)
 	return s;
 }
 
+const char *cal_fmt_scaled(char *buf, size_t cap, double v, double base, int prec,
+			   const char *unit)
+{
+	static const char *const si[] = {"", "K", "M", "G", "T"};
+	static const char *const iec[] = {"", "Ki", "Mi", "Gi", "Ti"};
+	int i = 0;
+	while (v >= base && i < 4) {
+		v /= base;
+		i++;
+	}
+	const char *prefix = base == 1024 ? iec[i] : si[i];
+	snprintf(buf, cap, "%.*f%s%s%s", i ? prec : 0, v, *prefix || *unit ? " " : "", prefix,
+		 unit);
+	return buf;
+}
+
 double cal_now(void)
 {
 	struct timespec ts;

@@ -102,6 +102,16 @@ char *cal_path_join(const char *dir, const char *name);
  * a tree lives (heap, caller frees; NULL on allocation failure). */
 char *cal_str_scrub_dir(const char *msg, const char *dir);
 
+/*
+ * v for humans into buf, returned: divided by base (1000 or 1024) while it
+ * is at least base, at most 4 times, printed with prec decimals once
+ * divided (none otherwise), then " ", the prefix (K M G T, or Ki Mi Gi Ti
+ * for 1024) and unit, unless both are empty: (1234567, 1000, 2, "B") gives
+ * "1.23 MB", (999, 1000, 2, "") "999", (1536, 1024, 1, "B") "1.5 KiB".
+ */
+const char *cal_fmt_scaled(char *buf, size_t cap, double v, double base, int prec,
+			   const char *unit);
+
 /* Monotonic time in seconds. */
 double cal_now(void);
 
