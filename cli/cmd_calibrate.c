@@ -252,13 +252,10 @@ int cal_cmd_calibrate(int argc, char **argv)
 						   out_path ? out_path : "stdout", strerror(errno));
 		}
 	}
-	if (st < 0)
-		fprintf(stderr, "calibd calibrate: %s\n", cal_error_msg(&err));
 	free(json);
 	cal_calib_free(cal);
 	cal_calib_tokens_free(tk);
 	cal_job_close(job);
 	cal_cli_data_free(&data, &o);
-	cal_error_clear(&err);
-	return cal_exit_from_status(st);
+	return cal_cli_finish("calibrate", st, &err);
 }

@@ -168,11 +168,8 @@ int cal_cmd_eval(int argc, char **argv)
 			st = cal_error_set(&err, CAL_ERR_IO, "%s: write failed",
 					   out_path ? out_path : "stdout");
 	}
-	if (st < 0)
-		fprintf(stderr, "calibd eval: %s\n", cal_error_msg(&err));
 	json_decref(rep);
 	cal_job_close(job);
 	cal_cli_data_free(&dd, &o);
-	cal_error_clear(&err);
-	return cal_exit_from_status(st);
+	return cal_cli_finish("eval", st, &err);
 }

@@ -230,8 +230,7 @@ int cal_cmd_inspect(int argc, char **argv)
 	}
 	goto out;
 fail:
-	fprintf(stderr, "calibd inspect: %s\n", cal_error_msg(&err));
-	rc = cal_exit_from_status(st);
+	rc = cal_cli_fail("inspect", &err, cal_exit_from_status(st));
 out:
 	cal_error_clear(&err);
 	cal_catalog_free(cat);

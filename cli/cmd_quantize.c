@@ -231,8 +231,7 @@ static void print_summary(const json_t *r)
 /* Reports a bad option value; returns -1. */
 static int bad_value(struct cal_error *err)
 {
-	fprintf(stderr, "calibd quantize: %s\n", cal_error_msg(err));
-	cal_error_clear(err);
+	cal_cli_fail("quantize", err, 0);
 	return -1;
 }
 
