@@ -222,12 +222,15 @@ static enum cal_status jsonl_record(struct cal_tokenizer *tok, const char *path,
 	json_t *ids = json_object_get(j, "input_ids");
 	json_t *txt = json_object_get(j, "text");
 	json_t *msgs = json_object_get(j, "messages");
+	/* the first field present, in this order, is the record's: its type */
+	const char *bad = ids ? (json_is_array(ids) ? NULL : "'input_ids' must be an array of integers")
+			: txt ? (json_is_string(txt) ? NULL : "'text' must be a string")
+			: msgs && !json_is_array(msgs) ? "'messages' must be an array" : NULL;
+	if (bad) {
+		st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: %s", path, line, bad);
+		goto out;
+	}
 	if (ids) {
-		if (!json_is_array(ids)) {
-			st = cal_error_set(err, CAL_ERR_FORMAT,
-					   "%s:%zu: 'input_ids' must be an array of integers", path, line);
-			goto out;
-		}
 		size_t vs = cal_tokenizer_vocab_size(tok), i;
 		json_t *v;
 		json_array_foreach(ids, i, v) {
@@ -246,21 +249,11 @@ static enum cal_status jsonl_record(struct cal_tokenizer *tok, const char *path,
 		goto out;
 	}
 	if (txt) {
-		if (!json_is_string(txt)) {
-			st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: 'text' must be a string",
-					   path, line);
-			goto out;
-		}
 		st = cal_tokenizer_encode(tok, json_string_value(txt), json_string_length(txt),
 					  false, out, err);
 		goto out;
 	}
 	if (msgs) {
-		if (!json_is_array(msgs)) {
-			st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: 'messages' must be an array",
-					   path, line);
-			goto out;
-		}
 		/* modelopt's rule: the turns' contents joined with newlines */
 		size_t i, k = 0;
 		json_t *m;
