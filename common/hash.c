@@ -19,14 +19,13 @@ size_t *cal_name_index_slot(const struct cal_name_index *ix, const char *name,
 int cal_name_index_rebuild(struct cal_name_index *ix, size_t cap, size_t n,
 			   cal_name_at_fn name_at, const void *items)
 {
-	size_t *slot = calloc(cap, sizeof(*slot));
-	if (!slot)
+	struct cal_name_index fresh = {calloc(cap, sizeof(size_t)), cap};
+	if (!fresh.slot)
 		return -1;
-	free(ix->slot);
-	ix->slot = slot;
-	ix->cap = cap;
 	for (size_t i = 0; i < n; i++)
-		*cal_name_index_slot(ix, name_at(items, i), name_at, items) = i + 1;
+		*cal_name_index_slot(&fresh, name_at(items, i), name_at, items) = i + 1;
+	cal_name_index_free(ix);
+	*ix = fresh;
 	return 0;
 }
 
