@@ -32,6 +32,12 @@ int cal_cli_finish(const char *cmd, enum cal_status st, struct cal_error *err);
  * CAL_EXIT_OK, or CAL_EXIT_USAGE with "calibd CMD: --device: ..." printed. */
 int cal_cli_devices(const char *cmd, const char *device, struct cal_devices *ret);
 
+/* The number s of the engine's option --name (samples, seq-len, seed,
+ * max-gpu-mem, micro-batch, threads, ranks; common/parse.h's sizes) into
+ * its field of o, range-checked: 0, or -1 with "calibd CMD: bad value 'S'
+ * for --NAME" printed. */
+int cal_cli_job_number(const char *cmd, const char *name, const char *s, struct cal_job_opts *o);
+
 /* What a command that runs the engine on calibration data owns besides
  * the job (job_data.c); cal_cli_data_free() releases it. */
 struct cal_cli_data {
