@@ -86,11 +86,9 @@ enum cal_status tok_normalizer_parse(void *dst, const void *jv, struct cal_error
 					 "normalizer Replace", err);
 	} else if (!strcmp(type, "Sequence")) {
 		n->type = TOK_NORM_SEQUENCE;
-		void *kids = NULL;
-		enum cal_status st = tok_parse_seq(j, "normalizers", "normalizer Sequence",
-						   sizeof(*n->kids), tok_normalizer_parse, &kids,
-						   &n->n_kids, err);
-		n->kids = kids;
+		enum cal_status st;
+		n->kids = tok_parse_seq(j, "normalizers", "normalizer Sequence", sizeof(*n->kids),
+					tok_normalizer_parse, &n->n_kids, &st, err);
 		return st;
 	} else {
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,

@@ -77,11 +77,9 @@ enum cal_status tok_pretok_parse(void *dst, const void *jv, struct cal_error *er
 	p->behavior = TOK_SPLIT_ISOLATED;
 	if (!strcmp(type, "Sequence")) {
 		p->type = TOK_PRE_SEQUENCE;
-		void *kids = NULL;
-		enum cal_status st = tok_parse_seq(j, "pretokenizers", "pre_tokenizer Sequence",
-						   sizeof(*p->kids), tok_pretok_parse, &kids,
-						   &p->n_kids, err);
-		p->kids = kids;
+		enum cal_status st;
+		p->kids = tok_parse_seq(j, "pretokenizers", "pre_tokenizer Sequence", sizeof(*p->kids),
+					tok_pretok_parse, &p->n_kids, &st, err);
 		return st;
 	} else if (!strcmp(type, "Split")) {
 		p->type = TOK_PRE_SPLIT;

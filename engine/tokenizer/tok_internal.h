@@ -285,13 +285,14 @@ typedef enum cal_status (*tok_part_parse_fn)(void *dst, const void *json,
 					     struct cal_error *err);
 
 /* tokenizer.c */
-/* The components of the array json[key] of a Sequence, parsed by parse:
- * *ret_kids (calloc'd, elem_size bytes each) holds *ret_n of them, also
- * after a failure (for the caller's free).  what names the Sequence in the
- * error ("normalizer Sequence"). */
-enum cal_status tok_parse_seq(const void *json, const char *key, const char *what,
-			      size_t elem_size, tok_part_parse_fn parse, void **ret_kids,
-			      size_t *ret_n, struct cal_error *err);
+/* The components of the array json[key] of a Sequence, parsed by parse,
+ * *ret_st the status: returns them (calloc'd, elem_size bytes each; NULL
+ * when not even the array was had), *ret_n of them, also after a failure
+ * (for the caller's free).  what names the Sequence in the error
+ * ("normalizer Sequence"). */
+void *tok_parse_seq(const void *json, const char *key, const char *what, size_t elem_size,
+		    tok_part_parse_fn parse, size_t *ret_n, enum cal_status *ret_st,
+		    struct cal_error *err);
 
 /* normalize.c */
 /* n: a struct tok_normalizer (tok_part_parse_fn). */

@@ -608,27 +608,26 @@ static enum cal_status load_added(struct cal_tokenizer *tok, json_t *added,
 	return st;
 }
 
-enum cal_status tok_parse_seq(const void *json, const char *key, const char *what,
-			      size_t elem_size, tok_part_parse_fn parse, void **ret_kids,
-			      size_t *ret_n, struct cal_error *err)
+void *tok_parse_seq(const void *json, const char *key, const char *what, size_t elem_size,
+		    tok_part_parse_fn parse, size_t *ret_n, enum cal_status *ret_st,
+		    struct cal_error *err)
 {
-	*ret_kids = NULL;
 	*ret_n = 0;
+	*ret_st = CAL_OK;
 	json_t *a = json_object_get(json, key);
-	if (!json_is_array(a))
-		return cal_error_set(err, CAL_ERR_FORMAT, "%s: '%s' must be an array", what, key);
+	if (!json_is_array(a)) {
+		*ret_st = cal_error_set(err, CAL_ERR_FORMAT, "%s: '%s' must be an array", what, key);
+		return NULL;
+	}
 	size_t k = json_array_size(a);
 	char *kids = calloc(k ? k : 1, elem_size);
 	if (!kids)
-		return CAL_ERR_NOMEM;
-	*ret_kids = kids;
-	for (size_t i = 0; i < k; i++) {
+		*ret_st = CAL_ERR_NOMEM;
+	for (size_t i = 0; kids && i < k && !*ret_st; i++) {
 		*ret_n = i + 1;
-		enum cal_status st = parse(kids + i * elem_size, json_array_get(a, i), err);
-		if (st)
-			return st;
+		*ret_st = parse(kids + i * elem_size, json_array_get(a, i), err);
 	}
-	return CAL_OK;
+	return kids;
 }
 
 /* The component root[key] (calloc'd, elem_size bytes) into *ret, parsed by
