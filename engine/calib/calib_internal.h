@@ -379,9 +379,9 @@ enum cal_status cal_layer_actq(struct cal_calib *c, int32_t L, int site, int64_t
 /* Gated attention: row r of the engine's q_proj (query rows of every head,
  * then the gate rows) is row map[r] of the checkpoint's ([2 nh hd]). */
 void cal_gated_q_map(const struct cal_calib *c, uint32_t *map);
-/* gptq_run.c: GPTQ in the forward (docs/gptq.md "In the engine").  init
- * refuses what it does not run (model or plan) and sets c->gq for a gptq
- * recipe; calib.c runs passes 0..2 of every layer between pass_begin
+/* gptq_run.c: GPTQ in the forward (docs/gptq.md "In the engine").  init,
+ * called for a gptq recipe only, refuses what it does not run (model or
+ * plan) and sets c->gq; calib.c runs passes 0..2 of every layer between pass_begin
  * (which gives the weights the pass runs with) and pass_end; layer.c's
  * actq sites call cal_gptq_site while c->gq_pass is set. */
 struct cal_gptq_run;
@@ -421,9 +421,14 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
  * or lm_head weight); NULL when none. */
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d);
 const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q);
+/* CAL_OK when why is NULL, else CAL_ERR_UNSUPPORTED "<model_type>:
+ * algorithm <algo> with <why> is not implemented (<doc>)". */
+enum cal_status cal_linear_algo_refuse(const struct cal_model_desc *d, const char *algo,
+				       const char *why, const char *doc, struct cal_error *err);
 
-/* awq_run.c: AWQ-lite in the forward (docs/awq.md "In the engine").  init
- * refuses what it does not run and sets c->aw for an awq_lite recipe;
+/* awq_run.c: AWQ-lite in the forward (docs/awq.md "In the engine").  init,
+ * called for an awq_lite recipe only, refuses what it does not run and
+ * sets c->aw;
  * calib.c calls pass_begin / pass_end around the layer's forward; layer.c's
  * actq sites call cal_awq_site while c->aw_pass is set (caching inputs). */
 struct cal_awq_run;
