@@ -436,8 +436,8 @@ static int case_chol_inv(struct opcase_env *env, uint64_t rows, uint64_t units, 
 	double *a = xmalloc(n * n * 8);
 	for (uint64_t i = 0; i < n; i++)
 		for (uint64_t j = 0; j <= i; j++)
-			a[i * n + j] = a[j * n + i] = i == j ? (double)n * (1.0 + rng_unit(&s) * 0.25)
-							     : (double)rng_unit(&s) * 0.5;
+			a[i * n + j] = a[j * n + i] = i == j ? (double)n * (1.0 + cal_test_unit(&s) * 0.25)
+							     : (double)cal_test_unit(&s) * 0.5;
 	int neg = (seed & 4) != 0;
 	if (neg)
 		a[(n / 2) * n + n / 2] = -1.0;
