@@ -129,8 +129,8 @@ Test(units, jobspec_qformat)
 		const char *field, *needle;
 	} cases[] = {
 		{"{\"qformat\": \"nvfp4\"}", CAL_API_OK, NULL, NULL},
-		{"{\"qformat\": \"nvfp4_awq\"}", CAL_API_ERR_INVALID_RECIPE, "qformat",
-		 "awq_lite with NVFP4 weights"},
+		{"{\"qformat\": \"nvfp4_awq\"}", CAL_API_OK, NULL, NULL},
+		{"{\"qformat\": \"w4a8_awq\"}", CAL_API_ERR_INVALID_RECIPE, "qformat", "W4A8"},
 		{"{\"qformat\": \"int8_sq\"}", CAL_API_ERR_INVALID_RECIPE, "qformat", "smoothquant"},
 		{"{\"qformat\": \"nvfp5\"}", CAL_API_ERR_INVALID_FIELD, "qformat", "nvfp4_mlp_only"},
 		{"{\"qformat\": 4}", CAL_API_ERR_INVALID_FIELD, "qformat", "string"},

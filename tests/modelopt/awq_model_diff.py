@@ -24,7 +24,7 @@ X of that linear, mean((X' What^T - X W^T)^2), X' = X * pre_quant_scale
 (X when the scale was fused into the norm: the norm's output already
 carries it), against the source weight.  nvfp4_awq folds a dense MLP's
 down_proj scale into up_proj's rows (no pre_quant_scale left to apply):
-its row measures the MLP block instead, SiLU(X' Gh^T) * (X' Uh^T) Dh^T
+the up_proj and down_proj rows both measure the MLP block instead, SiLU(X' Gh^T) * (X' Uh^T) Dh^T
 against the source MLP's output (X' the gate/up input as above; for the
 round-to-nearest baseline too).  Input quantization is not in the metric;
 the exported input_scale and weight_scale_2 are compared byte for byte.
@@ -164,14 +164,16 @@ def main():
             for tag, st in (("modelopt", M), ("calibd", C), ("rtn", R)):
                 wh, codes = deq(st, name)
                 pq = st.get(name + ".pre_quant_scale")
-                xq = x * pq.double() if pq is not None else x
-                if pq is None and tag != "rtn":
-                    # fused into the norm: the norm output carries the scale
-                    xq = x / (src_norm_ratio(torch, src, st, name))
-                if nv and name.endswith("mlp.down_proj"):
-                    mse = mlp_block_mse(torch, xs, src, st, name, wh, y, tag == "rtn", deq)
+                pre = name[: name.rfind(".") + 1]
+                if nv and name.endswith(("mlp.down_proj", "mlp.up_proj")) and \
+                        st.get(pre + "down_proj.pre_quant_scale") is None:
+                    mse = mlp_block_mse(torch, xs, src, st, pre, tag == "rtn", deq)
                     res["metric"] = "mlp_block"
                 else:
+                    xq = x * pq.double() if pq is not None else x
+                    if pq is None and tag != "rtn":
+                        # fused into the norm: the norm output carries the scale
+                        xq = x / (src_norm_ratio(torch, src, st, name))
                     mse = float(((xq @ wh.t() - y) ** 2).mean())
                 res[tag + "_mse"] = mse
                 tot[tag] += mse
@@ -211,14 +213,14 @@ def main():
     return 0 if m["calibd"] <= m["modelopt"] * (1 + args.tolerance + 1e-9) else 1
 
 
-def mlp_block_mse(torch, xs, src, st, name, dh, y, rtn, deq):
-    """nvfp4_awq's down_proj (its scale folded into up_proj): the MLP block's
-    output error, SiLU(X' Gh^T) * (X' Uh^T) Dh^T against y (the source MLP's)."""
-    pre = name[: -len("down_proj")]
+def mlp_block_mse(torch, xs, src, st, pre, rtn, deq):
+    """nvfp4_awq's dense MLP (down_proj's scale folded into up_proj's rows):
+    the block's output error, SiLU(X' Gh^T) * (X' Uh^T) Dh^T against the
+    source MLP's output, X' the gate/up input (times the fused norm ratio)."""
     xg = xs[pre + "gate_proj"]
     xq = xg if rtn else xg / src_norm_ratio(torch, src, st, pre + "gate_proj")
-    gh, _ = deq(st, pre + "gate_proj")
-    uh, _ = deq(st, pre + "up_proj")
+    (gh, _), (uh, _), (dh, _) = (deq(st, pre + p) for p in ("gate_proj", "up_proj", "down_proj"))
+    y = xs[pre + "down_proj"] @ src[pre + "down_proj.weight"].double().t()
     h = torch.nn.functional.silu(xq @ gh.t()) * (xq @ uh.t())
     return float(((h @ dh.t() - y) ** 2).mean())
 
