@@ -27,7 +27,9 @@ down_proj scale into up_proj's rows (no pre_quant_scale left to apply):
 the up_proj and down_proj rows both measure the MLP block instead, SiLU(X' Gh^T) * (X' Uh^T) Dh^T
 against the source MLP's output (X' the gate/up input as above; for the
 round-to-nearest baseline too).  Input quantization is not in the metric;
-the exported input_scale and weight_scale_2 are compared byte for byte.
+the exported input_scale and weight_scale_2 are compared byte for byte, and
+hf_quant_config.json's / config.json's quantization sections (producer
+aside) for equality.
 Writes the result to --out; exits
 1 when calibd's mean MSE is worse than modelopt's by more than --tolerance.
 
@@ -190,6 +192,18 @@ def main():
                         a, b = M.get(name + "." + k), C.get(name + "." + k)
                         same[k] += a is not None and b is not None and torch.equal(a, b)
             rows.append(res)
+        cfg_equal = {}
+        for fn, key in (("hf_quant_config.json", "quantization"),
+                        ("config.json", "quantization_config")):
+            got = []
+            for d in (mo, ca):
+                with open(os.path.join(d, fn)) as f:
+                    q = dict(json.load(f).get(key) or {})
+                q.pop("producer", None)
+                got.append(q)
+            cfg_equal[fn] = got[0] == got[1]
+            if not cfg_equal[fn]:
+                print("%s differs:\n modelopt %s\n calibd   %s" % (fn, got[0], got[1]))
         norms = {}
         for k in sorted(M):
             if k.endswith("layernorm.weight") and ".layers." in k:
@@ -200,6 +214,7 @@ def main():
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
          "input_scales_equal": same["input_scale"] if nv else None,
          "weight_scale_2_equal": same["weight_scale_2"] if nv else None,
+         "quant_configs_equal": cfg_equal,
          "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),
          "norm_values_differing": norms})
     m = summary["mean_layer_output_mse"]

@@ -398,18 +398,28 @@ static char *awq_recipe(const char *root, const char *name, const char *algo, co
  * pre_quant_scale, q/k/v (fused into input_layernorm) do not; the report
  * has the search's alphas.  Bad awq_lite options and formats are refused
  * naming them. */
+/* Quantizes fixture arch/layout with --qformat qf on the CPU, then
+ * verifies it; returns the output directory (under root). */
+static char *qformat_verified(const char *root, const char *arch, const char *layout,
+			      const char *qf, char **src, char **tok)
+{
+	*src = make_model(root, arch, layout);
+	*tok = make_tokens(root, "tok.jsonl", 2, 16);
+	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
+	int rc = run(NULL, errf, "quantize --model %s --qformat %s --calib-tokens %s --out %s "
+		     "--device cpu", *src, qf, *tok, dst);
+	cr_assert_eq(rc, 0, "%s: exit %d: %s", qf, rc, slurp(errf));
+	rc = run(NULL, errf, "verify %s --source %s", dst, *src);
+	cr_assert_eq(rc, 0, "%s: verify exit %d: %s", qf, rc, slurp(errf));
+	return dst;
+}
+
 Test(quantize, int4_awq_end_to_end, .timeout = 120)
 {
-	char *root = tmpdir();
-	char *src = make_model(root, "qwen2_moe", "wide");
-	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
-	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	int rc = run(NULL, errf, "quantize --model %s --qformat int4_awq --calib-tokens %s --out %s "
-		     "--device cpu", src, tok, dst);
-	char *e = slurp(errf);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
-	rc = run(NULL, errf, "verify %s --source %s", dst, src);
-	cr_assert_eq(rc, 0, "verify exit %d: %s", rc, slurp(errf));
+	char *root = tmpdir(), *src, *tok;
+	char *dst = qformat_verified(root, "qwen2_moe", "wide", "int4_awq", &src, &tok);
+	char *errf = path2(root, "stderr"), *e;
+	int rc;
 	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
 	cr_assert(strstr(cfg, "\"W4A16_AWQ\"") && strstr(cfg, "\"pre_quant_scale\": true"), "%s",
 		  cfg);
@@ -460,15 +470,8 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
  * and gate/up fused into the norms; every linear has its input_scale. */
 Test(quantize, nvfp4_awq_end_to_end, .timeout = 120)
 {
-	char *root = tmpdir();
-	char *src = make_model(root, "llama", "default");
-	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
-	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	int rc = run(NULL, errf, "quantize --model %s --qformat nvfp4_awq --calib-tokens %s "
-		     "--out %s --device cpu", src, tok, dst);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(errf));
-	rc = run(NULL, errf, "verify %s --source %s", dst, src);
-	cr_assert_eq(rc, 0, "verify exit %d: %s", rc, slurp(errf));
+	char *root = tmpdir(), *src, *tok;
+	char *dst = qformat_verified(root, "llama", "default", "nvfp4_awq", &src, &tok);
 	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
 	cr_assert(strstr(cfg, "\"quant_algo\": \"NVFP4_AWQ\"") && strstr(cfg, "\"group_size\": 16") &&
 		  strstr(cfg, "\"pre_quant_scale\": true"), "%s", cfg);
@@ -478,6 +481,9 @@ Test(quantize, nvfp4_awq_end_to_end, .timeout = 120)
 	cr_assert(strstr(hdr, "model.layers.0.self_attn.q_proj.input_scale"));
 	cr_assert(!strstr(hdr, "down_proj.pre_quant_scale"));
 	cr_assert(!strstr(hdr, "q_proj.pre_quant_scale") && !strstr(hdr, "up_proj.pre_quant_scale"));
+	/* config.json: modelopt writes no config_groups for NVFP4_AWQ */
+	char *cj = slurp(path2(dst, "config.json"));
+	cr_assert(strstr(cj, "\"NVFP4_AWQ\"") && !strstr(cj, "config_groups"), "%s", cj);
 	rm_rf(root);
 }
 
