@@ -27,7 +27,9 @@ down_proj scale into up_proj's rows (no pre_quant_scale left to apply):
 the up_proj and down_proj rows both measure the MLP block instead, SiLU(X' Gh^T) * (X' Uh^T) Dh^T
 against the source MLP's output (X' the gate/up input as above; for the
 round-to-nearest baseline too).  Input quantization is not in the metric;
-the exported input_scale and weight_scale_2 are compared byte for byte, and
+without GQA (--mha) o_proj's scale is folded into v_proj's rows and the
+two are not measured (left out of the mean, linears_measured).  The
+exported input_scale and weight_scale_2 are compared byte for byte, and
 hf_quant_config.json's / config.json's quantization sections (producer
 aside) for equality.
 Writes the result to --out; exits
@@ -120,6 +122,7 @@ def main():
     ap.add_argument("--keep", default="")
     ap.add_argument("--tolerance", type=float, default=0.0)
     ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq"))
+    ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -132,7 +135,8 @@ def main():
             tmp = args.keep
             os.makedirs(tmp, exist_ok=True)
         fx = os.path.join(tmp, "fixture")
-        run([args.fixture_bin, "--arch", args.arch, "--seed", str(args.seed), "--wide", fx])
+        run([args.fixture_bin, "--arch", args.arch, "--seed", str(args.seed), "--wide"] +
+            (["--mha"] if args.mha else []) + [fx])
         tok = os.path.join(tmp, "tokens.jsonl")
         with open(tok, "w") as f:
             for row in tokens:
@@ -153,7 +157,7 @@ def main():
         src = model.state_dict()
         M, C, R = load_st(torch, mo), load_st(torch, ca), load_st(torch, rt)
         rows = []
-        tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0}
+        tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0, "measured": 0}
         deq = (lambda st, n: dequant(torch, st, n)) if nv else \
             (lambda st, n: dequant_int4(torch, st, n))
         same = {"input_scale": 0, "weight_scale_2": 0}
@@ -167,7 +171,13 @@ def main():
                 wh, codes = deq(st, name)
                 pq = st.get(name + ".pre_quant_scale")
                 pre = name[: name.rfind(".") + 1]
-                if nv and name.endswith(("mlp.down_proj", "mlp.up_proj")) and \
+                if nv and name.endswith(("self_attn.v_proj", "self_attn.o_proj")) and \
+                        tag != "rtn" and st.get(pre + "o_proj.pre_quant_scale") is None:
+                    # o_proj's scale folded into v_proj's rows (no GQA): not
+                    # measured (the attention mixes tokens between the two)
+                    res["metric"] = "none"
+                    mse = None
+                elif nv and name.endswith(("mlp.down_proj", "mlp.up_proj")) and \
                         st.get(pre + "down_proj.pre_quant_scale") is None:
                     mse = mlp_block_mse(torch, xs, src, st, pre, tag == "rtn", deq)
                     res["metric"] = "mlp_block"
@@ -178,7 +188,6 @@ def main():
                         xq = x / (src_norm_ratio(torch, src, st, name))
                     mse = float(((xq @ wh.t() - y) ** 2).mean())
                 res[tag + "_mse"] = mse
-                tot[tag] += mse
                 if tag == "modelopt":
                     mcodes, mpq = codes, pq
                 elif tag == "calibd":
@@ -191,6 +200,10 @@ def main():
                     for k in same:
                         a, b = M.get(name + "." + k), C.get(name + "." + k)
                         same[k] += a is not None and b is not None and torch.equal(a, b)
+            if res.get("metric") != "none":
+                tot["measured"] += 1
+                for tag in ("modelopt", "calibd", "rtn"):
+                    tot[tag] += res[tag + "_mse"]
             rows.append(res)
         cfg_equal = {}
         for fn, key in (("hf_quant_config.json", "quantization"),
@@ -209,12 +222,12 @@ def main():
             if k.endswith("layernorm.weight") and ".layers." in k:
                 norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
     summary = write_summary(
-        args.out, {"arch": args.arch, "wide": True, "seed": args.seed, "rows": args.rows,
+        args.out, {"arch": args.arch, "wide": True, "mha": args.mha, "seed": args.seed, "rows": args.rows,
                    "seq_len": args.seq_len, "qformat": args.qformat}, rows, tot,
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
          "input_scales_equal": same["input_scale"] if nv else None,
          "weight_scale_2_equal": same["weight_scale_2"] if nv else None,
-         "quant_configs_equal": cfg_equal,
+         "quant_configs_equal": cfg_equal, "linears_measured": tot["measured"],
          "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),
          "norm_values_differing": norms})
     m = summary["mean_layer_output_mse"]

@@ -179,11 +179,12 @@ def run(cmd):
 
 def write_summary(path, head, rows, tot, extra=None):
     """Writes the whole-model result: head, versions, linear count, extra,
-    mean layer-output MSE per tag, share of differing codes, rows."""
+    mean layer-output MSE per tag (over tot["measured"] rows when given),
+    share of differing codes, rows."""
     import modelopt
     import torch
     import transformers
-    n = max(len(rows), 1)
+    n = max(tot.get("measured", len(rows)), 1)
     summary = dict(head)
     summary["versions"] = {"modelopt": modelopt.__version__, "torch": torch.__version__,
                            "transformers": transformers.__version__}

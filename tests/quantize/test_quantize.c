@@ -467,7 +467,8 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
 /* --qformat nvfp4_awq (docs/awq.md) on a dense llama fixture (GQA):
  * NVFP4_AWQ, quantizes and verifies; o_proj keeps its pre_quant_scale (GQA:
  * not folded into v_proj), down_proj's is folded into up_proj's rows, q/k/v
- * and gate/up fused into the norms; every linear has its input_scale. */
+ * and gate/up fused into the norms; every linear has its input_scale.
+ * Then qwen3 without GQA, where o_proj's folds into v_proj too. */
 Test(quantize, nvfp4_awq_end_to_end, .timeout = 120)
 {
 	char *root = tmpdir(), *src, *tok;
@@ -484,6 +485,14 @@ Test(quantize, nvfp4_awq_end_to_end, .timeout = 120)
 	/* config.json: modelopt writes no config_groups for NVFP4_AWQ */
 	char *cj = slurp(path2(dst, "config.json"));
 	cr_assert(strstr(cj, "\"NVFP4_AWQ\"") && !strstr(cj, "config_groups"), "%s", cj);
+	rm_rf(root);
+	/* qwen3 without GQA: o_proj's scale folds into v_proj's rows too, so no
+	 * linear keeps a pre_quant_scale */
+	root = tmpdir();
+	dst = qformat_verified(root, "qwen3", "mha", "nvfp4_awq", &src, &tok);
+	hdr = slurp(path2(dst, "model.safetensors")) + 8;
+	cr_assert(strstr(hdr, "model.layers.0.self_attn.o_proj.input_scale"));
+	cr_assert(!strstr(hdr, "pre_quant_scale"));
 	rm_rf(root);
 }
 
