@@ -12,7 +12,6 @@
 #include "engine/calib/torch_pow.h"
 #include "kernels/numfmt.h"
 
-
 static inline float bf(uint16_t h)
 {
 	return cal_nf_bf16_to_f32(h);

@@ -66,14 +66,19 @@ struct cal_awq_run {
 };
 
 /* NVFP4 when the recipe's linears have NVFP4 weights (nvfp4_awq), else
- * INT4 blocks (the plan refuses other weight formats with awq_lite). */
-static enum cal_awq_wq awq_wq(const struct cal_plan *p)
+ * INT4 blocks (the plan refuses other weight formats with awq_lite);
+ * *mixed: both kinds in one recipe. */
+static enum cal_awq_wq awq_wq(const struct cal_plan *p, int *mixed)
 {
+	int nv = 0, i4 = 0;
 	for (size_t i = 0; i < p->n_q; i++)
-		if (p->q[i].role == CAL_QROLE_WEIGHT && p->q[i].spec.enabled &&
-		    p->q[i].spec.fmt == CAL_QFMT_NVFP4)
-			return CAL_AWQ_WQ_NVFP4;
-	return CAL_AWQ_WQ_INT4;
+		if (p->q[i].role == CAL_QROLE_WEIGHT && p->q[i].spec.enabled) {
+			nv |= p->q[i].spec.fmt == CAL_QFMT_NVFP4;
+			i4 |= p->q[i].spec.fmt == CAL_QFMT_INT4_BLOCK;
+		}
+	if (mixed)
+		*mixed = nv && i4;
+	return nv ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4;
 }
 
 enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *err)
@@ -84,10 +89,14 @@ enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *
 	const char *why = cal_linear_algo_model_why(d);
 	if (!why && d->norm == CAL_NORM_RMS_F32W)
 		why = "fp32 norm weights";
+	int mixed;
+	enum cal_awq_wq wq = awq_wq(p, &mixed);
+	if (!why && mixed)
+		why = "INT4 and NVFP4 weights in one recipe";
 	for (size_t i = 0; !why && i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
 		/* NVFP4 inputs with NVFP4 weights: nvfp4_awq */
-		int nvfp4_in = q->spec.fmt == CAL_QFMT_NVFP4 && awq_wq(p) == CAL_AWQ_WQ_NVFP4;
+		int nvfp4_in = q->spec.fmt == CAL_QFMT_NVFP4 && wq == CAL_AWQ_WQ_NVFP4;
 		why = q->spec.enabled && q->role == CAL_QROLE_INPUT && !nvfp4_in
 			      ? "quantized inputs other than NVFP4 with NVFP4 weights (w4a8_awq)"
 			      : cal_linear_algo_q_why(p, q);
@@ -109,7 +118,7 @@ enum cal_status cal_awq_init(struct cal_calib *c, struct cal_error *err)
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 	c->aw = g;
 	g->alpha_step = a->alpha_step;
-	g->wq = awq_wq(c->plan);
+	g->wq = awq_wq(c->plan, NULL);
 	g->L = -1;
 	g->report = json_array();
 	if (!g->report)
