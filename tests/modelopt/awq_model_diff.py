@@ -31,7 +31,8 @@ without GQA (--mha) o_proj's scale is folded into v_proj's rows and the
 two are not measured (left out of the mean, linears_measured).  The
 exported input_scale and weight_scale_2 are compared byte for byte, and
 hf_quant_config.json's / config.json's quantization sections (producer
-aside) for equality.
+and KV-cache keys aside: modelopt's preset has no KV quantizer) for
+equality.
 Writes the result to --out; exits
 1 when calibd's mean MSE is worse than modelopt's by more than --tolerance.
 
@@ -212,7 +213,10 @@ def main():
             for d in (mo, ca):
                 with open(os.path.join(d, fn)) as f:
                     q = dict(json.load(f).get(key) or {})
-                q.pop("producer", None)
+                # producer; the KV cache: modelopt's preset has none, calibd's
+                # recipe hf_ptq's default fp8_cast
+                for k in ("producer", "kv_cache_quant_algo", "kv_cache_scheme"):
+                    q.pop(k, None)
                 got.append(q)
             cfg_equal[fn] = got[0] == got[1]
             if not cfg_equal[fn]:
