@@ -519,6 +519,25 @@ const struct cal_qspec *cal_plan_input_spec(const struct cal_plan *p, size_t m)
 	return &p->q[p->modules[m].iq].spec;
 }
 
+int cal_plan_awq_fuses_prev(const struct cal_plan *p, size_t m)
+{
+	static const char *const types[] = {"llama", "qwen3", "qwen3_moe"};
+	const struct cal_model_desc *d = p->model;
+	const struct cal_plan_module *pm = m < p->n_modules ? &p->modules[m] : NULL;
+	const struct cal_qspec *w = pm ? cal_plan_weight_spec(p, m, 0) : NULL;
+	int listed = 0;
+	if (!w || !w->enabled || w->fmt != CAL_QFMT_NVFP4 ||
+	    p->recipe->algo.method != CAL_CALIB_AWQ_LITE || !pm->proj)
+		return 0;
+	for (size_t i = 0; i < sizeof(types) / sizeof(*types); i++)
+		listed |= d->model_type && !strcmp(d->model_type, types[i]);
+	if (!listed)
+		return 0;
+	if (pm->kind == CAL_MOD_ATTN_PROJ)
+		return !strcmp(pm->proj, "o_proj") && d->num_heads == d->num_kv_heads;
+	return pm->kind == CAL_MOD_MLP_PROJ && !strcmp(pm->proj, "down_proj");
+}
+
 size_t cal_plan_next_experts(const struct cal_plan *p, int32_t L, size_t mi)
 {
 	for (; mi < p->n_modules; mi++) {
