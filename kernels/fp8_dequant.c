@@ -1,5 +1,6 @@
 /*
- * fp8_dequant.c — FP8 E4M3 per-tensor dequantize: out = fl32(e4m3 * scale).
+ * fp8_dequant.c — FP8 E4M3 dequantize: out = fl32(e4m3 * scale), per tensor
+ * or with one scale per row (row_scale).
  * Reference and CPU back end; items are elements.
  */
 #include "kernels/internal.h"
@@ -9,7 +10,9 @@ static void fp8_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	const struct cal_fp8_dequant_args *a = p;
 	(void)slot;
 	for (uint64_t i = begin; i < end; i++)
-		cal_store_out(a->out_dtype, a->out, i, cal_fmul(cal_e4m3_decode(a->q[i]), a->scale));
+		cal_store_out(a->out_dtype, a->out, i,
+			      cal_fmul(cal_e4m3_decode(a->q[i]),
+				       a->row_scale ? a->row_scale[i / a->cols] : a->scale));
 }
 
 enum cal_status cal_check_fp8_dequant(const struct cal_fp8_dequant_args *a, struct cal_error *err)
@@ -21,6 +24,10 @@ enum cal_status cal_check_fp8_dequant(const struct cal_fp8_dequant_args *a, stru
 	if (a->n && ((st = cal_check_ptr(a->q, "q", err)) < 0 ||
 		     (st = cal_check_ptr(a->out, "out", err)) < 0))
 		return st;
+	if (a->n && a->row_scale && (!a->cols || a->n % a->cols))
+		return cal_error_set(err, CAL_ERR_INVALID, "argument 'cols' = %llu does not divide "
+				     "n = %llu", (unsigned long long)a->cols,
+				     (unsigned long long)a->n);
 	return CAL_OK;
 }
 

@@ -206,6 +206,13 @@ struct cal_fp8_quant_args {
 	 * stacked 3-D expert weights (gpt_oss), whose scale tensor promotes the
 	 * quotient to fp32 (docs/gpt_oss.md) */
 	int single_round;
+	/* non-NULL: FP8 per channel (docs/numerics.md "FP8 per channel, per
+	 * token"): the n elements are n / cols rows; each row's scale
+	 * cal_fp8_row_scale(max |x| of the row) goes to row_scale[r] and its
+	 * elements are e4m3(fl32(x / row_scale[r])); scale and single_round
+	 * are not read */
+	float *row_scale;
+	uint64_t cols;
 };
 
 /* MXFP8 (docs/numerics.md "MX formats"), block 32. */
@@ -256,6 +263,10 @@ struct cal_fp8_dequant_args {
 	float scale;
 	enum cal_dtype out_dtype;
 	void *out;
+	/* non-NULL: per-row scales (FP8 per channel), element i uses
+	 * row_scale[i / cols] instead of scale */
+	const float *row_scale;
+	uint64_t cols;
 };
 
 /* out = fl32(e4m3 * 2^(e8m0-127)). */

@@ -54,6 +54,9 @@ uint64_t cal_qfmt_packed_bytes(const struct cal_qfmt_info *f, uint64_t rows, uin
 uint64_t cal_qfmt_scale_bytes(const struct cal_qfmt_info *f, uint64_t rows, uint64_t cols,
 			      uint32_t block)
 {
+	(void)cols;
+	if (f->per_channel)
+		return rows * f->scale_bytes;
 	return block ? rows * cols / block * f->scale_bytes : 0;
 }
 
@@ -133,7 +136,7 @@ enum cal_status cal_qfmt_fp8_quantize(struct cal_backend *be, const struct cal_q
 				      struct cal_error *err)
 {
 	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, io->scale, io->div,
-				       io->packed, io->one_rounding};
+				       io->packed, io->one_rounding, NULL, 0};
 	return cal_op_fp8_quant(be, &a, err);
 }
 
@@ -144,7 +147,28 @@ enum cal_status cal_qfmt_fp8_dequantize(struct cal_backend *be, const void *pack
 {
 	(void)scales;
 	(void)block;
-	struct cal_fp8_dequant_args a = {packed, rows * cols, scale, out, y};
+	struct cal_fp8_dequant_args a = {packed, rows * cols, scale, out, y, NULL, 0};
+	return cal_op_fp8_dequant(be, &a, err);
+}
+
+/* FP8 per channel: the op finds each row's scale (into io->scales, F32
+ * [rows]) from the row's amax. */
+enum cal_status cal_qfmt_fp8_pc_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
+					 struct cal_error *err)
+{
+	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, 0.0f, io->div, io->packed, 1,
+				       io->scales, io->cols};
+	return cal_op_fp8_quant(be, &a, err);
+}
+
+enum cal_status cal_qfmt_fp8_pc_dequantize(struct cal_backend *be, const void *packed,
+					   const void *scales, uint64_t rows, uint64_t cols,
+					   uint32_t block, float scale, enum cal_dtype out, void *y,
+					   struct cal_error *err)
+{
+	(void)block;
+	(void)scale;
+	struct cal_fp8_dequant_args a = {packed, rows * cols, 0.0f, out, y, scales, cols};
 	return cal_op_fp8_dequant(be, &a, err);
 }
 

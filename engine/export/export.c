@@ -596,6 +596,8 @@ static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct 
 		if (f->block)
 			CAL_TRY_RET(decl(ex, nm, "weight_scale", f->scale_dtype, 2, o,
 					 i / f->block, err));
+		if (f->per_channel) /* one scale per output row */
+			CAL_TRY_RET(decl(ex, nm, "weight_scale", f->scale_dtype, 1, o, 0, err));
 		if (f->tensor_scale)
 			CAL_TRY_RET(decl(ex, nm, f->tensor_scale, CAL_DTYPE_F32, 0, 0, 0, err));
 		x->has_input_scale = x->iq != NULL && f->input_scale_of != NULL;

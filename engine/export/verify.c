@@ -217,6 +217,16 @@ static int64_t check_module(struct vctx *v, const char *mod, const struct vfmt *
 		if (!scales_ok(v, mod, '.', s, f->scale_dtype))
 			return 0;
 	}
+	if (f->per_channel) {
+		if (!shape_is(s, f->scale_dtype, 1, o, 0)) {
+			violation(v, "%s: %s expects weight_scale %s [%lld]; found %s with %d dims",
+				  mod, vf->algo, cal_dtype_name(f->scale_dtype), (long long)o,
+				  cal_dtype_name(s->dtype), (int)s->ndim);
+			return 0;
+		}
+		if (!scales_ok(v, mod, '.', s, f->scale_dtype))
+			return 0;
+	}
 	if (f->tensor_scale && !check_scalar(v, mod, f->tensor_scale, 1))
 		return 0;
 	if (vf->with_input && f->input_scale_of && !check_scalar(v, mod, "input_scale", 1))

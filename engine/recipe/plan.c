@@ -634,17 +634,17 @@ static int elem_is(const struct cal_qattr *a, const struct cal_qfmt_info *f)
 			     : a->fp_e == f->elem_e && a->fp_m == f->elem_m;
 }
 
-/* The row of kernels/qfmt.def that attributes `a` (block bs along -1)
- * select, or NULL. */
-static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t bs)
+/* The row of kernels/qfmt.def that attributes `a` (block bs along -1;
+ * pc: per channel / per token, qfmt.h) select, or NULL. */
+static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t bs, int pc)
 {
 	int sfp = a->has_scale_bits && a->scale_fp_e >= 0;
 	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
 		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		if (!elem_is(a, f))
+		if (!elem_is(a, f) || !f->per_channel != !pc)
 			continue;
 		if (f->block_type == CAL_QBLOCK_NONE) {
-			if (!a->has_block)
+			if (!a->has_block || pc)
 				return f;
 			continue;
 		}
@@ -695,7 +695,8 @@ static void no_fmt_why(const struct cal_qattr *a, char *why, size_t n)
 		if (!elem_is(a, f))
 			continue;
 		if (f->block_type == CAL_QBLOCK_NONE)
-			l += (size_t)snprintf(why + l, n - l, "%s%s per tensor", sep, f->title);
+			l += (size_t)snprintf(why + l, n - l, "%s%s%s", sep, f->title,
+					      f->per_channel ? "" : " per tensor");
 		else if (f->scale_e >= 0)
 			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with E%dM%d %s scales",
 					      sep, f->title, f->block, f->scale_e, f->scale_m,
@@ -731,13 +732,21 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 		return unsupported(err, r, q, "custom quantization backends are not implemented");
 	if (a->four_over_six)
 		return unsupported(err, r, q, "four-over-six NVFP4 is not implemented");
-	if (a->dynamic)
-		return unsupported(err, r, q, "dynamic per-tensor quantization (type: dynamic) is not "
-				   "implemented");
-	if (a->n_axis)
-		return unsupported(err, r, q, "per-channel quantization (axis) is not implemented");
+	/* per channel (weights, axis 0) / per token (inputs, dynamic, whole
+	 * last axis): the rows with per_channel (kernels/qfmt.h) */
+	int pc = q->role == CAL_QROLE_WEIGHT && a->n_axis == 1 && a->axis[0] == 0 &&
+		 !a->has_block && !a->dynamic;
+	pc = pc || (q->role == CAL_QROLE_INPUT && a->dynamic && !a->n_axis && a->has_block &&
+		    a->n_block == 1 && a->block_axis[0] == -1 && a->block_size[0] == 0 &&
+		    !a->block_dynamic && !a->has_scale_bits && !a->has_scale_block_sizes);
+	if (a->dynamic && !pc)
+		return unsupported(err, r, q, "dynamic quantization (type: dynamic) is implemented "
+				   "for per-token inputs only (block_sizes {-1: null})");
+	if (a->n_axis && !pc)
+		return unsupported(err, r, q, "per-channel quantization (axis) is implemented for "
+				   "weights along axis 0 only");
 	int64_t bs = 0;
-	if (a->has_block) {
+	if (a->has_block && !pc) {
 		if (a->n_block != 1 || a->block_axis[0] != -1 || a->block_size[0] <= 0 ||
 		    a->has_scale_block_sizes)
 			return unsupported(err, r, q, "only blocks along the last axis (-1: N) are "
@@ -746,9 +755,12 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	}
 	memset(s, 0, sizeof(*s));
 	s->enabled = 1;
-	const struct cal_qfmt_info *f = select_fmt(a, bs);
+	const struct cal_qfmt_info *f = select_fmt(a, bs, pc);
 	if (!f) {
 		no_fmt_why(a, why, sizeof(why));
+		if (pc)
+			snprintf(why, sizeof(why), "per-channel weights / per-token inputs are "
+				 "implemented in FP8 E4M3 only");
 		return unsupported(err, r, q, why);
 	}
 	s->fmt = f->id;

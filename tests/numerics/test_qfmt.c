@@ -33,6 +33,10 @@ static const struct {
 	/* equal to modelopt 0.47's NVFP4QTensor.quantize(w, 32) with the same
 	 * weight_scale_2 (reciprocal semantics), computed on the CPU */
 	{"nvfp4_bs32", 0x2654eeb94ad17b90ull},
+	/* equal to modelopt 0.47's FP8_PC_PT export, (w / (amax_row / 448)
+	 * [:, None]).to(float8_e4m3fn) with its F32 [rows] weight_scale,
+	 * computed with torch on the CPU */
+	{"fp8_pc_pt", 0xf7c91389f44be721ull},
 };
 
 #define ROWS 4
@@ -68,7 +72,8 @@ Test(qfmt, every_row_is_complete)
 			  "%s: elem_dtype", n);
 		cr_expect(!f->pack_rows || f->elem_bits == 4, "%s: pack_rows needs 4 bits", n);
 		if (f->block_type == CAL_QBLOCK_NONE) {
-			cr_expect(!f->block && !f->scale_bytes, "%s: per tensor has no block", n);
+			cr_expect(!f->block && (!f->scale_bytes || f->per_channel),
+				  "%s: per tensor has no block", n);
 		} else {
 			int listed = 0;
 			for (size_t k = 0; k < sizeof(f->blocks) / sizeof(f->blocks[0]); k++)
@@ -77,7 +82,7 @@ Test(qfmt, every_row_is_complete)
 			cr_expect(f->scale_bytes == (uint32_t)cal_dtype_size(f->scale_dtype),
 				  "%s: scale_bytes", n);
 		}
-		cr_expect(f->block || f->tensor_scale, "%s: no scale at all", n);
+		cr_expect(f->block || f->tensor_scale || f->per_channel, "%s: no scale at all", n);
 		cr_expect(!f->tensor_scale == !f->tensor_scale_of, "%s: tensor_scale(_of)", n);
 		cr_expect(f->roles & CAL_QFMT_ROLE_WEIGHT, "%s: roles", n);
 		cr_expect(!(f->roles & CAL_QFMT_ROLE_INPUT) || f->act == f->id,
