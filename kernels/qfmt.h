@@ -74,6 +74,10 @@ struct cal_qfmt_info {
 	 * `type: dynamic` with `block_sizes: {-1: null}` (per token, nothing
 	 * calibrated or exported) */
 	int per_channel;
+	/* a mixed W4A8 row: weights selected by the attributes of row
+	 * `weight_of` (the plan never selects this row from attributes alone)
+	 * whose linear's inputs are in format `act`; CAL_QFMT_NONE otherwise */
+	enum cal_qfmt weight_of;
 	int scale_e, scale_m;     /* scale_bits (E, M); scale_e -1: none given */
 	enum cal_dtype scale_dtype; /* block scales: F8_E4M3, U8 (E8M0) or F32 */
 	uint32_t scale_bytes;     /* per block */

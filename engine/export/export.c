@@ -571,9 +571,20 @@ static enum cal_status decl_bmm_lin(struct cal_exporter *ex, struct xlin *x, str
 	CAL_TRY_RET(decl_bmm(ex, x, "weight", f->elem_dtype, i * f->elem_bits / 8, err));
 	if (f->block)
 		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", f->scale_dtype, i / f->block, err));
+	if (f->per_channel) { /* modelopt's axis 0 of [E, in, out]: one scale per expert */
+		int64_t shape[1] = {x->out / x->bmm_rows};
+		char *full = cal_export_bmm_name(x, "weight_scale");
+		if (!full)
+			return nomem(err);
+		enum cal_status st = cal_st_writer_declare(ex->w, full, f->scale_dtype, 1, shape,
+							   err);
+		free(full);
+		ex->bytes_total += (uint64_t)shape[0] * f->scale_bytes;
+		CAL_TRY_RET(st);
+	}
 	if (f->tensor_scale)
 		CAL_TRY_RET(decl_bmm(ex, x, f->tensor_scale, CAL_DTYPE_F32, 0, err));
-	x->has_input_scale = x->iq != NULL;
+	x->has_input_scale = x->iq != NULL && f->input_scale_of != NULL;
 	if (x->has_input_scale)
 		CAL_TRY_RET(decl_bmm(ex, x, "input_scale", CAL_DTYPE_F32, 0, err));
 	return CAL_OK;

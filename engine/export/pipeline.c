@@ -349,13 +349,21 @@ static void *hneed(struct cal_exporter *ex, int k, size_t n)
 	return ex->hbuf[k];
 }
 
+/* Rows x is quantized as: its output rows, except per-channel formats on
+ * GPT-OSS's BMM experts, whose scale is one per expert (modelopt's axis 0
+ * of [E, in, out]): one row of R * in per expert. */
+static uint64_t q_rows(const struct xlin *x, const struct cal_qfmt_info *f)
+{
+	return f && f->per_channel && x->bmm ? (uint64_t)(x->out / x->bmm_rows) : (uint64_t)x->out;
+}
+
 /* Output bytes of a quantized x: packed values and block scales. */
 static void out_sizes(const struct xlin *x, uint64_t *q, uint64_t *s)
 {
 	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
-	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in;
-	*q = f ? cal_qfmt_packed_bytes(f, o, i) : 0;
-	*s = f ? cal_qfmt_scale_bytes(f, o, i, f->block) : 0;
+	uint64_t n = (uint64_t)x->out * (uint64_t)x->in, o = q_rows(x, f);
+	*q = f ? cal_qfmt_packed_bytes(f, o, n / o) : 0;
+	*s = f ? cal_qfmt_scale_bytes(f, o, n / o, f->block) : 0;
 }
 
 /* Quantizes x (weight at dw) into dq/ds, dequantizes into dy and adds the
@@ -367,7 +375,7 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 {
 	struct cal_backend *be = ex->pipe.be;
 	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
-	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in, n = o * i;
+	uint64_t n = (uint64_t)x->out * (uint64_t)x->in, o = q_rows(x, f), i = n / o;
 	void *dy = NULL, *dba = NULL, *dnf = NULL;
 	if (!f)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: not quantized", x->name);
@@ -396,7 +404,7 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 	}
 	CAL_TRY_RET(f->quantize(be, &io, err));
 	CAL_TRY_RET(f->dequantize(be, dq, ds, o, i, f->block, io.scale, CAL_DTYPE_F32, dy, err));
-	struct cal_sqnr_rows_args sq = {dw, dy, o, i, dsum};
+	struct cal_sqnr_rows_args sq = {dw, dy, (uint64_t)x->out, (uint64_t)x->in, dsum};
 	CAL_TRY_RET(cal_op_sqnr_rows(be, &sq, err));
 	*ret_scale = io.scale;
 	return CAL_OK;

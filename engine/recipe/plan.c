@@ -19,7 +19,10 @@ static void implemented(char *out, size_t n)
 	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT && l < n; i++) {
 		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
 		int b = f->elem_bits, ab = f->act ? cal_qfmt(f->act)->elem_bits : 16;
-		if (f->act)
+		if (f->weight_of)
+			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA%d", i > 1 ? "," : "", f->title,
+					      b, ab);
+		else if (f->act)
 			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA%d and W%dA16", i > 1 ? "," : "",
 					      f->title, b, ab, b);
 		else
@@ -641,7 +644,7 @@ static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t
 	int sfp = a->has_scale_bits && a->scale_fp_e >= 0;
 	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
 		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		if (!elem_is(a, f) || !f->per_channel != !pc)
+		if (!elem_is(a, f) || !f->per_channel != !pc || f->weight_of != CAL_QFMT_NONE)
 			continue;
 		if (f->block_type == CAL_QBLOCK_NONE) {
 			if (!a->has_block || pc)
@@ -810,6 +813,29 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 static int combo_ok(enum cal_qfmt w, enum cal_qfmt in)
 {
 	return in == CAL_QFMT_NONE || (cal_qfmt(w) && cal_qfmt(w)->act == in);
+}
+
+/* Mixed W4A8 formats (kernels/qfmt.h weight_of): weights whose attributes
+ * select row W on a linear whose inputs are quantized in I take the row
+ * with weight_of W and act I, as modelopt's export names the pair. */
+static void pair_mixed(struct cal_plan *p, const struct cal_plan_module *m)
+{
+	const struct cal_plan_q *iq = m->iq >= 0 ? &p->q[m->iq] : NULL;
+	enum cal_qfmt in = iq && iq->spec.enabled ? iq->spec.fmt : CAL_QFMT_NONE;
+	int64_t n = m->wq >= 0 ? (m->count > 1 ? m->count : 1) : 0;
+	for (int64_t e = 0; in != CAL_QFMT_NONE && e < n; e++) {
+		struct cal_qspec *s = &p->q[m->wq + e].spec;
+		if (!s->enabled || combo_ok(s->fmt, in))
+			continue;
+		for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
+			const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
+			if (f->weight_of == s->fmt && f->act == in) {
+				s->fmt = f->id;
+				s->calibrate = f->calibrate;
+				break;
+			}
+		}
+	}
 }
 
 static const char *fmt_upper(enum cal_qfmt f)
@@ -1058,8 +1084,10 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 		CAL_TRY(classify(err, r, q, &q->spec));
 		p->sum.n_enabled++;
 	}
-	for (size_t i = 0; i < p->n_modules; i++)
+	for (size_t i = 0; i < p->n_modules; i++) {
+		pair_mixed(p, &p->modules[i]);
 		CAL_TRY(check_module(err, p, &p->modules[i]));
+	}
 
 	/* KV: one format for the model (the exporter writes one kv_cache_quant_algo) */
 	int kv_seen = 0;

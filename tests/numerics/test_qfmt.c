@@ -37,6 +37,10 @@ static const struct {
 	 * [:, None]).to(float8_e4m3fn) with its F32 [rows] weight_scale,
 	 * computed with torch on the CPU */
 	{"fp8_pc_pt", 0xf7c91389f44be721ull},
+	/* equal to modelopt 0.47's NVFP4QTensor.quantize(w, 32) with
+	 * weight_scale_2 = amax / 448 (W4A8_NVFP4_FP8), computed on the CPU */
+	{"w4a8_nvfp4_fp8", 0x1099c98c79b84201ull},
+	{"w4a8_mxfp4_fp8", 0x3834a1085b3ef634ull}, /* the MXFP4 weights */
 };
 
 #define ROWS 4
