@@ -1,6 +1,6 @@
 /*
  * fp8_dequant.c — FP8 E4M3 dequantize: out = fl32(e4m3 * scale), per tensor
- * or with one scale per row (row_scale).
+ * or with one scale per tile (row_scale: a row, or tile x tile).
  * Reference and CPU back end; items are elements.
  */
 #include "kernels/internal.h"
@@ -12,7 +12,10 @@ static void fp8_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	for (uint64_t i = begin; i < end; i++)
 		cal_store_out(a->out_dtype, a->out, i,
 			      cal_fmul(cal_e4m3_decode(a->q[i]),
-				       a->row_scale ? a->row_scale[i / a->cols] : a->scale));
+				       a->row_scale ? a->row_scale[cal_fp8_tile_of(i / a->cols,
+										   i % a->cols,
+										   a->cols, a->tile)]
+						    : a->scale));
 }
 
 enum cal_status cal_check_fp8_dequant(const struct cal_fp8_dequant_args *a, struct cal_error *err)

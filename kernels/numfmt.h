@@ -335,6 +335,19 @@ CAL_HD float cal_fp8_row_scale(uint32_t m, enum cal_div_mode mode)
 	return cal_fp8_scale(a < 0x1p-126f ? 0x1p-126f : a, mode);
 }
 
+/* Tiles of FP8 per-channel (tile 0: one per row) and 2-D block (tile x
+ * tile, ragged at the ends) weights of [rows, cols]: their count, and the
+ * tile of element (r, c), row-major over the tile grid. */
+CAL_HD uint64_t cal_fp8_tiles(uint64_t rows, uint64_t cols, uint32_t tile)
+{
+	return tile ? (rows + tile - 1) / tile * ((cols + tile - 1) / tile) : rows;
+}
+
+CAL_HD uint64_t cal_fp8_tile_of(uint64_t r, uint64_t c, uint64_t cols, uint32_t tile)
+{
+	return tile ? r / tile * ((cols + tile - 1) / tile) + c / tile : r;
+}
+
 /* ---- per-block scale formulas ----------------------------------------- */
 
 /* Clamp that lets NaN through (torch.clamp semantics). */

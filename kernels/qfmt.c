@@ -6,6 +6,7 @@
 #include "kernels/qfmt.h"
 
 #include <stddef.h>
+#include <string.h>
 #include <strings.h>
 
 #define CAL_QFMT_UNPACK(...) __VA_ARGS__
@@ -54,9 +55,10 @@ uint64_t cal_qfmt_packed_bytes(const struct cal_qfmt_info *f, uint64_t rows, uin
 uint64_t cal_qfmt_scale_bytes(const struct cal_qfmt_info *f, uint64_t rows, uint64_t cols,
 			      uint32_t block)
 {
-	(void)cols;
 	if (f->per_channel)
 		return rows * f->scale_bytes;
+	if (f->block2d)
+		return cal_fp8_tiles(rows, cols, block) * f->scale_bytes;
 	return block ? rows * cols / block * f->scale_bytes : 0;
 }
 
@@ -136,7 +138,7 @@ enum cal_status cal_qfmt_fp8_quantize(struct cal_backend *be, const struct cal_q
 				      struct cal_error *err)
 {
 	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, io->scale, io->div,
-				       io->packed, io->one_rounding, NULL, 0};
+				       io->packed, io->one_rounding, NULL, 0, 0};
 	return cal_op_fp8_quant(be, &a, err);
 }
 
@@ -147,7 +149,7 @@ enum cal_status cal_qfmt_fp8_dequantize(struct cal_backend *be, const void *pack
 {
 	(void)scales;
 	(void)block;
-	struct cal_fp8_dequant_args a = {packed, rows * cols, scale, out, y, NULL, 0};
+	struct cal_fp8_dequant_args a = {packed, rows * cols, scale, out, y, NULL, 0, 0};
 	return cal_op_fp8_dequant(be, &a, err);
 }
 
@@ -157,7 +159,7 @@ enum cal_status cal_qfmt_fp8_pc_quantize(struct cal_backend *be, const struct ca
 					 struct cal_error *err)
 {
 	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, 0.0f, io->div, io->packed, 1,
-				       io->scales, io->cols};
+				       io->scales, io->cols, 0};
 	return cal_op_fp8_quant(be, &a, err);
 }
 
@@ -168,7 +170,40 @@ enum cal_status cal_qfmt_fp8_pc_dequantize(struct cal_backend *be, const void *p
 {
 	(void)block;
 	(void)scale;
-	struct cal_fp8_dequant_args a = {packed, rows * cols, 0.0f, out, y, scales, cols};
+	struct cal_fp8_dequant_args a = {packed, rows * cols, 0.0f, out, y, scales, cols,
+					 0};
+	return cal_op_fp8_dequant(be, &a, err);
+}
+
+/* FP8 2-D blocks: the op finds each tile's scale (into io->scales) from the
+ * tile's amax; a weight of one tile takes io->amax instead, which sibling
+ * linears share (modelopt unifies a one-element weight amax). */
+enum cal_status cal_qfmt_fp8_pb_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
+					 struct cal_error *err)
+{
+	if (cal_fp8_tiles(io->rows, io->cols, io->block) == 1) {
+		uint32_t bits;
+		memcpy(&bits, &io->amax, 4);
+		uint32_t m = io->amax != io->amax ? 0x7FC0u : bits >> 16 & 0x7FFFu;
+		float s = cal_fp8_row_scale(m, io->div);
+		struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, s, io->div, io->packed,
+					       1, NULL, 0, 0};
+		enum cal_status st = cal_backend_upload(be, io->scales, &s, 4, err);
+		return st < 0 ? st : cal_op_fp8_quant(be, &a, err);
+	}
+	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, 0.0f, io->div, io->packed, 1,
+				       io->scales, io->cols, io->block};
+	return cal_op_fp8_quant(be, &a, err);
+}
+
+enum cal_status cal_qfmt_fp8_pb_dequantize(struct cal_backend *be, const void *packed,
+					   const void *scales, uint64_t rows, uint64_t cols,
+					   uint32_t block, float scale, enum cal_dtype out, void *y,
+					   struct cal_error *err)
+{
+	(void)scale;
+	struct cal_fp8_dequant_args a = {packed, rows * cols, 0.0f, out, y, scales, cols,
+					 block};
 	return cal_op_fp8_dequant(be, &a, err);
 }
 

@@ -205,7 +205,20 @@ static int64_t check_module(struct vctx *v, const char *mod, const struct vfmt *
 			  cal_dtype_name(f->elem_dtype), cal_dtype_name(w->dtype));
 		return 0;
 	}
-	if (f->block) {
+	if (f->block2d) { /* [o/b, 1, in/b, 1], or [] for one tile */
+		int64_t b = f->block, ob = (o + b - 1) / b, ib = (in + b - 1) / b;
+		int one = ob * ib == 1;
+		if (s->dtype != f->scale_dtype || s->ndim != (one ? 0 : 4) ||
+		    (!one && (s->shape[0] != ob || s->shape[1] != 1 || s->shape[2] != ib ||
+			      s->shape[3] != 1))) {
+			violation(v, "%s: %s expects weight_scale %s [%lld, 1, %lld, 1] (or [] for "
+				  "one block)", mod, vf->algo, cal_dtype_name(f->scale_dtype),
+				  (long long)ob, (long long)ib);
+			return 0;
+		}
+		if (!scales_ok(v, mod, '.', s, f->scale_dtype))
+			return 0;
+	} else if (f->block) {
 		int g = vf->group ? vf->group : (int)f->block;
 		if (!shape_is(s, f->scale_dtype, 2, o, in / g)) {
 			violation(v, "%s: %s expects weight_scale %s [%lld, %lld]; found %s [%lld, %lld]",

@@ -637,14 +637,17 @@ static int elem_is(const struct cal_qattr *a, const struct cal_qfmt_info *f)
 			     : a->fp_e == f->elem_e && a->fp_m == f->elem_m;
 }
 
-/* The row of kernels/qfmt.def that attributes `a` (block bs along -1;
- * pc: per channel / per token, qfmt.h) select, or NULL. */
-static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t bs, int pc)
+/* The row of kernels/qfmt.def that attributes `a` (block bs along -1, or
+ * bs x bs along -1 and -2 with b2; pc: per channel / per token, qfmt.h)
+ * select, or NULL. */
+static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t bs, int pc,
+					      int b2)
 {
 	int sfp = a->has_scale_bits && a->scale_fp_e >= 0;
 	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
 		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		if (!elem_is(a, f) || !f->per_channel != !pc || f->weight_of != CAL_QFMT_NONE)
+		if (!elem_is(a, f) || !f->per_channel != !pc || f->weight_of != CAL_QFMT_NONE ||
+		    !f->block2d != !b2)
 			continue;
 		if (f->block_type == CAL_QBLOCK_NONE) {
 			if (!a->has_block || pc)
@@ -749,21 +752,32 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 		return unsupported(err, r, q, "per-channel quantization (axis) is implemented for "
 				   "weights along axis 0 only");
 	int64_t bs = 0;
-	if (a->has_block && !pc) {
+	/* 2-D blocks {-1: N, -2: N} on weights (qfmt.h block2d) */
+	int b2 = q->role == CAL_QROLE_WEIGHT && a->has_block && a->n_block == 2 &&
+		 a->block_axis[0] + a->block_axis[1] == -3 && a->block_axis[0] != a->block_axis[1] &&
+		 a->block_size[0] > 0 && a->block_size[0] == a->block_size[1] &&
+		 !a->has_scale_block_sizes;
+	if (b2) {
+		bs = a->block_size[0];
+	} else if (a->has_block && !pc) {
 		if (a->n_block != 1 || a->block_axis[0] != -1 || a->block_size[0] <= 0 ||
 		    a->has_scale_block_sizes)
-			return unsupported(err, r, q, "only blocks along the last axis (-1: N) are "
+			return unsupported(err, r, q, "only blocks along the last axis (-1: N), and "
+					   "square 2-D weight blocks (-1: N, -2: N), are "
 					   "implemented");
 		bs = a->block_size[0];
 	}
 	memset(s, 0, sizeof(*s));
 	s->enabled = 1;
-	const struct cal_qfmt_info *f = select_fmt(a, bs, pc);
+	const struct cal_qfmt_info *f = select_fmt(a, bs, pc, b2);
 	if (!f) {
 		no_fmt_why(a, why, sizeof(why));
 		if (pc)
 			snprintf(why, sizeof(why), "per-channel weights / per-token inputs are "
 				 "implemented in FP8 E4M3 only");
+		if (b2)
+			snprintf(why, sizeof(why), "2-D block weights are implemented in FP8 E4M3 "
+				 "with static blocks of 128 x 128 and no scale_bits only");
 		return unsupported(err, r, q, why);
 	}
 	s->fmt = f->id;
@@ -882,7 +896,7 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && wq->spec.fmt != CAL_QFMT_INT4_BLOCK)
 			return unsupported(err, r, wq, "awq_lite is implemented for INT4 block weights "
 					   "only (docs/awq.md)");
-		if (wq->spec.block && m->in % wq->spec.block)
+		if (wq->spec.block && m->in % wq->spec.block && !cal_qfmt(wq->spec.fmt)->block2d)
 			return cal_error_set(err, CAL_ERR_INVALID,
 					     "%s%s: input dimension %lld is not a multiple of the %s "
 					     "block size %d (quantizer %s); exclude this layer in the "

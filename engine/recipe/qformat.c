@@ -24,7 +24,7 @@ static const struct cal_qformat qformats[] = {
 	{"nvfp4_awq", NULL,
 	 "awq_lite with NVFP4 weights (an NVFP4 fake quantizer in the search) is not implemented"},
 	{"nvfp4_mse", "general/ptq/nvfp4_w4a4_weight_mse_fp8_sweep-kv_fp8_cast", NULL},
-	{"fp8_pb_wo", NULL, "FP8 2D blockwise (128x128) weights are not implemented"},
+	{"fp8_pb_wo", "general/ptq/fp8_2d_blockwise_weight_only-kv_fp8_cast", NULL},
 	{"fp8_pc_pt", "general/ptq/fp8_per_channel_per_token-kv_fp8_cast", NULL},
 	{"w4a8_nvfp4_fp8", "general/ptq/w4a8_nvfp4_fp8-kv_fp8_cast", NULL},
 	{"w4a8_mxfp4_fp8", "general/ptq/w4a8_mxfp4_fp8-kv_fp8_cast", NULL},

@@ -62,19 +62,21 @@ KV_CACHE_QFORMAT = "fp8_cast"
 def item_base(item):
     """Fingerprint file basename of a cases.txt recipe item."""
     if item.startswith("qformat:"):
-        return "qformat_" + item.split(":", 1)[1]
+        return "qformat_" + item.split(":", 1)[1].replace(":", "_kv_")
     return os.path.basename(item)
 
 
 def quant_config(item):
-    """The quantization config hf_ptq.py builds for a recipe item."""
+    """The quantization config hf_ptq.py builds for a recipe item
+    ("qformat:NAME[:KV]", KV an hf_ptq --kv_cache_qformat, default
+    fp8_cast)."""
     if item.startswith("qformat:"):
         import modelopt.torch.quantization as mtq
         from modelopt.recipe.presets import KV_QUANT_CFG_CHOICES, QUANT_CFG_CHOICES
-        name = item.split(":", 1)[1]
+        name, _, kv = item.split(":", 1)[1].partition(":")
         cfg = QUANT_CFG_CHOICES[QFORMAT_PRESETS.get(name, name)]
         return mtq.update_quant_cfg_with_kv_cache_quant(
-            cfg, KV_QUANT_CFG_CHOICES[KV_CACHE_QFORMAT]["quant_cfg"])
+            cfg, KV_QUANT_CFG_CHOICES[kv or KV_CACHE_QFORMAT]["quant_cfg"])
     from modelopt.recipe import load_recipe
     return load_recipe(item).quantize.model_dump()
 

@@ -93,6 +93,16 @@ static const struct refusal refusals[] = {
 	 * has input 48 too) */
 	{"mxfp8", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},
 	{"mxfp8-kv_fp8_cast", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},
+	/* calibd's recipes of hf_ptq's W4A8 qformats: block 32 weights, as
+	 * nvfp4_mlp_weight_only / mxfp4_mlp_weight_only */
+	{"w4a8_nvfp4_fp8-kv_fp8_cast", MOE_ARCHS,
+	 "is not a multiple of the W4A8 NVFP4 bs32 / FP8 block size 32"},
+	{"w4a8_mxfp4_fp8-kv_fp8_cast", MOE_ARCHS,
+	 "is not a multiple of the W4A8 MXFP4 / FP8 block size 32"},
+	/* FP8 2-D blocks on GPT-OSS's fused experts: not compared with
+	 * modelopt, refused (kernels/qfmt.def) */
+	{"fp8_2d_blockwise_weight_only-kv_fp8_cast", "gpt_oss",
+	 "GPT-OSS experts in fp8_pb_wo are not exported"},
 };
 
 /* Whether `w` is one of the space-separated words of `list`. */
