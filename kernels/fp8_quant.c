@@ -39,7 +39,8 @@ static void fp8_tiles_range(void *p, uint64_t begin, uint64_t end, unsigned slot
 	(void)slot;
 	for (uint64_t t = begin; t < end; t++) {
 		uint64_t r0 = t / tc * th, c0 = t % tc * tw;
-		uint64_t r1 = r0 + th < rows ? r0 + th : rows, c1 = c0 + tw < a->cols ? c0 + tw : a->cols;
+		uint64_t r1 = r0 + th < rows ? r0 + th : rows;
+		uint64_t c1 = c0 + tw < a->cols ? c0 + tw : a->cols;
 		uint32_t m = 0;
 		for (uint64_t r = r0; r < r1; r++)
 			for (uint64_t c = c0; c < c1; c++) {

@@ -650,8 +650,10 @@ enum cal_status cal_eval_fake_quant(struct cal_calib *c, const struct eq_site *s
 		struct cal_ewise_args cl = {CAL_EWISE_CLAMP, x, NULL, NULL, x, rows, cols, 0, 0, 0, 0,
 					    448.0f * s->scale, 0};
 		/* one rounding of the fp32 quotient, as the serving engines' quantizer */
-		struct cal_fp8_quant_args q = {x, n, s->scale, CAL_DIV_EXACT, ev->qbuf, 1, NULL, 0, 0};
-		struct cal_fp8_dequant_args d = {ev->qbuf, n, s->scale, CAL_DTYPE_BF16, x, NULL, 0, 0};
+		struct cal_fp8_quant_args q = {x, n, s->scale, CAL_DIV_EXACT, ev->qbuf, 1,
+					       NULL, 0, 0};
+		struct cal_fp8_dequant_args d = {ev->qbuf, n, s->scale, CAL_DTYPE_BF16, x,
+						 NULL, 0, 0};
 		CAL_TRY(cal_op_ewise(c->be, &cl, err));
 		CAL_TRY(cal_op_fp8_quant(c->be, &q, err));
 		CAL_TRY(cal_op_fp8_dequant(c->be, &d, err));

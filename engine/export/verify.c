@@ -471,7 +471,8 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 							 : NULL;
 	/* SQNR: back to [E R, C] rows, dequantized on the back end */
 	/* per channel: one row of R * C per expert (its scale) */
-	uint64_t n = E * R * C, qr = f->per_channel ? E : E * R, qb = cal_qfmt_packed_bytes(f, E * R, C),
+	uint64_t n = E * R * C, qr = f->per_channel ? E : E * R;
+	uint64_t qb = cal_qfmt_packed_bytes(f, E * R, C),
 		 sbytes = cal_qfmt_scale_bytes(f, qr, n / qr, f->block);
 	uint16_t *w = bmm_source(src, name, E, R, C);
 	unsigned char *q = malloc(qb), *sc = malloc(sbytes ? sbytes : 1);

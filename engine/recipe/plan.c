@@ -20,8 +20,8 @@ static void implemented(char *out, size_t n)
 		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
 		int b = f->elem_bits, ab = f->act ? cal_qfmt(f->act)->elem_bits : 16;
 		if (f->weight_of)
-			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA%d", i > 1 ? "," : "", f->title,
-					      b, ab);
+			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA%d", i > 1 ? "," : "",
+					      f->title, b, ab);
 		else if (f->act)
 			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA%d and W%dA16", i > 1 ? "," : "",
 					      f->title, b, ab, b);

@@ -130,7 +130,8 @@ fp8_tiles_kernel(const uint16_t *w, uint64_t rows, uint64_t cols, uint32_t tile,
 		__syncthreads();
 		unsigned int mx = 0;
 		for (uint64_t i = threadIdx.x; i < k; i += blockDim.x)
-			mx = max(mx, (unsigned int)(w[(r0 + i / wd) * cols + c0 + i % wd] & 0x7FFFu));
+			mx = max(mx,
+				 (unsigned int)(w[(r0 + i / wd) * cols + c0 + i % wd] & 0x7FFFu));
 		atomicMax(&m, mx);
 		__syncthreads();
 		if (threadIdx.x == 0) {
