@@ -153,62 +153,42 @@ enum cal_status cal_qfmt_fp8_dequantize(struct cal_backend *be, const void *pack
 	return cal_op_fp8_dequant(be, &a, err);
 }
 
-/* FP8 per channel: the op finds each row's scale (into io->scales, F32
- * [rows]) from the row's amax. */
+/* FP8 per channel (tile 0: a row) and 2-D blocks (tile x tile): the op
+ * finds each tile's scale (into io->scales, F32) from the tile's amax. */
+static enum cal_status fp8_tiles_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
+					  uint32_t tile, struct cal_error *err)
+{
+	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, 0.0f, io->div, io->packed, 1,
+				       io->scales, io->cols, tile};
+	return cal_op_fp8_quant(be, &a, err);
+}
+
 enum cal_status cal_qfmt_fp8_pc_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
 					 struct cal_error *err)
 {
-	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, 0.0f, io->div, io->packed, 1,
-				       io->scales, io->cols, 0};
-	return cal_op_fp8_quant(be, &a, err);
+	return fp8_tiles_quantize(be, io, 0, err);
 }
 
-enum cal_status cal_qfmt_fp8_pc_dequantize(struct cal_backend *be, const void *packed,
-					   const void *scales, uint64_t rows, uint64_t cols,
-					   uint32_t block, float scale, enum cal_dtype out, void *y,
-					   struct cal_error *err)
-{
-	(void)block;
-	(void)scale;
-	struct cal_fp8_dequant_args a = {packed, rows * cols, 0.0f, out, y, scales, cols,
-					 0};
-	return cal_op_fp8_dequant(be, &a, err);
-}
-
-/* FP8 2-D blocks: the op finds each tile's scale (into io->scales) from the
- * tile's amax; a weight of one tile takes io->amax instead, which sibling
- * linears share (modelopt unifies a one-element weight amax). */
+/* A weight of one tile takes io->amax instead, which sibling linears share
+ * (modelopt unifies a one-element weight amax). */
 enum cal_status cal_qfmt_fp8_pb_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
 					 struct cal_error *err)
 {
-	if (cal_fp8_tiles(io->rows, io->cols, io->block) == 1) {
-		uint32_t bits;
-		memcpy(&bits, &io->amax, 4);
-		uint32_t m = io->amax != io->amax ? 0x7FC0u : bits >> 16 & 0x7FFFu;
-		float s = cal_fp8_row_scale(m, io->div);
-		struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, s, io->div, io->packed,
-					       1, NULL, 0, 0};
-		enum cal_status st = cal_backend_upload(be, io->scales, &s, 4, err);
-		return st < 0 ? st : cal_op_fp8_quant(be, &a, err);
-	}
-	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, 0.0f, io->div, io->packed, 1,
-				       io->scales, io->cols, io->block};
-	return cal_op_fp8_quant(be, &a, err);
+	if (cal_fp8_tiles(io->rows, io->cols, io->block) != 1)
+		return fp8_tiles_quantize(be, io, io->block, err);
+	uint32_t bits;
+	memcpy(&bits, &io->amax, 4);
+	float s = cal_fp8_row_scale(io->amax != io->amax ? 0x7FC0u : bits >> 16 & 0x7FFFu, io->div);
+	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, s, io->div, io->packed, 1,
+				       NULL, 0, 0};
+	enum cal_status st = cal_backend_upload(be, io->scales, &s, 4, err);
+	return st < 0 ? st : cal_op_fp8_quant(be, &a, err);
 }
 
-enum cal_status cal_qfmt_fp8_pb_dequantize(struct cal_backend *be, const void *packed,
-					   const void *scales, uint64_t rows, uint64_t cols,
-					   uint32_t block, float scale, enum cal_dtype out, void *y,
-					   struct cal_error *err)
-{
-	(void)scale;
-	struct cal_fp8_dequant_args a = {packed, rows * cols, 0.0f, out, y, scales, cols,
-					 block};
-	return cal_op_fp8_dequant(be, &a, err);
-}
-
-/* MXFP8, MXFP4 and INT4 dequantize from values and block scales alone. */
-#define DEQUANT(name)                                                                      \
+/* MXFP8, MXFP4 and INT4 dequantize from values and block scales alone;
+ * FP8 per channel and 2-D blocks from values and per-tile scales (tile 0:
+ * per row).  DEQUANT(name, op, the op's arguments). */
+#define DEQUANT(name, op, ...)                                                             \
 	enum cal_status cal_qfmt_##name##_dequantize(                                      \
 		struct cal_backend *be, const void *packed, const void *scales,            \
 		uint64_t rows, uint64_t cols, uint32_t block, float scale,                 \
@@ -216,12 +196,14 @@ enum cal_status cal_qfmt_fp8_pb_dequantize(struct cal_backend *be, const void *p
 	{                                                                                  \
 		(void)block;                                                               \
 		(void)scale;                                                               \
-		struct cal_##name##_dequant_args a = {packed, scales, rows, cols, out, y}; \
-		return cal_op_##name##_dequant(be, &a, err);                               \
+		struct cal_##op##_dequant_args a = {__VA_ARGS__};                          \
+		return cal_op_##op##_dequant(be, &a, err);                                 \
 	}
-DEQUANT(mxfp8)
-DEQUANT(mxfp4)
-DEQUANT(int4)
+DEQUANT(mxfp8, mxfp8, packed, scales, rows, cols, out, y)
+DEQUANT(mxfp4, mxfp4, packed, scales, rows, cols, out, y)
+DEQUANT(int4, int4, packed, scales, rows, cols, out, y)
+DEQUANT(fp8_pc, fp8, packed, rows * cols, 0.0f, out, y, scales, cols, 0)
+DEQUANT(fp8_pb, fp8, packed, rows * cols, 0.0f, out, y, scales, cols, block)
 #undef DEQUANT
 
 /* MXFP8 and MXFP4 quantize with the same arguments. */
