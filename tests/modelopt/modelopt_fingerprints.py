@@ -239,14 +239,18 @@ def main():
     for case, arch, layout, recipes in read_cases(args.cases):
         if only and case not in only:
             continue
-        with open(os.path.join(args.parity_dir, case, "case.json")) as f:
+        case, _, parity = case.partition(":")  # "case:parity": tokens of another case
+        parity = parity or case
+        with open(os.path.join(args.parity_dir, parity, "case.json")) as f:
             meta = json.load(f)
-        with open(os.path.join(args.parity_dir, case, "tokens.jsonl")) as f:
+        with open(os.path.join(args.parity_dir, parity, "tokens.jsonl")) as f:
             tokens = [json.loads(l)["input_ids"] for l in f if l.strip()]
         with tempfile.TemporaryDirectory() as tmp:
             fx = os.path.join(tmp, "fixture")
             cmd = [args.fixture_bin, "--arch", arch, "--seed", str(meta["seed"])]
-            if layout != "default":
+            if layout == "wide":  # every linear input a multiple of 128
+                cmd += ["--wide"]
+            elif layout != "default":
                 cmd += ["--layout", layout]
             subprocess.run(cmd + [fx], check=True)
             for r in recipes:

@@ -45,6 +45,7 @@ static const char *const recipes_all[] = {
 
 struct row {
 	char case_name[64], arch[64], layout[32], recipes[512];
+	const char *parity_case; /* "case:parity" in cases.txt, else case_name */
 };
 
 static int is_act_scale(const char *name)
@@ -316,7 +317,9 @@ static int do_case(const char *dir, const char *parity, const char *calibd,
 				      .seed = (uint64_t)json_integer_value(json_object_get(
 					      json_object_get(fp, "fixture"), "seed"))};
 	struct cal_error err = {0};
-	if (strcmp(rw->layout, "default") && cal_fixture_layout_parse(rw->layout, &fo.layout) < 0) {
+	fo.wide = !strcmp(rw->layout, "wide"); /* every linear input a multiple of 128 */
+	if (strcmp(rw->layout, "default") && !fo.wide &&
+	    cal_fixture_layout_parse(rw->layout, &fo.layout) < 0) {
 		printf("    FAIL: unknown layout %s\n", rw->layout);
 		bad++;
 	} else if (cal_fixture_write(&fo, fx, &err) < 0) {
@@ -326,7 +329,7 @@ static int do_case(const char *dir, const char *parity, const char *calibd,
 		snprintf(cmd, sizeof(cmd),
 			 "'%s' calibrate --model '%s' --recipe '%s' --calib-tokens "
 			 "'%s/%s/tokens.jsonl' --stats-out '%s' --quiet",
-			 calibd, fx, recipe, parity, rw->case_name, stats);
+			 calibd, fx, recipe, parity, rw->parity_case, stats);
 		if (run(cmd) < 0) {
 			bad++;
 		} else {
@@ -374,6 +377,10 @@ int main(int argc, char **argv)
 		if (sscanf(line, "%63s %63s %31s %511s", rw.case_name, rw.arch, rw.layout,
 			   rw.recipes) != 4)
 			continue;
+		char *colon = strchr(rw.case_name, ':');
+		rw.parity_case = colon ? colon + 1 : rw.case_name;
+		if (colon)
+			*colon = '\0';
 		if (!strcmp(rw.recipes, "all")) {
 			for (size_t i = 0; i < CAL_ARRAY_LEN(recipes_all); i++, n_runs++)
 				fails += do_case(argv[1], argv[2], calibd, &rw, recipes_all[i],
