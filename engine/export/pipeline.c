@@ -243,8 +243,9 @@ static enum cal_status lin_item(struct cal_exporter *ex, const struct xlin *x, c
 	int matrix = !strcmp(suffix, "weight") ||
 		     (!strcmp(suffix, "weight_scale") && cal_qfmt(x->fmt)->block);
 	char *full = cal_export_bmm_name(x, suffix);
-	unsigned char *t = matrix ? malloc(n ? n : 1) : NULL;
-	if (!full || (matrix && !t)) {
+	/* the item owns a copy: the caller's buffer is freed before the write */
+	unsigned char *t = malloc(n ? n : 1);
+	if (!full || !t) {
 		free(full);
 		free(t);
 		return nomem(err);
@@ -253,8 +254,10 @@ static enum cal_status lin_item(struct cal_exporter *ex, const struct xlin *x, c
 		uint64_t R = (uint64_t)x->bmm_rows, E = (uint64_t)x->out / R;
 		uint64_t es = x->fmt == CAL_QFMT_NONE ? 2 : 1, cols = n / ((uint64_t)x->out * es);
 		cal_export_bmm_transpose(t, data, E, R, cols, es);
+	} else {
+		memcpy(t, data, n);
 	}
-	enum cal_status st = slot_item(ex, full, NULL, matrix ? t : data, n, t, err);
+	enum cal_status st = slot_item(ex, full, NULL, t, n, t, err);
 	free(full);
 	return st;
 }
