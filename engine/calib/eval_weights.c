@@ -166,6 +166,7 @@ static enum cal_status dequant(struct cal_calib *c, const struct qtens *q, int64
 		struct cal_mxfp4_dequant_args a = {dw, ds, (uint64_t)rows, (uint64_t)cols,
 						   CAL_DTYPE_BF16, dst};
 		CAL_TRY(cal_op_mxfp4_dequant(c->be, &a, err));
+		in = q->is > 0 ? AQ_FP8 : AQ_NONE; /* W4A8_MXFP4_FP8 (docs/numerics.md "W4A8") */
 	} else if (w->dtype == CAL_DTYPE_U8 && s->data && s->dtype == CAL_DTYPE_F32) {
 		if (!has_shape(w, CAL_DTYPE_U8, rows / 2, cols) || rows % 2 || cols % 128 ||
 		    !has_shape(s, CAL_DTYPE_F32, rows, cols / 128))
