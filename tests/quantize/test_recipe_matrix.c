@@ -306,9 +306,12 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		size_t k = 0;
 		while (k < CAL_ARRAY_LEN(modelopt_ptq) && strcmp(modelopt_ptq[k], refusals[i].recipe))
 			k++;
-		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast (hf_ptq's int4_awq) */
+		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast (hf_ptq's int4_awq),
+		 * w4a8_* and fp8_2d_* (hf_ptq's W4A8 and fp8_pb_wo) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
-		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast"))
+		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast") &&
+		    strncmp(refusals[i].recipe, "w4a8_", 5) &&
+		    strncmp(refusals[i].recipe, "fp8_2d_", 7))
 			cr_assert_fail("refusal for unknown recipe %s", refusals[i].recipe);
 	}
 	matrix(dir, (const char *const *)names, n);
