@@ -4,6 +4,7 @@
  * turn the result into formats calibd implements (plan.h).
  */
 #include "plan.h"
+#include "plan_fmt.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,30 +13,6 @@
 
 #include "common/util.h"
 
-/* "calibd implements NVFP4 W4A4 and W4A16, ...": the rows of kernels/qfmt.def. */
-static void implemented(char *out, size_t n)
-{
-	size_t l = (size_t)snprintf(out, n, "calibd implements");
-	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT && l < n; i++) {
-		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		int b = f->elem_bits, ab = f->act ? cal_qfmt(f->act)->elem_bits : 16;
-		if (f->weight_of)
-			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA%d", i > 1 ? "," : "",
-					      f->title, b, ab);
-		else if (f->act)
-			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA%d and W%dA16", i > 1 ? "," : "",
-					      f->title, b, ab, b);
-		else
-			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA16", i > 1 ? "," : "",
-					      f->title, b);
-		if (l < n && (f->roles & CAL_QFMT_ROLE_KV))
-			l += (size_t)snprintf(out + l, n - l, " and KV cache");
-		if (l < n && f->mse)
-			l += (size_t)snprintf(out + l, n - l, " (max or MSE)");
-	}
-	if (l < n)
-		snprintf(out + l, n - l, " (kernels/qfmt.def)");
-}
 
 const char *cal_qrole_name(enum cal_qrole r)
 {
@@ -627,7 +604,7 @@ static enum cal_status unsupported(struct cal_error *err, const struct cal_recip
 				   const struct cal_plan_q *q, const char *why)
 {
 	char impl[640];
-	implemented(impl, sizeof(impl));
+	cal_plan_implemented(impl, sizeof(impl));
 	if (q->entry >= 0) {
 		const struct cal_qentry *e = &r->entries[q->entry];
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
@@ -636,92 +613,6 @@ static enum cal_status unsupported(struct cal_error *err, const struct cal_recip
 	}
 	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: %s (no quant_cfg entry disables it: "
 			     "modelopt's default is 8-bit integer); %s", q->name, why, impl);
-}
-
-static int elem_is(const struct cal_qattr *a, const struct cal_qfmt_info *f)
-{
-	return f->elem_e < 0 ? a->fp_e < 0 && a->num_bits == f->elem_bits
-			     : a->fp_e == f->elem_e && a->fp_m == f->elem_m;
-}
-
-/* The row of kernels/qfmt.def that attributes `a` (block bs along -1, or
- * bs x bs along -1 and -2 with b2; pc: per channel / per token, qfmt.h)
- * select, or NULL. */
-static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t bs, int pc,
-					      int b2)
-{
-	int sfp = a->has_scale_bits && a->scale_fp_e >= 0;
-	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
-		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		if (!elem_is(a, f) || !f->per_channel != !pc || f->weight_of != CAL_QFMT_NONE ||
-		    !f->block2d != !b2)
-			continue;
-		if (f->block_type == CAL_QBLOCK_NONE) {
-			if (!a->has_block || pc)
-				return f;
-			continue;
-		}
-		int ok = a->has_block && a->block_dynamic == (f->block_type == CAL_QBLOCK_DYNAMIC);
-		ok = ok && (f->scale_e < 0 ? !a->has_scale_bits
-					   : sfp && a->scale_fp_e == f->scale_e &&
-						     a->scale_fp_m == f->scale_m);
-		int in_blocks = 0;
-		for (size_t k = 0; k < CAL_ARRAY_LEN(f->blocks); k++)
-			in_blocks |= f->blocks[k] && f->blocks[k] == bs;
-		if (ok && in_blocks)
-			return f;
-	}
-	return NULL;
-}
-
-/* "<prefix>NVFP4, FP8" — the titles of the rows allowed in `role`. */
-static void role_list(int role, char *out, size_t n, const char *prefix)
-{
-	size_t l = (size_t)snprintf(out, n, "%s", prefix);
-	const char *sep = "";
-	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT && l < n; i++) {
-		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		if (f->roles & role) {
-			l += (size_t)snprintf(out + l, n - l, "%s%s", sep, f->title);
-			sep = ", ";
-		}
-	}
-	if (l < n && !*sep)
-		snprintf(out + l, n - l, "no format");
-	else if (l < n)
-		snprintf(out + l, n - l, " only");
-}
-
-/* Why no row matches: names the element type and what exists for it. */
-static void no_fmt_why(const struct cal_qattr *a, char *why, size_t n)
-{
-	size_t l;
-	if (a->fp_e >= 0)
-		l = (size_t)snprintf(why, n, "this E%dM%d layout is not implemented", a->fp_e,
-				     a->fp_m);
-	else
-		l = (size_t)snprintf(why, n, "%d-bit integer%s quantization is not implemented",
-				     a->num_bits, a->has_block ? " block" : "");
-	const char *sep = " (implemented: ";
-	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT && l < n; i++) {
-		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		if (!elem_is(a, f))
-			continue;
-		if (f->block_type == CAL_QBLOCK_NONE)
-			l += (size_t)snprintf(why + l, n - l, "%s%s%s", sep, f->title,
-					      f->per_channel ? "" : " per tensor");
-		else if (f->scale_e >= 0)
-			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with E%dM%d %s scales",
-					      sep, f->title, f->block, f->scale_e, f->scale_m,
-					      f->block_type == CAL_QBLOCK_DYNAMIC ? "dynamic" : "static");
-		else
-			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with %s %s scales", sep,
-					      f->title, f->block, cal_dtype_name(f->scale_dtype),
-					      f->block_type == CAL_QBLOCK_DYNAMIC ? "dynamic" : "static");
-		sep = "; ";
-	}
-	if (l < n && *sep == ';')
-		snprintf(why + l, n - l, ")");
 }
 
 /* Classifies the attributes of an enabled quantizer. */
@@ -776,9 +667,9 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	}
 	memset(s, 0, sizeof(*s));
 	s->enabled = 1;
-	const struct cal_qfmt_info *f = select_fmt(a, bs, pc, b2);
+	const struct cal_qfmt_info *f = cal_plan_select_fmt(a, bs, pc, b2);
 	if (!f) {
-		no_fmt_why(a, why, sizeof(why));
+		cal_plan_no_fmt_why(a, why, sizeof(why));
 		if (pc)
 			snprintf(why, sizeof(why), "per-channel weights / per-token inputs are "
 				 "implemented in FP8 E4M3 only");
@@ -811,7 +702,7 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	case CAL_QROLE_K_BMM:
 	case CAL_QROLE_V_BMM:
 		if (!(f->roles & CAL_QFMT_ROLE_KV)) {
-			role_list(CAL_QFMT_ROLE_KV, why, sizeof(why),
+			cal_plan_role_list(CAL_QFMT_ROLE_KV, why, sizeof(why),
 				  "KV-cache quantization is implemented in ");
 			return unsupported(err, r, q, why);
 		}
@@ -868,7 +759,7 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 				    const struct cal_plan_module *m)
 {
 	char impl[640];
-	implemented(impl, sizeof(impl));
+	cal_plan_implemented(impl, sizeof(impl));
 	const struct cal_recipe *r = p->recipe;
 	const struct cal_plan_q *iq = m->iq >= 0 ? &p->q[m->iq] : NULL;
 	enum cal_qfmt ifmt = iq ? iq->spec.fmt : CAL_QFMT_NONE;
