@@ -56,7 +56,7 @@ static void fp8_tiles_range(void *p, uint64_t begin, uint64_t end, unsigned slot
 	}
 }
 
-enum cal_status cal_check_fp8_quant(const struct cal_fp8_quant_args *a, struct cal_error *err)
+CAL_CHECK_OP(fp8_quant)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(1, a->n, 1, err)) < 0)
@@ -64,8 +64,7 @@ enum cal_status cal_check_fp8_quant(const struct cal_fp8_quant_args *a, struct c
 	if (a->div != CAL_DIV_RECIP && a->div != CAL_DIV_EXACT)
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'div' = %d is unknown",
 				     (int)a->div);
-	if (a->n && ((st = cal_check_ptr(a->w, "w", err)) < 0 ||
-		     (st = cal_check_ptr(a->q, "q", err)) < 0))
+	if (a->n && (st = CAL_CHECK_PTRS(a, err, w, q)) < 0)
 		return st;
 	if (a->n && a->row_scale && (!a->cols || a->n % a->cols))
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'cols' = %llu does not divide "
@@ -74,8 +73,7 @@ enum cal_status cal_check_fp8_quant(const struct cal_fp8_quant_args *a, struct c
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_fp8_quant(struct cal_backend *be, const struct cal_fp8_quant_args *a,
-				  struct cal_error *err)
+CAL_CPU_OP(fp8_quant)
 {
 	if (a->row_scale) {
 		uint64_t nt = cal_fp8_tiles(a->n / a->cols, a->cols, a->tile);

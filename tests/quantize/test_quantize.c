@@ -194,7 +194,7 @@ Test(quantize, token_file_options_progress, .timeout = 120)
 			   dst, prog) > 0);
 	track(args);
 	int rc = run(rep, errf, "%s", args);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(errf));
+	expect_exit(rc, 0, errf);
 	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
 	json_t *r = json_load_file(rep, 0, NULL);
 	cr_assert(r);
@@ -371,8 +371,7 @@ Test(quantize, existing_output_refused_before_compute, .timeout = 60)
 	fclose(f);
 	int rc = run(NULL, errf, "quantize --model %s --recipe general/ptq/fp8_default-kv_fp8 "
 		     "--calib %s --out %s --device cpu", src, data, dst);
-	char *e = slurp(errf);
-	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	char *e = expect_exit(rc, 3, errf);
 	cr_assert(strstr(e, "already exists"), "%s", e);
 	cr_assert(!strstr(e, "quantize: load") && !strstr(e, "layer"), "work was done: %s", e);
 	cr_assert(cal_test_exists(marker));
@@ -406,10 +405,9 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
 	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
 	int rc = run(NULL, errf, "quantize --model %s --qformat int4_awq --calib-tokens %s --out %s "
 		     "--device cpu", src, tok, dst);
-	char *e = slurp(errf);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
+	char *e = expect_exit(rc, 0, errf);
 	rc = run(NULL, errf, "verify %s --source %s", dst, src);
-	cr_assert_eq(rc, 0, "verify exit %d: %s", rc, slurp(errf));
+	expect_exit(rc, 0, errf);
 	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
 	cr_assert(strstr(cfg, "\"W4A16_AWQ\"") && strstr(cfg, "\"pre_quant_scale\": true"), "%s",
 		  cfg);
@@ -470,14 +468,12 @@ Test(quantize, qformat_maps_or_refuses, .timeout = 60)
 	char *dst2 = path2(root, "out2");
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4_awq --calib-tokens %s --out %s "
 		 "--device cpu", src, tok, dst2);
-	e = slurp(errf);
-	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	e = expect_exit(rc, 3, errf);
 	cr_assert(strstr(e, "qformat 'nvfp4_awq' is refused: awq_lite with NVFP4"), "%s", e);
 	cr_assert(!cal_test_exists(dst2));
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
 		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);
-	e = slurp(errf);
-	cr_assert_eq(rc, 2, "exit %d: %s", rc, e);
+	e = expect_exit(rc, 2, errf);
 	cr_assert(strstr(e, "exclude each other"), "%s", e);
 	rm_rf(root);
 }
@@ -493,8 +489,7 @@ Test(quantize, disk_full_exits_4_leaves_nothing, .timeout = 60)
 	int rc = run(NULL, errf, "quantize --model %s --recipe general/ptq/nvfp4_default-kv_fp8 "
 		     "--calib %s --out %s --device cpu", src, data, dst);
 	unsetenv("CALIBD_TEST_FREE_BYTES");
-	char *e = slurp(errf);
-	cr_assert_eq(rc, 4, "exit %d: %s", rc, e);
+	char *e = expect_exit(rc, 4, errf);
 	cr_assert(!cal_test_exists(dst));
 	cr_assert_eq(cal_test_count_entries(root), before + 1 /* stderr */, "something was left behind");
 	cr_assert(!strstr(e, "layer"), "calibration ran before the space check: %s", e);
@@ -539,7 +534,7 @@ Test(quantize, calibrate_datasets_then_export, .timeout = 60)
 	const char *R = "general/ptq/nvfp4_experts_only-kv_fp8_cast";
 	int rc = run(NULL, errf, "calibrate --model %s --recipe %s --calib %s:6 --seq-len 32 "
 		     "--seed 5 --stats-out %s --quiet", src, R, data, stats);
-	cr_assert_eq(rc, 0, "calibrate exit %d: %s", rc, slurp(errf));
+	expect_exit(rc, 0, errf);
 	json_t *s = json_load_file(stats, 0, NULL);
 	cr_assert(s);
 	json_t *cal = json_object_get(s, "calibration");
@@ -550,7 +545,7 @@ Test(quantize, calibrate_datasets_then_export, .timeout = 60)
 	 * the report's token counts and the per-expert input amax */
 	rc = run(NULL, errf, "export --model %s --recipe %s --stats %s --out %s "
 		 "--per-expert-input-amax", src, R, stats, dst);
-	cr_assert_eq(rc, 0, "export exit %d: %s", rc, slurp(errf));
+	expect_exit(rc, 0, errf);
 	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
 	json_t *r = json_load_file(path2(dst, "calibd_report.json"), 0, NULL);
 	cr_assert(r);
