@@ -629,7 +629,7 @@ static int case_fp8_dequant(struct opcase_env *env, uint64_t rows, uint64_t unit
 	if (seed % 3 == 2) {
 		rs = malloc(nt * 4 + 4);
 		for (uint64_t r = 0; rs && r < nt; r++)
-			rs[r] = ldexpf(1.0f + rng_unit(&s) * 0.5f, -8 - (int)(r % 5));
+			rs[r] = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, -8 - (int)(r % 5));
 		prs = rs ? pair_new(&c, nt * 4, rs) : NULL;
 	}
 	struct cal_fp8_dequant_args A = {pq->a, n, sc, dt, po->a, prs ? prs->a : NULL, units, tile};
