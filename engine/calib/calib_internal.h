@@ -425,6 +425,9 @@ enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct ca
 enum cal_status cal_awq_site(struct cal_calib *c, int site, const uint16_t *x, uint64_t rows,
 			     uint64_t cols, struct cal_error *err);
 json_t *cal_awq_stats(const struct cal_calib *c);
+/* After the layer's statistics are mapped: the searched linears' NVFP4
+ * input amax as awq_lite leaves it (nvfp4_awq, docs/awq.md). */
+void cal_awq_map_amax(struct cal_calib *c, int32_t L);
 
 /* A layer tensor as bf16 (the mapping when already bf16, else a converted
  * copy owned by lh); numel is checked.  Missing: CAL_ERR_FORMAT. */

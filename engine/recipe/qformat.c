@@ -19,10 +19,9 @@ static const struct cal_qformat qformats[] = {
 	{"int4_awq", "general/ptq/int4_awq-kv_fp8_cast", NULL},
 	{"w4a8_awq", NULL,
 	 "the W4A8 sequential (INT4 then FP8) weight format is not implemented (awq_lite runs "
-	 "with INT4 W4A16 weights only)"},
+	 "with INT4 W4A16 or NVFP4 weights; docs/awq.md)"},
 	{"nvfp4", "general/ptq/nvfp4_default-kv_fp8_cast", NULL},
-	{"nvfp4_awq", NULL,
-	 "awq_lite with NVFP4 weights (an NVFP4 fake quantizer in the search) is not implemented"},
+	{"nvfp4_awq", "general/ptq/nvfp4_awq-kv_fp8_cast", NULL},
 	{"nvfp4_mse", "general/ptq/nvfp4_w4a4_weight_mse_fp8_sweep-kv_fp8_cast", NULL},
 	{"fp8_pb_wo", "general/ptq/fp8_2d_blockwise_weight_only-kv_fp8_cast", NULL},
 	{"fp8_pc_pt", "general/ptq/fp8_per_channel_per_token-kv_fp8_cast", NULL},

@@ -81,6 +81,10 @@ static const struct refusal refusals[] = {
 	{"nvfp4_default-kv_none-gptq", "deepseek_v3", "algorithm gptq with attention other than "
 	 "plain GQA"},
 	{"nvfp4_default-kv_none-gptq", "gpt_oss", "algorithm gptq with GPT-OSS"},
+	/* AWQ-lite likewise (docs/awq.md); calibd's tree: hf_ptq's nvfp4_awq */
+	{"nvfp4_awq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
+	 "algorithm awq_lite with attention other than plain GQA"},
+	{"nvfp4_awq-kv_fp8_cast", "gpt_oss", "algorithm awq_lite with GPT-OSS"},
 	/* numerics calibd does not implement yet */
 	/* a block format on an input dimension that is not a multiple of the
 	 * block: the fixtures' hidden size is 64 (INT4 block 128) and their
@@ -306,10 +310,12 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		size_t k = 0;
 		while (k < CAL_ARRAY_LEN(modelopt_ptq) && strcmp(modelopt_ptq[k], refusals[i].recipe))
 			k++;
-		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast (hf_ptq's int4_awq),
-		 * w4a8_* and fp8_2d_* (hf_ptq's W4A8 and fp8_pb_wo) */
+		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast, nvfp4_awq-kv_fp8_cast
+		 * (hf_ptq's int4_awq, nvfp4_awq), w4a8_* and fp8_2d_* (hf_ptq's W4A8 and
+		 * fp8_pb_wo) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
 		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast") &&
+		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast") &&
 		    strncmp(refusals[i].recipe, "w4a8_", 5) &&
 		    strncmp(refusals[i].recipe, "fp8_2d_", 7))
 			cr_assert_fail("refusal for unknown recipe %s", refusals[i].recipe);
