@@ -322,6 +322,32 @@ CAL_HD float cal_fp8_input_scale(float amax, enum cal_div_mode mode)
 	return cal_scale_div(amax, 448.0f, mode);
 }
 
+/* FP8 per-channel weight_scale of one row (docs/numerics.md "FP8 per
+ * channel, per token") from m, the row's largest bf16 magnitude as bits
+ * (x & 0x7FFF, integer max: above 0x7F80 the row holds a NaN):
+ * export_amax() maps 0 and NaN to 448 and clamps to [FLT_MIN, FLT_MAX]
+ * (inf) before amax / 448. */
+CAL_HD float cal_fp8_row_scale(uint32_t m, enum cal_div_mode mode)
+{
+	float a = m == 0 || m > 0x7F80u ? 448.0f
+		  : m == 0x7F80u	 ? 0x1.fffffep+127f
+					 : cal_nf_bf16_to_f32((uint16_t)m);
+	return cal_fp8_scale(a < 0x1p-126f ? 0x1p-126f : a, mode);
+}
+
+/* Tiles of FP8 per-channel (tile 0: one per row) and 2-D block (tile x
+ * tile, ragged at the ends) weights of [rows, cols]: their count, and the
+ * tile of element (r, c), row-major over the tile grid. */
+CAL_HD uint64_t cal_fp8_tiles(uint64_t rows, uint64_t cols, uint32_t tile)
+{
+	return tile ? (rows + tile - 1) / tile * ((cols + tile - 1) / tile) : rows;
+}
+
+CAL_HD uint64_t cal_fp8_tile_of(uint64_t r, uint64_t c, uint64_t cols, uint32_t tile)
+{
+	return tile ? r / tile * ((cols + tile - 1) / tile) + c / tile : r;
+}
+
 /* ---- per-block scale formulas ----------------------------------------- */
 
 /* Clamp that lets NaN through (torch.clamp semantics). */

@@ -225,6 +225,16 @@ struct cal_fp8_quant_args {
 	 * stacked 3-D expert weights (gpt_oss), whose scale tensor promotes the
 	 * quotient to fp32 (docs/gpt_oss.md) */
 	int single_round;
+	/* non-NULL: a scale per tile (cal_fp8_tile_of) of the n / cols rows:
+	 * tile 0: one per row (FP8 per channel, docs/numerics.md "FP8 per
+	 * channel, per token"); tile > 0: tile x tile blocks, the last ones
+	 * ragged (FP8 2-D blocks, "FP8 2-D blocks").  Each tile's scale
+	 * cal_fp8_row_scale(max |x| of the tile) goes to row_scale[t] and its
+	 * elements are e4m3(fl32(x / row_scale[t])); scale and single_round
+	 * are not read */
+	float *row_scale;
+	uint64_t cols;
+	uint32_t tile;
 };
 
 /* MXFP8 (docs/numerics.md "MX formats"), block 32. */
@@ -275,6 +285,11 @@ struct cal_fp8_dequant_args {
 	float scale;
 	enum cal_dtype out_dtype;
 	void *out;
+	/* non-NULL: per-tile scales as cal_fp8_quant_args (tile 0: per row),
+	 * used instead of scale */
+	const float *row_scale;
+	uint64_t cols;
+	uint32_t tile;
 };
 
 /* out = fl32(e4m3 * 2^(e8m0-127)). */

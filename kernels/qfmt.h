@@ -69,6 +69,20 @@ struct cal_qfmt_info {
 	enum cal_qblock block_type;
 	uint32_t block;           /* elements per block the kernels implement; 0 per tensor */
 	uint32_t blocks[4];       /* block sizes a recipe may ask for (plan); block among them */
+	/* per channel (block_type NONE): weights `axis: 0`, one F32 scale per
+	 * output row (weight_scale [out], scale_bytes per row); inputs
+	 * `type: dynamic` with `block_sizes: {-1: null}` (per token, nothing
+	 * calibrated or exported) */
+	int per_channel;
+	/* 2-D blocks (block_type STATIC): `block_sizes: {-1: block, -2:
+	 * block}`, one F32 scale per block x block tile of [out, in], ragged
+	 * at the ends (weight_scale [out/block, 1, in/block, 1], or [] for a
+	 * single tile, whose amax siblings share) */
+	int block2d;
+	/* a mixed W4A8 row: weights selected by the attributes of row
+	 * `weight_of` (the plan never selects this row from attributes alone)
+	 * whose linear's inputs are in format `act`; CAL_QFMT_NONE otherwise */
+	enum cal_qfmt weight_of;
 	int scale_e, scale_m;     /* scale_bits (E, M); scale_e -1: none given */
 	enum cal_dtype scale_dtype; /* block scales: F8_E4M3, U8 (E8M0) or F32 */
 	uint32_t scale_bytes;     /* per block */
@@ -142,6 +156,8 @@ CAL_QFMT_FN(fp8)
 CAL_QFMT_FN(mxfp8)
 CAL_QFMT_FN(mxfp4)
 CAL_QFMT_FN(int4)
+CAL_QFMT_FN(fp8_pc)
+CAL_QFMT_FN(fp8_pb)
 #undef CAL_QFMT_FN
 /* static NVFP4 dequantizes as NVFP4 */
 enum cal_status cal_qfmt_nvfp4_static_quantize(struct cal_backend *be,

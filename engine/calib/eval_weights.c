@@ -146,6 +146,7 @@ static enum cal_status dequant(struct cal_calib *c, const struct qtens *q, int64
 		in = AQ_MXFP8; /* modelopt's MXFP8 quantizes inputs too, per block, dynamically */
 	} else if (w->dtype == CAL_DTYPE_U8 && s->data && s->dtype == CAL_DTYPE_U8) {
 		id = CAL_QFMT_MXFP4;
+		in = q->is > 0 ? AQ_FP8 : AQ_NONE; /* W4A8_MXFP4_FP8 (docs/numerics.md "W4A8") */
 	} else if (w->dtype == CAL_DTYPE_U8 && s->data && s->dtype == CAL_DTYPE_F32) {
 		id = CAL_QFMT_INT4_BLOCK;
 	} else {
@@ -627,8 +628,10 @@ enum cal_status cal_eval_fake_quant(struct cal_calib *c, const struct eq_site *s
 		struct cal_ewise_args cl = {CAL_EWISE_CLAMP, x, NULL, NULL, x, rows, cols, 0, 0, 0, 0,
 					    448.0f * s->scale, 0};
 		/* one rounding of the fp32 quotient, as the serving engines' quantizer */
-		struct cal_fp8_quant_args q = {x, n, s->scale, CAL_DIV_EXACT, ev->qbuf, 1};
-		struct cal_fp8_dequant_args d = {ev->qbuf, n, s->scale, CAL_DTYPE_BF16, x};
+		struct cal_fp8_quant_args q = {x, n, s->scale, CAL_DIV_EXACT, ev->qbuf, 1,
+					       NULL, 0, 0};
+		struct cal_fp8_dequant_args d = {ev->qbuf, n, s->scale, CAL_DTYPE_BF16, x,
+						 NULL, 0, 0};
 		CAL_TRY(cal_op_ewise(c->be, &cl, err));
 		CAL_TRY(cal_op_fp8_quant(c->be, &q, err));
 		CAL_TRY(cal_op_fp8_dequant(c->be, &d, err));

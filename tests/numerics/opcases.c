@@ -543,10 +543,19 @@ static int case_fp8_quant(struct opcase_env *env, uint64_t rows, uint64_t units,
 		sc = cal_fmul(sc, 0.5f); /* overflowing values -> NaN codes */
 	struct pair *pw = pair_new(&c, n * 2, w), *pq = pair_new(&c, n, NULL);
 	int single = seed % 3 == 1; /* gpt_oss stacked experts: one rounding */
-	struct cal_fp8_quant_args A = {pw->a, n, sc, div, pq->a, single};
-	struct cal_fp8_quant_args B = {pw->b, n, sc, div, pq->b, single};
+	/* FP8 per channel (a scale per row of `units` elements) or 2-D blocks
+	 * (tiles of 4 x 4 or 128 x 128, ragged at the ends) */
+	uint32_t tile = seed % 8 == 7 ? (seed & 16 ? 128 : 4) : 0;
+	struct pair *prs = seed % 4 == 3 ? pair_new(&c, cal_fp8_tiles(rows, units, tile) * 4, NULL)
+					 : NULL;
+	struct cal_fp8_quant_args A = {pw->a, n, sc, div, pq->a, single,
+				       prs ? prs->a : NULL, units, tile};
+	struct cal_fp8_quant_args B = {pw->b, n, sc, div, pq->b, single,
+				       prs ? prs->b : NULL, units, tile};
 	RUN_BOTH(&c, fp8_quant, A, B);
 	pair_check(&c, pq, "q");
+	if (prs)
+		pair_check(&c, prs, "row_scale");
 	free(w);
 	return finish(&c);
 }
@@ -644,10 +653,21 @@ static int case_fp8_dequant(struct opcase_env *env, uint64_t rows, uint64_t unit
 	uint8_t *q = rand_bytes(n, &s);
 	float sc = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, -8);
 	struct pair *pq = pair_new(&c, n, q), *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
-	struct cal_fp8_dequant_args A = {pq->a, n, sc, dt, po->a};
-	struct cal_fp8_dequant_args B = {pq->b, n, sc, dt, po->b};
+	float *rs = NULL; /* FP8 per channel: a scale per row of `units` elements */
+	struct pair *prs = NULL;
+	uint32_t tile = seed % 6 == 5 ? 4 : 0; /* 2-D blocks, else per row */
+	uint64_t nt = cal_fp8_tiles(rows, units, tile);
+	if (seed % 3 == 2) {
+		rs = malloc(nt * 4 + 4);
+		for (uint64_t r = 0; rs && r < nt; r++)
+			rs[r] = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, -8 - (int)(r % 5));
+		prs = rs ? pair_new(&c, nt * 4, rs) : NULL;
+	}
+	struct cal_fp8_dequant_args A = {pq->a, n, sc, dt, po->a, prs ? prs->a : NULL, units, tile};
+	struct cal_fp8_dequant_args B = {pq->b, n, sc, dt, po->b, prs ? prs->b : NULL, units, tile};
 	RUN_BOTH(&c, fp8_dequant, A, B);
 	pair_check(&c, po, "out");
+	free(rs);
 	free(q);
 	return finish(&c);
 }

@@ -91,6 +91,16 @@ static const struct refusal refusals[] = {
 	 * has input 48 too) */
 	{"mxfp8", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},
 	{"mxfp8-kv_fp8_cast", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},
+	/* calibd's recipes of hf_ptq's W4A8 qformats: block 32 weights, as
+	 * nvfp4_mlp_weight_only / mxfp4_mlp_weight_only */
+	{"w4a8_nvfp4_fp8-kv_fp8_cast", MOE_ARCHS,
+	 "is not a multiple of the W4A8 NVFP4 bs32 / FP8 block size 32"},
+	{"w4a8_mxfp4_fp8-kv_fp8_cast", MOE_ARCHS,
+	 "is not a multiple of the W4A8 MXFP4 / FP8 block size 32"},
+	/* FP8 2-D blocks on GPT-OSS's fused experts: not compared with
+	 * modelopt, refused (kernels/qfmt.def) */
+	{"fp8_2d_blockwise_weight_only-kv_fp8_cast", "gpt_oss",
+	 "GPT-OSS experts in fp8_pb_wo are not exported"},
 };
 
 /* Whether `w` is one of the space-separated words of `list`. */
@@ -295,10 +305,13 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		while (k < CAL_ARRAY_LEN(modelopt_ptq) && strcmp(modelopt_ptq[k], refusals[i].recipe))
 			k++;
 		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast, nvfp4_awq-kv_fp8_cast
-		 * (hf_ptq's int4_awq, nvfp4_awq) */
+		 * (hf_ptq's int4_awq, nvfp4_awq), w4a8_* and fp8_2d_* (hf_ptq's W4A8 and
+		 * fp8_pb_wo) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
 		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast") &&
-		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast"))
+		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast") &&
+		    strncmp(refusals[i].recipe, "w4a8_", 5) &&
+		    strncmp(refusals[i].recipe, "fp8_2d_", 7))
 			cr_assert_fail("refusal for unknown recipe %s", refusals[i].recipe);
 	}
 	matrix(dir, (const char *const *)names, n);
