@@ -31,23 +31,28 @@
 
 /* ---- exclude_modules ---------------------------------------------------- */
 
-/* got (freed here) must be exactly want */
-static void expect_names(char **got, size_t n, const char *const *want, size_t nw)
+/* A list of names a call returns, with its error */
+struct got_names {
+	char **v;
+	size_t n;
+	struct cal_error err;
+};
+
+/* rc must be CAL_OK and g's names (freed here) exactly want */
+static void expect_names(int rc, struct got_names *g, const char *const *want, size_t nw)
 {
-	cr_assert_eq(n, nw, "got %zu names, want %zu", n, nw);
-	for (size_t i = 0; i < n; i++)
-		cr_assert_str_eq(got[i], want[i], "item %zu", i);
-	cal_exclude_free(got, n);
+	cr_assert_eq(rc, CAL_OK);
+	cr_assert_eq(g->n, nw, "got %zu names, want %zu", g->n, nw);
+	for (size_t i = 0; i < g->n; i++)
+		cr_assert_str_eq(g->v[i], want[i], "item %zu", i);
+	cal_exclude_free(g->v, g->n);
 }
 
 static void check_exclude(const char *const *unq, size_t nu, const char *const *q, size_t nq,
 			  const char *const *want, size_t nw)
 {
-	char **got = NULL;
-	size_t n = 0;
-	struct cal_error err = {0};
-	cr_assert_eq(cal_exclude_summarize(unq, nu, q, nq, &got, &n, &err), CAL_OK);
-	expect_names(got, n, want, nw);
+	struct got_names g = {0};
+	expect_names(cal_exclude_summarize(unq, nu, q, nq, &g.v, &g.n, &g.err), &g, want, nw);
 }
 
 Test(exclude, doc_example)
@@ -99,11 +104,8 @@ Test(exclude, hand_derived)
 static void check_mtp(const char *const *names, size_t n, int64_t layers, int64_t nextn,
 		      const char *const *want, size_t nw)
 {
-	char **got = NULL;
-	size_t ng = 0;
-	struct cal_error err = {0};
-	cr_assert_eq(cal_mtp_prefixes(names, n, layers, nextn, &got, &ng, &err), CAL_OK);
-	expect_names(got, ng, want, nw);
+	struct got_names g = {0};
+	expect_names(cal_mtp_prefixes(names, n, layers, nextn, &g.v, &g.n, &g.err), &g, want, nw);
 }
 
 Test(exclude, mtp_prefixes_as_hf_ptq)
