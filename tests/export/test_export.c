@@ -730,6 +730,18 @@ static void job_close(struct job *j)
 	cal_model_desc_free(j->d);
 }
 
+/* The end of a failure-path test: err cleared, j closed, root (with src
+ * and dst in it) removed, the three paths freed. */
+static void job_done(struct job *j, struct cal_error *err, char *root, char *src, char *dst)
+{
+	cal_error_clear(err);
+	job_close(j);
+	cal_test_rm_rf(root);
+	free(dst);
+	free(src);
+	free(root);
+}
+
 static int exists(const char *p)
 {
 	struct stat sb;
@@ -780,13 +792,8 @@ Test(export, killed_midway_publishes_nothing)
 	/* and an existing output is never overwritten */
 	cr_assert_eq(cal_export_run("general/ptq/nvfp4_experts_only-kv_fp8", j.stats, j.be, &eo,
 				    NULL, &err), CAL_ERR_EXISTS);
-	cal_error_clear(&err);
-	job_close(&j);
 	close(fds[0]);
-	cal_test_rm_rf(root);
-	free(dst);
-	free(src);
-	free(root);
+	job_done(&j, &err, root, src, dst);
 }
 
 static size_t count_entries(const char *dir)
@@ -819,12 +826,7 @@ Test(export, disk_full_leaves_nothing)
 	cr_assert_eq(st, CAL_ERR_NOSPACE, "%s", cal_error_msg(&err));
 	cr_assert(!exists(dst));
 	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
-	cal_error_clear(&err);
-	job_close(&j);
-	cal_test_rm_rf(root);
-	free(dst);
-	free(src);
-	free(root);
+	job_done(&j, &err, root, src, dst);
 }
 
 /* Overwrites the 4 bytes of scalar tensor `name` in dir/model.safetensors. */
@@ -893,10 +895,5 @@ Test(verify, catches_violations)
 	cr_assert_eq(cal_export_verify(dst, NULL, j.be, NULL, &err), CAL_ERR_FORMAT);
 	cr_assert(strstr(cal_error_msg(&err), "experts.5.down_proj.input_scale"), "%s",
 		  cal_error_msg(&err));
-	cal_error_clear(&err);
-	job_close(&j);
-	cal_test_rm_rf(root);
-	free(dst);
-	free(src);
-	free(root);
+	job_done(&j, &err, root, src, dst);
 }
