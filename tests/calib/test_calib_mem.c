@@ -57,9 +57,12 @@ struct uncapped {
 	uint64_t hidden_n;
 };
 
-static void run_uncapped(struct calib_env *e, struct uncapped *u)
+/* env_init(e, n_seq, min_len, max_len), then the uncapped run into u */
+static void run_uncapped(struct calib_env *e, struct uncapped *u, size_t n_seq, size_t min_len,
+			 size_t max_len)
 {
 	struct cal_error err = {0};
+	env_init(e, n_seq, min_len, max_len);
 	cr_assert_eq(run(e, 0, &u->json, &u->perf, &err), CAL_OK, "%s", cal_error_msg(&err));
 	cr_assert_not_null(u->json);
 	u->hidden = e->last_hidden;
@@ -69,16 +72,17 @@ static void run_uncapped(struct calib_env *e, struct uncapped *u)
 
 /* Runs under cap: it must succeed, stay under the cap and give u's
  * statistics and hidden states byte for byte (what: the condition, for
- * the messages).  Returns the run's perf in *ret_perf and frees u. */
-static void run_capped_same(struct calib_env *e, struct uncapped *u, uint64_t cap,
-			    const char *what, struct cal_calib_perf *ret_perf)
+ * the messages).  Returns the run's perf and frees u. */
+static struct cal_calib_perf run_capped_same(struct calib_env *e, struct uncapped *u, uint64_t cap,
+					     const char *what)
 {
 	struct cal_error err = {0};
+	struct cal_calib_perf perf;
 	char *json = NULL;
-	cr_assert_eq(run(e, cap, &json, ret_perf, &err), CAL_OK, "cap %llu: %s",
+	cr_assert_eq(run(e, cap, &json, &perf, &err), CAL_OK, "cap %llu: %s",
 		     (unsigned long long)cap, cal_error_msg(&err));
-	cr_expect(ret_perf->peak_mem <= cap, "peak %llu > cap %llu",
-		  (unsigned long long)ret_perf->peak_mem, (unsigned long long)cap);
+	cr_expect(perf.peak_mem <= cap, "peak %llu > cap %llu",
+		  (unsigned long long)perf.peak_mem, (unsigned long long)cap);
 	cr_assert_not_null(json);
 	cr_expect_str_eq(json, u->json, "statistics differ %s", what);
 	cr_assert_eq(e->hidden_n, u->hidden_n);
@@ -87,15 +91,14 @@ static void run_capped_same(struct calib_env *e, struct uncapped *u, uint64_t ca
 	free(json);
 	free(u->json);
 	free(u->hidden);
+	return perf;
 }
 
 Test(calib_mem, weights_larger_than_the_cap)
 {
 	struct calib_env e = {0};
 	struct uncapped u;
-	struct cal_calib_perf p1;
-	env_init(&e, 6, 8, 40);
-	run_uncapped(&e, &u);
+	run_uncapped(&e, &u, 6, 8, 40);
 	cr_expect_eq(u.perf.streamed, 0, "uncapped CPU runs use the mapping");
 
 	uint64_t cap = u.perf.model_weight_bytes * 4 / 5;
@@ -103,7 +106,7 @@ Test(calib_mem, weights_larger_than_the_cap)
 		  "fixture too small for the test: layer %llu, model %llu",
 		  (unsigned long long)u.perf.max_layer_bytes,
 		  (unsigned long long)u.perf.model_weight_bytes);
-	run_capped_same(&e, &u, cap, "under the cap", &p1);
+	struct cal_calib_perf p1 = run_capped_same(&e, &u, cap, "under the cap");
 	cr_expect_eq(p1.streamed, 1);
 	cr_expect(p1.model_weight_bytes > cap, "model %llu <= cap %llu",
 		  (unsigned long long)p1.model_weight_bytes, (unsigned long long)cap);
@@ -116,15 +119,14 @@ Test(calib_mem, hidden_states_on_the_host)
 {
 	struct calib_env e = {0};
 	struct uncapped u;
-	struct cal_calib_perf p1;
-	env_init(&e, 64, 16, 48);
-	run_uncapped(&e, &u);
+	run_uncapped(&e, &u, 64, 16, 48);
 	/* room for the arenas, the metadata and a few sequences, not for all
 	 * hidden states next to a useful micro-batch */
 	uint64_t hid = u.hidden_n * 2;
 	uint64_t cap = 2 * u.perf.max_layer_bytes + hid / 2 + ((uint64_t)128 << 10);
 	cr_assert(cap < u.perf.model_weight_bytes + hid, "cap %llu", (unsigned long long)cap);
-	run_capped_same(&e, &u, cap, "with the hidden states on the host", &p1);
+	struct cal_calib_perf p1 =
+		run_capped_same(&e, &u, cap, "with the hidden states on the host");
 	cr_expect_eq(p1.hidden_on_host, 1, "hidden states (%llu bytes) stayed in back-end memory",
 		     (unsigned long long)hid);
 	cr_expect(p1.n_mb > 1, "one micro-batch (%llu tokens)", (unsigned long long)p1.mb_tokens);

@@ -125,30 +125,56 @@ Test(fwd_ops, rmsnorm_variants)
 	}
 }
 
+/* Runs cal_op_rope over a->x filled at random and checks each head against
+ * the kernels/ops.h formulas: NeoX halves (j, j + r/2), or with a->interleave
+ * the pairs (2j, 2j+1) stored de-interleaved, at a->offset; the channels
+ * outside the rotary part pass through unchanged. */
+static void check_rope(const struct cal_rope_args *a, uint64_t seed)
+{
+	uint64_t s = seed;
+	const uint32_t HD = a->head_dim, RD = a->rotary_dim, OFF = a->offset;
+	size_t n = (size_t)a->rows * a->heads * HD;
+	uint16_t *x0 = malloc(n * sizeof(*x0));
+	cr_assert_not_null(x0);
+	fill(a->x, n, 2, &s);
+	memcpy(x0, a->x, n * sizeof(*x0));
+	cr_assert_eq(cal_op_rope(be, a, NULL), CAL_OK);
+	for (uint64_t t = 0; t < a->rows; t++)
+		for (uint32_t h = 0; h < a->heads; h++) {
+			const uint16_t *i0 = x0 + (t * a->heads + h) * HD, *o = a->x + (t * a->heads + h) * HD;
+			for (uint32_t j = 0; j < RD / 2; j++) {
+				double c = cal_round_bf16(cosf((float)a->pos[t] * a->inv_freq[j]));
+				double sn = cal_round_bf16(sinf((float)a->pos[t] * a->inv_freq[j]));
+				if (!a->interleave) {
+					near_bf16(o[OFF + j], f(i0[OFF + j]) * c - f(i0[OFF + j + RD / 2]) * sn,
+						  "rope", (size_t)j, seed);
+					near_bf16(o[OFF + j + RD / 2],
+						  f(i0[OFF + j + RD / 2]) * c + f(i0[OFF + j]) * sn, "rope",
+						  (size_t)j, seed);
+					continue;
+				}
+				double a0 = f(i0[OFF + 2 * j]), a1 = f(i0[OFF + 2 * j + 1]);
+				/* pairs (2j, 2j+1) in, de-interleaved out; products rounded to bf16 */
+				double p00 = cal_round_bf16((float)(a0 * c)), p11 = cal_round_bf16((float)(a1 * sn));
+				double p10 = cal_round_bf16((float)(a1 * c)), p01 = cal_round_bf16((float)(a0 * sn));
+				near_bf16(o[OFF + j], p00 - p11, "rope", (size_t)j, seed);
+				near_bf16(o[OFF + j + RD / 2], p10 + p01, "rope", (size_t)j, seed);
+			}
+			for (uint32_t j = 0; j < HD; j++)
+				if (j < OFF || j >= OFF + RD)
+					cr_expect_eq(o[j], i0[j], "channel %u outside the rotary part changed", j);
+		}
+	free(x0);
+}
+
 Test(fwd_ops, rope_partial_neox)
 {
-	uint64_t seed = 13, s = seed;
 	enum { T = 4, NH = 2, HD = 8, RD = 4 };
-	uint16_t x[T * NH * HD], x0[T * NH * HD];
+	uint16_t x[T * NH * HD];
 	uint32_t pos[T] = {0, 1, 7, 300};
 	float inv[RD / 2] = {1.0f, 0.01f};
-	fill(x, T * NH * HD, 2, &s);
-	memcpy(x0, x, sizeof(x));
 	struct cal_rope_args a = {x, T, NH, HD, RD, pos, inv, 1.0f, 0, 0};
-	cr_assert_eq(cal_op_rope(be, &a, NULL), CAL_OK);
-	for (int t = 0; t < T; t++)
-		for (int h = 0; h < NH; h++) {
-			const uint16_t *i0 = x0 + (t * NH + h) * HD, *o = x + (t * NH + h) * HD;
-			for (int j = 0; j < RD / 2; j++) {
-				double c = cal_round_bf16(cosf((float)pos[t] * inv[j]));
-				double sn = cal_round_bf16(sinf((float)pos[t] * inv[j]));
-				near_bf16(o[j], f(i0[j]) * c - f(i0[j + RD / 2]) * sn, "rope", (size_t)j, seed);
-				near_bf16(o[j + RD / 2], f(i0[j + RD / 2]) * c + f(i0[j]) * sn, "rope",
-					  (size_t)j, seed);
-			}
-			for (int j = RD; j < HD; j++)
-				cr_expect_eq(o[j], i0[j], "pass-through channel %d changed", j);
-		}
+	check_rope(&a, 13);
 }
 
 Test(fwd_ops, attention_causal_gqa_window_pad)
@@ -404,32 +430,12 @@ Test(fwd_ops, ewise_modes_and_gather)
 
 Test(fwd_ops, rope_interleaved_at_offset)
 {
-	uint64_t seed = 17, s = seed;
 	enum { T = 3, NH = 2, HD = 10, OFF = 4, RD = 6 };
-	uint16_t x[T * NH * HD], x0[T * NH * HD];
+	uint16_t x[T * NH * HD];
 	uint32_t pos[T] = {0, 5, 1000};
 	float inv[RD / 2] = {1.0f, 0.1f, 0.001f};
-	fill(x, T * NH * HD, 2, &s);
-	memcpy(x0, x, sizeof(x));
 	struct cal_rope_args a = {x, T, NH, HD, RD, pos, inv, 1.0f, OFF, 1};
-	cr_assert_eq(cal_op_rope(be, &a, NULL), CAL_OK);
-	for (int t = 0; t < T; t++)
-		for (int h = 0; h < NH; h++) {
-			const uint16_t *i0 = x0 + (t * NH + h) * HD, *o = x + (t * NH + h) * HD;
-			for (int j = 0; j < RD / 2; j++) {
-				double c = cal_round_bf16(cosf((float)pos[t] * inv[j]));
-				double sn = cal_round_bf16(sinf((float)pos[t] * inv[j]));
-				double a0 = f(i0[OFF + 2 * j]), a1 = f(i0[OFF + 2 * j + 1]);
-				/* pairs (2j, 2j+1) in, de-interleaved out; products rounded to bf16 */
-				double p00 = cal_round_bf16((float)(a0 * c)), p11 = cal_round_bf16((float)(a1 * sn));
-				double p10 = cal_round_bf16((float)(a1 * c)), p01 = cal_round_bf16((float)(a0 * sn));
-				near_bf16(o[OFF + j], p00 - p11, "rope", (size_t)j, seed);
-				near_bf16(o[OFF + j + RD / 2], p10 + p01, "rope", (size_t)j, seed);
-			}
-			for (int j = 0; j < HD; j++)
-				if (j < OFF || j >= OFF + RD)
-					cr_expect_eq(o[j], i0[j], "channel %d outside the rotary part changed", j);
-		}
+	check_rope(&a, 17);
 	struct cal_rope_args bad = a;
 	bad.offset = HD - RD + 1;
 	cr_expect_eq(cal_op_rope(be, &bad, NULL), CAL_ERR_INVALID);

@@ -31,23 +31,28 @@
 
 /* ---- exclude_modules ---------------------------------------------------- */
 
-/* got (freed here) must be exactly want */
-static void expect_names(char **got, size_t n, const char *const *want, size_t nw)
+/* A list of names a call returns, with its error */
+struct got_names {
+	char **v;
+	size_t n;
+	struct cal_error err;
+};
+
+/* rc must be CAL_OK and g's names (freed here) exactly want */
+static void expect_names(int rc, struct got_names *g, const char *const *want, size_t nw)
 {
-	cr_assert_eq(n, nw, "got %zu names, want %zu", n, nw);
-	for (size_t i = 0; i < n; i++)
-		cr_assert_str_eq(got[i], want[i], "item %zu", i);
-	cal_exclude_free(got, n);
+	cr_assert_eq(rc, CAL_OK);
+	cr_assert_eq(g->n, nw, "got %zu names, want %zu", g->n, nw);
+	for (size_t i = 0; i < g->n; i++)
+		cr_assert_str_eq(g->v[i], want[i], "item %zu", i);
+	cal_exclude_free(g->v, g->n);
 }
 
 static void check_exclude(const char *const *unq, size_t nu, const char *const *q, size_t nq,
 			  const char *const *want, size_t nw)
 {
-	char **got = NULL;
-	size_t n = 0;
-	struct cal_error err = {0};
-	cr_assert_eq(cal_exclude_summarize(unq, nu, q, nq, &got, &n, &err), CAL_OK);
-	expect_names(got, n, want, nw);
+	struct got_names g = {0};
+	expect_names(cal_exclude_summarize(unq, nu, q, nq, &g.v, &g.n, &g.err), &g, want, nw);
 }
 
 Test(exclude, doc_example)
@@ -99,11 +104,8 @@ Test(exclude, hand_derived)
 static void check_mtp(const char *const *names, size_t n, int64_t layers, int64_t nextn,
 		      const char *const *want, size_t nw)
 {
-	char **got = NULL;
-	size_t ng = 0;
-	struct cal_error err = {0};
-	cr_assert_eq(cal_mtp_prefixes(names, n, layers, nextn, &got, &ng, &err), CAL_OK);
-	expect_names(got, ng, want, nw);
+	struct got_names g = {0};
+	expect_names(cal_mtp_prefixes(names, n, layers, nextn, &g.v, &g.n, &g.err), &g, want, nw);
 }
 
 Test(exclude, mtp_prefixes_as_hf_ptq)
@@ -728,6 +730,18 @@ static void job_close(struct job *j)
 	cal_model_desc_free(j->d);
 }
 
+/* The end of a failure-path test: err cleared, j closed, root (with src
+ * and dst in it) removed, the three paths freed. */
+static void job_done(struct job *j, struct cal_error *err, char *root, char *src, char *dst)
+{
+	cal_error_clear(err);
+	job_close(j);
+	cal_test_rm_rf(root);
+	free(dst);
+	free(src);
+	free(root);
+}
+
 static int exists(const char *p)
 {
 	struct stat sb;
@@ -778,13 +792,8 @@ Test(export, killed_midway_publishes_nothing)
 	/* and an existing output is never overwritten */
 	cr_assert_eq(cal_export_run("general/ptq/nvfp4_experts_only-kv_fp8", j.stats, j.be, &eo,
 				    NULL, &err), CAL_ERR_EXISTS);
-	cal_error_clear(&err);
-	job_close(&j);
 	close(fds[0]);
-	cal_test_rm_rf(root);
-	free(dst);
-	free(src);
-	free(root);
+	job_done(&j, &err, root, src, dst);
 }
 
 static size_t count_entries(const char *dir)
@@ -817,12 +826,7 @@ Test(export, disk_full_leaves_nothing)
 	cr_assert_eq(st, CAL_ERR_NOSPACE, "%s", cal_error_msg(&err));
 	cr_assert(!exists(dst));
 	cr_assert_eq(count_entries(root), before, "a temporary directory was left behind");
-	cal_error_clear(&err);
-	job_close(&j);
-	cal_test_rm_rf(root);
-	free(dst);
-	free(src);
-	free(root);
+	job_done(&j, &err, root, src, dst);
 }
 
 /* Overwrites the 4 bytes of scalar tensor `name` in dir/model.safetensors. */
@@ -891,10 +895,5 @@ Test(verify, catches_violations)
 	cr_assert_eq(cal_export_verify(dst, NULL, j.be, NULL, &err), CAL_ERR_FORMAT);
 	cr_assert(strstr(cal_error_msg(&err), "experts.5.down_proj.input_scale"), "%s",
 		  cal_error_msg(&err));
-	cal_error_clear(&err);
-	job_close(&j);
-	cal_test_rm_rf(root);
-	free(dst);
-	free(src);
-	free(root);
+	job_done(&j, &err, root, src, dst);
 }

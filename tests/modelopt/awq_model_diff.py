@@ -40,7 +40,6 @@ Writes the result to --out; exits
         --fixture-bin BUILD/tests/fixtures/calibd-fixture \\
         [--arch qwen3] --out tests/modelopt/awq_model/qwen3_wide.json
 """
-import argparse
 import json
 import os
 import random
@@ -49,8 +48,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gptq_model_diff import (dequant, load_model, load_st, patch_ieee_sqrt,  # noqa: E402
-                             patch_modelopt_cpu, run, write_summary)
+from gptq_model_diff import (dequant, diff_args, load_model, load_st,  # noqa: E402
+                             patch_ieee_sqrt, patch_modelopt_cpu, run, write_summary)
 
 AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -113,18 +112,13 @@ def dequant_int4(torch, st, name):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--calibd", required=True)
-    ap.add_argument("--fixture-bin", required=True)
+    ap = diff_args()
     ap.add_argument("--arch", default="qwen3")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--keep", default="")
-    ap.add_argument("--tolerance", type=float, default=0.0)
     ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq"))
     ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
-    ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     import torch

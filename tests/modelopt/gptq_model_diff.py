@@ -206,18 +206,24 @@ def write_summary(path, head, rows, tot, extra=None):
     return summary
 
 
-def main():
-    here = os.path.dirname(os.path.abspath(__file__))
+def diff_args():
+    """The options every *_model_diff.py takes; the script adds its own."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--calibd", required=True)
     ap.add_argument("--fixture-bin", required=True)
-    ap.add_argument("--case", default="qwen3_moe_fused")
-    ap.add_argument("--parity-dir", default=os.path.join(here, "..", "parity"))
-    ap.add_argument("--recipe", default="")
     ap.add_argument("--keep", default="", help="work (and keep the exports) in this folder")
     ap.add_argument("--tolerance", type=float, default=0.0,
                     help="fail when calibd's MSE exceeds modelopt's by more than this share")
     ap.add_argument("--out", required=True)
+    return ap
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = diff_args()
+    ap.add_argument("--case", default="qwen3_moe_fused")
+    ap.add_argument("--parity-dir", default=os.path.join(here, "..", "parity"))
+    ap.add_argument("--recipe", default="")
     ap.add_argument("--spread", action="store_true",
                     help="also run modelopt with transformers' eager attention (the same "
                     "algorithm on a forward that rounds differently): the spread of "

@@ -34,6 +34,13 @@ static double bf(uint16_t v)
 	return (double)cal_bf16_to_f32(v);
 }
 
+/* got within rel * |want| + 1e-6 of want (row r, channel c) */
+static void expect_rel(double got, double want, double rel, uint64_t r, uint64_t c)
+{
+	cr_expect(fabs(got - want) <= fabs(want) * rel + 1e-6, "row %llu ch %llu: %g vs %g",
+		  (unsigned long long)r, (unsigned long long)c, got, want);
+}
+
 static struct cal_backend *cpu(unsigned threads)
 {
 	struct cal_backend *be = NULL;
@@ -252,9 +259,7 @@ Test(gdn, conv_resets_per_sequence)
 				}
 				double u = bf(cal_f32_to_bf16((float)acc));
 				double want = u / (1 + exp(-u)), got = bf(y[r * ch + c]);
-				cr_expect(fabs(got - want) <= fabs(want) / 128 + 1e-6,
-					  "row %llu ch %llu: %g vs %g", (unsigned long long)r,
-					  (unsigned long long)c, got, want);
+				expect_rel(got, want, 1.0 / 128, r, c);
 			}
 	free(x);
 	free(w);
@@ -282,9 +287,7 @@ Test(gdn, gated_norm)
 			double zf = bf(z[r * cols + j]);
 			double want = bf(w[j]) * bf(x[r * cols + j]) * inv * zf / (1 + exp(-zf));
 			double got = bf(y[r * cols + j]);
-			cr_expect(fabs(got - want) <= fabs(want) * 3.0 / 256 + 1e-6,
-				  "row %llu col %llu: %g vs %g", (unsigned long long)r,
-				  (unsigned long long)j, got, want);
+			expect_rel(got, want, 3.0 / 256, r, j);
 		}
 	}
 	free(x);
