@@ -258,15 +258,4 @@ static enum cal_status thr_alltoallv(struct cal_comm *c, const void *send,
 	return rendezvous(c, &dl, err);
 }
 
-const struct comm_world_ops cal_comm_threads_ops = {
-	.world_init = thr_world_init,
-	.join = thr_join,
-	.allreduce = thr_allreduce,
-	.allgather = thr_allgather,
-	.broadcast = thr_broadcast,
-	.barrier = thr_barrier,
-	.alltoallv = thr_alltoallv,
-	.abort = thr_abort,
-	.leave = thr_leave,
-	.world_fini = thr_world_fini,
-};
+CAL_COMM_WORLD_OPS(cal_comm_threads_ops, thr);
