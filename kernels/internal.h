@@ -82,6 +82,13 @@ enum cal_status cal_check_row_sums(uint64_t rows, uint64_t cols, const void *x, 
 /* rows*cols <= CAL_MAX_ELEMS and cols % multiple == 0 (multiple may be 1). */
 enum cal_status cal_check_shape(uint64_t rows, uint64_t cols, uint64_t multiple,
 				struct cal_error *err);
+/* cal_check_shape(rows, cols, 1) of each of the n {rows, cols} of v in
+ * turn: the first failure, else CAL_OK.  CAL_CHECK_SHAPES(err, {m, k},
+ * {n, k}) writes the array. */
+enum cal_status cal_check_shapes(const uint64_t (*v)[2], size_t n, struct cal_error *err);
+#define CAL_CHECK_SHAPES(err, ...)                                                  \
+	cal_check_shapes((const uint64_t[][2]){__VA_ARGS__},                        \
+			 sizeof((const uint64_t[][2]){__VA_ARGS__}) / sizeof(uint64_t[2]), err)
 /* A max|x| observer's arguments: input dtype, shape, rows <= 2^32-1, and the
  * amax / nonfinite outputs. */
 enum cal_status cal_check_obs(enum cal_dtype dtype, uint64_t rows, uint64_t cols,
