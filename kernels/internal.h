@@ -89,6 +89,8 @@ enum cal_status cal_check_shapes(const uint64_t (*v)[2], size_t n, struct cal_er
 #define CAL_CHECK_SHAPES(err, ...)                                                  \
 	cal_check_shapes((const uint64_t[][2]){__VA_ARGS__},                        \
 			 sizeof((const uint64_t[][2]){__VA_ARGS__}) / sizeof(uint64_t[2]), err)
+/* An INT4 op's shape: cols % 128 == 0 and rows even (row pairs pack). */
+enum cal_status cal_check_int4_shape(uint64_t rows, uint64_t cols, struct cal_error *err);
 /* A max|x| observer's arguments: input dtype, shape, rows <= 2^32-1, and the
  * amax / nonfinite outputs. */
 enum cal_status cal_check_obs(enum cal_dtype dtype, uint64_t rows, uint64_t cols,
@@ -220,6 +222,13 @@ enum cal_status cal_cpu_row_sums(struct cal_backend *be, const void *args, uint6
 	{                                                                                     \
 		return cal_cpu_row_sums(be, a, a->rows, a->cols, terms, a->sums, err);         \
 	}
+
+/* Runs an INT4 op (docs/numerics.md "INT4 blocks") on the CPU threads, one
+ * item per row pair pr (rows 2pr, 2pr+1) and 128-block b of cols:
+ * block(args, pr, b, nb) with nb = cols / 128 blocks a row. */
+typedef void (*cal_int4_block_fn)(const void *args, uint64_t pr, uint64_t b, uint64_t nb);
+enum cal_status cal_cpu_int4_blocks(struct cal_backend *be, const void *args, uint64_t rows,
+				    uint64_t cols, cal_int4_block_fn block, struct cal_error *err);
 
 /* cal_cpu_parallel(be, n_items, 1, fn, ctx) with per-thread scratch:
  * *scratch holds per_slot floats for each slot while fn runs (slot i's at
