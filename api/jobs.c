@@ -20,7 +20,7 @@
 #include "api/jobspec.h"
 #include "api/recipes.h"
 #include "api/report_html.h"
-#include "api/routes_jobs.h"
+#include "api/routes.h"
 #include "common/parse.h"
 #include "common/util.h"
 #include "common/fsutil.h"

@@ -26,7 +26,7 @@
 #include <time.h>
 
 #include "api/jobspec.h"
-#include "api/routes_recipes.h"
+#include "api/routes.h"
 #include "common/confine.h"
 #include "common/util.h"
 #include "engine/job.h"

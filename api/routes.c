@@ -1,14 +1,9 @@
 /*
- * routes.c — every HTTP route, once.  The handlers are declared in one
- * header per resource (api/routes_<resource>.h).  The OpenAPI document
- * (openapi.yaml) lists the same set; tests/api/test_units.c checks that
- * they agree.
+ * routes.c — every HTTP route, once.  The handlers are declared in
+ * api/routes.h.  The OpenAPI document (openapi.yaml) lists the same set;
+ * tests/api/test_units.c checks that they agree.
  */
-#include "api/http.h"
-#include "api/routes_devices.h"
-#include "api/routes_jobs.h"
-#include "api/routes_recipes.h"
-#include "api/routes_system.h"
+#include "api/routes.h"
 
 const struct cal_route cal_routes[] = {
 	{"POST", "/v1/jobs", cal_route_jobs_create, CAL_ROUTE_TOKEN | CAL_ROUTE_BODY},

@@ -7,8 +7,7 @@
 #include <string.h>
 
 #include "api/http.h"
-#include "api/routes_devices.h"
-#include "api/routes_system.h"
+#include "api/routes.h"
 #include "daemon/daemon.h"
 
 enum MHD_Result cal_route_livez(struct cal_http_req *r)

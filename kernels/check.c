@@ -20,6 +20,24 @@ enum cal_status cal_check_ptrs(const struct cal_arg_ptr *v, size_t n, struct cal
 	return CAL_OK;
 }
 
+enum cal_status cal_check_shapes(const uint64_t (*v)[2], size_t n, struct cal_error *err)
+{
+	enum cal_status st = CAL_OK;
+	for (size_t i = 0; i < n && st >= 0; i++)
+		st = cal_check_shape(v[i][0], v[i][1], 1, err);
+	return st;
+}
+
+enum cal_status cal_check_int4_shape(uint64_t rows, uint64_t cols, struct cal_error *err)
+{
+	enum cal_status st = cal_check_shape(rows, cols, 128, err);
+	if (st >= 0 && rows % 2)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "argument 'rows' = %llu is odd (INT4 packs row pairs)",
+				     (unsigned long long)rows);
+	return st;
+}
+
 /* The dtype argument `field` is BF16 or F32. */
 static enum cal_status check_bf16_f32(enum cal_dtype dt, const char *field, struct cal_error *err)
 {

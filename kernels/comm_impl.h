@@ -72,6 +72,15 @@ struct comm_world_ops {
 	void (*world_fini)(struct cal_comm_world *w); /* frees w->impl */
 };
 
+/* Defines NAME as the ops table of the implementation whose functions are
+ * PREFIX_world_init, PREFIX_join, ... PREFIX_world_fini. */
+#define CAL_COMM_WORLD_OPS(name, prefix)                                                  \
+	const struct comm_world_ops name = {                                              \
+		prefix##_world_init, prefix##_join, prefix##_allreduce, prefix##_allgather, \
+		prefix##_broadcast, prefix##_barrier, prefix##_alltoallv, prefix##_abort,  \
+		prefix##_leave, prefix##_world_fini,                                      \
+	}
+
 extern const struct comm_world_ops cal_comm_threads_ops;
 extern const struct comm_world_ops cal_comm_tcp_ops;
 extern const struct comm_world_ops cal_comm_nccl_ops;

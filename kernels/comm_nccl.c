@@ -177,15 +177,4 @@ static void nccl_leave(struct cal_comm *c)
 	c->impl = NULL;
 }
 
-const struct comm_world_ops cal_comm_nccl_ops = {
-	.world_init = nccl_world_init,
-	.join = nccl_join,
-	.allreduce = nccl_allreduce,
-	.allgather = nccl_allgather,
-	.broadcast = nccl_broadcast,
-	.barrier = nccl_barrier,
-	.alltoallv = nccl_alltoallv,
-	.abort = nccl_abort,
-	.leave = nccl_leave,
-	.world_fini = nccl_world_fini,
-};
+CAL_COMM_WORLD_OPS(cal_comm_nccl_ops, nccl);

@@ -902,15 +902,4 @@ static enum cal_status tcp_join(struct cal_comm *c, struct cal_error *err)
 	return st;
 }
 
-const struct comm_world_ops cal_comm_tcp_ops = {
-	.world_init = tcp_world_init,
-	.join = tcp_join,
-	.allreduce = tcp_allreduce,
-	.allgather = tcp_allgather,
-	.broadcast = tcp_broadcast,
-	.barrier = tcp_barrier,
-	.alltoallv = tcp_alltoallv,
-	.abort = tcp_abort,
-	.leave = tcp_leave,
-	.world_fini = tcp_world_fini,
-};
+CAL_COMM_WORLD_OPS(cal_comm_tcp_ops, tcp);

@@ -27,6 +27,8 @@ struct thr_slot {
 	unsigned root;
 	const void *send;       /* allreduce, broadcast: the buffer */
 	const uint64_t *send_bytes;
+	void *recv;             /* where this rank's result goes */
+	const uint64_t *recv_bytes;
 };
 
 struct thr_world {
@@ -167,83 +169,100 @@ static enum cal_status publish(struct cal_comm *c, const struct thr_slot *mine,
 	return CAL_OK;
 }
 
+/* A collective's work once every rank has published: reads the slots of
+ * all (this rank's is slot[c->rank]). */
+typedef enum cal_status (*thr_step_fn)(struct cal_comm *c, const struct thr_slot *slot,
+				       struct cal_error *err);
+
+/* One collective: publishes mine, runs step (none for a barrier), then
+ * waits until every rank is done reading (slots stay readable until then). */
+static enum cal_status collective(struct cal_comm *c, const struct thr_slot *mine,
+				  thr_step_fn step, struct cal_error *err)
+{
+	struct thr_world *t = c->world->impl;
+	struct timespec dl = cal_comm_deadline(c->timeout_ms);
+	enum cal_status st = publish(c, mine, &dl, err);
+	if (st >= 0 && step)
+		st = step(c, t->slot, err);
+	return st < 0 ? st : rendezvous(c, &dl, err);
+}
+
+static enum cal_status reduce_step(struct cal_comm *c, const struct thr_slot *slot,
+				   struct cal_error *err)
+{
+	const struct thr_slot *me = &slot[c->rank];
+	memcpy(me->recv, slot[0].send, me->count * cal_comm_dtype_size(me->dtype));
+	for (unsigned r = 1; r < c->size; r++)
+		cal_comm_reduce_into(me->recv, slot[r].send, me->count, me->dtype, me->redop);
+	return CAL_OK;
+}
+
 static enum cal_status thr_allreduce(struct cal_comm *c, void *buf, size_t count,
 				     enum cal_comm_dtype dtype, enum cal_comm_redop op,
 				     struct cal_error *err)
 {
-	struct thr_world *t = c->world->impl;
-	struct timespec dl = cal_comm_deadline(c->timeout_ms);
 	size_t bytes = count * cal_comm_dtype_size(dtype);
 	void *acc = malloc(bytes ? bytes : 1);
 	if (!acc)
 		return cal_comm_fail(c, err, "out of memory (%zu bytes)", bytes);
-	struct thr_slot mine = {.count = count, .dtype = dtype, .redop = op, .send = buf};
-	enum cal_status st = publish(c, &mine, &dl, err);
-	if (st >= 0) {
-		memcpy(acc, t->slot[0].send, bytes);
-		for (unsigned r = 1; r < c->size; r++)
-			cal_comm_reduce_into(acc, t->slot[r].send, count, dtype, op);
-		st = rendezvous(c, &dl, err);
-	}
+	struct thr_slot mine = {.count = count, .dtype = dtype, .redop = op, .send = buf,
+				.recv = acc};
+	enum cal_status st = collective(c, &mine, reduce_step, err);
 	if (st >= 0)
 		memcpy(buf, acc, bytes);
 	free(acc);
 	return st;
 }
 
+static enum cal_status gather_step(struct cal_comm *c, const struct thr_slot *slot,
+				   struct cal_error *err)
+{
+	const struct thr_slot *me = &slot[c->rank];
+	for (unsigned r = 0; r < c->size; r++) {
+		char *dst = (char *)me->recv + (size_t)r * me->count;
+		if (dst != slot[r].send)
+			memcpy(dst, slot[r].send, me->count);
+	}
+	return CAL_OK;
+}
+
 static enum cal_status thr_allgather(struct cal_comm *c, const void *send, size_t bytes,
 				     void *recv, struct cal_error *err)
 {
-	struct thr_world *t = c->world->impl;
-	struct timespec dl = cal_comm_deadline(c->timeout_ms);
-	struct thr_slot mine = {.count = bytes, .send = send};
-	enum cal_status st = publish(c, &mine, &dl, err);
-	if (st < 0)
-		return st;
-	for (unsigned r = 0; r < c->size; r++) {
-		char *dst = (char *)recv + (size_t)r * bytes;
-		if (dst != t->slot[r].send)
-			memcpy(dst, t->slot[r].send, bytes);
-	}
-	return rendezvous(c, &dl, err);
+	struct thr_slot mine = {.count = bytes, .send = send, .recv = recv};
+	return collective(c, &mine, gather_step, err);
+}
+
+static enum cal_status bcast_step(struct cal_comm *c, const struct thr_slot *slot,
+				  struct cal_error *err)
+{
+	const struct thr_slot *me = &slot[c->rank];
+	if (c->rank != me->root)
+		memcpy(me->recv, slot[me->root].send, me->count);
+	return CAL_OK;
 }
 
 static enum cal_status thr_broadcast(struct cal_comm *c, void *buf, size_t bytes, unsigned root,
 				     struct cal_error *err)
 {
-	struct thr_world *t = c->world->impl;
-	struct timespec dl = cal_comm_deadline(c->timeout_ms);
-	struct thr_slot mine = {.count = bytes, .root = root, .send = buf};
-	enum cal_status st = publish(c, &mine, &dl, err);
-	if (st < 0)
-		return st;
-	if (c->rank != root)
-		memcpy(buf, t->slot[root].send, bytes);
-	return rendezvous(c, &dl, err);
+	struct thr_slot mine = {.count = bytes, .root = root, .send = buf, .recv = buf};
+	return collective(c, &mine, bcast_step, err);
 }
 
 static enum cal_status thr_barrier(struct cal_comm *c, struct cal_error *err)
 {
-	struct timespec dl = cal_comm_deadline(c->timeout_ms);
 	struct thr_slot mine = {0};
-	enum cal_status st = publish(c, &mine, &dl, err);
-	return st < 0 ? st : rendezvous(c, &dl, err); /* slots stay readable until all checked */
+	return collective(c, &mine, NULL, err);
 }
 
-static enum cal_status thr_alltoallv(struct cal_comm *c, const void *send,
-				     const uint64_t *send_bytes, void *recv,
-				     const uint64_t *recv_bytes, struct cal_error *err)
+static enum cal_status alltoallv_step(struct cal_comm *c, const struct thr_slot *slot,
+				      struct cal_error *err)
 {
-	struct thr_world *t = c->world->impl;
-	struct timespec dl = cal_comm_deadline(c->timeout_ms);
-	struct thr_slot mine = {.send = send, .send_bytes = send_bytes};
-	enum cal_status st = publish(c, &mine, &dl, err);
-	if (st < 0)
-		return st;
 	unsigned R = c->size, me = c->rank;
-	char *dst = recv;
+	const uint64_t *recv_bytes = slot[me].recv_bytes;
+	char *dst = slot[me].recv;
 	for (unsigned p = 0; p < R; p++) {
-		const struct thr_slot *s = &t->slot[p];
+		const struct thr_slot *s = &slot[p];
 		if (s->send_bytes[me] != recv_bytes[p])
 			return cal_comm_fail(c, err, "rank %u sends %llu bytes to rank %u, which expects "
 					     "%llu", p, (unsigned long long)s->send_bytes[me], me,
@@ -255,18 +274,16 @@ static enum cal_status thr_alltoallv(struct cal_comm *c, const void *send,
 			memcpy(dst, (const char *)s->send + off, recv_bytes[p]);
 		dst += recv_bytes[p];
 	}
-	return rendezvous(c, &dl, err);
+	return CAL_OK;
 }
 
-const struct comm_world_ops cal_comm_threads_ops = {
-	.world_init = thr_world_init,
-	.join = thr_join,
-	.allreduce = thr_allreduce,
-	.allgather = thr_allgather,
-	.broadcast = thr_broadcast,
-	.barrier = thr_barrier,
-	.alltoallv = thr_alltoallv,
-	.abort = thr_abort,
-	.leave = thr_leave,
-	.world_fini = thr_world_fini,
-};
+static enum cal_status thr_alltoallv(struct cal_comm *c, const void *send,
+				     const uint64_t *send_bytes, void *recv,
+				     const uint64_t *recv_bytes, struct cal_error *err)
+{
+	struct thr_slot mine = {.send = send, .send_bytes = send_bytes, .recv = recv,
+				.recv_bytes = recv_bytes};
+	return collective(c, &mine, alltoallv_step, err);
+}
+
+CAL_COMM_WORLD_OPS(cal_comm_threads_ops, thr);

@@ -68,6 +68,27 @@ enum cal_status cal_cpu_row_sums(struct cal_backend *be, const void *args, uint6
 	return cal_cpu_parallel(be, rows, min_rows, row_sums_range, &r, err);
 }
 
+struct int4_run {
+	const void *args;
+	uint64_t nb;
+	cal_int4_block_fn block;
+};
+
+static void int4_run_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct int4_run *r = p;
+	(void)slot;
+	for (uint64_t it = begin; it < end; it++)
+		r->block(r->args, it / r->nb, it % r->nb, r->nb);
+}
+
+enum cal_status cal_cpu_int4_blocks(struct cal_backend *be, const void *args, uint64_t rows,
+				    uint64_t cols, cal_int4_block_fn block, struct cal_error *err)
+{
+	struct int4_run r = {args, cols / 128, block};
+	return cal_cpu_parallel(be, rows / 2 * r.nb, 1024, int4_run_range, &r, err);
+}
+
 enum cal_status cal_cpu_parallel_scratch(struct cal_backend *be, uint64_t n_items,
 					 uint64_t per_slot, float **scratch, cal_cpu_range_fn fn, void *ctx,
 					 const char *what, struct cal_error *err)

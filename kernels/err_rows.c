@@ -14,12 +14,4 @@ static void err_terms(const void *p, uint64_t i, double *u, double *v)
 	*v = a->in ? av - (double)cal_nf_bf16_to_f32(a->in[i]) : av;
 }
 
-CAL_CHECK_OP(err_rows)
-{
-	return cal_check_row_sums(a->rows, a->cols, a->a, "a", a->b, "b", a->sums, err);
-}
-
-CAL_CPU_OP(err_rows)
-{
-	return cal_cpu_row_sums(be, a, a->rows, a->cols, err_terms, a->sums, err);
-}
+CAL_ROW_SUMS_OP(err_rows, a, b, err_terms)

@@ -62,6 +62,15 @@ static inline uint16_t finish(v4f acc, const float *x, const float *w, uint64_t 
 	return cal_nf_f32_to_bf16(s);
 }
 
+/* One column's 4 lanes w[0..4) against two rows' p0, p1 into a0, a1. */
+static inline void acc2(v4f *a0, v4f *a1, v4f p0, v4f p1, const float *w)
+{
+	v4f q;
+	memcpy(&q, w, 16);
+	*a0 += p0 * q;
+	*a1 += p1 * q;
+}
+
 static void gemm_item_run(const struct cal_gemm_args *a, const struct gemm_item *it, float *xs,
 			  float *ws, uint64_t kp)
 {
@@ -85,21 +94,13 @@ static void gemm_item_run(const struct cal_gemm_args *a, const struct gemm_item 
 			v4f a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0};
 			v4f a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
 			for (uint64_t i = 0; i < k4; i += 4) {
-				v4f p0, p1, q;
+				v4f p0, p1;
 				memcpy(&p0, x0 + i, 16);
 				memcpy(&p1, x1 + i, 16);
-				memcpy(&q, w0 + i, 16);
-				a00 += p0 * q;
-				a10 += p1 * q;
-				memcpy(&q, w1 + i, 16);
-				a01 += p0 * q;
-				a11 += p1 * q;
-				memcpy(&q, w2 + i, 16);
-				a02 += p0 * q;
-				a12 += p1 * q;
-				memcpy(&q, w3 + i, 16);
-				a03 += p0 * q;
-				a13 += p1 * q;
+				acc2(&a00, &a10, p0, p1, w0 + i);
+				acc2(&a01, &a11, p0, p1, w1 + i);
+				acc2(&a02, &a12, p0, p1, w2 + i);
+				acc2(&a03, &a13, p0, p1, w3 + i);
 			}
 			uint16_t *y0 = a->y + (it->r0 + r) * a->n + it->c0 + c, *y1 = y0 + a->n;
 			uint64_t col = it->c0 + c;
@@ -116,12 +117,10 @@ static void gemm_item_run(const struct cal_gemm_args *a, const struct gemm_item 
 			const float *w0 = ws + c * kp;
 			v4f a00 = {0}, a10 = {0};
 			for (uint64_t i = 0; i < k4; i += 4) {
-				v4f p0, p1, q;
+				v4f p0, p1;
 				memcpy(&p0, x0 + i, 16);
 				memcpy(&p1, x1 + i, 16);
-				memcpy(&q, w0 + i, 16);
-				a00 += p0 * q;
-				a10 += p1 * q;
+				acc2(&a00, &a10, p0, p1, w0 + i);
 			}
 			uint16_t *y0 = a->y + (it->r0 + r) * a->n + it->c0 + c;
 			y0[0] = finish(a00, x0, w0, k4, k, bias, it->c0 + c, br);
@@ -157,9 +156,7 @@ static void gemm_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 CAL_CHECK_OP(gemm)
 {
 	enum cal_status st;
-	if ((st = cal_check_shape(a->m, a->k, 1, err)) < 0 ||
-	    (st = cal_check_shape(a->n, a->k, 1, err)) < 0 ||
-	    (st = cal_check_shape(a->m, a->n, 1, err)) < 0)
+	if ((st = CAL_CHECK_SHAPES(err, {a->m, a->k}, {a->n, a->k}, {a->m, a->n})) < 0)
 		return st;
 	if (a->m == 0 || a->n == 0)
 		return CAL_OK;

@@ -82,6 +82,15 @@ enum cal_status cal_check_row_sums(uint64_t rows, uint64_t cols, const void *x, 
 /* rows*cols <= CAL_MAX_ELEMS and cols % multiple == 0 (multiple may be 1). */
 enum cal_status cal_check_shape(uint64_t rows, uint64_t cols, uint64_t multiple,
 				struct cal_error *err);
+/* cal_check_shape(rows, cols, 1) of each of the n {rows, cols} of v in
+ * turn: the first failure, else CAL_OK.  CAL_CHECK_SHAPES(err, {m, k},
+ * {n, k}) writes the array. */
+enum cal_status cal_check_shapes(const uint64_t (*v)[2], size_t n, struct cal_error *err);
+#define CAL_CHECK_SHAPES(err, ...)                                                  \
+	cal_check_shapes((const uint64_t[][2]){__VA_ARGS__},                        \
+			 sizeof((const uint64_t[][2]){__VA_ARGS__}) / sizeof(uint64_t[2]), err)
+/* An INT4 op's shape: cols % 128 == 0 and rows even (row pairs pack). */
+enum cal_status cal_check_int4_shape(uint64_t rows, uint64_t cols, struct cal_error *err);
 /* A max|x| observer's arguments: input dtype, shape, rows <= 2^32-1, and the
  * amax / nonfinite outputs. */
 enum cal_status cal_check_obs(enum cal_dtype dtype, uint64_t rows, uint64_t cols,
@@ -118,20 +127,31 @@ static inline void cal_load_bf16(float *x, const uint16_t *w, int n)
 		x[k] = cal_nf_bf16_to_f32(w[k]);
 }
 
-/* MX 32-block b of the bf16 weights w (docs/numerics.md "MX formats"):
- * widens it into x, and returns its E8M0 scale byte from max|x| (MXFP4's
- * when fp4, else MXFP8's) with *mul the multiplier that scales the block to
- * the element format (NaN for the NaN scale 0xff), as kernels/cuda/
- * mx_common.cuh does per lane group. */
-static inline uint8_t cal_mx_block_load(const uint16_t *w, uint64_t b, int fp4,
-					enum cal_div_mode div, float x[32], float *mul)
-{
-	cal_load_bf16(x, w + b * 32, 32);
-	float amax = cal_block_absmax(x, 32);
-	uint8_t e = fp4 ? cal_mxfp4_block_scale(amax, div) : cal_mxfp8_block_scale(amax, div);
-	*mul = e == 0xff ? cal_nf_float(0x7fc00000u) : cal_pow2f(127 - (int)e);
-	return e;
-}
+/* CPU back end of both static NVFP4 ops (docs/numerics.md "NVFP4 static and
+ * MSE"), items 16-blocks of the bf16 weights w: with sweep_amax set, each
+ * block's amax by the MSE FP8-scale sweep into it (nvfp4_mse_sweep); else
+ * the blocks quantized from block_amax into packed and scales
+ * (nvfp4_static_quant).  Defined in nvfp4_static_quant.c. */
+struct cal_nvfp4_static_run {
+	const uint16_t *w;
+	float global_amax, norm_max;
+	enum cal_div_mode div;
+	const float *block_amax;
+	uint8_t *packed, *scales;
+	float *sweep_amax;
+};
+enum cal_status cal_cpu_nvfp4_static(struct cal_backend *be, uint64_t rows, uint64_t cols,
+				     const struct cal_nvfp4_static_run *run, struct cal_error *err);
+
+/* CPU back end of both MX weight quantizers (docs/numerics.md "MX
+ * formats"), items 32-blocks of the bf16 weights w: scales[b] is the E8M0
+ * byte from max|x| (MXFP4's when fp4, else MXFP8's); out gets the block
+ * scaled by the byte's power of two (NaN for 0xff), as kernels/cuda/
+ * mx_common.cuh does per lane group: MXFP4 16 packed bytes a block, MXFP8
+ * 32 E4M3 bytes.  Defined in mxfp8_quant.c. */
+enum cal_status cal_cpu_mx_quant(struct cal_backend *be, uint64_t rows, uint64_t cols,
+				 const uint16_t *w, int fp4, enum cal_div_mode div, uint8_t *out,
+				 uint8_t *scales, struct cal_error *err);
 
 /* fp32 bits of element i (bf16 widened), sign cleared. */
 static inline uint32_t cal_abs_bits(enum cal_dtype dt, const void *x, uint64_t i)
@@ -190,6 +210,25 @@ enum cal_status cal_cpu_observe(struct cal_backend *be, uint64_t n_items, uint64
 enum cal_status cal_cpu_row_sums(struct cal_backend *be, const void *args, uint64_t rows,
 				 uint64_t cols, cal_lanes32_terms_fn terms, double *sums,
 				 struct cal_error *err);
+/* The check and CPU entry points of a per-row f64 sums op whose args have
+ * rows, cols, sums and the inputs X and Y (named so in errors); TERMS gives
+ * each element's two terms. */
+#define CAL_ROW_SUMS_OP(name, x, y, terms)                                                    \
+	CAL_CHECK_OP(name)                                                                    \
+	{                                                                                     \
+		return cal_check_row_sums(a->rows, a->cols, a->x, #x, a->y, #y, a->sums, err); \
+	}                                                                                     \
+	CAL_CPU_OP(name)                                                                      \
+	{                                                                                     \
+		return cal_cpu_row_sums(be, a, a->rows, a->cols, terms, a->sums, err);         \
+	}
+
+/* Runs an INT4 op (docs/numerics.md "INT4 blocks") on the CPU threads, one
+ * item per row pair pr (rows 2pr, 2pr+1) and 128-block b of cols:
+ * block(args, pr, b, nb) with nb = cols / 128 blocks a row. */
+typedef void (*cal_int4_block_fn)(const void *args, uint64_t pr, uint64_t b, uint64_t nb);
+enum cal_status cal_cpu_int4_blocks(struct cal_backend *be, const void *args, uint64_t rows,
+				    uint64_t cols, cal_int4_block_fn block, struct cal_error *err);
 
 /* cal_cpu_parallel(be, n_items, 1, fn, ctx) with per-thread scratch:
  * *scratch holds per_slot floats for each slot while fn runs (slot i's at

@@ -61,9 +61,7 @@ CAL_CHECK_OP(moe_combine)
 		return cal_error_set(err, CAL_ERR_INVALID,
 				     "arguments k = %u, k_total = %u: need 1 <= k <= min(64, k_total)",
 				     a->k, a->k_total);
-	if ((st = cal_check_shape(a->t, a->h, 1, err)) < 0 ||
-	    (st = cal_check_shape(a->rows, a->h, 1, err)) < 0 ||
-	    (st = cal_check_shape(a->t, a->k_total, 1, err)) < 0)
+	if ((st = CAL_CHECK_SHAPES(err, {a->t, a->h}, {a->rows, a->h}, {a->t, a->k_total})) < 0)
 		return st;
 	if (a->t == 0 || a->h == 0)
 		return CAL_OK;

@@ -38,27 +38,23 @@ enum cal_div_mode {
 
 /* ---- bit casts and single-rounding fp32 arithmetic ------------------- */
 
-CAL_HD uint32_t cal_nf_bits(float f)
-{
+/* Defines To NAME(From v): v's 4 bytes read as a To (CUDA's INTRINSIC on
+ * the device, memcpy on the host). */
 #ifdef __CUDA_ARCH__
-	return __float_as_uint(f);
+#define CAL_NF_BITCAST(name, To, From, intrinsic) \
+	CAL_HD To name(From v) { return intrinsic(v); }
 #else
-	uint32_t u;
-	memcpy(&u, &f, 4);
-	return u;
+#define CAL_NF_BITCAST(name, To, From, intrinsic) \
+	CAL_HD To name(From v)                    \
+	{                                         \
+		To r;                             \
+		memcpy(&r, &v, 4);                \
+		return r;                         \
+	}
 #endif
-}
 
-CAL_HD float cal_nf_float(uint32_t u)
-{
-#ifdef __CUDA_ARCH__
-	return __uint_as_float(u);
-#else
-	float f;
-	memcpy(&f, &u, 4);
-	return f;
-#endif
-}
+CAL_NF_BITCAST(cal_nf_bits, uint32_t, float, __float_as_uint)
+CAL_NF_BITCAST(cal_nf_float, float, uint32_t, __uint_as_float)
 
 /* NaN produced by arithmetic is the canonical positive NaN 0x7FFFFFFF on
  * NVIDIA GPUs, but the negative "indefinite" 0xFFC00000 on x86: the host
@@ -381,24 +377,14 @@ CAL_HD uint8_t cal_nvfp4_static_block_scale(float amax_b, float g, float m,
 	return cal_e4m3_encode(cal_clamp_nan(s, 0.001953125f, 448.0f));
 }
 
-/* MXFP8 E8M0 scale byte (docs/numerics.md "MX formats"): e =
- * clamp(ceil(log2(amax/448)), -127, 127). */
-CAL_HD uint8_t cal_mxfp8_block_scale(float amax_b, enum cal_div_mode mode)
+/* MX E8M0 scale byte (docs/numerics.md "MX formats"): e =
+ * clamp(ceil(log2(amax/M)), -127, 127) with M = 6 for MXFP4 (fp4 != 0),
+ * 448 for MXFP8; NaN amax -> 0xff. */
+CAL_HD uint8_t cal_mx_block_scale(float amax_b, int fp4, enum cal_div_mode mode)
 {
 	if (amax_b != amax_b)
 		return 0xff;
-	int e = cal_ceil_log2(cal_scale_div(amax_b, 448.0f, mode));
-	e = e < -127 ? -127 : (e > 127 ? 127 : e);
-	return (uint8_t)(e + 127);
-}
-
-/* MXFP4 E8M0 scale byte (docs/numerics.md "MX formats"): e =
- * ceil(max(log2(amax/6), -127)). */
-CAL_HD uint8_t cal_mxfp4_block_scale(float amax_b, enum cal_div_mode mode)
-{
-	if (amax_b != amax_b)
-		return 0xff;
-	int e = cal_ceil_log2(cal_scale_div(amax_b, 6.0f, mode));
+	int e = cal_ceil_log2(cal_scale_div(amax_b, fp4 ? 6.0f : 448.0f, mode));
 	e = e < -127 ? -127 : (e > 127 ? 127 : e);
 	return (uint8_t)(e + 127);
 }

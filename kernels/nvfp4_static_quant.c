@@ -2,20 +2,25 @@
  * nvfp4_static_quant.c — static NVFP4 weight quantizer (docs/numerics.md
  * "NVFP4 static and MSE"): block scale E = e4m3(clamp(fl32(t2/t3))) from the
  * calibrated block amax (t1 = amax_b/6, 0 -> 1; t2 = t1*m; t3 = g/6), values
- * as dynamic NVFP4 with S2 = g/(6m).  Reference and CPU back end; items are
- * 16-blocks.
+ * as dynamic NVFP4 with S2 = g/(6m).  Reference and CPU back end, also of
+ * nvfp4_mse_sweep; items are 16-blocks.
  */
 #include "kernels/internal.h"
 
 static void st_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
-	const struct cal_nvfp4_static_quant_args *a = p;
+	const struct cal_nvfp4_static_run *a = p;
 	float s2 = cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div);
 	(void)slot;
 
 	for (uint64_t b = begin; b < end; b++) {
 		float x[16];
 		cal_load_bf16(x, a->w + b * 16, 16);
+		if (a->sweep_amax) {
+			a->sweep_amax[b] =
+				cal_nvfp4_mse_block(x, a->global_amax, a->norm_max, s2, a->div);
+			continue;
+		}
 		uint8_t e = cal_nvfp4_static_block_scale(a->block_amax[b], a->global_amax,
 							 a->norm_max, a->div);
 		float t = cal_fmul(cal_e4m3_decode(e), s2);
@@ -24,6 +29,14 @@ static void st_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			a->packed[b * 8 + j] = (uint8_t)(packed >> (8 * j));
 		a->scales[b] = e;
 	}
+}
+
+enum cal_status cal_cpu_nvfp4_static(struct cal_backend *be, uint64_t rows, uint64_t cols,
+				     const struct cal_nvfp4_static_run *run, struct cal_error *err)
+{
+	/* a swept block costs many quantized ones: smaller chunks */
+	uint64_t min_items = run->sweep_amax ? 256 : 1u << 14;
+	return cal_cpu_parallel(be, rows * cols / 16, min_items, st_range, (void *)run, err);
 }
 
 CAL_CHECK_OP(nvfp4_static_quant)
@@ -39,5 +52,7 @@ CAL_CHECK_OP(nvfp4_static_quant)
 
 CAL_CPU_OP(nvfp4_static_quant)
 {
-	return cal_cpu_parallel(be, a->rows * a->cols / 16, 1u << 14, st_range, (void *)a, err);
+	struct cal_nvfp4_static_run run = {a->w, a->global_amax, a->norm_max, a->div,
+					   a->block_amax, a->packed, a->scales, NULL};
+	return cal_cpu_nvfp4_static(be, a->rows, a->cols, &run, err);
 }

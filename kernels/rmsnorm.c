@@ -20,6 +20,19 @@ static inline float w_at(const struct cal_rmsnorm_args *a, uint64_t j)
 	return cal_nf_float((uint32_t)((const uint16_t *)a->w)[j] << 16);
 }
 
+/* Element j of the normalised row n scaled by the weight, per variant. */
+static inline float rms_scale(const struct cal_rmsnorm_args *a, uint64_t j, float n)
+{
+	switch (a->kind) {
+	case CAL_RMS_PLAIN:
+		return w_at(a, j) * cal_nf_float((uint32_t)cal_nf_f32_to_bf16(n) << 16);
+	case CAL_RMS_F32W:
+		return w_at(a, j) * n;
+	default:
+		return n * (1.0f + w_at(a, j));
+	}
+}
+
 static void rms_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
 	const struct cal_rmsnorm_args *a = ((struct rms_ctx *)p)->a;
@@ -36,19 +49,7 @@ static void rms_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		float inv = 1.0f / sqrtf(mean + a->eps);
 		for (uint64_t j = 0; j < a->cols; j++) {
 			float n = cal_nf_float((uint32_t)x[j] << 16) * inv;
-			float o;
-			switch (a->kind) {
-			case CAL_RMS_PLAIN:
-				o = w_at(a, j) * cal_nf_float((uint32_t)cal_nf_f32_to_bf16(n) << 16);
-				break;
-			case CAL_RMS_F32W:
-				o = w_at(a, j) * n;
-				break;
-			default:
-				o = n * (1.0f + w_at(a, j));
-				break;
-			}
-			y[j] = cal_nf_f32_to_bf16(o);
+			y[j] = cal_nf_f32_to_bf16(rms_scale(a, j, n));
 		}
 	}
 }

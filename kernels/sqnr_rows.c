@@ -14,12 +14,4 @@ static void sqnr_terms(const void *p, uint64_t i, double *u, double *v)
 	*v = xv - (double)a->y[i];
 }
 
-CAL_CHECK_OP(sqnr_rows)
-{
-	return cal_check_row_sums(a->rows, a->cols, a->x, "x", a->y, "y", a->sums, err);
-}
-
-CAL_CPU_OP(sqnr_rows)
-{
-	return cal_cpu_row_sums(be, a, a->rows, a->cols, sqnr_terms, a->sums, err);
-}
+CAL_ROW_SUMS_OP(sqnr_rows, x, y, sqnr_terms)

@@ -5,16 +5,9 @@
  */
 #include "common.cuh"
 
-template <bool BF16>
-__global__ void __launch_bounds__(CAL_CUDA_THREADS)
-rows_kernel(const void *x, uint64_t rows, uint64_t cols, const uint32_t *index, uint64_t n_index,
-	    uint64_t base, float *amax, struct cal_nonfinite *nf)
+CAL_OBS_ROWS_KERNEL(rows_kernel, const uint32_t *index, uint64_t n_index)
 {
-	cal_obs s;
-	cal_obs_init(s);
-	uint64_t warp = cal_warp_id();
-	uint64_t warps = cal_warp_count();
-	unsigned lane = threadIdx.x & 31;
+	CAL_OBS_WARP_START();
 	for (uint64_t k = warp; k < n_index; k += warps) {
 		uint64_t r = __ldg(index + k);
 		if (r < rows)
@@ -28,14 +21,7 @@ CAL_CUDA_OP(amax_rows)
 {
 	CAL_CUDA_OP_ENTER(a->n_index == 0 || a->cols == 0 || a->rows == 0);
 	unsigned grid = cal_cuda_grid(be, a->n_index * 32);
-	if (a->dtype == CAL_DTYPE_BF16)
-		rows_kernel<true><<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->rows, a->cols, a->index,
-								 a->n_index, a->index_base,
-								 a->amax, a->nonfinite);
-	else
-		rows_kernel<false><<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->rows, a->cols, a->index,
-								  a->n_index, a->index_base,
-								  a->amax, a->nonfinite);
+	CAL_OBS_ROWS_LAUNCH(rows_kernel, grid, a, a->index, a->n_index);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }

@@ -6,16 +6,9 @@
  */
 #include "common.cuh"
 
-template <bool BF16>
-__global__ void __launch_bounds__(CAL_CUDA_THREADS)
-seg_kernel(const void *x, uint64_t rows, uint64_t cols, const uint32_t *offsets, uint32_t n_seg,
-	   uint64_t base, float *amax, struct cal_nonfinite *nf)
+CAL_OBS_ROWS_KERNEL(seg_kernel, const uint32_t *offsets, uint32_t n_seg)
 {
-	cal_obs s;
-	cal_obs_init(s);
-	uint64_t warp = cal_warp_id();
-	uint64_t warps = cal_warp_count();
-	unsigned lane = threadIdx.x & 31;
+	CAL_OBS_WARP_START();
 	uint64_t r0 = __ldg(offsets), r1 = __ldg(offsets + n_seg);
 	if (r1 > rows)
 		r1 = rows;
@@ -55,14 +48,7 @@ CAL_CUDA_OP(amax_segments)
 	if (a->cols < 1024)
 		warps = a->rows * a->cols / 4096 + 1;
 	unsigned grid = cal_cuda_grid(be, warps * 32);
-	if (a->dtype == CAL_DTYPE_BF16)
-		seg_kernel<true><<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->rows, a->cols, a->offsets,
-								a->n_seg, a->index_base, a->amax,
-								a->nonfinite);
-	else
-		seg_kernel<false><<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->rows, a->cols, a->offsets,
-								 a->n_seg, a->index_base, a->amax,
-								 a->nonfinite);
+	CAL_OBS_ROWS_LAUNCH(seg_kernel, grid, a, a->offsets, a->n_seg);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }

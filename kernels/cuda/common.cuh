@@ -408,4 +408,33 @@ __device__ __forceinline__ void cal_obs_scan(const void *x, uint64_t i0, uint64_
 	}
 }
 
+/* The observer kernels that hand rows of x [rows, cols] to warps (amax_rows,
+ * amax_segments): NAME<BF16>(x, rows, cols, SEL, N_SEL, base, amax, nf)
+ * with the op's row selection declared by SEL, N_SEL.  The body starts with
+ * CAL_OBS_WARP_START(); CAL_OBS_ROWS_LAUNCH launches it. */
+#define CAL_OBS_ROWS_KERNEL(name, sel, n_sel)                                        \
+	template <bool BF16>                                                         \
+	__global__ void __launch_bounds__(CAL_CUDA_THREADS)                          \
+	name(const void *x, uint64_t rows, uint64_t cols, sel, n_sel, uint64_t base, \
+	     float *amax, struct cal_nonfinite *nf)
+
+/* Declares this thread's empty observer s, its warp, the grid's warps and
+ * its lane. */
+#define CAL_OBS_WARP_START()                                     \
+	cal_obs s;                                               \
+	cal_obs_init(s);                                         \
+	uint64_t warp = cal_warp_id(), warps = cal_warp_count(); \
+	unsigned lane = threadIdx.x & 31
+
+/* Launches CAL_OBS_ROWS_KERNEL `name` on stream s for the op arguments a
+ * (x, rows, cols, dtype, index_base, amax, nonfinite), its BF16 instance
+ * for BF16 x, with the row selection sel, n_sel. */
+#define CAL_OBS_ROWS_LAUNCH(name, grid, a, sel, n_sel)                                    \
+	do {                                                                              \
+		auto kernel_ = (a)->dtype == CAL_DTYPE_BF16 ? name<true> : name<false>;   \
+		kernel_<<<(grid), CAL_CUDA_THREADS, 0, s>>>((a)->x, (a)->rows, (a)->cols, \
+							    sel, n_sel, (a)->index_base,  \
+							    (a)->amax, (a)->nonfinite);   \
+	} while (0)
+
 #endif

@@ -23,7 +23,7 @@ mx_kernel(const uint16_t *w, uint64_t nlanes, enum cal_div_mode div, uint8_t *q,
 		float a = cal_group_max<4>(cal_block_absmax(x, 8));
 		if (!ok)
 			continue;
-		uint8_t e = FP4 ? cal_mxfp4_block_scale(a, div) : cal_mxfp8_block_scale(a, div);
+		uint8_t e = cal_mx_block_scale(a, FP4, div);
 		float mul = e == 0xff ? __uint_as_float(0x7fc00000u) : cal_pow2f(127 - (int)e);
 		if (FP4) {
 			uint32_t p = 0;

@@ -91,11 +91,11 @@ Test(numfmt, e8m0_and_ceil_log2)
 	cr_expect_eq(cal_ceil_log2(0x3p-149f), -147);
 	cr_expect_eq(cal_e8m0_decode(127), 1.0f);
 	cr_expect_eq(cal_e8m0_decode(0), 0x1p-127f);
-	cr_expect_eq(cal_mxfp8_block_scale(448.0f, CAL_DIV_EXACT), 127);
-	cr_expect_eq(cal_mxfp8_block_scale(449.0f, CAL_DIV_EXACT), 128);
-	cr_expect_eq(cal_mxfp8_block_scale(0.0f, CAL_DIV_RECIP), 0);
-	cr_expect_eq(cal_mxfp4_block_scale(6.0f, CAL_DIV_EXACT), 127);
-	cr_expect_eq(cal_mxfp4_block_scale(0.0f, CAL_DIV_EXACT), 0);
+	cr_expect_eq(cal_mx_block_scale(448.0f, 0, CAL_DIV_EXACT), 127);
+	cr_expect_eq(cal_mx_block_scale(449.0f, 0, CAL_DIV_EXACT), 128);
+	cr_expect_eq(cal_mx_block_scale(0.0f, 0, CAL_DIV_RECIP), 0);
+	cr_expect_eq(cal_mx_block_scale(6.0f, 1, CAL_DIV_EXACT), 127);
+	cr_expect_eq(cal_mx_block_scale(0.0f, 1, CAL_DIV_EXACT), 0);
 }
 
 /* ---- the CUDA quantizers' division-free forms (kernels/numfmt.h) ---------- */
