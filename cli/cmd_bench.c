@@ -266,17 +266,10 @@ static void print_perf(const char *what, const struct cal_calib_perf *p, uint64_
 
 static int bench_calibrate(int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{"model", required_argument, NULL, 'm'},     {"tokens", required_argument, NULL, 't'},
-		{"seqs", required_argument, NULL, 'n'},      {"seq-len", required_argument, NULL, 'l'},
-		{"device", required_argument, NULL, 'D'},    {"recipe", required_argument, NULL, 'r'},
-		{"recipes-dir", required_argument, NULL, 'R'},
-		{"max-gpu-mem", required_argument, NULL, 'M'},
-		{"micro-batch", required_argument, NULL, 'b'},
-		{"threads", required_argument, NULL, 'T'},   {"repeat", required_argument, NULL, 'k'},
-		{"no-profile", no_argument, NULL, 'P'},      {"json", required_argument, NULL, 'j'},
-		{"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
-	};
+	struct option lo_buf[CAL_CLI_MAX_OPTS];
+	const struct option *lo = cal_cli_options("model tokens seqs seq-len device recipe "
+						  "recipes-dir max-gpu-mem micro-batch threads "
+						  "repeat no-profile json-file", lo_buf);
 	const char *model = NULL, *tokens = NULL, *device = NULL, *json_path = NULL;
 	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *rdir = NULL;
 	uint64_t seqs = 512, seq_len = 512, max_mem = 0, mb = 0;
@@ -291,18 +284,18 @@ static int bench_calibrate(int argc, char **argv)
 		case 't': tokens = optarg; break;
 		case 'D': device = optarg; break;
 		case 'r': recipe = optarg; break;
-		case 'R': rdir = optarg; break;
+		case 'd': rdir = optarg; break;
 		case 'j': json_path = optarg; break;
 		case 'P': profile = 0; break;
-		case 'n': case 'l': case 'M': case 'b': case 'T': case 'k':
+		case 'n': case 'S': case 'M': case 'b': case 'T': case 'k':
 			if (cal_cli_parse_u64(optarg, &v) < 0 ||
-			    ((c == 'n' || c == 'l' || c == 'k') && (v < 1 || v > ((uint64_t)1 << 24)))) {
+			    ((c == 'n' || c == 'S' || c == 'k') && (v < 1 || v > ((uint64_t)1 << 24)))) {
 				fprintf(stderr, "calibd bench calibrate: bad value '%s'\n", optarg);
 				return CAL_EXIT_USAGE;
 			}
 			if (c == 'n')
 				seqs = v;
-			else if (c == 'l')
+			else if (c == 'S')
 				seq_len = v;
 			else if (c == 'M')
 				max_mem = v;
@@ -313,14 +306,11 @@ static int bench_calibrate(int argc, char **argv)
 			else
 				repeat = (int)v;
 			break;
-		case 'h': calib_usage(stdout); return CAL_EXIT_OK;
-		default: calib_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(calib_usage, c);
 		}
 	}
-	if (!model || optind != argc) {
-		calib_usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (!model || optind != argc)
+		return cal_cli_usage(calib_usage, '?');
 	if (seqs * seq_len > CAL_CALIB_MAX_TOKENS) {
 		fprintf(stderr, "calibd bench calibrate: --seqs x --seq-len exceeds %llu tokens\n",
 			(unsigned long long)CAL_CALIB_MAX_TOKENS);
@@ -458,11 +448,8 @@ done:
 
 int cal_cmd_bench(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"device", required_argument, NULL, 'd'}, {"mib", required_argument, NULL, 'm'},
-		{"iters", required_argument, NULL, 'i'},  {"threads", required_argument, NULL, 't'},
-		{"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
-	};
+	struct option opts_buf[CAL_CLI_MAX_OPTS];
+	const struct option *opts = cal_cli_options("device mib iters threads", opts_buf);
 	struct cal_devices devices = {CAL_DEVICE_AUTO, 0, {0}};
 	struct cal_error err = {0};
 	int iters = 10, c, ordinal;
@@ -476,15 +463,15 @@ int cal_cmd_bench(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'd':
+		case 'D':
 			if (cal_cli_devices("bench", optarg, &devices) != CAL_EXIT_OK)
 				return CAL_EXIT_USAGE;
 			break;
-		case 'm': case 'i': case 't': {
+		case 'm': case 'i': case 'T': {
 			uint64_t v = 0;
 			if ((c == 'm' && cal_parse_u64("--mib", optarg, 8, 65536, &v, &err) < 0) ||
 			    (c == 'i' && cal_parse_u64("--iters", optarg, 1, 10000, &v, &err) < 0) ||
-			    (c == 't' && cal_parse_u64("--threads", optarg, 0, 4096, &v, &err) < 0))
+			    (c == 'T' && cal_parse_u64("--threads", optarg, 0, 4096, &v, &err) < 0))
 				return cal_cli_fail("bench", &err, CAL_EXIT_USAGE);
 			if (c == 'm')
 				mib = (long long)v;
@@ -494,18 +481,11 @@ int cal_cmd_bench(int argc, char **argv)
 				threads = (unsigned)v;
 			break;
 		}
-		case 'h':
-			usage(stdout);
-			return CAL_EXIT_OK;
-		default:
-			usage(stderr);
-			return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(usage, c);
 		}
 	}
-	if (optind >= argc || strcmp(argv[optind], "numerics") != 0) {
-		usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (optind >= argc || strcmp(argv[optind], "numerics") != 0)
+		return cal_cli_usage(usage, '?');
 	enum cal_backend_kind kind = cal_job_backend_kind(&devices, &ordinal);
 	if (!mib)
 		mib = kind == CAL_BACKEND_CUDA ? 512 : 64;
