@@ -32,6 +32,10 @@ int cal_cli_parse_u64(const char *s, uint64_t *ret);
  * lo.  An unknown key or more options than fit is a programming error:
  * it aborts.
  */
+/* The options calibrate and quantize share: the calibration run's. */
+#define CAL_CLI_CALIB_OPTIONS                                                                     \
+	"model recipe calib calib-tokens samples seq-len seed device "                            \
+	"per-expert-input-amax moe-calib-experts-ratio ranks quiet datasets-file "
 const struct option *cal_cli_options(const char *names, struct option lo[CAL_CLI_MAX_OPTS]);
 
 /* How a command ends on --help or a usage error: c 'h' prints usage on

@@ -272,9 +272,8 @@ static int bench_calibrate(int argc, char **argv)
 						  "repeat no-profile json-file", lo_buf);
 	const char *model = NULL, *tokens = NULL, *device = NULL, *json_path = NULL;
 	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *rdir = NULL;
-	uint64_t seqs = 512, seq_len = 512, max_mem = 0, mb = 0;
-	unsigned threads = 0;
-	int repeat = 1, profile = 1, c;
+	uint64_t seqs = 512, seq_len = 512, max_mem = 0, mb = 0, threads = 0, reps = 1;
+	int profile = 1, c;
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -293,18 +292,8 @@ static int bench_calibrate(int argc, char **argv)
 				fprintf(stderr, "calibd bench calibrate: bad value '%s'\n", optarg);
 				return CAL_EXIT_USAGE;
 			}
-			if (c == 'n')
-				seqs = v;
-			else if (c == 'S')
-				seq_len = v;
-			else if (c == 'M')
-				max_mem = v;
-			else if (c == 'b')
-				mb = v;
-			else if (c == 'T')
-				threads = (unsigned)v;
-			else
-				repeat = (int)v;
+			*(c == 'n' ? &seqs : c == 'S' ? &seq_len : c == 'M' ? &max_mem : c == 'b' ? &mb
+			  : c == 'T' ? &threads : &reps) = v;
 			break;
 		default: return cal_cli_usage(calib_usage, c);
 		}
@@ -316,7 +305,8 @@ static int bench_calibrate(int argc, char **argv)
 			(unsigned long long)CAL_CALIB_MAX_TOKENS);
 		return CAL_EXIT_USAGE;
 	}
-	struct cal_calib_opts o = {.cpu_threads = threads, .max_mem = max_mem,
+	int repeat = (int)reps;
+	struct cal_calib_opts o = {.cpu_threads = (unsigned)threads, .max_mem = max_mem,
 				   .micro_batch_tokens = mb};
 	struct cal_error err = {0};
 	struct cal_devices devices;
@@ -452,9 +442,8 @@ int cal_cmd_bench(int argc, char **argv)
 	const struct option *opts = cal_cli_options("device mib iters threads", opts_buf);
 	struct cal_devices devices = {CAL_DEVICE_AUTO, 0, {0}};
 	struct cal_error err = {0};
-	int iters = 10, c, ordinal;
-	long long mib = 0;
-	unsigned threads = 0;
+	int c, ordinal;
+	uint64_t mib = 0, iters = 10, threads = 0;
 
 	if (argc > 1 && !strcmp(argv[1], "calibrate"))
 		return bench_calibrate(argc - 1, argv + 1);
@@ -467,20 +456,12 @@ int cal_cmd_bench(int argc, char **argv)
 			if (cal_cli_devices("bench", optarg, &devices) != CAL_EXIT_OK)
 				return CAL_EXIT_USAGE;
 			break;
-		case 'm': case 'i': case 'T': {
-			uint64_t v = 0;
-			if ((c == 'm' && cal_parse_u64("--mib", optarg, 8, 65536, &v, &err) < 0) ||
-			    (c == 'i' && cal_parse_u64("--iters", optarg, 1, 10000, &v, &err) < 0) ||
-			    (c == 'T' && cal_parse_u64("--threads", optarg, 0, 4096, &v, &err) < 0))
+		case 'm': case 'i': case 'T':
+			if ((c == 'm' && cal_parse_u64("--mib", optarg, 8, 65536, &mib, &err) < 0) ||
+			    (c == 'i' && cal_parse_u64("--iters", optarg, 1, 10000, &iters, &err) < 0) ||
+			    (c == 'T' && cal_parse_u64("--threads", optarg, 0, 4096, &threads, &err) < 0))
 				return cal_cli_fail("bench", &err, CAL_EXIT_USAGE);
-			if (c == 'm')
-				mib = (long long)v;
-			else if (c == 'i')
-				iters = (int)v;
-			else
-				threads = (unsigned)v;
 			break;
-		}
 		default: return cal_cli_usage(usage, c);
 		}
 	}
@@ -489,5 +470,5 @@ int cal_cmd_bench(int argc, char **argv)
 	enum cal_backend_kind kind = cal_job_backend_kind(&devices, &ordinal);
 	if (!mib)
 		mib = kind == CAL_BACKEND_CUDA ? 512 : 64;
-	return bench_numerics(kind, ordinal, (uint64_t)mib, iters, threads);
+	return bench_numerics(kind, ordinal, mib, (int)iters, (unsigned)threads);
 }

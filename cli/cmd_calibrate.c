@@ -87,12 +87,10 @@ static char *stats_with_calibration(const struct cal_calib *cal, const struct ca
 int cal_cmd_calibrate(int argc, char **argv)
 {
 	struct option lo_buf[CAL_CLI_MAX_OPTS];
-	const struct option *lo = cal_cli_options("model recipe calib-tokens calib samples "
-						  "seq-len seed device stats-out "
-						  "pad-like-modelopt pad-id per-expert-input-amax "
-						  "moe-calib-experts-ratio max-gpu-mem "
-						  "micro-batch threads ranks combine recipes-dir "
-						  "quiet datasets-file", lo_buf);
+	const struct option *lo = cal_cli_options(CAL_CLI_CALIB_OPTIONS
+						  "stats-out pad-like-modelopt pad-id max-gpu-mem "
+						  "micro-batch threads combine recipes-dir",
+						  lo_buf);
 	const char *out_path = NULL, *calib = NULL, *dsfile = NULL;
 	const char *device = "cpu";
 	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER};

@@ -288,12 +288,10 @@ static int node_layout(struct cal_job_opts *jo, int nodes, int node_rank)
 int cal_cmd_quantize(int argc, char **argv)
 {
 	struct option lo_buf[CAL_CLI_MAX_OPTS];
-	const struct option *lo = cal_cli_options("model recipe qformat calib calib-tokens out "
-						  "samples seq-len seed device "
-						  "per-expert-input-amax moe-calib-experts-ratio "
-						  "max-shard-size ranks world rank-first "
-						  "rendezvous nodes node-rank comm-timeout div "
-						  "progress-fd json quiet datasets-file", lo_buf);
+	const struct option *lo = cal_cli_options(CAL_CLI_CALIB_OPTIONS
+						  "qformat out max-shard-size world rank-first rendezvous "
+						  "nodes node-rank comm-timeout div progress-fd json",
+						  lo_buf);
 	struct cal_quantize_opts o = {.cancel = &quantize_cancel};
 	struct cal_job_opts jo = {0};
 	const char *calib = NULL, *device = NULL, *qformat = NULL;
