@@ -257,10 +257,9 @@ static double phase(json_t *rep, const char *name)
 
 int cal_bench_quantize(int argc, char **argv)
 {
-	struct option lo_buf[CAL_CLI_MAX_OPTS];
-	const struct option *lo = cal_cli_options("model tokens out-parent recipe device "
-						  "write-bytes max-shard-size keep json-file warm "
-						  "no-disk", lo_buf);
+	const struct option *lo = CAL_CLI_OPTIONS("model tokens out-parent recipe device "
+						  "write-bytes max-shard-size keep json-file "
+						  "warm no-disk");
 	const char *model = NULL, *tokens = NULL, *parent = "/tmp", *json_path = NULL;
 	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *device = NULL;
 	uint64_t wbytes = 2ull << 30, shard = 0;

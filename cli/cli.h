@@ -32,11 +32,15 @@ int cal_cli_parse_u64(const char *s, uint64_t *ret);
  * lo.  An unknown key or more options than fit is a programming error:
  * it aborts.
  */
-/* The options calibrate and quantize share: the calibration run's. */
+/* Option groups: the calibration run's (calibrate, quantize); the
+ * engine's memory and threads (calibrate, eval, bench calibrate). */
 #define CAL_CLI_CALIB_OPTIONS                                                                     \
 	"model recipe calib calib-tokens samples seq-len seed device "                            \
 	"per-expert-input-amax moe-calib-experts-ratio ranks quiet datasets-file "
+#define CAL_CLI_RESOURCE_OPTIONS "max-gpu-mem micro-batch threads "
 const struct option *cal_cli_options(const char *names, struct option lo[CAL_CLI_MAX_OPTS]);
+/* cal_cli_options into an array that lives as long as the calling block. */
+#define CAL_CLI_OPTIONS(names) cal_cli_options(names, (struct option[CAL_CLI_MAX_OPTS]){0})
 
 /* How a command ends on --help or a usage error: c 'h' prints usage on
  * stdout and returns CAL_EXIT_OK; anything else (getopt_long's '?', a

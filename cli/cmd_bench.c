@@ -266,10 +266,9 @@ static void print_perf(const char *what, const struct cal_calib_perf *p, uint64_
 
 static int bench_calibrate(int argc, char **argv)
 {
-	struct option lo_buf[CAL_CLI_MAX_OPTS];
-	const struct option *lo = cal_cli_options("model tokens seqs seq-len device recipe "
-						  "recipes-dir max-gpu-mem micro-batch threads "
-						  "repeat no-profile json-file", lo_buf);
+	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_RESOURCE_OPTIONS "model tokens seqs "
+						  "seq-len device recipe recipes-dir repeat "
+						  "no-profile json-file");
 	const char *model = NULL, *tokens = NULL, *device = NULL, *json_path = NULL;
 	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *rdir = NULL;
 	uint64_t seqs = 512, seq_len = 512, max_mem = 0, mb = 0, threads = 0, reps = 1;
@@ -438,8 +437,7 @@ done:
 
 int cal_cmd_bench(int argc, char **argv)
 {
-	struct option opts_buf[CAL_CLI_MAX_OPTS];
-	const struct option *opts = cal_cli_options("device mib iters threads", opts_buf);
+	const struct option *opts = CAL_CLI_OPTIONS("device mib iters threads");
 	struct cal_devices devices = {CAL_DEVICE_AUTO, 0, {0}};
 	struct cal_error err = {0};
 	int c, ordinal;

@@ -86,11 +86,8 @@ static char *stats_with_calibration(const struct cal_calib *cal, const struct ca
 
 int cal_cmd_calibrate(int argc, char **argv)
 {
-	struct option lo_buf[CAL_CLI_MAX_OPTS];
-	const struct option *lo = cal_cli_options(CAL_CLI_CALIB_OPTIONS
-						  "stats-out pad-like-modelopt pad-id max-gpu-mem "
-						  "micro-batch threads combine recipes-dir",
-						  lo_buf);
+	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_CALIB_OPTIONS CAL_CLI_RESOURCE_OPTIONS
+						  "stats-out pad-like-modelopt pad-id combine recipes-dir");
 	const char *out_path = NULL, *calib = NULL, *dsfile = NULL;
 	const char *device = "cpu";
 	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER};

@@ -66,12 +66,10 @@ static void summary(const json_t *r)
 
 int cal_cmd_eval(int argc, char **argv)
 {
-	struct option lo_buf[CAL_CLI_MAX_OPTS];
-	const struct option *lo = cal_cli_options("model quantized data data-tokens samples "
-						  "seq-len seed device out micro-batch "
-						  "max-gpu-mem threads datasets-file quiet "
-						  "logits-out logits-orig-out layer-kl-positions",
-						  lo_buf);
+	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_RESOURCE_OPTIONS "model quantized data "
+						  "data-tokens samples seq-len seed device out "
+						  "datasets-file quiet logits-out "
+						  "logits-orig-out layer-kl-positions");
 	const char *out_path = NULL, *data = NULL, *dsfile = NULL, *qdir = NULL, *device = "cpu";
 	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER, .recipe_yaml = eval_recipe,
 				 .recipe_display = "<eval>"};

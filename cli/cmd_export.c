@@ -29,9 +29,8 @@ static void export_usage(FILE *o)
 
 int cal_cmd_export(int argc, char **argv)
 {
-	struct option opts_buf[CAL_CLI_MAX_OPTS];
-	const struct option *opts = cal_cli_options("model recipe stats out device div "
-						    "per-expert-input-amax shard-bytes", opts_buf);
+	const struct option *opts = CAL_CLI_OPTIONS("model recipe stats out device div "
+						    "per-expert-input-amax shard-bytes");
 	const char *stats = NULL, *out = NULL, *dev = NULL;
 	struct cal_job_opts jo = {0};
 	struct cal_error perr = {0};
@@ -94,8 +93,7 @@ static void verify_usage(FILE *o)
 
 int cal_cmd_verify(int argc, char **argv)
 {
-	struct option opts_buf[CAL_CLI_MAX_OPTS];
-	const struct option *opts = cal_cli_options("source json device", opts_buf);
+	const struct option *opts = CAL_CLI_OPTIONS("source json device");
 	const char *source = NULL, *dev = NULL;
 	int json = 0, c;
 	optind = 1;

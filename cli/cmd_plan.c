@@ -25,8 +25,7 @@ static void plan_usage(FILE *o)
 
 int cal_cmd_plan(int argc, char **argv)
 {
-	struct option opts_buf[CAL_CLI_MAX_OPTS];
-	const struct option *opts = cal_cli_options("model recipe json recipes-dir", opts_buf);
+	const struct option *opts = CAL_CLI_OPTIONS("model recipe json recipes-dir");
 	struct cal_job_opts o = {0};
 	int json = 0, c;
 	optind = 1;

@@ -287,11 +287,10 @@ static int node_layout(struct cal_job_opts *jo, int nodes, int node_rank)
 
 int cal_cmd_quantize(int argc, char **argv)
 {
-	struct option lo_buf[CAL_CLI_MAX_OPTS];
-	const struct option *lo = cal_cli_options(CAL_CLI_CALIB_OPTIONS
-						  "qformat out max-shard-size world rank-first rendezvous "
-						  "nodes node-rank comm-timeout div progress-fd json",
-						  lo_buf);
+	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_CALIB_OPTIONS "qformat out "
+						  "max-shard-size world rank-first rendezvous "
+						  "nodes node-rank comm-timeout div progress-fd "
+						  "json");
 	struct cal_quantize_opts o = {.cancel = &quantize_cancel};
 	struct cal_job_opts jo = {0};
 	const char *calib = NULL, *device = NULL, *qformat = NULL;

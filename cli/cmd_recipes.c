@@ -24,8 +24,7 @@ static void recipes_usage(FILE *o)
 
 int cal_cmd_recipes(int argc, char **argv)
 {
-	struct option opts_buf[CAL_CLI_MAX_OPTS];
-	const struct option *opts = cal_cli_options("recipes-dir json", opts_buf);
+	const struct option *opts = CAL_CLI_OPTIONS("recipes-dir json");
 	const char *dir = NULL;
 	int json = 0, c;
 	optind = 1;

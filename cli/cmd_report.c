@@ -27,8 +27,7 @@ static void report_usage(FILE *o)
 
 int cal_cmd_report(int argc, char **argv)
 {
-	struct option lo_buf[CAL_CLI_MAX_OPTS];
-	const struct option *lo = cal_cli_options("html eval", lo_buf);
+	const struct option *lo = CAL_CLI_OPTIONS("html eval");
 	const char *html_path = NULL, *eval_path = NULL;
 	int c;
 	optind = 1;
