@@ -257,16 +257,9 @@ static double phase(json_t *rep, const char *name)
 
 int cal_bench_quantize(int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{"model", required_argument, NULL, 'm'},    {"tokens", required_argument, NULL, 't'},
-		{"out-parent", required_argument, NULL, 'o'},
-		{"recipe", required_argument, NULL, 'r'},   {"device", required_argument, NULL, 'D'},
-		{"write-bytes", required_argument, NULL, 'w'},
-		{"max-shard-size", required_argument, NULL, 'z'},
-		{"keep", no_argument, NULL, 'k'},           {"json", required_argument, NULL, 'j'},
-		{"warm", no_argument, NULL, 'W'},          {"no-disk", no_argument, NULL, 'N'},
-		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
-	};
+	const struct option *lo = CAL_CLI_OPTIONS("model tokens out-parent recipe device "
+						  "write-bytes max-shard-size keep json-file "
+						  "warm no-disk");
 	const char *model = NULL, *tokens = NULL, *parent = "/tmp", *json_path = NULL;
 	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *device = NULL;
 	uint64_t wbytes = 2ull << 30, shard = 0;
@@ -296,14 +289,11 @@ int cal_bench_quantize(int argc, char **argv)
 					   UINT64_MAX, c == 'w' ? &wbytes : &shard, &err) < 0)
 				return cal_cli_fail("bench quantize", &err, CAL_EXIT_USAGE);
 			break;
-		case 'h': bq_usage(stdout); return CAL_EXIT_OK;
-		default: bq_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(bq_usage, c);
 		}
 	}
-	if (!model || !tokens || optind != argc) {
-		bq_usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (!model || !tokens || optind != argc)
+		return cal_cli_usage(bq_usage, '?');
 	if ((rc = cal_cli_devices("bench quantize", device, &devs)) != CAL_EXIT_OK)
 		return rc;
 	if (!(out = cal_path_join(parent, "calibd-bench-out")))

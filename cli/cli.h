@@ -5,7 +5,9 @@
 #ifndef CAL_CLI_H
 #define CAL_CLI_H
 
+#include <getopt.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "common/device.h"
 #include "common/exit.h"
@@ -19,6 +21,32 @@ int cal_bench_quantize(int argc, char **argv);
  * sizes; common/parse.h's sizes); 0, or -1 for anything else.  The caller
  * names the option in its message. */
 int cal_cli_parse_u64(const char *s, uint64_t *ret);
+
+/* Room for one command's long options, --help and the terminator. */
+#define CAL_CLI_MAX_OPTS 32
+
+/*
+ * Fills lo with the long options named in names (space-separated keys of
+ * cli_util.c's table, the one list of every option of the one-shot
+ * commands with its letter), then --help ('h') and the terminator; returns
+ * lo.  An unknown key or more options than fit is a programming error:
+ * it aborts.
+ */
+/* Option groups: the calibration run's (calibrate, quantize); the
+ * engine's memory and threads (calibrate, eval, bench calibrate). */
+#define CAL_CLI_CALIB_OPTIONS                                                                     \
+	"model recipe calib calib-tokens samples seq-len seed device "                            \
+	"per-expert-input-amax moe-calib-experts-ratio ranks quiet datasets-file "
+#define CAL_CLI_RESOURCE_OPTIONS "max-gpu-mem micro-batch threads "
+const struct option *cal_cli_options(const char *names, struct option lo[CAL_CLI_MAX_OPTS]);
+/* cal_cli_options into an array that lives as long as the calling block. */
+#define CAL_CLI_OPTIONS(names) cal_cli_options(names, (struct option[CAL_CLI_MAX_OPTS]){0})
+
+/* How a command ends on --help or a usage error: c 'h' prints usage on
+ * stdout and returns CAL_EXIT_OK; anything else (getopt_long's '?', a
+ * caller's '?' for bad arguments) prints it on stderr and returns
+ * CAL_EXIT_USAGE. */
+int cal_cli_usage(void (*usage)(FILE *), int c);
 
 /* Prints "calibd CMD: <err's message>" on stderr, clears err and returns
  * exit_code (cli_util.c). */

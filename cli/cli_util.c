@@ -2,14 +2,120 @@
  * cli_util.c — what the one-shot commands do the same way: report a
  * failure as "calibd CMD: message", parse --device and the numbers of a
  * job, end with the exit code of a status (cli.h; exit codes:
- * common/exit.h).
+ * common/exit.h); and the one table of their long options.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "common/util.h"
 #include "engine/calib.h"
+
+/*
+ * Every long option of the one-shot commands, once: the key a command
+ * names it by, and the option with the letter getopt_long returns for it
+ * (the short option too, where a command takes short ones: export, verify,
+ * plan, recipes).  A command's options have distinct letters; a long name
+ * with two meanings has a key for each (json-file: bench's --json FILE).
+ */
+#define ARG(key, c) {key, {key, required_argument, NULL, c}}
+#define FLAG(key, c) {key, {key, no_argument, NULL, c}}
+static const struct {
+	const char *key;
+	struct option opt;
+} cli_options[] = {
+	/* shared by several commands */
+	ARG("model", 'm'),
+	ARG("recipe", 'r'),
+	ARG("recipes-dir", 'd'),
+	ARG("device", 'D'),
+	ARG("out", 'o'),
+	FLAG("json", 'j'),
+	{"json-file", {"json", required_argument, NULL, 'j'}},
+	FLAG("quiet", 'q'),
+	ARG("calib", 'C'),
+	ARG("calib-tokens", 't'),
+	ARG("tokens", 't'),
+	ARG("datasets-file", 'F'),
+	ARG("samples", 'n'),
+	ARG("seq-len", 'S'),
+	ARG("seed", 's'),
+	ARG("max-gpu-mem", 'M'),
+	ARG("micro-batch", 'b'),
+	ARG("threads", 'T'),
+	ARG("ranks", 'N'),
+	FLAG("per-expert-input-amax", 'p'),
+	ARG("moe-calib-experts-ratio", 'R'),
+	ARG("div", 'v'),
+	ARG("max-shard-size", 'z'),
+	/* calibrate */
+	ARG("stats-out", 'o'),
+	FLAG("pad-like-modelopt", 'A'),
+	ARG("pad-id", 'P'),
+	ARG("combine", 'c'),
+	/* eval */
+	ARG("quantized", 'Q'),
+	ARG("data", 'C'),
+	ARG("data-tokens", 't'),
+	ARG("logits-out", 'L'),
+	ARG("logits-orig-out", 'O'),
+	ARG("layer-kl-positions", 'K'),
+	/* quantize */
+	ARG("qformat", 'Q'),
+	ARG("world", 'W'),
+	ARG("rank-first", 'f'),
+	ARG("rendezvous", 'Z'),
+	ARG("nodes", 'O'),
+	ARG("node-rank", 'I'),
+	ARG("comm-timeout", 'T'),
+	ARG("progress-fd", 'P'),
+	/* export, verify, report */
+	ARG("stats", 's'),
+	ARG("shard-bytes", 'b'),
+	ARG("source", 's'),
+	ARG("html", 'o'),
+	ARG("eval", 'e'),
+	/* bench */
+	ARG("seqs", 'n'),
+	ARG("repeat", 'k'),
+	FLAG("no-profile", 'P'),
+	ARG("mib", 'm'),
+	ARG("iters", 'i'),
+	ARG("out-parent", 'o'),
+	ARG("write-bytes", 'w'),
+	FLAG("keep", 'k'),
+	FLAG("warm", 'W'),
+	FLAG("no-disk", 'N'),
+};
+#undef ARG
+#undef FLAG
+
+const struct option *cal_cli_options(const char *names, struct option lo[CAL_CLI_MAX_OPTS])
+{
+	size_t n = 0;
+	while (*names) {
+		size_t len = strcspn(names, " "), i = 0;
+		while (i < CAL_ARRAY_LEN(cli_options) &&
+		       (strlen(cli_options[i].key) != len || strncmp(cli_options[i].key, names, len)))
+			i++;
+		if (i == CAL_ARRAY_LEN(cli_options) || n + 2 >= CAL_CLI_MAX_OPTS) {
+			fprintf(stderr, "calibd: option '%.*s' not in the table or too many\n", (int)len, names);
+			abort();
+		}
+		lo[n++] = cli_options[i].opt;
+		names += len + strspn(names + len, " ");
+	}
+	lo[n++] = (struct option){"help", no_argument, NULL, 'h'};
+	lo[n] = (struct option){NULL, 0, NULL, 0};
+	return lo;
+}
+
+int cal_cli_usage(void (*usage)(FILE *), int c)
+{
+	usage(c == 'h' ? stdout : stderr);
+	return c == 'h' ? CAL_EXIT_OK : CAL_EXIT_USAGE;
+}
 
 int cal_cli_fail(const char *cmd, struct cal_error *err, int exit_code)
 {

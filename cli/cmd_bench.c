@@ -266,22 +266,13 @@ static void print_perf(const char *what, const struct cal_calib_perf *p, uint64_
 
 static int bench_calibrate(int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{"model", required_argument, NULL, 'm'},     {"tokens", required_argument, NULL, 't'},
-		{"seqs", required_argument, NULL, 'n'},      {"seq-len", required_argument, NULL, 'l'},
-		{"device", required_argument, NULL, 'D'},    {"recipe", required_argument, NULL, 'r'},
-		{"recipes-dir", required_argument, NULL, 'R'},
-		{"max-gpu-mem", required_argument, NULL, 'M'},
-		{"micro-batch", required_argument, NULL, 'b'},
-		{"threads", required_argument, NULL, 'T'},   {"repeat", required_argument, NULL, 'k'},
-		{"no-profile", no_argument, NULL, 'P'},      {"json", required_argument, NULL, 'j'},
-		{"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
-	};
+	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_RESOURCE_OPTIONS "model tokens seqs "
+						  "seq-len device recipe recipes-dir repeat "
+						  "no-profile json-file");
 	const char *model = NULL, *tokens = NULL, *device = NULL, *json_path = NULL;
 	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *rdir = NULL;
-	uint64_t seqs = 512, seq_len = 512, max_mem = 0, mb = 0;
-	unsigned threads = 0;
-	int repeat = 1, profile = 1, c;
+	uint64_t seqs = 512, seq_len = 512, max_mem = 0, mb = 0, threads = 0, reps = 1;
+	int profile = 1, c;
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -291,42 +282,30 @@ static int bench_calibrate(int argc, char **argv)
 		case 't': tokens = optarg; break;
 		case 'D': device = optarg; break;
 		case 'r': recipe = optarg; break;
-		case 'R': rdir = optarg; break;
+		case 'd': rdir = optarg; break;
 		case 'j': json_path = optarg; break;
 		case 'P': profile = 0; break;
-		case 'n': case 'l': case 'M': case 'b': case 'T': case 'k':
+		case 'n': case 'S': case 'M': case 'b': case 'T': case 'k':
 			if (cal_cli_parse_u64(optarg, &v) < 0 ||
-			    ((c == 'n' || c == 'l' || c == 'k') && (v < 1 || v > ((uint64_t)1 << 24)))) {
+			    ((c == 'n' || c == 'S' || c == 'k') && (v < 1 || v > ((uint64_t)1 << 24)))) {
 				fprintf(stderr, "calibd bench calibrate: bad value '%s'\n", optarg);
 				return CAL_EXIT_USAGE;
 			}
-			if (c == 'n')
-				seqs = v;
-			else if (c == 'l')
-				seq_len = v;
-			else if (c == 'M')
-				max_mem = v;
-			else if (c == 'b')
-				mb = v;
-			else if (c == 'T')
-				threads = (unsigned)v;
-			else
-				repeat = (int)v;
+			*(c == 'n' ? &seqs : c == 'S' ? &seq_len : c == 'M' ? &max_mem : c == 'b' ? &mb
+			  : c == 'T' ? &threads : &reps) = v;
 			break;
-		case 'h': calib_usage(stdout); return CAL_EXIT_OK;
-		default: calib_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(calib_usage, c);
 		}
 	}
-	if (!model || optind != argc) {
-		calib_usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (!model || optind != argc)
+		return cal_cli_usage(calib_usage, '?');
 	if (seqs * seq_len > CAL_CALIB_MAX_TOKENS) {
 		fprintf(stderr, "calibd bench calibrate: --seqs x --seq-len exceeds %llu tokens\n",
 			(unsigned long long)CAL_CALIB_MAX_TOKENS);
 		return CAL_EXIT_USAGE;
 	}
-	struct cal_calib_opts o = {.cpu_threads = threads, .max_mem = max_mem,
+	int repeat = (int)reps;
+	struct cal_calib_opts o = {.cpu_threads = (unsigned)threads, .max_mem = max_mem,
 				   .micro_batch_tokens = mb};
 	struct cal_error err = {0};
 	struct cal_devices devices;
@@ -458,16 +437,11 @@ done:
 
 int cal_cmd_bench(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"device", required_argument, NULL, 'd'}, {"mib", required_argument, NULL, 'm'},
-		{"iters", required_argument, NULL, 'i'},  {"threads", required_argument, NULL, 't'},
-		{"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
-	};
+	const struct option *opts = CAL_CLI_OPTIONS("device mib iters threads");
 	struct cal_devices devices = {CAL_DEVICE_AUTO, 0, {0}};
 	struct cal_error err = {0};
-	int iters = 10, c, ordinal;
-	long long mib = 0;
-	unsigned threads = 0;
+	int c, ordinal;
+	uint64_t mib = 0, iters = 10, threads = 0;
 
 	if (argc > 1 && !strcmp(argv[1], "calibrate"))
 		return bench_calibrate(argc - 1, argv + 1);
@@ -476,38 +450,23 @@ int cal_cmd_bench(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'd':
+		case 'D':
 			if (cal_cli_devices("bench", optarg, &devices) != CAL_EXIT_OK)
 				return CAL_EXIT_USAGE;
 			break;
-		case 'm': case 'i': case 't': {
-			uint64_t v = 0;
-			if ((c == 'm' && cal_parse_u64("--mib", optarg, 8, 65536, &v, &err) < 0) ||
-			    (c == 'i' && cal_parse_u64("--iters", optarg, 1, 10000, &v, &err) < 0) ||
-			    (c == 't' && cal_parse_u64("--threads", optarg, 0, 4096, &v, &err) < 0))
+		case 'm': case 'i': case 'T':
+			if ((c == 'm' && cal_parse_u64("--mib", optarg, 8, 65536, &mib, &err) < 0) ||
+			    (c == 'i' && cal_parse_u64("--iters", optarg, 1, 10000, &iters, &err) < 0) ||
+			    (c == 'T' && cal_parse_u64("--threads", optarg, 0, 4096, &threads, &err) < 0))
 				return cal_cli_fail("bench", &err, CAL_EXIT_USAGE);
-			if (c == 'm')
-				mib = (long long)v;
-			else if (c == 'i')
-				iters = (int)v;
-			else
-				threads = (unsigned)v;
 			break;
-		}
-		case 'h':
-			usage(stdout);
-			return CAL_EXIT_OK;
-		default:
-			usage(stderr);
-			return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(usage, c);
 		}
 	}
-	if (optind >= argc || strcmp(argv[optind], "numerics") != 0) {
-		usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (optind >= argc || strcmp(argv[optind], "numerics") != 0)
+		return cal_cli_usage(usage, '?');
 	enum cal_backend_kind kind = cal_job_backend_kind(&devices, &ordinal);
 	if (!mib)
 		mib = kind == CAL_BACKEND_CUDA ? 512 : 64;
-	return bench_numerics(kind, ordinal, (uint64_t)mib, iters, threads);
+	return bench_numerics(kind, ordinal, mib, (int)iters, (unsigned)threads);
 }

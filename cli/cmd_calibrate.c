@@ -86,31 +86,8 @@ static char *stats_with_calibration(const struct cal_calib *cal, const struct ca
 
 int cal_cmd_calibrate(int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{"model", required_argument, NULL, 'm'},
-		{"recipe", required_argument, NULL, 'r'},
-		{"calib-tokens", required_argument, NULL, 't'},
-		{"calib", required_argument, NULL, 'C'},
-		{"samples", required_argument, NULL, 'n'},
-		{"seq-len", required_argument, NULL, 'S'},
-		{"seed", required_argument, NULL, 's'},
-		{"device", required_argument, NULL, 'D'},
-		{"stats-out", required_argument, NULL, 'o'},
-		{"pad-like-modelopt", no_argument, NULL, 'p'},
-		{"pad-id", required_argument, NULL, 'P'},
-		{"per-expert-input-amax", no_argument, NULL, 'e'},
-		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
-		{"max-gpu-mem", required_argument, NULL, 'M'},
-		{"micro-batch", required_argument, NULL, 'b'},
-		{"threads", required_argument, NULL, 'T'},
-		{"ranks", required_argument, NULL, 'N'},
-		{"combine", required_argument, NULL, 'c'},
-		{"recipes-dir", required_argument, NULL, 'd'},
-		{"quiet", no_argument, NULL, 'q'},
-		{"datasets-file", required_argument, NULL, 'F'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
-	};
+	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_CALIB_OPTIONS CAL_CLI_RESOURCE_OPTIONS
+						  "stats-out pad-like-modelopt pad-id combine recipes-dir");
 	const char *out_path = NULL, *calib = NULL, *dsfile = NULL;
 	const char *device = "cpu";
 	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER};
@@ -137,8 +114,8 @@ int cal_cmd_calibrate(int argc, char **argv)
 			break;
 		case 'D': device = optarg; break;
 		case 'o': out_path = optarg; break;
-		case 'p': o.pad_like_modelopt = 1; break;
-		case 'e': o.per_expert_input_amax = 1; break;
+		case 'A': o.pad_like_modelopt = 1; break;
+		case 'p': o.per_expert_input_amax = 1; break;
 		case 'd': o.recipe_opts.builtin_dir = optarg; break;
 		case 'q': pr.quiet = 1; break;
 		case 'P':
@@ -169,15 +146,13 @@ int cal_cmd_calibrate(int argc, char **argv)
 				return CAL_EXIT_USAGE;
 			}
 			break;
-		case 'h': calibrate_usage(stdout); return CAL_EXIT_OK;
-		default: calibrate_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(calibrate_usage, c);
 		}
 	}
 	if (!o.model_dir || !o.recipe || !o.tokens == !calib || optind != argc) {
 		if (o.tokens && calib)
 			fprintf(stderr, "calibd calibrate: --calib and --calib-tokens exclude each other\n");
-		calibrate_usage(stderr);
-		return CAL_EXIT_USAGE;
+		return cal_cli_usage(calibrate_usage, '?');
 	}
 	struct cal_error err = {0};
 	struct cal_cli_data data;

@@ -66,27 +66,10 @@ static void summary(const json_t *r)
 
 int cal_cmd_eval(int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{"model", required_argument, NULL, 'm'},
-		{"quantized", required_argument, NULL, 'Q'},
-		{"data", required_argument, NULL, 'C'},
-		{"data-tokens", required_argument, NULL, 't'},
-		{"samples", required_argument, NULL, 'n'},
-		{"seq-len", required_argument, NULL, 'S'},
-		{"seed", required_argument, NULL, 's'},
-		{"device", required_argument, NULL, 'D'},
-		{"out", required_argument, NULL, 'o'},
-		{"micro-batch", required_argument, NULL, 'b'},
-		{"max-gpu-mem", required_argument, NULL, 'M'},
-		{"threads", required_argument, NULL, 'T'},
-		{"datasets-file", required_argument, NULL, 'F'},
-		{"quiet", no_argument, NULL, 'q'},
-		{"logits-out", required_argument, NULL, 'L'},
-		{"logits-orig-out", required_argument, NULL, 'O'},
-		{"layer-kl-positions", required_argument, NULL, 'K'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
-	};
+	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_RESOURCE_OPTIONS "model quantized data "
+						  "data-tokens samples seq-len seed device out "
+						  "datasets-file quiet logits-out "
+						  "logits-orig-out layer-kl-positions");
 	const char *out_path = NULL, *data = NULL, *dsfile = NULL, *qdir = NULL, *device = "cpu";
 	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER, .recipe_yaml = eval_recipe,
 				 .recipe_display = "<eval>"};
@@ -124,15 +107,13 @@ int cal_cmd_eval(int argc, char **argv)
 			}
 			eo.layer_kl_positions = v;
 			break;
-		case 'h': eval_usage(stdout); return CAL_EXIT_OK;
-		default: eval_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(eval_usage, c);
 		}
 	}
 	if (!o.model_dir || !qdir || !o.tokens == !data || optind != argc) {
 		if (o.tokens && data)
 			fprintf(stderr, "calibd eval: --data and --data-tokens exclude each other\n");
-		eval_usage(stderr);
-		return CAL_EXIT_USAGE;
+		return cal_cli_usage(eval_usage, '?');
 	}
 	if (data && !o.samples)
 		o.samples = 128;

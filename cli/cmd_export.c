@@ -29,18 +29,8 @@ static void export_usage(FILE *o)
 
 int cal_cmd_export(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"model", required_argument, NULL, 'm'},
-		{"recipe", required_argument, NULL, 'r'},
-		{"stats", required_argument, NULL, 's'},
-		{"out", required_argument, NULL, 'o'},
-		{"device", required_argument, NULL, 'D'},
-		{"div", required_argument, NULL, 'v'},
-		{"per-expert-input-amax", no_argument, NULL, 'p'},
-		{"shard-bytes", required_argument, NULL, 'b'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
-	};
+	const struct option *opts = CAL_CLI_OPTIONS("model recipe stats out device div "
+						    "per-expert-input-amax shard-bytes");
 	const char *stats = NULL, *out = NULL, *dev = NULL;
 	struct cal_job_opts jo = {0};
 	struct cal_error perr = {0};
@@ -58,10 +48,8 @@ int cal_cmd_export(int argc, char **argv)
 				jo.div = CAL_DIV_EXACT;
 			else if (!strcmp(optarg, "recip"))
 				jo.div = CAL_DIV_RECIP;
-			else {
-				export_usage(stderr);
-				return CAL_EXIT_USAGE;
-			}
+			else
+				return cal_cli_usage(export_usage, '?');
 			break;
 		case 'p': jo.per_expert_input_amax = 1; break;
 		case 'b':
@@ -69,14 +57,11 @@ int cal_cmd_export(int argc, char **argv)
 					   &perr) < 0)
 				return cal_cli_fail("export", &perr, CAL_EXIT_USAGE);
 			break;
-		case 'h': export_usage(stdout); return CAL_EXIT_OK;
-		default: export_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(export_usage, c);
 		}
 	}
-	if (!jo.model_dir || !jo.recipe || !stats || !out || optind != argc) {
-		export_usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (!jo.model_dir || !jo.recipe || !stats || !out || optind != argc)
+		return cal_cli_usage(export_usage, '?');
 	int rc = cal_cli_devices("export", dev ? dev : "cpu", &jo.devices);
 	if (rc != CAL_EXIT_OK)
 		return rc;
@@ -108,13 +93,7 @@ static void verify_usage(FILE *o)
 
 int cal_cmd_verify(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"source", required_argument, NULL, 's'},
-		{"json", no_argument, NULL, 'j'},
-		{"device", required_argument, NULL, 'D'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
-	};
+	const struct option *opts = CAL_CLI_OPTIONS("source json device");
 	const char *source = NULL, *dev = NULL;
 	int json = 0, c;
 	optind = 1;
@@ -123,14 +102,11 @@ int cal_cmd_verify(int argc, char **argv)
 		case 's': source = optarg; break;
 		case 'j': json = 1; break;
 		case 'D': dev = optarg; break;
-		case 'h': verify_usage(stdout); return CAL_EXIT_OK;
-		default: verify_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(verify_usage, c);
 		}
 	}
-	if (optind != argc - 1) {
-		verify_usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (optind != argc - 1)
+		return cal_cli_usage(verify_usage, '?');
 	struct cal_devices devices;
 	int rc = cal_cli_devices("verify", dev ? dev : "cpu", &devices);
 	if (rc != CAL_EXIT_OK)

@@ -190,20 +190,16 @@ int cal_cmd_inspect(int argc, char **argv)
 		if (!strcmp(argv[i], "--json")) {
 			as_json = 1;
 		} else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-			inspect_usage(stdout);
-			return CAL_EXIT_OK;
+			return cal_cli_usage(inspect_usage, 'h');
 		} else if (argv[i][0] == '-' || dir) {
 			fprintf(stderr, "calibd inspect: unexpected argument '%s'\n", argv[i]);
-			inspect_usage(stderr);
-			return CAL_EXIT_USAGE;
+			return cal_cli_usage(inspect_usage, '?');
 		} else {
 			dir = argv[i];
 		}
 	}
-	if (!dir) {
-		inspect_usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (!dir)
+		return cal_cli_usage(inspect_usage, '?');
 
 	struct cal_error err = {0};
 	struct cal_model_desc *d = NULL;

@@ -25,14 +25,7 @@ static void plan_usage(FILE *o)
 
 int cal_cmd_plan(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"model", required_argument, NULL, 'm'},
-		{"recipe", required_argument, NULL, 'r'},
-		{"json", no_argument, NULL, 'j'},
-		{"recipes-dir", required_argument, NULL, 'd'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
-	};
+	const struct option *opts = CAL_CLI_OPTIONS("model recipe json recipes-dir");
 	struct cal_job_opts o = {0};
 	int json = 0, c;
 	optind = 1;
@@ -42,14 +35,11 @@ int cal_cmd_plan(int argc, char **argv)
 		case 'r': o.recipe = optarg; break;
 		case 'j': json = 1; break;
 		case 'd': o.recipe_opts.builtin_dir = optarg; break;
-		case 'h': plan_usage(stdout); return CAL_EXIT_OK;
-		default: plan_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(plan_usage, c);
 		}
 	}
-	if (!o.model_dir || !o.recipe || optind != argc) {
-		plan_usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (!o.model_dir || !o.recipe || optind != argc)
+		return cal_cli_usage(plan_usage, '?');
 	struct cal_error err = {0};
 	struct cal_job *job = NULL;
 	char *out = NULL;

@@ -287,35 +287,10 @@ static int node_layout(struct cal_job_opts *jo, int nodes, int node_rank)
 
 int cal_cmd_quantize(int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{"model", required_argument, NULL, 'm'},
-		{"recipe", required_argument, NULL, 'r'},
-		{"qformat", required_argument, NULL, 'Q'},
-		{"calib", required_argument, NULL, 'c'},
-		{"calib-tokens", required_argument, NULL, 't'},
-		{"out", required_argument, NULL, 'o'},
-		{"samples", required_argument, NULL, 'n'},
-		{"seq-len", required_argument, NULL, 'S'},
-		{"seed", required_argument, NULL, 's'},
-		{"device", required_argument, NULL, 'D'},
-		{"per-expert-input-amax", no_argument, NULL, 'e'},
-		{"moe-calib-experts-ratio", required_argument, NULL, 'R'},
-		{"max-shard-size", required_argument, NULL, 'z'},
-		{"ranks", required_argument, NULL, 'N'},
-		{"world", required_argument, NULL, 'W'},
-		{"rank-first", required_argument, NULL, 'f'},
-		{"rendezvous", required_argument, NULL, 'Z'},
-		{"nodes", required_argument, NULL, 'O'},
-		{"node-rank", required_argument, NULL, 'I'},
-		{"comm-timeout", required_argument, NULL, 'T'},
-		{"div", required_argument, NULL, 'v'},
-		{"progress-fd", required_argument, NULL, 'P'},
-		{"json", no_argument, NULL, 'j'},
-		{"quiet", no_argument, NULL, 'q'},
-		{"datasets-file", required_argument, NULL, 'F'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
-	};
+	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_CALIB_OPTIONS "qformat out "
+						  "max-shard-size world rank-first rendezvous "
+						  "nodes node-rank comm-timeout div progress-fd "
+						  "json");
 	struct cal_quantize_opts o = {.cancel = &quantize_cancel};
 	struct cal_job_opts jo = {0};
 	const char *calib = NULL, *device = NULL, *qformat = NULL;
@@ -331,11 +306,11 @@ int cal_cmd_quantize(int argc, char **argv)
 		case 'm': jo.model_dir = optarg; break;
 		case 'r': jo.recipe = optarg; break;
 		case 'Q': qformat = optarg; break;
-		case 'c': calib = optarg; break;
+		case 'C': calib = optarg; break;
 		case 't': jo.tokens = optarg; break;
 		case 'o': o.out_dir = optarg; break;
 		case 'D': device = optarg; break;
-		case 'e': jo.per_expert_input_amax = 1; break;
+		case 'p': jo.per_expert_input_amax = 1; break;
 		case 'j': json = 1; break;
 		case 'q': pr.quiet = 1; break;
 		case 'F': datasets_file = optarg; break;
@@ -427,8 +402,7 @@ int cal_cmd_quantize(int argc, char **argv)
 			}
 			pr.fd = fd;
 			break;
-		case 'h': quantize_usage(stdout); return CAL_EXIT_OK;
-		default: quantize_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(quantize_usage, c);
 		}
 	}
 	if (!jo.model_dir || !jo.recipe == !qformat || !o.out_dir || !calib == !jo.tokens ||
@@ -437,8 +411,7 @@ int cal_cmd_quantize(int argc, char **argv)
 			fprintf(stderr, "calibd quantize: --calib and --calib-tokens exclude each other\n");
 		if (jo.recipe && qformat)
 			fprintf(stderr, "calibd quantize: --recipe and --qformat exclude each other\n");
-		quantize_usage(stderr);
-		return CAL_EXIT_USAGE;
+		return cal_cli_usage(quantize_usage, '?');
 	}
 	struct cal_error err = {0};
 	if (qformat) {

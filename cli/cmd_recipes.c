@@ -24,12 +24,7 @@ static void recipes_usage(FILE *o)
 
 int cal_cmd_recipes(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"recipes-dir", required_argument, NULL, 'd'},
-		{"json", no_argument, NULL, 'j'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
-	};
+	const struct option *opts = CAL_CLI_OPTIONS("recipes-dir json");
 	const char *dir = NULL;
 	int json = 0, c;
 	optind = 1;
@@ -37,14 +32,11 @@ int cal_cmd_recipes(int argc, char **argv)
 		switch (c) {
 		case 'd': dir = optarg; break;
 		case 'j': json = 1; break;
-		case 'h': recipes_usage(stdout); return CAL_EXIT_OK;
-		default: recipes_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(recipes_usage, c);
 		}
 	}
-	if (optind != argc) {
-		recipes_usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (optind != argc)
+		return cal_cli_usage(recipes_usage, '?');
 	if (!dir)
 		dir = cal_recipe_builtin_dir();
 	struct cal_error err = {0};

@@ -27,12 +27,7 @@ static void report_usage(FILE *o)
 
 int cal_cmd_report(int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{"html", required_argument, NULL, 'o'},
-		{"eval", required_argument, NULL, 'e'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
-	};
+	const struct option *lo = CAL_CLI_OPTIONS("html eval");
 	const char *html_path = NULL, *eval_path = NULL;
 	int c;
 	optind = 1;
@@ -40,14 +35,11 @@ int cal_cmd_report(int argc, char **argv)
 		switch (c) {
 		case 'o': html_path = optarg; break;
 		case 'e': eval_path = optarg; break;
-		case 'h': report_usage(stdout); return CAL_EXIT_OK;
-		default: report_usage(stderr); return CAL_EXIT_USAGE;
+		default: return cal_cli_usage(report_usage, c);
 		}
 	}
-	if (!html_path || optind + 1 != argc) {
-		report_usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
+	if (!html_path || optind + 1 != argc)
+		return cal_cli_usage(report_usage, '?');
 	const char *dir = argv[optind];
 	struct cal_error err = {0};
 	char *path = cal_path_join(dir, "calibd_report.json"), *text = NULL, *html = NULL;

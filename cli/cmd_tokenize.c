@@ -173,18 +173,15 @@ int cal_cmd_tokenize(int argc, char **argv)
 		} else if (!strcmp(a, "--ids")) {
 			show_ids = true;
 		} else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-			tokenize_usage(stdout);
-			return CAL_EXIT_OK;
+			return cal_cli_usage(tokenize_usage, 'h');
 		} else {
 			fprintf(stderr, "calibd tokenize: unknown argument '%s'\n", a);
-			tokenize_usage(stderr);
-			return CAL_EXIT_USAGE;
+			return cal_cli_usage(tokenize_usage, '?');
 		}
 	}
 	if (!model || (text && file) || (calib_opt && !ca.calib) ||
 	    (ca.calib && (text || file || do_bench || tokens))) {
-		tokenize_usage(stderr);
-		return CAL_EXIT_USAGE;
+		return cal_cli_usage(tokenize_usage, '?');
 	}
 
 	struct cal_tokenizer *tok = NULL;

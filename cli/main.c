@@ -57,14 +57,10 @@ int cal_cmd_version(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	if (argc < 2) {
-		usage(stderr);
-		return CAL_EXIT_USAGE;
-	}
-	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
-		usage(stdout);
-		return CAL_EXIT_OK;
-	}
+	if (argc < 2)
+		return cal_cli_usage(usage, '?');
+	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help"))
+		return cal_cli_usage(usage, 'h');
 	if (!strcmp(argv[1], "--version"))
 		return cal_cmd_version(0, NULL);
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
@@ -72,6 +68,5 @@ int main(int argc, char **argv)
 			return commands[i].fn(argc - 1, argv + 1);
 	}
 	fprintf(stderr, "calibd: unknown command '%s'\n", argv[1]);
-	usage(stderr);
-	return CAL_EXIT_USAGE;
+	return cal_cli_usage(usage, '?');
 }
