@@ -1139,15 +1139,8 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	*ret = p;
 	p = NULL;
 fail:
-	free(M.idx_sensitive);
-	free(M.pm);
-	free(M.vm);
-	free(M.v0);
-	free(M.cache[0]);
-	free(M.cache[1]);
-	free(M.alias);
-	free(b.attn_class);
-	free(b.experts_class);
+	CAL_FREE_ALL(M.idx_sensitive, M.pm, M.vm, M.v0, M.cache[0], M.cache[1], M.alias,
+		     b.attn_class, b.experts_class);
 	cal_plan_free(p);
 	return st;
 }
@@ -1160,10 +1153,5 @@ void cal_plan_free(struct cal_plan *p)
 		free(p->modules[i].name);
 	for (size_t i = 0; i < p->n_q; i++)
 		free(p->q[i].name);
-	free(p->modules);
-	free(p->q);
-	free(p->by_name);
-	free(p->attn_class_);
-	free(p->experts_class_);
-	free(p);
+	CAL_FREE_ALL(p->modules, p->q, p->by_name, p->attn_class_, p->experts_class_, p);
 }

@@ -448,9 +448,7 @@ static enum cal_status build_header(struct cal_st_writer *w, size_t k, struct ca
 			      json_object_set(e, "shape", shape) < 0 ||
 			      json_object_set(e, "data_offsets", offs) < 0 ||
 			      json_object_set(root, t->name, e) < 0;
-		json_decref(e);
-		json_decref(shape);
-		json_decref(offs);
+		CAL_EACH(json_decref, json_t, e, shape, offs);
 		if (bad)
 			goto nomem;
 	}
@@ -901,10 +899,5 @@ void cal_st_writer_free(struct cal_st_writer *w)
 		close(w->tmp_fd);
 	if (w->parent_fd >= 0)
 		close(w->parent_fd);
-	free(w->tmp_dir);
-	free(w->tmp_name);
-	free(w->base);
-	free(w->parent);
-	free(w->final_dir);
-	free(w);
+	CAL_FREE_ALL(w->tmp_dir, w->tmp_name, w->base, w->parent, w->final_dir, w);
 }
