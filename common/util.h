@@ -42,6 +42,13 @@ static inline int cal_add_u64(uint64_t a, uint64_t b, uint64_t *ret)
 /* free() each pointer in the list. */
 #define CAL_FREE_ALL(...) CAL_EACH(free, void, __VA_ARGS__)
 
+/* free(arr[i].member) for i in [0, n). */
+#define CAL_FREE_MEMBER(arr, n, member)                                                           \
+	do {                                                                                      \
+		for (size_t fm_i_ = 0; fm_i_ < (n); fm_i_++)                                      \
+			free((arr)[fm_i_].member);                                                \
+	} while (0)
+
 /*
  * vasprintf of the enclosing variadic function's arguments after its last
  * named parameter fmt into *ret (heap, caller frees): the length, or -1 on

@@ -64,10 +64,8 @@ void cal_stats_free(struct cal_stats *s)
 {
 	if (!s)
 		return;
-	for (size_t k = 0; k < s->n; k++)
-		free(s->v[k].name);
-	for (size_t k = 0; k < s->n_tl; k++)
-		free(s->tl[k].tokens);
+	CAL_FREE_MEMBER(s->v, s->n, name);
+	CAL_FREE_MEMBER(s->tl, s->n_tl, tokens);
 	CAL_FREE_ALL(s->tl, (char *)s->calib.sequence_hashes, s->v);
 	cal_name_index_free(&s->names);
 	free(s);

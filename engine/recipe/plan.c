@@ -90,16 +90,11 @@ static long add_module(struct builder *b, const char *name, enum cal_mod_kind ki
 		return -1;
 	p->modules = nm;
 	struct cal_plan_module *m = &p->modules[p->n_modules];
-	memset(m, 0, sizeof(*m));
-	if (!(m->name = strdup(name)))
+	*m = (struct cal_plan_module){ .name = strdup(name), .kind = kind, .proj = proj,
+				       .parent_class = parent, .layer = layer, .in = in, .out = out,
+				       .count = count };
+	if (!m->name)
 		return -1;
-	m->kind = kind;
-	m->proj = proj;
-	m->parent_class = parent;
-	m->layer = layer;
-	m->in = in;
-	m->out = out;
-	m->count = count;
 	uint64_t pr = 0;
 	if (cal_mul_u64((uint64_t)in, (uint64_t)out, &pr) || cal_mul_u64(pr, (uint64_t)count, &pr))
 		pr = UINT64_MAX;
@@ -1149,9 +1144,7 @@ void cal_plan_free(struct cal_plan *p)
 {
 	if (!p)
 		return;
-	for (size_t i = 0; i < p->n_modules; i++)
-		free(p->modules[i].name);
-	for (size_t i = 0; i < p->n_q; i++)
-		free(p->q[i].name);
+	CAL_FREE_MEMBER(p->modules, p->n_modules, name);
+	CAL_FREE_MEMBER(p->q, p->n_q, name);
 	CAL_FREE_ALL(p->modules, p->q, p->by_name, p->attn_class_, p->experts_class_, p);
 }
