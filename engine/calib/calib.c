@@ -306,9 +306,8 @@ void cal_calib_free(struct cal_calib *c)
 	cal_gptq_free(c);
 	cal_awq_free(c);
 	if (c->moe && c->d)
-		for (int64_t L = 0; L < c->d->num_layers; L++) {
+		for (int64_t L = 0; L < c->d->num_layers; L++)
 			CAL_FREE_ALL(c->moe[L].tokens, c->moe[L].gu, c->moe[L].down);
-		}
 	CAL_FREE_ALL(c->moe, c->l_amax, c->hr_amax, c->q_amax, c->q_has, c->inv_freq);
 	cal_ranks_free(c);
 	cal_backend_free(c->own_be);

@@ -788,19 +788,14 @@ void cal_exporter_free(struct cal_exporter *ex)
 		return;
 	cal_export_pipe_free(ex); /* joins the threads before the writer goes */
 	cal_st_writer_free(ex->w);
-	for (size_t i = 0; i < ex->n_lin; i++) {
+	for (size_t i = 0; i < ex->n_lin; i++)
 		CAL_FREE_ALL(ex->lin[i].name, ex->lin[i].gw, ex->lin[i].pqs);
-	}
-	for (size_t i = 0; i < ex->n_cp; i++) {
-		free(ex->cp[i].name);
-		free(ex->cp[i].data);
-	}
+	for (size_t i = 0; i < ex->n_cp; i++)
+		CAL_FREE_ALL(ex->cp[i].name, ex->cp[i].data);
 	for (size_t i = 0; i < ex->n_kv; i++)
 		free(ex->kv[i].attn);
-	for (size_t i = 0; i < ex->n_mc; i++) {
-		free(ex->mc[i].name);
-		free(ex->mc[i].algo);
-	}
+	for (size_t i = 0; i < ex->n_mc; i++)
+		CAL_FREE_ALL(ex->mc[i].name, ex->mc[i].algo);
 	for (size_t i = 0; i < ex->n_ignored_mods; i++)
 		free(ex->ignored_mods[i]);
 	for (int i = 0; i < 4; i++)

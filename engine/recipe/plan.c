@@ -162,12 +162,43 @@ static enum cal_status linear_at(struct builder *b, const char *prefix, const ch
 	return st;
 }
 
+/* The parts of layer L under module prefix pre ("<layer>.self_attn.", ...). */
+typedef enum cal_status (*part_fn)(struct builder *b, const struct cal_model_desc *d,
+				   const char *pre, int32_t L);
+
+/* fn on the part of layer L named "<P><sub>". */
+static enum cal_status layer_part(struct builder *b, const struct cal_model_desc *d,
+				  const char *P, const char *sub, int32_t L, part_fn fn)
+{
+	char *pre = NULL;
+	if (asprintf(&pre, "%s%s.", P, sub) < 0)
+		return nomem(b);
+	enum cal_status st = fn(b, d, pre, L);
+	free(pre);
+	return st;
+}
+
+/* gate_proj, up_proj and down_proj [H -> I -> H] of a dense or shared MLP. */
+static enum cal_status gated_mlp(struct builder *b, const char *pre, enum cal_mod_kind K,
+				 int32_t L, int64_t H, int64_t I)
+{
+	CAL_TRY_RET(linear_at(b, pre, "gate_proj", K, "nn.Linear", L, H, I));
+	CAL_TRY_RET(linear_at(b, pre, "up_proj", K, "nn.Linear", L, H, I));
+	return linear_at(b, pre, "down_proj", K, "nn.Linear", L, I, H);
+}
+
+static enum cal_status dense_mlp(struct builder *b, const struct cal_model_desc *d,
+				 const char *pre, int32_t L)
+{
+	return gated_mlp(b, pre, CAL_MOD_MLP_PROJ, L, d->hidden_size, d->intermediate_size);
+}
+
 static enum cal_status attention(struct builder *b, const struct cal_model_desc *d,
-				 const char *P, int32_t L)
+				 const char *pre, int32_t L)
 {
 	enum cal_status st = CAL_OK;
-	char *ap = NULL;
-	if (asprintf(&ap, "%sself_attn", P) < 0)
+	char *ap = strndup(pre, strlen(pre) - 1); /* without the '.' */
+	if (!ap)
 		return nomem(b);
 	long m = add_module(b, ap, CAL_MOD_ATTN, "self_attn", b->attn_class, L, d->head_dim,
 			    d->num_kv_heads * d->head_dim, 0);
@@ -183,9 +214,6 @@ static enum cal_status attention(struct builder *b, const struct cal_model_desc 
 	b->p->modules[m].kb = kb;
 	b->p->modules[m].vb = vb;
 	b->p->modules[m].pb = pb;
-	char *pre = NULL;
-	if (asprintf(&pre, "%s.", ap) < 0)
-		goto nomem;
 	int64_t H = d->hidden_size, nh = d->num_heads, nkv = d->num_kv_heads, hd = d->head_dim;
 	const enum cal_mod_kind K = CAL_MOD_ATTN_PROJ;
 	if (d->attn == CAL_ATTN_MLA) {
@@ -209,7 +237,6 @@ static enum cal_status attention(struct builder *b, const struct cal_model_desc 
 		CAL_TRY(linear_at(b, pre, "o_proj", K, "nn.Linear", L, nh * hd, H));
 	}
 fail:
-	free(pre);
 	free(ap);
 	return st;
 nomem:
@@ -218,12 +245,9 @@ nomem:
 }
 
 static enum cal_status linear_attention(struct builder *b, const struct cal_model_desc *d,
-					const char *P, int32_t L)
+					const char *pre, int32_t L)
 {
 	enum cal_status st = CAL_OK;
-	char *pre = NULL;
-	if (asprintf(&pre, "%slinear_attn.", P) < 0)
-		return nomem(b);
 	int64_t H = d->hidden_size;
 	int64_t kd = d->linear_num_key_heads * d->linear_key_head_dim;
 	int64_t vd = d->linear_num_value_heads * d->linear_value_head_dim;
@@ -242,18 +266,22 @@ static enum cal_status linear_attention(struct builder *b, const struct cal_mode
 			  d->linear_conv_kernel_dim, 2 * kd + vd));
 	CAL_TRY(linear_at(b, pre, "out_proj", K, "nn.Linear", L, vd, H));
 fail:
-	free(pre);
 	return st;
 }
 
-static enum cal_status moe(struct builder *b, const struct cal_model_desc *d, const char *P,
+static enum cal_status shared_mlp(struct builder *b, const struct cal_model_desc *d,
+				  const char *pre, int32_t L)
+{
+	return gated_mlp(b, pre, CAL_MOD_SHARED_PROJ, L, d->hidden_size,
+			 d->shared_intermediate_size);
+}
+
+static enum cal_status moe(struct builder *b, const struct cal_model_desc *d, const char *pre,
 			   int32_t L)
 {
 	enum cal_status st = CAL_OK;
-	char *pre = NULL, *name = NULL;
+	char *name = NULL;
 	int64_t H = d->hidden_size, E = d->num_experts, I = d->moe_intermediate_size;
-	if (asprintf(&pre, "%smlp.", P) < 0)
-		return nomem(b);
 	/* transformers >= 5 routers are TopKRouter modules: no quantizers */
 	if (asprintf(&name, "%s%s", pre, d->arch->router_name ? d->arch->router_name : "gate") < 0)
 		goto nomem;
@@ -284,28 +312,15 @@ static enum cal_status moe(struct builder *b, const struct cal_model_desc *d, co
 		}
 	}
 	if (d->shared != CAL_SHARED_NONE && d->arch->shared_name) {
-		char *sp = NULL;
-		int64_t S = d->shared_intermediate_size;
-		if (asprintf(&sp, "%s%s.", pre, d->arch->shared_name) < 0)
-			goto nomem;
-		st = linear_at(b, sp, "gate_proj", CAL_MOD_SHARED_PROJ, "nn.Linear", L, H, S);
-		if (st >= 0)
-			st = linear_at(b, sp, "up_proj", CAL_MOD_SHARED_PROJ, "nn.Linear", L, H, S);
-		if (st >= 0)
-			st = linear_at(b, sp, "down_proj", CAL_MOD_SHARED_PROJ, "nn.Linear", L, S, H);
-		free(sp);
-		if (st < 0)
-			goto fail;
+		CAL_TRY(layer_part(b, d, pre, d->arch->shared_name, L, shared_mlp));
 		if (d->shared == CAL_SHARED_GATED)
 			CAL_TRY(linear_at(b, pre, "shared_expert_gate", CAL_MOD_SHARED_GATE, "nn.Linear",
 					  L, H, 1));
 	}
 fail:
-	free(pre);
 	free(name);
 	return st;
 nomem:
-	free(pre);
 	free(name);
 	return nomem(b);
 }
@@ -337,25 +352,11 @@ static enum cal_status enumerate(struct builder *b, const struct cal_model_desc 
 		}
 		const struct cal_layer_desc *ld = &d->layers[L];
 		if (ld->mixer == CAL_MIXER_LINEAR)
-			CAL_TRY(linear_attention(b, d, P, (int32_t)L));
+			CAL_TRY(layer_part(b, d, P, "linear_attn", (int32_t)L, linear_attention));
 		else
-			CAL_TRY(attention(b, d, P, (int32_t)L));
-		if (ld->ffn == CAL_FFN_MOE) {
-			CAL_TRY(moe(b, d, P, (int32_t)L));
-		} else {
-			char *mp = NULL;
-			int64_t I = d->intermediate_size;
-			if (asprintf(&mp, "%smlp.", P) < 0)
-				goto nomem;
-			st = linear_at(b, mp, "gate_proj", CAL_MOD_MLP_PROJ, "nn.Linear", (int32_t)L, H, I);
-			if (st >= 0)
-				st = linear_at(b, mp, "up_proj", CAL_MOD_MLP_PROJ, "nn.Linear", (int32_t)L, H, I);
-			if (st >= 0)
-				st = linear_at(b, mp, "down_proj", CAL_MOD_MLP_PROJ, "nn.Linear", (int32_t)L, I, H);
-			free(mp);
-			if (st < 0)
-				goto fail;
-		}
+			CAL_TRY(layer_part(b, d, P, "self_attn", (int32_t)L, attention));
+		CAL_TRY(layer_part(b, d, P, "mlp", (int32_t)L,
+				   ld->ffn == CAL_FFN_MOE ? moe : dense_mlp));
 	}
 	CAL_TRY(linear(b, "lm_head", CAL_MOD_LM_HEAD, "lm_head", "nn.Linear", -1, H, d->vocab_size));
 	if (d->tie_word_embeddings)

@@ -775,10 +775,8 @@ void cal_tokenizer_free(struct cal_tokenizer *tok)
 		return;
 	free(tok->name);
 	tok_bpe_free(&tok->bpe);
-	for (size_t i = 0; i < tok->n_added; i++) {
-		free(tok->added[i].s);
-		free(tok->added[i].raw);
-	}
+	for (size_t i = 0; i < tok->n_added; i++)
+		CAL_FREE_ALL(tok->added[i].s, tok->added[i].raw);
 	free(tok->added);
 	matcher_free(&tok->match_raw);
 	matcher_free(&tok->match_norm);
