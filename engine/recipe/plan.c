@@ -6,6 +6,7 @@
 #include "plan.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,6 +163,28 @@ static enum cal_status linear_at(struct builder *b, const char *prefix, const ch
 	return st;
 }
 
+/* One quantizer of a module: its role, name after "<module>.", and the
+ * module field (offsetof) that holds its index. */
+struct qslot {
+	enum cal_qrole role;
+	const char *name;
+	size_t field;
+};
+
+/* The quantizers qs[0..n) of module m named base, in order; -1 when out of
+ * memory. */
+static int add_slots(struct builder *b, long m, const char *base, const struct qslot *qs,
+		     size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		long q = add_q(b, m, qs[k].role, -1, "%s.%s", base, qs[k].name);
+		if (q < 0)
+			return -1;
+		*(long *)((char *)&b->p->modules[m] + qs[k].field) = q;
+	}
+	return 0;
+}
+
 /* The parts of layer L under module prefix pre ("<layer>.self_attn.", ...). */
 typedef enum cal_status (*part_fn)(struct builder *b, const struct cal_model_desc *d,
 				   const char *pre, int32_t L);
@@ -204,16 +227,14 @@ static enum cal_status attention(struct builder *b, const struct cal_model_desc 
 			    d->num_kv_heads * d->head_dim, 0);
 	if (m < 0)
 		goto nomem;
-	long qb = add_q(b, m, CAL_QROLE_Q_BMM, -1, "%s.q_bmm_quantizer", ap);
-	long kb = qb < 0 ? -1 : add_q(b, m, CAL_QROLE_K_BMM, -1, "%s.k_bmm_quantizer", ap);
-	long vb = kb < 0 ? -1 : add_q(b, m, CAL_QROLE_V_BMM, -1, "%s.v_bmm_quantizer", ap);
-	long pb = vb < 0 ? -1 : add_q(b, m, CAL_QROLE_P_BMM, -1, "%s.p_bmm_quantizer", ap);
-	if (pb < 0)
+	static const struct qslot bmm[] = {
+		{CAL_QROLE_Q_BMM, "q_bmm_quantizer", offsetof(struct cal_plan_module, qb)},
+		{CAL_QROLE_K_BMM, "k_bmm_quantizer", offsetof(struct cal_plan_module, kb)},
+		{CAL_QROLE_V_BMM, "v_bmm_quantizer", offsetof(struct cal_plan_module, vb)},
+		{CAL_QROLE_P_BMM, "p_bmm_quantizer", offsetof(struct cal_plan_module, pb)},
+	};
+	if (add_slots(b, m, ap, bmm, CAL_ARRAY_LEN(bmm)) < 0)
 		goto nomem;
-	b->p->modules[m].qb = qb;
-	b->p->modules[m].kb = kb;
-	b->p->modules[m].vb = vb;
-	b->p->modules[m].pb = pb;
 	int64_t H = d->hidden_size, nh = d->num_heads, nkv = d->num_kv_heads, hd = d->head_dim;
 	const enum cal_mod_kind K = CAL_MOD_ATTN_PROJ;
 	if (d->attn == CAL_ATTN_MLA) {
@@ -334,16 +355,13 @@ static enum cal_status enumerate(struct builder *b, const struct cal_model_desc 
 		return nomem(b);
 	long m = add_module(b, name, CAL_MOD_EMBED, "embed_tokens", "nn.Embedding", -1, H,
 			    d->vocab_size, 1);
-	if (m < 0)
+	static const struct qslot embed[] = {
+		{CAL_QROLE_INPUT, "input_quantizer", offsetof(struct cal_plan_module, iq)},
+		{CAL_QROLE_WEIGHT, "weight_quantizer", offsetof(struct cal_plan_module, wq)},
+		{CAL_QROLE_OUTPUT, "output_quantizer", offsetof(struct cal_plan_module, oq)},
+	};
+	if (m < 0 || add_slots(b, m, name, embed, CAL_ARRAY_LEN(embed)) < 0)
 		goto nomem;
-	long iq = add_q(b, m, CAL_QROLE_INPUT, -1, "%s.input_quantizer", name);
-	long wq = iq < 0 ? -1 : add_q(b, m, CAL_QROLE_WEIGHT, -1, "%s.weight_quantizer", name);
-	long oq = wq < 0 ? -1 : add_q(b, m, CAL_QROLE_OUTPUT, -1, "%s.output_quantizer", name);
-	if (oq < 0)
-		goto nomem;
-	b->p->modules[m].iq = iq;
-	b->p->modules[m].wq = wq;
-	b->p->modules[m].oq = oq;
 	for (int64_t L = 0; L < d->num_layers; L++) {
 		free(P);
 		if (asprintf(&P, "%slayers.%lld.", d->prefix, (long long)L) < 0) {
