@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
+
 struct entry {
 	enum cal_api_err e;
 	unsigned http;
@@ -45,13 +47,8 @@ enum cal_api_err cal_api_problem_set(struct cal_api_problem *p, enum cal_api_err
 		return e;
 	p->err = e;
 	p->field = field ? strdup(field) : NULL;
-	if (fmt) {
-		va_list ap;
-		va_start(ap, fmt);
-		if (vasprintf(&p->message, fmt, ap) < 0)
-			p->message = NULL;
-		va_end(ap);
-	}
+	if (fmt && CAL_VASPRINTF(&p->message, fmt) < 0)
+		p->message = NULL;
 	return e;
 }
 
@@ -59,11 +56,8 @@ void cal_api_problem_clear(struct cal_api_problem *p)
 {
 	if (!p)
 		return;
-	free(p->field);
-	free(p->message);
-	p->err = CAL_API_OK;
-	p->field = NULL;
-	p->message = NULL;
+	CAL_FREE_ALL(p->field, p->message);
+	*p = (struct cal_api_problem){ .err = CAL_API_OK };
 }
 
 json_t *cal_api_problem_json(const struct cal_api_problem *p)

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "status.h"
 
@@ -25,6 +26,28 @@ static inline int cal_add_u64(uint64_t a, uint64_t b, uint64_t *ret)
 }
 
 #define CAL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * fn(p) for each pointer p of type T * in the list, in order: destructors
+ * and cleanup labels release many owned fields in one line, e.g.
+ * CAL_EACH(json_decref, json_t, a->x, a->y) or CAL_FREE_ALL(a->x, a->y).
+ */
+#define CAL_EACH(fn, T, ...)                                                                      \
+	do {                                                                                      \
+		T *const each_[] = { __VA_ARGS__ };                                               \
+		for (size_t each_i_ = 0; each_i_ < CAL_ARRAY_LEN(each_); each_i_++)               \
+			fn(each_[each_i_]);                                                       \
+	} while (0)
+
+/* free() each pointer in the list. */
+#define CAL_FREE_ALL(...) CAL_EACH(free, void, __VA_ARGS__)
+
+/* free(arr[i].member) for i in [0, n). */
+#define CAL_FREE_MEMBER(arr, n, member)                                                           \
+	do {                                                                                      \
+		for (size_t fm_i_ = 0; fm_i_ < (n); fm_i_++)                                      \
+			free((arr)[fm_i_].member);                                                \
+	} while (0)
 
 /*
  * vasprintf of the enclosing variadic function's arguments after its last

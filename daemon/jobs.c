@@ -66,15 +66,8 @@ static void job_free(struct cal_job *j)
 {
 	if (!j)
 		return;
-	free(j->dir);
-	json_decref(j->spec);
-	free(j->idem_key);
-	free(j->idem_client);
-	json_decref(j->progress);
-	json_decref(j->result);
-	free(j->error_code);
-	free(j->error_msg);
-	free(j->line);
+	CAL_FREE_ALL(j->dir, j->idem_key, j->idem_client, j->error_code, j->error_msg, j->line);
+	CAL_EACH(json_decref, json_t, j->spec, j->progress, j->result);
 	if (j->pipe_fd >= 0)
 		close(j->pipe_fd);
 	pthread_mutex_destroy(&j->persist_mu);

@@ -280,9 +280,7 @@ static json_t *summary(const struct cal_quantize_opts *o, const struct cal_job *
 	out = s;
 	s = NULL;
 done:
-	json_decref(files);
-	json_decref(ewt);
-	json_decref(s);
+	CAL_EACH(json_decref, json_t, files, ewt, s);
 	return out;
 }
 

@@ -123,10 +123,8 @@ enum cal_status cal_awq_init(struct cal_calib *c, struct cal_error *err)
 
 static void drop_layer(struct cal_awq_run *g)
 {
-	for (size_t i = 0; i < g->n_lin; i++) {
-		free(g->lin[i].w);
-		free(g->lin[i].pqs);
-	}
+	for (size_t i = 0; i < g->n_lin; i++)
+		CAL_FREE_ALL(g->lin[i].w, g->lin[i].pqs);
 	g->n_lin = 0;
 	for (int k = 0; k < 2; k++) {
 		free(g->norm[k]);
@@ -151,9 +149,8 @@ void cal_awq_free(struct cal_calib *c)
 		return;
 	drop_layer(g);
 	drop_cache(g);
-	free(g->lin);
 	json_decref(g->report);
-	free(g);
+	CAL_FREE_ALL(g->lin, g);
 	c->aw = NULL;
 }
 

@@ -306,17 +306,9 @@ void cal_calib_free(struct cal_calib *c)
 	cal_gptq_free(c);
 	cal_awq_free(c);
 	if (c->moe && c->d)
-		for (int64_t L = 0; L < c->d->num_layers; L++) {
-			free(c->moe[L].tokens);
-			free(c->moe[L].gu);
-			free(c->moe[L].down);
-		}
-	free(c->moe);
-	free(c->l_amax);
-	free(c->hr_amax);
-	free(c->q_amax);
-	free(c->q_has);
-	free(c->inv_freq);
+		for (int64_t L = 0; L < c->d->num_layers; L++)
+			CAL_FREE_ALL(c->moe[L].tokens, c->moe[L].gu, c->moe[L].down);
+	CAL_FREE_ALL(c->moe, c->l_amax, c->hr_amax, c->q_amax, c->q_has, c->inv_freq);
 	cal_ranks_free(c);
 	cal_backend_free(c->own_be);
 	cal_backend_free(c->host);
@@ -415,9 +407,7 @@ static enum cal_status layout_tokens(struct cal_calib *c, const struct cal_calib
 	*ret_meta_n = mo;
 	return CAL_OK;
 fail:
-	free(ids);
-	free(pos);
-	free(meta);
+	CAL_FREE_ALL(ids, pos, meta);
 	return st;
 }
 
@@ -972,10 +962,7 @@ fail:
 		(void)cal_backend_upload_sync(c->be, NULL); /* no upload may outlive its buffers */
 	cal_layer_host_free(&lh[0]);
 	cal_layer_host_free(&lh[1]);
-	free(hbuf);
-	free(ids);
-	free(pos);
-	free(meta);
+	CAL_FREE_ALL(hbuf, ids, pos, meta);
 	c->total_s = cal_now() - t0;
 	return st;
 }

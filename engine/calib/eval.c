@@ -543,9 +543,7 @@ static float kv_default(const struct cal_checkpoint *q)
 			r = 1.0f;
 		json_decref(j);
 	}
-	free(text);
-	free(path);
-	free(dir);
+	CAL_FREE_ALL(text, path, dir);
 	return r;
 }
 
@@ -662,9 +660,7 @@ enum cal_status cal_eval_check_source(const char *model_dir, const struct cal_ch
 	}
 	st = CAL_OK;
 fail:
-	json_decref(a);
-	json_decref(b);
-	json_decref(rep);
+	CAL_EACH(json_decref, json_t, a, b, rep);
 	return st;
 }
 

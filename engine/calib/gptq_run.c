@@ -420,12 +420,8 @@ void cal_gptq_free(struct cal_calib *c)
 		return;
 	cal_gptq_free_run(c);
 	drop_layer(g);
-	free(g->lin);
-	free(g->tok_save);
-	free(g->hcnt);
-	json_decref(g->report);
-	json_decref(g->fallback);
-	free(g);
+	CAL_EACH(json_decref, json_t, g->report, g->fallback);
+	CAL_FREE_ALL(g->lin, g->tok_save, g->hcnt, g);
 	c->gq = NULL;
 }
 

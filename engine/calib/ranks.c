@@ -302,11 +302,7 @@ void cal_ep_free(struct cal_calib *c)
 	void *b[] = {p->xr, p->gu, p->act, p->off, p->dcnt, p->scr};
 	for (size_t i = 0; i < CAL_ARRAY_LEN(b); i++)
 		cal_be_free(c, b[i]);
-	free(p->hcnt);
-	free(p->hin);
-	free(p->sb);
-	free(p->hoff);
-	free(p);
+	CAL_FREE_ALL(p->hcnt, p->hin, p->sb, p->hoff, p);
 	c->ep = NULL;
 }
 

@@ -336,12 +336,7 @@ json_t *cal_calib_stats(const struct cal_calib *c)
 	out = j;
 	j = NULL;
 done:
-	json_decref(qs);
-	json_decref(in);
-	json_decref(seen);
-	json_decref(kv);
-	json_decref(moe);
-	json_decref(j);
+	CAL_EACH(json_decref, json_t, qs, in, seen, kv, moe, j);
 	return out;
 }
 

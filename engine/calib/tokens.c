@@ -14,9 +14,7 @@ void cal_calib_tokens_free(struct cal_calib_tokens *t)
 {
 	if (!t)
 		return;
-	free(t->off);
-	free(t->ids);
-	free(t);
+	CAL_FREE_ALL(t->off, t->ids, t);
 }
 
 /* Appends one sequence (a JSON array of ids). */

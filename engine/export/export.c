@@ -102,9 +102,7 @@ static char *hub_name(const struct cal_exporter *ex, const char *plan_name)
 			else
 				b = strdup(a);
 		}
-		free(from);
-		free(to);
-		free(a);
+		CAL_FREE_ALL(from, to, a);
 		a = b;
 	}
 	return a;
@@ -127,9 +125,7 @@ static char *plan_name(const struct cal_exporter *ex, const char *src)
 		char *from = xprintf(".layers.%lld.%s.", (long long)L, blk);
 		char *to = xprintf(".layers.%lld.mlp.", (long long)L);
 		char *b = from && to ? replace_at(a, 0, from, to) : NULL;
-		free(from);
-		free(to);
-		free(a);
+		CAL_FREE_ALL(from, to, a);
 		a = b;
 	}
 	return a;
@@ -823,21 +819,14 @@ void cal_exporter_free(struct cal_exporter *ex)
 		return;
 	cal_export_pipe_free(ex); /* joins the threads before the writer goes */
 	cal_st_writer_free(ex->w);
-	for (size_t i = 0; i < ex->n_lin; i++) {
-		free(ex->lin[i].name);
-		free(ex->lin[i].gw);
-		free(ex->lin[i].pqs);
-	}
-	for (size_t i = 0; i < ex->n_cp; i++) {
-		free(ex->cp[i].name);
-		free(ex->cp[i].data);
-	}
+	for (size_t i = 0; i < ex->n_lin; i++)
+		CAL_FREE_ALL(ex->lin[i].name, ex->lin[i].gw, ex->lin[i].pqs);
+	for (size_t i = 0; i < ex->n_cp; i++)
+		CAL_FREE_ALL(ex->cp[i].name, ex->cp[i].data);
 	for (size_t i = 0; i < ex->n_kv; i++)
 		free(ex->kv[i].attn);
-	for (size_t i = 0; i < ex->n_mc; i++) {
-		free(ex->mc[i].name);
-		free(ex->mc[i].algo);
-	}
+	for (size_t i = 0; i < ex->n_mc; i++)
+		CAL_FREE_ALL(ex->mc[i].name, ex->mc[i].algo);
 	for (size_t i = 0; i < ex->n_ignored_mods; i++)
 		free(ex->ignored_mods[i]);
 	for (int i = 0; i < 4; i++)
@@ -845,20 +834,10 @@ void cal_exporter_free(struct cal_exporter *ex)
 	for (int i = 0; i < XDBUF; i++)
 		cal_backend_dealloc(ex->be, ex->dbuf[i]);
 	json_decref(ex->algorithm);
-	free(ex->ignored_mods);
-	free(ex->lin);
-	free(ex->cp);
-	free(ex->kv);
-	free(ex->mc);
-	free(ex->layer_done);
-	free(ex->model_dir);
-	free(ex->out_dir);
-	free(ex->recipe_name);
-	json_decref(ex->weights);
-	json_decref(ex->fallbacks);
-	json_decref(ex->phases);
-	json_decref(ex->timeline);
-	json_decref(ex->ranks);
+	CAL_FREE_ALL(ex->ignored_mods, ex->lin, ex->cp, ex->kv, ex->mc, ex->layer_done,
+		     ex->model_dir, ex->out_dir, ex->recipe_name);
+	CAL_EACH(json_decref, json_t, ex->weights, ex->fallbacks, ex->phases, ex->timeline,
+		 ex->ranks);
 	free(ex);
 }
 

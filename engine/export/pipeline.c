@@ -119,10 +119,8 @@ static enum cal_status write_slot(struct cal_exporter *ex, struct xslot *s,
 
 static void slot_clear(struct xslot *s)
 {
-	for (size_t i = 0; i < s->n_items; i++) {
-		free(s->items[i].name);
-		free(s->items[i].owned);
-	}
+	for (size_t i = 0; i < s->n_items; i++)
+		CAL_FREE_ALL(s->items[i].name, s->items[i].owned);
 	s->n_items = 0;
 	s->used = 0;
 }

@@ -64,13 +64,9 @@ void cal_stats_free(struct cal_stats *s)
 {
 	if (!s)
 		return;
-	for (size_t k = 0; k < s->n; k++)
-		free(s->v[k].name);
-	for (size_t k = 0; k < s->n_tl; k++)
-		free(s->tl[k].tokens);
-	free(s->tl);
-	free((char *)s->calib.sequence_hashes);
-	free(s->v);
+	CAL_FREE_MEMBER(s->v, s->n, name);
+	CAL_FREE_MEMBER(s->tl, s->n_tl, tokens);
+	CAL_FREE_ALL(s->tl, (char *)s->calib.sequence_hashes, s->v);
 	cal_name_index_free(&s->names);
 	free(s);
 }
@@ -390,9 +386,6 @@ char *cal_stats_json(const struct cal_stats *s)
 	json_object_set(root, "expert_tokens", tok);
 	out = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
 done:
-	json_decref(cal);
-	json_decref(am);
-	json_decref(tok);
-	json_decref(root);
+	CAL_EACH(json_decref, json_t, cal, am, tok, root);
 	return out;
 }

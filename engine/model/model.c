@@ -1133,12 +1133,8 @@ void cal_model_desc_free(struct cal_model_desc *d)
 {
 	if (!d)
 		return;
-	free(d->model_type);
-	free(d->architecture);
-	free(d->dtype);
+	CAL_FREE_ALL(d->model_type, d->architecture, d->dtype);
 	for (size_t i = 0; i < d->n_not_convert; i++)
 		free(d->not_convert[i]);
-	free(d->not_convert);
-	free(d->layers);
-	free(d);
+	CAL_FREE_ALL(d->not_convert, d->layers, d);
 }

@@ -7,6 +7,7 @@
 #include "plan_fmt.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,16 +71,11 @@ static long add_module(struct builder *b, const char *name, enum cal_mod_kind ki
 		return -1;
 	p->modules = nm;
 	struct cal_plan_module *m = &p->modules[p->n_modules];
-	memset(m, 0, sizeof(*m));
-	if (!(m->name = strdup(name)))
+	*m = (struct cal_plan_module){ .name = strdup(name), .kind = kind, .proj = proj,
+				       .parent_class = parent, .layer = layer, .in = in, .out = out,
+				       .count = count };
+	if (!m->name)
 		return -1;
-	m->kind = kind;
-	m->proj = proj;
-	m->parent_class = parent;
-	m->layer = layer;
-	m->in = in;
-	m->out = out;
-	m->count = count;
 	uint64_t pr = 0;
 	if (cal_mul_u64((uint64_t)in, (uint64_t)out, &pr) || cal_mul_u64(pr, (uint64_t)count, &pr))
 		pr = UINT64_MAX;
@@ -147,29 +143,77 @@ static enum cal_status linear_at(struct builder *b, const char *prefix, const ch
 	return st;
 }
 
+/* One quantizer of a module: its role, name after "<module>.", and the
+ * module field (offsetof) that holds its index. */
+struct qslot {
+	enum cal_qrole role;
+	const char *name;
+	size_t field;
+};
+
+/* The quantizers qs[0..n) of module m named base, in order; -1 when out of
+ * memory. */
+static int add_slots(struct builder *b, long m, const char *base, const struct qslot *qs,
+		     size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		long q = add_q(b, m, qs[k].role, -1, "%s.%s", base, qs[k].name);
+		if (q < 0)
+			return -1;
+		*(long *)((char *)&b->p->modules[m] + qs[k].field) = q;
+	}
+	return 0;
+}
+
+/* The parts of layer L under module prefix pre ("<layer>.self_attn.", ...). */
+typedef enum cal_status (*part_fn)(struct builder *b, const struct cal_model_desc *d,
+				   const char *pre, int32_t L);
+
+/* fn on the part of layer L named "<P><sub>". */
+static enum cal_status layer_part(struct builder *b, const struct cal_model_desc *d,
+				  const char *P, const char *sub, int32_t L, part_fn fn)
+{
+	char *pre = NULL;
+	if (asprintf(&pre, "%s%s.", P, sub) < 0)
+		return nomem(b);
+	enum cal_status st = fn(b, d, pre, L);
+	free(pre);
+	return st;
+}
+
+/* gate_proj, up_proj and down_proj [H -> I -> H] of a dense or shared MLP. */
+static enum cal_status gated_mlp(struct builder *b, const char *pre, enum cal_mod_kind K,
+				 int32_t L, int64_t H, int64_t I)
+{
+	CAL_TRY_RET(linear_at(b, pre, "gate_proj", K, "nn.Linear", L, H, I));
+	CAL_TRY_RET(linear_at(b, pre, "up_proj", K, "nn.Linear", L, H, I));
+	return linear_at(b, pre, "down_proj", K, "nn.Linear", L, I, H);
+}
+
+static enum cal_status dense_mlp(struct builder *b, const struct cal_model_desc *d,
+				 const char *pre, int32_t L)
+{
+	return gated_mlp(b, pre, CAL_MOD_MLP_PROJ, L, d->hidden_size, d->intermediate_size);
+}
+
 static enum cal_status attention(struct builder *b, const struct cal_model_desc *d,
-				 const char *P, int32_t L)
+				 const char *pre, int32_t L)
 {
 	enum cal_status st = CAL_OK;
-	char *ap = NULL;
-	if (asprintf(&ap, "%sself_attn", P) < 0)
+	char *ap = strndup(pre, strlen(pre) - 1); /* without the '.' */
+	if (!ap)
 		return nomem(b);
 	long m = add_module(b, ap, CAL_MOD_ATTN, "self_attn", b->attn_class, L, d->head_dim,
 			    d->num_kv_heads * d->head_dim, 0);
 	if (m < 0)
 		goto nomem;
-	long qb = add_q(b, m, CAL_QROLE_Q_BMM, -1, "%s.q_bmm_quantizer", ap);
-	long kb = qb < 0 ? -1 : add_q(b, m, CAL_QROLE_K_BMM, -1, "%s.k_bmm_quantizer", ap);
-	long vb = kb < 0 ? -1 : add_q(b, m, CAL_QROLE_V_BMM, -1, "%s.v_bmm_quantizer", ap);
-	long pb = vb < 0 ? -1 : add_q(b, m, CAL_QROLE_P_BMM, -1, "%s.p_bmm_quantizer", ap);
-	if (pb < 0)
-		goto nomem;
-	b->p->modules[m].qb = qb;
-	b->p->modules[m].kb = kb;
-	b->p->modules[m].vb = vb;
-	b->p->modules[m].pb = pb;
-	char *pre = NULL;
-	if (asprintf(&pre, "%s.", ap) < 0)
+	static const struct qslot bmm[] = {
+		{CAL_QROLE_Q_BMM, "q_bmm_quantizer", offsetof(struct cal_plan_module, qb)},
+		{CAL_QROLE_K_BMM, "k_bmm_quantizer", offsetof(struct cal_plan_module, kb)},
+		{CAL_QROLE_V_BMM, "v_bmm_quantizer", offsetof(struct cal_plan_module, vb)},
+		{CAL_QROLE_P_BMM, "p_bmm_quantizer", offsetof(struct cal_plan_module, pb)},
+	};
+	if (add_slots(b, m, ap, bmm, CAL_ARRAY_LEN(bmm)) < 0)
 		goto nomem;
 	int64_t H = d->hidden_size, nh = d->num_heads, nkv = d->num_kv_heads, hd = d->head_dim;
 	const enum cal_mod_kind K = CAL_MOD_ATTN_PROJ;
@@ -194,7 +238,6 @@ static enum cal_status attention(struct builder *b, const struct cal_model_desc 
 		CAL_TRY(linear_at(b, pre, "o_proj", K, "nn.Linear", L, nh * hd, H));
 	}
 fail:
-	free(pre);
 	free(ap);
 	return st;
 nomem:
@@ -203,12 +246,9 @@ nomem:
 }
 
 static enum cal_status linear_attention(struct builder *b, const struct cal_model_desc *d,
-					const char *P, int32_t L)
+					const char *pre, int32_t L)
 {
 	enum cal_status st = CAL_OK;
-	char *pre = NULL;
-	if (asprintf(&pre, "%slinear_attn.", P) < 0)
-		return nomem(b);
 	int64_t H = d->hidden_size;
 	int64_t kd = d->linear_num_key_heads * d->linear_key_head_dim;
 	int64_t vd = d->linear_num_value_heads * d->linear_value_head_dim;
@@ -227,18 +267,22 @@ static enum cal_status linear_attention(struct builder *b, const struct cal_mode
 			  d->linear_conv_kernel_dim, 2 * kd + vd));
 	CAL_TRY(linear_at(b, pre, "out_proj", K, "nn.Linear", L, vd, H));
 fail:
-	free(pre);
 	return st;
 }
 
-static enum cal_status moe(struct builder *b, const struct cal_model_desc *d, const char *P,
+static enum cal_status shared_mlp(struct builder *b, const struct cal_model_desc *d,
+				  const char *pre, int32_t L)
+{
+	return gated_mlp(b, pre, CAL_MOD_SHARED_PROJ, L, d->hidden_size,
+			 d->shared_intermediate_size);
+}
+
+static enum cal_status moe(struct builder *b, const struct cal_model_desc *d, const char *pre,
 			   int32_t L)
 {
 	enum cal_status st = CAL_OK;
-	char *pre = NULL, *name = NULL;
+	char *name = NULL;
 	int64_t H = d->hidden_size, E = d->num_experts, I = d->moe_intermediate_size;
-	if (asprintf(&pre, "%smlp.", P) < 0)
-		return nomem(b);
 	/* transformers >= 5 routers are TopKRouter modules: no quantizers */
 	if (asprintf(&name, "%s%s", pre, d->arch->router_name ? d->arch->router_name : "gate") < 0)
 		goto nomem;
@@ -269,28 +313,15 @@ static enum cal_status moe(struct builder *b, const struct cal_model_desc *d, co
 		}
 	}
 	if (d->shared != CAL_SHARED_NONE && d->arch->shared_name) {
-		char *sp = NULL;
-		int64_t S = d->shared_intermediate_size;
-		if (asprintf(&sp, "%s%s.", pre, d->arch->shared_name) < 0)
-			goto nomem;
-		st = linear_at(b, sp, "gate_proj", CAL_MOD_SHARED_PROJ, "nn.Linear", L, H, S);
-		if (st >= 0)
-			st = linear_at(b, sp, "up_proj", CAL_MOD_SHARED_PROJ, "nn.Linear", L, H, S);
-		if (st >= 0)
-			st = linear_at(b, sp, "down_proj", CAL_MOD_SHARED_PROJ, "nn.Linear", L, S, H);
-		free(sp);
-		if (st < 0)
-			goto fail;
+		CAL_TRY(layer_part(b, d, pre, d->arch->shared_name, L, shared_mlp));
 		if (d->shared == CAL_SHARED_GATED)
 			CAL_TRY(linear_at(b, pre, "shared_expert_gate", CAL_MOD_SHARED_GATE, "nn.Linear",
 					  L, H, 1));
 	}
 fail:
-	free(pre);
 	free(name);
 	return st;
 nomem:
-	free(pre);
 	free(name);
 	return nomem(b);
 }
@@ -304,16 +335,13 @@ static enum cal_status enumerate(struct builder *b, const struct cal_model_desc 
 		return nomem(b);
 	long m = add_module(b, name, CAL_MOD_EMBED, "embed_tokens", "nn.Embedding", -1, H,
 			    d->vocab_size, 1);
-	if (m < 0)
+	static const struct qslot embed[] = {
+		{CAL_QROLE_INPUT, "input_quantizer", offsetof(struct cal_plan_module, iq)},
+		{CAL_QROLE_WEIGHT, "weight_quantizer", offsetof(struct cal_plan_module, wq)},
+		{CAL_QROLE_OUTPUT, "output_quantizer", offsetof(struct cal_plan_module, oq)},
+	};
+	if (m < 0 || add_slots(b, m, name, embed, CAL_ARRAY_LEN(embed)) < 0)
 		goto nomem;
-	long iq = add_q(b, m, CAL_QROLE_INPUT, -1, "%s.input_quantizer", name);
-	long wq = iq < 0 ? -1 : add_q(b, m, CAL_QROLE_WEIGHT, -1, "%s.weight_quantizer", name);
-	long oq = wq < 0 ? -1 : add_q(b, m, CAL_QROLE_OUTPUT, -1, "%s.output_quantizer", name);
-	if (oq < 0)
-		goto nomem;
-	b->p->modules[m].iq = iq;
-	b->p->modules[m].wq = wq;
-	b->p->modules[m].oq = oq;
 	for (int64_t L = 0; L < d->num_layers; L++) {
 		free(P);
 		if (asprintf(&P, "%slayers.%lld.", d->prefix, (long long)L) < 0) {
@@ -322,25 +350,11 @@ static enum cal_status enumerate(struct builder *b, const struct cal_model_desc 
 		}
 		const struct cal_layer_desc *ld = &d->layers[L];
 		if (ld->mixer == CAL_MIXER_LINEAR)
-			CAL_TRY(linear_attention(b, d, P, (int32_t)L));
+			CAL_TRY(layer_part(b, d, P, "linear_attn", (int32_t)L, linear_attention));
 		else
-			CAL_TRY(attention(b, d, P, (int32_t)L));
-		if (ld->ffn == CAL_FFN_MOE) {
-			CAL_TRY(moe(b, d, P, (int32_t)L));
-		} else {
-			char *mp = NULL;
-			int64_t I = d->intermediate_size;
-			if (asprintf(&mp, "%smlp.", P) < 0)
-				goto nomem;
-			st = linear_at(b, mp, "gate_proj", CAL_MOD_MLP_PROJ, "nn.Linear", (int32_t)L, H, I);
-			if (st >= 0)
-				st = linear_at(b, mp, "up_proj", CAL_MOD_MLP_PROJ, "nn.Linear", (int32_t)L, H, I);
-			if (st >= 0)
-				st = linear_at(b, mp, "down_proj", CAL_MOD_MLP_PROJ, "nn.Linear", (int32_t)L, I, H);
-			free(mp);
-			if (st < 0)
-				goto fail;
-		}
+			CAL_TRY(layer_part(b, d, P, "self_attn", (int32_t)L, attention));
+		CAL_TRY(layer_part(b, d, P, "mlp", (int32_t)L,
+				   ld->ffn == CAL_FFN_MOE ? moe : dense_mlp));
 	}
 	CAL_TRY(linear(b, "lm_head", CAL_MOD_LM_HEAD, "lm_head", "nn.Linear", -1, H, d->vocab_size));
 	if (d->tie_word_embeddings)
@@ -1084,15 +1098,8 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	*ret = p;
 	p = NULL;
 fail:
-	free(M.idx_sensitive);
-	free(M.pm);
-	free(M.vm);
-	free(M.v0);
-	free(M.cache[0]);
-	free(M.cache[1]);
-	free(M.alias);
-	free(b.attn_class);
-	free(b.experts_class);
+	CAL_FREE_ALL(M.idx_sensitive, M.pm, M.vm, M.v0, M.cache[0], M.cache[1], M.alias,
+		     b.attn_class, b.experts_class);
 	cal_plan_free(p);
 	return st;
 }
@@ -1101,14 +1108,7 @@ void cal_plan_free(struct cal_plan *p)
 {
 	if (!p)
 		return;
-	for (size_t i = 0; i < p->n_modules; i++)
-		free(p->modules[i].name);
-	for (size_t i = 0; i < p->n_q; i++)
-		free(p->q[i].name);
-	free(p->modules);
-	free(p->q);
-	free(p->by_name);
-	free(p->attn_class_);
-	free(p->experts_class_);
-	free(p);
+	CAL_FREE_MEMBER(p->modules, p->n_modules, name);
+	CAL_FREE_MEMBER(p->q, p->n_q, name);
+	CAL_FREE_ALL(p->modules, p->q, p->by_name, p->attn_class_, p->experts_class_, p);
 }

@@ -143,9 +143,7 @@ static void qattr_clear(struct cal_qattr *a)
 {
 	if (!a)
 		return;
-	free(a->calibrator);
-	free(a->trt_high_precision_dtype);
-	free(a->backend);
+	CAL_FREE_ALL(a->calibrator, a->trt_high_precision_dtype, a->backend);
 }
 
 static enum cal_status fill_string_defaults(struct cal_error *err, struct cal_qattr *a)
@@ -862,17 +860,10 @@ void cal_recipe_free(struct cal_recipe *r)
 		free(e->parent_class);
 		for (size_t j = 0; j < e->n_cfg; j++)
 			qattr_clear(&e->cfg[j]);
-		free(e->cfg);
-		free(e->where);
-		free(e->text);
+		CAL_FREE_ALL(e->cfg, e->where, e->text);
 	}
-	free(r->entries);
-	free(r->source);
-	free(r->recipe_type);
-	free(r->description);
-	free(r->algo.name);
-	free(r->algo.layerwise_checkpoint_dir);
-	free(r);
+	CAL_FREE_ALL(r->entries, r->source, r->recipe_type, r->description, r->algo.name,
+		     r->algo.layerwise_checkpoint_dir, r);
 }
 
 const struct cal_qattr *cal_qattr_default(void)

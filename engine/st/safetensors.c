@@ -429,10 +429,5 @@ void cal_st_file_free(struct cal_st_file *f)
 		return;
 	if (f->map)
 		munmap(f->map, f->map_len);
-	free(f->name);
-	free(f->tensors);
-	free(f->by_name);
-	free(f->meta);
-	free(f->arena);
-	free(f);
+	CAL_FREE_ALL(f->name, f->tensors, f->by_name, f->meta, f->arena, f);
 }

@@ -346,9 +346,7 @@ enum cal_status cal_st_writer_declare(struct cal_st_writer *w, const char *name,
 				      enum cal_dtype dtype, int ndim,
 				      const int64_t *shape, struct cal_error *err)
 {
-	enum cal_status st = check_state(w, W_DECLARE, "declare()", err);
-	if (st < 0)
-		return st;
+	CAL_TRY_RET(check_state(w, W_DECLARE, "declare()", err));
 	size_t nlen = strlen(name);
 	json_t *probe = json_string(name); /* NULL when not valid UTF-8 */
 	int utf8_ok = probe != NULL;
@@ -448,9 +446,7 @@ static enum cal_status build_header(struct cal_st_writer *w, size_t k, struct ca
 			      json_object_set(e, "shape", shape) < 0 ||
 			      json_object_set(e, "data_offsets", offs) < 0 ||
 			      json_object_set(root, t->name, e) < 0;
-		json_decref(e);
-		json_decref(shape);
-		json_decref(offs);
+		CAL_EACH(json_decref, json_t, e, shape, offs);
 		if (bad)
 			goto nomem;
 	}
@@ -525,9 +521,8 @@ static enum cal_status free_bytes(struct cal_st_writer *w, uint64_t *ret, struct
 
 enum cal_status cal_st_writer_begin(struct cal_st_writer *w, struct cal_error *err)
 {
-	enum cal_status st = check_state(w, W_DECLARE, "begin()", err);
-	if (st < 0)
-		return st;
+	enum cal_status st;
+	CAL_TRY_RET(check_state(w, W_DECLARE, "begin()", err));
 	CAL_TRY(plan_shards(w, err));
 	uint64_t need = 0, tensor_bytes = 0, avail = 0;
 	for (size_t k = 0; k < w->nsh; k++) {
@@ -587,9 +582,7 @@ enum cal_status cal_st_writer_put(struct cal_st_writer *w, const char *name,
 				  const void *data, uint64_t nbytes,
 				  struct cal_error *err)
 {
-	enum cal_status st = check_state(w, W_BEGUN, "put()", err);
-	if (st < 0)
-		return st;
+	CAL_TRY_RET(check_state(w, W_BEGUN, "put()", err));
 	struct wtensor *t = find_tensor(w, name);
 	if (!t)
 		return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: tensor '%s' was never declared",
@@ -683,9 +676,8 @@ enum cal_status cal_st_writer_open_part(const char *final_dir,
 enum cal_status cal_st_writer_attach(struct cal_st_writer *w, const char *tmp_name,
 				     uint64_t layout_hash, struct cal_error *err)
 {
-	enum cal_status st = check_state(w, W_DECLARE, "attach()", err);
-	if (st < 0)
-		return st;
+	enum cal_status st;
+	CAL_TRY_RET(check_state(w, W_DECLARE, "attach()", err));
 	size_t bl = strlen(w->base);
 	if (!w->part || strchr(tmp_name, '/') || tmp_name[0] != '.' ||
 	    strncmp(tmp_name + 1, w->base, bl) != 0 || strncmp(tmp_name + 1 + bl, ".tmp-", 5) != 0)
@@ -728,9 +720,7 @@ fail:
 
 enum cal_status cal_st_writer_part_close(struct cal_st_writer *w, struct cal_error *err)
 {
-	enum cal_status st = check_state(w, W_BEGUN, "part_close()", err);
-	if (st < 0)
-		return st;
+	CAL_TRY_RET(check_state(w, W_BEGUN, "part_close()", err));
 	for (size_t k = 0; k < w->nsh; k++) {
 		struct wshard *s = &w->sh[k];
 		if (s->fd < 0)
@@ -763,9 +753,7 @@ size_t cal_st_writer_put_indices(const struct cal_st_writer *w, uint64_t *idx)
 enum cal_status cal_st_writer_put_elsewhere(struct cal_st_writer *w, const uint64_t *idx,
 					    size_t n, struct cal_error *err)
 {
-	enum cal_status st = check_state(w, W_BEGUN, "put_elsewhere()", err);
-	if (st < 0)
-		return st;
+	CAL_TRY_RET(check_state(w, W_BEGUN, "put_elsewhere()", err));
 	for (size_t k = 0; k < n; k++) {
 		if (idx[k] >= w->nt || w->t[idx[k]].put)
 			return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: tensor #%llu %s",
@@ -809,9 +797,8 @@ static enum cal_status verify_shard(struct cal_st_writer *w, size_t k, struct ca
 
 enum cal_status cal_st_writer_commit(struct cal_st_writer *w, struct cal_error *err)
 {
-	enum cal_status st = check_state(w, W_BEGUN, "commit()", err);
-	if (st < 0)
-		return st;
+	enum cal_status st;
+	CAL_TRY_RET(check_state(w, W_BEGUN, "commit()", err));
 	if (w->part)
 		return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: commit() of a part writer "
 					    "(the leader publishes)", w->final_dir));
@@ -901,10 +888,5 @@ void cal_st_writer_free(struct cal_st_writer *w)
 		close(w->tmp_fd);
 	if (w->parent_fd >= 0)
 		close(w->parent_fd);
-	free(w->tmp_dir);
-	free(w->tmp_name);
-	free(w->base);
-	free(w->parent);
-	free(w->final_dir);
-	free(w);
+	CAL_FREE_ALL(w->tmp_dir, w->tmp_name, w->base, w->parent, w->final_dir, w);
 }

@@ -91,12 +91,7 @@ void tok_bpe_free(struct tok_bpe *m)
 	free(m->str_off);
 	free(m->str_len);
 	tok_buf_free(&m->strs);
-	free(m->vslot);
-	free(m->mkey);
-	free(m->mrank);
-	free(m->mnew);
-	free(m->prefix);
-	free(m->suffix);
+	CAL_FREE_ALL(m->vslot, m->mkey, m->mrank, m->mnew, m->prefix, m->suffix);
 	if (m->cache) {
 		for (size_t i = 0; i < CACHE_SLOTS; i++)
 			free(m->cache[i]);

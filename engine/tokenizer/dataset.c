@@ -379,9 +379,7 @@ void cal_dataset_free(struct cal_dataset *ds)
 {
 	if (!ds)
 		return;
-	free(ds->off);
-	free(ds->ids);
-	free(ds);
+	CAL_FREE_ALL(ds->off, ds->ids, ds);
 }
 
 enum cal_status cal_dataset_build(struct cal_tokenizer *tok,

@@ -111,9 +111,7 @@ static enum cal_status tb_finish(struct trie_build *t, struct tok_matcher *m)
 
 static void matcher_free(struct tok_matcher *m)
 {
-	free(m->nodes);
-	free(m->edge_byte);
-	free(m->edge_node);
+	CAL_FREE_ALL(m->nodes, m->edge_byte, m->edge_node);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -152,10 +150,7 @@ static enum cal_status build_matcher(struct cal_tokenizer *tok, bool normalized,
 	}
 	st = tb_finish(&t, m);
 out:
-	free(t.child);
-	free(t.sib);
-	free(t.added);
-	free(t.byte);
+	CAL_FREE_ALL(t.child, t.sib, t.added, t.byte);
 	return st;
 }
 
@@ -780,19 +775,15 @@ void cal_tokenizer_free(struct cal_tokenizer *tok)
 		return;
 	free(tok->name);
 	tok_bpe_free(&tok->bpe);
-	for (size_t i = 0; i < tok->n_added; i++) {
-		free(tok->added[i].s);
-		free(tok->added[i].raw);
-	}
+	for (size_t i = 0; i < tok->n_added; i++)
+		CAL_FREE_ALL(tok->added[i].s, tok->added[i].raw);
 	free(tok->added);
 	matcher_free(&tok->match_raw);
 	matcher_free(&tok->match_norm);
 	tok_normalizer_free(tok->norm);
 	free(tok->norm);
 	tok_pretok_free(tok->pre);
-	free(tok->pre);
-	free(tok->post_prefix);
-	free(tok->post_suffix);
+	CAL_FREE_ALL(tok->pre, tok->post_prefix, tok->post_suffix);
 	pcre2_match_data_free(tok->md_alnum);
 	pcre2_code_free(tok->re_alnum);
 	tok_buf_free(&tok->in);
