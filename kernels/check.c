@@ -28,6 +28,16 @@ enum cal_status cal_check_shapes(const uint64_t (*v)[2], size_t n, struct cal_er
 	return st;
 }
 
+enum cal_status cal_check_fp8_tiling(uint64_t n, int tiled, uint64_t cols,
+				     struct cal_error *err)
+{
+	if (n && tiled && (!cols || n % cols))
+		return cal_error_set(err, CAL_ERR_INVALID, "argument 'cols' = %llu does not divide "
+				     "n = %llu", (unsigned long long)cols,
+				     (unsigned long long)n);
+	return CAL_OK;
+}
+
 enum cal_status cal_check_int4_shape(uint64_t rows, uint64_t cols, struct cal_error *err)
 {
 	enum cal_status st = cal_check_shape(rows, cols, 128, err);

@@ -66,11 +66,7 @@ CAL_CHECK_OP(fp8_quant)
 				     (int)a->div);
 	if (a->n && (st = CAL_CHECK_PTRS(a, err, w, q)) < 0)
 		return st;
-	if (a->n && a->row_scale && (!a->cols || a->n % a->cols))
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'cols' = %llu does not divide "
-				     "n = %llu", (unsigned long long)a->cols,
-				     (unsigned long long)a->n);
-	return CAL_OK;
+	return cal_check_fp8_tiling(a->n, a->row_scale != NULL, a->cols, err);
 }
 
 CAL_CPU_OP(fp8_quant)

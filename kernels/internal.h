@@ -89,6 +89,10 @@ enum cal_status cal_check_shapes(const uint64_t (*v)[2], size_t n, struct cal_er
 #define CAL_CHECK_SHAPES(err, ...)                                                  \
 	cal_check_shapes((const uint64_t[][2]){__VA_ARGS__},                        \
 			 sizeof((const uint64_t[][2]){__VA_ARGS__}) / sizeof(uint64_t[2]), err)
+/* An FP8 op's tiling: with a per-tile scale (tiled) and n > 0, cols > 0
+ * divides n. */
+enum cal_status cal_check_fp8_tiling(uint64_t n, int tiled, uint64_t cols,
+				     struct cal_error *err);
 /* An INT4 op's shape: cols % 128 == 0 and rows even (row pairs pack). */
 enum cal_status cal_check_int4_shape(uint64_t rows, uint64_t cols, struct cal_error *err);
 /* A max|x| observer's arguments: input dtype, shape, rows <= 2^32-1, and the
