@@ -41,38 +41,9 @@ struct key {
 
 #define F(f) offsetof(struct cal_config, f)
 static const struct key keys[] = {
-	{"listen", "listen", K_STR, F(listen), 0, 0, 0},
-	{"port", "port", K_INT, F(port), 0, 0, 65535},
-	{"port_file", "port-file", K_STR, F(port_file), 0, 0, 0},
-	{"admin_listen", "admin-listen", K_STR, F(admin_listen), 0, 0, 0},
-	{"admin_port", "admin-port", K_INT, F(admin_port), 0, -1, 65535},
-	{"admin_port_file", "admin-port-file", K_STR, F(admin_port_file), 0, 0, 0},
-	{"state_dir", "state-dir", K_STR, F(state_dir), 0, 0, 0},
-	{"model_roots", "model-root", K_STRLIST, F(model_roots), F(n_model_roots), 0, 0},
-	{"data_roots", "data-root", K_STRLIST, F(data_roots), F(n_data_roots), 0, 0},
-	{"output_roots", "output-root", K_STRLIST, F(output_roots), F(n_output_roots), 0, 0},
-	{"recipes_dir", "recipes-dir", K_STR, F(recipes_dir), 0, 0, 0},
-	{"devices", "devices", K_DEVICES, F(devices), F(n_devices), 0, 0},
-	{"max_concurrent_jobs", "max-jobs", K_INT, F(max_concurrent_jobs), 0, 1, 1024},
-	{"max_queue", "max-queue", K_INT, F(max_queue), 0, 1, 1000000},
-	{"progress_timeout_s", "progress-timeout", K_DURATION, F(progress_timeout_s), 0, 0.1, 1e7},
-	{"kill_grace_s", "kill-grace", K_DURATION, F(kill_grace_s), 0, 0, 3600},
-	{"shutdown_grace_s", "shutdown-grace", K_DURATION, F(shutdown_grace_s), 0, 0, 3600},
-	{"job_timeout_s", "job-timeout", K_DURATION, F(job_timeout_s), 0, 0, 1e8},
-	{"resume_on_restart", "resume-on-restart", K_BOOL, F(resume_on_restart), 0, 0, 0},
-	{"worker_command", "worker-command", K_STRLIST, F(worker_command), F(n_worker_command), 0, 0},
-	{"token_file", "token-file", K_STR, F(token_file), 0, 0, 0},
-	{"auth_read", "auth-read", K_BOOL, F(auth_read), 0, 0, 0},
-	{"log_format", "log-format", K_LOGFMT, F(log_json), 0, 0, 0},
-	{"max_connections", "max-connections", K_INT, F(max_connections), 0, 1, 65536},
-	{"per_ip_connections", "per-ip-connections", K_INT, F(per_ip_connections), 0, 1, 65536},
-	{"connection_timeout_s", "connection-timeout", K_INT, F(connection_timeout_s), 0, 1, 86400},
-	{"request_timeout_s", "request-timeout", K_DURATION, F(request_timeout_s), 0, 0.1, 86400},
-	{"retry_after_s", "retry-after", K_DURATION, F(retry_after_s), 0, 0, 86400},
-	{"idempotency_ttl_s", "idempotency-ttl", K_DURATION, F(idempotency_ttl_s), 0, 1, 1e9},
-	{"job_retention_s", "job-retention", K_DURATION, F(job_retention_s), 0, 0, 1e10},
-	{"min_free_percent", "min-free-percent", K_DOUBLE, F(min_free_percent), 0, 0, 100},
-	{"datasets", "dataset", K_CATALOG, F(datasets), F(n_datasets), 0, 0},
+#define CAL_CONFIG_KEY(...) {__VA_ARGS__},
+#include "daemon/config_keys.def"
+#undef CAL_CONFIG_KEY
 };
 #undef F
 
