@@ -170,23 +170,9 @@ struct summary_row {
 };
 
 static const struct summary_row summary[] = {
-	{"model type", 0, NULL, "model_type"},
-	{"source", 0, NULL, "source"},
-	{"recipe", 0, "recipe", "name"},
-	{"quant_algo", 0, "resolved", "quant_algo"},
-	{"kv_cache_quant_algo", 0, "resolved", "kv_cache_quant_algo"},
-	{"calibration tokens", 0, "calibration", "tokens"},
-	{"weight SQNR min (dB)", 0, "weight_sqnr", "min_db"},
-	{"weight SQNR mean (dB)", 0, "weight_sqnr", "mean_db"},
-	{"eval dataset", 1, NULL, "dataset"},
-	{"eval tokens", 1, "data", "tokens"},
-	{"eval sequences also in the calibration set", 1, "calibration_overlap", "sequences"},
-	{"KL mean", 1, "kl", "mean"},
-	{"KL median", 1, "kl", "median"},
-	{"KL p99", 1, "kl", "p99"},
-	{"top-1 agreement", 1, NULL, "top1_agreement"},
-	{"perplexity original", 1, "perplexity", "original"},
-	{"perplexity quantized", 1, "perplexity", "quantized"},
+#define CAL_REPORT_ROW(...) {__VA_ARGS__},
+#include "api/report_rows.def"
+#undef CAL_REPORT_ROW
 };
 
 char *cal_report_html(const json_t *r, const char *title)
