@@ -106,11 +106,18 @@ static enum cal_status bad_type(struct reader *r, const char *key, const char *w
 			     key, want);
 }
 
+/* Key `key` of o, or NULL when o is NULL or the key is absent or null. */
+static json_t *lookup(json_t *o, const char *key)
+{
+	json_t *v = o ? json_object_get(o, key) : NULL;
+	return v && !json_is_null(v) ? v : NULL;
+}
+
 static enum cal_status get_int(struct reader *r, json_t *o, const char *key, int64_t def,
 			       int64_t *ret)
 {
-	json_t *v = o ? json_object_get(o, key) : NULL;
-	if (!v || json_is_null(v)) {
+	json_t *v = lookup(o, key);
+	if (!v) {
 		*ret = def;
 		return CAL_OK;
 	}
@@ -131,15 +138,11 @@ static enum cal_status get_int(struct reader *r, json_t *o, const char *key, int
 static enum cal_status get_num(struct reader *r, json_t *o, const char *key, double def,
 			       double *ret)
 {
-	json_t *v = o ? json_object_get(o, key) : NULL;
-	if (!v || json_is_null(v)) {
-		*ret = def;
-		return CAL_OK;
-	}
-	if (!json_is_number(v))
+	json_t *v = lookup(o, key);
+	if (v && !json_is_number(v))
 		return bad_type(r, key, "a number");
-	*ret = json_number_value(v);
-	if (!isfinite(*ret))
+	*ret = v ? json_number_value(v) : def;
+	if (v && !isfinite(*ret))
 		return bad_type(r, key, "a finite number");
 	return CAL_OK;
 }
@@ -147,14 +150,10 @@ static enum cal_status get_num(struct reader *r, json_t *o, const char *key, dou
 static enum cal_status get_bool(struct reader *r, json_t *o, const char *key, int def,
 				int *ret)
 {
-	json_t *v = o ? json_object_get(o, key) : NULL;
-	if (!v || json_is_null(v)) {
-		*ret = def;
-		return CAL_OK;
-	}
-	if (!json_is_boolean(v))
+	json_t *v = lookup(o, key);
+	if (v && !json_is_boolean(v))
 		return bad_type(r, key, "true or false");
-	*ret = json_is_true(v);
+	*ret = v ? json_is_true(v) : def;
 	return CAL_OK;
 }
 
@@ -162,20 +161,17 @@ static enum cal_status get_bool(struct reader *r, json_t *o, const char *key, in
 static enum cal_status get_str(struct reader *r, json_t *o, const char *key,
 			       const char **ret)
 {
-	json_t *v = o ? json_object_get(o, key) : NULL;
+	json_t *v = lookup(o, key);
 	*ret = NULL;
-	if (!v || json_is_null(v))
-		return CAL_OK;
-	if (!json_is_string(v))
+	if (v && !json_is_string(v))
 		return bad_type(r, key, "a string");
-	*ret = json_string_value(v);
+	*ret = v ? json_string_value(v) : NULL;
 	return CAL_OK;
 }
 
 static int key_set(json_t *o, const char *key)
 {
-	json_t *v = o ? json_object_get(o, key) : NULL;
-	return v && !json_is_null(v);
+	return lookup(o, key) != NULL;
 }
 
 /* Two spellings of one key that are both set must agree (numbers compare
@@ -210,8 +206,8 @@ static enum cal_status find_any(struct reader *r, json_t *o, const char *const *
 	*which = NULL;
 	json_t *first = NULL;
 	for (size_t i = 0; i < 3 && keys[i]; i++) {
-		json_t *v = o ? json_object_get(o, keys[i]) : NULL;
-		if (!v || json_is_null(v))
+		json_t *v = lookup(o, keys[i]);
+		if (!v)
 			continue;
 		if (!first) {
 			first = v;
