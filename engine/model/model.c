@@ -248,6 +248,17 @@ static enum cal_status check_range(struct reader *r, const char *key, int64_t v,
 	return CAL_OK;
 }
 
+/* v (key `key`) is a multiple of m (key `mkey`, m >= 1). */
+static enum cal_status check_multiple(struct reader *r, const char *key, int64_t v,
+				      const char *mkey, int64_t m)
+{
+	if (v % m)
+		return cal_error_set(r->err, CAL_ERR_FORMAT,
+				     "%s: %s (%lld) is not a multiple of %s (%lld)", r->name, key,
+				     (long long)v, mkey, (long long)m);
+	return CAL_OK;
+}
+
 /* ---- RoPE --------------------------------------------------------------- */
 
 static double yarn_m(double s, double a)
@@ -710,11 +721,8 @@ static enum cal_status parse_desc(struct reader *r, json_t *root, struct cal_mod
 	CAL_TRY(get_int(r, cfg, "num_key_value_heads",
 			a->def_kv_heads ? a->def_kv_heads : d->num_heads, &d->num_kv_heads));
 	CAL_TRY(check_range(r, "num_key_value_heads", d->num_kv_heads, 1, d->num_heads));
-	if (d->num_heads % d->num_kv_heads)
-		return cal_error_set(r->err, CAL_ERR_FORMAT,
-				     "%s: num_attention_heads (%lld) is not a multiple of "
-				     "num_key_value_heads (%lld)", r->name,
-				     (long long)d->num_heads, (long long)d->num_kv_heads);
+	CAL_TRY(check_multiple(r, "num_attention_heads", d->num_heads, "num_key_value_heads",
+			       d->num_kv_heads));
 	int64_t hd_def = a->def_head_dim;
 	if (!hd_def) {
 		if (d->hidden_size % d->num_heads && !key_set(cfg, "head_dim"))
@@ -797,12 +805,8 @@ static enum cal_status parse_desc(struct reader *r, json_t *root, struct cal_mod
 		CAL_TRY(get_int(r, cfg, "linear_conv_kernel_dim", 4, &d->linear_conv_kernel_dim));
 		CAL_TRY(check_range(r, "linear_conv_kernel_dim", d->linear_conv_kernel_dim, 1,
 				    1024));
-		if (d->linear_num_value_heads % d->linear_num_key_heads)
-			return cal_error_set(r->err, CAL_ERR_FORMAT,
-					     "%s: linear_num_value_heads (%lld) is not a "
-					     "multiple of linear_num_key_heads (%lld)", r->name,
-					     (long long)d->linear_num_value_heads,
-					     (long long)d->linear_num_key_heads);
+		CAL_TRY(check_multiple(r, "linear_num_value_heads", d->linear_num_value_heads,
+				       "linear_num_key_heads", d->linear_num_key_heads));
 	}
 
 	/* MoE */
@@ -844,12 +848,8 @@ static enum cal_status parse_desc(struct reader *r, json_t *root, struct cal_mod
 			CAL_TRY(check_range(r, "n_group", d->n_group, 1, d->num_experts));
 			CAL_TRY(get_int(r, cfg, "topk_group", 4, &d->topk_group));
 			CAL_TRY(check_range(r, "topk_group", d->topk_group, 1, d->n_group));
-			if (d->num_experts % d->n_group)
-				return cal_error_set(r->err, CAL_ERR_FORMAT,
-						     "%s: n_routed_experts (%lld) is not a "
-						     "multiple of n_group (%lld)", r->name,
-						     (long long)d->num_experts,
-						     (long long)d->n_group);
+			CAL_TRY(check_multiple(r, "n_routed_experts", d->num_experts, "n_group",
+					       d->n_group));
 		}
 		d->shared = a->shared;
 		if (a->shared == CAL_SHARED_GATED) {
