@@ -387,6 +387,18 @@ Test(args, errors_name_the_field)
 				     (struct cal_nonfinite *)s};
 	cr_expect_eq(cal_op_amax(be, &huge, &err), CAL_ERR_RANGE);
 	cal_error_clear(&err);
+	/* FP8 per-tile scales: cols must divide n (fp8_quant and fp8_dequant) */
+	float rs[4];
+	struct cal_fp8_quant_args fq = {w, 30, 1.0f, CAL_DIV_RECIP, p, 0, rs, 8, 0};
+	cr_expect_eq(cal_op_fp8_quant(be, &fq, &err), CAL_ERR_INVALID);
+	cr_expect(strstr(cal_error_msg(&err), "'cols' = 8 does not divide n = 30") != NULL, "%s",
+		  cal_error_msg(&err));
+	cal_error_clear(&err);
+	struct cal_fp8_dequant_args fd = {p, 30, 1.0f, CAL_DTYPE_F32, rs, rs, 0, 0};
+	cr_expect_eq(cal_op_fp8_dequant(be, &fd, &err), CAL_ERR_INVALID);
+	cr_expect(strstr(cal_error_msg(&err), "'cols' = 0 does not divide n = 30") != NULL, "%s",
+		  cal_error_msg(&err));
+	cal_error_clear(&err);
 	cal_backend_free(be);
 }
 
