@@ -134,20 +134,10 @@ static void arch_case(const char *arch, enum cal_fixture_layout lay)
 	calib_env_free(&e);
 }
 
-Test(calib, qwen3_moe_per_expert_with_dense_layer) { arch_case("qwen3_moe", CAL_FIXTURE_LAYOUT_PER_EXPERT); }
-Test(calib, qwen3_moe_fused) { arch_case("qwen3_moe", CAL_FIXTURE_LAYOUT_FUSED); }
-Test(calib, qwen2_moe) { arch_case("qwen2_moe", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, mixtral) { arch_case("mixtral", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, mixtral_fused) { arch_case("mixtral", CAL_FIXTURE_LAYOUT_FUSED); }
-Test(calib, olmoe) { arch_case("olmoe", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, llama) { arch_case("llama", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen2) { arch_case("qwen2", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen3) { arch_case("qwen3", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen3_5_moe_vlm) { arch_case("qwen3_5_moe", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen3_5_moe_text) { arch_case("qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen3_next) { arch_case("qwen3_next", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen3_next_fused) { arch_case("qwen3_next", CAL_FIXTURE_LAYOUT_FUSED); }
-Test(calib, deepseek_v3) { arch_case("deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT); } /* MLA */
+#define CALIB_ARCH(name, arch, layout) \
+	Test(calib, name) { arch_case(arch, CAL_FIXTURE_LAYOUT_##layout); }
+#include "arch_cases.def"
+#undef CALIB_ARCH
 
 /* Gated DeltaNet with modelopt's padding: HF zeroes the pad rows of the GDN
  * input, so the linear_attn statistics (and the real tokens' hidden states)
