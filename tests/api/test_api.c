@@ -213,90 +213,10 @@ Test(api, validation_errors)
 	for (int i = 0; i < 40; i++)
 		strcat(deep, "[");
 	const struct step steps[] = {
-		{"empty body", "POST", "/v1/jobs", JSON, "", 400, "bad_json"},
-		{"not json", "POST", "/v1/jobs", JSON, "{nope", 400, "bad_json"},
-		{"not an object", "POST", "/v1/jobs", JSON, "[1,2]", 400, "bad_json"},
-		{"duplicate keys", "POST", "/v1/jobs", JSON, "{\"model\":\"a\",\"model\":\"b\"}", 400, "bad_json"},
-		{"too deep", "POST", "/v1/jobs", JSON, deep, 400, "json_too_deep"},
-		{"wrong content type", "POST", "/v1/jobs", "Content-Type: text/plain\r\n", "{}", 415,
-		 "unsupported_media_type"},
-		{"unknown field", "POST", "/v1/jobs", JSON, "{\"modle\":1}", 400, "unknown_field"},
-		{"missing recipe", "POST", "/v1/jobs", JSON, "{" J_MODEL "}", 400, "missing_field"},
-		{"bad recipe name", "POST", "/v1/jobs", JSON, "{\"recipe\":\"../x\"}", 400, "invalid_field"},
-		{"empty inline recipe", "POST", "/v1/jobs", JSON, "{\"recipe\":{\"yaml\":\"\"}}", 400, "invalid_field"},
-		{"bad priority", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"priority\":1000}", 400, "invalid_field"},
-		{"gpus not configured", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"devices\":2}", 422,
-		 "devices_unavailable"},
-		{"gpus not configured (device string)", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"devices\":\"cuda:0,1\"}", 422, "devices_unavailable"},
-		{"bad device string", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"devices\":\"gpu:0\"}", 400,
-		 "invalid_field"},
-		{"bad option", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"options\":{\"moe_calib_experts_ratio\":2}}", 400, "invalid_field"},
-		{"max_shard_size not a byte count", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"options\":{\"max_shard_size\":\"10GB\"}}", 400, "invalid_field"},
-		{"max_shard_size zero", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"options\":{\"max_shard_size\":0}}", 400, "invalid_field"},
-		{"missing model", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\"}", 400, "missing_field"},
-		{"relative model", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"model\":\"models/m\"}", 400,
-		 "invalid_field"},
-		{"model outside roots", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"model\":\"/etc\"}", 403,
-		 "path_outside_roots"},
-		{"model traversal", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/../data\"}", 403, "path_outside_roots"},
-		{"model absent", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"model\":\"{root}/models/zz\"}", 422,
-		 "path_not_found"},
-		{"model without config.json", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/nocfg\"}", 422, "not_a_model"},
-		{"no calibration", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\"," J_MODEL "}", 400,
-		 "missing_field"},
-		{"dataset outside roots", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\"," J_MODEL ",\"calibration\":{\"datasets\":[\"/etc/passwd\"]}}", 403,
-		 "path_outside_roots"},
-		{"both datasets and tokens", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\"," J_MODEL ",\"calibration\":{\"datasets\":[\"{root}/data/d.jsonl\"],"
-		 "\"tokens\":\"{root}/data/d.jsonl\"}}", 400, "invalid_field"},
-		{"samples out of range", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\"," J_MODEL ",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\","
-		 "\"samples\":0}}", 400, "invalid_field"},
-		{"output exists", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\"," J_MODEL "," J_TOKENS "," J_OUT("exists") "}", 409, "output_exists"},
-		{"output outside roots", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\"," J_MODEL "," J_TOKENS ",\"output\":\"/tmp/elsewhere\"}", 403,
-		 "path_outside_roots"},
-		{"output dot-dot", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\"," J_MODEL "," J_TOKENS "," J_OUT("..") "}", 400, "invalid_field"},
-		{"unknown recipe", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"general/ptq/nope\"," J_INPUTS("x") "}", 422, "unknown_recipe"},
-		{"recipe name escaping the tree", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"general/../../etc/x\"," J_MODEL "}", 400, "invalid_field"},
-		{"recipe and recipe_yaml", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"recipe_yaml\":\"a: 1\"," J_MODEL "}", 400, "invalid_field"},
-		{"inline recipe not YAML", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":{\"yaml\":\"quantize: [\"}," J_INPUTS("x") "}", 422, "invalid_recipe"},
-		{"inline recipe schema error", "POST", "/v1/jobs", JSON,
-		 "{\"recipe_yaml\":\"quant_cfg: []\"," J_INPUTS("x") "}", 422, "invalid_recipe"},
-		{"inline import outside the tree", "POST", "/v1/jobs", JSON,
-		 "{\"recipe_yaml\":\"imports:\\n  x: /etc/passwd\\n" INLINE_BODY "\"," J_INPUTS("x") "}",
-		 422, "invalid_recipe"},
-		{"inline import climbing out", "POST", "/v1/jobs", JSON,
-		 "{\"recipe_yaml\":\"imports: {x: ../../../etc/passwd}\\n" INLINE_BODY "\","
-		 J_INPUTS("x") "}", 422, "invalid_recipe"},
-		{"recipe not applicable (MXFP8 block 32 vs expert dim 48)", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"general/ptq/mxfp8\"," J_INPUTS("x") "}", 422, "invalid_recipe"},
-		{"unsupported architecture", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/unsupported\"," J_TOKENS ","
-		 J_OUT("x") "}", 422, "unsupported_model"},
-		/* still running when "same output while active" comes (a fake-ok
-		 * job could finish and publish first: output_exists) */
-		{"valid (inline recipe)", "POST", "/v1/jobs", JSON,
-		 "{\"name\":\"fake-slow\",\"recipe\":{\"yaml\":\"" INLINE_BODY "\"}," J_INPUTS("new") "}",
-		 202, NULL},
-		{"valid (recipe_yaml with an import in the tree)", "POST", "/v1/jobs", JSON,
-		 "{\"name\":\"fake-ok\",\"recipe_yaml\":\"imports: {nvfp4: configs/numerics/nvfp4}\\n"
-		 INLINE_BODY "\"," J_INPUTS("new2") "}", 202, NULL},
-		{"same output while active", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"" HD_RECIPE "\"," J_INPUTS("new") "}", 409, "output_in_use"},
+#define STEP(name, method, path, headers, body, status, code) \
+		{name, method, path, headers, body, status, code},
+#include "validation_steps.def"
+#undef STEP
 	};
 	hd_steps(&H, steps, N(steps));
 	/* 413 from Content-Length alone, before any body is read */
@@ -490,13 +410,8 @@ Test(api, worker_failures)
 	submit("fake-slow-200", "f5", NULL, killed);
 	j = hd_wait(&H, killed, "running", 5);
 	cr_assert(j);
-	pid_t wpid = 0;
-	for (int i = 0; i < 50 && !wpid; i++, nap(0.05)) {
-		json_decref(j);
-		j = hd_job(&H, killed);
-		wpid = (pid_t)json_integer_value(json_object_get(j, "worker_pid"));
-	}
 	json_decref(j);
+	pid_t wpid = worker_pid(killed);
 	cr_assert(wpid > 0, "worker_pid shown while running");
 	kill(wpid, SIGKILL);
 	j = hd_wait(&H, killed, "failed", 5);
@@ -615,13 +530,8 @@ Test(api, restart_recovery)
 	submit("fake-ok", "r2", NULL, queued);
 	json_t *j = hd_wait(&H, run, "running", 5);
 	cr_assert(j);
-	pid_t wpid = 0;
-	for (int i = 0; i < 50 && !wpid; i++, nap(0.05)) {
-		json_decref(j);
-		j = hd_job(&H, run);
-		wpid = (pid_t)json_integer_value(json_object_get(j, "worker_pid"));
-	}
 	json_decref(j);
+	pid_t wpid = worker_pid(run);
 	cr_assert(wpid > 0);
 	hd_stop(&H, SIGKILL);
 	int gone = 0;

@@ -350,32 +350,9 @@ Test(units, job_ranks_and_nodes)
 		const char *field; /* NULL: accepted */
 		unsigned local, world, first;
 	} cases[] = {
-		{"\"cpu\"", "", NULL, 1, 1, 0},
-		{"\"cpu\"", ",\"options\":{\"ranks\":4}", NULL, 4, 4, 0},
-		{"\"cpu\"", ",\"options\":{\"ranks\":64}", NULL, 64, 64, 0},
-		{"2", ",\"options\":{\"ranks\":2}", NULL, 2, 2, 0},
-		{"\"cuda:0,1\"", "", NULL, 2, 2, 0},
-		{"2", ",\"options\":{\"ranks\":1}", "options.ranks", 0, 0, 0},
-		{"\"cpu\"", ",\"options\":{\"ranks\":0}", "options.ranks", 0, 0, 0},
-		{"\"cpu\"", ",\"options\":{\"ranks\":65}", "options.ranks", 0, 0, 0},
-		{"\"cpu\"", ",\"options\":{\"ranks\":\"2\"}", "options.ranks", 0, 0, 0},
-		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":1,\"rendezvous\":\"OUT/rv\"}", NULL, 1, 2, 1},
-		{"2", ",\"distributed\":{\"nodes\":4,\"node_rank\":3,\"rendezvous\":\"OUT/rv\"}", NULL, 2, 8, 6},
-		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":1,\"rendezvous\":\"OUT/rv-old\"}", NULL, 1, 2, 1},
-		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":0,\"rendezvous\":\"OUT/rv-old\"}",
-		 "distributed.rendezvous", 0, 0, 0},
-		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":0,\"rendezvous\":\"/etc/rv\"}",
-		 "distributed.rendezvous", 0, 0, 0},
-		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":2,\"rendezvous\":\"OUT/rv\"}",
-		 "distributed.node_rank", 0, 0, 0},
-		{"\"cpu\"", ",\"distributed\":{\"nodes\":0,\"node_rank\":0,\"rendezvous\":\"OUT/rv\"}",
-		 "distributed.nodes", 0, 0, 0},
-		{"\"cpu\"", ",\"options\":{\"ranks\":40},\"distributed\":{\"nodes\":2,\"node_rank\":0,"
-		 "\"rendezvous\":\"OUT/rv\"}", "distributed.nodes", 0, 0, 0},
-		{"\"cpu\"", ",\"distributed\":{\"nodes\":2,\"node_rank\":0}", "distributed.rendezvous", 0, 0, 0},
-		{"\"cpu\"", ",\"distributed\":2", "distributed", 0, 0, 0},
-		{"\"cpu\"", ",\"options\":{\"comm_timeout_s\":30}", NULL, 1, 1, 0},
-		{"\"cpu\"", ",\"options\":{\"comm_timeout_s\":0}", "options.comm_timeout_s", 0, 0, 0},
+#define RANKS(devices, extra, field, local, world, first) {devices, extra, field, local, world, first},
+#include "ranks_cases.def"
+#undef RANKS
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char body[1024], extra[400] = "";

@@ -62,6 +62,21 @@ static enum cal_status run(struct calib_env *e, struct cal_calib_opts *o, struct
 	return cal_calib_run(e->c, e->tk, err);
 }
 
+/* run() that must succeed (the test stops with the error otherwise). */
+static void run_ok(struct calib_env *e, struct cal_calib_opts *o)
+{
+	struct cal_error err = {0};
+	cr_assert_eq(run(e, o, &err), CAL_OK, "%s", cal_error_msg(&err));
+}
+
+/* The hidden states of the last run, now the caller's to free. */
+static uint16_t *take_hidden(struct calib_env *e)
+{
+	uint16_t *h = e->last_hidden;
+	e->last_hidden = NULL;
+	return h;
+}
+
 /* Every enabled calibrated quantizer has a finite amax > 0 (weights and
  * activations), and token counts sum to tokens * k per MoE layer. */
 static void check_complete(struct calib_env *e, uint64_t kk)
@@ -119,20 +134,10 @@ static void arch_case(const char *arch, enum cal_fixture_layout lay)
 	calib_env_free(&e);
 }
 
-Test(calib, qwen3_moe_per_expert_with_dense_layer) { arch_case("qwen3_moe", CAL_FIXTURE_LAYOUT_PER_EXPERT); }
-Test(calib, qwen3_moe_fused) { arch_case("qwen3_moe", CAL_FIXTURE_LAYOUT_FUSED); }
-Test(calib, qwen2_moe) { arch_case("qwen2_moe", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, mixtral) { arch_case("mixtral", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, mixtral_fused) { arch_case("mixtral", CAL_FIXTURE_LAYOUT_FUSED); }
-Test(calib, olmoe) { arch_case("olmoe", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, llama) { arch_case("llama", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen2) { arch_case("qwen2", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen3) { arch_case("qwen3", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen3_5_moe_vlm) { arch_case("qwen3_5_moe", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen3_5_moe_text) { arch_case("qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen3_next) { arch_case("qwen3_next", CAL_FIXTURE_LAYOUT_DEFAULT); }
-Test(calib, qwen3_next_fused) { arch_case("qwen3_next", CAL_FIXTURE_LAYOUT_FUSED); }
-Test(calib, deepseek_v3) { arch_case("deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT); } /* MLA */
+#define CALIB_ARCH(name, arch, layout) \
+	Test(calib, name) { arch_case(arch, CAL_FIXTURE_LAYOUT_##layout); }
+#include "arch_cases.def"
+#undef CALIB_ARCH
 
 /* Gated DeltaNet with modelopt's padding: HF zeroes the pad rows of the GDN
  * input, so the linear_attn statistics (and the real tokens' hidden states)
@@ -140,17 +145,16 @@ Test(calib, deepseek_v3) { arch_case("deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT);
 Test(calib, gdn_pads_are_masked)
 {
 	struct calib_env e = {0};
-	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2};
 	setup(&e, "qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT,
 	      "general/ptq/nvfp4_default-kv_fp8", 4, 3, 21, SEED + 5);
-	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
+	run_ok(&e, &o);
 	char *js = cal_calib_stats_json(e.c);
 	json_t *packed = json_loads(js, 0, NULL);
 	free(js);
 	o.pad_like_modelopt = 1;
 	o.pad_id = 0;
-	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
+	run_ok(&e, &o);
 	js = cal_calib_stats_json(e.c);
 	json_t *padded = json_loads(js, 0, NULL);
 	free(js);
@@ -170,7 +174,6 @@ Test(calib, gdn_pads_are_masked)
 	cr_expect_eq(n, 3 * 5, "linear_attn entries: %d", n);
 	json_decref(packed);
 	json_decref(padded);
-	cal_error_clear(&err);
 	calib_env_free(&e);
 }
 
@@ -178,15 +181,13 @@ Test(calib, gdn_pads_are_masked)
 Test(calib, threads_do_not_change_results)
 {
 	struct calib_env e = {0};
-	struct cal_error err = {0};
 	struct cal_calib_opts o1 = {.cpu_threads = 1}, o3 = {.cpu_threads = 3, .micro_batch_tokens = 20};
 	setup(&e, "qwen2_moe", CAL_FIXTURE_LAYOUT_DEFAULT,
 	      "general/ptq/nvfp4_default-kv_fp8", 6, 2, 17, SEED + 2);
-	cr_assert_eq(run(&e, &o1, &err), CAL_OK, "%s", cal_error_msg(&err));
+	run_ok(&e, &o1);
 	char *j1 = cal_calib_stats_json(e.c);
-	uint16_t *h1 = e.last_hidden;
-	e.last_hidden = NULL;
-	cr_assert_eq(run(&e, &o3, &err), CAL_OK, "%s", cal_error_msg(&err));
+	uint16_t *h1 = take_hidden(&e);
+	run_ok(&e, &o3);
 	char *j3 = cal_calib_stats_json(e.c);
 	cr_expect(memcmp(h1, e.last_hidden, e.hidden_n * 2) == 0, "hidden states differ");
 	cr_expect_str_eq(j1, j3);
@@ -201,15 +202,13 @@ Test(calib, threads_do_not_change_results)
 Test(calib, experts_ratio)
 {
 	struct calib_env e = {0};
-	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2}, orat = {.cpu_threads = 2,
 							      .moe_calib_experts_ratio = 1.0};
 	setup(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT,
 	      "general/ptq/nvfp4_experts_only-kv_fp8", 4, 5, 9, SEED + 3);
-	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
-	uint16_t *h = e.last_hidden;
-	e.last_hidden = NULL;
-	cr_assert_eq(run(&e, &orat, &err), CAL_OK, "%s", cal_error_msg(&err));
+	run_ok(&e, &o);
+	uint16_t *h = take_hidden(&e);
+	run_ok(&e, &orat);
 	check_complete(&e, (uint64_t)e.d->num_experts); /* r = 1: every expert sees every token */
 	cr_expect(memcmp(h, e.last_hidden, e.hidden_n * 2) == 0,
 		  "the ratio changed the forward output");
@@ -223,12 +222,11 @@ Test(calib, experts_ratio)
 Test(calib, per_expert_input_amax)
 {
 	struct calib_env e = {0};
-	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2, .per_expert_input_amax = 1};
 	/* 2 tokens x top-2: some experts idle */
 	setup(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT,
 	      "general/ptq/nvfp4_experts_only-kv_fp8", 1, 2, 2, SEED + 4);
-	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
+	run_ok(&e, &o);
 	const struct cal_calib_moe_stats *m = cal_calib_moe(e.c, 0);
 	cr_assert_not_null(m);
 	float mx = -1;
@@ -266,14 +264,13 @@ Test(calib, per_expert_input_amax)
 Test(calib, pad_like_modelopt)
 {
 	struct calib_env e = {0};
-	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2, .pad_like_modelopt = 1, .pad_id = -1};
 	setup(&e, "mixtral", CAL_FIXTURE_LAYOUT_DEFAULT,
 	      "general/ptq/nvfp4_default-kv_fp8", 3, 4, 11, SEED + 5);
 	size_t longest = 0;
 	for (size_t i = 0; i < e.tk->n; i++)
 		longest = e.tk->off[i + 1] - e.tk->off[i] > longest ? e.tk->off[i + 1] - e.tk->off[i] : longest;
-	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
+	run_ok(&e, &o);
 	cr_expect_eq(cal_calib_tokens_processed(e.c), e.tk->n * longest);
 	check_complete(&e, (uint64_t)e.d->top_k);
 	calib_env_free(&e);
@@ -355,7 +352,6 @@ Test(calib, token_files_are_validated)
 Test(calib, deepseek_v3_fp8_source_decoded_on_the_back_end)
 {
 	struct calib_env e = {0};
-	struct cal_error err = {0};
 	struct cal_fixture_opts fo = {.arch = "deepseek_v3", .seed = 7, .fp8_block = 16};
 	calib_env_model(&e, "calib-test", &fo);
 	calib_env_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
@@ -363,7 +359,7 @@ Test(calib, deepseek_v3_fp8_source_decoded_on_the_back_end)
 	char *js[2];
 	for (int streamed = 0; streamed < 2; streamed++) {
 		struct cal_calib_opts o = {.cpu_threads = 2, .max_mem = streamed ? 64u << 20 : 0};
-		cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
+		run_ok(&e, &o);
 		check_complete(&e, (uint64_t)e.d->top_k);
 		js[streamed] = cal_calib_stats_json(e.c);
 		cr_assert_not_null(js[streamed]);
@@ -373,7 +369,6 @@ Test(calib, deepseek_v3_fp8_source_decoded_on_the_back_end)
 	free(js[1]);
 	cal_calib_free(e.c);
 	e.c = NULL;
-	cal_error_clear(&err);
 	calib_env_free(&e);
 }
 

@@ -22,6 +22,7 @@
 #include "common/fp.h"
 #include "common/util.h"
 #include "engine/export/export.h"
+#include "engine/job.h"
 #include "engine/st/st_writer.h"
 #include "fixture.h"
 #include "testrng.h"
@@ -696,38 +697,38 @@ Test(export, every_arch_layout_recipe, .timeout = 600)
 
 /* ---- failure paths ------------------------------------------------------- */
 
+/* A job opened by the engine (cal_job_open) on the CPU, its parts, and
+ * synthetic statistics for its plan. */
 struct job {
-	struct cal_model_desc *d;
-	struct cal_checkpoint *ck;
-	struct cal_catalog *cat;
-	struct cal_recipe *r;
-	struct cal_plan *p;
+	struct cal_job *job;
+	const struct cal_model_desc *d;
+	const struct cal_checkpoint *ck;
+	const struct cal_catalog *cat;
+	const struct cal_plan *p;
 	struct cal_backend *be;
 	struct cal_stats *stats;
 };
 
 static void job_open(struct job *j, const char *src, const char *recipe)
 {
-	memset(j, 0, sizeof(*j));
-	cr_assert_eq(cal_model_desc_load(src, &j->d, NULL), CAL_OK);
-	cr_assert_eq(cal_checkpoint_open(src, &j->ck, NULL), CAL_OK);
+	struct cal_job_opts o = {.model_dir = src, .recipe = recipe,
+				 .devices = {.kind = CAL_DEVICE_CPU}};
 	struct cal_error e0 = {0};
-	cr_assert_eq(cal_catalog_build(j->d, j->ck, &j->cat, &e0), CAL_OK, "%s", cal_error_msg(&e0));
-	cr_assert_eq(cal_recipe_load(recipe, NULL, &j->r, NULL), CAL_OK);
-	cr_assert_eq(cal_plan_build(j->d, j->r, &j->p, NULL), CAL_OK);
-	cr_assert_eq(cal_backend_init(CAL_BACKEND_CPU, NULL, &j->be, NULL), CAL_OK);
+	memset(j, 0, sizeof(*j));
+	cr_assert_eq(cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_EXPORT), &j->job, NULL, &e0), CAL_OK,
+		     "%s", cal_error_msg(&e0));
+	j->d = cal_job_model(j->job);
+	j->ck = cal_job_checkpoint(j->job);
+	j->cat = cal_job_catalog(j->job);
+	j->p = cal_job_plan(j->job);
+	j->be = cal_job_backend(j->job);
 	j->stats = synth_stats(j->p);
 }
 
 static void job_close(struct job *j)
 {
 	cal_stats_free(j->stats);
-	cal_backend_free(j->be);
-	cal_plan_free(j->p);
-	cal_recipe_free(j->r);
-	cal_catalog_free(j->cat);
-	cal_checkpoint_free(j->ck);
-	cal_model_desc_free(j->d);
+	cal_job_close(j->job);
 }
 
 /* The end of a failure-path test: err cleared, j closed, root (with src

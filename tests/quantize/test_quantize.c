@@ -58,6 +58,23 @@ static char *make_data(const char *root)
 	return p;
 }
 
+/* A test's directory (root) with fixture arch/layout (src), the dataset of
+ * make_data (data), and the paths of the output (dst) and of stderr (errf),
+ * neither made yet; rm_rf(root) frees them. */
+struct qdirs {
+	char *root, *src, *data, *dst, *errf;
+};
+
+static struct qdirs qdirs_make(const char *arch, const char *layout)
+{
+	struct qdirs q = {.root = tmpdir()};
+	q.src = make_model(q.root, arch, layout);
+	q.data = make_data(q.root);
+	q.dst = path2(q.root, "out");
+	q.errf = path2(q.root, "stderr");
+	return q;
+}
+
 /* ---- every architecture x recipe ----------------------------------------- */
 
 struct recipe_case {
@@ -283,16 +300,13 @@ static struct cal_job *open_job(const struct cal_job_opts *jo)
 
 Test(quantize, api_inline_recipe, .timeout = 60)
 {
-	char *root = tmpdir();
-	char *src = make_model(root, "olmoe", "fused");
-	char *data = make_data(root);
-	char *dst = path2(root, "out");
-	struct cal_job_dataset ds = {data, 0};
-	struct cal_job_opts jo = {.model_dir = src, .recipe_yaml = INLINE_RECIPE, .datasets = &ds,
+	struct qdirs q = qdirs_make("olmoe", "fused");
+	struct cal_job_dataset ds = {q.data, 0};
+	struct cal_job_opts jo = {.model_dir = q.src, .recipe_yaml = INLINE_RECIPE, .datasets = &ds,
 				  .n_datasets = 1, .samples = 8, .seq_len = 32, .seed = 3,
 				  .devices = {.kind = CAL_DEVICE_CPU}};
 	struct cal_job *job = open_job(&jo);
-	struct cal_quantize_opts o = {.out_dir = dst};
+	struct cal_quantize_opts o = {.out_dir = q.dst};
 	struct cal_error err = {0};
 	json_t *r = NULL;
 	int n = 0;
@@ -304,13 +318,13 @@ Test(quantize, api_inline_recipe, .timeout = 60)
 	cr_assert_str_eq(json_string_value(json_object_get(r, "recipe")), "<inline recipe>");
 	cr_assert_str_eq(json_string_value(json_object_get(r, "device")), "cpu");
 	json_decref(r);
-	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
+	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", q.dst, q.src), 0);
 	/* the same output again: refused, untouched */
 	cr_assert_eq(cal_quantize_run(job, &o, NULL, NULL, &r, &err), CAL_ERR_EXISTS);
 	cr_assert_null(r);
 	cal_error_clear(&err);
 	cal_job_close(job);
-	rm_rf(root);
+	rm_rf(q.root);
 }
 
 struct cancel_ctx {
@@ -360,23 +374,20 @@ Test(quantize, cancel_from_progress_publishes_nothing, .timeout = 60)
 
 Test(quantize, existing_output_refused_before_compute, .timeout = 60)
 {
-	char *root = tmpdir();
-	char *src = make_model(root, "qwen2_moe", "per-expert");
-	char *data = make_data(root);
-	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	cr_assert_eq(mkdir(dst, 0755), 0);
-	char *marker = path2(dst, "keep");
+	struct qdirs q = qdirs_make("qwen2_moe", "per-expert");
+	cr_assert_eq(mkdir(q.dst, 0755), 0);
+	char *marker = path2(q.dst, "keep");
 	FILE *f = fopen(marker, "w");
 	cr_assert(f);
 	fclose(f);
-	int rc = run(NULL, errf, "quantize --model %s --recipe general/ptq/fp8_default-kv_fp8 "
-		     "--calib %s --out %s --device cpu", src, data, dst);
-	char *e = expect_exit(rc, 3, errf);
+	int rc = run(NULL, q.errf, "quantize --model %s --recipe general/ptq/fp8_default-kv_fp8 "
+		     "--calib %s --out %s --device cpu", q.src, q.data, q.dst);
+	char *e = expect_exit(rc, 3, q.errf);
 	cr_assert(strstr(e, "already exists"), "%s", e);
 	cr_assert(!strstr(e, "quantize: load") && !strstr(e, "layer"), "work was done: %s", e);
 	cr_assert(cal_test_exists(marker));
-	cr_assert_eq(cal_test_count_entries(dst), 1);
-	rm_rf(root);
+	cr_assert_eq(cal_test_count_entries(q.dst), 1);
+	rm_rf(q.root);
 }
 
 /* A recipe file with an awq_lite algorithm line and weight numerics. */
@@ -523,61 +534,52 @@ Test(quantize, qformat_maps_or_refuses, .timeout = 60)
 
 Test(quantize, disk_full_exits_4_leaves_nothing, .timeout = 60)
 {
-	char *root = tmpdir();
-	char *src = make_model(root, "olmoe", "per-expert");
-	char *data = make_data(root);
-	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	size_t before = cal_test_count_entries(root);
+	struct qdirs q = qdirs_make("olmoe", "per-expert");
+	size_t before = cal_test_count_entries(q.root);
 	setenv("CALIBD_TEST_FREE_BYTES", "4096", 1);
-	int rc = run(NULL, errf, "quantize --model %s --recipe general/ptq/nvfp4_default-kv_fp8 "
-		     "--calib %s --out %s --device cpu", src, data, dst);
+	int rc = run(NULL, q.errf, "quantize --model %s --recipe general/ptq/nvfp4_default-kv_fp8 "
+		     "--calib %s --out %s --device cpu", q.src, q.data, q.dst);
 	unsetenv("CALIBD_TEST_FREE_BYTES");
-	char *e = expect_exit(rc, 4, errf);
-	cr_assert(!cal_test_exists(dst));
-	cr_assert_eq(cal_test_count_entries(root), before + 1 /* stderr */, "something was left behind");
+	char *e = expect_exit(rc, 4, q.errf);
+	cr_assert(!cal_test_exists(q.dst));
+	cr_assert_eq(cal_test_count_entries(q.root), before + 1 /* stderr */, "something was left behind");
 	cr_assert(!strstr(e, "layer"), "calibration ran before the space check: %s", e);
-	rm_rf(root);
+	rm_rf(q.root);
 }
 
 Test(quantize, bad_input_and_usage)
 {
-	char *root = tmpdir();
-	char *src = make_model(root, "qwen3_moe", "per-expert");
-	char *data = make_data(root);
-	char *dst = path2(root, "out");
+	struct qdirs q = qdirs_make("qwen3_moe", "per-expert");
 	const char *R = "general/ptq/fp8_default-kv_fp8";
 	/* usage (2) */
-	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s", src, R, data), 2);
+	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s", q.src, R, q.data), 2);
 	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s --calib-tokens %s "
-			 "--out %s", src, R, data, data, dst), 2);
+			 "--out %s", q.src, R, q.data, q.data, q.dst), 2);
 	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s --out %s "
-			 "--samples 0", src, R, data, dst), 2);
+			 "--samples 0", q.src, R, q.data, q.dst), 2);
 	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s --out %s "
-			 "--device tpu", src, R, data, dst), 2);
+			 "--device tpu", q.src, R, q.data, q.dst), 2);
 	/* bad input (3): model, recipe, data */
 	cr_assert_eq(run(NULL, NULL, "quantize --model %s/nope --recipe %s --calib %s --out %s",
-			 root, R, data, dst), 3);
+			 q.root, R, q.data, q.dst), 3);
 	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe no/such/recipe --calib %s "
-			 "--out %s", src, data, dst), 3);
+			 "--out %s", q.src, q.data, q.dst), 3);
 	cr_assert_eq(run(NULL, NULL, "quantize --model %s --recipe %s --calib %s/none.jsonl "
-			 "--out %s", src, R, root, dst), 3);
-	cr_assert(!cal_test_exists(dst));
-	rm_rf(root);
+			 "--out %s", q.src, R, q.root, q.dst), 3);
+	cr_assert(!cal_test_exists(q.dst));
+	rm_rf(q.root);
 }
 
 /* ---- calibrate --calib, and export from its statistics ---------------------- */
 
 Test(quantize, calibrate_datasets_then_export, .timeout = 60)
 {
-	char *root = tmpdir();
-	char *src = make_model(root, "qwen3_moe", "fused");
-	char *data = make_data(root);
-	char *stats = path2(root, "stats.json"), *dst = path2(root, "out");
-	char *errf = path2(root, "stderr");
+	struct qdirs q = qdirs_make("qwen3_moe", "fused");
+	char *stats = path2(q.root, "stats.json");
 	const char *R = "general/ptq/nvfp4_experts_only-kv_fp8_cast";
-	int rc = run(NULL, errf, "calibrate --model %s --recipe %s --calib %s:6 --seq-len 32 "
-		     "--seed 5 --stats-out %s --quiet", src, R, data, stats);
-	expect_exit(rc, 0, errf);
+	int rc = run(NULL, q.errf, "calibrate --model %s --recipe %s --calib %s:6 --seq-len 32 "
+		     "--seed 5 --stats-out %s --quiet", q.src, R, q.data, stats);
+	expect_exit(rc, 0, q.errf);
 	json_t *s = json_load_file(stats, 0, NULL);
 	cr_assert(s);
 	json_t *cal = json_object_get(s, "calibration");
@@ -586,11 +588,11 @@ Test(quantize, calibrate_datasets_then_export, .timeout = 60)
 	json_decref(s);
 	/* a cast KV recipe leaves null amax in the file; the moe section feeds
 	 * the report's token counts and the per-expert input amax */
-	rc = run(NULL, errf, "export --model %s --recipe %s --stats %s --out %s "
-		 "--per-expert-input-amax", src, R, stats, dst);
-	expect_exit(rc, 0, errf);
-	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
-	json_t *r = json_load_file(path2(dst, "calibd_report.json"), 0, NULL);
+	rc = run(NULL, q.errf, "export --model %s --recipe %s --stats %s --out %s "
+		 "--per-expert-input-amax", q.src, R, stats, q.dst);
+	expect_exit(rc, 0, q.errf);
+	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", q.dst, q.src), 0);
+	json_t *r = json_load_file(path2(q.dst, "calibd_report.json"), 0, NULL);
 	cr_assert(r);
 	cal = json_object_get(r, "calibration");
 	cr_assert_eq(json_integer_value(json_object_get(cal, "samples")), 6);
@@ -609,6 +611,6 @@ Test(quantize, calibrate_datasets_then_export, .timeout = 60)
 	json_decref(r);
 	/* calibrate refuses both sources at once */
 	cr_assert_eq(run(NULL, NULL, "calibrate --model %s --recipe %s --calib %s --calib-tokens %s",
-			 src, R, data, data), 2);
-	rm_rf(root);
+			 q.src, R, q.data, q.data), 2);
+	rm_rf(q.root);
 }
