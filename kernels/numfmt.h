@@ -408,6 +408,35 @@ CAL_HD float cal_int4_decode(unsigned nib)
 	return (float)(v >= 8 ? v - 16 : v);
 }
 
+/* INT8 per-output-channel scale (docs/numerics.md "INT8"): export_amax()/127,
+ * with 0/NaN amax -> 127 (scale 1) and amax clamped to [FLT_MIN, FLT_MAX]. */
+CAL_HD float cal_int8_row_scale(float amax_r, enum cal_div_mode mode)
+{
+	if (amax_r == 0.0f || amax_r != amax_r)
+		amax_r = 127.0f;
+	else if (amax_r < 0x1p-126f)
+		amax_r = 0x1p-126f;
+	else if (amax_r > 0x1.fffffep127f)
+		amax_r = 0x1.fffffep127f;
+	return cal_scale_div(amax_r, 127.0f, mode);
+}
+
+/* INT8 code of the quotient q = fl32(x / scale): clamp(rint(q), -128, 127),
+ * NaN -> 0, as a two's-complement byte. */
+CAL_HD uint8_t cal_int8_from_quotient(float q)
+{
+	q = cal_rint(q);
+	q = q < -128.0f ? -128.0f : (q > 127.0f ? 127.0f : q);
+	int v = q == q ? (int)q : 0;
+	return (uint8_t)(v & 0xff);
+}
+
+/* Signed value of an INT8 code byte. */
+CAL_HD float cal_int8_decode(uint8_t b)
+{
+	return (float)(b >= 128 ? (int)b - 256 : (int)b);
+}
+
 /* ---- block helpers shared by quantizers -------------------------------- */
 
 #ifdef __CUDA_ARCH__

@@ -54,6 +54,8 @@ uint64_t cal_qfmt_packed_bytes(const struct cal_qfmt_info *f, uint64_t rows, uin
 uint64_t cal_qfmt_scale_bytes(const struct cal_qfmt_info *f, uint64_t rows, uint64_t cols,
 			      uint32_t block)
 {
+	if (f->block_type == CAL_QBLOCK_ROW)
+		return rows * f->scale_bytes;
 	return block ? rows * cols / block * f->scale_bytes : 0;
 }
 
@@ -72,6 +74,16 @@ enum cal_status cal_qfmt_fp8_input_scale(float amax, enum cal_div_mode div, floa
 {
 	(void)err;
 	*ret = cal_fp8_input_scale(amax, div);
+	return CAL_OK;
+}
+
+/* INT8 inputs: input_scale = amax/127 (modelopt's get_scaling_factor: the
+ * sanitised export amax over maxbound). */
+enum cal_status cal_qfmt_int8_input_scale(float amax, enum cal_div_mode div, float *ret,
+					  struct cal_error *err)
+{
+	(void)err;
+	*ret = cal_int8_row_scale(amax, div);
 	return CAL_OK;
 }
 
@@ -188,4 +200,23 @@ enum cal_status cal_qfmt_int4_quantize(struct cal_backend *be, const struct cal_
 	struct cal_int4_quant_args a = {io->w, io->rows, io->cols, io->block_amax, io->div,
 					io->packed, io->scales};
 	return cal_op_int4_quant(be, &a, err);
+}
+
+enum cal_status cal_qfmt_int8_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
+				       struct cal_error *err)
+{
+	struct cal_int8_quant_args a = {io->w, io->rows, io->cols, io->div, io->packed,
+					io->scales};
+	return cal_op_int8_quant(be, &a, err);
+}
+
+enum cal_status cal_qfmt_int8_dequantize(struct cal_backend *be, const void *packed,
+					 const void *scales, uint64_t rows, uint64_t cols,
+					 uint32_t block, float scale, enum cal_dtype out, void *y,
+					 struct cal_error *err)
+{
+	(void)block;
+	(void)scale;
+	struct cal_int8_dequant_args a = {packed, scales, rows, cols, out, y};
+	return cal_op_int8_dequant(be, &a, err);
 }

@@ -30,6 +30,8 @@ enum cal_qblock {
 	CAL_QBLOCK_NONE,    /* per tensor (no block_sizes) */
 	CAL_QBLOCK_DYNAMIC, /* block_sizes type: dynamic (scales from each block at run time) */
 	CAL_QBLOCK_STATIC,  /* block_sizes type: static (calibrated per-block amax) */
+	CAL_QBLOCK_ROW,     /* weights per output channel (axis 0: one F32 scale per
+			     * row, from the row's amax), inputs per tensor */
 };
 
 /* Roles a format may take (plan refuses the others). */
@@ -117,7 +119,8 @@ const char *cal_qfmt_name(enum cal_qfmt f);
  * algo names the format with quantized inputs (hf_wa). */
 const struct cal_qfmt_info *cal_qfmt_by_algo(const char *algo, int group, int *with_input);
 
-/* Output bytes of a quantized [rows, cols] weight: packed values, block scales. */
+/* Output bytes of a quantized [rows, cols] weight: packed values, block scales
+ * (per-row scales for CAL_QBLOCK_ROW). */
 uint64_t cal_qfmt_packed_bytes(const struct cal_qfmt_info *f, uint64_t rows, uint64_t cols);
 uint64_t cal_qfmt_scale_bytes(const struct cal_qfmt_info *f, uint64_t rows, uint64_t cols,
 			      uint32_t block);
@@ -127,6 +130,8 @@ float cal_qfmt_nvfp4_scale2(float amax, enum cal_div_mode div);
 float cal_qfmt_nvfp4_static_scale2(float amax, enum cal_div_mode div);
 enum cal_status cal_qfmt_fp8_input_scale(float amax, enum cal_div_mode div, float *ret,
 					 struct cal_error *err);
+enum cal_status cal_qfmt_int8_input_scale(float amax, enum cal_div_mode div, float *ret,
+					  struct cal_error *err);
 
 #define CAL_QFMT_FN(name)                                                              \
 	enum cal_status cal_qfmt_##name##_quantize(struct cal_backend *be,             \
@@ -141,6 +146,7 @@ CAL_QFMT_FN(fp8)
 CAL_QFMT_FN(mxfp8)
 CAL_QFMT_FN(mxfp4)
 CAL_QFMT_FN(int4)
+CAL_QFMT_FN(int8)
 #undef CAL_QFMT_FN
 /* static NVFP4 dequantizes as NVFP4 */
 enum cal_status cal_qfmt_nvfp4_static_quantize(struct cal_backend *be,

@@ -596,6 +596,8 @@ static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct 
 		if (f->block)
 			CAL_TRY_RET(decl(ex, nm, "weight_scale", f->scale_dtype, 2, o,
 					 i / f->block, err));
+		else if (f->block_type == CAL_QBLOCK_ROW) /* per output channel: [out] */
+			CAL_TRY_RET(decl(ex, nm, "weight_scale", f->scale_dtype, 1, o, 0, err));
 		if (f->tensor_scale)
 			CAL_TRY_RET(decl(ex, nm, f->tensor_scale, CAL_DTYPE_F32, 0, 0, 0, err));
 		x->has_input_scale = x->iq != NULL && f->input_scale_of != NULL;

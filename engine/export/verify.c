@@ -216,6 +216,16 @@ static int64_t check_module(struct vctx *v, const char *mod, const struct vfmt *
 		}
 		if (!scales_ok(v, mod, '.', s, f->scale_dtype))
 			return 0;
+	} else if (f->block_type == CAL_QBLOCK_ROW) { /* per output channel: [out] */
+		if (!shape_is(s, f->scale_dtype, 1, o, 0)) {
+			violation(v, "%s: %s expects weight_scale %s [%lld]; found %s with %d dims "
+				  "[%lld, ...]", mod, vf->algo, cal_dtype_name(f->scale_dtype),
+				  (long long)o, cal_dtype_name(s->dtype), s->ndim,
+				  (long long)(s->ndim ? s->shape[0] : -1));
+			return 0;
+		}
+		if (!scales_ok(v, mod, '.', s, f->scale_dtype))
+			return 0;
 	}
 	if (f->tensor_scale && !check_scalar(v, mod, f->tensor_scale, 1))
 		return 0;
@@ -618,7 +628,8 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 					"quant_algo")), (int)json_integer_value(json_object_get(c,
 					"group_size")))
 					    : vfmt_of(!excluded(exm, mod) ? algo : NULL, group);
-			int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3;
+			int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_I8 ||
+			  t->dtype == CAL_DTYPE_F8_E4M3;
 			free(mod);
 			if (!f.algo || !qdt) {
 				if (qdt || f.algo)
@@ -638,7 +649,8 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 			st = cal_error_set(err, CAL_ERR_NOMEM, "verify: out of memory");
 			goto fail;
 		}
-		int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3;
+		int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_I8 ||
+			  t->dtype == CAL_DTYPE_F8_E4M3;
 		struct vfmt f = vfmt_of(NULL, 0);
 		if (mixed) {
 			json_t *c = mixed_cfg(ql, mod);

@@ -634,14 +634,28 @@ static int elem_is(const struct cal_qattr *a, const struct cal_qfmt_info *f)
 			     : a->fp_e == f->elem_e && a->fp_m == f->elem_m;
 }
 
-/* The row of kernels/qfmt.def that attributes `a` (block bs along -1)
- * select, or NULL. */
-static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t bs)
+/* Attributes `a` name one axis, 0: per output channel (weights). */
+static int axis0(const struct cal_qattr *a)
+{
+	return a->n_axis == 1 && a->axis[0] == 0;
+}
+
+/* The row of kernels/qfmt.def that attributes `a` (block bs along -1) of a
+ * weight (`weight` 1) or another quantizer select, or NULL.  Per-row rows
+ * (CAL_QBLOCK_ROW) take axis 0 on weights and per tensor elsewhere. */
+static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t bs, int weight)
 {
 	int sfp = a->has_scale_bits && a->scale_fp_e >= 0;
 	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
 		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
 		if (!elem_is(a, f))
+			continue;
+		if (f->block_type == CAL_QBLOCK_ROW) {
+			if (!a->has_block && (weight ? axis0(a) : !a->n_axis))
+				return f;
+			continue;
+		}
+		if (a->n_axis)
 			continue;
 		if (f->block_type == CAL_QBLOCK_NONE) {
 			if (!a->has_block)
@@ -696,6 +710,9 @@ static void no_fmt_why(const struct cal_qattr *a, char *why, size_t n)
 			continue;
 		if (f->block_type == CAL_QBLOCK_NONE)
 			l += (size_t)snprintf(why + l, n - l, "%s%s per tensor", sep, f->title);
+		else if (f->block_type == CAL_QBLOCK_ROW)
+			l += (size_t)snprintf(why + l, n - l, "%s%s weights per output channel "
+					      "(axis 0), inputs per tensor", sep, f->title);
 		else if (f->scale_e >= 0)
 			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with E%dM%d %s scales",
 					      sep, f->title, f->block, f->scale_e, f->scale_m,
@@ -734,8 +751,11 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	if (a->dynamic)
 		return unsupported(err, r, q, "dynamic per-tensor quantization (type: dynamic) is not "
 				   "implemented");
-	if (a->n_axis)
-		return unsupported(err, r, q, "per-channel quantization (axis) is not implemented");
+	if (a->n_axis && !(q->role == CAL_QROLE_WEIGHT && axis0(a)))
+		return unsupported(err, r, q, q->role == CAL_QROLE_WEIGHT
+				   ? "per-channel quantization is implemented along axis 0 only"
+				   : "per-channel quantization (axis) of activations is not "
+				     "implemented");
 	int64_t bs = 0;
 	if (a->has_block) {
 		if (a->n_block != 1 || a->block_axis[0] != -1 || a->block_size[0] <= 0 ||
@@ -746,7 +766,7 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	}
 	memset(s, 0, sizeof(*s));
 	s->enabled = 1;
-	const struct cal_qfmt_info *f = select_fmt(a, bs);
+	const struct cal_qfmt_info *f = select_fmt(a, bs, q->role == CAL_QROLE_WEIGHT);
 	if (!f) {
 		no_fmt_why(a, why, sizeof(why));
 		return unsupported(err, r, q, why);
