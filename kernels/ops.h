@@ -91,6 +91,16 @@ struct cal_amax_blocks_args {
 	struct cal_nonfinite *nonfinite;
 };
 
+/* amax[c] = max(that, max_r |x[r, c]|) over bf16 rows: SmoothQuant's
+ * per-input-channel activation amax (docs/smoothquant.md). */
+struct cal_amax_cols_args {
+	const uint16_t *x;      /* bf16 [rows, cols] */
+	uint64_t rows, cols;
+	uint64_t index_base;
+	float *amax;            /* [cols] */
+	struct cal_nonfinite *nonfinite;
+};
+
 /* nvfp4_act_headroom observer (docs/numerics.md "Activation headroom"):
  * for each block of `block` consecutive elements of a row (the row's last
  * block zero-padded when cols % block != 0), m = max|x| over its finite
@@ -681,7 +691,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 39
+#define CAL_OP_COUNT_EXPECTED 40
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

@@ -384,6 +384,27 @@ static int case_amax_blocks(struct opcase_env *env, uint64_t rows, uint64_t unit
 	return finish(&c);
 }
 
+static int case_amax_cols(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(amax_cols);
+	uint64_t cols = units * 3 + seed % 7, n = rows * cols;
+	uint16_t *x = xmalloc(n * 2 + 2);
+	float *am0 = xmalloc(cols * 4 + 4);
+	fill_obs(CAL_DTYPE_BF16, x, n, &s, env->specials);
+	for (uint64_t i = 0; i < cols; i++)
+		am0[i] = i % 5 ? 0.0f : 0.5f;
+	struct pair *px = pair_new(&c, n * 2, x), *pa = pair_new(&c, cols * 4, am0),
+		    *pn = pair_new_stat(&c, sizeof(nf_init), &nf_init);
+	struct cal_amax_cols_args A = {px->a, rows, cols, 7, pa->a, pn->a};
+	struct cal_amax_cols_args B = {px->b, rows, cols, 7, pa->b, pn->b};
+	RUN_BOTH(&c, amax_cols, A, B);
+	pair_check(&c, pa, "amax");
+	pair_check(&c, pn, "nonfinite");
+	free(x);
+	free(am0);
+	return finish(&c);
+}
+
 /* ---- quantizers ---------------------------------------------------------- */
 
 static uint16_t *weights(uint64_t n, uint64_t *s)
@@ -816,6 +837,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_AMAX_SEGMENTS] = case_amax_segments,
 	[CAL_OPID_AMAX_BLOCKS] = case_amax_blocks,
 	[CAL_OPID_AMAX_HIST] = case_amax_hist,
+	[CAL_OPID_AMAX_COLS] = case_amax_cols,
 	[CAL_OPID_HESSIAN] = case_hessian,
 	[CAL_OPID_GPTQ_UPDATE] = case_gptq_update,
 	[CAL_OPID_NVFP4_QUANT] = case_nvfp4_quant,

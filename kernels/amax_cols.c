@@ -1,0 +1,60 @@
+/*
+ * amax_cols.c — observer: running max|x| per column of bf16 rows
+ * (SmoothQuant's per-input-channel activation amax, docs/smoothquant.md),
+ * with a non-finite report.  Reference and CPU back end; items are columns
+ * (each slot scans every row over its range of columns).
+ */
+#include "kernels/internal.h"
+
+struct cols_ctx {
+	const struct cal_amax_cols_args *a;
+	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
+};
+
+static void cols_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct cols_ctx *c = p;
+	const struct cal_amax_cols_args *a = c->a;
+	struct cal_nf_part nf = {0, CAL_NONFINITE_NONE};
+	for (uint64_t col = begin; col < end; col++) {
+		uint32_t m = 0;
+		for (uint64_t r = 0; r < a->rows; r++) {
+			uint64_t i = r * a->cols + col;
+			cal_obs_elem(cal_abs_bits(CAL_DTYPE_BF16, a->x, i), a->index_base + i, &m,
+				     &nf);
+		}
+		cal_amax_fold(&a->amax[col], m);
+	}
+	c->nf[slot] = nf;
+}
+
+enum cal_status cal_check_amax_cols(const struct cal_amax_cols_args *a, struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0 ||
+	    (st = cal_check_ptr(a->nonfinite, "nonfinite", err)) < 0)
+		return st;
+	if (a->rows && a->cols && ((st = cal_check_ptr(a->x, "x", err)) < 0 ||
+				   (st = cal_check_ptr(a->amax, "amax", err)) < 0))
+		return st;
+	return CAL_OK;
+}
+
+enum cal_status cal_cpu_amax_cols(struct cal_backend *be, const struct cal_amax_cols_args *a,
+				  struct cal_error *err)
+{
+	struct cols_ctx c;
+	uint64_t min = a->rows ? 1 + (1u << 16) / a->rows : 1;
+	unsigned k = cal_cpu_slots(be, a->cols, min);
+	c.a = a;
+	for (unsigned i = 0; i < k; i++)
+		c.nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
+	if (!a->rows)
+		return CAL_OK;
+	enum cal_status st = cal_cpu_parallel(be, a->cols, min, cols_range, &c, err);
+	if (st < 0)
+		return st;
+	for (unsigned i = 0; i < k; i++)
+		cal_nf_fold(a->nonfinite, &c.nf[i]);
+	return CAL_OK;
+}
