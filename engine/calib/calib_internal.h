@@ -270,6 +270,9 @@ struct cal_calib {
 	/* AWQ-lite (awq_run.c): set when the recipe's algorithm is awq_lite */
 	struct cal_awq_run *aw;
 	int aw_pass;                     /* the actq sites cache the linears' inputs */
+	/* SmoothQuant (sq_run.c): set when the recipe's algorithm is smoothquant */
+	struct cal_sq_run *sq;
+	int sq_pass;                     /* the actq sites observe per-channel max |x| */
 
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
@@ -420,6 +423,21 @@ enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct ca
 enum cal_status cal_awq_site(struct cal_calib *c, int site, const uint16_t *x, uint64_t rows,
 			     uint64_t cols, struct cal_error *err);
 json_t *cal_awq_stats(const struct cal_calib *c);
+
+/* sq_run.c: SmoothQuant in the forward (docs/smoothquant.md "In the
+ * engine"), as awq_run.c; cal_sq_map_layer replaces the layer's smoothed
+ * input amaxes after cal_obs_map_layer. */
+struct cal_sq_run;
+enum cal_status cal_sq_init(struct cal_calib *c, struct cal_error *err);
+void cal_sq_free(struct cal_calib *c);
+enum cal_status cal_sq_pass_begin(struct cal_calib *c, int32_t L,
+				  const struct cal_layer_host *lh, struct cal_error *err);
+enum cal_status cal_sq_pass_end(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				struct cal_error *err);
+enum cal_status cal_sq_site(struct cal_calib *c, int site, const uint16_t *x, uint64_t rows,
+			    uint64_t cols, struct cal_error *err);
+void cal_sq_map_layer(struct cal_calib *c, int32_t L);
+json_t *cal_sq_stats(const struct cal_calib *c);
 
 /* A layer tensor as bf16 (the mapping when already bf16, else a converted
  * copy owned by lh); numel is checked.  Missing: CAL_ERR_FORMAT. */

@@ -651,14 +651,18 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
  * the shared expert's) exports it.  Routed experts are not searched. */
 static void awq_mark(struct cal_exporter *ex)
 {
+	int sq = ex->plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT;
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
-		if (x->mod < 0 || x->expert >= 0 || x->bmm || x->fmt != CAL_QFMT_INT4_BLOCK)
+		if (x->mod < 0 || x->expert >= 0 || x->bmm ||
+		    x->fmt != (sq ? CAL_QFMT_INT8 : CAL_QFMT_INT4_BLOCK))
 			continue;
 		const struct cal_plan_module *m = &ex->plan->modules[x->mod];
 		const char *pr = m->proj ? m->proj : "";
-		int fused = (m->kind == CAL_MOD_ATTN_PROJ && strcmp(pr, "o_proj")) ||
-			    (m->kind == CAL_MOD_MLP_PROJ && strcmp(pr, "down_proj"));
+		/* AWQ fuses q/k/v's and a dense MLP's gate/up scale into the norm;
+		 * SmoothQuant keeps every linear's (docs/smoothquant.md "Export") */
+		int fused = !sq && ((m->kind == CAL_MOD_ATTN_PROJ && strcmp(pr, "o_proj")) ||
+				    (m->kind == CAL_MOD_MLP_PROJ && strcmp(pr, "down_proj")));
 		x->awq_pqs = (m->kind == CAL_MOD_ATTN_PROJ || m->kind == CAL_MOD_MLP_PROJ ||
 			      m->kind == CAL_MOD_SHARED_PROJ) && !fused;
 	}
@@ -748,7 +752,8 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
-	if (plan->recipe->algo.method == CAL_CALIB_AWQ_LITE)
+	if (plan->recipe->algo.method == CAL_CALIB_AWQ_LITE ||
+	    plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT)
 		awq_mark(ex);
 	if (opts->check_only)
 		goto fail; /* st == CAL_OK: planned and checked, nothing opened */

@@ -864,6 +864,11 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && wq->spec.fmt != CAL_QFMT_INT4_BLOCK)
 			return unsupported(err, r, wq, "awq_lite is implemented for INT4 block weights "
 					   "only (docs/awq.md)");
+		if (p->recipe->algo.method == CAL_CALIB_SMOOTHQUANT &&
+		    (wq->spec.fmt != CAL_QFMT_INT8 || !iq || !iq->spec.enabled ||
+		     ifmt != CAL_QFMT_INT8))
+			return unsupported(err, r, wq, "smoothquant is implemented for INT8 weights "
+					   "with INT8 inputs only (docs/smoothquant.md)");
 		if (wq->spec.block && m->in % wq->spec.block)
 			return cal_error_set(err, CAL_ERR_INVALID,
 					     "%s%s: input dimension %lld is not a multiple of the %s "
@@ -1002,7 +1007,8 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	if (r->algo.method == CAL_CALIB_OTHER) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				   "%s: algorithm '%s' is not implemented (calibd runs max, mse, "
-				   "nvfp4_act_headroom, gptq, awq_lite and none)", r->source, r->algo.name);
+				   "nvfp4_act_headroom, gptq, awq_lite, smoothquant and none)", r->source,
+				   r->algo.name);
 		goto fail;
 	}
 	if (r->algo.method == CAL_CALIB_GPTQ && (st = gptq_options(r, err)) < 0)
@@ -1011,6 +1017,14 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 						    r->algo.has_moe_calib_experts_ratio)) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm awq_lite: option %s is "
 				   "not implemented (docs/awq.md)", r->source,
+				   r->algo.layerwise ? "layerwise" : "moe_calib_experts_ratio");
+		goto fail;
+	}
+
+	if (r->algo.method == CAL_CALIB_SMOOTHQUANT && (r->algo.layerwise ||
+						       r->algo.has_moe_calib_experts_ratio)) {
+		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm smoothquant: option %s "
+				   "is not implemented (docs/smoothquant.md)", r->source,
 				   r->algo.layerwise ? "layerwise" : "moe_calib_experts_ratio");
 		goto fail;
 	}

@@ -494,6 +494,7 @@ static void algo_defaults(struct cal_algorithm *a)
 	a->perc_damp = 0.01;
 	a->gptq_block_size = 128;
 	a->alpha_step = 0.1;
+	a->sq_alpha = 1.0;
 	a->hr_anchor_percentile = 1.0;
 	a->hr_upper_percentile = 99.99;
 	a->hr_rho = 16384.0;
@@ -518,6 +519,8 @@ static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm
 		a->method = CAL_CALIB_AWQ_LITE;
 	else if (!strcmp(name, "nvfp4_act_headroom"))
 		a->method = CAL_CALIB_HEADROOM;
+	else if (!strcmp(name, "smoothquant"))
+		a->method = CAL_CALIB_SMOOTHQUANT;
 	else
 		a->method = CAL_CALIB_OTHER;
 	return CAL_OK;
@@ -600,6 +603,7 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 	int mse = a->method == CAL_CALIB_MSE, gptq = a->method == CAL_CALIB_GPTQ;
 	int awq = a->method == CAL_CALIB_AWQ_LITE;
 	int hr = a->method == CAL_CALIB_HEADROOM;
+	int sq = a->method == CAL_CALIB_SMOOTHQUANT;
 	for (size_t i = 0; i < v->n; i++) {
 		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
 		if (k->kind != CAL_Y_STR) {
@@ -697,6 +701,14 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 1]", p);
 				goto fail;
 			}
+		} else if (sq && !strcmp(key, "alpha")) {
+			if (x->kind == CAL_Y_NULL)
+				continue;
+			CAL_TRY(get_num(err, x, p, &a->sq_alpha));
+			if (!(a->sq_alpha >= 0 && a->sq_alpha <= 1)) {
+				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in [0, 1]", p);
+				goto fail;
+			}
 		} else {
 			/* the keys every method takes, then the method's own */
 #define ALGO_KEYS "method, distributed_sync, sync_expert_weight_amax, " \
@@ -707,6 +719,7 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 						       "stop_multiplier, fp8_scale_sweep"
 					 : gptq ? ALGO_KEYS ", perc_damp, block_size, fused"
 					 : awq ? ALGO_KEYS ", alpha_step"
+					 : sq ? ALGO_KEYS ", alpha"
 					 : hr ? ALGO_KEYS ", anchor_percentile, upper_percentile, rho, "
 							  "weight_scale_algorithm"
 					      : ALGO_KEYS);

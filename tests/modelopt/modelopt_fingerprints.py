@@ -137,6 +137,28 @@ def mtp_prefixes(names, config):
     return sorted(prefixes), keys
 
 
+def recipe_file(recipe_name):
+    """modelopt's built-in recipe, else calibd's own (recipes/NAME.yaml, written
+    in modelopt's schema against the configs/ units both trees share: the
+    hf_ptq qformat recipes such as general/ptq/int8_default-kv_fp8_cast)."""
+    from modelopt.recipe.loader import BUILTIN_RECIPES_LIB
+    if any(os.path.exists(os.path.join(str(BUILTIN_RECIPES_LIB), recipe_name + ext))
+           for ext in ("", ".yaml", ".yml")):
+        return recipe_name
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(here, "..", "..", "recipes", recipe_name + ".yaml")
+
+
+def one_run(recipe_name):
+    """{"calibd_run": "quantize"} for a recipe whose algorithm changes the
+    weights during calibration (calibd exports those in one quantize run
+    only), else {} (calibrate, then export from the statistics)."""
+    from modelopt.recipe import load_recipe
+    algo = load_recipe(recipe_file(recipe_name)).quantize.model_dump().get("algorithm")
+    method = algo.get("method") if isinstance(algo, dict) else algo
+    return {"calibd_run": "quantize"} if method in ("smoothquant", "awq_lite", "gptq") else {}
+
+
 def run_modelopt(model_dir, tokens, recipe_name, out_dir):
     import torch
     import transformers
@@ -156,7 +178,7 @@ def run_modelopt(model_dir, tokens, recipe_name, out_dir):
     model = cls.from_pretrained(model_dir, dtype="auto", device_map="cpu", **kwargs)
     model.eval()
 
-    recipe = load_recipe(recipe_name)
+    recipe = load_recipe(recipe_file(recipe_name))
     quant_cfg = recipe.quantize.model_dump()
 
     def forward_loop(m):
@@ -191,6 +213,8 @@ def main():
     ap.add_argument("--cases", default=os.path.join(here, "cases.txt"))
     ap.add_argument("--out", default=os.path.join(here, "fingerprints"))
     ap.add_argument("--only", default="")
+    ap.add_argument("--only-recipes", default="",
+                    help="comma-separated recipe basenames: regenerate only these")
     ap.add_argument("--keep", default="", help="keep modelopt's exports under this folder")
     args = ap.parse_args()
 
@@ -215,6 +239,8 @@ def main():
             subprocess.run(cmd + [fx], check=True)
             for r in recipes:
                 base = os.path.basename(r)
+                if args.only_recipes and base not in args.only_recipes.split(","):
+                    continue
                 out = os.path.join(args.keep, case, base) if args.keep else \
                     os.path.join(tmp, "out-" + base)
                 print("== %s %s" % (case, r), flush=True)
@@ -227,6 +253,7 @@ def main():
                 fp = fingerprint_dir(out)
                 fp = {"case": case, "recipe": r, "fixture": {"arch": arch, "layout": layout,
                                                             "seed": meta["seed"]},
+                      **one_run(r),
                       "versions": {"modelopt": modelopt.__version__,
                                    "transformers": transformers.__version__,
                                    "torch": torch.__version__},

@@ -2,7 +2,9 @@
  * test_modelopt_diff.c — the differential test against real modelopt
  * (docs/modelopt_diff.md), without torch: for every (case, recipe) of
  * cases.txt, generates the tiny fixture, runs `calibd calibrate` on the
- * parity case's tokens and `calibd export --div exact`, and compares the
+ * parity case's tokens and `calibd export --div exact` (or one `calibd
+ * quantize --div exact` when the fingerprint says "calibd_run": "quantize":
+ * smoothquant, whose folded weights exist only inside a run), and compares the
  * export with the committed modelopt fingerprint
  * (fingerprints/<case>/<recipe>.json, written by modelopt_fingerprints.py):
  *
@@ -279,6 +281,14 @@ static int do_case(const char *dir, const char *parity, const char *calibd,
 	} else if (cal_fixture_write(&fo, fx, &err) < 0) {
 		printf("    FAIL: fixture: %s\n", cal_error_msg(&err));
 		bad++;
+	} else if (json_string_value(json_object_get(fp, "calibd_run")) &&
+		   !strcmp(json_string_value(json_object_get(fp, "calibd_run")), "quantize")) {
+		/* an algorithm that changes the weights (smoothquant): one run */
+		snprintf(cmd, sizeof(cmd),
+			 "'%s' quantize --model '%s' --recipe '%s' --calib-tokens "
+			 "'%s/%s/tokens.jsonl' --out '%s' --div exact --quiet >/dev/null",
+			 calibd, fx, recipe, parity, rw->case_name, out);
+		bad += run(cmd) < 0 ? 1 : compare(out, fp);
 	} else {
 		snprintf(cmd, sizeof(cmd),
 			 "'%s' calibrate --model '%s' --recipe '%s' --calib-tokens "

@@ -93,6 +93,14 @@ static const struct refusal refusals[] = {
 	 * has input 48 too) */
 	{"mxfp8", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},
 	{"mxfp8-kv_fp8_cast", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},
+	/* calibd's INT8 recipes (hf_ptq's int8, int8_wo, int8_sq): GPT-OSS's
+	 * fused BMM experts have no INT8 export (qfmt.def: bmm 0); SmoothQuant
+	 * runs on plain GQA attention only, as AWQ (docs/smoothquant.md) */
+	{"int8_default-kv_fp8_cast", "gpt_oss", "GPT-OSS experts in int8 are not exported"},
+	{"int8_weight_only-kv_fp8_cast", "gpt_oss", "GPT-OSS experts in int8 are not exported"},
+	{"int8_sq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
+	 "algorithm smoothquant with attention other than plain GQA"},
+	{"int8_sq-kv_fp8_cast", "gpt_oss", "algorithm smoothquant with GPT-OSS"},
 };
 
 /* Whether `w` is one of the space-separated words of `list`. */
@@ -296,8 +304,10 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		size_t k = 0;
 		while (k < CAL_ARRAY_LEN(modelopt_ptq) && strcmp(modelopt_ptq[k], refusals[i].recipe))
 			k++;
-		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast (hf_ptq's int4_awq) */
+		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast (hf_ptq's
+		 * int4_awq), int8* (hf_ptq's int8, int8_wo, int8_sq) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
+		    strncmp(refusals[i].recipe, "int8", 4) &&
 		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast"))
 			cr_assert_fail("refusal for unknown recipe %s", refusals[i].recipe);
 	}
