@@ -41,6 +41,7 @@ RECIPES_ALL = [
 VALUE_SUFFIXES = (".weight_scale_2", ".input_scale", ".k_scale", ".v_scale", ".weight_scale",
                   "_weight_scale_2", "_input_scale", "_weight_scale")  # "_": gpt_oss BMM experts
 MAX_VALUES = 64
+MAX_PQS_VALUES = 4096
 
 
 def read_cases(path):
@@ -81,6 +82,11 @@ def fingerprint_dir(out_dir):
             if (dtype == "F32" and name.endswith(VALUE_SUFFIXES)
                     and len(raw) // 4 <= MAX_VALUES):
                 e["values"] = list(struct.unpack("<%df" % (len(raw) // 4), raw))
+            elif (dtype == "BF16" and name.endswith(".pre_quant_scale")
+                  and len(raw) // 2 <= MAX_PQS_VALUES):
+                # SmoothQuant: from the activations, compared with a tolerance
+                e["values"] = [struct.unpack("<f", b"\0\0" + raw[i:i + 2])[0]
+                               for i in range(0, len(raw), 2)]
             tensors[name] = e
     with open(os.path.join(out_dir, "hf_quant_config.json")) as f:
         hqc = json.load(f)
