@@ -454,6 +454,47 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
 	rm_rf(root);
 }
 
+/* hf_ptq's int8_sq (docs/smoothquant.md): every smoothed linear (attention,
+ * dense MLP, shared expert) exports INT8 codes, per-channel weight_scale,
+ * input_scale and pre_quant_scale; the routed experts are INT8 without one;
+ * verify passes; the report lists the linears; two ranks are refused. */
+Test(quantize, int8_sq_end_to_end, .timeout = 120)
+{
+	char *root = tmpdir();
+	char *src = make_model(root, "qwen2_moe", "per-expert");
+	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
+	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
+	int rc = run(NULL, errf, "quantize --model %s --qformat int8_sq --calib-tokens %s --out %s "
+		     "--device cpu", src, tok, dst);
+	char *e = slurp(errf);
+	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
+	rc = run(NULL, errf, "verify %s --source %s", dst, src);
+	cr_assert_eq(rc, 0, "verify exit %d: %s", rc, slurp(errf));
+	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
+	cr_assert(strstr(cfg, "\"W8A8_SQ_PER_CHANNEL\""), "%s", cfg);
+	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8; /* after the length */
+	cr_assert(strstr(hdr, "model.layers.0.self_attn.q_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.0.self_attn.o_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.1.mlp.shared_expert.gate_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.1.mlp.shared_expert.down_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.1.mlp.experts.0.down_proj.input_scale"));
+	cr_assert(!strstr(hdr, "experts.0.down_proj.pre_quant_scale"));
+	json_t *rep = json_loads(slurp(path2(dst, "calibd_report.json")), 0, NULL);
+	cr_assert(rep);
+	json_t *sq = json_object_get(rep, "smoothquant");
+	cr_assert_float_eq(json_number_value(json_object_get(sq, "alpha")), 1.0, 1e-12);
+	cr_assert(json_array_size(json_object_get(sq, "linears")) > 0);
+	json_decref(rep);
+	char *d2 = path2(root, "out2");
+	rc = run(NULL, errf, "quantize --model %s --qformat int8_sq --calib-tokens %s --out %s "
+		 "--device cpu --ranks 2", src, tok, d2);
+	e = slurp(errf);
+	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	cr_assert(strstr(e, "algorithm smoothquant runs on one rank"), "%s", e);
+	cr_assert(!cal_test_exists(d2));
+	rm_rf(root);
+}
+
 /* --qformat: hf_ptq's name runs its built-in recipe; a refused one exits 3
  * naming the reason, before any work; with --recipe it is a usage error. */
 Test(quantize, qformat_maps_or_refuses, .timeout = 60)
