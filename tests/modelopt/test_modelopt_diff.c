@@ -71,10 +71,14 @@ static int ends_with(const char *s, const char *suf)
 /* SmoothQuant (docs/smoothquant.md "Differential test"): a pre_quant_scale
  * comes from the per-channel activation amax of our own forward pass, whose
  * bf16 values may differ from transformers' in a few ulps (summation order).
- * Where it differs, it must be within SQ_PQS_WORST_TOL per element, and the
- * module's weight and weight_scale (folded with it) are reported, not
- * compared; where it is byte-equal, they must be byte-equal too. */
-#define SQ_PQS_WORST_TOL 0.05
+ * Where it differs, the median of its elements' relative errors must be
+ * within SQ_PQS_MEDIAN_TOL and the worst within SQ_PQS_WORST_TOL (a channel
+ * whose max comes from a token routed differently in an MoE layer can move
+ * more), and the module's weight and weight_scale (folded with it) are
+ * reported, not compared; where it is byte-equal, they must be byte-equal
+ * too. */
+#define SQ_PQS_MEDIAN_TOL 0.01
+#define SQ_PQS_WORST_TOL 0.25
 
 /* "<module>" of "<module>.weight" / ".weight_scale" when that module's
  * pre_quant_scale differs (listed in pqs_diff). */
@@ -261,18 +265,23 @@ static int compare(const char *out, json_t *fp)
 		}
 		if (ends_with(k, ".pre_quant_scale") && rv && mv &&
 		    json_array_size(rv) == json_array_size(mv)) {
-			double e = 0;
-			for (size_t i = 0; i < json_array_size(rv); i++) {
+			size_t ne = json_array_size(rv);
+			double *er = calloc(ne + 1, sizeof(double));
+			for (size_t i = 0; er && i < ne; i++) {
 				double a = json_number_value(json_array_get(rv, i));
 				double b = json_number_value(json_array_get(mv, i));
-				double d = fabs(a - b) / fmax(fabs(a), 1e-30);
+				er[i] = fabs(a - b) / fmax(fabs(a), 1e-30);
 				n_pqs_elems += a != b;
-				e = d > e ? d : e;
 			}
+			if (er)
+				qsort(er, ne, sizeof(double), cmp_double);
+			double med = er && ne ? er[ne / 2] : 1, e = er && ne ? er[ne - 1] : 1;
+			free(er);
 			n_pqs++;
 			pqs_worst = e > pqs_worst ? e : pqs_worst;
-			if (e > SQ_PQS_WORST_TOL && bad++ < 20)
-				printf("    FAIL: %s: relative error %.3e beyond %.0e\n", k, e,
+			if ((med > SQ_PQS_MEDIAN_TOL || e > SQ_PQS_WORST_TOL) && bad++ < 20)
+				printf("    FAIL: %s: relative error median %.3e, worst %.3e (tolerance "
+				       "%.0e, %.0e)\n", k, med, e, SQ_PQS_MEDIAN_TOL,
 				       SQ_PQS_WORST_TOL);
 			continue;
 		}
