@@ -15,7 +15,8 @@ case's arch, layout and seed) with the parity case's tokens:
 
 Compared per smoothed linear: the exported pre_quant_scale (values that
 differ), the 8-bit codes (share that differ), and the layer-output MSE of
-the exported weight on the unquantized model's inputs X of that linear,
+the exported weight on the unquantized model's inputs X of that linear
+(awq_model_diff.linear_inputs: all token rows in one forward),
 mean((X * pqs) What^T - X W^T)^2 (What = codes * weight_scale per row; X for
 the unsmoothed baseline), against the source weight.  The input quantizer
 is left out of the MSE (its per-tensor scale is checked by the
@@ -33,29 +34,12 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from awq_model_diff import linear_inputs  # noqa: E402
 from gptq_model_diff import case_fixture, load_model, load_st, run, write_summary  # noqa: E402
 from modelopt_fingerprints import recipe_file  # noqa: E402
 
-SQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RECIPE = "general/ptq/int8_sq-kv_fp8_cast"
 BASELINE = "general/ptq/int8_default-kv_fp8_cast"
-
-
-def linear_inputs(torch, model, tokens):
-    """name -> X (f64 [T, in]) of every smoothed linear, unquantized model."""
-    xs, hooks = {}, []
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and name.split(".")[-1] in SQ_LINEARS \
-                and ".layers." in name and ".experts." not in name:
-            def hook(m, inp, out, name=name):
-                xs.setdefault(name, []).append(inp[0].reshape(-1, inp[0].shape[-1]).double())
-            hooks.append(mod.register_forward_hook(hook))
-    with torch.no_grad():
-        for row in tokens:
-            model(input_ids=torch.tensor([row], dtype=torch.long))
-    for h in hooks:
-        h.remove()
-    return {k: torch.cat(v) for k, v in xs.items()}
 
 
 def run_modelopt(torch, transformers, model_dir, tokens, out_dir):

@@ -398,18 +398,28 @@ static char *awq_recipe(const char *root, const char *name, const char *algo, co
  * pre_quant_scale, q/k/v (fused into input_layernorm) do not; the report
  * has the search's alphas.  Bad awq_lite options and formats are refused
  * naming them. */
+/* Quantizes a fresh qwen2_moe fixture (`layout`) under root with hf_ptq's
+ * `qformat` on the CPU into root/out and verifies it against the source;
+ * sets the paths the caller goes on with. */
+static void quantize_verified(const char *root, const char *layout, const char *qformat,
+			      char **src, char **tok, char **dst, char **errf)
+{
+	*src = make_model(root, "qwen2_moe", layout);
+	*tok = make_tokens(root, "tok.jsonl", 2, 16);
+	*dst = path2(root, "out");
+	*errf = path2(root, "stderr");
+	int rc = run(NULL, *errf, "quantize --model %s --qformat %s --calib-tokens %s --out %s "
+		     "--device cpu", *src, qformat, *tok, *dst);
+	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(*errf));
+	rc = run(NULL, *errf, "verify %s --source %s", *dst, *src);
+	cr_assert_eq(rc, 0, "verify exit %d: %s", rc, slurp(*errf));
+}
+
 Test(quantize, int4_awq_end_to_end, .timeout = 120)
 {
-	char *root = tmpdir();
-	char *src = make_model(root, "qwen2_moe", "wide");
-	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
-	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	int rc = run(NULL, errf, "quantize --model %s --qformat int4_awq --calib-tokens %s --out %s "
-		     "--device cpu", src, tok, dst);
-	char *e = slurp(errf);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
-	rc = run(NULL, errf, "verify %s --source %s", dst, src);
-	cr_assert_eq(rc, 0, "verify exit %d: %s", rc, slurp(errf));
+	char *root = tmpdir(), *src, *tok, *dst, *errf, *e;
+	int rc;
+	quantize_verified(root, "wide", "int4_awq", &src, &tok, &dst, &errf);
 	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
 	cr_assert(strstr(cfg, "\"W4A16_AWQ\"") && strstr(cfg, "\"pre_quant_scale\": true"), "%s",
 		  cfg);
@@ -460,16 +470,9 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
  * verify passes; the report lists the linears; two ranks are refused. */
 Test(quantize, int8_sq_end_to_end, .timeout = 120)
 {
-	char *root = tmpdir();
-	char *src = make_model(root, "qwen2_moe", "per-expert");
-	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
-	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	int rc = run(NULL, errf, "quantize --model %s --qformat int8_sq --calib-tokens %s --out %s "
-		     "--device cpu", src, tok, dst);
-	char *e = slurp(errf);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
-	rc = run(NULL, errf, "verify %s --source %s", dst, src);
-	cr_assert_eq(rc, 0, "verify exit %d: %s", rc, slurp(errf));
+	char *root = tmpdir(), *src, *tok, *dst, *errf, *e;
+	int rc;
+	quantize_verified(root, "per-expert", "int8_sq", &src, &tok, &dst, &errf);
 	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
 	cr_assert(strstr(cfg, "\"W8A8_SQ_PER_CHANNEL\""), "%s", cfg);
 	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8; /* after the length */
