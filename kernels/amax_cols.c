@@ -6,14 +6,9 @@
  */
 #include "kernels/internal.h"
 
-struct cols_ctx {
-	const struct cal_amax_cols_args *a;
-	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
-};
-
 static void cols_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
-	struct cols_ctx *c = p;
+	struct cal_obs_items *c = p;
 	const struct cal_amax_cols_args *a = c->a;
 	struct cal_nf_part nf = {0, CAL_NONFINITE_NONE};
 	for (uint64_t col = begin; col < end; col++) {
@@ -43,18 +38,9 @@ enum cal_status cal_check_amax_cols(const struct cal_amax_cols_args *a, struct c
 enum cal_status cal_cpu_amax_cols(struct cal_backend *be, const struct cal_amax_cols_args *a,
 				  struct cal_error *err)
 {
-	struct cols_ctx c;
-	uint64_t min = a->rows ? 1 + (1u << 16) / a->rows : 1;
-	unsigned k = cal_cpu_slots(be, a->cols, min);
-	c.a = a;
-	for (unsigned i = 0; i < k; i++)
-		c.nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
+	struct cal_obs_items c = {.a = a};
 	if (!a->rows)
 		return CAL_OK;
-	enum cal_status st = cal_cpu_parallel(be, a->cols, min, cols_range, &c, err);
-	if (st < 0)
-		return st;
-	for (unsigned i = 0; i < k; i++)
-		cal_nf_fold(a->nonfinite, &c.nf[i]);
-	return CAL_OK;
+	return cal_cpu_observe_items(be, a->cols, 1 + (1u << 16) / a->rows, cols_range, &c,
+				     a->nonfinite, err);
 }
