@@ -75,17 +75,12 @@ enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *
 		why = q->spec.enabled && q->role == CAL_QROLE_INPUT ? "quantized inputs (w4a8_awq)"
 								    : cal_linear_algo_q_why(p, q);
 	}
-	if (!why)
-		return CAL_OK;
-	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm awq_lite with %s is not "
-			     "implemented (docs/awq.md)", d->model_type, why);
+	return cal_linear_algo_refuse(d, "awq_lite", why, "docs/awq.md", err);
 }
 
 enum cal_status cal_awq_init(struct cal_calib *c, struct cal_error *err)
 {
 	const struct cal_algorithm *a = &c->plan->recipe->algo;
-	if (a->method != CAL_CALIB_AWQ_LITE)
-		return CAL_OK;
 	CAL_TRY_RET(cal_calib_check_awq(c->plan, err));
 	struct cal_awq_run *g = calloc(1, sizeof(*g));
 	if (!g)

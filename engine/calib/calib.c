@@ -232,9 +232,12 @@ enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct
 		m->pub = (struct cal_calib_moe_stats){c->E, m->tokens, m->gu, m->down};
 	}
 	CAL_TRY(cal_ranks_open(c, src, err));
-	CAL_TRY(cal_gptq_init(c, err));
-	CAL_TRY(cal_awq_init(c, err));
-	CAL_TRY(cal_sq_init(c, err));
+	if (plan->recipe->algo.method == CAL_CALIB_GPTQ)
+		CAL_TRY(cal_gptq_init(c, err));
+	if (plan->recipe->algo.method == CAL_CALIB_AWQ_LITE)
+		CAL_TRY(cal_awq_init(c, err));
+	if (plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT)
+		CAL_TRY(cal_sq_init(c, err));
 	*ret = c;
 	return CAL_OK;
 fail:
@@ -521,31 +524,32 @@ uint16_t *cal_mb_x(const struct cal_calib *c, const struct cal_mb *mb)
 	return c->hidden_on_host ? c->xmb : c->hidden + mb->tok0 * (uint64_t)c->H;
 }
 
-/* Brings micro-batch mb's hidden states to the device (hidden on host). */
-static enum cal_status mb_load(struct cal_calib *c, const struct cal_mb *mb, struct cal_error *err)
+/* Moves micro-batch mb's hidden states between the host copy and the
+ * device (hidden on host): to the device (load), or back (store). */
+static enum cal_status mb_move(struct cal_calib *c, const struct cal_mb *mb, int store,
+			       struct cal_error *err)
 {
 	enum cal_status st;
 	int ph = c->prof_phase;
 	if (!c->hidden_on_host)
 		return CAL_OK;
 	cal_prof(c, PH_HIDDEN_IO);
-	st = cal_backend_upload(c->be, c->xmb, c->hidden_host + mb->tok0 * (uint64_t)c->H,
-				mb->n_tok * (uint64_t)c->H * 2, err);
+	uint16_t *host = c->hidden_host + mb->tok0 * (uint64_t)c->H;
+	uint64_t n = mb->n_tok * (uint64_t)c->H * 2;
+	st = store ? cal_backend_download(c->be, host, c->xmb, n, err)
+		   : cal_backend_upload(c->be, c->xmb, host, n, err);
 	cal_prof(c, ph);
 	return st;
 }
 
+static enum cal_status mb_load(struct cal_calib *c, const struct cal_mb *mb, struct cal_error *err)
+{
+	return mb_move(c, mb, 0, err);
+}
+
 static enum cal_status mb_store(struct cal_calib *c, const struct cal_mb *mb, struct cal_error *err)
 {
-	enum cal_status st;
-	int ph = c->prof_phase;
-	if (!c->hidden_on_host)
-		return CAL_OK;
-	cal_prof(c, PH_HIDDEN_IO);
-	st = cal_backend_download(c->be, c->hidden_host + mb->tok0 * (uint64_t)c->H, c->xmb,
-				  mb->n_tok * (uint64_t)c->H * 2, err);
-	cal_prof(c, ph);
-	return st;
+	return mb_move(c, mb, 1, err);
 }
 
 void cal_prof(struct cal_calib *c, int phase)

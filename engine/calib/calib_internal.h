@@ -373,9 +373,9 @@ enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err);
  * run is the evaluation's quantized one (c->ev_quant); a no-op otherwise. */
 enum cal_status cal_eval_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
-/* gptq_run.c: GPTQ in the forward (docs/gptq.md "In the engine").  init
- * refuses what it does not run (model or plan) and sets c->gq for a gptq
- * recipe; calib.c runs passes 0..2 of every layer between pass_begin
+/* gptq_run.c: GPTQ in the forward (docs/gptq.md "In the engine").  init,
+ * called for a gptq recipe only, refuses what it does not run (model or
+ * plan) and sets c->gq; calib.c runs passes 0..2 of every layer between pass_begin
  * (which gives the weights the pass runs with) and pass_end; layer.c's
  * actq sites call cal_gptq_site while c->gq_pass is set. */
 struct cal_gptq_run;
@@ -408,9 +408,14 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
  * or lm_head weight); NULL when none. */
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d);
 const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q);
+/* CAL_OK when why is NULL, else CAL_ERR_UNSUPPORTED "<model_type>:
+ * algorithm <algo> with <why> is not implemented (<doc>)". */
+enum cal_status cal_linear_algo_refuse(const struct cal_model_desc *d, const char *algo,
+				       const char *why, const char *doc, struct cal_error *err);
 
-/* awq_run.c: AWQ-lite in the forward (docs/awq.md "In the engine").  init
- * refuses what it does not run and sets c->aw for an awq_lite recipe;
+/* awq_run.c: AWQ-lite in the forward (docs/awq.md "In the engine").  init,
+ * called for an awq_lite recipe only, refuses what it does not run and
+ * sets c->aw;
  * calib.c calls pass_begin / pass_end around the layer's forward; layer.c's
  * actq sites call cal_awq_site while c->aw_pass is set (caching inputs). */
 struct cal_awq_run;
@@ -425,8 +430,9 @@ enum cal_status cal_awq_site(struct cal_calib *c, int site, const uint16_t *x, u
 json_t *cal_awq_stats(const struct cal_calib *c);
 
 /* sq_run.c: SmoothQuant in the forward (docs/smoothquant.md "In the
- * engine"), as awq_run.c; cal_sq_map_layer replaces the layer's smoothed
- * input amaxes after cal_obs_map_layer. */
+ * engine"), as awq_run.c (init called for a smoothquant recipe only);
+ * cal_sq_map_layer replaces the layer's smoothed input amaxes after
+ * cal_obs_map_layer. */
 struct cal_sq_run;
 enum cal_status cal_sq_init(struct cal_calib *c, struct cal_error *err);
 void cal_sq_free(struct cal_calib *c);

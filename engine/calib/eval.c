@@ -509,36 +509,17 @@ static json_t *report(struct cal_eval *ev, const struct cal_calib *c)
 
 static void eval_free(struct cal_calib *c, struct cal_eval *ev)
 {
-	cal_backend_dealloc(c->be, ev->xq);
-	cal_backend_dealloc(c->be, ev->xtf);
-	cal_backend_dealloc(c->be, ev->qbuf);
-	cal_backend_dealloc(c->be, ev->sbuf);
-	cal_backend_dealloc(c->be, ev->logits_o);
-	cal_backend_dealloc(c->be, ev->logits_q);
-	cal_backend_dealloc(c->be, ev->b_out);
-	cal_backend_dealloc(c->be, ev->b_am);
-	cal_backend_dealloc(c->be, ev->b_next);
-	free(ev->r_sums);
-	free(ev->ha);
-	free(ev->hb);
-	cal_backend_dealloc(c->be, ev->xin);
-	cal_backend_dealloc(c->be, ev->yref);
-	cal_backend_dealloc(c->be, ev->b_sums);
-	free(ev->offref);
-	free(ev->tok_save);
-	free(ev->exp_gu);
-	free(ev->exp_dn);
-	free(ev->kl);
-	free(ev->next);
-	free(ev->seq);
+	void *dev[] = {ev->xq, ev->xtf, ev->qbuf, ev->sbuf, ev->logits_o, ev->logits_q,
+		       ev->b_out, ev->b_am, ev->b_next, ev->xin, ev->yref, ev->b_sums,
+		       ev->norm_w, ev->lm_src, ev->lens_idx};
+	void *host[] = {ev->r_sums, ev->ha, ev->hb, ev->offref, ev->tok_save, ev->exp_gu,
+			ev->exp_dn, ev->kl, ev->next, ev->seq, ev->lens_idx_h, ev->lens_at,
+			ev->r_out, ev->r_am};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(dev); i++)
+		cal_backend_dealloc(c->be, dev[i]);
+	for (size_t i = 0; i < CAL_ARRAY_LEN(host); i++)
+		free(host[i]);
 	json_decref(ev->layers);
-	cal_backend_dealloc(c->be, ev->norm_w);
-	cal_backend_dealloc(c->be, ev->lm_src);
-	cal_backend_dealloc(c->be, ev->lens_idx);
-	free(ev->lens_idx_h);
-	free(ev->lens_at);
-	free(ev->r_out);
-	free(ev->r_am);
 }
 
 /* kv_cache_quant_algo of the export's hf_quant_config.json: FP8 without

@@ -14,6 +14,7 @@
 #include "engine/calib/calib_internal.h"
 #include "engine/calib/eval_internal.h"
 #include "engine/eval.h"
+#include "kernels/qfmt.h"
 
 /* ---- the exported tensors ---------------------------------------------------- */
 
@@ -130,57 +131,43 @@ static enum cal_status dequant(struct cal_calib *c, const struct qtens *q, int64
 					     (unsigned long long)n);
 		return cal_backend_upload(c->be, dst, w->data, n * 2, err);
 	}
+	enum cal_qfmt id;
+	float scale = 0.0f; /* the tensor scale (NVFP4's weight_scale_2, FP8's weight_scale) */
 	if (w->dtype == CAL_DTYPE_U8 && q->s2 > 0) {
-		if (!has_shape(w, CAL_DTYPE_U8, rows, cols / 2) || cols % 16 ||
-		    !has_shape(s, CAL_DTYPE_F8_E4M3, rows, cols / 16))
-			return misfit(q, "NVFP4", rows, cols, err);
-		CAL_TRY(cal_backend_alloc_upload(c->be, w->data, w->nbytes, &dw, err));
-		CAL_TRY(cal_backend_alloc_upload(c->be, s->data, s->nbytes, &ds, err));
-		struct cal_nvfp4_dequant_args a = {dw, ds, (uint64_t)rows, (uint64_t)cols, q->s2,
-						   CAL_DTYPE_BF16, dst, 0};
-		CAL_TRY(cal_op_nvfp4_dequant(c->be, &a, err));
+		id = CAL_QFMT_NVFP4;
+		scale = q->s2;
 		in = q->is > 0 ? AQ_NVFP4 : AQ_NONE;
 	} else if (w->dtype == CAL_DTYPE_F8_E4M3 && q->s1 > 0) {
-		if (!has_shape(w, CAL_DTYPE_F8_E4M3, rows, cols))
-			return misfit(q, "FP8", rows, cols, err);
-		CAL_TRY(cal_backend_alloc_upload(c->be, w->data, w->nbytes, &dw, err));
-		struct cal_fp8_dequant_args a = {dw, n, q->s1, CAL_DTYPE_BF16, dst};
-		CAL_TRY(cal_op_fp8_dequant(c->be, &a, err));
+		id = CAL_QFMT_FP8;
+		scale = q->s1;
 		in = q->is > 0 ? AQ_FP8 : AQ_NONE;
 	} else if (w->dtype == CAL_DTYPE_F8_E4M3 && s->data && s->dtype == CAL_DTYPE_U8) {
-		if (!has_shape(w, CAL_DTYPE_F8_E4M3, rows, cols) || cols % 32 ||
-		    !has_shape(s, CAL_DTYPE_U8, rows, cols / 32))
-			return misfit(q, "MXFP8", rows, cols, err);
-		CAL_TRY(cal_backend_alloc_upload(c->be, w->data, w->nbytes, &dw, err));
-		CAL_TRY(cal_backend_alloc_upload(c->be, s->data, s->nbytes, &ds, err));
-		struct cal_mxfp8_dequant_args a = {dw, ds, (uint64_t)rows, (uint64_t)cols,
-						   CAL_DTYPE_BF16, dst};
-		CAL_TRY(cal_op_mxfp8_dequant(c->be, &a, err));
+		id = CAL_QFMT_MXFP8;
 		in = AQ_MXFP8; /* modelopt's MXFP8 quantizes inputs too, per block, dynamically */
 	} else if (w->dtype == CAL_DTYPE_U8 && s->data && s->dtype == CAL_DTYPE_U8) {
-		if (!has_shape(w, CAL_DTYPE_U8, rows, cols / 2) || cols % 32 ||
-		    !has_shape(s, CAL_DTYPE_U8, rows, cols / 32))
-			return misfit(q, "MXFP4", rows, cols, err);
-		CAL_TRY(cal_backend_alloc_upload(c->be, w->data, w->nbytes, &dw, err));
-		CAL_TRY(cal_backend_alloc_upload(c->be, s->data, s->nbytes, &ds, err));
-		struct cal_mxfp4_dequant_args a = {dw, ds, (uint64_t)rows, (uint64_t)cols,
-						   CAL_DTYPE_BF16, dst};
-		CAL_TRY(cal_op_mxfp4_dequant(c->be, &a, err));
+		id = CAL_QFMT_MXFP4;
 	} else if (w->dtype == CAL_DTYPE_U8 && s->data && s->dtype == CAL_DTYPE_F32) {
-		if (!has_shape(w, CAL_DTYPE_U8, rows / 2, cols) || rows % 2 || cols % 128 ||
-		    !has_shape(s, CAL_DTYPE_F32, rows, cols / 128))
-			return misfit(q, "INT4", rows, cols, err);
-		CAL_TRY(cal_backend_alloc_upload(c->be, w->data, w->nbytes, &dw, err));
-		CAL_TRY(cal_backend_alloc_upload(c->be, s->data, s->nbytes, &ds, err));
-		struct cal_int4_dequant_args a = {dw, ds, (uint64_t)rows, (uint64_t)cols,
-						  CAL_DTYPE_BF16, dst};
-		CAL_TRY(cal_op_int4_dequant(c->be, &a, err));
+		id = CAL_QFMT_INT4_BLOCK;
 	} else {
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: weight %s with these scales is not a format calibd "
 				     "exports (NVFP4, FP8, MXFP8, MXFP4, INT4)", q->mod,
 				     cal_dtype_name(w->dtype));
 	}
+	/* the shapes of the format's row (kernels/qfmt.def): values packed along
+	 * rows or columns, block scales [rows, cols / block] */
+	const struct cal_qfmt_info *f = cal_qfmt(id);
+	int64_t per = 8 / f->elem_bits;
+	if (!has_shape(w, f->elem_dtype, f->pack_rows ? rows / per : rows,
+		       f->pack_rows ? cols : cols / per) ||
+	    (f->pack_rows ? rows : cols) % per ||
+	    (f->block && (cols % f->block || !has_shape(s, f->scale_dtype, rows, cols / f->block))))
+		return misfit(q, f->label, rows, cols, err);
+	CAL_TRY(cal_backend_alloc_upload(c->be, w->data, w->nbytes, &dw, err));
+	if (f->block)
+		CAL_TRY(cal_backend_alloc_upload(c->be, s->data, s->nbytes, &ds, err));
+	CAL_TRY(f->dequantize(c->be, dw, ds, (uint64_t)rows, (uint64_t)cols, f->block, scale,
+			      CAL_DTYPE_BF16, dst, err));
 	ret_site->fmt = in;
 	ret_site->scale = in == AQ_MXFP8 ? 1.0f : q->is;
 	if (in != AQ_NONE && !(ret_site->scale > 0 && isfinite(ret_site->scale)))
@@ -588,6 +575,21 @@ fail:
 	return st;
 }
 
+/* A gated MLP (dense, or the shared expert) of intermediate size I:
+ * gate|up (roles[0], roles[1]) into *w13, down (roles[2]) into *w2, the
+ * sites of their inputs into *site_gu / *site_dn. */
+static enum cal_status load_mlp(struct cal_calib *c, int32_t L, const enum cal_role roles[3],
+				int64_t I, const uint16_t **w13, const uint16_t **w2, void **owned,
+				int *n_owned, struct eq_site *site_gu, struct eq_site *site_dn,
+				struct cal_error *err)
+{
+	int64_t H = c->H;
+	struct wpart gu[2] = {{roles[0], I, H, NULL}, {roles[1], I, H, NULL}},
+		     dn = {roles[2], H, I, NULL};
+	CAL_TRY_RET(load_linear(c, L, gu, 2, *w13, w13, owned, n_owned, site_gu, err));
+	return load_linear(c, L, &dn, 1, *w2, w2, owned, n_owned, site_dn, err);
+}
+
 /* The quantized weights of layer L (qw starts as the source's) and the
  * sites of its inputs. */
 enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_step mixer,
@@ -596,7 +598,6 @@ enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_ste
 {
 	struct cal_eval *ev = c->ev;
 	const struct cal_layer_desc *ld = &c->d->layers[L];
-	int64_t H = c->H;
 	enum cal_status st = CAL_OK;
 	memset(ev->site, 0, sizeof(ev->site));
 	if (mixer == STEP_GDN) {
@@ -609,24 +610,17 @@ enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_ste
 		kv_sites(c, L);
 	}
 	if (ld->ffn == CAL_FFN_DENSE) {
-		struct wpart gu[2] = {{CAL_ROLE_MLP_GATE, c->Id, H, NULL},
-				      {CAL_ROLE_MLP_UP, c->Id, H, NULL}},
-			     dn = {CAL_ROLE_MLP_DOWN, H, c->Id, NULL};
-		CAL_TRY(load_linear(c, L, gu, 2, qw->w13, &qw->w13, owned, n_owned,
-				    &ev->site[EQ_MLP_GU], err));
-		CAL_TRY(load_linear(c, L, &dn, 1, qw->w2, &qw->w2, owned, n_owned,
-				    &ev->site[EQ_MLP_DOWN], err));
-		return CAL_OK;
+		static const enum cal_role mlp[3] = {CAL_ROLE_MLP_GATE, CAL_ROLE_MLP_UP,
+						     CAL_ROLE_MLP_DOWN};
+		return load_mlp(c, L, mlp, c->Id, &qw->w13, &qw->w2, owned, n_owned,
+				&ev->site[EQ_MLP_GU], &ev->site[EQ_MLP_DOWN], err);
 	}
 	CAL_TRY(load_experts(c, L, qw, owned, n_owned, err));
 	if (qw->s13) {
-		struct wpart gu[2] = {{CAL_ROLE_SHARED_GATE, c->Is, H, NULL},
-				      {CAL_ROLE_SHARED_UP, c->Is, H, NULL}},
-			     dn = {CAL_ROLE_SHARED_DOWN, H, c->Is, NULL};
-		CAL_TRY(load_linear(c, L, gu, 2, qw->s13, &qw->s13, owned, n_owned,
-				    &ev->site[EQ_SH_GU], err));
-		CAL_TRY(load_linear(c, L, &dn, 1, qw->s2, &qw->s2, owned, n_owned,
-				    &ev->site[EQ_SH_DOWN], err));
+		static const enum cal_role shared[3] = {CAL_ROLE_SHARED_GATE, CAL_ROLE_SHARED_UP,
+							CAL_ROLE_SHARED_DOWN};
+		CAL_TRY(load_mlp(c, L, shared, c->Is, &qw->s13, &qw->s2, owned, n_owned,
+				 &ev->site[EQ_SH_GU], &ev->site[EQ_SH_DOWN], err));
 	}
 fail:
 	return st;

@@ -173,6 +173,15 @@ const char *cal_linear_algo_model_why(const struct cal_model_desc *d)
 	return NULL;
 }
 
+enum cal_status cal_linear_algo_refuse(const struct cal_model_desc *d, const char *algo,
+				       const char *why, const char *doc, struct cal_error *err)
+{
+	if (!why)
+		return CAL_OK;
+	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm %s with %s is not "
+			     "implemented (%s)", d->model_type, algo, why, doc);
+}
+
 const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q)
 {
 	const struct cal_plan_module *m = &p->modules[q->module];
@@ -208,17 +217,12 @@ enum cal_status cal_calib_check_gptq(const struct cal_plan *p, struct cal_error 
 		else
 			why = cal_linear_algo_q_why(p, q);
 	}
-	if (!why)
-		return CAL_OK;
-	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm gptq with %s is not "
-			     "implemented (docs/gptq.md)", d->model_type, why);
+	return cal_linear_algo_refuse(d, "gptq", why, "docs/gptq.md", err);
 }
 
 enum cal_status cal_gptq_init(struct cal_calib *c, struct cal_error *err)
 {
 	const struct cal_algorithm *a = &c->plan->recipe->algo;
-	if (a->method != CAL_CALIB_GPTQ)
-		return CAL_OK;
 	CAL_TRY_RET(cal_calib_check_gptq(c->plan, err));
 	struct cal_gptq_run *g = calloc(1, sizeof(*g));
 	if (!g)
@@ -539,10 +543,10 @@ static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct 
 	struct cal_gptq_run *g = c->gq;
 	const struct cal_plan *p = c->plan;
 	uint64_t E = (uint64_t)c->E, H = (uint64_t)c->H, I = (uint64_t)c->I;
-	for (size_t mi = 0; mi < p->n_modules; mi++) {
+	for (size_t mi = cal_plan_next_experts(p, L, 0); mi < p->n_modules;
+	     mi = cal_plan_next_experts(p, L, mi + 1)) {
 		const struct cal_plan_module *m = &p->modules[mi];
-		if (m->layer != L || m->wq < 0 || !p->q[m->wq].spec.enabled ||
-		    (m->kind != CAL_MOD_EXPERTS_GATE_UP && m->kind != CAL_MOD_EXPERTS_DOWN))
+		if (!p->q[m->wq].spec.enabled)
 			continue;
 		int f = m->kind == CAL_MOD_EXPERTS_GATE_UP ? F_E13 : F_E2;
 		uint64_t rows = f == F_E13 ? 2 * I : H, cols = f == F_E13 ? H : I, n = rows * cols;

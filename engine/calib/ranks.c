@@ -512,11 +512,9 @@ enum cal_status cal_ep_reduce_weights(struct cal_calib *c, int32_t L, struct cal
 		goto fail;
 	}
 	/* the layer's expert weight quantizers; -1: not this rank's (amax >= 0) */
-	for (size_t mi = 0; mi < pl->n_modules; mi++) {
+	for (size_t mi = cal_plan_next_experts(pl, L, 0); mi < pl->n_modules;
+	     mi = cal_plan_next_experts(pl, L, mi + 1)) {
 		const struct cal_plan_module *m = &pl->modules[mi];
-		if (m->layer != L || m->wq < 0 ||
-		    (m->kind != CAL_MOD_EXPERTS_GATE_UP && m->kind != CAL_MOD_EXPERTS_DOWN))
-			continue;
 		for (int64_t e = 0; e < m->count && n < cap; e++, n++) {
 			qi[n] = (size_t)m->wq + (size_t)e;
 			v[n] = c->q_has[qi[n]] ? c->q_amax[qi[n]] : -1.0f;

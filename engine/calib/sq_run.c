@@ -62,17 +62,12 @@ enum cal_status cal_calib_check_sq(const struct cal_plan *p, struct cal_error *e
 	const char *why = cal_linear_algo_model_why(d);
 	for (size_t i = 0; !why && i < p->n_q; i++)
 		why = cal_linear_algo_q_why(p, &p->q[i]);
-	if (!why)
-		return CAL_OK;
-	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm smoothquant with %s is not "
-			     "implemented (docs/smoothquant.md)", d->model_type, why);
+	return cal_linear_algo_refuse(d, "smoothquant", why, "docs/smoothquant.md", err);
 }
 
 enum cal_status cal_sq_init(struct cal_calib *c, struct cal_error *err)
 {
 	const struct cal_algorithm *a = &c->plan->recipe->algo;
-	if (a->method != CAL_CALIB_SMOOTHQUANT)
-		return CAL_OK;
 	CAL_TRY_RET(cal_calib_check_sq(c->plan, err));
 	struct cal_sq_run *g = calloc(1, sizeof(*g));
 	if (!g)

@@ -594,11 +594,9 @@ enum cal_status cal_w_expert_amax_finish(struct cal_calib *c, int32_t L, struct 
 					   (unsigned long long)nf[i].count);
 			goto fail;
 		}
-	for (size_t mi = 0; mi < p->n_modules; mi++) {
+	for (size_t mi = cal_plan_next_experts(p, L, 0); mi < p->n_modules;
+	     mi = cal_plan_next_experts(p, L, mi + 1)) {
 		const struct cal_plan_module *m = &p->modules[mi];
-		if (m->layer != L || m->wq < 0 ||
-		    (m->kind != CAL_MOD_EXPERTS_GATE_UP && m->kind != CAL_MOD_EXPERTS_DOWN))
-			continue;
 		for (int64_t e = 0; e < m->count && (uint64_t)e < E; e++) {
 			size_t qi = (size_t)m->wq + e0 + (size_t)e;
 			const struct cal_qspec *sp = &p->q[qi].spec;

@@ -10,9 +10,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static enum cal_status nomem(struct cal_error *err)
+/* *dst becomes a heap copy of the n bf16 elements at src (its old buffer
+ * freed); untouched when out of memory. */
+static enum cal_status keep_copy(uint16_t **dst, const uint16_t *src, uint64_t n,
+				 struct cal_error *err)
 {
-	return cal_error_set(err, CAL_ERR_NOMEM, "export: out of memory");
+	uint16_t *c = malloc(n * 2);
+	if (!c)
+		return cal_error_set(err, CAL_ERR_NOMEM, "export: out of memory");
+	memcpy(c, src, n * 2);
+	free(*dst);
+	*dst = c;
+	return CAL_OK;
 }
 
 enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, const uint16_t *w,
@@ -38,21 +47,9 @@ enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, con
 			return cal_error_set(err, CAL_ERR_INTERNAL, "export: %s: a pre_quant_scale "
 					     "was %s", x->name, pqs ? "given but not planned"
 								  : "planned but not given");
-		if (pqs) {
-			uint16_t *q = malloc((size_t)x->in * 2);
-			if (!q)
-				return nomem(err);
-			memcpy(q, pqs, (size_t)x->in * 2);
-			free(x->pqs);
-			x->pqs = q;
-		}
-		uint16_t *c = malloc(numel * 2);
-		if (!c)
-			return nomem(err);
-		memcpy(c, w, numel * 2);
-		free(x->gw);
-		x->gw = c;
-		return CAL_OK;
+		if (pqs)
+			CAL_TRY_RET(keep_copy(&x->pqs, pqs, (uint64_t)x->in, err));
+		return keep_copy(&x->gw, w, numel, err);
 	}
 	return cal_error_set(err, CAL_ERR_INVALID, "export: plan module %zu is not an exported "
 			     "linear", mod);
@@ -73,13 +70,7 @@ enum cal_status cal_exporter_set_norm(struct cal_exporter *ex, int32_t layer, in
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: a fused (AWQ) norm "
 					     "needs a bf16 source of %llu elements", c->name,
 					     (unsigned long long)numel);
-		uint16_t *d = malloc(numel * 2);
-		if (!d)
-			return nomem(err);
-		memcpy(d, w, numel * 2);
-		free(c->data);
-		c->data = d;
-		return CAL_OK;
+		return keep_copy(&c->data, w, numel, err);
 	}
 	return cal_error_set(err, CAL_ERR_INVALID, "export: layer %d has no %s norm weight",
 			     (int)layer, post_attention ? "post-attention" : "input");

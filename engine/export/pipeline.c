@@ -317,6 +317,15 @@ static int takes_q(const struct cal_exporter *ex, const struct xlin *x, int32_t 
 	return x->layer == L && x->fmt != CAL_QFMT_NONE && cal_export_mine(ex, x);
 }
 
+/* The index of the first linear from i on that layer L quantizes, or
+ * ex->n_lin: the loops over a layer's quantized linears step with it. */
+static size_t next_q(const struct cal_exporter *ex, int32_t L, size_t i)
+{
+	while (i < ex->n_lin && !takes_q(ex, &ex->lin[i], L))
+		i++;
+	return i;
+}
+
 /* ---- back-end scratch ----------------------------------------------------------- */
 
 enum { D_W, D_OUT, D_AMAX, D_NF, D_SUMS, D_Y, D_BA, D_NF1, D_GW, D_COUNT };
@@ -485,10 +494,8 @@ static enum cal_status upload_layer(struct cal_exporter *ex, int32_t L, unsigned
 	while (i < ex->n_lin) {
 		size_t n = 0;
 		uint64_t base = 0, end = 0;
-		for (; i < ex->n_lin; i++) {
+		for (i = next_q(ex, L, i); i < ex->n_lin; i = next_q(ex, L, i + 1)) {
 			const struct xlin *x = &ex->lin[i];
-			if (!takes_q(ex, x, L))
-				continue;
 			uint64_t e = x->woff + (uint64_t)x->out * (uint64_t)x->in * 2;
 			if (n && e - base > p->stage_bytes)
 				break;
@@ -516,10 +523,8 @@ static size_t layout(struct cal_exporter *ex, int32_t L, uint64_t *w, uint64_t *
 {
 	size_t nq = 0;
 	*w = *o = *sums = 0;
-	for (size_t i = 0; i < ex->n_lin; i++) {
+	for (size_t i = next_q(ex, L, 0); i < ex->n_lin; i = next_q(ex, L, i + 1)) {
 		struct xlin *x = &ex->lin[i];
-		if (!takes_q(ex, x, L))
-			continue;
 		uint64_t q, s;
 		out_sizes(x, &q, &s);
 		x->qidx = nq++;
@@ -567,10 +572,8 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			hnf[k] = (struct cal_nonfinite){0, CAL_NONFINITE_NONE};
 		CAL_TRY_RET(cal_backend_upload(be, dNF, hnf, nq * sizeof(*hnf), err));
 		CAL_TRY_RET(cal_backend_memset(be, dA, 0, nq * 4, err));
-		for (size_t i = 0; i < ex->n_lin; i++) {
+		for (size_t i = next_q(ex, L, 0); i < ex->n_lin; i = next_q(ex, L, i + 1)) {
 			struct xlin *x = &ex->lin[i];
-			if (!takes_q(ex, x, L))
-				continue;
 			struct cal_amax_args a = {CAL_DTYPE_BF16, dW + x->woff,
 						  (uint64_t)x->out * (uint64_t)x->in, 0,
 						  dA + x->qidx, dNF + x->qidx};
@@ -578,10 +581,8 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		}
 		CAL_TRY_RET(cal_backend_download(be, ha, dA, nq * 4, err));
 		CAL_TRY_RET(cal_backend_download(be, hnf, dNF, nq * sizeof(*hnf), err));
-		for (size_t i = 0; i < ex->n_lin; i++) {
+		for (size_t i = next_q(ex, L, 0); i < ex->n_lin; i = next_q(ex, L, i + 1)) {
 			struct xlin *x = &ex->lin[i];
-			if (!takes_q(ex, x, L))
-				continue;
 			if (hnf[x->qidx].count)
 				return cal_error_set(err, CAL_ERR_NUMERIC, "%s.weight: element %llu is "
 						     "not finite", x->name,
@@ -600,10 +601,8 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 		}
 		cal_export_unify_groups(ex, L);
 		/* quantize, dequantize and the SQNR sums: all queued, one sync */
-		for (size_t i = 0; i < ex->n_lin; i++) {
+		for (size_t i = next_q(ex, L, 0); i < ex->n_lin; i = next_q(ex, L, i + 1)) {
 			struct xlin *x = &ex->lin[i];
-			if (!takes_q(ex, x, L))
-				continue;
 			uint64_t q, s;
 			out_sizes(x, &q, &s);
 			CAL_TRY_RET(quantize_one(ex, x, dW + x->woff, dO + x->ooff,

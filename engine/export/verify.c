@@ -596,23 +596,21 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 		}
 	}
 	/* tensors */
-	size_t nt = cal_checkpoint_count(ck), nk = 0, nv = 0;
+	/* the KV-cache scales: "<attn>.k_proj.k_scale", "<attn>.v_proj.v_scale"
+	 * (both suffixes 15 characters, the scale's name their last 7) */
+	static const char *const kv_suffix[2] = {".k_proj.k_scale", ".v_proj.v_scale"};
+	size_t nt = cal_checkpoint_count(ck), n_kv[2] = {0, 0};
 	for (size_t i = 0; i < nt; i++) {
 		const struct cal_st_tensor *t = cal_checkpoint_tensor(ck, i);
-		size_t l = strlen(t->name);
-		if (l > 15 && !strcmp(t->name + l - 15, ".k_proj.k_scale")) {
-			nk++;
+		size_t l = strlen(t->name), s;
+		for (s = 0; s < 2; s++)
+			if (l > 15 && !strcmp(t->name + l - 15, kv_suffix[s]))
+				break;
+		if (s < 2) {
+			n_kv[s]++;
 			char *mod = strndup(t->name, l - 8);
 			if (mod)
-				check_scalar(&v, mod, "k_scale", 1);
-			free(mod);
-			continue;
-		}
-		if (l > 15 && !strcmp(t->name + l - 15, ".v_proj.v_scale")) {
-			nv++;
-			char *mod = strndup(t->name, l - 8);
-			if (mod)
-				check_scalar(&v, mod, "v_scale", 1);
+				check_scalar(&v, mod, kv_suffix[s] + 8, 1);
 			free(mod);
 			continue;
 		}
@@ -711,11 +709,11 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 		}
 		free(mod);
 	}
-	if (kv && (nk != nv))
-		violation(&v, "KV cache: %zu k_scale but %zu v_scale tensors", nk, nv);
-	if (!kv && (nk || nv))
+	if (kv && (n_kv[0] != n_kv[1]))
+		violation(&v, "KV cache: %zu k_scale but %zu v_scale tensors", n_kv[0], n_kv[1]);
+	if (!kv && (n_kv[0] || n_kv[1]))
 		violation(&v, "KV cache: %zu k_scale / %zu v_scale tensors but kv_cache_quant_algo "
-			  "is null", nk, nv);
+			  "is null", n_kv[0], n_kv[1]);
 	rep = json_pack("{s:b, s:I, s:I, s:O, s:O}", "ok", json_array_size(v.viol) == 0,
 			"tensors", (json_int_t)nt, "quantized_modules", (json_int_t)n_quant,
 			"violations", v.viol, "weights", v.weights);

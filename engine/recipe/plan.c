@@ -65,19 +65,30 @@ static enum cal_status nomem(struct builder *b)
 	return cal_error_set(b->err, CAL_ERR_NOMEM, "plan: out of memory");
 }
 
+/* arr (n elements of sz bytes in *cap) with room for one more: doubled
+ * when full, `first` elements at first; NULL when out of memory (arr is
+ * then untouched). */
+static void *room_for_one(void *arr, size_t n, size_t *cap, size_t sz, size_t first)
+{
+	if (n < *cap)
+		return arr;
+	size_t nc = *cap ? *cap * 2 : first;
+	void *na = realloc(arr, nc * sz);
+	if (na)
+		*cap = nc;
+	return na;
+}
+
 static long add_module(struct builder *b, const char *name, enum cal_mod_kind kind,
 		       const char *proj, const char *parent, int32_t layer, int64_t in,
 		       int64_t out, int64_t count)
 {
 	struct cal_plan *p = b->p;
-	if (p->n_modules == b->cap_m) {
-		size_t nc = b->cap_m ? b->cap_m * 2 : 64;
-		struct cal_plan_module *nm = realloc(p->modules, nc * sizeof(*nm));
-		if (!nm)
-			return -1;
-		p->modules = nm;
-		b->cap_m = nc;
-	}
+	struct cal_plan_module *nm = room_for_one(p->modules, p->n_modules, &b->cap_m,
+						  sizeof(*nm), 64);
+	if (!nm)
+		return -1;
+	p->modules = nm;
 	struct cal_plan_module *m = &p->modules[p->n_modules];
 	memset(m, 0, sizeof(*m));
 	if (!(m->name = strdup(name)))
@@ -104,14 +115,10 @@ static long add_q(struct builder *b, long mod, enum cal_qrole role, int32_t expe
 		  const char *fmt, ...)
 {
 	struct cal_plan *p = b->p;
-	if (p->n_q == b->cap_q) {
-		size_t nc = b->cap_q ? b->cap_q * 2 : 256;
-		struct cal_plan_q *nq = realloc(p->q, nc * sizeof(*nq));
-		if (!nq)
-			return -1;
-		p->q = nq;
-		b->cap_q = nc;
-	}
+	struct cal_plan_q *nq = room_for_one(p->q, p->n_q, &b->cap_q, sizeof(*nq), 256);
+	if (!nq)
+		return -1;
+	p->q = nq;
 	struct cal_plan_q *q = &p->q[p->n_q];
 	memset(q, 0, sizeof(*q));
 	va_list ap;
@@ -635,10 +642,7 @@ static int elem_is(const struct cal_qattr *a, const struct cal_qfmt_info *f)
 }
 
 /* Attributes `a` name one axis, 0: per output channel (weights). */
-static int axis0(const struct cal_qattr *a)
-{
-	return a->n_axis == 1 && a->axis[0] == 0;
-}
+#define CAL_AXIS0(a) ((a)->n_axis == 1 && (a)->axis[0] == 0)
 
 /* The row of kernels/qfmt.def that attributes `a` (block bs along -1) of a
  * weight (`weight` 1) or another quantizer select, or NULL.  Per-row rows
@@ -651,7 +655,7 @@ static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t
 		if (!elem_is(a, f))
 			continue;
 		if (f->block_type == CAL_QBLOCK_ROW) {
-			if (!a->has_block && (weight ? axis0(a) : !a->n_axis))
+			if (!a->has_block && (weight ? CAL_AXIS0(a) : !a->n_axis))
 				return f;
 			continue;
 		}
@@ -751,7 +755,7 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	if (a->dynamic)
 		return unsupported(err, r, q, "dynamic per-tensor quantization (type: dynamic) is not "
 				   "implemented");
-	if (a->n_axis && !(q->role == CAL_QROLE_WEIGHT && axis0(a)))
+	if (a->n_axis && !(q->role == CAL_QROLE_WEIGHT && CAL_AXIS0(a)))
 		return unsupported(err, r, q, q->role == CAL_QROLE_WEIGHT
 				   ? "per-channel quantization is implemented along axis 0 only"
 				   : "per-channel quantization (axis) of activations is not "

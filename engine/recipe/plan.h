@@ -143,6 +143,10 @@ const struct cal_plan_q *cal_plan_find(const struct cal_plan *p, const char *nam
 const struct cal_qspec *cal_plan_weight_spec(const struct cal_plan *p, size_t m, int64_t e);
 const struct cal_qspec *cal_plan_input_spec(const struct cal_plan *p, size_t m);
 const struct cal_qspec *cal_plan_kv_spec(const struct cal_plan *p, int32_t layer, int v);
+/* The index of the first module from mi on that holds layer L's routed
+ * experts (gate_up or down) with weight quantizers, or p->n_modules: loops
+ * over a layer's expert weight quantizers step with it. */
+size_t cal_plan_next_experts(const struct cal_plan *p, int32_t L, size_t mi);
 
 /* Human summary (`calibd plan`): a heap string owned by the caller. */
 char *cal_plan_text(const struct cal_plan *p, const char *recipe_name);

@@ -532,6 +532,17 @@ const struct cal_qspec *cal_plan_input_spec(const struct cal_plan *p, size_t m)
 	return &p->q[p->modules[m].iq].spec;
 }
 
+size_t cal_plan_next_experts(const struct cal_plan *p, int32_t L, size_t mi)
+{
+	for (; mi < p->n_modules; mi++) {
+		const struct cal_plan_module *m = &p->modules[mi];
+		if (m->layer == L && m->wq >= 0 &&
+		    (m->kind == CAL_MOD_EXPERTS_GATE_UP || m->kind == CAL_MOD_EXPERTS_DOWN))
+			break;
+	}
+	return mi;
+}
+
 const struct cal_qspec *cal_plan_kv_spec(const struct cal_plan *p, int32_t layer, int v)
 {
 	for (size_t i = 0; i < p->n_modules; i++) {

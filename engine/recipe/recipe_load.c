@@ -1,8 +1,8 @@
 /*
- * recipe_load.c — loading a recipe by name or from text, validating the
- * resolved YAML tree into struct cal_recipe (docs/recipes.md), and
- * listing the recipe tree.  Finding files and resolving `imports:` /
- * `$import` is recipe_import.c's half (recipe_import.h).
+ * recipe_load.c — loading a recipe by name or from text and validating the
+ * resolved YAML tree into struct cal_recipe (docs/recipes.md).  Finding
+ * files and resolving `imports:` / `$import` is recipe_import.c's half
+ * (recipe_import.h); listing the recipe tree is recipe_list.c's.
  */
 #include "recipe.h"
 
@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +79,16 @@ static enum cal_status get_str(struct cal_error *err, const struct cal_ynode *v,
 	free(*ret);
 	*ret = strdup(v->str);
 	return *ret ? CAL_OK : cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+}
+
+/* A quantization type, "static" or "dynamic": *dynamic 0 or 1. */
+static enum cal_status get_dynamic(struct cal_error *err, const struct cal_ynode *v,
+				   const char *path, int *dynamic)
+{
+	if (v->kind != CAL_Y_STR || (strcmp(v->str, "static") && strcmp(v->str, "dynamic")))
+		return at_err(err, CAL_ERR_FORMAT, v, "%s: expected 'static' or 'dynamic'", path);
+	*dynamic = !strcmp(v->str, "dynamic");
+	return CAL_OK;
 }
 
 static int fp_allowed(int64_t e, int64_t m)
@@ -151,6 +162,64 @@ static char *subpath(const char *path, const char *key)
 	return cat3(path, ".", key);
 }
 
+/* The path of mapping key k under `path` into *p (its previous value
+ * freed); an error for a key that is not a string. */
+static enum cal_status key_path(struct cal_error *err, const struct cal_ynode *k,
+				const char *path, char **p)
+{
+	if (k->kind != CAL_Y_STR)
+		return unknown_key(err, k, path, NULL);
+	free(*p);
+	*p = subpath(path, k->str);
+	return *p ? CAL_OK : cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+}
+
+/* A key whose value goes into a field of the struct at hand as it stands:
+ * a bool (int), a string (char *) or a number (double).  method: the only
+ * algorithm that takes the key (CAL_CALIB_NONE: any; algorithm null has no
+ * keys); nullable: null leaves the field as it is; lo < hi: a number must
+ * lie in (lo, hi], or (lo, hi) when hi_open. */
+struct plain_key {
+	const char *key;
+	enum { PK_BOOL, PK_STR, PK_NUM } kind;
+	size_t off;
+	enum cal_calib_method method;
+	int nullable;
+	double lo, hi;
+	int hi_open, lo_closed;
+};
+
+/* The row of `key` for `method` in tab[n], or NULL. */
+static const struct plain_key *plain_find(const struct plain_key *tab, size_t n,
+					  const char *key, enum cal_calib_method method)
+{
+	for (size_t i = 0; i < n; i++)
+		if ((tab[i].method == CAL_CALIB_NONE || tab[i].method == method) &&
+		    !strcmp(tab[i].key, key))
+			return &tab[i];
+	return NULL;
+}
+
+/* Reads v (at path) into the field of *base that row k names. */
+static enum cal_status plain_get(struct cal_error *err, const struct plain_key *k,
+				 const struct cal_ynode *v, const char *path, void *base)
+{
+	char *field = (char *)base + k->off;
+	if (k->nullable && v->kind == CAL_Y_NULL)
+		return CAL_OK;
+	if (k->kind == PK_BOOL)
+		return get_bool(err, v, path, (int *)(void *)field);
+	if (k->kind == PK_STR)
+		return get_str(err, v, path, (char **)(void *)field);
+	double *d = (double *)(void *)field;
+	CAL_TRY_RET(get_num(err, v, path, d));
+	if (k->lo < k->hi && !((k->lo_closed ? *d >= k->lo : *d > k->lo) &&
+			       (k->hi_open ? *d < k->hi : *d <= k->hi)))
+		return at_err(err, CAL_ERR_FORMAT, v, "%s: must be in %c%g, %g%c", path,
+			      k->lo_closed ? '[' : '(', k->lo, k->hi, k->hi_open ? ')' : ']');
+	return CAL_OK;
+}
+
 static enum cal_status conv_block_sizes(struct cal_error *err, const struct cal_ynode *b,
 					const char *path, struct cal_qattr *a)
 {
@@ -189,15 +258,9 @@ static enum cal_status conv_block_sizes(struct cal_error *err, const struct cal_
 				    "type/scale_bits/scale_block_sizes/four_over_six", path);
 			goto fail;
 		}
-		p = subpath(path, k->str);
-		if (!p)
-			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+		CAL_TRY(key_path(err, k, path, &p));
 		if (!strcmp(k->str, "type")) {
-			if (v->kind != CAL_Y_STR || (strcmp(v->str, "static") && strcmp(v->str, "dynamic"))) {
-				st = at_err(err, CAL_ERR_FORMAT, v, "%s: expected 'static' or 'dynamic'", p);
-				goto fail;
-			}
-			a->block_dynamic = !strcmp(v->str, "dynamic");
+			CAL_TRY(get_dynamic(err, v, p, &a->block_dynamic));
 		} else if (!strcmp(k->str, "scale_bits")) {
 			a->has_scale_bits = 1;
 			CAL_TRY(get_bits(err, v, p, 1, &a->scale_num_bits, &a->scale_fp_e, &a->scale_fp_m));
@@ -230,6 +293,21 @@ static const char attr_keys[] =
 	"learn_amax, calibrator, bias, rotate, pass_through_bwd, trt_high_precision_dtype, "
 	"backend, backend_extra_args, use_constant_amax, constant_amax, effective_bits";
 
+#define QA(field) offsetof(struct cal_qattr, field)
+static const struct plain_key attr_plain[] = {
+	{.key = "enable", .kind = PK_BOOL, .off = QA(enable)},
+	{.key = "fake_quant", .kind = PK_BOOL, .off = QA(fake_quant)},
+	{.key = "unsigned", .kind = PK_BOOL, .off = QA(is_unsigned)},
+	{.key = "narrow_range", .kind = PK_BOOL, .off = QA(narrow_range)},
+	{.key = "learn_amax", .kind = PK_BOOL, .off = QA(learn_amax)},
+	{.key = "pass_through_bwd", .kind = PK_BOOL, .off = QA(pass_through_bwd)},
+	{.key = "use_constant_amax", .kind = PK_BOOL, .off = QA(use_constant_amax)},
+	{.key = "calibrator", .kind = PK_STR, .off = QA(calibrator)},
+	{.key = "trt_high_precision_dtype", .kind = PK_STR, .off = QA(trt_high_precision_dtype)},
+	{.key = "backend", .kind = PK_STR, .off = QA(backend), .nullable = 1},
+};
+#undef QA
+
 /* One QuantizerAttributeConfig mapping into *a (defaults first). */
 static enum cal_status conv_attr(struct cal_error *err, const struct cal_ynode *m,
 				 const char *path, struct cal_qattr *a)
@@ -241,18 +319,12 @@ static enum cal_status conv_attr(struct cal_error *err, const struct cal_ynode *
 		return want(err, m, path, "a mapping of quantizer attributes");
 	for (size_t i = 0; i < m->n; i++) {
 		const struct cal_ynode *k = m->items[2 * i], *v = m->items[2 * i + 1];
-		if (k->kind != CAL_Y_STR) {
-			st = unknown_key(err, k, path, attr_keys);
-			goto fail;
-		}
-		free(p);
-		if (!(p = subpath(path, k->str))) {
-			st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
-			goto fail;
-		}
+		CAL_TRY(key_path(err, k, path, &p));
 		const char *key = k->str;
-		if (!strcmp(key, "enable")) {
-			CAL_TRY(get_bool(err, v, p, &a->enable));
+		const struct plain_key *pk = plain_find(attr_plain, CAL_ARRAY_LEN(attr_plain), key,
+							CAL_CALIB_NONE);
+		if (pk) {
+			CAL_TRY(plain_get(err, pk, v, p, a));
 		} else if (!strcmp(key, "num_bits")) {
 			CAL_TRY(get_bits(err, v, p, 0, &a->num_bits, &a->fp_e, &a->fp_m));
 		} else if (!strcmp(key, "axis")) {
@@ -274,30 +346,7 @@ static enum cal_status conv_attr(struct cal_error *err, const struct cal_ynode *
 		} else if (!strcmp(key, "block_sizes")) {
 			CAL_TRY(conv_block_sizes(err, v, p, a));
 		} else if (!strcmp(key, "type")) {
-			if (v->kind != CAL_Y_STR || (strcmp(v->str, "static") && strcmp(v->str, "dynamic"))) {
-				st = at_err(err, CAL_ERR_FORMAT, v, "%s: expected 'static' or 'dynamic'", p);
-				goto fail;
-			}
-			a->dynamic = !strcmp(v->str, "dynamic");
-		} else if (!strcmp(key, "fake_quant")) {
-			CAL_TRY(get_bool(err, v, p, &a->fake_quant));
-		} else if (!strcmp(key, "unsigned")) {
-			CAL_TRY(get_bool(err, v, p, &a->is_unsigned));
-		} else if (!strcmp(key, "narrow_range")) {
-			CAL_TRY(get_bool(err, v, p, &a->narrow_range));
-		} else if (!strcmp(key, "learn_amax")) {
-			CAL_TRY(get_bool(err, v, p, &a->learn_amax));
-		} else if (!strcmp(key, "pass_through_bwd")) {
-			CAL_TRY(get_bool(err, v, p, &a->pass_through_bwd));
-		} else if (!strcmp(key, "use_constant_amax")) {
-			CAL_TRY(get_bool(err, v, p, &a->use_constant_amax));
-		} else if (!strcmp(key, "calibrator")) {
-			CAL_TRY(get_str(err, v, p, &a->calibrator));
-		} else if (!strcmp(key, "trt_high_precision_dtype")) {
-			CAL_TRY(get_str(err, v, p, &a->trt_high_precision_dtype));
-		} else if (!strcmp(key, "backend")) {
-			if (v->kind != CAL_Y_NULL)
-				CAL_TRY(get_str(err, v, p, &a->backend));
+			CAL_TRY(get_dynamic(err, v, p, &a->dynamic));
 		} else if (!strcmp(key, "backend_extra_args")) {
 			if (v->kind != CAL_Y_NULL && v->kind != CAL_Y_MAP) {
 				st = want(err, v, p, "a mapping or null");
@@ -374,13 +423,7 @@ static enum cal_status conv_entry(struct cal_error *err, const struct cal_ynode 
 		return want(err, m, path, "a mapping (quantizer_name, cfg, enable)");
 	for (size_t i = 0; i < m->n; i++) {
 		const struct cal_ynode *k = m->items[2 * i], *v = m->items[2 * i + 1];
-		if (k->kind != CAL_Y_STR) {
-			st = unknown_key(err, k, path, entry_keys);
-			goto fail;
-		}
-		free(p);
-		if (!(p = subpath(path, k->str)))
-			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+		CAL_TRY(key_path(err, k, path, &p));
 		if (!strcmp(k->str, "quantizer_name")) {
 			name = v;
 			CAL_TRY(get_str(err, v, p, &e->quantizer_name));
@@ -483,21 +526,14 @@ fail:
 
 static void algo_defaults(struct cal_algorithm *a)
 {
-	memset(a, 0, sizeof(*a));
-	a->method = CAL_CALIB_MAX;
-	a->distributed_sync = 1;
-	a->layerwise_save_every = 1;
-	a->layerwise_calib_mutates_weights = 1;
-	a->step_size = 0.1;
-	a->start_multiplier = 0.25;
-	a->stop_multiplier = 4.0;
-	a->perc_damp = 0.01;
-	a->gptq_block_size = 128;
-	a->alpha_step = 0.1;
-	a->sq_alpha = 1.0;
-	a->hr_anchor_percentile = 1.0;
-	a->hr_upper_percentile = 99.99;
-	a->hr_rho = 16384.0;
+	static const struct cal_algorithm defaults = {
+		.method = CAL_CALIB_MAX, .distributed_sync = 1, .layerwise_save_every = 1,
+		.layerwise_calib_mutates_weights = 1, .step_size = 0.1, .start_multiplier = 0.25,
+		.stop_multiplier = 4.0, .perc_damp = 0.01, .gptq_block_size = 128,
+		.alpha_step = 0.1, .sq_alpha = 1.0, .hr_anchor_percentile = 1.0,
+		.hr_upper_percentile = 99.99, .hr_rho = 16384.0,
+	};
+	*a = defaults;
 }
 
 static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm *a,
@@ -507,24 +543,58 @@ static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm
 	a->name = strdup(name);
 	if (!a->name)
 		return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
-	if (!strcmp(name, "max"))
-		a->method = CAL_CALIB_MAX;
-	else if (!strcmp(name, "mse"))
-		a->method = CAL_CALIB_MSE;
-	else if (!strcmp(name, "none"))
-		a->method = CAL_CALIB_NONE;
-	else if (!strcmp(name, "gptq"))
-		a->method = CAL_CALIB_GPTQ;
-	else if (!strcmp(name, "awq_lite"))
-		a->method = CAL_CALIB_AWQ_LITE;
-	else if (!strcmp(name, "nvfp4_act_headroom"))
-		a->method = CAL_CALIB_HEADROOM;
-	else if (!strcmp(name, "smoothquant"))
-		a->method = CAL_CALIB_SMOOTHQUANT;
-	else
-		a->method = CAL_CALIB_OTHER;
+	static const struct {
+		const char *name;
+		enum cal_calib_method method;
+	} methods[] = {
+		{"max", CAL_CALIB_MAX}, {"mse", CAL_CALIB_MSE}, {"none", CAL_CALIB_NONE},
+		{"gptq", CAL_CALIB_GPTQ}, {"awq_lite", CAL_CALIB_AWQ_LITE},
+		{"nvfp4_act_headroom", CAL_CALIB_HEADROOM}, {"smoothquant", CAL_CALIB_SMOOTHQUANT},
+	};
+	a->method = CAL_CALIB_OTHER;
+	for (size_t i = 0; i < CAL_ARRAY_LEN(methods); i++)
+		if (!strcmp(name, methods[i].name))
+			a->method = methods[i].method;
 	return CAL_OK;
 }
+
+#define AL(field) offsetof(struct cal_algorithm, field)
+static const struct plain_key layerwise_plain[] = {
+	{.key = "enable", .kind = PK_BOOL, .off = AL(layerwise)},
+	{.key = "calib_mutates_weights", .kind = PK_BOOL,
+	 .off = AL(layerwise_calib_mutates_weights)},
+	{.key = "checkpoint_dir", .kind = PK_STR, .off = AL(layerwise_checkpoint_dir),
+	 .nullable = 1},
+};
+
+/* The algorithm's keys read as they stand (conv_algorithm has the others). */
+static const struct plain_key algo_plain[] = {
+	{.key = "distributed_sync", .kind = PK_BOOL, .off = AL(distributed_sync)},
+	{.key = "sync_expert_weight_amax", .kind = PK_BOOL, .off = AL(sync_expert_weight_amax)},
+	{.key = "skip_forward_without_activation_calib", .kind = PK_BOOL,
+	 .off = AL(skip_forward_without_activation_calib)},
+	{.key = "anchor_percentile", .kind = PK_NUM, .off = AL(hr_anchor_percentile),
+	 .method = CAL_CALIB_HEADROOM, .lo = 0, .hi = 100},
+	{.key = "upper_percentile", .kind = PK_NUM, .off = AL(hr_upper_percentile),
+	 .method = CAL_CALIB_HEADROOM, .lo = 0, .hi = 100},
+	{.key = "rho", .kind = PK_NUM, .off = AL(hr_rho), .method = CAL_CALIB_HEADROOM, .lo = 0,
+	 .hi = 28672, .hi_open = 1},
+	{.key = "step_size", .kind = PK_NUM, .off = AL(step_size), .method = CAL_CALIB_MSE},
+	{.key = "start_multiplier", .kind = PK_NUM, .off = AL(start_multiplier),
+	 .method = CAL_CALIB_MSE},
+	{.key = "stop_multiplier", .kind = PK_NUM, .off = AL(stop_multiplier),
+	 .method = CAL_CALIB_MSE},
+	{.key = "fp8_scale_sweep", .kind = PK_BOOL, .off = AL(fp8_scale_sweep),
+	 .method = CAL_CALIB_MSE},
+	{.key = "perc_damp", .kind = PK_NUM, .off = AL(perc_damp), .method = CAL_CALIB_GPTQ,
+	 .nullable = 1, .lo = 0, .hi = 1},
+	{.key = "fused", .kind = PK_BOOL, .off = AL(gptq_fused), .method = CAL_CALIB_GPTQ},
+	{.key = "alpha_step", .kind = PK_NUM, .off = AL(alpha_step), .method = CAL_CALIB_AWQ_LITE,
+	 .nullable = 1, .lo = 0, .hi = 1},
+	{.key = "alpha", .kind = PK_NUM, .off = AL(sq_alpha), .method = CAL_CALIB_SMOOTHQUANT,
+	 .nullable = 1, .lo = 0, .hi = 1, .lo_closed = 1},
+};
+#undef AL
 
 static enum cal_status conv_layerwise(struct cal_error *err, const struct cal_ynode *v,
 				      const char *path, struct cal_algorithm *a)
@@ -541,23 +611,15 @@ static enum cal_status conv_layerwise(struct cal_error *err, const struct cal_yn
 		return want(err, v, path, "a mapping (enable, ...)");
 	for (size_t i = 0; i < v->n; i++) {
 		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
-		if (k->kind != CAL_Y_STR) {
-			st = unknown_key(err, k, path, "enable");
-			goto fail;
-		}
-		free(p);
-		if (!(p = subpath(path, k->str)))
-			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
-		if (!strcmp(k->str, "enable")) {
-			CAL_TRY(get_bool(err, x, p, &a->layerwise));
+		CAL_TRY(key_path(err, k, path, &p));
+		const struct plain_key *pk = plain_find(layerwise_plain,
+							CAL_ARRAY_LEN(layerwise_plain), k->str,
+							CAL_CALIB_NONE);
+		if (pk) {
+			CAL_TRY(plain_get(err, pk, x, p, a));
 		} else if (!strcmp(k->str, "get_qdq_activations_from_prev_layer")) {
 			CAL_TRY(get_bool(err, x, p, &a->layerwise_qdq_from_prev));
 			a->has_layerwise_qdq_from_prev = 1;
-		} else if (!strcmp(k->str, "calib_mutates_weights")) {
-			CAL_TRY(get_bool(err, x, p, &a->layerwise_calib_mutates_weights));
-		} else if (!strcmp(k->str, "checkpoint_dir")) {
-			if (x->kind != CAL_Y_NULL)
-				CAL_TRY(get_str(err, x, p, &a->layerwise_checkpoint_dir));
 		} else if (!strcmp(k->str, "save_every")) {
 			if (x->kind != CAL_Y_INT || x->i < 1) {
 				st = want(err, x, p, "a positive integer");
@@ -606,24 +668,14 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 	int sq = a->method == CAL_CALIB_SMOOTHQUANT;
 	for (size_t i = 0; i < v->n; i++) {
 		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
-		if (k->kind != CAL_Y_STR) {
-			st = unknown_key(err, k, path, "method");
-			goto fail;
-		}
-		free(p);
-		if (!(p = subpath(path, k->str)))
-			return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
+		CAL_TRY(key_path(err, k, path, &p));
 		const char *key = k->str;
 		double d = 0;
-		if (!strcmp(key, "method")) {
-			continue;
-		} else if (!strcmp(key, "distributed_sync")) {
-			CAL_TRY(get_bool(err, x, p, &a->distributed_sync));
-		} else if (!strcmp(key, "sync_expert_weight_amax")) {
-			CAL_TRY(get_bool(err, x, p, &a->sync_expert_weight_amax));
-		} else if (!strcmp(key, "skip_forward_without_activation_calib")) {
-			CAL_TRY(get_bool(err, x, p, &a->skip_forward_without_activation_calib));
-		} else if (!strcmp(key, "shared_states")) {
+		const struct plain_key *pk = plain_find(algo_plain, CAL_ARRAY_LEN(algo_plain), key,
+							a->method);
+		if (pk) {
+			CAL_TRY(plain_get(err, pk, x, p, a));
+		} else if (!strcmp(key, "method") || !strcmp(key, "shared_states")) {
 			continue;
 		} else if (!strcmp(key, "moe_calib_experts_ratio")) {
 			if (x->kind == CAL_Y_NULL)
@@ -637,24 +689,6 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 			a->moe_calib_experts_ratio = d;
 		} else if (!strcmp(key, "layerwise")) {
 			CAL_TRY(conv_layerwise(err, x, p, a));
-		} else if (hr && !strcmp(key, "anchor_percentile")) {
-			CAL_TRY(get_num(err, x, p, &a->hr_anchor_percentile));
-			if (!(a->hr_anchor_percentile > 0 && a->hr_anchor_percentile <= 100)) {
-				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 100]", p);
-				goto fail;
-			}
-		} else if (hr && !strcmp(key, "upper_percentile")) {
-			CAL_TRY(get_num(err, x, p, &a->hr_upper_percentile));
-			if (!(a->hr_upper_percentile > 0 && a->hr_upper_percentile <= 100)) {
-				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 100]", p);
-				goto fail;
-			}
-		} else if (hr && !strcmp(key, "rho")) {
-			CAL_TRY(get_num(err, x, p, &a->hr_rho));
-			if (!(a->hr_rho > 0 && a->hr_rho < 28672)) {
-				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 28672)", p);
-				goto fail;
-			}
 		} else if (hr && !strcmp(key, "weight_scale_algorithm")) {
 			/* calibd runs max weight scales only under this algorithm */
 			const struct cal_ynode *wm = x->kind == CAL_Y_MAP ? cal_ymap_get(x, "method")
@@ -667,22 +701,6 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 					    "implemented", p);
 				goto fail;
 			}
-		} else if (mse && !strcmp(key, "step_size")) {
-			CAL_TRY(get_num(err, x, p, &a->step_size));
-		} else if (mse && !strcmp(key, "start_multiplier")) {
-			CAL_TRY(get_num(err, x, p, &a->start_multiplier));
-		} else if (mse && !strcmp(key, "stop_multiplier")) {
-			CAL_TRY(get_num(err, x, p, &a->stop_multiplier));
-		} else if (mse && !strcmp(key, "fp8_scale_sweep")) {
-			CAL_TRY(get_bool(err, x, p, &a->fp8_scale_sweep));
-		} else if (gptq && !strcmp(key, "perc_damp")) {
-			if (x->kind == CAL_Y_NULL)
-				continue;
-			CAL_TRY(get_num(err, x, p, &a->perc_damp));
-			if (!(a->perc_damp > 0 && a->perc_damp <= 1)) {
-				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 1]", p);
-				goto fail;
-			}
 		} else if (gptq && !strcmp(key, "block_size")) {
 			if (x->kind == CAL_Y_NULL)
 				continue;
@@ -691,24 +709,6 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 				goto fail;
 			}
 			a->gptq_block_size = x->i;
-		} else if (gptq && !strcmp(key, "fused")) {
-			CAL_TRY(get_bool(err, x, p, &a->gptq_fused));
-		} else if (awq && !strcmp(key, "alpha_step")) {
-			if (x->kind == CAL_Y_NULL)
-				continue;
-			CAL_TRY(get_num(err, x, p, &a->alpha_step));
-			if (!(a->alpha_step > 0 && a->alpha_step <= 1)) {
-				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in (0, 1]", p);
-				goto fail;
-			}
-		} else if (sq && !strcmp(key, "alpha")) {
-			if (x->kind == CAL_Y_NULL)
-				continue;
-			CAL_TRY(get_num(err, x, p, &a->sq_alpha));
-			if (!(a->sq_alpha >= 0 && a->sq_alpha <= 1)) {
-				st = at_err(err, CAL_ERR_FORMAT, x, "%s: must be in [0, 1]", p);
-				goto fail;
-			}
 		} else {
 			/* the keys every method takes, then the method's own */
 #define ALGO_KEYS "method, distributed_sync, sync_expert_weight_amax, " \
@@ -1088,123 +1088,4 @@ fail:
 	files_free(L.files);
 	free(L.builtin_real);
 	return st;
-}
-
-/* ---- listing ------------------------------------------------------------ */
-
-struct listing {
-	struct cal_recipe_info *v;
-	size_t n, cap;
-};
-
-static int info_cmp(const void *a, const void *b)
-{
-	return strcmp(((const struct cal_recipe_info *)a)->name,
-		      ((const struct cal_recipe_info *)b)->name);
-}
-
-static enum cal_status walk(const char *root, const char *rel, struct listing *out, int depth,
-			    struct cal_error *err)
-{
-	if (depth > 8)
-		return CAL_OK;
-	char *dir = rel[0] ? cat3(root, "/", rel) : strdup(root);
-	if (!dir)
-		return cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
-	DIR *d = opendir(dir);
-	if (!d) {
-		free(dir);
-		return CAL_OK;
-	}
-	enum cal_status st = CAL_OK;
-	struct dirent *de;
-	while ((de = readdir(d)) && st >= 0) {
-		if (de->d_name[0] == '.')
-			continue;
-		char *r = rel[0] ? cat3(rel, "/", de->d_name) : strdup(de->d_name);
-		char *full = r ? cat3(root, "/", r) : NULL;
-		if (!r || !full) {
-			free(r);
-			free(full);
-			st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
-			break;
-		}
-		if (is_dir(full)) {
-			st = walk(root, r, out, depth + 1, err);
-		} else if (has_yaml_suffix(de->d_name)) {
-			struct cal_recipe_opts o = {.builtin_dir = root, .no_filesystem = 1};
-			struct cal_recipe *rec = NULL;
-			struct cal_error e2 = {0};
-			char *name = strndup(r, strlen(r) - (r[strlen(r) - 4] == '.' ? 4 : 5));
-			enum cal_status ls = name ? cal_recipe_load(name, &o, &rec, &e2) : CAL_ERR_NOMEM;
-			if (out->n == out->cap) {
-				size_t nc = out->cap ? out->cap * 2 : 32;
-				struct cal_recipe_info *nv = realloc(out->v, nc * sizeof(*nv));
-				if (!nv) {
-					free(name);
-					cal_recipe_free(rec);
-					cal_error_clear(&e2);
-					free(r);
-					free(full);
-					st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
-					break;
-				}
-				out->v = nv;
-				out->cap = nc;
-			}
-			char *desc = NULL;
-			if (ls >= 0)
-				desc = strdup(rec->description);
-			else if (asprintf(&desc, "(error: %s)", cal_error_msg(&e2)) < 0)
-				desc = NULL;
-			if (name && desc) {
-				out->v[out->n].name = name;
-				out->v[out->n].description = desc;
-				out->n++;
-			} else {
-				free(name);
-				free(desc);
-				st = cal_error_set(err, CAL_ERR_NOMEM, "recipe: out of memory");
-			}
-			cal_recipe_free(rec);
-			cal_error_clear(&e2);
-		}
-		free(r);
-		free(full);
-	}
-	closedir(d);
-	free(dir);
-	return st;
-}
-
-enum cal_status cal_recipe_list(const char *dir, struct cal_recipe_info **ret, size_t *n,
-				struct cal_error *err)
-{
-	struct listing out = {0};
-	static const char *const tops[] = {"general", "huggingface", "models"};
-	*ret = NULL;
-	*n = 0;
-	if (!is_dir(dir))
-		return cal_error_set(err, CAL_ERR_NOTFOUND, "%s: recipe directory not found", dir);
-	for (size_t i = 0; i < CAL_ARRAY_LEN(tops); i++) {
-		enum cal_status st = walk(dir, tops[i], &out, 0, err);
-		if (st < 0) {
-			cal_recipe_list_free(out.v, out.n);
-			return st;
-		}
-	}
-	if (out.n)
-		qsort(out.v, out.n, sizeof(*out.v), info_cmp);
-	*ret = out.v;
-	*n = out.n;
-	return CAL_OK;
-}
-
-void cal_recipe_list_free(struct cal_recipe_info *list, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		free(list[i].name);
-		free(list[i].description);
-	}
-	free(list);
 }

@@ -106,6 +106,19 @@ void expect_state(const char *id, const char *state, const char *why)
 	json_decref(j);
 }
 
+void submit(const char *name, const char *out, const char *key, char id[32])
+{
+	cr_assert(hd_submit(&H, name, out, key), "submitting %s", name);
+	snprintf(id, 32, "%s", H.last_id);
+}
+
+void await_state(const char *id, const char *state, double timeout_s, const char *why)
+{
+	json_t *j = hd_wait(&H, id, state, timeout_s);
+	cr_assert(j, "%s", why ? why : "job did not reach the state in time");
+	json_decref(j);
+}
+
 static void expect_no_temp(const char *name, const char *why)
 {
 	char prefix[128];
@@ -208,7 +221,7 @@ Test(api, validation_errors)
 		{"wrong content type", "POST", "/v1/jobs", "Content-Type: text/plain\r\n", "{}", 415,
 		 "unsupported_media_type"},
 		{"unknown field", "POST", "/v1/jobs", JSON, "{\"modle\":1}", 400, "unknown_field"},
-		{"missing recipe", "POST", "/v1/jobs", JSON, "{\"model\":\"{root}/models/m\"}", 400, "missing_field"},
+		{"missing recipe", "POST", "/v1/jobs", JSON, "{" J_MODEL "}", 400, "missing_field"},
 		{"bad recipe name", "POST", "/v1/jobs", JSON, "{\"recipe\":\"../x\"}", 400, "invalid_field"},
 		{"empty inline recipe", "POST", "/v1/jobs", JSON, "{\"recipe\":{\"yaml\":\"\"}}", 400, "invalid_field"},
 		{"bad priority", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"priority\":1000}", 400, "invalid_field"},
@@ -235,65 +248,55 @@ Test(api, validation_errors)
 		 "path_not_found"},
 		{"model without config.json", "POST", "/v1/jobs", JSON,
 		 "{\"recipe\":\"r\",\"model\":\"{root}/models/nocfg\"}", 422, "not_a_model"},
-		{"no calibration", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\",\"model\":\"{root}/models/m\"}", 400,
+		{"no calibration", "POST", "/v1/jobs", JSON, "{\"recipe\":\"r\"," J_MODEL "}", 400,
 		 "missing_field"},
 		{"dataset outside roots", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"datasets\":[\"/etc/passwd\"]}}", 403,
+		 "{\"recipe\":\"r\"," J_MODEL ",\"calibration\":{\"datasets\":[\"/etc/passwd\"]}}", 403,
 		 "path_outside_roots"},
 		{"both datasets and tokens", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"datasets\":[\"{root}/data/d.jsonl\"],"
+		 "{\"recipe\":\"r\"," J_MODEL ",\"calibration\":{\"datasets\":[\"{root}/data/d.jsonl\"],"
 		 "\"tokens\":\"{root}/data/d.jsonl\"}}", 400, "invalid_field"},
 		{"samples out of range", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\","
+		 "{\"recipe\":\"r\"," J_MODEL ",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\","
 		 "\"samples\":0}}", 400, "invalid_field"},
 		{"output exists", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
-		 "\"output\":\"{root}/out/exists\"}", 409, "output_exists"},
+		 "{\"recipe\":\"r\"," J_MODEL "," J_TOKENS "," J_OUT("exists") "}", 409, "output_exists"},
 		{"output outside roots", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
-		 "\"output\":\"/tmp/elsewhere\"}", 403, "path_outside_roots"},
+		 "{\"recipe\":\"r\"," J_MODEL "," J_TOKENS ",\"output\":\"/tmp/elsewhere\"}", 403,
+		 "path_outside_roots"},
 		{"output dot-dot", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
-		 "\"output\":\"{root}/out/..\"}", 400, "invalid_field"},
+		 "{\"recipe\":\"r\"," J_MODEL "," J_TOKENS "," J_OUT("..") "}", 400, "invalid_field"},
 		{"unknown recipe", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"general/ptq/nope\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "unknown_recipe"},
+		 "{\"recipe\":\"general/ptq/nope\"," J_INPUTS("x") "}", 422, "unknown_recipe"},
 		{"recipe name escaping the tree", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"general/../../etc/x\",\"model\":\"{root}/models/m\"}", 400, "invalid_field"},
+		 "{\"recipe\":\"general/../../etc/x\"," J_MODEL "}", 400, "invalid_field"},
 		{"recipe and recipe_yaml", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"r\",\"recipe_yaml\":\"a: 1\",\"model\":\"{root}/models/m\"}", 400, "invalid_field"},
+		 "{\"recipe\":\"r\",\"recipe_yaml\":\"a: 1\"," J_MODEL "}", 400, "invalid_field"},
 		{"inline recipe not YAML", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":{\"yaml\":\"quantize: [\"},\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "invalid_recipe"},
+		 "{\"recipe\":{\"yaml\":\"quantize: [\"}," J_INPUTS("x") "}", 422, "invalid_recipe"},
 		{"inline recipe schema error", "POST", "/v1/jobs", JSON,
-		 "{\"recipe_yaml\":\"quant_cfg: []\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "invalid_recipe"},
+		 "{\"recipe_yaml\":\"quant_cfg: []\"," J_INPUTS("x") "}", 422, "invalid_recipe"},
 		{"inline import outside the tree", "POST", "/v1/jobs", JSON,
-		 "{\"recipe_yaml\":\"imports:\\n  x: /etc/passwd\\n" INLINE_BODY "\",\"model\":\"{root}/models/m\","
-		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422,
-		 "invalid_recipe"},
+		 "{\"recipe_yaml\":\"imports:\\n  x: /etc/passwd\\n" INLINE_BODY "\"," J_INPUTS("x") "}",
+		 422, "invalid_recipe"},
 		{"inline import climbing out", "POST", "/v1/jobs", JSON,
-		 "{\"recipe_yaml\":\"imports: {x: ../../../etc/passwd}\\n" INLINE_BODY "\",\"model\":\"{root}/models/m\","
-		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422,
-		 "invalid_recipe"},
+		 "{\"recipe_yaml\":\"imports: {x: ../../../etc/passwd}\\n" INLINE_BODY "\","
+		 J_INPUTS("x") "}", 422, "invalid_recipe"},
 		{"recipe not applicable (MXFP8 block 32 vs expert dim 48)", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"general/ptq/mxfp8\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "invalid_recipe"},
+		 "{\"recipe\":\"general/ptq/mxfp8\"," J_INPUTS("x") "}", 422, "invalid_recipe"},
 		{"unsupported architecture", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/unsupported\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/x\"}", 422, "unsupported_model"},
+		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/unsupported\"," J_TOKENS ","
+		 J_OUT("x") "}", 422, "unsupported_model"},
 		/* still running when "same output while active" comes (a fake-ok
 		 * job could finish and publish first: output_exists) */
 		{"valid (inline recipe)", "POST", "/v1/jobs", JSON,
-		 "{\"name\":\"fake-slow\",\"recipe\":{\"yaml\":\"" INLINE_BODY "\"},\"model\":\"{root}/models/m\","
-		 "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/new\"}", 202, NULL},
+		 "{\"name\":\"fake-slow\",\"recipe\":{\"yaml\":\"" INLINE_BODY "\"}," J_INPUTS("new") "}",
+		 202, NULL},
 		{"valid (recipe_yaml with an import in the tree)", "POST", "/v1/jobs", JSON,
-		 "{\"name\":\"fake-ok\",\"recipe_yaml\":\"imports: {nvfp4: configs/numerics/nvfp4}\\n" INLINE_BODY
-		 "\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"},"
-		 "\"output\":\"{root}/out/new2\"}", 202, NULL},
+		 "{\"name\":\"fake-ok\",\"recipe_yaml\":\"imports: {nvfp4: configs/numerics/nvfp4}\\n"
+		 INLINE_BODY "\"," J_INPUTS("new2") "}", 202, NULL},
 		{"same output while active", "POST", "/v1/jobs", JSON,
-		 "{\"recipe\":\"" HD_RECIPE "\",\"model\":\"{root}/models/m\",\"calibration\":{\"tokens\":"
-		 "\"{root}/data/d.jsonl\"},\"output\":\"{root}/out/new\"}", 409, "output_in_use"},
+		 "{\"recipe\":\"" HD_RECIPE "\"," J_INPUTS("new") "}", 409, "output_in_use"},
 	};
 	hd_steps(&H, steps, N(steps));
 	/* 413 from Content-Length alone, before any body is read */
@@ -321,8 +324,7 @@ Test(api, idempotency)
 {
 	cr_assert_eq(hd_start(&H, NULL), 0);
 	char id[32];
-	cr_assert(hd_submit(&H, "fake-ok", "idem", "key-1"));
-	snprintf(id, sizeof(id), "%s", H.last_id);
+	submit("fake-ok", "idem", "key-1", id);
 	cr_assert(hd_submit(&H, "fake-ok", "idem", "key-1"), "replay accepted");
 	cr_expect_str_eq(H.last_id, id, "replay returns the same job");
 	char *other = hd_spec(&H, "fake-ok", "idem-other");
@@ -333,9 +335,7 @@ Test(api, idempotency)
 	};
 	hd_steps(&H, steps, N(steps));
 	free(other);
-	json_t *j = hd_wait(&H, id, "succeeded", 10);
-	cr_assert(j);
-	json_decref(j);
+	await_state(id, "succeeded", 10, NULL);
 	/* after success the output exists, yet a replay still answers the job */
 	cr_assert(hd_submit(&H, "fake-ok", "idem", "key-1"));
 	cr_expect_str_eq(H.last_id, id);
@@ -361,9 +361,9 @@ Test(api, auth)
 		{"read without token", "GET", "/v1/jobs", NULL, NULL, 200, NULL},
 		{"recipes without token", "GET", "/v1/recipes", NULL, NULL, 200, NULL},
 		{"plan (work) without token", "POST", "/v1/plan", JSON,
-		 "{\"model\":\"{root}/models/m\",\"recipe\":\"" HD_RECIPE "\"}", 401, "unauthorized"},
+		 "{" J_MODEL ",\"recipe\":\"" HD_RECIPE "\"}", 401, "unauthorized"},
 		{"plan with token", "POST", "/v1/plan", JSON "Authorization: Bearer " HD_TOKEN "\r\n",
-		 "{\"model\":\"{root}/models/m\",\"recipe\":\"" HD_RECIPE "\"}", 200, NULL},
+		 "{" J_MODEL ",\"recipe\":\"" HD_RECIPE "\"}", 200, NULL},
 		{"right token", "POST", "/v1/jobs", JSON "Authorization: Bearer " HD_TOKEN "\r\n", ok, 202, NULL},
 	};
 	hd_steps(&H, steps, N(steps));
@@ -439,13 +439,9 @@ Test(api, cancel_running_and_queued)
 	const char *const extra[] = {"--max-jobs", "1", NULL};
 	cr_assert_eq(hd_start(&H, extra), 0);
 	char run[32], queued[32];
-	cr_assert(hd_submit(&H, "fake-slow-200", "c1", NULL));
-	snprintf(run, sizeof(run), "%s", H.last_id);
-	cr_assert(hd_submit(&H, "fake-ok", "c2", NULL));
-	snprintf(queued, sizeof(queued), "%s", H.last_id);
-	json_t *j = hd_wait(&H, run, "running", 5);
-	cr_assert(j);
-	json_decref(j);
+	submit("fake-slow-200", "c1", NULL, run);
+	submit("fake-ok", "c2", NULL, queued);
+	await_state(run, "running", 5, NULL);
 	expect_state(queued, "queued", "max_concurrent_jobs 1");
 	char path[96];
 	struct cal_client_resp r;
@@ -456,9 +452,7 @@ Test(api, cancel_running_and_queued)
 	int st = hd_req(&H, "DELETE", path, NULL, NULL, &r);
 	cr_expect_eq(st, 202, "a running job is asked to stop: %d %s", st, st > 0 ? r.body : "");
 	cal_client_resp_free(&r);
-	j = hd_wait(&H, run, "cancelled", 5);
-	cr_assert(j, "the running job ends cancelled");
-	json_decref(j);
+	await_state(run, "cancelled", 5, "the running job ends cancelled");
 	expect_state(queued, "cancelled", "the queued job stays cancelled");
 }
 
@@ -468,14 +462,10 @@ Test(api, worker_failures)
 	const char *const extra[] = {"--progress-timeout", "1", "--kill-grace", "0.5", "--max-jobs", "4", NULL};
 	cr_assert_eq(hd_start(&H, extra), 0);
 	char fail[32], crash[32], hang[32], stubborn[32], killed[32];
-	cr_assert(hd_submit(&H, "fake-fail", "f1", NULL));
-	snprintf(fail, sizeof(fail), "%s", H.last_id);
-	cr_assert(hd_submit(&H, "fake-crash", "f2", NULL));
-	snprintf(crash, sizeof(crash), "%s", H.last_id);
-	cr_assert(hd_submit(&H, "fake-hang", "f3", NULL));
-	snprintf(hang, sizeof(hang), "%s", H.last_id);
-	cr_assert(hd_submit(&H, "fake-ignore-term", "f4", NULL));
-	snprintf(stubborn, sizeof(stubborn), "%s", H.last_id);
+	submit("fake-fail", "f1", NULL, fail);
+	submit("fake-crash", "f2", NULL, crash);
+	submit("fake-hang", "f3", NULL, hang);
+	submit("fake-ignore-term", "f4", NULL, stubborn);
 	json_t *j = hd_wait(&H, fail, "failed", 5);
 	cr_assert(j);
 	cr_expect_str_eq(err_code(j), "format", "the worker's own error code");
@@ -497,8 +487,7 @@ Test(api, worker_failures)
 	json_decref(j);
 	expect_no_temp("f4", "progress timeout past the kill grace (SIGKILL)");
 	/* kill -9 of a worker */
-	cr_assert(hd_submit(&H, "fake-slow-200", "f5", NULL));
-	snprintf(killed, sizeof(killed), "%s", H.last_id);
+	submit("fake-slow-200", "f5", NULL, killed);
 	j = hd_wait(&H, killed, "running", 5);
 	cr_assert(j);
 	pid_t wpid = 0;
@@ -525,9 +514,7 @@ Test(api, drain_past_kill_grace_leaves_no_temp)
 {
 	cr_assert_eq(hd_start(&H, NULL), 0);
 	cr_assert(hd_submit(&H, "fake-ignore-term", "d1", NULL));
-	json_t *j = hd_wait(&H, H.last_id, "running", 5);
-	cr_assert(j);
-	json_decref(j);
+	await_state(H.last_id, "running", 5, NULL);
 	char prefix[64];
 	snprintf(prefix, sizeof(prefix), ".d1.tmp-%s-", H.last_id);
 	for (int i = 0; i < 40 && !leftovers(H.out, prefix, NULL); i++)
@@ -544,9 +531,7 @@ Test(api, restart_removes_own_temps_only)
 	cr_assert(hd_submit(&H, "fake-hang", "t1", NULL));
 	char id[32];
 	snprintf(id, sizeof(id), "%s", H.last_id);
-	json_t *j = hd_wait(&H, id, "running", 5);
-	cr_assert(j);
-	json_decref(j);
+	await_state(id, "running", 5, NULL);
 	cr_assert(worker_pid(id) > 0);
 	/* others' temporary directories: another name, and this name without our job id */
 	const char *foreign[] = {".x.tmp-abc", ".t1.tmp-abcdef", ".t1.tmp-j0000000000000000000-abcdef"};
@@ -568,7 +553,7 @@ Test(api, restart_removes_own_temps_only)
 	hd_stop(&H, SIGKILL);
 	cr_log_info("kill -9 of the daemon: %lld bytes in the job's temporary dir", bytes);
 	cr_assert_eq(hd_start(&H, NULL), 0, "restart");
-	j = hd_job(&H, id);
+	json_t *j = hd_job(&H, id);
 	cr_expect_str_eq(err_code(j), "daemon_restarted");
 	json_decref(j);
 	cr_expect_eq(leftovers(H.out, prefix, &bytes), 0, "kill -9 of the daemon, then restart: the job's "
@@ -626,10 +611,8 @@ Test(api, restart_recovery)
 	const char *const extra[] = {"--max-jobs", "1", NULL};
 	cr_assert_eq(hd_start(&H, extra), 0);
 	char run[32], queued[32];
-	cr_assert(hd_submit(&H, "fake-slow-200", "r1", "restart-key"));
-	snprintf(run, sizeof(run), "%s", H.last_id);
-	cr_assert(hd_submit(&H, "fake-ok", "r2", NULL));
-	snprintf(queued, sizeof(queued), "%s", H.last_id);
+	submit("fake-slow-200", "r1", "restart-key", run);
+	submit("fake-ok", "r2", NULL, queued);
 	json_t *j = hd_wait(&H, run, "running", 5);
 	cr_assert(j);
 	pid_t wpid = 0;
@@ -676,14 +659,11 @@ Test(api, resume_on_restart)
 	const char *const extra[] = {"--resume-on-restart", NULL};
 	cr_assert_eq(hd_start(&H, extra), 0);
 	char run[32];
-	cr_assert(hd_submit(&H, "fake-slow-20", "rr", NULL));
-	snprintf(run, sizeof(run), "%s", H.last_id);
-	json_t *j = hd_wait(&H, run, "running", 5);
-	cr_assert(j);
-	json_decref(j);
+	submit("fake-slow-20", "rr", NULL, run);
+	await_state(run, "running", 5, NULL);
 	hd_stop(&H, SIGKILL);
 	cr_assert_eq(hd_start(&H, extra), 0);
-	j = hd_wait(&H, run, "succeeded", 10);
+	json_t *j = hd_wait(&H, run, "succeeded", 10);
 	cr_expect(j, "re-queued and run again");
 	json_decref(j);
 }
@@ -693,9 +673,7 @@ Test(api, queue_full)
 	const char *const extra[] = {"--max-jobs", "1", "--max-queue", "1", NULL};
 	cr_assert_eq(hd_start(&H, extra), 0);
 	cr_assert(hd_submit(&H, "fake-slow-200", "q1", NULL));
-	json_t *j = hd_wait(&H, H.last_id, "running", 5);
-	cr_assert(j);
-	json_decref(j);
+	await_state(H.last_id, "running", 5, NULL);
 	cr_assert(hd_submit(&H, "fake-ok", "q2", NULL));
 	char *body = hd_spec(&H, "fake-ok", "q3");
 	struct cal_client_resp r;
@@ -711,11 +689,8 @@ Test(api, graceful_stop)
 {
 	cr_assert_eq(hd_start(&H, NULL), 0);
 	char run[32];
-	cr_assert(hd_submit(&H, "fake-slow-200", "g1", NULL));
-	snprintf(run, sizeof(run), "%s", H.last_id);
-	json_t *j = hd_wait(&H, run, "running", 5);
-	cr_assert(j);
-	json_decref(j);
+	submit("fake-slow-200", "g1", NULL, run);
+	await_state(run, "running", 5, NULL);
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	int st = hd_stop(&H, SIGTERM);
@@ -724,7 +699,7 @@ Test(api, graceful_stop)
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "clean exit");
 	cr_expect(dt < 5, "stopped in %.2f s (grace 1 s)", dt);
 	cr_assert_eq(hd_start(&H, NULL), 0);
-	j = hd_job(&H, run);
+	json_t *j = hd_job(&H, run);
 	cr_expect_str_eq(json_string_value(json_object_get(j, "state")), "failed");
 	cr_expect_str_eq(err_code(j), "daemon_shutdown");
 	json_decref(j);
@@ -917,9 +892,7 @@ Test(api, metrics_and_logs)
 {
 	cr_assert_eq(hd_start(&H, (const char *const[]){"--log-format", "json", NULL}), 0);
 	cr_assert(hd_submit(&H, "fake-ok", "m1", NULL));
-	json_t *j = hd_wait(&H, H.last_id, "succeeded", 20);
-	cr_assert(j);
-	json_decref(j);
+	await_state(H.last_id, "succeeded", 20, NULL);
 	struct cal_client_resp r;
 	cr_assert_eq(hd_req(&H, "GET", "/metrics", NULL, NULL, &r), 200);
 	cr_expect(!strstr(r.body, "calibd_tokens_per_second"), "a precomputed rate gauge");

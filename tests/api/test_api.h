@@ -17,6 +17,12 @@ extern struct hd H;
 #define JSON "Content-Type: application/json\r\n"
 /* a minimal valid recipe in YAML flow style, as a JSON string body */
 #define INLINE_BODY "metadata: {recipe_type: ptq}\\nquantize: {algorithm: max, quant_cfg: [{quantizer_name: '*', enable: false}]}"
+/* Members of a job body: the suite's model (under {root}/models), its token
+ * file, an output directory under {root}/out, and the three together. */
+#define J_MODEL "\"model\":\"{root}/models/m\""
+#define J_TOKENS "\"calibration\":{\"tokens\":\"{root}/data/d.jsonl\"}"
+#define J_OUT(name) "\"output\":\"{root}/out/" name "\""
+#define J_INPUTS(out) J_MODEL "," J_TOKENS "," J_OUT(out)
 
 /* Sleeps s seconds. */
 void nap(double s);
@@ -30,5 +36,11 @@ int leftovers(const char *dir, const char *prefix, long long *ret_bytes);
 json_t *get_json(const char *method, const char *path, const char *hdrs, const char *body, int want);
 /* Expects job id in state (now), why in the message. */
 void expect_state(const char *id, const char *state, const char *why);
+/* Submits job `name` writing out/<out> (key: its Idempotency-Key, or
+ * NULL); asserts it is accepted and copies its id to id. */
+void submit(const char *name, const char *out, const char *key, char id[32]);
+/* Polls job id until it is in state, at most timeout_s; asserts it gets
+ * there (why in the message, or NULL for a message naming both). */
+void await_state(const char *id, const char *state, double timeout_s, const char *why);
 
 #endif

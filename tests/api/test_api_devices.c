@@ -75,9 +75,7 @@ Test(api, device_sets)
 	cr_assert_eq(hd_start(&H, extra), 0);
 	char a[32], b[32], c[32], want[256], got[256];
 	snprintf(a, sizeof(a), "%s", submit_on("fake-slow-200", "d1", "devices", "2"));
-	json_t *j = hd_wait(&H, a, "running", 5);
-	cr_assert(j);
-	json_decref(j);
+	await_state(a, "running", 5, NULL);
 	/* GPU 1 is held: the job asking for [1, 2] waits, and nothing overtakes it */
 	snprintf(b, sizeof(b), "%s", submit_on("fake-slow-200", "d2", "devices", "[2,1]"));
 	snprintf(c, sizeof(c), "%s", submit_on("fake-ok", "d3", "devices", "\"cpu\""));
@@ -98,18 +96,14 @@ Test(api, device_sets)
 	snprintf(path, sizeof(path), "/v1/jobs/%s", a);
 	cr_expect_eq(hd_req(&H, "DELETE", path, NULL, NULL, &r), 202);
 	cal_client_resp_free(&r);
-	j = hd_wait(&H, a, "cancelled", 5);
-	cr_assert(j);
-	json_decref(j);
-	j = hd_wait(&H, b, "running", 5);
+	await_state(a, "cancelled", 5, NULL);
+	json_t *j = hd_wait(&H, b, "running", 5);
 	cr_assert(j, "the waiting job runs once its GPUs are free");
 	json_t *dv = json_object_get(j, "devices");
 	cr_expect(json_array_size(dv) == 2 && json_integer_value(json_array_get(dv, 0)) == 2 &&
 		  json_integer_value(json_array_get(dv, 1)) == 1, "the job holds the GPUs it named");
 	json_decref(j);
-	j = hd_wait(&H, c, "succeeded", 5);
-	cr_assert(j);
-	json_decref(j);
+	await_state(c, "succeeded", 5, NULL);
 	snprintf(want, sizeof(want), "0=-,1=%s,2=%s", b, b);
 	devices_now(got, sizeof(got));
 	cr_expect_str_eq(got, want);

@@ -136,7 +136,7 @@ Test(api, recipes_and_plan)
 		{"recipes: wrong method", "POST", "/v1/recipes", JSON, "{}", 405, "method_not_allowed"},
 		{"plan: empty", "POST", "/v1/plan", JSON, "", 400, "bad_json"},
 		{"plan: unknown field", "POST", "/v1/plan", JSON, "{\"modle\":1}", 400, "unknown_field"},
-		{"plan: no recipe", "POST", "/v1/plan", JSON, "{\"model\":\"{root}/models/m\"}", 400, "missing_field"},
+		{"plan: no recipe", "POST", "/v1/plan", JSON, "{" J_MODEL "}", 400, "missing_field"},
 		{"plan: no model", "POST", "/v1/plan", JSON, "{\"recipe\":\"" HD_RECIPE "\"}", 400, "missing_field"},
 		{"plan: model outside roots", "POST", "/v1/plan", JSON,
 		 "{\"model\":\"/etc\",\"recipe\":\"" HD_RECIPE "\"}", 403, "path_outside_roots"},
@@ -145,14 +145,14 @@ Test(api, recipes_and_plan)
 		{"plan: unsupported", "POST", "/v1/plan", JSON,
 		 "{\"model\":\"{root}/models/unsupported\",\"recipe\":\"" HD_RECIPE "\"}", 422, "unsupported_model"},
 		{"plan: unknown recipe", "POST", "/v1/plan", JSON,
-		 "{\"model\":\"{root}/models/m\",\"recipe\":\"nope\"}", 422, "unknown_recipe"},
+		 "{" J_MODEL ",\"recipe\":\"nope\"}", 422, "unknown_recipe"},
 		{"plan: not applicable", "POST", "/v1/plan", JSON,
-		 "{\"model\":\"{root}/models/m\",\"recipe\":\"general/ptq/int4_blockwise_weight_only\"}", 422,
+		 "{" J_MODEL ",\"recipe\":\"general/ptq/int4_blockwise_weight_only\"}", 422,
 		 "invalid_recipe"},
 		{"plan: bad inline", "POST", "/v1/plan", JSON,
-		 "{\"model\":\"{root}/models/m\",\"recipe\":{\"yaml\":\"metadata: [\"}}", 422, "invalid_recipe"},
+		 "{" J_MODEL ",\"recipe\":{\"yaml\":\"metadata: [\"}}", 422, "invalid_recipe"},
 		{"plan: bad detail", "POST", "/v1/plan?detail=all", JSON,
-		 "{\"model\":\"{root}/models/m\",\"recipe\":\"" HD_RECIPE "\"}", 400, "bad_query"},
+		 "{" J_MODEL ",\"recipe\":\"" HD_RECIPE "\"}", 400, "bad_query"},
 	};
 	hd_steps(&H, steps, N(steps));
 	/* errors name the field and carry no path of the recipe tree */

@@ -81,9 +81,7 @@ Test(api, queue_bound_holds_under_concurrency, .timeout = 120)
 	cr_assert_eq(hd_start(&H, extra), 0);
 	/* the one running job holds the only slot: every other job stays queued */
 	cr_assert(hd_submit(&H, "fake-slow-600", "race-run", NULL));
-	json_t *j = hd_wait(&H, H.last_id, "running", 5);
-	cr_assert(j);
-	json_decref(j);
+	await_state(H.last_id, "running", 5, NULL);
 	static struct race_arg args[RACE_SUBMITS];
 	static pthread_t th[RACE_SUBMITS];
 	for (int i = 0; i < RACE_SUBMITS; i++) {
@@ -166,16 +164,10 @@ Test(api, corrupt_state_falls_back_to_previous_generation)
 {
 	cr_assert_eq(hd_start(&H, NULL), 0);
 	char one[32], two[32];
-	cr_assert(hd_submit(&H, "fake-ok", "s1", NULL));
-	snprintf(one, sizeof(one), "%s", H.last_id);
-	cr_assert(hd_submit(&H, "fake-ok", "s2", NULL));
-	snprintf(two, sizeof(two), "%s", H.last_id);
-	json_t *j = hd_wait(&H, one, "succeeded", 10);
-	cr_assert(j);
-	json_decref(j);
-	j = hd_wait(&H, two, "succeeded", 10);
-	cr_assert(j);
-	json_decref(j);
+	submit("fake-ok", "s1", NULL, one);
+	submit("fake-ok", "s2", NULL, two);
+	await_state(one, "succeeded", 10, NULL);
+	await_state(two, "succeeded", 10, NULL);
 	hd_stop(&H, SIGTERM);
 	/* one: state.json torn; state.json.prev (the "running" generation) is sound */
 	clobber(H.state, one, "state.json", "{\"format\":1,\"state\":\"succ");
@@ -183,7 +175,7 @@ Test(api, corrupt_state_falls_back_to_previous_generation)
 	clobber(H.state, two, "state.json", "\x01\x02 not json");
 	clobber(H.state, two, "state.json.prev", "{\"state\":\"bogus\"}");
 	cr_assert_eq(hd_start(&H, NULL), 0, "a damaged state file never stops the daemon");
-	j = hd_job(&H, one);
+	json_t *j = hd_job(&H, one);
 	cr_assert(j, "loaded from state.json.prev");
 	/* the previous generation was running, and the job's publish marker
 	 * shows its output published: the record follows the disk */
@@ -216,16 +208,10 @@ Test(api, retention_removes_finished_jobs)
 	const char *const extra[] = {"--job-retention", "1", NULL};
 	cr_assert_eq(hd_start(&H, extra), 0);
 	char plain[32], keyed[32];
-	cr_assert(hd_submit(&H, "fake-ok", "t1", NULL));
-	snprintf(plain, sizeof(plain), "%s", H.last_id);
-	cr_assert(hd_submit(&H, "fake-ok", "t2", "live-key"));
-	snprintf(keyed, sizeof(keyed), "%s", H.last_id);
-	json_t *j = hd_wait(&H, plain, "succeeded", 10);
-	cr_assert(j);
-	json_decref(j);
-	j = hd_wait(&H, keyed, "succeeded", 10);
-	cr_assert(j);
-	json_decref(j);
+	submit("fake-ok", "t1", NULL, plain);
+	submit("fake-ok", "t2", "live-key", keyed);
+	await_state(plain, "succeeded", 10, NULL);
+	await_state(keyed, "succeeded", 10, NULL);
 	char dir[256];
 	snprintf(dir, sizeof(dir), "%s/jobs/%s", H.state, plain);
 	int gone = 0;
@@ -237,7 +223,7 @@ Test(api, retention_removes_finished_jobs)
 	cr_expect(gone, "a finished job is removed after job_retention_s");
 	struct stat sb;
 	cr_expect_neq(stat(dir, &sb), 0, "and its directory with it");
-	j = hd_job(&H, keyed);
+	json_t *j = hd_job(&H, keyed);
 	cr_expect(j, "a job whose Idempotency-Key is still live is kept");
 	json_decref(j);
 }

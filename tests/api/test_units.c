@@ -22,6 +22,7 @@
 #include "common/sha256.h"
 #include "daemon/config.h"
 #include "common/fsutil.h"
+#include "testutil.h"
 
 static void hex_of(const char *in, size_t n, char out[65])
 {
@@ -83,22 +84,37 @@ Test(units, error_table_is_unique)
 
 Test(units, route_match)
 {
-	char p[CAL_PATH_PARAM_MAX];
-	cr_expect_geq(cal_route_match("GET", "/v1/jobs/abc", p), 0);
-	cr_expect_str_eq(p, "abc");
-	cr_expect_eq(cal_route_match("PUT", "/v1/jobs/abc", p), -2);
-	cr_expect_eq(cal_route_match("GET", "/v1/jobs/a/b", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/jobs/..", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/jobs/%2e", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/jobs/", p), -1);
-	/* a multi-segment parameter (recipe names) */
-	cr_expect_geq(cal_route_match("GET", "/v1/recipes/general/ptq/fp8_default-kv_fp8", p), 0);
-	cr_expect_str_eq(p, "general/ptq/fp8_default-kv_fp8");
-	cr_expect_eq(cal_route_match("GET", "/v1/recipes/general/../x", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/recipes/general//x", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/recipes/general/", p), -1);
-	cr_expect_eq(cal_route_match("GET", "/v1/recipes/.hidden", p), -1);
-	cr_expect_geq(cal_route_match("GET", "/v1/recipes", p), 0);
+	/* want: 1 a route (any index), -1 no route, -2 the path's route lacks
+	 * the method; param: the path parameter of a match, or NULL */
+	static const struct {
+		const char *method, *path;
+		int want;
+		const char *param;
+	} cases[] = {
+		{"GET", "/v1/jobs/abc", 1, "abc"},
+		{"PUT", "/v1/jobs/abc", -2, NULL},
+		{"GET", "/v1/jobs/a/b", -1, NULL},
+		{"GET", "/v1/jobs/..", -1, NULL},
+		{"GET", "/v1/jobs/%2e", -1, NULL},
+		{"GET", "/v1/jobs/", -1, NULL},
+		/* a multi-segment parameter (recipe names) */
+		{"GET", "/v1/recipes/general/ptq/fp8_default-kv_fp8", 1, "general/ptq/fp8_default-kv_fp8"},
+		{"GET", "/v1/recipes/general/../x", -1, NULL},
+		{"GET", "/v1/recipes/general//x", -1, NULL},
+		{"GET", "/v1/recipes/general/", -1, NULL},
+		{"GET", "/v1/recipes/.hidden", -1, NULL},
+		{"GET", "/v1/recipes", 1, NULL},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char p[CAL_PATH_PARAM_MAX];
+		int r = cal_route_match(cases[i].method, cases[i].path, p);
+		if (cases[i].want > 0)
+			cr_expect_geq(r, 0, "%s %s: %d", cases[i].method, cases[i].path, r);
+		else
+			cr_expect_eq(r, cases[i].want, "%s %s: %d", cases[i].method, cases[i].path, r);
+		if (cases[i].param && r >= 0)
+			cr_expect_str_eq(p, cases[i].param, "%s %s", cases[i].method, cases[i].path);
+	}
 }
 
 Test(units, recipe_names)
@@ -227,16 +243,8 @@ static void spec_dirs(char *root, char *models, char *data, char *out)
 	mkdir(out, 0755);
 	snprintf(p, sizeof(p), "%s/m", models);
 	mkdir(p, 0755);
-	snprintf(p, sizeof(p), "%s/m/config.json", models);
-	FILE *f = fopen(p, "w");
-	cr_assert(f);
-	fputs("{}", f);
-	fclose(f);
-	snprintf(p, sizeof(p), "%s/d.jsonl", data);
-	f = fopen(p, "w");
-	cr_assert(f);
-	fputs("{\"text\":\"x\"}\n", f);
-	fclose(f);
+	cal_test_write_text(p, "config.json", "{}");
+	cal_test_write_text(data, "d.jsonl", "{\"text\":\"x\"}\n");
 }
 
 /* A submission's devices as a device string (common/device.h) and the
@@ -315,9 +323,7 @@ Test(units, job_devices_and_engine_options)
 		json_decref(spec);
 		json_decref(req);
 	}
-	char cmd[160];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-	cr_assert_eq(system(cmd), 0);
+	cal_test_rm_rf(root);
 }
 
 /* options.ranks (the CPU ranks of a CPU job; a GPU job runs one rank per
@@ -404,9 +410,7 @@ Test(units, job_ranks_and_nodes)
 		json_decref(spec);
 		json_decref(req);
 	}
-	char cmd[160];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-	cr_assert_eq(system(cmd), 0);
+	cal_test_rm_rf(root);
 }
 
 /* evaluate {dataset, samples}: canonical {path, samples}, errors name the field. */
@@ -454,9 +458,7 @@ Test(units, job_evaluate)
 		json_decref(spec);
 		json_decref(req);
 	}
-	char cmd[160];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-	cr_assert_eq(system(cmd), 0);
+	cal_test_rm_rf(root);
 }
 
 static enum cal_status load_cfg(const char *yaml, const char **flags, int nflags, struct cal_error *err)

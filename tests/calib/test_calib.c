@@ -16,94 +16,30 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/calib.h"
-#include "engine/recipe/plan.h"
-#include "engine/recipe/recipe.h"
-#include "fixture.h"
-#include "testutil.h"
+#include "calib_env.h"
 
 #define SEED 20260901u
 
-struct env {
-	char dir[64];
-	char model[128];
-	struct cal_model_desc *d;
-	struct cal_recipe *r;
-	struct cal_plan *p;
-	struct cal_calib_tokens *tk;
-	struct cal_calib *c;
-	/* hidden states of the last layer (copy) */
-	uint16_t *last_hidden;
-	uint64_t hidden_n;
-	int layers_seen;
-};
-
-static uint64_t rng(uint64_t *s)
+static void make_model(struct calib_env *e, const char *arch, enum cal_fixture_layout lay)
 {
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static void make_model(struct env *e, const char *arch, enum cal_fixture_layout lay)
-{
-	struct cal_error err = {0};
 	struct cal_fixture_opts fo = {.arch = arch, .layout = lay, .seed = 7};
-	snprintf(e->dir, sizeof(e->dir), "/tmp/calib-test-XXXXXX");
-	cr_assert_not_null(mkdtemp(e->dir));
-	snprintf(e->model, sizeof(e->model), "%s/model", e->dir);
-	cr_assert_eq(cal_fixture_write(&fo, e->model, &err), CAL_OK, "fixture %s: %s", arch,
-		     cal_error_msg(&err));
-	cr_assert_eq(cal_model_desc_load(e->model, &e->d, &err), CAL_OK, "%s", cal_error_msg(&err));
+	calib_env_model(e, "calib-test", &fo);
 }
 
-static void make_plan(struct env *e, const char *recipe)
+/* The fixture arch (layout lay), the plan of recipe, n_seq token sequences
+ * of lengths in [min_len, max_len] from seed. */
+static void setup(struct calib_env *e, const char *arch, enum cal_fixture_layout lay,
+		  const char *recipe, size_t n_seq, size_t min_len, size_t max_len, uint64_t seed)
 {
-	struct cal_error err = {0};
-	cr_assert_eq(cal_recipe_load(recipe, NULL, &e->r, &err), CAL_OK, "%s", cal_error_msg(&err));
-	cr_assert_eq(cal_plan_build(e->d, e->r, &e->p, &err), CAL_OK, "%s", cal_error_msg(&err));
-}
-
-/* n sequences of random lengths in [min_len, max_len]. */
-static void make_tokens(struct env *e, size_t n, size_t min_len, size_t max_len, uint64_t seed)
-{
-	struct cal_error err = {0};
-	size_t cap = 64 + n * (max_len * 5 + 40);
-	char *text = malloc(cap), *p = text;
-	uint64_t s = seed;
-	for (size_t i = 0; i < n; i++) {
-		size_t len = min_len + rng(&s) % (max_len - min_len + 1);
-		p += sprintf(p, "{\"input_ids\": [");
-		for (size_t j = 0; j < len; j++)
-			p += sprintf(p, "%s%u", j ? ", " : "",
-				     (unsigned)(rng(&s) % (uint64_t)e->d->vocab_size));
-		p += sprintf(p, "]}\n");
-	}
-	cr_assert_eq(cal_calib_tokens_parse("test", text, (size_t)(p - text),
-					    (uint64_t)e->d->vocab_size, &e->tk, &err),
-		     CAL_OK, "%s", cal_error_msg(&err));
-	free(text);
-}
-
-static enum cal_status keep_hidden(void *ctx, int32_t layer, uint16_t *h, uint64_t n,
-				   uint64_t hs, struct cal_error *err)
-{
-	struct env *e = ctx;
-	(void)err;
-	if (layer + 1 == e->d->num_layers) {
-		free(e->last_hidden);
-		e->last_hidden = malloc(n * hs * 2);
-		memcpy(e->last_hidden, h, n * hs * 2);
-		e->hidden_n = n * hs;
-	}
-	return CAL_OK;
+	make_model(e, arch, lay);
+	calib_env_plan(e, recipe);
+	calib_env_tokens(e, n_seq, min_len, max_len, seed);
 }
 
 static enum cal_status count_layer(void *ctx, const struct cal_calib *c, int32_t layer,
 				   struct cal_error *err)
 {
-	struct env *e = ctx;
+	struct calib_env *e = ctx;
 	(void)c;
 	if (layer != e->layers_seen)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "layer %d out of order", layer);
@@ -111,10 +47,10 @@ static enum cal_status count_layer(void *ctx, const struct cal_calib *c, int32_t
 	return CAL_OK;
 }
 
-static enum cal_status run(struct env *e, struct cal_calib_opts *o, struct cal_error *err)
+static enum cal_status run(struct calib_env *e, struct cal_calib_opts *o, struct cal_error *err)
 {
 	enum cal_status st;
-	o->on_hidden = keep_hidden;
+	o->on_hidden = calib_env_keep_hidden;
 	o->on_layer = count_layer;
 	o->ctx = e;
 	e->layers_seen = 0;
@@ -126,22 +62,9 @@ static enum cal_status run(struct env *e, struct cal_calib_opts *o, struct cal_e
 	return cal_calib_run(e->c, e->tk, err);
 }
 
-static void env_free(struct env *e)
-{
-	cal_calib_free(e->c);
-	cal_calib_tokens_free(e->tk);
-	cal_plan_free(e->p);
-	cal_recipe_free(e->r);
-	cal_model_desc_free(e->d);
-	free(e->last_hidden);
-	if (e->dir[0])
-		cal_test_rm_rf(e->dir);
-	memset(e, 0, sizeof(*e));
-}
-
 /* Every enabled calibrated quantizer has a finite amax > 0 (weights and
  * activations), and token counts sum to tokens * k per MoE layer. */
-static void check_complete(struct env *e, uint64_t kk)
+static void check_complete(struct calib_env *e, uint64_t kk)
 {
 	const struct cal_plan *p = e->p;
 	for (size_t i = 0; i < p->n_q; i++) {
@@ -176,12 +99,10 @@ static void check_complete(struct env *e, uint64_t kk)
 
 static void arch_case(const char *arch, enum cal_fixture_layout lay)
 {
-	struct env e = {0};
+	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2};
-	make_model(&e, arch, lay);
-	make_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
-	make_tokens(&e, 5, 3, 19, SEED);
+	setup(&e, arch, lay, "general/ptq/nvfp4_default-kv_fp8", 5, 3, 19, SEED);
 	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s: %s", arch, cal_error_msg(&err));
 	check_complete(&e, (uint64_t)e.d->top_k);
 	char *js = cal_calib_stats_json(e.c);
@@ -195,7 +116,7 @@ static void arch_case(const char *arch, enum cal_fixture_layout lay)
 	json_decref(j);
 	free(js);
 	cal_error_clear(&err);
-	env_free(&e);
+	calib_env_free(&e);
 }
 
 Test(calib, qwen3_moe_per_expert_with_dense_layer) { arch_case("qwen3_moe", CAL_FIXTURE_LAYOUT_PER_EXPERT); }
@@ -218,12 +139,11 @@ Test(calib, deepseek_v3) { arch_case("deepseek_v3", CAL_FIXTURE_LAYOUT_DEFAULT);
  * are those of the packed run. */
 Test(calib, gdn_pads_are_masked)
 {
-	struct env e = {0};
+	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2};
-	make_model(&e, "qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT);
-	make_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
-	make_tokens(&e, 4, 3, 21, SEED + 5);
+	setup(&e, "qwen3_5_moe_text", CAL_FIXTURE_LAYOUT_DEFAULT,
+	      "general/ptq/nvfp4_default-kv_fp8", 4, 3, 21, SEED + 5);
 	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
 	char *js = cal_calib_stats_json(e.c);
 	json_t *packed = json_loads(js, 0, NULL);
@@ -251,18 +171,17 @@ Test(calib, gdn_pads_are_masked)
 	json_decref(packed);
 	json_decref(padded);
 	cal_error_clear(&err);
-	env_free(&e);
+	calib_env_free(&e);
 }
 
 /* 1 thread (the reference) and 3 threads give the same bytes. */
 Test(calib, threads_do_not_change_results)
 {
-	struct env e = {0};
+	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o1 = {.cpu_threads = 1}, o3 = {.cpu_threads = 3, .micro_batch_tokens = 20};
-	make_model(&e, "qwen2_moe", CAL_FIXTURE_LAYOUT_DEFAULT);
-	make_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
-	make_tokens(&e, 6, 2, 17, SEED + 2);
+	setup(&e, "qwen2_moe", CAL_FIXTURE_LAYOUT_DEFAULT,
+	      "general/ptq/nvfp4_default-kv_fp8", 6, 2, 17, SEED + 2);
 	cr_assert_eq(run(&e, &o1, &err), CAL_OK, "%s", cal_error_msg(&err));
 	char *j1 = cal_calib_stats_json(e.c);
 	uint16_t *h1 = e.last_hidden;
@@ -274,20 +193,19 @@ Test(calib, threads_do_not_change_results)
 	free(j1);
 	free(j3);
 	free(h1);
-	env_free(&e);
+	calib_env_free(&e);
 }
 
 /* moe_calib_experts_ratio: statistics over max(k, round(r E)) experts per
  * token, the output (hidden states) from the real top-k. */
 Test(calib, experts_ratio)
 {
-	struct env e = {0};
+	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2}, orat = {.cpu_threads = 2,
 							      .moe_calib_experts_ratio = 1.0};
-	make_model(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT);
-	make_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
-	make_tokens(&e, 4, 5, 9, SEED + 3);
+	setup(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT,
+	      "general/ptq/nvfp4_experts_only-kv_fp8", 4, 5, 9, SEED + 3);
 	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
 	uint16_t *h = e.last_hidden;
 	e.last_hidden = NULL;
@@ -296,7 +214,7 @@ Test(calib, experts_ratio)
 	cr_expect(memcmp(h, e.last_hidden, e.hidden_n * 2) == 0,
 		  "the ratio changed the forward output");
 	free(h);
-	env_free(&e);
+	calib_env_free(&e);
 }
 
 /* Default: one input amax per projection type = max over experts; with
@@ -304,12 +222,12 @@ Test(calib, experts_ratio)
  * without tokens from the layer maximum, listing them. */
 Test(calib, per_expert_input_amax)
 {
-	struct env e = {0};
+	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2, .per_expert_input_amax = 1};
-	make_model(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT);
-	make_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
-	make_tokens(&e, 1, 2, 2, SEED + 4); /* 2 tokens x top-2: some experts idle */
+	/* 2 tokens x top-2: some experts idle */
+	setup(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT,
+	      "general/ptq/nvfp4_experts_only-kv_fp8", 1, 2, 2, SEED + 4);
 	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
 	const struct cal_calib_moe_stats *m = cal_calib_moe(e.c, 0);
 	cr_assert_not_null(m);
@@ -338,7 +256,7 @@ Test(calib, per_expert_input_amax)
 	}
 	json_decref(j);
 	free(js);
-	env_free(&e);
+	calib_env_free(&e);
 }
 
 /* pad_like_modelopt: sequences padded to the longest with EOS; pads count
@@ -347,19 +265,18 @@ Test(calib, per_expert_input_amax)
  * sequence that needs none change nothing). */
 Test(calib, pad_like_modelopt)
 {
-	struct env e = {0};
+	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2, .pad_like_modelopt = 1, .pad_id = -1};
-	make_model(&e, "mixtral", CAL_FIXTURE_LAYOUT_DEFAULT);
-	make_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
-	make_tokens(&e, 3, 4, 11, SEED + 5);
+	setup(&e, "mixtral", CAL_FIXTURE_LAYOUT_DEFAULT,
+	      "general/ptq/nvfp4_default-kv_fp8", 3, 4, 11, SEED + 5);
 	size_t longest = 0;
 	for (size_t i = 0; i < e.tk->n; i++)
 		longest = e.tk->off[i + 1] - e.tk->off[i] > longest ? e.tk->off[i + 1] - e.tk->off[i] : longest;
 	cr_assert_eq(run(&e, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
 	cr_expect_eq(cal_calib_tokens_processed(e.c), e.tk->n * longest);
 	check_complete(&e, (uint64_t)e.d->top_k);
-	env_free(&e);
+	calib_env_free(&e);
 }
 
 /* Patches one bf16 element of a tensor in the fixture's safetensors file. */
@@ -392,22 +309,22 @@ static void patch_tensor(const char *model, const char *tensor, uint16_t value)
 
 Test(calib, nonfinite_activation_names_layer_and_module)
 {
-	struct env e = {0};
+	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {.cpu_threads = 2};
 	make_model(&e, "qwen3_moe", CAL_FIXTURE_LAYOUT_DEFAULT);
 	/* +Inf in layer 1's o_proj weight (not quantized by this recipe, so only
 	 * the activations carry it) */
 	patch_tensor(e.model, "model.layers.1.self_attn.o_proj.weight", 0x7f80);
-	make_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
-	make_tokens(&e, 2, 4, 6, SEED + 6);
+	calib_env_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
+	calib_env_tokens(&e, 2, 4, 6, SEED + 6);
 	enum cal_status st = run(&e, &o, &err);
 	cr_assert_eq(st, CAL_ERR_NUMERIC, "got %s: %s", cal_status_str(st), cal_error_msg(&err));
 	cr_expect(strstr(cal_error_msg(&err), "layer 1"), "%s", cal_error_msg(&err));
 	cr_expect(strstr(cal_error_msg(&err), "model.layers.1."), "%s", cal_error_msg(&err));
 	cr_expect_eq(e.layers_seen, 1, "layer 0 should have completed");
 	cal_error_clear(&err);
-	env_free(&e);
+	calib_env_free(&e);
 }
 
 Test(calib, token_files_are_validated)
@@ -437,16 +354,12 @@ Test(calib, token_files_are_validated)
  * either way, and the same as the bf16 decode of the weights would give. */
 Test(calib, deepseek_v3_fp8_source_decoded_on_the_back_end)
 {
-	struct env e = {0};
+	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_fixture_opts fo = {.arch = "deepseek_v3", .seed = 7, .fp8_block = 16};
-	snprintf(e.dir, sizeof(e.dir), "/tmp/calib-test-XXXXXX");
-	cr_assert_not_null(mkdtemp(e.dir));
-	snprintf(e.model, sizeof(e.model), "%s/model", e.dir);
-	cr_assert_eq(cal_fixture_write(&fo, e.model, &err), CAL_OK, "%s", cal_error_msg(&err));
-	cr_assert_eq(cal_model_desc_load(e.model, &e.d, &err), CAL_OK, "%s", cal_error_msg(&err));
-	make_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
-	make_tokens(&e, 5, 3, 19, SEED);
+	calib_env_model(&e, "calib-test", &fo);
+	calib_env_plan(&e, "general/ptq/nvfp4_default-kv_fp8");
+	calib_env_tokens(&e, 5, 3, 19, SEED);
 	char *js[2];
 	for (int streamed = 0; streamed < 2; streamed++) {
 		struct cal_calib_opts o = {.cpu_threads = 2, .max_mem = streamed ? 64u << 20 : 0};
@@ -461,12 +374,12 @@ Test(calib, deepseek_v3_fp8_source_decoded_on_the_back_end)
 	cal_calib_free(e.c);
 	e.c = NULL;
 	cal_error_clear(&err);
-	env_free(&e);
+	calib_env_free(&e);
 }
 
 Test(calib, unsupported_architectures_are_refused)
 {
-	struct env e = {0};
+	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_opts o = {0};
 	char path[300];
@@ -480,10 +393,10 @@ Test(calib, unsupported_architectures_are_refused)
 	json_decref(cfg);
 	cal_model_desc_free(e.d);
 	cr_assert_eq(cal_model_desc_load(e.model, &e.d, &err), CAL_OK, "%s", cal_error_msg(&err));
-	make_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
+	calib_env_plan(&e, "general/ptq/nvfp4_experts_only-kv_fp8");
 	cr_expect_eq(cal_calib_open(e.model, e.p, &o, &e.c, &err), CAL_ERR_UNSUPPORTED);
 	cr_expect(strstr(cal_error_msg(&err), "attention_bias"), "%s", cal_error_msg(&err));
 	cr_expect_null(e.c);
 	cal_error_clear(&err);
-	env_free(&e);
+	calib_env_free(&e);
 }

@@ -14,104 +14,28 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/calib.h"
-#include "engine/recipe/plan.h"
-#include "engine/recipe/recipe.h"
-#include "fixture.h"
-#include "testutil.h"
+#include "calib_env.h"
 
 #define SEED 20261122u
 
-struct env {
-	char dir[64];
-	char model[128];
-	struct cal_model_desc *d;
-	struct cal_recipe *r;
-	struct cal_plan *p;
-	struct cal_calib_tokens *tk;
-	uint16_t *last_hidden;
-	uint64_t hidden_n;
-};
-
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 /* qwen3_moe fixture (3 layers) with 64 experts: the routed experts make
  * up most of the weights, as in real MoE models. */
-static void env_init(struct env *e, size_t n_seq, size_t min_len, size_t max_len)
+static void env_init(struct calib_env *e, size_t n_seq, size_t min_len, size_t max_len)
 {
-	struct cal_error err = {0};
-	struct cal_fixture_opts fo = {.arch = "qwen3_moe", .layout = CAL_FIXTURE_LAYOUT_FUSED, .seed = 7,
-				      .num_experts = 64};
-	snprintf(e->dir, sizeof(e->dir), "/tmp/calib-mem-XXXXXX");
-	cr_assert_not_null(mkdtemp(e->dir));
-	snprintf(e->model, sizeof(e->model), "%s/model", e->dir);
-	cr_assert_eq(cal_fixture_write(&fo, e->model, &err), CAL_OK, "%s", cal_error_msg(&err));
-	cr_assert_eq(cal_model_desc_load(e->model, &e->d, &err), CAL_OK, "%s", cal_error_msg(&err));
-	cr_assert_eq(cal_recipe_load("general/ptq/nvfp4_experts_only-kv_fp8", NULL, &e->r, &err),
-		     CAL_OK, "%s", cal_error_msg(&err));
-	cr_assert_eq(cal_plan_build(e->d, e->r, &e->p, &err), CAL_OK, "%s", cal_error_msg(&err));
-
-	char *text = NULL;
-	size_t text_len = 0;
-	FILE *f = open_memstream(&text, &text_len);
-	cr_assert_not_null(f);
-	uint64_t s = SEED;
-	for (size_t i = 0; i < n_seq; i++) {
-		size_t len = min_len + rng(&s) % (max_len - min_len + 1);
-		fputs("{\"input_ids\": [", f);
-		for (size_t j = 0; j < len; j++)
-			fprintf(f, "%s%u", j ? "," : "",
-				(unsigned)(rng(&s) % (uint64_t)e->d->vocab_size));
-		fputs("]}\n", f);
-	}
-	cr_assert_eq(fclose(f), 0);
-	cr_assert_eq(cal_calib_tokens_parse("test", text, text_len, (uint64_t)e->d->vocab_size,
-					    &e->tk, &err),
-		     CAL_OK, "%s", cal_error_msg(&err));
-	free(text);
-}
-
-static void env_free(struct env *e)
-{
-	cal_calib_tokens_free(e->tk);
-	cal_plan_free(e->p);
-	cal_recipe_free(e->r);
-	cal_model_desc_free(e->d);
-	free(e->last_hidden);
-	if (e->dir[0])
-		cal_test_rm_rf(e->dir);
-	memset(e, 0, sizeof(*e));
-}
-
-static enum cal_status keep_hidden(void *ctx, int32_t layer, uint16_t *h, uint64_t n,
-				   uint64_t hs, struct cal_error *err)
-{
-	struct env *e = ctx;
-	(void)err;
-	if (layer + 1 == e->d->num_layers) {
-		free(e->last_hidden);
-		e->last_hidden = malloc(n * hs * 2);
-		if (!e->last_hidden)
-			return CAL_ERR_NOMEM;
-		memcpy(e->last_hidden, h, n * hs * 2);
-		e->hidden_n = n * hs;
-	}
-	return CAL_OK;
+	struct cal_fixture_opts fo = {.arch = "qwen3_moe", .layout = CAL_FIXTURE_LAYOUT_FUSED,
+				      .seed = 7, .num_experts = 64};
+	calib_env_model(e, "calib-mem", &fo);
+	calib_env_plan(e, "general/ptq/nvfp4_experts_only-kv_fp8");
+	calib_env_tokens(e, n_seq, min_len, max_len, SEED);
 }
 
 /* One run with cap max_mem (0: none); returns its status, the statistics
  * JSON (heap) and the run's perf.  The last hidden states go to e. */
-static enum cal_status run(struct env *e, uint64_t max_mem, char **ret_json,
+static enum cal_status run(struct calib_env *e, uint64_t max_mem, char **ret_json,
 			   struct cal_calib_perf *perf, struct cal_error *err)
 {
-	struct cal_calib_opts o = {.cpu_threads = 2, .max_mem = max_mem, .on_hidden = keep_hidden,
-				   .ctx = e};
+	struct cal_calib_opts o = {.cpu_threads = 2, .max_mem = max_mem,
+				   .on_hidden = calib_env_keep_hidden, .ctx = e};
 	struct cal_calib *c = NULL;
 	enum cal_status st = cal_calib_open(e->model, e->p, &o, &c, err);
 	*ret_json = NULL;
@@ -125,81 +49,91 @@ static enum cal_status run(struct env *e, uint64_t max_mem, char **ret_json,
 	return st;
 }
 
+/* An uncapped run's results, what a capped run must reproduce. */
+struct uncapped {
+	struct cal_calib_perf perf;
+	char *json;
+	uint16_t *hidden;
+	uint64_t hidden_n;
+};
+
+static void run_uncapped(struct calib_env *e, struct uncapped *u)
+{
+	struct cal_error err = {0};
+	cr_assert_eq(run(e, 0, &u->json, &u->perf, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_not_null(u->json);
+	u->hidden = e->last_hidden;
+	u->hidden_n = e->hidden_n;
+	e->last_hidden = NULL;
+}
+
+/* Runs under cap: it must succeed, stay under the cap and give u's
+ * statistics and hidden states byte for byte (what: the condition, for
+ * the messages).  Returns the run's perf in *ret_perf and frees u. */
+static void run_capped_same(struct calib_env *e, struct uncapped *u, uint64_t cap,
+			    const char *what, struct cal_calib_perf *ret_perf)
+{
+	struct cal_error err = {0};
+	char *json = NULL;
+	cr_assert_eq(run(e, cap, &json, ret_perf, &err), CAL_OK, "cap %llu: %s",
+		     (unsigned long long)cap, cal_error_msg(&err));
+	cr_expect(ret_perf->peak_mem <= cap, "peak %llu > cap %llu",
+		  (unsigned long long)ret_perf->peak_mem, (unsigned long long)cap);
+	cr_assert_not_null(json);
+	cr_expect_str_eq(json, u->json, "statistics differ %s", what);
+	cr_assert_eq(e->hidden_n, u->hidden_n);
+	cr_expect(memcmp(e->last_hidden, u->hidden, u->hidden_n * 2) == 0,
+		  "hidden states differ %s", what);
+	free(json);
+	free(u->json);
+	free(u->hidden);
+}
+
 Test(calib_mem, weights_larger_than_the_cap)
 {
-	struct env e = {0};
-	struct cal_error err = {0};
-	struct cal_calib_perf p0, p1;
-	char *j0 = NULL, *j1 = NULL;
+	struct calib_env e = {0};
+	struct uncapped u;
+	struct cal_calib_perf p1;
 	env_init(&e, 6, 8, 40);
-	cr_assert_eq(run(&e, 0, &j0, &p0, &err), CAL_OK, "%s", cal_error_msg(&err));
-	uint16_t *h0 = e.last_hidden;
-	uint64_t n0 = e.hidden_n;
-	e.last_hidden = NULL;
-	cr_expect_eq(p0.streamed, 0, "uncapped CPU runs use the mapping");
+	run_uncapped(&e, &u);
+	cr_expect_eq(u.perf.streamed, 0, "uncapped CPU runs use the mapping");
 
-	uint64_t cap = p0.model_weight_bytes * 4 / 5;
-	cr_assert(cap > p0.max_layer_bytes + ((uint64_t)256 << 10),
+	uint64_t cap = u.perf.model_weight_bytes * 4 / 5;
+	cr_assert(cap > u.perf.max_layer_bytes + ((uint64_t)256 << 10),
 		  "fixture too small for the test: layer %llu, model %llu",
-		  (unsigned long long)p0.max_layer_bytes, (unsigned long long)p0.model_weight_bytes);
-	cr_assert_eq(run(&e, cap, &j1, &p1, &err), CAL_OK, "cap %llu: %s",
-		     (unsigned long long)cap, cal_error_msg(&err));
+		  (unsigned long long)u.perf.max_layer_bytes,
+		  (unsigned long long)u.perf.model_weight_bytes);
+	run_capped_same(&e, &u, cap, "under the cap", &p1);
 	cr_expect_eq(p1.streamed, 1);
 	cr_expect(p1.model_weight_bytes > cap, "model %llu <= cap %llu",
 		  (unsigned long long)p1.model_weight_bytes, (unsigned long long)cap);
-	cr_expect(p1.peak_mem <= cap, "peak %llu > cap %llu", (unsigned long long)p1.peak_mem,
-		  (unsigned long long)cap);
 	cr_expect(p1.peak_mem >= p1.max_layer_bytes, "peak %llu: the arenas were not counted",
 		  (unsigned long long)p1.peak_mem);
-	cr_assert_not_null(j0);
-	cr_assert_not_null(j1);
-	cr_expect_str_eq(j1, j0, "statistics differ under the cap");
-	cr_assert_eq(e.hidden_n, n0);
-	cr_expect(memcmp(e.last_hidden, h0, n0 * 2) == 0, "hidden states differ under the cap");
-	free(h0);
-	free(j0);
-	free(j1);
-	cal_error_clear(&err);
-	env_free(&e);
+	calib_env_free(&e);
 }
 
 Test(calib_mem, hidden_states_on_the_host)
 {
-	struct env e = {0};
-	struct cal_error err = {0};
-	struct cal_calib_perf p0, p1;
-	char *j0 = NULL, *j1 = NULL;
+	struct calib_env e = {0};
+	struct uncapped u;
+	struct cal_calib_perf p1;
 	env_init(&e, 64, 16, 48);
-	cr_assert_eq(run(&e, 0, &j0, &p0, &err), CAL_OK, "%s", cal_error_msg(&err));
-	uint16_t *h0 = e.last_hidden;
-	uint64_t n0 = e.hidden_n;
-	e.last_hidden = NULL;
+	run_uncapped(&e, &u);
 	/* room for the arenas, the metadata and a few sequences, not for all
 	 * hidden states next to a useful micro-batch */
-	uint64_t hid = n0 * 2;
-	uint64_t cap = 2 * p0.max_layer_bytes + hid / 2 + ((uint64_t)128 << 10);
-	cr_assert(cap < p0.model_weight_bytes + hid, "cap %llu", (unsigned long long)cap);
-	cr_assert_eq(run(&e, cap, &j1, &p1, &err), CAL_OK, "cap %llu: %s",
-		     (unsigned long long)cap, cal_error_msg(&err));
+	uint64_t hid = u.hidden_n * 2;
+	uint64_t cap = 2 * u.perf.max_layer_bytes + hid / 2 + ((uint64_t)128 << 10);
+	cr_assert(cap < u.perf.model_weight_bytes + hid, "cap %llu", (unsigned long long)cap);
+	run_capped_same(&e, &u, cap, "with the hidden states on the host", &p1);
 	cr_expect_eq(p1.hidden_on_host, 1, "hidden states (%llu bytes) stayed in back-end memory",
 		     (unsigned long long)hid);
 	cr_expect(p1.n_mb > 1, "one micro-batch (%llu tokens)", (unsigned long long)p1.mb_tokens);
-	cr_expect(p1.peak_mem <= cap, "peak %llu > cap %llu", (unsigned long long)p1.peak_mem,
-		  (unsigned long long)cap);
-	cr_assert_not_null(j1);
-	cr_expect_str_eq(j1, j0, "statistics differ with the hidden states on the host");
-	cr_assert_eq(e.hidden_n, n0);
-	cr_expect(memcmp(e.last_hidden, h0, n0 * 2) == 0, "hidden states differ");
-	free(h0);
-	free(j0);
-	free(j1);
-	cal_error_clear(&err);
-	env_free(&e);
+	calib_env_free(&e);
 }
 
 Test(calib_mem, cap_below_two_layers_is_refused)
 {
-	struct env e = {0};
+	struct calib_env e = {0};
 	struct cal_error err = {0};
 	struct cal_calib_perf p0, p1;
 	char *j0 = NULL, *j1 = NULL;
@@ -212,5 +146,5 @@ Test(calib_mem, cap_below_two_layers_is_refused)
 	free(j0);
 	free(j1);
 	cal_error_clear(&err);
-	env_free(&e);
+	calib_env_free(&e);
 }

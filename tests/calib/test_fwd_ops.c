@@ -14,32 +14,39 @@
 
 #include "common/fp.h"
 #include "kernels/ops.h"
+#include "testrng.h"
 
-static struct cal_backend *ref(void)
+/* Every test runs on the reference: the CPU back end, one thread. */
+static struct cal_backend *be;
+
+static void ref_init(void)
 {
-	struct cal_backend *be = NULL;
 	struct cal_backend_opts o = {.cpu_threads = 1};
 	cr_assert_eq(cal_backend_init(CAL_BACKEND_CPU, &o, &be, NULL), CAL_OK);
-	return be;
 }
 
-static uint64_t rng(uint64_t *s)
+static void ref_free(void)
 {
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
+	cal_backend_free(be);
+	be = NULL;
 }
 
-static float unitf(uint64_t *s)
-{
-	return (float)((double)(rng(s) >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
+TestSuite(fwd_ops, .init = ref_init, .fini = ref_free);
 
 static void fill(uint16_t *p, size_t n, float scale, uint64_t *s)
 {
 	for (size_t i = 0; i < n; i++)
-		p[i] = cal_f32_to_bf16(unitf(s) * scale);
+		p[i] = cal_f32_to_bf16(cal_test_unit(s) * scale);
+}
+
+/* Attention inputs from s, in this order: q and k in [-2, 2), v in
+ * [-1, 1). */
+static void fill_qkv(uint16_t *q, size_t nq, uint16_t *k, size_t nk, uint16_t *v, size_t nv,
+		     uint64_t *s)
+{
+	fill(q, nq, 2, s);
+	fill(k, nk, 2, s);
+	fill(v, nv, 1, s);
 }
 
 static double f(uint16_t h)
@@ -57,7 +64,6 @@ static void near_bf16(uint16_t got, double want, const char *what, size_t i, uin
 
 Test(fwd_ops, gemm_plain_bias_grouped)
 {
-	struct cal_backend *be = ref();
 	uint64_t seed = 11, s = seed;
 	enum { M = 9, N = 7, K = 37, G = 3 };
 	uint16_t x[M * K], w[G * N * K], b[G * N], y[M * N];
@@ -86,19 +92,17 @@ Test(fwd_ops, gemm_plain_bias_grouped)
 			near_bf16(y[m * N + n], acc, "grouped y", (size_t)(m * N + n), seed);
 		}
 	}
-	cal_backend_free(be);
 }
 
 Test(fwd_ops, rmsnorm_variants)
 {
-	struct cal_backend *be = ref();
 	uint64_t seed = 12, s = seed;
 	enum { R = 3, C = 40 };
 	uint16_t x[R * C], y[R * C], wb[C];
 	float wf[C];
 	fill(x, R * C, 4, &s);
 	for (int j = 0; j < C; j++) {
-		wf[j] = 1.0f + 0.2f * unitf(&s);
+		wf[j] = 1.0f + 0.2f * cal_test_unit(&s);
 		wb[j] = cal_f32_to_bf16(wf[j]);
 	}
 	for (int kind = 0; kind < 3; kind++) {
@@ -119,12 +123,10 @@ Test(fwd_ops, rmsnorm_variants)
 			}
 		}
 	}
-	cal_backend_free(be);
 }
 
 Test(fwd_ops, rope_partial_neox)
 {
-	struct cal_backend *be = ref();
 	uint64_t seed = 13, s = seed;
 	enum { T = 4, NH = 2, HD = 8, RD = 4 };
 	uint16_t x[T * NH * HD], x0[T * NH * HD];
@@ -147,19 +149,15 @@ Test(fwd_ops, rope_partial_neox)
 			for (int j = RD; j < HD; j++)
 				cr_expect_eq(o[j], i0[j], "pass-through channel %d changed", j);
 		}
-	cal_backend_free(be);
 }
 
 Test(fwd_ops, attention_causal_gqa_window_pad)
 {
-	struct cal_backend *be = ref();
 	uint64_t seed = 14, s = seed;
 	enum { T = 11, NH = 4, NKV = 2, HD = 8 };
 	uint16_t q[T * NH * HD], k[T * NKV * HD], v[T * NKV * HD], o[T * NH * HD];
 	uint32_t cu[3] = {0, 5, T}, ks[2] = {2, 0};
-	fill(q, sizeof(q) / 2, 2, &s);
-	fill(k, sizeof(k) / 2, 2, &s);
-	fill(v, sizeof(v) / 2, 1, &s);
+	fill_qkv(q, sizeof(q) / 2, k, sizeof(k) / 2, v, sizeof(v) / 2, &s);
 	for (int variant = 0; variant < 2; variant++) {
 		uint32_t window = variant ? 3 : 0;
 		const uint32_t *kst = variant ? NULL : ks;
@@ -201,12 +199,10 @@ Test(fwd_ops, attention_causal_gqa_window_pad)
 			}
 		}
 	}
-	cal_backend_free(be);
 }
 
 Test(fwd_ops, router_ties_renorm_and_extra_slots)
 {
-	struct cal_backend *be = ref();
 	enum { E = 6 };
 	/* token 0: experts 1 and 4 tie for first, 2 and 5 tie for third */
 	float lg[2][E] = {{0.5f, 2.0f, 1.0f, -1.0f, 2.0f, 1.0f}, {3.0f, -2.0f, 0.0f, 0.0f, 1.0f, 2.5f}};
@@ -232,21 +228,17 @@ Test(fwd_ops, router_ties_renorm_and_extra_slots)
 	for (int i = 0; i < E; i++)
 		sum += exp(lg[1][i] - 3.0);
 	cr_expect(fabs(w[2] - 1.0 / sum) < 1e-6, "softmax prob %g", (double)w[2]);
-	cal_backend_free(be);
 }
 
 /* gpt_oss: each head's sink joins the softmax denominator (no value row) */
 Test(fwd_ops, attention_sinks)
 {
-	struct cal_backend *be = ref();
 	uint64_t s = 21;
 	enum { T = 6, NH = 2, NKV = 1, HD = 8 };
 	uint16_t q[T * NH * HD], k[T * NKV * HD], v[T * NKV * HD], o[T * NH * HD];
 	uint32_t cu[2] = {0, T};
 	float sinks[NH] = {0.75f, -3.0f};
-	fill(q, sizeof(q) / 2, 2, &s);
-	fill(k, sizeof(k) / 2, 2, &s);
-	fill(v, sizeof(v) / 2, 1, &s);
+	fill_qkv(q, sizeof(q) / 2, k, sizeof(k) / 2, v, sizeof(v) / 2, &s);
 	for (int eager = 0; eager < 2; eager++) {
 		struct cal_attention_args a = {q, k, v, o, T, NH, NKV, HD, cu, 1, NULL, 4,
 					       1.0f / sqrtf(HD), sinks, eager, 0};
@@ -284,13 +276,11 @@ Test(fwd_ops, attention_sinks)
 			}
 		}
 	}
-	cal_backend_free(be);
 }
 
 /* gpt_oss: top-k of the logits, then softmax over the k picked, bf16 weights */
 Test(fwd_ops, router_topk_then_softmax)
 {
-	struct cal_backend *be = ref();
 	enum { E = 5 };
 	float lg[E] = {0.5f, 2.0f, -1.0f, 2.0f, 1.25f};
 	uint16_t l[E];
@@ -309,13 +299,11 @@ Test(fwd_ops, router_topk_then_softmax)
 	float e1 = expf(-0.75f), sum = 1.0f + e1;
 	cr_expect_eq(w[0], cal_round_bf16(1.0f / sum));
 	cr_expect_eq(w[1], cal_round_bf16(e1 / sum));
-	cal_backend_free(be);
 }
 
 /* gpt_oss clamped SwiGLU and the bias added after the GEMM's rounding */
 Test(fwd_ops, swiglu_oai_and_bias_after_round)
 {
-	struct cal_backend *be = ref();
 	float gv[4] = {9.0f, -2.0f, 0.3f, 6.5f}, uv[4] = {-8.0f, 7.5f, 0.1f, -0.4f};
 	uint16_t g[4], u[4], o[4];
 	for (int i = 0; i < 4; i++) {
@@ -341,12 +329,10 @@ Test(fwd_ops, swiglu_oai_and_bias_after_round)
 	ga.bias_after_round = 1;
 	cr_assert_eq(cal_op_gemm(be, &ga, NULL), CAL_OK);
 	cr_expect_eq(f(y), 1.0, "two roundings: %g", f(y));
-	cal_backend_free(be);
 }
 
 Test(fwd_ops, sort_is_stable_and_combine_orders)
 {
-	struct cal_backend *be = ref();
 	enum { T = 3, KT = 2, P = T * KT, E = 4, H = 2 };
 	uint32_t idx[P] = {2, 0, 0, 2, 3, 2}, off[E + 1], sp[P], pp[P];
 	struct cal_moe_sort_args s = {idx, P, E, off, sp, pp};
@@ -371,12 +357,10 @@ Test(fwd_ops, sort_is_stable_and_combine_orders)
 	cr_assert_eq(cal_op_moe_combine(be, &c, NULL), CAL_OK);
 	/* eager: bf16(1.0039) = 1, then bf16(1 + bf16(0.0039)) = 1 */
 	cr_expect_eq(f(out[2]), 1.0, "eager sums in bf16, got %g", f(out[2]));
-	cal_backend_free(be);
 }
 
 Test(fwd_ops, ewise_modes_and_gather)
 {
-	struct cal_backend *be = ref();
 	uint16_t a[4], b[4], g[2], o[4];
 	float av[4] = {1.0f, -2.0f, 3.5f, 0.25f}, bv[4] = {0.5f, 4.0f, -1.0f, 2.0f};
 	for (int i = 0; i < 4; i++) {
@@ -414,14 +398,12 @@ Test(fwd_ops, ewise_modes_and_gather)
 	cr_expect_eq(cal_op_gather_rows(be, &gr, &err), CAL_ERR_RANGE);
 	cr_expect(strstr(cal_error_msg(&err), "index[1]"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
-	cal_backend_free(be);
 }
 
 /* ---- DeepSeek-V3 (docs/deepseek.md) --------------------------------------- */
 
 Test(fwd_ops, rope_interleaved_at_offset)
 {
-	struct cal_backend *be = ref();
 	uint64_t seed = 17, s = seed;
 	enum { T = 3, NH = 2, HD = 10, OFF = 4, RD = 6 };
 	uint16_t x[T * NH * HD], x0[T * NH * HD];
@@ -451,21 +433,17 @@ Test(fwd_ops, rope_interleaved_at_offset)
 	struct cal_rope_args bad = a;
 	bad.offset = HD - RD + 1;
 	cr_expect_eq(cal_op_rope(be, &bad, NULL), CAL_ERR_INVALID);
-	cal_backend_free(be);
 }
 
 Test(fwd_ops, attention_own_v_head_dim)
 {
 	/* vd < hd: the same output as attention over v padded with zeros to hd */
-	struct cal_backend *be = ref();
 	uint64_t s = 23;
 	enum { T = 6, NH = 2, HD = 12, VD = 8 };
 	uint16_t q[T * NH * HD], k[T * NH * HD], v[T * NH * VD], vp[T * NH * HD];
 	uint16_t o[T * NH * VD], op[T * NH * HD];
 	uint32_t cu[3] = {0, 2, T};
-	fill(q, sizeof(q) / 2, 2, &s);
-	fill(k, sizeof(k) / 2, 2, &s);
-	fill(v, sizeof(v) / 2, 1, &s);
+	fill_qkv(q, sizeof(q) / 2, k, sizeof(k) / 2, v, sizeof(v) / 2, &s);
 	memset(vp, 0, sizeof(vp));
 	for (int r = 0; r < T * NH; r++)
 		memcpy(vp + r * HD, v + r * VD, VD * 2);
@@ -478,12 +456,10 @@ Test(fwd_ops, attention_own_v_head_dim)
 		for (int c = VD; c < HD; c++)
 			cr_expect_eq(op[r * HD + c], 0);
 	}
-	cal_backend_free(be);
 }
 
 Test(fwd_ops, mla_kv_layout)
 {
-	struct cal_backend *be = ref();
 	enum { T = 2, NH = 3, DN = 2, DR = 2, DV = 3 };
 	uint16_t kv[T * NH * (DN + DV)], kpe[T * DR], k[T * NH * (DN + DR)], v[T * NH * DV];
 	for (int i = 0; i < T * NH * (DN + DV); i++)
@@ -502,12 +478,10 @@ Test(fwd_ops, mla_kv_layout)
 			for (int c = 0; c < DV; c++)
 				cr_expect_eq(v[(t * NH + n) * DV + c], src[DN + c]);
 		}
-	cal_backend_free(be);
 }
 
 Test(fwd_ops, router_group_masks_groups_and_scales)
 {
-	struct cal_backend *be = ref();
 	/* h = 1, x = 1: logits are the weights.  4 experts in 2 groups. */
 	uint16_t x[1] = {0x3f80};
 	float w[4] = {2.0f, -3.0f, 1.0f, 0.5f};
@@ -536,12 +510,10 @@ Test(fwd_ops, router_group_masks_groups_and_scales)
 	cr_expect(fabsf(wt[0] - 2.5f / (1.0f + expf(-1.0f))) <= 1e-6f);
 	a.topk_group = 3; /* more groups than exist */
 	cr_expect_eq(cal_op_router_group(be, &a, NULL), CAL_ERR_INVALID);
-	cal_backend_free(be);
 }
 
 Test(fwd_ops, fp8_block_dequant_partial_blocks)
 {
-	struct cal_backend *be = ref();
 	enum { R = 5, C = 3, BR = 2, BC = 2 };
 	uint8_t q[R * C];
 	float sc[3 * 2] = {1.0f, 2.0f, 0.5f, 4.0f, 0.25f, 8.0f};
@@ -555,5 +527,4 @@ Test(fwd_ops, fp8_block_dequant_partial_blocks)
 			float want = cal_e4m3_decode(q[r * C + c]) * sc[(r / BR) * 2 + c / BC];
 			cr_expect_eq(out[r * C + c], cal_f32_to_bf16(want), "[%d, %d]", r, c);
 		}
-	cal_backend_free(be);
 }

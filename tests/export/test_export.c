@@ -24,6 +24,7 @@
 #include "engine/export/export.h"
 #include "engine/st/st_writer.h"
 #include "fixture.h"
+#include "testrng.h"
 #include "testutil.h"
 
 #define SEED 20260521ull
@@ -141,22 +142,6 @@ Test(exclude, mtp_prefixes_as_hf_ptq)
 
 /* ---- fixtures ------------------------------------------------------------ */
 
-static uint64_t splitmix(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t name_seed(const char *s)
-{
-	uint64_t h = SEED;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ull;
-	return h;
-}
-
 static char *make_model(const char *root, const char *arch, const char *layout)
 {
 	struct cal_fixture_opts fo = {.arch = arch, .seed = SEED};
@@ -174,8 +159,8 @@ static char *make_model(const char *root, const char *arch, const char *layout)
 /* A deterministic amax per quantizer name, in [0.5, 10.5). */
 static float synth_amax(const char *name)
 {
-	uint64_t s = name_seed(name);
-	return 0.5f + (float)(splitmix(&s) % 1000) / 100.0f;
+	uint64_t s = cal_test_fnv1a(SEED, name);
+	return 0.5f + (float)(cal_test_splitmix(&s) % 1000) / 100.0f;
 }
 
 static struct cal_stats *synth_stats(const struct cal_plan *p)

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "common/sha256.h"
+#include "common/fsutil.h"
 #include "common/util.h"
 #include "tests/fixtures/fixture.h"
 
@@ -393,8 +394,7 @@ static int do_case(const char *dir, const char *parity, const char *calibd,
 		}
 	}
 	cal_error_clear(&err);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
-	if (system(cmd) != 0)
+	if (cal_rmtree(tmp, NULL) < 0)
 		printf("    (could not remove %s)\n", tmp);
 	json_decref(fp);
 	return bad;

@@ -20,6 +20,7 @@
  * they only serve their experts.
  */
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -156,25 +157,58 @@ static void same_dirs(const char *a, const char *b)
 	cr_assert_eq(n, cal_test_count_entries(b), "%s and %s hold different files", a, b);
 }
 
-/* Quantizes arch/layout over 1, 2 and 4 ranks: same files, same statistics,
- * each rank's share written by that rank (parts_write: check_rank_shares). */
-static void same_over_ranks_opts(const char *arch, const char *layout, uint64_t shard_bytes,
-				 const unsigned *ranks, size_t n_ranks, int per_expert,
-				 int parts_write)
+/* A model quantized over 1, 2 and 4 ranks (the first n_ranks of them).
+ * Criterion hands a parameter to the test's process as bytes, so the
+ * strings are arrays, not pointers. */
+struct ranks_case {
+	char arch[16], layout[16];
+	char recipe[64];      /* "": RECIPE */
+	uint64_t shard_bytes; /* 0: one file */
+	size_t n_ranks;
+	int per_expert;       /* per_expert_input_amax */
+};
+
+static const struct ranks_case ranks_cases[] = {
+	{"qwen3_moe", "default", "", 0, 3, 0},
+	/* nvfp4_act_headroom: the ranks' histograms are summed (docs/numerics.md
+	 * "Activation headroom"), so the input scales do not depend on R */
+	{"qwen3_moe", "default", "general/ptq/nvfp4_act_headroom-kv_fp8_cast", 0, 3, 0},
+	{"mixtral", "default", "", 0, 3, 0},
+	{"qwen2_moe", "default", "", 0, 3, 0}, /* a shared expert */
+	{"deepseek_v3", "default", "", 0, 3, 0},
+	{"deepseek_v3", "fp8-block16", "", 0, 2, 0}, /* the FP8 source */
+	{"gpt_oss", "mxfp4", "", 0, 3, 0},
+	/* the parts' input scales come from their own engines' statistics */
+	{"qwen3_moe", "default", "", 0, 3, 1},
+	/* small shards: several files and model.safetensors.index.json */
+	{"qwen3_moe", "per-expert", "", 40000, 3, 0},
+	/* a dense model: data parallel only */
+	{"llama", "default", "", 0, 2, 0},
+};
+
+/* Quantizes c's model over 1, 2 (and 4) ranks: same files, same
+ * statistics, and each rank's share written by that rank (unless the
+ * experts are fused, gpt_oss, or there are none: check_rank_shares). */
+static void same_over_ranks(const struct ranks_case *c)
 {
+	static const unsigned ranks[] = {1, 2, 4};
+	const char *arch = c->arch;
+	int parts_write = strcmp(arch, "gpt_oss") && strcmp(arch, "llama");
+	if (c->recipe[0])
+		recipe = c->recipe;
 	char *root = tmpdir();
-	char *model = make_model(root, arch, layout);
+	char *model = make_model(root, arch, c->layout);
 	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
 	char *out1 = NULL, *s1 = NULL;
-	for (size_t i = 0; i < n_ranks; i++) {
+	for (size_t i = 0; i < c->n_ranks; i++) {
 		struct cal_job_opts o = opts(model, tok, ranks[i]);
-		o.max_shard_bytes = shard_bytes;
-		o.per_expert_input_amax = per_expert;
+		o.max_shard_bytes = c->shard_bytes;
+		o.per_expert_input_amax = c->per_expert;
 		char *out = NULL;
 		cr_assert(asprintf(&out, "%s/out-%u", root, ranks[i]) > 0);
 		track(out);
 		struct cal_error err = {0};
-		cr_assert_eq(quantize(&o, out, &err), CAL_OK, "%s/%s, %u ranks: %s", arch, layout,
+		cr_assert_eq(quantize(&o, out, &err), CAL_OK, "%s/%s, %u ranks: %s", arch, c->layout,
 			     ranks[i], cal_error_msg(&err));
 		char *s = stats(&o);
 		if (!i) {
@@ -183,75 +217,21 @@ static void same_over_ranks_opts(const char *arch, const char *layout, uint64_t 
 			continue;
 		}
 		same_dirs(out1, out);
-		cr_assert_str_eq(s1, s, "%s: statistics of %u ranks differ from 1", arch, ranks[i]);
+		cr_assert_str_eq(s1, s, "%s/%s: statistics of %u ranks differ from 1", arch,
+				 c->layout, ranks[i]);
 		check_rank_shares(out, ranks[i], parts_write);
 	}
 	rm_rf(root);
 }
 
-static void same_over_ranks(const char *arch, const char *layout, uint64_t shard_bytes,
-			    const unsigned *ranks, size_t n_ranks)
+ParameterizedTestParameters(ep, same_bytes_over_ranks)
 {
-	int fused = !strcmp(arch, "gpt_oss"), dense = !strcmp(arch, "llama");
-	same_over_ranks_opts(arch, layout, shard_bytes, ranks, n_ranks, 0, !fused && !dense);
+	return cr_make_param_array(struct ranks_case, ranks_cases, CAL_ARRAY_LEN(ranks_cases));
 }
 
-static const unsigned R124[] = {1, 2, 4};
-
-Test(ep, qwen3_moe_same_bytes_over_1_2_4_ranks)
+ParameterizedTest(const struct ranks_case *c, ep, same_bytes_over_ranks)
 {
-	same_over_ranks("qwen3_moe", "default", 0, R124, 3);
-}
-
-/* nvfp4_act_headroom: the ranks' histograms are summed (docs/numerics.md
- * "Activation headroom"), so the input scales do not depend on R */
-Test(ep, qwen3_moe_headroom_same_bytes_over_1_2_4_ranks)
-{
-	recipe = "general/ptq/nvfp4_act_headroom-kv_fp8_cast";
-	same_over_ranks("qwen3_moe", "default", 0, R124, 3);
-}
-
-Test(ep, mixtral_same_bytes_over_1_2_4_ranks)
-{
-	same_over_ranks("mixtral", "default", 0, R124, 3);
-}
-
-Test(ep, qwen2_moe_shared_expert_same_bytes_over_1_2_4_ranks)
-{
-	same_over_ranks("qwen2_moe", "default", 0, R124, 3);
-}
-
-Test(ep, deepseek_v3_same_bytes_over_1_2_4_ranks)
-{
-	same_over_ranks("deepseek_v3", "default", 0, R124, 3);
-}
-
-Test(ep, deepseek_v3_fp8_source_same_bytes_over_1_2_ranks)
-{
-	same_over_ranks("deepseek_v3", "fp8-block16", 0, R124, 2);
-}
-
-Test(ep, gpt_oss_mxfp4_same_bytes_over_1_2_4_ranks)
-{
-	same_over_ranks("gpt_oss", "mxfp4", 0, R124, 3);
-}
-
-Test(ep, per_expert_input_amax_same_bytes_over_1_2_4_ranks)
-{
-	/* the parts' input scales come from their own engines' statistics */
-	same_over_ranks_opts("qwen3_moe", "default", 0, R124, 3, 1, 1);
-}
-
-Test(ep, sharded_output_same_shards_and_index)
-{
-	/* small shards: several files and model.safetensors.index.json */
-	same_over_ranks("qwen3_moe", "per-expert", 40000, R124, 3);
-}
-
-Test(ep, dense_model_data_parallel)
-{
-	static const unsigned r12[] = {1, 2};
-	same_over_ranks("llama", "default", 0, r12, 2);
+	same_over_ranks(c);
 }
 
 Test(ep, streamed_weights_same_statistics)

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "fwdcases.h"
+#include "testrng.h"
 
 struct fbuf {
 	void *a, *b;
@@ -25,19 +26,6 @@ struct fctx {
 	int failed;
 	int exact; /* both back ends are CPU */
 };
-
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float unit(uint64_t *s) /* [-1, 1) */
-{
-	return (float)((int64_t)(rng(s) >> 11) - (INT64_C(1) << 52)) / (float)(INT64_C(1) << 52);
-}
 
 static void ffail(struct fctx *c, const char *msg)
 {
@@ -141,13 +129,9 @@ static int fdone(struct fctx *c)
 static void fctx_init(struct fctx *c, struct opcase_env *env, const char *op, uint64_t rows,
 		      uint64_t units, uint64_t seed)
 {
-	memset(c, 0, sizeof(*c));
-	c->env = env;
-	c->op = op;
-	c->rows = rows;
-	c->units = units;
-	c->seed = seed;
-	c->exact = env->a->kind == CAL_BACKEND_CPU && env->b->kind == CAL_BACKEND_CPU;
+	*c = (struct fctx){.env = env, .op = op, .rows = rows, .units = units, .seed = seed,
+			   .exact = env->a->kind == CAL_BACKEND_CPU &&
+				    env->b->kind == CAL_BACKEND_CPU};
 }
 
 static uint16_t *bf_rand(uint64_t n, float scale, uint64_t *s)
@@ -156,7 +140,7 @@ static uint16_t *bf_rand(uint64_t n, float scale, uint64_t *s)
 	if (!p)
 		abort();
 	for (uint64_t i = 0; i < n; i++)
-		p[i] = cal_nf_f32_to_bf16(unit(s) * scale);
+		p[i] = cal_nf_f32_to_bf16(cal_test_unit(s) * scale);
 	return p;
 }
 
@@ -200,7 +184,7 @@ int fwdcase_gather_rows(struct opcase_env *env, uint64_t rows, uint64_t units, u
 	uint16_t *src = bf_rand(src_rows * cols, 1.0f, &s);
 	uint32_t *idx = malloc(n * 4);
 	for (uint64_t i = 0; i < n; i++)
-		idx[i] = (uint32_t)(rng(&s) % (src_rows * 2));
+		idx[i] = (uint32_t)(cal_test_splitmix(&s) % (src_rows * 2));
 	struct fbuf *bs = fnew(&c, src_rows * cols * 2, src), *bi = fnew(&c, n * 4, idx);
 	struct fbuf *bo = fnew(&c, n * cols * 2, NULL);
 	struct cal_gather_rows_args aa = {bs->a, src_rows, cols, bi->a, n, 2, bo->a};
@@ -223,7 +207,7 @@ int fwdcase_rmsnorm(struct opcase_env *env, uint64_t rows, uint64_t units, uint6
 	float *wf = malloc(cols * 4);
 	uint16_t *wb = malloc(cols * 2);
 	for (uint64_t j = 0; j < cols; j++) {
-		wf[j] = 1.0f + 0.1f * unit(&s);
+		wf[j] = 1.0f + 0.1f * cal_test_unit(&s);
 		wb[j] = cal_nf_f32_to_bf16(wf[j]);
 	}
 	struct fbuf *bx = fnew(&c, rows * cols * 2, x), *by = fnew(&c, rows * cols * 2, NULL);
@@ -255,7 +239,7 @@ int fwdcase_rope(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t
 	uint32_t *pos = malloc(rows * 4);
 	float *inv = malloc((rd / 2 + 1) * 4);
 	for (uint64_t r = 0; r < rows; r++)
-		pos[r] = (uint32_t)(rng(&s) % 4096);
+		pos[r] = (uint32_t)(cal_test_splitmix(&s) % 4096);
 	for (uint32_t j = 0; j < rd / 2; j++)
 		inv[j] = 1.0f / powf(10000.0f, (float)(2 * j) / (float)rd);
 	struct fbuf *bx = fnew(&c, rows * heads * hd * 2, x), *bp = fnew(&c, rows * 4, pos);
@@ -306,7 +290,7 @@ int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uin
 	struct fbuf *bv = fnew(&c, t * nkv * vd * 2, v), *bo = fnew(&c, t * nh * vd * 2, NULL);
 	struct fbuf *bc = fnew(&c, sizeof(cu), cu), *bs = fnew(&c, sizeof(ks), ks);
 	/* gpt_oss sinks on every other seed (one per query head) */
-	float sk[4] = {unit(&s) * 3.0f, unit(&s) * 3.0f, 8.0f, -8.0f};
+	float sk[4] = {cal_test_unit(&s) * 3.0f, cal_test_unit(&s) * 3.0f, 8.0f, -8.0f};
 	struct fbuf *bsk = fnew(&c, sizeof(sk), sk);
 	int sinks = (seed & 8) != 0 && vd == hd;
 	struct cal_attention_args aa = {bq->a, bk->a, bv->a, bo->a, t, nh, nkv, hd, bc->a, n_seq,
@@ -351,7 +335,7 @@ int fwdcase_moe_sort(struct opcase_env *env, uint64_t rows, uint64_t units, uint
 	fctx_init(&c, env, "moe_sort", rows, units, seed);
 	uint32_t *idx = malloc(n * 4);
 	for (uint64_t i = 0; i < n; i++)
-		idx[i] = (uint32_t)(rng(&s) % e);
+		idx[i] = (uint32_t)(cal_test_splitmix(&s) % e);
 	struct fbuf *bi = fnew(&c, n * 4, idx), *bo = fnew(&c, (e + 1) * 4, NULL);
 	struct fbuf *bs = fnew(&c, n * 4, NULL), *bp = fnew(&c, n * 4, NULL);
 	struct cal_moe_sort_args aa = {bi->a, n, e, bo->a, bs->a, bp->a};
@@ -376,10 +360,10 @@ int fwdcase_moe_combine(struct opcase_env *env, uint64_t rows, uint64_t units, u
 	float *w = malloc(t * k * 4);
 	for (uint64_t p = 0; p < np; p++) {
 		pp[p] = (uint32_t)((p * 7 + 3) % np);
-		idx[p] = (uint32_t)(rng(&s) % e);
+		idx[p] = (uint32_t)(cal_test_splitmix(&s) % e);
 	}
 	for (uint64_t i = 0; i < t * k; i++)
-		w[i] = (unit(&s) + 1.0f) * 0.5f;
+		w[i] = (cal_test_unit(&s) + 1.0f) * 0.5f;
 	struct fbuf *by = fnew(&c, np * h * 2, y), *bp = fnew(&c, np * 4, pp);
 	struct fbuf *bi = fnew(&c, np * 4, idx), *bw = fnew(&c, t * k * 4, w);
 	struct fbuf *bo = fnew(&c, t * h * 2, NULL);
@@ -498,8 +482,8 @@ static void gd_in_make(struct gd_in *in, uint64_t t, uint32_t nk, uint32_t nv, u
 		abort();
 	for (uint32_t h = 0; h < nv; h++) {
 		/* A in [0.01, 16] as HF's init: decays from ~1 to fast */
-		in->alog[h] = logf(0.01f + 8.0f * (unit(s) + 1.0f));
-		in->dt[h] = 1.0f + 0.5f * unit(s);
+		in->alog[h] = logf(0.01f + 8.0f * (cal_test_unit(s) + 1.0f));
+		in->dt[h] = 1.0f + 0.5f * cal_test_unit(s);
 	}
 }
 
@@ -580,9 +564,9 @@ int fwdcase_router_group(struct opcase_env *env, uint64_t rows, uint64_t units, 
 	uint16_t *x = bf_rand(t * h, 2.0f, &s);
 	float *w = malloc((size_t)e * h * 4), *bias = malloc((size_t)e * 4);
 	for (uint64_t i = 0; i < (uint64_t)e * h; i++)
-		w[i] = unit(&s) * 0.5f;
+		w[i] = cal_test_unit(&s) * 0.5f;
 	for (uint32_t i = 0; i < e; i++)
-		bias[i] = unit(&s) * 0.1f;
+		bias[i] = cal_test_unit(&s) * 0.1f;
 	struct fbuf *bx = fnew(&c, t * h * 2, x), *bw = fnew(&c, (size_t)e * h * 4, w);
 	struct fbuf *bb = fnew(&c, (size_t)e * 4, bias), *bl = fnew(&c, t * e * 4, NULL);
 	struct fbuf *bi = fnew(&c, t * kt * 4, NULL), *bwt = fnew(&c, t * k * 4, NULL);
@@ -612,12 +596,12 @@ int fwdcase_fp8_block_dequant(struct opcase_env *env, uint64_t rows, uint64_t un
 	uint8_t *q = malloc(r * cols + 1);
 	float *sc = malloc(nsr * nsc * 4 + 4);
 	for (uint64_t i = 0; i < r * cols; i++) {
-		q[i] = (uint8_t)rng(&s);
+		q[i] = (uint8_t)cal_test_splitmix(&s);
 		if ((q[i] & 0x7f) == 0x7f)
 			q[i] ^= 1; /* no NaN codes */
 	}
 	for (uint64_t i = 0; i < nsr * nsc; i++)
-		sc[i] = fabsf(unit(&s)) * 1e-3f + 1e-6f;
+		sc[i] = fabsf(cal_test_unit(&s)) * 1e-3f + 1e-6f;
 	struct fbuf *bq = fnew(&c, r * cols, q), *bs = fnew(&c, nsr * nsc * 4, sc);
 	struct fbuf *bo = fnew(&c, r * cols * 2, NULL);
 	struct cal_fp8_block_dequant_args aa = {bq->a, bs->a, r, cols, br, bc, bo->a};

@@ -12,6 +12,7 @@
 
 #include "opcases.h"
 #include "fwdcases.h"
+#include "testrng.h"
 
 #define GUARD 64
 #define GUARD_BYTE 0xA5
@@ -32,36 +33,23 @@ struct ctx {
 	int failed;
 };
 
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float rng_unit(uint64_t *s) /* [-1, 1) */
-{
-	return (float)((int64_t)(rng(s) >> 11) - (INT64_C(1) << 52)) / (float)(INT64_C(1) << 52);
-}
-
 /* bf16 weights: per-16-block magnitude 2^[-12, 6], some zero blocks, tiny
  * blocks, exact small grid values (ties) and negative tiny values. */
 static void fill_weights(uint16_t *w, uint64_t n, uint64_t *s)
 {
 	for (uint64_t i = 0; i < n; i += 16) {
-		uint64_t kind = rng(s) % 16;
-		float scale = ldexpf(1.0f, (int)(rng(s) % 19) - 12);
+		uint64_t kind = cal_test_splitmix(s) % 16;
+		float scale = ldexpf(1.0f, (int)(cal_test_splitmix(s) % 19) - 12);
 		for (uint64_t k = i; k < i + 16 && k < n; k++) {
 			float v;
 			if (kind == 0)
 				v = 0.0f;
 			else if (kind == 1)
-				v = rng_unit(s) * 1e-30f;
+				v = cal_test_unit(s) * 1e-30f;
 			else if (kind == 2)
-				v = (float)((int)(rng(s) % 25) - 12) * 0.25f * scale;
+				v = (float)((int)(cal_test_splitmix(s) % 25) - 12) * 0.25f * scale;
 			else
-				v = rng_unit(s) * scale;
+				v = cal_test_unit(s) * scale;
 			w[k] = cal_nf_f32_to_bf16(v);
 		}
 	}
@@ -70,9 +58,9 @@ static void fill_weights(uint16_t *w, uint64_t n, uint64_t *s)
 static void fill_obs(enum cal_dtype dt, void *x, uint64_t n, uint64_t *s, int specials)
 {
 	for (uint64_t i = 0; i < n; i++) {
-		float v = rng_unit(s) * ldexpf(1.0f, (int)(rng(s) % 30) - 15);
-		if (specials && rng(s) % 997 == 0)
-			v = (rng(s) & 1) ? NAN : ((rng(s) & 1) ? INFINITY : -INFINITY);
+		float v = cal_test_unit(s) * ldexpf(1.0f, (int)(cal_test_splitmix(s) % 30) - 15);
+		if (specials && cal_test_splitmix(s) % 997 == 0)
+			v = (cal_test_splitmix(s) & 1) ? NAN : ((cal_test_splitmix(s) & 1) ? INFINITY : -INFINITY);
 		if (dt == CAL_DTYPE_BF16)
 			((uint16_t *)x)[i] = cal_nf_f32_to_bf16(v);
 		else
@@ -263,7 +251,7 @@ static int case_amax_rows(struct opcase_env *env, uint64_t rows, uint64_t units,
 	float am0 = 0.0f;
 	fill_obs(dt, x, n, &s, env->specials);
 	for (uint64_t k = 0; k < nidx; k++)
-		idx[k] = (uint32_t)(rng(&s) % (rows + (k == 0))); /* one may be out of range */
+		idx[k] = (uint32_t)(cal_test_splitmix(&s) % (rows + (k == 0))); /* one may be out of range */
 	struct pair *px = pair_new(&c, n * es, x), *pi = pair_new(&c, nidx * 4, idx),
 		    *pa = pair_new_stat(&c, 4, &am0), *pn = pair_new_stat(&c, sizeof(nf_init), &nf_init);
 	struct cal_amax_rows_args A = {dt, px->a, rows, units, pi->a, nidx, 7, pa->a, pn->a};
@@ -288,7 +276,7 @@ static int case_hessian(struct opcase_env *env, uint64_t rows, uint64_t units, u
 	float *h0 = xmalloc(cols * cols * 4);
 	fill_obs(dt, x, n, &s, env->specials);
 	for (uint64_t k = 0; k < nidx; k++)
-		idx[k] = (uint32_t)(rng(&s) % (rows + (k == 0))); /* one may be out of range */
+		idx[k] = (uint32_t)(cal_test_splitmix(&s) % (rows + (k == 0))); /* one may be out of range */
 	for (uint64_t k = 0; k < cols * cols; k++)
 		h0[k] = (float)(k % 5) * 0.25f;
 	struct pair *px = pair_new(&c, n * es, x), *pi = pair_new(&c, nidx * 4 + 4, idx),
@@ -309,17 +297,17 @@ static int case_amax_segments(struct opcase_env *env, uint64_t rows, uint64_t un
 	CTX(amax_segments);
 	enum cal_dtype dt = seed & 1 ? CAL_DTYPE_F32 : CAL_DTYPE_BF16;
 	uint64_t n = rows * units;
-	uint32_t nseg = (uint32_t)(rng(&s) % 70) + 1;
+	uint32_t nseg = (uint32_t)(cal_test_splitmix(&s) % 70) + 1;
 	size_t es = cal_dtype_size(dt);
 	void *x = xmalloc(n * es);
 	uint32_t *off = xmalloc((nseg + 1) * 4);
 	float *am0 = xmalloc(nseg * 4);
 	fill_obs(dt, x, n, &s, env->specials);
 	/* non-decreasing offsets with empty segments, starting >= 0 */
-	off[0] = (uint32_t)(rng(&s) % 2 ? 0 : rng(&s) % (rows + 1));
+	off[0] = (uint32_t)(cal_test_splitmix(&s) % 2 ? 0 : cal_test_splitmix(&s) % (rows + 1));
 	for (uint32_t i = 1; i <= nseg; i++) {
 		uint64_t left = rows - off[i - 1];
-		off[i] = off[i - 1] + (uint32_t)(left && rng(&s) % 3 ? rng(&s) % (left / 2 + 2) % (left + 1) : 0);
+		off[i] = off[i - 1] + (uint32_t)(left && cal_test_splitmix(&s) % 3 ? cal_test_splitmix(&s) % (left / 2 + 2) % (left + 1) : 0);
 	}
 	for (uint32_t i = 0; i < nseg; i++)
 		am0[i] = (float)(i % 3) * 0.125f;
@@ -433,7 +421,7 @@ static float *block_amax(const uint16_t *w, uint64_t n, uint64_t bs, uint64_t *s
 			float v = fabsf(cal_nf_bf16_to_f32(w[k]));
 			a[b] = v > a[b] ? v : a[b];
 		}
-		if (rng(s) % 8 == 0) /* sometimes a calibrated amax != the weight's */
+		if (cal_test_splitmix(s) % 8 == 0) /* sometimes a calibrated amax != the weight's */
 			a[b] = cal_fmul(a[b], 0.75f);
 	}
 	return a;
@@ -474,8 +462,8 @@ static int case_gptq_update(struct opcase_env *env, uint64_t rows, uint64_t unit
 	float *u = xmalloc(cols * cols * 4);
 	for (uint64_t i = 0; i < cols; i++)
 		for (uint64_t j = 0; j < cols; j++)
-			u[i * cols + j] = j < i ? 0.0f : j == i ? 0.5f + (float)(rng(&s) % 64) / 32.0f
-						  : rng_unit(&s) * 0.125f;
+			u[i * cols + j] = j < i ? 0.0f : j == i ? 0.5f + (float)(cal_test_splitmix(&s) % 64) / 32.0f
+						  : cal_test_unit(&s) * 0.125f;
 	struct pair *pw = pair_new(&c, n * 2, w), *pb = pair_new(&c, n / 16 * 4, ba),
 		    *pu = pair_new(&c, cols * cols * 4, u),
 		    *pk = pair_new(&c, (cols + bs) * rows * 4, NULL), *po = pair_new(&c, n * 2, NULL);
@@ -631,7 +619,7 @@ static uint8_t *rand_bytes(uint64_t n, uint64_t *s)
 {
 	uint8_t *b = xmalloc(n ? n : 1);
 	for (uint64_t i = 0; i < n; i++)
-		b[i] = (uint8_t)rng(s);
+		b[i] = (uint8_t)cal_test_splitmix(s);
 	return b;
 }
 
@@ -645,7 +633,7 @@ static int case_nvfp4_dequant(struct opcase_env *env, uint64_t rows, uint64_t un
 	uint32_t bs = cols % 32 == 0 && seed % 3 == 1 ? 32 : 16; /* nvfp4_bs32 too */
 	enum cal_dtype dt = OUT_DT(seed);
 	uint8_t *q = rand_bytes(n / 2, &s), *sc = rand_bytes(n / bs, &s);
-	float s2 = ldexpf(1.0f + rng_unit(&s) * 0.5f, -10);
+	float s2 = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, -10);
 	struct pair *pq = pair_new(&c, n / 2, q), *ps = pair_new(&c, n / bs, sc),
 		    *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
 	struct cal_nvfp4_dequant_args A = {pq->a, ps->a, rows, cols, s2, dt, po->a, bs};
@@ -663,7 +651,7 @@ static int case_fp8_dequant(struct opcase_env *env, uint64_t rows, uint64_t unit
 	uint64_t n = rows * units;
 	enum cal_dtype dt = OUT_DT(seed);
 	uint8_t *q = rand_bytes(n, &s);
-	float sc = ldexpf(1.0f + rng_unit(&s) * 0.5f, -8);
+	float sc = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, -8);
 	struct pair *pq = pair_new(&c, n, q), *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
 	struct cal_fp8_dequant_args A = {pq->a, n, sc, dt, po->a};
 	struct cal_fp8_dequant_args B = {pq->b, n, sc, dt, po->b};
@@ -718,7 +706,7 @@ static int case_int4_dequant(struct opcase_env *env, uint64_t rows, uint64_t uni
 	uint8_t *q = rand_bytes(n / 2, &s);
 	float *sc = xmalloc(n / 128 * 4);
 	for (uint64_t i = 0; i < n / 128; i++)
-		sc[i] = ldexpf(1.0f + rng_unit(&s) * 0.5f, (int)(rng(&s) % 20) - 12);
+		sc[i] = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, (int)(cal_test_splitmix(&s) % 20) - 12);
 	struct pair *pq = pair_new(&c, n / 2, q), *ps = pair_new(&c, n / 128 * 4, sc),
 		    *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
 	struct cal_int4_dequant_args A = {pq->a, ps->a, r2, cols, dt, po->a};
@@ -739,7 +727,7 @@ static int case_int8_dequant(struct opcase_env *env, uint64_t rows, uint64_t uni
 	uint8_t *q = rand_bytes(n, &s);
 	float *sc = xmalloc(rows * 4 + 4);
 	for (uint64_t i = 0; i < rows; i++)
-		sc[i] = ldexpf(1.0f + rng_unit(&s) * 0.5f, (int)(rng(&s) % 20) - 12);
+		sc[i] = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, (int)(cal_test_splitmix(&s) % 20) - 12);
 	struct pair *pq = pair_new(&c, n, q), *ps = pair_new(&c, rows * 4, sc),
 		    *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
 	struct cal_int8_dequant_args A = {pq->a, ps->a, rows, cols, dt, po->a};
@@ -761,7 +749,7 @@ static int case_sqnr_rows(struct opcase_env *env, uint64_t rows, uint64_t units,
 	float *y = xmalloc(n * 4);
 	fill_weights(x, n, &s);
 	for (uint64_t i = 0; i < n; i++)
-		y[i] = cal_nf_bf16_to_f32(x[i]) * (1.0f + rng_unit(&s) * 0.0625f);
+		y[i] = cal_nf_bf16_to_f32(x[i]) * (1.0f + cal_test_unit(&s) * 0.0625f);
 	struct pair *px = pair_new(&c, n * 2, x), *py = pair_new(&c, n * 4, y),
 		    *po = pair_new_stat(&c, rows * 16, NULL);
 	struct cal_sqnr_rows_args A = {px->a, py->a, rows, cols, po->a};
@@ -785,12 +773,12 @@ static int case_logit_kl(struct opcase_env *env, uint64_t rows, uint64_t units, 
 	uint16_t *lo = xmalloc(n * 2), *lq = xmalloc(n * 2);
 	uint32_t *next = xmalloc(rows * 4 + 4);
 	for (uint64_t i = 0; i < n; i++) {
-		float v = rng(&s) % 11 == 0 ? 4.0f : rng_unit(&s) * ldexpf(1.0f, (int)(rng(&s) % 5));
+		float v = cal_test_splitmix(&s) % 11 == 0 ? 4.0f : cal_test_unit(&s) * ldexpf(1.0f, (int)(cal_test_splitmix(&s) % 5));
 		lo[i] = cal_nf_f32_to_bf16(v);
-		lq[i] = cal_nf_f32_to_bf16(v * (1.0f + rng_unit(&s) * 0.125f));
+		lq[i] = cal_nf_f32_to_bf16(v * (1.0f + cal_test_unit(&s) * 0.125f));
 	}
 	for (uint64_t r = 0; r < rows; r++)
-		next[r] = rng(&s) % 5 == 0 ? UINT32_MAX : (uint32_t)(rng(&s) % V);
+		next[r] = cal_test_splitmix(&s) % 5 == 0 ? UINT32_MAX : (uint32_t)(cal_test_splitmix(&s) % V);
 	struct pair *po = pair_new(&c, n * 2, lo), *pq = pair_new(&c, n * 2, lq),
 		    *pn = pair_new(&c, rows * 4, next), *pr = pair_new_stat(&c, rows * 24, NULL),
 		    *pa = pair_new_stat(&c, rows * 8, NULL);
@@ -815,8 +803,8 @@ static int case_err_rows(struct opcase_env *env, uint64_t rows, uint64_t units, 
 	fill_weights(a, n, &s);
 	for (uint64_t i = 0; i < n; i++) {
 		float v = cal_nf_bf16_to_f32(a[i]);
-		b[i] = cal_nf_f32_to_bf16(v * (1.0f + rng_unit(&s) * 0.0625f));
-		in[i] = cal_nf_f32_to_bf16(v * rng_unit(&s));
+		b[i] = cal_nf_f32_to_bf16(v * (1.0f + cal_test_unit(&s) * 0.0625f));
+		in[i] = cal_nf_f32_to_bf16(v * cal_test_unit(&s));
 	}
 	struct pair *pa = pair_new(&c, n * 2, a), *pb = pair_new(&c, n * 2, b),
 		    *pi = pair_new(&c, n * 2, in), *po = pair_new_stat(&c, rows * 16, NULL);

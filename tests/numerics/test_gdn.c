@@ -18,26 +18,14 @@
 
 #include "common/fp.h"
 #include "kernels/ops.h"
-
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float unit(uint64_t *s) /* [-1, 1) */
-{
-	return (float)((int64_t)(rng(s) >> 11) - (INT64_C(1) << 52)) / (float)(INT64_C(1) << 52);
-}
+#include "testrng.h"
 
 static uint16_t *bf_rand(uint64_t n, float scale, uint64_t *s)
 {
 	uint16_t *p = malloc((n ? n : 1) * 2);
 	cr_assert_not_null(p);
 	for (uint64_t i = 0; i < n; i++)
-		p[i] = cal_f32_to_bf16(unit(s) * scale);
+		p[i] = cal_f32_to_bf16(cal_test_unit(s) * scale);
 	return p;
 }
 
@@ -66,13 +54,7 @@ static void gd_case_make(struct gd_case *g, uint64_t t, uint32_t nk, uint32_t nv
 			 uint32_t dv, const uint32_t *lens, uint32_t n_seq, uint64_t seed)
 {
 	uint64_t s = seed, cd = 2 * (uint64_t)nk * dk + (uint64_t)nv * dv;
-	memset(g, 0, sizeof(*g));
-	g->t = t;
-	g->nk = nk;
-	g->nv = nv;
-	g->dk = dk;
-	g->dv = dv;
-	g->n_seq = n_seq;
+	*g = (struct gd_case){.t = t, .nk = nk, .nv = nv, .dk = dk, .dv = dv, .n_seq = n_seq};
 	for (uint32_t i = 0; i < n_seq; i++)
 		g->cu[i + 1] = g->cu[i] + lens[i];
 	cr_assert_eq(g->cu[n_seq], t);
@@ -82,8 +64,8 @@ static void gd_case_make(struct gd_case *g, uint64_t t, uint32_t nk, uint32_t nv
 	for (uint32_t h = 0; h < nv; h++) {
 		/* head 0: A = 0.01 and dt_bias -4, a very slow decay (long memory);
 		 * the others: A in [0.01, 16] as HF's init */
-		g->alog[h] = h == 0 ? logf(0.01f) : logf(0.01f + 8.0f * (unit(&s) + 1.0f));
-		g->dt[h] = h == 0 ? -4.0f : 1.0f + 0.5f * unit(&s);
+		g->alog[h] = h == 0 ? logf(0.01f) : logf(0.01f + 8.0f * (cal_test_unit(&s) + 1.0f));
+		g->dt[h] = h == 0 ? -4.0f : 1.0f + 0.5f * cal_test_unit(&s);
 		/* the op receives bf16-rounded parameters, as the engine passes them */
 		g->alog[h] = cal_bf16_to_f32(cal_f32_to_bf16(g->alog[h]));
 		g->dt[h] = cal_bf16_to_f32(cal_f32_to_bf16(g->dt[h]));

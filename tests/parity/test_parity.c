@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "common/fp.h"
+#include "common/fsutil.h"
 #include "common/util.h"
 #include "engine/calib.h"
 #include "engine/recipe/plan.h"
@@ -397,12 +398,8 @@ static int run_case(const struct pcase *pc, const char *data, enum cal_backend_k
 	ret = (h.bad || amax_bad) ? -1 : 1;
 	printf("%s %s\n", ret > 0 ? "PASS" : "FAIL", pc->name);
 out:
-	if (tmp[sizeof(tmp) - 7] != 'X') {
-		char *cmd = NULL;
-		if (asprintf(&cmd, "rm -rf '%s'", tmp) >= 0 && system(cmd) != 0)
-			fprintf(stderr, "could not remove %s\n", tmp);
-		free(cmd);
-	}
+	if (tmp[sizeof(tmp) - 7] != 'X' && cal_rmtree(tmp, NULL) < 0)
+		fprintf(stderr, "could not remove %s\n", tmp);
 	json_decref(cj);
 	json_decref(ref);
 	json_decref(ours);

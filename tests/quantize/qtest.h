@@ -130,6 +130,15 @@ static char *slurp(const char *path)
 	return track(cal_test_slurp(path, NULL));
 }
 
+/* Asserts that a calibd run exited with want; returns its stderr (the
+ * file errf, tracked) for further checks. */
+static char *expect_exit(int rc, int want, const char *errf)
+{
+	char *e = slurp(errf);
+	cr_assert_eq(rc, want, "exit %d, want %d: %s", rc, want, e);
+	return e;
+}
+
 #pragma GCC diagnostic pop
 
 #endif

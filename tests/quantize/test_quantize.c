@@ -194,7 +194,7 @@ Test(quantize, token_file_options_progress, .timeout = 120)
 			   dst, prog) > 0);
 	track(args);
 	int rc = run(rep, errf, "%s", args);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(errf));
+	expect_exit(rc, 0, errf);
 	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
 	json_t *r = json_load_file(rep, 0, NULL);
 	cr_assert(r);
@@ -371,8 +371,7 @@ Test(quantize, existing_output_refused_before_compute, .timeout = 60)
 	fclose(f);
 	int rc = run(NULL, errf, "quantize --model %s --recipe general/ptq/fp8_default-kv_fp8 "
 		     "--calib %s --out %s --device cpu", src, data, dst);
-	char *e = slurp(errf);
-	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	char *e = expect_exit(rc, 3, errf);
 	cr_assert(strstr(e, "already exists"), "%s", e);
 	cr_assert(!strstr(e, "quantize: load") && !strstr(e, "layer"), "work was done: %s", e);
 	cr_assert(cal_test_exists(marker));
@@ -393,11 +392,6 @@ static char *awq_recipe(const char *root, const char *name, const char *algo, co
 	return p;
 }
 
-/* --qformat int4_awq (docs/awq.md) on a wide MoE fixture with a shared
- * expert: quantizes and verifies; o_proj and the shared expert carry a
- * pre_quant_scale, q/k/v (fused into input_layernorm) do not; the report
- * has the search's alphas.  Bad awq_lite options and formats are refused
- * naming them. */
 /* Quantizes a fresh qwen2_moe fixture (`layout`) under root with hf_ptq's
  * `qformat` on the CPU into root/out and verifies it against the source;
  * sets the paths the caller goes on with. */
@@ -410,11 +404,16 @@ static void quantize_verified(const char *root, const char *layout, const char *
 	*errf = path2(root, "stderr");
 	int rc = run(NULL, *errf, "quantize --model %s --qformat %s --calib-tokens %s --out %s "
 		     "--device cpu", *src, qformat, *tok, *dst);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(*errf));
+	expect_exit(rc, 0, *errf);
 	rc = run(NULL, *errf, "verify %s --source %s", *dst, *src);
-	cr_assert_eq(rc, 0, "verify exit %d: %s", rc, slurp(*errf));
+	expect_exit(rc, 0, *errf);
 }
 
+/* --qformat int4_awq (docs/awq.md) on a wide MoE fixture with a shared
+ * expert: quantizes and verifies; o_proj and the shared expert carry a
+ * pre_quant_scale, q/k/v (fused into input_layernorm) do not; the report
+ * has the search's alphas.  Bad awq_lite options and formats are refused
+ * naming them. */
 Test(quantize, int4_awq_end_to_end, .timeout = 120)
 {
 	char *root = tmpdir(), *src, *tok, *dst, *errf, *e;
@@ -491,8 +490,7 @@ Test(quantize, int8_sq_end_to_end, .timeout = 120)
 	char *d2 = path2(root, "out2");
 	rc = run(NULL, errf, "quantize --model %s --qformat int8_sq --calib-tokens %s --out %s "
 		 "--device cpu --ranks 2", src, tok, d2);
-	e = slurp(errf);
-	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	e = expect_exit(rc, 3, errf);
 	cr_assert(strstr(e, "algorithm smoothquant runs on one rank"), "%s", e);
 	cr_assert(!cal_test_exists(d2));
 	rm_rf(root);
@@ -514,14 +512,12 @@ Test(quantize, qformat_maps_or_refuses, .timeout = 60)
 	char *dst2 = path2(root, "out2");
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4_awq --calib-tokens %s --out %s "
 		 "--device cpu", src, tok, dst2);
-	e = slurp(errf);
-	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	e = expect_exit(rc, 3, errf);
 	cr_assert(strstr(e, "qformat 'nvfp4_awq' is refused: awq_lite with NVFP4"), "%s", e);
 	cr_assert(!cal_test_exists(dst2));
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
 		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);
-	e = slurp(errf);
-	cr_assert_eq(rc, 2, "exit %d: %s", rc, e);
+	e = expect_exit(rc, 2, errf);
 	cr_assert(strstr(e, "exclude each other"), "%s", e);
 	rm_rf(root);
 }
@@ -537,8 +533,7 @@ Test(quantize, disk_full_exits_4_leaves_nothing, .timeout = 60)
 	int rc = run(NULL, errf, "quantize --model %s --recipe general/ptq/nvfp4_default-kv_fp8 "
 		     "--calib %s --out %s --device cpu", src, data, dst);
 	unsetenv("CALIBD_TEST_FREE_BYTES");
-	char *e = slurp(errf);
-	cr_assert_eq(rc, 4, "exit %d: %s", rc, e);
+	char *e = expect_exit(rc, 4, errf);
 	cr_assert(!cal_test_exists(dst));
 	cr_assert_eq(cal_test_count_entries(root), before + 1 /* stderr */, "something was left behind");
 	cr_assert(!strstr(e, "layer"), "calibration ran before the space check: %s", e);
@@ -583,7 +578,7 @@ Test(quantize, calibrate_datasets_then_export, .timeout = 60)
 	const char *R = "general/ptq/nvfp4_experts_only-kv_fp8_cast";
 	int rc = run(NULL, errf, "calibrate --model %s --recipe %s --calib %s:6 --seq-len 32 "
 		     "--seed 5 --stats-out %s --quiet", src, R, data, stats);
-	cr_assert_eq(rc, 0, "calibrate exit %d: %s", rc, slurp(errf));
+	expect_exit(rc, 0, errf);
 	json_t *s = json_load_file(stats, 0, NULL);
 	cr_assert(s);
 	json_t *cal = json_object_get(s, "calibration");
@@ -594,7 +589,7 @@ Test(quantize, calibrate_datasets_then_export, .timeout = 60)
 	 * the report's token counts and the per-expert input amax */
 	rc = run(NULL, errf, "export --model %s --recipe %s --stats %s --out %s "
 		 "--per-expert-input-amax", src, R, stats, dst);
-	cr_assert_eq(rc, 0, "export exit %d: %s", rc, slurp(errf));
+	expect_exit(rc, 0, errf);
 	cr_assert_eq(run(NULL, NULL, "verify %s --source %s", dst, src), 0);
 	json_t *r = json_load_file(path2(dst, "calibd_report.json"), 0, NULL);
 	cr_assert(r);

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/fsutil.h"
 #include "engine/st/safetensors.h"
 #include "fixture.h"
 #include "kernels/backend.h"
@@ -135,9 +136,7 @@ int main(void)
 		}
 		bad += same(cpu, gpu, label);
 	}
-	char *cmd = NULL;
-	if (asprintf(&cmd, "rm -rf '%s'", root) > 0 && system(cmd) != 0)
+	if (cal_rmtree(root, NULL) < 0)
 		fprintf(stderr, "could not remove %s\n", root);
-	free(cmd);
 	return bad ? 1 : 0;
 }

@@ -63,10 +63,10 @@ Test(pipeline, sharded_output_same_bytes, .timeout = 120)
 			   "--device cpu";
 	int rc = run(NULL, errf, "quantize --model %s --calib-tokens %s %s --out %s", src, tok,
 		     args, one);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(errf));
+	expect_exit(rc, 0, errf);
 	rc = run(NULL, errf, "quantize --model %s --calib-tokens %s %s --out %s "
 		 "--max-shard-size 30kb", src, tok, args, many);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(errf));
+	expect_exit(rc, 0, errf);
 	cr_assert(cal_test_exists(path2(one, "model.safetensors")));
 	cr_assert(!cal_test_exists(path2(one, "model.safetensors.index.json")));
 	cr_assert(cal_test_exists(path2(many, "model.safetensors.index.json")));
@@ -108,7 +108,7 @@ Test(pipeline, bench_quantize_smoke, .timeout = 120)
 	char *js = path2(root, "bench.json");
 	int rc = run(outf, errf, "bench quantize --model %s --tokens %s --device cpu "
 		     "--out-parent %s --write-bytes 1MB --json %s", src, tok, root, js);
-	cr_assert_eq(rc, 0, "exit %d: %s", rc, slurp(errf));
+	expect_exit(rc, 0, errf);
 	char *o = slurp(outf);
 	static const char *const want[] = {"disk read:", "disk write:", "floor:", "phases (s):",
 					   "overlap:", "peak memory:", "end to end:"};

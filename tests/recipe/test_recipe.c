@@ -512,29 +512,29 @@ Test(recipe, no_filesystem_confines_to_tree)
 	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:1:14: ", "import '", "/outside'",
 		       "absolute path", NULL);
 	free(y);
-	/* ".." out of the tree, directly or after descending */
-	cr_assert(asprintf(&y, "imports: {x: ../outside}\n%s", body) > 0);
-	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:1:14: ", "import '../outside'",
-		       "leaves the recipe tree", NULL);
-	free(y);
-	cr_assert(asprintf(&y, "imports:\n  x: configs/../../outside.yaml\n%s", body) > 0);
-	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:2:6: ",
-		       "import 'configs/../../outside.yaml'", NULL);
-	free(y);
-	/* a symlinked file, a path through a symlinked directory */
-	cr_assert(asprintf(&y, "imports: {x: configs/evil}\n%s", body) > 0);
-	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:1:14: ", "import 'configs/evil'",
-		       "configs/evil.yaml leads outside the recipe tree", NULL);
-	free(y);
-	cr_assert(asprintf(&y, "imports: {x: lnk/outside}\n%s", body) > 0);
-	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:1:14: ", "import 'lnk/outside'",
-		       "outside the recipe tree", NULL);
-	free(y);
-	/* an import inside an imported file points at that file */
-	cr_assert(asprintf(&y, "imports: {x: configs/nested}\n%s", body) > 0);
-	expect_refused(tree, y, CAL_ERR_INVALID, "t.yaml:1:14: imports.x: ",
-		       "configs/nested.yaml:2:14: import '../../outside'", NULL);
-	free(y);
+	/* imports refused, and what the message says (n2 may be NULL) */
+	static const struct {
+		const char *imports, *n1, *n2;
+	} refused[] = {
+		/* ".." out of the tree, directly or after descending */
+		{"imports: {x: ../outside}\n", "t.yaml:1:14: import '../outside'",
+		 "leaves the recipe tree"},
+		{"imports:\n  x: configs/../../outside.yaml\n",
+		 "t.yaml:2:6: import 'configs/../../outside.yaml'", NULL},
+		/* a symlinked file, a path through a symlinked directory */
+		{"imports: {x: configs/evil}\n", "t.yaml:1:14: import 'configs/evil'",
+		 "configs/evil.yaml leads outside the recipe tree"},
+		{"imports: {x: lnk/outside}\n", "t.yaml:1:14: import 'lnk/outside'",
+		 "outside the recipe tree"},
+		/* an import inside an imported file points at that file */
+		{"imports: {x: configs/nested}\n", "t.yaml:1:14: imports.x: ",
+		 "configs/nested.yaml:2:14: import '../../outside'"},
+	};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(refused); i++) {
+		cr_assert(asprintf(&y, "%s%s", refused[i].imports, body) > 0);
+		expect_refused(tree, y, CAL_ERR_INVALID, refused[i].n1, refused[i].n2, NULL);
+		free(y);
+	}
 	/* inside the tree: plain, with a ".." that stays inside, via an inner link */
 	const char *fine[] = {"configs/ok", "configs/../configs/ok.yaml", "./configs/inner"};
 	struct cal_recipe_opts o = {.builtin_dir = tree, .no_filesystem = 1};
@@ -647,6 +647,55 @@ static struct cal_plan *plan_of(struct cal_model_desc *d, struct cal_recipe *r)
 	return p;
 }
 
+/* A model, a recipe of CAL_TEST_RECIPES_DIR, and its plan for the model. */
+struct planned {
+	struct cal_model_desc *d;
+	struct cal_recipe *r;
+	struct cal_plan *p;
+};
+
+/* Replaces x's recipe and plan with those of recipe, for x's model. */
+static struct cal_plan *plan_again(struct planned *x, const char *recipe)
+{
+	cal_plan_free(x->p);
+	cal_recipe_free(x->r);
+	x->r = load_ok(CAL_TEST_RECIPES_DIR, recipe);
+	x->p = plan_of(x->d, x->r);
+	return x->p;
+}
+
+/* The plan of recipe for the model of config cfg (x zeroed before). */
+static struct cal_plan *plan_open(struct planned *x, const char *cfg, const char *recipe)
+{
+	x->d = model(cfg);
+	return plan_again(x, recipe);
+}
+
+static void planned_free(struct planned *x)
+{
+	cal_plan_free(x->p);
+	cal_recipe_free(x->r);
+	cal_model_desc_free(x->d);
+}
+
+/* The quantizer name of p; asserts that p has it and that it is enabled
+ * (or not). */
+static const struct cal_plan_q *quantizer(const struct cal_plan *p, const char *name, int enabled)
+{
+	const struct cal_plan_q *q = cal_plan_find(p, name);
+	cr_assert(q, "no quantizer %s", name);
+	cr_assert_eq(q->spec.enabled, enabled, "%s: enabled %d", name, q->spec.enabled);
+	return q;
+}
+
+/* Asserts that p's text summary contains needle. */
+static void expect_plan_text(const struct cal_plan *p, const char *needle)
+{
+	char *t = cal_plan_text(p, "x");
+	cr_assert(strstr(t, needle), "%s", t);
+	free(t);
+}
+
 /* Every enabled quantizer is a routed-expert or k/v quantizer and every
  * routed-expert weight/input quantizer is enabled. */
 static void check_experts_only(const struct cal_plan *p, int kv)
@@ -670,23 +719,30 @@ static void check_experts_only(const struct cal_plan *p, int kv)
 	cr_assert(experts > 0);
 }
 
-Test(plan, qwen3_moe_experts_only)
+/* check_experts_only on the plan of recipe r for the config cfg. */
+static void check_experts_only_on(const char *cfg, struct cal_recipe *r)
 {
-	struct cal_model_desc *d = model(qwen3_moe);
-	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_experts_only-kv_fp8");
+	struct cal_model_desc *d = model(cfg);
 	struct cal_plan *p = plan_of(d, r);
 	check_experts_only(p, 1);
+	cal_plan_free(p);
+	cal_model_desc_free(d);
+}
+
+Test(plan, qwen3_moe_experts_only)
+{
+	struct planned x = {0};
+	struct cal_plan *p = plan_open(&x, qwen3_moe, "general/ptq/nvfp4_experts_only-kv_fp8");
+	check_experts_only(p, 1);
 	const struct cal_plan_q *q =
-		cal_plan_find(p, "model.layers.1.mlp.experts.gate_up_proj_weight_quantizers.3");
-	cr_assert(q && q->spec.enabled && q->spec.block == 16 && q->spec.calibrate);
+		quantizer(p, "model.layers.1.mlp.experts.gate_up_proj_weight_quantizers.3", 1);
+	cr_assert(q->spec.block == 16 && q->spec.calibrate);
 	cr_assert_eq(q->expert, 3);
-	q = cal_plan_find(p, "model.layers.2.mlp.experts.down_proj_input_quantizer");
-	cr_assert(q && q->spec.enabled);
-	q = cal_plan_find(p, "model.layers.0.mlp.gate_proj.weight_quantizer"); /* dense layer 0 */
-	cr_assert(q && !q->spec.enabled);
+	quantizer(p, "model.layers.2.mlp.experts.down_proj_input_quantizer", 1);
+	quantizer(p, "model.layers.0.mlp.gate_proj.weight_quantizer", 0); /* dense layer 0 */
 	cr_assert_null(cal_plan_find(p, "model.layers.1.mlp.gate.weight_quantizer")); /* TopKRouter */
-	q = cal_plan_find(p, "model.layers.1.self_attn.k_bmm_quantizer");
-	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_FP8);
+	q = quantizer(p, "model.layers.1.self_attn.k_bmm_quantizer", 1);
+	cr_assert(q->spec.fmt == CAL_QFMT_FP8);
 	cr_assert_eq(p->sum.kv_fmt, CAL_QFMT_FP8);
 	char *t = cal_plan_text(p, "x");
 	cr_assert(strstr(t, "layer 0          mlp BF16 | attention BF16 | KV FP8"), "%s", t);
@@ -703,76 +759,50 @@ Test(plan, qwen3_moe_experts_only)
 			 "model.embed_tokens.input_quantizer");
 	json_decref(j);
 	free(js);
-	cal_plan_free(p);
 	/* cast variant: same selection, KV without calibration */
-	cal_recipe_free(r);
-	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_experts_only-kv_fp8_cast");
-	p = plan_of(d, r);
+	p = plan_again(&x, "general/ptq/nvfp4_experts_only-kv_fp8_cast");
 	check_experts_only(p, 1);
 	cr_assert(p->sum.kv_cast);
 	q = cal_plan_find(p, "model.layers.1.self_attn.v_bmm_quantizer");
 	cr_assert(q->spec.use_constant_amax && !q->spec.calibrate);
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	cal_model_desc_free(d);
+	planned_free(&x);
 }
 
 /* Formats added through kernels/qfmt.def alone: NVFP4 block 32 weights and
  * the NVFP4 KV cache. */
 Test(plan, nvfp4_bs32_and_nvfp4_kv)
 {
-	struct cal_model_desc *d = model(qwen3_moe);
-	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_mlp_weight_only");
-	struct cal_plan *p = plan_of(d, r);
+	struct planned x = {0};
+	struct cal_plan *p = plan_open(&x, qwen3_moe, "general/ptq/nvfp4_mlp_weight_only");
 	const struct cal_plan_q *q =
-		cal_plan_find(p, "model.layers.1.mlp.experts.down_proj_weight_quantizers.2");
-	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_NVFP4_BS32);
+		quantizer(p, "model.layers.1.mlp.experts.down_proj_weight_quantizers.2", 1);
+	cr_assert(q->spec.fmt == CAL_QFMT_NVFP4_BS32);
 	cr_assert(q->spec.block == 32 && q->spec.calibrate);
 	cr_assert_str_eq(cal_qfmt_name(q->spec.fmt), "nvfp4_bs32");
-	q = cal_plan_find(p, "model.layers.1.mlp.experts.down_proj_input_quantizer");
-	cr_assert(q && !q->spec.enabled);
-	q = cal_plan_find(p, "model.layers.0.mlp.gate_proj.weight_quantizer");
-	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_NVFP4_BS32);
-	q = cal_plan_find(p, "model.layers.0.self_attn.q_proj.weight_quantizer");
-	cr_assert(q && !q->spec.enabled);
+	quantizer(p, "model.layers.1.mlp.experts.down_proj_input_quantizer", 0);
+	q = quantizer(p, "model.layers.0.mlp.gate_proj.weight_quantizer", 1);
+	cr_assert(q->spec.fmt == CAL_QFMT_NVFP4_BS32);
+	quantizer(p, "model.layers.0.self_attn.q_proj.weight_quantizer", 0);
 	cr_assert_eq(p->sum.kv_fmt, CAL_QFMT_NONE);
-	char *t = cal_plan_text(p, "x");
-	cr_assert(strstr(t, "NVFP4-bs32 W4A16"), "%s", t);
-	free(t);
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_cast");
-	p = plan_of(d, r);
-	q = cal_plan_find(p, "model.layers.2.self_attn.k_bmm_quantizer");
-	cr_assert(q && q->spec.enabled && q->spec.fmt == CAL_QFMT_NVFP4);
+	expect_plan_text(p, "NVFP4-bs32 W4A16");
+	p = plan_again(&x, "general/ptq/nvfp4_default-kv_nvfp4_cast");
+	q = quantizer(p, "model.layers.2.self_attn.k_bmm_quantizer", 1);
+	cr_assert(q->spec.fmt == CAL_QFMT_NVFP4);
 	cr_assert(q->spec.use_constant_amax && !q->spec.calibrate);
 	cr_assert(p->sum.kv_fmt == CAL_QFMT_NVFP4 && p->sum.kv_cast);
-	t = cal_plan_text(p, "x");
-	cr_assert(strstr(t, "KV NVFP4 (cast)"), "%s", t);
-	free(t);
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	cal_model_desc_free(d);
+	expect_plan_text(p, "KV NVFP4 (cast)");
+	planned_free(&x);
 }
 
 Test(plan, experts_only_other_archs)
 {
 	const char *cfgs[] = {mixtral, deepseek, qwen3_next};
 	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_experts_only-kv_fp8");
-	for (size_t i = 0; i < CAL_ARRAY_LEN(cfgs); i++) {
-		struct cal_model_desc *d = model(cfgs[i]);
-		struct cal_plan *p = plan_of(d, r);
-		check_experts_only(p, 1);
-		cal_plan_free(p);
-		cal_model_desc_free(d);
-	}
+	for (size_t i = 0; i < CAL_ARRAY_LEN(cfgs); i++)
+		check_experts_only_on(cfgs[i], r);
 	if (have_modelopt()) {
 		struct cal_recipe *m = load_ok(CAL_MODELOPT_RECIPES, "general/ptq/nvfp4_experts_only-kv_fp8");
-		struct cal_model_desc *d = model(mixtral);
-		struct cal_plan *p = plan_of(d, m);
-		check_experts_only(p, 1);
-		cal_plan_free(p);
-		cal_model_desc_free(d);
+		check_experts_only_on(mixtral, m);
 		cal_recipe_free(m);
 	}
 	cal_recipe_free(r);
@@ -780,9 +810,8 @@ Test(plan, experts_only_other_archs)
 
 Test(plan, defaults_keep_routers_heads_and_gdn_small_projections)
 {
-	struct cal_model_desc *d = model(qwen3_next);
-	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_fp8");
-	struct cal_plan *p = plan_of(d, r);
+	struct planned x = {0};
+	struct cal_plan *p = plan_open(&x, qwen3_next, "general/ptq/nvfp4_default-kv_fp8");
 	static const char *const off[] = {
 		"lm_head.weight_quantizer", "model.embed_tokens.weight_quantizer",
 		"model.layers.0.linear_attn.in_proj_ba.weight_quantizer",
@@ -797,14 +826,10 @@ Test(plan, defaults_keep_routers_heads_and_gdn_small_projections)
 		"model.layers.3.self_attn.k_bmm_quantizer",
 		"model.layers.3.mlp.experts.gate_up_proj_weight_quantizers.0",
 	};
-	for (size_t i = 0; i < CAL_ARRAY_LEN(off); i++) {
-		const struct cal_plan_q *q = cal_plan_find(p, off[i]);
-		cr_assert(q && !q->spec.enabled, "%s", off[i]);
-	}
-	for (size_t i = 0; i < CAL_ARRAY_LEN(on); i++) {
-		const struct cal_plan_q *q = cal_plan_find(p, on[i]);
-		cr_assert(q && q->spec.enabled, "%s", on[i]);
-	}
+	for (size_t i = 0; i < CAL_ARRAY_LEN(off); i++)
+		quantizer(p, off[i], 0);
+	for (size_t i = 0; i < CAL_ARRAY_LEN(on); i++)
+		quantizer(p, on[i], 1);
 	cr_assert(p->sum.bits_per_param < 16 && p->sum.bytes_after < p->sum.bytes_before,
 		  "%.2f bits, %llu -> %llu bytes", p->sum.bits_per_param,
 		  (unsigned long long)p->sum.bytes_before, (unsigned long long)p->sum.bytes_after);
@@ -815,9 +840,7 @@ Test(plan, defaults_keep_routers_heads_and_gdn_small_projections)
 			    "in_proj_qkvz,out_proj NVFP4 W4A4, in_proj_ba,conv1d BF16 | router BF16\n"), "%s", t);
 	cr_assert(strstr(t, "layer 3 "), "%s", t);
 	free(t);
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	cal_model_desc_free(d);
+	planned_free(&x);
 }
 
 static void plan_fails(const char *cfg, const char *yaml, enum cal_status want, const char *needle)

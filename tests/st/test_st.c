@@ -409,11 +409,30 @@ static void init_rng(void)
 	cr_log_info("random seed %u", SEED);
 }
 
+/* ---- a temporary tree per writer and checkpoint test ------------------------ */
+
+/* st_base: a fresh temporary directory; st_out: st_base/out, not created. */
+static char *st_base, *st_out;
+
+static void tree_init(void)
+{
+	st_base = cal_test_tmpdir("st");
+	st_out = cal_test_path(st_base, "out");
+}
+
+static void tree_fini(void)
+{
+	free(st_out);
+	cal_test_rm_rf(st_base);
+	free(st_base);
+}
+
+TestSuite(writer, .init = tree_init, .fini = tree_fini);
+TestSuite(checkpoint, .init = tree_init, .fini = tree_fini);
+
 Test(writer, single_shard_roundtrip)
 {
 	init_rng();
-	char *base = cal_test_tmpdir("st");
-	char *dir = cal_test_path(base, "out");
 	static const struct spec specs[] = {
 		{"model.layers.0.mlp.down_proj.weight", CAL_DTYPE_BF16, 2, {2, 3}},
 		{"scalar", CAL_DTYPE_F32, 0, {0}},
@@ -422,12 +441,12 @@ Test(writer, single_shard_roundtrip)
 		{"fp8", CAL_DTYPE_F8_E4M3, 3, {3, 1, 7}},
 	};
 	struct written wr;
-	write_ckpt(dir, specs, CAL_ARRAY_LEN(specs), 0, &wr);
-	cr_expect_eq((int)cal_test_count_entries(base), 1, "only the published directory is left");
-	cr_expect_eq((int)cal_test_count_entries(dir), 2); /* model.safetensors + config.json */
-	check_ckpt(dir, specs, &wr);
+	write_ckpt(st_out, specs, CAL_ARRAY_LEN(specs), 0, &wr);
+	cr_expect_eq((int)cal_test_count_entries(st_base), 1, "only the published directory is left");
+	cr_expect_eq((int)cal_test_count_entries(st_out), 2); /* model.safetensors + config.json */
+	check_ckpt(st_out, specs, &wr);
 
-	char *path = cal_test_path(dir, "model.safetensors");
+	char *path = cal_test_path(st_out, "model.safetensors");
 	struct cal_st_file *f;
 	cr_assert_eq(cal_st_file_open(path, &f, NULL), CAL_OK);
 	cr_expect_str_eq(cal_st_file_metadata(f, "format"), "pt");
@@ -446,16 +465,11 @@ Test(writer, single_shard_roundtrip)
 	free(text);
 	free(path);
 	free_written(&wr);
-	free(dir);
-	cal_test_rm_rf(base);
-	free(base);
 }
 
 Test(writer, multi_shard_cut_and_index)
 {
 	init_rng();
-	char *base = cal_test_tmpdir("st");
-	char *dir = cal_test_path(base, "out");
 	/* limit 100: [a] [b] [c: 250, alone] [d e] */
 	static const struct spec specs[] = {
 		{"z.a", CAL_DTYPE_U8, 1, {60}},
@@ -467,11 +481,11 @@ Test(writer, multi_shard_cut_and_index)
 	uint64_t c_bytes = 25 * 2 * 4;
 	cr_assert_eq(c_bytes, 200);
 	struct written wr;
-	write_ckpt(dir, specs, CAL_ARRAY_LEN(specs), 100, &wr);
-	check_ckpt(dir, specs, &wr);
-	cr_expect_eq((int)cal_test_count_entries(dir), 6); /* 4 shards, index, config.json */
+	write_ckpt(st_out, specs, CAL_ARRAY_LEN(specs), 100, &wr);
+	check_ckpt(st_out, specs, &wr);
+	cr_expect_eq((int)cal_test_count_entries(st_out), 6); /* 4 shards, index, config.json */
 
-	char *ipath = cal_test_path(dir, CAL_ST_INDEX_NAME);
+	char *ipath = cal_test_path(st_out, CAL_ST_INDEX_NAME);
 	json_error_t jerr;
 	json_t *idx = json_load_file(ipath, 0, &jerr);
 	cr_assert_not_null(idx, "%s", jerr.text);
@@ -495,98 +509,78 @@ Test(writer, multi_shard_cut_and_index)
 	free(text);
 
 	struct cal_checkpoint *ck;
-	cr_assert_eq(cal_checkpoint_open(dir, &ck, NULL), CAL_OK);
+	cr_assert_eq(cal_checkpoint_open(st_out, &ck, NULL), CAL_OK);
 	cr_expect_eq(cal_checkpoint_file_count(ck), 4);
-	cr_expect_str_eq(cal_checkpoint_dir(ck), dir);
+	cr_expect_str_eq(cal_checkpoint_dir(ck), st_out);
 	cr_expect_gt(cal_checkpoint_disk_bytes(ck), 360);
 	cr_expect_null(cal_checkpoint_find(ck, "nope"));
 	cr_expect(strstr(cal_checkpoint_find(ck, "v.e")->file, "model-00004-of-00004.safetensors"));
 	cal_checkpoint_free(ck);
 	free(ipath);
 	free_written(&wr);
-	free(dir);
-	cal_test_rm_rf(base);
-	free(base);
 }
 
 Test(writer, checkpoint_without_tensors)
 {
-	char *base = cal_test_tmpdir("st");
-	char *dir = cal_test_path(base, "out");
 	struct written wr;
-	write_ckpt(dir, NULL, 0, 0, &wr);
+	write_ckpt(st_out, NULL, 0, 0, &wr);
 	struct cal_checkpoint *ck;
-	cr_assert_eq(cal_checkpoint_open(dir, &ck, NULL), CAL_OK);
+	cr_assert_eq(cal_checkpoint_open(st_out, &ck, NULL), CAL_OK);
 	cr_expect_eq(cal_checkpoint_count(ck), 0);
 	cr_expect_eq(cal_checkpoint_file_count(ck), 1);
 	cal_checkpoint_free(ck);
-	free(dir);
-	cal_test_rm_rf(base);
-	free(base);
 }
 
 Test(writer, existing_target_is_never_overwritten)
 {
-	char *base = cal_test_tmpdir("st");
-	char *dir = cal_test_path(base, "out");
-	cr_assert_eq(mkdir(dir, 0755), 0);
+	cr_assert_eq(mkdir(st_out, 0755), 0);
 	struct cal_st_writer *w = (void *)1;
 	struct cal_error err = {0};
-	cr_expect_eq(cal_st_writer_open(dir, NULL, &w, &err), CAL_ERR_EXISTS);
+	cr_expect_eq(cal_st_writer_open(st_out, NULL, &w, &err), CAL_ERR_EXISTS);
 	cr_expect_null(w);
 	cr_expect(strstr(cal_error_msg(&err), "already exists"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
-	cr_assert_eq(rmdir(dir), 0);
+	cr_assert_eq(rmdir(st_out), 0);
 
 	/* the target appears while writing: commit refuses, the intruder stays */
 	int64_t shape[] = {4};
-	cr_assert_eq(cal_st_writer_open(dir, NULL, &w, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_open(st_out, NULL, &w, &err), CAL_OK);
 	cr_assert_eq(cal_st_writer_declare(w, "a", CAL_DTYPE_U8, 1, shape, &err), CAL_OK);
 	cr_assert_eq(cal_st_writer_begin(w, &err), CAL_OK);
 	cr_assert_eq(cal_st_writer_put(w, "a", "abcd", 4, &err), CAL_OK);
-	cr_assert_eq(mkdir(dir, 0755), 0);
+	cr_assert_eq(mkdir(st_out, 0755), 0);
 	cr_expect_eq(cal_st_writer_commit(w, &err), CAL_ERR_EXISTS, "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
 	cal_st_writer_free(w);
-	cr_expect_eq((int)cal_test_count_entries(base), 1);
-	cr_expect_eq((int)cal_test_count_entries(dir), 0);
-	free(dir);
-	cal_test_rm_rf(base);
-	free(base);
+	cr_expect_eq((int)cal_test_count_entries(st_base), 1);
+	cr_expect_eq((int)cal_test_count_entries(st_out), 0);
 }
 
 Test(writer, simulated_disk_full_leaves_nothing)
 {
-	char *base = cal_test_tmpdir("st");
-	char *dir = cal_test_path(base, "out");
 	setenv("CALIBD_TEST_FREE_BYTES", "100", 1);
 	struct cal_st_writer *w;
 	struct cal_error err = {0};
 	int64_t shape[] = {64, 2};
-	cr_assert_eq(cal_st_writer_open(dir, NULL, &w, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_open(st_out, NULL, &w, &err), CAL_OK);
 	cr_assert_eq(cal_st_writer_declare(w, "big", CAL_DTYPE_F32, 2, shape, &err), CAL_OK);
 	cr_expect_eq(cal_st_writer_begin(w, &err), CAL_ERR_NOSPACE);
-	cr_expect(strstr(cal_error_msg(&err), base), "%s", cal_error_msg(&err));
+	cr_expect(strstr(cal_error_msg(&err), st_base), "%s", cal_error_msg(&err));
 	cr_expect(strstr(cal_error_msg(&err), "bytes needed, 100 available"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
-	cr_expect_eq((int)cal_test_count_entries(base), 0, "no temporary directory left behind");
+	cr_expect_eq((int)cal_test_count_entries(st_base), 0, "no temporary directory left behind");
 	cr_expect_eq(cal_st_writer_put(w, "big", "", 0, &err), CAL_ERR_INVALID, "writer is dead");
 	cal_error_clear(&err);
 	cal_st_writer_free(w);
 	unsetenv("CALIBD_TEST_FREE_BYTES");
-	free(dir);
-	cal_test_rm_rf(base);
-	free(base);
 }
 
 Test(writer, free_without_commit_leaves_nothing)
 {
-	char *base = cal_test_tmpdir("st");
-	char *dir = cal_test_path(base, "out");
 	struct cal_st_writer *w;
 	int64_t shape[] = {4};
-	cr_assert_eq(cal_st_writer_open(dir, NULL, &w, NULL), CAL_OK);
-	cr_expect_eq((int)cal_test_count_entries(base), 1);
+	cr_assert_eq(cal_st_writer_open(st_out, NULL, &w, NULL), CAL_OK);
+	cr_expect_eq((int)cal_test_count_entries(st_base), 1);
 	cr_expect_eq(strncmp(strrchr(cal_st_writer_tmp_dir(w), '/'), "/.out.tmp-", 10), 0);
 	cr_assert_eq(cal_st_writer_declare(w, "a", CAL_DTYPE_U8, 1, shape, NULL), CAL_OK);
 	cr_assert_eq(cal_st_writer_declare(w, "b", CAL_DTYPE_U8, 1, shape, NULL), CAL_OK);
@@ -594,25 +588,20 @@ Test(writer, free_without_commit_leaves_nothing)
 	cr_assert_eq(cal_st_writer_put(w, "a", "abcd", 4, NULL), CAL_OK);
 	cr_assert_eq(cal_st_writer_add_file(w, "config.json", "{}", 2, NULL), CAL_OK);
 	cal_st_writer_free(w);
-	cr_expect_eq((int)cal_test_count_entries(base), 0);
+	cr_expect_eq((int)cal_test_count_entries(st_base), 0);
 
 	/* before begin, too */
-	cr_assert_eq(cal_st_writer_open(dir, NULL, &w, NULL), CAL_OK);
+	cr_assert_eq(cal_st_writer_open(st_out, NULL, &w, NULL), CAL_OK);
 	cal_st_writer_free(w);
-	cr_expect_eq((int)cal_test_count_entries(base), 0);
-	free(dir);
-	cal_test_rm_rf(base);
-	free(base);
+	cr_expect_eq((int)cal_test_count_entries(st_base), 0);
 }
 
 Test(writer, missing_put_fails_commit)
 {
-	char *base = cal_test_tmpdir("st");
-	char *dir = cal_test_path(base, "out");
 	struct cal_st_writer *w;
 	struct cal_error err = {0};
 	int64_t shape[] = {4};
-	cr_assert_eq(cal_st_writer_open(dir, NULL, &w, NULL), CAL_OK);
+	cr_assert_eq(cal_st_writer_open(st_out, NULL, &w, NULL), CAL_OK);
 	cr_assert_eq(cal_st_writer_declare(w, "a", CAL_DTYPE_U8, 1, shape, NULL), CAL_OK);
 	cr_assert_eq(cal_st_writer_declare(w, "b", CAL_DTYPE_U8, 1, shape, NULL), CAL_OK);
 	cr_assert_eq(cal_st_writer_begin(w, NULL), CAL_OK);
@@ -621,18 +610,13 @@ Test(writer, missing_put_fails_commit)
 	cr_expect(strstr(cal_error_msg(&err), "never written, the first is 'a'"), "%s",
 		  cal_error_msg(&err));
 	cal_error_clear(&err);
-	cr_expect_eq((int)cal_test_count_entries(base), 0);
+	cr_expect_eq((int)cal_test_count_entries(st_base), 0);
 	cal_st_writer_free(w);
-	free(dir);
-	cal_test_rm_rf(base);
-	free(base);
 }
 
 /* Each misuse kills the writer with a message naming the tensor. */
 Test(writer, misuse_is_refused)
 {
-	char *base = cal_test_tmpdir("st");
-	char *dir = cal_test_path(base, "out");
 	int64_t shape[] = {4}, neg[] = {-1};
 	struct {
 		const char *id;
@@ -654,7 +638,7 @@ Test(writer, misuse_is_refused)
 		struct cal_st_writer *w;
 		struct cal_error err = {0};
 		enum cal_status st = CAL_OK;
-		cr_assert_eq(cal_st_writer_open(dir, NULL, &w, NULL), CAL_OK);
+		cr_assert_eq(cal_st_writer_open(st_out, NULL, &w, NULL), CAL_OK);
 		cr_assert_eq(cal_st_writer_declare(w, "a", CAL_DTYPE_U8, 1, shape, NULL), CAL_OK);
 		switch (cases[i].step) {
 		case 0: st = cal_st_writer_declare(w, "a", CAL_DTYPE_U8, 1, shape, &err); break;
@@ -675,13 +659,10 @@ Test(writer, misuse_is_refused)
 		cr_expect(strstr(cal_error_msg(&err), cases[i].want), "%s: '%s'", cases[i].id,
 			  cal_error_msg(&err));
 		cr_expect_eq(cal_st_writer_commit(w, NULL), CAL_ERR_INVALID, "%s: dead", cases[i].id);
-		cr_expect_eq((int)cal_test_count_entries(base), 0, "%s", cases[i].id);
+		cr_expect_eq((int)cal_test_count_entries(st_base), 0, "%s", cases[i].id);
 		cal_error_clear(&err);
 		cal_st_writer_free(w);
 	}
-	free(dir);
-	cal_test_rm_rf(base);
-	free(base);
 }
 
 /* ---- checkpoints: index and shards must agree ----------------------------- */
@@ -725,8 +706,7 @@ static void index_with(const char *dir, const char *weight_map)
 
 Test(checkpoint, index_and_shards_must_agree)
 {
-	char *base = cal_test_tmpdir("st");
-	char *dir = two_shards(base, "ok");
+	char *dir = two_shards(st_base, "ok");
 	struct cal_checkpoint *ck;
 	cr_assert_eq(cal_checkpoint_open(dir, &ck, NULL), CAL_OK);
 	cr_expect_eq(cal_checkpoint_count(ck), 3);
@@ -774,47 +754,42 @@ Test(checkpoint, index_and_shards_must_agree)
 	expect_ckpt_refused(dir, CAL_ERR_FORMAT, SHARD2 ": 1 trailing bytes after the last tensor");
 	free(p2);
 	free(dir);
-	cal_test_rm_rf(base);
-	free(base);
 }
 
 Test(checkpoint, tensor_in_two_shards)
 {
-	char *base = cal_test_tmpdir("st");
 	size_t len;
 	uint8_t *b1 = image("{\"a\":{\"dtype\":" T("U8", "[4]", "[0,4]") "}}", 0, 4, &len);
-	char *p = cal_test_path(base, "s1.safetensors");
+	char *p = cal_test_path(st_base, "s1.safetensors");
 	cal_test_write_file(p, b1, len);
 	free(p);
 	free(b1);
 	uint8_t *b2 = image("{\"a\":{\"dtype\":" T("U8", "[4]", "[0,4]") "},\"b\":{\"dtype\":"
 			    T("U8", "[2]", "[4,6]") "}}", 0, 6, &len);
-	p = cal_test_path(base, "s2.safetensors");
+	p = cal_test_path(st_base, "s2.safetensors");
 	cal_test_write_file(p, b2, len);
 	free(p);
 	free(b2);
-	index_with(base, "{\"a\":\"s1.safetensors\",\"b\":\"s2.safetensors\"}");
-	expect_ckpt_refused(base, CAL_ERR_FORMAT, "tensor 'a' is in two shards, 's1.safetensors' and 's2.safetensors'");
+	index_with(st_base, "{\"a\":\"s1.safetensors\",\"b\":\"s2.safetensors\"}");
+	expect_ckpt_refused(st_base, CAL_ERR_FORMAT, "tensor 'a' is in two shards, 's1.safetensors' and 's2.safetensors'");
 
 	/* without an index, two files are ambiguous; with one left it opens */
-	p = cal_test_path(base, CAL_ST_INDEX_NAME);
+	p = cal_test_path(st_base, CAL_ST_INDEX_NAME);
 	unlink(p);
 	free(p);
-	expect_ckpt_refused(base, CAL_ERR_FORMAT, "2 *.safetensors files but no model.safetensors.index.json");
-	p = cal_test_path(base, "s1.safetensors");
+	expect_ckpt_refused(st_base, CAL_ERR_FORMAT, "2 *.safetensors files but no model.safetensors.index.json");
+	p = cal_test_path(st_base, "s1.safetensors");
 	unlink(p);
 	free(p);
 	struct cal_checkpoint *ck;
-	cr_assert_eq(cal_checkpoint_open(base, &ck, NULL), CAL_OK);
+	cr_assert_eq(cal_checkpoint_open(st_base, &ck, NULL), CAL_OK);
 	cr_expect_eq(cal_checkpoint_count(ck), 2);
 	cr_expect_str_eq(cal_checkpoint_tensor(ck, 0)->name, "a");
 	cal_checkpoint_free(ck);
-	p = cal_test_path(base, "s2.safetensors");
+	p = cal_test_path(st_base, "s2.safetensors");
 	unlink(p);
 	free(p);
-	expect_ckpt_refused(base, CAL_ERR_NOTFOUND, "no model.safetensors.index.json, model.safetensors");
-	cal_test_rm_rf(base);
-	free(base);
+	expect_ckpt_refused(st_base, CAL_ERR_NOTFOUND, "no model.safetensors.index.json, model.safetensors");
 }
 
 /* One output, several writers (expert parallelism): a part writer attaches
@@ -824,16 +799,14 @@ Test(checkpoint, tensor_in_two_shards)
  * the leader's output; a part never commits. */
 Test(writer, part_writers_write_into_the_leaders_output)
 {
-	char *base = cal_test_tmpdir("st");
-	char *dir = cal_test_path(base, "out");
 	struct cal_st_writer *w = NULL, *p = NULL, *other = NULL, *stray = NULL;
 	struct cal_error err = {0};
 	struct cal_st_writer_opts o = {.max_shard_bytes = 8}; /* a, b | c */
 	int64_t shape[] = {4};
-	cr_assert_eq(cal_st_writer_open(dir, &o, &w, &err), CAL_OK);
-	cr_assert_eq(cal_st_writer_open_part(dir, &o, &p, &err), CAL_OK);
-	cr_assert_eq(cal_st_writer_open_part(dir, &o, &other, &err), CAL_OK);
-	cr_assert_eq(cal_st_writer_open_part(dir, &o, &stray, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_open(st_out, &o, &w, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_open_part(st_out, &o, &p, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_open_part(st_out, &o, &other, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_open_part(st_out, &o, &stray, &err), CAL_OK);
 	for (int i = 0; i < 3; i++) {
 		const char nm[2] = {(char)('a' + i), 0};
 		cr_assert_eq(cal_st_writer_declare(w, nm, CAL_DTYPE_U8, 1, shape, &err), CAL_OK);
@@ -856,7 +829,7 @@ Test(writer, part_writers_write_into_the_leaders_output)
 	cr_assert_eq(cal_st_writer_attach(stray, tn, h, &err), CAL_ERR_INVALID); /* dead */
 	cal_error_clear(&err);
 	struct cal_st_writer *q = NULL;
-	cr_assert_eq(cal_st_writer_open_part(dir, &o, &q, &err), CAL_OK);
+	cr_assert_eq(cal_st_writer_open_part(st_out, &o, &q, &err), CAL_OK);
 	for (int i = 0; i < 3; i++) {
 		const char nm[2] = {(char)('a' + i), 0};
 		cr_assert_eq(cal_st_writer_declare(q, nm, CAL_DTYPE_U8, 1, shape, &err), CAL_OK);
@@ -882,7 +855,7 @@ Test(writer, part_writers_write_into_the_leaders_output)
 	cr_assert_eq(cal_st_writer_commit(w, &err), CAL_OK, "%s", cal_error_msg(&err));
 	cal_st_writer_free(w);
 	struct cal_checkpoint *ck;
-	cr_assert_eq(cal_checkpoint_open(dir, &ck, NULL), CAL_OK);
+	cr_assert_eq(cal_checkpoint_open(st_out, &ck, NULL), CAL_OK);
 	const char *want[] = {"AAAA", "BBBB", "CCCC"};
 	for (int i = 0; i < 3; i++) {
 		const char nm[2] = {(char)('a' + i), 0};
@@ -890,8 +863,5 @@ Test(writer, part_writers_write_into_the_leaders_output)
 		cr_assert(t && t->nbytes == 4 && !memcmp(t->data, want[i], 4), "%s", nm);
 	}
 	cal_checkpoint_free(ck);
-	cr_expect_eq((int)cal_test_count_entries(base), 1, "only the published output is left");
-	free(dir);
-	cal_test_rm_rf(base);
-	free(base);
+	cr_expect_eq((int)cal_test_count_entries(st_base), 1, "only the published output is left");
 }

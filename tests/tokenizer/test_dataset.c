@@ -79,6 +79,24 @@ static void seq_str(const struct cal_dataset *ds, size_t i, char *out)
 	out[k] = 0;
 }
 
+/* The dataset of spec under o; asserts it loads. */
+static struct cal_dataset *load_ok(const char *spec, const struct cal_dataset_opts *o)
+{
+	struct cal_dataset *ds = NULL;
+	struct cal_error err = {0};
+	cr_assert_eq(cal_dataset_load(tok, spec, o, &ds, &err), CAL_OK, "%s: %s", spec,
+		     cal_error_msg(&err));
+	return ds;
+}
+
+/* Expects sequence i of ds to read want (seq_str's rendering). */
+static void expect_seq(const struct cal_dataset *ds, size_t i, const char *want)
+{
+	char s[256];
+	seq_str(ds, i, s);
+	cr_expect_str_eq(s, want, "sequence %zu", i);
+}
+
 Test(dataset, sources_parse)
 {
 	struct cal_calib_source *s;
@@ -114,30 +132,22 @@ Test(dataset, jsonl_records)
 		      "{\"input_ids\": [1, 2, 3]}\n"
 		      "{\"text\": \"0123456789abcdef\"}\n");
 	struct cal_dataset_opts o = { .samples = 10, .seq_len = 8 };
-	struct cal_dataset *ds;
-	struct cal_error err = { 0 };
-	cr_assert_eq(cal_dataset_load(tok, p, &o, &ds, &err), CAL_OK, "%s", cal_error_msg(&err));
+	struct cal_dataset *ds = load_ok(p, &o);
 	cr_assert_eq(ds->n, 4);
-	char s[256];
-	seq_str(ds, 0, s);
-	cr_expect_str_eq(s, "<s>abc</s>");
-	seq_str(ds, 1, s);
-	cr_expect_str_eq(s, "<s>hi\nyo</s>");
+	expect_seq(ds, 0, "<s>abc</s>");
+	expect_seq(ds, 1, "<s>hi\nyo</s>");
 	cr_expect_eq(ds->off[3] - ds->off[2], 3);
 	cr_expect_eq(ds->ids[ds->off[2]], 1);
-	seq_str(ds, 3, s);
-	cr_expect_str_eq(s, "<s>012345</s>"); /* 8 tokens with the specials */
+	expect_seq(ds, 3, "<s>012345</s>"); /* 8 tokens with the specials */
 	cr_expect_eq(ds->dropped_empty, 1);
 	cr_expect_eq(ds->truncated, 1);
 	cr_expect_eq(ds->shortfall, 6);
 	cal_dataset_free(ds);
 
 	o.no_special = true;
-	cr_assert_eq(cal_dataset_load(tok, p, &o, &ds, &err), CAL_OK);
-	seq_str(ds, 0, s);
-	cr_expect_str_eq(s, "abc");
-	seq_str(ds, 3, s);
-	cr_expect_str_eq(s, "01234567");
+	ds = load_ok(p, &o);
+	expect_seq(ds, 0, "abc");
+	expect_seq(ds, 3, "01234567");
 	cal_dataset_free(ds);
 	free(p);
 }
@@ -188,23 +198,18 @@ Test(dataset, text_chunks_counts_and_seed)
 	struct cal_dataset *ds;
 	struct cal_error err = { 0 };
 	/* 7 split 4 + 3; the text gives chunks of 8 tokens: 8, 8, 8, 1 */
-	cr_assert_eq(cal_dataset_load(tok, spec, &o, &ds, &err), CAL_OK, "%s", cal_error_msg(&err));
+	ds = load_ok(spec, &o);
 	cr_assert_eq(ds->n, 7);
-	char s[256];
-	seq_str(ds, 0, s);
-	cr_expect_str_eq(s, "<s>abcdefgh</s>");
-	seq_str(ds, 3, s);
-	cr_expect_str_eq(s, "<s>y</s>");
-	seq_str(ds, 4, s);
-	cr_expect_str_eq(s, "<s>1</s>");
-	seq_str(ds, 6, s);
-	cr_expect_str_eq(s, "<s>3</s>");
+	expect_seq(ds, 0, "<s>abcdefgh</s>");
+	expect_seq(ds, 3, "<s>y</s>");
+	expect_seq(ds, 4, "<s>1</s>");
+	expect_seq(ds, 6, "<s>3</s>");
 	cal_dataset_free(ds);
 
 	/* explicit counts; totals must agree */
 	snprintf(spec, sizeof(spec), "%s:1,%s:2", t, j);
 	o.samples = 0;
-	cr_assert_eq(cal_dataset_load(tok, spec, &o, &ds, &err), CAL_OK);
+	ds = load_ok(spec, &o);
 	cr_expect_eq(ds->n, 3);
 	cal_dataset_free(ds);
 	o.samples = 4;
@@ -220,8 +225,8 @@ Test(dataset, text_chunks_counts_and_seed)
 	fprintf(stderr, "dataset seed %llu\n", (unsigned long long)seed);
 	o = (struct cal_dataset_opts){ .samples = 6, .seq_len = 10, .shuffle = true, .seed = seed };
 	struct cal_dataset *a, *b;
-	cr_assert_eq(cal_dataset_load(tok, j, &o, &a, &err), CAL_OK);
-	cr_assert_eq(cal_dataset_load(tok, j, &o, &b, &err), CAL_OK);
+	a = load_ok(j, &o);
+	b = load_ok(j, &o);
 	cr_assert_eq(a->n, 6);
 	cr_expect_eq(memcmp(a->ids, b->ids, a->n_tokens * sizeof(int32_t)), 0);
 	int seen = 0, in_order = 1;
