@@ -19,8 +19,6 @@
 #include "common/parse.h"
 #include "common/util.h"
 #include "engine/job.h"
-#include "engine/recipe/qformat.h"
-#include "engine/st/st_writer.h"
 
 enum cal_api_err cal_json_parse_body(const char *buf, size_t len, json_t **ret,
 				     struct cal_api_problem *prob)
@@ -153,7 +151,7 @@ static enum cal_api_err get_path(const json_t *v, const char *field, char *const
 /*
  * The names the output becomes while the job runs must fit the file system's
  * limits, or the job would be accepted and fail hours later with "File name
- * too long": the temporary sibling `.NAME.tmp-<job id>-XXXXXX` (st_writer.h)
+ * too long": the temporary sibling `.NAME.tmp-<job id>-XXXXXX` (engine/job.h)
  * within NAME_MAX, and the longest path the writer creates in it (or in the
  * published directory) within PATH_MAX.  real is the resolved output.
  */
@@ -161,18 +159,18 @@ static enum cal_api_err output_names_fit(const char *real, struct cal_api_proble
 {
 	const char *slash = strrchr(real, '/');
 	size_t base = strlen(slash + 1), parent = (size_t)(slash - real);
-	size_t tmp_name = base + CAL_ST_TMP_NAME_EXTRA;
-	size_t longest = parent + 1 + tmp_name + 1 + CAL_ST_FILE_NAME_MAX;
+	size_t tmp_name = base + CAL_JOB_OUT_TMP_NAME_EXTRA;
+	size_t longest = parent + 1 + tmp_name + 1 + CAL_JOB_OUT_FILE_NAME_MAX;
 	if (tmp_name > NAME_MAX)
 		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "output",
 					   "output: the last path component is %zu bytes, at most %d are allowed (its "
 					   "temporary name while the job runs adds %d bytes and must fit NAME_MAX %d)",
-					   base, NAME_MAX - CAL_ST_TMP_NAME_EXTRA, CAL_ST_TMP_NAME_EXTRA, NAME_MAX);
+					   base, NAME_MAX - CAL_JOB_OUT_TMP_NAME_EXTRA, CAL_JOB_OUT_TMP_NAME_EXTRA, NAME_MAX);
 	if (longest >= PATH_MAX)
 		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "output",
 					   "output: the resolved path is %zu bytes, at most %d are allowed (the files "
 					   "written in its temporary directory must fit PATH_MAX %d)", strlen(real),
-					   PATH_MAX - 2 - CAL_ST_TMP_NAME_EXTRA - CAL_ST_FILE_NAME_MAX, PATH_MAX);
+					   PATH_MAX - 2 - CAL_JOB_OUT_TMP_NAME_EXTRA - CAL_JOB_OUT_FILE_NAME_MAX, PATH_MAX);
 	return CAL_API_OK;
 }
 
@@ -180,11 +178,11 @@ static enum cal_api_err output_names_fit(const char *real, struct cal_api_proble
  * (the index, shards, tokenizer files): their paths must fit PATH_MAX too. */
 static enum cal_api_err model_names_fit(const char *real, struct cal_api_problem *prob)
 {
-	if (strlen(real) + 1 + CAL_ST_FILE_NAME_MAX >= PATH_MAX)
+	if (strlen(real) + 1 + CAL_JOB_OUT_FILE_NAME_MAX >= PATH_MAX)
 		return cal_api_problem_set(prob, CAL_API_ERR_PATH_TOO_LONG, "model",
 					   "model: the resolved path is %zu bytes, at most %d are allowed (the files "
 					   "the job reads in it must fit PATH_MAX %d)", strlen(real),
-					   PATH_MAX - 2 - CAL_ST_FILE_NAME_MAX, PATH_MAX);
+					   PATH_MAX - 2 - CAL_JOB_OUT_FILE_NAME_MAX, PATH_MAX);
 	return CAL_API_OK;
 }
 
@@ -412,7 +410,7 @@ static enum cal_api_err inline_yaml(const json_t *y, const char *field, json_t *
 }
 
 /* "qformat": hf_ptq.py's --qformat name, mapped to its built-in recipe
- * (engine/recipe/qformat.h): the spec keeps both. */
+ * (engine/job.h cal_job_qformat_recipe): the spec keeps both. */
 static enum cal_api_err jobspec_qformat(const json_t *q, json_t *out, struct cal_api_problem *prob)
 {
 	if (!json_is_string(q) || strlen(json_string_value(q)) != json_string_length(q))
@@ -420,7 +418,7 @@ static enum cal_api_err jobspec_qformat(const json_t *q, json_t *out, struct cal
 					   "qformat must be a string (hf_ptq.py's --qformat name, e.g. nvfp4)");
 	const char *recipe = NULL;
 	struct cal_error err = {0};
-	enum cal_status st = cal_qformat_recipe(json_string_value(q), &recipe, &err);
+	enum cal_status st = cal_job_qformat_recipe(json_string_value(q), &recipe, &err);
 	if (st < 0) {
 		enum cal_api_err ae = cal_api_problem_set(
 			prob, st == CAL_ERR_UNSUPPORTED ? CAL_API_ERR_INVALID_RECIPE : CAL_API_ERR_INVALID_FIELD,

@@ -30,10 +30,6 @@
 #include "common/confine.h"
 #include "common/util.h"
 #include "engine/job.h"
-#include "engine/model/model.h"
-#include "engine/recipe/plan.h"
-#include "engine/recipe/recipe.h"
-#include "engine/recipe/ytree.h"
 
 #define RECIPE_TEXT_MAX (1024 * 1024)
 
@@ -43,7 +39,7 @@
  * heap, caller frees). */
 static char *tree_dir(const struct cal_config *c)
 {
-	const char *d = c->recipes_dir ? c->recipes_dir : cal_recipe_builtin_dir();
+	const char *d = c->recipes_dir ? c->recipes_dir : cal_job_recipe_tree();
 	char *real = realpath(d, NULL);
 	return real ? real : strdup(d);
 }
@@ -85,67 +81,20 @@ static void slot_give(struct cal_daemon *d)
 	pthread_mutex_unlock(&d->mu);
 }
 
-/* An import of an inline recipe: relative, without "..": inside the tree. */
-static int import_path_ok(const char *p)
-{
-	if (!*p || p[0] == '/')
-		return 0;
-	for (const char *s = p; *s;) {
-		size_t n = strcspn(s, "/");
-		if (n == 2 && s[0] == '.' && s[1] == '.')
-			return 0;
-		s += n;
-		if (*s == '/')
-			s++;
-	}
-	return 1;
-}
-
-/* Every scalar value under n (an `imports:` value) must be import_path_ok.
- * Returns the offending scalar, or NULL. */
-static const char *bad_import(const struct cal_ynode *n, int depth)
-{
-	if (depth > 8)
-		return "(imports nested too deeply)";
-	if (n->kind == CAL_Y_SEQ || n->kind == CAL_Y_MAP) {
-		size_t step = n->kind == CAL_Y_MAP ? 2 : 1;
-		for (size_t i = step - 1; i < n->n * step; i += step) {
-			const char *b = bad_import(n->items[i], depth + 1);
-			if (b)
-				return b;
-		}
-		return NULL;
-	}
-	return n->str && !import_path_ok(n->str) ? n->str : NULL;
-}
-
 /* Refuses an inline recipe whose top-level `imports:` name a path outside
- * the recipe tree.  The text is read by the recipe loader's own bounded
- * reader (engine/recipe/ytree.h: size, depth and node limits enforced
- * while libyaml's events arrive, so hostile nesting costs microseconds);
- * YAML errors are left to the recipe loader, which reports them with line
- * and column. */
+ * the recipe tree (engine/job.h cal_job_recipe_imports_check); YAML errors
+ * are left to the recipe loader, which reports them with line and column. */
 static enum cal_api_err inline_imports_ok(const char *text, const char *field, struct cal_api_problem *prob)
 {
-	struct cal_ydocs docs;
 	struct cal_error e = {0};
-	enum cal_status st = cal_ytree_parse("<inline>", text, strlen(text), NULL, &docs, &e);
-	cal_error_clear(&e);
-	if (st == CAL_ERR_NOMEM)
+	enum cal_status st = cal_job_recipe_imports_check(text, &e);
+	if (st == CAL_ERR_NOMEM) {
+		cal_error_clear(&e);
 		return cal_api_problem_set(prob, CAL_API_ERR_INTERNAL, NULL, "out of memory");
-	if (st)
-		return CAL_API_OK;
-	enum cal_api_err ae = CAL_API_OK;
-	for (size_t i = 0; i < docs.n && !ae; i++) {
-		const struct cal_ynode *imports = cal_ymap_get(docs.doc[i], "imports");
-		const char *bad = imports ? bad_import(imports, 0) : NULL;
-		if (bad)
-			ae = cal_api_problem_set(prob, CAL_API_ERR_INVALID_RECIPE, field,
-						 "%s: import '%.200s' must be a relative path inside the "
-						 "recipe tree (no leading '/', no '..')", field, bad);
 	}
-	cal_ydocs_clear(&docs);
-	return ae;
+	if (st < 0)
+		return from_error(prob, CAL_API_ERR_INVALID_RECIPE, field, field, &e, NULL);
+	return CAL_API_OK;
 }
 
 /* A recipe that did not load (named `name`, or inline when yaml): prob. */
@@ -166,12 +115,11 @@ static enum cal_api_err recipe_problem(enum cal_status st, struct cal_error *e, 
 static enum cal_api_err recipe_load(const char *dir, const char *name, const char *field,
 				    struct cal_recipe **ret, struct cal_api_problem *prob)
 {
-	struct cal_recipe_opts o = {.builtin_dir = dir, .no_filesystem = 1};
 	struct cal_error e = {0};
 	const char *const roots[] = {dir};
 	struct cal_confine conf = {roots, 1};
 	cal_confine_set(&conf);
-	enum cal_status st = cal_recipe_load(name, &o, ret, &e);
+	enum cal_status st = cal_job_recipe_load(dir, name, ret, &e);
 	cal_confine_set(NULL);
 	return st >= 0 ? CAL_API_OK : recipe_problem(st, &e, name, 0, field, dir, prob);
 }
@@ -293,7 +241,7 @@ enum MHD_Result cal_route_recipes_list(struct cal_http_req *r)
 		free(dir);
 		return cal_http_error(r, CAL_API_ERR_BUSY, NULL, NULL);
 	}
-	enum cal_status st = cal_recipe_list(dir, &list, &n, &e);
+	enum cal_status st = cal_job_recipe_list(dir, &list, &n, &e);
 	slot_give(r->d);
 	if (st < 0) {
 		from_error(&prob, CAL_API_ERR_INTERNAL, NULL, "recipes", &e, dir);
@@ -310,7 +258,7 @@ enum MHD_Result cal_route_recipes_list(struct cal_http_req *r)
 						   list[i].description, "url", url));
 		free(url);
 	}
-	cal_recipe_list_free(list, n);
+	cal_job_recipe_list_free(list, n);
 	return cal_http_json(r, 200, json_pack("{s:o}", "recipes", a));
 }
 
@@ -378,7 +326,7 @@ enum MHD_Result cal_route_recipe_get(struct cal_http_req *r)
 			      "entries", entries, "yaml", recipe_text(rc->source, dir), "url", url);
 	free(url);
 	free(dir);
-	cal_recipe_free(rc);
+	cal_job_recipe_free(rc);
 	return cal_http_json(r, 200, o);
 }
 
@@ -440,7 +388,7 @@ enum MHD_Result cal_route_plan(struct cal_http_req *r)
 	};
 	if ((ae = job_open(c, &jo, dir, CAL_JOB_OPEN_NO_CHECKPOINT, field, &job, &prob)))
 		goto out;
-	text = cal_plan_json(cal_job_plan(job), cal_job_recipe_name(job));
+	text = cal_job_plan_json(job);
 	out = text ? json_loads(text, 0, NULL) : NULL;
 	if (!out) {
 		ae = cal_api_problem_set(&prob, CAL_API_ERR_INTERNAL, NULL, "plan: cannot encode");

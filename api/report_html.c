@@ -56,6 +56,15 @@ static void svg_open(FILE *f, const char *id, const char *title, const char *yla
 	fputs("</text>\n", f);
 }
 
+/* The x axis label, and the end of the chart. */
+static void svg_close(FILE *f, const char *xlabel)
+{
+	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"middle\">", (W + ML) / 2,
+		H - 4);
+	esc(f, xlabel);
+	fputs("</text>\n</svg>\n", f);
+}
+
 /* A bar chart of n values (NAN: no bar; negative values hang below the
  * zero line); mark[i] != 0 draws a red cross on the axis instead (an
  * expert that saw no token). */
@@ -97,10 +106,7 @@ static void bars(FILE *f, const char *id, const char *title, const char *ylabel,
 	for (size_t i = 0; i < n; i += step)
 		fprintf(f, "<text x=\"%.1f\" y=\"%d\" font-size=\"9\" text-anchor=\"middle\">%zu</text>\n",
 			ML + bw * ((double)i + 0.5), H - MB + 12, i);
-	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"middle\">", (W + ML) / 2,
-		H - 4);
-	esc(f, xlabel);
-	fputs("</text>\n</svg>\n", f);
+	svg_close(f, xlabel);
 }
 
 /* A line through (x[i], y[i]). */
@@ -126,10 +132,7 @@ static void line(FILE *f, const char *id, const char *title, const char *ylabel,
 	for (int k = 0; k <= 4; k++)
 		fprintf(f, "<text x=\"%.1f\" y=\"%d\" font-size=\"9\" text-anchor=\"middle\">%.3g</text>\n",
 			ML + (W - 8 - ML) * k / 4.0, H - MB + 12, xmax * k / 4);
-	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"middle\">", (W + ML) / 2,
-		H - 4);
-	esc(f, xlabel);
-	fputs("</text>\n</svg>\n", f);
+	svg_close(f, xlabel);
 }
 
 static void none(FILE *f, const char *id, const char *title, const char *why)
@@ -157,6 +160,35 @@ static void row(FILE *f, const char *k, const json_t *v)
 	fputs("</td></tr>\n", f);
 }
 
+/* The summary table: label, and where the value is in the report
+ * (evaluation rows: in its "evaluation" object, shown when there is one):
+ * obj.key, or key when obj is NULL. */
+struct summary_row {
+	const char *label;
+	int eval;
+	const char *obj, *key;
+};
+
+static const struct summary_row summary[] = {
+	{"model type", 0, NULL, "model_type"},
+	{"source", 0, NULL, "source"},
+	{"recipe", 0, "recipe", "name"},
+	{"quant_algo", 0, "resolved", "quant_algo"},
+	{"kv_cache_quant_algo", 0, "resolved", "kv_cache_quant_algo"},
+	{"calibration tokens", 0, "calibration", "tokens"},
+	{"weight SQNR min (dB)", 0, "weight_sqnr", "min_db"},
+	{"weight SQNR mean (dB)", 0, "weight_sqnr", "mean_db"},
+	{"eval dataset", 1, NULL, "dataset"},
+	{"eval tokens", 1, "data", "tokens"},
+	{"eval sequences also in the calibration set", 1, "calibration_overlap", "sequences"},
+	{"KL mean", 1, "kl", "mean"},
+	{"KL median", 1, "kl", "median"},
+	{"KL p99", 1, "kl", "p99"},
+	{"top-1 agreement", 1, NULL, "top1_agreement"},
+	{"perplexity original", 1, "perplexity", "original"},
+	{"perplexity quantized", 1, "perplexity", "quantized"},
+};
+
 char *cal_report_html(const json_t *r, const char *title)
 {
 	char *buf = NULL;
@@ -173,28 +205,12 @@ char *cal_report_html(const json_t *r, const char *title)
 	      "</head>\n<body>\n<h1>", f);
 	esc(f, title);
 	fputs("</h1>\n<table>\n", f);
-	row(f, "model type", json_object_get(r, "model_type"));
-	row(f, "source", json_object_get(r, "source"));
-	row(f, "recipe", json_object_get(json_object_get(r, "recipe"), "name"));
-	row(f, "quant_algo", json_object_get(json_object_get(r, "resolved"), "quant_algo"));
-	row(f, "kv_cache_quant_algo",
-	    json_object_get(json_object_get(r, "resolved"), "kv_cache_quant_algo"));
-	row(f, "calibration tokens", json_object_get(json_object_get(r, "calibration"), "tokens"));
-	row(f, "weight SQNR min (dB)", json_object_get(json_object_get(r, "weight_sqnr"), "min_db"));
-	row(f, "weight SQNR mean (dB)", json_object_get(json_object_get(r, "weight_sqnr"), "mean_db"));
-	if (ev) {
-		row(f, "eval dataset", json_object_get(ev, "dataset"));
-		row(f, "eval tokens", json_object_get(json_object_get(ev, "data"), "tokens"));
-		row(f, "eval sequences also in the calibration set",
-		    json_object_get(json_object_get(ev, "calibration_overlap"), "sequences"));
-		row(f, "KL mean", json_object_get(json_object_get(ev, "kl"), "mean"));
-		row(f, "KL median", json_object_get(json_object_get(ev, "kl"), "median"));
-		row(f, "KL p99", json_object_get(json_object_get(ev, "kl"), "p99"));
-		row(f, "top-1 agreement", json_object_get(ev, "top1_agreement"));
-		row(f, "perplexity original",
-		    json_object_get(json_object_get(ev, "perplexity"), "original"));
-		row(f, "perplexity quantized",
-		    json_object_get(json_object_get(ev, "perplexity"), "quantized"));
+	for (size_t k = 0; k < sizeof(summary) / sizeof(summary[0]); k++) {
+		const struct summary_row *sr = &summary[k];
+		const json_t *o = sr->eval ? ev : r;
+		if (sr->eval && !ev)
+			continue;
+		row(f, sr->label, json_object_get(sr->obj ? json_object_get(o, sr->obj) : o, sr->key));
 	}
 	fputs("</table>\n", f);
 

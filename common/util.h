@@ -5,6 +5,7 @@
 #ifndef CAL_UTIL_H
 #define CAL_UTIL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -48,5 +49,9 @@ char *cal_str_scrub_dir(const char *msg, const char *dir);
 
 /* Monotonic time in seconds. */
 double cal_now(void);
+
+/* Initializes *cv so that its timed waits take CLOCK_MONOTONIC deadlines
+ * (those of cal_now() and clock_gettime(CLOCK_MONOTONIC)). */
+void cal_cond_init_monotonic(pthread_cond_t *cv);
 
 #endif

@@ -91,6 +91,24 @@ static void strlist_free(char **l, size_t n)
 	free(l);
 }
 
+/* Frees what key k holds in c (a string, or a list of strings) and leaves
+ * it empty; other types hold no memory. */
+static void key_clear(struct cal_config *c, const struct key *k)
+{
+	char *base = (char *)c;
+	if (k->type == K_STR) {
+		char **f = (char **)(base + k->off);
+		free(*f);
+		*f = NULL;
+	} else if (k->type == K_STRLIST || k->type == K_CATALOG) {
+		char ***l = (char ***)(base + k->off);
+		size_t *n = (size_t *)(base + k->count_off);
+		strlist_free(*l, *n);
+		*l = NULL;
+		*n = 0;
+	}
+}
+
 _Static_assert(CAL_DEVICES_MAX <= CAL_MAX_DEVICES, "a parsed device list must fit devices[]");
 
 enum cal_status cal_config_parse_devices(const char *s, int *out, size_t *n, struct cal_error *err)
@@ -147,7 +165,7 @@ static enum cal_status set_value(struct cal_config *c, const struct key *k, cons
 	switch (k->type) {
 	case K_STR: {
 		char **f = (char **)(base + k->off);
-		free(*f);
+		key_clear(c, k);
 		*f = strdup(v);
 		return *f ? CAL_OK : cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 	}
@@ -218,11 +236,8 @@ static enum cal_status set_value(struct cal_config *c, const struct key *k, cons
 	case K_STRLIST: {
 		char ***l = (char ***)(base + k->off);
 		size_t *n = (size_t *)(base + k->count_off);
-		if (!append) {
-			strlist_free(*l, *n);
-			*l = NULL;
-			*n = 0;
-		}
+		if (!append)
+			key_clear(c, k);
 		if (*n >= CONFIG_MAX_LIST)
 			return cal_error_set(err, CAL_ERR_RANGE, "%s: more than %d entries", k->name, CONFIG_MAX_LIST);
 		char **nl = realloc(*l, (*n + 1) * sizeof(char *));
@@ -284,9 +299,7 @@ static enum cal_status parse_yaml(struct cal_config *c, const char *path, struct
 		case YAML_MAPPING_START_EVENT:
 			if (state == 2 && cur->type == K_CATALOG) {
 				/* a catalog in the file replaces the default: start empty */
-				strlist_free(c->datasets, c->n_datasets);
-				c->datasets = NULL;
-				c->n_datasets = 0;
+				key_clear(c, cur);
 				state = 5;
 				break;
 			}
@@ -306,16 +319,11 @@ static enum cal_status parse_yaml(struct cal_config *c, const char *path, struct
 						   path, line, curname ? curname : "config");
 				goto fail;
 			}
-			if (cur->type == K_STRLIST) {
-				/* a list in the file replaces the default: start empty */
-				char ***l = (char ***)((char *)c + cur->off);
-				size_t *n = (size_t *)((char *)c + cur->count_off);
-				strlist_free(*l, *n);
-				*l = NULL;
-				*n = 0;
-			} else {
+			/* a list in the file replaces the default: start empty */
+			if (cur->type == K_STRLIST)
+				key_clear(c, cur);
+			else
 				c->n_devices = 0;
-			}
 			state = 3;
 			break;
 		case YAML_SEQUENCE_END_EVENT:
@@ -703,19 +711,9 @@ void cal_config_unref(struct cal_config *c)
 {
 	if (!c || __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
 		return;
+	for (size_t i = 0; i < CAL_ARRAY_LEN(keys); i++)
+		key_clear(c, &keys[i]);
 	free(c->config_path);
-	free(c->listen);
-	free(c->admin_listen);
-	free(c->admin_port_file);
-	free(c->port_file);
-	free(c->state_dir);
-	strlist_free(c->model_roots, c->n_model_roots);
-	strlist_free(c->data_roots, c->n_data_roots);
-	strlist_free(c->output_roots, c->n_output_roots);
-	free(c->recipes_dir);
-	strlist_free(c->worker_command, c->n_worker_command);
-	strlist_free(c->datasets, c->n_datasets);
-	free(c->token_file);
 	if (c->tokens)
 		explicit_bzero(c->tokens, c->n_tokens * sizeof(*c->tokens));
 	free(c->tokens);

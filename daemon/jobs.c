@@ -54,11 +54,7 @@ int cal_daemon_init(struct cal_daemon *d, struct cal_config *cfg)
 {
 	memset(d, 0, sizeof(*d));
 	pthread_mutex_init(&d->mu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&d->changed, &ca);
-	pthread_condattr_destroy(&ca);
+	cal_cond_init_monotonic(&d->changed);
 	d->cfg = cfg;
 	d->next_seq = 1;
 	d->started_mono = cal_now();

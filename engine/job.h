@@ -35,8 +35,10 @@
 #include "engine/model/catalog.h"
 #include "engine/model/model.h"
 #include "engine/recipe/plan.h"
+#include "engine/recipe/qformat.h"
 #include "engine/recipe/recipe.h"
 #include "engine/st/safetensors.h"
+#include "engine/st/st_writer.h"
 #include "kernels/backend.h"
 #include "kernels/numfmt.h"
 #include "kernels/ops.h"
@@ -215,6 +217,54 @@ enum cal_status cal_job_backend_open(const struct cal_devices *devices, unsigned
 /* The back-end kind and CUDA ordinal cal_job_backend_open() uses for
  * `devices` (AUTO asks the CUDA runtime whether a GPU is present). */
 enum cal_backend_kind cal_job_backend_kind(const struct cal_devices *devices, int *ret_ordinal);
+
+/* ---- what the API asks before there is a job ------------------------------ *
+ * The HTTP API (api/) reaches the engine through this header only
+ * (docs/architecture.md "Layers"); these are the recipe and output facts it
+ * validates a submission with (engine/job_api.c).
+ */
+
+/* The built-in recipe tree (engine/recipe/recipe.h cal_recipe_builtin_dir). */
+const char *cal_job_recipe_tree(void);
+
+/* The runnable recipes of the tree `dir`, name and description, sorted by
+ * name (engine/recipe/recipe.h cal_recipe_list); *ret
+ * (cal_job_recipe_list_free) holds *ret_n. */
+enum cal_status cal_job_recipe_list(const char *dir, struct cal_recipe_info **ret, size_t *ret_n,
+				    struct cal_error *err);
+void cal_job_recipe_list_free(struct cal_recipe_info *list, size_t n);
+
+/* Loads the recipe `name` from the tree `dir` only (no other file system
+ * path, imports confined to the tree); *ret is the caller's
+ * (cal_job_recipe_free).  Errors: engine/recipe/recipe.h cal_recipe_load. */
+enum cal_status cal_job_recipe_load(const char *dir, const char *name, struct cal_recipe **ret,
+				    struct cal_error *err);
+void cal_job_recipe_free(struct cal_recipe *r);
+
+/* An inline recipe's top-level `imports:` must name relative paths without
+ * "..", inside the recipe tree: CAL_ERR_INVALID naming the first that does
+ * not.  YAML that does not parse passes (the recipe loader reports it with
+ * line and column when the job opens); CAL_ERR_NOMEM. */
+enum cal_status cal_job_recipe_imports_check(const char *yaml, struct cal_error *err);
+
+/* hf_ptq.py's --qformat name as its built-in recipe (engine/recipe/qformat.h
+ * cal_qformat_recipe: CAL_ERR_NOTFOUND, CAL_ERR_UNSUPPORTED). */
+static inline enum cal_status cal_job_qformat_recipe(const char *qformat, const char **ret,
+						     struct cal_error *err)
+{
+	return cal_qformat_recipe(qformat, ret, err);
+}
+
+/* The plan of j as JSON (`calibd plan --json`): a heap string, or NULL on
+ * allocation failure. */
+char *cal_job_plan_json(const struct cal_job *j);
+
+/* The names an export writes (engine/st/st_writer.h): its temporary
+ * sibling of the output directory adds CAL_JOB_OUT_TMP_NAME_EXTRA bytes to
+ * the last component, and no file written inside has a name longer than
+ * CAL_JOB_OUT_FILE_NAME_MAX bytes. */
+#define CAL_JOB_OUT_TMP_NAME_EXTRA CAL_ST_TMP_NAME_EXTRA
+#define CAL_JOB_OUT_FILE_NAME_MAX CAL_ST_FILE_NAME_MAX
 
 /* ---- calibration tokens --------------------------------------------------- */
 

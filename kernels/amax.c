@@ -4,25 +4,15 @@
  */
 #include "kernels/internal.h"
 
-struct amax_ctx {
-	const struct cal_amax_args *a;
-	struct cal_obs_slots s;
-};
-
-static void amax_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+static void amax_range(const void *p, uint64_t begin, uint64_t end, uint32_t *m,
+		       struct cal_nf_part *nf)
 {
-	struct amax_ctx *c = p;
-	const struct cal_amax_args *a = c->a;
-	uint32_t m = 0;
-	struct cal_nf_part nf = {0, CAL_NONFINITE_NONE};
-
+	const struct cal_amax_args *a = p;
 	for (uint64_t i = begin; i < end; i++)
-		cal_obs_elem(cal_abs_bits(a->dtype, a->x, i), a->index_base + i, &m, &nf);
-	c->s.max_bits[slot] = m;
-	c->s.nf[slot] = nf;
+		cal_obs_elem(cal_abs_bits(a->dtype, a->x, i), a->index_base + i, m, nf);
 }
 
-enum cal_status cal_check_amax(const struct cal_amax_args *a, struct cal_error *err)
+CAL_CHECK_OP(amax)
 {
 	enum cal_status st;
 	if ((st = cal_check_obs(a->dtype, 1, a->n, a->amax, a->nonfinite, err)) < 0)
@@ -32,18 +22,7 @@ enum cal_status cal_check_amax(const struct cal_amax_args *a, struct cal_error *
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_amax(struct cal_backend *be, const struct cal_amax_args *a,
-			     struct cal_error *err)
+CAL_CPU_OP(amax)
 {
-	struct amax_ctx c;
-	unsigned k = cal_cpu_slots(be, a->n, 1u << 18);
-	enum cal_status st;
-
-	c.a = a;
-	cal_obs_slots_clear(&c.s, k);
-	st = cal_cpu_parallel(be, a->n, 1u << 18, amax_range, &c, err);
-	if (st < 0)
-		return st;
-	cal_obs_slots_fold(&c.s, k, a->amax, a->nonfinite);
-	return CAL_OK;
+	return cal_cpu_observe(be, a->n, 1u << 18, amax_range, a, a->amax, a->nonfinite, err);
 }

@@ -21,8 +21,7 @@ static void blocks_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	c->nf[slot] = nf;
 }
 
-enum cal_status cal_check_amax_blocks(const struct cal_amax_blocks_args *a,
-				      struct cal_error *err)
+CAL_CHECK_OP(amax_blocks)
 {
 	enum cal_status st;
 	if ((st = cal_check_obs_dtype(a->dtype, err)) < 0)
@@ -33,14 +32,12 @@ enum cal_status cal_check_amax_blocks(const struct cal_amax_blocks_args *a,
 	if ((st = cal_check_shape(a->rows, a->cols, a->block, err)) < 0 ||
 	    (st = cal_check_ptr(a->nonfinite, "nonfinite", err)) < 0)
 		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->x, "x", err)) < 0 ||
-				   (st = cal_check_ptr(a->amax, "amax", err)) < 0))
+	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, x, amax)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_amax_blocks(struct cal_backend *be, const struct cal_amax_blocks_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(amax_blocks)
 {
 	struct cal_obs_items c = {.a = a};
 	uint64_t nb = a->rows * a->cols / a->block, min = (1u << 18) / a->block;

@@ -23,20 +23,18 @@ static void cols_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	c->nf[slot] = nf;
 }
 
-enum cal_status cal_check_amax_cols(const struct cal_amax_cols_args *a, struct cal_error *err)
+CAL_CHECK_OP(amax_cols)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0 ||
 	    (st = cal_check_ptr(a->nonfinite, "nonfinite", err)) < 0)
 		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->x, "x", err)) < 0 ||
-				   (st = cal_check_ptr(a->amax, "amax", err)) < 0))
+	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, x, amax)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_amax_cols(struct cal_backend *be, const struct cal_amax_cols_args *a,
-				  struct cal_error *err)
+CAL_CPU_OP(amax_cols)
 {
 	struct cal_obs_items c = {.a = a};
 	if (!a->rows)

@@ -51,7 +51,7 @@ static void hist_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_amax_hist(const struct cal_amax_hist_args *a, struct cal_error *err)
+CAL_CHECK_OP(amax_hist)
 {
 	enum cal_status st;
 	if ((st = cal_check_obs_dtype(a->dtype, err)) < 0)
@@ -67,8 +67,7 @@ enum cal_status cal_check_amax_hist(const struct cal_amax_hist_args *a, struct c
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_amax_hist(struct cal_backend *be, const struct cal_amax_hist_args *a,
-				  struct cal_error *err)
+CAL_CPU_OP(amax_hist)
 {
 	struct hist_ctx c = {a, cal_hist_edges(), (a->cols + a->block - 1) / a->block, NULL};
 	uint64_t nb = a->rows * c.bpr, min = (1u << 18) / a->block;

@@ -5,57 +5,35 @@
  */
 #include "kernels/internal.h"
 
-struct rows_ctx {
-	const struct cal_amax_rows_args *a;
-	struct cal_obs_slots s;
-};
-
-static void rows_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+static void rows_range(const void *p, uint64_t begin, uint64_t end, uint32_t *m,
+		       struct cal_nf_part *nf)
 {
-	struct rows_ctx *c = p;
-	const struct cal_amax_rows_args *a = c->a;
-	uint32_t m = 0;
-	struct cal_nf_part nf = {0, CAL_NONFINITE_NONE};
-
+	const struct cal_amax_rows_args *a = p;
 	for (uint64_t k = begin; k < end; k++) {
 		uint64_t r = a->index[k];
 		if (r >= a->rows)
 			continue;
 		for (uint64_t j = 0; j < a->cols; j++) {
 			uint64_t i = r * a->cols + j;
-			cal_obs_elem(cal_abs_bits(a->dtype, a->x, i), a->index_base + i, &m, &nf);
+			cal_obs_elem(cal_abs_bits(a->dtype, a->x, i), a->index_base + i, m, nf);
 		}
 	}
-	c->s.max_bits[slot] = m;
-	c->s.nf[slot] = nf;
 }
 
-enum cal_status cal_check_amax_rows(const struct cal_amax_rows_args *a, struct cal_error *err)
+CAL_CHECK_OP(amax_rows)
 {
 	enum cal_status st;
 	if ((st = cal_check_obs(a->dtype, a->rows, a->cols, a->amax, a->nonfinite, err)) < 0)
 		return st;
-	if (a->n_index && ((st = cal_check_ptr(a->index, "index", err)) < 0 ||
-			   (st = cal_check_ptr(a->x, "x", err)) < 0))
+	if (a->n_index && (st = CAL_CHECK_PTRS(a, err, index, x)) < 0)
 		return st;
 	if (a->n_index > CAL_MAX_ELEMS)
 		return cal_error_set(err, CAL_ERR_RANGE, "argument 'n_index' is too large");
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_amax_rows(struct cal_backend *be, const struct cal_amax_rows_args *a,
-				  struct cal_error *err)
+CAL_CPU_OP(amax_rows)
 {
-	struct rows_ctx c;
 	uint64_t min = a->cols ? (1u << 18) / a->cols + 1 : 1u << 18;
-	unsigned k = cal_cpu_slots(be, a->n_index, min);
-	enum cal_status st;
-
-	c.a = a;
-	cal_obs_slots_clear(&c.s, k);
-	st = cal_cpu_parallel(be, a->n_index, min, rows_range, &c, err);
-	if (st < 0)
-		return st;
-	cal_obs_slots_fold(&c.s, k, a->amax, a->nonfinite);
-	return CAL_OK;
+	return cal_cpu_observe(be, a->n_index, min, rows_range, a, a->amax, a->nonfinite, err);
 }

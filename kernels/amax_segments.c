@@ -32,8 +32,7 @@ static void seg_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	c->nf[slot] = nf;
 }
 
-enum cal_status cal_check_amax_segments(const struct cal_amax_segments_args *a,
-					struct cal_error *err)
+CAL_CHECK_OP(amax_segments)
 {
 	enum cal_status st;
 	if ((st = cal_check_obs(a->dtype, a->rows, a->cols, a->amax, a->nonfinite, err)) < 0 ||
@@ -47,9 +46,7 @@ enum cal_status cal_check_amax_segments(const struct cal_amax_segments_args *a,
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_amax_segments(struct cal_backend *be,
-				      const struct cal_amax_segments_args *a,
-				      struct cal_error *err)
+CAL_CPU_OP(amax_segments)
 {
 	struct seg_ctx c;
 	uint64_t r0 = a->offsets[0], r1 = a->offsets[a->n_seg];

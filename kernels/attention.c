@@ -93,7 +93,7 @@ static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_attention(const struct cal_attention_args *a, struct cal_error *err)
+CAL_CHECK_OP(attention)
 {
 	enum cal_status st;
 	if (a->nh == 0 || a->nkv == 0 || a->hd == 0 || a->nh % a->nkv)
@@ -107,15 +107,10 @@ enum cal_status cal_check_attention(const struct cal_attention_args *a, struct c
 		return st;
 	if (!(a->scale > 0.0f) || !isfinite(a->scale))
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'scale' must be finite and > 0");
-	if ((st = cal_check_ptr(a->q, "q", err)) < 0 || (st = cal_check_ptr(a->k, "k", err)) < 0 ||
-	    (st = cal_check_ptr(a->v, "v", err)) < 0 || (st = cal_check_ptr(a->out, "out", err)) < 0 ||
-	    (st = cal_check_ptr(a->cu_seqlens, "cu_seqlens", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, q, k, v, out, cu_seqlens);
 }
 
-enum cal_status cal_cpu_attention(struct cal_backend *be, const struct cal_attention_args *a,
-				  struct cal_error *err)
+CAL_CPU_OP(attention)
 {
 	struct attn_ctx c = {a, NULL, 0};
 	uint64_t max_len = 0, items = a->t * a->nh;
@@ -129,11 +124,6 @@ enum cal_status cal_cpu_attention(struct cal_backend *be, const struct cal_atten
 		max_len = len > max_len ? len : max_len;
 	}
 	c.per_slot = max_len + (uint64_t)a->hd + (a->vd ? a->vd : a->hd);
-	unsigned slots = cal_cpu_slots(be, items, 1);
-	c.scratch = malloc((size_t)slots * c.per_slot * sizeof(float));
-	if (!c.scratch)
-		return cal_error_set(err, CAL_ERR_NOMEM, "attention: out of memory");
-	st = cal_cpu_parallel(be, items, 1, attn_range, &c, err);
-	free(c.scratch);
-	return st;
+	return cal_cpu_parallel_scratch(be, items, c.per_slot, &c.scratch, attn_range, &c, "attention",
+					err);
 }

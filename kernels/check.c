@@ -12,21 +12,62 @@ enum cal_status cal_check_ptr(const void *p, const char *field, struct cal_error
 	return CAL_OK;
 }
 
-enum cal_status cal_check_obs_dtype(enum cal_dtype dt, struct cal_error *err)
+enum cal_status cal_check_ptrs(const struct cal_arg_ptr *v, size_t n, struct cal_error *err)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!v[i].p)
+			return cal_check_ptr(NULL, v[i].field, err);
+	return CAL_OK;
+}
+
+/* The dtype argument `field` is BF16 or F32. */
+static enum cal_status check_bf16_f32(enum cal_dtype dt, const char *field, struct cal_error *err)
 {
 	if (dt != CAL_DTYPE_BF16 && dt != CAL_DTYPE_F32)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "argument 'dtype': %s is not supported (BF16 or F32)",
+				     "argument '%s': %s is not supported (BF16 or F32)", field,
 				     (unsigned)dt < CAL_DTYPE_COUNT ? cal_dtype_name(dt) : "?");
 	return CAL_OK;
 }
 
+enum cal_status cal_check_obs_dtype(enum cal_dtype dt, struct cal_error *err)
+{
+	return check_bf16_f32(dt, "dtype", err);
+}
+
 enum cal_status cal_check_out_dtype(enum cal_dtype dt, struct cal_error *err)
 {
-	if (dt != CAL_DTYPE_BF16 && dt != CAL_DTYPE_F32)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "argument 'out_dtype': %s is not supported (BF16 or F32)",
-				     (unsigned)dt < CAL_DTYPE_COUNT ? cal_dtype_name(dt) : "?");
+	return check_bf16_f32(dt, "out_dtype", err);
+}
+
+enum cal_status cal_check_enum(int v, int last, const char *field, struct cal_error *err)
+{
+	if ((unsigned)v > (unsigned)last)
+		return cal_error_set(err, CAL_ERR_INVALID, "argument '%s' = %d is unknown", field, v);
+	return CAL_OK;
+}
+
+enum cal_status cal_check_topk(uint32_t e, uint32_t k, uint32_t k_total, struct cal_error *err)
+{
+	if (e == 0 || k == 0 || k > k_total || k_total > e)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "arguments e = %u, k = %u, k_total = %u: need 1 <= k <= k_total <= e",
+				     e, k, k_total);
+	return CAL_OK;
+}
+
+enum cal_status cal_check_row_sums(uint64_t rows, uint64_t cols, const void *x, const char *x_field,
+				   const void *y, const char *y_field, const double *sums,
+				   struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(rows, cols, 1, err)) < 0)
+		return st;
+	if (rows && cols &&
+	    (st = cal_check_ptrs((const struct cal_arg_ptr[]){{x, x_field}, {y, y_field}}, 2, err)) < 0)
+		return st;
+	if (rows && (st = cal_check_ptr(sums, "sums", err)) < 0)
+		return st;
 	return CAL_OK;
 }
 

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/util.h"
+
 static const char *const kind_names[] = {"threads", "tcp", "nccl"};
 static const char *const op_names[CAL_COMM_OP_COUNT] = {
 	"allreduce", "allgather", "broadcast", "barrier", "alltoallv", "alltoall_counts",
@@ -260,11 +262,7 @@ enum cal_status cal_comm_world_new(const struct cal_comm_opts *opts, struct cal_
 	w->ops = ops;
 	w->refs = 1;
 	pthread_mutex_init(&w->lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&w->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	cal_cond_init_monotonic(&w->cond);
 	if (!w->joined || !w->opts.host || (opts->rendezvous && !w->opts.rendezvous)) {
 		world_unref(w);
 		return cal_error_set(err, CAL_ERR_NOMEM, "comm: out of memory");

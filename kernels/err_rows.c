@@ -4,57 +4,22 @@
  * uses (as sqnr_rows).  Reference and CPU back end; items are rows.
  */
 #include "kernels/internal.h"
-#include "kernels/lanes32.h"
 
-/* Products and sums are separate statements (no fused multiply-add, as
- * the CUDA kernel's __dmul_rn / __dadd_rn). */
-static void row_sums(const uint16_t *in, const uint16_t *a, const uint16_t *b, uint64_t cols,
-		     double *out)
-{
-	double s[32], e[32];
-	for (unsigned l = 0; l < 32; l++) {
-		double x = 0.0, y = 0.0;
-		for (uint64_t c = l; c < cols; c += 32) {
-			double av = (double)cal_nf_bf16_to_f32(a[c]);
-			double d = (double)cal_nf_bf16_to_f32(b[c]) - av;
-			double r = in ? av - (double)cal_nf_bf16_to_f32(in[c]) : av;
-			double p = d * d;
-			double q = r * r;
-			x = x + p;
-			y = y + q;
-		}
-		s[l] = x;
-		e[l] = y;
-	}
-	cal_lanes32_fold(s, e, out);
-}
-
-static void err_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+/* d = b - a and r = a - in (a without in), widened to f64. */
+static void err_terms(const void *p, uint64_t i, double *u, double *v)
 {
 	const struct cal_err_rows_args *a = p;
-	uint64_t n = a->cols;
-	(void)slot;
-	for (uint64_t r = begin; r < end; r++)
-		row_sums(a->in ? a->in + r * n : NULL, a->a + r * n, a->b + r * n, n,
-			 a->sums + 2 * r);
+	double av = (double)cal_nf_bf16_to_f32(a->a[i]);
+	*u = (double)cal_nf_bf16_to_f32(a->b[i]) - av;
+	*v = a->in ? av - (double)cal_nf_bf16_to_f32(a->in[i]) : av;
 }
 
-enum cal_status cal_check_err_rows(const struct cal_err_rows_args *a, struct cal_error *err)
+CAL_CHECK_OP(err_rows)
 {
-	enum cal_status st;
-	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
-		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->a, "a", err)) < 0 ||
-				   (st = cal_check_ptr(a->b, "b", err)) < 0))
-		return st;
-	if (a->rows && (st = cal_check_ptr(a->sums, "sums", err)) < 0)
-		return st;
-	return CAL_OK;
+	return cal_check_row_sums(a->rows, a->cols, a->a, "a", a->b, "b", a->sums, err);
 }
 
-enum cal_status cal_cpu_err_rows(struct cal_backend *be, const struct cal_err_rows_args *a,
-				 struct cal_error *err)
+CAL_CPU_OP(err_rows)
 {
-	uint64_t min_rows = a->cols ? (1u << 16) / a->cols + 1 : 1;
-	return cal_cpu_parallel(be, a->rows, min_rows, err_range, (void *)a, err);
+	return cal_cpu_row_sums(be, a, a->rows, a->cols, err_terms, a->sums, err);
 }

@@ -73,12 +73,11 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_ewise(const struct cal_ewise_args *a, struct cal_error *err)
+CAL_CHECK_OP(ewise)
 {
 	enum cal_status st;
-	if ((unsigned)a->mode > CAL_EWISE_SWIGLU_OAI)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'mode' = %d is unknown",
-				     (int)a->mode);
+	if ((st = cal_check_enum((int)a->mode, CAL_EWISE_SWIGLU_OAI, "mode", err)) < 0)
+		return st;
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
 		return st;
 	if ((a->lda && a->lda < a->cols) || (a->ldb && a->ldb < a->cols) ||
@@ -91,7 +90,7 @@ enum cal_status cal_check_ewise(const struct cal_ewise_args *a, struct cal_error
 		return st;
 	if (a->rows == 0 || a->cols == 0)
 		return CAL_OK;
-	if ((st = cal_check_ptr(a->a, "a", err)) < 0 || (st = cal_check_ptr(a->out, "out", err)) < 0)
+	if ((st = CAL_CHECK_PTRS(a, err, a, out)) < 0)
 		return st;
 	if (a->mode != CAL_EWISE_CLAMP && (st = cal_check_ptr(a->b, "b", err)) < 0)
 		return st;
@@ -104,8 +103,7 @@ enum cal_status cal_check_ewise(const struct cal_ewise_args *a, struct cal_error
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_ewise(struct cal_backend *be, const struct cal_ewise_args *a,
-			      struct cal_error *err)
+CAL_CPU_OP(ewise)
 {
 	struct ew_ctx c = {a, a->lda ? a->lda : a->cols, a->ldb ? a->ldb : a->cols,
 			   a->ldo ? a->ldo : a->cols};

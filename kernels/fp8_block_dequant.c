@@ -21,8 +21,7 @@ static void fp8b_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_fp8_block_dequant(const struct cal_fp8_block_dequant_args *a,
-					    struct cal_error *err)
+CAL_CHECK_OP(fp8_block_dequant)
 {
 	enum cal_status st;
 	if (a->block_rows == 0 || a->block_cols == 0)
@@ -33,16 +32,10 @@ enum cal_status cal_check_fp8_block_dequant(const struct cal_fp8_block_dequant_a
 		return st;
 	if (a->rows == 0 || a->cols == 0)
 		return CAL_OK;
-	if ((st = cal_check_ptr(a->q, "q", err)) < 0 ||
-	    (st = cal_check_ptr(a->scale_inv, "scale_inv", err)) < 0 ||
-	    (st = cal_check_ptr(a->out, "out", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, q, scale_inv, out);
 }
 
-enum cal_status cal_cpu_fp8_block_dequant(struct cal_backend *be,
-					  const struct cal_fp8_block_dequant_args *a,
-					  struct cal_error *err)
+CAL_CPU_OP(fp8_block_dequant)
 {
 	if (a->rows == 0 || a->cols == 0)
 		return CAL_OK;

@@ -12,20 +12,18 @@ static void fp8_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		cal_store_out(a->out_dtype, a->out, i, cal_fmul(cal_e4m3_decode(a->q[i]), a->scale));
 }
 
-enum cal_status cal_check_fp8_dequant(const struct cal_fp8_dequant_args *a, struct cal_error *err)
+CAL_CHECK_OP(fp8_dequant)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(1, a->n, 1, err)) < 0 ||
 	    (st = cal_check_out_dtype(a->out_dtype, err)) < 0)
 		return st;
-	if (a->n && ((st = cal_check_ptr(a->q, "q", err)) < 0 ||
-		     (st = cal_check_ptr(a->out, "out", err)) < 0))
+	if (a->n && (st = CAL_CHECK_PTRS(a, err, q, out)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_fp8_dequant(struct cal_backend *be, const struct cal_fp8_dequant_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(fp8_dequant)
 {
 	return cal_cpu_parallel(be, a->n, 1u << 18, fp8_dq_range, (void *)a, err);
 }

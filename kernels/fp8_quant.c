@@ -27,7 +27,7 @@ static void fp8_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		c->a->q[i] = cal_fp8_weight_encode(cal_nf_bf16_to_f32(c->a->w[i]), c->divisor);
 }
 
-enum cal_status cal_check_fp8_quant(const struct cal_fp8_quant_args *a, struct cal_error *err)
+CAL_CHECK_OP(fp8_quant)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(1, a->n, 1, err)) < 0)
@@ -35,14 +35,12 @@ enum cal_status cal_check_fp8_quant(const struct cal_fp8_quant_args *a, struct c
 	if (a->div != CAL_DIV_RECIP && a->div != CAL_DIV_EXACT)
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'div' = %d is unknown",
 				     (int)a->div);
-	if (a->n && ((st = cal_check_ptr(a->w, "w", err)) < 0 ||
-		     (st = cal_check_ptr(a->q, "q", err)) < 0))
+	if (a->n && (st = CAL_CHECK_PTRS(a, err, w, q)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_fp8_quant(struct cal_backend *be, const struct cal_fp8_quant_args *a,
-				  struct cal_error *err)
+CAL_CPU_OP(fp8_quant)
 {
 	struct fp8_ctx c = {a, cal_fp8_weight_divisor(a->scale, a->div)};
 	return cal_cpu_parallel(be, a->n, 1u << 18, fp8_range, &c, err);

@@ -228,7 +228,7 @@ static void gd_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_gated_delta(const struct cal_gated_delta_args *a, struct cal_error *err)
+CAL_CHECK_OP(gated_delta)
 {
 	enum cal_status st;
 	if (a->nk == 0 || a->nv == 0 || a->nv % a->nk)
@@ -244,18 +244,10 @@ enum cal_status cal_check_gated_delta(const struct cal_gated_delta_args *a, stru
 		return st;
 	if ((st = cal_check_tokens(a->t, a->n_seq, err)) < 0 || a->t == 0)
 		return st;
-	if ((st = cal_check_ptr(a->qkv, "qkv", err)) < 0 || (st = cal_check_ptr(a->b, "b", err)) < 0 ||
-	    (st = cal_check_ptr(a->a, "a", err)) < 0 ||
-	    (st = cal_check_ptr(a->a_log, "a_log", err)) < 0 ||
-	    (st = cal_check_ptr(a->dt_bias, "dt_bias", err)) < 0 ||
-	    (st = cal_check_ptr(a->out, "out", err)) < 0 ||
-	    (st = cal_check_ptr(a->cu_seqlens, "cu_seqlens", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, qkv, b, a, a_log, dt_bias, out, cu_seqlens);
 }
 
-enum cal_status cal_cpu_gated_delta(struct cal_backend *be, const struct cal_gated_delta_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(gated_delta)
 {
 	struct gd_ctx c = {a, NULL, 0};
 	uint64_t items, dk = a->dk, dv = a->dv;
@@ -267,11 +259,6 @@ enum cal_status cal_cpu_gated_delta(struct cal_backend *be, const struct cal_gat
 	items = (uint64_t)a->n_seq * a->nv;
 	c.per_slot = a->chunked ? dk * dv + 3 * C * dk + C * dv + C * C + 2 * C + dv
 				: dk * dv + 2 * dk + dv;
-	unsigned slots = cal_cpu_slots(be, items, 1);
-	c.scratch = malloc((size_t)slots * c.per_slot * sizeof(float));
-	if (!c.scratch)
-		return cal_error_set(err, CAL_ERR_NOMEM, "gated_delta: out of memory");
-	st = cal_cpu_parallel(be, items, 1, gd_range, &c, err);
-	free(c.scratch);
-	return st;
+	return cal_cpu_parallel_scratch(be, items, c.per_slot, &c.scratch, gd_range, &c, "gated_delta",
+					err);
 }

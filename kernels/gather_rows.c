@@ -21,7 +21,7 @@ static void gather_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		       a->cols * sizeof(uint16_t));
 }
 
-enum cal_status cal_check_gather_rows(const struct cal_gather_rows_args *a, struct cal_error *err)
+CAL_CHECK_OP(gather_rows)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(a->src_rows, a->cols, 1, err)) < 0 ||
@@ -29,15 +29,10 @@ enum cal_status cal_check_gather_rows(const struct cal_gather_rows_args *a, stru
 		return st;
 	if (a->n == 0 || a->cols == 0)
 		return CAL_OK;
-	if ((st = cal_check_ptr(a->src, "src", err)) < 0 ||
-	    (st = cal_check_ptr(a->index, "index", err)) < 0 ||
-	    (st = cal_check_ptr(a->out, "out", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, src, index, out);
 }
 
-enum cal_status cal_cpu_gather_rows(struct cal_backend *be, const struct cal_gather_rows_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(gather_rows)
 {
 	struct gather_ctx c = {a};
 	uint32_t div = a->div > 1 ? a->div : 1;

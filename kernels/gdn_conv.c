@@ -44,7 +44,7 @@ static void conv_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_gdn_conv(const struct cal_gdn_conv_args *a, struct cal_error *err)
+CAL_CHECK_OP(gdn_conv)
 {
 	enum cal_status st;
 	if (a->channels == 0)
@@ -56,17 +56,14 @@ enum cal_status cal_check_gdn_conv(const struct cal_gdn_conv_args *a, struct cal
 		return st;
 	if ((st = cal_check_tokens(a->t, a->n_seq, err)) < 0 || a->t == 0)
 		return st;
-	if ((st = cal_check_ptr(a->x, "x", err)) < 0 || (st = cal_check_ptr(a->w, "w", err)) < 0 ||
-	    (st = cal_check_ptr(a->y, "y", err)) < 0 ||
-	    (st = cal_check_ptr(a->cu_seqlens, "cu_seqlens", err)) < 0)
+	if ((st = CAL_CHECK_PTRS(a, err, x, w, y, cu_seqlens)) < 0)
 		return st;
 	if (a->x == a->y)
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'y' must not alias 'x'");
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_gdn_conv(struct cal_backend *be, const struct cal_gdn_conv_args *a,
-				 struct cal_error *err)
+CAL_CPU_OP(gdn_conv)
 {
 	struct conv_ctx c = {a};
 	enum cal_status st;

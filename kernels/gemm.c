@@ -154,7 +154,7 @@ static void gemm_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		gemm_item_run(c->a, &c->items[i], xs, ws, c->kp);
 }
 
-enum cal_status cal_check_gemm(const struct cal_gemm_args *a, struct cal_error *err)
+CAL_CHECK_OP(gemm)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(a->m, a->k, 1, err)) < 0 ||
@@ -165,8 +165,7 @@ enum cal_status cal_check_gemm(const struct cal_gemm_args *a, struct cal_error *
 		return CAL_OK;
 	if (a->k == 0)
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'k' is 0");
-	if ((st = cal_check_ptr(a->x, "x", err)) < 0 || (st = cal_check_ptr(a->w, "w", err)) < 0 ||
-	    (st = cal_check_ptr(a->y, "y", err)) < 0)
+	if ((st = CAL_CHECK_PTRS(a, err, x, w, y)) < 0)
 		return st;
 	if (a->m > UINT32_MAX)
 		return cal_error_set(err, CAL_ERR_RANGE, "argument 'm' = %llu exceeds 2^32-1",
@@ -192,8 +191,7 @@ enum cal_status cal_check_gemm(const struct cal_gemm_args *a, struct cal_error *
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_gemm(struct cal_backend *be, const struct cal_gemm_args *a,
-			     struct cal_error *err)
+CAL_CPU_OP(gemm)
 {
 	struct gemm_ctx c = {.a = a};
 	uint32_t G = a->n_groups > 1 ? a->n_groups : 1;

@@ -9,7 +9,7 @@
 #include "kernels/gptq_qdq.h"
 #include "kernels/internal.h"
 
-enum cal_status cal_check_gptq_update(const struct cal_gptq_update_args *a, struct cal_error *err)
+CAL_CHECK_OP(gptq_update)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(a->rows, a->cols, 16, err)) < 0)
@@ -24,12 +24,8 @@ enum cal_status cal_check_gptq_update(const struct cal_gptq_update_args *a, stru
 		return cal_error_set(err, CAL_ERR_RANGE, "argument 'global_amax' = %g or "
 				     "'norm_max' = %g is not finite and > 0",
 				     (double)a->global_amax, (double)a->norm_max);
-	if (a->rows && a->cols &&
-	    ((st = cal_check_ptr(a->w, "w", err)) < 0 || (st = cal_check_ptr(a->u, "u", err)) < 0 ||
-	     (st = cal_check_ptr(a->block_amax, "block_amax", err)) < 0 ||
-	     (st = cal_check_ptr(a->work, "work", err)) < 0 ||
-	     (st = cal_check_ptr(a->w_out, "w_out", err)) < 0))
-		return st;
+	if (a->rows && a->cols)
+		return CAL_CHECK_PTRS(a, err, w, u, block_amax, work, w_out);
 	return CAL_OK;
 }
 
@@ -71,8 +67,7 @@ static void upd_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_cpu_gptq_update(struct cal_backend *be, const struct cal_gptq_update_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(gptq_update)
 {
 	if (!a->rows || !a->cols)
 		return CAL_OK;

@@ -45,7 +45,7 @@ static void hess_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_hessian(const struct cal_hessian_args *a, struct cal_error *err)
+CAL_CHECK_OP(hessian)
 {
 	enum cal_status st;
 	if ((st = cal_check_obs_dtype(a->dtype, err)) < 0 ||
@@ -67,8 +67,7 @@ enum cal_status cal_check_hessian(const struct cal_hessian_args *a, struct cal_e
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_hessian(struct cal_backend *be, const struct cal_hessian_args *a,
-				struct cal_error *err)
+CAL_CPU_OP(hessian)
 {
 	uint64_t n = 0, want = a->index ? a->n_index : a->rows;
 	if (!a->cols || !a->rows || !want)

@@ -23,8 +23,7 @@ static void int4_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_int4_dequant(const struct cal_int4_dequant_args *a,
-				       struct cal_error *err)
+CAL_CHECK_OP(int4_dequant)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(a->rows, a->cols, 128, err)) < 0 ||
@@ -34,15 +33,12 @@ enum cal_status cal_check_int4_dequant(const struct cal_int4_dequant_args *a,
 		return cal_error_set(err, CAL_ERR_INVALID,
 				     "argument 'rows' = %llu is odd (INT4 packs row pairs)",
 				     (unsigned long long)a->rows);
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->packed, "packed", err)) < 0 ||
-				   (st = cal_check_ptr(a->scales, "scales", err)) < 0 ||
-				   (st = cal_check_ptr(a->out, "out", err)) < 0))
+	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, packed, scales, out)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_int4_dequant(struct cal_backend *be,
-				     const struct cal_int4_dequant_args *a, struct cal_error *err)
+CAL_CPU_OP(int4_dequant)
 {
 	return cal_cpu_parallel(be, a->rows / 2 * (a->cols / 128), 1024, int4_dq_range, (void *)a, err);
 }

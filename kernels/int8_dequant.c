@@ -14,22 +14,18 @@ static void int8_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 				      cal_fmul(cal_int8_decode(a->q[r * a->cols + k]), a->scales[r]));
 }
 
-enum cal_status cal_check_int8_dequant(const struct cal_int8_dequant_args *a,
-				       struct cal_error *err)
+CAL_CHECK_OP(int8_dequant)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0 ||
 	    (st = cal_check_out_dtype(a->out_dtype, err)) < 0)
 		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->q, "q", err)) < 0 ||
-				   (st = cal_check_ptr(a->scales, "scales", err)) < 0 ||
-				   (st = cal_check_ptr(a->out, "out", err)) < 0))
+	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, q, scales, out)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_int8_dequant(struct cal_backend *be,
-				     const struct cal_int8_dequant_args *a, struct cal_error *err)
+CAL_CPU_OP(int8_dequant)
 {
 	if (!a->cols)
 		return CAL_OK;

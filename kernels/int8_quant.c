@@ -35,20 +35,17 @@ static void int8_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_int8_quant(const struct cal_int8_quant_args *a, struct cal_error *err)
+CAL_CHECK_OP(int8_quant)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
 		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->w, "w", err)) < 0 ||
-				   (st = cal_check_ptr(a->q, "q", err)) < 0 ||
-				   (st = cal_check_ptr(a->scales, "scales", err)) < 0))
+	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, w, q, scales)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_int8_quant(struct cal_backend *be, const struct cal_int8_quant_args *a,
-				   struct cal_error *err)
+CAL_CPU_OP(int8_quant)
 {
 	if (!a->cols)
 		return CAL_OK;

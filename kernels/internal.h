@@ -6,11 +6,13 @@
 #ifndef CAL_KERNELS_INTERNAL_H
 #define CAL_KERNELS_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/dtype.h"
 #include "common/status.h"
 #include "kernels/backend.h"
+#include "kernels/lanes32.h"
 #include "kernels/numfmt.h"
 #include "kernels/ops.h"
 
@@ -24,10 +26,59 @@ struct cal_nf_part {
 	uint64_t count, first;
 };
 
+/* The signatures of an op's argument check and CPU back end, as ops.h
+ * declares them from ops.def; kernels/<op>.c defines them with these (the
+ * CUDA side has CAL_CUDA_OP, kernels/cuda/common.cuh). */
+#define CAL_CHECK_OP(name)                                                     \
+	enum cal_status cal_check_##name(const struct cal_##name##_args *a,    \
+					 struct cal_error *err)
+#define CAL_CPU_OP(name)                                                       \
+	enum cal_status cal_cpu_##name(struct cal_backend *be,                 \
+				       const struct cal_##name##_args *a,      \
+				       struct cal_error *err)
+
 /* Argument checks; each names the op field on failure. */
 enum cal_status cal_check_ptr(const void *p, const char *field, struct cal_error *err);
+
+/* A pointer argument and its field name, for cal_check_ptrs. */
+struct cal_arg_ptr {
+	const void *p;
+	const char *field;
+};
+/* The first of the n pointers of v that is NULL, as cal_check_ptr reports
+ * it; CAL_OK when none is. */
+enum cal_status cal_check_ptrs(const struct cal_arg_ptr *v, size_t n, struct cal_error *err);
+
+/* CAL_CHECK_PTRS(a, err, x, w, out): cal_check_ptrs over the fields
+ * a->x, a->w, a->out (1 to 8, checked in that order), each named as
+ * written. */
+#define CAL_CHECK_PTRS(a, err, ...)                                            \
+	cal_check_ptrs((const struct cal_arg_ptr[]){CAL_ARG_NTH_(__VA_ARGS__,  \
+		CAL_ARG_PTRS8_, CAL_ARG_PTRS7_, CAL_ARG_PTRS6_, CAL_ARG_PTRS5_,  \
+		CAL_ARG_PTRS4_, CAL_ARG_PTRS3_, CAL_ARG_PTRS2_, CAL_ARG_PTRS1_, \
+		0)(a, __VA_ARGS__)},                                             \
+		       CAL_ARG_NTH_(__VA_ARGS__, 8, 7, 6, 5, 4, 3, 2, 1, 0), err)
+#define CAL_ARG_NTH_(x1, x2, x3, x4, x5, x6, x7, x8, n, ...) n
+#define CAL_ARG_PTR_(a, f) {(a)->f, #f}
+#define CAL_ARG_PTRS1_(a, f) CAL_ARG_PTR_(a, f)
+#define CAL_ARG_PTRS2_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS1_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS3_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS2_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS4_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS3_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS5_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS4_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS6_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS5_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS7_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS6_(a, __VA_ARGS__)
+#define CAL_ARG_PTRS8_(a, f, ...) CAL_ARG_PTR_(a, f), CAL_ARG_PTRS7_(a, __VA_ARGS__)
 enum cal_status cal_check_obs_dtype(enum cal_dtype dt, struct cal_error *err);
 enum cal_status cal_check_out_dtype(enum cal_dtype dt, struct cal_error *err);
+/* An enum argument `field` (passed as int) is one of 0..last. */
+enum cal_status cal_check_enum(int v, int last, const char *field, struct cal_error *err);
+/* A router's expert counts: 1 <= k <= k_total <= e. */
+enum cal_status cal_check_topk(uint32_t e, uint32_t k, uint32_t k_total, struct cal_error *err);
+/* A per-row sums op's arguments (err_rows, sqnr_rows): shape; with rows and
+ * cols, the inputs x and y (named x_field, y_field); with rows, sums. */
+enum cal_status cal_check_row_sums(uint64_t rows, uint64_t cols, const void *x, const char *x_field,
+				   const void *y, const char *y_field, const double *sums,
+				   struct cal_error *err);
 /* rows*cols <= CAL_MAX_ELEMS and cols % multiple == 0 (multiple may be 1). */
 enum cal_status cal_check_shape(uint64_t rows, uint64_t cols, uint64_t multiple,
 				struct cal_error *err);
@@ -65,6 +116,21 @@ static inline void cal_load_bf16(float *x, const uint16_t *w, int n)
 {
 	for (int k = 0; k < n; k++)
 		x[k] = cal_nf_bf16_to_f32(w[k]);
+}
+
+/* MX 32-block b of the bf16 weights w (docs/numerics.md "MX formats"):
+ * widens it into x, and returns its E8M0 scale byte from max|x| (MXFP4's
+ * when fp4, else MXFP8's) with *mul the multiplier that scales the block to
+ * the element format (NaN for the NaN scale 0xff), as kernels/cuda/
+ * mx_common.cuh does per lane group. */
+static inline uint8_t cal_mx_block_load(const uint16_t *w, uint64_t b, int fp4,
+					enum cal_div_mode div, float x[32], float *mul)
+{
+	cal_load_bf16(x, w + b * 32, 32);
+	float amax = cal_block_absmax(x, 32);
+	uint8_t e = fp4 ? cal_mxfp4_block_scale(amax, div) : cal_mxfp8_block_scale(amax, div);
+	*mul = e == 0xff ? cal_nf_float(0x7fc00000u) : cal_pow2f(127 - (int)e);
+	return e;
 }
 
 /* fp32 bits of element i (bf16 widened), sign cleared. */
@@ -129,29 +195,35 @@ static inline enum cal_status cal_cpu_observe_items(struct cal_backend *be, uint
 	return CAL_OK;
 }
 
-/* Per-thread partials of a max|x| observer: one max and one non-finite
- * report per CPU slot, cleared before the threads run and folded after. */
-struct cal_obs_slots {
-	uint32_t max_bits[CAL_CPU_SLOTS_MAX];
-	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
-};
+/* ---- CPU drivers shared by the op files (kernels/cpu_run.c) ---- */
 
-static inline void cal_obs_slots_clear(struct cal_obs_slots *s, unsigned k)
-{
-	for (unsigned i = 0; i < k; i++) {
-		s->max_bits[i] = 0;
-		s->nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
-	}
-}
+/* The partial of a max|x| observer over its items [begin, end) of args:
+ * folds every element into *max_bits and *nf (cal_obs_elem), which start
+ * cleared. */
+typedef void (*cal_obs_range_fn)(const void *args, uint64_t begin, uint64_t end,
+				 uint32_t *max_bits, struct cal_nf_part *nf);
 
-static inline void cal_obs_slots_fold(const struct cal_obs_slots *s, unsigned k, float *amax,
-				      struct cal_nonfinite *nf)
-{
-	for (unsigned i = 0; i < k; i++) {
-		cal_amax_fold(amax, s->max_bits[i]);
-		cal_nf_fold(nf, &s->nf[i]);
-	}
-}
+/* Runs a max|x| observer on the CPU threads (cal_cpu_parallel over n_items,
+ * min_items), one partial per thread, then folds them into *amax and *nf in
+ * thread order. */
+enum cal_status cal_cpu_observe(struct cal_backend *be, uint64_t n_items, uint64_t min_items,
+				cal_obs_range_fn fn, const void *args, float *amax,
+				struct cal_nonfinite *nf, struct cal_error *err);
+
+/* Runs a per-row sums op on the CPU threads, one row per item: sums[2r],
+ * sums[2r+1] are row r's sums of terms(args, r * cols + c) over its cols
+ * columns (cal_lanes32_sums). */
+enum cal_status cal_cpu_row_sums(struct cal_backend *be, const void *args, uint64_t rows,
+				 uint64_t cols, cal_lanes32_terms_fn terms, double *sums,
+				 struct cal_error *err);
+
+/* cal_cpu_parallel(be, n_items, 1, fn, ctx) with per-thread scratch:
+ * *scratch holds per_slot floats for each slot while fn runs (slot i's at
+ * *scratch + i * per_slot), and is freed and NULL after.  `what` names the
+ * op when the scratch cannot be allocated (CAL_ERR_NOMEM). */
+enum cal_status cal_cpu_parallel_scratch(struct cal_backend *be, uint64_t n_items,
+					 uint64_t per_slot, float **scratch, cal_cpu_range_fn fn, void *ctx,
+					 const char *what, struct cal_error *err);
 
 /* Stores v as F32 or BF16 at out[i]. */
 static inline void cal_store_out(enum cal_dtype dt, void *out, uint64_t i, float v)

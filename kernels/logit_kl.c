@@ -46,23 +46,19 @@ static void kl_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_logit_kl(const struct cal_logit_kl_args *a, struct cal_error *err)
+CAL_CHECK_OP(logit_kl)
 {
 	enum cal_status st;
 	if ((st = cal_check_shape(a->rows, a->vocab, 1, err)) < 0)
 		return st;
 	if (a->rows && !a->vocab)
 		return cal_error_set(err, CAL_ERR_INVALID, "logit_kl: vocab is 0");
-	if (a->rows && ((st = cal_check_ptr(a->lo, "lo", err)) < 0 ||
-			(st = cal_check_ptr(a->lq, "lq", err)) < 0 ||
-			(st = cal_check_ptr(a->out, "out", err)) < 0 ||
-			(st = cal_check_ptr(a->argmax, "argmax", err)) < 0))
+	if (a->rows && (st = CAL_CHECK_PTRS(a, err, lo, lq, out, argmax)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_logit_kl(struct cal_backend *be, const struct cal_logit_kl_args *a,
-				 struct cal_error *err)
+CAL_CPU_OP(logit_kl)
 {
 	return cal_cpu_parallel(be, a->rows, 1, kl_range, (void *)a, err);
 }

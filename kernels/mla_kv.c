@@ -23,7 +23,7 @@ static void mla_kv_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		}
 }
 
-enum cal_status cal_check_mla_kv(const struct cal_mla_kv_args *a, struct cal_error *err)
+CAL_CHECK_OP(mla_kv)
 {
 	enum cal_status st;
 	if (a->nh == 0 || a->dn == 0 || a->dr == 0 || a->dv == 0)
@@ -35,14 +35,10 @@ enum cal_status cal_check_mla_kv(const struct cal_mla_kv_args *a, struct cal_err
 		return st;
 	if (a->t == 0)
 		return CAL_OK;
-	if ((st = cal_check_ptr(a->kv, "kv", err)) < 0 || (st = cal_check_ptr(a->kpe, "kpe", err)) < 0 ||
-	    (st = cal_check_ptr(a->k, "k", err)) < 0 || (st = cal_check_ptr(a->v, "v", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, kv, kpe, k, v);
 }
 
-enum cal_status cal_cpu_mla_kv(struct cal_backend *be, const struct cal_mla_kv_args *a,
-			       struct cal_error *err)
+CAL_CPU_OP(mla_kv)
 {
 	if (a->t == 0)
 		return CAL_OK;

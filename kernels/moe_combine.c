@@ -52,13 +52,11 @@ static void comb_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_moe_combine(const struct cal_moe_combine_args *a,
-				      struct cal_error *err)
+CAL_CHECK_OP(moe_combine)
 {
 	enum cal_status st;
-	if ((unsigned)a->mode > CAL_COMBINE_F32)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'mode' = %d is unknown",
-				     (int)a->mode);
+	if ((st = cal_check_enum((int)a->mode, CAL_COMBINE_F32, "mode", err)) < 0)
+		return st;
 	if (a->k == 0 || a->k > 64 || a->k > a->k_total)
 		return cal_error_set(err, CAL_ERR_INVALID,
 				     "arguments k = %u, k_total = %u: need 1 <= k <= min(64, k_total)",
@@ -69,17 +67,10 @@ enum cal_status cal_check_moe_combine(const struct cal_moe_combine_args *a,
 		return st;
 	if (a->t == 0 || a->h == 0)
 		return CAL_OK;
-	if ((st = cal_check_ptr(a->y, "y", err)) < 0 ||
-	    (st = cal_check_ptr(a->pair_pos, "pair_pos", err)) < 0 ||
-	    (st = cal_check_ptr(a->idx, "idx", err)) < 0 ||
-	    (st = cal_check_ptr(a->weight, "weight", err)) < 0 ||
-	    (st = cal_check_ptr(a->out, "out", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, y, pair_pos, idx, weight, out);
 }
 
-enum cal_status cal_cpu_moe_combine(struct cal_backend *be, const struct cal_moe_combine_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(moe_combine)
 {
 	struct comb_ctx c = {a};
 	if (a->t == 0 || a->h == 0)

@@ -8,7 +8,7 @@
 
 #include "kernels/internal.h"
 
-enum cal_status cal_check_moe_sort(const struct cal_moe_sort_args *a, struct cal_error *err)
+CAL_CHECK_OP(moe_sort)
 {
 	enum cal_status st;
 	if (a->n_pairs >= UINT32_MAX)
@@ -21,15 +21,10 @@ enum cal_status cal_check_moe_sort(const struct cal_moe_sort_args *a, struct cal
 		return st;
 	if (a->n_pairs == 0)
 		return CAL_OK;
-	if ((st = cal_check_ptr(a->idx, "idx", err)) < 0 ||
-	    (st = cal_check_ptr(a->sorted_pair, "sorted_pair", err)) < 0 ||
-	    (st = cal_check_ptr(a->pair_pos, "pair_pos", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, idx, sorted_pair, pair_pos);
 }
 
-enum cal_status cal_cpu_moe_sort(struct cal_backend *be, const struct cal_moe_sort_args *a,
-				 struct cal_error *err)
+CAL_CPU_OP(moe_sort)
 {
 	uint32_t E = a->n_experts;
 	uint32_t *next;

@@ -18,15 +18,13 @@ static void mxfp4_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_mxfp4_dequant(const struct cal_mxfp4_dequant_args *a,
-					struct cal_error *err)
+CAL_CHECK_OP(mxfp4_dequant)
 {
 	return cal_check_block_dequant(a->rows, a->cols, 32, a->out_dtype, a->packed, "packed",
 				       a->scales, a->out, err);
 }
 
-enum cal_status cal_cpu_mxfp4_dequant(struct cal_backend *be,
-				      const struct cal_mxfp4_dequant_args *a, struct cal_error *err)
+CAL_CPU_OP(mxfp4_dequant)
 {
 	return cal_cpu_parallel(be, a->rows * a->cols / 32, 1u << 13, mxfp4_dq_range, (void *)a, err);
 }

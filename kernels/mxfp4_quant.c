@@ -12,11 +12,8 @@ static void mxfp4_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	const struct cal_mxfp4_quant_args *a = p;
 	(void)slot;
 	for (uint64_t b = begin; b < end; b++) {
-		float x[32];
-		for (int k = 0; k < 32; k++)
-			x[k] = cal_nf_bf16_to_f32(a->w[b * 32 + k]);
-		uint8_t e = cal_mxfp4_block_scale(cal_block_absmax(x, 32), a->div);
-		float mul = e == 0xff ? cal_nf_float(0x7fc00000u) : cal_pow2f(127 - (int)e);
+		float x[32], mul;
+		uint8_t e = cal_mx_block_load(a->w, b, 1, a->div, x, &mul);
 		for (int j = 0; j < 16; j++) {
 			unsigned lo = cal_e2m1_encode_mxfp4(cal_fmul(x[2 * j], mul));
 			unsigned hi = cal_e2m1_encode_mxfp4(cal_fmul(x[2 * j + 1], mul));
@@ -26,14 +23,13 @@ static void mxfp4_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_mxfp4_quant(const struct cal_mxfp4_quant_args *a, struct cal_error *err)
+CAL_CHECK_OP(mxfp4_quant)
 {
 	return cal_check_block_quant(a->rows, a->cols, 32, a->w, a->packed, "packed", a->scales,
 				     err);
 }
 
-enum cal_status cal_cpu_mxfp4_quant(struct cal_backend *be, const struct cal_mxfp4_quant_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(mxfp4_quant)
 {
 	return cal_cpu_parallel(be, a->rows * a->cols / 32, 1u << 13, mxfp4_range, (void *)a, err);
 }

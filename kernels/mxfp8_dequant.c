@@ -15,15 +15,13 @@ static void mxfp8_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_mxfp8_dequant(const struct cal_mxfp8_dequant_args *a,
-					struct cal_error *err)
+CAL_CHECK_OP(mxfp8_dequant)
 {
 	return cal_check_block_dequant(a->rows, a->cols, 32, a->out_dtype, a->q, "q", a->scales,
 				       a->out, err);
 }
 
-enum cal_status cal_cpu_mxfp8_dequant(struct cal_backend *be,
-				      const struct cal_mxfp8_dequant_args *a, struct cal_error *err)
+CAL_CPU_OP(mxfp8_dequant)
 {
 	return cal_cpu_parallel(be, a->rows * a->cols / 32, 1u << 13, mxfp8_dq_range, (void *)a, err);
 }

@@ -11,11 +11,8 @@ static void mxfp8_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	const struct cal_mxfp8_quant_args *a = p;
 	(void)slot;
 	for (uint64_t b = begin; b < end; b++) {
-		float x[32];
-		for (int k = 0; k < 32; k++)
-			x[k] = cal_nf_bf16_to_f32(a->w[b * 32 + k]);
-		uint8_t e = cal_mxfp8_block_scale(cal_block_absmax(x, 32), a->div);
-		float mul = e == 0xff ? cal_nf_float(0x7fc00000u) : cal_pow2f(127 - (int)e);
+		float x[32], mul;
+		uint8_t e = cal_mx_block_load(a->w, b, 0, a->div, x, &mul);
 		for (int k = 0; k < 32; k++)
 			a->q[b * 32 + k] = cal_e4m3_encode(cal_clamp_nan(cal_fmul(x[k], mul),
 									 -448.0f, 448.0f));
@@ -23,13 +20,12 @@ static void mxfp8_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_mxfp8_quant(const struct cal_mxfp8_quant_args *a, struct cal_error *err)
+CAL_CHECK_OP(mxfp8_quant)
 {
 	return cal_check_block_quant(a->rows, a->cols, 32, a->w, a->q, "q", a->scales, err);
 }
 
-enum cal_status cal_cpu_mxfp8_quant(struct cal_backend *be, const struct cal_mxfp8_quant_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(mxfp8_quant)
 {
 	return cal_cpu_parallel(be, a->rows * a->cols / 32, 1u << 13, mxfp8_range, (void *)a, err);
 }

@@ -21,8 +21,7 @@ static void nvfp4_dq_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_nvfp4_dequant(const struct cal_nvfp4_dequant_args *a,
-					struct cal_error *err)
+CAL_CHECK_OP(nvfp4_dequant)
 {
 	if (a->block && a->block != 16 && a->block != 32)
 		return cal_error_set(err, CAL_ERR_INVALID, "block: %u (NVFP4 blocks are 16 or 32)",
@@ -31,8 +30,7 @@ enum cal_status cal_check_nvfp4_dequant(const struct cal_nvfp4_dequant_args *a,
 				       a->packed, "packed", a->scales, a->out, err);
 }
 
-enum cal_status cal_cpu_nvfp4_dequant(struct cal_backend *be,
-				      const struct cal_nvfp4_dequant_args *a, struct cal_error *err)
+CAL_CPU_OP(nvfp4_dequant)
 {
 	return cal_cpu_parallel(be, a->rows * a->cols / (a->block ? a->block : 16), 1u << 14,
 				nvfp4_dq_range, (void *)a, err);

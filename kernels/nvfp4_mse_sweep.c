@@ -6,35 +6,26 @@
  */
 #include "kernels/internal.h"
 
-struct mse_ctx {
-	const struct cal_nvfp4_mse_sweep_args *a;
-	float s2;
-};
-
 static void mse_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
-	const struct mse_ctx *c = p;
-	const struct cal_nvfp4_mse_sweep_args *a = c->a;
+	const struct cal_nvfp4_mse_sweep_args *a = p;
+	float s2 = cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div);
 	(void)slot;
 
 	for (uint64_t b = begin; b < end; b++) {
 		float x[16];
 		cal_load_bf16(x, a->w + b * 16, 16);
-		a->block_amax[b] = cal_nvfp4_mse_block(x, a->global_amax, a->norm_max, c->s2, a->div);
+		a->block_amax[b] = cal_nvfp4_mse_block(x, a->global_amax, a->norm_max, s2, a->div);
 	}
 }
 
-enum cal_status cal_check_nvfp4_mse_sweep(const struct cal_nvfp4_mse_sweep_args *a,
-					  struct cal_error *err)
+CAL_CHECK_OP(nvfp4_mse_sweep)
 {
 	return cal_check_nvfp4_static(a->rows, a->cols, a->global_amax, a->norm_max, a->w,
 				      a->block_amax, err);
 }
 
-enum cal_status cal_cpu_nvfp4_mse_sweep(struct cal_backend *be,
-					const struct cal_nvfp4_mse_sweep_args *a,
-					struct cal_error *err)
+CAL_CPU_OP(nvfp4_mse_sweep)
 {
-	struct mse_ctx c = {a, cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div)};
-	return cal_cpu_parallel(be, a->rows * a->cols / 16, 256, mse_range, &c, err);
+	return cal_cpu_parallel(be, a->rows * a->cols / 16, 256, mse_range, (void *)a, err);
 }

@@ -39,8 +39,7 @@ static void nvfp4_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_nvfp4_quant(const struct cal_nvfp4_quant_args *a,
-				      struct cal_error *err)
+CAL_CHECK_OP(nvfp4_quant)
 {
 	if (a->block && a->block != 16 && a->block != 32)
 		return cal_error_set(err, CAL_ERR_INVALID, "block: %u (NVFP4 blocks are 16 or 32)",
@@ -49,8 +48,7 @@ enum cal_status cal_check_nvfp4_quant(const struct cal_nvfp4_quant_args *a,
 				     "packed", a->scales, err);
 }
 
-enum cal_status cal_cpu_nvfp4_quant(struct cal_backend *be, const struct cal_nvfp4_quant_args *a,
-				    struct cal_error *err)
+CAL_CPU_OP(nvfp4_quant)
 {
 	struct nvfp4_ctx c = {a, cal_fmul(6.0f, a->scale2), a->block ? a->block : 16};
 	return cal_cpu_parallel(be, a->rows * a->cols / c.bs, 1u << 14, nvfp4_range, &c, err);

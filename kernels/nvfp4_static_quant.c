@@ -7,15 +7,10 @@
  */
 #include "kernels/internal.h"
 
-struct st_ctx {
-	const struct cal_nvfp4_static_quant_args *a;
-	float s2;
-};
-
 static void st_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
-	const struct st_ctx *c = p;
-	const struct cal_nvfp4_static_quant_args *a = c->a;
+	const struct cal_nvfp4_static_quant_args *a = p;
+	float s2 = cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div);
 	(void)slot;
 
 	for (uint64_t b = begin; b < end; b++) {
@@ -23,7 +18,7 @@ static void st_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		cal_load_bf16(x, a->w + b * 16, 16);
 		uint8_t e = cal_nvfp4_static_block_scale(a->block_amax[b], a->global_amax,
 							 a->norm_max, a->div);
-		float t = cal_fmul(cal_e4m3_decode(e), c->s2);
+		float t = cal_fmul(cal_e4m3_decode(e), s2);
 		uint64_t packed = cal_nvfp4_pack16(x, t);
 		for (int j = 0; j < 8; j++)
 			a->packed[b * 8 + j] = (uint8_t)(packed >> (8 * j));
@@ -31,23 +26,18 @@ static void st_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_nvfp4_static_quant(const struct cal_nvfp4_static_quant_args *a,
-					     struct cal_error *err)
+CAL_CHECK_OP(nvfp4_static_quant)
 {
 	enum cal_status st;
 	if ((st = cal_check_nvfp4_static(a->rows, a->cols, a->global_amax, a->norm_max, a->w,
 					 a->block_amax, err)) < 0)
 		return st;
-	if (a->rows && a->cols && ((st = cal_check_ptr(a->packed, "packed", err)) < 0 ||
-				   (st = cal_check_ptr(a->scales, "scales", err)) < 0))
+	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, packed, scales)) < 0)
 		return st;
 	return CAL_OK;
 }
 
-enum cal_status cal_cpu_nvfp4_static_quant(struct cal_backend *be,
-					   const struct cal_nvfp4_static_quant_args *a,
-					   struct cal_error *err)
+CAL_CPU_OP(nvfp4_static_quant)
 {
-	struct st_ctx c = {a, cal_nvfp4_static_scale2(a->global_amax, a->norm_max, a->div)};
-	return cal_cpu_parallel(be, a->rows * a->cols / 16, 1u << 14, st_range, &c, err);
+	return cal_cpu_parallel(be, a->rows * a->cols / 16, 1u << 14, st_range, (void *)a, err);
 }

@@ -53,12 +53,11 @@ static void rms_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_rmsnorm(const struct cal_rmsnorm_args *a, struct cal_error *err)
+CAL_CHECK_OP(rmsnorm)
 {
 	enum cal_status st;
-	if ((unsigned)a->kind > CAL_RMS_1P)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'kind' = %d is unknown",
-				     (int)a->kind);
+	if ((st = cal_check_enum((int)a->kind, CAL_RMS_1P, "kind", err)) < 0)
+		return st;
 	if (a->w_dtype != CAL_DTYPE_BF16 && a->w_dtype != CAL_DTYPE_F32)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "argument 'w_dtype': BF16 or F32 expected");
@@ -66,14 +65,10 @@ enum cal_status cal_check_rmsnorm(const struct cal_rmsnorm_args *a, struct cal_e
 		return cal_error_set(err, CAL_ERR_INVALID, "argument 'w_dtype': F32W needs F32");
 	if ((st = cal_check_norm_shape(a->rows, a->cols, a->eps, err)) < 0 || a->rows == 0)
 		return st;
-	if ((st = cal_check_ptr(a->x, "x", err)) < 0 || (st = cal_check_ptr(a->y, "y", err)) < 0 ||
-	    (st = cal_check_ptr(a->w, "w", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, x, y, w);
 }
 
-enum cal_status cal_cpu_rmsnorm(struct cal_backend *be, const struct cal_rmsnorm_args *a,
-				struct cal_error *err)
+CAL_CPU_OP(rmsnorm)
 {
 	struct rms_ctx c = {a};
 	if (a->rows == 0)

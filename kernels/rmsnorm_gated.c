@@ -46,20 +46,15 @@ static void rg_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_rmsnorm_gated(const struct cal_rmsnorm_gated_args *a,
-					struct cal_error *err)
+CAL_CHECK_OP(rmsnorm_gated)
 {
 	enum cal_status st;
 	if ((st = cal_check_norm_shape(a->rows, a->cols, a->eps, err)) < 0 || a->rows == 0)
 		return st;
-	if ((st = cal_check_ptr(a->x, "x", err)) < 0 || (st = cal_check_ptr(a->z, "z", err)) < 0 ||
-	    (st = cal_check_ptr(a->y, "y", err)) < 0 || (st = cal_check_ptr(a->w, "w", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, x, z, y, w);
 }
 
-enum cal_status cal_cpu_rmsnorm_gated(struct cal_backend *be,
-				      const struct cal_rmsnorm_gated_args *a, struct cal_error *err)
+CAL_CPU_OP(rmsnorm_gated)
 {
 	struct rg_ctx c = {a};
 	if (a->rows == 0)

@@ -68,7 +68,7 @@ static void rope_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_rope(const struct cal_rope_args *a, struct cal_error *err)
+CAL_CHECK_OP(rope)
 {
 	enum cal_status st;
 	uint64_t cols;
@@ -87,14 +87,10 @@ enum cal_status cal_check_rope(const struct cal_rope_args *a, struct cal_error *
 				     a->rotary_dim, CAL_ROPE_MAX_INTERLEAVED);
 	if (a->rows == 0 || a->rotary_dim == 0 || a->heads == 0)
 		return CAL_OK;
-	if ((st = cal_check_ptr(a->x, "x", err)) < 0 || (st = cal_check_ptr(a->pos, "pos", err)) < 0 ||
-	    (st = cal_check_ptr(a->inv_freq, "inv_freq", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, x, pos, inv_freq);
 }
 
-enum cal_status cal_cpu_rope(struct cal_backend *be, const struct cal_rope_args *a,
-			     struct cal_error *err)
+CAL_CPU_OP(rope)
 {
 	struct rope_ctx c = {a};
 	if (a->rows == 0 || a->rotary_dim == 0 || a->heads == 0)

@@ -87,29 +87,21 @@ static void router_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_check_router(const struct cal_router_args *a, struct cal_error *err)
+CAL_CHECK_OP(router)
 {
 	enum cal_status st;
-	if (a->e == 0 || a->k == 0 || a->k > a->k_total || a->k_total > a->e)
-		return cal_error_set(err, CAL_ERR_INVALID,
-				     "arguments e = %u, k = %u, k_total = %u: need 1 <= k <= k_total <= e",
-				     a->e, a->k, a->k_total);
-	if ((unsigned)a->mode > CAL_ROUTER_MODE_TOPK_SOFTMAX)
-		return cal_error_set(err, CAL_ERR_INVALID, "argument 'mode' = %d is unknown",
-				     (int)a->mode);
+	if ((st = cal_check_topk(a->e, a->k, a->k_total, err)) < 0)
+		return st;
+	if ((st = cal_check_enum((int)a->mode, CAL_ROUTER_MODE_TOPK_SOFTMAX, "mode", err)) < 0)
+		return st;
 	if ((st = cal_check_shape(a->t, a->e, 1, err)) < 0)
 		return st;
 	if (a->t == 0)
 		return CAL_OK;
-	if ((st = cal_check_ptr(a->logits, "logits", err)) < 0 ||
-	    (st = cal_check_ptr(a->idx, "idx", err)) < 0 ||
-	    (st = cal_check_ptr(a->weight, "weight", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, logits, idx, weight);
 }
 
-enum cal_status cal_cpu_router(struct cal_backend *be, const struct cal_router_args *a,
-			       struct cal_error *err)
+CAL_CPU_OP(router)
 {
 	struct router_ctx c = {a, NULL};
 	enum cal_status st;

@@ -28,14 +28,11 @@ static void router_group_range(void *p, uint64_t begin, uint64_t end, unsigned s
 	}
 }
 
-enum cal_status cal_check_router_group(const struct cal_router_group_args *a,
-				       struct cal_error *err)
+CAL_CHECK_OP(router_group)
 {
 	enum cal_status st;
-	if (a->e == 0 || a->k == 0 || a->k > a->k_total || a->k_total > a->e)
-		return cal_error_set(err, CAL_ERR_INVALID,
-				     "arguments e = %u, k = %u, k_total = %u: need 1 <= k <= k_total <= e",
-				     a->e, a->k, a->k_total);
+	if ((st = cal_check_topk(a->e, a->k, a->k_total, err)) < 0)
+		return st;
 	if (a->n_group == 0 || a->n_group > CAL_ROUTER_GROUP_MAX_GROUPS || a->e % a->n_group ||
 	    a->topk_group == 0 || a->topk_group > a->n_group ||
 	    (a->n_group > 1 && a->e / a->n_group < 2) ||
@@ -53,16 +50,10 @@ enum cal_status cal_check_router_group(const struct cal_router_group_args *a,
 		return st;
 	if (a->t == 0)
 		return CAL_OK;
-	if ((st = cal_check_ptr(a->x, "x", err)) < 0 || (st = cal_check_ptr(a->w, "w", err)) < 0 ||
-	    (st = cal_check_ptr(a->logits, "logits", err)) < 0 ||
-	    (st = cal_check_ptr(a->idx, "idx", err)) < 0 ||
-	    (st = cal_check_ptr(a->weight, "weight", err)) < 0)
-		return st;
-	return CAL_OK;
+	return CAL_CHECK_PTRS(a, err, x, w, logits, idx, weight);
 }
 
-enum cal_status cal_cpu_router_group(struct cal_backend *be, const struct cal_router_group_args *a,
-				     struct cal_error *err)
+CAL_CPU_OP(router_group)
 {
 	if (a->t == 0)
 		return CAL_OK;

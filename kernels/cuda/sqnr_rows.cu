@@ -4,34 +4,25 @@
  * fold with shuffles in the order of the C reference, so both back ends
  * give the same bytes.
  */
-#include "common.cuh"
 #include "lanes32.cuh"
 
-__global__ void __launch_bounds__(CAL_CUDA_THREADS)
-sqnr_rows_kernel(const uint16_t *x, const float *y, uint64_t rows, uint64_t cols, double *sums)
-{
-	unsigned lane = threadIdx.x & 31;
-	uint64_t warps = (uint64_t)gridDim.x * (blockDim.x / 32);
-	for (uint64_t r = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; r < rows;
-	     r += warps) {
-		const uint16_t *xr = x + r * cols;
-		const float *yr = y + r * cols;
-		double s = 0.0, e = 0.0;
-		for (uint64_t c = lane; c < cols; c += 32) {
-			double xv = (double)__uint_as_float((uint32_t)xr[c] << 16);
-			double d = __dsub_rn(xv, (double)yr[c]);
-			s = __dadd_rn(s, __dmul_rn(xv, xv));
-			e = __dadd_rn(e, __dmul_rn(d, d));
-		}
-		cal_warp_fold2(s, e, lane, sums + 2 * r);
+/* x and x - y, widened to f64. */
+struct sqnr_terms {
+	const uint16_t *x;
+	const float *y;
+	__device__ void operator()(uint64_t i, double &u, double &v) const
+	{
+		u = (double)__uint_as_float((uint32_t)x[i] << 16);
+		v = __dsub_rn(u, (double)y[i]);
 	}
-}
+};
 
 CAL_CUDA_OP(sqnr_rows)
 {
 	CAL_CUDA_OP_ENTER(a->rows == 0);
 	unsigned grid = cal_cuda_grid(be, a->rows * 32);
-	sqnr_rows_kernel<<<grid, CAL_CUDA_THREADS, 0, s>>>(a->x, a->y, a->rows, a->cols, a->sums);
+	cal_row_sums_kernel<<<grid, CAL_CUDA_THREADS, 0, s>>>(sqnr_terms{a->x, a->y}, a->rows, a->cols,
+							      a->sums);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }

@@ -390,6 +390,37 @@ Test(args, errors_name_the_field)
 	cal_backend_free(be);
 }
 
+/* Pointer lists (CAL_CHECK_PTRS) name the first NULL field in order; the
+ * shared enum and top-k checks name the argument and its value. */
+Test(args, shared_checks_name_the_argument)
+{
+	struct cal_backend *be = cpu(1, 0);
+	struct cal_error err = {0};
+	uint16_t src[8] = {0}, out[8];
+	uint32_t index[2] = {0, 1}, idx[4];
+	float weight[4];
+	struct cal_gather_rows_args g = {src, 2, 4, index, 2, 1, out};
+	cr_expect_eq(cal_op_gather_rows(be, &g, &err), CAL_OK, "%s", cal_error_msg(&err));
+	g.index = NULL;
+	g.out = NULL;
+	cr_expect_eq(cal_op_gather_rows(be, &g, &err), CAL_ERR_INVALID);
+	cr_expect(strstr(cal_error_msg(&err), "argument 'index' is NULL") != NULL, "%s",
+		  cal_error_msg(&err));
+	cal_error_clear(&err);
+	struct cal_router_args r = {src, 1, 4, 2, 2, 1, idx, weight, (enum cal_router_mode)9};
+	cr_expect_eq(cal_op_router(be, &r, &err), CAL_ERR_INVALID);
+	cr_expect(strstr(cal_error_msg(&err), "argument 'mode' = 9 is unknown") != NULL, "%s",
+		  cal_error_msg(&err));
+	cal_error_clear(&err);
+	r.mode = (enum cal_router_mode)0;
+	r.k = 3;
+	cr_expect_eq(cal_op_router(be, &r, &err), CAL_ERR_INVALID);
+	cr_expect(strstr(cal_error_msg(&err), "e = 4, k = 3, k_total = 2") != NULL, "%s",
+		  cal_error_msg(&err));
+	cal_error_clear(&err);
+	cal_backend_free(be);
+}
+
 Test(backend, cuda_selection)
 {
 	struct cal_backend *be = NULL;
