@@ -407,6 +407,22 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
  * quantizer's (attention Q/P BMM, outputs, a quantized shared_expert_gate
  * or lm_head weight); NULL when none. */
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d);
+
+/* A linear AWQ and SmoothQuant run on: plan module, weight field f at
+ * element offset at, input site (cal_linear_site), [rows, cols]. */
+struct cal_lin_ref {
+	size_t mod;
+	int f, site;
+	uint64_t at, rows, cols;
+};
+
+/* Appends layer L's linears (cal_linear_site >= 0, in plan order) to the
+ * array *v of *n elements of `size` bytes each (capacity *cap, grown by
+ * doubling); each element starts with its struct cal_lin_ref, the rest is
+ * zeroed.  Errors: CAL_ERR_NOMEM. */
+enum cal_status cal_layer_linears(const struct cal_calib *c, int32_t L,
+				  const struct cal_layer_host *lh, void **v, size_t *n, size_t *cap,
+				  size_t size, struct cal_error *err);
 const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q);
 /* CAL_OK when why is NULL, else CAL_ERR_UNSUPPORTED "<model_type>:
  * algorithm <algo> with <why> is not implemented (<doc>)". */

@@ -34,9 +34,7 @@
 
 /* One smoothed linear. */
 struct slin {
-	size_t mod;
-	int f, site;
-	uint64_t at, rows, cols;
+	struct cal_lin_ref r;
 	uint16_t *w;       /* host: the folded bf16 weight */
 	uint16_t *pqs;     /* host [cols] bf16: its pre_quant_scale */
 	float in_amax;     /* the input amax after smoothing (the group's max) */
@@ -114,33 +112,20 @@ enum cal_status cal_sq_pass_begin(struct cal_calib *c, int32_t L,
 				  const struct cal_layer_host *lh, struct cal_error *err)
 {
 	struct cal_sq_run *g = c->sq;
-	const struct cal_plan *p = c->plan;
 	drop_layer(c);
 	g->L = L;
-	for (size_t mi = 0; mi < p->n_modules; mi++) {
-		const struct cal_plan_module *m = &p->modules[mi];
-		struct slin sl = {.mod = mi};
-		if (m->layer != L || (sl.site = cal_linear_site(c, m, &sl.f, &sl.at, lh)) < 0)
+	CAL_TRY_RET(cal_layer_linears(c, L, lh, (void **)&g->lin, &g->n_lin, &g->cap_lin,
+				      sizeof(*g->lin), err));
+	for (size_t i = 0; i < g->n_lin; i++) { /* one per-channel amax per site */
+		const struct cal_lin_ref *r = &g->lin[i].r;
+		if (g->amax[r->site])
 			continue;
-		sl.rows = (uint64_t)m->out;
-		sl.cols = (uint64_t)m->in;
-		if (g->n_lin == g->cap_lin) {
-			size_t nc = g->cap_lin ? 2 * g->cap_lin : 16;
-			struct slin *nl = realloc(g->lin, nc * sizeof(*nl));
-			if (!nl)
-				return cal_error_set(err, CAL_ERR_NOMEM, "smoothquant: out of memory");
-			g->lin = nl;
-			g->cap_lin = nc;
-		}
-		g->lin[g->n_lin++] = sl;
-		if (g->amax[sl.site])
-			continue;
-		g->cols[sl.site] = sl.cols;
-		CAL_TRY_RET(cal_backend_alloc(c->be, sl.cols * 4, (void **)&g->amax[sl.site], err));
-		CAL_TRY_RET(cal_backend_memset(c->be, g->amax[sl.site], 0, sl.cols * 4, err));
+		g->cols[r->site] = r->cols;
+		CAL_TRY_RET(cal_backend_alloc(c->be, r->cols * 4, (void **)&g->amax[r->site], err));
+		CAL_TRY_RET(cal_backend_memset(c->be, g->amax[r->site], 0, r->cols * 4, err));
 		CAL_TRY_RET(cal_backend_alloc(c->be, sizeof(struct cal_nonfinite),
-					      (void **)&g->nf[sl.site], err));
-		CAL_TRY_RET(cal_nonfinite_reset(c->be, g->nf[sl.site], err));
+					      (void **)&g->nf[r->site], err));
+		CAL_TRY_RET(cal_nonfinite_reset(c->be, g->nf[r->site], err));
 	}
 	c->sq_pass = 1;
 	return CAL_OK;
@@ -165,24 +150,24 @@ static enum cal_status smooth_one(struct cal_calib *c, const struct cal_layer_w 
 				  struct slin *sl, const float *act, struct cal_error *err)
 {
 	struct cal_sq_run *g = c->sq;
-	uint64_t n = sl->rows * sl->cols;
-	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, sl->f);
-	const char *name = c->plan->modules[sl->mod].name;
+	uint64_t n = sl->r.rows * sl->r.cols;
+	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, sl->r.f);
+	const char *name = c->plan->modules[sl->r.mod].name;
 	if (!src)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "smoothquant: %s has no weight in the "
 				     "layer", name);
 	uint16_t *w = malloc(n * 2);
-	float *wa = malloc(sl->rows * sizeof(float));
+	float *wa = malloc(sl->r.rows * sizeof(float));
 	sl->w = malloc(n * 2);
-	sl->pqs = malloc(sl->cols * 2);
+	sl->pqs = malloc(sl->r.cols * 2);
 	enum cal_status st = CAL_OK;
 	if (!w || !wa || !sl->w || !sl->pqs)
 		st = cal_error_set(err, CAL_ERR_NOMEM, "smoothquant: out of memory");
 	if (st >= 0)
-		st = cal_backend_download(c->be, w, src + sl->at, n * 2, err);
+		st = cal_backend_download(c->be, w, src + sl->r.at, n * 2, err);
 	if (st >= 0) {
 		struct cal_sq_out o = {sl->pqs, sl->w, wa, 0.0f};
-		st = cal_smoothquant(w, sl->rows, sl->cols, act, (float)g->alpha, &o, err);
+		st = cal_smoothquant(w, sl->r.rows, sl->r.cols, act, (float)g->alpha, &o, err);
 		if (st < 0)
 			st = cal_error_wrap(err, st, "smoothquant: %s", name);
 		sl->in_amax = o.in_amax;
@@ -205,12 +190,12 @@ static enum cal_status resmooth(struct cal_calib *c, int site, struct cal_error 
 	uint64_t cols = g->cols[site];
 	enum cal_status st = CAL_OK;
 	for (size_t i = 0; i < g->n_lin && n < 8; i++) {
-		if (g->lin[i].site != site)
+		if (g->lin[i].r.site != site)
 			continue;
 		idx[n] = i;
 		w[n] = g->lin[i].w;
 		pq[n] = g->lin[i].pqs;
-		rows[n] = g->lin[i].rows;
+		rows[n] = g->lin[i].r.rows;
 		in[n] = g->lin[i].in_amax;
 		n++;
 	}
@@ -253,7 +238,7 @@ enum cal_status cal_sq_pass_end(struct cal_calib *c, int32_t L, const struct cal
 	}
 	for (size_t i = 0; i < g->n_lin && st >= 0; i++) {
 		struct slin *sl = &g->lin[i];
-		st = smooth_one(c, w, sl, act[sl->site], err);
+		st = smooth_one(c, w, sl, act[sl->r.site], err);
 	}
 	if (st >= 0)
 		st = resmooth(c, EQ_QKV, err);
@@ -263,7 +248,7 @@ enum cal_status cal_sq_pass_end(struct cal_calib *c, int32_t L, const struct cal
 		st = resmooth(c, EQ_SH_GU, err);
 	for (size_t i = 0; i < g->n_lin && st >= 0; i++) {
 		json_t *o = json_pack("{s:s, s:i, s:f}", "module",
-				      c->plan->modules[g->lin[i].mod].name, "layer", (int)L,
+				      c->plan->modules[g->lin[i].r.mod].name, "layer", (int)L,
 				      "input_amax", (double)g->lin[i].in_amax);
 		if (!o || json_array_append_new(g->report, o))
 			st = cal_error_set(err, CAL_ERR_NOMEM, "smoothquant: out of memory");
@@ -278,7 +263,7 @@ void cal_sq_map_layer(struct cal_calib *c, int32_t L)
 {
 	const struct cal_sq_run *g = c->sq;
 	for (size_t i = 0; g && g->L == L && i < g->n_lin; i++) {
-		int iq = c->plan->modules[g->lin[i].mod].iq;
+		int iq = c->plan->modules[g->lin[i].r.mod].iq;
 		if (iq < 0 || !c->plan->q[iq].spec.enabled)
 			continue;
 		c->q_amax[iq] = g->lin[i].in_amax;
@@ -291,8 +276,8 @@ const uint16_t *cal_calib_sq_weight(const struct cal_calib *c, size_t mod, uint6
 {
 	const struct cal_sq_run *g = c->sq;
 	for (size_t i = 0; g && i < g->n_lin; i++)
-		if (g->lin[i].mod == mod && g->lin[i].w) {
-			*numel = g->lin[i].rows * g->lin[i].cols;
+		if (g->lin[i].r.mod == mod && g->lin[i].w) {
+			*numel = g->lin[i].r.rows * g->lin[i].r.cols;
 			*pqs = g->lin[i].pqs;
 			return g->lin[i].w;
 		}
