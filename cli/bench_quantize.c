@@ -293,11 +293,8 @@ int cal_bench_quantize(int argc, char **argv)
 		case 'j': json_path = optarg; break;
 		case 'w': case 'z':
 			if (cal_parse_size(c == 'w' ? "--write-bytes" : "--max-shard-size", optarg, 1,
-					   UINT64_MAX, c == 'w' ? &wbytes : &shard, &err) < 0) {
-				fprintf(stderr, "calibd bench quantize: %s\n", cal_error_msg(&err));
-				cal_error_clear(&err);
-				return CAL_EXIT_USAGE;
-			}
+					   UINT64_MAX, c == 'w' ? &wbytes : &shard, &err) < 0)
+				return cal_cli_fail("bench quantize", &err, CAL_EXIT_USAGE);
 			break;
 		case 'h': bq_usage(stdout); return CAL_EXIT_OK;
 		default: bq_usage(stderr); return CAL_EXIT_USAGE;
@@ -307,11 +304,8 @@ int cal_bench_quantize(int argc, char **argv)
 		bq_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
-	if (cal_devices_parse(device, &devs, &err) < 0) {
-		fprintf(stderr, "calibd bench quantize: --device: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
-		return CAL_EXIT_USAGE;
-	}
+	if ((rc = cal_cli_devices("bench quantize", device, &devs)) != CAL_EXIT_OK)
+		return rc;
 	if (!(out = cal_path_join(parent, "calibd-bench-out")))
 		return CAL_EXIT_FAILURE;
 	CAL_TRY(cal_model_desc_load(model, &d, &err));
@@ -448,14 +442,9 @@ int cal_bench_quantize(int argc, char **argv)
 		free(cmd);
 	}
 fail:
-	if (st < 0) {
-		fprintf(stderr, "calibd bench quantize: %s\n", cal_error_msg(&err));
-		rc = cal_exit_from_status(st);
-	}
 	json_decref(rep);
 	free(out);
 	cal_backend_free(be);
 	cal_model_desc_free(d);
-	cal_error_clear(&err);
-	return rc;
+	return cal_cli_finish("bench quantize", st, &err);
 }

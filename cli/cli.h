@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "common/device.h"
 #include "common/exit.h"
 #include "common/status.h"
 #include "engine/job.h"
@@ -18,6 +19,24 @@ int cal_bench_quantize(int argc, char **argv);
  * sizes; common/parse.h's sizes); 0, or -1 for anything else.  The caller
  * names the option in its message. */
 int cal_cli_parse_u64(const char *s, uint64_t *ret);
+
+/* Prints "calibd CMD: <err's message>" on stderr, clears err and returns
+ * exit_code (cli_util.c). */
+int cal_cli_fail(const char *cmd, struct cal_error *err, int exit_code);
+
+/* How a command ends: cal_cli_fail when st < 0, err cleared either way;
+ * returns the exit code of st. */
+int cal_cli_finish(const char *cmd, enum cal_status st, struct cal_error *err);
+
+/* The CLI's --device (common/device.h; NULL as there) into *ret:
+ * CAL_EXIT_OK, or CAL_EXIT_USAGE with "calibd CMD: --device: ..." printed. */
+int cal_cli_devices(const char *cmd, const char *device, struct cal_devices *ret);
+
+/* The number s of the engine's option --name (samples, seq-len, seed,
+ * max-gpu-mem, micro-batch, threads, ranks; common/parse.h's sizes) into
+ * its field of o, range-checked: 0, or -1 with "calibd CMD: bad value 'S'
+ * for --NAME" printed. */
+int cal_cli_job_number(const char *cmd, const char *name, const char *s, struct cal_job_opts *o);
 
 /* What a command that runs the engine on calibration data owns besides
  * the job (job_data.c); cal_cli_data_free() releases it. */

@@ -287,10 +287,8 @@ int cal_cmd_submit(int argc, char **argv)
 		if (f)
 			fclose(f);
 	} else if (cal_read_file(o.arg, 2u << 20, &body, &blen, &err)) {
-		fprintf(stderr, "calibd submit: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
 		conn_free(&o.c);
-		return CAL_EXIT_USAGE;
+		return cal_cli_fail("submit", &err, CAL_EXIT_USAGE);
 	}
 	char *extra = NULL;
 	if (o.key && asprintf(&extra, "Idempotency-Key: \"%s\"\r\n", o.key) < 0)

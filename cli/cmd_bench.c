@@ -213,10 +213,7 @@ fail:
 	cal_backend_free(b.be);
 	free(hw);
 	free(hidx);
-	if (st < 0)
-		fprintf(stderr, "calibd bench: %s\n", cal_error_msg(&err));
-	cal_error_clear(&err);
-	return cal_exit_from_status(st);
+	return cal_cli_finish("bench", st, &err);
 }
 
 /* ---- bench calibrate ------------------------------------------------------- */
@@ -250,10 +247,7 @@ static enum cal_status random_tokens(uint64_t n, uint64_t len, uint64_t vocab,
 	for (uint64_t i = 0; i < n; i++) {
 		p += sprintf(p, "{\"input_ids\":[");
 		for (uint64_t j = 0; j < len; j++) {
-			uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-			z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-			z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-			z ^= z >> 31;
+			uint64_t z = cal_splitmix64(&s);
 			p += sprintf(p, "%s%llu", j ? "," : "", (unsigned long long)(z % vocab));
 		}
 		p += sprintf(p, "]}\n");
@@ -336,11 +330,9 @@ static int bench_calibrate(int argc, char **argv)
 				   .micro_batch_tokens = mb};
 	struct cal_error err = {0};
 	struct cal_devices devices;
-	if (cal_devices_parse(device, &devices, &err) < 0) {
-		fprintf(stderr, "calibd bench calibrate: --device: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
-		return CAL_EXIT_USAGE;
-	}
+	int rc = cal_cli_devices("bench calibrate", device, &devices);
+	if (rc != CAL_EXIT_OK)
+		return rc;
 	/* the engine opens its own back end on every run: the open is measured */
 	o.backend = cal_job_backend_kind(&devices, &o.cuda_device);
 
@@ -456,15 +448,12 @@ static int bench_calibrate(int argc, char **argv)
 			st = cal_error_set(&err, CAL_ERR_IO, "%s: write failed", json_path);
 	}
 done:
-	if (st < 0)
-		fprintf(stderr, "calibd bench calibrate: %s\n", cal_error_msg(&err));
 	cal_calib_free(cal);
 	cal_calib_tokens_free(tk);
 	cal_plan_free(p);
 	cal_recipe_free(r);
 	cal_model_desc_free(d);
-	cal_error_clear(&err);
-	return cal_exit_from_status(st);
+	return cal_cli_finish("bench calibrate", st, &err);
 }
 
 int cal_cmd_bench(int argc, char **argv)
@@ -488,21 +477,15 @@ int cal_cmd_bench(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'd':
-			if (cal_devices_parse(optarg, &devices, &err) < 0) {
-				fprintf(stderr, "calibd bench: --device: %s\n", cal_error_msg(&err));
-				cal_error_clear(&err);
+			if (cal_cli_devices("bench", optarg, &devices) != CAL_EXIT_OK)
 				return CAL_EXIT_USAGE;
-			}
 			break;
 		case 'm': case 'i': case 't': {
 			uint64_t v = 0;
 			if ((c == 'm' && cal_parse_u64("--mib", optarg, 8, 65536, &v, &err) < 0) ||
 			    (c == 'i' && cal_parse_u64("--iters", optarg, 1, 10000, &v, &err) < 0) ||
-			    (c == 't' && cal_parse_u64("--threads", optarg, 0, 4096, &v, &err) < 0)) {
-				fprintf(stderr, "calibd bench: %s\n", cal_error_msg(&err));
-				cal_error_clear(&err);
-				return CAL_EXIT_USAGE;
-			}
+			    (c == 't' && cal_parse_u64("--threads", optarg, 0, 4096, &v, &err) < 0))
+				return cal_cli_fail("bench", &err, CAL_EXIT_USAGE);
 			if (c == 'm')
 				mib = (long long)v;
 			else if (c == 'i')

@@ -115,10 +115,10 @@ int cal_cmd_calibrate(int argc, char **argv)
 	const char *device = "cpu";
 	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER};
 	struct progress pr = {isatty(2), 0};
-	int c;
+	int c, li;
 	uint64_t v;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "h", lo, &li)) != -1) {
 		switch (c) {
 		case 'm': o.model_dir = optarg; break;
 		case 'r': o.recipe = optarg; break;
@@ -128,18 +128,12 @@ int cal_cmd_calibrate(int argc, char **argv)
 		case 'n':
 		case 'S':
 		case 's':
-			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'n' && (v < 1 || v > CAL_CALIB_MAX_SEQS)) ||
-			    (c == 'S' && (v < 1 || v > CAL_CALIB_MAX_SEQ_LEN))) {
-				fprintf(stderr, "calibd calibrate: bad value '%s' for --%s\n", optarg,
-					c == 'n' ? "samples" : c == 'S' ? "seq-len" : "seed");
+		case 'M':
+		case 'b':
+		case 'T':
+		case 'N':
+			if (cal_cli_job_number("calibrate", lo[li].name, optarg, &o) < 0)
 				return CAL_EXIT_USAGE;
-			}
-			if (c == 'n')
-				o.samples = (size_t)v;
-			else if (c == 'S')
-				o.seq_len = (size_t)v;
-			else
-				o.seed = v;
 			break;
 		case 'D': device = optarg; break;
 		case 'o': out_path = optarg; break;
@@ -165,26 +159,6 @@ int cal_cmd_calibrate(int argc, char **argv)
 			}
 			break;
 		}
-		case 'M':
-		case 'b':
-		case 'T':
-		case 'N':
-			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'T' && v > 256) ||
-			    (c == 'N' && (v < 1 || v > CAL_CALIB_MAX_RANKS))) {
-				fprintf(stderr, "calibd calibrate: bad value '%s' for --%s\n", optarg,
-					c == 'M' ? "max-gpu-mem" : c == 'b' ? "micro-batch"
-					: c == 'T' ? "threads" : "ranks");
-				return CAL_EXIT_USAGE;
-			}
-			if (c == 'N')
-				o.ranks.local = (unsigned)v;
-			else if (c == 'M')
-				o.max_mem = v;
-			else if (c == 'b')
-				o.micro_batch_tokens = v;
-			else
-				o.cpu_threads = (unsigned)v;
-			break;
 		case 'c':
 			if (!strcmp(optarg, "eager"))
 				o.combine = CAL_COMBINE_EAGER;
@@ -252,13 +226,10 @@ int cal_cmd_calibrate(int argc, char **argv)
 						   out_path ? out_path : "stdout", strerror(errno));
 		}
 	}
-	if (st < 0)
-		fprintf(stderr, "calibd calibrate: %s\n", cal_error_msg(&err));
 	free(json);
 	cal_calib_free(cal);
 	cal_calib_tokens_free(tk);
 	cal_job_close(job);
 	cal_cli_data_free(&data, &o);
-	cal_error_clear(&err);
-	return cal_exit_from_status(st);
+	return cal_cli_finish("calibrate", st, &err);
 }

@@ -94,7 +94,8 @@ int cal_cmd_eval(int argc, char **argv)
 	int c, quiet = 0;
 	uint64_t v;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+	int li;
+	while ((c = getopt_long(argc, argv, "h", lo, &li)) != -1) {
 		switch (c) {
 		case 'm': o.model_dir = optarg; break;
 		case 'Q': qdir = optarg; break;
@@ -112,29 +113,16 @@ int cal_cmd_eval(int argc, char **argv)
 		case 'b':
 		case 'M':
 		case 'T':
+			if (cal_cli_job_number("eval", lo[li].name, optarg, &o) < 0)
+				return CAL_EXIT_USAGE;
+			break;
 		case 'K':
-			if (cal_cli_parse_u64(optarg, &v) < 0 || (c == 'n' && (v < 1 || v > CAL_CALIB_MAX_SEQS)) ||
-			    (c == 'S' && (v < 1 || v > CAL_CALIB_MAX_SEQ_LEN)) || (c == 'T' && v > 256)) {
-				fprintf(stderr, "calibd eval: bad value '%s' for --%s\n", optarg,
-					c == 'n' ? "samples" : c == 'S' ? "seq-len" : c == 's' ? "seed"
-					: c == 'b' ? "micro-batch" : c == 'M' ? "max-gpu-mem"
-					: c == 'K' ? "layer-kl-positions" : "threads");
+			if (cal_cli_parse_u64(optarg, &v) < 0) {
+				fprintf(stderr, "calibd eval: bad value '%s' for --layer-kl-positions\n",
+					optarg);
 				return CAL_EXIT_USAGE;
 			}
-			if (c == 'n')
-				o.samples = (size_t)v;
-			else if (c == 'S')
-				o.seq_len = (size_t)v;
-			else if (c == 's')
-				o.seed = v;
-			else if (c == 'b')
-				o.micro_batch_tokens = v;
-			else if (c == 'M')
-				o.max_mem = v;
-			else if (c == 'K')
-				eo.layer_kl_positions = v;
-			else
-				o.cpu_threads = (unsigned)v;
+			eo.layer_kl_positions = v;
 			break;
 		case 'h': eval_usage(stdout); return CAL_EXIT_OK;
 		default: eval_usage(stderr); return CAL_EXIT_USAGE;
@@ -168,11 +156,8 @@ int cal_cmd_eval(int argc, char **argv)
 			st = cal_error_set(&err, CAL_ERR_IO, "%s: write failed",
 					   out_path ? out_path : "stdout");
 	}
-	if (st < 0)
-		fprintf(stderr, "calibd eval: %s\n", cal_error_msg(&err));
 	json_decref(rep);
 	cal_job_close(job);
 	cal_cli_data_free(&dd, &o);
-	cal_error_clear(&err);
-	return cal_exit_from_status(st);
+	return cal_cli_finish("eval", st, &err);
 }

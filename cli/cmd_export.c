@@ -27,17 +27,6 @@ static void export_usage(FILE *o)
 		   "Exit codes: 0 ok, 2 usage, 3 bad input, 4 no disk space, 5 device, 1 other.\n");
 }
 
-/* --device (cpu, cuda, cuda:N; default cpu) into *ret; prints the error. */
-static int parse_device(const char *cmd, const char *dev, struct cal_devices *ret)
-{
-	struct cal_error err = {0};
-	if (cal_devices_parse(dev ? dev : "cpu", ret, &err) >= 0)
-		return 0;
-	fprintf(stderr, "calibd %s: --device: %s\n", cmd, cal_error_msg(&err));
-	cal_error_clear(&err);
-	return -1;
-}
-
 int cal_cmd_export(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -77,11 +66,8 @@ int cal_cmd_export(int argc, char **argv)
 		case 'p': jo.per_expert_input_amax = 1; break;
 		case 'b':
 			if (cal_parse_size("--shard-bytes", optarg, 0, UINT64_MAX, &jo.max_shard_bytes,
-					   &perr) < 0) {
-				fprintf(stderr, "calibd export: %s\n", cal_error_msg(&perr));
-				cal_error_clear(&perr);
-				return CAL_EXIT_USAGE;
-			}
+					   &perr) < 0)
+				return cal_cli_fail("export", &perr, CAL_EXIT_USAGE);
 			break;
 		case 'h': export_usage(stdout); return CAL_EXIT_OK;
 		default: export_usage(stderr); return CAL_EXIT_USAGE;
@@ -91,8 +77,9 @@ int cal_cmd_export(int argc, char **argv)
 		export_usage(stderr);
 		return CAL_EXIT_USAGE;
 	}
-	if (parse_device("export", dev, &jo.devices) < 0)
-		return CAL_EXIT_USAGE;
+	int rc = cal_cli_devices("export", dev ? dev : "cpu", &jo.devices);
+	if (rc != CAL_EXIT_OK)
+		return rc;
 	struct cal_error err = {0};
 	struct cal_stats *s = NULL;
 	struct cal_job *job = NULL;
@@ -101,14 +88,11 @@ int cal_cmd_export(int argc, char **argv)
 		st = cal_job_open(&jo, CAL_JOB_OPEN_FOR(CAL_JOB_EXPORT), &job, NULL, &err);
 	if (st >= 0)
 		st = cal_job_export(job, s, out, NULL, &err);
-	if (st < 0)
-		fprintf(stderr, "calibd export: %s\n", cal_error_msg(&err));
-	else
+	if (st >= 0)
 		printf("exported %s\n", out);
 	cal_job_close(job);
 	cal_stats_free(s);
-	cal_error_clear(&err);
-	return cal_exit_from_status(st);
+	return cal_cli_finish("export", st, &err);
 }
 
 static void verify_usage(FILE *o)
@@ -148,8 +132,9 @@ int cal_cmd_verify(int argc, char **argv)
 		return CAL_EXIT_USAGE;
 	}
 	struct cal_devices devices;
-	if (parse_device("verify", dev, &devices) < 0)
-		return CAL_EXIT_USAGE;
+	int rc = cal_cli_devices("verify", dev ? dev : "cpu", &devices);
+	if (rc != CAL_EXIT_OK)
+		return rc;
 	struct cal_error err = {0};
 	json_t *report = NULL;
 	enum cal_status st = cal_job_verify(argv[optind], source, &devices, &report, &err);

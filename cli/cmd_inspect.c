@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "common/dtype.h"
+#include "common/util.h"
 #include "engine/model/catalog.h"
 #include "engine/model/model.h"
 #include "engine/st/safetensors.h"
@@ -120,15 +121,7 @@ static json_t *inspect_json(const char *dir, const struct cal_model_desc *d,
 /* "1.23 M" style, for humans. */
 static const char *human(uint64_t v, char *buf, size_t cap)
 {
-	static const char *const unit[] = {"", " K", " M", " G", " T"};
-	double x = (double)v;
-	int u = 0;
-	while (x >= 1000.0 && u < 4) {
-		x /= 1000.0;
-		u++;
-	}
-	snprintf(buf, cap, u ? "%.2f%s" : "%.0f%s", x, unit[u]);
-	return buf;
+	return cal_fmt_scaled(buf, cap, (double)v, 1000, 2, "");
 }
 
 static void inspect_print(const char *dir, const struct cal_model_desc *d,
@@ -237,8 +230,7 @@ int cal_cmd_inspect(int argc, char **argv)
 	}
 	goto out;
 fail:
-	fprintf(stderr, "calibd inspect: %s\n", cal_error_msg(&err));
-	rc = cal_exit_from_status(st);
+	rc = cal_cli_fail("inspect", &err, cal_exit_from_status(st));
 out:
 	cal_error_clear(&err);
 	cal_catalog_free(cat);

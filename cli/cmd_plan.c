@@ -60,12 +60,9 @@ int cal_cmd_plan(int argc, char **argv)
 		if (!out)
 			st = cal_error_set(&err, CAL_ERR_NOMEM, "plan: out of memory");
 	}
-	if (st < 0)
-		fprintf(stderr, "calibd plan: %s\n", cal_error_msg(&err));
-	else
+	if (st >= 0)
 		fputs(out, stdout), fputs(json ? "\n" : "", stdout);
 	free(out);
 	cal_job_close(job);
-	cal_error_clear(&err);
-	return cal_exit_from_status(st);
+	return cal_cli_finish("plan", st, &err);
 }

@@ -21,6 +21,7 @@
 #include "api/jobspec.h"
 #include "cli.h"
 #include "common/parse.h"
+#include "common/util.h"
 #include "engine/job.h"
 #include "engine/quantize.h"
 #include "engine/st/st_writer.h"
@@ -94,11 +95,7 @@ struct prog {
 
 static void human_bytes(char *buf, size_t n, double b)
 {
-	static const char *const u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-	int i = 0;
-	while (b >= 1024.0 && i < 4)
-		b /= 1024.0, i++;
-	snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+	cal_fmt_scaled(buf, n, b, 1024, 1, "B");
 }
 
 static void human_secs(char *buf, size_t n, double s)
@@ -234,8 +231,7 @@ static void print_summary(const json_t *r)
 /* Reports a bad option value; returns -1. */
 static int bad_value(struct cal_error *err)
 {
-	fprintf(stderr, "calibd quantize: %s\n", cal_error_msg(err));
-	cal_error_clear(err);
+	cal_cli_fail("quantize", err, 0);
 	return -1;
 }
 

@@ -51,11 +51,8 @@ int cal_cmd_recipes(int argc, char **argv)
 	struct cal_recipe_info *list = NULL;
 	size_t n = 0;
 	enum cal_status st = cal_recipe_list(dir, &list, &n, &err);
-	if (st < 0) {
-		fprintf(stderr, "calibd recipes: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
-		return cal_exit_from_status(st);
-	}
+	if (st < 0)
+		return cal_cli_finish("recipes", st, &err);
 	size_t nq = 0;
 	const struct cal_qformat *q = cal_qformat_list(&nq);
 	if (json) {

@@ -78,12 +78,9 @@ int cal_cmd_report(int argc, char **argv)
 		if (bad)
 			st = cal_error_set(&err, CAL_ERR_IO, "%s: cannot write", html_path);
 	}
-	if (st < 0)
-		fprintf(stderr, "calibd report: %s\n", cal_error_msg(&err));
 	json_decref(rep);
 	free(html);
 	free(text);
 	free(path);
-	cal_error_clear(&err);
-	return cal_exit_from_status(st);
+	return cal_cli_finish("report", st, &err);
 }

@@ -147,11 +147,8 @@ int cal_cmd_tokenize(int argc, char **argv)
 	bool calib_opt = false;
 	for (int i = 1; i < argc;) {
 		int r = cal_calib_args_option(&ca, argc, argv, &i, &err);
-		if (r < 0) {
-			fprintf(stderr, "calibd tokenize: %s\n", cal_error_msg(&err));
-			cal_error_clear(&err);
-			return CAL_EXIT_USAGE;
-		}
+		if (r < 0)
+			return cal_cli_fail("tokenize", &err, CAL_EXIT_USAGE);
 		if (r) {
 			calib_opt = true;
 			continue;
@@ -245,12 +242,9 @@ int cal_cmd_tokenize(int argc, char **argv)
 	else
 		print_ids(ids.v, ids.n);
 out:
-	if (st)
-		fprintf(stderr, "calibd tokenize: %s\n", cal_error_msg(&err));
-	cal_error_clear(&err);
 	cal_tok_ids_free(&ids);
 	free(buf);
 	cal_dataset_free(ds);
 	cal_tokenizer_free(tok);
-	return cal_exit_from_status(st);
+	return cal_cli_finish("tokenize", st, &err);
 }

@@ -15,11 +15,9 @@ int cal_cli_job_data(const char *cmd, const char *device, const char *calib, con
 {
 	*d = (struct cal_cli_data){0};
 	*ret_st = CAL_OK;
-	if (cal_devices_parse(device, &o->devices, err) < 0) {
-		fprintf(stderr, "calibd %s: --device: %s\n", cmd, cal_error_msg(err));
-		cal_error_clear(err);
-		return CAL_EXIT_USAGE;
-	}
+	int rc = cal_cli_devices(cmd, device, &o->devices);
+	if (rc != CAL_EXIT_OK)
+		return rc;
 	enum cal_status xs = cal_config_calib_arg(cmd, &calib, datasets_file, &d->calib_owned);
 	if (xs)
 		return cal_exit_from_status(xs);

@@ -159,18 +159,16 @@ int cal_cmd_serve(int argc, char **argv)
 	struct cal_config *cfg = NULL;
 	enum cal_status st = cal_config_check_flags(nflags, flags, &err);
 	if (st) {
-		fprintf(stderr, "calibd serve: %s\n", cal_error_msg(&err));
+		cal_cli_fail("serve", &err, 0);
 		serve_usage(stderr);
-		cal_error_clear(&err);
 		free(flags);
 		return st == CAL_ERR_NOMEM ? CAL_EXIT_FAILURE : CAL_EXIT_USAGE;
 	}
 	st = cal_config_load(config, nflags, flags, check, &cfg, &err);
 	if (st) {
-		fprintf(stderr, "calibd serve: %s\n", cal_error_msg(&err));
-		cal_error_clear(&err);
 		free(flags);
-		return st == CAL_ERR_NOMEM ? CAL_EXIT_FAILURE : CAL_EXIT_BAD_INPUT;
+		return cal_cli_fail("serve", &err,
+				    st == CAL_ERR_NOMEM ? CAL_EXIT_FAILURE : CAL_EXIT_BAD_INPUT);
 	}
 	if (check) {
 		printf("configuration OK\n");

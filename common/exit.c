@@ -8,25 +8,16 @@
 
 #include "common/util.h"
 
-/* every error status: the code a worker reports it under, and the exit code */
+/* every error status (status.def): the code a worker reports it under, and
+ * the exit code */
 static const struct {
 	enum cal_status st;
 	const char *code;
 	int exit;
 } status_codes[] = {
-	{CAL_ERR_NOMEM, "nomem", CAL_EXIT_FAILURE},
-	{CAL_ERR_IO, "io", CAL_EXIT_FAILURE},
-	{CAL_ERR_FORMAT, "format", CAL_EXIT_BAD_INPUT},
-	{CAL_ERR_INVALID, "invalid", CAL_EXIT_BAD_INPUT},
-	{CAL_ERR_UNSUPPORTED, "unsupported", CAL_EXIT_BAD_INPUT},
-	{CAL_ERR_NOSPACE, "nospace", CAL_EXIT_NOSPACE},
-	{CAL_ERR_EXISTS, "exists", CAL_EXIT_BAD_INPUT},
-	{CAL_ERR_NOTFOUND, "notfound", CAL_EXIT_BAD_INPUT},
-	{CAL_ERR_DEVICE, "device", CAL_EXIT_DEVICE},
-	{CAL_ERR_RANGE, "range", CAL_EXIT_BAD_INPUT},
-	{CAL_ERR_INTERRUPTED, "interrupted", CAL_EXIT_INTERRUPTED},
-	{CAL_ERR_NUMERIC, "numeric", CAL_EXIT_BAD_INPUT},
-	{CAL_ERR_INTERNAL, "internal", CAL_EXIT_FAILURE},
+#define CAL_STATUS(name, value, phrase, code, exit) {CAL_ERR_##name, code, exit},
+#include "status.def"
+#undef CAL_STATUS
 };
 
 const char *cal_status_code(enum cal_status st)

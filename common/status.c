@@ -9,19 +9,9 @@ const char *cal_status_str(enum cal_status s)
 {
 	switch (s) {
 	case CAL_OK: return "ok";
-	case CAL_ERR_NOMEM: return "out of memory";
-	case CAL_ERR_IO: return "i/o error";
-	case CAL_ERR_FORMAT: return "malformed input";
-	case CAL_ERR_INVALID: return "invalid argument";
-	case CAL_ERR_UNSUPPORTED: return "unsupported";
-	case CAL_ERR_NOSPACE: return "no space left";
-	case CAL_ERR_EXISTS: return "already exists";
-	case CAL_ERR_NOTFOUND: return "not found";
-	case CAL_ERR_DEVICE: return "device error";
-	case CAL_ERR_RANGE: return "out of range";
-	case CAL_ERR_INTERRUPTED: return "interrupted";
-	case CAL_ERR_NUMERIC: return "non-finite value";
-	case CAL_ERR_INTERNAL: return "internal error";
+#define CAL_STATUS(name, value, phrase, code, exit) case CAL_ERR_##name: return phrase;
+#include "status.def"
+#undef CAL_STATUS
 	}
 	return "unknown status";
 }

@@ -14,21 +14,12 @@
 
 #include <stdarg.h>
 
+/* CAL_OK, and the errors of status.def: CAL_ERR_NOMEM, CAL_ERR_IO, ... */
 enum cal_status {
 	CAL_OK = 0,
-	CAL_ERR_NOMEM = -1,       /* allocation failed */
-	CAL_ERR_IO = -2,          /* read/write/open failed (errno-level) */
-	CAL_ERR_FORMAT = -3,      /* malformed file or data */
-	CAL_ERR_INVALID = -4,     /* invalid argument / request / configuration */
-	CAL_ERR_UNSUPPORTED = -5, /* valid but not implemented by calibd */
-	CAL_ERR_NOSPACE = -6,     /* not enough disk space */
-	CAL_ERR_EXISTS = -7,      /* target already exists */
-	CAL_ERR_NOTFOUND = -8,    /* a named thing does not exist */
-	CAL_ERR_DEVICE = -9,      /* GPU / device failure */
-	CAL_ERR_RANGE = -10,      /* a size or value outside its allowed range */
-	CAL_ERR_INTERRUPTED = -11,/* cancelled or interrupted by a signal */
-	CAL_ERR_NUMERIC = -12,    /* NaN/Inf where a finite value is required */
-	CAL_ERR_INTERNAL = -13,   /* a bug in calibd */
+#define CAL_STATUS(name, value, phrase, code, exit) CAL_ERR_##name = (value),
+#include "status.def"
+#undef CAL_STATUS
 };
 
 /* Short human-readable phrase for a status ("ok", "malformed input", ...).

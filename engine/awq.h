@@ -22,6 +22,10 @@ extern "C" {
 
 #define CAL_AWQ_MAX_ALPHAS 1024
 
+/* The search's weight fake quantizer: INT4 blocks of 128 (int4_awq) or
+ * modelopt's dynamic NVFP4, blocks of 16 (nvfp4_awq). */
+enum cal_awq_wq { CAL_AWQ_WQ_INT4, CAL_AWQ_WQ_NVFP4 };
+
 struct cal_awq_out {
 	uint16_t *pre_quant_scale; /* [cols] bf16 */
 	uint16_t *w;               /* [rows, cols] bf16: the folded weight */
@@ -43,6 +47,18 @@ enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, u
 				  struct cal_error *err);
 
 /*
+ * The same search with the weight fake quantizer wq (w_amax then holds the
+ * amax per block of wq: 128 or 16 input values; cols a multiple of it).
+ * in_amax: NULL, or the input quantizer's per-tensor amax after the fold,
+ * as modelopt sets it for a quantized input: bf16 of the max over channels
+ * of (the channel's amax over all tokens) * (its fp32 pre_quant_scale).
+ */
+enum cal_status cal_awq_lite(struct cal_backend *host, enum cal_awq_wq wq, const uint16_t *w,
+			     uint64_t rows, uint64_t cols, const uint16_t *x, uint64_t tokens,
+			     uint64_t batch, double alpha_step, struct cal_awq_out *out,
+			     float *in_amax, struct cal_error *err);
+
+/*
  * modelopt's export fold for n linears that read one input (q/k/v, gate/up;
  * docs/awq.md "Export", docs/smoothquant.md "Export"), AWQ's and
  * SmoothQuant's alike: avg = the mean of their bf16 pre_quant_scales;
@@ -57,6 +73,11 @@ enum cal_status cal_resmooth_group(uint16_t *const *w, const uint64_t *rows, siz
 				   uint64_t cols, uint64_t block, const uint16_t *const *pqs,
 				   uint16_t *avg, float *const *w_amax, float *in_amax,
 				   struct cal_error *err);
+
+/* nvfp4_awq's export fold into the previous linear (docs/awq.md "Export"
+ * step 1): the next linear's pre_quant_scale pqs ([rows] bf16) scales the
+ * output rows of w ([rows, cols] bf16, in place), bf16(w[r][c] * pqs[r]). */
+void cal_awq_fuse_rows(uint16_t *w, uint64_t rows, uint64_t cols, const uint16_t *pqs);
 
 /* The shared pre_quant_scale folded into the norm that produces the input
  * (bf16 [cols], in place): norm * pqs, or (1 + norm) * pqs - 1 for the

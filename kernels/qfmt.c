@@ -6,6 +6,7 @@
 #include "kernels/qfmt.h"
 
 #include <stddef.h>
+#include <string.h>
 #include <strings.h>
 
 #define CAL_QFMT_UNPACK(...) __VA_ARGS__
@@ -29,10 +30,16 @@ const char *cal_qfmt_name(enum cal_qfmt f)
 const struct cal_qfmt_info *cal_qfmt_by_algo(const char *algo, int group, int *with_input)
 {
 	*with_input = 0;
+	/* "<hf_wa>_AWQ" (NVFP4_AWQ, docs/awq.md): the format with quantized
+	 * inputs and an AWQ pre_quant_scale */
+	size_t al = algo ? strlen(algo) : 0;
+	int awq = al > 4 && !strcasecmp(algo + al - 4, "_AWQ");
 	for (int i = CAL_QFMT_NONE + 1; algo && i < CAL_QFMT_COUNT; i++) {
 		const struct cal_qfmt_info *r = &table[i];
 		int w = r->hf_w && !strcasecmp(algo, r->hf_w);
-		int wa = r->hf_wa && !strcasecmp(algo, r->hf_wa);
+		int wa = r->hf_wa && (!strcasecmp(algo, r->hf_wa) ||
+				      (awq && strlen(r->hf_wa) == al - 4 &&
+				       !strncasecmp(algo, r->hf_wa, al - 4)));
 		if (!w && !wa)
 			continue;
 		int ok = !r->block || !group || (uint32_t)group == r->block;

@@ -116,7 +116,8 @@ const char *cal_qfmt_name(enum cal_qfmt f);
 
 /* The first row exporting quant_algo `algo` (case-insensitive) with
  * group_size `group` (0: the row's block), or NULL. *with_input: whether
- * algo names the format with quantized inputs (hf_wa). */
+ * algo names the format with quantized inputs (hf_wa; also "<hf_wa>_AWQ",
+ * the same with an AWQ pre_quant_scale: NVFP4_AWQ). */
 const struct cal_qfmt_info *cal_qfmt_by_algo(const char *algo, int group, int *with_input);
 
 /* Output bytes of a quantized [rows, cols] weight: packed values, block scales

@@ -12,8 +12,6 @@
 #include "engine/calib/torch_pow.h"
 #include "kernels/numfmt.h"
 
-#define BLK 128
-
 static inline float bf(uint16_t h)
 {
 	return cal_nf_bf16_to_f32(h);
@@ -55,25 +53,67 @@ static void block_amax(const uint16_t *w, uint64_t n, uint64_t blk, float *amax)
 }
 
 /* INT4 (narrow range, +-7) fake quantization of one 128-block, in place
- * (bf16 in and out, fp32 inside); returns the block amax. */
-static float int4_block(uint16_t *v)
+ * (bf16 in and out, fp32 inside). */
+static void int4_block(uint16_t *v)
 {
 	float amax = 0.0f;
-	for (int k = 0; k < BLK; k++) {
+	for (int k = 0; k < 128; k++) {
 		float a = fabsf(bf(v[k]));
 		amax = a > amax ? a : amax;
 	}
 	float sc = 7.0f / amax;
 	int zero = amax <= 1.0f / 16777216.0f;
-	for (int k = 0; k < BLK; k++) {
+	for (int k = 0; k < 128; k++) {
 		float q = zero ? 0.0f : cal_rint(bf(v[k]) * sc);
 		q = q < -7.0f ? -7.0f : q > 7.0f ? 7.0f : q;
 		v[k] = tobf(q / (zero ? 1.0f : sc));
 	}
-	return amax;
+}
+
+/* modelopt's dynamic NVFP4 fake quantization of one 16-block against the
+ * tensor's global scale g = amax / (6 * 448) (docs/awq.md "NVFP4"): block
+ * scale e4m3(min(bmax / (6 g), 448)) * g (1 when under 1e-5), values to the
+ * nearest E2M1 magnitude of |v| / scale (ties to even), bf16 out. */
+static void nvfp4_block(uint16_t *v, float g)
+{
+	float bmax = 0.0f;
+	for (int k = 0; k < 16; k++) {
+		float a = fabsf(bf(v[k]));
+		bmax = a > bmax ? a : bmax;
+	}
+	float q = bmax / (6.0f * g);
+	q = q > 448.0f ? 448.0f : q;
+	float s = cal_e4m3_decode(cal_e4m3_encode(q)) * g;
+	if (!(s >= 1e-5f))
+		s = 1.0f;
+	for (int k = 0; k < 16; k++) {
+		float x = bf(v[k]);
+		float r = cal_e2m1_magnitude(cal_e2m1_encode_nvfp4(fabsf(x) / s)) * s;
+		v[k] = tobf(x >= 0.0f ? r : -r);
+	}
+}
+
+/* The search's weight fake quantizer over a whole [rows, cols] weight. */
+static void fake_quant(enum cal_awq_wq wq, uint16_t *w, uint64_t n)
+{
+	if (wq == CAL_AWQ_WQ_INT4) {
+		for (uint64_t b = 0; b < n / 128; b++)
+			int4_block(w + b * 128);
+		return;
+	}
+	float amax = 0.0f; /* no calibrated amax yet: the tensor's own */
+	for (uint64_t i = 0; i < n; i++) {
+		float a = fabsf(bf(w[i]));
+		amax = a > amax ? a : amax;
+	}
+	float g = amax / 2688.0f;
+	g = g > 0.0f ? g : 1e-12f;
+	for (uint64_t b = 0; b < n / 16; b++)
+		nvfp4_block(w + b * 16, g);
 }
 
 struct awq_ctx {
+	enum cal_awq_wq wq;
 	const uint16_t *w, *x;
 	uint64_t rows, cols, tokens, batch;
 	const float *act, *ws;
@@ -109,8 +149,7 @@ static void awq_alphas(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		for (uint64_t r = 0; r < R; r++)
 			for (uint64_t k = 0; k < C; k++)
 				wq[r * C + k] = tobf(bf(c->w[r * C + k]) * bf(tobf(s[k])));
-		for (uint64_t b = 0; b < R * C / BLK; b++)
-			int4_block(wq + b * BLK);
+		fake_quant(c->wq, wq, R * C);
 		float total = 0.0f;
 		for (uint64_t t0 = 0; t0 < c->tokens; t0 += c->batch) {
 			uint64_t t1 = t0 + c->batch < c->tokens ? t0 + c->batch : c->tokens;
@@ -139,13 +178,25 @@ enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, u
 				  uint64_t batch, double alpha_step, struct cal_awq_out *out,
 				  struct cal_error *err)
 {
+	return cal_awq_lite(host, CAL_AWQ_WQ_INT4, w, rows, cols, x, tokens, batch, alpha_step,
+			    out, NULL, err);
+}
+
+enum cal_status cal_awq_lite(struct cal_backend *host, enum cal_awq_wq wq, const uint16_t *w,
+			     uint64_t rows, uint64_t cols, const uint16_t *x, uint64_t tokens,
+			     uint64_t batch, double alpha_step, struct cal_awq_out *out,
+			     float *in_amax, struct cal_error *err)
+{
+	const uint64_t BLK = wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128;
 	if (!w || !x || !out || !out->pre_quant_scale || !out->w || !out->w_amax)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: a NULL argument");
 	if (!rows || !cols || cols % BLK)
 		return cal_error_set(err, CAL_ERR_INVALID,
 				     "awq_lite: weight [%llu, %llu]: the input dim is not a "
-				     "multiple of the INT4 block (128)",
-				     (unsigned long long)rows, (unsigned long long)cols);
+				     "multiple of the %s block (%llu)",
+				     (unsigned long long)rows, (unsigned long long)cols,
+				     wq == CAL_AWQ_WQ_NVFP4 ? "NVFP4" : "INT4",
+				     (unsigned long long)BLK);
 	if (!tokens || !batch)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: no calibration tokens");
 	if (!(alpha_step > 0.0 && alpha_step <= 1.0))
@@ -187,18 +238,18 @@ enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, u
 	memset(acc, 0, cols * sizeof(double));
 	for (uint64_t b = 0; b < rows * cols / BLK; b++) {
 		float amax = 0.0f;
-		for (int k = 0; k < BLK; k++) {
+		for (uint64_t k = 0; k < BLK; k++) {
 			float a = fabsf(bf(w[b * BLK + k]));
 			amax = a > amax ? a : amax;
 		}
 		float den = bf(tobf(amax + 1.17549435e-38f));
-		for (int k = 0; k < BLK; k++)
+		for (uint64_t k = 0; k < BLK; k++)
 			acc[(b * BLK + k) % cols] += bf(tobf(fabsf(bf(w[b * BLK + k])) / den));
 	}
 	for (uint64_t k = 0; k < cols; k++)
 		ws[k] = bf(tobf((float)(acc[k] / (double)rows)));
 
-	struct awq_ctx c = {w, x, rows, cols, tokens, batch, act, ws, alphas, loss, 0};
+	struct awq_ctx c = {wq, w, x, rows, cols, tokens, batch, act, ws, alphas, loss, 0};
 	if ((rc = cal_cpu_parallel(host, n, 1, awq_alphas, &c, err)) < 0)
 		goto done;
 	if (c.nomem) {
@@ -220,10 +271,25 @@ enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, u
 		float pq = 1.0f / s[k];
 		out->pre_quant_scale[k] = tobf(pq);
 		s[k] = 1.0f / pq;
+		act[k] = pq; /* fp32, for the input amax */
 	}
 	for (uint64_t i = 0; i < rows * cols; i++)
 		out->w[i] = tobf(bf(w[i]) * s[i % cols]);
 	block_amax(out->w, rows * cols, BLK, out->w_amax);
+	if (in_amax) { /* max over channels of channel amax * fp32 pre_quant_scale, bf16 */
+		float m = 0.0f;
+		memset(ws, 0, cols * sizeof(float));
+		for (uint64_t t = 0; t < tokens; t++)
+			for (uint64_t k = 0; k < cols; k++) {
+				float v = fabsf(bf(x[t * cols + k]));
+				ws[k] = v > ws[k] ? v : ws[k];
+			}
+		for (uint64_t k = 0; k < cols; k++) {
+			float v = ws[k] * act[k];
+			m = v > m ? v : m;
+		}
+		*in_amax = bf(tobf(m));
+	}
 done:
 	free(act), free(ws), free(s), free(acc);
 	return rc;
@@ -264,6 +330,13 @@ enum cal_status cal_resmooth_group(uint16_t *const *w, const uint64_t *rows, siz
 	for (size_t i = 0; in_amax && i < n; i++)
 		in_amax[i] = m;
 	return CAL_OK;
+}
+
+void cal_awq_fuse_rows(uint16_t *w, uint64_t rows, uint64_t cols, const uint16_t *pqs)
+{
+	for (uint64_t r = 0; r < rows; r++)
+		for (uint64_t c = 0; c < cols; c++)
+			w[r * cols + c] = tobf(bf(w[r * cols + c]) * bf(pqs[r]));
 }
 
 void cal_awq_fuse_norm(uint16_t *norm, const uint16_t *pqs, uint64_t cols, int plus_one)

@@ -44,10 +44,13 @@ struct alin {
 	uint16_t *pqs;     /* host [cols] bf16: its pre_quant_scale */
 	int exported_pqs;  /* the exporter writes pqs (group not fused into a norm) */
 	float alpha;       /* -1: not searched (no token) */
+	int quant_in;      /* an enabled input quantizer (nvfp4_awq) */
+	float in_amax;     /* its amax after the fold (searched linears) */
 };
 
 struct cal_awq_run {
 	double alpha_step;
+	enum cal_awq_wq wq;               /* the search's weight fake quantizer */
 	int32_t L;
 	struct alin *lin;
 	size_t n_lin, cap_lin;
@@ -60,6 +63,22 @@ struct cal_awq_run {
 	double t_search;
 };
 
+/* NVFP4 when the recipe's linears have NVFP4 weights (nvfp4_awq), else
+ * INT4 blocks (the plan refuses other weight formats with awq_lite);
+ * *mixed: both kinds in one recipe. */
+static enum cal_awq_wq awq_wq(const struct cal_plan *p, int *mixed)
+{
+	int nv = 0, i4 = 0;
+	for (size_t i = 0; i < p->n_q; i++)
+		if (p->q[i].role == CAL_QROLE_WEIGHT && p->q[i].spec.enabled) {
+			nv |= p->q[i].spec.fmt == CAL_QFMT_NVFP4;
+			i4 |= p->q[i].spec.fmt == CAL_QFMT_INT4_BLOCK;
+		}
+	if (mixed)
+		*mixed = nv && i4;
+	return nv ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4;
+}
+
 enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *err)
 {
 	const struct cal_model_desc *d = p->model;
@@ -68,10 +87,17 @@ enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *
 	const char *why = cal_linear_algo_model_why(d);
 	if (!why && d->norm == CAL_NORM_RMS_F32W)
 		why = "fp32 norm weights";
+	int mixed;
+	enum cal_awq_wq wq = awq_wq(p, &mixed);
+	if (!why && mixed)
+		why = "INT4 and NVFP4 weights in one recipe";
 	for (size_t i = 0; !why && i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
-		why = q->spec.enabled && q->role == CAL_QROLE_INPUT ? "quantized inputs (w4a8_awq)"
-								    : cal_linear_algo_q_why(p, q);
+		/* NVFP4 inputs with NVFP4 weights: nvfp4_awq */
+		int nvfp4_in = q->spec.fmt == CAL_QFMT_NVFP4 && wq == CAL_AWQ_WQ_NVFP4;
+		why = q->spec.enabled && q->role == CAL_QROLE_INPUT && !nvfp4_in
+			      ? "quantized inputs other than NVFP4 with NVFP4 weights (w4a8_awq)"
+			      : cal_linear_algo_q_why(p, q);
 	}
 	return cal_linear_algo_refuse(d, "awq_lite", why, "docs/awq.md", err);
 }
@@ -85,6 +111,7 @@ enum cal_status cal_awq_init(struct cal_calib *c, struct cal_error *err)
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 	c->aw = g;
 	g->alpha_step = a->alpha_step;
+	g->wq = awq_wq(c->plan, NULL);
 	g->L = -1;
 	g->report = json_array();
 	if (!g->report)
@@ -132,15 +159,19 @@ enum cal_status cal_awq_pass_begin(struct cal_calib *c, int32_t L,
 				   const struct cal_layer_host *lh, struct cal_error *err)
 {
 	struct cal_awq_run *g = c->aw;
+	const struct cal_plan *p = c->plan;
 	drop_layer(g);
 	drop_cache(g);
 	g->L = L;
 	CAL_TRY_RET(cal_layer_linears(c, L, lh, (void **)&g->lin, &g->n_lin, &g->cap_lin,
 				      sizeof(*g->lin), err));
 	for (size_t i = 0; i < g->n_lin; i++) {
-		g->lin[i].alpha = -1.0f;
-		g->want[g->lin[i].r.site] = 1;
-		g->ccols[g->lin[i].r.site] = g->lin[i].r.cols;
+		struct alin *al = &g->lin[i];
+		const struct cal_plan_module *m = &p->modules[al->r.mod];
+		al->alpha = -1.0f;
+		al->quant_in = m->iq >= 0 && p->q[m->iq].spec.enabled;
+		g->want[al->r.site] = 1;
+		g->ccols[al->r.site] = al->r.cols;
 	}
 	c->aw_pass = 1;
 	return CAL_OK;
@@ -201,16 +232,16 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 			al->pqs[k] = cal_f32_to_bf16(1.0f);
 		return CAL_OK;
 	}
-	float *wa = malloc(n / 128 * sizeof(float));
+	float *wa = malloc(n / (g->wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128) * sizeof(float));
 	uint16_t *wf = malloc(n * 2);
 	enum cal_status st = CAL_OK;
 	if (!wa || !wf) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 	} else {
 		struct cal_awq_out o = {al->pqs, wf, wa, NULL, 0, 0.0f};
-		st = cal_awq_lite_int4(c->host, al->w, al->r.rows, al->r.cols,
-				       g->cache[al->r.site], T, g->batch[al->r.site], g->alpha_step,
-				       &o, err);
+		st = cal_awq_lite(c->host, g->wq, al->w, al->r.rows, al->r.cols, g->cache[al->r.site],
+				  T, g->batch[al->r.site], g->alpha_step, &o,
+				  al->quant_in ? &al->in_amax : NULL, err);
 		if (st >= 0) {
 			memcpy(al->w, wf, n * 2);
 			al->alpha = o.best_alpha;
@@ -248,14 +279,15 @@ static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w 
 	}
 	if (!n)
 		return CAL_OK;
+	uint64_t blk = g->wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128;
 	uint16_t *avg = malloc(cols * 2);
 	if (!avg)
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 	for (size_t i = 0; i < n && st >= 0; i++)
-		if (!(wa[i] = malloc(rows[i] * cols / 128 * sizeof(float))))
+		if (!(wa[i] = malloc(rows[i] * cols / blk * sizeof(float))))
 			st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 	if (st >= 0)
-		st = cal_resmooth_group(w, rows, n, cols, 128, pq, avg, wa, NULL, err);
+		st = cal_resmooth_group(w, rows, n, cols, blk, pq, avg, wa, NULL, err);
 	for (size_t i = 0; i < n && st >= 0; i++) {
 		struct alin *al = &g->lin[idx[i]];
 		memcpy(al->pqs, avg, cols * 2);
@@ -282,6 +314,36 @@ static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w 
 	return st;
 }
 
+/* nvfp4_awq (docs/awq.md "Export" step 1): o_proj's scale into v_proj's
+ * output rows, a dense MLP's down_proj's into up_proj's, where modelopt
+ * does it (cal_plan_awq_fuses_prev); before the shared-input groups. */
+static enum cal_status fuse_prev(struct cal_calib *c, struct cal_error *err)
+{
+	struct cal_awq_run *g = c->aw;
+	const struct cal_plan *p = c->plan;
+	for (size_t i = 0; i < g->n_lin; i++) {
+		struct alin *al = &g->lin[i];
+		const struct cal_plan_module *m = &p->modules[al->r.mod];
+		if (!cal_plan_awq_fuses_prev(p, al->r.mod))
+			continue;
+		const char *into = m->kind == CAL_MOD_ATTN_PROJ ? "v_proj" : "up_proj";
+		struct alin *dst = NULL;
+		for (size_t j = 0; j < g->n_lin && !dst; j++) {
+			const struct cal_plan_module *mj = &p->modules[g->lin[j].r.mod];
+			if (mj->kind == m->kind && mj->proj && !strcmp(mj->proj, into))
+				dst = &g->lin[j];
+		}
+		if (!dst || dst->r.rows != al->r.cols)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "awq: %s: its pre_quant_scale "
+					     "folds into %s, which is not a quantized linear of %llu "
+					     "outputs (docs/awq.md)", m->name, into,
+					     (unsigned long long)al->r.cols);
+		cal_awq_fuse_rows(dst->w, dst->r.rows, dst->r.cols, al->pqs);
+		al->exported_pqs = 0;
+	}
+	return CAL_OK;
+}
+
 enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 				 struct cal_error *err)
 {
@@ -302,11 +364,25 @@ enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct ca
 		json_array_append_new(g->report, o);
 	}
 	drop_cache(g);
+	CAL_TRY_RET(fuse_prev(c, err));
 	CAL_TRY_RET(fold_group(c, w, EQ_QKV, 0, err));
 	CAL_TRY_RET(fold_group(c, w, EQ_MLP_GU, 1, err));
 	CAL_TRY_RET(fold_group(c, w, EQ_SH_GU, -1, err));
 	g->t_search += cal_now() - t0;
 	return CAL_OK;
+}
+
+void cal_awq_map_amax(struct cal_calib *c, int32_t L)
+{
+	struct cal_awq_run *g = c->aw;
+	for (size_t i = 0; g->L == L && i < g->n_lin; i++) {
+		const struct alin *al = &g->lin[i];
+		long iq = c->plan->modules[al->r.mod].iq;
+		if (al->quant_in && al->alpha >= 0.0f && iq >= 0) {
+			c->q_amax[iq] = al->in_amax;
+			c->q_has[iq] = 1;
+		}
+	}
 }
 
 const uint16_t *cal_calib_awq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel,

@@ -938,6 +938,8 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 			CAL_TRY(cal_ep_reduce_weights(c, L, err));
 		cal_ep_count_layer(c, L);
 		cal_obs_map_layer(c, L);
+		if (c->aw)
+			cal_awq_map_amax(c, L);
 		cal_sq_map_layer(c, L);
 		cal_prof(c, PH_OTHER);
 		cal_layer_host_free(&lh[sl]);

@@ -444,6 +444,9 @@ enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct ca
 enum cal_status cal_awq_site(struct cal_calib *c, int site, const uint16_t *x, uint64_t rows,
 			     uint64_t cols, struct cal_error *err);
 json_t *cal_awq_stats(const struct cal_calib *c);
+/* After the layer's statistics are mapped: the searched linears' NVFP4
+ * input amax as awq_lite leaves it (nvfp4_awq, docs/awq.md). */
+void cal_awq_map_amax(struct cal_calib *c, int32_t L);
 
 /* sq_run.c: SmoothQuant in the forward (docs/smoothquant.md "In the
  * engine"), as awq_run.c (init called for a smoothquant recipe only);

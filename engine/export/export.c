@@ -645,27 +645,43 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 	return CAL_OK;
 }
 
-/* AWQ (docs/awq.md "Export"): which INT4 linears keep a pre_quant_scale.
+/* AWQ (docs/awq.md "Export"): which searched linears keep a pre_quant_scale.
  * q/k/v and a dense MLP's gate/up read a norm's output, into which their
- * shared scale is fused; every other searched linear (o_proj, down_proj,
- * the shared expert's) exports it.  Routed experts are not searched. */
-static void awq_mark(struct cal_exporter *ex)
+ * shared scale is fused; nvfp4_awq folds o_proj's and a dense down_proj's
+ * into the previous linear where modelopt does (cal_plan_awq_fuses_prev);
+ * every other searched linear (o_proj, down_proj, the shared expert's)
+ * exports it.  Routed experts are not searched.  With NVFP4 weights the
+ * searched linears' quant_algo is NVFP4_AWQ (modelopt's, fused or not). */
+static enum cal_status awq_mark(struct cal_exporter *ex, struct cal_error *err)
 {
 	int sq = ex->plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT;
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
 		if (x->mod < 0 || x->expert >= 0 || x->bmm ||
-		    x->fmt != (sq ? CAL_QFMT_INT8 : CAL_QFMT_INT4_BLOCK))
+		    (sq ? x->fmt != CAL_QFMT_INT8
+			: x->fmt != CAL_QFMT_INT4_BLOCK && x->fmt != CAL_QFMT_NVFP4))
 			continue;
 		const struct cal_plan_module *m = &ex->plan->modules[x->mod];
 		const char *pr = m->proj ? m->proj : "";
+		int searched = m->kind == CAL_MOD_ATTN_PROJ || m->kind == CAL_MOD_MLP_PROJ ||
+			       m->kind == CAL_MOD_SHARED_PROJ;
 		/* AWQ fuses q/k/v's and a dense MLP's gate/up scale into the norm;
 		 * SmoothQuant keeps every linear's (docs/smoothquant.md "Export") */
 		int fused = !sq && ((m->kind == CAL_MOD_ATTN_PROJ && strcmp(pr, "o_proj")) ||
-				    (m->kind == CAL_MOD_MLP_PROJ && strcmp(pr, "down_proj")));
-		x->awq_pqs = (m->kind == CAL_MOD_ATTN_PROJ || m->kind == CAL_MOD_MLP_PROJ ||
-			      m->kind == CAL_MOD_SHARED_PROJ) && !fused;
+				    (m->kind == CAL_MOD_MLP_PROJ && strcmp(pr, "down_proj")) ||
+				    cal_plan_awq_fuses_prev(ex->plan, (size_t)x->mod));
+		x->awq_pqs = searched && !fused;
+		for (size_t k = 0; searched && x->fmt == CAL_QFMT_NVFP4 && k < ex->n_mc; k++) {
+			struct xmodcfg *c = &ex->mc[k];
+			if (!c->quantized || strcmp(c->name, x->name))
+				continue;
+			free(c->algo);
+			if (!(c->algo = strdup("NVFP4_AWQ")))
+				return nomem(err);
+			c->awq_keys = 1;
+		}
 	}
+	return CAL_OK;
 }
 
 /* Bytes of the source side files (for the disk-space reserve). */
@@ -754,7 +770,7 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	CAL_TRY(plan_modules(ex, seen, err));
 	if (plan->recipe->algo.method == CAL_CALIB_AWQ_LITE ||
 	    plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT)
-		awq_mark(ex);
+		CAL_TRY(awq_mark(ex, err));
 	if (opts->check_only)
 		goto fail; /* st == CAL_OK: planned and checked, nothing opened */
 

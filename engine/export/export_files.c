@@ -187,6 +187,15 @@ static json_t *group_for(const char *algo, json_t *gs)
 {
 	int g = json_is_integer(gs) ? (int)json_integer_value(gs) : 0, act;
 	const struct cal_qfmt_info *f = cal_qfmt_by_algo(algo, g, &act);
+	if (algo && (!strcmp(algo, "NVFP4_AWQ") || !strcmp(algo, "W4A8_AWQ"))) {
+		/* modelopt's group for these names (docs/awq.md "Export"): 8-bit
+		 * float inputs, 4-bit float weights, both with the group size */
+		g = g ? g : 128;
+		return json_pack("{s:{s:b,s:i,s:s,s:i},s:{s:b,s:i,s:s,s:i}}", "input_activations",
+				 "dynamic", 0, "num_bits", 8, "type", "float", "group_size", g,
+				 "weights", "dynamic", 0, "num_bits", 4, "type", "float",
+				 "group_size", g);
+	}
 	if (!f || !f->hf_config)
 		return json_pack("{s:s}", "quant_algo", algo);
 	json_t *o = json_object();
@@ -211,7 +220,7 @@ json_t *cal_export_hf_to_config(json_t *hfq)
 	int act;
 	const struct cal_qfmt_info *f = cal_qfmt_by_algo(algo,
 		(int)json_integer_value(json_object_get(q, "group_size")), &act);
-	if (f && f->hf_config == 2) {
+	if (f && f->hf_config == 2 && strcmp(algo, "NVFP4_AWQ")) { /* modelopt: none for it */
 		json_t *g = group_for(algo, json_object_get(q, "group_size"));
 		json_object_set_new(g, "targets", json_pack("[s]", "Linear"));
 		json_object_set_new(out, "config_groups", json_pack("{s:o}", "group_0", g));

@@ -588,6 +588,15 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 						     "not finite", x->name,
 						     (unsigned long long)hnf[x->qidx].first);
 			x->wamax = ha[x->qidx];
+			if (x->gw && ex->plan->recipe->algo.method != CAL_CALIB_GPTQ) {
+				/* AWQ: the weight amax re-taken from the folded weight */
+				float m = 0.0f;
+				for (uint64_t k = 0; k < (uint64_t)x->out * (uint64_t)x->in; k++) {
+					float a = fabsf(cal_bf16_to_f32(x->gw[k]));
+					m = a > m ? a : m;
+				}
+				x->wamax = m;
+			}
 		}
 		/* fused-experts semantics: gate and up of an expert share one quantizer */
 		for (size_t i = 0; i + 1 < ex->n_lin; i++) {

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "common/parse.h"
 #include "common/util.h"
 
@@ -27,43 +28,25 @@ struct tok_layer {
 struct cal_stats {
 	struct stat_entry *v;
 	size_t n, cap;
-	size_t *slot;       /* hash slots: index+1 into v, 0 = empty */
-	size_t n_slot;      /* power of two */
+	struct cal_name_index names; /* the quantizers by name */
 	struct tok_layer *tl;
 	size_t n_tl;
 	struct cal_stats_calib calib;
 };
 
-static uint64_t hash_str(const char *s)
+static const char *entry_name(const void *v, size_t i)
 {
-	uint64_t h = 1469598103934665603ull; /* FNV-1a */
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ull;
-	return h;
+	return ((const struct stat_entry *)v)[i].name;
 }
 
 static size_t *find_slot(const struct cal_stats *s, const char *name)
 {
-	size_t mask = s->n_slot - 1, i = (size_t)hash_str(name) & mask;
-	for (;;) {
-		size_t *sl = &s->slot[i];
-		if (!*sl || !strcmp(s->v[*sl - 1].name, name))
-			return sl;
-		i = (i + 1) & mask;
-	}
+	return cal_name_index_slot(&s->names, name, entry_name, s->v);
 }
 
 static int rehash(struct cal_stats *s, size_t n_slot)
 {
-	size_t *ns = calloc(n_slot, sizeof(*ns));
-	if (!ns)
-		return -1;
-	free(s->slot);
-	s->slot = ns;
-	s->n_slot = n_slot;
-	for (size_t k = 0; k < s->n; k++)
-		*find_slot(s, s->v[k].name) = k + 1;
-	return 0;
+	return cal_name_index_rebuild(&s->names, n_slot, s->n, entry_name, s->v);
 }
 
 enum cal_status cal_stats_init(struct cal_stats **ret, struct cal_error *err)
@@ -88,7 +71,7 @@ void cal_stats_free(struct cal_stats *s)
 	free(s->tl);
 	free((char *)s->calib.sequence_hashes);
 	free(s->v);
-	free(s->slot);
+	cal_name_index_free(&s->names);
 	free(s);
 }
 
@@ -119,9 +102,9 @@ enum cal_status cal_stats_set(struct cal_stats *s, const char *name, float amax,
 	s->v[s->n].name = dup;
 	s->v[s->n].amax = amax;
 	*sl = ++s->n;
-	if (s->n * 2 > s->n_slot && rehash(s, s->n_slot * 2) < 0) {
+	if (s->n * 2 > s->names.cap && rehash(s, s->names.cap * 2) < 0) {
 		/* the table still works at a higher load factor (< 1) */
-		if (s->n + 1 >= s->n_slot)
+		if (s->n + 1 >= s->names.cap)
 			return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
 	}
 	return CAL_OK;

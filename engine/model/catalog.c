@@ -35,7 +35,9 @@ struct layer_info {
 	enum cal_expert_layout layout;
 	const char *block;               /* "mlp" or "block_sparse_moe" */
 	const struct cal_st_tensor **ex; /* per-expert: E*3 (gate, up, down) */
-	const struct cal_st_tensor *gu, *dn, *gu_bias, *dn_bias, *gu_scales, *dn_scales;
+	struct fused_tensors {
+		const struct cal_st_tensor *w, *bias, *scales;
+	} fused[2]; /* the experts' fused gate_up [0] and down [1] */
 };
 
 struct cal_catalog {
@@ -68,23 +70,15 @@ static struct expect *exp_add(struct exp_list *l, enum cal_role role, enum cal_p
 {
 	if (l->oom)
 		return NULL;
-	if (l->n == l->cap) {
-		size_t nc = l->cap ? l->cap * 2 : 256;
-		struct expect *nv = realloc(l->v, nc * sizeof(*nv));
-		if (!nv) {
-			l->oom = 1;
-			return NULL;
-		}
-		l->v = nv;
-		l->cap = nc;
+	struct expect *nv = cal_grow(l->v, &l->cap, l->n + 1, sizeof(*nv), 256);
+	if (!nv) {
+		l->oom = 1;
+		return NULL;
 	}
+	l->v = nv;
 	struct expect *e = &l->v[l->n];
 	memset(e, 0, sizeof(*e));
-	va_list ap;
-	va_start(ap, fmt);
-	int r = vasprintf(&e->name, fmt, ap);
-	va_end(ap);
-	if (r < 0) {
+	if (CAL_VASPRINTF(&e->name, fmt) < 0) {
 		l->oom = 1;
 		return NULL;
 	}
@@ -408,10 +402,7 @@ static void report_add(struct report *r, const char *fmt, ...)
 	if (r->count++ >= REPORT_MAX)
 		return;
 	char *item = NULL;
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vasprintf(&item, fmt, ap);
-	va_end(ap);
+	int n = CAL_VASPRINTF(&item, fmt);
 	if (n < 0)
 		return;
 	char *nt = realloc(r->text, r->len + (size_t)n + 3);
@@ -470,21 +461,16 @@ static void fill_layer_tensors(struct cal_catalog *c)
 				       (size_t)(e->role - CAL_ROLE_EXPERT_GATE)] = e->t;
 			break;
 		case CAL_ROLE_EXPERTS_GATE_UP:
+		case CAL_ROLE_EXPERTS_DOWN: {
+			struct fused_tensors *f = &li->fused[e->role == CAL_ROLE_EXPERTS_DOWN];
 			if (e->part == CAL_PART_WEIGHT || e->part == CAL_PART_BLOCKS)
-				li->gu = e->t;
+				f->w = e->t;
 			else if (e->part == CAL_PART_BIAS)
-				li->gu_bias = e->t;
+				f->bias = e->t;
 			else if (e->part == CAL_PART_SCALES)
-				li->gu_scales = e->t;
+				f->scales = e->t;
 			break;
-		case CAL_ROLE_EXPERTS_DOWN:
-			if (e->part == CAL_PART_WEIGHT || e->part == CAL_PART_BLOCKS)
-				li->dn = e->t;
-			else if (e->part == CAL_PART_BIAS)
-				li->dn_bias = e->t;
-			else if (e->part == CAL_PART_SCALES)
-				li->dn_scales = e->t;
-			break;
+		}
 		default:
 			break;
 		}
@@ -729,6 +715,7 @@ enum cal_status cal_catalog_expert(const struct cal_catalog *c, int32_t layer,
 	const struct layer_info *li = &c->layers[layer];
 	const int64_t H = d->hidden_size, I = d->moe_intermediate_size;
 	int down = proj == CAL_PROJ_DOWN;
+	const struct fused_tensors *f = &li->fused[down];
 	ret->out = down ? H : I;
 	ret->in = down ? I : H;
 	ret->out_stride = 1;
@@ -741,7 +728,7 @@ enum cal_status cal_catalog_expert(const struct cal_catalog *c, int32_t layer,
 		ret->istride = 1;
 		break;
 	case CAL_LAYOUT_FUSED:
-		ret->t = down ? li->dn : li->gu;
+		ret->t = f->w;
 		ret->expert_index = expert;
 		ret->per_expert = (uint64_t)(down ? H * I : 2 * I * H);
 		ret->out_start = proj == CAL_PROJ_UP ? I : 0;
@@ -751,8 +738,8 @@ enum cal_status cal_catalog_expert(const struct cal_catalog *c, int32_t layer,
 	case CAL_LAYOUT_FUSED_T:
 	case CAL_LAYOUT_FUSED_OAI: {
 		int oai = li->layout == CAL_LAYOUT_FUSED_OAI;
-		ret->t = down ? li->dn : li->gu;
-		ret->bias = oai ? (down ? li->dn_bias : li->gu_bias) : NULL;
+		ret->t = f->w;
+		ret->bias = oai ? f->bias : NULL;
 		ret->expert_index = expert;
 		ret->per_expert = (uint64_t)(down ? H * I : 2 * I * H);
 		ret->transposed = 1;
@@ -772,9 +759,9 @@ enum cal_status cal_catalog_expert(const struct cal_catalog *c, int32_t layer,
 		break;
 	}
 	case CAL_LAYOUT_MXFP4:
-		ret->t = down ? li->dn : li->gu;
-		ret->bias = down ? li->dn_bias : li->gu_bias;
-		ret->scales = down ? li->dn_scales : li->gu_scales;
+		ret->t = f->w;
+		ret->bias = f->bias;
+		ret->scales = f->scales;
 		ret->expert_index = expert;
 		ret->per_expert = (uint64_t)(down ? H * I : 2 * I * H);
 		if (!down) {

@@ -446,20 +446,17 @@ static enum cal_status parse_rope_params(struct reader *r, json_t *cfg, json_t *
 	CAL_TRY(get_str(r, p, "rope_type", &type));
 	if (!type)
 		CAL_TRY(get_str(r, p, "type", &type));
-	if (!type || !strcmp(type, "default") || !strcmp(type, "mrope"))
-		rp->type = CAL_ROPE_DEFAULT;
-	else if (!strcmp(type, "linear"))
-		rp->type = CAL_ROPE_LINEAR;
-	else if (!strcmp(type, "dynamic"))
-		rp->type = CAL_ROPE_DYNAMIC;
-	else if (!strcmp(type, "yarn"))
-		rp->type = CAL_ROPE_YARN;
-	else if (!strcmp(type, "llama3"))
-		rp->type = CAL_ROPE_LLAMA3;
-	else
+	static const struct cal_name_val types[] = {
+		{"default", CAL_ROPE_DEFAULT}, {"mrope", CAL_ROPE_DEFAULT},
+		{"linear", CAL_ROPE_LINEAR},   {"dynamic", CAL_ROPE_DYNAMIC},
+		{"yarn", CAL_ROPE_YARN},       {"llama3", CAL_ROPE_LLAMA3},
+	};
+	int t = CAL_ROPE_DEFAULT;
+	if (type && cal_name_val_find(types, CAL_ARRAY_LEN(types), type, &t) < 0)
 		return cal_error_set(r->err, CAL_ERR_UNSUPPORTED,
 				     "%s: %s.rope_type '%s' is not supported (default, "
 				     "linear, dynamic, yarn, llama3)", r->name, pkey, type);
+	rp->type = (enum cal_rope_type)t;
 
 	double top;
 	CAL_TRY(get_num(r, cfg, "rope_theta", d->arch->def_rope_theta, &top));

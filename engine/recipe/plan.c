@@ -865,9 +865,10 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 		if (p->recipe->algo.method == CAL_CALIB_GPTQ && wq->spec.fmt != CAL_QFMT_NVFP4_STATIC)
 			return unsupported(err, r, wq, "gptq is implemented for static NVFP4 weights "
 					   "only (docs/gptq.md)");
-		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && wq->spec.fmt != CAL_QFMT_INT4_BLOCK)
-			return unsupported(err, r, wq, "awq_lite is implemented for INT4 block weights "
-					   "only (docs/awq.md)");
+		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && wq->spec.fmt != CAL_QFMT_INT4_BLOCK &&
+		    wq->spec.fmt != CAL_QFMT_NVFP4)
+			return unsupported(err, r, wq, "awq_lite is implemented for INT4 block and "
+					   "NVFP4 weights only (docs/awq.md)");
 		if (p->recipe->algo.method == CAL_CALIB_SMOOTHQUANT &&
 		    (wq->spec.fmt != CAL_QFMT_INT8 || !iq || !iq->spec.enabled ||
 		     ifmt != CAL_QFMT_INT8))

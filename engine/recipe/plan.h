@@ -148,6 +148,14 @@ const struct cal_qspec *cal_plan_kv_spec(const struct cal_plan *p, int32_t layer
  * over a layer's expert weight quantizers step with it. */
 size_t cal_plan_next_experts(const struct cal_plan *p, int32_t L, size_t mi);
 
+/* nvfp4_awq's export (docs/awq.md "Export" step 1): whether module m's
+ * pre_quant_scale is folded into the previous linear's output rows instead
+ * of being exported: an awq_lite recipe with NVFP4 weights, a model whose
+ * attention / MLP classes modelopt lists (llama, qwen3, qwen3_moe), and
+ * o_proj without GQA (its input as wide as v_proj's output) or a dense
+ * MLP's down_proj. */
+int cal_plan_awq_fuses_prev(const struct cal_plan *p, size_t m);
+
 /* Human summary (`calibd plan`): a heap string owned by the caller. */
 char *cal_plan_text(const struct cal_plan *p, const char *recipe_name);
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "plan.h"
 #include "ytree.h"
 
@@ -231,18 +232,6 @@ static char *layer_line(const struct cal_plan *p, size_t lo, size_t hi)
 	return b.s ? b.s : strdup("");
 }
 
-static void human_bytes(char *out, size_t n, uint64_t v)
-{
-	const char *u[] = {"B", "KB", "MB", "GB", "TB"};
-	double x = (double)v;
-	int i = 0;
-	while (x >= 1000 && i < 4) {
-		x /= 1000;
-		i++;
-	}
-	snprintf(out, n, i ? "%.2f %s" : "%.0f %s", x, u[i]);
-}
-
 char *cal_plan_text(const struct cal_plan *p, const char *recipe_name)
 {
 	const struct cal_model_desc *d = p->model;
@@ -306,8 +295,8 @@ char *cal_plan_text(const struct cal_plan *p, const char *recipe_name)
 	}
 	free(prev);
 	char bb[32], ba[32];
-	human_bytes(bb, sizeof(bb), p->sum.bytes_before);
-	human_bytes(ba, sizeof(ba), p->sum.bytes_after);
+	cal_fmt_scaled(bb, sizeof(bb), (double)p->sum.bytes_before, 1000, 2, "B");
+	cal_fmt_scaled(ba, sizeof(ba), (double)p->sum.bytes_after, 1000, 2, "B");
 	double pq = p->sum.params ? 100.0 * (double)p->sum.quantized_params / (double)p->sum.params : 0;
 	if (p->sum.params >= 1000000000u)
 		sb_printf(&b, "parameters %.2f B, %.1f%% quantized\n", (double)p->sum.params / 1e9, pq);
@@ -530,6 +519,25 @@ const struct cal_qspec *cal_plan_input_spec(const struct cal_plan *p, size_t m)
 	if (m >= p->n_modules || p->modules[m].iq < 0)
 		return NULL;
 	return &p->q[p->modules[m].iq].spec;
+}
+
+int cal_plan_awq_fuses_prev(const struct cal_plan *p, size_t m)
+{
+	static const char *const types[] = {"llama", "qwen3", "qwen3_moe"};
+	const struct cal_model_desc *d = p->model;
+	const struct cal_plan_module *pm = m < p->n_modules ? &p->modules[m] : NULL;
+	const struct cal_qspec *w = pm ? cal_plan_weight_spec(p, m, 0) : NULL;
+	int listed = 0;
+	if (!w || !w->enabled || w->fmt != CAL_QFMT_NVFP4 ||
+	    p->recipe->algo.method != CAL_CALIB_AWQ_LITE || !pm->proj)
+		return 0;
+	for (size_t i = 0; i < sizeof(types) / sizeof(*types); i++)
+		listed |= d->model_type && !strcmp(d->model_type, types[i]);
+	if (!listed)
+		return 0;
+	if (pm->kind == CAL_MOD_ATTN_PROJ)
+		return !strcmp(pm->proj, "o_proj") && d->num_heads == d->num_kv_heads;
+	return pm->kind == CAL_MOD_MLP_PROJ && !strcmp(pm->proj, "down_proj");
 }
 
 size_t cal_plan_next_experts(const struct cal_plan *p, int32_t L, size_t mi)

@@ -19,10 +19,9 @@ static const struct cal_qformat qformats[] = {
 	{"int4_awq", "general/ptq/int4_awq-kv_fp8_cast", NULL},
 	{"w4a8_awq", NULL,
 	 "the W4A8 sequential (INT4 then FP8) weight format is not implemented (awq_lite runs "
-	 "with INT4 W4A16 weights only)"},
+	 "with INT4 W4A16 or NVFP4 weights; docs/awq.md)"},
 	{"nvfp4", "general/ptq/nvfp4_default-kv_fp8_cast", NULL},
-	{"nvfp4_awq", NULL,
-	 "awq_lite with NVFP4 weights (an NVFP4 fake quantizer in the search) is not implemented"},
+	{"nvfp4_awq", "general/ptq/nvfp4_awq-kv_fp8_cast", NULL},
 	{"nvfp4_mse", NULL,
 	 "no built-in recipe yet for MSE-searched static NVFP4 weights on every linear layer "
 	 "(general/ptq/nvfp4_experts_only_mse-kv_fp8_cast covers the routed experts)"},

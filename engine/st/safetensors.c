@@ -15,17 +15,14 @@
 #include "safetensors.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include "common/confine.h"
 #include "common/util.h"
 #include "st_internal.h"
 
@@ -361,16 +358,12 @@ enum cal_status cal_st_file_open(const char *path, struct cal_st_file **ret,
 				 struct cal_error *err)
 {
 	*ret = NULL;
-	int fd = cal_open_confined(path, O_RDONLY, 0);
-	if (fd < 0)
-		return cal_error_set(err, errno == ENOENT ? CAL_ERR_NOTFOUND : CAL_ERR_IO,
-				     "%s: cannot open: %s", path, cal_confine_strerror(errno));
-	struct stat sb;
-	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
-		close(fd);
-		return cal_error_set(err, CAL_ERR_IO, "%s: not a regular file", path);
-	}
-	size_t len = (size_t)sb.st_size;
+	int fd;
+	uint64_t size;
+	enum cal_status st = cal_open_regular(path, "cannot open: ", &fd, &size, err);
+	if (st < 0)
+		return st;
+	size_t len = (size_t)size;
 	void *map = NULL;
 	if (len > 0) {
 		map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -382,7 +375,7 @@ enum cal_status cal_st_file_open(const char *path, struct cal_st_file **ret,
 	}
 	close(fd);
 	struct cal_st_file *f;
-	enum cal_status st = cal_st_file_parse(path, map ? map : "", len, &f, err);
+	st = cal_st_file_parse(path, map ? map : "", len, &f, err);
 	if (st < 0) {
 		if (map)
 			munmap(map, len);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/hash.h"
 #include "common/util.h"
 
 struct cal_checkpoint {
@@ -327,15 +328,6 @@ void cal_checkpoint_free(struct cal_checkpoint *ck)
 
 /* ---- fingerprint (docs/eval.md) ---------------------------------------------- */
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-	const unsigned char *b = p;
-	for (size_t i = 0; i < n; i++) {
-		h ^= b[i];
-		h *= 1099511628211ull;
-	}
-	return h;
-}
 
 enum cal_status cal_checkpoint_fingerprint(const char *model_dir, const struct cal_checkpoint *ck,
 				       char out[17], struct cal_error *err)
@@ -350,18 +342,18 @@ enum cal_status cal_checkpoint_fingerprint(const char *model_dir, const struct c
 	free(path);
 	if (st < 0)
 		return st;
-	h = fnv(h, text, len);
+	h = cal_fnv1a(h, text, len);
 	free(text);
 	for (size_t i = 0; i < cal_checkpoint_count(ck); i++) {
 		const struct cal_st_tensor *t = cal_checkpoint_tensor(ck, i);
 		int32_t dt = (int32_t)t->dtype;
-		h = fnv(h, t->name, strlen(t->name) + 1);
-		h = fnv(h, &dt, sizeof(dt));
-		h = fnv(h, t->shape, (size_t)t->ndim * sizeof(t->shape[0]));
+		h = cal_fnv1a(h, t->name, strlen(t->name) + 1);
+		h = cal_fnv1a(h, &dt, sizeof(dt));
+		h = cal_fnv1a(h, t->shape, (size_t)t->ndim * sizeof(t->shape[0]));
 		uint64_t k = t->nbytes < 64 ? t->nbytes : 64;
-		h = fnv(h, t->data, k);
-		h = fnv(h, (const char *)t->data + (t->nbytes - k) / 2, k);
-		h = fnv(h, (const char *)t->data + t->nbytes - k, k);
+		h = cal_fnv1a(h, t->data, k);
+		h = cal_fnv1a(h, (const char *)t->data + (t->nbytes - k) / 2, k);
+		h = cal_fnv1a(h, (const char *)t->data + t->nbytes - k, k);
 	}
 	snprintf(out, 17, "%016llx", (unsigned long long)h);
 	return CAL_OK;

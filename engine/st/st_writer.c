@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "common/confine.h"
+#include "common/hash.h"
 #include "common/parse.h"
 #include "common/util.h"
 #include "safetensors.h"
@@ -68,8 +69,7 @@ struct cal_st_writer {
 	int tmp_gone;   /* temporary directory removed */
 	struct wtensor *t;
 	size_t nt, cap;
-	size_t *hash;   /* open addressing: tensor index + 1, 0 = empty */
-	size_t hcap;
+	struct cal_name_index names; /* the tensors by name */
 	struct wshard *sh;
 	size_t nsh;
 	char *index;    /* index JSON when nsh > 1 */
@@ -81,41 +81,19 @@ struct cal_st_writer {
 
 /* ---- name lookup -------------------------------------------------------- */
 
-static uint64_t hash_str(const char *s)
+static const char *tensor_name(const void *t, size_t i)
 {
-	uint64_t h = 1469598103934665603ull;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ull;
-	return h;
+	return ((const struct wtensor *)t)[i].name;
 }
 
 static size_t *hash_slot(const struct cal_st_writer *w, const char *name)
 {
-	size_t m = w->hcap - 1;
-	for (size_t i = hash_str(name) & m;; i = (i + 1) & m) {
-		size_t v = w->hash[i];
-		if (v == 0 || strcmp(w->t[v - 1].name, name) == 0)
-			return &w->hash[i];
-	}
-}
-
-static int hash_grow(struct cal_st_writer *w)
-{
-	size_t ncap = w->hcap ? w->hcap * 2 : 64;
-	size_t *nh = calloc(ncap, sizeof(*nh));
-	if (!nh)
-		return -1;
-	free(w->hash);
-	w->hash = nh;
-	w->hcap = ncap;
-	for (size_t i = 0; i < w->nt; i++)
-		*hash_slot(w, w->t[i].name) = i + 1;
-	return 0;
+	return cal_name_index_slot(&w->names, name, tensor_name, w->t);
 }
 
 static struct wtensor *find_tensor(const struct cal_st_writer *w, const char *name)
 {
-	if (!w->hcap)
+	if (!w->names.cap)
 		return NULL;
 	size_t v = *hash_slot(w, name);
 	return v ? &w->t[v - 1] : NULL;
@@ -398,15 +376,13 @@ enum cal_status cal_st_writer_declare(struct cal_st_writer *w, const char *name,
 	if (find_tensor(w, name))
 		return die(w, cal_error_set(err, CAL_ERR_INVALID, "%s: tensor '%s' declared twice",
 					    w->final_dir, name));
-	if (w->nt == w->cap) {
-		size_t ncap = w->cap ? w->cap * 2 : 64;
-		struct wtensor *nt = realloc(w->t, ncap * sizeof(*nt));
-		if (!nt)
-			goto nomem;
-		w->t = nt;
-		w->cap = ncap;
-	}
-	if ((w->nt + 1) * 2 > w->hcap && hash_grow(w) < 0)
+	struct wtensor *nt = cal_grow(w->t, &w->cap, w->nt + 1, sizeof(*nt), 64);
+	if (!nt)
+		goto nomem;
+	w->t = nt;
+	if ((w->nt + 1) * 2 > w->names.cap &&
+	    cal_name_index_rebuild(&w->names, w->names.cap ? w->names.cap * 2 : 64, w->nt,
+				   tensor_name, w->t) < 0)
 		goto nomem;
 	if (!(t.name = strdup(name)))
 		goto nomem;
@@ -681,23 +657,15 @@ const char *cal_st_writer_tmp_name(const struct cal_st_writer *w)
 	return w->tmp_name;
 }
 
-static uint64_t hash_mix(uint64_t h, const void *data, size_t n)
-{
-	const unsigned char *p = data;
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ p[i]) * 1099511628211ull;
-	return h;
-}
-
 uint64_t cal_st_writer_layout_hash(const struct cal_st_writer *w)
 {
-	uint64_t h = hash_mix(1469598103934665603ull, &w->nsh, sizeof(w->nsh));
+	uint64_t h = cal_fnv1a(CAL_FNV_SEED, &w->nsh, sizeof(w->nsh));
 	for (size_t i = 0; i < w->nt; i++) {
 		const struct wtensor *t = &w->t[i];
 		uint64_t v[4] = {(uint64_t)t->dtype, (uint64_t)t->ndim, t->shard, t->off};
-		h = hash_mix(h, t->name, strlen(t->name) + 1);
-		h = hash_mix(h, v, sizeof(v));
-		h = hash_mix(h, t->shape, (size_t)t->ndim * sizeof(t->shape[0]));
+		h = cal_fnv1a(h, t->name, strlen(t->name) + 1);
+		h = cal_fnv1a(h, v, sizeof(v));
+		h = cal_fnv1a(h, t->shape, (size_t)t->ndim * sizeof(t->shape[0]));
 	}
 	return h;
 }
@@ -927,7 +895,7 @@ void cal_st_writer_free(struct cal_st_writer *w)
 	}
 	free(w->sh);
 	free(w->t);
-	free(w->hash);
+	cal_name_index_free(&w->names);
 	free(w->index);
 	if (w->tmp_fd >= 0)
 		close(w->tmp_fd);

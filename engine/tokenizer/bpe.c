@@ -247,14 +247,10 @@ void tok_bpe_set_cache(struct tok_bpe *m, bool enabled)
 
 static enum cal_status sym_push(struct tok_bpe *m, size_t *n, int32_t id)
 {
-	if (*n == m->syms_cap) {
-		size_t cap = m->syms_cap ? m->syms_cap * 2 : 64;
-		struct tok_sym *s = realloc(m->syms, cap * sizeof(*s));
-		if (!s)
-			return CAL_ERR_NOMEM;
-		m->syms = s;
-		m->syms_cap = cap;
-	}
+	struct tok_sym *s = cal_grow(m->syms, &m->syms_cap, *n + 1, sizeof(*s), 64);
+	if (!s)
+		return CAL_ERR_NOMEM;
+	m->syms = s;
 	m->syms[*n] = (struct tok_sym){ .id = id, .prev = (int32_t)*n - 1,
 					.next = (int32_t)*n + 1 };
 	(*n)++;
@@ -303,15 +299,10 @@ static inline bool heap_less(const struct tok_heap_item *a,
 static enum cal_status heap_push(struct tok_bpe *m, size_t *hn,
 				 struct tok_heap_item it)
 {
-	if (*hn == m->heap_cap) {
-		size_t cap = m->heap_cap ? m->heap_cap * 2 : 64;
-		struct tok_heap_item *h = realloc(m->heap, cap * sizeof(*h));
-		if (!h)
-			return CAL_ERR_NOMEM;
-		m->heap = h;
-		m->heap_cap = cap;
-	}
-	struct tok_heap_item *h = m->heap;
+	struct tok_heap_item *h = cal_grow(m->heap, &m->heap_cap, *hn + 1, sizeof(*h), 64);
+	if (!h)
+		return CAL_ERR_NOMEM;
+	m->heap = h;
 	size_t i = (*hn)++;
 	while (i > 0) {
 		size_t p = (i - 1) / 2;

@@ -24,28 +24,16 @@ struct ds_build {
 
 static enum cal_status ds_push(struct ds_build *b, const int32_t *ids, size_t n)
 {
-	if (b->n + 2 > b->cap) {
-		size_t cap = b->cap ? b->cap * 2 : 64;
-		size_t *o = realloc(b->off, cap * sizeof(*o));
-		if (!o)
-			return CAL_ERR_NOMEM;
-		b->off = o;
-		b->cap = cap;
-	}
+	size_t *o = cal_grow(b->off, &b->cap, b->n + 2, sizeof(*o), 64);
+	if (!o)
+		return CAL_ERR_NOMEM;
+	b->off = o;
 	if (!b->n)
 		b->off[0] = 0;
 	if (cal_tok_ids_push(&b->ids, ids, n))
 		return CAL_ERR_NOMEM;
 	b->off[++b->n] = b->ids.n;
 	return CAL_OK;
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
 }
 
 /* The order records are taken in: identity, or a Fisher-Yates permutation
@@ -60,7 +48,7 @@ static size_t *record_order(size_t n, const struct cal_dataset_opts *o, size_t s
 	if (o->shuffle) {
 		uint64_t s = o->seed + 0x9E3779B97F4A7C15ull * (src + 1);
 		for (size_t i = n; i > 1; i--) {
-			size_t j = (size_t)(splitmix64(&s) % i);
+			size_t j = (size_t)(cal_splitmix64(&s) % i);
 			size_t t = ord[i - 1];
 			ord[i - 1] = ord[j];
 			ord[j] = t;
@@ -234,12 +222,15 @@ static enum cal_status jsonl_record(struct cal_tokenizer *tok, const char *path,
 	json_t *ids = json_object_get(j, "input_ids");
 	json_t *txt = json_object_get(j, "text");
 	json_t *msgs = json_object_get(j, "messages");
+	/* the first field present, in this order, is the record's: its type */
+	const char *bad = ids ? (json_is_array(ids) ? NULL : "'input_ids' must be an array of integers")
+			: txt ? (json_is_string(txt) ? NULL : "'text' must be a string")
+			: msgs && !json_is_array(msgs) ? "'messages' must be an array" : NULL;
+	if (bad) {
+		st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: %s", path, line, bad);
+		goto out;
+	}
 	if (ids) {
-		if (!json_is_array(ids)) {
-			st = cal_error_set(err, CAL_ERR_FORMAT,
-					   "%s:%zu: 'input_ids' must be an array of integers", path, line);
-			goto out;
-		}
 		size_t vs = cal_tokenizer_vocab_size(tok), i;
 		json_t *v;
 		json_array_foreach(ids, i, v) {
@@ -258,21 +249,11 @@ static enum cal_status jsonl_record(struct cal_tokenizer *tok, const char *path,
 		goto out;
 	}
 	if (txt) {
-		if (!json_is_string(txt)) {
-			st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: 'text' must be a string",
-					   path, line);
-			goto out;
-		}
 		st = cal_tokenizer_encode(tok, json_string_value(txt), json_string_length(txt),
 					  false, out, err);
 		goto out;
 	}
 	if (msgs) {
-		if (!json_is_array(msgs)) {
-			st = cal_error_set(err, CAL_ERR_FORMAT, "%s:%zu: 'messages' must be an array",
-					   path, line);
-			goto out;
-		}
 		/* modelopt's rule: the turns' contents joined with newlines */
 		size_t i, k = 0;
 		json_t *m;

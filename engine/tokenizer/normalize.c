@@ -41,9 +41,20 @@ enum cal_status tok_parse_pattern(struct tok_pattern *p, json_t *pat,
 			     "%s: 'pattern' must be {\"String\": ...} or {\"Regex\": ...}", what);
 }
 
-enum cal_status tok_normalizer_parse(struct tok_normalizer *n, const void *jv,
-				     struct cal_error *err)
+/* The string j[key] into *ret (heap) and *ret_len; what names the
+ * normalizer in the error. */
+static enum cal_status req_str(json_t *j, const char *key, const char *what, char **ret,
+			       size_t *ret_len, struct cal_error *err)
 {
+	json_t *v = json_object_get(j, key);
+	if (!json_is_string(v))
+		return cal_error_set(err, CAL_ERR_FORMAT, "%s: '%s' must be a string", what, key);
+	return dup_str(v, ret, ret_len);
+}
+
+enum cal_status tok_normalizer_parse(void *dst, const void *jv, struct cal_error *err)
+{
+	struct tok_normalizer *n = dst;
 	json_t *j = (json_t *)jv;
 	const char *type = json_string_value(json_object_get(j, "type"));
 	if (!json_is_object(j) || !type)
@@ -64,38 +75,21 @@ enum cal_status tok_normalizer_parse(struct tok_normalizer *n, const void *jv,
 		n->right = json_is_true(json_object_get(j, "strip_right"));
 	} else if (!strcmp(type, "Prepend")) {
 		n->type = TOK_NORM_PREPEND;
-		json_t *p = json_object_get(j, "prepend");
-		if (!json_is_string(p))
-			return cal_error_set(err, CAL_ERR_FORMAT,
-					     "normalizer Prepend: 'prepend' must be a string");
-		return dup_str(p, &n->str, &n->str_len);
+		return req_str(j, "prepend", "normalizer Prepend", &n->str, &n->str_len, err);
 	} else if (!strcmp(type, "Replace")) {
 		n->type = TOK_NORM_REPLACE;
-		json_t *c = json_object_get(j, "content");
-		if (!json_is_string(c))
-			return cal_error_set(err, CAL_ERR_FORMAT,
-					     "normalizer Replace: 'content' must be a string");
-		if (dup_str(c, &n->str, &n->str_len))
-			return CAL_ERR_NOMEM;
+		enum cal_status st = req_str(j, "content", "normalizer Replace", &n->str,
+					     &n->str_len, err);
+		if (st)
+			return st;
 		return tok_parse_pattern(&n->pat, json_object_get(j, "pattern"),
 					 "normalizer Replace", err);
 	} else if (!strcmp(type, "Sequence")) {
 		n->type = TOK_NORM_SEQUENCE;
-		json_t *a = json_object_get(j, "normalizers");
-		if (!json_is_array(a))
-			return cal_error_set(err, CAL_ERR_FORMAT,
-					     "normalizer Sequence: 'normalizers' must be an array");
-		size_t k = json_array_size(a);
-		n->kids = calloc(k ? k : 1, sizeof(*n->kids));
-		if (!n->kids)
-			return CAL_ERR_NOMEM;
-		for (size_t i = 0; i < k; i++) {
-			n->n_kids = i + 1;
-			enum cal_status st = tok_normalizer_parse(&n->kids[i],
-								  json_array_get(a, i), err);
-			if (st)
-				return st;
-		}
+		enum cal_status st;
+		n->kids = tok_parse_seq(j, "normalizers", "normalizer Sequence", sizeof(*n->kids),
+					tok_normalizer_parse, &n->n_kids, &st, err);
+		return st;
 	} else {
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "normalizer type '%s' is not supported", type);

@@ -48,10 +48,7 @@ static void bl_init(void)
 static enum cal_status parse_behavior(json_t *v, enum tok_behavior *ret,
 				      const char *what, struct cal_error *err)
 {
-	static const struct {
-		const char *name;
-		enum tok_behavior b;
-	} names[] = {
+	static const struct cal_name_val names[] = {
 		{ "Removed", TOK_SPLIT_REMOVED },
 		{ "Isolated", TOK_SPLIT_ISOLATED },
 		{ "MergedWithPrevious", TOK_SPLIT_MERGED_PREV },
@@ -59,20 +56,19 @@ static enum cal_status parse_behavior(json_t *v, enum tok_behavior *ret,
 		{ "Contiguous", TOK_SPLIT_CONTIGUOUS },
 	};
 	const char *s = json_string_value(v);
-	for (size_t i = 0; s && i < sizeof(names) / sizeof(names[0]); i++) {
-		if (!strcmp(s, names[i].name)) {
-			*ret = names[i].b;
-			return CAL_OK;
-		}
+	int b;
+	if (!cal_name_val_find(names, CAL_ARRAY_LEN(names), s, &b)) {
+		*ret = (enum tok_behavior)b;
+		return CAL_OK;
 	}
 	return cal_error_set(err, s ? CAL_ERR_UNSUPPORTED : CAL_ERR_FORMAT,
 			     "pre_tokenizer %s: behavior '%s' is not supported",
 			     what, s ? s : "(missing)");
 }
 
-enum cal_status tok_pretok_parse(struct tok_pretok *p, const void *jv,
-				 struct cal_error *err)
+enum cal_status tok_pretok_parse(void *dst, const void *jv, struct cal_error *err)
 {
+	struct tok_pretok *p = dst;
 	json_t *j = (json_t *)jv;
 	const char *type = json_string_value(json_object_get(j, "type"));
 	if (!json_is_object(j) || !type)
@@ -81,21 +77,10 @@ enum cal_status tok_pretok_parse(struct tok_pretok *p, const void *jv,
 	p->behavior = TOK_SPLIT_ISOLATED;
 	if (!strcmp(type, "Sequence")) {
 		p->type = TOK_PRE_SEQUENCE;
-		json_t *a = json_object_get(j, "pretokenizers");
-		if (!json_is_array(a))
-			return cal_error_set(err, CAL_ERR_FORMAT,
-					     "pre_tokenizer Sequence: 'pretokenizers' must be an array");
-		size_t k = json_array_size(a);
-		p->kids = calloc(k ? k : 1, sizeof(*p->kids));
-		if (!p->kids)
-			return CAL_ERR_NOMEM;
-		for (size_t i = 0; i < k; i++) {
-			p->n_kids = i + 1;
-			enum cal_status st = tok_pretok_parse(&p->kids[i],
-							      json_array_get(a, i), err);
-			if (st)
-				return st;
-		}
+		enum cal_status st;
+		p->kids = tok_parse_seq(j, "pretokenizers", "pre_tokenizer Sequence", sizeof(*p->kids),
+					tok_pretok_parse, &p->n_kids, &st, err);
+		return st;
 	} else if (!strcmp(type, "Split")) {
 		p->type = TOK_PRE_SPLIT;
 		p->invert = json_is_true(json_object_get(j, "invert"));
@@ -125,19 +110,18 @@ enum cal_status tok_pretok_parse(struct tok_pretok *p, const void *jv,
 		if (tok_utf8_decode(rs, rl, &p->replacement) != rl)
 			return cal_error_set(err, CAL_ERR_FORMAT,
 					     "pre_tokenizer Metaspace: 'replacement' must be one character");
+		static const struct cal_name_val schemes[] = {
+			{ "always", TOK_PREPEND_ALWAYS },
+			{ "first", TOK_PREPEND_FIRST },
+			{ "never", TOK_PREPEND_NEVER },
+		};
 		const char *ps = json_string_value(json_object_get(j, "prepend_scheme"));
-		if (!ps)
-			p->prepend = json_is_false(json_object_get(j, "add_prefix_space"))
-				? TOK_PREPEND_NEVER : TOK_PREPEND_ALWAYS;
-		else if (!strcmp(ps, "always"))
-			p->prepend = TOK_PREPEND_ALWAYS;
-		else if (!strcmp(ps, "first"))
-			p->prepend = TOK_PREPEND_FIRST;
-		else if (!strcmp(ps, "never"))
-			p->prepend = TOK_PREPEND_NEVER;
-		else
+		int scheme = json_is_false(json_object_get(j, "add_prefix_space"))
+			? TOK_PREPEND_NEVER : TOK_PREPEND_ALWAYS;
+		if (ps && cal_name_val_find(schemes, CAL_ARRAY_LEN(schemes), ps, &scheme) < 0)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					     "pre_tokenizer Metaspace: prepend_scheme '%s' is not supported", ps);
+		p->prepend = (enum tok_prepend)scheme;
 		json_t *sp = json_object_get(j, "split");
 		p->split = sp ? json_is_true(sp) : true;
 	} else if (!strcmp(type, "Digits")) {
@@ -180,14 +164,10 @@ void tok_pretok_free(struct tok_pretok *p)
 
 static enum cal_status seg_add(struct tok_segs *sg, size_t a, size_t b, bool m)
 {
-	if (sg->n == sg->cap) {
-		size_t cap = sg->cap ? sg->cap * 2 : 64;
-		struct tok_seg *v = realloc(sg->v, cap * sizeof(*v));
-		if (!v)
-			return CAL_ERR_NOMEM;
-		sg->v = v;
-		sg->cap = cap;
-	}
+	struct tok_seg *v = cal_grow(sg->v, &sg->cap, sg->n + 1, sizeof(*v), 64);
+	if (!v)
+		return CAL_ERR_NOMEM;
+	sg->v = v;
 	sg->v[sg->n++] = (struct tok_seg){ a, b, m };
 	return CAL_OK;
 }

@@ -22,6 +22,7 @@
 #include <pcre2.h>
 
 #include "common/status.h"
+#include "common/util.h"
 #include "tokenizer.h"
 
 /* ---- growable byte buffer ---------------------------------------------- */
@@ -278,9 +279,24 @@ struct cal_tokenizer {
 	struct tok_segs segs;
 };
 
+/* A parser of one tokenizer.json component (a normalizer, a pre-tokenizer)
+ * into dst, the component's struct: tok_normalizer_parse, tok_pretok_parse. */
+typedef enum cal_status (*tok_part_parse_fn)(void *dst, const void *json,
+					     struct cal_error *err);
+
+/* tokenizer.c */
+/* The components of the array json[key] of a Sequence, parsed by parse,
+ * *ret_st the status: returns them (calloc'd, elem_size bytes each; NULL
+ * when not even the array was had), *ret_n of them, also after a failure
+ * (for the caller's free).  what names the Sequence in the error
+ * ("normalizer Sequence"). */
+void *tok_parse_seq(const void *json, const char *key, const char *what, size_t elem_size,
+		    tok_part_parse_fn parse, size_t *ret_n, enum cal_status *ret_st,
+		    struct cal_error *err);
+
 /* normalize.c */
-enum cal_status tok_normalizer_parse(struct tok_normalizer *n, const void *json,
-				     struct cal_error *err);
+/* n: a struct tok_normalizer (tok_part_parse_fn). */
+enum cal_status tok_normalizer_parse(void *n, const void *json, struct cal_error *err);
 void tok_normalizer_free(struct tok_normalizer *n);
 /* Normalizes s[0..len) into *out (cleared first).  tmp is scratch. */
 enum cal_status tok_normalize(struct tok_normalizer *n, const char *s,
@@ -288,8 +304,8 @@ enum cal_status tok_normalize(struct tok_normalizer *n, const char *s,
 			      struct tok_buf *tmp);
 
 /* pretok.c */
-enum cal_status tok_pretok_parse(struct tok_pretok *p, const void *json,
-				 struct cal_error *err);
+/* p: a struct tok_pretok (tok_part_parse_fn). */
+enum cal_status tok_pretok_parse(void *p, const void *json, struct cal_error *err);
 void tok_pretok_free(struct tok_pretok *p);
 /* Runs p over *io (pieces carrying an id pass through); *spare is scratch
  * and *io holds the result afterwards. */

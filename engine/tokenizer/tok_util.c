@@ -68,14 +68,10 @@ void tok_pieces_free(struct tok_pieces *p)
 enum cal_status tok_pieces_add(struct tok_pieces *p, const char *s, size_t n,
 			       int32_t id, bool first)
 {
-	if (p->n == p->cap) {
-		size_t cap = p->cap ? p->cap * 2 : 64;
-		struct tok_piece *v = realloc(p->v, cap * sizeof(*v));
-		if (!v)
-			return CAL_ERR_NOMEM;
-		p->v = v;
-		p->cap = cap;
-	}
+	struct tok_piece *v = cal_grow(p->v, &p->cap, p->n + 1, sizeof(*v), 64);
+	if (!v)
+		return CAL_ERR_NOMEM;
+	p->v = v;
 	size_t off = p->text.n;
 	if (tok_buf_put(&p->text, s, n))
 		return CAL_ERR_NOMEM;

@@ -608,6 +608,42 @@ static enum cal_status load_added(struct cal_tokenizer *tok, json_t *added,
 	return st;
 }
 
+void *tok_parse_seq(const void *json, const char *key, const char *what, size_t elem_size,
+		    tok_part_parse_fn parse, size_t *ret_n, enum cal_status *ret_st,
+		    struct cal_error *err)
+{
+	*ret_n = 0;
+	*ret_st = CAL_OK;
+	json_t *a = json_object_get(json, key);
+	if (!json_is_array(a)) {
+		*ret_st = cal_error_set(err, CAL_ERR_FORMAT, "%s: '%s' must be an array", what, key);
+		return NULL;
+	}
+	size_t k = json_array_size(a);
+	char *kids = calloc(k ? k : 1, elem_size);
+	if (!kids)
+		*ret_st = CAL_ERR_NOMEM;
+	for (size_t i = 0; kids && i < k && !*ret_st; i++) {
+		*ret_n = i + 1;
+		*ret_st = parse(kids + i * elem_size, json_array_get(a, i), err);
+	}
+	return kids;
+}
+
+/* The component root[key] (calloc'd, elem_size bytes) into *ret, parsed by
+ * parse; *ret NULL when it is absent or null. */
+static enum cal_status parse_part(json_t *root, const char *key, size_t elem_size,
+				  tok_part_parse_fn parse, void **ret, struct cal_error *err)
+{
+	*ret = NULL;
+	json_t *j = json_object_get(root, key);
+	if (!j || json_is_null(j))
+		return CAL_OK;
+	if (!(*ret = calloc(1, elem_size)))
+		return CAL_ERR_NOMEM;
+	return parse(*ret, j, err);
+}
+
 static enum cal_status load_json(struct cal_tokenizer *tok, json_t *root,
 				 struct cal_error *err)
 {
@@ -635,20 +671,15 @@ static enum cal_status load_json(struct cal_tokenizer *tok, json_t *root,
 	if ((st = count_ids(vocab, added, &n_ids, err)))
 		return st;
 
-	json_t *nj = json_object_get(root, "normalizer");
-	if (nj && !json_is_null(nj)) {
-		if (!(tok->norm = calloc(1, sizeof(*tok->norm))))
-			return CAL_ERR_NOMEM;
-		if ((st = tok_normalizer_parse(tok->norm, nj, err)))
-			return st;
-	}
-	json_t *pj = json_object_get(root, "pre_tokenizer");
-	if (pj && !json_is_null(pj)) {
-		if (!(tok->pre = calloc(1, sizeof(*tok->pre))))
-			return CAL_ERR_NOMEM;
-		if ((st = tok_pretok_parse(tok->pre, pj, err)))
-			return st;
-	}
+	void *part = NULL;
+	st = parse_part(root, "normalizer", sizeof(*tok->norm), tok_normalizer_parse, &part, err);
+	tok->norm = part;
+	if (st)
+		return st;
+	st = parse_part(root, "pre_tokenizer", sizeof(*tok->pre), tok_pretok_parse, &part, err);
+	tok->pre = part;
+	if (st)
+		return st;
 	json_t *post = json_object_get(root, "post_processor");
 	struct cal_tok_ids pre = { 0 }, suf = { 0 };
 	if (post && !json_is_null(post))

@@ -144,9 +144,13 @@ Test(units, jobspec_qformat)
 		enum cal_api_err ae;
 		const char *field, *needle;
 	} cases[] = {
-		{"{\"qformat\": \"nvfp4\"}", CAL_API_OK, NULL, NULL},
-		{"{\"qformat\": \"nvfp4_awq\"}", CAL_API_ERR_INVALID_RECIPE, "qformat",
-		 "awq_lite with NVFP4 weights"},
+		/* OK: field = the qformat recorded, needle = its recipe */
+		{"{\"qformat\": \"nvfp4\"}", CAL_API_OK, "nvfp4",
+		 "general/ptq/nvfp4_default-kv_fp8_cast"},
+		{"{\"qformat\": \"nvfp4_awq\"}", CAL_API_OK, "nvfp4_awq",
+		 "general/ptq/nvfp4_awq-kv_fp8_cast"},
+		{"{\"qformat\": \"w4a8_awq\"}", CAL_API_ERR_INVALID_RECIPE, "qformat", "W4A8"},
+		{"{\"qformat\": \"int8_sq\"}", CAL_API_OK, "int8_sq", "general/ptq/int8_sq-kv_fp8_cast"},
 		{"{\"qformat\": \"nvfp4_svdquant\"}", CAL_API_ERR_INVALID_RECIPE, "qformat",
 		 "svdquant"},
 		{"{\"qformat\": \"nvfp5\"}", CAL_API_ERR_INVALID_FIELD, "qformat", "nvfp4_mlp_only"},
@@ -162,8 +166,9 @@ Test(units, jobspec_qformat)
 			     prob.message ? prob.message : "");
 		if (ae == CAL_API_OK) {
 			cr_assert_str_eq(json_string_value(json_object_get(out, "recipe")),
-					 "general/ptq/nvfp4_default-kv_fp8_cast");
-			cr_assert_str_eq(json_string_value(json_object_get(out, "qformat")), "nvfp4");
+					 cases[i].needle);
+			cr_assert_str_eq(json_string_value(json_object_get(out, "qformat")),
+					 cases[i].field);
 		} else {
 			cr_assert_str_eq(prob.field, cases[i].field);
 			cr_assert(strstr(prob.message, cases[i].needle), "%s: %s", cases[i].req,

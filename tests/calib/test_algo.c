@@ -509,12 +509,24 @@ static void awq_one(struct cal_backend *be, const char *path)
 	uint64_t batch;
 	json_t *fp = fp_open(path, &l, &batch);
 	double step = json_real_value(json_object_get(fp, "alpha_step"));
-	uint64_t rows = l.rows, cols = l.cols, tokens = l.tokens, nb = rows * cols / 128;
+	const char *wf = json_string_value(json_object_get(fp, "weight_format"));
+	int nvfp4 = wf && !strcmp(wf, "nvfp4"); /* nvfp4_awq: W4A4, global weight amax */
+	uint64_t rows = l.rows, cols = l.cols, tokens = l.tokens;
+	uint64_t nb = rows * cols / (nvfp4 ? 16 : 128);
 	struct cal_error err = {0};
 	double loss[CAL_AWQ_MAX_ALPHAS];
+	float in_amax = 0.0f, in_mo = 0.0f;
 	struct cal_awq_out o = {malloc(cols * 2), malloc(rows * cols * 2), malloc(nb * 4), loss, 0, 0};
-	cr_assert_eq(cal_awq_lite_int4(be, l.w, rows, cols, l.x, tokens, batch, step, &o, &err),
+	cr_assert_eq(cal_awq_lite(be, nvfp4 ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4, l.w, rows, cols,
+				  l.x, tokens, batch, step, &o, nvfp4 ? &in_amax : NULL, &err),
 		     CAL_OK, "%s", cal_error_msg(&err));
+	if (nvfp4) {
+		for (uint64_t b = 1; b < nb; b++)
+			o.w_amax[0] = o.w_amax[b] > o.w_amax[0] ? o.w_amax[b] : o.w_amax[0];
+		nb = 1;
+		cr_assert_eq(unhex(json_string_value(json_object_get(fp, "input_amax_f32_hex")),
+				   &in_mo, 4), 0);
+	}
 	json_t *ml = json_object_get(fp, "loss");
 	cr_assert_eq(json_object_size(ml), o.n_alpha, "%s: %u alphas, modelopt searched %zu", path,
 		     o.n_alpha, json_object_size(ml));
@@ -531,12 +543,13 @@ static void awq_one(struct cal_backend *be, const char *path)
 	uint64_t dp = d.pqs, dw = d.w, da = d.amax;
 	float best_mo = (float)json_real_value(json_object_get(fp, "best_alpha"));
 	printf("awq_lite diff %s: alpha %g (modelopt %g), search losses within %.2e of modelopt's; "
-	       "pre_quant_scale differing %llu of %llu, folded weights %llu of %llu, block amax "
-	       "%llu of %llu\n",
+	       "pre_quant_scale differing %llu of %llu, folded weights %llu of %llu, %s amax "
+	       "%llu of %llu, input amax %g (modelopt %g)\n",
 	       strrchr(path, '/') + 1, (double)o.best_alpha, (double)best_mo, worst,
 	       (unsigned long long)dp, (unsigned long long)cols, (unsigned long long)dw,
-	       (unsigned long long)(rows * cols), (unsigned long long)da, (unsigned long long)nb);
-	cr_assert(o.best_alpha == best_mo && dp == 0 && dw == 0 && da == 0,
+	       (unsigned long long)(rows * cols), nvfp4 ? "global" : "block",
+	       (unsigned long long)da, (unsigned long long)nb, (double)in_amax, (double)in_mo);
+	cr_assert(o.best_alpha == best_mo && dp == 0 && dw == 0 && da == 0 && in_amax == in_mo,
 		  "%s differs from modelopt", path);
 	free(o.pre_quant_scale), free(o.w), free(o.w_amax);
 	lin_free(&l);

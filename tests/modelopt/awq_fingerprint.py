@@ -8,7 +8,14 @@ The linear and its tokens come from the generator of gptq_fingerprint.py
 holds the loss of every alpha of the search, the chosen alpha, the bf16
 pre_quant_scale, the folded bf16 weight and its per-block amax.
 
-    python awq_fingerprint.py --out tests/modelopt/awq/<name>.json
+With --nvfp4 it runs nvfp4_awq's quantizers instead (NVFP4 weights and
+inputs, W4A4: the search's fake quantizer is NVFP4, modelopt's Triton
+kernel replaced by the same arithmetic in torch, gptq_model_diff.py's
+patch_modelopt_cpu, and fp32 sqrt made correctly rounded as on a GPU,
+patch_ieee_sqrt); the weight amax is then the per-tensor one and the
+fingerprint adds the input quantizer's amax after the fold.
+
+    python awq_fingerprint.py [--nvfp4] --out tests/modelopt/awq/<name>.json
 """
 import os
 import sys
@@ -21,6 +28,7 @@ from gptq_fingerprint import (DEAD, common_args, make_linear, sha_bf16,  # noqa:
 def main():
     ap = common_args()
     ap.add_argument("--alpha-step", type=float, default=0.1)
+    ap.add_argument("--nvfp4", action="store_true", help="nvfp4_awq's W4A4 NVFP4 quantizers")
     args = ap.parse_args()
 
     import torch
@@ -38,14 +46,17 @@ def main():
         return orig(linear, pre_quant_scale)
 
     model_calib.apply_pre_quant_scale_and_smooth = capture
-    cfg = {
-        "quant_cfg": [
-            {"quantizer_name": "*", "enable": False},
-            {"quantizer_name": "*weight_quantizer",
-             "cfg": {"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True}},
-        ],
-        "algorithm": {"method": "awq_lite", "alpha_step": args.alpha_step},
-    }
+    wcfg = {"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True}
+    quant = [{"quantizer_name": "*", "enable": False}]
+    if args.nvfp4:
+        from gptq_model_diff import patch_ieee_sqrt, patch_modelopt_cpu
+        patch_modelopt_cpu(torch)
+        patch_ieee_sqrt(torch)
+        wcfg = {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "dynamic",
+                                                   "scale_bits": (4, 3)}, "enable": True}
+        quant.append({"quantizer_name": "*input_quantizer", "cfg": dict(wcfg)})
+    quant.append({"quantizer_name": "*weight_quantizer", "cfg": wcfg})
+    cfg = {"quant_cfg": quant, "algorithm": {"method": "awq_lite", "alpha_step": args.alpha_step}}
     mtq.quantize(model, cfg, forward_loop=loop)
     lin = model[0]
 
@@ -57,6 +68,7 @@ def main():
         "generator": {"rows": args.rows, "cols": args.cols, "tokens": args.tokens,
                       "batch": args.batch, "seed": args.seed, "dead_col": DEAD},
         "alpha_step": args.alpha_step,
+        "weight_format": "nvfp4" if args.nvfp4 else "int4",
         "w_orig_sha256": sha_bf16(torch, w),
         "loss": seen["loss"],
         "best_alpha": seen["best_alpha"],
@@ -64,6 +76,8 @@ def main():
         "weight_bf16_hex": bf16hex(lin.weight),
         "weight_amax_f32_hex": lin.weight_quantizer.amax.detach().float().reshape(-1).numpy().astype("<f4").tobytes().hex(),
     }
+    if args.nvfp4:
+        fp["input_amax_f32_hex"] = lin.input_quantizer.amax.detach().float().reshape(-1).numpy().astype("<f4").tobytes().hex()
     write_fingerprint(args.out, fp, f"modelopt awq_lite: best alpha {fp['best_alpha']}")
 
 

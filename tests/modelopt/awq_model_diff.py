@@ -2,7 +2,10 @@
 """AWQ-lite of a whole tiny model: real modelopt 0.47 vs calibd (docs/awq.md).
 
 hf_ptq's `--qformat int4_awq` (INT4 weights in blocks of 128, awq_lite with
-alpha_step 0.1, FP8 KV cast) on a wide fixture (`calibd-fixture --wide`:
+alpha_step 0.1, FP8 KV cast), or with `--qformat nvfp4_awq` its NVFP4 W4A4
+variant (modelopt's NVFP4_AWQ_LITE_CFG; its NVFP4 Triton kernel replaced by
+the same arithmetic in torch, gptq_model_diff.patch_modelopt_cpu; fp32 sqrt
+correctly rounded as on a GPU, patch_ieee_sqrt), on a wide fixture (`calibd-fixture --wide`:
 every linear input a multiple of 128) and the same tokens:
 
   * modelopt: mtq.quantize with the int4_awq preset (its forward loop feeds
@@ -10,7 +13,8 @@ every linear input a multiple of 128) and the same tokens:
     micro-batch), then export_hf_checkpoint, on the CPU;
   * calibd: `calibd quantize --qformat int4_awq --device cpu --div exact`;
   * round to nearest (no AWQ): `calibd quantize` with
-    general/ptq/int4_blockwise_weight_only.
+    general/ptq/int4_blockwise_weight_only (nvfp4_awq:
+    general/ptq/nvfp4_default-kv_fp8_cast, max calibration).
 
 Compared per searched linear: the chosen alpha (modelopt's from its search
 state, calibd's from calibd_report.json), the exported pre_quant_scale and
@@ -18,7 +22,18 @@ fused norm weights (bytes), the share of differing 4-bit codes, and the
 layer-output MSE of the exported weight on the unquantized model's inputs
 X of that linear, mean((X' What^T - X W^T)^2), X' = X * pre_quant_scale
 (X when the scale was fused into the norm: the norm's output already
-carries it), against the source weight.  Writes the result to --out; exits
+carries it), against the source weight.  nvfp4_awq folds a dense MLP's
+down_proj scale into up_proj's rows (no pre_quant_scale left to apply):
+the up_proj and down_proj rows both measure the MLP block instead, SiLU(X' Gh^T) * (X' Uh^T) Dh^T
+against the source MLP's output (X' the gate/up input as above; for the
+round-to-nearest baseline too).  Input quantization is not in the metric;
+without GQA (--mha) o_proj's scale is folded into v_proj's rows and the
+two are not measured (left out of the mean, linears_measured).  The
+exported input_scale and weight_scale_2 are compared byte for byte, and
+hf_quant_config.json's / config.json's quantization sections (producer
+and KV-cache keys aside: modelopt's preset has no KV quantizer) for
+equality.
+Writes the result to --out; exits
 1 when calibd's mean MSE is worse than modelopt's by more than --tolerance.
 
     python awq_model_diff.py --calibd BUILD/daemon/calibd \\
@@ -34,7 +49,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gptq_model_diff import load_model, load_st, run, write_summary  # noqa: E402
+from gptq_model_diff import (dequant, load_model, load_st, patch_ieee_sqrt,  # noqa: E402
+                             patch_modelopt_cpu, run, write_summary)
 
 AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -55,7 +71,7 @@ def linear_inputs(torch, model, tokens):
     return {k: torch.cat(v) for k, v in xs.items()}
 
 
-def run_modelopt(torch, transformers, model_dir, tokens, out_dir):
+def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat):
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
     from modelopt.torch.quantization import model_calib
@@ -71,6 +87,10 @@ def run_modelopt(torch, transformers, model_dir, tokens, out_dir):
 
     model_calib.apply_pre_quant_scale_and_smooth = capture
     cfg = mtq.INT4_AWQ_CFG
+    if qformat == "nvfp4_awq":
+        patch_modelopt_cpu(torch)
+        patch_ieee_sqrt(torch)
+        cfg = mtq.NVFP4_AWQ_LITE_CFG
 
     def loop(m):
         with torch.no_grad():
@@ -102,6 +122,8 @@ def main():
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--keep", default="")
     ap.add_argument("--tolerance", type=float, default=0.0)
+    ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq"))
+    ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -114,17 +136,20 @@ def main():
             tmp = args.keep
             os.makedirs(tmp, exist_ok=True)
         fx = os.path.join(tmp, "fixture")
-        run([args.fixture_bin, "--arch", args.arch, "--seed", str(args.seed), "--wide", fx])
+        run([args.fixture_bin, "--arch", args.arch, "--seed", str(args.seed), "--wide"] +
+            (["--mha"] if args.mha else []) + [fx])
         tok = os.path.join(tmp, "tokens.jsonl")
         with open(tok, "w") as f:
             for row in tokens:
                 f.write(json.dumps({"input_ids": row}) + "\n")
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
-        m_alpha = run_modelopt(torch, transformers, fx, tokens, mo)
+        nv = args.qformat == "nvfp4_awq"
+        m_alpha = run_modelopt(torch, transformers, fx, tokens, mo, args.qformat)
         base = [args.calibd, "quantize", "--model", fx, "--calib-tokens", tok, "--device",
                 "cpu", "--div", "exact", "--quiet"]
-        run(base + ["--qformat", "int4_awq", "--out", ca])
-        run(base + ["--recipe", "general/ptq/int4_blockwise_weight_only", "--out", rt])
+        run(base + ["--qformat", args.qformat, "--out", ca])
+        run(base + ["--recipe", "general/ptq/nvfp4_default-kv_fp8_cast" if nv else
+                    "general/ptq/int4_blockwise_weight_only", "--out", rt])
         with open(os.path.join(ca, "calibd_report.json")) as f:
             rep = json.load(f)
         c_alpha = {r["module"]: r["alpha"] for r in rep["awq_lite"]["linears"]}
@@ -133,7 +158,10 @@ def main():
         src = model.state_dict()
         M, C, R = load_st(torch, mo), load_st(torch, ca), load_st(torch, rt)
         rows = []
-        tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0}
+        tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0, "measured": 0}
+        deq = (lambda st, n: dequant(torch, st, n)) if nv else \
+            (lambda st, n: dequant_int4(torch, st, n))
+        same = {"input_scale": 0, "weight_scale_2": 0}
         for name in sorted(xs):
             x = xs[name]
             w = src[name + ".weight"].double()
@@ -141,15 +169,26 @@ def main():
             res = {"linear": name, "modelopt_alpha": m_alpha.get(name),
                    "calibd_alpha": c_alpha.get(name)}
             for tag, st in (("modelopt", M), ("calibd", C), ("rtn", R)):
-                wh, codes = dequant_int4(torch, st, name)
+                wh, codes = deq(st, name)
                 pq = st.get(name + ".pre_quant_scale")
-                xq = x * pq.double() if pq is not None else x
-                if pq is None and tag != "rtn":
-                    # fused into the norm: the norm output carries the scale
-                    xq = x / (src_norm_ratio(torch, src, st, name))
-                mse = float(((xq @ wh.t() - y) ** 2).mean())
+                pre = name[: name.rfind(".") + 1]
+                if nv and name.endswith(("self_attn.v_proj", "self_attn.o_proj")) and \
+                        tag != "rtn" and st.get(pre + "o_proj.pre_quant_scale") is None:
+                    # o_proj's scale folded into v_proj's rows (no GQA): not
+                    # measured (the attention mixes tokens between the two)
+                    res["metric"] = "none"
+                    mse = None
+                elif nv and name.endswith(("mlp.down_proj", "mlp.up_proj")) and \
+                        st.get(pre + "down_proj.pre_quant_scale") is None:
+                    mse = mlp_block_mse(torch, xs, src, st, pre, tag == "rtn", deq)
+                    res["metric"] = "mlp_block"
+                else:
+                    xq = x * pq.double() if pq is not None else x
+                    if pq is None and tag != "rtn":
+                        # fused into the norm: the norm output carries the scale
+                        xq = x / (src_norm_ratio(torch, src, st, name))
+                    mse = float(((xq @ wh.t() - y) ** 2).mean())
                 res[tag + "_mse"] = mse
-                tot[tag] += mse
                 if tag == "modelopt":
                     mcodes, mpq = codes, pq
                 elif tag == "calibd":
@@ -159,25 +198,63 @@ def main():
                     tot["diff"] += res["codes_differing"]
                     res["pre_quant_scale_equal"] = (pq is None and mpq is None) or (
                         pq is not None and mpq is not None and torch.equal(pq, mpq))
+                    for k in same:
+                        a, b = M.get(name + "." + k), C.get(name + "." + k)
+                        same[k] += a is not None and b is not None and torch.equal(a, b)
+            if res.get("metric") != "none":
+                tot["measured"] += 1
+                for tag in ("modelopt", "calibd", "rtn"):
+                    tot[tag] += res[tag + "_mse"]
             rows.append(res)
+        cfg_equal = {}
+        for fn, key in (("hf_quant_config.json", "quantization"),
+                        ("config.json", "quantization_config")):
+            got = []
+            for d in (mo, ca):
+                with open(os.path.join(d, fn)) as f:
+                    q = dict(json.load(f).get(key) or {})
+                # producer; the KV cache: modelopt's preset has none, calibd's
+                # recipe hf_ptq's default fp8_cast
+                for k in ("producer", "kv_cache_quant_algo", "kv_cache_scheme"):
+                    q.pop(k, None)
+                got.append(q)
+            cfg_equal[fn] = got[0] == got[1]
+            if not cfg_equal[fn]:
+                print("%s differs:\n modelopt %s\n calibd   %s" % (fn, got[0], got[1]))
         norms = {}
         for k in sorted(M):
             if k.endswith("layernorm.weight") and ".layers." in k:
                 norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
     summary = write_summary(
-        args.out, {"arch": args.arch, "wide": True, "seed": args.seed, "rows": args.rows,
-                   "seq_len": args.seq_len, "qformat": "int4_awq"}, rows, tot,
+        args.out, {"arch": args.arch, "wide": True, "mha": args.mha, "seed": args.seed, "rows": args.rows,
+                   "seq_len": args.seq_len, "qformat": args.qformat}, rows, tot,
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
+         "input_scales_equal": same["input_scale"] if nv else None,
+         "weight_scale_2_equal": same["weight_scale_2"] if nv else None,
+         "quant_configs_equal": cfg_equal, "linears_measured": tot["measured"],
          "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),
          "norm_values_differing": norms})
     m = summary["mean_layer_output_mse"]
     print("%d linears: alphas equal %d, pre_quant_scales equal %d; layer-output MSE modelopt "
           "%.6e, calibd %.6e, round-to-nearest %.6e; %.3f%% of codes differ; norm values "
-          "differing %s" % (len(rows), summary["alphas_equal"],
-                            summary["pre_quant_scales_equal"], m["modelopt"], m["calibd"],
-                            m["rtn"], summary["codes_differing_pct"],
-                            sum(norms.values())))
+          "differing %s; input_scale / weight_scale_2 equal %s / %s"
+          % (len(rows), summary["alphas_equal"], summary["pre_quant_scales_equal"],
+             m["modelopt"], m["calibd"], m["rtn"], summary["codes_differing_pct"],
+             sum(norms.values()), summary["input_scales_equal"],
+             summary["weight_scale_2_equal"]))
     return 0 if m["calibd"] <= m["modelopt"] * (1 + args.tolerance + 1e-9) else 1
+
+
+def mlp_block_mse(torch, xs, src, st, pre, rtn, deq):
+    """nvfp4_awq's dense MLP (down_proj's scale folded into up_proj's rows):
+    the block's output error, SiLU(X' Gh^T) * (X' Uh^T) Dh^T against the
+    source MLP's output, X' the gate/up input (times the fused norm ratio)."""
+    xg = xs[pre + "gate_proj"]
+    xq = xg if rtn else xg / src_norm_ratio(torch, src, st, pre + "gate_proj")
+    (gh, _), (uh, _), (dh, _) = (deq(st, pre + p) for p in ("gate_proj", "up_proj", "down_proj"))
+    y = xs[pre + "down_proj"] @ src[pre + "down_proj.weight"].double().t()
+    h = torch.nn.functional.silu(xq @ gh.t()) * (xq @ uh.t())
+    return float(((h @ dh.t() - y) ** 2).mean())
 
 
 def src_norm_ratio(torch, src, st, name):

@@ -65,6 +65,23 @@ def patch_modelopt_cpu(torch):
     tq.dynamic_block_quant = dynamic_fp4_cpu
 
 
+def patch_ieee_sqrt(torch):
+    """fp32 pow(x, 0.5) and sqrt correctly rounded (docs/awq.md "NVFP4"):
+    this CPU build of torch (AVX2) returns some of them one ulp off, where a
+    GPU's IEEE sqrt, and calibd's, do not; awq_lite's scale uses both."""
+    pow0, sqrt0 = torch.Tensor.pow, torch.Tensor.sqrt
+
+    def pow_(self, e, *a, **k):
+        if not a and not k and isinstance(e, float) and e == 0.5 and self.dtype == torch.float32:
+            return self.double().sqrt().float()
+        return pow0(self, e, *a, **k)
+
+    def sqrt_(self):
+        return self.double().sqrt().float() if self.dtype == torch.float32 else sqrt0(self)
+
+    torch.Tensor.pow, torch.Tensor.sqrt = pow_, sqrt_
+
+
 def case_fixture(fixture_bin, parity_dir, case, tmp):
     """(fixture dir under tmp, token rows) of parity case `case`."""
     with open(os.path.join(parity_dir, case, "case.json")) as f:
@@ -162,11 +179,12 @@ def run(cmd):
 
 def write_summary(path, head, rows, tot, extra=None):
     """Writes the whole-model result: head, versions, linear count, extra,
-    mean layer-output MSE per tag, share of differing codes, rows."""
+    mean layer-output MSE per tag (over tot["measured"] rows when given),
+    share of differing codes, rows."""
     import modelopt
     import torch
     import transformers
-    n = max(len(rows), 1)
+    n = max(tot.get("measured", len(rows)), 1)
     summary = dict(head)
     summary["versions"] = {"modelopt": modelopt.__version__, "torch": torch.__version__,
                            "transformers": transformers.__version__}

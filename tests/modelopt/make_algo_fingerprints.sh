@@ -27,6 +27,9 @@ A="$HERE/awq_fingerprint.py"
 "$PY" "$A" --out "$HERE/awq/int4_64x256.json"
 "$PY" "$A" --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
 	--out "$HERE/awq/int4_32x512_s005.json"
+"$PY" "$A" --nvfp4 --out "$HERE/awq/nvfp4_64x256.json"
+"$PY" "$A" --nvfp4 --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
+	--out "$HERE/awq/nvfp4_32x512_s005.json"
 E="$HERE/awq_export_fingerprint.py"
 "$PY" "$E" --out "$HERE/awq_export/int4_qkv_256.json"
 "$PY" "$E" --rows 48,48 --cols 384 --seed 5 --plus-one --out "$HERE/awq_export/int4_gu_384_plus1.json"

@@ -79,6 +79,8 @@ static char *make_model(const char *root, const char *arch, const char *layout)
 		o.q_lora_null = 1;
 	else if (!strcmp(layout, "wide")) /* every linear input a multiple of 128 */
 		o.wide = 1;
+	else if (!strcmp(layout, "mha")) /* no GQA (llama, qwen3) */
+		o.mha = 1;
 	else if (strcmp(layout, "default"))
 		cr_assert_eq(cal_fixture_layout_parse(layout, &o.layout), 0);
 	struct cal_error err = {0};

@@ -392,33 +392,33 @@ static char *awq_recipe(const char *root, const char *name, const char *algo, co
 	return p;
 }
 
-/* Quantizes a fresh qwen2_moe fixture (`layout`) under root with hf_ptq's
- * `qformat` on the CPU into root/out and verifies it against the source;
- * sets the paths the caller goes on with. */
-static void quantize_verified(const char *root, const char *layout, const char *qformat,
-			      char **src, char **tok, char **dst, char **errf)
-{
-	*src = make_model(root, "qwen2_moe", layout);
-	*tok = make_tokens(root, "tok.jsonl", 2, 16);
-	*dst = path2(root, "out");
-	*errf = path2(root, "stderr");
-	int rc = run(NULL, *errf, "quantize --model %s --qformat %s --calib-tokens %s --out %s "
-		     "--device cpu", *src, qformat, *tok, *dst);
-	expect_exit(rc, 0, *errf);
-	rc = run(NULL, *errf, "verify %s --source %s", *dst, *src);
-	expect_exit(rc, 0, *errf);
-}
-
 /* --qformat int4_awq (docs/awq.md) on a wide MoE fixture with a shared
  * expert: quantizes and verifies; o_proj and the shared expert carry a
  * pre_quant_scale, q/k/v (fused into input_layernorm) do not; the report
  * has the search's alphas.  Bad awq_lite options and formats are refused
  * naming them. */
+/* Quantizes fixture arch/layout with --qformat qf on the CPU, then
+ * verifies it; returns the output directory (under root). */
+static char *qformat_verified(const char *root, const char *arch, const char *layout,
+			      const char *qf, char **src, char **tok)
+{
+	*src = make_model(root, arch, layout);
+	*tok = make_tokens(root, "tok.jsonl", 2, 16);
+	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
+	int rc = run(NULL, errf, "quantize --model %s --qformat %s --calib-tokens %s --out %s "
+		     "--device cpu", *src, qf, *tok, dst);
+	expect_exit(rc, 0, errf);
+	rc = run(NULL, errf, "verify %s --source %s", dst, *src);
+	expect_exit(rc, 0, errf);
+	return dst;
+}
+
 Test(quantize, int4_awq_end_to_end, .timeout = 120)
 {
-	char *root = tmpdir(), *src, *tok, *dst, *errf, *e;
+	char *root = tmpdir(), *src, *tok;
+	char *dst = qformat_verified(root, "qwen2_moe", "wide", "int4_awq", &src, &tok);
+	char *errf = path2(root, "stderr"), *e;
 	int rc;
-	quantize_verified(root, "wide", "int4_awq", &src, &tok, &dst, &errf);
 	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
 	cr_assert(strstr(cfg, "\"W4A16_AWQ\"") && strstr(cfg, "\"pre_quant_scale\": true"), "%s",
 		  cfg);
@@ -446,7 +446,7 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
 		{"{method: awq_lite, debug: true}", "{num_bits: 4, block_sizes: {-1: 128, type: "
 		 "static}}", "debug"},
 		{"{method: awq_lite}", "{num_bits: [4, 3]}",
-		 "awq_lite is implemented for INT4 block weights only"},
+		 "awq_lite is implemented for INT4 block and NVFP4 weights only"},
 	};
 	for (size_t k = 0; k < CAL_ARRAY_LEN(bad); k++) {
 		char nm[32];
@@ -469,9 +469,10 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
  * verify passes; the report lists the linears; two ranks are refused. */
 Test(quantize, int8_sq_end_to_end, .timeout = 120)
 {
-	char *root = tmpdir(), *src, *tok, *dst, *errf, *e;
+	char *root = tmpdir(), *src, *tok;
+	char *dst = qformat_verified(root, "qwen2_moe", "per-expert", "int8_sq", &src, &tok);
+	char *errf = path2(root, "stderr"), *e;
 	int rc;
-	quantize_verified(root, "per-expert", "int8_sq", &src, &tok, &dst, &errf);
 	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
 	cr_assert(strstr(cfg, "\"W8A8_SQ_PER_CHANNEL\""), "%s", cfg);
 	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8; /* after the length */
@@ -496,6 +497,38 @@ Test(quantize, int8_sq_end_to_end, .timeout = 120)
 	rm_rf(root);
 }
 
+/* --qformat nvfp4_awq (docs/awq.md) on a dense llama fixture (GQA):
+ * NVFP4_AWQ, quantizes and verifies; o_proj keeps its pre_quant_scale (GQA:
+ * not folded into v_proj), down_proj's is folded into up_proj's rows, q/k/v
+ * and gate/up fused into the norms; every linear has its input_scale.
+ * Then qwen3 without GQA, where o_proj's folds into v_proj too. */
+Test(quantize, nvfp4_awq_end_to_end, .timeout = 120)
+{
+	char *root = tmpdir(), *src, *tok;
+	char *dst = qformat_verified(root, "llama", "default", "nvfp4_awq", &src, &tok);
+	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
+	cr_assert(strstr(cfg, "\"quant_algo\": \"NVFP4_AWQ\"") && strstr(cfg, "\"group_size\": 16") &&
+		  strstr(cfg, "\"pre_quant_scale\": true"), "%s", cfg);
+	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8;
+	cr_assert(strstr(hdr, "model.layers.0.self_attn.o_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.0.mlp.down_proj.input_scale"));
+	cr_assert(strstr(hdr, "model.layers.0.self_attn.q_proj.input_scale"));
+	cr_assert(!strstr(hdr, "down_proj.pre_quant_scale"));
+	cr_assert(!strstr(hdr, "q_proj.pre_quant_scale") && !strstr(hdr, "up_proj.pre_quant_scale"));
+	/* config.json: modelopt writes no config_groups for NVFP4_AWQ */
+	char *cj = slurp(path2(dst, "config.json"));
+	cr_assert(strstr(cj, "\"NVFP4_AWQ\"") && !strstr(cj, "config_groups"), "%s", cj);
+	rm_rf(root);
+	/* qwen3 without GQA: o_proj's scale folds into v_proj's rows too, so no
+	 * linear keeps a pre_quant_scale */
+	root = tmpdir();
+	dst = qformat_verified(root, "qwen3", "mha", "nvfp4_awq", &src, &tok);
+	hdr = slurp(path2(dst, "model.safetensors")) + 8;
+	cr_assert(strstr(hdr, "model.layers.0.self_attn.o_proj.input_scale"));
+	cr_assert(!strstr(hdr, "pre_quant_scale"));
+	rm_rf(root);
+}
+
 /* --qformat: hf_ptq's name runs its built-in recipe; a refused one exits 3
  * naming the reason, before any work; with --recipe it is a usage error. */
 Test(quantize, qformat_maps_or_refuses, .timeout = 60)
@@ -510,10 +543,10 @@ Test(quantize, qformat_maps_or_refuses, .timeout = 60)
 	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
 	cr_assert(strstr(o, "general/ptq/nvfp4_default-kv_fp8_cast"), "%s", o);
 	char *dst2 = path2(root, "out2");
-	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4_awq --calib-tokens %s --out %s "
+	rc = run(NULL, errf, "quantize --model %s --qformat w4a8_awq --calib-tokens %s --out %s "
 		 "--device cpu", src, tok, dst2);
 	e = expect_exit(rc, 3, errf);
-	cr_assert(strstr(e, "qformat 'nvfp4_awq' is refused: awq_lite with NVFP4"), "%s", e);
+	cr_assert(strstr(e, "qformat 'w4a8_awq' is refused: the W4A8 sequential"), "%s", e);
 	cr_assert(!cal_test_exists(dst2));
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
 		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);

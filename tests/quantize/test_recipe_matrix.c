@@ -81,6 +81,10 @@ static const struct refusal refusals[] = {
 	{"nvfp4_default-kv_none-gptq", "deepseek_v3", "algorithm gptq with attention other than "
 	 "plain GQA"},
 	{"nvfp4_default-kv_none-gptq", "gpt_oss", "algorithm gptq with GPT-OSS"},
+	/* AWQ-lite likewise (docs/awq.md); calibd's tree: hf_ptq's nvfp4_awq */
+	{"nvfp4_awq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
+	 "algorithm awq_lite with attention other than plain GQA"},
+	{"nvfp4_awq-kv_fp8_cast", "gpt_oss", "algorithm awq_lite with GPT-OSS"},
 	/* numerics calibd does not implement yet */
 	/* a block format on an input dimension that is not a multiple of the
 	 * block: the fixtures' hidden size is 64 (INT4 block 128) and their
@@ -304,11 +308,12 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		size_t k = 0;
 		while (k < CAL_ARRAY_LEN(modelopt_ptq) && strcmp(modelopt_ptq[k], refusals[i].recipe))
 			k++;
-		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast (hf_ptq's
-		 * int4_awq), int8* (hf_ptq's int8, int8_wo, int8_sq) */
+		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast, nvfp4_awq-kv_fp8_cast
+		 * (hf_ptq's int4_awq, nvfp4_awq), int8* (hf_ptq's int8, int8_wo, int8_sq) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
 		    strncmp(refusals[i].recipe, "int8", 4) &&
-		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast"))
+		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast") &&
+		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast"))
 			cr_assert_fail("refusal for unknown recipe %s", refusals[i].recipe);
 	}
 	matrix(dir, (const char *const *)names, n);
