@@ -63,7 +63,7 @@ static enum cal_status run_nvfp4(struct bench *b, struct cal_error *err)
 
 static enum cal_status run_fp8(struct bench *b, struct cal_error *err)
 {
-	struct cal_fp8_quant_args a = {b->w, b->n, 0.0086495f, CAL_DIV_RECIP, b->q, 0};
+	struct cal_fp8_quant_args a = {b->w, b->n, 0.0086495f, CAL_DIV_RECIP, b->q, 0, NULL, 0, 0};
 	return cal_op_fp8_quant(b->be, &a, err);
 }
 

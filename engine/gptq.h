@@ -68,13 +68,23 @@ enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint
  * Steps 3 of docs/gptq.md alone: u (host, [cols, cols] fp32) receives the
  * upper Cholesky factor of the damped H^-1, or the identity when H is not
  * positive definite after damping (stats->fallback); dead columns and the
- * damping in stats (rel_err NAN).  The update is then the `gptq_update` op
- * on any back end (kernels/ops.h).  Errors as cal_gptq_nvfp4.
+ * damping in stats (rel_err NAN).  The factorisation is the `chol_inv` op on
+ * `be` (the CPU back end, or a device: the same bytes); w, hsum and u are
+ * host memory.  The update is then the `gptq_update` op on any back end
+ * (kernels/ops.h).  Errors as cal_gptq_nvfp4.
  */
-enum cal_status cal_gptq_factor(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+enum cal_status cal_gptq_factor(struct cal_backend *be, const uint16_t *w, uint64_t rows,
 				uint64_t cols, const float *hsum, uint64_t n_samples,
 				const struct cal_gptq_opts *o, float *u,
 				struct cal_gptq_stats *stats, struct cal_error *err);
+
+/* Step 3's matrix before the factorisation: a (host, [cols, cols] f64) =
+ * H = 2 hsum / n_samples, the dead columns (all-zero in w) zeroed with a
+ * unit diagonal, then perc_damp x mean(diag) added to the diagonal; h (may
+ * be NULL) receives H before the dead columns; *dead_cols, *damp. */
+void cal_gptq_damped_hessian(const uint16_t *w, uint64_t rows, uint64_t cols, const float *hsum,
+			     uint64_t n_samples, double perc_damp, double *a, double *h,
+			     uint64_t *dead_cols, double *damp);
 
 /* Bytes of host memory cal_gptq_nvfp4 allocates for a [rows, cols] linear. */
 uint64_t cal_gptq_scratch_bytes(uint64_t rows, uint64_t cols);

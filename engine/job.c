@@ -211,14 +211,13 @@ enum cal_status cal_job_check(const struct cal_job *j, unsigned ops, struct cal_
 		if (st >= 0)
 			st = cal_calib_check_sq(j->plan, err);
 		enum cal_calib_method m = j->recipe->algo.method;
-		if (st >= 0 && (m == CAL_CALIB_GPTQ || m == CAL_CALIB_AWQ_LITE ||
-				m == CAL_CALIB_SMOOTHQUANT) && cal_job_ranks_world(j) > 1)
+		if (st >= 0 && (m == CAL_CALIB_AWQ_LITE || m == CAL_CALIB_SMOOTHQUANT) &&
+		    cal_job_ranks_world(j) > 1)
 			st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
 					   "algorithm %s runs on one rank: what it gathers per "
 					   "linear is not combined across ranks yet (docs/%s.md); "
 					   "run it with one GPU or --ranks 1", j->recipe->algo.name,
-					   m == CAL_CALIB_GPTQ ? "gptq"
-					   : m == CAL_CALIB_AWQ_LITE ? "awq" : "smoothquant");
+					   m == CAL_CALIB_AWQ_LITE ? "awq" : "smoothquant");
 		if (st < 0)
 			return st;
 	}

@@ -322,6 +322,38 @@ CAL_HD float cal_fp8_input_scale(float amax, enum cal_div_mode mode)
 	return cal_scale_div(amax, 448.0f, mode);
 }
 
+/* modelopt's export_amax() of one row's amax a (per-channel weights):
+ * 0 and NaN -> maxbound (scale 1), else clamped to [FLT_MIN, FLT_MAX]
+ * (inf -> FLT_MAX). */
+CAL_HD float cal_export_row_amax(float a, float maxbound)
+{
+	if (a == 0.0f || a != a)
+		return maxbound;
+	return a < 0x1p-126f ? 0x1p-126f : (a > 0x1.fffffep127f ? 0x1.fffffep127f : a);
+}
+
+/* FP8 per-channel weight_scale of one row (docs/numerics.md "FP8 per
+ * channel, per token") from m, the row's largest bf16 magnitude as bits
+ * (x & 0x7FFF, integer max: above 0x7F80 the row holds a NaN):
+ * cal_export_row_amax(.., 448) / 448. */
+CAL_HD float cal_fp8_row_scale(uint32_t m, enum cal_div_mode mode)
+{
+	return cal_fp8_scale(cal_export_row_amax(cal_nf_bf16_to_f32((uint16_t)m), 448.0f), mode);
+}
+
+/* Tiles of FP8 per-channel (tile 0: one per row) and 2-D block (tile x
+ * tile, ragged at the ends) weights of [rows, cols]: their count, and the
+ * tile of element (r, c), row-major over the tile grid. */
+CAL_HD uint64_t cal_fp8_tiles(uint64_t rows, uint64_t cols, uint32_t tile)
+{
+	return tile ? (rows + tile - 1) / tile * ((cols + tile - 1) / tile) : rows;
+}
+
+CAL_HD uint64_t cal_fp8_tile_of(uint64_t r, uint64_t c, uint64_t cols, uint32_t tile)
+{
+	return tile ? r / tile * ((cols + tile - 1) / tile) + c / tile : r;
+}
+
 /* ---- per-block scale formulas ----------------------------------------- */
 
 /* Clamp that lets NaN through (torch.clamp semantics). */
@@ -408,17 +440,11 @@ CAL_HD float cal_int4_decode(unsigned nib)
 	return (float)(v >= 8 ? v - 16 : v);
 }
 
-/* INT8 per-output-channel scale (docs/numerics.md "INT8"): export_amax()/127,
- * with 0/NaN amax -> 127 (scale 1) and amax clamped to [FLT_MIN, FLT_MAX]. */
+/* INT8 per-output-channel scale (docs/numerics.md "INT8"):
+ * cal_export_row_amax(amax_r, 127) / 127. */
 CAL_HD float cal_int8_row_scale(float amax_r, enum cal_div_mode mode)
 {
-	if (amax_r == 0.0f || amax_r != amax_r)
-		amax_r = 127.0f;
-	else if (amax_r < 0x1p-126f)
-		amax_r = 0x1p-126f;
-	else if (amax_r > 0x1.fffffep127f)
-		amax_r = 0x1.fffffep127f;
-	return cal_scale_div(amax_r, 127.0f, mode);
+	return cal_scale_div(cal_export_row_amax(amax_r, 127.0f), 127.0f, mode);
 }
 
 /* INT8 code of the quotient q = fl32(x / scale): clamp(rint(q), -128, 127),

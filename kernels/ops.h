@@ -140,6 +140,25 @@ struct cal_hessian_args {
 	float *h;               /* [cols, cols], in/out */
 };
 
+/* GPTQ's inverse factor (docs/gptq.md, "Building blocks"): the lower
+ * Cholesky factor L of a (f64, symmetric positive definite; the lower
+ * triangle is read and overwritten with L, the rest is left) and
+ * y = L^-1 (row-major, lower triangular, the rest 0).  Every element is
+ * computed with the textbook column algorithms' operations in their order
+ * (L[i][j] = (a[i][j] - L[i][0] L[j][0] - L[i][1] L[j][1] - ...) / L[j][j],
+ * one rounded multiply and one rounded subtraction per term, the diagonal
+ * sqrt(a[j][j] - sum); L^-1 by forward substitution, column c from row c
+ * on), however the back end blocks and threads it, so every back end gives
+ * the same bytes.  *bad = 1 when a pivot is not positive and finite (a is
+ * not positive definite; L and y are then undefined), else 0. */
+struct cal_chol_inv_args {
+	double *a;              /* [n, n] in/out */
+	uint64_t n;             /* 1 .. 65536 */
+	double *y;              /* [n, n] out */
+	int32_t *bad;           /* [1] out */
+	double *work;           /* [(n + 32) 32] scratch */
+};
+
 /* GPTQ column-block update of a static-NVFP4 weight (docs/gptq.md): with
  * U the upper Cholesky factor of H^-1 ([cols, cols], fp32), every row of w
  * independently, per block of block_size columns, column by column:
@@ -216,6 +235,16 @@ struct cal_fp8_quant_args {
 	 * stacked 3-D expert weights (gpt_oss), whose scale tensor promotes the
 	 * quotient to fp32 (docs/gpt_oss.md) */
 	int single_round;
+	/* non-NULL: a scale per tile (cal_fp8_tile_of) of the n / cols rows:
+	 * tile 0: one per row (FP8 per channel, docs/numerics.md "FP8 per
+	 * channel, per token"); tile > 0: tile x tile blocks, the last ones
+	 * ragged (FP8 2-D blocks, "FP8 2-D blocks").  Each tile's scale
+	 * cal_fp8_row_scale(max |x| of the tile) goes to row_scale[t] and its
+	 * elements are e4m3(fl32(x / row_scale[t])); scale and single_round
+	 * are not read */
+	float *row_scale;
+	uint64_t cols;
+	uint32_t tile;
 };
 
 /* MXFP8 (docs/numerics.md "MX formats"), block 32. */
@@ -277,6 +306,11 @@ struct cal_fp8_dequant_args {
 	float scale;
 	enum cal_dtype out_dtype;
 	void *out;
+	/* non-NULL: per-tile scales as cal_fp8_quant_args (tile 0: per row),
+	 * used instead of scale */
+	const float *row_scale;
+	uint64_t cols;
+	uint32_t tile;
 };
 
 /* out = fl32(e4m3 * 2^(e8m0-127)). */
@@ -691,7 +725,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 40
+#define CAL_OP_COUNT_EXPECTED 41
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

@@ -61,8 +61,10 @@ uint64_t cal_qfmt_packed_bytes(const struct cal_qfmt_info *f, uint64_t rows, uin
 uint64_t cal_qfmt_scale_bytes(const struct cal_qfmt_info *f, uint64_t rows, uint64_t cols,
 			      uint32_t block)
 {
-	if (f->block_type == CAL_QBLOCK_ROW)
+	if (f->per_channel)
 		return rows * f->scale_bytes;
+	if (f->block2d)
+		return cal_fp8_tiles(rows, cols, block) * f->scale_bytes;
 	return block ? rows * cols / block * f->scale_bytes : 0;
 }
 
@@ -152,7 +154,7 @@ enum cal_status cal_qfmt_fp8_quantize(struct cal_backend *be, const struct cal_q
 				      struct cal_error *err)
 {
 	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, io->scale, io->div,
-				       io->packed, io->one_rounding};
+				       io->packed, io->one_rounding, NULL, 0, 0};
 	return cal_op_fp8_quant(be, &a, err);
 }
 
@@ -163,12 +165,46 @@ enum cal_status cal_qfmt_fp8_dequantize(struct cal_backend *be, const void *pack
 {
 	(void)scales;
 	(void)block;
-	struct cal_fp8_dequant_args a = {packed, rows * cols, scale, out, y};
+	struct cal_fp8_dequant_args a = {packed, rows * cols, scale, out, y, NULL, 0, 0};
 	return cal_op_fp8_dequant(be, &a, err);
 }
 
-/* MXFP8, MXFP4 and INT4 dequantize from values and block scales alone. */
-#define DEQUANT(name)                                                                      \
+/* FP8 per channel (tile 0: a row) and 2-D blocks (tile x tile): the op
+ * finds each tile's scale (into io->scales, F32) from the tile's amax. */
+static enum cal_status fp8_tiles_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
+					  uint32_t tile, struct cal_error *err)
+{
+	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, 0.0f, io->div, io->packed, 1,
+				       io->scales, io->cols, tile};
+	return cal_op_fp8_quant(be, &a, err);
+}
+
+enum cal_status cal_qfmt_fp8_pc_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
+					 struct cal_error *err)
+{
+	return fp8_tiles_quantize(be, io, 0, err);
+}
+
+/* A weight of one tile takes io->amax instead, which sibling linears share
+ * (modelopt unifies a one-element weight amax). */
+enum cal_status cal_qfmt_fp8_pb_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
+					 struct cal_error *err)
+{
+	if (cal_fp8_tiles(io->rows, io->cols, io->block) != 1)
+		return fp8_tiles_quantize(be, io, io->block, err);
+	uint32_t bits;
+	memcpy(&bits, &io->amax, 4);
+	float s = cal_fp8_row_scale(io->amax != io->amax ? 0x7FC0u : bits >> 16 & 0x7FFFu, io->div);
+	struct cal_fp8_quant_args a = {io->w, io->rows * io->cols, s, io->div, io->packed, 1,
+				       NULL, 0, 0};
+	enum cal_status st = cal_backend_upload(be, io->scales, &s, 4, err);
+	return st < 0 ? st : cal_op_fp8_quant(be, &a, err);
+}
+
+/* MXFP8, MXFP4 and INT4 dequantize from values and block scales alone;
+ * FP8 per channel and 2-D blocks from values and per-tile scales (tile 0:
+ * per row).  DEQUANT(name, op, the op's arguments). */
+#define DEQUANT(name, op, ...)                                                             \
 	enum cal_status cal_qfmt_##name##_dequantize(                                      \
 		struct cal_backend *be, const void *packed, const void *scales,            \
 		uint64_t rows, uint64_t cols, uint32_t block, float scale,                 \
@@ -176,12 +212,14 @@ enum cal_status cal_qfmt_fp8_dequantize(struct cal_backend *be, const void *pack
 	{                                                                                  \
 		(void)block;                                                               \
 		(void)scale;                                                               \
-		struct cal_##name##_dequant_args a = {packed, scales, rows, cols, out, y}; \
-		return cal_op_##name##_dequant(be, &a, err);                               \
+		struct cal_##op##_dequant_args a = {__VA_ARGS__};                          \
+		return cal_op_##op##_dequant(be, &a, err);                                 \
 	}
-DEQUANT(mxfp8)
-DEQUANT(mxfp4)
-DEQUANT(int4)
+DEQUANT(mxfp8, mxfp8, packed, scales, rows, cols, out, y)
+DEQUANT(mxfp4, mxfp4, packed, scales, rows, cols, out, y)
+DEQUANT(int4, int4, packed, scales, rows, cols, out, y)
+DEQUANT(fp8_pc, fp8, packed, rows * cols, 0.0f, out, y, scales, cols, 0)
+DEQUANT(fp8_pb, fp8, packed, rows * cols, 0.0f, out, y, scales, cols, block)
 #undef DEQUANT
 
 /* MXFP8 and MXFP4 quantize with the same arguments. */

@@ -30,8 +30,6 @@ enum cal_qblock {
 	CAL_QBLOCK_NONE,    /* per tensor (no block_sizes) */
 	CAL_QBLOCK_DYNAMIC, /* block_sizes type: dynamic (scales from each block at run time) */
 	CAL_QBLOCK_STATIC,  /* block_sizes type: static (calibrated per-block amax) */
-	CAL_QBLOCK_ROW,     /* weights per output channel (axis 0: one F32 scale per
-			     * row, from the row's amax), inputs per tensor */
 };
 
 /* Roles a format may take (plan refuses the others). */
@@ -71,6 +69,22 @@ struct cal_qfmt_info {
 	enum cal_qblock block_type;
 	uint32_t block;           /* elements per block the kernels implement; 0 per tensor */
 	uint32_t blocks[4];       /* block sizes a recipe may ask for (plan); block among them */
+	/* per channel (block_type NONE): weights `axis: 0`, one F32 scale per
+	 * output row (weight_scale [out], scale_bytes per row); inputs
+	 * `type: dynamic` with `block_sizes: {-1: null}` (per token, nothing
+	 * calibrated or exported), or with input_per_tensor static per
+	 * tensor (a calibrated amax, input_scale []: INT8, SmoothQuant) */
+	int per_channel;
+	int input_per_tensor;
+	/* 2-D blocks (block_type STATIC): `block_sizes: {-1: block, -2:
+	 * block}`, one F32 scale per block x block tile of [out, in], ragged
+	 * at the ends (weight_scale [out/block, 1, in/block, 1], or [] for a
+	 * single tile, whose amax siblings share) */
+	int block2d;
+	/* a mixed W4A8 row: weights selected by the attributes of row
+	 * `weight_of` (the plan never selects this row from attributes alone)
+	 * whose linear's inputs are in format `act`; CAL_QFMT_NONE otherwise */
+	enum cal_qfmt weight_of;
 	int scale_e, scale_m;     /* scale_bits (E, M); scale_e -1: none given */
 	enum cal_dtype scale_dtype; /* block scales: F8_E4M3, U8 (E8M0) or F32 */
 	uint32_t scale_bytes;     /* per block */
@@ -121,7 +135,7 @@ const char *cal_qfmt_name(enum cal_qfmt f);
 const struct cal_qfmt_info *cal_qfmt_by_algo(const char *algo, int group, int *with_input);
 
 /* Output bytes of a quantized [rows, cols] weight: packed values, block scales
- * (per-row scales for CAL_QBLOCK_ROW). */
+ * (per-row scales for per_channel rows). */
 uint64_t cal_qfmt_packed_bytes(const struct cal_qfmt_info *f, uint64_t rows, uint64_t cols);
 uint64_t cal_qfmt_scale_bytes(const struct cal_qfmt_info *f, uint64_t rows, uint64_t cols,
 			      uint32_t block);
@@ -148,6 +162,8 @@ CAL_QFMT_FN(mxfp8)
 CAL_QFMT_FN(mxfp4)
 CAL_QFMT_FN(int4)
 CAL_QFMT_FN(int8)
+CAL_QFMT_FN(fp8_pc)
+CAL_QFMT_FN(fp8_pb)
 #undef CAL_QFMT_FN
 /* static NVFP4 dequantizes as NVFP4 */
 enum cal_status cal_qfmt_nvfp4_static_quantize(struct cal_backend *be,

@@ -916,11 +916,13 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 				size_t i = j * c->nranks + c->rank;
 				if (i >= c->n_mb) {
 					CAL_TRY(cal_ep_idle(c, L, wu, err));
-					continue;
+				} else {
+					CAL_TRY(mb_load(c, &c->mbs[i], err));
+					CAL_TRY(cal_layer_forward(c, L, wu, &c->mbs[i], err));
+					CAL_TRY(mb_store(c, &c->mbs[i], err));
 				}
-				CAL_TRY(mb_load(c, &c->mbs[i], err));
-				CAL_TRY(cal_layer_forward(c, L, wu, &c->mbs[i], err));
-				CAL_TRY(mb_store(c, &c->mbs[i], err));
+				if (c->gq) /* over ranks: the round's Hessian rows (gptq_run.c) */
+					CAL_TRY(cal_gptq_round_end(c, err));
 			}
 			if (c->gq)
 				CAL_TRY(cal_gptq_pass_end(c, L, pass, err));

@@ -373,6 +373,15 @@ enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err);
  * run is the evaluation's quantized one (c->ev_quant); a no-op otherwise. */
 enum cal_status cal_eval_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
+/* The input of a quantized module at actq site `site` of layer L (expert e
+ * for the routed-expert sites): GPTQ's passes (gptq_run.c), AWQ's input
+ * cache (awq_run.c), the evaluation's fake quantization (eval.c), or
+ * nothing (layer.c). */
+enum cal_status cal_layer_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
+			       uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
+/* Gated attention: row r of the engine's q_proj (query rows of every head,
+ * then the gate rows) is row map[r] of the checkpoint's ([2 nh hd]). */
+void cal_gated_q_map(const struct cal_calib *c, uint32_t *map);
 /* gptq_run.c: GPTQ in the forward (docs/gptq.md "In the engine").  init,
  * called for a gptq recipe only, refuses what it does not run (model or
  * plan) and sets c->gq; calib.c runs passes 0..2 of every layer between pass_begin
@@ -389,11 +398,18 @@ enum cal_status cal_gptq_pass_end(struct cal_calib *c, int32_t L, int pass,
 				  struct cal_error *err);
 enum cal_status cal_gptq_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
+/* After each round of micro-batches of a pass: over several ranks, pass 1
+ * gathers the round's Hessian input rows from every rank and adds them in
+ * micro-batch order (the bytes of one rank); a no-op otherwise. */
+enum cal_status cal_gptq_round_end(struct cal_calib *c, struct cal_error *err);
 /* The "gptq" object of the statistics (new reference), NULL without GPTQ. */
 json_t *cal_gptq_stats(const struct cal_calib *c);
 /* Fields of struct cal_layer_w holding a decoder layer's linears (GPTQ's
  * and AWQ's passes); cal_layer_field gives the field's address in w. */
-enum { F_WQ, F_WK, F_WV, F_WO, F_W13, F_W2, F_S13, F_S2, F_E13, F_E2, F_COUNT };
+enum { F_WQ, F_WK, F_WV, F_WO, F_W13, F_W2, F_S13, F_S2, F_E13, F_E2,
+       F_WQA, F_WKVA, F_WKVB,                    /* MLA */
+       F_LQKV, F_LZ, F_LB, F_LA, F_LOUT,         /* Gated DeltaNet */
+       F_COUNT };
 const uint16_t **cal_layer_field(struct cal_layer_w *w, int f);
 /* The actq site (enum cal_eval_site) of linear module m's input, its field
  * *f and its first element *at in that field; -1 for a module that is not
@@ -512,6 +528,9 @@ struct cal_gdn_dims {
 	uint64_t nk, nv, dk, dv, kern, cd, vd; /* cd = conv_dim = 2 nk dk + nv dv, vd = nv dv */
 };
 void cal_gdn_dims(const struct cal_model_desc *d, struct cal_gdn_dims *ret);
+/* Qwen3-Next: row r of the split layout qkv | z (m1, cd + vd rows) and b | a
+ * (m2, 2 nv rows) is row m1[r] / m2[r] of in_proj_qkvz / in_proj_ba. */
+void cal_gdn_fused_maps(const struct cal_gdn_dims *g, uint32_t *m1, uint32_t *m2);
 /* Checks the model's GDN / gated-attention settings against what the engine runs. */
 enum cal_status cal_gdn_check(const struct cal_model_desc *d, struct cal_error *err);
 /* Scratch bytes per micro-batch token, allocation and release (back end). */

@@ -146,6 +146,7 @@ static enum cal_status dequant(struct cal_calib *c, const struct qtens *q, int64
 		in = AQ_MXFP8; /* modelopt's MXFP8 quantizes inputs too, per block, dynamically */
 	} else if (w->dtype == CAL_DTYPE_U8 && s->data && s->dtype == CAL_DTYPE_U8) {
 		id = CAL_QFMT_MXFP4;
+		in = q->is > 0 ? AQ_FP8 : AQ_NONE; /* W4A8_MXFP4_FP8 (docs/numerics.md "W4A8") */
 	} else if (w->dtype == CAL_DTYPE_U8 && s->data && s->dtype == CAL_DTYPE_F32) {
 		id = CAL_QFMT_INT4_BLOCK;
 	} else {
@@ -455,13 +456,9 @@ static void kv_sites(struct cal_calib *c, int32_t L)
  * rows; the engine runs every query row first (layer.c). */
 static const uint32_t *gated_q_map(const struct cal_calib *c, void **owned, int *n_owned)
 {
-	uint64_t nh = (uint64_t)c->nh, hd = (uint64_t)c->hd;
-	uint32_t *m = new_map(2 * nh * hd, owned, n_owned);
-	for (uint64_t h = 0; m && h < nh; h++)
-		for (uint64_t j = 0; j < hd; j++) {
-			m[h * hd + j] = (uint32_t)(2 * h * hd + j);
-			m[(nh + h) * hd + j] = (uint32_t)((2 * h + 1) * hd + j);
-		}
+	uint32_t *m = new_map(2 * (uint64_t)c->nh * (uint64_t)c->hd, owned, n_owned);
+	if (m)
+		cal_gated_q_map(c, m);
 	return m;
 }
 
@@ -476,24 +473,11 @@ static enum cal_status load_gdn(struct cal_calib *c, int32_t L, struct cal_layer
 	cal_gdn_dims(c->d, &g);
 	if (c->d->gdn == CAL_GDN_FUSED) {
 		/* Qwen3-Next: qkvz / ba grouped by key head (gdn.c permute_fused) */
-		uint64_t r = g.nv / g.nk, kd = g.nk * g.dk, gw = 2 * g.dk + 2 * r * g.dv;
 		uint32_t *m1 = new_map(g.cd + g.vd, owned, n_owned), *m2 = new_map(2 * g.nv, owned,
 										    n_owned);
 		if (!m1 || !m2)
 			return cal_error_set(err, CAL_ERR_NOMEM, "eval: out of memory");
-		for (uint64_t k = 0; k < g.nk; k++) {
-			uint64_t s0 = k * gw;
-			uint64_t dst[4] = {k * g.dk, kd + k * g.dk, 2 * kd + k * r * g.dv,
-					   g.cd + k * r * g.dv};
-			uint64_t len[4] = {g.dk, g.dk, r * g.dv, r * g.dv};
-			for (int p = 0; p < 4; p++)
-				for (uint64_t i = 0; i < len[p]; i++)
-					m1[dst[p] + i] = (uint32_t)(s0++);
-			for (uint64_t i = 0; i < r; i++) {
-				m2[k * r + i] = (uint32_t)(2 * k * r + i);
-				m2[g.nv + k * r + i] = (uint32_t)(2 * k * r + r + i);
-			}
-		}
+		cal_gdn_fused_maps(&g, m1, m2);
 		struct wpart p[2] = {{CAL_ROLE_GDN_IN_QKVZ, (int64_t)(g.cd + g.vd), H, m1},
 				     {CAL_ROLE_GDN_IN_BA, (int64_t)(2 * g.nv), H, m2}};
 		CAL_TRY(load_linear(c, L, p, 2, NULL, &in, owned, n_owned, &ev->site[EQ_QKV], err));
@@ -644,8 +628,10 @@ enum cal_status cal_eval_fake_quant(struct cal_calib *c, const struct eq_site *s
 		struct cal_ewise_args cl = {CAL_EWISE_CLAMP, x, NULL, NULL, x, rows, cols, 0, 0, 0, 0,
 					    448.0f * s->scale, 0};
 		/* one rounding of the fp32 quotient, as the serving engines' quantizer */
-		struct cal_fp8_quant_args q = {x, n, s->scale, CAL_DIV_EXACT, ev->qbuf, 1};
-		struct cal_fp8_dequant_args d = {ev->qbuf, n, s->scale, CAL_DTYPE_BF16, x};
+		struct cal_fp8_quant_args q = {x, n, s->scale, CAL_DIV_EXACT, ev->qbuf, 1,
+					       NULL, 0, 0};
+		struct cal_fp8_dequant_args d = {ev->qbuf, n, s->scale, CAL_DTYPE_BF16, x,
+						 NULL, 0, 0};
 		CAL_TRY(cal_op_ewise(c->be, &cl, err));
 		CAL_TRY(cal_op_fp8_quant(c->be, &q, err));
 		CAL_TRY(cal_op_fp8_dequant(c->be, &d, err));

@@ -148,6 +148,24 @@ static enum cal_status param_f32(struct cal_calib *c, struct cal_layer_host *lh,
 	return CAL_OK;
 }
 
+void cal_gdn_fused_maps(const struct cal_gdn_dims *g, uint32_t *m1, uint32_t *m2)
+{
+	uint64_t r = g->nv / g->nk, kd = g->nk * g->dk, gw = 2 * g->dk + 2 * r * g->dv;
+	for (uint64_t k = 0; k < g->nk; k++) {
+		uint64_t s0 = k * gw;
+		uint64_t dst[4] = {k * g->dk, kd + k * g->dk, 2 * kd + k * r * g->dv,
+				   g->cd + k * r * g->dv};
+		uint64_t len[4] = {g->dk, g->dk, r * g->dv, r * g->dv};
+		for (int p = 0; p < 4; p++)
+			for (uint64_t i = 0; i < len[p]; i++)
+				m1[dst[p] + i] = (uint32_t)(s0++);
+		for (uint64_t i = 0; i < r; i++) {
+			m2[k * r + i] = (uint32_t)(2 * k * r + i);
+			m2[g->nv + k * r + i] = (uint32_t)(2 * k * r + r + i);
+		}
+	}
+}
+
 /* Qwen3-Next: in_proj_qkvz / in_proj_ba rows grouped by key head, into the
  * split layout qkv | z | b | a (one buffer). */
 static enum cal_status permute_fused(struct cal_calib *c, struct cal_layer_host *lh, int32_t L,
@@ -301,7 +319,7 @@ enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_la
 	if (c->o.pad_like_modelopt)
 		CAL_TRY(mask_pads(c, mb, c->h, err));
 	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_QKV, err));
-	CAL_TRY(cal_eval_actq(c, L, EQ_QKV, -1, c->h, T, H, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_QKV, -1, c->h, T, H, err));
 	CAL_TRY(gemm(c, c->h, w->lqkv, c->lqkv, T, g.cd, H, err));
 	CAL_TRY(gemm(c, c->h, w->lz, c->lz, T, g.vd, H, err));
 	CAL_TRY(gemm(c, c->h, w->lb, c->lba, T, g.nv, H, err));
@@ -317,7 +335,7 @@ enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_la
 					    (float)d->rms_norm_eps};
 	CAL_TRY(cal_op_rmsnorm_gated(c->be, &ng, err));
 	CAL_TRY(observe(c, c->lo, T, g.vd, mb->tok0, S_O, err));
-	CAL_TRY(cal_eval_actq(c, L, EQ_O, -1, c->lo, T, g.vd, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_O, -1, c->lo, T, g.vd, err));
 	CAL_TRY(gemm(c, c->lo, w->lout, c->tmp, T, H, g.vd, err));
 	struct cal_ewise_args add = {CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 1, 0, 0, 0};
 	CAL_TRY(cal_op_ewise(c->be, &add, err));

@@ -7,8 +7,9 @@
  * the reversal permutation and P H P = L L^T, H^-1 = (P L^-T P)(P L^-1 P)
  * and P L^-1 P is upper triangular with a positive diagonal, so
  * U[i][j] = L^-1[n-1-i][n-1-j].  It fails exactly when H is not positive
- * definite.  Double precision; the Cholesky's columns and the inverse's
- * columns run on the CPU back end's threads.
+ * definite.  Double precision; the factor and its inverse are the
+ * `chol_inv` op (kernels/ops.h) on the back end the caller names (the CPU
+ * back end's threads, or a device), the same bytes on every back end.
  *
  * Update (float, as modelopt's; every operation rounded on its own, never
  * contracted into a fused multiply-add, so compilers agree): rows are independent, so each thread
@@ -22,80 +23,6 @@
 #include <string.h>
 
 #include "engine/gptq.h"
-
-struct chol_ctx {
-	double *a;    /* [n, n] row-major; lower triangle becomes L */
-	uint64_t n, j;
-};
-
-/* L[i][j] for i in range (column j, after L[j][j] is set). */
-static void chol_col(void *p, uint64_t begin, uint64_t end, unsigned slot)
-{
-	struct chol_ctx *c = p;
-	const double *lj = c->a + c->j * c->n;
-	(void)slot;
-	for (uint64_t i = c->j + 1 + begin; i < c->j + 1 + end; i++) {
-		double *li = c->a + i * c->n, s = li[c->j];
-		for (uint64_t k = 0; k < c->j; k++)
-			s -= li[k] * lj[k];
-		li[c->j] = s / lj[c->j];
-	}
-}
-
-/* In place: lower Cholesky factor of a.  Returns 0, or -1 when a is not
- * positive definite (a non-positive or non-finite pivot). */
-static int cholesky(struct cal_backend *host, double *a, uint64_t n, enum cal_status *st,
-		    struct cal_error *err)
-{
-	struct chol_ctx c = {a, n, 0};
-	for (uint64_t j = 0; j < n; j++) {
-		double *lj = a + j * n, d = lj[j];
-		for (uint64_t k = 0; k < j; k++)
-			d -= lj[k] * lj[k];
-		if (!(d > 0.0) || !isfinite(d))
-			return -1;
-		lj[j] = sqrt(d);
-		c.j = j;
-		if (j + 1 < n && (*st = cal_cpu_parallel(host, n - 1 - j, 64, chol_col, &c, err)) < 0)
-			return -1;
-	}
-	return 0;
-}
-
-struct inv_ctx {
-	const double *l;
-	double *y;    /* [n][n]: column c of L^-1 stored as row c */
-	uint64_t n;
-};
-
-/* Column col of L^-1 (forward substitution), stored as row col of y. */
-static void inv_col(const struct inv_ctx *c, uint64_t col)
-{
-	uint64_t n = c->n;
-	double *y = c->y + col * n;
-	memset(y, 0, n * sizeof(double));
-	y[col] = 1.0 / c->l[col * n + col];
-	for (uint64_t i = col + 1; i < n; i++) {
-		const double *li = c->l + i * n;
-		double s = 0.0;
-		for (uint64_t k = col; k < i; k++)
-			s += li[k] * y[k];
-		y[i] = -s / li[i];
-	}
-}
-
-/* Item k: columns k and n-1-k (column col costs ~(n-col)^2 / 2, so the
- * pairs cost the same and the threads' ranges balance). */
-static void inv_cols(void *p, uint64_t begin, uint64_t end, unsigned slot)
-{
-	struct inv_ctx *c = p;
-	(void)slot;
-	for (uint64_t k = begin; k < end; k++) {
-		inv_col(c, k);
-		if (c->n - 1 - k != k)
-			inv_col(c, c->n - 1 - k);
-	}
-}
 
 /* h-weighted square v^T H v (f64). */
 static double hquad(const double *h, const float *v, uint64_t n)
@@ -169,8 +96,75 @@ static enum cal_status check_args(const uint16_t *w, uint64_t rows, uint64_t col
 	return CAL_OK;
 }
 
+/* The chol_inv op on be: l (host, [n, n]) becomes L, y (host) L^-1; *bad
+ * as the op's.  A back end without host memory works on device copies. */
+static enum cal_status chol_inv(struct cal_backend *be, double *l, double *y, uint64_t n,
+				int *bad, struct cal_error *err)
+{
+	uint64_t nb = n * n * sizeof(double), wb = (n + 32) * 32 * sizeof(double);
+	int32_t b32 = 0;
+	enum cal_status st = CAL_OK;
+	if (cal_backend_supports(be, CAL_BACKEND_FEATURE_HOST_MEMORY)) {
+		double *work = malloc(wb);
+		if (!work)
+			return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+		struct cal_chol_inv_args ca = {l, n, y, &b32, work};
+		st = cal_op_chol_inv(be, &ca, err);
+		free(work);
+		*bad = b32 != 0;
+		return st;
+	}
+	void *dl = NULL, *dy = NULL, *dw = NULL, *db = NULL;
+	if ((st = cal_backend_alloc(be, nb, &dl, err)) >= 0 &&
+	    (st = cal_backend_alloc(be, nb, &dy, err)) >= 0 &&
+	    (st = cal_backend_alloc(be, wb, &dw, err)) >= 0 &&
+	    (st = cal_backend_alloc(be, sizeof(int32_t), &db, err)) >= 0 &&
+	    (st = cal_backend_upload(be, dl, l, nb, err)) >= 0) {
+		struct cal_chol_inv_args ca = {dl, n, dy, db, dw};
+		if ((st = cal_op_chol_inv(be, &ca, err)) >= 0 &&
+		    (st = cal_backend_download(be, &b32, db, sizeof(b32), err)) >= 0 && !b32)
+			st = cal_backend_download(be, y, dy, nb, err);
+	}
+	*bad = b32 != 0;
+	cal_backend_dealloc(be, dl);
+	cal_backend_dealloc(be, dy);
+	cal_backend_dealloc(be, dw);
+	cal_backend_dealloc(be, db);
+	return st;
+}
+
+void cal_gptq_damped_hessian(const uint16_t *w, uint64_t rows, uint64_t n, const float *hsum,
+			     uint64_t n_samples, double perc_damp, double *a, double *h,
+			     uint64_t *dead_cols, double *damp)
+{
+	/* H = 2 hsum / n; dead columns (all-zero weight) get a unit diagonal */
+	double f = 2.0 / (double)n_samples;
+	for (uint64_t k = 0; k < n * n; k++)
+		a[k] = f * hsum[k];
+	if (h)
+		memcpy(h, a, n * n * sizeof(double));
+	*dead_cols = 0;
+	for (uint64_t col = 0; col < n; col++) {
+		int dead = 1;
+		for (uint64_t r = 0; r < rows && dead; r++)
+			dead = (w[r * n + col] & 0x7fffu) == 0;
+		if (!dead)
+			continue;
+		(*dead_cols)++;
+		for (uint64_t k = 0; k < n; k++)
+			a[col * n + k] = a[k * n + col] = 0.0;
+		a[col * n + col] = 1.0;
+	}
+	double tr = 0.0;
+	for (uint64_t k = 0; k < n; k++)
+		tr += a[k * n + k];
+	*damp = perc_damp * tr / (double)n;
+	for (uint64_t k = 0; k < n; k++)
+		a[k * n + k] += *damp;
+}
+
 /* H = 2 hsum / n in h (f64), and U into u; h may be NULL. */
-static enum cal_status factor(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+static enum cal_status factor(struct cal_backend *be, const uint16_t *w, uint64_t rows,
 			      uint64_t n, const float *hsum, uint64_t n_samples,
 			      const struct cal_gptq_opts *o, float *u, double *h,
 			      struct cal_gptq_stats *stats, struct cal_error *err)
@@ -184,46 +178,21 @@ static enum cal_status factor(struct cal_backend *host, const uint16_t *w, uint6
 		goto out;
 	}
 	memset(stats, 0, sizeof(*stats));
-	/* H = 2 hsum / n; dead columns (all-zero weight) get a unit diagonal */
-	double f = 2.0 / (double)n_samples;
-	for (uint64_t k = 0; k < n * n; k++)
-		a[k] = f * hsum[k];
-	if (h)
-		memcpy(h, a, n * n * sizeof(double));
-	for (uint64_t col = 0; col < n; col++) {
-		int dead = 1;
-		for (uint64_t r = 0; r < rows && dead; r++)
-			dead = (w[r * n + col] & 0x7fffu) == 0;
-		if (!dead)
-			continue;
-		stats->dead_cols++;
-		for (uint64_t k = 0; k < n; k++)
-			a[col * n + k] = a[k * n + col] = 0.0;
-		a[col * n + col] = 1.0;
-	}
-	double tr = 0.0;
-	for (uint64_t k = 0; k < n; k++)
-		tr += a[k * n + k];
-	stats->damp = o->perc_damp * tr / (double)n;
-	for (uint64_t k = 0; k < n; k++)
-		a[k * n + k] += stats->damp;
+	cal_gptq_damped_hessian(w, rows, n, hsum, n_samples, o->perc_damp, a, h, &stats->dead_cols,
+				&stats->damp);
 
 	/* reversed order: y := P a P, factor it, invert the factor */
 	for (uint64_t i = 0; i < n; i++)
 		for (uint64_t j = 0; j < n; j++)
 			y[i * n + j] = a[(n - 1 - i) * n + (n - 1 - j)];
-	int bad = cholesky(host, y, n, &st, err);
-	if (st < 0)
+	int bad = 0;
+	if ((st = chol_inv(be, y, a, n, &bad, err)) < 0)
 		goto out;
 	if (!bad) {
-		struct inv_ctx ic = {y, a, n};
-		if ((st = cal_cpu_parallel(host, (n + 1) / 2, 4, inv_cols, &ic, err)) < 0)
-			goto out;
-		/* a row c = column c of L^-1: L^-1[r][c] = a[c n + r];
-		 * U[i][j] = L^-1[n-1-i][n-1-j] = a[(n-1-j) n + (n-1-i)] */
+		/* a = L^-1; U[i][j] = L^-1[n-1-i][n-1-j] */
 		for (uint64_t i = 0; i < n; i++)
 			for (uint64_t j = 0; j < n; j++) {
-				double v = j >= i ? a[(n - 1 - j) * n + (n - 1 - i)] : 0.0;
+				double v = j >= i ? a[(n - 1 - i) * n + (n - 1 - j)] : 0.0;
 				u[i * n + j] = (float)v;
 				if (j == i && !(u[i * n + j] > 0.0f && isfinite(u[i * n + j])))
 					bad = 1;
@@ -241,7 +210,7 @@ out:
 	return st;
 }
 
-enum cal_status cal_gptq_factor(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+enum cal_status cal_gptq_factor(struct cal_backend *be, const uint16_t *w, uint64_t rows,
 				uint64_t cols, const float *hsum, uint64_t n_samples,
 				const struct cal_gptq_opts *o, float *u,
 				struct cal_gptq_stats *stats, struct cal_error *err)
@@ -251,7 +220,7 @@ enum cal_status cal_gptq_factor(struct cal_backend *host, const uint16_t *w, uin
 		return st;
 	if (!u || !stats)
 		return cal_error_set(err, CAL_ERR_INVALID, "gptq: a NULL argument");
-	st = factor(host, w, rows, cols, hsum, n_samples, o, u, NULL, stats, err);
+	st = factor(be, w, rows, cols, hsum, n_samples, o, u, NULL, stats, err);
 	stats->rel_err = NAN;
 	return st;
 }

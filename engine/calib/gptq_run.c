@@ -10,8 +10,9 @@
  *           fake-quantized (NVFP4 dynamic with pass 0's amax, layer.c's
  *           actq sites) and, at the input of each linear GPTQ updates, the
  *           `hessian` op adds x^T x of those fake-quantized rows;
- *   then    per linear the GPTQ update (engine/calib/gptq.c, host threads)
- *           with the static NVFP4 scales of the original weight;
+ *   then    per linear the GPTQ update (engine/calib/gptq.c; the factor
+ *           and the update on the back end) with the static NVFP4 scales
+ *           of the original weight;
  *   pass 2  the quantized layer: updated weights and routed experts
  *           fake-quantized (static NVFP4, original scales), inputs
  *           fake-quantized; its outputs are the next layer's input.
@@ -20,10 +21,12 @@
  * pass 2, so the statistics are pass 0's.
  *
  * Which linears: modelopt updates every quantized nn.Linear (attention
- * q/k/v/o, dense MLP gate/up/down, shared-expert gate/up/down); the fused
- * routed experts of transformers 5 are not nn.Linear modules (3-D
- * parameters), so modelopt's GPTQ leaves them to max calibration: so does
- * calibd.
+ * q/k/v/o, gated attention's q_proj with its gate rows, MLA's q_a/q_b/kv_a/
+ * kv_b, Gated DeltaNet's in_proj / out_proj, dense MLP and shared-expert
+ * gate/up/down); the fused routed experts of transformers 5 are not
+ * nn.Linear modules (3-D parameters), so modelopt's GPTQ leaves them to max
+ * calibration: so does calibd.  Over several ranks pass 1's rows are
+ * gathered per round and added in micro-batch order (cal_gptq_round_end).
  *
  * Memory: one Hessian per distinct linear input of the layer on the back
  * end (q/k/v share one: hidden^2, o_proj (heads*head_dim)^2, gate/up one,
@@ -50,6 +53,10 @@ static const size_t field_off[F_COUNT] = {
 	offsetof(struct cal_layer_w, w13), offsetof(struct cal_layer_w, w2),
 	offsetof(struct cal_layer_w, s13), offsetof(struct cal_layer_w, s2),
 	offsetof(struct cal_layer_w, e13), offsetof(struct cal_layer_w, e2),
+	offsetof(struct cal_layer_w, wqa), offsetof(struct cal_layer_w, wkva),
+	offsetof(struct cal_layer_w, wkvb), offsetof(struct cal_layer_w, lqkv),
+	offsetof(struct cal_layer_w, lz),  offsetof(struct cal_layer_w, lb),
+	offsetof(struct cal_layer_w, la),  offsetof(struct cal_layer_w, lout),
 };
 
 const uint16_t **cal_layer_field(struct cal_layer_w *w, int f)
@@ -57,12 +64,25 @@ const uint16_t **cal_layer_field(struct cal_layer_w *w, int f)
 	return (const uint16_t **)(void *)((char *)w + field_off[f]);
 }
 
+/* Rows of a linear in the engine's layer layout: `rows` rows of field f
+ * from element `at` on. */
+struct gpart {
+	int f;
+	uint64_t at, rows;
+};
+
 /* One linear GPTQ updates in the current layer. */
 struct glin {
 	size_t mod;        /* plan module */
-	int f, site;       /* field, actq site of its input */
-	uint64_t at, rows, cols;
-	uint16_t *upd;     /* host: updated bf16 weight (kept until the next layer) */
+	int site;          /* actq site of its input */
+	struct gpart part[2]; /* its rows in the engine's layout (Qwen3-Next's fused
+			       * in_proj: two fields) */
+	int n_part;
+	uint32_t *map;     /* row r of the engine's layout is the checkpoint's row
+			    * map[r] (gated q_proj, Qwen3-Next in_proj); NULL: same */
+	uint64_t rows, cols;
+	uint16_t *upd;     /* host: updated bf16 weight in the checkpoint's row order
+			    * (kept until the next layer) */
 	uint16_t *orig;    /* host, during the solve: the original weight */
 	float *ba, ga;     /* its per-16-block amax and global amax */
 	struct cal_gptq_stats st;
@@ -95,9 +115,18 @@ struct cal_gptq_run {
 	uint64_t bamax_cap;
 	float *du, *work;          /* back end: U, the update's rows */
 	uint64_t du_cap, work_cap;
+	uint16_t *wsrc, *wdst;     /* back end: a linear's weight before / after the update */
+	uint64_t wsrc_cap, wdst_cap;
 	float *dwamax;             /* back end [E] */
 	struct cal_nonfinite *dnf;
 	struct cal_layer_w use;    /* pass 2's weights */
+	/* several ranks: pass 1's Hessian input rows of this round (back end) */
+	uint16_t *stash[EQ_COUNT];
+	uint64_t stash_rows[EQ_COUNT], stash_cap[EQ_COUNT];
+	void *gath;                /* back end: R stashes of one site */
+	uint64_t gath_cap;
+	uint64_t *cnt;             /* back end [R]: the ranks' row counts; then host [R] */
+	uint64_t *hcnt;
 	/* report */
 	json_t *report;            /* array of per-linear objects */
 	json_t *fallback;          /* names */
@@ -173,19 +202,107 @@ enum cal_status cal_layer_linears(const struct cal_calib *c, int32_t L,
 /* Elements of field f in layer lh. */
 static uint64_t field_n(const struct cal_calib *c, const struct cal_layer_host *lh, int f)
 {
+	const struct cal_model_desc *d = c->d;
 	uint64_t H = (uint64_t)c->H, qd = (uint64_t)(c->nh * c->hd), kd = (uint64_t)(c->nkv * c->hd);
+	uint64_t E = (uint64_t)c->El, nh = (uint64_t)c->nh;
+	uint64_t kvb = nh * (uint64_t)(d->qk_nope_head_dim + d->v_head_dim);
+	struct cal_gdn_dims g;
+	cal_gdn_dims(d, &g);
 	switch (f) {
-	case F_WQ: return qd * H;
+	case F_WQ:
+		return lh->n_wq ? lh->n_wq : (d->attn == CAL_ATTN_GATED_GQA ? 2 : 1) * qd * H;
 	case F_WK: case F_WV: return kd * H;
-	case F_WO: return H * qd;
+	case F_WO: return lh->n_wo ? lh->n_wo : H * qd;
 	case F_W13: return lh->n_w13;
 	case F_W2: return lh->n_w2;
 	case F_S13: return lh->n_s13;
 	case F_S2: return lh->n_s2;
-	case F_E13: return (uint64_t)c->E * 2 * (uint64_t)c->I * H;
-	case F_E2: return (uint64_t)c->E * H * (uint64_t)c->I;
+	case F_E13: return E * 2 * (uint64_t)c->I * H;
+	case F_E2: return E * H * (uint64_t)c->I;
+	case F_WQA: return (uint64_t)d->q_lora_rank * H;
+	case F_WKVA: return (uint64_t)(d->kv_lora_rank + d->qk_rope_head_dim) * H;
+	case F_WKVB: return kvb * (uint64_t)d->kv_lora_rank;
+	case F_LQKV: return g.cd * H;
+	case F_LZ: return g.vd * H;
+	case F_LB: case F_LA: return g.nv * H;
+	case F_LOUT: return H * g.vd;
 	}
 	return 0;
+}
+
+/* MLA and Gated DeltaNet linears: field and input site (-1: none). */
+static int extra_site(const struct cal_plan_module *m, int *f)
+{
+	static const struct {
+		enum cal_mod_kind kind;
+		const char *proj;
+		int f, site;
+	} t[] = {
+		{CAL_MOD_ATTN_PROJ, "q_a_proj", F_WQA, EQ_QKV},
+		{CAL_MOD_ATTN_PROJ, "q_b_proj", F_WQ, EQ_QB},
+		{CAL_MOD_ATTN_PROJ, "kv_a_proj_with_mqa", F_WKVA, EQ_QKV},
+		{CAL_MOD_ATTN_PROJ, "kv_b_proj", F_WKVB, EQ_KVB},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_qkv", F_LQKV, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_z", F_LZ, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_b", F_LB, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_a", F_LA, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_qkvz", F_LQKV, EQ_QKV}, /* + F_LZ */
+		{CAL_MOD_LINATTN_PROJ, "in_proj_ba", F_LB, EQ_QKV},     /* + F_LA */
+		{CAL_MOD_LINATTN_PROJ, "out_proj", F_LOUT, EQ_O},
+	};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(t); i++)
+		if (m->kind == t[i].kind && !strcmp(m->proj, t[i].proj))
+			return *f = t[i].f, t[i].site;
+	return -1;
+}
+
+/* The actq site of the input of linear module m (one GPTQ updates), its
+ * field and first element there; -1 for any other module. */
+static int input_site(const struct cal_calib *c, const struct cal_plan_module *m,
+		      const struct cal_layer_host *lh, int *f, uint64_t *at)
+{
+	int site = cal_linear_site(c, m, f, at, lh);
+	if (site < 0 && m->wq >= 0 && c->plan->q[m->wq].spec.enabled && m->count == 1)
+		site = extra_site(m, f);
+	return site;
+}
+
+/* The linear GPTQ updates for plan module m (every quantized nn.Linear of
+ * a decoder layer outside the routed experts): its input site, its rows in
+ * the engine's layout and their checkpoint order; -1 for any other module.
+ * gl->map is allocated when the orders differ. */
+static int gptq_linear(const struct cal_calib *c, const struct cal_plan_module *m,
+		       const struct cal_layer_host *lh, struct glin *gl)
+{
+	int f = -1, site;
+	uint64_t at = 0;
+	gl->n_part = 1;
+	gl->map = NULL;
+	if ((site = input_site(c, m, lh, &f, &at)) < 0)
+		return -1;
+	gl->part[0] = (struct gpart){f, at, (uint64_t)m->out};
+	if (f == F_WQ && c->d->attn == CAL_ATTN_GATED_GQA) {
+		if ((gl->map = malloc((size_t)m->out * sizeof(uint32_t))))
+			cal_gated_q_map(c, gl->map);
+		return gl->map ? site : -2;
+	}
+	int qkvz = f == F_LQKV && !strcmp(m->proj, "in_proj_qkvz");
+	if (qkvz || (f == F_LB && !strcmp(m->proj, "in_proj_ba"))) {
+		/* Qwen3-Next's fused in_proj: two fields, the rows permuted */
+		struct cal_gdn_dims g;
+		cal_gdn_dims(c->d, &g);
+		gl->part[0].rows = qkvz ? g.cd : g.nv;
+		gl->part[1] = (struct gpart){qkvz ? F_LZ : F_LA, 0, qkvz ? g.vd : g.nv};
+		gl->n_part = 2;
+		uint32_t *m1 = malloc((g.cd + g.vd) * sizeof(uint32_t));
+		uint32_t *m2 = malloc(2 * g.nv * sizeof(uint32_t));
+		if (m1 && m2)
+			cal_gdn_fused_maps(&g, m1, m2);
+		gl->map = qkvz ? m1 : m2;
+		free(qkvz ? m2 : m1);
+		return m1 && m2 ? site : -2;
+	}
+	return site;
 }
 
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d)
@@ -230,7 +347,8 @@ enum cal_status cal_calib_check_gptq(const struct cal_plan *p, struct cal_error 
 	const char *why = NULL;
 	if (p->recipe->algo.method != CAL_CALIB_GPTQ)
 		return CAL_OK;
-	why = cal_linear_algo_model_why(d);
+	if (d->src_quant == CAL_SRC_QUANT_FP8_BLOCK)
+		why = "an FP8 block-quantized source (the updated weights are exported from bf16)";
 	for (size_t i = 0; !why && i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
 		const struct cal_plan_module *m = &p->modules[q->module];
@@ -270,8 +388,10 @@ enum cal_status cal_gptq_init(struct cal_calib *c, struct cal_error *err)
 
 static void drop_layer(struct cal_gptq_run *g)
 {
-	for (size_t i = 0; i < g->n_lin; i++)
+	for (size_t i = 0; i < g->n_lin; i++) {
 		free(g->lin[i].upd);
+		free(g->lin[i].map);
+	}
 	g->n_lin = 0;
 }
 
@@ -292,7 +412,7 @@ void cal_gptq_free_run(struct cal_calib *c)
 	g->save = NULL;
 	g->save_cap = 0;
 	void *b[] = {g->obs_save, g->nf_save, g->qbuf, g->sbuf, g->bamax, g->dwamax, g->dnf,
-		     g->du, g->work};
+		     g->du, g->work, g->wsrc, g->wdst, g->gath, g->cnt};
 	for (size_t i = 0; i < CAL_ARRAY_LEN(b); i++)
 		cal_backend_dealloc(c->be, b[i]);
 	g->obs_save = NULL;
@@ -303,6 +423,16 @@ void cal_gptq_free_run(struct cal_calib *c)
 	g->q_cap = g->bamax_cap = 0;
 	g->du = g->work = NULL;
 	g->du_cap = g->work_cap = 0;
+	g->wsrc = g->wdst = NULL;
+	g->wsrc_cap = g->wdst_cap = 0;
+	g->gath = NULL;
+	g->gath_cap = 0;
+	g->cnt = NULL;
+	for (int s = 0; s < EQ_COUNT; s++) {
+		cal_backend_dealloc(c->be, g->stash[s]);
+		g->stash[s] = NULL;
+		g->stash_cap[s] = g->stash_rows[s] = 0;
+	}
 	for (int f = 0; f < F_COUNT; f++) {
 		cal_backend_dealloc(c->be, g->shadow[f]);
 		g->shadow[f] = NULL;
@@ -319,6 +449,7 @@ void cal_gptq_free(struct cal_calib *c)
 	drop_layer(g);
 	free(g->lin);
 	free(g->tok_save);
+	free(g->hcnt);
 	json_decref(g->report);
 	json_decref(g->fallback);
 	free(g);
@@ -383,12 +514,95 @@ enum cal_status cal_gptq_site(struct cal_calib *c, int32_t L, int site, int64_t 
 	(void)expert; /* routed experts share one input quantizer per projection */
 	if (g->site_q[site])
 		CAL_TRY_RET(fq_nvfp4(c, g->site_scale[site], x, rows, cols, err));
-	if (c->gq_pass == 1 && g->hs[site] && rows) {
-		struct cal_hessian_args h = {CAL_DTYPE_BF16, x, rows, cols, NULL, 0, g->hs[site]};
-		CAL_TRY_RET(cal_op_hessian(c->be, &h, err));
-		g->hn[site] += rows;
+	if (c->gq_pass != 1 || !g->hs[site] || !rows)
+		return CAL_OK;
+	if (c->nranks > 1) { /* added in micro-batch order at the round's end */
+		uint64_t need = (g->stash_rows[site] + rows) * cols * 2;
+		if (need > g->stash_cap[site])
+			return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: %llu input rows of a "
+					     "micro-batch at site %d", (unsigned long long)(
+					     g->stash_rows[site] + rows), site);
+		CAL_TRY_RET(cal_backend_copy(c->be, g->stash[site] + g->stash_rows[site] * cols, x,
+					     rows * cols * 2, err));
+		g->stash_rows[site] += rows;
+		return CAL_OK;
+	}
+	struct cal_hessian_args h = {CAL_DTYPE_BF16, x, rows, cols, NULL, 0, g->hs[site]};
+	CAL_TRY_RET(cal_op_hessian(c->be, &h, err));
+	g->hn[site] += rows;
+	return CAL_OK;
+}
+
+/* Over several ranks: the stashes of the sites with a Hessian, room for the
+ * longest micro-batch (the same on every rank), and the gather buffers. */
+static enum cal_status stash_alloc(struct cal_calib *c, struct cal_error *err)
+{
+	struct cal_gptq_run *g = c->gq;
+	uint64_t R = c->nranks, T = 0, big = 0, cap = 0;
+	for (size_t i = 0; i < c->n_mb; i++)
+		T = c->mbs[i].n_tok > T ? c->mbs[i].n_tok : T;
+	for (int s = 0; s < EQ_COUNT; s++) {
+		g->stash_rows[s] = 0;
+		if (!g->hs[s])
+			continue;
+		CAL_TRY_RET(grow(c, (void **)&g->stash[s], &g->stash_cap[s], T * g->hcols[s] * 2,
+				 err));
+		big = g->stash_cap[s] > big ? g->stash_cap[s] : big;
+	}
+	CAL_TRY_RET(grow(c, &g->gath, &g->gath_cap, R * big, err));
+	if (!g->cnt)
+		CAL_TRY_RET(grow(c, (void **)&g->cnt, &cap, R * 8, err));
+	if (!g->hcnt && !(g->hcnt = malloc(R * 8)))
+		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+	return CAL_OK;
+}
+
+enum cal_status cal_gptq_round_end(struct cal_calib *c, struct cal_error *err)
+{
+	struct cal_gptq_run *g = c->gq;
+	uint64_t R = c->nranks;
+	if (c->gq_pass != 1 || R < 2)
+		return CAL_OK;
+	/* every rank reaches this once per round, with or without a
+	 * micro-batch; the sites with a Hessian are the same on every rank */
+	for (int s = 0; s < EQ_COUNT; s++) {
+		if (!g->hs[s])
+			continue;
+		uint64_t seg = g->stash_cap[s], cols = g->hcols[s];
+		CAL_TRY_RET(cal_backend_upload(c->be, g->cnt + c->rank, &g->stash_rows[s], 8, err));
+		CAL_TRY_RET(cal_comm_allgather(c->comm, g->cnt + c->rank, 8, g->cnt, err));
+		CAL_TRY_RET(cal_backend_download(c->be, g->hcnt, g->cnt, R * 8, err));
+		CAL_TRY_RET(cal_comm_allgather(c->comm, g->stash[s], seg, g->gath, err));
+		/* rank r held micro-batch j R + r of this round: rank order is
+		 * micro-batch order */
+		for (uint64_t r = 0; r < R; r++) {
+			if (!g->hcnt[r])
+				continue;
+			struct cal_hessian_args h = {CAL_DTYPE_BF16, (const char *)g->gath + r * seg,
+						     g->hcnt[r], cols, NULL, 0, g->hs[s]};
+			CAL_TRY_RET(cal_op_hessian(c->be, &h, err));
+			g->hn[s] += g->hcnt[r];
+		}
+		g->stash_rows[s] = 0;
 	}
 	return CAL_OK;
+}
+
+/* Over several ranks: *v = the max of *v over the ranks. */
+static enum cal_status ranks_max(struct cal_calib *c, float *v, uint64_t n, struct cal_error *err)
+{
+	uint64_t cap = 0;
+	if (c->nranks < 2)
+		return CAL_OK;
+	void *b = NULL;
+	CAL_TRY_RET(grow(c, &b, &cap, n * 4, err));
+	enum cal_status st = cal_backend_upload(c->be, b, v, n * 4, err);
+	if (st >= 0)
+		st = cal_comm_allreduce(c->comm, b, n, CAL_COMM_F32, CAL_COMM_MAX, err);
+	if (st >= 0)
+		st = cal_backend_download(c->be, v, b, n * 4, err);
+	cal_backend_dealloc(c->be, b);
+	return st;
 }
 
 /* ---- passes ----------------------------------------------------------------------- */
@@ -432,13 +646,16 @@ static enum cal_status site_scales(struct cal_calib *c, int32_t L, struct cal_er
 	if (!am)
 		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 	enum cal_status st = cal_backend_download(c->be, am, c->obs_amax, c->n_slots * 4, err);
+	/* over several ranks: pass 0's amax of every rank's micro-batches */
+	if (st >= 0)
+		st = ranks_max(c, am, c->n_slots, err);
 	if (st < 0)
 		goto out;
 	static const int slot[EQ_COUNT] = {[EQ_QKV] = S_QKV, [EQ_O] = S_O,
 					   [EQ_MLP_GU] = S_MLP_GU, [EQ_MLP_DOWN] = S_MLP_DOWN,
 					   [EQ_SH_GU] = S_MOE_IN, [EQ_SH_DOWN] = S_SH_DOWN,
 					   [EQ_K] = -1, [EQ_V] = -1, [EQ_EXP_GU] = -1,
-					   [EQ_EXP_DOWN] = -1};
+					   [EQ_EXP_DOWN] = -1, [EQ_QB] = S_QB, [EQ_KVB] = S_KVB};
 	memset(g->site_q, 0, sizeof(g->site_q));
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		const struct cal_plan_module *m = &p->modules[mi];
@@ -453,11 +670,14 @@ static enum cal_status site_scales(struct cal_calib *c, int32_t L, struct cal_er
 		else if (m->kind == CAL_MOD_EXPERTS_DOWN)
 			site = EQ_EXP_DOWN;
 		else
-			site = cal_linear_site(c, m, &f, &at, &none);
+			site = input_site(c, m, &none, &f, &at);
 		if (site < 0)
 			continue;
 		float a = 0.0f;
-		if (site == EQ_EXP_GU || site == EQ_EXP_DOWN) {
+		if (site == EQ_EXP_GU && c->d->act == CAL_ACT_SWIGLU_OAI) {
+			/* gpt_oss: one gate_up input quantizer before routing (stats.c) */
+			a = am[S_MOE_IN];
+		} else if (site == EQ_EXP_GU || site == EQ_EXP_DOWN) {
 			const float *v = am + S_FIXED + (site == EQ_EXP_DOWN ? E : 0);
 			for (uint64_t e = 0; e < E; e++)
 				a = v[e] > a ? v[e] : a;
@@ -487,15 +707,23 @@ static enum cal_status layer_linears(struct cal_calib *c, int32_t L,
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		const struct cal_plan_module *m = &p->modules[mi];
 		struct glin gl = {.mod = mi};
-		if (m->layer != L || (gl.site = cal_linear_site(c, m, &gl.f, &gl.at, lh)) < 0)
+		if (m->layer != L)
+			continue;
+		if ((gl.site = gptq_linear(c, m, lh, &gl)) == -2) {
+			free(gl.map);
+			return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+		}
+		if (gl.site < 0)
 			continue;
 		gl.rows = (uint64_t)m->out;
 		gl.cols = (uint64_t)m->in;
 		if (g->n_lin == g->cap_lin) {
 			size_t nc = g->cap_lin ? 2 * g->cap_lin : 16;
 			struct glin *nl = realloc(g->lin, nc * sizeof(*nl));
-			if (!nl)
+			if (!nl) {
+				free(gl.map);
 				return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+			}
 			g->lin = nl;
 			g->cap_lin = nc;
 		}
@@ -569,7 +797,7 @@ static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct 
 {
 	struct cal_gptq_run *g = c->gq;
 	const struct cal_plan *p = c->plan;
-	uint64_t E = (uint64_t)c->E, H = (uint64_t)c->H, I = (uint64_t)c->I;
+	uint64_t E = (uint64_t)c->El, H = (uint64_t)c->H, I = (uint64_t)c->I; /* rank's experts */
 	for (size_t mi = cal_plan_next_experts(p, L, 0); mi < p->n_modules;
 	     mi = cal_plan_next_experts(p, L, mi + 1)) {
 		const struct cal_plan_module *m = &p->modules[mi];
@@ -599,6 +827,17 @@ static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct 
 		if (!ga)
 			return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 		enum cal_status st = cal_backend_download(c->be, ga, g->dwamax, E * 4, err);
+		if (c->d->act == CAL_ACT_SWIGLU_OAI) {
+			/* gpt_oss: one weight quantizer for all experts of a projection
+			 * (docs/gpt_oss.md): one global amax */
+			float top = 0.0f;
+			for (uint64_t e = 0; e < E; e++)
+				top = ga[e] > top ? ga[e] : top;
+			if (st >= 0) /* over several ranks: all experts */
+				st = ranks_max(c, &top, 1, err);
+			for (uint64_t e = 0; e < E; e++)
+				ga[e] = top;
+		}
 		for (uint64_t e = 0; st >= 0 && e < E; e++) {
 			st = block_amax(c, src + e * n, rows, cols, err);
 			if (st >= 0)
@@ -623,17 +862,22 @@ static const char *mod_name(const struct cal_calib *c, size_t mi)
 static enum cal_status load_linear(struct cal_calib *c, const struct cal_layer_w *dw,
 				   struct glin *gl, struct cal_error *err)
 {
-	uint64_t n = gl->rows * gl->cols;
-	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, gl->f);
-	if (!src)
-		return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: %s has no weight in the layer",
-				     c->plan->modules[gl->mod].name);
+	uint64_t n = gl->rows * gl->cols, r0 = 0;
 	gl->orig = malloc(n * 2);
 	gl->ba = malloc(n / 16 * 4);
 	gl->upd = malloc(n * 2);
 	if (!gl->orig || !gl->ba || !gl->upd)
 		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-	CAL_TRY_RET(cal_backend_download(c->be, gl->orig, src + gl->at, n * 2, err));
+	for (int k = 0; k < gl->n_part; k++) {
+		const struct gpart *pt = &gl->part[k];
+		const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, pt->f);
+		if (!src)
+			return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: %s has no weight in the "
+					     "layer", c->plan->modules[gl->mod].name);
+		CAL_TRY_RET(cal_backend_download(c->be, gl->orig + r0 * gl->cols, src + pt->at,
+						 pt->rows * gl->cols * 2, err));
+		r0 += pt->rows;
+	}
 	gl->ga = 0.0f;
 	for (uint64_t b = 0; b < n / 16; b++) {
 		float m = 0.0f;
@@ -645,6 +889,35 @@ static enum cal_status load_linear(struct cal_calib *c, const struct cal_layer_w
 		gl->ga = m > gl->ga ? m : gl->ga;
 	}
 	return CAL_OK;
+}
+
+/* Pass 2's copy of field f (the layer's weights until a linear's rows are
+ * written into it), which g->use points to. */
+static enum cal_status shadow_of(struct cal_calib *c, const struct cal_layer_host *lh,
+				 struct cal_layer_w *dw, int f, struct cal_error *err)
+{
+	struct cal_gptq_run *g = c->gq;
+	if (f < 0 || f >= F_COUNT)
+		return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: field %d of a linear", f);
+	if (*cal_layer_field(&g->use, f) == g->shadow[f])
+		return CAL_OK;
+	uint64_t tot = field_n(c, lh, f) * 2;
+	CAL_TRY_RET(grow(c, (void **)&g->shadow[f], &g->shadow_cap[f], tot, err));
+	CAL_TRY_RET(cal_backend_copy(c->be, g->shadow[f], *cal_layer_field(dw, f), tot, err));
+	*cal_layer_field(&g->use, f) = g->shadow[f];
+	return CAL_OK;
+}
+
+/* gl is in one of the fusible groups modelopt 0.47 unifies by name before
+ * calibrating (its SHARED_PATTERNS: q/k/v_proj, gate/up_proj). */
+static int shared_amax(const struct cal_calib *c, const struct glin *gl)
+{
+	static const char *const names[] = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"};
+	const char *pr = c->plan->modules[gl->mod].proj;
+	for (size_t i = 0; pr && i < CAL_ARRAY_LEN(names); i++)
+		if (!strcmp(pr, names[i]))
+			return 1;
+	return 0;
 }
 
 /* GPTQ of every linear of the layer; their fake-quantized updated weights
@@ -664,15 +937,17 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		struct glin *gl = &g->lin[i];
 		if ((st = load_linear(c, &dw, gl, err)) < 0)
 			goto out;
-		gmax[gl->site] = gl->ga > gmax[gl->site] ? gl->ga : gmax[gl->site];
+		if (shared_amax(c, gl))
+			gmax[gl->site] = gl->ga > gmax[gl->site] ? gl->ga : gmax[gl->site];
 	}
 	for (size_t i = 0; i < g->n_lin; i++) {
 		struct glin *gl = &g->lin[i];
 		uint64_t R = gl->rows, C = gl->cols, n = R * C;
 		/* modelopt's max calibration gives the static-NVFP4 weights of a
-		 * fusible group (q/k/v, gate/up: the linears of one input) one global
-		 * amax, the group's largest, before GPTQ runs */
-		float ga = gmax[gl->site];
+		 * fusible group (q/k/v, gate/up) one global amax, the group's
+		 * largest, before GPTQ runs; the other siblings (MLA q_a / kv_a,
+		 * the Gated DeltaNet in_proj_*) keep their own until the export */
+		float ga = shared_amax(c, gl) ? gmax[gl->site] : gl->ga;
 		if (have_site != gl->site) {
 			free(hsum);
 			if (!(hsum = malloc(C * C * 4))) {
@@ -684,33 +959,24 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 			have_site = gl->site;
 		}
 		gl->n_samples = g->hn[gl->site];
-		/* pass 2's weight lives in the shadow of its field */
-		int f = gl->f;
-		if (f < 0 || f >= F_COUNT) {
-			st = cal_error_set(err, CAL_ERR_INTERNAL, "gptq: field %d of a linear", f);
-			goto out;
-		}
-		if (*cal_layer_field(&g->use, f) != g->shadow[f]) {
-			uint64_t tot = field_n(c, lh, f) * 2;
-			if ((st = grow(c, (void **)&g->shadow[f], &g->shadow_cap[f], tot, err)) < 0 ||
-			    (st = cal_backend_copy(c->be, g->shadow[f], *cal_layer_field(&dw, f), tot, err)) < 0)
-				goto out;
-			*cal_layer_field(&g->use, f) = g->shadow[f];
-		}
-		uint16_t *dst = g->shadow[f] + gl->at;
-		if ((st = grow(c, (void **)&g->bamax, &g->bamax_cap, n / 16 * 4, err)) < 0 ||
+		/* the update runs on a contiguous copy of the original weight (the
+		 * engine's row order) */
+		if ((st = grow(c, (void **)&g->wsrc, &g->wsrc_cap, n * 2, err)) < 0 ||
+		    (st = grow(c, (void **)&g->wdst, &g->wdst_cap, n * 2, err)) < 0 ||
+		    (st = cal_backend_upload(c->be, g->wsrc, gl->orig, n * 2, err)) < 0 ||
+		    (st = grow(c, (void **)&g->bamax, &g->bamax_cap, n / 16 * 4, err)) < 0 ||
 		    (st = cal_backend_upload(c->be, g->bamax, gl->ba, n / 16 * 4, err)) < 0)
 			goto out;
 		if (ga > 0.0f) {
-			/* the factor on the host (f64), the update on the back end; no rows
-			 * seen: H = 0, which no damping makes positive definite: the
-			 * identity fallback, as modelopt */
+			/* the factor (f64, the chol_inv op) and the update on the back
+			 * end; no rows seen: H = 0, which no damping makes positive
+			 * definite: the identity fallback, as modelopt */
 			free(u);
 			if (!(u = malloc(C * C * 4))) {
 				st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 				goto out;
 			}
-			st = cal_gptq_factor(c->host, gl->orig, R, C, hsum,
+			st = cal_gptq_factor(c->be, gl->orig, R, C, hsum,
 					     gl->n_samples ? gl->n_samples : 1, &g->o, u, &gl->st, err);
 			if (st < 0) {
 				cal_error_wrap(err, st, "gptq: %s", mod_name(c, gl->mod));
@@ -721,20 +987,31 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 			    (st = grow(c, (void **)&g->work, &g->work_cap, (C + bs) * R * 4, err)) < 0 ||
 			    (st = cal_backend_upload(c->be, g->du, u, C * C * 4, err)) < 0)
 				goto out;
-			struct cal_gptq_update_args ua = {*cal_layer_field(&dw, f) + gl->at, R, C, g->du, g->bamax,
-							  ga, 448.0f, g->div, (uint32_t)bs, g->work,
-							  dst};
-			if ((st = cal_op_gptq_update(c->be, &ua, err)) < 0 ||
-			    (st = cal_backend_download(c->be, gl->upd, dst, n * 2, err)) < 0)
+			struct cal_gptq_update_args ua = {g->wsrc, R, C, g->du, g->bamax, ga, 448.0f,
+							  g->div, (uint32_t)bs, g->work, g->wdst};
+			if ((st = cal_op_gptq_update(c->be, &ua, err)) < 0)
 				goto out;
-		} /* else all-zero weights: nothing to update, the shadow holds them */
-		else if ((st = cal_backend_download(c->be, gl->upd, dst, n * 2, err)) < 0) {
+		} /* else all-zero weights: nothing to update */
+		else if ((st = cal_backend_copy(c->be, g->wdst, g->wsrc, n * 2, err)) < 0) {
 			goto out;
 		}
-		/* pass 2 quantizes the updated weight with the same scales (the
-		 * scratch buffers are reused by the next linear: wait) */
-		if ((st = fq_static(c, dst, dst, R, C, g->bamax, ga, err)) < 0 ||
-		    (st = cal_backend_sync(c->be, err)) < 0)
+		if ((st = cal_backend_download(c->be, gl->orig, g->wdst, n * 2, err)) < 0)
+			goto out;
+		for (uint64_t r = 0; r < R; r++) /* the exporter's row order */
+			memcpy(gl->upd + (gl->map ? gl->map[r] : r) * C, gl->orig + r * C, C * 2);
+		/* pass 2 quantizes the updated weight with the same scales, in the
+		 * shadows of its fields (the scratch buffers are reused by the next
+		 * linear: wait) */
+		if ((st = fq_static(c, g->wdst, g->wdst, R, C, g->bamax, ga, err)) < 0)
+			goto out;
+		for (int k = 0, r0 = 0; k < gl->n_part; r0 += (int)gl->part[k++].rows) {
+			const struct gpart *pt = &gl->part[k];
+			if ((st = shadow_of(c, lh, &dw, pt->f, err)) < 0 ||
+			    (st = cal_backend_copy(c->be, g->shadow[pt->f] + pt->at,
+						   g->wdst + (uint64_t)r0 * C, pt->rows * C * 2, err)) < 0)
+				goto out;
+		}
+		if ((st = cal_backend_sync(c->be, err)) < 0)
 			goto out;
 		json_t *o = json_pack("{s:s, s:i, s:I, s:I, s:f, s:b, s:o}", "module",
 				      mod_name(c, gl->mod), "layer", (int)g->L, "n_samples",
@@ -789,6 +1066,8 @@ enum cal_status cal_gptq_pass_begin(struct cal_calib *c, int32_t L, int pass,
 		if (c->moe[L].tokens)
 			memcpy(g->tok_save, c->moe[L].tokens, (size_t)c->E * sizeof(uint64_t));
 		CAL_TRY_RET(site_scales(c, L, err));
+		if (c->nranks > 1)
+			CAL_TRY_RET(stash_alloc(c, err));
 		return save_input(c, 1, err);
 	}
 	CAL_TRY_RET(solve_layer(c, lh, w, err));

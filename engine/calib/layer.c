@@ -364,6 +364,16 @@ static enum cal_status deinterleave_q(struct cal_layer_host *lh, const uint16_t 
 	return CAL_OK;
 }
 
+void cal_gated_q_map(const struct cal_calib *c, uint32_t *map)
+{
+	uint64_t nh = (uint64_t)c->nh, hd = (uint64_t)c->hd;
+	for (uint64_t h = 0; h < nh; h++)
+		for (uint64_t j = 0; j < hd; j++) {
+			map[h * hd + j] = (uint32_t)(2 * h * hd + j);
+			map[(nh + h) * hd + j] = (uint32_t)((2 * h + 1) * hd + j);
+		}
+}
+
 /* Copies expert projection (L, e, proj) as bf16 [out, in] into dst. */
 static enum cal_status expert_copy(struct cal_calib *c, int32_t L, int32_t e, enum cal_proj proj,
 				   uint16_t *dst, int64_t out, int64_t in, struct cal_error *err)
@@ -711,10 +721,8 @@ static enum cal_status ewise(struct cal_calib *c, enum cal_ewise_mode mode, cons
 	return cal_op_ewise(c->be, &e, err);
 }
 
-/* Evaluation (eval.c): the quantized forward fake-quantizes the input of a
- * quantized module as the serving GEMM does; a no-op otherwise. */
-static enum cal_status actq(struct cal_calib *c, int32_t L, int site, int64_t expert, uint16_t *x,
-			    uint64_t rows, uint64_t cols, struct cal_error *err)
+enum cal_status cal_layer_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
+			       uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err)
 {
 	if (c->gq_pass) /* GPTQ's passes 1 and 2 (gptq_run.c) */
 		return cal_gptq_site(c, L, site, expert, x, rows, cols, err);
@@ -738,7 +746,7 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 	cal_prof(c, PH_ATTN);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->in_norm, w->in_norm_dt, err));
 	CAL_TRY(cal_layer_observe(c, c->h, T, H, mb->tok0, S_QKV, err));
-	CAL_TRY(actq(c, L, EQ_QKV, -1, c->h, T, H, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_QKV, -1, c->h, T, H, err));
 	CAL_TRY(cal_layer_gemm(c, c->h, w->wq, w->bq, c->q, T, qd, H, err));
 	if (d->attn == CAL_ATTN_GATED_GQA) /* the gate rows follow the query rows */
 		CAL_TRY(cal_layer_gemm(c, c->h, w->wq + qd * H, w->bq ? w->bq + qd : NULL, c->agate, T, qd, H,
@@ -772,8 +780,8 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 	}
 	CAL_TRY(cal_layer_observe(c, c->kb, T, kd, mb->tok0, S_K, err));
 	CAL_TRY(cal_layer_observe(c, c->vb, T, kd, mb->tok0, S_V, err));
-	CAL_TRY(actq(c, L, EQ_K, -1, c->kb, T, kd, err));
-	CAL_TRY(actq(c, L, EQ_V, -1, c->vb, T, kd, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_K, -1, c->kb, T, kd, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_V, -1, c->vb, T, kd, err));
 	uint32_t window = d->layers[L].mixer == CAL_MIXER_SLIDING ? (uint32_t)d->sliding_window : 0;
 	struct cal_attention_args at = {
 		c->q, c->kb, c->vb, c->att, T, (uint32_t)c->nh, (uint32_t)c->nkv, (uint32_t)c->hd,
@@ -787,7 +795,7 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 		CAL_TRY(ewise(c, CAL_EWISE_SIGMOID_MUL, c->att, c->agate, NULL, c->att, T, qd, 0, 0, 0,
 			      err));
 	CAL_TRY(cal_layer_observe(c, c->att, T, qd, mb->tok0, S_O, err));
-	CAL_TRY(actq(c, L, EQ_O, -1, c->att, T, qd, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_O, -1, c->att, T, qd, err));
 	CAL_TRY(cal_layer_gemm(c, c->att, w->wo, w->bo, c->tmp, T, H, qd, err));
 	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
 fail:
@@ -802,12 +810,12 @@ static enum cal_status step_dense(struct cal_calib *c, int32_t L, const struct c
 	cal_prof(c, PH_DENSE);
 	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
 	CAL_TRY(cal_layer_observe(c, c->h, T, H, mb->tok0, S_MLP_GU, err));
-	CAL_TRY(actq(c, L, EQ_MLP_GU, -1, c->h, T, H, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_MLP_GU, -1, c->h, T, H, err));
 	CAL_TRY(cal_layer_gemm(c, c->h, w->w13, NULL, c->gu, T, 2 * I, H, err));
 	CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->gu, c->gu + I, NULL, c->act, T, I, 2 * I, 2 * I, 0,
 		      err));
 	CAL_TRY(cal_layer_observe(c, c->act, T, I, mb->tok0, S_MLP_DOWN, err));
-	CAL_TRY(actq(c, L, EQ_MLP_DOWN, -1, c->act, T, I, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_MLP_DOWN, -1, c->act, T, I, err));
 	CAL_TRY(cal_layer_gemm(c, c->act, w->w2, NULL, c->tmp, T, H, I, err));
 	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
 fail:
@@ -831,7 +839,7 @@ enum cal_status cal_layer_experts(struct cal_calib *c, int32_t L, const struct c
 	CAL_TRY(cal_op_amax_segments(c->be, &sg, err));
 	CAL_TRY(cal_hr_observe_segments(c, a->x, H, ho, n, S_FIXED + f, err));
 	for (uint64_t e = 0; c->ev_quant && e < n; e++)
-		CAL_TRY(actq(c, L, EQ_EXP_GU, (int64_t)(f + e), a->x + (uint64_t)ho[e] * H,
+		CAL_TRY(cal_layer_actq(c, L, EQ_EXP_GU, (int64_t)(f + e), a->x + (uint64_t)ho[e] * H,
 			     ho[e + 1] - ho[e], H, err));
 	cal_prof(c, PH_EXPERTS);
 	/* gpt_oss: `x @ W + b`, the bias added after the product's rounding */
@@ -854,7 +862,7 @@ enum cal_status cal_layer_experts(struct cal_calib *c, int32_t L, const struct c
 	CAL_TRY(cal_op_amax_segments(c->be, &sd, err));
 	CAL_TRY(cal_hr_observe_segments(c, a->act, I, ho, n, S_FIXED + E + f, err));
 	for (uint64_t e = 0; c->ev_quant && e < n; e++)
-		CAL_TRY(actq(c, L, EQ_EXP_DOWN, (int64_t)(f + e), a->act + (uint64_t)ho[e] * I,
+		CAL_TRY(cal_layer_actq(c, L, EQ_EXP_DOWN, (int64_t)(f + e), a->act + (uint64_t)ho[e] * I,
 			     ho[e + 1] - ho[e], I, err));
 	cal_prof(c, PH_EXPERTS);
 	/* y may be x: the gathered inputs are dead once W13 ran */
@@ -919,16 +927,16 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 		if (c->ev_quant || c->gq_pass) { /* the shared expert's own quantized input; sy is
 						  * free until s2 */
 			CAL_TRY(cal_backend_copy(c->be, c->sy, c->h, T * H * 2, err));
-			CAL_TRY(actq(c, L, EQ_SH_GU, -1, c->sy, T, H, err));
+			CAL_TRY(cal_layer_actq(c, L, EQ_SH_GU, -1, c->sy, T, H, err));
 			sx = c->sy;
 		} else if (c->aw_pass || c->sq_pass) { /* AWQ, SmoothQuant read the input */
-			CAL_TRY(actq(c, L, EQ_SH_GU, -1, c->h, T, H, err));
+			CAL_TRY(cal_layer_actq(c, L, EQ_SH_GU, -1, c->h, T, H, err));
 		}
 		CAL_TRY(cal_layer_gemm(c, sx, w->s13, NULL, c->sgu, T, 2 * S, H, err));
 		CAL_TRY(ewise(c, CAL_EWISE_SWIGLU, c->sgu, c->sgu + S, NULL, c->sact, T, S, 2 * S,
 			      2 * S, 0, err));
 		CAL_TRY(cal_layer_observe(c, c->sact, T, S, mb->tok0, S_SH_DOWN, err));
-		CAL_TRY(actq(c, L, EQ_SH_DOWN, -1, c->sact, T, S, err));
+		CAL_TRY(cal_layer_actq(c, L, EQ_SH_DOWN, -1, c->sact, T, S, err));
 		CAL_TRY(cal_layer_gemm(c, c->sact, w->s2, NULL, c->sy, T, H, S, err));
 		if (w->sgate) {
 			CAL_TRY(cal_layer_gemm(c, c->h, w->sgate, NULL, c->sgl, T, 1, H, err));

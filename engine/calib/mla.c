@@ -215,13 +215,13 @@ enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_la
 	CAL_TRY(cal_layer_rmsnorm(c, x, c->h, T, m.H, w->in_norm, w->in_norm_dt,
 				  (float)d->rms_norm_eps, err));
 	CAL_TRY(cal_layer_observe(c, c->h, T, m.H, mb->tok0, S_QKV, err));
-	CAL_TRY(cal_eval_actq(c, L, EQ_QKV, -1, c->h, T, m.H, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_QKV, -1, c->h, T, m.H, err));
 	if (m.qr) {
 		CAL_TRY(cal_layer_gemm(c, c->h, w->wqa, NULL, c->mqa, T, m.qr, m.H, err));
 		CAL_TRY(cal_layer_rmsnorm(c, c->mqa, c->mqa, T, m.qr, w->qa_norm, w->qa_norm_dt,
 					  MLA_NORM_EPS, err));
 		CAL_TRY(cal_layer_observe(c, c->mqa, T, m.qr, mb->tok0, S_QB, err));
-		CAL_TRY(cal_eval_actq(c, L, EQ_QB, -1, c->mqa, T, m.qr, err));
+		CAL_TRY(cal_layer_actq(c, L, EQ_QB, -1, c->mqa, T, m.qr, err));
 		CAL_TRY(cal_layer_gemm(c, c->mqa, w->wq, NULL, c->mq, T, m.nh * m.qk, m.qr, err));
 	} else {
 		CAL_TRY(cal_layer_gemm(c, c->h, w->wq, NULL, c->mq, T, m.nh * m.qk, m.H, err));
@@ -232,7 +232,7 @@ enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_la
 	CAL_TRY(cal_layer_rmsnorm(c, c->mckv, c->mckv, T, m.kvr, w->kva_norm, w->kva_norm_dt,
 				  MLA_NORM_EPS, err));
 	CAL_TRY(cal_layer_observe(c, c->mckv, T, m.kvr, mb->tok0, S_KVB, err));
-	CAL_TRY(cal_eval_actq(c, L, EQ_KVB, -1, c->mckv, T, m.kvr, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_KVB, -1, c->mckv, T, m.kvr, err));
 	CAL_TRY(cal_layer_gemm(c, c->mckv, w->wkvb, NULL, c->mkvb, T, m.nh * (m.dn + m.dv), m.kvr, err));
 	struct cal_rope_args rq = {c->mq, T, (uint32_t)m.nh, (uint32_t)m.qk, (uint32_t)m.dr,
 				   c->pos + mb->tok0, c->d_inv_freq, (float)d->rope.attention_factor,
@@ -247,8 +247,8 @@ enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_la
 	CAL_TRY(cal_op_mla_kv(c->be, &kv, err));
 	CAL_TRY(cal_layer_observe(c, c->mk, T, m.nh * m.qk, mb->tok0, S_K, err));
 	CAL_TRY(cal_layer_observe(c, c->mv, T, m.nh * m.dv, mb->tok0, S_V, err));
-	CAL_TRY(cal_eval_actq(c, L, EQ_K, -1, c->mk, T, m.nh * m.qk, err));
-	CAL_TRY(cal_eval_actq(c, L, EQ_V, -1, c->mv, T, m.nh * m.dv, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_K, -1, c->mk, T, m.nh * m.qk, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_V, -1, c->mv, T, m.nh * m.dv, err));
 	struct cal_attention_args at = {
 		c->mq, c->mk, c->mv, c->matt, T, (uint32_t)m.nh, (uint32_t)m.nh, (uint32_t)m.qk,
 		c->meta + mb->meta_off, mb->n_seq,
@@ -256,7 +256,7 @@ enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_la
 		(float)d->attn_scaling, NULL, 0, (uint32_t)m.dv};
 	CAL_TRY(cal_op_attention(c->be, &at, err));
 	CAL_TRY(cal_layer_observe(c, c->matt, T, m.nh * m.dv, mb->tok0, S_O, err));
-	CAL_TRY(cal_eval_actq(c, L, EQ_O, -1, c->matt, T, m.nh * m.dv, err));
+	CAL_TRY(cal_layer_actq(c, L, EQ_O, -1, c->matt, T, m.nh * m.dv, err));
 	CAL_TRY(cal_layer_gemm(c, c->matt, w->wo, NULL, c->tmp, T, m.H, m.nh * m.dv, err));
 	struct cal_ewise_args add = {CAL_EWISE_ADD, x, c->tmp, NULL, x, T, m.H, 0, 0, 1, 0, 0, 0};
 	CAL_TRY(cal_op_ewise(c->be, &add, err));

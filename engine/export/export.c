@@ -181,7 +181,7 @@ static enum cal_status check_fmt(struct cal_exporter *ex, const struct xlin *x,
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: %s block size %d is not "
 				     "implemented by the exporter (%d only; quantizer %s)",
 				     x->name, f->title, s->block, blk, x->wq->name);
-	if (blk && x->in % blk)
+	if (blk && x->in % blk && !f->block2d) /* 2-D blocks: ragged, as modelopt pads */
 		return cal_error_set(err, CAL_ERR_INVALID, "%s: input dimension %lld is not a "
 				     "multiple of %d (quantizer %s)", x->name, (long long)x->in,
 				     blk, x->wq->name);
@@ -571,12 +571,39 @@ static enum cal_status decl_bmm_lin(struct cal_exporter *ex, struct xlin *x, str
 	CAL_TRY_RET(decl_bmm(ex, x, "weight", f->elem_dtype, i * f->elem_bits / 8, err));
 	if (f->block)
 		CAL_TRY_RET(decl_bmm(ex, x, "weight_scale", f->scale_dtype, i / f->block, err));
+	if (f->per_channel) { /* modelopt's axis 0 of [E, in, out]: one scale per expert */
+		int64_t shape[1] = {x->out / x->bmm_rows};
+		char *full = cal_export_bmm_name(x, "weight_scale");
+		if (!full)
+			return nomem(err);
+		enum cal_status st = cal_st_writer_declare(ex->w, full, f->scale_dtype, 1, shape,
+							   err);
+		free(full);
+		ex->bytes_total += (uint64_t)shape[0] * f->scale_bytes;
+		CAL_TRY_RET(st);
+	}
 	if (f->tensor_scale)
 		CAL_TRY_RET(decl_bmm(ex, x, f->tensor_scale, CAL_DTYPE_F32, 0, err));
-	x->has_input_scale = x->iq != NULL;
+	x->has_input_scale = x->iq != NULL && f->input_scale_of != NULL;
 	if (x->has_input_scale)
 		CAL_TRY_RET(decl_bmm(ex, x, "input_scale", CAL_DTYPE_F32, 0, err));
 	return CAL_OK;
+}
+
+/* The weight_scale of 2-D blocks (kernels/qfmt.h block2d). */
+static enum cal_status decl_2d_scale(struct cal_exporter *ex, const struct xlin *x,
+				     const struct cal_qfmt_info *f, struct cal_error *err)
+{
+	int64_t b = f->block, shape[4] = {(x->out + b - 1) / b, 1, (x->in + b - 1) / b, 1};
+	int one = shape[0] * shape[2] == 1;
+	char *full = xprintf("%s.weight_scale", x->name);
+	if (!full)
+		return nomem(err);
+	enum cal_status st = cal_st_writer_declare(ex->w, full, f->scale_dtype, one ? 0 : 4,
+						   shape, err);
+	free(full);
+	ex->bytes_total += (uint64_t)(shape[0] * shape[2]) * f->scale_bytes;
+	return st;
 }
 
 static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct cal_error *err)
@@ -593,10 +620,12 @@ static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct 
 		int64_t per = 8 / f->elem_bits; /* values per byte */
 		CAL_TRY_RET(decl(ex, nm, "weight", f->elem_dtype, 2, f->pack_rows ? o / per : o,
 				 f->pack_rows ? i : i / per, err));
-		if (f->block)
+		if (f->block2d) /* modelopt's [o/b, 1, i/b, 1]; [] for one tile */
+			CAL_TRY_RET(decl_2d_scale(ex, x, f, err));
+		else if (f->block)
 			CAL_TRY_RET(decl(ex, nm, "weight_scale", f->scale_dtype, 2, o,
 					 i / f->block, err));
-		else if (f->block_type == CAL_QBLOCK_ROW) /* per output channel: [out] */
+		else if (f->per_channel) /* one scale per output row */
 			CAL_TRY_RET(decl(ex, nm, "weight_scale", f->scale_dtype, 1, o, 0, err));
 		if (f->tensor_scale)
 			CAL_TRY_RET(decl(ex, nm, f->tensor_scale, CAL_DTYPE_F32, 0, 0, 0, err));

@@ -204,6 +204,8 @@ static json_t *group_for(const char *algo, json_t *gs)
 				      "type", f->elem_e < 0 ? "int" : "float");
 		if (f->block)
 			json_object_set_new(e, "group_size", json_integer(g ? g : (int)f->block));
+		if (f->per_channel && k)
+			json_object_set_new(e, "strategy", json_string("channel"));
 		json_object_set_new(o, k ? "weights" : "input_activations", e);
 	}
 	return o;

@@ -243,8 +243,9 @@ static enum cal_status lin_item(struct cal_exporter *ex, const struct xlin *x, c
 	int matrix = !strcmp(suffix, "weight") ||
 		     (!strcmp(suffix, "weight_scale") && cal_qfmt(x->fmt)->block);
 	char *full = cal_export_bmm_name(x, suffix);
-	unsigned char *t = matrix ? malloc(n ? n : 1) : NULL;
-	if (!full || (matrix && !t)) {
+	/* the item owns a copy: the caller's buffer is freed before the write */
+	unsigned char *t = malloc(n ? n : 1);
+	if (!full || !t) {
 		free(full);
 		free(t);
 		return nomem(err);
@@ -253,8 +254,10 @@ static enum cal_status lin_item(struct cal_exporter *ex, const struct xlin *x, c
 		uint64_t R = (uint64_t)x->bmm_rows, E = (uint64_t)x->out / R;
 		uint64_t es = x->fmt == CAL_QFMT_NONE ? 2 : 1, cols = n / ((uint64_t)x->out * es);
 		cal_export_bmm_transpose(t, data, E, R, cols, es);
+	} else {
+		memcpy(t, data, n);
 	}
-	enum cal_status st = slot_item(ex, full, NULL, matrix ? t : data, n, t, err);
+	enum cal_status st = slot_item(ex, full, NULL, t, n, t, err);
 	free(full);
 	return st;
 }
@@ -358,13 +361,21 @@ static void *hneed(struct cal_exporter *ex, int k, size_t n)
 	return ex->hbuf[k];
 }
 
+/* Rows x is quantized as: its output rows, except per-channel formats on
+ * GPT-OSS's BMM experts, whose scale is one per expert (modelopt's axis 0
+ * of [E, in, out]): one row of R * in per expert. */
+static uint64_t q_rows(const struct xlin *x, const struct cal_qfmt_info *f)
+{
+	return f && f->per_channel && x->bmm ? (uint64_t)(x->out / x->bmm_rows) : (uint64_t)x->out;
+}
+
 /* Output bytes of a quantized x: packed values and block scales. */
 static void out_sizes(const struct xlin *x, uint64_t *q, uint64_t *s)
 {
 	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
-	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in;
-	*q = f ? cal_qfmt_packed_bytes(f, o, i) : 0;
-	*s = f ? cal_qfmt_scale_bytes(f, o, i, f->block) : 0;
+	uint64_t n = (uint64_t)x->out * (uint64_t)x->in, o = q_rows(x, f);
+	*q = f ? cal_qfmt_packed_bytes(f, o, n / o) : 0;
+	*s = f ? cal_qfmt_scale_bytes(f, o, n / o, f->block) : 0;
 }
 
 /* Quantizes x (weight at dw) into dq/ds, dequantizes into dy and adds the
@@ -376,7 +387,7 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 {
 	struct cal_backend *be = ex->pipe.be;
 	const struct cal_qfmt_info *f = cal_qfmt(x->fmt);
-	uint64_t o = (uint64_t)x->out, i = (uint64_t)x->in, n = o * i;
+	uint64_t n = (uint64_t)x->out * (uint64_t)x->in, o = q_rows(x, f), i = n / o;
 	void *dy = NULL, *dba = NULL, *dnf = NULL;
 	if (!f)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: not quantized", x->name);
@@ -405,7 +416,7 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 	}
 	CAL_TRY_RET(f->quantize(be, &io, err));
 	CAL_TRY_RET(f->dequantize(be, dq, ds, o, i, f->block, io.scale, CAL_DTYPE_F32, dy, err));
-	struct cal_sqnr_rows_args sq = {dw, dy, o, i, dsum};
+	struct cal_sqnr_rows_args sq = {dw, dy, (uint64_t)x->out, (uint64_t)x->in, dsum};
 	CAL_TRY_RET(cal_op_sqnr_rows(be, &sq, err));
 	*ret_scale = io.scale;
 	return CAL_OK;

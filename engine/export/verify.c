@@ -205,7 +205,20 @@ static int64_t check_module(struct vctx *v, const char *mod, const struct vfmt *
 			  cal_dtype_name(f->elem_dtype), cal_dtype_name(w->dtype));
 		return 0;
 	}
-	if (f->block) {
+	if (f->block2d) { /* [o/b, 1, in/b, 1], or [] for one tile */
+		int64_t b = f->block, ob = (o + b - 1) / b, ib = (in + b - 1) / b;
+		int one = ob * ib == 1;
+		if (s->dtype != f->scale_dtype || s->ndim != (one ? 0 : 4) ||
+		    (!one && (s->shape[0] != ob || s->shape[1] != 1 || s->shape[2] != ib ||
+			      s->shape[3] != 1))) {
+			violation(v, "%s: %s expects weight_scale %s [%lld, 1, %lld, 1] (or [] for "
+				  "one block)", mod, vf->algo, cal_dtype_name(f->scale_dtype),
+				  (long long)ob, (long long)ib);
+			return 0;
+		}
+		if (!scales_ok(v, mod, '.', s, f->scale_dtype))
+			return 0;
+	} else if (f->block) {
 		int g = vf->group ? vf->group : (int)f->block;
 		if (!shape_is(s, f->scale_dtype, 2, o, in / g)) {
 			violation(v, "%s: %s expects weight_scale %s [%lld, %lld]; found %s [%lld, %lld]",
@@ -216,12 +229,12 @@ static int64_t check_module(struct vctx *v, const char *mod, const struct vfmt *
 		}
 		if (!scales_ok(v, mod, '.', s, f->scale_dtype))
 			return 0;
-	} else if (f->block_type == CAL_QBLOCK_ROW) { /* per output channel: [out] */
+	}
+	if (f->per_channel) {
 		if (!shape_is(s, f->scale_dtype, 1, o, 0)) {
-			violation(v, "%s: %s expects weight_scale %s [%lld]; found %s with %d dims "
-				  "[%lld, ...]", mod, vf->algo, cal_dtype_name(f->scale_dtype),
-				  (long long)o, cal_dtype_name(s->dtype), s->ndim,
-				  (long long)(s->ndim ? s->shape[0] : -1));
+			violation(v, "%s: %s expects weight_scale %s [%lld]; found %s with %d dims",
+				  mod, vf->algo, cal_dtype_name(f->scale_dtype), (long long)o,
+				  cal_dtype_name(s->dtype), (int)s->ndim);
 			return 0;
 		}
 		if (!scales_ok(v, mod, '.', s, f->scale_dtype))
@@ -439,6 +452,16 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 		if (!scales_ok(v, name, '_', ws, f->scale_dtype))
 			return CAL_OK;
 	}
+	if (f->per_channel) { /* one scale per expert */
+		if (!ws || ws->dtype != f->scale_dtype || ws->ndim != 1 ||
+		    (uint64_t)ws->shape[0] != E) {
+			violation(v, "%s_weight_scale: expected %s [%llu]", name,
+				  cal_dtype_name(f->scale_dtype), (unsigned long long)E);
+			return CAL_OK;
+		}
+		if (!scales_ok(v, name, '_', ws, f->scale_dtype))
+			return CAL_OK;
+	}
 	if (f->tensor_scale && !check_scalar_sep(v, name, '_', f->tensor_scale, 1))
 		return CAL_OK;
 	if ((vf->with_input && f->input_scale_of &&
@@ -447,8 +470,10 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 	const struct cal_st_tensor *ts = f->tensor_scale ? tget_sep(v, name, '_', f->tensor_scale)
 							 : NULL;
 	/* SQNR: back to [E R, C] rows, dequantized on the back end */
-	uint64_t n = E * R * C, qb = cal_qfmt_packed_bytes(f, E * R, C),
-		 sbytes = cal_qfmt_scale_bytes(f, E * R, C, f->block);
+	/* per channel: one row of R * C per expert (its scale) */
+	uint64_t n = E * R * C, qr = f->per_channel ? E : E * R;
+	uint64_t qb = cal_qfmt_packed_bytes(f, E * R, C),
+		 sbytes = cal_qfmt_scale_bytes(f, qr, n / qr, f->block);
 	uint16_t *w = bmm_source(src, name, E, R, C);
 	unsigned char *q = malloc(qb), *sc = malloc(sbytes ? sbytes : 1);
 	float *y = malloc(n * 4);
@@ -465,13 +490,15 @@ static enum cal_status verify_bmm(struct vctx *v, const struct cal_st_tensor *t,
 	cal_export_bmm_transpose(q, t->data, E, C / per, R, 1);
 	if (blk)
 		cal_export_bmm_transpose(sc, ws->data, E, C / blk, R, f->scale_bytes);
+	else if (f->per_channel)
+		memcpy(sc, ws->data, sbytes);
 	CAL_TRY(cal_backend_alloc(be, qb, &dq, err));
 	CAL_TRY(cal_backend_alloc(be, sbytes ? sbytes : 1, &ds, err));
 	CAL_TRY(cal_backend_alloc(be, n * 4, &dy, err));
 	CAL_TRY(cal_backend_upload(be, dq, q, qb, err));
 	if (sbytes)
 		CAL_TRY(cal_backend_upload(be, ds, sc, sbytes, err));
-	CAL_TRY(f->dequantize(be, dq, ds, E * R, C, f->block, ts ? f32_at(ts, 0) : 0.0f,
+	CAL_TRY(f->dequantize(be, dq, ds, qr, n / qr, f->block, ts ? f32_at(ts, 0) : 0.0f,
 			      CAL_DTYPE_F32, dy, err));
 	CAL_TRY(cal_backend_download(be, y, dy, n * 4, err));
 	report_sqnr(v, name, vf, w, y, n);

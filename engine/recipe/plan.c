@@ -4,6 +4,7 @@
  * turn the result into formats calibd implements (plan.h).
  */
 #include "plan.h"
+#include "plan_fmt.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,27 +13,6 @@
 
 #include "common/util.h"
 
-/* "calibd implements NVFP4 W4A4 and W4A16, ...": the rows of kernels/qfmt.def. */
-static void implemented(char *out, size_t n)
-{
-	size_t l = (size_t)snprintf(out, n, "calibd implements");
-	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT && l < n; i++) {
-		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		int b = f->elem_bits, ab = f->act ? cal_qfmt(f->act)->elem_bits : 16;
-		if (f->act)
-			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA%d and W%dA16", i > 1 ? "," : "",
-					      f->title, b, ab, b);
-		else
-			l += (size_t)snprintf(out + l, n - l, "%s %s W%dA16", i > 1 ? "," : "",
-					      f->title, b);
-		if (l < n && (f->roles & CAL_QFMT_ROLE_KV))
-			l += (size_t)snprintf(out + l, n - l, " and KV cache");
-		if (l < n && f->mse)
-			l += (size_t)snprintf(out + l, n - l, " (max or MSE)");
-	}
-	if (l < n)
-		snprintf(out + l, n - l, " (kernels/qfmt.def)");
-}
 
 const char *cal_qrole_name(enum cal_qrole r)
 {
@@ -624,7 +604,7 @@ static enum cal_status unsupported(struct cal_error *err, const struct cal_recip
 				   const struct cal_plan_q *q, const char *why)
 {
 	char impl[640];
-	implemented(impl, sizeof(impl));
+	cal_plan_implemented(impl, sizeof(impl));
 	if (q->entry >= 0) {
 		const struct cal_qentry *e = &r->entries[q->entry];
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
@@ -633,102 +613,6 @@ static enum cal_status unsupported(struct cal_error *err, const struct cal_recip
 	}
 	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: %s (no quant_cfg entry disables it: "
 			     "modelopt's default is 8-bit integer); %s", q->name, why, impl);
-}
-
-static int elem_is(const struct cal_qattr *a, const struct cal_qfmt_info *f)
-{
-	return f->elem_e < 0 ? a->fp_e < 0 && a->num_bits == f->elem_bits
-			     : a->fp_e == f->elem_e && a->fp_m == f->elem_m;
-}
-
-/* Attributes `a` name one axis, 0: per output channel (weights). */
-#define CAL_AXIS0(a) ((a)->n_axis == 1 && (a)->axis[0] == 0)
-
-/* The row of kernels/qfmt.def that attributes `a` (block bs along -1) of a
- * weight (`weight` 1) or another quantizer select, or NULL.  Per-row rows
- * (CAL_QBLOCK_ROW) take axis 0 on weights and per tensor elsewhere. */
-static const struct cal_qfmt_info *select_fmt(const struct cal_qattr *a, int64_t bs, int weight)
-{
-	int sfp = a->has_scale_bits && a->scale_fp_e >= 0;
-	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
-		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		if (!elem_is(a, f))
-			continue;
-		if (f->block_type == CAL_QBLOCK_ROW) {
-			if (!a->has_block && (weight ? CAL_AXIS0(a) : !a->n_axis))
-				return f;
-			continue;
-		}
-		if (a->n_axis)
-			continue;
-		if (f->block_type == CAL_QBLOCK_NONE) {
-			if (!a->has_block)
-				return f;
-			continue;
-		}
-		int ok = a->has_block && a->block_dynamic == (f->block_type == CAL_QBLOCK_DYNAMIC);
-		ok = ok && (f->scale_e < 0 ? !a->has_scale_bits
-					   : sfp && a->scale_fp_e == f->scale_e &&
-						     a->scale_fp_m == f->scale_m);
-		int in_blocks = 0;
-		for (size_t k = 0; k < CAL_ARRAY_LEN(f->blocks); k++)
-			in_blocks |= f->blocks[k] && f->blocks[k] == bs;
-		if (ok && in_blocks)
-			return f;
-	}
-	return NULL;
-}
-
-/* "<prefix>NVFP4, FP8" — the titles of the rows allowed in `role`. */
-static void role_list(int role, char *out, size_t n, const char *prefix)
-{
-	size_t l = (size_t)snprintf(out, n, "%s", prefix);
-	const char *sep = "";
-	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT && l < n; i++) {
-		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		if (f->roles & role) {
-			l += (size_t)snprintf(out + l, n - l, "%s%s", sep, f->title);
-			sep = ", ";
-		}
-	}
-	if (l < n && !*sep)
-		snprintf(out + l, n - l, "no format");
-	else if (l < n)
-		snprintf(out + l, n - l, " only");
-}
-
-/* Why no row matches: names the element type and what exists for it. */
-static void no_fmt_why(const struct cal_qattr *a, char *why, size_t n)
-{
-	size_t l;
-	if (a->fp_e >= 0)
-		l = (size_t)snprintf(why, n, "this E%dM%d layout is not implemented", a->fp_e,
-				     a->fp_m);
-	else
-		l = (size_t)snprintf(why, n, "%d-bit integer%s quantization is not implemented",
-				     a->num_bits, a->has_block ? " block" : "");
-	const char *sep = " (implemented: ";
-	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT && l < n; i++) {
-		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		if (!elem_is(a, f))
-			continue;
-		if (f->block_type == CAL_QBLOCK_NONE)
-			l += (size_t)snprintf(why + l, n - l, "%s%s per tensor", sep, f->title);
-		else if (f->block_type == CAL_QBLOCK_ROW)
-			l += (size_t)snprintf(why + l, n - l, "%s%s weights per output channel "
-					      "(axis 0), inputs per tensor", sep, f->title);
-		else if (f->scale_e >= 0)
-			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with E%dM%d %s scales",
-					      sep, f->title, f->block, f->scale_e, f->scale_m,
-					      f->block_type == CAL_QBLOCK_DYNAMIC ? "dynamic" : "static");
-		else
-			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with %s %s scales", sep,
-					      f->title, f->block, cal_dtype_name(f->scale_dtype),
-					      f->block_type == CAL_QBLOCK_DYNAMIC ? "dynamic" : "static");
-		sep = "; ";
-	}
-	if (l < n && *sep == ';')
-		snprintf(why + l, n - l, ")");
 }
 
 /* Classifies the attributes of an enabled quantizer. */
@@ -752,27 +636,47 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 		return unsupported(err, r, q, "custom quantization backends are not implemented");
 	if (a->four_over_six)
 		return unsupported(err, r, q, "four-over-six NVFP4 is not implemented");
-	if (a->dynamic)
-		return unsupported(err, r, q, "dynamic per-tensor quantization (type: dynamic) is not "
-				   "implemented");
-	if (a->n_axis && !(q->role == CAL_QROLE_WEIGHT && CAL_AXIS0(a)))
-		return unsupported(err, r, q, q->role == CAL_QROLE_WEIGHT
-				   ? "per-channel quantization is implemented along axis 0 only"
-				   : "per-channel quantization (axis) of activations is not "
-				     "implemented");
+	/* per channel (weights, axis 0) / per token (inputs, dynamic, whole
+	 * last axis): the rows with per_channel (kernels/qfmt.h) */
+	int pc = q->role == CAL_QROLE_WEIGHT && a->n_axis == 1 && a->axis[0] == 0 &&
+		 !a->has_block && !a->dynamic;
+	pc = pc || (q->role == CAL_QROLE_INPUT && a->dynamic && !a->n_axis && a->has_block &&
+		    a->n_block == 1 && a->block_axis[0] == -1 && a->block_size[0] == 0 &&
+		    !a->block_dynamic && !a->has_scale_bits && !a->has_scale_block_sizes);
+	if (a->dynamic && !pc)
+		return unsupported(err, r, q, "dynamic quantization (type: dynamic) is implemented "
+				   "for per-token inputs only (block_sizes {-1: null})");
+	if (a->n_axis && !pc)
+		return unsupported(err, r, q, "per-channel quantization (axis) is implemented for "
+				   "weights along axis 0 only");
 	int64_t bs = 0;
-	if (a->has_block) {
+	/* 2-D blocks {-1: N, -2: N} on weights (qfmt.h block2d) */
+	int b2 = q->role == CAL_QROLE_WEIGHT && a->has_block && a->n_block == 2 &&
+		 a->block_axis[0] + a->block_axis[1] == -3 && a->block_axis[0] != a->block_axis[1] &&
+		 a->block_size[0] > 0 && a->block_size[0] == a->block_size[1] &&
+		 !a->has_scale_block_sizes;
+	if (b2) {
+		bs = a->block_size[0];
+	} else if (a->has_block && !pc) {
 		if (a->n_block != 1 || a->block_axis[0] != -1 || a->block_size[0] <= 0 ||
 		    a->has_scale_block_sizes)
-			return unsupported(err, r, q, "only blocks along the last axis (-1: N) are "
+			return unsupported(err, r, q, "only blocks along the last axis (-1: N), and "
+					   "square 2-D weight blocks (-1: N, -2: N), are "
 					   "implemented");
 		bs = a->block_size[0];
 	}
 	memset(s, 0, sizeof(*s));
 	s->enabled = 1;
-	const struct cal_qfmt_info *f = select_fmt(a, bs, q->role == CAL_QROLE_WEIGHT);
+	const struct cal_qfmt_info *f = cal_plan_select_fmt(a, bs, pc, b2,
+							     q->role == CAL_QROLE_WEIGHT);
 	if (!f) {
-		no_fmt_why(a, why, sizeof(why));
+		cal_plan_no_fmt_why(a, why, sizeof(why));
+		if (pc)
+			snprintf(why, sizeof(why), "per-channel weights are implemented in FP8 E4M3 "
+				 "and 8-bit integer, per-token inputs in FP8 E4M3 only");
+		if (b2)
+			snprintf(why, sizeof(why), "2-D block weights are implemented in FP8 E4M3 "
+				 "with static blocks of 128 x 128 and no scale_bits only");
 		return unsupported(err, r, q, why);
 	}
 	s->fmt = f->id;
@@ -799,7 +703,7 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	case CAL_QROLE_K_BMM:
 	case CAL_QROLE_V_BMM:
 		if (!(f->roles & CAL_QFMT_ROLE_KV)) {
-			role_list(CAL_QFMT_ROLE_KV, why, sizeof(why),
+			cal_plan_role_list(CAL_QFMT_ROLE_KV, why, sizeof(why),
 				  "KV-cache quantization is implemented in ");
 			return unsupported(err, r, q, why);
 		}
@@ -824,6 +728,29 @@ static int combo_ok(enum cal_qfmt w, enum cal_qfmt in)
 	return in == CAL_QFMT_NONE || (cal_qfmt(w) && cal_qfmt(w)->act == in);
 }
 
+/* Mixed W4A8 formats (kernels/qfmt.h weight_of): weights whose attributes
+ * select row W on a linear whose inputs are quantized in I take the row
+ * with weight_of W and act I, as modelopt's export names the pair. */
+static void pair_mixed(struct cal_plan *p, const struct cal_plan_module *m)
+{
+	const struct cal_plan_q *iq = m->iq >= 0 ? &p->q[m->iq] : NULL;
+	enum cal_qfmt in = iq && iq->spec.enabled ? iq->spec.fmt : CAL_QFMT_NONE;
+	int64_t n = m->wq >= 0 ? (m->count > 1 ? m->count : 1) : 0;
+	for (int64_t e = 0; in != CAL_QFMT_NONE && e < n; e++) {
+		struct cal_qspec *s = &p->q[m->wq + e].spec;
+		if (!s->enabled || combo_ok(s->fmt, in))
+			continue;
+		for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
+			const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
+			if (f->weight_of == s->fmt && f->act == in) {
+				s->fmt = f->id;
+				s->calibrate = f->calibrate;
+				break;
+			}
+		}
+	}
+}
+
 static const char *fmt_upper(enum cal_qfmt f)
 {
 	return cal_qfmt(f) ? cal_qfmt(f)->title : "none";
@@ -833,7 +760,7 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 				    const struct cal_plan_module *m)
 {
 	char impl[640];
-	implemented(impl, sizeof(impl));
+	cal_plan_implemented(impl, sizeof(impl));
 	const struct cal_recipe *r = p->recipe;
 	const struct cal_plan_q *iq = m->iq >= 0 ? &p->q[m->iq] : NULL;
 	enum cal_qfmt ifmt = iq ? iq->spec.fmt : CAL_QFMT_NONE;
@@ -874,7 +801,7 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 		     ifmt != CAL_QFMT_INT8))
 			return unsupported(err, r, wq, "smoothquant is implemented for INT8 weights "
 					   "with INT8 inputs only (docs/smoothquant.md)");
-		if (wq->spec.block && m->in % wq->spec.block)
+		if (wq->spec.block && m->in % wq->spec.block && !cal_qfmt(wq->spec.fmt)->block2d)
 			return cal_error_set(err, CAL_ERR_INVALID,
 					     "%s%s: input dimension %lld is not a multiple of the %s "
 					     "block size %d (quantizer %s); exclude this layer in the "
@@ -1085,8 +1012,10 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 		CAL_TRY(classify(err, r, q, &q->spec));
 		p->sum.n_enabled++;
 	}
-	for (size_t i = 0; i < p->n_modules; i++)
+	for (size_t i = 0; i < p->n_modules; i++) {
+		pair_mixed(p, &p->modules[i]);
 		CAL_TRY(check_module(err, p, &p->modules[i]));
+	}
 
 	/* KV: one format for the model (the exporter writes one kv_cache_quant_algo) */
 	int kv_seen = 0;

@@ -13,6 +13,10 @@
  * resident blocks, so each table is built once per block.  Otherwise the
  * division kernel below.  single_round (stacked 3-D expert weights):
  * fp8_single_kernel, one IEEE division and one e4m3 rounding per element.
+ * row_scale (FP8 per channel / 2-D blocks): fp8_tiles_kernel, one CUDA block
+ * per tile (a row, or tile x tile): the tile's largest bf16 magnitude as an
+ * integer max (exact, any order), its scale cal_fp8_row_scale, then one
+ * rounding per element as single_round.
  */
 #include "common.cuh"
 
@@ -110,9 +114,51 @@ fp8_single_kernel(const uint16_t *w, uint64_t n, float scale, uint8_t *q)
 		q[i] = cal_fp8_weight_encode_single(cal_nf_bf16_to_f32(w[i]), scale);
 }
 
+__global__ void __launch_bounds__(CAL_CUDA_THREADS)
+fp8_tiles_kernel(const uint16_t *w, uint64_t rows, uint64_t cols, uint32_t tile,
+		 enum cal_div_mode div, float *row_scale, uint8_t *q)
+{
+	__shared__ unsigned int m;
+	__shared__ float sc;
+	uint64_t nt = cal_fp8_tiles(rows, cols, tile), tc = tile ? (cols + tile - 1) / tile : 1;
+	uint64_t th = tile ? tile : 1, tw = tile ? tile : cols;
+	for (uint64_t t = blockIdx.x; t < nt; t += gridDim.x) {
+		uint64_t r0 = t / tc * th, c0 = t % tc * tw;
+		uint64_t h = min(th, rows - r0), wd = min(tw, cols - c0), k = h * wd;
+		if (threadIdx.x == 0)
+			m = 0;
+		__syncthreads();
+		unsigned int mx = 0;
+		for (uint64_t i = threadIdx.x; i < k; i += blockDim.x)
+			mx = max(mx,
+				 (unsigned int)(w[(r0 + i / wd) * cols + c0 + i % wd] & 0x7FFFu));
+		atomicMax(&m, mx);
+		__syncthreads();
+		if (threadIdx.x == 0) {
+			sc = cal_fp8_row_scale(m, div);
+			row_scale[t] = sc;
+		}
+		__syncthreads();
+		float s = sc;
+		for (uint64_t i = threadIdx.x; i < k; i += blockDim.x) {
+			uint64_t j = (r0 + i / wd) * cols + c0 + i % wd;
+			q[j] = cal_fp8_weight_encode_single(cal_nf_bf16_to_f32(w[j]), s);
+		}
+		__syncthreads();
+	}
+}
+
 CAL_CUDA_OP(fp8_quant)
 {
 	CAL_CUDA_OP_ENTER(a->n == 0);
+	if (a->row_scale) {
+		uint64_t rows = a->n / a->cols, nt = cal_fp8_tiles(rows, a->cols, a->tile);
+		unsigned grid = nt < 65535 ? (unsigned)nt : 65535u;
+		fp8_tiles_kernel<<<grid, CAL_CUDA_THREADS, 0, s>>>(a->w, rows, a->cols, a->tile,
+								   a->div, a->row_scale, a->q);
+		CAL_CUDA_LAUNCHED();
+		return CAL_OK;
+	}
 	if (a->single_round) {
 		fp8_single_kernel<<<cal_cuda_grid(be, a->n), CAL_CUDA_THREADS, 0, s>>>(a->w, a->n,
 										a->scale, a->q);

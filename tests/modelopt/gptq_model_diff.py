@@ -16,7 +16,8 @@ the parity case's arch, layout and seed) with the parity case's tokens:
   * round to nearest (no GPTQ): `calibd quantize` with the recipe's
     algorithm switched to max.
 
-For every linear GPTQ updates (attention q/k/v/o, dense MLP) the exported
+For every linear GPTQ updates (attention q/k/v/o, MLA's q_a/q_b/kv_a/kv_b,
+Gated DeltaNet's in_proj / out_proj, dense and shared-expert MLPs) the exported
 weight is dequantized (E2M1 x E4M3 weight_scale x weight_scale_2) and
 compared with the source weight W on the inputs X of that linear in the
 unquantized model on the same tokens: layer-output MSE
@@ -96,15 +97,19 @@ def case_fixture(fixture_bin, parity_dir, case, tmp):
     return fx, tokens
 
 
-def load_model(torch, transformers, model_dir):
+def load_model(torch, transformers, model_dir, attn=None):
     config = transformers.AutoConfig.from_pretrained(model_dir)
     cls = getattr(transformers, config.architectures[0])
-    m = cls.from_pretrained(model_dir, dtype="auto", device_map="cpu")
+    kw = {"attn_implementation": attn} if attn else {}
+    m = cls.from_pretrained(model_dir, dtype="auto", device_map="cpu", **kw)
     m.eval()
     return m
 
 
-GPTQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+GPTQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                # MLA, Gated DeltaNet (in_proj_a / _b / _ba: disabled by the recipe)
+                "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
+                "in_proj_qkvz", "in_proj_qkv", "in_proj_z", "out_proj")
 
 
 def gram_matrices(torch, model, tokens):
@@ -127,12 +132,12 @@ def gram_matrices(torch, model, tokens):
     return grams
 
 
-def run_modelopt(torch, transformers, model_dir, tokens, recipe_file, out_dir):
+def run_modelopt(torch, transformers, model_dir, tokens, recipe_file, out_dir, attn=None):
     import modelopt.torch.quantization as mtq
     from modelopt.recipe import load_recipe
     from modelopt.torch.export import export_hf_checkpoint
     torch.manual_seed(1234)
-    model = load_model(torch, transformers, model_dir)
+    model = load_model(torch, transformers, model_dir, attn)
     recipe = load_recipe(recipe_file)
     cfg = recipe.quantize.model_dump()
     # layerwise checkpoints would go to the working directory
@@ -141,7 +146,7 @@ def run_modelopt(torch, transformers, model_dir, tokens, recipe_file, out_dir):
     def loop(m):
         with torch.no_grad():
             for row in tokens:
-                m(input_ids=torch.tensor([row], dtype=torch.long))
+                m(input_ids=torch.tensor([row], dtype=torch.long), use_cache=False)
 
     model = mtq.quantize(model, cfg, forward_loop=loop)
     export_hf_checkpoint(model, export_dir=out_dir)
@@ -190,7 +195,9 @@ def write_summary(path, head, rows, tot, extra=None):
                            "transformers": transformers.__version__}
     summary["linears"] = len(rows)
     summary.update(extra or {})
-    summary["mean_layer_output_mse"] = {k: tot[k] / n for k in ("modelopt", "calibd", "rtn")}
+    summary["mean_layer_output_mse"] = {k: tot[k] / n for k in
+                                        ("modelopt", "calibd", "rtn", "modelopt_eager")
+                                        if k in tot}
     summary["codes_differing_pct"] = 100.0 * tot["diff"] / max(tot["codes"], 1)
     summary["per_linear"] = rows
     with open(path, "w") as f:
@@ -211,6 +218,10 @@ def main():
     ap.add_argument("--tolerance", type=float, default=0.0,
                     help="fail when calibd's MSE exceeds modelopt's by more than this share")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--spread", action="store_true",
+                    help="also run modelopt with transformers' eager attention (the same "
+                    "algorithm on a forward that rounds differently): the spread of "
+                    "modelopt's own MSE")
     args = ap.parse_args()
 
     import modelopt
@@ -239,6 +250,9 @@ def main():
             f.write(text.replace("method: gptq", "method: max"))
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         run_modelopt(torch, transformers, fx, tokens, recipe, mo)
+        me = os.path.join(tmp, "modelopt_eager")
+        if args.spread:
+            run_modelopt(torch, transformers, fx, tokens, recipe, me, "eager")
         base = [args.calibd, "quantize", "--model", fx, "--calib-tokens", tok, "--device",
                 "cpu", "--div", "exact", "--quiet"]
         run(base + ["--recipe", recipe, "--out", ca])
@@ -247,14 +261,17 @@ def main():
         src = load_model(torch, transformers, fx).state_dict()
         M, C = load_st(torch, mo), load_st(torch, ca)
         R = load_st(torch, rt)
+        ME = load_st(torch, me) if args.spread else None
         rows, tot = [], {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0}
+        if args.spread:
+            tot["modelopt_eager"] = 0.0
         for name in sorted(grams):
             if name + ".weight_scale" not in C:
                 continue
             g, t = grams[name]
             w = src[name + ".weight"].double()
             res = {"linear": name}
-            for tag, st in (("modelopt", M), ("calibd", C), ("rtn", R)):
+            for tag, st in (("modelopt", M), ("calibd", C), ("rtn", R), ("modelopt_eager", ME)):
                 if st is None:
                     continue
                 wh, codes = dequant(torch, st, name)
@@ -284,6 +301,9 @@ def main():
     print("%d linears: layer-output MSE modelopt %.6e, calibd %.6e, round-to-nearest %.6e; "
           "%.2f%% of codes differ" % (len(rows), m["modelopt"], m["calibd"], m["rtn"],
                                       summary["codes_differing_pct"]))
+    if "modelopt_eager" in m:
+        print("modelopt with eager attention: %.6e (%+.2f%% of modelopt's)" % (
+            m["modelopt_eager"], 100.0 * (m["modelopt_eager"] / m["modelopt"] - 1)))
     return 0 if m["calibd"] <= m["modelopt"] * (1 + args.tolerance + 1e-9) else 1
 
 

@@ -43,6 +43,44 @@ VALUE_SUFFIXES = (".weight_scale_2", ".input_scale", ".k_scale", ".v_scale", ".w
 MAX_VALUES = 64
 MAX_PQS_VALUES = 4096
 
+# hf_ptq.py's --qformat names calibd takes (engine/recipe/qformat.c) and the
+# preset of modelopt_recipes/configs/ptq/presets/model/ each runs; hf_ptq
+# renamed its choices to the preset basenames, the old names are what
+# calibd (and the issue) use.  A recipe item "qformat:NAME" of cases.txt is
+# hf_ptq's flow without --recipe: that preset, then the KV cache preset of
+# its default --kv_cache_qformat fp8_cast appended
+# (update_quant_cfg_with_kv_cache_quant).
+QFORMAT_PRESETS = {
+    "fp8_pc_pt": "fp8_per_channel_per_token",
+    "fp8_pb_wo": "fp8_2d_blockwise_weight_only",
+    "nvfp4_mse": "nvfp4_w4a4_weight_mse_fp8_sweep",
+    "w4a8_nvfp4_fp8": "w4a8_nvfp4_fp8",
+    "w4a8_mxfp4_fp8": "w4a8_mxfp4_fp8",
+}
+KV_CACHE_QFORMAT = "fp8_cast"
+
+
+def item_base(item):
+    """Fingerprint file basename of a cases.txt recipe item."""
+    if item.startswith("qformat:"):
+        return "qformat_" + item.split(":", 1)[1].replace(":", "_kv_")
+    return os.path.basename(item)
+
+
+def quant_config(item):
+    """The quantization config hf_ptq.py builds for a recipe item
+    ("qformat:NAME[:KV]", KV an hf_ptq --kv_cache_qformat, default
+    fp8_cast)."""
+    if item.startswith("qformat:"):
+        import modelopt.torch.quantization as mtq
+        from modelopt.recipe.presets import KV_QUANT_CFG_CHOICES, QUANT_CFG_CHOICES
+        name, _, kv = item.split(":", 1)[1].partition(":")
+        cfg = QUANT_CFG_CHOICES[QFORMAT_PRESETS.get(name, name)]
+        return mtq.update_quant_cfg_with_kv_cache_quant(
+            cfg, KV_QUANT_CFG_CHOICES[kv or KV_CACHE_QFORMAT]["quant_cfg"])
+    from modelopt.recipe import load_recipe
+    return load_recipe(recipe_file(item)).quantize.model_dump()
+
 
 def read_cases(path):
     rows = []
@@ -170,7 +208,6 @@ def run_modelopt(model_dir, tokens, recipe_name, out_dir):
     import transformers
     from safetensors import safe_open
     import modelopt.torch.quantization as mtq
-    from modelopt.recipe import load_recipe
     from modelopt.torch.export import export_hf_checkpoint
 
     torch.manual_seed(1234)
@@ -184,8 +221,7 @@ def run_modelopt(model_dir, tokens, recipe_name, out_dir):
     model = cls.from_pretrained(model_dir, dtype="auto", device_map="cpu", **kwargs)
     model.eval()
 
-    recipe = load_recipe(recipe_file(recipe_name))
-    quant_cfg = recipe.quantize.model_dump()
+    quant_cfg = quant_config(recipe_name)
 
     def forward_loop(m):
         with torch.no_grad():
@@ -233,18 +269,22 @@ def main():
     for case, arch, layout, recipes in read_cases(args.cases):
         if only and case not in only:
             continue
-        with open(os.path.join(args.parity_dir, case, "case.json")) as f:
+        case, _, parity = case.partition(":")  # "case:parity": tokens of another case
+        parity = parity or case
+        with open(os.path.join(args.parity_dir, parity, "case.json")) as f:
             meta = json.load(f)
-        with open(os.path.join(args.parity_dir, case, "tokens.jsonl")) as f:
+        with open(os.path.join(args.parity_dir, parity, "tokens.jsonl")) as f:
             tokens = [json.loads(l)["input_ids"] for l in f if l.strip()]
         with tempfile.TemporaryDirectory() as tmp:
             fx = os.path.join(tmp, "fixture")
             cmd = [args.fixture_bin, "--arch", arch, "--seed", str(meta["seed"])]
-            if layout != "default":
+            if layout == "wide":  # every linear input a multiple of 128
+                cmd += ["--wide"]
+            elif layout != "default":
                 cmd += ["--layout", layout]
             subprocess.run(cmd + [fx], check=True)
             for r in recipes:
-                base = os.path.basename(r)
+                base = item_base(r)
                 if args.only_recipes and base not in args.only_recipes.split(","):
                     continue
                 out = os.path.join(args.keep, case, base) if args.keep else \

@@ -48,6 +48,7 @@ static const char *const recipes_all[] = {
 
 struct row {
 	char case_name[64], arch[64], layout[32], recipes[512];
+	const char *parity_case; /* "case:parity" in cases.txt, else case_name */
 };
 
 static int is_act_scale(const char *name)
@@ -336,16 +337,58 @@ static int compare(const char *out, json_t *fp)
 	return bad;
 }
 
-static int do_case(const char *dir, const char *parity, const char *calibd,
-		   const struct row *rw, const char *recipe, int *have_any)
+/* The built-in recipe `calibd quantize --qformat name` runs, from
+ * `calibd recipes --json` (engine/recipe/qformat.c), or NULL; the caller
+ * frees it. */
+static char *qformat_recipe(const char *calibd, const char *name)
 {
-	const char *base = strrchr(recipe, '/') ? strrchr(recipe, '/') + 1 : recipe;
-	char path[4096], cmd[16384];
+	char cmd[4200];
+	snprintf(cmd, sizeof(cmd), "'%s' recipes --json", calibd);
+	FILE *p = popen(cmd, "r");
+	if (!p)
+		return NULL;
+	json_t *doc = json_loadf(p, 0, NULL);
+	pclose(p);
+	char *ret = NULL;
+	size_t i;
+	json_t *q;
+	json_array_foreach(json_object_get(doc, "qformats"), i, q) {
+		const char *r = json_string_value(json_object_get(q, "recipe"));
+		if (r && !strcmp(json_string_value(json_object_get(q, "name")), name))
+			ret = strdup(r);
+	}
+	json_decref(doc);
+	return ret;
+}
+
+/* One recipe item of cases.txt: a built-in recipe name, or "qformat:NAME"
+ * (hf_ptq.py --qformat NAME, modelopt_fingerprints.py), whose fingerprint
+ * is qformat_NAME.json and which calibd runs as the recipe the qformat maps
+ * to. */
+static int do_case(const char *dir, const char *parity, const char *calibd,
+		   const struct row *rw, const char *item, int *have_any)
+{
+	char path[4096], cmd[16384], base[128];
+	const char *recipe = item;
+	char *mapped = NULL;
+	if (!strncmp(item, "qformat:", 8)) {
+		snprintf(base, sizeof(base), "qformat_%s", item + 8);
+		if (!(mapped = qformat_recipe(calibd, item + 8))) {
+			printf("== %s %s\n    FAIL: `calibd recipes --json` maps qformat %s to no "
+			       "recipe\n", rw->case_name, item, item + 8);
+			return 1;
+		}
+		recipe = mapped;
+	} else {
+		snprintf(base, sizeof(base), "%s",
+			 strrchr(item, '/') ? strrchr(item, '/') + 1 : item);
+	}
 	snprintf(path, sizeof(path), "%s/fingerprints/%s/%s.json", dir, rw->case_name, base);
-	printf("== %s %s\n", rw->case_name, recipe);
+	printf("== %s %s%s%s\n", rw->case_name, item, mapped ? " -> " : "", mapped ? mapped : "");
 	json_t *fp = json_load_file(path, 0, NULL);
 	if (!fp) {
 		printf("    FAIL: no fingerprint %s (tests/modelopt/make_fingerprints.sh)\n", path);
+		free(mapped);
 		return 1;
 	}
 	*have_any = 1;
@@ -355,6 +398,7 @@ static int do_case(const char *dir, const char *parity, const char *calibd,
 	if (!tmp) {
 		json_decref(fp);
 		printf("    FAIL: mkdtemp\n");
+		free(mapped);
 		return 1;
 	}
 	char fx[4200], stats[4200], out[4200];
@@ -365,7 +409,9 @@ static int do_case(const char *dir, const char *parity, const char *calibd,
 				      .seed = (uint64_t)json_integer_value(json_object_get(
 					      json_object_get(fp, "fixture"), "seed"))};
 	struct cal_error err = {0};
-	if (strcmp(rw->layout, "default") && cal_fixture_layout_parse(rw->layout, &fo.layout) < 0) {
+	fo.wide = !strcmp(rw->layout, "wide"); /* every linear input a multiple of 128 */
+	if (strcmp(rw->layout, "default") && !fo.wide &&
+	    cal_fixture_layout_parse(rw->layout, &fo.layout) < 0) {
 		printf("    FAIL: unknown layout %s\n", rw->layout);
 		bad++;
 	} else if (cal_fixture_write(&fo, fx, &err) < 0) {
@@ -383,7 +429,7 @@ static int do_case(const char *dir, const char *parity, const char *calibd,
 		snprintf(cmd, sizeof(cmd),
 			 "'%s' calibrate --model '%s' --recipe '%s' --calib-tokens "
 			 "'%s/%s/tokens.jsonl' --stats-out '%s' --quiet",
-			 calibd, fx, recipe, parity, rw->case_name, stats);
+			 calibd, fx, recipe, parity, rw->parity_case, stats);
 		if (run(cmd) < 0) {
 			bad++;
 		} else {
@@ -397,6 +443,7 @@ static int do_case(const char *dir, const char *parity, const char *calibd,
 	if (cal_rmtree(tmp, NULL) < 0)
 		printf("    (could not remove %s)\n", tmp);
 	json_decref(fp);
+	free(mapped);
 	return bad;
 }
 
@@ -429,6 +476,10 @@ int main(int argc, char **argv)
 		if (sscanf(line, "%63s %63s %31s %511s", rw.case_name, rw.arch, rw.layout,
 			   rw.recipes) != 4)
 			continue;
+		char *colon = strchr(rw.case_name, ':');
+		rw.parity_case = colon ? colon + 1 : rw.case_name;
+		if (colon)
+			*colon = '\0';
 		if (!strcmp(rw.recipes, "all")) {
 			for (size_t i = 0; i < CAL_ARRAY_LEN(recipes_all); i++, n_runs++)
 				fails += do_case(argv[1], argv[2], calibd, &rw, recipes_all[i],

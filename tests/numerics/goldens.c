@@ -88,7 +88,8 @@ enum cal_status golden_run(struct cal_backend *be, struct golden_result *r,
 	CAL_TRY(cal_backend_download(be, r->nvfp4_scales, ds, 8, err));
 
 	r->fp8_scale_cuda = cal_fp8_scale(r->amax, CAL_DIV_RECIP);
-	struct cal_fp8_quant_args fq = {dw, 128, r->fp8_scale_cuda, CAL_DIV_RECIP, dq, 0};
+	struct cal_fp8_quant_args fq = {dw, 128, r->fp8_scale_cuda, CAL_DIV_RECIP, dq, 0,
+					NULL, 0, 0};
 	CAL_TRY(cal_op_fp8_quant(be, &fq, err));
 	CAL_TRY(cal_backend_download(be, r->fp8_cuda, dq, 128, err));
 	r->fp8_scale_cpu = cal_fp8_scale(r->amax, CAL_DIV_EXACT);

@@ -447,6 +447,37 @@ static int case_nvfp4_quant(struct opcase_env *env, uint64_t rows, uint64_t unit
 	return finish(&c);
 }
 
+/* A symmetric matrix of n = units (at most 300) columns, diagonally
+ * dominant (positive definite) unless seed & 4 makes one pivot negative
+ * (*bad; then only the flag is compared). */
+static int case_chol_inv(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(chol_inv);
+	uint64_t n = units > 300 ? 300 : units;
+	double *a = xmalloc(n * n * 8);
+	for (uint64_t i = 0; i < n; i++)
+		for (uint64_t j = 0; j <= i; j++)
+			a[i * n + j] = a[j * n + i] = i == j ? (double)n * (1.0 + cal_test_unit(&s) * 0.25)
+							     : (double)cal_test_unit(&s) * 0.5;
+	int neg = (seed & 4) != 0;
+	if (neg)
+		a[(n / 2) * n + n / 2] = -1.0;
+	/* f64 buffers aligned (the device loads 8 bytes at a time) */
+	struct pair *pa = pair_new_stat(&c, n * n * 8, a), *py = pair_new_stat(&c, n * n * 8, NULL),
+		    *pb = pair_new_stat(&c, 4, NULL), *pw = pair_new_stat(&c, (n + 32) * 32 * 8, NULL);
+	struct cal_chol_inv_args A = {pa->a, n, py->a, pb->a, pw->a};
+	struct cal_chol_inv_args B = {pa->b, n, py->b, pb->b, pw->b};
+	(void)rows;
+	RUN_BOTH(&c, chol_inv, A, B);
+	pair_check(&c, pb, "bad");
+	if (!neg) {
+		pair_check(&c, pa, "a (L)");
+		pair_check(&c, py, "y (L^-1)");
+	}
+	free(a);
+	return finish(&c);
+}
+
 static int case_gptq_update(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
 {
 	CTX(gptq_update);
@@ -533,10 +564,19 @@ static int case_fp8_quant(struct opcase_env *env, uint64_t rows, uint64_t units,
 		sc = cal_fmul(sc, 0.5f); /* overflowing values -> NaN codes */
 	struct pair *pw = pair_new(&c, n * 2, w), *pq = pair_new(&c, n, NULL);
 	int single = seed % 3 == 1; /* gpt_oss stacked experts: one rounding */
-	struct cal_fp8_quant_args A = {pw->a, n, sc, div, pq->a, single};
-	struct cal_fp8_quant_args B = {pw->b, n, sc, div, pq->b, single};
+	/* FP8 per channel (a scale per row of `units` elements) or 2-D blocks
+	 * (tiles of 4 x 4 or 128 x 128, ragged at the ends) */
+	uint32_t tile = seed % 8 == 7 ? (seed & 16 ? 128 : 4) : 0;
+	struct pair *prs = seed % 4 == 3 ? pair_new(&c, cal_fp8_tiles(rows, units, tile) * 4, NULL)
+					 : NULL;
+	struct cal_fp8_quant_args A = {pw->a, n, sc, div, pq->a, single,
+				       prs ? prs->a : NULL, units, tile};
+	struct cal_fp8_quant_args B = {pw->b, n, sc, div, pq->b, single,
+				       prs ? prs->b : NULL, units, tile};
 	RUN_BOTH(&c, fp8_quant, A, B);
 	pair_check(&c, pq, "q");
+	if (prs)
+		pair_check(&c, prs, "row_scale");
 	free(w);
 	return finish(&c);
 }
@@ -653,10 +693,21 @@ static int case_fp8_dequant(struct opcase_env *env, uint64_t rows, uint64_t unit
 	uint8_t *q = rand_bytes(n, &s);
 	float sc = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, -8);
 	struct pair *pq = pair_new(&c, n, q), *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
-	struct cal_fp8_dequant_args A = {pq->a, n, sc, dt, po->a};
-	struct cal_fp8_dequant_args B = {pq->b, n, sc, dt, po->b};
+	float *rs = NULL; /* FP8 per channel: a scale per row of `units` elements */
+	struct pair *prs = NULL;
+	uint32_t tile = seed % 6 == 5 ? 4 : 0; /* 2-D blocks, else per row */
+	uint64_t nt = cal_fp8_tiles(rows, units, tile);
+	if (seed % 3 == 2) {
+		rs = malloc(nt * 4 + 4);
+		for (uint64_t r = 0; rs && r < nt; r++)
+			rs[r] = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, -8 - (int)(r % 5));
+		prs = rs ? pair_new(&c, nt * 4, rs) : NULL;
+	}
+	struct cal_fp8_dequant_args A = {pq->a, n, sc, dt, po->a, prs ? prs->a : NULL, units, tile};
+	struct cal_fp8_dequant_args B = {pq->b, n, sc, dt, po->b, prs ? prs->b : NULL, units, tile};
 	RUN_BOTH(&c, fp8_dequant, A, B);
 	pair_check(&c, po, "out");
+	free(rs);
 	free(q);
 	return finish(&c);
 }
@@ -828,6 +879,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_AMAX_COLS] = case_amax_cols,
 	[CAL_OPID_HESSIAN] = case_hessian,
 	[CAL_OPID_GPTQ_UPDATE] = case_gptq_update,
+	[CAL_OPID_CHOL_INV] = case_chol_inv,
 	[CAL_OPID_NVFP4_QUANT] = case_nvfp4_quant,
 	[CAL_OPID_NVFP4_STATIC_QUANT] = case_nvfp4_static_quant,
 	[CAL_OPID_NVFP4_MSE_SWEEP] = case_nvfp4_mse_sweep,

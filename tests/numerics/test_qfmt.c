@@ -36,6 +36,17 @@ static const struct {
 	/* equal to modelopt 0.47's INT8 export, (w / (amax_row / 127)[:, None])
 	 * .round().clamp(-128, 127), computed with torch on the CPU */
 	{"int8", 0x76c8648585cd37fcull},
+	/* equal to modelopt 0.47's FP8_PC_PT export, (w / (amax_row / 448)
+	 * [:, None]).to(float8_e4m3fn) with its F32 [rows] weight_scale,
+	 * computed with torch on the CPU */
+	{"fp8_pc_pt", 0xf7c91389f44be721ull},
+	/* equal to modelopt 0.47's NVFP4QTensor.quantize(w, 32) with
+	 * weight_scale_2 = amax / 448 (W4A8_NVFP4_FP8), computed on the CPU */
+	{"w4a8_nvfp4_fp8", 0x1099c98c79b84201ull},
+	{"w4a8_mxfp4_fp8", 0x3834a1085b3ef634ull}, /* the MXFP4 weights */
+	/* equal to modelopt 0.47's FP8_PB_WO export, FP8QTensor.quantize(w,
+	 * amax_block / 448, {-1: 128, -2: 128}) with F32 scales, on the CPU */
+	{"fp8_pb_wo", 0x1c98eb5b26e16a7full},
 };
 
 #define ROWS 4
@@ -72,11 +83,8 @@ Test(qfmt, every_row_is_complete)
 			  "%s: elem_dtype", n);
 		cr_expect(!f->pack_rows || f->elem_bits == 4, "%s: pack_rows needs 4 bits", n);
 		if (f->block_type == CAL_QBLOCK_NONE) {
-			cr_expect(!f->block && !f->scale_bytes, "%s: per tensor has no block", n);
-		} else if (f->block_type == CAL_QBLOCK_ROW) {
-			cr_expect(!f->block && !f->tensor_scale, "%s: per row has no block", n);
-			cr_expect(f->scale_bytes == (uint32_t)cal_dtype_size(f->scale_dtype),
-				  "%s: scale_bytes", n);
+			cr_expect(!f->block && (!f->scale_bytes || f->per_channel),
+				  "%s: per tensor has no block", n);
 		} else {
 			int listed = 0;
 			for (size_t k = 0; k < sizeof(f->blocks) / sizeof(f->blocks[0]); k++)
@@ -85,8 +93,7 @@ Test(qfmt, every_row_is_complete)
 			cr_expect(f->scale_bytes == (uint32_t)cal_dtype_size(f->scale_dtype),
 				  "%s: scale_bytes", n);
 		}
-		cr_expect(f->block || f->tensor_scale || f->block_type == CAL_QBLOCK_ROW,
-			  "%s: no scale at all", n);
+		cr_expect(f->block || f->tensor_scale || f->per_channel, "%s: no scale at all", n);
 		cr_expect(!f->tensor_scale == !f->tensor_scale_of, "%s: tensor_scale(_of)", n);
 		cr_expect(f->roles & CAL_QFMT_ROLE_WEIGHT, "%s: roles", n);
 		cr_expect(!(f->roles & CAL_QFMT_ROLE_INPUT) || f->act == f->id,

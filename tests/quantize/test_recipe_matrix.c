@@ -74,14 +74,8 @@ struct refusal {
 };
 
 static const struct refusal refusals[] = {
-	/* GPTQ runs on plain GQA attention with dense or routed-expert MLPs
-	 * (docs/gptq.md): not on gated attention / Gated DeltaNet, MLA, GPT-OSS */
-	{"nvfp4_default-kv_none-gptq", "qwen3_next qwen3_5_moe qwen3_5_moe_text",
-	 "algorithm gptq with attention other than plain GQA"},
-	{"nvfp4_default-kv_none-gptq", "deepseek_v3", "algorithm gptq with attention other than "
-	 "plain GQA"},
-	{"nvfp4_default-kv_none-gptq", "gpt_oss", "algorithm gptq with GPT-OSS"},
-	/* AWQ-lite likewise (docs/awq.md); calibd's tree: hf_ptq's nvfp4_awq */
+	/* AWQ-lite runs on plain GQA attention with dense or routed-expert MLPs
+	 * (docs/awq.md); calibd's tree: hf_ptq's nvfp4_awq */
 	{"nvfp4_awq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
 	 "algorithm awq_lite with attention other than plain GQA"},
 	{"nvfp4_awq-kv_fp8_cast", "gpt_oss", "algorithm awq_lite with GPT-OSS"},
@@ -105,6 +99,16 @@ static const struct refusal refusals[] = {
 	{"int8_sq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
 	 "algorithm smoothquant with attention other than plain GQA"},
 	{"int8_sq-kv_fp8_cast", "gpt_oss", "algorithm smoothquant with GPT-OSS"},
+	/* calibd's recipes of hf_ptq's W4A8 qformats: block 32 weights, as
+	 * nvfp4_mlp_weight_only / mxfp4_mlp_weight_only */
+	{"w4a8_nvfp4_fp8-kv_fp8_cast", MOE_ARCHS,
+	 "is not a multiple of the W4A8 NVFP4 bs32 / FP8 block size 32"},
+	{"w4a8_mxfp4_fp8-kv_fp8_cast", MOE_ARCHS,
+	 "is not a multiple of the W4A8 MXFP4 / FP8 block size 32"},
+	/* FP8 2-D blocks on GPT-OSS's fused experts: not compared with
+	 * modelopt, refused (kernels/qfmt.def) */
+	{"fp8_2d_blockwise_weight_only-kv_fp8_cast", "gpt_oss",
+	 "GPT-OSS experts in fp8_pb_wo are not exported"},
 };
 
 /* Whether `w` is one of the space-separated words of `list`. */
@@ -309,11 +313,14 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		while (k < CAL_ARRAY_LEN(modelopt_ptq) && strcmp(modelopt_ptq[k], refusals[i].recipe))
 			k++;
 		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast, nvfp4_awq-kv_fp8_cast
-		 * (hf_ptq's int4_awq, nvfp4_awq), int8* (hf_ptq's int8, int8_wo, int8_sq) */
+		 * (hf_ptq's int4_awq, nvfp4_awq), int8* (hf_ptq's int8, int8_wo, int8_sq),
+		 * w4a8_* and fp8_2d_* (hf_ptq's W4A8 and fp8_pb_wo) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
 		    strncmp(refusals[i].recipe, "int8", 4) &&
 		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast") &&
-		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast"))
+		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast") &&
+		    strncmp(refusals[i].recipe, "w4a8_", 5) &&
+		    strncmp(refusals[i].recipe, "fp8_2d_", 7))
 			cr_assert_fail("refusal for unknown recipe %s", refusals[i].recipe);
 	}
 	matrix(dir, (const char *const *)names, n);

@@ -968,10 +968,10 @@ Test(plan, int8_and_smoothquant)
 	free(y);
 	/* per-channel along another axis, per-channel inputs, weight-only */
 	y = int8_yaml("max", "1", "null");
-	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "implemented along axis 0 only");
+	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "implemented for weights along axis 0 only");
 	free(y);
 	y = int8_yaml("max", "0", "-1");
-	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "per-channel quantization (axis) of activations");
+	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "per-channel quantization (axis) is implemented for weights");
 	free(y);
 	y = int8_yaml("smoothquant", "null", "null");
 	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "8-bit integer quantization is not implemented");
@@ -986,4 +986,75 @@ Test(plan, int8_and_smoothquant)
 			  "  algorithm: {method: smoothquant, layerwise: {enable: true}}\n"
 			  "  quant_cfg: []\n",
 		   CAL_ERR_UNSUPPORTED, "algorithm smoothquant: option layerwise");
+}
+
+/* hf_ptq's fp8_pc_pt, fp8_pb_wo and W4A8 qformats (kernels/qfmt.def rows
+ * with per_channel, block2d, weight_of), and what stays refused around
+ * them. */
+Test(plan, fp8_channel_block_and_w4a8)
+{
+	static const struct {
+		const char *recipe, *wq, *iq;
+		enum cal_qfmt w, in;
+		int block, w_calib, in_calib;
+	} ok[] = {
+		{"general/ptq/fp8_per_channel_per_token-kv_fp8_cast",
+		 "model.layers.1.mlp.experts.gate_up_proj_weight_quantizers.0",
+		 "model.layers.1.mlp.experts.gate_up_proj_input_quantizer", CAL_QFMT_FP8_PC_PT,
+		 CAL_QFMT_FP8_PC_PT, 0, 0, 0},
+		{"general/ptq/fp8_2d_blockwise_weight_only-kv_fp8_cast",
+		 "model.layers.0.self_attn.q_proj.weight_quantizer",
+		 "model.layers.0.self_attn.q_proj.input_quantizer", CAL_QFMT_FP8_PB_WO, CAL_QFMT_NONE,
+		 128, 1, 0},
+		{"general/ptq/w4a8_nvfp4_fp8-kv_fp8_cast",
+		 "model.layers.0.mlp.down_proj.weight_quantizer",
+		 "model.layers.0.mlp.down_proj.input_quantizer", CAL_QFMT_W4A8_NVFP4_FP8, CAL_QFMT_FP8,
+		 32, 1, 1},
+		{"general/ptq/w4a8_mxfp4_fp8-kv_fp8_cast",
+		 "model.layers.1.mlp.experts.down_proj_weight_quantizers.3",
+		 "model.layers.1.mlp.experts.down_proj_input_quantizer", CAL_QFMT_W4A8_MXFP4_FP8,
+		 CAL_QFMT_FP8, 32, 0, 1},
+	};
+	struct cal_model_desc *d = model(qwen3_moe);
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, ok[i].recipe);
+		struct cal_plan *p = plan_of(d, r);
+		const struct cal_plan_q *w = cal_plan_find(p, ok[i].wq), *in = cal_plan_find(p, ok[i].iq);
+		cr_assert(w && w->spec.enabled && w->spec.fmt == ok[i].w, "%s: %s is %s", ok[i].recipe,
+			  ok[i].wq, w ? cal_qfmt_name(w->spec.fmt) : "missing");
+		cr_assert_eq(w->spec.block, ok[i].block, "%s", ok[i].recipe);
+		cr_assert_eq(w->spec.calibrate, ok[i].w_calib, "%s", ok[i].recipe);
+		cr_assert(in && (in->spec.enabled ? in->spec.fmt : CAL_QFMT_NONE) == ok[i].in, "%s",
+			  ok[i].recipe);
+		cr_assert(!in->spec.enabled || in->spec.calibrate == ok[i].in_calib, "%s",
+			  ok[i].recipe);
+		cal_plan_free(p);
+		cal_recipe_free(r);
+	}
+	cal_model_desc_free(d);
+#define FP8H "imports: {fp8: configs/numerics/fp8, nvfp4: configs/numerics/nvfp4}\n" \
+	"metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n" \
+	"    - {quantizer_name: '*', enable: false}\n"
+	plan_fails(qwen3_moe, FP8H "    - {quantizer_name: '*o_proj.weight_quantizer', "
+				   "cfg: {$import: fp8, axis: 1}}\n",
+		   CAL_ERR_UNSUPPORTED, "implemented for weights along axis 0 only");
+	plan_fails(qwen3_moe, FP8H "    - {quantizer_name: '*o_proj.weight_quantizer', "
+				   "cfg: {$import: fp8, axis: 0}}\n"
+				   "    - {quantizer_name: '*o_proj.input_quantizer', "
+				   "cfg: {$import: fp8, type: dynamic}}\n",
+		   CAL_ERR_UNSUPPORTED, "per-token inputs only");
+	plan_fails(qwen3_moe, FP8H "    - {quantizer_name: '*o_proj.weight_quantizer', "
+				   "cfg: {$import: fp8, block_sizes: {-1: 64, -2: 64}}}\n",
+		   CAL_ERR_UNSUPPORTED, "2-D block weights are implemented in FP8 E4M3 with static "
+		   "blocks of 128 x 128");
+	plan_fails(qwen3_moe, FP8H "    - {quantizer_name: '*o_proj.weight_quantizer', "
+				   "cfg: {$import: nvfp4}}\n"
+				   "    - {quantizer_name: '*o_proj.input_quantizer', cfg: {$import: fp8}}\n",
+		   CAL_ERR_UNSUPPORTED, "NVFP4 weights with FP8 inputs are not implemented");
+	plan_fails(qwen3_moe, FP8H "    - {quantizer_name: '*o_proj.weight_quantizer', "
+				   "cfg: {$import: fp8}}\n"
+				   "    - {quantizer_name: '*o_proj.input_quantizer', cfg: {$import: fp8, "
+				   "type: dynamic, block_sizes: {-1: null}}}\n",
+		   CAL_ERR_UNSUPPORTED, "FP8 weights with FP8 per-channel/per-token inputs");
+#undef FP8H
 }

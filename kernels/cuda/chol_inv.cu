@@ -1,0 +1,119 @@
+/*
+ * chol_inv.cu — GPTQ's f64 Cholesky factor and its inverse (kernels/ops.h,
+ * docs/gptq.md) on the back end's stream.  Not cuSOLVER: potrf / trtri
+ * block and fuse multiply-adds in an order of their own (and of their
+ * version), which the host cannot reproduce; these kernels compute every
+ * element with the C reference's operations in its order
+ * (kernels/chol_inv.c: __dmul_rn / __dsub_rn / __dadd_rn / __ddiv_rn /
+ * __dsqrt_rn, never contracted), so both back ends give the same bytes.
+ *
+ * Per block of 32 columns: one 32-thread block factors the diagonal rows
+ * column by column; the block's rows go into a panel (panel[k][j] =
+ * L[j0 + j][k]); then a warp per row below the block: lane j runs the
+ * row's sum for column j0 + j over k < j0 (the panel read coalesced, L[i][k]
+ * broadcast), then the lanes take the block's columns in turn (k from j0,
+ * the lanes before it done) and divide.  Inverse: one thread per column c
+ * of L^-1, forward substitution from row c (adjacent threads read adjacent
+ * elements of L and of y).  A pivot that is not positive and finite sets
+ * *bad; the rest runs on (its values are then undefined).
+ */
+#include "common.cuh"
+
+#define CI_NB 32
+
+__global__ void chol_diag_kernel(double *a, uint64_t n, uint64_t j0, uint64_t j1, int32_t *bad)
+{
+	uint64_t i = j0 + threadIdx.x;
+	for (uint64_t j = j0; j < j1; j++) {
+		const double *lj = a + j * n;
+		if (i == j) {
+			double d = lj[j];
+			for (uint64_t k = 0; k < j; k++)
+				d = __dsub_rn(d, __dmul_rn(lj[k], lj[k]));
+			if (!(d > 0.0) || !isfinite(d))
+				*bad = 1;
+			a[j * n + j] = __dsqrt_rn(d);
+		}
+		__syncthreads();
+		if (i > j && i < j1) {
+			double *li = a + i * n, v = li[j];
+			for (uint64_t k = 0; k < j; k++)
+				v = __dsub_rn(v, __dmul_rn(li[k], lj[k]));
+			li[j] = __ddiv_rn(v, lj[j]);
+		}
+		__syncthreads();
+	}
+}
+
+__global__ void chol_panel_kernel(const double *a, uint64_t n, uint64_t j0, uint64_t j1,
+				  double *panel)
+{
+	uint64_t k = (uint64_t)blockIdx.x * blockDim.y + threadIdx.y, j = threadIdx.x;
+	if (k < j0)
+		panel[k * CI_NB + j] = j < j1 - j0 ? a[(j0 + j) * n + k] : 0.0;
+}
+
+/* blockDim (32, rows per block): lane j of the warp of row i. */
+__global__ void chol_rows_kernel(double *a, uint64_t n, uint64_t j0, uint64_t j1,
+				 const double *panel)
+{
+	uint64_t i = j1 + (uint64_t)blockIdx.x * blockDim.y + threadIdx.y, j = threadIdx.x;
+	uint64_t w = j1 - j0;
+	if (i >= n) /* whole warps leave together: the shuffle-free sync below is per warp */
+		return;
+	double *li = a + i * n;
+	double v = j < w ? li[j0 + j] : 0.0;
+	for (uint64_t k = 0; k < j0; k++)
+		v = __dsub_rn(v, __dmul_rn(li[k], panel[k * CI_NB + j]));
+	for (uint64_t jj = 0; jj < w; jj++) {
+		if (j == jj) {
+			const double *lj = a + (j0 + jj) * n;
+			for (uint64_t k = j0; k < j0 + jj; k++)
+				v = __dsub_rn(v, __dmul_rn(li[k], lj[k]));
+			li[j0 + jj] = __ddiv_rn(v, lj[j0 + jj]);
+		}
+		__syncwarp();
+	}
+}
+
+__global__ void chol_inv_kernel(const double *l, uint64_t n, double *y)
+{
+	uint64_t c = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (c >= n)
+		return;
+	for (uint64_t i = 0; i < c; i++)
+		y[i * n + c] = 0.0;
+	y[c * n + c] = __ddiv_rn(1.0, l[c * n + c]);
+	for (uint64_t i = c + 1; i < n; i++) {
+		const double *li = l + i * n;
+		double s = 0.0;
+		for (uint64_t k = c; k < i; k++)
+			s = __dadd_rn(s, __dmul_rn(li[k], y[k * n + c]));
+		y[i * n + c] = __ddiv_rn(-s, li[i]);
+	}
+}
+
+CAL_CUDA_OP(chol_inv)
+{
+	CAL_CUDA_OP_ENTER(0);
+	const uint64_t n = a->n;
+	CAL_CUDA_TRY(cudaMemsetAsync(a->bad, 0, sizeof(int32_t), s));
+	for (uint64_t j0 = 0; j0 < n; j0 += CI_NB) {
+		uint64_t j1 = j0 + CI_NB < n ? j0 + CI_NB : n;
+		chol_diag_kernel<<<1, CI_NB, 0, s>>>(a->a, n, j0, j1, a->bad);
+		CAL_CUDA_LAUNCHED();
+		if (j1 == n)
+			break;
+		if (j0) {
+			chol_panel_kernel<<<(unsigned)((j0 + 7) / 8), dim3(CI_NB, 8), 0, s>>>(
+				a->a, n, j0, j1, a->work);
+			CAL_CUDA_LAUNCHED();
+		}
+		chol_rows_kernel<<<(unsigned)((n - j1 + 7) / 8), dim3(CI_NB, 8), 0, s>>>(a->a, n, j0,
+											   j1, a->work);
+		CAL_CUDA_LAUNCHED();
+	}
+	chol_inv_kernel<<<(unsigned)((n + 127) / 128), 128, 0, s>>>(a->a, n, a->y);
+	CAL_CUDA_LAUNCHED();
+	return CAL_OK;
+}

@@ -1,0 +1,78 @@
+/*
+ * bench_gptq_factor.c — times GPTQ's host factorisation (cal_gptq_factor:
+ * f64 Cholesky of the reversed damped Hessian and its triangular inverse,
+ * engine/calib/gptq.c, blocked and threaded) on an n x n matrix, next to
+ * the single-threaded column algorithms it replaced (gptq_factor_ref.h),
+ * and checks that both give the same bytes.
+ *
+ *   bench_gptq_factor [n threads [ref]]   (default 2048 0 1; ref 0 skips the
+ *                                          reference)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "common/util.h"
+#include "engine/gptq.h"
+#include "gptq_factor_ref.h"
+
+/* CPU seconds of the process (all threads): the work, whatever else the
+ * machine runs. */
+static double cpu_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+	return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+	uint64_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 2048;
+	unsigned threads = argc > 2 ? (unsigned)strtoul(argv[2], NULL, 10) : 0;
+	int ref = argc > 3 ? atoi(argv[3]) : 1;
+	struct cal_error err = {0};
+	struct cal_backend_opts bo = {.cpu_threads = threads};
+	struct cal_backend *be = NULL;
+	if (!n || n % 16 || cal_backend_init(CAL_BACKEND_CPU, &bo, &be, &err) < 0) {
+		fprintf(stderr, "bench_gptq_factor: %s\n", n && n % 16 == 0 ? cal_error_msg(&err)
+									   : "n must be a multiple of 16");
+		return 1;
+	}
+	uint64_t rows = 4;
+	float *h = malloc(n * n * 4), *u = malloc(n * n * 4), *r = ref ? malloc(n * n * 4) : NULL;
+	uint16_t *w = malloc(rows * n * 2);
+	if (!h || !u || !w || (ref && !r)) {
+		fprintf(stderr, "bench_gptq_factor: out of memory\n");
+		return 1;
+	}
+	gptq_factor_case(n, 0, 1, h, w, rows);
+	struct cal_gptq_opts o = {CAL_GPTQ_PERC_DAMP, CAL_GPTQ_BLOCK, 1};
+	struct cal_gptq_stats st;
+	double t0 = cal_now(), c0 = cpu_s();
+	if (cal_gptq_factor(be, w, rows, n, h, 1000, &o, u, &st, &err) < 0) {
+		fprintf(stderr, "bench_gptq_factor: %s\n", cal_error_msg(&err));
+		return 1;
+	}
+	double t1 = cal_now(), c1 = cpu_s();
+	printf("gptq factor n=%llu, %s: wall %.3f s, cpu %.3f s (fallback %d)",
+	       (unsigned long long)n, cal_backend_describe(be), t1 - t0, c1 - c0, st.fallback);
+	if (ref) {
+		double t2 = cal_now(), c2 = cpu_s();
+		int fb = gptq_factor_ref(w, rows, n, h, 1000, CAL_GPTQ_PERC_DAMP, r);
+		double t3 = cal_now(), c3 = cpu_s();
+		uint64_t diff = 0;
+		for (uint64_t k = 0; k < n * n; k++)
+			diff += memcmp(&u[k], &r[k], 4) != 0;
+		printf("; column algorithm (1 thread) wall %.3f s, cpu %.3f s; U values "
+		       "differing: %llu%s", t3 - t2, c3 - c2, (unsigned long long)diff,
+		       fb != st.fallback ? " (fallback differs)" : "");
+		if (diff || fb != st.fallback) {
+			printf("\n");
+			return 1;
+		}
+	}
+	printf("\n");
+	free(h), free(u), free(r), free(w);
+	cal_backend_free(be);
+	return 0;
+}
