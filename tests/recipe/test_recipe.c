@@ -976,6 +976,10 @@ Test(plan, int8_and_smoothquant)
 	y = int8_yaml("smoothquant", "null", "null");
 	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "8-bit integer quantization is not implemented");
 	free(y);
+	/* INT8 inputs are static per tensor: per-token ones select no row */
+	y = int8_yaml("max", "0", "null, type: dynamic, block_sizes: {-1: null}");
+	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "per-token inputs in FP8 E4M3 only");
+	free(y);
 	plan_fails(dense, "imports: {fp8: configs/numerics/fp8}\nmetadata: {recipe_type: ptq}\n"
 			  "quantize:\n  algorithm: smoothquant\n  quant_cfg:\n"
 			  "    - {quantizer_name: '*', enable: false}\n"
