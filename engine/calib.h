@@ -187,6 +187,8 @@ enum cal_status cal_calib_check_model(const struct cal_model_desc *d, struct cal
 enum cal_status cal_calib_check_gptq(const struct cal_plan *plan, struct cal_error *err);
 /* Likewise for awq_lite (docs/awq.md). */
 enum cal_status cal_calib_check_awq(const struct cal_plan *plan, struct cal_error *err);
+/* Likewise for smoothquant (docs/smoothquant.md). */
+enum cal_status cal_calib_check_sq(const struct cal_plan *plan, struct cal_error *err);
 
 /*
  * Opens the checkpoint in model_dir for calibration with `plan` (which must
@@ -282,6 +284,13 @@ const uint16_t *cal_calib_awq_weight(const struct cal_calib *c, size_t mod, uint
 				     const uint16_t **pqs);
 const uint16_t *cal_calib_awq_norm(const struct cal_calib *c, int post_attention,
 				   uint64_t *numel);
+
+/* SmoothQuant (docs/smoothquant.md), valid during the layer's on_layer
+ * callback: the folded bf16 weight [out, in] of plan module `mod` (*numel
+ * elements) and in *pqs its bf16 pre_quant_scale [in] (after the group's
+ * resmoothing); NULL when the module was not smoothed. */
+const uint16_t *cal_calib_sq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel,
+				    const uint16_t **pqs);
 
 /* Number of tokens the run processed (pads included with pad_like_modelopt). */
 uint64_t cal_calib_tokens_processed(const struct cal_calib *c);

@@ -208,12 +208,16 @@ enum cal_status cal_job_check(const struct cal_job *j, unsigned ops, struct cal_
 			st = cal_calib_check_gptq(j->plan, err);
 		if (st >= 0)
 			st = cal_calib_check_awq(j->plan, err);
+		if (st >= 0)
+			st = cal_calib_check_sq(j->plan, err);
 		enum cal_calib_method m = j->recipe->algo.method;
-		if (st >= 0 && m == CAL_CALIB_AWQ_LITE && cal_job_ranks_world(j) > 1)
+		if (st >= 0 && (m == CAL_CALIB_AWQ_LITE || m == CAL_CALIB_SMOOTHQUANT) &&
+		    cal_job_ranks_world(j) > 1)
 			st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
-					   "algorithm awq_lite runs on one rank: what it gathers "
-					   "per linear is not combined across ranks yet "
-					   "(docs/awq.md); run it with one GPU or --ranks 1");
+					   "algorithm %s runs on one rank: what it gathers per "
+					   "linear is not combined across ranks yet (docs/%s.md); "
+					   "run it with one GPU or --ranks 1", j->recipe->algo.name,
+					   m == CAL_CALIB_AWQ_LITE ? "awq" : "smoothquant");
 		if (st < 0)
 			return st;
 	}
@@ -552,8 +556,9 @@ enum cal_status cal_job_export(struct cal_job *j, const struct cal_stats *stats,
 		*ret_report = NULL;
 	if (st < 0)
 		return st;
-	if (j->recipe->algo.method == CAL_CALIB_GPTQ || /* docs/gptq.md, docs/awq.md */
-	    j->recipe->algo.method == CAL_CALIB_AWQ_LITE)
+	if (j->recipe->algo.method == CAL_CALIB_GPTQ || /* docs/gptq.md, docs/awq.md, */
+	    j->recipe->algo.method == CAL_CALIB_AWQ_LITE || /* docs/smoothquant.md */
+	    j->recipe->algo.method == CAL_CALIB_SMOOTHQUANT)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s uses algorithm %s, "
 				     "whose updated weights exist only during the calibration: "
 				     "use quantize (calibration and export in one run)",

@@ -140,8 +140,9 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 		return interrupted(j, err);
 	double t0 = cal_now();
 	CAL_TRY(layer_stats(j, c, layer, err));
-	/* GPTQ, AWQ: the layer's updated weights (AWQ: pre_quant_scales and
-	 * fused norms) replace the source's in the export */
+	/* GPTQ, AWQ, SmoothQuant: the layer's updated weights (AWQ: pre_quant_
+	 * scales and fused norms; SmoothQuant: pre_quant_scales) replace the
+	 * source's in the export */
 	const struct cal_plan *p = j->plan;
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		uint64_t n = 0;
@@ -150,6 +151,8 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 			w = cal_calib_gptq_weight(c, mi, &n);
 		if (p->modules[mi].layer == layer && !w)
 			w = cal_calib_awq_weight(c, mi, &n, &pqs);
+		if (p->modules[mi].layer == layer && !w)
+			w = cal_calib_sq_weight(c, mi, &n, &pqs);
 		if (w)
 			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, pqs, err));
 	}
@@ -445,6 +448,7 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 	{ /* GPTQ's report (docs/gptq.md) goes into calibd_report.json */
 		json_t *cs = cal_calib_stats(cal), *gq = cs ? json_object_get(cs, "gptq") : NULL;
 		json_t *aw = cs ? json_object_get(cs, "awq_lite") : NULL;
+		json_t *sq = cs ? json_object_get(cs, "smoothquant") : NULL;
 		if (gq) {
 			cal_exporter_set_algorithm_report(j.ex, gq);
 			cal_exporter_add_phase(j.ex, "gptq_solve",
@@ -454,6 +458,11 @@ enum cal_status cal_quantize_run(struct cal_job *job, const struct cal_quantize_
 			cal_exporter_set_algorithm_report(j.ex, aw);
 			cal_exporter_add_phase(j.ex, "awq_search",
 					       json_number_value(json_object_get(aw, "search_s")));
+		}
+		if (sq) { /* docs/smoothquant.md: per linear, the input amax */
+			cal_exporter_set_algorithm_report(j.ex, sq);
+			cal_exporter_add_phase(j.ex, "smoothquant",
+					       json_number_value(json_object_get(sq, "smooth_s")));
 		}
 		json_decref(cs);
 	}

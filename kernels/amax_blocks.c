@@ -6,14 +6,9 @@
  */
 #include "kernels/internal.h"
 
-struct blocks_ctx {
-	const struct cal_amax_blocks_args *a;
-	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
-};
-
 static void blocks_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
-	struct blocks_ctx *c = p;
+	struct cal_obs_items *c = p;
 	const struct cal_amax_blocks_args *a = c->a;
 	struct cal_nf_part nf = {0, CAL_NONFINITE_NONE};
 
@@ -44,18 +39,7 @@ CAL_CHECK_OP(amax_blocks)
 
 CAL_CPU_OP(amax_blocks)
 {
-	struct blocks_ctx c;
+	struct cal_obs_items c = {.a = a};
 	uint64_t nb = a->rows * a->cols / a->block, min = (1u << 18) / a->block;
-	unsigned k = cal_cpu_slots(be, nb, min);
-	enum cal_status st;
-
-	c.a = a;
-	for (unsigned i = 0; i < k; i++)
-		c.nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
-	st = cal_cpu_parallel(be, nb, min, blocks_range, &c, err);
-	if (st < 0)
-		return st;
-	for (unsigned i = 0; i < k; i++)
-		cal_nf_fold(a->nonfinite, &c.nf[i]);
-	return CAL_OK;
+	return cal_cpu_observe_items(be, nb, min, blocks_range, &c, a->nonfinite, err);
 }

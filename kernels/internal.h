@@ -193,6 +193,32 @@ static inline void cal_nf_fold(struct cal_nonfinite *nf, const struct cal_nf_par
 		nf->first = p->first;
 }
 
+/* An observer whose amaxes are per item (blocks, columns): its range
+ * function gets this context and leaves its non-finite report in
+ * nf[slot]. */
+struct cal_obs_items {
+	const void *a; /* the op's arguments */
+	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
+};
+
+/* cal_cpu_parallel of fn over n_items with c's non-finite partials cleared
+ * first and folded into nf after. */
+static inline enum cal_status cal_cpu_observe_items(struct cal_backend *be, uint64_t n_items,
+						    uint64_t min_items, cal_cpu_range_fn fn,
+						    struct cal_obs_items *c,
+						    struct cal_nonfinite *nf, struct cal_error *err)
+{
+	unsigned k = cal_cpu_slots(be, n_items, min_items);
+	for (unsigned i = 0; i < k; i++)
+		c->nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
+	enum cal_status st = cal_cpu_parallel(be, n_items, min_items, fn, c, err);
+	if (st < 0)
+		return st;
+	for (unsigned i = 0; i < k; i++)
+		cal_nf_fold(nf, &c->nf[i]);
+	return CAL_OK;
+}
+
 /* ---- CPU drivers shared by the op files (kernels/cpu_run.c) ---- */
 
 /* The partial of a max|x| observer over its items [begin, end) of args:

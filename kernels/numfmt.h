@@ -318,17 +318,23 @@ CAL_HD float cal_fp8_input_scale(float amax, enum cal_div_mode mode)
 	return cal_scale_div(amax, 448.0f, mode);
 }
 
+/* modelopt's export_amax() of one row's amax a (per-channel weights):
+ * 0 and NaN -> maxbound (scale 1), else clamped to [FLT_MIN, FLT_MAX]
+ * (inf -> FLT_MAX). */
+CAL_HD float cal_export_row_amax(float a, float maxbound)
+{
+	if (a == 0.0f || a != a)
+		return maxbound;
+	return a < 0x1p-126f ? 0x1p-126f : (a > 0x1.fffffep127f ? 0x1.fffffep127f : a);
+}
+
 /* FP8 per-channel weight_scale of one row (docs/numerics.md "FP8 per
  * channel, per token") from m, the row's largest bf16 magnitude as bits
  * (x & 0x7FFF, integer max: above 0x7F80 the row holds a NaN):
- * export_amax() maps 0 and NaN to 448 and clamps to [FLT_MIN, FLT_MAX]
- * (inf) before amax / 448. */
+ * cal_export_row_amax(.., 448) / 448. */
 CAL_HD float cal_fp8_row_scale(uint32_t m, enum cal_div_mode mode)
 {
-	float a = m == 0 || m > 0x7F80u ? 448.0f
-		  : m == 0x7F80u	 ? 0x1.fffffep+127f
-					 : cal_nf_bf16_to_f32((uint16_t)m);
-	return cal_fp8_scale(a < 0x1p-126f ? 0x1p-126f : a, mode);
+	return cal_fp8_scale(cal_export_row_amax(cal_nf_bf16_to_f32((uint16_t)m), 448.0f), mode);
 }
 
 /* Tiles of FP8 per-channel (tile 0: one per row) and 2-D block (tile x
@@ -418,6 +424,29 @@ CAL_HD float cal_int4_decode(unsigned nib)
 {
 	int v = (int)(nib & 0xfu);
 	return (float)(v >= 8 ? v - 16 : v);
+}
+
+/* INT8 per-output-channel scale (docs/numerics.md "INT8"):
+ * cal_export_row_amax(amax_r, 127) / 127. */
+CAL_HD float cal_int8_row_scale(float amax_r, enum cal_div_mode mode)
+{
+	return cal_scale_div(cal_export_row_amax(amax_r, 127.0f), 127.0f, mode);
+}
+
+/* INT8 code of the quotient q = fl32(x / scale): clamp(rint(q), -128, 127),
+ * NaN -> 0, as a two's-complement byte. */
+CAL_HD uint8_t cal_int8_from_quotient(float q)
+{
+	q = cal_rint(q);
+	q = q < -128.0f ? -128.0f : (q > 127.0f ? 127.0f : q);
+	int v = q == q ? (int)q : 0;
+	return (uint8_t)(v & 0xff);
+}
+
+/* Signed value of an INT8 code byte. */
+CAL_HD float cal_int8_decode(uint8_t b)
+{
+	return (float)(b >= 128 ? (int)b - 256 : (int)b);
 }
 
 /* ---- block helpers shared by quantizers -------------------------------- */

@@ -91,6 +91,16 @@ struct cal_amax_blocks_args {
 	struct cal_nonfinite *nonfinite;
 };
 
+/* amax[c] = max(that, max_r |x[r, c]|) over bf16 rows: SmoothQuant's
+ * per-input-channel activation amax (docs/smoothquant.md). */
+struct cal_amax_cols_args {
+	const uint16_t *x;      /* bf16 [rows, cols] */
+	uint64_t rows, cols;
+	uint64_t index_base;
+	float *amax;            /* [cols] */
+	struct cal_nonfinite *nonfinite;
+};
+
 /* nvfp4_act_headroom observer (docs/numerics.md "Activation headroom"):
  * for each block of `block` consecutive elements of a row (the row's last
  * block zero-padded when cols % block != 0), m = max|x| over its finite
@@ -266,6 +276,17 @@ struct cal_int4_quant_args {
 	float *scales;          /* [rows, cols/128] weight_scale (F32) */
 };
 
+/* INT8 per output channel (docs/numerics.md "INT8"): scale[r] = amax_r/127
+ * with amax_r = max|w[r, :]| (a NaN in the row: NaN, so scale 1), codes
+ * clamp(rint(w / scale[r]), -128, 127) as int8 bytes. */
+struct cal_int8_quant_args {
+	const uint16_t *w;
+	uint64_t rows, cols;
+	enum cal_div_mode div;
+	uint8_t *q;             /* [rows, cols] int8 */
+	float *scales;          /* [rows] weight_scale (F32) */
+};
+
 /* ---- dequantize (fake-quant); out is F32 or BF16 ------------------------ */
 
 /* out = fl32(fl32(e2m1 * e4m3(scale)) * scale2). */
@@ -313,6 +334,15 @@ struct cal_int4_dequant_args {
 	const uint8_t *packed;
 	const float *scales;    /* [rows, cols/128] */
 	uint64_t rows, cols;    /* rows % 2 == 0, cols % 128 == 0 */
+	enum cal_dtype out_dtype;
+	void *out;
+};
+
+/* out = fl32(int8 * scale[row]). */
+struct cal_int8_dequant_args {
+	const uint8_t *q;       /* [rows, cols] int8 */
+	const float *scales;    /* [rows] */
+	uint64_t rows, cols;
 	enum cal_dtype out_dtype;
 	void *out;
 };
@@ -695,7 +725,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 38
+#define CAL_OP_COUNT_EXPECTED 41
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

@@ -86,6 +86,16 @@ enum cal_status cal_qfmt_fp8_input_scale(float amax, enum cal_div_mode div, floa
 	return CAL_OK;
 }
 
+/* INT8 inputs: input_scale = amax/127 (modelopt's get_scaling_factor: the
+ * sanitised export amax over maxbound). */
+enum cal_status cal_qfmt_int8_input_scale(float amax, enum cal_div_mode div, float *ret,
+					  struct cal_error *err)
+{
+	(void)err;
+	*ret = cal_int8_row_scale(amax, div);
+	return CAL_OK;
+}
+
 /* ---- quantize / dequantize ------------------------------------------------ */
 
 enum cal_status cal_qfmt_nvfp4_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
@@ -235,4 +245,23 @@ enum cal_status cal_qfmt_int4_quantize(struct cal_backend *be, const struct cal_
 	struct cal_int4_quant_args a = {io->w, io->rows, io->cols, io->block_amax, io->div,
 					io->packed, io->scales};
 	return cal_op_int4_quant(be, &a, err);
+}
+
+enum cal_status cal_qfmt_int8_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
+				       struct cal_error *err)
+{
+	struct cal_int8_quant_args a = {io->w, io->rows, io->cols, io->div, io->packed,
+					io->scales};
+	return cal_op_int8_quant(be, &a, err);
+}
+
+enum cal_status cal_qfmt_int8_dequantize(struct cal_backend *be, const void *packed,
+					 const void *scales, uint64_t rows, uint64_t cols,
+					 uint32_t block, float scale, enum cal_dtype out, void *y,
+					 struct cal_error *err)
+{
+	(void)block;
+	(void)scale;
+	struct cal_int8_dequant_args a = {packed, scales, rows, cols, out, y};
+	return cal_op_int8_dequant(be, &a, err);
 }

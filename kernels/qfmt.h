@@ -72,8 +72,10 @@ struct cal_qfmt_info {
 	/* per channel (block_type NONE): weights `axis: 0`, one F32 scale per
 	 * output row (weight_scale [out], scale_bytes per row); inputs
 	 * `type: dynamic` with `block_sizes: {-1: null}` (per token, nothing
-	 * calibrated or exported) */
+	 * calibrated or exported), or with input_per_tensor static per
+	 * tensor (a calibrated amax, input_scale []: INT8, SmoothQuant) */
 	int per_channel;
+	int input_per_tensor;
 	/* 2-D blocks (block_type STATIC): `block_sizes: {-1: block, -2:
 	 * block}`, one F32 scale per block x block tile of [out, in], ragged
 	 * at the ends (weight_scale [out/block, 1, in/block, 1], or [] for a
@@ -132,7 +134,8 @@ const char *cal_qfmt_name(enum cal_qfmt f);
  * the same with an AWQ pre_quant_scale: NVFP4_AWQ). */
 const struct cal_qfmt_info *cal_qfmt_by_algo(const char *algo, int group, int *with_input);
 
-/* Output bytes of a quantized [rows, cols] weight: packed values, block scales. */
+/* Output bytes of a quantized [rows, cols] weight: packed values, block scales
+ * (per-row scales for per_channel rows). */
 uint64_t cal_qfmt_packed_bytes(const struct cal_qfmt_info *f, uint64_t rows, uint64_t cols);
 uint64_t cal_qfmt_scale_bytes(const struct cal_qfmt_info *f, uint64_t rows, uint64_t cols,
 			      uint32_t block);
@@ -142,6 +145,8 @@ float cal_qfmt_nvfp4_scale2(float amax, enum cal_div_mode div);
 float cal_qfmt_nvfp4_static_scale2(float amax, enum cal_div_mode div);
 enum cal_status cal_qfmt_fp8_input_scale(float amax, enum cal_div_mode div, float *ret,
 					 struct cal_error *err);
+enum cal_status cal_qfmt_int8_input_scale(float amax, enum cal_div_mode div, float *ret,
+					  struct cal_error *err);
 
 #define CAL_QFMT_FN(name)                                                              \
 	enum cal_status cal_qfmt_##name##_quantize(struct cal_backend *be,             \
@@ -156,6 +161,7 @@ CAL_QFMT_FN(fp8)
 CAL_QFMT_FN(mxfp8)
 CAL_QFMT_FN(mxfp4)
 CAL_QFMT_FN(int4)
+CAL_QFMT_FN(int8)
 CAL_QFMT_FN(fp8_pc)
 CAL_QFMT_FN(fp8_pb)
 #undef CAL_QFMT_FN

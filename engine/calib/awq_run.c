@@ -39,9 +39,7 @@
 
 /* One linear the search runs on. */
 struct alin {
-	size_t mod;
-	int f, site;
-	uint64_t at, rows, cols;
+	struct cal_lin_ref r;
 	uint16_t *w;       /* host: the folded bf16 weight */
 	uint16_t *pqs;     /* host [cols] bf16: its pre_quant_scale */
 	int exported_pqs;  /* the exporter writes pqs (group not fused into a norm) */
@@ -162,25 +160,15 @@ enum cal_status cal_awq_pass_begin(struct cal_calib *c, int32_t L,
 	drop_layer(g);
 	drop_cache(g);
 	g->L = L;
-	for (size_t mi = 0; mi < p->n_modules; mi++) {
-		const struct cal_plan_module *m = &p->modules[mi];
-		struct alin al = {.mod = mi, .alpha = -1.0f};
-		if (m->layer != L || (al.site = cal_linear_site(c, m, &al.f, &al.at, lh)) < 0)
-			continue;
-		al.rows = (uint64_t)m->out;
-		al.cols = (uint64_t)m->in;
-		al.quant_in = m->iq >= 0 && p->q[m->iq].spec.enabled;
-		if (g->n_lin == g->cap_lin) {
-			size_t nc = g->cap_lin ? 2 * g->cap_lin : 16;
-			struct alin *nl = realloc(g->lin, nc * sizeof(*nl));
-			if (!nl)
-				return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-			g->lin = nl;
-			g->cap_lin = nc;
-		}
-		g->lin[g->n_lin++] = al;
-		g->want[al.site] = 1;
-		g->ccols[al.site] = al.cols;
+	CAL_TRY_RET(cal_layer_linears(c, L, lh, (void **)&g->lin, &g->n_lin, &g->cap_lin,
+				      sizeof(*g->lin), err));
+	for (size_t i = 0; i < g->n_lin; i++) {
+		struct alin *al = &g->lin[i];
+		const struct cal_plan_module *m = &p->modules[al->r.mod];
+		al->alpha = -1.0f;
+		al->quant_in = m->iq >= 0 && p->q[m->iq].spec.enabled;
+		g->want[al->r.site] = 1;
+		g->ccols[al->r.site] = al->r.cols;
 	}
 	c->aw_pass = 1;
 	return CAL_OK;
@@ -221,23 +209,23 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 				  struct alin *al, struct cal_error *err)
 {
 	struct cal_awq_run *g = c->aw;
-	uint64_t n = al->rows * al->cols;
-	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, al->f);
-	const char *name = c->plan->modules[al->mod].name;
+	uint64_t n = al->r.rows * al->r.cols;
+	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, al->r.f);
+	const char *name = c->plan->modules[al->r.mod].name;
 	if (!src)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "awq: %s has no weight in the layer",
 				     name);
 	al->w = malloc(n * 2);
-	al->pqs = malloc(al->cols * 2);
+	al->pqs = malloc(al->r.cols * 2);
 	if (!al->w || !al->pqs)
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-	CAL_TRY_RET(cal_backend_download(c->be, al->w, src + al->at, n * 2, err));
-	uint64_t T = g->crows[al->site];
+	CAL_TRY_RET(cal_backend_download(c->be, al->w, src + al->r.at, n * 2, err));
+	uint64_t T = g->crows[al->r.site];
 	int finite = 1;
-	for (uint64_t k = 0; k < T * al->cols && finite; k++)
-		finite = isfinite(cal_bf16_to_f32(g->cache[al->site][k]));
+	for (uint64_t k = 0; k < T * al->r.cols && finite; k++)
+		finite = isfinite(cal_bf16_to_f32(g->cache[al->r.site][k]));
 	if (!T || !finite) { /* not searched: max calibration, all-ones scale */
-		for (uint64_t k = 0; k < al->cols; k++)
+		for (uint64_t k = 0; k < al->r.cols; k++)
 			al->pqs[k] = cal_f32_to_bf16(1.0f);
 		return CAL_OK;
 	}
@@ -248,8 +236,8 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 		st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 	} else {
 		struct cal_awq_out o = {al->pqs, wf, wa, NULL, 0, 0.0f};
-		st = cal_awq_lite(c->host, g->wq, al->w, al->rows, al->cols, g->cache[al->site],
-				  T, g->batch[al->site], g->alpha_step, &o,
+		st = cal_awq_lite(c->host, g->wq, al->w, al->r.rows, al->r.cols, g->cache[al->r.site],
+				  T, g->batch[al->r.site], g->alpha_step, &o,
 				  al->quant_in ? &al->in_amax : NULL, err);
 		if (st >= 0) {
 			memcpy(al->w, wf, n * 2);
@@ -277,13 +265,13 @@ static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w 
 	uint64_t cols = 0;
 	enum cal_status st = CAL_OK;
 	for (size_t i = 0; i < g->n_lin && n < 8; i++) {
-		if (g->lin[i].site != site)
+		if (g->lin[i].r.site != site)
 			continue;
 		idx[n] = i;
 		w[n] = g->lin[i].w;
 		pq[n] = g->lin[i].pqs;
-		rows[n] = g->lin[i].rows;
-		cols = g->lin[i].cols;
+		rows[n] = g->lin[i].r.rows;
+		cols = g->lin[i].r.cols;
 		n++;
 	}
 	if (!n)
@@ -332,22 +320,22 @@ static enum cal_status fuse_prev(struct cal_calib *c, struct cal_error *err)
 	const struct cal_plan *p = c->plan;
 	for (size_t i = 0; i < g->n_lin; i++) {
 		struct alin *al = &g->lin[i];
-		const struct cal_plan_module *m = &p->modules[al->mod];
-		if (!cal_plan_awq_fuses_prev(p, al->mod))
+		const struct cal_plan_module *m = &p->modules[al->r.mod];
+		if (!cal_plan_awq_fuses_prev(p, al->r.mod))
 			continue;
 		const char *into = m->kind == CAL_MOD_ATTN_PROJ ? "v_proj" : "up_proj";
 		struct alin *dst = NULL;
 		for (size_t j = 0; j < g->n_lin && !dst; j++) {
-			const struct cal_plan_module *mj = &p->modules[g->lin[j].mod];
+			const struct cal_plan_module *mj = &p->modules[g->lin[j].r.mod];
 			if (mj->kind == m->kind && mj->proj && !strcmp(mj->proj, into))
 				dst = &g->lin[j];
 		}
-		if (!dst || dst->rows != al->cols)
+		if (!dst || dst->r.rows != al->r.cols)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "awq: %s: its pre_quant_scale "
 					     "folds into %s, which is not a quantized linear of %llu "
 					     "outputs (docs/awq.md)", m->name, into,
-					     (unsigned long long)al->cols);
-		cal_awq_fuse_rows(dst->w, dst->rows, dst->cols, al->pqs);
+					     (unsigned long long)al->r.cols);
+		cal_awq_fuse_rows(dst->w, dst->r.rows, dst->r.cols, al->pqs);
 		al->exported_pqs = 0;
 	}
 	return CAL_OK;
@@ -364,8 +352,8 @@ enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct ca
 		struct alin *al = &g->lin[i];
 		CAL_TRY_RET(search_one(c, w, al, err));
 		al->exported_pqs = 1;
-		json_t *o = json_pack("{s:s, s:i, s:I}", "module", c->plan->modules[al->mod].name,
-				      "layer", (int)L, "n_samples", (json_int_t)g->crows[al->site]);
+		json_t *o = json_pack("{s:s, s:i, s:I}", "module", c->plan->modules[al->r.mod].name,
+				      "layer", (int)L, "n_samples", (json_int_t)g->crows[al->r.site]);
 		if (!o)
 			return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 		json_object_set_new(o, "alpha", al->alpha < 0 ? json_null()
@@ -386,7 +374,7 @@ void cal_awq_map_amax(struct cal_calib *c, int32_t L)
 	struct cal_awq_run *g = c->aw;
 	for (size_t i = 0; g->L == L && i < g->n_lin; i++) {
 		const struct alin *al = &g->lin[i];
-		long iq = c->plan->modules[al->mod].iq;
+		long iq = c->plan->modules[al->r.mod].iq;
 		if (al->quant_in && al->alpha >= 0.0f && iq >= 0) {
 			c->q_amax[iq] = al->in_amax;
 			c->q_has[iq] = 1;
@@ -399,8 +387,8 @@ const uint16_t *cal_calib_awq_weight(const struct cal_calib *c, size_t mod, uint
 {
 	const struct cal_awq_run *g = c->aw;
 	for (size_t i = 0; g && i < g->n_lin; i++)
-		if (g->lin[i].mod == mod && g->lin[i].w) {
-			*numel = g->lin[i].rows * g->lin[i].cols;
+		if (g->lin[i].r.mod == mod && g->lin[i].w) {
+			*numel = g->lin[i].r.rows * g->lin[i].r.cols;
 			*pqs = g->lin[i].exported_pqs ? g->lin[i].pqs : NULL;
 			return g->lin[i].w;
 		}

@@ -236,6 +236,8 @@ enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct
 		CAL_TRY(cal_gptq_init(c, err));
 	if (plan->recipe->algo.method == CAL_CALIB_AWQ_LITE)
 		CAL_TRY(cal_awq_init(c, err));
+	if (plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT)
+		CAL_TRY(cal_sq_init(c, err));
 	*ret = c;
 	return CAL_OK;
 fail:
@@ -305,6 +307,7 @@ void cal_calib_free(struct cal_calib *c)
 	free_run(c);
 	cal_gptq_free(c);
 	cal_awq_free(c);
+	cal_sq_free(c);
 	if (c->moe && c->d)
 		for (int64_t L = 0; L < c->d->num_layers; L++)
 			CAL_FREE_ALL(c->moe[L].tokens, c->moe[L].gu, c->moe[L].down);
@@ -897,6 +900,8 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 				CAL_TRY(cal_gptq_pass_begin(c, L, pass, &lh[sl], &dw[sl], &wu, err));
 			else if (c->aw) /* AWQ-lite caches the linears' inputs (awq_run.c) */
 				CAL_TRY(cal_awq_pass_begin(c, L, &lh[sl], err));
+			else if (c->sq) /* SmoothQuant's per-channel amax (sq_run.c) */
+				CAL_TRY(cal_sq_pass_begin(c, L, &lh[sl], err));
 			for (size_t j = 0; j < cal_ranks_rounds(c); j++) {
 				size_t i = j * c->nranks + c->rank;
 				if (i >= c->n_mb) {
@@ -913,6 +918,8 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 				CAL_TRY(cal_gptq_pass_end(c, L, pass, err));
 			else if (c->aw)
 				CAL_TRY(cal_awq_pass_end(c, L, &dw[sl], err));
+			else if (c->sq)
+				CAL_TRY(cal_sq_pass_end(c, L, &dw[sl], err));
 		}
 		cal_prof(c, PH_READBACK);
 		CAL_TRY(cal_backend_sync(c->be, err));
@@ -925,6 +932,7 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 		cal_obs_map_layer(c, L);
 		if (c->aw)
 			cal_awq_map_amax(c, L);
+		cal_sq_map_layer(c, L);
 		cal_prof(c, PH_OTHER);
 		cal_layer_host_free(&lh[sl]);
 		c->done_layers = L + 1;

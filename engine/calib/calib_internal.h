@@ -270,6 +270,9 @@ struct cal_calib {
 	/* AWQ-lite (awq_run.c): set when the recipe's algorithm is awq_lite */
 	struct cal_awq_run *aw;
 	int aw_pass;                     /* the actq sites cache the linears' inputs */
+	/* SmoothQuant (sq_run.c): set when the recipe's algorithm is smoothquant */
+	struct cal_sq_run *sq;
+	int sq_pass;                     /* the actq sites observe per-channel max |x| */
 
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
@@ -420,6 +423,22 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
  * quantizer's (attention Q/P BMM, outputs, a quantized shared_expert_gate
  * or lm_head weight); NULL when none. */
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d);
+
+/* A linear AWQ and SmoothQuant run on: plan module, weight field f at
+ * element offset at, input site (cal_linear_site), [rows, cols]. */
+struct cal_lin_ref {
+	size_t mod;
+	int f, site;
+	uint64_t at, rows, cols;
+};
+
+/* Appends layer L's linears (cal_linear_site >= 0, in plan order) to the
+ * array *v of *n elements of `size` bytes each (capacity *cap, grown by
+ * doubling); each element starts with its struct cal_lin_ref, the rest is
+ * zeroed.  Errors: CAL_ERR_NOMEM. */
+enum cal_status cal_layer_linears(const struct cal_calib *c, int32_t L,
+				  const struct cal_layer_host *lh, void **v, size_t *n, size_t *cap,
+				  size_t size, struct cal_error *err);
 const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q);
 /* CAL_OK when why is NULL, else CAL_ERR_UNSUPPORTED "<model_type>:
  * algorithm <algo> with <why> is not implemented (<doc>)". */
@@ -444,6 +463,22 @@ json_t *cal_awq_stats(const struct cal_calib *c);
 /* After the layer's statistics are mapped: the searched linears' NVFP4
  * input amax as awq_lite leaves it (nvfp4_awq, docs/awq.md). */
 void cal_awq_map_amax(struct cal_calib *c, int32_t L);
+
+/* sq_run.c: SmoothQuant in the forward (docs/smoothquant.md "In the
+ * engine"), as awq_run.c (init called for a smoothquant recipe only);
+ * cal_sq_map_layer replaces the layer's smoothed input amaxes after
+ * cal_obs_map_layer. */
+struct cal_sq_run;
+enum cal_status cal_sq_init(struct cal_calib *c, struct cal_error *err);
+void cal_sq_free(struct cal_calib *c);
+enum cal_status cal_sq_pass_begin(struct cal_calib *c, int32_t L,
+				  const struct cal_layer_host *lh, struct cal_error *err);
+enum cal_status cal_sq_pass_end(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				struct cal_error *err);
+enum cal_status cal_sq_site(struct cal_calib *c, int site, const uint16_t *x, uint64_t rows,
+			    uint64_t cols, struct cal_error *err);
+void cal_sq_map_layer(struct cal_calib *c, int32_t L);
+json_t *cal_sq_stats(const struct cal_calib *c);
 
 /* A layer tensor as bf16 (the mapping when already bf16, else a converted
  * copy owned by lh); numel is checked.  Missing: CAL_ERR_FORMAT. */

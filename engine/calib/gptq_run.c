@@ -172,6 +172,33 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
 	return -1;
 }
 
+enum cal_status cal_layer_linears(const struct cal_calib *c, int32_t L,
+				  const struct cal_layer_host *lh, void **v, size_t *n, size_t *cap,
+				  size_t size, struct cal_error *err)
+{
+	const struct cal_plan *p = c->plan;
+	for (size_t mi = 0; mi < p->n_modules; mi++) {
+		const struct cal_plan_module *m = &p->modules[mi];
+		struct cal_lin_ref r = {.mod = mi, .rows = (uint64_t)m->out, .cols = (uint64_t)m->in};
+		if (m->layer != L || (r.site = cal_linear_site(c, m, &r.f, &r.at, lh)) < 0)
+			continue;
+		if (*n == *cap) {
+			size_t nc = *cap ? 2 * *cap : 16;
+			void *nv = realloc(*v, nc * size);
+			if (!nv)
+				return cal_error_set(err, CAL_ERR_NOMEM, "layer %d: out of memory "
+						     "listing its linears", (int)L);
+			*v = nv;
+			*cap = nc;
+		}
+		char *e = (char *)*v + *n * size;
+		memset(e, 0, size);
+		memcpy(e, &r, sizeof(r));
+		(*n)++;
+	}
+	return CAL_OK;
+}
+
 /* Elements of field f in layer lh. */
 static uint64_t field_n(const struct cal_calib *c, const struct cal_layer_host *lh, int f)
 {

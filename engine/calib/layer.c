@@ -728,6 +728,8 @@ enum cal_status cal_layer_actq(struct cal_calib *c, int32_t L, int site, int64_t
 		return cal_gptq_site(c, L, site, expert, x, rows, cols, err);
 	if (c->aw_pass) /* AWQ-lite's input cache (awq_run.c) */
 		return cal_awq_site(c, site, x, rows, cols, err);
+	if (c->sq_pass) /* SmoothQuant's per-channel amax (sq_run.c) */
+		return cal_sq_site(c, site, x, rows, cols, err);
 	if (!c->ev_quant)
 		return CAL_OK;
 	return cal_eval_actq(c, L, site, expert, x, rows, cols, err);
@@ -927,7 +929,7 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 			CAL_TRY(cal_backend_copy(c->be, c->sy, c->h, T * H * 2, err));
 			CAL_TRY(cal_layer_actq(c, L, EQ_SH_GU, -1, c->sy, T, H, err));
 			sx = c->sy;
-		} else if (c->aw_pass) { /* AWQ reads the input, leaves it as is */
+		} else if (c->aw_pass || c->sq_pass) { /* AWQ, SmoothQuant read the input */
 			CAL_TRY(cal_layer_actq(c, L, EQ_SH_GU, -1, c->h, T, H, err));
 		}
 		CAL_TRY(cal_layer_gemm(c, sx, w->s13, NULL, c->sgu, T, 2 * S, H, err));

@@ -332,6 +332,8 @@ json_t *cal_calib_stats(const struct cal_calib *c)
 		json_object_set_new(j, "gptq", cal_gptq_stats(c));
 	if (c->aw) /* docs/awq.md: per linear, the chosen alpha */
 		json_object_set_new(j, "awq_lite", cal_awq_stats(c));
+	if (c->sq) /* docs/smoothquant.md: per linear, the input amax after smoothing */
+		json_object_set_new(j, "smoothquant", cal_sq_stats(c));
 	qs = in = seen = kv = moe = NULL;
 	out = j;
 	j = NULL;

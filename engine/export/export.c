@@ -621,7 +621,7 @@ static enum cal_status decl_lin(struct cal_exporter *ex, struct xlin *x, struct 
 		else if (f->block)
 			CAL_TRY_RET(decl(ex, nm, "weight_scale", f->scale_dtype, 2, o,
 					 i / f->block, err));
-		if (f->per_channel) /* one scale per output row */
+		else if (f->per_channel) /* one scale per output row */
 			CAL_TRY_RET(decl(ex, nm, "weight_scale", f->scale_dtype, 1, o, 0, err));
 		if (f->tensor_scale)
 			CAL_TRY_RET(decl(ex, nm, f->tensor_scale, CAL_DTYPE_F32, 0, 0, 0, err));
@@ -679,18 +679,22 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
  * searched linears' quant_algo is NVFP4_AWQ (modelopt's, fused or not). */
 static enum cal_status awq_mark(struct cal_exporter *ex, struct cal_error *err)
 {
+	int sq = ex->plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT;
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
 		if (x->mod < 0 || x->expert >= 0 || x->bmm ||
-		    (x->fmt != CAL_QFMT_INT4_BLOCK && x->fmt != CAL_QFMT_NVFP4))
+		    (sq ? x->fmt != CAL_QFMT_INT8
+			: x->fmt != CAL_QFMT_INT4_BLOCK && x->fmt != CAL_QFMT_NVFP4))
 			continue;
 		const struct cal_plan_module *m = &ex->plan->modules[x->mod];
 		const char *pr = m->proj ? m->proj : "";
 		int searched = m->kind == CAL_MOD_ATTN_PROJ || m->kind == CAL_MOD_MLP_PROJ ||
 			       m->kind == CAL_MOD_SHARED_PROJ;
-		int fused = (m->kind == CAL_MOD_ATTN_PROJ && strcmp(pr, "o_proj")) ||
-			    (m->kind == CAL_MOD_MLP_PROJ && strcmp(pr, "down_proj")) ||
-			    cal_plan_awq_fuses_prev(ex->plan, (size_t)x->mod);
+		/* AWQ fuses q/k/v's and a dense MLP's gate/up scale into the norm;
+		 * SmoothQuant keeps every linear's (docs/smoothquant.md "Export") */
+		int fused = !sq && ((m->kind == CAL_MOD_ATTN_PROJ && strcmp(pr, "o_proj")) ||
+				    (m->kind == CAL_MOD_MLP_PROJ && strcmp(pr, "down_proj")) ||
+				    cal_plan_awq_fuses_prev(ex->plan, (size_t)x->mod));
 		x->awq_pqs = searched && !fused;
 		for (size_t k = 0; searched && x->fmt == CAL_QFMT_NVFP4 && k < ex->n_mc; k++) {
 			struct xmodcfg *c = &ex->mc[k];
@@ -789,7 +793,8 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	CAL_TRY(plan_catalog(ex, seen, err));
 	CAL_TRY(plan_experts(ex, err));
 	CAL_TRY(plan_modules(ex, seen, err));
-	if (plan->recipe->algo.method == CAL_CALIB_AWQ_LITE)
+	if (plan->recipe->algo.method == CAL_CALIB_AWQ_LITE ||
+	    plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT)
 		CAL_TRY(awq_mark(ex, err));
 	if (opts->check_only)
 		goto fail; /* st == CAL_OK: planned and checked, nothing opened */

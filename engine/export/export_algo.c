@@ -35,12 +35,12 @@ enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, con
 			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
 					     "exported", x->name, (int)x->layer);
 		if ((x->fmt != CAL_QFMT_NVFP4_STATIC && x->fmt != CAL_QFMT_INT4_BLOCK &&
-		     x->fmt != CAL_QFMT_NVFP4) ||
+		     x->fmt != CAL_QFMT_NVFP4 && x->fmt != CAL_QFMT_INT8) ||
 		    x->dtype != CAL_DTYPE_BF16 || x->si || x->bmm ||
 		    numel != (uint64_t)x->out * (uint64_t)x->in)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: an updated (GPTQ, "
-					     "AWQ) weight needs an NVFP4 or INT4 linear with a "
-					     "bf16 source of %lld x %lld elements (got %llu)", x->name,
+					     "AWQ, SmoothQuant) weight needs an NVFP4, INT4 or INT8 "
+					     "linear with a bf16 source of %lld x %lld elements (got %llu)", x->name,
 					     (long long)x->out, (long long)x->in,
 					     (unsigned long long)numel);
 		if (!pqs != !x->awq_pqs)

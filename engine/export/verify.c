@@ -653,7 +653,8 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 					"quant_algo")), (int)json_integer_value(json_object_get(c,
 					"group_size")))
 					    : vfmt_of(!excluded(exm, mod) ? algo : NULL, group);
-			int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3;
+			int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_I8 ||
+			  t->dtype == CAL_DTYPE_F8_E4M3;
 			free(mod);
 			if (!f.algo || !qdt) {
 				if (qdt || f.algo)
@@ -673,7 +674,8 @@ enum cal_status cal_export_verify(const char *out_dir, const char *source_dir,
 			st = cal_error_set(err, CAL_ERR_NOMEM, "verify: out of memory");
 			goto fail;
 		}
-		int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3;
+		int qdt = t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_I8 ||
+			  t->dtype == CAL_DTYPE_F8_E4M3;
 		struct vfmt f = vfmt_of(NULL, 0);
 		if (mixed) {
 			json_t *c = mixed_cfg(ql, mod);

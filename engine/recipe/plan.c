@@ -681,12 +681,13 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	}
 	memset(s, 0, sizeof(*s));
 	s->enabled = 1;
-	const struct cal_qfmt_info *f = cal_plan_select_fmt(a, bs, pc, b2);
+	const struct cal_qfmt_info *f = cal_plan_select_fmt(a, bs, pc, b2,
+							     q->role == CAL_QROLE_WEIGHT);
 	if (!f) {
 		cal_plan_no_fmt_why(a, why, sizeof(why));
 		if (pc)
-			snprintf(why, sizeof(why), "per-channel weights / per-token inputs are "
-				 "implemented in FP8 E4M3 only");
+			snprintf(why, sizeof(why), "per-channel weights are implemented in FP8 E4M3 "
+				 "and 8-bit integer, per-token inputs in FP8 E4M3 only");
 		if (b2)
 			snprintf(why, sizeof(why), "2-D block weights are implemented in FP8 E4M3 "
 				 "with static blocks of 128 x 128 and no scale_bits only");
@@ -809,6 +810,11 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 		    wq->spec.fmt != CAL_QFMT_NVFP4)
 			return unsupported(err, r, wq, "awq_lite is implemented for INT4 block and "
 					   "NVFP4 weights only (docs/awq.md)");
+		if (p->recipe->algo.method == CAL_CALIB_SMOOTHQUANT &&
+		    (wq->spec.fmt != CAL_QFMT_INT8 || !iq || !iq->spec.enabled ||
+		     ifmt != CAL_QFMT_INT8))
+			return unsupported(err, r, wq, "smoothquant is implemented for INT8 weights "
+					   "with INT8 inputs only (docs/smoothquant.md)");
 		if (wq->spec.block && m->in % wq->spec.block && !cal_qfmt(wq->spec.fmt)->block2d)
 			return cal_error_set(err, CAL_ERR_INVALID,
 					     "%s%s: input dimension %lld is not a multiple of the %s "
@@ -947,7 +953,8 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	if (r->algo.method == CAL_CALIB_OTHER) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				   "%s: algorithm '%s' is not implemented (calibd runs max, mse, "
-				   "nvfp4_act_headroom, gptq, awq_lite and none)", r->source, r->algo.name);
+				   "nvfp4_act_headroom, gptq, awq_lite, smoothquant and none)", r->source,
+				   r->algo.name);
 		goto fail;
 	}
 	if (r->algo.method == CAL_CALIB_GPTQ && (st = gptq_options(r, err)) < 0)
@@ -956,6 +963,14 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 						    r->algo.has_moe_calib_experts_ratio)) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm awq_lite: option %s is "
 				   "not implemented (docs/awq.md)", r->source,
+				   r->algo.layerwise ? "layerwise" : "moe_calib_experts_ratio");
+		goto fail;
+	}
+
+	if (r->algo.method == CAL_CALIB_SMOOTHQUANT && (r->algo.layerwise ||
+						       r->algo.has_moe_calib_experts_ratio)) {
+		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm smoothquant: option %s "
+				   "is not implemented (docs/smoothquant.md)", r->source,
 				   r->algo.layerwise ? "layerwise" : "moe_calib_experts_ratio");
 		goto fail;
 	}

@@ -40,16 +40,18 @@ static int elem_is(const struct cal_qattr *a, const struct cal_qfmt_info *f)
 			     : a->fp_e == f->elem_e && a->fp_m == f->elem_m;
 }
 
-/* The row of kernels/qfmt.def that attributes `a` (block bs along -1, or
- * bs x bs along -1 and -2 with b2; pc: per channel / per token, qfmt.h)
- * select, or NULL. */
+/* The row of kernels/qfmt.def that attributes `a` of a weight (`weight`
+ * 1) or another quantizer (block bs along -1, or bs x bs along -1 and -2
+ * with b2; pc: per channel / per token, qfmt.h) select, or NULL.  A
+ * per_channel row with input_per_tensor takes per-tensor inputs. */
 const struct cal_qfmt_info *cal_plan_select_fmt(const struct cal_qattr *a, int64_t bs, int pc,
-						 int b2)
+						 int b2, int weight)
 {
 	int sfp = a->has_scale_bits && a->scale_fp_e >= 0;
 	for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
 		const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-		if (!elem_is(a, f) || !f->per_channel != !pc || f->weight_of != CAL_QFMT_NONE ||
+		int row_pc = f->per_channel && (weight || !f->input_per_tensor);
+		if (!elem_is(a, f) || !row_pc != !pc || f->weight_of != CAL_QFMT_NONE ||
 		    !f->block2d != !b2)
 			continue;
 		if (f->block_type == CAL_QBLOCK_NONE) {
@@ -105,7 +107,10 @@ void cal_plan_no_fmt_why(const struct cal_qattr *a, char *why, size_t n)
 			continue;
 		if (f->block_type == CAL_QBLOCK_NONE)
 			l += (size_t)snprintf(why + l, n - l, "%s%s%s", sep, f->title,
-					      f->per_channel ? "" : " per tensor");
+					      !f->per_channel ? " per tensor"
+					      : f->input_per_tensor ? " weights per output channel "
+								      "(axis 0), inputs per tensor"
+								    : "");
 		else if (f->scale_e >= 0)
 			l += (size_t)snprintf(why + l, n - l, "%s%s block %u with E%dM%d %s scales",
 					      sep, f->title, f->block, f->scale_e, f->scale_m,

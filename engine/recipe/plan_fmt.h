@@ -15,11 +15,13 @@
  * kernels/qfmt.def, into out[n]. */
 void cal_plan_implemented(char *out, size_t n);
 
-/* The row of kernels/qfmt.def that attributes `a` select (block bs along
- * -1, or bs x bs along -1 and -2 with b2; pc: per channel / per token,
- * kernels/qfmt.h), or NULL.  Mixed W4A8 rows are never selected here. */
+/* The row of kernels/qfmt.def that attributes `a` of a weight (`weight`
+ * 1) or another quantizer select (block bs along -1, or bs x bs along -1
+ * and -2 with b2; pc: per channel / per token, kernels/qfmt.h), or NULL.
+ * Mixed W4A8 rows are never selected here; per_channel rows with
+ * input_per_tensor take per-tensor inputs (INT8). */
 const struct cal_qfmt_info *cal_plan_select_fmt(const struct cal_qattr *a, int64_t bs, int pc,
-						 int b2);
+						 int b2, int weight);
 
 /* "<prefix>NVFP4, FP8 only": the titles of the rows allowed in `role`. */
 void cal_plan_role_list(int role, char *out, size_t n, const char *prefix);

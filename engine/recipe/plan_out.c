@@ -425,6 +425,8 @@ char *cal_plan_json(const struct cal_plan *p, const char *recipe_name)
 		}
 		if (a->method == CAL_CALIB_AWQ_LITE)
 			json_object_set_new(algo, "alpha_step", json_real(a->alpha_step));
+		if (a->method == CAL_CALIB_SMOOTHQUANT)
+			json_object_set_new(algo, "alpha", json_real(a->sq_alpha));
 	}
 	json_object_set_new(root, "algorithm", algo);
 	for (size_t i = 0; i < r->n_entries; i++)

@@ -12,9 +12,9 @@
 /* hf_ptq.py's QUANT_CFG_CHOICES (modelopt 0.47), in its order.  The KV
  * cache is hf_ptq's default --kv_cache_qformat, fp8_cast. */
 static const struct cal_qformat qformats[] = {
-	{"int8", NULL, "INT8 W8A8 (per-channel weights) is not implemented"},
-	{"int8_sq", NULL, "algorithm 'smoothquant' is not implemented (and INT8 export)"},
-	{"int8_wo", NULL, "INT8 weight-only (per-channel weights) is not implemented"},
+	{"int8", "general/ptq/int8_default-kv_fp8_cast", NULL},
+	{"int8_sq", "general/ptq/int8_sq-kv_fp8_cast", NULL},
+	{"int8_wo", "general/ptq/int8_weight_only-kv_fp8_cast", NULL},
 	{"fp8", "general/ptq/fp8_default-kv_fp8_cast", NULL},
 	{"int4_awq", "general/ptq/int4_awq-kv_fp8_cast", NULL},
 	{"w4a8_awq", NULL,

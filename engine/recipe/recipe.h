@@ -90,7 +90,8 @@ enum cal_calib_method {
 	CAL_CALIB_GPTQ,   /* docs/gptq.md */
 	CAL_CALIB_AWQ_LITE, /* docs/awq.md */
 	CAL_CALIB_HEADROOM, /* nvfp4_act_headroom: NVFP4 input amax from a block-amax histogram */
-	CAL_CALIB_OTHER,  /* awq_full, smoothquant, a list, ...: loaded, not run */
+	CAL_CALIB_SMOOTHQUANT, /* docs/smoothquant.md */
+	CAL_CALIB_OTHER,  /* awq_full, a list, ...: loaded, not run */
 };
 
 /* The calibration algorithm (MaxCalibConfig / MseCalibConfig fields). */
@@ -117,6 +118,8 @@ struct cal_algorithm {
 	int has_layerwise_qdq_from_prev;  /* get_qdq_activations_from_prev_layer was given */
 	/* awq_lite (AWQLiteCalibConfig; docs/awq.md) */
 	double alpha_step;                /* 0.1 */
+	/* smoothquant (SmoothQuantCalibConfig; docs/smoothquant.md) */
+	double sq_alpha;                  /* 1.0: migration strength */
 	/* nvfp4_act_headroom (weights: max) */
 	double hr_anchor_percentile;      /* 1 */
 	double hr_upper_percentile;       /* 99.99 */

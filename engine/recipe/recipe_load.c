@@ -184,7 +184,7 @@ struct plain_key {
 	enum cal_calib_method method;
 	int nullable;
 	double lo, hi;
-	int hi_open;
+	int hi_open, lo_closed;
 };
 
 /* The row of `key` for `method` in tab[n], or NULL. */
@@ -211,9 +211,10 @@ static enum cal_status plain_get(struct cal_error *err, const struct plain_key *
 		return get_str(err, v, path, (char **)(void *)field);
 	double *d = (double *)(void *)field;
 	CAL_TRY_RET(get_num(err, v, path, d));
-	if (k->lo < k->hi && !(*d > k->lo && (k->hi_open ? *d < k->hi : *d <= k->hi)))
-		return at_err(err, CAL_ERR_FORMAT, v, "%s: must be in (%g, %g%c", path, k->lo,
-			      k->hi, k->hi_open ? ')' : ']');
+	if (k->lo < k->hi && !((k->lo_closed ? *d >= k->lo : *d > k->lo) &&
+			       (k->hi_open ? *d < k->hi : *d <= k->hi)))
+		return at_err(err, CAL_ERR_FORMAT, v, "%s: must be in %c%g, %g%c", path,
+			      k->lo_closed ? '[' : '(', k->lo, k->hi, k->hi_open ? ')' : ']');
 	return CAL_OK;
 }
 
@@ -527,8 +528,8 @@ static void algo_defaults(struct cal_algorithm *a)
 		.method = CAL_CALIB_MAX, .distributed_sync = 1, .layerwise_save_every = 1,
 		.layerwise_calib_mutates_weights = 1, .step_size = 0.1, .start_multiplier = 0.25,
 		.stop_multiplier = 4.0, .perc_damp = 0.01, .gptq_block_size = 128,
-		.alpha_step = 0.1, .hr_anchor_percentile = 1.0, .hr_upper_percentile = 99.99,
-		.hr_rho = 16384.0,
+		.alpha_step = 0.1, .sq_alpha = 1.0, .hr_anchor_percentile = 1.0,
+		.hr_upper_percentile = 99.99, .hr_rho = 16384.0,
 	};
 	*a = defaults;
 }
@@ -546,7 +547,7 @@ static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm
 	} methods[] = {
 		{"max", CAL_CALIB_MAX}, {"mse", CAL_CALIB_MSE}, {"none", CAL_CALIB_NONE},
 		{"gptq", CAL_CALIB_GPTQ}, {"awq_lite", CAL_CALIB_AWQ_LITE},
-		{"nvfp4_act_headroom", CAL_CALIB_HEADROOM},
+		{"nvfp4_act_headroom", CAL_CALIB_HEADROOM}, {"smoothquant", CAL_CALIB_SMOOTHQUANT},
 	};
 	a->method = CAL_CALIB_OTHER;
 	for (size_t i = 0; i < CAL_ARRAY_LEN(methods); i++)
@@ -588,6 +589,8 @@ static const struct plain_key algo_plain[] = {
 	{.key = "fused", .kind = PK_BOOL, .off = AL(gptq_fused), .method = CAL_CALIB_GPTQ},
 	{.key = "alpha_step", .kind = PK_NUM, .off = AL(alpha_step), .method = CAL_CALIB_AWQ_LITE,
 	 .nullable = 1, .lo = 0, .hi = 1},
+	{.key = "alpha", .kind = PK_NUM, .off = AL(sq_alpha), .method = CAL_CALIB_SMOOTHQUANT,
+	 .nullable = 1, .lo = 0, .hi = 1, .lo_closed = 1},
 };
 #undef AL
 
@@ -660,6 +663,7 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 	int mse = a->method == CAL_CALIB_MSE, gptq = a->method == CAL_CALIB_GPTQ;
 	int awq = a->method == CAL_CALIB_AWQ_LITE;
 	int hr = a->method == CAL_CALIB_HEADROOM;
+	int sq = a->method == CAL_CALIB_SMOOTHQUANT;
 	for (size_t i = 0; i < v->n; i++) {
 		const struct cal_ynode *k = v->items[2 * i], *x = v->items[2 * i + 1];
 		CAL_TRY(key_path(err, k, path, &p));
@@ -713,6 +717,7 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 						       "stop_multiplier, fp8_scale_sweep"
 					 : gptq ? ALGO_KEYS ", perc_damp, block_size, fused"
 					 : awq ? ALGO_KEYS ", alpha_step"
+					 : sq ? ALGO_KEYS ", alpha"
 					 : hr ? ALGO_KEYS ", anchor_percentile, upper_percentile, rho, "
 							  "weight_scale_algorithm"
 					      : ALGO_KEYS);

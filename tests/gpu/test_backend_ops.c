@@ -126,6 +126,10 @@ int main(int argc, char **argv)
 				units = 8192 / 32;
 			else if (strstr(nm, "int4"))
 				units = 8192 / 128, rows = 4096; /* rows are doubled */
+			else if (strstr(nm, "int8")) /* cols = 7 units (+ seed % 5) */
+				units = 8192 / 7;
+			else if (!strcmp(nm, "amax_cols")) /* cols = 3 units (+ seed % 7) */
+				units = 8192 / 3;
 			else if (!strcmp(nm, "amax_blocks"))
 				units = 8192 / 128;
 			else if (!strcmp(nm, "logit_kl")) /* vocab = 37 units + 1 */

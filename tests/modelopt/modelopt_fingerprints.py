@@ -41,6 +41,7 @@ RECIPES_ALL = [
 VALUE_SUFFIXES = (".weight_scale_2", ".input_scale", ".k_scale", ".v_scale", ".weight_scale",
                   "_weight_scale_2", "_input_scale", "_weight_scale")  # "_": gpt_oss BMM experts
 MAX_VALUES = 64
+MAX_PQS_VALUES = 4096
 
 # hf_ptq.py's --qformat names calibd takes (engine/recipe/qformat.c) and the
 # preset of modelopt_recipes/configs/ptq/presets/model/ each runs; hf_ptq
@@ -78,7 +79,7 @@ def quant_config(item):
         return mtq.update_quant_cfg_with_kv_cache_quant(
             cfg, KV_QUANT_CFG_CHOICES[kv or KV_CACHE_QFORMAT]["quant_cfg"])
     from modelopt.recipe import load_recipe
-    return load_recipe(item).quantize.model_dump()
+    return load_recipe(recipe_file(item)).quantize.model_dump()
 
 
 def read_cases(path):
@@ -119,6 +120,11 @@ def fingerprint_dir(out_dir):
             if (dtype == "F32" and name.endswith(VALUE_SUFFIXES)
                     and len(raw) // 4 <= MAX_VALUES):
                 e["values"] = list(struct.unpack("<%df" % (len(raw) // 4), raw))
+            elif (dtype == "BF16" and name.endswith(".pre_quant_scale")
+                  and len(raw) // 2 <= MAX_PQS_VALUES):
+                # SmoothQuant: from the activations, compared with a tolerance
+                e["values"] = [struct.unpack("<f", b"\0\0" + raw[i:i + 2])[0]
+                               for i in range(0, len(raw), 2)]
             tensors[name] = e
     with open(os.path.join(out_dir, "hf_quant_config.json")) as f:
         hqc = json.load(f)
@@ -175,6 +181,28 @@ def mtp_prefixes(names, config):
     return sorted(prefixes), keys
 
 
+def recipe_file(recipe_name):
+    """modelopt's built-in recipe, else calibd's own (recipes/NAME.yaml, written
+    in modelopt's schema against the configs/ units both trees share: the
+    hf_ptq qformat recipes such as general/ptq/int8_default-kv_fp8_cast)."""
+    from modelopt.recipe.loader import BUILTIN_RECIPES_LIB
+    if any(os.path.exists(os.path.join(str(BUILTIN_RECIPES_LIB), recipe_name + ext))
+           for ext in ("", ".yaml", ".yml")):
+        return recipe_name
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(here, "..", "..", "recipes", recipe_name + ".yaml")
+
+
+def one_run(recipe_name):
+    """{"calibd_run": "quantize"} for a recipe whose algorithm changes the
+    weights during calibration (calibd exports those in one quantize run
+    only), else {} (calibrate, then export from the statistics)."""
+    from modelopt.recipe import load_recipe
+    algo = load_recipe(recipe_file(recipe_name)).quantize.model_dump().get("algorithm")
+    method = algo.get("method") if isinstance(algo, dict) else algo
+    return {"calibd_run": "quantize"} if method in ("smoothquant", "awq_lite", "gptq") else {}
+
+
 def run_modelopt(model_dir, tokens, recipe_name, out_dir):
     import torch
     import transformers
@@ -227,6 +255,8 @@ def main():
     ap.add_argument("--cases", default=os.path.join(here, "cases.txt"))
     ap.add_argument("--out", default=os.path.join(here, "fingerprints"))
     ap.add_argument("--only", default="")
+    ap.add_argument("--only-recipes", default="",
+                    help="comma-separated recipe basenames: regenerate only these")
     ap.add_argument("--keep", default="", help="keep modelopt's exports under this folder")
     args = ap.parse_args()
 
@@ -255,6 +285,8 @@ def main():
             subprocess.run(cmd + [fx], check=True)
             for r in recipes:
                 base = item_base(r)
+                if args.only_recipes and base not in args.only_recipes.split(","):
+                    continue
                 out = os.path.join(args.keep, case, base) if args.keep else \
                     os.path.join(tmp, "out-" + base)
                 print("== %s %s" % (case, r), flush=True)
@@ -267,6 +299,7 @@ def main():
                 fp = fingerprint_dir(out)
                 fp = {"case": case, "recipe": r, "fixture": {"arch": arch, "layout": layout,
                                                             "seed": meta["seed"]},
+                      **one_run(r),
                       "versions": {"modelopt": modelopt.__version__,
                                    "transformers": transformers.__version__,
                                    "torch": torch.__version__},

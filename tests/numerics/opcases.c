@@ -372,6 +372,27 @@ static int case_amax_blocks(struct opcase_env *env, uint64_t rows, uint64_t unit
 	return finish(&c);
 }
 
+static int case_amax_cols(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(amax_cols);
+	uint64_t cols = units * 3 + seed % 7, n = rows * cols;
+	uint16_t *x = xmalloc(n * 2 + 2);
+	float *am0 = xmalloc(cols * 4 + 4);
+	fill_obs(CAL_DTYPE_BF16, x, n, &s, env->specials);
+	for (uint64_t i = 0; i < cols; i++)
+		am0[i] = i % 5 ? 0.0f : 0.5f;
+	struct pair *px = pair_new(&c, n * 2, x), *pa = pair_new(&c, cols * 4, am0),
+		    *pn = pair_new_stat(&c, sizeof(nf_init), &nf_init);
+	struct cal_amax_cols_args A = {px->a, rows, cols, 7, pa->a, pn->a};
+	struct cal_amax_cols_args B = {px->b, rows, cols, 7, pa->b, pn->b};
+	RUN_BOTH(&c, amax_cols, A, B);
+	pair_check(&c, pa, "amax");
+	pair_check(&c, pn, "nonfinite");
+	free(x);
+	free(am0);
+	return finish(&c);
+}
+
 /* ---- quantizers ---------------------------------------------------------- */
 
 static uint16_t *weights(uint64_t n, uint64_t *s)
@@ -613,6 +634,25 @@ static int case_int4_quant(struct opcase_env *env, uint64_t rows, uint64_t units
 	return finish(&c);
 }
 
+static int case_int8_quant(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(int8_quant);
+	uint64_t cols = units * 7 + (seed % 5), n = rows * cols;
+	uint16_t *w = weights(n, &s);
+	if (rows > 1 && cols)
+		memset(w + cols, 0, cols * 2); /* a zero row: scale 1 */
+	enum cal_div_mode div = seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP;
+	struct pair *pw = pair_new(&c, n * 2, w), *pq = pair_new(&c, n, NULL),
+		    *ps = pair_new(&c, rows * 4, NULL);
+	struct cal_int8_quant_args A = {pw->a, rows, cols, div, pq->a, ps->a};
+	struct cal_int8_quant_args B = {pw->b, rows, cols, div, pq->b, ps->b};
+	RUN_BOTH(&c, int8_quant, A, B);
+	pair_check(&c, pq, "q");
+	pair_check(&c, ps, "scales");
+	free(w);
+	return finish(&c);
+}
+
 /* ---- dequantizers: random codes and scales -------------------------------- */
 
 static uint8_t *rand_bytes(uint64_t n, uint64_t *s)
@@ -729,6 +769,27 @@ static int case_int4_dequant(struct opcase_env *env, uint64_t rows, uint64_t uni
 	return finish(&c);
 }
 
+static int case_int8_dequant(struct opcase_env *env, uint64_t rows, uint64_t units,
+			     uint64_t seed)
+{
+	CTX(int8_dequant);
+	uint64_t cols = units * 7 + (seed % 5), n = rows * cols;
+	enum cal_dtype dt = OUT_DT(seed);
+	uint8_t *q = rand_bytes(n, &s);
+	float *sc = xmalloc(rows * 4 + 4);
+	for (uint64_t i = 0; i < rows; i++)
+		sc[i] = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, (int)(cal_test_splitmix(&s) % 20) - 12);
+	struct pair *pq = pair_new(&c, n, q), *ps = pair_new(&c, rows * 4, sc),
+		    *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
+	struct cal_int8_dequant_args A = {pq->a, ps->a, rows, cols, dt, po->a};
+	struct cal_int8_dequant_args B = {pq->b, ps->b, rows, cols, dt, po->b};
+	RUN_BOTH(&c, int8_dequant, A, B);
+	pair_check(&c, po, "out");
+	free(q);
+	free(sc);
+	return finish(&c);
+}
+
 /* ---- export statistics ----------------------------------------------------- */
 
 static int case_sqnr_rows(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
@@ -815,6 +876,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_AMAX_SEGMENTS] = case_amax_segments,
 	[CAL_OPID_AMAX_BLOCKS] = case_amax_blocks,
 	[CAL_OPID_AMAX_HIST] = case_amax_hist,
+	[CAL_OPID_AMAX_COLS] = case_amax_cols,
 	[CAL_OPID_HESSIAN] = case_hessian,
 	[CAL_OPID_GPTQ_UPDATE] = case_gptq_update,
 	[CAL_OPID_CHOL_INV] = case_chol_inv,
@@ -825,11 +887,13 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_MXFP8_QUANT] = case_mxfp8_quant,
 	[CAL_OPID_MXFP4_QUANT] = case_mxfp4_quant,
 	[CAL_OPID_INT4_QUANT] = case_int4_quant,
+	[CAL_OPID_INT8_QUANT] = case_int8_quant,
 	[CAL_OPID_NVFP4_DEQUANT] = case_nvfp4_dequant,
 	[CAL_OPID_FP8_DEQUANT] = case_fp8_dequant,
 	[CAL_OPID_MXFP8_DEQUANT] = case_mxfp8_dequant,
 	[CAL_OPID_MXFP4_DEQUANT] = case_mxfp4_dequant,
 	[CAL_OPID_INT4_DEQUANT] = case_int4_dequant,
+	[CAL_OPID_INT8_DEQUANT] = case_int8_dequant,
 	[CAL_OPID_SQNR_ROWS] = case_sqnr_rows,
 	[CAL_OPID_LOGIT_KL] = case_logit_kl,
 	[CAL_OPID_ERR_ROWS] = case_err_rows,

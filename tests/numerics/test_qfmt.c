@@ -33,6 +33,9 @@ static const struct {
 	/* equal to modelopt 0.47's NVFP4QTensor.quantize(w, 32) with the same
 	 * weight_scale_2 (reciprocal semantics), computed on the CPU */
 	{"nvfp4_bs32", 0x2654eeb94ad17b90ull},
+	/* equal to modelopt 0.47's INT8 export, (w / (amax_row / 127)[:, None])
+	 * .round().clamp(-128, 127), computed with torch on the CPU */
+	{"int8", 0x76c8648585cd37fcull},
 	/* equal to modelopt 0.47's FP8_PC_PT export, (w / (amax_row / 448)
 	 * [:, None]).to(float8_e4m3fn) with its F32 [rows] weight_scale,
 	 * computed with torch on the CPU */
@@ -75,7 +78,8 @@ Test(qfmt, every_row_is_complete)
 		cr_expect_eq(f->id, (enum cal_qfmt)i, "%s: id", n);
 		cr_expect(f->name && f->label && f->title, "%s: name, label and title", n);
 		cr_expect(f->elem_bits == 4 || f->elem_bits == 8, "%s: elem_bits", n);
-		cr_expect(f->elem_dtype == CAL_DTYPE_U8 || f->elem_dtype == CAL_DTYPE_F8_E4M3,
+		cr_expect(f->elem_dtype == CAL_DTYPE_U8 || f->elem_dtype == CAL_DTYPE_I8 ||
+			  f->elem_dtype == CAL_DTYPE_F8_E4M3,
 			  "%s: elem_dtype", n);
 		cr_expect(!f->pack_rows || f->elem_bits == 4, "%s: pack_rows needs 4 bits", n);
 		if (f->block_type == CAL_QBLOCK_NONE) {

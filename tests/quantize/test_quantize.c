@@ -474,6 +474,40 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
 	rm_rf(root);
 }
 
+/* hf_ptq's int8_sq (docs/smoothquant.md): every smoothed linear (attention,
+ * dense MLP, shared expert) exports INT8 codes, per-channel weight_scale,
+ * input_scale and pre_quant_scale; the routed experts are INT8 without one;
+ * verify passes; the report lists the linears; two ranks are refused. */
+Test(quantize, int8_sq_end_to_end, .timeout = 120)
+{
+	char *root = tmpdir(), *src, *tok;
+	char *dst = qformat_verified(root, "qwen2_moe", "per-expert", "int8_sq", &src, &tok);
+	char *errf = path2(root, "stderr"), *e;
+	int rc;
+	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
+	cr_assert(strstr(cfg, "\"W8A8_SQ_PER_CHANNEL\""), "%s", cfg);
+	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8; /* after the length */
+	cr_assert(strstr(hdr, "model.layers.0.self_attn.q_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.0.self_attn.o_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.1.mlp.shared_expert.gate_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.1.mlp.shared_expert.down_proj.pre_quant_scale"));
+	cr_assert(strstr(hdr, "model.layers.1.mlp.experts.0.down_proj.input_scale"));
+	cr_assert(!strstr(hdr, "experts.0.down_proj.pre_quant_scale"));
+	json_t *rep = json_loads(slurp(path2(dst, "calibd_report.json")), 0, NULL);
+	cr_assert(rep);
+	json_t *sq = json_object_get(rep, "smoothquant");
+	cr_assert_float_eq(json_number_value(json_object_get(sq, "alpha")), 1.0, 1e-12);
+	cr_assert(json_array_size(json_object_get(sq, "linears")) > 0);
+	json_decref(rep);
+	char *d2 = path2(root, "out2");
+	rc = run(NULL, errf, "quantize --model %s --qformat int8_sq --calib-tokens %s --out %s "
+		 "--device cpu --ranks 2", src, tok, d2);
+	e = expect_exit(rc, 3, errf);
+	cr_assert(strstr(e, "algorithm smoothquant runs on one rank"), "%s", e);
+	cr_assert(!cal_test_exists(d2));
+	rm_rf(root);
+}
+
 /* --qformat nvfp4_awq (docs/awq.md) on a dense llama fixture (GQA):
  * NVFP4_AWQ, quantizes and verifies; o_proj keeps its pre_quant_scale (GQA:
  * not folded into v_proj), down_proj's is folded into up_proj's rows, q/k/v

@@ -91,6 +91,14 @@ static const struct refusal refusals[] = {
 	 * has input 48 too) */
 	{"mxfp8", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},
 	{"mxfp8-kv_fp8_cast", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},
+	/* calibd's INT8 recipes (hf_ptq's int8, int8_wo, int8_sq): GPT-OSS's
+	 * fused BMM experts have no INT8 export (qfmt.def: bmm 0); SmoothQuant
+	 * runs on plain GQA attention only, as AWQ (docs/smoothquant.md) */
+	{"int8_default-kv_fp8_cast", "gpt_oss", "GPT-OSS experts in int8 are not exported"},
+	{"int8_weight_only-kv_fp8_cast", "gpt_oss", "GPT-OSS experts in int8 are not exported"},
+	{"int8_sq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
+	 "algorithm smoothquant with attention other than plain GQA"},
+	{"int8_sq-kv_fp8_cast", "gpt_oss", "algorithm smoothquant with GPT-OSS"},
 	/* calibd's recipes of hf_ptq's W4A8 qformats: block 32 weights, as
 	 * nvfp4_mlp_weight_only / mxfp4_mlp_weight_only */
 	{"w4a8_nvfp4_fp8-kv_fp8_cast", MOE_ARCHS,
@@ -305,9 +313,10 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		while (k < CAL_ARRAY_LEN(modelopt_ptq) && strcmp(modelopt_ptq[k], refusals[i].recipe))
 			k++;
 		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast, nvfp4_awq-kv_fp8_cast
-		 * (hf_ptq's int4_awq, nvfp4_awq), w4a8_* and fp8_2d_* (hf_ptq's W4A8 and
-		 * fp8_pb_wo) */
+		 * (hf_ptq's int4_awq, nvfp4_awq), int8* (hf_ptq's int8, int8_wo, int8_sq),
+		 * w4a8_* and fp8_2d_* (hf_ptq's W4A8 and fp8_pb_wo) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
+		    strncmp(refusals[i].recipe, "int8", 4) &&
 		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast") &&
 		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast") &&
 		    strncmp(refusals[i].recipe, "w4a8_", 5) &&

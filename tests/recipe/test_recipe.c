@@ -908,6 +908,90 @@ Test(plan, refusals)
 		   "multiple of the NVFP4 block size 16");
 }
 
+/* INT8 (docs/numerics.md "INT8") and SmoothQuant (docs/smoothquant.md):
+ * axis 0 on weights selects the per-channel INT8 row, per-tensor INT8
+ * inputs pair with it; smoothquant takes `alpha` and names anything else. */
+#define INT8_HEAD                                                                        \
+	"metadata: {recipe_type: ptq}\nquantize:\n  algorithm: %s\n  quant_cfg:\n"       \
+	"    - {quantizer_name: '*', enable: false}\n"                                   \
+	"    - {quantizer_name: '*layers.*weight_quantizer', cfg: {num_bits: 8, axis: %s}}\n" \
+	"    - {quantizer_name: '*layers.*input_quantizer', cfg: {num_bits: 8, axis: %s}}\n"
+
+static char *int8_yaml(const char *algo, const char *waxis, const char *iaxis)
+{
+	char *y = NULL;
+	cr_assert(asprintf(&y, INT8_HEAD, algo, waxis, iaxis) > 0);
+	return y;
+}
+
+Test(plan, int8_and_smoothquant)
+{
+	static const char dense[] =
+		"{\"model_type\":\"llama\",\"hidden_size\":64,\"intermediate_size\":96,"
+		"\"num_hidden_layers\":1,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+		"\"vocab_size\":64}";
+	char *y = int8_yaml("{method: smoothquant, alpha: 0.5}", "0", "null"), *msg = NULL;
+	struct cal_recipe *r = NULL;
+	cr_assert_eq(parse_msg(y, &msg, &r), CAL_OK, "%s", msg);
+	free(msg);
+	cr_expect_eq(r->algo.method, CAL_CALIB_SMOOTHQUANT);
+	cr_expect_float_eq(r->algo.sq_alpha, 0.5, 1e-12);
+	struct cal_model_desc *d = model(dense);
+	struct cal_plan *p = plan_of(d, r);
+	size_t n_w = 0, n_in = 0;
+	for (size_t i = 0; i < p->n_q; i++) {
+		const struct cal_plan_q *q = &p->q[i];
+		if (!q->spec.enabled)
+			continue;
+		cr_expect_eq(q->spec.fmt, CAL_QFMT_INT8, "%s", q->name);
+		n_w += q->role == CAL_QROLE_WEIGHT;
+		n_in += q->role == CAL_QROLE_INPUT;
+	}
+	cr_expect(n_w > 0 && n_w == n_in, "%zu weight and %zu input quantizers", n_w, n_in);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+	free(y);
+	/* the default alpha is 1.0 (SmoothQuantCalibConfig) */
+	y = int8_yaml("smoothquant", "0", "null");
+	cr_assert_eq(parse_msg(y, &msg, &r), CAL_OK, "%s", msg);
+	free(msg);
+	cr_expect_float_eq(r->algo.sq_alpha, 1.0, 1e-12);
+	cal_recipe_free(r);
+	free(y);
+	/* unknown and out-of-range options are refused, named */
+	y = int8_yaml("{method: smoothquant, alpha: 0.5, migration: 2}", "0", "null");
+	expect_error(y, CAL_ERR_FORMAT, "migration");
+	free(y);
+	y = int8_yaml("{method: smoothquant, alpha: 1.5}", "0", "null");
+	expect_error(y, CAL_ERR_FORMAT, "must be in [0, 1]");
+	free(y);
+	/* per-channel along another axis, per-channel inputs, weight-only */
+	y = int8_yaml("max", "1", "null");
+	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "implemented for weights along axis 0 only");
+	free(y);
+	y = int8_yaml("max", "0", "-1");
+	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "per-channel quantization (axis) is implemented for weights");
+	free(y);
+	y = int8_yaml("smoothquant", "null", "null");
+	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "8-bit integer quantization is not implemented");
+	free(y);
+	/* INT8 inputs are static per tensor: per-token ones select no row */
+	y = int8_yaml("max", "0", "null, type: dynamic, block_sizes: {-1: null}");
+	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "per-token inputs in FP8 E4M3 only");
+	free(y);
+	plan_fails(dense, "imports: {fp8: configs/numerics/fp8}\nmetadata: {recipe_type: ptq}\n"
+			  "quantize:\n  algorithm: smoothquant\n  quant_cfg:\n"
+			  "    - {quantizer_name: '*', enable: false}\n"
+			  "    - {quantizer_name: '*layers.*weight_quantizer', cfg: {$import: fp8}}\n"
+			  "    - {quantizer_name: '*layers.*input_quantizer', cfg: {$import: fp8}}\n",
+		   CAL_ERR_UNSUPPORTED, "smoothquant is implemented for INT8 weights with INT8 inputs");
+	plan_fails(dense, "metadata: {recipe_type: ptq}\nquantize:\n"
+			  "  algorithm: {method: smoothquant, layerwise: {enable: true}}\n"
+			  "  quant_cfg: []\n",
+		   CAL_ERR_UNSUPPORTED, "algorithm smoothquant: option layerwise");
+}
+
 /* hf_ptq's fp8_pc_pt, fp8_pb_wo and W4A8 qformats (kernels/qfmt.def rows
  * with per_channel, block2d, weight_of), and what stays refused around
  * them. */

@@ -1,0 +1,53 @@
+/*
+ * int8_quant.c — INT8 per-output-channel weight quantizer (docs/numerics.md
+ * "INT8"): per row r, amax_r = max|w[r, :]| (NaN if the row holds one),
+ * scale[r] = amax_r/127 (0/NaN amax -> scale 1), q = clamp(rint(w / scale[r]),
+ * -128, 127) as int8 bytes.  Reference and CPU back end; items are rows.
+ */
+#include <math.h>
+
+#include "kernels/internal.h"
+
+/* max|x| of a bf16 row; NaN when the row holds a NaN (torch's amax). */
+static float row_amax(const uint16_t *w, uint64_t n)
+{
+	float m = 0.0f;
+	for (uint64_t k = 0; k < n; k++) {
+		float a = fabsf(cal_nf_bf16_to_f32(w[k]));
+		if (a != a)
+			return a;
+		m = a > m ? a : m;
+	}
+	return m;
+}
+
+static void int8_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct cal_int8_quant_args *a = p;
+	(void)slot;
+	for (uint64_t r = begin; r < end; r++) {
+		const uint16_t *w = a->w + r * a->cols;
+		float s = cal_int8_row_scale(row_amax(w, a->cols), a->div);
+		for (uint64_t k = 0; k < a->cols; k++)
+			a->q[r * a->cols + k] =
+				cal_int8_from_quotient(cal_fdiv(cal_nf_bf16_to_f32(w[k]), s));
+		a->scales[r] = s;
+	}
+}
+
+CAL_CHECK_OP(int8_quant)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
+		return st;
+	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, w, q, scales)) < 0)
+		return st;
+	return CAL_OK;
+}
+
+CAL_CPU_OP(int8_quant)
+{
+	if (!a->cols)
+		return CAL_OK;
+	return cal_cpu_parallel(be, a->rows, 1 + 65536 / a->cols, int8_range, (void *)a, err);
+}
