@@ -54,56 +54,53 @@ static enum cal_status req_str(json_t *j, const char *key, const char *what, cha
 
 enum cal_status tok_normalizer_parse(void *dst, const void *jv, struct cal_error *err)
 {
+	static const struct cal_name_val types[] = {
+		{ "NFC", TOK_NORM_NFC },
+		{ "NFD", TOK_NORM_NFD },
+		{ "NFKC", TOK_NORM_NFKC },
+		{ "NFKD", TOK_NORM_NFKD },
+		{ "Lowercase", TOK_NORM_LOWERCASE },
+		{ "Strip", TOK_NORM_STRIP },
+		{ "Prepend", TOK_NORM_PREPEND },
+		{ "Replace", TOK_NORM_REPLACE },
+		{ "Sequence", TOK_NORM_SEQUENCE },
+	};
 	struct tok_normalizer *n = dst;
 	json_t *j = (json_t *)jv;
-	const char *type = json_string_value(json_object_get(j, "type"));
-	if (!json_is_object(j) || !type)
-		return cal_error_set(err, CAL_ERR_FORMAT, "normalizer without a 'type'");
-	if (!strcmp(type, "NFC")) {
-		n->type = TOK_NORM_NFC;
-	} else if (!strcmp(type, "NFD")) {
-		n->type = TOK_NORM_NFD;
-	} else if (!strcmp(type, "NFKC")) {
-		n->type = TOK_NORM_NFKC;
-	} else if (!strcmp(type, "NFKD")) {
-		n->type = TOK_NORM_NFKD;
-	} else if (!strcmp(type, "Lowercase")) {
-		n->type = TOK_NORM_LOWERCASE;
-	} else if (!strcmp(type, "Strip")) {
-		n->type = TOK_NORM_STRIP;
+	int type;
+	enum cal_status st = tok_part_type(j, "normalizer", types, CAL_ARRAY_LEN(types), &type, err);
+	if (st)
+		return st;
+	n->type = (enum tok_norm_type)type;
+	switch (n->type) {
+	case TOK_NORM_STRIP:
 		n->left = json_is_true(json_object_get(j, "strip_left"));
 		n->right = json_is_true(json_object_get(j, "strip_right"));
-	} else if (!strcmp(type, "Prepend")) {
-		n->type = TOK_NORM_PREPEND;
+		break;
+	case TOK_NORM_PREPEND:
 		return req_str(j, "prepend", "normalizer Prepend", &n->str, &n->str_len, err);
-	} else if (!strcmp(type, "Replace")) {
-		n->type = TOK_NORM_REPLACE;
-		enum cal_status st = req_str(j, "content", "normalizer Replace", &n->str,
-					     &n->str_len, err);
+	case TOK_NORM_REPLACE:
+		st = req_str(j, "content", "normalizer Replace", &n->str, &n->str_len, err);
 		if (st)
 			return st;
 		return tok_parse_pattern(&n->pat, json_object_get(j, "pattern"),
 					 "normalizer Replace", err);
-	} else if (!strcmp(type, "Sequence")) {
-		n->type = TOK_NORM_SEQUENCE;
-		enum cal_status st;
+	case TOK_NORM_SEQUENCE:
 		n->kids = tok_parse_seq(j, "normalizers", "normalizer Sequence", sizeof(*n->kids),
 					tok_normalizer_parse, &n->n_kids, &st, err);
 		return st;
-	} else {
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "normalizer type '%s' is not supported", type);
+	default: /* the Unicode forms and Lowercase take no parameters */
+		break;
 	}
 	return CAL_OK;
 }
 
-void tok_normalizer_free(struct tok_normalizer *n)
+void tok_normalizer_free(void *part)
 {
+	struct tok_normalizer *n = part;
 	if (!n)
 		return;
-	for (size_t i = 0; i < n->n_kids; i++)
-		tok_normalizer_free(&n->kids[i]);
-	free(n->kids);
+	tok_free_seq(n->kids, n->n_kids, sizeof(*n->kids), tok_normalizer_free);
 	free(n->str);
 	tok_pattern_free(&n->pat);
 	memset(n, 0, sizeof(*n));

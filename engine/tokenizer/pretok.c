@@ -66,32 +66,71 @@ static enum cal_status parse_behavior(json_t *v, enum tok_behavior *ret,
 			     what, s ? s : "(missing)");
 }
 
+/* The Metaspace pre-tokenizer's replacement character, prepend scheme and
+ * split flag. */
+static enum cal_status parse_metaspace(struct tok_pretok *p, json_t *j, struct cal_error *err)
+{
+	json_t *r = json_object_get(j, "replacement");
+	const char *rs = json_string_value(r);
+	if (!rs || !json_string_length(r))
+		return cal_error_set(err, CAL_ERR_FORMAT,
+				     "pre_tokenizer Metaspace: 'replacement' must be a one-character string");
+	size_t rl = json_string_length(r);
+	if (tok_utf8_decode(rs, rl, &p->replacement) != rl)
+		return cal_error_set(err, CAL_ERR_FORMAT,
+				     "pre_tokenizer Metaspace: 'replacement' must be one character");
+	static const struct cal_name_val schemes[] = {
+		{ "always", TOK_PREPEND_ALWAYS },
+		{ "first", TOK_PREPEND_FIRST },
+		{ "never", TOK_PREPEND_NEVER },
+	};
+	const char *ps = json_string_value(json_object_get(j, "prepend_scheme"));
+	int scheme = json_is_false(json_object_get(j, "add_prefix_space"))
+		? TOK_PREPEND_NEVER : TOK_PREPEND_ALWAYS;
+	if (ps && cal_name_val_find(schemes, CAL_ARRAY_LEN(schemes), ps, &scheme) < 0)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+				     "pre_tokenizer Metaspace: prepend_scheme '%s' is not supported", ps);
+	p->prepend = (enum tok_prepend)scheme;
+	json_t *sp = json_object_get(j, "split");
+	p->split = sp ? json_is_true(sp) : true;
+	return CAL_OK;
+}
+
 enum cal_status tok_pretok_parse(void *dst, const void *jv, struct cal_error *err)
 {
+	static const struct cal_name_val types[] = {
+		{ "Sequence", TOK_PRE_SEQUENCE },
+		{ "Split", TOK_PRE_SPLIT },
+		{ "ByteLevel", TOK_PRE_BYTELEVEL },
+		{ "Metaspace", TOK_PRE_METASPACE },
+		{ "Digits", TOK_PRE_DIGITS },
+		{ "Punctuation", TOK_PRE_PUNCTUATION },
+		{ "Whitespace", TOK_PRE_WHITESPACE },
+		{ "WhitespaceSplit", TOK_PRE_WHITESPACE_SPLIT },
+	};
 	struct tok_pretok *p = dst;
 	json_t *j = (json_t *)jv;
-	const char *type = json_string_value(json_object_get(j, "type"));
-	if (!json_is_object(j) || !type)
-		return cal_error_set(err, CAL_ERR_FORMAT, "pre_tokenizer without a 'type'");
+	int type;
+	enum cal_status st = tok_part_type(j, "pre_tokenizer", types, CAL_ARRAY_LEN(types), &type,
+					   err);
+	if (st)
+		return st;
 	pthread_once(&bl_once, bl_init);
+	p->type = (enum tok_pretok_type)type;
 	p->behavior = TOK_SPLIT_ISOLATED;
-	if (!strcmp(type, "Sequence")) {
-		p->type = TOK_PRE_SEQUENCE;
-		enum cal_status st;
+	switch (p->type) {
+	case TOK_PRE_SEQUENCE:
 		p->kids = tok_parse_seq(j, "pretokenizers", "pre_tokenizer Sequence", sizeof(*p->kids),
 					tok_pretok_parse, &p->n_kids, &st, err);
 		return st;
-	} else if (!strcmp(type, "Split")) {
-		p->type = TOK_PRE_SPLIT;
+	case TOK_PRE_SPLIT:
 		p->invert = json_is_true(json_object_get(j, "invert"));
-		enum cal_status st = parse_behavior(json_object_get(j, "behavior"),
-						    &p->behavior, "Split", err);
+		st = parse_behavior(json_object_get(j, "behavior"), &p->behavior, "Split", err);
 		if (st)
 			return st;
 		return tok_parse_pattern(&p->pat, json_object_get(j, "pattern"),
 					 "pre_tokenizer Split", err);
-	} else if (!strcmp(type, "ByteLevel")) {
-		p->type = TOK_PRE_BYTELEVEL;
+	case TOK_PRE_BYTELEVEL: {
 		json_t *ap = json_object_get(j, "add_prefix_space");
 		json_t *ur = json_object_get(j, "use_regex");
 		p->add_prefix_space = json_is_true(ap);
@@ -99,63 +138,38 @@ enum cal_status tok_pretok_parse(void *dst, const void *jv, struct cal_error *er
 		if (p->use_regex)
 			return tok_pattern_regex(&p->pat, bytelevel_re, strlen(bytelevel_re),
 						 "pre_tokenizer ByteLevel", err);
-	} else if (!strcmp(type, "Metaspace")) {
-		p->type = TOK_PRE_METASPACE;
-		json_t *r = json_object_get(j, "replacement");
-		const char *rs = json_string_value(r);
-		if (!rs || !json_string_length(r))
-			return cal_error_set(err, CAL_ERR_FORMAT,
-					     "pre_tokenizer Metaspace: 'replacement' must be a one-character string");
-		size_t rl = json_string_length(r);
-		if (tok_utf8_decode(rs, rl, &p->replacement) != rl)
-			return cal_error_set(err, CAL_ERR_FORMAT,
-					     "pre_tokenizer Metaspace: 'replacement' must be one character");
-		static const struct cal_name_val schemes[] = {
-			{ "always", TOK_PREPEND_ALWAYS },
-			{ "first", TOK_PREPEND_FIRST },
-			{ "never", TOK_PREPEND_NEVER },
-		};
-		const char *ps = json_string_value(json_object_get(j, "prepend_scheme"));
-		int scheme = json_is_false(json_object_get(j, "add_prefix_space"))
-			? TOK_PREPEND_NEVER : TOK_PREPEND_ALWAYS;
-		if (ps && cal_name_val_find(schemes, CAL_ARRAY_LEN(schemes), ps, &scheme) < 0)
-			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-					     "pre_tokenizer Metaspace: prepend_scheme '%s' is not supported", ps);
-		p->prepend = (enum tok_prepend)scheme;
-		json_t *sp = json_object_get(j, "split");
-		p->split = sp ? json_is_true(sp) : true;
-	} else if (!strcmp(type, "Digits")) {
-		p->type = TOK_PRE_DIGITS;
+		break;
+	}
+	case TOK_PRE_METASPACE:
+		return parse_metaspace(p, j, err);
+	case TOK_PRE_DIGITS:
 		p->individual_digits = json_is_true(json_object_get(j, "individual_digits"));
 		p->behavior = p->individual_digits ? TOK_SPLIT_ISOLATED : TOK_SPLIT_CONTIGUOUS;
-	} else if (!strcmp(type, "Punctuation")) {
-		p->type = TOK_PRE_PUNCTUATION;
+		break;
+	case TOK_PRE_PUNCTUATION: {
 		json_t *b = json_object_get(j, "behavior");
 		if (b)
 			return parse_behavior(b, &p->behavior, "Punctuation", err);
-	} else if (!strcmp(type, "Whitespace")) {
-		p->type = TOK_PRE_WHITESPACE;
+		break;
+	}
+	case TOK_PRE_WHITESPACE:
 		p->behavior = TOK_SPLIT_REMOVED;
 		p->invert = true;
 		return tok_pattern_regex(&p->pat, whitespace_re, strlen(whitespace_re),
 					 "pre_tokenizer Whitespace", err);
-	} else if (!strcmp(type, "WhitespaceSplit")) {
-		p->type = TOK_PRE_WHITESPACE_SPLIT;
+	case TOK_PRE_WHITESPACE_SPLIT:
 		p->behavior = TOK_SPLIT_REMOVED;
-	} else {
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "pre_tokenizer type '%s' is not supported", type);
+		break;
 	}
 	return CAL_OK;
 }
 
-void tok_pretok_free(struct tok_pretok *p)
+void tok_pretok_free(void *part)
 {
+	struct tok_pretok *p = part;
 	if (!p)
 		return;
-	for (size_t i = 0; i < p->n_kids; i++)
-		tok_pretok_free(&p->kids[i]);
-	free(p->kids);
+	tok_free_seq(p->kids, p->n_kids, sizeof(*p->kids), tok_pretok_free);
 	tok_pattern_free(&p->pat);
 	memset(p, 0, sizeof(*p));
 }

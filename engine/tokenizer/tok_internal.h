@@ -284,7 +284,18 @@ struct cal_tokenizer {
 typedef enum cal_status (*tok_part_parse_fn)(void *dst, const void *json,
 					     struct cal_error *err);
 
+/* The matching destructor (tok_normalizer_free, tok_pretok_free): frees
+ * what a parser, even a failed one, left in part, not part itself. */
+typedef void (*tok_part_free_fn)(void *part);
+
 /* tokenizer.c */
+/* The component json's "type" looked up in types[0..n) into *ret.  what
+ * names the kind of component in the errors: CAL_ERR_FORMAT "normalizer
+ * without a 'type'", CAL_ERR_UNSUPPORTED "normalizer type 'X' is not
+ * supported". */
+enum cal_status tok_part_type(const void *json, const char *what,
+			      const struct cal_name_val *types, size_t n, int *ret,
+			      struct cal_error *err);
 /* The components of the array json[key] of a Sequence, parsed by parse,
  * *ret_st the status: returns them (calloc'd, elem_size bytes each; NULL
  * when not even the array was had), *ret_n of them, also after a failure
@@ -293,11 +304,15 @@ typedef enum cal_status (*tok_part_parse_fn)(void *dst, const void *json,
 void *tok_parse_seq(const void *json, const char *key, const char *what, size_t elem_size,
 		    tok_part_parse_fn parse, size_t *ret_n, enum cal_status *ret_st,
 		    struct cal_error *err);
+/* The inverse of tok_parse_seq: free_part on each of the n components of
+ * kids (elem_size bytes each), then kids itself (NULL: nothing). */
+void tok_free_seq(void *kids, size_t n, size_t elem_size, tok_part_free_fn free_part);
 
 /* normalize.c */
 /* n: a struct tok_normalizer (tok_part_parse_fn). */
 enum cal_status tok_normalizer_parse(void *n, const void *json, struct cal_error *err);
-void tok_normalizer_free(struct tok_normalizer *n);
+/* n: a struct tok_normalizer (tok_part_free_fn). */
+void tok_normalizer_free(void *n);
 /* Normalizes s[0..len) into *out (cleared first).  tmp is scratch. */
 enum cal_status tok_normalize(struct tok_normalizer *n, const char *s,
 			      size_t len, struct tok_buf *out,
@@ -306,7 +321,8 @@ enum cal_status tok_normalize(struct tok_normalizer *n, const char *s,
 /* pretok.c */
 /* p: a struct tok_pretok (tok_part_parse_fn). */
 enum cal_status tok_pretok_parse(void *p, const void *json, struct cal_error *err);
-void tok_pretok_free(struct tok_pretok *p);
+/* p: a struct tok_pretok (tok_part_free_fn). */
+void tok_pretok_free(void *p);
 /* Runs p over *io (pieces carrying an id pass through); *spare is scratch
  * and *io holds the result afterwards. */
 enum cal_status tok_pretokenize(struct cal_tokenizer *tok, struct tok_pretok *p,

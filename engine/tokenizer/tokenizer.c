@@ -603,6 +603,19 @@ static enum cal_status load_added(struct cal_tokenizer *tok, json_t *added,
 	return st;
 }
 
+enum cal_status tok_part_type(const void *json, const char *what,
+			      const struct cal_name_val *types, size_t n, int *ret,
+			      struct cal_error *err)
+{
+	const char *type = json_string_value(json_object_get(json, "type"));
+	if (!json_is_object((const json_t *)json) || !type)
+		return cal_error_set(err, CAL_ERR_FORMAT, "%s without a 'type'", what);
+	if (cal_name_val_find(types, n, type, ret) < 0)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s type '%s' is not supported",
+				     what, type);
+	return CAL_OK;
+}
+
 void *tok_parse_seq(const void *json, const char *key, const char *what, size_t elem_size,
 		    tok_part_parse_fn parse, size_t *ret_n, enum cal_status *ret_st,
 		    struct cal_error *err)
@@ -623,6 +636,13 @@ void *tok_parse_seq(const void *json, const char *key, const char *what, size_t 
 		*ret_st = parse(kids + i * elem_size, json_array_get(a, i), err);
 	}
 	return kids;
+}
+
+void tok_free_seq(void *kids, size_t n, size_t elem_size, tok_part_free_fn free_part)
+{
+	for (size_t i = 0; i < n; i++)
+		free_part((char *)kids + i * elem_size);
+	free(kids);
 }
 
 /* The component root[key] (calloc'd, elem_size bytes) into *ret, parsed by
