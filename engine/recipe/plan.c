@@ -629,6 +629,30 @@ static enum cal_status unsupported(struct cal_error *err, const struct cal_recip
 			     "modelopt's default is 8-bit integer); %s", q->name, why, impl);
 }
 
+/* Why role takes no quantizer with the constant-amax settings of s (or
+ * none at all): the reason, or NULL when it does. */
+static const char *role_refusal(enum cal_qrole role, const struct cal_qspec *s)
+{
+	switch (role) {
+	case CAL_QROLE_WEIGHT:
+		return s->has_constant_amax || s->use_constant_amax
+			       ? "a constant amax on weights is not implemented" : NULL;
+	case CAL_QROLE_INPUT:
+		return s->use_constant_amax
+			       ? "use_constant_amax is implemented for KV-cache quantizers only" : NULL;
+	case CAL_QROLE_K_BMM:
+	case CAL_QROLE_V_BMM:
+		return s->has_constant_amax ? "constant_amax on the KV cache is not implemented "
+					      "(use use_constant_amax)" : NULL;
+	case CAL_QROLE_OUTPUT:
+		return "output quantizers are not implemented";
+	case CAL_QROLE_Q_BMM:
+	case CAL_QROLE_P_BMM:
+		return "q/p attention quantizers (FP8 attention) are not implemented";
+	}
+	return NULL;
+}
+
 /* Classifies the attributes of an enabled quantizer. */
 static enum cal_status classify(struct cal_error *err, const struct cal_recipe *r,
 				const struct cal_plan_q *q, struct cal_qspec *s)
@@ -698,40 +722,20 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	s->use_constant_amax = a->use_constant_amax;
 	s->has_constant_amax = a->has_constant_amax;
 	s->constant_amax = a->constant_amax;
-	/* role restrictions */
-	switch (q->role) {
-	case CAL_QROLE_WEIGHT:
-		if (s->has_constant_amax || s->use_constant_amax)
-			return unsupported(err, r, q, "a constant amax on weights is not implemented");
-		break;
-	case CAL_QROLE_INPUT:
-		if (!(f->roles & CAL_QFMT_ROLE_INPUT)) {
-			snprintf(why, sizeof(why), "%s activation quantization is not implemented",
-				 f->title);
-			return unsupported(err, r, q, why);
-		}
-		if (s->use_constant_amax)
-			return unsupported(err, r, q, "use_constant_amax is implemented for KV-cache "
-					   "quantizers only");
-		break;
-	case CAL_QROLE_K_BMM:
-	case CAL_QROLE_V_BMM:
-		if (!(f->roles & CAL_QFMT_ROLE_KV)) {
-			cal_plan_role_list(CAL_QFMT_ROLE_KV, why, sizeof(why),
-				  "KV-cache quantization is implemented in ");
-			return unsupported(err, r, q, why);
-		}
-		if (s->has_constant_amax)
-			return unsupported(err, r, q, "constant_amax on the KV cache is not implemented "
-					   "(use use_constant_amax)");
-		break;
-	case CAL_QROLE_OUTPUT:
-		return unsupported(err, r, q, "output quantizers are not implemented");
-	case CAL_QROLE_Q_BMM:
-	case CAL_QROLE_P_BMM:
-		return unsupported(err, r, q, "q/p attention quantizers (FP8 attention) are not "
-				   "implemented");
+	/* role restrictions: the format must serve the role, then the role's own */
+	int kv = q->role == CAL_QROLE_K_BMM || q->role == CAL_QROLE_V_BMM;
+	if (q->role == CAL_QROLE_INPUT && !(f->roles & CAL_QFMT_ROLE_INPUT)) {
+		snprintf(why, sizeof(why), "%s activation quantization is not implemented", f->title);
+		return unsupported(err, r, q, why);
 	}
+	if (kv && !(f->roles & CAL_QFMT_ROLE_KV)) {
+		cal_plan_role_list(CAL_QFMT_ROLE_KV, why, sizeof(why),
+				   "KV-cache quantization is implemented in ");
+		return unsupported(err, r, q, why);
+	}
+	const char *refused = role_refusal(q->role, s);
+	if (refused)
+		return unsupported(err, r, q, refused);
 	s->calibrate = f->calibrate && !s->has_constant_amax && !s->use_constant_amax;
 	return CAL_OK;
 }
