@@ -270,18 +270,21 @@ enum cal_status cal_st_file_parse(const char *name, const void *buf, size_t len,
 	}
 
 	f = calloc(1, sizeof(*f));
-	if (!f || !(f->name = strdup(name)))
-		goto nomem;
+	ents = calloc(nents ? nents : 1, sizeof(*ents));
+	if (f) {
+		f->name = strdup(name);
+		f->arena = malloc(arena_len ? arena_len : 1);
+		f->tensors = calloc(nents ? nents : 1, sizeof(*f->tensors));
+		f->by_name = calloc(nents ? nents : 1, sizeof(*f->by_name));
+		f->meta = calloc(nmeta ? nmeta : 1, sizeof(*f->meta));
+	}
+	if (!f || !ents || !f->name || !f->arena || !f->tensors || !f->by_name || !f->meta) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory reading the header", name);
+		goto fail;
+	}
 	f->base = p;
 	f->len = len;
 	f->header_len = n;
-	f->arena = malloc(arena_len ? arena_len : 1);
-	ents = calloc(nents ? nents : 1, sizeof(*ents));
-	f->tensors = calloc(nents ? nents : 1, sizeof(*f->tensors));
-	f->by_name = calloc(nents ? nents : 1, sizeof(*f->by_name));
-	f->meta = calloc(nmeta ? nmeta : 1, sizeof(*f->meta));
-	if (!f->arena || !ents || !f->tensors || !f->by_name || !f->meta)
-		goto nomem;
 
 	/* Second pass: every tensor's own claims. */
 	size_t pos = 0, ei = 0;
@@ -341,12 +344,8 @@ enum cal_status cal_st_file_parse(const char *name, const void *buf, size_t len,
 	f->count = nents;
 	qsort(f->by_name, nents, sizeof(*f->by_name), cmp_tensor_name);
 	qsort(f->meta, f->nmeta, sizeof(*f->meta), cmp_meta_key);
-	free(ents);
 	*ret = f;
-	return CAL_OK;
-
-nomem:
-	st = cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory reading the header", name);
+	f = NULL; /* st == CAL_OK: success shares the cleanup */
 fail:
 	json_decref(root);
 	free(ents);
