@@ -632,21 +632,33 @@ static int state_from_name(const char *s)
 	return -1;
 }
 
+/* The file dir/name of at most max bytes, parsed as JSON, into *ret: NULL
+ * when it is not JSON, *je then says why (the caller names the file). */
+static enum cal_status read_doc(const char *dir, const char *name, size_t max, json_t **ret,
+				json_error_t *je, struct cal_error *err)
+{
+	char *text = NULL;
+	char *p = cal_path_join(dir, name);
+	*ret = NULL;
+	if (!p)
+		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
+	enum cal_status st = cal_read_file(p, max, &text, NULL, err);
+	free(p);
+	if (st == CAL_OK)
+		*ret = json_loads(text, JSON_REJECT_DUPLICATES, je);
+	free(text);
+	return st;
+}
+
 /* Reads dir/name (a state.json generation) into j.  CAL_ERR_NOTFOUND when
  * absent, CAL_ERR_FORMAT when it is not a state document. */
 static enum cal_status read_state(struct cal_job *j, const char *name, struct cal_error *err)
 {
-	char *text = NULL;
-	char *p = cal_path_join(j->dir, name);
-	if (!p)
-		return cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
-	enum cal_status st = cal_read_file(p, STATE_MAX_BYTES, &text, NULL, err);
-	free(p);
+	json_error_t je;
+	json_t *doc;
+	enum cal_status st = read_doc(j->dir, name, STATE_MAX_BYTES, &doc, &je, err);
 	if (st)
 		return st;
-	json_error_t je;
-	json_t *doc = json_loads(text, JSON_REJECT_DUPLICATES, &je);
-	free(text);
 	int s = state_from_name(json_string_value(json_object_get(doc, "state")));
 	json_t *devs = json_object_get(doc, "devices");
 	json_t *e = json_object_get(doc, "error");
@@ -687,7 +699,6 @@ static enum cal_status load_one(struct cal_daemon *d, const char *jobs_dir, cons
 				int *ret_repersist, int *ret_fallback, struct cal_job **ret, struct cal_error *err)
 {
 	enum cal_status st = CAL_OK;
-	char *text = NULL;
 	json_t *spec_doc = NULL;
 	json_error_t je;
 	struct cal_job *j = job_alloc();
@@ -701,19 +712,11 @@ static enum cal_status load_one(struct cal_daemon *d, const char *jobs_dir, cons
 		goto fail;
 	}
 	snprintf(j->id, sizeof(j->id), "%s", name);
-	j->dir = cal_path_join(jobs_dir, name);
-	char *p = j->dir ? cal_path_join(j->dir, "spec.json") : NULL;
-	if (!p) {
+	if (!(j->dir = cal_path_join(jobs_dir, name))) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "out of memory");
 		goto fail;
 	}
-	st = cal_read_file(p, SPEC_MAX_BYTES, &text, NULL, err);
-	free(p);
-	if (st)
-		goto fail;
-	spec_doc = json_loads(text, JSON_REJECT_DUPLICATES, &je);
-	free(text);
-	text = NULL;
+	CAL_TRY(read_doc(j->dir, "spec.json", SPEC_MAX_BYTES, &spec_doc, &je, err));
 	if (!spec_doc || !json_is_object(json_object_get(spec_doc, "spec")) ||
 	    !json_is_string(json_object_get(spec_doc, "id")) ||
 	    strcmp(json_string_value(json_object_get(spec_doc, "id")), name) ||
@@ -803,7 +806,6 @@ static enum cal_status load_one(struct cal_daemon *d, const char *jobs_dir, cons
 	*ret = j;
 	j = NULL;
 fail:
-	free(text);
 	json_decref(spec_doc);
 	job_free(j);
 	return st;
