@@ -52,25 +52,10 @@ static enum cal_status req_str(json_t *j, const char *key, const char *what, cha
 	return dup_str(v, ret, ret_len);
 }
 
-enum cal_status tok_normalizer_parse(void *dst, const void *jv, struct cal_error *err)
+static enum cal_status normalizer_parse(void *part, int type, json_t *j, struct cal_error *err)
 {
-	static const struct cal_name_val types[] = {
-		{ "NFC", TOK_NORM_NFC },
-		{ "NFD", TOK_NORM_NFD },
-		{ "NFKC", TOK_NORM_NFKC },
-		{ "NFKD", TOK_NORM_NFKD },
-		{ "Lowercase", TOK_NORM_LOWERCASE },
-		{ "Strip", TOK_NORM_STRIP },
-		{ "Prepend", TOK_NORM_PREPEND },
-		{ "Replace", TOK_NORM_REPLACE },
-		{ "Sequence", TOK_NORM_SEQUENCE },
-	};
-	struct tok_normalizer *n = dst;
-	json_t *j = (json_t *)jv;
-	int type;
-	enum cal_status st = tok_part_type(j, "normalizer", types, CAL_ARRAY_LEN(types), &type, err);
-	if (st)
-		return st;
+	struct tok_normalizer *n = part;
+	enum cal_status st;
 	n->type = (enum tok_norm_type)type;
 	switch (n->type) {
 	case TOK_NORM_STRIP:
@@ -86,8 +71,7 @@ enum cal_status tok_normalizer_parse(void *dst, const void *jv, struct cal_error
 		return tok_parse_pattern(&n->pat, json_object_get(j, "pattern"),
 					 "normalizer Replace", err);
 	case TOK_NORM_SEQUENCE:
-		n->kids = tok_parse_seq(j, "normalizers", "normalizer Sequence", sizeof(*n->kids),
-					tok_normalizer_parse, &n->n_kids, &st, err);
+		n->kids = tok_parse_seq(j, "normalizers", &tok_normalizer_kind, &n->n_kids, &st, err);
 		return st;
 	default: /* the Unicode forms and Lowercase take no parameters */
 		break;
@@ -95,16 +79,26 @@ enum cal_status tok_normalizer_parse(void *dst, const void *jv, struct cal_error
 	return CAL_OK;
 }
 
-void tok_normalizer_free(void *part)
+static void normalizer_free(void *part)
 {
 	struct tok_normalizer *n = part;
-	if (!n)
-		return;
-	tok_free_seq(n->kids, n->n_kids, sizeof(*n->kids), tok_normalizer_free);
 	free(n->str);
 	tok_pattern_free(&n->pat);
+	tok_free_seq(n->kids, n->n_kids, &tok_normalizer_kind);
 	memset(n, 0, sizeof(*n));
 }
+
+static const char *const normalizer_types[] = {
+	[TOK_NORM_NFC] = "NFC", [TOK_NORM_NFD] = "NFD", [TOK_NORM_NFKC] = "NFKC",
+	[TOK_NORM_NFKD] = "NFKD", [TOK_NORM_SEQUENCE] = "Sequence", [TOK_NORM_PREPEND] = "Prepend",
+	[TOK_NORM_REPLACE] = "Replace", [TOK_NORM_LOWERCASE] = "Lowercase",
+	[TOK_NORM_STRIP] = "Strip",
+};
+
+const struct tok_part_kind tok_normalizer_kind = {
+	.what = "normalizer", .types = normalizer_types, .n_types = CAL_ARRAY_LEN(normalizer_types),
+	.size = sizeof(struct tok_normalizer), .parse = normalizer_parse, .free = normalizer_free,
+};
 
 static bool all_ascii(const char *s, size_t n)
 {

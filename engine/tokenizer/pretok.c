@@ -96,32 +96,16 @@ static enum cal_status parse_metaspace(struct tok_pretok *p, json_t *j, struct c
 	return CAL_OK;
 }
 
-enum cal_status tok_pretok_parse(void *dst, const void *jv, struct cal_error *err)
+static enum cal_status pretok_parse(void *part, int type, json_t *j, struct cal_error *err)
 {
-	static const struct cal_name_val types[] = {
-		{ "Sequence", TOK_PRE_SEQUENCE },
-		{ "Split", TOK_PRE_SPLIT },
-		{ "ByteLevel", TOK_PRE_BYTELEVEL },
-		{ "Metaspace", TOK_PRE_METASPACE },
-		{ "Digits", TOK_PRE_DIGITS },
-		{ "Punctuation", TOK_PRE_PUNCTUATION },
-		{ "Whitespace", TOK_PRE_WHITESPACE },
-		{ "WhitespaceSplit", TOK_PRE_WHITESPACE_SPLIT },
-	};
-	struct tok_pretok *p = dst;
-	json_t *j = (json_t *)jv;
-	int type;
-	enum cal_status st = tok_part_type(j, "pre_tokenizer", types, CAL_ARRAY_LEN(types), &type,
-					   err);
-	if (st)
-		return st;
+	struct tok_pretok *p = part;
+	enum cal_status st;
 	pthread_once(&bl_once, bl_init);
 	p->type = (enum tok_pretok_type)type;
 	p->behavior = TOK_SPLIT_ISOLATED;
 	switch (p->type) {
 	case TOK_PRE_SEQUENCE:
-		p->kids = tok_parse_seq(j, "pretokenizers", "pre_tokenizer Sequence", sizeof(*p->kids),
-					tok_pretok_parse, &p->n_kids, &st, err);
+		p->kids = tok_parse_seq(j, "pretokenizers", &tok_pretok_kind, &p->n_kids, &st, err);
 		return st;
 	case TOK_PRE_SPLIT:
 		p->invert = json_is_true(json_object_get(j, "invert"));
@@ -164,15 +148,25 @@ enum cal_status tok_pretok_parse(void *dst, const void *jv, struct cal_error *er
 	return CAL_OK;
 }
 
-void tok_pretok_free(void *part)
+static void pretok_free(void *part)
 {
 	struct tok_pretok *p = part;
-	if (!p)
-		return;
-	tok_free_seq(p->kids, p->n_kids, sizeof(*p->kids), tok_pretok_free);
 	tok_pattern_free(&p->pat);
+	tok_free_seq(p->kids, p->n_kids, &tok_pretok_kind);
 	memset(p, 0, sizeof(*p));
 }
+
+static const char *const pretok_types[] = {
+	[TOK_PRE_SEQUENCE] = "Sequence", [TOK_PRE_SPLIT] = "Split",
+	[TOK_PRE_BYTELEVEL] = "ByteLevel", [TOK_PRE_METASPACE] = "Metaspace",
+	[TOK_PRE_DIGITS] = "Digits", [TOK_PRE_PUNCTUATION] = "Punctuation",
+	[TOK_PRE_WHITESPACE] = "Whitespace", [TOK_PRE_WHITESPACE_SPLIT] = "WhitespaceSplit",
+};
+
+const struct tok_part_kind tok_pretok_kind = {
+	.what = "pre_tokenizer", .types = pretok_types, .n_types = CAL_ARRAY_LEN(pretok_types),
+	.size = sizeof(struct tok_pretok), .parse = pretok_parse, .free = pretok_free,
+};
 
 /* ---- segments ----------------------------------------------------------- */
 

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
@@ -279,50 +280,43 @@ struct cal_tokenizer {
 	struct tok_segs segs;
 };
 
-/* A parser of one tokenizer.json component (a normalizer, a pre-tokenizer)
- * into dst, the component's struct: tok_normalizer_parse, tok_pretok_parse. */
-typedef enum cal_status (*tok_part_parse_fn)(void *dst, const void *json,
-					     struct cal_error *err);
-
-/* The matching destructor (tok_normalizer_free, tok_pretok_free): frees
- * what a parser, even a failed one, left in part, not part itself. */
-typedef void (*tok_part_free_fn)(void *part);
+/* A kind of tokenizer.json component: normalizers (tok_normalizer_kind,
+ * struct tok_normalizer) and pre-tokenizers (tok_pretok_kind, struct
+ * tok_pretok).  tok_part_parse looks a component's "type" up in types,
+ * then calls parse; free releases what parse, even a failed one, left in
+ * a component, not the component itself. */
+struct tok_part_kind {
+	const char *what;         /* "normalizer": names the kind in errors */
+	const char *const *types; /* the "type" words, by the kind's enum value */
+	size_t n_types;
+	size_t size;              /* of the kind's struct */
+	enum cal_status (*parse)(void *part, int type, json_t *json, struct cal_error *err);
+	void (*free)(void *part);
+};
+extern const struct tok_part_kind tok_normalizer_kind, tok_pretok_kind;
 
 /* tokenizer.c */
-/* The component json's "type" looked up in types[0..n) into *ret.  what
- * names the kind of component in the errors: CAL_ERR_FORMAT "normalizer
- * without a 'type'", CAL_ERR_UNSUPPORTED "normalizer type 'X' is not
- * supported". */
-enum cal_status tok_part_type(const void *json, const char *what,
-			      const struct cal_name_val *types, size_t n, int *ret,
-			      struct cal_error *err);
-/* The components of the array json[key] of a Sequence, parsed by parse,
- * *ret_st the status: returns them (calloc'd, elem_size bytes each; NULL
- * when not even the array was had), *ret_n of them, also after a failure
- * (for the caller's free).  what names the Sequence in the error
- * ("normalizer Sequence"). */
-void *tok_parse_seq(const void *json, const char *key, const char *what, size_t elem_size,
-		    tok_part_parse_fn parse, size_t *ret_n, enum cal_status *ret_st,
-		    struct cal_error *err);
-/* The inverse of tok_parse_seq: free_part on each of the n components of
- * kids (elem_size bytes each), then kids itself (NULL: nothing). */
-void tok_free_seq(void *kids, size_t n, size_t elem_size, tok_part_free_fn free_part);
+/* The component json of kind k into part (zeroed, k->size bytes).  Errors:
+ * CAL_ERR_FORMAT "normalizer without a 'type'", CAL_ERR_UNSUPPORTED
+ * "normalizer type 'X' is not supported", or those of k->parse. */
+enum cal_status tok_part_parse(const struct tok_part_kind *k, void *part, json_t *json,
+			       struct cal_error *err);
+/* The components of kind k in the array json[key] of a Sequence, *ret_st
+ * the status: returns them (calloc'd; NULL when not even the array was
+ * had), *ret_n of them, also after a failure (for tok_free_seq). */
+void *tok_parse_seq(json_t *json, const char *key, const struct tok_part_kind *k,
+		    size_t *ret_n, enum cal_status *ret_st, struct cal_error *err);
+/* The inverse of tok_parse_seq (and of parse_part, n 1): k->free on each
+ * of the n components of kids, then kids itself (NULL with n 0: nothing). */
+void tok_free_seq(void *kids, size_t n, const struct tok_part_kind *k);
 
 /* normalize.c */
-/* n: a struct tok_normalizer (tok_part_parse_fn). */
-enum cal_status tok_normalizer_parse(void *n, const void *json, struct cal_error *err);
-/* n: a struct tok_normalizer (tok_part_free_fn). */
-void tok_normalizer_free(void *n);
 /* Normalizes s[0..len) into *out (cleared first).  tmp is scratch. */
 enum cal_status tok_normalize(struct tok_normalizer *n, const char *s,
 			      size_t len, struct tok_buf *out,
 			      struct tok_buf *tmp);
 
 /* pretok.c */
-/* p: a struct tok_pretok (tok_part_parse_fn). */
-enum cal_status tok_pretok_parse(void *p, const void *json, struct cal_error *err);
-/* p: a struct tok_pretok (tok_part_free_fn). */
-void tok_pretok_free(void *p);
 /* Runs p over *io (pieces carrying an id pass through); *spare is scratch
  * and *io holds the result afterwards. */
 enum cal_status tok_pretokenize(struct cal_tokenizer *tok, struct tok_pretok *p,

@@ -603,60 +603,60 @@ static enum cal_status load_added(struct cal_tokenizer *tok, json_t *added,
 	return st;
 }
 
-enum cal_status tok_part_type(const void *json, const char *what,
-			      const struct cal_name_val *types, size_t n, int *ret,
-			      struct cal_error *err)
+enum cal_status tok_part_parse(const struct tok_part_kind *k, void *part, json_t *json,
+			       struct cal_error *err)
 {
 	const char *type = json_string_value(json_object_get(json, "type"));
-	if (!json_is_object((const json_t *)json) || !type)
-		return cal_error_set(err, CAL_ERR_FORMAT, "%s without a 'type'", what);
-	if (cal_name_val_find(types, n, type, ret) < 0)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s type '%s' is not supported",
-				     what, type);
-	return CAL_OK;
+	if (!json_is_object(json) || !type)
+		return cal_error_set(err, CAL_ERR_FORMAT, "%s without a 'type'", k->what);
+	for (size_t i = 0; i < k->n_types; i++)
+		if (!strcmp(type, k->types[i]))
+			return k->parse(part, (int)i, json, err);
+	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s type '%s' is not supported", k->what,
+			     type);
 }
 
-void *tok_parse_seq(const void *json, const char *key, const char *what, size_t elem_size,
-		    tok_part_parse_fn parse, size_t *ret_n, enum cal_status *ret_st,
-		    struct cal_error *err)
+void *tok_parse_seq(json_t *json, const char *key, const struct tok_part_kind *k,
+		    size_t *ret_n, enum cal_status *ret_st, struct cal_error *err)
 {
 	*ret_n = 0;
 	*ret_st = CAL_OK;
 	json_t *a = json_object_get(json, key);
 	if (!json_is_array(a)) {
-		*ret_st = cal_error_set(err, CAL_ERR_FORMAT, "%s: '%s' must be an array", what, key);
+		*ret_st = cal_error_set(err, CAL_ERR_FORMAT, "%s Sequence: '%s' must be an array",
+					k->what, key);
 		return NULL;
 	}
-	size_t k = json_array_size(a);
-	char *kids = calloc(k ? k : 1, elem_size);
+	size_t n = json_array_size(a);
+	char *kids = calloc(n ? n : 1, k->size);
 	if (!kids)
 		*ret_st = CAL_ERR_NOMEM;
-	for (size_t i = 0; kids && i < k && !*ret_st; i++) {
+	for (size_t i = 0; kids && i < n && !*ret_st; i++) {
 		*ret_n = i + 1;
-		*ret_st = parse(kids + i * elem_size, json_array_get(a, i), err);
+		*ret_st = tok_part_parse(k, kids + i * k->size, json_array_get(a, i), err);
 	}
 	return kids;
 }
 
-void tok_free_seq(void *kids, size_t n, size_t elem_size, tok_part_free_fn free_part)
+void tok_free_seq(void *kids, size_t n, const struct tok_part_kind *k)
 {
 	for (size_t i = 0; i < n; i++)
-		free_part((char *)kids + i * elem_size);
+		k->free((char *)kids + i * k->size);
 	free(kids);
 }
 
-/* The component root[key] (calloc'd, elem_size bytes) into *ret, parsed by
- * parse; *ret NULL when it is absent or null. */
-static enum cal_status parse_part(json_t *root, const char *key, size_t elem_size,
-				  tok_part_parse_fn parse, void **ret, struct cal_error *err)
+/* The component root[key] of kind k (calloc'd) into *ret; *ret NULL when
+ * it is absent or null. */
+static enum cal_status parse_part(json_t *root, const char *key, const struct tok_part_kind *k,
+				  void **ret, struct cal_error *err)
 {
 	*ret = NULL;
 	json_t *j = json_object_get(root, key);
 	if (!j || json_is_null(j))
 		return CAL_OK;
-	if (!(*ret = calloc(1, elem_size)))
+	if (!(*ret = calloc(1, k->size)))
 		return CAL_ERR_NOMEM;
-	return parse(*ret, j, err);
+	return tok_part_parse(k, *ret, j, err);
 }
 
 static enum cal_status load_json(struct cal_tokenizer *tok, json_t *root,
@@ -687,11 +687,11 @@ static enum cal_status load_json(struct cal_tokenizer *tok, json_t *root,
 		return st;
 
 	void *part = NULL;
-	st = parse_part(root, "normalizer", sizeof(*tok->norm), tok_normalizer_parse, &part, err);
+	st = parse_part(root, "normalizer", &tok_normalizer_kind, &part, err);
 	tok->norm = part;
 	if (st)
 		return st;
-	st = parse_part(root, "pre_tokenizer", sizeof(*tok->pre), tok_pretok_parse, &part, err);
+	st = parse_part(root, "pre_tokenizer", &tok_pretok_kind, &part, err);
 	tok->pre = part;
 	if (st)
 		return st;
@@ -784,8 +784,7 @@ enum cal_status cal_tokenizer_load(const char *path, struct cal_tokenizer **ret,
 		goto out;
 	st = cal_tokenizer_load_buffer(buf, len, file, ret, err);
 out:
-	free(buf);
-	free(file);
+	CAL_FREE_ALL(buf, file);
 	return st;
 }
 
@@ -793,17 +792,14 @@ void cal_tokenizer_free(struct cal_tokenizer *tok)
 {
 	if (!tok)
 		return;
-	free(tok->name);
 	tok_bpe_free(&tok->bpe);
 	for (size_t i = 0; i < tok->n_added; i++)
 		CAL_FREE_ALL(tok->added[i].s, tok->added[i].raw);
-	free(tok->added);
 	matcher_free(&tok->match_raw);
 	matcher_free(&tok->match_norm);
-	tok_normalizer_free(tok->norm);
-	free(tok->norm);
-	tok_pretok_free(tok->pre);
-	CAL_FREE_ALL(tok->pre, tok->post_prefix, tok->post_suffix);
+	tok_free_seq(tok->norm, tok->norm != NULL, &tok_normalizer_kind);
+	tok_free_seq(tok->pre, tok->pre != NULL, &tok_pretok_kind);
+	CAL_FREE_ALL(tok->name, tok->added, tok->post_prefix, tok->post_suffix);
 	pcre2_match_data_free(tok->md_alnum);
 	pcre2_code_free(tok->re_alnum);
 	tok_buf_free(&tok->in);
