@@ -963,19 +963,13 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	}
 	if (r->algo.method == CAL_CALIB_GPTQ && (st = gptq_options(r, err)) < 0)
 		goto fail;
-	if (r->algo.method == CAL_CALIB_AWQ_LITE && (r->algo.layerwise ||
-						    r->algo.has_moe_calib_experts_ratio)) {
-		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm awq_lite: option %s is "
-				   "not implemented (docs/awq.md)", r->source,
-				   r->algo.layerwise ? "layerwise" : "moe_calib_experts_ratio");
-		goto fail;
-	}
-
-	if (r->algo.method == CAL_CALIB_SMOOTHQUANT && (r->algo.layerwise ||
-						       r->algo.has_moe_calib_experts_ratio)) {
-		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm smoothquant: option %s "
-				   "is not implemented (docs/smoothquant.md)", r->source,
-				   r->algo.layerwise ? "layerwise" : "moe_calib_experts_ratio");
+	int sq = r->algo.method == CAL_CALIB_SMOOTHQUANT;
+	if ((sq || r->algo.method == CAL_CALIB_AWQ_LITE) &&
+	    (r->algo.layerwise || r->algo.has_moe_calib_experts_ratio)) {
+		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm %s: option %s is not "
+				   "implemented (docs/%s.md)", r->source, sq ? "smoothquant" : "awq_lite",
+				   r->algo.layerwise ? "layerwise" : "moe_calib_experts_ratio",
+				   sq ? "smoothquant" : "awq");
 		goto fail;
 	}
 
