@@ -809,9 +809,8 @@ enum cal_status cal_exporter_open(const struct cal_model_desc *d,
 	if (!ex->xp.rank)
 		CAL_TRY(cal_st_writer_begin(ex->w, err));
 	json_object_set_new(ex->phases, "export_plan", json_real(cal_now() - t0));
-	free(seen);
 	*ret = ex;
-	return CAL_OK;
+	ex = NULL; /* st == CAL_OK: success shares the cleanup */
 fail:
 	free(seen);
 	cal_exporter_free(ex);

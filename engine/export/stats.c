@@ -64,11 +64,10 @@ void cal_stats_free(struct cal_stats *s)
 {
 	if (!s)
 		return;
+	cal_name_index_free(&s->names); /* the index over v goes first */
 	CAL_FREE_MEMBER(s->v, s->n, name);
 	CAL_FREE_MEMBER(s->tl, s->n_tl, tokens);
-	CAL_FREE_ALL(s->tl, (char *)s->calib.sequence_hashes, s->v);
-	cal_name_index_free(&s->names);
-	free(s);
+	CAL_FREE_ALL(s->tl, (char *)s->calib.sequence_hashes, s->v, s);
 }
 
 enum cal_status cal_stats_set(struct cal_stats *s, const char *name, float amax,

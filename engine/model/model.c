@@ -944,8 +944,7 @@ enum cal_status cal_model_desc_load(const char *dir, struct cal_model_desc **ret
 	enum cal_status st = cal_read_file(path, CAL_MODEL_MAX_CONFIG_BYTES, &buf, &len, err);
 	if (st == CAL_OK)
 		st = cal_model_desc_parse(path, buf, len, ret, err);
-	free(buf);
-	free(path);
+	CAL_FREE_ALL(buf, path);
 	return st;
 }
 
