@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "testrng.h"
 #include "testutil.h"
 
@@ -75,10 +76,8 @@ void calib_env_free(struct calib_env *e)
 	cal_plan_free(e->p);
 	cal_recipe_free(e->r);
 	cal_model_desc_free(e->d);
-	free(e->last_hidden);
 	if (e->dir)
 		cal_test_rm_rf(e->dir);
-	free(e->dir);
-	free(e->model);
+	CAL_FREE_ALL(e->last_hidden, e->dir, e->model);
 	memset(e, 0, sizeof(*e));
 }

@@ -188,6 +188,42 @@ static struct cal_stats *synth_stats(const struct cal_plan *p)
 	return s;
 }
 
+/* ---- a job's parts ------------------------------------------------------ */
+
+/* A job opened by the engine (cal_job_open) on the CPU, its parts, and
+ * synthetic statistics for its plan. */
+struct job {
+	struct cal_job *job;
+	const struct cal_model_desc *d;
+	const struct cal_checkpoint *ck;
+	const struct cal_catalog *cat;
+	const struct cal_plan *p;
+	struct cal_backend *be;
+	struct cal_stats *stats;
+};
+
+static void job_open(struct job *j, const char *src, const char *recipe)
+{
+	struct cal_job_opts o = {.model_dir = src, .recipe = recipe,
+				 .devices = {.kind = CAL_DEVICE_CPU}};
+	struct cal_error e0 = {0};
+	memset(j, 0, sizeof(*j));
+	cr_assert_eq(cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_EXPORT), &j->job, NULL, &e0), CAL_OK,
+		     "%s", cal_error_msg(&e0));
+	j->d = cal_job_model(j->job);
+	j->ck = cal_job_checkpoint(j->job);
+	j->cat = cal_job_catalog(j->job);
+	j->p = cal_job_plan(j->job);
+	j->be = cal_job_backend(j->job);
+	j->stats = synth_stats(j->p);
+}
+
+static void job_close(struct job *j)
+{
+	cal_stats_free(j->stats);
+	cal_job_close(j->job);
+}
+
 /* ---- the independent reference (docs/numerics.md, CUDA semantics) ------- */
 
 static float e4m3_value(int c)
@@ -271,12 +307,12 @@ static void ref_fp8(const uint16_t *w, uint64_t n, float amax, uint8_t *q, float
 
 /* ---- comparing an export with the reference ----------------------------- */
 
+/* One case: its label (in messages), the job it was exported from (the
+ * source model, its tensors, the stats) and the export. */
 struct ctx {
-	const struct cal_model_desc *d;
-	const struct cal_catalog *cat;
-	const struct cal_checkpoint *out;
-	const struct cal_stats *stats;
 	const char *label;
+	const struct job *j;
+	const struct cal_checkpoint *out;
 };
 
 static const struct cal_st_tensor *oget(const struct ctx *c, const char *mod, const char *suf)
@@ -289,7 +325,7 @@ static const struct cal_st_tensor *oget(const struct ctx *c, const char *mod, co
 /* Source weight of an output module (bf16 [o, in], malloc), via the catalog. */
 static uint16_t *src_weight(const struct ctx *c, const char *mod, int64_t *o, int64_t *in)
 {
-	const char *pre = cal_catalog_prefix(c->cat);
+	const char *pre = cal_catalog_prefix(c->j->cat);
 	const char *e = strstr(mod, ".experts.");
 	if (e) {
 		int L = atoi(mod + strlen(pre) + 7);
@@ -297,11 +333,11 @@ static uint16_t *src_weight(const struct ctx *c, const char *mod, int64_t *o, in
 		long ex = strtol(e + 9, &end, 10);
 		int proj = -1;
 		for (int k = 0; k < 3; k++)
-			if (!strcmp(end + 1, c->d->arch->expert_proj[k]))
+			if (!strcmp(end + 1, c->j->d->arch->expert_proj[k]))
 				proj = k;
 		cr_assert(proj >= 0, "%s", mod);
 		struct cal_expert_slice sl;
-		cr_assert_eq(cal_catalog_expert(c->cat, L, (int32_t)ex, (enum cal_proj)proj, &sl,
+		cr_assert_eq(cal_catalog_expert(c->j->cat, L, (int32_t)ex, (enum cal_proj)proj, &sl,
 						NULL), CAL_OK);
 		uint16_t *w = malloc((size_t)(sl.out * sl.in) * 2);
 		const uint16_t *s = sl.t->data;
@@ -317,9 +353,9 @@ static uint16_t *src_weight(const struct ctx *c, const char *mod, int64_t *o, in
 	const struct cal_checkpoint *ck = NULL;
 	(void)ck;
 	const struct cal_st_tensor *t = NULL;
-	for (size_t i = 0; i < cal_catalog_count(c->cat) && !t; i++)
-		if (!strcmp(cal_catalog_entry(c->cat, i)->t->name, name))
-			t = cal_catalog_entry(c->cat, i)->t;
+	for (size_t i = 0; i < cal_catalog_count(c->j->cat) && !t; i++)
+		if (!strcmp(cal_catalog_entry(c->j->cat, i)->t->name, name))
+			t = cal_catalog_entry(c->j->cat, i)->t;
 	cr_assert(t, "%s: no source weight", name);
 	*o = t->shape[0];
 	*in = t->shape[1];
@@ -374,10 +410,10 @@ static void input_qname(const struct ctx *c, const char *mod, char *buf, size_t 
 	const char *e = strstr(mod, ".experts.");
 	if (e) {
 		const char *end = strchr(e + 9, '.') + 1;
-		int down = !strcmp(end, c->d->arch->expert_proj[2]);
-		const char *pre = cal_catalog_prefix(c->cat);
+		int down = !strcmp(end, c->j->d->arch->expert_proj[2]);
+		const char *pre = cal_catalog_prefix(c->j->cat);
 		int L = atoi(mod + strlen(pre) + 7);
-		snprintf(buf, len, "%slayers.%d.mlp.experts.%s_input_quantizer", c->d->prefix, L,
+		snprintf(buf, len, "%slayers.%d.mlp.experts.%s_input_quantizer", c->j->d->prefix, L,
 			 down ? "down_proj" : "gate_up_proj");
 		return;
 	}
@@ -401,7 +437,7 @@ static int check_module(const struct ctx *c, const char *mod, int nvfp4)
 		char qn[5000];
 		float a;
 		input_qname(c, sib[k], qn, sizeof(qn));
-		if ((nvfp4 || !strcmp(sib[k], mod)) && cal_stats_get(c->stats, qn, &a))
+		if ((nvfp4 || !strcmp(sib[k], mod)) && cal_stats_get(c->j->stats, qn, &a))
 			iamax = fmaxf(iamax, a);
 		free(w2);
 	}
@@ -461,20 +497,20 @@ static uint16_t *bmm_src(const struct ctx *c, int L, int down, int64_t *R, int64
 {
 	static const float lut[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -.5f, -1, -1.5f, -2, -3,
 				      -4, -6};
-	int64_t E = c->d->num_experts, H = c->d->hidden_size, I = c->d->moe_intermediate_size;
+	int64_t E = c->j->d->num_experts, H = c->j->d->hidden_size, I = c->j->d->moe_intermediate_size;
 	*R = down ? H : 2 * I;
 	*C = down ? I : H;
 	enum cal_role role = down ? CAL_ROLE_EXPERTS_DOWN : CAL_ROLE_EXPERTS_GATE_UP;
 	uint16_t *w = malloc((size_t)(E * *R * *C) * 2);
-	const struct cal_st_tensor *t = cal_catalog_find(c->cat, role, CAL_PART_WEIGHT, L, -1);
+	const struct cal_st_tensor *t = cal_catalog_find(c->j->cat, role, CAL_PART_WEIGHT, L, -1);
 	if (t) {
 		uint16_t *r = bmm_rows(t->data, E, *C, *R, 2); /* [E, C, R] -> [E * R, C] */
 		memcpy(w, r, (size_t)(E * *R * *C) * 2);
 		free(r);
 		return w;
 	}
-	const struct cal_st_tensor *b = cal_catalog_find(c->cat, role, CAL_PART_BLOCKS, L, -1);
-	const struct cal_st_tensor *sc = cal_catalog_find(c->cat, role, CAL_PART_SCALES, L, -1);
+	const struct cal_st_tensor *b = cal_catalog_find(c->j->cat, role, CAL_PART_BLOCKS, L, -1);
+	const struct cal_st_tensor *sc = cal_catalog_find(c->j->cat, role, CAL_PART_SCALES, L, -1);
 	cr_assert(b && sc, "layer %d: no source experts", L);
 	const uint8_t *pk = b->data, *sv = sc->data;
 	for (int64_t k = 0; k < E * *R * *C; k++) {
@@ -486,17 +522,17 @@ static uint16_t *bmm_src(const struct ctx *c, int L, int down, int64_t *R, int64
 
 static void check_bmm(const struct ctx *c, const struct cal_st_tensor *t, int nvfp4, int w4a16)
 {
-	const char *pre = cal_catalog_prefix(c->cat);
+	const char *pre = cal_catalog_prefix(c->j->cat);
 	int L = atoi(t->name + strlen(pre) + 7), down = strstr(t->name, ".down_proj") != NULL;
-	int64_t R, C, E = c->d->num_experts;
+	int64_t R, C, E = c->j->d->num_experts;
 	uint16_t *w = bmm_src(c, L, down, &R, &C);
 	uint64_t n = (uint64_t)(E * R * C);
 	char nm[1200], qn[1300];
 	const struct cal_st_tensor *ts, *t2, *ti;
 	float iamax = 0;
-	snprintf(qn, sizeof(qn), "%slayers.%d.mlp.experts.%s_input_quantizer", c->d->prefix, L,
+	snprintf(qn, sizeof(qn), "%slayers.%d.mlp.experts.%s_input_quantizer", c->j->d->prefix, L,
 		 down ? "down_proj" : "gate_up_proj");
-	cr_assert(w4a16 || cal_stats_get(c->stats, qn, &iamax), "%s: %s", c->label, qn);
+	cr_assert(w4a16 || cal_stats_get(c->j->stats, qn, &iamax), "%s: %s", c->label, qn);
 #define BT(suf) (snprintf(nm, sizeof(nm), "%s_%s", t->name, suf), cal_checkpoint_find(c->out, nm))
 	ts = BT("weight_scale");
 	t2 = BT("weight_scale_2");
@@ -559,35 +595,25 @@ static void export_and_check(const char *root, const char *src, const char *labe
 			     const struct recipe_case *rc)
 {
 	struct cal_error err = {0};
-	struct cal_model_desc *d = NULL;
-	struct cal_checkpoint *ck = NULL, *out = NULL;
-	struct cal_catalog *cat = NULL;
-	struct cal_recipe *r = NULL;
-	struct cal_plan *p = NULL;
-	struct cal_backend *be = NULL;
-	cr_assert_eq(cal_model_desc_load(src, &d, &err), CAL_OK);
-	cr_assert_eq(cal_checkpoint_open(src, &ck, &err), CAL_OK);
-	cr_assert_eq(cal_catalog_build(d, ck, &cat, &err), CAL_OK);
-	cr_assert_eq(cal_recipe_load(rc->name, NULL, &r, &err), CAL_OK, "%s", cal_error_msg(&err));
-	cr_assert_eq(cal_plan_build(d, r, &p, &err), CAL_OK, "%s: %s", label, cal_error_msg(&err));
-	struct cal_backend_opts bo = {.cpu_threads = 1};
-	cr_assert_eq(cal_backend_init(CAL_BACKEND_CPU, &bo, &be, &err), CAL_OK);
-	struct cal_stats *stats = synth_stats(p);
+	struct cal_checkpoint *out = NULL;
+	struct job j;
+	job_open(&j, src, rc->name);
+	const struct cal_model_desc *d = j.d;
 	char *dst = NULL, *report = NULL, *vrep = NULL;
 	cr_assert(asprintf(&dst, "%s/out-%s", root, label) > 0);
 	struct cal_export_opts eo = {.model_dir = src, .out_dir = dst, .recipe_name = rc->name};
-	enum cal_status st = cal_export_run(rc->name, stats, be, &eo, &report, &err);
+	enum cal_status st = cal_export_run(rc->name, j.stats, j.be, &eo, &report, &err);
 	cr_assert_eq(st, CAL_OK, "%s: %s", label, cal_error_msg(&err));
-	st = cal_export_verify(dst, src, be, &vrep, &err);
+	st = cal_export_verify(dst, src, j.be, &vrep, &err);
 	cr_assert_eq(st, CAL_OK, "%s: verify: %s", label, cal_error_msg(&err));
 	/* byte comparison of every quantized module */
 	cr_assert_eq(cal_checkpoint_open(dst, &out, &err), CAL_OK);
-	struct ctx c = {d, cat, out, stats, label};
+	struct ctx c = {label, &j, out};
 	size_t nq = 0, nexp = 0;
 	for (size_t i = 0; i < cal_checkpoint_count(out); i++) {
 		const struct cal_st_tensor *t = cal_checkpoint_tensor(out, i);
 		size_t l = strlen(t->name);
-		if (t->ndim == 3 && c.d->act == CAL_ACT_SWIGLU_OAI &&
+		if (t->ndim == 3 && c.j->d->act == CAL_ACT_SWIGLU_OAI &&
 		    (!strcmp(t->name + l - 13, ".gate_up_proj") || !strcmp(t->name + l - 10, ".down_proj")) &&
 		    (t->dtype == CAL_DTYPE_U8 || t->dtype == CAL_DTYPE_F8_E4M3)) {
 			check_bmm(&c, t, rc->nvfp4, rc->w4a16); /* gpt_oss */
@@ -653,13 +679,7 @@ static void export_and_check(const char *root, const char *src, const char *labe
 	free(report);
 	free(dst);
 	cal_checkpoint_free(out);
-	cal_stats_free(stats);
-	cal_backend_free(be);
-	cal_plan_free(p);
-	cal_recipe_free(r);
-	cal_catalog_free(cat);
-	cal_checkpoint_free(ck);
-	cal_model_desc_free(d);
+	job_close(&j);
 }
 
 struct arch_case {
@@ -696,40 +716,6 @@ Test(export, every_arch_layout_recipe, .timeout = 600)
 }
 
 /* ---- failure paths ------------------------------------------------------- */
-
-/* A job opened by the engine (cal_job_open) on the CPU, its parts, and
- * synthetic statistics for its plan. */
-struct job {
-	struct cal_job *job;
-	const struct cal_model_desc *d;
-	const struct cal_checkpoint *ck;
-	const struct cal_catalog *cat;
-	const struct cal_plan *p;
-	struct cal_backend *be;
-	struct cal_stats *stats;
-};
-
-static void job_open(struct job *j, const char *src, const char *recipe)
-{
-	struct cal_job_opts o = {.model_dir = src, .recipe = recipe,
-				 .devices = {.kind = CAL_DEVICE_CPU}};
-	struct cal_error e0 = {0};
-	memset(j, 0, sizeof(*j));
-	cr_assert_eq(cal_job_open(&o, CAL_JOB_OPEN_FOR(CAL_JOB_EXPORT), &j->job, NULL, &e0), CAL_OK,
-		     "%s", cal_error_msg(&e0));
-	j->d = cal_job_model(j->job);
-	j->ck = cal_job_checkpoint(j->job);
-	j->cat = cal_job_catalog(j->job);
-	j->p = cal_job_plan(j->job);
-	j->be = cal_job_backend(j->job);
-	j->stats = synth_stats(j->p);
-}
-
-static void job_close(struct job *j)
-{
-	cal_stats_free(j->stats);
-	cal_job_close(j->job);
-}
 
 /* The end of a failure-path test: err cleared, j closed, root (with src
  * and dst in it) removed, the three paths freed. */
