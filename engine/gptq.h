@@ -78,6 +78,32 @@ enum cal_status cal_gptq_factor(struct cal_backend *be, const uint16_t *w, uint6
 				const struct cal_gptq_opts *o, float *u,
 				struct cal_gptq_stats *stats, struct cal_error *err);
 
+/* One linear of cal_gptq_factor_many (host memory). */
+struct cal_gptq_factor_in {
+	const uint16_t *w;      /* [rows, cols] bf16 */
+	uint64_t rows;
+	const float *hsum;      /* [cols, cols] */
+	uint64_t n_samples;     /* > 0 */
+};
+
+/*
+ * cal_gptq_factor for count (1 .. 65535) linears of one input dim at once:
+ * u[k] and stats[k] are linear k's, byte for byte what cal_gptq_factor
+ * gives it; their factorisations are one batched `chol_inv` (one launch
+ * sequence on a device).  Host memory: 2 count cols^2 f64 (as much again
+ * on a device without host memory) besides u.  Errors as cal_gptq_factor.
+ */
+enum cal_status cal_gptq_factor_many(struct cal_backend *be, uint64_t cols, size_t count,
+				     const struct cal_gptq_factor_in *in,
+				     const struct cal_gptq_opts *o, float *const *u,
+				     struct cal_gptq_stats *stats, struct cal_error *err);
+
+/* dead[c] = 1 where column c of w ([rows, cols] bf16) is all zero (the
+ * columns cal_gptq_damped_hessian treats as dead), else 0; their count.
+ * U depends on w only through these: linears with the same hsum, n_samples
+ * and mask share U. */
+uint64_t cal_gptq_dead_mask(const uint16_t *w, uint64_t rows, uint64_t cols, uint8_t *dead);
+
 /* Step 3's matrix before the factorisation: a (host, [cols, cols] f64) =
  * H = 2 hsum / n_samples, the dead columns (all-zero in w) zeroed with a
  * unit diagonal, then perc_damp x mean(diag) added to the diagonal; h (may

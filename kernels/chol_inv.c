@@ -14,7 +14,8 @@
  * column algorithm that starts at that column).  Products and sums are
  * separate statements, which C11 does not contract, so the bytes are the
  * column algorithms' (tests/calib/test_gptq_factor.c) and the CUDA
- * kernels' (kernels/cuda/chol_inv.cu).
+ * kernels' (kernels/cuda/chol_inv.cu).  A batch is factored one matrix
+ * after the other, each with all the threads.
  */
 #include <math.h>
 #include <string.h>
@@ -26,6 +27,9 @@
 enum cal_status cal_check_chol_inv(const struct cal_chol_inv_args *a, struct cal_error *err)
 {
 	enum cal_status st;
+	if (a->batch > 65535)
+		return cal_error_set(err, CAL_ERR_RANGE, "argument 'batch' = %u is not in [0, 65535]",
+				     (unsigned)a->batch);
 	if (!a->n || a->n > 65536)
 		return cal_error_set(err, CAL_ERR_RANGE, "argument 'n' = %llu is not in [1, 65536]",
 				     (unsigned long long)a->n);
@@ -143,8 +147,9 @@ static void inv_cols(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-enum cal_status cal_cpu_chol_inv(struct cal_backend *be, const struct cal_chol_inv_args *a,
-				 struct cal_error *err)
+/* One matrix of the batch. */
+static enum cal_status chol_inv_one(struct cal_backend *be, const struct cal_chol_inv_args *a,
+				    struct cal_error *err)
 {
 	const uint64_t n = a->n;
 	struct chol_ctx c = {a->a, a->work, n, 0, 0};
@@ -169,4 +174,17 @@ enum cal_status cal_cpu_chol_inv(struct cal_backend *be, const struct cal_chol_i
 	uint64_t np = (n + NB - 1) / NB;
 	struct inv_ctx ic = {a->a, a->y, n, np};
 	return cal_cpu_parallel(be, (np + 1) / 2, 1, inv_cols, &ic, err);
+}
+
+enum cal_status cal_cpu_chol_inv(struct cal_backend *be, const struct cal_chol_inv_args *a,
+				 struct cal_error *err)
+{
+	const uint64_t n = a->n, nn = n * n, nw = (n + NB) * NB;
+	enum cal_status st = CAL_OK;
+	for (uint64_t b = 0; b < (a->batch ? a->batch : 1) && st >= 0; b++) {
+		struct cal_chol_inv_args one = {a->a + b * nn, n, a->y + b * nn, a->bad + b,
+						a->work + b * nw, 1};
+		st = chol_inv_one(be, &one, err);
+	}
+	return st;
 }

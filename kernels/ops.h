@@ -150,13 +150,17 @@ struct cal_hessian_args {
  * sqrt(a[j][j] - sum); L^-1 by forward substitution, column c from row c
  * on), however the back end blocks and threads it, so every back end gives
  * the same bytes.  *bad = 1 when a pivot is not positive and finite (a is
- * not positive definite; L and y are then undefined), else 0. */
+ * not positive definite; L and y are then undefined), else 0.  With batch
+ * > 1, batch independent matrices back to back (matrix b at a + b n n,
+ * y + b n n, its flag bad[b], its scratch work + b (n + 32) 32), each
+ * with the same arithmetic as alone; 0 means 1. */
 struct cal_chol_inv_args {
-	double *a;              /* [n, n] in/out */
+	double *a;              /* [batch, n, n] in/out */
 	uint64_t n;             /* 1 .. 65536 */
-	double *y;              /* [n, n] out */
-	int32_t *bad;           /* [1] out */
-	double *work;           /* [(n + 32) 32] scratch */
+	double *y;              /* [batch, n, n] out */
+	int32_t *bad;           /* [batch] out */
+	double *work;           /* [batch, (n + 32) 32] scratch */
+	uint32_t batch;         /* 0 .. 65535 matrices (0: one) */
 };
 
 /* GPTQ column-block update of a static-NVFP4 weight (docs/gptq.md): with

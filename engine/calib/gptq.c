@@ -96,41 +96,58 @@ static enum cal_status check_args(const uint16_t *w, uint64_t rows, uint64_t col
 	return CAL_OK;
 }
 
-/* The chol_inv op on be: l (host, [n, n]) becomes L, y (host) L^-1; *bad
- * as the op's.  A back end without host memory works on device copies. */
+/* The chol_inv op on be for nb matrices back to back: l (host, [nb, n, n])
+ * becomes L, y (host) L^-1; bad[k] the op's flag of matrix k.  A back end
+ * without host memory works on device copies. */
 static enum cal_status chol_inv(struct cal_backend *be, double *l, double *y, uint64_t n,
-				int *bad, struct cal_error *err)
+				size_t nb, int32_t *bad, struct cal_error *err)
 {
-	uint64_t nb = n * n * sizeof(double), wb = (n + 32) * 32 * sizeof(double);
-	int32_t b32 = 0;
+	uint64_t mb = nb * n * n * sizeof(double), wb = nb * (n + 32) * 32 * sizeof(double);
 	enum cal_status st = CAL_OK;
+	for (size_t k = 0; k < nb; k++)
+		bad[k] = 0;
 	if (cal_backend_supports(be, CAL_BACKEND_FEATURE_HOST_MEMORY)) {
 		double *work = malloc(wb);
 		if (!work)
 			return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-		struct cal_chol_inv_args ca = {l, n, y, &b32, work};
+		struct cal_chol_inv_args ca = {l, n, y, bad, work, (uint32_t)nb};
 		st = cal_op_chol_inv(be, &ca, err);
 		free(work);
-		*bad = b32 != 0;
 		return st;
 	}
 	void *dl = NULL, *dy = NULL, *dw = NULL, *db = NULL;
-	if ((st = cal_backend_alloc(be, nb, &dl, err)) >= 0 &&
-	    (st = cal_backend_alloc(be, nb, &dy, err)) >= 0 &&
+	if ((st = cal_backend_alloc(be, mb, &dl, err)) >= 0 &&
+	    (st = cal_backend_alloc(be, mb, &dy, err)) >= 0 &&
 	    (st = cal_backend_alloc(be, wb, &dw, err)) >= 0 &&
-	    (st = cal_backend_alloc(be, sizeof(int32_t), &db, err)) >= 0 &&
-	    (st = cal_backend_upload(be, dl, l, nb, err)) >= 0) {
-		struct cal_chol_inv_args ca = {dl, n, dy, db, dw};
+	    (st = cal_backend_alloc(be, nb * sizeof(int32_t), &db, err)) >= 0 &&
+	    (st = cal_backend_upload(be, dl, l, mb, err)) >= 0) {
+		struct cal_chol_inv_args ca = {dl, n, dy, db, dw, (uint32_t)nb};
 		if ((st = cal_op_chol_inv(be, &ca, err)) >= 0 &&
-		    (st = cal_backend_download(be, &b32, db, sizeof(b32), err)) >= 0 && !b32)
-			st = cal_backend_download(be, y, dy, nb, err);
+		    (st = cal_backend_download(be, bad, db, nb * sizeof(int32_t), err)) >= 0)
+			st = cal_backend_download(be, y, dy, mb, err);
 	}
-	*bad = b32 != 0;
 	cal_backend_dealloc(be, dl);
 	cal_backend_dealloc(be, dy);
 	cal_backend_dealloc(be, dw);
 	cal_backend_dealloc(be, db);
 	return st;
+}
+
+/* Column col of w is all zero (either sign). */
+static int col_dead(const uint16_t *w, uint64_t rows, uint64_t n, uint64_t col)
+{
+	for (uint64_t r = 0; r < rows; r++)
+		if (w[r * n + col] & 0x7fffu)
+			return 0;
+	return 1;
+}
+
+uint64_t cal_gptq_dead_mask(const uint16_t *w, uint64_t rows, uint64_t cols, uint8_t *dead)
+{
+	uint64_t cnt = 0;
+	for (uint64_t col = 0; col < cols; col++)
+		cnt += dead[col] = (uint8_t)col_dead(w, rows, cols, col);
+	return cnt;
 }
 
 void cal_gptq_damped_hessian(const uint16_t *w, uint64_t rows, uint64_t n, const float *hsum,
@@ -145,10 +162,7 @@ void cal_gptq_damped_hessian(const uint16_t *w, uint64_t rows, uint64_t n, const
 		memcpy(h, a, n * n * sizeof(double));
 	*dead_cols = 0;
 	for (uint64_t col = 0; col < n; col++) {
-		int dead = 1;
-		for (uint64_t r = 0; r < rows && dead; r++)
-			dead = (w[r * n + col] & 0x7fffu) == 0;
-		if (!dead)
+		if (!col_dead(w, rows, n, col))
 			continue;
 		(*dead_cols)++;
 		for (uint64_t k = 0; k < n; k++)
@@ -163,51 +177,80 @@ void cal_gptq_damped_hessian(const uint16_t *w, uint64_t rows, uint64_t n, const
 		a[k * n + k] += *damp;
 }
 
-/* H = 2 hsum / n in h (f64), and U into u; h may be NULL. */
-static enum cal_status factor(struct cal_backend *be, const uint16_t *w, uint64_t rows,
-			      uint64_t n, const float *hsum, uint64_t n_samples,
-			      const struct cal_gptq_opts *o, float *u, double *h,
-			      struct cal_gptq_stats *stats, struct cal_error *err)
+/* U of count linears of input dim n into u[k] (stats[k]), one batched
+ * chol_inv; H = 2 hsum / n of linear 0 in h (may be NULL). */
+static enum cal_status factor(struct cal_backend *be, uint64_t n, size_t count,
+			      const struct cal_gptq_factor_in *in, const struct cal_gptq_opts *o,
+			      float *const *u, double *h, struct cal_gptq_stats *stats,
+			      struct cal_error *err)
 {
-	double *a = malloc(n * n * sizeof(double)), *y = malloc(n * n * sizeof(double));
+	uint64_t nn = n * n;
+	double *a = malloc(count * nn * sizeof(double)), *y = malloc(count * nn * sizeof(double));
+	int32_t *bad = malloc(count * sizeof(int32_t));
 	enum cal_status st = CAL_OK;
-	if (!a || !y) {
-		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: %llu bytes for a [%llu, %llu] linear",
-				   (unsigned long long)cal_gptq_scratch_bytes(rows, n),
-				   (unsigned long long)rows, (unsigned long long)n);
+	if (!a || !y || !bad) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: %llu bytes for %zu [%llu, %llu] factors",
+				   (unsigned long long)(count * nn * 2 * sizeof(double)), count,
+				   (unsigned long long)n, (unsigned long long)n);
 		goto out;
 	}
-	memset(stats, 0, sizeof(*stats));
-	cal_gptq_damped_hessian(w, rows, n, hsum, n_samples, o->perc_damp, a, h, &stats->dead_cols,
-				&stats->damp);
-
-	/* reversed order: y := P a P, factor it, invert the factor */
-	for (uint64_t i = 0; i < n; i++)
-		for (uint64_t j = 0; j < n; j++)
-			y[i * n + j] = a[(n - 1 - i) * n + (n - 1 - j)];
-	int bad = 0;
-	if ((st = chol_inv(be, y, a, n, &bad, err)) < 0)
-		goto out;
-	if (!bad) {
-		/* a = L^-1; U[i][j] = L^-1[n-1-i][n-1-j] */
+	for (size_t m = 0; m < count; m++) {
+		double *am = a + m * nn, *ym = y + m * nn;
+		memset(&stats[m], 0, sizeof(stats[m]));
+		cal_gptq_damped_hessian(in[m].w, in[m].rows, n, in[m].hsum, in[m].n_samples,
+					o->perc_damp, am, m ? NULL : h, &stats[m].dead_cols,
+					&stats[m].damp);
+		/* reversed order: y := P a P, factor it, invert the factor */
 		for (uint64_t i = 0; i < n; i++)
-			for (uint64_t j = 0; j < n; j++) {
-				double v = j >= i ? a[(n - 1 - i) * n + (n - 1 - j)] : 0.0;
-				u[i * n + j] = (float)v;
-				if (j == i && !(u[i * n + j] > 0.0f && isfinite(u[i * n + j])))
-					bad = 1;
-			}
+			for (uint64_t j = 0; j < n; j++)
+				ym[i * n + j] = am[(n - 1 - i) * n + (n - 1 - j)];
 	}
-	if (bad) {
-		stats->fallback = 1;
-		memset(u, 0, n * n * sizeof(float));
-		for (uint64_t k = 0; k < n; k++)
-			u[k * n + k] = 1.0f;
+	if ((st = chol_inv(be, y, a, n, count, bad, err)) < 0)
+		goto out;
+	for (size_t m = 0; m < count; m++) {
+		const double *am = a + m * nn;
+		float *um = u[m];
+		int b = bad[m] != 0;
+		/* a = L^-1; U[i][j] = L^-1[n-1-i][n-1-j] */
+		for (uint64_t i = 0; i < n && !b; i++)
+			for (uint64_t j = 0; j < n; j++) {
+				double v = j >= i ? am[(n - 1 - i) * n + (n - 1 - j)] : 0.0;
+				um[i * n + j] = (float)v;
+				if (j == i && !(um[i * n + j] > 0.0f && isfinite(um[i * n + j])))
+					b = 1;
+			}
+		stats[m].rel_err = NAN;
+		if (b) {
+			stats[m].fallback = 1;
+			memset(um, 0, nn * sizeof(float));
+			for (uint64_t k = 0; k < n; k++)
+				um[k * n + k] = 1.0f;
+		}
 	}
 out:
 	free(a);
 	free(y);
+	free(bad);
 	return st;
+}
+
+enum cal_status cal_gptq_factor_many(struct cal_backend *be, uint64_t cols, size_t count,
+				     const struct cal_gptq_factor_in *in,
+				     const struct cal_gptq_opts *o, float *const *u,
+				     struct cal_gptq_stats *stats, struct cal_error *err)
+{
+	enum cal_status st;
+	if (!in || !u || !stats || !count || count > 65535)
+		return cal_error_set(err, CAL_ERR_INVALID,
+				     "gptq: a NULL argument or %zu factors (1 .. 65535)", count);
+	for (size_t m = 0; m < count; m++) {
+		if ((st = check_args(in[m].w, in[m].rows, cols, in[m].hsum, in[m].n_samples, o,
+				     err)) < 0)
+			return st;
+		if (!u[m])
+			return cal_error_set(err, CAL_ERR_INVALID, "gptq: a NULL argument");
+	}
+	return factor(be, cols, count, in, o, u, NULL, stats, err);
 }
 
 enum cal_status cal_gptq_factor(struct cal_backend *be, const uint16_t *w, uint64_t rows,
@@ -215,14 +258,8 @@ enum cal_status cal_gptq_factor(struct cal_backend *be, const uint16_t *w, uint6
 				const struct cal_gptq_opts *o, float *u,
 				struct cal_gptq_stats *stats, struct cal_error *err)
 {
-	enum cal_status st = check_args(w, rows, cols, hsum, n_samples, o, err);
-	if (st < 0)
-		return st;
-	if (!u || !stats)
-		return cal_error_set(err, CAL_ERR_INVALID, "gptq: a NULL argument");
-	st = factor(be, w, rows, cols, hsum, n_samples, o, u, NULL, stats, err);
-	stats->rel_err = NAN;
-	return st;
+	struct cal_gptq_factor_in in = {w, rows, hsum, n_samples};
+	return cal_gptq_factor_many(be, cols, 1, &in, o, &u, stats, err);
 }
 
 enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
@@ -253,7 +290,8 @@ enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint
 				   (unsigned long long)rows, (unsigned long long)cols);
 		goto out;
 	}
-	if ((st = factor(host, w, rows, n, hsum, n_samples, o, u, h, stats, err)) < 0)
+	struct cal_gptq_factor_in in = {w, rows, hsum, n_samples};
+	if ((st = factor(host, n, 1, &in, o, &u, h, stats, err)) < 0)
 		goto out;
 	struct cal_gptq_update_args ua = {w, rows, n, u, q->block_amax, q->global_amax,
 					  q->norm_max, q->div, o->block_size, work, w_out};

@@ -916,43 +916,151 @@ static int shared_amax(const struct cal_calib *c, const struct glin *gl)
 	return 0;
 }
 
+/* Host bytes (and as much again on a device) the factors of one batched
+ * factorisation may take: per distinct factor of input dim n, its Hessian
+ * sum and U (f32) and the chol_inv op's matrix and inverse (f64), 24 n^2
+ * (docs/gptq.md, "Memory"). */
+#define GPTQ_FACTOR_BUDGET ((uint64_t)2 << 30)
+
+/* One distinct factor of a chunk: U depends on the weight only through its
+ * dead columns, so the linears of one Hessian site with the same dead
+ * columns (q/k/v, an expert's gate/up) share it. */
+struct gfac {
+	int site;
+	size_t lin;        /* the linear that made it */
+	uint8_t *dead;     /* [cols] */
+	float *hsum, *u;   /* host [cols, cols] */
+	struct cal_gptq_stats st;
+};
+
+static void gfac_free(struct gfac *f, size_t nf)
+{
+	for (size_t k = 0; k < nf; k++) {
+		free(f[k].dead);
+		free(f[k].hsum);
+		free(f[k].u);
+	}
+}
+
+/* The linears from i0 on of g->lin's input dim whose distinct factors fit
+ * the budget: their factors f[0 .. *nf) (one batched chol_inv), fac[i] the
+ * factor of linear i (-1: an all-zero weight, none), *i1 past the last. */
+static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t i0,
+				    size_t *i1, struct gfac *f, size_t *nf, int *fac,
+				    uint8_t *mask, struct cal_error *err)
+{
+	struct cal_gptq_run *g = c->gq;
+	uint64_t C = g->lin[i0].cols, bytes = 0, per = C * C * 24;
+	size_t i = i0;
+	*nf = 0;
+	for (; i < g->n_lin && g->lin[i].cols == C; i++) {
+		struct glin *gl = &g->lin[i];
+		size_t k = 0;
+		fac[i] = -1;
+		if (!(ga[i] > 0.0f))
+			continue;
+		cal_gptq_dead_mask(gl->orig, gl->rows, C, mask);
+		while (k < *nf && (f[k].site != gl->site || memcmp(f[k].dead, mask, C)))
+			k++;
+		if (k == *nf) {
+			if (*nf && (bytes + per > GPTQ_FACTOR_BUDGET || *nf == 65535))
+				break;
+			struct gfac *nk = &f[(*nf)++];
+			nk->site = gl->site;
+			nk->lin = i;
+			nk->dead = malloc(C);
+			nk->hsum = malloc(C * C * 4);
+			nk->u = malloc(C * C * 4);
+			if (!nk->dead || !nk->hsum || !nk->u)
+				return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+			memcpy(nk->dead, mask, C);
+			CAL_TRY_RET(cal_backend_download(c->be, nk->hsum, g->hs[gl->site], C * C * 4,
+							 err));
+			bytes += per;
+		}
+		fac[i] = (int)k;
+	}
+	*i1 = i;
+	if (!*nf)
+		return CAL_OK;
+	struct cal_gptq_factor_in *in = calloc(*nf, sizeof(*in));
+	float **u = calloc(*nf, sizeof(*u));
+	struct cal_gptq_stats *st = calloc(*nf, sizeof(*st));
+	enum cal_status rc = CAL_OK;
+	if (!in || !u || !st) {
+		rc = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+	} else {
+		for (size_t k = 0; k < *nf; k++) {
+			const struct glin *gl = &g->lin[f[k].lin];
+			uint64_t ns = g->hn[f[k].site];
+			/* no rows seen: H = 0, which no damping makes positive
+			 * definite: the identity fallback, as modelopt */
+			in[k] = (struct cal_gptq_factor_in){gl->orig, gl->rows, f[k].hsum, ns ? ns : 1};
+			u[k] = f[k].u;
+		}
+		rc = cal_gptq_factor_many(c->be, C, *nf, in, &g->o, u, st, err);
+		if (rc < 0)
+			cal_error_wrap(err, rc, "gptq: %s (and %zu more factors)",
+				       mod_name(c, g->lin[i0].mod), *nf - 1);
+		for (size_t k = 0; k < *nf && rc >= 0; k++)
+			f[k].st = st[k];
+	}
+	free(in);
+	free(u);
+	free(st);
+	return rc;
+}
+
 /* GPTQ of every linear of the layer; their fake-quantized updated weights
- * go into the shadows of g->use. */
+ * go into the shadows of g->use.  The factors are made a chunk of linears
+ * at a time (factor_chunk), then each linear's update runs. */
 static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_host *lh,
 				   const struct cal_layer_w *w, struct cal_error *err)
 {
 	struct cal_gptq_run *g = c->gq;
 	enum cal_status st = CAL_OK;
-	float *hsum = NULL, *u = NULL;
-	int have_site = -1;
 	double t0 = cal_now();
 	struct cal_layer_w dw = *w;
 	float gmax[EQ_COUNT] = {0};
+	float *ga = calloc(g->n_lin ? g->n_lin : 1, sizeof(float));
+	int *fac = calloc(g->n_lin ? g->n_lin : 1, sizeof(int));
+	struct gfac *f = calloc(g->n_lin ? g->n_lin : 1, sizeof(struct gfac));
+	uint8_t *mask = NULL;
+	size_t nf = 0, i1 = 0;
+	uint64_t cmax = 16;
 	CAL_TRY_RET(cal_backend_sync(c->be, err));
+	if (!ga || !fac || !f) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+		goto out;
+	}
 	for (size_t i = 0; i < g->n_lin; i++) {
 		struct glin *gl = &g->lin[i];
 		if ((st = load_linear(c, &dw, gl, err)) < 0)
 			goto out;
 		if (shared_amax(c, gl))
 			gmax[gl->site] = gl->ga > gmax[gl->site] ? gl->ga : gmax[gl->site];
+		cmax = gl->cols > cmax ? gl->cols : cmax;
 	}
+	/* modelopt's max calibration gives the static-NVFP4 weights of a
+	 * fusible group (q/k/v, gate/up) one global amax, the group's largest,
+	 * before GPTQ runs; the other siblings (MLA q_a / kv_a, the Gated
+	 * DeltaNet in_proj_*) keep their own until the export */
+	for (size_t i = 0; i < g->n_lin; i++)
+		ga[i] = shared_amax(c, &g->lin[i]) ? gmax[g->lin[i].site] : g->lin[i].ga;
+	if (!(mask = malloc(cmax))) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+		goto out;
+	}
+	int du_fac = -1; /* the factor g->du holds */
 	for (size_t i = 0; i < g->n_lin; i++) {
 		struct glin *gl = &g->lin[i];
 		uint64_t R = gl->rows, C = gl->cols, n = R * C;
-		/* modelopt's max calibration gives the static-NVFP4 weights of a
-		 * fusible group (q/k/v, gate/up) one global amax, the group's
-		 * largest, before GPTQ runs; the other siblings (MLA q_a / kv_a,
-		 * the Gated DeltaNet in_proj_*) keep their own until the export */
-		float ga = shared_amax(c, gl) ? gmax[gl->site] : gl->ga;
-		if (have_site != gl->site) {
-			free(hsum);
-			if (!(hsum = malloc(C * C * 4))) {
-				st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+		if (i == i1) {
+			gfac_free(f, nf);
+			memset(f, 0, nf * sizeof(*f));
+			du_fac = -1;
+			if ((st = factor_chunk(c, ga, i, &i1, f, &nf, fac, mask, err)) < 0)
 				goto out;
-			}
-			if ((st = cal_backend_download(c->be, hsum, g->hs[gl->site], C * C * 4, err)) < 0)
-				goto out;
-			have_site = gl->site;
 		}
 		gl->n_samples = g->hn[gl->site];
 		/* the update runs on a contiguous copy of the original weight (the
@@ -963,27 +1071,20 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		    (st = grow(c, (void **)&g->bamax, &g->bamax_cap, n / 16 * 4, err)) < 0 ||
 		    (st = cal_backend_upload(c->be, g->bamax, gl->ba, n / 16 * 4, err)) < 0)
 			goto out;
-		if (ga > 0.0f) {
-			/* the factor (f64, the chol_inv op) and the update on the back
-			 * end; no rows seen: H = 0, which no damping makes positive
-			 * definite: the identity fallback, as modelopt */
-			free(u);
-			if (!(u = malloc(C * C * 4))) {
-				st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-				goto out;
-			}
-			st = cal_gptq_factor(c->be, gl->orig, R, C, hsum,
-					     gl->n_samples ? gl->n_samples : 1, &g->o, u, &gl->st, err);
-			if (st < 0) {
-				cal_error_wrap(err, st, "gptq: %s", mod_name(c, gl->mod));
-				goto out;
-			}
+		if (fac[i] >= 0) {
+			/* the factor (f64, the chol_inv op, batched) and the update
+			 * on the back end; U uploaded once for the linears sharing it */
+			const struct gfac *fk = &f[fac[i]];
 			uint64_t bs = g->o.block_size;
+			gl->st = fk->st;
 			if ((st = grow(c, (void **)&g->du, &g->du_cap, C * C * 4, err)) < 0 ||
-			    (st = grow(c, (void **)&g->work, &g->work_cap, (C + bs) * R * 4, err)) < 0 ||
-			    (st = cal_backend_upload(c->be, g->du, u, C * C * 4, err)) < 0)
+			    (st = grow(c, (void **)&g->work, &g->work_cap, (C + bs) * R * 4, err)) < 0)
 				goto out;
-			struct cal_gptq_update_args ua = {g->wsrc, R, C, g->du, g->bamax, ga, 448.0f,
+			if (du_fac != fac[i] &&
+			    (st = cal_backend_upload(c->be, g->du, fk->u, C * C * 4, err)) < 0)
+				goto out;
+			du_fac = fac[i];
+			struct cal_gptq_update_args ua = {g->wsrc, R, C, g->du, g->bamax, ga[i], 448.0f,
 							  g->div, (uint32_t)bs, g->work, g->wdst};
 			if ((st = cal_op_gptq_update(c->be, &ua, err)) < 0)
 				goto out;
@@ -998,7 +1099,7 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		/* pass 2 quantizes the updated weight with the same scales, in the
 		 * shadows of its fields (the scratch buffers are reused by the next
 		 * linear: wait) */
-		if ((st = fq_static(c, g->wdst, g->wdst, R, C, g->bamax, ga, err)) < 0)
+		if ((st = fq_static(c, g->wdst, g->wdst, R, C, g->bamax, ga[i], err)) < 0)
 			goto out;
 		for (int k = 0, r0 = 0; k < gl->n_part; r0 += (int)gl->part[k++].rows) {
 			const struct gpart *pt = &gl->part[k];
@@ -1026,8 +1127,12 @@ out:
 		g->lin[i].orig = NULL;
 		g->lin[i].ba = NULL;
 	}
-	free(hsum);
-	free(u);
+	if (f)
+		gfac_free(f, nf);
+	free(f);
+	free(fac);
+	free(ga);
+	free(mask);
 	if (st >= 0)
 		st = cal_backend_sync(c->be, err);
 	g->t_solve += cal_now() - t0;

@@ -15,15 +15,21 @@
  * the lanes before it done) and divide.  Inverse: one thread per column c
  * of L^-1, forward substitution from row c (adjacent threads read adjacent
  * elements of L and of y).  A pivot that is not positive and finite sets
- * *bad; the rest runs on (its values are then undefined).
+ * *bad; the rest runs on (its values are then undefined).  A batch is the
+ * grid's z: every kernel offsets its matrix, scratch and flag by blockIdx.z
+ * and is otherwise the single matrix's, so the batch costs one launch
+ * sequence and each matrix keeps its bytes.
  */
 #include "common.cuh"
 
 #define CI_NB 32
+#define CI_WORK(n) (((n) + CI_NB) * CI_NB)
 
 __global__ void chol_diag_kernel(double *a, uint64_t n, uint64_t j0, uint64_t j1, int32_t *bad)
 {
 	uint64_t i = j0 + threadIdx.x;
+	a += blockIdx.z * n * n;
+	bad += blockIdx.z;
 	for (uint64_t j = j0; j < j1; j++) {
 		const double *lj = a + j * n;
 		if (i == j) {
@@ -49,6 +55,8 @@ __global__ void chol_panel_kernel(const double *a, uint64_t n, uint64_t j0, uint
 				  double *panel)
 {
 	uint64_t k = (uint64_t)blockIdx.x * blockDim.y + threadIdx.y, j = threadIdx.x;
+	a += blockIdx.z * n * n;
+	panel += blockIdx.z * CI_WORK(n);
 	if (k < j0)
 		panel[k * CI_NB + j] = j < j1 - j0 ? a[(j0 + j) * n + k] : 0.0;
 }
@@ -59,6 +67,8 @@ __global__ void chol_rows_kernel(double *a, uint64_t n, uint64_t j0, uint64_t j1
 {
 	uint64_t i = j1 + (uint64_t)blockIdx.x * blockDim.y + threadIdx.y, j = threadIdx.x;
 	uint64_t w = j1 - j0;
+	a += blockIdx.z * n * n;
+	panel += blockIdx.z * CI_WORK(n);
 	if (i >= n) /* whole warps leave together: the shuffle-free sync below is per warp */
 		return;
 	double *li = a + i * n;
@@ -79,6 +89,8 @@ __global__ void chol_rows_kernel(double *a, uint64_t n, uint64_t j0, uint64_t j1
 __global__ void chol_inv_kernel(const double *l, uint64_t n, double *y)
 {
 	uint64_t c = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	l += blockIdx.z * n * n;
+	y += blockIdx.z * n * n;
 	if (c >= n)
 		return;
 	for (uint64_t i = 0; i < c; i++)
@@ -97,23 +109,24 @@ CAL_CUDA_OP(chol_inv)
 {
 	CAL_CUDA_OP_ENTER(0);
 	const uint64_t n = a->n;
-	CAL_CUDA_TRY(cudaMemsetAsync(a->bad, 0, sizeof(int32_t), s));
+	const unsigned nb = a->batch ? a->batch : 1;
+	CAL_CUDA_TRY(cudaMemsetAsync(a->bad, 0, nb * sizeof(int32_t), s));
 	for (uint64_t j0 = 0; j0 < n; j0 += CI_NB) {
 		uint64_t j1 = j0 + CI_NB < n ? j0 + CI_NB : n;
-		chol_diag_kernel<<<1, CI_NB, 0, s>>>(a->a, n, j0, j1, a->bad);
+		chol_diag_kernel<<<dim3(1, 1, nb), CI_NB, 0, s>>>(a->a, n, j0, j1, a->bad);
 		CAL_CUDA_LAUNCHED();
 		if (j1 == n)
 			break;
 		if (j0) {
-			chol_panel_kernel<<<(unsigned)((j0 + 7) / 8), dim3(CI_NB, 8), 0, s>>>(
+			chol_panel_kernel<<<dim3((unsigned)((j0 + 7) / 8), 1, nb), dim3(CI_NB, 8), 0, s>>>(
 				a->a, n, j0, j1, a->work);
 			CAL_CUDA_LAUNCHED();
 		}
-		chol_rows_kernel<<<(unsigned)((n - j1 + 7) / 8), dim3(CI_NB, 8), 0, s>>>(a->a, n, j0,
-											   j1, a->work);
+		chol_rows_kernel<<<dim3((unsigned)((n - j1 + 7) / 8), 1, nb), dim3(CI_NB, 8), 0, s>>>(
+			a->a, n, j0, j1, a->work);
 		CAL_CUDA_LAUNCHED();
 	}
-	chol_inv_kernel<<<(unsigned)((n + 127) / 128), 128, 0, s>>>(a->a, n, a->y);
+	chol_inv_kernel<<<dim3((unsigned)((n + 127) / 128), 1, nb), 128, 0, s>>>(a->a, n, a->y);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }

@@ -449,24 +449,29 @@ static int case_nvfp4_quant(struct opcase_env *env, uint64_t rows, uint64_t unit
 
 /* A symmetric matrix of n = units (at most 300) columns, diagonally
  * dominant (positive definite) unless seed & 4 makes one pivot negative
- * (*bad; then only the flag is compared). */
+ * (*bad; then only the flags are compared); seed & 8: a batch of 3 such
+ * matrices (the pivot, if any, in the last). */
 static int case_chol_inv(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
 {
 	CTX(chol_inv);
-	uint64_t n = units > 300 ? 300 : units;
-	double *a = xmalloc(n * n * 8);
-	for (uint64_t i = 0; i < n; i++)
-		for (uint64_t j = 0; j <= i; j++)
-			a[i * n + j] = a[j * n + i] = i == j ? (double)n * (1.0 + cal_test_unit(&s) * 0.25)
-							     : (double)cal_test_unit(&s) * 0.5;
+	uint64_t n = units > 300 ? 300 : units, nn = n * n;
+	uint32_t batch = seed & 8 ? 3 : 0, nm = batch ? batch : 1;
+	double *a = xmalloc(nm * nn * 8);
+	for (uint64_t m = 0; m < nm; m++)
+		for (uint64_t i = 0; i < n; i++)
+			for (uint64_t j = 0; j <= i; j++)
+				a[m * nn + i * n + j] = a[m * nn + j * n + i] =
+					i == j ? (double)n * (1.0 + cal_test_unit(&s) * 0.25)
+					       : (double)cal_test_unit(&s) * 0.5;
 	int neg = (seed & 4) != 0;
 	if (neg)
-		a[(n / 2) * n + n / 2] = -1.0;
+		a[(nm - 1) * nn + (n / 2) * n + n / 2] = -1.0;
 	/* f64 buffers aligned (the device loads 8 bytes at a time) */
-	struct pair *pa = pair_new_stat(&c, n * n * 8, a), *py = pair_new_stat(&c, n * n * 8, NULL),
-		    *pb = pair_new_stat(&c, 4, NULL), *pw = pair_new_stat(&c, (n + 32) * 32 * 8, NULL);
-	struct cal_chol_inv_args A = {pa->a, n, py->a, pb->a, pw->a};
-	struct cal_chol_inv_args B = {pa->b, n, py->b, pb->b, pw->b};
+	struct pair *pa = pair_new_stat(&c, nm * nn * 8, a),
+		    *py = pair_new_stat(&c, nm * nn * 8, NULL), *pb = pair_new_stat(&c, nm * 4, NULL),
+		    *pw = pair_new_stat(&c, nm * (n + 32) * 32 * 8, NULL);
+	struct cal_chol_inv_args A = {pa->a, n, py->a, pb->a, pw->a, batch};
+	struct cal_chol_inv_args B = {pa->b, n, py->b, pb->b, pw->b, batch};
 	(void)rows;
 	RUN_BOTH(&c, chol_inv, A, B);
 	pair_check(&c, pb, "bad");
