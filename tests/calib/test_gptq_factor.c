@@ -64,3 +64,47 @@ Test(gptq_factor, identity_fallback)
 	/* no damping to speak of on a rank-one H: a non-positive pivot */
 	check(64, 4, 1, 1, 1e-300, 2, 1);
 }
+
+Test(gptq_factor, batched_same_bytes_as_one_at_a_time)
+{
+	/* one batched chol_inv for a dominant, a full-rank and a rank-one
+	 * (not positive definite with no damping to speak of) Hessian: each U
+	 * (and its stats) is the column algorithm's, as cal_gptq_factor gives
+	 * it alone */
+	enum { N = 96, ROWS = 8, K = 3 };
+	static const uint64_t tok[K] = {0, 2 * N, 1}, samples[K] = {100, 2 * N, 1};
+	static const int want_fb[K] = {0, 0, 1};
+	struct cal_error err = {0};
+	struct cal_backend_opts bo = {.cpu_threads = 2};
+	struct cal_backend *be = NULL;
+	cr_assert_eq(cal_backend_init(CAL_BACKEND_CPU, &bo, &be, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	struct cal_gptq_opts o = {1e-300, CAL_GPTQ_BLOCK, 1};
+	struct cal_gptq_factor_in in[K];
+	struct cal_gptq_stats st[K];
+	float *u[K], *r = malloc(N * N * 4);
+	cr_assert(r);
+	for (int k = 0; k < K; k++) {
+		float *h = malloc(N * N * 4);
+		uint16_t *w = malloc(ROWS * N * 2);
+		u[k] = malloc(N * N * 4);
+		cr_assert(h && w && u[k]);
+		gptq_factor_case(N, tok[k], N * 7 + tok[k], h, w, ROWS);
+		in[k] = (struct cal_gptq_factor_in){w, ROWS, h, samples[k]};
+	}
+	cr_assert_eq(cal_gptq_factor_many(be, N, K, in, &o, u, st, &err), CAL_OK, "%s",
+		     cal_error_msg(&err));
+	uint8_t dead[N];
+	for (int k = 0; k < K; k++) {
+		int fb = gptq_factor_ref(in[k].w, ROWS, N, in[k].hsum, samples[k], o.perc_damp, r);
+		cr_assert_eq(st[k].fallback, fb, "matrix %d: fallback %d, reference %d", k,
+			     st[k].fallback, fb);
+		cr_assert_eq(fb, want_fb[k], "matrix %d: reference fallback %d", k, fb);
+		cr_assert_eq(memcmp(u[k], r, N * N * 4), 0, "matrix %d: U differs", k);
+		cr_assert_eq(cal_gptq_dead_mask(in[k].w, ROWS, N, dead), st[k].dead_cols,
+			     "matrix %d: the dead mask's count", k);
+		free((void *)in[k].hsum), free((void *)in[k].w), free(u[k]);
+	}
+	free(r);
+	cal_backend_free(be);
+}
