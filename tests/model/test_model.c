@@ -43,7 +43,7 @@ static void parse_fails(const char *json, enum cal_status code, const char *need
 
 /* A numeric member of the parsed description d and the value it must
  * have: W(rope.theta, 1e6).  One rule compares both kinds: a relative
- * difference below 1e-9, which leaves integers (all below 2^31 here) no
+ * difference below 1e-9, which leaves integers (all below 10^9 here) no
  * room, so they compare exactly. */
 struct want {
 	const char *field;
