@@ -50,6 +50,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gptq_model_diff import (dequant, diff_args, load_model, load_st,  # noqa: E402
                              patch_ieee_sqrt, patch_modelopt_cpu, run, write_summary)
+from model_diff_common import count_codes  # noqa: E402
 
 AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -186,10 +187,7 @@ def main():
                 if tag == "modelopt":
                     mcodes, mpq = codes, pq
                 elif tag == "calibd":
-                    res["codes_differing"] = int((codes != mcodes).sum())
-                    res["codes"] = int(codes.numel())
-                    tot["codes"] += res["codes"]
-                    tot["diff"] += res["codes_differing"]
+                    count_codes(res, tot, codes, mcodes)
                     res["pre_quant_scale_equal"] = (pq is None and mpq is None) or (
                         pq is not None and mpq is not None and torch.equal(pq, mpq))
                     for k in same:

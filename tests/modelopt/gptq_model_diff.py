@@ -41,6 +41,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gptq_fingerprint import e2m1_round, static_fp4_cpu  # noqa: E402
+from model_diff_common import count_codes  # noqa: E402
 
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 
@@ -290,12 +291,7 @@ def main():
                         st[name + ".weight"].numpy().tobytes()).hexdigest()
                     mcodes = codes
                 if tag == "calibd":
-                    n = int(codes.numel())
-                    k = int((codes != mcodes).sum())
-                    res["codes_differing"] = k
-                    res["codes"] = n
-                    tot["codes"] += n
-                    tot["diff"] += k
+                    count_codes(res, tot, codes, mcodes)
             res["scales_equal"] = bool(torch.equal(
                 M[name + ".weight_scale"].view(torch.uint8), C[name + ".weight_scale"].view(
                     torch.uint8))) and bool(torch.equal(M[name + ".weight_scale_2"],

@@ -36,6 +36,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from awq_model_diff import linear_inputs  # noqa: E402
 from gptq_model_diff import case_fixture, load_model, load_st, run, write_summary  # noqa: E402
+from model_diff_common import count_codes  # noqa: E402
 from modelopt_fingerprints import recipe_file  # noqa: E402
 
 RECIPE = "general/ptq/int8_sq-kv_fp8_cast"
@@ -115,10 +116,7 @@ def main():
                 if tag == "modelopt":
                     mcodes, mpq = codes, pq
                 elif tag == "calibd":
-                    res["codes_differing"] = int((codes != mcodes).sum())
-                    res["codes"] = int(codes.numel())
-                    tot["codes"] += res["codes"]
-                    tot["diff"] += res["codes_differing"]
+                    count_codes(res, tot, codes, mcodes)
                     d = int((pq.view(torch.int16) != mpq.view(torch.int16)).sum())
                     res["pre_quant_scale_differing"] = d
                     res["pre_quant_scale_max_rel"] = float(

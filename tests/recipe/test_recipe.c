@@ -959,27 +959,34 @@ Test(plan, int8_and_smoothquant)
 	cr_expect_float_eq(r->algo.sq_alpha, 1.0, 1e-12);
 	cal_recipe_free(r);
 	free(y);
-	/* unknown and out-of-range options are refused, named */
-	y = int8_yaml("{method: smoothquant, alpha: 0.5, migration: 2}", "0", "null");
-	expect_error(y, CAL_ERR_FORMAT, "migration");
-	free(y);
-	y = int8_yaml("{method: smoothquant, alpha: 1.5}", "0", "null");
-	expect_error(y, CAL_ERR_FORMAT, "must be in [0, 1]");
-	free(y);
-	/* per-channel along another axis, per-channel inputs, weight-only */
-	y = int8_yaml("max", "1", "null");
-	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "implemented for weights along axis 0 only");
-	free(y);
-	y = int8_yaml("max", "0", "-1");
-	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "per-channel quantization (axis) is implemented for weights");
-	free(y);
-	y = int8_yaml("smoothquant", "null", "null");
-	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "8-bit integer quantization is not implemented");
-	free(y);
-	/* INT8 inputs are static per tensor: per-token ones select no row */
-	y = int8_yaml("max", "0", "null, type: dynamic, block_sizes: {-1: null}");
-	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "per-token inputs in FP8 E4M3 only");
-	free(y);
+	/* refused when parsed (at_plan 0) or when planned for dense (1) */
+	static const struct {
+		const char *algo, *waxis, *iaxis;
+		int at_plan;
+		enum cal_status want;
+		const char *needle;
+	} bad[] = {
+		/* unknown and out-of-range options are refused, named */
+		{"{method: smoothquant, alpha: 0.5, migration: 2}", "0", "null", 0, CAL_ERR_FORMAT, "migration"},
+		{"{method: smoothquant, alpha: 1.5}", "0", "null", 0, CAL_ERR_FORMAT, "must be in [0, 1]"},
+		/* per-channel along another axis, per-channel inputs, weight-only */
+		{"max", "1", "null", 1, CAL_ERR_UNSUPPORTED, "implemented for weights along axis 0 only"},
+		{"max", "0", "-1", 1, CAL_ERR_UNSUPPORTED,
+		 "per-channel quantization (axis) is implemented for weights"},
+		{"smoothquant", "null", "null", 1, CAL_ERR_UNSUPPORTED,
+		 "8-bit integer quantization is not implemented"},
+		/* INT8 inputs are static per tensor: per-token ones select no row */
+		{"max", "0", "null, type: dynamic, block_sizes: {-1: null}", 1, CAL_ERR_UNSUPPORTED,
+		 "per-token inputs in FP8 E4M3 only"},
+	};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(bad); i++) {
+		y = int8_yaml(bad[i].algo, bad[i].waxis, bad[i].iaxis);
+		if (bad[i].at_plan)
+			plan_fails(dense, y, bad[i].want, bad[i].needle);
+		else
+			expect_error(y, bad[i].want, bad[i].needle);
+		free(y);
+	}
 	plan_fails(dense, "imports: {fp8: configs/numerics/fp8}\nmetadata: {recipe_type: ptq}\n"
 			  "quantize:\n  algorithm: smoothquant\n  quant_cfg:\n"
 			  "    - {quantizer_name: '*', enable: false}\n"
