@@ -1,0 +1,38 @@
+/*
+ * hadamard.cu — normalized Walsh-Hadamard transform in place
+ * (kernels/hadamard.c): one thread per block of a row, the butterfly in the
+ * reference's order in fp32 local memory, so the bytes match the CPU's.
+ */
+#include "fwd_common.cuh"
+
+__global__ void __launch_bounds__(CAL_CUDA_THREADS)
+hadamard_kernel(uint16_t *x, uint64_t n_blocks, uint32_t block, float scale)
+{
+	float v[CAL_HADAMARD_MAX_BLOCK];
+	for (uint64_t b = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; b < n_blocks;
+	     b += (uint64_t)gridDim.x * blockDim.x) {
+		uint16_t *p = x + b * block;
+		for (uint32_t i = 0; i < block; i++)
+			v[i] = cal_bf2f(p[i]);
+		for (uint32_t h = 1; h < block; h *= 2)
+			for (uint32_t i = 0; i < block; i += 2 * h)
+				for (uint32_t j = i; j < i + h; j++) {
+					float pv = v[j], qv = v[j + h];
+					v[j] = __fadd_rn(pv, qv);
+					v[j + h] = __fsub_rn(pv, qv);
+				}
+		for (uint32_t i = 0; i < block; i++)
+			p[i] = cal_f2bf(__fmul_rn(v[i], scale));
+	}
+}
+
+CAL_CUDA_OP(hadamard)
+{
+	CAL_CUDA_OP_ENTER(a->rows == 0 || a->cols == 0);
+	uint64_t n_blocks = a->rows * (a->cols / a->block);
+	float scale = (float)(1.0 / sqrt((double)a->block));
+	hadamard_kernel<<<cal_fwd_grid(be, n_blocks), CAL_CUDA_THREADS, 0, s>>>(a->x, n_blocks,
+									       a->block, scale);
+	CAL_CUDA_LAUNCHED();
+	return CAL_OK;
+}
