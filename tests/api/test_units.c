@@ -180,6 +180,43 @@ Test(units, jobspec_qformat)
 	}
 }
 
+/* "kv_cache_qformat": one of hf_ptq's --kv_cache_qformat names, recorded;
+ * anything else is invalid_field listing them. */
+Test(units, jobspec_kv_cache_qformat)
+{
+	static const struct {
+		const char *req;
+		enum cal_api_err ae;
+		const char *needle;
+	} cases[] = {
+		{"{\"qformat\": \"nvfp4\", \"kv_cache_qformat\": \"nvfp4_affine\"}", CAL_API_OK,
+		 "nvfp4_affine"},
+		{"{\"recipe\": \"general/ptq/fp8_default-kv_fp8\", \"kv_cache_qformat\": \"none\"}",
+		 CAL_API_OK, "none"},
+		{"{\"qformat\": \"nvfp4\", \"kv_cache_qformat\": \"nvfp4_rotated\"}",
+		 CAL_API_ERR_INVALID_FIELD, "nvfp4_rotate"},
+		{"{\"qformat\": \"nvfp4\", \"kv_cache_qformat\": 8}", CAL_API_ERR_INVALID_FIELD,
+		 "fp8_affine"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		json_t *req = json_loads(cases[i].req, 0, NULL), *out = json_object();
+		struct cal_api_problem prob = {0};
+		enum cal_api_err ae = cal_jobspec_recipe(req, out, &prob);
+		cr_assert_eq(ae, cases[i].ae, "%s: %d %s", cases[i].req, ae,
+			     prob.message ? prob.message : "");
+		if (ae == CAL_API_OK) {
+			cr_assert_str_eq(json_string_value(json_object_get(out, "kv_cache_qformat")),
+					 cases[i].needle);
+		} else {
+			cr_assert_str_eq(prob.field, "kv_cache_qformat");
+			cr_assert(strstr(prob.message, cases[i].needle), "%s", prob.message);
+		}
+		cal_api_problem_clear(&prob);
+		json_decref(req);
+		json_decref(out);
+	}
+}
+
 Test(units, state_write_keeps_previous_generation)
 {
 	char dir[] = "/tmp/calibd-gen-XXXXXX";
