@@ -15,13 +15,7 @@ static void hadamard_block(uint16_t *x, uint32_t block, float scale)
 	float v[CAL_HADAMARD_MAX_BLOCK];
 	for (uint32_t i = 0; i < block; i++)
 		v[i] = cal_nf_bf16_to_f32(x[i]);
-	for (uint32_t h = 1; h < block; h *= 2)
-		for (uint32_t i = 0; i < block; i += 2 * h)
-			for (uint32_t j = i; j < i + h; j++) {
-				float p = v[j], q = v[j + h];
-				v[j] = p + q;
-				v[j + h] = p - q;
-			}
+	cal_hadamard_f32(v, block);
 	for (uint32_t i = 0; i < block; i++)
 		x[i] = cal_nf_f32_to_bf16(v[i] * scale);
 }

@@ -61,15 +61,13 @@ CAL_CHECK_OP(kv_affine)
 	if (a->n_seq == 0 || a->n_seq > (1u << 24))
 		return cal_error_set(err, CAL_ERR_RANGE, "argument 'n_seq' = %u not in [1, 2^24]",
 				     a->n_seq);
-	if (a->rows == 0 || a->cols == 0)
-		return CAL_OK;
-	return CAL_CHECK_PTRS(a, err, x, cu, bias);
+	return a->rows && a->cols ? CAL_CHECK_PTRS(a, err, x, cu, bias) : CAL_OK;
 }
 
 CAL_CPU_OP(kv_affine)
 {
-	if (a->rows == 0 || a->cols == 0)
-		return CAL_OK;
-	return cal_cpu_observe(be, a->cols, (1u << 16) / a->rows + 1, kv_affine_range, a, a->amax,
-			       a->nonfinite, err);
+	/* items are columns: each runs its forwards in order */
+	return a->rows && a->cols ? cal_cpu_observe(be, a->cols, (1u << 16) / a->rows + 1,
+						    kv_affine_range, a, a->amax, a->nonfinite, err)
+				  : CAL_OK;
 }

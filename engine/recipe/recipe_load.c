@@ -218,32 +218,42 @@ static enum cal_status plain_get(struct cal_error *err, const struct plain_key *
 	return CAL_OK;
 }
 
+/* path.key: the string no (*ret 0) or yes (*ret 1). */
+static enum cal_status get_pair(struct cal_error *err, const struct cal_ynode *v, const char *path,
+				const char *key, const char *no, const char *yes, int *ret)
+{
+	if (v->kind != CAL_Y_STR || (strcmp(v->str, no) && strcmp(v->str, yes)))
+		return at_err(err, CAL_ERR_FORMAT, v, "%s.%s: expected '%s' or '%s'", path, key, no,
+			      yes);
+	*ret = !strcmp(v->str, yes);
+	return CAL_OK;
+}
+
 /* bias: {axis: null, ..., type: static|dynamic, method: mean|max_min}; the
  * integer keys are the axes the bias keeps (modelopt's bias_axis). */
 static enum cal_status conv_bias(struct cal_error *err, const struct cal_ynode *b,
 				 const char *path, struct cal_qattr *a)
 {
-	if (b->kind == CAL_Y_NULL)
-		return CAL_OK;
-	if (b->kind != CAL_Y_MAP)
-		return want(err, b, path, "a mapping (axis: null, type, method) or null");
+	if (b->kind != CAL_Y_MAP) /* null: no bias */
+		return b->kind == CAL_Y_NULL ? CAL_OK
+					     : want(err, b, path, "a mapping (axis: null, type, method) or null");
 	a->has_bias = 1;
 	for (size_t i = 0; i < b->n; i++) {
 		const struct cal_ynode *k = b->items[2 * i], *v = b->items[2 * i + 1];
-		if (k->kind == CAL_Y_INT) {
-			if (a->n_bias_axis >= 8)
-				return at_err(err, CAL_ERR_FORMAT, k, "%s: too many bias axes", path);
+		const char *ks = k->kind == CAL_Y_STR ? k->str : "";
+		if (k->kind == CAL_Y_INT && a->n_bias_axis < 8) {
 			a->bias_axis[a->n_bias_axis++] = k->i;
-		} else if (k->kind == CAL_Y_STR && !strcmp(k->str, "type")) {
-			CAL_TRY_RET(get_dynamic(err, v, path, &a->bias_dynamic));
-		} else if (k->kind == CAL_Y_STR && !strcmp(k->str, "method")) {
-			if (v->kind != CAL_Y_STR || (strcmp(v->str, "mean") && strcmp(v->str, "max_min")))
-				return at_err(err, CAL_ERR_FORMAT, v, "%s.method: expected 'mean' or "
-					      "'max_min'", path);
-			a->bias_max_min = !strcmp(v->str, "max_min");
-		} else {
-			return unknown_key(err, k, path, "integer axes, type, method");
+			continue;
 		}
+		enum cal_status st =
+			k->kind == CAL_Y_INT ? at_err(err, CAL_ERR_FORMAT, k, "%s: too many bias axes",
+						      path)
+			: !strcmp(ks, "type") ? get_dynamic(err, v, path, &a->bias_dynamic)
+			: !strcmp(ks, "method") ? get_pair(err, v, path, "method", "mean", "max_min",
+							   &a->bias_max_min)
+			: unknown_key(err, k, path, "integer axes, type, method");
+		if (st < 0)
+			return st;
 	}
 	return CAL_OK;
 }
@@ -273,11 +283,8 @@ static enum cal_status conv_rotate(struct cal_error *err, const struct cal_ynode
 				return at_err(err, CAL_ERR_FORMAT, v, "%s.block_size: expected null or "
 					      "a power of two >= 2", path);
 		} else if (!strcmp(ks, "mode")) {
-			if (v->kind != CAL_Y_STR ||
-			    (strcmp(v->str, "rotate") && strcmp(v->str, "rotate_back")))
-				return at_err(err, CAL_ERR_FORMAT, v, "%s.mode: expected 'rotate' or "
-					      "'rotate_back'", path);
-			a->rotate_back = !strcmp(v->str, "rotate_back");
+			CAL_TRY_RET(get_pair(err, v, path, "mode", "rotate", "rotate_back",
+					     &a->rotate_back));
 		} else {
 			return unknown_key(err, k, path, "enable, rotate_fp32, block_size, mode");
 		}

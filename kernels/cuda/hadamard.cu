@@ -1,7 +1,7 @@
 /*
  * hadamard.cu — normalized Walsh-Hadamard transform in place
- * (kernels/hadamard.c): one thread per block of a row, the butterfly in the
- * reference's order in fp32 local memory, so the bytes match the CPU's.
+ * (kernels/hadamard.c): one thread per block of a row, the reference's
+ * butterfly (numfmt.h) in fp32 local memory, so the bytes match the CPU's.
  */
 #include "fwd_common.cuh"
 
@@ -14,13 +14,7 @@ hadamard_kernel(uint16_t *x, uint64_t n_blocks, uint32_t block, float scale)
 		uint16_t *p = x + b * block;
 		for (uint32_t i = 0; i < block; i++)
 			v[i] = cal_bf2f(p[i]);
-		for (uint32_t h = 1; h < block; h *= 2)
-			for (uint32_t i = 0; i < block; i += 2 * h)
-				for (uint32_t j = i; j < i + h; j++) {
-					float pv = v[j], qv = v[j + h];
-					v[j] = __fadd_rn(pv, qv);
-					v[j + h] = __fsub_rn(pv, qv);
-				}
+		cal_hadamard_f32(v, block); /* numfmt.h: additions only, no contraction */
 		for (uint32_t i = 0; i < block; i++)
 			p[i] = cal_f2bf(__fmul_rn(v[i], scale));
 	}
