@@ -538,11 +538,9 @@ static enum cal_status decl_shape(struct cal_exporter *ex, const char *name, con
 }
 
 static enum cal_status decl(struct cal_exporter *ex, const char *name, const char *suffix,
-			    enum cal_dtype dt, int ndim, int64_t d0, int64_t d1,
-			    struct cal_error *err)
+			    enum cal_dtype dt, int ndim, int64_t d0, int64_t d1, struct cal_error *err)
 {
-	int64_t shape[2] = {d0, d1};
-	return decl_shape(ex, name, suffix, dt, ndim, shape, err);
+	return decl_shape(ex, name, suffix, dt, ndim, (const int64_t[2]){d0, d1}, err);
 }
 
 /* gpt_oss BMM experts: "<name>" for the weight, "<name>_<suffix>" for the rest. */
@@ -666,9 +664,8 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 			for (int v = 0; v < 2; v++) {
 				const struct cal_plan_q *q = v ? ex->kv[i].v : ex->kv[i].k;
 				if (q && q->spec.affine)
-					CAL_TRY_RET(decl_shape(ex, ex->kv[i].attn, v ? "v_proj.v_bias"
-							       : "k_proj.k_bias", CAL_DTYPE_BF16,
-							       4, bs, err));
+					CAL_TRY_RET(decl_shape(ex, ex->kv[i].attn, v ? "v_proj.v_bias" :
+							       "k_proj.k_bias", CAL_DTYPE_BF16, 4, bs, err));
 			}
 		}
 		for (size_t i = 0; i < ex->n_cp; i++) {
@@ -1084,13 +1081,10 @@ static enum cal_status prep_layer(struct cal_exporter *ex, int32_t L,
 				k->vscale = sc;
 			else
 				k->kscale = sc;
-			uint64_t nb = 0, want = (uint64_t)(ex->d->num_kv_heads * ex->d->head_dim);
-			const uint16_t *b = q->spec.affine ? cal_stats_bias(stats, q->name, &nb) : NULL;
-			if (q->spec.affine && (!b || nb != want))
-				return cal_error_set(err, CAL_ERR_INVALID, "statistics have no bias of "
-						     "%llu values for affine KV quantizer %s",
-						     (unsigned long long)want, q->name);
-			k->bias[v] = b;
+			k->bias[v] = NULL;
+			if (q->spec.affine)
+				CAL_TRY_RET(cal_stats_need_bias(stats, q->name, (uint64_t)(ex->d->num_kv_heads *
+								ex->d->head_dim), &k->bias[v], err));
 		}
 	}
 	return CAL_OK;

@@ -145,6 +145,17 @@ const uint16_t *cal_stats_bias(const struct cal_stats *s, const char *name, uint
 	return s->v[*sl - 1].bias;
 }
 
+enum cal_status cal_stats_need_bias(const struct cal_stats *s, const char *name, uint64_t n,
+				    const uint16_t **ret, struct cal_error *err)
+{
+	uint64_t have = 0;
+	*ret = cal_stats_bias(s, name, &have);
+	if (!*ret || have != n)
+		return cal_error_set(err, CAL_ERR_INVALID, "statistics have no bias of %llu values "
+				     "for affine KV quantizer %s", (unsigned long long)n, name);
+	return CAL_OK;
+}
+
 size_t cal_stats_count(const struct cal_stats *s)
 {
 	return s->n;

@@ -59,6 +59,9 @@ enum cal_status cal_stats_set_bias(struct cal_stats *s, const char *name, const 
 				   uint64_t n, struct cal_error *err);
 /* Its bias (*ret_n values) or NULL. */
 const uint16_t *cal_stats_bias(const struct cal_stats *s, const char *name, uint64_t *ret_n);
+/* Its bias of exactly n values in *ret; else CAL_ERR_INVALID naming it. */
+enum cal_status cal_stats_need_bias(const struct cal_stats *s, const char *name, uint64_t n,
+				    const uint16_t **ret, struct cal_error *err);
 
 /* Token counts of MoE layer `layer` (n_experts values, copied). */
 enum cal_status cal_stats_set_expert_tokens(struct cal_stats *s, int32_t layer,

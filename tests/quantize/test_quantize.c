@@ -424,6 +424,30 @@ static char *qformat_verified(const char *root, const char *arch, const char *la
 	return dst;
 }
 
+/* --kv-cache-qformat nvfp4_affine over --qformat nvfp4 (docs/recipes.md
+ * "KV-cache formats"): quantizes and verifies, with NVFP4_AFFINE and the
+ * k/v biases; an unknown name is refused naming the choices, nothing
+ * written. */
+Test(quantize, kv_cache_qformat_affine, .timeout = 120)
+{
+	char *root = tmpdir(), *src, *tok;
+	char *dst = qformat_verified(root, "llama", "default", "nvfp4 --kv-cache-qformat nvfp4_affine",
+				     &src, &tok);
+	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
+	cr_assert(strstr(cfg, "\"kv_cache_quant_algo\": \"NVFP4_AFFINE\""), "%s", cfg);
+	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8;
+	cr_assert(strstr(hdr, "\"model.layers.1.self_attn.k_proj.k_bias\":{\"dtype\":\"BF16\","
+			 "\"shape\":[1,2,1,16]"), "%.400s", hdr);
+	cr_assert(strstr(hdr, "model.layers.0.self_attn.v_proj.v_bias"));
+	char *errf = path2(root, "stderr"), *d2 = path2(root, "out2");
+	int rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --kv-cache-qformat fp4 "
+		     "--calib-tokens %s --out %s --device cpu", src, tok, d2);
+	char *e = slurp(errf);
+	cr_assert_eq(rc, 3, "exit %d: %s", rc, e);
+	cr_assert(strstr(e, "unknown kv_cache_qformat 'fp4'") && strstr(e, "nvfp4_rotate"), "%s", e);
+	cr_assert(!cal_test_exists(d2));
+}
+
 Test(quantize, int4_awq_end_to_end, .timeout = 120)
 {
 	char *root = tmpdir(), *src, *tok;
