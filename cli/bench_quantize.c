@@ -118,33 +118,39 @@ static double read_all(const char *dir, uint64_t *ret_bytes)
 	return t;
 }
 
+/* Writes bytes into the new file p from buf (bs bytes), fsync included,
+ * then removes it: seconds, or -1. */
+static double timed_write(const char *p, const char *buf, size_t bs, uint64_t bytes)
+{
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	double t0 = cal_now(), t = -1.0;
+	uint64_t left = bytes;
+	if (fd < 0)
+		return t;
+	while (left) {
+		size_t k = left < bs ? (size_t)left : bs;
+		if (write(fd, buf, k) != (ssize_t)k)
+			break;
+		left -= k;
+	}
+	if (!left && !fsync(fd))
+		t = cal_now() - t0;
+	close(fd);
+	unlink(p);
+	return t;
+}
+
 /* Writes bytes into a scratch file in dir, fsync included: seconds. */
 static double write_scratch(const char *dir, uint64_t bytes)
 {
 	size_t bs = 16u << 20;
 	char *buf = malloc(bs), *p = NULL;
 	double t = -1.0;
-	if (!buf || asprintf(&p, "%s/.calibd-bench-write-%d", dir, (int)getpid()) < 0) {
-		free(buf);
-		return -1.0;
+	if (buf && asprintf(&p, "%s/.calibd-bench-write-%d", dir, (int)getpid()) >= 0) {
+		memset(buf, 0x5a, bs);
+		t = timed_write(p, buf, bs, bytes);
+		free(p);
 	}
-	memset(buf, 0x5a, bs);
-	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd >= 0) {
-		double t0 = cal_now();
-		uint64_t left = bytes;
-		int ok = 1;
-		while (left && ok) {
-			size_t k = left < bs ? (size_t)left : bs;
-			ok = write(fd, buf, k) == (ssize_t)k;
-			left -= ok ? k : 0;
-		}
-		if (ok && !fsync(fd))
-			t = cal_now() - t0;
-		close(fd);
-		unlink(p);
-	}
-	free(p);
 	free(buf);
 	return t;
 }
@@ -257,13 +263,10 @@ static double phase(json_t *rep, const char *name)
 
 int cal_bench_quantize(int argc, char **argv)
 {
-	const struct option *lo = CAL_CLI_OPTIONS("model tokens out-parent recipe device "
-						  "write-bytes max-shard-size keep json-file "
-						  "warm no-disk");
 	const char *model = NULL, *tokens = NULL, *parent = "/tmp", *json_path = NULL;
 	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *device = NULL;
 	uint64_t wbytes = 2ull << 30, shard = 0;
-	int keep = 0, warm = 0, disk = 1, c, rc = CAL_EXIT_OK;
+	int keep = 0, warm = 0, no_disk = 0, c, rc = CAL_EXIT_OK;
 	struct cal_error err = {0};
 	enum cal_status st = CAL_OK;
 	struct cal_model_desc *d = NULL;
@@ -272,18 +275,17 @@ int cal_bench_quantize(int argc, char **argv)
 	struct cal_devices devs;
 	json_t *rep = NULL;
 
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+	struct cal_cli_args ca = CAL_CLI_ARGS(
+		"bench quantize", argc, argv, "h",
+		"model tokens out-parent recipe device write-bytes max-shard-size keep json-file "
+		"warm no-disk",
+		CAL_CLI_SETS(CAL_CLI_NEED("model", &model), CAL_CLI_NEED("tokens", &tokens),
+			     CAL_CLI_STR("out-parent", &parent), CAL_CLI_STR("recipe", &recipe),
+			     CAL_CLI_STR("device", &device), CAL_CLI_FLAG("keep", &keep),
+			     CAL_CLI_FLAG("warm", &warm), CAL_CLI_FLAG("no-disk", &no_disk),
+			     CAL_CLI_STR("json-file", &json_path)));
+	while ((c = cal_cli_next(&ca)) != -1) {
 		switch (c) {
-		case 'm': model = optarg; break;
-		case 't': tokens = optarg; break;
-		case 'o': parent = optarg; break;
-		case 'r': recipe = optarg; break;
-		case 'D': device = optarg; break;
-		case 'k': keep = 1; break;
-		case 'W': warm = 1; break;
-		case 'N': disk = 0; break;
-		case 'j': json_path = optarg; break;
 		case 'w': case 'z':
 			if (cal_parse_size(c == 'w' ? "--write-bytes" : "--max-shard-size", optarg, 1,
 					   UINT64_MAX, c == 'w' ? &wbytes : &shard, &err) < 0)
@@ -292,7 +294,7 @@ int cal_bench_quantize(int argc, char **argv)
 		default: return cal_cli_usage(bq_usage, c);
 		}
 	}
-	if (!model || !tokens || optind != argc)
+	if (optind != argc)
 		return cal_cli_usage(bq_usage, '?');
 	if ((rc = cal_cli_devices("bench quantize", device, &devs)) != CAL_EXIT_OK)
 		return rc;
@@ -307,13 +309,13 @@ int cal_bench_quantize(int argc, char **argv)
 
 	/* the machine */
 	uint64_t src_bytes = 0;
-	double t_read = disk ? read_all(model, &src_bytes) : 0.0;
-	double t_write = disk ? write_scratch(parent, wbytes) : 0.0;
+	double t_read = !no_disk ? read_all(model, &src_bytes) : 0.0;
+	double t_write = !no_disk ? write_scratch(parent, wbytes) : 0.0;
 	double read_bw = t_read > 0 ? (double)src_bytes / t_read : 0.0;
 	double write_bw = t_write > 0 ? (double)wbytes / t_write : 0.0;
 	double peak = be ? gemm_peak(be) : 0.0;
 	printf("machine: %s\n", be ? cal_backend_describe(be) : "cpu");
-	if (!disk) {
+	if (no_disk) {
 		printf("disk: not measured (--no-disk)\n");
 	} else {
 		printf("disk read:  %.2f GB in %.2f s = %.2f GB/s (source, cold page cache)\n",

@@ -40,12 +40,86 @@ int cal_cli_parse_u64(const char *s, uint64_t *ret);
 #define CAL_CLI_RESOURCE_OPTIONS "max-gpu-mem micro-batch threads "
 const struct option *cal_cli_options(const char *names, struct option lo[CAL_CLI_MAX_OPTS]);
 /* cal_cli_options into an array that lives as long as the calling block. */
-#define CAL_CLI_OPTIONS(names) cal_cli_options(names, (struct option[CAL_CLI_MAX_OPTS]){0})
+#define CAL_CLI_OPTIONS(names) cal_cli_options(names, (struct option[CAL_CLI_MAX_OPTS]){{0}})
+
+/* An option a command's parse stores without code of its own, by its key
+ * in cli_util.c's table: CAL_CLI_STR keeps its argument in *str,
+ * CAL_CLI_NEED too and the command needs it, CAL_CLI_FLAG sets *flag to 1,
+ * CAL_CLI_JOB_NUMBERS(o) stores the engine's numbers (samples, seq-len,
+ * seed, max-gpu-mem, micro-batch, threads, ranks) into *o with
+ * cal_cli_job_number.  An entry whose option the command does not take is
+ * never used. */
+struct cal_cli_set {
+	const char *key;
+	const char **str;
+	int *flag;
+	struct cal_job_opts *job;
+	int need;
+};
+#define CAL_CLI_STR(key, p) {key, p, NULL, NULL, 0}
+#define CAL_CLI_NEED(key, p) {key, p, NULL, NULL, 1}
+#define CAL_CLI_FLAG(key, p) {key, NULL, p, NULL, 0}
+#define CAL_CLI_JOB_(key, o) {key, NULL, NULL, o, 0}
+#define CAL_CLI_JOB_NUMBERS(o)                                                               \
+	CAL_CLI_JOB_("samples", o), CAL_CLI_JOB_("seq-len", o), CAL_CLI_JOB_("seed", o),       \
+		CAL_CLI_JOB_("max-gpu-mem", o), CAL_CLI_JOB_("micro-batch", o),                \
+		CAL_CLI_JOB_("threads", o), CAL_CLI_JOB_("ranks", o)
+/* The set of a command, terminated, as an array that lives as long as the
+ * calling block. */
+#define CAL_CLI_SETS(...) ((const struct cal_cli_set[]){__VA_ARGS__, {NULL, NULL, NULL, NULL, 0}})
+
+/* One command's option parse: getopt_long over argv with short options
+ * shorts ("h" where the command takes long ones only) and lo
+ * (CAL_CLI_OPTIONS), the options of set (CAL_CLI_SETS; NULL for none)
+ * stored on the way; cmd names the command in messages.  li is the lo
+ * index of the long option last returned; started is 0 until the first
+ * cal_cli_next. */
+struct cal_cli_args {
+	const char *cmd;
+	int argc;
+	char **argv;
+	const char *shorts;
+	const struct option *lo;
+	const struct cal_cli_set *set;
+	int li, started;
+};
+/* The cal_cli_args of command cmd's argc, argv with short options shorts,
+ * long ones the keys names (CAL_CLI_OPTIONS) and set (CAL_CLI_SETS). */
+#define CAL_CLI_ARGS(cmd, argc, argv, shorts, names, set) \
+	{cmd, argc, argv, shorts, CAL_CLI_OPTIONS(names), set, 0, 0}
+
+/* What cal_cli_next returns for a bad value of an option its set stores
+ * (the message printed): the command ends with CAL_EXIT_USAGE, no usage
+ * (cal_cli_usage). */
+#define CAL_CLI_BAD 0
+
+/* The next option that a's set does not store: its letter ('h' for --help,
+ * '?' for an unknown option or a missing argument, and at the end when a
+ * CAL_CLI_NEED option was not given), CAL_CLI_BAD, or -1 at the end of the
+ * options (optind then indexes the first operand).  The first call
+ * restarts getopt (optind 1). */
+int cal_cli_next(struct cal_cli_args *a);
+
+/* What cal_cli_parse returns when the command goes on. */
+#define CAL_CLI_PARSED (-1)
+/* The whole parse of a command whose options are all in a's set, with
+ * `operands` operands after them: CAL_CLI_PARSED, or the exit code of
+ * cal_cli_usage(usage, ...) for --help, a usage error or another count of
+ * operands. */
+int cal_cli_parse(struct cal_cli_args *a, void (*usage)(FILE *), int operands);
+/* cal_cli_parse, returning its exit code from the calling function unless
+ * the command goes on (as common/status.h's CAL_TRY_RET). */
+#define CAL_CLI_PARSE_RET(a, usage, operands)                                  \
+	do {                                                                   \
+		int rc_parse_ = cal_cli_parse(a, usage, operands);             \
+		if (rc_parse_ != CAL_CLI_PARSED)                               \
+			return rc_parse_;                                      \
+	} while (0)
 
 /* How a command ends on --help or a usage error: c 'h' prints usage on
- * stdout and returns CAL_EXIT_OK; anything else (getopt_long's '?', a
- * caller's '?' for bad arguments) prints it on stderr and returns
- * CAL_EXIT_USAGE. */
+ * stdout and returns CAL_EXIT_OK; CAL_CLI_BAD (reported already) returns
+ * CAL_EXIT_USAGE; anything else (getopt_long's '?', a caller's '?' for bad
+ * arguments) prints usage on stderr and returns CAL_EXIT_USAGE. */
 int cal_cli_usage(void (*usage)(FILE *), int c);
 
 /* Prints "calibd CMD: <err's message>" on stderr, clears err and returns
@@ -59,6 +133,13 @@ int cal_cli_finish(const char *cmd, enum cal_status st, struct cal_error *err);
 /* The CLI's --device (common/device.h; NULL as there) into *ret:
  * CAL_EXIT_OK, or CAL_EXIT_USAGE with "calibd CMD: --device: ..." printed. */
 int cal_cli_devices(const char *cmd, const char *device, struct cal_devices *ret);
+
+/* Of two options that exclude each other, whose values are a (option
+ * --a_name) and b: 1 when exactly one is given; 0 when neither is, or
+ * when both are, with "calibd CMD: --A and --B exclude each other"
+ * printed. */
+int cal_cli_one_of(const char *cmd, const char *a, const char *a_name, const char *b,
+		   const char *b_name);
 
 /* The number s of the engine's option --name (samples, seq-len, seed,
  * max-gpu-mem, micro-batch, threads, ranks; common/parse.h's sizes) into

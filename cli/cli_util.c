@@ -1,8 +1,9 @@
 /*
- * cli_util.c — what the one-shot commands do the same way: report a
- * failure as "calibd CMD: message", parse --device and the numbers of a
- * job, end with the exit code of a status (cli.h; exit codes:
- * common/exit.h); and the one table of their long options.
+ * cli_util.c — what the one-shot commands do the same way: parse their
+ * options (storing the plain ones), report a failure as "calibd CMD:
+ * message", parse --device and the numbers of a job, end with the exit
+ * code of a status (cli.h; exit codes: common/exit.h); and the one table
+ * of their long options.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,14 +93,22 @@ static const struct {
 #undef ARG
 #undef FLAG
 
+/* The index in cli_options of the key of len bytes at key (the count when
+ * none). */
+static size_t key_index(const char *key, size_t len)
+{
+	size_t i = 0;
+	while (i < CAL_ARRAY_LEN(cli_options) &&
+	       (strlen(cli_options[i].key) != len || strncmp(cli_options[i].key, key, len)))
+		i++;
+	return i;
+}
+
 const struct option *cal_cli_options(const char *names, struct option lo[CAL_CLI_MAX_OPTS])
 {
 	size_t n = 0;
 	while (*names) {
-		size_t len = strcspn(names, " "), i = 0;
-		while (i < CAL_ARRAY_LEN(cli_options) &&
-		       (strlen(cli_options[i].key) != len || strncmp(cli_options[i].key, names, len)))
-			i++;
+		size_t len = strcspn(names, " "), i = key_index(names, len);
 		if (i == CAL_ARRAY_LEN(cli_options) || n + 2 >= CAL_CLI_MAX_OPTS) {
 			fprintf(stderr, "calibd: option '%.*s' not in the table or too many\n", (int)len, names);
 			abort();
@@ -112,8 +121,65 @@ const struct option *cal_cli_options(const char *names, struct option lo[CAL_CLI
 	return lo;
 }
 
+/* Whether option c of a command (long options lo) is the table's key. */
+static int is_key(const struct option *lo, int c, const char *key)
+{
+	size_t i = key_index(key, strlen(key));
+	if (i == CAL_ARRAY_LEN(cli_options) || cli_options[i].opt.val != c)
+		return 0;
+	for (; lo->name; lo++)
+		if (lo->val == c)
+			return !strcmp(lo->name, cli_options[i].opt.name);
+	return 0;
+}
+
+/* Stores option c's argument as a's set says: 1 when it does, 0 when c is
+ * not in the set, -1 for a bad value (reported). */
+static int cli_store(const struct cal_cli_args *a, int c)
+{
+	const struct cal_cli_set *s = a->set;
+	while (s && s->key && !is_key(a->lo, c, s->key))
+		s++;
+	if (!s || !s->key)
+		return 0;
+	if (s->job)
+		return cal_cli_job_number(a->cmd, s->key, optarg, s->job) < 0 ? -1 : 1;
+	if (s->str)
+		*s->str = optarg;
+	else
+		*s->flag = 1;
+	return 1;
+}
+
+int cal_cli_next(struct cal_cli_args *a)
+{
+	int c, r;
+	if (!a->started) {
+		optind = 1;
+		a->started = 1;
+	}
+	while ((c = getopt_long(a->argc, a->argv, a->shorts, a->lo, &a->li)) != -1) {
+		if ((r = cli_store(a, c)) <= 0)
+			return r < 0 ? CAL_CLI_BAD : c;
+	}
+	for (const struct cal_cli_set *s = a->set; s && s->key; s++)
+		if (s->need && !*s->str)
+			return '?';
+	return -1;
+}
+
+int cal_cli_parse(struct cal_cli_args *a, void (*usage)(FILE *), int operands)
+{
+	int c = cal_cli_next(a);
+	if (c != -1 || a->argc - optind != operands)
+		return cal_cli_usage(usage, c == -1 ? '?' : c);
+	return CAL_CLI_PARSED;
+}
+
 int cal_cli_usage(void (*usage)(FILE *), int c)
 {
+	if (c == CAL_CLI_BAD)
+		return CAL_EXIT_USAGE;
 	usage(c == 'h' ? stdout : stderr);
 	return c == 'h' ? CAL_EXIT_OK : CAL_EXIT_USAGE;
 }
@@ -141,6 +207,14 @@ int cal_cli_devices(const char *cmd, const char *device, struct cal_devices *ret
 	fprintf(stderr, "calibd %s: --device: %s\n", cmd, cal_error_msg(&err));
 	cal_error_clear(&err);
 	return CAL_EXIT_USAGE;
+}
+
+int cal_cli_one_of(const char *cmd, const char *a, const char *a_name, const char *b,
+		   const char *b_name)
+{
+	if (a && b)
+		fprintf(stderr, "calibd %s: --%s and --%s exclude each other\n", cmd, a_name, b_name);
+	return !a != !b;
 }
 
 /* The numeric options of the commands that run the engine, their ranges. */

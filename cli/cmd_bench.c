@@ -266,25 +266,22 @@ static void print_perf(const char *what, const struct cal_calib_perf *p, uint64_
 
 static int bench_calibrate(int argc, char **argv)
 {
-	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_RESOURCE_OPTIONS "model tokens seqs "
-						  "seq-len device recipe recipes-dir repeat "
-						  "no-profile json-file");
 	const char *model = NULL, *tokens = NULL, *device = NULL, *json_path = NULL;
 	const char *recipe = "general/ptq/nvfp4_experts_only-kv_fp8", *rdir = NULL;
 	uint64_t seqs = 512, seq_len = 512, max_mem = 0, mb = 0, threads = 0, reps = 1;
-	int profile = 1, c;
+	int no_profile = 0, c;
+	struct cal_cli_args ca = CAL_CLI_ARGS(
+		"bench calibrate", argc, argv, "h",
+		CAL_CLI_RESOURCE_OPTIONS "model tokens seqs seq-len device recipe recipes-dir "
+		"repeat no-profile json-file",
+		CAL_CLI_SETS(CAL_CLI_NEED("model", &model), CAL_CLI_STR("tokens", &tokens),
+			     CAL_CLI_STR("device", &device), CAL_CLI_STR("recipe", &recipe),
+			     CAL_CLI_STR("recipes-dir", &rdir), CAL_CLI_STR("json-file", &json_path),
+			     CAL_CLI_FLAG("no-profile", &no_profile)));
 
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+	while ((c = cal_cli_next(&ca)) != -1) {
 		uint64_t v = 0;
 		switch (c) {
-		case 'm': model = optarg; break;
-		case 't': tokens = optarg; break;
-		case 'D': device = optarg; break;
-		case 'r': recipe = optarg; break;
-		case 'd': rdir = optarg; break;
-		case 'j': json_path = optarg; break;
-		case 'P': profile = 0; break;
 		case 'n': case 'S': case 'M': case 'b': case 'T': case 'k':
 			if (cal_cli_parse_u64(optarg, &v) < 0 ||
 			    ((c == 'n' || c == 'S' || c == 'k') && (v < 1 || v > ((uint64_t)1 << 24)))) {
@@ -297,14 +294,14 @@ static int bench_calibrate(int argc, char **argv)
 		default: return cal_cli_usage(calib_usage, c);
 		}
 	}
-	if (!model || optind != argc)
+	if (optind != argc)
 		return cal_cli_usage(calib_usage, '?');
 	if (seqs * seq_len > CAL_CALIB_MAX_TOKENS) {
 		fprintf(stderr, "calibd bench calibrate: --seqs x --seq-len exceeds %llu tokens\n",
 			(unsigned long long)CAL_CALIB_MAX_TOKENS);
 		return CAL_EXIT_USAGE;
 	}
-	int repeat = (int)reps;
+	int repeat = (int)reps, profile = !no_profile;
 	struct cal_calib_opts o = {.cpu_threads = (unsigned)threads, .max_mem = max_mem,
 				   .micro_batch_tokens = mb};
 	struct cal_error err = {0};
@@ -437,7 +434,8 @@ done:
 
 int cal_cmd_bench(int argc, char **argv)
 {
-	const struct option *opts = CAL_CLI_OPTIONS("device mib iters threads");
+	struct cal_cli_args ca =
+		CAL_CLI_ARGS("bench", argc, argv, "h", "device mib iters threads", NULL);
 	struct cal_devices devices = {CAL_DEVICE_AUTO, 0, {0}};
 	struct cal_error err = {0};
 	int c, ordinal;
@@ -447,8 +445,7 @@ int cal_cmd_bench(int argc, char **argv)
 		return bench_calibrate(argc - 1, argv + 1);
 	if (argc > 1 && !strcmp(argv[1], "quantize"))
 		return cal_bench_quantize(argc - 1, argv + 1);
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+	while ((c = cal_cli_next(&ca)) != -1) {
 		switch (c) {
 		case 'D':
 			if (cal_cli_devices("bench", optarg, &devices) != CAL_EXIT_OK)

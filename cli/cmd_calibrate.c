@@ -86,38 +86,26 @@ static char *stats_with_calibration(const struct cal_calib *cal, const struct ca
 
 int cal_cmd_calibrate(int argc, char **argv)
 {
-	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_CALIB_OPTIONS CAL_CLI_RESOURCE_OPTIONS
-						  "stats-out pad-like-modelopt pad-id combine recipes-dir");
 	const char *out_path = NULL, *calib = NULL, *dsfile = NULL;
 	const char *device = "cpu";
 	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER};
 	struct progress pr = {isatty(2), 0};
-	int c, li;
+	struct cal_cli_args ca = CAL_CLI_ARGS(
+		"calibrate", argc, argv, "h",
+		CAL_CLI_CALIB_OPTIONS CAL_CLI_RESOURCE_OPTIONS
+		"stats-out pad-like-modelopt pad-id combine recipes-dir",
+		CAL_CLI_SETS(CAL_CLI_STR("model", &o.model_dir), CAL_CLI_STR("recipe", &o.recipe),
+			     CAL_CLI_STR("calib-tokens", &o.tokens), CAL_CLI_STR("calib", &calib),
+			     CAL_CLI_STR("datasets-file", &dsfile), CAL_CLI_STR("device", &device),
+			     CAL_CLI_STR("stats-out", &out_path),
+			     CAL_CLI_FLAG("pad-like-modelopt", &o.pad_like_modelopt),
+			     CAL_CLI_FLAG("per-expert-input-amax", &o.per_expert_input_amax),
+			     CAL_CLI_STR("recipes-dir", &o.recipe_opts.builtin_dir),
+			     CAL_CLI_FLAG("quiet", &pr.quiet), CAL_CLI_JOB_NUMBERS(&o)));
+	int c;
 	uint64_t v;
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", lo, &li)) != -1) {
+	while ((c = cal_cli_next(&ca)) != -1) {
 		switch (c) {
-		case 'm': o.model_dir = optarg; break;
-		case 'r': o.recipe = optarg; break;
-		case 't': o.tokens = optarg; break;
-		case 'C': calib = optarg; break;
-		case 'F': dsfile = optarg; break;
-		case 'n':
-		case 'S':
-		case 's':
-		case 'M':
-		case 'b':
-		case 'T':
-		case 'N':
-			if (cal_cli_job_number("calibrate", lo[li].name, optarg, &o) < 0)
-				return CAL_EXIT_USAGE;
-			break;
-		case 'D': device = optarg; break;
-		case 'o': out_path = optarg; break;
-		case 'A': o.pad_like_modelopt = 1; break;
-		case 'p': o.per_expert_input_amax = 1; break;
-		case 'd': o.recipe_opts.builtin_dir = optarg; break;
-		case 'q': pr.quiet = 1; break;
 		case 'P':
 			if (cal_cli_parse_u64(optarg, &v) < 0 || v > INT64_MAX) {
 				fprintf(stderr, "calibd calibrate: bad --pad-id '%s'\n", optarg);
@@ -149,11 +137,9 @@ int cal_cmd_calibrate(int argc, char **argv)
 		default: return cal_cli_usage(calibrate_usage, c);
 		}
 	}
-	if (!o.model_dir || !o.recipe || !o.tokens == !calib || optind != argc) {
-		if (o.tokens && calib)
-			fprintf(stderr, "calibd calibrate: --calib and --calib-tokens exclude each other\n");
+	if (!cal_cli_one_of("calibrate", calib, "calib", o.tokens, "calib-tokens") ||
+	    !o.model_dir || !o.recipe || optind != argc)
 		return cal_cli_usage(calibrate_usage, '?');
-	}
 	struct cal_error err = {0};
 	struct cal_cli_data data;
 	enum cal_status st;

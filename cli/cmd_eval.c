@@ -66,39 +66,27 @@ static void summary(const json_t *r)
 
 int cal_cmd_eval(int argc, char **argv)
 {
-	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_RESOURCE_OPTIONS "model quantized data "
-						  "data-tokens samples seq-len seed device out "
-						  "datasets-file quiet logits-out "
-						  "logits-orig-out layer-kl-positions");
 	const char *out_path = NULL, *data = NULL, *dsfile = NULL, *qdir = NULL, *device = "cpu";
 	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER, .recipe_yaml = eval_recipe,
 				 .recipe_display = "<eval>"};
 	struct cal_eval_opts eo = {0};
+	struct cal_error err = {0};
+	enum cal_status st;
 	int c, quiet = 0;
 	uint64_t v;
-	optind = 1;
-	int li;
-	while ((c = getopt_long(argc, argv, "h", lo, &li)) != -1) {
+	struct cal_cli_args ca = CAL_CLI_ARGS(
+		"eval", argc, argv, "h",
+		CAL_CLI_RESOURCE_OPTIONS "model quantized data data-tokens samples seq-len seed "
+		"device out datasets-file quiet logits-out logits-orig-out layer-kl-positions",
+		CAL_CLI_SETS(CAL_CLI_STR("model", &o.model_dir), CAL_CLI_STR("quantized", &qdir),
+			     CAL_CLI_STR("data", &data), CAL_CLI_STR("data-tokens", &o.tokens),
+			     CAL_CLI_STR("datasets-file", &dsfile), CAL_CLI_STR("device", &device),
+			     CAL_CLI_STR("out", &out_path),
+			     CAL_CLI_STR("logits-out", &eo.logits_out),
+			     CAL_CLI_STR("logits-orig-out", &eo.logits_orig_out),
+			     CAL_CLI_FLAG("quiet", &quiet), CAL_CLI_JOB_NUMBERS(&o)));
+	while ((c = cal_cli_next(&ca)) != -1) {
 		switch (c) {
-		case 'm': o.model_dir = optarg; break;
-		case 'Q': qdir = optarg; break;
-		case 'C': data = optarg; break;
-		case 't': o.tokens = optarg; break;
-		case 'F': dsfile = optarg; break;
-		case 'D': device = optarg; break;
-		case 'o': out_path = optarg; break;
-		case 'L': eo.logits_out = optarg; break;
-		case 'O': eo.logits_orig_out = optarg; break;
-		case 'q': quiet = 1; break;
-		case 'n':
-		case 'S':
-		case 's':
-		case 'b':
-		case 'M':
-		case 'T':
-			if (cal_cli_job_number("eval", lo[li].name, optarg, &o) < 0)
-				return CAL_EXIT_USAGE;
-			break;
 		case 'K':
 			if (cal_cli_parse_u64(optarg, &v) < 0) {
 				fprintf(stderr, "calibd eval: bad value '%s' for --layer-kl-positions\n",
@@ -110,16 +98,12 @@ int cal_cmd_eval(int argc, char **argv)
 		default: return cal_cli_usage(eval_usage, c);
 		}
 	}
-	if (!o.model_dir || !qdir || !o.tokens == !data || optind != argc) {
-		if (o.tokens && data)
-			fprintf(stderr, "calibd eval: --data and --data-tokens exclude each other\n");
+	if (!cal_cli_one_of("eval", data, "data", o.tokens, "data-tokens") || !o.model_dir ||
+	    !qdir || optind != argc)
 		return cal_cli_usage(eval_usage, '?');
-	}
 	if (data && !o.samples)
 		o.samples = 128;
-	struct cal_error err = {0};
 	struct cal_cli_data dd;
-	enum cal_status st;
 	int rc = cal_cli_job_data("eval", device, data, dsfile, &o, &dd, &st, &err);
 	if (rc != CAL_EXIT_OK)
 		return rc;

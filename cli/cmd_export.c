@@ -29,20 +29,19 @@ static void export_usage(FILE *o)
 
 int cal_cmd_export(int argc, char **argv)
 {
-	const struct option *opts = CAL_CLI_OPTIONS("model recipe stats out device div "
-						    "per-expert-input-amax shard-bytes");
-	const char *stats = NULL, *out = NULL, *dev = NULL;
+	const char *stats = NULL, *out = NULL, *dev = "cpu";
 	struct cal_job_opts jo = {0};
 	struct cal_error perr = {0};
+	struct cal_cli_args ca = CAL_CLI_ARGS(
+		"export", argc, argv, "m:r:s:o:D:v:pb:h",
+		"model recipe stats out device div per-expert-input-amax shard-bytes",
+		CAL_CLI_SETS(CAL_CLI_NEED("model", &jo.model_dir), CAL_CLI_NEED("recipe", &jo.recipe),
+			     CAL_CLI_NEED("stats", &stats), CAL_CLI_NEED("out", &out),
+			     CAL_CLI_STR("device", &dev),
+			     CAL_CLI_FLAG("per-expert-input-amax", &jo.per_expert_input_amax)));
 	int c;
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "m:r:s:o:D:v:pb:h", opts, NULL)) != -1) {
+	while ((c = cal_cli_next(&ca)) != -1) {
 		switch (c) {
-		case 'm': jo.model_dir = optarg; break;
-		case 'r': jo.recipe = optarg; break;
-		case 's': stats = optarg; break;
-		case 'o': out = optarg; break;
-		case 'D': dev = optarg; break;
 		case 'v':
 			if (!strcmp(optarg, "exact"))
 				jo.div = CAL_DIV_EXACT;
@@ -51,7 +50,6 @@ int cal_cmd_export(int argc, char **argv)
 			else
 				return cal_cli_usage(export_usage, '?');
 			break;
-		case 'p': jo.per_expert_input_amax = 1; break;
 		case 'b':
 			if (cal_parse_size("--shard-bytes", optarg, 0, UINT64_MAX, &jo.max_shard_bytes,
 					   &perr) < 0)
@@ -60,9 +58,9 @@ int cal_cmd_export(int argc, char **argv)
 		default: return cal_cli_usage(export_usage, c);
 		}
 	}
-	if (!jo.model_dir || !jo.recipe || !stats || !out || optind != argc)
+	if (optind != argc)
 		return cal_cli_usage(export_usage, '?');
-	int rc = cal_cli_devices("export", dev ? dev : "cpu", &jo.devices);
+	int rc = cal_cli_devices("export", dev, &jo.devices);
 	if (rc != CAL_EXIT_OK)
 		return rc;
 	struct cal_error err = {0};
@@ -93,22 +91,15 @@ static void verify_usage(FILE *o)
 
 int cal_cmd_verify(int argc, char **argv)
 {
-	const struct option *opts = CAL_CLI_OPTIONS("source json device");
-	const char *source = NULL, *dev = NULL;
-	int json = 0, c;
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "s:jD:h", opts, NULL)) != -1) {
-		switch (c) {
-		case 's': source = optarg; break;
-		case 'j': json = 1; break;
-		case 'D': dev = optarg; break;
-		default: return cal_cli_usage(verify_usage, c);
-		}
-	}
-	if (optind != argc - 1)
-		return cal_cli_usage(verify_usage, '?');
+	const char *source = NULL, *dev = "cpu";
+	int json = 0;
+	struct cal_cli_args ca = CAL_CLI_ARGS(
+		"verify", argc, argv, "s:jD:h", "source json device",
+		CAL_CLI_SETS(CAL_CLI_STR("source", &source), CAL_CLI_FLAG("json", &json),
+			     CAL_CLI_STR("device", &dev)));
+	CAL_CLI_PARSE_RET(&ca, verify_usage, 1);
 	struct cal_devices devices;
-	int rc = cal_cli_devices("verify", dev ? dev : "cpu", &devices);
+	int rc = cal_cli_devices("verify", dev, &devices);
 	if (rc != CAL_EXIT_OK)
 		return rc;
 	struct cal_error err = {0};

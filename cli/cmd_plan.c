@@ -25,21 +25,14 @@ static void plan_usage(FILE *o)
 
 int cal_cmd_plan(int argc, char **argv)
 {
-	const struct option *opts = CAL_CLI_OPTIONS("model recipe json recipes-dir");
 	struct cal_job_opts o = {0};
-	int json = 0, c;
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "m:r:jd:h", opts, NULL)) != -1) {
-		switch (c) {
-		case 'm': o.model_dir = optarg; break;
-		case 'r': o.recipe = optarg; break;
-		case 'j': json = 1; break;
-		case 'd': o.recipe_opts.builtin_dir = optarg; break;
-		default: return cal_cli_usage(plan_usage, c);
-		}
-	}
-	if (!o.model_dir || !o.recipe || optind != argc)
-		return cal_cli_usage(plan_usage, '?');
+	int json = 0;
+	struct cal_cli_args ca = CAL_CLI_ARGS(
+		"plan", argc, argv, "m:r:jd:h", "model recipe json recipes-dir",
+		CAL_CLI_SETS(CAL_CLI_NEED("model", &o.model_dir), CAL_CLI_NEED("recipe", &o.recipe),
+			     CAL_CLI_FLAG("json", &json),
+			     CAL_CLI_STR("recipes-dir", &o.recipe_opts.builtin_dir)));
+	CAL_CLI_PARSE_RET(&ca, plan_usage, 0);
 	struct cal_error err = {0};
 	struct cal_job *job = NULL;
 	char *out = NULL;

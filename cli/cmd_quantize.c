@@ -291,10 +291,6 @@ static int node_layout(struct cal_job_opts *jo, int nodes, int node_rank)
 
 int cal_cmd_quantize(int argc, char **argv)
 {
-	const struct option *lo = CAL_CLI_OPTIONS(CAL_CLI_CALIB_OPTIONS "qformat kv-cache-qformat out "
-						  "max-shard-size world rank-first rendezvous "
-						  "nodes node-rank comm-timeout div progress-fd "
-						  "json");
 	struct cal_quantize_opts o = {.cancel = &quantize_cancel};
 	struct cal_job_opts jo = {0};
 	const char *calib = NULL, *device = NULL, *qformat = NULL;
@@ -304,21 +300,22 @@ int cal_cmd_quantize(int argc, char **argv)
 	int json = 0, c, fd, n;
 	struct cal_error perr = {0};
 	int64_t v;
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+	struct cal_cli_args ca = CAL_CLI_ARGS(
+		"quantize", argc, argv, "h",
+		CAL_CLI_CALIB_OPTIONS "qformat kv-cache-qformat out max-shard-size world rank-first "
+		"rendezvous nodes node-rank comm-timeout div progress-fd json",
+		CAL_CLI_SETS(CAL_CLI_STR("model", &jo.model_dir), CAL_CLI_STR("recipe", &jo.recipe),
+			     CAL_CLI_STR("qformat", &qformat),
+			     CAL_CLI_STR("kv-cache-qformat", &jo.kv_cache_qformat),
+			     CAL_CLI_STR("calib", &calib),
+			     CAL_CLI_STR("calib-tokens", &jo.tokens), CAL_CLI_STR("out", &o.out_dir),
+			     CAL_CLI_STR("device", &device),
+			     CAL_CLI_FLAG("per-expert-input-amax", &jo.per_expert_input_amax),
+			     CAL_CLI_FLAG("json", &json), CAL_CLI_FLAG("quiet", &pr.quiet),
+			     CAL_CLI_STR("datasets-file", &datasets_file),
+			     CAL_CLI_STR("rendezvous", &jo.ranks.rendezvous)));
+	while ((c = cal_cli_next(&ca)) != -1) {
 		switch (c) {
-		case 'm': jo.model_dir = optarg; break;
-		case 'r': jo.recipe = optarg; break;
-		case 'Q': qformat = optarg; break;
-		case 'K': jo.kv_cache_qformat = optarg; break;
-		case 'C': calib = optarg; break;
-		case 't': jo.tokens = optarg; break;
-		case 'o': o.out_dir = optarg; break;
-		case 'D': device = optarg; break;
-		case 'p': jo.per_expert_input_amax = 1; break;
-		case 'j': json = 1; break;
-		case 'q': pr.quiet = 1; break;
-		case 'F': datasets_file = optarg; break;
 		case 'n':
 			if (parse_count("--samples", optarg, 1L << 24, &n) < 0)
 				return CAL_EXIT_USAGE;
@@ -363,7 +360,6 @@ int cal_cmd_quantize(int argc, char **argv)
 			else
 				jo.ranks.first = (unsigned)n;
 			break;
-		case 'Z': jo.ranks.rendezvous = optarg; break;
 		case 'O':
 			if (parse_count("--nodes", optarg, CAL_CALIB_MAX_RANKS, &nodes) < 0)
 				return CAL_EXIT_USAGE;
@@ -410,14 +406,10 @@ int cal_cmd_quantize(int argc, char **argv)
 		default: return cal_cli_usage(quantize_usage, c);
 		}
 	}
-	if (!jo.model_dir || !jo.recipe == !qformat || !o.out_dir || !calib == !jo.tokens ||
-	    optind != argc) {
-		if (calib && jo.tokens)
-			fprintf(stderr, "calibd quantize: --calib and --calib-tokens exclude each other\n");
-		if (jo.recipe && qformat)
-			fprintf(stderr, "calibd quantize: --recipe and --qformat exclude each other\n");
+	int one_data = cal_cli_one_of("quantize", calib, "calib", jo.tokens, "calib-tokens");
+	int one_recipe = cal_cli_one_of("quantize", jo.recipe, "recipe", qformat, "qformat");
+	if (!one_data || !one_recipe || !jo.model_dir || !o.out_dir || optind != argc)
 		return cal_cli_usage(quantize_usage, '?');
-	}
 	struct cal_error err = {0};
 	if (qformat) {
 		enum cal_status qs = cal_qformat_recipe(qformat, &jo.recipe, &err);

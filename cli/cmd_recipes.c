@@ -26,19 +26,12 @@ static void recipes_usage(FILE *o)
 
 int cal_cmd_recipes(int argc, char **argv)
 {
-	const struct option *opts = CAL_CLI_OPTIONS("recipes-dir json");
 	const char *dir = NULL;
-	int json = 0, c;
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "d:jh", opts, NULL)) != -1) {
-		switch (c) {
-		case 'd': dir = optarg; break;
-		case 'j': json = 1; break;
-		default: return cal_cli_usage(recipes_usage, c);
-		}
-	}
-	if (optind != argc)
-		return cal_cli_usage(recipes_usage, '?');
+	int json = 0;
+	struct cal_cli_args ca = CAL_CLI_ARGS(
+		"recipes", argc, argv, "d:jh", "recipes-dir json",
+		CAL_CLI_SETS(CAL_CLI_STR("recipes-dir", &dir), CAL_CLI_FLAG("json", &json)));
+	CAL_CLI_PARSE_RET(&ca, recipes_usage, 0);
 	if (!dir)
 		dir = cal_recipe_builtin_dir();
 	struct cal_error err = {0};

@@ -27,19 +27,11 @@ static void report_usage(FILE *o)
 
 int cal_cmd_report(int argc, char **argv)
 {
-	const struct option *lo = CAL_CLI_OPTIONS("html eval");
 	const char *html_path = NULL, *eval_path = NULL;
-	int c;
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
-		switch (c) {
-		case 'o': html_path = optarg; break;
-		case 'e': eval_path = optarg; break;
-		default: return cal_cli_usage(report_usage, c);
-		}
-	}
-	if (!html_path || optind + 1 != argc)
-		return cal_cli_usage(report_usage, '?');
+	struct cal_cli_args ca = CAL_CLI_ARGS(
+		"report", argc, argv, "h", "html eval",
+		CAL_CLI_SETS(CAL_CLI_NEED("html", &html_path), CAL_CLI_STR("eval", &eval_path)));
+	CAL_CLI_PARSE_RET(&ca, report_usage, 1);
 	const char *dir = argv[optind];
 	struct cal_error err = {0};
 	char *path = cal_path_join(dir, "calibd_report.json"), *text = NULL, *html = NULL;

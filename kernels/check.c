@@ -179,6 +179,20 @@ enum cal_status cal_check_block_quant(uint64_t rows, uint64_t cols, uint64_t blo
 	return CAL_OK;
 }
 
+enum cal_status cal_check_obs_items(uint64_t rows, uint64_t cols, uint64_t multiple,
+				    const void *x, const float *amax,
+				    const struct cal_nonfinite *nonfinite, struct cal_error *err)
+{
+	enum cal_status st;
+	if ((st = cal_check_shape(rows, cols, multiple, err)) < 0 ||
+	    (st = cal_check_ptr(nonfinite, "nonfinite", err)) < 0)
+		return st;
+	if (rows && cols && ((st = cal_check_ptr(x, "x", err)) < 0 ||
+			     (st = cal_check_ptr(amax, "amax", err)) < 0))
+		return st;
+	return CAL_OK;
+}
+
 enum cal_status cal_check_tokens(uint64_t t, uint32_t n_seq, struct cal_error *err)
 {
 	if (t > UINT32_MAX)

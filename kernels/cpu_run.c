@@ -1,7 +1,7 @@
 /*
  * cpu_run.c — drivers the CPU back ends of several ops share (internal.h):
- * an observer's per-thread partials, per-row f64 sums, and per-thread
- * scratch.
+ * an observer's per-thread partials (whole-tensor or per item), per-row
+ * f64 sums, INT8 rows, INT4 blocks, and per-thread scratch.
  */
 #include <stdlib.h>
 
@@ -42,6 +42,30 @@ enum cal_status cal_cpu_observe(struct cal_backend *be, uint64_t n_items, uint64
 		cal_nf_fold(nf, &r.nf[i]);
 	}
 	return CAL_OK;
+}
+
+/* A cal_obs_range_fn over items of a cal_obs_items: each item's max goes
+ * to its own amax, so *max_bits stays 0. */
+static void obs_items_range(const void *p, uint64_t begin, uint64_t end, uint32_t *max_bits,
+			    struct cal_nf_part *nf)
+{
+	const struct cal_obs_items *o = p;
+	(void)max_bits;
+	for (uint64_t t = begin; t < end; t++) {
+		uint32_t m = 0;
+		uint64_t i = t * o->item_step;
+		for (uint64_t k = 0; k < o->count; k++, i += o->elem_step)
+			cal_obs_elem(cal_abs_bits(o->dtype, o->x, i), o->index_base + i, &m, nf);
+		cal_amax_fold(&o->amax[t], m);
+	}
+}
+
+enum cal_status cal_cpu_observe_items(struct cal_backend *be, const struct cal_obs_items *o,
+				      uint64_t n_items, uint64_t min_items,
+				      struct cal_nonfinite *nf, struct cal_error *err)
+{
+	float none = 0.0f; /* the per-thread max_bits stay 0 */
+	return cal_cpu_observe(be, n_items, min_items, obs_items_range, o, &none, nf, err);
 }
 
 struct row_sums_run {
@@ -87,6 +111,28 @@ enum cal_status cal_cpu_int4_blocks(struct cal_backend *be, const void *args, ui
 {
 	struct int4_run r = {args, cols / 128, block};
 	return cal_cpu_parallel(be, rows / 2 * r.nb, 1024, int4_run_range, &r, err);
+}
+
+struct rows_run {
+	const void *args;
+	cal_row_fn row;
+};
+
+static void rows_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	const struct rows_run *r = p;
+	(void)slot;
+	for (uint64_t row = begin; row < end; row++)
+		r->row(r->args, row);
+}
+
+enum cal_status cal_cpu_rows(struct cal_backend *be, const void *args, uint64_t rows,
+			     uint64_t cols, cal_row_fn row, struct cal_error *err)
+{
+	struct rows_run r = {args, row};
+	if (!cols)
+		return CAL_OK;
+	return cal_cpu_parallel(be, rows, 1 + 65536 / cols, rows_range, &r, err);
 }
 
 enum cal_status cal_cpu_parallel_scratch(struct cal_backend *be, uint64_t n_items,

@@ -21,33 +21,22 @@ static float row_amax(const uint16_t *w, uint64_t n)
 	return m;
 }
 
-static void int8_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
+static void int8_row(const void *p, uint64_t r)
 {
 	const struct cal_int8_quant_args *a = p;
-	(void)slot;
-	for (uint64_t r = begin; r < end; r++) {
-		const uint16_t *w = a->w + r * a->cols;
-		float s = cal_int8_row_scale(row_amax(w, a->cols), a->div);
-		for (uint64_t k = 0; k < a->cols; k++)
-			a->q[r * a->cols + k] =
-				cal_int8_from_quotient(cal_fdiv(cal_nf_bf16_to_f32(w[k]), s));
-		a->scales[r] = s;
-	}
+	const uint16_t *w = a->w + r * a->cols;
+	float s = cal_int8_row_scale(row_amax(w, a->cols), a->div);
+	for (uint64_t k = 0; k < a->cols; k++)
+		a->q[r * a->cols + k] = cal_int8_from_quotient(cal_fdiv(cal_nf_bf16_to_f32(w[k]), s));
+	a->scales[r] = s;
 }
 
 CAL_CHECK_OP(int8_quant)
 {
-	enum cal_status st;
-	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
-		return st;
-	if (a->rows && a->cols && (st = CAL_CHECK_PTRS(a, err, w, q, scales)) < 0)
-		return st;
-	return CAL_OK;
+	return cal_check_block_quant(a->rows, a->cols, 1, a->w, a->q, "q", a->scales, err);
 }
 
 CAL_CPU_OP(int8_quant)
 {
-	if (!a->cols)
-		return CAL_OK;
-	return cal_cpu_parallel(be, a->rows, 1 + 65536 / a->cols, int8_range, (void *)a, err);
+	return cal_cpu_rows(be, a, a->rows, a->cols, int8_row, err);
 }

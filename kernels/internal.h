@@ -100,6 +100,11 @@ enum cal_status cal_check_int4_shape(uint64_t rows, uint64_t cols, struct cal_er
 enum cal_status cal_check_obs(enum cal_dtype dtype, uint64_t rows, uint64_t cols,
 			      const float *amax, const struct cal_nonfinite *nonfinite,
 			      struct cal_error *err);
+/* A per-item observer's arguments (amax_blocks, amax_cols): shape (cols %
+ * multiple == 0), nonfinite, and with rows and cols, x and amax. */
+enum cal_status cal_check_obs_items(uint64_t rows, uint64_t cols, uint64_t multiple,
+				    const void *x, const float *amax,
+				    const struct cal_nonfinite *nonfinite, struct cal_error *err);
 /* A sequence op's token count and packing: t <= 2^32-1 and, with t > 0,
  * n_seq > 0. */
 enum cal_status cal_check_tokens(uint64_t t, uint32_t n_seq, struct cal_error *err);
@@ -193,32 +198,6 @@ static inline void cal_nf_fold(struct cal_nonfinite *nf, const struct cal_nf_par
 		nf->first = p->first;
 }
 
-/* An observer whose amaxes are per item (blocks, columns): its range
- * function gets this context and leaves its non-finite report in
- * nf[slot]. */
-struct cal_obs_items {
-	const void *a; /* the op's arguments */
-	struct cal_nf_part nf[CAL_CPU_SLOTS_MAX];
-};
-
-/* cal_cpu_parallel of fn over n_items with c's non-finite partials cleared
- * first and folded into nf after. */
-static inline enum cal_status cal_cpu_observe_items(struct cal_backend *be, uint64_t n_items,
-						    uint64_t min_items, cal_cpu_range_fn fn,
-						    struct cal_obs_items *c,
-						    struct cal_nonfinite *nf, struct cal_error *err)
-{
-	unsigned k = cal_cpu_slots(be, n_items, min_items);
-	for (unsigned i = 0; i < k; i++)
-		c->nf[i] = (struct cal_nf_part){0, CAL_NONFINITE_NONE};
-	enum cal_status st = cal_cpu_parallel(be, n_items, min_items, fn, c, err);
-	if (st < 0)
-		return st;
-	for (unsigned i = 0; i < k; i++)
-		cal_nf_fold(nf, &c->nf[i]);
-	return CAL_OK;
-}
-
 /* ---- CPU drivers shared by the op files (kernels/cpu_run.c) ---- */
 
 /* The partial of a max|x| observer over its items [begin, end) of args:
@@ -233,6 +212,25 @@ typedef void (*cal_obs_range_fn)(const void *args, uint64_t begin, uint64_t end,
 enum cal_status cal_cpu_observe(struct cal_backend *be, uint64_t n_items, uint64_t min_items,
 				cal_obs_range_fn fn, const void *args, float *amax,
 				struct cal_nonfinite *nf, struct cal_error *err);
+
+/* A max|x| observer whose amaxes are per item (amax_blocks: blocks,
+ * amax_cols: columns): item t's elements are x[t * item_step + k *
+ * elem_step] for k < count, in that order; their max folds into amax[t]
+ * and non-finite ones into the report at index_base + flat index. */
+struct cal_obs_items {
+	enum cal_dtype dtype;
+	const void *x;
+	uint64_t index_base;
+	float *amax;
+	uint64_t item_step, elem_step, count;
+};
+
+/* Runs a per-item observer on the CPU threads (cal_cpu_parallel over
+ * n_items, min_items), the per-thread non-finite partials folded into *nf
+ * after. */
+enum cal_status cal_cpu_observe_items(struct cal_backend *be, const struct cal_obs_items *o,
+				      uint64_t n_items, uint64_t min_items,
+				      struct cal_nonfinite *nf, struct cal_error *err);
 
 /* Runs a per-row sums op on the CPU threads, one row per item: sums[2r],
  * sums[2r+1] are row r's sums of terms(args, r * cols + c) over its cols
@@ -259,6 +257,12 @@ enum cal_status cal_cpu_row_sums(struct cal_backend *be, const void *args, uint6
 typedef void (*cal_int4_block_fn)(const void *args, uint64_t pr, uint64_t b, uint64_t nb);
 enum cal_status cal_cpu_int4_blocks(struct cal_backend *be, const void *args, uint64_t rows,
 				    uint64_t cols, cal_int4_block_fn block, struct cal_error *err);
+
+/* Runs a per-row op (INT8, docs/numerics.md "INT8") on the CPU threads,
+ * row(args, r) for each row r of [rows, cols] (nothing when cols is 0). */
+typedef void (*cal_row_fn)(const void *args, uint64_t r);
+enum cal_status cal_cpu_rows(struct cal_backend *be, const void *args, uint64_t rows,
+			     uint64_t cols, cal_row_fn row, struct cal_error *err);
 
 /* cal_cpu_parallel(be, n_items, 1, fn, ctx) with per-thread scratch:
  * *scratch holds per_slot floats for each slot while fn runs (slot i's at

@@ -158,17 +158,6 @@ enum cal_status cal_qfmt_fp8_quantize(struct cal_backend *be, const struct cal_q
 	return cal_op_fp8_quant(be, &a, err);
 }
 
-enum cal_status cal_qfmt_fp8_dequantize(struct cal_backend *be, const void *packed,
-					const void *scales, uint64_t rows, uint64_t cols,
-					uint32_t block, float scale, enum cal_dtype out, void *y,
-					struct cal_error *err)
-{
-	(void)scales;
-	(void)block;
-	struct cal_fp8_dequant_args a = {packed, rows * cols, scale, out, y, NULL, 0, 0};
-	return cal_op_fp8_dequant(be, &a, err);
-}
-
 /* FP8 per channel (tile 0: a row) and 2-D blocks (tile x tile): the op
  * finds each tile's scale (into io->scales, F32) from the tile's amax. */
 static enum cal_status fp8_tiles_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
@@ -201,23 +190,27 @@ enum cal_status cal_qfmt_fp8_pb_quantize(struct cal_backend *be, const struct ca
 	return st < 0 ? st : cal_op_fp8_quant(be, &a, err);
 }
 
-/* MXFP8, MXFP4 and INT4 dequantize from values and block scales alone;
- * FP8 per channel and 2-D blocks from values and per-tile scales (tile 0:
- * per row).  DEQUANT(name, op, the op's arguments). */
+/* The dequantizers: FP8 per tensor from values and one scale; MXFP8,
+ * MXFP4 and INT4 from values and block scales alone; INT8 from values and
+ * per-row scales; FP8 per channel and 2-D blocks from values and per-tile
+ * scales (tile 0: per row).  DEQUANT(name, op, the op's arguments). */
 #define DEQUANT(name, op, ...)                                                             \
 	enum cal_status cal_qfmt_##name##_dequantize(                                      \
 		struct cal_backend *be, const void *packed, const void *scales,            \
 		uint64_t rows, uint64_t cols, uint32_t block, float scale,                 \
 		enum cal_dtype out, void *y, struct cal_error *err)                        \
 	{                                                                                  \
+		(void)scales;                                                              \
 		(void)block;                                                               \
 		(void)scale;                                                               \
 		struct cal_##op##_dequant_args a = {__VA_ARGS__};                          \
 		return cal_op_##op##_dequant(be, &a, err);                                 \
 	}
+DEQUANT(fp8, fp8, packed, rows * cols, scale, out, y, NULL, 0, 0)
 DEQUANT(mxfp8, mxfp8, packed, scales, rows, cols, out, y)
 DEQUANT(mxfp4, mxfp4, packed, scales, rows, cols, out, y)
 DEQUANT(int4, int4, packed, scales, rows, cols, out, y)
+DEQUANT(int8, int8, packed, scales, rows, cols, out, y)
 DEQUANT(fp8_pc, fp8, packed, rows * cols, 0.0f, out, y, scales, cols, 0)
 DEQUANT(fp8_pb, fp8, packed, rows * cols, 0.0f, out, y, scales, cols, block)
 #undef DEQUANT
@@ -255,13 +248,3 @@ enum cal_status cal_qfmt_int8_quantize(struct cal_backend *be, const struct cal_
 	return cal_op_int8_quant(be, &a, err);
 }
 
-enum cal_status cal_qfmt_int8_dequantize(struct cal_backend *be, const void *packed,
-					 const void *scales, uint64_t rows, uint64_t cols,
-					 uint32_t block, float scale, enum cal_dtype out, void *y,
-					 struct cal_error *err)
-{
-	(void)block;
-	(void)scale;
-	struct cal_int8_dequant_args a = {packed, scales, rows, cols, out, y};
-	return cal_op_int8_dequant(be, &a, err);
-}

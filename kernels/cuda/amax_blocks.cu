@@ -3,9 +3,10 @@
  * dim.  Aligned input: one lane per 16-byte vector, G = block/vector lanes
  * per block reduced with __shfl_xor_sync (loops advance whole warps), the
  * first lane of a group updates its block.  Unaligned input: one thread per
- * block, scalar loads.  Non-finite counts reduce per thread block.
+ * block, scalar loads (obs_items.cuh).  Non-finite counts reduce per thread
+ * block.
  */
-#include "common.cuh"
+#include "obs_items.cuh"
 
 template <bool BF16, int G>
 __global__ void __launch_bounds__(CAL_CUDA_THREADS)
@@ -37,27 +38,6 @@ blocks_vec_kernel(const void *x, uint64_t nvec, uint64_t base, float *amax,
 			if ((int)m > (int)__float_as_uint(*p))
 				*p = __uint_as_float(m);
 		}
-	}
-	cal_obs_flush_nonfinite(s, nf);
-}
-
-template <bool BF16>
-__global__ void __launch_bounds__(CAL_CUDA_THREADS)
-blocks_scalar_kernel(const void *x, uint64_t nb, unsigned bs, uint64_t base, float *amax,
-		     struct cal_nonfinite *nf)
-{
-	cal_obs s;
-	cal_obs_init(s);
-	uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
-	for (uint64_t b = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += stride) {
-		s.max_bits = 0;
-		for (uint64_t i = b * bs; i < (b + 1) * bs; i++) {
-			uint32_t a = BF16 ? ((uint32_t)((const uint16_t *)x)[i] << 16)
-					  : __float_as_uint(((const float *)x)[i]);
-			cal_obs_add(s, a & 0x7fffffffu, base + i);
-		}
-		if ((int)s.max_bits > (int)__float_as_uint(amax[b]))
-			amax[b] = __uint_as_float(s.max_bits);
 	}
 	cal_obs_flush_nonfinite(s, nf);
 }
@@ -97,14 +77,9 @@ CAL_CUDA_OP(amax_blocks)
 		else
 			launch_vec<false>(grid, s, a, nvec);
 	} else {
-		uint64_t nb = n / a->block;
-		unsigned grid = cal_cuda_grid(be, nb);
-		if (bf16)
-			blocks_scalar_kernel<true><<<grid, CAL_CUDA_THREADS, 0, s>>>(
-				a->x, nb, a->block, a->index_base, a->amax, a->nonfinite);
-		else
-			blocks_scalar_kernel<false><<<grid, CAL_CUDA_THREADS, 0, s>>>(
-				a->x, nb, a->block, a->index_base, a->amax, a->nonfinite);
+		cal_obs_items_dev o = {a->x, n / a->block, a->block, 1, a->block, a->index_base,
+				       a->amax, a->nonfinite};
+		cal_obs_items_launch(be, s, bf16, o);
 	}
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
