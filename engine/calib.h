@@ -229,6 +229,10 @@ void cal_calib_free(struct cal_calib *c);
  * 1 and *ret when known (calibrated, from weights, or a constant), 0 when
  * the quantizer is disabled, needs no amax, or saw no data. */
 int cal_calib_q_amax(const struct cal_calib *c, size_t q, float *ret);
+/* The calibrated bias of affine KV quantizer q (plan index): bf16
+ * [KV heads x head_dim] (*ret_n values) owned by the engine, or NULL (not
+ * affine, or its layer is not done).  docs/numerics.md "Affine KV cache". */
+const uint16_t *cal_calib_q_bias(const struct cal_calib *c, size_t q, uint64_t *ret_n);
 
 /* Per-expert statistics of MoE layer `layer` (NULL for dense layers):
  * arrays of num_experts entries owned by the engine. gu/down amax are

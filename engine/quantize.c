@@ -89,6 +89,10 @@ enum cal_status cal_quantize_layer_stats(const struct cal_plan *p, int per_exper
 		    !q->spec.enabled || !cal_calib_q_amax(c, i, &a))
 			continue;
 		CAL_TRY(cal_stats_set(stats, q->name, a, err));
+		uint64_t nb = 0;
+		const uint16_t *b = cal_calib_q_bias(c, i, &nb);
+		if (b)
+			CAL_TRY(cal_stats_set_bias(stats, q->name, b, nb, err));
 	}
 	const struct cal_calib_moe_stats *m = layer >= 0 ? cal_calib_moe(c, layer) : NULL;
 	if (!m)

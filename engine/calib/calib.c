@@ -263,6 +263,7 @@ static void free_run(struct cal_calib *c)
 	if (!c->be)
 		return;
 	cal_gptq_free_run(c);
+	cal_kv_free(c);
 	for (size_t i = 0; i < CAL_ARRAY_LEN(bufs); i++)
 		cal_be_free(c, bufs[i]);
 	cal_gdn_free(c);
@@ -311,7 +312,7 @@ void cal_calib_free(struct cal_calib *c)
 	if (c->moe && c->d)
 		for (int64_t L = 0; L < c->d->num_layers; L++)
 			CAL_FREE_ALL(c->moe[L].tokens, c->moe[L].gu, c->moe[L].down);
-	CAL_FREE_ALL(c->moe, c->l_amax, c->hr_amax, c->q_amax, c->q_has, c->inv_freq);
+	CAL_FREE_ALL(c->moe, c->l_amax, c->hr_amax, c->q_amax, c->q_has, c->inv_freq, c->kv_bias_host);
 	cal_ranks_free(c);
 	cal_backend_free(c->own_be);
 	cal_backend_free(c->host);
@@ -834,6 +835,7 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 	}
 	CAL_TRY(embed(c, ids, err));
 	CAL_TRY(alloc_run(c, err));
+	CAL_TRY(cal_kv_alloc(c, err));
 	if (c->nranks > 1)
 		CAL_TRY(cal_ep_alloc(c, err));
 	if (c->ev)
@@ -924,6 +926,7 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 		cal_prof(c, PH_READBACK);
 		CAL_TRY(cal_backend_sync(c->be, err));
 		CAL_TRY(cal_obs_read_back(c, L, err));
+		CAL_TRY(cal_kv_read_back(c, L, err));
 		CAL_TRY(cal_w_expert_amax_finish(c, L, err));
 		CAL_TRY(cal_w_fp8_amax_finish(c, err));
 		if (c->nranks > 1)

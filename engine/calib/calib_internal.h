@@ -282,6 +282,12 @@ struct cal_calib {
 	uint8_t *q_has;
 	float *hr_amax;                  /* [num_layers][n_slots] headroom amax; < 0: none */
 	int done_layers;
+	/* affine KV cache (kvcache.c): this layer's running K | V bias (back
+	 * end, bf16 [2, kd]), the forwards folded into it, every layer's final
+	 * bias (host, bf16 [num_layers][2][kd]) */
+	uint16_t *kv_bias;
+	uint64_t kv_fwd;
+	uint16_t *kv_bias_host;
 };
 
 /* The routed experts n_experts of this rank, first .. first + n - 1, on rows
@@ -588,6 +594,16 @@ static inline void cal_be_free(struct cal_calib *c, void *p)
 {
 	cal_backend_dealloc(c->be, p);
 }
+
+/* kvcache.c: Q/K/V rotation and the KV observers (affine: running bias) */
+enum cal_status cal_kv_alloc(struct cal_calib *c, struct cal_error *err);
+void cal_kv_free(struct cal_calib *c);
+/* Rotates Q, K, V of micro-batch mb as the plan says, then observes K and V
+ * (S_K / S_V: max|x|, or max|x - bias| for an affine cache). */
+enum cal_status cal_kv_observe(struct cal_calib *c, const struct cal_mb *mb,
+			       struct cal_error *err);
+/* After layer L: the affine bias to the host. */
+enum cal_status cal_kv_read_back(struct cal_calib *c, int32_t L, struct cal_error *err);
 
 /* stats.c: the observers of one layer (L < 0: the final norm) */
 enum cal_status cal_obs_reset(struct cal_calib *c, struct cal_error *err);

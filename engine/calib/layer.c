@@ -778,8 +778,7 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 		CAL_TRY(cal_op_rope(c->be, &rq, err));
 		CAL_TRY(cal_op_rope(c->be, &rk, err));
 	}
-	CAL_TRY(cal_layer_observe(c, c->kb, T, kd, mb->tok0, S_K, err));
-	CAL_TRY(cal_layer_observe(c, c->vb, T, kd, mb->tok0, S_V, err));
+	CAL_TRY(cal_kv_observe(c, mb, err)); /* rotation, K / V observers (kvcache.c) */
 	CAL_TRY(cal_layer_actq(c, L, EQ_K, -1, c->kb, T, kd, err));
 	CAL_TRY(cal_layer_actq(c, L, EQ_V, -1, c->vb, T, kd, err));
 	uint32_t window = d->layers[L].mixer == CAL_MIXER_SLIDING ? (uint32_t)d->sliding_window : 0;

@@ -310,6 +310,14 @@ json_t *cal_calib_stats(const struct cal_calib *c)
 			json_object_set_new(e, "amax", json_real(c->q_amax[i]));
 		else
 			json_object_set_new(e, "amax", json_null());
+		uint64_t nb = 0;
+		const uint16_t *b = cal_calib_q_bias(c, i, &nb);
+		if (b) { /* affine KV cache: the bias, bf16 values (docs/export.md) */
+			json_t *ba = json_array();
+			for (uint64_t k = 0; k < nb; k++)
+				json_array_append_new(ba, json_real(cal_bf16_to_f32(b[k])));
+			json_object_set_new(e, "bias", ba);
+		}
 		if (q->spec.use_constant_amax)
 			json_object_set_new(e, "constant", json_true());
 		json_object_set_new(qs, q->name, e);

@@ -73,6 +73,8 @@ struct xkv {
 	int32_t layer;
 	const struct cal_plan_q *k, *v;
 	float kscale, vscale;           /* from the statistics (cal_exporter_layer) */
+	const uint16_t *bias[2];        /* affine: K, V bias bf16 [H_kv * head_dim], owned by
+					 * the statistics (cal_exporter_layer) */
 };
 
 /* Per-module quantization config of hf_quant_config (plan order). */

@@ -220,13 +220,20 @@ fail:
 }
 
 /* A small value copied into the slot. */
+/* A copy of n bytes at src in the slot, as tensor name.suffix. */
+static enum cal_status slot_copy(struct cal_exporter *ex, const char *name, const char *suffix,
+				 const void *src, uint64_t n, struct cal_error *err)
+{
+	void *d;
+	CAL_TRY_RET(slot_reserve(ex, n, &d, err));
+	memcpy(d, src, n);
+	return slot_item(ex, name, suffix, d, n, NULL, err);
+}
+
 static enum cal_status slot_scalar(struct cal_exporter *ex, const char *name, const char *suffix,
 				   float v, struct cal_error *err)
 {
-	void *d;
-	CAL_TRY_RET(slot_reserve(ex, 4, &d, err));
-	memcpy(d, &v, 4);
-	return slot_item(ex, name, suffix, d, 4, NULL, err);
+	return slot_copy(ex, name, suffix, &v, 4, err);
 }
 
 /* Tensor `suffix` of x (data in the slot or the source).  gpt_oss BMM
@@ -716,6 +723,11 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			CAL_TRY_RET(slot_scalar(ex, k->attn, "k_proj.k_scale", k->kscale, err));
 		if (k->v)
 			CAL_TRY_RET(slot_scalar(ex, k->attn, "v_proj.v_scale", k->vscale, err));
+		uint64_t nb = (uint64_t)(ex->d->num_kv_heads * ex->d->head_dim) * 2;
+		for (int v = 0; v < 2; v++)
+			if (k->bias[v])
+				CAL_TRY_RET(slot_copy(ex, k->attn, v ? "v_proj.v_bias" : "k_proj.k_bias",
+						      k->bias[v], nb, err));
 	}
 	for (size_t i = 0; ex->xp.rank == 0 && i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];

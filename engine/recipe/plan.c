@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "kernels/ops.h"
 
 
 const char *cal_qrole_name(enum cal_qrole r)
@@ -443,6 +444,10 @@ static int qattr_eq(const struct cal_qattr *a, const struct cal_qattr *b)
 	    a->fake_quant != b->fake_quant || a->is_unsigned != b->is_unsigned ||
 	    a->narrow_range != b->narrow_range || a->learn_amax != b->learn_amax ||
 	    a->has_bias != b->has_bias || a->rotate != b->rotate ||
+	    a->n_bias_axis != b->n_bias_axis || a->bias_dynamic != b->bias_dynamic ||
+	    a->bias_max_min != b->bias_max_min || a->rotate_block != b->rotate_block ||
+	    a->rotate_back != b->rotate_back ||
+	    memcmp(a->bias_axis, b->bias_axis, sizeof(a->bias_axis)) ||
 	    a->pass_through_bwd != b->pass_through_bwd ||
 	    a->use_constant_amax != b->use_constant_amax ||
 	    a->has_constant_amax != b->has_constant_amax ||
@@ -662,10 +667,28 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	if (q->n_attr > 1)
 		return unsupported(err, r, q, "sequential quantizers (a cfg list, e.g. W4A8) are not "
 				   "implemented");
-	if (a->has_bias)
-		return unsupported(err, r, q, "affine quantization (bias) is not implemented");
-	if (a->rotate)
-		return unsupported(err, r, q, "rotation is not implemented");
+	int kv = q->role == CAL_QROLE_K_BMM || q->role == CAL_QROLE_V_BMM;
+	if (a->has_bias && !kv)
+		return unsupported(err, r, q, "affine quantization (bias) is implemented for the "
+				   "KV cache (k_bmm / v_bmm) only");
+	if (a->has_bias) {
+		int axes = 0; /* the bias keeps heads (-3) and channels (-1): {-2, -4} reduced */
+		for (int i = 0; i < a->n_bias_axis; i++)
+			axes |= a->bias_axis[i] == -2 ? 1 : a->bias_axis[i] == -4 ? 2 : 4;
+		if (axes != 3 || a->bias_dynamic || a->bias_max_min)
+			return unsupported(err, r, q, "affine KV cache is implemented with the static "
+					   "mean bias per KV head and channel only (bias: {-2: null, "
+					   "-4: null, type: static})");
+		if (a->use_constant_amax)
+			return unsupported(err, r, q, "an affine KV cache with use_constant_amax is "
+					   "not implemented");
+	}
+	if (a->rotate && q->role != CAL_QROLE_K_BMM && q->role != CAL_QROLE_V_BMM)
+		return unsupported(err, r, q, "rotation is implemented for the attention bmm "
+				   "quantizers (q/k/v_bmm) only");
+	if (a->rotate && a->rotate_back)
+		return unsupported(err, r, q, "rotate mode rotate_back (fake quantization only) is "
+				   "not implemented");
 	if (a->is_unsigned || a->narrow_range)
 		return unsupported(err, r, q, "unsigned / narrow-range quantization is not implemented");
 	if (a->calibrator && strcmp(a->calibrator, "max"))
@@ -722,8 +745,8 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	s->use_constant_amax = a->use_constant_amax;
 	s->has_constant_amax = a->has_constant_amax;
 	s->constant_amax = a->constant_amax;
+	s->affine = a->has_bias;
 	/* role restrictions: the format must serve the role, then the role's own */
-	int kv = q->role == CAL_QROLE_K_BMM || q->role == CAL_QROLE_V_BMM;
 	if (q->role == CAL_QROLE_INPUT && !(f->roles & CAL_QFMT_ROLE_INPUT)) {
 		snprintf(why, sizeof(why), "%s activation quantization is not implemented", f->title);
 		return unsupported(err, r, q, why);
@@ -737,6 +760,45 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	if (refused)
 		return unsupported(err, r, q, refused);
 	s->calibrate = f->calibrate && !s->has_constant_amax && !s->use_constant_amax;
+	return CAL_OK;
+}
+
+/* The Hadamard rotation of Q, K and V (sum.rot_block): one block size per
+ * role over the model, on the attention of every layer that has one; a
+ * rotated disabled q_bmm still rotates (modelopt rotates before it looks
+ * at enable).  MLA and models whose head_dim has no power-of-two divisor
+ * >= 2 are refused. */
+static enum cal_status kv_rotation(struct cal_error *err, struct cal_plan *p)
+{
+	const struct cal_recipe *r = p->recipe;
+	const struct cal_model_desc *d = p->model;
+	if (p->sum.kv_affine && d->attn == CAL_ATTN_MLA)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: an affine KV cache on MLA "
+				     "attention is not implemented", r->source);
+	for (size_t i = 0; i < p->n_q; i++) {
+		const struct cal_plan_q *q = &p->q[i];
+		int k = q->role == CAL_QROLE_Q_BMM ? 0 : q->role == CAL_QROLE_K_BMM ? 1
+		      : q->role == CAL_QROLE_V_BMM ? 2 : -1;
+		if (k < 0 || !q->attr || !q->attr->rotate)
+			continue;
+		int64_t hd = d->head_dim, b = q->attr->rotate_block ? q->attr->rotate_block
+								   : (hd & -hd);
+		if (q->attr->rotate_back)
+			return unsupported(err, r, q, "rotate mode rotate_back (fake quantization "
+					   "only) is not implemented");
+		if (d->attn == CAL_ATTN_MLA)
+			return unsupported(err, r, q, "rotation of MLA keys is not implemented");
+		if (b < 2 || b > CAL_HADAMARD_MAX_BLOCK || hd % b)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
+					     "%s: rotation block %lld does not divide head_dim %lld "
+					     "(or is not in [2, %u])", q->name, (long long)b,
+					     (long long)hd, CAL_HADAMARD_MAX_BLOCK);
+		if (p->sum.rot_block[k] && p->sum.rot_block[k] != (uint32_t)b)
+			return cal_error_set(err, CAL_ERR_INVALID, "%s: rotation block %lld differs "
+					     "from other layers' %u", q->name, (long long)b,
+					     p->sum.rot_block[k]);
+		p->sum.rot_block[k] = (uint32_t)b;
+	}
 	return CAL_OK;
 }
 
@@ -1041,15 +1103,20 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 			p->sum.kv_fmt = f;
 			p->sum.kv_cast = cast;
 			kv_seen = 1;
-		} else if (f != p->sum.kv_fmt || cast != p->sum.kv_cast) {
+			p->sum.kv_affine = q->spec.enabled && q->spec.affine;
+		} else if (f != p->sum.kv_fmt || cast != p->sum.kv_cast ||
+			   (q->spec.enabled && q->spec.affine) != p->sum.kv_affine) {
 			st = cal_error_set(err, CAL_ERR_INVALID,
-					   "%s: KV-cache quantizers disagree (%s is %s%s, others %s%s); "
+					   "%s: KV-cache quantizers disagree (%s is %s%s%s, others %s%s%s); "
 					   "the checkpoint declares one KV-cache format",
 					   r->source, q->name, cal_qfmt_name(f), cast ? " cast" : "",
-					   cal_qfmt_name(p->sum.kv_fmt), p->sum.kv_cast ? " cast" : "");
+					   q->spec.affine ? " affine" : "", cal_qfmt_name(p->sum.kv_fmt),
+					   p->sum.kv_cast ? " cast" : "", p->sum.kv_affine ? " affine" : "");
 			goto fail;
 		}
 	}
+
+	CAL_TRY(kv_rotation(err, p));
 
 	/* algorithm vs formats */
 	for (size_t i = 0; i < p->n_q; i++) {

@@ -434,8 +434,9 @@ char *cal_plan_json(const struct cal_plan *p, const char *recipe_name)
 	json_object_set_new(root, "entries", ents);
 	ents = NULL;
 	char kv[32];
-	snprintf(kv, sizeof(kv), "%s%s", cal_qfmt_name(p->sum.kv_fmt),
-		 p->sum.kv_cast ? "_cast" : "");
+	snprintf(kv, sizeof(kv), "%s%s%s%s", cal_qfmt_name(p->sum.kv_fmt),
+		 p->sum.kv_cast ? "_cast" : "", p->sum.kv_affine ? "_affine" : "",
+		 p->sum.rot_block[1] ? "_rotate" : "");
 	json_object_set_new(root, "summary",
 			    json_pack("{s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:s}", "params",
 				      (json_int_t)p->sum.params, "quantized_params",

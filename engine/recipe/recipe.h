@@ -60,7 +60,13 @@ struct cal_qattr {
 	int learn_amax;             /* 0 */
 	char *calibrator;           /* "max" */
 	int has_bias;               /* bias given (affine) */
-	int rotate;                 /* rotate true or a rotate mapping */
+	int n_bias_axis;            /* its integer keys: the axes kept (docs/numerics.md) */
+	int64_t bias_axis[8];
+	int bias_dynamic;           /* bias.type == dynamic (default static) */
+	int bias_max_min;           /* bias.method == max_min (default mean) */
+	int rotate;                 /* rotate true, or a rotate mapping with enable true */
+	int64_t rotate_block;       /* rotate.block_size, 0: automatic */
+	int rotate_back;            /* rotate.mode == rotate_back */
 	int pass_through_bwd;       /* 1 */
 	char *trt_high_precision_dtype; /* "Float" */
 	char *backend;              /* NULL */

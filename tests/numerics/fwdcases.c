@@ -254,6 +254,23 @@ int fwdcase_rope(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t
 	return fdone(&c);
 }
 
+int fwdcase_hadamard(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed;
+	uint32_t block = 1u << (seed % 9); /* 1 .. 256 */
+	uint64_t cols = (units % 4 + 1) * block;
+	fctx_init(&c, env, "hadamard", rows, units, seed);
+	uint16_t *x = bf_rand(rows * cols, 2.0f, &s);
+	struct fbuf *bx = fnew(&c, rows * cols * 2, x);
+	struct cal_hadamard_args aa = {bx->a, rows, cols, block};
+	struct cal_hadamard_args ab = {bx->b, rows, cols, block};
+	FRUN(&c, hadamard, aa, ab);
+	fcheck(&c, bx, 0, -1, 0, 0, "x"); /* the same fp32 butterfly: exact */
+	free(x);
+	return fdone(&c);
+}
+
 int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
 {
 	struct fctx c;

@@ -414,6 +414,24 @@ struct qformat_case {
 	void (*more)(const char *root, const char *dst, const char *src, const char *tok);
 };
 
+/* --kv-cache-qformat nvfp4_affine over --qformat nvfp4 (docs/recipes.md
+ * "KV-cache formats"): NVFP4_AFFINE with BF16 [1, H_kv, 1, head_dim] k/v
+ * biases; an unknown name is refused naming the choices, nothing written. */
+static void kv_affine_more(const char *root, const char *dst, const char *src, const char *tok)
+{
+	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
+	cr_assert(strstr(cfg, "\"kv_cache_quant_algo\": \"NVFP4_AFFINE\""), "%s", cfg);
+	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8;
+	cr_assert(strstr(hdr, "\"model.layers.1.self_attn.k_proj.k_bias\":{\"dtype\":\"BF16\","
+			 "\"shape\":[1,2,1,16]"), "%.400s", hdr);
+	char *errf = path2(root, "stderr"), *d2 = path2(root, "out2");
+	int rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --kv-cache-qformat fp4 "
+		     "--calib-tokens %s --out %s --device cpu", src, tok, d2);
+	char *e = expect_exit(rc, 3, errf);
+	cr_assert(strstr(e, "unknown kv_cache_qformat 'fp4'") && strstr(e, "nvfp4_rotate"), "%s", e);
+	cr_assert(!cal_test_exists(d2));
+}
+
 /* int4_awq's report has the search's alphas; bad awq_lite options and
  * formats are refused naming them. */
 static void int4_awq_more(const char *root, const char *dst, const char *src, const char *tok)
@@ -516,6 +534,10 @@ static const struct qformat_case qformat_cases[] = {
 	 * no linear keeps a pre_quant_scale */
 	{"qwen3", "mha", "nvfp4_awq", "NVFP4_AWQ",
 	 "model.layers.0.self_attn.o_proj.input_scale !pre_quant_scale", NULL},
+	/* an affine NVFP4 KV cache layered over --qformat nvfp4 */
+	{"llama", "default", "nvfp4 --kv-cache-qformat nvfp4_affine", "NVFP4",
+	 "model.layers.1.self_attn.k_proj.k_bias model.layers.0.self_attn.v_proj.v_bias",
+	 kv_affine_more},
 };
 
 /* The parameters are indices into qformat_cases: the test runs in a new

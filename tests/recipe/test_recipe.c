@@ -20,6 +20,7 @@
 #include "engine/recipe/ytree.h"
 #include "engine/model/model.h"
 #include "engine/recipe/plan.h"
+#include "engine/recipe/qformat.h"
 #include "engine/recipe/recipe.h"
 
 static int have_modelopt(void)
@@ -1068,4 +1069,91 @@ Test(plan, fp8_channel_block_and_w4a8)
 				   "type: dynamic, block_sizes: {-1: null}}}\n",
 		   CAL_ERR_UNSUPPORTED, "FP8 weights with FP8 per-channel/per-token inputs");
 #undef FP8H
+}
+
+/* The KV-cache units of hf_ptq's --kv_cache_qformat (docs/recipes.md
+ * "KV-cache formats"): affine and rotated plans, the kv_cache_qformat
+ * layering over a recipe, and what stays refused around them. */
+Test(plan, kv_affine_rotate_and_kv_qformat)
+{
+	struct cal_model_desc *d = model(qwen3_moe);
+	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_affine");
+	struct cal_plan *p = plan_of(d, r);
+	const struct cal_plan_q *k = cal_plan_find(p, "model.layers.1.self_attn.k_bmm_quantizer");
+	cr_assert(k && k->spec.enabled && k->spec.affine && k->spec.fmt == CAL_QFMT_NVFP4);
+	cr_assert(p->sum.kv_affine && !p->sum.rot_block[0] && !p->sum.rot_block[1]);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+
+	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_rotate");
+	p = plan_of(d, r);
+	/* head_dim 16: one block of 16; Q rotates with its quantizer off, V not */
+	cr_assert(!p->sum.kv_affine && p->sum.rot_block[0] == 16 && p->sum.rot_block[1] == 16 &&
+		  p->sum.rot_block[2] == 0);
+	cr_assert(!cal_plan_find(p, "model.layers.0.self_attn.q_bmm_quantizer")->spec.enabled);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+
+	/* --kv-cache-qformat over a recipe: the last unit wins */
+	static const struct {
+		const char *kv;
+		enum cal_qfmt fmt;
+		int cast, affine, rot;
+	} kvs[] = {
+		{"fp8_affine", CAL_QFMT_FP8, 0, 1, 0}, {"nvfp4_rotate", CAL_QFMT_NVFP4, 0, 0, 16},
+		{"nvfp4_cast", CAL_QFMT_NVFP4, 1, 0, 0}, {"none", CAL_QFMT_NONE, 0, 0, 0},
+		{"fp8", CAL_QFMT_FP8, 0, 0, 0},
+	};
+	struct cal_recipe_opts o = {.builtin_dir = CAL_TEST_RECIPES_DIR, .no_filesystem = 1};
+	for (size_t i = 0; i < sizeof(kvs) / sizeof(kvs[0]); i++) {
+		struct cal_error err = {0};
+		r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_fp8_cast");
+		cr_assert_eq(cal_kv_qformat_apply(r, kvs[i].kv, &o, &err), CAL_OK, "%s: %s", kvs[i].kv,
+			     cal_error_msg(&err));
+		p = plan_of(d, r);
+		cr_assert(p->sum.kv_fmt == kvs[i].fmt && p->sum.kv_cast == kvs[i].cast &&
+			  p->sum.kv_affine == kvs[i].affine && p->sum.rot_block[1] == (uint32_t)kvs[i].rot,
+			  "%s: %s", kvs[i].kv, cal_qfmt_name(p->sum.kv_fmt));
+		cal_plan_free(p);
+		cal_recipe_free(r);
+	}
+	struct cal_error err = {0};
+	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_fp8_cast");
+	cr_assert_eq(cal_kv_qformat_apply(r, "fp16", &o, &err), CAL_ERR_NOTFOUND);
+	cr_assert(strstr(cal_error_msg(&err), "nvfp4_rotate"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+
+	/* refused: MLA, bias off the KV cache, other bias kinds, rotate_back */
+	d = model(deepseek);
+	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_affine");
+	cr_assert_eq(cal_plan_build(d, r, &p, &err), CAL_ERR_UNSUPPORTED);
+	cr_assert(strstr(cal_error_msg(&err), "MLA"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+#define KVH "imports: {fp8: configs/numerics/fp8}\n" \
+	"metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n" \
+	"    - {quantizer_name: '*', enable: false}\n"
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*o_proj.input_quantizer', "
+				  "cfg: {$import: fp8, bias: {-2: null, -4: null}}}\n",
+		   CAL_ERR_UNSUPPORTED, "for the KV cache (k_bmm / v_bmm) only");
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*[kv]_bmm_quantizer', "
+				  "cfg: {$import: fp8, bias: {-1: null, type: static}}}\n",
+		   CAL_ERR_UNSUPPORTED, "static mean bias per KV head and channel");
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*[kv]_bmm_quantizer', "
+				  "cfg: {$import: fp8, bias: {-2: null, -4: null, type: dynamic}}}\n",
+		   CAL_ERR_UNSUPPORTED, "static mean bias per KV head and channel");
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*k_bmm_quantizer', "
+				  "cfg: {$import: fp8, rotate: {enable: true, mode: rotate_back}}}\n",
+		   CAL_ERR_UNSUPPORTED, "rotate_back");
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*[kv]_bmm_quantizer', "
+				  "cfg: {$import: fp8, rotate: {enable: true, block_size: 32}}}\n",
+		   CAL_ERR_UNSUPPORTED, "does not divide head_dim 16");
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*k_bmm_quantizer', "
+				  "cfg: {$import: fp8, bias: {-2: null, -4: null}}}\n"
+				  "    - {quantizer_name: '*v_bmm_quantizer', cfg: {$import: fp8}}\n",
+		   CAL_ERR_INVALID, "KV-cache quantizers disagree");
+#undef KVH
 }
