@@ -825,7 +825,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 	cal_export_pipe_free(ex); /* joins the threads before the writer goes */
 	cal_st_writer_free(ex->w);
 	for (size_t i = 0; i < ex->n_lin; i++)
-		CAL_FREE_ALL(ex->lin[i].name, ex->lin[i].gw, ex->lin[i].pqs);
+		CAL_FREE_ALL(ex->lin[i].name, ex->lin[i].gw, ex->lin[i].pqs, ex->lin[i].bamax);
 	for (size_t i = 0; i < ex->n_cp; i++)
 		CAL_FREE_ALL(ex->cp[i].name, ex->cp[i].data);
 	for (size_t i = 0; i < ex->n_kv; i++)

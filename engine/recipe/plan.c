@@ -810,6 +810,11 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 		    wq->spec.fmt != CAL_QFMT_NVFP4)
 			return unsupported(err, r, wq, "awq_lite is implemented for INT4 block and "
 					   "NVFP4 weights only (docs/awq.md)");
+		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && p->recipe->algo.awq_clip &&
+		    (wq->spec.fmt != CAL_QFMT_INT4_BLOCK || wq->spec.block != 128))
+			return unsupported(err, r, wq, "awq_full is implemented for INT4 weights in "
+					   "blocks of 128 only: NVFP4's per-tensor clip search is not "
+					   "(docs/awq.md \"awq_full\")");
 		if (p->recipe->algo.method == CAL_CALIB_SMOOTHQUANT &&
 		    (wq->spec.fmt != CAL_QFMT_INT8 || !iq || !iq->spec.enabled ||
 		     ifmt != CAL_QFMT_INT8))
@@ -953,7 +958,7 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	if (r->algo.method == CAL_CALIB_OTHER) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				   "%s: algorithm '%s' is not implemented (calibd runs max, mse, "
-				   "nvfp4_act_headroom, gptq, awq_lite, smoothquant and none)", r->source,
+				   "nvfp4_act_headroom, gptq, awq_lite, awq_full, smoothquant and none)", r->source,
 				   r->algo.name);
 		goto fail;
 	}
@@ -961,8 +966,8 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 		goto fail;
 	if (r->algo.method == CAL_CALIB_AWQ_LITE && (r->algo.layerwise ||
 						    r->algo.has_moe_calib_experts_ratio)) {
-		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm awq_lite: option %s is "
-				   "not implemented (docs/awq.md)", r->source,
+		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm %s: option %s is "
+				   "not implemented (docs/awq.md)", r->source, r->algo.name,
 				   r->algo.layerwise ? "layerwise" : "moe_calib_experts_ratio");
 		goto fail;
 	}

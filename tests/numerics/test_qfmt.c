@@ -159,7 +159,7 @@ static uint64_t run_row(struct cal_backend *be, const struct cal_qfmt_info *f)
 		cr_assert_eq(cal_backend_alloc(be, sizeof(struct cal_nonfinite), &dnf, &err), CAL_OK);
 	}
 	struct cal_qfmt_io io = {dw, ROWS, COLS, f->block, amax, 0.0f, CAL_DIV_RECIP, 0, 0,
-				 dba, dnf, dq, ds, NULL};
+				 dba, dnf, dq, ds, NULL, 0};
 	if (f->tensor_scale_of)
 		io.scale = f->tensor_scale_of(amax, CAL_DIV_RECIP);
 	cr_assert_eq(f->quantize(be, &io, &err), CAL_OK, "%s: %s", f->name, cal_error_msg(&err));
