@@ -52,16 +52,17 @@ static void block_amax(const uint16_t *w, uint64_t n, uint64_t blk, float *amax)
 	}
 }
 
-/* INT4 (narrow range, +-7) fake quantization of one 128-block with amax
- * `amax`, in place (bf16 in and out, fp32 inside); values beyond amax clamp
- * to +-7 (awq_clip's clipped amax). */
+/* INT4 fake quantization of one 128-block with amax `amax`, in place (bf16
+ * in and out, fp32 inside): scale 7 / amax, codes clamped to [-8, 7]
+ * (modelopt's default, narrow_range false; only a clipped amax, awq_clip's,
+ * reaches -8). */
 static void int4_block_at(uint16_t *v, float amax)
 {
 	float sc = 7.0f / amax;
 	int zero = amax <= 1.0f / 16777216.0f;
 	for (int k = 0; k < 128; k++) {
 		float q = zero ? 0.0f : cal_rint(bf(v[k]) * sc);
-		q = q < -7.0f ? -7.0f : q > 7.0f ? 7.0f : q;
+		q = q < -8.0f ? -8.0f : q > 7.0f ? 7.0f : q;
 		v[k] = tobf(q / (zero ? 1.0f : sc));
 	}
 }

@@ -503,6 +503,43 @@ Test(smoothquant, bad_input_and_dead_channels)
 	cr_assert_eq(pq[2], cal_nf_f32_to_bf16(0.5f));
 }
 
+/* awq_full's clip step (docs/awq.md "awq_full") after the fingerprint's
+ * awq_lite: the ratios and the block amax before the clip must be
+ * modelopt's; amax (in: the folded weight's block amax) becomes the clipped
+ * block amax, which awq_one compares with the fingerprint's weight amax. */
+static void awq_clip_diff(struct cal_backend *be, const char *path, json_t *clip,
+			  const struct lin *l, uint64_t batch, const uint16_t *pqs,
+			  const uint16_t *w, float *amax)
+{
+	struct cal_error err = {0};
+	uint64_t nb = l->rows * l->cols / 128, clipped = 0;
+	struct cal_awq_clip_opts co = {
+		(uint64_t)json_integer_value(json_object_get(clip, "max_tokens_per_batch")),
+		json_real_value(json_object_get(clip, "min_clip_ratio")),
+		json_real_value(json_object_get(clip, "shrink_step"))};
+	float ratios[CAL_AWQ_MAX_RATIOS], *wa_mo = malloc(nb * 4);
+	unsigned nr = cal_awq_clip_ratios(co.min_ratio, co.step, ratios), i = 0;
+	json_t *mr = json_object_get(clip, "ratios"), *v;
+	size_t k;
+	/* modelopt's ratios are dict keys: a repeated 1.0 appears once */
+	cr_assert(json_array_size(mr) == nr || (json_array_size(mr) + 1 == nr &&
+						ratios[nr - 2] == 1.0f), "%s: %u clip ratios, "
+		  "modelopt %zu", path, nr, json_array_size(mr));
+	json_array_foreach(mr, k, v)
+		cr_assert_eq(ratios[i++], (float)json_real_value(v), "%s: clip ratio %zu", path, k);
+	cr_assert_eq(unhex(json_string_value(json_object_get(clip, "w_amax_f32_hex")), wa_mo,
+			   nb * 4), 0);
+	cr_assert_eq(memcmp(amax, wa_mo, nb * 4), 0, "%s: block amax before the clip", path);
+	cr_assert_eq(cal_awq_clip_int4(be, w, l->rows, l->cols, l->x, l->tokens, batch, pqs, &co,
+				       amax, &err), CAL_OK, "%s", cal_error_msg(&err));
+	for (uint64_t b = 0; b < nb; b++)
+		clipped += amax[b] < wa_mo[b];
+	printf("awq_clip diff %s: %u ratios, %llu of %llu blocks clipped\n",
+	       strrchr(path, '/') + 1, nr, (unsigned long long)clipped, (unsigned long long)nb);
+	cr_assert(clipped > 0, "%s: no block clipped: the test exercises nothing", path);
+	free(wa_mo);
+}
+
 static void awq_one(struct cal_backend *be, const char *path)
 {
 	struct lin l;
@@ -539,6 +576,9 @@ static void awq_one(struct cal_backend *be, const char *path)
 		worst = r > worst ? r : worst;
 		i++;
 	}
+	json_t *clip = json_object_get(fp, "clip"); /* awq_full: then awq_clip */
+	if (clip)
+		awq_clip_diff(be, path, clip, &l, batch, o.pre_quant_scale, o.w, o.w_amax);
 	struct fold_diff d = fold_compare(fp, rows, cols, nb, o.pre_quant_scale, o.w, o.w_amax);
 	uint64_t dp = d.pqs, dw = d.w, da = d.amax;
 	float best_mo = (float)json_real_value(json_object_get(fp, "best_alpha"));

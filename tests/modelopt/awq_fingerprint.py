@@ -15,7 +15,13 @@ patch_modelopt_cpu, and fp32 sqrt made correctly rounded as on a GPU,
 patch_ieee_sqrt); the weight amax is then the per-tensor one and the
 fingerprint adds the input quantizer's amax after the fold.
 
-    python awq_fingerprint.py [--nvfp4] --out tests/modelopt/awq/<name>.json
+With --full it runs `awq_full` (INT4 only): awq_lite, then modelopt's
+awq_clip (docs/awq.md "awq_full"); the fingerprint adds the clip ratios,
+each ratio's per-block loss, the block amax before the clip and the
+clipped block amax (the weight quantizer's amax, the exported one).
+
+    python awq_fingerprint.py [--nvfp4 | --full [--min-clip-ratio R]
+        [--shrink-step S] [--max-tokens N]] --out tests/modelopt/awq/<name>.json
 """
 import os
 import sys
@@ -29,6 +35,10 @@ def main():
     ap = common_args()
     ap.add_argument("--alpha-step", type=float, default=0.1)
     ap.add_argument("--nvfp4", action="store_true", help="nvfp4_awq's W4A4 NVFP4 quantizers")
+    ap.add_argument("--full", action="store_true", help="awq_full: awq_lite then awq_clip")
+    ap.add_argument("--min-clip-ratio", type=float, default=0.5)
+    ap.add_argument("--shrink-step", type=float, default=0.05)
+    ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens_per_batch")
     args = ap.parse_args()
 
     import torch
@@ -56,7 +66,13 @@ def main():
                                                    "scale_bits": (4, 3)}, "enable": True}
         quant.append({"quantizer_name": "*input_quantizer", "cfg": dict(wcfg)})
     quant.append({"quantizer_name": "*weight_quantizer", "cfg": wcfg})
-    cfg = {"quant_cfg": quant, "algorithm": {"method": "awq_lite", "alpha_step": args.alpha_step}}
+    algo = {"method": "awq_lite", "alpha_step": args.alpha_step}
+    if args.full:
+        assert not args.nvfp4, "--full runs INT4 only (calibd refuses NVFP4 awq_full)"
+        algo = {"method": "awq_full", "alpha_step": args.alpha_step, "debug": True,
+                "min_clip_ratio": args.min_clip_ratio, "shrink_step": args.shrink_step,
+                "max_tokens_per_batch": args.max_tokens}
+    cfg = {"quant_cfg": quant, "algorithm": algo}
     mtq.quantize(model, cfg, forward_loop=loop)
     lin = model[0]
 
@@ -78,6 +94,15 @@ def main():
     }
     if args.nvfp4:
         fp["input_amax_f32_hex"] = lin.input_quantizer.amax.detach().float().reshape(-1).numpy().astype("<f4").tobytes().hex()
+    if args.full:
+        def f32hex(t):
+            return t.detach().float().contiguous().reshape(-1).numpy().astype("<f4").tobytes().hex()
+        clip = lin.awq_clip
+        fp["clip"] = {"min_clip_ratio": args.min_clip_ratio, "shrink_step": args.shrink_step,
+                      "max_tokens_per_batch": args.max_tokens, "num_tokens": int(clip.num_tokens),
+                      "ratios": [float(k) for k in clip.loss],
+                      "loss_f32_hex": [f32hex(v) for v in clip.loss.values()],
+                      "w_amax_f32_hex": f32hex(clip.w_amax)}
     write_fingerprint(args.out, fp, f"modelopt awq_lite: best alpha {fp['best_alpha']}")
 
 
