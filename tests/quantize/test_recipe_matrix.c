@@ -85,6 +85,7 @@ static const struct refusal refusals[] = {
 	 * expert intermediate size 48 (MXFP4 block 32) */
 	{"int4_blockwise_weight_only", NULL, "is not a multiple of the INT4 block size 128"},
 	{"int4_awq-kv_fp8_cast", NULL, "is not a multiple of the INT4 block size 128"},
+	{"int4_awq_full-kv_fp8_cast", NULL, "is not a multiple of the INT4 block size 128"},
 	{"mxfp4_mlp_weight_only", MOE_ARCHS, "is not a multiple of the MXFP4 block size 32"},
 	{"nvfp4_mlp_weight_only", MOE_ARCHS, "is not a multiple of the NVFP4 bs32 block size 32"},
 	/* calibd's own MXFP8 recipe, same shape rule (deepseek_v3's q_b_proj
@@ -313,11 +314,12 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		while (k < CAL_ARRAY_LEN(modelopt_ptq) && strcmp(modelopt_ptq[k], refusals[i].recipe))
 			k++;
 		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast, nvfp4_awq-kv_fp8_cast
-		 * (hf_ptq's int4_awq, nvfp4_awq), int8* (hf_ptq's int8, int8_wo, int8_sq),
+		 * (hf_ptq's int4_awq, nvfp4_awq), int4_awq_full-kv_fp8_cast (awq_full), int8* (hf_ptq's int8, int8_wo, int8_sq),
 		 * w4a8_* and fp8_2d_* (hf_ptq's W4A8 and fp8_pb_wo) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
 		    strncmp(refusals[i].recipe, "int8", 4) &&
 		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast") &&
+		    strcmp(refusals[i].recipe, "int4_awq_full-kv_fp8_cast") &&
 		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast") &&
 		    strncmp(refusals[i].recipe, "w4a8_", 5) &&
 		    strncmp(refusals[i].recipe, "fp8_2d_", 7))
