@@ -416,8 +416,9 @@ static char *qformat_verified(const char *root, const char *arch, const char *la
 	*src = make_model(root, arch, layout);
 	*tok = make_tokens(root, "tok.jsonl", 2, 16);
 	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	int rc = run(NULL, errf, "quantize --model %s --qformat %s --calib-tokens %s --out %s "
-		     "--device cpu", *src, qf, *tok, dst);
+	/* qf: a --qformat name, or a built-in recipe (general/...) */
+	int rc = run(NULL, errf, "quantize --model %s --%s %s --calib-tokens %s --out %s "
+		     "--device cpu", *src, strchr(qf, '/') ? "recipe" : "qformat", qf, *tok, dst);
 	expect_exit(rc, 0, errf);
 	rc = run(NULL, errf, "verify %s --source %s", dst, *src);
 	expect_exit(rc, 0, errf);
@@ -458,6 +459,17 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
 		 "static}}", "debug"},
 		{"{method: awq_lite}", "{num_bits: [4, 3]}",
 		 "awq_lite is implemented for INT4 block and NVFP4 weights only"},
+		/* awq_full (docs/awq.md "awq_full") */
+		{"{method: awq_full, min_clip_ratio: 0}", "{num_bits: 4, block_sizes: {-1: 128, "
+		 "type: static}}", "min_clip_ratio: must be in (0, 1]"},
+		{"{method: awq_full, max_tokens_per_batch: 0}", "{num_bits: 4, block_sizes: {-1: "
+		 "128, type: static}}", "max_tokens_per_batch: expected a positive integer"},
+		{"{method: awq_lite, shrink_step: 0.1}", "{num_bits: 4, block_sizes: {-1: 128, "
+		 "type: static}}", "shrink_step"},
+		{"{method: awq_full}", "{num_bits: [2, 1], block_sizes: {-1: 16, type: dynamic, "
+		 "scale_bits: [4, 3]}}", "awq_full is implemented for INT4 weights in blocks of 128"},
+		{"{method: awq_clip}", "{num_bits: 4, block_sizes: {-1: 128, type: static}}",
+		 "algorithm 'awq_clip' is not implemented"},
 	};
 	for (size_t k = 0; k < CAL_ARRAY_LEN(bad); k++) {
 		char nm[32];
@@ -471,6 +483,34 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
 		cr_assert(strstr(e, bad[k].needle), "%s: %s", nm, e);
 		cr_assert(!cal_test_exists(d2));
 	}
+	rm_rf(root);
+}
+
+/* awq_full (docs/awq.md "awq_full"): calibd's int4_awq_full recipe quantizes
+ * and verifies; the report names the clip options and, per searched
+ * linear, its clipped blocks (some clipped). */
+Test(quantize, awq_full_end_to_end, .timeout = 120)
+{
+	char *root = tmpdir(), *src, *tok;
+	char *dst = qformat_verified(root, "qwen2_moe", "wide",
+				     "general/ptq/int4_awq_full-kv_fp8_cast", &src, &tok);
+	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
+	cr_assert(strstr(cfg, "\"W4A16_AWQ\"") && strstr(cfg, "\"pre_quant_scale\": true"), "%s",
+		  cfg);
+	json_t *rep = json_loads(slurp(path2(dst, "calibd_report.json")), 0, NULL);
+	json_t *aw = json_object_get(rep, "awq_full"), *lins = json_object_get(aw, "linears");
+	cr_assert_eq(json_integer_value(json_object_get(json_object_get(aw, "clip"),
+							"max_tokens_per_batch")), 64);
+	json_int_t clipped = 0;
+	size_t i;
+	json_t *l;
+	cr_assert(json_array_size(lins) > 0);
+	json_array_foreach(lins, i, l) {
+		cr_assert(json_is_integer(json_object_get(l, "clipped_blocks")), "linear %zu", i);
+		clipped += json_integer_value(json_object_get(l, "clipped_blocks"));
+	}
+	cr_assert(clipped > 0);
+	json_decref(rep);
 	rm_rf(root);
 }
 
