@@ -178,6 +178,17 @@ out:
 	free(s), free(pin), free(wq), free(xin);
 }
 
+/* A weight the search cannot take: empty, or its input dim not a multiple
+ * of wq's block. */
+static enum cal_status shape_error(const char *who, uint64_t rows, uint64_t cols,
+				   enum cal_awq_wq wq, struct cal_error *err)
+{
+	return cal_error_set(err, CAL_ERR_INVALID, "%s: weight [%llu, %llu]: the input dim is "
+			     "not a multiple of the %s block (%d)", who, (unsigned long long)rows,
+			     (unsigned long long)cols, wq == CAL_AWQ_WQ_NVFP4 ? "NVFP4" : "INT4",
+			     wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128);
+}
+
 enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
 				  uint64_t cols, const uint16_t *x, uint64_t tokens,
 				  uint64_t batch, double alpha_step, struct cal_awq_out *out,
@@ -196,12 +207,7 @@ enum cal_status cal_awq_lite(struct cal_backend *host, enum cal_awq_wq wq, const
 	if (!w || !x || !out || !out->pre_quant_scale || !out->w || !out->w_amax)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: a NULL argument");
 	if (!rows || !cols || cols % BLK)
-		return cal_error_set(err, CAL_ERR_INVALID,
-				     "awq_lite: weight [%llu, %llu]: the input dim is not a "
-				     "multiple of the %s block (%llu)",
-				     (unsigned long long)rows, (unsigned long long)cols,
-				     wq == CAL_AWQ_WQ_NVFP4 ? "NVFP4" : "INT4",
-				     (unsigned long long)BLK);
+		return shape_error("awq_lite", rows, cols, wq, err);
 	if (!tokens || !batch)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: no calibration tokens");
 	if (!(alpha_step > 0.0 && alpha_step <= 1.0))
@@ -449,10 +455,7 @@ enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, u
 	if (!w || !x || !o || !amax)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: a NULL argument");
 	if (!rows || !cols || cols % 128)
-		return cal_error_set(err, CAL_ERR_INVALID,
-				     "awq_clip: weight [%llu, %llu]: the input dim is not a "
-				     "multiple of the INT4 block (128)",
-				     (unsigned long long)rows, (unsigned long long)cols);
+		return shape_error("awq_clip", rows, cols, CAL_AWQ_WQ_INT4, err);
 	if (!tokens || !batch || !o->max_tokens)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: no calibration tokens");
 	if (!(o->min_ratio > 0.0 && o->min_ratio <= 1.0 && o->step > 0.0 && o->step <= 1.0))
