@@ -76,7 +76,8 @@ static enum cal_awq_wq awq_wq(const struct cal_plan *p, int *mixed)
 	for (size_t i = 0; i < p->n_q; i++)
 		if (p->q[i].role == CAL_QROLE_WEIGHT && p->q[i].spec.enabled) {
 			nv |= p->q[i].spec.fmt == CAL_QFMT_NVFP4;
-			i4 |= p->q[i].spec.fmt == CAL_QFMT_INT4_BLOCK;
+			i4 |= p->q[i].spec.fmt == CAL_QFMT_INT4_BLOCK ||
+			      p->q[i].spec.fmt == CAL_QFMT_W4A8_AWQ; /* its INT4 stage */
 		}
 	if (mixed)
 		*mixed = nv && i4;
@@ -97,10 +98,13 @@ enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *
 		why = "INT4 and NVFP4 weights in one recipe";
 	for (size_t i = 0; !why && i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
-		/* NVFP4 inputs with NVFP4 weights: nvfp4_awq */
+		/* NVFP4 inputs with NVFP4 weights: nvfp4_awq; FP8 inputs with W4A8
+		 * AWQ weights (the plan pairs them): w4a8_awq */
 		int nvfp4_in = q->spec.fmt == CAL_QFMT_NVFP4 && wq == CAL_AWQ_WQ_NVFP4;
-		why = q->spec.enabled && q->role == CAL_QROLE_INPUT && !nvfp4_in
-			      ? "quantized inputs other than NVFP4 with NVFP4 weights (w4a8_awq)"
+		int fp8_in = q->spec.fmt == CAL_QFMT_FP8 && wq == CAL_AWQ_WQ_INT4;
+		why = q->spec.enabled && q->role == CAL_QROLE_INPUT && !nvfp4_in && !fp8_in
+			      ? "quantized inputs other than NVFP4 with NVFP4 weights or FP8 with "
+				"W4A8 AWQ weights"
 			      : cal_linear_algo_q_why(p, q);
 	}
 	return cal_linear_algo_refuse(d, "awq_lite", why, "docs/awq.md", err);

@@ -684,7 +684,8 @@ static enum cal_status awq_mark(struct cal_exporter *ex, struct cal_error *err)
 		struct xlin *x = &ex->lin[i];
 		if (x->mod < 0 || x->expert >= 0 || x->bmm ||
 		    (sq ? x->fmt != CAL_QFMT_INT8
-			: x->fmt != CAL_QFMT_INT4_BLOCK && x->fmt != CAL_QFMT_NVFP4))
+			: x->fmt != CAL_QFMT_INT4_BLOCK && x->fmt != CAL_QFMT_NVFP4 &&
+			  x->fmt != CAL_QFMT_W4A8_AWQ))
 			continue;
 		const struct cal_plan_module *m = &ex->plan->modules[x->mod];
 		const char *pr = m->proj ? m->proj : "";

@@ -35,6 +35,7 @@ enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, con
 			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
 					     "exported", x->name, (int)x->layer);
 		if ((x->fmt != CAL_QFMT_NVFP4_STATIC && x->fmt != CAL_QFMT_INT4_BLOCK &&
+		     x->fmt != CAL_QFMT_W4A8_AWQ &&
 		     x->fmt != CAL_QFMT_NVFP4 && x->fmt != CAL_QFMT_INT8) ||
 		    x->dtype != CAL_DTYPE_BF16 || x->si || x->bmm ||
 		    numel != (uint64_t)x->out * (uint64_t)x->in)

@@ -635,9 +635,15 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 {
 	const struct cal_qattr *a = q->attr;
 	char why[256];
-	if (q->n_attr > 1)
-		return unsupported(err, r, q, "sequential quantizers (a cfg list, e.g. W4A8) are not "
-				   "implemented");
+	/* the one sequential weight calibd runs: [INT4 blocks, FP8 per tensor]
+	 * (W4A8 AWQ; its first stage is classified below) */
+	const struct cal_qattr *a2 = q->n_attr == 2 ? &q->attr[1] : NULL;
+	int seq_fp8 = a2 && q->role == CAL_QROLE_WEIGHT && a2->enable && a2->fp_e == 4 &&
+		      a2->fp_m == 3 && !a2->n_axis && !a2->has_block && !a2->dynamic &&
+		      !a2->has_bias && !a2->rotate;
+	if (q->n_attr > 1 && !seq_fp8)
+		return unsupported(err, r, q, "sequential quantizers (a cfg list) are implemented "
+				   "as [INT4 blocks, FP8 per tensor] weights (W4A8 AWQ) only");
 	if (a->has_bias)
 		return unsupported(err, r, q, "affine quantization (bias) is not implemented");
 	if (a->rotate)
@@ -695,6 +701,10 @@ static enum cal_status classify(struct cal_error *err, const struct cal_recipe *
 	}
 	s->fmt = f->id;
 	s->block = (int)bs;
+	if (seq_fp8 && (f->id != CAL_QFMT_INT4_BLOCK || bs != 128))
+		return unsupported(err, r, q, "a sequential FP8 stage is implemented after INT4 "
+				   "weights in blocks of 128 only (W4A8 AWQ)");
+	s->seq_fp8 = seq_fp8;
 	s->use_constant_amax = a->use_constant_amax;
 	s->has_constant_amax = a->has_constant_amax;
 	s->constant_amax = a->constant_amax;
@@ -756,7 +766,9 @@ static void pair_mixed(struct cal_plan *p, const struct cal_plan_module *m)
 			continue;
 		for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
 			const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-			if (f->weight_of == s->fmt && f->act == in) {
+			/* W4A8 AWQ pairs only the sequential [INT4, FP8] weights */
+			if (f->weight_of == s->fmt && f->act == in &&
+			    (f->id == CAL_QFMT_W4A8_AWQ) == (s->seq_fp8 != 0)) {
 				s->fmt = f->id;
 				s->calibrate = f->calibrate;
 				break;
@@ -806,10 +818,13 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 		if (p->recipe->algo.method == CAL_CALIB_GPTQ && wq->spec.fmt != CAL_QFMT_NVFP4_STATIC)
 			return unsupported(err, r, wq, "gptq is implemented for static NVFP4 weights "
 					   "only (docs/gptq.md)");
+		if (wq->spec.seq_fp8 && wq->spec.fmt != CAL_QFMT_W4A8_AWQ)
+			return unsupported(err, r, wq, "sequential INT4-then-FP8 weights (W4A8 AWQ) "
+					   "need FP8 per-tensor inputs on the linear");
 		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && wq->spec.fmt != CAL_QFMT_INT4_BLOCK &&
-		    wq->spec.fmt != CAL_QFMT_NVFP4)
-			return unsupported(err, r, wq, "awq_lite is implemented for INT4 block and "
-					   "NVFP4 weights only (docs/awq.md)");
+		    wq->spec.fmt != CAL_QFMT_NVFP4 && wq->spec.fmt != CAL_QFMT_W4A8_AWQ)
+			return unsupported(err, r, wq, "awq_lite is implemented for INT4 block, W4A8 "
+					   "AWQ and NVFP4 weights only (docs/awq.md)");
 		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && p->recipe->algo.awq_clip &&
 		    (wq->spec.fmt != CAL_QFMT_INT4_BLOCK || wq->spec.block != 128))
 			return unsupported(err, r, wq, "awq_full is implemented for INT4 weights in "

@@ -68,6 +68,8 @@ struct cal_qspec {
 	int use_constant_amax;  /* KV "cast": fixed amax, no scales exported */
 	int has_constant_amax;  /* amax pinned by the recipe (no calibration) */
 	double constant_amax;
+	int seq_fp8;            /* weights: a sequential cfg [INT4 blocks, FP8 per tensor]
+				 * (modelopt's W4A8 AWQ; docs/awq.md "w4a8_awq") */
 };
 
 struct cal_plan_q {

@@ -33,6 +33,12 @@ exported input_scale and weight_scale_2 are compared byte for byte, and
 hf_quant_config.json's / config.json's quantization sections (producer
 and KV-cache keys aside: modelopt's preset has no KV quantizer) for
 equality.
+With `--qformat w4a8_awq` both run hf_ptq's w4a8_awq (modelopt's
+W4A8_AWQ_BETA_CFG: INT4 blocks then an FP8 per-tensor stage, FP8 inputs;
+calibd's `--qformat w4a8_awq`); the codes and weight_scale are measured as
+int4_awq's (the export's weight_scale is not divided by the FP8 stage's
+weight_scale_2), and input_scale / weight_scale_2 are compared.
+
 With `--algorithm awq_full` (int4_awq only) both run modelopt's awq_full
 instead of awq_lite (awq_lite, then awq_clip's per-block clip search;
 docs/awq.md "awq_full"): modelopt's int4_awq preset with `algorithm:
@@ -96,6 +102,8 @@ def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algor
         patch_modelopt_cpu(torch)
         patch_ieee_sqrt(torch)
         cfg = mtq.NVFP4_AWQ_LITE_CFG
+    if qformat == "w4a8_awq":
+        cfg = mtq.W4A8_AWQ_BETA_CFG
     if algorithm == "awq_full":
         cfg = dict(cfg, algorithm={"method": "awq_full", "alpha_step": 0.1})
 
@@ -125,7 +133,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq"))
+    ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq", "w4a8_awq"))
     ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
     ap.add_argument("--algorithm", default="awq_lite", choices=("awq_lite", "awq_full"))
     args = ap.parse_args()
@@ -149,6 +157,7 @@ def main():
                 f.write(json.dumps({"input_ids": row}) + "\n")
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         nv = args.qformat == "nvfp4_awq"
+        w8 = args.qformat == "w4a8_awq"
         m_alpha = run_modelopt(torch, transformers, fx, tokens, mo, args.qformat, args.algorithm)
         base = [args.calibd, "quantize", "--model", fx, "--calib-tokens", tok, "--device",
                 "cpu", "--div", "exact", "--quiet"]
@@ -237,8 +246,8 @@ def main():
                    "seq_len": args.seq_len, "qformat": args.qformat,
                    "algorithm": args.algorithm}, rows, tot,
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
-         "input_scales_equal": same["input_scale"] if nv else None,
-         "weight_scale_2_equal": same["weight_scale_2"] if nv else None,
+         "input_scales_equal": same["input_scale"] if nv or w8 else None,
+         "weight_scale_2_equal": same["weight_scale_2"] if nv or w8 else None,
          "weight_scales_equal": same["weight_scale"],
          "quant_configs_equal": cfg_equal, "linears_measured": tot["measured"],
          "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),

@@ -44,6 +44,8 @@ static const struct {
 	 * weight_scale_2 = amax / 448 (W4A8_NVFP4_FP8), computed on the CPU */
 	{"w4a8_nvfp4_fp8", 0x1099c98c79b84201ull},
 	{"w4a8_mxfp4_fp8", 0x3834a1085b3ef634ull}, /* the MXFP4 weights */
+	/* int4_block's codes and block scales, plus weight_scale_2 = amax / 448 */
+	{"w4a8_awq", 0x696f08c161a0ac4cull},
 	/* equal to modelopt 0.47's FP8_PB_WO export, FP8QTensor.quantize(w,
 	 * amax_block / 448, {-1: 128, -2: 128}) with F32 scales, on the CPU */
 	{"fp8_pb_wo", 0x1c98eb5b26e16a7full},

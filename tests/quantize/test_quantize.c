@@ -458,7 +458,7 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
 		{"{method: awq_lite, debug: true}", "{num_bits: 4, block_sizes: {-1: 128, type: "
 		 "static}}", "debug"},
 		{"{method: awq_lite}", "{num_bits: [4, 3]}",
-		 "awq_lite is implemented for INT4 block and NVFP4 weights only"},
+		 "awq_lite is implemented for INT4 block, W4A8 AWQ and NVFP4 weights only"},
 		/* awq_full (docs/awq.md "awq_full") */
 		{"{method: awq_full, min_clip_ratio: 0}", "{num_bits: 4, block_sizes: {-1: 128, "
 		 "type: static}}", "min_clip_ratio: must be in (0, 1]"},
@@ -511,6 +511,30 @@ Test(quantize, awq_full_end_to_end, .timeout = 120)
 	}
 	cr_assert(clipped > 0);
 	json_decref(rep);
+	rm_rf(root);
+}
+
+/* --qformat w4a8_awq (docs/awq.md "w4a8_awq"): quantizes and verifies;
+ * W4A8_AWQ with, per searched linear, the INT4 weight and its
+ * weight_scale, weight_scale_2 (the FP8 stage) and input_scale; the
+ * pre_quant_scale where int4_awq has one. */
+Test(quantize, w4a8_awq_end_to_end, .timeout = 120)
+{
+	char *root = tmpdir(), *src, *tok;
+	char *dst = qformat_verified(root, "qwen2_moe", "wide", "w4a8_awq", &src, &tok);
+	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
+	cr_assert(strstr(cfg, "\"W4A8_AWQ\"") && strstr(cfg, "\"pre_quant_scale\": true"), "%s",
+		  cfg);
+	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8;
+	static const char *const want[] = {
+		"model.layers.0.self_attn.o_proj.pre_quant_scale",
+		"model.layers.0.self_attn.o_proj.weight_scale_2",
+		"model.layers.0.self_attn.q_proj.input_scale",
+		"model.layers.1.mlp.shared_expert.down_proj.weight_scale_2",
+	};
+	for (size_t k = 0; k < CAL_ARRAY_LEN(want); k++)
+		cr_assert(strstr(hdr, want[k]), "%s missing", want[k]);
+	cr_assert(!strstr(hdr, "q_proj.pre_quant_scale"));
 	rm_rf(root);
 }
 
@@ -594,10 +618,10 @@ Test(quantize, qformat_maps_or_refuses, .timeout = 60)
 	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
 	cr_assert(strstr(o, "general/ptq/nvfp4_default-kv_fp8_cast"), "%s", o);
 	char *dst2 = path2(root, "out2");
-	rc = run(NULL, errf, "quantize --model %s --qformat w4a8_awq --calib-tokens %s --out %s "
-		 "--device cpu", src, tok, dst2);
+	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4_svdquant --calib-tokens %s "
+		 "--out %s --device cpu", src, tok, dst2);
 	e = expect_exit(rc, 3, errf);
-	cr_assert(strstr(e, "qformat 'w4a8_awq' is refused: the W4A8 sequential"), "%s", e);
+	cr_assert(strstr(e, "qformat 'nvfp4_svdquant' is refused: algorithm 'svdquant'"), "%s", e);
 	cr_assert(!cal_test_exists(dst2));
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
 		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);
