@@ -555,6 +555,7 @@ static void awq_one(struct cal_backend *be, const char *path)
 	double step = json_real_value(json_object_get(fp, "alpha_step"));
 	const char *wf = json_string_value(json_object_get(fp, "weight_format"));
 	int nvfp4 = wf && !strcmp(wf, "nvfp4"); /* nvfp4_awq: W4A4, global weight amax */
+	int w4a8 = wf && !strcmp(wf, "w4a8"); /* w4a8_awq: INT4 search, FP8 inputs */
 	uint64_t rows = l.rows, cols = l.cols, tokens = l.tokens;
 	uint64_t nb = rows * cols / (nvfp4 ? 16 : 128);
 	struct cal_error err = {0};
@@ -562,8 +563,11 @@ static void awq_one(struct cal_backend *be, const char *path)
 	float in_amax = 0.0f, in_mo = 0.0f;
 	struct cal_awq_out o = {malloc(cols * 2), malloc(rows * cols * 2), malloc(nb * 4), loss, 0, 0};
 	cr_assert_eq(cal_awq_lite(be, nvfp4 ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4, l.w, rows, cols,
-				  l.x, tokens, batch, step, &o, nvfp4 ? &in_amax : NULL, &err),
+				  l.x, tokens, batch, step, &o, nvfp4 || w4a8 ? &in_amax : NULL, &err),
 		     CAL_OK, "%s", cal_error_msg(&err));
+	if (w4a8) /* the FP8 stage's amax: the folded weight's max, below */
+		cr_assert_eq(unhex(json_string_value(json_object_get(fp, "input_amax_f32_hex")),
+				   &in_mo, 4), 0);
 	if (nvfp4) {
 		for (uint64_t b = 1; b < nb; b++)
 			o.w_amax[0] = o.w_amax[b] > o.w_amax[0] ? o.w_amax[b] : o.w_amax[0];
@@ -593,6 +597,14 @@ static void awq_one(struct cal_backend *be, const char *path)
 		free(pq_mo), free(w_mo);
 	}
 	uint64_t dp = d.pqs, dw = d.w, da = d.amax;
+	if (w4a8) {
+		float m = 0.0f, mo;
+		for (uint64_t k = 0; k < rows * cols; k++)
+			m = fmaxf(m, fabsf(cal_nf_bf16_to_f32(o.w[k])));
+		cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_amax2_f32_hex")),
+				   &mo, 4), 0);
+		da += m != mo;
+	}
 	float best_mo = (float)json_real_value(json_object_get(fp, "best_alpha"));
 	printf("awq_lite diff %s: alpha %g (modelopt %g), search losses within %.2e of modelopt's; "
 	       "pre_quant_scale differing %llu of %llu, folded weights %llu of %llu, %s amax "

@@ -46,3 +46,7 @@ N="$HERE/headroom_fingerprint.py"
 	--out "$HERE/awq/int4_full_32x512_r06_s01.json"
 "$PY" "$A" --full --rows 48 --cols 384 --tokens 300 --batch 100 --seed 13 --max-tokens 40 \
 	--out "$HERE/awq/int4_full_48x384_t40.json"
+# w4a8_awq (docs/awq.md "w4a8_awq"): the INT4 search with FP8 inputs
+"$PY" "$A" --w4a8 --out "$HERE/awq/w4a8_64x256.json"
+"$PY" "$A" --w4a8 --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
+	--out "$HERE/awq/w4a8_32x512_s005.json"
