@@ -954,12 +954,15 @@ Test(recipe, awq_full_options)
 	cr_expect_eq(r->algo.clip_max_tokens, 64);
 	cal_recipe_free(r);
 	free(y);
-	y = int8_yaml("{method: awq_lite, min_clip_ratio: 0.4}", "0", "null");
-	expect_error(y, CAL_ERR_FORMAT, "min_clip_ratio");
-	free(y);
-	y = int8_yaml("{method: awq_full, clip_ratio: 0.4}", "0", "null");
-	expect_error(y, CAL_ERR_FORMAT, "shrink_step");
-	free(y);
+	static const char *const bad[][2] = {
+		{"{method: awq_lite, min_clip_ratio: 0.4}", "min_clip_ratio"},
+		{"{method: awq_full, clip_ratio: 0.4}", "shrink_step"}, /* the keys listed */
+	};
+	for (size_t k = 0; k < CAL_ARRAY_LEN(bad); k++) {
+		y = int8_yaml(bad[k][0], "0", "null");
+		expect_error(y, CAL_ERR_FORMAT, bad[k][1]);
+		free(y);
+	}
 }
 
 Test(plan, int8_and_smoothquant)
