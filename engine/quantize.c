@@ -159,6 +159,9 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 			w = cal_calib_sq_weight(c, mi, &n, &pqs);
 		if (w)
 			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, pqs, err));
+		const float *clip = w ? cal_calib_awq_clip(c, mi, &n) : NULL;
+		if (clip) /* awq_full: the clipped block amax */
+			CAL_TRY(cal_exporter_set_block_amax(j->ex, mi, clip, n, err));
 	}
 	for (int k = 0; k < 2; k++) {
 		uint64_t n = 0;

@@ -46,6 +46,7 @@ struct alin {
 	float alpha;       /* -1: not searched (no token) */
 	int quant_in;      /* an enabled input quantizer (nvfp4_awq) */
 	float in_amax;     /* its amax after the fold (searched linears) */
+	float *clip;       /* awq_full: host [rows * cols / 128] clipped block amax, or NULL */
 };
 
 struct cal_awq_run {
@@ -61,6 +62,9 @@ struct cal_awq_run {
 	uint64_t norm_n[2];
 	json_t *report;
 	double t_search;
+	int clip;                         /* awq_full: awq_clip after the search */
+	struct cal_awq_clip_opts clip_o;
+	double t_clip;
 };
 
 /* NVFP4 when the recipe's linears have NVFP4 weights (nvfp4_awq), else
@@ -72,7 +76,8 @@ static enum cal_awq_wq awq_wq(const struct cal_plan *p, int *mixed)
 	for (size_t i = 0; i < p->n_q; i++)
 		if (p->q[i].role == CAL_QROLE_WEIGHT && p->q[i].spec.enabled) {
 			nv |= p->q[i].spec.fmt == CAL_QFMT_NVFP4;
-			i4 |= p->q[i].spec.fmt == CAL_QFMT_INT4_BLOCK;
+			i4 |= p->q[i].spec.fmt == CAL_QFMT_INT4_BLOCK ||
+			      p->q[i].spec.fmt == CAL_QFMT_W4A8_AWQ; /* its INT4 stage */
 		}
 	if (mixed)
 		*mixed = nv && i4;
@@ -93,10 +98,13 @@ enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *
 		why = "INT4 and NVFP4 weights in one recipe";
 	for (size_t i = 0; !why && i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
-		/* NVFP4 inputs with NVFP4 weights: nvfp4_awq */
+		/* NVFP4 inputs with NVFP4 weights: nvfp4_awq; FP8 inputs with W4A8
+		 * AWQ weights (the plan pairs them): w4a8_awq */
 		int nvfp4_in = q->spec.fmt == CAL_QFMT_NVFP4 && wq == CAL_AWQ_WQ_NVFP4;
-		why = q->spec.enabled && q->role == CAL_QROLE_INPUT && !nvfp4_in
-			      ? "quantized inputs other than NVFP4 with NVFP4 weights (w4a8_awq)"
+		int fp8_in = q->spec.fmt == CAL_QFMT_FP8 && wq == CAL_AWQ_WQ_INT4;
+		why = q->spec.enabled && q->role == CAL_QROLE_INPUT && !nvfp4_in && !fp8_in
+			      ? "quantized inputs other than NVFP4 with NVFP4 weights or FP8 with "
+				"W4A8 AWQ weights"
 			      : cal_linear_algo_q_why(p, q);
 	}
 	return cal_linear_algo_refuse(d, "awq_lite", why, "docs/awq.md", err);
@@ -111,6 +119,9 @@ enum cal_status cal_awq_init(struct cal_calib *c, struct cal_error *err)
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 	c->aw = g;
 	g->alpha_step = a->alpha_step;
+	g->clip = a->awq_clip;
+	g->clip_o = (struct cal_awq_clip_opts){(uint64_t)a->clip_max_tokens, a->clip_min_ratio,
+					       a->clip_shrink_step};
 	g->wq = awq_wq(c->plan, NULL);
 	g->L = -1;
 	g->report = json_array();
@@ -122,7 +133,7 @@ enum cal_status cal_awq_init(struct cal_calib *c, struct cal_error *err)
 static void drop_layer(struct cal_awq_run *g)
 {
 	for (size_t i = 0; i < g->n_lin; i++)
-		CAL_FREE_ALL(g->lin[i].w, g->lin[i].pqs);
+		CAL_FREE_ALL(g->lin[i].w, g->lin[i].pqs, g->lin[i].clip);
 	g->n_lin = 0;
 	for (int k = 0; k < 2; k++) {
 		free(g->norm[k]);
@@ -251,6 +262,36 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 	return st;
 }
 
+/* awq_full: modelopt's awq_clip on a searched linear (docs/awq.md
+ * "awq_full"), on its folded weight and the site's cached inputs times its
+ * pre_quant_scale; al->clip, and the report's count of clipped blocks. */
+static enum cal_status clip_one(struct cal_calib *c, struct alin *al, json_t *o,
+				struct cal_error *err)
+{
+	struct cal_awq_run *g = c->aw;
+	uint64_t nb = al->r.rows * al->r.cols / 128, clipped = 0;
+	if (!(al->clip = malloc(nb * sizeof(float))))
+		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	double t0 = cal_now();
+	enum cal_status st = cal_awq_clip_int4(c->host, al->w, al->r.rows, al->r.cols,
+					       g->cache[al->r.site], g->crows[al->r.site],
+					       g->batch[al->r.site], al->pqs, &g->clip_o, al->clip,
+					       err);
+	if (st < 0)
+		return cal_error_wrap(err, st, "awq_clip: %s", c->plan->modules[al->r.mod].name);
+	g->t_clip += cal_now() - t0;
+	for (uint64_t b = 0; b < nb; b++) {
+		float m = 0.0f;
+		for (uint64_t k = 0; k < 128; k++) {
+			float a = fabsf(cal_bf16_to_f32(al->w[b * 128 + k]));
+			m = a > m ? a : m;
+		}
+		clipped += al->clip[b] < m;
+	}
+	json_object_set_new(o, "clipped_blocks", json_integer((json_int_t)clipped));
+	return CAL_OK;
+}
+
 /* The export fold of the linears reading `site`; norm k (0 input, 1
  * post-attention; -1 none) takes the shared scale. */
 static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w *dw, int site,
@@ -287,6 +328,10 @@ static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w 
 		st = cal_resmooth_group(w, rows, n, cols, blk, pq, avg, wa, NULL, err);
 	for (size_t i = 0; i < n && st >= 0; i++) {
 		struct alin *al = &g->lin[idx[i]];
+		if (al->clip && memcmp(al->pqs, avg, cols * 2)) { /* re-folded: max amax */
+			free(al->clip);
+			al->clip = NULL;
+		}
 		memcpy(al->pqs, avg, cols * 2);
 		al->exported_pqs = k < 0;
 	}
@@ -359,6 +404,8 @@ enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct ca
 		json_object_set_new(o, "alpha", al->alpha < 0 ? json_null()
 							       : json_real(al->alpha));
 		json_array_append_new(g->report, o);
+		if (g->clip && al->alpha >= 0.0f)
+			CAL_TRY_RET(clip_one(c, al, o, err));
 	}
 	drop_cache(g);
 	CAL_TRY_RET(fuse_prev(c, err));
@@ -395,6 +442,17 @@ const uint16_t *cal_calib_awq_weight(const struct cal_calib *c, size_t mod, uint
 	return NULL;
 }
 
+const float *cal_calib_awq_clip(const struct cal_calib *c, size_t mod, uint64_t *n)
+{
+	const struct cal_awq_run *g = c->aw;
+	for (size_t i = 0; g && i < g->n_lin; i++)
+		if (g->lin[i].r.mod == mod && g->lin[i].clip) {
+			*n = g->lin[i].r.rows * g->lin[i].r.cols / 128;
+			return g->lin[i].clip;
+		}
+	return NULL;
+}
+
 const uint16_t *cal_calib_awq_norm(const struct cal_calib *c, int post_attention,
 				   uint64_t *numel)
 {
@@ -410,6 +468,14 @@ json_t *cal_awq_stats(const struct cal_calib *c)
 	const struct cal_awq_run *g = c->aw;
 	if (!g)
 		return NULL;
-	return json_pack("{s:f, s:O, s:f}", "alpha_step", g->alpha_step, "linears", g->report,
-			 "search_s", g->t_search);
+	json_t *o = json_pack("{s:f, s:O, s:f}", "alpha_step", g->alpha_step, "linears",
+			      g->report, "search_s", g->t_search);
+	if (o && g->clip) /* awq_full: awq_clip's options and time (within search_s) */
+		json_object_set_new(o, "clip", json_pack("{s:I, s:f, s:f, s:f}",
+							 "max_tokens_per_batch",
+							 (json_int_t)g->clip_o.max_tokens,
+							 "min_clip_ratio", g->clip_o.min_ratio,
+							 "shrink_step", g->clip_o.step,
+							 "clip_s", g->t_clip));
+	return o;
 }

@@ -698,7 +698,8 @@ static enum cal_status awq_mark(struct cal_exporter *ex, struct cal_error *err)
 		struct xlin *x = &ex->lin[i];
 		if (x->mod < 0 || x->expert >= 0 || x->bmm ||
 		    (sq ? x->fmt != CAL_QFMT_INT8
-			: x->fmt != CAL_QFMT_INT4_BLOCK && x->fmt != CAL_QFMT_NVFP4))
+			: x->fmt != CAL_QFMT_INT4_BLOCK && x->fmt != CAL_QFMT_NVFP4 &&
+			  x->fmt != CAL_QFMT_W4A8_AWQ))
 			continue;
 		const struct cal_plan_module *m = &ex->plan->modules[x->mod];
 		const char *pr = m->proj ? m->proj : "";
@@ -838,7 +839,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 	cal_export_pipe_free(ex); /* joins the threads before the writer goes */
 	cal_st_writer_free(ex->w);
 	for (size_t i = 0; i < ex->n_lin; i++)
-		CAL_FREE_ALL(ex->lin[i].name, ex->lin[i].gw, ex->lin[i].pqs);
+		CAL_FREE_ALL(ex->lin[i].name, ex->lin[i].gw, ex->lin[i].pqs, ex->lin[i].bamax);
 	for (size_t i = 0; i < ex->n_cp; i++)
 		CAL_FREE_ALL(ex->cp[i].name, ex->cp[i].data);
 	for (size_t i = 0; i < ex->n_kv; i++)

@@ -52,6 +52,9 @@ struct xlin {
 	 * gw is then also the source of the block amax) */
 	int awq_pqs;
 	uint16_t *pqs;
+	/* awq_full: the INT4 block amax gw is quantized with (owned, set
+	 * after gw; freed with it), or NULL: gw's own */
+	float *bamax;
 };
 
 /* A tensor copied byte for byte (maybe renamed). */

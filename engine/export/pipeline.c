@@ -398,7 +398,7 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: not quantized", x->name);
 	CAL_TRY_RET(dneed(ex, D_Y, n * 4, &dy, err));
 	struct cal_qfmt_io io = {dw, o, i, f->block, x->wamax, 0.0f, ex->opts.div,
-				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds, NULL};
+				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds, NULL, 0};
 	if (x->gw) { /* the weight the calibration algorithm changed */
 		void *dg = NULL;
 		CAL_TRY_RET(dneed(ex, D_GW, n * 2, &dg, err));
@@ -418,6 +418,10 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 			CAL_TRY_RET(dneed(ex, D_NF1, sizeof(struct cal_nonfinite), &dnf, err));
 		io.block_amax = dba;
 		io.nonfinite = dnf;
+		if (x->bamax && x->gw) { /* awq_full: the clipped block amax (docs/awq.md) */
+			CAL_TRY_RET(cal_backend_upload(be, dba, x->bamax, n / f->block * 4, err));
+			io.block_amax_set = 1;
+		}
 	}
 	CAL_TRY_RET(f->quantize(be, &io, err));
 	CAL_TRY_RET(f->dequantize(be, dq, ds, o, i, f->block, io.scale, CAL_DTYPE_F32, dy, err));
@@ -643,8 +647,9 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			if (takes_q(ex, x, L))
 				keep_sums(ex, x, hs + x->soff);
 			if (x->layer == L) { /* GPTQ's updated weight, used */
-				free(x->gw);
+				CAL_FREE_ALL(x->gw, x->bamax);
 				x->gw = NULL;
+				x->bamax = NULL;
 			}
 		}
 		p->n_quantized += nq;

@@ -70,6 +70,8 @@ struct cal_qspec {
 	double constant_amax;
 	int affine;             /* KV: static mean bias per (KV head, channel) (docs/numerics.md
 				 * "Affine KV cache") */
+	int seq_fp8;            /* weights: a sequential cfg [INT4 blocks, FP8 per tensor]
+				 * (modelopt's W4A8 AWQ; docs/awq.md "w4a8_awq") */
 };
 
 struct cal_plan_q {

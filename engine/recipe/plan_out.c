@@ -425,6 +425,12 @@ char *cal_plan_json(const struct cal_plan *p, const char *recipe_name)
 		}
 		if (a->method == CAL_CALIB_AWQ_LITE)
 			json_object_set_new(algo, "alpha_step", json_real(a->alpha_step));
+		if (a->method == CAL_CALIB_AWQ_LITE && a->awq_clip) {
+			json_object_set_new(algo, "max_tokens_per_batch",
+					    json_integer(a->clip_max_tokens));
+			json_object_set_new(algo, "min_clip_ratio", json_real(a->clip_min_ratio));
+			json_object_set_new(algo, "shrink_step", json_real(a->clip_shrink_step));
+		}
 		if (a->method == CAL_CALIB_SMOOTHQUANT)
 			json_object_set_new(algo, "alpha", json_real(a->sq_alpha));
 	}

@@ -19,9 +19,7 @@ static const struct cal_qformat qformats[] = {
 	{"int8_wo", "general/ptq/int8_weight_only-kv_fp8_cast", NULL},
 	{"fp8", "general/ptq/fp8_default-kv_fp8_cast", NULL},
 	{"int4_awq", "general/ptq/int4_awq-kv_fp8_cast", NULL},
-	{"w4a8_awq", NULL,
-	 "the W4A8 sequential (INT4 then FP8) weight format is not implemented (awq_lite runs "
-	 "with INT4 W4A16 or NVFP4 weights; docs/awq.md)"},
+	{"w4a8_awq", "general/ptq/w4a8_awq-kv_fp8_cast", NULL},
 	{"nvfp4", "general/ptq/nvfp4_default-kv_fp8_cast", NULL},
 	{"nvfp4_awq", "general/ptq/nvfp4_awq-kv_fp8_cast", NULL},
 	{"nvfp4_mse", "general/ptq/nvfp4_w4a4_weight_mse_fp8_sweep-kv_fp8_cast", NULL},

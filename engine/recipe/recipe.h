@@ -124,6 +124,13 @@ struct cal_algorithm {
 	int has_layerwise_qdq_from_prev;  /* get_qdq_activations_from_prev_layer was given */
 	/* awq_lite (AWQLiteCalibConfig; docs/awq.md) */
 	double alpha_step;                /* 0.1 */
+	/* awq_full (AWQFullCalibConfig: awq_lite, then awq_clip; method
+	 * CAL_CALIB_AWQ_LITE with awq_clip set; docs/awq.md "awq_full") */
+	int awq_clip;                     /* 0; 1 for awq_full */
+	int64_t clip_max_co_batch;        /* 1024: batching only, no effect on the result */
+	int64_t clip_max_tokens;          /* 64: max_tokens_per_batch */
+	double clip_min_ratio;            /* 0.5 */
+	double clip_shrink_step;          /* 0.05 */
 	/* smoothquant (SmoothQuantCalibConfig; docs/smoothquant.md) */
 	double sq_alpha;                  /* 1.0: migration strength */
 	/* nvfp4_act_headroom (weights: max) */

@@ -594,7 +594,8 @@ static void algo_defaults(struct cal_algorithm *a)
 		.method = CAL_CALIB_MAX, .distributed_sync = 1, .layerwise_save_every = 1,
 		.layerwise_calib_mutates_weights = 1, .step_size = 0.1, .start_multiplier = 0.25,
 		.stop_multiplier = 4.0, .perc_damp = 0.01, .gptq_block_size = 128,
-		.alpha_step = 0.1, .sq_alpha = 1.0, .hr_anchor_percentile = 1.0,
+		.alpha_step = 0.1, .clip_max_co_batch = 1024, .clip_max_tokens = 64,
+		.clip_min_ratio = 0.5, .clip_shrink_step = 0.05, .sq_alpha = 1.0, .hr_anchor_percentile = 1.0,
 		.hr_upper_percentile = 99.99, .hr_rho = 16384.0,
 	};
 	*a = defaults;
@@ -613,9 +614,11 @@ static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm
 	} methods[] = {
 		{"max", CAL_CALIB_MAX}, {"mse", CAL_CALIB_MSE}, {"none", CAL_CALIB_NONE},
 		{"gptq", CAL_CALIB_GPTQ}, {"awq_lite", CAL_CALIB_AWQ_LITE},
+		{"awq_full", CAL_CALIB_AWQ_LITE}, /* awq_lite, then awq_clip */
 		{"nvfp4_act_headroom", CAL_CALIB_HEADROOM}, {"smoothquant", CAL_CALIB_SMOOTHQUANT},
 	};
 	a->method = CAL_CALIB_OTHER;
+	a->awq_clip = !strcmp(name, "awq_full");
 	for (size_t i = 0; i < CAL_ARRAY_LEN(methods); i++)
 		if (!strcmp(name, methods[i].name))
 			a->method = methods[i].method;
@@ -657,6 +660,14 @@ static const struct plain_key algo_plain[] = {
 	 .nullable = 1, .lo = 0, .hi = 1},
 	{.key = "alpha", .kind = PK_NUM, .off = AL(sq_alpha), .method = CAL_CALIB_SMOOTHQUANT,
 	 .nullable = 1, .lo = 0, .hi = 1, .lo_closed = 1},
+};
+
+/* awq_full's own keys (awq_clip's; the method is CAL_CALIB_AWQ_LITE). */
+static const struct plain_key clip_plain[] = {
+	{.key = "min_clip_ratio", .kind = PK_NUM, .off = AL(clip_min_ratio), .nullable = 1,
+	 .lo = 0, .hi = 1},
+	{.key = "shrink_step", .kind = PK_NUM, .off = AL(clip_shrink_step), .nullable = 1,
+	 .lo = 0, .hi = 1},
 };
 #undef AL
 
@@ -765,6 +776,22 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 					    "implemented", p);
 				goto fail;
 			}
+		} else if (awq && a->awq_clip &&
+			   (pk = plain_find(clip_plain, CAL_ARRAY_LEN(clip_plain), key,
+					    CAL_CALIB_NONE))) {
+			CAL_TRY(plain_get(err, pk, x, p, a));
+		} else if (awq && a->awq_clip && (!strcmp(key, "max_co_batch_size") ||
+						  !strcmp(key, "max_tokens_per_batch"))) {
+			if (x->kind == CAL_Y_NULL)
+				continue;
+			if (x->kind != CAL_Y_INT || x->i < 1 || x->i > 1048576) {
+				st = want(err, x, p, "a positive integer (at most 1048576)");
+				goto fail;
+			}
+			if (!strcmp(key, "max_co_batch_size"))
+				a->clip_max_co_batch = x->i;
+			else
+				a->clip_max_tokens = x->i;
 		} else if (gptq && !strcmp(key, "block_size")) {
 			if (x->kind == CAL_Y_NULL)
 				continue;
@@ -782,6 +809,9 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 					 mse ? ALGO_KEYS ", step_size, start_multiplier, "
 						       "stop_multiplier, fp8_scale_sweep"
 					 : gptq ? ALGO_KEYS ", perc_damp, block_size, fused"
+					 : awq && a->awq_clip
+					 ? ALGO_KEYS ", alpha_step, max_co_batch_size, "
+						     "max_tokens_per_batch, min_clip_ratio, shrink_step"
 					 : awq ? ALGO_KEYS ", alpha_step"
 					 : sq ? ALGO_KEYS ", alpha"
 					 : hr ? ALGO_KEYS ", anchor_percentile, upper_percentile, rho, "

@@ -33,6 +33,18 @@ exported input_scale and weight_scale_2 are compared byte for byte, and
 hf_quant_config.json's / config.json's quantization sections (producer
 and KV-cache keys aside: modelopt's preset has no KV quantizer) for
 equality.
+With `--qformat w4a8_awq` both run hf_ptq's w4a8_awq (modelopt's
+W4A8_AWQ_BETA_CFG: INT4 blocks then an FP8 per-tensor stage, FP8 inputs;
+calibd's `--qformat w4a8_awq`); the codes and weight_scale are measured as
+int4_awq's (the export's weight_scale is not divided by the FP8 stage's
+weight_scale_2), and input_scale / weight_scale_2 are compared.
+
+With `--algorithm awq_full` (int4_awq only) both run modelopt's awq_full
+instead of awq_lite (awq_lite, then awq_clip's per-block clip search;
+docs/awq.md "awq_full"): modelopt's int4_awq preset with `algorithm:
+{method: awq_full, alpha_step: 0.1}` (awq_clip's defaults), calibd's
+general/ptq/int4_awq_full-kv_fp8_cast; the summary adds the exported
+weight_scale tensors equal (the clipped block amax / 7).
 Writes the result to --out; exits
 1 when calibd's mean MSE is worse than modelopt's by more than --tolerance.
 
@@ -71,7 +83,7 @@ def linear_inputs(torch, model, tokens):
     return {k: torch.cat(v) for k, v in xs.items()}
 
 
-def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat):
+def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algorithm="awq_lite"):
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
     from modelopt.torch.quantization import model_calib
@@ -91,6 +103,10 @@ def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat):
         patch_modelopt_cpu(torch)
         patch_ieee_sqrt(torch)
         cfg = mtq.NVFP4_AWQ_LITE_CFG
+    if qformat == "w4a8_awq":
+        cfg = mtq.W4A8_AWQ_BETA_CFG
+    if algorithm == "awq_full":
+        cfg = dict(cfg, algorithm={"method": "awq_full", "alpha_step": 0.1})
 
     def loop(m):
         with torch.no_grad():
@@ -118,9 +134,12 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq"))
+    ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq", "w4a8_awq"))
     ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
+    ap.add_argument("--algorithm", default="awq_lite", choices=("awq_lite", "awq_full"))
     args = ap.parse_args()
+    if args.algorithm == "awq_full" and args.qformat != "int4_awq":
+        ap.error("--algorithm awq_full runs with --qformat int4_awq only")
 
     import torch
     import transformers
@@ -139,15 +158,18 @@ def main():
                 f.write(json.dumps({"input_ids": row}) + "\n")
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         nv = args.qformat == "nvfp4_awq"
-        m_alpha = run_modelopt(torch, transformers, fx, tokens, mo, args.qformat)
+        w8 = args.qformat == "w4a8_awq"
+        m_alpha = run_modelopt(torch, transformers, fx, tokens, mo, args.qformat, args.algorithm)
         base = [args.calibd, "quantize", "--model", fx, "--calib-tokens", tok, "--device",
                 "cpu", "--div", "exact", "--quiet"]
-        run(base + ["--qformat", args.qformat, "--out", ca])
+        full = args.algorithm == "awq_full"
+        run(base + (["--recipe", "general/ptq/int4_awq_full-kv_fp8_cast"] if full else
+                    ["--qformat", args.qformat]) + ["--out", ca])
         run(base + ["--recipe", "general/ptq/nvfp4_default-kv_fp8_cast" if nv else
                     "general/ptq/int4_blockwise_weight_only", "--out", rt])
         with open(os.path.join(ca, "calibd_report.json")) as f:
             rep = json.load(f)
-        c_alpha = {r["module"]: r["alpha"] for r in rep["awq_lite"]["linears"]}
+        c_alpha = {r["module"]: r["alpha"] for r in rep[args.algorithm]["linears"]}
         model = load_model(torch, transformers, fx)
         xs = linear_inputs(torch, model, tokens)
         src = model.state_dict()
@@ -156,7 +178,7 @@ def main():
         tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0, "measured": 0}
         deq = (lambda st, n: dequant(torch, st, n)) if nv else \
             (lambda st, n: dequant_int4(torch, st, n))
-        same = {"input_scale": 0, "weight_scale_2": 0}
+        same = {"input_scale": 0, "weight_scale_2": 0, "weight_scale": 0}
         for name in sorted(xs):
             x = xs[name]
             w = src[name + ".weight"].double()
@@ -219,10 +241,12 @@ def main():
                 norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
     summary = write_summary(
         args.out, {"arch": args.arch, "wide": True, "mha": args.mha, "seed": args.seed, "rows": args.rows,
-                   "seq_len": args.seq_len, "qformat": args.qformat}, rows, tot,
+                   "seq_len": args.seq_len, "qformat": args.qformat,
+                   "algorithm": args.algorithm}, rows, tot,
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
-         "input_scales_equal": same["input_scale"] if nv else None,
-         "weight_scale_2_equal": same["weight_scale_2"] if nv else None,
+         "input_scales_equal": same["input_scale"] if nv or w8 else None,
+         "weight_scale_2_equal": same["weight_scale_2"] if nv or w8 else None,
+         "weight_scales_equal": same["weight_scale"],
          "quant_configs_equal": cfg_equal, "linears_measured": tot["measured"],
          "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),
          "norm_values_differing": norms})

@@ -458,7 +458,18 @@ static void int4_awq_more(const char *root, const char *dst, const char *src, co
 		{"{method: awq_lite, debug: true}", "{num_bits: 4, block_sizes: {-1: 128, type: "
 		 "static}}", "debug"},
 		{"{method: awq_lite}", "{num_bits: [4, 3]}",
-		 "awq_lite is implemented for INT4 block and NVFP4 weights only"},
+		 "awq_lite is implemented for INT4 block, W4A8 AWQ and NVFP4 weights only"},
+		/* awq_full (docs/awq.md "awq_full") */
+		{"{method: awq_full, min_clip_ratio: 0}", "{num_bits: 4, block_sizes: {-1: 128, "
+		 "type: static}}", "min_clip_ratio: must be in (0, 1]"},
+		{"{method: awq_full, max_tokens_per_batch: 0}", "{num_bits: 4, block_sizes: {-1: "
+		 "128, type: static}}", "max_tokens_per_batch: expected a positive integer"},
+		{"{method: awq_lite, shrink_step: 0.1}", "{num_bits: 4, block_sizes: {-1: 128, "
+		 "type: static}}", "shrink_step"},
+		{"{method: awq_full}", "{num_bits: [2, 1], block_sizes: {-1: 16, type: dynamic, "
+		 "scale_bits: [4, 3]}}", "awq_full is implemented for INT4 weights in blocks of 128"},
+		{"{method: awq_clip}", "{num_bits: 4, block_sizes: {-1: 128, type: static}}",
+		 "algorithm 'awq_clip' is not implemented"},
 	};
 	for (size_t k = 0; k < CAL_ARRAY_LEN(bad); k++) {
 		char nm[32];
@@ -472,6 +483,27 @@ static void int4_awq_more(const char *root, const char *dst, const char *src, co
 		cr_assert(strstr(e, bad[k].needle), "%s: %s", nm, e);
 		cr_assert(!cal_test_exists(d2));
 	}
+}
+
+/* awq_full (docs/awq.md "awq_full"): the report names the clip options
+ * and, per searched linear, its clipped blocks (some clipped). */
+static void awq_full_more(const char *root, const char *dst, const char *src, const char *tok)
+{
+	(void)root, (void)src, (void)tok;
+	json_t *rep = json_loads(slurp(path2(dst, "calibd_report.json")), 0, NULL);
+	json_t *aw = json_object_get(rep, "awq_full"), *lins = json_object_get(aw, "linears");
+	cr_assert_eq(json_integer_value(json_object_get(json_object_get(aw, "clip"),
+							"max_tokens_per_batch")), 64);
+	json_int_t clipped = 0;
+	size_t i;
+	json_t *l;
+	cr_assert(json_array_size(lins) > 0);
+	json_array_foreach(lins, i, l) {
+		cr_assert(json_is_integer(json_object_get(l, "clipped_blocks")), "linear %zu", i);
+		clipped += json_integer_value(json_object_get(l, "clipped_blocks"));
+	}
+	cr_assert(clipped > 0);
+	json_decref(rep);
 }
 
 /* int8_sq's report lists the smoothed linears with alpha 1.0; two ranks
@@ -534,6 +566,16 @@ static const struct qformat_case qformat_cases[] = {
 	 * no linear keeps a pre_quant_scale */
 	{"qwen3", "mha", "nvfp4_awq", "NVFP4_AWQ",
 	 "model.layers.0.self_attn.o_proj.input_scale !pre_quant_scale", NULL},
+	/* calibd's awq_full recipe (a built-in recipe: run with --recipe) */
+	{"qwen2_moe", "wide", "general/ptq/int4_awq_full-kv_fp8_cast", "W4A16_AWQ",
+	 "model.layers.0.self_attn.o_proj.pre_quant_scale", awq_full_more},
+	/* w4a8_awq (docs/awq.md "w4a8_awq"): per searched linear the INT4
+	 * weight, weight_scale_2 (the FP8 stage) and input_scale; the
+	 * pre_quant_scale where int4_awq has one */
+	{"qwen2_moe", "wide", "w4a8_awq", "W4A8_AWQ",
+	 "model.layers.0.self_attn.o_proj.pre_quant_scale model.layers.0.self_attn.o_proj."
+	 "weight_scale_2 model.layers.0.self_attn.q_proj.input_scale model.layers.1.mlp."
+	 "shared_expert.down_proj.weight_scale_2 !q_proj.pre_quant_scale", NULL},
 	/* an affine NVFP4 KV cache layered over --qformat nvfp4 */
 	{"llama", "default", "nvfp4 --kv-cache-qformat nvfp4_affine", "NVFP4",
 	 "model.layers.1.self_attn.k_proj.k_bias model.layers.0.self_attn.v_proj.v_bias",
@@ -557,8 +599,9 @@ ParameterizedTest(const size_t *i, quantize, qformat_end_to_end, .timeout = 120)
 	char *src = make_model(root, c->arch, c->layout);
 	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
 	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	int rc = run(NULL, errf, "quantize --model %s --qformat %s --calib-tokens %s --out %s "
-		     "--device cpu", src, c->qf, tok, dst);
+	/* qf: a --qformat name (and options), or a built-in recipe (general/...) */
+	int rc = run(NULL, errf, "quantize --model %s --%s %s --calib-tokens %s --out %s "
+		     "--device cpu", src, strchr(c->qf, '/') ? "recipe" : "qformat", c->qf, tok, dst);
 	expect_exit(rc, 0, errf);
 	rc = run(NULL, errf, "verify %s --source %s", dst, src);
 	expect_exit(rc, 0, errf);
@@ -593,10 +636,10 @@ Test(quantize, qformat_maps_or_refuses, .timeout = 60)
 	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
 	cr_assert(strstr(o, "general/ptq/nvfp4_default-kv_fp8_cast"), "%s", o);
 	char *dst2 = path2(root, "out2");
-	rc = run(NULL, errf, "quantize --model %s --qformat w4a8_awq --calib-tokens %s --out %s "
-		 "--device cpu", src, tok, dst2);
+	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4_svdquant --calib-tokens %s "
+		 "--out %s --device cpu", src, tok, dst2);
 	e = expect_exit(rc, 3, errf);
-	cr_assert(strstr(e, "qformat 'w4a8_awq' is refused: the W4A8 sequential"), "%s", e);
+	cr_assert(strstr(e, "qformat 'nvfp4_svdquant' is refused: algorithm 'svdquant'"), "%s", e);
 	cr_assert(!cal_test_exists(dst2));
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
 		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);

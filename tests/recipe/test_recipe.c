@@ -883,8 +883,8 @@ Test(plan, refusals)
 		   CAL_ERR_UNSUPPORTED, "modelopt's default is 8-bit integer");
 	plan_fails(qwen3_moe, HEAD "    - {quantizer_name: '*output_quantizer', cfg: {$import: nvfp4}}\n",
 		   CAL_ERR_UNSUPPORTED, "output quantizers");
-	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: awq_full, quant_cfg: []}\n",
-		   CAL_ERR_UNSUPPORTED, "algorithm 'awq_full' is not implemented");
+	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: awq_clip, quant_cfg: []}\n",
+		   CAL_ERR_UNSUPPORTED, "algorithm 'awq_clip' is not implemented");
 	/* GPTQ options calibd does not run are named (docs/gptq.md) */
 	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: {method: gptq, "
 				   "fused: true, layerwise: {enable: true}}, quant_cfg: []}\n",
@@ -923,6 +923,47 @@ static char *int8_yaml(const char *algo, const char *waxis, const char *iaxis)
 	char *y = NULL;
 	cr_assert(asprintf(&y, INT8_HEAD, algo, waxis, iaxis) > 0);
 	return y;
+}
+
+/* awq_full (docs/awq.md "awq_full"): awq_lite's method with awq_clip set,
+ * its four options read, defaults as AWQClipCalibConfig's; awq_lite does
+ * not take them. */
+Test(recipe, awq_full_options)
+{
+	char *y = int8_yaml("{method: awq_full, alpha_step: 0.2, min_clip_ratio: 0.4, "
+			    "shrink_step: 0.1, max_tokens_per_batch: 32, max_co_batch_size: 7}",
+			    "0", "null"), *msg = NULL;
+	struct cal_recipe *r = NULL;
+	cr_assert_eq(parse_msg(y, &msg, &r), CAL_OK, "%s", msg);
+	free(msg);
+	cr_expect_eq(r->algo.method, CAL_CALIB_AWQ_LITE);
+	cr_expect(r->algo.awq_clip);
+	cr_expect_str_eq(r->algo.name, "awq_full");
+	cr_expect_float_eq(r->algo.alpha_step, 0.2, 1e-12);
+	cr_expect_float_eq(r->algo.clip_min_ratio, 0.4, 1e-12);
+	cr_expect_float_eq(r->algo.clip_shrink_step, 0.1, 1e-12);
+	cr_expect_eq(r->algo.clip_max_tokens, 32);
+	cr_expect_eq(r->algo.clip_max_co_batch, 7);
+	cal_recipe_free(r);
+	free(y);
+	y = int8_yaml("awq_full", "0", "null");
+	cr_assert_eq(parse_msg(y, &msg, &r), CAL_OK, "%s", msg);
+	free(msg);
+	cr_expect(r->algo.awq_clip);
+	cr_expect_float_eq(r->algo.clip_min_ratio, 0.5, 1e-12);
+	cr_expect_float_eq(r->algo.clip_shrink_step, 0.05, 1e-12);
+	cr_expect_eq(r->algo.clip_max_tokens, 64);
+	cal_recipe_free(r);
+	free(y);
+	static const char *const bad[][2] = {
+		{"{method: awq_lite, min_clip_ratio: 0.4}", "min_clip_ratio"},
+		{"{method: awq_full, clip_ratio: 0.4}", "shrink_step"}, /* the keys listed */
+	};
+	for (size_t k = 0; k < CAL_ARRAY_LEN(bad); k++) {
+		y = int8_yaml(bad[k][0], "0", "null");
+		expect_error(y, CAL_ERR_FORMAT, bad[k][1]);
+		free(y);
+	}
 }
 
 Test(plan, int8_and_smoothquant)
