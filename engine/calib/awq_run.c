@@ -45,7 +45,6 @@
 struct alin {
 	struct cal_lin r;
 	float alpha;       /* -1: not searched (no token) */
-	int quant_in;      /* an enabled input quantizer (nvfp4_awq) */
 };
 
 struct cal_awq_run {
@@ -132,23 +131,6 @@ static void drop_layer(struct cal_calib *c)
 	drop_cache(g);
 }
 
-static enum cal_status pass_begin(struct cal_calib *c, int32_t L, int pass,
-				  const struct cal_layer_host *lh, const struct cal_layer_w *w,
-				  const struct cal_layer_w **use, struct cal_error *err)
-{
-	struct cal_awq_run *g = run(c);
-	const struct cal_plan *p = c->plan;
-	(void)L, (void)pass, (void)lh, (void)w, (void)use, (void)err;
-	for (size_t i = 0; i < g->r.n_lin; i++) {
-		struct alin *al = &LIN(g)[i];
-		const struct cal_plan_module *m = &p->modules[al->r.mod];
-		al->alpha = -1.0f;
-		al->quant_in = m->iq >= 0 && p->q[m->iq].spec.enabled;
-	}
-	c->lr_pass = 1;
-	return CAL_OK;
-}
-
 static enum cal_status awq_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
 				uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err)
 {
@@ -179,9 +161,12 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 				  struct alin *al, struct cal_error *err)
 {
 	struct cal_awq_run *g = run(c);
+	const struct cal_plan_module *m = &c->plan->modules[al->r.mod];
+	int quant_in = m->iq >= 0 && c->plan->q[m->iq].spec.enabled; /* nvfp4_awq */
 	uint64_t n = al->r.rows * al->r.cols;
 	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, al->r.f);
-	const char *name = c->plan->modules[al->r.mod].name;
+	const char *name = m->name;
+	al->alpha = -1.0f;
 	if (!src)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "awq: %s has no weight in the layer",
 				     name);
@@ -208,11 +193,11 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 		struct cal_awq_out o = {al->r.pqs, wf, wa, NULL, 0, 0.0f};
 		st = cal_awq_lite(c->host, g->wq, al->r.w, al->r.rows, al->r.cols, g->cache[al->r.site],
 				  T, g->batch[al->r.site], g->alpha_step, &o,
-				  al->quant_in ? &al->r.in_amax : NULL, err);
+				  quant_in ? &al->r.in_amax : NULL, err);
 		if (st >= 0) {
 			memcpy(al->r.w, wf, n * 2);
 			al->alpha = o.best_alpha;
-			al->r.has_in_amax = al->quant_in && al->alpha >= 0.0f;
+			al->r.has_in_amax = quant_in && al->alpha >= 0.0f;
 		} else {
 			st = cal_error_wrap(err, st, "awq: %s", name);
 		}
@@ -229,9 +214,8 @@ static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w 
 {
 	struct cal_awq_run *g = run(c);
 	uint64_t blk = g->wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128;
-	size_t n;
 	const struct cal_lin *l0 = NULL;
-	CAL_TRY_RET(cal_lin_resmooth(c, site, blk, 0, 1, &n, err));
+	CAL_TRY_RET(cal_lin_resmooth(c, site, blk, 0, 1, err));
 	for (size_t i = 0; i < g->r.n_lin; i++)
 		if (LIN(g)[i].r.site == site) {
 			l0 = l0 ? l0 : &LIN(g)[i].r;
@@ -328,18 +312,8 @@ static json_t *params(const struct cal_calib *c)
 }
 
 const struct cal_lin_algo cal_awq_algo = {
-	.method = CAL_CALIB_AWQ_LITE,
-	.name = "awq",
-	.key = "awq_lite",
-	.time_key = "search_s",
-	.passes = 1,
-	.size = sizeof(struct cal_awq_run),
-	.lin_size = sizeof(struct alin),
-	.check = cal_calib_check_awq,
-	.init = awq_init,
-	.drop_layer = drop_layer,
-	.begin = pass_begin,
-	.site = awq_site,
-	.end = pass_end,
-	.params = params,
+	.method = CAL_CALIB_AWQ_LITE, .name = "awq", .key = "awq_lite", .time_key = "search_s",
+	.passes = 1, .check = cal_calib_check_awq, .params = params, .init = awq_init,
+	.size = sizeof(struct cal_awq_run), .lin_size = sizeof(struct alin),
+	.drop_layer = drop_layer, .site = awq_site, .end = pass_end,
 };

@@ -267,8 +267,7 @@ struct cal_calib {
 	/* GPTQ, AWQ-lite, SmoothQuant (lin_run.c): set when the recipe's
 	 * algorithm is one of them */
 	struct cal_lin_run *lr;
-	int lr_pass;                     /* the actq sites call the run's site hook; GPTQ:
-					  * 1, 2, its passes that fake-quantize there */
+	int lr_pass;                     /* the actq sites call the run's site hook */
 
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
@@ -380,7 +379,7 @@ enum cal_status cal_layer_actq(struct cal_calib *c, int32_t L, int site, int64_t
 void cal_gated_q_map(const struct cal_calib *c, uint32_t *map);
 /* gptq_run.c: GPTQ in the forward (docs/gptq.md "In the engine"), a
  * linear run of three passes per layer (cal_gptq_algo).  Its site hook
- * runs while c->lr_pass is 1 or 2; its round_end, after each round of
+ * runs in passes 1 and 2 at every actq site; its round_end, after each round of
  * micro-batches of a pass: over several ranks, pass 1 gathers the round's
  * Hessian input rows from every rank and adds them in micro-batch order
  * (the bytes of one rank); a no-op otherwise. */
@@ -416,8 +415,8 @@ enum cal_status cal_linear_algo_refuse(const struct cal_model_desc *d, const cha
  * decoder layer: the list of linears the algorithm rewrites (their host
  * weights kept for the exporter until the next layer's list), the layer's
  * forward pass(es) with layer.c's actq sites feeding the algorithm while
- * c->lr_pass is set, the algorithm's solve, search or smoothing, and its
- * map of input amaxes; its statistics at the end.  calib.c opens one when
+ * c->lr_pass is set, the algorithm's solve, search or smoothing, and the
+ * input amaxes it leaves; its statistics at the end.  calib.c opens one when
  * the recipe's algorithm has a struct cal_lin_algo (lin_algos.def) and
  * calls the cal_lin_run_* steps; the algorithm files fill in the hooks.
  */
@@ -441,7 +440,9 @@ struct cal_lin {
 struct cal_lin_run {
 	const struct cal_lin_algo *a;
 	int32_t L;         /* the layer of lin; -1: none yet */
-	void *lin;         /* n_lin elements of a->lin_size bytes, each starting with a struct cal_lin */
+	int pass;          /* the pass running or last run */
+	void *lin;         /* n_lin elements of a->lin_size bytes, each a struct
+			    * cal_lin and the algorithm's own fields */
 	size_t n_lin, cap_lin;
 	uint64_t cols[EQ_COUNT]; /* columns of the input of site s's linears; 0: none */
 	json_t *report;    /* its statistics' per-linear objects */
@@ -453,6 +454,7 @@ struct cal_lin_algo {
 	const char *name;            /* in messages ("gptq: out of memory") */
 	const char *key, *time_key;  /* its statistics object's key, its seconds' key */
 	int passes;                  /* forward passes of each layer */
+	int site_pass;               /* the first pass whose actq sites call site */
 	int all_sites;               /* site sees every actq site (else the sites of its
 				      * linears, their column count checked) */
 	size_t size, lin_size;       /* its run, its linear elements */
@@ -470,9 +472,9 @@ struct cal_lin_algo {
 	void (*drop_layer)(struct cal_calib *c);
 	void (*release)(struct cal_calib *c);
 	void (*free)(struct cal_calib *c);
-	/* pass `pass` of layer L: begin sets *use (the weights the pass runs
-	 * with) and c->lr_pass when the actq sites are to call site; round_end
-	 * after each round of micro-batches (NULL: nothing) */
+	/* pass `pass` of layer L (r->pass): begin (NULL: nothing) may set *use,
+	 * the weights the pass runs with; round_end after each round of
+	 * micro-batches (NULL: nothing) */
 	enum cal_status (*begin)(struct cal_calib *c, int32_t L, int pass,
 				 const struct cal_layer_host *lh, const struct cal_layer_w *w,
 				 const struct cal_layer_w **use, struct cal_error *err);
@@ -518,19 +520,19 @@ enum cal_status cal_lin_push(struct cal_calib *c, const void *e, size_t bytes,
  * 8; docs/awq.md, docs/smoothquant.md "Export"): one pre_quant_scale for
  * all, each weight re-folded (cal_resmooth_group with blocks of blk along a
  * row; with_amax: the group's input amax into each in_amax).  Does nothing
- * for fewer than min_n linears; *n: how many read the site. */
+ * for fewer than min_n linears. */
 enum cal_status cal_lin_resmooth(struct cal_calib *c, int site, uint64_t blk, int with_amax,
-				 size_t min_n, size_t *n, struct cal_error *err);
+				 size_t min_n, struct cal_error *err);
 
 /* awq_run.c: AWQ-lite in the forward (docs/awq.md "In the engine"), a
  * linear run of one pass (cal_awq_algo) whose site hook caches the
- * linears' inputs and whose map puts the searched linears' NVFP4 input
- * amax as awq_lite leaves it (nvfp4_awq). */
+ * linears' inputs; its search leaves the searched linears' NVFP4 input
+ * amax (nvfp4_awq) for cal_lin_run_map. */
 struct cal_awq_run;
 
 /* sq_run.c: SmoothQuant in the forward (docs/smoothquant.md "In the
- * engine"), as awq_run.c (cal_sq_algo); its map replaces the layer's
- * smoothed input amaxes after cal_obs_map_layer. */
+ * engine"), as awq_run.c (cal_sq_algo); every smoothed linear's input amax
+ * goes to cal_lin_run_map. */
 struct cal_sq_run;
 
 /* A layer tensor as bf16 (the mapping when already bf16, else a converted

@@ -376,7 +376,7 @@ static enum cal_status gptq_site(struct cal_calib *c, int32_t L, int site, int64
 	(void)expert; /* routed experts share one input quantizer per projection */
 	if (g->site_q[site])
 		CAL_TRY_RET(fq_nvfp4(c, g->site_scale[site], x, rows, cols, err));
-	if (c->lr_pass != 1 || !g->hs[site] || !rows)
+	if (g->r.pass != 1 || !g->hs[site] || !rows)
 		return CAL_OK;
 	if (c->nranks > 1) { /* added in micro-batch order at the round's end */
 		uint64_t need = (g->stash_rows[site] + rows) * cols * 2;
@@ -423,7 +423,7 @@ static enum cal_status round_end(struct cal_calib *c, struct cal_error *err)
 {
 	struct cal_gptq_run *g = run(c);
 	uint64_t R = c->nranks;
-	if (c->lr_pass != 1 || R < 2)
+	if (g->r.pass != 1 || R < 2)
 		return CAL_OK;
 	/* every rank reaches this once per round, with or without a
 	 * micro-batch; the sites with a Hessian are the same on every rank */
@@ -901,7 +901,6 @@ static enum cal_status pass_begin(struct cal_calib *c, int32_t L, int pass,
 				  const struct cal_layer_w **use, struct cal_error *err)
 {
 	struct cal_gptq_run *g = run(c);
-	c->lr_pass = pass;
 	if (pass == 0) {
 		g->use = *w;
 		CAL_TRY_RET(hessians(c, err));
@@ -956,23 +955,10 @@ static json_t *params(const struct cal_calib *c)
 }
 
 const struct cal_lin_algo cal_gptq_algo = {
-	.method = CAL_CALIB_GPTQ,
-	.name = "gptq",
-	.key = "gptq",
-	.time_key = "solve_s",
-	.passes = 3,
-	.all_sites = 1,
-	.size = sizeof(struct cal_gptq_run),
-	.lin_size = sizeof(struct glin),
-	.check = cal_calib_check_gptq,
-	.init = gptq_init,
-	.list = layer_linears,
-	.drop_layer = drop_layer,
-	.release = release,
-	.free = gptq_free,
-	.begin = pass_begin,
-	.site = gptq_site,
-	.round_end = round_end,
+	.method = CAL_CALIB_GPTQ, .name = "gptq", .key = "gptq", .time_key = "solve_s",
+	.passes = 3, .site_pass = 1, .all_sites = 1, .check = cal_calib_check_gptq, .params = params,
+	.size = sizeof(struct cal_gptq_run), .lin_size = sizeof(struct glin),
+	.init = gptq_init, .list = layer_linears, .drop_layer = drop_layer, .release = release,
+	.free = gptq_free, .begin = pass_begin, .site = gptq_site, .round_end = round_end,
 	.end = pass_end,
-	.params = params,
 };

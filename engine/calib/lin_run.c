@@ -230,6 +230,8 @@ enum cal_status cal_lin_run_begin(struct cal_calib *c, int32_t L, int pass,
 {
 	struct cal_lin_run *r = c->lr;
 	*use = w;
+	r->pass = pass;
+	c->lr_pass = pass >= r->a->site_pass;
 	if (pass == 0) {
 		drop_layer(c);
 		r->L = L;
@@ -238,7 +240,7 @@ enum cal_status cal_lin_run_begin(struct cal_calib *c, int32_t L, int pass,
 		for (size_t i = 0; i < r->n_lin; i++)
 			r->cols[cal_lin_at(r, i)->site] = cal_lin_at(r, i)->cols;
 	}
-	return r->a->begin(c, L, pass, lh, w, use, err);
+	return r->a->begin ? r->a->begin(c, L, pass, lh, w, use, err) : CAL_OK;
 }
 
 enum cal_status cal_lin_run_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
@@ -305,7 +307,7 @@ const uint16_t *cal_calib_lin_weight(const struct cal_calib *c, size_t mod, uint
 }
 
 enum cal_status cal_lin_resmooth(struct cal_calib *c, int site, uint64_t blk, int with_amax,
-				 size_t min_n, size_t *n_ret, struct cal_error *err)
+				 size_t min_n, struct cal_error *err)
 {
 	struct cal_lin_run *r = c->lr;
 	struct cal_lin *l[8];
@@ -325,7 +327,6 @@ enum cal_status cal_lin_resmooth(struct cal_calib *c, int site, uint64_t blk, in
 		cols = l[n]->cols;
 		n++;
 	}
-	*n_ret = n;
 	if (n < min_n)
 		return CAL_OK;
 	uint16_t *avg = malloc(cols * 2);

@@ -86,7 +86,6 @@ static enum cal_status pass_begin(struct cal_calib *c, int32_t L, int pass,
 					      (void **)&g->nf[r->site], err));
 		CAL_TRY_RET(cal_nonfinite_reset(c->be, g->nf[r->site], err));
 	}
-	c->lr_pass = 1;
 	return CAL_OK;
 }
 
@@ -140,7 +139,6 @@ static enum cal_status pass_end(struct cal_calib *c, int32_t L, int pass,
 	double t0 = cal_now();
 	float *act[EQ_COUNT] = {0};
 	enum cal_status st = CAL_OK;
-	size_t n;
 	(void)pass;
 	CAL_TRY_RET(cal_backend_sync(c->be, err));
 	for (int s = 0; s < EQ_COUNT && st >= 0; s++) {
@@ -158,11 +156,11 @@ static enum cal_status pass_end(struct cal_calib *c, int32_t L, int pass,
 	/* the export's resmoothing of each shared-input group (docs/smoothquant.md
 	 * "Export"): one pre_quant_scale, re-folded weights, the group's input amax */
 	if (st >= 0)
-		st = cal_lin_resmooth(c, EQ_QKV, g->r.cols[EQ_QKV], 1, 2, &n, err);
+		st = cal_lin_resmooth(c, EQ_QKV, g->r.cols[EQ_QKV], 1, 2, err);
 	if (st >= 0)
-		st = cal_lin_resmooth(c, EQ_MLP_GU, g->r.cols[EQ_MLP_GU], 1, 2, &n, err);
+		st = cal_lin_resmooth(c, EQ_MLP_GU, g->r.cols[EQ_MLP_GU], 1, 2, err);
 	if (st >= 0)
-		st = cal_lin_resmooth(c, EQ_SH_GU, g->r.cols[EQ_SH_GU], 1, 2, &n, err);
+		st = cal_lin_resmooth(c, EQ_SH_GU, g->r.cols[EQ_SH_GU], 1, 2, err);
 	for (size_t i = 0; i < g->r.n_lin && st >= 0; i++) {
 		json_t *o = json_pack("{s:s, s:i, s:f}", "module",
 				      c->plan->modules[LIN(g)[i].mod].name, "layer", (int)L,
@@ -182,17 +180,8 @@ static json_t *params(const struct cal_calib *c)
 }
 
 const struct cal_lin_algo cal_sq_algo = {
-	.method = CAL_CALIB_SMOOTHQUANT,
-	.name = "smoothquant",
-	.key = "smoothquant",
-	.time_key = "smooth_s",
-	.passes = 1,
-	.size = sizeof(struct cal_sq_run),
-	.lin_size = sizeof(struct cal_lin),
-	.check = cal_calib_check_sq,
-	.drop_layer = drop_layer,
-	.begin = pass_begin,
-	.site = sq_site,
-	.end = pass_end,
-	.params = params,
+	.method = CAL_CALIB_SMOOTHQUANT, .name = "smoothquant", .key = "smoothquant",
+	.time_key = "smooth_s", .passes = 1, .check = cal_calib_check_sq, .params = params,
+	.size = sizeof(struct cal_sq_run), .lin_size = sizeof(struct cal_lin),
+	.drop_layer = drop_layer, .begin = pass_begin, .site = sq_site, .end = pass_end,
 };
