@@ -54,7 +54,6 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
 		    uint64_t *at, const struct cal_layer_host *lh)
 {
 	const char *pr = m->proj;
-	uint64_t H = (uint64_t)c->H, qd = (uint64_t)(c->nh * c->hd), kd = (uint64_t)(c->nkv * c->hd);
 	*at = 0;
 	if (m->wq < 0 || !c->plan->q[m->wq].spec.enabled || m->count != 1)
 		return -1;
@@ -85,7 +84,6 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
 	default:
 		break;
 	}
-	(void)H, (void)qd, (void)kd;
 	return -1;
 }
 
@@ -94,10 +92,10 @@ struct cal_lin *cal_lin_at(const struct cal_lin_run *r, size_t i)
 	return (struct cal_lin *)(void *)((char *)r->lin + i * r->a->lin_size);
 }
 
-/* Appends `bytes` of e as a new element of r->lin, the rest zeroed. */
-static enum cal_status push(struct cal_lin_run *r, const void *e, size_t bytes,
-			    struct cal_error *err)
+enum cal_status cal_lin_push(struct cal_calib *c, const void *e, size_t bytes,
+			     struct cal_error *err)
 {
+	struct cal_lin_run *r = c->lr;
 	size_t size = r->a->lin_size;
 	if (r->n_lin == r->cap_lin) {
 		size_t nc = r->cap_lin ? 2 * r->cap_lin : 16;
@@ -115,12 +113,6 @@ static enum cal_status push(struct cal_lin_run *r, const void *e, size_t bytes,
 	return CAL_OK;
 }
 
-enum cal_status cal_lin_push(struct cal_calib *c, const void *e, size_t bytes,
-			     struct cal_error *err)
-{
-	return push(c->lr, e, bytes, err);
-}
-
 /* Layer L's linears cal_linear_site names, in plan order. */
 static enum cal_status list_linears(struct cal_calib *c, int32_t L,
 				    const struct cal_layer_host *lh, struct cal_error *err)
@@ -131,7 +123,7 @@ static enum cal_status list_linears(struct cal_calib *c, int32_t L,
 		struct cal_lin r = {.mod = mi, .rows = (uint64_t)m->out, .cols = (uint64_t)m->in};
 		if (m->layer != L || (r.site = cal_linear_site(c, m, &r.f, &r.at, lh)) < 0)
 			continue;
-		CAL_TRY_RET(push(c->lr, &r, sizeof(r), err));
+		CAL_TRY_RET(cal_lin_push(c, &r, sizeof(r), err));
 	}
 	return CAL_OK;
 }
