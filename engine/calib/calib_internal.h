@@ -462,10 +462,12 @@ struct cal_lin_algo {
 	enum cal_status (*check)(const struct cal_plan *p, struct cal_error *err);
 	/* its own fields of the zeroed run c->lr (NULL: none) */
 	enum cal_status (*init)(struct cal_calib *c, struct cal_error *err);
-	/* appends layer L's linears (NULL: those cal_linear_site names, in plan
-	 * order, the rest of each element zeroed) */
-	enum cal_status (*list)(struct cal_calib *c, int32_t L, const struct cal_layer_host *lh,
-				struct cal_error *err);
+	/* whether plan module m of the layer is one of its linears: fills the
+	 * element lin (zeroed, its struct cal_lin's mod, rows and cols set) and
+	 * gives its input site; -1 not one, -2 out of memory (lin left owning
+	 * nothing).  NULL: cal_linear_site */
+	int (*linear)(const struct cal_calib *c, const struct cal_plan_module *m,
+		      const struct cal_layer_host *lh, void *lin);
 	/* frees what the layer's linears and state own beyond w and pqs; the
 	 * run's back-end buffers (calib.c's free_run); the rest of the run
 	 * (NULL: nothing) */
@@ -511,11 +513,6 @@ void cal_lin_run_map(struct cal_calib *c, int32_t L);
 json_t *cal_lin_run_stats(const struct cal_calib *c);
 /* Linear i of the run. */
 struct cal_lin *cal_lin_at(const struct cal_lin_run *r, size_t i);
-/* Appends a linear to c->lr: `bytes` of e (which starts with its struct
- * cal_lin), the rest of the element zeroed (a list hook's).  Errors:
- * CAL_ERR_NOMEM. */
-enum cal_status cal_lin_push(struct cal_calib *c, const void *e, size_t bytes,
-			     struct cal_error *err);
 /* The export's resmoothing of the layer's linears reading `site` (at most
  * 8; docs/awq.md, docs/smoothquant.md "Export"): one pre_quant_scale for
  * all, each weight re-folded (cal_resmooth_group with blocks of blk along a

@@ -186,12 +186,14 @@ static int input_site(const struct cal_calib *c, const struct cal_plan_module *m
 }
 
 /* The linear GPTQ updates for plan module m (every quantized nn.Linear of
- * a decoder layer outside the routed experts): its input site, its rows in
- * the engine's layout and their checkpoint order; -1 for any other module.
- * gl->map is allocated when the orders differ. */
+ * a decoder layer outside the routed experts; the list hook): its input
+ * site, its rows in the engine's layout and their checkpoint order; -1 for
+ * any other module, -2 out of memory.  gl->map is allocated when the orders
+ * differ. */
 static int gptq_linear(const struct cal_calib *c, const struct cal_plan_module *m,
-		       const struct cal_layer_host *lh, struct glin *gl)
+		       const struct cal_layer_host *lh, void *lin)
 {
+	struct glin *gl = lin;
 	int f = -1, site;
 	uint64_t at = 0;
 	gl->n_part = 1;
@@ -199,6 +201,8 @@ static int gptq_linear(const struct cal_calib *c, const struct cal_plan_module *
 	if ((site = input_site(c, m, lh, &f, &at)) < 0)
 		return -1;
 	gl->part[0] = (struct gpart){f, at, (uint64_t)m->out};
+	gl->r.f = f;
+	gl->r.at = at;
 	if (f == F_WQ && c->d->attn == CAL_ATTN_GATED_GQA) {
 		if ((gl->map = malloc((size_t)m->out * sizeof(uint32_t))))
 			cal_gated_q_map(c, gl->map);
@@ -214,11 +218,14 @@ static int gptq_linear(const struct cal_calib *c, const struct cal_plan_module *
 		gl->n_part = 2;
 		uint32_t *m1 = malloc((g.cd + g.vd) * sizeof(uint32_t));
 		uint32_t *m2 = malloc(2 * g.nv * sizeof(uint32_t));
-		if (m1 && m2)
-			cal_gdn_fused_maps(&g, m1, m2);
+		if (!m1 || !m2) {
+			CAL_FREE_ALL(m1, m2);
+			return -2;
+		}
+		cal_gdn_fused_maps(&g, m1, m2);
 		gl->map = qkvz ? m1 : m2;
 		free(qkvz ? m2 : m1);
-		return m1 && m2 ? site : -2;
+		return site;
 	}
 	return site;
 }
@@ -557,33 +564,6 @@ static enum cal_status site_scales(struct cal_calib *c, int32_t L, struct cal_er
 out:
 	free(am);
 	return st;
-}
-
-/* The linears of layer L that GPTQ updates. */
-static enum cal_status layer_linears(struct cal_calib *c, int32_t L,
-				     const struct cal_layer_host *lh, struct cal_error *err)
-{
-	const struct cal_plan *p = c->plan;
-	for (size_t mi = 0; mi < p->n_modules; mi++) {
-		const struct cal_plan_module *m = &p->modules[mi];
-		struct glin gl = {.r = {.mod = mi, .rows = (uint64_t)m->out, .cols = (uint64_t)m->in}};
-		if (m->layer != L)
-			continue;
-		if ((gl.r.site = gptq_linear(c, m, lh, &gl)) == -2) {
-			free(gl.map);
-			return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-		}
-		if (gl.r.site < 0)
-			continue;
-		gl.r.f = gl.part[0].f;
-		gl.r.at = gl.part[0].at;
-		enum cal_status st = cal_lin_push(c, &gl, sizeof(gl), err);
-		if (st < 0) {
-			free(gl.map);
-			return st;
-		}
-	}
-	return CAL_OK;
 }
 
 /* The Hessians of the layer's linears (zeroed). */
@@ -958,7 +938,7 @@ const struct cal_lin_algo cal_gptq_algo = {
 	.method = CAL_CALIB_GPTQ, .name = "gptq", .key = "gptq", .time_key = "solve_s",
 	.passes = 3, .site_pass = 1, .all_sites = 1, .check = cal_calib_check_gptq, .params = params,
 	.size = sizeof(struct cal_gptq_run), .lin_size = sizeof(struct glin),
-	.init = gptq_init, .list = layer_linears, .drop_layer = drop_layer, .release = release,
+	.init = gptq_init, .linear = gptq_linear, .drop_layer = drop_layer, .release = release,
 	.free = gptq_free, .begin = pass_begin, .site = gptq_site, .round_end = round_end,
 	.end = pass_end,
 };

@@ -92,38 +92,33 @@ struct cal_lin *cal_lin_at(const struct cal_lin_run *r, size_t i)
 	return (struct cal_lin *)(void *)((char *)r->lin + i * r->a->lin_size);
 }
 
-enum cal_status cal_lin_push(struct cal_calib *c, const void *e, size_t bytes,
-			     struct cal_error *err)
-{
-	struct cal_lin_run *r = c->lr;
-	size_t size = r->a->lin_size;
-	if (r->n_lin == r->cap_lin) {
-		size_t nc = r->cap_lin ? 2 * r->cap_lin : 16;
-		void *nv = realloc(r->lin, nc * size);
-		if (!nv)
-			return cal_error_set(err, CAL_ERR_NOMEM, "layer %d: out of memory listing "
-					     "its linears", (int)r->L);
-		r->lin = nv;
-		r->cap_lin = nc;
-	}
-	char *at = (char *)r->lin + r->n_lin * size;
-	memset(at, 0, size);
-	memcpy(at, e, bytes);
-	r->n_lin++;
-	return CAL_OK;
-}
-
-/* Layer L's linears cal_linear_site names, in plan order. */
+/* Layer L's linears (the algorithm's linear hook), in plan order. */
 static enum cal_status list_linears(struct cal_calib *c, int32_t L,
 				    const struct cal_layer_host *lh, struct cal_error *err)
 {
+	struct cal_lin_run *r = c->lr;
 	const struct cal_plan *p = c->plan;
+	size_t size = r->a->lin_size;
 	for (size_t mi = 0; mi < p->n_modules; mi++) {
 		const struct cal_plan_module *m = &p->modules[mi];
-		struct cal_lin r = {.mod = mi, .rows = (uint64_t)m->out, .cols = (uint64_t)m->in};
-		if (m->layer != L || (r.site = cal_linear_site(c, m, &r.f, &r.at, lh)) < 0)
+		if (m->layer != L)
 			continue;
-		CAL_TRY_RET(cal_lin_push(c, &r, sizeof(r), err));
+		if (r->n_lin == r->cap_lin) {
+			size_t nc = r->cap_lin ? 2 * r->cap_lin : 16;
+			void *nv = realloc(r->lin, nc * size);
+			if (!nv)
+				return cal_error_set(err, CAL_ERR_NOMEM, "layer %d: out of memory "
+						     "listing its linears", (int)L);
+			r->lin = nv;
+			r->cap_lin = nc;
+		}
+		struct cal_lin *l = memset((char *)r->lin + r->n_lin * size, 0, size);
+		*l = (struct cal_lin){.mod = mi, .rows = (uint64_t)m->out, .cols = (uint64_t)m->in};
+		l->site = r->a->linear ? r->a->linear(c, m, lh, l)
+				       : cal_linear_site(c, m, &l->f, &l->at, lh);
+		if (l->site == -2)
+			return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", r->a->name);
+		r->n_lin += l->site >= 0;
 	}
 	return CAL_OK;
 }
@@ -227,7 +222,7 @@ enum cal_status cal_lin_run_begin(struct cal_calib *c, int32_t L, int pass,
 	if (pass == 0) {
 		drop_layer(c);
 		r->L = L;
-		CAL_TRY_RET(r->a->list ? r->a->list(c, L, lh, err) : list_linears(c, L, lh, err));
+		CAL_TRY_RET(list_linears(c, L, lh, err));
 		memset(r->cols, 0, sizeof(r->cols));
 		for (size_t i = 0; i < r->n_lin; i++)
 			r->cols[cal_lin_at(r, i)->site] = cal_lin_at(r, i)->cols;
