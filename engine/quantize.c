@@ -152,11 +152,7 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 		uint64_t n = 0;
 		const uint16_t *pqs = NULL, *w = NULL;
 		if (p->modules[mi].layer == layer)
-			w = cal_calib_gptq_weight(c, mi, &n);
-		if (p->modules[mi].layer == layer && !w)
-			w = cal_calib_awq_weight(c, mi, &n, &pqs);
-		if (p->modules[mi].layer == layer && !w)
-			w = cal_calib_sq_weight(c, mi, &n, &pqs);
+			w = cal_calib_lin_weight(c, mi, &n, &pqs);
 		if (w)
 			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, pqs, err));
 		const float *clip = w ? cal_calib_awq_clip(c, mi, &n) : NULL;

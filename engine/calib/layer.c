@@ -724,12 +724,9 @@ static enum cal_status ewise(struct cal_calib *c, enum cal_ewise_mode mode, cons
 enum cal_status cal_layer_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			       uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err)
 {
-	if (c->gq_pass) /* GPTQ's passes 1 and 2 (gptq_run.c) */
-		return cal_gptq_site(c, L, site, expert, x, rows, cols, err);
-	if (c->aw_pass) /* AWQ-lite's input cache (awq_run.c) */
-		return cal_awq_site(c, site, x, rows, cols, err);
-	if (c->sq_pass) /* SmoothQuant's per-channel amax (sq_run.c) */
-		return cal_sq_site(c, site, x, rows, cols, err);
+	if (c->lr_pass) /* GPTQ's passes 1 and 2, AWQ-lite's input cache, SmoothQuant's
+			 * per-channel amax (lin_run.c) */
+		return cal_lin_run_site(c, L, site, expert, x, rows, cols, err);
 	if (!c->ev_quant)
 		return CAL_OK;
 	return cal_eval_actq(c, L, site, expert, x, rows, cols, err);
@@ -923,12 +920,13 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	if (w->s13) {
 		uint64_t S = (uint64_t)c->Is;
 		const uint16_t *sx = c->h;
-		if (c->ev_quant || c->gq_pass) { /* the shared expert's own quantized input; sy is
-						  * free until s2 */
+		int gq_pass = c->lr_pass && c->lr->a == &cal_gptq_algo;
+		if (c->ev_quant || gq_pass) { /* the shared expert's own quantized input; sy is
+					       * free until s2 */
 			CAL_TRY(cal_backend_copy(c->be, c->sy, c->h, T * H * 2, err));
 			CAL_TRY(cal_layer_actq(c, L, EQ_SH_GU, -1, c->sy, T, H, err));
 			sx = c->sy;
-		} else if (c->aw_pass || c->sq_pass) { /* AWQ, SmoothQuant read the input */
+		} else if (c->lr_pass) { /* AWQ, SmoothQuant read the input */
 			CAL_TRY(cal_layer_actq(c, L, EQ_SH_GU, -1, c->h, T, H, err));
 		}
 		CAL_TRY(cal_layer_gemm(c, sx, w->s13, NULL, c->sgu, T, 2 * S, H, err));
