@@ -419,7 +419,7 @@ Test(args, shared_checks_name_the_argument)
 	cr_expect(strstr(cal_error_msg(&err), "argument 'index' is NULL") != NULL, "%s",
 		  cal_error_msg(&err));
 	cal_error_clear(&err);
-	struct cal_router_args r = {src, 1, 4, 2, 2, 1, idx, weight, (enum cal_router_mode)9};
+	struct cal_router_args r = {src, 1, 4, 2, 2, 1, idx, weight, (enum cal_router_mode)9, 0};
 	cr_expect_eq(cal_op_router(be, &r, &err), CAL_ERR_INVALID);
 	cr_expect(strstr(cal_error_msg(&err), "argument 'mode' = 9 is unknown") != NULL, "%s",
 		  cal_error_msg(&err));
