@@ -14,7 +14,9 @@ case's arch, layout and seed) with the parity case's tokens:
   * no smoothing (round to nearest): calibd's general/ptq/int8_default-kv_fp8_cast.
 
 Compared per smoothed linear: the exported pre_quant_scale (values that
-differ), the 8-bit codes (share that differ), and the layer-output MSE of
+differ; and hf_pre_quant_scale_differing: modelopt's against 1 / max|x| of
+transformers' own inputs, the alpha-1 scale before the export's shared-input
+averaging, which is where the two can part), the 8-bit codes (share that differ), and the layer-output MSE of
 the exported weight on the unquantized model's inputs X of that linear
 (awq_model_diff.linear_inputs: all token rows in one forward),
 mean((X * pqs) What^T - X W^T)^2 (What = codes * weight_scale per row; X for
@@ -106,6 +108,11 @@ def main():
             x = xs[name]
             y = x @ src[name + ".weight"].double().t()
             res = {"linear": name}
+            # alpha 1: s = 1 / act (clamped), act the per-channel max |x| of
+            # transformers' own forward -- what modelopt's scale is a function of
+            s_hf = (1.0 / x.abs().amax(0).float()).clamp(1e-4, 1e4).to(torch.bfloat16)
+            res["hf_pre_quant_scale_differing"] = int(
+                (s_hf.view(torch.int16) != M[name + ".pre_quant_scale"].view(torch.int16)).sum())
             for tag, st in (("modelopt", M), ("calibd", C), ("rtn", R), ("modelopt_eager", ME)):
                 if st is None:
                     continue
