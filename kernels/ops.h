@@ -580,6 +580,10 @@ struct cal_router_args {
 	uint32_t *idx;           /* [t, k_total] */
 	float *weight;           /* [t, k] */
 	enum cal_router_mode mode;
+	/* softmax-then-top-k: round the k weights (after any renormalisation)
+	 * to bf16, as transformers' Qwen2/Qwen3 MoE, OLMoE, Qwen3-Next and
+	 * Qwen3.5 routers return them (docs/architectures.md) */
+	int bf16_weights;
 };
 
 /* Sorts the (token, slot) pairs p = t*k_total + s by expert id idx[p]

@@ -895,7 +895,8 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 		struct cal_router_args ra = {c->logits, T, (uint32_t)E, (uint32_t)c->k, (uint32_t)kk,
 					     d->norm_topk_prob, c->idx, c->rw,
 					     d->router == CAL_ROUTER_TOPK_SOFTMAX ? CAL_ROUTER_MODE_TOPK_SOFTMAX
-										  : CAL_ROUTER_MODE_SOFTMAX_TOPK};
+										  : CAL_ROUTER_MODE_SOFTMAX_TOPK,
+					     d->arch->router_bf16_weights};
 		CAL_TRY(cal_op_router(c->be, &ra, err));
 	}
 	struct cal_moe_sort_args sa = {c->idx, P, (uint32_t)E, c->offsets, c->sorted, c->ppos};

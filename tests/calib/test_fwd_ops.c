@@ -237,7 +237,7 @@ Test(fwd_ops, router_ties_renorm_and_extra_slots)
 	float w[2 * 2];
 	for (int i = 0; i < 2 * E; i++)
 		l[i] = cal_f32_to_bf16(lg[i / E][i % E]);
-	struct cal_router_args a = {l, 2, E, 2, 3, 1, idx, w, CAL_ROUTER_MODE_SOFTMAX_TOPK};
+	struct cal_router_args a = {l, 2, E, 2, 3, 1, idx, w, CAL_ROUTER_MODE_SOFTMAX_TOPK, 0};
 	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
 	cr_expect_eq(idx[0], 1u);
 	cr_expect_eq(idx[1], 4u);
@@ -254,6 +254,17 @@ Test(fwd_ops, router_ties_renorm_and_extra_slots)
 	for (int i = 0; i < E; i++)
 		sum += exp(lg[1][i] - 3.0);
 	cr_expect(fabs(w[2] - 1.0 / sum) < 1e-6, "softmax prob %g", (double)w[2]);
+	/* transformers' Qwen/OLMoE routers: the renormalised weights in bf16 */
+	float f32w[2 * 2];
+	a.renorm = 1;
+	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
+	memcpy(f32w, w, sizeof(w));
+	a.bf16_weights = 1;
+	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
+	for (int i = 0; i < 2 * 2; i++)
+		cr_expect_eq(w[i], cal_bf16_to_f32(cal_f32_to_bf16(f32w[i])), "weight %d: %g", i,
+			     (double)w[i]);
+	cr_expect_neq(w[2], f32w[2], "the fp32 weight %g is not a bf16 value", (double)f32w[2]);
 }
 
 /* gpt_oss: each head's sink joins the softmax denominator (no value row) */
@@ -314,7 +325,7 @@ Test(fwd_ops, router_topk_then_softmax)
 	float w[2];
 	for (int i = 0; i < E; i++)
 		l[i] = cal_f32_to_bf16(lg[i]);
-	struct cal_router_args a = {l, 1, E, 2, 3, 0, idx, w, CAL_ROUTER_MODE_TOPK_SOFTMAX};
+	struct cal_router_args a = {l, 1, E, 2, 3, 0, idx, w, CAL_ROUTER_MODE_TOPK_SOFTMAX, 0};
 	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
 	cr_expect(idx[0] == 1 && idx[1] == 3 && idx[2] == 4, "idx %u %u %u", idx[0], idx[1], idx[2]);
 	cr_expect_eq(w[0], 0.5f);

@@ -61,7 +61,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gptq_model_diff import (dequant, diff_args, load_model, load_st,  # noqa: E402
-                             patch_ieee_sqrt, patch_modelopt_cpu, run, write_summary)
+                             patch_ieee_sqrt, patch_modelopt_cpu, print_spread, run,
+                             write_summary)
 from model_diff_common import count_codes  # noqa: E402
 
 AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -83,18 +84,20 @@ def linear_inputs(torch, model, tokens):
     return {k: torch.cat(v) for k, v in xs.items()}
 
 
-def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algorithm="awq_lite"):
+def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algorithm="awq_lite",
+                 attn=None):
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
     from modelopt.torch.quantization import model_calib
     torch.manual_seed(1234)
-    model = load_model(torch, transformers, model_dir)
-    alphas = {}
+    model = load_model(torch, transformers, model_dir, attn)
+    alphas, losses = {}, {}
     orig = model_calib.apply_pre_quant_scale_and_smooth
     names = {id(m): n for n, m in model.named_modules()}
 
     def capture(linear, pre_quant_scale=None):
         alphas[names.get(id(linear), "?")] = float(linear.awq_lite.best_alpha)
+        losses[names.get(id(linear), "?")] = {a: float(v) for a, v in linear.awq_lite.loss.items()}
         return orig(linear, pre_quant_scale)
 
     model_calib.apply_pre_quant_scale_and_smooth = capture
@@ -115,7 +118,22 @@ def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algor
     model = mtq.quantize(model, cfg, forward_loop=loop)
     model_calib.apply_pre_quant_scale_and_smooth = orig
     export_hf_checkpoint(model, export_dir=out_dir)
-    return alphas
+    return alphas, losses
+
+
+def loss_margins(loss, best, other):
+    """modelopt's search losses around its choice, relative to its least loss:
+    the runner-up's (how close the search was) and, where calibd chose
+    another alpha, that alpha's."""
+    if not loss or best is None:
+        return {}
+    lb = loss[best]
+    out = {"modelopt_loss_margin": min(
+        (v - lb) / lb for a, v in loss.items() if a != best) if lb > 0 else None}
+    if other is not None and other != best:
+        a = min(loss, key=lambda k: abs(k - other))
+        out["modelopt_loss_at_calibd_alpha"] = (loss[a] - lb) / lb if lb > 0 else None
+    return out
 
 
 def dequant_int4(torch, st, name):
@@ -159,7 +177,13 @@ def main():
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         nv = args.qformat == "nvfp4_awq"
         w8 = args.qformat == "w4a8_awq"
-        m_alpha = run_modelopt(torch, transformers, fx, tokens, mo, args.qformat, args.algorithm)
+        m_alpha, m_loss = run_modelopt(torch, transformers, fx, tokens, mo, args.qformat,
+                                       args.algorithm)
+        me = os.path.join(tmp, "modelopt_eager")
+        e_alpha = {}
+        if args.spread:
+            e_alpha, _ = run_modelopt(torch, transformers, fx, tokens, me, args.qformat,
+                                      args.algorithm, "eager")
         base = [args.calibd, "quantize", "--model", fx, "--calib-tokens", tok, "--device",
                 "cpu", "--div", "exact", "--quiet"]
         full = args.algorithm == "awq_full"
@@ -174,8 +198,12 @@ def main():
         xs = linear_inputs(torch, model, tokens)
         src = model.state_dict()
         M, C, R = load_st(torch, mo), load_st(torch, ca), load_st(torch, rt)
+        ME = load_st(torch, me) if args.spread else None
         rows = []
         tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0, "measured": 0}
+        tags = ("modelopt", "calibd", "rtn") + (("modelopt_eager",) if args.spread else ())
+        for tag in tags[3:]:
+            tot[tag] = 0.0
         deq = (lambda st, n: dequant(torch, st, n)) if nv else \
             (lambda st, n: dequant_int4(torch, st, n))
         same = {"input_scale": 0, "weight_scale_2": 0, "weight_scale": 0}
@@ -185,7 +213,10 @@ def main():
             y = x @ w.t()
             res = {"linear": name, "modelopt_alpha": m_alpha.get(name),
                    "calibd_alpha": c_alpha.get(name)}
-            for tag, st in (("modelopt", M), ("calibd", C), ("rtn", R)):
+            res.update(loss_margins(m_loss.get(name), m_alpha.get(name), c_alpha.get(name)))
+            if args.spread:
+                res["modelopt_eager_alpha"] = e_alpha.get(name)
+            for tag, st in zip(tags, (M, C, R, ME)):
                 wh, codes = deq(st, name)
                 pq = st.get(name + ".pre_quant_scale")
                 pre = name[: name.rfind(".") + 1]
@@ -217,7 +248,7 @@ def main():
                         same[k] += a is not None and b is not None and torch.equal(a, b)
             if res.get("metric") != "none":
                 tot["measured"] += 1
-                for tag in ("modelopt", "calibd", "rtn"):
+                for tag in tags:
                     tot[tag] += res[tag + "_mse"]
             rows.append(res)
         cfg_equal = {}
@@ -258,6 +289,14 @@ def main():
              m["modelopt"], m["calibd"], m["rtn"], summary["codes_differing_pct"],
              sum(norms.values()), summary["input_scales_equal"],
              summary["weight_scale_2_equal"]))
+    print_spread(m)
+    for r in rows:
+        if r["modelopt_alpha"] != r["calibd_alpha"]:
+            print("  %s: alpha modelopt %s, calibd %s; modelopt's loss at calibd's alpha %+.2e "
+                  "relative; runner-up %+.2e" % (
+                      r["linear"], r["modelopt_alpha"], r["calibd_alpha"],
+                      r.get("modelopt_loss_at_calibd_alpha", float("nan")),
+                      r.get("modelopt_loss_margin", float("nan"))))
     return 0 if m["calibd"] <= m["modelopt"] * (1 + args.tolerance + 1e-9) else 1
 
 

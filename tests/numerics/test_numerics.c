@@ -419,7 +419,7 @@ Test(args, shared_checks_name_the_argument)
 	g.out = NULL;
 	expect_refused(cal_op_gather_rows(be, &g, &err), &err, CAL_ERR_INVALID,
 		       "argument 'index' is NULL");
-	struct cal_router_args r = {src, 1, 4, 2, 2, 1, idx, weight, (enum cal_router_mode)9};
+	struct cal_router_args r = {src, 1, 4, 2, 2, 1, idx, weight, (enum cal_router_mode)9, 0};
 	expect_refused(cal_op_router(be, &r, &err), &err, CAL_ERR_INVALID,
 		       "argument 'mode' = 9 is unknown");
 	r.mode = (enum cal_router_mode)0;
