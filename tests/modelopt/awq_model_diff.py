@@ -84,6 +84,15 @@ def linear_inputs(torch, model, tokens):
     return {k: torch.cat(v) for k, v in xs.items()}
 
 
+def load_outputs(torch, transformers, fx, tokens, dirs):
+    """The source model's linear inputs and state dict, then the exported
+    tensors of each output folder in dirs (modelopt, calibd, round to
+    nearest, modelopt with eager attention or None)."""
+    model = load_model(torch, transformers, fx)
+    xs = linear_inputs(torch, model, tokens)
+    return (xs, model.state_dict()) + tuple(load_st(torch, d) if d else None for d in dirs)
+
+
 def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algorithm="awq_lite",
                  attn=None):
     import modelopt.torch.quantization as mtq
@@ -194,11 +203,8 @@ def main():
         with open(os.path.join(ca, "calibd_report.json")) as f:
             rep = json.load(f)
         c_alpha = {r["module"]: r["alpha"] for r in rep[args.algorithm]["linears"]}
-        model = load_model(torch, transformers, fx)
-        xs = linear_inputs(torch, model, tokens)
-        src = model.state_dict()
-        M, C, R = load_st(torch, mo), load_st(torch, ca), load_st(torch, rt)
-        ME = load_st(torch, me) if args.spread else None
+        xs, src, M, C, R, ME = load_outputs(torch, transformers, fx, tokens,
+                                            (mo, ca, rt, me if args.spread else None))
         rows = []
         tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0, "measured": 0}
         tags = ("modelopt", "calibd", "rtn") + (("modelopt_eager",) if args.spread else ())

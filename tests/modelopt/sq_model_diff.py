@@ -18,7 +18,7 @@ differ; and hf_pre_quant_scale_differing: modelopt's against 1 / max|x| of
 transformers' own inputs, the alpha-1 scale before the export's shared-input
 averaging, which is where the two can part), the 8-bit codes (share that differ), and the layer-output MSE of
 the exported weight on the unquantized model's inputs X of that linear
-(awq_model_diff.linear_inputs: all token rows in one forward),
+(awq_model_diff.load_outputs: all token rows in one forward),
 mean((X * pqs) What^T - X W^T)^2 (What = codes * weight_scale per row; X for
 the unsmoothed baseline), against the source weight.  The input quantizer
 is left out of the MSE (its per-tensor scale is checked by the
@@ -35,8 +35,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from awq_model_diff import linear_inputs  # noqa: E402
-from gptq_model_diff import (case_fixture, diff_args, load_model, load_st,  # noqa: E402
+from awq_model_diff import load_outputs  # noqa: E402
+from gptq_model_diff import (case_fixture, diff_args, load_model,  # noqa: E402
                              print_spread, run, write_summary)
 from model_diff_common import count_codes  # noqa: E402
 from modelopt_fingerprints import recipe_file  # noqa: E402
@@ -93,11 +93,8 @@ def main():
                 "cpu", "--div", "exact", "--quiet"]
         run(base + ["--recipe", RECIPE, "--out", ca])
         run(base + ["--recipe", BASELINE, "--out", rt])
-        model = load_model(torch, transformers, fx)
-        xs = linear_inputs(torch, model, tokens)
-        src = model.state_dict()
-        M, C, R = load_st(torch, mo), load_st(torch, ca), load_st(torch, rt)
-        ME = load_st(torch, me) if args.spread else None
+        xs, src, M, C, R, ME = load_outputs(torch, transformers, fx, tokens,
+                                            (mo, ca, rt, me if args.spread else None))
         rows = []
         tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0}
         if args.spread:
