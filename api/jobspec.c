@@ -431,9 +431,46 @@ static enum cal_api_err jobspec_qformat(const json_t *q, json_t *out, struct cal
 	return CAL_API_OK;
 }
 
+/* "kv_cache_qformat": hf_ptq.py's --kv_cache_qformat name, appended over
+ * the recipe's KV cache (engine/recipe/qformat.h cal_kv_qformat_apply). */
+static enum cal_api_err jobspec_kv_qformat(const json_t *req, json_t *out,
+					   struct cal_api_problem *prob)
+{
+	json_t *k = get_given(req, "kv_cache_qformat");
+	size_t n = 0, i;
+	const struct cal_kv_qformat *l = cal_kv_qformat_list(&n);
+	if (!k)
+		return CAL_API_OK;
+	for (i = 0; json_is_string(k) && i < n; i++)
+		if (!strcmp(l[i].name, json_string_value(k)) &&
+		    strlen(json_string_value(k)) == json_string_length(k))
+			break;
+	if (!json_is_string(k) || i == n) {
+		char names[256] = "";
+		for (size_t j = 0; j < n; j++)
+			snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+				 j ? ", " : "", l[j].name);
+		return cal_api_problem_set(prob, CAL_API_ERR_INVALID_FIELD, "kv_cache_qformat",
+					   "unknown kv_cache_qformat '%.64s': one of %s",
+					   json_is_string(k) ? json_string_value(k) : "(not a string)",
+					   names);
+	}
+	json_object_set(out, "kv_cache_qformat", k);
+	return CAL_API_OK;
+}
+
+static enum cal_api_err recipe_fields(const json_t *req, json_t *out, struct cal_api_problem *prob);
+
 /* "recipe": NAME | {"yaml": TEXT}, "recipe_yaml": TEXT, or "qformat": NAME
- * (exactly one).  Syntax only: api/recipes.c loads the recipe. */
+ * (exactly one), and "kv_cache_qformat".  Syntax only: api/recipes.c loads
+ * the recipe. */
 enum cal_api_err cal_jobspec_recipe(const json_t *req, json_t *out, struct cal_api_problem *prob)
+{
+	enum cal_api_err ae = recipe_fields(req, out, prob);
+	return ae ? ae : jobspec_kv_qformat(req, out, prob);
+}
+
+static enum cal_api_err recipe_fields(const json_t *req, json_t *out, struct cal_api_problem *prob)
 {
 	json_t *r = get_given(req, "recipe");
 	json_t *ry = get_given(req, "recipe_yaml");
@@ -740,7 +777,7 @@ fail:
 enum cal_api_err cal_jobspec_validate(const json_t *req, const struct cal_jobspec_env *env,
 				      json_t **ret_spec, struct cal_api_problem *prob)
 {
-	static const char *const keys[] = {"name", "model", "recipe", "recipe_yaml", "qformat", "calibration", "output",
+	static const char *const keys[] = {"name", "model", "recipe", "recipe_yaml", "qformat", "kv_cache_qformat", "calibration", "output",
 					   "devices", "priority", "options", "timeout_s", "evaluate", "distributed",
 					   NULL};
 	enum cal_api_err ae;
@@ -833,6 +870,7 @@ enum cal_status cal_jobspec_job_opts(const json_t *spec, struct cal_jobspec_job 
 	o->model_dir = json_string_value(json_object_get(spec, "model"));
 	o->recipe = json_string_value(json_object_get(spec, "recipe"));
 	o->recipe_yaml = json_string_value(json_object_get(spec, "recipe_yaml"));
+	o->kv_cache_qformat = json_string_value(json_object_get(spec, "kv_cache_qformat"));
 	/* the tree the daemon validated the recipe against, confined to it */
 	o->recipe_opts.builtin_dir = json_string_value(json_object_get(spec, "recipes_dir"));
 	o->recipe_opts.no_filesystem = 1;

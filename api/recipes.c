@@ -334,7 +334,8 @@ enum MHD_Result cal_route_recipe_get(struct cal_http_req *r)
 
 enum MHD_Result cal_route_plan(struct cal_http_req *r)
 {
-	static const char *const keys[] = {"model", "recipe", "recipe_yaml", "qformat", NULL};
+	static const char *const keys[] = {"model", "recipe", "recipe_yaml", "qformat",
+					   "kv_cache_qformat", NULL};
 	struct cal_api_problem prob = {0};
 	json_t *req = NULL, *rf = NULL, *out = NULL;
 	char *model = NULL, *dir = NULL, *text = NULL;
@@ -385,6 +386,7 @@ enum MHD_Result cal_route_plan(struct cal_http_req *r)
 		.recipe = name,
 		.recipe_yaml = json_string_value(json_object_get(rf, "recipe_yaml")),
 		.recipe_display = "<inline>",
+		.kv_cache_qformat = json_string_value(json_object_get(rf, "kv_cache_qformat")),
 	};
 	if ((ae = job_open(c, &jo, dir, CAL_JOB_OPEN_NO_CHECKPOINT, field, &job, &prob)))
 		goto out;

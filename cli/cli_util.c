@@ -64,6 +64,7 @@ static const struct {
 	ARG("layer-kl-positions", 'K'),
 	/* quantize */
 	ARG("qformat", 'Q'),
+	ARG("kv-cache-qformat", 'K'),
 	ARG("world", 'W'),
 	ARG("rank-first", 'f'),
 	ARG("rendezvous", 'Z'),

@@ -31,6 +31,7 @@ static void quantize_usage(FILE *o)
 {
 	fprintf(o,
 		"usage: calibd quantize --model DIR (--recipe NAME|FILE | --qformat NAME)\n"
+		"         [--kv-cache-qformat NAME]\n"
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
@@ -50,7 +51,10 @@ static void quantize_usage(FILE *o)
 		"lines on descriptor N; --json prints the report as JSON.  SIGINT/SIGTERM stop\n"
 		"after the current layer with nothing published.  --qformat takes modelopt\n"
 		"hf_ptq.py's --qformat names (`calibd recipes` lists them and their recipes;\n"
-		"docs/recipes.md).  --div exact divides as modelopt on the CPU (GPTQ, export).\n"
+		"docs/recipes.md).  --kv-cache-qformat takes hf_ptq.py's --kv_cache_qformat\n"
+		"names (none, fp8, fp8_affine, fp8_cast, nvfp4, nvfp4_affine, nvfp4_cast,\n"
+		"nvfp4_rotate): that KV-cache unit is appended to the recipe's entries, so\n"
+		"it replaces the recipe's KV cache.  --div exact divides as modelopt on the CPU (GPTQ, export).\n"
 		"--max-shard-size (default 10GB, as modelopt) splits the\n"
 		"weights into model-0000k-of-0000N.safetensors plus\n"
 		"model.safetensors.index.json; one model.safetensors when smaller.\n"
@@ -298,10 +302,12 @@ int cal_cmd_quantize(int argc, char **argv)
 	int64_t v;
 	struct cal_cli_args ca = CAL_CLI_ARGS(
 		"quantize", argc, argv, "h",
-		CAL_CLI_CALIB_OPTIONS "qformat out max-shard-size world rank-first rendezvous "
-		"nodes node-rank comm-timeout div progress-fd json",
+		CAL_CLI_CALIB_OPTIONS "qformat kv-cache-qformat out max-shard-size world rank-first "
+		"rendezvous nodes node-rank comm-timeout div progress-fd json",
 		CAL_CLI_SETS(CAL_CLI_STR("model", &jo.model_dir), CAL_CLI_STR("recipe", &jo.recipe),
-			     CAL_CLI_STR("qformat", &qformat), CAL_CLI_STR("calib", &calib),
+			     CAL_CLI_STR("qformat", &qformat),
+			     CAL_CLI_STR("kv-cache-qformat", &jo.kv_cache_qformat),
+			     CAL_CLI_STR("calib", &calib),
 			     CAL_CLI_STR("calib-tokens", &jo.tokens), CAL_CLI_STR("out", &o.out_dir),
 			     CAL_CLI_STR("device", &device),
 			     CAL_CLI_FLAG("per-expert-input-amax", &jo.per_expert_input_amax),

@@ -18,8 +18,10 @@ static void recipes_usage(FILE *o)
 		   "Lists the built-in recipes (tree: --recipes-dir, else $" CAL_RECIPES_ENV
 		   ", else the installed one), then modelopt hf_ptq.py's --qformat names\n"
 		   "(`calibd quantize --qformat`) with the recipe each runs or why it is refused.\n"
+		   "Last the --kv_cache_qformat names (`calibd quantize --kv-cache-qformat`) with\n"
+		   "the KV-cache unit each appends.\n"
 		   "--json: {\"recipes\": [{name, description}], \"qformats\": [{name, recipe |\n"
-		   "refused}]}.\n");
+		   "refused}], \"kv_cache_qformats\": [{name, unit (null: none)}]}.\n");
 }
 
 int cal_cmd_recipes(int argc, char **argv)
@@ -38,8 +40,9 @@ int cal_cmd_recipes(int argc, char **argv)
 	enum cal_status st = cal_recipe_list(dir, &list, &n, &err);
 	if (st < 0)
 		return cal_cli_finish("recipes", st, &err);
-	size_t nq = 0;
+	size_t nq = 0, nk = 0;
 	const struct cal_qformat *q = cal_qformat_list(&nq);
+	const struct cal_kv_qformat *kq = cal_kv_qformat_list(&nk);
 	if (json) {
 		json_t *a = json_array(), *qa = json_array();
 		for (size_t i = 0; i < n; i++)
@@ -49,7 +52,13 @@ int cal_cmd_recipes(int argc, char **argv)
 			json_array_append_new(qa, json_pack("{s:s, s:s}", "name", q[i].name,
 							    q[i].recipe ? "recipe" : "refused",
 							    q[i].recipe ? q[i].recipe : q[i].reason));
-		json_t *doc = json_pack("{s:o, s:o}", "recipes", a, "qformats", qa);
+		json_t *ka = json_array();
+		for (size_t i = 0; i < nk; i++)
+			json_array_append_new(ka, json_pack("{s:s, s:o}", "name", kq[i].name, "unit",
+							    kq[i].unit ? json_string(kq[i].unit)
+								       : json_null()));
+		json_t *doc = json_pack("{s:o, s:o, s:o}", "recipes", a, "qformats", qa,
+					"kv_cache_qformats", ka);
 		char *s = json_dumps(doc, JSON_INDENT(1));
 		if (s)
 			printf("%s\n", s);
@@ -64,6 +73,11 @@ int cal_cmd_recipes(int argc, char **argv)
 		for (size_t i = 0; i < nq; i++)
 			printf("  %-20s %s%s\n", q[i].name, q[i].recipe ? "" : "refused: ",
 			       q[i].recipe ? q[i].recipe : q[i].reason);
+		printf("\nhf_ptq.py --kv_cache_qformat names (calibd quantize --kv-cache-qformat; "
+		       "appended over the recipe's KV cache):\n");
+		for (size_t i = 0; i < nk; i++)
+			printf("  %-20s %s\n", kq[i].name, kq[i].unit ? kq[i].unit
+								: "(KV-cache quantizers disabled)");
 	}
 	cal_recipe_list_free(list, n);
 	return CAL_EXIT_OK;

@@ -74,6 +74,40 @@ enum cal_status cal_resmooth_group(uint16_t *const *w, const uint64_t *rows, siz
 				   uint16_t *avg, float *const *w_amax, float *in_amax,
 				   struct cal_error *err);
 
+/* awq_clip (modelopt's second AWQ step, run by awq_full after awq_lite;
+ * docs/awq.md "awq_full"): AWQClipCalibConfig's options. */
+struct cal_awq_clip_opts {
+	uint64_t max_tokens;       /* max_tokens_per_batch: 64 */
+	double min_ratio;          /* min_clip_ratio: 0.5 */
+	double step;               /* shrink_step: 0.05 */
+};
+
+#define CAL_AWQ_MAX_RATIOS 1024
+
+/* The clip ratios searched, in order (min_clip_ratio, +step, .. below 1,
+ * rounded to 2 decimals, then 1.0) into ratios[CAL_AWQ_MAX_RATIOS]; their
+ * count, 0 when over CAL_AWQ_MAX_RATIOS. */
+unsigned cal_awq_clip_ratios(double min_ratio, double step, float *ratios);
+
+/*
+ * modelopt's awq_clip for one INT4 linear in blocks of 128: w bf16 [rows,
+ * cols] (after awq_lite's fold), x bf16 [tokens, cols] its raw calibration
+ * inputs in steps of `batch` rows, pqs NULL or the bf16 pre_quant_scale
+ * [cols] the inputs are multiplied by (bf16) before the linear.  Per step
+ * the rows 0, s, 2s, .. (s = max(1, rows / max_tokens)); per 128-block of
+ * w and clip ratio, the mean over those rows of the squared bf16 error of
+ * the block's partial dot product with the block fake-quantized at amax =
+ * ratio * block amax, summed over the steps; the first least wins.
+ * amax [rows * cols / 128] out: the chosen clip amax (the exported block
+ * amax).  Host threads (one row per item).
+ * Errors: CAL_ERR_INVALID, CAL_ERR_NOMEM.
+ */
+enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+				  uint64_t cols, const uint16_t *x, uint64_t tokens,
+				  uint64_t batch, const uint16_t *pqs,
+				  const struct cal_awq_clip_opts *o, float *amax,
+				  struct cal_error *err);
+
 /* nvfp4_awq's export fold into the previous linear (docs/awq.md "Export"
  * step 1): the next linear's pre_quant_scale pqs ([rows] bf16) scales the
  * output rows of w ([rows, cols] bf16, in place), bf16(w[r][c] * pqs[r]). */

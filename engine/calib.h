@@ -229,6 +229,10 @@ void cal_calib_free(struct cal_calib *c);
  * 1 and *ret when known (calibrated, from weights, or a constant), 0 when
  * the quantizer is disabled, needs no amax, or saw no data. */
 int cal_calib_q_amax(const struct cal_calib *c, size_t q, float *ret);
+/* The calibrated bias of affine KV quantizer q (plan index): bf16
+ * [KV heads x head_dim] (*ret_n values) owned by the engine, or NULL (not
+ * affine, or its layer is not done).  docs/numerics.md "Affine KV cache". */
+const uint16_t *cal_calib_q_bias(const struct cal_calib *c, size_t q, uint64_t *ret_n);
 
 /* Per-expert statistics of MoE layer `layer` (NULL for dense layers):
  * arrays of num_experts entries owned by the engine. gu/down amax are
@@ -269,28 +273,23 @@ struct cal_calib_perf {
 };
 void cal_calib_perf(const struct cal_calib *c, struct cal_calib_perf *ret);
 
-/* GPTQ (docs/gptq.md): the updated bf16 weight [out, in] of plan module
- * `mod` of the layer just finished (valid during its on_layer callback),
- * with *numel; NULL when GPTQ did not update that module. */
-const uint16_t *cal_calib_gptq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel);
-
-/* AWQ-lite (docs/awq.md), valid during the layer's on_layer callback: the
- * folded bf16 weight [out, in] of plan module `mod` (*numel elements) and
- * in *pqs its bf16 pre_quant_scale [in] to export, or NULL when the scale
- * was fused into a norm; NULL when AWQ did not search the module.  _norm:
- * the layer's fused input (post_attention 0) or post-attention norm
- * weight, bf16, NULL when not fused. */
-const uint16_t *cal_calib_awq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel,
+/* GPTQ, AWQ-lite, SmoothQuant (docs/gptq.md, docs/awq.md,
+ * docs/smoothquant.md), valid during the layer's on_layer callback: the
+ * bf16 weight [out, in] of plan module `mod` the algorithm made (GPTQ's
+ * update, AWQ's and SmoothQuant's fold; *numel elements) and in *pqs its
+ * bf16 pre_quant_scale [in] to export, or NULL (GPTQ; AWQ's scale fused
+ * into a norm or the previous linear); NULL when the algorithm did not
+ * rewrite the module.  _awq_norm: the layer's fused input (post_attention
+ * 0) or post-attention norm weight, bf16, NULL when not fused. */
+const uint16_t *cal_calib_lin_weight(const struct cal_calib *c, size_t mod, uint64_t *numel,
 				     const uint16_t **pqs);
 const uint16_t *cal_calib_awq_norm(const struct cal_calib *c, int post_attention,
 				   uint64_t *numel);
-
-/* SmoothQuant (docs/smoothquant.md), valid during the layer's on_layer
- * callback: the folded bf16 weight [out, in] of plan module `mod` (*numel
- * elements) and in *pqs its bf16 pre_quant_scale [in] (after the group's
- * resmoothing); NULL when the module was not smoothed. */
-const uint16_t *cal_calib_sq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel,
-				    const uint16_t **pqs);
+/* awq_full (docs/awq.md "awq_full"), valid as _weight: module `mod`'s
+ * clipped INT4 block amax [out * in / 128] (*n), the exported one; NULL
+ * when not clipped (not awq_full, not searched, or re-folded by its
+ * group's shared pre_quant_scale, whose block amax is re-taken). */
+const float *cal_calib_awq_clip(const struct cal_calib *c, size_t mod, uint64_t *n);
 
 /* Number of tokens the run processed (pads included with pad_like_modelopt). */
 uint64_t cal_calib_tokens_processed(const struct cal_calib *c);

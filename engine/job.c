@@ -137,6 +137,9 @@ enum cal_status cal_job_open(const struct cal_job_opts *opts, unsigned flags, st
 					 err));
 	else
 		CAL_TRY(cal_recipe_load(opts->recipe, &opts->recipe_opts, &j->recipe, err));
+	if (opts->kv_cache_qformat)
+		CAL_TRY(cal_kv_qformat_apply(j->recipe, opts->kv_cache_qformat, &opts->recipe_opts,
+					     err));
 
 	part = CAL_JOB_PART_MODEL;
 	CAL_TRY(cal_model_desc_load(opts->model_dir, &j->d, err));

@@ -95,6 +95,9 @@ struct cal_job_opts {
 	const char *recipe_display;        /* the inline recipe in messages and reports
 					    * (NULL: "<inline recipe>") */
 	struct cal_recipe_opts recipe_opts; /* tree and no-filesystem confinement */
+	/* hf_ptq's --kv_cache_qformat name layered over the recipe's KV unit
+	 * (engine/recipe/qformat.h cal_kv_qformat_apply), or NULL */
+	const char *kv_cache_qformat;
 	/* calibration data: datasets (through the model's tokenizer.json) or a
 	 * token file; needed by cal_job_tokens() only */
 	const struct cal_job_dataset *datasets;

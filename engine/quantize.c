@@ -89,6 +89,10 @@ enum cal_status cal_quantize_layer_stats(const struct cal_plan *p, int per_exper
 		    !q->spec.enabled || !cal_calib_q_amax(c, i, &a))
 			continue;
 		CAL_TRY(cal_stats_set(stats, q->name, a, err));
+		uint64_t nb = 0;
+		const uint16_t *b = cal_calib_q_bias(c, i, &nb);
+		if (b)
+			CAL_TRY(cal_stats_set_bias(stats, q->name, b, nb, err));
 	}
 	const struct cal_calib_moe_stats *m = layer >= 0 ? cal_calib_moe(c, layer) : NULL;
 	if (!m)
@@ -148,13 +152,12 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 		uint64_t n = 0;
 		const uint16_t *pqs = NULL, *w = NULL;
 		if (p->modules[mi].layer == layer)
-			w = cal_calib_gptq_weight(c, mi, &n);
-		if (p->modules[mi].layer == layer && !w)
-			w = cal_calib_awq_weight(c, mi, &n, &pqs);
-		if (p->modules[mi].layer == layer && !w)
-			w = cal_calib_sq_weight(c, mi, &n, &pqs);
+			w = cal_calib_lin_weight(c, mi, &n, &pqs);
 		if (w)
 			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, pqs, err));
+		const float *clip = w ? cal_calib_awq_clip(c, mi, &n) : NULL;
+		if (clip) /* awq_full: the clipped block amax */
+			CAL_TRY(cal_exporter_set_block_amax(j->ex, mi, clip, n, err));
 	}
 	for (int k = 0; k < 2; k++) {
 		uint64_t n = 0;

@@ -2,12 +2,16 @@
  * attention.c — causal (optionally sliding-window, left-pad-masked) GQA
  * attention over packed sequences.  Per query row and head: scores
  * s_j = fl32(q.k_j) * scale for the visible keys (dot in channel order),
- * m = max, e_j = exp(s_j - m), l = sum e_j (key order), p_j = bf16(e_j / l),
- * out = bf16(sum_j p_j v_j) (key order).  With sinks (gpt_oss) the head's
- * sink logit s joins the max and the denominator: m = max(m, s), and
- * l += exp(s - m) after the keys; it has no value row (docs/gpt_oss.md).
- * eager_bf16 (transformers' eager bf16 attention): s_j = bf16(bf16(q.k_j) *
- * scale), e_j = exp(bf16(s_j - m)), the sink's term exp(bf16(s - m)).
+ * m = max, e_j = exp(s_j - m), l = sum e_j (key order), and, as PyTorch's
+ * SDPA (its CPU flash kernel, flash attention on a GPU, the tensor-core path
+ * of kernels/cuda/attention.cu) computes it, the unnormalised p_j =
+ * bf16(e_j) times V, out = bf16((sum_j p_j v_j) / l) (key order).  With
+ * sinks (gpt_oss) the head's sink logit s joins the max and the
+ * denominator: m = max(m, s), and l += exp(s - m) after the keys; it has no
+ * value row (docs/gpt_oss.md).  eager_bf16 (transformers' eager bf16
+ * attention): s_j = bf16(bf16(q.k_j) * scale), e_j = exp(bf16(s_j - m)),
+ * the sink's term exp(bf16(s - m)), and the probabilities normalised before
+ * the product, p_j = bf16(e_j / l), out = bf16(sum_j p_j v_j).
  * Only one row of scores exists at a time.  v and out may have their own
  * head dim vd (DeepSeek MLA).  Reference and CPU back end; items are (row,
  * head) pairs.
@@ -83,13 +87,13 @@ static void attn_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		for (uint32_t d = 0; d < vd; d++)
 			acc[d] = 0.0f;
 		for (uint64_t j = lo; j <= i; j++) {
-			float pj = bf(sc[j - lo] / l);
+			float pj = bf(a->eager_bf16 ? sc[j - lo] / l : sc[j - lo]);
 			const uint16_t *v = a->v + (j * a->nkv + kvh) * vd;
 			for (uint32_t d = 0; d < vd; d++)
 				acc[d] += pj * ld(v, d);
 		}
 		for (uint32_t d = 0; d < vd; d++)
-			o[d] = cal_nf_f32_to_bf16(acc[d]);
+			o[d] = cal_nf_f32_to_bf16(a->eager_bf16 ? acc[d] : acc[d] / l);
 	}
 }
 

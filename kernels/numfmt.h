@@ -698,4 +698,18 @@ CAL_HD int cal_fp8_lut_range(float divisor, uint32_t *ret_lo, uint32_t *ret_hi)
 	return 1;
 }
 
+/* The normalized Hadamard transform's butterfly on n = 2^k fp32 values in
+ * place, Sylvester order: for h = 1, 2, 4, ... the pairs (j, j + h) of each
+ * group of 2h become (sum, difference) (kernels/hadamard.c). */
+CAL_HD void cal_hadamard_f32(float *v, uint32_t n)
+{
+	for (uint32_t h = 1; h < n; h *= 2)
+		for (uint32_t i = 0; i < n; i += 2 * h)
+			for (uint32_t j = i; j < i + h; j++) {
+				float p = v[j], q = v[j + h];
+				v[j] = p + q;
+				v[j + h] = p - q;
+			}
+}
+
 #endif

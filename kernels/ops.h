@@ -101,6 +101,27 @@ struct cal_amax_cols_args {
 	struct cal_nonfinite *nonfinite;
 };
 
+/* Affine KV-cache observer (docs/numerics.md "Affine KV cache"), x bf16
+ * [rows, cols] (cols = KV heads x head_dim).  Forward s is rows cu[s] ..
+ * cu[s+1]-1 (rows past `rows` are not read; an empty forward is skipped);
+ * the forwards are folded in order, k = n0 + the forwards before s:
+ *   m[c]    = bf16(mean of x[r, c] over the forward's rows, summed in f64)
+ *   bias[c] = m[c] when k == 0, else bf16(fl32(fl32(bias[c] * k) + m[c]) / (k + 1))
+ *   amax    = max(amax, |bf16(fl32(x[r, c] - bias[c]))|) over the forward's rows,
+ * so each forward is observed with the bias as of that forward.  bias is
+ * read (n0 > 0) and written back.  Non-finite x are counted, never folded. */
+struct cal_kv_affine_args {
+	const uint16_t *x;       /* bf16 [rows, cols], rows < 2^32 */
+	uint64_t rows, cols;
+	const uint32_t *cu;      /* [n_seq + 1] forward boundaries (non-decreasing) */
+	uint32_t n_seq;          /* >= 1 */
+	uint64_t n0;             /* forwards already in bias */
+	uint16_t *bias;          /* bf16 [cols], in/out */
+	uint64_t index_base;
+	float *amax;             /* [1], in/out */
+	struct cal_nonfinite *nonfinite;
+};
+
 /* nvfp4_act_headroom observer (docs/numerics.md "Activation headroom"):
  * for each block of `block` consecutive elements of a row (the row's last
  * block zero-padded when cols % block != 0), m = max|x| over its finite
@@ -496,6 +517,19 @@ struct cal_rope_args {
 	int interleave;
 };
 
+/* Normalized Walsh-Hadamard transform in place (docs/numerics.md
+ * "KV-cache rotation"): every block of `block` consecutive values of a row
+ * (block a power of two <= CAL_HADAMARD_MAX_BLOCK dividing cols) is widened
+ * to fp32, transformed by the butterfly in Sylvester order (stride h = 1,
+ * 2, 4, ...: v[j], v[j+h] = v[j] + v[j+h], v[j] - v[j+h], fp32), then
+ * y = bf16(fl32(v * fl32(block^-0.5))). */
+#define CAL_HADAMARD_MAX_BLOCK 512u
+struct cal_hadamard_args {
+	uint16_t *x;             /* bf16 [rows, cols] */
+	uint64_t rows, cols;
+	uint32_t block;
+};
+
 /* Causal attention over packed sequences: sequence s is rows
  * cu_seqlens[s] .. cu_seqlens[s+1]-1; query row i of it sees key rows j of
  * the same sequence with j <= i, j > i - window (window 0: no limit) and
@@ -550,6 +584,10 @@ struct cal_router_args {
 	uint32_t *idx;           /* [t, k_total] */
 	float *weight;           /* [t, k] */
 	enum cal_router_mode mode;
+	/* softmax-then-top-k: round the k weights (after any renormalisation)
+	 * to bf16, as transformers' Qwen2/Qwen3 MoE, OLMoE, Qwen3-Next and
+	 * Qwen3.5 routers return them (docs/architectures.md) */
+	int bf16_weights;
 };
 
 /* Sorts the (token, slot) pairs p = t*k_total + s by expert id idx[p]
@@ -729,7 +767,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 41
+#define CAL_OP_COUNT_EXPECTED 43
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

@@ -232,7 +232,7 @@ MX(mxfp4)
 enum cal_status cal_qfmt_int4_quantize(struct cal_backend *be, const struct cal_qfmt_io *io,
 				       struct cal_error *err)
 {
-	enum cal_status st = block_amax(be, io, err);
+	enum cal_status st = io->block_amax_set ? CAL_OK : block_amax(be, io, err);
 	if (st < 0)
 		return st;
 	struct cal_int4_quant_args a = {io->w, io->rows, io->cols, io->block_amax, io->div,

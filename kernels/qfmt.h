@@ -54,6 +54,8 @@ struct cal_qfmt_io {
 	const uint16_t *qw;       /* the values quantized on w's block scales when
 				   * they differ from w (GPTQ's updated weight,
 				   * docs/gptq.md; static NVFP4 only), else NULL */
+	int block_amax_set;       /* block_amax holds the block amax to quantize with
+				   * (awq_full's clip, docs/awq.md; INT4 only) */
 };
 
 struct cal_qfmt_info {

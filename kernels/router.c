@@ -3,7 +3,8 @@
  * olmoe): fp32 softmax over the bf16 logits (max, exp(x - max), sum in
  * expert order, divide), top-k by repeated selection with ties going to the
  * lower expert index, optional renormalisation of the first k by their
- * fp32 sum.  gpt_oss mode (CAL_ROUTER_MODE_TOPK_SOFTMAX): the top k_total
+ * fp32 sum, and optionally (bf16_weights) each of the k weights rounded to
+ * bf16.  gpt_oss mode (CAL_ROUTER_MODE_TOPK_SOFTMAX): the top k_total
  * of the bf16 logits by the same selection, then weights = softmax over the
  * first k of them (fp32: max, exp, sum in slot order, divide), each rounded
  * to bf16 as HF's bf16 softmax returns them.  Reference and CPU back end;
@@ -84,6 +85,9 @@ static void router_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			for (uint32_t s = 0; s < a->k; s++)
 				w[s] = w[s] / ws;
 		}
+		if (a->bf16_weights)
+			for (uint32_t s = 0; s < a->k; s++)
+				w[s] = cal_nf_float((uint32_t)cal_nf_f32_to_bf16(w[s]) << 16);
 	}
 }
 

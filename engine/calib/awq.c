@@ -52,22 +52,27 @@ static void block_amax(const uint16_t *w, uint64_t n, uint64_t blk, float *amax)
 	}
 }
 
-/* INT4 (narrow range, +-7) fake quantization of one 128-block, in place
- * (bf16 in and out, fp32 inside). */
-static void int4_block(uint16_t *v)
+/* INT4 fake quantization of one 128-block with amax `amax`, in place (bf16
+ * in and out, fp32 inside): scale 7 / amax, codes clamped to [-8, 7]
+ * (modelopt's default, narrow_range false; only a clipped amax, awq_clip's,
+ * reaches -8). */
+static void int4_block_at(uint16_t *v, float amax)
 {
-	float amax = 0.0f;
-	for (int k = 0; k < 128; k++) {
-		float a = fabsf(bf(v[k]));
-		amax = a > amax ? a : amax;
-	}
 	float sc = 7.0f / amax;
 	int zero = amax <= 1.0f / 16777216.0f;
 	for (int k = 0; k < 128; k++) {
 		float q = zero ? 0.0f : cal_rint(bf(v[k]) * sc);
-		q = q < -7.0f ? -7.0f : q > 7.0f ? 7.0f : q;
+		q = q < -8.0f ? -8.0f : q > 7.0f ? 7.0f : q;
 		v[k] = tobf(q / (zero ? 1.0f : sc));
 	}
+}
+
+/* The same with the block's own amax (awq_lite's dynamic search). */
+static void int4_block(uint16_t *v)
+{
+	float amax = 0.0f;
+	block_amax(v, 128, 128, &amax);
+	int4_block_at(v, amax);
 }
 
 /* modelopt's dynamic NVFP4 fake quantization of one 16-block against the
@@ -173,6 +178,17 @@ out:
 	free(s), free(pin), free(wq), free(xin);
 }
 
+/* A weight the search cannot take: empty, or its input dim not a multiple
+ * of wq's block. */
+static enum cal_status shape_error(const char *who, uint64_t rows, uint64_t cols,
+				   enum cal_awq_wq wq, struct cal_error *err)
+{
+	return cal_error_set(err, CAL_ERR_INVALID, "%s: weight [%llu, %llu]: the input dim is "
+			     "not a multiple of the %s block (%d)", who, (unsigned long long)rows,
+			     (unsigned long long)cols, wq == CAL_AWQ_WQ_NVFP4 ? "NVFP4" : "INT4",
+			     wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128);
+}
+
 enum cal_status cal_awq_lite_int4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
 				  uint64_t cols, const uint16_t *x, uint64_t tokens,
 				  uint64_t batch, double alpha_step, struct cal_awq_out *out,
@@ -191,12 +207,7 @@ enum cal_status cal_awq_lite(struct cal_backend *host, enum cal_awq_wq wq, const
 	if (!w || !x || !out || !out->pre_quant_scale || !out->w || !out->w_amax)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: a NULL argument");
 	if (!rows || !cols || cols % BLK)
-		return cal_error_set(err, CAL_ERR_INVALID,
-				     "awq_lite: weight [%llu, %llu]: the input dim is not a "
-				     "multiple of the %s block (%llu)",
-				     (unsigned long long)rows, (unsigned long long)cols,
-				     wq == CAL_AWQ_WQ_NVFP4 ? "NVFP4" : "INT4",
-				     (unsigned long long)BLK);
+		return shape_error("awq_lite", rows, cols, wq, err);
 	if (!tokens || !batch)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: no calibration tokens");
 	if (!(alpha_step > 0.0 && alpha_step <= 1.0))
@@ -344,4 +355,153 @@ void cal_awq_fuse_norm(uint16_t *norm, const uint16_t *pqs, uint64_t cols, int p
 	for (uint64_t c = 0; c < cols; c++)
 		norm[c] = plus_one ? tobf(bf(tobf(bf(tobf(bf(norm[c]) + 1.0f)) * bf(pqs[c]))) - 1.0f)
 				   : tobf(bf(norm[c]) * bf(pqs[c]));
+}
+
+/* ---- awq_clip (docs/awq.md "awq_full") ---------------------------------------------------- */
+
+struct clip_ctx {
+	const uint16_t *w, *xs;      /* xs: the selected rows of bf16(x * pqs) [n_sel, cols] */
+	uint64_t rows, cols;
+	const uint64_t *step_end;    /* [n_steps]: each step's end row in xs */
+	uint64_t n_steps, n_sel;
+	const float *ratios;
+	unsigned n_ratio;
+	float *amax;                 /* [rows, cols / 128]: in the block amax, out the clip */
+	int nomem;
+};
+
+/* bf16 of sum_k bf16(a[k] * b[k]) over one 128-block (torch's bf16 product,
+ * then its sum, rounded once). */
+static float block_dot(const uint16_t *a, const uint16_t *b)
+{
+	double s = 0.0;
+	for (int k = 0; k < 128; k++)
+		s += bf(tobf(bf(a[k]) * bf(b[k])));
+	return bf(tobf((float)s));
+}
+
+/* The clip search for rows [begin, end): per 128-block, every ratio's
+ * loss summed over the steps, the first least one wins. */
+static void clip_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct clip_ctx *c = p;
+	uint64_t nb = c->cols / 128;
+	float *org = malloc((c->n_sel ? c->n_sel : 1) * sizeof(float));
+	float *loss = malloc(c->n_ratio * sizeof(float));
+	uint16_t q[128];
+	(void)slot;
+	if (!org || !loss) {
+		c->nomem = 1;
+		goto out;
+	}
+	for (uint64_t r = begin; r < end; r++)
+		for (uint64_t b = 0; b < nb; b++) {
+			const uint16_t *wb = c->w + r * c->cols + b * 128;
+			float wa = c->amax[r * nb + b];
+			for (uint64_t t = 0; t < c->n_sel; t++)
+				org[t] = block_dot(c->xs + t * c->cols + b * 128, wb);
+			for (unsigned j = 0; j < c->n_ratio; j++)
+				loss[j] = 0.0f;
+			for (unsigned j = 0; j < c->n_ratio; j++) {
+				memcpy(q, wb, sizeof(q));
+				int4_block_at(q, c->ratios[j] * wa);
+				for (uint64_t s = 0, t = 0; s < c->n_steps; s++) {
+					uint64_t t0 = t;
+					double sum = 0.0;
+					for (; t < c->step_end[s]; t++) {
+						float d = bf(tobf(block_dot(c->xs + t * c->cols + b * 128,
+									    q) - org[t]));
+						sum += (double)d * d;
+					}
+					if (t > t0) /* the step's mean over its rows, fp32 */
+						loss[j] += (float)sum / (float)(t - t0);
+				}
+			}
+			float best_loss = INFINITY, best = 0.0f;
+			for (unsigned j = 0; j < c->n_ratio; j++)
+				if (loss[j] < best_loss) {
+					best_loss = loss[j];
+					best = c->ratios[j] * wa;
+				}
+			c->amax[r * nb + b] = best;
+		}
+out:
+	free(org);
+	free(loss);
+}
+
+unsigned cal_awq_clip_ratios(double min_ratio, double step, float *ratios)
+{
+	/* torch.arange(min, 1.0, step) in fp32 (sized and stepped in double),
+	 * each rounded to 2 decimals, then 1.0 */
+	double nd = ceil((1.0 - min_ratio) / step);
+	unsigned n = nd > 0.0 ? (unsigned)nd : 0;
+	if (n + 1 > CAL_AWQ_MAX_RATIOS)
+		return 0;
+	for (unsigned i = 0; i < n; i++) {
+		float v = (float)(min_ratio + step * (double)i);
+		ratios[i] = (float)(nearbyint((double)v * 100.0) / 100.0);
+	}
+	ratios[n] = 1.0f;
+	return n + 1;
+}
+
+enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+				  uint64_t cols, const uint16_t *x, uint64_t tokens,
+				  uint64_t batch, const uint16_t *pqs,
+				  const struct cal_awq_clip_opts *o, float *amax,
+				  struct cal_error *err)
+{
+	if (!w || !x || !o || !amax)
+		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: a NULL argument");
+	if (!rows || !cols || cols % 128)
+		return shape_error("awq_clip", rows, cols, CAL_AWQ_WQ_INT4, err);
+	if (!tokens || !batch || !o->max_tokens)
+		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: no calibration tokens");
+	if (!(o->min_ratio > 0.0 && o->min_ratio <= 1.0 && o->step > 0.0 && o->step <= 1.0))
+		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: min_clip_ratio = %g, "
+				     "shrink_step = %g: both must be in (0, 1]", o->min_ratio,
+				     o->step);
+	float ratios[CAL_AWQ_MAX_RATIOS];
+	unsigned nr = cal_awq_clip_ratios(o->min_ratio, o->step, ratios);
+	if (!nr)
+		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: min_clip_ratio = %g, "
+				     "shrink_step = %g give over %d clip ratios", o->min_ratio,
+				     o->step, CAL_AWQ_MAX_RATIOS);
+	/* per step, the rows 0, s, 2s, .. with s = max(1, n / max_tokens) */
+	uint64_t n_steps = (tokens + batch - 1) / batch, n_sel = 0;
+	uint64_t *step_end = malloc(n_steps * sizeof(uint64_t));
+	uint16_t *xs = NULL;
+	enum cal_status rc = CAL_OK;
+	if (!step_end)
+		goto nomem;
+	for (uint64_t s = 0, t0 = 0; s < n_steps; s++, t0 += batch) {
+		uint64_t n = t0 + batch < tokens ? batch : tokens - t0;
+		uint64_t st = n / o->max_tokens ? n / o->max_tokens : 1;
+		n_sel += (n + st - 1) / st;
+		step_end[s] = n_sel;
+	}
+	if (!(xs = malloc(n_sel * cols * 2)))
+		goto nomem;
+	for (uint64_t s = 0, t0 = 0, i = 0; s < n_steps; s++, t0 += batch) {
+		uint64_t n = t0 + batch < tokens ? batch : tokens - t0;
+		uint64_t st = n / o->max_tokens ? n / o->max_tokens : 1;
+		for (uint64_t t = t0; t < t0 + n; t += st, i++)
+			for (uint64_t k = 0; k < cols; k++)
+				xs[i * cols + k] = pqs ? tobf(bf(x[t * cols + k]) * bf(pqs[k]))
+						       : x[t * cols + k];
+	}
+	block_amax(w, rows * cols, 128, amax);
+	struct clip_ctx c = {w, xs, rows, cols, step_end, n_steps, n_sel, ratios, nr, amax, 0};
+	if ((rc = cal_cpu_parallel(host, rows, 1, clip_rows, &c, err)) >= 0 && c.nomem)
+		goto nomem;
+	goto done;
+nomem:
+	rc = cal_error_set(err, CAL_ERR_NOMEM, "awq_clip: scratch for [%llu, %llu] and %llu "
+			   "tokens", (unsigned long long)rows, (unsigned long long)cols,
+			   (unsigned long long)tokens);
+done:
+	free(step_end);
+	free(xs);
+	return rc;
 }

@@ -1,16 +1,17 @@
 /*
  * awq_run.c — AWQ-lite in the calibration forward (docs/awq.md "In the
- * engine"): modelopt 0.47's `awq_lite` on INT4 block weights.
+ * engine"): modelopt 0.47's `awq_lite` on INT4 block weights, a linear
+ * run (lin_run.c) of one pass.
  *
  * Not layerwise: every decoder layer runs once, as for max calibration, on
  * the unquantized outputs of the layer before.  While it runs
- * (cal_awq_pass_begin .. _end), layer.c's actq sites hand each searched
- * linear's input rows to cal_awq_site, which appends them to a host cache
+ * (pass_begin .. _end), layer.c's actq sites hand each searched linear's
+ * input rows to awq_site, which appends them to a host cache
  * per site (q/k/v share one, gate/up one).  After the layer's forward, per
  * linear, cal_awq_lite_int4 (awq.c) searches the scale from the cached
  * rows, one calibration step per micro-batch (the size of the first one;
  * modelopt's statistics are per forward step); then the export fold:
- * cal_resmooth_group over q/k/v, a dense MLP's gate/up and a shared
+ * cal_lin_resmooth over q/k/v, a dense MLP's gate/up and a shared
  * expert's gate/up, and cal_awq_fuse_norm of the shared scale into
  * input_layernorm (q/k/v) and a dense MLP's post_attention_layernorm
  * (gate/up).  The exporter gets the folded weights, the pre_quant_scale
@@ -37,31 +38,35 @@
 #include "engine/awq.h"
 #include "engine/calib/calib_internal.h"
 
-/* One linear the search runs on. */
+/* One linear the search runs on: lin_run.c's (w: the folded weight; pqs:
+ * its pre_quant_scale, exported unless its group's is fused into a norm or
+ * the previous linear; in_amax: its input amax after the fold, searched
+ * linears), then AWQ's own. */
 struct alin {
-	struct cal_lin_ref r;
-	uint16_t *w;       /* host: the folded bf16 weight */
-	uint16_t *pqs;     /* host [cols] bf16: its pre_quant_scale */
-	int exported_pqs;  /* the exporter writes pqs (group not fused into a norm) */
+	struct cal_lin r;
 	float alpha;       /* -1: not searched (no token) */
-	int quant_in;      /* an enabled input quantizer (nvfp4_awq) */
-	float in_amax;     /* its amax after the fold (searched linears) */
+	float *clip;       /* awq_full: host [rows * cols / 128] clipped block amax, or NULL */
 };
 
 struct cal_awq_run {
+	struct cal_lin_run r;
 	double alpha_step;
 	enum cal_awq_wq wq;               /* the search's weight fake quantizer */
-	int32_t L;
-	struct alin *lin;
-	size_t n_lin, cap_lin;
 	uint16_t *cache[EQ_COUNT];        /* host [crows, ccols] bf16 */
-	uint64_t crows[EQ_COUNT], ccap[EQ_COUNT], ccols[EQ_COUNT], batch[EQ_COUNT];
-	int want[EQ_COUNT];
+	uint64_t crows[EQ_COUNT], ccap[EQ_COUNT], batch[EQ_COUNT];
 	uint16_t *norm[2];                /* the fused input / post-attention norm, or NULL */
 	uint64_t norm_n[2];
-	json_t *report;
-	double t_search;
+	int clip;                         /* awq_full: awq_clip after the search */
+	struct cal_awq_clip_opts clip_o;
+	double t_clip;
 };
+
+static struct cal_awq_run *run(const struct cal_calib *c)
+{
+	return (struct cal_awq_run *)(void *)c->lr;
+}
+
+#define LIN(g) ((struct alin *)(g)->r.lin)
 
 /* NVFP4 when the recipe's linears have NVFP4 weights (nvfp4_awq), else
  * INT4 blocks (the plan refuses other weight formats with awq_lite);
@@ -72,7 +77,8 @@ static enum cal_awq_wq awq_wq(const struct cal_plan *p, int *mixed)
 	for (size_t i = 0; i < p->n_q; i++)
 		if (p->q[i].role == CAL_QROLE_WEIGHT && p->q[i].spec.enabled) {
 			nv |= p->q[i].spec.fmt == CAL_QFMT_NVFP4;
-			i4 |= p->q[i].spec.fmt == CAL_QFMT_INT4_BLOCK;
+			i4 |= p->q[i].spec.fmt == CAL_QFMT_INT4_BLOCK ||
+			      p->q[i].spec.fmt == CAL_QFMT_W4A8_AWQ; /* its INT4 stage */
 		}
 	if (mixed)
 		*mixed = nv && i4;
@@ -93,41 +99,29 @@ enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *
 		why = "INT4 and NVFP4 weights in one recipe";
 	for (size_t i = 0; !why && i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
-		/* NVFP4 inputs with NVFP4 weights: nvfp4_awq */
+		/* NVFP4 inputs with NVFP4 weights: nvfp4_awq; FP8 inputs with W4A8
+		 * AWQ weights (the plan pairs them): w4a8_awq */
 		int nvfp4_in = q->spec.fmt == CAL_QFMT_NVFP4 && wq == CAL_AWQ_WQ_NVFP4;
-		why = q->spec.enabled && q->role == CAL_QROLE_INPUT && !nvfp4_in
-			      ? "quantized inputs other than NVFP4 with NVFP4 weights (w4a8_awq)"
+		int fp8_in = q->spec.fmt == CAL_QFMT_FP8 && wq == CAL_AWQ_WQ_INT4;
+		why = q->spec.enabled && q->role == CAL_QROLE_INPUT && !nvfp4_in && !fp8_in
+			      ? "quantized inputs other than NVFP4 with NVFP4 weights or FP8 with "
+				"W4A8 AWQ weights"
 			      : cal_linear_algo_q_why(p, q);
 	}
 	return cal_linear_algo_refuse(d, "awq_lite", why, "docs/awq.md", err);
 }
 
-enum cal_status cal_awq_init(struct cal_calib *c, struct cal_error *err)
+static enum cal_status awq_init(struct cal_calib *c, struct cal_error *err)
 {
+	struct cal_awq_run *g = run(c);
+	(void)err;
 	const struct cal_algorithm *a = &c->plan->recipe->algo;
-	CAL_TRY_RET(cal_calib_check_awq(c->plan, err));
-	struct cal_awq_run *g = calloc(1, sizeof(*g));
-	if (!g)
-		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-	c->aw = g;
 	g->alpha_step = a->alpha_step;
 	g->wq = awq_wq(c->plan, NULL);
-	g->L = -1;
-	g->report = json_array();
-	if (!g->report)
-		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	g->clip = a->awq_clip;
+	g->clip_o = (struct cal_awq_clip_opts){(uint64_t)a->clip_max_tokens, a->clip_min_ratio,
+					       a->clip_shrink_step};
 	return CAL_OK;
-}
-
-static void drop_layer(struct cal_awq_run *g)
-{
-	for (size_t i = 0; i < g->n_lin; i++)
-		CAL_FREE_ALL(g->lin[i].w, g->lin[i].pqs);
-	g->n_lin = 0;
-	for (int k = 0; k < 2; k++) {
-		free(g->norm[k]);
-		g->norm[k] = NULL;
-	}
 }
 
 static void drop_cache(struct cal_awq_run *g)
@@ -136,54 +130,28 @@ static void drop_cache(struct cal_awq_run *g)
 		free(g->cache[s]);
 		g->cache[s] = NULL;
 		g->crows[s] = g->ccap[s] = g->batch[s] = 0;
-		g->want[s] = 0;
 	}
 }
 
-void cal_awq_free(struct cal_calib *c)
+static void drop_layer(struct cal_calib *c)
 {
-	struct cal_awq_run *g = c->aw;
-	if (!g)
-		return;
-	drop_layer(g);
-	drop_cache(g);
-	json_decref(g->report);
-	CAL_FREE_ALL(g->lin, g);
-	c->aw = NULL;
-}
-
-enum cal_status cal_awq_pass_begin(struct cal_calib *c, int32_t L,
-				   const struct cal_layer_host *lh, struct cal_error *err)
-{
-	struct cal_awq_run *g = c->aw;
-	const struct cal_plan *p = c->plan;
-	drop_layer(g);
-	drop_cache(g);
-	g->L = L;
-	CAL_TRY_RET(cal_layer_linears(c, L, lh, (void **)&g->lin, &g->n_lin, &g->cap_lin,
-				      sizeof(*g->lin), err));
-	for (size_t i = 0; i < g->n_lin; i++) {
-		struct alin *al = &g->lin[i];
-		const struct cal_plan_module *m = &p->modules[al->r.mod];
-		al->alpha = -1.0f;
-		al->quant_in = m->iq >= 0 && p->q[m->iq].spec.enabled;
-		g->want[al->r.site] = 1;
-		g->ccols[al->r.site] = al->r.cols;
+	struct cal_awq_run *g = run(c);
+	for (size_t i = 0; i < g->r.n_lin; i++) {
+		free(LIN(g)[i].clip);
+		LIN(g)[i].clip = NULL;
 	}
-	c->aw_pass = 1;
-	return CAL_OK;
+	for (int k = 0; k < 2; k++) {
+		free(g->norm[k]);
+		g->norm[k] = NULL;
+	}
+	drop_cache(g);
 }
 
-enum cal_status cal_awq_site(struct cal_calib *c, int site, const uint16_t *x, uint64_t rows,
-			     uint64_t cols, struct cal_error *err)
+static enum cal_status awq_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
+				uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err)
 {
-	struct cal_awq_run *g = c->aw;
-	if (!g->want[site] || !rows)
-		return CAL_OK;
-	if (cols != g->ccols[site])
-		return cal_error_set(err, CAL_ERR_INTERNAL, "awq: site %d input has %llu columns, "
-				     "its linears %llu", site, (unsigned long long)cols,
-				     (unsigned long long)g->ccols[site]);
+	struct cal_awq_run *g = run(c);
+	(void)L, (void)expert;
 	if (g->crows[site] + rows > g->ccap[site]) {
 		uint64_t nc = g->ccap[site] ? 2 * g->ccap[site] : rows;
 		while (nc < g->crows[site] + rows)
@@ -208,25 +176,28 @@ enum cal_status cal_awq_site(struct cal_calib *c, int site, const uint16_t *x, u
 static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w *dw,
 				  struct alin *al, struct cal_error *err)
 {
-	struct cal_awq_run *g = c->aw;
+	struct cal_awq_run *g = run(c);
+	const struct cal_plan_module *m = &c->plan->modules[al->r.mod];
+	int quant_in = m->iq >= 0 && c->plan->q[m->iq].spec.enabled; /* nvfp4_awq */
 	uint64_t n = al->r.rows * al->r.cols;
 	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, al->r.f);
-	const char *name = c->plan->modules[al->r.mod].name;
+	const char *name = m->name;
+	al->alpha = -1.0f;
 	if (!src)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "awq: %s has no weight in the layer",
 				     name);
-	al->w = malloc(n * 2);
-	al->pqs = malloc(al->r.cols * 2);
-	if (!al->w || !al->pqs)
+	al->r.w = malloc(n * 2);
+	al->r.pqs = malloc(al->r.cols * 2);
+	if (!al->r.w || !al->r.pqs)
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-	CAL_TRY_RET(cal_backend_download(c->be, al->w, src + al->r.at, n * 2, err));
+	CAL_TRY_RET(cal_backend_download(c->be, al->r.w, src + al->r.at, n * 2, err));
 	uint64_t T = g->crows[al->r.site];
 	int finite = 1;
 	for (uint64_t k = 0; k < T * al->r.cols && finite; k++)
 		finite = isfinite(cal_bf16_to_f32(g->cache[al->r.site][k]));
 	if (!T || !finite) { /* not searched: max calibration, all-ones scale */
 		for (uint64_t k = 0; k < al->r.cols; k++)
-			al->pqs[k] = cal_f32_to_bf16(1.0f);
+			al->r.pqs[k] = cal_f32_to_bf16(1.0f);
 		return CAL_OK;
 	}
 	float *wa = malloc(n / (g->wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128) * sizeof(float));
@@ -235,13 +206,14 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 	if (!wa || !wf) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 	} else {
-		struct cal_awq_out o = {al->pqs, wf, wa, NULL, 0, 0.0f};
-		st = cal_awq_lite(c->host, g->wq, al->w, al->r.rows, al->r.cols, g->cache[al->r.site],
+		struct cal_awq_out o = {al->r.pqs, wf, wa, NULL, 0, 0.0f};
+		st = cal_awq_lite(c->host, g->wq, al->r.w, al->r.rows, al->r.cols, g->cache[al->r.site],
 				  T, g->batch[al->r.site], g->alpha_step, &o,
-				  al->quant_in ? &al->in_amax : NULL, err);
+				  quant_in ? &al->r.in_amax : NULL, err);
 		if (st >= 0) {
-			memcpy(al->w, wf, n * 2);
+			memcpy(al->r.w, wf, n * 2);
 			al->alpha = o.best_alpha;
+			al->r.has_in_amax = quant_in && al->alpha >= 0.0f;
 		} else {
 			st = cal_error_wrap(err, st, "awq: %s", name);
 		}
@@ -251,64 +223,84 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 	return st;
 }
 
+/* awq_full: modelopt's awq_clip on a searched linear (docs/awq.md
+ * "awq_full"), on its folded weight and the site's cached inputs times its
+ * pre_quant_scale; al->clip, and the report's count of clipped blocks. */
+static enum cal_status clip_one(struct cal_calib *c, struct alin *al, json_t *o,
+				struct cal_error *err)
+{
+	struct cal_awq_run *g = run(c);
+	uint64_t nb = al->r.rows * al->r.cols / 128, clipped = 0;
+	if (!(al->clip = malloc(nb * sizeof(float))))
+		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	double t0 = cal_now();
+	enum cal_status st = cal_awq_clip_int4(c->host, al->r.w, al->r.rows, al->r.cols,
+					       g->cache[al->r.site], g->crows[al->r.site],
+					       g->batch[al->r.site], al->r.pqs, &g->clip_o, al->clip,
+					       err);
+	if (st < 0)
+		return cal_error_wrap(err, st, "awq_clip: %s", c->plan->modules[al->r.mod].name);
+	g->t_clip += cal_now() - t0;
+	for (uint64_t b = 0; b < nb; b++) {
+		float m = 0.0f;
+		for (uint64_t k = 0; k < 128; k++) {
+			float a = fabsf(cal_bf16_to_f32(al->r.w[b * 128 + k]));
+			m = a > m ? a : m;
+		}
+		clipped += al->clip[b] < m;
+	}
+	json_object_set_new(o, "clipped_blocks", json_integer((json_int_t)clipped));
+	return CAL_OK;
+}
+
 /* The export fold of the linears reading `site`; norm k (0 input, 1
  * post-attention; -1 none) takes the shared scale. */
 static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w *dw, int site,
 				  int k, struct cal_error *err)
 {
-	struct cal_awq_run *g = c->aw;
-	uint16_t *w[8];
-	const uint16_t *pq[8];
-	uint64_t rows[8];
-	float *wa[8] = {0};
-	size_t n = 0, idx[8];
-	uint64_t cols = 0;
-	enum cal_status st = CAL_OK;
-	for (size_t i = 0; i < g->n_lin && n < 8; i++) {
-		if (g->lin[i].r.site != site)
-			continue;
-		idx[n] = i;
-		w[n] = g->lin[i].w;
-		pq[n] = g->lin[i].pqs;
-		rows[n] = g->lin[i].r.rows;
-		cols = g->lin[i].r.cols;
-		n++;
-	}
-	if (!n)
-		return CAL_OK;
+	struct cal_awq_run *g = run(c);
 	uint64_t blk = g->wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128;
-	uint16_t *avg = malloc(cols * 2);
-	if (!avg)
+	const struct cal_lin *l0 = NULL;
+	/* awq_full: a member whose scale the group re-folds loses its clip
+	 * (modelopt's export takes the max amax of the re-folded weight) */
+	uint16_t *was = NULL;
+	size_t ncl = 0;
+	for (size_t i = 0; i < g->r.n_lin; i++)
+		ncl += LIN(g)[i].r.site == site && LIN(g)[i].clip;
+	if (ncl && !(was = malloc(g->r.n_lin * g->r.cols[site] * 2)))
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-	for (size_t i = 0; i < n && st >= 0; i++)
-		if (!(wa[i] = malloc(rows[i] * cols / blk * sizeof(float))))
-			st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-	if (st >= 0)
-		st = cal_resmooth_group(w, rows, n, cols, blk, pq, avg, wa, NULL, err);
-	for (size_t i = 0; i < n && st >= 0; i++) {
-		struct alin *al = &g->lin[idx[i]];
-		memcpy(al->pqs, avg, cols * 2);
-		al->exported_pqs = k < 0;
-	}
-	if (st >= 0 && k >= 0) {
-		const void *nw = k ? dw->post_norm : dw->in_norm;
-		enum cal_dtype dt = k ? dw->post_norm_dt : dw->in_norm_dt;
-		if (dt != CAL_DTYPE_BF16) {
-			st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "awq: layer %d: a %s norm weight "
-					   "is not bf16", (int)g->L, k ? "post-attention" : "input");
-		} else if (!(g->norm[k] = malloc(cols * 2))) {
-			st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-		} else {
-			g->norm_n[k] = cols;
-			st = cal_backend_download(c->be, g->norm[k], nw, cols * 2, err);
-			if (st >= 0)
-				cal_awq_fuse_norm(g->norm[k], avg, cols, c->d->norm == CAL_NORM_RMS_1P);
+	for (size_t i = 0; was && i < g->r.n_lin; i++)
+		if (LIN(g)[i].r.site == site && LIN(g)[i].clip)
+			memcpy(was + i * g->r.cols[site], LIN(g)[i].r.pqs, g->r.cols[site] * 2);
+	enum cal_status st = cal_lin_resmooth(c, site, blk, 0, 1, err);
+	for (size_t i = 0; i < g->r.n_lin; i++) {
+		struct alin *al = &LIN(g)[i];
+		if (al->r.site != site)
+			continue;
+		l0 = l0 ? l0 : &al->r;
+		al->r.pqs_out = k < 0;
+		if (al->clip && memcmp(was + i * g->r.cols[site], al->r.pqs, g->r.cols[site] * 2)) {
+			free(al->clip);
+			al->clip = NULL;
 		}
 	}
-	for (size_t i = 0; i < n; i++)
-		free(wa[i]);
-	free(avg);
-	return st;
+	free(was);
+	CAL_TRY_RET(st);
+	if (!l0 || k < 0)
+		return CAL_OK;
+	/* the group's scale (each linear's pqs now) into the norm */
+	uint64_t cols = l0->cols;
+	const void *nw = k ? dw->post_norm : dw->in_norm;
+	enum cal_dtype dt = k ? dw->post_norm_dt : dw->in_norm_dt;
+	if (dt != CAL_DTYPE_BF16)
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "awq: layer %d: a %s norm weight is "
+				     "not bf16", (int)g->r.L, k ? "post-attention" : "input");
+	if (!(g->norm[k] = malloc(cols * 2)))
+		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	g->norm_n[k] = cols;
+	CAL_TRY_RET(cal_backend_download(c->be, g->norm[k], nw, cols * 2, err));
+	cal_awq_fuse_norm(g->norm[k], l0->pqs, cols, c->d->norm == CAL_NORM_RMS_1P);
+	return CAL_OK;
 }
 
 /* nvfp4_awq (docs/awq.md "Export" step 1): o_proj's scale into v_proj's
@@ -316,100 +308,99 @@ static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w 
  * does it (cal_plan_awq_fuses_prev); before the shared-input groups. */
 static enum cal_status fuse_prev(struct cal_calib *c, struct cal_error *err)
 {
-	struct cal_awq_run *g = c->aw;
+	struct cal_awq_run *g = run(c);
 	const struct cal_plan *p = c->plan;
-	for (size_t i = 0; i < g->n_lin; i++) {
-		struct alin *al = &g->lin[i];
+	for (size_t i = 0; i < g->r.n_lin; i++) {
+		struct alin *al = &LIN(g)[i];
 		const struct cal_plan_module *m = &p->modules[al->r.mod];
 		if (!cal_plan_awq_fuses_prev(p, al->r.mod))
 			continue;
 		const char *into = m->kind == CAL_MOD_ATTN_PROJ ? "v_proj" : "up_proj";
 		struct alin *dst = NULL;
-		for (size_t j = 0; j < g->n_lin && !dst; j++) {
-			const struct cal_plan_module *mj = &p->modules[g->lin[j].r.mod];
+		for (size_t j = 0; j < g->r.n_lin && !dst; j++) {
+			const struct cal_plan_module *mj = &p->modules[LIN(g)[j].r.mod];
 			if (mj->kind == m->kind && mj->proj && !strcmp(mj->proj, into))
-				dst = &g->lin[j];
+				dst = &LIN(g)[j];
 		}
 		if (!dst || dst->r.rows != al->r.cols)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "awq: %s: its pre_quant_scale "
 					     "folds into %s, which is not a quantized linear of %llu "
 					     "outputs (docs/awq.md)", m->name, into,
 					     (unsigned long long)al->r.cols);
-		cal_awq_fuse_rows(dst->w, dst->r.rows, dst->r.cols, al->pqs);
-		al->exported_pqs = 0;
+		cal_awq_fuse_rows(dst->r.w, dst->r.rows, dst->r.cols, al->r.pqs);
+		al->r.pqs_out = 0;
 	}
 	return CAL_OK;
 }
 
-enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
-				 struct cal_error *err)
+static enum cal_status pass_end(struct cal_calib *c, int32_t L, int pass,
+				const struct cal_layer_w *w, struct cal_error *err)
 {
-	struct cal_awq_run *g = c->aw;
+	struct cal_awq_run *g = run(c);
 	double t0 = cal_now();
-	c->aw_pass = 0;
+	(void)pass;
 	CAL_TRY_RET(cal_backend_sync(c->be, err));
-	for (size_t i = 0; i < g->n_lin; i++) {
-		struct alin *al = &g->lin[i];
+	for (size_t i = 0; i < g->r.n_lin; i++) {
+		struct alin *al = &LIN(g)[i];
 		CAL_TRY_RET(search_one(c, w, al, err));
-		al->exported_pqs = 1;
+		al->r.pqs_out = 1;
 		json_t *o = json_pack("{s:s, s:i, s:I}", "module", c->plan->modules[al->r.mod].name,
 				      "layer", (int)L, "n_samples", (json_int_t)g->crows[al->r.site]);
 		if (!o)
 			return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 		json_object_set_new(o, "alpha", al->alpha < 0 ? json_null()
 							       : json_real(al->alpha));
-		json_array_append_new(g->report, o);
+		json_array_append_new(g->r.report, o);
+		if (g->clip && al->alpha >= 0.0f)
+			CAL_TRY_RET(clip_one(c, al, o, err));
 	}
 	drop_cache(g);
 	CAL_TRY_RET(fuse_prev(c, err));
 	CAL_TRY_RET(fold_group(c, w, EQ_QKV, 0, err));
 	CAL_TRY_RET(fold_group(c, w, EQ_MLP_GU, 1, err));
 	CAL_TRY_RET(fold_group(c, w, EQ_SH_GU, -1, err));
-	g->t_search += cal_now() - t0;
+	g->r.t += cal_now() - t0;
 	return CAL_OK;
-}
-
-void cal_awq_map_amax(struct cal_calib *c, int32_t L)
-{
-	struct cal_awq_run *g = c->aw;
-	for (size_t i = 0; g->L == L && i < g->n_lin; i++) {
-		const struct alin *al = &g->lin[i];
-		long iq = c->plan->modules[al->r.mod].iq;
-		if (al->quant_in && al->alpha >= 0.0f && iq >= 0) {
-			c->q_amax[iq] = al->in_amax;
-			c->q_has[iq] = 1;
-		}
-	}
-}
-
-const uint16_t *cal_calib_awq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel,
-				     const uint16_t **pqs)
-{
-	const struct cal_awq_run *g = c->aw;
-	for (size_t i = 0; g && i < g->n_lin; i++)
-		if (g->lin[i].r.mod == mod && g->lin[i].w) {
-			*numel = g->lin[i].r.rows * g->lin[i].r.cols;
-			*pqs = g->lin[i].exported_pqs ? g->lin[i].pqs : NULL;
-			return g->lin[i].w;
-		}
-	return NULL;
 }
 
 const uint16_t *cal_calib_awq_norm(const struct cal_calib *c, int post_attention,
 				   uint64_t *numel)
 {
-	const struct cal_awq_run *g = c->aw;
+	const struct cal_awq_run *g = c->lr && c->lr->a == &cal_awq_algo ? run(c) : NULL;
 	if (!g || !g->norm[post_attention ? 1 : 0])
 		return NULL;
 	*numel = g->norm_n[post_attention ? 1 : 0];
 	return g->norm[post_attention ? 1 : 0];
 }
 
-json_t *cal_awq_stats(const struct cal_calib *c)
+static json_t *params(const struct cal_calib *c)
 {
-	const struct cal_awq_run *g = c->aw;
-	if (!g)
-		return NULL;
-	return json_pack("{s:f, s:O, s:f}", "alpha_step", g->alpha_step, "linears", g->report,
-			 "search_s", g->t_search);
+	const struct cal_awq_run *g = run(c);
+	json_t *o = json_pack("{s:f}", "alpha_step", g->alpha_step);
+	if (o && g->clip) /* awq_full: awq_clip's options and time (within the search's) */
+		json_object_set_new(o, "clip", json_pack("{s:I, s:f, s:f, s:f}",
+							 "max_tokens_per_batch",
+							 (json_int_t)g->clip_o.max_tokens,
+							 "min_clip_ratio", g->clip_o.min_ratio,
+							 "shrink_step", g->clip_o.step,
+							 "clip_s", g->t_clip));
+	return o;
+}
+
+const struct cal_lin_algo cal_awq_algo = {
+	.method = CAL_CALIB_AWQ_LITE, .name = "awq", .key = "awq_lite", .time_key = "search_s",
+	.passes = 1, .check = cal_calib_check_awq, .params = params, .init = awq_init,
+	.size = sizeof(struct cal_awq_run), .lin_size = sizeof(struct alin),
+	.drop_layer = drop_layer, .site = awq_site, .end = pass_end,
+};
+
+const float *cal_calib_awq_clip(const struct cal_calib *c, size_t mod, uint64_t *n)
+{
+	const struct cal_awq_run *g = c->lr && c->lr->a->method == CAL_CALIB_AWQ_LITE ? run(c) : NULL;
+	for (size_t i = 0; g && i < g->r.n_lin; i++)
+		if (LIN(g)[i].r.mod == mod && LIN(g)[i].clip) {
+			*n = LIN(g)[i].r.rows * LIN(g)[i].r.cols / 128;
+			return LIN(g)[i].clip;
+		}
+	return NULL;
 }

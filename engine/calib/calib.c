@@ -232,12 +232,7 @@ enum cal_status cal_calib_open_src(const struct cal_calib_src *src, const struct
 		m->pub = (struct cal_calib_moe_stats){c->E, m->tokens, m->gu, m->down};
 	}
 	CAL_TRY(cal_ranks_open(c, src, err));
-	if (plan->recipe->algo.method == CAL_CALIB_GPTQ)
-		CAL_TRY(cal_gptq_init(c, err));
-	if (plan->recipe->algo.method == CAL_CALIB_AWQ_LITE)
-		CAL_TRY(cal_awq_init(c, err));
-	if (plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT)
-		CAL_TRY(cal_sq_init(c, err));
+	CAL_TRY(cal_lin_run_open(c, err)); /* GPTQ, AWQ-lite, SmoothQuant */
 	*ret = c;
 	return CAL_OK;
 fail:
@@ -262,7 +257,8 @@ static void free_run(struct cal_calib *c)
 			c->fp8_wamax, c->fp8_wnf, c->obs_hist};
 	if (!c->be)
 		return;
-	cal_gptq_free_run(c);
+	cal_lin_run_release(c);
+	cal_kv_free(c);
 	for (size_t i = 0; i < CAL_ARRAY_LEN(bufs); i++)
 		cal_be_free(c, bufs[i]);
 	cal_gdn_free(c);
@@ -305,13 +301,11 @@ void cal_calib_free(struct cal_calib *c)
 	if (!c)
 		return;
 	free_run(c);
-	cal_gptq_free(c);
-	cal_awq_free(c);
-	cal_sq_free(c);
+	cal_lin_run_free(c);
 	if (c->moe && c->d)
 		for (int64_t L = 0; L < c->d->num_layers; L++)
 			CAL_FREE_ALL(c->moe[L].tokens, c->moe[L].gu, c->moe[L].down);
-	CAL_FREE_ALL(c->moe, c->l_amax, c->hr_amax, c->q_amax, c->q_has, c->inv_freq);
+	CAL_FREE_ALL(c->moe, c->l_amax, c->hr_amax, c->q_amax, c->q_has, c->inv_freq, c->kv_bias_host);
 	cal_ranks_free(c);
 	cal_backend_free(c->own_be);
 	cal_backend_free(c->host);
@@ -834,6 +828,7 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 	}
 	CAL_TRY(embed(c, ids, err));
 	CAL_TRY(alloc_run(c, err));
+	CAL_TRY(cal_kv_alloc(c, err));
 	if (c->nranks > 1)
 		CAL_TRY(cal_ep_alloc(c, err));
 	if (c->ev)
@@ -894,14 +889,10 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 		/* GPTQ runs the layer three times (gptq_run.c); in each pass,
 		 * micro-batch j R + rank in round j (one rank: every one in order);
 		 * a rank without one in a round serves its experts (ranks.c) */
-		for (int pass = 0; !c->ev && pass < (c->gq ? 3 : 1); pass++) {
+		for (int pass = 0; !c->ev && pass < (c->lr ? c->lr->a->passes : 1); pass++) {
 			const struct cal_layer_w *wu = &dw[sl];
-			if (c->gq)
-				CAL_TRY(cal_gptq_pass_begin(c, L, pass, &lh[sl], &dw[sl], &wu, err));
-			else if (c->aw) /* AWQ-lite caches the linears' inputs (awq_run.c) */
-				CAL_TRY(cal_awq_pass_begin(c, L, &lh[sl], err));
-			else if (c->sq) /* SmoothQuant's per-channel amax (sq_run.c) */
-				CAL_TRY(cal_sq_pass_begin(c, L, &lh[sl], err));
+			if (c->lr) /* GPTQ, AWQ-lite, SmoothQuant (lin_run.c) */
+				CAL_TRY(cal_lin_run_begin(c, L, pass, &lh[sl], &dw[sl], &wu, err));
 			for (size_t j = 0; j < cal_ranks_rounds(c); j++) {
 				size_t i = j * c->nranks + c->rank;
 				if (i >= c->n_mb) {
@@ -911,28 +902,23 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 					CAL_TRY(cal_layer_forward(c, L, wu, &c->mbs[i], err));
 					CAL_TRY(mb_store(c, &c->mbs[i], err));
 				}
-				if (c->gq) /* over ranks: the round's Hessian rows (gptq_run.c) */
-					CAL_TRY(cal_gptq_round_end(c, err));
+				if (c->lr) /* GPTQ over ranks: the round's Hessian rows */
+					CAL_TRY(cal_lin_run_round_end(c, err));
 			}
-			if (c->gq)
-				CAL_TRY(cal_gptq_pass_end(c, L, pass, err));
-			else if (c->aw)
-				CAL_TRY(cal_awq_pass_end(c, L, &dw[sl], err));
-			else if (c->sq)
-				CAL_TRY(cal_sq_pass_end(c, L, &dw[sl], err));
+			if (c->lr)
+				CAL_TRY(cal_lin_run_end(c, L, pass, &dw[sl], err));
 		}
 		cal_prof(c, PH_READBACK);
 		CAL_TRY(cal_backend_sync(c->be, err));
 		CAL_TRY(cal_obs_read_back(c, L, err));
+		CAL_TRY(cal_kv_read_back(c, L, err));
 		CAL_TRY(cal_w_expert_amax_finish(c, L, err));
 		CAL_TRY(cal_w_fp8_amax_finish(c, err));
 		if (c->nranks > 1)
 			CAL_TRY(cal_ep_reduce_weights(c, L, err));
 		cal_ep_count_layer(c, L);
 		cal_obs_map_layer(c, L);
-		if (c->aw)
-			cal_awq_map_amax(c, L);
-		cal_sq_map_layer(c, L);
+		cal_lin_run_map(c, L);
 		cal_prof(c, PH_OTHER);
 		cal_layer_host_free(&lh[sl]);
 		c->done_layers = L + 1;

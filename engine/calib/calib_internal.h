@@ -264,15 +264,10 @@ struct cal_calib {
 					  * last: the final norm */
 	int fail_layer;                  /* tests: CALIBD_TEST_RANK_FAIL=RANK:LAYER[:stall] */
 	int fail_stall;
-	/* GPTQ (gptq_run.c): set when the recipe's algorithm is gptq */
-	struct cal_gptq_run *gq;
-	int gq_pass;                     /* 1, 2: the pass fake-quantizes at the actq sites */
-	/* AWQ-lite (awq_run.c): set when the recipe's algorithm is awq_lite */
-	struct cal_awq_run *aw;
-	int aw_pass;                     /* the actq sites cache the linears' inputs */
-	/* SmoothQuant (sq_run.c): set when the recipe's algorithm is smoothquant */
-	struct cal_sq_run *sq;
-	int sq_pass;                     /* the actq sites observe per-channel max |x| */
+	/* GPTQ, AWQ-lite, SmoothQuant (lin_run.c): set when the recipe's
+	 * algorithm is one of them */
+	struct cal_lin_run *lr;
+	int lr_pass;                     /* the actq sites call the run's site hook */
 
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
@@ -282,6 +277,12 @@ struct cal_calib {
 	uint8_t *q_has;
 	float *hr_amax;                  /* [num_layers][n_slots] headroom amax; < 0: none */
 	int done_layers;
+	/* affine KV cache (kvcache.c): this layer's running K | V bias (back
+	 * end, bf16 [2, kd]), the forwards folded into it, every layer's final
+	 * bias (host, bf16 [num_layers][2][kd]) */
+	uint16_t *kv_bias;
+	uint64_t kv_fwd;
+	uint16_t *kv_bias_host;
 };
 
 /* The routed experts n_experts of this rank, first .. first + n - 1, on rows
@@ -382,28 +383,13 @@ enum cal_status cal_layer_actq(struct cal_calib *c, int32_t L, int site, int64_t
 /* Gated attention: row r of the engine's q_proj (query rows of every head,
  * then the gate rows) is row map[r] of the checkpoint's ([2 nh hd]). */
 void cal_gated_q_map(const struct cal_calib *c, uint32_t *map);
-/* gptq_run.c: GPTQ in the forward (docs/gptq.md "In the engine").  init,
- * called for a gptq recipe only, refuses what it does not run (model or
- * plan) and sets c->gq; calib.c runs passes 0..2 of every layer between pass_begin
- * (which gives the weights the pass runs with) and pass_end; layer.c's
- * actq sites call cal_gptq_site while c->gq_pass is set. */
+/* gptq_run.c: GPTQ in the forward (docs/gptq.md "In the engine"), a
+ * linear run of three passes per layer (cal_gptq_algo).  Its site hook
+ * runs in passes 1 and 2 at every actq site; its round_end, after each round of
+ * micro-batches of a pass: over several ranks, pass 1 gathers the round's
+ * Hessian input rows from every rank and adds them in micro-batch order
+ * (the bytes of one rank); a no-op otherwise. */
 struct cal_gptq_run;
-enum cal_status cal_gptq_init(struct cal_calib *c, struct cal_error *err);
-void cal_gptq_free_run(struct cal_calib *c);
-void cal_gptq_free(struct cal_calib *c);
-enum cal_status cal_gptq_pass_begin(struct cal_calib *c, int32_t L, int pass,
-				    const struct cal_layer_host *lh, const struct cal_layer_w *w,
-				    const struct cal_layer_w **use, struct cal_error *err);
-enum cal_status cal_gptq_pass_end(struct cal_calib *c, int32_t L, int pass,
-				  struct cal_error *err);
-enum cal_status cal_gptq_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
-			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
-/* After each round of micro-batches of a pass: over several ranks, pass 1
- * gathers the round's Hessian input rows from every rank and adds them in
- * micro-batch order (the bytes of one rank); a no-op otherwise. */
-enum cal_status cal_gptq_round_end(struct cal_calib *c, struct cal_error *err);
-/* The "gptq" object of the statistics (new reference), NULL without GPTQ. */
-json_t *cal_gptq_stats(const struct cal_calib *c);
 /* Fields of struct cal_layer_w holding a decoder layer's linears (GPTQ's
  * and AWQ's passes); cal_layer_field gives the field's address in w. */
 enum { F_WQ, F_WK, F_WV, F_WO, F_W13, F_W2, F_S13, F_S2, F_E13, F_E2,
@@ -423,62 +409,134 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
  * quantizer's (attention Q/P BMM, outputs, a quantized shared_expert_gate
  * or lm_head weight); NULL when none. */
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d);
-
-/* A linear AWQ and SmoothQuant run on: plan module, weight field f at
- * element offset at, input site (cal_linear_site), [rows, cols]. */
-struct cal_lin_ref {
-	size_t mod;
-	int f, site;
-	uint64_t at, rows, cols;
-};
-
-/* Appends layer L's linears (cal_linear_site >= 0, in plan order) to the
- * array *v of *n elements of `size` bytes each (capacity *cap, grown by
- * doubling); each element starts with its struct cal_lin_ref, the rest is
- * zeroed.  Errors: CAL_ERR_NOMEM. */
-enum cal_status cal_layer_linears(const struct cal_calib *c, int32_t L,
-				  const struct cal_layer_host *lh, void **v, size_t *n, size_t *cap,
-				  size_t size, struct cal_error *err);
 const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q);
 /* CAL_OK when why is NULL, else CAL_ERR_UNSUPPORTED "<model_type>:
  * algorithm <algo> with <why> is not implemented (<doc>)". */
 enum cal_status cal_linear_algo_refuse(const struct cal_model_desc *d, const char *algo,
 				       const char *why, const char *doc, struct cal_error *err);
 
-/* awq_run.c: AWQ-lite in the forward (docs/awq.md "In the engine").  init,
- * called for an awq_lite recipe only, refuses what it does not run and
- * sets c->aw;
- * calib.c calls pass_begin / pass_end around the layer's forward; layer.c's
- * actq sites call cal_awq_site while c->aw_pass is set (caching inputs). */
+/*
+ * lin_run.c: a linear run, what GPTQ, AWQ-lite and SmoothQuant share
+ * (docs/gptq.md, docs/awq.md, docs/smoothquant.md "In the engine").  Per
+ * decoder layer: the list of linears the algorithm rewrites (their host
+ * weights kept for the exporter until the next layer's list), the layer's
+ * forward pass(es) with layer.c's actq sites feeding the algorithm while
+ * c->lr_pass is set, the algorithm's solve, search or smoothing, and the
+ * input amaxes it leaves; its statistics at the end.  calib.c opens one when
+ * the recipe's algorithm has a struct cal_lin_algo (lin_algos.def) and
+ * calls the cal_lin_run_* steps; the algorithm files fill in the hooks.
+ */
+/* A linear of the layer the run rewrites: plan module, weight field f at
+ * element offset at, input site (cal_linear_site), [rows, cols]; what the
+ * exporter gets (cal_calib_lin_weight); the algorithm's own fields follow
+ * it in its elements. */
+struct cal_lin {
+	size_t mod;
+	int f, site;
+	uint64_t at, rows, cols;
+	uint16_t *w;       /* host bf16 [rows, cols], checkpoint row order; NULL: none */
+	uint16_t *pqs;     /* host bf16 [cols]: its pre_quant_scale (AWQ, SmoothQuant) */
+	int pqs_out;       /* the exporter writes pqs (not fused elsewhere) */
+	float in_amax;     /* its input amax as the algorithm leaves it (AWQ, SmoothQuant) */
+	int has_in_amax;   /* in_amax replaces the observed one of an enabled input
+			    * quantizer (cal_lin_run_map) */
+};
+
+/* The start of every algorithm's run (c->lr). */
+struct cal_lin_run {
+	const struct cal_lin_algo *a;
+	int32_t L;         /* the layer of lin; -1: none yet */
+	int pass;          /* the pass running or last run */
+	void *lin;         /* n_lin elements of a->lin_size bytes, each a struct
+			    * cal_lin and the algorithm's own fields */
+	size_t n_lin, cap_lin;
+	uint64_t cols[EQ_COUNT]; /* columns of the input of site s's linears; 0: none */
+	json_t *report;    /* its statistics' per-linear objects */
+	double t;          /* seconds of the algorithm's own work */
+};
+
+struct cal_lin_algo {
+	enum cal_calib_method method;
+	const char *name;            /* in messages ("gptq: out of memory") */
+	const char *key, *time_key;  /* its statistics object's key, its seconds' key */
+	int passes;                  /* forward passes of each layer */
+	int site_pass;               /* the first pass whose actq sites call site */
+	int all_sites;               /* site sees every actq site (else the sites of its
+				      * linears, their column count checked) */
+	size_t size, lin_size;       /* its run, its linear elements */
+	/* the plan's capability check (engine/calib.h) */
+	enum cal_status (*check)(const struct cal_plan *p, struct cal_error *err);
+	/* its own fields of the zeroed run c->lr (NULL: none) */
+	enum cal_status (*init)(struct cal_calib *c, struct cal_error *err);
+	/* whether plan module m of the layer is one of its linears: fills the
+	 * element lin (zeroed, its struct cal_lin's mod, rows and cols set) and
+	 * gives its input site; -1 not one, -2 out of memory (lin left owning
+	 * nothing).  NULL: cal_linear_site */
+	int (*linear)(const struct cal_calib *c, const struct cal_plan_module *m,
+		      const struct cal_layer_host *lh, void *lin);
+	/* frees what the layer's linears and state own beyond w and pqs; the
+	 * run's back-end buffers (calib.c's free_run); the rest of the run
+	 * (NULL: nothing) */
+	void (*drop_layer)(struct cal_calib *c);
+	void (*release)(struct cal_calib *c);
+	void (*free)(struct cal_calib *c);
+	/* pass `pass` of layer L (r->pass): begin (NULL: nothing) may set *use,
+	 * the weights the pass runs with; round_end after each round of
+	 * micro-batches (NULL: nothing) */
+	enum cal_status (*begin)(struct cal_calib *c, int32_t L, int pass,
+				 const struct cal_layer_host *lh, const struct cal_layer_w *w,
+				 const struct cal_layer_w **use, struct cal_error *err);
+	enum cal_status (*site)(struct cal_calib *c, int32_t L, int site, int64_t expert,
+				uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
+	enum cal_status (*round_end)(struct cal_calib *c, struct cal_error *err);
+	enum cal_status (*end)(struct cal_calib *c, int32_t L, int pass, const struct cal_layer_w *w,
+			       struct cal_error *err);
+	/* its statistics before "linears" and the seconds (new reference) */
+	json_t *(*params)(const struct cal_calib *c);
+};
+#define CAL_LIN_ALGO(var) extern const struct cal_lin_algo var;
+#include "engine/calib/lin_algos.def"
+#undef CAL_LIN_ALGO
+
+/* Opens c->lr when the plan's algorithm runs in the forward (after its
+ * check), else leaves it NULL. */
+enum cal_status cal_lin_run_open(struct cal_calib *c, struct cal_error *err);
+void cal_lin_run_release(struct cal_calib *c);
+void cal_lin_run_free(struct cal_calib *c);
+/* The steps calib.c and layer.c run (see struct cal_lin_algo). */
+enum cal_status cal_lin_run_begin(struct cal_calib *c, int32_t L, int pass,
+				  const struct cal_layer_host *lh, const struct cal_layer_w *w,
+				  const struct cal_layer_w **use, struct cal_error *err);
+enum cal_status cal_lin_run_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
+				 uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
+enum cal_status cal_lin_run_round_end(struct cal_calib *c, struct cal_error *err);
+enum cal_status cal_lin_run_end(struct cal_calib *c, int32_t L, int pass,
+				const struct cal_layer_w *w, struct cal_error *err);
+/* After the layer's statistics are mapped (cal_obs_map_layer): the
+ * in_amax of the linears that have one replace the observed input amax. */
+void cal_lin_run_map(struct cal_calib *c, int32_t L);
+/* The run's statistics object (new reference). */
+json_t *cal_lin_run_stats(const struct cal_calib *c);
+/* Linear i of the run. */
+struct cal_lin *cal_lin_at(const struct cal_lin_run *r, size_t i);
+/* The export's resmoothing of the layer's linears reading `site` (at most
+ * 8; docs/awq.md, docs/smoothquant.md "Export"): one pre_quant_scale for
+ * all, each weight re-folded (cal_resmooth_group with blocks of blk along a
+ * row; with_amax: the group's input amax into each in_amax).  Does nothing
+ * for fewer than min_n linears. */
+enum cal_status cal_lin_resmooth(struct cal_calib *c, int site, uint64_t blk, int with_amax,
+				 size_t min_n, struct cal_error *err);
+
+/* awq_run.c: AWQ-lite in the forward (docs/awq.md "In the engine"), a
+ * linear run of one pass (cal_awq_algo) whose site hook caches the
+ * linears' inputs; its search leaves the searched linears' NVFP4 input
+ * amax (nvfp4_awq) for cal_lin_run_map. */
 struct cal_awq_run;
-enum cal_status cal_awq_init(struct cal_calib *c, struct cal_error *err);
-void cal_awq_free(struct cal_calib *c);
-enum cal_status cal_awq_pass_begin(struct cal_calib *c, int32_t L,
-				   const struct cal_layer_host *lh, struct cal_error *err);
-enum cal_status cal_awq_pass_end(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
-				 struct cal_error *err);
-enum cal_status cal_awq_site(struct cal_calib *c, int site, const uint16_t *x, uint64_t rows,
-			     uint64_t cols, struct cal_error *err);
-json_t *cal_awq_stats(const struct cal_calib *c);
-/* After the layer's statistics are mapped: the searched linears' NVFP4
- * input amax as awq_lite leaves it (nvfp4_awq, docs/awq.md). */
-void cal_awq_map_amax(struct cal_calib *c, int32_t L);
 
 /* sq_run.c: SmoothQuant in the forward (docs/smoothquant.md "In the
- * engine"), as awq_run.c (init called for a smoothquant recipe only);
- * cal_sq_map_layer replaces the layer's smoothed input amaxes after
- * cal_obs_map_layer. */
+ * engine"), as awq_run.c (cal_sq_algo); every smoothed linear's input amax
+ * goes to cal_lin_run_map. */
 struct cal_sq_run;
-enum cal_status cal_sq_init(struct cal_calib *c, struct cal_error *err);
-void cal_sq_free(struct cal_calib *c);
-enum cal_status cal_sq_pass_begin(struct cal_calib *c, int32_t L,
-				  const struct cal_layer_host *lh, struct cal_error *err);
-enum cal_status cal_sq_pass_end(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
-				struct cal_error *err);
-enum cal_status cal_sq_site(struct cal_calib *c, int site, const uint16_t *x, uint64_t rows,
-			    uint64_t cols, struct cal_error *err);
-void cal_sq_map_layer(struct cal_calib *c, int32_t L);
-json_t *cal_sq_stats(const struct cal_calib *c);
 
 /* A layer tensor as bf16 (the mapping when already bf16, else a converted
  * copy owned by lh); numel is checked.  Missing: CAL_ERR_FORMAT. */
@@ -491,22 +549,35 @@ void *cal_layer_own(struct cal_layer_host *lh, size_t bytes);
 /* Elements of the weight_scale_inv grid of an [out, in] FP8 weight. */
 uint64_t cal_fp8_grid(const struct cal_model_desc *d, uint64_t out, uint64_t in);
 
-/* mla.c: DeepSeek-V3 multi-head latent attention */
-enum cal_status cal_mla_check(const struct cal_model_desc *d, struct cal_error *err);
-uint64_t cal_mla_token_bytes(const struct cal_calib *c);
+/*
+ * The mixers beyond grouped-query attention, each in its own file with the
+ * same entry points cal_<k>_*: mla.c (k = mla, DeepSeek-V3 multi-head
+ * latent attention) and gdn.c (k = gdn, Gated DeltaNet layers and the
+ * gated-attention scratch).  _check: the model's settings against what the
+ * engine runs; _token_bytes: scratch bytes per micro-batch token; _alloc,
+ * _free: that scratch (back end); _stage: the mixer weights of layer L
+ * into lh (GDN: canonical layout); _step: the mixer's forward of mb.
+ */
+#define CAL_MIXER_ENTRY_POINTS(k)                                                                 \
+	enum cal_status cal_##k##_check(const struct cal_model_desc *d, struct cal_error *err);   \
+	uint64_t cal_##k##_token_bytes(const struct cal_calib *c);                                \
+	enum cal_status cal_##k##_alloc(struct cal_calib *c, struct cal_error *err);              \
+	void cal_##k##_free(struct cal_calib *c);                                                 \
+	enum cal_status cal_##k##_stage(struct cal_calib *c, int32_t L,                           \
+					struct cal_layer_host *lh, struct cal_error *err);        \
+	enum cal_status cal_##k##_step(struct cal_calib *c, int32_t L, const struct cal_layer_w *w, \
+				       const struct cal_mb *mb, uint16_t *x, struct cal_error *err);
+CAL_MIXER_ENTRY_POINTS(mla)
+CAL_MIXER_ENTRY_POINTS(gdn)
+#undef CAL_MIXER_ENTRY_POINTS
+
+/* mla.c */
 uint64_t cal_mla_layer_bytes(const struct cal_calib *c);
-enum cal_status cal_mla_alloc(struct cal_calib *c, struct cal_error *err);
-void cal_mla_free(struct cal_calib *c);
-/* Stages the self_attn weights of layer L into lh. */
-enum cal_status cal_mla_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
-			      struct cal_error *err);
 /* Host source of MLA weight quantizer `proj` ("q_a_proj", ...), or NULL. */
 void cal_mla_weight(const struct cal_calib *c, const struct cal_layer_host *lh, const char *proj,
 		    const uint16_t **ret, uint64_t *ret_n);
 /* The observer slot of MLA projection `proj`'s input. */
 int cal_mla_input_slot(const char *proj);
-enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
-			     const struct cal_mb *mb, uint16_t *x, struct cal_error *err);
 /* A norm weight of layer L as stored (f16 widened to f32); layer.c. */
 enum cal_status cal_layer_norm_tensor(struct cal_calib *c, struct cal_layer_host *lh,
 				      enum cal_role role, int32_t L, uint64_t numel,
@@ -523,7 +594,7 @@ enum cal_status cal_layer_rmsnorm(struct cal_calib *c, const uint16_t *x, uint16
 				  uint64_t rows, uint64_t cols, const void *w, enum cal_dtype wdt,
 				  float eps, struct cal_error *err);
 
-/* gdn.c: Gated DeltaNet layers and the gated-attention scratch */
+/* gdn.c */
 struct cal_gdn_dims {
 	uint64_t nk, nv, dk, dv, kern, cd, vd; /* cd = conv_dim = 2 nk dk + nv dv, vd = nv dv */
 };
@@ -531,21 +602,10 @@ void cal_gdn_dims(const struct cal_model_desc *d, struct cal_gdn_dims *ret);
 /* Qwen3-Next: row r of the split layout qkv | z (m1, cd + vd rows) and b | a
  * (m2, 2 nv rows) is row m1[r] / m2[r] of in_proj_qkvz / in_proj_ba. */
 void cal_gdn_fused_maps(const struct cal_gdn_dims *g, uint32_t *m1, uint32_t *m2);
-/* Checks the model's GDN / gated-attention settings against what the engine runs. */
-enum cal_status cal_gdn_check(const struct cal_model_desc *d, struct cal_error *err);
-/* Scratch bytes per micro-batch token, allocation and release (back end). */
-uint64_t cal_gdn_token_bytes(const struct cal_calib *c);
-enum cal_status cal_gdn_alloc(struct cal_calib *c, struct cal_error *err);
-void cal_gdn_free(struct cal_calib *c);
-/* Stages the linear_attn weights of layer L into lh (canonical layout). */
-enum cal_status cal_gdn_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
-			      struct cal_error *err);
 /* Host source of weight quantizer `proj` ("in_proj_qkvz", "out_proj", ...)
  * of a staged linear layer: *ret and *ret_n (elements), or NULL. */
 void cal_gdn_weight(const struct cal_calib *c, const struct cal_layer_w *w, const char *proj,
 		    const uint16_t **ret, uint64_t *ret_n);
-enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
-			     const struct cal_mb *mb, uint16_t *x, struct cal_error *err);
 
 /* gpt_oss.c: GPT-OSS (docs/gpt_oss.md) */
 /* Checks what the engine runs of a gpt_oss description. */
@@ -588,6 +648,16 @@ static inline void cal_be_free(struct cal_calib *c, void *p)
 {
 	cal_backend_dealloc(c->be, p);
 }
+
+/* kvcache.c: Q/K/V rotation and the KV observers (affine: running bias) */
+enum cal_status cal_kv_alloc(struct cal_calib *c, struct cal_error *err);
+void cal_kv_free(struct cal_calib *c);
+/* Rotates Q, K, V of micro-batch mb as the plan says, then observes K and V
+ * (S_K / S_V: max|x|, or max|x - bias| for an affine cache). */
+enum cal_status cal_kv_observe(struct cal_calib *c, const struct cal_mb *mb,
+			       struct cal_error *err);
+/* After layer L: the affine bias to the host. */
+enum cal_status cal_kv_read_back(struct cal_calib *c, int32_t L, struct cal_error *err);
 
 /* stats.c: the observers of one layer (L < 0: the final norm) */
 enum cal_status cal_obs_reset(struct cal_calib *c, struct cal_error *err);

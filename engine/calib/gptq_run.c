@@ -2,8 +2,9 @@
  * gptq_run.c — GPTQ in the calibration forward (docs/gptq.md "In the
  * engine"): modelopt 0.47's layerwise `gptq`, one decoder layer at a time.
  *
- * calib.c runs every layer three times over all micro-batches when the
- * recipe's algorithm is gptq (cal_gptq_pass_begin / _end around each pass):
+ * A linear run (lin_run.c): calib.c runs every layer three times over all
+ * micro-batches when the recipe's algorithm is gptq (pass_begin / _end
+ * around each pass):
  *   pass 0  max calibration: the plain forward with the observers, from the
  *           layer's input (the previous layer's quantized outputs);
  *   pass 1  Hessians: the weights as they are, every quantized input
@@ -26,7 +27,7 @@
  * gate/up/down); the fused routed experts of transformers 5 are not
  * nn.Linear modules (3-D parameters), so modelopt's GPTQ leaves them to max
  * calibration: so does calibd.  Over several ranks pass 1's rows are
- * gathered per round and added in micro-batch order (cal_gptq_round_end).
+ * gathered per round and added in micro-batch order (round_end).
  *
  * Memory: one Hessian per distinct linear input of the layer on the back
  * end (q/k/v share one: hidden^2, o_proj (heads*head_dim)^2, gate/up one,
@@ -47,23 +48,6 @@
 #include "engine/gptq.h"
 
 
-static const size_t field_off[F_COUNT] = {
-	offsetof(struct cal_layer_w, wq),  offsetof(struct cal_layer_w, wk),
-	offsetof(struct cal_layer_w, wv),  offsetof(struct cal_layer_w, wo),
-	offsetof(struct cal_layer_w, w13), offsetof(struct cal_layer_w, w2),
-	offsetof(struct cal_layer_w, s13), offsetof(struct cal_layer_w, s2),
-	offsetof(struct cal_layer_w, e13), offsetof(struct cal_layer_w, e2),
-	offsetof(struct cal_layer_w, wqa), offsetof(struct cal_layer_w, wkva),
-	offsetof(struct cal_layer_w, wkvb), offsetof(struct cal_layer_w, lqkv),
-	offsetof(struct cal_layer_w, lz),  offsetof(struct cal_layer_w, lb),
-	offsetof(struct cal_layer_w, la),  offsetof(struct cal_layer_w, lout),
-};
-
-const uint16_t **cal_layer_field(struct cal_layer_w *w, int f)
-{
-	return (const uint16_t **)(void *)((char *)w + field_off[f]);
-}
-
 /* Rows of a linear in the engine's layer layout: `rows` rows of field f
  * from element `at` on. */
 struct gpart {
@@ -71,18 +55,16 @@ struct gpart {
 	uint64_t at, rows;
 };
 
-/* One linear GPTQ updates in the current layer. */
+/* One linear GPTQ updates in the current layer: lin_run.c's (f, at: its
+ * first part; w: the updated bf16 weight in the checkpoint's row order,
+ * kept until the next layer), then GPTQ's own. */
 struct glin {
-	size_t mod;        /* plan module */
-	int site;          /* actq site of its input */
+	struct cal_lin r;
 	struct gpart part[2]; /* its rows in the engine's layout (Qwen3-Next's fused
 			       * in_proj: two fields) */
 	int n_part;
 	uint32_t *map;     /* row r of the engine's layout is the checkpoint's row
 			    * map[r] (gated q_proj, Qwen3-Next in_proj); NULL: same */
-	uint64_t rows, cols;
-	uint16_t *upd;     /* host: updated bf16 weight in the checkpoint's row order
-			    * (kept until the next layer) */
 	uint16_t *orig;    /* host, during the solve: the original weight */
 	float *ba, ga;     /* its per-16-block amax and global amax */
 	struct cal_gptq_stats st;
@@ -90,12 +72,10 @@ struct glin {
 };
 
 struct cal_gptq_run {
+	struct cal_lin_run r;
 	struct cal_gptq_opts o;
 	enum cal_div_mode div;
 	/* the layer */
-	int32_t L;
-	struct glin *lin;
-	size_t n_lin, cap_lin;
 	int site_q[EQ_COUNT];      /* input quantized (NVFP4 dynamic) */
 	float site_scale[EQ_COUNT]; /* its input_scale (0: amax 0, left as is) */
 	float *hs[EQ_COUNT];       /* back end: Hessian sums [cols, cols] */
@@ -127,77 +107,15 @@ struct cal_gptq_run {
 	uint64_t gath_cap;
 	uint64_t *cnt;             /* back end [R]: the ranks' row counts; then host [R] */
 	uint64_t *hcnt;
-	/* report */
-	json_t *report;            /* array of per-linear objects */
-	json_t *fallback;          /* names */
-	double t_solve, t_passes;
+	json_t *fallback;          /* report: names */
 };
 
-int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, int *f,
-		    uint64_t *at, const struct cal_layer_host *lh)
+static struct cal_gptq_run *run(const struct cal_calib *c)
 {
-	const char *pr = m->proj;
-	uint64_t H = (uint64_t)c->H, qd = (uint64_t)(c->nh * c->hd), kd = (uint64_t)(c->nkv * c->hd);
-	*at = 0;
-	if (m->wq < 0 || !c->plan->q[m->wq].spec.enabled || m->count != 1)
-		return -1;
-	switch (m->kind) {
-	case CAL_MOD_ATTN_PROJ:
-		if (!strcmp(pr, "q_proj"))
-			return *f = F_WQ, EQ_QKV;
-		if (!strcmp(pr, "k_proj"))
-			return *f = F_WK, EQ_QKV;
-		if (!strcmp(pr, "v_proj"))
-			return *f = F_WV, EQ_QKV;
-		if (!strcmp(pr, "o_proj"))
-			return *f = F_WO, EQ_O;
-		break;
-	case CAL_MOD_MLP_PROJ:
-	case CAL_MOD_SHARED_PROJ: {
-		int sh = m->kind == CAL_MOD_SHARED_PROJ;
-		uint64_t n13 = sh ? lh->n_s13 : lh->n_w13;
-		if (!strcmp(pr, "gate_proj") || !strcmp(pr, "up_proj")) {
-			*at = strcmp(pr, "up_proj") ? 0 : n13 / 2;
-			*f = sh ? F_S13 : F_W13;
-			return sh ? EQ_SH_GU : EQ_MLP_GU;
-		}
-		if (!strcmp(pr, "down_proj"))
-			return *f = sh ? F_S2 : F_W2, sh ? EQ_SH_DOWN : EQ_MLP_DOWN;
-		break;
-	}
-	default:
-		break;
-	}
-	(void)H, (void)qd, (void)kd;
-	return -1;
+	return (struct cal_gptq_run *)(void *)c->lr;
 }
 
-enum cal_status cal_layer_linears(const struct cal_calib *c, int32_t L,
-				  const struct cal_layer_host *lh, void **v, size_t *n, size_t *cap,
-				  size_t size, struct cal_error *err)
-{
-	const struct cal_plan *p = c->plan;
-	for (size_t mi = 0; mi < p->n_modules; mi++) {
-		const struct cal_plan_module *m = &p->modules[mi];
-		struct cal_lin_ref r = {.mod = mi, .rows = (uint64_t)m->out, .cols = (uint64_t)m->in};
-		if (m->layer != L || (r.site = cal_linear_site(c, m, &r.f, &r.at, lh)) < 0)
-			continue;
-		if (*n == *cap) {
-			size_t nc = *cap ? 2 * *cap : 16;
-			void *nv = realloc(*v, nc * size);
-			if (!nv)
-				return cal_error_set(err, CAL_ERR_NOMEM, "layer %d: out of memory "
-						     "listing its linears", (int)L);
-			*v = nv;
-			*cap = nc;
-		}
-		char *e = (char *)*v + *n * size;
-		memset(e, 0, size);
-		memcpy(e, &r, sizeof(r));
-		(*n)++;
-	}
-	return CAL_OK;
-}
+#define LIN(g) ((struct glin *)(g)->r.lin)
 
 /* Elements of field f in layer lh. */
 static uint64_t field_n(const struct cal_calib *c, const struct cal_layer_host *lh, int f)
@@ -268,12 +186,14 @@ static int input_site(const struct cal_calib *c, const struct cal_plan_module *m
 }
 
 /* The linear GPTQ updates for plan module m (every quantized nn.Linear of
- * a decoder layer outside the routed experts): its input site, its rows in
- * the engine's layout and their checkpoint order; -1 for any other module.
- * gl->map is allocated when the orders differ. */
+ * a decoder layer outside the routed experts; the list hook): its input
+ * site, its rows in the engine's layout and their checkpoint order; -1 for
+ * any other module, -2 out of memory.  gl->map is allocated when the orders
+ * differ. */
 static int gptq_linear(const struct cal_calib *c, const struct cal_plan_module *m,
-		       const struct cal_layer_host *lh, struct glin *gl)
+		       const struct cal_layer_host *lh, void *lin)
 {
+	struct glin *gl = lin;
 	int f = -1, site;
 	uint64_t at = 0;
 	gl->n_part = 1;
@@ -281,6 +201,8 @@ static int gptq_linear(const struct cal_calib *c, const struct cal_plan_module *
 	if ((site = input_site(c, m, lh, &f, &at)) < 0)
 		return -1;
 	gl->part[0] = (struct gpart){f, at, (uint64_t)m->out};
+	gl->r.f = f;
+	gl->r.at = at;
 	if (f == F_WQ && c->d->attn == CAL_ATTN_GATED_GQA) {
 		if ((gl->map = malloc((size_t)m->out * sizeof(uint32_t))))
 			cal_gated_q_map(c, gl->map);
@@ -296,49 +218,16 @@ static int gptq_linear(const struct cal_calib *c, const struct cal_plan_module *
 		gl->n_part = 2;
 		uint32_t *m1 = malloc((g.cd + g.vd) * sizeof(uint32_t));
 		uint32_t *m2 = malloc(2 * g.nv * sizeof(uint32_t));
-		if (m1 && m2)
-			cal_gdn_fused_maps(&g, m1, m2);
+		if (!m1 || !m2) {
+			CAL_FREE_ALL(m1, m2);
+			return -2;
+		}
+		cal_gdn_fused_maps(&g, m1, m2);
 		gl->map = qkvz ? m1 : m2;
 		free(qkvz ? m2 : m1);
-		return m1 && m2 ? site : -2;
+		return site;
 	}
 	return site;
-}
-
-const char *cal_linear_algo_model_why(const struct cal_model_desc *d)
-{
-	if (d->attn != CAL_ATTN_GQA)
-		return "attention other than plain GQA (gated, MLA)";
-	for (int32_t L = 0; L < d->num_layers; L++)
-		if (d->layers[L].mixer == CAL_MIXER_LINEAR)
-			return "Gated DeltaNet layers";
-	if (d->act == CAL_ACT_SWIGLU_OAI)
-		return "GPT-OSS (experts as BMMs, attention sinks)";
-	return NULL;
-}
-
-enum cal_status cal_linear_algo_refuse(const struct cal_model_desc *d, const char *algo,
-				       const char *why, const char *doc, struct cal_error *err)
-{
-	if (!why)
-		return CAL_OK;
-	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm %s with %s is not "
-			     "implemented (%s)", d->model_type, algo, why, doc);
-}
-
-const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q)
-{
-	const struct cal_plan_module *m = &p->modules[q->module];
-	if (!q->spec.enabled)
-		return NULL;
-	if (q->role == CAL_QROLE_Q_BMM || q->role == CAL_QROLE_P_BMM)
-		return "a quantized attention BMM";
-	if (q->role == CAL_QROLE_OUTPUT)
-		return "output quantizers";
-	if (q->role == CAL_QROLE_WEIGHT &&
-	    (m->kind == CAL_MOD_SHARED_GATE || m->kind == CAL_MOD_LM_HEAD))
-		return "a quantized shared_expert_gate or lm_head";
-	return NULL;
 }
 
 enum cal_status cal_calib_check_gptq(const struct cal_plan *p, struct cal_error *err)
@@ -365,42 +254,31 @@ enum cal_status cal_calib_check_gptq(const struct cal_plan *p, struct cal_error 
 	return cal_linear_algo_refuse(d, "gptq", why, "docs/gptq.md", err);
 }
 
-enum cal_status cal_gptq_init(struct cal_calib *c, struct cal_error *err)
+static enum cal_status gptq_init(struct cal_calib *c, struct cal_error *err)
 {
 	const struct cal_algorithm *a = &c->plan->recipe->algo;
-	CAL_TRY_RET(cal_calib_check_gptq(c->plan, err));
-	struct cal_gptq_run *g = calloc(1, sizeof(*g));
-	if (!g)
-		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+	struct cal_gptq_run *g = run(c);
 	g->o.perc_damp = a->perc_damp;
 	g->o.block_size = (uint32_t)a->gptq_block_size;
 	g->div = c->o.div;
-	g->L = -1;
-	g->report = json_array();
 	g->fallback = json_array();
 	if (c->E)
 		g->tok_save = calloc((size_t)c->E, sizeof(uint64_t));
-	c->gq = g;
-	if (!g->report || !g->fallback || (c->E && !g->tok_save))
+	if (!g->fallback || (c->E && !g->tok_save))
 		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 	return CAL_OK;
 }
 
-static void drop_layer(struct cal_gptq_run *g)
+static void drop_layer(struct cal_calib *c)
 {
-	for (size_t i = 0; i < g->n_lin; i++) {
-		free(g->lin[i].upd);
-		free(g->lin[i].map);
-	}
-	g->n_lin = 0;
+	struct cal_gptq_run *g = run(c);
+	CAL_FREE_MEMBER(LIN(g), g->r.n_lin, map);
 }
 
 /* Back-end buffers of one run (calib.c frees them with the run). */
-void cal_gptq_free_run(struct cal_calib *c)
+static void release(struct cal_calib *c)
 {
-	struct cal_gptq_run *g = c->gq;
-	if (!g)
-		return;
+	struct cal_gptq_run *g = run(c);
 	for (int s = 0; s < EQ_COUNT; s++) {
 		cal_backend_dealloc(c->be, g->hs[s]);
 		g->hs[s] = NULL;
@@ -440,16 +318,11 @@ void cal_gptq_free_run(struct cal_calib *c)
 	}
 }
 
-void cal_gptq_free(struct cal_calib *c)
+static void gptq_free(struct cal_calib *c)
 {
-	struct cal_gptq_run *g = c->gq;
-	if (!g)
-		return;
-	cal_gptq_free_run(c);
-	drop_layer(g);
-	CAL_EACH(json_decref, json_t, g->report, g->fallback);
-	CAL_FREE_ALL(g->lin, g->tok_save, g->hcnt, g);
-	c->gq = NULL;
+	struct cal_gptq_run *g = run(c);
+	json_decref(g->fallback);
+	CAL_FREE_ALL(g->tok_save, g->hcnt);
 }
 
 /* *p holds at least n bytes of back-end memory. */
@@ -471,7 +344,7 @@ static enum cal_status grow(struct cal_calib *c, void **p, uint64_t *cap, uint64
 /* Quantizer scratch for n values (back end). */
 static enum cal_status qscratch(struct cal_calib *c, uint64_t n, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	if (g->qbuf && g->q_cap >= n)
 		return CAL_OK;
 	cal_backend_dealloc(c->be, g->qbuf);
@@ -488,7 +361,7 @@ static enum cal_status qscratch(struct cal_calib *c, uint64_t n, struct cal_erro
 static enum cal_status fq_nvfp4(struct cal_calib *c, float s, uint16_t *x, uint64_t rows,
 				uint64_t cols, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	uint64_t n = rows * cols;
 	if (!n || !(s > 0.0f))
 		return CAL_OK;
@@ -502,15 +375,15 @@ static enum cal_status fq_nvfp4(struct cal_calib *c, float s, uint16_t *x, uint6
 	return cal_op_nvfp4_dequant(c->be, &d, err);
 }
 
-enum cal_status cal_gptq_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
-			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err)
+static enum cal_status gptq_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
+			 uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	(void)L;
 	(void)expert; /* routed experts share one input quantizer per projection */
 	if (g->site_q[site])
 		CAL_TRY_RET(fq_nvfp4(c, g->site_scale[site], x, rows, cols, err));
-	if (c->gq_pass != 1 || !g->hs[site] || !rows)
+	if (g->r.pass != 1 || !g->hs[site] || !rows)
 		return CAL_OK;
 	if (c->nranks > 1) { /* added in micro-batch order at the round's end */
 		uint64_t need = (g->stash_rows[site] + rows) * cols * 2;
@@ -533,7 +406,7 @@ enum cal_status cal_gptq_site(struct cal_calib *c, int32_t L, int site, int64_t 
  * longest micro-batch (the same on every rank), and the gather buffers. */
 static enum cal_status stash_alloc(struct cal_calib *c, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	uint64_t R = c->nranks, T = 0, big = 0, cap = 0;
 	for (size_t i = 0; i < c->n_mb; i++)
 		T = c->mbs[i].n_tok > T ? c->mbs[i].n_tok : T;
@@ -553,11 +426,11 @@ static enum cal_status stash_alloc(struct cal_calib *c, struct cal_error *err)
 	return CAL_OK;
 }
 
-enum cal_status cal_gptq_round_end(struct cal_calib *c, struct cal_error *err)
+static enum cal_status round_end(struct cal_calib *c, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	uint64_t R = c->nranks;
-	if (c->gq_pass != 1 || R < 2)
+	if (g->r.pass != 1 || R < 2)
 		return CAL_OK;
 	/* every rank reaches this once per round, with or without a
 	 * micro-batch; the sites with a Hessian are the same on every rank */
@@ -610,7 +483,7 @@ static uint16_t *hidden_of(struct cal_calib *c)
 
 static enum cal_status save_input(struct cal_calib *c, int restore, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	uint64_t n = c->n_tok * (uint64_t)c->H * 2;
 	if (!restore && !g->save) {
 		g->save_host = c->hidden_on_host || !c->on_device;
@@ -635,7 +508,7 @@ static enum cal_status save_input(struct cal_calib *c, int restore, struct cal_e
 /* The pass-0 input amax of the sites, and which sites quantize their input. */
 static enum cal_status site_scales(struct cal_calib *c, int32_t L, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	const struct cal_plan *p = c->plan;
 	uint64_t E = (uint64_t)c->E;
 	float *am = malloc(c->n_slots * sizeof(float));
@@ -693,43 +566,12 @@ out:
 	return st;
 }
 
-/* The linears of layer L that GPTQ updates, and their Hessians (zeroed). */
-static enum cal_status layer_linears(struct cal_calib *c, int32_t L,
-				     const struct cal_layer_host *lh, struct cal_error *err)
+/* The Hessians of the layer's linears (zeroed). */
+static enum cal_status hessians(struct cal_calib *c, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
-	const struct cal_plan *p = c->plan;
-	drop_layer(g);
-	for (size_t mi = 0; mi < p->n_modules; mi++) {
-		const struct cal_plan_module *m = &p->modules[mi];
-		struct glin gl = {.mod = mi};
-		if (m->layer != L)
-			continue;
-		if ((gl.site = gptq_linear(c, m, lh, &gl)) == -2) {
-			free(gl.map);
-			return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-		}
-		if (gl.site < 0)
-			continue;
-		gl.rows = (uint64_t)m->out;
-		gl.cols = (uint64_t)m->in;
-		if (g->n_lin == g->cap_lin) {
-			size_t nc = g->cap_lin ? 2 * g->cap_lin : 16;
-			struct glin *nl = realloc(g->lin, nc * sizeof(*nl));
-			if (!nl) {
-				free(gl.map);
-				return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-			}
-			g->lin = nl;
-			g->cap_lin = nc;
-		}
-		g->lin[g->n_lin++] = gl;
-	}
+	struct cal_gptq_run *g = run(c);
 	for (int s = 0; s < EQ_COUNT; s++) {
-		uint64_t cols = 0;
-		for (size_t i = 0; i < g->n_lin; i++)
-			if (g->lin[i].site == s)
-				cols = g->lin[i].cols;
+		uint64_t cols = g->r.cols[s];
 		g->hn[s] = 0;
 		if (!cols) {
 			cal_backend_dealloc(c->be, g->hs[s]);
@@ -754,7 +596,7 @@ static enum cal_status fq_static(struct cal_calib *c, const uint16_t *w, uint16_
 				 uint64_t rows, uint64_t cols, const float *ba, float ga,
 				 struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	uint64_t n = rows * cols;
 	if (!(ga > 0.0f)) { /* an all-zero weight stays zero */
 		return w == out ? CAL_OK : cal_backend_copy(c->be, out, w, n * 2, err);
@@ -773,7 +615,7 @@ static enum cal_status fq_static(struct cal_calib *c, const uint16_t *w, uint16_
 static enum cal_status block_amax(struct cal_calib *c, const uint16_t *w, uint64_t rows,
 				  uint64_t cols, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	uint64_t nb = rows * cols / 16;
 	CAL_TRY_RET(grow(c, (void **)&g->bamax, &g->bamax_cap, nb * 4, err));
 	if (!g->dnf) {
@@ -791,7 +633,7 @@ static enum cal_status block_amax(struct cal_calib *c, const uint16_t *w, uint64
 static enum cal_status experts_qdq(struct cal_calib *c, int32_t L, const struct cal_layer_host *lh,
 				   struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	const struct cal_plan *p = c->plan;
 	uint64_t E = (uint64_t)c->El, H = (uint64_t)c->H, I = (uint64_t)c->I; /* rank's experts */
 	for (size_t mi = cal_plan_next_experts(p, L, 0); mi < p->n_modules;
@@ -858,20 +700,20 @@ static const char *mod_name(const struct cal_calib *c, size_t mi)
 static enum cal_status load_linear(struct cal_calib *c, const struct cal_layer_w *dw,
 				   struct glin *gl, struct cal_error *err)
 {
-	uint64_t n = gl->rows * gl->cols, r0 = 0;
+	uint64_t n = gl->r.rows * gl->r.cols, r0 = 0;
 	gl->orig = malloc(n * 2);
 	gl->ba = malloc(n / 16 * 4);
-	gl->upd = malloc(n * 2);
-	if (!gl->orig || !gl->ba || !gl->upd)
+	gl->r.w = malloc(n * 2);
+	if (!gl->orig || !gl->ba || !gl->r.w)
 		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 	for (int k = 0; k < gl->n_part; k++) {
 		const struct gpart *pt = &gl->part[k];
 		const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, pt->f);
 		if (!src)
 			return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: %s has no weight in the "
-					     "layer", c->plan->modules[gl->mod].name);
-		CAL_TRY_RET(cal_backend_download(c->be, gl->orig + r0 * gl->cols, src + pt->at,
-						 pt->rows * gl->cols * 2, err));
+					     "layer", c->plan->modules[gl->r.mod].name);
+		CAL_TRY_RET(cal_backend_download(c->be, gl->orig + r0 * gl->r.cols, src + pt->at,
+						 pt->rows * gl->r.cols * 2, err));
 		r0 += pt->rows;
 	}
 	gl->ga = 0.0f;
@@ -892,7 +734,7 @@ static enum cal_status load_linear(struct cal_calib *c, const struct cal_layer_w
 static enum cal_status shadow_of(struct cal_calib *c, const struct cal_layer_host *lh,
 				 struct cal_layer_w *dw, int f, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	if (f < 0 || f >= F_COUNT)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: field %d of a linear", f);
 	if (*cal_layer_field(&g->use, f) == g->shadow[f])
@@ -909,7 +751,7 @@ static enum cal_status shadow_of(struct cal_calib *c, const struct cal_layer_hos
 static int shared_amax(const struct cal_calib *c, const struct glin *gl)
 {
 	static const char *const names[] = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"};
-	const char *pr = c->plan->modules[gl->mod].proj;
+	const char *pr = c->plan->modules[gl->r.mod].proj;
 	for (size_t i = 0; pr && i < CAL_ARRAY_LEN(names); i++)
 		if (!strcmp(pr, names[i]))
 			return 1;
@@ -942,31 +784,31 @@ static void gfac_free(struct gfac *f, size_t nf)
 	}
 }
 
-/* The linears from i0 on of g->lin's input dim whose distinct factors fit
+/* The linears from i0 on of the same input dim whose distinct factors fit
  * the budget: their factors f[0 .. *nf) (one batched chol_inv), fac[i] the
  * factor of linear i (-1: an all-zero weight, none), *i1 past the last. */
 static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t i0,
 				    size_t *i1, struct gfac *f, size_t *nf, int *fac,
 				    uint8_t *mask, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
-	uint64_t C = g->lin[i0].cols, bytes = 0, per = C * C * 24;
+	struct cal_gptq_run *g = run(c);
+	uint64_t C = LIN(g)[i0].r.cols, bytes = 0, per = C * C * 24;
 	size_t i = i0;
 	*nf = 0;
-	for (; i < g->n_lin && g->lin[i].cols == C; i++) {
-		struct glin *gl = &g->lin[i];
+	for (; i < g->r.n_lin && LIN(g)[i].r.cols == C; i++) {
+		struct glin *gl = &LIN(g)[i];
 		size_t k = 0;
 		fac[i] = -1;
 		if (!(ga[i] > 0.0f))
 			continue;
-		cal_gptq_dead_mask(gl->orig, gl->rows, C, mask);
-		while (k < *nf && (f[k].site != gl->site || memcmp(f[k].dead, mask, C)))
+		cal_gptq_dead_mask(gl->orig, gl->r.rows, C, mask);
+		while (k < *nf && (f[k].site != gl->r.site || memcmp(f[k].dead, mask, C)))
 			k++;
 		if (k == *nf) {
 			if (*nf && (bytes + per > GPTQ_FACTOR_BUDGET || *nf == 65535))
 				break;
 			struct gfac *nk = &f[(*nf)++];
-			nk->site = gl->site;
+			nk->site = gl->r.site;
 			nk->lin = i;
 			nk->dead = malloc(C);
 			nk->hsum = malloc(C * C * 4);
@@ -974,7 +816,7 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 			if (!nk->dead || !nk->hsum || !nk->u)
 				return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 			memcpy(nk->dead, mask, C);
-			CAL_TRY_RET(cal_backend_download(c->be, nk->hsum, g->hs[gl->site], C * C * 4,
+			CAL_TRY_RET(cal_backend_download(c->be, nk->hsum, g->hs[gl->r.site], C * C * 4,
 							 err));
 			bytes += per;
 		}
@@ -991,17 +833,17 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 		rc = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 	} else {
 		for (size_t k = 0; k < *nf; k++) {
-			const struct glin *gl = &g->lin[f[k].lin];
+			const struct glin *gl = &LIN(g)[f[k].lin];
 			uint64_t ns = g->hn[f[k].site];
 			/* no rows seen: H = 0, which no damping makes positive
 			 * definite: the identity fallback, as modelopt */
-			in[k] = (struct cal_gptq_factor_in){gl->orig, gl->rows, f[k].hsum, ns ? ns : 1};
+			in[k] = (struct cal_gptq_factor_in){gl->orig, gl->r.rows, f[k].hsum, ns ? ns : 1};
 			u[k] = f[k].u;
 		}
 		rc = cal_gptq_factor_many(c->be, C, *nf, in, &g->o, u, st, err);
 		if (rc < 0)
 			cal_error_wrap(err, rc, "gptq: %s (and %zu more factors)",
-				       mod_name(c, g->lin[i0].mod), *nf - 1);
+				       mod_name(c, LIN(g)[i0].r.mod), *nf - 1);
 		for (size_t k = 0; k < *nf && rc >= 0; k++)
 			f[k].st = st[k];
 	}
@@ -1017,14 +859,14 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_host *lh,
 				   const struct cal_layer_w *w, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
+	struct cal_gptq_run *g = run(c);
 	enum cal_status st = CAL_OK;
 	double t0 = cal_now();
 	struct cal_layer_w dw = *w;
 	float gmax[EQ_COUNT] = {0};
-	float *ga = calloc(g->n_lin ? g->n_lin : 1, sizeof(float));
-	int *fac = calloc(g->n_lin ? g->n_lin : 1, sizeof(int));
-	struct gfac *f = calloc(g->n_lin ? g->n_lin : 1, sizeof(struct gfac));
+	float *ga = calloc(g->r.n_lin ? g->r.n_lin : 1, sizeof(float));
+	int *fac = calloc(g->r.n_lin ? g->r.n_lin : 1, sizeof(int));
+	struct gfac *f = calloc(g->r.n_lin ? g->r.n_lin : 1, sizeof(struct gfac));
 	uint8_t *mask = NULL;
 	size_t nf = 0, i1 = 0;
 	uint64_t cmax = 16;
@@ -1033,28 +875,28 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 		goto out;
 	}
-	for (size_t i = 0; i < g->n_lin; i++) {
-		struct glin *gl = &g->lin[i];
+	for (size_t i = 0; i < g->r.n_lin; i++) {
+		struct glin *gl = &LIN(g)[i];
 		if ((st = load_linear(c, &dw, gl, err)) < 0)
 			goto out;
 		if (shared_amax(c, gl))
-			gmax[gl->site] = gl->ga > gmax[gl->site] ? gl->ga : gmax[gl->site];
-		cmax = gl->cols > cmax ? gl->cols : cmax;
+			gmax[gl->r.site] = gl->ga > gmax[gl->r.site] ? gl->ga : gmax[gl->r.site];
+		cmax = gl->r.cols > cmax ? gl->r.cols : cmax;
 	}
 	/* modelopt's max calibration gives the static-NVFP4 weights of a
 	 * fusible group (q/k/v, gate/up) one global amax, the group's largest,
 	 * before GPTQ runs; the other siblings (MLA q_a / kv_a, the Gated
 	 * DeltaNet in_proj_*) keep their own until the export */
-	for (size_t i = 0; i < g->n_lin; i++)
-		ga[i] = shared_amax(c, &g->lin[i]) ? gmax[g->lin[i].site] : g->lin[i].ga;
+	for (size_t i = 0; i < g->r.n_lin; i++)
+		ga[i] = shared_amax(c, &LIN(g)[i]) ? gmax[LIN(g)[i].r.site] : LIN(g)[i].ga;
 	if (!(mask = malloc(cmax))) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 		goto out;
 	}
 	int du_fac = -1; /* the factor g->du holds */
-	for (size_t i = 0; i < g->n_lin; i++) {
-		struct glin *gl = &g->lin[i];
-		uint64_t R = gl->rows, C = gl->cols, n = R * C;
+	for (size_t i = 0; i < g->r.n_lin; i++) {
+		struct glin *gl = &LIN(g)[i];
+		uint64_t R = gl->r.rows, C = gl->r.cols, n = R * C;
 		if (i == i1) {
 			gfac_free(f, nf);
 			memset(f, 0, nf * sizeof(*f));
@@ -1062,7 +904,7 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 			if ((st = factor_chunk(c, ga, i, &i1, f, &nf, fac, mask, err)) < 0)
 				goto out;
 		}
-		gl->n_samples = g->hn[gl->site];
+		gl->n_samples = g->hn[gl->r.site];
 		/* the update runs on a contiguous copy of the original weight (the
 		 * engine's row order) */
 		if ((st = grow(c, (void **)&g->wsrc, &g->wsrc_cap, n * 2, err)) < 0 ||
@@ -1095,7 +937,7 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		if ((st = cal_backend_download(c->be, gl->orig, g->wdst, n * 2, err)) < 0)
 			goto out;
 		for (uint64_t r = 0; r < R; r++) /* the exporter's row order */
-			memcpy(gl->upd + (gl->map ? gl->map[r] : r) * C, gl->orig + r * C, C * 2);
+			memcpy(gl->r.w + (gl->map ? gl->map[r] : r) * C, gl->orig + r * C, C * 2);
 		/* pass 2 quantizes the updated weight with the same scales, in the
 		 * shadows of its fields (the scratch buffers are reused by the next
 		 * linear: wait) */
@@ -1111,21 +953,21 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		if ((st = cal_backend_sync(c->be, err)) < 0)
 			goto out;
 		json_t *o = json_pack("{s:s, s:i, s:I, s:I, s:f, s:b, s:o}", "module",
-				      mod_name(c, gl->mod), "layer", (int)g->L, "n_samples",
+				      mod_name(c, gl->r.mod), "layer", (int)g->r.L, "n_samples",
 				      (json_int_t)gl->n_samples, "dead_columns",
 				      (json_int_t)gl->st.dead_cols, "damp", gl->st.damp, "fallback",
 				      gl->st.fallback, "relative_error", json_null());
 		if (o)
-			json_array_append_new(g->report, o);
+			json_array_append_new(g->r.report, o);
 		if (gl->st.fallback)
-			json_array_append_new(g->fallback, json_string(mod_name(c, gl->mod)));
+			json_array_append_new(g->fallback, json_string(mod_name(c, gl->r.mod)));
 	}
 out:
-	for (size_t i = 0; i < g->n_lin; i++) {
-		free(g->lin[i].orig);
-		free(g->lin[i].ba);
-		g->lin[i].orig = NULL;
-		g->lin[i].ba = NULL;
+	for (size_t i = 0; i < g->r.n_lin; i++) {
+		free(LIN(g)[i].orig);
+		free(LIN(g)[i].ba);
+		LIN(g)[i].orig = NULL;
+		LIN(g)[i].ba = NULL;
 	}
 	if (f)
 		gfac_free(f, nf);
@@ -1135,21 +977,18 @@ out:
 	free(mask);
 	if (st >= 0)
 		st = cal_backend_sync(c->be, err);
-	g->t_solve += cal_now() - t0;
+	g->r.t += cal_now() - t0;
 	return st;
 }
 
-enum cal_status cal_gptq_pass_begin(struct cal_calib *c, int32_t L, int pass,
-				    const struct cal_layer_host *lh, const struct cal_layer_w *w,
-				    const struct cal_layer_w **use, struct cal_error *err)
+static enum cal_status pass_begin(struct cal_calib *c, int32_t L, int pass,
+				  const struct cal_layer_host *lh, const struct cal_layer_w *w,
+				  const struct cal_layer_w **use, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
-	*use = w;
-	c->gq_pass = pass;
+	struct cal_gptq_run *g = run(c);
 	if (pass == 0) {
-		g->L = L;
 		g->use = *w;
-		CAL_TRY_RET(layer_linears(c, L, lh, err));
+		CAL_TRY_RET(hessians(c, err));
 		return save_input(c, 0, err);
 	}
 	if (pass == 1) {
@@ -1178,11 +1017,11 @@ enum cal_status cal_gptq_pass_begin(struct cal_calib *c, int32_t L, int pass,
 	return CAL_OK;
 }
 
-enum cal_status cal_gptq_pass_end(struct cal_calib *c, int32_t L, int pass,
-				  struct cal_error *err)
+static enum cal_status pass_end(struct cal_calib *c, int32_t L, int pass,
+				const struct cal_layer_w *w, struct cal_error *err)
 {
-	struct cal_gptq_run *g = c->gq;
-	c->gq_pass = 0;
+	struct cal_gptq_run *g = run(c);
+	(void)w;
 	if (pass < 2)
 		return CAL_OK;
 	CAL_TRY_RET(cal_backend_copy(c->be, c->obs_amax, g->obs_save, c->n_slots * 4, err));
@@ -1193,24 +1032,18 @@ enum cal_status cal_gptq_pass_end(struct cal_calib *c, int32_t L, int pass,
 	return CAL_OK;
 }
 
-const uint16_t *cal_calib_gptq_weight(const struct cal_calib *c, size_t mod, uint64_t *numel)
+static json_t *params(const struct cal_calib *c)
 {
-	const struct cal_gptq_run *g = c->gq;
-	for (size_t i = 0; g && i < g->n_lin; i++)
-		if (g->lin[i].mod == mod && g->lin[i].upd) {
-			if (numel)
-				*numel = g->lin[i].rows * g->lin[i].cols;
-			return g->lin[i].upd;
-		}
-	return NULL;
+	const struct cal_gptq_run *g = run(c);
+	return json_pack("{s:f, s:I, s:O}", "perc_damp", g->o.perc_damp, "block_size",
+			 (json_int_t)g->o.block_size, "fallback", g->fallback);
 }
 
-json_t *cal_gptq_stats(const struct cal_calib *c)
-{
-	const struct cal_gptq_run *g = c->gq;
-	if (!g)
-		return NULL;
-	return json_pack("{s:f, s:I, s:O, s:O, s:f}", "perc_damp", g->o.perc_damp, "block_size",
-			 (json_int_t)g->o.block_size, "fallback", g->fallback, "linears", g->report,
-			 "solve_s", g->t_solve);
-}
+const struct cal_lin_algo cal_gptq_algo = {
+	.method = CAL_CALIB_GPTQ, .name = "gptq", .key = "gptq", .time_key = "solve_s",
+	.passes = 3, .site_pass = 1, .all_sites = 1, .check = cal_calib_check_gptq, .params = params,
+	.size = sizeof(struct cal_gptq_run), .lin_size = sizeof(struct glin),
+	.init = gptq_init, .linear = gptq_linear, .drop_layer = drop_layer, .release = release,
+	.free = gptq_free, .begin = pass_begin, .site = gptq_site, .round_end = round_end,
+	.end = pass_end,
+};

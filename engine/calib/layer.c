@@ -724,12 +724,9 @@ static enum cal_status ewise(struct cal_calib *c, enum cal_ewise_mode mode, cons
 enum cal_status cal_layer_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			       uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err)
 {
-	if (c->gq_pass) /* GPTQ's passes 1 and 2 (gptq_run.c) */
-		return cal_gptq_site(c, L, site, expert, x, rows, cols, err);
-	if (c->aw_pass) /* AWQ-lite's input cache (awq_run.c) */
-		return cal_awq_site(c, site, x, rows, cols, err);
-	if (c->sq_pass) /* SmoothQuant's per-channel amax (sq_run.c) */
-		return cal_sq_site(c, site, x, rows, cols, err);
+	if (c->lr_pass) /* GPTQ's passes 1 and 2, AWQ-lite's input cache, SmoothQuant's
+			 * per-channel amax (lin_run.c) */
+		return cal_lin_run_site(c, L, site, expert, x, rows, cols, err);
 	if (!c->ev_quant)
 		return CAL_OK;
 	return cal_eval_actq(c, L, site, expert, x, rows, cols, err);
@@ -778,8 +775,7 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 		CAL_TRY(cal_op_rope(c->be, &rq, err));
 		CAL_TRY(cal_op_rope(c->be, &rk, err));
 	}
-	CAL_TRY(cal_layer_observe(c, c->kb, T, kd, mb->tok0, S_K, err));
-	CAL_TRY(cal_layer_observe(c, c->vb, T, kd, mb->tok0, S_V, err));
+	CAL_TRY(cal_kv_observe(c, mb, err)); /* rotation, K / V observers (kvcache.c) */
 	CAL_TRY(cal_layer_actq(c, L, EQ_K, -1, c->kb, T, kd, err));
 	CAL_TRY(cal_layer_actq(c, L, EQ_V, -1, c->vb, T, kd, err));
 	uint32_t window = d->layers[L].mixer == CAL_MIXER_SLIDING ? (uint32_t)d->sliding_window : 0;
@@ -899,7 +895,8 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 		struct cal_router_args ra = {c->logits, T, (uint32_t)E, (uint32_t)c->k, (uint32_t)kk,
 					     d->norm_topk_prob, c->idx, c->rw,
 					     d->router == CAL_ROUTER_TOPK_SOFTMAX ? CAL_ROUTER_MODE_TOPK_SOFTMAX
-										  : CAL_ROUTER_MODE_SOFTMAX_TOPK};
+										  : CAL_ROUTER_MODE_SOFTMAX_TOPK,
+					     d->arch->router_bf16_weights};
 		CAL_TRY(cal_op_router(c->be, &ra, err));
 	}
 	struct cal_moe_sort_args sa = {c->idx, P, (uint32_t)E, c->offsets, c->sorted, c->ppos};
@@ -924,12 +921,13 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	if (w->s13) {
 		uint64_t S = (uint64_t)c->Is;
 		const uint16_t *sx = c->h;
-		if (c->ev_quant || c->gq_pass) { /* the shared expert's own quantized input; sy is
-						  * free until s2 */
+		int gq_pass = c->lr_pass && c->lr->a == &cal_gptq_algo;
+		if (c->ev_quant || gq_pass) { /* the shared expert's own quantized input; sy is
+					       * free until s2 */
 			CAL_TRY(cal_backend_copy(c->be, c->sy, c->h, T * H * 2, err));
 			CAL_TRY(cal_layer_actq(c, L, EQ_SH_GU, -1, c->sy, T, H, err));
 			sx = c->sy;
-		} else if (c->aw_pass || c->sq_pass) { /* AWQ, SmoothQuant read the input */
+		} else if (c->lr_pass) { /* AWQ, SmoothQuant read the input */
 			CAL_TRY(cal_layer_actq(c, L, EQ_SH_GU, -1, c->h, T, H, err));
 		}
 		CAL_TRY(cal_layer_gemm(c, sx, w->s13, NULL, c->sgu, T, 2 * S, H, err));

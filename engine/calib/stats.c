@@ -310,6 +310,14 @@ json_t *cal_calib_stats(const struct cal_calib *c)
 			json_object_set_new(e, "amax", json_real(c->q_amax[i]));
 		else
 			json_object_set_new(e, "amax", json_null());
+		uint64_t nb = 0;
+		const uint16_t *b = cal_calib_q_bias(c, i, &nb);
+		if (b) { /* affine KV cache: the bias, bf16 values (docs/export.md) */
+			json_t *ba = json_array();
+			for (uint64_t k = 0; k < nb; k++)
+				json_array_append_new(ba, json_real(cal_bf16_to_f32(b[k])));
+			json_object_set_new(e, "bias", ba);
+		}
 		if (q->spec.use_constant_amax)
 			json_object_set_new(e, "constant", json_true());
 		json_object_set_new(qs, q->name, e);
@@ -328,12 +336,11 @@ json_t *cal_calib_stats(const struct cal_calib *c)
 	json_object_set_new(j, "tokens_seen", seen);
 	json_object_set_new(j, "kv_amax", kv);
 	json_object_set_new(j, "moe", moe);
-	if (c->gq) /* docs/gptq.md: per linear, and the layers that fell back */
-		json_object_set_new(j, "gptq", cal_gptq_stats(c));
-	if (c->aw) /* docs/awq.md: per linear, the chosen alpha */
-		json_object_set_new(j, "awq_lite", cal_awq_stats(c));
-	if (c->sq) /* docs/smoothquant.md: per linear, the input amax after smoothing */
-		json_object_set_new(j, "smoothquant", cal_sq_stats(c));
+	/* GPTQ, AWQ-lite, SmoothQuant: per linear (docs/gptq.md: and the layers
+	 * that fell back; docs/awq.md: the chosen alpha; docs/smoothquant.md:
+	 * the input amax after smoothing) */
+	if (c->lr)
+		json_object_set_new(j, c->lr->a->key, cal_lin_run_stats(c));
 	qs = in = seen = kv = moe = NULL;
 	out = j;
 	j = NULL;

@@ -490,7 +490,8 @@ static enum cal_status plan_modules(struct cal_exporter *ex, const unsigned char
 					return nomem(err);
 				ex->kv[ex->n_kv++] = (struct xkv){an, m->layer,
 					k && !k->spec.use_constant_amax ? k : NULL,
-					v && !v->spec.use_constant_amax ? v : NULL, 0.0f, 0.0f};
+					v && !v->spec.use_constant_amax ? v : NULL, 0.0f, 0.0f,
+					{NULL, NULL}};
 			}
 			continue;
 		}
@@ -520,11 +521,10 @@ static enum cal_status plan_modules(struct cal_exporter *ex, const unsigned char
 
 /* ---- declarations ----------------------------------------------------------- */
 
-static enum cal_status decl(struct cal_exporter *ex, const char *name, const char *suffix,
-			    enum cal_dtype dt, int ndim, int64_t d0, int64_t d1,
-			    struct cal_error *err)
+static enum cal_status decl_shape(struct cal_exporter *ex, const char *name, const char *suffix,
+				  enum cal_dtype dt, int ndim, const int64_t *shape,
+				  struct cal_error *err)
 {
-	int64_t shape[2] = {d0, d1};
 	char *full = suffix ? xprintf("%s.%s", name, suffix) : strdup(name);
 	if (!full)
 		return nomem(err);
@@ -535,6 +535,12 @@ static enum cal_status decl(struct cal_exporter *ex, const char *name, const cha
 		n *= (uint64_t)shape[i];
 	ex->bytes_total += n;
 	return st;
+}
+
+static enum cal_status decl(struct cal_exporter *ex, const char *name, const char *suffix,
+			    enum cal_dtype dt, int ndim, int64_t d0, int64_t d1, struct cal_error *err)
+{
+	return decl_shape(ex, name, suffix, dt, ndim, (const int64_t[2]){d0, d1}, err);
 }
 
 /* gpt_oss BMM experts: "<name>" for the weight, "<name>_<suffix>" for the rest. */
@@ -653,6 +659,14 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 			if (ex->kv[i].v)
 				CAL_TRY_RET(decl(ex, ex->kv[i].attn, "v_proj.v_scale", CAL_DTYPE_F32, 0,
 						 0, 0, err));
+			/* affine: k_bias / v_bias BF16 [1, H_kv, 1, head_dim] */
+			int64_t bs[4] = {1, ex->d->num_kv_heads, 1, ex->d->head_dim};
+			for (int v = 0; v < 2; v++) {
+				const struct cal_plan_q *q = v ? ex->kv[i].v : ex->kv[i].k;
+				if (q && q->spec.affine)
+					CAL_TRY_RET(decl_shape(ex, ex->kv[i].attn, v ? "v_proj.v_bias" :
+							       "k_proj.k_bias", CAL_DTYPE_BF16, 4, bs, err));
+			}
 		}
 		for (size_t i = 0; i < ex->n_cp; i++) {
 			const struct xcopy *c = &ex->cp[i];
@@ -684,7 +698,8 @@ static enum cal_status awq_mark(struct cal_exporter *ex, struct cal_error *err)
 		struct xlin *x = &ex->lin[i];
 		if (x->mod < 0 || x->expert >= 0 || x->bmm ||
 		    (sq ? x->fmt != CAL_QFMT_INT8
-			: x->fmt != CAL_QFMT_INT4_BLOCK && x->fmt != CAL_QFMT_NVFP4))
+			: x->fmt != CAL_QFMT_INT4_BLOCK && x->fmt != CAL_QFMT_NVFP4 &&
+			  x->fmt != CAL_QFMT_W4A8_AWQ))
 			continue;
 		const struct cal_plan_module *m = &ex->plan->modules[x->mod];
 		const char *pr = m->proj ? m->proj : "";
@@ -824,7 +839,7 @@ void cal_exporter_free(struct cal_exporter *ex)
 	cal_export_pipe_free(ex); /* joins the threads before the writer goes */
 	cal_st_writer_free(ex->w);
 	for (size_t i = 0; i < ex->n_lin; i++)
-		CAL_FREE_ALL(ex->lin[i].name, ex->lin[i].gw, ex->lin[i].pqs);
+		CAL_FREE_ALL(ex->lin[i].name, ex->lin[i].gw, ex->lin[i].pqs, ex->lin[i].bamax);
 	for (size_t i = 0; i < ex->n_cp; i++)
 		CAL_FREE_ALL(ex->cp[i].name, ex->cp[i].data);
 	for (size_t i = 0; i < ex->n_kv; i++)
@@ -1066,6 +1081,10 @@ static enum cal_status prep_layer(struct cal_exporter *ex, int32_t L,
 				k->vscale = sc;
 			else
 				k->kscale = sc;
+			k->bias[v] = NULL;
+			if (q->spec.affine)
+				CAL_TRY_RET(cal_stats_need_bias(stats, q->name, (uint64_t)(ex->d->num_kv_heads *
+								ex->d->head_dim), &k->bias[v], err));
 		}
 	}
 	return CAL_OK;

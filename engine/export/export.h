@@ -117,6 +117,15 @@ enum cal_status cal_exporter_layer(struct cal_exporter *ex, int32_t layer,
 enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, const uint16_t *w,
 				       uint64_t numel, const uint16_t *pqs, struct cal_error *err);
 
+/* awq_full (docs/awq.md "awq_full"): the INT4 block amax [out * in / 128]
+ * (n, copied) module `mod`'s weight set with cal_exporter_set_weight is
+ * quantized with, instead of its own (awq_clip's clipped amax).  Errors:
+ * CAL_ERR_INVALID (no updated weight, layer done), CAL_ERR_UNSUPPORTED
+ * (not INT4 in blocks of 128, n against the shape), CAL_ERR_NOMEM. */
+enum cal_status cal_exporter_set_block_amax(struct cal_exporter *ex, size_t mod,
+					    const float *amax, uint64_t n,
+					    struct cal_error *err);
+
 /* AWQ (docs/awq.md "Export"): layer `layer`'s input (post_attention 0) or
  * post-attention norm weight is written from w (bf16, numel elements,
  * copied) instead of the source's.  Errors: CAL_ERR_INVALID (no such norm,

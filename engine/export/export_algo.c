@@ -35,6 +35,7 @@ enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, con
 			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
 					     "exported", x->name, (int)x->layer);
 		if ((x->fmt != CAL_QFMT_NVFP4_STATIC && x->fmt != CAL_QFMT_INT4_BLOCK &&
+		     x->fmt != CAL_QFMT_W4A8_AWQ &&
 		     x->fmt != CAL_QFMT_NVFP4 && x->fmt != CAL_QFMT_INT8) ||
 		    x->dtype != CAL_DTYPE_BF16 || x->si || x->bmm ||
 		    numel != (uint64_t)x->out * (uint64_t)x->in)
@@ -50,6 +51,32 @@ enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, con
 		if (pqs)
 			CAL_TRY_RET(keep_copy(&x->pqs, pqs, (uint64_t)x->in, err));
 		return keep_copy(&x->gw, w, numel, err);
+	}
+	return cal_error_set(err, CAL_ERR_INVALID, "export: plan module %zu is not an exported "
+			     "linear", mod);
+}
+
+enum cal_status cal_exporter_set_block_amax(struct cal_exporter *ex, size_t mod,
+					    const float *amax, uint64_t n, struct cal_error *err)
+{
+	for (size_t i = 0; i < ex->n_lin; i++) {
+		struct xlin *x = &ex->lin[i];
+		if (x->mod < 0 || (size_t)x->mod != mod || x->expert >= 0)
+			continue;
+		if (!x->gw || (x->layer >= 0 && ex->layer_done[x->layer]))
+			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: a block amax needs "
+					     "an updated weight of a layer not yet exported", x->name);
+		if (x->fmt != CAL_QFMT_INT4_BLOCK || n * 128 != (uint64_t)x->out * (uint64_t)x->in)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: a given block "
+					     "amax needs INT4 in blocks of 128 (%llu blocks given)",
+					     x->name, (unsigned long long)n);
+		float *c = malloc(n * sizeof(float));
+		if (!c)
+			return cal_error_set(err, CAL_ERR_NOMEM, "export: out of memory");
+		memcpy(c, amax, n * sizeof(float));
+		free(x->bamax);
+		x->bamax = c;
+		return CAL_OK;
 	}
 	return cal_error_set(err, CAL_ERR_INVALID, "export: plan module %zu is not an exported "
 			     "linear", mod);

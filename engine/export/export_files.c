@@ -127,7 +127,10 @@ enum cal_status cal_export_hf_quant_config(struct cal_exporter *ex, json_t **ret
 		unq[n_unq++] = ex->ignored_mods[i];
 	const struct cal_plan_summary *sum = &ex->plan->sum;
 	const struct cal_qfmt_info *kvf = cal_qfmt(sum->kv_fmt);
-	json_t *kv = kvf && kvf->hf_kv ? json_string(kvf->hf_kv) : json_null();
+	/* modelopt names an affine NVFP4 cache apart, an affine FP8 one not */
+	int aff = kvf && kvf->hf_kv && sum->kv_affine && !strcmp(kvf->hf_kv, "NVFP4");
+	json_t *kv = aff ? json_string("NVFP4_AFFINE")
+		   : kvf && kvf->hf_kv ? json_string(kvf->hf_kv) : json_null();
 	json_t *prod = json_pack("{s:s, s:s}", "name", "calibd", "version", CAL_VERSION);
 	json_object_set_new(root, "producer", prod);
 	json_object_set(root, "quantization", quant);

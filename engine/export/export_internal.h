@@ -52,6 +52,9 @@ struct xlin {
 	 * gw is then also the source of the block amax) */
 	int awq_pqs;
 	uint16_t *pqs;
+	/* awq_full: the INT4 block amax gw is quantized with (owned, set
+	 * after gw; freed with it), or NULL: gw's own */
+	float *bamax;
 };
 
 /* A tensor copied byte for byte (maybe renamed). */
@@ -73,6 +76,8 @@ struct xkv {
 	int32_t layer;
 	const struct cal_plan_q *k, *v;
 	float kscale, vscale;           /* from the statistics (cal_exporter_layer) */
+	const uint16_t *bias[2];        /* affine: K, V bias bf16 [H_kv * head_dim], owned by
+					 * the statistics (cal_exporter_layer) */
 };
 
 /* Per-module quantization config of hf_quant_config (plan order). */

@@ -220,13 +220,20 @@ fail:
 }
 
 /* A small value copied into the slot. */
+/* A copy of n bytes at src in the slot, as tensor name.suffix. */
+static enum cal_status slot_copy(struct cal_exporter *ex, const char *name, const char *suffix,
+				 const void *src, uint64_t n, struct cal_error *err)
+{
+	void *d;
+	CAL_TRY_RET(slot_reserve(ex, n, &d, err));
+	memcpy(d, src, n);
+	return slot_item(ex, name, suffix, d, n, NULL, err);
+}
+
 static enum cal_status slot_scalar(struct cal_exporter *ex, const char *name, const char *suffix,
 				   float v, struct cal_error *err)
 {
-	void *d;
-	CAL_TRY_RET(slot_reserve(ex, 4, &d, err));
-	memcpy(d, &v, 4);
-	return slot_item(ex, name, suffix, d, 4, NULL, err);
+	return slot_copy(ex, name, suffix, &v, 4, err);
 }
 
 /* Tensor `suffix` of x (data in the slot or the source).  gpt_oss BMM
@@ -391,7 +398,7 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: not quantized", x->name);
 	CAL_TRY_RET(dneed(ex, D_Y, n * 4, &dy, err));
 	struct cal_qfmt_io io = {dw, o, i, f->block, x->wamax, 0.0f, ex->opts.div,
-				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds, NULL};
+				 f->mse && ex->mse_sweep, x->bmm, NULL, NULL, dq, ds, NULL, 0};
 	if (x->gw) { /* the weight the calibration algorithm changed */
 		void *dg = NULL;
 		CAL_TRY_RET(dneed(ex, D_GW, n * 2, &dg, err));
@@ -411,6 +418,10 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 			CAL_TRY_RET(dneed(ex, D_NF1, sizeof(struct cal_nonfinite), &dnf, err));
 		io.block_amax = dba;
 		io.nonfinite = dnf;
+		if (x->bamax && x->gw) { /* awq_full: the clipped block amax (docs/awq.md) */
+			CAL_TRY_RET(cal_backend_upload(be, dba, x->bamax, n / f->block * 4, err));
+			io.block_amax_set = 1;
+		}
 	}
 	CAL_TRY_RET(f->quantize(be, &io, err));
 	CAL_TRY_RET(f->dequantize(be, dq, ds, o, i, f->block, io.scale, CAL_DTYPE_F32, dy, err));
@@ -636,8 +647,9 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			if (takes_q(ex, x, L))
 				keep_sums(ex, x, hs + x->soff);
 			if (x->layer == L) { /* GPTQ's updated weight, used */
-				free(x->gw);
+				CAL_FREE_ALL(x->gw, x->bamax);
 				x->gw = NULL;
+				x->bamax = NULL;
 			}
 		}
 		p->n_quantized += nq;
@@ -716,6 +728,11 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			CAL_TRY_RET(slot_scalar(ex, k->attn, "k_proj.k_scale", k->kscale, err));
 		if (k->v)
 			CAL_TRY_RET(slot_scalar(ex, k->attn, "v_proj.v_scale", k->vscale, err));
+		uint64_t nb = (uint64_t)(ex->d->num_kv_heads * ex->d->head_dim) * 2;
+		for (int v = 0; v < 2; v++)
+			if (k->bias[v])
+				CAL_TRY_RET(slot_copy(ex, k->attn, v ? "v_proj.v_bias" : "k_proj.k_bias",
+						      k->bias[v], nb, err));
 	}
 	for (size_t i = 0; ex->xp.rank == 0 && i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/fp.h"
 #include "common/hash.h"
 #include "common/parse.h"
 #include "common/util.h"
@@ -17,6 +18,8 @@
 struct stat_entry {
 	char *name;
 	float amax;
+	uint16_t *bias;  /* affine KV cache: bf16 [n_bias], or NULL */
+	uint64_t n_bias;
 };
 
 struct tok_layer {
@@ -66,6 +69,7 @@ void cal_stats_free(struct cal_stats *s)
 		return;
 	cal_name_index_free(&s->names); /* the index over v goes first */
 	CAL_FREE_MEMBER(s->v, s->n, name);
+	CAL_FREE_MEMBER(s->v, s->n, bias);
 	CAL_FREE_MEMBER(s->tl, s->n_tl, tokens);
 	CAL_FREE_ALL(s->tl, (char *)s->calib.sequence_hashes, s->v, s);
 }
@@ -94,8 +98,7 @@ enum cal_status cal_stats_set(struct cal_stats *s, const char *name, float amax,
 	char *dup = strdup(name);
 	if (!dup)
 		return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
-	s->v[s->n].name = dup;
-	s->v[s->n].amax = amax;
+	s->v[s->n] = (struct stat_entry){dup, amax, NULL, 0};
 	*sl = ++s->n;
 	if (s->n * 2 > s->names.cap && rehash(s, s->names.cap * 2) < 0) {
 		/* the table still works at a higher load factor (< 1) */
@@ -112,6 +115,44 @@ int cal_stats_get(const struct cal_stats *s, const char *name, float *ret)
 		return 0;
 	*ret = s->v[*sl - 1].amax;
 	return 1;
+}
+
+enum cal_status cal_stats_set_bias(struct cal_stats *s, const char *name, const uint16_t *bias,
+				   uint64_t n, struct cal_error *err)
+{
+	size_t *sl = find_slot(s, name);
+	if (!*sl || !n || n > (1u << 24))
+		return cal_error_set(err, CAL_ERR_INVALID, "stats: bias of %s: %s", name,
+				     *sl ? "bad length" : "the quantizer has no amax");
+	struct stat_entry *e = &s->v[*sl - 1];
+	uint16_t *b = malloc(n * 2);
+	if (!b)
+		return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
+	memcpy(b, bias, n * 2);
+	free(e->bias);
+	e->bias = b;
+	e->n_bias = n;
+	return CAL_OK;
+}
+
+const uint16_t *cal_stats_bias(const struct cal_stats *s, const char *name, uint64_t *ret_n)
+{
+	size_t *sl = find_slot(s, name);
+	if (!*sl || !s->v[*sl - 1].bias)
+		return NULL;
+	*ret_n = s->v[*sl - 1].n_bias;
+	return s->v[*sl - 1].bias;
+}
+
+enum cal_status cal_stats_need_bias(const struct cal_stats *s, const char *name, uint64_t n,
+				    const uint16_t **ret, struct cal_error *err)
+{
+	uint64_t have = 0;
+	*ret = cal_stats_bias(s, name, &have);
+	if (!*ret || have != n)
+		return cal_error_set(err, CAL_ERR_INVALID, "statistics have no bias of %llu values "
+				     "for affine KV quantizer %s", (unsigned long long)n, name);
+	return CAL_OK;
 }
 
 size_t cal_stats_count(const struct cal_stats *s)
@@ -175,12 +216,39 @@ const struct cal_stats_calib *cal_stats_calib(const struct cal_stats *s)
 
 /* ---- JSON ---------------------------------------------------------------- */
 
+/* An affine KV quantizer's bias: an array of bf16 values. */
+static enum cal_status load_bias(struct cal_stats *s, const char *k, json_t *arr,
+				 const char *path, struct cal_error *err)
+{
+	size_t n = json_array_size(arr), i;
+	json_t *x;
+	if (!json_is_array(arr) || !n || n > (1u << 24))
+		return cal_error_set(err, CAL_ERR_FORMAT, "%s: bias of %s: expected a non-empty "
+				     "array of numbers", path, k);
+	uint16_t *b = malloc(n * 2);
+	if (!b)
+		return cal_error_set(err, CAL_ERR_NOMEM, "stats: out of memory");
+	json_array_foreach(arr, i, x) {
+		double d = json_is_number(x) ? json_number_value(x) : NAN;
+		b[i] = cal_f32_to_bf16((float)d);
+		if (!isfinite(d) || cal_bf16_to_f32(b[i]) != (float)d) {
+			free(b);
+			return cal_error_set(err, CAL_ERR_FORMAT, "%s: bias of %s[%zu]: expected a "
+					     "finite bf16 value", path, k, i);
+		}
+	}
+	enum cal_status st = cal_stats_set_bias(s, k, b, n, err);
+	free(b);
+	return st < 0 ? cal_error_wrap(err, st, "%s", path) : CAL_OK;
+}
+
 static enum cal_status load_amax(struct cal_stats *s, json_t *obj, const char *path,
 				 struct cal_error *err)
 {
 	const char *k;
 	json_t *v;
 	json_object_foreach(obj, k, v) {
+		json_t *bias = json_is_object(v) ? json_object_get(v, "bias") : NULL;
 		if (json_is_object(v))
 			v = json_object_get(v, "amax");
 		/* `calibd calibrate` writes null for a quantizer without an amax
@@ -193,6 +261,8 @@ static enum cal_status load_amax(struct cal_stats *s, json_t *obj, const char *p
 		enum cal_status st = cal_stats_set(s, k, (float)json_number_value(v), err);
 		if (st < 0)
 			return cal_error_wrap(err, st, "%s", path);
+		if (bias)
+			CAL_TRY_RET(load_bias(s, k, bias, path, err));
 	}
 	return CAL_OK;
 }
@@ -316,6 +386,15 @@ enum cal_status cal_stats_load(const char *path, struct cal_stats **ret, struct 
 		goto fail;
 	}
 	CAL_TRY(load_amax(s, amax, path, err));
+	json_t *bias = json_object_get(root, "bias"), *bv;
+	const char *bk;
+	if (bias && !json_is_object(bias)) {
+		st = cal_error_set(err, CAL_ERR_FORMAT, "%s: bias: expected an object (quantizer "
+				   "name -> bf16 values)", path);
+		goto fail;
+	}
+	json_object_foreach(bias, bk, bv)
+		CAL_TRY(load_bias(s, bk, bv, path, err));
 	json_t *tok = json_object_get(root, "expert_tokens");
 	if (tok) {
 		if (!json_is_object(tok)) {
@@ -357,9 +436,9 @@ fail:
 char *cal_stats_json(const struct cal_stats *s)
 {
 	json_t *root = json_object(), *am = json_object(), *tok = json_object(),
-	       *cal = json_object();
+	       *cal = json_object(), *bias = json_object();
 	char *out = NULL;
-	if (!root || !am || !tok || !cal)
+	if (!root || !am || !tok || !cal || !bias)
 		goto done;
 	json_object_set_new(root, "format", json_string("calibd-stats"));
 	json_object_set_new(root, "version", json_integer(1));
@@ -368,8 +447,14 @@ char *cal_stats_json(const struct cal_stats *s)
 	json_object_set_new(cal, "tokens", json_integer((json_int_t)s->calib.tokens));
 	if (s->calib.sequence_hashes)
 		json_object_set_new(cal, "sequence_hashes", json_string(s->calib.sequence_hashes));
-	for (size_t k = 0; k < s->n; k++)
+	for (size_t k = 0; k < s->n; k++) {
 		json_object_set_new(am, s->v[k].name, json_real(s->v[k].amax));
+		json_t *b = s->v[k].bias ? json_array() : NULL;
+		for (uint64_t i = 0; b && i < s->v[k].n_bias; i++)
+			json_array_append_new(b, json_real(cal_bf16_to_f32(s->v[k].bias[i])));
+		if (b)
+			json_object_set_new(bias, s->v[k].name, b);
+	}
 	for (size_t k = 0; k < s->n_tl; k++) {
 		json_t *a = json_array();
 		char key[24];
@@ -383,8 +468,10 @@ char *cal_stats_json(const struct cal_stats *s)
 	json_object_set(root, "calibration", cal);
 	json_object_set(root, "amax", am);
 	json_object_set(root, "expert_tokens", tok);
+	if (json_object_size(bias))
+		json_object_set(root, "bias", bias);
 	out = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
 done:
-	CAL_EACH(json_decref, json_t, cal, am, tok, root);
+	CAL_EACH(json_decref, json_t, cal, am, tok, bias, root);
 	return out;
 }

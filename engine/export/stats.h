@@ -52,6 +52,17 @@ enum cal_status cal_stats_set(struct cal_stats *s, const char *name, float amax,
 int cal_stats_get(const struct cal_stats *s, const char *name, float *ret);
 size_t cal_stats_count(const struct cal_stats *s);
 
+/* The bias of affine KV quantizer `name` (bf16 values, n of them, copied;
+ * the quantizer needs an amax first).  Errors: CAL_ERR_INVALID (no amax
+ * for it, n 0), CAL_ERR_NOMEM. */
+enum cal_status cal_stats_set_bias(struct cal_stats *s, const char *name, const uint16_t *bias,
+				   uint64_t n, struct cal_error *err);
+/* Its bias (*ret_n values) or NULL. */
+const uint16_t *cal_stats_bias(const struct cal_stats *s, const char *name, uint64_t *ret_n);
+/* Its bias of exactly n values in *ret; else CAL_ERR_INVALID naming it. */
+enum cal_status cal_stats_need_bias(const struct cal_stats *s, const char *name, uint64_t n,
+				    const uint16_t **ret, struct cal_error *err);
+
 /* Token counts of MoE layer `layer` (n_experts values, copied). */
 enum cal_status cal_stats_set_expert_tokens(struct cal_stats *s, int32_t layer,
 					    int64_t n_experts, const uint64_t *tokens,

@@ -32,7 +32,7 @@
 	.expert_i_key = "moe_intermediate_size", \
 	.attn_bias_key = "attention_bias", .o_bias_follows = 1, \
 	.norm = CAL_NORM_RMS_1P, .qk_norm = CAL_QK_NORM_HEAD, .attn = CAL_ATTN_GATED_GQA, \
-	.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_ALWAYS, \
+	.router = CAL_ROUTER_SOFTMAX_TOPK, .renorm = CAL_RENORM_ALWAYS, .router_bf16_weights = 1, \
 	.act = CAL_ACT_SWIGLU, .shared = CAL_SHARED_GATED, \
 	.ffn_rule = CAL_FFN_RULE_ALL_MOE, .mixer_rule = CAL_MIXER_RULE_HYBRID, \
 	.gdn = CAL_GDN_SPLIT, \

@@ -188,6 +188,8 @@ struct cal_arch_info {
 	enum cal_router_kind router;
 	int router_bias;                   /* mlp.router.bias (gpt_oss) */
 	int router_corr_bias;              /* mlp.gate.e_score_correction_bias (deepseek) */
+	int router_bf16_weights;           /* the top-k weights rounded to bf16 (transformers'
+					    * qwen2/qwen3 MoE, olmoe, qwen3_next, qwen3_5_moe) */
 	enum cal_renorm renorm;
 	enum cal_expert_act act;
 	enum cal_shared_kind shared;

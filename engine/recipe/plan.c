@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "kernels/ops.h"
 
 
 const char *cal_qrole_name(enum cal_qrole r)
@@ -443,6 +444,10 @@ static int qattr_eq(const struct cal_qattr *a, const struct cal_qattr *b)
 	    a->fake_quant != b->fake_quant || a->is_unsigned != b->is_unsigned ||
 	    a->narrow_range != b->narrow_range || a->learn_amax != b->learn_amax ||
 	    a->has_bias != b->has_bias || a->rotate != b->rotate ||
+	    a->n_bias_axis != b->n_bias_axis || a->bias_dynamic != b->bias_dynamic ||
+	    a->bias_max_min != b->bias_max_min || a->rotate_block != b->rotate_block ||
+	    a->rotate_back != b->rotate_back ||
+	    memcmp(a->bias_axis, b->bias_axis, sizeof(a->bias_axis)) ||
 	    a->pass_through_bwd != b->pass_through_bwd ||
 	    a->use_constant_amax != b->use_constant_amax ||
 	    a->has_constant_amax != b->has_constant_amax ||
@@ -612,133 +617,7 @@ static enum cal_status resolve_q(struct matcher *M, struct cal_plan *p, struct c
 	return CAL_OK;
 }
 
-/* ---- validation --------------------------------------------------------- */
-
-static enum cal_status unsupported(struct cal_error *err, const struct cal_recipe *r,
-				   const struct cal_plan_q *q, const char *why)
-{
-	char impl[640];
-	cal_plan_implemented(impl, sizeof(impl));
-	if (q->entry >= 0) {
-		const struct cal_qentry *e = &r->entries[q->entry];
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-				     "%s: %s (quant_cfg entry %d at %s: '%s'); %s", q->name, why,
-				     q->entry, e->where, e->quantizer_name, impl);
-	}
-	return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: %s (no quant_cfg entry disables it: "
-			     "modelopt's default is 8-bit integer); %s", q->name, why, impl);
-}
-
-/* Why role takes no quantizer with the constant-amax settings of s (or
- * none at all): the reason, or NULL when it does. */
-static const char *role_refusal(enum cal_qrole role, const struct cal_qspec *s)
-{
-	switch (role) {
-	case CAL_QROLE_WEIGHT:
-		return s->has_constant_amax || s->use_constant_amax
-			       ? "a constant amax on weights is not implemented" : NULL;
-	case CAL_QROLE_INPUT:
-		return s->use_constant_amax
-			       ? "use_constant_amax is implemented for KV-cache quantizers only" : NULL;
-	case CAL_QROLE_K_BMM:
-	case CAL_QROLE_V_BMM:
-		return s->has_constant_amax ? "constant_amax on the KV cache is not implemented "
-					      "(use use_constant_amax)" : NULL;
-	case CAL_QROLE_OUTPUT:
-		return "output quantizers are not implemented";
-	case CAL_QROLE_Q_BMM:
-	case CAL_QROLE_P_BMM:
-		return "q/p attention quantizers (FP8 attention) are not implemented";
-	}
-	return NULL;
-}
-
-/* Classifies the attributes of an enabled quantizer. */
-static enum cal_status classify(struct cal_error *err, const struct cal_recipe *r,
-				const struct cal_plan_q *q, struct cal_qspec *s)
-{
-	const struct cal_qattr *a = q->attr;
-	char why[256];
-	if (q->n_attr > 1)
-		return unsupported(err, r, q, "sequential quantizers (a cfg list, e.g. W4A8) are not "
-				   "implemented");
-	if (a->has_bias)
-		return unsupported(err, r, q, "affine quantization (bias) is not implemented");
-	if (a->rotate)
-		return unsupported(err, r, q, "rotation is not implemented");
-	if (a->is_unsigned || a->narrow_range)
-		return unsupported(err, r, q, "unsigned / narrow-range quantization is not implemented");
-	if (a->calibrator && strcmp(a->calibrator, "max"))
-		return unsupported(err, r, q, "calibrators other than 'max' are not implemented");
-	if (a->backend)
-		return unsupported(err, r, q, "custom quantization backends are not implemented");
-	if (a->four_over_six)
-		return unsupported(err, r, q, "four-over-six NVFP4 is not implemented");
-	/* per channel (weights, axis 0) / per token (inputs, dynamic, whole
-	 * last axis): the rows with per_channel (kernels/qfmt.h) */
-	int pc = q->role == CAL_QROLE_WEIGHT && a->n_axis == 1 && a->axis[0] == 0 &&
-		 !a->has_block && !a->dynamic;
-	pc = pc || (q->role == CAL_QROLE_INPUT && a->dynamic && !a->n_axis && a->has_block &&
-		    a->n_block == 1 && a->block_axis[0] == -1 && a->block_size[0] == 0 &&
-		    !a->block_dynamic && !a->has_scale_bits && !a->has_scale_block_sizes);
-	if (a->dynamic && !pc)
-		return unsupported(err, r, q, "dynamic quantization (type: dynamic) is implemented "
-				   "for per-token inputs only (block_sizes {-1: null})");
-	if (a->n_axis && !pc)
-		return unsupported(err, r, q, "per-channel quantization (axis) is implemented for "
-				   "weights along axis 0 only");
-	int64_t bs = 0;
-	/* 2-D blocks {-1: N, -2: N} on weights (qfmt.h block2d) */
-	int b2 = q->role == CAL_QROLE_WEIGHT && a->has_block && a->n_block == 2 &&
-		 a->block_axis[0] + a->block_axis[1] == -3 && a->block_axis[0] != a->block_axis[1] &&
-		 a->block_size[0] > 0 && a->block_size[0] == a->block_size[1] &&
-		 !a->has_scale_block_sizes;
-	if (b2) {
-		bs = a->block_size[0];
-	} else if (a->has_block && !pc) {
-		if (a->n_block != 1 || a->block_axis[0] != -1 || a->block_size[0] <= 0 ||
-		    a->has_scale_block_sizes)
-			return unsupported(err, r, q, "only blocks along the last axis (-1: N), and "
-					   "square 2-D weight blocks (-1: N, -2: N), are "
-					   "implemented");
-		bs = a->block_size[0];
-	}
-	memset(s, 0, sizeof(*s));
-	s->enabled = 1;
-	const struct cal_qfmt_info *f = cal_plan_select_fmt(a, bs, pc, b2,
-							     q->role == CAL_QROLE_WEIGHT);
-	if (!f) {
-		cal_plan_no_fmt_why(a, why, sizeof(why));
-		if (pc)
-			snprintf(why, sizeof(why), "per-channel weights are implemented in FP8 E4M3 "
-				 "and 8-bit integer, per-token inputs in FP8 E4M3 only");
-		if (b2)
-			snprintf(why, sizeof(why), "2-D block weights are implemented in FP8 E4M3 "
-				 "with static blocks of 128 x 128 and no scale_bits only");
-		return unsupported(err, r, q, why);
-	}
-	s->fmt = f->id;
-	s->block = (int)bs;
-	s->use_constant_amax = a->use_constant_amax;
-	s->has_constant_amax = a->has_constant_amax;
-	s->constant_amax = a->constant_amax;
-	/* role restrictions: the format must serve the role, then the role's own */
-	int kv = q->role == CAL_QROLE_K_BMM || q->role == CAL_QROLE_V_BMM;
-	if (q->role == CAL_QROLE_INPUT && !(f->roles & CAL_QFMT_ROLE_INPUT)) {
-		snprintf(why, sizeof(why), "%s activation quantization is not implemented", f->title);
-		return unsupported(err, r, q, why);
-	}
-	if (kv && !(f->roles & CAL_QFMT_ROLE_KV)) {
-		cal_plan_role_list(CAL_QFMT_ROLE_KV, why, sizeof(why),
-				   "KV-cache quantization is implemented in ");
-		return unsupported(err, r, q, why);
-	}
-	const char *refused = role_refusal(q->role, s);
-	if (refused)
-		return unsupported(err, r, q, refused);
-	s->calibrate = f->calibrate && !s->has_constant_amax && !s->use_constant_amax;
-	return CAL_OK;
-}
+/* ---- validation (a quantizer's own attributes: plan_fmt.c) --------------- */
 
 /* Weight/input combinations of one module calibd exports. */
 static int combo_ok(enum cal_qfmt w, enum cal_qfmt in)
@@ -760,7 +639,9 @@ static void pair_mixed(struct cal_plan *p, const struct cal_plan_module *m)
 			continue;
 		for (int i = CAL_QFMT_NONE + 1; i < CAL_QFMT_COUNT; i++) {
 			const struct cal_qfmt_info *f = cal_qfmt((enum cal_qfmt)i);
-			if (f->weight_of == s->fmt && f->act == in) {
+			/* W4A8 AWQ pairs only the sequential [INT4, FP8] weights */
+			if (f->weight_of == s->fmt && f->act == in &&
+			    (f->id == CAL_QFMT_W4A8_AWQ) == (s->seq_fp8 != 0)) {
 				s->fmt = f->id;
 				s->calibrate = f->calibrate;
 				break;
@@ -790,9 +671,9 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 			continue;
 		any_w = 1;
 		if (m->kind == CAL_MOD_EMBED)
-			return unsupported(err, r, wq, "quantizing embeddings is not implemented");
+			return cal_plan_unsupported(err, r, wq, "quantizing embeddings is not implemented");
 		if (m->kind == CAL_MOD_LINATTN_CONV)
-			return unsupported(err, r, wq, "quantizing the Gated DeltaNet conv1d is not "
+			return cal_plan_unsupported(err, r, wq, "quantizing the Gated DeltaNet conv1d is not "
 					   "implemented");
 		if (!combo_ok(wq->spec.fmt, ifmt))
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
@@ -805,19 +686,27 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 			char why[96];
 			snprintf(why, sizeof(why), "%s needs algorithm max, mse or gptq",
 				 cal_qfmt(wq->spec.fmt)->title);
-			return unsupported(err, r, wq, why);
+			return cal_plan_unsupported(err, r, wq, why);
 		}
 		if (p->recipe->algo.method == CAL_CALIB_GPTQ && wq->spec.fmt != CAL_QFMT_NVFP4_STATIC)
-			return unsupported(err, r, wq, "gptq is implemented for static NVFP4 weights "
+			return cal_plan_unsupported(err, r, wq, "gptq is implemented for static NVFP4 weights "
 					   "only (docs/gptq.md)");
+		if (wq->spec.seq_fp8 && wq->spec.fmt != CAL_QFMT_W4A8_AWQ)
+			return cal_plan_unsupported(err, r, wq, "sequential INT4-then-FP8 weights (W4A8 AWQ) "
+					   "need FP8 per-tensor inputs on the linear");
 		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && wq->spec.fmt != CAL_QFMT_INT4_BLOCK &&
-		    wq->spec.fmt != CAL_QFMT_NVFP4)
-			return unsupported(err, r, wq, "awq_lite is implemented for INT4 block and "
-					   "NVFP4 weights only (docs/awq.md)");
+		    wq->spec.fmt != CAL_QFMT_NVFP4 && wq->spec.fmt != CAL_QFMT_W4A8_AWQ)
+			return cal_plan_unsupported(err, r, wq, "awq_lite is implemented for INT4 block, W4A8 "
+					   "AWQ and NVFP4 weights only (docs/awq.md)");
+		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && p->recipe->algo.awq_clip &&
+		    (wq->spec.fmt != CAL_QFMT_INT4_BLOCK || wq->spec.block != 128))
+			return cal_plan_unsupported(err, r, wq, "awq_full is implemented for INT4 weights in "
+					   "blocks of 128 only: NVFP4's per-tensor clip search is not "
+					   "(docs/awq.md \"awq_full\")");
 		if (p->recipe->algo.method == CAL_CALIB_SMOOTHQUANT &&
 		    (wq->spec.fmt != CAL_QFMT_INT8 || !iq || !iq->spec.enabled ||
 		     ifmt != CAL_QFMT_INT8))
-			return unsupported(err, r, wq, "smoothquant is implemented for INT8 weights "
+			return cal_plan_unsupported(err, r, wq, "smoothquant is implemented for INT8 weights "
 					   "with INT8 inputs only (docs/smoothquant.md)");
 		if (wq->spec.block && m->in % wq->spec.block && !cal_qfmt(wq->spec.fmt)->block2d)
 			return cal_error_set(err, CAL_ERR_INVALID,
@@ -957,7 +846,7 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	if (r->algo.method == CAL_CALIB_OTHER) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				   "%s: algorithm '%s' is not implemented (calibd runs max, mse, "
-				   "nvfp4_act_headroom, gptq, awq_lite, smoothquant and none)", r->source,
+				   "nvfp4_act_headroom, gptq, awq_lite, awq_full, smoothquant and none)", r->source,
 				   r->algo.name);
 		goto fail;
 	}
@@ -967,7 +856,7 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	if ((sq || r->algo.method == CAL_CALIB_AWQ_LITE) &&
 	    (r->algo.layerwise || r->algo.has_moe_calib_experts_ratio)) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: algorithm %s: option %s is not "
-				   "implemented (docs/%s.md)", r->source, sq ? "smoothquant" : "awq_lite",
+				   "implemented (docs/%s.md)", r->source, sq ? "smoothquant" : r->algo.name,
 				   r->algo.layerwise ? "layerwise" : "moe_calib_experts_ratio",
 				   sq ? "smoothquant" : "awq");
 		goto fail;
@@ -1021,7 +910,7 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 		struct cal_plan_q *q = &p->q[i];
 		if (!q->spec.enabled)
 			continue;
-		CAL_TRY(classify(err, r, q, &q->spec));
+		CAL_TRY(cal_plan_classify(err, r, q, &q->spec));
 		p->sum.n_enabled++;
 	}
 	for (size_t i = 0; i < p->n_modules; i++) {
@@ -1041,15 +930,20 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 			p->sum.kv_fmt = f;
 			p->sum.kv_cast = cast;
 			kv_seen = 1;
-		} else if (f != p->sum.kv_fmt || cast != p->sum.kv_cast) {
+			p->sum.kv_affine = q->spec.enabled && q->spec.affine;
+		} else if (f != p->sum.kv_fmt || cast != p->sum.kv_cast ||
+			   (q->spec.enabled && q->spec.affine) != p->sum.kv_affine) {
 			st = cal_error_set(err, CAL_ERR_INVALID,
-					   "%s: KV-cache quantizers disagree (%s is %s%s, others %s%s); "
+					   "%s: KV-cache quantizers disagree (%s is %s%s%s, others %s%s%s); "
 					   "the checkpoint declares one KV-cache format",
 					   r->source, q->name, cal_qfmt_name(f), cast ? " cast" : "",
-					   cal_qfmt_name(p->sum.kv_fmt), p->sum.kv_cast ? " cast" : "");
+					   q->spec.affine ? " affine" : "", cal_qfmt_name(p->sum.kv_fmt),
+					   p->sum.kv_cast ? " cast" : "", p->sum.kv_affine ? " affine" : "");
 			goto fail;
 		}
 	}
+
+	CAL_TRY(cal_plan_kv_rotation(err, p));
 
 	/* algorithm vs formats */
 	for (size_t i = 0; i < p->n_q; i++) {
@@ -1067,7 +961,7 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 			      !cal_qfmt(q->spec.fmt)->mse;
 		if (mse_bad || (r->algo.method == CAL_CALIB_HEADROOM && q->role == CAL_QROLE_INPUT &&
 				q->spec.fmt == CAL_QFMT_NVFP4_BS32)) { /* headroom.c: blocks of 16 */
-			st = unsupported(err, r, q, mse_bad ? "mse calibration is implemented for "
+			st = cal_plan_unsupported(err, r, q, mse_bad ? "mse calibration is implemented for "
 					 "static NVFP4 weights only" : "nvfp4_act_headroom over NVFP4 "
 					 "block-32 inputs is not implemented");
 			goto fail;

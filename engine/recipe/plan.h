@@ -68,6 +68,10 @@ struct cal_qspec {
 	int use_constant_amax;  /* KV "cast": fixed amax, no scales exported */
 	int has_constant_amax;  /* amax pinned by the recipe (no calibration) */
 	double constant_amax;
+	int affine;             /* KV: static mean bias per (KV head, channel) (docs/numerics.md
+				 * "Affine KV cache") */
+	int seq_fp8;            /* weights: a sequential cfg [INT4 blocks, FP8 per tensor]
+				 * (modelopt's W4A8 AWQ; docs/awq.md "w4a8_awq") */
 };
 
 struct cal_plan_q {
@@ -107,6 +111,11 @@ struct cal_plan_summary {
 	size_t n_enabled;             /* enabled quantizers */
 	enum cal_qfmt kv_fmt;         /* format of all enabled k/v quantizers (NONE if off) */
 	int kv_cast;                  /* KV with use_constant_amax */
+	int kv_affine;                /* KV with a static bias (k_bias / v_bias) */
+	/* Hadamard rotation block of Q, K, V along head_dim (docs/numerics.md
+	 * "KV-cache rotation"); 0: not rotated.  Q may rotate with its
+	 * quantizer disabled, as modelopt's rotated NVFP4 KV unit does. */
+	uint32_t rot_block[3];
 };
 
 struct cal_plan {

@@ -29,4 +29,22 @@ void cal_plan_role_list(int role, char *out, size_t n, const char *prefix);
 /* Why no row matches `a`: names the element type and what exists for it. */
 void cal_plan_no_fmt_why(const struct cal_qattr *a, char *why, size_t n);
 
+struct cal_error;
+struct cal_plan;
+struct cal_plan_q;
+struct cal_qspec;
+
+/* A CAL_ERR_UNSUPPORTED error for quantizer q of recipe r: why, the
+ * quant_cfg entry that enabled it, and what calibd implements. */
+enum cal_status cal_plan_unsupported(struct cal_error *err, const struct cal_recipe *r,
+				     const struct cal_plan_q *q, const char *why);
+
+/* Classifies the attributes of enabled quantizer q into s (format, block,
+ * amax settings, affine), refusing what calibd does not implement. */
+enum cal_status cal_plan_classify(struct cal_error *err, const struct cal_recipe *r,
+				  const struct cal_plan_q *q, struct cal_qspec *s);
+
+/* The Hadamard rotation of Q, K and V over the plan (sum.rot_block). */
+enum cal_status cal_plan_kv_rotation(struct cal_error *err, struct cal_plan *p);
+
 #endif

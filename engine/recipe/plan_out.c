@@ -425,6 +425,12 @@ char *cal_plan_json(const struct cal_plan *p, const char *recipe_name)
 		}
 		if (a->method == CAL_CALIB_AWQ_LITE)
 			json_object_set_new(algo, "alpha_step", json_real(a->alpha_step));
+		if (a->method == CAL_CALIB_AWQ_LITE && a->awq_clip) {
+			json_object_set_new(algo, "max_tokens_per_batch",
+					    json_integer(a->clip_max_tokens));
+			json_object_set_new(algo, "min_clip_ratio", json_real(a->clip_min_ratio));
+			json_object_set_new(algo, "shrink_step", json_real(a->clip_shrink_step));
+		}
 		if (a->method == CAL_CALIB_SMOOTHQUANT)
 			json_object_set_new(algo, "alpha", json_real(a->sq_alpha));
 	}
@@ -434,8 +440,9 @@ char *cal_plan_json(const struct cal_plan *p, const char *recipe_name)
 	json_object_set_new(root, "entries", ents);
 	ents = NULL;
 	char kv[32];
-	snprintf(kv, sizeof(kv), "%s%s", cal_qfmt_name(p->sum.kv_fmt),
-		 p->sum.kv_cast ? "_cast" : "");
+	snprintf(kv, sizeof(kv), "%s%s%s%s", cal_qfmt_name(p->sum.kv_fmt),
+		 p->sum.kv_cast ? "_cast" : "", p->sum.kv_affine ? "_affine" : "",
+		 p->sum.rot_block[1] ? "_rotate" : "");
 	json_object_set_new(root, "summary",
 			    json_pack("{s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:s}", "params",
 				      (json_int_t)p->sum.params, "quantized_params",

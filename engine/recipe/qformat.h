@@ -30,4 +30,27 @@ const struct cal_qformat *cal_qformat_list(size_t *n);
  */
 enum cal_status cal_qformat_recipe(const char *name, const char **ret, struct cal_error *err);
 
+/* hf_ptq.py's --kv_cache_qformat names (modelopt 0.47's KV presets and
+ * "none"), in its order, with the calibd unit each appends (NULL: none). */
+struct cal_kv_qformat {
+	const char *name;    /* "fp8_cast", "nvfp4_affine", ... */
+	const char *unit;    /* "configs/ptq/units/kv_fp8_cast", or NULL for "none" */
+};
+const struct cal_kv_qformat *cal_kv_qformat_list(size_t *n);
+
+/*
+ * Appends the KV-cache unit of --kv_cache_qformat `name` to recipe r's
+ * quant_cfg, after its own entries, as hf_ptq's
+ * update_quant_cfg_with_kv_cache_quant does (later entries win, so it
+ * replaces the recipe's KV format); "none" appends an entry disabling the
+ * k/v bmm quantizers (docs/recipes.md "KV-cache formats").  opts: the
+ * recipe tree the unit is read from.  Errors: CAL_ERR_NOTFOUND (not a
+ * --kv_cache_qformat name; the message lists them), the unit's load
+ * errors, CAL_ERR_NOMEM.
+ */
+struct cal_recipe;
+struct cal_recipe_opts;
+enum cal_status cal_kv_qformat_apply(struct cal_recipe *r, const char *name,
+				     const struct cal_recipe_opts *opts, struct cal_error *err);
+
 #endif

@@ -60,7 +60,13 @@ struct cal_qattr {
 	int learn_amax;             /* 0 */
 	char *calibrator;           /* "max" */
 	int has_bias;               /* bias given (affine) */
-	int rotate;                 /* rotate true or a rotate mapping */
+	int n_bias_axis;            /* its integer keys: the axes kept (docs/numerics.md) */
+	int64_t bias_axis[8];
+	int bias_dynamic;           /* bias.type == dynamic (default static) */
+	int bias_max_min;           /* bias.method == max_min (default mean) */
+	int rotate;                 /* rotate true, or a rotate mapping with enable true */
+	int64_t rotate_block;       /* rotate.block_size, 0: automatic */
+	int rotate_back;            /* rotate.mode == rotate_back */
 	int pass_through_bwd;       /* 1 */
 	char *trt_high_precision_dtype; /* "Float" */
 	char *backend;              /* NULL */
@@ -118,6 +124,13 @@ struct cal_algorithm {
 	int has_layerwise_qdq_from_prev;  /* get_qdq_activations_from_prev_layer was given */
 	/* awq_lite (AWQLiteCalibConfig; docs/awq.md) */
 	double alpha_step;                /* 0.1 */
+	/* awq_full (AWQFullCalibConfig: awq_lite, then awq_clip; method
+	 * CAL_CALIB_AWQ_LITE with awq_clip set; docs/awq.md "awq_full") */
+	int awq_clip;                     /* 0; 1 for awq_full */
+	int64_t clip_max_co_batch;        /* 1024: batching only, no effect on the result */
+	int64_t clip_max_tokens;          /* 64: max_tokens_per_batch */
+	double clip_min_ratio;            /* 0.5 */
+	double clip_shrink_step;          /* 0.05 */
 	/* smoothquant (SmoothQuantCalibConfig; docs/smoothquant.md) */
 	double sq_alpha;                  /* 1.0: migration strength */
 	/* nvfp4_act_headroom (weights: max) */

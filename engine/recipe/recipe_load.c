@@ -218,6 +218,80 @@ static enum cal_status plain_get(struct cal_error *err, const struct plain_key *
 	return CAL_OK;
 }
 
+/* path.key: the string no (*ret 0) or yes (*ret 1). */
+static enum cal_status get_pair(struct cal_error *err, const struct cal_ynode *v, const char *path,
+				const char *key, const char *no, const char *yes, int *ret)
+{
+	if (v->kind != CAL_Y_STR || (strcmp(v->str, no) && strcmp(v->str, yes)))
+		return at_err(err, CAL_ERR_FORMAT, v, "%s.%s: expected '%s' or '%s'", path, key, no,
+			      yes);
+	*ret = !strcmp(v->str, yes);
+	return CAL_OK;
+}
+
+/* bias: {axis: null, ..., type: static|dynamic, method: mean|max_min}; the
+ * integer keys are the axes the bias keeps (modelopt's bias_axis). */
+static enum cal_status conv_bias(struct cal_error *err, const struct cal_ynode *b,
+				 const char *path, struct cal_qattr *a)
+{
+	if (b->kind != CAL_Y_MAP) /* null: no bias */
+		return b->kind == CAL_Y_NULL ? CAL_OK
+					     : want(err, b, path, "a mapping (axis: null, type, method) or null");
+	a->has_bias = 1;
+	for (size_t i = 0; i < b->n; i++) {
+		const struct cal_ynode *k = b->items[2 * i], *v = b->items[2 * i + 1];
+		const char *ks = k->kind == CAL_Y_STR ? k->str : "";
+		if (k->kind == CAL_Y_INT && a->n_bias_axis < 8) {
+			a->bias_axis[a->n_bias_axis++] = k->i;
+			continue;
+		}
+		enum cal_status st =
+			k->kind == CAL_Y_INT ? at_err(err, CAL_ERR_FORMAT, k, "%s: too many bias axes",
+						      path)
+			: !strcmp(ks, "type") ? get_dynamic(err, v, path, &a->bias_dynamic)
+			: !strcmp(ks, "method") ? get_pair(err, v, path, "method", "mean", "max_min",
+							   &a->bias_max_min)
+			: unknown_key(err, k, path, "integer axes, type, method");
+		if (st < 0)
+			return st;
+	}
+	return CAL_OK;
+}
+
+/* rotate: a bool, or {enable, rotate_fp32, block_size, mode}. */
+static enum cal_status conv_rotate(struct cal_error *err, const struct cal_ynode *r,
+				   const char *path, struct cal_qattr *a)
+{
+	if (r->kind != CAL_Y_MAP)
+		return get_bool(err, r, path, &a->rotate);
+	a->rotate = 0; /* RotateConfig's enable defaults to false */
+	for (size_t i = 0; i < r->n; i++) {
+		const struct cal_ynode *k = r->items[2 * i], *v = r->items[2 * i + 1];
+		int dummy;
+		const char *ks = k->kind == CAL_Y_STR ? k->str : "";
+		if (!strcmp(ks, "enable")) {
+			CAL_TRY_RET(get_bool(err, v, path, &a->rotate));
+		} else if (!strcmp(ks, "rotate_fp32")) { /* bf16 rotates in fp32 either way */
+			CAL_TRY_RET(get_bool(err, v, path, &dummy));
+		} else if (!strcmp(ks, "block_size")) {
+			if (v->kind == CAL_Y_NULL)
+				a->rotate_block = 0;
+			else if (v->kind == CAL_Y_INT && v->i >= 2 && v->i <= (1 << 20) &&
+				 !(v->i & (v->i - 1)))
+				a->rotate_block = v->i;
+			else
+				return at_err(err, CAL_ERR_FORMAT, v, "%s.block_size: expected null or "
+					      "a power of two >= 2", path);
+		} else if (!strcmp(ks, "mode")) {
+			CAL_TRY_RET(get_pair(err, v, path, "mode", "rotate", "rotate_back",
+					     &a->rotate_back));
+		} else {
+			return unknown_key(err, k, path, "enable, rotate_fp32, block_size, mode");
+		}
+	}
+	return CAL_OK;
+}
+
 static enum cal_status conv_block_sizes(struct cal_error *err, const struct cal_ynode *b,
 					const char *path, struct cal_qattr *a)
 {
@@ -351,17 +425,9 @@ static enum cal_status conv_attr(struct cal_error *err, const struct cal_ynode *
 				goto fail;
 			}
 		} else if (!strcmp(key, "bias")) {
-			if (v->kind != CAL_Y_NULL && v->kind != CAL_Y_MAP) {
-				st = want(err, v, p, "a mapping or null");
-				goto fail;
-			}
-			a->has_bias = v->kind == CAL_Y_MAP;
+			CAL_TRY(conv_bias(err, v, p, a));
 		} else if (!strcmp(key, "rotate")) {
-			if (v->kind == CAL_Y_MAP) {
-				a->rotate = 1;
-			} else {
-				CAL_TRY(get_bool(err, v, p, &a->rotate));
-			}
+			CAL_TRY(conv_rotate(err, v, p, a));
 		} else if (!strcmp(key, "constant_amax")) {
 			if (v->kind != CAL_Y_NULL) {
 				CAL_TRY(get_num(err, v, p, &a->constant_amax));
@@ -528,7 +594,8 @@ static void algo_defaults(struct cal_algorithm *a)
 		.method = CAL_CALIB_MAX, .distributed_sync = 1, .layerwise_save_every = 1,
 		.layerwise_calib_mutates_weights = 1, .step_size = 0.1, .start_multiplier = 0.25,
 		.stop_multiplier = 4.0, .perc_damp = 0.01, .gptq_block_size = 128,
-		.alpha_step = 0.1, .sq_alpha = 1.0, .hr_anchor_percentile = 1.0,
+		.alpha_step = 0.1, .clip_max_co_batch = 1024, .clip_max_tokens = 64,
+		.clip_min_ratio = 0.5, .clip_shrink_step = 0.05, .sq_alpha = 1.0, .hr_anchor_percentile = 1.0,
 		.hr_upper_percentile = 99.99, .hr_rho = 16384.0,
 	};
 	*a = defaults;
@@ -547,9 +614,11 @@ static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm
 	} methods[] = {
 		{"max", CAL_CALIB_MAX}, {"mse", CAL_CALIB_MSE}, {"none", CAL_CALIB_NONE},
 		{"gptq", CAL_CALIB_GPTQ}, {"awq_lite", CAL_CALIB_AWQ_LITE},
+		{"awq_full", CAL_CALIB_AWQ_LITE}, /* awq_lite, then awq_clip */
 		{"nvfp4_act_headroom", CAL_CALIB_HEADROOM}, {"smoothquant", CAL_CALIB_SMOOTHQUANT},
 	};
 	a->method = CAL_CALIB_OTHER;
+	a->awq_clip = !strcmp(name, "awq_full");
 	for (size_t i = 0; i < CAL_ARRAY_LEN(methods); i++)
 		if (!strcmp(name, methods[i].name))
 			a->method = methods[i].method;
@@ -591,6 +660,14 @@ static const struct plain_key algo_plain[] = {
 	 .nullable = 1, .lo = 0, .hi = 1},
 	{.key = "alpha", .kind = PK_NUM, .off = AL(sq_alpha), .method = CAL_CALIB_SMOOTHQUANT,
 	 .nullable = 1, .lo = 0, .hi = 1, .lo_closed = 1},
+};
+
+/* awq_full's own keys (awq_clip's; the method is CAL_CALIB_AWQ_LITE). */
+static const struct plain_key clip_plain[] = {
+	{.key = "min_clip_ratio", .kind = PK_NUM, .off = AL(clip_min_ratio), .nullable = 1,
+	 .lo = 0, .hi = 1},
+	{.key = "shrink_step", .kind = PK_NUM, .off = AL(clip_shrink_step), .nullable = 1,
+	 .lo = 0, .hi = 1},
 };
 #undef AL
 
@@ -699,6 +776,22 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 					    "implemented", p);
 				goto fail;
 			}
+		} else if (awq && a->awq_clip &&
+			   (pk = plain_find(clip_plain, CAL_ARRAY_LEN(clip_plain), key,
+					    CAL_CALIB_NONE))) {
+			CAL_TRY(plain_get(err, pk, x, p, a));
+		} else if (awq && a->awq_clip && (!strcmp(key, "max_co_batch_size") ||
+						  !strcmp(key, "max_tokens_per_batch"))) {
+			if (x->kind == CAL_Y_NULL)
+				continue;
+			if (x->kind != CAL_Y_INT || x->i < 1 || x->i > 1048576) {
+				st = want(err, x, p, "a positive integer (at most 1048576)");
+				goto fail;
+			}
+			if (!strcmp(key, "max_co_batch_size"))
+				a->clip_max_co_batch = x->i;
+			else
+				a->clip_max_tokens = x->i;
 		} else if (gptq && !strcmp(key, "block_size")) {
 			if (x->kind == CAL_Y_NULL)
 				continue;
@@ -716,6 +809,9 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 					 mse ? ALGO_KEYS ", step_size, start_multiplier, "
 						       "stop_multiplier, fp8_scale_sweep"
 					 : gptq ? ALGO_KEYS ", perc_damp, block_size, fused"
+					 : awq && a->awq_clip
+					 ? ALGO_KEYS ", alpha_step, max_co_batch_size, "
+						     "max_tokens_per_batch, min_clip_ratio, shrink_step"
 					 : awq ? ALGO_KEYS ", alpha_step"
 					 : sq ? ALGO_KEYS ", alpha"
 					 : hr ? ALGO_KEYS ", anchor_percentile, upper_percentile, rho, "

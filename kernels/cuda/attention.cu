@@ -20,11 +20,12 @@
  *
  * Fallback (other head dims, unaligned pointers, a v head dim other than
  * q/k's as DeepSeek MLA has): one warp per (query row, head), 4 warps per
- * block, two passes (max / normaliser, then p v) with p = bf16(exp(s - m) /
- * l), lanes over the channels (hd, vd <= 512).  It also runs transformers'
- * eager bf16 attention (eager_bf16, gpt_oss): scores bf16(bf16(q.k) *
- * scale), the max first, then exp(bf16(s - max)); three passes over the
- * keys.  Sinks (gpt_oss) join the max and the normaliser in both kernels
+ * block, two passes (max / normaliser, then p v) with p = bf16(exp(s - m)),
+ * the sum divided by l at the end as the tensor-core path, lanes over the
+ * channels (hd, vd <= 512).  It also runs transformers' eager bf16
+ * attention (eager_bf16, gpt_oss): scores bf16(bf16(q.k) * scale), the max
+ * first, then p = bf16(exp(bf16(s - max)) / l) normalised before the
+ * product; three passes over the keys.  Sinks (gpt_oss) join the max and the normaliser in both kernels
  * (kernels/attention.c).
  */
 #include <math.h>
@@ -133,7 +134,7 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 			float p = 0.0f;
 			if (j <= i) {
 				float sv = at_score(qs[wi], k + (j * nkv + kvh) * hd, hd, scale, eager);
-				p = cal_rbf(expf(eager ? cal_rbf(sv - m) : sv - m) / l);
+				p = eager ? cal_rbf(expf(cal_rbf(sv - m)) / l) : cal_rbf(expf(sv - m));
 			}
 			uint32_t nk = (uint32_t)(i - j0 + 1 < 32 ? i - j0 + 1 : 32);
 			for (uint32_t tk = 0; tk < nk; tk++) {
@@ -151,7 +152,7 @@ attn_kernel(const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *o
 		for (int c = 0; c < AT_MAX_HD / 32; c++) {
 			uint32_t ch = lane + 32u * c;
 			if (ch < vd)
-				o[ch] = cal_f2bf(acc[c]);
+				o[ch] = cal_f2bf(eager ? acc[c] : acc[c] / l);
 		}
 		__syncwarp();
 	}

@@ -5,7 +5,8 @@
  * warp arg-max with ties to the lower expert index.  gpt_oss mode
  * (CAL_ROUTER_MODE_TOPK_SOFTMAX): the arg-max rounds run on the logits and
  * lane 0 takes the softmax over the k picked, each weight rounded to bf16
- * (as kernels/router.c).
+ * (as kernels/router.c).  bf16_weights: lane 0 rounds the k weights of the
+ * softmax-then-top-k mode to bf16 after the renormalisation.
  */
 #include <math.h>
 
@@ -15,7 +16,7 @@
 
 __global__ void __launch_bounds__(RT_WARPS * 32)
 router_kernel(const uint16_t *logits, uint64_t t, uint32_t e, uint32_t k, uint32_t kt, int renorm,
-	      uint32_t *idx, float *weight, int topk_first)
+	      uint32_t *idx, float *weight, int topk_first, int bf16_weights)
 {
 	extern __shared__ float sh[];
 	unsigned lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
@@ -93,6 +94,9 @@ router_kernel(const uint16_t *logits, uint64_t t, uint32_t e, uint32_t k, uint32
 			for (uint32_t s = 0; s < k; s++)
 				weight[tok * k + s] = weight[tok * k + s] / ws;
 		}
+		if (!topk_first && bf16_weights && lane == 0)
+			for (uint32_t s = 0; s < k; s++)
+				weight[tok * k + s] = cal_rbf(weight[tok * k + s]);
 		(void)wsum;
 		__syncwarp();
 	}
@@ -119,7 +123,8 @@ CAL_CUDA_OP(router)
 	router_kernel<<<(unsigned)blocks, RT_WARPS * 32, shm, s>>>(a->logits, a->t, a->e, a->k,
 								    a->k_total, a->renorm, a->idx,
 								    a->weight,
-								    a->mode == CAL_ROUTER_MODE_TOPK_SOFTMAX);
+								    a->mode == CAL_ROUTER_MODE_TOPK_SOFTMAX,
+								    a->bf16_weights);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;
 }

@@ -134,6 +134,29 @@ Test(units, recipe_names)
 	cr_expect(!cal_recipe_name_ok(longname));
 }
 
+/* cal_jobspec_recipe on req: ae; when OK, out.<key> == value and, with
+ * recipe, out.recipe == recipe; else the problem names field `value` (key
+ * when value is NULL) and its message holds recipe. */
+static void jobspec_recipe_case(const char *reqs, enum cal_api_err want, const char *key,
+				const char *value, const char *recipe)
+{
+	json_t *req = json_loads(reqs, 0, NULL), *out = json_object();
+	struct cal_api_problem prob = {0};
+	enum cal_api_err ae = cal_jobspec_recipe(req, out, &prob);
+	cr_assert_eq(ae, want, "%s: %d %s", reqs, ae, prob.message ? prob.message : "");
+	if (ae == CAL_API_OK) {
+		cr_assert_str_eq(json_string_value(json_object_get(out, key)), value);
+		if (recipe)
+			cr_assert_str_eq(json_string_value(json_object_get(out, "recipe")), recipe);
+	} else {
+		cr_assert_str_eq(prob.field, value ? value : key);
+		cr_assert(strstr(prob.message, recipe), "%s: %s", reqs, prob.message);
+	}
+	cal_api_problem_clear(&prob);
+	json_decref(req);
+	json_decref(out);
+}
+
 /* "qformat" in a job spec: mapped to its built-in recipe (both recorded),
  * a refused one names its reason, an unknown one lists the names, and it
  * excludes recipe / recipe_yaml. */
@@ -149,7 +172,8 @@ Test(units, jobspec_qformat)
 		 "general/ptq/nvfp4_default-kv_fp8_cast"},
 		{"{\"qformat\": \"nvfp4_awq\"}", CAL_API_OK, "nvfp4_awq",
 		 "general/ptq/nvfp4_awq-kv_fp8_cast"},
-		{"{\"qformat\": \"w4a8_awq\"}", CAL_API_ERR_INVALID_RECIPE, "qformat", "W4A8"},
+		{"{\"qformat\": \"w4a8_awq\"}", CAL_API_OK, "w4a8_awq",
+		 "general/ptq/w4a8_awq-kv_fp8_cast"},
 		{"{\"qformat\": \"int8_sq\"}", CAL_API_OK, "int8_sq", "general/ptq/int8_sq-kv_fp8_cast"},
 		{"{\"qformat\": \"nvfp4_svdquant\"}", CAL_API_ERR_INVALID_RECIPE, "qformat",
 		 "svdquant"},
@@ -158,26 +182,24 @@ Test(units, jobspec_qformat)
 		{"{\"qformat\": \"fp8\", \"recipe\": \"general/ptq/fp8_default-kv_fp8\"}",
 		 CAL_API_ERR_INVALID_FIELD, "qformat", "not several"},
 	};
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		json_t *req = json_loads(cases[i].req, 0, NULL), *out = json_object();
-		struct cal_api_problem prob = {0};
-		enum cal_api_err ae = cal_jobspec_recipe(req, out, &prob);
-		cr_assert_eq(ae, cases[i].ae, "%s: %d %s", cases[i].req, ae,
-			     prob.message ? prob.message : "");
-		if (ae == CAL_API_OK) {
-			cr_assert_str_eq(json_string_value(json_object_get(out, "recipe")),
-					 cases[i].needle);
-			cr_assert_str_eq(json_string_value(json_object_get(out, "qformat")),
-					 cases[i].field);
-		} else {
-			cr_assert_str_eq(prob.field, cases[i].field);
-			cr_assert(strstr(prob.message, cases[i].needle), "%s: %s", cases[i].req,
-				  prob.message);
-		}
-		cal_api_problem_clear(&prob);
-		json_decref(req);
-		json_decref(out);
-	}
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		jobspec_recipe_case(cases[i].req, cases[i].ae, "qformat", cases[i].field,
+				    cases[i].needle);
+}
+
+/* "kv_cache_qformat": one of hf_ptq's --kv_cache_qformat names, recorded;
+ * anything else is invalid_field listing them. */
+Test(units, jobspec_kv_cache_qformat)
+{
+	const char *k = "kv_cache_qformat";
+	jobspec_recipe_case("{\"qformat\": \"nvfp4\", \"kv_cache_qformat\": \"nvfp4_affine\"}",
+			    CAL_API_OK, k, "nvfp4_affine", "general/ptq/nvfp4_default-kv_fp8_cast");
+	jobspec_recipe_case("{\"recipe\": \"general/ptq/fp8_default-kv_fp8\", "
+			    "\"kv_cache_qformat\": \"none\"}", CAL_API_OK, k, "none", NULL);
+	jobspec_recipe_case("{\"qformat\": \"nvfp4\", \"kv_cache_qformat\": \"nvfp4_rotated\"}",
+			    CAL_API_ERR_INVALID_FIELD, k, NULL, "nvfp4_rotate");
+	jobspec_recipe_case("{\"qformat\": \"nvfp4\", \"kv_cache_qformat\": 8}",
+			    CAL_API_ERR_INVALID_FIELD, k, NULL, "fp8_affine");
 }
 
 Test(units, state_write_keeps_previous_generation)

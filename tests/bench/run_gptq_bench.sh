@@ -26,7 +26,7 @@ f=/tmp/gq_fixture; rm -rf $f /tmp/gq_fx_cpu /tmp/gq_fx_cuda
 "$b/tests/fixtures/calibd-fixture" --arch qwen3_moe $f >/dev/null
 head -4 "$here/../parity/qwen3_moe_fused/tokens.jsonl" >$f.tokens.jsonl
 for dev in cpu $DEV; do
-	"$b/daemon/calibd" quantize --model $f --calib-tokens $f.tokens.jsonl --recipe "$R" \
+	"$b/cli/calibd" quantize --model $f --calib-tokens $f.tokens.jsonl --recipe "$R" \
 		--device $dev --out /tmp/gq_fx_$dev --quiet >/dev/null 2>"$out/fixture_$dev.err"
 done
 python3 - /tmp/gq_fx_$DEV/model.safetensors <<'PY' | tee "$out/fixture_cpu_cuda.txt"
@@ -44,7 +44,7 @@ PY
 # 1. the checkpoint and tokens
 [ "${GEN:-1}" = 0 ] || PYTHONUNBUFFERED=1 GEN_ONLY=1 python3 "$here/moe_baseline.py" >"$out/gen.json" \
 	2>"$out/gen.err" || tail -20 "$out/gen.err"
-q() { "$b/daemon/calibd" quantize --model "$D" --calib-tokens "$D.tokens.jsonl" --device $DEV --json "$@"; }
+q() { "$b/cli/calibd" quantize --model "$D" --calib-tokens "$D.tokens.jsonl" --device $DEV --json "$@"; }
 # 2. calibd: GPTQ, then max
 rm -rf /tmp/gq_gptq /tmp/gq_max
 q --recipe "$R" --out /tmp/gq_gptq >"$out/gptq.json" 2>"$out/gptq.err"; tail -3 "$out/gptq.err"

@@ -503,6 +503,50 @@ Test(smoothquant, bad_input_and_dead_channels)
 	cr_assert_eq(pq[2], cal_nf_f32_to_bf16(0.5f));
 }
 
+static uint16_t *hex_bf16(json_t *o, const char *key, uint64_t n);
+
+/* awq_full's clip step (docs/awq.md "awq_full") on modelopt's state after
+ * awq_lite (its folded weight w and pre_quant_scale pqs): the ratios, and
+ * calibd's awq_lite block amax (amax, in) must be modelopt's before the
+ * clip; amax becomes the clipped block amax, which awq_one compares with
+ * the fingerprint's (the exported weight amax). */
+static void awq_clip_diff(struct cal_backend *be, const char *path, json_t *clip,
+			  const struct lin *l, uint64_t batch, const uint16_t *pqs,
+			  const uint16_t *w, float *amax)
+{
+	struct cal_error err = {0};
+	uint64_t nb = l->rows * l->cols / 128, clipped = 0;
+	struct cal_awq_clip_opts co = {
+		(uint64_t)json_integer_value(json_object_get(clip, "max_tokens_per_batch")),
+		json_real_value(json_object_get(clip, "min_clip_ratio")),
+		json_real_value(json_object_get(clip, "shrink_step"))};
+	float ratios[CAL_AWQ_MAX_RATIOS], *wa_mo = malloc(nb * 4);
+	unsigned nr = cal_awq_clip_ratios(co.min_ratio, co.step, ratios), i = 0;
+	json_t *mr = json_object_get(clip, "ratios"), *v;
+	size_t k;
+	/* modelopt's ratios are dict keys: a repeated 1.0 appears once */
+	cr_assert(json_array_size(mr) == nr || (json_array_size(mr) + 1 == nr &&
+						ratios[nr - 2] == 1.0f), "%s: %u clip ratios, "
+		  "modelopt %zu", path, nr, json_array_size(mr));
+	json_array_foreach(mr, k, v)
+		cr_assert_eq(ratios[i++], (float)json_real_value(v), "%s: clip ratio %zu", path, k);
+	cr_assert_eq(unhex(json_string_value(json_object_get(clip, "w_amax_f32_hex")), wa_mo,
+			   nb * 4), 0);
+	uint64_t pre = 0;
+	for (uint64_t b = 0; b < nb; b++)
+		pre += amax[b] != wa_mo[b];
+	cr_assert_eq(cal_awq_clip_int4(be, w, l->rows, l->cols, l->x, l->tokens, batch, pqs, &co,
+				       amax, &err), CAL_OK, "%s", cal_error_msg(&err));
+	for (uint64_t b = 0; b < nb; b++)
+		clipped += amax[b] < wa_mo[b];
+	printf("awq_clip diff %s: %u ratios, %llu of %llu blocks clipped; block amax before "
+	       "the clip differing %llu\n", strrchr(path, '/') + 1, nr,
+	       (unsigned long long)clipped, (unsigned long long)nb, (unsigned long long)pre);
+	cr_assert_eq(pre, 0, "%s: the block amax before the clip differs", path);
+	cr_assert(clipped > 0, "%s: no block clipped: the test exercises nothing", path);
+	free(wa_mo);
+}
+
 static void awq_one(struct cal_backend *be, const char *path)
 {
 	struct lin l;
@@ -511,6 +555,7 @@ static void awq_one(struct cal_backend *be, const char *path)
 	double step = json_real_value(json_object_get(fp, "alpha_step"));
 	const char *wf = json_string_value(json_object_get(fp, "weight_format"));
 	int nvfp4 = wf && !strcmp(wf, "nvfp4"); /* nvfp4_awq: W4A4, global weight amax */
+	int w4a8 = wf && !strcmp(wf, "w4a8"); /* w4a8_awq: INT4 search, FP8 inputs */
 	uint64_t rows = l.rows, cols = l.cols, tokens = l.tokens;
 	uint64_t nb = rows * cols / (nvfp4 ? 16 : 128);
 	struct cal_error err = {0};
@@ -518,8 +563,11 @@ static void awq_one(struct cal_backend *be, const char *path)
 	float in_amax = 0.0f, in_mo = 0.0f;
 	struct cal_awq_out o = {malloc(cols * 2), malloc(rows * cols * 2), malloc(nb * 4), loss, 0, 0};
 	cr_assert_eq(cal_awq_lite(be, nvfp4 ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4, l.w, rows, cols,
-				  l.x, tokens, batch, step, &o, nvfp4 ? &in_amax : NULL, &err),
+				  l.x, tokens, batch, step, &o, nvfp4 || w4a8 ? &in_amax : NULL, &err),
 		     CAL_OK, "%s", cal_error_msg(&err));
+	if (w4a8) /* the FP8 stage's amax: the folded weight's max, below */
+		cr_assert_eq(unhex(json_string_value(json_object_get(fp, "input_amax_f32_hex")),
+				   &in_mo, 4), 0);
 	if (nvfp4) {
 		for (uint64_t b = 1; b < nb; b++)
 			o.w_amax[0] = o.w_amax[b] > o.w_amax[0] ? o.w_amax[b] : o.w_amax[0];
@@ -540,7 +588,23 @@ static void awq_one(struct cal_backend *be, const char *path)
 		i++;
 	}
 	struct fold_diff d = fold_compare(fp, rows, cols, nb, o.pre_quant_scale, o.w, o.w_amax);
+	json_t *clip = json_object_get(fp, "clip"); /* awq_full: then awq_clip */
+	if (clip) { /* from modelopt's state after awq_lite: the clip step alone */
+		uint16_t *pq_mo = hex_bf16(fp, "pre_quant_scale_bf16_hex", cols);
+		uint16_t *w_mo = hex_bf16(fp, "weight_bf16_hex", rows * cols);
+		awq_clip_diff(be, path, clip, &l, batch, pq_mo, w_mo, o.w_amax);
+		d.amax = fold_compare(fp, rows, cols, nb, o.pre_quant_scale, o.w, o.w_amax).amax;
+		free(pq_mo), free(w_mo);
+	}
 	uint64_t dp = d.pqs, dw = d.w, da = d.amax;
+	if (w4a8) {
+		float m = 0.0f, mo;
+		for (uint64_t k = 0; k < rows * cols; k++)
+			m = fmaxf(m, fabsf(cal_nf_bf16_to_f32(o.w[k])));
+		cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_amax2_f32_hex")),
+				   &mo, 4), 0);
+		da += m != mo;
+	}
 	float best_mo = (float)json_real_value(json_object_get(fp, "best_alpha"));
 	printf("awq_lite diff %s: alpha %g (modelopt %g), search losses within %.2e of modelopt's; "
 	       "pre_quant_scale differing %llu of %llu, folded weights %llu of %llu, %s amax "

@@ -237,7 +237,7 @@ Test(fwd_ops, router_ties_renorm_and_extra_slots)
 	float w[2 * 2];
 	for (int i = 0; i < 2 * E; i++)
 		l[i] = cal_f32_to_bf16(lg[i / E][i % E]);
-	struct cal_router_args a = {l, 2, E, 2, 3, 1, idx, w, CAL_ROUTER_MODE_SOFTMAX_TOPK};
+	struct cal_router_args a = {l, 2, E, 2, 3, 1, idx, w, CAL_ROUTER_MODE_SOFTMAX_TOPK, 0};
 	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
 	cr_expect_eq(idx[0], 1u);
 	cr_expect_eq(idx[1], 4u);
@@ -254,6 +254,17 @@ Test(fwd_ops, router_ties_renorm_and_extra_slots)
 	for (int i = 0; i < E; i++)
 		sum += exp(lg[1][i] - 3.0);
 	cr_expect(fabs(w[2] - 1.0 / sum) < 1e-6, "softmax prob %g", (double)w[2]);
+	/* transformers' Qwen/OLMoE routers: the renormalised weights in bf16 */
+	float f32w[2 * 2];
+	a.renorm = 1;
+	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
+	memcpy(f32w, w, sizeof(w));
+	a.bf16_weights = 1;
+	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
+	for (int i = 0; i < 2 * 2; i++)
+		cr_expect_eq(w[i], cal_bf16_to_f32(cal_f32_to_bf16(f32w[i])), "weight %d: %g", i,
+			     (double)w[i]);
+	cr_expect_neq(w[2], f32w[2], "the fp32 weight %g is not a bf16 value", (double)f32w[2]);
 }
 
 /* gpt_oss: each head's sink joins the softmax denominator (no value row) */
@@ -314,7 +325,7 @@ Test(fwd_ops, router_topk_then_softmax)
 	float w[2];
 	for (int i = 0; i < E; i++)
 		l[i] = cal_f32_to_bf16(lg[i]);
-	struct cal_router_args a = {l, 1, E, 2, 3, 0, idx, w, CAL_ROUTER_MODE_TOPK_SOFTMAX};
+	struct cal_router_args a = {l, 1, E, 2, 3, 0, idx, w, CAL_ROUTER_MODE_TOPK_SOFTMAX, 0};
 	cr_assert_eq(cal_op_router(be, &a, NULL), CAL_OK);
 	cr_expect(idx[0] == 1 && idx[1] == 3 && idx[2] == 4, "idx %u %u %u", idx[0], idx[1], idx[2]);
 	cr_expect_eq(w[0], 0.5f);
@@ -484,6 +495,67 @@ Test(fwd_ops, mla_kv_layout)
 			for (int c = 0; c < DV; c++)
 				cr_expect_eq(v[(t * NH + n) * DV + c], src[DN + c]);
 		}
+}
+
+/* The normalized Hadamard transform (docs/numerics.md "KV-cache rotation"):
+ * H_2 on (1, 3) is (4, -2) / sqrt(2); blocks of 4 are independent; twice
+ * is the identity up to rounding. */
+Test(fwd_ops, hadamard_blocks)
+{
+	uint16_t x[8];
+	float in[8] = {1, 3, 1, 2, 3, 4, 0.5f, -1};
+	for (int i = 0; i < 8; i++)
+		x[i] = cal_f32_to_bf16(in[i]);
+	struct cal_hadamard_args a = {x, 1, 2, 2};
+	cr_assert_eq(cal_op_hadamard(be, &a, NULL), CAL_OK);
+	float s = (float)(1.0 / sqrt(2.0));
+	cr_expect_eq(x[0], cal_f32_to_bf16(4.0f * s));
+	cr_expect_eq(x[1], cal_f32_to_bf16(-2.0f * s));
+	/* block 4 over a row of 8: (1, 2, 3, 4) -> (10, -2, -4, 0) / 2 */
+	for (int i = 0; i < 8; i++)
+		x[i] = cal_f32_to_bf16((float)(i % 4 + 1));
+	a = (struct cal_hadamard_args){x, 1, 8, 4};
+	cr_assert_eq(cal_op_hadamard(be, &a, NULL), CAL_OK);
+	static const float want[4] = {5, -1, -2, 0};
+	for (int i = 0; i < 8; i++)
+		cr_expect_eq(x[i], cal_f32_to_bf16(want[i % 4]), "%d", i);
+	cr_assert_eq(cal_op_hadamard(be, &a, NULL), CAL_OK);
+	for (int i = 0; i < 8; i++)
+		cr_expect_eq(x[i], cal_f32_to_bf16((float)(i % 4 + 1)), "%d", i);
+	struct cal_error err = {0};
+	a.block = 3;
+	cr_assert_eq(cal_op_hadamard(be, &a, &err), CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "block"));
+	cal_error_clear(&err);
+}
+
+/* The affine KV observer (docs/numerics.md "Affine KV cache") on two
+ * forwards of one column: m1 = 1, m2 = 3, bias 1 then bf16((1 + 3) / 2) = 2;
+ * amax = max(|x - 1| over forward 1, |x - 2| over forward 2). */
+Test(fwd_ops, kv_affine_running_mean)
+{
+	float xs[5] = {0, 2, 1, 6, 2}; /* forward 1: rows 0..2 (mean 1), 2: rows 3..4 (mean 4) */
+	uint16_t x[5], bias[1] = {0};
+	for (int i = 0; i < 5; i++)
+		x[i] = cal_f32_to_bf16(xs[i]);
+	uint32_t cu[3] = {0, 3, 5};
+	float amax = 0;
+	struct cal_nonfinite nf = {0, CAL_NONFINITE_NONE};
+	struct cal_kv_affine_args a = {x, 5, 1, cu, 2, 0, bias, 0, &amax, &nf};
+	cr_assert_eq(cal_op_kv_affine(be, &a, NULL), CAL_OK);
+	/* bias: 1, then (1 * 1 + 4) / 2 = 2.5; amax: |0 - 1|, |6 - 2.5| = 3.5 */
+	cr_expect_eq(cal_bf16_to_f32(bias[0]), 2.5f);
+	cr_expect_eq(amax, 3.5f);
+	cr_expect_eq(nf.count, 0);
+	/* a third forward continues the average: n0 = 2, mean 8.5 -> (2.5 * 2 + 8.5) / 3 = 4.5 */
+	float x3[2] = {8, 9};
+	for (int i = 0; i < 2; i++)
+		x[i] = cal_f32_to_bf16(x3[i]);
+	uint32_t cu3[2] = {0, 2};
+	a = (struct cal_kv_affine_args){x, 2, 1, cu3, 1, 2, bias, 0, &amax, &nf};
+	cr_assert_eq(cal_op_kv_affine(be, &a, NULL), CAL_OK);
+	cr_expect_eq(cal_bf16_to_f32(bias[0]), 4.5f);
+	cr_expect_eq(amax, 4.5f); /* |9 - 4.5| */
 }
 
 Test(fwd_ops, router_group_masks_groups_and_scales)

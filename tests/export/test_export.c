@@ -22,6 +22,7 @@
 #include "common/fp.h"
 #include "common/util.h"
 #include "engine/export/export.h"
+#include "engine/export/stats.h"
 #include "engine/job.h"
 #include "engine/st/st_writer.h"
 #include "fixture.h"
@@ -883,4 +884,40 @@ Test(verify, catches_violations)
 	cr_assert(strstr(cal_error_msg(&err), "experts.5.down_proj.input_scale"), "%s",
 		  cal_error_msg(&err));
 	job_done(&j, &err, root, src, dst);
+}
+
+/* An affine KV quantizer's bias goes through the stats JSON and back
+ * (docs/export.md); a bias that is not bf16 values is refused naming it. */
+Test(stats, kv_bias_round_trip)
+{
+	struct cal_stats *s = NULL, *t = NULL;
+	struct cal_error err = {0};
+	const char *q = "model.layers.0.self_attn.k_bmm_quantizer";
+	uint16_t b[4] = {0x3f80, 0xbf00, 0x0000, 0x3c23};
+	uint64_t n = 0;
+	cr_assert_eq(cal_stats_init(&s, &err), CAL_OK);
+	cr_assert_eq(cal_stats_set_bias(s, q, b, 4, &err), CAL_ERR_INVALID); /* no amax yet */
+	cal_error_clear(&err);
+	cr_assert_eq(cal_stats_set(s, q, 2.5f, &err), CAL_OK);
+	cr_assert_eq(cal_stats_set_bias(s, q, b, 4, &err), CAL_OK);
+	char *text = cal_stats_json(s);
+	char path[] = "/tmp/calibd-stats-XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0 && text);
+	cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	cr_assert_eq(cal_stats_load(path, &t, &err), CAL_OK, "%s", cal_error_msg(&err));
+	const uint16_t *got = cal_stats_bias(t, q, &n);
+	cr_assert(got && n == 4 && !memcmp(got, b, sizeof(b)));
+	cal_stats_free(t);
+	FILE *f = fopen(path, "w");
+	fprintf(f, "{\"quantizers\": {\"%s\": {\"amax\": 1.0, \"bias\": [1.0, 0.1]}}}", q);
+	fclose(f);
+	cr_assert_eq(cal_stats_load(path, &t, &err), CAL_ERR_FORMAT);
+	cr_assert(strstr(cal_error_msg(&err), "bias of model.layers.0.self_attn.k_bmm_quantizer[1]"),
+		  "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	unlink(path);
+	free(text);
+	cal_stats_free(s);
 }

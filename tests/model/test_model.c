@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "engine/model/model.h"
 
 static struct cal_model_desc *parse_ok(const char *json)
@@ -40,8 +41,29 @@ static void parse_fails(const char *json, enum cal_status code, const char *need
 #define NEXT_KEYS MOE_KEYS ",\"shared_expert_intermediate_size\":512"
 #define DS_KEYS "\"n_routed_experts\":256,\"num_experts_per_tok\":8,\"moe_intermediate_size\":2048"
 
-#define NEAR(a, b) cr_assert(fabs((a) - (b)) < 1e-9 * fmax(1.0, fabs(b)), "%g != %g", \
-			     (double)(a), (double)(b))
+/* A numeric member of the parsed description d and the value it must
+ * have: W(rope.theta, 1e6).  One rule compares both kinds: a relative
+ * difference below 1e-9, which leaves integers (all below 10^9 here) no
+ * room, so they compare exactly. */
+struct want {
+	const char *field;
+	double got, want;
+};
+#define W(f, v) {#f, (double)(d->f), (double)(v)}
+
+static void check_wants(const struct want *w, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		cr_assert(fabs(w[i].got - w[i].want) < 1e-9 * fmax(1.0, fabs(w[i].want)),
+			  "%s = %.17g, want %.17g", w[i].field, w[i].got, w[i].want);
+}
+
+/* Checks each W(...) of the list against d. */
+#define CHECK(...)                                           \
+	do {                                                 \
+		const struct want w_[] = {__VA_ARGS__};      \
+		check_wants(w_, CAL_ARRAY_LEN(w_));          \
+	} while (0)
 
 Test(model, qwen3_moe_hub_config)
 {
@@ -54,25 +76,14 @@ Test(model, qwen3_moe_hub_config)
 		"\"rope_theta\":1000000.0,\"rope_scaling\":null,\"torch_dtype\":\"bfloat16\","
 		"\"sliding_window\":null,\"use_sliding_window\":false,\"mlp_only_layers\":[],"
 		"\"decoder_sparse_step\":1}");
-	cr_assert_eq(d->arch->id, CAL_ARCH_QWEN3_MOE);
 	cr_assert_str_eq(d->architecture, "Qwen3MoeForCausalLM");
 	cr_assert_str_eq(d->dtype, "bfloat16");
-	cr_assert_eq(d->head_dim, 128);
-	cr_assert_eq(d->vocab_size, 151936); /* class default */
-	cr_assert_eq(d->num_experts, 128);
-	cr_assert_eq(d->top_k, 8);
-	cr_assert_eq(d->norm_topk_prob, 1);
-	cr_assert_eq(d->n_moe_layers, 48);
-	cr_assert_eq(d->qk_norm, CAL_QK_NORM_HEAD);
-	cr_assert_eq(d->norm, CAL_NORM_RMS);
-	NEAR(d->rms_norm_eps, 1e-6);
-	cr_assert_eq(d->rope.type, CAL_ROPE_DEFAULT);
-	NEAR(d->rope.theta, 1e6);
-	cr_assert_eq(d->rope.rotary_dim, 128);
-	NEAR(d->attn_scaling, 1.0 / sqrt(128.0));
-	cr_assert_eq(d->qkv_bias, 0);
-	cr_assert_eq(d->sliding_window, 0);
-	cr_assert_eq(d->n_sliding_layers, 0);
+	CHECK(W(arch->id, CAL_ARCH_QWEN3_MOE), W(head_dim, 128),
+	      W(vocab_size, 151936) /* class default */, W(num_experts, 128), W(top_k, 8),
+	      W(norm_topk_prob, 1), W(n_moe_layers, 48), W(qk_norm, CAL_QK_NORM_HEAD),
+	      W(norm, CAL_NORM_RMS), W(rms_norm_eps, 1e-6), W(rope.type, CAL_ROPE_DEFAULT),
+	      W(rope.theta, 1e6), W(rope.rotary_dim, 128), W(attn_scaling, 1.0 / sqrt(128.0)),
+	      W(qkv_bias, 0), W(sliding_window, 0), W(n_sliding_layers, 0));
 	cal_model_desc_free(d);
 }
 
@@ -87,9 +98,8 @@ Test(model, qwen3_moe_sparse_step_and_mlp_only)
 				      CAL_FFN_DENSE, CAL_FFN_DENSE, CAL_FFN_MOE};
 	for (int L = 0; L < 6; L++)
 		cr_assert_eq(d->layers[L].ffn, want[L], "layer %d", L);
-	cr_assert_eq(d->n_moe_layers, 2);
-	cr_assert_eq(d->head_dim, 16); /* no head_dim key: H / nh */
-	cr_assert_eq(d->norm_topk_prob, 0); /* class default false */
+	CHECK(W(n_moe_layers, 2), W(head_dim, 16) /* no head_dim key: H / nh */,
+	      W(norm_topk_prob, 0) /* class default false */);
 	cal_model_desc_free(d);
 	parse_fails("{\"model_type\":\"qwen3_moe\",\"num_hidden_layers\":4,\"mlp_only_layers\":[4],"
 		    MOE_KEYS "}",
@@ -102,12 +112,9 @@ Test(model, qwen2_moe_defaults)
 		"{\"model_type\":\"qwen2_moe\",\"hidden_size\":2048,\"num_attention_heads\":16,"
 		"\"num_key_value_heads\":16,\"num_experts\":60,\"num_experts_per_tok\":4,"
 		"\"moe_intermediate_size\":1408,\"shared_expert_intermediate_size\":5632}");
-	cr_assert_eq(d->qkv_bias, 1); /* qkv_bias absent -> true */
-	cr_assert_eq(d->o_bias, 0);
-	cr_assert_eq(d->shared, CAL_SHARED_GATED);
-	cr_assert_eq(d->shared_intermediate_size, 5632);
-	cr_assert_eq(d->moe_intermediate_size, 1408);
-	cr_assert_eq(d->norm_topk_prob, 0);
+	CHECK(W(qkv_bias, 1) /* qkv_bias absent -> true */, W(o_bias, 0),
+	      W(shared, CAL_SHARED_GATED), W(shared_intermediate_size, 5632),
+	      W(moe_intermediate_size, 1408), W(norm_topk_prob, 0));
 	cal_model_desc_free(d);
 }
 
@@ -116,12 +123,9 @@ Test(model, mixtral_defaults)
 	struct cal_model_desc *d = parse_ok(
 		"{\"model_type\":\"mixtral\",\"hidden_size\":4096,\"intermediate_size\":14336,"
 		"\"num_local_experts\":8,\"num_experts_per_tok\":2,\"sliding_window\":null}");
-	NEAR(d->rope.theta, 1e6);
-	cr_assert_eq(d->num_experts, 8);
-	cr_assert_eq(d->moe_intermediate_size, 14336);
-	cr_assert_eq(d->norm_topk_prob, 1); /* always renormalised */
-	NEAR(d->rms_norm_eps, 1e-5);
-	cr_assert_eq(d->n_sliding_layers, 0);
+	CHECK(W(rope.theta, 1e6), W(num_experts, 8), W(moe_intermediate_size, 14336),
+	      W(norm_topk_prob, 1) /* always renormalised */, W(rms_norm_eps, 1e-5),
+	      W(n_sliding_layers, 0));
 	cr_assert_str_eq(d->arch->moe_block, "block_sparse_moe");
 	cr_assert_str_eq(d->arch->expert_proj[0], "w1");
 	cr_assert_str_eq(d->arch->expert_proj[1], "w3");
@@ -130,8 +134,7 @@ Test(model, mixtral_defaults)
 	/* a sliding_window makes every layer sliding */
 	d = parse_ok("{\"model_type\":\"mixtral\",\"num_hidden_layers\":2,\"sliding_window\":4096,"
 		     "\"num_local_experts\":8,\"num_experts_per_tok\":2,\"intermediate_size\":64}");
-	cr_assert_eq(d->n_sliding_layers, 2);
-	cr_assert_eq(d->sliding_window, 4096);
+	CHECK(W(n_sliding_layers, 2), W(sliding_window, 4096));
 	cal_model_desc_free(d);
 }
 
@@ -141,11 +144,8 @@ Test(model, olmoe_kv_heads_default_and_full_qk_norm)
 		"{\"model_type\":\"olmoe\",\"hidden_size\":2048,\"num_attention_heads\":16,"
 		"\"num_key_value_heads\":null,\"intermediate_size\":1024,\"clip_qkv\":8.0,"
 		"\"num_experts\":64,\"num_experts_per_tok\":8}");
-	cr_assert_eq(d->num_kv_heads, 16);
-	cr_assert_eq(d->qk_norm, CAL_QK_NORM_FULL);
-	cr_assert_eq(d->moe_intermediate_size, 1024);
-	NEAR(d->clip_qkv, 8.0);
-	cr_assert_eq(d->num_experts, 64);
+	CHECK(W(num_kv_heads, 16), W(qk_norm, CAL_QK_NORM_FULL), W(moe_intermediate_size, 1024),
+	      W(clip_qkv, 8.0), W(num_experts, 64));
 	cal_model_desc_free(d);
 }
 
@@ -158,24 +158,19 @@ Test(model, qwen3_next_hybrid_and_both_rope_forms)
 		"{\"model_type\":\"qwen3_next\",\"num_hidden_layers\":8,\"hidden_size\":2048,"
 		"\"head_dim\":256,\"rope_parameters\":{\"rope_type\":\"default\","
 		"\"rope_theta\":10000000,\"partial_rotary_factor\":0.25}," NEXT_KEYS "}";
-	struct cal_model_desc *a = parse_ok(legacy), *b = parse_ok(v5);
-	cr_assert(!memcmp(&a->rope, &b->rope, sizeof(a->rope)), "legacy and v5 RoPE differ");
-	cr_assert_eq(a->rope.rotary_dim, 64);
-	NEAR(a->rope.theta, 1e7);
+	struct cal_model_desc *d = parse_ok(legacy), *b = parse_ok(v5);
+	cr_assert(!memcmp(&d->rope, &b->rope, sizeof(d->rope)), "legacy and v5 RoPE differ");
 	for (int L = 0; L < 8; L++)
-		cr_assert_eq(a->layers[L].mixer, (L + 1) % 4 ? CAL_MIXER_LINEAR : CAL_MIXER_FULL);
-	cr_assert_eq(a->n_linear_layers, 6);
-	cr_assert_eq(a->norm, CAL_NORM_RMS_1P);
-	cr_assert_eq(a->attn, CAL_ATTN_GATED_GQA);
-	cr_assert_eq(a->gdn, CAL_GDN_FUSED);
-	cr_assert_eq(a->linear_num_value_heads, 32);
-	cr_assert_eq(a->norm_topk_prob, 1);
-	cal_model_desc_free(a);
+		cr_assert_eq(d->layers[L].mixer, (L + 1) % 4 ? CAL_MIXER_LINEAR : CAL_MIXER_FULL);
+	CHECK(W(rope.rotary_dim, 64), W(rope.theta, 1e7), W(n_linear_layers, 6),
+	      W(norm, CAL_NORM_RMS_1P), W(attn, CAL_ATTN_GATED_GQA), W(gdn, CAL_GDN_FUSED),
+	      W(linear_num_value_heads, 32), W(norm_topk_prob, 1));
+	cal_model_desc_free(d);
 	cal_model_desc_free(b);
 	/* partial_rotary_factor default 0.25 when absent */
-	a = parse_ok("{\"model_type\":\"qwen3_next\",\"num_hidden_layers\":4," NEXT_KEYS "}");
-	cr_assert_eq(a->rope.rotary_dim, 64);
-	cal_model_desc_free(a);
+	d = parse_ok("{\"model_type\":\"qwen3_next\",\"num_hidden_layers\":4," NEXT_KEYS "}");
+	cr_assert_eq(d->rope.rotary_dim, 64);
+	cal_model_desc_free(d);
 }
 
 Test(model, qwen3_5_moe_vlm_nesting)
@@ -191,19 +186,12 @@ Test(model, qwen3_5_moe_vlm_nesting)
 		"\"full_attention\"],\"rope_parameters\":{\"rope_type\":\"default\","
 		"\"rope_theta\":10000000,\"partial_rotary_factor\":0.25,\"mrope_interleaved\":true,"
 		"\"mrope_section\":[11,11,10]}},\"vision_config\":{\"depth\":27}}");
-	cr_assert_eq(d->arch->id, CAL_ARCH_QWEN3_5_MOE);
-	cr_assert(d->is_vlm);
+	CHECK(W(arch->id, CAL_ARCH_QWEN3_5_MOE), W(is_vlm, 1),
+	      W(tie_word_embeddings, 0) /* top level wins */, W(hidden_size, 2048),
+	      W(num_layers, 4), W(n_full_layers, 1), W(n_linear_layers, 3), W(num_experts, 256),
+	      W(norm_topk_prob, 1), W(gdn, CAL_GDN_SPLIT), W(rope.has_mrope, 1),
+	      W(rope.mrope_interleaved, 1), W(rope.mrope_section[2], 10));
 	cr_assert_str_eq(d->prefix, "model.language_model.");
-	cr_assert_eq(d->tie_word_embeddings, 0); /* top level wins */
-	cr_assert_eq(d->hidden_size, 2048);
-	cr_assert_eq(d->num_layers, 4);
-	cr_assert_eq(d->n_full_layers, 1);
-	cr_assert_eq(d->n_linear_layers, 3);
-	cr_assert_eq(d->num_experts, 256);
-	cr_assert_eq(d->norm_topk_prob, 1);
-	cr_assert_eq(d->gdn, CAL_GDN_SPLIT);
-	cr_assert(d->rope.has_mrope && d->rope.mrope_interleaved);
-	cr_assert_eq(d->rope.mrope_section[2], 10);
 	cr_assert_str_eq(d->dtype, "bfloat16");
 	cal_model_desc_free(d);
 	parse_fails("{\"model_type\":\"qwen3_5_moe\",\"text_config\":{\"model_type\":\"llama\"}}",
@@ -219,24 +207,14 @@ Test(model, deepseek_v3_mla_yarn)
 		"\"mscale\":1.0,\"mscale_all_dim\":1.0},\"quantization_config\":{"
 		"\"quant_method\":\"fp8\",\"fmt\":\"e4m3\",\"weight_block_size\":[128,128],"
 		"\"activation_scheme\":\"dynamic\"}}");
-	cr_assert_eq(d->attn, CAL_ATTN_MLA);
-	cr_assert_eq(d->q_lora_rank, 1536);
-	cr_assert_eq(d->num_layers, 61);
-	cr_assert_eq(d->n_dense_layers, 3);
-	cr_assert_eq(d->layers[2].ffn, CAL_FFN_DENSE);
-	cr_assert_eq(d->layers[3].ffn, CAL_FFN_MOE);
-	cr_assert_eq(d->rope.type, CAL_ROPE_YARN);
-	cr_assert_eq(d->rope.rotary_dim, 64);
-	cr_assert(d->rope.interleave);
-	NEAR(d->rope.attention_factor, 1.0);
 	double m = 0.1 * log(40.0) + 1.0;
-	NEAR(d->attn_scaling, m * m / sqrt(192.0));
-	cr_assert_eq(d->shared, CAL_SHARED_UNGATED);
-	cr_assert_eq(d->shared_intermediate_size, 2048);
-	NEAR(d->routed_scaling_factor, 2.5);
-	cr_assert_eq(d->n_group, 8);
-	cr_assert_eq(d->src_quant, CAL_SRC_QUANT_FP8_BLOCK);
-	cr_assert_eq(d->quant_block[1], 128);
+	CHECK(W(attn, CAL_ATTN_MLA), W(q_lora_rank, 1536), W(num_layers, 61),
+	      W(n_dense_layers, 3), W(layers[2].ffn, CAL_FFN_DENSE), W(layers[3].ffn, CAL_FFN_MOE),
+	      W(rope.type, CAL_ROPE_YARN), W(rope.rotary_dim, 64), W(rope.interleave, 1),
+	      W(rope.attention_factor, 1.0), W(attn_scaling, m * m / sqrt(192.0)),
+	      W(shared, CAL_SHARED_UNGATED), W(shared_intermediate_size, 2048),
+	      W(routed_scaling_factor, 2.5), W(n_group, 8), W(src_quant, CAL_SRC_QUANT_FP8_BLOCK),
+	      W(quant_block[1], 128));
 	cal_model_desc_free(d);
 	/* q_lora_rank: null means a plain q_proj */
 	d = parse_ok("{\"model_type\":\"deepseek_v3\",\"q_lora_rank\":null,\"num_hidden_layers\":4,"
@@ -255,20 +233,13 @@ Test(model, gpt_oss_defaults)
 		"\"original_max_position_embeddings\":4096},\"quantization_config\":{"
 		"\"quant_method\":\"mxfp4\",\"modules_to_not_convert\":[\"model.layers.*.self_attn\","
 		"\"lm_head\"]}}");
-	NEAR(d->rope.theta, 150000.0);
-	NEAR(d->rope.attention_factor, 0.1 * log(32.0) + 1.0);
-	cr_assert_eq(d->rope.truncate, 0);
-	cr_assert_eq(d->top_k, 4);
-	cr_assert_eq(d->sliding_window, 128);
 	for (int L = 0; L < 4; L++)
 		cr_assert_eq(d->layers[L].mixer, L % 2 ? CAL_MIXER_FULL : CAL_MIXER_SLIDING);
-	cr_assert(d->qkv_bias && d->o_bias && d->has_sinks);
-	cr_assert_eq(d->norm, CAL_NORM_RMS_F32W);
-	cr_assert_eq(d->router, CAL_ROUTER_TOPK_SOFTMAX);
-	cr_assert_eq(d->act, CAL_ACT_SWIGLU_OAI);
-	NEAR(d->swiglu_limit, 7.0);
-	cr_assert_eq(d->src_quant, CAL_SRC_QUANT_MXFP4);
-	cr_assert_eq(d->n_not_convert, 2);
+	CHECK(W(rope.theta, 150000.0), W(rope.attention_factor, 0.1 * log(32.0) + 1.0),
+	      W(rope.truncate, 0), W(top_k, 4), W(sliding_window, 128), W(qkv_bias, 1),
+	      W(o_bias, 1), W(has_sinks, 1), W(norm, CAL_NORM_RMS_F32W),
+	      W(router, CAL_ROUTER_TOPK_SOFTMAX), W(act, CAL_ACT_SWIGLU_OAI), W(swiglu_limit, 7.0),
+	      W(src_quant, CAL_SRC_QUANT_MXFP4), W(n_not_convert, 2));
 	cr_assert_str_eq(d->not_convert[1], "lm_head");
 	cal_model_desc_free(d);
 }
@@ -281,25 +252,18 @@ Test(model, dense_models)
 		"\"rope_theta\":500000.0,\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":32.0,"
 		"\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"
 		"\"original_max_position_embeddings\":8192}}");
-	cr_assert_eq(d->num_experts, 0);
-	cr_assert_eq(d->n_dense_layers, 16);
-	cr_assert_eq(d->rope.type, CAL_ROPE_LLAMA3);
-	NEAR(d->rope.high_freq_factor, 4.0);
-	cr_assert_eq(d->rope.original_max_pos, 8192);
-	cr_assert(d->tie_word_embeddings);
-	cr_assert_eq(d->router, CAL_ROUTER_NONE);
+	CHECK(W(num_experts, 0), W(n_dense_layers, 16), W(rope.type, CAL_ROPE_LLAMA3),
+	      W(rope.high_freq_factor, 4.0), W(rope.original_max_pos, 8192),
+	      W(tie_word_embeddings, 1), W(router, CAL_ROUTER_NONE));
 	cal_model_desc_free(d);
 	d = parse_ok("{\"model_type\":\"qwen2\",\"num_hidden_layers\":4,\"use_sliding_window\":true,"
 		     "\"sliding_window\":4096,\"max_window_layers\":2}");
-	cr_assert(d->qkv_bias && !d->o_bias);
-	cr_assert_eq(d->layers[1].mixer, CAL_MIXER_FULL);
-	cr_assert_eq(d->layers[2].mixer, CAL_MIXER_SLIDING);
+	CHECK(W(qkv_bias, 1), W(o_bias, 0), W(layers[1].mixer, CAL_MIXER_FULL),
+	      W(layers[2].mixer, CAL_MIXER_SLIDING));
 	cal_model_desc_free(d);
 	d = parse_ok("{\"model_type\":\"qwen3\",\"dtype\":\"bfloat16\","
 		     "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":1000000}}");
-	cr_assert_eq(d->head_dim, 128);
-	NEAR(d->rope.theta, 1e6);
-	cr_assert_eq(d->qk_norm, CAL_QK_NORM_HEAD);
+	CHECK(W(head_dim, 128), W(rope.theta, 1e6), W(qk_norm, CAL_QK_NORM_HEAD));
 	cal_model_desc_free(d);
 }
 

@@ -15,7 +15,18 @@ patch_modelopt_cpu, and fp32 sqrt made correctly rounded as on a GPU,
 patch_ieee_sqrt); the weight amax is then the per-tensor one and the
 fingerprint adds the input quantizer's amax after the fold.
 
-    python awq_fingerprint.py [--nvfp4] --out tests/modelopt/awq/<name>.json
+With --w4a8 it runs w4a8_awq's quantizers (W4A8_AWQ_BETA_CFG: the
+sequential [INT4 blocks, FP8 per tensor] weight quantizer, FP8 inputs); the
+search is the INT4 one, and the fingerprint adds the input amax after the
+fold and the FP8 stage's amax.
+
+With --full it runs `awq_full` (INT4 only): awq_lite, then modelopt's
+awq_clip (docs/awq.md "awq_full"); the fingerprint adds the clip ratios,
+each ratio's per-block loss, the block amax before the clip and the
+clipped block amax (the weight quantizer's amax, the exported one).
+
+    python awq_fingerprint.py [--nvfp4 | --full [--min-clip-ratio R]
+        [--shrink-step S] [--max-tokens N]] --out tests/modelopt/awq/<name>.json
 """
 import os
 import sys
@@ -29,6 +40,11 @@ def main():
     ap = common_args()
     ap.add_argument("--alpha-step", type=float, default=0.1)
     ap.add_argument("--nvfp4", action="store_true", help="nvfp4_awq's W4A4 NVFP4 quantizers")
+    ap.add_argument("--full", action="store_true", help="awq_full: awq_lite then awq_clip")
+    ap.add_argument("--w4a8", action="store_true", help="w4a8_awq's INT4-then-FP8 quantizers")
+    ap.add_argument("--min-clip-ratio", type=float, default=0.5)
+    ap.add_argument("--shrink-step", type=float, default=0.05)
+    ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens_per_batch")
     args = ap.parse_args()
 
     import torch
@@ -55,8 +71,18 @@ def main():
         wcfg = {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "dynamic",
                                                    "scale_bits": (4, 3)}, "enable": True}
         quant.append({"quantizer_name": "*input_quantizer", "cfg": dict(wcfg)})
+    if args.w4a8:
+        fp8 = {"num_bits": (4, 3), "enable": True}
+        wcfg = [wcfg, dict(fp8)]
+        quant.append({"quantizer_name": "*input_quantizer", "cfg": dict(fp8)})
     quant.append({"quantizer_name": "*weight_quantizer", "cfg": wcfg})
-    cfg = {"quant_cfg": quant, "algorithm": {"method": "awq_lite", "alpha_step": args.alpha_step}}
+    algo = {"method": "awq_lite", "alpha_step": args.alpha_step}
+    if args.full:
+        assert not args.nvfp4, "--full runs INT4 only (calibd refuses NVFP4 awq_full)"
+        algo = {"method": "awq_full", "alpha_step": args.alpha_step, "debug": True,
+                "min_clip_ratio": args.min_clip_ratio, "shrink_step": args.shrink_step,
+                "max_tokens_per_batch": args.max_tokens}
+    cfg = {"quant_cfg": quant, "algorithm": algo}
     mtq.quantize(model, cfg, forward_loop=loop)
     lin = model[0]
 
@@ -68,16 +94,28 @@ def main():
         "generator": {"rows": args.rows, "cols": args.cols, "tokens": args.tokens,
                       "batch": args.batch, "seed": args.seed, "dead_col": DEAD},
         "alpha_step": args.alpha_step,
-        "weight_format": "nvfp4" if args.nvfp4 else "int4",
+        "weight_format": "nvfp4" if args.nvfp4 else "w4a8" if args.w4a8 else "int4",
         "w_orig_sha256": sha_bf16(torch, w),
         "loss": seen["loss"],
         "best_alpha": seen["best_alpha"],
         "pre_quant_scale_bf16_hex": bf16hex(lin.input_quantizer.pre_quant_scale),
         "weight_bf16_hex": bf16hex(lin.weight),
-        "weight_amax_f32_hex": lin.weight_quantizer.amax.detach().float().reshape(-1).numpy().astype("<f4").tobytes().hex(),
     }
-    if args.nvfp4:
+    wq = lin.weight_quantizer[0] if args.w4a8 else lin.weight_quantizer
+    fp["weight_amax_f32_hex"] = wq.amax.detach().float().reshape(-1).numpy().astype("<f4").tobytes().hex()
+    if args.nvfp4 or args.w4a8:
         fp["input_amax_f32_hex"] = lin.input_quantizer.amax.detach().float().reshape(-1).numpy().astype("<f4").tobytes().hex()
+    if args.w4a8:  # the FP8 stage's amax
+        fp["weight_amax2_f32_hex"] = lin.weight_quantizer[1].amax.detach().float().reshape(-1).numpy().astype("<f4").tobytes().hex()
+    if args.full:
+        def f32hex(t):
+            return t.detach().float().contiguous().reshape(-1).numpy().astype("<f4").tobytes().hex()
+        clip = lin.awq_clip
+        fp["clip"] = {"min_clip_ratio": args.min_clip_ratio, "shrink_step": args.shrink_step,
+                      "max_tokens_per_batch": args.max_tokens, "num_tokens": int(clip.num_tokens),
+                      "ratios": [float(k) for k in clip.loss],
+                      "loss_f32_hex": [f32hex(v) for v in clip.loss.values()],
+                      "w_amax_f32_hex": f32hex(clip.w_amax)}
     write_fingerprint(args.out, fp, f"modelopt awq_lite: best alpha {fp['best_alpha']}")
 
 

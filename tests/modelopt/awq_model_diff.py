@@ -33,6 +33,18 @@ exported input_scale and weight_scale_2 are compared byte for byte, and
 hf_quant_config.json's / config.json's quantization sections (producer
 and KV-cache keys aside: modelopt's preset has no KV quantizer) for
 equality.
+With `--qformat w4a8_awq` both run hf_ptq's w4a8_awq (modelopt's
+W4A8_AWQ_BETA_CFG: INT4 blocks then an FP8 per-tensor stage, FP8 inputs;
+calibd's `--qformat w4a8_awq`); the codes and weight_scale are measured as
+int4_awq's (the export's weight_scale is not divided by the FP8 stage's
+weight_scale_2), and input_scale / weight_scale_2 are compared.
+
+With `--algorithm awq_full` (int4_awq only) both run modelopt's awq_full
+instead of awq_lite (awq_lite, then awq_clip's per-block clip search;
+docs/awq.md "awq_full"): modelopt's int4_awq preset with `algorithm:
+{method: awq_full, alpha_step: 0.1}` (awq_clip's defaults), calibd's
+general/ptq/int4_awq_full-kv_fp8_cast; the summary adds the exported
+weight_scale tensors equal (the clipped block amax / 7).
 Writes the result to --out; exits
 1 when calibd's mean MSE is worse than modelopt's by more than --tolerance.
 
@@ -49,7 +61,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gptq_model_diff import (dequant, diff_args, load_model, load_st,  # noqa: E402
-                             patch_ieee_sqrt, patch_modelopt_cpu, run, write_summary)
+                             patch_ieee_sqrt, patch_modelopt_cpu, print_spread, run,
+                             write_summary)
+from model_diff_common import count_codes  # noqa: E402
 
 AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -70,18 +84,29 @@ def linear_inputs(torch, model, tokens):
     return {k: torch.cat(v) for k, v in xs.items()}
 
 
-def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat):
+def load_outputs(torch, transformers, fx, tokens, dirs):
+    """The source model's linear inputs and state dict, then the exported
+    tensors of each output folder in dirs (modelopt, calibd, round to
+    nearest, modelopt with eager attention or None)."""
+    model = load_model(torch, transformers, fx)
+    xs = linear_inputs(torch, model, tokens)
+    return (xs, model.state_dict()) + tuple(load_st(torch, d) if d else None for d in dirs)
+
+
+def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algorithm="awq_lite",
+                 attn=None):
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
     from modelopt.torch.quantization import model_calib
     torch.manual_seed(1234)
-    model = load_model(torch, transformers, model_dir)
-    alphas = {}
+    model = load_model(torch, transformers, model_dir, attn)
+    alphas, losses = {}, {}
     orig = model_calib.apply_pre_quant_scale_and_smooth
     names = {id(m): n for n, m in model.named_modules()}
 
     def capture(linear, pre_quant_scale=None):
         alphas[names.get(id(linear), "?")] = float(linear.awq_lite.best_alpha)
+        losses[names.get(id(linear), "?")] = {a: float(v) for a, v in linear.awq_lite.loss.items()}
         return orig(linear, pre_quant_scale)
 
     model_calib.apply_pre_quant_scale_and_smooth = capture
@@ -90,6 +115,10 @@ def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat):
         patch_modelopt_cpu(torch)
         patch_ieee_sqrt(torch)
         cfg = mtq.NVFP4_AWQ_LITE_CFG
+    if qformat == "w4a8_awq":
+        cfg = mtq.W4A8_AWQ_BETA_CFG
+    if algorithm == "awq_full":
+        cfg = dict(cfg, algorithm={"method": "awq_full", "alpha_step": 0.1})
 
     def loop(m):
         with torch.no_grad():
@@ -98,7 +127,22 @@ def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat):
     model = mtq.quantize(model, cfg, forward_loop=loop)
     model_calib.apply_pre_quant_scale_and_smooth = orig
     export_hf_checkpoint(model, export_dir=out_dir)
-    return alphas
+    return alphas, losses
+
+
+def loss_margins(loss, best, other):
+    """modelopt's search losses around its choice, relative to its least loss:
+    the runner-up's (how close the search was) and, where calibd chose
+    another alpha, that alpha's."""
+    if not loss or best is None:
+        return {}
+    lb = loss[best]
+    out = {"modelopt_loss_margin": min(
+        (v - lb) / lb for a, v in loss.items() if a != best) if lb > 0 else None}
+    if other is not None and other != best:
+        a = min(loss, key=lambda k: abs(k - other))
+        out["modelopt_loss_at_calibd_alpha"] = (loss[a] - lb) / lb if lb > 0 else None
+    return out
 
 
 def dequant_int4(torch, st, name):
@@ -117,9 +161,12 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq"))
+    ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq", "w4a8_awq"))
     ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
+    ap.add_argument("--algorithm", default="awq_lite", choices=("awq_lite", "awq_full"))
     args = ap.parse_args()
+    if args.algorithm == "awq_full" and args.qformat != "int4_awq":
+        ap.error("--algorithm awq_full runs with --qformat int4_awq only")
 
     import torch
     import transformers
@@ -138,31 +185,44 @@ def main():
                 f.write(json.dumps({"input_ids": row}) + "\n")
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         nv = args.qformat == "nvfp4_awq"
-        m_alpha = run_modelopt(torch, transformers, fx, tokens, mo, args.qformat)
+        w8 = args.qformat == "w4a8_awq"
+        m_alpha, m_loss = run_modelopt(torch, transformers, fx, tokens, mo, args.qformat,
+                                       args.algorithm)
+        me = os.path.join(tmp, "modelopt_eager")
+        e_alpha = {}
+        if args.spread:
+            e_alpha, _ = run_modelopt(torch, transformers, fx, tokens, me, args.qformat,
+                                      args.algorithm, "eager")
         base = [args.calibd, "quantize", "--model", fx, "--calib-tokens", tok, "--device",
                 "cpu", "--div", "exact", "--quiet"]
-        run(base + ["--qformat", args.qformat, "--out", ca])
+        full = args.algorithm == "awq_full"
+        run(base + (["--recipe", "general/ptq/int4_awq_full-kv_fp8_cast"] if full else
+                    ["--qformat", args.qformat]) + ["--out", ca])
         run(base + ["--recipe", "general/ptq/nvfp4_default-kv_fp8_cast" if nv else
                     "general/ptq/int4_blockwise_weight_only", "--out", rt])
         with open(os.path.join(ca, "calibd_report.json")) as f:
             rep = json.load(f)
-        c_alpha = {r["module"]: r["alpha"] for r in rep["awq_lite"]["linears"]}
-        model = load_model(torch, transformers, fx)
-        xs = linear_inputs(torch, model, tokens)
-        src = model.state_dict()
-        M, C, R = load_st(torch, mo), load_st(torch, ca), load_st(torch, rt)
+        c_alpha = {r["module"]: r["alpha"] for r in rep[args.algorithm]["linears"]}
+        xs, src, M, C, R, ME = load_outputs(torch, transformers, fx, tokens,
+                                            (mo, ca, rt, me if args.spread else None))
         rows = []
         tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0, "measured": 0}
+        tags = ("modelopt", "calibd", "rtn") + (("modelopt_eager",) if args.spread else ())
+        for tag in tags[3:]:
+            tot[tag] = 0.0
         deq = (lambda st, n: dequant(torch, st, n)) if nv else \
             (lambda st, n: dequant_int4(torch, st, n))
-        same = {"input_scale": 0, "weight_scale_2": 0}
+        same = {"input_scale": 0, "weight_scale_2": 0, "weight_scale": 0}
         for name in sorted(xs):
             x = xs[name]
             w = src[name + ".weight"].double()
             y = x @ w.t()
             res = {"linear": name, "modelopt_alpha": m_alpha.get(name),
                    "calibd_alpha": c_alpha.get(name)}
-            for tag, st in (("modelopt", M), ("calibd", C), ("rtn", R)):
+            res.update(loss_margins(m_loss.get(name), m_alpha.get(name), c_alpha.get(name)))
+            if args.spread:
+                res["modelopt_eager_alpha"] = e_alpha.get(name)
+            for tag, st in zip(tags, (M, C, R, ME)):
                 wh, codes = deq(st, name)
                 pq = st.get(name + ".pre_quant_scale")
                 pre = name[: name.rfind(".") + 1]
@@ -186,10 +246,7 @@ def main():
                 if tag == "modelopt":
                     mcodes, mpq = codes, pq
                 elif tag == "calibd":
-                    res["codes_differing"] = int((codes != mcodes).sum())
-                    res["codes"] = int(codes.numel())
-                    tot["codes"] += res["codes"]
-                    tot["diff"] += res["codes_differing"]
+                    count_codes(res, tot, codes, mcodes)
                     res["pre_quant_scale_equal"] = (pq is None and mpq is None) or (
                         pq is not None and mpq is not None and torch.equal(pq, mpq))
                     for k in same:
@@ -197,7 +254,7 @@ def main():
                         same[k] += a is not None and b is not None and torch.equal(a, b)
             if res.get("metric") != "none":
                 tot["measured"] += 1
-                for tag in ("modelopt", "calibd", "rtn"):
+                for tag in tags:
                     tot[tag] += res[tag + "_mse"]
             rows.append(res)
         cfg_equal = {}
@@ -221,10 +278,12 @@ def main():
                 norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
     summary = write_summary(
         args.out, {"arch": args.arch, "wide": True, "mha": args.mha, "seed": args.seed, "rows": args.rows,
-                   "seq_len": args.seq_len, "qformat": args.qformat}, rows, tot,
+                   "seq_len": args.seq_len, "qformat": args.qformat,
+                   "algorithm": args.algorithm}, rows, tot,
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
-         "input_scales_equal": same["input_scale"] if nv else None,
-         "weight_scale_2_equal": same["weight_scale_2"] if nv else None,
+         "input_scales_equal": same["input_scale"] if nv or w8 else None,
+         "weight_scale_2_equal": same["weight_scale_2"] if nv or w8 else None,
+         "weight_scales_equal": same["weight_scale"],
          "quant_configs_equal": cfg_equal, "linears_measured": tot["measured"],
          "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),
          "norm_values_differing": norms})
@@ -236,6 +295,14 @@ def main():
              m["modelopt"], m["calibd"], m["rtn"], summary["codes_differing_pct"],
              sum(norms.values()), summary["input_scales_equal"],
              summary["weight_scale_2_equal"]))
+    print_spread(m)
+    for r in rows:
+        if r["modelopt_alpha"] != r["calibd_alpha"]:
+            print("  %s: alpha modelopt %s, calibd %s; modelopt's loss at calibd's alpha %+.2e "
+                  "relative; runner-up %+.2e" % (
+                      r["linear"], r["modelopt_alpha"], r["calibd_alpha"],
+                      r.get("modelopt_loss_at_calibd_alpha", float("nan")),
+                      r.get("modelopt_loss_margin", float("nan"))))
     return 0 if m["calibd"] <= m["modelopt"] * (1 + args.tolerance + 1e-9) else 1
 
 

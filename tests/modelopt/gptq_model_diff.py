@@ -41,6 +41,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gptq_fingerprint import e2m1_round, static_fp4_cpu  # noqa: E402
+from model_diff_common import count_codes  # noqa: E402
 
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 
@@ -206,6 +207,13 @@ def write_summary(path, head, rows, tot, extra=None):
     return summary
 
 
+def print_spread(m):
+    """--spread's line: modelopt's MSE with eager attention against its own."""
+    if "modelopt_eager" in m:
+        print("modelopt with eager attention: %.6e (%+.2f%% of modelopt's)" % (
+            m["modelopt_eager"], 100.0 * (m["modelopt_eager"] / m["modelopt"] - 1)))
+
+
 def diff_args():
     """The options every *_model_diff.py takes; the script adds its own."""
     ap = argparse.ArgumentParser()
@@ -215,6 +223,10 @@ def diff_args():
     ap.add_argument("--tolerance", type=float, default=0.0,
                     help="fail when calibd's MSE exceeds modelopt's by more than this share")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--spread", action="store_true",
+                    help="also run modelopt with transformers' eager attention (the same "
+                    "algorithm on a forward that rounds differently): the spread of "
+                    "modelopt's own MSE")
     return ap
 
 
@@ -224,10 +236,6 @@ def main():
     ap.add_argument("--case", default="qwen3_moe_fused")
     ap.add_argument("--parity-dir", default=os.path.join(here, "..", "parity"))
     ap.add_argument("--recipe", default="")
-    ap.add_argument("--spread", action="store_true",
-                    help="also run modelopt with transformers' eager attention (the same "
-                    "algorithm on a forward that rounds differently): the spread of "
-                    "modelopt's own MSE")
     args = ap.parse_args()
 
     import modelopt
@@ -290,12 +298,7 @@ def main():
                         st[name + ".weight"].numpy().tobytes()).hexdigest()
                     mcodes = codes
                 if tag == "calibd":
-                    n = int(codes.numel())
-                    k = int((codes != mcodes).sum())
-                    res["codes_differing"] = k
-                    res["codes"] = n
-                    tot["codes"] += n
-                    tot["diff"] += k
+                    count_codes(res, tot, codes, mcodes)
             res["scales_equal"] = bool(torch.equal(
                 M[name + ".weight_scale"].view(torch.uint8), C[name + ".weight_scale"].view(
                     torch.uint8))) and bool(torch.equal(M[name + ".weight_scale_2"],
@@ -307,9 +310,7 @@ def main():
     print("%d linears: layer-output MSE modelopt %.6e, calibd %.6e, round-to-nearest %.6e; "
           "%.2f%% of codes differ" % (len(rows), m["modelopt"], m["calibd"], m["rtn"],
                                       summary["codes_differing_pct"]))
-    if "modelopt_eager" in m:
-        print("modelopt with eager attention: %.6e (%+.2f%% of modelopt's)" % (
-            m["modelopt_eager"], 100.0 * (m["modelopt_eager"] / m["modelopt"] - 1)))
+    print_spread(m)
     return 0 if m["calibd"] <= m["modelopt"] * (1 + args.tolerance + 1e-9) else 1
 
 

@@ -39,3 +39,14 @@ N="$HERE/headroom_fingerprint.py"
 "$PY" "$N" --rows 16 --upper 100 --rho 64 --out "$HERE/headroom/nvfp4_16x256_u100_r64.json"
 "$PY" "$N" --rows 16 --anchor 5 --upper 99 --rho 1000 --batch 96 --tokens 480 --seed 3 \
 	--out "$HERE/headroom/nvfp4_16x256_a5_u99.json"
+# awq_full (docs/awq.md "awq_full"): awq_lite then awq_clip, INT4
+"$PY" "$A" --full --out "$HERE/awq/int4_full_64x256.json"
+"$PY" "$A" --full --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
+	--min-clip-ratio 0.6 --shrink-step 0.1 --max-tokens 128 \
+	--out "$HERE/awq/int4_full_32x512_r06_s01.json"
+"$PY" "$A" --full --rows 48 --cols 384 --tokens 300 --batch 100 --seed 13 --max-tokens 40 \
+	--out "$HERE/awq/int4_full_48x384_t40.json"
+# w4a8_awq (docs/awq.md "w4a8_awq"): the INT4 search with FP8 inputs
+"$PY" "$A" --w4a8 --out "$HERE/awq/w4a8_64x256.json"
+"$PY" "$A" --w4a8 --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
+	--out "$HERE/awq/w4a8_32x512_s005.json"

@@ -120,9 +120,10 @@ def fingerprint_dir(out_dir):
             if (dtype == "F32" and name.endswith(VALUE_SUFFIXES)
                     and len(raw) // 4 <= MAX_VALUES):
                 e["values"] = list(struct.unpack("<%df" % (len(raw) // 4), raw))
-            elif (dtype == "BF16" and name.endswith(".pre_quant_scale")
+            elif (dtype == "BF16" and name.endswith((".pre_quant_scale", ".k_bias", ".v_bias"))
                   and len(raw) // 2 <= MAX_PQS_VALUES):
-                # SmoothQuant: from the activations, compared with a tolerance
+                # SmoothQuant: from the activations, compared with a tolerance;
+                # affine KV biases: for the report (compared by hash)
                 e["values"] = [struct.unpack("<f", b"\0\0" + raw[i:i + 2])[0]
                                for i in range(0, len(raw), 2)]
             tensors[name] = e
@@ -203,6 +204,37 @@ def one_run(recipe_name):
     return {"calibd_run": "quantize"} if method in ("smoothquant", "awq_lite", "gptq") else {}
 
 
+def install_hadamard():
+    """modelopt's rotated KV cache (kv_nvfp4_rotate) calls the CUDA package
+    fast_hadamard_transform, which has no CPU path.  This stands in for it
+    with the same normalized transform in torch (docs/modelopt_diff.md):
+    hadamard_transform(x, scale) over the last dimension of x, widened to
+    fp32, the Sylvester butterfly (pairs j, j + h for h = 1, 2, 4, ...),
+    times fp32 scale, back in x's dtype: calibd's kernels/hadamard.c
+    order, so the rounding is the same; the CUDA package's own order can
+    differ in the last fp32 bit."""
+    import types
+    import torch
+    if "fast_hadamard_transform" in sys.modules:
+        return
+
+    def hadamard_transform(x, scale=1.0):
+        n = x.shape[-1]
+        v = x.float().reshape(-1, n)
+        h = 1
+        while h < n:
+            v = v.reshape(-1, n // (2 * h), 2, h)
+            a, b = v[:, :, 0, :], v[:, :, 1, :]
+            v = torch.stack((a + b, a - b), dim=2).reshape(-1, n)
+            h *= 2
+        v = v * torch.tensor(scale, dtype=torch.float32)
+        return v.reshape(x.shape).to(x.dtype)
+
+    mod = types.ModuleType("fast_hadamard_transform")
+    mod.hadamard_transform = hadamard_transform
+    sys.modules["fast_hadamard_transform"] = mod
+
+
 def run_modelopt(model_dir, tokens, recipe_name, out_dir):
     import torch
     import transformers
@@ -210,6 +242,7 @@ def run_modelopt(model_dir, tokens, recipe_name, out_dir):
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
 
+    install_hadamard()
     torch.manual_seed(1234)
     config = transformers.AutoConfig.from_pretrained(model_dir)
     cls = getattr(transformers, config.architectures[0])

@@ -14,9 +14,11 @@ case's arch, layout and seed) with the parity case's tokens:
   * no smoothing (round to nearest): calibd's general/ptq/int8_default-kv_fp8_cast.
 
 Compared per smoothed linear: the exported pre_quant_scale (values that
-differ), the 8-bit codes (share that differ), and the layer-output MSE of
+differ; and hf_pre_quant_scale_differing: modelopt's against 1 / max|x| of
+transformers' own inputs, the alpha-1 scale before the export's shared-input
+averaging, which is where the two can part), the 8-bit codes (share that differ), and the layer-output MSE of
 the exported weight on the unquantized model's inputs X of that linear
-(awq_model_diff.linear_inputs: all token rows in one forward),
+(awq_model_diff.load_outputs: all token rows in one forward),
 mean((X * pqs) What^T - X W^T)^2 (What = codes * weight_scale per row; X for
 the unsmoothed baseline), against the source weight.  The input quantizer
 is left out of the MSE (its per-tensor scale is checked by the
@@ -27,27 +29,28 @@ worse than modelopt's by more than --tolerance.
         --fixture-bin BUILD/tests/fixtures/calibd-fixture --case llama \\
         --out tests/modelopt/sq_model/llama.json
 """
-import argparse
 import json
 import os
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from awq_model_diff import linear_inputs  # noqa: E402
-from gptq_model_diff import case_fixture, load_model, load_st, run, write_summary  # noqa: E402
+from awq_model_diff import load_outputs  # noqa: E402
+from gptq_model_diff import (case_fixture, diff_args, load_model,  # noqa: E402
+                             print_spread, run, write_summary)
+from model_diff_common import count_codes  # noqa: E402
 from modelopt_fingerprints import recipe_file  # noqa: E402
 
 RECIPE = "general/ptq/int8_sq-kv_fp8_cast"
 BASELINE = "general/ptq/int8_default-kv_fp8_cast"
 
 
-def run_modelopt(torch, transformers, model_dir, tokens, out_dir):
+def run_modelopt(torch, transformers, model_dir, tokens, out_dir, attn=None):
     import modelopt.torch.quantization as mtq
     from modelopt.recipe import load_recipe
     from modelopt.torch.export import export_hf_checkpoint
     torch.manual_seed(1234)
-    model = load_model(torch, transformers, model_dir)
+    model = load_model(torch, transformers, model_dir, attn)
     cfg = load_recipe(recipe_file(RECIPE)).quantize.model_dump()
 
     def loop(m):
@@ -66,14 +69,9 @@ def dequant_int8(torch, st, name):
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--calibd", required=True)
-    ap.add_argument("--fixture-bin", required=True)
+    ap = diff_args()
     ap.add_argument("--case", default="llama")
     ap.add_argument("--parity-dir", default=os.path.join(here, "..", "parity"))
-    ap.add_argument("--keep", default="")
-    ap.add_argument("--tolerance", type=float, default=0.0)
-    ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     import torch
@@ -88,16 +86,19 @@ def main():
         fx, tokens = case_fixture(args.fixture_bin, args.parity_dir, args.case, tmp)
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         run_modelopt(torch, transformers, fx, tokens, mo)
+        me = os.path.join(tmp, "modelopt_eager")
+        if args.spread:
+            run_modelopt(torch, transformers, fx, tokens, me, "eager")
         base = [args.calibd, "quantize", "--model", fx, "--calib-tokens", tok, "--device",
                 "cpu", "--div", "exact", "--quiet"]
         run(base + ["--recipe", RECIPE, "--out", ca])
         run(base + ["--recipe", BASELINE, "--out", rt])
-        model = load_model(torch, transformers, fx)
-        xs = linear_inputs(torch, model, tokens)
-        src = model.state_dict()
-        M, C, R = load_st(torch, mo), load_st(torch, ca), load_st(torch, rt)
+        xs, src, M, C, R, ME = load_outputs(torch, transformers, fx, tokens,
+                                            (mo, ca, rt, me if args.spread else None))
         rows = []
         tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0}
+        if args.spread:
+            tot["modelopt_eager"] = 0.0
         n_pqs_eq = 0
         for name in sorted(xs):
             if name + ".pre_quant_scale" not in M:
@@ -105,7 +106,14 @@ def main():
             x = xs[name]
             y = x @ src[name + ".weight"].double().t()
             res = {"linear": name}
-            for tag, st in (("modelopt", M), ("calibd", C), ("rtn", R)):
+            # alpha 1: s = 1 / act (clamped), act the per-channel max |x| of
+            # transformers' own forward -- what modelopt's scale is a function of
+            s_hf = (1.0 / x.abs().amax(0).float()).clamp(1e-4, 1e4).to(torch.bfloat16)
+            res["hf_pre_quant_scale_differing"] = int(
+                (s_hf.view(torch.int16) != M[name + ".pre_quant_scale"].view(torch.int16)).sum())
+            for tag, st in (("modelopt", M), ("calibd", C), ("rtn", R), ("modelopt_eager", ME)):
+                if st is None:
+                    continue
                 wh, codes = dequant_int8(torch, st, name)
                 pq = st.get(name + ".pre_quant_scale")
                 xq = x * pq.double() if pq is not None else x
@@ -115,15 +123,15 @@ def main():
                 if tag == "modelopt":
                     mcodes, mpq = codes, pq
                 elif tag == "calibd":
-                    res["codes_differing"] = int((codes != mcodes).sum())
-                    res["codes"] = int(codes.numel())
-                    tot["codes"] += res["codes"]
-                    tot["diff"] += res["codes_differing"]
+                    count_codes(res, tot, codes, mcodes)
                     d = int((pq.view(torch.int16) != mpq.view(torch.int16)).sum())
                     res["pre_quant_scale_differing"] = d
                     res["pre_quant_scale_max_rel"] = float(
                         ((pq.double() - mpq.double()).abs() / mpq.double().abs()).max())
                     n_pqs_eq += d == 0
+                elif tag == "modelopt_eager":
+                    res["eager_pre_quant_scale_differing"] = int(
+                        (pq.view(torch.int16) != mpq.view(torch.int16)).sum())
             rows.append(res)
     summary = write_summary(
         args.out, {"case": args.case, "arch": meta["arch"], "seed": meta["seed"],
@@ -134,6 +142,7 @@ def main():
           "unsmoothed %.6e; %.3f%% of codes differ" % (
               len(rows), n_pqs_eq, m["modelopt"], m["calibd"], m["rtn"],
               summary["codes_differing_pct"]))
+    print_spread(m)
     return 0 if m["calibd"] <= m["modelopt"] * (1 + args.tolerance + 1e-9) else 1
 
 

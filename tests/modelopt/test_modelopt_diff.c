@@ -47,7 +47,7 @@ static const char *const recipes_all[] = {
 };
 
 struct row {
-	char case_name[64], arch[64], layout[32], recipes[512];
+	char case_name[64], arch[64], layout[32], recipes[1024];
 	const char *parity_case; /* "case:parity" in cases.txt, else case_name */
 };
 
@@ -81,6 +81,42 @@ static int ends_with(const char *s, const char *suf)
  * too. */
 #define SQ_PQS_MEDIAN_TOL 0.01
 #define SQ_PQS_WORST_TOL 0.25
+
+/* Affine KV biases (k_bias / v_bias, docs/modelopt_diff.md): the first
+ * layer's are byte-equal (its K and V come from exact ops); later layers'
+ * are means of activations calibd's forward reproduces to rounding, so
+ * each value must be within KV_BIAS_TOL of max|bias| of its tensor. */
+#define KV_BIAS_TOL 0.02
+
+/* The bias's check: 0 when it passes, else 1 (printed). */
+static int kv_bias_check(const char *k, json_t *rv, json_t *mv, size_t *n_diff, double *worst)
+{
+	size_t n = json_array_size(rv);
+	double top = 0, e = 0;
+	if (!rv || !mv || n != json_array_size(mv)) {
+		printf("    FAIL: %s: bytes differ from modelopt's (no values)\n", k);
+		return 1;
+	}
+	for (size_t i = 0; i < n; i++)
+		top = fmax(top, fabs(json_number_value(json_array_get(rv, i))));
+	for (size_t i = 0; i < n; i++) {
+		double d = fabs(json_number_value(json_array_get(rv, i)) -
+				json_number_value(json_array_get(mv, i)));
+		*n_diff += d != 0;
+		e = fmax(e, d / fmax(top, 1e-30));
+	}
+	*worst = fmax(*worst, e);
+	if (strstr(k, "layers.0.")) {
+		printf("    FAIL: %s: the first layer's bias differs from modelopt's\n", k);
+		return 1;
+	}
+	if (e > KV_BIAS_TOL) {
+		printf("    FAIL: %s: worst difference %.3e of max|bias| (tolerance %.0e)\n", k, e,
+		       KV_BIAS_TOL);
+		return 1;
+	}
+	return 0;
+}
 
 /* "<module>" of "<module>.weight" / ".weight_scale" when that module's
  * pre_quant_scale differs (listed in pqs_diff). */
@@ -155,7 +191,8 @@ static int read_st(const char *path, json_t *out)
 			}
 			json_object_set_new(e, "values", vals);
 		} else if (!strcmp(json_string_value(json_object_get(v, "dtype")), "BF16") &&
-			   ends_with(k, ".pre_quant_scale") && (b - a) / 2 <= 4096) {
+			   (ends_with(k, ".pre_quant_scale") || ends_with(k, ".k_bias") ||
+			    ends_with(k, ".v_bias")) && (b - a) / 2 <= 4096) {
 			json_t *vals = json_array();
 			for (uint64_t i = 0; i < (b - a) / 2; i++) {
 				uint32_t u = (uint32_t)(data[2 * i] | data[2 * i + 1] << 8) << 16;
@@ -218,8 +255,8 @@ static int compare(const char *out, json_t *fp)
 	const char *k;
 	json_t *r;
 	json_t *pqs_diff = json_object();
-	size_t n_pqs = 0, n_pqs_elems = 0, n_follow = 0;
-	double pqs_worst = 0;
+	size_t n_pqs = 0, n_pqs_elems = 0, n_follow = 0, n_bias = 0, n_bias_vals = 0;
+	double pqs_worst = 0, bias_worst = 0;
 	json_object_foreach(ref, k, r) {
 		json_t *m = json_object_get(mine, k);
 		if (m && ends_with(k, ".pre_quant_scale") &&
@@ -287,6 +324,11 @@ static int compare(const char *out, json_t *fp)
 				       SQ_PQS_WORST_TOL);
 			continue;
 		}
+		if (ends_with(k, ".k_bias") || ends_with(k, ".v_bias")) {
+			n_bias++;
+			bad += kv_bias_check(k, rv, mv, &n_bias_vals, &bias_worst);
+			continue;
+		}
 		if (follows_pqs(k, pqs_diff)) {
 			n_follow++;
 			continue;
@@ -298,6 +340,9 @@ static int compare(const char *out, json_t *fp)
 		printf("    smoothquant: %zu pre_quant_scales differ (%zu values, worst rel. error "
 		       "%.3e: our forward's activations), %zu weight / weight_scale tensors "
 		       "folded with them not compared\n", n_pqs, n_pqs_elems, pqs_worst, n_follow);
+	if (n_bias)
+		printf("    affine KV: %zu k/v biases differ from modelopt's (%zu values, worst %.3e "
+		       "of max|bias|)\n", n_bias, n_bias_vals, bias_worst);
 	json_decref(pqs_diff);
 	json_object_foreach(mine, k, r) {
 		if (!json_object_get(ref, k) && bad++ < 20)
@@ -466,14 +511,14 @@ int main(int argc, char **argv)
 		perror(path);
 		return 1;
 	}
-	char line[1024];
+	char line[2048];
 	int fails = 0, have_any = 0, n_runs = 0;
 	while (fgets(line, sizeof(line), f)) {
 		char *h = strchr(line, '#');
 		if (h)
 			*h = 0;
 		struct row rw;
-		if (sscanf(line, "%63s %63s %31s %511s", rw.case_name, rw.arch, rw.layout,
+		if (sscanf(line, "%63s %63s %31s %1023s", rw.case_name, rw.arch, rw.layout,
 			   rw.recipes) != 4)
 			continue;
 		char *colon = strchr(rw.case_name, ':');

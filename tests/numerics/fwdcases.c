@@ -254,6 +254,23 @@ int fwdcase_rope(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t
 	return fdone(&c);
 }
 
+int fwdcase_hadamard(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	struct fctx c;
+	uint64_t s = seed;
+	uint32_t block = 1u << (seed % 9); /* 1 .. 256 */
+	uint64_t cols = (units % 4 + 1) * block;
+	fctx_init(&c, env, "hadamard", rows, units, seed);
+	uint16_t *x = bf_rand(rows * cols, 2.0f, &s);
+	struct fbuf *bx = fnew(&c, rows * cols * 2, x);
+	struct cal_hadamard_args aa = {bx->a, rows, cols, block};
+	struct cal_hadamard_args ab = {bx->b, rows, cols, block};
+	FRUN(&c, hadamard, aa, ab);
+	fcheck(&c, bx, 0, -1, 0, 0, "x"); /* the same fp32 butterfly: exact */
+	free(x);
+	return fdone(&c);
+}
+
 int fwdcase_attention(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
 {
 	struct fctx c;
@@ -318,8 +335,9 @@ int fwdcase_router(struct opcase_env *env, uint64_t rows, uint64_t units, uint64
 	struct fbuf *bw = fnew(&c, rows * k * 4, NULL);
 	enum cal_router_mode mode = (seed & 2) ? CAL_ROUTER_MODE_TOPK_SOFTMAX
 					       : CAL_ROUTER_MODE_SOFTMAX_TOPK;
-	struct cal_router_args aa = {bl->a, rows, e, k, kt, (int)(seed & 1), bi->a, bw->a, mode};
-	struct cal_router_args ab = {bl->b, rows, e, k, kt, (int)(seed & 1), bi->b, bw->b, mode};
+	int bfw = (int)((seed >> 2) & 1); /* bf16 weights (Qwen / OLMoE routers) */
+	struct cal_router_args aa = {bl->a, rows, e, k, kt, (int)(seed & 1), bi->a, bw->a, mode, bfw};
+	struct cal_router_args ab = {bl->b, rows, e, k, kt, (int)(seed & 1), bi->b, bw->b, mode, bfw};
 	FRUN(&c, router, aa, ab);
 	fcheck(&c, bi, 1, -1, 0, 0, "idx");
 	fcheck(&c, bw, 1, 1e-5f, 1e-7f, 0, "weight");

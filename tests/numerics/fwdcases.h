@@ -23,6 +23,7 @@ int fwdcase_rmsnorm_gated(struct opcase_env *env, uint64_t rows, uint64_t units,
 int fwdcase_gdn_conv(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed);
 int fwdcase_gated_delta(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed);
 /* DeepSeek-V3 */
+int fwdcase_hadamard(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed);
 int fwdcase_mla_kv(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed);
 int fwdcase_router_group(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed);
 int fwdcase_fp8_block_dequant(struct opcase_env *env, uint64_t rows, uint64_t units,

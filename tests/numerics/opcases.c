@@ -393,6 +393,37 @@ static int case_amax_cols(struct opcase_env *env, uint64_t rows, uint64_t units,
 	return finish(&c);
 }
 
+static int case_kv_affine(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(kv_affine);
+	uint64_t cols = units, n = rows * cols;
+	uint32_t nseq = (uint32_t)(cal_test_splitmix(&s) % 9) + 1;
+	uint16_t *x = xmalloc(n * 2 + 2), *b0 = xmalloc(cols * 2 + 2);
+	uint32_t *cu = xmalloc((nseq + 1) * 4);
+	float am0 = 0.25f;
+	fill_obs(CAL_DTYPE_BF16, x, n, &s, env->specials);
+	fill_weights(b0, cols, &s);
+	/* forward boundaries with empty forwards; the last may end before rows */
+	cu[0] = 0;
+	for (uint32_t i = 1; i <= nseq; i++)
+		cu[i] = i == nseq && seed % 3 ? (uint32_t)rows
+			: cu[i - 1] + (uint32_t)(cal_test_splitmix(&s) % (rows / nseq + 2)) % (uint32_t)(rows - cu[i - 1] + 1);
+	uint64_t n0 = seed % 4;
+	struct pair *px = pair_new(&c, n * 2, x), *pc = pair_new(&c, (nseq + 1) * 4, cu),
+		    *pb = pair_new(&c, cols * 2, b0), *pa = pair_new(&c, 4, &am0),
+		    *pn = pair_new_stat(&c, sizeof(nf_init), &nf_init);
+	struct cal_kv_affine_args A = {px->a, rows, cols, pc->a, nseq, n0, pb->a, 3, pa->a, pn->a};
+	struct cal_kv_affine_args B = {px->b, rows, cols, pc->b, nseq, n0, pb->b, 3, pa->b, pn->b};
+	RUN_BOTH(&c, kv_affine, A, B);
+	pair_check(&c, pb, "bias");
+	pair_check(&c, pa, "amax");
+	pair_check(&c, pn, "nonfinite");
+	free(x);
+	free(b0);
+	free(cu);
+	return finish(&c);
+}
+
 /* ---- quantizers ---------------------------------------------------------- */
 
 static uint16_t *weights(uint64_t n, uint64_t *s)
@@ -882,6 +913,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_AMAX_BLOCKS] = case_amax_blocks,
 	[CAL_OPID_AMAX_HIST] = case_amax_hist,
 	[CAL_OPID_AMAX_COLS] = case_amax_cols,
+	[CAL_OPID_KV_AFFINE] = case_kv_affine,
 	[CAL_OPID_HESSIAN] = case_hessian,
 	[CAL_OPID_GPTQ_UPDATE] = case_gptq_update,
 	[CAL_OPID_CHOL_INV] = case_chol_inv,
@@ -906,6 +938,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_GATHER_ROWS] = fwdcase_gather_rows,
 	[CAL_OPID_RMSNORM] = fwdcase_rmsnorm,
 	[CAL_OPID_ROPE] = fwdcase_rope,
+	[CAL_OPID_HADAMARD] = fwdcase_hadamard,
 	[CAL_OPID_ATTENTION] = fwdcase_attention,
 	[CAL_OPID_ROUTER] = fwdcase_router,
 	[CAL_OPID_MOE_SORT] = fwdcase_moe_sort,

@@ -356,6 +356,19 @@ Test(observer, rows_segments_blocks)
 
 /* ---- argument errors ------------------------------------------------------ */
 
+/* Expects an op's status st to be want and, for a needle that is not NULL,
+ * its message in err to contain needle; clears err for the next call. */
+static void expect_refused(enum cal_status st, struct cal_error *err, enum cal_status want,
+			   const char *needle)
+{
+	cr_expect_eq(st, want, "%s, want %s (%s)", cal_status_str(st), cal_status_str(want),
+		     cal_error_msg(err));
+	if (needle)
+		cr_expect(strstr(cal_error_msg(err), needle) != NULL, "'%s' lacks '%s'",
+			  cal_error_msg(err), needle);
+	cal_error_clear(err);
+}
+
 Test(args, errors_name_the_field)
 {
 	struct cal_backend *be = cpu(1, 0);
@@ -363,42 +376,31 @@ Test(args, errors_name_the_field)
 	uint16_t w[32] = {0};
 	uint8_t p[16], s[2];
 	struct cal_nvfp4_quant_args a = {w, 1, 24, 1.0f, p, s, 0};
-	cr_expect_eq(cal_op_nvfp4_quant(be, &a, &err), CAL_ERR_INVALID);
-	cr_expect(strstr(cal_error_msg(&err), "'cols'") != NULL, "%s", cal_error_msg(&err));
+	enum cal_status st = cal_op_nvfp4_quant(be, &a, &err);
 	cr_expect(strstr(cal_error_msg(&err), "nvfp4_quant") != NULL, "%s", cal_error_msg(&err));
-	cal_error_clear(&err);
+	expect_refused(st, &err, CAL_ERR_INVALID, "'cols'");
 	a.cols = 32;
 	a.packed = NULL;
-	cr_expect_eq(cal_op_nvfp4_quant(be, &a, &err), CAL_ERR_INVALID);
-	cr_expect(strstr(cal_error_msg(&err), "'packed'") != NULL, "%s", cal_error_msg(&err));
-	cal_error_clear(&err);
+	expect_refused(cal_op_nvfp4_quant(be, &a, &err), &err, CAL_ERR_INVALID, "'packed'");
 	float amax = 0;
 	struct cal_amax_args o = {CAL_DTYPE_F16, w, 4, 0, &amax, NULL};
-	cr_expect_eq(cal_op_amax(be, &o, &err), CAL_ERR_UNSUPPORTED);
-	cal_error_clear(&err);
+	expect_refused(cal_op_amax(be, &o, &err), &err, CAL_ERR_UNSUPPORTED, NULL);
 	o.dtype = CAL_DTYPE_BF16;
-	cr_expect_eq(cal_op_amax(be, &o, &err), CAL_ERR_INVALID); /* nonfinite is required */
-	cal_error_clear(&err);
+	/* nonfinite is required */
+	expect_refused(cal_op_amax(be, &o, &err), &err, CAL_ERR_INVALID, NULL);
 	struct cal_amax_blocks_args b = {CAL_DTYPE_BF16, w, 1, 32, 8, 0, &amax, NULL};
-	cr_expect_eq(cal_op_amax_blocks(be, &b, &err), CAL_ERR_INVALID);
-	cr_expect(strstr(cal_error_msg(&err), "'block'") != NULL);
-	cal_error_clear(&err);
+	expect_refused(cal_op_amax_blocks(be, &b, &err), &err, CAL_ERR_INVALID, "'block'");
 	struct cal_amax_args huge = {CAL_DTYPE_BF16, w, UINT64_C(1) << 50, 0, &amax,
 				     (struct cal_nonfinite *)s};
-	cr_expect_eq(cal_op_amax(be, &huge, &err), CAL_ERR_RANGE);
-	cal_error_clear(&err);
+	expect_refused(cal_op_amax(be, &huge, &err), &err, CAL_ERR_RANGE, NULL);
 	/* FP8 per-tile scales: cols must divide n (fp8_quant and fp8_dequant) */
 	float rs[4];
 	struct cal_fp8_quant_args fq = {w, 30, 1.0f, CAL_DIV_RECIP, p, 0, rs, 8, 0};
-	cr_expect_eq(cal_op_fp8_quant(be, &fq, &err), CAL_ERR_INVALID);
-	cr_expect(strstr(cal_error_msg(&err), "'cols' = 8 does not divide n = 30") != NULL, "%s",
-		  cal_error_msg(&err));
-	cal_error_clear(&err);
+	expect_refused(cal_op_fp8_quant(be, &fq, &err), &err, CAL_ERR_INVALID,
+		       "'cols' = 8 does not divide n = 30");
 	struct cal_fp8_dequant_args fd = {p, 30, 1.0f, CAL_DTYPE_F32, rs, rs, 0, 0};
-	cr_expect_eq(cal_op_fp8_dequant(be, &fd, &err), CAL_ERR_INVALID);
-	cr_expect(strstr(cal_error_msg(&err), "'cols' = 0 does not divide n = 30") != NULL, "%s",
-		  cal_error_msg(&err));
-	cal_error_clear(&err);
+	expect_refused(cal_op_fp8_dequant(be, &fd, &err), &err, CAL_ERR_INVALID,
+		       "'cols' = 0 does not divide n = 30");
 	cal_backend_free(be);
 }
 
@@ -415,21 +417,15 @@ Test(args, shared_checks_name_the_argument)
 	cr_expect_eq(cal_op_gather_rows(be, &g, &err), CAL_OK, "%s", cal_error_msg(&err));
 	g.index = NULL;
 	g.out = NULL;
-	cr_expect_eq(cal_op_gather_rows(be, &g, &err), CAL_ERR_INVALID);
-	cr_expect(strstr(cal_error_msg(&err), "argument 'index' is NULL") != NULL, "%s",
-		  cal_error_msg(&err));
-	cal_error_clear(&err);
-	struct cal_router_args r = {src, 1, 4, 2, 2, 1, idx, weight, (enum cal_router_mode)9};
-	cr_expect_eq(cal_op_router(be, &r, &err), CAL_ERR_INVALID);
-	cr_expect(strstr(cal_error_msg(&err), "argument 'mode' = 9 is unknown") != NULL, "%s",
-		  cal_error_msg(&err));
-	cal_error_clear(&err);
+	expect_refused(cal_op_gather_rows(be, &g, &err), &err, CAL_ERR_INVALID,
+		       "argument 'index' is NULL");
+	struct cal_router_args r = {src, 1, 4, 2, 2, 1, idx, weight, (enum cal_router_mode)9, 0};
+	expect_refused(cal_op_router(be, &r, &err), &err, CAL_ERR_INVALID,
+		       "argument 'mode' = 9 is unknown");
 	r.mode = (enum cal_router_mode)0;
 	r.k = 3;
-	cr_expect_eq(cal_op_router(be, &r, &err), CAL_ERR_INVALID);
-	cr_expect(strstr(cal_error_msg(&err), "e = 4, k = 3, k_total = 2") != NULL, "%s",
-		  cal_error_msg(&err));
-	cal_error_clear(&err);
+	expect_refused(cal_op_router(be, &r, &err), &err, CAL_ERR_INVALID,
+		       "e = 4, k = 3, k_total = 2");
 	cal_backend_free(be);
 }
 

@@ -44,6 +44,8 @@ static const struct {
 	 * weight_scale_2 = amax / 448 (W4A8_NVFP4_FP8), computed on the CPU */
 	{"w4a8_nvfp4_fp8", 0x1099c98c79b84201ull},
 	{"w4a8_mxfp4_fp8", 0x3834a1085b3ef634ull}, /* the MXFP4 weights */
+	/* int4_block's codes and block scales, plus weight_scale_2 = amax / 448 */
+	{"w4a8_awq", 0x696f08c161a0ac4cull},
 	/* equal to modelopt 0.47's FP8_PB_WO export, FP8QTensor.quantize(w,
 	 * amax_block / 448, {-1: 128, -2: 128}) with F32 scales, on the CPU */
 	{"fp8_pb_wo", 0x1c98eb5b26e16a7full},
@@ -159,7 +161,7 @@ static uint64_t run_row(struct cal_backend *be, const struct cal_qfmt_info *f)
 		cr_assert_eq(cal_backend_alloc(be, sizeof(struct cal_nonfinite), &dnf, &err), CAL_OK);
 	}
 	struct cal_qfmt_io io = {dw, ROWS, COLS, f->block, amax, 0.0f, CAL_DIV_RECIP, 0, 0,
-				 dba, dnf, dq, ds, NULL};
+				 dba, dnf, dq, ds, NULL, 0};
 	if (f->tensor_scale_of)
 		io.scale = f->tensor_scale_of(amax, CAL_DIV_RECIP);
 	cr_assert_eq(f->quantize(be, &io, &err), CAL_OK, "%s: %s", f->name, cal_error_msg(&err));

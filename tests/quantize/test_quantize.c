@@ -18,6 +18,7 @@
  * Runs the calibd binary named by $CALIBD (meson sets it).  Fixture seed 7.
  */
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
@@ -403,42 +404,42 @@ static char *awq_recipe(const char *root, const char *name, const char *algo, co
 	return p;
 }
 
-/* --qformat int4_awq (docs/awq.md) on a wide MoE fixture with a shared
- * expert: quantizes and verifies; o_proj and the shared expert carry a
- * pre_quant_scale, q/k/v (fused into input_layernorm) do not; the report
- * has the search's alphas.  Bad awq_lite options and formats are refused
- * naming them. */
-/* Quantizes fixture arch/layout with --qformat qf on the CPU, then
- * verifies it; returns the output directory (under root). */
-static char *qformat_verified(const char *root, const char *arch, const char *layout,
-			      const char *qf, char **src, char **tok)
+/* One --qformat end to end: the fixture arch/layout quantized with qf on
+ * the CPU, then verified; hf_quant_config.json names quant_algo; the
+ * model.safetensors header holds each of tensors (space-separated names)
+ * and none of those with a leading '!'; then more() checks what is the
+ * format's own (NULL: nothing more). */
+struct qformat_case {
+	const char *arch, *layout, *qf, *quant_algo, *tensors;
+	void (*more)(const char *root, const char *dst, const char *src, const char *tok);
+};
+
+/* --kv-cache-qformat nvfp4_affine over --qformat nvfp4 (docs/recipes.md
+ * "KV-cache formats"): NVFP4_AFFINE with BF16 [1, H_kv, 1, head_dim] k/v
+ * biases; an unknown name is refused naming the choices, nothing written. */
+static void kv_affine_more(const char *root, const char *dst, const char *src, const char *tok)
 {
-	*src = make_model(root, arch, layout);
-	*tok = make_tokens(root, "tok.jsonl", 2, 16);
-	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
-	int rc = run(NULL, errf, "quantize --model %s --qformat %s --calib-tokens %s --out %s "
-		     "--device cpu", *src, qf, *tok, dst);
-	expect_exit(rc, 0, errf);
-	rc = run(NULL, errf, "verify %s --source %s", dst, *src);
-	expect_exit(rc, 0, errf);
-	return dst;
+	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
+	cr_assert(strstr(cfg, "\"kv_cache_quant_algo\": \"NVFP4_AFFINE\""), "%s", cfg);
+	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8;
+	cr_assert(strstr(hdr, "\"model.layers.1.self_attn.k_proj.k_bias\":{\"dtype\":\"BF16\","
+			 "\"shape\":[1,2,1,16]"), "%.400s", hdr);
+	char *errf = path2(root, "stderr"), *d2 = path2(root, "out2");
+	int rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --kv-cache-qformat fp4 "
+		     "--calib-tokens %s --out %s --device cpu", src, tok, d2);
+	char *e = expect_exit(rc, 3, errf);
+	cr_assert(strstr(e, "unknown kv_cache_qformat 'fp4'") && strstr(e, "nvfp4_rotate"), "%s", e);
+	cr_assert(!cal_test_exists(d2));
 }
 
-Test(quantize, int4_awq_end_to_end, .timeout = 120)
+/* int4_awq's report has the search's alphas; bad awq_lite options and
+ * formats are refused naming them. */
+static void int4_awq_more(const char *root, const char *dst, const char *src, const char *tok)
 {
-	char *root = tmpdir(), *src, *tok;
-	char *dst = qformat_verified(root, "qwen2_moe", "wide", "int4_awq", &src, &tok);
 	char *errf = path2(root, "stderr"), *e;
 	int rc;
 	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
-	cr_assert(strstr(cfg, "\"W4A16_AWQ\"") && strstr(cfg, "\"pre_quant_scale\": true"), "%s",
-		  cfg);
-	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8; /* after the length */
-	cr_assert(strstr(hdr, "model.layers.0.self_attn.o_proj.pre_quant_scale"));
-	cr_assert(strstr(hdr, "model.layers.1.mlp.shared_expert.gate_proj.pre_quant_scale"));
-	cr_assert(strstr(hdr, "model.layers.1.mlp.shared_expert.down_proj.pre_quant_scale"));
-	cr_assert(!strstr(hdr, "q_proj.pre_quant_scale"));
-	cr_assert(!strstr(hdr, "experts.0.down_proj.pre_quant_scale"));
+	cr_assert(strstr(cfg, "\"pre_quant_scale\": true"), "%s", cfg);
 	json_t *rep = json_loads(slurp(path2(dst, "calibd_report.json")), 0, NULL);
 	cr_assert(rep);
 	json_t *lins = json_object_get(json_object_get(rep, "awq_lite"), "linears");
@@ -457,7 +458,18 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
 		{"{method: awq_lite, debug: true}", "{num_bits: 4, block_sizes: {-1: 128, type: "
 		 "static}}", "debug"},
 		{"{method: awq_lite}", "{num_bits: [4, 3]}",
-		 "awq_lite is implemented for INT4 block and NVFP4 weights only"},
+		 "awq_lite is implemented for INT4 block, W4A8 AWQ and NVFP4 weights only"},
+		/* awq_full (docs/awq.md "awq_full") */
+		{"{method: awq_full, min_clip_ratio: 0}", "{num_bits: 4, block_sizes: {-1: 128, "
+		 "type: static}}", "min_clip_ratio: must be in (0, 1]"},
+		{"{method: awq_full, max_tokens_per_batch: 0}", "{num_bits: 4, block_sizes: {-1: "
+		 "128, type: static}}", "max_tokens_per_batch: expected a positive integer"},
+		{"{method: awq_lite, shrink_step: 0.1}", "{num_bits: 4, block_sizes: {-1: 128, "
+		 "type: static}}", "shrink_step"},
+		{"{method: awq_full}", "{num_bits: [2, 1], block_sizes: {-1: 16, type: dynamic, "
+		 "scale_bits: [4, 3]}}", "awq_full is implemented for INT4 weights in blocks of 128"},
+		{"{method: awq_clip}", "{num_bits: 4, block_sizes: {-1: 128, type: static}}",
+		 "algorithm 'awq_clip' is not implemented"},
 	};
 	for (size_t k = 0; k < CAL_ARRAY_LEN(bad); k++) {
 		char nm[32];
@@ -471,28 +483,34 @@ Test(quantize, int4_awq_end_to_end, .timeout = 120)
 		cr_assert(strstr(e, bad[k].needle), "%s: %s", nm, e);
 		cr_assert(!cal_test_exists(d2));
 	}
-	rm_rf(root);
 }
 
-/* hf_ptq's int8_sq (docs/smoothquant.md): every smoothed linear (attention,
- * dense MLP, shared expert) exports INT8 codes, per-channel weight_scale,
- * input_scale and pre_quant_scale; the routed experts are INT8 without one;
- * verify passes; the report lists the linears; two ranks are refused. */
-Test(quantize, int8_sq_end_to_end, .timeout = 120)
+/* awq_full (docs/awq.md "awq_full"): the report names the clip options
+ * and, per searched linear, its clipped blocks (some clipped). */
+static void awq_full_more(const char *root, const char *dst, const char *src, const char *tok)
 {
-	char *root = tmpdir(), *src, *tok;
-	char *dst = qformat_verified(root, "qwen2_moe", "per-expert", "int8_sq", &src, &tok);
-	char *errf = path2(root, "stderr"), *e;
-	int rc;
-	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
-	cr_assert(strstr(cfg, "\"W8A8_SQ_PER_CHANNEL\""), "%s", cfg);
-	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8; /* after the length */
-	cr_assert(strstr(hdr, "model.layers.0.self_attn.q_proj.pre_quant_scale"));
-	cr_assert(strstr(hdr, "model.layers.0.self_attn.o_proj.pre_quant_scale"));
-	cr_assert(strstr(hdr, "model.layers.1.mlp.shared_expert.gate_proj.pre_quant_scale"));
-	cr_assert(strstr(hdr, "model.layers.1.mlp.shared_expert.down_proj.pre_quant_scale"));
-	cr_assert(strstr(hdr, "model.layers.1.mlp.experts.0.down_proj.input_scale"));
-	cr_assert(!strstr(hdr, "experts.0.down_proj.pre_quant_scale"));
+	(void)root, (void)src, (void)tok;
+	json_t *rep = json_loads(slurp(path2(dst, "calibd_report.json")), 0, NULL);
+	json_t *aw = json_object_get(rep, "awq_full"), *lins = json_object_get(aw, "linears");
+	cr_assert_eq(json_integer_value(json_object_get(json_object_get(aw, "clip"),
+							"max_tokens_per_batch")), 64);
+	json_int_t clipped = 0;
+	size_t i;
+	json_t *l;
+	cr_assert(json_array_size(lins) > 0);
+	json_array_foreach(lins, i, l) {
+		cr_assert(json_is_integer(json_object_get(l, "clipped_blocks")), "linear %zu", i);
+		clipped += json_integer_value(json_object_get(l, "clipped_blocks"));
+	}
+	cr_assert(clipped > 0);
+	json_decref(rep);
+}
+
+/* int8_sq's report lists the smoothed linears with alpha 1.0; two ranks
+ * are refused. */
+static void int8_sq_more(const char *root, const char *dst, const char *src, const char *tok)
+{
+	char *errf = path2(root, "stderr");
 	json_t *rep = json_loads(slurp(path2(dst, "calibd_report.json")), 0, NULL);
 	cr_assert(rep);
 	json_t *sq = json_object_get(rep, "smoothquant");
@@ -500,43 +518,107 @@ Test(quantize, int8_sq_end_to_end, .timeout = 120)
 	cr_assert(json_array_size(json_object_get(sq, "linears")) > 0);
 	json_decref(rep);
 	char *d2 = path2(root, "out2");
-	rc = run(NULL, errf, "quantize --model %s --qformat int8_sq --calib-tokens %s --out %s "
-		 "--device cpu --ranks 2", src, tok, d2);
-	e = expect_exit(rc, 3, errf);
+	int rc = run(NULL, errf, "quantize --model %s --qformat int8_sq --calib-tokens %s --out %s "
+		     "--device cpu --ranks 2", src, tok, d2);
+	char *e = expect_exit(rc, 3, errf);
 	cr_assert(strstr(e, "algorithm smoothquant runs on one rank"), "%s", e);
 	cr_assert(!cal_test_exists(d2));
-	rm_rf(root);
 }
 
-/* --qformat nvfp4_awq (docs/awq.md) on a dense llama fixture (GQA):
- * NVFP4_AWQ, quantizes and verifies; o_proj keeps its pre_quant_scale (GQA:
- * not folded into v_proj), down_proj's is folded into up_proj's rows, q/k/v
- * and gate/up fused into the norms; every linear has its input_scale.
- * Then qwen3 without GQA, where o_proj's folds into v_proj too. */
-Test(quantize, nvfp4_awq_end_to_end, .timeout = 120)
+/* nvfp4_awq's configs: group size 16 with a pre_quant_scale; config.json
+ * has no config_groups (modelopt writes none for NVFP4_AWQ). */
+static void nvfp4_awq_more(const char *root, const char *dst, const char *src, const char *tok)
 {
-	char *root = tmpdir(), *src, *tok;
-	char *dst = qformat_verified(root, "llama", "default", "nvfp4_awq", &src, &tok);
 	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
-	cr_assert(strstr(cfg, "\"quant_algo\": \"NVFP4_AWQ\"") && strstr(cfg, "\"group_size\": 16") &&
-		  strstr(cfg, "\"pre_quant_scale\": true"), "%s", cfg);
-	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8;
-	cr_assert(strstr(hdr, "model.layers.0.self_attn.o_proj.pre_quant_scale"));
-	cr_assert(strstr(hdr, "model.layers.0.mlp.down_proj.input_scale"));
-	cr_assert(strstr(hdr, "model.layers.0.self_attn.q_proj.input_scale"));
-	cr_assert(!strstr(hdr, "down_proj.pre_quant_scale"));
-	cr_assert(!strstr(hdr, "q_proj.pre_quant_scale") && !strstr(hdr, "up_proj.pre_quant_scale"));
-	/* config.json: modelopt writes no config_groups for NVFP4_AWQ */
+	cr_assert(strstr(cfg, "\"group_size\": 16") && strstr(cfg, "\"pre_quant_scale\": true"),
+		  "%s", cfg);
 	char *cj = slurp(path2(dst, "config.json"));
 	cr_assert(strstr(cj, "\"NVFP4_AWQ\"") && !strstr(cj, "config_groups"), "%s", cj);
-	rm_rf(root);
-	/* qwen3 without GQA: o_proj's scale folds into v_proj's rows too, so no
-	 * linear keeps a pre_quant_scale */
-	root = tmpdir();
-	dst = qformat_verified(root, "qwen3", "mha", "nvfp4_awq", &src, &tok);
-	hdr = slurp(path2(dst, "model.safetensors")) + 8;
-	cr_assert(strstr(hdr, "model.layers.0.self_attn.o_proj.input_scale"));
-	cr_assert(!strstr(hdr, "pre_quant_scale"));
+}
+
+static const struct qformat_case qformat_cases[] = {
+	/* int4_awq (docs/awq.md) on a wide MoE fixture with a shared expert:
+	 * o_proj and the shared expert carry a pre_quant_scale, q/k/v (fused
+	 * into input_layernorm) do not */
+	{"qwen2_moe", "wide", "int4_awq", "W4A16_AWQ",
+	 "model.layers.0.self_attn.o_proj.pre_quant_scale "
+	 "model.layers.1.mlp.shared_expert.gate_proj.pre_quant_scale "
+	 "model.layers.1.mlp.shared_expert.down_proj.pre_quant_scale "
+	 "!q_proj.pre_quant_scale !experts.0.down_proj.pre_quant_scale", int4_awq_more},
+	/* hf_ptq's int8_sq (docs/smoothquant.md): every smoothed linear
+	 * (attention, dense MLP, shared expert) exports INT8 codes,
+	 * per-channel weight_scale, input_scale and pre_quant_scale; the
+	 * routed experts are INT8 without one */
+	{"qwen2_moe", "per-expert", "int8_sq", "W8A8_SQ_PER_CHANNEL",
+	 "model.layers.0.self_attn.q_proj.pre_quant_scale model.layers.0.self_attn.o_proj."
+	 "pre_quant_scale model.layers.1.mlp.shared_expert.gate_proj.pre_quant_scale "
+	 "model.layers.1.mlp.shared_expert.down_proj.pre_quant_scale model.layers.1.mlp."
+	 "experts.0.down_proj.input_scale !experts.0.down_proj.pre_quant_scale", int8_sq_more},
+	/* nvfp4_awq (docs/awq.md) on a dense llama fixture (GQA): o_proj keeps
+	 * its pre_quant_scale (GQA: not folded into v_proj), down_proj's is
+	 * folded into up_proj's rows, q/k/v and gate/up fused into the norms;
+	 * every linear has its input_scale */
+	{"llama", "default", "nvfp4_awq", "NVFP4_AWQ",
+	 "model.layers.0.self_attn.o_proj.pre_quant_scale model.layers.0.mlp.down_proj.input_scale "
+	 "model.layers.0.self_attn.q_proj.input_scale !down_proj.pre_quant_scale "
+	 "!q_proj.pre_quant_scale !up_proj.pre_quant_scale", nvfp4_awq_more},
+	/* qwen3 without GQA: o_proj's scale folds into v_proj's rows too, so
+	 * no linear keeps a pre_quant_scale */
+	{"qwen3", "mha", "nvfp4_awq", "NVFP4_AWQ",
+	 "model.layers.0.self_attn.o_proj.input_scale !pre_quant_scale", NULL},
+	/* calibd's awq_full recipe (a built-in recipe: run with --recipe) */
+	{"qwen2_moe", "wide", "general/ptq/int4_awq_full-kv_fp8_cast", "W4A16_AWQ",
+	 "model.layers.0.self_attn.o_proj.pre_quant_scale", awq_full_more},
+	/* w4a8_awq (docs/awq.md "w4a8_awq"): per searched linear the INT4
+	 * weight, weight_scale_2 (the FP8 stage) and input_scale; the
+	 * pre_quant_scale where int4_awq has one */
+	{"qwen2_moe", "wide", "w4a8_awq", "W4A8_AWQ",
+	 "model.layers.0.self_attn.o_proj.pre_quant_scale model.layers.0.self_attn.o_proj."
+	 "weight_scale_2 model.layers.0.self_attn.q_proj.input_scale model.layers.1.mlp."
+	 "shared_expert.down_proj.weight_scale_2 !q_proj.pre_quant_scale", NULL},
+	/* an affine NVFP4 KV cache layered over --qformat nvfp4 */
+	{"llama", "default", "nvfp4 --kv-cache-qformat nvfp4_affine", "NVFP4",
+	 "model.layers.1.self_attn.k_proj.k_bias model.layers.0.self_attn.v_proj.v_bias",
+	 kv_affine_more},
+};
+
+/* The parameters are indices into qformat_cases: the test runs in a new
+ * process, where the cases' pointers would not hold. */
+ParameterizedTestParameters(quantize, qformat_end_to_end)
+{
+	size_t n = CAL_ARRAY_LEN(qformat_cases), *idx = cr_malloc(n * sizeof(*idx));
+	for (size_t i = 0; i < n; i++)
+		idx[i] = i;
+	return cr_make_param_array(size_t, idx, n);
+}
+
+ParameterizedTest(const size_t *i, quantize, qformat_end_to_end, .timeout = 120)
+{
+	const struct qformat_case *c = &qformat_cases[*i];
+	char *root = tmpdir();
+	char *src = make_model(root, c->arch, c->layout);
+	char *tok = make_tokens(root, "tok.jsonl", 2, 16);
+	char *dst = path2(root, "out"), *errf = path2(root, "stderr");
+	/* qf: a --qformat name (and options), or a built-in recipe (general/...) */
+	int rc = run(NULL, errf, "quantize --model %s --%s %s --calib-tokens %s --out %s "
+		     "--device cpu", src, strchr(c->qf, '/') ? "recipe" : "qformat", c->qf, tok, dst);
+	expect_exit(rc, 0, errf);
+	rc = run(NULL, errf, "verify %s --source %s", dst, src);
+	expect_exit(rc, 0, errf);
+	char *cfg = slurp(path2(dst, "hf_quant_config.json")), *algo = NULL;
+	cr_assert(asprintf(&algo, "\"quant_algo\": \"%s\"", c->quant_algo) > 0);
+	cr_assert(strstr(cfg, track(algo)), "%s: %s lacks %s", c->qf, cfg, algo);
+	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8; /* after the length */
+	char *names = strdup(c->tensors), *save = NULL;
+	cr_assert(names);
+	for (char *t = strtok_r(names, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+		int absent = *t == '!', found = strstr(hdr, t + absent) != NULL;
+		cr_assert(found != absent, "%s %s: tensor '%s' %s", c->arch, c->qf, t + absent,
+			  found ? "is present" : "is missing");
+	}
+	free(names);
+	if (c->more)
+		c->more(root, dst, src, tok);
 	rm_rf(root);
 }
 
@@ -554,10 +636,10 @@ Test(quantize, qformat_maps_or_refuses, .timeout = 60)
 	cr_assert_eq(rc, 0, "exit %d: %s", rc, e);
 	cr_assert(strstr(o, "general/ptq/nvfp4_default-kv_fp8_cast"), "%s", o);
 	char *dst2 = path2(root, "out2");
-	rc = run(NULL, errf, "quantize --model %s --qformat w4a8_awq --calib-tokens %s --out %s "
-		 "--device cpu", src, tok, dst2);
+	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4_svdquant --calib-tokens %s "
+		 "--out %s --device cpu", src, tok, dst2);
 	e = expect_exit(rc, 3, errf);
-	cr_assert(strstr(e, "qformat 'w4a8_awq' is refused: the W4A8 sequential"), "%s", e);
+	cr_assert(strstr(e, "qformat 'nvfp4_svdquant' is refused: algorithm 'svdquant'"), "%s", e);
 	cr_assert(!cal_test_exists(dst2));
 	rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --recipe general/ptq/"
 		 "fp8_default-kv_fp8 --calib-tokens %s --out %s", src, tok, dst2);

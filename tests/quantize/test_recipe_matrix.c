@@ -85,6 +85,9 @@ static const struct refusal refusals[] = {
 	 * expert intermediate size 48 (MXFP4 block 32) */
 	{"int4_blockwise_weight_only", NULL, "is not a multiple of the INT4 block size 128"},
 	{"int4_awq-kv_fp8_cast", NULL, "is not a multiple of the INT4 block size 128"},
+	{"int4_awq_full-kv_fp8_cast", NULL, "is not a multiple of the INT4 block size 128"},
+	{"w4a8_awq-kv_fp8_cast", NULL, "is not a multiple of the W4A8 AWQ (INT4 then FP8) block "
+	 "size 128"},
 	{"mxfp4_mlp_weight_only", MOE_ARCHS, "is not a multiple of the MXFP4 block size 32"},
 	{"nvfp4_mlp_weight_only", MOE_ARCHS, "is not a multiple of the NVFP4 bs32 block size 32"},
 	/* calibd's own MXFP8 recipe, same shape rule (deepseek_v3's q_b_proj
@@ -109,6 +112,11 @@ static const struct refusal refusals[] = {
 	 * modelopt, refused (kernels/qfmt.def) */
 	{"fp8_2d_blockwise_weight_only-kv_fp8_cast", "gpt_oss",
 	 "GPT-OSS experts in fp8_pb_wo are not exported"},
+	/* calibd's recipes of hf_ptq's affine and rotated KV caches: not on
+	 * MLA (docs/numerics.md "Affine KV cache", "KV-cache rotation") */
+	{"fp8_default-kv_fp8_affine", "deepseek_v3", "affine KV cache on MLA attention"},
+	{"nvfp4_default-kv_nvfp4_affine", "deepseek_v3", "affine KV cache on MLA attention"},
+	{"nvfp4_default-kv_nvfp4_rotate", "deepseek_v3", "rotation of MLA keys"},
 };
 
 /* Whether `w` is one of the space-separated words of `list`. */
@@ -125,7 +133,7 @@ static const char *expected_refusal(const char *recipe, const char *arch, const 
 {
 	const char *base = strrchr(recipe, '/') ? strrchr(recipe, '/') + 1 : recipe;
 	if (!strcmp(layout, "wide"))
-		return NULL; /* only the INT4 recipes run there, and must quantize */
+		return NULL; /* only the INT4 (and W4A8 AWQ) recipes run there, and must quantize */
 	for (size_t i = 0; i < CAL_ARRAY_LEN(refusals); i++)
 		if (!strcmp(refusals[i].recipe, base) &&
 		    (!refusals[i].arch || word_in(arch, refusals[i].arch)))
@@ -135,7 +143,7 @@ static const char *expected_refusal(const char *recipe, const char *arch, const 
 
 /* Fixture layouts: every one an architecture offers beyond its default;
  * "wide": the default layout with every linear input a multiple of 128
- * (cal_fixture_opts.wide, plain GQA decoders), where only the INT4 recipes
+ * (cal_fixture_opts.wide, plain GQA decoders), where only the INT4 (and W4A8 AWQ) recipes
  * run (the narrow fixtures refuse them for the block size). */
 static const char *const layouts[] = {"default", "per-expert", "mixtral", "fused", "wide"};
 
@@ -221,7 +229,7 @@ static void matrix(const char *dir, const char *const *names, size_t n)
 			cr_assert_eq(st, CAL_OK, "fixture %s/%s", arch, layouts[l]);
 			unsigned before = t.arch_not_run;
 			for (size_t r = 0; r < n; r++)
-				if (!wide || strstr(names[r], "int4"))
+				if (!wide || strstr(names[r], "int4") || strstr(names[r], "w4a8_awq"))
 					cell(dir, names[r], arch, layouts[l], model, tok, out, &t);
 			if (t.arch_not_run > before)
 				printf("  %s/%s: %u cells not run (the engine does not run the "
@@ -263,7 +271,7 @@ static void free_names(char **names, size_t n)
 	free(names);
 }
 
-Test(recipe_matrix, builtin_tree, .timeout = 600)
+Test(recipe_matrix, builtin_tree, .timeout = 900)
 {
 	const char *dir = getenv("CALIBD_RECIPES_DIR");
 	cr_assert(dir && *dir, "$CALIBD_RECIPES_DIR (calibd's recipes/) is not set");
@@ -313,14 +321,19 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		while (k < CAL_ARRAY_LEN(modelopt_ptq) && strcmp(modelopt_ptq[k], refusals[i].recipe))
 			k++;
 		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast, nvfp4_awq-kv_fp8_cast
-		 * (hf_ptq's int4_awq, nvfp4_awq), int8* (hf_ptq's int8, int8_wo, int8_sq),
-		 * w4a8_* and fp8_2d_* (hf_ptq's W4A8 and fp8_pb_wo) */
+		 * (hf_ptq's int4_awq, nvfp4_awq), int4_awq_full-kv_fp8_cast (awq_full),
+		 * w4a8_awq-kv_fp8_cast (hf_ptq's w4a8_awq), int8* (hf_ptq's int8, int8_wo, int8_sq),
+		 * w4a8_* and fp8_2d_* (hf_ptq's W4A8 and fp8_pb_wo), *_affine and
+		 * *_rotate (hf_ptq's --kv_cache_qformat) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
 		    strncmp(refusals[i].recipe, "int8", 4) &&
 		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast") &&
+		    strcmp(refusals[i].recipe, "int4_awq_full-kv_fp8_cast") &&
+		    strcmp(refusals[i].recipe, "w4a8_awq-kv_fp8_cast") &&
 		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast") &&
 		    strncmp(refusals[i].recipe, "w4a8_", 5) &&
-		    strncmp(refusals[i].recipe, "fp8_2d_", 7))
+		    strncmp(refusals[i].recipe, "fp8_2d_", 7) && !strstr(refusals[i].recipe, "_affine") &&
+		    !strstr(refusals[i].recipe, "_rotate"))
 			cr_assert_fail("refusal for unknown recipe %s", refusals[i].recipe);
 	}
 	matrix(dir, (const char *const *)names, n);

@@ -20,6 +20,7 @@
 #include "engine/recipe/ytree.h"
 #include "engine/model/model.h"
 #include "engine/recipe/plan.h"
+#include "engine/recipe/qformat.h"
 #include "engine/recipe/recipe.h"
 
 static int have_modelopt(void)
@@ -882,8 +883,8 @@ Test(plan, refusals)
 		   CAL_ERR_UNSUPPORTED, "modelopt's default is 8-bit integer");
 	plan_fails(qwen3_moe, HEAD "    - {quantizer_name: '*output_quantizer', cfg: {$import: nvfp4}}\n",
 		   CAL_ERR_UNSUPPORTED, "output quantizers");
-	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: awq_full, quant_cfg: []}\n",
-		   CAL_ERR_UNSUPPORTED, "algorithm 'awq_full' is not implemented");
+	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: awq_clip, quant_cfg: []}\n",
+		   CAL_ERR_UNSUPPORTED, "algorithm 'awq_clip' is not implemented");
 	/* GPTQ options calibd does not run are named (docs/gptq.md) */
 	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: {method: gptq, "
 				   "fused: true, layerwise: {enable: true}}, quant_cfg: []}\n",
@@ -924,6 +925,47 @@ static char *int8_yaml(const char *algo, const char *waxis, const char *iaxis)
 	return y;
 }
 
+/* awq_full (docs/awq.md "awq_full"): awq_lite's method with awq_clip set,
+ * its four options read, defaults as AWQClipCalibConfig's; awq_lite does
+ * not take them. */
+Test(recipe, awq_full_options)
+{
+	char *y = int8_yaml("{method: awq_full, alpha_step: 0.2, min_clip_ratio: 0.4, "
+			    "shrink_step: 0.1, max_tokens_per_batch: 32, max_co_batch_size: 7}",
+			    "0", "null"), *msg = NULL;
+	struct cal_recipe *r = NULL;
+	cr_assert_eq(parse_msg(y, &msg, &r), CAL_OK, "%s", msg);
+	free(msg);
+	cr_expect_eq(r->algo.method, CAL_CALIB_AWQ_LITE);
+	cr_expect(r->algo.awq_clip);
+	cr_expect_str_eq(r->algo.name, "awq_full");
+	cr_expect_float_eq(r->algo.alpha_step, 0.2, 1e-12);
+	cr_expect_float_eq(r->algo.clip_min_ratio, 0.4, 1e-12);
+	cr_expect_float_eq(r->algo.clip_shrink_step, 0.1, 1e-12);
+	cr_expect_eq(r->algo.clip_max_tokens, 32);
+	cr_expect_eq(r->algo.clip_max_co_batch, 7);
+	cal_recipe_free(r);
+	free(y);
+	y = int8_yaml("awq_full", "0", "null");
+	cr_assert_eq(parse_msg(y, &msg, &r), CAL_OK, "%s", msg);
+	free(msg);
+	cr_expect(r->algo.awq_clip);
+	cr_expect_float_eq(r->algo.clip_min_ratio, 0.5, 1e-12);
+	cr_expect_float_eq(r->algo.clip_shrink_step, 0.05, 1e-12);
+	cr_expect_eq(r->algo.clip_max_tokens, 64);
+	cal_recipe_free(r);
+	free(y);
+	static const char *const bad[][2] = {
+		{"{method: awq_lite, min_clip_ratio: 0.4}", "min_clip_ratio"},
+		{"{method: awq_full, clip_ratio: 0.4}", "shrink_step"}, /* the keys listed */
+	};
+	for (size_t k = 0; k < CAL_ARRAY_LEN(bad); k++) {
+		y = int8_yaml(bad[k][0], "0", "null");
+		expect_error(y, CAL_ERR_FORMAT, bad[k][1]);
+		free(y);
+	}
+}
+
 Test(plan, int8_and_smoothquant)
 {
 	static const char dense[] =
@@ -959,27 +1001,34 @@ Test(plan, int8_and_smoothquant)
 	cr_expect_float_eq(r->algo.sq_alpha, 1.0, 1e-12);
 	cal_recipe_free(r);
 	free(y);
-	/* unknown and out-of-range options are refused, named */
-	y = int8_yaml("{method: smoothquant, alpha: 0.5, migration: 2}", "0", "null");
-	expect_error(y, CAL_ERR_FORMAT, "migration");
-	free(y);
-	y = int8_yaml("{method: smoothquant, alpha: 1.5}", "0", "null");
-	expect_error(y, CAL_ERR_FORMAT, "must be in [0, 1]");
-	free(y);
-	/* per-channel along another axis, per-channel inputs, weight-only */
-	y = int8_yaml("max", "1", "null");
-	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "implemented for weights along axis 0 only");
-	free(y);
-	y = int8_yaml("max", "0", "-1");
-	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "per-channel quantization (axis) is implemented for weights");
-	free(y);
-	y = int8_yaml("smoothquant", "null", "null");
-	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "8-bit integer quantization is not implemented");
-	free(y);
-	/* INT8 inputs are static per tensor: per-token ones select no row */
-	y = int8_yaml("max", "0", "null, type: dynamic, block_sizes: {-1: null}");
-	plan_fails(dense, y, CAL_ERR_UNSUPPORTED, "per-token inputs in FP8 E4M3 only");
-	free(y);
+	/* refused when parsed (at_plan 0) or when planned for dense (1) */
+	static const struct {
+		const char *algo, *waxis, *iaxis;
+		int at_plan;
+		enum cal_status want;
+		const char *needle;
+	} bad[] = {
+		/* unknown and out-of-range options are refused, named */
+		{"{method: smoothquant, alpha: 0.5, migration: 2}", "0", "null", 0, CAL_ERR_FORMAT, "migration"},
+		{"{method: smoothquant, alpha: 1.5}", "0", "null", 0, CAL_ERR_FORMAT, "must be in [0, 1]"},
+		/* per-channel along another axis, per-channel inputs, weight-only */
+		{"max", "1", "null", 1, CAL_ERR_UNSUPPORTED, "implemented for weights along axis 0 only"},
+		{"max", "0", "-1", 1, CAL_ERR_UNSUPPORTED,
+		 "per-channel quantization (axis) is implemented for weights"},
+		{"smoothquant", "null", "null", 1, CAL_ERR_UNSUPPORTED,
+		 "8-bit integer quantization is not implemented"},
+		/* INT8 inputs are static per tensor: per-token ones select no row */
+		{"max", "0", "null, type: dynamic, block_sizes: {-1: null}", 1, CAL_ERR_UNSUPPORTED,
+		 "per-token inputs in FP8 E4M3 only"},
+	};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(bad); i++) {
+		y = int8_yaml(bad[i].algo, bad[i].waxis, bad[i].iaxis);
+		if (bad[i].at_plan)
+			plan_fails(dense, y, bad[i].want, bad[i].needle);
+		else
+			expect_error(y, bad[i].want, bad[i].needle);
+		free(y);
+	}
 	plan_fails(dense, "imports: {fp8: configs/numerics/fp8}\nmetadata: {recipe_type: ptq}\n"
 			  "quantize:\n  algorithm: smoothquant\n  quant_cfg:\n"
 			  "    - {quantizer_name: '*', enable: false}\n"
@@ -1061,4 +1110,91 @@ Test(plan, fp8_channel_block_and_w4a8)
 				   "type: dynamic, block_sizes: {-1: null}}}\n",
 		   CAL_ERR_UNSUPPORTED, "FP8 weights with FP8 per-channel/per-token inputs");
 #undef FP8H
+}
+
+/* The KV-cache units of hf_ptq's --kv_cache_qformat (docs/recipes.md
+ * "KV-cache formats"): affine and rotated plans, the kv_cache_qformat
+ * layering over a recipe, and what stays refused around them. */
+Test(plan, kv_affine_rotate_and_kv_qformat)
+{
+	struct cal_model_desc *d = model(qwen3_moe);
+	struct cal_recipe *r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_affine");
+	struct cal_plan *p = plan_of(d, r);
+	const struct cal_plan_q *k = cal_plan_find(p, "model.layers.1.self_attn.k_bmm_quantizer");
+	cr_assert(k && k->spec.enabled && k->spec.affine && k->spec.fmt == CAL_QFMT_NVFP4);
+	cr_assert(p->sum.kv_affine && !p->sum.rot_block[0] && !p->sum.rot_block[1]);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+
+	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_rotate");
+	p = plan_of(d, r);
+	/* head_dim 16: one block of 16; Q rotates with its quantizer off, V not */
+	cr_assert(!p->sum.kv_affine && p->sum.rot_block[0] == 16 && p->sum.rot_block[1] == 16 &&
+		  p->sum.rot_block[2] == 0);
+	cr_assert(!cal_plan_find(p, "model.layers.0.self_attn.q_bmm_quantizer")->spec.enabled);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+
+	/* --kv-cache-qformat over a recipe: the last unit wins */
+	static const struct {
+		const char *kv;
+		enum cal_qfmt fmt;
+		int cast, affine, rot;
+	} kvs[] = {
+		{"fp8_affine", CAL_QFMT_FP8, 0, 1, 0}, {"nvfp4_rotate", CAL_QFMT_NVFP4, 0, 0, 16},
+		{"nvfp4_cast", CAL_QFMT_NVFP4, 1, 0, 0}, {"none", CAL_QFMT_NONE, 0, 0, 0},
+		{"fp8", CAL_QFMT_FP8, 0, 0, 0},
+	};
+	struct cal_recipe_opts o = {.builtin_dir = CAL_TEST_RECIPES_DIR, .no_filesystem = 1};
+	for (size_t i = 0; i < sizeof(kvs) / sizeof(kvs[0]); i++) {
+		struct cal_error err = {0};
+		r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_fp8_cast");
+		cr_assert_eq(cal_kv_qformat_apply(r, kvs[i].kv, &o, &err), CAL_OK, "%s: %s", kvs[i].kv,
+			     cal_error_msg(&err));
+		p = plan_of(d, r);
+		cr_assert(p->sum.kv_fmt == kvs[i].fmt && p->sum.kv_cast == kvs[i].cast &&
+			  p->sum.kv_affine == kvs[i].affine && p->sum.rot_block[1] == (uint32_t)kvs[i].rot,
+			  "%s: %s", kvs[i].kv, cal_qfmt_name(p->sum.kv_fmt));
+		cal_plan_free(p);
+		cal_recipe_free(r);
+	}
+	struct cal_error err = {0};
+	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_fp8_cast");
+	cr_assert_eq(cal_kv_qformat_apply(r, "fp16", &o, &err), CAL_ERR_NOTFOUND);
+	cr_assert(strstr(cal_error_msg(&err), "nvfp4_rotate"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+
+	/* refused: MLA, bias off the KV cache, other bias kinds, rotate_back */
+	d = model(deepseek);
+	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_affine");
+	cr_assert_eq(cal_plan_build(d, r, &p, &err), CAL_ERR_UNSUPPORTED);
+	cr_assert(strstr(cal_error_msg(&err), "MLA"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	cal_recipe_free(r);
+	cal_model_desc_free(d);
+#define KVH "imports: {fp8: configs/numerics/fp8}\n" \
+	"metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n" \
+	"    - {quantizer_name: '*', enable: false}\n"
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*o_proj.input_quantizer', "
+				  "cfg: {$import: fp8, bias: {-2: null, -4: null}}}\n",
+		   CAL_ERR_UNSUPPORTED, "for the KV cache (k_bmm / v_bmm) only");
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*[kv]_bmm_quantizer', "
+				  "cfg: {$import: fp8, bias: {-1: null, type: static}}}\n",
+		   CAL_ERR_UNSUPPORTED, "static mean bias per KV head and channel");
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*[kv]_bmm_quantizer', "
+				  "cfg: {$import: fp8, bias: {-2: null, -4: null, type: dynamic}}}\n",
+		   CAL_ERR_UNSUPPORTED, "static mean bias per KV head and channel");
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*k_bmm_quantizer', "
+				  "cfg: {$import: fp8, rotate: {enable: true, mode: rotate_back}}}\n",
+		   CAL_ERR_UNSUPPORTED, "rotate_back");
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*[kv]_bmm_quantizer', "
+				  "cfg: {$import: fp8, rotate: {enable: true, block_size: 32}}}\n",
+		   CAL_ERR_UNSUPPORTED, "does not divide head_dim 16");
+	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*k_bmm_quantizer', "
+				  "cfg: {$import: fp8, bias: {-2: null, -4: null}}}\n"
+				  "    - {quantizer_name: '*v_bmm_quantizer', cfg: {$import: fp8}}\n",
+		   CAL_ERR_INVALID, "KV-cache quantizers disagree");
+#undef KVH
 }
