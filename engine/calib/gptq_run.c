@@ -842,8 +842,8 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 		}
 		rc = cal_gptq_factor_many(c->be, C, *nf, in, &g->o, u, st, err);
 		if (rc < 0)
-			cal_error_wrap(err, rc, "gptq: %s (and %zu more factors)",
-				       mod_name(c, LIN(g)[i0].r.mod), *nf - 1);
+			cal_error_wrap(err, rc, "gptq: %s (the factors of %zu linears from it)",
+				       mod_name(c, LIN(g)[i0].r.mod), *i1 - i0);
 		for (size_t k = 0; k < *nf && rc >= 0; k++)
 			f[k].st = st[k];
 	}
