@@ -3,10 +3,12 @@
  * f64 Cholesky of the reversed damped Hessian and its triangular inverse,
  * engine/calib/gptq.c, blocked and threaded) on an n x n matrix, next to
  * the single-threaded column algorithms it replaced (gptq_factor_ref.h),
- * and checks that both give the same bytes.
+ * and checks that both give the same bytes.  On the back end named
+ * (cpu or cuda; the chol_inv op there), batch copies of the matrix in one
+ * cal_gptq_factor_many (one batched chol_inv), every U checked.
  *
- *   bench_gptq_factor [n threads [ref]]   (default 2048 0 1; ref 0 skips the
- *                                          reference)
+ *   bench_gptq_factor [n threads [ref [backend [batch]]]]
+ *       (default 2048 0 1 cpu 1; ref 0 skips the reference)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,39 +32,58 @@ int main(int argc, char **argv)
 	uint64_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 2048;
 	unsigned threads = argc > 2 ? (unsigned)strtoul(argv[2], NULL, 10) : 0;
 	int ref = argc > 3 ? atoi(argv[3]) : 1;
+	size_t batch = argc > 5 ? strtoul(argv[5], NULL, 10) : 1;
+	enum cal_backend_kind kind = CAL_BACKEND_CPU;
 	struct cal_error err = {0};
 	struct cal_backend_opts bo = {.cpu_threads = threads};
 	struct cal_backend *be = NULL;
-	if (!n || n % 16 || cal_backend_init(CAL_BACKEND_CPU, &bo, &be, &err) < 0) {
+	if (argc > 4 && cal_backend_kind_from_name(argv[4], &kind) < 0) {
+		fprintf(stderr, "bench_gptq_factor: back end '%s' is not cpu or cuda\n", argv[4]);
+		return 1;
+	}
+	if (!batch || batch > 65535) {
+		fprintf(stderr, "bench_gptq_factor: batch must be in [1, 65535]\n");
+		return 1;
+	}
+	if (!n || n % 16 || cal_backend_init(kind, &bo, &be, &err) < 0) {
 		fprintf(stderr, "bench_gptq_factor: %s\n", n && n % 16 == 0 ? cal_error_msg(&err)
 									   : "n must be a multiple of 16");
 		return 1;
 	}
 	uint64_t rows = 4;
-	float *h = malloc(n * n * 4), *u = malloc(n * n * 4), *r = ref ? malloc(n * n * 4) : NULL;
+	float *h = malloc(n * n * 4), *u = malloc(batch * n * n * 4),
+	      *r = ref ? malloc(n * n * 4) : NULL;
 	uint16_t *w = malloc(rows * n * 2);
-	if (!h || !u || !w || (ref && !r)) {
+	struct cal_gptq_factor_in *in = malloc(batch * sizeof(*in));
+	float **ub = malloc(batch * sizeof(*ub));
+	struct cal_gptq_stats *sb = malloc(batch * sizeof(*sb));
+	if (!h || !u || !w || (ref && !r) || !in || !ub || !sb) {
 		fprintf(stderr, "bench_gptq_factor: out of memory\n");
 		return 1;
 	}
 	gptq_factor_case(n, 0, 1, h, w, rows);
 	struct cal_gptq_opts o = {CAL_GPTQ_PERC_DAMP, CAL_GPTQ_BLOCK, 1};
-	struct cal_gptq_stats st;
+	for (size_t b = 0; b < batch; b++) {
+		in[b] = (struct cal_gptq_factor_in){w, rows, h, 1000};
+		ub[b] = u + b * n * n;
+	}
 	double t0 = cal_now(), c0 = cpu_s();
-	if (cal_gptq_factor(be, w, rows, n, h, 1000, &o, u, &st, &err) < 0) {
+	if (cal_gptq_factor_many(be, n, batch, in, &o, ub, sb, &err) < 0) {
 		fprintf(stderr, "bench_gptq_factor: %s\n", cal_error_msg(&err));
 		return 1;
 	}
 	double t1 = cal_now(), c1 = cpu_s();
-	printf("gptq factor n=%llu, %s: wall %.3f s, cpu %.3f s (fallback %d)",
-	       (unsigned long long)n, cal_backend_describe(be), t1 - t0, c1 - c0, st.fallback);
+	const struct cal_gptq_stats st = sb[0];
+	printf("gptq factor n=%llu x %zu, %s: wall %.3f s (%.4f s a factor), cpu %.3f s "
+	       "(fallback %d)", (unsigned long long)n, batch, cal_backend_describe(be), t1 - t0,
+	       (t1 - t0) / (double)batch, c1 - c0, st.fallback);
 	if (ref) {
 		double t2 = cal_now(), c2 = cpu_s();
 		int fb = gptq_factor_ref(w, rows, n, h, 1000, CAL_GPTQ_PERC_DAMP, r);
 		double t3 = cal_now(), c3 = cpu_s();
 		uint64_t diff = 0;
-		for (uint64_t k = 0; k < n * n; k++)
-			diff += memcmp(&u[k], &r[k], 4) != 0;
+		for (uint64_t k = 0; k < batch * n * n; k++)
+			diff += memcmp(&u[k], &r[k % (n * n)], 4) != 0;
 		printf("; column algorithm (1 thread) wall %.3f s, cpu %.3f s; U values "
 		       "differing: %llu%s", t3 - t2, c3 - c2, (unsigned long long)diff,
 		       fb != st.fallback ? " (fallback differs)" : "");
@@ -72,7 +93,7 @@ int main(int argc, char **argv)
 		}
 	}
 	printf("\n");
-	free(h), free(u), free(r), free(w);
+	free(h), free(u), free(r), free(w), free(in), free(ub), free(sb);
 	cal_backend_free(be);
 	return 0;
 }
