@@ -33,7 +33,8 @@
  * end (q/k/v share one: hidden^2, o_proj (heads*head_dim)^2, gate/up one,
  * down I^2, fp32), freed layer by layer; the saved layer input (2 H bytes a
  * token); fake-quantized copies of the layer's updated linears and routed
- * experts; host: the update's scratch (cal_gptq_scratch_bytes) and the
+ * experts; host (and a device's chol_inv): the factors of one chunk of
+ * linears, at most GPTQ_FACTOR_BUDGET (docs/gptq.md "Memory"), and the
  * updated bf16 weights of the last layer (kept for the exporter).
  */
 #include <math.h>
