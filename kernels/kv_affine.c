@@ -49,7 +49,7 @@ static void kv_affine_range(const void *p, uint64_t begin, uint64_t end, uint32_
 					*max_bits = d;
 			}
 		}
-		a->bias[c] = cal_nf_f32_to_bf16(b);
+		a->bias[c] = cal_nf_f32_to_bf16_canon(b); /* NaN from a non-finite input */
 	}
 }
 

@@ -127,6 +127,15 @@ CAL_HD uint16_t cal_nf_f32_to_bf16(float f)
 	return (uint16_t)(u >> 16);
 }
 
+/* fp32 -> bf16 as cal_nf_f32_to_bf16, but every NaN becomes the quiet NaN
+ * 0x7FC0: for values computed from a NaN, whose payload differs between
+ * back ends (x86 propagates the operand's, CUDA's arithmetic gives
+ * 0x7FFFFFFF). */
+CAL_HD uint16_t cal_nf_f32_to_bf16_canon(float f)
+{
+	return f != f ? (uint16_t)0x7fc0u : cal_nf_f32_to_bf16(f);
+}
+
 /* ---- float8 E4M3 (e4m3fn: bias 7, no inf, 0x7F/0xFF = NaN, max 448) ----- */
 
 /*

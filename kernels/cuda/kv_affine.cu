@@ -53,7 +53,7 @@ kv_affine_kernel(const uint16_t *x, uint64_t rows, uint64_t cols, const uint32_t
 					s.max_bits = d > s.max_bits ? d : s.max_bits;
 			}
 		}
-		bias[c] = cal_f2bf(b);
+		bias[c] = cal_nf_f32_to_bf16_canon(b); /* NaN from a non-finite input */
 	}
 	cal_obs_flush_amax(s.max_bits, amax);
 	cal_obs_flush_nonfinite(s, nf);
