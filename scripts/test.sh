@@ -51,7 +51,8 @@ fi
 
 echo "== 3. ASan + UBSan build"
 sh scripts/build.sh build/asan -Dcuda=disabled -Db_sanitize=address,undefined -Db_lundef=false
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS=suppressions="$PWD/tests/lsan.supp" \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	meson test -C build/asan --num-processes "$jobs" --print-errorlogs --suite unit
 # Criterion runs each test in a child whose sanitizer report does not change
 # the verdict: read the log instead.
