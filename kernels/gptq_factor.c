@@ -35,12 +35,8 @@ void cal_gptq_damped(const float *hsum, const uint8_t *dead, double scale, uint6
 CAL_CHECK_OP(gptq_factor)
 {
 	enum cal_status st;
-	if (a->batch > 65535)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 'batch' = %u is not in [0, 65535]",
-				     (unsigned)a->batch);
-	if (!a->n || a->n > 65536)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 'n' = %llu is not in [1, 65536]",
-				     (unsigned long long)a->n);
+	if ((st = cal_check_batch_n(a->batch, a->n, err)) < 0)
+		return st;
 	if (!(a->perc_damp > 0.0 && a->perc_damp <= 1.0))
 		return cal_error_set(err, CAL_ERR_RANGE, "argument 'perc_damp' = %g is not in (0, 1]",
 				     a->perc_damp);
