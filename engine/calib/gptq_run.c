@@ -112,6 +112,7 @@ struct cal_gptq_run {
 	uint64_t *cnt;             /* back end [R]: the ranks' row counts; then host [R] */
 	uint64_t *hcnt;
 	json_t *fallback;          /* report: names */
+	double t_factor;           /* seconds of the solve in the factorisations */
 };
 
 static struct cal_gptq_run *run(const struct cal_calib *c)
@@ -837,7 +838,9 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 		if ((rc = cal_backend_copy(c->be, g->fh + k * CC, g->hs[f[k].site], CC * 4, err)) < 0)
 			goto out;
 	}
+	double t0 = cal_now();
 	rc = cal_gptq_factor_dev(c->be, C, *nf, g->fh, dead, ns, &g->o, g->du, st, err);
+	g->t_factor += cal_now() - t0; /* it downloads the flags: synchronised */
 	if (rc < 0)
 		cal_error_wrap(err, rc, "gptq: %s (the factors of %zu linears from it)",
 			       mod_name(c, LIN(g)[i0].r.mod), *i1 - i0);
@@ -1026,8 +1029,9 @@ static enum cal_status pass_end(struct cal_calib *c, int32_t L, int pass,
 static json_t *params(const struct cal_calib *c)
 {
 	const struct cal_gptq_run *g = run(c);
-	return json_pack("{s:f, s:I, s:O}", "perc_damp", g->o.perc_damp, "block_size",
-			 (json_int_t)g->o.block_size, "fallback", g->fallback);
+	return json_pack("{s:f, s:I, s:O, s:f}", "perc_damp", g->o.perc_damp, "block_size",
+			 (json_int_t)g->o.block_size, "fallback", g->fallback, "factor_s",
+			 g->t_factor);
 }
 
 const struct cal_lin_algo cal_gptq_algo = {
