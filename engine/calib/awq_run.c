@@ -112,7 +112,7 @@ enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *
 				"W4A8 AWQ weights"
 			      : cal_linear_algo_q_why(p, q);
 	}
-	return cal_linear_algo_refuse(d, "awq_lite", why, "docs/awq.md", err);
+	return cal_linear_algo_refuse(d, p->recipe->algo.name, why, "docs/awq.md", err);
 }
 
 static enum cal_status awq_init(struct cal_calib *c, struct cal_error *err)
