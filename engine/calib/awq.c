@@ -462,13 +462,34 @@ unsigned cal_awq_clip_ratios(double min_ratio, double step, float *ratios)
 	return n + 1;
 }
 
-/* awq_clip's argument checks and clip ratios (*nr of them). */
-static enum cal_status clip_check(const uint16_t *w, uint64_t rows, uint64_t cols,
-				  const uint16_t *x, uint64_t tokens, uint64_t batch,
-				  const struct cal_awq_clip_opts *o, const float *amax,
-				  enum cal_awq_wq wq, float *ratios, unsigned *nr,
+static enum cal_status clip_nomem(uint64_t rows, uint64_t cols, uint64_t tokens,
 				  struct cal_error *err)
 {
+	return cal_error_set(err, CAL_ERR_NOMEM, "awq_clip: scratch for [%llu, %llu] and %llu "
+			     "tokens", (unsigned long long)rows, (unsigned long long)cols,
+			     (unsigned long long)tokens);
+}
+
+/* What both clip searches start from: the clip ratios, and the search's
+ * input rows: per step of `batch` rows, the rows 0, s, 2s, .. (s = max(1,
+ * n / max_tokens); every row when max_tokens is 0), times pqs (bf16) when
+ * given, xs [n_sel, cols], step_end [n_steps] each step's end row in xs. */
+struct clip_prep {
+	float ratios[CAL_AWQ_MAX_RATIOS];
+	unsigned nr;
+	uint16_t *xs;
+	uint64_t *step_end, n_steps, n_sel;
+};
+
+/* The argument checks, then p (freed with clip_prep_free, also on error). */
+static enum cal_status clip_prepare(const uint16_t *w, uint64_t rows, uint64_t cols,
+				    const uint16_t *x, uint64_t tokens, uint64_t batch,
+				    const uint16_t *pqs, const struct cal_awq_clip_opts *o,
+				    const float *amax, enum cal_awq_wq wq, uint64_t max_tokens,
+				    struct clip_prep *p, struct cal_error *err)
+{
+	p->xs = NULL;
+	p->step_end = NULL;
 	if (!w || !x || !o || !amax)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: a NULL argument");
 	if (!rows || !cols || cols % (wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128))
@@ -479,57 +500,38 @@ static enum cal_status clip_check(const uint16_t *w, uint64_t rows, uint64_t col
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: min_clip_ratio = %g, "
 				     "shrink_step = %g: both must be in (0, 1]", o->min_ratio,
 				     o->step);
-	if (!(*nr = cal_awq_clip_ratios(o->min_ratio, o->step, ratios)))
+	if (!(p->nr = cal_awq_clip_ratios(o->min_ratio, o->step, p->ratios)))
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: min_clip_ratio = %g, "
 				     "shrink_step = %g give over %d clip ratios", o->min_ratio,
 				     o->step, CAL_AWQ_MAX_RATIOS);
-	return CAL_OK;
-}
-
-/* The clip search's input rows: per step of `batch` rows, the rows 0, s,
- * 2s, .. (s = max(1, n / max_tokens); every row when max_tokens is 0),
- * times pqs (bf16) when given: *xs [*n_sel, cols], *step_end [*n_steps]
- * each step's end row in xs.  0 when out of memory. */
-static int clip_inputs(const uint16_t *x, uint64_t tokens, uint64_t cols, uint64_t batch,
-		       const uint16_t *pqs, uint64_t max_tokens, uint16_t **xs,
-		       uint64_t **step_end, uint64_t *n_steps, uint64_t *n_sel)
-{
 	uint64_t ns = (tokens + batch - 1) / batch, sel = 0;
-	uint64_t *se = malloc(ns * sizeof(uint64_t));
-	if (!se)
-		return 0;
+	if (!(p->step_end = malloc(ns * sizeof(uint64_t))))
+		return clip_nomem(rows, cols, tokens, err);
 	for (uint64_t s = 0, t0 = 0; s < ns; s++, t0 += batch) {
 		uint64_t n = t0 + batch < tokens ? batch : tokens - t0;
 		uint64_t st = max_tokens && n / max_tokens ? n / max_tokens : 1;
 		sel += (n + st - 1) / st;
-		se[s] = sel;
+		p->step_end[s] = sel;
 	}
-	uint16_t *v = malloc(sel * cols * 2);
-	if (!v) {
-		free(se);
-		return 0;
-	}
+	if (!(p->xs = malloc(sel * cols * 2)))
+		return clip_nomem(rows, cols, tokens, err);
 	for (uint64_t s = 0, t0 = 0, i = 0; s < ns; s++, t0 += batch) {
 		uint64_t n = t0 + batch < tokens ? batch : tokens - t0;
 		uint64_t st = max_tokens && n / max_tokens ? n / max_tokens : 1;
 		for (uint64_t t = t0; t < t0 + n; t += st, i++)
 			for (uint64_t k = 0; k < cols; k++)
-				v[i * cols + k] = pqs ? tobf(bf(x[t * cols + k]) * bf(pqs[k]))
-						      : x[t * cols + k];
+				p->xs[i * cols + k] = pqs ? tobf(bf(x[t * cols + k]) * bf(pqs[k]))
+							  : x[t * cols + k];
 	}
-	*xs = v;
-	*step_end = se;
-	*n_steps = ns;
-	*n_sel = sel;
-	return 1;
+	p->n_steps = ns;
+	p->n_sel = sel;
+	return CAL_OK;
 }
 
-static enum cal_status clip_nomem(uint64_t rows, uint64_t cols, uint64_t tokens,
-				  struct cal_error *err)
+static void clip_prep_free(struct clip_prep *p)
 {
-	return cal_error_set(err, CAL_ERR_NOMEM, "awq_clip: scratch for [%llu, %llu] and %llu "
-			     "tokens", (unsigned long long)rows, (unsigned long long)cols,
-			     (unsigned long long)tokens);
+	free(p->xs);
+	free(p->step_end);
 }
 
 enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
@@ -538,22 +540,18 @@ enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, u
 				  const struct cal_awq_clip_opts *o, float *amax,
 				  struct cal_error *err)
 {
-	float ratios[CAL_AWQ_MAX_RATIOS];
-	unsigned nr;
-	CAL_TRY_RET(clip_check(w, rows, cols, x, tokens, batch, o, amax, CAL_AWQ_WQ_INT4, ratios,
-			       &nr, err));
-	uint64_t n_steps, n_sel, *step_end;
-	uint16_t *xs;
-	if (!clip_inputs(x, tokens, cols, batch, pqs, o->max_tokens, &xs, &step_end, &n_steps,
-			 &n_sel))
-		return clip_nomem(rows, cols, tokens, err);
-	block_amax(w, rows * cols, 128, amax);
-	struct clip_ctx c = {o, w, xs, rows, cols, step_end, n_steps, n_sel, ratios, nr, amax, 0};
-	enum cal_status rc = cal_cpu_parallel(host, rows, 1, clip_rows, &c, err);
-	if (rc >= 0 && c.nomem)
-		rc = clip_nomem(rows, cols, tokens, err);
-	free(step_end);
-	free(xs);
+	struct clip_prep p;
+	enum cal_status rc = clip_prepare(w, rows, cols, x, tokens, batch, pqs, o, amax,
+					  CAL_AWQ_WQ_INT4, o ? o->max_tokens : 0, &p, err);
+	if (rc >= 0) {
+		block_amax(w, rows * cols, 128, amax);
+		struct clip_ctx c = {o, w, p.xs, rows, cols, p.step_end, p.n_steps, p.n_sel,
+				     p.ratios, p.nr, amax, 0};
+		rc = cal_cpu_parallel(host, rows, 1, clip_rows, &c, err);
+		if (rc >= 0 && c.nomem)
+			rc = clip_nomem(rows, cols, tokens, err);
+	}
+	clip_prep_free(&p);
 	return rc;
 }
 
@@ -612,35 +610,27 @@ enum cal_status cal_awq_clip_nvfp4(struct cal_backend *host, const uint16_t *w, 
 				   const struct cal_awq_clip_opts *o, float *amax, double *loss,
 				   struct cal_error *err)
 {
-	float ratios[CAL_AWQ_MAX_RATIOS];
 	double ls[CAL_AWQ_MAX_RATIOS];
-	unsigned nr;
-	CAL_TRY_RET(clip_check(w, rows, cols, x, tokens, batch, o, amax, CAL_AWQ_WQ_NVFP4, ratios,
-			       &nr, err));
-	uint64_t n_steps, n_sel, *step_end;
-	uint16_t *xs;
-	if (!clip_inputs(x, tokens, cols, batch, pqs, 0, &xs, &step_end, &n_steps, &n_sel))
-		return clip_nomem(rows, cols, tokens, err);
+	struct clip_prep p;
+	enum cal_status rc = clip_prepare(w, rows, cols, x, tokens, batch, pqs, o, amax,
+					  CAL_AWQ_WQ_NVFP4, 0, &p, err);
 	float wa = 0.0f;
-	for (uint64_t i = 0; i < rows * cols; i++) {
-		float a = fabsf(bf(w[i]));
-		wa = a > wa ? a : wa;
-	}
-	struct tclip_ctx c = {o, w, xs, rows, cols, step_end, n_steps, ratios, wa, ls, 0};
-	enum cal_status rc = cal_cpu_parallel(host, nr, 1, tclip_ratios, &c, err);
-	if (rc >= 0 && c.nomem)
+	for (uint64_t i = 0; rc >= 0 && i < rows * cols; i++)
+		wa = fmaxf(wa, fabsf(bf(w[i])));
+	struct tclip_ctx c = {o, w, p.xs, rows, cols, p.step_end, p.n_steps, p.ratios, wa, ls, 0};
+	if (rc >= 0 && (rc = cal_cpu_parallel(host, p.nr, 1, tclip_ratios, &c, err)) >= 0 &&
+	    c.nomem)
 		rc = clip_nomem(rows, cols, tokens, err);
 	if (rc >= 0) {
 		unsigned best = 0;
-		for (unsigned j = 1; j < nr; j++)
+		for (unsigned j = 1; j < p.nr; j++)
 			if ((float)ls[j] < (float)ls[best])
 				best = j;
-		*amax = clip_amax(o, ratios[best], wa);
+		*amax = clip_amax(o, p.ratios[best], wa);
 		if (loss)
-			memcpy(loss, ls, nr * sizeof(double));
+			memcpy(loss, ls, p.nr * sizeof(double));
 	}
-	free(step_end);
-	free(xs);
+	clip_prep_free(&p);
 	return rc;
 }
 
