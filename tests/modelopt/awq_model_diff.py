@@ -248,7 +248,7 @@ def main():
                     res["metric"] = "mlp_block"
                 else:
                     xq = x * pq.double() if pq is not None else x
-                    if pq is None and tag != "rtn":
+                    if pq is None and tag != "rtn" and args.algorithm != "awq_clip":
                         # fused into the norm: the norm output carries the scale
                         xq = x / (src_norm_ratio(torch, src, st, name))
                     mse = float(((xq @ wh.t() - y) ** 2).mean())
