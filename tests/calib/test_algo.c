@@ -683,6 +683,24 @@ Test(awq_lite, bad_input)
 	cr_assert_eq(o.n_alpha, 3);
 	for (int k = 0; k < 128; k++)
 		cr_assert(isfinite(cal_nf_bf16_to_f32(pq[k])));
+	/* awq_clip per tensor (NVFP4): the block of 16 and the options named;
+	 * an all-zero weight keeps amax 0 */
+	struct cal_awq_clip_opts co = {64, 0.5, 0.05, 1};
+	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 24, x, 3, 2, NULL, &co, am, NULL, &err),
+		     CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "NVFP4 block (16)"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	co.min_ratio = 0.0;
+	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 128, x, 3, 2, NULL, &co, am, NULL, &err),
+		     CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "min_clip_ratio"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	co.min_ratio = 0.5;
+	am[0] = -1.0f;
+	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 128, x, 3, 2, pq, &co, am, NULL, &err), CAL_OK,
+		     "%s", cal_error_msg(&err));
+	cr_assert_eq(am[0], 0.0f);
+	cr_assert_eq(cal_awq_in_amax(x, 3, 128, NULL), 0.0f);
 	cal_backend_free(be);
 }
 
