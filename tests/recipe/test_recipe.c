@@ -953,22 +953,11 @@ Test(recipe, awq_full_options)
 	cr_expect_float_eq(r->algo.clip_min_ratio, 0.5, 1e-12);
 	cr_expect_float_eq(r->algo.clip_shrink_step, 0.05, 1e-12);
 	cr_expect_eq(r->algo.clip_max_tokens, 64);
-	cr_expect(!r->algo.awq_no_search);
-	cal_recipe_free(r);
-	free(y);
-	/* awq_clip alone (AWQClipCalibConfig): the clip options, no search */
-	y = int8_yaml("{method: awq_clip, min_clip_ratio: 0.7}", "0", "null");
-	cr_assert_eq(parse_msg(y, &msg, &r), CAL_OK, "%s", msg);
-	free(msg);
-	cr_expect_eq(r->algo.method, CAL_CALIB_AWQ_LITE);
-	cr_expect(r->algo.awq_clip && r->algo.awq_no_search);
-	cr_expect_float_eq(r->algo.clip_min_ratio, 0.7, 1e-12);
 	cal_recipe_free(r);
 	free(y);
 	static const char *const bad[][2] = {
 		{"{method: awq_lite, min_clip_ratio: 0.4}", "min_clip_ratio"},
 		{"{method: awq_full, clip_ratio: 0.4}", "shrink_step"}, /* the keys listed */
-		{"{method: awq_clip, alpha_step: 0.1}", "alpha_step"},
 	};
 	for (size_t k = 0; k < CAL_ARRAY_LEN(bad); k++) {
 		y = int8_yaml(bad[k][0], "0", "null");
