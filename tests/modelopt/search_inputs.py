@@ -17,7 +17,12 @@ linear:
     whose statistic differs in bf16 (awq: the mean |x| over the tokens, the
     search's act_scale; sq: the max |x|, SmoothQuant's);
   * awq: calibd's search (build/tests/calib/awq_search, cal_awq_lite) on
-    modelopt's inputs and on its own, each alpha's loss beside modelopt's.
+    modelopt's inputs and on its own, each alpha's loss beside modelopt's;
+  * --stages: layer 0 op by op, each op through transformers' module from
+    calibd's own input of that op (input norm; attention, also against
+    docs/architectures.md's formula in exact arithmetic; o_proj + residual +
+    post-attention norm; the MLP, or an MoE block through layer 1's input
+    norm): the outputs that differ from calibd's (stages()).
 
     python search_inputs.py --calibd BUILD/cli/calibd \\
         --fixture-bin BUILD/tests/fixtures/calibd-fixture \\
@@ -49,12 +54,19 @@ def calibd_inputs(torch, d):
     """linear -> calibd's bf16 inputs [T, cols] from CALIBD_TEST_SITE_DUMP's files."""
     out = {}
     for fn in glob.glob(os.path.join(d, "L*_s*_e-1_c*.bf16")):
-        L, s, _, c = os.path.basename(fn)[1:-5].split("_")
-        s, c = int(s[1:]), int(c[1:])
-        x = torch.frombuffer(bytearray(open(fn, "rb").read()), dtype=torch.bfloat16).view(-1, c)
-        for lin in SITES.get(s, ()):
-            out["model.layers.%s.%s" % (L, lin)] = x
+        L, s = os.path.basename(fn)[1:-5].split("_")[:2]
+        for lin in SITES.get(int(s[1:]), ()):
+            out["model.layers.%s.%s" % (L, lin)] = calibd_inputs.one(torch, fn)
     return out
+
+
+def _one(torch, fn):
+    c = int(fn[:-5].rsplit("_c", 1)[1])
+    with open(fn, "rb") as f:
+        return torch.frombuffer(bytearray(f.read()), dtype=torch.bfloat16).view(-1, c)
+
+
+calibd_inputs.one = _one
 
 
 def hook_inputs(torch, model, suffixes):
@@ -80,6 +92,76 @@ def diff(torch, a, b, stat):
             "channels_stat_differing": int((sa.view(torch.int16) != sb.view(torch.int16)).sum())}
 
 
+def site_rows(torch, dump, L, site):
+    fn = glob.glob(os.path.join(dump, "L%d_s%d_e-1_c*.bf16" % (L, site)))
+    return calibd_inputs.one(torch, fn[0]) if fn else None
+
+
+def stages(torch, model, tokens, dump):
+    """Layer 0 op by op from calibd's inputs (module docstring, --stages)."""
+    import torch.nn.functional as F
+    import transformers.integrations.sdpa_attention as sa
+    lay, ids = model.model.layers[0], torch.tensor(tokens)
+    B, S = ids.shape
+    out, seen = [], {}
+
+    def row(op, a, b):
+        out.append({"op": op, "differing": int((a.float() != b.float()).sum()), "of": b.numel()})
+    orig = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        o = orig(q, k, v, *a, **kw)
+        seen["qkv"] = (q, k, v, kw.get("scale"))
+        return o
+    def keep(key):  # a pre-hook recording the first input (returns None: input unchanged)
+        return lambda m, i: seen.__setitem__(key, seen.get(key, i[0].reshape(-1, i[0].shape[-1])))
+    hooks = [lay.input_layernorm.register_forward_pre_hook(keep("x"))]
+    qkv_in, o_in = site_rows(torch, dump, 0, 0), site_rows(torch, dump, 0, 1)
+    moe = site_rows(torch, dump, 0, 4) is None
+    gu_in = site_rows(torch, dump, 0, 8 if moe else 4)
+    with torch.no_grad():
+        model(input_ids=ids)  # layer 0's input, x
+        x, H = seen["x"], seen["x"].shape[-1]
+        row("input RMSNorm", lay.input_layernorm(x), qkv_in)
+        h = qkv_in.view(B, S, H)
+        pe = model.model.rotary_emb(h, torch.arange(S).unsqueeze(0).expand(B, -1))
+        hooks.append(lay.self_attn.o_proj.register_forward_pre_hook(keep("o_in")))
+        sa.torch.nn.functional.scaled_dot_product_attention = spy
+        try:
+            lay.self_attn(hidden_states=h, position_embeddings=pe, attention_mask=None)
+        finally:
+            sa.torch.nn.functional.scaled_dot_product_attention = orig
+        sdpa = seen["o_in"]
+        row("attention (transformers, SDPA)", sdpa, o_in)
+        q, k, v, scale = (t.double() if torch.is_tensor(t) else t for t in seen["qkv"])
+        rep, hd = q.shape[1] // k.shape[1], q.shape[3]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        sc = (q @ k.transpose(-1, -2)).float() * (scale if scale else hd ** -0.5)
+        sc = sc.masked_fill(~torch.ones(S, S, dtype=torch.bool).tril(), float("-inf"))
+        e = torch.exp((sc - sc.amax(-1, keepdim=True)).double())
+        f = (e.float().to(torch.bfloat16).double() @ v) / e.sum(-1, keepdim=True)
+        f = f.transpose(1, 2).reshape(B * S, -1)
+        row("attention (formula, exact arithmetic)", f.to(torch.bfloat16), o_in)
+        # how far each rounds from the formula's exact value, in bf16 steps there
+        step = torch.ldexp(torch.ones_like(f), (torch.frexp(f)[1] - 8).int())
+        for r_, got in ((out[-2], sdpa), (out[-1], o_in)):
+            r_["mean_error_bf16_steps"] = float(((got.double() - f) / step).abs().mean())
+        r = x + lay.self_attn.o_proj(o_in)
+        row("o_proj + residual + post-attention RMSNorm", lay.post_attention_layernorm(r), gu_in)
+        if moe:
+            y = lay.mlp(gu_in.view(1, -1, H))
+            y = (y[0] if isinstance(y, tuple) else y).reshape(-1, H)
+            row("MoE block + residual + layer 1's input RMSNorm",
+                model.model.layers[1].input_layernorm(r + y), site_rows(torch, dump, 1, 0))
+        else:
+            m = lay.mlp
+            row("act(gate) * up", m.act_fn(m.gate_proj(gu_in)) * m.up_proj(gu_in),
+                site_rows(torch, dump, 0, 5))
+    for hk in hooks:
+        hk.remove()
+    return out
+
+
 def awq_search(torch, tool, wq, w, x, tmp):
     wf, xf = os.path.join(tmp, "w.bf16"), os.path.join(tmp, "x.bf16")
     w.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tofile(wf)
@@ -103,6 +185,7 @@ def main():
     ap.add_argument("--parity-dir", default=os.path.join(here, "..", "parity"))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--stages", action="store_true", help="layer 0 op by op (docstring)")
     ap.add_argument("--keep", help="work in this folder and keep it (fixture, dumps, exports)")
     args = ap.parse_args()
 
@@ -162,7 +245,9 @@ def main():
             rep = json.load(f)
         c_alpha = {r["module"]: r["alpha"] for r in rep.get("awq_lite", {}).get("linears", [])}
         ca = calibd_inputs(torch, dump)
-        src = load_model(torch, transformers, fx).state_dict()
+        model = load_model(torch, transformers, fx)
+        src = model.state_dict()
+        stage_rows = stages(torch, model, tokens, dump) if args.stages else None
         stat = (lambda x: x.abs().mean(0)) if awq else (lambda x: x.abs().amax(0))
         rows = []
         for name in sorted(ca):
@@ -199,7 +284,8 @@ def main():
     with open(args.out, "w") as f:
         json.dump({"algo": args.algo, "arch": args.arch, "mha": args.mha,
                    "qformat": args.qformat if awq else None,
-                   "case": None if awq else args.case, "linears": rows}, f, indent=1)
+                   "case": None if awq else args.case, "linears": rows,
+                   "layer0_stages": stage_rows}, f, indent=1)
     for r in rows:
         d = r["calibd_vs_modelopt"]
         line = "%-40s mo=hf %d  differ %5d/%6d max_abs %.3g max_rel %.3g stat_ch %d" % (
@@ -211,6 +297,11 @@ def main():
                 r["search_on_modelopt_inputs_alpha"], r["search_on_calibd_inputs_alpha"],
                 r["loss_max_rel_diff_same_inputs"] or 0)
         print(line)
+    for r in stage_rows or []:
+        print("layer 0 %-58s %6d of %d differ from calibd's%s" % (
+            r["op"], r["differing"], r["of"], "; %s off the exact formula by %.3f bf16 steps "
+            "on average" % ("SDPA" if "SDPA" in r["op"] else "calibd", r["mean_error_bf16_steps"])
+            if "mean_error_bf16_steps" in r else ""))
     return 0
 
 
