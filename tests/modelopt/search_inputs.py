@@ -33,7 +33,6 @@ import argparse
 import glob
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import awq_model_diff  # noqa: E402
 import sq_model_diff  # noqa: E402
-from gptq_model_diff import case_fixture, load_model, run  # noqa: E402
+from gptq_model_diff import case_fixture, load_model  # noqa: E402
 
 # engine/calib/calib_internal.h's sites, by the linears that read them
 SITES = {0: ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -146,6 +145,13 @@ def stages(torch, model, tokens, dump):
         step = torch.ldexp(torch.ones_like(f), (torch.frexp(f)[1] - 8).int())
         for r_, got in ((out[-2], sdpa), (out[-1], o_in)):
             r_["mean_error_bf16_steps"] = float(((got.double() - f) / step).abs().mean())
+        # SDPA's CPU kernel's logsumexp against the formula's (max + log l)
+        qb, kb, vb = (t.to(torch.bfloat16) for t in (q, k, v))
+        lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qb, kb, vb, 0.0, True, scale=scale if scale else hd ** -0.5)[1].double()
+        d = lse - (sc.amax(-1).double() + torch.log(e.sum(-1)))
+        out[-2]["logsumexp_diff_max_abs"] = float(d.abs().max())
+        out[-2]["logsumexp_diff_std"] = float(d.std())
         r = x + lay.self_attn.o_proj(o_in)
         row("o_proj + residual + post-attention RMSNorm", lay.post_attention_layernorm(r), gu_in)
         if moe:
@@ -197,16 +203,9 @@ def main():
         if args.keep:
             tmp = args.keep
             os.makedirs(tmp, exist_ok=True)
-        if awq:
-            rng = random.Random(args.seed)
-            tokens = [[rng.randrange(0, 260) for _ in range(64)] for _ in range(8)]
-            fx = os.path.join(tmp, "fixture")
-            run([args.fixture_bin, "--arch", args.arch, "--seed", str(args.seed), "--wide"] +
-                (["--mha"] if args.mha else []) + [fx])
-            tok = os.path.join(tmp, "tokens.jsonl")
-            with open(tok, "w") as f:
-                for row in tokens:
-                    f.write(json.dumps({"input_ids": row}) + "\n")
+        if awq:  # awq_model_diff.py's defaults: 8 rows of 64 tokens
+            fx, tokens, tok = awq_model_diff.wide_case(args.fixture_bin, args.arch, args.seed,
+                                                       args.mha, 8, 64, tmp)
             cmd = ["--qformat", args.qformat]
         else:
             fx, tokens = case_fixture(args.fixture_bin, args.parity_dir, args.case, tmp)
