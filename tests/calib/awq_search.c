@@ -2,8 +2,8 @@
  * awq_search.c — calibd's AWQ-lite search (cal_awq_lite, engine/awq.h) on
  * a weight and inputs read from files: the loss of every alpha, the chosen
  * alpha and the pre_quant_scale, as JSON on stdout.  A diagnostic for the
- * whole-model differential tests (tests/modelopt/awq_search_inputs.py,
- * docs/awq.md "Whole model"): it runs calibd's search on the inputs
+ * whole-model differential tests (tests/modelopt/search_inputs.py,
+ * docs/awq.md "Where the searches part"): it runs calibd's search on the inputs
  * modelopt's search saw.
  *
  *   awq_search int4|nvfp4 ROWS COLS W.bf16 X.bf16 [BATCH [ALPHA_STEP]]
