@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What the AWQ / SmoothQuant search sees: modelopt's inputs against calibd's
-(docs/awq.md and docs/smoothquant.md "Where the searches part").
+(docs/awq.md "Where the searches part", docs/smoothquant.md "Whole model").
 
 Runs one case of awq_model_diff.py (`--algo awq`: a wide fixture, random
 token rows, all in one forward step) or sq_model_diff.py (`--algo sq`: a
