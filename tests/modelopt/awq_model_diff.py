@@ -97,6 +97,21 @@ def load_outputs(torch, transformers, fx, tokens, dirs):
     return (xs, model.state_dict()) + tuple(load_st(torch, d) if d else None for d in dirs)
 
 
+def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp):
+    """(fixture dir, token rows, tokens.jsonl) under tmp: `calibd-fixture
+    --wide` of arch and seed (--mha: no GQA) and rows x seq_len random tokens."""
+    rng = random.Random(seed)
+    tokens = [[rng.randrange(0, 260) for _ in range(seq_len)] for _ in range(rows)]
+    fx = os.path.join(tmp, "fixture")
+    run([fixture_bin, "--arch", arch, "--seed", str(seed), "--wide"] +
+        (["--mha"] if mha else []) + [fx])
+    tok = os.path.join(tmp, "tokens.jsonl")
+    with open(tok, "w") as f:
+        for row in tokens:
+            f.write(json.dumps({"input_ids": row}) + "\n")
+    return fx, tokens, tok
+
+
 def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algorithm="awq_lite",
                  attn=None):
     import modelopt.torch.quantization as mtq
@@ -177,19 +192,12 @@ def main():
 
     import torch
     import transformers
-    rng = random.Random(args.seed)
-    tokens = [[rng.randrange(0, 260) for _ in range(args.seq_len)] for _ in range(args.rows)]
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
             tmp = args.keep
             os.makedirs(tmp, exist_ok=True)
-        fx = os.path.join(tmp, "fixture")
-        run([args.fixture_bin, "--arch", args.arch, "--seed", str(args.seed), "--wide"] +
-            (["--mha"] if args.mha else []) + [fx])
-        tok = os.path.join(tmp, "tokens.jsonl")
-        with open(tok, "w") as f:
-            for row in tokens:
-                f.write(json.dumps({"input_ids": row}) + "\n")
+        fx, tokens, tok = wide_case(args.fixture_bin, args.arch, args.seed, args.mha, args.rows,
+                                    args.seq_len, tmp)
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         nv = args.qformat == "nvfp4_awq"
         w8 = args.qformat == "w4a8_awq"
