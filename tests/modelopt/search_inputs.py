@@ -18,6 +18,13 @@ linear:
     search's act_scale; sq: the max |x|, SmoothQuant's);
   * awq: calibd's search (build/tests/calib/awq_search, cal_awq_lite) on
     modelopt's inputs and on its own, each alpha's loss beside modelopt's;
+  * awq, --algorithm awq_clip / awq_full: the clip step (clip_rows()):
+    the inputs, weight and pre_quant_scale modelopt's clip pass hands each
+    linear and modelopt's clip choices (its awq_clip helper: every ratio's
+    loss, the clipped amax per block or of the tensor), then calibd's clip
+    search (awq_search clip-int4 / clip-nvfp4) on those and on calibd's own
+    inputs: the blocks whose clipped amax equals modelopt's, and modelopt's
+    loss of calibd's choice where they differ;
   * --stages: layer 0 op by op, each op through transformers' module from
     calibd's own input of that op (input norm; attention, also against
     docs/architectures.md's formula in exact arithmetic; o_proj + residual +
@@ -27,7 +34,8 @@ linear:
     python search_inputs.py --calibd BUILD/cli/calibd \\
         --fixture-bin BUILD/tests/fixtures/calibd-fixture \\
         --awq-search BUILD/tests/calib/awq_search \\
-        --algo awq --arch llama [--mha] [--qformat nvfp4_awq] --out OUT.json
+        --algo awq --arch llama [--mha] [--qformat nvfp4_awq] \\
+        [--algorithm awq_clip|awq_full] --out OUT.json
 """
 import argparse
 import glob
@@ -168,13 +176,111 @@ def stages(torch, model, tokens, dump):
     return out
 
 
-def awq_search(torch, tool, wq, w, x, tmp):
-    wf, xf = os.path.join(tmp, "w.bf16"), os.path.join(tmp, "x.bf16")
-    w.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tofile(wf)
-    x.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tofile(xf)
-    out = subprocess.run([tool, wq, str(w.shape[0]), str(w.shape[1]), wf, xf],
+def awq_search(torch, tool, wq, w, x, tmp, extra=()):
+    """awq_search WQ on w and x; extra: its further arguments (tensors are
+    written to files)."""
+    files = []
+    for i, t in enumerate((w, x) + tuple(a for a in extra if torch.is_tensor(a))):
+        files.append(os.path.join(tmp, "arg%d.bf16" % i))
+        t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tofile(files[-1])
+    it = iter(files[2:])
+    more = [next(it) if torch.is_tensor(a) else str(a) for a in extra]
+    out = subprocess.run([tool, wq, str(w.shape[0]), str(w.shape[1])] + files[:2] + more,
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
+
+
+def clip_recorder(torch, model_calib, clip):
+    """Patches modelopt's awq_clip to keep its helper (debug) and records,
+    per linear, its result into clip[name] (w_amax, best_clip_val, every
+    ratio's loss); clip_pre_hooks() records the pass's inputs.  Returns the
+    original function."""
+    orig = model_calib.awq_clip
+
+    def rec(model, forward_loop, **kw):
+        orig(model, forward_loop, **dict(kw, debug=True))
+        for name, m in model.named_modules():
+            h = getattr(m, "awq_clip", None)
+            if h is not None and name in clip:
+                clip[name].update({
+                    "w_amax": h.w_amax.detach().float().flatten().clone(),
+                    "best": h.best_clip_val.detach().float().flatten().clone()
+                    if h.best_clip_val is not None else None,
+                    "loss": {k: v.detach().float().flatten().clone() for k, v in h.loss.items()}})
+                delattr(m, "awq_clip")
+    model_calib.awq_clip = rec
+    return orig
+
+
+def clip_pre_hooks(torch, model, suffixes, clip):
+    """Forward pre-hooks recording, during modelopt's clip pass (the linear
+    has its awq_clip helper), each call's raw input, the weight and the
+    input quantizer's pre_quant_scale into clip[name]."""
+    hooks = []
+    for name, mod in model.named_modules():
+        if name.endswith(suffixes) and ".layers." in name:
+            def pre(m, inp, name=name):
+                if getattr(m, "awq_clip", None) is None:
+                    return
+                c = clip.setdefault(name, {"x": []})
+                c["x"].append(inp[0].detach().reshape(-1, inp[0].shape[-1]).clone())
+                pq = m.input_quantizer.pre_quant_scale
+                c["w"], c["pqs"] = m.weight.detach().clone(), \
+                    None if pq is None else pq.detach().clone()
+            hooks.append(mod.register_forward_pre_hook(pre))
+    return hooks
+
+
+def clip_rows(torch, tool, nvfp4, amax_bf16, clip, src, ca, ca_pqs, ca_clip, tmp):
+    """Per linear of modelopt's clip pass: calibd's clip search on
+    modelopt's weight, inputs and pre_quant_scale against modelopt's choice;
+    ca: calibd's inputs, ca_pqs its pre_quant_scale (None: calibd's search
+    on its own inputs is left out when its folded weight is not at hand,
+    awq_full), ca_clip: the report's clipped amax (NVFP4)."""
+    rows = []
+    for name in sorted(clip):
+        c = clip[name]
+        if c.get("best") is None or not c["x"]:
+            continue
+        x = torch.cat(c["x"])
+        extra = (x.shape[0], c["pqs"] if c["pqs"] is not None else "-", int(amax_bf16))
+        got = awq_search(torch, tool, "clip-nvfp4" if nvfp4 else "clip-int4", c["w"], x, tmp,
+                         extra)
+        ga, mb, wa = torch.tensor(got["clip_amax"]), c["best"], c["w_amax"]
+        ratios = sorted(c["loss"])
+        L = torch.stack([c["loss"][r] for r in ratios])  # [ratios, blocks]
+        # each choice's index in the ratio list (the amax it gives), per block
+        amaxes = torch.stack([(wa * r) for r in ratios])
+        if amax_bf16:
+            amaxes = amaxes.to(torch.bfloat16).float()
+        pick = lambda a: (amaxes - a).abs().argmin(0)
+        pm, pc = pick(mb), pick(ga)
+        idx = torch.arange(L.shape[1])
+        lm, lc = L[pm, idx], L[pc, idx]
+        diff = ga != mb
+        r = {"linear": name, "tokens": x.shape[0], "blocks": int(ga.numel()),
+             "blocks_equal": int((~diff).sum()), "blocks_differing": int(diff.sum()),
+             "ratio_differing": int((pm != pc).sum()),
+             "modelopt_loss_of_calibd_choice_rel_max": float(
+                 ((lc - lm) / lm.clamp_min(1e-30)).max()) if diff.any() else 0.0,
+             "modelopt_loss_sum": float(lm.sum()), "modelopt_loss_sum_calibd_choice": float(
+                 lc.sum())}
+        if nvfp4:
+            ml = [float(c["loss"][k]) for k in ratios]
+            r.update({"modelopt_clip_amax": float(mb[0]), "calibd_clip_amax": float(ga[0]),
+                      "modelopt_loss": ml, "calibd_loss": got["loss"],
+                      "loss_max_rel_diff": max(abs(a / b - 1) for a, b in
+                                               zip(got["loss"], ml) if b)})
+            if name in ca_clip:
+                r["calibd_own_clip_amax"] = ca_clip[name]
+        if name in ca and ca_pqs is not None and not nvfp4:
+            own = awq_search(torch, tool, "clip-int4", src[name + ".weight"], ca[name], tmp,
+                             (ca[name].shape[0], "-", int(amax_bf16)))
+            oa = torch.tensor(own["clip_amax"])
+            r["own_inputs_blocks_differing_from_modelopt"] = int((oa != mb).sum())
+            r["own_inputs_modelopt_loss_sum_calibd_choice"] = float(L[pick(oa), idx].sum())
+        rows.append(r)
+    return rows
 
 
 def main():
@@ -187,6 +293,8 @@ def main():
     ap.add_argument("--arch", default="llama")
     ap.add_argument("--mha", action="store_true")
     ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq"))
+    ap.add_argument("--algorithm", default="awq_lite", choices=("awq_lite", "awq_full", "awq_clip"),
+                    help="--algo awq: modelopt's method (awq_model_diff.py's)")
     ap.add_argument("--case", default="qwen2_moe", help="--algo sq: the parity case")
     ap.add_argument("--parity-dir", default=os.path.join(here, "..", "parity"))
     ap.add_argument("--seed", type=int, default=1)
@@ -206,26 +314,33 @@ def main():
         if awq:  # awq_model_diff.py's defaults: 8 rows of 64 tokens
             fx, tokens, tok = awq_model_diff.wide_case(args.fixture_bin, args.arch, args.seed,
                                                        args.mha, 8, 64, tmp)
-            cmd = ["--qformat", args.qformat]
+            cmd = ["--qformat", args.qformat] if args.algorithm == "awq_lite" else [
+                "--recipe", "general/ptq/%s_%s-kv_fp8_cast" % (args.qformat, args.algorithm[4:])]
         else:
             fx, tokens = case_fixture(args.fixture_bin, args.parity_dir, args.case, tmp)
             tok = os.path.join(args.parity_dir, args.case, "tokens.jsonl")
             cmd = ["--recipe", sq_model_diff.RECIPE]
         # modelopt, with its inputs recorded
-        seen = {}
+        seen, clip = {}, {}
         orig_load = load_model
 
         def load_hooked(torch_, transformers_, d, attn=None):
             m = orig_load(torch_, transformers_, d, attn)
             calls, hooks = hook_inputs(torch, m, suffixes)
             seen["calls"] = calls
+            clip_pre_hooks(torch, m, suffixes, clip)
             return m
         mod = awq_model_diff if awq else sq_model_diff
         mod.load_model = load_hooked
         mo = os.path.join(tmp, "modelopt")
         if awq:
-            m_alpha, m_loss = awq_model_diff.run_modelopt(torch, transformers, fx, tokens, mo,
-                                                          args.qformat)
+            from modelopt.torch.quantization import model_calib
+            orig_clip = clip_recorder(torch, model_calib, clip)
+            try:
+                m_alpha, m_loss = awq_model_diff.run_modelopt(torch, transformers, fx, tokens,
+                                                              mo, args.qformat, args.algorithm)
+            finally:
+                model_calib.awq_clip = orig_clip
         else:
             sq_model_diff.run_modelopt(torch, transformers, fx, tokens, mo)
             m_alpha, m_loss = {}, {}
@@ -242,7 +357,9 @@ def main():
                         os.path.join(tmp, "calibd")] + cmd, check=True, env=env)
         with open(os.path.join(tmp, "calibd", "calibd_report.json")) as f:
             rep = json.load(f)
-        c_alpha = {r["module"]: r["alpha"] for r in rep.get("awq_lite", {}).get("linears", [])}
+        sec = rep.get(args.algorithm if awq else "awq_lite", {}).get("linears", [])
+        c_alpha = {r["module"]: r["alpha"] for r in sec}
+        c_clip = {r["module"]: r["clipped_amax"] for r in sec if "clipped_amax" in r}
         ca = calibd_inputs(torch, dump)
         model = load_model(torch, transformers, fx)
         src = model.state_dict()
@@ -261,11 +378,12 @@ def main():
             calls = [x for x in calls if x.shape[0] == step]
             per = T // step
             passes = [torch.cat(calls[i * per:(i + 1) * per]) for i in range(len(calls) // per)]
+            passes = passes[:2]  # awq_lite's (awq_full's third, the clip's: clip_rows())
             xm = passes[-1]
             res = {"linear": name, "modelopt_passes_equal": all(torch.equal(p, xm) for p in passes),
                    "modelopt_equal_transformers": torch.equal(xm.double(), hf[name]),
                    "calibd_vs_modelopt": diff(torch, xm, ca[name], stat)}
-            if awq and args.awq_search:
+            if awq and args.awq_search and args.algorithm != "awq_clip":
                 wq = "nvfp4" if args.qformat == "nvfp4_awq" else "int4"
                 w = src[name + ".weight"]
                 on_mo = awq_search(torch, args.awq_search, wq, w, xm, tmp)
@@ -280,9 +398,14 @@ def main():
                             "loss_max_rel_diff_same_inputs": max(
                                 abs(a / b - 1) for a, b in zip(on_mo["loss"], mls)) if mls else None})
             rows.append(res)
+        crows = clip_rows(torch, args.awq_search, args.qformat == "nvfp4_awq",
+                          args.qformat == "nvfp4_awq" or args.algorithm == "awq_clip", clip, src,
+                          ca, {} if args.algorithm == "awq_clip" else None, c_clip,
+                          tmp) if awq and args.awq_search and clip else []
     with open(args.out, "w") as f:
         json.dump({"algo": args.algo, "arch": args.arch, "mha": args.mha,
                    "qformat": args.qformat if awq else None,
+                   "algorithm": args.algorithm if awq else None, "clip": crows,
                    "case": None if awq else args.case, "linears": rows,
                    "layer0_stages": stage_rows}, f, indent=1)
     for r in rows:
@@ -296,6 +419,13 @@ def main():
                 r["search_on_modelopt_inputs_alpha"], r["search_on_calibd_inputs_alpha"],
                 r["loss_max_rel_diff_same_inputs"] or 0)
         print(line)
+    for r in crows:
+        print("clip %-40s tokens %d blocks equal %d differing %d (ratio %d); modelopt's loss "
+              "of calibd's choice +%.2e rel max%s" % (
+                  r["linear"], r["tokens"], r["blocks_equal"], r["blocks_differing"],
+                  r["ratio_differing"], r["modelopt_loss_of_calibd_choice_rel_max"],
+                  "; on own inputs %d differ" % r["own_inputs_blocks_differing_from_modelopt"]
+                  if "own_inputs_blocks_differing_from_modelopt" in r else ""))
     for r in stage_rows or []:
         print("layer 0 %-58s %6d of %d differ from calibd's%s" % (
             r["op"], r["differing"], r["of"], "; %s off the exact formula by %.3f bf16 steps "
