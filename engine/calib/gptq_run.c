@@ -1042,7 +1042,8 @@ static json_t *params(const struct cal_calib *c)
 
 const struct cal_lin_algo cal_gptq_algo = {
 	.method = CAL_CALIB_GPTQ, .name = "gptq", .key = "gptq", .time_key = "solve_s",
-	.passes = 3, .site_pass = 1, .all_sites = 1, .check = cal_calib_check_gptq, .params = params,
+	.passes = 3, .site_pass = 1, .all_sites = 1,
+	.obs_dropped = 1u << 1 | 1u << 2, .sites_only = 1u << 1, .check = cal_calib_check_gptq, .params = params,
 	.size = sizeof(struct cal_gptq_run), .lin_size = sizeof(struct glin),
 	.init = gptq_init, .linear = gptq_linear, .drop_layer = drop_layer, .release = release,
 	.free = gptq_free, .begin = pass_begin, .site = gptq_site, .round_end = round_end,
