@@ -477,6 +477,8 @@ struct cal_lin_run {
 	uint64_t cols[EQ_COUNT]; /* columns of the input of site s's linears; 0: none */
 	json_t *report;    /* its statistics' per-linear objects */
 	double t;          /* seconds of the algorithm's own work */
+	int full_passes;   /* tests: CALIBD_TEST_FULL_PASSES set, the forward leaves
+			    * nothing out (obs_dropped, sites_only ignored) */
 };
 
 struct cal_lin_algo {
