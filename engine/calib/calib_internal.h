@@ -268,6 +268,17 @@ struct cal_calib {
 	 * algorithm is one of them */
 	struct cal_lin_run *lr;
 	int lr_pass;                     /* the actq sites call the run's site hook */
+	/* what the layer forward leaves out in the pass running (set by
+	 * cal_lin_run_begin from the algorithm's obs_dropped and sites_only;
+	 * all 0: nothing; docs/gptq.md "What a pass leaves out"):
+	 * fwd_no_obs: the observers (their state is put back after the pass);
+	 * fwd_sites: the pass's only product is the inputs of the actq sites
+	 * in fwd_need (bit s: site s), its output is discarded: the forward
+	 * ends once it has reached all of them (fwd_left, per micro-batch;
+	 * cal_fwd_done) and runs the routed experts only when their own sites
+	 * are needed (cal_fwd_routed) */
+	int fwd_no_obs, fwd_sites;
+	unsigned fwd_need, fwd_left;
 
 	/* results */
 	float *l_amax;                   /* [num_layers][S_FIXED] host; < 0: none */
@@ -380,6 +391,19 @@ enum cal_status cal_eval_actq(struct cal_calib *c, int32_t L, int site, int64_t 
  * nothing (layer.c). */
 enum cal_status cal_layer_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			       uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
+/* Whether the rest of the layer's forward may be left out: a sites-only
+ * pass (c->fwd_sites) that has reached every site it needs. */
+static inline int cal_fwd_done(const struct cal_calib *c)
+{
+	return c->fwd_sites && !c->fwd_left;
+}
+/* Whether the forward runs the routed experts (router, expert GEMMs,
+ * combine): their output feeds only the layer's output, so a sites-only
+ * pass runs them only for their own sites (the same on every rank). */
+static inline int cal_fwd_routed(const struct cal_calib *c)
+{
+	return !c->fwd_sites || (c->fwd_need & (1u << EQ_EXP_GU | 1u << EQ_EXP_DOWN));
+}
 /* Gated attention: row r of the engine's q_proj (query rows of every head,
  * then the gate rows) is row map[r] of the checkpoint's ([2 nh hd]). */
 void cal_gated_q_map(const struct cal_calib *c, uint32_t *map);
@@ -453,6 +477,8 @@ struct cal_lin_run {
 	uint64_t cols[EQ_COUNT]; /* columns of the input of site s's linears; 0: none */
 	json_t *report;    /* its statistics' per-linear objects */
 	double t;          /* seconds of the algorithm's own work */
+	int full_passes;   /* tests: CALIBD_TEST_FULL_PASSES set, the forward leaves
+			    * nothing out (obs_dropped, sites_only ignored) */
 };
 
 struct cal_lin_algo {
@@ -463,6 +489,11 @@ struct cal_lin_algo {
 	int site_pass;               /* the first pass whose actq sites call site */
 	int all_sites;               /* site sees every actq site (else the sites of its
 				      * linears, their column count checked) */
+	/* bit p: pass p's observer state is put back after it (the forward
+	 * skips the observers); bit p: pass p's only product is the inputs of
+	 * the sites of its linears, its output discarded (the forward ends
+	 * after the last of them: c->fwd_sites) */
+	unsigned obs_dropped, sites_only;
 	size_t size, lin_size;       /* its run, its linear elements */
 	/* the plan's capability check (engine/calib.h) */
 	enum cal_status (*check)(const struct cal_plan *p, struct cal_error *err);

@@ -336,6 +336,8 @@ enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_la
 	CAL_TRY(cal_op_rmsnorm_gated(c->be, &ng, err));
 	CAL_TRY(observe(c, c->lo, T, g.vd, mb->tok0, S_O, err));
 	CAL_TRY(cal_layer_actq(c, L, EQ_O, -1, c->lo, T, g.vd, err));
+	if (cal_fwd_done(c)) /* a sites-only pass (lin_run.c) */
+		goto fail;
 	CAL_TRY(gemm(c, c->lo, w->lout, c->tmp, T, H, g.vd, err));
 	struct cal_ewise_args add = {CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 1, 0, 0, 0};
 	CAL_TRY(cal_op_ewise(c->be, &add, err));

@@ -10,7 +10,9 @@
  *   pass 1  Hessians: the weights as they are, every quantized input
  *           fake-quantized (NVFP4 dynamic with pass 0's amax, layer.c's
  *           actq sites) and, at the input of each linear GPTQ updates, the
- *           `hessian` op adds x^T x of those fake-quantized rows;
+ *           `hessian` op adds x^T x of those fake-quantized rows (the
+ *           forward stops after the layer's last such site and leaves
+ *           out the routed experts: sites_only below);
  *   then    per linear the GPTQ update (engine/calib/gptq.c; the factor
  *           and the update on the back end) with the static NVFP4 scales
  *           of the original weight;
@@ -19,7 +21,8 @@
  *           fake-quantized; its outputs are the next layer's input.
  * The layer's input is saved before pass 0 and restored before passes 1
  * and 2; the observers' state after pass 0 is saved and restored after
- * pass 2, so the statistics are pass 0's.
+ * pass 2, so the statistics are pass 0's (passes 1 and 2 skip the
+ * observers: obs_dropped below; docs/gptq.md "What a pass leaves out").
  *
  * Which linears: modelopt updates every quantized nn.Linear (attention
  * q/k/v/o, gated attention's q_proj with its gate rows, MLA's q_a/q_b/kv_a/
@@ -1036,7 +1039,8 @@ static json_t *params(const struct cal_calib *c)
 
 const struct cal_lin_algo cal_gptq_algo = {
 	.method = CAL_CALIB_GPTQ, .name = "gptq", .key = "gptq", .time_key = "solve_s",
-	.passes = 3, .site_pass = 1, .all_sites = 1, .check = cal_calib_check_gptq, .params = params,
+	.passes = 3, .site_pass = 1, .all_sites = 1,
+	.obs_dropped = 1u << 1 | 1u << 2, .sites_only = 1u << 1, .check = cal_calib_check_gptq, .params = params,
 	.size = sizeof(struct cal_gptq_run), .lin_size = sizeof(struct glin),
 	.init = gptq_init, .linear = gptq_linear, .drop_layer = drop_layer, .release = release,
 	.free = gptq_free, .begin = pass_begin, .site = gptq_site, .round_end = round_end,

@@ -675,6 +675,8 @@ enum cal_status cal_layer_observe(struct cal_calib *c, const uint16_t *x, uint64
 	struct cal_amax_args a = {CAL_DTYPE_BF16, x, rows * cols, row0 * cols, c->obs_amax + slot,
 				  c->obs_nf + slot};
 	int ph = c->prof_phase;
+	if (c->fwd_no_obs) /* a pass whose observer state is put back (lin_run.c) */
+		return CAL_OK;
 	cal_prof(c, PH_OBS);
 	enum cal_status st = cal_op_amax(c->be, &a, err);
 	if (st >= 0)
@@ -724,6 +726,7 @@ static enum cal_status ewise(struct cal_calib *c, enum cal_ewise_mode mode, cons
 enum cal_status cal_layer_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			       uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err)
 {
+	c->fwd_left &= ~(1u << site); /* reached (cal_fwd_done) */
 	if (c->lr_pass) /* GPTQ's passes 1 and 2, AWQ-lite's input cache, SmoothQuant's
 			 * per-channel amax (lin_run.c) */
 		return cal_lin_run_site(c, L, site, expert, x, rows, cols, err);
@@ -792,6 +795,8 @@ static enum cal_status step_attn(struct cal_calib *c, int32_t L, const struct ca
 			      err));
 	CAL_TRY(cal_layer_observe(c, c->att, T, qd, mb->tok0, S_O, err));
 	CAL_TRY(cal_layer_actq(c, L, EQ_O, -1, c->att, T, qd, err));
+	if (cal_fwd_done(c))
+		goto fail;
 	CAL_TRY(cal_layer_gemm(c, c->att, w->wo, w->bo, c->tmp, T, H, qd, err));
 	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
 fail:
@@ -812,6 +817,8 @@ static enum cal_status step_dense(struct cal_calib *c, int32_t L, const struct c
 		      err));
 	CAL_TRY(cal_layer_observe(c, c->act, T, I, mb->tok0, S_MLP_DOWN, err));
 	CAL_TRY(cal_layer_actq(c, L, EQ_MLP_DOWN, -1, c->act, T, I, err));
+	if (cal_fwd_done(c))
+		goto fail;
 	CAL_TRY(cal_layer_gemm(c, c->act, w->w2, NULL, c->tmp, T, H, I, err));
 	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
 fail:
@@ -832,8 +839,10 @@ enum cal_status cal_layer_experts(struct cal_calib *c, int32_t L, const struct c
 					    a->row_base * H, c->obs_amax + S_FIXED + f,
 					    c->obs_nf + S_FIXED + f};
 	cal_prof(c, PH_OBS);
-	CAL_TRY(cal_op_amax_segments(c->be, &sg, err));
-	CAL_TRY(cal_hr_observe_segments(c, a->x, H, ho, n, S_FIXED + f, err));
+	if (!c->fwd_no_obs) { /* else a pass whose observer state is put back */
+		CAL_TRY(cal_op_amax_segments(c->be, &sg, err));
+		CAL_TRY(cal_hr_observe_segments(c, a->x, H, ho, n, S_FIXED + f, err));
+	}
 	for (uint64_t e = 0; c->ev_quant && e < n; e++)
 		CAL_TRY(cal_layer_actq(c, L, EQ_EXP_GU, (int64_t)(f + e), a->x + (uint64_t)ho[e] * H,
 			     ho[e + 1] - ho[e], H, err));
@@ -855,8 +864,10 @@ enum cal_status cal_layer_experts(struct cal_calib *c, int32_t L, const struct c
 					    a->row_base * I, c->obs_amax + S_FIXED + E + f,
 					    c->obs_nf + S_FIXED + E + f};
 	cal_prof(c, PH_OBS);
-	CAL_TRY(cal_op_amax_segments(c->be, &sd, err));
-	CAL_TRY(cal_hr_observe_segments(c, a->act, I, ho, n, S_FIXED + E + f, err));
+	if (!c->fwd_no_obs) {
+		CAL_TRY(cal_op_amax_segments(c->be, &sd, err));
+		CAL_TRY(cal_hr_observe_segments(c, a->act, I, ho, n, S_FIXED + E + f, err));
+	}
 	for (uint64_t e = 0; c->ev_quant && e < n; e++)
 		CAL_TRY(cal_layer_actq(c, L, EQ_EXP_DOWN, (int64_t)(f + e), a->act + (uint64_t)ho[e] * I,
 			     ho[e + 1] - ho[e], I, err));
@@ -871,8 +882,10 @@ fail:
 	return st;
 }
 
-static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
-				const struct cal_mb *mb, uint16_t *x, struct cal_error *err)
+/* The routed experts of step_moe on c->h: router top-k, the experts (over
+ * several ranks dispatched to their owners), the combine into c->tmp. */
+static enum cal_status moe_routed(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				  const struct cal_mb *mb, struct cal_error *err)
 {
 	const struct cal_model_desc *d = c->d;
 	uint64_t T = mb->n_tok, H = (uint64_t)c->H, E = (uint64_t)c->E;
@@ -880,9 +893,6 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	enum cal_status st = CAL_OK;
 	struct cal_moe_host *mh = &c->moe[L];
 
-	cal_prof(c, PH_ROUTER);
-	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
-	CAL_TRY(cal_layer_observe(c, c->h, T, H, mb->tok0, S_MOE_IN, err));
 	if (d->router == CAL_ROUTER_SIGMOID_GROUP) {
 		/* DeepSeek: fp32 router GEMM, sigmoid, group-limited top-k */
 		struct cal_router_group_args rg = {
@@ -918,6 +928,21 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	struct cal_moe_combine_args ca = {c->yo, P, c->ppos, c->idx, c->rw, T, H, (uint32_t)c->k,
 					  (uint32_t)kk, c->o.combine, c->tmp};
 	CAL_TRY(cal_op_moe_combine(c->be, &ca, err));
+fail:
+	return st;
+}
+
+static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
+				const struct cal_mb *mb, uint16_t *x, struct cal_error *err)
+{
+	uint64_t T = mb->n_tok, H = (uint64_t)c->H;
+	enum cal_status st = CAL_OK;
+
+	cal_prof(c, PH_ROUTER);
+	CAL_TRY(rmsnorm(c, x, c->h, T, H, w->post_norm, w->post_norm_dt, err));
+	CAL_TRY(cal_layer_observe(c, c->h, T, H, mb->tok0, S_MOE_IN, err));
+	if (cal_fwd_routed(c)) /* else c->tmp is not written: the output is discarded */
+		CAL_TRY(moe_routed(c, L, w, mb, err));
 	if (w->s13) {
 		uint64_t S = (uint64_t)c->Is;
 		const uint16_t *sx = c->h;
@@ -935,6 +960,8 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 			      2 * S, 0, err));
 		CAL_TRY(cal_layer_observe(c, c->sact, T, S, mb->tok0, S_SH_DOWN, err));
 		CAL_TRY(cal_layer_actq(c, L, EQ_SH_DOWN, -1, c->sact, T, S, err));
+		if (cal_fwd_done(c))
+			goto fail;
 		CAL_TRY(cal_layer_gemm(c, c->sact, w->s2, NULL, c->sy, T, H, S, err));
 		if (w->sgate) {
 			CAL_TRY(cal_layer_gemm(c, c->h, w->sgate, NULL, c->sgl, T, 1, H, err));
@@ -944,7 +971,8 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 			CAL_TRY(ewise(c, CAL_EWISE_ADD, c->tmp, c->sy, NULL, c->tmp, T, H, 0, 0, 0, err));
 		}
 	}
-	CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
+	if (!c->fwd_sites) /* a sites-only pass discards the layer's output */
+		CAL_TRY(ewise(c, CAL_EWISE_ADD, x, c->tmp, NULL, x, T, H, 0, 0, 0, err));
 fail:
 	return st;
 }
@@ -975,7 +1003,8 @@ enum cal_status cal_layer_forward(struct cal_calib *c, int32_t L, const struct c
 	int n = 0;
 	enum cal_status st = cal_layer_steps(c, L, steps, &n, err);
 	uint16_t *x = cal_mb_x(c, mb);
-	for (int i = 0; i < n && st >= 0; i++)
+	c->fwd_left = c->fwd_need; /* the sites a sites-only pass still needs */
+	for (int i = 0; i < n && st >= 0 && !cal_fwd_done(c); i++)
 		st = cal_layer_step_run(c, L, steps[i], w, mb, x, err);
 	if (st >= 0)
 		st = cal_layer_observe(c, x, mb->n_tok, (uint64_t)c->H, mb->tok0, S_OUT, err);

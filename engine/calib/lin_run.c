@@ -175,6 +175,7 @@ enum cal_status cal_lin_run_open(struct cal_calib *c, struct cal_error *err)
 	c->lr = r;
 	r->a = a;
 	r->L = -1;
+	r->full_passes = getenv("CALIBD_TEST_FULL_PASSES") != NULL; /* tests: the same bytes */
 	r->report = json_array();
 	if (!r->report)
 		return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", a->name);
@@ -228,6 +229,13 @@ enum cal_status cal_lin_run_begin(struct cal_calib *c, int32_t L, int pass,
 		for (size_t i = 0; i < r->n_lin; i++)
 			r->cols[cal_lin_at(r, i)->site] = cal_lin_at(r, i)->cols;
 	}
+	/* what the forward leaves out (calib_internal.h, cal_fwd_done) */
+	c->fwd_no_obs = !r->full_passes && (r->a->obs_dropped >> pass & 1);
+	c->fwd_sites = !r->full_passes && (r->a->sites_only >> pass & 1);
+	c->fwd_need = 0;
+	for (int s = 0; c->fwd_sites && s < EQ_COUNT; s++)
+		if (r->cols[s])
+			c->fwd_need |= 1u << s;
 	return r->a->begin ? r->a->begin(c, L, pass, lh, w, use, err) : CAL_OK;
 }
 
@@ -279,6 +287,8 @@ enum cal_status cal_lin_run_end(struct cal_calib *c, int32_t L, int pass,
 				const struct cal_layer_w *w, struct cal_error *err)
 {
 	c->lr_pass = 0;
+	c->fwd_no_obs = c->fwd_sites = 0;
+	c->fwd_need = c->fwd_left = 0;
 	return c->lr->a->end(c, L, pass, w, err);
 }
 

@@ -257,6 +257,8 @@ enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_la
 	CAL_TRY(cal_op_attention(c->be, &at, err));
 	CAL_TRY(cal_layer_observe(c, c->matt, T, m.nh * m.dv, mb->tok0, S_O, err));
 	CAL_TRY(cal_layer_actq(c, L, EQ_O, -1, c->matt, T, m.nh * m.dv, err));
+	if (cal_fwd_done(c)) /* a sites-only pass (lin_run.c) */
+		goto fail;
 	CAL_TRY(cal_layer_gemm(c, c->matt, w->wo, NULL, c->tmp, T, m.H, m.nh * m.dv, err));
 	struct cal_ewise_args add = {CAL_EWISE_ADD, x, c->tmp, NULL, x, T, m.H, 0, 0, 1, 0, 0, 0};
 	CAL_TRY(cal_op_ewise(c->be, &add, err));

@@ -429,8 +429,8 @@ fail:
 enum cal_status cal_ep_idle(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 			    struct cal_error *err)
 {
-	if (c->d->layers[L].ffn != CAL_FFN_MOE)
-		return CAL_OK;
+	if (c->d->layers[L].ffn != CAL_FFN_MOE || !cal_fwd_routed(c))
+		return CAL_OK; /* the busy ranks leave the routed experts out too */
 	return cal_ep_experts(c, L, w, 0, err);
 }
 

@@ -257,6 +257,48 @@ ParameterizedTest(const struct ranks_case *c, ep, same_bytes_over_ranks)
 	same_over_ranks(c);
 }
 
+/* GPTQ's passes 1 and 2 leave out the observers, and pass 1 the routed
+ * experts and what follows the layer's last Hessian site (docs/gptq.md
+ * "What a pass leaves out"): the same files as the whole forward
+ * (CALIBD_TEST_FULL_PASSES), on one rank and on two (a rank without a
+ * micro-batch leaves the expert dispatch out too). */
+struct arch_case {
+	char arch[16];
+};
+
+static const struct arch_case gptq_archs[] = {
+	{"qwen3_moe"}, {"qwen2_moe"}, {"deepseek_v3"}, {"gpt_oss"},
+	{"qwen3_next"}, {"qwen3_5_moe"}, {"llama"},
+};
+
+ParameterizedTestParameters(ep, gptq_passes_leave_out_nothing_needed)
+{
+	return cr_make_param_array(struct arch_case, gptq_archs, CAL_ARRAY_LEN(gptq_archs));
+}
+
+ParameterizedTest(const struct arch_case *c, ep, gptq_passes_leave_out_nothing_needed)
+{
+	recipe = GPTQ_RECIPE;
+	char *root = tmpdir();
+	char *tok = make_tokens(root, "tok.jsonl", 12, 13);
+	char *model = make_model(root, c->arch, "default");
+	for (unsigned R = 1; R <= 2; R++) {
+		char out[2][4096];
+		for (int full = 0; full < 2; full++) {
+			struct cal_job_opts o = opts(model, tok, R);
+			struct cal_error err = {0};
+			snprintf(out[full], sizeof(out[full]), "%s/out-%u-%d", root, R, full);
+			if (full)
+				cr_assert_eq(setenv("CALIBD_TEST_FULL_PASSES", "1", 1), 0);
+			enum cal_status st = quantize(&o, out[full], &err);
+			unsetenv("CALIBD_TEST_FULL_PASSES");
+			cr_assert_eq(st, CAL_OK, "%s, %u ranks: %s", c->arch, R, cal_error_msg(&err));
+		}
+		same_dirs(out[0], out[1]);
+	}
+	rm_rf(root);
+}
+
 Test(ep, streamed_weights_same_statistics)
 {
 	/* a memory cap streams the weights as on a GPU: the rank's experts are

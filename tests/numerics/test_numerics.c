@@ -12,6 +12,7 @@
 
 #include "common/fp.h"
 #include "goldens.h"
+#include "kernels/numfmt.h"
 #include "kernels/ops.h"
 #include "opcases.h"
 
@@ -351,6 +352,95 @@ Test(observer, rows_segments_blocks)
 	for (int b = 0; b < 12; b++)
 		cr_expect_eq(blk[b], (float)(b / 2 + 1), "block %d", b);
 	cr_expect_eq(nf.count, 2);
+	cal_backend_free(be);
+}
+
+/* The hessian op (tiles of elements summed together, an FMA clone) against
+ * one element at a time: s = fmaf(x[t,i], x[t,j], s) over the rows in
+ * order, then h + s for j >= i, written to (i, j) and (j, i)
+ * (docs/numerics.md), byte for byte, with non-finite inputs, gathered rows
+ * and shapes that are not whole tiles. */
+Test(observer, hessian_one_element_at_a_time)
+{
+	static const uint64_t shape[][2] = {{1, 1}, {5, 3}, {33, 17}, {40, 64}, {70, 131}};
+	struct cal_backend *be = cpu(3, 1);
+	struct cal_error err = {0};
+	uint64_t s = 7;
+	for (size_t k = 0; k < sizeof(shape) / sizeof(shape[0]); k++) {
+		uint64_t rows = shape[k][0], cols = shape[k][1], nidx = rows / 2 + 1;
+		float *x = malloc(rows * cols * 4), *h = malloc(cols * cols * 4);
+		float *want = malloc(cols * cols * 4);
+		uint32_t *idx = malloc(nidx * 4);
+		for (uint64_t i = 0; i < rows * cols; i++) {
+			s = s * 6364136223846793005u + 1442695040888963407u;
+			uint32_t r = (uint32_t)(s >> 33);
+			x[i] = r % 53 == 0 ? INFINITY : r % 59 == 0 ? NAN
+							 : (float)((int)(r % 2001) - 1000) / 37.0f;
+		}
+		for (uint64_t i = 0; i < nidx; i++)
+			idx[i] = (uint32_t)((i * 7 + 3) % (rows + 1)); /* rows: out of range, skipped */
+		for (int gather = 0; gather < 2; gather++) {
+			for (uint64_t e = 0; e < cols * cols; e++)
+				h[e] = want[e] = (float)(e % 5) * 0.25f;
+			for (uint64_t i = 0; i < cols; i++)
+				for (uint64_t j = i; j < cols; j++) {
+					float acc = 0.0f;
+					for (uint64_t t = 0; t < (gather ? nidx : rows); t++) {
+						uint64_t r = gather ? idx[t] : t;
+						if (r < rows)
+							acc = fmaf(x[r * cols + i], x[r * cols + j], acc);
+					}
+					/* the upper triangle's element, written to both */
+					want[i * cols + j] = cal_nan_canon(want[i * cols + j] + acc);
+					want[j * cols + i] = want[i * cols + j];
+				}
+			struct cal_hessian_args a = {CAL_DTYPE_F32, x, rows, cols, gather ? idx : NULL,
+						     gather ? nidx : 0, h};
+			cr_assert_eq(cal_op_hessian(be, &a, &err), CAL_OK, "%s", cal_error_msg(&err));
+			cr_expect_eq(memcmp(h, want, cols * cols * 4), 0, "%llu x %llu, gather %d",
+				     (unsigned long long)rows, (unsigned long long)cols, gather);
+		}
+		free(x), free(h), free(want), free(idx);
+	}
+	cal_backend_free(be);
+}
+
+/* nvfp4_dequant of a large op (its outputs looked up in a table) against
+ * the formula for every scale byte and code, bf16 and f32, block 16 and 32. */
+Test(ops, nvfp4_dequant_table_is_the_formula)
+{
+	static const float s2[] = {1.0f, 0.37f, 1e-41f, 3e38f, INFINITY, NAN, -2.5f};
+	const uint64_t rows = 256, cols = 512; /* a scale byte per block: every byte */
+	struct cal_backend *be = cpu(2, 1);
+	struct cal_error err = {0};
+	uint8_t *pk = malloc(rows * cols / 2), *sc = malloc(rows * cols / 16);
+	float *out = malloc(rows * cols * 4);
+	for (uint64_t i = 0; i < rows * cols / 2; i++)
+		pk[i] = (uint8_t)(i * 37 + i / 256);
+	for (uint64_t b = 0; b < rows * cols / 16; b++)
+		sc[b] = (uint8_t)b;
+	for (size_t q = 0; q < sizeof(s2) / sizeof(s2[0]); q++)
+		for (int f32 = 0; f32 < 2; f32++)
+			for (uint32_t bs = 16; bs <= 32; bs += 16) {
+				struct cal_nvfp4_dequant_args a = {pk, sc, rows, cols, s2[q],
+								   f32 ? CAL_DTYPE_F32 : CAL_DTYPE_BF16,
+								   out, bs};
+				cr_assert_eq(cal_op_nvfp4_dequant(be, &a, &err), CAL_OK, "%s",
+					     cal_error_msg(&err));
+				uint64_t bad = 0;
+				for (uint64_t i = 0; i < rows * cols; i++) {
+					unsigned code = (pk[i / 2] >> (4 * (i & 1))) & 0xfu;
+					float v = cal_fmul(cal_fmul(cal_e2m1_decode(code),
+								    cal_e4m3_decode(sc[i / bs])), s2[q]);
+					if (f32)
+						bad += memcmp(&out[i], &v, 4) != 0;
+					else
+						bad += ((uint16_t *)out)[i] != cal_nf_f32_to_bf16(v);
+				}
+				cr_expect_eq(bad, 0, "scale2 %g, f32 %d, block %u: %llu differ",
+					     (double)s2[q], f32, bs, (unsigned long long)bad);
+			}
+	free(pk), free(sc), free(out);
 	cal_backend_free(be);
 }
 
