@@ -1140,10 +1140,13 @@ Test(plan, kv_affine_rotate_and_kv_qformat)
 		const char *kv;
 		enum cal_qfmt fmt;
 		int cast, affine, rot;
+		const char *text; /* calibd plan's KV label */
 	} kvs[] = {
-		{"fp8_affine", CAL_QFMT_FP8, 0, 1, 0}, {"nvfp4_rotate", CAL_QFMT_NVFP4, 0, 0, 16},
-		{"nvfp4_cast", CAL_QFMT_NVFP4, 1, 0, 0}, {"none", CAL_QFMT_NONE, 0, 0, 0},
-		{"fp8", CAL_QFMT_FP8, 0, 0, 0},
+		{"fp8_affine", CAL_QFMT_FP8, 0, 1, 0, "| KV FP8 (affine)\n"},
+		{"nvfp4_rotate", CAL_QFMT_NVFP4, 0, 0, 16, "| KV NVFP4 (rotated K)\n"},
+		{"nvfp4_cast", CAL_QFMT_NVFP4, 1, 0, 0, "| KV NVFP4 (cast)\n"},
+		{"none", CAL_QFMT_NONE, 0, 0, 0, "| KV BF16\n"},
+		{"fp8", CAL_QFMT_FP8, 0, 0, 0, "| KV FP8\n"},
 	};
 	struct cal_recipe_opts o = {.builtin_dir = CAL_TEST_RECIPES_DIR, .no_filesystem = 1};
 	for (size_t i = 0; i < sizeof(kvs) / sizeof(kvs[0]); i++) {
@@ -1155,6 +1158,7 @@ Test(plan, kv_affine_rotate_and_kv_qformat)
 		cr_assert(p->sum.kv_fmt == kvs[i].fmt && p->sum.kv_cast == kvs[i].cast &&
 			  p->sum.kv_affine == kvs[i].affine && p->sum.rot_block[1] == (uint32_t)kvs[i].rot,
 			  "%s: %s", kvs[i].kv, cal_qfmt_name(p->sum.kv_fmt));
+		expect_plan_text(p, kvs[i].text);
 		cal_plan_free(p);
 		cal_recipe_free(r);
 	}
