@@ -472,12 +472,7 @@ static enum cal_status kv_sites(struct cal_calib *c, int32_t L, void **owned, in
 				struct cal_error *err)
 {
 	struct cal_eval *ev = c->ev;
-	const struct cal_model_desc *d = c->d;
 	char pre[CAL_ST_MAX_NAME], mod[CAL_ST_MAX_NAME + 16];
-	uint64_t cols[2] = {(uint64_t)(c->nkv * c->hd), (uint64_t)(c->nkv * c->hd)};
-	if (d->attn == CAL_ATTN_MLA) /* the per-head K and V that attention reads (mla.c) */
-		cols[0] = (uint64_t)(d->num_heads * (d->qk_nope_head_dim + d->qk_rope_head_dim)),
-		cols[1] = (uint64_t)(d->num_heads * d->v_head_dim);
 	if (attn_prefix(c, L, pre, sizeof(pre)) < 0)
 		return CAL_OK;
 	for (int k = 0; k < 2; k++) {
@@ -488,7 +483,8 @@ static enum cal_status kv_sites(struct cal_calib *c, int32_t L, void **owned, in
 				      sc > 0 ? sc : ev->kv_default, NULL};
 		const struct cal_st_tensor *b = qget(ev, mod, k ? "v_bias" : "k_bias");
 		if (b && s->fmt != AQ_NONE)
-			CAL_TRY_RET(kv_bias(c, b, cols[k], &s->bias, owned, n_owned, err));
+			CAL_TRY_RET(kv_bias(c, b, (uint64_t)cal_model_kv_dims(c->d, k, NULL, NULL),
+					    &s->bias, owned, n_owned, err));
 	}
 	return CAL_OK;
 }

@@ -1170,14 +1170,25 @@ Test(plan, kv_affine_rotate_and_kv_qformat)
 	cal_recipe_free(r);
 	cal_model_desc_free(d);
 
-	/* refused: MLA, bias off the KV cache, other bias kinds, rotate_back */
+	/* MLA (as modelopt 0.47): affine K / V of the per-head widths, rotation
+	 * along Q and K's qk_nope + qk_rope head dim (the fixture's 16 + 8: the
+	 * largest power-of-two divisor of 24 is 8) */
 	d = model(deepseek);
 	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_affine");
-	cr_assert_eq(cal_plan_build(d, r, &p, &err), CAL_ERR_UNSUPPORTED);
-	cr_assert(strstr(cal_error_msg(&err), "MLA"), "%s", cal_error_msg(&err));
-	cal_error_clear(&err);
+	p = plan_of(d, r);
+	cr_assert(p->sum.kv_affine && p->sum.kv_fmt == CAL_QFMT_NVFP4);
+	cal_plan_free(p);
+	cal_recipe_free(r);
+	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_rotate");
+	p = plan_of(d, r);
+	int64_t qk = d->qk_nope_head_dim + d->qk_rope_head_dim;
+	cr_assert(p->sum.rot_block[0] == (uint32_t)(qk & -qk) && p->sum.rot_block[1] ==
+		  (uint32_t)(qk & -qk) && !p->sum.rot_block[2], "qk %lld: blocks %u %u %u",
+		  (long long)qk, p->sum.rot_block[0], p->sum.rot_block[1], p->sum.rot_block[2]);
+	cal_plan_free(p);
 	cal_recipe_free(r);
 	cal_model_desc_free(d);
+	/* refused: bias off the KV cache, other bias kinds, rotate_back */
 #define KVH "imports: {fp8: configs/numerics/fp8}\n" \
 	"metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n" \
 	"    - {quantizer_name: '*', enable: false}\n"
@@ -1195,7 +1206,7 @@ Test(plan, kv_affine_rotate_and_kv_qformat)
 		   CAL_ERR_UNSUPPORTED, "rotate_back");
 	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*[kv]_bmm_quantizer', "
 				  "cfg: {$import: fp8, rotate: {enable: true, block_size: 32}}}\n",
-		   CAL_ERR_UNSUPPORTED, "does not divide head_dim 16");
+		   CAL_ERR_UNSUPPORTED, "does not divide the head dim 16");
 	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*k_bmm_quantizer', "
 				  "cfg: {$import: fp8, bias: {-2: null, -4: null}}}\n"
 				  "    - {quantizer_name: '*v_bmm_quantizer', cfg: {$import: fp8}}\n",
