@@ -80,6 +80,9 @@ struct cal_awq_clip_opts {
 	uint64_t max_tokens;       /* max_tokens_per_batch: 64 */
 	double min_ratio;          /* min_clip_ratio: 0.5 */
 	double step;               /* shrink_step: 0.05 */
+	int amax_bf16;             /* the clip amax, ratio * weight amax, is rounded
+				    * to bf16 (modelopt's weight amax is a bf16
+				    * tensor except after an INT4 awq_lite fold) */
 };
 
 #define CAL_AWQ_MAX_RATIOS 1024
@@ -107,6 +110,27 @@ enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, u
 				  uint64_t batch, const uint16_t *pqs,
 				  const struct cal_awq_clip_opts *o, float *amax,
 				  struct cal_error *err);
+
+/*
+ * awq_clip's per-tensor form (NVFP4 weights, modelopt's NVFP4_AWQ_FULL_CFG /
+ * _CLIP_CFG; docs/awq.md "awq_clip with NVFP4"): w bf16 [rows, cols], x and
+ * pqs as above but every input row is used.  Per clip ratio the whole
+ * linear runs with its weight fake-quantized as NVFP4 at global amax ratio
+ * * max|w|; the loss is the step's mean of the squared bf16 output error,
+ * summed over the steps; the first least wins.  *amax out: ratio * max|w|
+ * (fp32); loss: NULL or [CAL_AWQ_MAX_RATIOS] each ratio's loss.  Host
+ * threads (one ratio per item).  Errors: CAL_ERR_INVALID, CAL_ERR_NOMEM.
+ */
+enum cal_status cal_awq_clip_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+				   uint64_t cols, const uint16_t *x, uint64_t tokens,
+				   uint64_t batch, const uint16_t *pqs,
+				   const struct cal_awq_clip_opts *o, float *amax, double *loss,
+				   struct cal_error *err);
+
+/* The input amax modelopt's clip pass leaves on a quantized input (awq_full
+ * with NVFP4 or W4A8 weights): max over x [tokens, cols] of |bf16(x *
+ * pqs)| (pqs NULL: of |x|, awq_clip alone). */
+float cal_awq_in_amax(const uint16_t *x, uint64_t tokens, uint64_t cols, const uint16_t *pqs);
 
 /* nvfp4_awq's export fold into the previous linear (docs/awq.md "Export"
  * step 1): the next linear's pre_quant_scale pqs ([rows] bf16) scales the

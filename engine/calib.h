@@ -285,10 +285,11 @@ const uint16_t *cal_calib_lin_weight(const struct cal_calib *c, size_t mod, uint
 				     const uint16_t **pqs);
 const uint16_t *cal_calib_awq_norm(const struct cal_calib *c, int post_attention,
 				   uint64_t *numel);
-/* awq_full (docs/awq.md "awq_full"), valid as _weight: module `mod`'s
- * clipped INT4 block amax [out * in / 128] (*n), the exported one; NULL
- * when not clipped (not awq_full, not searched, or re-folded by its
- * group's shared pre_quant_scale, whose block amax is re-taken). */
+/* awq_full / awq_clip (docs/awq.md "awq_full", "awq_clip"), valid as
+ * _weight: module `mod`'s clipped INT4 block amax [out * in / 128] or
+ * NVFP4 global amax [1] (*n), the exported one; NULL when not clipped (not
+ * awq_full / awq_clip, no tokens, W4A8, or re-folded by its group's shared
+ * pre_quant_scale or the next linear's, whose amax is re-taken). */
 const float *cal_calib_awq_clip(const struct cal_calib *c, size_t mod, uint64_t *n);
 
 /* Number of tokens the run processed (pads included with pad_like_modelopt). */

@@ -68,9 +68,8 @@ enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint
  * Steps 3 of docs/gptq.md alone: u (host, [cols, cols] fp32) receives the
  * upper Cholesky factor of the damped H^-1, or the identity when H is not
  * positive definite after damping (stats->fallback); dead columns and the
- * damping in stats (rel_err NAN).  The factorisation is the `chol_inv` op on
- * `be` (the CPU back end, or a device: the same bytes); w, hsum and u are
- * host memory.  The update is then the `gptq_update` op on any back end
+ * damping in stats (rel_err NAN).  The factorisation is the `gptq_factor` op
+ * on `be` (cal_gptq_factor_dev); w, hsum and u are host memory.  The update is then the `gptq_update` op on any back end
  * (kernels/ops.h).  Errors as cal_gptq_nvfp4.
  */
 enum cal_status cal_gptq_factor(struct cal_backend *be, const uint16_t *w, uint64_t rows,
@@ -89,9 +88,9 @@ struct cal_gptq_factor_in {
 /*
  * cal_gptq_factor for count (1 .. 65535) linears of one input dim at once:
  * u[k] and stats[k] are linear k's, byte for byte what cal_gptq_factor
- * gives it; their factorisations are one batched `chol_inv` (one launch
- * sequence on a device).  Host memory: 2 count cols^2 f64 (as much again
- * on a device without host memory) besides u.  Errors as cal_gptq_factor.
+ * gives it; their factorisations are one batched `gptq_factor` op
+ * (cal_gptq_factor_dev).  Memory on be: 8 count cols^2 bytes besides its
+ * scratch.  Errors as cal_gptq_factor.
  */
 enum cal_status cal_gptq_factor_many(struct cal_backend *be, uint64_t cols, size_t count,
 				     const struct cal_gptq_factor_in *in,
@@ -99,18 +98,25 @@ enum cal_status cal_gptq_factor_many(struct cal_backend *be, uint64_t cols, size
 				     struct cal_gptq_stats *stats, struct cal_error *err);
 
 /* dead[c] = 1 where column c of w ([rows, cols] bf16) is all zero (the
- * columns cal_gptq_damped_hessian treats as dead), else 0; their count.
+ * columns the gptq_factor op treats as dead), else 0; their count.
  * U depends on w only through these: linears with the same hsum, n_samples
  * and mask share U. */
 uint64_t cal_gptq_dead_mask(const uint16_t *w, uint64_t rows, uint64_t cols, uint8_t *dead);
 
-/* Step 3's matrix before the factorisation: a (host, [cols, cols] f64) =
- * H = 2 hsum / n_samples, the dead columns (all-zero in w) zeroed with a
- * unit diagonal, then perc_damp x mean(diag) added to the diagonal; h (may
- * be NULL) receives H before the dead columns; *dead_cols, *damp. */
-void cal_gptq_damped_hessian(const uint16_t *w, uint64_t rows, uint64_t cols, const float *hsum,
-			     uint64_t n_samples, double perc_damp, double *a, double *h,
-			     uint64_t *dead_cols, double *damp);
+/*
+ * The factors of count (1 .. 65535) linears of input dim n on be, in its
+ * memory: hs ([count, n, n] f32) the Hessian sums, u ([count, n, n] f32)
+ * receives each U (the identity where H is not positive definite after
+ * damping: stats[k].fallback); dead ([count, n], host) the dead-column
+ * masks (cal_gptq_dead_mask), n_samples[k] > 0 the rows each sum saw.  One
+ * `gptq_factor` op (kernels/ops.h: the CPU back end's bytes are the column
+ * algorithms'; a device's U agrees to a few f32 ulps).  Scratch:
+ * cal_gptq_factor_work(n, count) doubles on be, freed before it returns.
+ */
+enum cal_status cal_gptq_factor_dev(struct cal_backend *be, uint64_t n, size_t count,
+				    const float *hs, const uint8_t *dead, const uint64_t *n_samples,
+				    const struct cal_gptq_opts *o, float *u,
+				    struct cal_gptq_stats *stats, struct cal_error *err);
 
 /* Bytes of host memory cal_gptq_nvfp4 allocates for a [rows, cols] linear. */
 uint64_t cal_gptq_scratch_bytes(uint64_t rows, uint64_t cols);

@@ -156,7 +156,7 @@ static enum cal_status on_layer(void *ctx, const struct cal_calib *c, int32_t la
 		if (w)
 			CAL_TRY(cal_exporter_set_weight(j->ex, mi, w, n, pqs, err));
 		const float *clip = w ? cal_calib_awq_clip(c, mi, &n) : NULL;
-		if (clip) /* awq_full: the clipped block amax */
+		if (clip) /* awq_full / awq_clip: the clipped block (NVFP4: global) amax */
 			CAL_TRY(cal_exporter_set_block_amax(j->ex, mi, clip, n, err));
 	}
 	for (int k = 0; k < 2; k++) {

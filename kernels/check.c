@@ -218,3 +218,14 @@ enum cal_status cal_check_obs(enum cal_dtype dtype, uint64_t rows, uint64_t cols
 				     (unsigned long long)rows);
 	return CAL_OK;
 }
+
+enum cal_status cal_check_batch_n(uint32_t batch, uint64_t n, struct cal_error *err)
+{
+	if (batch > 65535)
+		return cal_error_set(err, CAL_ERR_RANGE, "argument 'batch' = %u is not in [0, 65535]",
+				     (unsigned)batch);
+	if (!n || n > 65536)
+		return cal_error_set(err, CAL_ERR_RANGE, "argument 'n' = %llu is not in [1, 65536]",
+				     (unsigned long long)n);
+	return CAL_OK;
+}

@@ -27,12 +27,8 @@
 enum cal_status cal_check_chol_inv(const struct cal_chol_inv_args *a, struct cal_error *err)
 {
 	enum cal_status st;
-	if (a->batch > 65535)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 'batch' = %u is not in [0, 65535]",
-				     (unsigned)a->batch);
-	if (!a->n || a->n > 65536)
-		return cal_error_set(err, CAL_ERR_RANGE, "argument 'n' = %llu is not in [1, 65536]",
-				     (unsigned long long)a->n);
+	if ((st = cal_check_batch_n(a->batch, a->n, err)) < 0)
+		return st;
 	if ((st = cal_check_ptr(a->a, "a", err)) < 0 || (st = cal_check_ptr(a->y, "y", err)) < 0 ||
 	    (st = cal_check_ptr(a->bad, "bad", err)) < 0 ||
 	    (st = cal_check_ptr(a->work, "work", err)) < 0)

@@ -40,6 +40,10 @@ struct cal_nf_part {
 /* Argument checks; each names the op field on failure. */
 enum cal_status cal_check_ptr(const void *p, const char *field, struct cal_error *err);
 
+/* The batched f64 factor ops' (chol_inv, gptq_factor) sizes: batch in
+ * [0, 65535] matrices of n in [1, 65536]. */
+enum cal_status cal_check_batch_n(uint32_t batch, uint64_t n, struct cal_error *err);
+
 /* A pointer argument and its field name, for cal_check_ptrs. */
 struct cal_arg_ptr {
 	const void *p;

@@ -184,6 +184,45 @@ struct cal_chol_inv_args {
 	uint32_t batch;         /* 0 .. 65535 matrices (0: one) */
 };
 
+/* GPTQ's inverse factor U from Hessian sums (docs/gptq.md, "Building
+ * blocks"), for batch matrices (0 means 1), matrix b at offset b n n:
+ * H = scale[b] hsum[b] in f64; a dead column c (dead[b][c] != 0) gets
+ * row and column 0 and H[c][c] = 1; damp[b] = perc_damp (sum of H's
+ * diagonal, ascending) / n, added to the diagonal; u[b] = the upper
+ * Cholesky factor of H^-1 (row-major f32, 0 below the diagonal), made as
+ * U[i][j] = L^-1[n-1-i][n-1-j] with L the lower factor of the reversed H.
+ * bad[b] = 1 when H is not positive definite or an element of U is not
+ * finite or a diagonal one is not > 0 (u[b] then undefined), else 0.
+ * H, damp and bad follow one arithmetic on every back end; the factor
+ * does not: the CPU back end runs the chol_inv op's column algorithms,
+ * CUDA cuSOLVER's blocked f64 potrf and trtri (their own order of terms:
+ * U agrees to a few f32 ulps, not byte for byte; docs/numerics.md). */
+struct cal_gptq_factor_args {
+	const float *hsum;      /* [batch, n, n] symmetric sums of x^T x */
+	const uint8_t *dead;    /* [batch, n] */
+	const double *scale;    /* [batch] (GPTQ: 2 / rows seen) */
+	uint64_t n;             /* 1 .. 65536 */
+	double perc_damp;       /* (0, 1] */
+	float *u;               /* [batch, n, n] out */
+	double *damp;           /* [batch] out */
+	int32_t *bad;           /* [batch] out */
+	double *work;           /* cal_gptq_factor_work(n, batch) doubles of scratch */
+	uint32_t batch;         /* 0 .. 65535 */
+};
+
+/* Doubles of scratch the gptq_factor op needs for batch matrices of n. */
+static inline uint64_t cal_gptq_factor_work(uint64_t n, uint32_t batch)
+{
+	return (batch ? batch : 1) * (2 * n * n + (n + 32) * 32);
+}
+
+/* The gptq_factor op's H for one matrix, in a ([n, n] f64): scale hsum,
+ * the dead columns zeroed with a unit diagonal, then *damp = perc_damp
+ * (diagonal sum, ascending) / n added to the diagonal.  The arithmetic
+ * every back end follows (kernels/gptq_factor.c). */
+void cal_gptq_damped(const float *hsum, const uint8_t *dead, double scale, uint64_t n,
+		     double perc_damp, double *a, double *damp);
+
 /* GPTQ column-block update of a static-NVFP4 weight (docs/gptq.md): with
  * U the upper Cholesky factor of H^-1 ([cols, cols], fp32), every row of w
  * independently, per block of block_size columns, column by column:
@@ -770,7 +809,7 @@ enum cal_op_id {
 
 /* Keeps the tables that are not generated from ops.def honest (the tests'
  * case lists, docs/numerics.md): update them when this fails. */
-#define CAL_OP_COUNT_EXPECTED 43
+#define CAL_OP_COUNT_EXPECTED 44
 
 struct cal_ops {
 #define CAL_OP(name, NAME, desc)                                               \

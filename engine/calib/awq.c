@@ -98,6 +98,16 @@ static void nvfp4_block(uint16_t *v, float g)
 	}
 }
 
+/* modelopt's NVFP4 fake quantization of n values (blocks of 16) with the
+ * global amax `amax` (g = amax / (6 * 448), 1e-12 when 0). */
+static void nvfp4_at(uint16_t *w, uint64_t n, float amax)
+{
+	float g = amax / 2688.0f;
+	g = g > 0.0f ? g : 1e-12f;
+	for (uint64_t b = 0; b < n / 16; b++)
+		nvfp4_block(w + b * 16, g);
+}
+
 /* The search's weight fake quantizer over a whole [rows, cols] weight. */
 static void fake_quant(enum cal_awq_wq wq, uint16_t *w, uint64_t n)
 {
@@ -111,10 +121,7 @@ static void fake_quant(enum cal_awq_wq wq, uint16_t *w, uint64_t n)
 		float a = fabsf(bf(w[i]));
 		amax = a > amax ? a : amax;
 	}
-	float g = amax / 2688.0f;
-	g = g > 0.0f ? g : 1e-12f;
-	for (uint64_t b = 0; b < n / 16; b++)
-		nvfp4_block(w + b * 16, g);
+	nvfp4_at(w, n, amax);
 }
 
 struct awq_ctx {
@@ -359,7 +366,16 @@ void cal_awq_fuse_norm(uint16_t *norm, const uint16_t *pqs, uint64_t cols, int p
 
 /* ---- awq_clip (docs/awq.md "awq_full") ---------------------------------------------------- */
 
+/* The amax a clip ratio gives: ratio * amax (fp32), rounded to bf16 when
+ * modelopt's amax tensor is bf16. */
+static float clip_amax(const struct cal_awq_clip_opts *o, float ratio, float amax)
+{
+	float v = ratio * amax;
+	return o->amax_bf16 ? bf(tobf(v)) : v;
+}
+
 struct clip_ctx {
+	const struct cal_awq_clip_opts *o;
 	const uint16_t *w, *xs;      /* xs: the selected rows of bf16(x * pqs) [n_sel, cols] */
 	uint64_t rows, cols;
 	const uint64_t *step_end;    /* [n_steps]: each step's end row in xs */
@@ -404,7 +420,7 @@ static void clip_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
 				loss[j] = 0.0f;
 			for (unsigned j = 0; j < c->n_ratio; j++) {
 				memcpy(q, wb, sizeof(q));
-				int4_block_at(q, c->ratios[j] * wa);
+				int4_block_at(q, clip_amax(c->o, c->ratios[j], wa));
 				for (uint64_t s = 0, t = 0; s < c->n_steps; s++) {
 					uint64_t t0 = t;
 					double sum = 0.0;
@@ -421,7 +437,7 @@ static void clip_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			for (unsigned j = 0; j < c->n_ratio; j++)
 				if (loss[j] < best_loss) {
 					best_loss = loss[j];
-					best = c->ratios[j] * wa;
+					best = clip_amax(c->o, c->ratios[j], wa);
 				}
 			c->amax[r * nb + b] = best;
 		}
@@ -446,62 +462,186 @@ unsigned cal_awq_clip_ratios(double min_ratio, double step, float *ratios)
 	return n + 1;
 }
 
-enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
-				  uint64_t cols, const uint16_t *x, uint64_t tokens,
-				  uint64_t batch, const uint16_t *pqs,
-				  const struct cal_awq_clip_opts *o, float *amax,
+static enum cal_status clip_nomem(uint64_t rows, uint64_t cols, uint64_t tokens,
 				  struct cal_error *err)
 {
+	return cal_error_set(err, CAL_ERR_NOMEM, "awq_clip: scratch for [%llu, %llu] and %llu "
+			     "tokens", (unsigned long long)rows, (unsigned long long)cols,
+			     (unsigned long long)tokens);
+}
+
+/* What both clip searches start from: the clip ratios, and the search's
+ * input rows: per step of `batch` rows, the rows 0, s, 2s, .. (s = max(1,
+ * n / max_tokens); every row when max_tokens is 0), times pqs (bf16) when
+ * given, xs [n_sel, cols], step_end [n_steps] each step's end row in xs. */
+struct clip_prep {
+	float ratios[CAL_AWQ_MAX_RATIOS];
+	unsigned nr;
+	uint16_t *xs;
+	uint64_t *step_end, n_steps, n_sel;
+};
+
+/* The argument checks, then p (freed with clip_prep_free, also on error). */
+static enum cal_status clip_prepare(const uint16_t *w, uint64_t rows, uint64_t cols,
+				    const uint16_t *x, uint64_t tokens, uint64_t batch,
+				    const uint16_t *pqs, const struct cal_awq_clip_opts *o,
+				    const float *amax, enum cal_awq_wq wq, uint64_t max_tokens,
+				    struct clip_prep *p, struct cal_error *err)
+{
+	p->xs = NULL;
+	p->step_end = NULL;
 	if (!w || !x || !o || !amax)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: a NULL argument");
-	if (!rows || !cols || cols % 128)
-		return shape_error("awq_clip", rows, cols, CAL_AWQ_WQ_INT4, err);
+	if (!rows || !cols || cols % (wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128))
+		return shape_error("awq_clip", rows, cols, wq, err);
 	if (!tokens || !batch || !o->max_tokens)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: no calibration tokens");
 	if (!(o->min_ratio > 0.0 && o->min_ratio <= 1.0 && o->step > 0.0 && o->step <= 1.0))
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: min_clip_ratio = %g, "
 				     "shrink_step = %g: both must be in (0, 1]", o->min_ratio,
 				     o->step);
-	float ratios[CAL_AWQ_MAX_RATIOS];
-	unsigned nr = cal_awq_clip_ratios(o->min_ratio, o->step, ratios);
-	if (!nr)
+	if (!(p->nr = cal_awq_clip_ratios(o->min_ratio, o->step, p->ratios)))
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: min_clip_ratio = %g, "
 				     "shrink_step = %g give over %d clip ratios", o->min_ratio,
 				     o->step, CAL_AWQ_MAX_RATIOS);
-	/* per step, the rows 0, s, 2s, .. with s = max(1, n / max_tokens) */
-	uint64_t n_steps = (tokens + batch - 1) / batch, n_sel = 0;
-	uint64_t *step_end = malloc(n_steps * sizeof(uint64_t));
-	uint16_t *xs = NULL;
-	enum cal_status rc = CAL_OK;
-	if (!step_end)
-		goto nomem;
-	for (uint64_t s = 0, t0 = 0; s < n_steps; s++, t0 += batch) {
+	uint64_t ns = (tokens + batch - 1) / batch, sel = 0;
+	if (!(p->step_end = malloc(ns * sizeof(uint64_t))))
+		return clip_nomem(rows, cols, tokens, err);
+	for (uint64_t s = 0, t0 = 0; s < ns; s++, t0 += batch) {
 		uint64_t n = t0 + batch < tokens ? batch : tokens - t0;
-		uint64_t st = n / o->max_tokens ? n / o->max_tokens : 1;
-		n_sel += (n + st - 1) / st;
-		step_end[s] = n_sel;
+		uint64_t st = max_tokens && n / max_tokens ? n / max_tokens : 1;
+		sel += (n + st - 1) / st;
+		p->step_end[s] = sel;
 	}
-	if (!(xs = malloc(n_sel * cols * 2)))
-		goto nomem;
-	for (uint64_t s = 0, t0 = 0, i = 0; s < n_steps; s++, t0 += batch) {
+	if (!(p->xs = malloc(sel * cols * 2)))
+		return clip_nomem(rows, cols, tokens, err);
+	for (uint64_t s = 0, t0 = 0, i = 0; s < ns; s++, t0 += batch) {
 		uint64_t n = t0 + batch < tokens ? batch : tokens - t0;
-		uint64_t st = n / o->max_tokens ? n / o->max_tokens : 1;
+		uint64_t st = max_tokens && n / max_tokens ? n / max_tokens : 1;
 		for (uint64_t t = t0; t < t0 + n; t += st, i++)
 			for (uint64_t k = 0; k < cols; k++)
-				xs[i * cols + k] = pqs ? tobf(bf(x[t * cols + k]) * bf(pqs[k]))
-						       : x[t * cols + k];
+				p->xs[i * cols + k] = pqs ? tobf(bf(x[t * cols + k]) * bf(pqs[k]))
+							  : x[t * cols + k];
 	}
-	block_amax(w, rows * cols, 128, amax);
-	struct clip_ctx c = {w, xs, rows, cols, step_end, n_steps, n_sel, ratios, nr, amax, 0};
-	if ((rc = cal_cpu_parallel(host, rows, 1, clip_rows, &c, err)) >= 0 && c.nomem)
-		goto nomem;
-	goto done;
-nomem:
-	rc = cal_error_set(err, CAL_ERR_NOMEM, "awq_clip: scratch for [%llu, %llu] and %llu "
-			   "tokens", (unsigned long long)rows, (unsigned long long)cols,
-			   (unsigned long long)tokens);
-done:
-	free(step_end);
-	free(xs);
+	p->n_steps = ns;
+	p->n_sel = sel;
+	return CAL_OK;
+}
+
+static void clip_prep_free(struct clip_prep *p)
+{
+	free(p->xs);
+	free(p->step_end);
+}
+
+enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+				  uint64_t cols, const uint16_t *x, uint64_t tokens,
+				  uint64_t batch, const uint16_t *pqs,
+				  const struct cal_awq_clip_opts *o, float *amax,
+				  struct cal_error *err)
+{
+	struct clip_prep p;
+	enum cal_status rc = clip_prepare(w, rows, cols, x, tokens, batch, pqs, o, amax,
+					  CAL_AWQ_WQ_INT4, o ? o->max_tokens : 0, &p, err);
+	if (rc >= 0) {
+		block_amax(w, rows * cols, 128, amax);
+		struct clip_ctx c = {o, w, p.xs, rows, cols, p.step_end, p.n_steps, p.n_sel,
+				     p.ratios, p.nr, amax, 0};
+		rc = cal_cpu_parallel(host, rows, 1, clip_rows, &c, err);
+		if (rc >= 0 && c.nomem)
+			rc = clip_nomem(rows, cols, tokens, err);
+	}
+	clip_prep_free(&p);
 	return rc;
+}
+
+/* ---- awq_clip per tensor (NVFP4 weights; docs/awq.md "awq_clip with NVFP4") ---------------- */
+
+struct tclip_ctx {
+	const struct cal_awq_clip_opts *o;
+	const uint16_t *w, *xs;      /* xs: bf16(x * pqs), every row [n_sel, cols] */
+	uint64_t rows, cols;
+	const uint64_t *step_end;
+	uint64_t n_steps;
+	const float *ratios;
+	float w_amax;
+	double *loss;                /* [n_ratio] */
+	int nomem;
+};
+
+/* The losses of ratios [begin, end): the whole linear's output with the
+ * weight fake-quantized at global amax ratio * w_amax against the
+ * unquantized one, mean of fl32(bf16(y_q - y))^2 per step (fp32), summed. */
+static void tclip_ratios(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct tclip_ctx *c = p;
+	uint64_t R = c->rows, C = c->cols;
+	uint16_t *wq = malloc(R * C * 2);
+	(void)slot;
+	if (!wq) {
+		c->nomem = 1;
+		return;
+	}
+	for (uint64_t j = begin; j < end; j++) {
+		memcpy(wq, c->w, R * C * 2);
+		nvfp4_at(wq, R * C, clip_amax(c->o, c->ratios[j], c->w_amax));
+		float total = 0.0f;
+		for (uint64_t s = 0, t = 0; s < c->n_steps; s++) {
+			uint64_t t0 = t;
+			double sum = 0.0;
+			for (; t < c->step_end[s]; t++)
+				for (uint64_t r = 0; r < R; r++) {
+					const uint16_t *xr = c->xs + t * C;
+					float d = bf(tobf(bf(gemv_bf16(xr, wq + r * C, C)) -
+							  bf(gemv_bf16(xr, c->w + r * C, C))));
+					sum += (double)d * d;
+				}
+			if (t > t0)
+				total += (float)(sum / (double)((t - t0) * R));
+		}
+		c->loss[j] = total;
+	}
+	free(wq);
+}
+
+enum cal_status cal_awq_clip_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
+				   uint64_t cols, const uint16_t *x, uint64_t tokens,
+				   uint64_t batch, const uint16_t *pqs,
+				   const struct cal_awq_clip_opts *o, float *amax, double *loss,
+				   struct cal_error *err)
+{
+	double ls[CAL_AWQ_MAX_RATIOS];
+	struct clip_prep p;
+	enum cal_status rc = clip_prepare(w, rows, cols, x, tokens, batch, pqs, o, amax,
+					  CAL_AWQ_WQ_NVFP4, 0, &p, err);
+	float wa = 0.0f;
+	for (uint64_t i = 0; rc >= 0 && i < rows * cols; i++)
+		wa = fmaxf(wa, fabsf(bf(w[i])));
+	struct tclip_ctx c = {o, w, p.xs, rows, cols, p.step_end, p.n_steps, p.ratios, wa, ls, 0};
+	if (rc >= 0 && (rc = cal_cpu_parallel(host, p.nr, 1, tclip_ratios, &c, err)) >= 0 &&
+	    c.nomem)
+		rc = clip_nomem(rows, cols, tokens, err);
+	if (rc >= 0) {
+		unsigned best = 0;
+		for (unsigned j = 1; j < p.nr; j++)
+			if ((float)ls[j] < (float)ls[best])
+				best = j;
+		*amax = clip_amax(o, p.ratios[best], wa);
+		if (loss)
+			memcpy(loss, ls, p.nr * sizeof(double));
+	}
+	clip_prep_free(&p);
+	return rc;
+}
+
+float cal_awq_in_amax(const uint16_t *x, uint64_t tokens, uint64_t cols, const uint16_t *pqs)
+{
+	float m = 0.0f;
+	for (uint64_t t = 0; t < tokens; t++)
+		for (uint64_t k = 0; k < cols; k++) {
+			float v = fabsf(pqs ? bf(tobf(bf(x[t * cols + k]) * bf(pqs[k])))
+					    : bf(x[t * cols + k]));
+			m = v > m ? v : m;
+		}
+	return m;
 }

@@ -44,8 +44,10 @@
  * linears), then AWQ's own. */
 struct alin {
 	struct cal_lin r;
-	float alpha;       /* -1: not searched (no token) */
-	float *clip;       /* awq_full: host [rows * cols / 128] clipped block amax, or NULL */
+	float alpha;       /* -1: not searched (no token; awq_clip alone: every linear) */
+	int seen;          /* its cached inputs are there and finite */
+	float *clip;       /* awq_full / awq_clip: host [rows * cols / 128] clipped block
+			    * amax (INT4), [1] the clipped global amax (NVFP4), or NULL */
 };
 
 struct cal_awq_run {
@@ -57,6 +59,8 @@ struct cal_awq_run {
 	uint16_t *norm[2];                /* the fused input / post-attention norm, or NULL */
 	uint64_t norm_n[2];
 	int clip;                         /* awq_full: awq_clip after the search */
+	int no_search;                    /* awq_clip alone: no awq_lite search */
+	int w4a8;                         /* W4A8 weights: the clip is discarded */
 	struct cal_awq_clip_opts clip_o;
 	double t_clip;
 };
@@ -108,7 +112,7 @@ enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *
 				"W4A8 AWQ weights"
 			      : cal_linear_algo_q_why(p, q);
 	}
-	return cal_linear_algo_refuse(d, "awq_lite", why, "docs/awq.md", err);
+	return cal_linear_algo_refuse(d, p->recipe->algo.name, why, "docs/awq.md", err);
 }
 
 static enum cal_status awq_init(struct cal_calib *c, struct cal_error *err)
@@ -119,8 +123,13 @@ static enum cal_status awq_init(struct cal_calib *c, struct cal_error *err)
 	g->alpha_step = a->alpha_step;
 	g->wq = awq_wq(c->plan, NULL);
 	g->clip = a->awq_clip;
+	g->no_search = a->awq_no_search;
+	for (size_t i = 0; i < c->plan->n_q; i++)
+		g->w4a8 |= c->plan->q[i].role == CAL_QROLE_WEIGHT && c->plan->q[i].spec.enabled &&
+			   c->plan->q[i].spec.fmt == CAL_QFMT_W4A8_AWQ;
 	g->clip_o = (struct cal_awq_clip_opts){(uint64_t)a->clip_max_tokens, a->clip_min_ratio,
-					       a->clip_shrink_step};
+					       a->clip_shrink_step,
+					       g->wq == CAL_AWQ_WQ_NVFP4 || a->awq_no_search};
 	return CAL_OK;
 }
 
@@ -195,7 +204,9 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 	int finite = 1;
 	for (uint64_t k = 0; k < T * al->r.cols && finite; k++)
 		finite = isfinite(cal_bf16_to_f32(g->cache[al->r.site][k]));
-	if (!T || !finite) { /* not searched: max calibration, all-ones scale */
+	al->seen = T && finite;
+	if (!al->seen || g->no_search) { /* max calibration, all-ones scale (awq_clip
+					  * alone: the clip only, on the source weight) */
 		for (uint64_t k = 0; k < al->r.cols; k++)
 			al->r.pqs[k] = cal_f32_to_bf16(1.0f);
 		return CAL_OK;
@@ -223,33 +234,50 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 	return st;
 }
 
-/* awq_full: modelopt's awq_clip on a searched linear (docs/awq.md
- * "awq_full"), on its folded weight and the site's cached inputs times its
- * pre_quant_scale; al->clip, and the report's count of clipped blocks. */
+/* awq_full / awq_clip: modelopt's awq_clip on a linear (docs/awq.md
+ * "awq_full", "awq_clip"), on its folded weight and the site's cached
+ * inputs times its pre_quant_scale (awq_clip alone: the source weight and
+ * the raw inputs); al->clip, and the report's count of clipped blocks (NVFP4:
+ * 0 or 1, the tensor, and the clipped amax).  A quantized input gets the amax of the
+ * clip pass's inputs.  W4A8: modelopt's closing max calibration of the
+ * sequential weight quantizer discards the clip, so only the input amax. */
 static enum cal_status clip_one(struct cal_calib *c, struct alin *al, json_t *o,
 				struct cal_error *err)
 {
 	struct cal_awq_run *g = run(c);
-	uint64_t nb = al->r.rows * al->r.cols / 128, clipped = 0;
+	const struct cal_plan_module *m = &c->plan->modules[al->r.mod];
+	const uint16_t *x = g->cache[al->r.site], *pqs = g->no_search ? NULL : al->r.pqs;
+	uint64_t T = g->crows[al->r.site], n = al->r.rows * al->r.cols;
+	int nvfp4 = g->wq == CAL_AWQ_WQ_NVFP4;
+	uint64_t nb = nvfp4 ? 1 : n / 128, clipped = 0;
+	double t0 = cal_now();
+	if (!g->no_search && m->iq >= 0 && c->plan->q[m->iq].spec.enabled) {
+		al->r.in_amax = cal_awq_in_amax(x, T, al->r.cols, pqs);
+		al->r.has_in_amax = 1;
+	}
+	if (g->w4a8) {
+		g->t_clip += cal_now() - t0;
+		return CAL_OK;
+	}
 	if (!(al->clip = malloc(nb * sizeof(float))))
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-	double t0 = cal_now();
-	enum cal_status st = cal_awq_clip_int4(c->host, al->r.w, al->r.rows, al->r.cols,
-					       g->cache[al->r.site], g->crows[al->r.site],
-					       g->batch[al->r.site], al->r.pqs, &g->clip_o, al->clip,
-					       err);
+	enum cal_status st =
+		nvfp4 ? cal_awq_clip_nvfp4(c->host, al->r.w, al->r.rows, al->r.cols, x, T,
+					   g->batch[al->r.site], pqs, &g->clip_o, al->clip, NULL, err)
+		      : cal_awq_clip_int4(c->host, al->r.w, al->r.rows, al->r.cols, x, T,
+					  g->batch[al->r.site], pqs, &g->clip_o, al->clip, err);
 	if (st < 0)
-		return cal_error_wrap(err, st, "awq_clip: %s", c->plan->modules[al->r.mod].name);
+		return cal_error_wrap(err, st, "awq_clip: %s", m->name);
 	g->t_clip += cal_now() - t0;
 	for (uint64_t b = 0; b < nb; b++) {
-		float m = 0.0f;
-		for (uint64_t k = 0; k < 128; k++) {
-			float a = fabsf(cal_bf16_to_f32(al->r.w[b * 128 + k]));
-			m = a > m ? a : m;
-		}
-		clipped += al->clip[b] < m;
+		float mx = 0.0f;
+		for (uint64_t k = b * (n / nb); k < (b + 1) * (n / nb); k++)
+			mx = fmaxf(mx, fabsf(cal_bf16_to_f32(al->r.w[k])));
+		clipped += al->clip[b] < mx;
 	}
 	json_object_set_new(o, "clipped_blocks", json_integer((json_int_t)clipped));
+	if (nvfp4) /* its one "block": the tensor */
+		json_object_set_new(o, "clipped_amax", json_real(al->clip[0]));
 	return CAL_OK;
 }
 
@@ -322,6 +350,10 @@ static enum cal_status fuse_prev(struct cal_calib *c, struct cal_error *err)
 			if (mj->kind == m->kind && mj->proj && !strcmp(mj->proj, into))
 				dst = &LIN(g)[j];
 		}
+		if (dst) { /* modelopt re-takes its amax from the fused weight */
+			free(dst->clip);
+			dst->clip = NULL;
+		}
 		if (!dst || dst->r.rows != al->r.cols)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "awq: %s: its pre_quant_scale "
 					     "folds into %s, which is not a quantized linear of %llu "
@@ -343,7 +375,7 @@ static enum cal_status pass_end(struct cal_calib *c, int32_t L, int pass,
 	for (size_t i = 0; i < g->r.n_lin; i++) {
 		struct alin *al = &LIN(g)[i];
 		CAL_TRY_RET(search_one(c, w, al, err));
-		al->r.pqs_out = 1;
+		al->r.pqs_out = !g->no_search;
 		json_t *o = json_pack("{s:s, s:i, s:I}", "module", c->plan->modules[al->r.mod].name,
 				      "layer", (int)L, "n_samples", (json_int_t)g->crows[al->r.site]);
 		if (!o)
@@ -351,10 +383,14 @@ static enum cal_status pass_end(struct cal_calib *c, int32_t L, int pass,
 		json_object_set_new(o, "alpha", al->alpha < 0 ? json_null()
 							       : json_real(al->alpha));
 		json_array_append_new(g->r.report, o);
-		if (g->clip && al->alpha >= 0.0f)
+		if (g->clip && al->seen)
 			CAL_TRY_RET(clip_one(c, al, o, err));
 	}
 	drop_cache(g);
+	if (g->no_search) { /* no pre_quant_scale: nothing to fold */
+		g->r.t += cal_now() - t0;
+		return CAL_OK;
+	}
 	CAL_TRY_RET(fuse_prev(c, err));
 	CAL_TRY_RET(fold_group(c, w, EQ_QKV, 0, err));
 	CAL_TRY_RET(fold_group(c, w, EQ_MLP_GU, 1, err));
@@ -399,7 +435,7 @@ const float *cal_calib_awq_clip(const struct cal_calib *c, size_t mod, uint64_t 
 	const struct cal_awq_run *g = c->lr && c->lr->a->method == CAL_CALIB_AWQ_LITE ? run(c) : NULL;
 	for (size_t i = 0; g && i < g->r.n_lin; i++)
 		if (LIN(g)[i].r.mod == mod && LIN(g)[i].clip) {
-			*n = LIN(g)[i].r.rows * LIN(g)[i].r.cols / 128;
+			*n = g->wq == CAL_AWQ_WQ_NVFP4 ? 1 : LIN(g)[i].r.rows * LIN(g)[i].r.cols / 128;
 			return LIN(g)[i].clip;
 		}
 	return NULL;

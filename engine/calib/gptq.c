@@ -7,9 +7,11 @@
  * the reversal permutation and P H P = L L^T, H^-1 = (P L^-T P)(P L^-1 P)
  * and P L^-1 P is upper triangular with a positive diagonal, so
  * U[i][j] = L^-1[n-1-i][n-1-j].  It fails exactly when H is not positive
- * definite.  Double precision; the factor and its inverse are the
- * `chol_inv` op (kernels/ops.h) on the back end the caller names (the CPU
- * back end's threads, or a device), the same bytes on every back end.
+ * definite.  Double precision; the damped H, the factor and U are the
+ * `gptq_factor` op (kernels/ops.h) on the back end the caller names, with
+ * the sums and U in its memory: on the CPU back end the chol_inv op's
+ * column algorithms on its threads, on a device cuSOLVER (U equal to a few
+ * f32 ulps, not byte for byte: docs/gptq.md "Building blocks").
  *
  * Update (float, as modelopt's; every operation rounded on its own, never
  * contracted into a fused multiply-add, so compilers agree): rows are independent, so each thread
@@ -96,43 +98,6 @@ static enum cal_status check_args(const uint16_t *w, uint64_t rows, uint64_t col
 	return CAL_OK;
 }
 
-/* The chol_inv op on be for nb matrices back to back: l (host, [nb, n, n])
- * becomes L, y (host) L^-1; bad[k] the op's flag of matrix k.  A back end
- * without host memory works on device copies. */
-static enum cal_status chol_inv(struct cal_backend *be, double *l, double *y, uint64_t n,
-				size_t nb, int32_t *bad, struct cal_error *err)
-{
-	uint64_t mb = nb * n * n * sizeof(double), wb = nb * (n + 32) * 32 * sizeof(double);
-	enum cal_status st = CAL_OK;
-	for (size_t k = 0; k < nb; k++)
-		bad[k] = 0;
-	if (cal_backend_supports(be, CAL_BACKEND_FEATURE_HOST_MEMORY)) {
-		double *work = malloc(wb);
-		if (!work)
-			return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-		struct cal_chol_inv_args ca = {l, n, y, bad, work, (uint32_t)nb};
-		st = cal_op_chol_inv(be, &ca, err);
-		free(work);
-		return st;
-	}
-	void *dl = NULL, *dy = NULL, *dw = NULL, *db = NULL;
-	if ((st = cal_backend_alloc(be, mb, &dl, err)) >= 0 &&
-	    (st = cal_backend_alloc(be, mb, &dy, err)) >= 0 &&
-	    (st = cal_backend_alloc(be, wb, &dw, err)) >= 0 &&
-	    (st = cal_backend_alloc(be, nb * sizeof(int32_t), &db, err)) >= 0 &&
-	    (st = cal_backend_upload(be, dl, l, mb, err)) >= 0) {
-		struct cal_chol_inv_args ca = {dl, n, dy, db, dw, (uint32_t)nb};
-		if ((st = cal_op_chol_inv(be, &ca, err)) >= 0 &&
-		    (st = cal_backend_download(be, bad, db, nb * sizeof(int32_t), err)) >= 0)
-			st = cal_backend_download(be, y, dy, mb, err);
-	}
-	cal_backend_dealloc(be, dl);
-	cal_backend_dealloc(be, dy);
-	cal_backend_dealloc(be, dw);
-	cal_backend_dealloc(be, db);
-	return st;
-}
-
 /* Column col of w is all zero (either sign). */
 static int col_dead(const uint16_t *w, uint64_t rows, uint64_t n, uint64_t col)
 {
@@ -150,87 +115,66 @@ uint64_t cal_gptq_dead_mask(const uint16_t *w, uint64_t rows, uint64_t cols, uin
 	return cnt;
 }
 
-void cal_gptq_damped_hessian(const uint16_t *w, uint64_t rows, uint64_t n, const float *hsum,
-			     uint64_t n_samples, double perc_damp, double *a, double *h,
-			     uint64_t *dead_cols, double *damp)
+enum cal_status cal_gptq_factor_dev(struct cal_backend *be, uint64_t n, size_t count,
+				    const float *hs, const uint8_t *dead, const uint64_t *n_samples,
+				    const struct cal_gptq_opts *o, float *u,
+				    struct cal_gptq_stats *stats, struct cal_error *err)
 {
-	/* H = 2 hsum / n; dead columns (all-zero weight) get a unit diagonal */
-	double f = 2.0 / (double)n_samples;
-	for (uint64_t k = 0; k < n * n; k++)
-		a[k] = f * hsum[k];
-	if (h)
-		memcpy(h, a, n * n * sizeof(double));
-	*dead_cols = 0;
-	for (uint64_t col = 0; col < n; col++) {
-		if (!col_dead(w, rows, n, col))
-			continue;
-		(*dead_cols)++;
-		for (uint64_t k = 0; k < n; k++)
-			a[col * n + k] = a[k * n + col] = 0.0;
-		a[col * n + col] = 1.0;
-	}
-	double tr = 0.0;
-	for (uint64_t k = 0; k < n; k++)
-		tr += a[k * n + k];
-	*damp = perc_damp * tr / (double)n;
-	for (uint64_t k = 0; k < n; k++)
-		a[k * n + k] += *damp;
-}
-
-/* U of count linears of input dim n into u[k] (stats[k]), one batched
- * chol_inv; H = 2 hsum / n of linear 0 in h (may be NULL). */
-static enum cal_status factor(struct cal_backend *be, uint64_t n, size_t count,
-			      const struct cal_gptq_factor_in *in, const struct cal_gptq_opts *o,
-			      float *const *u, double *h, struct cal_gptq_stats *stats,
-			      struct cal_error *err)
-{
-	uint64_t nn = n * n;
-	double *a = malloc(count * nn * sizeof(double)), *y = malloc(count * nn * sizeof(double));
+	uint64_t nn = n * n, wb = cal_gptq_factor_work(n, (uint32_t)count) * sizeof(double);
+	double *sc = malloc(count * sizeof(double)), *dp = malloc(count * sizeof(double));
 	int32_t *bad = malloc(count * sizeof(int32_t));
+	float *eye = NULL;
+	void *dd = NULL, *dsc = NULL, *ddp = NULL, *dbad = NULL, *dw = NULL;
 	enum cal_status st = CAL_OK;
-	if (!a || !y || !bad) {
-		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: %llu bytes for %zu [%llu, %llu] factors",
-				   (unsigned long long)(count * nn * 2 * sizeof(double)), count,
-				   (unsigned long long)n, (unsigned long long)n);
+	if (!sc || !dp || !bad) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 		goto out;
 	}
-	for (size_t m = 0; m < count; m++) {
-		double *am = a + m * nn, *ym = y + m * nn;
-		memset(&stats[m], 0, sizeof(stats[m]));
-		cal_gptq_damped_hessian(in[m].w, in[m].rows, n, in[m].hsum, in[m].n_samples,
-					o->perc_damp, am, m ? NULL : h, &stats[m].dead_cols,
-					&stats[m].damp);
-		/* reversed order: y := P a P, factor it, invert the factor */
-		for (uint64_t i = 0; i < n; i++)
-			for (uint64_t j = 0; j < n; j++)
-				ym[i * n + j] = am[(n - 1 - i) * n + (n - 1 - j)];
-	}
-	if ((st = chol_inv(be, y, a, n, count, bad, err)) < 0)
+	for (size_t k = 0; k < count; k++)
+		sc[k] = 2.0 / (double)n_samples[k];
+	if ((st = cal_backend_alloc(be, count * n, &dd, err)) < 0 ||
+	    (st = cal_backend_alloc(be, count * sizeof(double), &dsc, err)) < 0 ||
+	    (st = cal_backend_alloc(be, count * sizeof(double), &ddp, err)) < 0 ||
+	    (st = cal_backend_alloc(be, count * sizeof(int32_t), &dbad, err)) < 0 ||
+	    (st = cal_backend_alloc(be, wb, &dw, err)) < 0 ||
+	    (st = cal_backend_upload(be, dd, dead, count * n, err)) < 0 ||
+	    (st = cal_backend_upload(be, dsc, sc, count * sizeof(double), err)) < 0)
 		goto out;
-	for (size_t m = 0; m < count; m++) {
-		const double *am = a + m * nn;
-		float *um = u[m];
-		int b = bad[m] != 0;
-		/* a = L^-1; U[i][j] = L^-1[n-1-i][n-1-j] */
-		for (uint64_t i = 0; i < n && !b; i++)
-			for (uint64_t j = 0; j < n; j++) {
-				double v = j >= i ? am[(n - 1 - i) * n + (n - 1 - j)] : 0.0;
-				um[i * n + j] = (float)v;
-				if (j == i && !(um[i * n + j] > 0.0f && isfinite(um[i * n + j])))
-					b = 1;
-			}
-		stats[m].rel_err = NAN;
-		if (b) {
-			stats[m].fallback = 1;
-			memset(um, 0, nn * sizeof(float));
-			for (uint64_t k = 0; k < n; k++)
-				um[k * n + k] = 1.0f;
+	struct cal_gptq_factor_args fa = {hs, dd, dsc, n, o->perc_damp, u, ddp, dbad, dw,
+					  (uint32_t)count};
+	if ((st = cal_op_gptq_factor(be, &fa, err)) < 0 ||
+	    (st = cal_backend_download(be, dp, ddp, count * sizeof(double), err)) < 0 ||
+	    (st = cal_backend_download(be, bad, dbad, count * sizeof(int32_t), err)) < 0)
+		goto out;
+	for (size_t k = 0; k < count; k++) {
+		memset(&stats[k], 0, sizeof(stats[k]));
+		for (uint64_t col = 0; col < n; col++)
+			stats[k].dead_cols += dead[k * n + col] != 0;
+		stats[k].damp = dp[k];
+		stats[k].rel_err = NAN;
+		if (!bad[k])
+			continue;
+		/* not positive definite after damping: modelopt's identity */
+		stats[k].fallback = 1;
+		if (!eye && !(eye = calloc(nn, sizeof(float)))) {
+			st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+			goto out;
 		}
+		for (uint64_t i = 0; i < n; i++)
+			eye[i * n + i] = 1.0f;
+		if ((st = cal_backend_upload(be, u + k * nn, eye, nn * sizeof(float), err)) < 0)
+			goto out;
 	}
 out:
-	free(a);
-	free(y);
+	cal_backend_dealloc(be, dd);
+	cal_backend_dealloc(be, dsc);
+	cal_backend_dealloc(be, ddp);
+	cal_backend_dealloc(be, dbad);
+	cal_backend_dealloc(be, dw);
+	free(sc);
+	free(dp);
 	free(bad);
+	free(eye);
 	return st;
 }
 
@@ -250,7 +194,35 @@ enum cal_status cal_gptq_factor_many(struct cal_backend *be, uint64_t cols, size
 		if (!u[m])
 			return cal_error_set(err, CAL_ERR_INVALID, "gptq: a NULL argument");
 	}
-	return factor(be, cols, count, in, o, u, NULL, stats, err);
+	/* the sums and U in back-end memory, the dead columns on the host */
+	uint64_t nn = cols * cols;
+	uint8_t *dead = malloc(count * cols);
+	uint64_t *ns = malloc(count * sizeof(uint64_t));
+	void *hs = NULL, *du = NULL;
+	if (!dead || !ns) {
+		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+		goto out;
+	}
+	if ((st = cal_backend_alloc(be, count * nn * sizeof(float), &hs, err)) < 0 ||
+	    (st = cal_backend_alloc(be, count * nn * sizeof(float), &du, err)) < 0)
+		goto out;
+	for (size_t m = 0; m < count; m++) {
+		cal_gptq_dead_mask(in[m].w, in[m].rows, cols, dead + m * cols);
+		ns[m] = in[m].n_samples;
+		if ((st = cal_backend_upload(be, (float *)hs + m * nn, in[m].hsum,
+					     nn * sizeof(float), err)) < 0)
+			goto out;
+	}
+	if ((st = cal_gptq_factor_dev(be, cols, count, hs, dead, ns, o, du, stats, err)) < 0)
+		goto out;
+	for (size_t m = 0; m < count && st >= 0; m++)
+		st = cal_backend_download(be, u[m], (float *)du + m * nn, nn * sizeof(float), err);
+out:
+	cal_backend_dealloc(be, hs);
+	cal_backend_dealloc(be, du);
+	free(dead);
+	free(ns);
+	return st;
 }
 
 enum cal_status cal_gptq_factor(struct cal_backend *be, const uint16_t *w, uint64_t rows,
@@ -290,9 +262,10 @@ enum cal_status cal_gptq_nvfp4(struct cal_backend *host, const uint16_t *w, uint
 				   (unsigned long long)rows, (unsigned long long)cols);
 		goto out;
 	}
-	struct cal_gptq_factor_in in = {w, rows, hsum, n_samples};
-	if ((st = factor(host, n, 1, &in, o, &u, h, stats, err)) < 0)
+	if ((st = cal_gptq_factor(host, w, rows, n, hsum, n_samples, o, u, stats, err)) < 0)
 		goto out;
+	for (uint64_t k = 0; h && k < n * n; k++) /* H (before the dead columns) */
+		h[k] = 2.0 / (double)n_samples * hsum[k];
 	struct cal_gptq_update_args ua = {w, rows, n, u, q->block_amax, q->global_amax,
 					  q->norm_max, q->div, o->block_size, work, w_out};
 	if ((st = cal_op_gptq_update(host, &ua, err)) < 0)

@@ -33,8 +33,9 @@
  * end (q/k/v share one: hidden^2, o_proj (heads*head_dim)^2, gate/up one,
  * down I^2, fp32), freed layer by layer; the saved layer input (2 H bytes a
  * token); fake-quantized copies of the layer's updated linears and routed
- * experts; host (and a device's chol_inv): the factors of one chunk of
- * linears, at most GPTQ_FACTOR_BUDGET (docs/gptq.md "Memory"), and the
+ * experts; the back end: the factors of one chunk of linears (their sums,
+ * U and the gptq_factor op's scratch), at most GPTQ_FACTOR_BUDGET
+ * (docs/gptq.md "Memory"); host: the
  * updated bf16 weights of the last layer (kept for the exporter).
  */
 #include <math.h>
@@ -94,8 +95,10 @@ struct cal_gptq_run {
 	uint64_t shadow_cap[F_COUNT];
 	float *bamax;              /* back end block amax scratch */
 	uint64_t bamax_cap;
-	float *du, *work;          /* back end: U, the update's rows */
+	float *du, *work;          /* back end: a chunk's U [nf, C, C], the update's rows */
 	uint64_t du_cap, work_cap;
+	float *fh;                 /* back end: a chunk's Hessian sums [nf, C, C] */
+	uint64_t fh_cap;
 	uint16_t *wsrc, *wdst;     /* back end: a linear's weight before / after the update */
 	uint64_t wsrc_cap, wdst_cap;
 	float *dwamax;             /* back end [E] */
@@ -109,6 +112,7 @@ struct cal_gptq_run {
 	uint64_t *cnt;             /* back end [R]: the ranks' row counts; then host [R] */
 	uint64_t *hcnt;
 	json_t *fallback;          /* report: names */
+	double t_factor;           /* seconds of the solve in the factorisations */
 };
 
 static struct cal_gptq_run *run(const struct cal_calib *c)
@@ -291,7 +295,7 @@ static void release(struct cal_calib *c)
 	g->save = NULL;
 	g->save_cap = 0;
 	void *b[] = {g->obs_save, g->nf_save, g->qbuf, g->sbuf, g->bamax, g->dwamax, g->dnf,
-		     g->du, g->work, g->wsrc, g->wdst, g->gath, g->cnt};
+		     g->du, g->work, g->wsrc, g->wdst, g->gath, g->cnt, g->fh};
 	for (size_t i = 0; i < CAL_ARRAY_LEN(b); i++)
 		cal_backend_dealloc(c->be, b[i]);
 	g->obs_save = NULL;
@@ -300,8 +304,8 @@ static void release(struct cal_calib *c)
 	g->bamax = g->dwamax = NULL;
 	g->dnf = NULL;
 	g->q_cap = g->bamax_cap = 0;
-	g->du = g->work = NULL;
-	g->du_cap = g->work_cap = 0;
+	g->du = g->work = g->fh = NULL;
+	g->du_cap = g->work_cap = g->fh_cap = 0;
 	g->wsrc = g->wdst = NULL;
 	g->wsrc_cap = g->wdst_cap = 0;
 	g->gath = NULL;
@@ -759,10 +763,9 @@ static int shared_amax(const struct cal_calib *c, const struct glin *gl)
 	return 0;
 }
 
-/* Host bytes (and as much again on a device) the factors of one batched
- * factorisation may take: per distinct factor of input dim n, its Hessian
- * sum and U (f32) and the chol_inv op's matrix and inverse (f64), 24 n^2
- * (docs/gptq.md, "Memory"). */
+/* Back-end bytes the factors of one batched factorisation may take: per
+ * distinct factor of input dim n, its Hessian sums and U (f32) and the
+ * gptq_factor op's f64 scratch, 24 n^2 (docs/gptq.md, "Memory"). */
 #define GPTQ_FACTOR_BUDGET ((uint64_t)2 << 30)
 
 /* One distinct factor of a chunk: U depends on the weight only through its
@@ -770,30 +773,26 @@ static int shared_amax(const struct cal_calib *c, const struct glin *gl)
  * columns (q/k/v, an expert's gate/up) share it. */
 struct gfac {
 	int site;
-	size_t lin;        /* the linear that made it */
 	uint8_t *dead;     /* [cols] */
-	float *hsum, *u;   /* host [cols, cols] */
 	struct cal_gptq_stats st;
 };
 
 static void gfac_free(struct gfac *f, size_t nf)
 {
-	for (size_t k = 0; k < nf; k++) {
+	for (size_t k = 0; k < nf; k++)
 		free(f[k].dead);
-		free(f[k].hsum);
-		free(f[k].u);
-	}
 }
 
 /* The linears from i0 on of the same input dim whose distinct factors fit
- * the budget: their factors f[0 .. *nf) (one batched chol_inv), fac[i] the
- * factor of linear i (-1: an all-zero weight, none), *i1 past the last. */
+ * the budget: their factors f[0 .. *nf) (one gptq_factor op; U k at
+ * g->du + k C C on the back end), fac[i] the factor of linear i (-1: an
+ * all-zero weight, none), *i1 past the last. */
 static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t i0,
 				    size_t *i1, struct gfac *f, size_t *nf, int *fac,
 				    uint8_t *mask, struct cal_error *err)
 {
 	struct cal_gptq_run *g = run(c);
-	uint64_t C = LIN(g)[i0].r.cols, bytes = 0, per = C * C * 24;
+	uint64_t C = LIN(g)[i0].r.cols, CC = C * C, bytes = 0, per = CC * 24;
 	size_t i = i0;
 	*nf = 0;
 	for (; i < g->r.n_lin && LIN(g)[i].r.cols == C; i++) {
@@ -810,15 +809,9 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 				break;
 			struct gfac *nk = &f[(*nf)++];
 			nk->site = gl->r.site;
-			nk->lin = i;
-			nk->dead = malloc(C);
-			nk->hsum = malloc(C * C * 4);
-			nk->u = malloc(C * C * 4);
-			if (!nk->dead || !nk->hsum || !nk->u)
+			if (!(nk->dead = malloc(C)))
 				return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 			memcpy(nk->dead, mask, C);
-			CAL_TRY_RET(cal_backend_download(c->be, nk->hsum, g->hs[gl->r.site], C * C * 4,
-							 err));
 			bytes += per;
 		}
 		fac[i] = (int)k;
@@ -826,30 +819,36 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 	*i1 = i;
 	if (!*nf)
 		return CAL_OK;
-	struct cal_gptq_factor_in *in = calloc(*nf, sizeof(*in));
-	float **u = calloc(*nf, sizeof(*u));
+	uint8_t *dead = malloc(*nf * C);
+	uint64_t *ns = malloc(*nf * sizeof(uint64_t));
 	struct cal_gptq_stats *st = calloc(*nf, sizeof(*st));
 	enum cal_status rc = CAL_OK;
-	if (!in || !u || !st) {
+	if (!dead || !ns || !st) {
 		rc = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-	} else {
-		for (size_t k = 0; k < *nf; k++) {
-			const struct glin *gl = &LIN(g)[f[k].lin];
-			uint64_t ns = g->hn[f[k].site];
-			/* no rows seen: H = 0, which no damping makes positive
-			 * definite: the identity fallback, as modelopt */
-			in[k] = (struct cal_gptq_factor_in){gl->orig, gl->r.rows, f[k].hsum, ns ? ns : 1};
-			u[k] = f[k].u;
-		}
-		rc = cal_gptq_factor_many(c->be, C, *nf, in, &g->o, u, st, err);
-		if (rc < 0)
-			cal_error_wrap(err, rc, "gptq: %s (the factors of %zu linears from it)",
-				       mod_name(c, LIN(g)[i0].r.mod), *i1 - i0);
-		for (size_t k = 0; k < *nf && rc >= 0; k++)
-			f[k].st = st[k];
+		goto out;
 	}
-	free(in);
-	free(u);
+	if ((rc = grow(c, (void **)&g->fh, &g->fh_cap, *nf * CC * 4, err)) < 0 ||
+	    (rc = grow(c, (void **)&g->du, &g->du_cap, *nf * CC * 4, err)) < 0)
+		goto out;
+	for (size_t k = 0; k < *nf; k++) {
+		/* no rows seen: H = 0, which no damping makes positive
+		 * definite: the identity fallback, as modelopt */
+		ns[k] = g->hn[f[k].site] ? g->hn[f[k].site] : 1;
+		memcpy(dead + k * C, f[k].dead, C);
+		if ((rc = cal_backend_copy(c->be, g->fh + k * CC, g->hs[f[k].site], CC * 4, err)) < 0)
+			goto out;
+	}
+	double t0 = cal_now();
+	rc = cal_gptq_factor_dev(c->be, C, *nf, g->fh, dead, ns, &g->o, g->du, st, err);
+	g->t_factor += cal_now() - t0; /* it downloads the flags: synchronised */
+	if (rc < 0)
+		cal_error_wrap(err, rc, "gptq: %s (the factors of %zu linears from it)",
+			       mod_name(c, LIN(g)[i0].r.mod), *i1 - i0);
+	for (size_t k = 0; k < *nf && rc >= 0; k++)
+		f[k].st = st[k];
+out:
+	free(dead);
+	free(ns);
 	free(st);
 	return rc;
 }
@@ -894,14 +893,12 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 		goto out;
 	}
-	int du_fac = -1; /* the factor g->du holds */
 	for (size_t i = 0; i < g->r.n_lin; i++) {
 		struct glin *gl = &LIN(g)[i];
 		uint64_t R = gl->r.rows, C = gl->r.cols, n = R * C;
 		if (i == i1) {
 			gfac_free(f, nf);
 			memset(f, 0, nf * sizeof(*f));
-			du_fac = -1;
 			if ((st = factor_chunk(c, ga, i, &i1, f, &nf, fac, mask, err)) < 0)
 				goto out;
 		}
@@ -915,20 +912,16 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		    (st = cal_backend_upload(c->be, g->bamax, gl->ba, n / 16 * 4, err)) < 0)
 			goto out;
 		if (fac[i] >= 0) {
-			/* the factor (f64, the chol_inv op, batched) and the update
-			 * on the back end; U uploaded once for the linears sharing it */
+			/* the update on the back end, with the chunk's U of its
+			 * factor (the gptq_factor op) */
 			const struct gfac *fk = &f[fac[i]];
 			uint64_t bs = g->o.block_size;
 			gl->st = fk->st;
-			if ((st = grow(c, (void **)&g->du, &g->du_cap, C * C * 4, err)) < 0 ||
-			    (st = grow(c, (void **)&g->work, &g->work_cap, (C + bs) * R * 4, err)) < 0)
+			if ((st = grow(c, (void **)&g->work, &g->work_cap, (C + bs) * R * 4, err)) < 0)
 				goto out;
-			if (du_fac != fac[i] &&
-			    (st = cal_backend_upload(c->be, g->du, fk->u, C * C * 4, err)) < 0)
-				goto out;
-			du_fac = fac[i];
-			struct cal_gptq_update_args ua = {g->wsrc, R, C, g->du, g->bamax, ga[i], 448.0f,
-							  g->div, (uint32_t)bs, g->work, g->wdst};
+			struct cal_gptq_update_args ua = {g->wsrc, R, C, g->du + (uint64_t)fac[i] * C * C,
+							  g->bamax, ga[i], 448.0f, g->div, (uint32_t)bs,
+							  g->work, g->wdst};
 			if ((st = cal_op_gptq_update(c->be, &ua, err)) < 0)
 				goto out;
 		} /* else all-zero weights: nothing to update */
@@ -1036,8 +1029,9 @@ static enum cal_status pass_end(struct cal_calib *c, int32_t L, int pass,
 static json_t *params(const struct cal_calib *c)
 {
 	const struct cal_gptq_run *g = run(c);
-	return json_pack("{s:f, s:I, s:O}", "perc_damp", g->o.perc_damp, "block_size",
-			 (json_int_t)g->o.block_size, "fallback", g->fallback);
+	return json_pack("{s:f, s:I, s:O, s:f}", "perc_damp", g->o.perc_damp, "block_size",
+			 (json_int_t)g->o.block_size, "fallback", g->fallback, "factor_s",
+			 g->t_factor);
 }
 
 const struct cal_lin_algo cal_gptq_algo = {

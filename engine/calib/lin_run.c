@@ -20,6 +20,7 @@
  * (cal_lin_resmooth).
  */
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -230,6 +231,29 @@ enum cal_status cal_lin_run_begin(struct cal_calib *c, int32_t L, int pass,
 	return r->a->begin ? r->a->begin(c, L, pass, lh, w, use, err) : CAL_OK;
 }
 
+/* CALIBD_TEST_SITE_DUMP=DIR (a diagnostic, tests/modelopt/search_inputs.py):
+ * each site's input rows are appended to DIR/L<layer>_s<site>_e<expert>_c<cols>.bf16
+ * as raw little-endian bf16, the rows the algorithm's site hook receives. */
+static enum cal_status dump_site(struct cal_calib *c, const char *dir, int32_t L, int site,
+				 int64_t expert, const uint16_t *x, uint64_t rows, uint64_t cols,
+				 struct cal_error *err)
+{
+	char fn[4096];
+	snprintf(fn, sizeof fn, "%s/L%d_s%d_e%lld_c%llu.bf16", dir, (int)L, site,
+		 (long long)expert, (unsigned long long)cols);
+	uint16_t *h = malloc(rows * cols * 2);
+	if (!h)
+		return cal_error_set(err, CAL_ERR_NOMEM, "site dump: out of memory");
+	enum cal_status st = cal_backend_download(c->be, h, x, rows * cols * 2, err);
+	FILE *f = st < 0 ? NULL : fopen(fn, "ab");
+	if (st >= 0 && (!f || fwrite(h, 2, rows * cols, f) != rows * cols))
+		st = cal_error_set(err, CAL_ERR_IO, "CALIBD_TEST_SITE_DUMP: cannot write %s", fn);
+	if (f && fclose(f) != 0 && st >= 0)
+		st = cal_error_set(err, CAL_ERR_IO, "CALIBD_TEST_SITE_DUMP: cannot write %s", fn);
+	free(h);
+	return st;
+}
+
 enum cal_status cal_lin_run_site(struct cal_calib *c, int32_t L, int site, int64_t expert,
 				 uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err)
 {
@@ -240,6 +264,9 @@ enum cal_status cal_lin_run_site(struct cal_calib *c, int32_t L, int site, int64
 		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: site %d input has %llu columns, "
 				     "its linears %llu", r->a->name, site, (unsigned long long)cols,
 				     (unsigned long long)r->cols[site]);
+	const char *dd = getenv("CALIBD_TEST_SITE_DUMP");
+	if (dd)
+		CAL_TRY_RET(dump_site(c, dd, L, site, expert, x, rows, cols, err));
 	return r->a->site(c, L, site, expert, x, rows, cols, err);
 }
 

@@ -694,6 +694,8 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 static enum cal_status awq_mark(struct cal_exporter *ex, struct cal_error *err)
 {
 	int sq = ex->plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT;
+	if (ex->plan->recipe->algo.awq_no_search) /* awq_clip alone: no pre_quant_scale */
+		return CAL_OK;
 	for (size_t i = 0; i < ex->n_lin; i++) {
 		struct xlin *x = &ex->lin[i];
 		if (x->mod < 0 || x->expert >= 0 || x->bmm ||

@@ -66,10 +66,13 @@ enum cal_status cal_exporter_set_block_amax(struct cal_exporter *ex, size_t mod,
 		if (!x->gw || (x->layer >= 0 && ex->layer_done[x->layer]))
 			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: a block amax needs "
 					     "an updated weight of a layer not yet exported", x->name);
-		if (x->fmt != CAL_QFMT_INT4_BLOCK || n * 128 != (uint64_t)x->out * (uint64_t)x->in)
-			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: a given block "
-					     "amax needs INT4 in blocks of 128 (%llu blocks given)",
-					     x->name, (unsigned long long)n);
+		if (x->fmt == CAL_QFMT_NVFP4 ? n != 1
+					      : x->fmt != CAL_QFMT_INT4_BLOCK ||
+						n * 128 != (uint64_t)x->out * (uint64_t)x->in)
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: a given amax "
+					     "needs INT4 in blocks of 128 (one per block) or NVFP4 "
+					     "(one per tensor; %llu given)", x->name,
+					     (unsigned long long)n);
 		float *c = malloc(n * sizeof(float));
 		if (!c)
 			return cal_error_set(err, CAL_ERR_NOMEM, "export: out of memory");

@@ -52,8 +52,9 @@ struct xlin {
 	 * gw is then also the source of the block amax) */
 	int awq_pqs;
 	uint16_t *pqs;
-	/* awq_full: the INT4 block amax gw is quantized with (owned, set
-	 * after gw; freed with it), or NULL: gw's own */
+	/* awq_full / awq_clip: the INT4 block amax gw is quantized with, or
+	 * NVFP4's global amax [1] (owned, set after gw; freed with it), or
+	 * NULL: gw's own */
 	float *bamax;
 };
 

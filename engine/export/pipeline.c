@@ -418,7 +418,8 @@ static enum cal_status quantize_one(struct cal_exporter *ex, struct xlin *x, con
 			CAL_TRY_RET(dneed(ex, D_NF1, sizeof(struct cal_nonfinite), &dnf, err));
 		io.block_amax = dba;
 		io.nonfinite = dnf;
-		if (x->bamax && x->gw) { /* awq_full: the clipped block amax (docs/awq.md) */
+		if (x->bamax && x->gw && x->fmt == CAL_QFMT_INT4_BLOCK) {
+			/* awq_full / awq_clip: the clipped block amax (docs/awq.md) */
 			CAL_TRY_RET(cal_backend_upload(be, dba, x->bamax, n / f->block * 4, err));
 			io.block_amax_set = 1;
 		}
@@ -608,7 +609,9 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 						     "not finite", x->name,
 						     (unsigned long long)hnf[x->qidx].first);
 			x->wamax = ha[x->qidx];
-			if (x->gw && ex->plan->recipe->algo.method != CAL_CALIB_GPTQ) {
+			if (x->gw && x->bamax && x->fmt == CAL_QFMT_NVFP4) {
+				x->wamax = x->bamax[0]; /* NVFP4 awq_clip: the clipped amax */
+			} else if (x->gw && ex->plan->recipe->algo.method != CAL_CALIB_GPTQ) {
 				/* AWQ: the weight amax re-taken from the folded weight */
 				float m = 0.0f;
 				for (uint64_t k = 0; k < (uint64_t)x->out * (uint64_t)x->in; k++) {

@@ -699,10 +699,10 @@ static enum cal_status check_module(struct cal_error *err, const struct cal_plan
 			return cal_plan_unsupported(err, r, wq, "awq_lite is implemented for INT4 block, W4A8 "
 					   "AWQ and NVFP4 weights only (docs/awq.md)");
 		if (p->recipe->algo.method == CAL_CALIB_AWQ_LITE && p->recipe->algo.awq_clip &&
-		    (wq->spec.fmt != CAL_QFMT_INT4_BLOCK || wq->spec.block != 128))
-			return cal_plan_unsupported(err, r, wq, "awq_full is implemented for INT4 weights in "
-					   "blocks of 128 only: NVFP4's per-tensor clip search is not "
-					   "(docs/awq.md \"awq_full\")");
+		    wq->spec.fmt != CAL_QFMT_NVFP4 && wq->spec.block != 128)
+			return cal_plan_unsupported(err, r, wq, "awq_full and awq_clip are implemented for "
+					   "INT4 (and W4A8) weights in blocks of 128 and NVFP4 "
+					   "weights only (docs/awq.md \"awq_clip\")");
 		if (p->recipe->algo.method == CAL_CALIB_SMOOTHQUANT &&
 		    (wq->spec.fmt != CAL_QFMT_INT8 || !iq || !iq->spec.enabled ||
 		     ifmt != CAL_QFMT_INT8))
@@ -846,7 +846,8 @@ enum cal_status cal_plan_build(const struct cal_model_desc *d, const struct cal_
 	if (r->algo.method == CAL_CALIB_OTHER) {
 		st = cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				   "%s: algorithm '%s' is not implemented (calibd runs max, mse, "
-				   "nvfp4_act_headroom, gptq, awq_lite, awq_full, smoothquant and none)", r->source,
+				   "nvfp4_act_headroom, gptq, awq_lite, awq_full, awq_clip, smoothquant and "
+				   "none)", r->source,
 				   r->algo.name);
 		goto fail;
 	}

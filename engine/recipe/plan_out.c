@@ -427,7 +427,7 @@ char *cal_plan_json(const struct cal_plan *p, const char *recipe_name)
 			json_object_set_new(algo, "perc_damp", json_real(a->perc_damp));
 			json_object_set_new(algo, "block_size", json_integer(a->gptq_block_size));
 		}
-		if (a->method == CAL_CALIB_AWQ_LITE)
+		if (a->method == CAL_CALIB_AWQ_LITE && !a->awq_no_search)
 			json_object_set_new(algo, "alpha_step", json_real(a->alpha_step));
 		if (a->method == CAL_CALIB_AWQ_LITE && a->awq_clip) {
 			json_object_set_new(algo, "max_tokens_per_batch",

@@ -125,8 +125,10 @@ struct cal_algorithm {
 	/* awq_lite (AWQLiteCalibConfig; docs/awq.md) */
 	double alpha_step;                /* 0.1 */
 	/* awq_full (AWQFullCalibConfig: awq_lite, then awq_clip; method
-	 * CAL_CALIB_AWQ_LITE with awq_clip set; docs/awq.md "awq_full") */
-	int awq_clip;                     /* 0; 1 for awq_full */
+	 * CAL_CALIB_AWQ_LITE with awq_clip set; docs/awq.md "awq_full") and
+	 * awq_clip alone (AWQClipCalibConfig: awq_no_search set too) */
+	int awq_clip;                     /* 0; 1 for awq_full and awq_clip */
+	int awq_no_search;                /* 1 for awq_clip alone (no awq_lite search) */
 	int64_t clip_max_co_batch;        /* 1024: batching only, no effect on the result */
 	int64_t clip_max_tokens;          /* 64: max_tokens_per_batch */
 	double clip_min_ratio;            /* 0.5 */

@@ -615,10 +615,12 @@ static enum cal_status set_algo_name(struct cal_error *err, struct cal_algorithm
 		{"max", CAL_CALIB_MAX}, {"mse", CAL_CALIB_MSE}, {"none", CAL_CALIB_NONE},
 		{"gptq", CAL_CALIB_GPTQ}, {"awq_lite", CAL_CALIB_AWQ_LITE},
 		{"awq_full", CAL_CALIB_AWQ_LITE}, /* awq_lite, then awq_clip */
+		{"awq_clip", CAL_CALIB_AWQ_LITE}, /* awq_clip alone */
 		{"nvfp4_act_headroom", CAL_CALIB_HEADROOM}, {"smoothquant", CAL_CALIB_SMOOTHQUANT},
 	};
 	a->method = CAL_CALIB_OTHER;
-	a->awq_clip = !strcmp(name, "awq_full");
+	a->awq_clip = !strcmp(name, "awq_full") || !strcmp(name, "awq_clip");
+	a->awq_no_search = !strcmp(name, "awq_clip");
 	for (size_t i = 0; i < CAL_ARRAY_LEN(methods); i++)
 		if (!strcmp(name, methods[i].name))
 			a->method = methods[i].method;
@@ -748,6 +750,8 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 		double d = 0;
 		const struct plain_key *pk = plain_find(algo_plain, CAL_ARRAY_LEN(algo_plain), key,
 							a->method);
+		if (pk && a->awq_no_search && !strcmp(key, "alpha_step"))
+			pk = NULL; /* awq_clip alone has no scale search */
 		if (pk) {
 			CAL_TRY(plain_get(err, pk, x, p, a));
 		} else if (!strcmp(key, "method") || !strcmp(key, "shared_states")) {
@@ -809,6 +813,9 @@ static enum cal_status conv_algorithm(struct cal_error *err, const struct cal_yn
 					 mse ? ALGO_KEYS ", step_size, start_multiplier, "
 						       "stop_multiplier, fp8_scale_sweep"
 					 : gptq ? ALGO_KEYS ", perc_damp, block_size, fused"
+					 : awq && a->awq_no_search
+					 ? ALGO_KEYS ", max_co_batch_size, max_tokens_per_batch, "
+						     "min_clip_ratio, shrink_step"
 					 : awq && a->awq_clip
 					 ? ALGO_KEYS ", alpha_step, max_co_batch_size, "
 						     "max_tokens_per_batch, min_clip_ratio, shrink_step"

@@ -88,6 +88,7 @@ static void cuda_backend_fini(struct cal_backend *be)
 		(void)cudaSetDevice(be->cuda_device);
 		(void)cudaStreamSynchronize(im->stream);
 		cal_cuda_gemm_fini(be);
+		cal_cuda_solver_fini(be);
 		(void)cudaStreamDestroy(im->stream);
 		(void)cudaGetLastError();
 	}

@@ -34,10 +34,13 @@ struct cal_cuda_impl {
 	int sms;
 	char desc[384];
 	void *blas; /* cublasHandle_t, created by the first gemm (cuda/gemm.cu) */
+	void *solver; /* cusolverDnHandle_t, created by the first gptq_factor */
 };
 
 /* Destroys the cuBLAS handle of the back end, if any (cuda/gemm.cu). */
 extern "C" void cal_cuda_gemm_fini(struct cal_backend *be);
+/* Destroys the cuSOLVER handle of the back end, if any (cuda/gptq_factor.cu). */
+extern "C" void cal_cuda_solver_fini(struct cal_backend *be);
 
 /* Records a CUDA failure as CAL_ERR_DEVICE and returns it. */
 extern "C" enum cal_status cal_cuda_fail(struct cal_error *err, cudaError_t e, const char *what,

@@ -627,11 +627,11 @@ Test(units, binary_dependencies)
 	snprintf(cmd, sizeof(cmd), "nm -u '%s' 2>/dev/null | grep -q post_processor", getenv("CALIBD"));
 	int st = system(cmd);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "calibd references MHD_PostProcessor");
-	snprintf(cmd, sizeof(cmd), "nm -u '%s' 2>/dev/null | grep -Eiq 'cuda[A-Z]|cublas|nccl'",
+	snprintf(cmd, sizeof(cmd), "nm -u '%s' 2>/dev/null | grep -Eiq 'cuda[A-Z]|cublas|cusolver|nccl'",
 		 getenv("CALIBD"));
 	st = system(cmd);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "calibd references CUDA/NCCL symbols");
-	snprintf(cmd, sizeof(cmd), "ldd '%s' 2>/dev/null | grep -Eiq 'libcuda|libcublas|libnccl'",
+	snprintf(cmd, sizeof(cmd), "ldd '%s' 2>/dev/null | grep -Eiq 'libcuda|libcublas|libcusolver|libnccl'",
 		 getenv("CALIBD"));
 	st = system(cmd);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "calibd links a CUDA/NCCL library");

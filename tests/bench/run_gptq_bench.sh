@@ -58,6 +58,11 @@ for n in ("gptq", "max"):
     except Exception as e:
         print(n, "no result:", e); continue
     p = j.get("phases_s", {})
+    try:
+        fs = json.load(open(f"/tmp/gq_{n}/calibd_report.json"))["gptq"]["factor_s"]
+        print(f"calibd {n}: gptq factorisations {fs:.2f} s")
+    except Exception:
+        pass
     print(f"calibd {n}: wall {j['wall_s']:.2f} s, calibrate {p.get('calibrate', 0):.2f} s, "
           f"gptq solve {p.get('gptq_solve', 0):.2f} s, tokens {j['calibration']['tokens']}, "
           f"fallbacks {j.get('gptq_fallback')}")

@@ -2,7 +2,7 @@
  * gptq_factor_ref.h — the reference for cal_gptq_factor's bytes
  * (test_gptq_factor.c, bench_gptq_factor.c): docs/gptq.md step 3 with the
  * textbook column algorithms, single-threaded: the damped H
- * (cal_gptq_damped_hessian), the lower Cholesky factor of the reversed matrix column by column
+ * (cal_gptq_damped), the lower Cholesky factor of the reversed matrix column by column
  * (dot products, k ascending), its inverse by forward substitution column by
  * column, U[i][j] = L^-1[n-1-i][n-1-j] as float; the identity when a pivot is
  * not positive.  engine/calib/gptq.c blocks and threads the same arithmetic
@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "engine/gptq.h"
+#include "kernels/ops.h"
 
 /* U into u ([n, n] float); returns 1 for the identity fallback, -1 when out
  * of memory. */
@@ -30,9 +31,16 @@ static int gptq_factor_ref(const uint16_t *w, uint64_t rows, uint64_t n, const f
 		free(l);
 		return -1;
 	}
-	uint64_t dead = 0;
 	double damp = 0.0;
-	cal_gptq_damped_hessian(w, rows, n, hsum, n_samples, perc_damp, a, NULL, &dead, &damp);
+	uint8_t *dead = malloc(n);
+	if (!dead) {
+		free(a);
+		free(l);
+		return -1;
+	}
+	cal_gptq_dead_mask(w, rows, n, dead);
+	cal_gptq_damped(hsum, dead, 2.0 / (double)n_samples, n, perc_damp, a, &damp);
+	free(dead);
 	for (uint64_t i = 0; i < n; i++)
 		for (uint64_t j = 0; j < n; j++)
 			l[i * n + j] = a[(n - 1 - i) * n + (n - 1 - j)];

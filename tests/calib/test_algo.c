@@ -420,13 +420,13 @@ static struct fold_diff fold_compare(json_t *fp, uint64_t rows, uint64_t cols, u
 	uint16_t *p = malloc(cols * 2), *wm = malloc(rows * cols * 2);
 	float *am = malloc(n_amax * 4);
 	struct fold_diff d = {0, 0, 0};
-	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "pre_quant_scale_bf16_hex")), p,
-			   cols * 2), 0);
+	cr_assert(!pqs || !unhex(json_string_value(json_object_get(fp, "pre_quant_scale_bf16_hex")),
+				 p, cols * 2));
 	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_bf16_hex")), wm,
 			   rows * cols * 2), 0);
 	cr_assert_eq(unhex(json_string_value(json_object_get(fp, "weight_amax_f32_hex")), am,
 			   n_amax * 4), 0);
-	for (uint64_t c = 0; c < cols; c++)
+	for (uint64_t c = 0; pqs && c < cols; c++) /* awq_clip alone: none */
 		d.pqs += p[c] != pqs[c];
 	for (uint64_t i = 0; i < rows * cols; i++)
 		d.w += wm[i] != w[i];
@@ -505,22 +505,28 @@ Test(smoothquant, bad_input_and_dead_channels)
 
 static uint16_t *hex_bf16(json_t *o, const char *key, uint64_t n);
 
-/* awq_full's clip step (docs/awq.md "awq_full") on modelopt's state after
- * awq_lite (its folded weight w and pre_quant_scale pqs): the ratios, and
- * calibd's awq_lite block amax (amax, in) must be modelopt's before the
- * clip; amax becomes the clipped block amax, which awq_one compares with
- * the fingerprint's (the exported weight amax). */
+/* awq_clip (docs/awq.md "awq_full", "awq_clip") on modelopt's state before
+ * the clip (after awq_lite's fold for awq_full: its folded weight w and
+ * pre_quant_scale pqs; the source weight and no pqs for awq_clip alone):
+ * the ratios, and calibd's weight amax (amax, in: INT4 block amax, or
+ * NVFP4's global amax, amax[0]) must be modelopt's before the clip; amax
+ * becomes the clipped amax, which awq_one compares with the fingerprint's
+ * (the exported weight amax).  NVFP4 also compares each ratio's loss. */
 static void awq_clip_diff(struct cal_backend *be, const char *path, json_t *clip,
 			  const struct lin *l, uint64_t batch, const uint16_t *pqs,
-			  const uint16_t *w, float *amax)
+			  const uint16_t *w, float *amax, int nvfp4)
 {
 	struct cal_error err = {0};
-	uint64_t nb = l->rows * l->cols / 128, clipped = 0;
+	uint64_t nb = nvfp4 ? 1 : l->rows * l->cols / 128, clipped = 0;
 	struct cal_awq_clip_opts co = {
 		(uint64_t)json_integer_value(json_object_get(clip, "max_tokens_per_batch")),
 		json_real_value(json_object_get(clip, "min_clip_ratio")),
-		json_real_value(json_object_get(clip, "shrink_step"))};
+		json_real_value(json_object_get(clip, "shrink_step")),
+		/* modelopt's weight amax dtype (older fingerprints: fp32) */
+		json_object_get(clip, "w_amax_dtype") &&
+			!strcmp(json_string_value(json_object_get(clip, "w_amax_dtype")), "bfloat16")};
 	float ratios[CAL_AWQ_MAX_RATIOS], *wa_mo = malloc(nb * 4);
+	double loss[CAL_AWQ_MAX_RATIOS], worst = 0.0;
 	unsigned nr = cal_awq_clip_ratios(co.min_ratio, co.step, ratios), i = 0;
 	json_t *mr = json_object_get(clip, "ratios"), *v;
 	size_t k;
@@ -535,16 +541,41 @@ static void awq_clip_diff(struct cal_backend *be, const char *path, json_t *clip
 	uint64_t pre = 0;
 	for (uint64_t b = 0; b < nb; b++)
 		pre += amax[b] != wa_mo[b];
-	cr_assert_eq(cal_awq_clip_int4(be, w, l->rows, l->cols, l->x, l->tokens, batch, pqs, &co,
-				       amax, &err), CAL_OK, "%s", cal_error_msg(&err));
+	enum cal_status st = nvfp4 ? cal_awq_clip_nvfp4(be, w, l->rows, l->cols, l->x, l->tokens,
+							batch, pqs, &co, amax, loss, &err)
+				   : cal_awq_clip_int4(be, w, l->rows, l->cols, l->x, l->tokens,
+						       batch, pqs, &co, amax, &err);
+	cr_assert_eq(st, CAL_OK, "%s", cal_error_msg(&err));
 	for (uint64_t b = 0; b < nb; b++)
 		clipped += amax[b] < wa_mo[b];
-	printf("awq_clip diff %s: %u ratios, %llu of %llu blocks clipped; block amax before "
-	       "the clip differing %llu\n", strrchr(path, '/') + 1, nr,
-	       (unsigned long long)clipped, (unsigned long long)nb, (unsigned long long)pre);
-	cr_assert_eq(pre, 0, "%s: the block amax before the clip differs", path);
-	cr_assert(clipped > 0, "%s: no block clipped: the test exercises nothing", path);
+	json_array_foreach(nvfp4 ? json_object_get(clip, "loss_f32_hex") : NULL, k, v) {
+		float lm;
+		cr_assert_eq(unhex(json_string_value(v), &lm, 4), 0);
+		worst = fmax(worst, fabs(loss[k] / lm - 1.0));
+	}
+	printf("awq_clip diff %s: %u ratios, %llu of %llu %s clipped (losses within %.2e of "
+	       "modelopt's); amax before the clip differing %llu\n", strrchr(path, '/') + 1, nr,
+	       (unsigned long long)clipped, (unsigned long long)nb,
+	       nvfp4 ? "global amax" : "blocks", worst, (unsigned long long)pre);
+	cr_assert_eq(pre, 0, "%s: the weight amax before the clip differs", path);
+	cr_assert(clipped > 0, "%s: nothing clipped: the test exercises nothing", path);
 	free(wa_mo);
+}
+
+/* Without an awq_lite search (awq_clip alone): o's weight is the source,
+ * its amax the source's (INT4 / W4A8 blocks of 128, or NVFP4's global
+ * amax), no pre_quant_scale. */
+static void awq_no_search(const struct lin *l, int nvfp4, struct cal_awq_out *o)
+{
+	uint64_t n = l->rows * l->cols, blk = nvfp4 ? n : 128;
+	memcpy(o->w, l->w, n * 2);
+	free(o->pre_quant_scale);
+	o->pre_quant_scale = NULL;
+	for (uint64_t b = 0; b < n / blk; b++) {
+		o->w_amax[b] = 0.0f;
+		for (uint64_t k = b * blk; k < (b + 1) * blk; k++)
+			o->w_amax[b] = fmaxf(o->w_amax[b], fabsf(cal_nf_bf16_to_f32(l->w[k])));
+	}
 }
 
 static void awq_one(struct cal_backend *be, const char *path)
@@ -556,28 +587,35 @@ static void awq_one(struct cal_backend *be, const char *path)
 	const char *wf = json_string_value(json_object_get(fp, "weight_format"));
 	int nvfp4 = wf && !strcmp(wf, "nvfp4"); /* nvfp4_awq: W4A4, global weight amax */
 	int w4a8 = wf && !strcmp(wf, "w4a8"); /* w4a8_awq: INT4 search, FP8 inputs */
+	json_t *ml = json_object_get(fp, "loss"); /* NULL: awq_clip alone, no search */
+	json_t *clip = json_object_get(fp, "clip"); /* awq_full or awq_clip */
 	uint64_t rows = l.rows, cols = l.cols, tokens = l.tokens;
 	uint64_t nb = rows * cols / (nvfp4 ? 16 : 128);
 	struct cal_error err = {0};
 	double loss[CAL_AWQ_MAX_ALPHAS];
 	float in_amax = 0.0f, in_mo = 0.0f;
 	struct cal_awq_out o = {malloc(cols * 2), malloc(rows * cols * 2), malloc(nb * 4), loss, 0, 0};
-	cr_assert_eq(cal_awq_lite(be, nvfp4 ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4, l.w, rows, cols,
-				  l.x, tokens, batch, step, &o, nvfp4 || w4a8 ? &in_amax : NULL, &err),
-		     CAL_OK, "%s", cal_error_msg(&err));
-	if (w4a8) /* the FP8 stage's amax: the folded weight's max, below */
+	if (ml)
+		cr_assert_eq(cal_awq_lite(be, nvfp4 ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4, l.w, rows,
+					  cols, l.x, tokens, batch, step, &o,
+					  nvfp4 || w4a8 ? &in_amax : NULL, &err),
+			     CAL_OK, "%s", cal_error_msg(&err));
+	else
+		awq_no_search(&l, nvfp4, &o);
+	/* a quantized input after the clip pass: max |bf16(x * pqs)|, the raw
+	 * max without a search */
+	if ((nvfp4 || w4a8) && (clip || !ml))
+		in_amax = cal_awq_in_amax(l.x, tokens, cols, o.pre_quant_scale);
+	if (nvfp4 || w4a8)
 		cr_assert_eq(unhex(json_string_value(json_object_get(fp, "input_amax_f32_hex")),
 				   &in_mo, 4), 0);
-	if (nvfp4) {
+	if (nvfp4 && ml) {
 		for (uint64_t b = 1; b < nb; b++)
 			o.w_amax[0] = o.w_amax[b] > o.w_amax[0] ? o.w_amax[b] : o.w_amax[0];
-		nb = 1;
-		cr_assert_eq(unhex(json_string_value(json_object_get(fp, "input_amax_f32_hex")),
-				   &in_mo, 4), 0);
 	}
-	json_t *ml = json_object_get(fp, "loss");
-	cr_assert_eq(json_object_size(ml), o.n_alpha, "%s: %u alphas, modelopt searched %zu", path,
-		     o.n_alpha, json_object_size(ml));
+	nb = nvfp4 ? 1 : nb;
+	cr_assert_eq(json_object_size(ml), ml ? o.n_alpha : 0, "%s: %u alphas, modelopt searched "
+		     "%zu", path, o.n_alpha, json_object_size(ml));
 	const char *key;
 	json_t *val;
 	unsigned i = 0;
@@ -588,11 +626,11 @@ static void awq_one(struct cal_backend *be, const char *path)
 		i++;
 	}
 	struct fold_diff d = fold_compare(fp, rows, cols, nb, o.pre_quant_scale, o.w, o.w_amax);
-	json_t *clip = json_object_get(fp, "clip"); /* awq_full: then awq_clip */
-	if (clip) { /* from modelopt's state after awq_lite: the clip step alone */
-		uint16_t *pq_mo = hex_bf16(fp, "pre_quant_scale_bf16_hex", cols);
+	if (clip && !w4a8) { /* from modelopt's state before the clip: the clip step alone
+			      * (W4A8: modelopt's closing max calibration discards it) */
+		uint16_t *pq_mo = ml ? hex_bf16(fp, "pre_quant_scale_bf16_hex", cols) : NULL;
 		uint16_t *w_mo = hex_bf16(fp, "weight_bf16_hex", rows * cols);
-		awq_clip_diff(be, path, clip, &l, batch, pq_mo, w_mo, o.w_amax);
+		awq_clip_diff(be, path, clip, &l, batch, pq_mo, w_mo, o.w_amax, nvfp4);
 		d.amax = fold_compare(fp, rows, cols, nb, o.pre_quant_scale, o.w, o.w_amax).amax;
 		free(pq_mo), free(w_mo);
 	}
@@ -605,7 +643,8 @@ static void awq_one(struct cal_backend *be, const char *path)
 				   &mo, 4), 0);
 		da += m != mo;
 	}
-	float best_mo = (float)json_real_value(json_object_get(fp, "best_alpha"));
+	json_t *ba = json_object_get(fp, "best_alpha");
+	float best_mo = ba ? (float)json_real_value(ba) : 0.0f;
 	printf("awq_lite diff %s: alpha %g (modelopt %g), search losses within %.2e of modelopt's; "
 	       "pre_quant_scale differing %llu of %llu, folded weights %llu of %llu, %s amax "
 	       "%llu of %llu, input amax %g (modelopt %g)\n",
@@ -644,6 +683,24 @@ Test(awq_lite, bad_input)
 	cr_assert_eq(o.n_alpha, 3);
 	for (int k = 0; k < 128; k++)
 		cr_assert(isfinite(cal_nf_bf16_to_f32(pq[k])));
+	/* awq_clip per tensor (NVFP4): the block of 16 and the options named;
+	 * an all-zero weight keeps amax 0 */
+	struct cal_awq_clip_opts co = {64, 0.5, 0.05, 1};
+	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 24, x, 3, 2, NULL, &co, am, NULL, &err),
+		     CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "NVFP4 block (16)"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	co.min_ratio = 0.0;
+	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 128, x, 3, 2, NULL, &co, am, NULL, &err),
+		     CAL_ERR_INVALID);
+	cr_assert(strstr(cal_error_msg(&err), "min_clip_ratio"), "%s", cal_error_msg(&err));
+	cal_error_clear(&err);
+	co.min_ratio = 0.5;
+	am[0] = -1.0f;
+	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 128, x, 3, 2, pq, &co, am, NULL, &err), CAL_OK,
+		     "%s", cal_error_msg(&err));
+	cr_assert_eq(am[0], 0.0f);
+	cr_assert_eq(cal_awq_in_amax(x, 3, 128, NULL), 0.0f);
 	cal_backend_free(be);
 }
 

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "calib_env.h"
@@ -320,6 +321,39 @@ Test(calib, nonfinite_activation_names_layer_and_module)
 	cr_expect(strstr(cal_error_msg(&err), "layer 1"), "%s", cal_error_msg(&err));
 	cr_expect(strstr(cal_error_msg(&err), "model.layers.1."), "%s", cal_error_msg(&err));
 	cr_expect_eq(e.layers_seen, 1, "layer 0 should have completed");
+	cal_error_clear(&err);
+	calib_env_free(&e);
+}
+
+/* CALIBD_TEST_SITE_DUMP=DIR (engine/calib/lin_run.c; tests/modelopt/search_inputs.py):
+ * each linear-run site's input rows appended to
+ * DIR/L<layer>_s<site>_e<expert>_c<cols>.bf16; a folder it cannot write
+ * fails the run naming the file. */
+Test(calib, site_dump_writes_the_search_inputs)
+{
+	struct calib_env e = {0};
+	struct cal_error err = {0};
+	struct cal_calib_opts o = {.cpu_threads = 2};
+	char dir[4096], fn[4200];
+	struct stat sb;
+	setup(&e, "llama", CAL_FIXTURE_LAYOUT_DEFAULT, "general/ptq/nvfp4_awq-kv_fp8_cast", 3, 8, 8,
+	      SEED + 9);
+	snprintf(dir, sizeof dir, "%s/dump", e.dir);
+	cr_assert_eq(mkdir(dir, 0700), 0);
+	cr_assert_eq(setenv("CALIBD_TEST_SITE_DUMP", dir, 1), 0);
+	enum cal_status st = run(&e, &o, &err);
+	cr_assert_eq(st, CAL_OK, "%s", cal_error_msg(&err));
+	/* layer 0's q/k/v input (site 0): every one of the 3 x 8 tokens */
+	uint64_t H = (uint64_t)e.d->hidden_size;
+	snprintf(fn, sizeof fn, "%s/L0_s0_e-1_c%llu.bf16", dir, (unsigned long long)H);
+	cr_assert_eq(stat(fn, &sb), 0, "%s not written", fn);
+	cr_expect_eq((uint64_t)sb.st_size, 24 * H * 2, "%s: %lld bytes", fn, (long long)sb.st_size);
+	snprintf(dir, sizeof dir, "%s/missing", e.dir);
+	cr_assert_eq(setenv("CALIBD_TEST_SITE_DUMP", dir, 1), 0);
+	st = run(&e, &o, &err);
+	unsetenv("CALIBD_TEST_SITE_DUMP");
+	cr_assert_eq(st, CAL_ERR_IO, "got %s: %s", cal_status_str(st), cal_error_msg(&err));
+	cr_expect(strstr(cal_error_msg(&err), "missing/L0_s0_e-1_c"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
 	calib_env_free(&e);
 }

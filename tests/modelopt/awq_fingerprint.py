@@ -20,13 +20,17 @@ sequential [INT4 blocks, FP8 per tensor] weight quantizer, FP8 inputs); the
 search is the INT4 one, and the fingerprint adds the input amax after the
 fold and the FP8 stage's amax.
 
-With --full it runs `awq_full` (INT4 only): awq_lite, then modelopt's
-awq_clip (docs/awq.md "awq_full"); the fingerprint adds the clip ratios,
-each ratio's per-block loss, the block amax before the clip and the
-clipped block amax (the weight quantizer's amax, the exported one).
+With --full it runs `awq_full`: awq_lite, then modelopt's awq_clip
+(docs/awq.md "awq_full"); the fingerprint adds the clip ratios, each
+ratio's loss (per block; NVFP4: per tensor), the weight amax before the
+clip and its dtype, and the clipped amax (the weight quantizer's amax, the
+exported one).  With --clip-only it runs `awq_clip` alone (no scale
+search, no pre_quant_scale; docs/awq.md "awq_clip").  Both combine with
+--nvfp4 and --w4a8.
 
-    python awq_fingerprint.py [--nvfp4 | --full [--min-clip-ratio R]
-        [--shrink-step S] [--max-tokens N]] --out tests/modelopt/awq/<name>.json
+    python awq_fingerprint.py [--nvfp4 | --w4a8] [--full | --clip-only]
+        [--min-clip-ratio R] [--shrink-step S] [--max-tokens N]
+        --out tests/modelopt/awq/<name>.json
 """
 import os
 import sys
@@ -41,6 +45,7 @@ def main():
     ap.add_argument("--alpha-step", type=float, default=0.1)
     ap.add_argument("--nvfp4", action="store_true", help="nvfp4_awq's W4A4 NVFP4 quantizers")
     ap.add_argument("--full", action="store_true", help="awq_full: awq_lite then awq_clip")
+    ap.add_argument("--clip-only", action="store_true", help="awq_clip alone (no scale search)")
     ap.add_argument("--w4a8", action="store_true", help="w4a8_awq's INT4-then-FP8 quantizers")
     ap.add_argument("--min-clip-ratio", type=float, default=0.5)
     ap.add_argument("--shrink-step", type=float, default=0.05)
@@ -62,6 +67,8 @@ def main():
         return orig(linear, pre_quant_scale)
 
     model_calib.apply_pre_quant_scale_and_smooth = capture
+    if args.clip_only:
+        args.full = True
     wcfg = {"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True}
     quant = [{"quantizer_name": "*", "enable": False}]
     if args.nvfp4:
@@ -78,10 +85,11 @@ def main():
     quant.append({"quantizer_name": "*weight_quantizer", "cfg": wcfg})
     algo = {"method": "awq_lite", "alpha_step": args.alpha_step}
     if args.full:
-        assert not args.nvfp4, "--full runs INT4 only (calibd refuses NVFP4 awq_full)"
-        algo = {"method": "awq_full", "alpha_step": args.alpha_step, "debug": True,
+        algo = {"method": "awq_clip" if args.clip_only else "awq_full", "alpha_step": args.alpha_step, "debug": True,
                 "min_clip_ratio": args.min_clip_ratio, "shrink_step": args.shrink_step,
                 "max_tokens_per_batch": args.max_tokens}
+        if args.clip_only:  # awq_clip has no alpha_step
+            del algo["alpha_step"]
     cfg = {"quant_cfg": quant, "algorithm": algo}
     mtq.quantize(model, cfg, forward_loop=loop)
     lin = model[0]
@@ -96,11 +104,12 @@ def main():
         "alpha_step": args.alpha_step,
         "weight_format": "nvfp4" if args.nvfp4 else "w4a8" if args.w4a8 else "int4",
         "w_orig_sha256": sha_bf16(torch, w),
-        "loss": seen["loss"],
-        "best_alpha": seen["best_alpha"],
-        "pre_quant_scale_bf16_hex": bf16hex(lin.input_quantizer.pre_quant_scale),
         "weight_bf16_hex": bf16hex(lin.weight),
     }
+    if not args.clip_only:
+        fp["loss"] = seen["loss"]
+        fp["best_alpha"] = seen["best_alpha"]
+        fp["pre_quant_scale_bf16_hex"] = bf16hex(lin.input_quantizer.pre_quant_scale)
     wq = lin.weight_quantizer[0] if args.w4a8 else lin.weight_quantizer
     fp["weight_amax_f32_hex"] = wq.amax.detach().float().reshape(-1).numpy().astype("<f4").tobytes().hex()
     if args.nvfp4 or args.w4a8:
@@ -115,8 +124,9 @@ def main():
                       "max_tokens_per_batch": args.max_tokens, "num_tokens": int(clip.num_tokens),
                       "ratios": [float(k) for k in clip.loss],
                       "loss_f32_hex": [f32hex(v) for v in clip.loss.values()],
-                      "w_amax_f32_hex": f32hex(clip.w_amax)}
-    write_fingerprint(args.out, fp, f"modelopt awq_lite: best alpha {fp['best_alpha']}")
+                      "w_amax_f32_hex": f32hex(clip.w_amax),
+                      "w_amax_dtype": str(clip.w_amax.dtype).replace("torch.", "")}
+    write_fingerprint(args.out, fp, f"modelopt {algo['method']}: best alpha {fp.get('best_alpha')}")
 
 
 if __name__ == "__main__":

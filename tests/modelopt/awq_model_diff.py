@@ -39,12 +39,16 @@ calibd's `--qformat w4a8_awq`); the codes and weight_scale are measured as
 int4_awq's (the export's weight_scale is not divided by the FP8 stage's
 weight_scale_2), and input_scale / weight_scale_2 are compared.
 
-With `--algorithm awq_full` (int4_awq only) both run modelopt's awq_full
-instead of awq_lite (awq_lite, then awq_clip's per-block clip search;
-docs/awq.md "awq_full"): modelopt's int4_awq preset with `algorithm:
-{method: awq_full, alpha_step: 0.1}` (awq_clip's defaults), calibd's
-general/ptq/int4_awq_full-kv_fp8_cast; the summary adds the exported
-weight_scale tensors equal (the clipped block amax / 7).
+With `--algorithm awq_full` (int4_awq, nvfp4_awq) both run modelopt's
+awq_full instead of awq_lite (awq_lite, then awq_clip's per-block clip
+search, per tensor with NVFP4; docs/awq.md "awq_full"): modelopt's preset
+with `algorithm: {method: awq_full, alpha_step: 0.1}` (awq_clip's
+defaults; for nvfp4_awq that is NVFP4_AWQ_FULL_CFG), calibd's
+general/ptq/int4_awq_full-kv_fp8_cast / nvfp4_awq_full-kv_fp8_cast; the
+summary adds the exported weight_scale tensors equal (the clipped block
+amax / 7).  `--algorithm awq_clip` runs awq_clip alone (no scale search;
+NVFP4_AWQ_CLIP_CFG for nvfp4_awq; calibd's int4_awq_clip-kv_fp8_cast /
+nvfp4_awq_clip-kv_fp8_cast; docs/awq.md "awq_clip").
 Writes the result to --out; exits
 1 when calibd's mean MSE is worse than modelopt's by more than --tolerance.
 
@@ -93,6 +97,21 @@ def load_outputs(torch, transformers, fx, tokens, dirs):
     return (xs, model.state_dict()) + tuple(load_st(torch, d) if d else None for d in dirs)
 
 
+def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp):
+    """(fixture dir, token rows, tokens.jsonl) under tmp: `calibd-fixture
+    --wide` of arch and seed (--mha: no GQA) and rows x seq_len random tokens."""
+    rng = random.Random(seed)
+    tokens = [[rng.randrange(0, 260) for _ in range(seq_len)] for _ in range(rows)]
+    fx = os.path.join(tmp, "fixture")
+    run([fixture_bin, "--arch", arch, "--seed", str(seed), "--wide"] +
+        (["--mha"] if mha else []) + [fx])
+    tok = os.path.join(tmp, "tokens.jsonl")
+    with open(tok, "w") as f:
+        for row in tokens:
+            f.write(json.dumps({"input_ids": row}) + "\n")
+    return fx, tokens, tok
+
+
 def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algorithm="awq_lite",
                  attn=None):
     import modelopt.torch.quantization as mtq
@@ -119,6 +138,8 @@ def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algor
         cfg = mtq.W4A8_AWQ_BETA_CFG
     if algorithm == "awq_full":
         cfg = dict(cfg, algorithm={"method": "awq_full", "alpha_step": 0.1})
+    if algorithm == "awq_clip":
+        cfg = dict(cfg, algorithm={"method": "awq_clip"})
 
     def loop(m):
         with torch.no_grad():
@@ -163,26 +184,20 @@ def main():
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq", "w4a8_awq"))
     ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
-    ap.add_argument("--algorithm", default="awq_lite", choices=("awq_lite", "awq_full"))
+    ap.add_argument("--algorithm", default="awq_lite",
+                    choices=("awq_lite", "awq_full", "awq_clip"))
     args = ap.parse_args()
-    if args.algorithm == "awq_full" and args.qformat != "int4_awq":
-        ap.error("--algorithm awq_full runs with --qformat int4_awq only")
+    if args.algorithm != "awq_lite" and args.qformat == "w4a8_awq":
+        ap.error("--algorithm %s runs with --qformat int4_awq or nvfp4_awq" % args.algorithm)
 
     import torch
     import transformers
-    rng = random.Random(args.seed)
-    tokens = [[rng.randrange(0, 260) for _ in range(args.seq_len)] for _ in range(args.rows)]
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
             tmp = args.keep
             os.makedirs(tmp, exist_ok=True)
-        fx = os.path.join(tmp, "fixture")
-        run([args.fixture_bin, "--arch", args.arch, "--seed", str(args.seed), "--wide"] +
-            (["--mha"] if args.mha else []) + [fx])
-        tok = os.path.join(tmp, "tokens.jsonl")
-        with open(tok, "w") as f:
-            for row in tokens:
-                f.write(json.dumps({"input_ids": row}) + "\n")
+        fx, tokens, tok = wide_case(args.fixture_bin, args.arch, args.seed, args.mha, args.rows,
+                                    args.seq_len, tmp)
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         nv = args.qformat == "nvfp4_awq"
         w8 = args.qformat == "w4a8_awq"
@@ -195,9 +210,10 @@ def main():
                                       args.algorithm, "eager")
         base = [args.calibd, "quantize", "--model", fx, "--calib-tokens", tok, "--device",
                 "cpu", "--div", "exact", "--quiet"]
-        full = args.algorithm == "awq_full"
-        run(base + (["--recipe", "general/ptq/int4_awq_full-kv_fp8_cast"] if full else
-                    ["--qformat", args.qformat]) + ["--out", ca])
+        lite = args.algorithm == "awq_lite"
+        recipe = "general/ptq/%s_%s-kv_fp8_cast" % (args.qformat, args.algorithm[4:])
+        run(base + (["--qformat", args.qformat] if lite else ["--recipe", recipe]) +
+            ["--out", ca])
         run(base + ["--recipe", "general/ptq/nvfp4_default-kv_fp8_cast" if nv else
                     "general/ptq/int4_blockwise_weight_only", "--out", rt])
         with open(os.path.join(ca, "calibd_report.json")) as f:
@@ -227,18 +243,20 @@ def main():
                 pq = st.get(name + ".pre_quant_scale")
                 pre = name[: name.rfind(".") + 1]
                 if nv and name.endswith(("self_attn.v_proj", "self_attn.o_proj")) and \
-                        tag != "rtn" and st.get(pre + "o_proj.pre_quant_scale") is None:
+                        tag != "rtn" and st.get(pre + "o_proj.pre_quant_scale") is None and \
+                        args.algorithm != "awq_clip":
                     # o_proj's scale folded into v_proj's rows (no GQA): not
                     # measured (the attention mixes tokens between the two)
                     res["metric"] = "none"
                     mse = None
                 elif nv and name.endswith(("mlp.down_proj", "mlp.up_proj")) and \
-                        st.get(pre + "down_proj.pre_quant_scale") is None:
+                        st.get(pre + "down_proj.pre_quant_scale") is None and \
+                        args.algorithm != "awq_clip":
                     mse = mlp_block_mse(torch, xs, src, st, pre, tag == "rtn", deq)
                     res["metric"] = "mlp_block"
                 else:
                     xq = x * pq.double() if pq is not None else x
-                    if pq is None and tag != "rtn":
+                    if pq is None and tag != "rtn" and args.algorithm != "awq_clip":
                         # fused into the norm: the norm output carries the scale
                         xq = x / (src_norm_ratio(torch, src, st, name))
                     mse = float(((xq @ wh.t() - y) ** 2).mean())

@@ -50,3 +50,15 @@ N="$HERE/headroom_fingerprint.py"
 "$PY" "$A" --w4a8 --out "$HERE/awq/w4a8_64x256.json"
 "$PY" "$A" --w4a8 --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 --alpha-step 0.05 \
 	--out "$HERE/awq/w4a8_32x512_s005.json"
+# awq_clip alone, and awq_full / awq_clip with NVFP4 and W4A8 weights
+# (docs/awq.md "awq_clip"): NVFP4's clip is per tensor; W4A8's clip is
+# discarded by modelopt's closing max calibration
+"$PY" "$A" --clip-only --out "$HERE/awq/int4_clip_64x256.json"
+"$PY" "$A" --clip-only --rows 48 --cols 384 --tokens 300 --batch 100 --seed 13 --max-tokens 40 \
+	--out "$HERE/awq/int4_clip_48x384_t40.json"
+"$PY" "$A" --nvfp4 --full --out "$HERE/awq/nvfp4_full_64x256.json"
+"$PY" "$A" --nvfp4 --full --seed 11 --out "$HERE/awq/nvfp4_full_64x256_s11.json"
+"$PY" "$A" --nvfp4 --clip-only --rows 32 --cols 512 --tokens 384 --batch 96 --seed 3 \
+	--min-clip-ratio 0.6 --shrink-step 0.1 --out "$HERE/awq/nvfp4_clip_32x512_r06_s01.json"
+"$PY" "$A" --w4a8 --full --out "$HERE/awq/w4a8_full_64x256.json"
+"$PY" "$A" --w4a8 --clip-only --out "$HERE/awq/w4a8_clip_64x256.json"

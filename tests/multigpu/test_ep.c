@@ -117,6 +117,7 @@ static char *stats(const struct cal_job_opts *o)
 	cr_assert(v);
 	free(s);
 	json_object_del(json_object_get(v, "gptq"), "solve_s");
+	json_object_del(json_object_get(v, "gptq"), "factor_s");
 	s = json_dumps(v, JSON_SORT_KEYS | JSON_COMPACT);
 	json_decref(v);
 	return track(s);
@@ -133,6 +134,7 @@ static char *report(const char *dir)
 	for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
 		json_object_del(r, drop[i]);
 	json_object_del(json_object_get(r, "gptq"), "solve_s");
+	json_object_del(json_object_get(r, "gptq"), "factor_s");
 	char *t = json_dumps(r, JSON_SORT_KEYS | JSON_COMPACT);
 	json_decref(r);
 	return track(t);

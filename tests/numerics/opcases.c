@@ -132,8 +132,10 @@ static struct pair *pair_new_stat(struct ctx *c, size_t n, const void *host)
 }
 
 /* Downloads both copies and compares guards and payload: byte for byte
- * (rtol < 0) or as f64 values within rtol relative (plus 1e-300). */
-static void pair_compare(struct ctx *c, struct pair *p, const char *what, double rtol)
+ * (rtol < 0) or as values of es bytes (8: f64, 4: f32) within rtol
+ * relative plus atol (at least 1e-300). */
+static void pair_compare_es(struct ctx *c, struct pair *p, const char *what, double rtol,
+			    double atol, size_t es)
 {
 	struct cal_error err = {0};
 	unsigned char *ha = xmalloc(p->n + GUARD), *hb = xmalloc(p->n + GUARD);
@@ -153,13 +155,21 @@ static void pair_compare(struct ctx *c, struct pair *p, const char *what, double
 			goto out;
 		}
 	}
-	for (size_t i = 0; rtol >= 0 && i + 8 <= p->n; i += 8) {
+	for (size_t i = 0; rtol >= 0 && i + es <= p->n; i += es) {
 		double x, y;
-		memcpy(&x, ha + i, 8);
-		memcpy(&y, hb + i, 8);
-		if (!(fabs(x - y) <= rtol * fabs(x) + 1e-300) && !(isnan(x) && isnan(y))) {
+		if (es == 4) {
+			float fx, fy;
+			memcpy(&fx, ha + i, 4);
+			memcpy(&fy, hb + i, 4);
+			x = fx;
+			y = fy;
+		} else {
+			memcpy(&x, ha + i, 8);
+			memcpy(&y, hb + i, 8);
+		}
+		if (!(fabs(x - y) <= rtol * fabs(x) + atol + 1e-300) && !(isnan(x) && isnan(y))) {
 			snprintf(msg, sizeof(msg), "%s: value %zu of %zu differs: %.17g vs %.17g",
-				 what, i / 8, p->n / 8, x, y);
+				 what, i / es, p->n / es, x, y);
 			fail(c, "%s", msg);
 			goto out;
 		}
@@ -176,6 +186,11 @@ out:
 	cal_error_clear(&err);
 	free(ha);
 	free(hb);
+}
+
+static void pair_compare(struct ctx *c, struct pair *p, const char *what, double rtol)
+{
+	pair_compare_es(c, p, what, rtol, 0.0, 8);
 }
 
 static void pair_check(struct ctx *c, struct pair *p, const char *what)
@@ -511,6 +526,66 @@ static int case_chol_inv(struct opcase_env *env, uint64_t rows, uint64_t units, 
 		pair_check(&c, py, "y (L^-1)");
 	}
 	free(a);
+	return finish(&c);
+}
+
+/* GPTQ's factor from Hessian sums: hsum = X^T X of units + 3 random rows
+ * (n = units, at most 300, columns; every 7th column dead when seed & 2),
+ * seed & 4: a negative diagonal (not positive definite: only the flags
+ * compared), seed & 8: a batch of 3.  H and damp are one arithmetic (bytes);
+ * U is cuSOLVER's on CUDA: equal within 1e-5 relative plus 1e-6 of
+ * max |U| (f32 rounding of f64 factors of different term order). */
+static int case_gptq_factor(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_t seed)
+{
+	CTX(gptq_factor);
+	uint64_t n = units > 300 ? 300 : units, nn = n * n, m = n + 3;
+	uint32_t batch = seed & 8 ? 3 : 0, nm = batch ? batch : 1;
+	float *h = xmalloc(nm * nn * 4), *x = xmalloc(m * n * 4);
+	uint8_t *dead = xmalloc(nm * n);
+	double scale[3];
+	int neg = (seed & 4) != 0;
+	for (uint32_t b = 0; b < nm; b++) {
+		for (uint64_t k = 0; k < m * n; k++)
+			x[k] = cal_test_unit(&s) * ldexpf(1.0f, (int)(k % n % 5));
+		for (uint64_t i = 0; i < n; i++)
+			for (uint64_t j = 0; j < n; j++) {
+				float t = 0.0f;
+				for (uint64_t r = 0; r < m; r++)
+					t += x[r * n + i] * x[r * n + j];
+				h[b * nn + i * n + j] = t;
+			}
+		for (uint64_t i = 0; i < n; i++)
+			dead[b * n + i] = (seed & 2) && i % 7 == 3;
+		scale[b] = 2.0 / (double)m;
+	}
+	if (neg)
+		h[(nm - 1) * nn + (n / 2) * n + n / 2] = -1e6f;
+	uint64_t wd = cal_gptq_factor_work(n, batch);
+	struct pair *ph = pair_new(&c, nm * nn * 4, h), *pd = pair_new(&c, nm * n, dead),
+		    *ps = pair_new_stat(&c, nm * 8, scale), *pu = pair_new_stat(&c, nm * nn * 4, NULL),
+		    *pp = pair_new_stat(&c, nm * 8, NULL), *pb = pair_new_stat(&c, nm * 4, NULL),
+		    *pw = pair_new_stat(&c, wd * 8, NULL);
+	struct cal_gptq_factor_args A = {ph->a, pd->a, ps->a, n, 0.01, pu->a, pp->a, pb->a, pw->a,
+					 batch};
+	struct cal_gptq_factor_args B = {ph->b, pd->b, ps->b, n, 0.01, pu->b, pp->b, pb->b, pw->b,
+					 batch};
+	(void)rows;
+	RUN_BOTH(&c, gptq_factor, A, B);
+	pair_check(&c, pb, "bad");
+	if (!neg) {
+		float *u = xmalloc(nm * nn * 4), umax = 0.0f;
+		struct cal_error e = {0};
+		if (!c.failed && cal_backend_download(env->a, u, pu->a, nm * nn * 4, &e) < 0)
+			fail(&c, "download: %s", cal_error_msg(&e));
+		for (uint64_t k = 0; k < nm * nn; k++)
+			umax = fabsf(u[k]) > umax ? fabsf(u[k]) : umax;
+		pair_check(&c, pp, "damp");
+		pair_compare_es(&c, pu, "u", 1e-5, 1e-6 * umax, 4);
+		free(u);
+	}
+	free(h);
+	free(x);
+	free(dead);
 	return finish(&c);
 }
 
@@ -917,6 +992,7 @@ const opcase_fn opcase_table[CAL_OP_COUNT] = {
 	[CAL_OPID_HESSIAN] = case_hessian,
 	[CAL_OPID_GPTQ_UPDATE] = case_gptq_update,
 	[CAL_OPID_CHOL_INV] = case_chol_inv,
+	[CAL_OPID_GPTQ_FACTOR] = case_gptq_factor,
 	[CAL_OPID_NVFP4_QUANT] = case_nvfp4_quant,
 	[CAL_OPID_NVFP4_STATIC_QUANT] = case_nvfp4_static_quant,
 	[CAL_OPID_NVFP4_MSE_SWEEP] = case_nvfp4_mse_sweep,

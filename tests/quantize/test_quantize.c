@@ -500,10 +500,11 @@ static void int4_awq_more(const char *root, const char *dst, const char *src, co
 		 "128, type: static}}", "max_tokens_per_batch: expected a positive integer"},
 		{"{method: awq_lite, shrink_step: 0.1}", "{num_bits: 4, block_sizes: {-1: 128, "
 		 "type: static}}", "shrink_step"},
-		{"{method: awq_full}", "{num_bits: [2, 1], block_sizes: {-1: 16, type: dynamic, "
-		 "scale_bits: [4, 3]}}", "awq_full is implemented for INT4 weights in blocks of 128"},
-		{"{method: awq_clip}", "{num_bits: 4, block_sizes: {-1: 128, type: static}}",
-		 "algorithm 'awq_clip' is not implemented"},
+		{"{method: awq_full}", "{num_bits: 4, block_sizes: {-1: 64, type: static}}",
+		 "awq_full and awq_clip are implemented for INT4 (and W4A8) weights in blocks of 128 "
+		 "and NVFP4"},
+		{"{method: awq_clip, alpha_step: 0.1}", "{num_bits: 4, block_sizes: {-1: 128, type: "
+		 "static}}", "alpha_step"},
 	};
 	for (size_t k = 0; k < CAL_ARRAY_LEN(bad); k++) {
 		char nm[32];
@@ -519,13 +520,16 @@ static void int4_awq_more(const char *root, const char *dst, const char *src, co
 	}
 }
 
-/* awq_full (docs/awq.md "awq_full"): the report names the clip options
- * and, per searched linear, its clipped blocks (some clipped). */
+/* awq_full / awq_clip (docs/awq.md "awq_full", "awq_clip"): the report
+ * names the clip options and, per searched linear, its clipped blocks
+ * (NVFP4: its tensor; some clipped). */
 static void awq_full_more(const char *root, const char *dst, const char *src, const char *tok)
 {
 	(void)root, (void)src, (void)tok;
 	json_t *rep = json_loads(slurp(path2(dst, "calibd_report.json")), 0, NULL);
-	json_t *aw = json_object_get(rep, "awq_full"), *lins = json_object_get(aw, "linears");
+	json_t *aw = json_object_get(rep, "awq_full");
+	aw = aw ? aw : json_object_get(rep, "awq_clip");
+	json_t *lins = json_object_get(aw, "linears");
 	cr_assert_eq(json_integer_value(json_object_get(json_object_get(aw, "clip"),
 							"max_tokens_per_batch")), 64);
 	json_int_t clipped = 0;
@@ -603,6 +607,16 @@ static const struct qformat_case qformat_cases[] = {
 	/* calibd's awq_full recipe (a built-in recipe: run with --recipe) */
 	{"qwen2_moe", "wide", "general/ptq/int4_awq_full-kv_fp8_cast", "W4A16_AWQ",
 	 "model.layers.0.self_attn.o_proj.pre_quant_scale", awq_full_more},
+	/* awq_clip alone (docs/awq.md "awq_clip"): no pre_quant_scale anywhere */
+	{"qwen2_moe", "wide", "general/ptq/int4_awq_clip-kv_fp8_cast", "W4A16_AWQ",
+	 "model.layers.0.self_attn.o_proj.weight_scale !pre_quant_scale", awq_full_more},
+	/* NVFP4 awq_full / awq_clip: the per-tensor clip; awq_clip alone exports
+	 * plain NVFP4 */
+	{"llama", "default", "general/ptq/nvfp4_awq_full-kv_fp8_cast", "NVFP4_AWQ",
+	 "model.layers.0.self_attn.o_proj.pre_quant_scale model.layers.0.self_attn.q_proj.input_scale "
+	 "!q_proj.pre_quant_scale", awq_full_more},
+	{"llama", "default", "general/ptq/nvfp4_awq_clip-kv_fp8_cast", "NVFP4",
+	 "model.layers.0.self_attn.q_proj.weight_scale_2 !pre_quant_scale", awq_full_more},
 	/* w4a8_awq (docs/awq.md "w4a8_awq"): per searched linear the INT4
 	 * weight, weight_scale_2 (the FP8 stage) and input_scale; the
 	 * pre_quant_scale where int4_awq has one */

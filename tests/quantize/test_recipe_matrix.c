@@ -79,6 +79,14 @@ static const struct refusal refusals[] = {
 	{"nvfp4_awq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
 	 "algorithm awq_lite with attention other than plain GQA"},
 	{"nvfp4_awq-kv_fp8_cast", "gpt_oss", "algorithm awq_lite with GPT-OSS"},
+	/* the same for calibd's NVFP4 awq_full / awq_clip recipes (modelopt's
+	 * NVFP4_AWQ_FULL_CFG / NVFP4_AWQ_CLIP_CFG; docs/awq.md "awq_clip") */
+	{"nvfp4_awq_full-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
+	 "algorithm awq_full with attention other than plain GQA"},
+	{"nvfp4_awq_full-kv_fp8_cast", "gpt_oss", "algorithm awq_full with GPT-OSS"},
+	{"nvfp4_awq_clip-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
+	 "algorithm awq_clip with attention other than plain GQA"},
+	{"nvfp4_awq_clip-kv_fp8_cast", "gpt_oss", "algorithm awq_clip with GPT-OSS"},
 	/* numerics calibd does not implement yet */
 	/* a block format on an input dimension that is not a multiple of the
 	 * block: the fixtures' hidden size is 64 (INT4 block 128) and their
@@ -86,6 +94,7 @@ static const struct refusal refusals[] = {
 	{"int4_blockwise_weight_only", NULL, "is not a multiple of the INT4 block size 128"},
 	{"int4_awq-kv_fp8_cast", NULL, "is not a multiple of the INT4 block size 128"},
 	{"int4_awq_full-kv_fp8_cast", NULL, "is not a multiple of the INT4 block size 128"},
+	{"int4_awq_clip-kv_fp8_cast", NULL, "is not a multiple of the INT4 block size 128"},
 	{"w4a8_awq-kv_fp8_cast", NULL, "is not a multiple of the W4A8 AWQ (INT4 then FP8) block "
 	 "size 128"},
 	{"mxfp4_mlp_weight_only", MOE_ARCHS, "is not a multiple of the MXFP4 block size 32"},
@@ -316,13 +325,15 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		while (k < CAL_ARRAY_LEN(modelopt_ptq) && strcmp(modelopt_ptq[k], refusals[i].recipe))
 			k++;
 		/* calibd's own recipes: mxfp8*, int4_awq-kv_fp8_cast, nvfp4_awq-kv_fp8_cast
-		 * (hf_ptq's int4_awq, nvfp4_awq), int4_awq_full-kv_fp8_cast (awq_full),
+		 * (hf_ptq's int4_awq, nvfp4_awq), *_awq_full-kv_fp8_cast (awq_full),
+		 * *_awq_clip-kv_fp8_cast (awq_clip),
 		 * w4a8_awq-kv_fp8_cast (hf_ptq's w4a8_awq), int8* (hf_ptq's int8, int8_wo, int8_sq),
 		 * w4a8_* and fp8_2d_* (hf_ptq's W4A8 and fp8_pb_wo) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
 		    strncmp(refusals[i].recipe, "int8", 4) &&
 		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast") &&
 		    strcmp(refusals[i].recipe, "int4_awq_full-kv_fp8_cast") &&
+		    !strstr(refusals[i].recipe, "_awq_full-") && !strstr(refusals[i].recipe, "_awq_clip-") &&
 		    strcmp(refusals[i].recipe, "w4a8_awq-kv_fp8_cast") &&
 		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast") &&
 		    strncmp(refusals[i].recipe, "w4a8_", 5) &&

@@ -883,8 +883,8 @@ Test(plan, refusals)
 		   CAL_ERR_UNSUPPORTED, "modelopt's default is 8-bit integer");
 	plan_fails(qwen3_moe, HEAD "    - {quantizer_name: '*output_quantizer', cfg: {$import: nvfp4}}\n",
 		   CAL_ERR_UNSUPPORTED, "output quantizers");
-	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: awq_clip, quant_cfg: []}\n",
-		   CAL_ERR_UNSUPPORTED, "algorithm 'awq_clip' is not implemented");
+	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: awq_mse, quant_cfg: []}\n",
+		   CAL_ERR_UNSUPPORTED, "algorithm 'awq_mse' is not implemented");
 	/* GPTQ options calibd does not run are named (docs/gptq.md) */
 	plan_fails(qwen3_moe, "metadata: {recipe_type: ptq}\nquantize: {algorithm: {method: gptq, "
 				   "fused: true, layerwise: {enable: true}}, quant_cfg: []}\n",
