@@ -122,6 +122,15 @@ int cal_cli_parse(struct cal_cli_args *a, void (*usage)(FILE *), int operands);
  * arguments) prints usage on stderr and returns CAL_EXIT_USAGE. */
 int cal_cli_usage(void (*usage)(FILE *), int c);
 
+/* --kv-cache-qformat NAME of calibrate, export, plan and quantize: hf_ptq's
+ * --kv_cache_qformat name, stored in cal_job_opts.kv_cache_qformat, whose
+ * KV-cache unit cal_job_open appends over the recipe's (engine/recipe/
+ * qformat.h, docs/recipes.md "KV-cache formats").  Its line of the usage
+ * synopsis, and its paragraph of the help, which names the choices from
+ * qformat.c's table (cli_util.c). */
+#define CAL_CLI_KV_QFORMAT_SYNOPSIS "[--kv-cache-qformat NAME]"
+void cal_cli_kv_qformat_help(FILE *o);
+
 /* Prints "calibd CMD: <err's message>" on stderr, clears err and returns
  * exit_code (cli_util.c). */
 int cal_cli_fail(const char *cmd, struct cal_error *err, int exit_code);

@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "common/util.h"
 #include "engine/calib.h"
+#include "engine/recipe/qformat.h"
 
 /*
  * Every long option of the one-shot commands, once: the key a command
@@ -50,6 +51,7 @@ static const struct {
 	ARG("moe-calib-experts-ratio", 'R'),
 	ARG("div", 'v'),
 	ARG("max-shard-size", 'z'),
+	ARG("kv-cache-qformat", 'K'),
 	/* calibrate */
 	ARG("stats-out", 'o'),
 	FLAG("pad-like-modelopt", 'A'),
@@ -64,7 +66,6 @@ static const struct {
 	ARG("layer-kl-positions", 'K'),
 	/* quantize */
 	ARG("qformat", 'Q'),
-	ARG("kv-cache-qformat", 'K'),
 	ARG("world", 'W'),
 	ARG("rank-first", 'f'),
 	ARG("rendezvous", 'Z'),
@@ -182,6 +183,17 @@ int cal_cli_usage(void (*usage)(FILE *), int c)
 		return CAL_EXIT_USAGE;
 	usage(c == 'h' ? stdout : stderr);
 	return c == 'h' ? CAL_EXIT_OK : CAL_EXIT_USAGE;
+}
+
+void cal_cli_kv_qformat_help(FILE *o)
+{
+	size_t n;
+	const struct cal_kv_qformat *k = cal_kv_qformat_list(&n);
+	fprintf(o, "--kv-cache-qformat takes hf_ptq.py's --kv_cache_qformat names:\n ");
+	for (size_t i = 0; i < n; i++)
+		fprintf(o, " %s%s", k[i].name, i + 1 < n ? "," : "\n");
+	fprintf(o, "The name's KV-cache unit is appended to the recipe's entries, so it replaces\n"
+		   "the recipe's KV cache (docs/recipes.md \"KV-cache formats\").\n");
 }
 
 int cal_cli_fail(const char *cmd, struct cal_error *err, int exit_code)

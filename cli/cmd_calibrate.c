@@ -24,7 +24,7 @@
 static void calibrate_usage(FILE *o)
 {
 	fprintf(o,
-		"usage: calibd calibrate --model DIR --recipe NAME|FILE\n"
+		"usage: calibd calibrate --model DIR --recipe NAME|FILE " CAL_CLI_KV_QFORMAT_SYNOPSIS "\n"
 		"         (--calib-tokens FILE | --calib FILE[:N],... [--samples N] [--seq-len S]\n"
 		"          [--seed K])\n"
 		"         [--device cpu|cuda[:i]] [--stats-out FILE] [--pad-like-modelopt]\n"
@@ -39,6 +39,8 @@ static void calibrate_usage(FILE *o)
 		"(default: stdout).  A --calib entry NAME[:N] names a dataset of the catalog of\n"
 		"--datasets-file or $CALIBD_DATASETS_FILE (the `datasets:` map of a calibd.yaml).\n"
 		"docs/calibration.md explains the options.\n");
+	cal_cli_kv_qformat_help(o);
+	fprintf(o, "Give `calibd export` the same --recipe and --kv-cache-qformat.\n");
 }
 
 struct progress {
@@ -93,8 +95,9 @@ int cal_cmd_calibrate(int argc, char **argv)
 	struct cal_cli_args ca = CAL_CLI_ARGS(
 		"calibrate", argc, argv, "h",
 		CAL_CLI_CALIB_OPTIONS CAL_CLI_RESOURCE_OPTIONS
-		"stats-out pad-like-modelopt pad-id combine recipes-dir",
+		"stats-out pad-like-modelopt pad-id combine recipes-dir kv-cache-qformat",
 		CAL_CLI_SETS(CAL_CLI_STR("model", &o.model_dir), CAL_CLI_STR("recipe", &o.recipe),
+			     CAL_CLI_STR("kv-cache-qformat", &o.kv_cache_qformat),
 			     CAL_CLI_STR("calib-tokens", &o.tokens), CAL_CLI_STR("calib", &calib),
 			     CAL_CLI_STR("datasets-file", &dsfile), CAL_CLI_STR("device", &device),
 			     CAL_CLI_STR("stats-out", &out_path),

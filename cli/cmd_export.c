@@ -19,11 +19,14 @@
 static void export_usage(FILE *o)
 {
 	fprintf(o, "usage: calibd export --model DIR --recipe NAME|FILE --stats FILE --out DIR\n"
+		   "                     " CAL_CLI_KV_QFORMAT_SYNOPSIS "\n"
 		   "                     [--device cpu|cuda] [--div recip|exact]\n"
 		   "                     [--per-expert-input-amax] [--shard-bytes N]\n"
 		   "Writes a modelopt-compatible quantized checkpoint into DIR (which must not\n"
 		   "exist; published atomically) using the amax of FILE (docs/export.md).\n"
-		   "--div exact reproduces modelopt run on CPU; the default reproduces its GPU run.\n"
+		   "--div exact reproduces modelopt run on CPU; the default reproduces its GPU run.\n");
+	cal_cli_kv_qformat_help(o);
+	fprintf(o, "Give it the --recipe and --kv-cache-qformat that `calibd calibrate` had.\n"
 		   "Exit codes: 0 ok, 2 usage, 3 bad input, 4 no disk space, 5 device, 1 other.\n");
 }
 
@@ -34,8 +37,9 @@ int cal_cmd_export(int argc, char **argv)
 	struct cal_error perr = {0};
 	struct cal_cli_args ca = CAL_CLI_ARGS(
 		"export", argc, argv, "m:r:s:o:D:v:pb:h",
-		"model recipe stats out device div per-expert-input-amax shard-bytes",
+		"model recipe stats out device div per-expert-input-amax shard-bytes kv-cache-qformat",
 		CAL_CLI_SETS(CAL_CLI_NEED("model", &jo.model_dir), CAL_CLI_NEED("recipe", &jo.recipe),
+			     CAL_CLI_STR("kv-cache-qformat", &jo.kv_cache_qformat),
 			     CAL_CLI_NEED("stats", &stats), CAL_CLI_NEED("out", &out),
 			     CAL_CLI_STR("device", &dev),
 			     CAL_CLI_FLAG("per-expert-input-amax", &jo.per_expert_input_amax)));

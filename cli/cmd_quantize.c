@@ -31,7 +31,7 @@ static void quantize_usage(FILE *o)
 {
 	fprintf(o,
 		"usage: calibd quantize --model DIR (--recipe NAME|FILE | --qformat NAME)\n"
-		"         [--kv-cache-qformat NAME]\n"
+		"         " CAL_CLI_KV_QFORMAT_SYNOPSIS "\n"
 		"         (--calib FILE[:N],... | --calib-tokens FILE) --out DIR\n"
 		"         [--samples N] [--seq-len S] [--seed K] [--device cpu|cuda[:i]]\n"
 		"         [--per-expert-input-amax] [--moe-calib-experts-ratio R]\n"
@@ -51,10 +51,10 @@ static void quantize_usage(FILE *o)
 		"lines on descriptor N; --json prints the report as JSON.  SIGINT/SIGTERM stop\n"
 		"after the current layer with nothing published.  --qformat takes modelopt\n"
 		"hf_ptq.py's --qformat names (`calibd recipes` lists them and their recipes;\n"
-		"docs/recipes.md).  --kv-cache-qformat takes hf_ptq.py's --kv_cache_qformat\n"
-		"names (none, fp8, fp8_affine, fp8_cast, nvfp4, nvfp4_affine, nvfp4_cast,\n"
-		"nvfp4_rotate): that KV-cache unit is appended to the recipe's entries, so\n"
-		"it replaces the recipe's KV cache.  --div exact divides as modelopt on the CPU (GPTQ, export).\n"
+		"docs/recipes.md).\n");
+	cal_cli_kv_qformat_help(o);
+	fprintf(o,
+		"--div exact divides as modelopt on the CPU (GPTQ, export).\n"
 		"--max-shard-size (default 10GB, as modelopt) splits the\n"
 		"weights into model-0000k-of-0000N.safetensors plus\n"
 		"model.safetensors.index.json; one model.safetensors when smaller.\n"

@@ -18,8 +18,8 @@ static void recipes_usage(FILE *o)
 		   "Lists the built-in recipes (tree: --recipes-dir, else $" CAL_RECIPES_ENV
 		   ", else the installed one), then modelopt hf_ptq.py's --qformat names\n"
 		   "(`calibd quantize --qformat`) with the recipe each runs or why it is refused.\n"
-		   "Last the --kv_cache_qformat names (`calibd quantize --kv-cache-qformat`) with\n"
-		   "the KV-cache unit each appends.\n"
+		   "Last the --kv_cache_qformat names (--kv-cache-qformat of `calibd quantize`,\n"
+		   "calibrate, export and plan) with the KV-cache unit each appends.\n"
 		   "--json: {\"recipes\": [{name, description}], \"qformats\": [{name, recipe |\n"
 		   "refused}], \"kv_cache_qformats\": [{name, unit (null: none)}]}.\n");
 }
@@ -73,8 +73,8 @@ int cal_cmd_recipes(int argc, char **argv)
 		for (size_t i = 0; i < nq; i++)
 			printf("  %-20s %s%s\n", q[i].name, q[i].recipe ? "" : "refused: ",
 			       q[i].recipe ? q[i].recipe : q[i].reason);
-		printf("\nhf_ptq.py --kv_cache_qformat names (calibd quantize --kv-cache-qformat; "
-		       "appended over the recipe's KV cache):\n");
+		printf("\nhf_ptq.py --kv_cache_qformat names (--kv-cache-qformat of calibd quantize, "
+		       "calibrate, export, plan; appended over the recipe's KV cache):\n");
 		for (size_t i = 0; i < nk; i++)
 			printf("  %-20s %s\n", kq[i].name, kq[i].unit ? kq[i].unit
 								: "(KV-cache quantizers disabled)");

@@ -678,10 +678,13 @@ enum cal_ewise_mode {
 	 * glu = bf16(g * bf16(sigmoid(bf16(g * alpha)))),
 	 * out = bf16(bf16(u + 1) * glu) */
 	CAL_EWISE_SWIGLU_OAI = 5,
+	/* out = bf16(a + b[j]): b is one row, added to every row (ldb unused;
+	 * the affine KV cache's bias in `calibd eval`) */
+	CAL_EWISE_ADD_ROW = 6,
 };
 
-/* Row r, column j: a[r*lda + j], b[r*ldb + j], g[r*ldg], out[r*ldo + j];
- * a row stride of 0 means cols.  out may alias a. */
+/* Row r, column j: a[r*lda + j], b[r*ldb + j] (ADD_ROW: b[j]), g[r*ldg],
+ * out[r*ldo + j]; a row stride of 0 means cols.  out may alias a. */
 struct cal_ewise_args {
 	enum cal_ewise_mode mode;
 	const uint16_t *a, *b, *g; /* b: ADD, SWIGLU, GATE_ADD, SIGMOID_MUL; g: GATE_ADD */

@@ -289,8 +289,9 @@ struct cal_calib {
 	float *hr_amax;                  /* [num_layers][n_slots] headroom amax; < 0: none */
 	int done_layers;
 	/* affine KV cache (kvcache.c): this layer's running K | V bias (back
-	 * end, bf16 [2, kd]), the forwards folded into it, every layer's final
-	 * bias (host, bf16 [num_layers][2][kd]) */
+	 * end, bf16 [K width + V width], cal_model_kv_dims), the forwards
+	 * folded into it, every layer's final bias (host, bf16 [num_layers]
+	 * [K width + V width]) */
 	uint16_t *kv_bias;
 	uint64_t kv_fwd;
 	uint16_t *kv_bias_host;
@@ -684,7 +685,8 @@ static inline void cal_be_free(struct cal_calib *c, void *p)
 enum cal_status cal_kv_alloc(struct cal_calib *c, struct cal_error *err);
 void cal_kv_free(struct cal_calib *c);
 /* Rotates Q, K, V of micro-batch mb as the plan says, then observes K and V
- * (S_K / S_V: max|x|, or max|x - bias| for an affine cache). */
+ * (S_K / S_V: max|x|, or max|x - bias| for an affine cache); GQA's q / kb /
+ * vb, MLA's per-head mq / mk / mv. */
 enum cal_status cal_kv_observe(struct cal_calib *c, const struct cal_mb *mb,
 			       struct cal_error *err);
 /* After layer L: the affine bias to the host. */

@@ -21,6 +21,9 @@ enum afmt {
 struct eq_site {
 	enum afmt fmt;
 	float scale;
+	/* the affine KV cache's bias (k_bias / v_bias), or NULL: back end,
+	 * [2, cols] bf16, -b then b (fake quantization of x - b, plus b) */
+	const uint16_t *bias;
 };
 
 struct worst {
@@ -74,7 +77,7 @@ struct cal_eval {
 	uint32_t *r_am, *b_am, *b_next;
 };
 
-#define MAX_OWNED 24
+#define MAX_OWNED 28 /* a layer's buffers: weights, row maps, the two KV biases */
 
 /* eval_weights.c */
 /* Fake-quantizes x [rows, cols] (back end) in place as site s. */

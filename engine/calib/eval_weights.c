@@ -120,8 +120,7 @@ static enum cal_status dequant(struct cal_calib *c, const struct qtens *q, int64
 	enum cal_status st = CAL_OK;
 	uint64_t n = (uint64_t)(rows * cols);
 	enum afmt in = AQ_NONE;
-	ret_site->fmt = AQ_NONE;
-	ret_site->scale = 0;
+	*ret_site = (struct eq_site){AQ_NONE, 0, NULL};
 	if (w->dtype == CAL_DTYPE_BF16) {
 		if (w->numel != n)
 			return cal_error_set(err, CAL_ERR_INVALID,
@@ -386,7 +385,7 @@ static enum cal_status load_experts(struct cal_calib *c, int32_t L, struct cal_l
 	owned[(*n_owned)++] = b2;
 	for (int64_t e = 0; e < E; e++) {
 		struct eq_site s;
-		ev->exp_gu[e] = (struct eq_site){AQ_NONE, 0};
+		ev->exp_gu[e] = (struct eq_site){AQ_NONE, 0, NULL};
 		for (int p = oai; p < 3; p++) { /* gpt_oss: gate and up are one tensor */
 			int64_t rows = p == 2 ? H : p == 1 && oai ? 2 * I : I, cols = p == 2 ? I : H;
 			uint16_t *dst = p == 2 ? (uint16_t *)b2 + e * H * I
@@ -436,20 +435,58 @@ static int attn_prefix(const struct cal_calib *c, int32_t L, char *buf, size_t n
 	return 0;
 }
 
+/* The affine KV cache's bias of one quantized K or V site (t: k_bias or
+ * v_bias, BF16 [1, heads, 1, head_dim], cols = heads * head_dim of the
+ * site's [tokens, cols] input) onto the back end as [-b, b] (negation is
+ * exact in bf16), into *ret; a new back-end buffer goes to owned. */
+static enum cal_status kv_bias(struct cal_calib *c, const struct cal_st_tensor *t, uint64_t cols,
+			       const uint16_t **ret, void **owned, int *n_owned,
+			       struct cal_error *err)
+{
+	*ret = NULL;
+	if (t->dtype != CAL_DTYPE_BF16 || t->numel != cols)
+		return cal_error_set(err, CAL_ERR_INVALID, "%s: %s of %llu values does not fit "
+				     "the source's %llu K/V channels (BF16 expected)", t->name,
+				     cal_dtype_name(t->dtype), (unsigned long long)t->numel,
+				     (unsigned long long)cols);
+	uint16_t *h = malloc(2 * cols * 2);
+	if (!h)
+		return cal_error_set(err, CAL_ERR_NOMEM, "eval: out of memory");
+	memcpy(h + cols, t->data, cols * 2);
+	for (uint64_t j = 0; j < cols; j++)
+		h[j] = h[cols + j] ^ 0x8000u;
+	void *b = NULL;
+	enum cal_status st = cal_backend_alloc_upload(c->be, h, 2 * cols * 2, &b, err);
+	free(h);
+	if (st < 0)
+		return st;
+	owned[(*n_owned)++] = b;
+	*ret = b;
+	return CAL_OK;
+}
+
 /* The KV-cache sites: k_scale / v_scale beside k_proj / v_proj (MLA: the
- * same names, modelopt's, docs/deepseek.md). */
-static void kv_sites(struct cal_calib *c, int32_t L)
+ * same names, modelopt's, docs/deepseek.md), and k_bias / v_bias of an
+ * affine KV cache (docs/eval.md). */
+static enum cal_status kv_sites(struct cal_calib *c, int32_t L, void **owned, int *n_owned,
+				struct cal_error *err)
 {
 	struct cal_eval *ev = c->ev;
 	char pre[CAL_ST_MAX_NAME], mod[CAL_ST_MAX_NAME + 16];
 	if (attn_prefix(c, L, pre, sizeof(pre)) < 0)
-		return;
+		return CAL_OK;
 	for (int k = 0; k < 2; k++) {
+		struct eq_site *s = &ev->site[k ? EQ_V : EQ_K];
 		snprintf(mod, sizeof(mod), "%s.%s", pre, k ? "v_proj" : "k_proj");
 		float sc = scalar(qget(ev, mod, k ? "v_scale" : "k_scale"));
-		ev->site[k ? EQ_V : EQ_K] = (struct eq_site){
-			sc > 0 || ev->kv_default > 0 ? AQ_FP8 : AQ_NONE, sc > 0 ? sc : ev->kv_default};
+		*s = (struct eq_site){sc > 0 || ev->kv_default > 0 ? AQ_FP8 : AQ_NONE,
+				      sc > 0 ? sc : ev->kv_default, NULL};
+		const struct cal_st_tensor *b = qget(ev, mod, k ? "v_bias" : "k_bias");
+		if (b && s->fmt != AQ_NONE)
+			CAL_TRY_RET(kv_bias(c, b, (uint64_t)cal_model_kv_dims(c->d, k, NULL, NULL),
+					    &s->bias, owned, n_owned, err));
 	}
+	return CAL_OK;
 }
 
 /* Gated attention: q_proj stores each head's query rows, then its gate
@@ -591,7 +628,7 @@ enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_ste
 			CAL_TRY(load_mla(c, L, qw, owned, n_owned, err));
 		else
 			CAL_TRY(load_gqa(c, L, qw, owned, n_owned, err));
-		kv_sites(c, L);
+		CAL_TRY(kv_sites(c, L, owned, n_owned, err));
 	}
 	if (ld->ffn == CAL_FFN_DENSE) {
 		static const enum cal_role mlp[3] = {CAL_ROLE_MLP_GATE, CAL_ROLE_MLP_UP,
@@ -623,6 +660,15 @@ enum cal_status cal_eval_fake_quant(struct cal_calib *c, const struct eq_site *s
 	if (n > ev->fq_elems)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "eval: activation of %llu elements "
 				     "exceeds the scratch", (unsigned long long)n);
+	if (s->bias) { /* affine: quantize x - b, dequantize, add b (as modelopt) */
+		struct cal_ewise_args sub = {CAL_EWISE_ADD_ROW, x, s->bias, NULL, x, rows, cols,
+					     0, 0, 0, 0, 0, 0};
+		struct eq_site plain = {s->fmt, s->scale, NULL};
+		CAL_TRY(cal_op_ewise(c->be, &sub, err));
+		CAL_TRY(cal_eval_fake_quant(c, &plain, x, rows, cols, err));
+		sub.b = s->bias + cols;
+		return cal_op_ewise(c->be, &sub, err);
+	}
 	if (s->fmt == AQ_FP8) {
 		/* the serving engine's FP8 quantizer saturates at +-448 scale */
 		struct cal_ewise_args cl = {CAL_EWISE_CLAMP, x, NULL, NULL, x, rows, cols, 0, 0, 0, 0,

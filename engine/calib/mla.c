@@ -245,8 +245,7 @@ enum cal_status cal_mla_step(struct cal_calib *c, int32_t L, const struct cal_la
 	struct cal_mla_kv_args kv = {c->mkvb, c->mkpe, c->mk, c->mv, T, (uint32_t)m.nh,
 				     (uint32_t)m.dn, (uint32_t)m.dr, (uint32_t)m.dv};
 	CAL_TRY(cal_op_mla_kv(c->be, &kv, err));
-	CAL_TRY(cal_layer_observe(c, c->mk, T, m.nh * m.qk, mb->tok0, S_K, err));
-	CAL_TRY(cal_layer_observe(c, c->mv, T, m.nh * m.dv, mb->tok0, S_V, err));
+	CAL_TRY(cal_kv_observe(c, mb, err)); /* rotation, K / V observers (kvcache.c) */
 	CAL_TRY(cal_layer_actq(c, L, EQ_K, -1, c->mk, T, m.nh * m.qk, err));
 	CAL_TRY(cal_layer_actq(c, L, EQ_V, -1, c->mv, T, m.nh * m.dv, err));
 	struct cal_attention_args at = {

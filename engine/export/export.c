@@ -659,11 +659,11 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 			if (ex->kv[i].v)
 				CAL_TRY_RET(decl(ex, ex->kv[i].attn, "v_proj.v_scale", CAL_DTYPE_F32, 0,
 						 0, 0, err));
-			/* affine: k_bias / v_bias BF16 [1, H_kv, 1, head_dim] */
-			int64_t bs[4] = {1, ex->d->num_kv_heads, 1, ex->d->head_dim};
+			/* affine: k_bias / v_bias BF16 [1, heads, 1, dim] (cal_model_kv_dims) */
 			for (int v = 0; v < 2; v++) {
 				const struct cal_plan_q *q = v ? ex->kv[i].v : ex->kv[i].k;
-				if (q && q->spec.affine)
+				int64_t bs[4] = {1, 0, 1, 0}, w = cal_model_kv_dims(ex->d, v, &bs[1], &bs[3]);
+				if (q && q->spec.affine && w > 0)
 					CAL_TRY_RET(decl_shape(ex, ex->kv[i].attn, v ? "v_proj.v_bias" :
 							       "k_proj.k_bias", CAL_DTYPE_BF16, 4, bs, err));
 			}
@@ -1085,8 +1085,8 @@ static enum cal_status prep_layer(struct cal_exporter *ex, int32_t L,
 				k->kscale = sc;
 			k->bias[v] = NULL;
 			if (q->spec.affine)
-				CAL_TRY_RET(cal_stats_need_bias(stats, q->name, (uint64_t)(ex->d->num_kv_heads *
-								ex->d->head_dim), &k->bias[v], err));
+				CAL_TRY_RET(cal_stats_need_bias(stats, q->name, (uint64_t)
+						cal_model_kv_dims(ex->d, v, NULL, NULL), &k->bias[v], err));
 		}
 	}
 	return CAL_OK;

@@ -731,11 +731,11 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			CAL_TRY_RET(slot_scalar(ex, k->attn, "k_proj.k_scale", k->kscale, err));
 		if (k->v)
 			CAL_TRY_RET(slot_scalar(ex, k->attn, "v_proj.v_scale", k->vscale, err));
-		uint64_t nb = (uint64_t)(ex->d->num_kv_heads * ex->d->head_dim) * 2;
 		for (int v = 0; v < 2; v++)
 			if (k->bias[v])
 				CAL_TRY_RET(slot_copy(ex, k->attn, v ? "v_proj.v_bias" : "k_proj.k_bias",
-						      k->bias[v], nb, err));
+						      k->bias[v], (uint64_t)cal_model_kv_dims(ex->d, v,
+						      NULL, NULL) * 2, err));
 	}
 	for (size_t i = 0; ex->xp.rank == 0 && i < ex->n_cp; i++) {
 		const struct xcopy *c = &ex->cp[i];

@@ -957,3 +957,15 @@ void cal_model_desc_free(struct cal_model_desc *d)
 		free(d->not_convert[i]);
 	CAL_FREE_ALL(d->not_convert, d->layers, d);
 }
+
+int64_t cal_model_kv_dims(const struct cal_model_desc *d, int v, int64_t *heads, int64_t *dim)
+{
+	int64_t h = d->num_kv_heads, n = d->head_dim;
+	if (d->attn == CAL_ATTN_MLA)
+		h = d->num_heads, n = v ? d->v_head_dim : d->qk_nope_head_dim + d->qk_rope_head_dim;
+	if (heads)
+		*heads = h;
+	if (dim)
+		*dim = n;
+	return h * n;
+}

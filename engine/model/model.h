@@ -346,6 +346,14 @@ enum cal_status cal_model_desc_load(const char *dir, struct cal_model_desc **ret
 
 void cal_model_desc_free(struct cal_model_desc *d);
 
+/* The K (v 0) or V (v 1) cache an attention layer reads per token, heads x
+ * dim: GQA num_kv_heads x head_dim; MLA num_heads x (qk_nope_head_dim +
+ * qk_rope_head_dim) for K, num_heads x v_head_dim for V (the per-head K / V
+ * of docs/deepseek.md, where modelopt's k/v_bmm_quantizers sit).  The
+ * affine KV bias is [1, heads, 1, dim].  Returns heads * dim; heads and dim
+ * may be NULL. */
+int64_t cal_model_kv_dims(const struct cal_model_desc *d, int v, int64_t *heads, int64_t *dim);
+
 /* Stable lower-case names, for messages and JSON. Never NULL. */
 const char *cal_arch_name(enum cal_arch a);          /* = model_type */
 const char *cal_norm_kind_name(enum cal_norm_kind k); /* "rms", "rms_f32w", "rms_1p" */

@@ -287,33 +287,30 @@ enum cal_status cal_plan_classify(struct cal_error *err, const struct cal_recipe
 }
 
 /* The Hadamard rotation of Q, K and V (sum.rot_block): one block size per
- * role over the model, on the attention of every layer that has one; a
- * rotated disabled q_bmm still rotates (modelopt rotates before it looks
- * at enable).  MLA and models whose head_dim has no power-of-two divisor
- * >= 2 are refused. */
+ * role over the model, on the attention of every layer that has one, along
+ * the head dim of cal_model_kv_dims (MLA: Q and K of qk_nope + qk_rope, V
+ * of v_head_dim); a rotated disabled q_bmm still rotates (modelopt rotates
+ * before it looks at enable).  A head dim with no power-of-two divisor >= 2
+ * is refused. */
 enum cal_status cal_plan_kv_rotation(struct cal_error *err, struct cal_plan *p)
 {
 	const struct cal_recipe *r = p->recipe;
 	const struct cal_model_desc *d = p->model;
-	if (p->sum.kv_affine && d->attn == CAL_ATTN_MLA)
-		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: an affine KV cache on MLA "
-				     "attention is not implemented", r->source);
 	for (size_t i = 0; i < p->n_q; i++) {
 		const struct cal_plan_q *q = &p->q[i];
 		int k = q->role == CAL_QROLE_Q_BMM ? 0 : q->role == CAL_QROLE_K_BMM ? 1
 		      : q->role == CAL_QROLE_V_BMM ? 2 : -1;
 		if (k < 0 || !q->attr || !q->attr->rotate)
 			continue;
-		int64_t hd = d->head_dim, b = q->attr->rotate_block ? q->attr->rotate_block
-								   : (hd & -hd);
+		int64_t hd = 0;
+		cal_model_kv_dims(d, k == 2, NULL, &hd);
+		int64_t b = q->attr->rotate_block ? q->attr->rotate_block : (hd & -hd);
 		if (q->attr->rotate_back)
 			return cal_plan_unsupported(err, r, q, "rotate mode rotate_back (fake quantization "
 					   "only) is not implemented");
-		if (d->attn == CAL_ATTN_MLA)
-			return cal_plan_unsupported(err, r, q, "rotation of MLA keys is not implemented");
 		if (b < 2 || b > CAL_HADAMARD_MAX_BLOCK || hd % b)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED,
-					     "%s: rotation block %lld does not divide head_dim %lld "
+					     "%s: rotation block %lld does not divide the head dim %lld "
 					     "(or is not in [2, %u])", q->name, (long long)b,
 					     (long long)hd, CAL_HADAMARD_MAX_BLOCK);
 		if (p->sum.rot_block[k] && p->sum.rot_block[k] != (uint32_t)b)

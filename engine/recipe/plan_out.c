@@ -205,6 +205,10 @@ static void kv_segment(struct sbuf *b, const struct cal_plan *p, size_t lo, size
 			sb_printf(b, "K %s, V %s", kf, vf);
 		if ((k->enabled && k->use_constant_amax) || (v->enabled && v->use_constant_amax))
 			sb_printf(b, " (cast)");
+		if ((k->enabled && k->affine) || (v->enabled && v->affine))
+			sb_printf(b, " (affine)");
+		if (p->sum.rot_block[1])
+			sb_printf(b, " (rotated K)");
 		return;
 	}
 }

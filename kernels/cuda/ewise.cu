@@ -1,6 +1,6 @@
 /*
  * ewise.cu — element-wise decoder steps (add, SwiGLU, gated add, clamp,
- * sigmoid gate, gpt_oss clamped SwiGLU);
+ * sigmoid gate, gpt_oss clamped SwiGLU, a row added to every row);
  * one thread per 8 elements (16-byte loads and stores) when the shapes and
  * pointers allow, else one per element, in a grid-stride loop.
  */
@@ -101,7 +101,10 @@ ew_kernel8(int mode, const uint16_t *a, const uint16_t *b, const uint16_t *g, ui
 CAL_CUDA_OP(ewise)
 {
 	CAL_CUDA_OP_ENTER(a->rows == 0 || a->cols == 0);
-	uint64_t lda = a->lda ? a->lda : a->cols, ldb = a->ldb ? a->ldb : a->cols;
+	/* ADD_ROW is ADD with b's row stride 0 */
+	int mode = a->mode == CAL_EWISE_ADD_ROW ? (int)CAL_EWISE_ADD : (int)a->mode;
+	uint64_t lda = a->lda ? a->lda : a->cols;
+	uint64_t ldb = a->mode == CAL_EWISE_ADD_ROW ? 0 : a->ldb ? a->ldb : a->cols;
 	uint64_t ldo = a->ldo ? a->ldo : a->cols, ldg = a->ldg ? a->ldg : 1;
 	bool vec = a->cols % 8 == 0 && lda % 8 == 0 && ldo % 8 == 0 && cal_aligned(a->a, 16) &&
 		   cal_aligned(a->out, 16) && a->cols / 8 <= UINT32_MAX;
@@ -109,11 +112,11 @@ CAL_CUDA_OP(ewise)
 		vec = vec && ldb % 8 == 0 && cal_aligned(a->b, 16);
 	if (vec)
 		ew_kernel8<<<cal_fwd_grid(be, a->rows * a->cols / 8), CAL_CUDA_THREADS, 0, s>>>(
-			(int)a->mode, a->a, a->b, a->g, a->out, a->rows, a->cols, lda, ldb, ldg, ldo,
+			mode, a->a, a->b, a->g, a->out, a->rows, a->cols, lda, ldb, ldg, ldo,
 			a->clamp, a->alpha);
 	else
 		ew_kernel<<<cal_fwd_grid(be, a->rows * a->cols), CAL_CUDA_THREADS, 0, s>>>(
-			(int)a->mode, a->a, a->b, a->g, a->out, a->rows, a->cols, lda, ldb, ldg, ldo,
+			mode, a->a, a->b, a->g, a->out, a->rows, a->cols, lda, ldb, ldg, ldo,
 			a->clamp, a->alpha);
 	CAL_CUDA_LAUNCHED();
 	return CAL_OK;

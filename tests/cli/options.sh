@@ -15,7 +15,8 @@ for c in "export --per-expert-input-amax" "verify --json" "plan --recipes-dir x"
 	"recipes --json" "report --eval x" "calibrate --pad-like-modelopt" \
 	"eval --layer-kl-positions 1" "quantize --progress-fd 9" "bench --iters 1" \
 	"bench calibrate --no-profile" "bench quantize --no-disk" "inspect --json" \
-	"tokenize --ids"; do
+	"tokenize --ids" "calibrate --kv-cache-qformat none" "export --kv-cache-qformat none" \
+	"plan --kv-cache-qformat none" "quantize --kv-cache-qformat none"; do
 	cmd=${c%% --*}
 	opt=--${c#* --}
 	# shellcheck disable=SC2086
@@ -35,6 +36,12 @@ for c in "export --per-expert-input-amax" "verify --json" "plan --recipes-dir x"
 	if grep -Eq "unrecognized option|unknown argument|unexpected argument" "$t/err"; then
 		fail "$cmd does not know $opt"
 	fi
+done
+# --kv-cache-qformat: the same help paragraph, from one table, in every
+# command that takes it
+for cmd in calibrate export plan quantize; do
+	"$calibd" $cmd --help | grep -q 'kv_cache_qformat names:' || fail "$cmd --help: no --kv-cache-qformat"
+	"$calibd" $cmd --help | grep -q 'nvfp4_rotate$' || fail "$cmd --help: no KV-cache format names"
 done
 # the short options of export, verify, plan and recipes
 "$calibd" recipes -d "$recipes" -j > "$t/r.json" || fail "recipes -d DIR -j exited $?"

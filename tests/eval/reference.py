@@ -6,7 +6,8 @@ quantized Linear / expert weight with its dequantization from the exported
 tensors (done here in PyTorch from the safetensors bytes), fake-quantizes the
 inputs of quantized modules with the exported input_scale (NVFP4: per block of
 16 along the input dimension with input_scale as the global scale; FP8: per
-tensor) and K / V with k_scale / v_scale, and writes the logits of the held-out
+tensor) and K / V with k_scale / v_scale (affine: K - k_bias, V - v_bias,
+then the bias added back), and writes the logits of the held-out
 tokens as raw bf16 [tokens, vocab] (the format of `calibd eval --logits-out`).
 
     /opt/hfenv/bin/python tests/eval/reference.py SRC QUANT TOKENS.jsonl OUT.bf16
@@ -136,11 +137,11 @@ def main():
     kv = {}
 
     def fq_attention(module, q, k, v, mask, **kw):
-        ks, vs = kv.get(module.layer_idx, (None, None))
+        ks, vs, kb, vb = kv.get(module.layer_idx, (None, None, None, None))
         if ks is not None and "k" in MODE:
-            k = fp8_fake(k, ks)
+            k = fp8_fake(k, ks) if kb is None else fp8_fake(k - kb, ks) + kb
         if vs is not None and "k" in MODE:
-            v = fp8_fake(v, vs)
+            v = fp8_fake(v, vs) if vb is None else fp8_fake(v - vb, vs) + vb
         if hasattr(module, "sinks"):  # gpt_oss: its own eager attention (sinks)
             from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
             return eager_attention_forward(module, q, k, v, mask, **kw)
@@ -168,7 +169,10 @@ def main():
         if name.endswith("self_attn"):
             ks = ex.get(name + ".k_proj.k_scale")
             vs = ex.get(name + ".v_proj.v_scale")
-            kv[m.layer_idx] = (ks.item() if ks is not None else None, vs.item() if vs is not None else None)
+            # the affine KV cache's biases, [1, heads, 1, head_dim]: quantize
+            # x - b, dequantize, add b (bf16 steps, as modelopt)
+            kv[m.layer_idx] = (ks.item() if ks is not None else None, vs.item() if vs is not None else None,
+                               ex.get(name + ".k_proj.k_bias"), ex.get(name + ".v_proj.v_bias"))
         if name.endswith("mlp.experts") and "w" in MODE:
             if hasattr(m, "gate_up_proj_bias"):
                 oai_experts(ex, name, m)

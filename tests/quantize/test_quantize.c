@@ -416,20 +416,54 @@ struct qformat_case {
 
 /* --kv-cache-qformat nvfp4_affine over --qformat nvfp4 (docs/recipes.md
  * "KV-cache formats"): NVFP4_AFFINE with BF16 [1, H_kv, 1, head_dim] k/v
- * biases; an unknown name is refused naming the choices, nothing written. */
+ * biases.  calibrate, then export, with the flag over the recipe nvfp4 maps
+ * to write the same tensors; plan shows the affine KV cache; each command
+ * refuses an unknown name naming the choices (exit 3), nothing written. */
 static void kv_affine_more(const char *root, const char *dst, const char *src, const char *tok)
 {
+	static const char *const R = "general/ptq/nvfp4_default-kv_fp8_cast";
 	char *cfg = slurp(path2(dst, "hf_quant_config.json"));
 	cr_assert(strstr(cfg, "\"kv_cache_quant_algo\": \"NVFP4_AFFINE\""), "%s", cfg);
 	const char *hdr = slurp(path2(dst, "model.safetensors")) + 8;
 	cr_assert(strstr(hdr, "\"model.layers.1.self_attn.k_proj.k_bias\":{\"dtype\":\"BF16\","
 			 "\"shape\":[1,2,1,16]"), "%.400s", hdr);
-	char *errf = path2(root, "stderr"), *d2 = path2(root, "out2");
-	int rc = run(NULL, errf, "quantize --model %s --qformat nvfp4 --kv-cache-qformat fp4 "
-		     "--calib-tokens %s --out %s --device cpu", src, tok, d2);
-	char *e = expect_exit(rc, 3, errf);
-	cr_assert(strstr(e, "unknown kv_cache_qformat 'fp4'") && strstr(e, "nvfp4_rotate"), "%s", e);
-	cr_assert(!cal_test_exists(d2));
+	char *errf = path2(root, "stderr"), *outf = path2(root, "stdout");
+	char *stats = path2(root, "stats.json"), *d2 = path2(root, "out2");
+	int rc = run(NULL, errf, "calibrate --model %s --recipe %s --kv-cache-qformat nvfp4_affine "
+		     "--calib-tokens %s --stats-out %s --quiet", src, R, tok, stats);
+	expect_exit(rc, 0, errf);
+	cr_assert(strstr(slurp(stats), "\"bias\""), "no k/v bias in the statistics");
+	rc = run(NULL, errf, "export --model %s --recipe %s --kv-cache-qformat nvfp4_affine "
+		 "--stats %s --out %s", src, R, stats, d2);
+	expect_exit(rc, 0, errf);
+	size_t n1 = 0, n2 = 0;
+	char *a = track(cal_test_slurp(path2(dst, "model.safetensors"), &n1));
+	char *b = track(cal_test_slurp(path2(d2, "model.safetensors"), &n2));
+	cr_assert(n1 == n2 && !memcmp(a, b, n1), "calibrate + export differ from quantize");
+	rc = run(outf, errf, "plan --model %s --recipe %s --kv-cache-qformat nvfp4_affine", src, R);
+	expect_exit(rc, 0, errf);
+	cr_assert(strstr(slurp(outf), "KV NVFP4 (affine)"), "%s", slurp(outf));
+	/* an unknown name: every command refuses it the same way */
+	static const struct {
+		const char *cmd, *data, *out; /* data: --stats of export, else a token file */
+	} bad[] = {
+		{"quantize --qformat nvfp4", "--calib-tokens", "--out"},
+		{"calibrate --recipe general/ptq/nvfp4_default-kv_fp8_cast", "--calib-tokens",
+		 "--stats-out"},
+		{"export --recipe general/ptq/nvfp4_default-kv_fp8_cast", "--stats", "--out"},
+		{"plan --recipe general/ptq/nvfp4_default-kv_fp8_cast", NULL, NULL},
+	};
+	char *d3 = path2(root, "out3");
+	for (size_t i = 0; i < CAL_ARRAY_LEN(bad); i++) {
+		int st = bad[i].data && !strcmp(bad[i].data, "--stats");
+		rc = run(NULL, errf, "%s --model %s %s %s %s %s --kv-cache-qformat fp4", bad[i].cmd,
+			 src, bad[i].data ? bad[i].data : "", bad[i].data ? (st ? stats : tok) : "",
+			 bad[i].out ? bad[i].out : "", bad[i].out ? d3 : "");
+		char *e = expect_exit(rc, 3, errf);
+		cr_assert(strstr(e, "unknown kv_cache_qformat 'fp4'") && strstr(e, "nvfp4_rotate"),
+			  "%s: %s", bad[i].cmd, e);
+		cr_assert(!cal_test_exists(d3), "%s wrote its output", bad[i].cmd);
+	}
 }
 
 /* int4_awq's report has the search's alphas; bad awq_lite options and

@@ -121,11 +121,6 @@ static const struct refusal refusals[] = {
 	 * modelopt, refused (kernels/qfmt.def) */
 	{"fp8_2d_blockwise_weight_only-kv_fp8_cast", "gpt_oss",
 	 "GPT-OSS experts in fp8_pb_wo are not exported"},
-	/* calibd's recipes of hf_ptq's affine and rotated KV caches: not on
-	 * MLA (docs/numerics.md "Affine KV cache", "KV-cache rotation") */
-	{"fp8_default-kv_fp8_affine", "deepseek_v3", "affine KV cache on MLA attention"},
-	{"nvfp4_default-kv_nvfp4_affine", "deepseek_v3", "affine KV cache on MLA attention"},
-	{"nvfp4_default-kv_nvfp4_rotate", "deepseek_v3", "rotation of MLA keys"},
 };
 
 /* Whether `w` is one of the space-separated words of `list`. */
@@ -333,8 +328,7 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		 * (hf_ptq's int4_awq, nvfp4_awq), *_awq_full-kv_fp8_cast (awq_full),
 		 * *_awq_clip-kv_fp8_cast (awq_clip),
 		 * w4a8_awq-kv_fp8_cast (hf_ptq's w4a8_awq), int8* (hf_ptq's int8, int8_wo, int8_sq),
-		 * w4a8_* and fp8_2d_* (hf_ptq's W4A8 and fp8_pb_wo), *_affine and
-		 * *_rotate (hf_ptq's --kv_cache_qformat) */
+		 * w4a8_* and fp8_2d_* (hf_ptq's W4A8 and fp8_pb_wo) */
 		if (k == CAL_ARRAY_LEN(modelopt_ptq) && strncmp(refusals[i].recipe, "mxfp8", 5) &&
 		    strncmp(refusals[i].recipe, "int8", 4) &&
 		    strcmp(refusals[i].recipe, "int4_awq-kv_fp8_cast") &&
@@ -343,8 +337,7 @@ Test(recipe_matrix, modelopt_tree, .timeout = 600)
 		    strcmp(refusals[i].recipe, "w4a8_awq-kv_fp8_cast") &&
 		    strcmp(refusals[i].recipe, "nvfp4_awq-kv_fp8_cast") &&
 		    strncmp(refusals[i].recipe, "w4a8_", 5) &&
-		    strncmp(refusals[i].recipe, "fp8_2d_", 7) && !strstr(refusals[i].recipe, "_affine") &&
-		    !strstr(refusals[i].recipe, "_rotate"))
+		    strncmp(refusals[i].recipe, "fp8_2d_", 7))
 			cr_assert_fail("refusal for unknown recipe %s", refusals[i].recipe);
 	}
 	matrix(dir, (const char *const *)names, n);

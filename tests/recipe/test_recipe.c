@@ -1135,26 +1135,32 @@ Test(plan, kv_affine_rotate_and_kv_qformat)
 	cal_plan_free(p);
 	cal_recipe_free(r);
 
-	/* --kv-cache-qformat over a recipe: the last unit wins */
+	/* --kv-cache-qformat over a recipe: the last unit wins; on MLA too, as modelopt 0.47
+	 * (rot: Q and K rotate along qk_nope + qk_rope, the fixture's 24 in blocks of 8) */
 	static const struct {
-		const char *kv;
+		const char *kv, *text; /* text: calibd plan's KV label */
 		enum cal_qfmt fmt;
 		int cast, affine, rot;
 	} kvs[] = {
-		{"fp8_affine", CAL_QFMT_FP8, 0, 1, 0}, {"nvfp4_rotate", CAL_QFMT_NVFP4, 0, 0, 16},
-		{"nvfp4_cast", CAL_QFMT_NVFP4, 1, 0, 0}, {"none", CAL_QFMT_NONE, 0, 0, 0},
-		{"fp8", CAL_QFMT_FP8, 0, 0, 0},
+		{"fp8_affine", "| KV FP8 (affine)\n", CAL_QFMT_FP8, 0, 1, 0},
+		{"nvfp4_rotate", "| KV NVFP4 (rotated K)\n", CAL_QFMT_NVFP4, 0, 0, 1},
+		{"nvfp4_cast", "| KV NVFP4 (cast)\n", CAL_QFMT_NVFP4, 1, 0, 0},
+		{"none", "| KV BF16\n", CAL_QFMT_NONE, 0, 0, 0}, {"fp8", "| KV FP8\n", CAL_QFMT_FP8, 0, 0, 0},
 	};
 	struct cal_recipe_opts o = {.builtin_dir = CAL_TEST_RECIPES_DIR, .no_filesystem = 1};
-	for (size_t i = 0; i < sizeof(kvs) / sizeof(kvs[0]); i++) {
+	struct cal_model_desc *ds = model(deepseek), *ms[2] = {d, ds};
+	for (size_t i = 0; i < 2 * sizeof(kvs) / sizeof(kvs[0]); i++) {
 		struct cal_error err = {0};
+		int64_t hd = 0, rot = kvs[i / 2].rot;
+		cal_model_kv_dims(ms[i % 2], 0, NULL, &hd);
 		r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_fp8_cast");
-		cr_assert_eq(cal_kv_qformat_apply(r, kvs[i].kv, &o, &err), CAL_OK, "%s: %s", kvs[i].kv,
-			     cal_error_msg(&err));
-		p = plan_of(d, r);
-		cr_assert(p->sum.kv_fmt == kvs[i].fmt && p->sum.kv_cast == kvs[i].cast &&
-			  p->sum.kv_affine == kvs[i].affine && p->sum.rot_block[1] == (uint32_t)kvs[i].rot,
-			  "%s: %s", kvs[i].kv, cal_qfmt_name(p->sum.kv_fmt));
+		cr_assert_eq(cal_kv_qformat_apply(r, kvs[i / 2].kv, &o, &err), CAL_OK, "%s: %s",
+			     kvs[i / 2].kv, cal_error_msg(&err));
+		p = plan_of(ms[i % 2], r);
+		cr_assert(p->sum.kv_fmt == kvs[i / 2].fmt && p->sum.kv_cast == kvs[i / 2].cast &&
+			  p->sum.kv_affine == kvs[i / 2].affine && p->sum.rot_block[1] == (rot ? hd & -hd : 0),
+			  "%s on %s: %s", kvs[i / 2].kv, ms[i % 2]->model_type, cal_qfmt_name(p->sum.kv_fmt));
+		expect_plan_text(p, kvs[i / 2].text);
 		cal_plan_free(p);
 		cal_recipe_free(r);
 	}
@@ -1165,15 +1171,9 @@ Test(plan, kv_affine_rotate_and_kv_qformat)
 	cal_error_clear(&err);
 	cal_recipe_free(r);
 	cal_model_desc_free(d);
+	cal_model_desc_free(ds);
 
-	/* refused: MLA, bias off the KV cache, other bias kinds, rotate_back */
-	d = model(deepseek);
-	r = load_ok(CAL_TEST_RECIPES_DIR, "general/ptq/nvfp4_default-kv_nvfp4_affine");
-	cr_assert_eq(cal_plan_build(d, r, &p, &err), CAL_ERR_UNSUPPORTED);
-	cr_assert(strstr(cal_error_msg(&err), "MLA"), "%s", cal_error_msg(&err));
-	cal_error_clear(&err);
-	cal_recipe_free(r);
-	cal_model_desc_free(d);
+	/* refused: bias off the KV cache, other bias kinds, rotate_back */
 #define KVH "imports: {fp8: configs/numerics/fp8}\n" \
 	"metadata: {recipe_type: ptq}\nquantize:\n  quant_cfg:\n" \
 	"    - {quantizer_name: '*', enable: false}\n"
@@ -1191,7 +1191,7 @@ Test(plan, kv_affine_rotate_and_kv_qformat)
 		   CAL_ERR_UNSUPPORTED, "rotate_back");
 	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*[kv]_bmm_quantizer', "
 				  "cfg: {$import: fp8, rotate: {enable: true, block_size: 32}}}\n",
-		   CAL_ERR_UNSUPPORTED, "does not divide head_dim 16");
+		   CAL_ERR_UNSUPPORTED, "does not divide the head dim 16");
 	plan_fails(qwen3_moe, KVH "    - {quantizer_name: '*k_bmm_quantizer', "
 				  "cfg: {$import: fp8, bias: {-2: null, -4: null}}}\n"
 				  "    - {quantizer_name: '*v_bmm_quantizer', cfg: {$import: fp8}}\n",
