@@ -522,29 +522,52 @@ static void eval_free(struct cal_calib *c, struct cal_eval *ev)
 	json_decref(ev->layers);
 }
 
-/* kv_cache_quant_algo of the export's hf_quant_config.json: FP8 without
- * k_scale / v_scale means scale 1 in the serving engines. */
-static float kv_default(const struct cal_checkpoint *q)
+/* The JSON file `name` beside the export's tensors, or NULL. */
+static json_t *export_json(const char *dir, const char *name)
+{
+	char *path = dir ? cal_path_join(dir, name) : NULL, *text = NULL;
+	size_t len = 0;
+	json_t *j = NULL;
+	if (path && cal_read_file(path, 16u << 20, &text, &len, NULL) >= 0)
+		j = json_loadb(text, len, 0, NULL);
+	CAL_FREE_ALL(text, path);
+	return j;
+}
+
+/* The KV cache's format from the export's hf_quant_config.json
+ * (kv_cache_quant_algo: FP8, or NVFP4 / NVFP4_AFFINE; without k_scale /
+ * v_scale the scale is 1, as the serving engines and modelopt's constant
+ * amax 448) and its rotation from calibd_report.json (resolved.kv_rotation). */
+static void kv_config(const struct cal_checkpoint *q, struct cal_eval *ev)
 {
 	const struct cal_st_tensor *t = cal_checkpoint_count(q) ? cal_checkpoint_tensor(q, 0) : NULL;
-	char *dir = NULL, *path = NULL, *text = NULL;
-	size_t len = 0;
-	float r = 0;
+	ev->kv_fmt = AQ_FP8;
 	if (!t || !t->file)
-		return 0;
+		return;
 	const char *slash = strrchr(t->file, '/');
-	dir = slash ? strndup(t->file, (size_t)(slash - t->file)) : strdup(".");
-	path = dir ? cal_path_join(dir, "hf_quant_config.json") : NULL;
-	if (path && cal_read_file(path, 16u << 20, &text, &len, NULL) >= 0) {
-		json_t *j = json_loadb(text, len, 0, NULL);
-		const char *kv = json_string_value(
-			json_object_get(json_object_get(j, "quantization"), "kv_cache_quant_algo"));
-		if (kv && !strcmp(kv, "FP8"))
-			r = 1.0f;
-		json_decref(j);
+	char *dir = slash ? strndup(t->file, (size_t)(slash - t->file)) : strdup(".");
+	json_t *j = export_json(dir, "hf_quant_config.json");
+	const char *kv = json_string_value(
+		json_object_get(json_object_get(j, "quantization"), "kv_cache_quant_algo"));
+	if (kv && (!strcmp(kv, "FP8") || !strncmp(kv, "NVFP4", 5)))
+		ev->kv_default = 1.0f;
+	if (kv && !strncmp(kv, "NVFP4", 5))
+		ev->kv_fmt = AQ_NVFP4;
+	json_decref(j);
+	j = export_json(dir, "calibd_report.json");
+	json_t *rot = json_object_get(json_object_get(j, "resolved"), "kv_rotation");
+	for (int i = 0; i < 3; i++) {
+		json_int_t b = json_integer_value(json_object_get(rot, i == 0 ? "q" : i == 1 ? "k" : "v"));
+		ev->kv_rot[i] = b > 0 && b <= 1 << 20 ? (uint32_t)b : 0;
 	}
-	CAL_FREE_ALL(text, path, dir);
-	return r;
+	json_decref(j);
+	free(dir);
+}
+
+const uint32_t *cal_eval_kv_rot(const struct cal_calib *c)
+{
+	static const uint32_t none[3];
+	return c->ev && c->ev_quant ? c->ev->kv_rot : none;
 }
 
 enum cal_status cal_eval_run(struct cal_calib *c, const struct cal_checkpoint *quant,
@@ -561,7 +584,7 @@ enum cal_status cal_eval_run(struct cal_calib *c, const struct cal_checkpoint *q
 	ev.q = quant;
 	ev.tk = tokens;
 	ev.t0 = cal_now();
-	ev.kv_default = kv_default(quant);
+	kv_config(quant, &ev);
 	ev.lens_max = opts && opts->layer_kl_positions ? opts->layer_kl_positions
 						       : CAL_EVAL_LAYER_KL_POSITIONS;
 	if (opts && opts->logits_out && !(ev.logits_out = fopen(opts->logits_out, "wb")))

@@ -36,7 +36,9 @@ struct cal_eval {
 	const struct cal_checkpoint *q;
 	const struct cal_calib_tokens *tk;
 	FILE *logits_out, *logits_orig_out;
-	float kv_default;                /* kv_cache_quant_algo FP8 without scales: 1.0, else 0 */
+	float kv_default;                /* kv_cache_quant_algo FP8 / NVFP4 without scales: 1.0, else 0 */
+	enum afmt kv_fmt;                /* the KV cache's: AQ_NVFP4 (NVFP4, NVFP4_AFFINE), else AQ_FP8 */
+	uint32_t kv_rot[3];              /* calibd_report.json's kv_rotation: Q, K, V blocks (0: none) */
 	struct eq_site site[EQ_COUNT];
 	struct eq_site *exp_gu, *exp_dn; /* [E] */
 	struct eq_site lm_site;

@@ -479,8 +479,19 @@ static enum cal_status kv_sites(struct cal_calib *c, int32_t L, void **owned, in
 		struct eq_site *s = &ev->site[k ? EQ_V : EQ_K];
 		snprintf(mod, sizeof(mod), "%s.%s", pre, k ? "v_proj" : "k_proj");
 		float sc = scalar(qget(ev, mod, k ? "v_scale" : "k_scale"));
-		*s = (struct eq_site){sc > 0 || ev->kv_default > 0 ? AQ_FP8 : AQ_NONE,
+		int64_t hd = 0;
+		*s = (struct eq_site){sc > 0 || ev->kv_default > 0 ? ev->kv_fmt : AQ_NONE,
 				      sc > 0 ? sc : ev->kv_default, NULL};
+		/* NVFP4: k_scale = amax / 448, the global scale amax / (6 * 448)
+		 * (docs/eval.md "KV cache"); blocks of 16 along head_dim */
+		if (s->fmt == AQ_NVFP4) {
+			s->scale /= 6.0f;
+			cal_model_kv_dims(c->d, k, NULL, &hd);
+			if (hd % 16)
+				return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: an NVFP4 KV cache "
+						     "of head_dim %lld (not a multiple of 16)", mod,
+						     (long long)hd);
+		}
 		const struct cal_st_tensor *b = qget(ev, mod, k ? "v_bias" : "k_bias");
 		if (b && s->fmt != AQ_NONE)
 			CAL_TRY_RET(kv_bias(c, b, (uint64_t)cal_model_kv_dims(c->d, k, NULL, NULL),

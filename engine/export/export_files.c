@@ -345,6 +345,11 @@ static json_t *report(struct cal_exporter *ex, const struct cal_stats *stats, js
 		"scale_division", ex->opts.div == CAL_DIV_EXACT ? "exact" : "reciprocal",
 		"per_expert_input_amax", ex->opts.per_expert_input_amax,
 		"quantized_weights", (int)json_array_size(ex->weights)));
+	const uint32_t *rb = ex->plan->sum.rot_block;
+	if (rb[0] || rb[1] || rb[2]) /* the KV rotation, for calibd eval (docs/eval.md) */
+		json_object_set_new(json_object_get(rep, "resolved"), "kv_rotation",
+				    json_pack("{s:i, s:i, s:i}", "q", (int)rb[0], "k", (int)rb[1],
+					      "v", (int)rb[2]));
 	const struct cal_stats_calib *c = stats ? cal_stats_calib(stats) : NULL;
 	json_t *cj = json_pack("{s:I, s:I, s:I}",
 		"samples", (json_int_t)(c ? c->samples : 0), "seq_len",

@@ -6,8 +6,10 @@ quantized Linear / expert weight with its dequantization from the exported
 tensors (done here in PyTorch from the safetensors bytes), fake-quantizes the
 inputs of quantized modules with the exported input_scale (NVFP4: per block of
 16 along the input dimension with input_scale as the global scale; FP8: per
-tensor) and K / V with k_scale / v_scale (affine: K - k_bias, V - v_bias,
-then the bias added back), and writes the logits of the held-out
+tensor) and K / V with k_scale / v_scale (FP8 per tensor; an NVFP4 KV cache
+per block of 16 along head_dim with k_scale / 6 as the global scale; affine:
+K - k_bias, V - v_bias, then the bias added back; a rotated one: Q and K
+through the normalized Hadamard transform first), and writes the logits of the held-out
 tokens as raw bf16 [tokens, vocab] (the format of `calibd eval --logits-out`).
 
     /opt/hfenv/bin/python tests/eval/reference.py SRC QUANT TOKENS.jsonl OUT.bf16
@@ -84,10 +86,30 @@ def fp8_fake(x, s):
     return (e4m3(xf / s) * s).to(x.dtype)
 
 
+def hadamard(x, b):
+    """Normalized Walsh-Hadamard transform (Sylvester order) of blocks of b along the last dim."""
+    h = torch.ones(1, 1)
+    while h.shape[0] < b:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    xb = x.float().reshape(*x.shape[:-1], -1, b) @ h
+    return (xb * torch.tensor(b ** -0.5, dtype=torch.float32)).reshape(x.shape).to(x.dtype)
+
+
+def kv_fake(x, s, nvfp4):
+    if nvfp4:  # k_scale = amax / 448: the global scale amax / (6 * 448)
+        return nvfp4_fake(x, float(torch.tensor(s, dtype=torch.float32) / 6))
+    return fp8_fake(x, s)
+
+
 class Export:
     def __init__(self, d):
         self.f = safe_open(f"{d}/model.safetensors", "pt")
         self.keys = set(self.f.keys())
+        with open(f"{d}/hf_quant_config.json") as f:
+            self.kv_algo = json.load(f)["quantization"].get("kv_cache_quant_algo") or ""
+        with open(f"{d}/calibd_report.json") as f:
+            rot = json.load(f)["resolved"].get("kv_rotation", {})
+        self.rot = [rot.get(n, 0) for n in "qkv"]
 
     def get(self, k):
         return self.f.get_tensor(k) if k in self.keys else None
@@ -138,10 +160,13 @@ def main():
 
     def fq_attention(module, q, k, v, mask, **kw):
         ks, vs, kb, vb = kv.get(module.layer_idx, (None, None, None, None))
+        nv = ex.kv_algo.startswith("NVFP4")
+        if "k" in MODE:
+            q, k, v = [hadamard(t, b) if b else t for t, b in zip((q, k, v), ex.rot)]
         if ks is not None and "k" in MODE:
-            k = fp8_fake(k, ks) if kb is None else fp8_fake(k - kb, ks) + kb
+            k = kv_fake(k, ks, nv) if kb is None else kv_fake(k - kb, ks, nv) + kb
         if vs is not None and "k" in MODE:
-            v = fp8_fake(v, vs) if vb is None else fp8_fake(v - vb, vs) + vb
+            v = kv_fake(v, vs, nv) if vb is None else kv_fake(v - vb, vs, nv) + vb
         if hasattr(module, "sinks"):  # gpt_oss: its own eager attention (sinks)
             from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
             return eager_attention_forward(module, q, k, v, mask, **kw)
@@ -169,6 +194,8 @@ def main():
         if name.endswith("self_attn"):
             ks = ex.get(name + ".k_proj.k_scale")
             vs = ex.get(name + ".v_proj.v_scale")
+            if ex.kv_algo and ks is None:  # declared without scales: 1.0, as the serving engines
+                ks = vs = torch.tensor(1.0)
             # the affine KV cache's biases, [1, heads, 1, head_dim]: quantize
             # x - b, dequantize, add b (bf16 steps, as modelopt)
             kv[m.layer_idx] = (ks.item() if ks is not None else None, vs.item() if vs is not None else None,

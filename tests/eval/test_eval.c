@@ -166,11 +166,18 @@ Test(eval, reference)
 		 * rounding step by step, so even W4A4 agrees to bf16 noise */
 		{"gpt_oss", "nvfp4_default-kv_fp8", 1e-4, 5e-5, 0.01},
 		{"gpt_oss", "fp8_default-kv_fp8", 1e-4, 5e-5, 0.01},
+		/* an NVFP4 KV cache with Hadamard-rotated Q and K (mean 4.2e-5,
+		 * median 8.3e-6 when written; as FP8 without the rotation, the
+		 * evaluation before it knew NVFP4 KV: 0.079 / 0.056) */
+		{"gpt_oss", "nvfp4_default-kv_nvfp4_rotate", 1e-4, 5e-5, 0.01},
 		{"llama", "mxfp8", 0.01, 0.004, 0.5},
 		/* the affine KV cache: K - k_bias and V - v_bias quantized, the
 		 * bias added back (mean 2.5e-3, median 5e-4 when written; with
 		 * the biases ignored 0.015 / 0.007) */
 		{"llama", "fp8_default-kv_fp8_affine", 0.006, 0.002, 0.5},
+		/* NVFP4 affine (NVFP4_AFFINE): mean 0.018, median 1.5e-3 when
+		 * written; quantized as FP8, 0.17 / 0.062 */
+		{"llama", "nvfp4_default-kv_nvfp4_affine", 0.03, 0.003, 0.2},
 	};
 	char *root = tmpdir(), *src = NULL;
 	const char *src_arch = "";
