@@ -23,7 +23,7 @@ cases="qwen3_moe:nvfp4_default-kv_fp8 qwen3_moe:fp8_default-kv_fp8
 qwen3_moe:nvfp4_weight_only-kv_fp16 qwen3_next:nvfp4_weight_only-kv_fp16
 qwen3_next:nvfp4_default-kv_fp8 deepseek_v3:nvfp4_weight_only-kv_fp16
 deepseek_v3:nvfp4_default-kv_fp8 gpt_oss:nvfp4_default-kv_fp8 gpt_oss:fp8_default-kv_fp8
-gpt_oss:nvfp4_default-kv_nvfp4_rotate llama:mxfp8 llama:fp8_default-kv_fp8_affine
+gpt_oss:nvfp4_default-kv_nvfp4_rotate gpt_oss:nvfp4_default-kv_nvfp4_cast llama:mxfp8 llama:fp8_default-kv_fp8_affine
 llama:nvfp4_default-kv_nvfp4_affine"
 for c in $cases; do
 	a=${c%%:*}; r=${c#*:}
