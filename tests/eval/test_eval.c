@@ -320,6 +320,25 @@ Test(eval, wrong_source)
 	rm_rf(root);
 }
 
+/* An NVFP4 KV cache whose head_dim is not a multiple of 16 (the MLA
+ * fixture's per-head K of 24 channels) is refused naming the module, with
+ * nothing written. */
+Test(eval, nvfp4_kv_head_dim)
+{
+	char *root = tmpdir(), *src = make_model(root, "deepseek_v3", "default");
+	char *q = quantize(root, src, "nvfp4_default-kv_nvfp4");
+	char *log = path2(root, "err.txt"), *extra = NULL, *out = path2(root, "k.json");
+	cr_assert(asprintf(&extra, "2>'%s'", log) > 0);
+	cr_assert_eq(eval(root, src, q, "k", extra), 3);
+	char cmd[4096];
+	snprintf(cmd, sizeof(cmd), "grep -q 'layers.0.self_attn.k_proj: an NVFP4 KV cache of "
+		 "head_dim 24' '%s'", log);
+	cr_assert_eq(sh_run(cmd), 0);
+	cr_assert_neq(access(out, F_OK), 0, "a report was written");
+	free(extra);
+	rm_rf(root);
+}
+
 /* The report's per-layer KL: each layer's contribution (logit lens) sums,
  * with the lm_head's, to the KL over the sampled positions, which is the
  * model's mean KL when every position is sampled. */
