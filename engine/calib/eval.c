@@ -15,7 +15,9 @@
  * the back end's dequantizers; activations are fake-quantized in place by
  * layer.c's sites (cal_eval_actq): NVFP4 per block of 16 with input_scale
  * as the global scale, FP8 per tensor with input_scale, the KV cache with
- * k_scale / v_scale.
+ * k_scale / v_scale in kv_cache_quant_algo's format (FP8, or NVFP4 with
+ * k_scale / 6 as the global scale), Q / K rotated as the export's
+ * calibd_report.json records (docs/eval.md "KV cache").
  */
 #include <math.h>
 #include <stdio.h>
