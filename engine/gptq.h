@@ -110,13 +110,16 @@ uint64_t cal_gptq_dead_mask(const uint16_t *w, uint64_t rows, uint64_t cols, uin
  * damping: stats[k].fallback); dead ([count, n], host) the dead-column
  * masks (cal_gptq_dead_mask), n_samples[k] > 0 the rows each sum saw.  One
  * `gptq_factor` op (kernels/ops.h: the CPU back end's bytes are the column
- * algorithms'; a device's U agrees to a few f32 ulps).  Scratch:
- * cal_gptq_factor_work(n, count) doubles on be, freed before it returns.
+ * algorithms'; a device's U agrees to a few f32 ulps).  scratch: the
+ * caller's cal_gptq_factor_dev_bytes(n, count) bytes on be (8-aligned).
  */
 enum cal_status cal_gptq_factor_dev(struct cal_backend *be, uint64_t n, size_t count,
 				    const float *hs, const uint8_t *dead, const uint64_t *n_samples,
-				    const struct cal_gptq_opts *o, float *u,
+				    const struct cal_gptq_opts *o, float *u, void *scratch,
 				    struct cal_gptq_stats *stats, struct cal_error *err);
+
+/* Bytes of back-end scratch cal_gptq_factor_dev needs. */
+uint64_t cal_gptq_factor_dev_bytes(uint64_t n, size_t count);
 
 /* Bytes of host memory cal_gptq_nvfp4 allocates for a [rows, cols] linear. */
 uint64_t cal_gptq_scratch_bytes(uint64_t rows, uint64_t cols);

@@ -47,10 +47,10 @@ CAL_CHECK_OP(gptq_factor)
 
 CAL_CPU_OP(gptq_factor)
 {
-	const uint64_t n = a->n, nn = n * n, per = cal_gptq_factor_work(n, 1);
+	const uint64_t n = a->n, nn = n * n;
 	enum cal_status st = CAL_OK;
 	for (uint64_t b = 0; b < (a->batch ? a->batch : 1) && st >= 0; b++) {
-		double *h = a->work + b * per, *y = h + nn;
+		double *h = a->work, *y = h + nn; /* reused by every matrix */
 		float *u = a->u + b * nn;
 		int32_t bad = 0;
 		cal_gptq_damped(a->hsum + b * nn, a->dead + b * n, a->scale[b], n, a->perc_damp, h,

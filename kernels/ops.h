@@ -206,14 +206,15 @@ struct cal_gptq_factor_args {
 	float *u;               /* [batch, n, n] out */
 	double *damp;           /* [batch] out */
 	int32_t *bad;           /* [batch] out */
-	double *work;           /* cal_gptq_factor_work(n, batch) doubles of scratch */
+	double *work;           /* cal_gptq_factor_work(n) doubles of scratch (the
+				 * matrices are factored one after the other) */
 	uint32_t batch;         /* 0 .. 65535 */
 };
 
-/* Doubles of scratch the gptq_factor op needs for batch matrices of n. */
-static inline uint64_t cal_gptq_factor_work(uint64_t n, uint32_t batch)
+/* Doubles of scratch the gptq_factor op needs for matrices of n, any batch. */
+static inline uint64_t cal_gptq_factor_work(uint64_t n)
 {
-	return (batch ? batch : 1) * (2 * n * n + (n + 32) * 32);
+	return 2 * n * n + (n + 32) * 32;
 }
 
 /* The gptq_factor op's H for one matrix, in a ([n, n] f64): scale hsum,

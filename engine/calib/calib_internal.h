@@ -484,6 +484,7 @@ struct cal_lin_run {
 	double t;          /* seconds of the algorithm's own work */
 	int full_passes;   /* tests: CALIBD_TEST_FULL_PASSES set, the forward leaves
 			    * nothing out (obs_dropped, sites_only ignored) */
+	const char *site_dump; /* CALIBD_TEST_SITE_DUMP (a diagnostic), or NULL */
 };
 
 struct cal_lin_algo {
@@ -494,6 +495,8 @@ struct cal_lin_algo {
 	int site_pass;               /* the first pass whose actq sites call site */
 	int all_sites;               /* site sees every actq site (else the sites of its
 				      * linears, their column count checked) */
+	int site_writes;             /* site fake-quantizes its input in place (GPTQ): a
+				      * site whose input is read again gets a copy */
 	/* bit p: pass p's observer state is put back after it (the forward
 	 * skips the observers); bit p: pass p's only product is the inputs of
 	 * the sites of its linears, its output discarded (the forward ends

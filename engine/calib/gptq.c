@@ -115,16 +115,24 @@ uint64_t cal_gptq_dead_mask(const uint16_t *w, uint64_t rows, uint64_t cols, uin
 	return cnt;
 }
 
+uint64_t cal_gptq_factor_dev_bytes(uint64_t n, size_t count)
+{
+	/* the op's f64 scratch, then scale and damp (f64), bad (i32), dead */
+	return cal_gptq_factor_work(n) * sizeof(double) +
+	       count * (2 * sizeof(double) + sizeof(int32_t) + n);
+}
+
 enum cal_status cal_gptq_factor_dev(struct cal_backend *be, uint64_t n, size_t count,
 				    const float *hs, const uint8_t *dead, const uint64_t *n_samples,
-				    const struct cal_gptq_opts *o, float *u,
+				    const struct cal_gptq_opts *o, float *u, void *scratch,
 				    struct cal_gptq_stats *stats, struct cal_error *err)
 {
-	uint64_t nn = n * n, wb = cal_gptq_factor_work(n, (uint32_t)count) * sizeof(double);
+	uint64_t nn = n * n, wb = cal_gptq_factor_work(n) * sizeof(double);
 	double *sc = malloc(count * sizeof(double)), *dp = malloc(count * sizeof(double));
 	int32_t *bad = malloc(count * sizeof(int32_t));
 	float *eye = NULL;
-	void *dd = NULL, *dsc = NULL, *ddp = NULL, *dbad = NULL, *dw = NULL;
+	char *dw = scratch, *dsc = dw + wb, *ddp = dsc + count * sizeof(double),
+	     *dbad = ddp + count * sizeof(double), *dd = dbad + count * sizeof(int32_t);
 	enum cal_status st = CAL_OK;
 	if (!sc || !dp || !bad) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
@@ -132,16 +140,14 @@ enum cal_status cal_gptq_factor_dev(struct cal_backend *be, uint64_t n, size_t c
 	}
 	for (size_t k = 0; k < count; k++)
 		sc[k] = 2.0 / (double)n_samples[k];
-	if ((st = cal_backend_alloc(be, count * n, &dd, err)) < 0 ||
-	    (st = cal_backend_alloc(be, count * sizeof(double), &dsc, err)) < 0 ||
-	    (st = cal_backend_alloc(be, count * sizeof(double), &ddp, err)) < 0 ||
-	    (st = cal_backend_alloc(be, count * sizeof(int32_t), &dbad, err)) < 0 ||
-	    (st = cal_backend_alloc(be, wb, &dw, err)) < 0 ||
-	    (st = cal_backend_upload(be, dd, dead, count * n, err)) < 0 ||
+	if ((st = cal_backend_upload(be, dd, dead, count * n, err)) < 0 ||
 	    (st = cal_backend_upload(be, dsc, sc, count * sizeof(double), err)) < 0)
 		goto out;
-	struct cal_gptq_factor_args fa = {hs, dd, dsc, n, o->perc_damp, u, ddp, dbad, dw,
-					  (uint32_t)count};
+	struct cal_gptq_factor_args fa = {hs,		  (const uint8_t *)dd,
+					  (const double *)dsc, n,
+					  o->perc_damp,	  u,
+					  (double *)ddp,   (int32_t *)dbad,
+					  (double *)dw,	  (uint32_t)count};
 	if ((st = cal_op_gptq_factor(be, &fa, err)) < 0 ||
 	    (st = cal_backend_download(be, dp, ddp, count * sizeof(double), err)) < 0 ||
 	    (st = cal_backend_download(be, bad, dbad, count * sizeof(int32_t), err)) < 0)
@@ -156,21 +162,18 @@ enum cal_status cal_gptq_factor_dev(struct cal_backend *be, uint64_t n, size_t c
 			continue;
 		/* not positive definite after damping: modelopt's identity */
 		stats[k].fallback = 1;
-		if (!eye && !(eye = calloc(nn, sizeof(float)))) {
-			st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-			goto out;
+		if (!eye) {
+			if (!(eye = calloc(nn, sizeof(float)))) {
+				st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
+				goto out;
+			}
+			for (uint64_t i = 0; i < n; i++)
+				eye[i * n + i] = 1.0f;
 		}
-		for (uint64_t i = 0; i < n; i++)
-			eye[i * n + i] = 1.0f;
 		if ((st = cal_backend_upload(be, u + k * nn, eye, nn * sizeof(float), err)) < 0)
 			goto out;
 	}
 out:
-	cal_backend_dealloc(be, dd);
-	cal_backend_dealloc(be, dsc);
-	cal_backend_dealloc(be, ddp);
-	cal_backend_dealloc(be, dbad);
-	cal_backend_dealloc(be, dw);
 	free(sc);
 	free(dp);
 	free(bad);
@@ -198,13 +201,14 @@ enum cal_status cal_gptq_factor_many(struct cal_backend *be, uint64_t cols, size
 	uint64_t nn = cols * cols;
 	uint8_t *dead = malloc(count * cols);
 	uint64_t *ns = malloc(count * sizeof(uint64_t));
-	void *hs = NULL, *du = NULL;
+	void *hs = NULL, *du = NULL, *scr = NULL;
 	if (!dead || !ns) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 		goto out;
 	}
 	if ((st = cal_backend_alloc(be, count * nn * sizeof(float), &hs, err)) < 0 ||
-	    (st = cal_backend_alloc(be, count * nn * sizeof(float), &du, err)) < 0)
+	    (st = cal_backend_alloc(be, count * nn * sizeof(float), &du, err)) < 0 ||
+	    (st = cal_backend_alloc(be, cal_gptq_factor_dev_bytes(cols, count), &scr, err)) < 0)
 		goto out;
 	for (size_t m = 0; m < count; m++) {
 		cal_gptq_dead_mask(in[m].w, in[m].rows, cols, dead + m * cols);
@@ -213,13 +217,14 @@ enum cal_status cal_gptq_factor_many(struct cal_backend *be, uint64_t cols, size
 					     nn * sizeof(float), err)) < 0)
 			goto out;
 	}
-	if ((st = cal_gptq_factor_dev(be, cols, count, hs, dead, ns, o, du, stats, err)) < 0)
+	if ((st = cal_gptq_factor_dev(be, cols, count, hs, dead, ns, o, du, scr, stats, err)) < 0)
 		goto out;
 	for (size_t m = 0; m < count && st >= 0; m++)
 		st = cal_backend_download(be, u[m], (float *)du + m * nn, nn * sizeof(float), err);
 out:
 	cal_backend_dealloc(be, hs);
 	cal_backend_dealloc(be, du);
+	cal_backend_dealloc(be, scr);
 	free(dead);
 	free(ns);
 	return st;

@@ -102,6 +102,8 @@ struct cal_gptq_run {
 	uint64_t du_cap, work_cap;
 	float *fh;                 /* back end: a chunk's Hessian sums [nf, C, C] */
 	uint64_t fh_cap;
+	void *fscr;                /* back end: the chunk's factorisation scratch */
+	uint64_t fscr_cap;
 	uint16_t *wsrc, *wdst;     /* back end: a linear's weight before / after the update */
 	uint64_t wsrc_cap, wdst_cap;
 	float *dwamax;             /* back end [E] */
@@ -298,7 +300,7 @@ static void release(struct cal_calib *c)
 	g->save = NULL;
 	g->save_cap = 0;
 	void *b[] = {g->obs_save, g->nf_save, g->qbuf, g->sbuf, g->bamax, g->dwamax, g->dnf,
-		     g->du, g->work, g->wsrc, g->wdst, g->gath, g->cnt, g->fh};
+		     g->du, g->work, g->wsrc, g->wdst, g->gath, g->cnt, g->fh, g->fscr};
 	for (size_t i = 0; i < CAL_ARRAY_LEN(b); i++)
 		cal_backend_dealloc(c->be, b[i]);
 	g->obs_save = NULL;
@@ -308,7 +310,8 @@ static void release(struct cal_calib *c)
 	g->dnf = NULL;
 	g->q_cap = g->bamax_cap = 0;
 	g->du = g->work = g->fh = NULL;
-	g->du_cap = g->work_cap = g->fh_cap = 0;
+	g->fscr = NULL;
+	g->du_cap = g->work_cap = g->fh_cap = g->fscr_cap = 0;
 	g->wsrc = g->wdst = NULL;
 	g->wsrc_cap = g->wdst_cap = 0;
 	g->gath = NULL;
@@ -766,9 +769,10 @@ static int shared_amax(const struct cal_calib *c, const struct glin *gl)
 	return 0;
 }
 
-/* Back-end bytes the factors of one batched factorisation may take: per
- * distinct factor of input dim n, its Hessian sums and U (f32) and the
- * gptq_factor op's f64 scratch, 24 n^2 (docs/gptq.md, "Memory"). */
+/* Back-end bytes the factors of one batched factorisation may take: the
+ * gptq_factor op's f64 scratch (16 n^2, one matrix at a time) and per
+ * distinct factor of input dim n a copy of its Hessian sums and U (f32,
+ * 8 n^2) (docs/gptq.md, "Memory"). */
 #define GPTQ_FACTOR_BUDGET ((uint64_t)2 << 30)
 
 /* One distinct factor of a chunk: U depends on the weight only through its
@@ -795,7 +799,7 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 				    uint8_t *mask, struct cal_error *err)
 {
 	struct cal_gptq_run *g = run(c);
-	uint64_t C = LIN(g)[i0].r.cols, CC = C * C, bytes = 0, per = CC * 24;
+	uint64_t C = LIN(g)[i0].r.cols, CC = C * C, bytes = CC * 16, per = CC * 8;
 	size_t i = i0;
 	*nf = 0;
 	for (; i < g->r.n_lin && LIN(g)[i].r.cols == C; i++) {
@@ -830,19 +834,23 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 		rc = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 		goto out;
 	}
-	if ((rc = grow(c, (void **)&g->fh, &g->fh_cap, *nf * CC * 4, err)) < 0 ||
-	    (rc = grow(c, (void **)&g->du, &g->du_cap, *nf * CC * 4, err)) < 0)
+	/* one factor reads its site's sums in place; several, copies side by side */
+	if ((*nf > 1 && (rc = grow(c, (void **)&g->fh, &g->fh_cap, *nf * CC * 4, err)) < 0) ||
+	    (rc = grow(c, (void **)&g->du, &g->du_cap, *nf * CC * 4, err)) < 0 ||
+	    (rc = grow(c, &g->fscr, &g->fscr_cap, cal_gptq_factor_dev_bytes(C, *nf), err)) < 0)
 		goto out;
 	for (size_t k = 0; k < *nf; k++) {
 		/* no rows seen: H = 0, which no damping makes positive
 		 * definite: the identity fallback, as modelopt */
 		ns[k] = g->hn[f[k].site] ? g->hn[f[k].site] : 1;
 		memcpy(dead + k * C, f[k].dead, C);
-		if ((rc = cal_backend_copy(c->be, g->fh + k * CC, g->hs[f[k].site], CC * 4, err)) < 0)
+		if (*nf > 1 &&
+		    (rc = cal_backend_copy(c->be, g->fh + k * CC, g->hs[f[k].site], CC * 4, err)) < 0)
 			goto out;
 	}
+	const float *hs = *nf > 1 ? g->fh : g->hs[f[0].site];
 	double t0 = cal_now();
-	rc = cal_gptq_factor_dev(c->be, C, *nf, g->fh, dead, ns, &g->o, g->du, st, err);
+	rc = cal_gptq_factor_dev(c->be, C, *nf, hs, dead, ns, &g->o, g->du, g->fscr, st, err);
 	g->t_factor += cal_now() - t0; /* it downloads the flags: synchronised */
 	if (rc < 0)
 		cal_error_wrap(err, rc, "gptq: %s (the factors of %zu linears from it)",
@@ -873,7 +881,8 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 	uint8_t *mask = NULL;
 	size_t nf = 0, i1 = 0;
 	uint64_t cmax = 16;
-	CAL_TRY_RET(cal_backend_sync(c->be, err));
+	if ((st = cal_backend_sync(c->be, err)) < 0)
+		goto out;
 	if (!ga || !fac || !f) {
 		st = cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 		goto out;
@@ -1039,7 +1048,7 @@ static json_t *params(const struct cal_calib *c)
 
 const struct cal_lin_algo cal_gptq_algo = {
 	.method = CAL_CALIB_GPTQ, .name = "gptq", .key = "gptq", .time_key = "solve_s",
-	.passes = 3, .site_pass = 1, .all_sites = 1,
+	.passes = 3, .site_pass = 1, .all_sites = 1, .site_writes = 1,
 	.obs_dropped = 1u << 1 | 1u << 2, .sites_only = 1u << 1, .check = cal_calib_check_gptq, .params = params,
 	.size = sizeof(struct cal_gptq_run), .lin_size = sizeof(struct glin),
 	.init = gptq_init, .linear = gptq_linear, .drop_layer = drop_layer, .release = release,

@@ -946,9 +946,8 @@ static enum cal_status step_moe(struct cal_calib *c, int32_t L, const struct cal
 	if (w->s13) {
 		uint64_t S = (uint64_t)c->Is;
 		const uint16_t *sx = c->h;
-		int gq_pass = c->lr_pass && c->lr->a == &cal_gptq_algo;
-		if (c->ev_quant || gq_pass) { /* the shared expert's own quantized input; sy is
-					       * free until s2 */
+		/* the shared expert's own quantized input; sy is free until s2 */
+		if (c->ev_quant || (c->lr_pass && c->lr->a->site_writes)) {
 			CAL_TRY(cal_backend_copy(c->be, c->sy, c->h, T * H * 2, err));
 			CAL_TRY(cal_layer_actq(c, L, EQ_SH_GU, -1, c->sy, T, H, err));
 			sx = c->sy;

@@ -176,6 +176,7 @@ enum cal_status cal_lin_run_open(struct cal_calib *c, struct cal_error *err)
 	r->a = a;
 	r->L = -1;
 	r->full_passes = getenv("CALIBD_TEST_FULL_PASSES") != NULL; /* tests: the same bytes */
+	r->site_dump = getenv("CALIBD_TEST_SITE_DUMP");
 	r->report = json_array();
 	if (!r->report)
 		return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", a->name);
@@ -272,9 +273,8 @@ enum cal_status cal_lin_run_site(struct cal_calib *c, int32_t L, int site, int64
 		return cal_error_set(err, CAL_ERR_INTERNAL, "%s: site %d input has %llu columns, "
 				     "its linears %llu", r->a->name, site, (unsigned long long)cols,
 				     (unsigned long long)r->cols[site]);
-	const char *dd = getenv("CALIBD_TEST_SITE_DUMP");
-	if (dd)
-		CAL_TRY_RET(dump_site(c, dd, L, site, expert, x, rows, cols, err));
+	if (r->site_dump)
+		CAL_TRY_RET(dump_site(c, r->site_dump, L, site, expert, x, rows, cols, err));
 	return r->a->site(c, L, site, expert, x, rows, cols, err);
 }
 

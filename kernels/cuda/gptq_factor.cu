@@ -17,7 +17,8 @@
  *      call reported a failure (info != 0: not positive definite), an
  *      element is not finite or a diagonal one is not > 0.
  * Workspace from cudaMallocAsync on the stream, freed behind the work; the
- * op synchronises the stream before it returns (cuSOLVER's host workspace).
+ * op synchronises the stream before it returns only when cuSOLVER asked for
+ * a host workspace (which must outlive the queued calls).
  */
 #include <cusolverDn.h>
 
@@ -92,7 +93,7 @@ CAL_CUDA_OP(gptq_factor)
 {
 	CAL_CUDA_OP_ENTER(0);
 	struct cal_cuda_impl *im = (struct cal_cuda_impl *)be->impl;
-	const uint64_t n = a->n, nn = n * n, per = cal_gptq_factor_work(n, 1);
+	const uint64_t n = a->n, nn = n * n;
 	const uint32_t nb = a->batch ? a->batch : 1;
 	enum cal_status st = CAL_OK;
 	cusolverDnParams_t par = NULL;
@@ -109,7 +110,7 @@ CAL_CUDA_OP(gptq_factor)
 	h = (cusolverDnHandle_t)im->solver;
 	SOLVER_TRY(cusolverDnSetStream(h, s), "cusolverDnSetStream");
 	SOLVER_TRY(cusolverDnCreateParams(&par), "cusolverDnCreateParams");
-	/* one workspace for every matrix: they run one after the other */
+	/* one workspace for every matrix */
 	SOLVER_TRY(cusolverDnXpotrf_bufferSize(h, par, CUBLAS_FILL_MODE_UPPER, (int64_t)n,
 					       CUDA_R_64F, a->work, (int64_t)n, CUDA_R_64F, &dws,
 					       &hws),
@@ -139,7 +140,7 @@ CAL_CUDA_OP(gptq_factor)
 		goto out;
 	}
 	for (uint32_t b = 0; b < nb; b++) {
-		double *y = a->work + b * per;
+		double *y = a->work; /* the matrices run one after the other on s */
 		const float *hs = a->hsum + b * nn;
 		const uint8_t *dd = a->dead + b * n;
 		unsigned grid = cal_cuda_grid(be, nn);
@@ -168,7 +169,8 @@ CAL_CUDA_OP(gptq_factor)
 out:
 	if (dwork)
 		(void)cudaFreeAsync(dwork, s);
-	if (cudaStreamSynchronize(s) != cudaSuccess && st >= 0)
+	/* cuSOLVER's host workspace must outlive the calls queued on s */
+	if (hwork && cudaStreamSynchronize(s) != cudaSuccess && st >= 0)
 		st = cal_cuda_fail(err, cudaGetLastError(), "cudaStreamSynchronize", __FILE__,
 				   __LINE__);
 	free(hwork);

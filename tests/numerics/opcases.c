@@ -558,9 +558,10 @@ static int case_gptq_factor(struct opcase_env *env, uint64_t rows, uint64_t unit
 			dead[b * n + i] = (seed & 2) && i % 7 == 3;
 		scale[b] = 2.0 / (double)m;
 	}
-	if (neg)
-		h[(nm - 1) * nn + (n / 2) * n + n / 2] = -1e6f;
-	uint64_t wd = cal_gptq_factor_work(n, batch);
+	uint64_t pv = n / 2 + ((seed & 2) && n / 2 % 7 == 3); /* a live column */
+	if (neg && pv < n)
+		h[(nm - 1) * nn + pv * n + pv] = -1e6f;
+	uint64_t wd = cal_gptq_factor_work(n);
 	struct pair *ph = pair_new(&c, nm * nn * 4, h), *pd = pair_new(&c, nm * n, dead),
 		    *ps = pair_new_stat(&c, nm * 8, scale), *pu = pair_new_stat(&c, nm * nn * 4, NULL),
 		    *pp = pair_new_stat(&c, nm * 8, NULL), *pb = pair_new_stat(&c, nm * 4, NULL),
