@@ -560,6 +560,7 @@ enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, u
 struct tclip_ctx {
 	const struct cal_awq_clip_opts *o;
 	const uint16_t *w, *xs;      /* xs: bf16(x * pqs), every row [n_sel, cols] */
+	const uint16_t *y;           /* the unquantized output bf16(xs w^T) [n_sel, rows] */
 	uint64_t rows, cols;
 	const uint64_t *step_end;
 	uint64_t n_steps;
@@ -593,7 +594,7 @@ static void tclip_ratios(void *p, uint64_t begin, uint64_t end, unsigned slot)
 				for (uint64_t r = 0; r < R; r++) {
 					const uint16_t *xr = c->xs + t * C;
 					float d = bf(tobf(bf(gemv_bf16(xr, wq + r * C, C)) -
-							  bf(gemv_bf16(xr, c->w + r * C, C))));
+							  bf(c->y[t * R + r])));
 					sum += (double)d * d;
 				}
 			if (t > t0)
@@ -602,6 +603,17 @@ static void tclip_ratios(void *p, uint64_t begin, uint64_t end, unsigned slot)
 		c->loss[j] = total;
 	}
 	free(wq);
+}
+
+/* The unquantized output of tokens [begin, end), the same for every ratio. */
+static void tclip_ref(void *p, uint64_t begin, uint64_t end, unsigned slot)
+{
+	struct tclip_ctx *c = p;
+	uint16_t *y = (uint16_t *)c->y;
+	(void)slot;
+	for (uint64_t t = begin; t < end; t++)
+		for (uint64_t r = 0; r < c->rows; r++)
+			y[t * c->rows + r] = gemv_bf16(c->xs + t * c->cols, c->w + r * c->cols, c->cols);
 }
 
 enum cal_status cal_awq_clip_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
@@ -617,10 +629,15 @@ enum cal_status cal_awq_clip_nvfp4(struct cal_backend *host, const uint16_t *w, 
 	float wa = 0.0f;
 	for (uint64_t i = 0; rc >= 0 && i < rows * cols; i++)
 		wa = fmaxf(wa, fabsf(bf(w[i])));
-	struct tclip_ctx c = {o, w, p.xs, rows, cols, p.step_end, p.n_steps, p.ratios, wa, ls, 0};
-	if (rc >= 0 && (rc = cal_cpu_parallel(host, p.nr, 1, tclip_ratios, &c, err)) >= 0 &&
-	    c.nomem)
+	uint64_t nt = rc >= 0 && p.n_steps ? p.step_end[p.n_steps - 1] : 0;
+	uint16_t *y = rc >= 0 ? malloc((nt ? nt : 1) * rows * 2) : NULL;
+	struct tclip_ctx c = {o, w, p.xs, y, rows, cols, p.step_end, p.n_steps, p.ratios, wa, ls, 0};
+	if (rc >= 0 && !y)
 		rc = clip_nomem(rows, cols, tokens, err);
+	if (rc >= 0 && (rc = cal_cpu_parallel(host, nt, 1, tclip_ref, &c, err)) >= 0 &&
+	    (rc = cal_cpu_parallel(host, p.nr, 1, tclip_ratios, &c, err)) >= 0 && c.nomem)
+		rc = clip_nomem(rows, cols, tokens, err);
+	free(y);
 	if (rc >= 0) {
 		unsigned best = 0;
 		for (unsigned j = 1; j < p.nr; j++)
