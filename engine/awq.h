@@ -59,6 +59,18 @@ enum cal_status cal_awq_lite(struct cal_backend *host, enum cal_awq_wq wq, const
 			     float *in_amax, struct cal_error *err);
 
 /*
+ * The same for a linear with a bias (GPT-OSS's attention; docs/awq.md
+ * "GPT-OSS"): bias bf16 [rows] or NULL.  modelopt's search runs the whole
+ * linear, so the bias is inside both outputs' bf16 rounding, y = bf16(x W^T
+ * + b); the statistics, the fold and the bias itself are as without it.
+ */
+enum cal_status cal_awq_lite_bias(struct cal_backend *host, enum cal_awq_wq wq,
+				  const uint16_t *w, const uint16_t *bias, uint64_t rows,
+				  uint64_t cols, const uint16_t *x, uint64_t tokens, uint64_t batch,
+				  double alpha_step, struct cal_awq_out *out, float *in_amax,
+				  struct cal_error *err);
+
+/*
  * modelopt's export fold for n linears that read one input (q/k/v, gate/up;
  * docs/awq.md "Export", docs/smoothquant.md "Export"), AWQ's and
  * SmoothQuant's alike: avg = the mean of their bf16 pre_quant_scales;

@@ -127,6 +127,7 @@ static void fake_quant(enum cal_awq_wq wq, uint16_t *w, uint64_t n)
 struct awq_ctx {
 	enum cal_awq_wq wq;
 	const uint16_t *w, *x;
+	const uint16_t *bias;   /* [rows] bf16 or NULL: inside each output's rounding */
 	uint64_t rows, cols, tokens, batch;
 	const float *act, *ws;
 	const float *alphas;
@@ -134,9 +135,9 @@ struct awq_ctx {
 	int nomem;
 };
 
-static uint16_t gemv_bf16(const uint16_t *xr, const uint16_t *wr, uint64_t n)
+static uint16_t gemv_bf16(const uint16_t *xr, const uint16_t *wr, uint64_t n, double b)
 {
-	double s = 0.0;
+	double s = b;
 	for (uint64_t c = 0; c < n; c++)
 		s += (double)bf(xr[c]) * (double)bf(wr[c]);
 	return tobf((float)s);
@@ -171,8 +172,9 @@ static void awq_alphas(void *p, uint64_t begin, uint64_t end, unsigned slot)
 				for (uint64_t k = 0; k < C; k++)
 					xin[k] = tobf(bf(xr[k]) * bf(pin[k]));
 				for (uint64_t r = 0; r < R; r++) {
-					float yq = bf(gemv_bf16(xin, wq + r * C, C));
-					float y = bf(gemv_bf16(xr, c->w + r * C, C));
+					double b = c->bias ? (double)bf(c->bias[r]) : 0.0;
+					float yq = bf(gemv_bf16(xin, wq + r * C, C, b));
+					float y = bf(gemv_bf16(xr, c->w + r * C, C, b));
 					float d = bf(tobf(yq - y));
 					sum += (double)d * d;
 				}
@@ -209,6 +211,16 @@ enum cal_status cal_awq_lite(struct cal_backend *host, enum cal_awq_wq wq, const
 			     uint64_t rows, uint64_t cols, const uint16_t *x, uint64_t tokens,
 			     uint64_t batch, double alpha_step, struct cal_awq_out *out,
 			     float *in_amax, struct cal_error *err)
+{
+	return cal_awq_lite_bias(host, wq, w, NULL, rows, cols, x, tokens, batch, alpha_step, out,
+				 in_amax, err);
+}
+
+enum cal_status cal_awq_lite_bias(struct cal_backend *host, enum cal_awq_wq wq,
+				  const uint16_t *w, const uint16_t *bias, uint64_t rows,
+				  uint64_t cols, const uint16_t *x, uint64_t tokens, uint64_t batch,
+				  double alpha_step, struct cal_awq_out *out, float *in_amax,
+				  struct cal_error *err)
 {
 	const uint64_t BLK = wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128;
 	if (!w || !x || !out || !out->pre_quant_scale || !out->w || !out->w_amax)
@@ -267,7 +279,7 @@ enum cal_status cal_awq_lite(struct cal_backend *host, enum cal_awq_wq wq, const
 	for (uint64_t k = 0; k < cols; k++)
 		ws[k] = bf(tobf((float)(acc[k] / (double)rows)));
 
-	struct awq_ctx c = {wq, w, x, rows, cols, tokens, batch, act, ws, alphas, loss, 0};
+	struct awq_ctx c = {wq, w, x, bias, rows, cols, tokens, batch, act, ws, alphas, loss, 0};
 	if ((rc = cal_cpu_parallel(host, n, 1, awq_alphas, &c, err)) < 0)
 		goto done;
 	if (c.nomem) {
@@ -593,7 +605,7 @@ static void tclip_ratios(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			for (; t < c->step_end[s]; t++)
 				for (uint64_t r = 0; r < R; r++) {
 					const uint16_t *xr = c->xs + t * C;
-					float d = bf(tobf(bf(gemv_bf16(xr, wq + r * C, C)) -
+					float d = bf(tobf(bf(gemv_bf16(xr, wq + r * C, C, 0.0)) -
 							  bf(c->y[t * R + r])));
 					sum += (double)d * d;
 				}
@@ -613,7 +625,8 @@ static void tclip_ref(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	(void)slot;
 	for (uint64_t t = begin; t < end; t++)
 		for (uint64_t r = 0; r < c->rows; r++)
-			y[t * c->rows + r] = gemv_bf16(c->xs + t * c->cols, c->w + r * c->cols, c->cols);
+			y[t * c->rows + r] =
+				gemv_bf16(c->xs + t * c->cols, c->w + r * c->cols, c->cols, 0.0);
 }
 
 enum cal_status cal_awq_clip_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,

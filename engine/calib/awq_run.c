@@ -95,8 +95,6 @@ enum cal_status cal_calib_check_awq(const struct cal_plan *p, struct cal_error *
 	if (p->recipe->algo.method != CAL_CALIB_AWQ_LITE)
 		return CAL_OK;
 	const char *why = cal_linear_algo_model_why(d);
-	if (!why && d->norm == CAL_NORM_RMS_F32W)
-		why = "fp32 norm weights";
 	int mixed;
 	enum cal_awq_wq wq = awq_wq(p, &mixed);
 	if (!why && mixed)
@@ -181,6 +179,14 @@ static enum cal_status awq_site(struct cal_calib *c, int32_t L, int site, int64_
 	return CAL_OK;
 }
 
+/* The bias of the attention linear in field f (GPT-OSS's q/k/v/o; NULL
+ * for every other linear and model): the search's outputs include it. */
+static const uint16_t *lin_bias(const struct cal_layer_w *dw, int f)
+{
+	return f == F_WQ ? dw->bq : f == F_WK ? dw->bk : f == F_WV ? dw->bv
+	     : f == F_WO ? dw->bo : NULL;
+}
+
 /* The search for one linear: al->w and al->pqs. */
 static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w *dw,
 				  struct alin *al, struct cal_error *err)
@@ -213,14 +219,18 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 	}
 	float *wa = malloc(n / (g->wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128) * sizeof(float));
 	uint16_t *wf = malloc(n * 2);
+	const uint16_t *db = lin_bias(dw, al->r.f);
+	uint16_t *bias = db ? malloc(al->r.rows * 2) : NULL;
 	enum cal_status st = CAL_OK;
-	if (!wa || !wf) {
+	if (!wa || !wf || (db && !bias))
 		st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-	} else {
+	else if (db)
+		st = cal_backend_download(c->be, bias, db, al->r.rows * 2, err);
+	if (st >= 0) {
 		struct cal_awq_out o = {al->r.pqs, wf, wa, NULL, 0, 0.0f};
-		st = cal_awq_lite(c->host, g->wq, al->r.w, al->r.rows, al->r.cols, g->cache[al->r.site],
-				  T, g->batch[al->r.site], g->alpha_step, &o,
-				  quant_in ? &al->r.in_amax : NULL, err);
+		st = cal_awq_lite_bias(c->host, g->wq, al->r.w, bias, al->r.rows, al->r.cols,
+				       g->cache[al->r.site], T, g->batch[al->r.site],
+				       g->alpha_step, &o, quant_in ? &al->r.in_amax : NULL, err);
 		if (st >= 0) {
 			memcpy(al->r.w, wf, n * 2);
 			al->alpha = o.best_alpha;
@@ -229,8 +239,7 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 			st = cal_error_wrap(err, st, "awq: %s", name);
 		}
 	}
-	free(wa);
-	free(wf);
+	CAL_FREE_ALL(wa, wf, bias);
 	return st;
 }
 
@@ -320,13 +329,24 @@ static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w 
 	uint64_t cols = l0->cols;
 	const void *nw = k ? dw->post_norm : dw->in_norm;
 	enum cal_dtype dt = k ? dw->post_norm_dt : dw->in_norm_dt;
-	if (dt != CAL_DTYPE_BF16)
+	/* gpt_oss: fp32 norm weights, bf16 values (transformers runs them in
+	 * bf16, modelopt fuses and saves them so; docs/gpt_oss.md) */
+	int f32 = dt == CAL_DTYPE_F32 && c->d->norm == CAL_NORM_RMS_F32W;
+	if (dt != CAL_DTYPE_BF16 && !f32)
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "awq: layer %d: a %s norm weight is "
 				     "not bf16", (int)g->r.L, k ? "post-attention" : "input");
-	if (!(g->norm[k] = malloc(cols * 2)))
+	float *nf = f32 ? malloc(cols * 4) : NULL;
+	if (!(g->norm[k] = malloc(cols * 2)) || (f32 && !nf)) {
+		free(nf);
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	}
 	g->norm_n[k] = cols;
-	CAL_TRY_RET(cal_backend_download(c->be, g->norm[k], nw, cols * 2, err));
+	enum cal_status st2 = cal_backend_download(c->be, f32 ? (void *)nf : (void *)g->norm[k], nw,
+						   cols * (f32 ? 4 : 2), err);
+	for (uint64_t i = 0; f32 && i < cols; i++)
+		g->norm[k][i] = cal_f32_to_bf16(nf[i]);
+	free(nf);
+	CAL_TRY_RET(st2);
 	cal_awq_fuse_norm(g->norm[k], l0->pqs, cols, c->d->norm == CAL_NORM_RMS_1P);
 	return CAL_OK;
 }

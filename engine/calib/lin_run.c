@@ -131,8 +131,6 @@ const char *cal_linear_algo_model_why(const struct cal_model_desc *d)
 	for (int32_t L = 0; L < d->num_layers; L++)
 		if (d->layers[L].mixer == CAL_MIXER_LINEAR)
 			return "Gated DeltaNet layers";
-	if (d->act == CAL_ACT_SWIGLU_OAI)
-		return "GPT-OSS (experts as BMMs, attention sinks)";
 	return NULL;
 }
 

@@ -96,7 +96,9 @@ enum cal_status cal_exporter_set_norm(struct cal_exporter *ex, int32_t layer, in
 		if (ex->layer_done[layer])
 			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
 					     "exported", c->name, (int)layer);
-		if (c->t->dtype != CAL_DTYPE_BF16 || c->to_bf16 || c->to_f32 || c->t->numel != numel)
+		/* gpt_oss's fp32 norms are written as bf16 (to_bf16), the fused one too */
+		if ((c->t->dtype != CAL_DTYPE_BF16 && !c->to_bf16) || c->to_f32 ||
+		    c->t->numel != numel)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: a fused (AWQ) norm "
 					     "needs a bf16 source of %llu elements", c->name,
 					     (unsigned long long)numel);

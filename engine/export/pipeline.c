@@ -751,10 +751,10 @@ enum cal_status cal_export_stage_layer(struct cal_exporter *ex, int32_t L,
 			CAL_TRY_RET(slot_item(ex, c->name, NULL, f, c->t->numel * 4, NULL, err));
 			continue;
 		}
-		if (!c->to_bf16) {
+		if (!c->to_bf16 || c->data) { /* c->data: bf16 (a fused AWQ norm) */
 			CAL_TRY_RET(slot_item(ex, c->name, NULL, c->data ? (const void *)c->data
 									 : c->t->data,
-					      c->t->nbytes, NULL, err));
+					      c->data ? c->t->numel * 2 : c->t->nbytes, NULL, err));
 			continue;
 		}
 		/* F32 written as bf16 (gpt_oss norms, as modelopt saves them) */
