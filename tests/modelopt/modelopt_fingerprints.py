@@ -23,6 +23,7 @@ weight_scale).
 Needs torch, transformers, safetensors and nvidia-modelopt (CPU is enough).
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +31,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 RECIPES_ALL = [
     "general/ptq/nvfp4_experts_only-kv_fp8",
@@ -194,14 +197,47 @@ def recipe_file(recipe_name):
     return os.path.join(here, "..", "..", "recipes", recipe_name + ".yaml")
 
 
+AWQ_METHODS = ("awq_lite", "awq_full", "awq_clip")
+
+
+def algo_method(quant_cfg):
+    """The method name of a quantization config's algorithm (None: max)."""
+    algo = quant_cfg.get("algorithm")
+    return algo.get("method") if isinstance(algo, dict) else algo
+
+
 def one_run(recipe_name):
     """{"calibd_run": "quantize"} for a recipe whose algorithm changes the
     weights during calibration (calibd exports those in one quantize run
     only), else {} (calibrate, then export from the statistics)."""
-    from modelopt.recipe import load_recipe
-    algo = load_recipe(recipe_file(recipe_name)).quantize.model_dump().get("algorithm")
-    method = algo.get("method") if isinstance(algo, dict) else algo
-    return {"calibd_run": "quantize"} if method in ("smoothquant", "awq_lite", "gptq") else {}
+    method = algo_method(quant_config(recipe_name))
+    return {"calibd_run": "quantize"} if method in ("smoothquant", "gptq") + AWQ_METHODS else {}
+
+
+@contextlib.contextmanager
+def awq_on_cpu(torch, model):
+    """modelopt's AWQ on the CPU (docs/awq.md "GPT-OSS"): its dynamic NVFP4
+    Triton kernel and fp32 sqrt replaced as awq_model_diff.py does
+    (gptq_model_diff.patch_modelopt_cpu, patch_ieee_sqrt), and for GPT-OSS
+    its export's MoE resmoothing step skipped: modelopt 0.47's
+    get_experts_list raises NotImplementedError for GptOssForCausalLM there,
+    and GPT-OSS's fused BMM experts have no per-expert linears (nor any
+    pre_quant_scale) to resmooth, so the step has nothing to do.  Restored
+    on exit."""
+    from modelopt.torch.export import unified_export_hf as ueh
+    from modelopt.torch.quantization.nn.modules import tensor_quantizer as tq
+    from gptq_model_diff import patch_ieee_sqrt, patch_modelopt_cpu
+    saved = (tq.static_blockwise_fp4_fake_quant, tq.dynamic_block_quant, torch.Tensor.pow,
+             torch.Tensor.sqrt, ueh.get_experts_list)
+    patch_modelopt_cpu(torch)
+    patch_ieee_sqrt(torch)
+    if type(model).__name__ == "GptOssForCausalLM":
+        ueh.get_experts_list = lambda module, model_type: []
+    try:
+        yield
+    finally:
+        (tq.static_blockwise_fp4_fake_quant, tq.dynamic_block_quant, torch.Tensor.pow,
+         torch.Tensor.sqrt, ueh.get_experts_list) = saved
 
 
 def install_hadamard():
@@ -238,9 +274,7 @@ def install_hadamard():
 def run_modelopt(model_dir, tokens, recipe_name, out_dir):
     import torch
     import transformers
-    from safetensors import safe_open
     import modelopt.torch.quantization as mtq
-    from modelopt.torch.export import export_hf_checkpoint
 
     install_hadamard()
     torch.manual_seed(1234)
@@ -255,13 +289,25 @@ def run_modelopt(model_dir, tokens, recipe_name, out_dir):
     model.eval()
 
     quant_cfg = quant_config(recipe_name)
+    awq = algo_method(quant_cfg) in AWQ_METHODS
 
     def forward_loop(m):
         with torch.no_grad():
+            if awq:  # one step of every row: calibd's one micro-batch (docs/awq.md)
+                m(input_ids=torch.tensor(tokens, dtype=torch.long))
+                return
             for row in tokens:
                 m(input_ids=torch.tensor([row], dtype=torch.long))
 
-    model = mtq.quantize(model, quant_cfg, forward_loop=forward_loop)
+    with awq_on_cpu(torch, model) if awq else contextlib.nullcontext():
+        model = mtq.quantize(model, quant_cfg, forward_loop=forward_loop)
+        export_quantized(model, model_dir, config, out_dir)
+
+
+def export_quantized(model, model_dir, config, out_dir):
+    """export_hf_checkpoint with hf_ptq's MTP handling (docs/export.md "MTP layers")."""
+    from safetensors import safe_open
+    from modelopt.torch.export import export_hf_checkpoint
 
     prefixes, keys = mtp_prefixes(checkpoint_names(model_dir), config)
     extra = {}
