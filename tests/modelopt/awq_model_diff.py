@@ -67,7 +67,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gptq_model_diff import (dequant, diff_args, load_model, load_st,  # noqa: E402
                              patch_ieee_sqrt, patch_modelopt_cpu, print_spread, run,
                              write_summary)
-from model_diff_common import count_codes  # noqa: E402
+from model_diff_common import count_codes, gpt_oss_export  # noqa: E402
 
 AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -103,8 +103,9 @@ def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp):
     rng = random.Random(seed)
     tokens = [[rng.randrange(0, 260) for _ in range(seq_len)] for _ in range(rows)]
     fx = os.path.join(tmp, "fixture")
-    run([fixture_bin, "--arch", arch, "--seed", str(seed), "--wide"] +
-        (["--mha"] if mha else []) + [fx])
+    # gpt_oss has no wide variant: its 64-wide fixture (NVFP4 only)
+    run([fixture_bin, "--arch", arch, "--seed", str(seed)] +
+        ([] if arch == "gpt_oss" else ["--wide"]) + (["--mha"] if mha else []) + [fx])
     tok = os.path.join(tmp, "tokens.jsonl")
     with open(tok, "w") as f:
         for row in tokens:
@@ -147,7 +148,8 @@ def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algor
 
     model = mtq.quantize(model, cfg, forward_loop=loop)
     model_calib.apply_pre_quant_scale_and_smooth = orig
-    export_hf_checkpoint(model, export_dir=out_dir)
+    with gpt_oss_export(model):
+        export_hf_checkpoint(model, export_dir=out_dir)
     return alphas, losses
 
 
@@ -295,7 +297,7 @@ def main():
             if k.endswith("layernorm.weight") and ".layers." in k:
                 norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
     summary = write_summary(
-        args.out, {"arch": args.arch, "wide": True, "mha": args.mha, "seed": args.seed, "rows": args.rows,
+        args.out, {"arch": args.arch, "wide": args.arch != "gpt_oss", "mha": args.mha, "seed": args.seed, "rows": args.rows,
                    "seq_len": args.seq_len, "qformat": args.qformat,
                    "algorithm": args.algorithm}, rows, tot,
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),

@@ -218,26 +218,21 @@ def one_run(recipe_name):
 def awq_on_cpu(torch, model):
     """modelopt's AWQ on the CPU (docs/awq.md "GPT-OSS"): its dynamic NVFP4
     Triton kernel and fp32 sqrt replaced as awq_model_diff.py does
-    (gptq_model_diff.patch_modelopt_cpu, patch_ieee_sqrt), and for GPT-OSS
-    its export's MoE resmoothing step skipped: modelopt 0.47's
-    get_experts_list raises NotImplementedError for GptOssForCausalLM there,
-    and GPT-OSS's fused BMM experts have no per-expert linears (nor any
-    pre_quant_scale) to resmooth, so the step has nothing to do.  Restored
-    on exit."""
-    from modelopt.torch.export import unified_export_hf as ueh
+    (gptq_model_diff.patch_modelopt_cpu, patch_ieee_sqrt), and GPT-OSS's
+    export through model_diff_common.gpt_oss_export.  Restored on exit."""
     from modelopt.torch.quantization.nn.modules import tensor_quantizer as tq
     from gptq_model_diff import patch_ieee_sqrt, patch_modelopt_cpu
+    from model_diff_common import gpt_oss_export
     saved = (tq.static_blockwise_fp4_fake_quant, tq.dynamic_block_quant, torch.Tensor.pow,
-             torch.Tensor.sqrt, ueh.get_experts_list)
+             torch.Tensor.sqrt)
     patch_modelopt_cpu(torch)
     patch_ieee_sqrt(torch)
-    if type(model).__name__ == "GptOssForCausalLM":
-        ueh.get_experts_list = lambda module, model_type: []
     try:
-        yield
+        with gpt_oss_export(model):
+            yield
     finally:
         (tq.static_blockwise_fp4_fake_quant, tq.dynamic_block_quant, torch.Tensor.pow,
-         torch.Tensor.sqrt, ueh.get_experts_list) = saved
+         torch.Tensor.sqrt) = saved
 
 
 def install_hadamard():
