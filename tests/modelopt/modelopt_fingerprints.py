@@ -65,6 +65,8 @@ KV_CACHE_QFORMAT = "fp8_cast"
 
 def item_base(item):
     """Fingerprint file basename of a cases.txt recipe item."""
+    if item.startswith("test:"):
+        return "test_" + item[5:]
     if item.startswith("qformat:"):
         return "qformat_" + item.split(":", 1)[1].replace(":", "_kv_")
     return os.path.basename(item)
@@ -188,12 +190,15 @@ def mtp_prefixes(names, config):
 def recipe_file(recipe_name):
     """modelopt's built-in recipe, else calibd's own (recipes/NAME.yaml, written
     in modelopt's schema against the configs/ units both trees share: the
-    hf_ptq qformat recipes such as general/ptq/int8_default-kv_fp8_cast)."""
+    hf_ptq qformat recipes such as general/ptq/int8_default-kv_fp8_cast);
+    "test:NAME" is the differential test's own tests/modelopt/recipes/NAME.yaml."""
     from modelopt.recipe.loader import BUILTIN_RECIPES_LIB
+    here = os.path.dirname(os.path.abspath(__file__))
+    if recipe_name.startswith("test:"):
+        return os.path.join(here, "recipes", recipe_name[5:] + ".yaml")
     if any(os.path.exists(os.path.join(str(BUILTIN_RECIPES_LIB), recipe_name + ext))
            for ext in ("", ".yaml", ".yml")):
         return recipe_name
-    here = os.path.dirname(os.path.abspath(__file__))
     return os.path.join(here, "..", "..", "recipes", recipe_name + ".yaml")
 
 

@@ -430,10 +430,11 @@ static char *qformat_recipe(const char *calibd, const char *name)
 	return ret;
 }
 
-/* One recipe item of cases.txt: a built-in recipe name, or "qformat:NAME"
+/* One recipe item of cases.txt: a built-in recipe name, "qformat:NAME"
  * (hf_ptq.py --qformat NAME, modelopt_fingerprints.py), whose fingerprint
  * is qformat_NAME.json and which calibd runs as the recipe the qformat maps
- * to. */
+ * to, or "test:NAME", the test's own recipe file dir/recipes/NAME.yaml
+ * (fingerprint test_NAME.json). */
 static int do_case(const char *dir, const char *parity, const char *calibd,
 		   const struct row *rw, const char *item, int *have_any)
 {
@@ -447,6 +448,13 @@ static int do_case(const char *dir, const char *parity, const char *calibd,
 			       "recipe\n", rw->case_name, item, item + 8);
 			return 1;
 		}
+		recipe = mapped;
+	} else if (!strncmp(item, "test:", 5)) {
+		snprintf(base, sizeof(base), "test_%s", item + 5);
+		size_t len = strlen(dir) + strlen(item) + 32;
+		if (!(mapped = malloc(len)))
+			return 1;
+		snprintf(mapped, len, "%s/recipes/%s.yaml", dir, item + 5);
 		recipe = mapped;
 	} else {
 		snprintf(base, sizeof(base), "%s",
