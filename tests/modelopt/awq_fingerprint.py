@@ -28,7 +28,12 @@ exported one).  With --clip-only it runs `awq_clip` alone (no scale
 search, no pre_quant_scale; docs/awq.md "awq_clip").  Both combine with
 --nvfp4 and --w4a8.
 
-    python awq_fingerprint.py [--nvfp4 | --w4a8] [--full | --clip-only]
+With --bias S the linear has a bias (GPT-OSS's attention; docs/awq.md
+"GPT-OSS"), bf16 of S times the generator's values of seed + 2; the search
+runs the whole linear, so both outputs carry it inside their rounding.
+The fingerprint adds it (bias_bf16_hex).
+
+    python awq_fingerprint.py [--nvfp4 | --w4a8] [--full | --clip-only] [--bias S]
         [--min-clip-ratio R] [--shrink-step S] [--max-tokens N]
         --out tests/modelopt/awq/<name>.json
 """
@@ -36,7 +41,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gptq_fingerprint import (DEAD, common_args, make_linear, sha_bf16,  # noqa: E402
+from gptq_fingerprint import (DEAD, common_args, gen, make_linear, sha_bf16,  # noqa: E402
                               write_fingerprint)
 
 
@@ -50,6 +55,7 @@ def main():
     ap.add_argument("--min-clip-ratio", type=float, default=0.5)
     ap.add_argument("--shrink-step", type=float, default=0.05)
     ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens_per_batch")
+    ap.add_argument("--bias", type=float, default=0.0, help="a bias of this scale (0: none)")
     args = ap.parse_args()
 
     import torch
@@ -58,6 +64,14 @@ def main():
     from modelopt.torch.quantization import model_calib
 
     model, w, x, loop = make_linear(torch, args, DEAD)
+    bias = None
+    if args.bias:
+        bias = (torch.tensor(gen(args.seed + 2, args.rows)) * args.bias).to(torch.bfloat16)
+        lin0 = torch.nn.Linear(args.cols, args.rows, bias=True).to(torch.bfloat16)
+        with torch.no_grad():
+            lin0.weight.copy_(w)
+            lin0.bias.copy_(bias)
+        model[0] = lin0
     seen = {}
     orig = model_calib.apply_pre_quant_scale_and_smooth
 
@@ -106,6 +120,8 @@ def main():
         "w_orig_sha256": sha_bf16(torch, w),
         "weight_bf16_hex": bf16hex(lin.weight),
     }
+    if bias is not None:
+        fp["bias_bf16_hex"] = bf16hex(bias)
     if not args.clip_only:
         fp["loss"] = seen["loss"]
         fp["best_alpha"] = seen["best_alpha"]

@@ -62,3 +62,6 @@ N="$HERE/headroom_fingerprint.py"
 	--min-clip-ratio 0.6 --shrink-step 0.1 --out "$HERE/awq/nvfp4_clip_32x512_r06_s01.json"
 "$PY" "$A" --w4a8 --full --out "$HERE/awq/w4a8_full_64x256.json"
 "$PY" "$A" --w4a8 --clip-only --out "$HERE/awq/w4a8_clip_64x256.json"
+# a linear with a bias (GPT-OSS's attention; docs/awq.md "GPT-OSS")
+"$PY" "$A" --bias 4 --out "$HERE/awq/int4_bias4_64x256.json"
+"$PY" "$A" --nvfp4 --bias 4 --out "$HERE/awq/nvfp4_bias4_64x256.json"
