@@ -70,6 +70,9 @@ from gptq_model_diff import (dequant, diff_args, load_model, load_st,  # noqa: E
 from model_diff_common import count_codes, gpt_oss_export  # noqa: E402
 
 AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# --no-experts: the routed experts unquantized (GPT-OSS with INT4 weights:
+# neither modelopt 0.47 nor calibd exports its fused experts in INT4)
+NO_EXPERTS = {"quantizer_name": "*mlp.experts*", "enable": False}
 
 
 def linear_inputs(torch, model, tokens):
@@ -97,15 +100,15 @@ def load_outputs(torch, transformers, fx, tokens, dirs):
     return (xs, model.state_dict()) + tuple(load_st(torch, d) if d else None for d in dirs)
 
 
-def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp):
+def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp, wide=True):
     """(fixture dir, token rows, tokens.jsonl) under tmp: `calibd-fixture
-    --wide` of arch and seed (--mha: no GQA) and rows x seq_len random tokens."""
+    --wide` (unless not wide) of arch and seed (--mha: no GQA) and rows x
+    seq_len random tokens."""
     rng = random.Random(seed)
     tokens = [[rng.randrange(0, 260) for _ in range(seq_len)] for _ in range(rows)]
     fx = os.path.join(tmp, "fixture")
-    # gpt_oss has no wide variant: its 64-wide fixture (NVFP4 only)
     run([fixture_bin, "--arch", arch, "--seed", str(seed)] +
-        ([] if arch == "gpt_oss" else ["--wide"]) + (["--mha"] if mha else []) + [fx])
+        (["--wide"] if wide else []) + (["--mha"] if mha else []) + [fx])
     tok = os.path.join(tmp, "tokens.jsonl")
     with open(tok, "w") as f:
         for row in tokens:
@@ -113,8 +116,20 @@ def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp):
     return fx, tokens, tok
 
 
+def no_experts_recipe(name, out):
+    """calibd's recipe file general/ptq/NAME.yaml with the routed experts
+    left unquantized (the entry NO_EXPERTS appended), written to out."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "..", "recipes", name + ".yaml")) as f:
+        text = f.read()
+    with open(out, "w") as f:
+        f.write(text.rstrip("\n") + "\n    - quantizer_name: '%s'\n      enable: false\n"
+                % NO_EXPERTS["quantizer_name"])
+    return out
+
+
 def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algorithm="awq_lite",
-                 attn=None):
+                 attn=None, no_experts=False):
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
     from modelopt.torch.quantization import model_calib
@@ -141,6 +156,8 @@ def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algor
         cfg = dict(cfg, algorithm={"method": "awq_full", "alpha_step": 0.1})
     if algorithm == "awq_clip":
         cfg = dict(cfg, algorithm={"method": "awq_clip"})
+    if no_experts:
+        cfg = dict(cfg, quant_cfg=list(cfg["quant_cfg"]) + [NO_EXPERTS])
 
     def loop(m):
         with torch.no_grad():
@@ -188,9 +205,16 @@ def main():
     ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
     ap.add_argument("--algorithm", default="awq_lite",
                     choices=("awq_lite", "awq_full", "awq_clip"))
+    ap.add_argument("--no-experts", action="store_true",
+                    help="the routed experts unquantized (both sides)")
     args = ap.parse_args()
     if args.algorithm != "awq_lite" and args.qformat == "w4a8_awq":
         ap.error("--algorithm %s runs with --qformat int4_awq or nvfp4_awq" % args.algorithm)
+    # gpt_oss: NVFP4 on its 64-wide fixture; INT4 weights on --wide, without
+    # the experts (docs/awq.md "GPT-OSS")
+    wide = args.arch != "gpt_oss" or args.qformat != "nvfp4_awq"
+    if args.arch == "gpt_oss" and wide and not args.no_experts:
+        ap.error("--arch gpt_oss with INT4 weights needs --no-experts")
 
     import torch
     import transformers
@@ -199,25 +223,31 @@ def main():
             tmp = args.keep
             os.makedirs(tmp, exist_ok=True)
         fx, tokens, tok = wide_case(args.fixture_bin, args.arch, args.seed, args.mha, args.rows,
-                                    args.seq_len, tmp)
+                                    args.seq_len, tmp, wide)
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         nv = args.qformat == "nvfp4_awq"
         w8 = args.qformat == "w4a8_awq"
         m_alpha, m_loss = run_modelopt(torch, transformers, fx, tokens, mo, args.qformat,
-                                       args.algorithm)
+                                       args.algorithm, no_experts=args.no_experts)
         me = os.path.join(tmp, "modelopt_eager")
         e_alpha = {}
         if args.spread:
             e_alpha, _ = run_modelopt(torch, transformers, fx, tokens, me, args.qformat,
-                                      args.algorithm, "eager")
+                                      args.algorithm, "eager", args.no_experts)
         base = [args.calibd, "quantize", "--model", fx, "--calib-tokens", tok, "--device",
                 "cpu", "--div", "exact", "--quiet"]
         lite = args.algorithm == "awq_lite"
         recipe = "general/ptq/%s_%s-kv_fp8_cast" % (args.qformat, args.algorithm[4:])
+        rtn = "general/ptq/nvfp4_default-kv_fp8_cast" if nv else \
+            "general/ptq/int4_blockwise_weight_only"
+        if args.no_experts:  # the recipe files with the experts' entry appended
+            recipe = no_experts_recipe("general/ptq/%s-kv_fp8_cast" % args.qformat if lite
+                                       else recipe, os.path.join(tmp, "recipe.yaml"))
+            rtn = no_experts_recipe(rtn, os.path.join(tmp, "rtn.yaml"))
+            lite = False
         run(base + (["--qformat", args.qformat] if lite else ["--recipe", recipe]) +
             ["--out", ca])
-        run(base + ["--recipe", "general/ptq/nvfp4_default-kv_fp8_cast" if nv else
-                    "general/ptq/int4_blockwise_weight_only", "--out", rt])
+        run(base + ["--recipe", rtn, "--out", rt])
         with open(os.path.join(ca, "calibd_report.json")) as f:
             rep = json.load(f)
         c_alpha = {r["module"]: r["alpha"] for r in rep[args.algorithm]["linears"]}
@@ -297,7 +327,8 @@ def main():
             if k.endswith("layernorm.weight") and ".layers." in k:
                 norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
     summary = write_summary(
-        args.out, {"arch": args.arch, "wide": args.arch != "gpt_oss", "mha": args.mha, "seed": args.seed, "rows": args.rows,
+        args.out, {"arch": args.arch, "wide": wide, "no_experts": args.no_experts,
+                   "mha": args.mha, "seed": args.seed, "rows": args.rows,
                    "seq_len": args.seq_len, "qformat": args.qformat,
                    "algorithm": args.algorithm}, rows, tot,
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),

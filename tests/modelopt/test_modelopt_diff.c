@@ -500,7 +500,7 @@ static int do_case(const char *dir, const char *parity, const char *calibd,
 		snprintf(cmd, sizeof(cmd),
 			 "'%s' quantize --model '%s' --recipe '%s' --calib-tokens "
 			 "'%s/%s/tokens.jsonl' --out '%s' --div exact --quiet >/dev/null",
-			 calibd, fx, recipe, parity, rw->case_name, out);
+			 calibd, fx, recipe, parity, rw->parity_case, out);
 		bad += run(cmd) < 0 ? 1 : compare(out, fp);
 	} else {
 		snprintf(cmd, sizeof(cmd),
