@@ -20,7 +20,8 @@
  *
  * Which linears: attention q/k/v/o, dense MLP and shared-expert
  * gate/up/down; the routed experts keep max calibration (modelopt's fused
- * experts are not nn.Linear modules).
+ * experts are not nn.Linear modules).  GPT-OSS: q/k/v/o, their biases
+ * inside the search's outputs (lin_bias), its fp32 norms fused as bf16.
  *
  * Memory (host): the cached inputs of the layer, per distinct input, T x
  * cols bf16 (T calibration tokens: q/k/v T x H, o_proj T x heads*head_dim,
@@ -343,7 +344,7 @@ static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w 
 	g->norm_n[k] = cols;
 	enum cal_status st2 = cal_backend_download(c->be, f32 ? (void *)nf : (void *)g->norm[k], nw,
 						   cols * (f32 ? 4 : 2), err);
-	for (uint64_t i = 0; f32 && i < cols; i++)
+	for (uint64_t i = 0; f32 && st2 >= 0 && i < cols; i++)
 		g->norm[k][i] = cal_f32_to_bf16(nf[i]);
 	free(nf);
 	CAL_TRY_RET(st2);
