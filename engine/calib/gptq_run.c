@@ -770,7 +770,8 @@ static int shared_amax(const struct cal_calib *c, const struct glin *gl)
 }
 
 /* Back-end bytes the factors of one batched factorisation may take: the
- * gptq_factor op's f64 scratch (16 n^2, one matrix at a time) and per
+ * gptq_factor op's f64 scratch (16 n^2 on the CPU, 8 n^2 on a device, one
+ * matrix at a time) and per
  * distinct factor of input dim n a copy of its Hessian sums and U (f32,
  * 8 n^2) (docs/gptq.md, "Memory"). */
 #define GPTQ_FACTOR_BUDGET ((uint64_t)2 << 30)
@@ -799,7 +800,8 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 				    uint8_t *mask, struct cal_error *err)
 {
 	struct cal_gptq_run *g = run(c);
-	uint64_t C = LIN(g)[i0].r.cols, CC = C * C, bytes = CC * 16, per = CC * 8;
+	uint64_t C = LIN(g)[i0].r.cols, CC = C * C, per = CC * 8,
+		 bytes = cal_gptq_factor_dev_bytes(c->be, C, 0);
 	size_t i = i0;
 	*nf = 0;
 	for (; i < g->r.n_lin && LIN(g)[i].r.cols == C; i++) {
@@ -837,7 +839,7 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 	/* one factor reads its site's sums in place; several, copies side by side */
 	if ((*nf > 1 && (rc = grow(c, (void **)&g->fh, &g->fh_cap, *nf * CC * 4, err)) < 0) ||
 	    (rc = grow(c, (void **)&g->du, &g->du_cap, *nf * CC * 4, err)) < 0 ||
-	    (rc = grow(c, &g->fscr, &g->fscr_cap, cal_gptq_factor_dev_bytes(C, *nf), err)) < 0)
+	    (rc = grow(c, &g->fscr, &g->fscr_cap, cal_gptq_factor_dev_bytes(c->be, C, *nf), err)) < 0)
 		goto out;
 	for (size_t k = 0; k < *nf; k++) {
 		/* no rows seen: H = 0, which no damping makes positive
