@@ -69,7 +69,8 @@ from gptq_model_diff import (dequant, diff_args, load_model, load_st,  # noqa: E
                              write_summary)
 from model_diff_common import count_codes  # noqa: E402
 
-AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+               "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")  # MLA
 
 
 def linear_inputs(torch, model, tokens):
