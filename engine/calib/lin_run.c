@@ -154,8 +154,6 @@ const char *cal_linear_algo_model_why(const struct cal_model_desc *d)
 {
 	if (d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_MLA)
 		return "attention other than plain GQA and MLA (gated)";
-	if (d->src_quant == CAL_SRC_QUANT_FP8_BLOCK)
-		return "an FP8 block-quantized source (the folded weights are exported from bf16)";
 	for (int32_t L = 0; L < d->num_layers; L++)
 		if (d->layers[L].mixer == CAL_MIXER_LINEAR)
 			return "Gated DeltaNet layers";

@@ -698,6 +698,9 @@ static const struct qformat_case qformat_cases[] = {
 	 "model.layers.1.self_attn.kv_b_proj.pre_quant_scale !q_a_proj.pre_quant_scale", mla_more},
 	{"deepseek_v3", "q-lora-null", "general/ptq/nvfp4_awq_full-kv_fp8_cast", "NVFP4_AWQ",
 	 "model.layers.0.self_attn.kv_b_proj.pre_quant_scale !q_proj.pre_quant_scale", mla_more},
+	/* an FP8 block source: AWQ folds the dequantized weights */
+	{"deepseek_v3", "fp8-block16", "nvfp4_awq", "NVFP4_AWQ",
+	 "model.layers.0.self_attn.q_b_proj.pre_quant_scale !q_a_proj.pre_quant_scale", mla_more},
 	{"deepseek_v3", "default", "int8_sq", "W8A8_SQ_PER_CHANNEL",
 	 "model.layers.0.self_attn.q_b_proj.pre_quant_scale "
 	 "model.layers.0.self_attn.kv_b_proj.pre_quant_scale", mla_more},
