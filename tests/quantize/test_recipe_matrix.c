@@ -147,7 +147,7 @@ static const char *expected_refusal(const char *recipe, const char *arch, const 
 
 /* Fixture layouts: every one an architecture offers beyond its default;
  * "wide": the default layout with every linear input a multiple of 128
- * (cal_fixture_opts.wide, plain GQA decoders), where only the INT4 (and W4A8 AWQ) recipes
+ * (cal_fixture_opts.wide, plain GQA decoders and MLA), where only the INT4 (and W4A8 AWQ) recipes
  * run (the narrow fixtures refuse them for the block size). */
 static const char *const layouts[] = {"default", "per-expert", "mixtral", "fused", "wide"};
 
