@@ -684,26 +684,24 @@ static const struct qformat_case qformat_cases[] = {
 	 "shared_expert.down_proj.weight_scale_2 !q_proj.pre_quant_scale", NULL},
 	/* DeepSeek-V3's MLA (docs/awq.md "MLA"): q_b_proj, kv_b_proj, o_proj
 	 * and the shared expert keep a pre_quant_scale; q_a / kv_a (fused into
-	 * input_layernorm) and the dense MLP's gate/up do not */
-	{"deepseek_v3", "default", "nvfp4_awq", "NVFP4_AWQ",
-	 "model.layers.0.self_attn.q_b_proj.pre_quant_scale "
-	 "model.layers.0.self_attn.kv_b_proj.pre_quant_scale "
-	 "model.layers.2.self_attn.o_proj.pre_quant_scale "
-	 "model.layers.1.mlp.shared_experts.gate_proj.pre_quant_scale "
-	 "model.layers.1.mlp.shared_experts.down_proj.pre_quant_scale "
-	 "model.layers.0.mlp.down_proj.pre_quant_scale "
-	 "!q_a_proj.pre_quant_scale !kv_a_proj_with_mqa.pre_quant_scale "
-	 "!layers.0.mlp.gate_proj.pre_quant_scale !experts.0.gate_proj.pre_quant_scale", mla_more},
-	{"deepseek_v3", "wide", "int4_awq", "W4A16_AWQ",
-	 "model.layers.1.self_attn.kv_b_proj.pre_quant_scale !q_a_proj.pre_quant_scale", mla_more},
+	 * input_layernorm; without q_lora_rank q_proj / kv_a) and the dense
+	 * MLP's gate/up do not; int4_awq on the wide fixture, nvfp4 awq_full
+	 * without q_lora_rank, nvfp4_awq on an FP8 block source (the
+	 * dequantized weights folded), int8_sq (every linear keeps one) */
+#define MLA_PQS "model.layers.0.self_attn.q_b_proj.pre_quant_scale " \
+	"model.layers.1.self_attn.kv_b_proj.pre_quant_scale model.layers.2.self_attn.o_proj." \
+	"pre_quant_scale model.layers.1.mlp.shared_experts.gate_proj.pre_quant_scale "
+#define MLA_FUSED "!q_a_proj.pre_quant_scale !kv_a_proj_with_mqa.pre_quant_scale " \
+	"!layers.0.mlp.gate_proj.pre_quant_scale !experts.0.gate_proj.pre_quant_scale"
+	{"deepseek_v3", "default", "nvfp4_awq", "NVFP4_AWQ", MLA_PQS MLA_FUSED, mla_more},
+	{"deepseek_v3", "wide", "int4_awq", "W4A16_AWQ", MLA_PQS MLA_FUSED, mla_more},
 	{"deepseek_v3", "q-lora-null", "general/ptq/nvfp4_awq_full-kv_fp8_cast", "NVFP4_AWQ",
 	 "model.layers.0.self_attn.kv_b_proj.pre_quant_scale !q_proj.pre_quant_scale", mla_more},
-	/* an FP8 block source: AWQ folds the dequantized weights */
-	{"deepseek_v3", "fp8-block16", "nvfp4_awq", "NVFP4_AWQ",
-	 "model.layers.0.self_attn.q_b_proj.pre_quant_scale !q_a_proj.pre_quant_scale", mla_more},
+	{"deepseek_v3", "fp8-block16", "nvfp4_awq", "NVFP4_AWQ", MLA_PQS MLA_FUSED, mla_more},
 	{"deepseek_v3", "default", "int8_sq", "W8A8_SQ_PER_CHANNEL",
-	 "model.layers.0.self_attn.q_b_proj.pre_quant_scale "
-	 "model.layers.0.self_attn.kv_b_proj.pre_quant_scale", mla_more},
+	 MLA_PQS "model.layers.0.self_attn.q_a_proj.pre_quant_scale", mla_more},
+#undef MLA_PQS
+#undef MLA_FUSED
 	/* an affine NVFP4 KV cache layered over --qformat nvfp4 */
 	{"llama", "default", "nvfp4 --kv-cache-qformat nvfp4_affine", "NVFP4",
 	 "model.layers.1.self_attn.k_proj.k_bias model.layers.0.self_attn.v_proj.v_bias",
