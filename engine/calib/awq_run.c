@@ -27,7 +27,8 @@
  *
  * Memory (host): the cached inputs of the layer, per distinct input, T x
  * cols bf16 (T calibration tokens: q/k/v T x H, o_proj T x heads*head_dim,
- * gate/up T x H, down T x I, the shared expert's likewise), freed after the
+ * gate/up T x H, down T x I, the shared expert's likewise; MLA: q_a / kv_a
+ * T x H, q_b T x q_lora_rank, kv_b T x kv_lora_rank), freed after the
  * layer's search; the folded weights, scales and norms of the last layer
  * (kept for the exporter).  No token subsampling (modelopt's awq_lite
  * searches on every calibration token).
