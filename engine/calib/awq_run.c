@@ -7,24 +7,28 @@
  * the unquantized outputs of the layer before.  While it runs
  * (pass_begin .. _end), layer.c's actq sites hand each searched linear's
  * input rows to awq_site, which appends them to a host cache
- * per site (q/k/v share one, gate/up one).  After the layer's forward, per
+ * per site (q/k/v share one, gate/up one; MLA's q_a / kv_a one).  After the layer's forward, per
  * linear, cal_awq_lite_int4 (awq.c) searches the scale from the cached
  * rows, one calibration step per micro-batch (the size of the first one;
  * modelopt's statistics are per forward step); then the export fold:
- * cal_lin_resmooth over q/k/v, a dense MLP's gate/up and a shared
+ * cal_lin_resmooth over q/k/v (MLA: q_a_proj and kv_a_proj_with_mqa, or
+ * q_proj and kv_a_proj_with_mqa), a dense MLP's gate/up and a shared
  * expert's gate/up, and cal_awq_fuse_norm of the shared scale into
- * input_layernorm (q/k/v) and a dense MLP's post_attention_layernorm
- * (gate/up).  The exporter gets the folded weights, the pre_quant_scale
+ * input_layernorm (q/k/v; MLA's pair) and a dense MLP's
+ * post_attention_layernorm (gate/up).  The exporter gets the folded weights, the pre_quant_scale
  * of the linears whose group is not fused, and the fused norms
  * (engine/quantize.c).
  *
- * Which linears: attention q/k/v/o, dense MLP and shared-expert
+ * Which linears: attention q/k/v/o (MLA: q_a, q_b or q, kv_a, kv_b, o;
+ * q_b_proj and kv_b_proj read their own norm's output alone and keep their
+ * pre_quant_scale, docs/awq.md "MLA"), dense MLP and shared-expert
  * gate/up/down; the routed experts keep max calibration (modelopt's fused
  * experts are not nn.Linear modules).
  *
  * Memory (host): the cached inputs of the layer, per distinct input, T x
  * cols bf16 (T calibration tokens: q/k/v T x H, o_proj T x heads*head_dim,
- * gate/up T x H, down T x I, the shared expert's likewise), freed after the
+ * gate/up T x H, down T x I, the shared expert's likewise; MLA: q_a / kv_a
+ * T x H, q_b T x q_lora_rank, kv_b T x kv_lora_rank), freed after the
  * layer's search; the folded weights, scales and norms of the last layer
  * (kept for the exporter).  No token subsampling (modelopt's awq_lite
  * searches on every calibration token).

@@ -428,15 +428,17 @@ enum { F_WQ, F_WK, F_WV, F_WO, F_W13, F_W2, F_S13, F_S2, F_E13, F_E2,
 const uint16_t **cal_layer_field(struct cal_layer_w *w, int f);
 /* The actq site (enum cal_eval_site) of linear module m's input, its field
  * *f and its first element *at in that field; -1 for a module that is not
- * one of the attention / dense MLP / shared-expert linears with an enabled
- * weight quantizer. */
+ * one of the attention (GQA, gated, MLA, Gated DeltaNet) / dense MLP /
+ * shared-expert linears with an enabled weight quantizer.  Fused GDN
+ * in_proj_qkvz / in_proj_ba: the first of their two fields (GPTQ's linear
+ * hook adds the second and the row order). */
 int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, int *f,
 		    uint64_t *at, const struct cal_layer_host *lh);
 
-/* What GPTQ and AWQ do not run (their capability checks): the model's
- * (attention other than plain GQA, Gated DeltaNet, GPT-OSS) and a
- * quantizer's (attention Q/P BMM, outputs, a quantized shared_expert_gate
- * or lm_head weight); NULL when none. */
+/* What AWQ and SmoothQuant do not run (their capability checks): the
+ * model's (attention other than plain GQA and MLA, Gated DeltaNet,
+ * GPT-OSS) and a quantizer's (attention Q/P BMM, outputs, a quantized
+ * shared_expert_gate or lm_head weight); NULL when none. */
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d);
 const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q);
 /* CAL_OK when why is NULL, else CAL_ERR_UNSUPPORTED "<model_type>:

@@ -158,43 +158,6 @@ static uint64_t field_n(const struct cal_calib *c, const struct cal_layer_host *
 	return 0;
 }
 
-/* MLA and Gated DeltaNet linears: field and input site (-1: none). */
-static int extra_site(const struct cal_plan_module *m, int *f)
-{
-	static const struct {
-		enum cal_mod_kind kind;
-		const char *proj;
-		int f, site;
-	} t[] = {
-		{CAL_MOD_ATTN_PROJ, "q_a_proj", F_WQA, EQ_QKV},
-		{CAL_MOD_ATTN_PROJ, "q_b_proj", F_WQ, EQ_QB},
-		{CAL_MOD_ATTN_PROJ, "kv_a_proj_with_mqa", F_WKVA, EQ_QKV},
-		{CAL_MOD_ATTN_PROJ, "kv_b_proj", F_WKVB, EQ_KVB},
-		{CAL_MOD_LINATTN_PROJ, "in_proj_qkv", F_LQKV, EQ_QKV},
-		{CAL_MOD_LINATTN_PROJ, "in_proj_z", F_LZ, EQ_QKV},
-		{CAL_MOD_LINATTN_PROJ, "in_proj_b", F_LB, EQ_QKV},
-		{CAL_MOD_LINATTN_PROJ, "in_proj_a", F_LA, EQ_QKV},
-		{CAL_MOD_LINATTN_PROJ, "in_proj_qkvz", F_LQKV, EQ_QKV}, /* + F_LZ */
-		{CAL_MOD_LINATTN_PROJ, "in_proj_ba", F_LB, EQ_QKV},     /* + F_LA */
-		{CAL_MOD_LINATTN_PROJ, "out_proj", F_LOUT, EQ_O},
-	};
-	for (size_t i = 0; i < CAL_ARRAY_LEN(t); i++)
-		if (m->kind == t[i].kind && !strcmp(m->proj, t[i].proj))
-			return *f = t[i].f, t[i].site;
-	return -1;
-}
-
-/* The actq site of the input of linear module m (one GPTQ updates), its
- * field and first element there; -1 for any other module. */
-static int input_site(const struct cal_calib *c, const struct cal_plan_module *m,
-		      const struct cal_layer_host *lh, int *f, uint64_t *at)
-{
-	int site = cal_linear_site(c, m, f, at, lh);
-	if (site < 0 && m->wq >= 0 && c->plan->q[m->wq].spec.enabled && m->count == 1)
-		site = extra_site(m, f);
-	return site;
-}
-
 /* The linear GPTQ updates for plan module m (every quantized nn.Linear of
  * a decoder layer outside the routed experts; the list hook): its input
  * site, its rows in the engine's layout and their checkpoint order; -1 for
@@ -208,7 +171,7 @@ static int gptq_linear(const struct cal_calib *c, const struct cal_plan_module *
 	uint64_t at = 0;
 	gl->n_part = 1;
 	gl->map = NULL;
-	if ((site = input_site(c, m, lh, &f, &at)) < 0)
+	if ((site = cal_linear_site(c, m, &f, &at, lh)) < 0)
 		return -1;
 	gl->part[0] = (struct gpart){f, at, (uint64_t)m->out};
 	gl->r.f = f;
@@ -550,7 +513,7 @@ static enum cal_status site_scales(struct cal_calib *c, int32_t L, struct cal_er
 		else if (m->kind == CAL_MOD_EXPERTS_DOWN)
 			site = EQ_EXP_DOWN;
 		else
-			site = input_site(c, m, &none, &f, &at);
+			site = cal_linear_site(c, m, &f, &at, &none);
 		if (site < 0)
 			continue;
 		float a = 0.0f;

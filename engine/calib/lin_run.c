@@ -51,6 +51,32 @@ const uint16_t **cal_layer_field(struct cal_layer_w *w, int f)
 	return (const uint16_t **)(void *)((char *)w + field_off[f]);
 }
 
+/* MLA and Gated DeltaNet linears: field and input site (-1: none). */
+static int extra_site(const struct cal_plan_module *m, int *f)
+{
+	static const struct {
+		enum cal_mod_kind kind;
+		const char *proj;
+		int f, site;
+	} t[] = {
+		{CAL_MOD_ATTN_PROJ, "q_a_proj", F_WQA, EQ_QKV},
+		{CAL_MOD_ATTN_PROJ, "q_b_proj", F_WQ, EQ_QB},
+		{CAL_MOD_ATTN_PROJ, "kv_a_proj_with_mqa", F_WKVA, EQ_QKV},
+		{CAL_MOD_ATTN_PROJ, "kv_b_proj", F_WKVB, EQ_KVB},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_qkv", F_LQKV, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_z", F_LZ, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_b", F_LB, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_a", F_LA, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_qkvz", F_LQKV, EQ_QKV}, /* + F_LZ */
+		{CAL_MOD_LINATTN_PROJ, "in_proj_ba", F_LB, EQ_QKV},     /* + F_LA */
+		{CAL_MOD_LINATTN_PROJ, "out_proj", F_LOUT, EQ_O},
+	};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(t); i++)
+		if (m->kind == t[i].kind && !strcmp(m->proj, t[i].proj))
+			return *f = t[i].f, t[i].site;
+	return -1;
+}
+
 int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, int *f,
 		    uint64_t *at, const struct cal_layer_host *lh)
 {
@@ -85,7 +111,7 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
 	default:
 		break;
 	}
-	return -1;
+	return extra_site(m, f);
 }
 
 struct cal_lin *cal_lin_at(const struct cal_lin_run *r, size_t i)
@@ -126,8 +152,8 @@ static enum cal_status list_linears(struct cal_calib *c, int32_t L,
 
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d)
 {
-	if (d->attn != CAL_ATTN_GQA)
-		return "attention other than plain GQA (gated, MLA)";
+	if (d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_MLA)
+		return "attention other than plain GQA and MLA (gated)";
 	for (int32_t L = 0; L < d->num_layers; L++)
 		if (d->layers[L].mixer == CAL_MIXER_LINEAR)
 			return "Gated DeltaNet layers";

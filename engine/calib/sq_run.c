@@ -7,16 +7,18 @@
  * calibration.  While it runs (pass_begin .. _end), layer.c's actq sites
  * hand each smoothed linear's input to sq_site, which folds it
  * into a per-input-channel max |x| on the back end (op amax_cols; one
- * [cols] vector per site: q/k/v share one, gate/up one).  After the
- * forward, per linear, cal_smoothquant (smoothquant.c) computes the scale,
- * the folded weight and the input amax after smoothing; then the export's
+ * [cols] vector per site: q/k/v (MLA: q_a / kv_a) share one, gate/up
+ * one).  After the forward, per linear, cal_smoothquant (smoothquant.c)
+ * computes the scale, the folded weight and the input amax after
+ * smoothing; then the export's
  * resmoothing of each shared-input group (cal_lin_resmooth, per output
  * channel) and the group's input amax (their max), which take the place
  * of the observed per-tensor ones (cal_lin_run_map); the exporter
  * gets the folded weights and every smoothed linear's pre_quant_scale
  * (engine/quantize.c).
  *
- * Which linears: attention q/k/v/o, dense MLP and shared-expert
+ * Which linears: attention q/k/v/o (MLA: q_a, q_b or q, kv_a, kv_b, o; the
+ * q_a / kv_a pair is the shared-input group), dense MLP and shared-expert
  * gate/up/down; the routed experts keep max calibration (modelopt's fused
  * experts are not nn.Linear modules).
  *

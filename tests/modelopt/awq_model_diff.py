@@ -69,7 +69,8 @@ from gptq_model_diff import (dequant, diff_args, load_model, load_st,  # noqa: E
                              write_summary)
 from model_diff_common import count_codes  # noqa: E402
 
-AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+               "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")  # MLA
 
 
 def linear_inputs(torch, model, tokens):
@@ -110,6 +111,34 @@ def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp):
         for row in tokens:
             f.write(json.dumps({"input_ids": row}) + "\n")
     return fx, tokens, tok
+
+
+def make_dense(torch, fx, seed):
+    """--dense (deepseek_v3): every layer a dense MLP (first_k_dense_replace =
+    num_hidden_layers), the MoE layers' router, experts and shared experts
+    replaced by a dense MLP of intermediate_size with N(0, 1/fan_in) bf16
+    weights (seeded): modelopt's int4_awq export fails on transformers 5's
+    fused experts, and runs on this (docs/awq.md "MLA")."""
+    from safetensors.torch import load_file, save_file
+    with open(os.path.join(fx, "config.json")) as f:
+        cfg = json.load(f)
+    n, h, i = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]
+    cfg["first_k_dense_replace"] = n
+    with open(os.path.join(fx, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    path = os.path.join(fx, "model.safetensors")
+    st = load_file(path)
+    g = torch.Generator().manual_seed(seed)
+    for L in range(n):
+        pre = "model.layers.%d.mlp." % L
+        if pre + "gate_proj.weight" in st:
+            continue
+        for k in [k for k in st if k.startswith(pre)]:
+            del st[k]
+        for name, o, fan in (("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)):
+            st[pre + name + ".weight"] = (torch.randn(o, fan, generator=g) /
+                                          fan ** 0.5).to(torch.bfloat16)
+    save_file(st, path, metadata={"format": "pt"})
 
 
 def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algorithm="awq_lite",
@@ -184,6 +213,8 @@ def main():
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq", "w4a8_awq"))
     ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
+    ap.add_argument("--dense", action="store_true",
+                    help="deepseek_v3: every layer's MLP dense (make_dense)")
     ap.add_argument("--algorithm", default="awq_lite",
                     choices=("awq_lite", "awq_full", "awq_clip"))
     args = ap.parse_args()
@@ -198,6 +229,8 @@ def main():
             os.makedirs(tmp, exist_ok=True)
         fx, tokens, tok = wide_case(args.fixture_bin, args.arch, args.seed, args.mha, args.rows,
                                     args.seq_len, tmp)
+        if args.dense:
+            make_dense(torch, fx, args.seed)
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         nv = args.qformat == "nvfp4_awq"
         w8 = args.qformat == "w4a8_awq"
@@ -295,7 +328,8 @@ def main():
             if k.endswith("layernorm.weight") and ".layers." in k:
                 norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
     summary = write_summary(
-        args.out, {"arch": args.arch, "wide": True, "mha": args.mha, "seed": args.seed, "rows": args.rows,
+        args.out, {"arch": args.arch, "wide": True, "mha": args.mha, "dense": args.dense,
+                   "seed": args.seed, "rows": args.rows,
                    "seq_len": args.seq_len, "qformat": args.qformat,
                    "algorithm": args.algorithm}, rows, tot,
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),

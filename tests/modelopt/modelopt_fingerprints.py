@@ -198,8 +198,7 @@ def one_run(recipe_name):
     """{"calibd_run": "quantize"} for a recipe whose algorithm changes the
     weights during calibration (calibd exports those in one quantize run
     only), else {} (calibrate, then export from the statistics)."""
-    from modelopt.recipe import load_recipe
-    algo = load_recipe(recipe_file(recipe_name)).quantize.model_dump().get("algorithm")
+    algo = quant_config(recipe_name).get("algorithm")  # a qformat: item too
     method = algo.get("method") if isinstance(algo, dict) else algo
     return {"calibd_run": "quantize"} if method in ("smoothquant", "awq_lite", "gptq") else {}
 
