@@ -103,11 +103,7 @@ static enum cal_status smooth_one(struct cal_calib *c, const struct cal_layer_w 
 				  struct cal_lin *sl, const float *act, struct cal_error *err)
 {
 	uint64_t n = sl->rows * sl->cols;
-	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, sl->f);
 	const char *name = c->plan->modules[sl->mod].name;
-	if (!src)
-		return cal_error_set(err, CAL_ERR_INTERNAL, "smoothquant: %s has no weight in the "
-				     "layer", name);
 	uint16_t *w = malloc(n * 2);
 	float *wa = malloc(sl->rows * sizeof(float));
 	sl->w = malloc(n * 2);
@@ -117,7 +113,7 @@ static enum cal_status smooth_one(struct cal_calib *c, const struct cal_layer_w 
 	if (!w || !wa || !sl->w || !sl->pqs)
 		st = cal_error_set(err, CAL_ERR_NOMEM, "smoothquant: out of memory");
 	if (st >= 0)
-		st = cal_backend_download(c->be, w, src + sl->at, n * 2, err);
+		st = cal_lin_load(c, dw, sl, w, 1, err); /* the checkpoint's row order */
 	if (st >= 0) {
 		struct cal_sq_out o = {sl->pqs, sl->w, wa, 0.0f};
 		st = cal_smoothquant(w, sl->rows, sl->cols, act, (float)c->plan->recipe->algo.sq_alpha, &o,
