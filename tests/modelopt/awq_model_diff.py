@@ -101,15 +101,15 @@ def load_outputs(torch, transformers, fx, tokens, dirs):
     return (xs, model.state_dict()) + tuple(load_st(torch, d) if d else None for d in dirs)
 
 
-def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp, wide=True):
+def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp, wide=True, extra=()):
     """(fixture dir, token rows, tokens.jsonl) under tmp: `calibd-fixture
-    --wide` (unless not wide) of arch and seed (--mha: no GQA) and rows x
-    seq_len random tokens."""
+    --wide` (unless not wide) of arch and seed (--mha: no GQA; extra: more
+    options) and rows x seq_len random tokens."""
     rng = random.Random(seed)
     tokens = [[rng.randrange(0, 260) for _ in range(seq_len)] for _ in range(rows)]
     fx = os.path.join(tmp, "fixture")
     run([fixture_bin, "--arch", arch, "--seed", str(seed)] + (["--wide"] if wide else []) +
-        (["--mha"] if mha else []) + [fx])
+        (["--mha"] if mha else []) + list(extra) + [fx])
     tok = os.path.join(tmp, "tokens.jsonl")
     with open(tok, "w") as f:
         for row in tokens:
@@ -209,6 +209,9 @@ def main():
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq", "w4a8_awq"))
     ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
+    ap.add_argument("--dense", action="store_true",
+                    help="every layer a dense MLP (calibd-fixture --dense, qwen3_next): "
+                    "modelopt's INT4 export fails on transformers 5's fused experts")
     ap.add_argument("--narrow", action="store_true",
                     help="the default fixture, not --wide (nvfp4_awq: 64-wide inputs)")
     ap.add_argument("--algorithm", default="awq_lite",
@@ -224,7 +227,8 @@ def main():
             tmp = args.keep
             os.makedirs(tmp, exist_ok=True)
         fx, tokens, tok = wide_case(args.fixture_bin, args.arch, args.seed, args.mha, args.rows,
-                                    args.seq_len, tmp, not args.narrow)
+                                    args.seq_len, tmp, not args.narrow,
+                                    ["--dense"] if args.dense else [])
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         nv = args.qformat == "nvfp4_awq"
         w8 = args.qformat == "w4a8_awq"
@@ -322,7 +326,8 @@ def main():
             if k.endswith("layernorm.weight") and ".layers." in k:
                 norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
     summary = write_summary(
-        args.out, {"arch": args.arch, "wide": not args.narrow, "mha": args.mha, "seed": args.seed, "rows": args.rows,
+        args.out, {"arch": args.arch, "wide": not args.narrow, "mha": args.mha,
+                   "dense": args.dense, "seed": args.seed, "rows": args.rows,
                    "seq_len": args.seq_len, "qformat": args.qformat,
                    "algorithm": args.algorithm}, rows, tot,
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
