@@ -253,7 +253,8 @@ def main():
         xs, src, M, C, R, ME = load_outputs(torch, transformers, fx, tokens,
                                             (mo, ca, rt, me if args.spread else None))
         rows = []
-        tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0, "measured": 0}
+        tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0, "measured": 0,
+               "kept": 0, "kept_modelopt": 0.0, "kept_calibd": 0.0, "kept_rtn": 0.0}
         tags = ("modelopt", "calibd", "rtn") + (("modelopt_eager",) if args.spread else ())
         for tag in tags[3:]:
             tot[tag] = 0.0
@@ -305,6 +306,10 @@ def main():
                 tot["measured"] += 1
                 for tag in tags:
                     tot[tag] += res[tag + "_mse"]
+                if mpq is not None:  # modelopt's scale not fused into a norm
+                    tot["kept"] += 1
+                    for tag in tags[:3]:
+                        tot["kept_" + tag] += res[tag + "_mse"]
             rows.append(res)
         cfg_equal = {}
         for fn, key in (("hf_quant_config.json", "quantization"),
@@ -336,7 +341,12 @@ def main():
          "weight_scales_equal": same["weight_scale"],
          "quant_configs_equal": cfg_equal, "linears_measured": tot["measured"],
          "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),
-         "norm_values_differing": norms})
+         "norm_values_differing": norms,
+         # the linears whose pre_quant_scale modelopt exports (not fused into
+         # a norm): their mean MSE, free of the norm folds
+         "mean_mse_pqs_kept": {t: tot["kept_" + t] / max(tot["kept"], 1)
+                               for t in ("modelopt", "calibd", "rtn")},
+         "linears_pqs_kept": tot["kept"]})
     m = summary["mean_layer_output_mse"]
     print("%d linears: alphas equal %d, pre_quant_scales equal %d; layer-output MSE modelopt "
           "%.6e, calibd %.6e, round-to-nearest %.6e; %.3f%% of codes differ; norm values "
@@ -345,6 +355,9 @@ def main():
              m["modelopt"], m["calibd"], m["rtn"], summary["codes_differing_pct"],
              sum(norms.values()), summary["input_scales_equal"],
              summary["weight_scale_2_equal"]))
+    k = summary["mean_mse_pqs_kept"]
+    print("the %d linears with a pre_quant_scale: MSE modelopt %.6e, calibd %.6e, round-to-nearest "
+          "%.6e" % (summary["linears_pqs_kept"], k["modelopt"], k["calibd"], k["rtn"]))
     print_spread(m)
     for r in rows:
         if r["modelopt_alpha"] != r["calibd_alpha"]:

@@ -14,6 +14,7 @@
  * modelopt 0.47 writes for these norms) give a larger error.
  */
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,6 +119,17 @@ static void quantize(const char *arch, const char *qformat, struct cal_st_file *
 	*out = open_st(dst);
 }
 
+/* Linears that keep their pre_quant_scale: fold error below thr. */
+static void kept_scales(const struct cal_st_file *src, const struct cal_st_file *out,
+			const char *const *lins, size_t n, double thr)
+{
+	for (size_t i = 0; i < n; i++) {
+		double e = fold_err(src, out, lins[i], NULL);
+		printf("%s: fold error %.6f\n", lins[i], e);
+		cr_expect(e < thr, "%s: fold error %g", lins[i], e);
+	}
+}
+
 /* The group fused into a (1 + weight) norm: each member's fold error with
  * the norm's scale below 2 %, and below the error of a weight * s fold. */
 static void fused_group(const struct cal_st_file *src, const struct cal_st_file *out,
@@ -134,66 +146,72 @@ static void fused_group(const struct cal_st_file *src, const struct cal_st_file 
 	}
 }
 
-Test(awq_gated, qwen3_next_nvfp4_awq, .timeout = 120)
+/* One case: arch quantized with qformat; kept: linears with a
+ * pre_quant_scale (fold error below thr); fused: the group fused into norm. */
+struct gcase {
+	const char *arch, *qformat;
+	const char *kept[6];
+	double thr;
+	const char *norm;
+	const char *fused[4];
+};
+
+static void run_case(const struct gcase *g)
 {
 	struct cal_st_file *src, *out;
 	char *root;
-	quantize("qwen3_next", "nvfp4_awq", &src, &out, &root);
-	/* Gated DeltaNet: in_proj_qkvz alone (in_proj_ba is not quantized)
-	 * keeps its pre_quant_scale, as out_proj, o_proj and the shared expert */
-	static const char *const kept[] = {
-		"model.layers.0.linear_attn.in_proj_qkvz", "model.layers.2.linear_attn.out_proj",
-		"model.layers.3.self_attn.o_proj", "model.layers.1.mlp.shared_expert.gate_proj",
-		"model.layers.1.mlp.shared_expert.down_proj"};
-	for (size_t i = 0; i < CAL_ARRAY_LEN(kept); i++) {
-		double e = fold_err(src, out, kept[i], NULL);
-		printf("%s: fold error %.5f\n", kept[i], e);
-		cr_expect(e < 0.02, "%s: fold error %g", kept[i], e);
-	}
+	size_t nk = 0, nf = 0;
+	quantize(g->arch, g->qformat, &src, &out, &root);
+	while (nk < CAL_ARRAY_LEN(g->kept) && g->kept[nk])
+		nk++;
+	while (nf < CAL_ARRAY_LEN(g->fused) && g->fused[nf])
+		nf++;
+	kept_scales(src, out, g->kept, nk, g->thr);
+	if (g->norm)
+		fused_group(src, out, g->norm, g->fused, nf);
+	/* not quantized (modelopt's defaults): no pre_quant_scale */
 	cr_expect_null(tensor(out, "model.layers.0.linear_attn.in_proj_ba", "pre_quant_scale"));
-	/* gated attention: q/k/v fused into input_layernorm (1 + weight) */
-	static const char *const qkv[] = {"model.layers.3.self_attn.q_proj",
-					  "model.layers.3.self_attn.k_proj",
-					  "model.layers.3.self_attn.v_proj"};
-	fused_group(src, out, "model.layers.3.input_layernorm.weight", qkv, 3);
+	cr_expect_null(tensor(out, "model.layers.0.linear_attn.in_proj_a", "pre_quant_scale"));
 	cal_st_file_free(src);
 	cal_st_file_free(out);
 	rm_rf(root);
 }
 
-Test(awq_gated, qwen3_5_nvfp4_awq, .timeout = 120)
+static const struct gcase cases[] = {
+	/* Gated DeltaNet: in_proj_qkvz alone (in_proj_ba is not quantized)
+	 * keeps its pre_quant_scale, as out_proj, o_proj and the shared expert;
+	 * gated attention's q/k/v are fused into input_layernorm (1 + weight) */
+	{"qwen3_next", "nvfp4_awq",
+	 {"model.layers.0.linear_attn.in_proj_qkvz", "model.layers.2.linear_attn.out_proj",
+	  "model.layers.3.self_attn.o_proj", "model.layers.1.mlp.shared_expert.gate_proj",
+	  "model.layers.1.mlp.shared_expert.down_proj"},
+	 0.02, "model.layers.3.input_layernorm.weight",
+	 {"model.layers.3.self_attn.q_proj", "model.layers.3.self_attn.k_proj",
+	  "model.layers.3.self_attn.v_proj"}},
+	/* Qwen3.5's split in_proj_qkv / in_proj_z read input_layernorm's
+	 * output: a group of two, fused into the norm */
+	{"qwen3_5_moe_text", "nvfp4_awq", {"model.layers.1.linear_attn.out_proj"}, 0.02,
+	 "model.layers.1.input_layernorm.weight",
+	 {"model.layers.1.linear_attn.in_proj_qkv", "model.layers.1.linear_attn.in_proj_z"}},
+	/* SmoothQuant: every smoothed linear keeps its pre_quant_scale (INT8:
+	 * near exact) */
+	{"qwen3_next", "int8_sq",
+	 {"model.layers.3.self_attn.q_proj", "model.layers.3.self_attn.o_proj",
+	  "model.layers.0.linear_attn.in_proj_qkvz", "model.layers.0.linear_attn.out_proj",
+	  "model.layers.0.mlp.shared_expert.up_proj"},
+	 1e-3, NULL, {NULL}},
+};
+
+/* The parameters are indices into cases (the test runs in a new process). */
+ParameterizedTestParameters(awq_gated, folds)
 {
-	struct cal_st_file *src, *out;
-	char *root;
-	quantize("qwen3_5_moe_text", "nvfp4_awq", &src, &out, &root);
-	/* Qwen3.5's split in_proj_qkv / in_proj_z read input_layernorm's output:
-	 * a group of two, fused into the norm */
-	static const char *const inp[] = {"model.layers.1.linear_attn.in_proj_qkv",
-					  "model.layers.1.linear_attn.in_proj_z"};
-	fused_group(src, out, "model.layers.1.input_layernorm.weight", inp, 2);
-	double e = fold_err(src, out, "model.layers.1.linear_attn.out_proj", NULL);
-	cr_expect(e < 0.02, "out_proj: fold error %g", e);
-	cal_st_file_free(src);
-	cal_st_file_free(out);
-	rm_rf(root);
+	size_t n = CAL_ARRAY_LEN(cases), *idx = cr_malloc(n * sizeof(*idx));
+	for (size_t i = 0; i < n; i++)
+		idx[i] = i;
+	return cr_make_param_array(size_t, idx, n);
 }
 
-Test(awq_gated, qwen3_next_int8_sq, .timeout = 120)
+ParameterizedTest(size_t *i, awq_gated, folds, .timeout = 120)
 {
-	struct cal_st_file *src, *out;
-	char *root;
-	quantize("qwen3_next", "int8_sq", &src, &out, &root);
-	/* every smoothed linear keeps its pre_quant_scale (INT8: near exact) */
-	static const char *const lins[] = {
-		"model.layers.3.self_attn.q_proj", "model.layers.3.self_attn.o_proj",
-		"model.layers.0.linear_attn.in_proj_qkvz", "model.layers.0.linear_attn.out_proj",
-		"model.layers.0.mlp.shared_expert.up_proj"};
-	for (size_t i = 0; i < CAL_ARRAY_LEN(lins); i++) {
-		double e = fold_err(src, out, lins[i], NULL);
-		printf("%s: fold error %.6f\n", lins[i], e);
-		cr_expect(e < 1e-3, "%s: fold error %g", lins[i], e);
-	}
-	cal_st_file_free(src);
-	cal_st_file_free(out);
-	rm_rf(root);
+	run_case(&cases[*i]);
 }
