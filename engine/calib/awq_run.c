@@ -11,15 +11,18 @@
  * linear, cal_awq_lite_int4 (awq.c) searches the scale from the cached
  * rows, one calibration step per micro-batch (the size of the first one;
  * modelopt's statistics are per forward step); then the export fold:
- * cal_lin_resmooth over q/k/v, a dense MLP's gate/up and a shared
- * expert's gate/up, and cal_awq_fuse_norm of the shared scale into
- * input_layernorm (q/k/v) and a dense MLP's post_attention_layernorm
- * (gate/up).  The exporter gets the folded weights, the pre_quant_scale
+ * cal_lin_resmooth over q/k/v (a Gated DeltaNet layer's in_proj), a dense
+ * MLP's gate/up and a shared expert's gate/up, and cal_awq_fuse_norm of
+ * the shared scale into input_layernorm (q/k/v, in_proj) and a dense MLP's
+ * post_attention_layernorm (gate/up) where cal_plan_awq_fuses_norm says so
+ * (docs/awq.md "Qwen3-Next and Qwen3.5-MoE").  The exporter gets the folded weights, the pre_quant_scale
  * of the linears whose group is not fused, and the fused norms
  * (engine/quantize.c).
  *
- * Which linears: attention q/k/v/o, dense MLP and shared-expert
- * gate/up/down; the routed experts keep max calibration (modelopt's fused
+ * Which linears: attention q/k/v/o (gated attention's too), Gated
+ * DeltaNet in_proj / out_proj, dense MLP and shared-expert gate/up/down
+ * (lin_run.c's cal_lin_layout; searched in the checkpoint's row order,
+ * cal_lin_load); the routed experts keep max calibration (modelopt's fused
  * experts are not nn.Linear modules).
  *
  * Memory (host): the cached inputs of the layer, per distinct input, T x

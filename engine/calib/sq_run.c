@@ -16,9 +16,11 @@
  * gets the folded weights and every smoothed linear's pre_quant_scale
  * (engine/quantize.c).
  *
- * Which linears: attention q/k/v/o, dense MLP and shared-expert
- * gate/up/down; the routed experts keep max calibration (modelopt's fused
- * experts are not nn.Linear modules).
+ * Which linears: attention q/k/v/o (gated attention's too), Gated
+ * DeltaNet in_proj / out_proj, dense MLP and shared-expert gate/up/down
+ * (lin_run.c's cal_lin_layout; smoothed in the checkpoint's row order);
+ * the routed experts keep max calibration (modelopt's fused experts are
+ * not nn.Linear modules).
  *
  * Memory: on the back end `in` floats per distinct input of the layer
  * (q/k/v H, o_proj heads*head_dim, gate/up H, down I, the shared expert's
