@@ -74,18 +74,13 @@ struct refusal {
 };
 
 static const struct refusal refusals[] = {
-	/* AWQ-lite runs on plain GQA and MLA attention with dense or
-	 * routed-expert MLPs (docs/awq.md); calibd's tree: hf_ptq's nvfp4_awq */
-	{"nvfp4_awq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text",
-	 "algorithm awq_lite with attention other than plain GQA"},
+	/* AWQ-lite runs on plain and gated GQA, MLA and Gated DeltaNet layers
+	 * with dense or routed-expert MLPs (docs/awq.md); calibd's tree: hf_ptq's
+	 * nvfp4_awq */
 	{"nvfp4_awq-kv_fp8_cast", "gpt_oss", "algorithm awq_lite with GPT-OSS"},
 	/* the same for calibd's NVFP4 awq_full / awq_clip recipes (modelopt's
 	 * NVFP4_AWQ_FULL_CFG / NVFP4_AWQ_CLIP_CFG; docs/awq.md "awq_clip") */
-	{"nvfp4_awq_full-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text",
-	 "algorithm awq_full with attention other than plain GQA"},
 	{"nvfp4_awq_full-kv_fp8_cast", "gpt_oss", "algorithm awq_full with GPT-OSS"},
-	{"nvfp4_awq_clip-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text",
-	 "algorithm awq_clip with attention other than plain GQA"},
 	{"nvfp4_awq_clip-kv_fp8_cast", "gpt_oss", "algorithm awq_clip with GPT-OSS"},
 	/* numerics calibd does not implement yet */
 	/* a block format on an input dimension that is not a multiple of the
@@ -105,11 +100,10 @@ static const struct refusal refusals[] = {
 	{"mxfp8-kv_fp8_cast", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},
 	/* calibd's INT8 recipes (hf_ptq's int8, int8_wo, int8_sq): GPT-OSS's
 	 * fused BMM experts have no INT8 export (qfmt.def: bmm 0); SmoothQuant
-	 * runs on plain GQA and MLA attention only, as AWQ (docs/smoothquant.md) */
+	 * runs on plain and gated GQA, MLA and Gated DeltaNet layers, as AWQ
+	 * (docs/smoothquant.md) */
 	{"int8_default-kv_fp8_cast", "gpt_oss", "GPT-OSS experts in int8 are not exported"},
 	{"int8_weight_only-kv_fp8_cast", "gpt_oss", "GPT-OSS experts in int8 are not exported"},
-	{"int8_sq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text",
-	 "algorithm smoothquant with attention other than plain GQA"},
 	{"int8_sq-kv_fp8_cast", "gpt_oss", "algorithm smoothquant with GPT-OSS"},
 	/* calibd's recipes of hf_ptq's W4A8 qformats: block 32 weights, as
 	 * nvfp4_mlp_weight_only / mxfp4_mlp_weight_only */
