@@ -111,7 +111,7 @@ uint64_t cal_gptq_dead_mask(const uint16_t *w, uint64_t rows, uint64_t cols, uin
  * masks (cal_gptq_dead_mask), n_samples[k] > 0 the rows each sum saw.  One
  * `gptq_factor` op (kernels/ops.h: the CPU back end's bytes are the column
  * algorithms'; a device's U agrees to a few f32 ulps).  scratch: the
- * caller's cal_gptq_factor_dev_bytes(n, count) bytes on be (8-aligned).
+ * caller's cal_gptq_factor_dev_bytes(be, n, count) bytes on be (8-aligned).
  */
 enum cal_status cal_gptq_factor_dev(struct cal_backend *be, uint64_t n, size_t count,
 				    const float *hs, const uint8_t *dead, const uint64_t *n_samples,
@@ -119,7 +119,7 @@ enum cal_status cal_gptq_factor_dev(struct cal_backend *be, uint64_t n, size_t c
 				    struct cal_gptq_stats *stats, struct cal_error *err);
 
 /* Bytes of back-end scratch cal_gptq_factor_dev needs. */
-uint64_t cal_gptq_factor_dev_bytes(uint64_t n, size_t count);
+uint64_t cal_gptq_factor_dev_bytes(const struct cal_backend *be, uint64_t n, size_t count);
 
 /* Bytes of host memory cal_gptq_nvfp4 allocates for a [rows, cols] linear. */
 uint64_t cal_gptq_scratch_bytes(uint64_t rows, uint64_t cols);

@@ -206,15 +206,18 @@ struct cal_gptq_factor_args {
 	float *u;               /* [batch, n, n] out */
 	double *damp;           /* [batch] out */
 	int32_t *bad;           /* [batch] out */
-	double *work;           /* cal_gptq_factor_work(n) doubles of scratch (the
-				 * matrices are factored one after the other) */
+	double *work;           /* cal_gptq_factor_work(n, device) doubles of scratch
+				 * (the matrices are factored one after the other) */
 	uint32_t batch;         /* 0 .. 65535 */
 };
 
-/* Doubles of scratch the gptq_factor op needs for matrices of n, any batch. */
-static inline uint64_t cal_gptq_factor_work(uint64_t n)
+/* Doubles of scratch the gptq_factor op needs for matrices of n, any
+ * batch: on the CPU the f64 H and its factor side by side plus a panel
+ * (chol_inv); on a device (device != 0) H alone, factored in place by
+ * cuSOLVER, whose own workspace the op allocates. */
+static inline uint64_t cal_gptq_factor_work(uint64_t n, int device)
 {
-	return 2 * n * n + (n + 32) * 32;
+	return device ? n * n : 2 * n * n + (n + 32) * 32;
 }
 
 /* The gptq_factor op's H for one matrix, in a ([n, n] f64): scale hsum,

@@ -7,25 +7,33 @@
  * the unquantized outputs of the layer before.  While it runs
  * (pass_begin .. _end), layer.c's actq sites hand each searched linear's
  * input rows to awq_site, which appends them to a host cache
- * per site (q/k/v share one, gate/up one).  After the layer's forward, per
+ * per site (q/k/v share one, gate/up one; MLA's q_a / kv_a one).  After the layer's forward, per
  * linear, cal_awq_lite_int4 (awq.c) searches the scale from the cached
  * rows, one calibration step per micro-batch (the size of the first one;
  * modelopt's statistics are per forward step); then the export fold:
- * cal_lin_resmooth over q/k/v, a dense MLP's gate/up and a shared
- * expert's gate/up, and cal_awq_fuse_norm of the shared scale into
- * input_layernorm (q/k/v) and a dense MLP's post_attention_layernorm
- * (gate/up).  The exporter gets the folded weights, the pre_quant_scale
- * of the linears whose group is not fused, and the fused norms
- * (engine/quantize.c).
+ * cal_lin_resmooth over q/k/v (MLA: q_a_proj and kv_a_proj_with_mqa, or
+ * q_proj and kv_a_proj_with_mqa; a Gated DeltaNet layer's in_proj), a
+ * dense MLP's gate/up and a shared expert's gate/up, and cal_awq_fuse_norm
+ * of the shared scale into input_layernorm (q/k/v, MLA's pair, in_proj)
+ * and a dense MLP's post_attention_layernorm (gate/up) where
+ * cal_plan_awq_fuses_norm says so (docs/awq.md "MLA", "Qwen3-Next and
+ * Qwen3.5-MoE").  The exporter gets the folded weights, the
+ * pre_quant_scale of the linears whose group is not fused, and the fused
+ * norms (engine/quantize.c).
  *
- * Which linears: attention q/k/v/o, dense MLP and shared-expert
- * gate/up/down; the routed experts keep max calibration (modelopt's fused
+ * Which linears: attention q/k/v/o (gated attention's too; MLA: q_a, q_b
+ * or q, kv_a, kv_b, o, where q_b_proj and kv_b_proj read their own norm's
+ * output alone and keep their pre_quant_scale), Gated DeltaNet in_proj /
+ * out_proj, dense MLP and shared-expert gate/up/down (lin_run.c's
+ * cal_lin_layout; searched in the checkpoint's row order, cal_lin_load);
+ * the routed experts keep max calibration (modelopt's fused
  * experts are not nn.Linear modules).  GPT-OSS: q/k/v/o, their biases
  * inside the search's outputs (lin_bias), its fp32 norms fused as bf16.
  *
  * Memory (host): the cached inputs of the layer, per distinct input, T x
  * cols bf16 (T calibration tokens: q/k/v T x H, o_proj T x heads*head_dim,
- * gate/up T x H, down T x I, the shared expert's likewise), freed after the
+ * gate/up T x H, down T x I, the shared expert's likewise; MLA: q_a / kv_a
+ * T x H, q_b T x q_lora_rank, kv_b T x kv_lora_rank), freed after the
  * layer's search; the folded weights, scales and norms of the last layer
  * (kept for the exporter).  No token subsampling (modelopt's awq_lite
  * searches on every calibration token).
@@ -180,10 +188,12 @@ static enum cal_status awq_site(struct cal_calib *c, int32_t L, int site, int64_
 	return CAL_OK;
 }
 
-/* The bias of the attention linear in field f (GPT-OSS's q/k/v/o; NULL
- * for every other linear and model): the search's outputs include it. */
-static const uint16_t *lin_bias(const struct cal_layer_w *dw, int f)
+/* The bias of attention linear l (GPT-OSS's q/k/v/o; NULL for every other
+ * linear and model, and for one whose rows the engine permutes or splits,
+ * none of which has a bias): the search's outputs include it. */
+static const uint16_t *lin_bias(const struct cal_layer_w *dw, const struct cal_lin *l)
 {
+	int f = l->map || l->n_part != 1 ? -1 : l->f;
 	return f == F_WQ ? dw->bq : f == F_WK ? dw->bk : f == F_WV ? dw->bv
 	     : f == F_WO ? dw->bo : NULL;
 }
@@ -196,17 +206,14 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 	const struct cal_plan_module *m = &c->plan->modules[al->r.mod];
 	int quant_in = m->iq >= 0 && c->plan->q[m->iq].spec.enabled; /* nvfp4_awq */
 	uint64_t n = al->r.rows * al->r.cols;
-	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, al->r.f);
 	const char *name = m->name;
 	al->alpha = -1.0f;
-	if (!src)
-		return cal_error_set(err, CAL_ERR_INTERNAL, "awq: %s has no weight in the layer",
-				     name);
 	al->r.w = malloc(n * 2);
 	al->r.pqs = malloc(al->r.cols * 2);
 	if (!al->r.w || !al->r.pqs)
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-	CAL_TRY_RET(cal_backend_download(c->be, al->r.w, src + al->r.at, n * 2, err));
+	/* the checkpoint's row order, as modelopt's search sees the weight */
+	CAL_TRY_RET(cal_lin_load(c, dw, &al->r, al->r.w, 1, err));
 	uint64_t T = g->crows[al->r.site];
 	int finite = 1;
 	for (uint64_t k = 0; k < T * al->r.cols && finite; k++)
@@ -220,7 +227,7 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 	}
 	float *wa = malloc(n / (g->wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128) * sizeof(float));
 	uint16_t *wf = malloc(n * 2);
-	const uint16_t *db = lin_bias(dw, al->r.f);
+	const uint16_t *db = lin_bias(dw, &al->r);
 	uint16_t *bias = db ? malloc(al->r.rows * 2) : NULL;
 	enum cal_status st = CAL_OK;
 	if (!wa || !wf || (db && !bias))
@@ -292,13 +299,19 @@ static enum cal_status clip_one(struct cal_calib *c, struct alin *al, json_t *o,
 }
 
 /* The export fold of the linears reading `site`; norm k (0 input, 1
- * post-attention; -1 none) takes the shared scale. */
+ * post-attention; -1 none) takes the shared scale where modelopt's export
+ * fuses it (cal_plan_awq_fuses_norm: a group of two or more). */
 static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w *dw, int site,
 				  int k, struct cal_error *err)
 {
 	struct cal_awq_run *g = run(c);
 	uint64_t blk = g->wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128;
 	const struct cal_lin *l0 = NULL;
+	for (size_t i = 0; i < g->r.n_lin && !l0; i++)
+		l0 = LIN(g)[i].r.site == site ? &LIN(g)[i].r : NULL;
+	if (!l0 || !cal_plan_awq_fuses_norm(c->plan, l0->mod))
+		k = -1;
+	l0 = NULL;
 	/* awq_full: a member whose scale the group re-folds loses its clip
 	 * (modelopt's export takes the max amax of the re-folded weight) */
 	uint16_t *was = NULL;

@@ -428,13 +428,15 @@ enum { F_WQ, F_WK, F_WV, F_WO, F_W13, F_W2, F_S13, F_S2, F_E13, F_E2,
 const uint16_t **cal_layer_field(struct cal_layer_w *w, int f);
 /* The actq site (enum cal_eval_site) of linear module m's input, its field
  * *f and its first element *at in that field; -1 for a module that is not
- * one of the attention / dense MLP / shared-expert linears with an enabled
- * weight quantizer. */
+ * one of the attention (GQA, gated, MLA, Gated DeltaNet) / dense MLP /
+ * shared-expert linears with an enabled weight quantizer.  Fused GDN
+ * in_proj_qkvz / in_proj_ba: the first of their two fields (cal_lin_layout
+ * adds the second and the row order). */
 int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, int *f,
 		    uint64_t *at, const struct cal_layer_host *lh);
 
-/* What GPTQ and AWQ do not run (their capability checks): the model's
- * (attention other than plain GQA, Gated DeltaNet, GPT-OSS) and a
+/* What AWQ and SmoothQuant do not run (their capability checks): the
+ * model's (attention other than plain GQA, gated GQA and MLA; GPT-OSS) and a
  * quantizer's (attention Q/P BMM, outputs, a quantized shared_expert_gate
  * or lm_head weight); NULL when none. */
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d);
@@ -459,10 +461,21 @@ enum cal_status cal_linear_algo_refuse(const struct cal_model_desc *d, const cha
  * element offset at, input site (cal_linear_site), [rows, cols]; what the
  * exporter gets (cal_calib_lin_weight); the algorithm's own fields follow
  * it in its elements. */
+/* Rows of a linear in the engine's layer layout: `rows` rows of field f
+ * from element `at` on. */
+struct cal_lin_part {
+	int f;
+	uint64_t at, rows;
+};
 struct cal_lin {
 	size_t mod;
 	int f, site;
 	uint64_t at, rows, cols;
+	struct cal_lin_part part[2]; /* its rows in the engine's layout (Qwen3-Next's
+				      * fused in_proj: two fields); part[0] is f, at */
+	int n_part;
+	uint32_t *map;     /* row r of the engine's layout is the checkpoint's row
+			    * map[r] (gated q_proj, Qwen3-Next in_proj); NULL: same */
 	uint16_t *w;       /* host bf16 [rows, cols], checkpoint row order; NULL: none */
 	uint16_t *pqs;     /* host bf16 [cols]: its pre_quant_scale (AWQ, SmoothQuant) */
 	int pqs_out;       /* the exporter writes pqs (not fused elsewhere) */
@@ -510,7 +523,7 @@ struct cal_lin_algo {
 	/* whether plan module m of the layer is one of its linears: fills the
 	 * element lin (zeroed, its struct cal_lin's mod, rows and cols set) and
 	 * gives its input site; -1 not one, -2 out of memory (lin left owning
-	 * nothing).  NULL: cal_linear_site */
+	 * nothing).  NULL: cal_lin_layout */
 	int (*linear)(const struct cal_calib *c, const struct cal_plan_module *m,
 		      const struct cal_layer_host *lh, void *lin);
 	/* frees what the layer's linears and state own beyond w and pqs; the
@@ -558,6 +571,18 @@ void cal_lin_run_map(struct cal_calib *c, int32_t L);
 json_t *cal_lin_run_stats(const struct cal_calib *c);
 /* Linear i of the run. */
 struct cal_lin *cal_lin_at(const struct cal_lin_run *r, size_t i);
+/* The default linear hook: l's input site (cal_linear_site), field, rows
+ * in the engine's layout and their checkpoint order (l->part, l->map,
+ * allocated when the orders differ); -1 for a module the run does not
+ * rewrite, -2 out of memory. */
+int cal_lin_layout(const struct cal_calib *c, const struct cal_plan_module *m,
+		   const struct cal_layer_host *lh, struct cal_lin *l);
+/* l's weight from the layer's fields dw into host out [rows, cols]: in the
+ * engine's row order, or the checkpoint's when ckpt is set (what AWQ and
+ * SmoothQuant search on and hand the exporter). */
+enum cal_status cal_lin_load(struct cal_calib *c, const struct cal_layer_w *dw,
+			     const struct cal_lin *l, uint16_t *out, int ckpt,
+			     struct cal_error *err);
 /* The export's resmoothing of the layer's linears reading `site` (at most
  * 8; docs/awq.md, docs/smoothquant.md "Export"): one pre_quant_scale for
  * all, each weight re-folded (cal_resmooth_group with blocks of blk along a

@@ -115,10 +115,10 @@ uint64_t cal_gptq_dead_mask(const uint16_t *w, uint64_t rows, uint64_t cols, uin
 	return cnt;
 }
 
-uint64_t cal_gptq_factor_dev_bytes(uint64_t n, size_t count)
+uint64_t cal_gptq_factor_dev_bytes(const struct cal_backend *be, uint64_t n, size_t count)
 {
 	/* the op's f64 scratch, then scale and damp (f64), bad (i32), dead */
-	return cal_gptq_factor_work(n) * sizeof(double) +
+	return cal_gptq_factor_work(n, be->kind != CAL_BACKEND_CPU) * sizeof(double) +
 	       count * (2 * sizeof(double) + sizeof(int32_t) + n);
 }
 
@@ -127,7 +127,7 @@ enum cal_status cal_gptq_factor_dev(struct cal_backend *be, uint64_t n, size_t c
 				    const struct cal_gptq_opts *o, float *u, void *scratch,
 				    struct cal_gptq_stats *stats, struct cal_error *err)
 {
-	uint64_t nn = n * n, wb = cal_gptq_factor_work(n) * sizeof(double);
+	uint64_t nn = n * n, wb = cal_gptq_factor_work(n, be->kind != CAL_BACKEND_CPU) * sizeof(double);
 	double *sc = malloc(count * sizeof(double)), *dp = malloc(count * sizeof(double));
 	int32_t *bad = malloc(count * sizeof(int32_t));
 	float *eye = NULL;
@@ -208,7 +208,7 @@ enum cal_status cal_gptq_factor_many(struct cal_backend *be, uint64_t cols, size
 	}
 	if ((st = cal_backend_alloc(be, count * nn * sizeof(float), &hs, err)) < 0 ||
 	    (st = cal_backend_alloc(be, count * nn * sizeof(float), &du, err)) < 0 ||
-	    (st = cal_backend_alloc(be, cal_gptq_factor_dev_bytes(cols, count), &scr, err)) < 0)
+	    (st = cal_backend_alloc(be, cal_gptq_factor_dev_bytes(be, cols, count), &scr, err)) < 0)
 		goto out;
 	for (size_t m = 0; m < count; m++) {
 		cal_gptq_dead_mask(in[m].w, in[m].rows, cols, dead + m * cols);

@@ -53,23 +53,11 @@
 #include "engine/gptq.h"
 
 
-/* Rows of a linear in the engine's layer layout: `rows` rows of field f
- * from element `at` on. */
-struct gpart {
-	int f;
-	uint64_t at, rows;
-};
-
 /* One linear GPTQ updates in the current layer: lin_run.c's (f, at: its
  * first part; w: the updated bf16 weight in the checkpoint's row order,
  * kept until the next layer), then GPTQ's own. */
 struct glin {
 	struct cal_lin r;
-	struct gpart part[2]; /* its rows in the engine's layout (Qwen3-Next's fused
-			       * in_proj: two fields) */
-	int n_part;
-	uint32_t *map;     /* row r of the engine's layout is the checkpoint's row
-			    * map[r] (gated q_proj, Qwen3-Next in_proj); NULL: same */
 	uint16_t *orig;    /* host, during the solve: the original weight */
 	float *ba, ga;     /* its per-16-block amax and global amax */
 	struct cal_gptq_stats st;
@@ -158,88 +146,6 @@ static uint64_t field_n(const struct cal_calib *c, const struct cal_layer_host *
 	return 0;
 }
 
-/* MLA and Gated DeltaNet linears: field and input site (-1: none). */
-static int extra_site(const struct cal_plan_module *m, int *f)
-{
-	static const struct {
-		enum cal_mod_kind kind;
-		const char *proj;
-		int f, site;
-	} t[] = {
-		{CAL_MOD_ATTN_PROJ, "q_a_proj", F_WQA, EQ_QKV},
-		{CAL_MOD_ATTN_PROJ, "q_b_proj", F_WQ, EQ_QB},
-		{CAL_MOD_ATTN_PROJ, "kv_a_proj_with_mqa", F_WKVA, EQ_QKV},
-		{CAL_MOD_ATTN_PROJ, "kv_b_proj", F_WKVB, EQ_KVB},
-		{CAL_MOD_LINATTN_PROJ, "in_proj_qkv", F_LQKV, EQ_QKV},
-		{CAL_MOD_LINATTN_PROJ, "in_proj_z", F_LZ, EQ_QKV},
-		{CAL_MOD_LINATTN_PROJ, "in_proj_b", F_LB, EQ_QKV},
-		{CAL_MOD_LINATTN_PROJ, "in_proj_a", F_LA, EQ_QKV},
-		{CAL_MOD_LINATTN_PROJ, "in_proj_qkvz", F_LQKV, EQ_QKV}, /* + F_LZ */
-		{CAL_MOD_LINATTN_PROJ, "in_proj_ba", F_LB, EQ_QKV},     /* + F_LA */
-		{CAL_MOD_LINATTN_PROJ, "out_proj", F_LOUT, EQ_O},
-	};
-	for (size_t i = 0; i < CAL_ARRAY_LEN(t); i++)
-		if (m->kind == t[i].kind && !strcmp(m->proj, t[i].proj))
-			return *f = t[i].f, t[i].site;
-	return -1;
-}
-
-/* The actq site of the input of linear module m (one GPTQ updates), its
- * field and first element there; -1 for any other module. */
-static int input_site(const struct cal_calib *c, const struct cal_plan_module *m,
-		      const struct cal_layer_host *lh, int *f, uint64_t *at)
-{
-	int site = cal_linear_site(c, m, f, at, lh);
-	if (site < 0 && m->wq >= 0 && c->plan->q[m->wq].spec.enabled && m->count == 1)
-		site = extra_site(m, f);
-	return site;
-}
-
-/* The linear GPTQ updates for plan module m (every quantized nn.Linear of
- * a decoder layer outside the routed experts; the list hook): its input
- * site, its rows in the engine's layout and their checkpoint order; -1 for
- * any other module, -2 out of memory.  gl->map is allocated when the orders
- * differ. */
-static int gptq_linear(const struct cal_calib *c, const struct cal_plan_module *m,
-		       const struct cal_layer_host *lh, void *lin)
-{
-	struct glin *gl = lin;
-	int f = -1, site;
-	uint64_t at = 0;
-	gl->n_part = 1;
-	gl->map = NULL;
-	if ((site = input_site(c, m, lh, &f, &at)) < 0)
-		return -1;
-	gl->part[0] = (struct gpart){f, at, (uint64_t)m->out};
-	gl->r.f = f;
-	gl->r.at = at;
-	if (f == F_WQ && c->d->attn == CAL_ATTN_GATED_GQA) {
-		if ((gl->map = malloc((size_t)m->out * sizeof(uint32_t))))
-			cal_gated_q_map(c, gl->map);
-		return gl->map ? site : -2;
-	}
-	int qkvz = f == F_LQKV && !strcmp(m->proj, "in_proj_qkvz");
-	if (qkvz || (f == F_LB && !strcmp(m->proj, "in_proj_ba"))) {
-		/* Qwen3-Next's fused in_proj: two fields, the rows permuted */
-		struct cal_gdn_dims g;
-		cal_gdn_dims(c->d, &g);
-		gl->part[0].rows = qkvz ? g.cd : g.nv;
-		gl->part[1] = (struct gpart){qkvz ? F_LZ : F_LA, 0, qkvz ? g.vd : g.nv};
-		gl->n_part = 2;
-		uint32_t *m1 = malloc((g.cd + g.vd) * sizeof(uint32_t));
-		uint32_t *m2 = malloc(2 * g.nv * sizeof(uint32_t));
-		if (!m1 || !m2) {
-			CAL_FREE_ALL(m1, m2);
-			return -2;
-		}
-		cal_gdn_fused_maps(&g, m1, m2);
-		gl->map = qkvz ? m1 : m2;
-		free(qkvz ? m2 : m1);
-		return site;
-	}
-	return site;
-}
-
 enum cal_status cal_calib_check_gptq(const struct cal_plan *p, struct cal_error *err)
 {
 	const struct cal_model_desc *d = p->model;
@@ -277,12 +183,6 @@ static enum cal_status gptq_init(struct cal_calib *c, struct cal_error *err)
 	if (!g->fallback || (c->E && !g->tok_save))
 		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
 	return CAL_OK;
-}
-
-static void drop_layer(struct cal_calib *c)
-{
-	struct cal_gptq_run *g = run(c);
-	CAL_FREE_MEMBER(LIN(g), g->r.n_lin, map);
 }
 
 /* Back-end buffers of one run (calib.c frees them with the run). */
@@ -550,7 +450,7 @@ static enum cal_status site_scales(struct cal_calib *c, int32_t L, struct cal_er
 		else if (m->kind == CAL_MOD_EXPERTS_DOWN)
 			site = EQ_EXP_DOWN;
 		else
-			site = input_site(c, m, &none, &f, &at);
+			site = cal_linear_site(c, m, &f, &at, &none);
 		if (site < 0)
 			continue;
 		float a = 0.0f;
@@ -711,22 +611,13 @@ static const char *mod_name(const struct cal_calib *c, size_t mi)
 static enum cal_status load_linear(struct cal_calib *c, const struct cal_layer_w *dw,
 				   struct glin *gl, struct cal_error *err)
 {
-	uint64_t n = gl->r.rows * gl->r.cols, r0 = 0;
+	uint64_t n = gl->r.rows * gl->r.cols;
 	gl->orig = malloc(n * 2);
 	gl->ba = malloc(n / 16 * 4);
 	gl->r.w = malloc(n * 2);
 	if (!gl->orig || !gl->ba || !gl->r.w)
 		return cal_error_set(err, CAL_ERR_NOMEM, "gptq: out of memory");
-	for (int k = 0; k < gl->n_part; k++) {
-		const struct gpart *pt = &gl->part[k];
-		const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, pt->f);
-		if (!src)
-			return cal_error_set(err, CAL_ERR_INTERNAL, "gptq: %s has no weight in the "
-					     "layer", c->plan->modules[gl->r.mod].name);
-		CAL_TRY_RET(cal_backend_download(c->be, gl->orig + r0 * gl->r.cols, src + pt->at,
-						 pt->rows * gl->r.cols * 2, err));
-		r0 += pt->rows;
-	}
+	CAL_TRY_RET(cal_lin_load(c, dw, &gl->r, gl->orig, 0, err));
 	gl->ga = 0.0f;
 	for (uint64_t b = 0; b < n / 16; b++) {
 		float m = 0.0f;
@@ -770,7 +661,8 @@ static int shared_amax(const struct cal_calib *c, const struct glin *gl)
 }
 
 /* Back-end bytes the factors of one batched factorisation may take: the
- * gptq_factor op's f64 scratch (16 n^2, one matrix at a time) and per
+ * gptq_factor op's f64 scratch (16 n^2 on the CPU, 8 n^2 on a device, one
+ * matrix at a time) and per
  * distinct factor of input dim n a copy of its Hessian sums and U (f32,
  * 8 n^2) (docs/gptq.md, "Memory"). */
 #define GPTQ_FACTOR_BUDGET ((uint64_t)2 << 30)
@@ -799,7 +691,8 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 				    uint8_t *mask, struct cal_error *err)
 {
 	struct cal_gptq_run *g = run(c);
-	uint64_t C = LIN(g)[i0].r.cols, CC = C * C, bytes = CC * 16, per = CC * 8;
+	uint64_t C = LIN(g)[i0].r.cols, CC = C * C, per = CC * 8,
+		 bytes = cal_gptq_factor_dev_bytes(c->be, C, 0);
 	size_t i = i0;
 	*nf = 0;
 	for (; i < g->r.n_lin && LIN(g)[i].r.cols == C; i++) {
@@ -837,7 +730,7 @@ static enum cal_status factor_chunk(struct cal_calib *c, const float *ga, size_t
 	/* one factor reads its site's sums in place; several, copies side by side */
 	if ((*nf > 1 && (rc = grow(c, (void **)&g->fh, &g->fh_cap, *nf * CC * 4, err)) < 0) ||
 	    (rc = grow(c, (void **)&g->du, &g->du_cap, *nf * CC * 4, err)) < 0 ||
-	    (rc = grow(c, &g->fscr, &g->fscr_cap, cal_gptq_factor_dev_bytes(C, *nf), err)) < 0)
+	    (rc = grow(c, &g->fscr, &g->fscr_cap, cal_gptq_factor_dev_bytes(c->be, C, *nf), err)) < 0)
 		goto out;
 	for (size_t k = 0; k < *nf; k++) {
 		/* no rows seen: H = 0, which no damping makes positive
@@ -943,14 +836,14 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		if ((st = cal_backend_download(c->be, gl->orig, g->wdst, n * 2, err)) < 0)
 			goto out;
 		for (uint64_t r = 0; r < R; r++) /* the exporter's row order */
-			memcpy(gl->r.w + (gl->map ? gl->map[r] : r) * C, gl->orig + r * C, C * 2);
+			memcpy(gl->r.w + (gl->r.map ? gl->r.map[r] : r) * C, gl->orig + r * C, C * 2);
 		/* pass 2 quantizes the updated weight with the same scales, in the
 		 * shadows of its fields (the scratch buffers are reused by the next
 		 * linear: wait) */
 		if ((st = fq_static(c, g->wdst, g->wdst, R, C, g->bamax, ga[i], err)) < 0)
 			goto out;
-		for (int k = 0, r0 = 0; k < gl->n_part; r0 += (int)gl->part[k++].rows) {
-			const struct gpart *pt = &gl->part[k];
+		for (int k = 0, r0 = 0; k < gl->r.n_part; r0 += (int)gl->r.part[k++].rows) {
+			const struct cal_lin_part *pt = &gl->r.part[k];
 			if ((st = shadow_of(c, lh, &dw, pt->f, err)) < 0 ||
 			    (st = cal_backend_copy(c->be, g->shadow[pt->f] + pt->at,
 						   g->wdst + (uint64_t)r0 * C, pt->rows * C * 2, err)) < 0)
@@ -1051,7 +944,7 @@ const struct cal_lin_algo cal_gptq_algo = {
 	.passes = 3, .site_pass = 1, .all_sites = 1, .site_writes = 1,
 	.obs_dropped = 1u << 1 | 1u << 2, .sites_only = 1u << 1, .check = cal_calib_check_gptq, .params = params,
 	.size = sizeof(struct cal_gptq_run), .lin_size = sizeof(struct glin),
-	.init = gptq_init, .linear = gptq_linear, .drop_layer = drop_layer, .release = release,
+	.init = gptq_init, .release = release,
 	.free = gptq_free, .begin = pass_begin, .site = gptq_site, .round_end = round_end,
 	.end = pass_end,
 };

@@ -51,6 +51,32 @@ const uint16_t **cal_layer_field(struct cal_layer_w *w, int f)
 	return (const uint16_t **)(void *)((char *)w + field_off[f]);
 }
 
+/* MLA and Gated DeltaNet linears: field and input site (-1: none). */
+static int extra_site(const struct cal_plan_module *m, int *f)
+{
+	static const struct {
+		enum cal_mod_kind kind;
+		const char *proj;
+		int f, site;
+	} t[] = {
+		{CAL_MOD_ATTN_PROJ, "q_a_proj", F_WQA, EQ_QKV},
+		{CAL_MOD_ATTN_PROJ, "q_b_proj", F_WQ, EQ_QB},
+		{CAL_MOD_ATTN_PROJ, "kv_a_proj_with_mqa", F_WKVA, EQ_QKV},
+		{CAL_MOD_ATTN_PROJ, "kv_b_proj", F_WKVB, EQ_KVB},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_qkv", F_LQKV, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_z", F_LZ, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_b", F_LB, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_a", F_LA, EQ_QKV},
+		{CAL_MOD_LINATTN_PROJ, "in_proj_qkvz", F_LQKV, EQ_QKV}, /* + F_LZ */
+		{CAL_MOD_LINATTN_PROJ, "in_proj_ba", F_LB, EQ_QKV},     /* + F_LA */
+		{CAL_MOD_LINATTN_PROJ, "out_proj", F_LOUT, EQ_O},
+	};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(t); i++)
+		if (m->kind == t[i].kind && !strcmp(m->proj, t[i].proj))
+			return *f = t[i].f, t[i].site;
+	return -1;
+}
+
 int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, int *f,
 		    uint64_t *at, const struct cal_layer_host *lh)
 {
@@ -85,7 +111,71 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
 	default:
 		break;
 	}
-	return -1;
+	return extra_site(m, f);
+}
+
+int cal_lin_layout(const struct cal_calib *c, const struct cal_plan_module *m,
+		   const struct cal_layer_host *lh, struct cal_lin *l)
+{
+	int f = -1, site;
+	uint64_t at = 0;
+	l->n_part = 1;
+	l->map = NULL;
+	if ((site = cal_linear_site(c, m, &f, &at, lh)) < 0)
+		return -1;
+	l->part[0] = (struct cal_lin_part){f, at, (uint64_t)m->out};
+	l->f = f;
+	l->at = at;
+	if (f == F_WQ && c->d->attn == CAL_ATTN_GATED_GQA) {
+		if ((l->map = malloc((size_t)m->out * sizeof(uint32_t))))
+			cal_gated_q_map(c, l->map);
+		return l->map ? site : -2;
+	}
+	int qkvz = f == F_LQKV && !strcmp(m->proj, "in_proj_qkvz");
+	if (qkvz || (f == F_LB && !strcmp(m->proj, "in_proj_ba"))) {
+		/* Qwen3-Next's fused in_proj: two fields, the rows permuted */
+		struct cal_gdn_dims g;
+		cal_gdn_dims(c->d, &g);
+		l->part[0].rows = qkvz ? g.cd : g.nv;
+		l->part[1] = (struct cal_lin_part){qkvz ? F_LZ : F_LA, 0, qkvz ? g.vd : g.nv};
+		l->n_part = 2;
+		uint32_t *m1 = malloc((g.cd + g.vd) * sizeof(uint32_t));
+		uint32_t *m2 = malloc(2 * g.nv * sizeof(uint32_t));
+		if (!m1 || !m2) {
+			CAL_FREE_ALL(m1, m2);
+			return -2;
+		}
+		cal_gdn_fused_maps(&g, m1, m2);
+		l->map = qkvz ? m1 : m2;
+		free(qkvz ? m2 : m1);
+	}
+	return site;
+}
+
+enum cal_status cal_lin_load(struct cal_calib *c, const struct cal_layer_w *dw,
+			     const struct cal_lin *l, uint16_t *out, int ckpt,
+			     struct cal_error *err)
+{
+	uint64_t C = l->cols, r0 = 0;
+	uint16_t *eng = ckpt && l->map ? malloc(l->rows * C * 2) : out;
+	enum cal_status st = CAL_OK;
+	if (!eng)
+		return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", c->lr->a->name);
+	for (int k = 0; k < l->n_part && st >= 0; k++) {
+		const struct cal_lin_part *pt = &l->part[k];
+		const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, pt->f);
+		st = src ? cal_backend_download(c->be, eng + r0 * C, src + pt->at, pt->rows * C * 2,
+						err)
+			 : cal_error_set(err, CAL_ERR_INTERNAL, "%s: %s has no weight in the "
+					 "layer", c->lr->a->name, c->plan->modules[l->mod].name);
+		r0 += pt->rows;
+	}
+	if (eng != out) {
+		for (uint64_t r = 0; st >= 0 && r < l->rows; r++)
+			memcpy(out + (uint64_t)l->map[r] * C, eng + r * C, C * 2);
+		free(eng);
+	}
+	return st;
 }
 
 struct cal_lin *cal_lin_at(const struct cal_lin_run *r, size_t i)
@@ -115,8 +205,7 @@ static enum cal_status list_linears(struct cal_calib *c, int32_t L,
 		}
 		struct cal_lin *l = memset((char *)r->lin + r->n_lin * size, 0, size);
 		*l = (struct cal_lin){.mod = mi, .rows = (uint64_t)m->out, .cols = (uint64_t)m->in};
-		l->site = r->a->linear ? r->a->linear(c, m, lh, l)
-				       : cal_linear_site(c, m, &l->f, &l->at, lh);
+		l->site = r->a->linear ? r->a->linear(c, m, lh, l) : cal_lin_layout(c, m, lh, l);
 		if (l->site == -2)
 			return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", r->a->name);
 		r->n_lin += l->site >= 0;
@@ -126,11 +215,11 @@ static enum cal_status list_linears(struct cal_calib *c, int32_t L,
 
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d)
 {
-	if (d->attn != CAL_ATTN_GQA)
-		return "attention other than plain GQA (gated, MLA)";
-	for (int32_t L = 0; L < d->num_layers; L++)
-		if (d->layers[L].mixer == CAL_MIXER_LINEAR)
-			return "Gated DeltaNet layers";
+	/* MLA (docs/awq.md "MLA"), gated attention and Gated DeltaNet layers
+	 * (docs/awq.md "Qwen3-Next and Qwen3.5-MoE") and GPT-OSS (docs/awq.md
+	 * "GPT-OSS") run */
+	if (d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA && d->attn != CAL_ATTN_MLA)
+		return "attention other than plain GQA, gated GQA and MLA";
 	return NULL;
 }
 
@@ -188,7 +277,7 @@ static void drop_layer(struct cal_calib *c)
 	if (r->a->drop_layer)
 		r->a->drop_layer(c);
 	for (size_t i = 0; i < r->n_lin; i++)
-		CAL_FREE_ALL(cal_lin_at(r, i)->w, cal_lin_at(r, i)->pqs);
+		CAL_FREE_ALL(cal_lin_at(r, i)->w, cal_lin_at(r, i)->pqs, cal_lin_at(r, i)->map);
 	r->n_lin = 0;
 }
 

@@ -7,18 +7,22 @@
  * calibration.  While it runs (pass_begin .. _end), layer.c's actq sites
  * hand each smoothed linear's input to sq_site, which folds it
  * into a per-input-channel max |x| on the back end (op amax_cols; one
- * [cols] vector per site: q/k/v share one, gate/up one).  After the
- * forward, per linear, cal_smoothquant (smoothquant.c) computes the scale,
- * the folded weight and the input amax after smoothing; then the export's
+ * [cols] vector per site: q/k/v (MLA: q_a / kv_a) share one, gate/up
+ * one).  After the forward, per linear, cal_smoothquant (smoothquant.c)
+ * computes the scale, the folded weight and the input amax after
+ * smoothing; then the export's
  * resmoothing of each shared-input group (cal_lin_resmooth, per output
  * channel) and the group's input amax (their max), which take the place
  * of the observed per-tensor ones (cal_lin_run_map); the exporter
  * gets the folded weights and every smoothed linear's pre_quant_scale
  * (engine/quantize.c).
  *
- * Which linears: attention q/k/v/o, dense MLP and shared-expert
- * gate/up/down; the routed experts keep max calibration (modelopt's fused
- * experts are not nn.Linear modules).
+ * Which linears: attention q/k/v/o (gated attention's too; MLA: q_a, q_b
+ * or q, kv_a, kv_b, o, the q_a / kv_a pair the shared-input group), Gated
+ * DeltaNet in_proj / out_proj, dense MLP and shared-expert gate/up/down
+ * (lin_run.c's cal_lin_layout; smoothed in the checkpoint's row order);
+ * the routed experts keep max calibration (modelopt's fused experts are
+ * not nn.Linear modules).
  *
  * Memory: on the back end `in` floats per distinct input of the layer
  * (q/k/v H, o_proj heads*head_dim, gate/up H, down I, the shared expert's
@@ -103,11 +107,7 @@ static enum cal_status smooth_one(struct cal_calib *c, const struct cal_layer_w 
 				  struct cal_lin *sl, const float *act, struct cal_error *err)
 {
 	uint64_t n = sl->rows * sl->cols;
-	const uint16_t *src = *cal_layer_field((struct cal_layer_w *)dw, sl->f);
 	const char *name = c->plan->modules[sl->mod].name;
-	if (!src)
-		return cal_error_set(err, CAL_ERR_INTERNAL, "smoothquant: %s has no weight in the "
-				     "layer", name);
 	uint16_t *w = malloc(n * 2);
 	float *wa = malloc(sl->rows * sizeof(float));
 	sl->w = malloc(n * 2);
@@ -117,7 +117,7 @@ static enum cal_status smooth_one(struct cal_calib *c, const struct cal_layer_w 
 	if (!w || !wa || !sl->w || !sl->pqs)
 		st = cal_error_set(err, CAL_ERR_NOMEM, "smoothquant: out of memory");
 	if (st >= 0)
-		st = cal_backend_download(c->be, w, src + sl->at, n * 2, err);
+		st = cal_lin_load(c, dw, sl, w, 1, err); /* the checkpoint's row order */
 	if (st >= 0) {
 		struct cal_sq_out o = {sl->pqs, sl->w, wa, 0.0f};
 		st = cal_smoothquant(w, sl->rows, sl->cols, act, (float)c->plan->recipe->algo.sq_alpha, &o,

@@ -685,12 +685,15 @@ static enum cal_status declare_all(struct cal_exporter *ex, struct cal_error *er
 }
 
 /* AWQ (docs/awq.md "Export"): which searched linears keep a pre_quant_scale.
- * q/k/v and a dense MLP's gate/up read a norm's output, into which their
- * shared scale is fused; nvfp4_awq folds o_proj's and a dense down_proj's
- * into the previous linear where modelopt does (cal_plan_awq_fuses_prev);
- * every other searched linear (o_proj, down_proj, the shared expert's)
- * exports it.  Routed experts are not searched.  With NVFP4 weights the
- * searched linears' quant_algo is NVFP4_AWQ (modelopt's, fused or not). */
+ * q/k/v (MLA: q_a_proj or q_proj, and kv_a_proj_with_mqa), a dense MLP's
+ * gate/up and Qwen3.5's in_proj_qkv/z read a norm's output, into which
+ * their shared scale is fused (cal_plan_awq_fuses_norm); nvfp4_awq folds
+ * o_proj's and a dense down_proj's into the previous linear where modelopt
+ * does (cal_plan_awq_fuses_prev); every other searched linear (o_proj,
+ * down_proj, out_proj, Qwen3-Next's in_proj_qkvz, MLA's q_b_proj and
+ * kv_b_proj, the shared expert's) exports it.  Routed experts are not
+ * searched.  With NVFP4 weights the searched linears' quant_algo is
+ * NVFP4_AWQ (modelopt's, fused or not). */
 static enum cal_status awq_mark(struct cal_exporter *ex, struct cal_error *err)
 {
 	int sq = ex->plan->recipe->algo.method == CAL_CALIB_SMOOTHQUANT;
@@ -704,13 +707,11 @@ static enum cal_status awq_mark(struct cal_exporter *ex, struct cal_error *err)
 			  x->fmt != CAL_QFMT_W4A8_AWQ))
 			continue;
 		const struct cal_plan_module *m = &ex->plan->modules[x->mod];
-		const char *pr = m->proj ? m->proj : "";
 		int searched = m->kind == CAL_MOD_ATTN_PROJ || m->kind == CAL_MOD_MLP_PROJ ||
-			       m->kind == CAL_MOD_SHARED_PROJ;
-		/* AWQ fuses q/k/v's and a dense MLP's gate/up scale into the norm;
-		 * SmoothQuant keeps every linear's (docs/smoothquant.md "Export") */
-		int fused = !sq && ((m->kind == CAL_MOD_ATTN_PROJ && strcmp(pr, "o_proj")) ||
-				    (m->kind == CAL_MOD_MLP_PROJ && strcmp(pr, "down_proj")) ||
+			       m->kind == CAL_MOD_SHARED_PROJ || m->kind == CAL_MOD_LINATTN_PROJ;
+		/* AWQ fuses the scale of a group reading a norm into it; SmoothQuant
+		 * keeps every linear's (docs/smoothquant.md "Export") */
+		int fused = !sq && (cal_plan_awq_fuses_norm(ex->plan, (size_t)x->mod) ||
 				    cal_plan_awq_fuses_prev(ex->plan, (size_t)x->mod));
 		x->awq_pqs = searched && !fused;
 		for (size_t k = 0; searched && x->fmt == CAL_QFMT_NVFP4 && k < ex->n_mc; k++) {

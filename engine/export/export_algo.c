@@ -34,10 +34,13 @@ enum cal_status cal_exporter_set_weight(struct cal_exporter *ex, size_t mod, con
 		if (x->layer >= 0 && ex->layer_done[x->layer])
 			return cal_error_set(err, CAL_ERR_INVALID, "export: %s: layer %d was already "
 					     "exported", x->name, (int)x->layer);
+		/* AWQ and SmoothQuant fold the dequantized weight of an FP8 block
+		 * source (docs/awq.md "MLA"); GPTQ needs the source's grid */
+		int fp8 = x->si && ex->plan->recipe->algo.method != CAL_CALIB_GPTQ;
 		if ((x->fmt != CAL_QFMT_NVFP4_STATIC && x->fmt != CAL_QFMT_INT4_BLOCK &&
 		     x->fmt != CAL_QFMT_W4A8_AWQ &&
 		     x->fmt != CAL_QFMT_NVFP4 && x->fmt != CAL_QFMT_INT8) ||
-		    x->dtype != CAL_DTYPE_BF16 || x->si || x->bmm ||
+		    (!fp8 && (x->dtype != CAL_DTYPE_BF16 || x->si)) || x->bmm ||
 		    numel != (uint64_t)x->out * (uint64_t)x->in)
 			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "export: %s: an updated (GPTQ, "
 					     "AWQ, SmoothQuant) weight needs an NVFP4, INT4 or INT8 "

@@ -164,6 +164,13 @@ size_t cal_plan_next_experts(const struct cal_plan *p, int32_t L, size_t mi);
  * o_proj without GQA (its input as wide as v_proj's output) or a dense
  * MLP's down_proj. */
 int cal_plan_awq_fuses_prev(const struct cal_plan *p, size_t m);
+/* AWQ's export (docs/awq.md "Export" step 4): whether module m's
+ * pre_quant_scale is fused into the norm whose output it reads: attention
+ * q/k/v (input_layernorm), a dense MLP's gate/up (post_attention_layernorm)
+ * or a Gated DeltaNet in_proj (input_layernorm), when two or more linears
+ * of that group have an enabled weight quantizer (modelopt fuses only a
+ * group of linears sharing the norm's output tensor). */
+int cal_plan_awq_fuses_norm(const struct cal_plan *p, size_t m);
 
 /* Human summary (`calibd plan`): a heap string owned by the caller. */
 char *cal_plan_text(const struct cal_plan *p, const char *recipe_name);

@@ -551,6 +551,34 @@ int cal_plan_awq_fuses_prev(const struct cal_plan *p, size_t m)
 	return pm->kind == CAL_MOD_MLP_PROJ && !strcmp(pm->proj, "down_proj");
 }
 
+/* Which norm-fed group module pm belongs to: 1 attention q/k/v (MLA:
+ * q_a_proj or q_proj, and kv_a_proj_with_mqa), 2 dense MLP gate/up, 3
+ * Gated DeltaNet in_proj; 0 none (MLA's q_b_proj and kv_b_proj each read
+ * their own norm alone: docs/awq.md "MLA"). */
+static int norm_group(const struct cal_plan_module *pm)
+{
+	const char *pr = pm->proj ? pm->proj : "";
+	if (pm->kind == CAL_MOD_ATTN_PROJ)
+		return strcmp(pr, "o_proj") && strcmp(pr, "q_b_proj") && strcmp(pr, "kv_b_proj");
+	if (pm->kind == CAL_MOD_MLP_PROJ)
+		return strcmp(pr, "down_proj") ? 2 : 0;
+	if (pm->kind == CAL_MOD_LINATTN_PROJ)
+		return strcmp(pr, "out_proj") ? 3 : 0;
+	return 0;
+}
+
+int cal_plan_awq_fuses_norm(const struct cal_plan *p, size_t m)
+{
+	int grp = m < p->n_modules ? norm_group(&p->modules[m]) : 0;
+	size_t n = 0;
+	for (size_t i = 0; grp && i < p->n_modules; i++) {
+		const struct cal_plan_module *pi = &p->modules[i];
+		const struct cal_qspec *w = cal_plan_weight_spec(p, i, 0);
+		n += pi->layer == p->modules[m].layer && norm_group(pi) == grp && w && w->enabled;
+	}
+	return n >= 2;
+}
+
 size_t cal_plan_next_experts(const struct cal_plan *p, int32_t L, size_t mi)
 {
 	for (; mi < p->n_modules; mi++) {

@@ -67,9 +67,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gptq_model_diff import (dequant, diff_args, load_model, load_st,  # noqa: E402
                              patch_ieee_sqrt, patch_modelopt_cpu, print_spread, run,
                              write_summary)
-from model_diff_common import count_codes, gpt_oss_export  # noqa: E402
+from model_diff_common import count_codes  # noqa: E402
 
-AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+               "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",  # MLA
+               # Gated DeltaNet (in_proj_a / _b / _ba: disabled by modelopt's defaults)
+               "in_proj_qkvz", "in_proj_qkv", "in_proj_z", "out_proj")
+# (1 + weight) norms (docs/awq.md "Qwen3-Next and Qwen3.5-MoE")
+ONE_PLUS_NORMS = ("qwen3_next", "qwen3_5_moe", "qwen3_5_moe_text")
 # --no-experts: the routed experts unquantized (GPT-OSS with INT4 weights:
 # neither modelopt 0.47 nor calibd exports its fused experts in INT4)
 NO_EXPERTS = {"quantizer_name": "*mlp.experts*", "enable": False}
@@ -100,15 +105,15 @@ def load_outputs(torch, transformers, fx, tokens, dirs):
     return (xs, model.state_dict()) + tuple(load_st(torch, d) if d else None for d in dirs)
 
 
-def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp, wide=True):
+def wide_case(fixture_bin, arch, seed, mha, rows, seq_len, tmp, wide=True, extra=()):
     """(fixture dir, token rows, tokens.jsonl) under tmp: `calibd-fixture
-    --wide` (unless not wide) of arch and seed (--mha: no GQA) and rows x
-    seq_len random tokens."""
+    --wide` (unless not wide) of arch and seed (--mha: no GQA; extra: more
+    options) and rows x seq_len random tokens."""
     rng = random.Random(seed)
     tokens = [[rng.randrange(0, 260) for _ in range(seq_len)] for _ in range(rows)]
     fx = os.path.join(tmp, "fixture")
-    run([fixture_bin, "--arch", arch, "--seed", str(seed)] +
-        (["--wide"] if wide else []) + (["--mha"] if mha else []) + [fx])
+    run([fixture_bin, "--arch", arch, "--seed", str(seed)] + (["--wide"] if wide else []) +
+        (["--mha"] if mha else []) + list(extra) + [fx])
     tok = os.path.join(tmp, "tokens.jsonl")
     with open(tok, "w") as f:
         for row in tokens:
@@ -126,6 +131,34 @@ def no_experts_recipe(name, out):
         f.write(text.rstrip("\n") + "\n    - quantizer_name: '%s'\n      enable: false\n"
                 % NO_EXPERTS["quantizer_name"])
     return out
+
+
+def make_dense(torch, fx, seed):
+    """--dense (deepseek_v3): every layer a dense MLP (first_k_dense_replace =
+    num_hidden_layers), the MoE layers' router, experts and shared experts
+    replaced by a dense MLP of intermediate_size with N(0, 1/fan_in) bf16
+    weights (seeded): modelopt's int4_awq export fails on transformers 5's
+    fused experts, and runs on this (docs/awq.md "MLA")."""
+    from safetensors.torch import load_file, save_file
+    with open(os.path.join(fx, "config.json")) as f:
+        cfg = json.load(f)
+    n, h, i = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]
+    cfg["first_k_dense_replace"] = n
+    with open(os.path.join(fx, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    path = os.path.join(fx, "model.safetensors")
+    st = load_file(path)
+    g = torch.Generator().manual_seed(seed)
+    for L in range(n):
+        pre = "model.layers.%d.mlp." % L
+        if pre + "gate_proj.weight" in st:
+            continue
+        for k in [k for k in st if k.startswith(pre)]:
+            del st[k]
+        for name, o, fan in (("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)):
+            st[pre + name + ".weight"] = (torch.randn(o, fan, generator=g) /
+                                          fan ** 0.5).to(torch.bfloat16)
+    save_file(st, path, metadata={"format": "pt"})
 
 
 def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algorithm="awq_lite",
@@ -165,9 +198,28 @@ def run_modelopt(torch, transformers, model_dir, tokens, out_dir, qformat, algor
 
     model = mtq.quantize(model, cfg, forward_loop=loop)
     model_calib.apply_pre_quant_scale_and_smooth = orig
-    with gpt_oss_export(model):
-        export_hf_checkpoint(model, export_dir=out_dir)
+    fused_experts_export(torch, model)
+    export_hf_checkpoint(model, export_dir=out_dir)
     return alphas, losses
+
+
+def fused_experts_export(torch, model):
+    """modelopt 0.47's AWQ export averages the routed experts' pre_quant_scale
+    (get_experts_list), which fails on transformers 5's fused experts (no
+    len(); docs/awq.md): they are not searched (no pre_quant_scale, checked
+    here), so the step is skipped for them and the export runs on."""
+    from modelopt.torch.export import unified_export_hf as ue
+    for name, mod in model.named_modules():
+        q = getattr(mod, "input_quantizer", None)
+        assert ".experts" not in name or getattr(q, "_pre_quant_scale", None) is None, name
+    orig = ue.get_experts_list
+
+    def experts_list(module, model_type):
+        if not hasattr(module.experts, "__len__"):
+            return []
+        return orig(module, model_type)
+
+    ue.get_experts_list = experts_list
 
 
 def loss_margins(loss, best, other):
@@ -203,6 +255,12 @@ def main():
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--qformat", default="int4_awq", choices=("int4_awq", "nvfp4_awq", "w4a8_awq"))
     ap.add_argument("--mha", action="store_true", help="fixture without GQA (calibd-fixture --mha)")
+    ap.add_argument("--dense", action="store_true",
+                    help="every layer a dense MLP: deepseek_v3 (make_dense), qwen3_next "
+                    "(calibd-fixture --dense); modelopt's INT4 export fails on transformers "
+                    "5's fused experts")
+    ap.add_argument("--narrow", action="store_true",
+                    help="the default fixture, not --wide (nvfp4_awq: 64-wide inputs)")
     ap.add_argument("--algorithm", default="awq_lite",
                     choices=("awq_lite", "awq_full", "awq_clip"))
     ap.add_argument("--no-experts", action="store_true",
@@ -210,10 +268,8 @@ def main():
     args = ap.parse_args()
     if args.algorithm != "awq_lite" and args.qformat == "w4a8_awq":
         ap.error("--algorithm %s runs with --qformat int4_awq or nvfp4_awq" % args.algorithm)
-    # gpt_oss: NVFP4 on its 64-wide fixture; INT4 weights on --wide, without
-    # the experts (docs/awq.md "GPT-OSS")
-    wide = args.arch != "gpt_oss" or args.qformat != "nvfp4_awq"
-    if args.arch == "gpt_oss" and wide and not args.no_experts:
+    # gpt_oss: INT4 weights without the experts (docs/awq.md "GPT-OSS")
+    if args.arch == "gpt_oss" and args.qformat != "nvfp4_awq" and not args.no_experts:
         ap.error("--arch gpt_oss with INT4 weights needs --no-experts")
 
     import torch
@@ -223,7 +279,11 @@ def main():
             tmp = args.keep
             os.makedirs(tmp, exist_ok=True)
         fx, tokens, tok = wide_case(args.fixture_bin, args.arch, args.seed, args.mha, args.rows,
-                                    args.seq_len, tmp, wide)
+                                    args.seq_len, tmp, not args.narrow,
+                                    ["--dense"] if args.dense and args.arch != "deepseek_v3"
+                                    else [])
+        if args.dense and args.arch == "deepseek_v3":
+            make_dense(torch, fx, args.seed)
         mo, ca, rt = (os.path.join(tmp, n) for n in ("modelopt", "calibd", "rtn"))
         nv = args.qformat == "nvfp4_awq"
         w8 = args.qformat == "w4a8_awq"
@@ -254,7 +314,8 @@ def main():
         xs, src, M, C, R, ME = load_outputs(torch, transformers, fx, tokens,
                                             (mo, ca, rt, me if args.spread else None))
         rows = []
-        tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0, "measured": 0}
+        tot = {"modelopt": 0.0, "calibd": 0.0, "rtn": 0.0, "codes": 0, "diff": 0, "measured": 0,
+               "kept": 0, "kept_modelopt": 0.0, "kept_calibd": 0.0, "kept_rtn": 0.0}
         tags = ("modelopt", "calibd", "rtn") + (("modelopt_eager",) if args.spread else ())
         for tag in tags[3:]:
             tot[tag] = 0.0
@@ -290,7 +351,7 @@ def main():
                     xq = x * pq.double() if pq is not None else x
                     if pq is None and tag != "rtn" and args.algorithm != "awq_clip":
                         # fused into the norm: the norm output carries the scale
-                        xq = x / (src_norm_ratio(torch, src, st, name))
+                        xq = x / src_norm_ratio(torch, src, st, name, args.arch)
                     mse = float(((xq @ wh.t() - y) ** 2).mean())
                 res[tag + "_mse"] = mse
                 if tag == "modelopt":
@@ -306,6 +367,10 @@ def main():
                 tot["measured"] += 1
                 for tag in tags:
                     tot[tag] += res[tag + "_mse"]
+                if mpq is not None:  # modelopt's scale not fused into a norm
+                    tot["kept"] += 1
+                    for tag in tags[:3]:
+                        tot["kept_" + tag] += res[tag + "_mse"]
             rows.append(res)
         cfg_equal = {}
         for fn, key in (("hf_quant_config.json", "quantization"),
@@ -327,8 +392,9 @@ def main():
             if k.endswith("layernorm.weight") and ".layers." in k:
                 norms[k] = int((M[k].view(torch.int16) != C[k].view(torch.int16)).sum())
     summary = write_summary(
-        args.out, {"arch": args.arch, "wide": wide, "no_experts": args.no_experts,
-                   "mha": args.mha, "seed": args.seed, "rows": args.rows,
+        args.out, {"arch": args.arch, "wide": not args.narrow, "mha": args.mha,
+                   "dense": args.dense, "no_experts": args.no_experts, "seed": args.seed,
+                   "rows": args.rows,
                    "seq_len": args.seq_len, "qformat": args.qformat,
                    "algorithm": args.algorithm}, rows, tot,
         {"alphas_equal": sum(r["modelopt_alpha"] == r["calibd_alpha"] for r in rows),
@@ -337,7 +403,12 @@ def main():
          "weight_scales_equal": same["weight_scale"],
          "quant_configs_equal": cfg_equal, "linears_measured": tot["measured"],
          "pre_quant_scales_equal": sum(bool(r["pre_quant_scale_equal"]) for r in rows),
-         "norm_values_differing": norms})
+         "norm_values_differing": norms,
+         # the linears whose pre_quant_scale modelopt exports (not fused into
+         # a norm): their mean MSE, free of the norm folds
+         "mean_mse_pqs_kept": {t: tot["kept_" + t] / max(tot["kept"], 1)
+                               for t in ("modelopt", "calibd", "rtn")},
+         "linears_pqs_kept": tot["kept"]})
     m = summary["mean_layer_output_mse"]
     print("%d linears: alphas equal %d, pre_quant_scales equal %d; layer-output MSE modelopt "
           "%.6e, calibd %.6e, round-to-nearest %.6e; %.3f%% of codes differ; norm values "
@@ -346,6 +417,9 @@ def main():
              m["modelopt"], m["calibd"], m["rtn"], summary["codes_differing_pct"],
              sum(norms.values()), summary["input_scales_equal"],
              summary["weight_scale_2_equal"]))
+    k = summary["mean_mse_pqs_kept"]
+    print("the %d linears with a pre_quant_scale: MSE modelopt %.6e, calibd %.6e, round-to-nearest "
+          "%.6e" % (summary["linears_pqs_kept"], k["modelopt"], k["calibd"], k["rtn"]))
     print_spread(m)
     for r in rows:
         if r["modelopt_alpha"] != r["calibd_alpha"]:
@@ -362,19 +436,22 @@ def mlp_block_mse(torch, xs, src, st, pre, rtn, deq):
     the block's output error, SiLU(X' Gh^T) * (X' Uh^T) Dh^T against the
     source MLP's output, X' the gate/up input (times the fused norm ratio)."""
     xg = xs[pre + "gate_proj"]
-    xq = xg if rtn else xg / src_norm_ratio(torch, src, st, pre + "gate_proj")
+    xq = xg if rtn else xg / src_norm_ratio(torch, src, st, pre + "gate_proj", "")
     (gh, _), (uh, _), (dh, _) = (deq(st, pre + p) for p in ("gate_proj", "up_proj", "down_proj"))
     y = xs[pre + "down_proj"] @ src[pre + "down_proj.weight"].double().t()
     h = torch.nn.functional.silu(xq @ gh.t()) * (xq @ uh.t())
     return float(((h @ dh.t() - y) ** 2).mean())
 
 
-def src_norm_ratio(torch, src, st, name):
-    """The fused scale of a q/k/v or gate/up linear: exported norm / source norm."""
-    layer = name.split(".self_attn.")[0] if ".self_attn." in name else name.split(".mlp.")[0]
-    norm = layer + (".input_layernorm.weight" if ".self_attn." in name
-                    else ".post_attention_layernorm.weight")
-    return src[norm].double() / st[norm].double()
+def src_norm_ratio(torch, src, st, name, arch):
+    """The inverse fused scale of a q/k/v, in_proj or gate/up linear: the
+    source norm's effective weight over the exported one's (1 + weight for
+    the archs of ONE_PLUS_NORMS)."""
+    attn = next((a for a in (".self_attn.", ".linear_attn.") if a in name), None)
+    layer = name.split(attn)[0] if attn else name.split(".mlp.")[0]
+    norm = layer + (".input_layernorm.weight" if attn else ".post_attention_layernorm.weight")
+    one = 1.0 if arch in ONE_PLUS_NORMS else 0.0
+    return (src[norm].double() + one) / (st[norm].double() + one)
 
 
 if __name__ == "__main__":

@@ -223,18 +223,18 @@ def one_run(recipe_name):
 def awq_on_cpu(torch, model):
     """modelopt's AWQ on the CPU (docs/awq.md "GPT-OSS"): its dynamic NVFP4
     Triton kernel and fp32 sqrt replaced as awq_model_diff.py does
-    (gptq_model_diff.patch_modelopt_cpu, patch_ieee_sqrt), and GPT-OSS's
-    export through model_diff_common.gpt_oss_export.  Restored on exit."""
+    (gptq_model_diff.patch_modelopt_cpu, patch_ieee_sqrt; restored on exit),
+    and the export's MoE resmoothing skipped for fused experts, which it
+    fails on (awq_model_diff.fused_experts_export: GPT-OSS's)."""
     from modelopt.torch.quantization.nn.modules import tensor_quantizer as tq
+    from awq_model_diff import fused_experts_export
     from gptq_model_diff import patch_ieee_sqrt, patch_modelopt_cpu
-    from model_diff_common import gpt_oss_export
     saved = (tq.static_blockwise_fp4_fake_quant, tq.dynamic_block_quant, torch.Tensor.pow,
              torch.Tensor.sqrt)
     patch_modelopt_cpu(torch)
     patch_ieee_sqrt(torch)
     try:
-        with gpt_oss_export(model):
-            yield
+        yield fused_experts_export
     finally:
         (tq.static_blockwise_fp4_fake_quant, tq.dynamic_block_quant, torch.Tensor.pow,
          torch.Tensor.sqrt) = saved
@@ -299,8 +299,10 @@ def run_modelopt(model_dir, tokens, recipe_name, out_dir):
             for row in tokens:
                 m(input_ids=torch.tensor([row], dtype=torch.long))
 
-    with awq_on_cpu(torch, model) if awq else contextlib.nullcontext():
+    with awq_on_cpu(torch, model) if awq else contextlib.nullcontext() as fused:
         model = mtq.quantize(model, quant_cfg, forward_loop=forward_loop)
+        if fused:
+            fused(torch, model)
         export_quantized(model, model_dir, config, out_dir)
 
 

@@ -561,7 +561,7 @@ static int case_gptq_factor(struct opcase_env *env, uint64_t rows, uint64_t unit
 	uint64_t pv = n / 2 + ((seed & 2) && n / 2 % 7 == 3); /* a live column */
 	if (neg && pv < n)
 		h[(nm - 1) * nn + pv * n + pv] = -1e6f;
-	uint64_t wd = cal_gptq_factor_work(n);
+	uint64_t wd = cal_gptq_factor_work(n, 0); /* the CPU's, the larger */
 	struct pair *ph = pair_new(&c, nm * nn * 4, h), *pd = pair_new(&c, nm * n, dead),
 		    *ps = pair_new_stat(&c, nm * 8, scale), *pu = pair_new_stat(&c, nm * nn * 4, NULL),
 		    *pp = pair_new_stat(&c, nm * 8, NULL), *pb = pair_new_stat(&c, nm * 4, NULL),

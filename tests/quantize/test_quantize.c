@@ -574,6 +574,64 @@ static void nvfp4_awq_more(const char *root, const char *dst, const char *src, c
 	cr_assert(strstr(cj, "\"NVFP4_AWQ\"") && !strstr(cj, "config_groups"), "%s", cj);
 }
 
+/* Whether tensor `name` of checkpoint a has the bytes of b's (both present). */
+static int same_tensor(struct cal_checkpoint *a, struct cal_checkpoint *b, const char *name)
+{
+	const struct cal_st_tensor *ta = cal_checkpoint_find(a, name);
+	const struct cal_st_tensor *tb = cal_checkpoint_find(b, name);
+	cr_assert(ta && tb, "%s is missing", name);
+	return ta->nbytes == tb->nbytes && !memcmp(ta->data, tb->data, ta->nbytes);
+}
+
+/* MLA (docs/awq.md "MLA"): AWQ fuses the q_a / kv_a group's scale into
+ * input_layernorm (q_proj / kv_a without q_lora_rank) and the dense MLP's
+ * gate/up into post_attention_layernorm; q_a_layernorm and kv_a_layernorm
+ * (read by q_b_proj / kv_b_proj alone, which keep a pre_quant_scale) and an
+ * MoE layer's post_attention_layernorm (router and routed experts read it
+ * too; the shared expert keeps its scale) keep the source's bytes.
+ * SmoothQuant: the q_a / kv_a group shares one pre_quant_scale and input
+ * amax, q_b_proj has its own. */
+static void mla_more(const char *root, const char *dst, const char *src, const char *tok)
+{
+	(void)root, (void)tok;
+	struct cal_error err = {0};
+	struct cal_checkpoint *o = NULL, *s = NULL;
+	cr_assert_eq(cal_checkpoint_open(dst, &o, &err), CAL_OK, "%s", cal_error_msg(&err));
+	cr_assert_eq(cal_checkpoint_open(src, &s, &err), CAL_OK, "%s", cal_error_msg(&err));
+	int sq = cal_checkpoint_find(o, "model.layers.0.self_attn.kv_a_proj_with_mqa."
+				     "pre_quant_scale") != NULL;
+	int lora = cal_checkpoint_find(s, "model.layers.0.self_attn.q_a_proj.weight") != NULL;
+	const char *q = lora ? "q_a_proj" : "q_proj";
+	for (int L = 0; L < 3; L++) {
+		char n[128];
+		snprintf(n, sizeof n, "model.layers.%d.input_layernorm.weight", L);
+		cr_assert(same_tensor(o, s, n) == sq, "%s: fused %d", n, !sq);
+		snprintf(n, sizeof n, "model.layers.%d.post_attention_layernorm.weight", L);
+		cr_assert(same_tensor(o, s, n) == (sq || L > 0), "%s", n);
+		snprintf(n, sizeof n, "model.layers.%d.self_attn.kv_a_layernorm.weight", L);
+		cr_assert(same_tensor(o, s, n), "%s", n);
+		if (lora) {
+			snprintf(n, sizeof n, "model.layers.%d.self_attn.q_a_layernorm.weight", L);
+			cr_assert(same_tensor(o, s, n), "%s", n);
+		}
+		if (!sq)
+			continue;
+		static const char *const keys[] = {"pre_quant_scale", "input_scale"};
+		for (int k = 0; k < 2; k++) {
+			char a[128];
+			snprintf(a, sizeof a, "model.layers.%d.self_attn.%s.%s", L, q, keys[k]);
+			snprintf(n, sizeof n, "model.layers.%d.self_attn.kv_a_proj_with_mqa.%s", L,
+				 keys[k]);
+			const struct cal_st_tensor *ta = cal_checkpoint_find(o, a);
+			const struct cal_st_tensor *tb = cal_checkpoint_find(o, n);
+			cr_assert(ta && tb && ta->nbytes == tb->nbytes &&
+				  !memcmp(ta->data, tb->data, ta->nbytes), "%s != %s", a, n);
+		}
+	}
+	cal_checkpoint_free(o);
+	cal_checkpoint_free(s);
+}
+
 static const struct qformat_case qformat_cases[] = {
 	/* int4_awq (docs/awq.md) on a wide MoE fixture with a shared expert:
 	 * o_proj and the shared expert carry a pre_quant_scale, q/k/v (fused
@@ -624,6 +682,26 @@ static const struct qformat_case qformat_cases[] = {
 	 "model.layers.0.self_attn.o_proj.pre_quant_scale model.layers.0.self_attn.o_proj."
 	 "weight_scale_2 model.layers.0.self_attn.q_proj.input_scale model.layers.1.mlp."
 	 "shared_expert.down_proj.weight_scale_2 !q_proj.pre_quant_scale", NULL},
+	/* DeepSeek-V3's MLA (docs/awq.md "MLA"): q_b_proj, kv_b_proj, o_proj
+	 * and the shared expert keep a pre_quant_scale; q_a / kv_a (fused into
+	 * input_layernorm; without q_lora_rank q_proj / kv_a) and the dense
+	 * MLP's gate/up do not; int4_awq on the wide fixture, nvfp4 awq_full
+	 * without q_lora_rank, nvfp4_awq on an FP8 block source (the
+	 * dequantized weights folded), int8_sq (every linear keeps one) */
+#define MLA_PQS "model.layers.0.self_attn.q_b_proj.pre_quant_scale " \
+	"model.layers.1.self_attn.kv_b_proj.pre_quant_scale model.layers.2.self_attn.o_proj." \
+	"pre_quant_scale model.layers.1.mlp.shared_experts.gate_proj.pre_quant_scale "
+#define MLA_FUSED "!q_a_proj.pre_quant_scale !kv_a_proj_with_mqa.pre_quant_scale " \
+	"!layers.0.mlp.gate_proj.pre_quant_scale !experts.0.gate_proj.pre_quant_scale"
+	{"deepseek_v3", "default", "nvfp4_awq", "NVFP4_AWQ", MLA_PQS MLA_FUSED, mla_more},
+	{"deepseek_v3", "wide", "int4_awq", "W4A16_AWQ", MLA_PQS MLA_FUSED, mla_more},
+	{"deepseek_v3", "q-lora-null", "general/ptq/nvfp4_awq_full-kv_fp8_cast", "NVFP4_AWQ",
+	 "model.layers.0.self_attn.kv_b_proj.pre_quant_scale !q_proj.pre_quant_scale", mla_more},
+	{"deepseek_v3", "fp8-block16", "nvfp4_awq", "NVFP4_AWQ", MLA_PQS MLA_FUSED, mla_more},
+	{"deepseek_v3", "default", "int8_sq", "W8A8_SQ_PER_CHANNEL",
+	 MLA_PQS "model.layers.0.self_attn.q_a_proj.pre_quant_scale", mla_more},
+#undef MLA_PQS
+#undef MLA_FUSED
 	/* an affine NVFP4 KV cache layered over --qformat nvfp4 */
 	{"llama", "default", "nvfp4 --kv-cache-qformat nvfp4_affine", "NVFP4",
 	 "model.layers.1.self_attn.k_proj.k_bias model.layers.0.self_attn.v_proj.v_bias",

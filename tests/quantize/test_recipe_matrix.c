@@ -74,16 +74,8 @@ struct refusal {
 };
 
 static const struct refusal refusals[] = {
-	/* AWQ-lite runs on plain GQA attention with dense or routed-expert MLPs
-	 * and on GPT-OSS (docs/awq.md); calibd's tree: hf_ptq's nvfp4_awq */
-	{"nvfp4_awq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
-	 "algorithm awq_lite with attention other than plain GQA"},
-	/* the same for calibd's NVFP4 awq_full / awq_clip recipes (modelopt's
-	 * NVFP4_AWQ_FULL_CFG / NVFP4_AWQ_CLIP_CFG; docs/awq.md "awq_clip") */
-	{"nvfp4_awq_full-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
-	 "algorithm awq_full with attention other than plain GQA"},
-	{"nvfp4_awq_clip-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
-	 "algorithm awq_clip with attention other than plain GQA"},
+	/* AWQ-lite runs on plain and gated GQA, MLA, Gated DeltaNet layers and
+	 * GPT-OSS with dense or routed-expert MLPs (docs/awq.md): no refusal */
 	/* numerics calibd does not implement yet */
 	/* a block format on an input dimension that is not a multiple of the
 	 * block: the fixtures' hidden size is 64 (INT4 block 128) and their
@@ -102,12 +94,11 @@ static const struct refusal refusals[] = {
 	{"mxfp8-kv_fp8_cast", MOE_ARCHS, "is not a multiple of the MXFP8 block size 32"},
 	/* calibd's INT8 recipes (hf_ptq's int8, int8_wo, int8_sq): GPT-OSS's
 	 * fused BMM experts have no INT8 export (qfmt.def: bmm 0; modelopt's
-	 * export fails on them too, docs/smoothquant.md); SmoothQuant runs on
-	 * plain GQA attention and GPT-OSS, as AWQ */
+	 * export fails on them too, docs/smoothquant.md "GPT-OSS"); SmoothQuant
+	 * runs on plain and gated GQA, MLA, Gated DeltaNet layers and GPT-OSS,
+	 * as AWQ */
 	{"int8_default-kv_fp8_cast", "gpt_oss", "GPT-OSS experts in int8 are not exported"},
 	{"int8_weight_only-kv_fp8_cast", "gpt_oss", "GPT-OSS experts in int8 are not exported"},
-	{"int8_sq-kv_fp8_cast", "qwen3_next qwen3_5_moe qwen3_5_moe_text deepseek_v3",
-	 "algorithm smoothquant with attention other than plain GQA"},
 	{"int8_sq-kv_fp8_cast", "gpt_oss", "GPT-OSS experts in int8 are not exported"},
 	/* calibd's recipes of hf_ptq's W4A8 qformats: block 32 weights, as
 	 * nvfp4_mlp_weight_only / mxfp4_mlp_weight_only */
@@ -147,9 +138,8 @@ static const char *expected_refusal(const char *recipe, const char *arch, const 
 
 /* Fixture layouts: every one an architecture offers beyond its default;
  * "wide": the default layout with every linear input a multiple of 128
- * (cal_fixture_opts.wide, plain GQA decoders and gpt_oss), where only the
- * INT4 (and W4A8 AWQ) recipes run (the narrow fixtures refuse them for the
- * block size). */
+ * (cal_fixture_opts.wide, every decoder), where only the INT4 (and W4A8
+ * AWQ) recipes run (the narrow fixtures refuse them for the block size). */
 static const char *const layouts[] = {"default", "per-expert", "mixtral", "fused", "wide"};
 
 struct tally {
