@@ -27,8 +27,9 @@
  * out_proj, dense MLP and shared-expert gate/up/down (lin_run.c's
  * cal_lin_layout; searched in the checkpoint's row order, cal_lin_load);
  * the routed experts keep max calibration (modelopt's fused
- * experts are not nn.Linear modules).  GPT-OSS: q/k/v/o, their biases
- * inside the search's outputs (lin_bias), its fp32 norms fused as bf16.
+ * experts are not nn.Linear modules).  Attention biases (GPT-OSS's q/k/v/o,
+ * Qwen2's q/k/v) are inside the search's outputs (lin_bias); GPT-OSS's
+ * fp32 norms are fused as bf16.
  *
  * Memory (host): the cached inputs of the layer, per distinct input, T x
  * cols bf16 (T calibration tokens: q/k/v T x H, o_proj T x heads*head_dim,
@@ -188,9 +189,11 @@ static enum cal_status awq_site(struct cal_calib *c, int32_t L, int site, int64_
 	return CAL_OK;
 }
 
-/* The bias of attention linear l (GPT-OSS's q/k/v/o; NULL for every other
- * linear and model, and for one whose rows the engine permutes or splits,
- * none of which has a bias): the search's outputs include it. */
+/* The bias of attention linear l where the checkpoint has one (GPT-OSS's
+ * q/k/v/o, Qwen2's and Qwen2-MoE's q/k/v; NULL for every other linear, and
+ * for one whose rows the engine permutes or splits, none of which has a
+ * bias): the search's outputs include it, as modelopt's run the whole
+ * linear (docs/awq.md "GPT-OSS"). */
 static const uint16_t *lin_bias(const struct cal_layer_w *dw, const struct cal_lin *l)
 {
 	int f = l->map || l->n_part != 1 ? -1 : l->f;
