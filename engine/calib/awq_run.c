@@ -190,15 +190,29 @@ static enum cal_status awq_site(struct cal_calib *c, int32_t L, int site, int64_
 }
 
 /* The bias of attention linear l where the checkpoint has one (GPT-OSS's
- * q/k/v/o, Qwen2's and Qwen2-MoE's q/k/v; NULL for every other linear, and
- * for one whose rows the engine permutes or splits, none of which has a
- * bias): the search's outputs include it, as modelopt's run the whole
- * linear (docs/awq.md "GPT-OSS"). */
+ * q/k/v/o, Qwen2's and Qwen2-MoE's q/k/v, a gated q_proj's in the engine's
+ * row order, l->map; NULL for every other linear, and for a two-part one,
+ * none of which has a bias): the search's outputs include it, as modelopt's
+ * run the whole linear (docs/awq.md "GPT-OSS"). */
 static const uint16_t *lin_bias(const struct cal_layer_w *dw, const struct cal_lin *l)
 {
-	int f = l->map || l->n_part != 1 ? -1 : l->f;
+	int f = l->n_part != 1 ? -1 : l->f;
 	return f == F_WQ ? dw->bq : f == F_WK ? dw->bk : f == F_WV ? dw->bv
 	     : f == F_WO ? dw->bo : NULL;
+}
+
+/* v[map[r]] = v[r] for the rows of a linear the engine permutes. */
+static enum cal_status permute_rows(uint16_t *v, const uint32_t *map, uint64_t rows,
+				    struct cal_error *err)
+{
+	uint16_t *t = malloc(rows * 2);
+	if (!t)
+		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	for (uint64_t r = 0; r < rows; r++)
+		t[map[r]] = v[r];
+	memcpy(v, t, rows * 2);
+	free(t);
+	return CAL_OK;
 }
 
 /* The search for one linear: al->w and al->pqs. */
@@ -237,6 +251,8 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 		st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 	else if (db)
 		st = cal_backend_download(c->be, bias, db, al->r.rows * 2, err);
+	if (st >= 0 && bias && al->r.map) /* the checkpoint's row order, as the weight */
+		st = permute_rows(bias, al->r.map, al->r.rows, err);
 	if (st >= 0) {
 		struct cal_awq_out o = {al->r.pqs, wf, wa, NULL, 0, 0.0f};
 		st = cal_awq_lite_bias(c->host, g->wq, al->r.w, bias, al->r.rows, al->r.cols,
