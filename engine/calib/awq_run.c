@@ -1,7 +1,7 @@
 /*
  * awq_run.c — AWQ-lite in the calibration forward (docs/awq.md "In the
- * engine"): modelopt 0.47's `awq_lite` on INT4 block weights, a linear
- * run (lin_run.c) of one pass.
+ * engine"): modelopt 0.47's `awq_lite` (and awq_full / awq_clip) on INT4
+ * block, W4A8 AWQ or NVFP4 weights, a linear run (lin_run.c) of one pass.
  *
  * Not layerwise: every decoder layer runs once, as for max calibration, on
  * the unquantized outputs of the layer before.  While it runs

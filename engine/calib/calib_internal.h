@@ -436,8 +436,8 @@ int cal_linear_site(const struct cal_calib *c, const struct cal_plan_module *m, 
 		    uint64_t *at, const struct cal_layer_host *lh);
 
 /* What AWQ and SmoothQuant do not run (their capability checks): the
- * model's (attention other than plain GQA, gated GQA and MLA; GPT-OSS) and a
- * quantizer's (attention Q/P BMM, outputs, a quantized shared_expert_gate
+ * model's (an attention kind other than plain GQA, gated GQA and MLA, which
+ * are every kind model.h has, so none today) and a quantizer's (attention Q/P BMM, outputs, a quantized shared_expert_gate
  * or lm_head weight); NULL when none. */
 const char *cal_linear_algo_model_why(const struct cal_model_desc *d);
 const char *cal_linear_algo_q_why(const struct cal_plan *p, const struct cal_plan_q *q);

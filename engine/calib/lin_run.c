@@ -217,7 +217,9 @@ const char *cal_linear_algo_model_why(const struct cal_model_desc *d)
 {
 	/* MLA (docs/awq.md "MLA"), gated attention and Gated DeltaNet layers
 	 * (docs/awq.md "Qwen3-Next and Qwen3.5-MoE") and GPT-OSS (docs/awq.md
-	 * "GPT-OSS") run */
+	 * "GPT-OSS") run: every attention kind of model.h today, so this
+	 * never fires; it keeps a kind added later refused until awq_run.c
+	 * and sq_run.c map its linears */
 	if (d->attn != CAL_ATTN_GQA && d->attn != CAL_ATTN_GATED_GQA && d->attn != CAL_ATTN_MLA)
 		return "attention other than plain GQA, gated GQA and MLA";
 	return NULL;

@@ -119,14 +119,22 @@ static void quantize(const char *arch, const char *qformat, struct cal_st_file *
 	*out = open_st(dst);
 }
 
-/* Linears that keep their pre_quant_scale: fold error below thr. */
+/* Linears that keep their pre_quant_scale: fold error below thr, and the
+ * scale not all ones (a search or smoothing happened; an all-ones scale
+ * would fold trivially). */
 static void kept_scales(const struct cal_st_file *src, const struct cal_st_file *out,
 			const char *const *lins, size_t n, double thr)
 {
 	for (size_t i = 0; i < n; i++) {
 		double e = fold_err(src, out, lins[i], NULL);
-		printf("%s: fold error %.6f\n", lins[i], e);
+		const struct cal_st_tensor *pq = tensor(out, lins[i], "pre_quant_scale");
+		uint64_t not_one = 0;
+		for (uint64_t k = 0; k < pq->numel; k++)
+			not_one += cal_bf16_to_f32(((const uint16_t *)pq->data)[k]) != 1.0f;
+		printf("%s: fold error %.6f, %llu of %llu scale values not 1\n", lins[i], e,
+		       (unsigned long long)not_one, (unsigned long long)pq->numel);
 		cr_expect(e < thr, "%s: fold error %g", lins[i], e);
+		cr_expect(not_one > 0, "%s: pre_quant_scale is all ones (no search)", lins[i]);
 	}
 }
 
