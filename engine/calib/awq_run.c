@@ -201,20 +201,6 @@ static const uint16_t *lin_bias(const struct cal_layer_w *dw, const struct cal_l
 	     : f == F_WO ? dw->bo : NULL;
 }
 
-/* v[map[r]] = v[r] for the rows of a linear the engine permutes. */
-static enum cal_status permute_rows(uint16_t *v, const uint32_t *map, uint64_t rows,
-				    struct cal_error *err)
-{
-	uint16_t *t = malloc(rows * 2);
-	if (!t)
-		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
-	for (uint64_t r = 0; r < rows; r++)
-		t[map[r]] = v[r];
-	memcpy(v, t, rows * 2);
-	free(t);
-	return CAL_OK;
-}
-
 /* The search for one linear: al->w and al->pqs. */
 static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w *dw,
 				  struct alin *al, struct cal_error *err)
@@ -245,14 +231,18 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 	float *wa = malloc(n / (g->wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128) * sizeof(float));
 	uint16_t *wf = malloc(n * 2);
 	const uint16_t *db = lin_bias(dw, &al->r);
+	/* the bias in the checkpoint's row order, as the weight (eng: the engine's) */
 	uint16_t *bias = db ? malloc(al->r.rows * 2) : NULL;
+	uint16_t *eng = db && al->r.map ? malloc(al->r.rows * 2) : bias;
 	enum cal_status st = CAL_OK;
-	if (!wa || !wf || (db && !bias))
+	if (!wa || !wf || (db && (!bias || !eng)))
 		st = cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
 	else if (db)
-		st = cal_backend_download(c->be, bias, db, al->r.rows * 2, err);
-	if (st >= 0 && bias && al->r.map) /* the checkpoint's row order, as the weight */
-		st = permute_rows(bias, al->r.map, al->r.rows, err);
+		st = cal_backend_download(c->be, eng, db, al->r.rows * 2, err);
+	if (st >= 0 && eng != bias)
+		cal_lin_to_ckpt(&al->r, bias, eng, 1);
+	if (eng != bias)
+		free(eng);
 	if (st >= 0) {
 		struct cal_awq_out o = {al->r.pqs, wf, wa, NULL, 0, 0.0f};
 		st = cal_awq_lite_bias(c->host, g->wq, al->r.w, bias, al->r.rows, al->r.cols,
@@ -330,7 +320,6 @@ static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w 
 		l0 = LIN(g)[i].r.site == site ? &LIN(g)[i].r : NULL;
 	if (!l0 || !cal_plan_awq_fuses_norm(c->plan, l0->mod))
 		k = -1;
-	l0 = NULL;
 	/* awq_full: a member whose scale the group re-folds loses its clip
 	 * (modelopt's export takes the max amax of the re-folded weight) */
 	uint16_t *was = NULL;
@@ -347,7 +336,6 @@ static enum cal_status fold_group(struct cal_calib *c, const struct cal_layer_w 
 		struct alin *al = &LIN(g)[i];
 		if (al->r.site != site)
 			continue;
-		l0 = l0 ? l0 : &al->r;
 		al->r.pqs_out = k < 0;
 		if (al->clip && memcmp(was + i * g->r.cols[site], al->r.pqs, g->r.cols[site] * 2)) {
 			free(al->clip);

@@ -583,6 +583,10 @@ int cal_lin_layout(const struct cal_calib *c, const struct cal_plan_module *m,
 enum cal_status cal_lin_load(struct cal_calib *c, const struct cal_layer_w *dw,
 			     const struct cal_lin *l, uint16_t *out, int ckpt,
 			     struct cal_error *err);
+/* Rows of linear l from the engine's order (src) to the checkpoint's
+ * (dst, row map[r] <- row r), width bf16 values a row. */
+void cal_lin_to_ckpt(const struct cal_lin *l, uint16_t *dst, const uint16_t *src,
+		     uint64_t width);
 /* The export's resmoothing of the layer's linears reading `site` (at most
  * 8; docs/awq.md, docs/smoothquant.md "Export"): one pre_quant_scale for
  * all, each weight re-folded (cal_resmooth_group with blocks of blk along a

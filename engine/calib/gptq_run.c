@@ -835,8 +835,7 @@ static enum cal_status solve_layer(struct cal_calib *c, const struct cal_layer_h
 		}
 		if ((st = cal_backend_download(c->be, gl->orig, g->wdst, n * 2, err)) < 0)
 			goto out;
-		for (uint64_t r = 0; r < R; r++) /* the exporter's row order */
-			memcpy(gl->r.w + (gl->r.map ? gl->r.map[r] : r) * C, gl->orig + r * C, C * 2);
+		cal_lin_to_ckpt(&gl->r, gl->r.w, gl->orig, C); /* the exporter's row order */
 		/* pass 2 quantizes the updated weight with the same scales, in the
 		 * shadows of its fields (the scratch buffers are reused by the next
 		 * linear: wait) */

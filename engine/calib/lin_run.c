@@ -171,11 +171,18 @@ enum cal_status cal_lin_load(struct cal_calib *c, const struct cal_layer_w *dw,
 		r0 += pt->rows;
 	}
 	if (eng != out) {
-		for (uint64_t r = 0; st >= 0 && r < l->rows; r++)
-			memcpy(out + (uint64_t)l->map[r] * C, eng + r * C, C * 2);
+		if (st >= 0)
+			cal_lin_to_ckpt(l, out, eng, C);
 		free(eng);
 	}
 	return st;
+}
+
+void cal_lin_to_ckpt(const struct cal_lin *l, uint16_t *dst, const uint16_t *src,
+		     uint64_t width)
+{
+	for (uint64_t r = 0; r < l->rows; r++)
+		memcpy(dst + (l->map ? l->map[r] : r) * width, src + r * width, width * 2);
 }
 
 struct cal_lin *cal_lin_at(const struct cal_lin_run *r, size_t i)
