@@ -387,8 +387,8 @@ enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err);
 enum cal_status cal_eval_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
 /* The Hadamard blocks of Q, K and V (0: not rotated) of the forward being
- * run: the evaluated checkpoint's in its quantized forward, none in the
- * original one (eval.c). */
+ * run: a calibration's plan's; in an evaluation the evaluated checkpoint's
+ * in its quantized forward, none in the original one (eval.c). */
 const uint32_t *cal_eval_kv_rot(const struct cal_calib *c);
 /* The input of a quantized module at actq site `site` of layer L (expert e
  * for the routed-expert sites): GPTQ's passes (gptq_run.c), AWQ's input

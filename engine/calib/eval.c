@@ -569,7 +569,9 @@ static void kv_config(const struct cal_checkpoint *q, struct cal_eval *ev)
 const uint32_t *cal_eval_kv_rot(const struct cal_calib *c)
 {
 	static const uint32_t none[3];
-	return c->ev && c->ev_quant ? c->ev->kv_rot : none;
+	if (!c->ev) /* a calibration: the plan's */
+		return c->plan->sum.rot_block;
+	return c->ev_quant ? c->ev->kv_rot : none;
 }
 
 enum cal_status cal_eval_run(struct cal_calib *c, const struct cal_checkpoint *quant,

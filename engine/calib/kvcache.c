@@ -67,7 +67,7 @@ void cal_kv_free(struct cal_calib *c)
 static enum cal_status rotate(struct cal_calib *c, uint64_t T, uint16_t *const x[3],
 			      const uint64_t cols[3], struct cal_error *err)
 {
-	const uint32_t *rb = c->ev ? cal_eval_kv_rot(c) : c->plan->sum.rot_block;
+	const uint32_t *rb = cal_eval_kv_rot(c);
 	for (int i = 0; i < 3; i++) {
 		if (!rb[i])
 			continue;
