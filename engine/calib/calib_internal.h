@@ -498,6 +498,12 @@ struct cal_lin_run {
 	int full_passes;   /* tests: CALIBD_TEST_FULL_PASSES set, the forward leaves
 			    * nothing out (obs_dropped, sites_only ignored) */
 	const char *site_dump; /* CALIBD_TEST_SITE_DUMP (a diagnostic), or NULL */
+	/* seconds of each pass over all layers, with the algorithm's end
+	 * hook; the back end is synchronised at each pass's end when the run
+	 * is profiled (CALIBD_PROFILE_PASSES set), else a pass's queued GPU
+	 * work counts where it is next waited for */
+	double pass_s[4], t_pass;
+	int sync_passes;
 };
 
 struct cal_lin_algo {

@@ -273,6 +273,7 @@ enum cal_status cal_lin_run_open(struct cal_calib *c, struct cal_error *err)
 	r->L = -1;
 	r->full_passes = getenv("CALIBD_TEST_FULL_PASSES") != NULL; /* tests: the same bytes */
 	r->site_dump = getenv("CALIBD_TEST_SITE_DUMP");
+	r->sync_passes = getenv("CALIBD_PROFILE_PASSES") != NULL;
 	r->report = json_array();
 	if (!r->report)
 		return cal_error_set(err, CAL_ERR_NOMEM, "%s: out of memory", a->name);
@@ -317,6 +318,7 @@ enum cal_status cal_lin_run_begin(struct cal_calib *c, int32_t L, int pass,
 	struct cal_lin_run *r = c->lr;
 	*use = w;
 	r->pass = pass;
+	r->t_pass = cal_now();
 	c->lr_pass = pass >= r->a->site_pass;
 	if (pass == 0) {
 		drop_layer(c);
@@ -385,7 +387,13 @@ enum cal_status cal_lin_run_end(struct cal_calib *c, int32_t L, int pass,
 	c->lr_pass = 0;
 	c->fwd_no_obs = c->fwd_sites = 0;
 	c->fwd_need = c->fwd_left = 0;
-	return c->lr->a->end(c, L, pass, w, err);
+	struct cal_lin_run *r = c->lr;
+	CAL_TRY_RET(r->a->end(c, L, pass, w, err));
+	if (r->sync_passes)
+		CAL_TRY_RET(cal_backend_sync(c->be, err));
+	if (pass < 4)
+		r->pass_s[pass] += cal_now() - r->t_pass;
+	return CAL_OK;
 }
 
 void cal_lin_run_map(struct cal_calib *c, int32_t L)
@@ -408,6 +416,10 @@ json_t *cal_lin_run_stats(const struct cal_calib *c)
 	if (o) {
 		json_object_set(o, "linears", r->report);
 		json_object_set_new(o, r->a->time_key, json_real(r->t));
+		json_t *ps = json_array();
+		for (int p = 0; p < r->a->passes && p < 4; p++)
+			json_array_append_new(ps, json_real(r->pass_s[p]));
+		json_object_set_new(o, "pass_s", ps);
 	}
 	return o;
 }
