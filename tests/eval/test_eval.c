@@ -138,6 +138,22 @@ static int eval(const char *root, const char *src, const char *q, const char *ta
 	return r;
 }
 
+/* calibd eval of q against src is refused (exit 3) with msg (a grep
+ * pattern) on stderr and no report written. */
+static void eval_refused(const char *root, const char *src, const char *q, const char *tag,
+			 const char *msg)
+{
+	char *log = path2(root, "err.txt"), *extra = NULL, *out = NULL, cmd[4096];
+	cr_assert(asprintf(&extra, "2>'%s'", log) > 0);
+	cr_assert(asprintf(&out, "%s/%s.json", root, tag) > 0);
+	cr_assert_eq(eval(root, src, q, tag, extra), 3, "%s", tag);
+	snprintf(cmd, sizeof(cmd), "grep -q '%s' '%s'", msg, log);
+	cr_assert_eq(sh_run(cmd), 0, "%s: no '%s' on stderr", tag, msg);
+	cr_assert_neq(access(out, F_OK), 0, "%s: a report was written", tag);
+	free(extra);
+	free(out);
+}
+
 /*
  * The quantized forward against the reference.  Bounds, from the numbers
  * measured when this test was written (docs/eval.md "Correctness"): the
@@ -337,15 +353,8 @@ Test(eval, nvfp4_kv_head_dim)
 {
 	char *root = tmpdir(), *src = make_model(root, "deepseek_v3", "default");
 	char *q = quantize(root, src, "nvfp4_default-kv_nvfp4");
-	char *log = path2(root, "err.txt"), *extra = NULL, *out = path2(root, "k.json");
-	cr_assert(asprintf(&extra, "2>'%s'", log) > 0);
-	cr_assert_eq(eval(root, src, q, "k", extra), 3);
-	char cmd[4096];
-	snprintf(cmd, sizeof(cmd), "grep -q 'layers.0.self_attn.k_proj: an NVFP4 KV cache of "
-		 "head_dim 24' '%s'", log);
-	cr_assert_eq(sh_run(cmd), 0);
-	cr_assert_neq(access(out, F_OK), 0, "a report was written");
-	free(extra);
+	eval_refused(root, src, q, "k",
+		     "layers.0.self_attn.k_proj: an NVFP4 KV cache of head_dim 24");
 	rm_rf(root);
 }
 
@@ -552,7 +561,7 @@ Test(eval, int8)
 	}
 	cr_assert_lt(kl[2], kl[1], "int8_wo %g, int8 %g", kl[2], kl[1]);
 	/* o_proj's pre_quant_scale set to 1 */
-	char *sq = path2(root, recipes[0]), *log = path2(root, "err.txt"), *extra = NULL;
+	char *sq = path2(root, recipes[0]);
 	st_fill_bf16(sq, "model.layers.0.self_attn.o_proj.pre_quant_scale", 0x3F80);
 	cr_assert_eq(eval(root, src, sq, "sq_o1", ""), 0);
 	double bad = report_kl(root, "sq_o1");
@@ -560,13 +569,7 @@ Test(eval, int8)
 	cr_assert_gt(bad, 10 * kl[0], "KL %g, with the exported scale %g", bad, kl[0]);
 	/* q_proj's alone: refused, nothing written */
 	st_fill_bf16(sq, "model.layers.0.self_attn.q_proj.pre_quant_scale", 0x3F80);
-	cr_assert(asprintf(&extra, "2>'%s'", log) > 0);
-	cr_assert_eq(eval(root, src, sq, "sq_q1", extra), 3);
-	char cmd[4096];
-	snprintf(cmd, sizeof(cmd), "grep -q 'model.layers.0.self_attn.q_proj.pre_quant_scale: "
-		 "not every linear that reads this input has this pre_quant_scale' '%s'", log);
-	cr_assert_eq(sh_run(cmd), 0);
-	cr_assert_neq(access(path2(root, "sq_q1.json"), F_OK), 0, "a report was written");
-	free(extra);
+	eval_refused(root, src, sq, "sq_q1", "model.layers.0.self_attn.q_proj.pre_quant_scale: "
+		     "not every linear that reads this input has this pre_quant_scale");
 	rm_rf(root);
 }
