@@ -694,6 +694,7 @@ enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_ste
 	const struct cal_layer_desc *ld = &c->d->layers[L];
 	enum cal_status st = CAL_OK;
 	memset(ev->site, 0, sizeof(ev->site));
+	ev->gdn_ba_raw = 0;
 	if (mixer == STEP_GDN) {
 		CAL_TRY(load_gdn(c, L, qw, owned, n_owned, err));
 	} else {
