@@ -346,13 +346,18 @@ struct cal_int4_quant_args {
 
 /* INT8 per output channel (docs/numerics.md "INT8"): scale[r] = amax_r/127
  * with amax_r = max|w[r, :]| (a NaN in the row: NaN, so scale 1), codes
- * clamp(rint(w / scale[r]), -128, 127) as int8 bytes. */
+ * clamp(rint(w / scale[r]), -128, 127) as int8 bytes.  With `scale` > 0
+ * instead: one static scale for every row (an input's input_scale in
+ * `calibd eval`, docs/eval.md), codes clamp(rint(fl32(w / scale)), -128,
+ * 127) whatever div says; no amax is taken and scales is not written (may
+ * be NULL). */
 struct cal_int8_quant_args {
 	const uint16_t *w;
 	uint64_t rows, cols;
 	enum cal_div_mode div;
 	uint8_t *q;             /* [rows, cols] int8 */
 	float *scales;          /* [rows] weight_scale (F32) */
+	float scale;            /* > 0: the static per-tensor scale */
 };
 
 /* ---- dequantize (fake-quant); out is F32 or BF16 ------------------------ */
@@ -406,13 +411,14 @@ struct cal_int4_dequant_args {
 	void *out;
 };
 
-/* out = fl32(int8 * scale[row]). */
+/* out = fl32(int8 * scale[row]); scales NULL: fl32(int8 * scale). */
 struct cal_int8_dequant_args {
 	const uint8_t *q;       /* [rows, cols] int8 */
-	const float *scales;    /* [rows] */
+	const float *scales;    /* [rows], or NULL */
 	uint64_t rows, cols;
 	enum cal_dtype out_dtype;
 	void *out;
+	float scale;            /* scales NULL: one finite scale > 0 for every row */
 };
 
 /* ---- export statistics ---------------------------------------------------- */
@@ -685,9 +691,12 @@ enum cal_ewise_mode {
 	/* out = bf16(a + b[j]): b is one row, added to every row (ldb unused;
 	 * the affine KV cache's bias in `calibd eval`) */
 	CAL_EWISE_ADD_ROW = 6,
+	/* out = bf16(a * b[j]): every row times one row (ldb unused; an input
+	 * times its pre_quant_scale in `calibd eval`) */
+	CAL_EWISE_MUL_ROW = 7,
 };
 
-/* Row r, column j: a[r*lda + j], b[r*ldb + j] (ADD_ROW: b[j]), g[r*ldg],
+/* Row r, column j: a[r*lda + j], b[r*ldb + j] (ADD_ROW, MUL_ROW: b[j]), g[r*ldg],
  * out[r*ldo + j]; a row stride of 0 means cols.  out may alias a. */
 struct cal_ewise_args {
 	enum cal_ewise_mode mode;

@@ -210,7 +210,7 @@ DEQUANT(fp8, fp8, packed, rows * cols, scale, out, y, NULL, 0, 0)
 DEQUANT(mxfp8, mxfp8, packed, scales, rows, cols, out, y)
 DEQUANT(mxfp4, mxfp4, packed, scales, rows, cols, out, y)
 DEQUANT(int4, int4, packed, scales, rows, cols, out, y)
-DEQUANT(int8, int8, packed, scales, rows, cols, out, y)
+DEQUANT(int8, int8, packed, scales, rows, cols, out, y, 0.0f)
 DEQUANT(fp8_pc, fp8, packed, rows * cols, 0.0f, out, y, scales, cols, 0)
 DEQUANT(fp8_pb, fp8, packed, rows * cols, 0.0f, out, y, scales, cols, block)
 #undef DEQUANT
@@ -244,7 +244,7 @@ enum cal_status cal_qfmt_int8_quantize(struct cal_backend *be, const struct cal_
 				       struct cal_error *err)
 {
 	struct cal_int8_quant_args a = {io->w, io->rows, io->cols, io->div, io->packed,
-					io->scales};
+					io->scales, 0.0f};
 	return cal_op_int8_quant(be, &a, err);
 }
 

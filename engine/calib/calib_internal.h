@@ -386,6 +386,11 @@ enum cal_status cal_eval_end(struct cal_calib *c, struct cal_error *err);
  * run is the evaluation's quantized one (c->ev_quant); a no-op otherwise. */
 enum cal_status cal_eval_actq(struct cal_calib *c, int32_t L, int site, int64_t expert,
 			      uint16_t *x, uint64_t rows, uint64_t cols, struct cal_error *err);
+/* Whether the Gated DeltaNet in_proj_b / a GEMMs of the forward being run
+ * read the input before the actq site EQ_QKV changes it: the evaluation's
+ * quantized forward when they have no quantizer of their own (eval_weights.c
+ * load_gdn). */
+int cal_eval_gdn_ba_raw(const struct cal_calib *c);
 /* The Hadamard blocks of Q, K and V (0: not rotated) of the forward being
  * run: a calibration's plan's; in an evaluation the evaluated checkpoint's
  * in its quantized forward, none in the original one (eval.c). */

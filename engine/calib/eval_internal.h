@@ -16,6 +16,7 @@ enum afmt {
 	AQ_NVFP4,  /* per 16-block, global scale = input_scale */
 	AQ_FP8,    /* per tensor, scale = input_scale */
 	AQ_MXFP8,  /* per 32-block, E8M0 scales, dynamic (no scale) */
+	AQ_INT8,   /* per tensor, scale = input_scale */
 };
 
 struct eq_site {
@@ -24,6 +25,13 @@ struct eq_site {
 	/* the affine KV cache's bias (k_bias / v_bias), or NULL: back end,
 	 * [2, cols] bf16, -b then b (fake quantization of x - b, plus b) */
 	const uint16_t *bias;
+	/* the linears' pre_quant_scale (int8_sq, AWQ), multiplied into the
+	 * input before its quantizer: the exported tensor (host, NULL: none)
+	 * and its copy on the back end (bf16 [cols]); how many linears read
+	 * the input (they must all have the same pre_quant_scale) */
+	const struct cal_st_tensor *pqs_t;
+	const uint16_t *pqs;
+	int linears;
 };
 
 struct worst {
@@ -42,6 +50,7 @@ struct cal_eval {
 	struct eq_site site[EQ_COUNT];
 	struct eq_site *exp_gu, *exp_dn; /* [E] */
 	struct eq_site lm_site;
+	int gdn_ba_raw;                  /* this layer's in_proj_b / a: cal_eval_gdn_ba_raw */
 	/* back end */
 	uint16_t *xq, *xtf, *logits_o, *logits_q;
 	uint16_t *xin, *yref;            /* a step's input, the routed experts' outputs */
@@ -79,7 +88,8 @@ struct cal_eval {
 	uint32_t *r_am, *b_am, *b_next;
 };
 
-#define MAX_OWNED 28 /* a layer's buffers: weights, row maps, the two KV biases */
+#define MAX_OWNED 40 /* a layer's buffers: weights, row maps, the two KV biases, the
+		      * pre_quant_scales */
 
 /* eval_weights.c */
 /* Fake-quantizes x [rows, cols] (back end) in place as site s. */

@@ -43,6 +43,7 @@ struct qtens {
 	const char *mod;
 	struct cal_st_tensor w, s;
 	float s1, s2, is;       /* per-tensor weight_scale (FP8), weight_scale_2, input_scale */
+	const struct cal_st_tensor *pqs; /* pre_quant_scale, or NULL */
 };
 
 static int qtens_find(const struct cal_eval *ev, const char *mod, struct qtens *q)
@@ -59,13 +60,14 @@ static int qtens_find(const struct cal_eval *ev, const char *mod, struct qtens *
 		q->s = *s;
 	q->s2 = scalar(qget(ev, mod, "weight_scale_2"));
 	q->is = scalar(qget(ev, mod, "input_scale"));
+	q->pqs = qget(ev, mod, "pre_quant_scale");
 	return 0;
 }
 
-/* Rows of a stored 2-D tensor rearranged on the host: row r of the result
- * is row map[r] of t (map NULL: t unchanged).  A tensor with half the rows
- * (INT4, packed along the rows) moves by row pairs, which map must keep
- * together. */
+/* Rows of a stored 2-D tensor (or the 1-D per-row scales of INT8)
+ * rearranged on the host: row r of the result is row map[r] of t (map
+ * NULL: t unchanged).  A tensor with half the rows (INT4, packed along the
+ * rows) moves by row pairs, which map must keep together. */
 static enum cal_status permute_rows(struct cal_st_tensor *t, int64_t rows, const uint32_t *map,
 				    void **owned, int *n_owned, const char *mod,
 				    struct cal_error *err)
@@ -73,7 +75,7 @@ static enum cal_status permute_rows(struct cal_st_tensor *t, int64_t rows, const
 	if (!map || !t->data)
 		return CAL_OK;
 	int pairs = t->ndim == 2 && t->shape[0] * 2 == rows;
-	if (t->ndim != 2 || (t->shape[0] != rows && !pairs))
+	if ((t->ndim != 2 && t->ndim != 1) || (t->shape[0] != rows && !pairs))
 		return cal_error_set(err, CAL_ERR_INVALID, "%s: %s of shape [%lld, ...] does not fit "
 				     "the source's %lld rows: the quantized checkpoint was not made "
 				     "from this source", mod, t->name, (long long)t->shape[0],
@@ -120,7 +122,13 @@ static enum cal_status dequant(struct cal_calib *c, const struct qtens *q, int64
 	enum cal_status st = CAL_OK;
 	uint64_t n = (uint64_t)(rows * cols);
 	enum afmt in = AQ_NONE;
-	*ret_site = (struct eq_site){AQ_NONE, 0, NULL};
+	*ret_site = (struct eq_site){AQ_NONE, 0, NULL, q->pqs, NULL, 1};
+	if (q->pqs && (q->pqs->dtype != CAL_DTYPE_BF16 || q->pqs->ndim != 1 ||
+		       q->pqs->shape[0] != cols))
+		return cal_error_set(err, CAL_ERR_INVALID, "%s: %s of %llu values does not fit the "
+				     "source's %lld input channels (BF16 expected)", q->pqs->name,
+				     cal_dtype_name(q->pqs->dtype),
+				     (unsigned long long)q->pqs->numel, (long long)cols);
 	if (w->dtype == CAL_DTYPE_BF16) {
 		if (w->numel != n)
 			return cal_error_set(err, CAL_ERR_INVALID,
@@ -148,10 +156,13 @@ static enum cal_status dequant(struct cal_calib *c, const struct qtens *q, int64
 		in = q->is > 0 ? AQ_FP8 : AQ_NONE; /* W4A8_MXFP4_FP8 (docs/numerics.md "W4A8") */
 	} else if (w->dtype == CAL_DTYPE_U8 && s->data && s->dtype == CAL_DTYPE_F32) {
 		id = CAL_QFMT_INT4_BLOCK;
+	} else if (w->dtype == CAL_DTYPE_I8 && s->data && s->dtype == CAL_DTYPE_F32) {
+		id = CAL_QFMT_INT8; /* int8, int8_sq: W8A8; int8_wo: W8A16 */
+		in = q->is > 0 ? AQ_INT8 : AQ_NONE;
 	} else {
 		return cal_error_set(err, CAL_ERR_UNSUPPORTED,
 				     "%s: weight %s with these scales is not a format calibd "
-				     "exports (NVFP4, FP8, MXFP8, MXFP4, INT4)", q->mod,
+				     "exports (NVFP4, FP8, MXFP8, MXFP4, INT4, INT8)", q->mod,
 				     cal_dtype_name(w->dtype));
 	}
 	/* the shapes of the format's row (kernels/qfmt.def): values packed along
@@ -161,10 +172,11 @@ static enum cal_status dequant(struct cal_calib *c, const struct qtens *q, int64
 	if (!has_shape(w, f->elem_dtype, f->pack_rows ? rows / per : rows,
 		       f->pack_rows ? cols : cols / per) ||
 	    (f->pack_rows ? rows : cols) % per ||
-	    (f->block && (cols % f->block || !has_shape(s, f->scale_dtype, rows, cols / f->block))))
+	    (f->block && (cols % f->block || !has_shape(s, f->scale_dtype, rows, cols / f->block))) ||
+	    (!f->block && f->per_channel && (s->ndim != 1 || s->shape[0] != rows)))
 		return misfit(q, f->label, rows, cols, err);
 	CAL_TRY(cal_backend_alloc_upload(c->be, w->data, w->nbytes, &dw, err));
-	if (f->block)
+	if (f->block || f->per_channel)
 		CAL_TRY(cal_backend_alloc_upload(c->be, s->data, s->nbytes, &ds, err));
 	CAL_TRY(f->dequantize(c->be, dw, ds, (uint64_t)rows, (uint64_t)cols, f->block, scale,
 			      CAL_DTYPE_BF16, dst, err));
@@ -196,15 +208,27 @@ static int module_of(const struct cal_calib *c, enum cal_role role, int32_t L, c
 }
 
 /* Merges the input site b into a (q/k/v and gate/up share one input: the
- * serving engine's fused GEMM uses the larger input_scale). */
-static void merge_site(struct eq_site *a, const struct eq_site *b)
+ * serving engine's fused GEMM uses the larger input_scale, and one
+ * pre_quant_scale, which every linear reading the input must have). */
+static enum cal_status merge_site(struct eq_site *a, const struct eq_site *b,
+				  struct cal_error *err)
 {
+	const struct cal_st_tensor *p = a->pqs_t, *q = b->pqs_t;
+	if (a->linears && b->linears && (p || q) &&
+	    (!p || !q || p->nbytes != q->nbytes || memcmp(p->data, q->data, p->nbytes)))
+		return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: not every linear that reads "
+				     "this input has this pre_quant_scale (a serving engine runs "
+				     "them on one input): not evaluated", (p ? p : q)->name);
 	if (a->fmt == AQ_NONE) {
-		*a = *b;
-		return;
-	}
-	if (b->scale > a->scale)
+		a->fmt = b->fmt;
 		a->scale = b->scale;
+		a->bias = b->bias;
+	} else if (b->scale > a->scale) {
+		a->scale = b->scale;
+	}
+	a->pqs_t = p ? p : q;
+	a->linears += b->linears;
+	return CAL_OK;
 }
 
 /* Part of a weight the engine runs as one matrix: a source module (role)
@@ -232,8 +256,7 @@ static enum cal_status load_linear(struct cal_calib *c, int32_t L, const struct 
 	uint64_t total = 0, off = 0;
 	enum cal_status st = CAL_OK;
 	void *buf = NULL;
-	site->fmt = AQ_NONE;
-	site->scale = 0;
+	memset(site, 0, sizeof(*site));
 	*ret = keep;
 	for (int i = 0; i < np; i++) {
 		if (module_of(c, p[i].role, L, mod[i], sizeof(mod[i]), &t[i]) < 0)
@@ -254,8 +277,10 @@ static enum cal_status load_linear(struct cal_calib *c, int32_t L, const struct 
 					     mod[i]);
 		total += (uint64_t)(p[i].rows * p[i].cols);
 	}
-	if (!any)
+	if (!any) {
+		site->linears = np; /* unquantized: no pre_quant_scale */
 		return CAL_OK;
+	}
 	CAL_TRY(cal_backend_alloc(c->be, total * 2, &buf, err));
 	owned[(*n_owned)++] = buf;
 	for (int i = 0; i < np; i++) {
@@ -273,9 +298,8 @@ static enum cal_status load_linear(struct cal_calib *c, int32_t L, const struct 
 			(void)cal_backend_sync(c->be, NULL);
 		free(tmp[0]);
 		free(tmp[1]);
-		if (st < 0)
+		if (st < 0 || (st = merge_site(site, &s, err)) < 0)
 			goto fail;
-		merge_site(site, &s);
 		off += (uint64_t)(p[i].rows * p[i].cols);
 	}
 	*ret = buf;
@@ -385,7 +409,7 @@ static enum cal_status load_experts(struct cal_calib *c, int32_t L, struct cal_l
 	owned[(*n_owned)++] = b2;
 	for (int64_t e = 0; e < E; e++) {
 		struct eq_site s;
-		ev->exp_gu[e] = (struct eq_site){AQ_NONE, 0, NULL};
+		memset(&ev->exp_gu[e], 0, sizeof(ev->exp_gu[e]));
 		for (int p = oai; p < 3; p++) { /* gpt_oss: gate and up are one tensor */
 			int64_t rows = p == 2 ? H : p == 1 && oai ? 2 * I : I, cols = p == 2 ? I : H;
 			uint16_t *dst = p == 2 ? (uint16_t *)b2 + e * H * I
@@ -404,6 +428,9 @@ static enum cal_status load_experts(struct cal_calib *c, int32_t L, struct cal_l
 			}
 			if (st >= 0)
 				st = dequant(c, &q, rows, cols, dst, &s, err);
+			if (st >= 0 && s.pqs_t) /* calibd's exports smooth no routed expert */
+				st = cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: a routed expert's "
+						   "pre_quant_scale is not evaluated", s.pqs_t->name);
 			if (tmp[0] || tmp[1])
 				(void)cal_backend_sync(c->be, NULL);
 			free(tmp[0]);
@@ -412,8 +439,8 @@ static enum cal_status load_experts(struct cal_calib *c, int32_t L, struct cal_l
 				goto fail;
 			if (p == 2)
 				ev->exp_dn[e] = s;
-			else
-				merge_site(&ev->exp_gu[e], &s);
+			else if ((st = merge_site(&ev->exp_gu[e], &s, err)) < 0)
+				goto fail;
 		}
 	}
 	qw->e13 = b13;
@@ -481,7 +508,7 @@ static enum cal_status kv_sites(struct cal_calib *c, int32_t L, void **owned, in
 		float sc = scalar(qget(ev, mod, k ? "v_scale" : "k_scale"));
 		int64_t hd = 0;
 		*s = (struct eq_site){sc > 0 || ev->kv_default > 0 ? ev->kv_fmt : AQ_NONE,
-				      sc > 0 ? sc : ev->kv_default, NULL};
+				      sc > 0 ? sc : ev->kv_default, NULL, NULL, NULL, 0};
 		/* NVFP4: k_scale = amax / 448, the global scale amax / (6 * 448)
 		 * (docs/eval.md "KV cache"); blocks of 16 along head_dim */
 		if (s->fmt == AQ_NVFP4) {
@@ -510,6 +537,12 @@ static const uint32_t *gated_q_map(const struct cal_calib *c, void **owned, int 
 	return m;
 }
 
+/* Gated DeltaNet: in_proj (Qwen3-Next: qkvz | ba, grouped by key head, gdn.c
+ * permute_fused; Qwen3.5: qkv | z | b | a) and out_proj.  The b / a
+ * projections without a quantizer of their own (the recipes leave them
+ * unquantized) read the input before the quantized projections' quantizer
+ * and pre_quant_scale, as the serving engines run them as their own linear
+ * (gdn.c, cal_eval_gdn_ba_raw); with one they share the qkv site. */
 static enum cal_status load_gdn(struct cal_calib *c, int32_t L, struct cal_layer_w *qw,
 				void **owned, int *n_owned, struct cal_error *err)
 {
@@ -517,36 +550,48 @@ static enum cal_status load_gdn(struct cal_calib *c, int32_t L, struct cal_layer
 	struct cal_gdn_dims g;
 	int64_t H = c->H;
 	enum cal_status st = CAL_OK;
-	const uint16_t *in = NULL;
+	const uint16_t *in = NULL, *ba = NULL;
+	struct eq_site bs;
 	cal_gdn_dims(c->d, &g);
 	if (c->d->gdn == CAL_GDN_FUSED) {
-		/* Qwen3-Next: qkvz / ba grouped by key head (gdn.c permute_fused) */
 		uint32_t *m1 = new_map(g.cd + g.vd, owned, n_owned), *m2 = new_map(2 * g.nv, owned,
 										    n_owned);
 		if (!m1 || !m2)
 			return cal_error_set(err, CAL_ERR_NOMEM, "eval: out of memory");
 		cal_gdn_fused_maps(&g, m1, m2);
-		struct wpart p[2] = {{CAL_ROLE_GDN_IN_QKVZ, (int64_t)(g.cd + g.vd), H, m1},
-				     {CAL_ROLE_GDN_IN_BA, (int64_t)(2 * g.nv), H, m2}};
-		CAL_TRY(load_linear(c, L, p, 2, NULL, &in, owned, n_owned, &ev->site[EQ_QKV], err));
+		struct wpart p = {CAL_ROLE_GDN_IN_QKVZ, (int64_t)(g.cd + g.vd), H, m1},
+			     q = {CAL_ROLE_GDN_IN_BA, (int64_t)(2 * g.nv), H, m2};
+		CAL_TRY(load_linear(c, L, &p, 1, NULL, &in, owned, n_owned, &ev->site[EQ_QKV], err));
+		CAL_TRY(load_linear(c, L, &q, 1, NULL, &ba, owned, n_owned, &bs, err));
 	} else {
-		struct wpart p[4] = {{CAL_ROLE_GDN_IN_QKV, (int64_t)g.cd, H, NULL},
-				     {CAL_ROLE_GDN_IN_Z, (int64_t)g.vd, H, NULL},
-				     {CAL_ROLE_GDN_IN_B, (int64_t)g.nv, H, NULL},
+		struct wpart p[2] = {{CAL_ROLE_GDN_IN_QKV, (int64_t)g.cd, H, NULL},
+				     {CAL_ROLE_GDN_IN_Z, (int64_t)g.vd, H, NULL}},
+			     q[2] = {{CAL_ROLE_GDN_IN_B, (int64_t)g.nv, H, NULL},
 				     {CAL_ROLE_GDN_IN_A, (int64_t)g.nv, H, NULL}};
-		CAL_TRY(load_linear(c, L, p, 4, NULL, &in, owned, n_owned, &ev->site[EQ_QKV], err));
+		CAL_TRY(load_linear(c, L, p, 2, NULL, &in, owned, n_owned, &ev->site[EQ_QKV], err));
+		CAL_TRY(load_linear(c, L, q, 2, NULL, &ba, owned, n_owned, &bs, err));
 	}
-	if (in) { /* the buffer holds qkv | z | b | a */
+	ev->gdn_ba_raw = bs.fmt == AQ_NONE && !bs.pqs_t;
+	if (!ev->gdn_ba_raw)
+		CAL_TRY(merge_site(&ev->site[EQ_QKV], &bs, err));
+	if (in) { /* the buffer holds qkv | z */
 		qw->lqkv = in;
 		qw->lz = in + g.cd * (uint64_t)H;
-		qw->lb = qw->lz + g.vd * (uint64_t)H;
-		qw->la = qw->lb + g.nv * (uint64_t)H;
+	}
+	if (ba) { /* b | a */
+		qw->lb = ba;
+		qw->la = ba + g.nv * (uint64_t)H;
 	}
 	struct wpart o = {CAL_ROLE_GDN_OUT, H, (int64_t)g.vd, NULL};
 	CAL_TRY(load_linear(c, L, &o, 1, qw->lout, &qw->lout, owned, n_owned, &ev->site[EQ_O],
 			    err));
 fail:
 	return st;
+}
+
+int cal_eval_gdn_ba_raw(const struct cal_calib *c)
+{
+	return c->ev_quant && c->ev && c->ev->gdn_ba_raw;
 }
 
 static enum cal_status load_mla(struct cal_calib *c, int32_t L, struct cal_layer_w *qw,
@@ -562,19 +607,19 @@ static enum cal_status load_mla(struct cal_calib *c, int32_t L, struct cal_layer
 		struct wpart a = {CAL_ROLE_Q_A_PROJ, qr, H, NULL}, b = {CAL_ROLE_Q_B_PROJ, nh * qk, qr,
 									NULL};
 		CAL_TRY(load_linear(c, L, &a, 1, qw->wqa, &qw->wqa, owned, n_owned, &s, err));
-		merge_site(&ev->site[EQ_QKV], &s);
+		CAL_TRY(merge_site(&ev->site[EQ_QKV], &s, err));
 		CAL_TRY(load_linear(c, L, &b, 1, qw->wq, &qw->wq, owned, n_owned, &ev->site[EQ_QB],
 				    err));
 	} else {
 		struct wpart q = {CAL_ROLE_Q_PROJ, nh * qk, H, NULL};
 		CAL_TRY(load_linear(c, L, &q, 1, qw->wq, &qw->wq, owned, n_owned, &s, err));
-		merge_site(&ev->site[EQ_QKV], &s);
+		CAL_TRY(merge_site(&ev->site[EQ_QKV], &s, err));
 	}
 	struct wpart a = {CAL_ROLE_KV_A_PROJ, kvr + d->qk_rope_head_dim, H, NULL},
 		     b = {CAL_ROLE_KV_B_PROJ, nh * (d->qk_nope_head_dim + dv), kvr, NULL},
 		     o = {CAL_ROLE_O_PROJ, H, nh * dv, NULL};
 	CAL_TRY(load_linear(c, L, &a, 1, qw->wkva, &qw->wkva, owned, n_owned, &s, err));
-	merge_site(&ev->site[EQ_QKV], &s);
+	CAL_TRY(merge_site(&ev->site[EQ_QKV], &s, err));
 	CAL_TRY(load_linear(c, L, &b, 1, qw->wkvb, &qw->wkvb, owned, n_owned, &ev->site[EQ_KVB],
 			    err));
 	CAL_TRY(load_linear(c, L, &o, 1, qw->wo, &qw->wo, owned, n_owned, &ev->site[EQ_O], err));
@@ -597,11 +642,11 @@ static enum cal_status load_gqa(struct cal_calib *c, int32_t L, struct cal_layer
 		     k = {CAL_ROLE_K_PROJ, kd, H, NULL}, v = {CAL_ROLE_V_PROJ, kd, H, NULL},
 		     o = {CAL_ROLE_O_PROJ, H, qd, NULL};
 	CAL_TRY(load_linear(c, L, &q, 1, qw->wq, &qw->wq, owned, n_owned, &s, err));
-	merge_site(&ev->site[EQ_QKV], &s);
+	CAL_TRY(merge_site(&ev->site[EQ_QKV], &s, err));
 	CAL_TRY(load_linear(c, L, &k, 1, qw->wk, &qw->wk, owned, n_owned, &s, err));
-	merge_site(&ev->site[EQ_QKV], &s);
+	CAL_TRY(merge_site(&ev->site[EQ_QKV], &s, err));
 	CAL_TRY(load_linear(c, L, &v, 1, qw->wv, &qw->wv, owned, n_owned, &s, err));
-	merge_site(&ev->site[EQ_QKV], &s);
+	CAL_TRY(merge_site(&ev->site[EQ_QKV], &s, err));
 	CAL_TRY(load_linear(c, L, &o, 1, qw->wo, &qw->wo, owned, n_owned, &ev->site[EQ_O], err));
 fail:
 	return st;
@@ -622,6 +667,23 @@ static enum cal_status load_mlp(struct cal_calib *c, int32_t L, const enum cal_r
 	return load_linear(c, L, &dn, 1, *w2, w2, owned, n_owned, site_dn, err);
 }
 
+/* The layer's input sites' pre_quant_scales onto the back end. */
+static enum cal_status upload_pqs(struct cal_calib *c, void **owned, int *n_owned,
+				  struct cal_error *err)
+{
+	for (int i = 0; i < EQ_COUNT; i++) {
+		struct eq_site *s = &c->ev->site[i];
+		void *b = NULL;
+		if (!s->pqs_t)
+			continue;
+		CAL_TRY_RET(cal_backend_alloc_upload(c->be, s->pqs_t->data, s->pqs_t->nbytes, &b,
+						     err));
+		owned[(*n_owned)++] = b;
+		s->pqs = b;
+	}
+	return CAL_OK;
+}
+
 /* The quantized weights of layer L (qw starts as the source's) and the
  * sites of its inputs. */
 enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_step mixer,
@@ -632,6 +694,7 @@ enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_ste
 	const struct cal_layer_desc *ld = &c->d->layers[L];
 	enum cal_status st = CAL_OK;
 	memset(ev->site, 0, sizeof(ev->site));
+	ev->gdn_ba_raw = 0;
 	if (mixer == STEP_GDN) {
 		CAL_TRY(load_gdn(c, L, qw, owned, n_owned, err));
 	} else {
@@ -644,8 +707,9 @@ enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_ste
 	if (ld->ffn == CAL_FFN_DENSE) {
 		static const enum cal_role mlp[3] = {CAL_ROLE_MLP_GATE, CAL_ROLE_MLP_UP,
 						     CAL_ROLE_MLP_DOWN};
-		return load_mlp(c, L, mlp, c->Id, &qw->w13, &qw->w2, owned, n_owned,
-				&ev->site[EQ_MLP_GU], &ev->site[EQ_MLP_DOWN], err);
+		CAL_TRY(load_mlp(c, L, mlp, c->Id, &qw->w13, &qw->w2, owned, n_owned,
+				 &ev->site[EQ_MLP_GU], &ev->site[EQ_MLP_DOWN], err));
+		return upload_pqs(c, owned, n_owned, err);
 	}
 	CAL_TRY(load_experts(c, L, qw, owned, n_owned, err));
 	if (qw->s13) {
@@ -654,6 +718,7 @@ enum cal_status cal_eval_load_layer(struct cal_calib *c, int32_t L, enum cal_ste
 		CAL_TRY(load_mlp(c, L, shared, c->Is, &qw->s13, &qw->s2, owned, n_owned,
 				 &ev->site[EQ_SH_GU], &ev->site[EQ_SH_DOWN], err));
 	}
+	return upload_pqs(c, owned, n_owned, err);
 fail:
 	return st;
 }
@@ -666,7 +731,14 @@ enum cal_status cal_eval_fake_quant(struct cal_calib *c, const struct eq_site *s
 	struct cal_eval *ev = c->ev;
 	enum cal_status st = CAL_OK;
 	uint64_t n = rows * cols;
-	if (s->fmt == AQ_NONE || n == 0)
+	if (n == 0)
+		return CAL_OK;
+	if (s->pqs) { /* the input times its pre_quant_scale, then the quantizer */
+		struct cal_ewise_args mul = {CAL_EWISE_MUL_ROW, x, s->pqs, NULL, x, rows, cols,
+					     0, 0, 0, 0, 0, 0};
+		CAL_TRY(cal_op_ewise(c->be, &mul, err));
+	}
+	if (s->fmt == AQ_NONE)
 		return CAL_OK;
 	if (n > ev->fq_elems)
 		return cal_error_set(err, CAL_ERR_INTERNAL, "eval: activation of %llu elements "
@@ -674,7 +746,7 @@ enum cal_status cal_eval_fake_quant(struct cal_calib *c, const struct eq_site *s
 	if (s->bias) { /* affine: quantize x - b, dequantize, add b (as modelopt) */
 		struct cal_ewise_args sub = {CAL_EWISE_ADD_ROW, x, s->bias, NULL, x, rows, cols,
 					     0, 0, 0, 0, 0, 0};
-		struct eq_site plain = {s->fmt, s->scale, NULL};
+		struct eq_site plain = {s->fmt, s->scale, NULL, NULL, NULL, 0};
 		CAL_TRY(cal_op_ewise(c->be, &sub, err));
 		CAL_TRY(cal_eval_fake_quant(c, &plain, x, rows, cols, err));
 		sub.b = s->bias + cols;
@@ -692,6 +764,16 @@ enum cal_status cal_eval_fake_quant(struct cal_calib *c, const struct eq_site *s
 		CAL_TRY(cal_op_ewise(c->be, &cl, err));
 		CAL_TRY(cal_op_fp8_quant(c->be, &q, err));
 		CAL_TRY(cal_op_fp8_dequant(c->be, &d, err));
+		return CAL_OK;
+	}
+	if (s->fmt == AQ_INT8) {
+		/* rint(fl32(x / s)) saturating to [-128, 127], times s (docs/eval.md) */
+		struct cal_int8_quant_args q = {x, rows, cols, CAL_DIV_EXACT, ev->qbuf, NULL,
+						s->scale};
+		struct cal_int8_dequant_args d = {ev->qbuf, NULL, rows, cols, CAL_DTYPE_BF16, x,
+						  s->scale};
+		CAL_TRY(cal_op_int8_quant(c->be, &q, err));
+		CAL_TRY(cal_op_int8_dequant(c->be, &d, err));
 		return CAL_OK;
 	}
 	if (s->fmt == AQ_MXFP8) {
@@ -749,6 +831,12 @@ enum cal_status cal_eval_load_lm_head(struct cal_calib *c, void **ret, struct ca
 	if (t) {
 		struct wpart p = {CAL_ROLE_LM_HEAD, (int64_t)V, (int64_t)H, NULL};
 		CAL_TRY(load_linear(c, -1, &p, 1, NULL, &q, owned, &n_owned, &ev->lm_site, err));
+		if (q && ev->lm_site.pqs_t) {
+			cal_backend_dealloc(c->be, owned[0]);
+			return cal_error_set(err, CAL_ERR_UNSUPPORTED, "%s: lm_head's "
+					     "pre_quant_scale is not evaluated",
+					     ev->lm_site.pqs_t->name);
+		}
 		if (q) {
 			*ret = owned[0];
 			return CAL_OK;

@@ -300,6 +300,15 @@ fail:
 	return st;
 }
 
+/* in_proj_b and in_proj_a of the normed input c->h into c->lba. */
+static enum cal_status gdn_ba(struct cal_calib *c, const struct cal_layer_w *w, uint64_t T,
+			      const struct cal_gdn_dims *g, struct cal_error *err)
+{
+	uint64_t H = (uint64_t)c->H;
+	CAL_TRY_RET(gemm(c, c->h, w->lb, c->lba, T, g->nv, H, err));
+	return gemm(c, c->h, w->la, c->lba + T * g->nv, T, g->nv, H, err);
+}
+
 enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_layer_w *w,
 			     const struct cal_mb *mb, uint16_t *x, struct cal_error *err)
 {
@@ -319,11 +328,16 @@ enum cal_status cal_gdn_step(struct cal_calib *c, int32_t L, const struct cal_la
 	if (c->o.pad_like_modelopt)
 		CAL_TRY(mask_pads(c, mb, c->h, err));
 	CAL_TRY(observe(c, c->h, T, H, mb->tok0, S_QKV, err));
+	/* unquantized b / a in an evaluation's quantized forward: the input before
+	 * the quantized projections' quantizer (docs/eval.md) */
+	int ba_raw = cal_eval_gdn_ba_raw(c);
+	if (ba_raw)
+		CAL_TRY(gdn_ba(c, w, T, &g, err));
 	CAL_TRY(cal_layer_actq(c, L, EQ_QKV, -1, c->h, T, H, err));
 	CAL_TRY(gemm(c, c->h, w->lqkv, c->lqkv, T, g.cd, H, err));
 	CAL_TRY(gemm(c, c->h, w->lz, c->lz, T, g.vd, H, err));
-	CAL_TRY(gemm(c, c->h, w->lb, c->lba, T, g.nv, H, err));
-	CAL_TRY(gemm(c, c->h, w->la, c->lba + T * g.nv, T, g.nv, H, err));
+	if (!ba_raw)
+		CAL_TRY(gdn_ba(c, w, T, &g, err));
 	struct cal_gdn_conv_args cv = {c->lqkv, w->lconv, c->lconv, T, (uint32_t)g.cd,
 				       (uint32_t)g.kern, cu, mb->n_seq};
 	CAL_TRY(cal_op_gdn_conv(c->be, &cv, err));

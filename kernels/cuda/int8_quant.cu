@@ -2,7 +2,8 @@
  * int8_quant.cu — INT8 per-output-channel weight quantizer (docs/numerics.md
  * "INT8"; the C reference is kernels/int8_quant.c).  One thread block per
  * row (grid-stride over rows): the row's max|w| by a block reduction (a NaN
- * anywhere makes it NaN, as torch's amax), then the codes.
+ * anywhere makes it NaN, as torch's amax), then the codes.  With a static
+ * scale (an input's input_scale): one thread per element (grid-stride).
  */
 #include "common.cuh"
 
@@ -45,9 +46,26 @@ int8_kernel(const uint16_t *w, uint64_t rows, uint64_t cols, enum cal_div_mode d
 	}
 }
 
+__global__ void __launch_bounds__(CAL_CUDA_THREADS)
+int8_static_kernel(const uint16_t *w, uint64_t n, float scale, uint8_t *q)
+{
+	float rc = __frcp_rn(scale);
+	uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+	for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+		q[i] = cal_int8_from_quotient(cal_div_by(cal_nf_bf16_to_f32(__ldg(w + i)), scale,
+							 rc));
+}
+
 CAL_CUDA_OP(int8_quant)
 {
 	CAL_CUDA_OP_ENTER(a->rows == 0 || a->cols == 0);
+	if (a->scale > 0.0f) {
+		uint64_t n = a->rows * a->cols;
+		int8_static_kernel<<<cal_cuda_grid(be, n), CAL_CUDA_THREADS, 0, s>>>(a->w, n,
+										       a->scale, a->q);
+		CAL_CUDA_LAUNCHED();
+		return CAL_OK;
+	}
 	unsigned grid = a->rows < 65535 ? (unsigned)a->rows : 65535u;
 	int8_kernel<<<grid, CAL_CUDA_THREADS, 0, s>>>(a->w, a->rows, a->cols, a->div, a->q,
 						      a->scales);

@@ -414,6 +414,10 @@ Test(fwd_ops, ewise_modes_and_gather)
 	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
 	for (int i = 0; i < 4; i++)
 		cr_expect_eq(f(o[i]), (double)cal_round_bf16(av[i] + bv[i % 2]));
+	e.mode = CAL_EWISE_MUL_ROW; /* both rows times b's first row */
+	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
+	for (int i = 0; i < 4; i++)
+		cr_expect_eq(f(o[i]), (double)cal_round_bf16(av[i] * bv[i % 2]));
 	e.mode = CAL_EWISE_SWIGLU;
 	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
 	for (int i = 0; i < 4; i++) {
@@ -609,4 +613,29 @@ Test(fwd_ops, fp8_block_dequant_partial_blocks)
 			float want = cal_e4m3_decode(q[r * C + c]) * sc[(r / BR) * 2 + c / BC];
 			cr_expect_eq(out[r * C + c], cal_f32_to_bf16(want), "[%d, %d]", r, c);
 		}
+}
+
+/* INT8 with one static scale (an input's input_scale in `calibd eval`,
+ * docs/eval.md): rint(fl32(x / s)) with ties to even, saturating to
+ * [-128, 127], dequantized as fl32(q * s). */
+Test(fwd_ops, int8_static_scale)
+{
+	float xv[8] = {1.0f, -2.5f, 0.25f, 0.75f, -0.25f, 1000.0f, -1000.0f, 63.5f};
+	int8_t want[8] = {2, -5, 0, 2, 0, 127, -128, 127};
+	uint16_t x[8], o[8];
+	uint8_t q[8];
+	for (int i = 0; i < 8; i++)
+		x[i] = cal_f32_to_bf16(xv[i]);
+	struct cal_int8_quant_args qa = {x, 2, 4, CAL_DIV_RECIP, q, NULL, 0.5f};
+	struct cal_int8_dequant_args da = {q, NULL, 2, 4, CAL_DTYPE_BF16, o, 0.5f};
+	cr_assert_eq(cal_op_int8_quant(be, &qa, NULL), CAL_OK);
+	cr_assert_eq(cal_op_int8_dequant(be, &da, NULL), CAL_OK);
+	for (int i = 0; i < 8; i++) {
+		cr_expect_eq((int8_t)q[i], want[i], "x %g: code %d", (double)xv[i], (int8_t)q[i]);
+		cr_expect_eq(f(o[i]), want[i] * 0.5, "x %g", (double)xv[i]);
+	}
+	qa.scale = -1.0f; /* a scale that is not positive is refused */
+	cr_assert_lt(cal_op_int8_quant(be, &qa, NULL), 0);
+	da.scale = 0.0f;
+	cr_assert_lt(cal_op_int8_dequant(be, &da, NULL), 0);
 }

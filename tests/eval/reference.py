@@ -5,8 +5,9 @@ Loads the source checkpoint with transformers (CPU, bf16, eager), replaces every
 quantized Linear / expert weight with its dequantization from the exported
 tensors (done here in PyTorch from the safetensors bytes), fake-quantizes the
 inputs of quantized modules with the exported input_scale (NVFP4: per block of
-16 along the input dimension with input_scale as the global scale; FP8: per
-tensor) and K / V with k_scale / v_scale (FP8 per tensor; an NVFP4 KV cache
+16 along the input dimension with input_scale as the global scale; FP8 and
+INT8: per tensor), after multiplying them by the module's pre_quant_scale
+where it has one (int8_sq, AWQ), and K / V with k_scale / v_scale (FP8 per tensor; an NVFP4 KV cache
 per block of 16 along head_dim with k_scale / 6 as the global scale; affine:
 K - k_bias, V - v_bias, then the bias added back; a rotated one: Q and K
 through the normalized Hadamard transform first), and writes the logits of the held-out
@@ -86,6 +87,12 @@ def fp8_fake(x, s):
     return (e4m3(xf / s) * s).to(x.dtype)
 
 
+def int8_fake(x, s):
+    """INT8 per tensor: round half to even of fl32(x / s), saturating to [-128, 127]."""
+    q = torch.round(x.float() / s).clamp(-128.0, 127.0)
+    return (q * s).to(x.dtype)
+
+
 def hadamard(x, b):
     """Normalized Walsh-Hadamard transform (Sylvester order) of blocks of b along the last dim."""
     h = torch.ones(1, 1)
@@ -115,7 +122,15 @@ class Export:
         return self.f.get_tensor(k) if k in self.keys else None
 
     def module(self, mod):
-        """(bf16 weight, activation fake-quant fn or None)"""
+        """(bf16 weight, activation fn or None): the input times the pre_quant_scale
+        (a bf16 product), then the input quantizer."""
+        w, fq = self.quantized(mod)
+        pqs = self.get(mod + ".pre_quant_scale")
+        if pqs is None:
+            return w, fq
+        return w, (lambda x: (fq or (lambda y: y))(x * pqs))
+
+    def quantized(self, mod):
         w = self.get(mod + ".weight")
         if w is None:
             raise KeyError(mod)
@@ -135,6 +150,10 @@ class Export:
         if w.dtype == torch.uint8:
             wq = nvfp4_dequant(w, self.get(mod + ".weight_scale"), self.get(mod + ".weight_scale_2").item())
             fq = (lambda x, s=isc.item(): nvfp4_fake(x, s)) if isc is not None else None
+            return wq, fq
+        if w.dtype == torch.int8:  # INT8 per output channel: int8, int8_wo, int8_sq
+            wq = (w.to(torch.float32) * ws.to(torch.float32)[:, None]).to(torch.bfloat16)
+            fq = (lambda x, s=isc.item(): int8_fake(x, s)) if isc is not None else None
             return wq, fq
         ws = self.get(mod + ".weight_scale").item()
         wq = (w.to(torch.float32) * ws).to(torch.bfloat16)

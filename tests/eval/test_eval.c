@@ -138,6 +138,22 @@ static int eval(const char *root, const char *src, const char *q, const char *ta
 	return r;
 }
 
+/* calibd eval of q against src is refused (exit 3) with msg (a grep
+ * pattern) on stderr and no report written. */
+static void eval_refused(const char *root, const char *src, const char *q, const char *tag,
+			 const char *msg)
+{
+	char *log = path2(root, "err.txt"), *extra = NULL, *out = NULL, cmd[4096];
+	cr_assert(asprintf(&extra, "2>'%s'", log) > 0);
+	cr_assert(asprintf(&out, "%s/%s.json", root, tag) > 0);
+	cr_assert_eq(eval(root, src, q, tag, extra), 3, "%s", tag);
+	snprintf(cmd, sizeof(cmd), "grep -q '%s' '%s'", msg, log);
+	cr_assert_eq(sh_run(cmd), 0, "%s: no '%s' on stderr", tag, msg);
+	cr_assert_neq(access(out, F_OK), 0, "%s: a report was written", tag);
+	free(extra);
+	free(out);
+}
+
 /*
  * The quantized forward against the reference.  Bounds, from the numbers
  * measured when this test was written (docs/eval.md "Correctness"): the
@@ -158,8 +174,18 @@ Test(eval, reference)
 		{"qwen3_moe", "nvfp4_weight_only-kv_fp16", 5e-3, 3e-4, 0.8},
 		{"qwen3_moe", "fp8_default-kv_fp8", 0.012, 0.005, 0.8},
 		{"qwen3_moe", "nvfp4_default-kv_fp8", 0.045, 0.035, 0.8},
+		/* INT8: SmoothQuant's pre_quant_scales and INT8 inputs (mean
+		 * 1.2e-3, median 3.5e-4 when written) and weight-only (5.9e-4,
+		 * 6.7e-5) */
+		{"qwen3_moe", "int8_sq-kv_fp8_cast", 3e-3, 1e-3, 0.4},
+		{"qwen3_moe", "int8_weight_only-kv_fp8_cast", 1.5e-3, 2e-4, 0.4},
 		{"qwen3_next", "nvfp4_weight_only-kv_fp16", 6e-3, 3e-4, 0.8},
-		{"qwen3_next", "nvfp4_default-kv_fp8", 0.2, 0.12, 0.5},
+		/* mean 0.094, median 0.048 when in_proj_ba (unquantized) began to
+		 * read the input before the quantizer; 0.128 / 0.083 before */
+		{"qwen3_next", "nvfp4_default-kv_fp8", 0.15, 0.08, 0.5},
+		/* the Gated DeltaNet's in_proj_qkvz smoothed, in_proj_ba not: mean
+		 * 6.1e-4, median 0 when written */
+		{"qwen3_next", "int8_sq-kv_fp8_cast", 2e-3, 1e-4, 0.1},
 		{"deepseek_v3", "nvfp4_weight_only-kv_fp16", 6e-3, 3e-4, 0.8},
 		{"deepseek_v3", "nvfp4_default-kv_fp8", 0.2, 0.12, 0.5},
 		/* GPT-OSS: calibd's attention follows transformers' eager bf16
@@ -182,6 +208,9 @@ Test(eval, reference)
 		/* NVFP4 affine (NVFP4_AFFINE): mean 0.018, median 1.5e-3 when
 		 * written; quantized as FP8, 0.17 / 0.062 */
 		{"llama", "nvfp4_default-kv_nvfp4_affine", 0.03, 0.003, 0.2},
+		/* AWQ: o_proj keeps its pre_quant_scale (mean 6.5e-3, median 0
+		 * when written) */
+		{"llama", "nvfp4_awq-kv_fp8_cast", 0.015, 1e-3, 0.1},
 	};
 	char *root = tmpdir(), *src = NULL;
 	const char *src_arch = "";
@@ -327,15 +356,8 @@ Test(eval, nvfp4_kv_head_dim)
 {
 	char *root = tmpdir(), *src = make_model(root, "deepseek_v3", "default");
 	char *q = quantize(root, src, "nvfp4_default-kv_nvfp4");
-	char *log = path2(root, "err.txt"), *extra = NULL, *out = path2(root, "k.json");
-	cr_assert(asprintf(&extra, "2>'%s'", log) > 0);
-	cr_assert_eq(eval(root, src, q, "k", extra), 3);
-	char cmd[4096];
-	snprintf(cmd, sizeof(cmd), "grep -q 'layers.0.self_attn.k_proj: an NVFP4 KV cache of "
-		 "head_dim 24' '%s'", log);
-	cr_assert_eq(sh_run(cmd), 0);
-	cr_assert_neq(access(out, F_OK), 0, "a report was written");
-	free(extra);
+	eval_refused(root, src, q, "k",
+		     "layers.0.self_attn.k_proj: an NVFP4 KV cache of head_dim 24");
 	rm_rf(root);
 }
 
@@ -470,5 +492,87 @@ Test(eval, calibration_overlap)
 		 "the calibration set' '%s'", log);
 	cr_assert_eq(sh_run(grep), 0);
 	free(cmd);
+	rm_rf(root);
+}
+
+/* Sets every value of the BF16 tensor `name` of dir/model.safetensors to
+ * the bf16 bits v, in place. */
+static void st_fill_bf16(const char *dir, const char *name, uint16_t v)
+{
+	FILE *f = fopen(path2(dir, "model.safetensors"), "r+b");
+	uint8_t len[8];
+	cr_assert(f && fread(len, 1, 8, f) == 8);
+	uint64_t n = 0;
+	for (int i = 7; i >= 0; i--)
+		n = n << 8 | len[i];
+	char *h = malloc(n);
+	cr_assert(h && fread(h, 1, n, f) == n);
+	json_error_t je;
+	json_t *j = json_loadb(h, n, 0, &je), *off;
+	cr_assert(j, "%s", je.text);
+	off = json_object_get(json_object_get(j, name), "data_offsets");
+	cr_assert(off, "%s: not in the checkpoint", name);
+	uint64_t a = (uint64_t)json_integer_value(json_array_get(off, 0)),
+		 b = (uint64_t)json_integer_value(json_array_get(off, 1));
+	cr_assert_eq(fseek(f, (long)(8 + n + a), SEEK_SET), 0);
+	for (uint64_t k = a; k < b; k += 2)
+		cr_assert(fwrite((uint8_t[2]){(uint8_t)v, (uint8_t)(v >> 8)}, 1, 2, f) == 2);
+	cr_assert_eq(fclose(f), 0);
+	json_decref(j);
+	free(h);
+}
+
+static double report_kl(const char *root, const char *tag)
+{
+	char *jp = NULL;
+	cr_assert(asprintf(&jp, "%s/%s.json", root, tag) > 0);
+	json_t *r = load_json(jp);
+	double kl = json_number_value(json_object_get(json_object_get(r, "kl"), "mean"));
+	double top1 = json_number_value(json_object_get(r, "top1_agreement"));
+	cr_assert(isfinite(kl) && kl > 0 && top1 > 0 && top1 <= 1, "%s: KL %g top-1 %g", tag, kl,
+		  top1);
+	check_layer_kl(r, tag);
+	/* every linear of the 3 layers but the routers and lm_head: 3 x 4 of
+	 * attention, 3 of the dense layer, 2 x 8 experts x 3 */
+	cr_assert_eq(json_integer_value(json_object_get(r, "quantized_weights")), 63, "%s", tag);
+	json_decref(r);
+	free(jp);
+	return kl;
+}
+
+/*
+ * INT8 exports (hf_ptq's int8_sq, int8, int8_wo) on the MoE fixture with a
+ * dense layer: every one evaluates with finite metrics; the same INT8
+ * weights without the input quantizer (int8_wo) lose less than with it
+ * (int8); the SmoothQuant export's pre_quant_scales are applied: one set
+ * to 1 (the folded weight then sees its input unscaled) makes the KL much
+ * larger, and one that differs from its siblings' (q/k/v read one input)
+ * is refused naming it.  The comparison with the independent reference:
+ * Test(eval, reference).
+ */
+Test(eval, int8)
+{
+	static const char *const recipes[] = {"int8_sq-kv_fp8_cast", "int8_default-kv_fp8_cast",
+					      "int8_weight_only-kv_fp8_cast"};
+	char *root = tmpdir(), *src = make_model(root, "qwen3_moe", "default");
+	double kl[3];
+	for (int k = 0; k < 3; k++) {
+		char *q = quantize(root, src, recipes[k]);
+		cr_assert_eq(eval(root, src, q, recipes[k], ""), 0, "%s", recipes[k]);
+		kl[k] = report_kl(root, recipes[k]);
+		printf("eval qwen3_moe %-30s KL mean %.4g\n", recipes[k], kl[k]);
+	}
+	cr_assert_lt(kl[2], kl[1], "int8_wo %g, int8 %g", kl[2], kl[1]);
+	/* o_proj's pre_quant_scale set to 1 */
+	char *sq = path2(root, recipes[0]);
+	st_fill_bf16(sq, "model.layers.0.self_attn.o_proj.pre_quant_scale", 0x3F80);
+	cr_assert_eq(eval(root, src, sq, "sq_o1", ""), 0);
+	double bad = report_kl(root, "sq_o1");
+	printf("eval qwen3_moe int8_sq, layer 0 o_proj pre_quant_scale 1: KL mean %.4g\n", bad);
+	cr_assert_gt(bad, 10 * kl[0], "KL %g, with the exported scale %g", bad, kl[0]);
+	/* q_proj's alone: refused, nothing written */
+	st_fill_bf16(sq, "model.layers.0.self_attn.q_proj.pre_quant_scale", 0x3F80);
+	eval_refused(root, src, sq, "sq_q1", "model.layers.0.self_attn.q_proj.pre_quant_scale: "
+		     "not every linear that reads this input has this pre_quant_scale");
 	rm_rf(root);
 }

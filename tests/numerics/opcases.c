@@ -754,10 +754,15 @@ static int case_int8_quant(struct opcase_env *env, uint64_t rows, uint64_t units
 	if (rows > 1 && cols)
 		memset(w + cols, 0, cols * 2); /* a zero row: scale 1 */
 	enum cal_div_mode div = seed & 1 ? CAL_DIV_EXACT : CAL_DIV_RECIP;
+	/* every third seed: one static scale (an activation's input_scale),
+	 * small enough that codes saturate, no per-row scales written */
+	int stat = seed % 3 == 2;
+	float scale = stat ? ldexpf(1.0f + cal_test_unit(&s) * 0.5f,
+				    (int)(cal_test_splitmix(&s) % 16) - 14) : 0.0f;
 	struct pair *pw = pair_new(&c, n * 2, w), *pq = pair_new(&c, n, NULL),
 		    *ps = pair_new(&c, rows * 4, NULL);
-	struct cal_int8_quant_args A = {pw->a, rows, cols, div, pq->a, ps->a};
-	struct cal_int8_quant_args B = {pw->b, rows, cols, div, pq->b, ps->b};
+	struct cal_int8_quant_args A = {pw->a, rows, cols, div, pq->a, stat ? NULL : ps->a, scale};
+	struct cal_int8_quant_args B = {pw->b, rows, cols, div, pq->b, stat ? NULL : ps->b, scale};
 	RUN_BOTH(&c, int8_quant, A, B);
 	pair_check(&c, pq, "q");
 	pair_check(&c, ps, "scales");
@@ -893,8 +898,10 @@ static int case_int8_dequant(struct opcase_env *env, uint64_t rows, uint64_t uni
 		sc[i] = ldexpf(1.0f + cal_test_unit(&s) * 0.5f, (int)(cal_test_splitmix(&s) % 20) - 12);
 	struct pair *pq = pair_new(&c, n, q), *ps = pair_new(&c, rows * 4, sc),
 		    *po = pair_new(&c, n * cal_dtype_size(dt), NULL);
-	struct cal_int8_dequant_args A = {pq->a, ps->a, rows, cols, dt, po->a};
-	struct cal_int8_dequant_args B = {pq->b, ps->b, rows, cols, dt, po->b};
+	int stat = seed % 3 == 2; /* one scale for every row */
+	float one = rows ? sc[0] : 1.0f;
+	struct cal_int8_dequant_args A = {pq->a, stat ? NULL : ps->a, rows, cols, dt, po->a, one};
+	struct cal_int8_dequant_args B = {pq->b, stat ? NULL : ps->b, rows, cols, dt, po->b, one};
 	RUN_BOTH(&c, int8_dequant, A, B);
 	pair_check(&c, po, "out");
 	free(q);

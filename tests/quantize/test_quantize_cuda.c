@@ -11,10 +11,10 @@
  * report's linears (and AWQ's rows seen) agree, the exports have the same
  * tensors (names, dtypes, shapes: the same linears keep a pre_quant_scale)
  * and the same unquantized tensors differ from the source (the fused
- * norms); the alphas may differ (printed); SmoothQuant's INT8 exports are
- * not evaluated (calibd eval reads no INT8 weights).  `calibd eval --device cuda`
+ * norms); the alphas may differ (printed).  `calibd eval --device cuda`
  * gives the CPU's KL on CPU-made exports with affine, rotated and NVFP4 KV
- * caches.  The cases name the CUDA paths they cover.  A plain main (no
+ * caches and with INT8 weights and inputs (SmoothQuant's pre_quant_scale).
+ * The cases name the CUDA paths they cover.  A plain main (no
  * Criterion, no fork after CUDA); exits 77 (meson: SKIP) without a GPU.
  *
  * CALIBD_TEST_CUDA_AS_CPU=1 runs the quantize cases with `--device cpu`
@@ -254,8 +254,7 @@ static double eval_kl(const char *src, const char *q, const char *dev, const cha
  * worse than 1.5 x). */
 static const struct qcase {
 	const char *arch, *layout, *recipe;
-	int no_eval;        /* calibd eval refuses the export (an NVFP4 KV cache of head_dim 24,
-			     * INT8 weights) */
+	int no_eval;        /* calibd eval refuses the export (an NVFP4 KV cache of head_dim 24) */
 	const char *search; /* the report's key of a searched recipe (same_linears) */
 } qcases[] = {
 	{"qwen3_moe", "fused", "general/ptq/nvfp4_experts_only-kv_fp8", 0, NULL},
@@ -273,20 +272,27 @@ static const struct qcase {
 	{"deepseek_v3", NULL, "general/ptq/nvfp4_awq-kv_fp8_cast", 0, "awq_lite"},
 	{"qwen3_next", NULL, "general/ptq/nvfp4_awq-kv_fp8_cast", 0, "awq_lite"},
 	{"gpt_oss", NULL, "general/ptq/nvfp4_awq-kv_fp8_cast", 0, "awq_lite"},
-	{"llama", NULL, "general/ptq/int8_sq-kv_fp8_cast", 1, "smoothquant"},
-	{"deepseek_v3", NULL, "general/ptq/int8_sq-kv_fp8_cast", 1, "smoothquant"},
-	{"qwen3_next", NULL, "general/ptq/int8_sq-kv_fp8_cast", 1, "smoothquant"},
+	{"llama", NULL, "general/ptq/int8_sq-kv_fp8_cast", 0, "smoothquant"},
+	{"deepseek_v3", NULL, "general/ptq/int8_sq-kv_fp8_cast", 0, "smoothquant"},
+	{"qwen3_next", NULL, "general/ptq/int8_sq-kv_fp8_cast", 0, "smoothquant"},
 };
 
 /* calibd eval on the CUDA back end against the CPU's for exports made on
  * the CPU: the affine KV bias (ewise ADD_ROW), MLA's bias, the NVFP4 KV
- * cache with and without the Hadamard rotation. */
+ * cache with and without the Hadamard rotation; INT8 weights (int8_dequant)
+ * and inputs (int8_quant / int8_dequant with a static scale), the
+ * pre_quant_scale (ewise MUL_ROW) and the Gated DeltaNet's unquantized
+ * in_proj_ba before the quantizer. */
 static const struct qcase ecases[] = {
 	{"llama", NULL, "general/ptq/fp8_default-kv_fp8_affine", 0, NULL},
 	{"llama", NULL, "general/ptq/nvfp4_default-kv_nvfp4_affine", 0, NULL},
 	{"gpt_oss", NULL, "general/ptq/nvfp4_default-kv_nvfp4_rotate", 0, NULL},
 	{"gpt_oss", NULL, "general/ptq/nvfp4_default-kv_nvfp4_cast", 0, NULL},
 	{"deepseek_v3", NULL, "general/ptq/fp8_default-kv_fp8_affine", 0, NULL},
+	{"llama", NULL, "general/ptq/int8_sq-kv_fp8_cast", 0, NULL},
+	{"qwen3_next", NULL, "general/ptq/int8_sq-kv_fp8_cast", 0, NULL},
+	{"qwen3_moe", "per-expert", "general/ptq/int8_default-kv_fp8_cast", 0, NULL},
+	{"qwen3_moe", "per-expert", "general/ptq/int8_weight_only-kv_fp8_cast", 0, NULL},
 };
 
 /* 6 sequences of 40 token ids from `off` on. */
