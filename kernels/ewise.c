@@ -1,7 +1,8 @@
 /*
  * ewise.c — element-wise decoder steps on bf16 (residual add, SwiGLU,
  * sigmoid-gated add of the shared expert, clamp, sigmoid gate of the gated
- * attention output, gpt_oss's clamped SwiGLU, a row added to every row),
+ * attention output, gpt_oss's clamped SwiGLU, a row added to every row,
+ * a difference, a row multiplied into every row),
  * each computed in fp32 and
  * rounded to bf16 where HF's bf16 ops round.  silu(u) = u / (1 + exp(-u)),
  * sigmoid(u) = 1 / (1 + exp(-u)).  Reference and CPU back end; items are
@@ -42,7 +43,7 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	(void)slot;
 	for (uint64_t r = begin; r < end; r++) {
 		const uint16_t *x = a->a + r * c->lda;
-		const uint16_t *y = a->b ? a->b + r * c->ldb : NULL; /* ADD_ROW: ldb 0 */
+		const uint16_t *y = a->b ? a->b + r * c->ldb : NULL; /* *_ROW: ldb 0 */
 		uint16_t *o = a->out + r * c->ldo;
 		float gate = 0.0f;
 		if (a->mode == CAL_EWISE_GATE_ADD)
@@ -53,6 +54,12 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			case CAL_EWISE_ADD:
 			case CAL_EWISE_ADD_ROW:
 				v = u + ld(y, j);
+				break;
+			case CAL_EWISE_SUB:
+				v = u - ld(y, j);
+				break;
+			case CAL_EWISE_MUL_ROW:
+				v = u * ld(y, j);
 				break;
 			case CAL_EWISE_SWIGLU:
 				v = bf(u / (1.0f + expf(-u))) * ld(y, j);
@@ -78,7 +85,7 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 CAL_CHECK_OP(ewise)
 {
 	enum cal_status st;
-	if ((st = cal_check_enum((int)a->mode, CAL_EWISE_ADD_ROW, "mode", err)) < 0)
+	if ((st = cal_check_enum((int)a->mode, CAL_EWISE_MUL_ROW, "mode", err)) < 0)
 		return st;
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
 		return st;
@@ -108,7 +115,8 @@ CAL_CHECK_OP(ewise)
 CAL_CPU_OP(ewise)
 {
 	struct ew_ctx c = {a, a->lda ? a->lda : a->cols,
-			   a->mode == CAL_EWISE_ADD_ROW ? 0 : a->ldb ? a->ldb : a->cols,
+			   a->mode == CAL_EWISE_ADD_ROW || a->mode == CAL_EWISE_MUL_ROW ? 0
+			   : a->ldb ? a->ldb : a->cols,
 			   a->ldo ? a->ldo : a->cols};
 	if (a->rows == 0 || a->cols == 0)
 		return CAL_OK;

@@ -685,13 +685,18 @@ enum cal_ewise_mode {
 	/* out = bf16(a + b[j]): b is one row, added to every row (ldb unused;
 	 * the affine KV cache's bias in `calibd eval`) */
 	CAL_EWISE_ADD_ROW = 6,
+	/* out = bf16(a - b) (AWQ's search: the output error, docs/awq.md) */
+	CAL_EWISE_SUB = 7,
+	/* out = bf16(a * b[j]): b is one row, multiplied into every row (ldb
+	 * unused; AWQ's search: the input times its scale, docs/awq.md) */
+	CAL_EWISE_MUL_ROW = 8,
 };
 
 /* Row r, column j: a[r*lda + j], b[r*ldb + j] (ADD_ROW: b[j]), g[r*ldg],
  * out[r*ldo + j]; a row stride of 0 means cols.  out may alias a. */
 struct cal_ewise_args {
 	enum cal_ewise_mode mode;
-	const uint16_t *a, *b, *g; /* b: ADD, SWIGLU, GATE_ADD, SIGMOID_MUL; g: GATE_ADD */
+	const uint16_t *a, *b, *g; /* b: every mode but CLAMP; g: GATE_ADD */
 	uint16_t *out;
 	uint64_t rows, cols;
 	uint64_t lda, ldb, ldg, ldo;

@@ -245,7 +245,8 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 		free(eng);
 	if (st >= 0) {
 		struct cal_awq_out o = {al->r.pqs, wf, wa, NULL, 0, 0.0f};
-		st = cal_awq_lite_bias(c->host, g->wq, al->r.w, bias, al->r.rows, al->r.cols,
+		struct cal_awq_dev dev = {c->be, c->host, 0}; /* the GEMMs on the engine's */
+		st = cal_awq_lite_bias(&dev, g->wq, al->r.w, bias, al->r.rows, al->r.cols,
 				       g->cache[al->r.site], T, g->batch[al->r.site],
 				       g->alpha_step, &o, quant_in ? &al->r.in_amax : NULL, err);
 		if (st >= 0) {

@@ -598,8 +598,9 @@ static void awq_one(struct cal_backend *be, const char *path)
 	/* a linear with a bias (GPT-OSS's attention): inside both outputs */
 	uint16_t *bias = json_object_get(fp, "bias_bf16_hex") ? hex_bf16(fp, "bias_bf16_hex", rows)
 							       : NULL;
+	struct cal_awq_dev dev = {be, be, 0};
 	if (ml)
-		cr_assert_eq(cal_awq_lite_bias(be, nvfp4 ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4, l.w,
+		cr_assert_eq(cal_awq_lite_bias(&dev, nvfp4 ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4, l.w,
 					       bias, rows, cols, l.x, tokens, batch, step, &o,
 					       nvfp4 || w4a8 ? &in_amax : NULL, &err),
 			     CAL_OK, "%s", cal_error_msg(&err));
