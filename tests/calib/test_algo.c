@@ -671,6 +671,56 @@ Test(awq_lite, modelopt_diff)
 	each_fingerprint("awq", awq_one);
 }
 
+/* The search in token chunks of whole batches (cal_awq_dev.max_bytes) and
+ * on a 1- or 3-thread back end gives the bytes of one chunk: every alpha's
+ * loss, the scale, the folded weight and its amax; INT4 and NVFP4, with a
+ * bias, a last batch shorter than the others. */
+Test(awq_lite, chunks_same_bytes)
+{
+	struct lin l;
+	const uint64_t R = 48, C = 256, T = 75, B = 16;
+	lin_gen(&l, R, C, T, 7, 3);
+	uint16_t bias[48];
+	uint64_t s = 99;
+	for (uint64_t r = 0; r < R; r++)
+		bias[r] = cal_nf_f32_to_bf16(gen_u(&s));
+	struct cal_backend *b1 = cpu(1), *b3 = cpu(3);
+	struct cal_error err = {0};
+	for (int nv = 0; nv < 2; nv++) {
+		uint64_t nb = R * C / (nv ? 16 : 128);
+		double loss[2][CAL_AWQ_MAX_ALPHAS];
+		uint16_t pq[2][256], w[2][48 * 256];
+		float am[2][48 * 16];
+		/* one chunk on 1 thread; then chunks of 1, 2 and 5 batches on 3 */
+		uint64_t per = (4 * (R + C) + 16) * B, maxb[4] = {0, per, 2 * per + 1, 5 * per};
+		for (int k = 0; k < 4; k++) {
+			int j = k ? 1 : 0;
+			struct cal_awq_out o = {pq[j], w[j], am[j], loss[j], 0, 0.0f};
+			struct cal_awq_dev dev = {k ? b3 : b1, k ? b3 : b1, maxb[k]};
+			cr_assert_eq(cal_awq_lite_bias(&dev, nv ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4,
+						       l.w, bias, R, C, l.x, T, B, 0.1, &o, NULL,
+						       &err),
+				     CAL_OK, "%s", cal_error_msg(&err));
+			cr_assert_eq(o.n_alpha, 11);
+			if (!k)
+				continue;
+			cr_assert_eq(memcmp(loss[0], loss[1], 11 * sizeof(double)), 0,
+				     "%s, %llu bytes a chunk: the losses differ", nv ? "nvfp4" : "int4",
+				     (unsigned long long)maxb[k]);
+			cr_assert_eq(memcmp(pq[0], pq[1], C * 2), 0);
+			cr_assert_eq(memcmp(w[0], w[1], R * C * 2), 0);
+			cr_assert_eq(memcmp(am[0], am[1], nb * sizeof(float)), 0);
+		}
+		int differ = 0; /* the losses tell the alphas apart */
+		for (int i = 1; i < 11; i++)
+			differ |= loss[0][i] != loss[0][0];
+		cr_assert(differ && loss[0][0] > 0.0);
+	}
+	cal_backend_free(b1);
+	cal_backend_free(b3);
+	lin_free(&l);
+}
+
 Test(awq_lite, bad_input)
 {
 	struct cal_error err = {0};
