@@ -117,24 +117,28 @@ static void nvfp4_at(uint16_t *w, uint64_t n, float amax)
 		nvfp4_block(w + b * 16, g);
 }
 
-/* ---- the search on the back end (docs/awq.md "What runs where") ---------------------------- */
+/* ---- the searches on the back end (docs/awq.md "What runs where") -------------------------- */
 
+/* A search over n candidate weights of one linear, its GEMMs on the back end. */
 struct awq_ctx {
 	enum cal_awq_wq wq;
 	const uint16_t *w, *x;
 	const uint16_t *bias;   /* [rows] bf16 or NULL: inside each output's rounding */
 	uint64_t rows, cols, tokens, batch;
-	const float *act, *ws;
-	const float *alphas;
 	unsigned n;
 	double *loss;           /* [n] out */
-	/* one alpha's fake-quantized weight (host threads, rows per item) */
-	const uint16_t *sb;     /* [cols] bf16(s) */
+	/* candidate i: sets sb (and pin with scale_x) and, NVFP4, g */
+	void (*cand)(struct awq_ctx *c, unsigned i);
+	const void *arg;        /* cand's */
+	int scale_x;            /* the candidates scale the input (pin) */
+	uint16_t *sb;           /* [cols] the weight's column scale, bf16 */
+	uint16_t *pin;          /* [cols] the input's, bf16 (scale_x) */
 	float g;                /* NVFP4: the scaled weight's global scale */
-	uint16_t *qw;           /* [rows, cols] out */
+	const float *cmax;      /* NVFP4: [cols] max |w| per column */
+	uint16_t *qw;           /* [rows, cols]: the candidate's weight */
 };
 
-/* Rows [begin, end) of the search's weight: bf16(W * bf16(s)), fake-quantized
+/* Rows [begin, end) of a candidate's weight: bf16(W * sb), fake-quantized
  * (INT4: each 128-block at its own amax; NVFP4: blocks of 16 at c->g). */
 static void wq_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
@@ -154,7 +158,7 @@ static void wq_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-/* The tokens of one chunk of the search on the back end: whole batches,
+/* The tokens of one chunk of a search on the back end: whole batches,
  * x, xin [tc, cols] and y, yq [tc, rows] bf16 plus tc row sums (f64 pairs)
  * within max_bytes, at least one batch, at most every token. */
 static uint64_t chunk_tokens(uint64_t rows, uint64_t cols, uint64_t tokens, uint64_t batch,
@@ -165,16 +169,17 @@ static uint64_t chunk_tokens(uint64_t rows, uint64_t cols, uint64_t tokens, uint
 	return tc < tokens ? tc : tokens;
 }
 
-/* Back-end buffers of the search. */
+/* Back-end buffers of a search. */
 enum { D_X, D_XIN, D_Y, D_YQ, D_W, D_WQ, D_PIN, D_BIAS, D_SUMS, D_COUNT };
 
-/* The losses of every alpha (c->loss).  Per chunk of whole batches on the
- * back end: y = gemm(x, W) (+bias) once; per alpha the fake-quantized
- * weight (host threads) and bf16(1/s) uploaded, xin = bf16(x * bf16(1/s))
- * (ewise MUL_ROW), yq = gemm(xin, Wq) (+bias), bf16(yq - y) (ewise SUB)
- * and its per-token sum of squares in f64 (err_rows); only those sums come
- * back, and each batch's mean over its tokens * rows outputs adds to the
- * alpha's fp32 loss in batch order. */
+/* The loss of every candidate (c->loss).  Per chunk of whole batches on
+ * the back end: y = gemm(x, W) (+bias) once; per candidate its
+ * fake-quantized weight (host threads) and input scale uploaded,
+ * xin = bf16(x * pin) (ewise MUL_ROW; x without scale_x), yq = gemm(xin, Wq)
+ * (+bias), bf16(yq - y) (ewise SUB) and its per-token sum of squares in
+ * f64 (err_rows); only those sums come back, and each batch's mean over
+ * its tokens * rows outputs adds to the candidate's fp32 loss in batch
+ * order. */
 static enum cal_status search(const struct cal_awq_dev *dev, struct awq_ctx *c,
 			      struct cal_error *err)
 {
@@ -185,16 +190,15 @@ static enum cal_status search(const struct cal_awq_dev *dev, struct awq_ctx *c,
 	size_t sz[D_COUNT] = {tc * C * 2, tc * C * 2, tc * R * 2, tc * R * 2, R * C * 2, R * C * 2,
 			      C * 2, R * 2, tc * 2 * sizeof(double)};
 	void *d[D_COUNT] = {0};
-	float *s = malloc(C * sizeof(float)), *cmax = calloc(C, sizeof(float));
-	float total[CAL_AWQ_MAX_ALPHAS] = {0};
+	float *cmax = calloc(C, sizeof(float)), *total = calloc(c->n, sizeof(float));
 	uint16_t *sb = malloc(C * 2), *pin = malloc(C * 2), *qw = malloc(R * C * 2);
 	double *sums = malloc(tc * 2 * sizeof(double));
 	enum cal_status st = CAL_OK;
-	if (!s || !cmax || !sb || !pin || !qw || !sums)
-		st = cal_error_set(err, CAL_ERR_NOMEM, "awq_lite: search scratch for [%llu, %llu]",
+	if (!cmax || !total || !sb || !pin || !qw || !sums)
+		st = cal_error_set(err, CAL_ERR_NOMEM, "awq: search scratch for [%llu, %llu]",
 				   (unsigned long long)R, (unsigned long long)C);
 	for (int i = 0; st >= 0 && i < D_COUNT; i++)
-		if (i != D_BIAS || c->bias)
+		if ((i != D_BIAS || c->bias) && ((i != D_XIN && i != D_PIN) || c->scale_x))
 			st = cal_backend_alloc(be, sz[i], &d[i], err);
 	if (st >= 0)
 		st = cal_backend_upload(be, d[D_W], c->w, R * C * 2, err);
@@ -202,11 +206,11 @@ static enum cal_status search(const struct cal_awq_dev *dev, struct awq_ctx *c,
 		st = cal_backend_upload(be, d[D_BIAS], c->bias, R * 2, err);
 	if (st < 0)
 		goto out;
-	/* NVFP4: max |W| per column; the scaled weight's global amax is then
-	 * max_c bf16(cmax[c] * bf16(s[c])) (bf16(|w| * s) grows with |w|) */
 	for (uint64_t i = 0; c->wq == CAL_AWQ_WQ_NVFP4 && i < R * C; i++)
 		cmax[i % C] = fmaxf(cmax[i % C], fabsf(bf(c->w[i])));
+	c->cmax = cmax;
 	c->sb = sb;
+	c->pin = pin;
 	c->qw = qw;
 	for (uint64_t t0 = 0; t0 < T && st >= 0; t0 += tc) {
 		uint64_t m = t0 + tc < T ? tc : T - t0;
@@ -218,25 +222,19 @@ static enum cal_status search(const struct cal_awq_dev *dev, struct awq_ctx *c,
 		struct cal_ewise_args dif = {.mode = CAL_EWISE_SUB, .a = d[D_YQ], .b = d[D_Y],
 					     .out = d[D_YQ], .rows = m, .cols = R};
 		struct cal_err_rows_args sq = {NULL, d[D_YQ], d[D_YQ], m, R, d[D_SUMS]};
-		yq.x = d[D_XIN];
+		yq.x = c->scale_x ? d[D_XIN] : d[D_X];
 		yq.w = d[D_WQ];
 		yq.y = d[D_YQ];
 		if ((st = cal_backend_upload(be, d[D_X], c->x + t0 * C, m * C * 2, err)) < 0 ||
 		    (st = cal_op_gemm(be, &y, err)) < 0)
 			break;
-		for (unsigned ai = 0; ai < c->n && st >= 0; ai++) {
-			float amax = 0.0f;
-			awq_scale(c->act, c->ws, C, c->alphas[ai], s);
-			for (uint64_t k = 0; k < C; k++) {
-				sb[k] = tobf(s[k]);
-				pin[k] = tobf(1.0f / s[k]);
-				amax = fmaxf(amax, bf(tobf(cmax[k] * bf(sb[k]))));
-			}
-			c->g = nvfp4_g(amax);
+		for (unsigned i = 0; i < c->n && st >= 0; i++) {
+			c->cand(c, i);
 			if ((st = cal_cpu_parallel(dev->host, R, 1 + 65536 / C, wq_rows, c, err)) < 0 ||
 			    (st = cal_backend_upload(be, d[D_WQ], qw, R * C * 2, err)) < 0 ||
-			    (st = cal_backend_upload(be, d[D_PIN], pin, C * 2, err)) < 0 ||
-			    (st = cal_op_ewise(be, &xin, err)) < 0 || (st = cal_op_gemm(be, &yq, err)) < 0 ||
+			    (c->scale_x && ((st = cal_backend_upload(be, d[D_PIN], pin, C * 2, err)) < 0 ||
+					(st = cal_op_ewise(be, &xin, err)) < 0)) ||
+			    (st = cal_op_gemm(be, &yq, err)) < 0 ||
 			    (st = cal_op_ewise(be, &dif, err)) < 0 ||
 			    (st = cal_op_err_rows(be, &sq, err)) < 0 ||
 			    (st = cal_backend_download(be, sums, d[D_SUMS], m * 2 * sizeof(double),
@@ -248,17 +246,39 @@ static enum cal_status search(const struct cal_awq_dev *dev, struct awq_ctx *c,
 				double sum = 0.0;
 				for (uint64_t t = b0; t < b1; t++)
 					sum += sums[2 * t + 1];
-				total[ai] += (float)(sum / (double)((b1 - b0) * R));
+				total[i] += (float)(sum / (double)((b1 - b0) * R));
 			}
 		}
 	}
-	for (unsigned ai = 0; st >= 0 && ai < c->n; ai++)
-		c->loss[ai] = total[ai];
+	for (unsigned i = 0; st >= 0 && i < c->n; i++)
+		c->loss[i] = total[i];
 out:
 	for (int i = 0; i < D_COUNT; i++)
 		cal_backend_dealloc(be, d[i]);
-	free(s), free(cmax), free(sb), free(pin), free(qw), free(sums);
+	free(cmax), free(total), free(sb), free(pin), free(qw), free(sums);
 	return st;
+}
+
+/* awq_lite's candidates: the alphas. */
+struct lite_arg {
+	const float *act, *ws, *alphas;
+	float *s;               /* [cols] scratch */
+};
+
+/* Alpha i: s from act and ws, the weight times bf16(s), the input times
+ * bf16(1/s); NVFP4's global amax, that of the scaled weight, is
+ * max_c bf16(cmax[c] * bf16(s[c])) (bf16(|w| * s) grows with |w|). */
+static void lite_cand(struct awq_ctx *c, unsigned i)
+{
+	const struct lite_arg *a = c->arg;
+	float amax = 0.0f;
+	awq_scale(a->act, a->ws, c->cols, a->alphas[i], a->s);
+	for (uint64_t k = 0; k < c->cols; k++) {
+		c->sb[k] = tobf(a->s[k]);
+		c->pin[k] = tobf(1.0f / a->s[k]);
+		amax = fmaxf(amax, bf(tobf(c->cmax[k] * bf(c->sb[k]))));
+	}
+	c->g = nvfp4_g(amax);
 }
 
 /* A weight the search cannot take: empty, or its input dim not a multiple
@@ -355,9 +375,10 @@ enum cal_status cal_awq_lite_bias(const struct cal_awq_dev *dev, enum cal_awq_wq
 	for (uint64_t k = 0; k < cols; k++)
 		ws[k] = bf(tobf((float)(acc[k] / (double)rows)));
 
+	struct lite_arg la = {act, ws, alphas, s};
 	struct awq_ctx c = {.wq = wq, .w = w, .x = x, .bias = bias, .rows = rows, .cols = cols,
-			    .tokens = tokens, .batch = batch, .act = act, .ws = ws,
-			    .alphas = alphas, .n = n, .loss = loss};
+			    .tokens = tokens, .batch = batch, .n = n, .loss = loss,
+			    .cand = lite_cand, .arg = &la, .scale_x = 1};
 	if ((rc = search(dev, &c, err)) < 0)
 		goto done;
 	unsigned best = 0;
