@@ -144,12 +144,14 @@ enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, u
  * linear runs with its weight fake-quantized as NVFP4 at global amax ratio
  * * max|w|; the loss is the step's mean of the squared bf16 output error,
  * summed over the steps; the first least wins.  *amax out: ratio * max|w|
- * (fp32); loss: NULL or [CAL_AWQ_MAX_RATIOS] each ratio's loss.  Host
- * threads (one ratio per item).  Errors: CAL_ERR_INVALID, CAL_ERR_NOMEM.
+ * (fp32); loss: NULL or [CAL_AWQ_MAX_RATIOS] each ratio's loss.  The
+ * GEMMs run on dev->be as awq_lite's (cal_awq_lite_bias), the inputs times
+ * pqs and the fake-quantized weights on the host.  Errors: CAL_ERR_INVALID,
+ * CAL_ERR_NOMEM.
  */
-enum cal_status cal_awq_clip_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
-				   uint64_t cols, const uint16_t *x, uint64_t tokens,
-				   uint64_t batch, const uint16_t *pqs,
+enum cal_status cal_awq_clip_nvfp4(const struct cal_awq_dev *dev, const uint16_t *w,
+				   uint64_t rows, uint64_t cols, const uint16_t *x,
+				   uint64_t tokens, uint64_t batch, const uint16_t *pqs,
 				   const struct cal_awq_clip_opts *o, float *amax, double *loss,
 				   struct cal_error *err);
 

@@ -108,15 +108,6 @@ static float nvfp4_g(float amax)
 	return g > 0.0f ? g : 1e-12f;
 }
 
-/* modelopt's NVFP4 fake quantization of n values (blocks of 16) with the
- * global amax `amax`. */
-static void nvfp4_at(uint16_t *w, uint64_t n, float amax)
-{
-	float g = nvfp4_g(amax);
-	for (uint64_t b = 0; b < n / 16; b++)
-		nvfp4_block(w + b * 16, g);
-}
-
 /* ---- the searches on the back end (docs/awq.md "What runs where") -------------------------- */
 
 /* A search over n candidate weights of one linear, its GEMMs on the back end. */
@@ -663,98 +654,45 @@ enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, u
 
 /* ---- awq_clip per tensor (NVFP4 weights; docs/awq.md "awq_clip with NVFP4") ---------------- */
 
-/* bf16 of x . w + b summed in double (the clip search's GEMMs). */
-static uint16_t gemv_bf16(const uint16_t *xr, const uint16_t *wr, uint64_t n, double b)
-{
-	double s = b;
-	for (uint64_t c = 0; c < n; c++)
-		s += (double)bf(xr[c]) * (double)bf(wr[c]);
-	return tobf((float)s);
-}
-
-struct tclip_ctx {
+/* The per-tensor clip's candidates: the clip ratios. */
+struct tclip_arg {
 	const struct cal_awq_clip_opts *o;
-	const uint16_t *w, *xs;      /* xs: bf16(x * pqs), every row [n_sel, cols] */
-	const uint16_t *y;           /* the unquantized output bf16(xs w^T) [n_sel, rows] */
-	uint64_t rows, cols;
-	const uint64_t *step_end;
-	uint64_t n_steps;
 	const float *ratios;
 	float w_amax;
-	double *loss;                /* [n_ratio] */
-	int nomem;
 };
 
-/* The losses of ratios [begin, end): the whole linear's output with the
- * weight fake-quantized at global amax ratio * w_amax against the
- * unquantized one, mean of fl32(bf16(y_q - y))^2 per step (fp32), summed. */
-static void tclip_ratios(void *p, uint64_t begin, uint64_t end, unsigned slot)
+/* Ratio j: the weight as it is (sb 1), fake-quantized at the global amax
+ * ratio * w_amax. */
+static void tclip_cand(struct awq_ctx *c, unsigned j)
 {
-	struct tclip_ctx *c = p;
-	uint64_t R = c->rows, C = c->cols;
-	uint16_t *wq = malloc(R * C * 2);
-	(void)slot;
-	if (!wq) {
-		c->nomem = 1;
-		return;
-	}
-	for (uint64_t j = begin; j < end; j++) {
-		memcpy(wq, c->w, R * C * 2);
-		nvfp4_at(wq, R * C, clip_amax(c->o, c->ratios[j], c->w_amax));
-		float total = 0.0f;
-		for (uint64_t s = 0, t = 0; s < c->n_steps; s++) {
-			uint64_t t0 = t;
-			double sum = 0.0;
-			for (; t < c->step_end[s]; t++)
-				for (uint64_t r = 0; r < R; r++) {
-					const uint16_t *xr = c->xs + t * C;
-					float d = bf(tobf(bf(gemv_bf16(xr, wq + r * C, C, 0.0)) -
-							  bf(c->y[t * R + r])));
-					sum += (double)d * d;
-				}
-			if (t > t0)
-				total += (float)(sum / (double)((t - t0) * R));
-		}
-		c->loss[j] = total;
-	}
-	free(wq);
+	const struct tclip_arg *a = c->arg;
+	for (uint64_t k = 0; k < c->cols; k++)
+		c->sb[k] = tobf(1.0f);
+	c->g = nvfp4_g(clip_amax(a->o, a->ratios[j], a->w_amax));
 }
 
-/* The unquantized output of tokens [begin, end), the same for every ratio. */
-static void tclip_ref(void *p, uint64_t begin, uint64_t end, unsigned slot)
-{
-	struct tclip_ctx *c = p;
-	uint16_t *y = (uint16_t *)c->y;
-	(void)slot;
-	for (uint64_t t = begin; t < end; t++)
-		for (uint64_t r = 0; r < c->rows; r++)
-			y[t * c->rows + r] =
-				gemv_bf16(c->xs + t * c->cols, c->w + r * c->cols, c->cols, 0.0);
-}
-
-enum cal_status cal_awq_clip_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
-				   uint64_t cols, const uint16_t *x, uint64_t tokens,
-				   uint64_t batch, const uint16_t *pqs,
+enum cal_status cal_awq_clip_nvfp4(const struct cal_awq_dev *dev, const uint16_t *w,
+				   uint64_t rows, uint64_t cols, const uint16_t *x,
+				   uint64_t tokens, uint64_t batch, const uint16_t *pqs,
 				   const struct cal_awq_clip_opts *o, float *amax, double *loss,
 				   struct cal_error *err)
 {
 	double ls[CAL_AWQ_MAX_RATIOS];
 	struct clip_prep p;
+	if (!dev || !dev->be || !dev->host)
+		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: a NULL argument");
 	enum cal_status rc = clip_prepare(w, rows, cols, x, tokens, batch, pqs, o, amax,
 					  CAL_AWQ_WQ_NVFP4, 0, &p, err);
 	float wa = 0.0f;
 	for (uint64_t i = 0; rc >= 0 && i < rows * cols; i++)
 		wa = fmaxf(wa, fabsf(bf(w[i])));
-	uint64_t nt = rc >= 0 && p.n_steps ? p.step_end[p.n_steps - 1] : 0;
-	uint16_t *y = rc >= 0 ? malloc((nt ? nt : 1) * rows * 2) : NULL;
-	struct tclip_ctx c = {o, w, p.xs, y, rows, cols, p.step_end, p.n_steps, p.ratios, wa, ls, 0};
-	if (rc >= 0 && !y)
-		rc = clip_nomem(rows, cols, tokens, err);
-	if (rc >= 0 && (rc = cal_cpu_parallel(host, nt, 1, tclip_ref, &c, err)) >= 0 &&
-	    (rc = cal_cpu_parallel(host, p.nr, 1, tclip_ratios, &c, err)) >= 0 && c.nomem)
-		rc = clip_nomem(rows, cols, tokens, err);
-	free(y);
-	if (rc >= 0) {
+	/* every row of every step (no subsampling): xs is [tokens, cols] in
+	 * steps of batch, the search's batches */
+	struct tclip_arg ta = {o, p.ratios, wa};
+	struct awq_ctx c = {.wq = CAL_AWQ_WQ_NVFP4, .w = w, .x = p.xs, .rows = rows, .cols = cols,
+			    .tokens = tokens, .batch = batch, .n = p.nr, .loss = ls,
+			    .cand = tclip_cand, .arg = &ta};
+	if (rc >= 0 && (rc = search(dev, &c, err)) >= 0) {
 		unsigned best = 0;
 		for (unsigned j = 1; j < p.nr; j++)
 			if ((float)ls[j] < (float)ls[best])

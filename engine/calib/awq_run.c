@@ -288,8 +288,9 @@ static enum cal_status clip_one(struct cal_calib *c, struct alin *al, json_t *o,
 	}
 	if (!(al->clip = malloc(nb * sizeof(float))))
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	struct cal_awq_dev dev = {c->be, c->host, 0};
 	enum cal_status st =
-		nvfp4 ? cal_awq_clip_nvfp4(c->host, al->r.w, al->r.rows, al->r.cols, x, T,
+		nvfp4 ? cal_awq_clip_nvfp4(&dev, al->r.w, al->r.rows, al->r.cols, x, T,
 					   g->batch[al->r.site], pqs, &g->clip_o, al->clip, NULL, err)
 		      : cal_awq_clip_int4(c->host, al->r.w, al->r.rows, al->r.cols, x, T,
 					  g->batch[al->r.site], pqs, &g->clip_o, al->clip, err);

@@ -541,7 +541,8 @@ static void awq_clip_diff(struct cal_backend *be, const char *path, json_t *clip
 	uint64_t pre = 0;
 	for (uint64_t b = 0; b < nb; b++)
 		pre += amax[b] != wa_mo[b];
-	enum cal_status st = nvfp4 ? cal_awq_clip_nvfp4(be, w, l->rows, l->cols, l->x, l->tokens,
+	struct cal_awq_dev dev = {be, be, 0};
+	enum cal_status st = nvfp4 ? cal_awq_clip_nvfp4(&dev, w, l->rows, l->cols, l->x, l->tokens,
 							batch, pqs, &co, amax, loss, &err)
 				   : cal_awq_clip_int4(be, w, l->rows, l->cols, l->x, l->tokens,
 						       batch, pqs, &co, amax, &err);
@@ -725,6 +726,7 @@ Test(awq_lite, bad_input)
 {
 	struct cal_error err = {0};
 	struct cal_backend *be = cpu(1);
+	struct cal_awq_dev dev = {be, be, 0};
 	uint16_t w[2 * 128] = {0}, x[3 * 128] = {0}, pq[128], wo[256];
 	float am[2];
 	struct cal_awq_out o = {pq, wo, am, NULL, 0, 0};
@@ -743,18 +745,18 @@ Test(awq_lite, bad_input)
 	/* awq_clip per tensor (NVFP4): the block of 16 and the options named;
 	 * an all-zero weight keeps amax 0 */
 	struct cal_awq_clip_opts co = {64, 0.5, 0.05, 1};
-	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 24, x, 3, 2, NULL, &co, am, NULL, &err),
+	cr_assert_eq(cal_awq_clip_nvfp4(&dev, w, 2, 24, x, 3, 2, NULL, &co, am, NULL, &err),
 		     CAL_ERR_INVALID);
 	cr_assert(strstr(cal_error_msg(&err), "NVFP4 block (16)"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
 	co.min_ratio = 0.0;
-	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 128, x, 3, 2, NULL, &co, am, NULL, &err),
+	cr_assert_eq(cal_awq_clip_nvfp4(&dev, w, 2, 128, x, 3, 2, NULL, &co, am, NULL, &err),
 		     CAL_ERR_INVALID);
 	cr_assert(strstr(cal_error_msg(&err), "min_clip_ratio"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
 	co.min_ratio = 0.5;
 	am[0] = -1.0f;
-	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 128, x, 3, 2, pq, &co, am, NULL, &err), CAL_OK,
+	cr_assert_eq(cal_awq_clip_nvfp4(&dev, w, 2, 128, x, 3, 2, pq, &co, am, NULL, &err), CAL_OK,
 		     "%s", cal_error_msg(&err));
 	cr_assert_eq(am[0], 0.0f);
 	cr_assert_eq(cal_awq_in_amax(x, 3, 128, NULL), 0.0f);
