@@ -8,9 +8,10 @@
  * (pass_begin .. _end), layer.c's actq sites hand each searched linear's
  * input rows to awq_site, which appends them to a host cache
  * per site (q/k/v share one, gate/up one; MLA's q_a / kv_a one).  After the layer's forward, per
- * linear, cal_awq_lite_int4 (awq.c) searches the scale from the cached
+ * linear, cal_awq_lite_bias (awq.c) searches the scale from the cached
  * rows, one calibration step per micro-batch (the size of the first one;
- * modelopt's statistics are per forward step); then the export fold:
+ * modelopt's statistics are per forward step), its GEMMs on the engine's
+ * back end (docs/awq.md "What runs where"); then the export fold:
  * cal_lin_resmooth over q/k/v (MLA: q_a_proj and kv_a_proj_with_mqa, or
  * q_proj and kv_a_proj_with_mqa; a Gated DeltaNet layer's in_proj), a
  * dense MLP's gate/up and a shared expert's gate/up, and cal_awq_fuse_norm
@@ -37,7 +38,8 @@
  * T x H, q_b T x q_lora_rank, kv_b T x kv_lora_rank), freed after the
  * layer's search; the folded weights, scales and norms of the last layer
  * (kept for the exporter).  No token subsampling (modelopt's awq_lite
- * searches on every calibration token).
+ * searches on every calibration token).  Back end: the search's chunk of
+ * tokens (awq.c, within CAL_AWQ_CHUNK_BYTES) while it runs.
  */
 #include <math.h>
 #include <stdlib.h>
