@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "awq_gen.h"
 #include "common/util.h"
 #include "engine/awq.h"
-#include "kernels/numfmt.h"
 
 /* CPU seconds of the process (all threads). */
 static double cpu_s(void)
@@ -23,12 +23,6 @@ static double cpu_s(void)
 	struct timespec t;
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
 	return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static uint16_t rnd_bf16(uint64_t *s, float scale)
-{
-	*s = *s * UINT64_C(6364136223846793005) + UINT64_C(1442695040888963407);
-	return cal_nf_f32_to_bf16(((float)(*s >> 40) / 16777216.0f * 2.0f - 1.0f) * scale);
 }
 
 int main(int argc, char **argv)
@@ -52,7 +46,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_awq: %s\n", cal_error_msg(&err));
 		return 1;
 	}
-	uint64_t s = 42;
 	uint16_t *w = malloc(rows * cols * 2), *x = malloc(tok * cols * 2);
 	uint16_t *pq = malloc(cols * 2), *wf = malloc(rows * cols * 2);
 	float *wa = malloc(rows * cols / 16 * sizeof(float));
@@ -60,10 +53,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_awq: out of memory\n");
 		return 1;
 	}
-	for (uint64_t i = 0; i < rows * cols; i++)
-		w[i] = rnd_bf16(&s, 0.05f);
-	for (uint64_t i = 0; i < tok * cols; i++) /* a few channels 4x larger */
-		x[i] = rnd_bf16(&s, (i % cols) % 11 == 0 ? 4.0f : 1.0f);
+	awq_gen(42, w, rows * cols, x, tok * cols, cols);
 	double loss[CAL_AWQ_MAX_ALPHAS];
 	struct cal_awq_out o = {pq, wf, wa, loss, 0, 0.0f};
 	struct cal_awq_dev dev = {be, host, 0};

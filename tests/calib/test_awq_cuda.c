@@ -14,16 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "awq_gen.h"
 #include "engine/awq.h"
-#include "kernels/numfmt.h"
 
 enum { R = 96, C = 512, T = 300, B = 64 };
-
-static uint16_t rnd_bf16(uint64_t *s, float scale)
-{
-	*s = *s * UINT64_C(6364136223846793005) + UINT64_C(1442695040888963407);
-	return cal_nf_f32_to_bf16(((float)(*s >> 40) / 16777216.0f * 2.0f - 1.0f) * scale);
-}
 
 /* The relative margin of the least of n losses over the runner-up. */
 static double margin(const double *l, unsigned n)
@@ -70,35 +64,37 @@ static int search(const struct cal_awq_dev *dev, enum cal_awq_wq wq, const uint1
 	return 0;
 }
 
-int main(void)
+/* A back end of kind k (2 CPU threads), or NULL with the reason printed. */
+static struct cal_backend *backend(enum cal_backend_kind k)
 {
 	struct cal_error err = {0};
-	struct cal_backend *cpu = NULL, *cuda = NULL;
 	struct cal_backend_opts bo = {.cpu_threads = 2};
+	struct cal_backend *be = NULL;
+	if (cal_backend_init(k, &bo, &be, &err) < 0)
+		fprintf(stderr, "FAIL: back end: %s\n", cal_error_msg(&err));
+	return be;
+}
+
+int main(void)
+{
 	int bad = 0;
 	if (!cal_backend_cuda_available()) {
 		printf("SKIP: no CUDA device (or built without CUDA)\n");
 		return 77;
 	}
-	if (cal_backend_init(CAL_BACKEND_CPU, &bo, &cpu, &err) < 0 ||
-	    cal_backend_init(CAL_BACKEND_CUDA, NULL, &cuda, &err) < 0) {
-		fprintf(stderr, "back end: %s\n", cal_error_msg(&err));
+	struct cal_backend *cpu = backend(CAL_BACKEND_CPU), *cuda = backend(CAL_BACKEND_CUDA);
+	if (!cpu || !cuda)
 		return 1;
-	}
-	printf("cuda: %s\n", cal_backend_describe(cuda));
-	uint64_t s = 5;
+	printf("AWQ searches on %s\n", cal_backend_describe(cuda));
 	uint16_t *w = malloc(R * C * 2), *x = malloc(T * C * 2), bias[R];
 	struct run *rc = malloc(sizeof(*rc)), *rg = malloc(sizeof(*rg)), *rg2 = malloc(sizeof(*rg2));
 	if (!w || !x || !rc || !rg || !rg2) {
 		fprintf(stderr, "FAIL: out of memory\n");
 		return 1;
 	}
-	for (uint64_t i = 0; i < R * C; i++)
-		w[i] = rnd_bf16(&s, 0.05f);
-	for (uint64_t i = 0; i < T * C; i++) /* a few channels 4x larger */
-		x[i] = rnd_bf16(&s, (i % C) % 11 == 0 ? 4.0f : 1.0f);
-	for (int r = 0; r < R; r++)
-		bias[r] = rnd_bf16(&s, 1.0f);
+	awq_gen(5, w, R * C, x, T * C, C);
+	for (int r = 0; r < R; r++) /* in [-0.25, 0.25] */
+		bias[r] = cal_nf_f32_to_bf16((float)(r % 17 - 8) / 32.0f);
 	struct cal_awq_dev dc = {cpu, cpu, 0}, dg = {cuda, cpu, 0};
 	for (int nv = 0; nv < 2; nv++) {
 		enum cal_awq_wq wq = nv ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4;
