@@ -17,14 +17,6 @@
 #include "common/util.h"
 #include "engine/awq.h"
 
-/* CPU seconds of the process (all threads). */
-static double cpu_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-	return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 int main(int argc, char **argv)
 {
 	uint64_t rows = argc > 1 ? strtoull(argv[1], NULL, 10) : 4096;
@@ -57,13 +49,13 @@ int main(int argc, char **argv)
 	double loss[CAL_AWQ_MAX_ALPHAS];
 	struct cal_awq_out o = {pq, wf, wa, loss, 0, 0.0f};
 	struct cal_awq_dev dev = {be, host, 0};
-	double t0 = cal_now(), c0 = cpu_s();
+	double t0 = cal_now(), c0 = (double)clock() / CLOCKS_PER_SEC; /* all threads */
 	if (cal_awq_lite_bias(&dev, wq, w, NULL, rows, cols, x, tok, batch, 0.1, &o, NULL, &err) <
 	    0) {
 		fprintf(stderr, "bench_awq: %s\n", cal_error_msg(&err));
 		return 1;
 	}
-	double t1 = cal_now(), c1 = cpu_s();
+	double t1 = cal_now(), c1 = (double)clock() / CLOCKS_PER_SEC;
 	printf("awq_lite search [%llu, %llu] x %llu tokens (batch %llu, %s), %s: wall %.3f s, "
 	       "cpu %.3f s; alpha %g; losses", (unsigned long long)rows, (unsigned long long)cols,
 	       (unsigned long long)tok, (unsigned long long)batch,
