@@ -149,43 +149,42 @@ static void wq_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
 	}
 }
 
-/* The tokens of one chunk of a search on the back end: whole batches,
- * x, xin [tc, cols] and y, yq [tc, rows] bf16 plus tc row sums (f64 pairs)
- * within max_bytes, at least one batch, at most every token. */
-static uint64_t chunk_tokens(uint64_t rows, uint64_t cols, uint64_t tokens, uint64_t batch,
-			     uint64_t max_bytes)
+/* The tokens of one chunk of a search on the back end: x, xin [tc, cols]
+ * and y, yq [tc, rows] bf16 plus tc row sums (f64 pairs) within max_bytes,
+ * at least one, at most every token. */
+static uint64_t chunk_tokens(uint64_t rows, uint64_t cols, uint64_t tokens, uint64_t max_bytes)
 {
-	uint64_t per = 4 * (rows + cols) + 16, nb = max_bytes / per / batch;
-	uint64_t tc = (nb ? nb : 1) * batch;
-	return tc < tokens ? tc : tokens;
+	uint64_t tc = max_bytes / (4 * (rows + cols) + 16);
+	return !tc ? 1 : tc < tokens ? tc : tokens;
 }
 
 /* Back-end buffers of a search. */
 enum { D_X, D_XIN, D_Y, D_YQ, D_W, D_WQ, D_PIN, D_BIAS, D_SUMS, D_COUNT };
 
-/* The loss of every candidate (c->loss).  Per chunk of whole batches on
- * the back end: y = gemm(x, W) (+bias) once; per candidate its
- * fake-quantized weight (host threads) and input scale uploaded,
- * xin = bf16(x * pin) (ewise MUL_ROW; x without scale_x), yq = gemm(xin, Wq)
- * (+bias), bf16(yq - y) (ewise SUB) and its per-token sum of squares in
- * f64 (err_rows); only those sums come back, and each batch's mean over
- * its tokens * rows outputs adds to the candidate's fp32 loss in batch
- * order. */
+/* The loss of every candidate (c->loss).  Per chunk of tokens on the
+ * back end: y = gemm(x, W) (+bias) once; per candidate its fake-quantized
+ * weight (host threads) and input scale uploaded, xin = bf16(x * pin)
+ * (ewise MUL_ROW; x without scale_x), yq = gemm(xin, Wq) (+bias),
+ * bf16(yq - y) (ewise SUB) and its per-token sum of squares in f64
+ * (err_rows); only those sums come back.  They add up in token order per
+ * calibration batch (across chunks: the same bytes however the tokens are
+ * cut), and each batch's mean over its tokens * rows outputs adds to the
+ * candidate's fp32 loss in batch order. */
 static enum cal_status search(const struct cal_awq_dev *dev, struct awq_ctx *c,
 			      struct cal_error *err)
 {
 	struct cal_backend *be = dev->be;
 	const uint64_t R = c->rows, C = c->cols, T = c->tokens;
-	uint64_t tc = chunk_tokens(R, C, T, c->batch, dev->max_bytes ? dev->max_bytes
-								      : CAL_AWQ_CHUNK_BYTES);
+	uint64_t tc = chunk_tokens(R, C, T, dev->max_bytes ? dev->max_bytes : CAL_AWQ_CHUNK_BYTES);
 	size_t sz[D_COUNT] = {tc * C * 2, tc * C * 2, tc * R * 2, tc * R * 2, R * C * 2, R * C * 2,
 			      C * 2, R * 2, tc * 2 * sizeof(double)};
 	void *d[D_COUNT] = {0};
 	float *cmax = calloc(C, sizeof(float)), *total = calloc(c->n, sizeof(float));
+	double *part = calloc(c->n, sizeof(double)); /* each candidate's open batch */
 	uint16_t *sb = malloc(C * 2), *pin = malloc(C * 2), *qw = malloc(R * C * 2);
 	double *sums = malloc(tc * 2 * sizeof(double));
 	enum cal_status st = CAL_OK;
-	if (!cmax || !total || !sb || !pin || !qw || !sums)
+	if (!cmax || !total || !part || !sb || !pin || !qw || !sums)
 		st = cal_error_set(err, CAL_ERR_NOMEM, "awq: search scratch for [%llu, %llu]",
 				   (unsigned long long)R, (unsigned long long)C);
 	for (int i = 0; st >= 0 && i < D_COUNT; i++)
@@ -231,13 +230,12 @@ static enum cal_status search(const struct cal_awq_dev *dev, struct awq_ctx *c,
 			    (st = cal_backend_download(be, sums, d[D_SUMS], m * 2 * sizeof(double),
 						       err)) < 0)
 				break;
-			/* chunks are whole batches: a batch is tokens b0 .. b1 - 1 here */
-			for (uint64_t b0 = 0; b0 < m; b0 += c->batch) {
-				uint64_t b1 = b0 + c->batch < m ? b0 + c->batch : m;
-				double sum = 0.0;
-				for (uint64_t t = b0; t < b1; t++)
-					sum += sums[2 * t + 1];
-				total[i] += (float)(sum / (double)((b1 - b0) * R));
+			for (uint64_t j = 0, t = t0; j < m; j++, t++) {
+				part[i] += sums[2 * j + 1];
+				if ((t + 1) % c->batch == 0 || t + 1 == T) { /* its batch ends */
+					total[i] += (float)(part[i] / (double)((t % c->batch + 1) * R));
+					part[i] = 0.0;
+				}
 			}
 		}
 	}
@@ -246,7 +244,7 @@ static enum cal_status search(const struct cal_awq_dev *dev, struct awq_ctx *c,
 out:
 	for (int i = 0; i < D_COUNT; i++)
 		cal_backend_dealloc(be, d[i]);
-	free(cmax), free(total), free(sb), free(pin), free(qw), free(sums);
+	free(cmax), free(total), free(part), free(sb), free(pin), free(qw), free(sums);
 	return st;
 }
 

@@ -672,10 +672,11 @@ Test(awq_lite, modelopt_diff)
 	each_fingerprint("awq", awq_one);
 }
 
-/* The search in token chunks of whole batches (cal_awq_dev.max_bytes) and
- * on a 1- or 3-thread back end gives the bytes of one chunk: every alpha's
- * loss, the scale, the folded weight and its amax; INT4 and NVFP4, with a
- * bias, a last batch shorter than the others. */
+/* The search in token chunks (cal_awq_dev.max_bytes: one token, 7 (cutting
+ * batches), one batch, 37) and on a 1- or 3-thread back end gives the
+ * bytes of one chunk: every alpha's loss, the scale, the folded weight and
+ * its amax; INT4 and NVFP4, with a bias, a last batch shorter than the
+ * others. */
 Test(awq_lite, chunks_same_bytes)
 {
 	struct lin l;
@@ -692,9 +693,9 @@ Test(awq_lite, chunks_same_bytes)
 		double loss[2][CAL_AWQ_MAX_ALPHAS];
 		uint16_t pq[2][256], w[2][48 * 256];
 		float am[2][48 * 16];
-		/* one chunk on 1 thread; then chunks of 1, 2 and 5 batches on 3 */
-		uint64_t per = (4 * (R + C) + 16) * B, maxb[4] = {0, per, 2 * per + 1, 5 * per};
-		for (int k = 0; k < 4; k++) {
+		/* one chunk on 1 thread; then chunks of 1, 7, 16 and 37 tokens on 3 */
+		uint64_t per = 4 * (R + C) + 16, maxb[5] = {0, 1, 7 * per, B * per + 1, 37 * per};
+		for (int k = 0; k < 5; k++) {
 			int j = k ? 1 : 0;
 			struct cal_awq_out o = {pq[j], w[j], am[j], loss[j], 0, 0.0f};
 			struct cal_awq_dev dev = {k ? b3 : b1, k ? b3 : b1, maxb[k]};
