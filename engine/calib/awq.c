@@ -1,10 +1,10 @@
 /*
  * awq.c — AWQ-lite for one INT4 linear (engine/awq.h, docs/awq.md).  Each
  * step is in modelopt's dtypes: bf16 tensors round every element-wise
- * result to bf16, fp32 tensors stay fp32, GEMM outputs are bf16 (the lite
- * search's: the back end's gemm op, fp32 accumulation; the clip searches':
- * summed in double here, rounded once), the INT4 fake quantizer works in
- * fp32.
+ * result to bf16, fp32 tensors stay fp32, GEMM outputs are bf16 (awq_lite's
+ * and the NVFP4 clip's: the back end's gemm op, fp32 accumulation; the
+ * INT4 clip's block products: summed in double here, rounded once), the
+ * INT4 fake quantizer works in fp32.
  */
 #include <math.h>
 #include <stdlib.h>
