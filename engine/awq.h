@@ -4,8 +4,8 @@
  * s = act^a / wscale^(1-a) (normalised) is searched over a = 0, step, .., 1
  * by the calibration batches' output error with the weight quantized as
  * W s and the input as x / s; the best scale is folded into the weight and
- * exported as the input's pre_quant_scale.  Host memory, threaded on the
- * CPU back end (one alpha per item).
+ * exported as the input's pre_quant_scale.  Host memory in and out; the
+ * search's GEMMs run as back-end ops (cal_awq_dev).
  */
 #ifndef CAL_ENGINE_AWQ_H
 #define CAL_ENGINE_AWQ_H
@@ -58,13 +58,28 @@ enum cal_status cal_awq_lite(struct cal_backend *host, enum cal_awq_wq wq, const
 			     uint64_t batch, double alpha_step, struct cal_awq_out *out,
 			     float *in_amax, struct cal_error *err);
 
+/* Where the search runs (docs/awq.md "What runs where"): be, the back end
+ * of its GEMMs, input scaling and loss sums (the engine's, CPU or CUDA);
+ * host, a CPU back end whose threads make each alpha's fake-quantized
+ * weight; max_bytes, be's memory for one chunk of tokens (x, the scaled x,
+ * both outputs; at least one token; 0: CAL_AWQ_CHUNK_BYTES).  The result
+ * does not depend on the chunks. */
+struct cal_awq_dev {
+	struct cal_backend *be, *host;
+	uint64_t max_bytes;
+};
+
+#define CAL_AWQ_CHUNK_BYTES ((uint64_t)1 << 30)
+
 /*
  * The same for a linear with a bias (GPT-OSS's attention; docs/awq.md
  * "GPT-OSS"): bias bf16 [rows] or NULL.  modelopt's search runs the whole
  * linear, so the bias is inside both outputs' bf16 rounding, y = bf16(x W^T
  * + b); the statistics, the fold and the bias itself are as without it.
+ * w, bias and x are host memory; the search's GEMMs run on dev->be (the
+ * other two forms: on host, a CPU back end, which also gives the threads).
  */
-enum cal_status cal_awq_lite_bias(struct cal_backend *host, enum cal_awq_wq wq,
+enum cal_status cal_awq_lite_bias(const struct cal_awq_dev *dev, enum cal_awq_wq wq,
 				  const uint16_t *w, const uint16_t *bias, uint64_t rows,
 				  uint64_t cols, const uint16_t *x, uint64_t tokens, uint64_t batch,
 				  double alpha_step, struct cal_awq_out *out, float *in_amax,
@@ -130,12 +145,14 @@ enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, u
  * linear runs with its weight fake-quantized as NVFP4 at global amax ratio
  * * max|w|; the loss is the step's mean of the squared bf16 output error,
  * summed over the steps; the first least wins.  *amax out: ratio * max|w|
- * (fp32); loss: NULL or [CAL_AWQ_MAX_RATIOS] each ratio's loss.  Host
- * threads (one ratio per item).  Errors: CAL_ERR_INVALID, CAL_ERR_NOMEM.
+ * (fp32); loss: NULL or [CAL_AWQ_MAX_RATIOS] each ratio's loss.  The
+ * GEMMs run on dev->be as awq_lite's (cal_awq_lite_bias), the inputs times
+ * pqs and the fake-quantized weights on the host.  Errors: CAL_ERR_INVALID,
+ * CAL_ERR_NOMEM.
  */
-enum cal_status cal_awq_clip_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
-				   uint64_t cols, const uint16_t *x, uint64_t tokens,
-				   uint64_t batch, const uint16_t *pqs,
+enum cal_status cal_awq_clip_nvfp4(const struct cal_awq_dev *dev, const uint16_t *w,
+				   uint64_t rows, uint64_t cols, const uint16_t *x,
+				   uint64_t tokens, uint64_t batch, const uint16_t *pqs,
 				   const struct cal_awq_clip_opts *o, float *amax, double *loss,
 				   struct cal_error *err);
 

@@ -1,8 +1,8 @@
 /*
  * ewise.c — element-wise decoder steps on bf16 (residual add, SwiGLU,
  * sigmoid-gated add of the shared expert, clamp, sigmoid gate of the gated
- * attention output, gpt_oss's clamped SwiGLU, a row added to or
- * multiplying every row),
+ * attention output, gpt_oss's clamped SwiGLU, a row added to every row,
+ * a difference, a row multiplied into every row),
  * each computed in fp32 and
  * rounded to bf16 where HF's bf16 ops round.  silu(u) = u / (1 + exp(-u)),
  * sigmoid(u) = 1 / (1 + exp(-u)).  Reference and CPU back end; items are
@@ -55,6 +55,9 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 			case CAL_EWISE_ADD_ROW:
 				v = u + ld(y, j);
 				break;
+			case CAL_EWISE_SUB:
+				v = u - ld(y, j);
+				break;
 			case CAL_EWISE_MUL_ROW:
 				v = u * ld(y, j);
 				break;
@@ -82,7 +85,7 @@ static void ew_range(void *p, uint64_t begin, uint64_t end, unsigned slot)
 CAL_CHECK_OP(ewise)
 {
 	enum cal_status st;
-	if ((st = cal_check_enum((int)a->mode, CAL_EWISE_MUL_ROW, "mode", err)) < 0)
+	if ((st = cal_check_enum((int)a->mode, CAL_EWISE_SUB, "mode", err)) < 0)
 		return st;
 	if ((st = cal_check_shape(a->rows, a->cols, 1, err)) < 0)
 		return st;

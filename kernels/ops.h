@@ -694,13 +694,15 @@ enum cal_ewise_mode {
 	/* out = bf16(a * b[j]): every row times one row (ldb unused; an input
 	 * times its pre_quant_scale in `calibd eval`) */
 	CAL_EWISE_MUL_ROW = 7,
+	/* out = bf16(a - b) (AWQ's search: the output error, docs/awq.md) */
+	CAL_EWISE_SUB = 8,
 };
 
 /* Row r, column j: a[r*lda + j], b[r*ldb + j] (ADD_ROW, MUL_ROW: b[j]), g[r*ldg],
  * out[r*ldo + j]; a row stride of 0 means cols.  out may alias a. */
 struct cal_ewise_args {
 	enum cal_ewise_mode mode;
-	const uint16_t *a, *b, *g; /* b: ADD, SWIGLU, GATE_ADD, SIGMOID_MUL; g: GATE_ADD */
+	const uint16_t *a, *b, *g; /* b: every mode but CLAMP; g: GATE_ADD */
 	uint16_t *out;
 	uint64_t rows, cols;
 	uint64_t lda, ldb, ldg, ldo;

@@ -1,8 +1,10 @@
 /*
  * awq.c — AWQ-lite for one INT4 linear (engine/awq.h, docs/awq.md).  Each
  * step is in modelopt's dtypes: bf16 tensors round every element-wise
- * result to bf16, fp32 tensors stay fp32, GEMM outputs are bf16 (summed in
- * double here, rounded once), the INT4 fake quantizer works in fp32.
+ * result to bf16, fp32 tensors stay fp32, GEMM outputs are bf16 (awq_lite's
+ * and the NVFP4 clip's: the back end's gemm op, fp32 accumulation; the
+ * INT4 clip's block products: summed in double here, rounded once), the
+ * INT4 fake quantizer works in fp32.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 #include "engine/awq.h"
 #include "engine/calib/torch_pow.h"
 #include "kernels/numfmt.h"
+#include "kernels/ops.h"
 
 static inline float bf(uint16_t h)
 {
@@ -98,93 +101,173 @@ static void nvfp4_block(uint16_t *v, float g)
 	}
 }
 
-/* modelopt's NVFP4 fake quantization of n values (blocks of 16) with the
- * global amax `amax` (g = amax / (6 * 448), 1e-12 when 0). */
-static void nvfp4_at(uint16_t *w, uint64_t n, float amax)
+/* NVFP4's global scale g = amax / (6 * 448), 1e-12 when 0. */
+static float nvfp4_g(float amax)
 {
 	float g = amax / 2688.0f;
-	g = g > 0.0f ? g : 1e-12f;
-	for (uint64_t b = 0; b < n / 16; b++)
-		nvfp4_block(w + b * 16, g);
+	return g > 0.0f ? g : 1e-12f;
 }
 
-/* The search's weight fake quantizer over a whole [rows, cols] weight. */
-static void fake_quant(enum cal_awq_wq wq, uint16_t *w, uint64_t n)
-{
-	if (wq == CAL_AWQ_WQ_INT4) {
-		for (uint64_t b = 0; b < n / 128; b++)
-			int4_block(w + b * 128);
-		return;
-	}
-	float amax = 0.0f; /* no calibrated amax yet: the tensor's own */
-	for (uint64_t i = 0; i < n; i++) {
-		float a = fabsf(bf(w[i]));
-		amax = a > amax ? a : amax;
-	}
-	nvfp4_at(w, n, amax);
-}
+/* ---- the searches on the back end (docs/awq.md "What runs where") -------------------------- */
 
+/* A search over n candidate weights of one linear, its GEMMs on the back end. */
 struct awq_ctx {
 	enum cal_awq_wq wq;
 	const uint16_t *w, *x;
 	const uint16_t *bias;   /* [rows] bf16 or NULL: inside each output's rounding */
 	uint64_t rows, cols, tokens, batch;
-	const float *act, *ws;
-	const float *alphas;
-	double *loss;
-	int nomem;
+	unsigned n;
+	double *loss;           /* [n] out */
+	/* candidate i: sets sb (and pin with scale_x) and, NVFP4, g */
+	void (*cand)(struct awq_ctx *c, unsigned i);
+	const void *arg;        /* cand's */
+	int scale_x;            /* the candidates scale the input (pin) */
+	uint16_t *sb;           /* [cols] the weight's column scale, bf16 */
+	uint16_t *pin;          /* [cols] the input's, bf16 (scale_x) */
+	float g;                /* NVFP4: the scaled weight's global scale */
+	const float *cmax;      /* NVFP4: [cols] max |w| per column */
+	uint16_t *qw;           /* [rows, cols]: the candidate's weight */
 };
 
-static uint16_t gemv_bf16(const uint16_t *xr, const uint16_t *wr, uint64_t n, double b)
+/* Rows [begin, end) of a candidate's weight: bf16(W * sb), fake-quantized
+ * (INT4: each 128-block at its own amax; NVFP4: blocks of 16 at c->g). */
+static void wq_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
 {
-	double s = b;
-	for (uint64_t c = 0; c < n; c++)
-		s += (double)bf(xr[c]) * (double)bf(wr[c]);
-	return tobf((float)s);
+	const struct awq_ctx *c = p;
+	uint64_t C = c->cols;
+	(void)slot;
+	for (uint64_t r = begin; r < end; r++) {
+		uint16_t *o = c->qw + r * C;
+		for (uint64_t k = 0; k < C; k++)
+			o[k] = tobf(bf(c->w[r * C + k]) * bf(c->sb[k]));
+		if (c->wq == CAL_AWQ_WQ_INT4)
+			for (uint64_t b = 0; b < C / 128; b++)
+				int4_block(o + b * 128);
+		else
+			for (uint64_t b = 0; b < C / 16; b++)
+				nvfp4_block(o + b * 16, c->g);
+	}
 }
 
-/* The search's loss for alphas [begin, end). */
-static void awq_alphas(void *p, uint64_t begin, uint64_t end, unsigned slot)
+/* The tokens of one chunk of a search on the back end: x, xin [tc, cols]
+ * and y, yq [tc, rows] bf16 plus tc row sums (f64 pairs) within max_bytes,
+ * at least one, at most every token. */
+static uint64_t chunk_tokens(uint64_t rows, uint64_t cols, uint64_t tokens, uint64_t max_bytes)
 {
-	struct awq_ctx *c = p;
-	uint64_t R = c->rows, C = c->cols;
-	float *s = malloc(C * sizeof(float));
-	uint16_t *pin = malloc(C * 2), *wq = malloc(R * C * 2), *xin = malloc(C * 2);
-	(void)slot;
-	if (!s || !pin || !wq || !xin) {
-		c->nomem = 1;
+	uint64_t tc = max_bytes / (4 * (rows + cols) + 16);
+	return !tc ? 1 : tc < tokens ? tc : tokens;
+}
+
+/* Back-end buffers of a search. */
+enum { D_X, D_XIN, D_Y, D_YQ, D_W, D_WQ, D_PIN, D_BIAS, D_SUMS, D_COUNT };
+
+/* The loss of every candidate (c->loss).  Per chunk of tokens on the
+ * back end: y = gemm(x, W) (+bias) once; per candidate its fake-quantized
+ * weight (host threads) and input scale uploaded, xin = bf16(x * pin)
+ * (ewise MUL_ROW; x without scale_x), yq = gemm(xin, Wq) (+bias),
+ * bf16(yq - y) (ewise SUB) and its per-token sum of squares in f64
+ * (err_rows); only those sums come back.  They add up in token order per
+ * calibration batch (across chunks: the same bytes however the tokens are
+ * cut), and each batch's mean over its tokens * rows outputs adds to the
+ * candidate's fp32 loss in batch order. */
+static enum cal_status search(const struct cal_awq_dev *dev, struct awq_ctx *c,
+			      struct cal_error *err)
+{
+	struct cal_backend *be = dev->be;
+	const uint64_t R = c->rows, C = c->cols, T = c->tokens;
+	uint64_t tc = chunk_tokens(R, C, T, dev->max_bytes ? dev->max_bytes : CAL_AWQ_CHUNK_BYTES);
+	size_t sz[D_COUNT] = {tc * C * 2, tc * C * 2, tc * R * 2, tc * R * 2, R * C * 2, R * C * 2,
+			      C * 2, R * 2, tc * 2 * sizeof(double)};
+	void *d[D_COUNT] = {0};
+	float *cmax = calloc(C, sizeof(float)), *total = calloc(c->n, sizeof(float));
+	double *part = calloc(c->n, sizeof(double)); /* each candidate's open batch */
+	uint16_t *sb = malloc(C * 2), *pin = malloc(C * 2), *qw = malloc(R * C * 2);
+	double *sums = malloc(tc * 2 * sizeof(double));
+	enum cal_status st = CAL_OK;
+	if (!cmax || !total || !part || !sb || !pin || !qw || !sums)
+		st = cal_error_set(err, CAL_ERR_NOMEM, "awq: search scratch for [%llu, %llu]",
+				   (unsigned long long)R, (unsigned long long)C);
+	for (int i = 0; st >= 0 && i < D_COUNT; i++)
+		if ((i != D_BIAS || c->bias) && ((i != D_XIN && i != D_PIN) || c->scale_x))
+			st = cal_backend_alloc(be, sz[i], &d[i], err);
+	if (st >= 0)
+		st = cal_backend_upload(be, d[D_W], c->w, R * C * 2, err);
+	if (st >= 0 && c->bias)
+		st = cal_backend_upload(be, d[D_BIAS], c->bias, R * 2, err);
+	if (st < 0)
 		goto out;
-	}
-	for (uint64_t ai = begin; ai < end; ai++) {
-		awq_scale(c->act, c->ws, C, c->alphas[ai], s);
-		for (uint64_t k = 0; k < C; k++)
-			pin[k] = tobf(1.0f / s[k]);
-		for (uint64_t r = 0; r < R; r++)
-			for (uint64_t k = 0; k < C; k++)
-				wq[r * C + k] = tobf(bf(c->w[r * C + k]) * bf(tobf(s[k])));
-		fake_quant(c->wq, wq, R * C);
-		float total = 0.0f;
-		for (uint64_t t0 = 0; t0 < c->tokens; t0 += c->batch) {
-			uint64_t t1 = t0 + c->batch < c->tokens ? t0 + c->batch : c->tokens;
-			double sum = 0.0;
-			for (uint64_t t = t0; t < t1; t++) {
-				const uint16_t *xr = c->x + t * C;
-				for (uint64_t k = 0; k < C; k++)
-					xin[k] = tobf(bf(xr[k]) * bf(pin[k]));
-				for (uint64_t r = 0; r < R; r++) {
-					double b = c->bias ? (double)bf(c->bias[r]) : 0.0;
-					float yq = bf(gemv_bf16(xin, wq + r * C, C, b));
-					float y = bf(gemv_bf16(xr, c->w + r * C, C, b));
-					float d = bf(tobf(yq - y));
-					sum += (double)d * d;
+	for (uint64_t i = 0; c->wq == CAL_AWQ_WQ_NVFP4 && i < R * C; i++)
+		cmax[i % C] = fmaxf(cmax[i % C], fabsf(bf(c->w[i])));
+	c->cmax = cmax;
+	c->sb = sb;
+	c->pin = pin;
+	c->qw = qw;
+	for (uint64_t t0 = 0; t0 < T && st >= 0; t0 += tc) {
+		uint64_t m = t0 + tc < T ? tc : T - t0;
+		struct cal_gemm_args y = {.x = d[D_X], .w = d[D_W], .bias = d[D_BIAS], .y = d[D_Y],
+					  .m = m, .n = R, .k = C};
+		struct cal_gemm_args yq = y;
+		struct cal_ewise_args xin = {.mode = CAL_EWISE_MUL_ROW, .a = d[D_X], .b = d[D_PIN],
+					     .out = d[D_XIN], .rows = m, .cols = C};
+		struct cal_ewise_args dif = {.mode = CAL_EWISE_SUB, .a = d[D_YQ], .b = d[D_Y],
+					     .out = d[D_YQ], .rows = m, .cols = R};
+		struct cal_err_rows_args sq = {NULL, d[D_YQ], d[D_YQ], m, R, d[D_SUMS]};
+		yq.x = c->scale_x ? d[D_XIN] : d[D_X];
+		yq.w = d[D_WQ];
+		yq.y = d[D_YQ];
+		if ((st = cal_backend_upload(be, d[D_X], c->x + t0 * C, m * C * 2, err)) < 0 ||
+		    (st = cal_op_gemm(be, &y, err)) < 0)
+			break;
+		for (unsigned i = 0; i < c->n && st >= 0; i++) {
+			c->cand(c, i);
+			if ((st = cal_cpu_parallel(dev->host, R, 1 + 65536 / C, wq_rows, c, err)) < 0 ||
+			    (st = cal_backend_upload(be, d[D_WQ], qw, R * C * 2, err)) < 0 ||
+			    (c->scale_x && ((st = cal_backend_upload(be, d[D_PIN], pin, C * 2, err)) < 0 ||
+					(st = cal_op_ewise(be, &xin, err)) < 0)) ||
+			    (st = cal_op_gemm(be, &yq, err)) < 0 ||
+			    (st = cal_op_ewise(be, &dif, err)) < 0 ||
+			    (st = cal_op_err_rows(be, &sq, err)) < 0 ||
+			    (st = cal_backend_download(be, sums, d[D_SUMS], m * 2 * sizeof(double),
+						       err)) < 0)
+				break;
+			for (uint64_t j = 0, t = t0; j < m; j++, t++) {
+				part[i] += sums[2 * j + 1];
+				if ((t + 1) % c->batch == 0 || t + 1 == T) { /* its batch ends */
+					total[i] += (float)(part[i] / (double)((t % c->batch + 1) * R));
+					part[i] = 0.0;
 				}
 			}
-			total += (float)(sum / (double)((t1 - t0) * R));
 		}
-		c->loss[ai] = total;
 	}
+	for (unsigned i = 0; st >= 0 && i < c->n; i++)
+		c->loss[i] = total[i];
 out:
-	free(s), free(pin), free(wq), free(xin);
+	for (int i = 0; i < D_COUNT; i++)
+		cal_backend_dealloc(be, d[i]);
+	free(cmax), free(total), free(part), free(sb), free(pin), free(qw), free(sums);
+	return st;
+}
+
+/* awq_lite's candidates: the alphas. */
+struct lite_arg {
+	const float *act, *ws, *alphas;
+	float *s;               /* [cols] scratch */
+};
+
+/* Alpha i: s from act and ws, the weight times bf16(s), the input times
+ * bf16(1/s); NVFP4's global amax, that of the scaled weight, is
+ * max_c bf16(cmax[c] * bf16(s[c])) (bf16(|w| * s) grows with |w|). */
+static void lite_cand(struct awq_ctx *c, unsigned i)
+{
+	const struct lite_arg *a = c->arg;
+	float amax = 0.0f;
+	awq_scale(a->act, a->ws, c->cols, a->alphas[i], a->s);
+	for (uint64_t k = 0; k < c->cols; k++) {
+		c->sb[k] = tobf(a->s[k]);
+		c->pin[k] = tobf(1.0f / a->s[k]);
+		amax = fmaxf(amax, bf(tobf(c->cmax[k] * bf(c->sb[k]))));
+	}
+	c->g = nvfp4_g(amax);
 }
 
 /* A weight the search cannot take: empty, or its input dim not a multiple
@@ -212,18 +295,20 @@ enum cal_status cal_awq_lite(struct cal_backend *host, enum cal_awq_wq wq, const
 			     uint64_t batch, double alpha_step, struct cal_awq_out *out,
 			     float *in_amax, struct cal_error *err)
 {
-	return cal_awq_lite_bias(host, wq, w, NULL, rows, cols, x, tokens, batch, alpha_step, out,
+	struct cal_awq_dev dev = {host, host, 0};
+	return cal_awq_lite_bias(&dev, wq, w, NULL, rows, cols, x, tokens, batch, alpha_step, out,
 				 in_amax, err);
 }
 
-enum cal_status cal_awq_lite_bias(struct cal_backend *host, enum cal_awq_wq wq,
+enum cal_status cal_awq_lite_bias(const struct cal_awq_dev *dev, enum cal_awq_wq wq,
 				  const uint16_t *w, const uint16_t *bias, uint64_t rows,
 				  uint64_t cols, const uint16_t *x, uint64_t tokens, uint64_t batch,
 				  double alpha_step, struct cal_awq_out *out, float *in_amax,
 				  struct cal_error *err)
 {
 	const uint64_t BLK = wq == CAL_AWQ_WQ_NVFP4 ? 16 : 128;
-	if (!w || !x || !out || !out->pre_quant_scale || !out->w || !out->w_amax)
+	if (!dev || !dev->be || !dev->host || !w || !x || !out || !out->pre_quant_scale ||
+	    !out->w || !out->w_amax)
 		return cal_error_set(err, CAL_ERR_INVALID, "awq_lite: a NULL argument");
 	if (!rows || !cols || cols % BLK)
 		return shape_error("awq_lite", rows, cols, wq, err);
@@ -279,14 +364,12 @@ enum cal_status cal_awq_lite_bias(struct cal_backend *host, enum cal_awq_wq wq,
 	for (uint64_t k = 0; k < cols; k++)
 		ws[k] = bf(tobf((float)(acc[k] / (double)rows)));
 
-	struct awq_ctx c = {wq, w, x, bias, rows, cols, tokens, batch, act, ws, alphas, loss, 0};
-	if ((rc = cal_cpu_parallel(host, n, 1, awq_alphas, &c, err)) < 0)
+	struct lite_arg la = {act, ws, alphas, s};
+	struct awq_ctx c = {.wq = wq, .w = w, .x = x, .bias = bias, .rows = rows, .cols = cols,
+			    .tokens = tokens, .batch = batch, .n = n, .loss = loss,
+			    .cand = lite_cand, .arg = &la, .scale_x = 1};
+	if ((rc = search(dev, &c, err)) < 0)
 		goto done;
-	if (c.nomem) {
-		rc = cal_error_set(err, CAL_ERR_NOMEM, "awq_lite: search scratch for [%llu, %llu]",
-				   (unsigned long long)rows, (unsigned long long)cols);
-		goto done;
-	}
 	unsigned best = 0;
 	for (unsigned i = 1; i < n; i++)
 		if (loss[i] < loss[best])
@@ -569,89 +652,45 @@ enum cal_status cal_awq_clip_int4(struct cal_backend *host, const uint16_t *w, u
 
 /* ---- awq_clip per tensor (NVFP4 weights; docs/awq.md "awq_clip with NVFP4") ---------------- */
 
-struct tclip_ctx {
+/* The per-tensor clip's candidates: the clip ratios. */
+struct tclip_arg {
 	const struct cal_awq_clip_opts *o;
-	const uint16_t *w, *xs;      /* xs: bf16(x * pqs), every row [n_sel, cols] */
-	const uint16_t *y;           /* the unquantized output bf16(xs w^T) [n_sel, rows] */
-	uint64_t rows, cols;
-	const uint64_t *step_end;
-	uint64_t n_steps;
 	const float *ratios;
 	float w_amax;
-	double *loss;                /* [n_ratio] */
-	int nomem;
 };
 
-/* The losses of ratios [begin, end): the whole linear's output with the
- * weight fake-quantized at global amax ratio * w_amax against the
- * unquantized one, mean of fl32(bf16(y_q - y))^2 per step (fp32), summed. */
-static void tclip_ratios(void *p, uint64_t begin, uint64_t end, unsigned slot)
+/* Ratio j: the weight as it is (sb 1), fake-quantized at the global amax
+ * ratio * w_amax. */
+static void tclip_cand(struct awq_ctx *c, unsigned j)
 {
-	struct tclip_ctx *c = p;
-	uint64_t R = c->rows, C = c->cols;
-	uint16_t *wq = malloc(R * C * 2);
-	(void)slot;
-	if (!wq) {
-		c->nomem = 1;
-		return;
-	}
-	for (uint64_t j = begin; j < end; j++) {
-		memcpy(wq, c->w, R * C * 2);
-		nvfp4_at(wq, R * C, clip_amax(c->o, c->ratios[j], c->w_amax));
-		float total = 0.0f;
-		for (uint64_t s = 0, t = 0; s < c->n_steps; s++) {
-			uint64_t t0 = t;
-			double sum = 0.0;
-			for (; t < c->step_end[s]; t++)
-				for (uint64_t r = 0; r < R; r++) {
-					const uint16_t *xr = c->xs + t * C;
-					float d = bf(tobf(bf(gemv_bf16(xr, wq + r * C, C, 0.0)) -
-							  bf(c->y[t * R + r])));
-					sum += (double)d * d;
-				}
-			if (t > t0)
-				total += (float)(sum / (double)((t - t0) * R));
-		}
-		c->loss[j] = total;
-	}
-	free(wq);
+	const struct tclip_arg *a = c->arg;
+	for (uint64_t k = 0; k < c->cols; k++)
+		c->sb[k] = tobf(1.0f);
+	c->g = nvfp4_g(clip_amax(a->o, a->ratios[j], a->w_amax));
 }
 
-/* The unquantized output of tokens [begin, end), the same for every ratio. */
-static void tclip_ref(void *p, uint64_t begin, uint64_t end, unsigned slot)
-{
-	struct tclip_ctx *c = p;
-	uint16_t *y = (uint16_t *)c->y;
-	(void)slot;
-	for (uint64_t t = begin; t < end; t++)
-		for (uint64_t r = 0; r < c->rows; r++)
-			y[t * c->rows + r] =
-				gemv_bf16(c->xs + t * c->cols, c->w + r * c->cols, c->cols, 0.0);
-}
-
-enum cal_status cal_awq_clip_nvfp4(struct cal_backend *host, const uint16_t *w, uint64_t rows,
-				   uint64_t cols, const uint16_t *x, uint64_t tokens,
-				   uint64_t batch, const uint16_t *pqs,
+enum cal_status cal_awq_clip_nvfp4(const struct cal_awq_dev *dev, const uint16_t *w,
+				   uint64_t rows, uint64_t cols, const uint16_t *x,
+				   uint64_t tokens, uint64_t batch, const uint16_t *pqs,
 				   const struct cal_awq_clip_opts *o, float *amax, double *loss,
 				   struct cal_error *err)
 {
 	double ls[CAL_AWQ_MAX_RATIOS];
 	struct clip_prep p;
+	if (!dev || !dev->be || !dev->host)
+		return cal_error_set(err, CAL_ERR_INVALID, "awq_clip: a NULL argument");
 	enum cal_status rc = clip_prepare(w, rows, cols, x, tokens, batch, pqs, o, amax,
 					  CAL_AWQ_WQ_NVFP4, 0, &p, err);
 	float wa = 0.0f;
 	for (uint64_t i = 0; rc >= 0 && i < rows * cols; i++)
 		wa = fmaxf(wa, fabsf(bf(w[i])));
-	uint64_t nt = rc >= 0 && p.n_steps ? p.step_end[p.n_steps - 1] : 0;
-	uint16_t *y = rc >= 0 ? malloc((nt ? nt : 1) * rows * 2) : NULL;
-	struct tclip_ctx c = {o, w, p.xs, y, rows, cols, p.step_end, p.n_steps, p.ratios, wa, ls, 0};
-	if (rc >= 0 && !y)
-		rc = clip_nomem(rows, cols, tokens, err);
-	if (rc >= 0 && (rc = cal_cpu_parallel(host, nt, 1, tclip_ref, &c, err)) >= 0 &&
-	    (rc = cal_cpu_parallel(host, p.nr, 1, tclip_ratios, &c, err)) >= 0 && c.nomem)
-		rc = clip_nomem(rows, cols, tokens, err);
-	free(y);
-	if (rc >= 0) {
+	/* every row of every step (no subsampling): xs is [tokens, cols] in
+	 * steps of batch, the search's batches */
+	struct tclip_arg ta = {o, p.ratios, wa};
+	struct awq_ctx c = {.wq = CAL_AWQ_WQ_NVFP4, .w = w, .x = p.xs, .rows = rows, .cols = cols,
+			    .tokens = tokens, .batch = batch, .n = p.nr, .loss = ls,
+			    .cand = tclip_cand, .arg = &ta};
+	if (rc >= 0 && (rc = search(dev, &c, err)) >= 0) {
 		unsigned best = 0;
 		for (unsigned j = 1; j < p.nr; j++)
 			if ((float)ls[j] < (float)ls[best])

@@ -8,9 +8,10 @@
  * (pass_begin .. _end), layer.c's actq sites hand each searched linear's
  * input rows to awq_site, which appends them to a host cache
  * per site (q/k/v share one, gate/up one; MLA's q_a / kv_a one).  After the layer's forward, per
- * linear, cal_awq_lite_int4 (awq.c) searches the scale from the cached
+ * linear, cal_awq_lite_bias (awq.c) searches the scale from the cached
  * rows, one calibration step per micro-batch (the size of the first one;
- * modelopt's statistics are per forward step); then the export fold:
+ * modelopt's statistics are per forward step), its GEMMs on the engine's
+ * back end (docs/awq.md "What runs where"); then the export fold:
  * cal_lin_resmooth over q/k/v (MLA: q_a_proj and kv_a_proj_with_mqa, or
  * q_proj and kv_a_proj_with_mqa; a Gated DeltaNet layer's in_proj), a
  * dense MLP's gate/up and a shared expert's gate/up, and cal_awq_fuse_norm
@@ -37,7 +38,8 @@
  * T x H, q_b T x q_lora_rank, kv_b T x kv_lora_rank), freed after the
  * layer's search; the folded weights, scales and norms of the last layer
  * (kept for the exporter).  No token subsampling (modelopt's awq_lite
- * searches on every calibration token).
+ * searches on every calibration token).  Back end: the search's chunk of
+ * tokens and two weights while it runs (awq.c; search_bytes).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -201,6 +203,26 @@ static const uint16_t *lin_bias(const struct cal_layer_w *dw, const struct cal_l
 	     : f == F_WO ? dw->bo : NULL;
 }
 
+/* The back-end memory a search of linear l may take for its chunk of
+ * tokens (docs/awq.md "What runs where"): CAL_AWQ_CHUNK_BYTES, or less when
+ * the device's free memory (less 256 MiB: cuBLAS, allocator slack) or the
+ * cap (--max-gpu-mem) leaves less beside the search's two weights; at
+ * least one token is taken whatever it says. */
+static uint64_t search_bytes(struct cal_calib *c, const struct cal_lin *l)
+{
+	struct cal_backend_mem ms;
+	struct cal_error e = {0};
+	uint64_t fr = UINT64_MAX, tot = 0, slack = (uint64_t)256 << 20;
+	uint64_t w = 4 * l->rows * l->cols + 2 * (l->rows + l->cols);
+	cal_backend_mem_stats(c->be, &ms);
+	if (c->on_device && cal_backend_mem_info(c->be, &fr, &tot, &e) >= 0)
+		fr = fr > slack ? fr - slack : 0;
+	if (ms.limit && ms.limit - (ms.current < ms.limit ? ms.current : ms.limit) < fr)
+		fr = ms.limit - (ms.current < ms.limit ? ms.current : ms.limit);
+	fr = fr > w ? fr - w : 0;
+	return fr < CAL_AWQ_CHUNK_BYTES ? (fr ? fr : 1) : CAL_AWQ_CHUNK_BYTES;
+}
+
 /* The search for one linear: al->w and al->pqs. */
 static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w *dw,
 				  struct alin *al, struct cal_error *err)
@@ -245,7 +267,9 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 		free(eng);
 	if (st >= 0) {
 		struct cal_awq_out o = {al->r.pqs, wf, wa, NULL, 0, 0.0f};
-		st = cal_awq_lite_bias(c->host, g->wq, al->r.w, bias, al->r.rows, al->r.cols,
+		/* the GEMMs on the engine's back end */
+		struct cal_awq_dev dev = {c->be, c->host, search_bytes(c, &al->r)};
+		st = cal_awq_lite_bias(&dev, g->wq, al->r.w, bias, al->r.rows, al->r.cols,
 				       g->cache[al->r.site], T, g->batch[al->r.site],
 				       g->alpha_step, &o, quant_in ? &al->r.in_amax : NULL, err);
 		if (st >= 0) {
@@ -287,8 +311,9 @@ static enum cal_status clip_one(struct cal_calib *c, struct alin *al, json_t *o,
 	}
 	if (!(al->clip = malloc(nb * sizeof(float))))
 		return cal_error_set(err, CAL_ERR_NOMEM, "awq: out of memory");
+	struct cal_awq_dev dev = {c->be, c->host, search_bytes(c, &al->r)};
 	enum cal_status st =
-		nvfp4 ? cal_awq_clip_nvfp4(c->host, al->r.w, al->r.rows, al->r.cols, x, T,
+		nvfp4 ? cal_awq_clip_nvfp4(&dev, al->r.w, al->r.rows, al->r.cols, x, T,
 					   g->batch[al->r.site], pqs, &g->clip_o, al->clip, NULL, err)
 		      : cal_awq_clip_int4(c->host, al->r.w, al->r.rows, al->r.cols, x, T,
 					  g->batch[al->r.site], pqs, &g->clip_o, al->clip, err);

@@ -1,7 +1,7 @@
 /*
  * ewise.cu — element-wise decoder steps (add, SwiGLU, gated add, clamp,
- * sigmoid gate, gpt_oss clamped SwiGLU, a row added to or multiplying every
- * row);
+ * sigmoid gate, gpt_oss clamped SwiGLU, a row added to every row, a
+ * difference, a row multiplied into every row);
  * one thread per 8 elements (16-byte loads and stores) when the shapes and
  * pointers allow, else one per element, in a grid-stride loop.
  */
@@ -24,6 +24,8 @@ __device__ __forceinline__ float ew_one(int mode, float u, const uint16_t *b, co
 		return ew_oai(u, cal_bf2f(b[r * ldb + j]), clamp, alpha);
 	if (mode == CAL_EWISE_ADD)
 		return __fadd_rn(u, cal_bf2f(b[r * ldb + j]));
+	if (mode == CAL_EWISE_SUB)
+		return __fsub_rn(u, cal_bf2f(b[r * ldb + j]));
 	if (mode == CAL_EWISE_MUL_ROW)
 		return __fmul_rn(u, cal_bf2f(b[r * ldb + j]));
 	if (mode == CAL_EWISE_SWIGLU)
@@ -77,6 +79,10 @@ ew_kernel8(int mode, const uint16_t *a, const uint16_t *b, const uint16_t *g, ui
 #pragma unroll
 				for (int e = 0; e < 8; e++)
 					v[e] = __fadd_rn(u[e], bv[e]);
+			} else if (mode == CAL_EWISE_SUB) {
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					v[e] = __fsub_rn(u[e], bv[e]);
 			} else if (mode == CAL_EWISE_MUL_ROW) {
 #pragma unroll
 				for (int e = 0; e < 8; e++)
@@ -108,7 +114,7 @@ ew_kernel8(int mode, const uint16_t *a, const uint16_t *b, const uint16_t *g, ui
 CAL_CUDA_OP(ewise)
 {
 	CAL_CUDA_OP_ENTER(a->rows == 0 || a->cols == 0);
-	/* ADD_ROW is ADD with b's row stride 0; MUL_ROW has stride 0 too */
+	/* ADD_ROW is ADD with b's row stride 0; MUL_ROW has it 0 too */
 	int mode = a->mode == CAL_EWISE_ADD_ROW ? (int)CAL_EWISE_ADD : (int)a->mode;
 	bool row = a->mode == CAL_EWISE_ADD_ROW || a->mode == CAL_EWISE_MUL_ROW;
 	uint64_t lda = a->lda ? a->lda : a->cols;

@@ -64,7 +64,8 @@ static int clip(struct cal_backend *be, int argc, char **argv, const uint16_t *w
 		free(pqs), free(amax);
 		return 1;
 	}
-	if (!amax || (nvfp4 ? cal_awq_clip_nvfp4(be, w, rows, cols, x, tokens, batch, pqs, &o,
+	struct cal_awq_dev dev = {be, be, 0};
+	if (!amax || (nvfp4 ? cal_awq_clip_nvfp4(&dev, w, rows, cols, x, tokens, batch, pqs, &o,
 						  amax, loss, &err)
 			    : cal_awq_clip_int4(be, w, rows, cols, x, tokens, batch, pqs, &o, amax,
 						&err)) < 0) {

@@ -541,7 +541,8 @@ static void awq_clip_diff(struct cal_backend *be, const char *path, json_t *clip
 	uint64_t pre = 0;
 	for (uint64_t b = 0; b < nb; b++)
 		pre += amax[b] != wa_mo[b];
-	enum cal_status st = nvfp4 ? cal_awq_clip_nvfp4(be, w, l->rows, l->cols, l->x, l->tokens,
+	struct cal_awq_dev dev = {be, be, 0};
+	enum cal_status st = nvfp4 ? cal_awq_clip_nvfp4(&dev, w, l->rows, l->cols, l->x, l->tokens,
 							batch, pqs, &co, amax, loss, &err)
 				   : cal_awq_clip_int4(be, w, l->rows, l->cols, l->x, l->tokens,
 						       batch, pqs, &co, amax, &err);
@@ -598,8 +599,9 @@ static void awq_one(struct cal_backend *be, const char *path)
 	/* a linear with a bias (GPT-OSS's attention): inside both outputs */
 	uint16_t *bias = json_object_get(fp, "bias_bf16_hex") ? hex_bf16(fp, "bias_bf16_hex", rows)
 							       : NULL;
+	struct cal_awq_dev dev = {be, be, 0};
 	if (ml)
-		cr_assert_eq(cal_awq_lite_bias(be, nvfp4 ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4, l.w,
+		cr_assert_eq(cal_awq_lite_bias(&dev, nvfp4 ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4, l.w,
 					       bias, rows, cols, l.x, tokens, batch, step, &o,
 					       nvfp4 || w4a8 ? &in_amax : NULL, &err),
 			     CAL_OK, "%s", cal_error_msg(&err));
@@ -670,10 +672,62 @@ Test(awq_lite, modelopt_diff)
 	each_fingerprint("awq", awq_one);
 }
 
+/* The search in token chunks (cal_awq_dev.max_bytes: one token, 7 (cutting
+ * batches), one batch, 37) and on a 1- or 3-thread back end gives the
+ * bytes of one chunk: every alpha's loss, the scale, the folded weight and
+ * its amax; INT4 and NVFP4, with a bias, a last batch shorter than the
+ * others. */
+Test(awq_lite, chunks_same_bytes)
+{
+	struct lin l;
+	const uint64_t R = 48, C = 256, T = 75, B = 16;
+	lin_gen(&l, R, C, T, 7, 3);
+	uint16_t bias[48];
+	uint64_t s = 99;
+	for (uint64_t r = 0; r < R; r++)
+		bias[r] = cal_nf_f32_to_bf16(gen_u(&s));
+	struct cal_backend *b1 = cpu(1), *b3 = cpu(3);
+	struct cal_error err = {0};
+	for (int nv = 0; nv < 2; nv++) {
+		uint64_t nb = R * C / (nv ? 16 : 128);
+		double loss[2][CAL_AWQ_MAX_ALPHAS];
+		uint16_t pq[2][256], w[2][48 * 256];
+		float am[2][48 * 16];
+		/* one chunk on 1 thread; then chunks of 1, 7, 16 and 37 tokens on 3 */
+		uint64_t per = 4 * (R + C) + 16, maxb[5] = {0, 1, 7 * per, B * per + 1, 37 * per};
+		for (int k = 0; k < 5; k++) {
+			int j = k ? 1 : 0;
+			struct cal_awq_out o = {pq[j], w[j], am[j], loss[j], 0, 0.0f};
+			struct cal_awq_dev dev = {k ? b3 : b1, k ? b3 : b1, maxb[k]};
+			cr_assert_eq(cal_awq_lite_bias(&dev, nv ? CAL_AWQ_WQ_NVFP4 : CAL_AWQ_WQ_INT4,
+						       l.w, bias, R, C, l.x, T, B, 0.1, &o, NULL,
+						       &err),
+				     CAL_OK, "%s", cal_error_msg(&err));
+			cr_assert_eq(o.n_alpha, 11);
+			if (!k)
+				continue;
+			cr_assert_eq(memcmp(loss[0], loss[1], 11 * sizeof(double)), 0,
+				     "%s, %llu bytes a chunk: the losses differ", nv ? "nvfp4" : "int4",
+				     (unsigned long long)maxb[k]);
+			cr_assert_eq(memcmp(pq[0], pq[1], C * 2), 0);
+			cr_assert_eq(memcmp(w[0], w[1], R * C * 2), 0);
+			cr_assert_eq(memcmp(am[0], am[1], nb * sizeof(float)), 0);
+		}
+		int differ = 0; /* the losses tell the alphas apart */
+		for (int i = 1; i < 11; i++)
+			differ |= loss[0][i] != loss[0][0];
+		cr_assert(differ && loss[0][0] > 0.0);
+	}
+	cal_backend_free(b1);
+	cal_backend_free(b3);
+	lin_free(&l);
+}
+
 Test(awq_lite, bad_input)
 {
 	struct cal_error err = {0};
 	struct cal_backend *be = cpu(1);
+	struct cal_awq_dev dev = {be, be, 0};
 	uint16_t w[2 * 128] = {0}, x[3 * 128] = {0}, pq[128], wo[256];
 	float am[2];
 	struct cal_awq_out o = {pq, wo, am, NULL, 0, 0};
@@ -692,18 +746,18 @@ Test(awq_lite, bad_input)
 	/* awq_clip per tensor (NVFP4): the block of 16 and the options named;
 	 * an all-zero weight keeps amax 0 */
 	struct cal_awq_clip_opts co = {64, 0.5, 0.05, 1};
-	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 24, x, 3, 2, NULL, &co, am, NULL, &err),
+	cr_assert_eq(cal_awq_clip_nvfp4(&dev, w, 2, 24, x, 3, 2, NULL, &co, am, NULL, &err),
 		     CAL_ERR_INVALID);
 	cr_assert(strstr(cal_error_msg(&err), "NVFP4 block (16)"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
 	co.min_ratio = 0.0;
-	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 128, x, 3, 2, NULL, &co, am, NULL, &err),
+	cr_assert_eq(cal_awq_clip_nvfp4(&dev, w, 2, 128, x, 3, 2, NULL, &co, am, NULL, &err),
 		     CAL_ERR_INVALID);
 	cr_assert(strstr(cal_error_msg(&err), "min_clip_ratio"), "%s", cal_error_msg(&err));
 	cal_error_clear(&err);
 	co.min_ratio = 0.5;
 	am[0] = -1.0f;
-	cr_assert_eq(cal_awq_clip_nvfp4(be, w, 2, 128, x, 3, 2, pq, &co, am, NULL, &err), CAL_OK,
+	cr_assert_eq(cal_awq_clip_nvfp4(&dev, w, 2, 128, x, 3, 2, pq, &co, am, NULL, &err), CAL_OK,
 		     "%s", cal_error_msg(&err));
 	cr_assert_eq(am[0], 0.0f);
 	cr_assert_eq(cal_awq_in_amax(x, 3, 128, NULL), 0.0f);

@@ -9,6 +9,7 @@
  * stay under the cap.  Token ids come from a fixed seed (SEED).
  */
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,13 +20,15 @@
 #define SEED 20261122u
 
 /* qwen3_moe fixture (3 layers) with 64 experts: the routed experts make
- * up most of the weights, as in real MoE models. */
-static void env_init(struct calib_env *e, size_t n_seq, size_t min_len, size_t max_len)
+ * up most of the weights, as in real MoE models.  recipe: NULL for
+ * general/ptq/nvfp4_experts_only-kv_fp8. */
+static void env_init(struct calib_env *e, const char *recipe, size_t n_seq, size_t min_len,
+		     size_t max_len)
 {
 	struct cal_fixture_opts fo = {.arch = "qwen3_moe", .layout = CAL_FIXTURE_LAYOUT_FUSED,
 				      .seed = 7, .num_experts = 64};
 	calib_env_model(e, "calib-mem", &fo);
-	calib_env_plan(e, "general/ptq/nvfp4_experts_only-kv_fp8");
+	calib_env_plan(e, recipe ? recipe : "general/ptq/nvfp4_experts_only-kv_fp8");
 	calib_env_tokens(e, n_seq, min_len, max_len, SEED);
 }
 
@@ -57,17 +60,30 @@ struct uncapped {
 	uint64_t hidden_n;
 };
 
-/* env_init(e, n_seq, min_len, max_len), then the uncapped run into u */
-static void run_uncapped(struct calib_env *e, struct uncapped *u, size_t n_seq, size_t min_len,
-			 size_t max_len)
+/* env_init(e, recipe, n_seq, min_len, max_len), then the uncapped run into u */
+static void run_uncapped(struct calib_env *e, const char *recipe, struct uncapped *u,
+			 size_t n_seq, size_t min_len, size_t max_len)
 {
 	struct cal_error err = {0};
-	env_init(e, n_seq, min_len, max_len);
+	env_init(e, recipe, n_seq, min_len, max_len);
 	cr_assert_eq(run(e, 0, &u->json, &u->perf, &err), CAL_OK, "%s", cal_error_msg(&err));
 	cr_assert_not_null(u->json);
 	u->hidden = e->last_hidden;
 	u->hidden_n = e->hidden_n;
 	e->last_hidden = NULL;
+}
+
+/* The statistics JSON *js without AWQ's search times (awq_lite's search_s
+ * and clip.clip_s), which no two runs share. */
+static void untimed(char **js)
+{
+	json_t *o = json_loads(*js, 0, NULL), *a = json_object_get(o, "awq_lite");
+	cr_assert_not_null(o);
+	json_object_del(a, "search_s");
+	json_object_del(json_object_get(a, "clip"), "clip_s");
+	free(*js);
+	*js = json_dumps(o, JSON_SORT_KEYS);
+	json_decref(o);
 }
 
 /* Runs under cap: it must succeed, stay under the cap and give u's
@@ -84,6 +100,8 @@ static struct cal_calib_perf run_capped_same(struct calib_env *e, struct uncappe
 	cr_expect(perf.peak_mem <= cap, "peak %llu > cap %llu",
 		  (unsigned long long)perf.peak_mem, (unsigned long long)cap);
 	cr_assert_not_null(json);
+	untimed(&json);
+	untimed(&u->json);
 	cr_expect_str_eq(json, u->json, "statistics differ %s", what);
 	cr_assert_eq(e->hidden_n, u->hidden_n);
 	cr_expect(memcmp(e->last_hidden, u->hidden, u->hidden_n * 2) == 0,
@@ -98,7 +116,7 @@ Test(calib_mem, weights_larger_than_the_cap)
 {
 	struct calib_env e = {0};
 	struct uncapped u;
-	run_uncapped(&e, &u, 6, 8, 40);
+	run_uncapped(&e, NULL, &u, 6, 8, 40);
 	cr_expect_eq(u.perf.streamed, 0, "uncapped CPU runs use the mapping");
 
 	uint64_t cap = u.perf.model_weight_bytes * 4 / 5;
@@ -119,7 +137,7 @@ Test(calib_mem, hidden_states_on_the_host)
 {
 	struct calib_env e = {0};
 	struct uncapped u;
-	run_uncapped(&e, &u, 64, 16, 48);
+	run_uncapped(&e, NULL, &u, 64, 16, 48);
 	/* room for the arenas, the metadata and a few sequences, not for all
 	 * hidden states next to a useful micro-batch */
 	uint64_t hid = u.hidden_n * 2;
@@ -139,7 +157,7 @@ Test(calib_mem, cap_below_two_layers_is_refused)
 	struct cal_error err = {0};
 	struct cal_calib_perf p0, p1;
 	char *j0 = NULL, *j1 = NULL;
-	env_init(&e, 2, 8, 16);
+	env_init(&e, NULL, 2, 8, 16);
 	cr_assert_eq(run(&e, 0, &j0, &p0, &err), CAL_OK, "%s", cal_error_msg(&err));
 	enum cal_status st = run(&e, p0.max_layer_bytes, &j1, &p1, &err);
 	cr_expect_eq(st, CAL_ERR_NOMEM, "status %d: %s", (int)st, cal_error_msg(&err));
@@ -148,5 +166,20 @@ Test(calib_mem, cap_below_two_layers_is_refused)
 	free(j0);
 	free(j1);
 	cal_error_clear(&err);
+	calib_env_free(&e);
+}
+
+/* AWQ's searches (nvfp4_awq_full: awq_lite's, then the NVFP4 clip's) take
+ * their back-end chunk from what the cap leaves (docs/awq.md "What runs
+ * where"): under a cap that streams the weights the run stays under it and
+ * gives the uncapped statistics (with the searched linears' input amax). */
+Test(calib_mem, awq_search_under_the_cap)
+{
+	struct calib_env e = {0};
+	struct uncapped u;
+	run_uncapped(&e, "general/ptq/nvfp4_awq_full-kv_fp8_cast", &u, 6, 8, 40);
+	uint64_t cap = u.perf.model_weight_bytes * 4 / 5;
+	struct cal_calib_perf p1 = run_capped_same(&e, &u, cap, "with the AWQ searches");
+	cr_expect_eq(p1.streamed, 1);
 	calib_env_free(&e);
 }

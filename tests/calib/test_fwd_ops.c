@@ -414,10 +414,14 @@ Test(fwd_ops, ewise_modes_and_gather)
 	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
 	for (int i = 0; i < 4; i++)
 		cr_expect_eq(f(o[i]), (double)cal_round_bf16(av[i] + bv[i % 2]));
-	e.mode = CAL_EWISE_MUL_ROW; /* both rows times b's first row */
+	e.mode = CAL_EWISE_MUL_ROW; /* b's first row multiplied into both rows */
 	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
 	for (int i = 0; i < 4; i++)
 		cr_expect_eq(f(o[i]), (double)cal_round_bf16(av[i] * bv[i % 2]));
+	e.mode = CAL_EWISE_SUB;
+	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
+	for (int i = 0; i < 4; i++)
+		cr_expect_eq(f(o[i]), (double)cal_round_bf16(av[i] - bv[i]));
 	e.mode = CAL_EWISE_SWIGLU;
 	cr_assert_eq(cal_op_ewise(be, &e, NULL), CAL_OK);
 	for (int i = 0; i < 4; i++) {

@@ -401,7 +401,7 @@ int fwdcase_ewise(struct opcase_env *env, uint64_t rows, uint64_t units, uint64_
 {
 	struct fctx c;
 	uint64_t s = seed, cols = units % 1000 + 1;
-	enum cal_ewise_mode mode = (enum cal_ewise_mode)(seed % (CAL_EWISE_MUL_ROW + 1));
+	enum cal_ewise_mode mode = (enum cal_ewise_mode)(seed % (CAL_EWISE_SUB + 1));
 	fctx_init(&c, env, "ewise", rows, units, seed);
 	uint16_t *a = bf_rand(rows * cols * 2, 6.0f, &s), *b = bf_rand(rows * cols * 2, 2.0f, &s);
 	struct fbuf *ba = fnew(&c, rows * cols * 4, a), *bb = fnew(&c, rows * cols * 4, b);
