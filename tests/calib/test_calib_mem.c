@@ -80,6 +80,7 @@ static void untimed(char **js)
 	json_t *o = json_loads(*js, 0, NULL), *a = json_object_get(o, "awq_lite");
 	cr_assert_not_null(o);
 	json_object_del(a, "search_s");
+	json_object_del(a, "pass_s");
 	json_object_del(json_object_get(a, "clip"), "clip_s");
 	free(*js);
 	*js = json_dumps(o, JSON_SORT_KEYS);

@@ -118,6 +118,7 @@ static char *stats(const struct cal_job_opts *o)
 	free(s);
 	json_object_del(json_object_get(v, "gptq"), "solve_s");
 	json_object_del(json_object_get(v, "gptq"), "factor_s");
+	json_object_del(json_object_get(v, "gptq"), "pass_s");
 	s = json_dumps(v, JSON_SORT_KEYS | JSON_COMPACT);
 	json_decref(v);
 	return track(s);
@@ -135,6 +136,7 @@ static char *report(const char *dir)
 		json_object_del(r, drop[i]);
 	json_object_del(json_object_get(r, "gptq"), "solve_s");
 	json_object_del(json_object_get(r, "gptq"), "factor_s");
+	json_object_del(json_object_get(r, "gptq"), "pass_s");
 	char *t = json_dumps(r, JSON_SORT_KEYS | JSON_COMPACT);
 	json_decref(r);
 	return track(t);
