@@ -62,8 +62,9 @@ enum cal_status cal_awq_lite(struct cal_backend *host, enum cal_awq_wq wq, const
  * of its GEMMs, input scaling and loss sums (the engine's, CPU or CUDA);
  * host, a CPU back end whose threads make each alpha's fake-quantized
  * weight; max_bytes, be's memory for one chunk of tokens (x, the scaled x,
- * both outputs; at least one token; 0: CAL_AWQ_CHUNK_BYTES).  The result
- * does not depend on the chunks. */
+ * both outputs; at least one token; 0: CAL_AWQ_CHUNK_BYTES).  On the CPU
+ * the result does not depend on the chunks; cuBLAS's kernels depend on the
+ * chunk's token count. */
 struct cal_awq_dev {
 	struct cal_backend *be, *host;
 	uint64_t max_bytes;

@@ -205,19 +205,17 @@ static const uint16_t *lin_bias(const struct cal_layer_w *dw, const struct cal_l
 
 /* The back-end memory a search of linear l may take for its chunk of
  * tokens (docs/awq.md "What runs where"): CAL_AWQ_CHUNK_BYTES, or less when
- * the device's free memory (less 256 MiB: cuBLAS, allocator slack) or the
- * cap (--max-gpu-mem) leaves less beside the search's two weights; at
- * least one token is taken whatever it says. */
+ * the cap (--max-gpu-mem) leaves less beside the search's two weights; at
+ * least one token is taken whatever it says.  Not the device's free
+ * memory: that changes from run to run, and the chunk's token count picks
+ * cuBLAS's kernels, so a GPU's bytes would too (a device short of it fails
+ * the search's allocation, naming the bytes). */
 static uint64_t search_bytes(struct cal_calib *c, const struct cal_lin *l)
 {
 	struct cal_backend_mem ms;
-	struct cal_error e = {0};
-	uint64_t fr = UINT64_MAX, tot = 0, slack = (uint64_t)256 << 20;
-	uint64_t w = 4 * l->rows * l->cols + 2 * (l->rows + l->cols);
+	uint64_t fr = UINT64_MAX, w = 4 * l->rows * l->cols + 2 * (l->rows + l->cols);
 	cal_backend_mem_stats(c->be, &ms);
-	if (c->on_device && cal_backend_mem_info(c->be, &fr, &tot, &e) >= 0)
-		fr = fr > slack ? fr - slack : 0;
-	if (ms.limit && ms.limit - (ms.current < ms.limit ? ms.current : ms.limit) < fr)
+	if (ms.limit)
 		fr = ms.limit - (ms.current < ms.limit ? ms.current : ms.limit);
 	fr = fr > w ? fr - w : 0;
 	return fr < CAL_AWQ_CHUNK_BYTES ? (fr ? fr : 1) : CAL_AWQ_CHUNK_BYTES;

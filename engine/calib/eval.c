@@ -516,7 +516,7 @@ static void eval_free(struct cal_calib *c, struct cal_eval *ev)
 		       ev->norm_w, ev->lm_src, ev->lens_idx};
 	void *host[] = {ev->r_sums, ev->ha, ev->hb, ev->offref, ev->tok_save, ev->exp_gu,
 			ev->exp_dn, ev->kl, ev->next, ev->seq, ev->lens_idx_h, ev->lens_at,
-			ev->r_out, ev->r_am};
+			ev->r_out, ev->r_am, ev->maps[0], ev->maps[1], ev->maps[2]};
 	for (size_t i = 0; i < CAL_ARRAY_LEN(dev); i++)
 		cal_backend_dealloc(c->be, dev[i]);
 	for (size_t i = 0; i < CAL_ARRAY_LEN(host); i++)

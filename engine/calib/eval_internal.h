@@ -64,6 +64,8 @@ struct cal_eval {
 	uint64_t *tok_save;
 	uint32_t *next;                  /* [n_tok]: next token id, UINT32_MAX at a sequence end */
 	uint32_t *seq;                   /* [n_tok]: sequence of the token */
+	uint32_t *maps[3];               /* row maps (0 gated q_proj; GDN in_proj 1 qkvz, 2 ba), the
+					  * same every layer: made once (eval_weights.c new_map) */
 	/* results */
 	json_t *layers;
 	double *kl;

@@ -308,12 +308,13 @@ fail:
 }
 
 /* A row map (dst row r <- src row map[r]) of n rows, owned. */
-static uint32_t *new_map(uint64_t n, void **owned, int *n_owned)
+/* Row map k of n rows, host memory kept by the eval (its layers all have
+ * the same shapes); owned[] holds back-end buffers only. */
+static uint32_t *new_map(struct cal_eval *ev, int k, uint64_t n)
 {
-	uint32_t *m = malloc((n + 1) * 4);
-	if (m)
-		owned[(*n_owned)++] = m;
-	return m;
+	if (!ev->maps[k])
+		ev->maps[k] = malloc((n + 1) * 4);
+	return ev->maps[k];
 }
 
 /* Routed expert e's module name in the export: per expert under the hub
@@ -529,9 +530,9 @@ static enum cal_status kv_sites(struct cal_calib *c, int32_t L, void **owned, in
 
 /* Gated attention: q_proj stores each head's query rows, then its gate
  * rows; the engine runs every query row first (layer.c). */
-static const uint32_t *gated_q_map(const struct cal_calib *c, void **owned, int *n_owned)
+static const uint32_t *gated_q_map(const struct cal_calib *c)
 {
-	uint32_t *m = new_map(2 * (uint64_t)c->nh * (uint64_t)c->hd, owned, n_owned);
+	uint32_t *m = new_map(c->ev, 0, 2 * (uint64_t)c->nh * (uint64_t)c->hd);
 	if (m)
 		cal_gated_q_map(c, m);
 	return m;
@@ -554,8 +555,7 @@ static enum cal_status load_gdn(struct cal_calib *c, int32_t L, struct cal_layer
 	struct eq_site bs;
 	cal_gdn_dims(c->d, &g);
 	if (c->d->gdn == CAL_GDN_FUSED) {
-		uint32_t *m1 = new_map(g.cd + g.vd, owned, n_owned), *m2 = new_map(2 * g.nv, owned,
-										    n_owned);
+		uint32_t *m1 = new_map(ev, 1, g.cd + g.vd), *m2 = new_map(ev, 2, 2 * g.nv);
 		if (!m1 || !m2)
 			return cal_error_set(err, CAL_ERR_NOMEM, "eval: out of memory");
 		cal_gdn_fused_maps(&g, m1, m2);
@@ -635,7 +635,7 @@ static enum cal_status load_gqa(struct cal_calib *c, int32_t L, struct cal_layer
 	int gated = c->d->attn == CAL_ATTN_GATED_GQA;
 	enum cal_status st = CAL_OK;
 	struct eq_site s;
-	const uint32_t *qmap = gated ? gated_q_map(c, owned, n_owned) : NULL;
+	const uint32_t *qmap = gated ? gated_q_map(c) : NULL;
 	if (gated && !qmap)
 		return cal_error_set(err, CAL_ERR_NOMEM, "eval: out of memory");
 	struct wpart q = {CAL_ROLE_Q_PROJ, (gated ? 2 : 1) * qd, H, qmap},
