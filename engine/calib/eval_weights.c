@@ -307,9 +307,9 @@ fail:
 	return st;
 }
 
-/* A row map (dst row r <- src row map[r]) of n rows, owned. */
-/* Row map k of n rows, host memory kept by the eval (its layers all have
- * the same shapes); owned[] holds back-end buffers only. */
+/* Row map k (dst row r <- src row map[r]) of n rows, host memory kept by
+ * the eval (its layers all have the same shapes); owned[] holds back-end
+ * buffers only. */
 static uint32_t *new_map(struct cal_eval *ev, int k, uint64_t n)
 {
 	if (!ev->maps[k])
