@@ -9,8 +9,10 @@
 #      then with its max twin (the same formats, algorithm max), each twice
 #      (the first runs are kept as *_cold.json);
 #   3. real modelopt's GPTQ on the same checkpoint and tokens
-#      (modelopt_compare.py, the recipe's layerwise checkpoint files off,
-#      no export; MODELOPT=0 skips; MO_TIMEOUT seconds, default 300).
+#      (modelopt_compare.py, the recipe's layerwise checkpoint files off),
+#      its export_hf_checkpoint timed as calibd's export is (MO_EXPORT=0
+#      leaves it out); the two outputs are not compared (GPTQ's codes
+#      differ by design); MODELOPT=0 skips; MO_TIMEOUT seconds, default 300.
 # A benchmark: it prints numbers, judges none.
 set -u
 b=${1:?build dir}; out=${2:?output dir}
@@ -79,9 +81,11 @@ PY
 [ "${MODELOPT:-1}" = 0 ] && exit 0
 # 3. modelopt
 PYTHONUNBUFFERED=1 timeout "${MO_TIMEOUT:-300}" python3 "$here/modelopt_compare.py" --model "$D" \
-	--tokens "$D.tokens.jsonl" --recipe "$R" --no-layerwise-checkpoints --skip-export \
+	--tokens "$D.tokens.jsonl" --recipe "$R" --no-layerwise-checkpoints --no-compare \
+	$([ "${MO_EXPORT:-1}" = 0 ] && echo --skip-export) \
 	--calibd-out /tmp/gq_gptq --calibd-json "$out/gptq.json" --out "${D}_modelopt_gptq" \
 	--batch "${BS:-16}" --device $DEV --json "$out/modelopt.json" >"$out/modelopt.txt" \
 	2>"$out/modelopt.err"
 echo "modelopt exit $?"
-grep -E "GPTQ time|^modelopt|calibd end" "$out/modelopt.txt"; tail -3 "$out/modelopt.err"
+grep -E "GPTQ time|^modelopt|calibd end" "$out/modelopt.txt"
+rm -rf "${D}_modelopt_gptq"; tail -3 "$out/modelopt.err"
