@@ -71,6 +71,13 @@ struct cal_awq_dev {
 };
 
 #define CAL_AWQ_CHUNK_BYTES ((uint64_t)1 << 30)
+/* The fewest tokens a search's chunk takes under a memory cap (all of them
+ * when there are fewer): a cap that leaves less fails the search's
+ * allocation, naming the bytes, rather than running a GEMM per token. */
+#define CAL_AWQ_MIN_CHUNK_TOKENS 256
+/* A chunk's back-end bytes per token: x and its scaled copy, both outputs
+ * (bf16), a row sum (an f64 pair). */
+#define CAL_AWQ_TOKEN_BYTES(rows, cols) (4 * ((uint64_t)(rows) + (cols)) + 16)
 
 /*
  * The same for a linear with a bias (GPT-OSS's attention; docs/awq.md

@@ -154,7 +154,7 @@ static void wq_rows(void *p, uint64_t begin, uint64_t end, unsigned slot)
  * at least one, at most every token. */
 static uint64_t chunk_tokens(uint64_t rows, uint64_t cols, uint64_t tokens, uint64_t max_bytes)
 {
-	uint64_t tc = max_bytes / (4 * (rows + cols) + 16);
+	uint64_t tc = max_bytes / CAL_AWQ_TOKEN_BYTES(rows, cols);
 	return !tc ? 1 : tc < tokens ? tc : tokens;
 }
 

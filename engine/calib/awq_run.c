@@ -205,20 +205,47 @@ static const uint16_t *lin_bias(const struct cal_layer_w *dw, const struct cal_l
 
 /* The back-end memory a search of linear l may take for its chunk of
  * tokens (docs/awq.md "What runs where"): CAL_AWQ_CHUNK_BYTES, or less when
- * the cap (--max-gpu-mem) leaves less beside the search's two weights; at
- * least one token is taken whatever it says.  Not the device's free
- * memory: that changes from run to run, and the chunk's token count picks
- * cuBLAS's kernels, so a GPU's bytes would too (a device short of it fails
- * the search's allocation, naming the bytes). */
+ * the cap (--max-gpu-mem) leaves less beside the search's two weights, but
+ * never under CAL_AWQ_MIN_CHUNK_TOKENS tokens (or the site's T, if fewer):
+ * a cap that leaves less fails the search's allocation with the cap and
+ * the bytes named, wrapped with the linear's name, instead of a search that
+ * runs a few tokens a GEMM for hours.  Not the device's free memory: that
+ * changes from run to run, and the chunk's token count picks cuBLAS's
+ * kernels, so a GPU's bytes would too (a device short of it fails the
+ * search's allocation, naming the bytes). */
 static uint64_t search_bytes(struct cal_calib *c, const struct cal_lin *l)
 {
 	struct cal_backend_mem ms;
+	uint64_t T = run(c)->crows[l->site];
 	uint64_t fr = UINT64_MAX, w = 4 * l->rows * l->cols + 2 * (l->rows + l->cols);
+	uint64_t least = (T < CAL_AWQ_MIN_CHUNK_TOKENS ? (T ? T : 1) : CAL_AWQ_MIN_CHUNK_TOKENS) *
+			 CAL_AWQ_TOKEN_BYTES(l->rows, l->cols);
 	cal_backend_mem_stats(c->be, &ms);
 	if (ms.limit)
 		fr = ms.limit - (ms.current < ms.limit ? ms.current : ms.limit);
 	fr = fr > w ? fr - w : 0;
-	return fr < CAL_AWQ_CHUNK_BYTES ? (fr ? fr : 1) : CAL_AWQ_CHUNK_BYTES;
+	fr = fr < least ? least : fr;
+	return fr < CAL_AWQ_CHUNK_BYTES ? fr : CAL_AWQ_CHUNK_BYTES;
+}
+
+/* err from the search (what: "awq" or "awq_clip") of linear l, named; a
+ * search out of capped back-end memory also says what it needed and which
+ * option sets the cap. */
+static enum cal_status search_failed(struct cal_calib *c, const struct cal_lin *l,
+				     const char *what, const char *name, enum cal_status st,
+				     struct cal_error *err)
+{
+	struct cal_backend_mem ms;
+	cal_backend_mem_stats(c->be, &ms);
+	if (st != CAL_ERR_NOMEM || !ms.limit)
+		return cal_error_wrap(err, st, "%s: %s", what, name);
+	return cal_error_wrap(err, st,
+			      "%s: %s: its search holds the weight twice (%llu bytes) and a chunk "
+			      "of up to %d tokens (%llu bytes a token) beside the layer: raise "
+			      "--max-gpu-mem",
+			      what, name, (unsigned long long)(4 * l->rows * l->cols),
+			      CAL_AWQ_MIN_CHUNK_TOKENS,
+			      (unsigned long long)CAL_AWQ_TOKEN_BYTES(l->rows, l->cols));
 }
 
 /* The search for one linear: al->w and al->pqs. */
@@ -275,7 +302,7 @@ static enum cal_status search_one(struct cal_calib *c, const struct cal_layer_w 
 			al->alpha = o.best_alpha;
 			al->r.has_in_amax = quant_in && al->alpha >= 0.0f;
 		} else {
-			st = cal_error_wrap(err, st, "awq: %s", name);
+			st = search_failed(c, &al->r, "awq", name, st, err);
 		}
 	}
 	CAL_FREE_ALL(wa, wf, bias);
@@ -316,7 +343,7 @@ static enum cal_status clip_one(struct cal_calib *c, struct alin *al, json_t *o,
 		      : cal_awq_clip_int4(c->host, al->r.w, al->r.rows, al->r.cols, x, T,
 					  g->batch[al->r.site], pqs, &g->clip_o, al->clip, err);
 	if (st < 0)
-		return cal_error_wrap(err, st, "awq_clip: %s", m->name);
+		return search_failed(c, &al->r, "awq_clip", m->name, st, err);
 	g->t_clip += cal_now() - t0;
 	for (uint64_t b = 0; b < nb; b++) {
 		float mx = 0.0f;

@@ -184,3 +184,42 @@ Test(calib_mem, awq_search_under_the_cap)
 	cr_expect_eq(p1.streamed, 1);
 	calib_env_free(&e);
 }
+
+/* A cap too small for a search fails the run with an error that names the
+ * linear and the option (awq_run.c search_failed), never a search that
+ * crawls a token at a time: every cap from 4/5 of the weights down, in
+ * steps of 1/64, either runs or fails naming --max-gpu-mem, and some cap
+ * between the streaming's floor and what the searches need fails in the
+ * search. */
+Test(calib_mem, awq_search_short_of_the_cap_names_it)
+{
+	struct calib_env e = {0};
+	struct uncapped u;
+	run_uncapped(&e, "general/ptq/nvfp4_awq-kv_fp8_cast", &u, 6, 8, 40);
+	uint64_t wb = u.perf.model_weight_bytes, step = wb / 64;
+	int in_search = 0;
+	for (uint64_t cap = wb * 4 / 5; cap > step; cap -= step) {
+		struct cal_error err = {0};
+		struct cal_calib_perf p;
+		char *js = NULL;
+		enum cal_status st = run(&e, cap, &js, &p, &err);
+		free(js);
+		if (st == CAL_OK) {
+			cr_expect(p.peak_mem <= cap, "cap %llu: peak %llu", (unsigned long long)cap,
+				  (unsigned long long)p.peak_mem);
+			continue;
+		}
+		const char *m = cal_error_msg(&err);
+		cr_expect_eq(st, CAL_ERR_NOMEM, "cap %llu: status %d: %s", (unsigned long long)cap,
+			     (int)st, m);
+		cr_expect(strstr(m, "--max-gpu-mem") != NULL, "cap %llu: %s",
+			  (unsigned long long)cap, m);
+		if (strstr(m, "awq: model.layers.") && strstr(m, "its search holds"))
+			in_search = 1;
+		cal_error_clear(&err);
+	}
+	cr_expect(in_search, "no cap failed in an AWQ search");
+	free(u.json);
+	free(u.hidden);
+	calib_env_free(&e);
+}
