@@ -150,6 +150,15 @@ int cal_cli_devices(const char *cmd, const char *device, struct cal_devices *ret
 int cal_cli_one_of(const char *cmd, const char *a, const char *a_name, const char *b,
 		   const char *b_name);
 
+/* --recipe NAME|FILE (*recipe) or --qformat NAME (qformat: hf_ptq's name,
+ * engine/recipe/qformat.h), exactly one, of calibrate, export, plan and
+ * quantize: CAL_CLI_PARSED with *recipe the recipe to use (a qformat's
+ * built-in recipe); CAL_EXIT_USAGE with usage printed on stderr when
+ * neither or both are given; or, for a qformat that is unknown or
+ * refused, its exit code with "calibd CMD: --qformat: ..." printed. */
+int cal_cli_recipe_or_qformat(const char *cmd, void (*usage)(FILE *), const char **recipe,
+			      const char *qformat);
+
 /* The number s of the engine's option --name (samples, seq-len, seed,
  * max-gpu-mem, micro-batch, threads, ranks; common/parse.h's sizes) into
  * its field of o, range-checked: 0, or -1 with "calibd CMD: bad value 'S'

@@ -229,6 +229,22 @@ int cal_cli_one_of(const char *cmd, const char *a, const char *a_name, const cha
 	return !a != !b;
 }
 
+int cal_cli_recipe_or_qformat(const char *cmd, void (*usage)(FILE *), const char **recipe,
+			      const char *qformat)
+{
+	if (!cal_cli_one_of(cmd, *recipe, "recipe", qformat, "qformat"))
+		return cal_cli_usage(usage, '?');
+	if (!qformat)
+		return CAL_CLI_PARSED;
+	struct cal_error err = {0};
+	enum cal_status st = cal_qformat_recipe(qformat, recipe, &err);
+	if (st >= 0)
+		return CAL_CLI_PARSED;
+	fprintf(stderr, "calibd %s: --qformat: %s\n", cmd, cal_error_msg(&err));
+	cal_error_clear(&err);
+	return cal_exit_from_status(st);
+}
+
 /* The numeric options of the commands that run the engine, their ranges. */
 enum job_number { JN_SAMPLES, JN_SEQ_LEN, JN_SEED, JN_MAX_GPU_MEM, JN_MICRO_BATCH, JN_THREADS, JN_RANKS };
 static const struct {

@@ -24,7 +24,8 @@
 static void calibrate_usage(FILE *o)
 {
 	fprintf(o,
-		"usage: calibd calibrate --model DIR --recipe NAME|FILE " CAL_CLI_KV_QFORMAT_SYNOPSIS "\n"
+		"usage: calibd calibrate --model DIR (--recipe NAME|FILE | --qformat NAME)\n"
+		"         " CAL_CLI_KV_QFORMAT_SYNOPSIS "\n"
 		"         (--calib-tokens FILE | --calib FILE[:N],... [--samples N] [--seq-len S]\n"
 		"          [--seed K])\n"
 		"         [--device cpu|cuda[:i]] [--stats-out FILE] [--pad-like-modelopt]\n"
@@ -40,7 +41,9 @@ static void calibrate_usage(FILE *o)
 		"--datasets-file or $CALIBD_DATASETS_FILE (the `datasets:` map of a calibd.yaml).\n"
 		"docs/calibration.md explains the options.\n");
 	cal_cli_kv_qformat_help(o);
-	fprintf(o, "Give `calibd export` the same --recipe and --kv-cache-qformat.\n");
+	fprintf(o, "--qformat takes hf_ptq.py's --qformat names instead of a recipe (`calibd\n"
+		   "recipes` lists them).  Give `calibd export` the same --recipe (or --qformat)\n"
+		   "and --kv-cache-qformat.\n");
 }
 
 struct progress {
@@ -88,15 +91,16 @@ static char *stats_with_calibration(const struct cal_calib *cal, const struct ca
 
 int cal_cmd_calibrate(int argc, char **argv)
 {
-	const char *out_path = NULL, *calib = NULL, *dsfile = NULL;
+	const char *out_path = NULL, *calib = NULL, *dsfile = NULL, *qformat = NULL;
 	const char *device = "cpu";
 	struct cal_job_opts o = {.combine = CAL_COMBINE_EAGER};
 	struct progress pr = {isatty(2), 0};
 	struct cal_cli_args ca = CAL_CLI_ARGS(
 		"calibrate", argc, argv, "h",
 		CAL_CLI_CALIB_OPTIONS CAL_CLI_RESOURCE_OPTIONS
-		"stats-out pad-like-modelopt pad-id combine recipes-dir kv-cache-qformat",
+		"stats-out pad-like-modelopt pad-id combine recipes-dir kv-cache-qformat qformat",
 		CAL_CLI_SETS(CAL_CLI_STR("model", &o.model_dir), CAL_CLI_STR("recipe", &o.recipe),
+			     CAL_CLI_STR("qformat", &qformat),
 			     CAL_CLI_STR("kv-cache-qformat", &o.kv_cache_qformat),
 			     CAL_CLI_STR("calib-tokens", &o.tokens), CAL_CLI_STR("calib", &calib),
 			     CAL_CLI_STR("datasets-file", &dsfile), CAL_CLI_STR("device", &device),
@@ -141,8 +145,11 @@ int cal_cmd_calibrate(int argc, char **argv)
 		}
 	}
 	if (!cal_cli_one_of("calibrate", calib, "calib", o.tokens, "calib-tokens") ||
-	    !o.model_dir || !o.recipe || optind != argc)
+	    !o.model_dir || optind != argc)
 		return cal_cli_usage(calibrate_usage, '?');
+	int rq = cal_cli_recipe_or_qformat("calibrate", calibrate_usage, &o.recipe, qformat);
+	if (rq != CAL_CLI_PARSED)
+		return rq;
 	struct cal_error err = {0};
 	struct cal_cli_data data;
 	enum cal_status st;

@@ -18,7 +18,8 @@
 
 static void export_usage(FILE *o)
 {
-	fprintf(o, "usage: calibd export --model DIR --recipe NAME|FILE --stats FILE --out DIR\n"
+	fprintf(o, "usage: calibd export --model DIR (--recipe NAME|FILE | --qformat NAME)\n"
+		   "                     --stats FILE --out DIR\n"
 		   "                     " CAL_CLI_KV_QFORMAT_SYNOPSIS "\n"
 		   "                     [--device cpu|cuda] [--div recip|exact]\n"
 		   "                     [--per-expert-input-amax] [--shard-bytes N]\n"
@@ -26,19 +27,22 @@ static void export_usage(FILE *o)
 		   "exist; published atomically) using the amax of FILE (docs/export.md).\n"
 		   "--div exact reproduces modelopt run on CPU; the default reproduces its GPU run.\n");
 	cal_cli_kv_qformat_help(o);
-	fprintf(o, "Give it the --recipe and --kv-cache-qformat that `calibd calibrate` had.\n"
+	fprintf(o, "Give it the --recipe (or --qformat: hf_ptq.py's names, `calibd recipes`\n"
+		   "lists them) and --kv-cache-qformat that `calibd calibrate` had.\n"
 		   "Exit codes: 0 ok, 2 usage, 3 bad input, 4 no disk space, 5 device, 1 other.\n");
 }
 
 int cal_cmd_export(int argc, char **argv)
 {
-	const char *stats = NULL, *out = NULL, *dev = "cpu";
+	const char *stats = NULL, *out = NULL, *dev = "cpu", *qformat = NULL;
 	struct cal_job_opts jo = {0};
 	struct cal_error perr = {0};
 	struct cal_cli_args ca = CAL_CLI_ARGS(
 		"export", argc, argv, "m:r:s:o:D:v:pb:h",
-		"model recipe stats out device div per-expert-input-amax shard-bytes kv-cache-qformat",
-		CAL_CLI_SETS(CAL_CLI_NEED("model", &jo.model_dir), CAL_CLI_NEED("recipe", &jo.recipe),
+		"model recipe stats out device div per-expert-input-amax shard-bytes kv-cache-qformat "
+		"qformat",
+		CAL_CLI_SETS(CAL_CLI_NEED("model", &jo.model_dir), CAL_CLI_STR("recipe", &jo.recipe),
+			     CAL_CLI_STR("qformat", &qformat),
 			     CAL_CLI_STR("kv-cache-qformat", &jo.kv_cache_qformat),
 			     CAL_CLI_NEED("stats", &stats), CAL_CLI_NEED("out", &out),
 			     CAL_CLI_STR("device", &dev),
@@ -64,6 +68,9 @@ int cal_cmd_export(int argc, char **argv)
 	}
 	if (optind != argc)
 		return cal_cli_usage(export_usage, '?');
+	int rq = cal_cli_recipe_or_qformat("export", export_usage, &jo.recipe, qformat);
+	if (rq != CAL_CLI_PARSED)
+		return rq;
 	int rc = cal_cli_devices("export", dev, &jo.devices);
 	if (rc != CAL_EXIT_OK)
 		return rc;

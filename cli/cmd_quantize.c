@@ -25,7 +25,6 @@
 #include "engine/job.h"
 #include "engine/quantize.h"
 #include "engine/st/st_writer.h"
-#include "engine/recipe/qformat.h"
 
 static void quantize_usage(FILE *o)
 {
@@ -407,18 +406,12 @@ int cal_cmd_quantize(int argc, char **argv)
 		}
 	}
 	int one_data = cal_cli_one_of("quantize", calib, "calib", jo.tokens, "calib-tokens");
-	int one_recipe = cal_cli_one_of("quantize", jo.recipe, "recipe", qformat, "qformat");
-	if (!one_data || !one_recipe || !jo.model_dir || !o.out_dir || optind != argc)
+	if (!one_data || !jo.model_dir || !o.out_dir || optind != argc)
 		return cal_cli_usage(quantize_usage, '?');
+	int rq = cal_cli_recipe_or_qformat("quantize", quantize_usage, &jo.recipe, qformat);
+	if (rq != CAL_CLI_PARSED)
+		return rq;
 	struct cal_error err = {0};
-	if (qformat) {
-		enum cal_status qs = cal_qformat_recipe(qformat, &jo.recipe, &err);
-		if (qs < 0) {
-			fprintf(stderr, "calibd quantize: --qformat: %s\n", cal_error_msg(&err));
-			cal_error_clear(&err);
-			return cal_exit_from_status(qs);
-		}
-	}
 	struct cal_cli_data data;
 	enum cal_status st;
 	int rc = cal_cli_job_data("quantize", device, calib, datasets_file, &jo, &data, &st, &err);

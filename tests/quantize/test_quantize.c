@@ -416,9 +416,11 @@ struct qformat_case {
 
 /* --kv-cache-qformat nvfp4_affine over --qformat nvfp4 (docs/recipes.md
  * "KV-cache formats"): NVFP4_AFFINE with BF16 [1, H_kv, 1, head_dim] k/v
- * biases.  calibrate, then export, with the flag over the recipe nvfp4 maps
- * to write the same tensors; plan shows the affine KV cache; each command
- * refuses an unknown name naming the choices (exit 3), nothing written. */
+ * biases.  calibrate (given --qformat nvfp4), then export (given the recipe
+ * nvfp4 maps to), with the flag, write the same tensors; plan (--qformat)
+ * shows the affine KV cache; each command refuses an unknown name naming
+ * the choices (exit 3), nothing written; calibrate, export and plan refuse
+ * an unknown --qformat (exit 3) and --qformat with --recipe (exit 2). */
 static void kv_affine_more(const char *root, const char *dst, const char *src, const char *tok)
 {
 	static const char *const R = "general/ptq/nvfp4_default-kv_fp8_cast";
@@ -429,8 +431,8 @@ static void kv_affine_more(const char *root, const char *dst, const char *src, c
 			 "\"shape\":[1,2,1,16]"), "%.400s", hdr);
 	char *errf = path2(root, "stderr"), *outf = path2(root, "stdout");
 	char *stats = path2(root, "stats.json"), *d2 = path2(root, "out2");
-	int rc = run(NULL, errf, "calibrate --model %s --recipe %s --kv-cache-qformat nvfp4_affine "
-		     "--calib-tokens %s --stats-out %s --quiet", src, R, tok, stats);
+	int rc = run(NULL, errf, "calibrate --model %s --qformat nvfp4 --kv-cache-qformat nvfp4_affine "
+		     "--calib-tokens %s --stats-out %s --quiet", src, tok, stats);
 	expect_exit(rc, 0, errf);
 	cr_assert(strstr(slurp(stats), "\"bias\""), "no k/v bias in the statistics");
 	rc = run(NULL, errf, "export --model %s --recipe %s --kv-cache-qformat nvfp4_affine "
@@ -440,7 +442,7 @@ static void kv_affine_more(const char *root, const char *dst, const char *src, c
 	char *a = track(cal_test_slurp(path2(dst, "model.safetensors"), &n1));
 	char *b = track(cal_test_slurp(path2(d2, "model.safetensors"), &n2));
 	cr_assert(n1 == n2 && !memcmp(a, b, n1), "calibrate + export differ from quantize");
-	rc = run(outf, errf, "plan --model %s --recipe %s --kv-cache-qformat nvfp4_affine", src, R);
+	rc = run(outf, errf, "plan --model %s --qformat nvfp4 --kv-cache-qformat nvfp4_affine", src);
 	expect_exit(rc, 0, errf);
 	cr_assert(strstr(slurp(outf), "KV NVFP4 (affine)"), "%s", slurp(outf));
 	/* an unknown name: every command refuses it the same way */
@@ -463,6 +465,26 @@ static void kv_affine_more(const char *root, const char *dst, const char *src, c
 		cr_assert(strstr(e, "unknown kv_cache_qformat 'fp4'") && strstr(e, "nvfp4_rotate"),
 			  "%s: %s", bad[i].cmd, e);
 		cr_assert(!cal_test_exists(d3), "%s wrote its output", bad[i].cmd);
+	}
+	/* --qformat: an unknown name lists the names; with --recipe, a usage error */
+	static const char *const bad_qf[][2] = {
+		{"calibrate", "--calib-tokens %s --stats-out %s"},
+		{"export", "--stats %s --out %s"},
+		{"plan", ""},
+	};
+	for (size_t i = 0; i < CAL_ARRAY_LEN(bad_qf); i++) {
+		const char *cmd = bad_qf[i][0];
+		int ex = !strcmp(cmd, "export");
+		char args[4096];
+		snprintf(args, sizeof args, bad_qf[i][1], ex ? stats : tok, d3);
+		rc = run(NULL, errf, "%s --model %s --qformat nvfp5 %s", cmd, src, args);
+		char *e = expect_exit(rc, 3, errf);
+		cr_assert(strstr(e, "--qformat: unknown qformat 'nvfp5'") && strstr(e, "nvfp4_awq"),
+			  "%s: %s", cmd, e);
+		rc = run(NULL, errf, "%s --model %s --qformat nvfp4 --recipe %s %s", cmd, src, R, args);
+		e = expect_exit(rc, 2, errf);
+		cr_assert(strstr(e, "--recipe and --qformat exclude each other"), "%s: %s", cmd, e);
+		cr_assert(!cal_test_exists(d3), "%s wrote its output", cmd);
 	}
 }
 
