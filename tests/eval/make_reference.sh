@@ -21,7 +21,8 @@ t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 cases="qwen3_moe:nvfp4_default-kv_fp8 qwen3_moe:fp8_default-kv_fp8
 qwen3_moe:nvfp4_weight_only-kv_fp16 qwen3_next:nvfp4_weight_only-kv_fp16
-qwen3_next:nvfp4_default-kv_fp8 deepseek_v3:nvfp4_weight_only-kv_fp16
+qwen3_next:nvfp4_default-kv_fp8 qwen3_5_moe:nvfp4_weight_only-kv_fp16
+qwen3_5_moe:nvfp4_default-kv_fp8 deepseek_v3:nvfp4_weight_only-kv_fp16
 deepseek_v3:nvfp4_default-kv_fp8 gpt_oss:nvfp4_default-kv_fp8 gpt_oss:fp8_default-kv_fp8
 gpt_oss:nvfp4_default-kv_nvfp4_rotate gpt_oss:nvfp4_default-kv_nvfp4_cast llama:mxfp8 llama:fp8_default-kv_fp8_affine
 llama:nvfp4_default-kv_nvfp4_affine qwen3_moe:int8_sq-kv_fp8_cast

@@ -119,6 +119,10 @@ class Export:
         self.rot = [rot.get(n, 0) for n in "qkv"]
 
     def get(self, k):
+        if k not in self.keys and k.startswith("model."):
+            # a vision-language export (Qwen3.5-MoE) names the text model's modules
+            # model.language_model.*; AutoModelForCausalLM loads them as model.*
+            k = "model.language_model." + k[len("model."):]
         return self.f.get_tensor(k) if k in self.keys else None
 
     def module(self, mod):

@@ -186,6 +186,11 @@ Test(eval, reference)
 		/* the Gated DeltaNet's in_proj_qkvz smoothed, in_proj_ba not: mean
 		 * 6.1e-4, median 0 when written */
 		{"qwen3_next", "int8_sq-kv_fp8_cast", 2e-3, 1e-4, 0.1},
+		/* Qwen3.5-MoE's vision-language layout (model.language_model.*;
+		 * weight-only mean 9.6e-6, median 4.5e-6; W4A4 0.012 / 3.6e-3
+		 * when written) */
+		{"qwen3_5_moe", "nvfp4_weight_only-kv_fp16", 1e-4, 5e-5, 0.01},
+		{"qwen3_5_moe", "nvfp4_default-kv_fp8", 0.03, 0.01, 0.1},
 		{"deepseek_v3", "nvfp4_weight_only-kv_fp16", 6e-3, 3e-4, 0.8},
 		{"deepseek_v3", "nvfp4_default-kv_fp8", 0.2, 0.12, 0.5},
 		/* GPT-OSS: calibd's attention follows transformers' eager bf16
