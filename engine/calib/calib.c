@@ -844,7 +844,10 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 	c->prof_t = cal_now();
 	c->prof_phase = PH_OTHER;
 
-	/* layer 0 is staged here; each next one by a thread while this one computes */
+	/* layer 0 is staged here; each next one by a thread while this one
+	 * computes, its source asked for a layer ahead of that */
+	cal_w_prefetch(c, 0);
+	cal_w_prefetch(c, 1);
 	if (d->num_layers > 0)
 		CAL_TRY(cal_w_stage(c, 0, &lh[0], &dw[0], 0, err));
 	for (int32_t L = 0; L < d->num_layers; L++) {
@@ -867,6 +870,7 @@ enum cal_status cal_calib_run_rank(struct cal_calib *c, const struct cal_calib_t
 		cal_prof(c, PH_OTHER);
 		if (L + 1 < d->num_layers) {
 			/* arena sl ^ 1 held layer L - 1, which is done */
+			cal_w_prefetch(c, L + 2);
 			job = (struct stage_job){c, L + 1, &lh[sl ^ 1], &dw[sl ^ 1], sl ^ 1, CAL_OK, {0}};
 			if (pthread_create(&tid, NULL, cal_w_stage_main, &job) == 0) {
 				job_running = 1;

@@ -774,6 +774,10 @@ uint64_t cal_w_layer_bytes(const struct cal_calib *c, int32_t L);
 /* host -> back end, n bytes (through the pinned ring on a device) */
 enum cal_status cal_w_copy_in(struct cal_calib *c, char *dst, const char *src, uint64_t n,
 			      struct cal_error *err);
+/* Starts reading layer L's source tensors (this rank's experts) into the
+ * page cache ahead of its staging (cal_st_tensor_willneed); nothing for L
+ * outside the model. */
+void cal_w_prefetch(const struct cal_calib *c, int32_t L);
 /* Stages layer L into arena `slot`: canonical layout, weight amax, copy. */
 enum cal_status cal_w_stage(struct cal_calib *c, int32_t L, struct cal_layer_host *lh,
 			    struct cal_layer_w *dw, int slot, struct cal_error *err);

@@ -148,6 +148,23 @@ void cal_w_lm_head_amax(struct cal_calib *c)
 
 /* Upper bound of one layer's weights in an arena (norm weights counted as
  * f32, biases as present). */
+/* A cold checkpoint: the staging thread's first touches fault the mapping
+ * in a readahead window at a time, one thread deep, which reads a disk far
+ * below its speed; asked for the whole layer a layer ahead, the kernel
+ * reads it with many requests in flight while the layer before is staged
+ * (docs/calibration.md "Reading the checkpoint"). */
+void cal_w_prefetch(const struct cal_calib *c, int32_t L)
+{
+	const char *off = getenv("CALIBD_NO_PREFETCH"); /* benchmarks: the reads without it */
+	if (L < 0 || L >= c->d->num_layers || (off && *off && strcmp(off, "0")))
+		return;
+	for (size_t i = 0, n = cal_catalog_count(c->cat); i < n; i++) {
+		const struct cal_cat_entry *e = cal_catalog_entry(c->cat, i);
+		if (e->layer == L && (e->expert < 0 || (e->expert >= c->e0 && e->expert < c->e0 + c->El)))
+			cal_st_tensor_willneed(e->t);
+	}
+}
+
 uint64_t cal_w_layer_bytes(const struct cal_calib *c, int32_t L)
 {
 	uint64_t H = c->H, qd = c->nh * c->hd, kd = c->nkv * c->hd;

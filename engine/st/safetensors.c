@@ -412,6 +412,15 @@ const char *cal_st_file_metadata(const struct cal_st_file *f, const char *key)
 	return hit ? hit->val : NULL;
 }
 
+void cal_st_tensor_willneed(const struct cal_st_tensor *t)
+{
+	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+	if (!t || !t->data || !t->nbytes || pg == 0 || pg == (uintptr_t)-1)
+		return;
+	uintptr_t a = (uintptr_t)t->data & ~(pg - 1), b = (uintptr_t)t->data + t->nbytes;
+	(void)madvise((void *)a, b - a, MADV_WILLNEED);
+}
+
 uint64_t cal_st_file_size(const struct cal_st_file *f)
 {
 	return f->len;

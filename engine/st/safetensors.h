@@ -53,6 +53,15 @@ struct cal_st_tensor {
 	const char *file;          /* path of the file that holds it */
 };
 
+/*
+ * Asks the kernel to start reading t's bytes into the page cache now
+ * (madvise MADV_WILLNEED on its pages), so that a later first touch of a
+ * cold checkpoint finds them there instead of faulting them in a window at
+ * a time.  Advisory: returns at once and never fails (an error of madvise
+ * only loses the head start).
+ */
+void cal_st_tensor_willneed(const struct cal_st_tensor *t);
+
 /* One mapped safetensors file. */
 struct cal_st_file;
 
